@@ -1,0 +1,285 @@
+//! Server addresses as operators write them: `host[:port]`, `a.b.c.d[:port]`, `[v6][:port]`, or
+//! an absolute unix socket path. The port defaults to 11211.
+//!
+//! The text is kept as written (hostnames are not resolved or lower-cased), because clients hash
+//! the configured name (ketama point names are `host` or `host:port`), and every process on the
+//! host must hash the same bytes.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::error::{Error, Result};
+
+/// memcached's port, used when an address has none.
+pub const DEFAULT_PORT: u16 = 11211;
+/// Longest hostname (bytes), as DNS allows.
+pub const MAX_HOST_LEN: usize = 255;
+/// Longest unix socket path (bytes): `sun_path` holds 108 including the terminating NUL.
+pub const MAX_UNIX_PATH_LEN: usize = 107;
+
+/// Where a memcached server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A DNS name and port.
+    Host { name: String, port: u16 },
+    /// An IPv4 address and port.
+    Ipv4 { ip: Ipv4Addr, port: u16 },
+    /// An IPv6 address and port, written `[ip]:port`.
+    Ipv6 { ip: Ipv6Addr, port: u16 },
+    /// A unix domain socket path.
+    Unix { path: String },
+}
+
+impl Address {
+    /// Parses an address as an operator writes it; errors name what is wrong.
+    pub fn parse(input: &str) -> Result<Address> {
+        let bad = |why: &str| Error::invalid("address", input, why);
+        if input.is_empty() {
+            return Err(bad("empty (expected HOST[:PORT], [IPV6][:PORT] or /unix/socket/path)"));
+        }
+        if input.starts_with('/') {
+            return parse_unix(input);
+        }
+        if let Some(rest) = input.strip_prefix('[') {
+            let (ip, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']' after IPv6 address"))?;
+            let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+            let port = match after {
+                "" => DEFAULT_PORT,
+                _ => parse_port(
+                    input,
+                    after.strip_prefix(':').ok_or_else(|| bad("expected ':PORT' after ']'"))?,
+                )?,
+            };
+            return Ok(Address::Ipv6 { ip, port });
+        }
+        if input.matches(':').count() > 1 {
+            return Err(bad("IPv6 addresses need brackets, e.g. [::1]:11211"));
+        }
+        let (host, port) = match input.split_once(':') {
+            Some((host, port)) => (host, parse_port(input, port)?),
+            None => (input, DEFAULT_PORT),
+        };
+        Address::from_host(host, port).map_err(|why| bad(&why))
+    }
+
+    /// Builds a TCP address from a host (hostname or IPv4) and a port.
+    fn from_host(host: &str, port: u16) -> std::result::Result<Address, String> {
+        if host.is_empty() {
+            return Err("missing host before ':'".into());
+        }
+        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            let ip: Ipv4Addr = host.parse().map_err(|_| "not a valid IPv4 address".to_string())?;
+            return Ok(Address::Ipv4 { ip, port });
+        }
+        check_hostname(host)?;
+        Ok(Address::Host {
+            name: host.to_string(),
+            port,
+        })
+    }
+
+    /// The port (`None` for a unix socket).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Address::Host { port, .. } | Address::Ipv4 { port, .. } | Address::Ipv6 { port, .. } => {
+                Some(*port)
+            }
+            Address::Unix { .. } => None,
+        }
+    }
+
+    /// The host part as written (IPv6 without brackets), or the socket path.
+    pub fn host(&self) -> String {
+        match self {
+            Address::Host { name, .. } => name.clone(),
+            Address::Ipv4 { ip, .. } => ip.to_string(),
+            Address::Ipv6 { ip, .. } => ip.to_string(),
+            Address::Unix { path } => path.clone(),
+        }
+    }
+
+    /// Whether two addresses name the same server (hostnames compare case-insensitively, as DNS
+    /// does).
+    pub fn same_server(&self, other: &Address) -> bool {
+        match (self, other) {
+            (Address::Host { name: a, port: p }, Address::Host { name: b, port: q }) => {
+                p == q && a.eq_ignore_ascii_case(b)
+            }
+            _ => self == other,
+        }
+    }
+
+    /// Rebuilds an address from its stored parts (see [`crate::format`]); validates them as
+    /// strictly as [`Address::parse`] validates text.
+    pub(crate) fn from_stored(kind: u8, text: &str, port: u16) -> std::result::Result<Address, String> {
+        let address = match kind {
+            KIND_UNIX => parse_unix(text).map_err(|e| e.to_string())?,
+            KIND_IPV6 => Address::Ipv6 {
+                ip: text.parse().map_err(|_| "bad IPv6 address".to_string())?,
+                port,
+            },
+            KIND_HOST | KIND_IPV4 => Address::from_host(text, port)?,
+            other => return Err(format!("unknown address kind {other}")),
+        };
+        if address.kind_code() != kind {
+            return Err("address kind does not match its text".into());
+        }
+        if kind != KIND_UNIX && port == 0 {
+            return Err("port 0".into());
+        }
+        Ok(address)
+    }
+
+    pub(crate) fn kind_code(&self) -> u8 {
+        match self {
+            Address::Host { .. } => KIND_HOST,
+            Address::Ipv4 { .. } => KIND_IPV4,
+            Address::Ipv6 { .. } => KIND_IPV6,
+            Address::Unix { .. } => KIND_UNIX,
+        }
+    }
+}
+
+pub(crate) const KIND_HOST: u8 = 1;
+pub(crate) const KIND_IPV4: u8 = 2;
+pub(crate) const KIND_IPV6: u8 = 3;
+pub(crate) const KIND_UNIX: u8 = 4;
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Host { name, port } => write!(f, "{name}:{port}"),
+            Address::Ipv4 { ip, port } => write!(f, "{ip}:{port}"),
+            Address::Ipv6 { ip, port } => write!(f, "[{ip}]:{port}"),
+            Address::Unix { path } => f.write_str(path),
+        }
+    }
+}
+
+impl std::str::FromStr for Address {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Address> {
+        Address::parse(s)
+    }
+}
+
+fn parse_port(input: &str, port: &str) -> Result<u16> {
+    let bad = |why: &str| Error::invalid("address", input, why);
+    if port.is_empty() {
+        return Err(bad("missing port after ':'"));
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+        return Err(bad("port must be a number from 1 to 65535"));
+    }
+    match port.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(bad("port must be a number from 1 to 65535")),
+    }
+}
+
+fn parse_unix(input: &str) -> Result<Address> {
+    let bad = |why: &str| Error::invalid("address", input, why);
+    if input.len() > MAX_UNIX_PATH_LEN {
+        return Err(bad(&format!(
+            "unix socket path longer than {MAX_UNIX_PATH_LEN} bytes"
+        )));
+    }
+    if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("unix socket path contains whitespace or control characters"));
+    }
+    if !input.starts_with('/') || input.ends_with('/') {
+        return Err(bad("unix socket path must be absolute and name a file"));
+    }
+    Ok(Address::Unix {
+        path: input.to_string(),
+    })
+}
+
+/// RFC 1123 names (underscores allowed, as in real-world service names).
+fn check_hostname(host: &str) -> std::result::Result<(), String> {
+    if host.len() > MAX_HOST_LEN {
+        return Err(format!("hostname longer than {MAX_HOST_LEN} bytes"));
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err("empty label in hostname (two dots, or a leading/trailing dot)".into());
+        }
+        if label.len() > 63 {
+            return Err("hostname label longer than 63 bytes".into());
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("character {c:?} is not allowed in a hostname"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("hostname label starts or ends with '-'".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        let cases = [
+            ("cache1", "cache1:11211"),
+            ("cache1.example.com:11212", "cache1.example.com:11212"),
+            ("10.0.0.1", "10.0.0.1:11211"),
+            ("10.0.0.1:1", "10.0.0.1:1"),
+            ("[::1]", "[::1]:11211"),
+            ("[2001:db8::1]:65535", "[2001:db8::1]:65535"),
+            ("/run/memcached/mc.sock", "/run/memcached/mc.sock"),
+        ];
+        for (input, shown) in cases {
+            assert_eq!(Address::parse(input).unwrap().to_string(), shown, "{input}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_addresses_with_reason() {
+        let cases = [
+            ("", "empty"),
+            ("host:0", "1 to 65535"),
+            ("host:65536", "1 to 65535"),
+            ("host:", "missing port"),
+            ("host:x1", "1 to 65535"),
+            (":11211", "missing host"),
+            ("::1", "brackets"),
+            ("[::1", "missing ']'"),
+            ("[::1]11211", "':PORT'"),
+            ("[zz]:1", "IPv6"),
+            ("bad host:1", "not allowed"),
+            ("a..b", "empty label"),
+            ("-a", "'-'"),
+            ("300.1.1.1", "IPv4"),
+            ("/tmp/has space", "whitespace"),
+            ("/tmp/dir/", "absolute"),
+        ];
+        for (input, needle) in cases {
+            let err = Address::parse(input).unwrap_err().to_string();
+            assert!(err.contains(needle), "{input:?}: {err}");
+        }
+        let long = "a".repeat(63) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(63);
+        assert!(Address::parse(&long).is_ok());
+        assert!(Address::parse(&(long + ".e")).unwrap_err().to_string().contains("longer than 255"));
+    }
+
+    #[test]
+    fn stored_parts_round_trip() {
+        for text in ["h:1", "1.2.3.4:5", "[::1]:7", "/x/y"] {
+            let a = Address::parse(text).unwrap();
+            let b = Address::from_stored(a.kind_code(), &a.host(), a.port().unwrap_or(0)).unwrap();
+            assert_eq!(a, b);
+        }
+        assert!(Address::from_stored(KIND_IPV4, "host", 1).is_err());
+        assert!(Address::from_stored(KIND_HOST, "h", 0).is_err());
+        assert!(Address::from_stored(9, "h", 1).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! The plain-text server list of `mcadmin dump` and `mcadmin load`: one server per line,
+//!
+//! ```text
+//! # comment
+//! cache1:11211 weight=1 retry-interval=15 state=up
+//! cache2:11211 weight=2 retry-interval=-1 state=down reason="disk failure"
+//! ```
+//!
+//! The address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
+//! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
+//! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
+//! same list (state change times are not part of it: they record when, not what).
+
+use std::fmt::Write;
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::table::{Server, Snapshot, check_reason, check_retry_interval, check_weight};
+
+/// The text form of a snapshot.
+pub fn to_text(snapshot: &Snapshot) -> String {
+    let mut out = format!(
+        "# mcshm server list of domain '{}', version {}\n",
+        snapshot.domain, snapshot.version
+    );
+    for server in &snapshot.servers {
+        let _ = write!(
+            out,
+            "{} weight={} retry-interval={} state={}",
+            server.address, server.weight, server.retry_interval, server.state
+        );
+        if !server.reason.is_empty() {
+            let quoted = server.reason.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = write!(out, " reason=\"{quoted}\"");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses a server list; errors name the line. Duplicate addresses are refused.
+pub fn parse(text: &str) -> Result<Vec<Server>> {
+    let mut servers: Vec<Server> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let bad = |why: String| Error::BadLine {
+            line: index + 1,
+            why,
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let server = parse_line(line).map_err(|e| bad(e.to_string()))?;
+        if servers.iter().any(|s| s.address.same_server(&server.address)) {
+            return Err(bad(format!("server {} listed twice", server.address)));
+        }
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+fn parse_line(line: &str) -> Result<Server> {
+    let (address, mut rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let mut server = Server::new(Address::parse(address)?);
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Ok(server);
+        }
+        let (key, after) = rest
+            .split_once('=')
+            .ok_or_else(|| Error::invalid("attribute", rest, "expected KEY=VALUE"))?;
+        let (value, after) = if key == "reason" {
+            take_quoted(after)?
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        apply(&mut server, key, &value)?;
+        rest = after;
+    }
+}
+
+fn apply(server: &mut Server, key: &str, value: &str) -> Result<()> {
+    let number = |what: &'static str| {
+        value
+            .parse::<i64>()
+            .map_err(|_| Error::invalid(what, value, "not a number"))
+    };
+    match key {
+        "weight" => server.weight = check_weight(number("weight")?.clamp(0, u32::MAX as i64) as u32)?,
+        "retry-interval" => server.retry_interval = check_retry_interval(number("retry interval")?)?,
+        "state" => server.state = value.parse()?,
+        "reason" => {
+            check_reason(value)?;
+            server.reason = value.to_string();
+        }
+        _ => {
+            return Err(Error::invalid(
+                "attribute",
+                key,
+                "unknown (expected weight, retry-interval, state or reason)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Takes a `"…"` string with `\"` and `\\` escapes off the front of `text`.
+fn take_quoted(text: &str) -> Result<(String, &str)> {
+    let body = text
+        .strip_prefix('"')
+        .ok_or_else(|| Error::invalid("reason", text, "must be double-quoted"))?;
+    let mut value = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((value, &body[i + 1..])),
+            '\\' => match chars.next() {
+                Some((_, e @ ('"' | '\\'))) => value.push(e),
+                _ => return Err(Error::invalid("reason", text, "bad escape (only \\\" and \\\\)")),
+            },
+            c => value.push(c),
+        }
+    }
+    Err(Error::invalid("reason", text, "missing closing '\"'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::State;
+
+    #[test]
+    fn round_trips() {
+        let mut a = Server::new(Address::parse("cache1:11211").unwrap());
+        a.weight = 3;
+        let mut b = Server::new(Address::parse("[::1]:5").unwrap());
+        b.state = State::Down;
+        b.retry_interval = -1;
+        b.reason = r#"said "no" \ twice"#.into();
+        let snapshot = Snapshot {
+            domain: "d".into(),
+            version: 4,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            servers: vec![a, b],
+        };
+        assert_eq!(parse(&to_text(&snapshot)).unwrap(), snapshot.servers);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("a:1\nb:0\n", "line 2:"),
+            ("a:1 weight=0", "weight"),
+            ("a:1 color=red", "unknown"),
+            ("a:1 reason=\"open", "closing"),
+            ("a:1 reason=bare", "double-quoted"),
+            ("a:1\n# x\na:1", "line 3: server a:1 listed twice"),
+            ("a:1 state=sideways", "state"),
+            ("a:1 retry-interval=-2", "retry"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The changes `mcadmin` makes to a server list, as pure functions run inside
+//! [`Registry::transact`](crate::Registry::transact). Each either applies completely or fails
+//! with nothing changed (the transaction then publishes nothing).
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::format::CommitInfo;
+use crate::table::{Server, State};
+
+/// Appends `new` servers (order kept: it is part of how clients hash). A server already present
+/// is an error, or skipped with `if_missing`. `new` servers get `actor` as their state change.
+pub fn add(
+    servers: &mut Vec<Server>,
+    new: &[Server],
+    if_missing: bool,
+    actor: CommitInfo,
+    domain: &str,
+) -> Result<()> {
+    for server in new {
+        if servers.iter().any(|s| s.address.same_server(&server.address)) {
+            if if_missing {
+                continue;
+            }
+            return Err(Error::ServerExists {
+                server: server.address.to_string(),
+                domain: domain.to_string(),
+            });
+        }
+        let mut server = server.clone();
+        stamp(&mut server, actor);
+        servers.push(server);
+    }
+    Ok(())
+}
+
+/// Removes servers; an absent one is an error, or skipped with `if_present`.
+pub fn delete(
+    servers: &mut Vec<Server>,
+    addresses: &[Address],
+    if_present: bool,
+    domain: &str,
+) -> Result<()> {
+    for address in addresses {
+        match servers.iter().position(|s| s.address.same_server(address)) {
+            Some(i) => {
+                servers.remove(i);
+            }
+            None if if_present => {}
+            None => return Err(missing(address, domain)),
+        }
+    }
+    Ok(())
+}
+
+/// Sets the state (and reason) of servers. The since/by fields change only when the state does.
+pub fn set_state(
+    servers: &mut [Server],
+    addresses: &[Address],
+    state: State,
+    reason: &str,
+    actor: CommitInfo,
+    domain: &str,
+) -> Result<()> {
+    for address in addresses {
+        let server = find_mut(servers, address, domain)?;
+        if server.state != state {
+            server.state = state;
+            stamp(server, actor);
+        }
+        server.reason = reason.to_string();
+    }
+    Ok(())
+}
+
+/// Changes the weight and/or retry interval of one server.
+pub fn modify(
+    servers: &mut [Server],
+    address: &Address,
+    weight: Option<u16>,
+    retry_interval: Option<i32>,
+    domain: &str,
+) -> Result<()> {
+    let server = find_mut(servers, address, domain)?;
+    if let Some(weight) = weight {
+        server.weight = weight;
+    }
+    if let Some(retry) = retry_interval {
+        server.retry_interval = retry;
+    }
+    Ok(())
+}
+
+/// The list `mcadmin load` publishes: `loaded` in its order; a server whose state is the same as
+/// in `current` keeps its since/by fields, the others get `actor`.
+pub fn merge_loaded(current: &[Server], loaded: &[Server], actor: CommitInfo) -> Vec<Server> {
+    loaded
+        .iter()
+        .map(|server| {
+            let mut server = server.clone();
+            match current
+                .iter()
+                .find(|c| c.address.same_server(&server.address) && c.state == server.state)
+            {
+                Some(old) => {
+                    server.since_ms = old.since_ms;
+                    server.changed_by_pid = old.changed_by_pid;
+                    server.changed_by_uid = old.changed_by_uid;
+                }
+                None => stamp(&mut server, actor),
+            }
+            server
+        })
+        .collect()
+}
+
+fn stamp(server: &mut Server, actor: CommitInfo) {
+    server.since_ms = actor.changed_ms;
+    server.changed_by_pid = actor.pid;
+    server.changed_by_uid = actor.uid;
+}
+
+fn find_mut<'a>(servers: &'a mut [Server], address: &Address, domain: &str) -> Result<&'a mut Server> {
+    servers
+        .iter_mut()
+        .find(|s| s.address.same_server(address))
+        .ok_or_else(|| missing(address, domain))
+}
+
+fn missing(address: &Address, domain: &str) -> Error {
+    Error::NoServer {
+        server: address.to_string(),
+        domain: domain.to_string(),
+    }
+}

@@ -1,0 +1,114 @@
+//! Typed errors. Every message is one line that names the problem and, where there is one, the
+//! next step; [`Error::kind`] sorts them into the classes the command-line tools turn into exit
+//! codes.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors of libmcshm.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input from the caller: an address, domain name, weight, reason, dump line…
+    #[error("invalid {what} '{input}': {why}")]
+    Invalid {
+        what: &'static str,
+        input: String,
+        why: String,
+    },
+    /// A line of a server list (`mcadmin load`) is malformed.
+    #[error("line {line}: {why}")]
+    BadLine { line: usize, why: String },
+    /// The domain has no registry file yet.
+    #[error(
+        "domain '{domain}' has no registry file {path} (create it with: mcadmin --domain {domain} add HOST:PORT)"
+    )]
+    NoDomain { domain: String, path: PathBuf },
+    /// A server named by the caller is not in the table.
+    #[error("server {server} is not in domain '{domain}'")]
+    NoServer { server: String, domain: String },
+    /// A server to add is already in the table.
+    #[error("server {server} is already in domain '{domain}' (use `mcadmin set` to change it)")]
+    ServerExists { server: String, domain: String },
+    /// The caller may not read or write the file.
+    #[error("permission denied: cannot {op} {}", path.display())]
+    PermissionDenied { op: &'static str, path: PathBuf },
+    /// The path is not something we will map: a symlink, not a regular file, foreign owner.
+    #[error("refusing {}: {why}", path.display())]
+    UnsafeFile { path: PathBuf, why: String },
+    /// The file's contents fail validation.
+    #[error(
+        "{} is corrupt: {why} (rewrite it with `mcadmin load FILE` from a dump or your config)",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, why: String },
+    /// The file was written by a newer mcshm whose format this build cannot read.
+    #[error(
+        "{} has format version {found} and needs a reader of version {needs}; this mcshm reads format {supported}: upgrade mcshm",
+        path.display()
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        needs: u32,
+        supported: u32,
+    },
+    /// No registry directory could be chosen.
+    #[error(
+        "no registry directory: /run/mcshm does not exist and XDG_RUNTIME_DIR is not set (pass --dir or set MCSHM_DIR)"
+    )]
+    NoDirectory,
+    /// The table would exceed what the format can hold.
+    #[error("too many servers: {count} (at most {max} per domain)")]
+    TooManyServers { count: usize, max: usize },
+    /// Any other I/O failure.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The classes of [`Error`], for exit codes and for callers that branch on the cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller's input was wrong; nothing was changed.
+    BadInput,
+    /// The domain or server does not exist, or a server to add already does.
+    NotFound,
+    /// The registry could not be read or written (I/O, permissions, corruption, format).
+    Registry,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { .. } | Error::BadLine { .. } | Error::TooManyServers { .. } => ErrorKind::BadInput,
+            Error::NoDomain { .. } | Error::NoServer { .. } | Error::ServerExists { .. } => {
+                ErrorKind::NotFound
+            }
+            _ => ErrorKind::Registry,
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, input: &str, why: impl Into<String>) -> Error {
+        Error::Invalid {
+            what,
+            input: input.to_string(),
+            why: why.into(),
+        }
+    }
+
+    /// An I/O error on `path`, with `EACCES`/`EPERM` turned into [`Error::PermissionDenied`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            Error::PermissionDenied { op, path }
+        } else {
+            Error::Io { op, path, source }
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

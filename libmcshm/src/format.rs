@@ -1,0 +1,468 @@
+//! The registry file format (version 1): what every byte of `<dir>/<domain>.mcshm` means.
+//!
+//! All integers are little-endian (mcshm does not build on big-endian targets). The file is a
+//! header followed by two slots of equal size; each slot holds one complete version of the table.
+//! Readers copy the file out through 64-bit atomic loads only (see [`crate::shm`]) and validate
+//! every copy before using it.
+//!
+//! ```text
+//! Header (256 bytes)
+//! offset size field
+//!      0    8 magic               89 4D 43 53 48 4D 0D 0A  ("\x89MCSHM\r\n")
+//!      8    4 format_version      format of the writer that wrote the file (1)
+//!     12    4 min_reader_version  oldest reader format that may read it (1); a reader whose
+//!                                 format is lower refuses the file with "upgrade mcshm"
+//!     16    4 header_len          256
+//!     20    4 capacity            servers per slot (default 256)
+//!     24    4 slot_header_len     64
+//!     28    4 entry_len           512
+//!     32    8 slot_len            slot_header_len + capacity * entry_len
+//!     40    8 created_ms          creation time, ms since the Unix epoch
+//!     48   16 reserved            zero
+//!     64   64 domain              domain name, NUL-padded
+//!    128    4 header_crc          CRC32 (IEEE) of bytes 0..128
+//!    132    4 reserved            zero
+//!    136    8 committed           published version; bit 63 (MOVED) = file replaced by a
+//!                                 larger one, re-open the path. Slot = version % 2.
+//!    144    4 wake                futex word, incremented after every publish
+//!    148  108 reserved            zero
+//!
+//! Slot k (at header_len + k * slot_len)
+//!      0    8 seq                 seqlock sequence: odd while a writer fills the slot
+//!      8    8 generation          the version this slot holds
+//!     16    4 crc                 CRC32 of slot bytes 8..(64 + count * entry_len), with this
+//!                                 field taken as zero
+//!     20    4 count               servers in this version (<= capacity)
+//!     24    8 changed_ms          commit time of this version, ms since the Unix epoch
+//!     32    4 writer_pid          process that committed it
+//!     36    4 writer_uid          user that committed it
+//!     40   24 reserved            zero (domain policy in later formats)
+//!     64    * entries             count entries of entry_len bytes, in the order servers
+//!                                 were added
+//!
+//! Entry (512 bytes)
+//!      0    2 addr_len            bytes used of address (1..=255)
+//!      2    2 port                TCP port (1..=65535); 0 for a unix socket
+//!      4    2 weight              1..=65535
+//!      6    1 state               0 up, 1 down
+//!      7    1 kind                1 hostname, 2 IPv4, 3 IPv6 (no brackets), 4 unix socket path
+//!      8    4 retry_interval      seconds, signed; -1 = never retried automatically
+//!     12    2 reason_len          bytes used of reason (0..=192)
+//!     14    2 reserved            zero
+//!     16    8 since_ms            when the state last changed, ms since the Unix epoch
+//!     24    4 changed_by_pid      process that last changed the state
+//!     28    4 changed_by_uid      user that last changed the state
+//!     32   32 reserved            zero (per-server counters in later formats)
+//!     64  256 address             host text or socket path, zero-padded
+//!    320  192 reason              UTF-8, zero-padded
+//! ```
+//!
+//! The magic's first byte has its high bit set and it ends in CR LF, so a file mangled by 7-bit
+//! or newline-translating copies is caught at once. Format evolution: a writer of a newer format
+//! rewrites an older file into a new one on its first write (the same rename path as growth), and
+//! sets `min_reader_version` to the oldest format that can still read the result correctly.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::address::Address;
+use crate::seqlock::Geometry;
+use crate::table::{MAX_REASON_LEN, Server, Snapshot, State};
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("the mcshm file format is little-endian; big-endian targets are not supported");
+
+pub const MAGIC: [u8; 8] = *b"\x89MCSHM\r\n";
+/// The format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 256;
+pub const SLOT_HEADER_LEN: usize = 64;
+pub const ENTRY_LEN: usize = 512;
+/// Servers per slot of a new file.
+pub const DEFAULT_CAPACITY: u32 = 256;
+/// Most servers a domain can hold (a 32 MiB slot).
+pub const MAX_CAPACITY: u32 = 65536;
+
+const STATIC_LEN: usize = 128;
+const HEADER_CRC_OFFSET: usize = 128;
+/// Word index of `committed`.
+pub const COMMITTED_WORD: usize = 136 / 8;
+/// Byte offset of the futex word `wake`.
+pub const WAKE_OFFSET: usize = 144;
+const SLOT_HEADER_WORDS: usize = SLOT_HEADER_LEN / 8;
+const ENTRY_WORDS: usize = ENTRY_LEN / 8;
+const ADDR_FIELD: usize = 256;
+
+/// Bytes 0..128 of the header: written once when the file is created, covered by `header_crc`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct StaticHeader {
+    pub magic: [u8; 8],
+    pub format_version: u32,
+    pub min_reader_version: u32,
+    pub header_len: u32,
+    pub capacity: u32,
+    pub slot_header_len: u32,
+    pub entry_len: u32,
+    pub slot_len: u64,
+    pub created_ms: u64,
+    pub reserved: [u8; 16],
+    pub domain: [u8; 64],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SlotHeader {
+    seq: u64,
+    generation: u64,
+    crc: u32,
+    count: u32,
+    changed_ms: u64,
+    writer_pid: u32,
+    writer_uid: u32,
+    reserved: [u8; 24],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Entry {
+    addr_len: u16,
+    port: u16,
+    weight: u16,
+    state: u8,
+    kind: u8,
+    retry_interval: i32,
+    reason_len: u16,
+    reserved0: u16,
+    since_ms: u64,
+    changed_by_pid: u32,
+    changed_by_uid: u32,
+    reserved1: [u8; 32],
+    address: [u8; ADDR_FIELD],
+    reason: [u8; MAX_REASON_LEN],
+}
+
+const _: () = assert!(size_of::<StaticHeader>() == STATIC_LEN);
+const _: () = assert!(size_of::<SlotHeader>() == SLOT_HEADER_LEN);
+const _: () = assert!(size_of::<Entry>() == ENTRY_LEN);
+
+/// The sizes of one file, from its validated header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub capacity: u32,
+    pub created_ms: u64,
+}
+
+impl Layout {
+    pub fn new(capacity: u32, created_ms: u64) -> Layout {
+        Layout {
+            capacity,
+            created_ms,
+        }
+    }
+
+    fn slot_len(&self) -> usize {
+        SLOT_HEADER_LEN + self.capacity as usize * ENTRY_LEN
+    }
+
+    /// Total file length in bytes.
+    pub fn file_len(&self) -> usize {
+        HEADER_LEN + 2 * self.slot_len()
+    }
+
+    /// Where the seqlock protocol finds its words in this file.
+    pub fn geometry(&self) -> Geometry {
+        let slot_words = self.slot_len() / 8;
+        Geometry {
+            committed: COMMITTED_WORD,
+            slots: [HEADER_LEN / 8, HEADER_LEN / 8 + slot_words],
+            slot_words,
+            slot_header_words: SLOT_HEADER_WORDS,
+        }
+    }
+
+    /// The header of a new file for `domain`.
+    fn static_header(&self, domain: &str) -> StaticHeader {
+        let mut header = StaticHeader::zeroed();
+        header.magic = MAGIC;
+        header.format_version = FORMAT_VERSION;
+        header.min_reader_version = FORMAT_VERSION;
+        header.header_len = HEADER_LEN as u32;
+        header.capacity = self.capacity;
+        header.slot_header_len = SLOT_HEADER_LEN as u32;
+        header.entry_len = ENTRY_LEN as u32;
+        header.slot_len = self.slot_len() as u64;
+        header.created_ms = self.created_ms;
+        header.domain[..domain.len()].copy_from_slice(domain.as_bytes());
+        header
+    }
+
+    /// A whole new file: header, and `slot_image` (version `version`) in slot `version % 2`.
+    pub fn file_image(&self, domain: &str, version: u64, slot_image: &[u64]) -> Vec<u64> {
+        let mut words = vec![0u64; self.file_len() / 8];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let header = self.static_header(domain);
+        bytes[..STATIC_LEN].copy_from_slice(bytemuck::bytes_of(&header));
+        let crc = crc32fast::hash(&bytes[..STATIC_LEN]);
+        bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        words[COMMITTED_WORD] = version;
+        let base = self.geometry().slots[(version & 1) as usize];
+        words[base..base + slot_image.len()].copy_from_slice(slot_image);
+        words[base] = 2; // even: complete
+        words
+    }
+}
+
+/// Why a header was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not a registry file, or damaged.
+    Invalid(String),
+    /// A newer format this build cannot read.
+    Newer { found: u32, needs: u32 },
+}
+
+/// Validates the first [`HEADER_LEN`] bytes of a file of `file_len` bytes that should hold
+/// `domain`, and returns its layout.
+pub fn parse_header(words: &[u64], file_len: u64, domain: &str) -> Result<Layout, HeaderError> {
+    let bad = |why: String| Err(HeaderError::Invalid(why));
+    if words.len() * 8 < HEADER_LEN || file_len < HEADER_LEN as u64 {
+        return bad(format!("file is {file_len} bytes, shorter than a header"));
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(words);
+    let header: StaticHeader = bytemuck::pod_read_unaligned(&bytes[..STATIC_LEN]);
+    if header.magic != MAGIC {
+        return bad("not an mcshm registry file (bad magic)".into());
+    }
+    let stored_crc = u32::from_le_bytes(bytes[HEADER_CRC_OFFSET..][..4].try_into().unwrap());
+    if crc32fast::hash(&bytes[..STATIC_LEN]) != stored_crc {
+        return bad("header checksum mismatch".into());
+    }
+    if header.min_reader_version > FORMAT_VERSION {
+        return Err(HeaderError::Newer {
+            found: header.format_version,
+            needs: header.min_reader_version,
+        });
+    }
+    if header.header_len as usize != HEADER_LEN
+        || header.slot_header_len as usize != SLOT_HEADER_LEN
+        || header.entry_len as usize != ENTRY_LEN
+    {
+        return bad("unexpected header, slot or entry size".into());
+    }
+    if !(1..=MAX_CAPACITY).contains(&header.capacity) {
+        return bad(format!("capacity {} out of range", header.capacity));
+    }
+    let layout = Layout::new(header.capacity, header.created_ms);
+    if header.slot_len != layout.slot_len() as u64 {
+        return bad("slot length does not match capacity".into());
+    }
+    if file_len < layout.file_len() as u64 {
+        return bad(format!(
+            "file is {file_len} bytes, its header needs {} (truncated?)",
+            layout.file_len()
+        ));
+    }
+    let name_len = header.domain.iter().position(|&b| b == 0).unwrap_or(64);
+    if &header.domain[..name_len] != domain.as_bytes() || header.domain[name_len..].iter().any(|&b| b != 0) {
+        return bad(format!(
+            "header names domain '{}', expected '{domain}'",
+            String::from_utf8_lossy(&header.domain[..name_len])
+        ));
+    }
+    Ok(layout)
+}
+
+/// Who committed a version, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub changed_ms: u64,
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// The slot image of `servers` as version `version`: sequence word (0, set by the publisher),
+/// slot header with CRC, entries.
+pub fn encode_slot(version: u64, info: CommitInfo, servers: &[Server]) -> Vec<u64> {
+    let mut words = vec![0u64; SLOT_HEADER_WORDS + servers.len() * ENTRY_WORDS];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let (head, entries) = bytes.split_at_mut(SLOT_HEADER_LEN);
+    for (server, chunk) in servers.iter().zip(entries.chunks_exact_mut(ENTRY_LEN)) {
+        chunk.copy_from_slice(bytemuck::bytes_of(&encode_entry(server)));
+    }
+    let header = SlotHeader {
+        seq: 0,
+        generation: version,
+        crc: 0,
+        count: servers.len() as u32,
+        changed_ms: info.changed_ms,
+        writer_pid: info.pid,
+        writer_uid: info.uid,
+        reserved: [0; 24],
+    };
+    head.copy_from_slice(bytemuck::bytes_of(&header));
+    let crc = slot_crc(bytes);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    words
+}
+
+/// Total words of a slot image, read from its header words (`None` if the count is absurd;
+/// the seqlock bounds it by the slot size as well).
+pub fn slot_image_words(header: &[u64]) -> Option<usize> {
+    let count = (*header.get(2)? >> 32) as usize;
+    count
+        .checked_mul(ENTRY_WORDS)?
+        .checked_add(SLOT_HEADER_WORDS)
+}
+
+/// CRC32 of slot bytes 8.. with the crc field (bytes 16..20) taken as zero.
+fn slot_crc(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[8..16]);
+    hasher.update(&[0; 4]);
+    hasher.update(&bytes[20..]);
+    hasher.finalize()
+}
+
+/// Validates a consistent copy of a slot (as [`Geometry::read`] returns it) and decodes it.
+pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
+    let bytes: &[u8] = bytemuck::cast_slice(image);
+    if bytes.len() < SLOT_HEADER_LEN {
+        return Err("slot shorter than its header".into());
+    }
+    let header: SlotHeader = bytemuck::pod_read_unaligned(&bytes[..SLOT_HEADER_LEN]);
+    let expected_len = slot_image_words(image).ok_or("slot count overflows")? * 8;
+    if expected_len != bytes.len() {
+        return Err("slot length does not match its count".into());
+    }
+    if slot_crc(bytes) != header.crc {
+        return Err(format!("slot of version {} fails its checksum", header.generation));
+    }
+    let servers = bytes[SLOT_HEADER_LEN..]
+        .chunks_exact(ENTRY_LEN)
+        .enumerate()
+        .map(|(i, chunk)| {
+            decode_entry(&bytemuck::pod_read_unaligned(chunk))
+                .map_err(|why| format!("server #{} of version {}: {why}", i + 1, header.generation))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, server) in servers.iter().enumerate() {
+        if servers[..i].iter().any(|s| s.address.same_server(&server.address)) {
+            return Err(format!("server {} listed twice", server.address));
+        }
+    }
+    Ok(Snapshot {
+        domain: domain.to_string(),
+        version: header.generation,
+        changed_ms: header.changed_ms,
+        writer_pid: header.writer_pid,
+        writer_uid: header.writer_uid,
+        servers,
+    })
+}
+
+fn encode_entry(server: &Server) -> Entry {
+    let mut entry = Entry::zeroed();
+    let host = server.address.host();
+    entry.addr_len = host.len() as u16;
+    entry.address[..host.len()].copy_from_slice(host.as_bytes());
+    entry.port = server.address.port().unwrap_or(0);
+    entry.kind = server.address.kind_code();
+    entry.weight = server.weight;
+    entry.state = server.state.code();
+    entry.retry_interval = server.retry_interval;
+    entry.since_ms = server.since_ms;
+    entry.changed_by_pid = server.changed_by_pid;
+    entry.changed_by_uid = server.changed_by_uid;
+    entry.reason_len = server.reason.len() as u16;
+    entry.reason[..server.reason.len()].copy_from_slice(server.reason.as_bytes());
+    entry
+}
+
+fn decode_entry(entry: &Entry) -> Result<Server, String> {
+    let addr_len = entry.addr_len as usize;
+    if addr_len == 0 || addr_len >= ADDR_FIELD {
+        return Err(format!("address length {addr_len} out of range"));
+    }
+    let text = std::str::from_utf8(&entry.address[..addr_len]).map_err(|_| "address is not UTF-8")?;
+    let address = Address::from_stored(entry.kind, text, entry.port)?;
+    let reason_len = entry.reason_len as usize;
+    if reason_len > MAX_REASON_LEN {
+        return Err(format!("reason length {reason_len} out of range"));
+    }
+    let reason = std::str::from_utf8(&entry.reason[..reason_len]).map_err(|_| "reason is not UTF-8")?;
+    if entry.weight == 0 {
+        return Err("weight 0".into());
+    }
+    if entry.retry_interval < -1 {
+        return Err(format!("retry interval {}", entry.retry_interval));
+    }
+    let state = State::from_code(entry.state).ok_or_else(|| format!("state code {}", entry.state))?;
+    Ok(Server {
+        address,
+        weight: entry.weight,
+        state,
+        retry_interval: entry.retry_interval,
+        since_ms: entry.since_ms,
+        changed_by_pid: entry.changed_by_pid,
+        changed_by_uid: entry.changed_by_uid,
+        reason: reason.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers() -> Vec<Server> {
+        ["a:1", "10.0.0.2", "[::1]:3", "/tmp/mc.sock"]
+            .iter()
+            .map(|a| {
+                let mut s = Server::new(Address::parse(a).unwrap());
+                s.reason = "why not".into();
+                s
+            })
+            .collect()
+    }
+
+    const INFO: CommitInfo = CommitInfo {
+        changed_ms: 5,
+        pid: 6,
+        uid: 7,
+    };
+
+    #[test]
+    fn slot_round_trips() {
+        let image = encode_slot(9, INFO, &servers());
+        let snap = decode_slot(&image, "d").unwrap();
+        assert_eq!(snap.version, 9);
+        assert_eq!(snap.servers, servers());
+        assert_eq!((snap.changed_ms, snap.writer_pid, snap.writer_uid), (5, 6, 7));
+    }
+
+    #[test]
+    fn every_flipped_bit_of_a_slot_is_caught() {
+        let image = encode_slot(3, INFO, &servers());
+        let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
+        for i in 8..bytes.len() {
+            let mut copy = bytes.clone();
+            copy[i] ^= 0x10;
+            let words: Vec<u64> = copy.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+            assert!(decode_slot(&words, "d").is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_refuses_damage() {
+        let layout = Layout::new(4, 1);
+        let file = layout.file_image("dom", 0, &encode_slot(0, INFO, &[]));
+        let len = (file.len() * 8) as u64;
+        assert_eq!(parse_header(&file, len, "dom"), Ok(layout));
+        assert!(parse_header(&file, len, "other").is_err());
+        assert!(parse_header(&file, len - 8, "dom").is_err());
+        for byte in 0..HEADER_CRC_OFFSET + 4 {
+            let mut copy = file.clone();
+            bytemuck::cast_slice_mut::<u64, u8>(&mut copy)[byte] ^= 1;
+            assert!(parse_header(&copy, len, "dom").is_err(), "byte {byte}");
+        }
+    }
+}

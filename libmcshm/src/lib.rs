@@ -1,0 +1,48 @@
+//! libmcshm: one versioned memcached server table per domain, shared by every process on a host.
+//!
+//! A domain's table lives in a memory-mapped file (`/run/mcshm/<domain>.mcshm` by default, see
+//! [`domain`]). Readers never block and never see a torn table; writers are serialized by a file
+//! lock, and a writer killed at any instruction leaves the last published table readable. A
+//! change made by `mcadmin` (or any [`Registry::transact`]) is seen by every process on its next
+//! [`Registry::snapshot`].
+//!
+//! ```no_run
+//! use libmcshm::{Address, Domain, Registry, Server};
+//! # fn main() -> libmcshm::Result<()> {
+//! let dir = libmcshm::default_dir()?;
+//! let domain = Domain::new("myapp")?;
+//! let mut writer = Registry::open_writer(&dir, &domain, true)?;
+//! writer.transact(|servers| {
+//!     servers.push(Server::new(Address::parse("cache1:11211")?));
+//!     Ok(())
+//! })?;
+//! let mut reader = Registry::open(&dir, &domain)?;
+//! for server in &reader.snapshot()?.servers {
+//!     println!("{} {}", server.address, server.state);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, from the bytes up: [`shm`](self) (the only `unsafe`: atomic access to the mapping),
+//! [`seqlock`] (publish/read protocol), [`format`] (the byte layout), [`registry`] (files,
+//! snapshots, transactions), [`edit`] and [`dump`] (the operations `mcadmin` offers).
+
+#![deny(unsafe_code)]
+
+pub mod address;
+pub mod domain;
+pub mod dump;
+pub mod edit;
+pub mod error;
+pub mod format;
+pub mod registry;
+pub mod seqlock;
+#[allow(unsafe_code)]
+mod shm;
+pub mod table;
+
+pub use address::Address;
+pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
+pub use error::{Error, ErrorKind, Result};
+pub use registry::{Commit, Registry};
+pub use table::{Server, Snapshot, State};

@@ -1,0 +1,488 @@
+//! A domain's registry file: opening it safely, lock-free snapshots, writer transactions,
+//! growth, and change notification.
+//!
+//! Readers map the file and copy the committed slot out (see [`crate::seqlock`]); they take no
+//! lock and are never blocked by a writer, live or dead. Writers serialize on an exclusive
+//! `flock` of the file, re-read the current table under the lock, apply their change and publish
+//! it as one new version.
+//!
+//! Growth never truncates a mapped file (that would SIGBUS every reader): the writer builds a
+//! larger file beside it, sets the MOVED bit in the old file's committed word, renames the new
+//! file into place and wakes waiters. A reader that sees MOVED re-opens the path; if the path
+//! still names the same file, the grower died before its rename and the old table is still the
+//! current one (the next writer clears the bit). Writers waiting on the old file's lock notice
+//! the path now names another file and re-open it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::format::{self, CommitInfo, Layout};
+use crate::seqlock::{Geometry, MOVED, ReadError, Words};
+use crate::shm::{SharedMap, effective_uid};
+use crate::table::{Server, Snapshot};
+
+/// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
+/// last good snapshot).
+const READ_ATTEMPTS: u32 = 100;
+/// Longest single futex sleep in [`Registry::wait_for_change`]; bounds the delay if a writer
+/// dies between publishing and waking.
+const MAX_WAIT_SLICE: Duration = Duration::from_millis(100);
+/// Mode of new registry files and directories.
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+
+/// The result of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The version now published.
+    pub version: u64,
+    /// False when the change left the table as it was (no version was published).
+    pub changed: bool,
+}
+
+/// An open domain: a shared mapping of its file plus this handle's last snapshot.
+///
+/// Methods take `&mut self` because they refresh the cached snapshot and follow the file when a
+/// writer replaces it; use one handle per thread (they are cheap: one mapping each).
+pub struct Registry {
+    domain: Domain,
+    path: PathBuf,
+    writable: bool,
+    file: File,
+    file_id: (u64, u64),
+    map: SharedMap,
+    layout: Layout,
+    geometry: Geometry,
+    cache: Option<Arc<Snapshot>>,
+    scratch: Vec<u64>,
+}
+
+impl Registry {
+    /// Opens a domain for reading (read permission is enough).
+    pub fn open(dir: impl AsRef<Path>, domain: &Domain) -> Result<Registry> {
+        Registry::open_path(domain.path_in(dir.as_ref()), domain.clone(), false)
+    }
+
+    /// Opens a domain for reading and writing; with `create`, creates the directory (0755) and
+    /// an empty table (version 0, file 0644) when they do not exist.
+    pub fn open_writer(dir: impl AsRef<Path>, domain: &Domain, create: bool) -> Result<Registry> {
+        let dir = dir.as_ref();
+        let path = domain.path_in(dir);
+        if create && fs::symlink_metadata(&path).is_err() {
+            create_empty(dir, domain)?;
+        }
+        Registry::open_path(path, domain.clone(), true)
+    }
+
+    fn open_path(path: PathBuf, domain: Domain, writable: bool) -> Result<Registry> {
+        let file = open_checked(&path, &domain, writable)?;
+        let meta = file.metadata().map_err(|e| Error::io("inspect", &path, e))?;
+        let corrupt = |why: String| Error::Corrupt {
+            path: path.clone(),
+            why,
+        };
+        let len = usize::try_from(meta.len()).map_err(|_| corrupt("file too large".into()))?;
+        if len < format::HEADER_LEN || !len.is_multiple_of(8) {
+            return Err(corrupt(format!("file is {len} bytes, not a registry file")));
+        }
+        let map = SharedMap::map(&file, len, writable).map_err(|e| Error::io("map", &path, e))?;
+        let mut header = vec![0u64; format::HEADER_LEN / 8];
+        map.copy_out(0, &mut header[..format::COMMITTED_WORD])
+            .ok_or_else(|| corrupt("header outside the file".into()))?;
+        let layout = match format::parse_header(&header, meta.len(), domain.as_str()) {
+            Ok(layout) => layout,
+            Err(format::HeaderError::Invalid(why)) => return Err(corrupt(why)),
+            Err(format::HeaderError::Newer { found, needs }) => {
+                return Err(Error::NewerFormat {
+                    path,
+                    found,
+                    needs,
+                    supported: format::FORMAT_VERSION,
+                });
+            }
+        };
+        Ok(Registry {
+            domain,
+            writable,
+            file_id: (meta.dev(), meta.ino()),
+            geometry: layout.geometry(),
+            path,
+            file,
+            map,
+            layout,
+            cache: None,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Servers the current file holds before it must grow.
+    pub fn capacity(&self) -> u32 {
+        self.layout.capacity
+    }
+
+    /// The published table version: one atomic load (plus a re-open after the file was
+    /// replaced by a larger one).
+    pub fn version(&mut self) -> u64 {
+        let committed = self.committed();
+        if committed & MOVED == 0 {
+            return committed;
+        }
+        self.follow_move();
+        self.committed() & !MOVED
+    }
+
+    fn committed(&self) -> u64 {
+        self.map
+            .load(format::COMMITTED_WORD, Ordering::Acquire)
+            .unwrap_or(0)
+    }
+
+    /// If the path names another file than ours, switch to it (keeping our cache: versions
+    /// continue across files). Failures leave us on the old file, which still holds its last
+    /// table.
+    fn follow_move(&mut self) {
+        let moved = fs::symlink_metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) != self.file_id)
+            .unwrap_or(false);
+        if moved {
+            let _ = self.reopen();
+        }
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        let fresh = Registry::open_path(self.path.clone(), self.domain.clone(), self.writable)?;
+        let cache = self.cache.take();
+        *self = Registry { cache, ..fresh };
+        Ok(())
+    }
+
+    /// The current table. Returns the cached snapshot without copying when the version has not
+    /// moved; otherwise copies and validates the committed slot. If that fails (writers lapping
+    /// us, or a damaged slot) a handle that has a good snapshot keeps serving it; a fresh handle
+    /// gets the error.
+    pub fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+        let version = self.version();
+        if let Some(cached) = &self.cache
+            && cached.version == version
+        {
+            return Ok(cached.clone());
+        }
+        match self.read_table() {
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                self.cache = Some(snapshot.clone());
+                Ok(snapshot)
+            }
+            Err(err) => self.cache.clone().ok_or(err),
+        }
+    }
+
+    /// Copies and validates the committed table, retrying a bounded number of times when
+    /// writers overwrite it during the copy.
+    fn read_table(&mut self) -> Result<Snapshot> {
+        for attempt in 0..READ_ATTEMPTS {
+            match self
+                .geometry
+                .read(&self.map, &mut self.scratch, format::slot_image_words)
+            {
+                Ok(_) => {
+                    return format::decode_slot(&self.scratch, self.domain.as_str())
+                        .map_err(|why| self.corrupt(why));
+                }
+                Err(ReadError::Lapped) if attempt < 8 => std::hint::spin_loop(),
+                Err(ReadError::Lapped) => std::thread::yield_now(),
+                Err(ReadError::Corrupt(why)) => return Err(self.corrupt(why)),
+            }
+        }
+        Err(Error::Io {
+            op: "read",
+            path: self.path.clone(),
+            source: std::io::Error::other("writers replaced the table faster than it could be copied"),
+        })
+    }
+
+    fn corrupt(&self, why: String) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            why,
+        }
+    }
+
+    /// Blocks until the version is greater than `since` or `timeout` passes; returns the new
+    /// version, or `None` on timeout. Sleeps on a futex in the file, so a commit in any process
+    /// wakes it at once.
+    pub fn wait_for_change(&mut self, since: u64, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let wake = self.map.load_u32(format::WAKE_OFFSET).unwrap_or(0);
+            let version = self.version();
+            if version > since {
+                return Some(version);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.map
+                .futex_wait(format::WAKE_OFFSET, wake, left.min(MAX_WAIT_SLICE));
+        }
+    }
+
+    /// Runs `change` on the current server list under the writer lock and publishes the result
+    /// as one new version (none if `change` left the list as it was). If `change` fails, nothing
+    /// is written.
+    pub fn transact(
+        &mut self,
+        change: impl FnOnce(&mut Vec<Server>) -> Result<()>,
+    ) -> Result<Commit> {
+        self.locked(|reg| {
+            let current = reg.read_table()?;
+            let mut servers = current.servers.clone();
+            change(&mut servers)?;
+            if servers == current.servers {
+                return Ok(Commit {
+                    version: current.version,
+                    changed: false,
+                });
+            }
+            reg.publish_locked(current.version, &servers)
+        })
+    }
+
+    /// Replaces the whole list in one version, even if the current table is damaged (the way to
+    /// repair a file short of deleting it).
+    pub fn replace(&mut self, servers: &[Server]) -> Result<Commit> {
+        self.locked(|reg| {
+            let current = reg.read_table().ok();
+            if current.as_ref().is_some_and(|c| c.servers == servers) {
+                let version = current.map_or(0, |c| c.version);
+                return Ok(Commit {
+                    version,
+                    changed: false,
+                });
+            }
+            let version = current.map_or_else(|| reg.committed() & !MOVED, |c| c.version);
+            reg.publish_locked(version, servers)
+        })
+    }
+
+    /// Runs `work` holding the exclusive lock on the file that the path names now.
+    fn locked<T>(&mut self, work: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+        if !self.writable {
+            return Err(Error::PermissionDenied {
+                op: "write (opened read-only)",
+                path: self.path.clone(),
+            });
+        }
+        for _ in 0..16 {
+            let guard = self
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("lock", &self.path, e))?;
+            guard.lock().map_err(|e| Error::io("lock", &self.path, e))?;
+            let current = fs::symlink_metadata(&self.path)
+                .map_err(|e| Error::io("inspect", &self.path, e))?;
+            if (current.dev(), current.ino()) == self.file_id {
+                // A grower that died before its rename left MOVED set on the current file.
+                let committed = self.committed();
+                if committed & MOVED != 0 {
+                    self.map
+                        .store(format::COMMITTED_WORD, committed & !MOVED, Ordering::Release);
+                }
+                let result = work(self);
+                let _ = guard.unlock();
+                return result;
+            }
+            drop(guard);
+            self.reopen()?;
+        }
+        Err(Error::Io {
+            op: "lock",
+            path: self.path.clone(),
+            source: std::io::Error::other("the file kept being replaced while waiting for its lock"),
+        })
+    }
+
+    /// Publishes `servers` as version `current + 1`; the caller holds the lock.
+    fn publish_locked(&mut self, current: u64, servers: &[Server]) -> Result<Commit> {
+        check_unique(servers, &self.domain)?;
+        if servers.len() > format::MAX_CAPACITY as usize {
+            return Err(Error::TooManyServers {
+                count: servers.len(),
+                max: format::MAX_CAPACITY as usize,
+            });
+        }
+        let image = format::encode_slot(current + 1, commit_info(), servers);
+        let version = if servers.len() > self.layout.capacity as usize {
+            self.grow_locked(current, servers.len(), &image)?
+        } else {
+            self.geometry
+                .publish(&self.map, current, &image)
+                .ok_or_else(|| self.corrupt("slot outside the file".into()))?
+        };
+        self.wake();
+        Ok(Commit {
+            version,
+            changed: true,
+        })
+    }
+
+    /// Writes a larger file holding `image` as version `current + 1` and renames it into place.
+    fn grow_locked(&mut self, current: u64, needed: usize, image: &[u64]) -> Result<u64> {
+        let capacity = needed
+            .max(self.layout.capacity as usize * 2)
+            .min(format::MAX_CAPACITY as usize) as u32;
+        let layout = Layout::new(capacity, self.layout.created_ms);
+        let words = layout.file_image(self.domain.as_str(), current + 1, image);
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = write_temp(dir, &self.domain, &words)?;
+        self.map
+            .store(format::COMMITTED_WORD, current | MOVED, Ordering::Release);
+        if let Err(e) = fs::rename(&tmp, &self.path) {
+            let _ = fs::remove_file(&tmp);
+            self.map
+                .store(format::COMMITTED_WORD, current, Ordering::Release);
+            return Err(Error::io("replace", &self.path, e));
+        }
+        self.wake();
+        self.reopen()?;
+        Ok(current + 1)
+    }
+
+    fn wake(&self) {
+        self.map.fetch_add_u32(format::WAKE_OFFSET, 1);
+        self.map.futex_wake(format::WAKE_OFFSET);
+    }
+}
+
+fn check_unique(servers: &[Server], domain: &Domain) -> Result<()> {
+    for (i, server) in servers.iter().enumerate() {
+        if servers[..i]
+            .iter()
+            .any(|s| s.address.same_server(&server.address))
+        {
+            return Err(Error::ServerExists {
+                server: server.address.to_string(),
+                domain: domain.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// This process as a writer: now, pid, effective uid.
+pub fn commit_info() -> CommitInfo {
+    CommitInfo {
+        changed_ms: now_ms(),
+        pid: std::process::id(),
+        uid: effective_uid(),
+    }
+}
+
+/// Opens a registry file without following symlinks, refusing anything but a regular file, and
+/// in a world-writable directory anything not owned by us or root.
+fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::NoDomain {
+                domain: domain.to_string(),
+                path: path.to_path_buf(),
+            },
+            Some(libc::ELOOP) => Error::UnsafeFile {
+                path: path.to_path_buf(),
+                why: "it is a symbolic link".into(),
+            },
+            _ if writable => Error::io("open for writing", path, e),
+            _ => Error::io("open for reading", path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    let unsafe_file = |why: String| Error::UnsafeFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    if !meta.file_type().is_file() {
+        return Err(unsafe_file("not a regular file".into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir_meta = fs::metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
+    let me = effective_uid();
+    if dir_meta.mode() & 0o002 != 0 && meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_file(format!(
+            "owned by uid {} in the world-writable directory {} (only files of uid {me} or root are trusted there)",
+            meta.uid(),
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Creates `dir` if needed and an empty table for `domain` in it; losing a creation race to
+/// another process is fine (the file is complete before it gets its name).
+fn create_empty(dir: &Path, domain: &Domain) -> Result<()> {
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+    }
+    let layout = Layout::new(format::DEFAULT_CAPACITY, now_ms());
+    let words = layout.file_image(domain.as_str(), 0, &format::encode_slot(0, commit_info(), &[]));
+    let tmp = write_temp(dir, domain, &words)?;
+    let path = domain.path_in(dir);
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(Error::io("create", &path, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes a complete registry file under a temporary name in `dir` (leading '.', which no domain
+/// name has) and returns that name.
+fn write_temp(dir: &Path, domain: &Domain, words: &[u64]) -> Result<PathBuf> {
+    let tmp = dir.join(format!(".{}.{}.tmp", domain.as_str(), std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    let written = file
+        .set_permissions(fs::Permissions::from_mode(FILE_MODE))
+        .and_then(|()| file.write_all(bytemuck::cast_slice(words)));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write", &tmp, e));
+    }
+    Ok(tmp)
+}

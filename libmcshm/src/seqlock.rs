@@ -1,0 +1,174 @@
+//! The publish/read protocol: two slots, a sequence word per slot, one committed-version word.
+//!
+//! A writer (serialized by the file lock, see [`crate::registry`]) builds version `v + 1` in slot
+//! `(v + 1) % 2`, the one readers are not using, then publishes it with a single atomic store of
+//! the committed word. That one store is both the switch of the active slot and the version bump.
+//!
+//! ```text
+//! writer (holds the lock)                    reader (never blocks)
+//! s = seq[i]; if s odd { s += 1 }            v  = committed.load(Acquire); i = v % 2
+//! seq[i] = s + 1         (odd: in progress)  s1 = seq[i].load(Acquire); odd => retry
+//! fence(Release)                             copy slot i with Relaxed loads
+//! slot i words = image   (Relaxed stores)    fence(Acquire)
+//! seq[i].store(s + 2, Release)               s2 = seq[i].load(Relaxed); s1 != s2 => retry
+//! committed.store(v + 1, Release)            slot generation != v => lapped (retry) or corrupt
+//! ```
+//!
+//! A writer killed anywhere leaves the committed word pointing at the slot it never touched, so
+//! the last published table stays readable; a slot left with an odd sequence is simply the next
+//! writer's target again (it rounds the sequence up to even first). A reader is only disturbed
+//! when writers lap it (two commits during one copy); it then retries a bounded number of times.
+//!
+//! The protocol is generic over [`Words`] so that it runs unchanged over the shared mapping and,
+//! in the model test (`tests/loom_seqlock.rs`), over loom's atomics.
+
+use std::sync::atomic::Ordering;
+
+/// Bit 63 of the committed word: this file was replaced by a larger one (see
+/// [`crate::registry`]); readers re-open the path.
+pub const MOVED: u64 = 1 << 63;
+
+/// Word-addressed atomic memory. Every access is bounds-checked: `None` means out of range (or a
+/// store to read-only memory), never undefined behaviour.
+pub trait Words {
+    fn load(&self, index: usize, order: Ordering) -> Option<u64>;
+    fn store(&self, index: usize, value: u64, order: Ordering) -> Option<()>;
+    /// Strong compare-and-swap (AcqRel/Acquire); the inner result is `compare_exchange`'s.
+    fn compare_exchange(&self, index: usize, current: u64, new: u64) -> Option<Result<u64, u64>>;
+    fn fence(&self, order: Ordering);
+
+    /// Copies `dst.len()` words starting at `start` with relaxed loads.
+    fn copy_out(&self, start: usize, dst: &mut [u64]) -> Option<()> {
+        for (offset, word) in dst.iter_mut().enumerate() {
+            *word = self.load(start.checked_add(offset)?, Ordering::Relaxed)?;
+        }
+        Some(())
+    }
+
+    /// Writes `src` starting at `start` with relaxed stores.
+    fn copy_in(&self, start: usize, src: &[u64]) -> Option<()> {
+        for (offset, word) in src.iter().enumerate() {
+            self.store(start.checked_add(offset)?, *word, Ordering::Relaxed)?;
+        }
+        Some(())
+    }
+}
+
+/// Where the protocol's words are, in 64-bit words from the start of the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// The committed word: the published version (bit 63: [`MOVED`]).
+    pub committed: usize,
+    /// First word of each slot. Word 0 of a slot is its sequence, word 1 its generation (the
+    /// version it holds); the rest is the image the format layer defines.
+    pub slots: [usize; 2],
+    /// Words a slot may hold at most, sequence word included.
+    pub slot_words: usize,
+    /// Words at the start of a slot that say how long its image is (read before the rest).
+    pub slot_header_words: usize,
+}
+
+/// Why a read attempt gave no table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// A writer overwrote the slot while we copied it: retry.
+    Lapped,
+    /// The slot is inconsistent with no writer at work: the file is damaged.
+    Corrupt(String),
+}
+
+impl Geometry {
+    /// One attempt to copy the committed slot into `out` (which ends up holding the whole slot
+    /// image, sequence word first). `image_words` reads the slot header words and says how many
+    /// words the image has in all, or `None` if the header is invalid.
+    ///
+    /// Returns the version copied. The copy is consistent (no writer touched it during the copy)
+    /// but not yet validated beyond its generation: the caller checks its CRC and contents.
+    pub fn read<W: Words>(
+        &self,
+        mem: &W,
+        out: &mut Vec<u64>,
+        image_words: impl Fn(&[u64]) -> Option<usize>,
+    ) -> Result<u64, ReadError> {
+        // A MOVED file still holds a valid table (callers follow moves before reading).
+        let committed = self.load(mem, self.committed, Ordering::Acquire)? & !MOVED;
+        let base = self.slots[(committed & 1) as usize];
+        let seq = self.load(mem, base, Ordering::Acquire)?;
+        if seq & 1 == 1 {
+            return Err(self.lapped_or_corrupt(mem, committed, "slot sequence odd"));
+        }
+        out.clear();
+        out.resize(self.slot_header_words, 0);
+        mem.copy_out(base, out).ok_or_else(out_of_bounds)?;
+        let total = image_words(out).filter(|&n| (self.slot_header_words..=self.slot_words).contains(&n));
+        let Some(total) = total else {
+            return Err(self.unchanged_or_lapped(mem, base, seq, committed, "slot length invalid"));
+        };
+        out.resize(total, 0);
+        let header = self.slot_header_words;
+        mem.copy_out(base + header, &mut out[header..])
+            .ok_or_else(out_of_bounds)?;
+        mem.fence(Ordering::Acquire);
+        if self.load(mem, base, Ordering::Relaxed)? != seq {
+            return Err(ReadError::Lapped);
+        }
+        if out[1] != committed {
+            return Err(self.lapped_or_corrupt(mem, committed, "slot generation is not the committed version"));
+        }
+        Ok(committed)
+    }
+
+    /// Publishes `image` (a whole slot image; word 0 is ignored, word 1 must be the new version)
+    /// as version `current + 1`. The caller holds the writer lock and has checked that `image`
+    /// fits a slot. Returns the new version, or `None` if the memory refused a store.
+    pub fn publish<W: Words>(&self, mem: &W, current: u64, image: &[u64]) -> Option<u64> {
+        let next = current + 1;
+        debug_assert_eq!(image.get(1), Some(&next));
+        if image.len() > self.slot_words || image.len() < 2 {
+            return None;
+        }
+        let base = self.slots[(next & 1) as usize];
+        let mut seq = mem.load(base, Ordering::Relaxed)?;
+        if seq & 1 == 1 {
+            seq += 1; // a writer died in this slot; its half-written image is simply replaced
+        }
+        mem.store(base, seq + 1, Ordering::Relaxed)?;
+        mem.fence(Ordering::Release);
+        mem.copy_in(base + 1, &image[1..])?;
+        mem.store(base, seq + 2, Ordering::Release)?;
+        mem.store(self.committed, next, Ordering::Release)?;
+        Some(next)
+    }
+
+    fn load<W: Words>(&self, mem: &W, index: usize, order: Ordering) -> Result<u64, ReadError> {
+        mem.load(index, order).ok_or_else(out_of_bounds)
+    }
+
+    /// The slot looked wrong: if the committed word moved meanwhile we were lapped, else the file
+    /// is damaged.
+    fn lapped_or_corrupt<W: Words>(&self, mem: &W, committed: u64, what: &str) -> ReadError {
+        match mem.load(self.committed, Ordering::Acquire) {
+            Some(now) if now & !MOVED != committed => ReadError::Lapped,
+            _ => ReadError::Corrupt(what.to_string()),
+        }
+    }
+
+    fn unchanged_or_lapped<W: Words>(
+        &self,
+        mem: &W,
+        base: usize,
+        seq: u64,
+        committed: u64,
+        what: &str,
+    ) -> ReadError {
+        mem.fence(Ordering::Acquire);
+        match mem.load(base, Ordering::Relaxed) {
+            Some(now) if now == seq => self.lapped_or_corrupt(mem, committed, what),
+            _ => ReadError::Lapped,
+        }
+    }
+}
+
+fn out_of_bounds() -> ReadError {
+    ReadError::Corrupt("slot lies outside the file".to_string())
+}

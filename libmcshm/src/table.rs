@@ -1,0 +1,153 @@
+//! The server table as callers see it: owned, validated values copied out of the shared file.
+
+use std::fmt;
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+
+/// `retry_interval` of a server added without one (seconds; PECL memcache's default).
+pub const DEFAULT_RETRY_INTERVAL: i32 = 15;
+/// Longest state reason (bytes of UTF-8).
+pub const MAX_REASON_LEN: usize = 192;
+
+/// Whether clients may use a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Up,
+    Down,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            State::Up => 0,
+            State::Down => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<State> {
+        match code {
+            0 => Some(State::Up),
+            1 => Some(State::Down),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for State {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<State> {
+        match s {
+            "up" => Ok(State::Up),
+            "down" => Ok(State::Down),
+            _ => Err(Error::invalid("state", s, "expected 'up' or 'down'")),
+        }
+    }
+}
+
+/// One server of a domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub address: Address,
+    /// Relative share of keys, 1..=65535.
+    pub weight: u16,
+    pub state: State,
+    /// Seconds between automatic retries of a down server; -1: never retried automatically.
+    pub retry_interval: i32,
+    /// When the state last changed (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// Process and user that last changed the state.
+    pub changed_by_pid: u32,
+    pub changed_by_uid: u32,
+    /// Free text: why the server is in its state.
+    pub reason: String,
+}
+
+impl Server {
+    /// A server that is up, with weight 1 and the default retry interval.
+    pub fn new(address: Address) -> Server {
+        Server {
+            address,
+            weight: 1,
+            state: State::Up,
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+            since_ms: 0,
+            changed_by_pid: 0,
+            changed_by_uid: 0,
+            reason: String::new(),
+        }
+    }
+}
+
+/// Checks a weight given by a user (1..=65535).
+pub fn check_weight(weight: u32) -> Result<u16> {
+    match u16::try_from(weight) {
+        Ok(w) if w >= 1 => Ok(w),
+        _ => Err(Error::invalid(
+            "weight",
+            &weight.to_string(),
+            "must be from 1 to 65535",
+        )),
+    }
+}
+
+/// Checks a retry interval given by a user (-1, or 0 and more seconds).
+pub fn check_retry_interval(seconds: i64) -> Result<i32> {
+    match i32::try_from(seconds) {
+        Ok(s) if s >= -1 => Ok(s),
+        _ => Err(Error::invalid(
+            "retry interval",
+            &seconds.to_string(),
+            "must be -1 (never retry automatically) or 0 and more seconds",
+        )),
+    }
+}
+
+/// Checks a state reason: at most 192 bytes, no control characters.
+pub fn check_reason(reason: &str) -> Result<()> {
+    if reason.len() > MAX_REASON_LEN {
+        return Err(Error::invalid(
+            "reason",
+            reason,
+            format!("longer than {MAX_REASON_LEN} bytes"),
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(Error::invalid("reason", reason, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// A validated copy of one published version of a domain's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub domain: String,
+    /// The table version; it grows by one per committed transaction.
+    pub version: u64,
+    /// When the version was committed (ms since the Unix epoch), and by which process and user.
+    pub changed_ms: u64,
+    pub writer_pid: u32,
+    pub writer_uid: u32,
+    /// The servers in the order they were added (the order clients hash in).
+    pub servers: Vec<Server>,
+}
+
+impl Snapshot {
+    /// The server with this address, if any.
+    pub fn find(&self, address: &Address) -> Option<&Server> {
+        self.servers.iter().find(|s| s.address.same_server(address))
+    }
+}
