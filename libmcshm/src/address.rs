@@ -35,7 +35,9 @@ impl Address {
     pub fn parse(input: &str) -> Result<Address> {
         let bad = |why: &str| Error::invalid("address", input, why);
         if input.is_empty() {
-            return Err(bad("empty (expected HOST[:PORT], [IPV6][:PORT] or /unix/socket/path)"));
+            return Err(bad(
+                "empty (expected HOST[:PORT], [IPV6][:PORT] or /unix/socket/path)",
+            ));
         }
         if input.starts_with('/') {
             return parse_unix(input);
@@ -44,12 +46,16 @@ impl Address {
             let (ip, after) = rest
                 .split_once(']')
                 .ok_or_else(|| bad("missing ']' after IPv6 address"))?;
-            let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+            let ip: Ipv6Addr = ip
+                .parse()
+                .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
             let port = match after {
                 "" => DEFAULT_PORT,
                 _ => parse_port(
                     input,
-                    after.strip_prefix(':').ok_or_else(|| bad("expected ':PORT' after ']'"))?,
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':PORT' after ']'"))?,
                 )?,
             };
             return Ok(Address::Ipv6 { ip, port });
@@ -70,7 +76,9 @@ impl Address {
             return Err("missing host before ':'".into());
         }
         if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            let ip: Ipv4Addr = host.parse().map_err(|_| "not a valid IPv4 address".to_string())?;
+            let ip: Ipv4Addr = host
+                .parse()
+                .map_err(|_| "not a valid IPv4 address".to_string())?;
             return Ok(Address::Ipv4 { ip, port });
         }
         check_hostname(host)?;
@@ -83,9 +91,9 @@ impl Address {
     /// The port (`None` for a unix socket).
     pub fn port(&self) -> Option<u16> {
         match self {
-            Address::Host { port, .. } | Address::Ipv4 { port, .. } | Address::Ipv6 { port, .. } => {
-                Some(*port)
-            }
+            Address::Host { port, .. }
+            | Address::Ipv4 { port, .. }
+            | Address::Ipv6 { port, .. } => Some(*port),
             Address::Unix { .. } => None,
         }
     }
@@ -113,7 +121,11 @@ impl Address {
 
     /// Rebuilds an address from its stored parts (see [`crate::format`]); validates them as
     /// strictly as [`Address::parse`] validates text.
-    pub(crate) fn from_stored(kind: u8, text: &str, port: u16) -> std::result::Result<Address, String> {
+    pub(crate) fn from_stored(
+        kind: u8,
+        text: &str,
+        port: u16,
+    ) -> std::result::Result<Address, String> {
         let address = match kind {
             KIND_UNIX => parse_unix(text).map_err(|e| e.to_string())?,
             KIND_IPV6 => Address::Ipv6 {
@@ -187,7 +199,9 @@ fn parse_unix(input: &str) -> Result<Address> {
         )));
     }
     if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("unix socket path contains whitespace or control characters"));
+        return Err(bad(
+            "unix socket path contains whitespace or control characters",
+        ));
     }
     if !input.starts_with('/') || input.ends_with('/') {
         return Err(bad("unix socket path must be absolute and name a file"));
@@ -266,9 +280,15 @@ mod tests {
             let err = Address::parse(input).unwrap_err().to_string();
             assert!(err.contains(needle), "{input:?}: {err}");
         }
-        let long = "a".repeat(63) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(63);
+        let long =
+            "a".repeat(63) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(63);
         assert!(Address::parse(&long).is_ok());
-        assert!(Address::parse(&(long + ".e")).unwrap_err().to_string().contains("longer than 255"));
+        assert!(
+            Address::parse(&(long + ".e"))
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 255")
+        );
     }
 
     #[test]

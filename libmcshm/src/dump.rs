@@ -51,7 +51,10 @@ pub fn parse(text: &str) -> Result<Vec<Server>> {
             continue;
         }
         let server = parse_line(line).map_err(|e| bad(e.to_string()))?;
-        if servers.iter().any(|s| s.address.same_server(&server.address)) {
+        if servers
+            .iter()
+            .any(|s| s.address.same_server(&server.address))
+        {
             return Err(bad(format!("server {} listed twice", server.address)));
         }
         servers.push(server);
@@ -88,8 +91,12 @@ fn apply(server: &mut Server, key: &str, value: &str) -> Result<()> {
             .map_err(|_| Error::invalid(what, value, "not a number"))
     };
     match key {
-        "weight" => server.weight = check_weight(number("weight")?.clamp(0, u32::MAX as i64) as u32)?,
-        "retry-interval" => server.retry_interval = check_retry_interval(number("retry interval")?)?,
+        "weight" => {
+            server.weight = check_weight(number("weight")?.clamp(0, u32::MAX as i64) as u32)?
+        }
+        "retry-interval" => {
+            server.retry_interval = check_retry_interval(number("retry interval")?)?
+        }
         "state" => server.state = value.parse()?,
         "reason" => {
             check_reason(value)?;
@@ -118,7 +125,13 @@ fn take_quoted(text: &str) -> Result<(String, &str)> {
             '"' => return Ok((value, &body[i + 1..])),
             '\\' => match chars.next() {
                 Some((_, e @ ('"' | '\\'))) => value.push(e),
-                _ => return Err(Error::invalid("reason", text, "bad escape (only \\\" and \\\\)")),
+                _ => {
+                    return Err(Error::invalid(
+                        "reason",
+                        text,
+                        "bad escape (only \\\" and \\\\)",
+                    ));
+                }
             },
             c => value.push(c),
         }

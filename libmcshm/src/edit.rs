@@ -17,7 +17,10 @@ pub fn add(
     domain: &str,
 ) -> Result<()> {
     for server in new {
-        if servers.iter().any(|s| s.address.same_server(&server.address)) {
+        if servers
+            .iter()
+            .any(|s| s.address.same_server(&server.address))
+        {
             if if_missing {
                 continue;
             }
@@ -119,7 +122,11 @@ fn stamp(server: &mut Server, actor: CommitInfo) {
     server.changed_by_uid = actor.uid;
 }
 
-fn find_mut<'a>(servers: &'a mut [Server], address: &Address, domain: &str) -> Result<&'a mut Server> {
+fn find_mut<'a>(
+    servers: &'a mut [Server],
+    address: &Address,
+    domain: &str,
+) -> Result<&'a mut Server> {
     servers
         .iter_mut()
         .find(|s| s.address.same_server(address))

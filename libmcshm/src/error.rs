@@ -84,7 +84,9 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Invalid { .. } | Error::BadLine { .. } | Error::TooManyServers { .. } => ErrorKind::BadInput,
+            Error::Invalid { .. } | Error::BadLine { .. } | Error::TooManyServers { .. } => {
+                ErrorKind::BadInput
+            }
             Error::NoDomain { .. } | Error::NoServer { .. } | Error::ServerExists { .. } => {
                 ErrorKind::NotFound
             }

@@ -263,7 +263,9 @@ pub fn parse_header(words: &[u64], file_len: u64, domain: &str) -> Result<Layout
         ));
     }
     let name_len = header.domain.iter().position(|&b| b == 0).unwrap_or(64);
-    if &header.domain[..name_len] != domain.as_bytes() || header.domain[name_len..].iter().any(|&b| b != 0) {
+    if &header.domain[..name_len] != domain.as_bytes()
+        || header.domain[name_len..].iter().any(|&b| b != 0)
+    {
         return bad(format!(
             "header names domain '{}', expected '{domain}'",
             String::from_utf8_lossy(&header.domain[..name_len])
@@ -335,7 +337,10 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
         return Err("slot length does not match its count".into());
     }
     if slot_crc(bytes) != header.crc {
-        return Err(format!("slot of version {} fails its checksum", header.generation));
+        return Err(format!(
+            "slot of version {} fails its checksum",
+            header.generation
+        ));
     }
     let servers = bytes[SLOT_HEADER_LEN..]
         .chunks_exact(ENTRY_LEN)
@@ -346,7 +351,10 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     for (i, server) in servers.iter().enumerate() {
-        if servers[..i].iter().any(|s| s.address.same_server(&server.address)) {
+        if servers[..i]
+            .iter()
+            .any(|s| s.address.same_server(&server.address))
+        {
             return Err(format!("server {} listed twice", server.address));
         }
     }
@@ -383,20 +391,23 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
     if addr_len == 0 || addr_len >= ADDR_FIELD {
         return Err(format!("address length {addr_len} out of range"));
     }
-    let text = std::str::from_utf8(&entry.address[..addr_len]).map_err(|_| "address is not UTF-8")?;
+    let text =
+        std::str::from_utf8(&entry.address[..addr_len]).map_err(|_| "address is not UTF-8")?;
     let address = Address::from_stored(entry.kind, text, entry.port)?;
     let reason_len = entry.reason_len as usize;
     if reason_len > MAX_REASON_LEN {
         return Err(format!("reason length {reason_len} out of range"));
     }
-    let reason = std::str::from_utf8(&entry.reason[..reason_len]).map_err(|_| "reason is not UTF-8")?;
+    let reason =
+        std::str::from_utf8(&entry.reason[..reason_len]).map_err(|_| "reason is not UTF-8")?;
     if entry.weight == 0 {
         return Err("weight 0".into());
     }
     if entry.retry_interval < -1 {
         return Err(format!("retry interval {}", entry.retry_interval));
     }
-    let state = State::from_code(entry.state).ok_or_else(|| format!("state code {}", entry.state))?;
+    let state =
+        State::from_code(entry.state).ok_or_else(|| format!("state code {}", entry.state))?;
     Ok(Server {
         address,
         weight: entry.weight,
@@ -436,7 +447,10 @@ mod tests {
         let snap = decode_slot(&image, "d").unwrap();
         assert_eq!(snap.version, 9);
         assert_eq!(snap.servers, servers());
-        assert_eq!((snap.changed_ms, snap.writer_pid, snap.writer_uid), (5, 6, 7));
+        assert_eq!(
+            (snap.changed_ms, snap.writer_pid, snap.writer_uid),
+            (5, 6, 7)
+        );
     }
 
     #[test]
@@ -446,8 +460,14 @@ mod tests {
         for i in 8..bytes.len() {
             let mut copy = bytes.clone();
             copy[i] ^= 0x10;
-            let words: Vec<u64> = copy.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-            assert!(decode_slot(&words, "d").is_err(), "flip at byte {i} went unnoticed");
+            let words: Vec<u64> = copy
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert!(
+                decode_slot(&words, "d").is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 

@@ -83,7 +83,9 @@ impl Registry {
 
     fn open_path(path: PathBuf, domain: Domain, writable: bool) -> Result<Registry> {
         let file = open_checked(&path, &domain, writable)?;
-        let meta = file.metadata().map_err(|e| Error::io("inspect", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("inspect", &path, e))?;
         let corrupt = |why: String| Error::Corrupt {
             path: path.clone(),
             why,
@@ -212,7 +214,9 @@ impl Registry {
         Err(Error::Io {
             op: "read",
             path: self.path.clone(),
-            source: std::io::Error::other("writers replaced the table faster than it could be copied"),
+            source: std::io::Error::other(
+                "writers replaced the table faster than it could be copied",
+            ),
         })
     }
 
@@ -301,8 +305,11 @@ impl Registry {
                 // A grower that died before its rename left MOVED set on the current file.
                 let committed = self.committed();
                 if committed & MOVED != 0 {
-                    self.map
-                        .store(format::COMMITTED_WORD, committed & !MOVED, Ordering::Release);
+                    self.map.store(
+                        format::COMMITTED_WORD,
+                        committed & !MOVED,
+                        Ordering::Release,
+                    );
                 }
                 let result = work(self);
                 let _ = guard.unlock();
@@ -314,7 +321,9 @@ impl Registry {
         Err(Error::Io {
             op: "lock",
             path: self.path.clone(),
-            source: std::io::Error::other("the file kept being replaced while waiting for its lock"),
+            source: std::io::Error::other(
+                "the file kept being replaced while waiting for its lock",
+            ),
         })
     }
 
@@ -453,7 +462,11 @@ fn create_empty(dir: &Path, domain: &Domain) -> Result<()> {
             .map_err(|e| Error::io("create directory", dir, e))?;
     }
     let layout = Layout::new(format::DEFAULT_CAPACITY, now_ms());
-    let words = layout.file_image(domain.as_str(), 0, &format::encode_slot(0, commit_info(), &[]));
+    let words = layout.file_image(
+        domain.as_str(),
+        0,
+        &format::encode_slot(0, commit_info(), &[]),
+    );
     let tmp = write_temp(dir, domain, &words)?;
     let path = domain.path_in(dir);
     let linked = fs::hard_link(&tmp, &path);

@@ -100,7 +100,8 @@ impl Geometry {
         out.clear();
         out.resize(self.slot_header_words, 0);
         mem.copy_out(base, out).ok_or_else(out_of_bounds)?;
-        let total = image_words(out).filter(|&n| (self.slot_header_words..=self.slot_words).contains(&n));
+        let total =
+            image_words(out).filter(|&n| (self.slot_header_words..=self.slot_words).contains(&n));
         let Some(total) = total else {
             return Err(self.unchanged_or_lapped(mem, base, seq, committed, "slot length invalid"));
         };
@@ -113,7 +114,11 @@ impl Geometry {
             return Err(ReadError::Lapped);
         }
         if out[1] != committed {
-            return Err(self.lapped_or_corrupt(mem, committed, "slot generation is not the committed version"));
+            return Err(self.lapped_or_corrupt(
+                mem,
+                committed,
+                "slot generation is not the committed version",
+            ));
         }
         Ok(committed)
     }

@@ -126,7 +126,11 @@ pub fn check_reason(reason: &str) -> Result<()> {
         ));
     }
     if reason.chars().any(char::is_control) {
-        return Err(Error::invalid("reason", reason, "contains control characters"));
+        return Err(Error::invalid(
+            "reason",
+            reason,
+            "contains control characters",
+        ));
     }
     Ok(())
 }

@@ -1,1 +1,319 @@
-fn main(){}
+//! mcadmin: the command-line face of the registry. Glue only: parse arguments, call libmcshm,
+//! print, map errors to the documented exit codes.
+
+mod cli;
+mod show;
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use libmcshm::registry::commit_info;
+use libmcshm::table::{check_reason, check_retry_interval, check_weight};
+use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, dump, edit};
+use serde_json::json;
+
+use cli::{Cli, Command};
+
+/// Exit codes (documented in `--help` and mcadmin(8)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    Success = 0,
+    No = 1,
+    BadInput = 2,
+    NotFound = 3,
+    Registry = 4,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match run(&cli) {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => Exit::Success,
+        Err(err) => {
+            eprintln!("mcadmin: {err:#}");
+            exit_for(&err)
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn exit_for(err: &anyhow::Error) -> Exit {
+    match err
+        .downcast_ref::<libmcshm::Error>()
+        .map(libmcshm::Error::kind)
+    {
+        Some(ErrorKind::BadInput) => Exit::BadInput,
+        Some(ErrorKind::NotFound) => Exit::NotFound,
+        Some(ErrorKind::Registry) => Exit::Registry,
+        None if err.downcast_ref::<UsageError>().is_some() => Exit::BadInput,
+        None => Exit::Registry,
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Bad input found by mcadmin itself (not by libmcshm).
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+struct Invocation {
+    dir: PathBuf,
+    domain: Domain,
+    json: bool,
+}
+
+fn run(cli: &Cli) -> Result<Exit> {
+    let domain = Domain::new(&cli.domain)?;
+    let dir = match &cli.dir {
+        Some(dir) => dir.clone(),
+        None => libmcshm::default_dir()?,
+    };
+    let ctx = Invocation {
+        dir,
+        domain,
+        json: cli.json,
+    };
+    match &cli.command {
+        Command::Add {
+            servers,
+            weight,
+            down,
+            reason,
+            retry,
+            if_missing,
+        } => {
+            let weight = check_weight(*weight)?;
+            let retry_interval = check_retry_interval(retry.retry_interval)?;
+            check_reason(reason)?;
+            let new = parse_addresses(servers)?
+                .into_iter()
+                .map(|address| Server {
+                    weight,
+                    retry_interval,
+                    state: if *down { State::Down } else { State::Up },
+                    reason: reason.clone(),
+                    ..Server::new(address)
+                })
+                .collect::<Vec<_>>();
+            let name = ctx.domain.to_string();
+            write(&ctx, true, |list| {
+                edit::add(list, &new, *if_missing, commit_info(), &name)
+            })
+        }
+        Command::Delete {
+            servers,
+            if_present,
+        } => {
+            let addresses = parse_addresses(servers)?;
+            let name = ctx.domain.to_string();
+            write(&ctx, false, |list| {
+                edit::delete(list, &addresses, *if_present, &name)
+            })
+        }
+        Command::Up { servers, reason } => set_state(&ctx, servers, State::Up, reason),
+        Command::Down { servers, reason } => set_state(&ctx, servers, State::Down, reason),
+        Command::Set {
+            server,
+            weight,
+            retry_interval,
+        } => {
+            let address = Address::parse(server)?;
+            let weight = weight.map(check_weight).transpose()?;
+            let retry = retry_interval.map(check_retry_interval).transpose()?;
+            if weight.is_none() && retry.is_none() {
+                return Err(UsageError(
+                    "set: nothing to change (give --weight and/or --retry-interval)".into(),
+                )
+                .into());
+            }
+            let name = ctx.domain.to_string();
+            write(&ctx, false, |list| {
+                edit::modify(list, &address, weight, retry, &name)
+            })
+        }
+        Command::List => {
+            let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+            print(
+                &ctx,
+                || show::snapshot_json(&snapshot),
+                || show::snapshot_table(&snapshot),
+            )?;
+            Ok(Exit::Success)
+        }
+        Command::Status { server } => status(&ctx, server),
+        Command::Domains => domains(&ctx),
+        Command::Dump => {
+            let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+            io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
+            Ok(Exit::Success)
+        }
+        Command::Load { file } => load(&ctx, file),
+        Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
+    }
+}
+
+fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
+    Ok(servers
+        .iter()
+        .map(|s| Address::parse(s))
+        .collect::<libmcshm::Result<_>>()?)
+}
+
+fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -> Result<Exit> {
+    check_reason(reason)?;
+    let addresses = parse_addresses(servers)?;
+    let name = ctx.domain.to_string();
+    write(ctx, false, |list| {
+        edit::set_state(list, &addresses, state, reason, commit_info(), &name)
+    })
+}
+
+/// Runs one transaction and reports the version it published.
+fn write(
+    ctx: &Invocation,
+    create: bool,
+    change: impl FnOnce(&mut Vec<Server>) -> libmcshm::Result<()>,
+) -> Result<Exit> {
+    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, create)?;
+    let commit = registry.transact(change)?;
+    report_commit(ctx, commit)
+}
+
+fn report_commit(ctx: &Invocation, commit: Commit) -> Result<Exit> {
+    print(
+        ctx,
+        || json!({"domain": ctx.domain.as_str(), "version": commit.version, "changed": commit.changed}),
+        || match commit.changed {
+            true => format!("domain {}: version {}\n", ctx.domain, commit.version),
+            false => format!(
+                "domain {}: unchanged at version {}\n",
+                ctx.domain, commit.version
+            ),
+        },
+    )?;
+    Ok(Exit::Success)
+}
+
+fn status(ctx: &Invocation, server: &str) -> Result<Exit> {
+    let address = Address::parse(server)?;
+    let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+    let found = snapshot
+        .find(&address)
+        .ok_or_else(|| libmcshm::Error::NoServer {
+            server: address.to_string(),
+            domain: ctx.domain.to_string(),
+        })?;
+    print(
+        ctx,
+        || show::server_json(found),
+        || show::server_status(found),
+    )?;
+    Ok(match found.state {
+        State::Up => Exit::Success,
+        State::Down => Exit::No,
+    })
+}
+
+fn domains(ctx: &Invocation) -> Result<Exit> {
+    let rows = show::scan_domains(&ctx.dir)?;
+    let mut failed = false;
+    for row in &rows {
+        if let Err(err) = &row.table {
+            eprintln!("mcadmin: {err}");
+            failed = true;
+        }
+    }
+    print(
+        ctx,
+        || show::domains_json(&rows),
+        || show::domains_table(&rows),
+    )?;
+    Ok(if failed {
+        Exit::Registry
+    } else {
+        Exit::Success
+    })
+}
+
+fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the server list from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
+    };
+    let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
+    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, true)?;
+    let commit = match registry.transact(|list| {
+        *list = edit::merge_loaded(list, &loaded, commit_info());
+        Ok(())
+    }) {
+        Err(libmcshm::Error::Corrupt { .. }) => {
+            registry.replace(&edit::merge_loaded(&[], &loaded, commit_info()))?
+        }
+        other => other?,
+    };
+    report_commit(ctx, commit)
+}
+
+fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<f64>) -> Result<Exit> {
+    let timeout = match timeout {
+        None => Duration::MAX,
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map_err(|_| UsageError(format!("invalid timeout '{s}': expected seconds >= 0")))?,
+    };
+    let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
+    let since = since.unwrap_or_else(|| registry.version());
+    let deadline = std::time::Instant::now().checked_add(timeout);
+    loop {
+        let left = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
+        if let Some(version) = registry.wait_for_change(since, left) {
+            print(
+                ctx,
+                || json!({"domain": ctx.domain.as_str(), "version": version}),
+                || format!("{version}\n"),
+            )?;
+            return Ok(Exit::Success);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(Exit::No);
+        }
+    }
+}
+
+/// Prints JSON (one document, newline-terminated) or text.
+fn print(
+    ctx: &Invocation,
+    json: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if ctx.json {
+        writeln!(out, "{}", json())?;
+    } else {
+        out.write_all(text().as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}

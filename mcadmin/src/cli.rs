@@ -1,0 +1,164 @@
+//! Command-line definitions of mcadmin (also used to generate `man/mcadmin.8`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+macro_rules! exit_status {
+    () => {
+        "\
+Exit status:
+  0  success; `status`: the server is up; `wait`: the version changed
+  1  the answer is no: `status`: the server is down; `wait`: timed out
+  2  usage error or bad input (address, domain name, weight, list line); nothing changed
+  3  not found: no such domain or server, or `add` of a server already present; nothing changed
+  4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error"
+    };
+}
+
+/// The exit status table, shown after `--help` and in the man page.
+pub const EXIT_STATUS: &str = exit_status!();
+
+pub const AFTER_LONG_HELP: &str = concat!(
+    "\
+Examples:
+  mcadmin --domain myapp add cache1:11211 cache2:11211 --weight 2
+  mcadmin --domain myapp down cache1:11211 --reason 'disk failure'
+  mcadmin --domain myapp list --json
+  mcadmin --domain myapp dump > myapp.list; mcadmin --domain myapp load myapp.list
+
+",
+    exit_status!()
+);
+
+/// Manage the memcached server lists that every process on this host shares.
+///
+/// Each domain (e.g. `myapp`, `default`) is a versioned server table in a memory-mapped file,
+/// DIR/DOMAIN.mcshm. Every change is one new version, seen by every process that uses the domain
+/// on its next operation. Readers never block; writers take turns on a file lock.
+///
+/// The registry directory is --dir, else $MCSHM_DIR, else /run/mcshm when it exists or you are
+/// root, else $XDG_RUNTIME_DIR/mcshm. It is tmpfs: keep your list in a config file and replay it
+/// at boot with `mcadmin load`.
+#[derive(Parser, Debug)]
+#[command(name = "mcadmin", version, after_long_help = AFTER_LONG_HELP, after_help = EXIT_STATUS)]
+pub struct Cli {
+    /// Registry directory [default: $MCSHM_DIR, /run/mcshm or $XDG_RUNTIME_DIR/mcshm]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Domain (server list) to work on: 1-64 characters of A-Z a-z 0-9 . _ -
+    #[arg(long, global = true, env = "MCSHM_DOMAIN", default_value = "default")]
+    pub domain: String,
+
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Add servers (creating the domain on first use); several servers commit as one version.
+    ///
+    /// ADDR is HOST[:PORT], IPV4[:PORT], [IPV6][:PORT] or an absolute unix socket path; the port
+    /// defaults to 11211. Servers keep the order they were added in (clients hash in that order).
+    Add {
+        #[arg(required = true, value_name = "ADDR")]
+        servers: Vec<String>,
+        /// Share of keys relative to the other servers (1-65535)
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        weight: u32,
+        /// Add in the down state (clients will not use the servers until `mcadmin up`)
+        #[arg(long)]
+        down: bool,
+        /// Why (shown by `list`); with --down, why the servers are down
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        retry: RetryArg,
+        /// Skip servers already present instead of failing
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Remove servers.
+    #[command(alias = "del", alias = "rm")]
+    Delete {
+        #[arg(required = true, value_name = "ADDR")]
+        servers: Vec<String>,
+        /// Skip servers not present instead of failing
+        #[arg(long)]
+        if_present: bool,
+    },
+    /// Mark servers up (usable by clients).
+    Up {
+        #[arg(required = true, value_name = "ADDR")]
+        servers: Vec<String>,
+        /// Why (shown by `list`)
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+    /// Mark servers down (clients stop using them).
+    Down {
+        #[arg(required = true, value_name = "ADDR")]
+        servers: Vec<String>,
+        /// Why (shown by `list` and `status`)
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+    /// Change a server's weight or retry interval.
+    Set {
+        #[arg(value_name = "ADDR")]
+        server: String,
+        /// New share of keys (1-65535)
+        #[arg(long, value_name = "N")]
+        weight: Option<u32>,
+        /// New seconds between automatic retries while down; -1: never
+        #[arg(long, value_name = "S", allow_negative_numbers = true)]
+        retry_interval: Option<i64>,
+    },
+    /// Show the servers of the domain with its version.
+    #[command(alias = "ls")]
+    List,
+    /// Show one server's state; exit status 0 when up, 1 when down.
+    Status {
+        #[arg(value_name = "ADDR")]
+        server: String,
+    },
+    /// List every domain in the registry directory.
+    Domains,
+    /// Write the server list as text, one server per line (the input of `load`).
+    Dump,
+    /// Replace the whole server list from FILE (or - for stdin) in one version.
+    ///
+    /// Lines: `ADDR [weight=N] [retry-interval=S] [state=up|down] [reason="TEXT"]`; blank lines
+    /// and lines starting with # are ignored. A bad line changes nothing. Also repairs a
+    /// damaged registry file.
+    Load {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Wait until the domain's version changes, then print the new version.
+    Wait {
+        /// Wait for a version greater than V [default: the current version]
+        #[arg(long, value_name = "V")]
+        since: Option<u64>,
+        /// Give up after S seconds (exit status 1) [default: wait forever]
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RetryArg {
+    /// Seconds between automatic retries while down; -1: never retried automatically
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 15,
+        allow_negative_numbers = true
+    )]
+    pub retry_interval: i64,
+}

@@ -1,0 +1,225 @@
+//! How mcadmin prints tables: aligned text for people, JSON for scripts.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use libmcshm::domain::FILE_SUFFIX;
+use libmcshm::registry::now_ms;
+use libmcshm::{Domain, Registry, Server, Snapshot, State};
+use serde_json::{Value, json};
+
+pub fn snapshot_json(snapshot: &Snapshot) -> Value {
+    json!({
+        "domain": snapshot.domain,
+        "version": snapshot.version,
+        "changed_ms": snapshot.changed_ms,
+        "writer_pid": snapshot.writer_pid,
+        "writer_uid": snapshot.writer_uid,
+        "servers": snapshot.servers.iter().map(server_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn server_json(server: &Server) -> Value {
+    json!({
+        "address": server.address.to_string(),
+        "host": server.address.host(),
+        "port": server.address.port(),
+        "weight": server.weight,
+        "state": server.state.as_str(),
+        "retry_interval": server.retry_interval,
+        "since_ms": server.since_ms,
+        "changed_by_pid": server.changed_by_pid,
+        "changed_by_uid": server.changed_by_uid,
+        "reason": server.reason,
+    })
+}
+
+pub fn snapshot_table(snapshot: &Snapshot) -> String {
+    let mut out = format!(
+        "domain {}  version {}  changed {} by pid {} uid {}\n",
+        snapshot.domain,
+        snapshot.version,
+        utc(snapshot.changed_ms),
+        snapshot.writer_pid,
+        snapshot.writer_uid
+    );
+    let rows: Vec<[String; 6]> = snapshot
+        .servers
+        .iter()
+        .map(|s| {
+            [
+                s.address.to_string(),
+                s.weight.to_string(),
+                s.state.to_string(),
+                s.retry_interval.to_string(),
+                utc(s.since_ms),
+                s.reason.clone(),
+            ]
+        })
+        .collect();
+    let header = ["ADDRESS", "WEIGHT", "STATE", "RETRY", "SINCE", "REASON"].map(String::from);
+    out += &align(&header, &rows);
+    out
+}
+
+pub fn server_status(server: &Server) -> String {
+    let mut line = format!(
+        "{} {} since {}",
+        server.address,
+        server.state,
+        utc(server.since_ms)
+    );
+    if !server.reason.is_empty() {
+        line += &format!(": {}", server.reason);
+    }
+    line + "\n"
+}
+
+/// One registry file found by `domains`.
+pub struct DomainRow {
+    pub domain: String,
+    pub table: Result<Arc<Snapshot>, libmcshm::Error>,
+}
+
+/// Every `*.mcshm` file in `dir` (none if `dir` does not exist), sorted by domain.
+pub fn scan_domains(dir: &Path) -> Result<Vec<DomainRow>> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.with_context(|| format!("cannot list {}", dir.display()))?,
+    };
+    let mut rows = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(domain) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(FILE_SUFFIX))
+            .and_then(|n| Domain::new(n).ok())
+        else {
+            continue;
+        };
+        let table = Registry::open(dir, &domain).and_then(|mut r| r.snapshot());
+        rows.push(DomainRow {
+            domain: domain.to_string(),
+            table,
+        });
+    }
+    rows.sort_by(|a, b| a.domain.cmp(&b.domain));
+    Ok(rows)
+}
+
+pub fn domains_json(rows: &[DomainRow]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|row| match &row.table {
+                Ok(s) => json!({
+                    "domain": row.domain,
+                    "servers": s.servers.len(),
+                    "up": up_count(s),
+                    "version": s.version,
+                    "changed_ms": s.changed_ms,
+                }),
+                Err(e) => json!({"domain": row.domain, "error": e.to_string()}),
+            })
+            .collect(),
+    )
+}
+
+pub fn domains_table(rows: &[DomainRow]) -> String {
+    let now = now_ms();
+    let rows: Vec<[String; 4]> = rows
+        .iter()
+        .map(|row| match &row.table {
+            Ok(s) => [
+                row.domain.clone(),
+                format!("{}/{} up", up_count(s), s.servers.len()),
+                s.version.to_string(),
+                age(now.saturating_sub(s.changed_ms)),
+            ],
+            Err(_) => [
+                row.domain.clone(),
+                "unreadable".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        })
+        .collect();
+    align(
+        &["DOMAIN", "SERVERS", "VERSION", "CHANGED"].map(String::from),
+        &rows,
+    )
+}
+
+fn up_count(snapshot: &Snapshot) -> usize {
+    snapshot
+        .servers
+        .iter()
+        .filter(|s| s.state == State::Up)
+        .count()
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn align<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.each_ref().map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                line += &format!("{cell:<width$}  ", width = widths[i]);
+            } else {
+                line += cell;
+            }
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+/// `ms` since the epoch as RFC 3339 UTC, to the second.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86_400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_000_000_123), "2026-11-18T11:06:40Z");
+    }
+}
