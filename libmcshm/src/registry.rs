@@ -178,20 +178,22 @@ impl Registry {
     /// us, or a damaged slot) a handle that has a good snapshot keeps serving it; a fresh handle
     /// gets the error.
     pub fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+        self.current_snapshot()
+            .or_else(|err| self.cache.clone().ok_or(err))
+    }
+
+    /// Like [`Registry::snapshot`], but a failed copy is an error even when an older snapshot
+    /// is cached: the snapshot returned is always the one of [`Registry::version`].
+    pub fn current_snapshot(&mut self) -> Result<Arc<Snapshot>> {
         let version = self.version();
         if let Some(cached) = &self.cache
             && cached.version == version
         {
             return Ok(cached.clone());
         }
-        match self.read_table() {
-            Ok(snapshot) => {
-                let snapshot = Arc::new(snapshot);
-                self.cache = Some(snapshot.clone());
-                Ok(snapshot)
-            }
-            Err(err) => self.cache.clone().ok_or(err),
-        }
+        let snapshot = Arc::new(self.read_table()?);
+        self.cache = Some(snapshot.clone());
+        Ok(snapshot)
     }
 
     /// Copies and validates the committed table, retrying a bounded number of times when

@@ -1,0 +1,110 @@
+//! Shared helpers of the integration tests: a temporary registry directory and the real
+//! `mcadmin` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MCADMIN: &str = env!("CARGO_BIN_EXE_mcadmin");
+
+/// A registry directory that disappears with the test.
+pub struct Reg {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Reg {
+    pub fn new() -> Reg {
+        Reg {
+            tmp: tempfile::tempdir().expect("create temp dir"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn file(&self, domain: &str) -> PathBuf {
+        self.dir().join(format!("{domain}.mcshm"))
+    }
+
+    /// `mcadmin --dir DIR --domain DOMAIN ARGS…` without stdin.
+    pub fn cmd(&self, domain: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(MCADMIN);
+        cmd.arg("--dir")
+            .arg(self.dir())
+            .arg("--domain")
+            .arg(domain)
+            .args(args)
+            .env_remove("MCSHM_DIR")
+            .env_remove("MCSHM_DOMAIN")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, domain: &str, args: &[&str]) -> Run {
+        Run(self.cmd(domain, args).output().expect("run mcadmin"))
+    }
+
+    /// Runs and insists on exit status 0.
+    pub fn ok(&self, domain: &str, args: &[&str]) -> String {
+        let run = self.run(domain, args);
+        assert_eq!(run.code(), 0, "mcadmin {args:?} failed: {}", run.stderr());
+        run.stdout()
+    }
+
+    pub fn list_json(&self, domain: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(domain, &["--json", "list"])).expect("list --json is JSON")
+    }
+
+    pub fn bytes(&self, domain: &str) -> Vec<u8> {
+        std::fs::read(self.file(domain)).expect("read registry file")
+    }
+}
+
+/// The output of one mcadmin run.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+}
+
+/// Addresses in a `list --json` document, in table order.
+pub fn addresses(list: &serde_json::Value) -> Vec<String> {
+    list["servers"]
+        .as_array()
+        .expect("servers array")
+        .iter()
+        .map(|s| s["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls `done` until it is true or `limit` passes; returns whether it became true.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::geteuid() == 0
+    }
+}
