@@ -11,15 +11,37 @@ use std::process::Stdio;
 fn add_list_status_and_order() {
     let reg = Reg::new();
     reg.ok("myapp", &["add", "cache1:11211", "cache2", "--weight", "3"]);
-    reg.ok("myapp", &["add", "10.0.0.7:11212", "[::1]:11213", "/run/mc.sock", "--down", "--reason", "maintenance", "--retry-interval", "-1"]);
+    reg.ok(
+        "myapp",
+        &[
+            "add",
+            "10.0.0.7:11212",
+            "[::1]:11213",
+            "/run/mc.sock",
+            "--down",
+            "--reason",
+            "maintenance",
+            "--retry-interval",
+            "-1",
+        ],
+    );
     let list = reg.list_json("myapp");
     assert_eq!(list["version"], 2, "two calls, two versions: {list}");
     assert_eq!(
         addresses(&list),
-        ["cache1:11211", "cache2:11211", "10.0.0.7:11212", "[::1]:11213", "/run/mc.sock"]
+        [
+            "cache1:11211",
+            "cache2:11211",
+            "10.0.0.7:11212",
+            "[::1]:11213",
+            "/run/mc.sock"
+        ]
     );
     let cache2 = &list["servers"][1];
-    assert_eq!((cache2["weight"].as_u64(), cache2["state"].as_str()), (Some(3), Some("up")));
+    assert_eq!(
+        (cache2["weight"].as_u64(), cache2["state"].as_str()),
+        (Some(3), Some("up"))
+    );
     assert_eq!(cache2["retry_interval"], 15);
     let sock = &list["servers"][4];
     assert_eq!(sock["state"], "down");
@@ -29,7 +51,10 @@ fn add_list_status_and_order() {
 
     let text = reg.ok("myapp", &["list"]);
     assert!(text.starts_with("domain myapp  version 2"), "{text}");
-    assert!(text.contains("[::1]:11213") && text.contains("maintenance"), "{text}");
+    assert!(
+        text.contains("[::1]:11213") && text.contains("maintenance"),
+        "{text}"
+    );
 
     assert_eq!(reg.run("myapp", &["status", "cache1"]).code(), 0);
     let down = reg.run("myapp", &["status", "/run/mc.sock"]);
@@ -42,14 +67,21 @@ fn add_list_status_and_order() {
 fn up_down_set_delete_each_bump_the_version_once() {
     let reg = Reg::new();
     reg.ok("d", &["add", "a", "b", "c"]);
-    assert_eq!(reg.list_json("d")["version"], 1, "three servers in one call: one version");
+    assert_eq!(
+        reg.list_json("d")["version"],
+        1,
+        "three servers in one call: one version"
+    );
     reg.ok("d", &["down", "a", "b", "--reason", "disk"]);
     let list = reg.list_json("d");
     assert_eq!(list["version"], 2);
     assert_eq!(list["servers"][1]["state"], "down");
     assert_eq!(list["servers"][1]["reason"], "disk");
     reg.ok("d", &["up", "a"]);
-    reg.ok("d", &["set", "c", "--weight", "9", "--retry-interval", "-1"]);
+    reg.ok(
+        "d",
+        &["set", "c", "--weight", "9", "--retry-interval", "-1"],
+    );
     let list = reg.list_json("d");
     assert_eq!(list["version"], 4);
     assert_eq!(list["servers"][0]["state"], "up");
@@ -57,7 +89,10 @@ fn up_down_set_delete_each_bump_the_version_once() {
     assert_eq!(list["servers"][2]["retry_interval"], -1);
     reg.ok("d", &["delete", "b", "a"]);
     let list = reg.list_json("d");
-    assert_eq!((list["version"].as_u64(), addresses(&list)), (Some(5), vec!["c:11211".to_string()]));
+    assert_eq!(
+        (list["version"].as_u64(), addresses(&list)),
+        (Some(5), vec!["c:11211".to_string()])
+    );
     // Flags for idempotent scripts: nothing to do, no new version.
     let out = reg.ok("d", &["--json", "add", "c", "--if-missing"]);
     assert!(out.contains("\"changed\":false"), "{out}");
@@ -74,7 +109,11 @@ fn bad_input_is_refused_and_leaves_the_file_untouched() {
     std::fs::write(&list_file, "x:1\ny:0 weight=2\n").unwrap();
     let list_arg = list_file.to_str().unwrap();
     let cases: &[(&[&str], i32, &str)] = &[
-        (&["add", "host:0"], 2, "port must be a number from 1 to 65535"),
+        (
+            &["add", "host:0"],
+            2,
+            "port must be a number from 1 to 65535",
+        ),
         (&["add", "host:65536"], 2, "port must be"),
         (&["add", "bad host"], 2, "not allowed in a hostname"),
         (&["add", "::1"], 2, "brackets"),
@@ -82,8 +121,16 @@ fn bad_input_is_refused_and_leaves_the_file_untouched() {
         (&["add", "ok:1", "bad:0"], 2, "'bad:0'"),
         (&["add", "c:3", "--weight", "0"], 2, "weight"),
         (&["add", "c:3", "--weight", "65536"], 2, "weight"),
-        (&["add", "c:3", "--retry-interval", "-2"], 2, "retry interval"),
-        (&["add", "c:3", "--reason", "two\nlines"], 2, "control characters"),
+        (
+            &["add", "c:3", "--retry-interval", "-2"],
+            2,
+            "retry interval",
+        ),
+        (
+            &["add", "c:3", "--reason", "two\nlines"],
+            2,
+            "control characters",
+        ),
         (&["add", "a:1"], 3, "already in domain"),
         (&["add", "c:3", "a:1"], 3, "already in domain"),
         (&["delete", "zz:1"], 3, "not in domain"),
@@ -101,16 +148,27 @@ fn bad_input_is_refused_and_leaves_the_file_untouched() {
         assert_eq!(run.code(), *code, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
         if *code != 2 || !needle.contains("unrecognized") {
-            assert_eq!(err.trim_end().lines().count(), 1, "one-line error for {args:?}: {err}");
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "one-line error for {args:?}: {err}"
+            );
         }
         assert_eq!(reg.bytes("d"), before, "{args:?} changed the file");
     }
     for domain in ["../x", "a/b", "", ".hidden", &"x".repeat(65), "a b"] {
         let run = reg.run(domain, &["add", "c:3"]);
         assert_eq!(run.code(), 2, "{domain:?}");
-        assert!(run.stderr().contains("invalid domain name"), "{}", run.stderr());
+        assert!(
+            run.stderr().contains("invalid domain name"),
+            "{}",
+            run.stderr()
+        );
     }
-    let names: Vec<_> = std::fs::read_dir(reg.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(reg.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "no stray files: {names:?}");
 }
 
@@ -118,7 +176,18 @@ fn bad_input_is_refused_and_leaves_the_file_untouched() {
 fn dump_load_round_trips_in_one_version() {
     let reg = Reg::new();
     reg.ok("src", &["add", "a:1", "b:2", "--weight", "7"]);
-    reg.ok("src", &["add", "[::1]:3", "--down", "--reason", "said \"no\" \\ twice", "--retry-interval", "-1"]);
+    reg.ok(
+        "src",
+        &[
+            "add",
+            "[::1]:3",
+            "--down",
+            "--reason",
+            "said \"no\" \\ twice",
+            "--retry-interval",
+            "-1",
+        ],
+    );
     let dump = reg.ok("src", &["dump"]);
     let mut child = reg
         .cmd("dst", &["load", "-"])
@@ -126,14 +195,26 @@ fn dump_load_round_trips_in_one_version() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(dump.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dump.as_bytes())
+        .unwrap();
     assert!(child.wait_with_output().unwrap().status.success());
-    assert_eq!(reg.ok("dst", &["dump"]).lines().skip(1).collect::<Vec<_>>(), dump.lines().skip(1).collect::<Vec<_>>());
+    assert_eq!(
+        reg.ok("dst", &["dump"]).lines().skip(1).collect::<Vec<_>>(),
+        dump.lines().skip(1).collect::<Vec<_>>()
+    );
     assert_eq!(reg.list_json("dst")["version"], 1);
 
     // Replacing a whole list is one version, and loading the same list again changes nothing.
     let file = reg.dir().join("new.list");
-    std::fs::write(&file, "# new list\n\nz:9 weight=2\na:1 weight=7 state=down reason=\"gone\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "# new list\n\nz:9 weight=2\na:1 weight=7 state=down reason=\"gone\"\n",
+    )
+    .unwrap();
     reg.ok("dst", &["load", file.to_str().unwrap()]);
     let list = reg.list_json("dst");
     assert_eq!(list["version"], 2);
@@ -149,10 +230,17 @@ fn domains_lists_every_domain() {
     reg.ok("alpha", &["add", "a", "b"]);
     reg.ok("beta", &["add", "c", "--down"]);
     reg.ok("beta", &["up", "c"]);
-    let rows: serde_json::Value = serde_json::from_str(&reg.ok("x", &["--json", "domains"])).unwrap();
+    let rows: serde_json::Value =
+        serde_json::from_str(&reg.ok("x", &["--json", "domains"])).unwrap();
     assert_eq!(rows[0]["domain"], "alpha");
-    assert_eq!((rows[0]["servers"].as_u64(), rows[0]["up"].as_u64()), (Some(2), Some(2)));
-    assert_eq!((rows[1]["domain"].as_str(), rows[1]["version"].as_u64()), (Some("beta"), Some(2)));
+    assert_eq!(
+        (rows[0]["servers"].as_u64(), rows[0]["up"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        (rows[1]["domain"].as_str(), rows[1]["version"].as_u64()),
+        (Some("beta"), Some(2))
+    );
     let text = reg.ok("x", &["domains"]);
     assert!(text.contains("alpha") && text.contains("2/2 up"), "{text}");
 }
@@ -162,9 +250,16 @@ fn missing_domain_is_exit_3_with_the_fix() {
     let reg = Reg::new();
     let run = reg.run("ghost", &["list"]);
     assert_eq!(run.code(), 3);
-    assert!(run.stderr().contains("mcadmin --domain ghost add"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("mcadmin --domain ghost add"),
+        "{}",
+        run.stderr()
+    );
     assert_eq!(reg.run("ghost", &["up", "a"]).code(), 3);
-    assert!(!reg.file("ghost").exists(), "only add and load create a domain");
+    assert!(
+        !reg.file("ghost").exists(),
+        "only add and load create a domain"
+    );
 }
 
 #[test]
@@ -176,15 +271,28 @@ fn domain_and_dir_come_from_the_environment() {
         .env("MCSHM_DOMAIN", "fromenv")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(addresses(&reg.list_json("fromenv")), ["envhost:1"]);
 }
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = std::process::Command::new(common::MCADMIN).arg("--help").output().unwrap();
+    let out = std::process::Command::new(common::MCADMIN)
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["Exit status:", "3  not found", "4  registry failure", "Examples:", "MCSHM_DOMAIN"] {
+    for needle in [
+        "Exit status:",
+        "3  not found",
+        "4  registry failure",
+        "Examples:",
+        "MCSHM_DOMAIN",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle:?}");
     }
 }

@@ -97,7 +97,12 @@ impl Error {
     pub(crate) fn invalid(what: &'static str, input: &str, why: impl Into<String>) -> Error {
         // Shown escaped and shortened, so that a newline or a megabyte of input still makes one
         // readable line.
-        let mut shown: String = input.chars().take(100).collect::<String>().escape_debug().collect();
+        let mut shown: String = input
+            .chars()
+            .take(100)
+            .collect::<String>()
+            .escape_debug()
+            .collect();
         if input.chars().count() > 100 {
             shown.push('…');
         }
