@@ -1,0 +1,65 @@
+//! A domain outgrowing its file: the writer replaces the file (never truncating a mapped one)
+//! and readers holding the old mapping follow on their next read.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Reg, addresses};
+use libmcshm::{Domain, Registry};
+
+#[test]
+fn growing_past_capacity_is_seen_by_readers_of_the_old_file() {
+    let reg = Reg::new();
+    reg.ok("g", &["add", "first:1"]);
+    let domain = Domain::new("g").unwrap();
+    let mut reader = Registry::open(reg.dir(), &domain).unwrap();
+    let mut waiter = Registry::open(reg.dir(), &domain).unwrap();
+    assert_eq!(reader.capacity(), 256);
+    let small = reg.bytes("g").len();
+
+    let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:11211")).collect();
+    let mut args = vec!["add"];
+    args.extend(hosts.iter().map(String::as_str));
+    let waiting = std::thread::spawn(move || waiter.wait_for_change(1, Duration::from_secs(20)));
+    reg.ok("g", &args);
+
+    assert_eq!(
+        waiting.join().unwrap(),
+        Some(2),
+        "a waiter on the old file is woken"
+    );
+    assert_eq!(reader.version(), 2);
+    let snap = reader.snapshot().unwrap();
+    assert_eq!(snap.servers.len(), 301);
+    assert!(reader.capacity() >= 301, "the reader now maps the new file");
+    assert!(reg.bytes("g").len() > small);
+    let list = reg.list_json("g");
+    assert_eq!(list["version"], 2, "growth is still one version");
+    assert_eq!(addresses(&list)[0], "first:1");
+    let leftovers: Vec<_> = std::fs::read_dir(reg.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn a_grower_that_died_before_its_rename_leaves_a_readable_file_the_next_writer_fixes() {
+    let reg = Reg::new();
+    reg.ok("m", &["add", "a:1"]);
+    // Set MOVED (bit 63 of the committed word) as a grower killed before its rename would.
+    let mut bytes = reg.bytes("m");
+    bytes[143] |= 0x80;
+    std::fs::write(reg.file("m"), &bytes).unwrap();
+    let mut reader = Registry::open(reg.dir(), &Domain::new("m").unwrap()).unwrap();
+    assert_eq!(reader.version(), 1);
+    assert_eq!(addresses(&reg.list_json("m")), ["a:1"]);
+    reg.ok("m", &["add", "b:1"]);
+    assert_eq!(
+        reg.bytes("m")[143] & 0x80,
+        0,
+        "the next writer cleared MOVED"
+    );
+    assert_eq!(reader.version(), 2);
+}

@@ -1,0 +1,110 @@
+//! Opening refuses symlinks and, in world-writable directories, other users' files; a reader
+//! needs only read permission; a writer without write permission gets "permission denied"
+//! naming the file. Runs the real mcadmin as an unprivileged user where the test is root.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+
+use common::{Reg, addresses, is_root};
+
+const NOBODY: u32 = 65534;
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn new_files_are_0644_in_a_0755_directory() {
+    let reg = Reg::new();
+    let dir = reg.dir().join("fresh");
+    let run = std::process::Command::new(common::MCADMIN)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["add", "a:1"])
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o755);
+    assert_eq!(mode(&dir.join("default.mcshm")), 0o644);
+}
+
+#[test]
+fn symlinks_are_refused() {
+    let reg = Reg::new();
+    reg.ok("real", &["add", "a:1"]);
+    std::os::unix::fs::symlink(reg.file("real"), reg.file("link")).unwrap();
+    let before = reg.bytes("real");
+    for args in [&["list"][..], &["add", "b:2"], &["down", "a:1"]] {
+        let run = reg.run("link", args);
+        assert_eq!(run.code(), 4, "{args:?}");
+        assert!(
+            run.stderr().contains("symbolic link") && run.stderr().contains("link.mcshm"),
+            "{}",
+            run.stderr()
+        );
+    }
+    assert_eq!(reg.bytes("real"), before);
+}
+
+#[test]
+fn foreign_files_in_a_world_writable_directory_are_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create a file owned by another user");
+        return;
+    }
+    let reg = Reg::new();
+    reg.ok("planted", &["add", "evil:1"]);
+    std::os::unix::fs::chown(reg.file("planted"), Some(NOBODY), Some(NOBODY)).unwrap();
+    chmod(reg.dir(), 0o1777);
+    let run = reg.run("planted", &["list"]);
+    assert_eq!(run.code(), 4);
+    assert!(
+        run.stderr().contains("owned by uid 65534") && run.stderr().contains("world-writable"),
+        "{}",
+        run.stderr()
+    );
+    // The same file in a directory only its owner (and root) can write is trusted.
+    chmod(reg.dir(), 0o755);
+    assert_eq!(addresses(&reg.list_json("planted")), ["evil:1"]);
+}
+
+#[test]
+fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run mcadmin as another user");
+        return;
+    }
+    let reg = Reg::new();
+    chmod(reg.dir(), 0o755);
+    reg.ok("ro", &["add", "a:1"]);
+    let before = reg.bytes("ro");
+    let as_nobody_in = |domain: &str, args: &[&str]| {
+        let mut cmd = reg.cmd(domain, args);
+        cmd.uid(NOBODY).gid(NOBODY);
+        common::Run(cmd.output().unwrap())
+    };
+    let as_nobody = |args: &[&str]| as_nobody_in("ro", args);
+    let list = as_nobody(&["--json", "list"]);
+    assert_eq!(list.code(), 0, "{}", list.stderr());
+    assert!(list.stdout().contains("a:1"));
+    for args in [&["add", "b:2"][..], &["down", "a:1"], &["delete", "a:1"]] {
+        let run = as_nobody(args);
+        assert_eq!(run.code(), 4, "{args:?}: {}", run.stderr());
+        assert!(
+            run.stderr().contains("permission denied") && run.stderr().contains("ro.mcshm"),
+            "{}",
+            run.stderr()
+        );
+    }
+    let create = as_nobody_in("new", &["add", "b:2"]);
+    assert_eq!(create.code(), 4);
+    assert!(
+        create.stderr().contains("permission denied"),
+        "{}",
+        create.stderr()
+    );
+    assert_eq!(reg.bytes("ro"), before);
+}
