@@ -491,7 +491,7 @@ fn write_temp(dir: &Path, domain: &Domain, words: &[u64]) -> Result<PathBuf> {
         .create_new(true)
         .mode(FILE_MODE)
         .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
+        .map_err(|e| Error::io("create a registry file in", dir, e))?;
     let written = file
         .set_permissions(fs::Permissions::from_mode(FILE_MODE))
         .and_then(|()| file.write_all(bytemuck::cast_slice(words)));

@@ -7,7 +7,7 @@
 //! ```text
 //! writer (holds the lock)                    reader (never blocks)
 //! s = seq[i]; if s odd { s += 1 }            v  = committed.load(Acquire); i = v % 2
-//! seq[i] = s + 1         (odd: in progress)  s1 = seq[i].load(Acquire); odd => retry
+//! seq[i].store(s + 1, Release)  (odd)       s1 = seq[i].load(Acquire); odd => retry
 //! fence(Release)                             copy slot i with Relaxed loads
 //! slot i words = image   (Relaxed stores)    fence(Acquire)
 //! seq[i].store(s + 2, Release)               s2 = seq[i].load(Relaxed); s1 != s2 => retry
@@ -137,7 +137,9 @@ impl Geometry {
         if seq & 1 == 1 {
             seq += 1; // a writer died in this slot; its half-written image is simply replaced
         }
-        mem.store(base, seq + 1, Ordering::Relaxed)?;
+        // Release, so a reader that sees this odd sequence also sees our previous commit and
+        // can tell "lapped" from "damaged" (found by the loom model).
+        mem.store(base, seq + 1, Ordering::Release)?;
         mem.fence(Ordering::Release);
         mem.copy_in(base + 1, &image[1..])?;
         mem.store(base, seq + 2, Ordering::Release)?;
