@@ -1,0 +1,171 @@
+//! The committed man pages match what the code says. `man/mcadmin.8` is generated from the
+//! clap definitions plus the hand-written sections below; `man/mcshm.5` must carry the byte
+//! table of `libmcshm/src/format.rs`. Refresh with: MCSHM_UPDATE_MAN=1 cargo test --test man
+
+#[allow(dead_code)]
+#[path = "../mcadmin/src/cli.rs"]
+mod cli;
+
+use std::path::Path;
+
+use clap::CommandFactory;
+
+const REFRESH: &str = "MCSHM_UPDATE_MAN=1 cargo test --test man";
+
+const MCADMIN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+.B 0
+Success; for \fBstatus\fR the server is up; for \fBwait\fR the version changed.
+.TP
+.B 1
+The answer is no: for \fBstatus\fR the server is down; for \fBwait\fR the timeout passed.
+.TP
+.B 2
+Usage error or bad input (address, domain name, weight, reason, list line). Nothing was changed.
+.TP
+.B 3
+Not found: no such domain or server, or \fBadd\fR of a server already present. Nothing was changed.
+.TP
+.B 4
+Registry failure: permission denied, a corrupt, truncated or unsafe file (symlink, foreign owner
+in a world-writable directory), a file of a newer format, or another I/O error.
+.SH ENVIRONMENT
+.TP
+.B MCSHM_DIR
+Registry directory when \fB\-\-dir\fR is not given.
+.TP
+.B MCSHM_DOMAIN
+Domain when \fB\-\-domain\fR is not given (default \fBdefault\fR).
+.TP
+.B XDG_RUNTIME_DIR
+For users other than root, when \fI/run/mcshm\fR does not exist, the registry directory is
+\fI$XDG_RUNTIME_DIR/mcshm\fR.
+.SH FILES
+.TP
+.I /run/mcshm/DOMAIN.mcshm
+The server table of a domain (format in \fBmcshm\fR(5)); files 0644, directory 0755. It lives on
+tmpfs: keep the durable list in a config file and replay it at boot with \fBmcadmin load\fR.
+.SH EXAMPLES
+.nf
+mcadmin \-\-domain myapp add cache1:11211 cache2:11211 \-\-weight 2
+mcadmin \-\-domain myapp add cache3 \-\-down \-\-retry\-interval \-1
+mcadmin \-\-domain myapp down cache1:11211 \-\-reason 'disk failure'
+mcadmin \-\-domain myapp status cache1:11211 || echo "cache1 is down"
+mcadmin \-\-domain myapp list \-\-json | jq '.servers[].address'
+mcadmin \-\-domain myapp dump > /etc/mcshm/myapp.list
+mcadmin \-\-domain myapp load /etc/mcshm/myapp.list   # at boot
+v=$(mcadmin \-\-domain myapp \-\-json list | jq .version); mcadmin \-\-domain myapp wait \-\-since "$v"
+.fi
+.SH "SEE ALSO"
+\fBmcshm\fR(5)
+"#;
+
+/// Escapes text for roff.
+fn roff(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('-', "\\-")
+        .replace('\n', "\n.br\n")
+        .replace("\n.br\n\n.br\n", "\n.PP\n")
+}
+
+fn commands_section(cmd: &mut clap::Command) -> String {
+    let mut out = String::from(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands_mut() {
+        let usage = sub.render_usage().to_string();
+        let usage = usage.trim_start_matches("Usage: ");
+        out += &format!(".SS \"{}\"\n", roff(usage));
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        out += &format!("{}\n", roff(&about));
+        for arg in sub
+            .get_arguments()
+            .filter(|a| !a.is_global_set() && a.get_id() != "help")
+        {
+            let Some(long) = arg.get_long() else { continue };
+            let value = match (arg.get_action().takes_values(), arg.get_value_names()) {
+                (true, Some(names)) => format!(" \\fI{}\\fR", names[0]),
+                _ => String::new(),
+            };
+            out += &format!(".TP\n\\fB\\-\\-{}\\fR{value}\n", roff(long));
+            out += &format!(
+                "{}\n",
+                roff(&arg.get_help().map(|h| h.to_string()).unwrap_or_default())
+            );
+        }
+    }
+    out
+}
+
+fn mcadmin_page() -> Vec<u8> {
+    let mut cmd = cli::Cli::command().version(env!("CARGO_PKG_VERSION"));
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .manual("mcshm")
+        .source(format!("mcshm {}", env!("CARGO_PKG_VERSION")));
+    let mut out = Vec::new();
+    man.render_title(&mut out).unwrap();
+    man.render_name_section(&mut out).unwrap();
+    man.render_synopsis_section(&mut out).unwrap();
+    man.render_description_section(&mut out).unwrap();
+    man.render_options_section(&mut out).unwrap();
+    out.extend(commands_section(&mut cmd).into_bytes());
+    out.extend(MCADMIN_EXTRA.as_bytes());
+    out
+}
+
+/// Compares a generated page with the committed one (or writes it when refreshing).
+fn check(path: &str, generated: &[u8]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    if std::env::var_os("MCSHM_UPDATE_MAN").is_some() {
+        std::fs::write(&path, generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is out of date; refresh it with: {REFRESH}",
+        path.display()
+    );
+}
+
+#[test]
+fn mcadmin_8_is_current() {
+    cli::Cli::command().debug_assert();
+    check("man/mcadmin.8", &mcadmin_page());
+}
+
+#[test]
+fn mcshm_5_carries_the_byte_table_of_the_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("libmcshm/src/format.rs")).unwrap();
+    let table: Vec<String> = source
+        .lines()
+        .skip_while(|l| !l.starts_with("//! ```text"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"))
+        .map(|l| {
+            l.strip_prefix("//! ")
+                .unwrap_or(l.trim_start_matches("//!"))
+                .to_string()
+        })
+        .collect();
+    assert!(table.len() > 40, "byte table not found in format.rs");
+    let page = std::fs::read_to_string(root.join("man/mcshm.5")).unwrap();
+    let page_lines: Vec<String> = page
+        .lines()
+        .map(|l| l.replace("\\-", "-").replace("\\e", "\\"))
+        .collect();
+    let start = page_lines
+        .iter()
+        .position(|l| *l == table[0])
+        .unwrap_or_else(|| panic!("man/mcshm.5 lacks the byte table; copy it from format.rs"));
+    assert_eq!(
+        &page_lines[start..start + table.len()],
+        &table[..],
+        "man/mcshm.5's byte table differs from libmcshm/src/format.rs"
+    );
+}
