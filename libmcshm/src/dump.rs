@@ -11,6 +11,7 @@
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
 
+use std::collections::HashSet;
 use std::fmt::Write;
 
 use crate::address::Address;
@@ -41,23 +42,28 @@ pub fn to_text(snapshot: &Snapshot) -> String {
 /// Parses a server list; errors name the line. Duplicate addresses are refused.
 pub fn parse(text: &str) -> Result<Vec<Server>> {
     let mut servers: Vec<Server> = Vec::new();
+    let mut line_numbers = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let bad = |why: String| Error::BadLine {
-            line: index + 1,
-            why,
-        };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let server = parse_line(line).map_err(|e| bad(e.to_string()))?;
-        if servers
-            .iter()
-            .any(|s| s.address.same_server(&server.address))
-        {
-            return Err(bad(format!("server {} listed twice", server.address)));
-        }
+        let server = parse_line(line).map_err(|e| Error::BadLine {
+            line: index + 1,
+            why: e.to_string(),
+        })?;
         servers.push(server);
+        line_numbers.push(index + 1);
+    }
+    let mut seen = HashSet::new();
+    if let Some(i) = servers
+        .iter()
+        .position(|s| !seen.insert(s.address.identity()))
+    {
+        return Err(Error::BadLine {
+            line: line_numbers[i],
+            why: format!("server {} listed twice", servers[i].address),
+        });
     }
     Ok(servers)
 }

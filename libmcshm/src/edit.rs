@@ -2,6 +2,8 @@
 //! [`Registry::transact`](crate::Registry::transact). Each either applies completely or fails
 //! with nothing changed (the transaction then publishes nothing).
 
+use std::collections::HashMap;
+
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::format::CommitInfo;
@@ -96,13 +98,15 @@ pub fn modify(
 /// The list `mcadmin load` publishes: `loaded` in its order; a server whose state is the same as
 /// in `current` keeps its since/by fields, the others get `actor`.
 pub fn merge_loaded(current: &[Server], loaded: &[Server], actor: CommitInfo) -> Vec<Server> {
+    let by_identity: HashMap<_, &Server> =
+        current.iter().map(|s| (s.address.identity(), s)).collect();
     loaded
         .iter()
         .map(|server| {
             let mut server = server.clone();
-            match current
-                .iter()
-                .find(|c| c.address.same_server(&server.address) && c.state == server.state)
+            match by_identity
+                .get(&server.address.identity())
+                .filter(|old| old.state == server.state)
             {
                 Some(old) => {
                     server.since_ms = old.since_ms;

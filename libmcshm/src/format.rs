@@ -66,7 +66,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::address::Address;
 use crate::seqlock::Geometry;
-use crate::table::{MAX_REASON_LEN, Server, Snapshot, State};
+use crate::table::{MAX_REASON_LEN, Server, Snapshot, State, first_duplicate};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the mcshm file format is little-endian; big-endian targets are not supported");
@@ -350,13 +350,8 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
                 .map_err(|why| format!("server #{} of version {}: {why}", i + 1, header.generation))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    for (i, server) in servers.iter().enumerate() {
-        if servers[..i]
-            .iter()
-            .any(|s| s.address.same_server(&server.address))
-        {
-            return Err(format!("server {} listed twice", server.address));
-        }
+    if let Some(server) = first_duplicate(&servers) {
+        return Err(format!("server {} listed twice", server.address));
     }
     Ok(Snapshot {
         domain: domain.to_string(),

@@ -45,4 +45,5 @@ pub use address::Address;
 pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
 pub use error::{Error, ErrorKind, Result};
 pub use registry::{Commit, Registry};
+pub use shm::monotonic_ns;
 pub use table::{Server, Snapshot, State};

@@ -25,8 +25,8 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, CommitInfo, Layout};
 use crate::seqlock::{Geometry, MOVED, ReadError, Words};
-use crate::shm::{SharedMap, effective_uid};
-use crate::table::{Server, Snapshot};
+use crate::shm::{SharedMap, effective_uid, monotonic_ns};
+use crate::table::{Server, Snapshot, first_duplicate};
 
 /// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
 /// last good snapshot).
@@ -45,6 +45,9 @@ pub struct Commit {
     pub version: u64,
     /// False when the change left the table as it was (no version was published).
     pub changed: bool,
+    /// [`crate::monotonic_ns`] right after the version became visible to readers (0 when
+    /// unchanged): for measuring how soon other processes see a change.
+    pub published_ns: u64,
 }
 
 /// An open domain: a shared mapping of its file plus this handle's last snapshot.
@@ -196,6 +199,13 @@ impl Registry {
         Ok(snapshot)
     }
 
+    /// Copies and validates the committed table now, whatever is cached (for tools that check a
+    /// file, and to measure the cost of a copy).
+    pub fn read_uncached(&mut self) -> Result<Snapshot> {
+        self.version();
+        self.read_table()
+    }
+
     /// Copies and validates the committed table, retrying a bounded number of times when
     /// writers overwrite it during the copy.
     fn read_table(&mut self) -> Result<Snapshot> {
@@ -264,6 +274,7 @@ impl Registry {
                 return Ok(Commit {
                     version: current.version,
                     changed: false,
+                    published_ns: 0,
                 });
             }
             reg.publish_locked(current.version, &servers)
@@ -280,6 +291,7 @@ impl Registry {
                 return Ok(Commit {
                     version,
                     changed: false,
+                    published_ns: 0,
                 });
             }
             let version = current.map_or_else(|| reg.committed() & !MOVED, |c| c.version);
@@ -346,10 +358,12 @@ impl Registry {
                 .publish(&self.map, current, &image)
                 .ok_or_else(|| self.corrupt("slot outside the file".into()))?
         };
+        let published_ns = monotonic_ns();
         self.wake();
         Ok(Commit {
             version,
             changed: true,
+            published_ns,
         })
     }
 
@@ -382,18 +396,13 @@ impl Registry {
 }
 
 fn check_unique(servers: &[Server], domain: &Domain) -> Result<()> {
-    for (i, server) in servers.iter().enumerate() {
-        if servers[..i]
-            .iter()
-            .any(|s| s.address.same_server(&server.address))
-        {
-            return Err(Error::ServerExists {
-                server: server.address.to_string(),
-                domain: domain.to_string(),
-            });
-        }
+    match first_duplicate(servers) {
+        Some(server) => Err(Error::ServerExists {
+            server: server.address.to_string(),
+            domain: domain.to_string(),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

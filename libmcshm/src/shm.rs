@@ -166,6 +166,24 @@ impl Words for SharedMap {
     fn fence(&self, order: Ordering) {
         std::sync::atomic::fence(order);
     }
+
+    /// One bounds check for the whole range, then a tight loop of relaxed loads.
+    fn copy_out(&self, start: usize, dst: &mut [u64]) -> Option<()> {
+        let end = start.checked_add(dst.len())?;
+        if end > self.words {
+            return None;
+        }
+        // SAFETY: words `start..end` lie inside the mapping (checked above), which is
+        // page-aligned and lives as long as `self`; `AtomicU64` has the size and alignment of
+        // `u64`, and every access we make to these words is atomic (see `word`).
+        let words: &[AtomicU64] = unsafe {
+            std::slice::from_raw_parts(self.raw.as_ptr().cast::<AtomicU64>().add(start), dst.len())
+        };
+        for (out, word) in dst.iter_mut().zip(words) {
+            *out = word.load(Ordering::Relaxed);
+        }
+        Some(())
+    }
 }
 
 /// The effective user id of this process (recorded as "last writer" and used for ownership
@@ -173,4 +191,17 @@ impl Words for SharedMap {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the host, so a time taken in
+/// one process can be compared with a time taken in another (latency measurements).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own, and CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

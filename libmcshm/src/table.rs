@@ -1,5 +1,6 @@
 //! The server table as callers see it: owned, validated values copied out of the shared file.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use crate::address::Address;
@@ -133,6 +134,12 @@ pub fn check_reason(reason: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The first server whose address repeats an earlier one's, if any (linear time).
+pub fn first_duplicate(servers: &[Server]) -> Option<&Server> {
+    let mut seen = HashSet::with_capacity(servers.len());
+    servers.iter().find(|s| !seen.insert(s.address.identity()))
 }
 
 /// A validated copy of one published version of a domain's table.
