@@ -196,3 +196,67 @@ fn a_newer_format_is_refused_with_upgrade_advice() {
     std::fs::write(reg.file("c"), &bytes).unwrap();
     assert_eq!(addresses(&reg.list_json("c")).len(), 3);
 }
+
+#[test]
+fn load_repairs_a_damaged_or_truncated_header() {
+    let (reg, good) = setup();
+    let dump = reg.ok("c", &["dump"]);
+    let list = reg.dir().join("c.list");
+    std::fs::write(&list, dump).unwrap();
+    let mut reader = Registry::open(reg.dir(), &Domain::new("c").unwrap()).unwrap();
+
+    let mut bytes = reg.bytes("c");
+    bytes[70] ^= 1; // inside the domain name: header CRC fails
+    std::fs::write(reg.file("c"), &bytes).unwrap();
+    assert_eq!(reg.run("c", &["list"]).code(), 4);
+    assert_eq!(
+        reg.run("c", &["add", "z:1"]).code(),
+        4,
+        "no change on top of a damaged header"
+    );
+    reg.ok("c", &["load", list.to_str().unwrap()]);
+    let repaired = reg.list_json("c");
+    assert_eq!(
+        repaired["version"], 3,
+        "the version continues from the damaged file"
+    );
+    assert_eq!(addresses(&repaired), ["a:1", "b:2", "c:3"]);
+    let seen = reader.snapshot().unwrap();
+    assert_eq!(
+        (seen.version, seen.servers.len()),
+        (3, good.servers.len()),
+        "old readers follow"
+    );
+
+    std::fs::write(reg.file("c"), &reg.bytes("c")[..100]).unwrap();
+    reg.ok("c", &["load", list.to_str().unwrap()]);
+    assert_eq!(addresses(&reg.list_json("c")), ["a:1", "b:2", "c:3"]);
+}
+
+#[test]
+fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
+    let (reg, _) = setup();
+    let mut bytes = reg.bytes("c");
+    bytes[8..12].copy_from_slice(&0u32.to_le_bytes()); // format_version 0
+    bytes[12..16].copy_from_slice(&0u32.to_le_bytes()); // min_reader_version 0
+    let crc = crc32fast::hash(&bytes[..128]);
+    bytes[128..132].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(reg.file("c"), &bytes).unwrap();
+    assert_eq!(
+        addresses(&reg.list_json("c")).len(),
+        3,
+        "older formats are read"
+    );
+    reg.ok("c", &["add", "d:4"]);
+    let now = reg.bytes("c");
+    assert_eq!(
+        now[8..16],
+        [1, 0, 0, 0, 1, 0, 0, 0],
+        "rewritten as format 1"
+    );
+    let list = reg.list_json("c");
+    assert_eq!(
+        (list["version"].as_u64(), addresses(&list).len()),
+        (Some(3), 4)
+    );
+}

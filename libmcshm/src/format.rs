@@ -2,7 +2,7 @@
 //!
 //! All integers are little-endian (mcshm does not build on big-endian targets). The file is a
 //! header followed by two slots of equal size; each slot holds one complete version of the table.
-//! Readers copy the file out through 64-bit atomic loads only (see [`crate::shm`]) and validate
+//! Readers copy the file out through 64-bit atomic loads only (see the `shm` module) and validate
 //! every copy before using it.
 //!
 //! ```text
@@ -150,6 +150,8 @@ const _: () = assert!(size_of::<Entry>() == ENTRY_LEN);
 pub struct Layout {
     pub capacity: u32,
     pub created_ms: u64,
+    /// The format the file was written in (older ones are rewritten on the next write).
+    pub format_version: u32,
 }
 
 impl Layout {
@@ -157,6 +159,7 @@ impl Layout {
         Layout {
             capacity,
             created_ms,
+            format_version: FORMAT_VERSION,
         }
     }
 
@@ -252,7 +255,10 @@ pub fn parse_header(words: &[u64], file_len: u64, domain: &str) -> Result<Layout
     if !(1..=MAX_CAPACITY).contains(&header.capacity) {
         return bad(format!("capacity {} out of range", header.capacity));
     }
-    let layout = Layout::new(header.capacity, header.created_ms);
+    let layout = Layout {
+        format_version: header.format_version,
+        ..Layout::new(header.capacity, header.created_ms)
+    };
     if header.slot_len != layout.slot_len() as u64 {
         return bad("slot length does not match capacity".into());
     }

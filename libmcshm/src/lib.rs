@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Modules, from the bytes up: [`shm`](self) (the only `unsafe`: atomic access to the mapping),
-//! [`seqlock`] (publish/read protocol), [`format`] (the byte layout), [`registry`] (files,
+//! [`seqlock`] (publish/read protocol), [`format`](mod@crate::format) (the byte layout), [`registry`] (files,
 //! snapshots, transactions), [`edit`] and [`dump`] (the operations `mcadmin` offers).
 
 #![deny(unsafe_code)]

@@ -299,6 +299,60 @@ impl Registry {
         })
     }
 
+    /// Replaces a file whose header is unusable (damaged, truncated) by a new one holding
+    /// `servers`, under the file's lock. The version continues from the old committed word when
+    /// that is still readable. Readers of the old file are told to re-open the path.
+    pub fn recreate(dir: impl AsRef<Path>, domain: &Domain, servers: &[Server]) -> Result<Commit> {
+        let dir = dir.as_ref();
+        let path = domain.path_in(dir);
+        check_unique(servers, domain)?;
+        let count = servers.len();
+        if count > format::MAX_CAPACITY as usize {
+            let max = format::MAX_CAPACITY as usize;
+            return Err(Error::TooManyServers { count, max });
+        }
+        let file = open_checked(&path, domain, true)?;
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("inspect", &path, e))?
+            .len();
+        let old = (len >= format::HEADER_LEN as u64)
+            .then(|| SharedMap::map(&file, format::HEADER_LEN, true).ok())
+            .flatten();
+        let last = old
+            .as_ref()
+            .and_then(|m| m.load(format::COMMITTED_WORD, Ordering::Acquire))
+            .map_or(0, |c| (c & !MOVED).min(1 << 62));
+        let version = last + 1;
+        let capacity = (count as u32).max(format::DEFAULT_CAPACITY);
+        let layout = Layout::new(capacity, now_ms());
+        let image = format::encode_slot(version, commit_info(), servers);
+        let tmp = write_temp(
+            dir,
+            domain,
+            &layout.file_image(domain.as_str(), version, &image),
+        )?;
+        if let Some(old) = &old {
+            old.store(format::COMMITTED_WORD, last | MOVED, Ordering::Release);
+        }
+        fs::rename(&tmp, &path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("replace", &path, e)
+        })?;
+        let published_ns = monotonic_ns();
+        if let Some(old) = &old {
+            old.fetch_add_u32(format::WAKE_OFFSET, 1);
+            old.futex_wake(format::WAKE_OFFSET);
+        }
+        let _ = file.unlock();
+        Ok(Commit {
+            version,
+            changed: true,
+            published_ns,
+        })
+    }
+
     /// Runs `work` holding the exclusive lock on the file that the path names now.
     fn locked<T>(&mut self, work: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
         if !self.writable {
@@ -351,8 +405,11 @@ impl Registry {
             });
         }
         let image = format::encode_slot(current + 1, commit_info(), servers);
-        let version = if servers.len() > self.layout.capacity as usize {
-            self.grow_locked(current, servers.len(), &image)?
+        // A full file grows; a file of an older format is rewritten in ours (same path).
+        let version = if servers.len() > self.layout.capacity as usize
+            || self.layout.format_version < format::FORMAT_VERSION
+        {
+            self.rewrite_locked(current, servers.len(), &image)?
         } else {
             self.geometry
                 .publish(&self.map, current, &image)
@@ -367,11 +424,15 @@ impl Registry {
         })
     }
 
-    /// Writes a larger file holding `image` as version `current + 1` and renames it into place.
-    fn grow_locked(&mut self, current: u64, needed: usize, image: &[u64]) -> Result<u64> {
-        let capacity = needed
-            .max(self.layout.capacity as usize * 2)
-            .min(format::MAX_CAPACITY as usize) as u32;
+    /// Writes a new file (larger if `needed` exceeds the capacity, in the current format)
+    /// holding `image` as version `current + 1` and renames it into place.
+    fn rewrite_locked(&mut self, current: u64, needed: usize, image: &[u64]) -> Result<u64> {
+        let capacity = self.layout.capacity as usize;
+        let capacity = if needed > capacity {
+            needed.max(capacity * 2).min(format::MAX_CAPACITY as usize) as u32
+        } else {
+            self.layout.capacity
+        };
         let layout = Layout::new(capacity, self.layout.created_ms);
         let words = layout.file_image(self.domain.as_str(), current + 1, image);
         let dir = self.path.parent().unwrap_or(Path::new("."));

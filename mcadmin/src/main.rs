@@ -1,6 +1,9 @@
 //! mcadmin: the command-line face of the registry. Glue only: parse arguments, call libmcshm,
 //! print, map errors to the documented exit codes.
 
+// Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod cli;
 mod show;
 
@@ -262,7 +265,13 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
             .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
     };
     let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
-    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, true)?;
+    let mut registry = match Registry::open_writer(&ctx.dir, &ctx.domain, true) {
+        Err(libmcshm::Error::Corrupt { .. }) => {
+            let servers = edit::merge_loaded(&[], &loaded, commit_info());
+            return report_commit(ctx, Registry::recreate(&ctx.dir, &ctx.domain, &servers)?);
+        }
+        other => other?,
+    };
     let commit = match registry.transact(|list| {
         *list = edit::merge_loaded(list, &loaded, commit_info());
         Ok(())
