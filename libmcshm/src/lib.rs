@@ -36,6 +36,7 @@ pub mod edit;
 pub mod error;
 pub mod format;
 pub mod registry;
+pub mod ring;
 pub mod seqlock;
 #[allow(unsafe_code)]
 mod shm;

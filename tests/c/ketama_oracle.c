@@ -1,0 +1,37 @@
+/* The key->server oracle: libmemcached itself. Usage: ketama_oracle HOST:PORT:WEIGHT...
+ * reads keys (one per line) on stdin, prints "host:port" of the server libmemcached picks with
+ * MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (libketama-compatible) for each. No network I/O. */
+#include <libmemcached/memcached.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(int argc, char **argv) {
+    memcached_st *memc = memcached_create(NULL);
+    memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);
+    for (int i = 1; i < argc; i++) {
+        char *spec = strdup(argv[i]);
+        char *weight = strrchr(spec, ':');
+        *weight++ = '\0';
+        char *port = strrchr(spec, ':');
+        *port++ = '\0';
+        if (memcached_server_add_with_weight(memc, spec, (in_port_t)atoi(port), (uint32_t)atoi(weight)) != MEMCACHED_SUCCESS) {
+            fprintf(stderr, "cannot add %s\n", argv[i]);
+            return 2;
+        }
+        free(spec);
+    }
+    char line[512];
+    while (fgets(line, sizeof line, stdin)) {
+        size_t len = strcspn(line, "\n");
+        memcached_return_t rc;
+        const memcached_instance_st *server = memcached_server_by_key(memc, line, len, &rc);
+        if (server == NULL) {
+            fprintf(stderr, "no server for key: %s\n", memcached_strerror(memc, rc));
+            return 3;
+        }
+        printf("%s:%u\n", memcached_server_name(server), (unsigned)memcached_server_port(server));
+    }
+    memcached_free(memc);
+    return 0;
+}

@@ -1,0 +1,125 @@
+//! Key → server must be what libmemcached itself picks (MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED), so
+//! mcshm and libmemcached clients of one fleet agree. The oracle is the real library: a small C
+//! program (tests/c/ketama_oracle.c) compiled here against the system's libmemcached.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use libmcshm::Address;
+use libmcshm::ring::{Ring, point_name};
+
+/// Compiles the oracle; panics with the install command when libmemcached is missing.
+fn oracle(dir: &std::path::Path) -> std::path::PathBuf {
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "libmemcached"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .unwrap_or_else(|| {
+            panic!("libmemcached not found: apt-get install -y libmemcached-dev pkg-config")
+        });
+    let exe = dir.join("ketama_oracle");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/ketama_oracle.c");
+    let status = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(source)
+        .args(String::from_utf8(flags.stdout).unwrap().split_whitespace())
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling the ketama oracle failed");
+    exe
+}
+
+fn compare(servers: &[(&str, u16)], keys: &[String]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = oracle(tmp.path());
+    let mut child = Command::new(exe)
+        .args(servers.iter().map(|(a, w)| {
+            let address = Address::parse(a).unwrap();
+            format!("{}:{}:{w}", address.host(), address.port().unwrap())
+        }))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = keys.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    let expected: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(expected.len(), keys.len());
+
+    let addresses: Vec<Address> = servers
+        .iter()
+        .map(|(a, _)| Address::parse(a).unwrap())
+        .collect();
+    let names: Vec<String> = addresses.iter().map(point_name).collect();
+    let ring = Ring::build(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(servers.iter().map(|s| s.1)),
+    );
+    let mut mismatches = 0;
+    for (key, want) in keys.iter().zip(&expected) {
+        let got = &addresses[ring.server_for(key.as_bytes()).unwrap()];
+        let got = format!("{}:{}", got.host(), got.port().unwrap());
+        if &got != want {
+            mismatches += 1;
+            assert!(
+                mismatches > 5,
+                "key {key:?}: mcshm picks {got}, libmemcached {want}"
+            );
+        }
+    }
+    assert_eq!(
+        mismatches,
+        0,
+        "{mismatches} of {} keys differ from libmemcached",
+        keys.len()
+    );
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("user:{i}:profile{}", "x".repeat(i % 40)))
+        .collect()
+}
+
+#[test]
+fn three_weighted_servers_agree_with_libmemcached() {
+    compare(
+        &[
+            ("cache-a.example.com", 1),
+            ("10.0.0.2:11212", 2),
+            ("cache-c:11211", 5),
+        ],
+        &keys(5000),
+    );
+}
+
+#[test]
+fn a_hundred_servers_of_mixed_weights_agree_with_libmemcached() {
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("mc{i}.example.net:{}", 11211 + i % 3))
+        .collect();
+    let servers: Vec<(&str, u16)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 1 + (i % 7) as u16))
+        .collect();
+    compare(&servers, &keys(5000));
+}
+
+#[test]
+fn equal_weights_and_a_single_server_agree_with_libmemcached() {
+    compare(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], &keys(2000));
+    compare(&[("only:4000", 3)], &keys(100));
+}
