@@ -35,6 +35,7 @@ pub mod dump;
 pub mod edit;
 pub mod error;
 pub mod format;
+pub mod proto;
 pub mod registry;
 pub mod ring;
 pub mod seqlock;
