@@ -296,3 +296,47 @@ fn help_documents_exit_codes() {
         assert!(help.contains(needle), "--help lacks {needle:?}");
     }
 }
+
+#[test]
+fn policy_is_shown_set_dumped_and_loaded() {
+    let reg = Reg::new();
+    reg.ok("p", &["add", "a:1"]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&reg.ok("p", &["--json", "policy"])).unwrap();
+    assert_eq!(
+        (shown["failover"].as_str(), shown["failure_limit"].as_u64()),
+        (Some("none"), Some(2))
+    );
+    reg.ok(
+        "p",
+        &["policy", "--failover", "rehash", "--failure-limit", "5"],
+    );
+    let list = reg.list_json("p");
+    assert_eq!(list["version"], 2, "a policy change is one version");
+    assert_eq!(list["policy"]["failover"], "rehash");
+    assert_eq!(list["policy"]["failure_limit"], 5);
+    assert_eq!(list["servers"][0]["failures"], 0);
+    let dump = reg.ok("p", &["dump"]);
+    assert!(
+        dump.contains("policy: failover=rehash failure-limit=5"),
+        "{dump}"
+    );
+    let before = reg.bytes("p");
+    for (args, needle) in [
+        (
+            &["policy", "--failover", "sometimes"][..],
+            "failover policy",
+        ),
+        (&["policy", "--failure-limit", "0"], "failure limit"),
+        (&["policy", "--failure-limit", "300"], "failure limit"),
+    ] {
+        let run = reg.run("p", args);
+        assert_eq!(run.code(), 2, "{args:?}");
+        assert!(run.stderr().contains(needle), "{}", run.stderr());
+    }
+    assert_eq!(reg.bytes("p"), before);
+    let file = reg.dir().join("p.list");
+    std::fs::write(&file, dump).unwrap();
+    reg.ok("q", &["load", file.to_str().unwrap()]);
+    assert_eq!(reg.list_json("q")["policy"]["failover"], "rehash");
+}

@@ -42,7 +42,9 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
         .open(&path)
         .unwrap();
     let len = file.metadata().unwrap().len() as usize;
-    let slot_len = (len - HEADER) / 2;
+    let capacity = u32::from_le_bytes(reg.bytes("c")[20..24].try_into().unwrap()) as usize;
+    let slot_len = SLOT_HEADER + capacity * ENTRY;
+    let live = HEADER + 2 * slot_len;
     let used = SLOT_HEADER + 3 * ENTRY;
     // (region, byte range, what a flip there must give: Some(true) error, Some(false) intact
     // table, None either)
@@ -80,7 +82,12 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
         ),
         (
             "slot 1 padding",
-            (HEADER + slot_len + used..len).step_by(997).collect(),
+            (HEADER + slot_len + used..live).step_by(997).collect(),
+            Some(false),
+        ),
+        (
+            "live region (failure counters)",
+            (live..len).step_by(7).collect(),
             Some(false),
         ),
     ];

@@ -1,6 +1,7 @@
 //! The committed man pages match what the code says. `man/mcadmin.8` is generated from the
 //! clap definitions plus the hand-written sections below; `man/mcshm.5` must carry the byte
 //! table of `libmcshm/src/format.rs`. Refresh with: MCSHM_UPDATE_MAN=1 cargo test --test man
+//! (which also runs man/update-mcshm-5.py).
 
 #[allow(dead_code)]
 #[path = "../mcadmin/src/cli.rs"]
@@ -154,6 +155,13 @@ fn mcshm_5_carries_the_byte_table_of_the_code() {
         })
         .collect();
     assert!(table.len() > 40, "byte table not found in format.rs");
+    if std::env::var_os("MCSHM_UPDATE_MAN").is_some() {
+        let status = std::process::Command::new("python3")
+            .arg(root.join("man/update-mcshm-5.py"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     let page = std::fs::read_to_string(root.join("man/mcshm.5")).unwrap();
     let page_lines: Vec<String> = page
         .lines()
@@ -162,7 +170,7 @@ fn mcshm_5_carries_the_byte_table_of_the_code() {
     let start = page_lines
         .iter()
         .position(|l| *l == table[0])
-        .unwrap_or_else(|| panic!("man/mcshm.5 lacks the byte table; copy it from format.rs"));
+        .unwrap_or_else(|| panic!("man/mcshm.5 lacks the byte table; refresh with: {REFRESH}"));
     assert_eq!(
         &page_lines[start..start + table.len()],
         &table[..],

@@ -6,7 +6,8 @@
 //! cache2:11211 weight=2 retry-interval=-1 state=down reason="disk failure"
 //! ```
 //!
-//! The address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
+//! A line `policy: failover=none|rehash failure-limit=N` sets the domain policy (defaults:
+//! none, 2). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
@@ -16,13 +17,19 @@ use std::fmt::Write;
 
 use crate::address::Address;
 use crate::error::{Error, Result};
-use crate::table::{Server, Snapshot, check_reason, check_retry_interval, check_weight};
+use crate::table::{
+    Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_retry_interval,
+    check_weight,
+};
 
 /// The text form of a snapshot.
 pub fn to_text(snapshot: &Snapshot) -> String {
     let mut out = format!(
-        "# mcshm server list of domain '{}', version {}\n",
-        snapshot.domain, snapshot.version
+        "# mcshm server list of domain '{}', version {}\npolicy: failover={} failure-limit={}\n",
+        snapshot.domain,
+        snapshot.version,
+        snapshot.policy.failover.as_str(),
+        snapshot.policy.failure_limit
     );
     for server in &snapshot.servers {
         let _ = write!(
@@ -40,7 +47,8 @@ pub fn to_text(snapshot: &Snapshot) -> String {
 }
 
 /// Parses a server list; errors name the line. Duplicate addresses are refused.
-pub fn parse(text: &str) -> Result<Vec<Server>> {
+pub fn parse(text: &str) -> Result<Table> {
+    let mut policy = Policy::default();
     let mut servers: Vec<Server> = Vec::new();
     let mut line_numbers = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -48,10 +56,15 @@ pub fn parse(text: &str) -> Result<Vec<Server>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let server = parse_line(line).map_err(|e| Error::BadLine {
+        let bad = |e: Error| Error::BadLine {
             line: index + 1,
             why: e.to_string(),
-        })?;
+        };
+        if let Some(rest) = line.strip_prefix("policy:") {
+            policy = parse_policy(rest).map_err(bad)?;
+            continue;
+        }
+        let server = parse_line(line).map_err(bad)?;
         servers.push(server);
         line_numbers.push(index + 1);
     }
@@ -65,7 +78,25 @@ pub fn parse(text: &str) -> Result<Vec<Server>> {
             why: format!("server {} listed twice", servers[i].address),
         });
     }
-    Ok(servers)
+    Ok(Table { servers, policy })
+}
+
+fn parse_policy(text: &str) -> Result<Policy> {
+    let mut policy = Policy::default();
+    for pair in text.split_whitespace() {
+        match pair.split_once('=') {
+            Some(("failover", v)) => policy.failover = v.parse()?,
+            Some(("failure-limit", v)) => policy.failure_limit = check_failure_limit(v)?,
+            _ => {
+                return Err(Error::invalid(
+                    "policy attribute",
+                    pair,
+                    "expected failover=none|rehash or failure-limit=N",
+                ));
+            }
+        }
+    }
+    Ok(policy)
 }
 
 fn parse_line(line: &str) -> Result<Server> {
@@ -165,8 +196,13 @@ mod tests {
             writer_pid: 0,
             writer_uid: 0,
             servers: vec![a, b],
+            policy: Policy {
+                failover: crate::table::Failover::Rehash,
+                failure_limit: 7,
+            },
+            next_id: 3,
         };
-        assert_eq!(parse(&to_text(&snapshot)).unwrap(), snapshot.servers);
+        assert_eq!(parse(&to_text(&snapshot)).unwrap(), snapshot.table());
     }
 
     #[test]
@@ -180,6 +216,9 @@ mod tests {
             ("a:1\n# x\na:1", "line 3: server a:1 listed twice"),
             ("a:1 state=sideways", "state"),
             ("a:1 retry-interval=-2", "retry"),
+            ("policy: failover=sometimes", "line 1: invalid failover"),
+            ("policy: failure-limit=0", "failure limit"),
+            ("policy: color=red", "policy attribute"),
         ];
         for (text, needle) in cases {
             let err = parse(text).unwrap_err().to_string();

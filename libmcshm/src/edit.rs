@@ -33,6 +33,7 @@ pub fn add(
         }
         let mut server = server.clone();
         stamp(&mut server, actor);
+        server.id = 0; // the writer assigns it
         servers.push(server);
     }
     Ok(())
@@ -104,10 +105,13 @@ pub fn merge_loaded(current: &[Server], loaded: &[Server], actor: CommitInfo) ->
         .iter()
         .map(|server| {
             let mut server = server.clone();
-            match by_identity
-                .get(&server.address.identity())
-                .filter(|old| old.state == server.state)
-            {
+            let old = by_identity.get(&server.address.identity());
+            if let Some(old) = old {
+                // The same server: keep its id (and so its failure counter).
+                server.id = old.id;
+                server.live = old.live;
+            }
+            match old.filter(|old| old.state == server.state) {
                 Some(old) => {
                     server.since_ms = old.since_ms;
                     server.changed_by_pid = old.changed_by_pid;

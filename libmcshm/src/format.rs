@@ -36,7 +36,11 @@
 //!     24    8 changed_ms          commit time of this version, ms since the Unix epoch
 //!     32    4 writer_pid          process that committed it
 //!     36    4 writer_uid          user that committed it
-//!     40   24 reserved            zero (domain policy in later formats)
+//!     40    1 failover            domain policy: 0 none, 1 rehash
+//!     41    1 failure_limit       consecutive failures that mark a server down (0 = 2)
+//!     42    2 reserved            zero
+//!     44    4 next_id             id the next added server gets (ids start at 1)
+//!     48   16 reserved            zero (more policy in later versions)
 //!     64    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
@@ -52,9 +56,18 @@
 //!     16    8 since_ms            when the state last changed, ms since the Unix epoch
 //!     24    4 changed_by_pid      process that last changed the state
 //!     28    4 changed_by_uid      user that last changed the state
-//!     32   32 reserved            zero (per-server counters in later formats)
+//!     32    4 id                  server id, unique in the domain, never reused
+//!     36    4 live                index of this server's record in the live region
+//!     40   24 reserved            zero
 //!     64  256 address             host text or socket path, zero-padded
 //!    320  192 reason              UTF-8, zero-padded
+//!
+//! Live region (at header_len + 2 * slot_len): capacity records of 32 bytes, updated by any
+//! client with atomic compare-and-swap, without the writer lock (not versioned)
+//!      0    8 owner_failures      (id << 32) | consecutive failures; a CAS names the id, so a
+//!                                 stale client cannot count against a server re-using the record
+//!      8    8 last_failure_ms     time of the last failure counted, ms since the Unix epoch
+//!     16   16 reserved            zero (probe lease in later versions)
 //! ```
 //!
 //! The magic's first byte has its high bit set and it ends in CR LF, so a file mangled by 7-bit
@@ -66,7 +79,11 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::address::Address;
 use crate::seqlock::Geometry;
-use crate::table::{MAX_REASON_LEN, Server, Snapshot, State, first_duplicate};
+use std::collections::HashSet;
+
+use crate::table::{
+    Failover, MAX_REASON_LEN, Policy, Server, Snapshot, State, Table, first_duplicate,
+};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the mcshm file format is little-endian; big-endian targets are not supported");
@@ -89,6 +106,8 @@ pub const COMMITTED_WORD: usize = 136 / 8;
 /// Byte offset of the futex word `wake`.
 pub const WAKE_OFFSET: usize = 144;
 const SLOT_HEADER_WORDS: usize = SLOT_HEADER_LEN / 8;
+/// Bytes of one live record.
+pub const LIVE_LEN: usize = 32;
 const ENTRY_WORDS: usize = ENTRY_LEN / 8;
 const ADDR_FIELD: usize = 256;
 
@@ -119,7 +138,11 @@ struct SlotHeader {
     changed_ms: u64,
     writer_pid: u32,
     writer_uid: u32,
-    reserved: [u8; 24],
+    failover: u8,
+    failure_limit: u8,
+    reserved0: u16,
+    next_id: u32,
+    reserved1: [u8; 16],
 }
 
 #[repr(C)]
@@ -136,7 +159,9 @@ struct Entry {
     since_ms: u64,
     changed_by_pid: u32,
     changed_by_uid: u32,
-    reserved1: [u8; 32],
+    id: u32,
+    live: u32,
+    reserved1: [u8; 24],
     address: [u8; ADDR_FIELD],
     reason: [u8; MAX_REASON_LEN],
 }
@@ -169,7 +194,17 @@ impl Layout {
 
     /// Total file length in bytes.
     pub fn file_len(&self) -> usize {
+        self.live_offset() + self.capacity as usize * LIVE_LEN
+    }
+
+    /// Byte offset of the live region.
+    pub fn live_offset(&self) -> usize {
         HEADER_LEN + 2 * self.slot_len()
+    }
+
+    /// Word index of the first word of live record `index`.
+    pub fn live_word(&self, index: u32) -> Option<usize> {
+        (index < self.capacity).then(|| (self.live_offset() + index as usize * LIVE_LEN) / 8)
     }
 
     /// Where the seqlock protocol finds its words in this file.
@@ -199,8 +234,15 @@ impl Layout {
         header
     }
 
-    /// A whole new file: header, and `slot_image` (version `version`) in slot `version % 2`.
-    pub fn file_image(&self, domain: &str, version: u64, slot_image: &[u64]) -> Vec<u64> {
+    /// A whole new file: header, `slot_image` (version `version`) in slot `version % 2`, and
+    /// the live records of `servers` (their ids, no failures).
+    pub fn file_image(
+        &self,
+        domain: &str,
+        version: u64,
+        slot_image: &[u64],
+        servers: &[Server],
+    ) -> Vec<u64> {
         let mut words = vec![0u64; self.file_len() / 8];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
         let header = self.static_header(domain);
@@ -211,6 +253,11 @@ impl Layout {
         let base = self.geometry().slots[(version & 1) as usize];
         words[base..base + slot_image.len()].copy_from_slice(slot_image);
         words[base] = 2; // even: complete
+        for server in servers {
+            if let Some(at) = self.live_word(server.live) {
+                words[at] = live_owner(server.id);
+            }
+        }
         words
     }
 }
@@ -280,6 +327,11 @@ pub fn parse_header(words: &[u64], file_len: u64, domain: &str) -> Result<Layout
     Ok(layout)
 }
 
+/// Word 0 of a live record owned by server `id`, with no failures.
+pub fn live_owner(id: u32) -> u64 {
+    u64::from(id) << 32
+}
+
 /// Who committed a version, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitInfo {
@@ -290,7 +342,8 @@ pub struct CommitInfo {
 
 /// The slot image of `servers` as version `version`: sequence word (0, set by the publisher),
 /// slot header with CRC, entries.
-pub fn encode_slot(version: u64, info: CommitInfo, servers: &[Server]) -> Vec<u64> {
+pub fn encode_slot(version: u64, info: CommitInfo, table: &Table, next_id: u32) -> Vec<u64> {
+    let servers = &table.servers;
     let mut words = vec![0u64; SLOT_HEADER_WORDS + servers.len() * ENTRY_WORDS];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
     let (head, entries) = bytes.split_at_mut(SLOT_HEADER_LEN);
@@ -305,7 +358,11 @@ pub fn encode_slot(version: u64, info: CommitInfo, servers: &[Server]) -> Vec<u6
         changed_ms: info.changed_ms,
         writer_pid: info.pid,
         writer_uid: info.uid,
-        reserved: [0; 24],
+        failover: table.policy.failover.code(),
+        failure_limit: table.policy.failure_limit,
+        reserved0: 0,
+        next_id,
+        reserved1: [0; 16],
     };
     head.copy_from_slice(bytemuck::bytes_of(&header));
     let crc = slot_crc(bytes);
@@ -359,6 +416,21 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
     if let Some(server) = first_duplicate(&servers) {
         return Err(format!("server {} listed twice", server.address));
     }
+    let failover = Failover::from_code(header.failover)
+        .ok_or_else(|| format!("failover code {}", header.failover))?;
+    if header.failure_limit == 0 {
+        return Err("failure limit 0".into());
+    }
+    if let Some(s) = servers.iter().find(|s| s.id == 0 || s.id >= header.next_id) {
+        return Err(format!(
+            "server {} has id {} (next id {})",
+            s.address, s.id, header.next_id
+        ));
+    }
+    let mut lives = HashSet::with_capacity(servers.len());
+    if let Some(s) = servers.iter().find(|s| !lives.insert(s.live)) {
+        return Err(format!("server {} shares its live record", s.address));
+    }
     Ok(Snapshot {
         domain: domain.to_string(),
         version: header.generation,
@@ -366,6 +438,11 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
         writer_pid: header.writer_pid,
         writer_uid: header.writer_uid,
         servers,
+        policy: Policy {
+            failover,
+            failure_limit: header.failure_limit,
+        },
+        next_id: header.next_id,
     })
 }
 
@@ -382,6 +459,8 @@ fn encode_entry(server: &Server) -> Entry {
     entry.since_ms = server.since_ms;
     entry.changed_by_pid = server.changed_by_pid;
     entry.changed_by_uid = server.changed_by_uid;
+    entry.id = server.id;
+    entry.live = server.live;
     entry.reason_len = server.reason.len() as u16;
     entry.reason[..server.reason.len()].copy_from_slice(server.reason.as_bytes());
     entry
@@ -418,6 +497,8 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
         changed_by_pid: entry.changed_by_pid,
         changed_by_uid: entry.changed_by_uid,
         reason: reason.to_string(),
+        id: entry.id,
+        live: entry.live,
     })
 }
 
@@ -425,15 +506,24 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
 mod tests {
     use super::*;
 
-    fn servers() -> Vec<Server> {
-        ["a:1", "10.0.0.2", "[::1]:3", "/tmp/mc.sock"]
+    fn table() -> Table {
+        let servers = ["a:1", "10.0.0.2", "[::1]:3", "/tmp/mc.sock"]
             .iter()
-            .map(|a| {
-                let mut s = Server::new(Address::parse(a).unwrap());
-                s.reason = "why not".into();
-                s
+            .enumerate()
+            .map(|(i, a)| Server {
+                reason: "why not".into(),
+                id: i as u32 + 1,
+                live: i as u32,
+                ..Server::new(Address::parse(a).unwrap())
             })
-            .collect()
+            .collect();
+        Table {
+            servers,
+            policy: Policy {
+                failover: Failover::Rehash,
+                failure_limit: 3,
+            },
+        }
     }
 
     const INFO: CommitInfo = CommitInfo {
@@ -444,10 +534,11 @@ mod tests {
 
     #[test]
     fn slot_round_trips() {
-        let image = encode_slot(9, INFO, &servers());
+        let image = encode_slot(9, INFO, &table(), 5);
         let snap = decode_slot(&image, "d").unwrap();
         assert_eq!(snap.version, 9);
-        assert_eq!(snap.servers, servers());
+        assert_eq!(snap.table(), table());
+        assert_eq!(snap.next_id, 5);
         assert_eq!(
             (snap.changed_ms, snap.writer_pid, snap.writer_uid),
             (5, 6, 7)
@@ -456,7 +547,7 @@ mod tests {
 
     #[test]
     fn every_flipped_bit_of_a_slot_is_caught() {
-        let image = encode_slot(3, INFO, &servers());
+        let image = encode_slot(3, INFO, &table(), 5);
         let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
         for i in 8..bytes.len() {
             let mut copy = bytes.clone();
@@ -475,7 +566,7 @@ mod tests {
     #[test]
     fn header_round_trips_and_refuses_damage() {
         let layout = Layout::new(4, 1);
-        let file = layout.file_image("dom", 0, &encode_slot(0, INFO, &[]));
+        let file = layout.file_image("dom", 0, &encode_slot(0, INFO, &Table::default(), 1), &[]);
         let len = (file.len() * 8) as u64;
         assert_eq!(parse_header(&file, len, "dom"), Ok(layout));
         assert!(parse_header(&file, len, "other").is_err());

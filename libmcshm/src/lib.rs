@@ -12,8 +12,8 @@
 //! let dir = libmcshm::default_dir()?;
 //! let domain = Domain::new("myapp")?;
 //! let mut writer = Registry::open_writer(&dir, &domain, true)?;
-//! writer.transact(|servers| {
-//!     servers.push(Server::new(Address::parse("cache1:11211")?));
+//! writer.transact(|table| {
+//!     table.servers.push(Server::new(Address::parse("cache1:11211")?));
 //!     Ok(())
 //! })?;
 //! let mut reader = Registry::open(&dir, &domain)?;

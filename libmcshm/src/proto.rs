@@ -30,7 +30,10 @@ impl fmt::Display for KeyError {
             KeyError::Empty => f.write_str("empty key"),
             KeyError::TooLong(n) => write!(f, "key is {n} bytes, longer than {MAX_KEY_LEN}"),
             KeyError::BadByte(at, b) => {
-                write!(f, "key contains byte 0x{b:02x} at offset {at} (no whitespace or control characters)")
+                write!(
+                    f,
+                    "key contains byte 0x{b:02x} at offset {at} (no whitespace or control characters)"
+                )
             }
         }
     }
@@ -264,7 +267,12 @@ pub fn parse_reply(expect: Expect, buf: &[u8]) -> Parsed {
         return Ok(Some((error, used)));
     }
     let simple = |reply: Reply| Ok(Some((reply, used)));
-    let unexpected = || Err(Malformed(format!("unexpected {:?}", String::from_utf8_lossy(first))));
+    let unexpected = || {
+        Err(Malformed(format!(
+            "unexpected {:?}",
+            String::from_utf8_lossy(first)
+        )))
+    };
     match expect {
         Expect::Store => match first {
             b"STORED" => simple(Reply::Stored),
@@ -305,9 +313,12 @@ pub fn parse_reply(expect: Expect, buf: &[u8]) -> Parsed {
                 if current == b"END" {
                     return Ok(Some((Reply::Stats(stats), used)));
                 }
-                let stat = current
-                    .strip_prefix(b"STAT ")
-                    .ok_or_else(|| Malformed(format!("expected STAT, got {:?}", String::from_utf8_lossy(current))))?;
+                let stat = current.strip_prefix(b"STAT ").ok_or_else(|| {
+                    Malformed(format!(
+                        "expected STAT, got {:?}",
+                        String::from_utf8_lossy(current)
+                    ))
+                })?;
                 let text = String::from_utf8_lossy(stat);
                 let (name, value) = text.split_once(' ').unwrap_or((&text, ""));
                 stats.push((name.to_string(), value.to_string()));
@@ -353,15 +364,30 @@ pub fn parse_reply(expect: Expect, buf: &[u8]) -> Parsed {
 
 /// `VALUE <key> <flags> <bytes> [<cas>]`: the item without its value, and the value's length.
 fn parse_value_line(line: &[u8]) -> Result<(Item, usize), Malformed> {
-    let bad = || Malformed(format!("bad VALUE line {:?}", String::from_utf8_lossy(line)));
+    let bad = || {
+        Malformed(format!(
+            "bad VALUE line {:?}",
+            String::from_utf8_lossy(line)
+        ))
+    };
     let mut fields = line.split(|&b| b == b' ');
     if fields.next() != Some(b"VALUE") {
         return Err(bad());
     }
-    let key = fields.next().filter(|k| check_key(k).is_ok()).ok_or_else(bad)?;
-    let flags = fields.next().and_then(parse_u64).and_then(|f| u32::try_from(f).ok()).ok_or_else(bad)?;
+    let key = fields
+        .next()
+        .filter(|k| check_key(k).is_ok())
+        .ok_or_else(bad)?;
+    let flags = fields
+        .next()
+        .and_then(parse_u64)
+        .and_then(|f| u32::try_from(f).ok())
+        .ok_or_else(bad)?;
     let len = fields.next().and_then(parse_u64).ok_or_else(bad)?;
-    let len = usize::try_from(len).ok().filter(|&l| l <= MAX_VALUE_LEN).ok_or_else(bad)?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_VALUE_LEN)
+        .ok_or_else(bad)?;
     let cas = match fields.next() {
         Some(c) => Some(parse_u64(c).ok_or_else(bad)?),
         None => None,
@@ -387,7 +413,8 @@ fn error_reply(line: &[u8]) -> Option<Reply> {
     } else if let Some(rest) = line.strip_prefix(b"CLIENT_ERROR") {
         Some(Reply::ClientError(text(rest)))
     } else {
-        line.strip_prefix(b"SERVER_ERROR").map(|rest| Reply::ServerError(text(rest)))
+        line.strip_prefix(b"SERVER_ERROR")
+            .map(|rest| Reply::ServerError(text(rest)))
     }
 }
 
@@ -397,7 +424,9 @@ fn take_line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, Malformed> {
     let window = &buf[..buf.len().min(MAX_LINE + 2)];
     match window.windows(2).position(|w| w == b"\r\n") {
         Some(end) => Ok(Some((&buf[..end], end + 2))),
-        None if window.len() > MAX_LINE => Err(Malformed(format!("line longer than {MAX_LINE} bytes"))),
+        None if window.len() > MAX_LINE => {
+            Err(Malformed(format!("line longer than {MAX_LINE} bytes")))
+        }
         None => Ok(None),
     }
 }
@@ -416,7 +445,12 @@ mod tests {
     /// Every prefix of a complete reply is incomplete; the whole is complete and uses it all.
     fn check_every_prefix(expect: Expect, bytes: &[u8], want: Reply) {
         for cut in 0..bytes.len() {
-            assert_eq!(parse_reply(expect, &bytes[..cut]), Ok(None), "prefix {cut} of {:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                parse_reply(expect, &bytes[..cut]),
+                Ok(None),
+                "prefix {cut} of {:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
         let mut more = bytes.to_vec();
         more.extend_from_slice(b"STORED\r\n"); // the next reply must not be consumed
@@ -425,34 +459,69 @@ mod tests {
 
     #[test]
     fn every_reply_parses_from_every_prefix() {
-        let item = |key: &[u8], flags, value: &[u8], cas| Item { key: key.to_vec(), flags, value: value.to_vec(), cas };
+        let item = |key: &[u8], flags, value: &[u8], cas| Item {
+            key: key.to_vec(),
+            flags,
+            value: value.to_vec(),
+            cas,
+        };
         let cases: Vec<(Expect, &[u8], Reply)> = vec![
             (Expect::Values, b"END\r\n", Reply::Values(vec![])),
             (
                 Expect::Values,
                 b"VALUE a 5 3\r\nx\r\n\r\nVALUE bb 0 0 77\r\n\r\nEND\r\n",
-                Reply::Values(vec![item(b"a", 5, b"x\r\n", None), item(b"bb", 0, b"", Some(77))]),
+                Reply::Values(vec![
+                    item(b"a", 5, b"x\r\n", None),
+                    item(b"bb", 0, b"", Some(77)),
+                ]),
             ),
-            (Expect::Values, b"VALUE k 1 4\r\n\0\r\nE\r\nEND\r\n", Reply::Values(vec![item(b"k", 1, b"\0\r\nE", None)])),
-            (Expect::Values, b"SERVER_ERROR out of memory\r\n", Reply::ServerError("out of memory".into())),
+            (
+                Expect::Values,
+                b"VALUE k 1 4\r\n\0\r\nE\r\nEND\r\n",
+                Reply::Values(vec![item(b"k", 1, b"\0\r\nE", None)]),
+            ),
+            (
+                Expect::Values,
+                b"SERVER_ERROR out of memory\r\n",
+                Reply::ServerError("out of memory".into()),
+            ),
             (Expect::Store, b"STORED\r\n", Reply::Stored),
             (Expect::Store, b"NOT_STORED\r\n", Reply::NotStored),
             (Expect::Store, b"EXISTS\r\n", Reply::Exists),
             (Expect::Store, b"NOT_FOUND\r\n", Reply::NotFound),
-            (Expect::Store, b"SERVER_ERROR object too large for cache\r\n", Reply::ServerError("object too large for cache".into())),
-            (Expect::Store, b"CLIENT_ERROR bad data chunk\r\n", Reply::ClientError("bad data chunk".into())),
+            (
+                Expect::Store,
+                b"SERVER_ERROR object too large for cache\r\n",
+                Reply::ServerError("object too large for cache".into()),
+            ),
+            (
+                Expect::Store,
+                b"CLIENT_ERROR bad data chunk\r\n",
+                Reply::ClientError("bad data chunk".into()),
+            ),
             (Expect::Store, b"ERROR\r\n", Reply::Error),
             (Expect::Delete, b"DELETED\r\n", Reply::Deleted),
             (Expect::Delete, b"NOT_FOUND\r\n", Reply::NotFound),
-            (Expect::Number, b"18446744073709551615\r\n", Reply::Number(u64::MAX)),
+            (
+                Expect::Number,
+                b"18446744073709551615\r\n",
+                Reply::Number(u64::MAX),
+            ),
             (Expect::Number, b"NOT_FOUND\r\n", Reply::NotFound),
             (Expect::Touch, b"TOUCHED\r\n", Reply::Touched),
             (Expect::Ok, b"OK\r\n", Reply::Ok),
-            (Expect::Version, b"VERSION 1.6.18\r\n", Reply::Version("1.6.18".into())),
+            (
+                Expect::Version,
+                b"VERSION 1.6.18\r\n",
+                Reply::Version("1.6.18".into()),
+            ),
             (
                 Expect::Stats,
                 b"STAT pid 1\r\nSTAT version 1.6.18\r\nEND\r\n",
-                Reply::Stats(vec![("pid".into(), "1".into()), ("version".into(), "1.6.18".into())]),
+                Reply::Stats(vec![
+                    ("pid".into(), "1".into()),
+                    ("version".into(), "1.6.18".into()),
+                ]),
             ),
         ];
         for (expect, bytes, want) in cases {
@@ -474,9 +543,16 @@ mod tests {
             (Expect::Version, b"1.6\r\n"),
         ];
         for (expect, bytes) in cases {
-            assert!(parse_reply(*expect, bytes).is_err(), "{:?}", String::from_utf8_lossy(bytes));
+            assert!(
+                parse_reply(*expect, bytes).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
-        assert!(parse_reply(Expect::Ok, &vec![b'x'; MAX_LINE + 10]).is_err(), "unbounded line");
+        assert!(
+            parse_reply(Expect::Ok, &vec![b'x'; MAX_LINE + 10]).is_err(),
+            "unbounded line"
+        );
     }
 
     #[test]
@@ -487,14 +563,51 @@ mod tests {
             String::from_utf8(out).unwrap()
         };
         let keys: &[&[u8]] = &[b"a", b"b"];
-        assert_eq!(enc(Request::Get { keys, cas: false, touch: None }), "get a b\r\n");
-        assert_eq!(enc(Request::Get { keys, cas: true, touch: Some(10) }), "gats 10 a b\r\n");
-        let store = Request::Store { verb: StoreVerb::Cas(9), key: b"k", flags: 3, exptime: -1, value: b"v\r\n" };
+        assert_eq!(
+            enc(Request::Get {
+                keys,
+                cas: false,
+                touch: None
+            }),
+            "get a b\r\n"
+        );
+        assert_eq!(
+            enc(Request::Get {
+                keys,
+                cas: true,
+                touch: Some(10)
+            }),
+            "gats 10 a b\r\n"
+        );
+        let store = Request::Store {
+            verb: StoreVerb::Cas(9),
+            key: b"k",
+            flags: 3,
+            exptime: -1,
+            value: b"v\r\n",
+        };
         assert_eq!(enc(store), "cas k 3 -1 3 9\r\nv\r\n\r\n");
-        assert_eq!(enc(Request::Incr { key: b"n", delta: 5 }), "incr n 5\r\n");
+        assert_eq!(
+            enc(Request::Incr {
+                key: b"n",
+                delta: 5
+            }),
+            "incr n 5\r\n"
+        );
         assert_eq!(enc(Request::FlushAll { delay: Some(2) }), "flush_all 2\r\n");
-        assert_eq!(enc(Request::Stats { group: Some("slabs") }), "stats slabs\r\n");
-        assert_eq!(enc(Request::Touch { key: b"t", exptime: 0 }), "touch t 0\r\n");
+        assert_eq!(
+            enc(Request::Stats {
+                group: Some("slabs")
+            }),
+            "stats slabs\r\n"
+        );
+        assert_eq!(
+            enc(Request::Touch {
+                key: b"t",
+                exptime: 0
+            }),
+            "touch t 0\r\n"
+        );
     }
 
     #[test]
@@ -502,7 +615,10 @@ mod tests {
         assert_eq!(check_key(b""), Err(KeyError::Empty));
         assert_eq!(check_key(&[b'k'; 251]), Err(KeyError::TooLong(251)));
         assert!(check_key(&[b'k'; 250]).is_ok());
-        assert_eq!(check_key(b"a\r\nflush_all"), Err(KeyError::BadByte(1, b'\r')));
+        assert_eq!(
+            check_key(b"a\r\nflush_all"),
+            Err(KeyError::BadByte(1, b'\r'))
+        );
         assert_eq!(check_key(b"a b"), Err(KeyError::BadByte(1, b' ')));
         assert_eq!(check_key(b"a\x7f"), Err(KeyError::BadByte(1, 0x7f)));
         assert!(check_key("ключ".as_bytes()).is_ok());

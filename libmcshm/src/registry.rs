@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, CommitInfo, Layout};
 use crate::seqlock::{Geometry, MOVED, ReadError, Words};
 use crate::shm::{SharedMap, effective_uid, monotonic_ns};
-use crate::table::{Server, Snapshot, first_duplicate};
+use crate::table::{Server, Snapshot, State, Table, first_duplicate};
 
 /// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
 /// last good snapshot).
@@ -37,6 +37,16 @@ const MAX_WAIT_SLICE: Duration = Duration::from_millis(100);
 /// Mode of new registry files and directories.
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
+
+impl Commit {
+    fn unchanged(version: u64) -> Commit {
+        Commit {
+            version,
+            changed: false,
+            published_ns: 0,
+        }
+    }
+}
 
 /// The result of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,58 +269,47 @@ impl Registry {
         }
     }
 
-    /// Runs `change` on the current server list under the writer lock and publishes the result
-    /// as one new version (none if `change` left the list as it was). If `change` fails, nothing
-    /// is written.
-    pub fn transact(
-        &mut self,
-        change: impl FnOnce(&mut Vec<Server>) -> Result<()>,
-    ) -> Result<Commit> {
+    /// Runs `change` on the current table (servers and policy) under the writer lock and
+    /// publishes the result as one new version (none if `change` left the table as it was). If
+    /// `change` fails, nothing is written.
+    pub fn transact(&mut self, change: impl FnOnce(&mut Table) -> Result<()>) -> Result<Commit> {
         self.locked(|reg| {
             let current = reg.read_table()?;
-            let mut servers = current.servers.clone();
-            change(&mut servers)?;
-            if servers == current.servers {
-                return Ok(Commit {
-                    version: current.version,
-                    changed: false,
-                    published_ns: 0,
-                });
+            let mut table = current.table();
+            change(&mut table)?;
+            if table == current.table() {
+                return Ok(Commit::unchanged(current.version));
             }
-            reg.publish_locked(current.version, &servers)
+            reg.publish_locked(current.version, current.next_id, table, &current.servers)
         })
     }
 
-    /// Replaces the whole list in one version, even if the current table is damaged (the way to
+    /// Replaces the whole table in one version, even if the current one is damaged (the way to
     /// repair a file short of deleting it).
-    pub fn replace(&mut self, servers: &[Server]) -> Result<Commit> {
-        self.locked(|reg| {
-            let current = reg.read_table().ok();
-            if current.as_ref().is_some_and(|c| c.servers == servers) {
-                let version = current.map_or(0, |c| c.version);
-                return Ok(Commit {
-                    version,
-                    changed: false,
-                    published_ns: 0,
-                });
+    pub fn replace(&mut self, table: &Table) -> Result<Commit> {
+        self.locked(|reg| match reg.read_table() {
+            Ok(current) if current.table() == *table => Ok(Commit::unchanged(current.version)),
+            Ok(current) => reg.publish_locked(
+                current.version,
+                current.next_id,
+                table.clone(),
+                &current.servers,
+            ),
+            Err(_) => {
+                let version = reg.committed() & !MOVED;
+                reg.publish_locked(version, 1, table.clone(), &[])
             }
-            let version = current.map_or_else(|| reg.committed() & !MOVED, |c| c.version);
-            reg.publish_locked(version, servers)
         })
     }
 
     /// Replaces a file whose header is unusable (damaged, truncated) by a new one holding
-    /// `servers`, under the file's lock. The version continues from the old committed word when
+    /// `table`, under the file's lock. The version continues from the old committed word when
     /// that is still readable. Readers of the old file are told to re-open the path.
-    pub fn recreate(dir: impl AsRef<Path>, domain: &Domain, servers: &[Server]) -> Result<Commit> {
+    pub fn recreate(dir: impl AsRef<Path>, domain: &Domain, table: &Table) -> Result<Commit> {
         let dir = dir.as_ref();
         let path = domain.path_in(dir);
-        check_unique(servers, domain)?;
-        let count = servers.len();
-        if count > format::MAX_CAPACITY as usize {
-            let max = format::MAX_CAPACITY as usize;
-            return Err(Error::TooManyServers { count, max });
-        }
+        let mut table = table.clone();
+        check_table(&table, domain)?;
         let file = open_checked(&path, domain, true)?;
         file.lock().map_err(|e| Error::io("lock", &path, e))?;
         let len = file
@@ -325,14 +324,12 @@ impl Registry {
             .and_then(|m| m.load(format::COMMITTED_WORD, Ordering::Acquire))
             .map_or(0, |c| (c & !MOVED).min(1 << 62));
         let version = last + 1;
-        let capacity = (count as u32).max(format::DEFAULT_CAPACITY);
+        let capacity = (table.servers.len() as u32).max(format::DEFAULT_CAPACITY);
+        let next_id = assign_ids(&mut table.servers, 1, capacity);
         let layout = Layout::new(capacity, now_ms());
-        let image = format::encode_slot(version, commit_info(), servers);
-        let tmp = write_temp(
-            dir,
-            domain,
-            &layout.file_image(domain.as_str(), version, &image),
-        )?;
+        let image = format::encode_slot(version, commit_info(), &table, next_id);
+        let words = layout.file_image(domain.as_str(), version, &image, &table.servers);
+        let tmp = write_temp(dir, domain, &words)?;
         if let Some(old) = &old {
             old.store(format::COMMITTED_WORD, last | MOVED, Ordering::Release);
         }
@@ -395,22 +392,33 @@ impl Registry {
         })
     }
 
-    /// Publishes `servers` as version `current + 1`; the caller holds the lock.
-    fn publish_locked(&mut self, current: u64, servers: &[Server]) -> Result<Commit> {
-        check_unique(servers, &self.domain)?;
-        if servers.len() > format::MAX_CAPACITY as usize {
-            return Err(Error::TooManyServers {
-                count: servers.len(),
-                max: format::MAX_CAPACITY as usize,
-            });
-        }
-        let image = format::encode_slot(current + 1, commit_info(), servers);
-        // A full file grows; a file of an older format is rewritten in ours (same path).
-        let version = if servers.len() > self.layout.capacity as usize
-            || self.layout.format_version < format::FORMAT_VERSION
-        {
-            self.rewrite_locked(current, servers.len(), &image)?
+    /// Publishes `table` as version `current + 1`; the caller holds the lock. New servers get
+    /// ids and live records; servers that are new or come back up start with no failures.
+    fn publish_locked(
+        &mut self,
+        current: u64,
+        next_id: u32,
+        mut table: Table,
+        previous: &[Server],
+    ) -> Result<Commit> {
+        check_table(&table, &self.domain)?;
+        let needed = table.servers.len();
+        let rewrite = needed > self.layout.capacity as usize
+            || self.layout.format_version < format::FORMAT_VERSION;
+        let capacity = if needed > self.layout.capacity as usize {
+            needed
+                .max(self.layout.capacity as usize * 2)
+                .min(format::MAX_CAPACITY as usize) as u32
         } else {
+            self.layout.capacity
+        };
+        let next_id = assign_ids(&mut table.servers, next_id, capacity);
+        let image = format::encode_slot(current + 1, commit_info(), &table, next_id);
+        let version = if rewrite {
+            // A full file grows; a file of an older format is rewritten in ours (same path).
+            self.rewrite_locked(current, capacity, &image, &table.servers)?
+        } else {
+            self.reset_live_records(&table.servers, previous);
             self.geometry
                 .publish(&self.map, current, &image)
                 .ok_or_else(|| self.corrupt("slot outside the file".into()))?
@@ -424,17 +432,39 @@ impl Registry {
         })
     }
 
-    /// Writes a new file (larger if `needed` exceeds the capacity, in the current format)
-    /// holding `image` as version `current + 1` and renames it into place.
-    fn rewrite_locked(&mut self, current: u64, needed: usize, image: &[u64]) -> Result<u64> {
-        let capacity = self.layout.capacity as usize;
-        let capacity = if needed > capacity {
-            needed.max(capacity * 2).min(format::MAX_CAPACITY as usize) as u32
-        } else {
-            self.layout.capacity
-        };
+    /// Gives servers that are new (not yet owning their record) or up again a fresh live record.
+    fn reset_live_records(&self, servers: &[Server], previous: &[Server]) {
+        let was_down: std::collections::HashSet<u32> = previous
+            .iter()
+            .filter(|s| s.state == State::Down)
+            .map(|s| s.id)
+            .collect();
+        for server in servers {
+            let Some(word) = self.layout.live_word(server.live) else {
+                continue;
+            };
+            let owned = self
+                .map
+                .load(word, Ordering::Acquire)
+                .is_some_and(|w| w >> 32 == u64::from(server.id));
+            if !owned || (was_down.contains(&server.id) && server.state == State::Up) {
+                self.map
+                    .store(word, format::live_owner(server.id), Ordering::Release);
+            }
+        }
+    }
+
+    /// Writes a new file of `capacity` (in the current format) holding `image` as version
+    /// `current + 1` and renames it into place.
+    fn rewrite_locked(
+        &mut self,
+        current: u64,
+        capacity: u32,
+        image: &[u64],
+        servers: &[Server],
+    ) -> Result<u64> {
         let layout = Layout::new(capacity, self.layout.created_ms);
-        let words = layout.file_image(self.domain.as_str(), current + 1, image);
+        let words = layout.file_image(self.domain.as_str(), current + 1, image, servers);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = write_temp(dir, &self.domain, &words)?;
         self.map
@@ -450,20 +480,106 @@ impl Registry {
         Ok(current + 1)
     }
 
+    /// Counts a failed operation against `server` (of a current snapshot) in the shared live
+    /// record, and returns the consecutive failures now counted. `None` when this handle cannot
+    /// write the mapping (read-only access) or the record belongs to another server (the table
+    /// changed since `server` was read).
+    pub fn record_failure(&self, server: &Server) -> Option<u32> {
+        let word = self.layout.live_word(server.live)?;
+        let owner = format::live_owner(server.id);
+        let mut seen = self.map.load(word, Ordering::Acquire)?;
+        for _ in 0..64 {
+            if seen & !0xffff_ffff != owner {
+                return None;
+            }
+            let failures = (seen as u32).saturating_add(1);
+            match self
+                .map
+                .compare_exchange(word, seen, owner | u64::from(failures))?
+            {
+                Ok(_) => {
+                    self.map.store(word + 1, now_ms(), Ordering::Relaxed);
+                    return Some(failures);
+                }
+                Err(now) => seen = now,
+            }
+        }
+        None
+    }
+
+    /// Resets `server`'s consecutive failures after a success (one load when already zero, so
+    /// the common path does not write shared memory).
+    pub fn record_success(&self, server: &Server) {
+        let Some(word) = self.layout.live_word(server.live) else {
+            return;
+        };
+        let owner = format::live_owner(server.id);
+        if let Some(seen) = self.map.load(word, Ordering::Relaxed)
+            && seen != owner
+            && seen & !0xffff_ffff == owner
+        {
+            let _ = self.map.compare_exchange(word, seen, owner);
+        }
+    }
+
+    /// The consecutive failures counted for `server` (0 if its record is not its own).
+    pub fn failures(&self, server: &Server) -> u32 {
+        self.layout
+            .live_word(server.live)
+            .and_then(|word| self.map.load(word, Ordering::Acquire))
+            .filter(|w| w & !0xffff_ffff == format::live_owner(server.id))
+            .map_or(0, |w| w as u32)
+    }
+
+    /// Whether this handle maps the file writable (can count failures and publish).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
     fn wake(&self) {
         self.map.fetch_add_u32(format::WAKE_OFFSET, 1);
         self.map.futex_wake(format::WAKE_OFFSET);
     }
 }
 
-fn check_unique(servers: &[Server], domain: &Domain) -> Result<()> {
-    match first_duplicate(servers) {
+fn check_table(table: &Table, domain: &Domain) -> Result<()> {
+    if table.policy.failure_limit == 0 {
+        return Err(Error::invalid(
+            "failure limit",
+            "0",
+            "must be from 1 to 255",
+        ));
+    }
+    let count = table.servers.len();
+    if count > format::MAX_CAPACITY as usize {
+        let max = format::MAX_CAPACITY as usize;
+        return Err(Error::TooManyServers { count, max });
+    }
+    match first_duplicate(&table.servers) {
         Some(server) => Err(Error::ServerExists {
             server: server.address.to_string(),
             domain: domain.to_string(),
         }),
         None => Ok(()),
     }
+}
+
+/// Gives servers without an id (new ones) the next ids and the lowest free live records below
+/// `capacity`; returns the next id after them.
+fn assign_ids(servers: &mut [Server], mut next_id: u32, capacity: u32) -> u32 {
+    let mut used: Vec<bool> = vec![false; capacity as usize];
+    for server in servers.iter().filter(|s| s.id != 0) {
+        if let Some(slot) = used.get_mut(server.live as usize) {
+            *slot = true;
+        }
+    }
+    let mut free = (0..capacity).filter(|&i| !used[i as usize]);
+    for server in servers.iter_mut().filter(|s| s.id == 0) {
+        server.id = next_id;
+        next_id += 1;
+        server.live = free.next().unwrap_or(0);
+    }
+    next_id
 }
 
 /// Milliseconds since the Unix epoch.
@@ -534,11 +650,8 @@ fn create_empty(dir: &Path, domain: &Domain) -> Result<()> {
             .map_err(|e| Error::io("create directory", dir, e))?;
     }
     let layout = Layout::new(format::DEFAULT_CAPACITY, now_ms());
-    let words = layout.file_image(
-        domain.as_str(),
-        0,
-        &format::encode_slot(0, commit_info(), &[]),
-    );
+    let image = format::encode_slot(0, commit_info(), &Table::default(), 1);
+    let words = layout.file_image(domain.as_str(), 0, &image, &[]);
     let tmp = write_temp(dir, domain, &words)?;
     let path = domain.path_in(dir);
     let linked = fs::hard_link(&tmp, &path);

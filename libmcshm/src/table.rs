@@ -75,6 +75,11 @@ pub struct Server {
     pub changed_by_uid: u32,
     /// Free text: why the server is in its state.
     pub reason: String,
+    /// Unique in the domain and never reused (0 until the writer assigns one when publishing).
+    pub id: u32,
+    /// Index of the server's record (failure counter) in the file's live region; assigned with
+    /// the id.
+    pub live: u32,
 }
 
 impl Server {
@@ -89,6 +94,8 @@ impl Server {
             changed_by_pid: 0,
             changed_by_uid: 0,
             reason: String::new(),
+            id: 0,
+            live: 0,
         }
     }
 }
@@ -113,6 +120,18 @@ pub fn check_retry_interval(seconds: i64) -> Result<i32> {
             "retry interval",
             &seconds.to_string(),
             "must be -1 (never retry automatically) or 0 and more seconds",
+        )),
+    }
+}
+
+/// Checks a failure limit given by a user (1..=255).
+pub fn check_failure_limit(text: &str) -> Result<u8> {
+    match text.parse::<u8>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(Error::invalid(
+            "failure limit",
+            text,
+            "must be from 1 to 255",
         )),
     }
 }
@@ -142,6 +161,84 @@ pub fn first_duplicate(servers: &[Server]) -> Option<&Server> {
     servers.iter().find(|s| !seen.insert(s.address.identity()))
 }
 
+/// What clients do when a key's server is down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Failover {
+    /// The ring keeps every configured server; a key whose server is down is a miss on read and
+    /// an error on write. No other server ever holds it, so none can serve it stale later.
+    #[default]
+    None,
+    /// The ring is built over up servers only (libmemcached's REMOVE_FAILED_SERVERS): a down
+    /// server's keys move to the others while it is down.
+    Rehash,
+}
+
+impl Failover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failover::None => "none",
+            Failover::Rehash => "rehash",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Failover::None => 0,
+            Failover::Rehash => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Failover> {
+        match code {
+            0 => Some(Failover::None),
+            1 => Some(Failover::Rehash),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Failover {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Failover> {
+        match s {
+            "none" => Ok(Failover::None),
+            "rehash" => Ok(Failover::Rehash),
+            _ => Err(Error::invalid(
+                "failover policy",
+                s,
+                "expected 'none' or 'rehash'",
+            )),
+        }
+    }
+}
+
+/// Consecutive failures that mark a server down, when the domain does not say.
+pub const DEFAULT_FAILURE_LIMIT: u8 = 2;
+
+/// A domain's client policy (versioned with its server list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub failover: Failover,
+    /// Consecutive connect/timeout/I-O failures after which a server is marked down (1..=255).
+    pub failure_limit: u8,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            failover: Failover::None,
+            failure_limit: DEFAULT_FAILURE_LIMIT,
+        }
+    }
+}
+
+/// What a transaction edits: the server list and the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub servers: Vec<Server>,
+    pub policy: Policy,
+}
+
 /// A validated copy of one published version of a domain's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -154,9 +251,20 @@ pub struct Snapshot {
     pub writer_uid: u32,
     /// The servers in the order they were added (the order clients hash in).
     pub servers: Vec<Server>,
+    pub policy: Policy,
+    /// The id the next added server gets.
+    pub next_id: u32,
 }
 
 impl Snapshot {
+    /// The editable part: servers and policy.
+    pub fn table(&self) -> Table {
+        Table {
+            servers: self.servers.clone(),
+            policy: self.policy,
+        }
+    }
+
     /// The server with this address, if any.
     pub fn find(&self, address: &Address) -> Option<&Server> {
         self.servers.iter().find(|s| s.address.same_server(address))

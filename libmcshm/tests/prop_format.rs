@@ -3,6 +3,7 @@
 //! than what was encoded; arbitrary valid tables round-trip.
 
 use libmcshm::format::{self, CommitInfo, Layout};
+use libmcshm::table::Table;
 use libmcshm::{Address, Server, State};
 use proptest::prelude::*;
 
@@ -63,14 +64,23 @@ fn server() -> impl Strategy<Value = Server> {
         )
 }
 
-fn unique(servers: Vec<Server>) -> Vec<Server> {
+/// A valid table: unique addresses, ids 1.., live records 0..
+fn unique(servers: Vec<Server>) -> Table {
     let mut out: Vec<Server> = Vec::new();
     for s in servers {
         if !out.iter().any(|o| o.address.same_server(&s.address)) {
-            out.push(s);
+            let n = out.len() as u32;
+            out.push(Server {
+                id: n + 1,
+                live: n,
+                ..s
+            });
         }
     }
-    out
+    Table {
+        servers: out,
+        policy: Default::default(),
+    }
 }
 
 proptest! {
@@ -86,11 +96,11 @@ proptest! {
 
     #[test]
     fn tables_round_trip(servers in proptest::collection::vec(server(), 0..20), version in any::<u64>()) {
-        let servers = unique(servers);
-        let image = format::encode_slot(version, INFO, &servers);
+        let table = unique(servers);
+        let image = format::encode_slot(version, INFO, &table, 1000);
         let snap = format::decode_slot(&image, "d").unwrap();
         prop_assert_eq!(snap.version, version);
-        prop_assert_eq!(snap.servers, servers);
+        prop_assert_eq!(snap.table(), table);
     }
 
     #[test]
@@ -98,22 +108,22 @@ proptest! {
         servers in proptest::collection::vec(server(), 1..6),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 1..4),
     ) {
-        let servers = unique(servers);
-        let image = format::encode_slot(7, INFO, &servers);
+        let table = unique(servers);
+        let image = format::encode_slot(7, INFO, &table, 1000);
         let mut bytes: Vec<u8> = image.iter().flat_map(|w| w.to_le_bytes()).collect();
         for (at, mask) in &flips {
             let i = 8 + at.index(bytes.len() - 8); // word 0 is the sequence, not covered by the CRC
             bytes[i] ^= mask;
         }
         if let Ok(snap) = format::decode_slot(&to_words(&bytes), "d") {
-            prop_assert_eq!(snap.servers, servers);
+            prop_assert_eq!(snap.table(), table);
         }
     }
 
     #[test]
     fn mutated_headers_are_refused_or_unchanged(at in 0usize..136, mask in 1..=255u8) {
         let layout = Layout::new(4, 9);
-        let mut file = layout.file_image("dom", 0, &format::encode_slot(0, INFO, &[]));
+        let mut file = layout.file_image("dom", 0, &format::encode_slot(0, INFO, &Table::default(), 1), &[]);
         let len = (file.len() * 8) as u64;
         let mut bytes: Vec<u8> = file.iter().flat_map(|w| w.to_le_bytes()).collect();
         bytes[at] ^= mask;

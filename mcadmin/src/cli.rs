@@ -119,6 +119,21 @@ pub enum Command {
         #[arg(long, value_name = "S", allow_negative_numbers = true)]
         retry_interval: Option<i64>,
     },
+    /// Show or set the domain's client policy (failover, failure limit).
+    ///
+    /// failover none (default): a key whose server is down is a miss on read and an error on
+    /// write; no other server is tried, so none can later serve it stale. failover rehash: keys
+    /// of down servers move to the up ones (libmemcached's REMOVE_FAILED_SERVERS). Clients mark a
+    /// server down for every process on the host after failure-limit consecutive
+    /// connect/timeout/I-O failures (default 2).
+    Policy {
+        /// none or rehash
+        #[arg(long, value_name = "POLICY")]
+        failover: Option<String>,
+        /// Consecutive failures that mark a server down (1-255)
+        #[arg(long, value_name = "N")]
+        failure_limit: Option<String>,
+    },
     /// Show the servers of the domain with its version.
     #[command(alias = "ls")]
     List,

@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use libmcshm::registry::commit_info;
-use libmcshm::table::{check_reason, check_retry_interval, check_weight};
+use libmcshm::table::{
+    Table, check_failure_limit, check_reason, check_retry_interval, check_weight,
+};
 use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, dump, edit};
 use serde_json::json;
 
@@ -114,8 +116,8 @@ fn run(cli: &Cli) -> Result<Exit> {
                 })
                 .collect::<Vec<_>>();
             let name = ctx.domain.to_string();
-            write(&ctx, true, |list| {
-                edit::add(list, &new, *if_missing, commit_info(), &name)
+            write(&ctx, true, |t| {
+                edit::add(&mut t.servers, &new, *if_missing, commit_info(), &name)
             })
         }
         Command::Delete {
@@ -124,8 +126,8 @@ fn run(cli: &Cli) -> Result<Exit> {
         } => {
             let addresses = parse_addresses(servers)?;
             let name = ctx.domain.to_string();
-            write(&ctx, false, |list| {
-                edit::delete(list, &addresses, *if_present, &name)
+            write(&ctx, false, |t| {
+                edit::delete(&mut t.servers, &addresses, *if_present, &name)
             })
         }
         Command::Up { servers, reason } => set_state(&ctx, servers, State::Up, reason),
@@ -145,16 +147,26 @@ fn run(cli: &Cli) -> Result<Exit> {
                 .into());
             }
             let name = ctx.domain.to_string();
-            write(&ctx, false, |list| {
-                edit::modify(list, &address, weight, retry, &name)
+            write(&ctx, false, |t| {
+                edit::modify(&mut t.servers, &address, weight, retry, &name)
             })
         }
+        Command::Policy {
+            failover,
+            failure_limit,
+        } => policy(&ctx, failover.as_deref(), failure_limit.as_deref()),
         Command::List => {
-            let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+            let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
+            let snapshot = registry.snapshot()?;
+            let failures: Vec<u32> = snapshot
+                .servers
+                .iter()
+                .map(|s| registry.failures(s))
+                .collect();
             print(
                 &ctx,
-                || show::snapshot_json(&snapshot),
-                || show::snapshot_table(&snapshot),
+                || show::snapshot_json(&snapshot, &failures),
+                || show::snapshot_table(&snapshot, &failures),
             )?;
             Ok(Exit::Success)
         }
@@ -181,8 +193,15 @@ fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -
     check_reason(reason)?;
     let addresses = parse_addresses(servers)?;
     let name = ctx.domain.to_string();
-    write(ctx, false, |list| {
-        edit::set_state(list, &addresses, state, reason, commit_info(), &name)
+    write(ctx, false, |t| {
+        edit::set_state(
+            &mut t.servers,
+            &addresses,
+            state,
+            reason,
+            commit_info(),
+            &name,
+        )
     })
 }
 
@@ -190,7 +209,7 @@ fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -
 fn write(
     ctx: &Invocation,
     create: bool,
-    change: impl FnOnce(&mut Vec<Server>) -> libmcshm::Result<()>,
+    change: impl FnOnce(&mut Table) -> libmcshm::Result<()>,
 ) -> Result<Exit> {
     let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, create)?;
     let commit = registry.transact(change)?;
@@ -210,6 +229,37 @@ fn report_commit(ctx: &Invocation, commit: Commit) -> Result<Exit> {
         },
     )?;
     Ok(Exit::Success)
+}
+
+/// Shows the policy, or changes it when given values.
+fn policy(ctx: &Invocation, failover: Option<&str>, failure_limit: Option<&str>) -> Result<Exit> {
+    if failover.is_none() && failure_limit.is_none() {
+        let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+        let p = snapshot.policy;
+        print(
+            ctx,
+            || json!({"failover": p.failover.as_str(), "failure_limit": p.failure_limit}),
+            || {
+                format!(
+                    "failover {}\nfailure-limit {}\n",
+                    p.failover.as_str(),
+                    p.failure_limit
+                )
+            },
+        )?;
+        return Ok(Exit::Success);
+    }
+    let failover = failover.map(str::parse).transpose()?;
+    let failure_limit = failure_limit.map(check_failure_limit).transpose()?;
+    write(ctx, false, |t| {
+        if let Some(f) = failover {
+            t.policy.failover = f;
+        }
+        if let Some(n) = failure_limit {
+            t.policy.failure_limit = n;
+        }
+        Ok(())
+    })
 }
 
 fn status(ctx: &Invocation, server: &str) -> Result<Exit> {
@@ -267,18 +317,23 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
     let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
     let mut registry = match Registry::open_writer(&ctx.dir, &ctx.domain, true) {
         Err(libmcshm::Error::Corrupt { .. }) => {
-            let servers = edit::merge_loaded(&[], &loaded, commit_info());
-            return report_commit(ctx, Registry::recreate(&ctx.dir, &ctx.domain, &servers)?);
+            let table = Table {
+                servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
+                policy: loaded.policy,
+            };
+            return report_commit(ctx, Registry::recreate(&ctx.dir, &ctx.domain, &table)?);
         }
         other => other?,
     };
-    let commit = match registry.transact(|list| {
-        *list = edit::merge_loaded(list, &loaded, commit_info());
+    let commit = match registry.transact(|t| {
+        t.servers = edit::merge_loaded(&t.servers, &loaded.servers, commit_info());
+        t.policy = loaded.policy;
         Ok(())
     }) {
-        Err(libmcshm::Error::Corrupt { .. }) => {
-            registry.replace(&edit::merge_loaded(&[], &loaded, commit_info()))?
-        }
+        Err(libmcshm::Error::Corrupt { .. }) => registry.replace(&Table {
+            servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
+            policy: loaded.policy,
+        })?,
         other => other?,
     };
     report_commit(ctx, commit)

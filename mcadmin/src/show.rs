@@ -9,14 +9,29 @@ use libmcshm::registry::now_ms;
 use libmcshm::{Domain, Registry, Server, Snapshot, State};
 use serde_json::{Value, json};
 
-pub fn snapshot_json(snapshot: &Snapshot) -> Value {
+/// `failures[i]`: consecutive failures counted for server i (from the live region).
+pub fn snapshot_json(snapshot: &Snapshot, failures: &[u32]) -> Value {
+    let servers: Vec<Value> = snapshot
+        .servers
+        .iter()
+        .zip(failures)
+        .map(|(s, f)| {
+            let mut v = server_json(s);
+            v["failures"] = json!(f);
+            v
+        })
+        .collect();
     json!({
         "domain": snapshot.domain,
         "version": snapshot.version,
         "changed_ms": snapshot.changed_ms,
         "writer_pid": snapshot.writer_pid,
         "writer_uid": snapshot.writer_uid,
-        "servers": snapshot.servers.iter().map(server_json).collect::<Vec<_>>(),
+        "policy": {
+            "failover": snapshot.policy.failover.as_str(),
+            "failure_limit": snapshot.policy.failure_limit,
+        },
+        "servers": servers,
     })
 }
 
@@ -32,33 +47,41 @@ pub fn server_json(server: &Server) -> Value {
         "changed_by_pid": server.changed_by_pid,
         "changed_by_uid": server.changed_by_uid,
         "reason": server.reason,
+        "id": server.id,
     })
 }
 
-pub fn snapshot_table(snapshot: &Snapshot) -> String {
+pub fn snapshot_table(snapshot: &Snapshot, failures: &[u32]) -> String {
     let mut out = format!(
-        "domain {}  version {}  changed {} by pid {} uid {}\n",
+        "domain {}  version {}  changed {} by pid {} uid {}\npolicy: failover {}, failure limit {}\n",
         snapshot.domain,
         snapshot.version,
         utc(snapshot.changed_ms),
         snapshot.writer_pid,
-        snapshot.writer_uid
+        snapshot.writer_uid,
+        snapshot.policy.failover.as_str(),
+        snapshot.policy.failure_limit,
     );
-    let rows: Vec<[String; 6]> = snapshot
+    let rows: Vec<[String; 7]> = snapshot
         .servers
         .iter()
-        .map(|s| {
+        .zip(failures)
+        .map(|(s, f)| {
             [
                 s.address.to_string(),
                 s.weight.to_string(),
                 s.state.to_string(),
                 s.retry_interval.to_string(),
+                f.to_string(),
                 utc(s.since_ms),
                 s.reason.clone(),
             ]
         })
         .collect();
-    let header = ["ADDRESS", "WEIGHT", "STATE", "RETRY", "SINCE", "REASON"].map(String::from);
+    let header = [
+        "ADDRESS", "WEIGHT", "STATE", "RETRY", "FAILURES", "SINCE", "REASON",
+    ]
+    .map(String::from);
     out += &align(&header, &rows);
     out
 }
