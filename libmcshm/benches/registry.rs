@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
+use libmcshm::table::Table;
 use libmcshm::{Address, Domain, Registry, Server, monotonic_ns};
 
 const OBSERVER_ENV: &str = "MCSHM_BENCH_OBSERVER";
@@ -21,15 +22,20 @@ fn domain_with(dir: &Path, name: &str, servers: usize) -> Registry {
     let list: Vec<Server> = (0..servers)
         .map(|i| Server::new(Address::parse(&format!("cache{i}.example.com:11211")).unwrap()))
         .collect();
-    writer.replace(&list).unwrap();
+    writer
+        .replace(&Table {
+            servers: list,
+            ..Table::default()
+        })
+        .unwrap();
     writer
 }
 
 /// A one-server change; returns when it became visible (CLOCK_MONOTONIC ns).
 fn toggle_weight(writer: &mut Registry) -> u64 {
     writer
-        .transact(|servers| {
-            servers[0].weight = 3 - servers[0].weight.min(2);
+        .transact(|table| {
+            table.servers[0].weight = 3 - table.servers[0].weight.min(2);
             Ok(())
         })
         .unwrap()
