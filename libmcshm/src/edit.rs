@@ -78,6 +78,20 @@ pub fn set_state(
     Ok(())
 }
 
+/// Marks the server with `id` down with `reason`, if it is (still) in the table and up; a client
+/// that hit the failure limit calls this, so that several clients doing so at once make one
+/// change.
+pub fn mark_down(servers: &mut [Server], id: u32, reason: &str, actor: CommitInfo) {
+    if let Some(server) = servers
+        .iter_mut()
+        .find(|s| s.id == id && s.state == State::Up)
+    {
+        server.state = State::Down;
+        server.reason = reason.to_string();
+        stamp(server, actor);
+    }
+}
+
 /// Changes the weight and/or retry interval of one server.
 pub fn modify(
     servers: &mut [Server],

@@ -60,6 +60,29 @@ pub enum Error {
     /// The table would exceed what the format can hold.
     #[error("too many servers: {count} (at most {max} per domain)")]
     TooManyServers { count: usize, max: usize },
+    /// A key memcached would refuse (checked before anything is sent).
+    #[error("invalid key '{key}': {why}")]
+    BadKey { key: String, why: String },
+    /// The key's server is down and the domain's failover policy is `none`.
+    #[error(
+        "server {server} is down{reason}; failover is none, so its keys are not served elsewhere"
+    )]
+    ServerDown { server: String, reason: String },
+    /// No server can take the request.
+    #[error("no server is up in {what}")]
+    NoServers { what: String },
+    /// Connecting, sending or receiving failed or timed out.
+    #[error("{server}: {error}")]
+    Network { server: String, error: String },
+    /// The server answered `SERVER_ERROR`.
+    #[error("{server} answered SERVER_ERROR {message}")]
+    ServerError { server: String, message: String },
+    /// The server answered `CLIENT_ERROR`: it refused the request.
+    #[error("{server} answered CLIENT_ERROR {message}")]
+    ClientError { server: String, message: String },
+    /// The server answered `ERROR`: it does not know the command.
+    #[error("{server} answered ERROR (unknown command)")]
+    UnknownCommand { server: String },
     /// Any other I/O failure.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
@@ -79,14 +102,23 @@ pub enum ErrorKind {
     NotFound,
     /// The registry could not be read or written (I/O, permissions, corruption, format).
     Registry,
+    /// A memcached server failed, is down, or refused to serve the request.
+    Server,
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Invalid { .. } | Error::BadLine { .. } | Error::TooManyServers { .. } => {
-                ErrorKind::BadInput
-            }
+            Error::ServerDown { .. }
+            | Error::NoServers { .. }
+            | Error::Network { .. }
+            | Error::ServerError { .. }
+            | Error::UnknownCommand { .. } => ErrorKind::Server,
+            Error::Invalid { .. }
+            | Error::BadKey { .. }
+            | Error::ClientError { .. }
+            | Error::BadLine { .. }
+            | Error::TooManyServers { .. } => ErrorKind::BadInput,
             Error::NoDomain { .. } | Error::NoServer { .. } | Error::ServerExists { .. } => {
                 ErrorKind::NotFound
             }
@@ -95,21 +127,17 @@ impl Error {
     }
 
     pub(crate) fn invalid(what: &'static str, input: &str, why: impl Into<String>) -> Error {
-        // Shown escaped and shortened, so that a newline or a megabyte of input still makes one
-        // readable line.
-        let mut shown: String = input
-            .chars()
-            .take(100)
-            .collect::<String>()
-            .escape_debug()
-            .collect();
-        if input.chars().count() > 100 {
-            shown.push('…');
-        }
         Error::Invalid {
             what,
-            input: shown,
+            input: shown(input),
             why: why.into(),
+        }
+    }
+
+    pub(crate) fn bad_key(key: &[u8], why: impl ToString) -> Error {
+        Error::BadKey {
+            key: shown(&String::from_utf8_lossy(key)),
+            why: why.to_string(),
         }
     }
 
@@ -122,6 +150,21 @@ impl Error {
             Error::Io { op, path, source }
         }
     }
+}
+
+/// User input as shown in an error: escaped and shortened, so that a newline or a megabyte of
+/// input still makes one readable line.
+fn shown(input: &str) -> String {
+    let mut shown: String = input
+        .chars()
+        .take(100)
+        .collect::<String>()
+        .escape_debug()
+        .collect();
+    if input.chars().count() > 100 {
+        shown.push('…');
+    }
+    shown
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

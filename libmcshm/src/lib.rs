@@ -30,6 +30,8 @@
 #![deny(unsafe_code)]
 
 pub mod address;
+pub mod client;
+pub mod conn;
 pub mod domain;
 pub mod dump;
 pub mod edit;
@@ -44,8 +46,11 @@ mod shm;
 pub mod table;
 
 pub use address::Address;
+pub use client::{Client, FailureEvent, MarkedDown, MultiGet, StoreItem, Stored};
+pub use conn::Timeouts;
 pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
 pub use error::{Error, ErrorKind, Result};
+pub use proto::{Item, StoreVerb};
 pub use registry::{Commit, Registry};
 pub use shm::monotonic_ns;
 pub use table::{Server, Snapshot, State};

@@ -53,7 +53,7 @@ fn exit_for(err: &anyhow::Error) -> Exit {
     {
         Some(ErrorKind::BadInput) => Exit::BadInput,
         Some(ErrorKind::NotFound) => Exit::NotFound,
-        Some(ErrorKind::Registry) => Exit::Registry,
+        Some(ErrorKind::Registry | ErrorKind::Server) => Exit::Registry,
         None if err.downcast_ref::<UsageError>().is_some() => Exit::BadInput,
         None => Exit::Registry,
     }

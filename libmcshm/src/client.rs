@@ -1,0 +1,745 @@
+//! The memcached client: routes each key through the domain's ketama ring, talks to servers over
+//! persistent connections, and shares what it learns about failing servers with every process on
+//! the host through the registry.
+//!
+//! Routing is rebuilt only when the table version moves (one atomic load per operation
+//! otherwise), so an `mcadmin` change is used by the next operation of every process.
+//!
+//! Failover follows the domain's policy (see [`Failover`]):
+//! - `none`: the ring keeps every configured server. A key whose server is down is a miss on read
+//!   and an error on write; no other server is tried, so no other server can hold a copy that
+//!   goes stale.
+//! - `rehash`: the ring is built over up servers only; a down server's keys move to the others.
+//!
+//! A connect, timeout or I/O failure counts against the server in the shared live record (a CAS,
+//! no lock); a success resets it. After the domain's `failure_limit` consecutive failures the
+//! client marks the server down in the registry, with a reason naming the error and the pid, for
+//! every process on the host. A process that may read but not write the registry treats the
+//! server as down itself and reports that once through the failure callback. A down server gets
+//! no connection attempts.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::address::Address;
+use crate::conn::{Conn, ConnError, Timeouts};
+use crate::domain::Domain;
+use crate::edit;
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto::{self, Item, Reply, Request, StoreVerb};
+use crate::registry::{Registry, commit_info};
+use crate::ring::{Ring, point_name};
+use crate::table::{Failover, Policy, Server, Snapshot, State};
+
+/// Keys per `get` command when a multi-get is pipelined.
+const KEYS_PER_GET: usize = 100;
+/// Request bytes a pipeline keeps in flight before it reads replies (below the kernel's socket
+/// buffers, so neither side ever blocks on a full buffer).
+const PIPELINE_WINDOW: usize = 64 * 1024;
+
+/// What a failure did, as the failure callback is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkedDown {
+    /// Below the failure limit: nothing changed yet.
+    No,
+    /// Marked down in the registry, for every process on the host.
+    ForEveryone,
+    /// This process cannot write the registry (or uses a private server list): it treats the
+    /// server as down itself. Reported once per server.
+    LocallyOnly,
+}
+
+/// A failed operation, as the failure callback sees it.
+#[derive(Debug)]
+pub struct FailureEvent<'a> {
+    pub server: &'a Address,
+    /// What went wrong (connect refused, timed out, …).
+    pub error: &'a str,
+    /// Consecutive failures now counted for the server.
+    pub failures: u32,
+    pub marked_down: MarkedDown,
+}
+
+/// The outcome of a storage command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Stored,
+    /// add: key exists; replace/append/prepend: key missing.
+    NotStored,
+    /// cas: the item changed since it was read.
+    Exists,
+    /// cas: the item does not exist.
+    NotFound,
+}
+
+/// One record of [`Client::store_many`].
+#[derive(Clone, Debug)]
+pub struct StoreItem<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub flags: u32,
+    pub ttl: i64,
+}
+
+/// The result of a multi-key get: the hits, and the servers that failed (their keys are neither
+/// hits nor misses).
+#[derive(Debug, Default)]
+pub struct MultiGet {
+    pub items: Vec<Item>,
+    pub errors: Vec<(Address, Error)>,
+}
+
+/// `stats` lines of one server: (name, value).
+pub type Stats = Vec<(String, String)>;
+
+type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
+
+enum Source {
+    Registry(Registry),
+    Servers(Arc<Snapshot>),
+}
+
+/// The routing of one table version.
+struct Routing {
+    snapshot: Arc<Snapshot>,
+    local_epoch: u64,
+    ring: Ring,
+    /// Ring server number → index in `snapshot.servers`.
+    members: Vec<usize>,
+}
+
+/// Where a key goes.
+enum Target {
+    Up(usize),
+    Down(usize),
+}
+
+/// A memcached client over a registry domain or a private server list. Use one per thread.
+pub struct Client {
+    source: Source,
+    routing: Option<Routing>,
+    timeouts: Timeouts,
+    conns: HashMap<Address, Conn>,
+    local_failures: HashMap<Address, u32>,
+    local_down: HashSet<Address>,
+    local_epoch: u64,
+    reported: HashSet<Address>,
+    on_failure: Option<FailureCallback>,
+    scratch: Vec<u8>,
+}
+
+impl Client {
+    /// A client of a registry domain. Counting failures needs write access to the registry
+    /// file; without it the client still works and keeps its failure view to itself.
+    pub fn for_domain(
+        dir: impl AsRef<Path>,
+        domain: &Domain,
+        timeouts: Timeouts,
+    ) -> Result<Client> {
+        let dir = dir.as_ref();
+        let registry = match Registry::open_writer(dir, domain, false) {
+            Err(Error::PermissionDenied { .. }) => Registry::open(dir, domain)?,
+            other => other?,
+        };
+        Ok(Client::new(Source::Registry(registry), timeouts))
+    }
+
+    /// A client of a private server list (weights 1, failover none), for use without a
+    /// registry.
+    pub fn for_servers(servers: &[Address], timeouts: Timeouts) -> Result<Client> {
+        let servers: Vec<Server> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Server {
+                id: i as u32 + 1,
+                live: i as u32,
+                ..Server::new(a.clone())
+            })
+            .collect();
+        if let Some(dup) = crate::table::first_duplicate(&servers) {
+            return Err(Error::invalid(
+                "server list",
+                &dup.address.to_string(),
+                "listed twice",
+            ));
+        }
+        let snapshot = Snapshot {
+            domain: String::new(),
+            version: 0,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            next_id: servers.len() as u32 + 1,
+            servers,
+            policy: Policy::default(),
+        };
+        Ok(Client::new(Source::Servers(Arc::new(snapshot)), timeouts))
+    }
+
+    fn new(source: Source, timeouts: Timeouts) -> Client {
+        Client {
+            source,
+            routing: None,
+            timeouts,
+            conns: HashMap::new(),
+            local_failures: HashMap::new(),
+            local_down: HashSet::new(),
+            local_epoch: 0,
+            reported: HashSet::new(),
+            on_failure: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Calls `callback` on every failed operation (to log or alert).
+    pub fn on_failure(&mut self, callback: impl FnMut(&FailureEvent<'_>) + Send + 'static) {
+        self.on_failure = Some(Box::new(callback));
+    }
+
+    /// The table the client routes with now.
+    pub fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+        self.refresh()?;
+        Ok(self.routing().snapshot.clone())
+    }
+
+    /// The server `key` maps to (up or down).
+    pub fn server_for(&mut self, key: &[u8]) -> Result<Address> {
+        let (Target::Up(i) | Target::Down(i)) = self.target(key)?;
+        Ok(self.routing().snapshot.servers[i].address.clone())
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Item>> {
+        self.retrieve(key, false, None)
+    }
+
+    /// `get` with the cas unique.
+    pub fn gets(&mut self, key: &[u8]) -> Result<Option<Item>> {
+        self.retrieve(key, true, None)
+    }
+
+    /// Get and touch (`gat`; `gats` with `cas`).
+    pub fn gat(&mut self, key: &[u8], ttl: i64, cas: bool) -> Result<Option<Item>> {
+        self.retrieve(key, cas, Some(ttl))
+    }
+
+    fn retrieve(&mut self, key: &[u8], cas: bool, touch: Option<i64>) -> Result<Option<Item>> {
+        let server = match self.target(key)? {
+            Target::Up(i) => i,
+            Target::Down(_) => return Ok(None),
+        };
+        let keys = [key];
+        let request = Request::Get {
+            keys: &keys,
+            cas,
+            touch,
+        };
+        match self.call(server, &request)? {
+            Reply::Values(mut items) => Ok(items.pop().filter(|i| i.key == key)),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// Gets many keys: grouped per server, each group pipelined in `get` commands of up to 100
+    /// keys. Keys of down servers are misses; keys of failing servers are reported in
+    /// `errors`. Bad keys fail the whole call before anything is sent.
+    pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
+        let mut groups: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        for key in keys {
+            if let Target::Up(i) = self.target(key)? {
+                groups.entry(i).or_default().push(key);
+            }
+        }
+        let mut result = MultiGet::default();
+        for (server, keys) in groups {
+            let requests: Vec<Request> = keys
+                .chunks(KEYS_PER_GET)
+                .map(|chunk| Request::Get {
+                    keys: chunk,
+                    cas,
+                    touch: None,
+                })
+                .collect();
+            match self.pipeline(server, &requests) {
+                Ok(replies) => {
+                    for reply in replies {
+                        match reply {
+                            Reply::Values(items) => result.items.extend(items),
+                            other => {
+                                let err = self.unexpected(server, other);
+                                result.errors.push((self.address(server), err));
+                            }
+                        }
+                    }
+                }
+                Err(err) => result.errors.push((self.address(server), err)),
+            }
+        }
+        Ok(result)
+    }
+
+    /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`).
+    pub fn store(
+        &mut self,
+        verb: StoreVerb,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        ttl: i64,
+    ) -> Result<Stored> {
+        let server = self.writable_target(key)?;
+        let request = Request::Store {
+            verb,
+            key,
+            flags,
+            exptime: ttl,
+            value,
+        };
+        let reply = self.call(server, &request)?;
+        self.stored(server, reply)
+    }
+
+    pub fn set(&mut self, key: &[u8], value: &[u8], flags: u32, ttl: i64) -> Result<Stored> {
+        self.store(StoreVerb::Set, key, value, flags, ttl)
+    }
+
+    /// Stores many items: grouped per server and pipelined. One result per item, in order.
+    pub fn store_many(
+        &mut self,
+        verb: StoreVerb,
+        items: &[StoreItem<'_>],
+    ) -> Result<Vec<Result<Stored>>> {
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut results: Vec<Option<Result<Stored>>> = Vec::new();
+        for (n, item) in items.iter().enumerate() {
+            results.push(None);
+            match self.writable_target(item.key) {
+                Ok(server) => groups.entry(server).or_default().push(n),
+                Err(err @ Error::BadKey { .. }) => return Err(err),
+                Err(err) => results[n] = Some(Err(err)),
+            }
+        }
+        for (server, members) in groups {
+            let requests: Vec<Request> = members
+                .iter()
+                .map(|&n| Request::Store {
+                    verb,
+                    key: items[n].key,
+                    flags: items[n].flags,
+                    exptime: items[n].ttl,
+                    value: items[n].value,
+                })
+                .collect();
+            match self.pipeline(server, &requests) {
+                Ok(replies) => {
+                    for (n, reply) in members.into_iter().zip(replies) {
+                        results[n] = Some(self.stored(server, reply));
+                    }
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    for n in members {
+                        results[n] = Some(Err(Error::Network {
+                            server: self.address(server).to_string(),
+                            error: text.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::NoServers {
+                        what: "the table".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes a key; `false` if it did not exist.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let server = self.writable_target(key)?;
+        match self.call(server, &Request::Delete { key })? {
+            Reply::Deleted => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// Increments a counter; `None` if the key does not exist.
+    pub fn incr(&mut self, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        self.arith(key, Request::Incr { key, delta })
+    }
+
+    /// Decrements a counter (memcached stops at 0); `None` if the key does not exist.
+    pub fn decr(&mut self, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        self.arith(key, Request::Decr { key, delta })
+    }
+
+    fn arith(&mut self, key: &[u8], request: Request<'_>) -> Result<Option<u64>> {
+        let server = self.writable_target(key)?;
+        match self.call(server, &request)? {
+            Reply::Number(n) => Ok(Some(n)),
+            Reply::NotFound => Ok(None),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// Sets a new expiration time; `false` if the key does not exist.
+    pub fn touch(&mut self, key: &[u8], ttl: i64) -> Result<bool> {
+        let server = self.writable_target(key)?;
+        match self.call(server, &Request::Touch { key, exptime: ttl })? {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// `flush_all [delay]` on every up server, or on `only`. One result per server.
+    pub fn flush_all(
+        &mut self,
+        only: Option<&Address>,
+        delay: Option<u32>,
+    ) -> Result<Vec<(Address, Result<()>)>> {
+        self.each_server(only, &Request::FlushAll { delay }, |reply| match reply {
+            Reply::Ok => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// `version` of every up server (or `only`).
+    pub fn versions(&mut self, only: Option<&Address>) -> Result<Vec<(Address, Result<String>)>> {
+        self.each_server(only, &Request::Version, |reply| match reply {
+            Reply::Version(v) => Ok(v),
+            other => Err(other),
+        })
+    }
+
+    /// `stats [group]` of every up server (or `only`).
+    pub fn stats(
+        &mut self,
+        group: Option<&str>,
+        only: Option<&Address>,
+    ) -> Result<Vec<(Address, Result<Stats>)>> {
+        self.each_server(only, &Request::Stats { group }, |reply| match reply {
+            Reply::Stats(s) => Ok(s),
+            other => Err(other),
+        })
+    }
+
+    fn each_server<T>(
+        &mut self,
+        only: Option<&Address>,
+        request: &Request<'_>,
+        accept: impl Fn(Reply) -> std::result::Result<T, Reply>,
+    ) -> Result<Vec<(Address, Result<T>)>> {
+        self.refresh()?;
+        let snapshot = self.routing().snapshot.clone();
+        let chosen: Vec<usize> = match only {
+            Some(address) => {
+                let i = snapshot
+                    .servers
+                    .iter()
+                    .position(|s| s.address.same_server(address))
+                    .ok_or_else(|| Error::NoServer {
+                        server: address.to_string(),
+                        domain: snapshot.domain.clone(),
+                    })?;
+                vec![i]
+            }
+            None => (0..snapshot.servers.len()).collect(),
+        };
+        let mut results = Vec::new();
+        for i in chosen {
+            let address = snapshot.servers[i].address.clone();
+            let result = if self.is_down(&snapshot.servers[i]) {
+                Err(self.down_error(i))
+            } else {
+                self.call(i, request)
+                    .and_then(|reply| accept(reply).map_err(|other| self.unexpected(i, other)))
+            };
+            results.push((address, result));
+        }
+        Ok(results)
+    }
+
+    // --- routing ---------------------------------------------------------------------------
+
+    fn routing(&self) -> &Routing {
+        self.routing
+            .as_ref()
+            .expect("refresh() builds the routing first")
+    }
+
+    /// Rebuilds the routing when the table version (or the local failure view) changed.
+    fn refresh(&mut self) -> Result<()> {
+        let version = match &mut self.source {
+            Source::Registry(registry) => registry.version(),
+            Source::Servers(_) => 0,
+        };
+        if let Some(r) = &self.routing
+            && r.snapshot.version == version
+            && r.local_epoch == self.local_epoch
+        {
+            return Ok(());
+        }
+        let snapshot = match &mut self.source {
+            Source::Registry(registry) => registry.snapshot()?,
+            Source::Servers(s) => s.clone(),
+        };
+        if self
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.snapshot.version != snapshot.version)
+        {
+            // The operator changed the table: our private view of it starts again.
+            self.local_down.clear();
+        }
+        let members: Vec<usize> = match snapshot.policy.failover {
+            Failover::None => (0..snapshot.servers.len()).collect(),
+            Failover::Rehash => (0..snapshot.servers.len())
+                .filter(|&i| !self.is_down(&snapshot.servers[i]))
+                .collect(),
+        };
+        let names: Vec<String> = members
+            .iter()
+            .map(|&i| point_name(&snapshot.servers[i].address))
+            .collect();
+        let ring = Ring::build(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(members.iter().map(|&i| snapshot.servers[i].weight)),
+        );
+        self.routing = Some(Routing {
+            snapshot,
+            local_epoch: self.local_epoch,
+            ring,
+            members,
+        });
+        Ok(())
+    }
+
+    fn is_down(&self, server: &Server) -> bool {
+        server.state == State::Down || self.local_down.contains(&server.address)
+    }
+
+    fn target(&mut self, key: &[u8]) -> Result<Target> {
+        proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh()?;
+        let routing = self.routing();
+        let member = routing
+            .ring
+            .server_for(key)
+            .ok_or_else(|| Error::NoServers { what: self.what() })?;
+        let i = routing.members[member];
+        Ok(if self.is_down(&routing.snapshot.servers[i]) {
+            Target::Down(i)
+        } else {
+            Target::Up(i)
+        })
+    }
+
+    fn writable_target(&mut self, key: &[u8]) -> Result<usize> {
+        match self.target(key)? {
+            Target::Up(i) => Ok(i),
+            Target::Down(i) => Err(self.down_error(i)),
+        }
+    }
+
+    fn what(&self) -> String {
+        match &self.source {
+            Source::Registry(r) => format!("domain '{}'", r.domain()),
+            Source::Servers(_) => "the server list".into(),
+        }
+    }
+
+    fn address(&self, i: usize) -> Address {
+        self.routing().snapshot.servers[i].address.clone()
+    }
+
+    fn down_error(&self, i: usize) -> Error {
+        let server = &self.routing().snapshot.servers[i];
+        let reason = match (server.state, server.reason.is_empty()) {
+            (State::Down, false) => format!(" ({})", server.reason),
+            (State::Down, true) => String::new(),
+            (State::Up, _) => " (for this process: it cannot write the registry)".into(),
+        };
+        Error::ServerDown {
+            server: server.address.to_string(),
+            reason,
+        }
+    }
+
+    // --- requests --------------------------------------------------------------------------
+
+    fn call(&mut self, server: usize, request: &Request<'_>) -> Result<Reply> {
+        let mut replies = self.pipeline(server, std::slice::from_ref(request))?;
+        Ok(replies.pop().expect("one reply per request"))
+    }
+
+    /// Sends `requests` to one server, keeping at most [`PIPELINE_WINDOW`] request bytes in
+    /// flight, and reads their replies in order. A connection failure counts against the
+    /// server and fails the whole pipeline.
+    fn pipeline(&mut self, server: usize, requests: &[Request<'_>]) -> Result<Vec<Reply>> {
+        let address = self.address(server);
+        let result = self.exchange(&address, requests);
+        match result {
+            Ok(replies) => {
+                self.succeeded(server);
+                Ok(replies)
+            }
+            Err(err) => {
+                self.conns.remove(&address);
+                let text = err.to_string();
+                self.failed(server, &text);
+                Err(Error::Network {
+                    server: address.to_string(),
+                    error: text,
+                })
+            }
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        address: &Address,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Reply>, ConnError> {
+        if !self.conns.contains_key(address) {
+            let conn = Conn::connect(address, self.timeouts)?;
+            self.conns.insert(address.clone(), conn);
+        }
+        let conn = self.conns.get_mut(address).expect("inserted above");
+        let mut replies = Vec::with_capacity(requests.len());
+        let (mut sent, mut in_flight) = (0, std::collections::VecDeque::new());
+        let mut in_flight_bytes = 0;
+        while replies.len() < requests.len() {
+            // Fill the window (always at least one request in flight).
+            self.scratch.clear();
+            while sent < requests.len()
+                && (in_flight.is_empty() || in_flight_bytes + self.scratch.len() < PIPELINE_WINDOW)
+            {
+                let before = self.scratch.len();
+                requests[sent].encode(&mut self.scratch);
+                in_flight.push_back((requests[sent].expects(), self.scratch.len() - before));
+                sent += 1;
+            }
+            if !self.scratch.is_empty() {
+                conn.send(&self.scratch)?;
+                in_flight_bytes += self.scratch.len();
+            }
+            let (expect, len) = in_flight.pop_front().expect("a request is in flight");
+            replies.push(conn.receive(expect)?);
+            in_flight_bytes -= len;
+        }
+        Ok(replies)
+    }
+
+    fn stored(&self, server: usize, reply: Reply) -> Result<Stored> {
+        match reply {
+            Reply::Stored => Ok(Stored::Stored),
+            Reply::NotStored => Ok(Stored::NotStored),
+            Reply::Exists => Ok(Stored::Exists),
+            Reply::NotFound => Ok(Stored::NotFound),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// A reply that is an error from the server, or not the kind the request expects.
+    fn unexpected(&self, server: usize, reply: Reply) -> Error {
+        let server = self.address(server).to_string();
+        match reply {
+            Reply::ServerError(message) => Error::ServerError { server, message },
+            Reply::ClientError(message) => Error::ClientError { server, message },
+            Reply::Error => Error::UnknownCommand { server },
+            other => Error::Network {
+                server,
+                error: format!("unexpected reply {other:?}"),
+            },
+        }
+    }
+
+    // --- the shared failure view -------------------------------------------------------------
+
+    fn succeeded(&mut self, server: usize) {
+        let snapshot = self.routing().snapshot.clone();
+        let server = &snapshot.servers[server];
+        if let Source::Registry(registry) = &self.source {
+            registry.record_success(server);
+        }
+        if !self.local_failures.is_empty() {
+            self.local_failures.remove(&server.address);
+        }
+    }
+
+    fn failed(&mut self, index: usize, error: &str) {
+        let snapshot = self.routing().snapshot.clone();
+        let server = &snapshot.servers[index];
+        let shared = match &self.source {
+            Source::Registry(registry) => registry.record_failure(server),
+            Source::Servers(_) => None,
+        };
+        let failures = shared.unwrap_or_else(|| {
+            let count = self
+                .local_failures
+                .entry(server.address.clone())
+                .or_insert(0);
+            *count += 1;
+            *count
+        });
+        let mut marked_down = MarkedDown::No;
+        if failures >= u32::from(snapshot.policy.failure_limit) && server.state == State::Up {
+            marked_down = self.mark_down(server, error, failures);
+        }
+        let report = match marked_down {
+            MarkedDown::LocallyOnly => self.reported.insert(server.address.clone()),
+            _ => true,
+        };
+        if report && let Some(callback) = &mut self.on_failure {
+            callback(&FailureEvent {
+                server: &server.address,
+                error,
+                failures,
+                marked_down,
+            });
+        }
+    }
+
+    fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
+        let reason = format!(
+            "{failures} consecutive failures, last: {error} (pid {})",
+            std::process::id()
+        );
+        let reason: String = reason
+            .chars()
+            .take(crate::table::MAX_REASON_LEN / 2)
+            .collect();
+        let published = match &self.source {
+            Source::Registry(registry) => {
+                let dir = registry.path().parent().unwrap_or(Path::new("."));
+                Registry::open_writer(dir, registry.domain(), false).and_then(|mut writer| {
+                    writer.transact(|t| {
+                        edit::mark_down(&mut t.servers, server.id, &reason, commit_info());
+                        Ok(())
+                    })
+                })
+            }
+            Source::Servers(_) => Err(Error::NoServers {
+                what: String::new(),
+            }),
+        };
+        match published {
+            Ok(_) => MarkedDown::ForEveryone,
+            Err(err) => {
+                debug_assert!(err.kind() != ErrorKind::BadInput);
+                self.local_down.insert(server.address.clone());
+                self.local_epoch += 1;
+                MarkedDown::LocallyOnly
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The libmcshm client against real memcached processes: every verb, binary values, limits,
+//! bad keys, routing through a registry domain, and the shared failure view.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::memcached::Memcached;
+use common::{Reg, addresses};
+use libmcshm::{
+    Address, Client, Domain, Error, MarkedDown, StoreItem, StoreVerb, Stored, Timeouts,
+};
+
+fn client_for(servers: &[&Memcached]) -> Client {
+    let list: Vec<Address> = servers
+        .iter()
+        .map(|m| Address::parse(&m.address()).unwrap())
+        .collect();
+    Client::for_servers(&list, Timeouts::default()).unwrap()
+}
+
+#[test]
+fn every_verb_against_a_real_memcached() {
+    let mc = Memcached::start();
+    let mut c = client_for(&[&mc]);
+    assert_eq!(c.get(b"k").unwrap(), None);
+    assert_eq!(c.set(b"k", b"v1", 42, 0).unwrap(), Stored::Stored);
+    let item = c.get(b"k").unwrap().unwrap();
+    assert_eq!((item.value.as_slice(), item.flags), (&b"v1"[..], 42));
+    assert_eq!(
+        c.store(StoreVerb::Add, b"k", b"x", 0, 0).unwrap(),
+        Stored::NotStored
+    );
+    assert_eq!(
+        c.store(StoreVerb::Add, b"k2", b"x", 0, 0).unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(
+        c.store(StoreVerb::Replace, b"nope", b"x", 0, 0).unwrap(),
+        Stored::NotStored
+    );
+    assert_eq!(
+        c.store(StoreVerb::Replace, b"k2", b"y", 0, 0).unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(
+        c.store(StoreVerb::Append, b"k2", b"z", 0, 0).unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(
+        c.store(StoreVerb::Prepend, b"k2", b"<", 0, 0).unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(c.get(b"k2").unwrap().unwrap().value, b"<yz");
+    let cas = c.gets(b"k").unwrap().unwrap().cas.unwrap();
+    assert_eq!(
+        c.store(StoreVerb::Cas(cas + 1), b"k", b"v2", 0, 0).unwrap(),
+        Stored::Exists
+    );
+    assert_eq!(
+        c.store(StoreVerb::Cas(cas), b"k", b"v2", 0, 0).unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(
+        c.store(StoreVerb::Cas(1), b"gone", b"v", 0, 0).unwrap(),
+        Stored::NotFound
+    );
+    assert_eq!(c.get(b"k").unwrap().unwrap().value, b"v2");
+    c.set(b"n", b"10", 0, 0).unwrap();
+    assert_eq!(c.incr(b"n", 5).unwrap(), Some(15));
+    assert_eq!(c.decr(b"n", 20).unwrap(), Some(0));
+    assert_eq!(c.incr(b"missing", 1).unwrap(), None);
+    assert!(c.touch(b"n", 100).unwrap());
+    assert!(!c.touch(b"missing", 100).unwrap());
+    let gat = c.gat(b"n", 200, true).unwrap().unwrap();
+    assert!(gat.cas.is_some());
+    assert_eq!(c.gat(b"missing", 1, false).unwrap(), None);
+    assert!(c.delete(b"n").unwrap());
+    assert!(!c.delete(b"n").unwrap());
+    let many = c.get_many(&[b"k", b"k2", b"missing"], false).unwrap();
+    assert!(many.errors.is_empty());
+    let mut keys: Vec<_> = many.items.iter().map(|i| i.key.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, [b"k".to_vec(), b"k2".to_vec()]);
+    let versions = c.versions(None).unwrap();
+    assert!(versions[0].1.as_ref().unwrap().starts_with("1."));
+    let stats = c.stats(None, None).unwrap();
+    assert!(
+        stats[0]
+            .1
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k == "curr_items")
+    );
+    let slabs = c.stats(Some("slabs"), None).unwrap();
+    assert!(slabs[0].1.is_ok());
+    c.flush_all(None, None).unwrap()[0].1.as_ref().unwrap();
+    assert_eq!(c.get(b"k").unwrap(), None);
+    c.flush_all(None, Some(0)).unwrap()[0].1.as_ref().unwrap();
+}
+
+#[test]
+fn binary_and_large_values_round_trip_and_oversize_is_a_clear_error() {
+    let mc = Memcached::start();
+    let mut c = client_for(&[&mc]);
+    let binary = b"\0\r\nEND\r\n\xff\x00VALUE x 0 1\r\n".to_vec();
+    c.set(b"bin", &binary, 0, 0).unwrap();
+    assert_eq!(c.get(b"bin").unwrap().unwrap().value, binary);
+    let big: Vec<u8> = (0..900 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    c.set(b"big", &big, 0, 0).unwrap();
+    assert_eq!(c.get(b"big").unwrap().unwrap().value, big);
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    let err = c.set(b"huge", &huge, 0, 0).unwrap_err();
+    assert!(matches!(err, Error::ServerError { .. }), "{err}");
+    assert!(err.to_string().contains("too large"), "{err}");
+    // The connection is still in step after the refusal.
+    assert_eq!(c.get(b"bin").unwrap().unwrap().value, binary);
+}
+
+#[test]
+fn bad_keys_are_refused_before_anything_is_sent() {
+    let mc = Memcached::start();
+    let mut c = client_for(&[&mc]);
+    c.set(b"victim", b"still here", 0, 0).unwrap();
+    let before = mc.stats();
+    let long = vec![b'k'; 251];
+    for key in [
+        &b"a\r\nflush_all"[..],
+        b"has space",
+        b"",
+        &long,
+        b"tab\tkey",
+        b"nul\0",
+    ] {
+        assert!(matches!(c.get(key), Err(Error::BadKey { .. })), "{key:?}");
+        assert!(
+            matches!(c.set(key, b"v", 0, 0), Err(Error::BadKey { .. })),
+            "{key:?}"
+        );
+        assert!(matches!(c.delete(key), Err(Error::BadKey { .. })));
+        assert!(matches!(
+            c.get_many(&[b"ok", key], false),
+            Err(Error::BadKey { .. })
+        ));
+    }
+    let after = mc.stats();
+    for counter in [
+        "cmd_get",
+        "cmd_set",
+        "cmd_flush",
+        "delete_misses",
+        "delete_hits",
+    ] {
+        assert_eq!(
+            before[counter], after[counter],
+            "{counter} moved: something was sent"
+        );
+    }
+    assert_eq!(c.get(b"victim").unwrap().unwrap().value, b"still here");
+}
+
+#[test]
+fn pipelined_multi_get_and_bulk_store_across_three_servers() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let mut c = client_for(&[&servers[0], &servers[1], &servers[2]]);
+    let keys: Vec<String> = (0..3000).map(|i| format!("key:{i}")).collect();
+    let values: Vec<String> = (0..3000).map(|i| format!("value {i}\r\n")).collect();
+    let items: Vec<StoreItem> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| StoreItem {
+            key: k.as_bytes(),
+            value: v.as_bytes(),
+            flags: 3,
+            ttl: 0,
+        })
+        .collect();
+    let results = c.store_many(StoreVerb::Set, &items).unwrap();
+    assert!(results.iter().all(|r| matches!(r, Ok(Stored::Stored))));
+    let gets_before: u64 = servers.iter().map(|s| s.stat("cmd_get")).sum();
+    let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let got = c.get_many(&key_refs, false).unwrap();
+    assert_eq!(got.items.len(), 3000);
+    for item in &got.items {
+        let i: usize = std::str::from_utf8(&item.key).unwrap()[4..]
+            .parse()
+            .unwrap();
+        assert_eq!(item.value, values[i].as_bytes());
+    }
+    // Each server got its share: the keys were grouped, not all sent to one.
+    for s in &servers {
+        assert!(s.stat("curr_items") > 500, "uneven spread");
+    }
+    // memcached counts keys in cmd_get, so this shows every key was asked for exactly once.
+    let gets_after: u64 = servers.iter().map(|s| s.stat("cmd_get")).sum();
+    assert_eq!(gets_after - gets_before, 3000);
+}
+
+/// A domain of three servers in a registry, with the given failover policy.
+fn domain(reg: &Reg, servers: &[&Memcached], failover: &str) -> Client {
+    let mut args = vec!["add".to_string()];
+    args.extend(servers.iter().map(|m| m.address()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    reg.ok("app", &args);
+    reg.ok(
+        "app",
+        &["policy", "--failover", failover, "--failure-limit", "2"],
+    );
+    Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap()
+}
+
+/// Keys owned by server `owner` (by address).
+fn keys_owned_by(c: &mut Client, owner: &str, n: usize) -> Vec<String> {
+    (0..100_000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| c.server_for(k.as_bytes()).unwrap().to_string() == owner)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn a_dead_server_is_counted_marked_down_and_with_failover_none_its_keys_miss() {
+    let reg = Reg::new();
+    let (a, b, mut dead) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let mut c = domain(&reg, &[&a, &b, &dead], "none");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    c.on_failure(move |e| {
+        sink.lock()
+            .unwrap()
+            .push((e.server.to_string(), e.failures, e.marked_down))
+    });
+    let keys = keys_owned_by(&mut c, &dead.address(), 5);
+    for k in &keys {
+        c.set(k.as_bytes(), b"v", 0, 0).unwrap();
+    }
+    dead.kill();
+
+    assert!(matches!(
+        c.get(keys[0].as_bytes()),
+        Err(Error::Network { .. })
+    ));
+    let list = reg.list_json("app");
+    assert_eq!(
+        list["servers"][2]["failures"], 1,
+        "the failure is counted in the shared table"
+    );
+    assert_eq!(list["servers"][2]["state"], "up");
+    assert!(matches!(
+        c.set(keys[1].as_bytes(), b"v", 0, 0),
+        Err(Error::Network { .. })
+    ));
+    let list = reg.list_json("app");
+    assert_eq!(
+        list["servers"][2]["state"], "down",
+        "marked down at the limit"
+    );
+    let reason = list["servers"][2]["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("2 consecutive failures")
+            && reason.contains(&format!("pid {}", std::process::id())),
+        "{reason}"
+    );
+    let text = reg.ok("app", &["list"]);
+    assert!(text.contains("consecutive failures"), "{text}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            (dead.address(), 1, MarkedDown::No),
+            (dead.address(), 2, MarkedDown::ForEveryone)
+        ]
+    );
+
+    // Now its keys miss at once and writes fail, with no connection attempt (no new events).
+    for k in &keys {
+        assert_eq!(c.get(k.as_bytes()).unwrap(), None);
+        assert!(matches!(
+            c.set(k.as_bytes(), b"v", 0, 0),
+            Err(Error::ServerDown { .. })
+        ));
+    }
+    assert_eq!(
+        events.lock().unwrap().len(),
+        2,
+        "a down server got connection attempts"
+    );
+    // The other servers keep working, and a new client (another process would do the same)
+    // routes the same way.
+    let other = keys_owned_by(&mut c, &a.address(), 1);
+    c.set(other[0].as_bytes(), b"fine", 0, 0).unwrap();
+    let mut fresh =
+        Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap();
+    assert_eq!(fresh.get(keys[0].as_bytes()).unwrap(), None);
+    assert_eq!(
+        fresh.get(other[0].as_bytes()).unwrap().unwrap().value,
+        b"fine"
+    );
+    assert_eq!(
+        addresses(&reg.list_json("app")).len(),
+        3,
+        "none keeps every configured server"
+    );
+}
+
+#[test]
+fn with_failover_rehash_the_keys_of_a_dead_server_are_served_by_the_others() {
+    let reg = Reg::new();
+    let (a, b, mut dead) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let mut c = domain(&reg, &[&a, &b, &dead], "rehash");
+    let keys = keys_owned_by(&mut c, &dead.address(), 20);
+    dead.kill();
+    let _ = c.get(keys[0].as_bytes());
+    let _ = c.get(keys[0].as_bytes());
+    assert_eq!(reg.list_json("app")["servers"][2]["state"], "down");
+    for k in &keys {
+        let owner = c.server_for(k.as_bytes()).unwrap().to_string();
+        assert_ne!(owner, dead.address());
+        assert_eq!(c.set(k.as_bytes(), b"moved", 0, 0).unwrap(), Stored::Stored);
+        assert_eq!(c.get(k.as_bytes()).unwrap().unwrap().value, b"moved");
+    }
+}
+
+#[test]
+fn an_mcadmin_change_is_used_by_the_next_operation() {
+    let reg = Reg::new();
+    let (a, b) = (Memcached::start(), Memcached::start());
+    reg.ok("app", &["add", &a.address()]);
+    let mut c =
+        Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap();
+    assert_eq!(c.server_for(b"key").unwrap().to_string(), a.address());
+    reg.ok("app", &["delete", &a.address()]);
+    reg.ok("app", &["add", &b.address()]);
+    assert_eq!(c.server_for(b"key").unwrap().to_string(), b.address());
+    c.set(b"key", b"on b", 0, 0).unwrap();
+    assert_eq!(b.stat("curr_items"), 1);
+    assert_eq!(a.stat("curr_items"), 0);
+}

@@ -1,0 +1,114 @@
+//! A real memcached on a loopback port chosen by the kernel, killed and reaped on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Memcached {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// The memcached binary: $MEMCACHED, else `memcached` on PATH.
+fn binary() -> PathBuf {
+    std::env::var_os("MEMCACHED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("memcached"))
+}
+
+impl Memcached {
+    pub fn start() -> Memcached {
+        Memcached::start_with(&[])
+    }
+
+    /// Starts memcached with extra arguments (e.g. `-I 2m`), waiting for its port file.
+    pub fn start_with(args: &[&str]) -> Memcached {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = dir.path().join("ports");
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            "-1",
+            "-U",
+            "0",
+            "-t",
+            "1",
+            "-m",
+            "64",
+        ])
+        .args(args)
+        .env("MEMCACHED_PORT_FILENAME", &ports)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        if super::is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start memcached ({e}): install it with apt-get install -y memcached")
+        });
+        let mut port = 0;
+        let found = super::wait_until(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&ports).unwrap_or_default();
+            if let Some(p) = text.lines().find_map(|l| l.strip_prefix("TCP INET: ")) {
+                port = p.trim().parse().unwrap();
+            }
+            port != 0
+        });
+        assert!(found, "memcached did not report its port");
+        Memcached {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `stats` over a fresh connection.
+    pub fn stats(&self) -> std::collections::HashMap<String, String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.write_all(b"stats\r\n").unwrap();
+        let mut stats = std::collections::HashMap::new();
+        for line in BufReader::new(stream).lines() {
+            let line = line.unwrap();
+            if line == "END" {
+                break;
+            }
+            let mut parts = line.splitn(3, ' ');
+            parts.next();
+            stats.insert(
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+        }
+        stats
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats()[name].parse().unwrap()
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
