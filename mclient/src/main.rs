@@ -1,0 +1,520 @@
+//! mclient: memcached for shell scripts, routed through a shared mcshm server list. Glue only:
+//! parse arguments, call libmcshm's client, print, map outcomes to the documented exit codes.
+
+// Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+mod cli;
+
+use std::io::{self, BufRead, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use libmcshm::{
+    Address, Client, Domain, ErrorKind, Item, MarkedDown, StoreItem, StoreVerb, Stored, Timeouts,
+};
+use serde_json::{Value, json};
+
+use cli::{Cli, StoreArgs, Verb};
+
+/// Exit codes (documented in `--help` and mclient(1)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    Success = 0,
+    No = 1,
+    BadInput = 2,
+    Failure = 3,
+}
+
+/// Bad input found by mclient itself.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match run(&cli) {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => Exit::Success,
+        Err(err) => {
+            eprintln!("mclient: {err:#}");
+            exit_for(&err)
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn exit_for(err: &anyhow::Error) -> Exit {
+    if err.downcast_ref::<UsageError>().is_some() {
+        return Exit::BadInput;
+    }
+    match err.downcast_ref::<libmcshm::Error>() {
+        Some(libmcshm::Error::NoDomain { .. }) => Exit::BadInput,
+        Some(e) if e.kind() == ErrorKind::BadInput => Exit::BadInput,
+        _ => Exit::Failure,
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+fn seconds(value: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| UsageError(format!("invalid {what} '{value}': expected seconds > 0")).into())
+}
+
+fn connect(cli: &Cli) -> Result<Client> {
+    let timeouts = Timeouts {
+        connect: seconds(cli.connect_timeout, "connect timeout")?,
+        io: seconds(cli.timeout, "timeout")?,
+    };
+    let mut client = match &cli.servers {
+        Some(list) => {
+            let servers = list
+                .split(',')
+                .map(|s| Address::parse(s.trim()))
+                .collect::<libmcshm::Result<Vec<_>>>()?;
+            Client::for_servers(&servers, timeouts)?
+        }
+        None => {
+            let domain = Domain::new(&cli.domain)?;
+            let dir = match &cli.dir {
+                Some(dir) => dir.clone(),
+                None => libmcshm::default_dir()?,
+            };
+            Client::for_domain(dir, &domain, timeouts)?
+        }
+    };
+    // The failing command reports its own error; say what the failure changed.
+    client.on_failure(|event| {
+        let what = match event.marked_down {
+            MarkedDown::No => return,
+            MarkedDown::ForEveryone => "marked down for every process on this host",
+            MarkedDown::LocallyOnly => {
+                "treated as down by this process only (it cannot write the registry)"
+            }
+        };
+        eprintln!(
+            "mclient: {}: {} consecutive failures: {what}",
+            event.server, event.failures
+        );
+    });
+    Ok(client)
+}
+
+fn run(cli: &Cli) -> Result<Exit> {
+    let mut client = connect(cli)?;
+    match &cli.verb {
+        Verb::Get { keys } if keys.len() == 1 && !cli.json => get_one(&mut client, &keys[0]),
+        Verb::Get { keys } => get_many(cli, &mut client, keys, false),
+        Verb::Gets { keys } => get_many(cli, &mut client, keys, true),
+        Verb::Set(args) => store(cli, &mut client, StoreVerb::Set, args),
+        Verb::Add(args) => store(cli, &mut client, StoreVerb::Add, args),
+        Verb::Replace(args) => store(cli, &mut client, StoreVerb::Replace, args),
+        Verb::Append(args) => store(cli, &mut client, StoreVerb::Append, args),
+        Verb::Prepend(args) => store(cli, &mut client, StoreVerb::Prepend, args),
+        Verb::Cas {
+            key,
+            cas,
+            value,
+            store: options,
+        } => {
+            let args = StoreArgs {
+                key: key.clone(),
+                value: value.clone(),
+                store: cli::StoreOptions {
+                    ttl: options.ttl,
+                    flags: options.flags,
+                },
+            };
+            store(cli, &mut client, StoreVerb::Cas(*cas), &args)
+        }
+        Verb::Delete { key } => {
+            let deleted = client.delete(key.as_bytes())?;
+            report(
+                cli,
+                json!({"key": key, "deleted": deleted}),
+                if deleted { "DELETED" } else { "NOT_FOUND" },
+            )?;
+            Ok(if deleted { Exit::Success } else { Exit::No })
+        }
+        Verb::Incr { key, delta } => arith(cli, key, client.incr(key.as_bytes(), *delta)?),
+        Verb::Decr { key, delta } => arith(cli, key, client.decr(key.as_bytes(), *delta)?),
+        Verb::Touch { key, ttl } => {
+            let touched = client.touch(key.as_bytes(), *ttl)?;
+            report(
+                cli,
+                json!({"key": key, "touched": touched}),
+                if touched { "TOUCHED" } else { "NOT_FOUND" },
+            )?;
+            Ok(if touched { Exit::Success } else { Exit::No })
+        }
+        Verb::Flush { server, delay } => {
+            let only = server.as_deref().map(Address::parse).transpose()?;
+            let results = client.flush_all(only.as_ref(), *delay)?;
+            per_server(cli, results, |()| (json!("OK"), "OK".to_string()))
+        }
+        Verb::Version { server } => {
+            let only = server.as_deref().map(Address::parse).transpose()?;
+            let results = client.versions(only.as_ref())?;
+            per_server(cli, results, |v| (json!(v), v))
+        }
+        Verb::Stats { group, server } => {
+            let only = server.as_deref().map(Address::parse).transpose()?;
+            let results = client.stats(group.as_deref(), only.as_ref())?;
+            stats(cli, results)
+        }
+        Verb::Which { keys } => {
+            let mut out = Vec::new();
+            let mut rows = Vec::new();
+            for key in keys {
+                let server = client.server_for(key.as_bytes())?;
+                writeln!(out, "{key} {server}")?;
+                rows.push(json!({"key": key, "server": server.to_string()}));
+            }
+            emit(cli, Value::Array(rows), &out)?;
+            Ok(Exit::Success)
+        }
+        Verb::BulkGet => {
+            let mut keys = Vec::new();
+            for line in io::stdin().lock().lines() {
+                let line = line.context("cannot read keys from stdin")?;
+                if !line.is_empty() {
+                    keys.push(line);
+                }
+            }
+            get_many(cli, &mut client, &keys, false)
+        }
+        Verb::BulkSet { ttl } => bulk_set(cli, &mut client, *ttl),
+    }
+}
+
+fn get_one(client: &mut Client, key: &str) -> Result<Exit> {
+    match client.get(key.as_bytes())? {
+        Some(item) => {
+            let mut out = io::stdout().lock();
+            out.write_all(&item.value)?;
+            out.flush()?;
+            Ok(Exit::Success)
+        }
+        None => Ok(Exit::No),
+    }
+}
+
+fn get_many(cli: &Cli, client: &mut Client, keys: &[String], cas: bool) -> Result<Exit> {
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let result = client.get_many(&refs, cas)?;
+    for (server, err) in &result.errors {
+        eprintln!("mclient: {server}: {err}");
+    }
+    let mut by_key: std::collections::HashMap<&[u8], &Item> = std::collections::HashMap::new();
+    for item in &result.items {
+        by_key.insert(&item.key, item);
+    }
+    let mut out = Vec::new();
+    let mut rows = Vec::new();
+    let mut misses = 0;
+    for key in keys {
+        match by_key.get(key.as_bytes()) {
+            Some(item) => {
+                write!(out, "{key} {} {}", item.flags, item.value.len())?;
+                if let Some(unique) = item.cas {
+                    write!(out, " {unique}")?;
+                }
+                out.push(b'\n');
+                out.extend_from_slice(&item.value);
+                out.push(b'\n');
+                rows.push(item_json(item));
+            }
+            None => {
+                misses += 1;
+                rows.push(json!({"key": key, "miss": true}));
+            }
+        }
+    }
+    emit(cli, Value::Array(rows), &out)?;
+    Ok(if !result.errors.is_empty() {
+        Exit::Failure
+    } else if misses > 0 {
+        Exit::No
+    } else {
+        Exit::Success
+    })
+}
+
+fn item_json(item: &Item) -> Value {
+    let mut value = json!({"key": String::from_utf8_lossy(&item.key), "flags": item.flags});
+    match std::str::from_utf8(&item.value) {
+        Ok(text) => value["value"] = json!(text),
+        Err(_) => value["value_base64"] = json!(base64(&item.value)),
+    }
+    if let Some(unique) = item.cas {
+        value["cas"] = json!(unique);
+    }
+    value
+}
+
+/// Standard base64 with padding (for binary values in JSON).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn store(cli: &Cli, client: &mut Client, verb: StoreVerb, args: &StoreArgs) -> Result<Exit> {
+    let value = match &args.value {
+        Some(v) => v.clone().into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .context("cannot read the value from stdin")?;
+            buf
+        }
+    };
+    let outcome = client.store(
+        verb,
+        args.key.as_bytes(),
+        &value,
+        args.store.flags,
+        args.store.ttl,
+    )?;
+    let word = match outcome {
+        Stored::Stored => "STORED",
+        Stored::NotStored => "NOT_STORED",
+        Stored::Exists => "EXISTS",
+        Stored::NotFound => "NOT_FOUND",
+    };
+    if cli.json {
+        report(cli, json!({"key": args.key, "result": word}), word)?;
+    }
+    Ok(if outcome == Stored::Stored {
+        Exit::Success
+    } else {
+        Exit::No
+    })
+}
+
+fn arith(cli: &Cli, key: &str, result: Option<u64>) -> Result<Exit> {
+    match result {
+        Some(n) => {
+            report(cli, json!({"key": key, "value": n}), &n.to_string())?;
+            Ok(Exit::Success)
+        }
+        None => {
+            report(cli, json!({"key": key, "value": null}), "NOT_FOUND")?;
+            Ok(Exit::No)
+        }
+    }
+}
+
+/// Reads `KEY FLAGS LENGTH\n<bytes>\n` records from stdin and stores them pipelined.
+fn bulk_set(cli: &Cli, client: &mut Client, ttl: i64) -> Result<Exit> {
+    let mut input = Vec::new();
+    io::stdin()
+        .lock()
+        .read_to_end(&mut input)
+        .context("cannot read records from stdin")?;
+    let records = parse_records(&input)?;
+    let items: Vec<StoreItem> = records
+        .iter()
+        .map(|(key, flags, value)| StoreItem {
+            key,
+            value,
+            flags: *flags,
+            ttl,
+        })
+        .collect();
+    let results = client.store_many(StoreVerb::Set, &items)?;
+    let (mut stored, mut failed) = (0, 0);
+    for (item, result) in items.iter().zip(&results) {
+        match result {
+            Ok(Stored::Stored) => stored += 1,
+            Ok(other) => {
+                failed += 1;
+                eprintln!("mclient: {}: {other:?}", String::from_utf8_lossy(item.key));
+            }
+            Err(err) => {
+                failed += 1;
+                eprintln!("mclient: {}: {err}", String::from_utf8_lossy(item.key));
+            }
+        }
+    }
+    report(
+        cli,
+        json!({"stored": stored, "failed": failed}),
+        &format!("stored {stored}, failed {failed}"),
+    )?;
+    let errors = results.iter().any(Result::is_err);
+    Ok(if errors {
+        Exit::Failure
+    } else if failed > 0 {
+        Exit::No
+    } else {
+        Exit::Success
+    })
+}
+
+/// Parses records: `KEY FLAGS LENGTH [CAS]\n<LENGTH bytes>\n`; errors name the record.
+fn parse_records(input: &[u8]) -> Result<Vec<(Vec<u8>, u32, &[u8])>> {
+    let mut records = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let n = records.len() + 1;
+        let bad = |why: &str| {
+            UsageError(format!(
+                "record {n}: {why} (expected KEY FLAGS LENGTH, a newline, LENGTH bytes, a newline)"
+            ))
+        };
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| bad("no newline after the header"))?;
+        let header = std::str::from_utf8(&rest[..end]).map_err(|_| bad("header is not text"))?;
+        let fields: Vec<&str> = header.split(' ').collect();
+        if !(3..=4).contains(&fields.len()) {
+            bail!(bad("header needs 3 or 4 fields"));
+        }
+        let flags: u32 = fields[1].parse().map_err(|_| bad("bad FLAGS"))?;
+        let len: usize = fields[2].parse().map_err(|_| bad("bad LENGTH"))?;
+        let body = &rest[end + 1..];
+        if body.len() < len + 1 || body[len] != b'\n' {
+            bail!(bad(
+                "value shorter than LENGTH or not followed by a newline"
+            ));
+        }
+        records.push((fields[0].as_bytes().to_vec(), flags, &body[..len]));
+        rest = &body[len + 1..];
+    }
+    Ok(records)
+}
+
+fn per_server<T>(
+    cli: &Cli,
+    results: Vec<(Address, libmcshm::Result<T>)>,
+    show: impl Fn(T) -> (Value, String),
+) -> Result<Exit> {
+    let mut out = Vec::new();
+    let mut rows = serde_json::Map::new();
+    let mut failed = false;
+    for (server, result) in results {
+        match result {
+            Ok(value) => {
+                let (j, text) = show(value);
+                writeln!(out, "{server} {text}")?;
+                rows.insert(server.to_string(), j);
+            }
+            Err(err) => {
+                eprintln!("mclient: {err}");
+                rows.insert(server.to_string(), json!({"error": err.to_string()}));
+                failed = true;
+            }
+        }
+    }
+    emit(cli, Value::Object(rows), &out)?;
+    Ok(if failed { Exit::Failure } else { Exit::Success })
+}
+
+fn stats(
+    cli: &Cli,
+    results: Vec<(Address, libmcshm::Result<libmcshm::client::Stats>)>,
+) -> Result<Exit> {
+    let mut out = Vec::new();
+    let mut rows = serde_json::Map::new();
+    let mut failed = false;
+    for (server, result) in results {
+        match result {
+            Ok(stats) => {
+                writeln!(out, "server {server}")?;
+                for (name, value) in &stats {
+                    writeln!(out, "STAT {name} {value}")?;
+                }
+                let map: serde_json::Map<String, Value> =
+                    stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                rows.insert(server.to_string(), Value::Object(map));
+            }
+            Err(err) => {
+                eprintln!("mclient: {err}");
+                rows.insert(server.to_string(), json!({"error": err.to_string()}));
+                failed = true;
+            }
+        }
+    }
+    emit(cli, Value::Object(rows), &out)?;
+    Ok(if failed { Exit::Failure } else { Exit::Success })
+}
+
+/// Prints one line of text (or the JSON document).
+fn report(cli: &Cli, json: Value, text: &str) -> Result<()> {
+    let mut line = text.as_bytes().to_vec();
+    line.push(b'\n');
+    emit(cli, json, &line)
+}
+
+fn emit(cli: &Cli, json: Value, text: &[u8]) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if cli.json {
+        writeln!(out, "{json}")?;
+    } else {
+        out.write_all(text)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (raw, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(raw.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn records_parse_and_refuse_garbage() {
+        let records = super::parse_records(b"a 1 3\nx\ny\nbb 0 0\n\n").unwrap();
+        assert_eq!(
+            records,
+            [
+                (b"a".to_vec(), 1, &b"x\ny"[..]),
+                (b"bb".to_vec(), 0, &b""[..])
+            ]
+        );
+        assert!(super::parse_records(b"a 1 5\nxx\n").is_err());
+        assert!(super::parse_records(b"a x 1\nx\n").is_err());
+    }
+}

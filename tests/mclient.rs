@@ -1,0 +1,231 @@
+//! mclient as scripts run it: real processes against real memcached servers.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::Reg;
+use common::memcached::Memcached;
+
+const MCLIENT: &str = env!("CARGO_BIN_EXE_mclient");
+
+/// `mclient --servers LIST ARGS…` with `stdin` as input.
+fn run(servers: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(MCLIENT)
+        .arg("--servers")
+        .arg(servers)
+        .args(args)
+        .env_remove("MEMCACHED_SERVERS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_verb_with_its_exit_code() {
+    let mc = Memcached::start();
+    let s = mc.address();
+    let s = s.as_str();
+    let ok = |args: &[&str]| {
+        let out = run(s, args, b"");
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let no = |args: &[&str]| assert_eq!(code(&run(s, args, b"")), 1, "{args:?} should be exit 1");
+    no(&["get", "k"]);
+    ok(&["set", "k", "v1", "--flags", "7", "--ttl", "100"]);
+    assert_eq!(ok(&["get", "k"]), "v1");
+    no(&["add", "k", "x"]);
+    ok(&["add", "k2", "x"]);
+    no(&["replace", "nope", "x"]);
+    ok(&["replace", "k2", "y"]);
+    ok(&["append", "k2", "z"]);
+    ok(&["prepend", "k2", "<"]);
+    assert_eq!(ok(&["get", "k2"]), "<yz");
+    let gets = ok(&["gets", "k"]);
+    let cas = gets
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(3)
+        .unwrap()
+        .to_string();
+    assert!(gets.starts_with("k 7 2 "), "{gets}");
+    let stale = (cas.parse::<u64>().unwrap() + 1000).to_string();
+    no(&["cas", "k", &stale, "v2"]);
+    ok(&["cas", "k", &cas, "v2"]);
+    assert_eq!(ok(&["get", "k"]), "v2");
+    ok(&["set", "n", "10"]);
+    assert_eq!(ok(&["incr", "n", "5"]), "15\n");
+    assert_eq!(ok(&["decr", "n"]), "14\n");
+    no(&["incr", "missing"]);
+    ok(&["touch", "n", "50"]);
+    no(&["touch", "missing", "50"]);
+    ok(&["delete", "n"]);
+    no(&["delete", "n"]);
+    assert_eq!(
+        ok(&["get", "k", "k2"]),
+        "k 0 2\nv2\nk2 0 3\n<yz\n",
+        "cas stored flags 0"
+    );
+    no(&["get", "k", "missing"]);
+    assert!(ok(&["version"]).starts_with(&format!("{s} 1.")));
+    let stats = ok(&["stats"]);
+    assert!(
+        stats.starts_with(&format!("server {s}\nSTAT pid ")),
+        "{stats}"
+    );
+    assert!(ok(&["stats", "settings"]).contains("STAT maxbytes"));
+    assert_eq!(ok(&["which", "a", "b"]), format!("a {s}\nb {s}\n"));
+    let json: serde_json::Value = serde_json::from_str(&ok(&["--json", "get", "k", "k2"])).unwrap();
+    assert_eq!(json[0]["value"], "v2");
+    assert_eq!(ok(&["flush"]), format!("{s} OK\n"));
+    no(&["get", "k"]);
+}
+
+#[test]
+fn values_from_stdin_are_byte_exact() {
+    let mc = Memcached::start();
+    let s = mc.address();
+    let out = run(&s, &["set", "foo"], b"x\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(run(&s, &["get", "foo"], b"").stdout, b"x\n");
+    let binary = b"\0\r\nEND\r\n\0\xff\n".to_vec();
+    assert_eq!(code(&run(&s, &["set", "bin"], &binary)), 0);
+    assert_eq!(run(&s, &["get", "bin"], b"").stdout, binary);
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&s, &["--json", "get", "bin"], b"").stdout).unwrap();
+    assert_eq!(json[0]["value_base64"], "AA0KRU5EDQoA/wo=");
+    let big: Vec<u8> = (0..900 * 1024).map(|i| (i % 256) as u8).collect();
+    assert_eq!(code(&run(&s, &["set", "big"], &big)), 0);
+    assert_eq!(run(&s, &["get", "big"], b"").stdout, big);
+    let huge = vec![b'h'; 2 * 1024 * 1024];
+    let out = run(&s, &["set", "huge"], &huge);
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("SERVER_ERROR object too large"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_input_is_exit_2_and_nothing_is_sent() {
+    let mc = Memcached::start();
+    let s = mc.address();
+    let before = mc.stats();
+    for args in [
+        &["get", "a b"][..],
+        &["set", "a\r\nflush_all", "v"],
+        &["get", "ok", "bad key"],
+        &["delete", ""],
+        &["incr", "k", "x"],
+        &["frobnicate"],
+    ] {
+        let out = run(&s, args, b"");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim_end().lines().count().min(1), 1);
+    }
+    let out = run("127.0.0.1:0", &["get", "k"], b"");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("port"), "{}", stderr(&out));
+    let after = mc.stats();
+    for counter in ["cmd_get", "cmd_set", "cmd_flush", "delete_misses"] {
+        assert_eq!(before[counter], after[counter], "{counter}");
+    }
+}
+
+#[test]
+fn bulk_mode_pipelines_many_keys_in_one_process() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let servers = format!("{},{}", a.address(), b.address());
+    let mut records = Vec::new();
+    for i in 0..5000 {
+        let value = format!("value\n{i}");
+        records.extend_from_slice(format!("key{i} {} {}\n", i % 3, value.len()).as_bytes());
+        records.extend_from_slice(value.as_bytes());
+        records.push(b'\n');
+    }
+    let out = run(&servers, &["bulk-set"], &records);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "stored 5000, failed 0\n");
+    let keys: String = (0..5000).map(|i| format!("key{i}\n")).collect();
+    let out = run(&servers, &["bulk-get"], keys.as_bytes());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(out.stdout, records, "bulk-get writes what bulk-set reads");
+    assert!(a.stat("curr_items") > 1000 && b.stat("curr_items") > 1000);
+}
+
+#[test]
+fn a_killed_server_is_marked_down_for_every_process() {
+    let reg = Reg::new();
+    let (a, mut dead) = (Memcached::start(), Memcached::start());
+    reg.ok("app", &["add", &a.address(), &dead.address()]);
+    let mclient = |args: &[&str]| {
+        Command::new(MCLIENT)
+            .arg("--dir")
+            .arg(reg.dir())
+            .args(["--domain", "app"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            stdout(&mclient(&["which", k]))
+                .trim_end()
+                .ends_with(&dead.address())
+        })
+        .unwrap();
+    assert_eq!(code(&mclient(&["set", &key, "v"])), 0);
+    dead.kill();
+    let first = mclient(&["get", &key]);
+    assert_eq!(code(&first), 3, "{}", stderr(&first));
+    let second = mclient(&["get", &key]);
+    assert_eq!(code(&second), 3);
+    assert!(
+        stderr(&second).contains("marked down for every process"),
+        "{}",
+        stderr(&second)
+    );
+    let list = reg.list_json("app");
+    assert_eq!(list["servers"][1]["state"], "down");
+    assert!(
+        list["servers"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("consecutive failures")
+    );
+    // Another process: an immediate miss (failover none), a clear error on write.
+    let third = mclient(&["get", &key]);
+    assert_eq!((code(&third), stderr(&third)), (1, String::new()));
+    let write = mclient(&["set", &key, "v"]);
+    assert_eq!(code(&write), 3);
+    assert!(stderr(&write).contains("is down"), "{}", stderr(&write));
+}
