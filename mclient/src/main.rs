@@ -382,8 +382,11 @@ fn bulk_set(cli: &Cli, client: &mut Client, ttl: i64) -> Result<Exit> {
     })
 }
 
+/// One input record of bulk-set: key, flags, value.
+type Record<'a> = (Vec<u8>, u32, &'a [u8]);
+
 /// Parses records: `KEY FLAGS LENGTH [CAS]\n<LENGTH bytes>\n`; errors name the record.
-fn parse_records(input: &[u8]) -> Result<Vec<(Vec<u8>, u32, &[u8])>> {
+fn parse_records(input: &[u8]) -> Result<Vec<Record<'_>>> {
     let mut records = Vec::new();
     let mut rest = input;
     while !rest.is_empty() {
