@@ -7,6 +7,10 @@
 #[path = "../mcadmin/src/cli.rs"]
 mod cli;
 
+#[allow(dead_code)]
+#[path = "../mclient/src/cli.rs"]
+mod mclient_cli;
+
 use std::path::Path;
 
 use clap::CommandFactory;
@@ -58,7 +62,61 @@ mcadmin \-\-domain myapp load /etc/mcshm/myapp.list   # at boot
 v=$(mcadmin \-\-domain myapp \-\-json list | jq .version); mcadmin \-\-domain myapp wait \-\-since "$v"
 .fi
 .SH "SEE ALSO"
-\fBmcshm\fR(5)
+\fBmcshm\fR(5), \fBmclient\fR(1)
+"#;
+
+const MCLIENT_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+.B 0
+Hit, stored, deleted or touched; for several keys, every key hit.
+.TP
+.B 1
+Miss, not stored, not found, or cas mismatch; for several keys, some missed.
+.TP
+.B 2
+Usage error or bad input: a bad key (empty, over 250 bytes, whitespace or control bytes), a bad
+number or address, an unknown domain. Nothing was sent.
+.TP
+.B 3
+Server, network or registry error: the key's server is down (failover none), a timeout, a refused
+connection, SERVER_ERROR (e.g. a value over the item size limit).
+.SH OUTPUT
+One key: \fBget\fR writes the value's bytes and nothing else. Several keys (\fBget\fR,
+\fBgets\fR, \fBbulk\-get\fR): one record per hit, binary\-safe,
+.PP
+.nf
+KEY FLAGS LENGTH [CAS]\en<LENGTH bytes>\en
+.fi
+.PP
+in the order asked; misses are left out. \fBbulk\-set\fR reads the same records. With
+\fB\-\-json\fR, values that are not UTF\-8 are given as \fBvalue_base64\fR.
+.SH ENVIRONMENT
+.TP
+.B MEMCACHED_SERVERS
+Server list when \fB\-\-servers\fR is not given (the libmemcached tools' syntax:
+HOST[:PORT],...). Overrides the domain.
+.TP
+.B MCSHM_DIR
+Registry directory when \fB\-\-dir\fR is not given.
+.TP
+.B MCSHM_DOMAIN
+Domain when \fB\-\-domain\fR is not given (default \fBdefault\fR).
+.SH FILES
+.TP
+.I /run/mcshm/DOMAIN.mcshm
+The domain's server table (\fBmcshm\fR(5)). Reading needs read permission; counting failures
+and marking servers down for every process needs write permission.
+.SH EXAMPLES
+.nf
+echo hello | mclient \-\-domain myapp set greeting    # stores "hello\en"
+mclient \-\-domain myapp get greeting > greeting.txt || echo miss
+mclient \-\-servers 10.0.0.1,10.0.0.2:11212 incr visits
+mclient which user:42
+seq 1 100000 | sed 's/^/k/' | mclient bulk\-get > values.records
+mclient \-\-domain old get a b c | mclient \-\-domain new bulk\-set
+.fi
+.SH "SEE ALSO"
+\fBmcadmin\fR(8), \fBmcshm\fR(5)
 "#;
 
 /// Escapes text for roff.
@@ -100,11 +158,11 @@ fn commands_section(cmd: &mut clap::Command) -> String {
     out
 }
 
-fn mcadmin_page() -> Vec<u8> {
-    let mut cmd = cli::Cli::command().version(env!("CARGO_PKG_VERSION"));
+fn page(cmd: clap::Command, section: &str, extra: &str) -> Vec<u8> {
+    let mut cmd = cmd.version(env!("CARGO_PKG_VERSION"));
     cmd.build();
     let man = clap_mangen::Man::new(cmd.clone())
-        .section("8")
+        .section(section)
         .manual("mcshm")
         .source(format!("mcshm {}", env!("CARGO_PKG_VERSION")));
     let mut out = Vec::new();
@@ -114,7 +172,7 @@ fn mcadmin_page() -> Vec<u8> {
     man.render_description_section(&mut out).unwrap();
     man.render_options_section(&mut out).unwrap();
     out.extend(commands_section(&mut cmd).into_bytes());
-    out.extend(MCADMIN_EXTRA.as_bytes());
+    out.extend(extra.as_bytes());
     out
 }
 
@@ -136,7 +194,19 @@ fn check(path: &str, generated: &[u8]) {
 #[test]
 fn mcadmin_8_is_current() {
     cli::Cli::command().debug_assert();
-    check("man/mcadmin.8", &mcadmin_page());
+    check(
+        "man/mcadmin.8",
+        &page(cli::Cli::command(), "8", MCADMIN_EXTRA),
+    );
+}
+
+#[test]
+fn mclient_1_is_current() {
+    mclient_cli::Cli::command().debug_assert();
+    check(
+        "man/mclient.1",
+        &page(mclient_cli::Cli::command(), "1", MCLIENT_EXTRA),
+    );
 }
 
 #[test]
