@@ -65,9 +65,11 @@ impl From<io::Error> for ConnError {
 /// A persistent connection with its read buffer.
 pub struct Conn {
     stream: Stream,
+    /// Read buffer; bytes `pos..end` are received and not yet parsed. Allocated once (and grown
+    /// for large replies), never zeroed again per read.
     buf: Vec<u8>,
-    /// Start of unparsed bytes in `buf`.
     pos: usize,
+    end: usize,
 }
 
 impl Conn {
@@ -96,8 +98,9 @@ impl Conn {
         };
         Ok(Conn {
             stream,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: vec![0; READ_CHUNK],
             pos: 0,
+            end: 0,
         })
     }
 
@@ -113,12 +116,12 @@ impl Conn {
     /// Reads one complete reply of kind `expect`.
     pub fn receive(&mut self, expect: Expect) -> Result<Reply, ConnError> {
         loop {
-            match proto::parse_reply(expect, &self.buf[self.pos..]) {
+            match proto::parse_reply(expect, &self.buf[self.pos..self.end]) {
                 Ok(Some((reply, used))) => {
                     self.pos += used;
-                    if self.pos == self.buf.len() {
-                        self.buf.clear();
+                    if self.pos == self.end {
                         self.pos = 0;
+                        self.end = 0;
                     }
                     return Ok(reply);
                 }
@@ -128,33 +131,30 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into the buffer (compacting it first).
+    /// Reads more bytes into the buffer, compacting or growing it when full.
     fn fill(&mut self) -> Result<(), ConnError> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.end == self.buf.len() {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
+                self.pos = 0;
+            } else {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
         }
-        let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK, 0);
+        let space = &mut self.buf[self.end..];
         let read = match &mut self.stream {
-            Stream::Tcp(s) => s.read(&mut self.buf[start..]),
-            Stream::Unix(s) => s.read(&mut self.buf[start..]),
+            Stream::Tcp(s) => s.read(space),
+            Stream::Unix(s) => s.read(space),
         };
-        match read {
-            Ok(0) => {
-                self.buf.truncate(start);
-                Err(ConnError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed by server",
-                )))
-            }
-            Ok(n) => {
-                self.buf.truncate(start + n);
+        match read? {
+            0 => Err(ConnError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed by server",
+            ))),
+            n => {
+                self.end += n;
                 Ok(())
-            }
-            Err(e) => {
-                self.buf.truncate(start);
-                Err(ConnError::Io(e))
             }
         }
     }
