@@ -336,3 +336,12 @@ fn an_mcadmin_change_is_used_by_the_next_operation() {
     assert_eq!(b.stat("curr_items"), 1);
     assert_eq!(a.stat("curr_items"), 0);
 }
+
+#[test]
+fn unix_socket_servers_work() {
+    let (_mc, socket) = Memcached::start_unix();
+    let address = Address::parse(socket.to_str().unwrap()).unwrap();
+    let mut c = Client::for_servers(&[address], Timeouts::default()).unwrap();
+    c.set(b"over-unix", b"yes", 0, 0).unwrap();
+    assert_eq!(c.get(b"over-unix").unwrap().unwrap().value, b"yes");
+}

@@ -229,3 +229,54 @@ fn a_killed_server_is_marked_down_for_every_process() {
     assert_eq!(code(&write), 3);
     assert!(stderr(&write).contains("is down"), "{}", stderr(&write));
 }
+
+#[test]
+fn a_process_that_cannot_write_the_registry_treats_the_server_as_down_itself() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to run mclient as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let reg = Reg::new();
+    std::fs::set_permissions(reg.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (a, mut dead) = (Memcached::start(), Memcached::start());
+    reg.ok("ro", &["add", &a.address(), &dead.address()]);
+    reg.ok("ro", &["policy", "--failure-limit", "1"]);
+    let before = reg.bytes("ro");
+    let as_nobody = |args: &[&str]| {
+        Command::new(MCLIENT)
+            .arg("--dir")
+            .arg(reg.dir())
+            .args(["--domain", "ro"])
+            .args(args)
+            .stdin(Stdio::null())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            stdout(&as_nobody(&["which", k]))
+                .trim_end()
+                .ends_with(&dead.address())
+        })
+        .unwrap();
+    dead.kill();
+    let out = as_nobody(&["get", &key]);
+    assert_eq!(code(&out), 3);
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("treated as down by this process only").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        reg.bytes("ro"),
+        before,
+        "a read-only process changed the registry"
+    );
+    assert_eq!(reg.list_json("ro")["servers"][1]["state"], "up");
+}

@@ -204,9 +204,9 @@ impl Client {
     }
 
     /// The server `key` maps to (up or down).
-    pub fn server_for(&mut self, key: &[u8]) -> Result<Address> {
+    pub fn server_for(&mut self, key: &[u8]) -> Result<&Address> {
         let (Target::Up(i) | Target::Down(i)) = self.target(key)?;
-        Ok(self.routing().snapshot.servers[i].address.clone())
+        Ok(&self.routing().snapshot.servers[i].address)
     }
 
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Item>> {
@@ -524,7 +524,8 @@ impl Client {
     }
 
     fn is_down(&self, server: &Server) -> bool {
-        server.state == State::Down || self.local_down.contains(&server.address)
+        server.state == State::Down
+            || (!self.local_down.is_empty() && self.local_down.contains(&server.address))
     }
 
     fn target(&mut self, key: &[u8]) -> Result<Target> {

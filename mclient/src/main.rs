@@ -181,7 +181,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             let mut out = Vec::new();
             let mut rows = Vec::new();
             for key in keys {
-                let server = client.server_for(key.as_bytes())?;
+                let server = client.server_for(key.as_bytes())?.clone();
                 writeln!(out, "{key} {server}")?;
                 rows.push(json!({"key": key, "server": server.to_string()}));
             }

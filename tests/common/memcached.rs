@@ -69,6 +69,38 @@ impl Memcached {
         }
     }
 
+    /// Starts memcached on a unix socket (no TCP); `port` is 0 and `socket()` names it.
+    pub fn start_unix() -> (Memcached, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("mc.sock");
+        let mut cmd = Command::new(binary());
+        cmd.arg("-s")
+            .arg(&socket)
+            .args(["-a", "0666", "-t", "1", "-m", "64"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if super::is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("start memcached: apt-get install -y memcached");
+        assert!(
+            super::wait_until(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            }),
+            "memcached did not listen on its socket"
+        );
+        (
+            Memcached {
+                child: Some(child),
+                port: 0,
+                _dir: dir,
+            },
+            socket,
+        )
+    }
+
     /// `127.0.0.1:PORT`
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
