@@ -4,6 +4,8 @@
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+#[path = "../../src/bin_common.rs"]
+mod bin_common;
 mod cli;
 mod show;
 
@@ -21,6 +23,7 @@ use libmcshm::table::{
 use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, dump, edit};
 use serde_json::json;
 
+use bin_common::{UsageError, is_broken_pipe};
 use cli::{Cli, Command};
 
 /// Exit codes (documented in `--help` and mcadmin(8)).
@@ -58,23 +61,6 @@ fn exit_for(err: &anyhow::Error) -> Exit {
         None => Exit::Registry,
     }
 }
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-}
-
-/// Bad input found by mcadmin itself (not by libmcshm).
-#[derive(Debug)]
-struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 struct Invocation {
     dir: PathBuf,

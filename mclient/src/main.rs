@@ -4,6 +4,8 @@
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+#[path = "../../src/bin_common.rs"]
+mod bin_common;
 mod cli;
 
 use std::io::{self, BufRead, Read, Write};
@@ -17,6 +19,7 @@ use libmcshm::{
 };
 use serde_json::{Value, json};
 
+use bin_common::{UsageError, is_broken_pipe};
 use cli::{Cli, StoreArgs, Verb};
 
 /// Exit codes (documented in `--help` and mclient(1)).
@@ -27,18 +30,6 @@ enum Exit {
     BadInput = 2,
     Failure = 3,
 }
-
-/// Bad input found by mclient itself.
-#[derive(Debug)]
-struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,11 +53,6 @@ fn exit_for(err: &anyhow::Error) -> Exit {
         Some(e) if e.kind() == ErrorKind::BadInput => Exit::BadInput,
         _ => Exit::Failure,
     }
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
 fn seconds(value: f64, what: &str) -> Result<Duration> {
@@ -165,17 +151,21 @@ fn run(cli: &Cli) -> Result<Exit> {
         Verb::Flush { server, delay } => {
             let only = server.as_deref().map(Address::parse).transpose()?;
             let results = client.flush_all(only.as_ref(), *delay)?;
-            per_server(cli, results, |()| (json!("OK"), "OK".to_string()))
+            per_server(cli, results, |server, ()| {
+                (json!("OK"), format!("{server} OK\n"))
+            })
         }
         Verb::Version { server } => {
             let only = server.as_deref().map(Address::parse).transpose()?;
             let results = client.versions(only.as_ref())?;
-            per_server(cli, results, |v| (json!(v), v))
+            per_server(cli, results, |server, v| {
+                (json!(v), format!("{server} {v}\n"))
+            })
         }
         Verb::Stats { group, server } => {
             let only = server.as_deref().map(Address::parse).transpose()?;
             let results = client.stats(group.as_deref(), only.as_ref())?;
-            stats(cli, results)
+            per_server(cli, results, stats_text)
         }
         Verb::Which { keys } => {
             let mut out = Vec::new();
@@ -419,19 +409,20 @@ fn parse_records(input: &[u8]) -> Result<Vec<Record<'_>>> {
     Ok(records)
 }
 
+/// Prints one result per server: `show` gives its JSON value and its text (errors go to stderr).
 fn per_server<T>(
     cli: &Cli,
     results: Vec<(Address, libmcshm::Result<T>)>,
-    show: impl Fn(T) -> (Value, String),
+    show: impl Fn(&Address, T) -> (Value, String),
 ) -> Result<Exit> {
-    let mut out = Vec::new();
+    let mut out = String::new();
     let mut rows = serde_json::Map::new();
     let mut failed = false;
     for (server, result) in results {
         match result {
             Ok(value) => {
-                let (j, text) = show(value);
-                writeln!(out, "{server} {text}")?;
+                let (j, text) = show(&server, value);
+                out += &text;
                 rows.insert(server.to_string(), j);
             }
             Err(err) => {
@@ -441,37 +432,19 @@ fn per_server<T>(
             }
         }
     }
-    emit(cli, Value::Object(rows), &out)?;
+    emit(cli, Value::Object(rows), out.as_bytes())?;
     Ok(if failed { Exit::Failure } else { Exit::Success })
 }
 
-fn stats(
-    cli: &Cli,
-    results: Vec<(Address, libmcshm::Result<libmcshm::client::Stats>)>,
-) -> Result<Exit> {
-    let mut out = Vec::new();
-    let mut rows = serde_json::Map::new();
-    let mut failed = false;
-    for (server, result) in results {
-        match result {
-            Ok(stats) => {
-                writeln!(out, "server {server}")?;
-                for (name, value) in &stats {
-                    writeln!(out, "STAT {name} {value}")?;
-                }
-                let map: serde_json::Map<String, Value> =
-                    stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
-                rows.insert(server.to_string(), Value::Object(map));
-            }
-            Err(err) => {
-                eprintln!("mclient: {err}");
-                rows.insert(server.to_string(), json!({"error": err.to_string()}));
-                failed = true;
-            }
-        }
+/// `server ADDR` then its `STAT name value` lines.
+fn stats_text(server: &Address, stats: libmcshm::client::Stats) -> (Value, String) {
+    let mut text = format!("server {server}\n");
+    for (name, value) in &stats {
+        text += &format!("STAT {name} {value}\n");
     }
-    emit(cli, Value::Object(rows), &out)?;
-    Ok(if failed { Exit::Failure } else { Exit::Success })
+    let map: serde_json::Map<String, Value> =
+        stats.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    (Value::Object(map), text)
 }
 
 /// Prints one line of text (or the JSON document).
