@@ -566,7 +566,8 @@ impl Client {
         let server = &self.routing().snapshot.servers[i];
         let reason = match (server.state, server.reason.is_empty()) {
             (State::Down, false) => format!(" ({})", server.reason),
-            (State::Down, true) => String::new(),
+            (State::Down | State::Draining, true) => String::new(),
+            (State::Draining, false) => format!(" (draining: {})", server.reason),
             (State::Up, _) => " (for this process: it cannot write the registry)".into(),
         };
         Error::ServerDown {

@@ -6,8 +6,8 @@
 //! cache2:11211 weight=2 retry-interval=-1 state=down reason="disk failure"
 //! ```
 //!
-//! A line `policy: failover=none|rehash failure-limit=N` sets the domain policy (defaults:
-//! none, 2). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
+//! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
+//! warm-window=S` sets the domain policy (defaults: none, 2, flush, 1, 600). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
@@ -18,18 +18,17 @@ use std::fmt::Write;
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::table::{
-    Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_retry_interval,
-    check_weight,
+    Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_replicas,
+    check_retry_interval, check_warm_window, check_weight,
 };
 
 /// The text form of a snapshot.
 pub fn to_text(snapshot: &Snapshot) -> String {
     let mut out = format!(
-        "# mcshm server list of domain '{}', version {}\npolicy: failover={} failure-limit={}\n",
+        "# mcshm server list of domain '{}', version {}\npolicy: {}\n",
         snapshot.domain,
         snapshot.version,
-        snapshot.policy.failover.as_str(),
-        snapshot.policy.failure_limit
+        policy_text(&snapshot.policy)
     );
     for server in &snapshot.servers {
         let _ = write!(
@@ -81,17 +80,32 @@ pub fn parse(text: &str) -> Result<Table> {
     Ok(Table { servers, policy })
 }
 
+/// The attributes of a `policy:` line.
+pub fn policy_text(p: &Policy) -> String {
+    format!(
+        "failover={} failure-limit={} rejoin={} replicas={} warm-window={}",
+        p.failover.as_str(),
+        p.failure_limit,
+        p.rejoin.as_str(),
+        p.replicas,
+        p.warm_window_s
+    )
+}
+
 fn parse_policy(text: &str) -> Result<Policy> {
     let mut policy = Policy::default();
     for pair in text.split_whitespace() {
         match pair.split_once('=') {
             Some(("failover", v)) => policy.failover = v.parse()?,
             Some(("failure-limit", v)) => policy.failure_limit = check_failure_limit(v)?,
+            Some(("rejoin", v)) => policy.rejoin = v.parse()?,
+            Some(("replicas", v)) => policy.replicas = check_replicas(v)?,
+            Some(("warm-window", v)) => policy.warm_window_s = check_warm_window(v)?,
             _ => {
                 return Err(Error::invalid(
                     "policy attribute",
                     pair,
-                    "expected failover=none|rehash or failure-limit=N",
+                    "expected failover=, failure-limit=, rejoin=, replicas= or warm-window=",
                 ));
             }
         }

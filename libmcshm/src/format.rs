@@ -40,7 +40,11 @@
 //!     41    1 failure_limit       consecutive failures that mark a server down (0 = 2)
 //!     42    2 reserved            zero
 //!     44    4 next_id             id the next added server gets (ids start at 1)
-//!     48   16 reserved            zero (more policy in later versions)
+//!     48    1 rejoin              how a down server comes back: 0 flush, 1 warm, 2 trust
+//!     49    1 replicas            servers each write goes to (0 = 1)
+//!     50    2 reserved            zero
+//!     52    4 warm_window_s       seconds of warm-up after a rejoin (0 = 600)
+//!     56    8 reserved            zero
 //!     64    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
@@ -48,7 +52,7 @@
 //!      0    2 addr_len            bytes used of address (1..=255)
 //!      2    2 port                TCP port (1..=65535); 0 for a unix socket
 //!      4    2 weight              1..=65535
-//!      6    1 state               0 up, 1 down
+//!      6    1 state               0 up, 1 down, 2 draining
 //!      7    1 kind                1 hostname, 2 IPv4, 3 IPv6 (no brackets), 4 unix socket path
 //!      8    4 retry_interval      seconds, signed; -1 = never retried automatically
 //!     12    2 reason_len          bytes used of reason (0..=192)
@@ -58,7 +62,8 @@
 //!     28    4 changed_by_uid      user that last changed the state
 //!     32    4 id                  server id, unique in the domain, never reused
 //!     36    4 live                index of this server's record in the live region
-//!     40   24 reserved            zero
+//!     40    8 warm_until_ms       warm-up after a rejoin lasts until then (0: none)
+//!     48   16 reserved            zero
 //!     64  256 address             host text or socket path, zero-padded
 //!    320  192 reason              UTF-8, zero-padded
 //!
@@ -67,7 +72,17 @@
 //!      0    8 owner_failures      (id << 32) | consecutive failures; a CAS names the id, so a
 //!                                 stale client cannot count against a server re-using the record
 //!      8    8 last_failure_ms     time of the last failure counted, ms since the Unix epoch
-//!     16   16 reserved            zero (probe lease in later versions)
+//!     16    8 probe_lease_ms      when a process on this host last took the right to probe
+//!                                 this down server (CAS): one probe per retry_interval per host
+//!     24    8 reserved            zero
+//!
+//! Clients region (after the live region): 256 records of 64 bytes, one per process that has
+//! the domain open for writing, claimed with a CAS on pid (not versioned)
+//!      0    8 pid_start           (process start time in clock ticks << 32 | pid); 0 = free
+//!      8    8 version             table version the process last used
+//!     16    8 last_used_ms        when it last used the domain
+//!     24   16 comm                process name (from /proc/self/comm), NUL-padded
+//!     40   24 reserved            zero
 //! ```
 //!
 //! The magic's first byte has its high bit set and it ends in CR LF, so a file mangled by 7-bit
@@ -82,7 +97,8 @@ use crate::seqlock::Geometry;
 use std::collections::HashSet;
 
 use crate::table::{
-    Failover, MAX_REASON_LEN, Policy, Server, Snapshot, State, Table, first_duplicate,
+    DEFAULT_WARM_WINDOW_S, Failover, MAX_REASON_LEN, Policy, Rejoin, Server, Snapshot, State,
+    Table, first_duplicate,
 };
 
 #[cfg(not(target_endian = "little"))]
@@ -108,6 +124,9 @@ pub const WAKE_OFFSET: usize = 144;
 const SLOT_HEADER_WORDS: usize = SLOT_HEADER_LEN / 8;
 /// Bytes of one live record.
 pub const LIVE_LEN: usize = 32;
+/// Records of the clients region, and bytes of each.
+pub const CLIENT_SLOTS: usize = 256;
+pub const CLIENT_LEN: usize = 64;
 const ENTRY_WORDS: usize = ENTRY_LEN / 8;
 const ADDR_FIELD: usize = 256;
 
@@ -142,7 +161,11 @@ struct SlotHeader {
     failure_limit: u8,
     reserved0: u16,
     next_id: u32,
-    reserved1: [u8; 16],
+    rejoin: u8,
+    replicas: u8,
+    reserved2: u16,
+    warm_window_s: u32,
+    reserved3: [u8; 8],
 }
 
 #[repr(C)]
@@ -161,7 +184,8 @@ struct Entry {
     changed_by_uid: u32,
     id: u32,
     live: u32,
-    reserved1: [u8; 24],
+    warm_until_ms: u64,
+    reserved1: [u8; 16],
     address: [u8; ADDR_FIELD],
     reason: [u8; MAX_REASON_LEN],
 }
@@ -194,7 +218,17 @@ impl Layout {
 
     /// Total file length in bytes.
     pub fn file_len(&self) -> usize {
+        self.clients_offset() + CLIENT_SLOTS * CLIENT_LEN
+    }
+
+    /// Byte offset of the clients region.
+    pub fn clients_offset(&self) -> usize {
         self.live_offset() + self.capacity as usize * LIVE_LEN
+    }
+
+    /// Word index of the first word of client record `index`.
+    pub fn client_word(&self, index: usize) -> Option<usize> {
+        (index < CLIENT_SLOTS).then(|| (self.clients_offset() + index * CLIENT_LEN) / 8)
     }
 
     /// Byte offset of the live region.
@@ -362,7 +396,11 @@ pub fn encode_slot(version: u64, info: CommitInfo, table: &Table, next_id: u32) 
         failure_limit: table.policy.failure_limit,
         reserved0: 0,
         next_id,
-        reserved1: [0; 16],
+        rejoin: table.policy.rejoin.code(),
+        replicas: table.policy.replicas,
+        reserved2: 0,
+        warm_window_s: table.policy.warm_window_s,
+        reserved3: [0; 8],
     };
     head.copy_from_slice(bytemuck::bytes_of(&header));
     let crc = slot_crc(bytes);
@@ -418,6 +456,8 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
     }
     let failover = Failover::from_code(header.failover)
         .ok_or_else(|| format!("failover code {}", header.failover))?;
+    let rejoin =
+        Rejoin::from_code(header.rejoin).ok_or_else(|| format!("rejoin code {}", header.rejoin))?;
     if header.failure_limit == 0 {
         return Err("failure limit 0".into());
     }
@@ -441,6 +481,13 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
         policy: Policy {
             failover,
             failure_limit: header.failure_limit,
+            rejoin,
+            replicas: header.replicas.max(1),
+            warm_window_s: if header.warm_window_s == 0 {
+                DEFAULT_WARM_WINDOW_S
+            } else {
+                header.warm_window_s
+            },
         },
         next_id: header.next_id,
     })
@@ -461,6 +508,7 @@ fn encode_entry(server: &Server) -> Entry {
     entry.changed_by_uid = server.changed_by_uid;
     entry.id = server.id;
     entry.live = server.live;
+    entry.warm_until_ms = server.warm_until_ms;
     entry.reason_len = server.reason.len() as u16;
     entry.reason[..server.reason.len()].copy_from_slice(server.reason.as_bytes());
     entry
@@ -499,6 +547,7 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
         reason: reason.to_string(),
         id: entry.id,
         live: entry.live,
+        warm_until_ms: entry.warm_until_ms,
     })
 }
 

@@ -16,6 +16,9 @@ pub const MAX_REASON_LEN: usize = 192;
 pub enum State {
     Up,
     Down,
+    /// Being retired: clients write its keys to their new owner and move what they read from it
+    /// (`mcadmin drain`).
+    Draining,
 }
 
 impl State {
@@ -23,6 +26,7 @@ impl State {
         match self {
             State::Up => "up",
             State::Down => "down",
+            State::Draining => "draining",
         }
     }
 
@@ -30,6 +34,7 @@ impl State {
         match self {
             State::Up => 0,
             State::Down => 1,
+            State::Draining => 2,
         }
     }
 
@@ -37,6 +42,7 @@ impl State {
         match code {
             0 => Some(State::Up),
             1 => Some(State::Down),
+            2 => Some(State::Draining),
             _ => None,
         }
     }
@@ -54,7 +60,12 @@ impl std::str::FromStr for State {
         match s {
             "up" => Ok(State::Up),
             "down" => Ok(State::Down),
-            _ => Err(Error::invalid("state", s, "expected 'up' or 'down'")),
+            "draining" => Ok(State::Draining),
+            _ => Err(Error::invalid(
+                "state",
+                s,
+                "expected 'up', 'down' or 'draining'",
+            )),
         }
     }
 }
@@ -80,6 +91,9 @@ pub struct Server {
     /// Index of the server's record (failure counter) in the file's live region; assigned with
     /// the id.
     pub live: u32,
+    /// After a rejoin with the `warm` policy: until when (ms since the epoch) a miss on this
+    /// server is looked up on the server that owned the key while it was away. 0: no warm-up.
+    pub warm_until_ms: u64,
 }
 
 impl Server {
@@ -96,6 +110,7 @@ impl Server {
             reason: String::new(),
             id: 0,
             live: 0,
+            warm_until_ms: 0,
         }
     }
 }
@@ -132,6 +147,30 @@ pub fn check_failure_limit(text: &str) -> Result<u8> {
             "failure limit",
             text,
             "must be from 1 to 255",
+        )),
+    }
+}
+
+/// Checks a replica count given by a user (1..=255).
+pub fn check_replicas(text: &str) -> Result<u8> {
+    match text.parse::<u8>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(Error::invalid(
+            "replica count",
+            text,
+            "must be from 1 to 255",
+        )),
+    }
+}
+
+/// Checks a warm-up window given by a user (1..=86400 seconds).
+pub fn check_warm_window(text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(n @ 1..=86_400) => Ok(n),
+        _ => Err(Error::invalid(
+            "warm window",
+            text,
+            "must be from 1 to 86400 seconds",
         )),
     }
 }
@@ -212,6 +251,65 @@ impl std::str::FromStr for Failover {
     }
 }
 
+/// How a server that was down comes back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rejoin {
+    /// flush_all first (successfully) and only then mark it up: it can hold nothing stale.
+    #[default]
+    Flush,
+    /// Flush, then for the warm window fill its misses from the server that owned each key
+    /// while it was away (with `add`, never over a newer write).
+    Warm,
+    /// Mark it up as it is. Unsafe for data that changes while a server is away.
+    Trust,
+}
+
+impl Rejoin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejoin::Flush => "flush",
+            Rejoin::Warm => "warm",
+            Rejoin::Trust => "trust",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Rejoin::Flush => 0,
+            Rejoin::Warm => 1,
+            Rejoin::Trust => 2,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Rejoin> {
+        match code {
+            0 => Some(Rejoin::Flush),
+            1 => Some(Rejoin::Warm),
+            2 => Some(Rejoin::Trust),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Rejoin {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Rejoin> {
+        match s {
+            "flush" => Ok(Rejoin::Flush),
+            "warm" => Ok(Rejoin::Warm),
+            "trust" => Ok(Rejoin::Trust),
+            _ => Err(Error::invalid(
+                "rejoin policy",
+                s,
+                "expected 'flush', 'warm' or 'trust'",
+            )),
+        }
+    }
+}
+
+/// Seconds of warm-up after a rejoin, when the domain does not say.
+pub const DEFAULT_WARM_WINDOW_S: u32 = 600;
+
 /// Consecutive failures that mark a server down, when the domain does not say.
 pub const DEFAULT_FAILURE_LIMIT: u8 = 2;
 
@@ -221,6 +319,11 @@ pub struct Policy {
     pub failover: Failover,
     /// Consecutive connect/timeout/I-O failures after which a server is marked down (1..=255).
     pub failure_limit: u8,
+    pub rejoin: Rejoin,
+    /// Servers each write goes to (1..=255), along the ring.
+    pub replicas: u8,
+    /// Seconds of warm-up after a rejoin (`warm` policy).
+    pub warm_window_s: u32,
 }
 
 impl Default for Policy {
@@ -228,6 +331,9 @@ impl Default for Policy {
         Policy {
             failover: Failover::None,
             failure_limit: DEFAULT_FAILURE_LIMIT,
+            rejoin: Rejoin::Flush,
+            replicas: 1,
+            warm_window_s: DEFAULT_WARM_WINDOW_S,
         }
     }
 }

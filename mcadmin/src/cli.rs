@@ -9,7 +9,7 @@ macro_rules! exit_status {
         "\
 Exit status:
   0  success; `status`: the server is up; `wait`: the version changed
-  1  the answer is no: `status`: the server is down; `wait`: timed out
+  1  the answer is no: `status`: the server is down or draining; `wait`: timed out
   2  usage error or bad input (address, domain name, weight, list line); nothing changed
   3  not found: no such domain or server, or `add` of a server already present; nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error"
@@ -119,7 +119,7 @@ pub enum Command {
         #[arg(long, value_name = "S", allow_negative_numbers = true)]
         retry_interval: Option<i64>,
     },
-    /// Show or set the domain's client policy (failover, failure limit).
+    /// Show or set the domain's client policy (failover, failure limit, rejoin, replicas).
     ///
     /// failover none (default): a key whose server is down is a miss on read and an error on
     /// write; no other server is tried, so none can later serve it stale. failover rehash: keys
@@ -133,6 +133,17 @@ pub enum Command {
         /// Consecutive failures that mark a server down (1-255)
         #[arg(long, value_name = "N")]
         failure_limit: Option<String>,
+        /// How a down server comes back: flush (flush_all, then up), warm (flush, then fill
+        /// misses from the interim owner for the warm window), trust (no flush: unsafe for data
+        /// that changes while it is away)
+        #[arg(long, value_name = "POLICY")]
+        rejoin: Option<String>,
+        /// Servers each write goes to, along the ring (reads fall back along the same servers)
+        #[arg(long, value_name = "N")]
+        replicas: Option<String>,
+        /// Seconds of warm-up after a rejoin with --rejoin warm
+        #[arg(long, value_name = "S")]
+        warm_window: Option<String>,
     },
     /// Show the servers of the domain with its version.
     #[command(alias = "ls")]

@@ -18,7 +18,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use libmcshm::registry::commit_info;
 use libmcshm::table::{
-    Table, check_failure_limit, check_reason, check_retry_interval, check_weight,
+    Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
+    check_warm_window, check_weight,
 };
 use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, dump, edit};
 use serde_json::json;
@@ -140,7 +141,22 @@ fn run(cli: &Cli) -> Result<Exit> {
         Command::Policy {
             failover,
             failure_limit,
-        } => policy(&ctx, failover.as_deref(), failure_limit.as_deref()),
+            rejoin,
+            replicas,
+            warm_window,
+        } => {
+            let change = PolicyChange {
+                failover: failover.as_deref().map(str::parse).transpose()?,
+                failure_limit: failure_limit
+                    .as_deref()
+                    .map(check_failure_limit)
+                    .transpose()?,
+                rejoin: rejoin.as_deref().map(str::parse).transpose()?,
+                replicas: replicas.as_deref().map(check_replicas).transpose()?,
+                warm_window_s: warm_window.as_deref().map(check_warm_window).transpose()?,
+            };
+            policy(&ctx, change)
+        }
         Command::List => {
             let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
             let snapshot = registry.snapshot()?;
@@ -217,33 +233,35 @@ fn report_commit(ctx: &Invocation, commit: Commit) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// The policy fields a `policy` call sets (the others stay).
+struct PolicyChange {
+    failover: Option<libmcshm::table::Failover>,
+    failure_limit: Option<u8>,
+    rejoin: Option<libmcshm::table::Rejoin>,
+    replicas: Option<u8>,
+    warm_window_s: Option<u32>,
+}
+
 /// Shows the policy, or changes it when given values.
-fn policy(ctx: &Invocation, failover: Option<&str>, failure_limit: Option<&str>) -> Result<Exit> {
-    if failover.is_none() && failure_limit.is_none() {
+fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
+    let unchanged = change.failover.is_none()
+        && change.failure_limit.is_none()
+        && change.rejoin.is_none()
+        && change.replicas.is_none()
+        && change.warm_window_s.is_none();
+    if unchanged {
         let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
         let p = snapshot.policy;
-        print(
-            ctx,
-            || json!({"failover": p.failover.as_str(), "failure_limit": p.failure_limit}),
-            || {
-                format!(
-                    "failover {}\nfailure-limit {}\n",
-                    p.failover.as_str(),
-                    p.failure_limit
-                )
-            },
-        )?;
+        print(ctx, || show::policy_json(&p), || show::policy_text(&p))?;
         return Ok(Exit::Success);
     }
-    let failover = failover.map(str::parse).transpose()?;
-    let failure_limit = failure_limit.map(check_failure_limit).transpose()?;
     write(ctx, false, |t| {
-        if let Some(f) = failover {
-            t.policy.failover = f;
-        }
-        if let Some(n) = failure_limit {
-            t.policy.failure_limit = n;
-        }
+        let p = &mut t.policy;
+        p.failover = change.failover.unwrap_or(p.failover);
+        p.failure_limit = change.failure_limit.unwrap_or(p.failure_limit);
+        p.rejoin = change.rejoin.unwrap_or(p.rejoin);
+        p.replicas = change.replicas.unwrap_or(p.replicas);
+        p.warm_window_s = change.warm_window_s.unwrap_or(p.warm_window_s);
         Ok(())
     })
 }
@@ -264,7 +282,7 @@ fn status(ctx: &Invocation, server: &str) -> Result<Exit> {
     )?;
     Ok(match found.state {
         State::Up => Exit::Success,
-        State::Down => Exit::No,
+        State::Down | State::Draining => Exit::No,
     })
 }
 

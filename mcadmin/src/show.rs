@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use libmcshm::domain::FILE_SUFFIX;
 use libmcshm::registry::now_ms;
+use libmcshm::table::Policy;
 use libmcshm::{Domain, Registry, Server, Snapshot, State};
 use serde_json::{Value, json};
 
@@ -27,12 +28,30 @@ pub fn snapshot_json(snapshot: &Snapshot, failures: &[u32]) -> Value {
         "changed_ms": snapshot.changed_ms,
         "writer_pid": snapshot.writer_pid,
         "writer_uid": snapshot.writer_uid,
-        "policy": {
-            "failover": snapshot.policy.failover.as_str(),
-            "failure_limit": snapshot.policy.failure_limit,
-        },
+        "policy": policy_json(&snapshot.policy),
         "servers": servers,
     })
+}
+
+pub fn policy_json(p: &Policy) -> Value {
+    json!({
+        "failover": p.failover.as_str(),
+        "failure_limit": p.failure_limit,
+        "rejoin": p.rejoin.as_str(),
+        "replicas": p.replicas,
+        "warm_window_s": p.warm_window_s,
+    })
+}
+
+pub fn policy_text(p: &Policy) -> String {
+    format!(
+        "failover {}\nfailure-limit {}\nrejoin {}\nreplicas {}\nwarm-window {}\n",
+        p.failover.as_str(),
+        p.failure_limit,
+        p.rejoin.as_str(),
+        p.replicas,
+        p.warm_window_s
+    )
 }
 
 pub fn server_json(server: &Server) -> Value {
@@ -53,14 +72,13 @@ pub fn server_json(server: &Server) -> Value {
 
 pub fn snapshot_table(snapshot: &Snapshot, failures: &[u32]) -> String {
     let mut out = format!(
-        "domain {}  version {}  changed {} by pid {} uid {}\npolicy: failover {}, failure limit {}\n",
+        "domain {}  version {}  changed {} by pid {} uid {}\npolicy: {}\n",
         snapshot.domain,
         snapshot.version,
         utc(snapshot.changed_ms),
         snapshot.writer_pid,
         snapshot.writer_uid,
-        snapshot.policy.failover.as_str(),
-        snapshot.policy.failure_limit,
+        libmcshm::dump::policy_text(&snapshot.policy),
     );
     let rows: Vec<[String; 7]> = snapshot
         .servers
