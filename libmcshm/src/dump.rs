@@ -213,6 +213,7 @@ mod tests {
             policy: Policy {
                 failover: crate::table::Failover::Rehash,
                 failure_limit: 7,
+                ..Policy::default()
             },
             next_id: 3,
         };

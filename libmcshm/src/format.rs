@@ -571,6 +571,7 @@ mod tests {
             policy: Policy {
                 failover: Failover::Rehash,
                 failure_limit: 3,
+                ..Policy::default()
             },
         }
     }
