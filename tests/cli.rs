@@ -77,7 +77,7 @@ fn up_down_set_delete_each_bump_the_version_once() {
     assert_eq!(list["version"], 2);
     assert_eq!(list["servers"][1]["state"], "down");
     assert_eq!(list["servers"][1]["reason"], "disk");
-    reg.ok("d", &["up", "a"]);
+    reg.ok("d", &["up", "a", "--no-flush"]);
     reg.ok(
         "d",
         &["set", "c", "--weight", "9", "--retry-interval", "-1"],
@@ -229,7 +229,7 @@ fn domains_lists_every_domain() {
     assert_eq!(reg.ok("x", &["--json", "domains"]).trim(), "[]");
     reg.ok("alpha", &["add", "a", "b"]);
     reg.ok("beta", &["add", "c", "--down"]);
-    reg.ok("beta", &["up", "c"]);
+    reg.ok("beta", &["up", "c", "--no-flush"]);
     let rows: serde_json::Value =
         serde_json::from_str(&reg.ok("x", &["--json", "domains"])).unwrap();
     assert_eq!(rows[0]["domain"], "alpha");

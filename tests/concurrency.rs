@@ -196,7 +196,7 @@ fn library_wait_sees_a_commit_from_another_process() {
     let mut registry = Registry::open(reg.dir(), &Domain::new("lw").unwrap()).unwrap();
     let before = registry.version();
     let mut writer = reg
-        .cmd("lw", &["up", "a:1", "--reason", "x"])
+        .cmd("lw", &["down", "a:1", "--reason", "x"])
         .spawn()
         .unwrap();
     let seen = registry.wait_for_change(before, Duration::from_secs(10));

@@ -23,7 +23,8 @@ const MCADMIN_EXTRA: &str = r#".SH "EXIT STATUS"
 Success; for \fBstatus\fR the server is up; for \fBwait\fR the version changed.
 .TP
 .B 1
-The answer is no: for \fBstatus\fR the server is down; for \fBwait\fR the timeout passed.
+The answer is no: for \fBstatus\fR the server is down or draining; for \fBwait\fR the timeout
+passed.
 .TP
 .B 2
 Usage error or bad input (address, domain name, weight, reason, list line). Nothing was changed.
@@ -34,6 +35,9 @@ Not found: no such domain or server, or \fBadd\fR of a server already present. N
 .B 4
 Registry failure: permission denied, a corrupt, truncated or unsafe file (symlink, foreign owner
 in a world-writable directory), a file of a newer format, or another I/O error.
+.TP
+.B 5
+A server failed: \fBup\fR could not flush it (it stays down), \fBdrain\fR could not reach it.
 .SH ENVIRONMENT
 .TP
 .B MCSHM_DIR

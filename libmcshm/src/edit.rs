@@ -92,6 +92,26 @@ pub fn mark_down(servers: &mut [Server], id: u32, reason: &str, actor: CommitInf
     }
 }
 
+/// Marks the down server with `id` up (a rejoin), with `reason` and the warm-up deadline
+/// (0: none). Nothing if it is not down any more.
+pub fn bring_up(
+    servers: &mut [Server],
+    id: u32,
+    reason: &str,
+    warm_until_ms: u64,
+    actor: CommitInfo,
+) {
+    if let Some(server) = servers
+        .iter_mut()
+        .find(|s| s.id == id && s.state == State::Down)
+    {
+        server.state = State::Up;
+        server.reason = reason.to_string();
+        server.warm_until_ms = warm_until_ms;
+        stamp(server, actor);
+    }
+}
+
 /// Changes the weight and/or retry interval of one server.
 pub fn modify(
     servers: &mut [Server],

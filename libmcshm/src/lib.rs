@@ -31,12 +31,14 @@
 
 pub mod address;
 pub mod client;
+pub mod clients;
 pub mod conn;
 pub mod domain;
 pub mod dump;
 pub mod edit;
 pub mod error;
 pub mod format;
+pub mod lifecycle;
 pub mod proto;
 pub mod registry;
 pub mod ring;

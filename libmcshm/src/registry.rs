@@ -531,6 +531,92 @@ impl Registry {
             .map_or(0, |w| w as u32)
     }
 
+    /// Takes the right to probe down `server` now, for every process on the host: succeeds for
+    /// one caller per `interval_s` (a CAS on the lease word of the server's live record), and
+    /// not before `interval_s` after the server went down. `false` for read-only handles.
+    pub fn try_probe_lease(&self, server: &Server, interval_s: u32) -> bool {
+        let Some(word) = self.layout.live_word(server.live) else {
+            return false;
+        };
+        let owned = self
+            .map
+            .load(word, Ordering::Acquire)
+            .is_some_and(|w| w & !0xffff_ffff == format::live_owner(server.id));
+        let now = now_ms();
+        let interval_ms = u64::from(interval_s) * 1000;
+        if !owned || now < server.since_ms.saturating_add(interval_ms) {
+            return false;
+        }
+        let Some(last) = self.map.load(word + 2, Ordering::Acquire) else {
+            return false;
+        };
+        if now < last.saturating_add(interval_ms) {
+            return false;
+        }
+        matches!(self.map.compare_exchange(word + 2, last, now), Some(Ok(_)))
+    }
+
+    /// Claims a record in the clients region for this process (see `mcadmin clients`); `None`
+    /// when read-only or all records are taken by live processes.
+    pub fn register_client(&self) -> Option<usize> {
+        let me = crate::clients::ProcessId::current()?;
+        for slot in 0..format::CLIENT_SLOTS {
+            let word = self.layout.client_word(slot)?;
+            let seen = self.map.load(word, Ordering::Acquire)?;
+            let free = seen == 0 || !crate::clients::ProcessId::from_word(seen).is_alive();
+            if free
+                && matches!(
+                    self.map.compare_exchange(word, seen, me.to_word()),
+                    Some(Ok(_))
+                )
+            {
+                self.map.copy_in(word + 3, &crate::clients::comm_words())?;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Records that this process used table `version` now (its clients record `slot`).
+    pub fn touch_client(&self, slot: usize, version: u64) {
+        if let Some(word) = self.layout.client_word(slot) {
+            self.map.store(word + 1, version, Ordering::Relaxed);
+            self.map.store(word + 2, now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Releases a clients record claimed by [`Registry::register_client`].
+    pub fn release_client(&self, slot: usize) {
+        if let (Some(word), Some(me)) = (
+            self.layout.client_word(slot),
+            crate::clients::ProcessId::current(),
+        ) {
+            let _ = self.map.compare_exchange(word, me.to_word(), 0);
+        }
+    }
+
+    /// The processes that have the domain open; records of dead processes are freed (when this
+    /// handle may write) and left out.
+    pub fn clients(&self) -> Vec<crate::clients::ClientInfo> {
+        let mut out = Vec::new();
+        for slot in 0..format::CLIENT_SLOTS {
+            let Some(word) = self.layout.client_word(slot) else {
+                break;
+            };
+            let mut record = [0u64; 8];
+            if self.map.copy_out(word, &mut record).is_none() || record[0] == 0 {
+                continue;
+            }
+            let id = crate::clients::ProcessId::from_word(record[0]);
+            if !id.is_alive() {
+                let _ = self.map.compare_exchange(word, record[0], 0);
+                continue;
+            }
+            out.push(crate::clients::ClientInfo::from_record(id, &record));
+        }
+        out
+    }
+
     /// Whether this handle maps the file writable (can count failures and publish).
     pub fn is_writable(&self) -> bool {
         self.writable

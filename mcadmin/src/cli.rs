@@ -12,7 +12,8 @@ Exit status:
   1  the answer is no: `status`: the server is down or draining; `wait`: timed out
   2  usage error or bad input (address, domain name, weight, list line); nothing changed
   3  not found: no such domain or server, or `add` of a server already present; nothing changed
-  4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error"
+  4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
+  5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it"
     };
 }
 
@@ -92,13 +93,15 @@ pub enum Command {
         #[arg(long)]
         if_present: bool,
     },
-    /// Mark servers up (usable by clients).
+    /// Bring servers back: a down server is flushed (flush_all) first and marked up only if
+    /// that succeeds, so it can serve nothing stale (rejoin policy flush/warm; trust skips the
+    /// flush). A draining server stops draining.
     Up {
         #[arg(required = true, value_name = "ADDR")]
         servers: Vec<String>,
-        /// Why (shown by `list`)
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        reason: String,
+        /// Mark up without flushing (unsafe for data that changed while the server was away)
+        #[arg(long)]
+        no_flush: bool,
     },
     /// Mark servers down (clients stop using them).
     Down {

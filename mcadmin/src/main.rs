@@ -21,7 +21,7 @@ use libmcshm::table::{
     Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
     check_warm_window, check_weight,
 };
-use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, dump, edit};
+use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, Timeouts, dump, edit};
 use serde_json::json;
 
 use bin_common::{UsageError, is_broken_pipe};
@@ -35,6 +35,7 @@ enum Exit {
     BadInput = 2,
     NotFound = 3,
     Registry = 4,
+    Server = 5,
 }
 
 fn main() -> ExitCode {
@@ -57,7 +58,8 @@ fn exit_for(err: &anyhow::Error) -> Exit {
     {
         Some(ErrorKind::BadInput) => Exit::BadInput,
         Some(ErrorKind::NotFound) => Exit::NotFound,
-        Some(ErrorKind::Registry | ErrorKind::Server) => Exit::Registry,
+        Some(ErrorKind::Registry) => Exit::Registry,
+        Some(ErrorKind::Server) => Exit::Server,
         None if err.downcast_ref::<UsageError>().is_some() => Exit::BadInput,
         None => Exit::Registry,
     }
@@ -117,7 +119,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                 edit::delete(&mut t.servers, &addresses, *if_present, &name)
             })
         }
-        Command::Up { servers, reason } => set_state(&ctx, servers, State::Up, reason),
+        Command::Up { servers, no_flush } => up(&ctx, servers, *no_flush),
         Command::Down { servers, reason } => set_state(&ctx, servers, State::Down, reason),
         Command::Set {
             server,
@@ -189,6 +191,61 @@ fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
         .iter()
         .map(|s| Address::parse(s))
         .collect::<libmcshm::Result<_>>()?)
+}
+
+/// Brings servers back: a down one through the rejoin policy (flush_all first unless the
+/// policy is trust or `--no-flush`), a draining one by cancelling the drain.
+fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
+    let addresses = parse_addresses(servers)?;
+    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, false)?;
+    let snapshot = registry.current_snapshot()?;
+    let mut targets = Vec::new();
+    for address in &addresses {
+        let server = snapshot
+            .find(address)
+            .ok_or_else(|| libmcshm::Error::NoServer {
+                server: address.to_string(),
+                domain: ctx.domain.to_string(),
+            })?;
+        targets.push((server.id, server.state));
+    }
+    let mut commit = Commit {
+        version: snapshot.version,
+        changed: false,
+        published_ns: 0,
+    };
+    for (id, state) in targets {
+        match state {
+            State::Down => {
+                libmcshm::lifecycle::rejoin(
+                    &mut registry,
+                    id,
+                    Timeouts::default(),
+                    no_flush,
+                    "mcadmin up",
+                )?;
+            }
+            State::Draining => {
+                commit = registry.transact(|t| {
+                    if let Some(s) = t.servers.iter_mut().find(|s| s.id == id) {
+                        s.state = State::Up;
+                        s.reason = "drain cancelled (mcadmin up)".into();
+                    }
+                    Ok(())
+                })?;
+            }
+            State::Up => {}
+        }
+    }
+    let version = registry.version();
+    if version != commit.version {
+        commit = Commit {
+            version,
+            changed: true,
+            published_ns: 0,
+        };
+    }
+    report_commit(ctx, commit)
 }
 
 fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -> Result<Exit> {

@@ -1,0 +1,84 @@
+//! Which processes have a domain open (`mcadmin clients`): each client claims a 64-byte record
+//! in the file's clients region, identified by pid and process start time (so a recycled pid is
+//! not mistaken for the old process), and notes the table version it last used and when.
+
+/// A process: pid plus its start time (clock ticks since boot, from /proc), packed in one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: u32,
+    start: u32,
+}
+
+impl ProcessId {
+    /// This process (`None` without /proc).
+    pub fn current() -> Option<ProcessId> {
+        let pid = std::process::id();
+        Some(ProcessId {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
+    pub(crate) fn to_word(self) -> u64 {
+        (u64::from(self.start) << 32) | u64::from(self.pid)
+    }
+
+    pub(crate) fn from_word(word: u64) -> ProcessId {
+        ProcessId {
+            pid: word as u32,
+            start: (word >> 32) as u32,
+        }
+    }
+
+    /// Whether the process still runs (same pid, same start time).
+    pub fn is_alive(self) -> bool {
+        self.pid != 0 && start_time(self.pid) == Some(self.start)
+    }
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks), truncated to 32 bits.
+fn start_time(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: skip past it.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let ticks: u64 = after.split(' ').nth(19)?.parse().ok()?;
+    Some(ticks as u32)
+}
+
+/// This process's name (/proc/self/comm, at most 15 bytes), as two words.
+pub(crate) fn comm_words() -> [u64; 2] {
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let mut bytes = [0u8; 16];
+    let name = comm.trim_end().as_bytes();
+    let len = name.len().min(15);
+    bytes[..len].copy_from_slice(&name[..len]);
+    [
+        u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+        u64::from_le_bytes(bytes[8..].try_into().unwrap()),
+    ]
+}
+
+/// One process using a domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub pid: u32,
+    pub command: String,
+    /// The table version it last used, and when (ms since the epoch; 0: not yet).
+    pub version: u64,
+    pub last_used_ms: u64,
+}
+
+impl ClientInfo {
+    pub(crate) fn from_record(id: ProcessId, record: &[u64; 8]) -> ClientInfo {
+        let mut name = [0u8; 16];
+        name[..8].copy_from_slice(&record[3].to_le_bytes());
+        name[8..].copy_from_slice(&record[4].to_le_bytes());
+        let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+        ClientInfo {
+            pid: id.pid,
+            command: String::from_utf8_lossy(&name[..len]).into_owned(),
+            version: record[1],
+            last_used_ms: record[2],
+        }
+    }
+}
