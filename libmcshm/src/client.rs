@@ -16,7 +16,33 @@
 //! client marks the server down in the registry, with a reason naming the error and the pid, for
 //! every process on the host. A process that may read but not write the registry treats the
 //! server as down itself and reports that once through the failure callback. A down server gets
-//! no connection attempts.
+//! no connection attempts, except the retry probe: once per `retry_interval` per host (a lease
+//! in the shared live record) one process probes it and, if it answers, brings it back through
+//! the domain's rejoin policy (flush first; see [`crate::lifecycle`]).
+//!
+//! Replication (`replicas` N): writes go to the first N distinct servers along the ring (the
+//! up ones); reads try them in order and fall back to the next on a miss or an error. What is
+//! and is not consistent: a set/add/replace/append/prepend/delete/touch is sent to every
+//! replica, one after the other, so a reader may see the old value on one replica and the new
+//! one on another until the last write lands, and a replica that was unreachable during a write
+//! keeps its old value (it is skipped only while it is down; a rejoin flushes it). `incr`/`decr`
+//! run on each replica independently: counters agree only if every replica saw every change.
+//! `cas` runs on the first up replica only (cas uniques are per server); the other replicas get
+//! no write, so follow a cas with a set if replicas must agree. `add` reports the first
+//! replica's outcome.
+//!
+//! With `rehash`, a write also deletes the key from the next server along the ring after its
+//! replicas: that is where the key goes if one of them fails, so a copy written there during an
+//! earlier outage can never be served once the key has been written again (the double fault of
+//! the seed threads).
+//!
+//! Warm-up (rejoin `warm`): for the warm window after a rejoin, a miss on the rejoined server is
+//! looked up on the server that owned the key while it was away; a hit is copied back with
+//! `add` (never over a newer write, keeping flags and remaining TTL) and returned.
+//!
+//! Draining (`mcadmin drain`): a draining server is left out of the ring; a miss on a key's new
+//! owner falls back to the draining server, and a hit there is moved (added to the new owner,
+//! deleted from the draining server). Writes also delete the key from the draining server.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -107,6 +133,10 @@ struct Routing {
     ring: Ring,
     /// Ring server number → index in `snapshot.servers`.
     members: Vec<usize>,
+    /// With draining servers: the ring that still includes them (to find where a key was).
+    with_draining: Option<(Ring, Vec<usize>)>,
+    /// Down servers with a retry interval (candidates for the retry probe).
+    probeable: Vec<usize>,
 }
 
 /// Where a key goes.
@@ -114,6 +144,10 @@ enum Target {
     Up(usize),
     Down(usize),
 }
+
+/// Operations between two periodic checks (retry probes of servers off the ring, and the
+/// clients record's last-used time).
+const PERIODIC_OPS: u64 = 64;
 
 /// A memcached client over a registry domain or a private server list. Use one per thread.
 pub struct Client {
@@ -127,6 +161,8 @@ pub struct Client {
     reported: HashSet<Address>,
     on_failure: Option<FailureCallback>,
     scratch: Vec<u8>,
+    ops: u64,
+    client_slot: Option<usize>,
 }
 
 impl Client {
@@ -142,7 +178,11 @@ impl Client {
             Err(Error::PermissionDenied { .. }) => Registry::open(dir, domain)?,
             other => other?,
         };
-        Ok(Client::new(Source::Registry(registry), timeouts))
+        let mut client = Client::new(Source::Registry(registry), timeouts);
+        if let Source::Registry(registry) = &client.source {
+            client.client_slot = registry.register_client();
+        }
+        Ok(client)
     }
 
     /// A client of a private server list (weights 1, failover none), for use without a
@@ -189,6 +229,8 @@ impl Client {
             reported: HashSet::new(),
             on_failure: None,
             scratch: Vec::new(),
+            ops: 0,
+            client_slot: None,
         }
     }
 
@@ -223,11 +265,47 @@ impl Client {
         self.retrieve(key, cas, Some(ttl))
     }
 
+    /// Reads along the key's replicas: the first hit wins; a miss on all is a miss; an error
+    /// only if no replica answered. Then warm-up and drain fallbacks.
     fn retrieve(&mut self, key: &[u8], cas: bool, touch: Option<i64>) -> Result<Option<Item>> {
-        let server = match self.target(key)? {
-            Target::Up(i) => i,
-            Target::Down(_) => return Ok(None),
-        };
+        let chain = self.chain(key)?;
+        let (mut answered, mut last_error) = (false, None);
+        for (n, &server) in chain.iter().enumerate() {
+            if self.is_down(&self.routing().snapshot.servers[server]) {
+                self.maybe_probe(server);
+                continue;
+            }
+            match self.get_one(server, key, cas, touch) {
+                Ok(Some(item)) => return Ok(Some(item)),
+                Ok(None) => {
+                    answered = true;
+                    if n == 0
+                        && let Some(item) = self.warm_fill(server, key)
+                    {
+                        return Ok(Some(item));
+                    }
+                }
+                Err(err) => last_error = Some(err),
+            }
+        }
+        if let Some(&owner) = chain.first()
+            && let Some(item) = self.drain_fill(owner, key)
+        {
+            return Ok(Some(item));
+        }
+        match (answered, last_error) {
+            (false, Some(err)) => Err(err),
+            _ => Ok(None),
+        }
+    }
+
+    fn get_one(
+        &mut self,
+        server: usize,
+        key: &[u8],
+        cas: bool,
+        touch: Option<i64>,
+    ) -> Result<Option<Item>> {
         let keys = [key];
         let request = Request::Get {
             keys: &keys,
@@ -240,45 +318,139 @@ impl Client {
         }
     }
 
+    /// `mg KEY t f v` on one server: value, flags, remaining TTL (0 = never, as `set` takes it).
+    fn meta_get(&mut self, server: usize, key: &[u8]) -> Result<Option<(Vec<u8>, u32, i64)>> {
+        match self.call(server, &Request::MetaGet { key })? {
+            Reply::Meta { value, flags, ttl } => Ok(Some((value, flags, ttl.max(0)))),
+            Reply::NotFound => Ok(None),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// Warm-up: a miss on a server in its warm window is looked up on the server that owned the
+    /// key while it was away, and a hit is copied back with `add`.
+    fn warm_fill(&mut self, server: usize, key: &[u8]) -> Option<Item> {
+        let snapshot = self.routing().snapshot.clone();
+        let rejoined = &snapshot.servers[server];
+        if rejoined.warm_until_ms == 0 || crate::registry::now_ms() >= rejoined.warm_until_ms {
+            return None;
+        }
+        let interim = self
+            .chain_all(key)
+            .into_iter()
+            .find(|&i| i != server && !self.is_down(&snapshot.servers[i]))?;
+        let (value, flags, ttl) = self.meta_get(interim, key).ok()??;
+        let request = Request::Store {
+            verb: StoreVerb::Add,
+            key,
+            flags,
+            exptime: ttl,
+            value: &value,
+        };
+        let _ = self.call(server, &request);
+        Some(Item {
+            key: key.to_vec(),
+            flags,
+            value,
+            cas: None,
+        })
+    }
+
+    /// Drain: a miss on the key's new owner falls back to the draining server that had it; a
+    /// hit there is moved to the new owner.
+    fn drain_fill(&mut self, owner: usize, key: &[u8]) -> Option<Item> {
+        let draining = self.draining_owner(key)?;
+        let (value, flags, ttl) = self.meta_get(draining, key).ok()??;
+        let request = Request::Store {
+            verb: StoreVerb::Add,
+            key,
+            flags,
+            exptime: ttl,
+            value: &value,
+        };
+        if !self.is_down(&self.routing().snapshot.servers[owner])
+            && self.call(owner, &request).is_ok()
+        {
+            let _ = self.call(draining, &Request::Delete { key });
+        }
+        Some(Item {
+            key: key.to_vec(),
+            flags,
+            value,
+            cas: None,
+        })
+    }
+
+    /// The draining server that owned `key` before the drain, if any.
+    fn draining_owner(&self, key: &[u8]) -> Option<usize> {
+        let (ring, members) = self.routing().with_draining.as_ref()?;
+        let i = members[ring.server_for(key)?];
+        (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
+    }
+
     /// Gets many keys: grouped per server, each group pipelined in `get` commands of up to 100
-    /// keys. Keys of down servers are misses; keys of failing servers are reported in
-    /// `errors`. Bad keys fail the whole call before anything is sent.
+    /// keys; keys missed (or failed) on their first replica are asked of the next. Keys of down
+    /// servers are misses; keys no replica answered for are reported in `errors`. Bad keys fail
+    /// the whole call before anything is sent.
     pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
-        let mut groups: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        let mut pending: Vec<(&[u8], Vec<usize>)> = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Target::Up(i) = self.target(key)? {
-                groups.entry(i).or_default().push(key);
-            }
+            pending.push((key, self.chain(key)?));
         }
         let mut result = MultiGet::default();
-        for (server, keys) in groups {
-            let requests: Vec<Request> = keys
-                .chunks(KEYS_PER_GET)
-                .map(|chunk| Request::Get {
-                    keys: chunk,
-                    cas,
-                    touch: None,
-                })
-                .collect();
-            match self.pipeline(server, &requests) {
-                Ok(replies) => {
-                    for reply in replies {
-                        match reply {
-                            Reply::Values(items) => result.items.extend(items),
-                            other => {
-                                let err = self.unexpected(server, other);
-                                result.errors.push((self.address(server), err));
+        let mut failed: HashMap<usize, Error> = HashMap::new();
+        let replicas = pending.iter().map(|p| p.1.len()).max().unwrap_or(0);
+        for round in 0..replicas {
+            let mut groups: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+            for (key, chain) in &pending {
+                if let Some(&server) = chain.get(round)
+                    && !self.is_down(&self.routing().snapshot.servers[server])
+                {
+                    groups.entry(server).or_default().push(key);
+                }
+            }
+            let mut hits: HashSet<Vec<u8>> = HashSet::new();
+            for (server, keys) in groups {
+                let requests: Vec<Request> = keys
+                    .chunks(KEYS_PER_GET)
+                    .map(|chunk| Request::Get {
+                        keys: chunk,
+                        cas,
+                        touch: None,
+                    })
+                    .collect();
+                match self.pipeline(server, &requests) {
+                    Ok(replies) => {
+                        for reply in replies {
+                            match reply {
+                                Reply::Values(items) => {
+                                    for item in items {
+                                        hits.insert(item.key.clone());
+                                        result.items.push(item);
+                                    }
+                                }
+                                other => {
+                                    let err = self.unexpected(server, other);
+                                    failed.insert(server, err);
+                                }
                             }
                         }
                     }
+                    Err(err) => {
+                        failed.insert(server, err);
+                    }
                 }
-                Err(err) => result.errors.push((self.address(server), err)),
             }
+            pending.retain(|(key, _)| !hits.contains(*key));
+        }
+        for (server, err) in failed {
+            result.errors.push((self.address(server), err));
         }
         Ok(result)
     }
 
-    /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`).
+    /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`), on every up replica
+    /// (cas: the first only). Returns the first replica's outcome.
     pub fn store(
         &mut self,
         verb: StoreVerb,
@@ -287,7 +459,6 @@ impl Client {
         flags: u32,
         ttl: i64,
     ) -> Result<Stored> {
-        let server = self.writable_target(key)?;
         let request = Request::Store {
             verb,
             key,
@@ -295,7 +466,8 @@ impl Client {
             exptime: ttl,
             value,
         };
-        let reply = self.call(server, &request)?;
+        let only_first = matches!(verb, StoreVerb::Cas(_));
+        let (server, reply) = self.write(key, &request, only_first)?;
         self.stored(server, reply)
     }
 
@@ -303,7 +475,60 @@ impl Client {
         self.store(StoreVerb::Set, key, value, flags, ttl)
     }
 
-    /// Stores many items: grouped per server and pipelined. One result per item, in order.
+    /// Sends a write to the key's up replicas; returns the first one's reply. Then the
+    /// invalidations of the module doc (rehash: next server along the ring; a draining owner).
+    fn write(
+        &mut self,
+        key: &[u8],
+        request: &Request<'_>,
+        only_first: bool,
+    ) -> Result<(usize, Reply)> {
+        let chain = self.chain(key)?;
+        let up: Vec<usize> = chain
+            .iter()
+            .copied()
+            .filter(|&i| !self.is_down(&self.routing().snapshot.servers[i]))
+            .collect();
+        let Some(&first) = up.first() else {
+            if let Some(&primary) = chain.first() {
+                self.maybe_probe(primary);
+                return Err(self.down_error(primary));
+            }
+            return Err(Error::NoServers { what: self.what() });
+        };
+        let (mut answer, mut last_error) = (None, None);
+        for &server in if only_first { &up[..1] } else { &up[..] } {
+            match self.call(server, request) {
+                Ok(reply) if answer.is_none() => answer = Some((server, reply)),
+                Ok(_) => {}
+                Err(err) => last_error = Some(err),
+            }
+        }
+        self.invalidate_elsewhere(key, chain.len());
+        match (answer, last_error) {
+            (Some(answer), _) => Ok(answer),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(self.down_error(first)),
+        }
+    }
+
+    /// After a write: delete the key where a stale copy could later be served from.
+    fn invalidate_elsewhere(&mut self, key: &[u8], replicas: usize) {
+        let mut stale = Vec::new();
+        if self.routing().snapshot.policy.failover == Failover::Rehash
+            && let Some(next) = self.chain_all(key).get(replicas).copied()
+            && !self.is_down(&self.routing().snapshot.servers[next])
+        {
+            stale.push(next);
+        }
+        stale.extend(self.draining_owner(key));
+        for server in stale {
+            let _ = self.call(server, &Request::Delete { key });
+        }
+    }
+
+    /// Stores many items: grouped per server and pipelined (first replica; with replicas > 1
+    /// each item is stored on every replica). One result per item, in order.
     pub fn store_many(
         &mut self,
         verb: StoreVerb,
@@ -313,10 +538,17 @@ impl Client {
         let mut results: Vec<Option<Result<Stored>>> = Vec::new();
         for (n, item) in items.iter().enumerate() {
             results.push(None);
-            match self.writable_target(item.key) {
-                Ok(server) => groups.entry(server).or_default().push(n),
-                Err(err @ Error::BadKey { .. }) => return Err(err),
-                Err(err) => results[n] = Some(Err(err)),
+            proto::check_key(item.key).map_err(|why| Error::bad_key(item.key, why))?;
+            let chain = self.chain(item.key)?;
+            let mut any = false;
+            for server in chain {
+                if !self.is_down(&self.routing().snapshot.servers[server]) {
+                    groups.entry(server).or_default().push(n);
+                    any = true;
+                }
+            }
+            if !any {
+                results[n] = Some(self.writable_target(item.key).map(|_| Stored::NotStored));
             }
         }
         for (server, members) in groups {
@@ -333,16 +565,21 @@ impl Client {
             match self.pipeline(server, &requests) {
                 Ok(replies) => {
                     for (n, reply) in members.into_iter().zip(replies) {
-                        results[n] = Some(self.stored(server, reply));
+                        let outcome = self.stored(server, reply);
+                        if !matches!(results[n], Some(Ok(_))) {
+                            results[n] = Some(outcome);
+                        }
                     }
                 }
                 Err(err) => {
                     let text = err.to_string();
                     for n in members {
-                        results[n] = Some(Err(Error::Network {
-                            server: self.address(server).to_string(),
-                            error: text.clone(),
-                        }));
+                        if results[n].is_none() {
+                            results[n] = Some(Err(Error::Network {
+                                server: self.address(server).to_string(),
+                                error: text.clone(),
+                            }));
+                        }
                     }
                 }
             }
@@ -359,13 +596,12 @@ impl Client {
             .collect())
     }
 
-    /// Deletes a key; `false` if it did not exist.
+    /// Deletes a key (on every replica); `false` if it did not exist.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let server = self.writable_target(key)?;
-        match self.call(server, &Request::Delete { key })? {
-            Reply::Deleted => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(self.unexpected(server, other)),
+        match self.write(key, &Request::Delete { key }, false)? {
+            (_, Reply::Deleted) => Ok(true),
+            (_, Reply::NotFound) => Ok(false),
+            (server, other) => Err(self.unexpected(server, other)),
         }
     }
 
@@ -380,21 +616,19 @@ impl Client {
     }
 
     fn arith(&mut self, key: &[u8], request: Request<'_>) -> Result<Option<u64>> {
-        let server = self.writable_target(key)?;
-        match self.call(server, &request)? {
-            Reply::Number(n) => Ok(Some(n)),
-            Reply::NotFound => Ok(None),
-            other => Err(self.unexpected(server, other)),
+        match self.write(key, &request, false)? {
+            (_, Reply::Number(n)) => Ok(Some(n)),
+            (_, Reply::NotFound) => Ok(None),
+            (server, other) => Err(self.unexpected(server, other)),
         }
     }
 
-    /// Sets a new expiration time; `false` if the key does not exist.
+    /// Sets a new expiration time (on every replica); `false` if the key does not exist.
     pub fn touch(&mut self, key: &[u8], ttl: i64) -> Result<bool> {
-        let server = self.writable_target(key)?;
-        match self.call(server, &Request::Touch { key, exptime: ttl })? {
-            Reply::Touched => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(self.unexpected(server, other)),
+        match self.write(key, &Request::Touch { key, exptime: ttl }, false)? {
+            (_, Reply::Touched) => Ok(true),
+            (_, Reply::NotFound) => Ok(false),
+            (server, other) => Err(self.unexpected(server, other)),
         }
     }
 
@@ -480,10 +714,14 @@ impl Client {
             Source::Registry(registry) => registry.version(),
             Source::Servers(_) => 0,
         };
+        self.ops += 1;
         if let Some(r) = &self.routing
             && r.snapshot.version == version
             && r.local_epoch == self.local_epoch
         {
+            if self.ops.is_multiple_of(PERIODIC_OPS) {
+                self.periodic();
+            }
             return Ok(());
         }
         let snapshot = match &mut self.source {
@@ -498,29 +736,45 @@ impl Client {
             // The operator changed the table: our private view of it starts again.
             self.local_down.clear();
         }
-        let members: Vec<usize> = match snapshot.policy.failover {
-            Failover::None => (0..snapshot.servers.len()).collect(),
-            Failover::Rehash => (0..snapshot.servers.len())
-                .filter(|&i| !self.is_down(&snapshot.servers[i]))
-                .collect(),
+        let servers = &snapshot.servers;
+        let on_ring = |i: &usize| match snapshot.policy.failover {
+            Failover::None => servers[*i].state != State::Draining,
+            Failover::Rehash => {
+                servers[*i].state == State::Up && !self.local_down.contains(&servers[*i].address)
+            }
         };
-        let names: Vec<String> = members
-            .iter()
-            .map(|&i| point_name(&snapshot.servers[i].address))
+        let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
+        let ring = build_ring(servers, &members);
+        let with_draining = servers.iter().any(|s| s.state == State::Draining).then(|| {
+            let all: Vec<usize> = (0..servers.len())
+                .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
+                .collect();
+            (build_ring(servers, &all), all)
+        });
+        let probeable = (0..servers.len())
+            .filter(|&i| servers[i].state == State::Down && servers[i].retry_interval >= 0)
             .collect();
-        let ring = Ring::build(
-            names
-                .iter()
-                .map(String::as_str)
-                .zip(members.iter().map(|&i| snapshot.servers[i].weight)),
-        );
         self.routing = Some(Routing {
             snapshot,
             local_epoch: self.local_epoch,
             ring,
             members,
+            with_draining,
+            probeable,
         });
+        self.periodic();
         Ok(())
+    }
+
+    /// Every [`PERIODIC_OPS`] operations (and on every new version): note in the clients record
+    /// that we use this version, and give down servers off the ring their retry probe.
+    fn periodic(&mut self) {
+        if let (Source::Registry(registry), Some(slot)) = (&self.source, self.client_slot) {
+            registry.touch_client(slot, self.routing().snapshot.version);
+        }
+        for server in self.routing().probeable.clone() {
+            self.maybe_probe(server);
+        }
     }
 
     fn is_down(&self, server: &Server) -> bool {
@@ -542,6 +796,62 @@ impl Client {
         } else {
             Target::Up(i)
         })
+    }
+
+    /// The key's replicas: the first `replicas` distinct servers along the ring, owner first.
+    fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
+        self.target(key)?;
+        let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
+        let mut chain = self.chain_all(key);
+        chain.truncate(replicas);
+        Ok(chain)
+    }
+
+    /// Every server along the ring from the key, in ring order (the key was checked).
+    fn chain_all(&self, key: &[u8]) -> Vec<usize> {
+        let routing = self.routing();
+        routing
+            .ring
+            .servers_from(key)
+            .map(|m| routing.members[m])
+            .collect()
+    }
+
+    /// The retry probe of a down server: at most one process per host per retry interval (the
+    /// lease), and only processes that can write the registry. A server that answers comes back
+    /// through the rejoin policy.
+    fn maybe_probe(&mut self, server: usize) {
+        let Source::Registry(registry) = &self.source else {
+            return;
+        };
+        let candidate = self.routing().snapshot.servers[server].clone();
+        let Ok(interval) = u32::try_from(candidate.retry_interval) else {
+            return;
+        };
+        if candidate.state != State::Down
+            || !registry.is_writable()
+            || !registry.try_probe_lease(&candidate, interval)
+        {
+            return;
+        }
+        if crate::lifecycle::probe(&candidate.address, self.timeouts, None).is_err() {
+            return;
+        }
+        let dir = registry
+            .path()
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let domain = registry.domain().clone();
+        if let Ok(mut writer) = Registry::open_writer(dir, &domain, false) {
+            let _ = crate::lifecycle::rejoin(
+                &mut writer,
+                candidate.id,
+                self.timeouts,
+                false,
+                "retry probe",
+            );
+        }
     }
 
     fn writable_target(&mut self, key: &[u8]) -> Result<usize> {
@@ -742,6 +1052,27 @@ impl Client {
                 self.local_epoch += 1;
                 MarkedDown::LocallyOnly
             }
+        }
+    }
+}
+
+fn build_ring(servers: &[Server], members: &[usize]) -> Ring {
+    let names: Vec<String> = members
+        .iter()
+        .map(|&i| point_name(&servers[i].address))
+        .collect();
+    Ring::build(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(members.iter().map(|&i| servers[i].weight)),
+    )
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let (Source::Registry(registry), Some(slot)) = (&self.source, self.client_slot) {
+            registry.release_client(slot);
         }
     }
 }

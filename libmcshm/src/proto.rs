@@ -115,6 +115,10 @@ pub enum Request<'a> {
     Stats {
         group: Option<&'a str>,
     },
+    /// Meta get `mg KEY t f v`: value, flags and remaining TTL in one round trip.
+    MetaGet {
+        key: &'a [u8],
+    },
 }
 
 impl Request<'_> {
@@ -163,6 +167,9 @@ impl Request<'_> {
                 }
             }
             Request::Version => out.extend_from_slice(b"version"),
+            Request::MetaGet { key } => {
+                line(out, b"mg", key, "t f v");
+            }
             Request::Stats { group } => {
                 out.extend_from_slice(b"stats");
                 if let Some(g) = group {
@@ -185,6 +192,7 @@ impl Request<'_> {
             Request::FlushAll { .. } => Expect::Ok,
             Request::Version => Expect::Version,
             Request::Stats { .. } => Expect::Stats,
+            Request::MetaGet { .. } => Expect::Meta,
         }
     }
 }
@@ -211,6 +219,7 @@ pub enum Expect {
     Ok,
     Version,
     Stats,
+    Meta,
 }
 
 /// One item of a retrieval reply.
@@ -237,6 +246,12 @@ pub enum Reply {
     Number(u64),
     Version(String),
     Stats(Vec<(String, String)>),
+    /// A meta get hit: value, flags, remaining TTL in seconds (-1: never expires).
+    Meta {
+        value: Vec<u8>,
+        flags: u32,
+        ttl: i64,
+    },
     /// `ERROR`: the server did not understand the command.
     Error,
     /// `CLIENT_ERROR msg`: the server refused our request (e.g. bad data chunk).
@@ -301,6 +316,21 @@ pub fn parse_reply(expect: Expect, buf: &[u8]) -> Parsed {
                 Some(n) => simple(Reply::Number(n)),
                 None => unexpected(),
             },
+        },
+        Expect::Meta => match first {
+            b"EN" => simple(Reply::NotFound),
+            line => {
+                let (len, flags, ttl) = parse_meta_value_line(line)?;
+                let rest = &buf[used..];
+                if rest.len() < len + 2 {
+                    return Ok(None);
+                }
+                if &rest[len..len + 2] != b"\r\n" {
+                    return Err(Malformed("meta value not followed by CRLF".into()));
+                }
+                let value = rest[..len].to_vec();
+                Ok(Some((Reply::Meta { value, flags, ttl }, used + len + 2)))
+            }
         },
         Expect::Version => match first.strip_prefix(b"VERSION ") {
             Some(v) => simple(Reply::Version(String::from_utf8_lossy(v).into_owned())),
@@ -404,6 +434,35 @@ fn parse_value_line(line: &[u8]) -> Result<(Item, usize), Malformed> {
         },
         len,
     ))
+}
+
+/// `VA <len> t<ttl> f<flags>`: the value length, flags and TTL.
+fn parse_meta_value_line(line: &[u8]) -> Result<(usize, u32, i64), Malformed> {
+    let bad = || {
+        Malformed(format!(
+            "bad meta reply {:?}",
+            String::from_utf8_lossy(line)
+        ))
+    };
+    let text = std::str::from_utf8(line).map_err(|_| bad())?;
+    let mut fields = text.split(' ');
+    if fields.next() != Some("VA") {
+        return Err(bad());
+    }
+    let len: usize = fields
+        .next()
+        .and_then(|l| l.parse().ok())
+        .filter(|&l| l <= MAX_VALUE_LEN)
+        .ok_or_else(bad)?;
+    let (mut flags, mut ttl) = (0, -1);
+    for field in fields {
+        match field.split_at_checked(1) {
+            Some(("f", v)) => flags = v.parse().map_err(|_| bad())?,
+            Some(("t", v)) => ttl = v.parse().map_err(|_| bad())?,
+            _ => {}
+        }
+    }
+    Ok((len, flags, ttl))
 }
 
 fn error_reply(line: &[u8]) -> Option<Reply> {
