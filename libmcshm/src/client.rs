@@ -381,6 +381,43 @@ impl Client {
         })
     }
 
+    /// Moves one key off the draining server `draining` to its new owner (keeping flags and
+    /// remaining TTL; never over a newer value there), then deletes it from `draining`.
+    pub fn move_key(&mut self, draining: &Address, key: &[u8]) -> Result<crate::drain::Moved> {
+        use crate::drain::Moved;
+        let owner = self.writable_target(key)?;
+        let snapshot = self.routing().snapshot.clone();
+        let from = snapshot
+            .servers
+            .iter()
+            .position(|s| s.address.same_server(draining) && s.state == State::Draining)
+            .ok_or_else(|| Error::NoServer {
+                server: draining.to_string(),
+                domain: snapshot.domain.clone(),
+            })?;
+        let Some((value, flags, ttl)) = self.meta_get(from, key)? else {
+            return Ok(Moved::Gone);
+        };
+        let request = Request::Store {
+            verb: StoreVerb::Add,
+            key,
+            flags,
+            exptime: ttl,
+            value: &value,
+        };
+        let moved = match self.stored_reply(owner, &request)? {
+            Stored::Stored => Moved::Moved,
+            _ => Moved::Kept,
+        };
+        self.call(from, &Request::Delete { key })?;
+        Ok(moved)
+    }
+
+    fn stored_reply(&mut self, server: usize, request: &Request<'_>) -> Result<Stored> {
+        let reply = self.call(server, request)?;
+        self.stored(server, reply)
+    }
+
     /// The draining server that owned `key` before the drain, if any.
     fn draining_owner(&self, key: &[u8]) -> Option<usize> {
         let (ring, members) = self.routing().with_draining.as_ref()?;

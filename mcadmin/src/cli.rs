@@ -169,6 +169,49 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Watch servers: probe each one every interval, mark one down after N failed probes, and
+    /// bring one that answers again back through the rejoin policy (flush first). One watcher
+    /// acts on a domain per host; others stand by and take over when it dies. Every transition
+    /// is a line on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM
+    /// and SIGINT.
+    Watch {
+        /// Domains to watch [default: --domain]
+        #[arg(value_name = "DOMAIN", conflicts_with = "all")]
+        domains: Vec<String>,
+        /// Watch every domain in the registry directory (new ones are picked up)
+        #[arg(long)]
+        all: bool,
+        /// Seconds between probe rounds
+        #[arg(long, default_value_t = 2.0, value_name = "S")]
+        interval: f64,
+        /// Failed probes in a row that mark a server down [default: the domain's failure limit]
+        #[arg(long, value_name = "N")]
+        failures: Option<u32>,
+        /// Also set and get this key on each probe (checks that the server stores data)
+        #[arg(long, value_name = "KEY")]
+        check_key: Option<String>,
+        /// Run this shell command on every transition, with MCSHM_EVENT (down, up,
+        /// rejoin-failed, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON and
+        /// MCSHM_TIME in its environment
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// Probe timeout in seconds
+        #[arg(long, default_value_t = 1.0, value_name = "S")]
+        timeout: f64,
+    },
+    /// Retire a server gently: mark it draining (clients send its keys to their new owners and
+    /// move what they find on it), move its keys at --rate keeping flags and TTL, then remove
+    /// it. Ctrl-C leaves it draining (run drain again to resume); `mcadmin up` cancels.
+    Drain {
+        #[arg(value_name = "ADDR")]
+        server: String,
+        /// Keys moved per second (0: as fast as possible)
+        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
+        rate: u32,
+    },
+    /// The processes on this host that have the domain open: pid, command, the table version
+    /// they last used and when. Records of dead processes are dropped.
+    Clients,
     /// Wait until the domain's version changes, then print the new version.
     Wait {
         /// Wait for a version greater than V [default: the current version]

@@ -7,6 +7,7 @@
 #[path = "../../src/bin_common.rs"]
 mod bin_common;
 mod cli;
+mod lifecycle;
 mod show;
 
 use std::io::{self, Read, Write};
@@ -29,7 +30,7 @@ use cli::{Cli, Command};
 
 /// Exit codes (documented in `--help` and mcadmin(8)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Exit {
+pub enum Exit {
     Success = 0,
     No = 1,
     BadInput = 2,
@@ -65,10 +66,10 @@ fn exit_for(err: &anyhow::Error) -> Exit {
     }
 }
 
-struct Invocation {
-    dir: PathBuf,
-    domain: Domain,
-    json: bool,
+pub struct Invocation {
+    pub dir: PathBuf,
+    pub domain: Domain,
+    pub json: bool,
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
@@ -183,6 +184,28 @@ fn run(cli: &Cli) -> Result<Exit> {
         }
         Command::Load { file } => load(&ctx, file),
         Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
+        Command::Watch {
+            domains,
+            all,
+            interval,
+            failures,
+            check_key,
+            exec,
+            timeout,
+        } => lifecycle::watch(
+            &ctx,
+            lifecycle::WatchOptions {
+                domains,
+                all: *all,
+                interval: *interval,
+                failures: *failures,
+                check_key: check_key.as_deref(),
+                exec: exec.as_deref(),
+                timeout: *timeout,
+            },
+        ),
+        Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),
+        Command::Clients => lifecycle::clients(&ctx),
     }
 }
 
@@ -428,7 +451,7 @@ fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<f64>) -> Result<Ex
 }
 
 /// Prints JSON (one document, newline-terminated) or text.
-fn print(
+pub fn print(
     ctx: &Invocation,
     json: impl FnOnce() -> serde_json::Value,
     text: impl FnOnce() -> String,

@@ -106,6 +106,66 @@ impl Memcached {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts memcached again on the same port (after [`Memcached::kill`]), with extra
+    /// arguments, and waits until it accepts connections.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.kill();
+        let port = self.port.to_string();
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "0",
+            "-t",
+            "1",
+            "-m",
+            "64",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        if super::is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        self.child = Some(cmd.spawn().expect("restart memcached"));
+        let up = super::wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+        assert!(up, "memcached did not come back on port {}", self.port);
+    }
+
+    pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Sets a key over a raw connection (as if written while the server was away from us).
+    pub fn raw_set(&self, key: &str, value: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(stream, "set {key} 0 0 {}\r\n{value}\r\n", value.len()).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        assert_eq!(line, "STORED\r\n");
+    }
+
+    /// Gets a key over a raw connection (`None` on a miss).
+    pub fn raw_get(&self, key: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(stream, "get {key}\r\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "END\r\n" {
+            return None;
+        }
+        let mut value = String::new();
+        reader.read_line(&mut value).unwrap();
+        Some(value.trim_end_matches("\r\n").to_string())
+    }
+
     /// SIGKILLs the server and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

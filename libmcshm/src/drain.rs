@@ -1,0 +1,121 @@
+//! Retiring a server gently (`mcadmin drain`, seed thread 003): while a server is draining,
+//! clients send its keys to their new owner and move what they still find on it; meanwhile the
+//! operator's drain enumerates its keys (`lru_crawler metadump all`) and moves them at a chosen
+//! rate, keeping each key's flags and remaining TTL (`mg KEY t f v`), then removes the server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::address::Address;
+use crate::conn::Timeouts;
+
+/// Longest metadump we read (a bound on memory for a hostile or enormous server).
+const MAX_DUMP: usize = 1 << 30;
+
+/// The keys a server holds, from `lru_crawler metadump all` (sent on a connection of its own:
+/// memcached answers it only when it is not pipelined behind other commands).
+pub fn list_keys(address: &Address, timeouts: Timeouts) -> Result<Vec<Vec<u8>>, String> {
+    let dump = metadump(address, timeouts).map_err(|e| format!("lru_crawler metadump: {e}"))?;
+    let text = String::from_utf8_lossy(&dump);
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line == "END" {
+            return Ok(keys);
+        }
+        if line.starts_with("BUSY") || line.starts_with("ERROR") || line.starts_with("CLIENT_ERROR")
+        {
+            return Err(format!("lru_crawler metadump refused: {line}"));
+        }
+        if let Some(key) = line.split(' ').find_map(|f| f.strip_prefix("key=")) {
+            keys.push(url_decode(key));
+        }
+    }
+    Err("lru_crawler metadump ended without END".into())
+}
+
+fn metadump(address: &Address, timeouts: Timeouts) -> std::io::Result<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut out = Vec::new();
+    let request = b"lru_crawler metadump all\r\n";
+    let mut read_all = |stream: &mut dyn Read| -> std::io::Result<()> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while !out.ends_with(b"END\r\n") && !ends_with_error(&out) {
+            if Instant::now() > deadline || out.len() > MAX_DUMP {
+                return Err(std::io::Error::other("metadump too long"));
+            }
+            match stream.read(&mut chunk)? {
+                0 => break,
+                n => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(())
+    };
+    match address {
+        Address::Unix { path } => {
+            let mut s = UnixStream::connect(path)?;
+            s.set_read_timeout(Some(timeouts.io.max(Duration::from_secs(10))))?;
+            s.write_all(request)?;
+            read_all(&mut s)?;
+        }
+        other => {
+            let port = other.port().unwrap_or(0);
+            let mut s = TcpStream::connect((other.host().as_str(), port))?;
+            s.set_read_timeout(Some(timeouts.io.max(Duration::from_secs(10))))?;
+            s.write_all(request)?;
+            read_all(&mut s)?;
+        }
+    }
+    Ok(out)
+}
+
+fn ends_with_error(out: &[u8]) -> bool {
+    out.ends_with(b"\r\n")
+        && (out.starts_with(b"BUSY")
+            || out.starts_with(b"ERROR")
+            || out.starts_with(b"CLIENT_ERROR"))
+}
+
+/// Decodes metadump's URL-encoded keys (`%XX`).
+fn url_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// What moving one key did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// Copied to its new owner and deleted from the draining server.
+    Moved,
+    /// The new owner already had the key (a newer write): only deleted from the draining server.
+    Kept,
+    /// No longer on the draining server (expired, evicted, or moved by a client).
+    Gone,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_url_decoded() {
+        assert_eq!(super::url_decode("a%20b%2Fc"), b"a b/c");
+        assert_eq!(super::url_decode("plain"), b"plain");
+        assert_eq!(super::url_decode("bad%zz%4"), b"bad%zz%4");
+    }
+}

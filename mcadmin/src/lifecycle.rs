@@ -1,0 +1,287 @@
+//! mcadmin's long-running commands: `watch` (the health daemon), `drain` and `clients`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libmcshm::drain::{self, Moved};
+use libmcshm::health::{Event, Watcher};
+use libmcshm::{Address, Client, Domain, Registry, State, Timeouts};
+use serde_json::json;
+
+use crate::bin_common::UsageError;
+use crate::show::utc;
+use crate::{Exit, Invocation};
+
+/// A flag set by SIGTERM or SIGINT.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
+    }
+    Ok(stop)
+}
+
+/// Sleeps `duration`, waking early when `stop` is set.
+fn pause(duration: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + duration;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+    }
+}
+
+pub struct WatchOptions<'a> {
+    pub domains: &'a [String],
+    pub all: bool,
+    pub interval: f64,
+    pub failures: Option<u32>,
+    pub check_key: Option<&'a str>,
+    pub exec: Option<&'a str>,
+    pub timeout: f64,
+}
+
+pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
+    let interval = seconds(options.interval, "interval")?;
+    let timeout = seconds(options.timeout, "timeout")?;
+    let timeouts = Timeouts {
+        connect: timeout,
+        io: timeout,
+    };
+    let check_key = options.check_key.map(|k| k.as_bytes().to_vec());
+    if let Some(key) = &check_key {
+        libmcshm::proto::check_key(key)
+            .map_err(|why| UsageError(format!("invalid check key: {why}")))?;
+    }
+    let names: Vec<String> = match (options.all, options.domains.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => vec![ctx.domain.to_string()],
+        (false, false) => options.domains.to_vec(),
+    };
+    let mut watchers: Vec<Watcher> = Vec::new();
+    for name in &names {
+        watchers.push(Watcher::new(
+            &ctx.dir,
+            Domain::new(name)?,
+            options.failures,
+            check_key.clone(),
+            timeouts,
+        ));
+    }
+    let stop = stop_flag()?;
+    while !stop.load(Ordering::Relaxed) {
+        if options.all {
+            for row in crate::show::scan_domains(&ctx.dir)? {
+                if !watchers.iter().any(|w| w.domain().as_str() == row.domain) {
+                    let domain = Domain::new(&row.domain)?;
+                    watchers.push(Watcher::new(
+                        &ctx.dir,
+                        domain,
+                        options.failures,
+                        check_key.clone(),
+                        timeouts,
+                    ));
+                }
+            }
+        }
+        for watcher in &mut watchers {
+            let mut emit = |event: Event| report(ctx, options.exec, &event);
+            if let Err(err) = watcher.round(&mut emit) {
+                eprintln!("mcadmin: watch {}: {err}", watcher.domain());
+            }
+        }
+        pause(interval, &stop);
+    }
+    Ok(Exit::Success)
+}
+
+fn seconds(value: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| UsageError(format!("invalid {what} '{value}': expected seconds > 0")).into())
+}
+
+/// Prints a transition (a line, or a JSON line) and runs the --exec hook for it.
+fn report(ctx: &Invocation, exec: Option<&str>, event: &Event) {
+    let time = utc(event.time_ms);
+    let line = if ctx.json {
+        json!({
+            "time": time,
+            "event": event.kind.as_str(),
+            "domain": event.domain,
+            "server": event.server,
+            "reason": event.reason,
+        })
+        .to_string()
+    } else if event.server.is_empty() {
+        format!(
+            "{time} {} domain={} {}",
+            event.kind.as_str(),
+            event.domain,
+            event.reason
+        )
+    } else {
+        format!(
+            "{time} {} domain={} server={} {}",
+            event.kind.as_str(),
+            event.domain,
+            event.server,
+            event.reason
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    if let Some(command) = exec {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("MCSHM_EVENT", event.kind.as_str())
+            .env("MCSHM_DOMAIN", &event.domain)
+            .env("MCSHM_SERVER", &event.server)
+            .env("MCSHM_REASON", &event.reason)
+            .env("MCSHM_TIME", &time)
+            .stdin(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => eprintln!("mcadmin: --exec command exited with {s}"),
+            Err(e) => eprintln!("mcadmin: cannot run --exec command: {e}"),
+        }
+    }
+}
+
+pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
+    let address = Address::parse(server)?;
+    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, false)?;
+    let snapshot = registry.current_snapshot()?;
+    let target = snapshot
+        .find(&address)
+        .ok_or_else(|| libmcshm::Error::NoServer {
+            server: address.to_string(),
+            domain: ctx.domain.to_string(),
+        })?;
+    let id = target.id;
+    match target.state {
+        State::Down => {
+            return Err(UsageError(format!(
+                "{address} is down: its keys cannot be read to move them (bring it up, or `mcadmin delete` it)"
+            ))
+            .into());
+        }
+        State::Up => {
+            let reason = format!("draining (mcadmin drain, pid {})", std::process::id());
+            registry.transact(|t| {
+                if let Some(s) = t.servers.iter_mut().find(|s| s.id == id) {
+                    s.state = State::Draining;
+                    s.reason = reason;
+                }
+                Ok(())
+            })?;
+        }
+        State::Draining => {} // resuming
+    }
+    let timeouts = Timeouts::default();
+    let keys = drain::list_keys(&address, timeouts).map_err(|error| libmcshm::Error::Network {
+        server: address.to_string(),
+        error,
+    })?;
+    let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
+    let stop = stop_flag()?;
+    let tty = std::io::stderr().is_terminal();
+    let (mut moved, mut kept, mut gone, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let started = Instant::now();
+    for (n, key) in keys.iter().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!(
+                "\nmcadmin: interrupted after {n} of {} keys; {address} is still draining: run `mcadmin drain {address}` again to resume, or `mcadmin up {address}` to cancel",
+                keys.len()
+            );
+            return Ok(Exit::No);
+        }
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+            pause(due.saturating_duration_since(Instant::now()), &stop);
+        }
+        match client.move_key(&address, key) {
+            Ok(Moved::Moved) => moved += 1,
+            Ok(Moved::Kept) => kept += 1,
+            Ok(Moved::Gone) => gone += 1,
+            Err(err) => {
+                failed += 1;
+                eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(key));
+            }
+        }
+        if tty && (n % 100 == 0 || n + 1 == keys.len()) {
+            let width = 30;
+            let done = (n + 1) * width / keys.len().max(1);
+            eprint!(
+                "\r[{}{}] {}/{} keys",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                n + 1,
+                keys.len()
+            );
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    if failed > 0 {
+        eprintln!(
+            "mcadmin: {failed} keys could not be moved; {address} stays draining (run drain again)"
+        );
+        return Ok(Exit::Server);
+    }
+    let removed = registry.transact(|t| {
+        t.servers
+            .retain(|s| !(s.id == id && s.state == State::Draining));
+        Ok(())
+    })?;
+    crate::print(
+        ctx,
+        || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "version": removed.version}),
+        || {
+            format!(
+                "drained {address}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted); removed from domain {} (version {})\n",
+                ctx.domain, removed.version
+            )
+        },
+    )?;
+    Ok(Exit::Success)
+}
+
+pub fn clients(ctx: &Invocation) -> Result<Exit> {
+    let registry = match Registry::open_writer(&ctx.dir, &ctx.domain, false) {
+        Err(libmcshm::Error::PermissionDenied { .. }) => Registry::open(&ctx.dir, &ctx.domain)?,
+        other => other?,
+    };
+    let clients = registry.clients();
+    crate::print(
+        ctx,
+        || {
+            serde_json::Value::Array(
+                clients
+                    .iter()
+                    .map(|c| json!({"pid": c.pid, "command": c.command, "version": c.version, "last_used_ms": c.last_used_ms}))
+                    .collect(),
+            )
+        },
+        || {
+            let mut out = String::from("PID      COMMAND          VERSION  LAST USED\n");
+            for c in &clients {
+                out += &format!(
+                    "{:<8} {:<16} {:<8} {}\n",
+                    c.pid,
+                    c.command,
+                    c.version,
+                    utc(c.last_used_ms)
+                );
+            }
+            out
+        },
+    )?;
+    Ok(Exit::Success)
+}
