@@ -871,9 +871,7 @@ impl Client {
         {
             return;
         }
-        if crate::lifecycle::probe(&candidate.address, self.timeouts, None).is_err() {
-            return;
-        }
+        // The rejoin's flush (or version round trip) is the probe: one connection per lease.
         let dir = registry
             .path()
             .parent()

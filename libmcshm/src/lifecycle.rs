@@ -80,9 +80,10 @@ pub enum Rejoined {
     NotDown,
 }
 
-/// Brings the down server with `id` back through the domain's rejoin policy: flush (unless
-/// `trust`, or `skip_flush`), then mark it up, in one transaction, with `by` in the reason. A
-/// failed flush leaves it down and is an error.
+/// Brings the down server with `id` back through the domain's rejoin policy: flush (`trust`: a
+/// `version` round trip instead; `skip_flush`, the operator's override: no contact), then mark
+/// it up, in one transaction, with `by` in the reason. One connection to the server in all; a
+/// failed flush (or probe) leaves it down and is an error.
 pub fn rejoin(
     writer: &mut Registry,
     id: u32,
