@@ -544,3 +544,56 @@ fn hammer_h(reg: &Reg) -> Child {
     );
     hammer(reg, "somekey", 60.0)
 }
+
+#[test]
+fn an_interrupted_drain_leaves_the_server_draining_clients_move_keys_and_up_cancels() {
+    let reg = Reg::new();
+    let (a, d) = (Memcached::start(), Memcached::start());
+    reg.ok("di", &["add", &a.address(), &d.address()]);
+    let mut c = client(&reg, "di");
+    for i in 0..400 {
+        c.set(format!("x{i}").as_bytes(), b"v", 0, 0).unwrap();
+    }
+    let on_d = d.stat("curr_items");
+    let mut drain = reg
+        .cmd("di", &["drain", &d.address(), "--rate", "20"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || d.stat("curr_items") < on_d),
+        "the drain moved nothing"
+    );
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(drain.id().to_string())
+        .status();
+    let out = drain.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still draining"));
+    assert_eq!(reg.list_json("di")["servers"][1]["state"], "draining");
+    // While draining, a client reading a key still on D gets it, and moves it to A.
+    let left = (0..400)
+        .map(|i| format!("x{i}"))
+        .find(|k| d.raw_get(k).is_some())
+        .unwrap();
+    assert_eq!(value(&mut c, &left).as_deref(), Some("v"));
+    assert_eq!(
+        d.raw_get(&left),
+        None,
+        "not deleted from the draining server"
+    );
+    assert_eq!(
+        a.raw_get(&left).as_deref(),
+        Some("v"),
+        "not moved to the new owner"
+    );
+    // `mcadmin up` cancels the drain.
+    reg.ok("di", &["up", &d.address()]);
+    assert_eq!(reg.list_json("di")["servers"][1]["state"], "up");
+}
