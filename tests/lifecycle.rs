@@ -555,7 +555,7 @@ fn an_interrupted_drain_leaves_the_server_draining_clients_move_keys_and_up_canc
         c.set(format!("x{i}").as_bytes(), b"v", 0, 0).unwrap();
     }
     let on_d = d.stat("curr_items");
-    let mut drain = reg
+    let drain = reg
         .cmd("di", &["drain", &d.address(), "--rate", "20"])
         .stderr(Stdio::piped())
         .spawn()
