@@ -133,7 +133,7 @@ fn roff(text: &str) -> String {
 
 fn commands_section(cmd: &mut clap::Command) -> String {
     let mut out = String::from(".SH COMMANDS\n");
-    for sub in cmd.get_subcommands_mut() {
+    for sub in cmd.get_subcommands_mut().filter(|s| !s.is_hide_set()) {
         let usage = sub.render_usage().to_string();
         let usage = usage.trim_start_matches("Usage: ");
         out += &format!(".SS \"{}\"\n", roff(usage));

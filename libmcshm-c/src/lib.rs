@@ -93,7 +93,8 @@ pub struct mcshm_server {
 /// Called on every failed operation: the server's host and port, `MCSHM_ESERVER`, and the
 /// `user` pointer given to `mcshm_set_failure_callback`. Runs on the calling thread, inside the
 /// failing call.
-pub type mcshm_failure_fn = Option<unsafe extern "C" fn(host: *const c_char, port: c_int, error: c_int, user: *mut c_void)>;
+pub type mcshm_failure_fn =
+    Option<unsafe extern "C" fn(host: *const c_char, port: c_int, error: c_int, user: *mut c_void)>;
 
 #[derive(Clone, Copy)]
 struct FailureCallback {
@@ -113,7 +114,10 @@ fn code(err: &Error) -> c_int {
     match err {
         Error::BadKey { .. } => MCSHM_EBADKEY,
         Error::NoDomain { .. } => MCSHM_ENODOMAIN,
-        Error::Invalid { what: "domain name", .. } => MCSHM_ENODOMAIN,
+        Error::Invalid {
+            what: "domain name",
+            ..
+        } => MCSHM_ENODOMAIN,
         Error::Invalid { .. } | Error::TooManyServers { .. } => MCSHM_EINVAL,
         Error::ServerDown { .. } | Error::NoServers { .. } => MCSHM_EDOWN,
         Error::Network { .. }
@@ -124,7 +128,14 @@ fn code(err: &Error) -> c_int {
     }
 }
 
-fn open_with(client: Client, registry: Option<Registry>, result: *mut *mut mcshm_client) -> Result<c_int, c_int> {
+fn open_with(
+    client: Client,
+    registry: Option<Registry>,
+    result: *mut *mut mcshm_client,
+) -> Result<c_int, c_int> {
+    if result.is_null() {
+        return Err(MCSHM_EINVAL);
+    }
     let boxed = Box::new(mcshm_client {
         client,
         registry,
@@ -135,7 +146,11 @@ fn open_with(client: Client, registry: Option<Registry>, result: *mut *mut mcshm
     Ok(MCSHM_OK)
 }
 
-fn open_domain(dir: std::path::PathBuf, domain: &str, result: *mut *mut mcshm_client) -> Result<c_int, c_int> {
+fn open_domain(
+    dir: std::path::PathBuf,
+    domain: &str,
+    result: *mut *mut mcshm_client,
+) -> Result<c_int, c_int> {
     let domain = Domain::new(domain).map_err(|_| MCSHM_ENODOMAIN)?;
     let client = Client::for_domain(&dir, &domain, Timeouts::default()).map_err(|e| code(&e))?;
     let registry = Registry::open(&dir, &domain).map_err(|e| code(&e))?;
@@ -145,10 +160,16 @@ fn open_domain(dir: std::path::PathBuf, domain: &str, result: *mut *mut mcshm_cl
 /// Opens a domain of the default registry directory (`$MCSHM_DIR`, `/run/mcshm` or
 /// `$XDG_RUNTIME_DIR/mcshm`). On success `*result` is a handle to free with `mcshm_close`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_open(domain: *const c_char, result: *mut *mut mcshm_client) -> c_int {
+pub unsafe extern "C" fn mcshm_open(
+    domain: *const c_char,
+    result: *mut *mut mcshm_client,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API, `domain` is null or a NUL-terminated string.
         let domain = unsafe { str_arg(domain)? };
+        if result.is_null() {
+            return Err(MCSHM_EINVAL);
+        }
         let dir = libmcshm::default_dir().map_err(|_| MCSHM_EREGISTRY)?;
         open_domain(dir, domain, result)
     })
@@ -156,10 +177,17 @@ pub unsafe extern "C" fn mcshm_open(domain: *const c_char, result: *mut *mut mcs
 
 /// Opens a domain of the registry directory `dir`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_open_dir(dir: *const c_char, domain: *const c_char, result: *mut *mut mcshm_client) -> c_int {
+pub unsafe extern "C" fn mcshm_open_dir(
+    dir: *const c_char,
+    domain: *const c_char,
+    result: *mut *mut mcshm_client,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API, both are null or NUL-terminated strings.
         let (dir, domain) = unsafe { (str_arg(dir)?, str_arg(domain)?) };
+        if result.is_null() {
+            return Err(MCSHM_EINVAL);
+        }
         open_domain(dir.into(), domain, result)
     })
 }
@@ -167,10 +195,16 @@ pub unsafe extern "C" fn mcshm_open_dir(dir: *const c_char, domain: *const c_cha
 /// A client of a private server list, `"host[:port][,host[:port]...]"` (the libmemcached tools'
 /// syntax; no registry involved).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_open_servers(servers: *const c_char, result: *mut *mut mcshm_client) -> c_int {
+pub unsafe extern "C" fn mcshm_open_servers(
+    servers: *const c_char,
+    result: *mut *mut mcshm_client,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API, `servers` is null or a NUL-terminated string.
         let list = unsafe { str_arg(servers)? };
+        if result.is_null() {
+            return Err(MCSHM_EINVAL);
+        }
         let addresses = list
             .split(',')
             .map(|s| Address::parse(s.trim()))
@@ -210,7 +244,12 @@ pub unsafe extern "C" fn mcshm_version(client: *mut mcshm_client, version: *mut 
 /// milliseconds; `MCSHM_TIMEOUT` if it did not change. `*version` (may be null) gets the
 /// version.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_wait(client: *mut mcshm_client, since: u64, timeout_ms: u32, version: *mut u64) -> c_int {
+pub unsafe extern "C" fn mcshm_wait(
+    client: *mut mcshm_client,
+    since: u64,
+    timeout_ms: u32,
+    version: *mut u64,
+) -> c_int {
     guard(|| {
         // SAFETY: as in `mcshm_version`.
         let h = unsafe { handle(client)? };
@@ -220,16 +259,26 @@ pub unsafe extern "C" fn mcshm_wait(client: *mut mcshm_client, since: u64, timeo
             // SAFETY: `version` is non-null and, per the API, valid.
             unsafe { out(version, seen.unwrap_or_else(|| registry.version()))? };
         }
-        Ok(if seen.is_some() { MCSHM_OK } else { MCSHM_TIMEOUT })
+        Ok(if seen.is_some() {
+            MCSHM_OK
+        } else {
+            MCSHM_TIMEOUT
+        })
     })
 }
 
 /// Takes a snapshot of the servers (in table order); free it with `mcshm_snapshot_free`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_snapshot_take(client: *mut mcshm_client, result: *mut *mut mcshm_snapshot) -> c_int {
+pub unsafe extern "C" fn mcshm_snapshot_take(
+    client: *mut mcshm_client,
+    result: *mut *mut mcshm_snapshot,
+) -> c_int {
     guard(|| {
         // SAFETY: as in `mcshm_version`.
         let h = unsafe { handle(client)? };
+        if result.is_null() {
+            return Err(MCSHM_EINVAL);
+        }
         let snapshot = h.client.snapshot().map_err(|e| code(&e))?;
         let servers = snapshot
             .servers
@@ -241,7 +290,12 @@ pub unsafe extern "C" fn mcshm_snapshot_take(client: *mut mcshm_client, result: 
                     State::Down => MCSHM_STATE_DOWN,
                     State::Draining => MCSHM_STATE_DRAINING,
                 };
-                Ok((host, c_int::from(s.address.port().unwrap_or(0)), c_int::from(s.weight), state))
+                Ok((
+                    host,
+                    c_int::from(s.address.port().unwrap_or(0)),
+                    c_int::from(s.weight),
+                    state,
+                ))
             })
             .collect::<Result<Vec<_>, c_int>>()?;
         let boxed = Box::new(mcshm_snapshot {
@@ -270,7 +324,11 @@ pub unsafe extern "C" fn mcshm_snapshot_version(snapshot: *const mcshm_snapshot)
 
 /// Server `index` of a snapshot; `MCSHM_EINVAL` when out of range.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_snapshot_server(snapshot: *const mcshm_snapshot, index: usize, server: *mut mcshm_server) -> c_int {
+pub unsafe extern "C" fn mcshm_snapshot_server(
+    snapshot: *const mcshm_snapshot,
+    index: usize,
+    server: *mut mcshm_server,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API, `snapshot` is null or a live snapshot.
         let snap = unsafe { snapshot.as_ref() }.ok_or(MCSHM_EINVAL)?;
@@ -373,6 +431,7 @@ pub unsafe extern "C" fn mcshm_free(value: *mut c_char) {
     unsafe { libc::free(value.cast()) }
 }
 
+#[allow(clippy::too_many_arguments)] // the C signature, plus the verb
 fn store(
     client: *mut mcshm_client,
     verb: StoreVerb,
@@ -385,7 +444,13 @@ fn store(
 ) -> c_int {
     guard(|| {
         // SAFETY: per the API: a live handle, `key` and `value` valid for their lengths.
-        let (h, key, value) = unsafe { (handle(client)?, bytes_arg(key, key_len)?, bytes_arg(value, value_len)?) };
+        let (h, key, value) = unsafe {
+            (
+                handle(client)?,
+                bytes_arg(key, key_len)?,
+                bytes_arg(value, value_len)?,
+            )
+        };
         match with_callback(h, |c| c.store(verb, key, value, flags, ttl))? {
             Stored::Stored => Ok(MCSHM_OK),
             Stored::NotStored => Ok(MCSHM_NOT_STORED),
@@ -397,37 +462,109 @@ fn store(
 
 /// Stores a value (flags, TTL in seconds or a Unix time; 0: never expires).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_set(client: *mut mcshm_client, key: *const c_char, key_len: usize, value: *const c_char, value_len: usize, flags: u32, ttl: i64) -> c_int {
-    store(client, StoreVerb::Set, key, key_len, value, value_len, flags, ttl)
+pub unsafe extern "C" fn mcshm_set(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_char,
+    value_len: usize,
+    flags: u32,
+    ttl: i64,
+) -> c_int {
+    store(
+        client,
+        StoreVerb::Set,
+        key,
+        key_len,
+        value,
+        value_len,
+        flags,
+        ttl,
+    )
 }
 
 /// Stores a value only if the key is not there (`MCSHM_NOT_STORED` otherwise).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_add(client: *mut mcshm_client, key: *const c_char, key_len: usize, value: *const c_char, value_len: usize, flags: u32, ttl: i64) -> c_int {
-    store(client, StoreVerb::Add, key, key_len, value, value_len, flags, ttl)
+pub unsafe extern "C" fn mcshm_add(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_char,
+    value_len: usize,
+    flags: u32,
+    ttl: i64,
+) -> c_int {
+    store(
+        client,
+        StoreVerb::Add,
+        key,
+        key_len,
+        value,
+        value_len,
+        flags,
+        ttl,
+    )
 }
 
 /// Stores a value only if the key is there (`MCSHM_NOT_STORED` otherwise).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_replace(client: *mut mcshm_client, key: *const c_char, key_len: usize, value: *const c_char, value_len: usize, flags: u32, ttl: i64) -> c_int {
-    store(client, StoreVerb::Replace, key, key_len, value, value_len, flags, ttl)
+pub unsafe extern "C" fn mcshm_replace(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_char,
+    value_len: usize,
+    flags: u32,
+    ttl: i64,
+) -> c_int {
+    store(
+        client,
+        StoreVerb::Replace,
+        key,
+        key_len,
+        value,
+        value_len,
+        flags,
+        ttl,
+    )
 }
 
 /// Deletes a key (`MCSHM_MISS` if it was not there).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_delete(client: *mut mcshm_client, key: *const c_char, key_len: usize) -> c_int {
+pub unsafe extern "C" fn mcshm_delete(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
         let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        Ok(if with_callback(h, |c| c.delete(key))? { MCSHM_OK } else { MCSHM_MISS })
+        Ok(if with_callback(h, |c| c.delete(key))? {
+            MCSHM_OK
+        } else {
+            MCSHM_MISS
+        })
     })
 }
 
-fn arith(client: *mut mcshm_client, key: *const c_char, key_len: usize, delta: u64, up: bool, result: *mut u64) -> c_int {
+fn arith(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    delta: u64,
+    up: bool,
+    result: *mut u64,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
         let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        let value = with_callback(h, |c| if up { c.incr(key, delta) } else { c.decr(key, delta) })?;
+        let value = with_callback(h, |c| {
+            if up {
+                c.incr(key, delta)
+            } else {
+                c.decr(key, delta)
+            }
+        })?;
         match value {
             Some(v) => {
                 if !result.is_null() {
@@ -443,30 +580,55 @@ fn arith(client: *mut mcshm_client, key: *const c_char, key_len: usize, delta: u
 
 /// Increments a counter; `*value` (may be null) gets the new value. `MCSHM_MISS` if absent.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_incr(client: *mut mcshm_client, key: *const c_char, key_len: usize, delta: u64, value: *mut u64) -> c_int {
+pub unsafe extern "C" fn mcshm_incr(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    delta: u64,
+    value: *mut u64,
+) -> c_int {
     arith(client, key, key_len, delta, true, value)
 }
 
 /// Decrements a counter (stops at 0); `*value` (may be null) gets the new value.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_decr(client: *mut mcshm_client, key: *const c_char, key_len: usize, delta: u64, value: *mut u64) -> c_int {
+pub unsafe extern "C" fn mcshm_decr(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    delta: u64,
+    value: *mut u64,
+) -> c_int {
     arith(client, key, key_len, delta, false, value)
 }
 
 /// Sets a key's expiration time (`MCSHM_MISS` if absent).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_touch(client: *mut mcshm_client, key: *const c_char, key_len: usize, ttl: i64) -> c_int {
+pub unsafe extern "C" fn mcshm_touch(
+    client: *mut mcshm_client,
+    key: *const c_char,
+    key_len: usize,
+    ttl: i64,
+) -> c_int {
     guard(|| {
         // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
         let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        Ok(if with_callback(h, |c| c.touch(key, ttl))? { MCSHM_OK } else { MCSHM_MISS })
+        Ok(if with_callback(h, |c| c.touch(key, ttl))? {
+            MCSHM_OK
+        } else {
+            MCSHM_MISS
+        })
     })
 }
 
 /// Sets (or with a null `callback`, clears) the failure callback of a handle: called with the
 /// failing server's host and port on every failed operation.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_set_failure_callback(client: *mut mcshm_client, callback: mcshm_failure_fn, user: *mut c_void) -> c_int {
+pub unsafe extern "C" fn mcshm_set_failure_callback(
+    client: *mut mcshm_client,
+    callback: mcshm_failure_fn,
+    user: *mut c_void,
+) -> c_int {
     guard(|| {
         // SAFETY: as in `mcshm_version`.
         let h = unsafe { handle(client)? };
@@ -479,7 +641,10 @@ pub unsafe extern "C" fn mcshm_set_failure_callback(client: *mut mcshm_client, c
 }
 
 /// Runs an operation with the handle's failure callback installed, mapping errors to codes.
-fn with_callback<T>(h: &mut mcshm_client, op: impl FnOnce(&mut Client) -> libmcshm::Result<T>) -> Result<T, c_int> {
+fn with_callback<T>(
+    h: &mut mcshm_client,
+    op: impl FnOnce(&mut Client) -> libmcshm::Result<T>,
+) -> Result<T, c_int> {
     let callback = h.callback;
     h.client.on_failure(move |event| {
         if let Some(cb) = callback

@@ -62,6 +62,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Print a shell completion script (make install puts them in place).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
     /// Add servers (creating the domain on first use); several servers commit as one version.
     ///
     /// ADDR is HOST[:PORT], IPV4[:PORT], [IPV6][:PORT] or an absolute unix socket path; the port

@@ -73,6 +73,15 @@ pub struct Invocation {
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "mcadmin",
+            &mut io::stdout(),
+        );
+        return Ok(Exit::Success);
+    }
     let domain = Domain::new(&cli.domain)?;
     let dir = match &cli.dir {
         Some(dir) => dir.clone(),
@@ -206,6 +215,7 @@ fn run(cli: &Cli) -> Result<Exit> {
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),
         Command::Clients => lifecycle::clients(&ctx),
+        Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 

@@ -75,6 +75,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Verb {
+    /// Print a shell completion script (make install puts them in place).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
     /// Get keys: one key writes its value's bytes and nothing else; several keys write records.
     Get {
         #[arg(required = true, value_name = "KEY")]

@@ -102,6 +102,15 @@ fn connect(cli: &Cli) -> Result<Client> {
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
+    if let Verb::Completions { shell } = &cli.verb {
+        clap_complete::generate(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "mclient",
+            &mut io::stdout(),
+        );
+        return Ok(Exit::Success);
+    }
     let mut client = connect(cli)?;
     match &cli.verb {
         Verb::Get { keys } if keys.len() == 1 && !cli.json => get_one(&mut client, &keys[0]),
@@ -189,6 +198,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             get_many(cli, &mut client, &keys, false)
         }
         Verb::BulkSet { ttl } => bulk_set(cli, &mut client, *ttl),
+        Verb::Completions { .. } => unreachable!("handled above"),
     }
 }
 

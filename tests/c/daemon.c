@@ -1,0 +1,141 @@
+/* A long-running C daemon's use of libmcshm, as tests/capi.rs drives it:
+ *   daemon DIR DOMAIN
+ * 1. opens the domain, prints "ready VERSION", waits for a change made by mcadmin, prints
+ *    "changed VERSION" and the servers of a snapshot;
+ * 2. sets and gets a key through the real memcached, prints "roundtrip ok";
+ * 3. reads a line from stdin (the test kills memcached first), then fails a get and prints
+ *    "callback HOST:PORT" once the failure callback has run;
+ * 4. checks that every call refuses null and malformed arguments, prints "args ok".
+ * Any failure prints "FAIL ..." and exits 1. Built with the system compiler through pkg-config. */
+#include <mcshm.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(cond, ...) do { if (!(cond)) { printf("FAIL line %d: ", __LINE__); printf(__VA_ARGS__); printf("\n"); fflush(stdout); exit(1); } } while (0)
+
+static int callbacks = 0;
+static char failed_server[300];
+
+static void on_failure(const char *host, int port, int error, void *user) {
+    callbacks++;
+    snprintf(failed_server, sizeof failed_server, "%s:%d", host, port);
+    CHECK(error == MCSHM_ESERVER, "callback error %d", error);
+    CHECK(user == (void *)&callbacks, "callback user pointer");
+}
+
+static void check_args(mcshm_client *c) {
+    mcshm_client *none = NULL;
+    char buf[64], *value = NULL;
+    size_t len = 0;
+    int port = 0;
+    uint64_t v = 0;
+    mcshm_snapshot *snap = NULL;
+    mcshm_server server;
+    CHECK(mcshm_open(NULL, &none) == MCSHM_EINVAL, "open null domain");
+    CHECK(mcshm_open("x", NULL) == MCSHM_EINVAL, "open null result");
+    CHECK(mcshm_open_dir("/nonexistent", "../bad", &none) == MCSHM_ENODOMAIN, "bad domain name");
+    CHECK(mcshm_open_dir("/nonexistent", "nodomain", &none) == MCSHM_ENODOMAIN, "missing domain");
+    CHECK(mcshm_open_servers(NULL, &none) == MCSHM_EINVAL, "servers null");
+    CHECK(mcshm_open_servers("host:0", &none) == MCSHM_EINVAL, "servers bad port");
+    CHECK(none == NULL, "no handle on failure");
+    CHECK(mcshm_version(NULL, &v) == MCSHM_EINVAL, "version null handle");
+    CHECK(mcshm_version(c, NULL) == MCSHM_EINVAL, "version null out");
+    CHECK(mcshm_wait(NULL, 0, 0, &v) == MCSHM_EINVAL, "wait null");
+    CHECK(mcshm_snapshot_take(NULL, &snap) == MCSHM_EINVAL, "snapshot null handle");
+    CHECK(mcshm_snapshot_take(c, NULL) == MCSHM_EINVAL, "snapshot null out");
+    CHECK(mcshm_snapshot_len(NULL) == 0, "len null");
+    CHECK(mcshm_snapshot_server(NULL, 0, &server) == MCSHM_EINVAL, "server null snapshot");
+    CHECK(mcshm_snapshot_take(c, &snap) == MCSHM_OK, "snapshot");
+    CHECK(mcshm_snapshot_server(snap, 999, &server) == MCSHM_EINVAL, "server index out of range");
+    CHECK(mcshm_snapshot_server(snap, 0, NULL) == MCSHM_EINVAL, "server null out");
+    mcshm_snapshot_free(snap);
+    mcshm_snapshot_free(NULL);
+    CHECK(mcshm_server_for_key(c, NULL, 3, buf, sizeof buf, &port) == MCSHM_EINVAL, "for_key null key");
+    CHECK(mcshm_server_for_key(c, "k", 1, buf, 1, &port) == MCSHM_ERANGE, "for_key small buffer");
+    CHECK(mcshm_server_for_key(c, "k", 1, NULL, 10, &port) == MCSHM_EINVAL, "for_key null buffer");
+    CHECK(mcshm_get(NULL, "k", 1, &value, &len, NULL) == MCSHM_EINVAL, "get null handle");
+    CHECK(mcshm_get(c, NULL, 1, &value, &len, NULL) == MCSHM_EINVAL, "get null key");
+    CHECK(mcshm_get(c, "k", 1, NULL, &len, NULL) == MCSHM_EINVAL, "get null value");
+    CHECK(mcshm_get(c, "k", (size_t)-1, &value, &len, NULL) == MCSHM_EINVAL, "get huge length");
+    CHECK(mcshm_get(c, "a b", 3, &value, &len, NULL) == MCSHM_EBADKEY, "get bad key");
+    CHECK(mcshm_get(c, "", 0, &value, &len, NULL) == MCSHM_EBADKEY, "get empty key");
+    CHECK(mcshm_set(c, "a\r\nflush_all", 12, "v", 1, 0, 0) == MCSHM_EBADKEY, "set injected key");
+    CHECK(mcshm_set(c, "k", 1, NULL, 5, 0, 0) == MCSHM_EINVAL, "set null value");
+    CHECK(mcshm_add(NULL, "k", 1, "v", 1, 0, 0) == MCSHM_EINVAL, "add null");
+    CHECK(mcshm_replace(NULL, "k", 1, "v", 1, 0, 0) == MCSHM_EINVAL, "replace null");
+    CHECK(mcshm_delete(NULL, "k", 1) == MCSHM_EINVAL, "delete null");
+    CHECK(mcshm_delete(c, NULL, 1) == MCSHM_EINVAL, "delete null key");
+    CHECK(mcshm_incr(NULL, "k", 1, 1, &v) == MCSHM_EINVAL, "incr null");
+    CHECK(mcshm_decr(c, NULL, 1, 1, &v) == MCSHM_EINVAL, "decr null key");
+    CHECK(mcshm_touch(NULL, "k", 1, 0) == MCSHM_EINVAL, "touch null");
+    CHECK(mcshm_set_failure_callback(NULL, NULL, NULL) == MCSHM_EINVAL, "callback null");
+    CHECK(strcmp(mcshm_strerror(MCSHM_MISS), "not found") == 0, "strerror");
+    CHECK(strlen(mcshm_strerror(12345)) > 0, "strerror unknown");
+    mcshm_close(NULL);
+    mcshm_free(NULL);
+}
+
+int main(int argc, char **argv) {
+    CHECK(argc == 3, "usage: daemon DIR DOMAIN");
+    mcshm_client *c = NULL;
+    int rc = mcshm_open_dir(argv[1], argv[2], &c);
+    CHECK(rc == MCSHM_OK, "open: %s", mcshm_strerror(rc));
+    CHECK(mcshm_set_failure_callback(c, on_failure, &callbacks) == MCSHM_OK, "set callback");
+    uint64_t version = 0;
+    CHECK(mcshm_version(c, &version) == MCSHM_OK, "version");
+    printf("ready %llu\n", (unsigned long long)version);
+    fflush(stdout);
+
+    uint64_t now = 0;
+    rc = mcshm_wait(c, version, 20000, &now);
+    CHECK(rc == MCSHM_OK && now > version, "wait: %s (version %llu)", mcshm_strerror(rc), (unsigned long long)now);
+    printf("changed %llu\n", (unsigned long long)now);
+    mcshm_snapshot *snap = NULL;
+    CHECK(mcshm_snapshot_take(c, &snap) == MCSHM_OK, "snapshot");
+    CHECK(mcshm_snapshot_version(snap) == now, "snapshot version");
+    for (size_t i = 0; i < mcshm_snapshot_len(snap); i++) {
+        mcshm_server s;
+        CHECK(mcshm_snapshot_server(snap, i, &s) == MCSHM_OK, "server %zu", i);
+        printf("server %s:%d weight %d state %d\n", s.host, s.port, s.weight, s.state);
+    }
+    mcshm_snapshot_free(snap);
+
+    const char value[] = "from C\0with a NUL\r\n";
+    CHECK(mcshm_set(c, "c:key", 5, value, sizeof value, 42, 0) == MCSHM_OK, "set");
+    char *got = NULL;
+    size_t got_len = 0;
+    uint32_t flags = 0;
+    rc = mcshm_get(c, "c:key", 5, &got, &got_len, &flags);
+    CHECK(rc == MCSHM_OK, "get: %s", mcshm_strerror(rc));
+    CHECK(got_len == sizeof value && memcmp(got, value, got_len) == 0 && flags == 42, "value round trip");
+    mcshm_free(got);
+    CHECK(mcshm_get(c, "c:missing", 9, &got, &got_len, NULL) == MCSHM_MISS, "miss");
+    CHECK(mcshm_add(c, "c:key", 5, "x", 1, 0, 0) == MCSHM_NOT_STORED, "add existing");
+    CHECK(mcshm_set(c, "c:n", 3, "41", 2, 0, 0) == MCSHM_OK, "set counter");
+    uint64_t n = 0;
+    CHECK(mcshm_incr(c, "c:n", 3, 1, &n) == MCSHM_OK && n == 42, "incr");
+    CHECK(mcshm_decr(c, "c:n", 3, 2, &n) == MCSHM_OK && n == 40, "decr");
+    CHECK(mcshm_touch(c, "c:n", 3, 100) == MCSHM_OK, "touch");
+    CHECK(mcshm_replace(c, "c:n", 3, "1", 1, 0, 0) == MCSHM_OK, "replace");
+    CHECK(mcshm_delete(c, "c:n", 3) == MCSHM_OK, "delete");
+    CHECK(mcshm_delete(c, "c:n", 3) == MCSHM_MISS, "delete again");
+    char host[256];
+    int port = 0;
+    CHECK(mcshm_server_for_key(c, "c:key", 5, host, sizeof host, &port) == MCSHM_OK, "server for key");
+    printf("roundtrip ok %s:%d\n", host, port);
+    fflush(stdout);
+
+    char line[64];
+    CHECK(fgets(line, sizeof line, stdin) != NULL, "stdin closed");
+    rc = mcshm_get(c, "c:key", 5, &got, &got_len, NULL);
+    CHECK(rc == MCSHM_ESERVER, "get from a killed server: %s", mcshm_strerror(rc));
+    CHECK(callbacks == 1, "callbacks %d", callbacks);
+    printf("callback %s\n", failed_server);
+
+    check_args(c);
+    printf("args ok\n");
+    mcshm_close(c);
+    fflush(stdout);
+    return 0;
+}
