@@ -374,7 +374,7 @@ pub unsafe extern "C" fn mcshm_server_for_key(
             return Err(MCSHM_EINVAL);
         }
         let address = h.client.server_for(key).map_err(|e| code(&e))?;
-        let name = address.host();
+        let name = address.host_text();
         if name.len() + 1 > host_len {
             return Err(MCSHM_ERANGE);
         }

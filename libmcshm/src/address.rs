@@ -98,6 +98,16 @@ impl Address {
         }
     }
 
+    /// The host part as written (IPv6 without brackets), or the socket path; borrowed where
+    /// the address holds it as text.
+    pub fn host_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Address::Host { name, .. } => std::borrow::Cow::Borrowed(name),
+            Address::Unix { path } => std::borrow::Cow::Borrowed(path),
+            other => std::borrow::Cow::Owned(other.host()),
+        }
+    }
+
     /// The host part as written (IPv6 without brackets), or the socket path.
     pub fn host(&self) -> String {
         match self {

@@ -336,7 +336,7 @@ impl Client {
             return None;
         }
         let interim = self
-            .chain_all(key)
+            .along_ring(key, 2)
             .into_iter()
             .find(|&i| i != server && !self.is_down(&snapshot.servers[i]))?;
         let (value, flags, ttl) = self.meta_get(interim, key).ok()??;
@@ -553,7 +553,7 @@ impl Client {
     fn invalidate_elsewhere(&mut self, key: &[u8], replicas: usize) {
         let mut stale = Vec::new();
         if self.routing().snapshot.policy.failover == Failover::Rehash
-            && let Some(next) = self.chain_all(key).get(replicas).copied()
+            && let Some(next) = self.along_ring(key, replicas + 1).get(replicas).copied()
             && !self.is_down(&self.routing().snapshot.servers[next])
         {
             stale.push(next);
@@ -839,17 +839,17 @@ impl Client {
     fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
         self.target(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
-        let mut chain = self.chain_all(key);
-        chain.truncate(replicas);
-        Ok(chain)
+        Ok(self.along_ring(key, replicas))
     }
 
-    /// Every server along the ring from the key, in ring order (the key was checked).
-    fn chain_all(&self, key: &[u8]) -> Vec<usize> {
+    /// The first `n` distinct servers along the ring from the key, in ring order (the key was
+    /// checked). Stops as soon as it has them: a full walk would visit every point.
+    fn along_ring(&self, key: &[u8], n: usize) -> Vec<usize> {
         let routing = self.routing();
         routing
             .ring
             .servers_from(key)
+            .take(n)
             .map(|m| routing.members[m])
             .collect()
     }

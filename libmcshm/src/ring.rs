@@ -71,7 +71,7 @@ impl Ring {
     }
 
     /// The distinct servers along the ring from `key`'s point on, in ring order (the owner
-    /// first): replicas and fallbacks.
+    /// first): replicas and fallbacks. Lazy: take only as many as needed.
     pub fn servers_from(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
         let start = self.values.partition_point(|&v| v < hash_key(key));
         let n = self.values.len();
