@@ -25,13 +25,18 @@ fn start_memcached(dir: &std::path::Path) -> (Child, u16) {
         .stdout(Stdio::null())
         .spawn()
         .expect("memcached on PATH");
+    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(&ports).unwrap_or_default();
         if let Some(port) = text.lines().find_map(|l| l.strip_prefix("TCP INET: ")) {
             return (child, port.trim().parse().unwrap());
         }
-        assert!(Instant::now() < deadline, "memcached did not start");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("memcached did not start");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -67,10 +72,8 @@ fn main() {
     let c_domain = CString::new("ffi").unwrap();
     let mut handle: *mut mcshm_client = std::ptr::null_mut();
     // SAFETY: valid NUL-terminated strings and a valid out-pointer.
-    assert_eq!(
-        unsafe { mcshm_open_dir(c_dir.as_ptr(), c_domain.as_ptr(), &mut handle) },
-        MCSHM_OK
-    );
+    let opened = unsafe { mcshm_open_dir(c_dir.as_ptr(), c_domain.as_ptr(), &mut handle) };
+    assert_eq!(opened, MCSHM_OK);
 
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("api");
