@@ -13,8 +13,27 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// A tool's `main`: runs it, prints an error once as `NAME: error` and exits with the code
+/// `exit_for` gives it; a closed pipe (`mcadmin list | head -1`) exits 0 quietly.
+pub fn finish<E: Copy + Into<u8>>(
+    name: &str,
+    result: anyhow::Result<E>,
+    success: E,
+    exit_for: impl Fn(&anyhow::Error) -> E,
+) -> std::process::ExitCode {
+    let code = match result {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => success,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            exit_for(&err)
+        }
+    };
+    std::process::ExitCode::from(code.into())
+}
+
 /// Whether the error is a write to a closed pipe (the reader went away: exit 0 quietly).
-pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

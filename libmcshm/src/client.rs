@@ -339,7 +339,23 @@ impl Client {
             .along_ring(key, 2)
             .into_iter()
             .find(|&i| i != server && !self.is_down(&snapshot.servers[i]))?;
-        let (value, flags, ttl) = self.meta_get(interim, key).ok()??;
+        self.copy_key(interim, server, key)
+            .ok()?
+            .map(|(item, _)| item)
+    }
+
+    /// Copies `key` from server `from` to server `to` with `add` (never over a value `to`
+    /// already has), keeping flags and remaining TTL: the item, and the add's outcome; `None`
+    /// when `from` does not have it.
+    fn copy_key(
+        &mut self,
+        from: usize,
+        to: usize,
+        key: &[u8],
+    ) -> Result<Option<(Item, Result<Stored>)>> {
+        let Some((value, flags, ttl)) = self.meta_get(from, key)? else {
+            return Ok(None);
+        };
         let request = Request::Store {
             verb: StoreVerb::Add,
             key,
@@ -347,38 +363,29 @@ impl Client {
             exptime: ttl,
             value: &value,
         };
-        let _ = self.call(server, &request);
-        Some(Item {
+        let added = if self.is_down(&self.routing().snapshot.servers[to]) {
+            Err(self.down_error(to))
+        } else {
+            self.stored_reply(to, &request)
+        };
+        let item = Item {
             key: key.to_vec(),
             flags,
             value,
             cas: None,
-        })
+        };
+        Ok(Some((item, added)))
     }
 
     /// Drain: a miss on the key's new owner falls back to the draining server that had it; a
     /// hit there is moved to the new owner.
     fn drain_fill(&mut self, owner: usize, key: &[u8]) -> Option<Item> {
         let draining = self.draining_owner(key)?;
-        let (value, flags, ttl) = self.meta_get(draining, key).ok()??;
-        let request = Request::Store {
-            verb: StoreVerb::Add,
-            key,
-            flags,
-            exptime: ttl,
-            value: &value,
-        };
-        if !self.is_down(&self.routing().snapshot.servers[owner])
-            && self.call(owner, &request).is_ok()
-        {
+        let (item, added) = self.copy_key(draining, owner, key).ok()??;
+        if added.is_ok() {
             let _ = self.call(draining, &Request::Delete { key });
         }
-        Some(Item {
-            key: key.to_vec(),
-            flags,
-            value,
-            cas: None,
-        })
+        Some(item)
     }
 
     /// Moves one key off the draining server `draining` to its new owner (keeping flags and
@@ -395,17 +402,10 @@ impl Client {
                 server: draining.to_string(),
                 domain: snapshot.domain.clone(),
             })?;
-        let Some((value, flags, ttl)) = self.meta_get(from, key)? else {
+        let Some((_, added)) = self.copy_key(from, owner, key)? else {
             return Ok(Moved::Gone);
         };
-        let request = Request::Store {
-            verb: StoreVerb::Add,
-            key,
-            flags,
-            exptime: ttl,
-            value: &value,
-        };
-        let moved = match self.stored_reply(owner, &request)? {
+        let moved = match added? {
             Stored::Stored => Moved::Moved,
             _ => Moved::Kept,
         };

@@ -25,7 +25,7 @@ use libmcshm::table::{
 use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, Timeouts, dump, edit};
 use serde_json::json;
 
-use bin_common::{UsageError, is_broken_pipe};
+use bin_common::UsageError;
 use cli::{Cli, Command};
 
 /// Exit codes (documented in `--help` and mcadmin(8)).
@@ -41,15 +41,13 @@ pub enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match run(&cli) {
-        Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => Exit::Success,
-        Err(err) => {
-            eprintln!("mcadmin: {err:#}");
-            exit_for(&err)
-        }
-    };
-    ExitCode::from(code as u8)
+    bin_common::finish("mcadmin", run(&cli), Exit::Success, exit_for)
+}
+
+impl From<Exit> for u8 {
+    fn from(exit: Exit) -> u8 {
+        exit as u8
+    }
 }
 
 fn exit_for(err: &anyhow::Error) -> Exit {

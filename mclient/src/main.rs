@@ -19,7 +19,7 @@ use libmcshm::{
 };
 use serde_json::{Value, json};
 
-use bin_common::{UsageError, is_broken_pipe};
+use bin_common::UsageError;
 use cli::{Cli, StoreArgs, Verb};
 
 /// Exit codes (documented in `--help` and mclient(1)).
@@ -33,15 +33,13 @@ enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match run(&cli) {
-        Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => Exit::Success,
-        Err(err) => {
-            eprintln!("mclient: {err:#}");
-            exit_for(&err)
-        }
-    };
-    ExitCode::from(code as u8)
+    bin_common::finish("mclient", run(&cli), Exit::Success, exit_for)
+}
+
+impl From<Exit> for u8 {
+    fn from(exit: Exit) -> u8 {
+        exit as u8
+    }
 }
 
 fn exit_for(err: &anyhow::Error) -> Exit {

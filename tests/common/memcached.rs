@@ -20,6 +20,32 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("memcached"))
 }
 
+/// `memcached` on 127.0.0.1:`port` (-1: any, reported in the port file), no UDP, one thread,
+/// 64 MB, plus `args`; as root, `-u root` (memcached refuses to run as root otherwise).
+fn command(port: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-U",
+        "0",
+        "-t",
+        "1",
+        "-m",
+        "64",
+    ])
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    if super::is_root() {
+        cmd.args(["-u", "root"]);
+    }
+    cmd
+}
+
 impl Memcached {
     pub fn start() -> Memcached {
         Memcached::start_with(&[])
@@ -29,27 +55,8 @@ impl Memcached {
     pub fn start_with(args: &[&str]) -> Memcached {
         let dir = tempfile::tempdir().unwrap();
         let ports = dir.path().join("ports");
-        let mut cmd = Command::new(binary());
-        cmd.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            "-1",
-            "-U",
-            "0",
-            "-t",
-            "1",
-            "-m",
-            "64",
-        ])
-        .args(args)
-        .env("MEMCACHED_PORT_FILENAME", &ports)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-        if super::is_root() {
-            cmd.args(["-u", "root"]);
-        }
+        let mut cmd = command("-1", args);
+        cmd.env("MEMCACHED_PORT_FILENAME", &ports);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start memcached ({e}): install it with apt-get install -y memcached")
         });
@@ -111,26 +118,7 @@ impl Memcached {
     pub fn restart_with(&mut self, args: &[&str]) {
         self.kill();
         let port = self.port.to_string();
-        let mut cmd = Command::new(binary());
-        cmd.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "0",
-            "-t",
-            "1",
-            "-m",
-            "64",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-        if super::is_root() {
-            cmd.args(["-u", "root"]);
-        }
+        let mut cmd = command(&port, args);
         self.child = Some(cmd.spawn().expect("restart memcached"));
         let up = super::wait_until(Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", self.port)).is_ok()
