@@ -837,9 +837,14 @@ impl Client {
 
     /// The key's replicas: the first `replicas` distinct servers along the ring, owner first.
     fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
-        self.target(key)?;
+        proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh()?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
-        Ok(self.along_ring(key, replicas))
+        let chain = self.along_ring(key, replicas);
+        if chain.is_empty() {
+            return Err(Error::NoServers { what: self.what() });
+        }
+        Ok(chain)
     }
 
     /// The first `n` distinct servers along the ring from the key, in ring order (the key was
