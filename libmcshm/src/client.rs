@@ -446,6 +446,9 @@ impl Client {
                     groups.entry(server).or_default().push(key);
                 }
             }
+            // Which keys hit, for the next round; the last round (with one replica, the only
+            // one) needs no bookkeeping.
+            let last_round = round + 1 == replicas;
             let mut hits: HashSet<Vec<u8>> = HashSet::new();
             for (server, keys) in groups {
                 let requests: Vec<Request> = keys
@@ -461,10 +464,10 @@ impl Client {
                         for reply in replies {
                             match reply {
                                 Reply::Values(items) => {
-                                    for item in items {
-                                        hits.insert(item.key.clone());
-                                        result.items.push(item);
+                                    if !last_round {
+                                        hits.extend(items.iter().map(|i| i.key.clone()));
                                     }
+                                    result.items.extend(items);
                                 }
                                 other => {
                                     let err = self.unexpected(server, other);
@@ -478,7 +481,9 @@ impl Client {
                     }
                 }
             }
-            pending.retain(|(key, _)| !hits.contains(*key));
+            if !last_round {
+                pending.retain(|(key, _)| !hits.contains(*key));
+            }
         }
         for (server, err) in failed {
             result.errors.push((self.address(server), err));

@@ -73,7 +73,8 @@ impl Ring {
     /// The distinct servers along the ring from `key`'s point on, in ring order (the owner
     /// first): replicas and fallbacks. Lazy: take only as many as needed.
     pub fn servers_from(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-        let start = self.values.partition_point(|&v| v < hash_key(key));
+        let hash = hash_key(key);
+        let start = self.values.partition_point(|&v| v < hash);
         let n = self.values.len();
         let mut seen = Vec::new();
         (0..n).filter_map(move |i| {
