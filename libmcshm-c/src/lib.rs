@@ -16,7 +16,8 @@
 //! thread, but two threads must never use one handle at the same time). Handles of the same
 //! domain in one process, or in many, share the table and the failure view.
 //!
-//! The only `unsafe` code of this crate is the pointer handling in [`raw`], at the boundary.
+//! The only `unsafe` code of this crate is the pointer handling in the `raw` module, at the
+//! boundary, and the calls into it.
 
 #![allow(clippy::missing_safety_doc)] // the safety contract is the C API's, in mcshm.h
 #![allow(non_camel_case_types)] // C names: mcshm_client, mcshm_server, ...

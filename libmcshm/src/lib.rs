@@ -23,9 +23,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules, from the bytes up: [`shm`](self) (the only `unsafe`: atomic access to the mapping),
-//! [`seqlock`] (publish/read protocol), [`format`](mod@crate::format) (the byte layout), [`registry`] (files,
-//! snapshots, transactions), [`edit`] and [`dump`] (the operations `mcadmin` offers).
+//! Modules, from the bytes up: `shm` (the only `unsafe`: atomic access to the mapping),
+//! [`seqlock`] (publish/read protocol), [`format`](mod@crate::format) (the byte layout),
+//! [`registry`] (files, snapshots, transactions, failure counters, clients records), [`edit`]
+//! and [`dump`] (the operations `mcadmin` offers); then the memcached side: [`ring`] (ketama,
+//! libmemcached-compatible), [`proto`] (the text protocol), [`conn`], [`client`] (routing,
+//! failover, replication, warm-up, drain fallback), [`lifecycle`] (probe and rejoin),
+//! [`health`] (the watch daemon), [`drain`] and [`clients`].
 
 #![deny(unsafe_code)]
 

@@ -2,7 +2,7 @@
 //! print, map errors to the documented exit codes.
 
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
-#![allow(rustdoc::broken_intra_doc_links)]
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 #[path = "../../src/bin_common.rs"]
 mod bin_common;

@@ -67,6 +67,7 @@ pub fn server_json(server: &Server) -> Value {
         "changed_by_uid": server.changed_by_uid,
         "reason": server.reason,
         "id": server.id,
+        "warm_until_ms": server.warm_until_ms,
     })
 }
 
