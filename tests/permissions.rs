@@ -108,3 +108,36 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
     );
     assert_eq!(reg.bytes("ro"), before);
 }
+
+#[test]
+fn mode_and_group_of_new_files_are_chosen_and_kept_through_growth() {
+    let reg = Reg::new();
+    reg.ok("g", &["--mode", "640", "--group", "65534", "add", "a:1"]);
+    let meta = |r: &Reg| std::fs::metadata(r.file("g")).unwrap();
+    assert_eq!(meta(&reg).permissions().mode() & 0o7777, 0o640);
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta(&reg).gid(), 65534);
+        let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:1")).collect();
+        let mut args = vec!["add"];
+        args.extend(hosts.iter().map(String::as_str));
+        reg.ok("g", &args); // grows: a new file replaces the old one
+        assert!(reg.bytes("g").len() > 300 * 512);
+        assert_eq!(
+            (meta(&reg).permissions().mode() & 0o7777, meta(&reg).gid()),
+            (0o640, 65534)
+        );
+    }
+    for (args, needle) in [
+        (&["--mode", "400", "add", "b:1"][..], "invalid mode"),
+        (&["--mode", "9", "add", "b:1"], "invalid mode"),
+        (
+            &["--group", "no-such-group-here", "add", "b:1"],
+            "unknown group",
+        ),
+    ] {
+        let run = reg.run("h", args);
+        assert_eq!(run.code(), 2, "{args:?}");
+        assert!(run.stderr().contains(needle), "{}", run.stderr());
+    }
+}

@@ -48,6 +48,36 @@ impl Commit {
     }
 }
 
+/// Mode and group of a new registry file (default 0644, the creator's group). A file that is
+/// rewritten (growth, format migration, repair) keeps the mode and group it had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOwnership {
+    pub mode: u32,
+    pub gid: Option<u32>,
+}
+
+impl Default for FileOwnership {
+    fn default() -> FileOwnership {
+        FileOwnership {
+            mode: FILE_MODE,
+            gid: None,
+        }
+    }
+}
+
+impl FileOwnership {
+    /// The mode and group of an existing file.
+    fn of(file: &File) -> FileOwnership {
+        file.metadata().map_or_else(
+            |_| FileOwnership::default(),
+            |m| FileOwnership {
+                mode: m.mode() & 0o7777,
+                gid: Some(m.gid()),
+            },
+        )
+    }
+}
+
 /// The result of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Commit {
@@ -86,10 +116,20 @@ impl Registry {
     /// Opens a domain for reading and writing; with `create`, creates the directory (0755) and
     /// an empty table (version 0, file 0644) when they do not exist.
     pub fn open_writer(dir: impl AsRef<Path>, domain: &Domain, create: bool) -> Result<Registry> {
+        Registry::open_writer_with(dir, domain, create, FileOwnership::default())
+    }
+
+    /// [`Registry::open_writer`], creating a missing file with `ownership` (mode, group).
+    pub fn open_writer_with(
+        dir: impl AsRef<Path>,
+        domain: &Domain,
+        create: bool,
+        ownership: FileOwnership,
+    ) -> Result<Registry> {
         let dir = dir.as_ref();
         let path = domain.path_in(dir);
         if create && fs::symlink_metadata(&path).is_err() {
-            create_empty(dir, domain)?;
+            create_empty(dir, domain, ownership)?;
         }
         Registry::open_path(path, domain.clone(), true)
     }
@@ -329,7 +369,7 @@ impl Registry {
         let layout = Layout::new(capacity, now_ms());
         let image = format::encode_slot(version, commit_info(), &table, next_id);
         let words = layout.file_image(domain.as_str(), version, &image, &table.servers);
-        let tmp = write_temp(dir, domain, &words)?;
+        let tmp = write_temp(dir, domain, &words, FileOwnership::of(&file))?;
         if let Some(old) = &old {
             old.store(format::COMMITTED_WORD, last | MOVED, Ordering::Release);
         }
@@ -466,7 +506,7 @@ impl Registry {
         let layout = Layout::new(capacity, self.layout.created_ms);
         let words = layout.file_image(self.domain.as_str(), current + 1, image, servers);
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = write_temp(dir, &self.domain, &words)?;
+        let tmp = write_temp(dir, &self.domain, &words, FileOwnership::of(&self.file))?;
         self.map
             .store(format::COMMITTED_WORD, current | MOVED, Ordering::Release);
         if let Err(e) = fs::rename(&tmp, &self.path) {
@@ -727,7 +767,7 @@ fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Result<File> {
 
 /// Creates `dir` if needed and an empty table for `domain` in it; losing a creation race to
 /// another process is fine (the file is complete before it gets its name).
-fn create_empty(dir: &Path, domain: &Domain) -> Result<()> {
+fn create_empty(dir: &Path, domain: &Domain, ownership: FileOwnership) -> Result<()> {
     if !dir.is_dir() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -738,7 +778,7 @@ fn create_empty(dir: &Path, domain: &Domain) -> Result<()> {
     let layout = Layout::new(format::DEFAULT_CAPACITY, now_ms());
     let image = format::encode_slot(0, commit_info(), &Table::default(), 1);
     let words = layout.file_image(domain.as_str(), 0, &image, &[]);
-    let tmp = write_temp(dir, domain, &words)?;
+    let tmp = write_temp(dir, domain, &words, ownership)?;
     let path = domain.path_in(dir);
     let linked = fs::hard_link(&tmp, &path);
     let _ = fs::remove_file(&tmp);
@@ -752,7 +792,12 @@ fn create_empty(dir: &Path, domain: &Domain) -> Result<()> {
 
 /// Writes a complete registry file under a temporary name in `dir` (leading '.', which no domain
 /// name has) and returns that name.
-fn write_temp(dir: &Path, domain: &Domain, words: &[u64]) -> Result<PathBuf> {
+fn write_temp(
+    dir: &Path,
+    domain: &Domain,
+    words: &[u64],
+    ownership: FileOwnership,
+) -> Result<PathBuf> {
     let tmp = dir.join(format!(".{}.{}.tmp", domain.as_str(), std::process::id()));
     let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
@@ -762,7 +807,11 @@ fn write_temp(dir: &Path, domain: &Domain, words: &[u64]) -> Result<PathBuf> {
         .open(&tmp)
         .map_err(|e| Error::io("create a registry file in", dir, e))?;
     let written = file
-        .set_permissions(fs::Permissions::from_mode(FILE_MODE))
+        .set_permissions(fs::Permissions::from_mode(ownership.mode))
+        .and_then(|()| match ownership.gid {
+            Some(gid) => std::os::unix::fs::fchown(&file, None, Some(gid)),
+            None => Ok(()),
+        })
         .and_then(|()| file.write_all(bytemuck::cast_slice(words)));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);

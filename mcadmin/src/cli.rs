@@ -56,6 +56,15 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Mode of a domain file this command creates (octal; the owner must keep read and write)
+    #[arg(long, global = true, default_value = "644", value_name = "OCTAL")]
+    pub mode: String,
+
+    /// Group of a domain file this command creates (name or number), e.g. to let a group of
+    /// clients count failures with --mode 664
+    #[arg(long, global = true, value_name = "GROUP")]
+    pub group: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

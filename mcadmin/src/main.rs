@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use libmcshm::registry::FileOwnership;
 use libmcshm::registry::commit_info;
 use libmcshm::table::{
     Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
@@ -68,6 +69,8 @@ pub struct Invocation {
     pub dir: PathBuf,
     pub domain: Domain,
     pub json: bool,
+    /// Mode and group of a domain file this command creates.
+    pub ownership: FileOwnership,
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
@@ -89,6 +92,7 @@ fn run(cli: &Cli) -> Result<Exit> {
         dir,
         domain,
         json: cli.json,
+        ownership: ownership(&cli.mode, cli.group.as_deref())?,
     };
     match &cli.command {
         Command::Add {
@@ -295,13 +299,45 @@ fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -
     })
 }
 
+/// `--mode` and `--group` as a [`FileOwnership`].
+fn ownership(mode: &str, group: Option<&str>) -> Result<FileOwnership> {
+    let mode = u32::from_str_radix(mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && m & 0o600 == 0o600)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "invalid mode '{mode}': octal permission bits with owner read and write, e.g. 644"
+            ))
+        })?;
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_id(g)
+                .ok_or_else(|| UsageError(format!("unknown group '{g}' (not in /etc/group)")))?,
+        }),
+    };
+    Ok(FileOwnership { mode, gid })
+}
+
+/// The id of group `name`, from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
 /// Runs one transaction and reports the version it published.
 fn write(
     ctx: &Invocation,
     create: bool,
     change: impl FnOnce(&mut Table) -> libmcshm::Result<()>,
 ) -> Result<Exit> {
-    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, create)?;
+    let mut registry = Registry::open_writer_with(&ctx.dir, &ctx.domain, create, ctx.ownership)?;
     let commit = registry.transact(change)?;
     report_commit(ctx, commit)
 }
@@ -407,7 +443,8 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
             .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
     };
     let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
-    let mut registry = match Registry::open_writer(&ctx.dir, &ctx.domain, true) {
+    let mut registry = match Registry::open_writer_with(&ctx.dir, &ctx.domain, true, ctx.ownership)
+    {
         Err(libmcshm::Error::Corrupt { .. }) => {
             let table = Table {
                 servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
