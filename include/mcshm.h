@@ -124,9 +124,10 @@ typedef struct mcshm_server {
 } mcshm_server;
 
 /*
- Called on every failed operation: the server's host and port, `MCSHM_ESERVER`, and the
- `user` pointer given to `mcshm_set_failure_callback`. Runs on the calling thread, inside the
- failing call.
+ Called on every failed operation: the server's host and port, the failure as an errno value
+ (ECONNREFUSED, ETIMEDOUT for a timeout, ECONNRESET for a connection the server closed,
+ EPROTO for a protocol error, ...), and the `user` pointer given to
+ `mcshm_set_failure_callback`. Runs on the calling thread, inside the failing call.
  */
 typedef void (*mcshm_failure_fn)(const char *host, int port, int error, void *user);
 

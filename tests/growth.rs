@@ -63,3 +63,30 @@ fn a_grower_that_died_before_its_rename_leaves_a_readable_file_the_next_writer_f
     );
     assert_eq!(reader.version(), 2);
 }
+
+#[test]
+fn failure_counts_and_clients_records_survive_growth() {
+    let reg = Reg::new();
+    reg.ok("c", &["add", "127.0.0.1:1"]);
+    let domain = Domain::new("c").unwrap();
+    let registry = Registry::open_writer(reg.dir(), &domain, false).unwrap();
+    let mut reader = Registry::open(reg.dir(), &domain).unwrap();
+    let server = reader.snapshot().unwrap().servers[0].clone();
+    assert_eq!(registry.record_failure(&server), Some(1));
+    let slot = registry.register_client().expect("a clients record");
+    registry.touch_client(slot, 1);
+    let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:11211")).collect();
+    let mut args = vec!["add"];
+    args.extend(hosts.iter().map(String::as_str));
+    reg.ok("c", &args); // grows into a new file
+    let list = reg.list_json("c");
+    assert_eq!(
+        list["servers"][0]["failures"], 1,
+        "the failure count was lost in growth"
+    );
+    let clients = reg.ok("c", &["--json", "clients"]);
+    assert!(
+        clients.contains(&format!("\"pid\":{}", std::process::id())),
+        "{clients}"
+    );
+}

@@ -91,9 +91,10 @@ pub struct mcshm_server {
     pub state: c_int,
 }
 
-/// Called on every failed operation: the server's host and port, `MCSHM_ESERVER`, and the
-/// `user` pointer given to `mcshm_set_failure_callback`. Runs on the calling thread, inside the
-/// failing call.
+/// Called on every failed operation: the server's host and port, the failure as an errno value
+/// (ECONNREFUSED, ETIMEDOUT for a timeout, ECONNRESET for a connection the server closed,
+/// EPROTO for a protocol error, ...), and the `user` pointer given to
+/// `mcshm_set_failure_callback`. Runs on the calling thread, inside the failing call.
 pub type mcshm_failure_fn =
     Option<unsafe extern "C" fn(host: *const c_char, port: c_int, error: c_int, user: *mut c_void)>;
 
@@ -654,7 +655,7 @@ fn with_callback<T>(
             let port = c_int::from(event.server.port().unwrap_or(0));
             // SAFETY: the C caller registered `function` for exactly this call, with `user` as
             // its context; `host` lives until the call returns.
-            unsafe { (cb.function)(host.as_ptr(), port, MCSHM_ESERVER, cb.user as *mut c_void) };
+            unsafe { (cb.function)(host.as_ptr(), port, event.errno, cb.user as *mut c_void) };
         }
     });
     op(&mut h.client).map_err(|e| code(&e))

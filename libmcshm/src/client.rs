@@ -82,6 +82,9 @@ pub struct FailureEvent<'a> {
     pub server: &'a Address,
     /// What went wrong (connect refused, timed out, …).
     pub error: &'a str,
+    /// The same as an errno value: the OS error (ECONNREFUSED, EPIPE, …), ETIMEDOUT for a
+    /// timeout, ECONNRESET for a connection the server closed, EPROTO for a protocol error.
+    pub errno: i32,
     /// Consecutive failures now counted for the server.
     pub failures: u32,
     pub marked_down: MarkedDown,
@@ -952,7 +955,7 @@ impl Client {
             Err(err) => {
                 self.conns.remove(&address);
                 let text = err.to_string();
-                self.failed(server, &text);
+                self.failed(server, &text, errno(&err));
                 Err(Error::Network {
                     server: address.to_string(),
                     error: text,
@@ -1033,7 +1036,7 @@ impl Client {
         }
     }
 
-    fn failed(&mut self, index: usize, error: &str) {
+    fn failed(&mut self, index: usize, error: &str, errno: i32) {
         let snapshot = self.routing().snapshot.clone();
         let server = &snapshot.servers[index];
         let shared = match &self.source {
@@ -1060,6 +1063,7 @@ impl Client {
             callback(&FailureEvent {
                 server: &server.address,
                 error,
+                errno,
                 failures,
                 marked_down,
             });
@@ -1098,6 +1102,18 @@ impl Client {
                 MarkedDown::LocallyOnly
             }
         }
+    }
+}
+
+/// A connection failure as an errno value (see [`FailureEvent::errno`]).
+fn errno(err: &ConnError) -> i32 {
+    match err {
+        ConnError::Io(e) => match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+            std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
+            _ => e.raw_os_error().unwrap_or(libc::EIO),
+        },
+        ConnError::Protocol(_) => libc::EPROTO,
     }
 }
 

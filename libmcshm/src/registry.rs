@@ -504,7 +504,8 @@ impl Registry {
         servers: &[Server],
     ) -> Result<u64> {
         let layout = Layout::new(capacity, self.layout.created_ms);
-        let words = layout.file_image(self.domain.as_str(), current + 1, image, servers);
+        let mut words = layout.file_image(self.domain.as_str(), current + 1, image, servers);
+        self.carry_shared_records(&layout, &mut words, servers);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = write_temp(dir, &self.domain, &words, FileOwnership::of(&self.file))?;
         self.map
@@ -518,6 +519,37 @@ impl Registry {
         self.wake();
         self.reopen()?;
         Ok(current + 1)
+    }
+
+    /// Copies into a new file's image what is shared outside the slots: each server's live
+    /// record (failure count, probe lease) where it is still its own, and the clients records.
+    fn carry_shared_records(&self, layout: &Layout, words: &mut [u64], servers: &[Server]) {
+        for server in servers {
+            let (Some(from), Some(to)) = (
+                self.layout.live_word(server.live),
+                layout.live_word(server.live),
+            ) else {
+                continue;
+            };
+            let mut record = [0u64; 3];
+            let owned = self.map.copy_out(from, &mut record).is_some()
+                && record[0] & !0xffff_ffff == format::live_owner(server.id);
+            if owned && let Some(slot) = words.get_mut(to..to + 3) {
+                slot.copy_from_slice(&record);
+            }
+        }
+        for slot in 0..format::CLIENT_SLOTS {
+            let (Some(from), Some(to)) = (self.layout.client_word(slot), layout.client_word(slot))
+            else {
+                break;
+            };
+            let mut record = [0u64; format::CLIENT_LEN / 8];
+            if self.map.copy_out(from, &mut record).is_some()
+                && let Some(target) = words.get_mut(to..to + record.len())
+            {
+                target.copy_from_slice(&record);
+            }
+        }
     }
 
     /// Counts a failed operation against `server` (of a current snapshot) in the shared live
