@@ -597,3 +597,38 @@ fn an_interrupted_drain_leaves_the_server_draining_clients_move_keys_and_up_canc
     reg.ok("di", &["up", &d.address()]);
     assert_eq!(reg.list_json("di")["servers"][1]["state"], "up");
 }
+
+#[test]
+fn one_watcher_watches_several_domains() {
+    let reg = Reg::new();
+    let (mut x, mut y) = (Memcached::start(), Memcached::start());
+    reg.ok("one", &["add", &x.address()]);
+    reg.ok("two", &["add", &y.address()]);
+    let mut watcher = Command::new(MCADMIN)
+        .arg("--dir")
+        .arg(reg.dir())
+        .args([
+            "--domain",
+            "one",
+            "--domain",
+            "two",
+            "watch",
+            "--interval",
+            "0.2",
+            "--failures",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    x.kill();
+    y.kill();
+    let both = wait_until(Duration::from_secs(10), || {
+        reg.list_json("one")["servers"][0]["state"] == "down"
+            && reg.list_json("two")["servers"][0]["state"] == "down"
+    });
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    assert!(both, "a domain was not watched");
+}

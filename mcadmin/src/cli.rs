@@ -48,9 +48,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Domain (server list) to work on: 1-64 characters of A-Z a-z 0-9 . _ -
-    #[arg(long, global = true, env = "MCSHM_DOMAIN", default_value = "default")]
-    pub domain: String,
+    /// Domain (server list) to work on: 1-64 characters of A-Z a-z 0-9 . _ - (`watch` takes
+    /// several)
+    #[arg(long, global = true, env = "MCSHM_DOMAIN", default_value = "default", action = clap::ArgAction::Append)]
+    pub domain: Vec<String>,
 
     /// Print machine-readable JSON instead of text
     #[arg(long, global = true)]
@@ -185,11 +186,8 @@ pub enum Command {
     /// bring one that answers again back through the rejoin policy (flush first). One watcher
     /// acts on a domain per host; others stand by and take over when it dies. Every transition
     /// is a line on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM
-    /// and SIGINT.
+    /// and SIGINT. `mcadmin --domain a --domain b watch` watches both.
     Watch {
-        /// Domains to watch [default: --domain]
-        #[arg(value_name = "DOMAIN", conflicts_with = "all")]
-        domains: Vec<String>,
         /// Watch every domain in the registry directory (new ones are picked up)
         #[arg(long)]
         all: bool,

@@ -54,10 +54,10 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
         libmcshm::proto::check_key(key)
             .map_err(|why| UsageError(format!("invalid check key: {why}")))?;
     }
-    let names: Vec<String> = match (options.all, options.domains.is_empty()) {
-        (true, _) => Vec::new(),
-        (false, true) => vec![ctx.domain.to_string()],
-        (false, false) => options.domains.to_vec(),
+    let names: Vec<String> = if options.all {
+        Vec::new()
+    } else {
+        options.domains.to_vec()
     };
     let mut watchers: Vec<Watcher> = Vec::new();
     for name in &names {

@@ -83,7 +83,11 @@ fn run(cli: &Cli) -> Result<Exit> {
         );
         return Ok(Exit::Success);
     }
-    let domain = Domain::new(&cli.domain)?;
+    let watching = matches!(cli.command, Command::Watch { .. });
+    if cli.domain.len() > 1 && !watching {
+        return Err(UsageError("only `watch` takes several --domain".into()).into());
+    }
+    let domain = Domain::new(&cli.domain[0])?;
     let dir = match &cli.dir {
         Some(dir) => dir.clone(),
         None => libmcshm::default_dir()?,
@@ -196,7 +200,6 @@ fn run(cli: &Cli) -> Result<Exit> {
         Command::Load { file } => load(&ctx, file),
         Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
         Command::Watch {
-            domains,
             all,
             interval,
             failures,
@@ -206,7 +209,7 @@ fn run(cli: &Cli) -> Result<Exit> {
         } => lifecycle::watch(
             &ctx,
             lifecycle::WatchOptions {
-                domains,
+                domains: &cli.domain,
                 all: *all,
                 interval: *interval,
                 failures: *failures,
