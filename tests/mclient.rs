@@ -244,8 +244,9 @@ fn a_process_that_cannot_write_the_registry_treats_the_server_as_down_itself() {
     reg.ok("ro", &["add", &a.address(), &dead.address()]);
     reg.ok("ro", &["policy", "--failure-limit", "1"]);
     let before = reg.bytes("ro");
+    let (_bin, mclient) = common::runnable_by_anyone(MCLIENT);
     let as_nobody = |args: &[&str]| {
-        Command::new(MCLIENT)
+        Command::new(&mclient)
             .arg("--dir")
             .arg(reg.dir())
             .args(["--domain", "ro"])

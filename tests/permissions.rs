@@ -81,8 +81,13 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
     chmod(reg.dir(), 0o755);
     reg.ok("ro", &["add", "a:1"]);
     let before = reg.bytes("ro");
+    let (_bin, mcadmin) = common::runnable_by_anyone(common::MCADMIN);
     let as_nobody_in = |domain: &str, args: &[&str]| {
-        let mut cmd = reg.cmd(domain, args);
+        let mut cmd = std::process::Command::new(&mcadmin);
+        cmd.arg("--dir")
+            .arg(reg.dir())
+            .args(["--domain", domain])
+            .args(args);
         cmd.uid(NOBODY).gid(NOBODY);
         common::Run(cmd.output().unwrap())
     };

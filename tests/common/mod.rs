@@ -110,3 +110,15 @@ pub fn is_root() -> bool {
         libc::geteuid() == 0
     }
 }
+
+/// A copy of a binary that any user may run (in a fresh 0755 directory): the checkout itself
+/// may sit below a directory other users cannot enter.
+pub fn runnable_by_anyone(binary: &str) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join(Path::new(binary).file_name().unwrap());
+    std::fs::copy(binary, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
