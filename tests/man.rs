@@ -24,7 +24,7 @@ Success; for \fBstatus\fR the server is up; for \fBwait\fR the version changed.
 .TP
 .B 1
 The answer is no: for \fBstatus\fR the server is down or draining; for \fBwait\fR the timeout
-passed.
+passed; \fBdrain\fR was interrupted (the server stays draining; run it again to resume).
 .TP
 .B 2
 Usage error or bad input (address, domain name, weight, reason, list line). Nothing was changed.

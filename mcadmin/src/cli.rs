@@ -9,7 +9,7 @@ macro_rules! exit_status {
         "\
 Exit status:
   0  success; `status`: the server is up; `wait`: the version changed
-  1  the answer is no: `status`: the server is down or draining; `wait`: timed out
+  1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted
   2  usage error or bad input (address, domain name, weight, list line); nothing changed
   3  not found: no such domain or server, or `add` of a server already present; nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
