@@ -246,16 +246,16 @@ fn a_process_that_cannot_write_the_registry_treats_the_server_as_down_itself() {
     let before = reg.bytes("ro");
     let (_bin, mclient) = common::runnable_by_anyone(MCLIENT);
     let as_nobody = |args: &[&str]| {
-        Command::new(&mclient)
-            .arg("--dir")
-            .arg(reg.dir())
-            .args(["--domain", "ro"])
-            .args(args)
-            .stdin(Stdio::null())
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
+        common::output_of_fresh_binary(
+            Command::new(&mclient)
+                .arg("--dir")
+                .arg(reg.dir())
+                .args(["--domain", "ro"])
+                .args(args)
+                .stdin(Stdio::null())
+                .uid(65534)
+                .gid(65534),
+        )
     };
     let key = (0..1000)
         .map(|i| format!("k{i}"))

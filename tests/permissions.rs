@@ -89,7 +89,7 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
             .args(["--domain", domain])
             .args(args);
         cmd.uid(NOBODY).gid(NOBODY);
-        common::Run(cmd.output().unwrap())
+        common::Run(common::output_of_fresh_binary(&mut cmd))
     };
     let as_nobody = |args: &[&str]| as_nobody_in("ro", args);
     let list = as_nobody(&["--json", "list"]);

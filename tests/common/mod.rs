@@ -122,3 +122,17 @@ pub fn runnable_by_anyone(binary: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, copy)
 }
+
+/// `cmd.output()`, retried while the kernel says "text file busy": a binary copied a moment ago
+/// can still be open for writing in a child another test thread forked before its exec.
+pub fn output_of_fresh_binary(cmd: &mut Command) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other.expect("run the copied binary"),
+        }
+    }
+}
