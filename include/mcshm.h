@@ -165,7 +165,7 @@ int mcshm_version(struct mcshm_client *client, uint64_t *version);
 /*
  Waits until the domain's version is greater than `since`, at most `timeout_ms`
  milliseconds; `MCSHM_TIMEOUT` if it did not change. `*version` (may be null) gets the
- version.
+ version. A handle from `mcshm_open_servers` has no table to wait on: `MCSHM_EINVAL`.
  */
 int mcshm_wait(struct mcshm_client *client, uint64_t since, uint32_t timeout_ms, uint64_t *version);
 

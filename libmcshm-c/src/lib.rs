@@ -244,7 +244,7 @@ pub unsafe extern "C" fn mcshm_version(client: *mut mcshm_client, version: *mut 
 
 /// Waits until the domain's version is greater than `since`, at most `timeout_ms`
 /// milliseconds; `MCSHM_TIMEOUT` if it did not change. `*version` (may be null) gets the
-/// version.
+/// version. A handle from `mcshm_open_servers` has no table to wait on: `MCSHM_EINVAL`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mcshm_wait(
     client: *mut mcshm_client,
