@@ -1,0 +1,105 @@
+//! The shared failure view: count failures in the registry's live records, reset them on
+//! success, mark a server down for every process at the domain's limit (or for this process
+//! alone when it cannot write the registry), and tell the failure callback.
+
+use std::path::Path;
+
+use super::{Client, FailureEvent, MarkedDown, Source};
+use crate::conn::ConnError;
+use crate::edit;
+use crate::error::{Error, ErrorKind};
+use crate::registry::{Registry, commit_info};
+use crate::table::{Server, State};
+
+impl Client {
+    pub(super) fn succeeded(&mut self, server: usize) {
+        let snapshot = self.routing().snapshot.clone();
+        let server = &snapshot.servers[server];
+        if let Source::Registry(registry) = &self.source {
+            registry.record_success(server);
+        }
+        if !self.local_failures.is_empty() {
+            self.local_failures.remove(&server.address);
+        }
+    }
+
+    pub(super) fn failed(&mut self, index: usize, error: &str, errno: i32) {
+        let snapshot = self.routing().snapshot.clone();
+        let server = &snapshot.servers[index];
+        let shared = match &self.source {
+            Source::Registry(registry) => registry.record_failure(server),
+            Source::Servers(_) => None,
+        };
+        let failures = shared.unwrap_or_else(|| {
+            let count = self
+                .local_failures
+                .entry(server.address.clone())
+                .or_insert(0);
+            *count += 1;
+            *count
+        });
+        let mut marked_down = MarkedDown::No;
+        if failures >= u32::from(snapshot.policy.failure_limit) && server.state == State::Up {
+            marked_down = self.mark_down(server, error, failures);
+        }
+        let report = match marked_down {
+            MarkedDown::LocallyOnly => self.reported.insert(server.address.clone()),
+            _ => true,
+        };
+        if report && let Some(callback) = &mut self.on_failure {
+            callback(&FailureEvent {
+                server: &server.address,
+                error,
+                errno,
+                failures,
+                marked_down,
+            });
+        }
+    }
+
+    pub(super) fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
+        let reason = format!(
+            "{failures} consecutive failures, last: {error} (pid {})",
+            std::process::id()
+        );
+        let reason: String = reason
+            .chars()
+            .take(crate::table::MAX_REASON_LEN / 2)
+            .collect();
+        let published = match &self.source {
+            Source::Registry(registry) => {
+                let dir = registry.path().parent().unwrap_or(Path::new("."));
+                Registry::open_writer(dir, registry.domain(), false).and_then(|mut writer| {
+                    writer.transact(|t| {
+                        edit::mark_down(&mut t.servers, server.id, &reason, commit_info());
+                        Ok(())
+                    })
+                })
+            }
+            Source::Servers(_) => Err(Error::NoServers {
+                what: String::new(),
+            }),
+        };
+        match published {
+            Ok(_) => MarkedDown::ForEveryone,
+            Err(err) => {
+                debug_assert!(err.kind() != ErrorKind::BadInput);
+                self.local_down.insert(server.address.clone());
+                self.local_epoch += 1;
+                MarkedDown::LocallyOnly
+            }
+        }
+    }
+}
+
+/// A connection failure as an errno value (see [`FailureEvent::errno`]).
+pub(super) fn errno(err: &ConnError) -> i32 {
+    match err {
+        ConnError::Io(e) => match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+            std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
+            _ => e.raw_os_error().unwrap_or(libc::EIO),
+        },
+        ConnError::Protocol(_) => libc::EPROTO,
+    }
+}

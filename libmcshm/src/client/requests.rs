@@ -1,0 +1,102 @@
+//! Requests: one server's pipeline (a bounded window of requests in flight, replies in order),
+//! and what its replies mean.
+
+use super::failures::errno;
+use super::{Client, PIPELINE_WINDOW, Stored};
+use crate::address::Address;
+use crate::conn::{Conn, ConnError};
+use crate::error::{Error, Result};
+use crate::proto::{Reply, Request};
+
+impl Client {
+    pub(super) fn call(&mut self, server: usize, request: &Request<'_>) -> Result<Reply> {
+        let mut replies = self.pipeline(server, std::slice::from_ref(request))?;
+        Ok(replies.pop().expect("one reply per request"))
+    }
+
+    /// Sends `requests` to one server, keeping at most [`PIPELINE_WINDOW`] request bytes in
+    /// flight, and reads their replies in order. A connection failure counts against the
+    /// server and fails the whole pipeline.
+    pub(super) fn pipeline(
+        &mut self,
+        server: usize,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Reply>> {
+        let address = self.address(server);
+        let result = self.exchange(&address, requests);
+        match result {
+            Ok(replies) => {
+                self.succeeded(server);
+                Ok(replies)
+            }
+            Err(err) => {
+                self.conns.remove(&address);
+                let text = err.to_string();
+                self.failed(server, &text, errno(&err));
+                Err(Error::Network {
+                    server: address.to_string(),
+                    error: text,
+                })
+            }
+        }
+    }
+
+    pub(super) fn exchange(
+        &mut self,
+        address: &Address,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Reply>, ConnError> {
+        if !self.conns.contains_key(address) {
+            let conn = Conn::connect(address, self.timeouts)?;
+            self.conns.insert(address.clone(), conn);
+        }
+        let conn = self.conns.get_mut(address).expect("inserted above");
+        let mut replies = Vec::with_capacity(requests.len());
+        let (mut sent, mut in_flight) = (0, std::collections::VecDeque::new());
+        let mut in_flight_bytes = 0;
+        while replies.len() < requests.len() {
+            // Fill the window (always at least one request in flight).
+            self.scratch.clear();
+            while sent < requests.len()
+                && (in_flight.is_empty() || in_flight_bytes + self.scratch.len() < PIPELINE_WINDOW)
+            {
+                let before = self.scratch.len();
+                requests[sent].encode(&mut self.scratch);
+                in_flight.push_back((requests[sent].expects(), self.scratch.len() - before));
+                sent += 1;
+            }
+            if !self.scratch.is_empty() {
+                conn.send(&self.scratch)?;
+                in_flight_bytes += self.scratch.len();
+            }
+            let (expect, len) = in_flight.pop_front().expect("a request is in flight");
+            replies.push(conn.receive(expect)?);
+            in_flight_bytes -= len;
+        }
+        Ok(replies)
+    }
+
+    pub(super) fn stored(&self, server: usize, reply: Reply) -> Result<Stored> {
+        match reply {
+            Reply::Stored => Ok(Stored::Stored),
+            Reply::NotStored => Ok(Stored::NotStored),
+            Reply::Exists => Ok(Stored::Exists),
+            Reply::NotFound => Ok(Stored::NotFound),
+            other => Err(self.unexpected(server, other)),
+        }
+    }
+
+    /// A reply that is an error from the server, or not the kind the request expects.
+    pub(super) fn unexpected(&self, server: usize, reply: Reply) -> Error {
+        let server = self.address(server).to_string();
+        match reply {
+            Reply::ServerError(message) => Error::ServerError { server, message },
+            Reply::ClientError(message) => Error::ClientError { server, message },
+            Reply::Error => Error::UnknownCommand { server },
+            other => Error::Network {
+                server,
+                error: format!("unexpected reply {other:?}"),
+            },
+        }
+    }
+}
