@@ -220,13 +220,8 @@ pub unsafe extern "C" fn mcshm_open_servers(
 /// Closes a handle (its connections and its record in the domain). Null is ignored.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mcshm_close(client: *mut mcshm_client) {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if !client.is_null() {
-            // SAFETY: a non-null handle came from `Box::into_raw` in `mcshm_open*` and is closed
-            // once, per the API.
-            drop(unsafe { Box::from_raw(client) });
-        }
-    }));
+    // SAFETY: per the API, null or a handle from `mcshm_open*`, closed once.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { raw::free_box(client) }));
 }
 
 /// The domain's table version (0 for a server list): one atomic load.
@@ -350,12 +345,8 @@ pub unsafe extern "C" fn mcshm_snapshot_server(
 /// Frees a snapshot. Null is ignored.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mcshm_snapshot_free(snapshot: *mut mcshm_snapshot) {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if !snapshot.is_null() {
-            // SAFETY: a non-null snapshot came from `Box::into_raw` and is freed once.
-            drop(unsafe { Box::from_raw(snapshot) });
-        }
-    }));
+    // SAFETY: per the API, null or a snapshot from `mcshm_snapshot_take`, freed once.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { raw::free_box(snapshot) }));
 }
 
 /// The server `key` maps to: its host copied NUL-terminated into `host` (`host_len` bytes;

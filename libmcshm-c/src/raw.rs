@@ -73,3 +73,14 @@ pub unsafe fn copy_out(bytes: &[u8]) -> Result<*mut c_char, c_int> {
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
     Ok(p.cast())
 }
+
+/// Frees a box handed to C with `Box::into_raw` (null is ignored).
+///
+/// # Safety
+/// `p` is null or came from `Box::into_raw` of a `Box<T>` and is freed only once.
+pub unsafe fn free_box<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: per the contract, a live box of ours, freed once.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}

@@ -379,7 +379,11 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
     if unchanged {
         let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
         let p = snapshot.policy;
-        print(ctx, || show::policy_json(&p), || show::policy_text(&p))?;
+        print(
+            ctx,
+            || show::policy_json(&p),
+            || dump::policy_text(&p) + "\n",
+        )?;
         return Ok(Exit::Success);
     }
     write(ctx, false, |t| {

@@ -43,17 +43,6 @@ pub fn policy_json(p: &Policy) -> Value {
     })
 }
 
-pub fn policy_text(p: &Policy) -> String {
-    format!(
-        "failover {}\nfailure-limit {}\nrejoin {}\nreplicas {}\nwarm-window {}\n",
-        p.failover.as_str(),
-        p.failure_limit,
-        p.rejoin.as_str(),
-        p.replicas,
-        p.warm_window_s
-    )
-}
-
 pub fn server_json(server: &Server) -> Value {
     json!({
         "address": server.address.to_string(),
