@@ -47,6 +47,12 @@ static void check_args(mcshm_client *c) {
     CHECK(mcshm_snapshot_take(NULL, &snap) == MCSHM_EINVAL, "snapshot null handle");
     CHECK(mcshm_snapshot_take(c, NULL) == MCSHM_EINVAL, "snapshot null out");
     CHECK(mcshm_snapshot_len(NULL) == 0, "len null");
+    CHECK(mcshm_snapshot_version(NULL) == 0, "snapshot version null");
+    mcshm_client *list = NULL;
+    CHECK(mcshm_open_servers("127.0.0.1:1", &list) == MCSHM_OK, "open a server list");
+    CHECK(mcshm_wait(list, 0, 0, &v) == MCSHM_EINVAL, "wait on a server list");
+    CHECK(mcshm_version(list, &v) == MCSHM_OK && v == 0, "version of a server list");
+    mcshm_close(list);
     CHECK(mcshm_snapshot_server(NULL, 0, &server) == MCSHM_EINVAL, "server null snapshot");
     CHECK(mcshm_snapshot_take(c, &snap) == MCSHM_OK, "snapshot");
     CHECK(mcshm_snapshot_server(snap, 999, &server) == MCSHM_EINVAL, "server index out of range");
