@@ -148,7 +148,7 @@ int mcshm_open_dir(const char *dir, const char *domain, struct mcshm_client **re
 
 /*
  A client of a private server list, `"host[:port][,host[:port]...]"` (the libmemcached tools'
- syntax; no registry involved).
+ syntax: commas and/or spaces; no registry involved).
  */
 int mcshm_open_servers(const char *servers, struct mcshm_client **result);
 

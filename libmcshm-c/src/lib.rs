@@ -195,7 +195,7 @@ pub unsafe extern "C" fn mcshm_open_dir(
 }
 
 /// A client of a private server list, `"host[:port][,host[:port]...]"` (the libmemcached tools'
-/// syntax; no registry involved).
+/// syntax: commas and/or spaces; no registry involved).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mcshm_open_servers(
     servers: *const c_char,
@@ -207,11 +207,7 @@ pub unsafe extern "C" fn mcshm_open_servers(
         if result.is_null() {
             return Err(MCSHM_EINVAL);
         }
-        let addresses = list
-            .split(',')
-            .map(|s| Address::parse(s.trim()))
-            .collect::<libmcshm::Result<Vec<_>>>()
-            .map_err(|_| MCSHM_EINVAL)?;
+        let addresses = Address::parse_list(list).map_err(|_| MCSHM_EINVAL)?;
         let client = Client::for_servers(&addresses, Timeouts::default()).map_err(|e| code(&e))?;
         open_with(client, None, result)
     })

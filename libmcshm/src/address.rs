@@ -70,6 +70,24 @@ impl Address {
         Address::from_host(host, port).map_err(|why| bad(&why))
     }
 
+    /// Parses a server list in the libmemcached tools' syntax (`MEMCACHED_SERVERS`):
+    /// addresses separated by commas and/or whitespace. An empty list is an error.
+    pub fn parse_list(text: &str) -> Result<Vec<Address>> {
+        let list = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(Address::parse)
+            .collect::<Result<Vec<_>>>()?;
+        if list.is_empty() {
+            return Err(Error::invalid(
+                "server list",
+                text,
+                "no servers (expected HOST[:PORT],...)",
+            ));
+        }
+        Ok(list)
+    }
+
     /// Builds a TCP address from a host (hostname or IPv4) and a port.
     fn from_host(host: &str, port: u16) -> std::result::Result<Address, String> {
         if host.is_empty() {
@@ -351,6 +369,15 @@ mod tests {
                 .to_string()
                 .contains("longer than 255")
         );
+    }
+
+    #[test]
+    fn server_lists_split_on_commas_and_spaces() {
+        let list = Address::parse_list(" a:1, b ,c:3\td ").unwrap();
+        let shown: Vec<String> = list.iter().map(Address::to_string).collect();
+        assert_eq!(shown, ["a:1", "b:11211", "c:3", "d:11211"]);
+        assert!(Address::parse_list(" , ").is_err());
+        assert!(Address::parse_list("a:1,b:0").is_err());
     }
 
     #[test]

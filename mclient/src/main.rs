@@ -66,13 +66,7 @@ fn connect(cli: &Cli) -> Result<Client> {
         io: seconds(cli.timeout, "timeout")?,
     };
     let mut client = match &cli.servers {
-        Some(list) => {
-            let servers = list
-                .split(',')
-                .map(|s| Address::parse(s.trim()))
-                .collect::<libmcshm::Result<Vec<_>>>()?;
-            Client::for_servers(&servers, timeouts)?
-        }
+        Some(list) => Client::for_servers(&Address::parse_list(list)?, timeouts)?,
         None => {
             let domain = Domain::new(&cli.domain)?;
             let dir = match &cli.dir {
