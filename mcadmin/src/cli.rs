@@ -106,9 +106,11 @@ pub enum Command {
         #[arg(long)]
         if_present: bool,
     },
-    /// Bring servers back: a down server is flushed (flush_all) first and marked up only if
-    /// that succeeds, so it can serve nothing stale (rejoin policy flush/warm; trust skips the
-    /// flush). A draining server stops draining.
+    /// Bring servers back (a down one is flushed first).
+    ///
+    /// A down server is flushed (flush_all) first and marked up only if that succeeds, so it can
+    /// serve nothing stale (rejoin policy flush/warm; trust skips the flush). A draining server
+    /// stops draining.
     Up {
         #[arg(required = true, value_name = "ADDR")]
         servers: Vec<String>,
@@ -164,7 +166,7 @@ pub enum Command {
     /// Show the servers of the domain with its version.
     #[command(alias = "ls")]
     List,
-    /// Show one server's state; exit status 0 when up, 1 when down.
+    /// Show one server's state; exit status 0 when up, 1 when down or draining.
     Status {
         #[arg(value_name = "ADDR")]
         server: String,
@@ -182,11 +184,13 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Watch servers: probe each one every interval, mark one down after N failed probes, and
-    /// bring one that answers again back through the rejoin policy (flush first). One watcher
-    /// acts on a domain per host; others stand by and take over when it dies. Every transition
-    /// is a line on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM
-    /// and SIGINT. `mcadmin --domain a --domain b watch` watches both.
+    /// Health daemon: mark failing servers down, bring answering ones back.
+    ///
+    /// Probes each server every interval, marks one down after N failed probes, and brings one
+    /// that answers again back through the rejoin policy (flush first). One watcher acts on a
+    /// domain per host; others stand by and take over when it dies. Every transition is a line
+    /// on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM and SIGINT.
+    /// `mcadmin --domain a --domain b watch` watches both.
     Watch {
         /// Watch every domain in the registry directory (new ones are picked up)
         #[arg(long)]
@@ -209,9 +213,11 @@ pub enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "S")]
         timeout: f64,
     },
-    /// Retire a server gently: mark it draining (clients send its keys to their new owners and
-    /// move what they find on it), move its keys at --rate keeping flags and TTL, then remove
-    /// it. Ctrl-C leaves it draining (run drain again to resume); `mcadmin up` cancels.
+    /// Retire a server gently, moving its keys to their new owners.
+    ///
+    /// Marks it draining (clients send its keys to their new owners and move what they find on
+    /// it), moves its keys at --rate keeping flags and TTL, then removes it. Ctrl-C leaves it
+    /// draining (run drain again to resume); `mcadmin up` cancels.
     Drain {
         #[arg(value_name = "ADDR")]
         server: String,
@@ -219,8 +225,10 @@ pub enum Command {
         #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
         rate: u32,
     },
-    /// The processes on this host that have the domain open: pid, command, the table version
-    /// they last used and when. Records of dead processes are dropped.
+    /// The processes on this host that have the domain open.
+    ///
+    /// Pid, command, the table version they last used and when. Records of dead processes are
+    /// dropped.
     Clients,
     /// Wait until the domain's version changes, then print the new version.
     Wait {
