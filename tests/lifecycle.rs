@@ -356,7 +356,11 @@ fn with_two_replicas_a_killed_primary_is_served_by_the_replica() {
     let mut args = vec!["add"];
     args.extend(addresses.iter().map(String::as_str));
     reg.ok("rep", &args);
-    reg.ok("rep", &["policy", "--replicas", "2"]);
+    // A high failure limit keeps the killed primary "up", so every read has to fall back.
+    reg.ok(
+        "rep",
+        &["policy", "--replicas", "2", "--failure-limit", "255"],
+    );
     let mut c = client(&reg, "rep");
     let keys: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
     for k in &keys {
@@ -371,6 +375,12 @@ fn with_two_replicas_a_killed_primary_is_served_by_the_replica() {
         let got = c.get(k.as_bytes()).unwrap_or_else(|e| panic!("{k}: {e}"));
         assert_eq!(got.unwrap().value, k.as_bytes());
     }
+    // A multi-get too: every key from one replica or the other, and no error reported.
+    let mut fresh = client(&reg, "rep");
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let many = fresh.get_many(&refs, false).unwrap();
+    assert_eq!(many.items.len(), keys.len());
+    assert!(many.errors.is_empty(), "{:?}", many.errors);
 }
 
 #[test]

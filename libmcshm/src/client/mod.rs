@@ -336,8 +336,12 @@ impl Client {
             pending.push((key, self.chain(key)?));
         }
         let mut result = MultiGet::default();
-        let mut failed: HashMap<usize, Error> = HashMap::new();
+        // A failed server, and the keys it was asked for.
+        let mut failed: HashMap<usize, (Error, Vec<&[u8]>)> = HashMap::new();
         let replicas = pending.iter().map(|p| p.1.len()).max().unwrap_or(0);
+        // With replicas: keys some server answered (hit or miss), so that a failure another
+        // replica made up for is not reported.
+        let mut answered: HashSet<&[u8]> = HashSet::new();
         for round in 0..replicas {
             let mut groups: HashMap<usize, Vec<&[u8]>> = HashMap::new();
             for (key, chain) in &pending {
@@ -360,6 +364,7 @@ impl Client {
                         touch: None,
                     })
                     .collect();
+                let mut error = None;
                 match self.pipeline(server, &requests) {
                     Ok(replies) => {
                         for reply in replies {
@@ -370,24 +375,32 @@ impl Client {
                                     }
                                     result.items.extend(items);
                                 }
-                                other => {
-                                    let err = self.unexpected(server, other);
-                                    failed.insert(server, err);
-                                }
+                                other => error = Some(self.unexpected(server, other)),
                             }
                         }
                     }
-                    Err(err) => {
-                        failed.insert(server, err);
+                    Err(err) => error = Some(err),
+                }
+                match error {
+                    Some(err) => {
+                        failed
+                            .entry(server)
+                            .or_insert((err, Vec::new()))
+                            .1
+                            .extend(&keys);
                     }
+                    None if replicas > 1 => answered.extend(&keys),
+                    None => {}
                 }
             }
             if !last_round {
                 pending.retain(|(key, _)| !hits.contains(*key));
             }
         }
-        for (server, err) in failed {
-            result.errors.push((self.address(server), err));
+        for (server, (err, asked)) in failed {
+            if asked.iter().any(|key| !answered.contains(key)) {
+                result.errors.push((self.address(server), err));
+            }
         }
         Ok(result)
     }
