@@ -12,9 +12,7 @@ use crate::registry::{Registry, commit_info};
 use crate::table::{Server, State};
 
 impl Client {
-    pub(super) fn succeeded(&mut self, server: usize) {
-        let snapshot = self.routing().snapshot.clone();
-        let server = &snapshot.servers[server];
+    pub(super) fn succeeded(&mut self, server: &Server) {
         if let Source::Registry(registry) = &self.source {
             registry.record_success(server);
         }

@@ -22,15 +22,17 @@ impl Client {
         server: usize,
         requests: &[Request<'_>],
     ) -> Result<Vec<Reply>> {
-        let address = self.address(server);
-        let result = self.exchange(&address, requests);
+        // The snapshot (an Arc) lends the address: no copy of it per operation.
+        let snapshot = self.routing().snapshot.clone();
+        let address = &snapshot.servers[server].address;
+        let result = self.exchange(address, requests);
         match result {
             Ok(replies) => {
-                self.succeeded(server);
+                self.succeeded(&snapshot.servers[server]);
                 Ok(replies)
             }
             Err(err) => {
-                self.conns.remove(&address);
+                self.conns.remove(address);
                 let text = err.to_string();
                 self.failed(server, &text, errno(&err));
                 Err(Error::Network {
@@ -46,11 +48,13 @@ impl Client {
         address: &Address,
         requests: &[Request<'_>],
     ) -> Result<Vec<Reply>, ConnError> {
-        if !self.conns.contains_key(address) {
-            let conn = Conn::connect(address, self.timeouts)?;
-            self.conns.insert(address.clone(), conn);
-        }
-        let conn = self.conns.get_mut(address).expect("inserted above");
+        let conn = match self.conns.get_mut(address) {
+            Some(conn) => conn,
+            None => {
+                let conn = Conn::connect(address, self.timeouts)?;
+                self.conns.entry(address.clone()).or_insert(conn)
+            }
+        };
         let mut replies = Vec::with_capacity(requests.len());
         let (mut sent, mut in_flight) = (0, std::collections::VecDeque::new());
         let mut in_flight_bytes = 0;
