@@ -77,7 +77,11 @@ pub fn parse(text: &str) -> Result<Table> {
             why: format!("server {} listed twice", servers[i].address),
         });
     }
-    Ok(Table { servers, policy })
+    Ok(Table {
+        servers,
+        policy,
+        fleet_revision: 0,
+    })
 }
 
 /// The attributes of a `policy:` line.

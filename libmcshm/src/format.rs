@@ -25,7 +25,13 @@
 //!    136    8 committed           published version; bit 63 (MOVED) = file replaced by a
 //!                                 larger one, re-open the path. Slot = version % 2.
 //!    144    4 wake                futex word, incremented after every publish
-//!    148  108 reserved            zero
+//!    148    4 reserved            zero
+//!    152    8 agent               the fleet agent (`mcadmin sync`) that mirrors this domain:
+//!                                 (process start time in clock ticks << 32 | pid); 0 = none
+//!    160    8 agent_link          bit 63: the agent reaches etcd; bits 0..62: since when
+//!                                 (ms since the Unix epoch). Not versioned, not checksummed:
+//!                                 status for `mcadmin list`, never routing input
+//!    168   88 reserved            zero
 //!
 //! Slot k (at header_len + k * slot_len)
 //!      0    8 seq                 seqlock sequence: odd while a writer fills the slot
@@ -44,7 +50,8 @@
 //!     49    1 replicas            servers each write goes to (0 = 1)
 //!     50    2 reserved            zero
 //!     52    4 warm_window_s       seconds of warm-up after a rejoin (0 = 600)
-//!     56    8 reserved            zero
+//!     56    8 fleet_revision      etcd revision of the fleet table this version mirrors
+//!                                 (`mcadmin sync`); 0 = a host-local table
 //!     64    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
@@ -121,6 +128,9 @@ const HEADER_CRC_OFFSET: usize = 128;
 pub const COMMITTED_WORD: usize = 136 / 8;
 /// Byte offset of the futex word `wake`.
 pub const WAKE_OFFSET: usize = 144;
+/// Word indexes of `agent` and `agent_link`.
+pub const AGENT_WORD: usize = 152 / 8;
+pub const AGENT_LINK_WORD: usize = 160 / 8;
 const SLOT_HEADER_WORDS: usize = SLOT_HEADER_LEN / 8;
 /// Bytes of one live record.
 pub const LIVE_LEN: usize = 32;
@@ -165,7 +175,7 @@ struct SlotHeader {
     replicas: u8,
     reserved2: u16,
     warm_window_s: u32,
-    reserved3: [u8; 8],
+    fleet_revision: u64,
 }
 
 #[repr(C)]
@@ -400,7 +410,7 @@ pub fn encode_slot(version: u64, info: CommitInfo, table: &Table, next_id: u32) 
         replicas: table.policy.replicas,
         reserved2: 0,
         warm_window_s: table.policy.warm_window_s,
-        reserved3: [0; 8],
+        fleet_revision: table.fleet_revision,
     };
     head.copy_from_slice(bytemuck::bytes_of(&header));
     let crc = slot_crc(bytes);
@@ -490,6 +500,7 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
             },
         },
         next_id: header.next_id,
+        fleet_revision: header.fleet_revision,
     })
 }
 
@@ -573,6 +584,7 @@ mod tests {
                 failure_limit: 3,
                 ..Policy::default()
             },
+            fleet_revision: 77,
         }
     }
 

@@ -90,6 +90,19 @@ pub struct Commit {
     pub published_ns: u64,
 }
 
+/// The fleet agent (`mcadmin sync`) that mirrors a domain into this host's table, as recorded
+/// in the file's header (status only: nothing routes by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentLink {
+    /// The agent process, if one ever recorded itself (it may have died since: see
+    /// [`crate::clients::ProcessId::is_alive`]).
+    pub agent: Option<crate::clients::ProcessId>,
+    /// Whether the agent reached etcd at its last attempt.
+    pub connected: bool,
+    /// Since when it is connected, or cut off (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
 /// An open domain: a shared mapping of its file plus this handle's last snapshot.
 ///
 /// Methods take `&mut self` because they refresh the cached snapshot and follow the file when a
@@ -626,6 +639,75 @@ impl Registry {
             return false;
         }
         matches!(self.map.compare_exchange(word + 2, last, now), Some(Ok(_)))
+    }
+
+    /// Holds the probe lease of down `server` as if taken at `at_ms` (a later time than now
+    /// keeps every process on the host from probing it until `at_ms` plus its interval). The
+    /// fleet agent does this: across hosts it decides in etcd who probes. Never moves the lease
+    /// back; `false` for read-only handles or a record that is not the server's.
+    pub fn hold_probe_lease(&self, server: &Server, at_ms: u64) -> bool {
+        let Some(word) = self.layout.live_word(server.live) else {
+            return false;
+        };
+        let owned = self
+            .map
+            .load(word, Ordering::Acquire)
+            .is_some_and(|w| w & !0xffff_ffff == format::live_owner(server.id));
+        if !owned {
+            return false;
+        }
+        for _ in 0..64 {
+            let Some(last) = self.map.load(word + 2, Ordering::Acquire) else {
+                return false;
+            };
+            if last >= at_ms {
+                return true;
+            }
+            if matches!(
+                self.map.compare_exchange(word + 2, last, at_ms),
+                Some(Ok(_))
+            ) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The fleet agent of this domain and whether it reaches etcd (see [`AgentLink`]).
+    pub fn agent_link(&self) -> AgentLink {
+        let agent = self
+            .map
+            .load(format::AGENT_WORD, Ordering::Acquire)
+            .filter(|&w| w != 0)
+            .map(crate::clients::ProcessId::from_word);
+        let link = self
+            .map
+            .load(format::AGENT_LINK_WORD, Ordering::Acquire)
+            .unwrap_or(0);
+        AgentLink {
+            agent,
+            connected: link >> 63 == 1,
+            since_ms: link & !(1 << 63),
+        }
+    }
+
+    /// Records this process as the domain's fleet agent, reaching etcd or not since `since_ms`
+    /// (the agent calls it on every change of its link and after the file was replaced).
+    pub fn set_agent_link(&self, connected: bool, since_ms: u64) {
+        if let Some(me) = crate::clients::ProcessId::current() {
+            self.map
+                .store(format::AGENT_WORD, me.to_word(), Ordering::Release);
+        }
+        let link = (u64::from(connected) << 63) | (since_ms & !(1 << 63));
+        self.map
+            .store(format::AGENT_LINK_WORD, link, Ordering::Release);
+    }
+
+    /// Forgets the fleet agent (it stopped cleanly).
+    pub fn clear_agent_link(&self) {
+        self.map.store(format::AGENT_WORD, 0, Ordering::Release);
+        self.map
+            .store(format::AGENT_LINK_WORD, 0, Ordering::Release);
     }
 
     /// Claims a record in the clients region for this process (see `mcadmin clients`); `None`

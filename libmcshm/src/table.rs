@@ -343,6 +343,9 @@ impl Default for Policy {
 pub struct Table {
     pub servers: Vec<Server>,
     pub policy: Policy,
+    /// The etcd revision of the fleet table this one mirrors (`mcadmin sync` sets it); 0 for a
+    /// host-local table. Local edits keep it, so the agent can tell them from the fleet's.
+    pub fleet_revision: u64,
 }
 
 /// A validated copy of one published version of a domain's table.
@@ -360,6 +363,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// The id the next added server gets.
     pub next_id: u32,
+    /// The etcd revision of the fleet table this version mirrors (0: a host-local table).
+    pub fleet_revision: u64,
 }
 
 impl Snapshot {
@@ -368,6 +373,7 @@ impl Snapshot {
         Table {
             servers: self.servers.clone(),
             policy: self.policy,
+            fleet_revision: self.fleet_revision,
         }
     }
 

@@ -80,6 +80,7 @@ fn unique(servers: Vec<Server>) -> Table {
     Table {
         servers: out,
         policy: Default::default(),
+        fleet_revision: 0,
     }
 }
 

@@ -13,7 +13,9 @@ Exit status:
   2  usage error or bad input (address, domain name, weight, list line); nothing changed
   3  not found: no such domain or server, or `add` of a server already present; nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
-  5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it"
+  5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it
+  6  etcd failure (with --etcd): unreachable, refused the request, or holds an invalid value;
+     nothing changed"
     };
 }
 
@@ -27,6 +29,8 @@ Examples:
   mcadmin --domain myapp down cache1:11211 --reason 'disk failure'
   mcadmin --domain myapp list --json
   mcadmin --domain myapp dump > myapp.list; mcadmin --domain myapp load myapp.list
+  mcadmin --etcd http://10.0.0.5:2379 --domain myapp add cache3:11211   (the whole fleet)
+  mcadmin sync --etcd http://10.0.0.5:2379,http://10.0.0.6:2379 --all   (on every host)
 
 ",
     exit_status!()
@@ -66,8 +70,51 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "GROUP")]
     pub group: Option<String>,
 
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the fleet's tables are: with --etcd, editing verbs change the fleet's list in etcd (one
+/// transaction, seen by every host's `mcadmin sync`) and list/dump/status/domains read it.
+#[derive(Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated (e.g. http://10.0.0.5:2379,http://10.0.0.6:2379):
+    /// work on the fleet's tables instead of this host's
+    #[arg(long, global = true, env = "MCSHM_ETCD", value_name = "ENDPOINTS")]
+    pub etcd: Option<String>,
+    /// Key prefix of mcshm's keys in etcd
+    #[arg(
+        long,
+        global = true,
+        env = "MCSHM_ETCD_PREFIX",
+        default_value = "/mcshm/",
+        value_name = "PREFIX"
+    )]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates (https:// endpoints)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's TLS client authentication
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Key (PEM) of --cert
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// etcd user and password, USER:PASSWORD (etcd authentication)
+    #[arg(
+        long,
+        global = true,
+        env = "MCSHM_ETCD_USER",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub user: Option<String>,
+    /// Seconds an etcd request may take, over all endpoints
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "S")]
+    pub etcd_timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +277,35 @@ pub enum Command {
     /// Pid, command, the table version they last used and when. Records of dead processes are
     /// dropped.
     Clients,
+    /// Host agent: mirror the fleet's domains (etcd) into this host's tables.
+    ///
+    /// Needs --etcd. Mirrors the domains given with --domain (repeatable), or with --all every
+    /// domain of the fleet, into this host's tables, each recording the fleet revision it
+    /// mirrors; pushes this host's own marks (a server a client marked down, one brought back
+    /// after its flush, a drain) to the fleet unless the fleet decided otherwise since. Probes
+    /// down servers for the whole fleet: one probe per retry interval across every host. While
+    /// etcd is away the host serves its last tables and pushes its marks when etcd is back.
+    /// One agent acts on a domain per host; others stand by. Every event is a line on stdout
+    /// (JSON lines with --json). Stops cleanly on SIGTERM and SIGINT.
+    Sync {
+        /// Mirror every domain of the fleet (new ones are picked up)
+        #[arg(long)]
+        all: bool,
+        /// This host's name in the fleet [default: the hostname]
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Timeout of a probe's flush, seconds
+        #[arg(long, default_value_t = 1.0, value_name = "S")]
+        probe_timeout: f64,
+        /// Seconds the host record outlives a dead agent in `hosts`
+        #[arg(long, default_value_t = 10, value_name = "S")]
+        lease_ttl: i64,
+    },
+    /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
+    ///
+    /// Per host and domain: the fleet revision applied, when, and how many processes on the
+    /// host use the domain.
+    Hosts,
     /// Wait until the domain's version changes, then print the new version.
     Wait {
         /// Wait for a version greater than V [default: the current version]

@@ -16,7 +16,7 @@ use crate::show::utc;
 use crate::{Exit, Invocation};
 
 /// A flag set by SIGTERM or SIGINT.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
@@ -96,7 +96,7 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn seconds(value: f64, what: &str) -> Result<Duration> {
+pub fn seconds(value: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())

@@ -7,6 +7,7 @@
 #[path = "../../src/bin_common.rs"]
 mod bin_common;
 mod cli;
+mod fleet;
 mod lifecycle;
 mod show;
 
@@ -38,6 +39,7 @@ pub enum Exit {
     NotFound = 3,
     Registry = 4,
     Server = 5,
+    Etcd = 6,
 }
 
 fn main() -> ExitCode {
@@ -52,16 +54,24 @@ impl From<Exit> for u8 {
 }
 
 fn exit_for(err: &anyhow::Error) -> Exit {
-    match err
-        .downcast_ref::<libmcshm::Error>()
-        .map(libmcshm::Error::kind)
-    {
-        Some(ErrorKind::BadInput) => Exit::BadInput,
-        Some(ErrorKind::NotFound) => Exit::NotFound,
-        Some(ErrorKind::Registry) => Exit::Registry,
-        Some(ErrorKind::Server) => Exit::Server,
-        None if err.downcast_ref::<UsageError>().is_some() => Exit::BadInput,
+    if let Some(e) = err.downcast_ref::<libmcshm::Error>() {
+        return exit_for_kind(e.kind());
+    }
+    if let Some(e) = err.downcast_ref::<mcshm_fleet::FleetError>() {
+        return fleet::exit_for(e);
+    }
+    match err.downcast_ref::<UsageError>() {
+        Some(_) => Exit::BadInput,
         None => Exit::Registry,
+    }
+}
+
+pub fn exit_for_kind(kind: ErrorKind) -> Exit {
+    match kind {
+        ErrorKind::BadInput => Exit::BadInput,
+        ErrorKind::NotFound => Exit::NotFound,
+        ErrorKind::Registry => Exit::Registry,
+        ErrorKind::Server => Exit::Server,
     }
 }
 
@@ -71,6 +81,8 @@ pub struct Invocation {
     pub json: bool,
     /// Mode and group of a domain file this command creates.
     pub ownership: FileOwnership,
+    /// With --etcd: the fleet, whose tables the verbs work on instead of this host's.
+    pub fleet: Option<mcshm_fleet::Fleet>,
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
@@ -83,9 +95,28 @@ fn run(cli: &Cli) -> Result<Exit> {
         );
         return Ok(Exit::Success);
     }
-    let watching = matches!(cli.command, Command::Watch { .. });
-    if cli.domain.len() > 1 && !watching {
-        return Err(UsageError("only `watch` takes several --domain".into()).into());
+    let several = matches!(cli.command, Command::Watch { .. } | Command::Sync { .. });
+    if cli.domain.len() > 1 && !several {
+        return Err(UsageError("only `watch` and `sync` take several --domain".into()).into());
+    }
+    let fleet = fleet::connect(&cli.etcd)?;
+    let local_only = matches!(
+        cli.command,
+        Command::Watch { .. } | Command::Drain { .. } | Command::Clients | Command::Wait { .. }
+    );
+    if fleet.is_some() && local_only {
+        return Err(UsageError(
+            "watch, drain, clients and wait work on this host's table: drop --etcd (with \
+             `mcadmin sync` running, what they do reaches the fleet)"
+                .into(),
+        )
+        .into());
+    }
+    if fleet.is_none() && matches!(cli.command, Command::Sync { .. } | Command::Hosts) {
+        return Err(UsageError(
+            "sync and hosts need the fleet's etcd: give --etcd ENDPOINTS or set MCSHM_ETCD".into(),
+        )
+        .into());
     }
     let domain = Domain::new(&cli.domain[0])?;
     let dir = match &cli.dir {
@@ -97,7 +128,19 @@ fn run(cli: &Cli) -> Result<Exit> {
         domain,
         json: cli.json,
         ownership: ownership(&cli.mode, cli.group.as_deref())?,
+        fleet,
     };
+    if let Some(fleet) = &ctx.fleet {
+        match &cli.command {
+            Command::Up { servers, no_flush } => return fleet::up(&ctx, fleet, servers, *no_flush),
+            Command::List => return fleet::list(&ctx, fleet),
+            Command::Dump => return fleet::dump(&ctx, fleet),
+            Command::Status { server } => return fleet::status(&ctx, fleet, server),
+            Command::Domains => return fleet::domains(&ctx, fleet),
+            Command::Hosts => return fleet::hosts(&ctx, fleet),
+            _ => {}
+        }
+    }
     match &cli.command {
         Command::Add {
             servers,
@@ -183,10 +226,19 @@ fn run(cli: &Cli) -> Result<Exit> {
                 .iter()
                 .map(|s| registry.failures(s))
                 .collect();
+            let link = registry.agent_link();
             print(
                 &ctx,
-                || show::snapshot_json(&snapshot, &failures),
-                || show::snapshot_table(&snapshot, &failures),
+                || {
+                    let mut v = show::snapshot_json(&snapshot, &failures);
+                    v["fleet"] = show::agent_json(&snapshot, &link);
+                    v
+                },
+                || {
+                    let table = show::snapshot_table(&snapshot, &failures);
+                    let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
+                    format!("{first}\n{}{rest}", show::agent_text(&snapshot, &link))
+                },
             )?;
             Ok(Exit::Success)
         }
@@ -220,11 +272,32 @@ fn run(cli: &Cli) -> Result<Exit> {
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),
         Command::Clients => lifecycle::clients(&ctx),
+        Command::Sync {
+            all,
+            name,
+            probe_timeout,
+            lease_ttl,
+        } => {
+            let mut ctx = ctx;
+            let fleet = ctx.fleet.take().expect("checked above");
+            fleet::sync(
+                &ctx,
+                fleet,
+                fleet::SyncArgs {
+                    domains: &cli.domain,
+                    all: *all,
+                    name: name.as_deref(),
+                    probe_timeout: *probe_timeout,
+                    lease_ttl: *lease_ttl,
+                },
+            )
+        }
+        Command::Hosts => unreachable!("handled above"),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 
-fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
+pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
     Ok(servers
         .iter()
         .map(|s| Address::parse(s))
@@ -338,8 +411,11 @@ fn group_id(name: &str) -> Option<u32> {
 fn write(
     ctx: &Invocation,
     create: bool,
-    change: impl FnOnce(&mut Table) -> libmcshm::Result<()>,
+    change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
 ) -> Result<Exit> {
+    if let Some(fleet) = &ctx.fleet {
+        return fleet::write(ctx, fleet, create, change);
+    }
     let mut registry = Registry::open_writer_with(&ctx.dir, &ctx.domain, create, ctx.ownership)?;
     let commit = registry.transact(change)?;
     report_commit(ctx, commit)
@@ -377,8 +453,16 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         && change.replicas.is_none()
         && change.warm_window_s.is_none();
     if unchanged {
-        let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
-        let p = snapshot.policy;
+        let p = match &ctx.fleet {
+            Some(fleet) => {
+                fleet
+                    .read(&ctx.domain)?
+                    .ok_or_else(|| mcshm_fleet::FleetError::NoDomain(ctx.domain.to_string()))?
+                    .table
+                    .policy
+            }
+            None => Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?.policy,
+        };
         print(
             ctx,
             || show::policy_json(&p),
@@ -450,12 +534,20 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
             .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
     };
     let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
+    if let Some(fleet) = &ctx.fleet {
+        return fleet::write(ctx, fleet, true, |t| {
+            t.servers = edit::merge_loaded(&t.servers, &loaded.servers, commit_info());
+            t.policy = loaded.policy;
+            Ok(())
+        });
+    }
     let mut registry = match Registry::open_writer_with(&ctx.dir, &ctx.domain, true, ctx.ownership)
     {
         Err(libmcshm::Error::Corrupt { .. }) => {
             let table = Table {
                 servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
                 policy: loaded.policy,
+                fleet_revision: 0,
             };
             return report_commit(ctx, Registry::recreate(&ctx.dir, &ctx.domain, &table)?);
         }
@@ -469,6 +561,7 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
         Err(libmcshm::Error::Corrupt { .. }) => registry.replace(&Table {
             servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
             policy: loaded.policy,
+            fleet_revision: 0,
         })?,
         other => other?,
     };

@@ -70,8 +70,13 @@ pub fn snapshot_table(snapshot: &Snapshot, failures: &[u32]) -> String {
         snapshot.writer_uid,
         libmcshm::dump::policy_text(&snapshot.policy),
     );
-    let rows: Vec<[String; 7]> = snapshot
-        .servers
+    out += &servers_table(&snapshot.servers, failures);
+    out
+}
+
+/// The server rows of `list`.
+pub fn servers_table(servers: &[Server], failures: &[u32]) -> String {
+    let rows: Vec<[String; 7]> = servers
         .iter()
         .zip(failures)
         .map(|(s, f)| {
@@ -90,8 +95,37 @@ pub fn snapshot_table(snapshot: &Snapshot, failures: &[u32]) -> String {
         "ADDRESS", "WEIGHT", "STATE", "RETRY", "FAILURES", "SINCE", "REASON",
     ]
     .map(String::from);
-    out += &align(&header, &rows);
-    out
+    align(&header, &rows)
+}
+
+/// The fleet line of a local `list`: the revision mirrored and the agent's link to etcd.
+pub fn agent_text(snapshot: &Snapshot, link: &libmcshm::AgentLink) -> String {
+    if snapshot.fleet_revision == 0 && link.agent.is_none() {
+        return String::new();
+    }
+    let agent = match link.agent {
+        None => "no agent".to_string(),
+        Some(p) if !p.is_alive() => format!("agent pid {} not running", p.pid),
+        Some(p) if link.connected => {
+            format!("agent pid {} connected since {}", p.pid, utc(link.since_ms))
+        }
+        Some(p) => format!(
+            "agent pid {} CUT OFF from etcd since {} (serving this table)",
+            p.pid,
+            utc(link.since_ms)
+        ),
+    };
+    format!("fleet revision {}  {agent}\n", snapshot.fleet_revision)
+}
+
+pub fn agent_json(snapshot: &Snapshot, link: &libmcshm::AgentLink) -> Value {
+    json!({
+        "revision": snapshot.fleet_revision,
+        "agent_pid": link.agent.map(|p| p.pid),
+        "agent_running": link.agent.is_some_and(|p| p.is_alive()),
+        "connected": link.connected,
+        "since_ms": link.since_ms,
+    })
 }
 
 pub fn server_status(server: &Server) -> String {
@@ -190,7 +224,7 @@ fn up_count(snapshot: &Snapshot) -> usize {
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
-fn align<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
+pub fn align<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
     let mut widths = header.each_ref().map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -221,6 +221,7 @@ impl Client {
             next_id: servers.len() as u32 + 1,
             servers,
             policy: Policy::default(),
+            fleet_revision: 0,
         };
         Ok(Client::new(Source::Servers(Arc::new(snapshot)), timeouts))
     }

@@ -1,0 +1,265 @@
+//! A domain's fleet table as etcd stores it: one JSON document per domain at
+//! `PREFIX/domains/DOMAIN`, its etcd `mod_revision` being the fleet version.
+//!
+//! ```json
+//! {"servers": [{"address": "cache1:11211", "weight": 1, "state": "down", "retry_interval": 15,
+//!               "reason": "2 consecutive failures", "since_ms": 1764000000000,
+//!               "warm_until_ms": 0}],
+//!  "policy": {"failover": "none", "failure_limit": 2, "rejoin": "flush", "replicas": 1,
+//!             "warm_window_s": 600},
+//!  "changed": {"by": "mcadmin", "host": "web1", "pid": 4242, "ms": 1764000000000}}
+//! ```
+//!
+//! Anything under the prefix may have been written by anyone with access to etcd, so a document
+//! is hostile input: it is size-limited, and every field goes through the checks `mcadmin`
+//! applies to its own arguments (address, weight, state, retry interval, reason, policy,
+//! duplicates). A bad document is refused as a whole, naming the key and the field. Unknown
+//! fields are ignored (a newer mcshm may add some). Server ids and live records are per host and
+//! are not part of the document.
+
+use libmcshm::Address;
+use libmcshm::table::{
+    Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
+    check_retry_interval, check_warm_window, check_weight, first_duplicate,
+};
+use serde::{Deserialize, Serialize};
+
+/// The largest document accepted (etcd's default request limit is 1.5 MiB).
+pub const MAX_DOCUMENT: usize = 4 << 20;
+
+/// Who wrote a document (for `list` and for recognising one's own write after a lost answer).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Document {
+    servers: Vec<ServerDoc>,
+    #[serde(default)]
+    policy: PolicyDoc,
+    #[serde(default)]
+    changed: Changed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServerDoc {
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default = "up")]
+    state: String,
+    #[serde(default = "default_retry")]
+    retry_interval: i64,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    since_ms: u64,
+    #[serde(default)]
+    warm_until_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PolicyDoc {
+    failover: String,
+    failure_limit: u32,
+    rejoin: String,
+    replicas: u32,
+    warm_window_s: u32,
+}
+
+impl Default for PolicyDoc {
+    fn default() -> PolicyDoc {
+        policy_doc(&Policy::default())
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn up() -> String {
+    "up".into()
+}
+fn default_retry() -> i64 {
+    i64::from(libmcshm::table::DEFAULT_RETRY_INTERVAL)
+}
+
+fn policy_doc(p: &Policy) -> PolicyDoc {
+    PolicyDoc {
+        failover: p.failover.as_str().into(),
+        failure_limit: u32::from(p.failure_limit),
+        rejoin: p.rejoin.as_str().into(),
+        replicas: u32::from(p.replicas),
+        warm_window_s: p.warm_window_s,
+    }
+}
+
+/// The JSON document of `table` (its `fleet_revision`, ids and live records are left out).
+pub fn encode(table: &Table, changed: &Changed) -> Vec<u8> {
+    let document = Document {
+        servers: table
+            .servers
+            .iter()
+            .map(|s| ServerDoc {
+                address: s.address.to_string(),
+                weight: u32::from(s.weight),
+                state: s.state.as_str().into(),
+                retry_interval: i64::from(s.retry_interval),
+                reason: s.reason.clone(),
+                since_ms: s.since_ms,
+                warm_until_ms: s.warm_until_ms,
+            })
+            .collect(),
+        policy: policy_doc(&table.policy),
+        changed: changed.clone(),
+    };
+    serde_json::to_vec(&document).expect("a table always serializes")
+}
+
+/// Decodes and validates a document; the error names the field (the caller adds the key).
+pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
+    if bytes.len() > MAX_DOCUMENT {
+        return Err(format!(
+            "{} bytes, more than the {MAX_DOCUMENT} a fleet table may have",
+            bytes.len()
+        ));
+    }
+    let document: Document =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a fleet table: {e}"))?;
+    if document.servers.len() > libmcshm::format::MAX_CAPACITY as usize {
+        return Err(format!(
+            "{} servers, more than the {} a domain may have",
+            document.servers.len(),
+            libmcshm::format::MAX_CAPACITY
+        ));
+    }
+    let servers = document
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| decode_server(s).map_err(|e| format!("server #{}: {e}", i + 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(dup) = first_duplicate(&servers) {
+        return Err(format!("server {} listed twice", dup.address));
+    }
+    let p = &document.policy;
+    let policy = Policy {
+        failover: p.failover.parse().map_err(|e| format!("policy: {e}"))?,
+        failure_limit: check_failure_limit(&p.failure_limit.to_string())
+            .map_err(|e| format!("policy: {e}"))?,
+        rejoin: p.rejoin.parse().map_err(|e| format!("policy: {e}"))?,
+        replicas: check_replicas(&p.replicas.to_string()).map_err(|e| format!("policy: {e}"))?,
+        warm_window_s: check_warm_window(&p.warm_window_s.to_string())
+            .map_err(|e| format!("policy: {e}"))?,
+    };
+    Ok((
+        Table {
+            servers,
+            policy,
+            fleet_revision: 0,
+        },
+        document.changed,
+    ))
+}
+
+fn decode_server(s: &ServerDoc) -> Result<Server, String> {
+    let address = Address::parse(&s.address).map_err(|e| e.to_string())?;
+    let weight = check_weight(s.weight).map_err(|e| e.to_string())?;
+    let state: State = s
+        .state
+        .parse()
+        .map_err(|e: libmcshm::Error| e.to_string())?;
+    let retry_interval = check_retry_interval(s.retry_interval).map_err(|e| e.to_string())?;
+    check_reason(&s.reason).map_err(|e| e.to_string())?;
+    Ok(Server {
+        weight,
+        state,
+        retry_interval,
+        reason: s.reason.clone(),
+        since_ms: s.since_ms,
+        warm_until_ms: s.warm_until_ms,
+        ..Server::new(address)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        let mut b = Server::new(Address::parse("[::1]:11212").unwrap());
+        b.state = State::Down;
+        b.reason = "disk \"failure\"".into();
+        b.weight = 3;
+        b.retry_interval = -1;
+        b.since_ms = 12;
+        Table {
+            servers: vec![Server::new(Address::parse("cache1").unwrap()), b],
+            policy: Policy {
+                replicas: 2,
+                ..Policy::default()
+            },
+            fleet_revision: 0,
+        }
+    }
+
+    #[test]
+    fn documents_round_trip() {
+        let changed = Changed {
+            by: "mcadmin".into(),
+            host: "h".into(),
+            pid: 1,
+            ms: 2,
+        };
+        let (back, who) = decode(&encode(&table(), &changed)).unwrap();
+        assert_eq!(back, table());
+        assert_eq!(who, changed);
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_naming_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("{", "not a fleet table"),
+            ("[]", "not a fleet table"),
+            (r#"{"servers":[{"address":"a b"}]}"#, "server #1"),
+            (r#"{"servers":[{"address":"a","weight":0}]}"#, "weight"),
+            (
+                r#"{"servers":[{"address":"a","state":"sideways"}]}"#,
+                "state",
+            ),
+            (
+                r#"{"servers":[{"address":"a","retry_interval":-5}]}"#,
+                "retry",
+            ),
+            (
+                r#"{"servers":[{"address":"a","reason":"x\ny"}]}"#,
+                "control",
+            ),
+            (
+                r#"{"servers":[{"address":"a"},{"address":"a:11211"}]}"#,
+                "twice",
+            ),
+            (
+                r#"{"servers":[],"policy":{"failover":"x","failure_limit":2,"rejoin":"flush","replicas":1,"warm_window_s":600}}"#,
+                "policy",
+            ),
+            (
+                r#"{"servers":[],"policy":{"failover":"none","failure_limit":0,"rejoin":"flush","replicas":1,"warm_window_s":600}}"#,
+                "failure limit",
+            ),
+        ];
+        for (text, expect) in cases {
+            let err = decode(text.as_bytes()).unwrap_err();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+        let big = vec![b' '; MAX_DOCUMENT + 1];
+        assert!(decode(&big).unwrap_err().contains("more than"));
+    }
+}

@@ -1,0 +1,627 @@
+//! A small blocking client of etcd's v3 JSON gateway (`/v3/kv/range`, `/v3/kv/txn`,
+//! `/v3/watch`, `/v3/lease/*`, `/v3/auth/authenticate`), served by etcd 3.4 and later on its
+//! client URLs.
+//!
+//! Why not the `etcd-client` crate: it speaks gRPC and its build script needs `protoc`, which a
+//! fresh Debian machine with only Rust does not have; the gateway speaks JSON over HTTP/1.1,
+//! which `ureq` (blocking, rustls for TLS) covers with no build-time tools. Keys and values are
+//! base64 in both directions; 64-bit integers arrive as JSON strings; fields at their zero value
+//! are left out of answers (a failed txn has no `succeeded`).
+//!
+//! Endpoints are tried in turn: a transport failure or an "unavailable" answer (no leader, a
+//! member stopping) moves on to the next, until every endpoint failed within the call's time.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+/// How to reach etcd: what `mcadmin --etcd … --cacert … --user …` says.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdConfig {
+    /// Client URLs, `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// CA bundle that signs the members' certificates (PEM).
+    pub cacert: Option<PathBuf>,
+    /// Client certificate and key for TLS client authentication (PEM).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// `USER:PASSWORD` for etcd's authentication.
+    pub user: Option<String>,
+    /// Longest time one call may take over every endpoint (and each request's own timeout).
+    pub timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// Parses a comma-separated endpoint list (as `--etcd` and `$MCSHM_ETCD` give it).
+    pub fn parse_endpoints(text: &str) -> Result<Vec<String>, EtcdError> {
+        let endpoints: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| e.trim_end_matches('/').to_string())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(EtcdError::Config(format!(
+                "no etcd endpoint in '{text}': expected http://HOST:PORT[,http://HOST:PORT…]"
+            )));
+        }
+        for e in &endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .ok_or_else(|| {
+                    EtcdError::Config(format!(
+                        "etcd endpoint '{e}' must start with http:// or https://"
+                    ))
+                })?;
+            if rest.is_empty() || rest.contains(['/', ' ']) {
+                return Err(EtcdError::Config(format!(
+                    "etcd endpoint '{e}': expected http://HOST:PORT"
+                )));
+            }
+        }
+        Ok(endpoints)
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum EtcdError {
+    /// No endpoint answered (all down, partitioned, or every answer "unavailable").
+    Unreachable(String),
+    /// A revision needed was compacted away; the oldest one kept is this.
+    Compacted(i64),
+    /// etcd refused the request (permission, bad request, authentication).
+    Refused(String),
+    /// A bad `--etcd`, certificate or user option.
+    Config(String),
+    /// An answer that is not what the gateway sends.
+    Protocol(String),
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdError::Unreachable(why) => write!(f, "etcd unreachable: {why}"),
+            EtcdError::Compacted(rev) => write!(
+                f,
+                "etcd compacted the revision needed (oldest kept: {rev}); a full resync follows"
+            ),
+            EtcdError::Refused(why) => write!(f, "etcd refused the request: {why}"),
+            EtcdError::Config(why) => f.write_str(why),
+            EtcdError::Protocol(why) => write!(f, "unexpected answer from etcd: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+/// One key as etcd holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+/// A change seen by a watch: the key's new value, or `None` when it was deleted.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub mod_revision: i64,
+}
+
+/// The outcome of a conditional put.
+#[derive(Clone, Debug)]
+pub enum PutIf {
+    /// Written at this revision.
+    Written(i64),
+    /// The condition failed; this is the key now (`None`: absent).
+    Conflict(Option<Kv>),
+}
+
+/// A connection to an etcd cluster (cheap to share between threads).
+pub struct Etcd {
+    config: EtcdConfig,
+    agent: ureq::Agent,
+    /// For watches: no read timeout shorter than the watch's own idle limit.
+    watch_agent: ureq::Agent,
+    /// The endpoint that answered last; calls start there.
+    current: Mutex<usize>,
+    token: Mutex<Option<String>>,
+}
+
+/// How long a watch stream may stay silent before it is re-established (etcd sends nothing on
+/// an idle watch; re-watching from the last revision is cheap and finds dead connections).
+pub const WATCH_IDLE: Duration = Duration::from_secs(30);
+
+impl Etcd {
+    pub fn new(config: EtcdConfig) -> Result<Etcd, EtcdError> {
+        let tls = tls_config(&config)?;
+        let build = |read: Duration| {
+            let mut b = ureq::AgentBuilder::new()
+                .timeout_connect(config.timeout.min(Duration::from_secs(2)))
+                .timeout_read(read)
+                .timeout_write(config.timeout);
+            if let Some(tls) = &tls {
+                b = b.tls_config(tls.clone());
+            }
+            b.build()
+        };
+        Ok(Etcd {
+            agent: build(config.timeout),
+            watch_agent: build(WATCH_IDLE),
+            config,
+            current: Mutex::new(0),
+            token: Mutex::new(None),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.config.endpoints
+    }
+
+    /// POSTs `body` to `path`, trying every endpoint until one answers within the timeout.
+    fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let deadline = Instant::now() + self.config.timeout;
+        let n = self.config.endpoints.len();
+        let mut last;
+        let mut tries = 0usize;
+        let mut reauthenticated = false;
+        loop {
+            let index = (*lock(&self.current) + tries) % n;
+            let endpoint = &self.config.endpoints[index];
+            match self.post(&self.agent, endpoint, path, body) {
+                Ok(response) => {
+                    *lock(&self.current) = index;
+                    return response
+                        .into_json::<Value>()
+                        .map_err(|e| EtcdError::Protocol(format!("{path}: {e}")));
+                }
+                Err(ureq::Error::Status(code, response)) => {
+                    let text = response.into_string().unwrap_or_default();
+                    let message = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
+                        .unwrap_or(text);
+                    if is_auth_expiry(&message) && !reauthenticated && self.config.user.is_some() {
+                        *lock(&self.token) = None;
+                        reauthenticated = true;
+                        continue;
+                    }
+                    if !is_unavailable(code, &message) {
+                        return Err(EtcdError::Refused(format!("{path}: {message}")));
+                    }
+                    last = format!("{endpoint}: {message}");
+                }
+                Err(ureq::Error::Transport(t)) => last = format!("{endpoint}: {t}"),
+            }
+            tries += 1;
+            if Instant::now() >= deadline {
+                return Err(EtcdError::Unreachable(last));
+            }
+            if tries.is_multiple_of(n) {
+                // Every endpoint failed once: an election takes a moment.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    // ureq's error is large, but it is built only on a failed request: not worth boxing.
+    #[allow(clippy::result_large_err)]
+    fn post(
+        &self,
+        agent: &ureq::Agent,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let mut request = agent.post(&format!("{endpoint}{path}"));
+        if let Some(token) = self.token_for(agent, endpoint)? {
+            request = request.set("Authorization", &token);
+        }
+        request.send_json(body)
+    }
+
+    /// The auth token (authenticating first when `--user` was given and none is held).
+    #[allow(clippy::result_large_err)]
+    fn token_for(
+        &self,
+        agent: &ureq::Agent,
+        endpoint: &str,
+    ) -> Result<Option<String>, ureq::Error> {
+        let Some(user) = &self.config.user else {
+            return Ok(None);
+        };
+        if let Some(token) = lock(&self.token).clone() {
+            return Ok(Some(token));
+        }
+        let (name, password) = user.split_once(':').unwrap_or((user, ""));
+        let answer: Value = agent
+            .post(&format!("{endpoint}/v3/auth/authenticate"))
+            .send_json(json!({"name": name, "password": password}))?
+            .into_json()
+            .map_err(|e| ureq::Error::from(std::io::Error::other(e)))?;
+        let token = answer
+            .get("token")
+            .and_then(Value::as_str)
+            .map(String::from);
+        lock(&self.token).clone_from(&token);
+        Ok(token)
+    }
+
+    /// The value of `key` and the cluster's revision; `at` reads an older revision (may fail
+    /// with [`EtcdError::Compacted`]).
+    pub fn get(&self, key: &str, at: Option<i64>) -> Result<(Option<Kv>, i64), EtcdError> {
+        let mut body = json!({"key": b64(key.as_bytes())});
+        if let Some(rev) = at {
+            body["revision"] = json!(rev.to_string());
+        }
+        let answer = self.call("/v3/kv/range", &body).map_err(compacted)?;
+        let kvs = kvs(&answer)?;
+        Ok((kvs.into_iter().next(), header_revision(&answer)?))
+    }
+
+    /// Every key under `prefix`, and the cluster's revision.
+    pub fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
+        let body = json!({
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix.as_bytes())),
+        });
+        let answer = self.call("/v3/kv/range", &body)?;
+        Ok((kvs(&answer)?, header_revision(&answer)?))
+    }
+
+    /// Writes `value` at `key` if its modification revision is still `expected` (`None`: if the
+    /// key does not exist), optionally attached to `lease`: etcd's compare-and-swap.
+    pub fn put_if(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Option<i64>,
+        lease: Option<i64>,
+    ) -> Result<PutIf, EtcdError> {
+        let k = b64(key.as_bytes());
+        let compare = match expected {
+            Some(rev) => {
+                json!({"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string()})
+            }
+            None => {
+                json!({"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
+            }
+        };
+        let mut put = json!({"key": k, "value": b64(value)});
+        if let Some(lease) = lease {
+            put["lease"] = json!(lease.to_string());
+        }
+        let body = json!({
+            "compare": [compare],
+            "success": [{"request_put": put}],
+            "failure": [{"request_range": {"key": k}}],
+        });
+        let answer = self.call("/v3/kv/txn", &body)?;
+        let revision = header_revision(&answer)?;
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            return Ok(PutIf::Written(revision));
+        }
+        let current = answer
+            .get("responses")
+            .and_then(|r| r.get(0))
+            .and_then(|r| r.get("response_range"))
+            .map(kvs)
+            .transpose()?
+            .and_then(|kvs| kvs.into_iter().next());
+        Ok(PutIf::Conflict(current))
+    }
+
+    /// Writes `value` at `key` unconditionally (attached to `lease` if given).
+    pub fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
+        let mut body = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        if let Some(lease) = lease {
+            body["lease"] = json!(lease.to_string());
+        }
+        header_revision(&self.call("/v3/kv/put", &body)?)
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&self, key: &str) -> Result<i64, EtcdError> {
+        header_revision(&self.call("/v3/kv/deleterange", &json!({"key": b64(key.as_bytes())}))?)
+    }
+
+    /// A new lease of `ttl_s` seconds; returns its id.
+    pub fn lease_grant(&self, ttl_s: i64) -> Result<i64, EtcdError> {
+        let answer = self.call("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))?;
+        int(answer.get("ID")).ok_or_else(|| EtcdError::Protocol("lease grant without ID".into()))
+    }
+
+    /// Renews a lease; `false` when it has expired (its keys are gone).
+    pub fn lease_keepalive(&self, id: i64) -> Result<bool, EtcdError> {
+        let answer = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+        let ttl = answer.get("result").and_then(|r| int(r.get("TTL")));
+        Ok(ttl.is_some_and(|t| t > 0))
+    }
+
+    /// Ends a lease now (deleting its keys).
+    pub fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", &json!({"ID": id.to_string()}))
+            .map(drop)
+    }
+
+    /// Starts watching every key under `prefix` from revision `start` (inclusive).
+    pub fn watch(&self, prefix: &str, start: i64) -> Result<Watch, EtcdError> {
+        let body = json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix.as_bytes())),
+            "start_revision": start.to_string(),
+        }});
+        let n = self.config.endpoints.len();
+        let mut last = String::new();
+        for tries in 0..n {
+            let index = (*lock(&self.current) + tries) % n;
+            let endpoint = &self.config.endpoints[index];
+            match self.post(&self.watch_agent, endpoint, "/v3/watch", &body) {
+                Ok(response) => {
+                    let mut watch = Watch {
+                        lines: BufReader::new(Box::new(response.into_reader())),
+                        line: Vec::new(),
+                    };
+                    // The first message says the watch exists, or why not (compacted).
+                    let first = watch.next()?;
+                    if !first.events.is_empty() {
+                        return Err(EtcdError::Protocol("events before the watch began".into()));
+                    }
+                    return Ok(watch);
+                }
+                Err(ureq::Error::Status(_, r)) => last = r.into_string().unwrap_or_default(),
+                Err(ureq::Error::Transport(t)) => last = format!("{endpoint}: {t}"),
+            }
+        }
+        Err(EtcdError::Unreachable(last))
+    }
+}
+
+/// A watch stream: one JSON message per line.
+pub struct Watch {
+    lines: BufReader<Box<dyn Read + Send>>,
+    line: Vec<u8>,
+}
+
+/// One message of a watch stream.
+#[derive(Debug, Default)]
+pub struct WatchBatch {
+    pub events: Vec<WatchEvent>,
+    /// The cluster revision when the message was sent.
+    pub revision: i64,
+}
+
+/// The longest line a watch message may have (a fleet table is at most
+/// [`crate::document::MAX_DOCUMENT`]; base64 and JSON add a third).
+const MAX_WATCH_LINE: usize = 8 << 20;
+
+impl Watch {
+    /// Blocks for the next message (at most [`WATCH_IDLE`]; then an error: re-watch).
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<WatchBatch, EtcdError> {
+        self.line.clear();
+        let read = (&mut self.lines)
+            .take(MAX_WATCH_LINE as u64)
+            .read_until(b'\n', &mut self.line)
+            .map_err(|e| EtcdError::Unreachable(format!("watch: {e}")))?;
+        if read == 0 {
+            return Err(EtcdError::Unreachable("watch: stream closed".into()));
+        }
+        if !self.line.ends_with(b"\n") && self.line.len() >= MAX_WATCH_LINE {
+            return Err(EtcdError::Protocol("watch message too long".into()));
+        }
+        let message: Value = serde_json::from_slice(&self.line)
+            .map_err(|e| EtcdError::Protocol(format!("watch: {e}")))?;
+        if let Some(error) = message.get("error") {
+            return Err(EtcdError::Unreachable(format!("watch: {error}")));
+        }
+        let result = message
+            .get("result")
+            .ok_or_else(|| EtcdError::Protocol("watch message without result".into()))?;
+        if let Some(rev) = int(result.get("compact_revision")).filter(|r| *r > 0) {
+            return Err(EtcdError::Compacted(rev));
+        }
+        if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+            return Err(EtcdError::Unreachable("watch canceled by etcd".into()));
+        }
+        let mut batch = WatchBatch {
+            revision: int(result.get("header").and_then(|h| h.get("revision"))).unwrap_or(0),
+            events: Vec::new(),
+        };
+        for event in result
+            .get("events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let kv = decode_kv(event.get("kv").unwrap_or(&Value::Null))?;
+            let deleted = event.get("type").and_then(Value::as_str) == Some("DELETE");
+            batch.events.push(WatchEvent {
+                key: kv.key,
+                value: (!deleted).then_some(kv.value),
+                mod_revision: kv.mod_revision,
+            });
+        }
+        Ok(batch)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Answers worth trying another endpoint for: no leader, a member stopping, overload.
+fn is_unavailable(code: u16, message: &str) -> bool {
+    code == 503
+        || code >= 500
+            && [
+                "leader",
+                "unavailable",
+                "stopped",
+                "timed out",
+                "timeout",
+                "too many",
+            ]
+            .iter()
+            .any(|w| message.to_ascii_lowercase().contains(w))
+}
+
+fn is_auth_expiry(message: &str) -> bool {
+    message.contains("invalid auth token")
+}
+
+/// Turns the gateway's "required revision has been compacted" into [`EtcdError::Compacted`].
+fn compacted(e: EtcdError) -> EtcdError {
+    match e {
+        EtcdError::Refused(why) if why.contains("compacted") => EtcdError::Compacted(0),
+        other => other,
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A 64-bit integer as the gateway writes it: a JSON string, or a number.
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+fn header_revision(answer: &Value) -> Result<i64, EtcdError> {
+    int(answer.get("header").and_then(|h| h.get("revision")))
+        .ok_or_else(|| EtcdError::Protocol("answer without a header revision".into()))
+}
+
+fn kvs(answer: &Value) -> Result<Vec<Kv>, EtcdError> {
+    answer
+        .get("kvs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(decode_kv)
+        .collect()
+}
+
+fn decode_kv(kv: &Value) -> Result<Kv, EtcdError> {
+    let bytes = |field: &str| -> Result<Vec<u8>, EtcdError> {
+        match kv.get(field).and_then(Value::as_str) {
+            None => Ok(Vec::new()),
+            Some(text) => B64
+                .decode(text)
+                .map_err(|e| EtcdError::Protocol(format!("{field} is not base64: {e}"))),
+        }
+    };
+    Ok(Kv {
+        key: bytes("key")?,
+        value: bytes("value")?,
+        create_revision: int(kv.get("create_revision")).unwrap_or(0),
+        mod_revision: int(kv.get("mod_revision")).unwrap_or(0),
+    })
+}
+
+/// The rustls configuration for `https://` endpoints: `--cacert` (else nothing is trusted:
+/// etcd clusters use their own CA), and `--cert`/`--key` for client authentication.
+fn tls_config(config: &EtcdConfig) -> Result<Option<Arc<rustls::ClientConfig>>, EtcdError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let https = config.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !https {
+        return Ok(None);
+    }
+    let bad = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
+        EtcdError::Config(format!("cannot read {what} {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = &config.cacert {
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad("--cacert", path, &e))? {
+            let cert = cert.map_err(|e| bad("--cacert", path, &e))?;
+            roots.add(cert).map_err(|e| bad("--cacert", path, &e))?;
+        }
+    } else {
+        return Err(EtcdError::Config(
+            "https:// etcd endpoints need --cacert (the CA that signed the members' certificates)"
+                .into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EtcdError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+    let tls = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad("--cert", cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("--cert", cert, &e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--key", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| EtcdError::Config(format!("--cert/--key: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(EtcdError::Config(
+                "--cert and --key go together (client certificate and its key)".into(),
+            ));
+        }
+    };
+    Ok(Some(Arc::new(tls)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"/mcshm/"), b"/mcshm0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert_eq!(
+            EtcdConfig::parse_endpoints("http://a:1, https://b:2/").unwrap(),
+            vec!["http://a:1", "https://b:2"]
+        );
+        for bad in ["", ",", "a:1", "http://", "http://a:1/x", "ftp://a"] {
+            assert!(EtcdConfig::parse_endpoints(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_come_as_strings_or_numbers() {
+        assert_eq!(int(Some(&json!("12"))), Some(12));
+        assert_eq!(int(Some(&json!(12))), Some(12));
+        assert_eq!(int(Some(&json!(true))), None);
+        assert_eq!(int(None), None);
+    }
+}

@@ -1,0 +1,332 @@
+//! The fleet's tables in etcd: where each thing lives under the prefix, reading a domain, and
+//! editing it as one compare-and-swap transaction with the same edit functions `mcadmin` runs
+//! on a local table.
+//!
+//! ```text
+//! PREFIX/domains/DOMAIN          the domain's table (JSON, see `document`); its mod_revision is
+//!                                the fleet version of the domain
+//! PREFIX/hosts/NAME              one per live `mcadmin sync` agent, on the agent's lease (see
+//!                                `HostRecord`)
+//! PREFIX/probes/DOMAIN/ADDRESS   when a host last took the right to probe a down server (ms);
+//!                                taken by compare-and-swap: one probe per retry interval for the
+//!                                whole fleet
+//! ```
+
+use std::time::{Duration, Instant};
+
+use libmcshm::table::Table;
+use libmcshm::{Address, Domain};
+use serde::{Deserialize, Serialize};
+
+use crate::document::{self, Changed};
+use crate::etcd::{Etcd, EtcdError, Kv, PutIf};
+
+/// Why a fleet operation failed.
+#[derive(Debug)]
+pub enum FleetError {
+    Etcd(EtcdError),
+    /// The edit itself was refused (bad input, no such server, …): nothing was written.
+    Edit(libmcshm::Error),
+    /// A value under the prefix that is not a valid table.
+    Hostile {
+        key: String,
+        why: String,
+    },
+    /// No such domain in the fleet.
+    NoDomain(String),
+}
+
+impl std::fmt::Display for FleetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FleetError::Etcd(e) => e.fmt(f),
+            FleetError::Edit(e) => e.fmt(f),
+            FleetError::Hostile { key, why } => {
+                write!(f, "refused the value of etcd key {key}: {why}")
+            }
+            FleetError::NoDomain(d) => write!(
+                f,
+                "no domain '{d}' in the fleet (create it with `mcadmin --etcd … --domain {d} add ADDR`)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FleetError {}
+
+impl From<EtcdError> for FleetError {
+    fn from(e: EtcdError) -> FleetError {
+        FleetError::Etcd(e)
+    }
+}
+
+/// A domain's table as the fleet holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetTable {
+    pub table: Table,
+    pub changed: Changed,
+    /// The fleet version: the etcd revision that wrote this table.
+    pub revision: i64,
+}
+
+/// What a fleet transaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FleetCommit {
+    /// The fleet version now (the new revision, or the unchanged one).
+    pub revision: i64,
+    pub changed: bool,
+}
+
+/// What a `mcadmin sync` agent publishes about its host (`mcadmin --etcd … hosts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub pid: u32,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    /// Per domain mirrored: the fleet revision applied, when, and how many processes use it.
+    pub domains: std::collections::BTreeMap<String, HostDomain>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDomain {
+    pub revision: i64,
+    pub applied_ms: u64,
+    pub clients: usize,
+}
+
+/// How long a fleet edit keeps retrying conflicts and unreachable members.
+const EDIT_DEADLINE: Duration = Duration::from_secs(30);
+/// Attempts at an edit that keeps conflicting with other writers.
+const EDIT_ATTEMPTS: u32 = 1000;
+
+/// The fleet: an etcd connection and the key prefix.
+pub struct Fleet {
+    pub etcd: Etcd,
+    prefix: String,
+}
+
+impl Fleet {
+    /// `prefix` must start and end with `/` (default `/mcshm/`).
+    pub fn new(etcd: Etcd, prefix: &str) -> Result<Fleet, EtcdError> {
+        let ok = prefix.starts_with('/')
+            && prefix.ends_with('/')
+            && prefix.len() <= 256
+            && !prefix.chars().any(|c| c.is_control() || c == ' ');
+        if !ok {
+            return Err(EtcdError::Config(format!(
+                "invalid --etcd-prefix '{prefix}': a key path that starts and ends with /, e.g. /mcshm/"
+            )));
+        }
+        Ok(Fleet {
+            etcd,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn domains_prefix(&self) -> String {
+        format!("{}domains/", self.prefix)
+    }
+
+    pub fn domain_key(&self, domain: &Domain) -> String {
+        format!("{}domains/{}", self.prefix, domain.as_str())
+    }
+
+    pub fn hosts_prefix(&self) -> String {
+        format!("{}hosts/", self.prefix)
+    }
+
+    pub fn host_key(&self, name: &str) -> String {
+        format!("{}hosts/{name}", self.prefix)
+    }
+
+    pub fn probe_key(&self, domain: &Domain, address: &Address) -> String {
+        format!("{}probes/{}/{}", self.prefix, domain.as_str(), address)
+    }
+
+    /// The domain a key under `PREFIX/domains/` names (`None` for other keys and bad names).
+    pub fn domain_of_key(&self, key: &[u8]) -> Option<Domain> {
+        let key = std::str::from_utf8(key).ok()?;
+        Domain::new(key.strip_prefix(&self.domains_prefix())?).ok()
+    }
+
+    /// Decodes a domain's value, naming the key when it is refused.
+    pub fn decode(&self, kv: &Kv) -> Result<FleetTable, FleetError> {
+        let (table, changed) = document::decode(&kv.value).map_err(|why| FleetError::Hostile {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            why,
+        })?;
+        Ok(FleetTable {
+            table,
+            changed,
+            revision: kv.mod_revision,
+        })
+    }
+
+    /// The domain's current fleet table (`None`: not in the fleet).
+    pub fn read(&self, domain: &Domain) -> Result<Option<FleetTable>, FleetError> {
+        let (kv, _) = self.etcd.get(&self.domain_key(domain), None)?;
+        kv.map(|kv| self.decode(&kv)).transpose()
+    }
+
+    /// The domain's fleet table as it was at `revision` (for telling a host's own changes from
+    /// the fleet's); [`EtcdError::Compacted`] when etcd no longer has it.
+    pub fn read_at(
+        &self,
+        domain: &Domain,
+        revision: i64,
+    ) -> Result<Option<FleetTable>, FleetError> {
+        let (kv, _) = self.etcd.get(&self.domain_key(domain), Some(revision))?;
+        kv.map(|kv| self.decode(&kv)).transpose()
+    }
+
+    /// Every domain in the fleet, with the cluster revision they were read at. A refused value
+    /// is returned as its error, beside the good ones.
+    #[allow(clippy::type_complexity)]
+    pub fn read_all(
+        &self,
+    ) -> Result<(Vec<(Domain, Result<FleetTable, FleetError>)>, i64), FleetError> {
+        let (kvs, revision) = self.etcd.list(&self.domains_prefix())?;
+        let tables = kvs
+            .iter()
+            .filter_map(|kv| Some((self.domain_of_key(&kv.key)?, self.decode(kv))))
+            .collect();
+        Ok((tables, revision))
+    }
+
+    /// Runs `change` on the domain's fleet table and writes the result as one new fleet
+    /// version, if nobody wrote in between (else re-reads and runs `change` again). `create`
+    /// starts a domain that is not in the fleet yet from an empty table. A `change` error
+    /// writes nothing.
+    pub fn transact(
+        &self,
+        domain: &Domain,
+        create: bool,
+        by: &str,
+        mut change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+    ) -> Result<FleetCommit, FleetError> {
+        let key = self.domain_key(domain);
+        let deadline = Instant::now() + EDIT_DEADLINE;
+        let mut current = self.etcd.get(&key, None)?.0;
+        for _ in 0..EDIT_ATTEMPTS {
+            let (mut table, expected) = match &current {
+                Some(kv) => (self.decode(kv)?.table, Some(kv.mod_revision)),
+                None if create => (Table::default(), None),
+                None => return Err(FleetError::NoDomain(domain.to_string())),
+            };
+            let before = table.clone();
+            change(&mut table).map_err(FleetError::Edit)?;
+            if table == before {
+                let revision = expected.unwrap_or(0);
+                return Ok(FleetCommit {
+                    revision,
+                    changed: false,
+                });
+            }
+            let value = document::encode(&table, &changed_by(by));
+            match self.etcd.put_if(&key, &value, expected, None) {
+                Ok(PutIf::Written(revision)) => {
+                    return Ok(FleetCommit {
+                        revision,
+                        changed: true,
+                    });
+                }
+                Ok(PutIf::Conflict(now)) => current = now,
+                Err(EtcdError::Unreachable(why)) => {
+                    // The answer was lost: the write may have happened. Our document names this
+                    // process and the time to the millisecond, so finding it means it did.
+                    if Instant::now() >= deadline {
+                        return Err(EtcdError::Unreachable(why).into());
+                    }
+                    current = match self.etcd.get(&key, None) {
+                        Ok((now, _)) => now,
+                        Err(EtcdError::Unreachable(_)) if Instant::now() < deadline => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if let Some(kv) = &current
+                        && kv.value == value
+                    {
+                        return Ok(FleetCommit {
+                            revision: kv.mod_revision,
+                            changed: true,
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(EtcdError::Unreachable(format!(
+            "gave up on {key} after {}s of conflicting writers",
+            EDIT_DEADLINE.as_secs()
+        ))
+        .into())
+    }
+
+    /// Takes the fleet-wide right to probe down `address` now if no host took it in the last
+    /// `interval_ms` (a compare-and-swap on its probe key): one probe per interval, fleet-wide.
+    pub fn try_probe_lease(
+        &self,
+        domain: &Domain,
+        address: &Address,
+        interval_ms: u64,
+        host: &str,
+    ) -> Result<bool, FleetError> {
+        let key = self.probe_key(domain, address);
+        let now = libmcshm::registry::now_ms();
+        let (current, _) = self.etcd.get(&key, None)?;
+        let expected = match &current {
+            Some(kv) => {
+                let last = serde_json::from_slice::<serde_json::Value>(&kv.value)
+                    .ok()
+                    .and_then(|v| v.get("ms").and_then(serde_json::Value::as_u64))
+                    .unwrap_or(0);
+                if now < last.saturating_add(interval_ms) {
+                    return Ok(false);
+                }
+                Some(kv.mod_revision)
+            }
+            None => None,
+        };
+        let value = serde_json::json!({"ms": now, "host": host}).to_string();
+        Ok(matches!(
+            self.etcd.put_if(&key, value.as_bytes(), expected, None)?,
+            PutIf::Written(_)
+        ))
+    }
+
+    /// The hosts whose agents are alive (their records are on the agents' leases).
+    pub fn hosts(&self) -> Result<Vec<Result<HostRecord, FleetError>>, FleetError> {
+        let (kvs, _) = self.etcd.list(&self.hosts_prefix())?;
+        Ok(kvs
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice::<HostRecord>(&kv.value).map_err(|e| FleetError::Hostile {
+                    key: String::from_utf8_lossy(&kv.key).into_owned(),
+                    why: e.to_string(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The `changed` stamp of a document this process writes now.
+pub fn changed_by(by: &str) -> Changed {
+    Changed {
+        by: by.to_string(),
+        host: hostname(),
+        pid: std::process::id(),
+        ms: libmcshm::registry::now_ms(),
+    }
+}
+
+/// This machine's name (/proc/sys/kernel/hostname), or "localhost".
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,429 @@
+//! mcadmin with `--etcd`: the same verbs on the fleet's tables, and the fleet's own commands
+//! (`sync`, the host agent; `hosts`). Edits run the very closures the local verbs run, inside
+//! an etcd compare-and-swap instead of a registry transaction.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libmcshm::table::{Rejoin, State, Table};
+use libmcshm::{Address, Domain, Snapshot, Timeouts, dump, edit, lifecycle};
+use mcshm_fleet::sync::{Agent, SyncEvent, SyncOptions};
+use mcshm_fleet::{Etcd, EtcdConfig, Fleet, FleetError, FleetTable};
+use serde_json::json;
+
+use crate::bin_common::UsageError;
+use crate::cli::EtcdArgs;
+use crate::show::{self, utc};
+use crate::{Exit, Invocation, print};
+
+/// The fleet named by `--etcd` (and its TLS/auth options), if given.
+pub fn connect(args: &EtcdArgs) -> Result<Option<Fleet>> {
+    let Some(endpoints) = &args.etcd else {
+        return Ok(None);
+    };
+    let timeout = Duration::try_from_secs_f64(args.etcd_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            UsageError(format!(
+                "invalid --etcd-timeout '{}': expected seconds > 0",
+                args.etcd_timeout
+            ))
+        })?;
+    let config = EtcdConfig {
+        endpoints: EtcdConfig::parse_endpoints(endpoints).map_err(usage)?,
+        cacert: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        user: args.user.clone(),
+        timeout,
+    };
+    let etcd = Etcd::new(config).map_err(usage)?;
+    Ok(Some(Fleet::new(etcd, &args.etcd_prefix).map_err(usage)?))
+}
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
+/// The exit code of a fleet error.
+pub fn exit_for(err: &FleetError) -> Exit {
+    match err {
+        FleetError::Edit(e) => crate::exit_for_kind(e.kind()),
+        FleetError::NoDomain(_) => Exit::NotFound,
+        FleetError::Etcd(_) | FleetError::Hostile { .. } => Exit::Etcd,
+    }
+}
+
+/// Runs `change` as one fleet transaction and reports the fleet revision.
+pub fn write(
+    ctx: &Invocation,
+    fleet: &Fleet,
+    create: bool,
+    change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+) -> Result<Exit> {
+    let commit = fleet.transact(&ctx.domain, create, "mcadmin", change)?;
+    report(ctx, commit.revision, commit.changed)
+}
+
+fn report(ctx: &Invocation, revision: i64, changed: bool) -> Result<Exit> {
+    print(
+        ctx,
+        || json!({"domain": ctx.domain.as_str(), "revision": revision, "changed": changed}),
+        || match changed {
+            true => format!("domain {}: fleet revision {revision}\n", ctx.domain),
+            false => format!(
+                "domain {}: unchanged at fleet revision {revision}\n",
+                ctx.domain
+            ),
+        },
+    )?;
+    Ok(Exit::Success)
+}
+
+/// The domain's fleet table, or "no such domain".
+fn read(ctx: &Invocation, fleet: &Fleet) -> Result<FleetTable> {
+    Ok(fleet
+        .read(&ctx.domain)?
+        .ok_or_else(|| FleetError::NoDomain(ctx.domain.to_string()))?)
+}
+
+/// A fleet table shown as `list` shows a local one: its version is the fleet revision.
+fn as_snapshot(domain: &Domain, table: &FleetTable) -> Snapshot {
+    Snapshot {
+        domain: domain.to_string(),
+        version: table.revision as u64,
+        changed_ms: table.changed.ms,
+        writer_pid: table.changed.pid,
+        writer_uid: 0,
+        servers: table.table.servers.clone(),
+        policy: table.table.policy,
+        next_id: 0,
+        fleet_revision: table.revision as u64,
+    }
+}
+
+pub fn list(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
+    let table = read(ctx, fleet)?;
+    let snapshot = as_snapshot(&ctx.domain, &table);
+    let failures = vec![0; snapshot.servers.len()];
+    print(
+        ctx,
+        || {
+            let mut v = show::snapshot_json(&snapshot, &failures);
+            v["revision"] = json!(table.revision);
+            v["changed_by"] = json!(table.changed.by);
+            v["changed_host"] = json!(table.changed.host);
+            v
+        },
+        || {
+            format!(
+                "domain {}  fleet revision {}  changed {} by {} on {} pid {}\npolicy: {}\n{}",
+                ctx.domain,
+                table.revision,
+                utc(table.changed.ms),
+                table.changed.by,
+                table.changed.host,
+                table.changed.pid,
+                dump::policy_text(&snapshot.policy),
+                show::servers_table(&snapshot.servers, &failures)
+            )
+        },
+    )?;
+    Ok(Exit::Success)
+}
+
+pub fn dump(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
+    let table = read(ctx, fleet)?;
+    io::stdout().write_all(dump::to_text(&as_snapshot(&ctx.domain, &table)).as_bytes())?;
+    Ok(Exit::Success)
+}
+
+pub fn status(ctx: &Invocation, fleet: &Fleet, server: &str) -> Result<Exit> {
+    let address = Address::parse(server)?;
+    let table = read(ctx, fleet)?;
+    let snapshot = as_snapshot(&ctx.domain, &table);
+    let found = snapshot
+        .find(&address)
+        .ok_or_else(|| libmcshm::Error::NoServer {
+            server: address.to_string(),
+            domain: ctx.domain.to_string(),
+        })?;
+    print(
+        ctx,
+        || show::server_json(found),
+        || show::server_status(found),
+    )?;
+    Ok(match found.state {
+        State::Up => Exit::Success,
+        State::Down | State::Draining => Exit::No,
+    })
+}
+
+/// Every domain of the fleet, with its revision and servers up (a refused value is listed as
+/// an error and makes the exit status 6).
+pub fn domains(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
+    let (tables, revision) = fleet.read_all()?;
+    let mut failed = false;
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    for (domain, table) in &tables {
+        match table {
+            Ok(t) => {
+                let up = t
+                    .table
+                    .servers
+                    .iter()
+                    .filter(|s| s.state == State::Up)
+                    .count();
+                rows.push(format!(
+                    "{domain}  {up}/{} up  fleet revision {}\n",
+                    t.table.servers.len(),
+                    t.revision
+                ));
+                docs.push(json!({"domain": domain.as_str(), "revision": t.revision,
+                    "servers": t.table.servers.len(), "up": up}));
+            }
+            Err(e) => {
+                eprintln!("mcadmin: {e}");
+                failed = true;
+                docs.push(json!({"domain": domain.as_str(), "error": e.to_string()}));
+            }
+        }
+    }
+    print(
+        ctx,
+        || json!({"revision": revision, "domains": docs}),
+        || rows.concat(),
+    )?;
+    Ok(if failed { Exit::Etcd } else { Exit::Success })
+}
+
+/// `up` for the fleet: a down server is flushed (rejoin policy) by this mcadmin first, and only
+/// then marked up for the fleet; a draining one stops draining.
+pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -> Result<Exit> {
+    let addresses = crate::parse_addresses(servers)?;
+    let table = read(ctx, fleet)?;
+    let policy = table.table.policy;
+    for address in &addresses {
+        let server = table
+            .table
+            .servers
+            .iter()
+            .find(|s| s.address.same_server(address))
+            .ok_or_else(|| libmcshm::Error::NoServer {
+                server: address.to_string(),
+                domain: ctx.domain.to_string(),
+            })?;
+        if server.state == State::Down && policy.rejoin != Rejoin::Trust && !no_flush {
+            lifecycle::flush(&server.address, Timeouts::default()).map_err(|error| {
+                libmcshm::Error::Network {
+                    server: server.address.to_string(),
+                    error: format!(
+                        "{error}; it stays down (rejoin policy {})",
+                        policy.rejoin.as_str()
+                    ),
+                }
+            })?;
+        }
+    }
+    let host = mcshm_fleet::store::hostname();
+    let reason = match no_flush || policy.rejoin == Rejoin::Trust {
+        true => format!("rejoined without flush (mcadmin up on {host})"),
+        false => format!("rejoined after flush_all (mcadmin up on {host})"),
+    };
+    let warm_until = match policy.rejoin {
+        Rejoin::Warm => libmcshm::registry::now_ms() + u64::from(policy.warm_window_s) * 1000,
+        _ => 0,
+    };
+    let name = ctx.domain.to_string();
+    write(ctx, fleet, false, |t| {
+        for address in &addresses {
+            let Some(s) = t.servers.iter().find(|s| s.address.same_server(address)) else {
+                return Err(libmcshm::Error::NoServer {
+                    server: address.to_string(),
+                    domain: name.clone(),
+                });
+            };
+            let was_down = s.state == State::Down;
+            edit::set_state(
+                &mut t.servers,
+                std::slice::from_ref(address),
+                State::Up,
+                &reason,
+                libmcshm::registry::commit_info(),
+                &name,
+            )?;
+            if was_down
+                && let Some(s) = t
+                    .servers
+                    .iter_mut()
+                    .find(|s| s.address.same_server(address))
+            {
+                s.warm_until_ms = warm_until;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn hosts(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
+    let records = fleet.hosts()?;
+    let mut failed = false;
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    for record in records {
+        match record {
+            Ok(h) => {
+                for (domain, d) in &h.domains {
+                    rows.push([
+                        h.name.clone(),
+                        domain.clone(),
+                        d.revision.to_string(),
+                        utc(d.applied_ms),
+                        d.clients.to_string(),
+                        h.pid.to_string(),
+                    ]);
+                }
+                docs.push(serde_json::to_value(&h)?);
+            }
+            Err(e) => {
+                eprintln!("mcadmin: {e}");
+                failed = true;
+            }
+        }
+    }
+    let header = [
+        "HOST",
+        "DOMAIN",
+        "REVISION",
+        "APPLIED",
+        "CLIENTS",
+        "AGENT PID",
+    ]
+    .map(String::from);
+    print(
+        ctx,
+        || json!({"hosts": docs}),
+        || show::align(&header, &rows),
+    )?;
+    Ok(if failed { Exit::Etcd } else { Exit::Success })
+}
+
+pub struct SyncArgs<'a> {
+    pub domains: &'a [String],
+    pub all: bool,
+    pub name: Option<&'a str>,
+    pub probe_timeout: f64,
+    pub lease_ttl: i64,
+}
+
+/// The host agent, until SIGTERM/SIGINT.
+pub fn sync(ctx: &Invocation, fleet: Fleet, args: SyncArgs<'_>) -> Result<Exit> {
+    let domains = match args.all {
+        true => Vec::new(),
+        false => args
+            .domains
+            .iter()
+            .map(|d| Domain::new(d))
+            .collect::<libmcshm::Result<Vec<_>>>()?,
+    };
+    let name = args
+        .name
+        .map(str::to_string)
+        .unwrap_or_else(mcshm_fleet::store::hostname);
+    if name.is_empty()
+        || name.len() > 253
+        || name.contains(['/', ' '])
+        || name.chars().any(char::is_control)
+    {
+        return Err(UsageError(format!(
+            "invalid host name '{name}': 1-253 characters without '/', spaces or control characters"
+        ))
+        .into());
+    }
+    let timeout = crate::lifecycle::seconds(args.probe_timeout, "probe timeout")?;
+    if !(2..=3600).contains(&args.lease_ttl) {
+        return Err(UsageError(format!(
+            "invalid --lease-ttl '{}': expected 2 to 3600 seconds",
+            args.lease_ttl
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(&ctx.dir)
+        .with_context(|| format!("cannot create {}", ctx.dir.display()))?;
+    let stop = crate::lifecycle::stop_flag()?;
+    let mut agent = Agent::new(
+        Arc::new(fleet),
+        SyncOptions {
+            name: name.clone(),
+            dir: ctx.dir.clone(),
+            domains,
+            all: args.all,
+            ownership: ctx.ownership,
+            probe_timeouts: Timeouts {
+                connect: timeout,
+                io: timeout,
+            },
+            lease_ttl_s: args.lease_ttl,
+        },
+    );
+    let json = ctx.json;
+    agent.run(&stop, &mut |event| print_event(json, &name, &event));
+    Ok(Exit::Success)
+}
+
+fn print_event(json: bool, host: &str, event: &SyncEvent) {
+    let now = libmcshm::registry::now_ms();
+    let (kind, domain, detail) = match event {
+        SyncEvent::Active { domain } => ("active", domain.as_str(), String::new()),
+        SyncEvent::Standby { domain } => ("standby", domain.as_str(), String::new()),
+        SyncEvent::Applied { domain, revision } => {
+            ("applied", domain.as_str(), format!("revision {revision}"))
+        }
+        SyncEvent::Pushed {
+            domain,
+            revision,
+            marks,
+        } => (
+            "pushed",
+            domain.as_str(),
+            format!("revision {revision}: {}", marks.join(", ")),
+        ),
+        SyncEvent::Superseded { domain, marks } => {
+            ("superseded", domain.as_str(), marks.join(", "))
+        }
+        SyncEvent::Refused { key, why } => ("refused", "", format!("{key}: {why}")),
+        SyncEvent::Connected => ("connected", "", String::new()),
+        SyncEvent::Disconnected { why } => ("disconnected", "", why.clone()),
+        SyncEvent::Resync { domain } => (
+            "resync",
+            domain.as_str(),
+            "revision compacted away: local marks not pushed are dropped".into(),
+        ),
+        SyncEvent::Probed {
+            domain,
+            server,
+            result,
+        } => ("probed", domain.as_str(), format!("{server}: {result}")),
+    };
+    let mut out = io::stdout().lock();
+    let _ = if json {
+        writeln!(
+            out,
+            "{}",
+            json!({"time_ms": now, "host": host, "event": kind, "domain": domain, "detail": detail})
+        )
+    } else {
+        writeln!(out, "{} {kind} {domain} {detail}", utc(now))
+    };
+    let _ = out.flush();
+    if matches!(
+        event,
+        SyncEvent::Refused { .. } | SyncEvent::Disconnected { .. }
+    ) {
+        eprintln!("mcadmin sync: {kind} {detail}");
+    }
+}
