@@ -186,7 +186,7 @@ impl Etcd {
                         .map_err(|e| EtcdError::Protocol(format!("{path}: {e}")));
                 }
                 Err(ureq::Error::Status(code, response)) => {
-                    let text = response.into_string().unwrap_or_default();
+                    let text = error_body(response);
                     let message = serde_json::from_str::<Value>(&text)
                         .ok()
                         .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
@@ -379,7 +379,7 @@ impl Etcd {
                     }
                     return Ok(watch);
                 }
-                Err(ureq::Error::Status(_, r)) => last = r.into_string().unwrap_or_default(),
+                Err(ureq::Error::Status(_, r)) => last = error_body(r),
                 Err(ureq::Error::Transport(t)) => last = format!("{endpoint}: {t}"),
             }
         }
@@ -453,6 +453,19 @@ impl Watch {
             });
         }
         Ok(batch)
+    }
+}
+
+/// The body of an error answer. The gateway ends it with a gRPC trailer that ureq's chunked
+/// decoder stops at; what was read before that is the JSON error.
+fn error_body(response: ureq::Response) -> String {
+    let code = response.status();
+    let mut body = Vec::new();
+    let _ = response.into_reader().take(64 << 10).read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    match text.trim().is_empty() {
+        true => format!("HTTP status {code}"),
+        false => text,
     }
 }
 

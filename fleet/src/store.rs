@@ -203,20 +203,41 @@ impl Fleet {
         domain: &Domain,
         create: bool,
         by: &str,
+        change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+    ) -> Result<FleetCommit, FleetError> {
+        self.transact_with(domain, create, false, by, change)
+    }
+
+    /// [`Fleet::transact`]; with `repair`, a current value that is not a valid table is taken
+    /// as an empty one (how `mcadmin --etcd … load` replaces a damaged value).
+    pub fn transact_with(
+        &self,
+        domain: &Domain,
+        create: bool,
+        repair: bool,
+        by: &str,
         mut change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
     ) -> Result<FleetCommit, FleetError> {
         let key = self.domain_key(domain);
         let deadline = Instant::now() + EDIT_DEADLINE;
         let mut current = self.etcd.get(&key, None)?.0;
         for _ in 0..EDIT_ATTEMPTS {
+            let mut repairing = false;
             let (mut table, expected) = match &current {
-                Some(kv) => (self.decode(kv)?.table, Some(kv.mod_revision)),
+                Some(kv) => match self.decode(kv) {
+                    Ok(t) => (t.table, Some(kv.mod_revision)),
+                    Err(FleetError::Hostile { .. }) if repair => {
+                        repairing = true;
+                        (Table::default(), Some(kv.mod_revision))
+                    }
+                    Err(e) => return Err(e),
+                },
                 None if create => (Table::default(), None),
                 None => return Err(FleetError::NoDomain(domain.to_string())),
             };
             let before = table.clone();
             change(&mut table).map_err(FleetError::Edit)?;
-            if table == before {
+            if table == before && !repairing {
                 let revision = expected.unwrap_or(0);
                 return Ok(FleetCommit {
                     revision,

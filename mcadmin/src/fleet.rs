@@ -68,6 +68,20 @@ pub fn write(
     report(ctx, commit.revision, commit.changed)
 }
 
+/// `load` on the fleet: replaces the table, even a damaged value.
+pub fn load(ctx: &Invocation, fleet: &Fleet, loaded: &Table) -> Result<Exit> {
+    let commit = fleet.transact_with(&ctx.domain, true, true, "mcadmin load", |t| {
+        t.servers = edit::merge_loaded(
+            &t.servers,
+            &loaded.servers,
+            libmcshm::registry::commit_info(),
+        );
+        t.policy = loaded.policy;
+        Ok(())
+    })?;
+    report(ctx, commit.revision, commit.changed)
+}
+
 fn report(ctx: &Invocation, revision: i64, changed: bool) -> Result<Exit> {
     print(
         ctx,

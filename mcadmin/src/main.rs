@@ -535,11 +535,7 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
     };
     let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
     if let Some(fleet) = &ctx.fleet {
-        return fleet::write(ctx, fleet, true, |t| {
-            t.servers = edit::merge_loaded(&t.servers, &loaded.servers, commit_info());
-            t.policy = loaded.policy;
-            Ok(())
-        });
+        return fleet::load(ctx, fleet, &loaded);
     }
     let mut registry = match Registry::open_writer_with(&ctx.dir, &ctx.domain, true, ctx.ownership)
     {

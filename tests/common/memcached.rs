@@ -155,6 +155,16 @@ impl Memcached {
     }
 
     /// SIGKILLs the server and reaps it.
+    /// Sends `signal` (e.g. SIGSTOP to freeze it, SIGCONT to thaw it).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

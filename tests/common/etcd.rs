@@ -1,0 +1,318 @@
+//! A real etcd cluster on loopback ephemeral ports (own data directories), members killed and
+//! reaped on drop; and "hosts": a registry directory each, with its own `mcadmin sync` agent.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mcshm_fleet::{Etcd, EtcdConfig};
+
+use super::{MCADMIN, Reg, wait_until};
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+/// A loopback port the kernel had free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers.
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster { members, dir };
+        for i in 0..n {
+            cluster.spawn(i, "new");
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let initial = self.initial_cluster();
+        let data = self.dir.path().join(&self.members[i].name);
+        let m = &mut self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                state,
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // Large enough that an oversized table reaches mcshm's own check.
+            .args(["--max-request-bytes", "10485760"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}): install it with apt-get install -y etcd-server")
+            });
+        m.child = Some(child);
+    }
+
+    /// `http://…,http://…` of every member.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client of the whole cluster.
+    pub fn client(&self) -> Etcd {
+        Etcd::new(EtcdConfig {
+            endpoints: EtcdConfig::parse_endpoints(&self.endpoints()).unwrap(),
+            timeout: Duration::from_secs(5),
+            ..EtcdConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// Waits until a write succeeds (a leader exists and the running members answer).
+    pub fn wait_ready(&self) {
+        let etcd = self.client();
+        assert!(
+            wait_until(Duration::from_secs(30), || etcd
+                .put("/ready", b"1", None)
+                .is_ok()),
+            "etcd cluster did not become ready"
+        );
+    }
+
+    /// The index of the current leader (asked of each running member).
+    pub fn leader(&self) -> Option<usize> {
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let url = format!("http://127.0.0.1:{}/v3/maintenance/status", m.client_port);
+            let Ok(resp) = ureq_post(&url, "{}") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&resp).unwrap_or_default();
+            let leader = v["leader"].as_str().unwrap_or("").to_string();
+            let me = v["header"]["member_id"].as_str().unwrap_or("").to_string();
+            if !leader.is_empty() && leader == me {
+                return self
+                    .members
+                    .iter()
+                    .position(|x| x.client_port == m.client_port);
+            }
+        }
+        None
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a killed member on its ports and data.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, "existing");
+    }
+
+    /// Compacts the key-value history up to `revision` (older revisions become unreadable).
+    pub fn compact(&self, revision: i64) {
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let url = format!("http://127.0.0.1:{}/v3/kv/compaction", m.client_port);
+            if ureq_post(&url, &body).is_ok() {
+                return;
+            }
+        }
+        panic!("no member compacted");
+    }
+}
+
+/// A plain POST through a raw TCP connection (the test's own view of the gateway).
+fn ureq_post(url: &str, body: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("http only")?;
+    let (host, path) = rest.split_once('/').ok_or("no path")?;
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no body")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_string());
+    }
+    // Chunked or not, the JSON object is between the first '{' and the last '}'.
+    let start = body.find('{').ok_or("no JSON")?;
+    let end = body.rfind('}').ok_or("no JSON")?;
+    Ok(body[start..=end].to_string())
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// One simulated host: its own registry directory and `mcadmin sync` agent.
+pub struct Host {
+    pub name: String,
+    pub reg: Reg,
+    endpoints: String,
+    agent: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// A host named `name` whose agent mirrors every domain of the fleet at `endpoints`.
+    pub fn start(name: &str, endpoints: &str) -> Host {
+        let reg = Reg::new();
+        let log = reg.dir().join(format!("{name}.sync.log"));
+        let mut host = Host {
+            name: name.to_string(),
+            reg,
+            endpoints: endpoints.to_string(),
+            agent: None,
+            log,
+        };
+        host.start_agent();
+        host
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(MCADMIN)
+            .arg("--dir")
+            .arg(self.reg.dir())
+            .args(["--etcd", &self.endpoints, "--json", "sync", "--all"])
+            .args(["--name", &self.name, "--lease-ttl", "3"])
+            .env_remove("MCSHM_ETCD")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// SIGKILLs the agent (no clean stop).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the agent and waits for its clean exit status.
+    pub fn stop_agent(&mut self) -> std::process::ExitStatus {
+        let mut child = self.agent.take().expect("agent running");
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `mcadmin list --json` of the local table (`None` while it does not exist).
+    pub fn local(&self, domain: &str) -> Option<serde_json::Value> {
+        let run = self.reg.run(domain, &["--json", "list"]);
+        (run.code() == 0).then(|| serde_json::from_str(&run.stdout()).unwrap())
+    }
+
+    /// The fleet revision the local table mirrors (0 when there is none).
+    pub fn revision(&self, domain: &str) -> i64 {
+        self.local(domain)
+            .map_or(0, |v| v["fleet"]["revision"].as_i64().unwrap())
+    }
+
+    /// The state of `server` in the local table.
+    pub fn state(&self, domain: &str, server: &str) -> Option<String> {
+        let list = self.local(domain)?;
+        list["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["address"] == server)
+            .map(|s| s["state"].as_str().unwrap().to_string())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+/// `mcadmin --etcd ENDPOINTS --domain DOMAIN ARGS…`.
+pub fn fleet_cmd(endpoints: &str, domain: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(MCADMIN);
+    cmd.args(["--etcd", endpoints, "--domain", domain])
+        .args(args)
+        .env_remove("MCSHM_ETCD")
+        .env_remove("MCSHM_DOMAIN")
+        .stdin(Stdio::null());
+    cmd
+}
