@@ -58,13 +58,14 @@ install: build
 		$(TARGET)/$$tool completions fish > $(FISHDIR)/$$tool.fish || exit 1; \
 	done
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcadmin-watch@.service > $(UNITDIR)/mcadmin-watch@.service
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcadmin-sync.service > $(UNITDIR)/mcadmin-sync.service
 
 uninstall:
 	rm -f $(BINDIR)/mcadmin $(BINDIR)/mclient $(LIBDIR)/libmcshm.so $(LIBDIR)/libmcshm.a \
 		$(INCLUDEDIR)/mcshm.h $(PCDIR)/mcshm.pc $(MANDIR)/man1/mclient.1 $(MANDIR)/man3/libmcshm.3 \
 		$(MANDIR)/man5/mcshm.5 $(MANDIR)/man8/mcadmin.8 $(BASHDIR)/mcadmin $(BASHDIR)/mclient \
 		$(ZSHDIR)/_mcadmin $(ZSHDIR)/_mclient $(FISHDIR)/mcadmin.fish $(FISHDIR)/mclient.fish \
-		$(UNITDIR)/mcadmin-watch@.service
+		$(UNITDIR)/mcadmin-watch@.service $(UNITDIR)/mcadmin-sync.service
 
 clean:
 	$(CARGO) clean

@@ -128,6 +128,7 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
         "share/zsh/site-functions/_mclient",
         "share/fish/vendor_completions.d/mcadmin.fish",
         "lib/systemd/system/mcadmin-watch@.service",
+        "lib/systemd/system/mcadmin-sync.service",
     ] {
         assert!(prefix.join(file).is_file(), "{file} not installed");
     }

@@ -580,7 +580,7 @@ fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were
                 .log_text()
                 .matches(r#""event":"refused""#)
                 .count()
-                >= hostile.iter().position(|h| h.0 == *what).unwrap() + 1),
+                > hostile.iter().position(|h| h.0 == *what).unwrap()),
             "{what} was not refused: {}",
             host.log_text()
         );
