@@ -13,7 +13,7 @@ command -v etcd >/dev/null || { echo "needs etcd: apt-get install -y etcd-server
 cargo build --release -q --bin mcadmin --example propagation -p mcshm -p mcshm-fleet
 work=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -a cport pport

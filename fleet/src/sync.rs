@@ -312,10 +312,7 @@ impl Agent {
             }
             return;
         }
-        let base = base_for(&fleet, mirror, local_revision, events);
-        let marks = base
-            .map(|b| mirror::local_marks(&b.table, &local.table()))
-            .unwrap_or_default();
+        let base = base_for(&fleet, mirror, local_revision, events).cloned();
         let revision = table.revision;
         let mut kept = 0;
         let writer = mirror.writer.as_mut().expect("active");
@@ -323,6 +320,13 @@ impl Agent {
             if t.fleet_revision as i64 >= revision {
                 return Ok(());
             }
+            // The marks are taken from the table under the writer lock: a client's mark-down
+            // committed a moment ago is kept, not overwritten by the fleet's older state.
+            let marks = base
+                .as_ref()
+                .filter(|b| b.revision == t.fleet_revision as i64)
+                .map(|b| mirror::local_marks(&b.table, t))
+                .unwrap_or_default();
             kept = mirror::mirror(t, &table.table, revision as u64, &marks, commit_info());
             Ok(())
         });
