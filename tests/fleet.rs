@@ -541,7 +541,7 @@ fn cut_off_hosts_keep_serving_push_their_marks_later_and_agents_catch_up() {
 
 #[test]
 fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were() {
-    let cluster = EtcdCluster::start(1);
+    let cluster = EtcdCluster::start(3);
     fleet_ok(&cluster, "d", &["add", "10.7.0.1", "10.7.0.2"]);
     let host = Host::start("hx", &cluster.endpoints());
     let revision = fleet_list(&cluster, "d")["revision"].as_i64().unwrap();

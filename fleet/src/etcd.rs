@@ -106,7 +106,6 @@ impl std::error::Error for EtcdError {}
 pub struct Kv {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub create_revision: i64,
     pub mod_revision: i64,
 }
 
@@ -162,10 +161,6 @@ impl Etcd {
             current: Mutex::new(0),
             token: Mutex::new(None),
         })
-    }
-
-    pub fn endpoints(&self) -> &[String] {
-        &self.config.endpoints
     }
 
     /// POSTs `body` to `path`, trying every endpoint until one answers within the timeout.
@@ -328,11 +323,6 @@ impl Etcd {
             body["lease"] = json!(lease.to_string());
         }
         header_revision(&self.call("/v3/kv/put", &body)?)
-    }
-
-    /// Deletes `key`.
-    pub fn delete(&self, key: &str) -> Result<i64, EtcdError> {
-        header_revision(&self.call("/v3/kv/deleterange", &json!({"key": b64(key.as_bytes())}))?)
     }
 
     /// A new lease of `ttl_s` seconds; returns its id.
@@ -553,7 +543,6 @@ fn decode_kv(kv: &Value) -> Result<Kv, EtcdError> {
     Ok(Kv {
         key: bytes("key")?,
         value: bytes("value")?,
-        create_revision: int(kv.get("create_revision")).unwrap_or(0),
         mod_revision: int(kv.get("mod_revision")).unwrap_or(0),
     })
 }

@@ -16,8 +16,7 @@
 //! host without a fleet; their rejoins are pushed when etcd is back.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -196,7 +195,6 @@ impl Agent {
                     let kv = crate::etcd::Kv {
                         key: event.key,
                         value,
-                        create_revision: 0,
                         mod_revision: event.mod_revision,
                     };
                     match self.fleet.decode(&kv) {
@@ -258,7 +256,8 @@ impl Agent {
         let tx = self.tx.clone();
         let mirror = self.mirror_of(domain)?;
         if mirror.lock.is_none() {
-            match take_lock(&dir, domain) {
+            // One agent per host and domain; a standby takes over when it dies.
+            match libmcshm::health::try_daemon_lock(&dir, domain, "sync") {
                 Ok(Some(file)) => {
                     mirror.lock = Some(file);
                     mirror.standing_by = false;
@@ -276,10 +275,10 @@ impl Agent {
                     }
                     return None;
                 }
-                Err(why) => {
+                Err(e) => {
                     events(SyncEvent::Refused {
                         key: domain.to_string(),
-                        why,
+                        why: e.to_string(),
                     });
                     return None;
                 }
@@ -624,26 +623,6 @@ fn refused(e: FleetError, events: &mut dyn FnMut(SyncEvent)) {
         other => events(SyncEvent::Disconnected {
             why: other.to_string(),
         }),
-    }
-}
-
-/// The one agent per host and domain: an exclusive lock on `DIR/.DOMAIN.sync` (released by the
-/// kernel when the agent dies, so a standby takes over).
-fn take_lock(dir: &std::path::Path, domain: &Domain) -> Result<Option<File>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join(format!(".{}.sync", domain.as_str()));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::conn::Timeouts;
 use crate::domain::Domain;
@@ -18,6 +18,26 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{self, Rejoined};
 use crate::registry::{Registry, commit_info, now_ms};
 use crate::table::State;
+
+/// Takes the lock that makes one daemon of kind `role` (`watch`, `sync`) act on `domain` per
+/// host: an exclusive lock on `DIR/.DOMAIN.ROLE`, released by the kernel when the holder dies,
+/// so a standby takes over. `None` while another process holds it.
+pub fn try_daemon_lock(dir: &Path, domain: &Domain, role: &str) -> Result<Option<File>> {
+    let path = dir.join(format!(".{domain}.{role}"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::io("open the daemon lock", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,23 +195,8 @@ impl Watcher {
         if self.lock.is_some() {
             return Ok(true);
         }
-        let path = self.dir.join(format!(".{}.watch", self.domain));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| Error::io("open the watch lock", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {
-                self.lock = Some(file);
-                Ok(true)
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
-        }
+        self.lock = try_daemon_lock(&self.dir, &self.domain, "watch")?;
+        Ok(self.lock.is_some())
     }
 
     /// Whether this watcher holds the domain's lock (acts on it).

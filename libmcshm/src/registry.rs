@@ -620,16 +620,12 @@ impl Registry {
     /// one caller per `interval_s` (a CAS on the lease word of the server's live record), and
     /// not before `interval_s` after the server went down. `false` for read-only handles.
     pub fn try_probe_lease(&self, server: &Server, interval_s: u32) -> bool {
-        let Some(word) = self.layout.live_word(server.live) else {
+        let Some(word) = self.owned_live_word(server) else {
             return false;
         };
-        let owned = self
-            .map
-            .load(word, Ordering::Acquire)
-            .is_some_and(|w| w & !0xffff_ffff == format::live_owner(server.id));
         let now = now_ms();
         let interval_ms = u64::from(interval_s) * 1000;
-        if !owned || now < server.since_ms.saturating_add(interval_ms) {
+        if now < server.since_ms.saturating_add(interval_ms) {
             return false;
         }
         let Some(last) = self.map.load(word + 2, Ordering::Acquire) else {
@@ -646,16 +642,9 @@ impl Registry {
     /// fleet agent does this: across hosts it decides in etcd who probes. Never moves the lease
     /// back; `false` for read-only handles or a record that is not the server's.
     pub fn hold_probe_lease(&self, server: &Server, at_ms: u64) -> bool {
-        let Some(word) = self.layout.live_word(server.live) else {
+        let Some(word) = self.owned_live_word(server) else {
             return false;
         };
-        let owned = self
-            .map
-            .load(word, Ordering::Acquire)
-            .is_some_and(|w| w & !0xffff_ffff == format::live_owner(server.id));
-        if !owned {
-            return false;
-        }
         for _ in 0..64 {
             let Some(last) = self.map.load(word + 2, Ordering::Acquire) else {
                 return false;
@@ -671,6 +660,15 @@ impl Registry {
             }
         }
         false
+    }
+
+    /// The first word of `server`'s live record, if the record is (still) the server's.
+    fn owned_live_word(&self, server: &Server) -> Option<usize> {
+        let word = self.layout.live_word(server.live)?;
+        self.map
+            .load(word, Ordering::Acquire)
+            .filter(|w| w & !0xffff_ffff == format::live_owner(server.id))
+            .map(|_| word)
     }
 
     /// The fleet agent of this domain and whether it reaches etcd (see [`AgentLink`]).

@@ -4,7 +4,6 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libmcshm::table::{Rejoin, State, Table};
@@ -23,15 +22,7 @@ pub fn connect(args: &EtcdArgs) -> Result<Option<Fleet>> {
     let Some(endpoints) = &args.etcd else {
         return Ok(None);
     };
-    let timeout = Duration::try_from_secs_f64(args.etcd_timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            UsageError(format!(
-                "invalid --etcd-timeout '{}': expected seconds > 0",
-                args.etcd_timeout
-            ))
-        })?;
+    let timeout = crate::lifecycle::seconds(args.etcd_timeout, "--etcd-timeout")?;
     let config = EtcdConfig {
         endpoints: EtcdConfig::parse_endpoints(endpoints).map_err(usage)?,
         cacert: args.cacert.clone(),
@@ -98,7 +89,7 @@ fn report(ctx: &Invocation, revision: i64, changed: bool) -> Result<Exit> {
 }
 
 /// The domain's fleet table, or "no such domain".
-fn read(ctx: &Invocation, fleet: &Fleet) -> Result<FleetTable> {
+pub fn read(ctx: &Invocation, fleet: &Fleet) -> Result<FleetTable> {
     Ok(fleet
         .read(&ctx.domain)?
         .ok_or_else(|| FleetError::NoDomain(ctx.domain.to_string()))?)
@@ -158,22 +149,7 @@ pub fn dump(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
 pub fn status(ctx: &Invocation, fleet: &Fleet, server: &str) -> Result<Exit> {
     let address = Address::parse(server)?;
     let table = read(ctx, fleet)?;
-    let snapshot = as_snapshot(&ctx.domain, &table);
-    let found = snapshot
-        .find(&address)
-        .ok_or_else(|| libmcshm::Error::NoServer {
-            server: address.to_string(),
-            domain: ctx.domain.to_string(),
-        })?;
-    print(
-        ctx,
-        || show::server_json(found),
-        || show::server_status(found),
-    )?;
-    Ok(match found.state {
-        State::Up => Exit::Success,
-        State::Down | State::Draining => Exit::No,
-    })
+    crate::show_status(ctx, &as_snapshot(&ctx.domain, &table), &address)
 }
 
 /// Every domain of the fleet, with its revision and servers up (a refused value is listed as
@@ -254,32 +230,20 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
     };
     let name = ctx.domain.to_string();
     write(ctx, fleet, false, |t| {
-        for address in &addresses {
-            let Some(s) = t.servers.iter().find(|s| s.address.same_server(address)) else {
-                return Err(libmcshm::Error::NoServer {
-                    server: address.to_string(),
-                    domain: name.clone(),
-                });
-            };
-            let was_down = s.state == State::Down;
-            edit::set_state(
-                &mut t.servers,
-                std::slice::from_ref(address),
-                State::Up,
-                &reason,
-                libmcshm::registry::commit_info(),
-                &name,
-            )?;
-            if was_down
-                && let Some(s) = t
-                    .servers
-                    .iter_mut()
-                    .find(|s| s.address.same_server(address))
-            {
+        // Down servers rejoin (with the warm-up window); draining ones stop draining.
+        for s in t.servers.iter_mut() {
+            if s.state == State::Down && addresses.iter().any(|a| s.address.same_server(a)) {
                 s.warm_until_ms = warm_until;
             }
         }
-        Ok(())
+        edit::set_state(
+            &mut t.servers,
+            &addresses,
+            State::Up,
+            &reason,
+            libmcshm::registry::commit_info(),
+            &name,
+        )
     })
 }
 

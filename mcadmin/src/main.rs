@@ -24,7 +24,9 @@ use libmcshm::table::{
     Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
     check_warm_window, check_weight,
 };
-use libmcshm::{Address, Commit, Domain, ErrorKind, Registry, Server, State, Timeouts, dump, edit};
+use libmcshm::{
+    Address, Commit, Domain, ErrorKind, Registry, Server, Snapshot, State, Timeouts, dump, edit,
+};
 use serde_json::json;
 
 use bin_common::UsageError;
@@ -454,13 +456,7 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         && change.warm_window_s.is_none();
     if unchanged {
         let p = match &ctx.fleet {
-            Some(fleet) => {
-                fleet
-                    .read(&ctx.domain)?
-                    .ok_or_else(|| mcshm_fleet::FleetError::NoDomain(ctx.domain.to_string()))?
-                    .table
-                    .policy
-            }
+            Some(fleet) => fleet::read(ctx, fleet)?.table.policy,
             None => Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?.policy,
         };
         print(
@@ -484,8 +480,13 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
 fn status(ctx: &Invocation, server: &str) -> Result<Exit> {
     let address = Address::parse(server)?;
     let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+    show_status(ctx, &snapshot, &address)
+}
+
+/// Prints one server of `snapshot` (local or the fleet's); exit 0 when up, 1 otherwise.
+pub fn show_status(ctx: &Invocation, snapshot: &Snapshot, address: &Address) -> Result<Exit> {
     let found = snapshot
-        .find(&address)
+        .find(address)
         .ok_or_else(|| libmcshm::Error::NoServer {
             server: address.to_string(),
             domain: ctx.domain.to_string(),
