@@ -4,25 +4,31 @@
 
 use std::path::Path;
 
-use super::{Client, FailureEvent, MarkedDown, Source};
+use super::router::{Router, Source};
+use super::{FailureEvent, MarkedDown};
 use crate::conn::ConnError;
 use crate::edit;
 use crate::error::{Error, ErrorKind};
 use crate::registry::{Registry, commit_info};
 use crate::table::{Server, State};
 
-impl Client {
-    pub(super) fn succeeded(&mut self, server: &Server) {
+impl Router {
+    /// A request to server `i` succeeded: its failure count starts again.
+    pub fn succeeded(&mut self, i: usize) {
+        let server = &self.snapshot().servers[i];
         if let Source::Registry(registry) = &self.source {
             registry.record_success(server);
         }
         if !self.local_failures.is_empty() {
-            self.local_failures.remove(&server.address);
+            let address = server.address.clone();
+            self.local_failures.remove(&address);
         }
     }
 
-    pub(super) fn failed(&mut self, index: usize, error: &str, errno: i32) {
-        let snapshot = self.routing().snapshot.clone();
+    /// A request to server `index` failed (connect, timeout, I/O): counted in the shared live
+    /// record; at the domain's limit the server is marked down for every process.
+    pub fn failed(&mut self, index: usize, error: &str, errno: i32) {
+        let snapshot = self.snapshot().clone();
         let server = &snapshot.servers[index];
         let shared = match &self.source {
             Source::Registry(registry) => registry.record_failure(server),
@@ -55,7 +61,7 @@ impl Client {
         }
     }
 
-    pub(super) fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
+    fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
         let reason = format!(
             "{failures} consecutive failures, last: {error} (pid {})",
             std::process::id()
@@ -91,7 +97,7 @@ impl Client {
 }
 
 /// A connection failure as an errno value (see [`FailureEvent::errno`]).
-pub(super) fn errno(err: &ConnError) -> i32 {
+pub fn errno(err: &ConnError) -> i32 {
     match err {
         ConnError::Io(e) => match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,

@@ -25,15 +25,7 @@ impl Client {
     /// Warm-up: a miss on a server in its warm window is looked up on the server that owned the
     /// key while it was away, and a hit is copied back with `add`.
     pub(super) fn warm_fill(&mut self, server: usize, key: &[u8]) -> Option<Item> {
-        let snapshot = self.routing().snapshot.clone();
-        let rejoined = &snapshot.servers[server];
-        if rejoined.warm_until_ms == 0 || crate::registry::now_ms() >= rejoined.warm_until_ms {
-            return None;
-        }
-        let interim = self
-            .along_ring(key, 2)
-            .into_iter()
-            .find(|&i| i != server && !self.is_down(&snapshot.servers[i]))?;
+        let interim = self.router.warm_source(server, key)?;
         self.copy_key(interim, server, key)
             .ok()?
             .map(|(item, _)| item)
@@ -58,8 +50,8 @@ impl Client {
             exptime: ttl,
             value: &value,
         };
-        let added = if self.is_down(&self.routing().snapshot.servers[to]) {
-            Err(self.down_error(to))
+        let added = if self.is_down(to) {
+            Err(self.router.down_error(to))
         } else {
             self.stored_reply(to, &request)
         };
@@ -75,7 +67,7 @@ impl Client {
     /// Drain: a miss on the key's new owner falls back to the draining server that had it; a
     /// hit there is moved to the new owner.
     pub(super) fn drain_fill(&mut self, owner: usize, key: &[u8]) -> Option<Item> {
-        let draining = self.draining_owner(key)?;
+        let draining = self.router.draining_owner(key)?;
         let (item, added) = self.copy_key(draining, owner, key).ok()??;
         if added.is_ok() {
             let _ = self.call(draining, &Request::Delete { key });
@@ -87,8 +79,12 @@ impl Client {
     /// remaining TTL; never over a newer value there), then deletes it from `draining`.
     pub fn move_key(&mut self, draining: &Address, key: &[u8]) -> Result<crate::drain::Moved> {
         use crate::drain::Moved;
-        let owner = self.writable_target(key)?;
-        let snapshot = self.routing().snapshot.clone();
+        let owner = self.router.owner(key)?;
+        self.run_probes();
+        if self.is_down(owner) {
+            return Err(self.router.down_error(owner));
+        }
+        let snapshot = self.router.snapshot().clone();
         let from = snapshot
             .servers
             .iter()
@@ -111,12 +107,5 @@ impl Client {
     pub(super) fn stored_reply(&mut self, server: usize, request: &Request<'_>) -> Result<Stored> {
         let reply = self.call(server, request)?;
         self.stored(server, reply)
-    }
-
-    /// The draining server that owned `key` before the drain, if any.
-    pub(super) fn draining_owner(&self, key: &[u8]) -> Option<usize> {
-        let (ring, members) = self.routing().with_draining.as_ref()?;
-        let i = members[ring.server_for(key)?];
-        (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
     }
 }

@@ -54,14 +54,15 @@ use crate::domain::Domain;
 
 use crate::error::{Error, Result};
 use crate::proto::{self, Item, Reply, Request, StoreVerb};
-use crate::registry::Registry;
-use crate::ring::Ring;
-use crate::table::{Failover, Policy, Server, Snapshot};
+use crate::table::Snapshot;
 
 mod failures;
 mod handover;
 mod requests;
-mod routing;
+mod router;
+
+pub use failures::errno;
+pub use router::{Probe, Router};
 
 /// Keys per `get` command when a multi-get is pipelined.
 const KEYS_PER_GET: usize = 100;
@@ -127,50 +128,19 @@ pub struct MultiGet {
 /// `stats` lines of one server: (name, value).
 pub type Stats = Vec<(String, String)>;
 
-type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
-
-enum Source {
-    Registry(Registry),
-    Servers(Arc<Snapshot>),
-}
-
-/// The routing of one table version.
-struct Routing {
-    snapshot: Arc<Snapshot>,
-    local_epoch: u64,
-    ring: Ring,
-    /// Ring server number → index in `snapshot.servers`.
-    members: Vec<usize>,
-    /// With draining servers: the ring that still includes them (to find where a key was).
-    with_draining: Option<(Ring, Vec<usize>)>,
-    /// Down servers with a retry interval (candidates for the retry probe).
-    probeable: Vec<usize>,
-}
-
-/// Where a key goes.
-enum Target {
-    Up(usize),
-    Down(usize),
-}
+pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
 /// Operations between two periodic checks (retry probes of servers off the ring, and the
 /// clients record's last-used time).
 const PERIODIC_OPS: u64 = 64;
 
 /// A memcached client over a registry domain or a private server list. Use one per thread.
+/// Its decisions are the [`Router`]'s; it adds blocking connections.
 pub struct Client {
-    source: Source,
-    routing: Option<Routing>,
+    router: Router,
     timeouts: Timeouts,
     conns: HashMap<Address, Conn>,
-    local_failures: HashMap<Address, u32>,
-    local_down: HashSet<Address>,
-    local_epoch: u64,
-    reported: HashSet<Address>,
-    on_failure: Option<FailureCallback>,
     scratch: Vec<u8>,
-    ops: u64,
-    client_slot: Option<usize>,
 }
 
 impl Client {
@@ -181,83 +151,78 @@ impl Client {
         domain: &Domain,
         timeouts: Timeouts,
     ) -> Result<Client> {
-        let dir = dir.as_ref();
-        let registry = match Registry::open_writer(dir, domain, false) {
-            Err(Error::PermissionDenied { .. }) => Registry::open(dir, domain)?,
-            other => other?,
-        };
-        let mut client = Client::new(Source::Registry(registry), timeouts);
-        if let Source::Registry(registry) = &client.source {
-            client.client_slot = registry.register_client();
-        }
-        Ok(client)
+        Ok(Client::new(Router::for_domain(dir, domain)?, timeouts))
     }
 
     /// A client of a private server list (weights 1, failover none), for use without a
     /// registry.
     pub fn for_servers(servers: &[Address], timeouts: Timeouts) -> Result<Client> {
-        let servers: Vec<Server> = servers
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Server {
-                id: i as u32 + 1,
-                live: i as u32,
-                ..Server::new(a.clone())
-            })
-            .collect();
-        if let Some(dup) = crate::table::first_duplicate(&servers) {
-            return Err(Error::invalid(
-                "server list",
-                &dup.address.to_string(),
-                "listed twice",
-            ));
-        }
-        let snapshot = Snapshot {
-            domain: String::new(),
-            version: 0,
-            changed_ms: 0,
-            writer_pid: 0,
-            writer_uid: 0,
-            next_id: servers.len() as u32 + 1,
-            servers,
-            policy: Policy::default(),
-            fleet_revision: 0,
-        };
-        Ok(Client::new(Source::Servers(Arc::new(snapshot)), timeouts))
+        Ok(Client::new(Router::for_servers(servers)?, timeouts))
     }
 
-    fn new(source: Source, timeouts: Timeouts) -> Client {
+    fn new(router: Router, timeouts: Timeouts) -> Client {
         Client {
-            source,
-            routing: None,
+            router,
             timeouts,
             conns: HashMap::new(),
-            local_failures: HashMap::new(),
-            local_down: HashSet::new(),
-            local_epoch: 0,
-            reported: HashSet::new(),
-            on_failure: None,
             scratch: Vec::new(),
-            ops: 0,
-            client_slot: None,
         }
     }
 
     /// Calls `callback` on every failed operation (to log or alert).
     pub fn on_failure(&mut self, callback: impl FnMut(&FailureEvent<'_>) + Send + 'static) {
-        self.on_failure = Some(Box::new(callback));
+        self.router.on_failure(callback);
+    }
+
+    /// The routing decisions this client follows.
+    pub fn router(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// Refreshes the routing and runs any retry probe it found due.
+    fn refresh(&mut self) -> Result<()> {
+        let refreshed = self.router.refresh();
+        self.run_probes();
+        refreshed
+    }
+
+    fn maybe_probe(&mut self, server: usize) {
+        self.router.maybe_probe(server);
+        self.run_probes();
+    }
+
+    fn run_probes(&mut self) {
+        for probe in self.router.take_probes() {
+            probe.run(self.timeouts);
+        }
+    }
+
+    /// The key's replicas (see [`Router::chain`]), probes run.
+    fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
+        let chain = self.router.chain(key);
+        self.run_probes();
+        chain
+    }
+
+    fn is_down(&self, i: usize) -> bool {
+        self.router.is_down(i)
+    }
+
+    fn address(&self, i: usize) -> Address {
+        self.router.address(i).clone()
     }
 
     /// The table the client routes with now.
     pub fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
         self.refresh()?;
-        Ok(self.routing().snapshot.clone())
+        Ok(self.router.snapshot().clone())
     }
 
     /// The server `key` maps to (up or down).
     pub fn server_for(&mut self, key: &[u8]) -> Result<&Address> {
-        let (Target::Up(i) | Target::Down(i)) = self.target(key)?;
-        Ok(&self.routing().snapshot.servers[i].address)
+        let i = self.router.owner(key)?;
+        self.run_probes();
+        Ok(self.router.address(i))
     }
 
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Item>> {
@@ -280,7 +245,7 @@ impl Client {
         let chain = self.chain(key)?;
         let (mut answered, mut last_error) = (false, None);
         for (n, &server) in chain.iter().enumerate() {
-            if self.is_down(&self.routing().snapshot.servers[server]) {
+            if self.is_down(server) {
                 self.maybe_probe(server);
                 continue;
             }
@@ -347,7 +312,7 @@ impl Client {
             let mut groups: HashMap<usize, Vec<&[u8]>> = HashMap::new();
             for (key, chain) in &pending {
                 if let Some(&server) = chain.get(round)
-                    && !self.is_down(&self.routing().snapshot.servers[server])
+                    && !self.is_down(server)
                 {
                     groups.entry(server).or_default().push(key);
                 }
@@ -441,20 +406,11 @@ impl Client {
         only_first: bool,
     ) -> Result<(usize, Reply)> {
         let chain = self.chain(key)?;
-        let up: Vec<usize> = chain
-            .iter()
-            .copied()
-            .filter(|&i| !self.is_down(&self.routing().snapshot.servers[i]))
-            .collect();
-        let Some(&first) = up.first() else {
-            if let Some(&primary) = chain.first() {
-                self.maybe_probe(primary);
-                return Err(self.down_error(primary));
-            }
-            return Err(Error::NoServers { what: self.what() });
-        };
+        let up = self.router.write_targets(&chain, only_first);
+        self.run_probes();
+        let up = up?;
         let (mut answer, mut last_error) = (None, None);
-        for &server in if only_first { &up[..1] } else { &up[..] } {
+        for &server in &up {
             match self.call(server, request) {
                 Ok(reply) if answer.is_none() => answer = Some((server, reply)),
                 Ok(_) => {}
@@ -465,21 +421,13 @@ impl Client {
         match (answer, last_error) {
             (Some(answer), _) => Ok(answer),
             (None, Some(err)) => Err(err),
-            (None, None) => Err(self.down_error(first)),
+            (None, None) => Err(self.router.down_error(up[0])),
         }
     }
 
     /// After a write: delete the key where a stale copy could later be served from.
     fn invalidate_elsewhere(&mut self, key: &[u8], replicas: usize) {
-        let mut stale = Vec::new();
-        if self.routing().snapshot.policy.failover == Failover::Rehash
-            && let Some(next) = self.along_ring(key, replicas + 1).get(replicas).copied()
-            && !self.is_down(&self.routing().snapshot.servers[next])
-        {
-            stale.push(next);
-        }
-        stale.extend(self.draining_owner(key));
-        for server in stale {
+        for server in self.router.invalidations(key, replicas) {
             let _ = self.call(server, &Request::Delete { key });
         }
     }
@@ -499,13 +447,14 @@ impl Client {
             let chain = self.chain(item.key)?;
             let mut any = false;
             for server in chain {
-                if !self.is_down(&self.routing().snapshot.servers[server]) {
+                if !self.is_down(server) {
                     groups.entry(server).or_default().push(n);
                     any = true;
                 }
             }
             if !any {
-                results[n] = Some(self.writable_target(item.key).map(|_| Stored::NotStored));
+                let owner = self.router.owner(item.key)?;
+                results[n] = Some(Err(self.router.down_error(owner)));
             }
         }
         for (server, members) in groups {
@@ -628,7 +577,7 @@ impl Client {
         accept: impl Fn(Reply) -> std::result::Result<T, Reply>,
     ) -> Result<Vec<(Address, Result<T>)>> {
         self.refresh()?;
-        let snapshot = self.routing().snapshot.clone();
+        let snapshot = self.router.snapshot().clone();
         let chosen: Vec<usize> = match only {
             Some(address) => {
                 let i = snapshot
@@ -646,8 +595,8 @@ impl Client {
         let mut results = Vec::new();
         for i in chosen {
             let address = snapshot.servers[i].address.clone();
-            let result = if self.is_down(&snapshot.servers[i]) {
-                Err(self.down_error(i))
+            let result = if self.is_down(i) {
+                Err(self.router.down_error(i))
             } else {
                 self.call(i, request)
                     .and_then(|reply| accept(reply).map_err(|other| self.unexpected(i, other)))
@@ -655,13 +604,5 @@ impl Client {
             results.push((address, result));
         }
         Ok(results)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        if let (Source::Registry(registry), Some(slot)) = (&self.source, self.client_slot) {
-            registry.release_client(slot);
-        }
     }
 }

@@ -23,18 +23,18 @@ impl Client {
         requests: &[Request<'_>],
     ) -> Result<Vec<Reply>> {
         // The snapshot (an Arc) lends the address: no copy of it per operation.
-        let snapshot = self.routing().snapshot.clone();
+        let snapshot = self.router.snapshot().clone();
         let address = &snapshot.servers[server].address;
         let result = self.exchange(address, requests);
         match result {
             Ok(replies) => {
-                self.succeeded(&snapshot.servers[server]);
+                self.router.succeeded(server);
                 Ok(replies)
             }
             Err(err) => {
                 self.conns.remove(address);
                 let text = err.to_string();
-                self.failed(server, &text, errno(&err));
+                self.router.failed(server, &text, errno(&err));
                 Err(Error::Network {
                     server: address.to_string(),
                     error: text,

@@ -1,0 +1,404 @@
+//! The router: the sans-I/O core of every front end (the blocking [`Client`](super::Client) and
+//! `mcproxy`). It owns the decisions and none of the sockets: the ring of each table version
+//! (rebuilt only when the version or the local failure view changes), a key's replicas along
+//! it, which servers are down, where stale copies must be invalidated after a write, the warm-up
+//! and drain fallbacks, the shared failure counts, and which retry probes are due. A front end
+//! asks the router where to send a request, does the I/O its own way, and tells the router how
+//! it went ([`Router::succeeded`], [`Router::failed`]); so each rule is written once, here.
+//!
+//! The only blocking work is local: reading the registry, and marking a server down (a short
+//! file-locked transaction). The retry probe talks to a server, so the router hands it out as a
+//! [`Probe`] for the front end to run where blocking is allowed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{FailureCallback, FailureEvent, PERIODIC_OPS};
+use crate::address::Address;
+use crate::conn::Timeouts;
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::proto;
+use crate::registry::Registry;
+use crate::ring::{Ring, point_name};
+use crate::table::{Failover, Policy, Server, Snapshot, State};
+
+pub(super) enum Source {
+    Registry(Registry),
+    Servers(Arc<Snapshot>),
+}
+
+/// The routing of one table version.
+struct Routing {
+    snapshot: Arc<Snapshot>,
+    local_epoch: u64,
+    ring: Ring,
+    /// Ring server number → index in `snapshot.servers`.
+    members: Vec<usize>,
+    /// With draining servers: the ring that still includes them (to find where a key was).
+    with_draining: Option<(Ring, Vec<usize>)>,
+    /// Down servers with a retry interval (candidates for the retry probe).
+    probeable: Vec<usize>,
+}
+
+/// A retry probe the router found due (its lease is taken): run it with [`Probe::run`], which
+/// connects to the server and may block for the domain's timeouts.
+#[derive(Debug)]
+pub struct Probe {
+    dir: PathBuf,
+    domain: Domain,
+    server: u32,
+}
+
+impl Probe {
+    /// Brings the server back through the domain's rejoin policy if it answers (the rejoin's
+    /// flush, or `version` round trip, is the probe: one connection per lease).
+    pub fn run(self, timeouts: Timeouts) {
+        if let Ok(mut writer) = Registry::open_writer(&self.dir, &self.domain, false) {
+            let _ =
+                crate::lifecycle::rejoin(&mut writer, self.server, timeouts, false, "retry probe");
+        }
+    }
+}
+
+/// Routing decisions and the failure view of one domain (or private server list). Index `i`
+/// in every method is a position in [`Router::snapshot`]'s servers, valid until the next
+/// [`Router::refresh`].
+pub struct Router {
+    pub(super) source: Source,
+    routing: Option<Routing>,
+    pub(super) local_failures: HashMap<Address, u32>,
+    pub(super) local_down: HashSet<Address>,
+    pub(super) local_epoch: u64,
+    pub(super) reported: HashSet<Address>,
+    pub(super) on_failure: Option<FailureCallback>,
+    ops: u64,
+    client_slot: Option<usize>,
+    probes: Vec<Probe>,
+}
+
+impl Router {
+    /// The router of a registry domain. Counting failures needs write access to the registry
+    /// file; without it the router keeps its failure view to itself.
+    pub fn for_domain(dir: impl AsRef<Path>, domain: &Domain) -> Result<Router> {
+        let dir = dir.as_ref();
+        let registry = match Registry::open_writer(dir, domain, false) {
+            Err(Error::PermissionDenied { .. }) => Registry::open(dir, domain)?,
+            other => other?,
+        };
+        let client_slot = registry.register_client();
+        let mut router = Router::new(Source::Registry(registry));
+        router.client_slot = client_slot;
+        Ok(router)
+    }
+
+    /// The router of a private server list (weights 1, failover none).
+    pub fn for_servers(servers: &[Address]) -> Result<Router> {
+        let servers: Vec<Server> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Server {
+                id: i as u32 + 1,
+                live: i as u32,
+                ..Server::new(a.clone())
+            })
+            .collect();
+        if let Some(dup) = crate::table::first_duplicate(&servers) {
+            return Err(Error::invalid(
+                "server list",
+                &dup.address.to_string(),
+                "listed twice",
+            ));
+        }
+        let snapshot = Snapshot {
+            domain: String::new(),
+            version: 0,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            next_id: servers.len() as u32 + 1,
+            servers,
+            policy: Policy::default(),
+            fleet_revision: 0,
+        };
+        Ok(Router::new(Source::Servers(Arc::new(snapshot))))
+    }
+
+    fn new(source: Source) -> Router {
+        Router {
+            source,
+            routing: None,
+            local_failures: HashMap::new(),
+            local_down: HashSet::new(),
+            local_epoch: 0,
+            reported: HashSet::new(),
+            on_failure: None,
+            ops: 0,
+            client_slot: None,
+            probes: Vec::new(),
+        }
+    }
+
+    /// Calls `callback` on every failed operation (to log or alert).
+    pub fn on_failure(&mut self, callback: impl FnMut(&FailureEvent<'_>) + Send + 'static) {
+        self.on_failure = Some(Box::new(callback));
+    }
+
+    fn routing(&self) -> &Routing {
+        self.routing
+            .as_ref()
+            .expect("refresh() builds the routing first")
+    }
+
+    /// The table routed with (after a [`Router::refresh`]).
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.routing().snapshot
+    }
+
+    /// Retry probes found due since the last call: run each where blocking is allowed.
+    pub fn take_probes(&mut self) -> Vec<Probe> {
+        std::mem::take(&mut self.probes)
+    }
+
+    /// Rebuilds the routing when the table version (or the local failure view) changed: one
+    /// atomic load otherwise. Call it once per operation.
+    pub fn refresh(&mut self) -> Result<()> {
+        let version = match &mut self.source {
+            Source::Registry(registry) => registry.version(),
+            Source::Servers(_) => 0,
+        };
+        self.ops += 1;
+        if let Some(r) = &self.routing
+            && r.snapshot.version == version
+            && r.local_epoch == self.local_epoch
+        {
+            if self.ops.is_multiple_of(PERIODIC_OPS) {
+                self.periodic();
+            }
+            return Ok(());
+        }
+        let snapshot = match &mut self.source {
+            Source::Registry(registry) => registry.snapshot()?,
+            Source::Servers(s) => s.clone(),
+        };
+        if self
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.snapshot.version != snapshot.version)
+        {
+            // The operator changed the table: our private view of it starts again.
+            self.local_down.clear();
+        }
+        let servers = &snapshot.servers;
+        let on_ring = |i: &usize| match snapshot.policy.failover {
+            Failover::None => servers[*i].state != State::Draining,
+            Failover::Rehash => {
+                servers[*i].state == State::Up && !self.local_down.contains(&servers[*i].address)
+            }
+        };
+        let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
+        let ring = build_ring(servers, &members);
+        let with_draining = servers.iter().any(|s| s.state == State::Draining).then(|| {
+            let all: Vec<usize> = (0..servers.len())
+                .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
+                .collect();
+            (build_ring(servers, &all), all)
+        });
+        let probeable = (0..servers.len())
+            .filter(|&i| servers[i].state == State::Down && servers[i].retry_interval >= 0)
+            .collect();
+        self.routing = Some(Routing {
+            snapshot,
+            local_epoch: self.local_epoch,
+            ring,
+            members,
+            with_draining,
+            probeable,
+        });
+        self.periodic();
+        Ok(())
+    }
+
+    /// Every [`PERIODIC_OPS`] operations (and on every new version): note in the clients record
+    /// that we use this version, and give down servers off the ring their retry probe.
+    fn periodic(&mut self) {
+        if let (Source::Registry(registry), Some(slot)) = (&self.source, self.client_slot) {
+            registry.touch_client(slot, self.routing().snapshot.version);
+        }
+        for server in self.routing().probeable.clone() {
+            self.maybe_probe(server);
+        }
+    }
+
+    /// Whether server `i` is down, in the table or in this process's own view.
+    pub fn is_down(&self, i: usize) -> bool {
+        let server = &self.routing().snapshot.servers[i];
+        server.state == State::Down
+            || (!self.local_down.is_empty() && self.local_down.contains(&server.address))
+    }
+
+    /// The server a key maps to (up or down).
+    pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
+        proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh()?;
+        let routing = self.routing();
+        let member = routing
+            .ring
+            .server_for(key)
+            .ok_or_else(|| Error::NoServers { what: self.what() })?;
+        Ok(routing.members[member])
+    }
+
+    /// The key's replicas: the first `replicas` distinct servers along the ring, owner first.
+    pub fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
+        proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh()?;
+        let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
+        let chain = self.along_ring(key, replicas);
+        if chain.is_empty() {
+            return Err(Error::NoServers { what: self.what() });
+        }
+        Ok(chain)
+    }
+
+    /// The servers a write goes to: the up ones of `chain` (cas: the first only). With none up,
+    /// the error to report, after giving the owner its retry probe.
+    pub fn write_targets(&mut self, chain: &[usize], only_first: bool) -> Result<Vec<usize>> {
+        let mut up: Vec<usize> = chain
+            .iter()
+            .copied()
+            .filter(|&i| !self.is_down(i))
+            .collect();
+        if up.is_empty() {
+            let &owner = chain
+                .first()
+                .ok_or_else(|| Error::NoServers { what: self.what() })?;
+            self.maybe_probe(owner);
+            return Err(self.down_error(owner));
+        }
+        if only_first {
+            up.truncate(1);
+        }
+        Ok(up)
+    }
+
+    /// The first `n` distinct servers along the ring from the key, in ring order (the key was
+    /// checked). Stops as soon as it has them: a full walk would visit every point.
+    pub fn along_ring(&self, key: &[u8], n: usize) -> Vec<usize> {
+        let routing = self.routing();
+        routing
+            .ring
+            .servers_from(key)
+            .take(n)
+            .map(|m| routing.members[m])
+            .collect()
+    }
+
+    /// After a write to a key with `replicas` replicas: the servers to delete it from, where a
+    /// stale copy could later be served (rehash: the next server along the ring, where the key
+    /// goes if a replica fails; a draining server that owned it).
+    pub fn invalidations(&self, key: &[u8], replicas: usize) -> Vec<usize> {
+        let mut stale = Vec::new();
+        if self.routing().snapshot.policy.failover == Failover::Rehash
+            && let Some(next) = self.along_ring(key, replicas + 1).get(replicas).copied()
+            && !self.is_down(next)
+        {
+            stale.push(next);
+        }
+        stale.extend(self.draining_owner(key));
+        stale
+    }
+
+    /// Warm-up: when `server` is in its warm window, the server that owned `key` while it was
+    /// away (where a miss on `server` is looked up).
+    pub fn warm_source(&self, server: usize, key: &[u8]) -> Option<usize> {
+        let rejoined = &self.routing().snapshot.servers[server];
+        if rejoined.warm_until_ms == 0 || crate::registry::now_ms() >= rejoined.warm_until_ms {
+            return None;
+        }
+        self.along_ring(key, 2)
+            .into_iter()
+            .find(|&i| i != server && !self.is_down(i))
+    }
+
+    /// The draining server that owned `key` before the drain, if any.
+    pub fn draining_owner(&self, key: &[u8]) -> Option<usize> {
+        let (ring, members) = self.routing().with_draining.as_ref()?;
+        let i = members[ring.server_for(key)?];
+        (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
+    }
+
+    /// The retry probe of down server `i`: at most one process per host per retry interval
+    /// (the lease), and only processes that can write the registry. A due probe is queued for
+    /// [`Router::take_probes`].
+    pub fn maybe_probe(&mut self, i: usize) {
+        let Source::Registry(registry) = &self.source else {
+            return;
+        };
+        let candidate = &self.routing().snapshot.servers[i];
+        let Ok(interval) = u32::try_from(candidate.retry_interval) else {
+            return;
+        };
+        if candidate.state != State::Down
+            || !registry.is_writable()
+            || !registry.try_probe_lease(candidate, interval)
+        {
+            return;
+        }
+        let dir = registry.path().parent().unwrap_or(Path::new("."));
+        self.probes.push(Probe {
+            dir: dir.to_path_buf(),
+            domain: registry.domain().clone(),
+            server: candidate.id,
+        });
+    }
+
+    /// "domain 'x'" or "the server list", for messages.
+    pub fn what(&self) -> String {
+        match &self.source {
+            Source::Registry(r) => format!("domain '{}'", r.domain()),
+            Source::Servers(_) => "the server list".into(),
+        }
+    }
+
+    pub fn address(&self, i: usize) -> &Address {
+        &self.routing().snapshot.servers[i].address
+    }
+
+    /// Why server `i` gets no request: its state and reason.
+    pub fn down_error(&self, i: usize) -> Error {
+        let server = &self.routing().snapshot.servers[i];
+        let reason = match (server.state, server.reason.is_empty()) {
+            (State::Down, false) => format!(" ({})", server.reason),
+            (State::Down | State::Draining, true) => String::new(),
+            (State::Draining, false) => format!(" (draining: {})", server.reason),
+            (State::Up, _) => " (for this process: it cannot write the registry)".into(),
+        };
+        Error::ServerDown {
+            server: server.address.to_string(),
+            reason,
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let (Source::Registry(registry), Some(slot)) = (&self.source, self.client_slot) {
+            registry.release_client(slot);
+        }
+    }
+}
+
+fn build_ring(servers: &[Server], members: &[usize]) -> Ring {
+    let names: Vec<String> = members
+        .iter()
+        .map(|&i| point_name(&servers[i].address))
+        .collect();
+    Ring::build(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(members.iter().map(|&i| servers[i].weight)),
+    )
+}
