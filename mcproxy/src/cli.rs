@@ -1,0 +1,111 @@
+//! Command-line definitions of mcproxy (also used to generate `man/mcproxy.8`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+macro_rules! exit_status {
+    () => {
+        "\
+Exit status:
+  0  stopped by SIGTERM or SIGINT after answering the requests in flight
+  2  usage error or bad input (listen address, domain name, size, duration)
+  3  a domain to serve does not exist (create it with mcadmin add)
+  4  registry failure: permission denied, corrupt or unsafe file, newer format
+  5  an address cannot be listened on (in use, permission denied)"
+    };
+}
+
+/// The exit status table, shown after `--help` and in the man page.
+pub const EXIT_STATUS: &str = exit_status!();
+
+pub const AFTER_LONG_HELP: &str = concat!(
+    "\
+Examples:
+  mcproxy --domain myapp --listen 127.0.0.1:11211
+  mcproxy --listen myapp=127.0.0.1:11211 --listen sessions=127.0.0.1:11212 --metrics 127.0.0.1:9150
+  mcproxy --domain myapp --listen unix:/run/mcshm/myapp.sock
+  printf 'config get cluster\\r\\n' | nc -q1 127.0.0.1 11211     (the list, ElastiCache style)
+
+",
+    exit_status!()
+);
+
+/// A local memcached proxy over the host's shared server lists.
+///
+/// Point any memcached client (PHP memcache/memcached, pymemcache, libmemcached, ...) at the
+/// proxy and it uses the domain's table as every libmcshm process does: ketama, the failover
+/// policy, the host-wide failure view and retry probe, flush before rejoin, replicas, warm-up
+/// and drain. A change made with mcadmin (or by the fleet agent) is used by the next request.
+///
+/// It speaks the memcached text protocol (get/gets/gat/gats with many keys, set/add/replace/
+/// append/prepend/cas, delete, incr/decr, touch, flush_all, noreply, version, verbosity, quit),
+/// the meta commands (mg ms md ma me mn, with quiet mode), `stats` (the proxy's own counters)
+/// and `config get cluster` (ElastiCache auto-discovery: the table version and its up servers).
+/// Requests pipelined on one connection are answered in order; the connections of all clients
+/// share a few pipelined connections per server.
+#[derive(Parser, Debug)]
+#[command(name = "mcproxy", version, after_long_help = AFTER_LONG_HELP, after_help = EXIT_STATUS)]
+pub struct Cli {
+    /// Registry directory [default: $MCSHM_DIR, /run/mcshm or $XDG_RUNTIME_DIR/mcshm]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Domain served on the --listen addresses that do not name one
+    #[arg(long, env = "MCSHM_DOMAIN", default_value = "default")]
+    pub domain: String,
+
+    /// Address to serve on: IP:PORT, [IPv6]:PORT or unix:/PATH, optionally DOMAIN=ADDRESS to
+    /// serve another domain there; repeat to listen on several
+    #[arg(
+        long,
+        value_name = "[DOMAIN=]ADDRESS",
+        default_value = "127.0.0.1:11211"
+    )]
+    pub listen: Vec<String>,
+
+    /// Serve Prometheus metrics over HTTP on IP:PORT (GET /metrics)
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<String>,
+
+    /// Milliseconds to wait for a server connection
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub connect_timeout: u64,
+
+    /// Milliseconds to wait for a server's reply; then the request gets SERVER_ERROR and the
+    /// failure counts against the server
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub timeout: u64,
+
+    /// Connections to each server, shared by all clients
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub server_connections: usize,
+
+    /// Client connections at most; more are answered `ERROR Too many open connections`
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Largest value a client may store (k and m suffixes; memcached's -I)
+    #[arg(long, value_name = "BYTES", default_value = "1m")]
+    pub max_item_size: String,
+
+    /// Seconds a client may take to finish a command it started; then it is disconnected
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub client_timeout: u64,
+
+    /// Seconds an idle client connection is kept (0: for ever)
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub idle_timeout: u64,
+
+    /// Commands one client connection may have in flight before the proxy stops reading it
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub pipeline: usize,
+
+    /// Seconds to finish the requests in flight after SIGTERM
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
+    /// Worker threads [default: the number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}

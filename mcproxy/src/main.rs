@@ -1,0 +1,118 @@
+//! mcproxy: a thin front end over `mcshm-proxy`: parse arguments, open the domains, listen,
+//! and map what went wrong to the documented exit codes.
+
+mod cli;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use libmcshm::{Domain, ErrorKind, Timeouts};
+use mcshm_proxy::command::Limits;
+use mcshm_proxy::{Config, Listen, Settings, StartError};
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let config = match config(&cli) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("mcproxy: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let ready = |lines: &[String]| {
+        for line in lines {
+            eprintln!("mcproxy: {line}");
+        }
+    };
+    match mcshm_proxy::run(config, ready) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Domain(err)) => {
+            eprintln!("mcproxy: {err}");
+            ExitCode::from(match err.kind() {
+                ErrorKind::BadInput => 2,
+                ErrorKind::NotFound => 3,
+                _ => 4,
+            })
+        }
+        Err(StartError::Listen(message)) => {
+            eprintln!("mcproxy: {message}");
+            ExitCode::from(5)
+        }
+    }
+}
+
+fn config(cli: &cli::Cli) -> Result<Config, String> {
+    let dir = match &cli.dir {
+        Some(dir) => dir.clone(),
+        None => libmcshm::default_dir().map_err(|e| e.to_string())?,
+    };
+    let default = Domain::new(&cli.domain).map_err(|e| e.to_string())?;
+    let mut listen = Vec::new();
+    for spec in &cli.listen {
+        let (domain, address) = match spec.split_once('=') {
+            Some((domain, address)) => (Domain::new(domain).map_err(|e| e.to_string())?, address),
+            None => (default.clone(), spec.as_str()),
+        };
+        let address = Listen::parse(address)?;
+        if listen.iter().any(|(_, a)| *a == address) {
+            return Err(format!("--listen {address} is given twice"));
+        }
+        listen.push((domain, address));
+    }
+    let metrics = match &cli.metrics {
+        Some(text) => Some(text.parse().map_err(|_| {
+            format!("--metrics '{text}' is not an address: expected IP:PORT (127.0.0.1:9150)")
+        })?),
+        None => None,
+    };
+    let positive = |name: &str, n: usize| match n {
+        0 => Err(format!("--{name} must be at least 1")),
+        n => Ok(n),
+    };
+    Ok(Config {
+        dir,
+        listen,
+        metrics,
+        timeouts: Timeouts {
+            connect: Duration::from_millis(cli.connect_timeout.max(1)),
+            io: Duration::from_millis(cli.timeout.max(1)),
+        },
+        server_connections: positive("server-connections", cli.server_connections)?,
+        max_connections: positive("max-connections", cli.max_connections)?,
+        settings: Settings {
+            limits: Limits {
+                max_item: size(&cli.max_item_size)?,
+                ..Limits::default()
+            },
+            client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
+            idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
+            pipeline: positive("pipeline", cli.pipeline)?,
+        },
+        shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
+        threads: match cli.threads {
+            Some(n) => positive("threads", n)?,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        },
+    })
+}
+
+/// `1048576`, `512k`, `1m`: at least 1 byte, at most 1 GiB (memcached's own ceiling).
+fn size(text: &str) -> Result<usize, String> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, unit) = match lower.strip_suffix('k') {
+        Some(d) => (d, 1 << 10),
+        None => match lower.strip_suffix('m') {
+            Some(d) => (d, 1 << 20),
+            None => (lower.as_str(), 1),
+        },
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| (1..=1 << 30).contains(n))
+        .ok_or_else(|| {
+            format!("--max-item-size '{text}' is not a size from 1 to 1g (e.g. 1m, 512k)")
+        })
+}

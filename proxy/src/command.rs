@@ -1,0 +1,631 @@
+//! What proxy clients send: the memcached text protocol and the meta commands, parsed from a
+//! buffer as pure code ("a command and the bytes it used" / "read more" / "answer this and go
+//! on" / "answer this and close"). No I/O here; [`crate::session`] feeds it.
+//!
+//! Everything is bounded before it is buffered: a command line by [`Limits::max_line`], a
+//! value by [`Limits::max_item`]. A value over the limit is answered at once and its bytes
+//! are discarded as they arrive (memcached's "swallow"), so a client cannot make the proxy
+//! hold more than one line plus one item. Replies to malformed input use memcached's own
+//! words, so clients that parse them keep working.
+
+use libmcshm::proto::check_key;
+
+/// How much one command may make the proxy buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest command line, CRLF included (a multi-key get is one line).
+    pub max_line: usize,
+    /// Largest value of a storage command (memcached's `-I`, 1 MiB by default).
+    pub max_item: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_line: 64 * 1024,
+            max_item: 1024 * 1024,
+        }
+    }
+}
+
+/// The retrieval verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetVerb {
+    Get,
+    Gets,
+    Gat,
+    Gats,
+}
+
+impl GetVerb {
+    pub fn word(self) -> &'static str {
+        match self {
+            GetVerb::Get => "get",
+            GetVerb::Gets => "gets",
+            GetVerb::Gat => "gat",
+            GetVerb::Gats => "gats",
+        }
+    }
+}
+
+/// The meta commands routed by key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaVerb {
+    Get,
+    Set,
+    Delete,
+    Arithmetic,
+    Debug,
+}
+
+impl MetaVerb {
+    pub fn word(self) -> &'static str {
+        match self {
+            MetaVerb::Get => "mg",
+            MetaVerb::Set => "ms",
+            MetaVerb::Delete => "md",
+            MetaVerb::Arithmetic => "ma",
+            MetaVerb::Debug => "me",
+        }
+    }
+
+    /// The reply codes a quiet (`q`) command does not send (memcached's protocol.txt).
+    pub fn quiet_codes(self) -> &'static [&'static [u8]] {
+        match self {
+            MetaVerb::Get => &[b"EN"],
+            MetaVerb::Set | MetaVerb::Arithmetic => &[b"HD"],
+            MetaVerb::Delete => &[b"HD", b"NF"],
+            MetaVerb::Debug => &[],
+        }
+    }
+}
+
+/// A command, decoded. Keys are checked (1–250 bytes, no control bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Get {
+        verb: GetVerb,
+        /// gat/gats: the new expiration time.
+        exptime: Option<i64>,
+        keys: Vec<Vec<u8>>,
+    },
+    Store {
+        /// set, add, replace, append, prepend or cas.
+        verb: &'static str,
+        key: Vec<u8>,
+        flags: u32,
+        exptime: i64,
+        cas: Option<u64>,
+        value: Vec<u8>,
+        noreply: bool,
+    },
+    Delete {
+        key: Vec<u8>,
+        noreply: bool,
+    },
+    Arith {
+        decr: bool,
+        key: Vec<u8>,
+        delta: u64,
+        noreply: bool,
+    },
+    Touch {
+        key: Vec<u8>,
+        exptime: i64,
+        noreply: bool,
+    },
+    Meta {
+        verb: MetaVerb,
+        key: Vec<u8>,
+        /// The flags as sent, without `q` (the proxy applies quiet mode itself).
+        flags: Vec<Vec<u8>>,
+        quiet: bool,
+        /// ms: the value.
+        value: Option<Vec<u8>>,
+    },
+    MetaNoop,
+    Version,
+    Verbosity {
+        noreply: bool,
+    },
+    FlushAll {
+        delay: Option<u32>,
+        noreply: bool,
+    },
+    Stats {
+        group: Option<String>,
+    },
+    ConfigGetCluster,
+    Quit,
+}
+
+/// The result of [`parse`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Read more.
+    Incomplete,
+    /// A command in the first `used` bytes.
+    Command(Command, usize),
+    /// Answer `reply` (a complete reply line) and go on after `used` bytes.
+    Reply(&'static [u8], usize),
+    /// Answer `reply`, drop `used` bytes, then discard `skip` more as they arrive (a value
+    /// over the limit, or the data of a storage command whose line was refused).
+    Swallow {
+        reply: &'static [u8],
+        used: usize,
+        skip: usize,
+    },
+    /// Answer `reply` and close: the stream cannot be resynchronised.
+    Close(&'static [u8]),
+}
+
+pub const ERROR: &[u8] = b"ERROR\r\n";
+pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
+pub const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
+pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
+pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+
+/// Parses the command at the start of `buf`.
+pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
+    let Some(newline) = buf.iter().take(limits.max_line).position(|&b| b == b'\n') else {
+        return match buf.len() >= limits.max_line {
+            true => Parsed::Close(LINE_TOO_LONG),
+            false => Parsed::Incomplete,
+        };
+    };
+    let used = newline + 1;
+    let line = buf[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..newline]);
+    let tokens: Vec<&[u8]> = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let Some((&verb, args)) = tokens.split_first() else {
+        return Parsed::Reply(ERROR, used);
+    };
+    let simple = |command| Parsed::Command(command, used);
+    match verb {
+        b"get" | b"gets" => retrieval(args, used, verb == b"gets", false),
+        b"gat" | b"gats" => retrieval(args, used, verb == b"gats", true),
+        b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" => {
+            storage(verb, args, &buf[used..], used, limits)
+        }
+        b"delete" => match args {
+            // memcached still accepts the legacy "delete key 0".
+            [key] | [key, b"0"] => keyed(key, used, |key| Command::Delete {
+                key,
+                noreply: false,
+            }),
+            [key, b"noreply"] | [key, b"0", b"noreply"] => {
+                keyed(key, used, |key| Command::Delete { key, noreply: true })
+            }
+            _ => Parsed::Reply(BAD_FORMAT, used),
+        },
+        b"incr" | b"decr" => match (args, args.get(1).and_then(|d| number::<u64>(d))) {
+            ([key, _], Some(delta)) | ([key, _, b"noreply"], Some(delta)) => {
+                let noreply = args.len() == 3;
+                keyed(key, used, |key| Command::Arith {
+                    decr: verb == b"decr",
+                    key,
+                    delta,
+                    noreply,
+                })
+            }
+            _ => Parsed::Reply(b"CLIENT_ERROR invalid numeric delta argument\r\n", used),
+        },
+        b"touch" => match (args, args.get(1).and_then(|t| number::<i64>(t))) {
+            ([key, _], Some(exptime)) | ([key, _, b"noreply"], Some(exptime)) => {
+                let noreply = args.len() == 3;
+                keyed(key, used, |key| Command::Touch {
+                    key,
+                    exptime,
+                    noreply,
+                })
+            }
+            _ => Parsed::Reply(BAD_FORMAT, used),
+        },
+        b"mg" | b"md" | b"ma" | b"me" | b"ms" => meta(verb, args, &buf[used..], used, limits),
+        b"mn" => simple(Command::MetaNoop),
+        b"version" => simple(Command::Version),
+        b"verbosity" => match args {
+            [level] | [level, b"noreply"] if number::<u32>(level).is_some() => {
+                simple(Command::Verbosity {
+                    noreply: args.len() == 2,
+                })
+            }
+            _ => Parsed::Reply(ERROR, used),
+        },
+        b"flush_all" => match args {
+            [] => simple(Command::FlushAll {
+                delay: None,
+                noreply: false,
+            }),
+            [b"noreply"] => simple(Command::FlushAll {
+                delay: None,
+                noreply: true,
+            }),
+            [delay] | [delay, b"noreply"] => match number::<u32>(delay) {
+                Some(delay) => simple(Command::FlushAll {
+                    delay: Some(delay),
+                    noreply: args.len() == 2,
+                }),
+                None => Parsed::Reply(BAD_FORMAT, used),
+            },
+            _ => Parsed::Reply(BAD_FORMAT, used),
+        },
+        b"stats" => match args {
+            [] => simple(Command::Stats { group: None }),
+            [group] => simple(Command::Stats {
+                group: Some(String::from_utf8_lossy(group).into_owned()),
+            }),
+            _ => Parsed::Reply(BAD_FORMAT, used),
+        },
+        b"config" => match args {
+            [b"get", b"cluster"] => simple(Command::ConfigGetCluster),
+            _ => Parsed::Reply(ERROR, used),
+        },
+        b"quit" => simple(Command::Quit),
+        _ => Parsed::Reply(ERROR, used),
+    }
+}
+
+fn number<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
+    std::str::from_utf8(token).ok()?.parse().ok()
+}
+
+fn keyed(key: &[u8], used: usize, make: impl FnOnce(Vec<u8>) -> Command) -> Parsed {
+    match check_key(key) {
+        Ok(()) => Parsed::Command(make(key.to_vec()), used),
+        Err(_) => Parsed::Reply(BAD_FORMAT, used),
+    }
+}
+
+fn retrieval(args: &[&[u8]], used: usize, cas: bool, touch: bool) -> Parsed {
+    let (exptime, keys) = match (touch, args) {
+        (false, keys) => (None, keys),
+        (true, [exptime, keys @ ..]) => match number::<i64>(exptime) {
+            Some(exptime) => (Some(exptime), keys),
+            None => return Parsed::Reply(BAD_FORMAT, used),
+        },
+        (true, []) => return Parsed::Reply(ERROR, used),
+    };
+    if keys.is_empty() {
+        return Parsed::Reply(ERROR, used);
+    }
+    if keys.iter().any(|key| check_key(key).is_err()) {
+        return Parsed::Reply(BAD_FORMAT, used);
+    }
+    let verb = match (touch, cas) {
+        (false, false) => GetVerb::Get,
+        (false, true) => GetVerb::Gets,
+        (true, false) => GetVerb::Gat,
+        (true, true) => GetVerb::Gats,
+    };
+    Parsed::Command(
+        Command::Get {
+            verb,
+            exptime,
+            keys: keys.iter().map(|k| k.to_vec()).collect(),
+        },
+        used,
+    )
+}
+
+/// The data block of `len` bytes after the line, with its CRLF: the value, or what to do.
+fn data_block(rest: &[u8], len: usize, used: usize, limits: Limits) -> Result<Vec<u8>, Parsed> {
+    if len > limits.max_item {
+        return Err(Parsed::Swallow {
+            reply: TOO_LARGE,
+            used,
+            skip: len + 2,
+        });
+    }
+    if rest.len() < len + 2 {
+        return Err(Parsed::Incomplete);
+    }
+    if &rest[len..len + 2] != b"\r\n" {
+        // memcached answers and then reads the bad data as commands; skipping the announced
+        // length keeps the stream in step more often.
+        return Err(Parsed::Swallow {
+            reply: BAD_CHUNK,
+            used,
+            skip: len + 2,
+        });
+    }
+    Ok(rest[..len].to_vec())
+}
+
+fn storage(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -> Parsed {
+    let is_cas = verb == b"cas";
+    let fixed = if is_cas { 5 } else { 4 };
+    let noreply = args.len() == fixed + 1 && args[fixed] == b"noreply";
+    if args.len() != fixed && !noreply {
+        return Parsed::Reply(BAD_FORMAT, used);
+    }
+    let Some(len) = number::<usize>(args[3]) else {
+        return Parsed::Reply(BAD_FORMAT, used);
+    };
+    let (flags, exptime) = (number::<u32>(args[1]), number::<i64>(args[2]));
+    let cas = if is_cas {
+        number::<u64>(args[4])
+    } else {
+        Some(0)
+    };
+    let (Some(flags), Some(exptime), Some(cas), Ok(())) = (flags, exptime, cas, check_key(args[0]))
+    else {
+        return Parsed::Swallow {
+            reply: BAD_FORMAT,
+            used,
+            skip: len.saturating_add(2),
+        };
+    };
+    let value = match data_block(rest, len, used, limits) {
+        Ok(value) => value,
+        Err(other) => return other,
+    };
+    let verb = match verb {
+        b"set" => "set",
+        b"add" => "add",
+        b"replace" => "replace",
+        b"append" => "append",
+        b"prepend" => "prepend",
+        _ => "cas",
+    };
+    Parsed::Command(
+        Command::Store {
+            verb,
+            key: args[0].to_vec(),
+            flags,
+            exptime,
+            cas: is_cas.then_some(cas),
+            value,
+            noreply,
+        },
+        used + len + 2,
+    )
+}
+
+fn meta(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -> Parsed {
+    let verb = match verb {
+        b"mg" => MetaVerb::Get,
+        b"ms" => MetaVerb::Set,
+        b"md" => MetaVerb::Delete,
+        b"ma" => MetaVerb::Arithmetic,
+        _ => MetaVerb::Debug,
+    };
+    let Some((&key, mut flags)) = args.split_first() else {
+        return Parsed::Reply(b"CLIENT_ERROR bad command line format\r\n", used);
+    };
+    let mut len = None;
+    if verb == MetaVerb::Set {
+        let Some((datalen, others)) = flags.split_first() else {
+            return Parsed::Reply(BAD_FORMAT, used);
+        };
+        let Some(n) = number::<usize>(datalen) else {
+            return Parsed::Reply(BAD_FORMAT, used);
+        };
+        len = Some(n);
+        flags = others;
+    }
+    if check_key(key).is_err() {
+        return match len {
+            Some(n) => Parsed::Swallow {
+                reply: BAD_FORMAT,
+                used,
+                skip: n.saturating_add(2),
+            },
+            None => Parsed::Reply(BAD_FORMAT, used),
+        };
+    }
+    let value = match len.map(|n| data_block(rest, n, used, limits)) {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        Some(Err(other)) => return other,
+    };
+    let quiet = flags.iter().any(|f| *f == b"q");
+    let consumed = used + len.map_or(0, |n| n + 2);
+    Parsed::Command(
+        Command::Meta {
+            verb,
+            key: key.to_vec(),
+            flags: flags
+                .iter()
+                .filter(|f| **f != b"q")
+                .map(|f| f.to_vec())
+                .collect(),
+            quiet,
+            value,
+        },
+        consumed,
+    )
+}
+
+impl Command {
+    /// The request a server gets for this command: `noreply` and `q` removed (the proxy
+    /// always reads the server's reply and decides itself what its client sees). Not for
+    /// multi-key gets, which are split per server ([`encode_get`]).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        match self {
+            Command::Get {
+                verb,
+                exptime,
+                keys,
+            } => encode_get(*verb, *exptime, keys.iter().map(Vec::as_slice), out),
+            Command::Store {
+                verb,
+                key,
+                flags,
+                exptime,
+                cas,
+                value,
+                ..
+            } => {
+                out.extend_from_slice(verb.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(key);
+                let _ = write!(out, " {flags} {exptime} {}", value.len());
+                if let Some(cas) = cas {
+                    let _ = write!(out, " {cas}");
+                }
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            Command::Delete { key, .. } => {
+                out.extend_from_slice(b"delete ");
+                out.extend_from_slice(key);
+                out.extend_from_slice(b"\r\n");
+            }
+            Command::Arith {
+                decr, key, delta, ..
+            } => {
+                out.extend_from_slice(if *decr { b"decr " } else { b"incr " });
+                out.extend_from_slice(key);
+                let _ = write!(out, " {delta}\r\n");
+            }
+            Command::Touch { key, exptime, .. } => {
+                out.extend_from_slice(b"touch ");
+                out.extend_from_slice(key);
+                let _ = write!(out, " {exptime}\r\n");
+            }
+            Command::Meta {
+                verb,
+                key,
+                flags,
+                value,
+                ..
+            } => {
+                out.extend_from_slice(verb.word().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(key);
+                if let Some(value) = value {
+                    let _ = write!(out, " {}", value.len());
+                }
+                for flag in flags {
+                    out.push(b' ');
+                    out.extend_from_slice(flag);
+                }
+                out.extend_from_slice(b"\r\n");
+                if let Some(value) = value {
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            Command::FlushAll { delay, .. } => match delay {
+                Some(delay) => {
+                    let _ = write!(out, "flush_all {delay}\r\n");
+                }
+                None => out.extend_from_slice(b"flush_all\r\n"),
+            },
+            Command::MetaNoop
+            | Command::Version
+            | Command::Verbosity { .. }
+            | Command::Stats { .. }
+            | Command::ConfigGetCluster
+            | Command::Quit => unreachable!("answered by the proxy itself"),
+        }
+    }
+}
+
+/// A retrieval of `keys` from one server.
+pub fn encode_get<'a>(
+    verb: GetVerb,
+    exptime: Option<i64>,
+    keys: impl Iterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(verb.word().as_bytes());
+    if let Some(exptime) = exptime {
+        out.extend_from_slice(format!(" {exptime}").as_bytes());
+    }
+    for key in keys {
+        out.push(b' ');
+        out.extend_from_slice(key);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_line: 64,
+            max_item: 10,
+        }
+    }
+
+    #[test]
+    fn storage_waits_for_the_whole_value_then_strips_noreply() {
+        let input = b"set k 5 0 3 noreply\r\nabc\r\nget k\r\n";
+        assert_eq!(parse(&input[..22], limits()), Parsed::Incomplete);
+        let Parsed::Command(command, used) = parse(input, limits()) else {
+            panic!("a command")
+        };
+        assert_eq!(used, 26);
+        let mut out = Vec::new();
+        command.encode(&mut out);
+        assert_eq!(out, b"set k 5 0 3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn oversized_values_are_swallowed_and_long_lines_close() {
+        assert_eq!(
+            parse(b"set k 0 0 11\r\n", limits()),
+            Parsed::Swallow {
+                reply: TOO_LARGE,
+                used: 14,
+                skip: 13
+            }
+        );
+        assert_eq!(parse(&[b'a'; 64], limits()), Parsed::Close(LINE_TOO_LONG));
+        assert_eq!(parse(&[b'a'; 63], limits()), Parsed::Incomplete);
+        assert_eq!(
+            parse(b"set k 0 0 3\r\nabcXY", limits()),
+            Parsed::Swallow {
+                reply: BAD_CHUNK,
+                used: 13,
+                skip: 5
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_and_bad_keys_get_memcached_words() {
+        assert_eq!(parse(b"bogus\r\n", limits()), Parsed::Reply(ERROR, 7));
+        assert_eq!(parse(b"\r\n", limits()), Parsed::Reply(ERROR, 2));
+        let long = format!("get {}\r\n", "k".repeat(251));
+        let big = Limits {
+            max_line: 1024,
+            ..limits()
+        };
+        assert_eq!(parse(long.as_bytes(), big), Parsed::Reply(BAD_FORMAT, 257));
+        assert_eq!(
+            parse(b"incr k x\r\n", limits()),
+            Parsed::Reply(b"CLIENT_ERROR invalid numeric delta argument\r\n", 10)
+        );
+        assert_eq!(
+            parse(b"set k x 0 2\r\nab\r\n", limits()),
+            Parsed::Swallow {
+                reply: BAD_FORMAT,
+                used: 13,
+                skip: 4
+            }
+        );
+    }
+
+    #[test]
+    fn meta_quiet_is_taken_off_and_remembered() {
+        let Parsed::Command(command, used) = parse(b"ms k 2 q T9\r\nhi\r\n", limits()) else {
+            panic!("a command")
+        };
+        assert_eq!(used, 17);
+        assert!(matches!(command, Command::Meta { quiet: true, .. }));
+        let mut out = Vec::new();
+        command.encode(&mut out);
+        assert_eq!(out, b"ms k 2 T9\r\nhi\r\n");
+    }
+}

@@ -1,0 +1,192 @@
+//! What servers answer, framed as pure code: where one reply ends in a buffer (so replies to
+//! pipelined requests can be handed back one by one without decoding them), and the items of a
+//! retrieval reply (so the parts of a split multi-key get can be merged in the client's key
+//! order). Servers are hostile input too: every line and value length is bounded by
+//! libmcshm's limits, and anything that is not the protocol is an error.
+
+use libmcshm::proto::{MAX_LINE, MAX_VALUE_LEN};
+
+/// The shape of the reply a request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// One line (storage, delete, incr/decr, touch, flush_all, and any error).
+    Line,
+    /// `VALUE` items, then `END`.
+    Values,
+    /// A meta reply: one line, with a data block when it starts with `VA`.
+    Meta,
+}
+
+/// A server reply that is not the protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+/// The length of the complete reply at the start of `buf`, or `None` to read more.
+pub fn frame_len(frame: Frame, buf: &[u8]) -> Result<Option<usize>, Malformed> {
+    let Some((first, mut used)) = line(buf, 0)? else {
+        return Ok(None);
+    };
+    if is_error(first) {
+        return Ok(Some(used));
+    }
+    match frame {
+        Frame::Line => Ok(Some(used)),
+        Frame::Meta => match first.strip_prefix(b"VA ") {
+            Some(rest) => block_end(buf, used, value_len(rest)?),
+            None => Ok(Some(used)),
+        },
+        Frame::Values => {
+            let mut current = first;
+            loop {
+                if current == b"END" {
+                    return Ok(Some(used));
+                }
+                let header = value_header(current)?;
+                match block_end(buf, used, header.len)? {
+                    Some(end) => used = end,
+                    None => return Ok(None),
+                }
+                match line(buf, used)? {
+                    Some((next, end)) => (current, used) = (next, end),
+                    None => return Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// Whether a reply (its first line) is one of memcached's error replies.
+pub fn is_error(first_line: &[u8]) -> bool {
+    first_line == b"ERROR"
+        || first_line.starts_with(b"ERROR ")
+        || first_line.starts_with(b"CLIENT_ERROR")
+        || first_line.starts_with(b"SERVER_ERROR")
+}
+
+/// The first line of a reply, without CRLF.
+pub fn first_line(reply: &[u8]) -> &[u8] {
+    let end = reply
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(reply.len());
+    reply[..end].strip_suffix(b"\r").unwrap_or(&reply[..end])
+}
+
+/// One `VALUE` item of a complete retrieval reply: its key and its bytes (header line to the
+/// data's CRLF), to be copied to the client as they are.
+pub struct ItemSpan<'a> {
+    pub key: &'a [u8],
+    pub bytes: &'a [u8],
+}
+
+/// The items of a complete retrieval reply (as [`frame_len`] accepted it).
+pub fn items(reply: &[u8]) -> Vec<ItemSpan<'_>> {
+    let mut items = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((current, after))) = line(reply, at) {
+        let Ok(header) = value_header(current) else {
+            break;
+        };
+        let end = after + header.len + 2;
+        items.push(ItemSpan {
+            key: header.key,
+            bytes: &reply[at..end],
+        });
+        at = end;
+    }
+    items
+}
+
+struct ValueHeader<'a> {
+    key: &'a [u8],
+    len: usize,
+}
+
+fn value_header(line: &[u8]) -> Result<ValueHeader<'_>, Malformed> {
+    let mut tokens = line.split(|&b| b == b' ');
+    let (Some(b"VALUE"), Some(key), Some(_flags), Some(len)) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+    else {
+        return Err(malformed("expected VALUE or END", line));
+    };
+    Ok(ValueHeader {
+        key,
+        len: value_len(len)?,
+    })
+}
+
+fn value_len(text: &[u8]) -> Result<usize, Malformed> {
+    let token = text.split(|&b| b == b' ').next().unwrap_or_default();
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|&n| n <= MAX_VALUE_LEN)
+        .ok_or_else(|| malformed("bad value length", text))
+}
+
+/// The end of a data block of `len` bytes starting at `at` (its CRLF checked).
+fn block_end(buf: &[u8], at: usize, len: usize) -> Result<Option<usize>, Malformed> {
+    let end = at + len + 2;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    match &buf[end - 2..end] {
+        b"\r\n" => Ok(Some(end)),
+        _ => Err(Malformed("data block not followed by CRLF".into())),
+    }
+}
+
+/// The line starting at `at` (without CRLF) and the offset after it.
+fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, Malformed> {
+    let rest = &buf[at..];
+    match rest.iter().take(MAX_LINE).position(|&b| b == b'\n') {
+        Some(n) => {
+            let text = &rest[..n];
+            Ok(Some((text.strip_suffix(b"\r").unwrap_or(text), at + n + 1)))
+        }
+        None if rest.len() >= MAX_LINE => Err(Malformed(format!(
+            "reply line longer than {MAX_LINE} bytes"
+        ))),
+        None => Ok(None),
+    }
+}
+
+fn malformed(what: &str, line: &[u8]) -> Malformed {
+    let shown: String = String::from_utf8_lossy(line).chars().take(80).collect();
+    Malformed(format!("{what}, got {shown:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_values_meta_and_lines() {
+        let values = b"VALUE a 0 2\r\nhi\r\nVALUE b 1 0 7\r\n\r\nEND\r\nSTORED\r\n";
+        assert_eq!(frame_len(Frame::Values, values), Ok(Some(39)));
+        for cut in 0..39 {
+            assert_eq!(frame_len(Frame::Values, &values[..cut]), Ok(None), "{cut}");
+        }
+        let spans = items(&values[..39]);
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[1].key, b"b");
+        assert_eq!(spans[1].bytes, b"VALUE b 1 0 7\r\n\r\n");
+        assert_eq!(
+            frame_len(Frame::Meta, b"VA 2 t1\r\nhi\r\nHD\r\n"),
+            Ok(Some(13))
+        );
+        assert_eq!(frame_len(Frame::Meta, b"EN\r\n"), Ok(Some(4)));
+        assert_eq!(
+            frame_len(Frame::Values, b"SERVER_ERROR out of memory\r\n"),
+            Ok(Some(28))
+        );
+    }
+
+    #[test]
+    fn hostile_replies_are_errors() {
+        assert!(frame_len(Frame::Values, b"HELLO\r\n").is_err());
+        assert!(frame_len(Frame::Values, b"VALUE a 0 99999999999\r\n").is_err());
+        assert!(frame_len(Frame::Meta, b"VA 2\r\nhiXX").is_err());
+        assert!(frame_len(Frame::Line, &vec![b'x'; MAX_LINE]).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! One client connection: commands are read and parsed as they arrive, each is started at
+//! once (so requests pipelined on one connection run concurrently on the servers), and the
+//! replies are written strictly in the order the commands came. Memory per connection is
+//! bounded: one command line and one value of input, and at most [`Settings::pipeline`]
+//! commands between reading and answering (beyond that the session stops reading, and TCP
+//! pushes back on the client).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::command::{Command, Limits, Parsed, parse};
+use crate::service::{Pending, Service, server_error};
+
+/// What every session of the proxy obeys.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    /// A client that sent part of a command and nothing more for this long is disconnected.
+    pub client_timeout: Duration,
+    /// A client with nothing pending and silent for this long is disconnected (None: never).
+    pub idle_timeout: Option<Duration>,
+    /// Commands read but not yet answered, per connection.
+    pub pipeline: usize,
+}
+
+/// The version mcproxy answers: memcached's numbering first, for clients that parse it.
+pub const VERSION_REPLY: &str =
+    concat!("VERSION 1.6.0 mcproxy-", env!("CARGO_PKG_VERSION"), "\r\n");
+
+/// Bytes read from a client at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Reply bytes gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Serves one client until it quits, disconnects, times out, or the proxy shuts down (then
+/// the commands already read are answered first).
+pub async fn serve<S>(
+    stream: S,
+    service: Arc<Service>,
+    settings: Settings,
+    lane: usize,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (replies, pending) = mpsc::channel(settings.pipeline.max(1));
+    let writing = tokio::spawn(write_replies(writer, pending));
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut swallow = 0usize;
+    'session: loop {
+        let mut start = 0;
+        loop {
+            if swallow > 0 {
+                let n = swallow.min(buf.len() - start);
+                start += n;
+                swallow -= n;
+                if swallow > 0 {
+                    break;
+                }
+            }
+            let reply = match parse(&buf[start..], settings.limits) {
+                Parsed::Incomplete => break,
+                Parsed::Command(command, used) => {
+                    start += used;
+                    service.stats.commands.fetch_add(1, Ordering::Relaxed);
+                    match dispatch(&service, command, lane).await {
+                        Some(reply) => reply,
+                        None => break 'session,
+                    }
+                }
+                Parsed::Reply(reply, used) => {
+                    start += used;
+                    service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                    Pending::Ready(reply.to_vec())
+                }
+                Parsed::Swallow { reply, used, skip } => {
+                    start += used;
+                    swallow = skip;
+                    service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                    Pending::Ready(reply.to_vec())
+                }
+                Parsed::Close(reply) => {
+                    service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = replies.send(Pending::Ready(reply.to_vec())).await;
+                    break 'session;
+                }
+            };
+            if replies.send(reply).await.is_err() {
+                break 'session;
+            }
+        }
+        buf.drain(..start);
+        if *shutdown.borrow() {
+            break;
+        }
+        let wait = match buf.is_empty() && swallow == 0 {
+            true => settings.idle_timeout,
+            false => Some(settings.client_timeout),
+        };
+        let read = async {
+            match wait {
+                Some(limit) => tokio::time::timeout(limit, reader.read(&mut chunk)).await,
+                None => Ok(reader.read(&mut chunk).await),
+            }
+        };
+        tokio::select! {
+            read = read => match read {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    if !buf.is_empty() {
+                        service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(replies);
+    let _ = writing.await;
+}
+
+/// Starts a command: answered here, or queued for the servers on the session's `lane`.
+/// `None`: the client quit.
+async fn dispatch(service: &Arc<Service>, command: Command, lane: usize) -> Option<Pending> {
+    let ready = |bytes: &[u8]| Some(Pending::Ready(bytes.to_vec()));
+    match command {
+        Command::Quit => None,
+        Command::Version => ready(VERSION_REPLY.as_bytes()),
+        Command::Verbosity { noreply: true } => ready(b""),
+        Command::Verbosity { noreply: false } => ready(b"OK\r\n"),
+        Command::MetaNoop => ready(b"MN\r\n"),
+        Command::Stats { group: None } => Some(Pending::Ready(service.stats.memcached_text())),
+        Command::Stats { group: Some(group) } => Some(Pending::Ready(
+            format!(
+                "CLIENT_ERROR mcproxy answers 'stats' with its own counters; for 'stats {}' ask a server directly\r\n",
+                group.chars().filter(|c| !c.is_control()).collect::<String>()
+            )
+            .into_bytes(),
+        )),
+        Command::ConfigGetCluster => Some(Pending::Ready(service.cluster_config())),
+        other => Some(service.start(other, lane).await),
+    }
+}
+
+/// Writes replies in command order, gathering those already done into one write.
+async fn write_replies<W: AsyncWrite>(writer: W, mut pending: mpsc::Receiver<Pending>) {
+    let mut writer = std::pin::pin!(writer);
+    let mut out = Vec::with_capacity(WRITE_BATCH);
+    let mut next = pending.recv().await;
+    while let Some(reply) = next.take() {
+        out.extend_from_slice(&resolve(reply).await);
+        while out.len() < WRITE_BATCH {
+            match pending.try_recv() {
+                Ok(Pending::Ready(bytes)) => out.extend_from_slice(&bytes),
+                Ok(Pending::Task(task)) if task.is_finished() => {
+                    out.extend_from_slice(&resolve(Pending::Task(task)).await)
+                }
+                Ok(task) => {
+                    next = Some(task);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !out.is_empty() && writer.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        if next.is_none() {
+            next = pending.recv().await;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn resolve(reply: Pending) -> Vec<u8> {
+    match reply {
+        Pending::Ready(bytes) => bytes,
+        Pending::Task(task) => task
+            .await
+            .unwrap_or_else(|_| server_error("mcproxy: the request failed inside the proxy")),
+    }
+}

@@ -1,0 +1,210 @@
+//! What the proxy counts, and the two ways it tells: `stats` in memcached's format (for the
+//! tools that already read memcached) and Prometheus' text format on `--metrics`. Counters are
+//! relaxed atomics: a request costs a few uncontended increments, and a reader sees each
+//! counter exact though not all at one instant.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upper bounds (µs) of the server latency histogram buckets.
+const BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// One server, as the proxy sees it.
+pub struct ServerStats {
+    pub address: String,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub connections: AtomicI64,
+    latency_us_sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_US.len()],
+}
+
+impl ServerStats {
+    pub fn new(address: String) -> ServerStats {
+        ServerStats {
+            address,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            connections: AtomicI64::new(0),
+            latency_us_sum: AtomicU64::new(0),
+            buckets: Default::default(),
+        }
+    }
+
+    /// One request to the server, answered (`ok`) or failed, after `took`.
+    pub fn record(&self, took: Duration, ok: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
+        if let Some(b) = BUCKETS_US.iter().position(|&bound| us <= bound) {
+            self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The proxy's own counters, for one listening domain.
+pub struct ProxyStats {
+    pub domain: String,
+    started: Instant,
+    pub curr_connections: AtomicI64,
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub commands: AtomicU64,
+    pub get_keys: AtomicU64,
+    pub get_hits: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub servers: Mutex<Vec<Arc<ServerStats>>>,
+}
+
+impl ProxyStats {
+    pub fn new(domain: String) -> ProxyStats {
+        ProxyStats {
+            domain,
+            started: Instant::now(),
+            curr_connections: AtomicI64::new(0),
+            total_connections: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            get_keys: AtomicU64::new(0),
+            get_hits: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            servers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn totals(&self) -> Vec<(&'static str, String)> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        vec![
+            ("pid", std::process::id().to_string()),
+            ("uptime", self.started.elapsed().as_secs().to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("domain", self.domain.clone()),
+            (
+                "curr_connections",
+                self.curr_connections.load(Ordering::Relaxed).to_string(),
+            ),
+            ("total_connections", n(&self.total_connections)),
+            ("rejected_connections", n(&self.rejected_connections)),
+            ("cmd_total", n(&self.commands)),
+            ("get_keys", n(&self.get_keys)),
+            ("get_hits", n(&self.get_hits)),
+            ("client_errors", n(&self.client_errors)),
+            ("server_errors", n(&self.server_errors)),
+        ]
+    }
+
+    fn servers(&self) -> Vec<Arc<ServerStats>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The `stats` reply: memcached's `STAT name value` lines, then `END`.
+    pub fn memcached_text(&self) -> Vec<u8> {
+        let mut out = String::new();
+        for (name, value) in self.totals() {
+            let _ = write!(out, "STAT {name} {value}\r\n");
+        }
+        for server in self.servers() {
+            let requests = server.requests.load(Ordering::Relaxed);
+            let sum = server.latency_us_sum.load(Ordering::Relaxed);
+            let a = &server.address;
+            let _ = write!(out, "STAT server:{a}:requests {requests}\r\n");
+            let errors = server.errors.load(Ordering::Relaxed);
+            let _ = write!(out, "STAT server:{a}:errors {errors}\r\n");
+            let conns = server.connections.load(Ordering::Relaxed);
+            let _ = write!(out, "STAT server:{a}:connections {conns}\r\n");
+            let mean = sum.checked_div(requests).unwrap_or(0);
+            let _ = write!(out, "STAT server:{a}:latency_mean_us {mean}\r\n");
+        }
+        out.push_str("END\r\n");
+        out.into_bytes()
+    }
+}
+
+/// Prometheus' text exposition format for every domain served: each family once, with its
+/// TYPE line, its samples labelled by domain (and server).
+pub fn prometheus(domains: &[Arc<ProxyStats>]) -> String {
+    let mut out = String::new();
+    let totals: Vec<Vec<(&'static str, String)>> = domains.iter().map(|d| d.totals()).collect();
+    for (n, (name, _)) in totals
+        .first()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if matches!(*name, "pid" | "version" | "domain") {
+            continue;
+        }
+        let kind = match *name {
+            "uptime" | "curr_connections" => "gauge",
+            _ => "counter",
+        };
+        let _ = writeln!(out, "# TYPE mcproxy_{name} {kind}");
+        for (domain, values) in domains.iter().zip(&totals) {
+            let d = &domain.domain;
+            let _ = writeln!(out, "mcproxy_{name}{{domain=\"{d}\"}} {}", values[n].1);
+        }
+    }
+    let servers: Vec<(String, Arc<ServerStats>)> = domains
+        .iter()
+        .flat_map(|d| {
+            d.servers().into_iter().map(move |s| {
+                (
+                    format!("domain=\"{}\",server=\"{}\"", d.domain, s.address),
+                    s,
+                )
+            })
+        })
+        .collect();
+    let family =
+        |out: &mut String, name: &str, kind: &str, value: &dyn Fn(&ServerStats) -> String| {
+            let _ = writeln!(out, "# TYPE mcproxy_server_{name} {kind}");
+            for (labels, server) in &servers {
+                let _ = writeln!(out, "mcproxy_server_{name}{{{labels}}} {}", value(server));
+            }
+        };
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+    family(&mut out, "requests_total", "counter", &|s| {
+        load(&s.requests)
+    });
+    family(&mut out, "errors_total", "counter", &|s| load(&s.errors));
+    family(&mut out, "connections", "gauge", &|s| {
+        s.connections.load(Ordering::Relaxed).to_string()
+    });
+    let _ = writeln!(out, "# TYPE mcproxy_server_latency_seconds histogram");
+    for (labels, server) in &servers {
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS_US.iter().zip(&server.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "mcproxy_server_latency_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let requests = server.requests.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "mcproxy_server_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {requests}"
+        );
+        let sum = server.latency_us_sum.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "mcproxy_server_latency_seconds_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "mcproxy_server_latency_seconds_count{{{labels}}} {requests}"
+        );
+    }
+    out
+}

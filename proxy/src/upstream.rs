@@ -1,0 +1,292 @@
+//! Connections to one memcached server, shared by every client connection of the proxy.
+//!
+//! Each server gets a few connections ([`Upstream::new`]'s `width`); requests from any number
+//! of clients are queued on one of them, written in batches, and their replies read back in
+//! order (memcached answers a connection's requests in the order it got them). So 500 client
+//! connections cost the server a few connections, and a burst of small requests costs a few
+//! writes. A connection that fails (connect, timeout, reset, a reply that is not the protocol)
+//! fails exactly the requests it carried; the next request opens a new one.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use libmcshm::{Address, Timeouts};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reply::{Frame, frame_len};
+use crate::stats::ServerStats;
+use std::sync::Arc;
+
+/// Requests queued on one connection before senders wait.
+const QUEUE: usize = 1024;
+/// Requests written but not yet answered on one connection.
+const IN_FLIGHT: usize = 512;
+/// Bytes written per batch (below the kernel's socket buffers).
+const BATCH: usize = 64 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a request got no reply; counts against the server in the router.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub error: String,
+    pub errno: i32,
+}
+
+impl Failure {
+    fn new(error: impl Into<String>, errno: i32) -> Failure {
+        Failure {
+            error: error.into(),
+            errno,
+        }
+    }
+
+    fn io(context: &str, err: &std::io::Error) -> Failure {
+        let errno = match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
+            _ => err.raw_os_error().unwrap_or(libc::EIO),
+        };
+        Failure::new(format!("{context}: {err}"), errno)
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<u8>, Failure>>;
+
+struct Job {
+    bytes: Vec<u8>,
+    frame: Frame,
+    reply: Reply,
+}
+
+/// The connections to one server.
+pub struct Upstream {
+    address: Address,
+    timeouts: Timeouts,
+    slots: Vec<Mutex<Option<mpsc::Sender<Job>>>>,
+    next: AtomicUsize,
+    pub stats: Arc<ServerStats>,
+}
+
+impl Upstream {
+    pub fn new(address: Address, timeouts: Timeouts, width: usize) -> Upstream {
+        Upstream {
+            stats: Arc::new(ServerStats::new(address.to_string())),
+            address,
+            timeouts,
+            slots: (0..width.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues one request (complete, CRLF-terminated) on connection `lane` (modulo the
+    /// width): requests queued on one lane reach the server in the order they were queued,
+    /// which is how a client's pipeline keeps its order through the proxy.
+    pub async fn send(&self, bytes: Vec<u8>, frame: Frame, lane: usize) -> Sent {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue(lane);
+        let answer = match queue
+            .send(Job {
+                bytes,
+                frame,
+                reply,
+            })
+            .await
+        {
+            Ok(()) => Some(answer),
+            Err(_) => None,
+        };
+        Sent {
+            answer,
+            started,
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Sends one request on the next lane and waits for its reply.
+    pub async fn call(&self, bytes: Vec<u8>, frame: Frame) -> Result<Vec<u8>, Failure> {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed);
+        self.send(bytes, frame, lane).await.reply().await
+    }
+
+    /// A connection's queue, round robin; a new connection where the last one ended.
+    fn queue(&self, lane: usize) -> mpsc::Sender<Job> {
+        let n = lane % self.slots.len();
+        let mut slot = self.slots[n].lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some(queue) if !queue.is_closed() => queue.clone(),
+            _ => {
+                let (queue, jobs) = mpsc::channel(QUEUE);
+                tokio::spawn(connection(
+                    self.address.clone(),
+                    self.timeouts,
+                    jobs,
+                    self.stats.clone(),
+                ));
+                *slot = Some(queue.clone());
+                queue
+            }
+        }
+    }
+}
+
+/// A request on its way: await its reply.
+pub struct Sent {
+    answer: Option<oneshot::Receiver<Result<Vec<u8>, Failure>>>,
+    started: Instant,
+    stats: Arc<ServerStats>,
+}
+
+impl Sent {
+    pub async fn reply(self) -> Result<Vec<u8>, Failure> {
+        let lost = || Failure::new("connection lost", libc::ECONNRESET);
+        let result = match self.answer {
+            Some(answer) => answer.await.unwrap_or_else(|_| Err(lost())),
+            None => Err(lost()),
+        };
+        self.stats.record(self.started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+async fn connect(address: &Address, timeouts: Timeouts) -> Result<(Reader, Writer), Failure> {
+    let connecting = async {
+        match address {
+            Address::Unix { path } => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                let (r, w) = stream.into_split();
+                Ok::<(Reader, Writer), std::io::Error>((Box::new(r), Box::new(w)))
+            }
+            other => {
+                let port = other.port().unwrap_or(0);
+                let stream = match other {
+                    Address::Ipv4 { ip, .. } => tokio::net::TcpStream::connect((*ip, port)).await,
+                    Address::Ipv6 { ip, .. } => tokio::net::TcpStream::connect((*ip, port)).await,
+                    _ => tokio::net::TcpStream::connect((other.host().as_str(), port)).await,
+                }?;
+                stream.set_nodelay(true)?;
+                let (r, w) = stream.into_split();
+                Ok::<(Reader, Writer), std::io::Error>((Box::new(r), Box::new(w)))
+            }
+        }
+    };
+    match tokio::time::timeout(timeouts.connect, connecting).await {
+        Ok(Ok(halves)) => Ok(halves),
+        Ok(Err(err)) => Err(Failure::io("connect", &err)),
+        Err(_) => Err(Failure::new(
+            format!("connect: timed out after {:?}", timeouts.connect),
+            libc::ETIMEDOUT,
+        )),
+    }
+}
+
+/// One server connection: batches queued requests into writes, hands replies back in order,
+/// and on any failure fails what it carried and ends (its queue closes with it).
+async fn connection(
+    address: Address,
+    timeouts: Timeouts,
+    mut jobs: mpsc::Receiver<Job>,
+    stats: Arc<ServerStats>,
+) {
+    let (mut reader, mut writer) = match connect(&address, timeouts).await {
+        Ok(halves) => halves,
+        Err(failure) => return fail_all(&mut jobs, VecDeque::new(), failure),
+    };
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let mut in_flight: VecDeque<(Frame, Reply, Instant)> = VecDeque::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let failure = loop {
+        let deadline = in_flight
+            .front()
+            .map(|(_, _, sent)| *sent + timeouts.io)
+            .unwrap_or_else(|| Instant::now() + timeouts.io);
+        tokio::select! {
+            job = jobs.recv(), if in_flight.len() < IN_FLIGHT => {
+                let Some(job) = job else { break None };
+                batch.clear();
+                let now = Instant::now();
+                let mut next = Some(job);
+                while let Some(job) = next.take() {
+                    batch.extend_from_slice(&job.bytes);
+                    in_flight.push_back((job.frame, job.reply, now));
+                    if batch.len() < BATCH && in_flight.len() < IN_FLIGHT {
+                        next = jobs.try_recv().ok();
+                    }
+                }
+                match tokio::time::timeout(timeouts.io, writer.write_all(&batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => break Some(Failure::io("write", &err)),
+                    Err(_) => break Some(Failure::new("write: timed out", libc::ETIMEDOUT)),
+                }
+            }
+            read = reader.read(&mut chunk) => {
+                match read {
+                    Ok(0) => break Some(Failure::new("the server closed the connection", libc::ECONNRESET)),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(err) => break Some(Failure::io("read", &err)),
+                }
+                if let Err(failure) = deliver(&mut buf, &mut in_flight) {
+                    break Some(failure);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if !in_flight.is_empty() => {
+                break Some(Failure::new(
+                    format!("no reply within {:?}", timeouts.io),
+                    libc::ETIMEDOUT,
+                ));
+            }
+        }
+    };
+    stats.connections.fetch_sub(1, Ordering::Relaxed);
+    if let Some(failure) = failure {
+        fail_all(&mut jobs, in_flight, failure);
+    }
+}
+
+/// Hands every complete reply in `buf` to its request.
+fn deliver(
+    buf: &mut Vec<u8>,
+    in_flight: &mut VecDeque<(Frame, Reply, Instant)>,
+) -> Result<(), Failure> {
+    let mut at = 0;
+    while at < buf.len() {
+        let Some((frame, _, _)) = in_flight.front() else {
+            return Err(Failure::new(
+                "the server sent a reply nobody asked for",
+                libc::EPROTO,
+            ));
+        };
+        match frame_len(*frame, &buf[at..]) {
+            Ok(Some(len)) => {
+                let (_, reply, _) = in_flight.pop_front().expect("checked above");
+                let _ = reply.send(Ok(buf[at..at + len].to_vec()));
+                at += len;
+            }
+            Ok(None) => break,
+            Err(malformed) => return Err(Failure::new(malformed.0, libc::EPROTO)),
+        }
+    }
+    buf.drain(..at);
+    Ok(())
+}
+
+fn fail_all(
+    jobs: &mut mpsc::Receiver<Job>,
+    in_flight: VecDeque<(Frame, Reply, Instant)>,
+    failure: Failure,
+) {
+    jobs.close();
+    for (_, reply, _) in in_flight {
+        let _ = reply.send(Err(failure.clone()));
+    }
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.reply.send(Err(failure.clone()));
+    }
+}
