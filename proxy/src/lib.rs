@@ -153,10 +153,18 @@ async fn serve(config: Config, ready: impl FnOnce(&[String])) -> Result<(), Star
         ),
         None => None,
     };
+    // The bound addresses (a port 0 becomes the one the kernel chose).
     let mut lines: Vec<String> = config
         .listen
         .iter()
-        .map(|(domain, listen)| format!("serving domain '{domain}' on {listen}"))
+        .zip(&bound)
+        .map(|((domain, listen), (listener, _))| {
+            let listen = match listener {
+                Listener::Tcp(l) => l.local_addr().map_or(listen.clone(), Listen::Tcp),
+                Listener::Unix(..) => listen.clone(),
+            };
+            format!("serving domain '{domain}' on {listen}")
+        })
         .collect();
     if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
         lines.push(format!("metrics on http://{addr}/metrics"));

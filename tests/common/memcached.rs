@@ -165,6 +165,24 @@ impl Memcached {
         }
     }
 
+    /// SIGSTOP, and waits (bounded) until the kernel shows every thread stopped, so that no
+    /// request sent after this returns is answered before a SIGCONT.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.child.as_ref().expect("running").id();
+        let stopped = super::wait_until(Duration::from_secs(5), || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+            tasks.flatten().all(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // The state follows the parenthesised command name.
+                stat.rsplit(") ")
+                    .next()
+                    .is_some_and(|rest| rest.starts_with('T'))
+            })
+        });
+        assert!(stopped, "memcached {pid} did not stop");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub mod etcd;
 pub mod memcached;
+pub mod proxy;
 
 pub const MCADMIN: &str = env!("CARGO_BIN_EXE_mcadmin");
 
