@@ -32,7 +32,7 @@ endif
 all: build
 
 build:
-	$(CARGO) build $(PROFILE_FLAG) --bin mcadmin --bin mclient
+	$(CARGO) build $(PROFILE_FLAG) --bin mcadmin --bin mclient --bin mcproxy
 	$(CARGO) build $(PROFILE_FLAG) -p libmcshm-c
 
 test:
@@ -41,7 +41,7 @@ test:
 install: build
 	install -d $(BINDIR) $(LIBDIR) $(INCLUDEDIR) $(PCDIR) $(MANDIR)/man1 $(MANDIR)/man3 \
 		$(MANDIR)/man5 $(MANDIR)/man8 $(BASHDIR) $(ZSHDIR) $(FISHDIR) $(UNITDIR)
-	install -m 0755 $(TARGET)/mcadmin $(TARGET)/mclient $(BINDIR)/
+	install -m 0755 $(TARGET)/mcadmin $(TARGET)/mclient $(TARGET)/mcproxy $(BINDIR)/
 	install -m 0755 $(TARGET)/libmcshm.so $(LIBDIR)/
 	install -m 0644 $(TARGET)/libmcshm.a $(LIBDIR)/
 	install -m 0644 include/mcshm.h $(INCLUDEDIR)/
@@ -51,7 +51,7 @@ install: build
 	install -m 0644 man/mclient.1 $(MANDIR)/man1/
 	install -m 0644 man/libmcshm.3 $(MANDIR)/man3/
 	install -m 0644 man/mcshm.5 $(MANDIR)/man5/
-	install -m 0644 man/mcadmin.8 $(MANDIR)/man8/
+	install -m 0644 man/mcadmin.8 man/mcproxy.8 $(MANDIR)/man8/
 	for tool in mcadmin mclient; do \
 		$(TARGET)/$$tool completions bash > $(BASHDIR)/$$tool && \
 		$(TARGET)/$$tool completions zsh > $(ZSHDIR)/_$$tool && \
@@ -59,13 +59,15 @@ install: build
 	done
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcadmin-watch@.service > $(UNITDIR)/mcadmin-watch@.service
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcadmin-sync.service > $(UNITDIR)/mcadmin-sync.service
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcproxy@.service > $(UNITDIR)/mcproxy@.service
 
 uninstall:
-	rm -f $(BINDIR)/mcadmin $(BINDIR)/mclient $(LIBDIR)/libmcshm.so $(LIBDIR)/libmcshm.a \
+	rm -f $(BINDIR)/mcadmin $(BINDIR)/mclient $(BINDIR)/mcproxy $(LIBDIR)/libmcshm.so $(LIBDIR)/libmcshm.a \
 		$(INCLUDEDIR)/mcshm.h $(PCDIR)/mcshm.pc $(MANDIR)/man1/mclient.1 $(MANDIR)/man3/libmcshm.3 \
-		$(MANDIR)/man5/mcshm.5 $(MANDIR)/man8/mcadmin.8 $(BASHDIR)/mcadmin $(BASHDIR)/mclient \
+		$(MANDIR)/man5/mcshm.5 $(MANDIR)/man8/mcadmin.8 $(MANDIR)/man8/mcproxy.8 $(BASHDIR)/mcadmin $(BASHDIR)/mclient \
 		$(ZSHDIR)/_mcadmin $(ZSHDIR)/_mclient $(FISHDIR)/mcadmin.fish $(FISHDIR)/mclient.fish \
-		$(UNITDIR)/mcadmin-watch@.service $(UNITDIR)/mcadmin-sync.service
+		$(UNITDIR)/mcadmin-watch@.service $(UNITDIR)/mcadmin-sync.service \
+		$(UNITDIR)/mcproxy@.service
 
 clean:
 	$(CARGO) clean

@@ -116,6 +116,7 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
     for file in [
         "bin/mcadmin",
         "bin/mclient",
+        "bin/mcproxy",
         "lib/libmcshm.so",
         "lib/libmcshm.a",
         "include/mcshm.h",
@@ -124,11 +125,13 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
         "share/man/man3/libmcshm.3",
         "share/man/man5/mcshm.5",
         "share/man/man8/mcadmin.8",
+        "share/man/man8/mcproxy.8",
         "share/bash-completion/completions/mcadmin",
         "share/zsh/site-functions/_mclient",
         "share/fish/vendor_completions.d/mcadmin.fish",
         "lib/systemd/system/mcadmin-watch@.service",
         "lib/systemd/system/mcadmin-sync.service",
+        "lib/systemd/system/mcproxy@.service",
     ] {
         assert!(prefix.join(file).is_file(), "{file} not installed");
     }

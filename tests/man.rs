@@ -11,6 +11,10 @@ mod cli;
 #[path = "../mclient/src/cli.rs"]
 mod mclient_cli;
 
+#[allow(dead_code)]
+#[path = "../mcproxy/src/cli.rs"]
+mod mcproxy_cli;
+
 use std::path::Path;
 
 use clap::CommandFactory;
@@ -210,6 +214,67 @@ fn mclient_1_is_current() {
     check(
         "man/mclient.1",
         &page(mclient_cli::Cli::command(), "1", MCLIENT_EXTRA),
+    );
+}
+
+const MCPROXY_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+.B 0
+Stopped by SIGTERM or SIGINT, after answering the requests in flight.
+.TP
+.B 2
+Usage error or bad input (listen address, domain name, size).
+.TP
+.B 3
+A domain to serve does not exist: create it with \fBmcadmin add\fR.
+.TP
+.B 4
+Registry failure: permission denied, a corrupt or unsafe file, a file of a newer format.
+.TP
+.B 5
+An address cannot be listened on (in use, permission denied).
+.SH PROTOCOL
+The memcached text protocol: \fBget gets gat gats\fR (many keys: split per server, the hits
+merged in the order the keys were asked), \fBset add replace append prepend cas\fR,
+\fBdelete incr decr touch flush_all\fR (every up server), \fBnoreply\fR, \fBversion\fR
+(\fB1.6.0 mcproxy\-\fIversion\fR), \fBverbosity\fR, \fBquit\fR; the meta commands
+\fBmg ms md ma me mn\fR, with quiet mode (\fBq\fR) applied by the proxy; \fBstats\fR (the
+proxy's counters: connections, commands, hits, errors, and per server requests, errors,
+connections and mean latency); \fBconfig get cluster\fR in ElastiCache's auto-discovery format
+(the table version, then \fIhost\fR|\fIip\fR|\fIport\fR of each up server). A server that
+fails or times out answers \fBSERVER_ERROR\fR \fIserver\fR: \fIwhat\fR for the requests it
+carried; the failure counts against it in the shared table as for every libmcshm process.
+Malformed input gets memcached's own replies (\fBERROR\fR, \fBCLIENT_ERROR bad command line
+format\fR, \fBCLIENT_ERROR bad data chunk\fR, \fBSERVER_ERROR object too large for cache\fR);
+a line longer than 64 KiB is refused and the connection closed.
+.SH SIGNALS
+.TP
+.B SIGTERM, SIGINT
+Stop accepting, stop reading new commands, answer the commands already read (at most
+\fB\-\-shutdown\-timeout\fR seconds), exit 0.
+.SH FILES
+.TP
+.I /run/mcshm/DOMAIN.mcshm
+The domain's table, read on every request (one atomic load when it did not change).
+.TP
+.I /usr/local/lib/systemd/system/mcproxy@.service
+\fBsystemctl enable \-\-now mcproxy@myapp\fR serves domain myapp on 127.0.0.1:11211.
+.SH EXAMPLES
+.nf
+mcproxy \-\-domain myapp \-\-listen 127.0.0.1:11211
+mcproxy \-\-listen myapp=127.0.0.1:11211 \-\-listen sessions=unix:/run/mcshm/sessions.sock
+php \-r '$m = new Memcache; $m\->addServer("127.0.0.1", 11211); var_dump($m\->get("k"));'
+.fi
+.SH "SEE ALSO"
+\fBmcadmin\fR(8), \fBmclient\fR(1), \fBlibmcshm\fR(3), \fBmcshm\fR(5), \fBmemcached\fR(1)
+"#;
+
+#[test]
+fn mcproxy_8_is_current() {
+    mcproxy_cli::Cli::command().debug_assert();
+    check(
+        "man/mcproxy.8",
+        &page(mcproxy_cli::Cli::command(), "8", MCPROXY_EXTRA),
     );
 }
 
