@@ -571,3 +571,127 @@ fn start_errors_have_documented_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn replicas_writes_reach_both_and_reads_fall_back() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let reg = Reg::new();
+    domain(&reg, &refs, &["--replicas", "2"]);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut w = proxy.connect();
+    for n in 0..20 {
+        assert_eq!(w.ask(&format!("set r{n} 0 0 1\r\nx\r\n")), "STORED\r\n");
+        let copies = servers
+            .iter()
+            .filter(|m| m.raw_get(&format!("r{n}")).is_some())
+            .count();
+        assert_eq!(copies, 2, "r{n} on two replicas");
+    }
+    // The owner of r0 goes down: reads are served by the other replica.
+    let owner = owner_port(&reg, "r0");
+    reg.ok("app", &["down", &format!("127.0.0.1:{owner}")]);
+    assert_eq!(w.ask("get r0\r\n"), "VALUE r0 0 1\r\nx\r\nEND\r\n");
+    assert_eq!(w.ask("mg r0 v\r\n"), "VA 1\r\nx\r\n");
+}
+
+#[test]
+fn warm_up_fills_a_miss_from_the_interim_owner() {
+    let (a, b, s) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok(
+        "app",
+        &[
+            "add",
+            &a.address(),
+            &b.address(),
+            &s.address(),
+            "--retry-interval",
+            "-1",
+        ],
+    );
+    reg.ok(
+        "app",
+        &[
+            "policy",
+            "--failover",
+            "rehash",
+            "--rejoin",
+            "warm",
+            "--warm-window",
+            "600",
+        ],
+    );
+    let key = (0..200)
+        .map(|n| format!("w{n}"))
+        .find(|k| owner_port(&reg, k) == s.port)
+        .unwrap();
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut w = proxy.connect();
+    reg.ok("app", &["down", &s.address()]);
+    assert_eq!(
+        w.ask(&format!("set {key} 5 0 5\r\naway!\r\n")),
+        "STORED\r\n"
+    );
+    reg.ok("app", &["up", &s.address()]);
+    assert_eq!(s.raw_get(&key), None, "flushed on rejoin");
+    assert_eq!(
+        w.ask(&format!("get {key}\r\n")),
+        format!("VALUE {key} 5 5\r\naway!\r\nEND\r\n")
+    );
+    assert_eq!(
+        s.raw_get(&key).as_deref(),
+        Some("away!"),
+        "copied back to the rejoined server"
+    );
+}
+
+#[test]
+fn a_draining_server_s_keys_are_found_and_moved() {
+    let (a, d) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    domain(&reg, &[&a, &d], &[]);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut w = proxy.connect();
+    let on_d: Vec<String> = (0..200)
+        .map(|n| format!("d{n}"))
+        .filter(|k| owner_port(&reg, k) == d.port)
+        .collect();
+    for key in &on_d {
+        assert_eq!(w.ask(&format!("set {key} 3 0 1\r\nv\r\n")), "STORED\r\n");
+    }
+    // A drain at one key a second, interrupted once the server is draining: most keys stay.
+    let mut drain = reg
+        .cmd("app", &["drain", &d.address(), "--rate", "1"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        reg.list_json("app")["servers"][1]["state"] == "draining"
+    }));
+    // kill(1) with SIGINT, as an operator's Ctrl-C.
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(drain.id().to_string())
+        .status();
+    let _ = drain.wait();
+    let left: Vec<&String> = on_d.iter().filter(|k| d.raw_get(k).is_some()).collect();
+    assert!(left.len() >= 2, "the interrupted drain left keys");
+    // A read finds the key on the draining server and moves it to the new owner.
+    assert_eq!(
+        w.ask(&format!("get {}\r\n", left[0])),
+        format!("VALUE {} 3 1\r\nv\r\nEND\r\n", left[0])
+    );
+    assert_eq!(d.raw_get(left[0]), None, "deleted from the draining server");
+    assert_eq!(
+        a.raw_get(left[0]).as_deref(),
+        Some("v"),
+        "moved to the new owner"
+    );
+    // A write goes to the new owner and removes the draining server's copy.
+    assert_eq!(
+        w.ask(&format!("set {} 0 0 1\r\nn\r\n", left[1])),
+        "STORED\r\n"
+    );
+    assert_eq!(d.raw_get(left[1]), None);
+    assert_eq!(a.raw_get(left[1]).as_deref(), Some("n"));
+}
