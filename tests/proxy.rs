@@ -9,9 +9,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::memcached::Memcached;
-use common::proxy::{Proxy, Wire};
+use common::proxy::{Proxy, Wire, owner_port};
 use common::{Reg, wait_until};
-use libmcshm::{Client, Domain, Timeouts};
 
 /// A domain `app` of `servers`, with extra `mcadmin policy` arguments.
 fn domain(reg: &Reg, servers: &[&Memcached], policy: &[&str]) {
@@ -24,13 +23,6 @@ fn domain(reg: &Reg, servers: &[&Memcached], policy: &[&str]) {
         args.extend(policy);
         reg.ok("app", &args);
     }
-}
-
-/// Which server (its port) a libmcshm client of the same domain sends `key` to.
-fn owner_port(reg: &Reg, key: &str) -> u16 {
-    let mut client =
-        Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap();
-    client.server_for(key.as_bytes()).unwrap().port().unwrap()
 }
 
 fn by_port<'a>(servers: &[&'a Memcached], port: u16) -> &'a Memcached {

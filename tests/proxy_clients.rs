@@ -11,9 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::memcached::Memcached;
-use common::proxy::Proxy;
+use common::proxy::{Proxy, owner_port};
 use common::{Reg, wait_until};
-use libmcshm::{Client, Domain, Timeouts};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,12 +47,6 @@ const PYTHON: &str = "/usr/bin/python3";
 fn pecl(port: u16, code: &str) -> String {
     let program = format!("$m = new Memcache(); $m->addServer('127.0.0.1', {port}); {code}");
     run("php", &["-r", &program])
-}
-
-fn owner_port(reg: &Reg, key: &str) -> u16 {
-    let mut client =
-        Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap();
-    client.server_for(key.as_bytes()).unwrap().port().unwrap()
 }
 
 fn port_of(address: &str) -> u16 {

@@ -301,20 +301,9 @@ impl Service {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
         let plan = self.decide(|router| {
-            let mut chains = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let chain = router.chain(key)?;
-                let up: Vec<usize> = chain
-                    .iter()
-                    .copied()
-                    .filter(|&i| !router.is_down(i))
-                    .collect();
-                if up.is_empty() {
-                    router.maybe_probe(chain[0]);
-                }
-                chains.push((chain[0], up));
-            }
-            Ok(chains)
+            let chains: libmcshm::Result<Vec<_>> =
+                keys.iter().map(|key| router.read_targets(key)).collect();
+            chains
         });
         let Plan {
             snapshot,

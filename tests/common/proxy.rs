@@ -12,6 +12,14 @@ use super::Reg;
 
 pub const MCPROXY: &str = env!("CARGO_BIN_EXE_mcproxy");
 
+/// Which server (its port) a libmcshm client of domain `app` sends `key` to.
+pub fn owner_port(reg: &Reg, key: &str) -> u16 {
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let mut client =
+        libmcshm::Client::for_domain(reg.dir(), &domain, libmcshm::Timeouts::default()).unwrap();
+    client.server_for(key.as_bytes()).unwrap().port().unwrap()
+}
+
 pub struct Proxy {
     child: Option<Child>,
     /// `127.0.0.1:PORT` it serves on.

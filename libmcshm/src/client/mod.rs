@@ -186,11 +186,6 @@ impl Client {
         refreshed
     }
 
-    fn maybe_probe(&mut self, server: usize) {
-        self.router.maybe_probe(server);
-        self.run_probes();
-    }
-
     fn run_probes(&mut self) {
         for probe in self.router.take_probes() {
             probe.run(self.timeouts);
@@ -242,18 +237,16 @@ impl Client {
     /// Reads along the key's replicas: the first hit wins; a miss on all is a miss; an error
     /// only if no replica answered. Then warm-up and drain fallbacks.
     fn retrieve(&mut self, key: &[u8], cas: bool, touch: Option<i64>) -> Result<Option<Item>> {
-        let chain = self.chain(key)?;
+        let targets = self.router.read_targets(key);
+        self.run_probes();
+        let (owner, up) = targets?;
         let (mut answered, mut last_error) = (false, None);
-        for (n, &server) in chain.iter().enumerate() {
-            if self.is_down(server) {
-                self.maybe_probe(server);
-                continue;
-            }
+        for server in up {
             match self.get_one(server, key, cas, touch) {
                 Ok(Some(item)) => return Ok(Some(item)),
                 Ok(None) => {
                     answered = true;
-                    if n == 0
+                    if server == owner
                         && let Some(item) = self.warm_fill(server, key)
                     {
                         return Ok(Some(item));
@@ -262,9 +255,7 @@ impl Client {
                 Err(err) => last_error = Some(err),
             }
         }
-        if let Some(&owner) = chain.first()
-            && let Some(item) = self.drain_fill(owner, key)
-        {
+        if let Some(item) = self.drain_fill(owner, key) {
             return Ok(Some(item));
         }
         match (answered, last_error) {

@@ -262,6 +262,20 @@ impl Router {
         Ok(chain)
     }
 
+    /// Where a read of `key` goes: its owner (up or down), and the up servers of its replicas
+    /// in ring order, to be tried one after the other. Each down replica gets its retry probe.
+    pub fn read_targets(&mut self, key: &[u8]) -> Result<(usize, Vec<usize>)> {
+        let chain = self.chain(key)?;
+        let mut up = Vec::with_capacity(chain.len());
+        for &i in &chain {
+            match self.is_down(i) {
+                true => self.maybe_probe(i),
+                false => up.push(i),
+            }
+        }
+        Ok((chain[0], up))
+    }
+
     /// The servers a write goes to: the up ones of `chain` (cas: the first only). With none up,
     /// the error to report, after giving the owner its retry probe.
     pub fn write_targets(&mut self, chain: &[usize], only_first: bool) -> Result<Vec<usize>> {

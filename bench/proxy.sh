@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# mcproxy against twemproxy (Debian nutcracker 0.5, the proxy memcached operators use most),
+# side by side in one run: the same two local memcached servers, the same load generator
+# (proxy/examples/loadgen.rs), the same keys. For get, set and 10-key multi-get at 1, 16 and
+# 64 client connections: requests/s and p50/p99 latency through mcproxy, through twemproxy,
+# straight to one memcached (the "direct connection"), and with the libmcshm client in-process
+# (the direct libmcshm path). Then each proxy's CPU per 100 000 requests.
+# Needs memcached and nutcracker (apt-get install -y memcached nutcracker).
+# Usage: bench/proxy.sh     (SECS=5 per cell)   Figures are printed, never asserted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-5}
+for tool in memcached nutcracker; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y memcached nutcracker" >&2; exit 2; }
+done
+cargo build --release -q --bin mcproxy --bin mcadmin && cargo build --release -q -p mcshm-proxy --example loadgen
+LOADGEN=target/release/examples/loadgen
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+user=(); [ "$(id -u)" = 0 ] && user=(-u root)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+servers=()
+for n in 1 2; do
+    MEMCACHED_PORT_FILENAME=$work/ports$n memcached -l 127.0.0.1 -p -1 -U 0 -t 1 -m 256 "${user[@]}" &
+    pids+=($!)
+    for _ in $(seq 100); do [ -s "$work/ports$n" ] && break; sleep 0.05; done
+    servers+=("127.0.0.1:$(sed -n 's/^TCP INET: //p' "$work/ports$n" | head -1)")
+done
+target/release/mcadmin --dir "$work" --domain bench add "${servers[@]}" > /dev/null
+
+target/release/mcproxy --dir "$work" --domain bench --listen 127.0.0.1:0 2> "$work/mcproxy.log" &
+mcproxy=$!; pids+=($mcproxy)
+for _ in $(seq 100); do grep -q serving "$work/mcproxy.log" 2>/dev/null && break; sleep 0.05; done
+mcproxy_addr=$(sed -n 's/.* on \(127.*\)$/\1/p' "$work/mcproxy.log" | head -1)
+
+nut_port=$(free_port)
+cat > "$work/nutcracker.yml" <<YML
+bench:
+  listen: 127.0.0.1:$nut_port
+  hash: md5
+  distribution: ketama
+  timeout: 1000
+  auto_eject_hosts: false
+  server_connections: 2
+  servers:
+   - ${servers[0]}:1
+   - ${servers[1]}:1
+YML
+nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(free_port)" &
+nutcracker=$!; pids+=($nutcracker)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$nut_port) 2>/dev/null && break; sleep 0.05; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+echo "2 memcached (${servers[*]}), mcproxy on $mcproxy_addr (2 server connections, $(nproc) threads),"
+echo "twemproxy on 127.0.0.1:$nut_port (ketama md5, 2 server connections); ${SECS}s per cell, $(nproc) cores"
+echo
+printf '| op | conns | path | req/s | p50 µs | p99 µs | proxy CPU s / 100k req |\n|---|---|---|---|---|---|---|\n'
+for op in get set mget10; do
+    for conns in 1 16 64; do
+        for path in direct libmcshm mcproxy twemproxy; do
+            case $path in
+                direct) args=(--target "${servers[0]}"); pid= ;;
+                libmcshm) args=(--domain "$work:bench"); pid= ;;
+                mcproxy) args=(--target "$mcproxy_addr"); pid=$mcproxy ;;
+                twemproxy) args=(--target "127.0.0.1:$nut_port"); pid=$nutcracker ;;
+            esac
+            before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+            out=$("$LOADGEN" "${args[@]}" --op $op --conns $conns --seconds "$SECS")
+            cpu=-
+            if [ -n "$pid" ]; then
+                # (Includes the populate phase's requests, which are counted too.)
+                used=$(( $(cpu_ticks "$pid") - before ))
+                requests=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$out")
+                cpu=$(awk -v t="$used" -v hz="$hz" -v r="$requests" 'BEGIN {printf "%.3f", t / hz / ((r + 10000) / 100000)}')
+            fi
+            rps=$(sed 's/.*"rps":\([0-9]*\).*/\1/' <<<"$out")
+            p50=$(sed 's/.*"p50_us":\([0-9]*\).*/\1/' <<<"$out")
+            p99=$(sed 's/.*"p99_us":\([0-9]*\).*/\1/' <<<"$out")
+            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$op" "$conns" "$path" "$rps" "$p50" "$p99" "$cpu"
+        done
+    done
+done
