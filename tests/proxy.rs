@@ -147,7 +147,11 @@ fn pipelined_commands_are_answered_in_order_over_few_server_connections() {
     let (a, b) = (Memcached::start(), Memcached::start());
     let reg = Reg::new();
     domain(&reg, &[&a, &b], &[]);
-    let proxy = Proxy::start(&reg, "app", &["--server-connections", "2"]);
+    let proxy = Proxy::start(
+        &reg,
+        "app",
+        &["--server-connections", "2", "--threads", "2"],
+    );
 
     // 2 000 commands in one write: each set is read back by the get right after it.
     let mut w = proxy.connect();
@@ -367,7 +371,12 @@ fn bad_input_gets_memcached_answers_and_bounded_memory() {
     assert!(!idle.closed_within(Duration::from_millis(1500)));
     assert_eq!(idle.ask("get k\r\n"), "VALUE k 0 2\r\nok\r\nEND\r\n");
 
-    // Too many connections: refused with memcached's words, the others unharmed.
+    // Too many connections: refused with memcached's words, the others unharmed. (First the
+    // sessions closed above must be gone: only `idle` is open.)
+    assert!(wait_until(Duration::from_secs(5), || {
+        idle.ask("stats\r\n")
+            .contains("STAT curr_connections 1\r\n")
+    }));
     let _second = proxy.connect();
     let _third = proxy.connect();
     let mut refused = proxy.connect();

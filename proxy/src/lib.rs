@@ -89,26 +89,135 @@ pub enum StartError {
 
 /// Runs the proxy until SIGTERM or SIGINT; then it stops accepting, answers what it has read,
 /// and returns.
+///
+/// One worker thread per CPU (`threads`), each with its own single-threaded runtime, its own
+/// sessions, router and server connections (`server_connections` divided among them, at least
+/// one each), all accepting on the same sockets: a request is read, routed, sent, answered and
+/// written by one thread, with no hand-over between threads (memcached's own worker model).
+/// The main thread waits for signals and serves the metrics page.
 pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.threads.max(1))
+    let threads = config.threads.max(1);
+    let width = (config.server_connections / threads).max(1);
+    let mut domains: Vec<(String, Arc<stats::ProxyStats>)> = Vec::new();
+    let mut workers: Vec<Vec<(StdListener, Arc<service::Service>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    let mut services: Vec<Vec<(String, Arc<service::Service>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    let mut lines = Vec::new();
+    let mut sockets = Vec::new();
+    for (domain, listen) in &config.listen {
+        let stats = match domains.iter().find(|(d, _)| d == domain.as_str()) {
+            Some((_, stats)) => stats.clone(),
+            None => {
+                let stats = Arc::new(stats::ProxyStats::new(domain.to_string()));
+                domains.push((domain.to_string(), stats.clone()));
+                stats
+            }
+        };
+        let listener = bind(listen)?;
+        lines.push(format!(
+            "serving domain '{domain}' on {}",
+            listener.shown(listen)
+        ));
+        if let Listen::Unix(path) = listen {
+            sockets.push(path.clone());
+        }
+        for (worker, services) in workers.iter_mut().zip(&mut services) {
+            let service = match services.iter().find(|(d, _)| d == domain.as_str()) {
+                Some((_, service)) => service.clone(),
+                None => {
+                    let service = service::Service::new(
+                        &config.dir,
+                        domain,
+                        config.timeouts,
+                        width,
+                        stats.clone(),
+                    )
+                    .map_err(StartError::Domain)?;
+                    let service = Arc::new(service);
+                    services.push((domain.to_string(), service.clone()));
+                    service
+                }
+            };
+            worker.push((listener.try_clone()?, service));
+        }
+    }
+    let metrics = match config.metrics {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| StartError::Listen(format!("cannot serve metrics on {addr}: {e}")))?;
+            if let Ok(bound) = listener.local_addr() {
+                lines.push(format!("metrics on http://{bound}/metrics"));
+            }
+            Some(listener)
+        }
+        None => None,
+    };
+    ready(&lines);
+
+    let (stop, stopped) = watch::channel(false);
+    let open = Arc::new(AtomicI64::new(0));
+    let mut handles = Vec::new();
+    for (n, listeners) in workers.into_iter().enumerate() {
+        let (config, open, stopped) = (config.clone(), open.clone(), stopped.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("mcproxy-{n}"))
+            .spawn(move || worker(listeners, config, open, stopped));
+        handles
+            .push(spawned.map_err(|e| StartError::Listen(format!("cannot start a worker: {e}")))?);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError::Listen(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(config, ready))
+    runtime.block_on(async {
+        if let Some(listener) = metrics
+            && let Ok(listener) = tokio::net::TcpListener::from_std(listener)
+        {
+            let all = domains.iter().map(|(_, s)| s.clone()).collect();
+            tokio::spawn(serve_metrics(listener, all));
+        }
+        wait_for_signal().await;
+    });
+    let _ = stop.send(true);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, PathBuf),
+/// A bound listening socket, before a runtime takes it.
+enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
 }
 
-async fn bind(listen: &Listen) -> Result<Listener, StartError> {
+impl StdListener {
+    fn try_clone(&self) -> Result<StdListener, StartError> {
+        let fail = |e: std::io::Error| StartError::Listen(format!("cannot share a listener: {e}"));
+        Ok(match self {
+            StdListener::Tcp(l) => StdListener::Tcp(l.try_clone().map_err(fail)?),
+            StdListener::Unix(l) => StdListener::Unix(l.try_clone().map_err(fail)?),
+        })
+    }
+
+    /// The address as bound (a port 0 becomes the one the kernel chose).
+    fn shown(&self, asked: &Listen) -> Listen {
+        match self {
+            StdListener::Tcp(l) => l.local_addr().map_or(asked.clone(), Listen::Tcp),
+            StdListener::Unix(_) => asked.clone(),
+        }
+    }
+}
+
+fn bind(listen: &Listen) -> Result<StdListener, StartError> {
     let fail = |e: std::io::Error| StartError::Listen(format!("cannot listen on {listen}: {e}"));
-    match listen {
-        Listen::Tcp(addr) => Ok(Listener::Tcp(
-            tokio::net::TcpListener::bind(addr).await.map_err(fail)?,
-        )),
+    let listener = match listen {
+        Listen::Tcp(addr) => StdListener::Tcp(std::net::TcpListener::bind(addr).map_err(fail)?),
         Listen::Unix(path) => {
             // A socket file left by a proxy that is gone: nobody accepts on it any more.
             if std::os::unix::net::UnixStream::connect(path).is_err()
@@ -117,87 +226,61 @@ async fn bind(listen: &Listen) -> Result<Listener, StartError> {
             {
                 let _ = std::fs::remove_file(path);
             }
-            let listener = tokio::net::UnixListener::bind(path).map_err(fail)?;
-            Ok(Listener::Unix(listener, path.clone()))
+            StdListener::Unix(std::os::unix::net::UnixListener::bind(path).map_err(fail)?)
         }
+    };
+    match &listener {
+        StdListener::Tcp(l) => l.set_nonblocking(true).map_err(fail)?,
+        StdListener::Unix(l) => l.set_nonblocking(true).map_err(fail)?,
     }
+    Ok(listener)
 }
 
-async fn serve(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartError> {
-    let mut services: Vec<(String, Arc<service::Service>)> = Vec::new();
-    let mut bound = Vec::new();
-    for (domain, listen) in &config.listen {
-        let service = match services.iter().find(|(d, _)| d == domain.as_str()) {
-            Some((_, s)) => s.clone(),
-            None => {
-                let s = Arc::new(
-                    service::Service::new(
-                        &config.dir,
-                        domain,
-                        config.timeouts,
-                        config.server_connections,
-                    )
-                    .map_err(StartError::Domain)?,
-                );
-                services.push((domain.to_string(), s.clone()));
-                s
-            }
-        };
-        bound.push((bind(listen).await?, service));
-    }
-    let metrics = match config.metrics {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Listen(format!("cannot serve metrics on {addr}: {e}")))?,
-        ),
-        None => None,
+/// One worker thread: its own runtime, accepting on every listener until the stop, then
+/// waiting (bounded) for the sessions to answer what they read.
+fn worker(
+    listeners: Vec<(StdListener, Arc<service::Service>)>,
+    config: Config,
+    open: Arc<AtomicI64>,
+    stopped: watch::Receiver<bool>,
+) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("mcproxy: cannot start a worker runtime");
+        return;
     };
-    // The bound addresses (a port 0 becomes the one the kernel chose).
-    let mut lines: Vec<String> = config
-        .listen
-        .iter()
-        .zip(&bound)
-        .map(|((domain, listen), (listener, _))| {
-            let listen = match listener {
-                Listener::Tcp(l) => l.local_addr().map_or(listen.clone(), Listen::Tcp),
-                Listener::Unix(..) => listen.clone(),
+    runtime.block_on(async {
+        let mut accepting = Vec::new();
+        for (listener, service) in listeners {
+            let listener = match listener {
+                StdListener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(Listener::Tcp),
+                StdListener::Unix(l) => tokio::net::UnixListener::from_std(l).map(Listener::Unix),
             };
-            format!("serving domain '{domain}' on {listen}")
-        })
-        .collect();
-    if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
-        lines.push(format!("metrics on http://{addr}/metrics"));
-    }
-    ready(&lines);
+            let Ok(listener) = listener else { continue };
+            let task = accept(
+                listener,
+                service,
+                config.clone(),
+                open.clone(),
+                stopped.clone(),
+            );
+            accepting.push(tokio::spawn(task));
+        }
+        for task in accepting {
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        while open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
 
-    let (stop, stopped) = watch::channel(false);
-    let open = Arc::new(AtomicI64::new(0));
-    let mut accepting = Vec::new();
-    for (listener, service) in bound {
-        accepting.push(tokio::spawn(accept(
-            listener,
-            service,
-            config.clone(),
-            open.clone(),
-            stopped.clone(),
-        )));
-    }
-    if let Some(listener) = metrics {
-        let all: Vec<Arc<stats::ProxyStats>> =
-            services.iter().map(|(_, s)| s.stats.clone()).collect();
-        tokio::spawn(serve_metrics(listener, all));
-    }
-    wait_for_signal().await;
-    let _ = stop.send(true);
-    for task in accepting {
-        let _ = task.await;
-    }
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-    while open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
 }
 
 async fn wait_for_signal() {
@@ -255,9 +338,6 @@ async fn accept(
             open.fetch_sub(1, Ordering::AcqRel);
         });
     }
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// A client stream of either kind.
@@ -272,7 +352,7 @@ async fn accept_one(listener: &Listener) -> Option<Stream> {
             let _ = stream.set_nodelay(true);
             Some(Box::new(stream))
         }
-        Listener::Unix(l, _) => Some(Box::new(l.accept().await.ok()?.0)),
+        Listener::Unix(l) => Some(Box::new(l.accept().await.ok()?.0)),
     }
 }
 

@@ -22,15 +22,17 @@ use crate::reply::{Frame, first_line, is_error, items};
 use crate::stats::ProxyStats;
 use crate::upstream::{Failure, Upstream};
 
-/// A command's reply: known at once, or the output of the task that waits for the servers.
+/// A command's reply: known at once, or a future that waits for the servers. The session's
+/// writer polls the futures in command order (no task per request: a request costs no spawn
+/// and no cross-task hand-over).
 pub enum Pending {
     Ready(Vec<u8>),
-    Task(tokio::task::JoinHandle<Vec<u8>>),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>),
 }
 
 impl Pending {
     fn task(work: impl std::future::Future<Output = Vec<u8>> + Send + 'static) -> Pending {
-        Pending::Task(tokio::spawn(work))
+        Pending::Later(Box::pin(work))
     }
 
     /// noreply: the work is done, the client is told nothing.
@@ -41,11 +43,7 @@ impl Pending {
     fn then(self, map: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static) -> Pending {
         match self {
             Pending::Ready(reply) => Pending::Ready(map(reply)),
-            Pending::Task(task) => Pending::task(async move {
-                map(task
-                    .await
-                    .unwrap_or_else(|_| server_error("the request failed inside mcproxy")))
-            }),
+            Pending::Later(work) => Pending::task(async move { map(work.await) }),
         }
     }
 }
@@ -74,12 +72,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// Serves `domain` of the registry in `dir`, with `width` connections per server.
+    /// Serves `domain` of the registry in `dir`, with `width` connections per server, counting
+    /// into `stats` (shared by the worker threads serving the domain).
     pub fn new(
         dir: &std::path::Path,
         domain: &Domain,
         timeouts: Timeouts,
         width: usize,
+        stats: Arc<ProxyStats>,
     ) -> libmcshm::Result<Service> {
         let mut router = Router::for_domain(dir, domain)?;
         router.refresh()?;
@@ -92,7 +92,7 @@ impl Service {
             }
         });
         Ok(Service {
-            stats: Arc::new(ProxyStats::new(domain.to_string())),
+            stats,
             router: Mutex::new(router),
             upstreams: Mutex::new(HashMap::new()),
             timeouts,
@@ -136,12 +136,13 @@ impl Service {
         if let Some(upstream) = upstreams.get(address) {
             return upstream.clone();
         }
-        let upstream = Arc::new(Upstream::new(address.clone(), self.timeouts, self.width));
-        self.stats
-            .servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(upstream.stats.clone());
+        let stats = self.stats.server(&address.to_string());
+        let upstream = Arc::new(Upstream::new(
+            address.clone(),
+            self.timeouts,
+            self.width,
+            stats,
+        ));
         upstreams.insert(address.clone(), upstream.clone());
         upstream
     }

@@ -13,7 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::command::{Command, Limits, Parsed, parse};
-use crate::service::{Pending, Service, server_error};
+use std::task::{Context, Poll, Waker};
+
+use crate::service::{Pending, Service};
 
 /// What every session of the proxy obeys.
 #[derive(Clone, Copy, Debug)]
@@ -160,12 +162,16 @@ async fn write_replies<W: AsyncWrite>(writer: W, mut pending: mpsc::Receiver<Pen
         while out.len() < WRITE_BATCH {
             match pending.try_recv() {
                 Ok(Pending::Ready(bytes)) => out.extend_from_slice(&bytes),
-                Ok(Pending::Task(task)) if task.is_finished() => {
-                    out.extend_from_slice(&resolve(Pending::Task(task)).await)
-                }
-                Ok(task) => {
-                    next = Some(task);
-                    break;
+                Ok(Pending::Later(mut work)) => {
+                    // Done already? One poll tells; if not, it is awaited after this write.
+                    let mut peek = Context::from_waker(Waker::noop());
+                    match work.as_mut().poll(&mut peek) {
+                        Poll::Ready(bytes) => out.extend_from_slice(&bytes),
+                        Poll::Pending => {
+                            next = Some(Pending::Later(work));
+                            break;
+                        }
+                    }
                 }
                 Err(_) => break,
             }
@@ -184,8 +190,6 @@ async fn write_replies<W: AsyncWrite>(writer: W, mut pending: mpsc::Receiver<Pen
 async fn resolve(reply: Pending) -> Vec<u8> {
     match reply {
         Pending::Ready(bytes) => bytes,
-        Pending::Task(task) => task
-            .await
-            .unwrap_or_else(|_| server_error("mcproxy: the request failed inside the proxy")),
+        Pending::Later(work) => work.await,
     }
 }

@@ -81,6 +81,17 @@ impl ProxyStats {
         }
     }
 
+    /// The counters of the server at `address`, shared by every worker thread.
+    pub fn server(&self, address: &str) -> Arc<ServerStats> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = servers.iter().find(|s| s.address == address) {
+            return found.clone();
+        }
+        let created = Arc::new(ServerStats::new(address.to_string()));
+        servers.push(created.clone());
+        created
+    }
+
     fn totals(&self) -> Vec<(&'static str, String)> {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
         vec![

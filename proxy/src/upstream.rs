@@ -70,9 +70,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(address: Address, timeouts: Timeouts, width: usize) -> Upstream {
+    pub fn new(
+        address: Address,
+        timeouts: Timeouts,
+        width: usize,
+        stats: Arc<ServerStats>,
+    ) -> Upstream {
         Upstream {
-            stats: Arc::new(ServerStats::new(address.to_string())),
+            stats,
             address,
             timeouts,
             slots: (0..width.max(1)).map(|_| Mutex::new(None)).collect(),
