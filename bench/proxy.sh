@@ -6,7 +6,8 @@
 # straight to one memcached (the "direct connection"), and with the libmcshm client in-process
 # (the direct libmcshm path). Then each proxy's CPU per 100 000 requests.
 # Needs memcached and nutcracker (apt-get install -y memcached nutcracker).
-# Usage: bench/proxy.sh     (SECS=5 per cell)   Figures are printed, never asserted.
+# Usage: bench/proxy.sh   [SECS=5 per cell] [OPS="get set mget10"] [CONNS="1 16 64"]
+# Figures are printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-5}
@@ -59,8 +60,8 @@ echo "2 memcached (${servers[*]}), mcproxy on $mcproxy_addr (2 server connection
 echo "twemproxy on 127.0.0.1:$nut_port (ketama md5, 2 server connections); ${SECS}s per cell, $(nproc) cores"
 echo
 printf '| op | conns | path | req/s | p50 µs | p99 µs | proxy CPU s / 100k req |\n|---|---|---|---|---|---|---|\n'
-for op in get set mget10; do
-    for conns in 1 16 64; do
+for op in ${OPS:-get set mget10}; do
+    for conns in ${CONNS:-1 16 64}; do
         for path in direct libmcshm mcproxy twemproxy; do
             case $path in
                 direct) args=(--target "${servers[0]}"); pid= ;;
@@ -69,7 +70,7 @@ for op in get set mget10; do
                 twemproxy) args=(--target "127.0.0.1:$nut_port"); pid=$nutcracker ;;
             esac
             before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-            out=$("$LOADGEN" "${args[@]}" --op $op --conns $conns --seconds "$SECS")
+            out=$("$LOADGEN" "${args[@]}" --op $op --conns $conns --seconds "$SECS" --depth "${DEPTH:-1}")
             cpu=-
             if [ -n "$pid" ]; then
                 # (Includes the populate phase's requests, which are counted too.)

@@ -318,11 +318,11 @@ async fn accept(
         if open.load(Ordering::Acquire) >= config.max_connections as i64 {
             stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = stream
+                let (_reader, mut writer) = stream;
+                let _ = writer
                     .write_all(b"ERROR Too many open connections\r\n")
                     .await;
-                let _ = stream.shutdown().await;
+                let _ = writer.shutdown().await;
             });
             continue;
         }
@@ -333,26 +333,32 @@ async fn accept(
         let settings = config.settings;
         let lane = stats.total_connections.load(Ordering::Relaxed) as usize;
         tokio::spawn(async move {
-            session::serve(stream, service, settings, lane, stopped).await;
+            let (reader, writer) = stream;
+            session::serve(reader, writer, service, settings, lane, stopped).await;
             stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
             open.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
 
-/// A client stream of either kind.
-type Stream = Box<dyn AsyncStream>;
-trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
+/// A client connection's two halves (owned halves: no lock between reading and writing).
+type Halves = (
+    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+);
 
-async fn accept_one(listener: &Listener) -> Option<Stream> {
+async fn accept_one(listener: &Listener) -> Option<Halves> {
     match listener {
         Listener::Tcp(l) => {
             let (stream, _) = l.accept().await.ok()?;
             let _ = stream.set_nodelay(true);
-            Some(Box::new(stream))
+            let (r, w) = stream.into_split();
+            Some((Box::new(r), Box::new(w)))
         }
-        Listener::Unix(l) => Some(Box::new(l.accept().await.ok()?.0)),
+        Listener::Unix(l) => {
+            let (r, w) = l.accept().await.ok()?.0.into_split();
+            Some((Box::new(r), Box::new(w)))
+        }
     }
 }
 

@@ -40,16 +40,17 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// Serves one client until it quits, disconnects, times out, or the proxy shuts down (then
 /// the commands already read are answered first).
-pub async fn serve<S>(
-    stream: S,
+pub async fn serve<R, W>(
+    mut reader: R,
+    writer: W,
     service: Arc<Service>,
     settings: Settings,
     lane: usize,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Send + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
     let (replies, pending) = mpsc::channel(settings.pipeline.max(1));
     let writing = tokio::spawn(write_replies(writer, pending));
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);

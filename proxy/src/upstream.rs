@@ -8,9 +8,11 @@
 //! fails exactly the requests it carried; the next request opens a new one.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use libmcshm::{Address, Timeouts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -207,11 +209,20 @@ async fn connection(
     let mut batch = Vec::with_capacity(BATCH);
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
+    // One timer for the connection, moved to the oldest request's deadline. (A new timer per
+    // request would be earlier than the runtime's next wake-up each time, and cost a wake-up
+    // write of the runtime's eventfd per request.)
+    let timer = tokio::time::sleep(timeouts.io);
+    tokio::pin!(timer);
+    let mut armed = None;
     let failure = loop {
-        let deadline = in_flight
-            .front()
-            .map(|(_, _, sent)| *sent + timeouts.io)
-            .unwrap_or_else(|| Instant::now() + timeouts.io);
+        if let Some((_, _, sent)) = in_flight.front() {
+            let deadline = *sent + timeouts.io;
+            if armed != Some(deadline) {
+                timer.as_mut().reset(deadline.into());
+                armed = Some(deadline);
+            }
+        }
         tokio::select! {
             job = jobs.recv(), if in_flight.len() < IN_FLIGHT => {
                 let Some(job) = job else { break None };
@@ -225,10 +236,8 @@ async fn connection(
                         next = jobs.try_recv().ok();
                     }
                 }
-                match tokio::time::timeout(timeouts.io, writer.write_all(&batch)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => break Some(Failure::io("write", &err)),
-                    Err(_) => break Some(Failure::new("write: timed out", libc::ETIMEDOUT)),
+                if let Err(failure) = write_batch(&mut writer, &batch, timeouts.io).await {
+                    break Some(failure);
                 }
             }
             read = reader.read(&mut chunk) => {
@@ -241,7 +250,7 @@ async fn connection(
                     break Some(failure);
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()), if !in_flight.is_empty() => {
+            _ = &mut timer, if !in_flight.is_empty() => {
                 break Some(Failure::new(
                     format!("no reply within {:?}", timeouts.io),
                     libc::ETIMEDOUT,
@@ -253,6 +262,21 @@ async fn connection(
     if let Some(failure) = failure {
         fail_all(&mut jobs, in_flight, failure);
     }
+}
+
+/// Writes a batch; a timer only when the socket cannot take it at once (the common case
+/// needs none).
+async fn write_batch(writer: &mut Writer, batch: &[u8], limit: Duration) -> Result<(), Failure> {
+    let mut write = std::pin::pin!(writer.write_all(batch));
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => match tokio::time::timeout(limit, write).await {
+            Ok(result) => result,
+            Err(_) => return Err(Failure::new("write: timed out", libc::ETIMEDOUT)),
+        },
+    };
+    result.map_err(|err| Failure::io("write", &err))
 }
 
 /// Hands every complete reply in `buf` to its request.
