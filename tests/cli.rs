@@ -340,3 +340,63 @@ fn policy_is_shown_set_dumped_and_loaded() {
     reg.ok("q", &["load", file.to_str().unwrap()]);
     assert_eq!(reg.list_json("q")["policy"]["failover"], "rehash");
 }
+
+/// A failed first command creates nothing: no file, no empty domain; an argument given twice is
+/// named as such (not "already in domain").
+#[test]
+fn a_failed_first_add_leaves_no_domain_and_names_the_repeated_argument() {
+    let reg = Reg::new();
+    let run = reg.run("fresh", &["add", "10.1.1.1", "10.1.1.2", "10.1.1.1"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert_eq!(
+        run.stderr(),
+        "mcadmin: invalid server '10.1.1.1:11211': listed twice\n"
+    );
+    assert!(
+        !reg.file("fresh").exists(),
+        "an empty domain was left behind"
+    );
+    assert_eq!(reg.ok("x", &["domains", "--json"]).trim(), "[]");
+    // Already present on a second command: still "already in domain", exit 3.
+    reg.ok("fresh", &["add", "10.1.1.1"]);
+    let run = reg.run("fresh", &["add", "10.1.1.1"]);
+    assert_eq!(run.code(), 3);
+    assert!(
+        run.stderr().contains("already in domain"),
+        "{}",
+        run.stderr()
+    );
+    // --if-missing skips both kinds.
+    reg.ok(
+        "fresh",
+        &["add", "--if-missing", "10.1.1.1", "10.1.1.3", "10.1.1.3"],
+    );
+    assert_eq!(
+        addresses(&reg.list_json("fresh")),
+        ["10.1.1.1:11211", "10.1.1.3:11211"]
+    );
+}
+
+/// One call adds tens of thousands of servers and another deletes half of them (duplicate
+/// detection is a hash set: linear, where it was quadratic).
+#[test]
+fn adding_and_deleting_thousands_of_servers_in_one_call() {
+    let reg = Reg::new();
+    let servers: Vec<String> = (0..20_000)
+        .map(|n| format!("10.{}.{}.{}:11211", n >> 16, (n >> 8) & 255, n & 255))
+        .collect();
+    let mut add = vec!["add"];
+    add.extend(servers.iter().map(String::as_str));
+    reg.ok("big", &add);
+    let mut delete = vec!["delete"];
+    delete.extend(servers.iter().step_by(2).map(String::as_str));
+    reg.ok("big", &delete);
+    let left = addresses(&reg.list_json("big"));
+    let expected: Vec<&String> = servers.iter().skip(1).step_by(2).collect();
+    assert_eq!(left.len(), 10_000);
+    assert!(left.iter().zip(expected).all(|(a, b)| a == b), "order kept");
+    // A missing one among many: refused, nothing deleted.
+    let run = reg.run("big", &["delete", &servers[1], &servers[0]]);
+    assert_eq!(run.code(), 3, "{}", run.stderr());
+    assert_eq!(addresses(&reg.list_json("big")).len(), 10_000);
+}

@@ -2,15 +2,17 @@
 //! [`Registry::transact`](crate::Registry::transact). Each either applies completely or fails
 //! with nothing changed (the transaction then publishes nothing).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::address::Address;
+use crate::address::{Address, Identity};
 use crate::error::{Error, Result};
 use crate::format::CommitInfo;
 use crate::table::{Server, State};
 
 /// Appends `new` servers (order kept: it is part of how clients hash). A server already present
-/// is an error, or skipped with `if_missing`. `new` servers get `actor` as their state change.
+/// is an error, or skipped with `if_missing`; one given twice in `new` is an error naming it
+/// (skipped with `if_missing`). `new` servers get `actor` as their state change. Linear in the
+/// number of servers (a hash set of identities).
 pub fn add(
     servers: &mut Vec<Server>,
     new: &[Server],
@@ -18,43 +20,59 @@ pub fn add(
     actor: CommitInfo,
     domain: &str,
 ) -> Result<()> {
-    for server in new {
-        if servers
-            .iter()
-            .any(|s| s.address.same_server(&server.address))
-        {
-            if if_missing {
-                continue;
+    let mut added = Vec::with_capacity(new.len());
+    {
+        let present: HashSet<Identity<'_>> = servers.iter().map(|s| s.address.identity()).collect();
+        let mut given: HashSet<Identity<'_>> = HashSet::with_capacity(new.len());
+        for server in new {
+            let identity = server.address.identity();
+            if present.contains(&identity) {
+                if if_missing {
+                    continue;
+                }
+                return Err(Error::ServerExists {
+                    server: server.address.to_string(),
+                    domain: domain.to_string(),
+                });
             }
-            return Err(Error::ServerExists {
-                server: server.address.to_string(),
-                domain: domain.to_string(),
-            });
+            if !given.insert(identity) {
+                if if_missing {
+                    continue;
+                }
+                return Err(Error::invalid(
+                    "server",
+                    &server.address.to_string(),
+                    "listed twice",
+                ));
+            }
+            let mut server = server.clone();
+            stamp(&mut server, actor);
+            server.id = 0; // the writer assigns it
+            added.push(server);
         }
-        let mut server = server.clone();
-        stamp(&mut server, actor);
-        server.id = 0; // the writer assigns it
-        servers.push(server);
     }
+    servers.extend(added);
     Ok(())
 }
 
-/// Removes servers; an absent one is an error, or skipped with `if_present`.
+/// Removes servers; an absent one is an error, or skipped with `if_present`. Linear in the
+/// number of servers.
 pub fn delete(
     servers: &mut Vec<Server>,
     addresses: &[Address],
     if_present: bool,
     domain: &str,
 ) -> Result<()> {
-    for address in addresses {
-        match servers.iter().position(|s| s.address.same_server(address)) {
-            Some(i) => {
-                servers.remove(i);
-            }
-            None if if_present => {}
-            None => return Err(missing(address, domain)),
+    let gone: HashSet<Identity<'_>> = addresses.iter().map(Address::identity).collect();
+    {
+        let present: HashSet<Identity<'_>> = servers.iter().map(|s| s.address.identity()).collect();
+        if !if_present
+            && let Some(absent) = addresses.iter().find(|a| !present.contains(&a.identity()))
+        {
+            return Err(missing(absent, domain));
         }
     }
+    servers.retain(|s| !gone.contains(&s.address.identity()));
     Ok(())
 }
 

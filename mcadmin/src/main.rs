@@ -413,10 +413,15 @@ fn group_id(name: &str) -> Option<u32> {
 fn write(
     ctx: &Invocation,
     create: bool,
-    change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+    mut change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
 ) -> Result<Exit> {
     if let Some(fleet) = &ctx.fleet {
         return fleet::write(ctx, fleet, create, change);
+    }
+    if create && !ctx.domain.path_in(&ctx.dir).exists() {
+        // The first command of a new domain runs on an empty table first: if it fails (a bad
+        // or repeated argument), no file is created and no empty domain is left behind.
+        change(&mut Table::default())?;
     }
     let mut registry = Registry::open_writer_with(&ctx.dir, &ctx.domain, create, ctx.ownership)?;
     let commit = registry.transact(change)?;
