@@ -90,3 +90,56 @@ fn failure_counts_and_clients_records_survive_growth() {
         "{clients}"
     );
 }
+
+/// Writers SIGKILLed while creating or growing a table leave `.DOMAIN.PID.tmp` files; the next
+/// writer removes those whose process is gone (and never one of a live process).
+#[test]
+fn temp_files_of_killed_writers_are_removed_by_the_next_writer() {
+    use std::process::{Command, Stdio};
+    let reg = Reg::new();
+    reg.ok("k", &["add", "seed:1"]);
+    let temps = |reg: &Reg| -> Vec<String> {
+        std::fs::read_dir(reg.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    };
+    // 40 writers growing the table (each adds 300 servers: a file rewrite), SIGKILLed at
+    // staggered moments; some die mid-write.
+    for round in 0..40u64 {
+        let hosts: Vec<String> = (0..300).map(|i| format!("r{round}h{i}:11211")).collect();
+        let mut child = reg
+            .cmd("k", &["add"])
+            .args(&hosts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(500 * (round % 8)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // And two for certain: a dead writer's file, and a live process's file.
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let mut live = Command::new("sleep").arg("30").spawn().unwrap();
+    let dead_file = reg.dir().join(format!(".k.{dead_pid}.tmp"));
+    let live_file = reg.dir().join(format!(".k.{}.tmp", live.id()));
+    std::fs::write(&dead_file, vec![0u8; 256 * 1024]).unwrap();
+    std::fs::write(&live_file, b"being written").unwrap();
+    assert!(temps(&reg).len() >= 2);
+
+    reg.ok("k", &["add", "after:1"]);
+    let left = temps(&reg);
+    assert_eq!(
+        left,
+        [format!(".k.{}.tmp", live.id())],
+        "only the live process's file is left"
+    );
+    let _ = live.kill();
+    let _ = live.wait();
+    assert!(addresses(&reg.list_json("k")).contains(&"after:1".to_string()));
+}

@@ -144,7 +144,9 @@ impl Registry {
         if create && fs::symlink_metadata(&path).is_err() {
             create_empty(dir, domain, ownership)?;
         }
-        Registry::open_path(path, domain.clone(), true)
+        let registry = Registry::open_path(path, domain.clone(), true)?;
+        remove_orphan_temps(dir, domain);
+        Ok(registry)
     }
 
     fn open_path(path: PathBuf, domain: Domain, writable: bool) -> Result<Registry> {
@@ -899,6 +901,31 @@ fn create_empty(dir: &Path, domain: &Domain, ownership: FileOwnership) -> Result
             Err(Error::io("create", &path, e))
         }
         _ => Ok(()),
+    }
+}
+
+/// Removes the temporary files (see [`write_temp`]) of `domain` left by writers that were killed
+/// while writing one: those whose process is gone. A live process's file is its own business
+/// (it is writing it now); a reused pid only delays the removal. Best effort: errors are
+/// ignored (the files are garbage, never read).
+fn remove_orphan_temps(dir: &Path, domain: &Domain) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{}.", domain.as_str());
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
