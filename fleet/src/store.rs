@@ -220,7 +220,7 @@ impl Fleet {
     ) -> Result<FleetCommit, FleetError> {
         let key = self.domain_key(domain);
         let deadline = Instant::now() + EDIT_DEADLINE;
-        let mut current = self.etcd.get(&key, None)?.0;
+        let (mut current, mut read_at) = self.etcd.get(&key, None)?;
         for _ in 0..EDIT_ATTEMPTS {
             let mut repairing = false;
             let (mut table, expected) = match &current {
@@ -255,23 +255,31 @@ impl Fleet {
                 Ok(PutIf::Conflict(now)) => current = now,
                 Err(EtcdError::Unreachable(why)) => {
                     // The answer was lost: the write may have happened. Our document names this
-                    // process and the time to the millisecond, so finding it means it did.
+                    // process and the time to the millisecond, so finding it as the first write
+                    // after the one we read means it did (another editor may have written on
+                    // top of it since: then the key no longer holds it).
                     if Instant::now() >= deadline {
                         return Err(EtcdError::Unreachable(why).into());
                     }
-                    current = match self.etcd.get(&key, None) {
-                        Ok((now, _)) => now,
-                        Err(EtcdError::Unreachable(_)) if Instant::now() < deadline => continue,
+                    let after = expected.unwrap_or(read_at);
+                    match self.landed(&key, &value, after, deadline) {
+                        Ok(Some(revision)) => {
+                            return Ok(FleetCommit {
+                                revision,
+                                changed: true,
+                            });
+                        }
+                        Ok(None) => {}
+                        Err(EtcdError::Unreachable(_)) if Instant::now() < deadline => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    (current, read_at) = match self.etcd.get(&key, None) {
+                        Ok(now) => now,
+                        Err(EtcdError::Unreachable(_)) if Instant::now() < deadline => {
+                            (current, read_at)
+                        }
                         Err(e) => return Err(e.into()),
                     };
-                    if let Some(kv) = &current
-                        && kv.value == value
-                    {
-                        return Ok(FleetCommit {
-                            revision: kv.mod_revision,
-                            changed: true,
-                        });
-                    }
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -284,6 +292,43 @@ impl Fleet {
             EDIT_DEADLINE.as_secs()
         ))
         .into())
+    }
+
+    /// Whether `value` was the first write of `key` after revision `after` (its revision if
+    /// so), from the key's history (a watch from `after + 1`). With the history compacted
+    /// away, only the key's current value can tell.
+    fn landed(
+        &self,
+        key: &str,
+        value: &[u8],
+        after: i64,
+        deadline: Instant,
+    ) -> Result<Option<i64>, EtcdError> {
+        let (now, _) = self.etcd.get(key, None)?;
+        let Some(now) = now else {
+            return Ok(None);
+        };
+        if now.mod_revision <= after {
+            return Ok(None);
+        }
+        if now.value == value {
+            return Ok(Some(now.mod_revision));
+        }
+        let mut watch = match self.etcd.watch(key, after + 1) {
+            Ok(watch) => watch,
+            Err(EtcdError::Compacted(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Every write after `after` up to `now` is in the history: bounded by the deadline.
+        while Instant::now() < deadline {
+            let batch = watch.next()?;
+            if let Some(first) = batch.events.iter().find(|e| e.key == key.as_bytes()) {
+                return Ok((first.value.as_deref() == Some(value)).then_some(first.mod_revision));
+            }
+        }
+        Err(EtcdError::Unreachable(format!(
+            "the history of {key} did not arrive in time"
+        )))
     }
 
     /// Takes the fleet-wide right to probe down `address` now if no host took it in the last
