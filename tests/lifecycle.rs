@@ -642,3 +642,72 @@ fn one_watcher_watches_several_domains() {
     watcher.wait().unwrap();
     assert!(both, "a domain was not watched");
 }
+
+/// Not a test on its own: a process that opens domain `many` as a client and holds it until
+/// its stdin closes.
+#[test]
+fn holder_child() {
+    let Ok(dir) = std::env::var("MCSHM_HOLD") else {
+        return;
+    };
+    let mut c =
+        Client::for_domain(&dir, &Domain::new("many").unwrap(), Timeouts::default()).unwrap();
+    let _ = c.snapshot().unwrap();
+    println!("ready");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+}
+
+/// 300 client processes: the file has 256 records, and `clients` still lists all 300 (the
+/// others found by their mapping of the file), saying how many have no record.
+#[test]
+fn clients_lists_all_of_300_processes() {
+    use std::io::BufRead;
+    let reg = Reg::new();
+    reg.ok("many", &["add", "127.0.0.1:1"]);
+    let mut holders: Vec<Child> = (0..300)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "holder_child", "--nocapture", "--test-threads=1"])
+                .env("MCSHM_HOLD", reg.dir())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for holder in &mut holders {
+        let out = holder.stdout.as_mut().unwrap();
+        let ready = std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            // (libtest prints "test holder_child ... " before the test's own output.)
+            .any(|line| line.ends_with("ready"));
+        assert!(ready, "a holder did not open the domain");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&reg.ok("many", &["--json", "clients"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    let pids: std::collections::HashSet<u64> =
+        listed.iter().map(|c| c["pid"].as_u64().unwrap()).collect();
+    for holder in &holders {
+        assert!(
+            pids.contains(&u64::from(holder.id())),
+            "holder {} missing",
+            holder.id()
+        );
+    }
+    let recorded = listed.iter().filter(|c| c["recorded"] == true).count();
+    assert_eq!(recorded, 256, "every record in use");
+    let text = reg.ok("many", &["clients"]);
+    assert!(
+        text.contains("(44 without a clients record"),
+        "{}",
+        text.lines().last().unwrap()
+    );
+    for mut holder in holders {
+        drop(holder.stdin.take());
+        let _ = holder.wait();
+    }
+}

@@ -63,9 +63,56 @@ pub(crate) fn comm_words() -> [u64; 2] {
 pub struct ClientInfo {
     pub pid: u32,
     pub command: String,
-    /// The table version it last used, and when (ms since the epoch; 0: not yet).
+    /// The table version it last used, and when (ms since the epoch; 0: not yet or unknown).
     pub version: u64,
     pub last_used_ms: u64,
+    /// Whether it holds a clients record (false: found only by its mapping of the file; it
+    /// opened it read-only, or every record was taken).
+    pub recorded: bool,
+}
+
+/// Every process (other than this one) that has `file` mapped, as /proc shows it: the live
+/// file, or an older one it replaced (" (deleted)": the process follows on its next read).
+/// Only the processes whose maps this user may read (all of them for root).
+pub fn processes_mapping(file: &std::path::Path) -> Vec<ClientInfo> {
+    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let Some(path) = canonical.to_str() else {
+        return Vec::new();
+    };
+    let replaced = format!("{path} (deleted)");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        if maps
+            .lines()
+            .any(|line| line.ends_with(path) || line.ends_with(replaced.as_str()))
+        {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push(ClientInfo {
+                pid,
+                command: comm.trim_end().to_string(),
+                version: 0,
+                last_used_ms: 0,
+                recorded: false,
+            });
+        }
+    }
+    found
 }
 
 impl ClientInfo {
@@ -79,6 +126,7 @@ impl ClientInfo {
             command: String::from_utf8_lossy(&name[..len]).into_owned(),
             version: record[1],
             last_used_ms: record[2],
+            recorded: true,
         }
     }
 }

@@ -258,26 +258,38 @@ pub fn clients(ctx: &Invocation) -> Result<Exit> {
         Err(libmcshm::Error::PermissionDenied { .. }) => Registry::open(&ctx.dir, &ctx.domain)?,
         other => other?,
     };
-    let clients = registry.clients();
+    // Every process with a record, then every other process that maps the file (read-only
+    // processes, and those beyond the file's records), so a host with 500 clients lists 500.
+    let mut clients = registry.clients();
+    let unrecorded: Vec<_> = libmcshm::clients::processes_mapping(registry.path())
+        .into_iter()
+        .filter(|p| !clients.iter().any(|c| c.pid == p.pid))
+        .collect();
+    let extra = unrecorded.len();
+    clients.extend(unrecorded);
     crate::print(
         ctx,
         || {
             serde_json::Value::Array(
                 clients
                     .iter()
-                    .map(|c| json!({"pid": c.pid, "command": c.command, "version": c.version, "last_used_ms": c.last_used_ms}))
+                    .map(|c| json!({"pid": c.pid, "command": c.command, "version": c.version, "last_used_ms": c.last_used_ms, "recorded": c.recorded}))
                     .collect(),
             )
         },
         || {
             let mut out = String::from("PID      COMMAND          VERSION  LAST USED\n");
             for c in &clients {
+                let (version, used) = match c.recorded {
+                    true => (c.version.to_string(), utc(c.last_used_ms)),
+                    false => ("-".to_string(), "-".to_string()),
+                };
+                out += &format!("{:<8} {:<16} {:<8} {}\n", c.pid, c.command, version, used);
+            }
+            if extra > 0 {
                 out += &format!(
-                    "{:<8} {:<16} {:<8} {}\n",
-                    c.pid,
-                    c.command,
-                    c.version,
-                    utc(c.last_used_ms)
+                    "({extra} without a clients record: opened read-only, or beyond the file's {} records; found by their mapping of the file)\n",
+                    libmcshm::format::CLIENT_SLOTS
                 );
             }
             out
