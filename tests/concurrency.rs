@@ -204,3 +204,44 @@ fn library_wait_sees_a_commit_from_another_process() {
     assert_eq!(seen, Some(before + 1));
     assert_eq!(registry.snapshot().unwrap().servers[0].reason, "x");
 }
+
+/// One commit wakes every sleeping waiter (the writer wakes one, each woken waiter wakes two
+/// more): 50 `mcadmin wait` processes asleep on the futex all return the new version well
+/// before the 5 s re-check slice a lost wake-up would fall back on (a delivery check, not a
+/// speed figure: the wake-ups take milliseconds; the bench measures them).
+#[test]
+fn one_commit_wakes_fifty_sleeping_waiters() {
+    let reg = Reg::new();
+    reg.ok("fifty", &["add", "a:1"]);
+    let version = reg.list_json("fifty")["version"].as_u64().unwrap();
+    let since = version.to_string();
+    let waiters: Vec<std::process::Child> = (0..50)
+        .map(|_| {
+            reg.cmd("fifty", &["wait", "--since", &since, "--timeout", "60"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let asleep = wait_until(Duration::from_secs(10), || {
+        waiters.iter().all(|w| {
+            std::fs::read_to_string(format!("/proc/{}/wchan", w.id()))
+                .is_ok_and(|c| c.contains("futex"))
+        })
+    });
+    assert!(asleep, "the waiters did not all go to sleep on the futex");
+    reg.ok("fifty", &["down", "a:1"]);
+    let committed = std::time::Instant::now();
+    for waiter in waiters {
+        let out = waiter.wait_with_output().unwrap();
+        assert!(
+            committed.elapsed() < Duration::from_secs(2),
+            "a waiter slept until its re-check slice: its wake-up was lost"
+        );
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            (version + 1).to_string()
+        );
+    }
+}

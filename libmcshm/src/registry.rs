@@ -31,9 +31,15 @@ use crate::table::{Server, Snapshot, State, Table, first_duplicate};
 /// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
 /// last good snapshot).
 const READ_ATTEMPTS: u32 = 100;
-/// Longest single futex sleep in [`Registry::wait_for_change`]; bounds the delay if a writer
-/// dies between publishing and waking.
-const MAX_WAIT_SLICE: Duration = Duration::from_millis(100);
+/// Longest single futex sleep in [`Registry::wait_for_change`]: waiters sleep until a commit
+/// wakes them; this only bounds the delay when a wake-up is lost (a writer killed between
+/// publishing and waking, or a waiter killed while passing the wake-up on).
+const MAX_WAIT_SLICE: Duration = Duration::from_secs(5);
+/// Waiters a commit wakes itself: one. Each woken waiter wakes [`WAKE_FANOUT`] more before it
+/// looks at the table, so a commit costs the writer one wake-up however many processes wait,
+/// and 200 waiters all know after about eight hops.
+const WAKE_FIRST: i32 = 1;
+const WAKE_FANOUT: i32 = 2;
 /// Mode of new registry files and directories.
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
@@ -321,6 +327,10 @@ impl Registry {
             }
             self.map
                 .futex_wait(format::WAKE_OFFSET, wake, left.min(MAX_WAIT_SLICE));
+            if self.map.load_u32(format::WAKE_OFFSET) != Some(wake) {
+                // A commit (not a time-out): pass the wake-up on.
+                self.map.futex_wake(format::WAKE_OFFSET, WAKE_FANOUT);
+            }
         }
     }
 
@@ -395,7 +405,7 @@ impl Registry {
         let published_ns = monotonic_ns();
         if let Some(old) = &old {
             old.fetch_add_u32(format::WAKE_OFFSET, 1);
-            old.futex_wake(format::WAKE_OFFSET);
+            old.futex_wake(format::WAKE_OFFSET, WAKE_FIRST);
         }
         let _ = file.unlock();
         Ok(Commit {
@@ -778,7 +788,7 @@ impl Registry {
 
     fn wake(&self) {
         self.map.fetch_add_u32(format::WAKE_OFFSET, 1);
-        self.map.futex_wake(format::WAKE_OFFSET);
+        self.map.futex_wake(format::WAKE_OFFSET, WAKE_FIRST);
     }
 }
 

@@ -119,8 +119,8 @@ impl SharedMap {
         }
     }
 
-    /// Wakes every process waiting on the 32-bit word at `byte_offset`.
-    pub fn futex_wake(&self, byte_offset: usize) {
+    /// Wakes up to `count` processes waiting on the 32-bit word at `byte_offset`.
+    pub fn futex_wake(&self, byte_offset: usize, count: i32) {
         let Some(word) = self.word32(byte_offset) else {
             return;
         };
@@ -131,7 +131,7 @@ impl SharedMap {
                 libc::SYS_futex,
                 word.as_ptr(),
                 libc::FUTEX_WAKE,
-                i32::MAX,
+                count,
                 std::ptr::null::<libc::timespec>(),
                 std::ptr::null::<u32>(),
                 0u32,
