@@ -1,5 +1,6 @@
 //! Routing benchmarks: key → server on the ketama ring (MD5 included) for 3, 100 and 10 000
-//! servers, ring builds, and the per-operation routing overhead of a client when the table
+//! servers with one key, and for 100, 1 000 and 10 000 servers with 1 M distinct keys; ring
+//! builds, and the per-operation routing overhead of a client when the table
 //! version is unchanged.
 //!
 //! Run: cargo bench -p libmcshm --bench client
@@ -38,6 +39,26 @@ fn rings(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("server_for_30_byte_key", n), &n, |b, _| {
             b.iter(|| black_box(ring.server_for(black_box(KEY))))
         });
+    }
+    // 1 000 000 distinct keys, as a real workload sends them: the points a lookup touches are
+    // not in cache (one hot key would keep them there).
+    let keys: Vec<String> = (0..1_000_000)
+        .map(|n| format!("user:{n:08}:profile"))
+        .collect();
+    for n in [100, 1_000, 10_000] {
+        let names = names(n);
+        let ring = ring_of(&names);
+        let mut next = 0usize;
+        group.bench_with_input(
+            BenchmarkId::new("server_for_distinct_keys", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    next = (next + 1) % keys.len();
+                    black_box(ring.server_for(black_box(keys[next].as_bytes())))
+                })
+            },
+        );
     }
     group.sample_size(10);
     for n in [100, 10_000] {

@@ -14,12 +14,23 @@ use md5::{Digest, Md5};
 use crate::address::{Address, DEFAULT_PORT};
 
 /// A built continuum: sorted points, each naming a server by its index in the list it was
-/// built from.
+/// built from, and an index over them.
+///
+/// The index makes a lookup O(1): `index[b]` is the first point whose value's top `bits` bits
+/// are at least `b`, so a key's point lies in `points[index[b]..index[b + 1]]` (about two points
+/// per bucket: `bits` grows with the ring, up to 16 for 65 536 buckets), found by a search of
+/// one or two cache lines instead of a binary search over up to 1.6 M points (which, with
+/// distinct keys, misses the cache at every step).
 #[derive(Clone, Debug, Default)]
 pub struct Ring {
-    values: Vec<u32>,
-    servers: Vec<u32>,
+    /// (value, server) pairs, sorted: a lookup's value and server share a cache line.
+    points: Vec<(u32, u32)>,
+    index: Vec<u32>,
+    shift: u32,
 }
+
+/// Most buckets of the index (top 16 bits of the hash).
+const MAX_INDEX_BITS: u32 = 16;
 
 impl Ring {
     /// Builds the continuum of `servers` (name as [`point_name`], weight), in list order.
@@ -49,10 +60,19 @@ impl Ring {
             }
         }
         points.sort_unstable();
+        let (index, shift) = build_index(&points);
         Ring {
-            values: points.iter().map(|p| p.0).collect(),
-            servers: points.iter().map(|p| p.1).collect(),
+            points,
+            index,
+            shift,
         }
+    }
+
+    /// The position of the first point at or after `hash` (`len()` when past the last one).
+    fn position(&self, hash: u32) -> usize {
+        let bucket = (u64::from(hash) >> self.shift) as usize;
+        let (lo, hi) = (self.index[bucket] as usize, self.index[bucket + 1] as usize);
+        lo + self.points[lo..hi].partition_point(|&(v, _)| v < hash)
     }
 
     /// The index (in the build list) of the server that owns `key`; `None` for an empty ring.
@@ -62,23 +82,26 @@ impl Ring {
 
     /// The owner of a key hash (see [`hash_key`]).
     pub fn server_for_hash(&self, hash: u32) -> Option<usize> {
-        if self.values.is_empty() {
+        if self.points.is_empty() {
             return None;
         }
-        let at = self.values.partition_point(|&v| v < hash);
-        let at = if at == self.values.len() { 0 } else { at };
-        Some(self.servers[at] as usize)
+        let at = self.position(hash);
+        let at = if at == self.points.len() { 0 } else { at };
+        Some(self.points[at].1 as usize)
     }
 
     /// The distinct servers along the ring from `key`'s point on, in ring order (the owner
     /// first): replicas and fallbacks. Lazy: take only as many as needed.
     pub fn servers_from(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-        let hash = hash_key(key);
-        let start = self.values.partition_point(|&v| v < hash);
-        let n = self.values.len();
+        let n = self.points.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.position(hash_key(key))
+        };
         let mut seen = Vec::new();
         (0..n).filter_map(move |i| {
-            let s = self.servers[(start + i) % n] as usize;
+            let s = self.points[(start + i) % n].1 as usize;
             (!seen.contains(&s)).then(|| {
                 seen.push(s);
                 s
@@ -88,12 +111,32 @@ impl Ring {
 
     /// Number of points.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.points.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.points.is_empty()
     }
+}
+
+/// The bucket index of sorted `points` (see [`Ring`]): `2^bits + 1` entries, with `bits` about
+/// log2 of the number of points (at least 1, at most [`MAX_INDEX_BITS`]), and the shift that
+/// takes a hash to its bucket.
+fn build_index(points: &[(u32, u32)]) -> (Vec<u32>, u32) {
+    let bits = (usize::BITS - points.len().leading_zeros()).clamp(1, MAX_INDEX_BITS);
+    let shift = 32 - bits;
+    let buckets = 1usize << bits;
+    let mut index = Vec::with_capacity(buckets + 1);
+    let mut at = 0usize;
+    for bucket in 0..buckets {
+        let start = (bucket as u64) << shift;
+        while at < points.len() && u64::from(points[at].0) < start {
+            at += 1;
+        }
+        index.push(at as u32);
+    }
+    index.push(points.len() as u32);
+    (index, shift)
 }
 
 /// A key's position on the continuum: the first four bytes of its MD5, little-endian.
@@ -128,6 +171,27 @@ mod tests {
             Ring::build(std::iter::empty::<(&str, u16)>()).server_for(b"k"),
             None
         );
+    }
+
+    #[test]
+    fn the_index_finds_what_a_binary_search_finds() {
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+            .collect();
+        for count in [1, 2, 3, 17, 300] {
+            let ring = Ring::build(names[..count].iter().map(|n| (n.as_str(), 1)));
+            let mut hashes: Vec<u32> = vec![0, 1, u32::MAX, u32::MAX - 1];
+            hashes.extend(
+                ring.points
+                    .iter()
+                    .flat_map(|&(v, _)| [v, v.wrapping_sub(1), v.wrapping_add(1)]),
+            );
+            hashes.extend((0..10_000u32).map(|n| n.wrapping_mul(2_654_435_761)));
+            for hash in hashes {
+                let at = ring.points.partition_point(|&(v, _)| v < hash);
+                assert_eq!(ring.position(hash), at, "{count} servers, hash {hash}");
+            }
+        }
     }
 
     #[test]
