@@ -466,18 +466,7 @@ impl Service {
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`).
     async fn read_one(self: &Arc<Self>, key: &[u8], bytes: Vec<u8>, lane: usize) -> Pending {
-        let plan = self.decide(|router| {
-            let chain = router.chain(key)?;
-            let up: Vec<usize> = chain
-                .iter()
-                .copied()
-                .filter(|&i| !router.is_down(i))
-                .collect();
-            if up.is_empty() {
-                router.maybe_probe(chain[0]);
-            }
-            Ok(up)
-        });
+        let plan = self.decide(|router| Ok(router.read_targets(key)?.1));
         let Plan {
             snapshot,
             value: up,
