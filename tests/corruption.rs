@@ -54,7 +54,13 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
             (0..132).collect(),
             Some(true),
         ),
-        ("header: committed version", (136..144).collect(), None),
+        // Sealed (format 2): the word checks itself, so no flip there can select the other,
+        // older slot (a roll-back to version 1 with b:2 "up").
+        (
+            "header: committed version",
+            (136..144).collect(),
+            Some(true),
+        ),
         (
             "header: wake word and reserved",
             (144..HEADER).step_by(3).collect(),
@@ -180,8 +186,8 @@ fn truncated_files_are_refused_without_a_crash() {
 fn a_newer_format_is_refused_with_upgrade_advice() {
     let (reg, _) = setup();
     let mut bytes = reg.bytes("c");
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes()); // format_version
-    bytes[12..16].copy_from_slice(&2u32.to_le_bytes()); // min_reader_version
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes()); // format_version
+    bytes[12..16].copy_from_slice(&3u32.to_le_bytes()); // min_reader_version
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(reg.file("c"), &bytes).unwrap();
@@ -189,19 +195,41 @@ fn a_newer_format_is_refused_with_upgrade_advice() {
         let run = reg.run("c", args);
         assert_eq!(run.code(), 4);
         assert!(
-            run.stderr().contains("format version 2") && run.stderr().contains("upgrade mcshm"),
+            run.stderr().contains("format version 3") && run.stderr().contains("upgrade mcshm"),
             "{}",
             run.stderr()
         );
     }
     assert_eq!(reg.bytes("c"), bytes);
 
-    // A newer writer that stays readable by format 1 (min_reader_version 1) is read normally.
-    bytes[12..16].copy_from_slice(&1u32.to_le_bytes());
+    // A newer writer that stays readable by format 2 (min_reader_version 2) is read normally.
+    bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(reg.file("c"), &bytes).unwrap();
     assert_eq!(addresses(&reg.list_json("c")).len(), 3);
+}
+
+/// The committed word (header offset 136) rolled back from version 2 to 1 with its check bits
+/// kept, as a flipped bit would: every reader refuses the file instead of serving version 1
+/// (where b:2 is still up), and a write does not build on it.
+#[test]
+fn a_rolled_back_committed_word_is_an_error_not_an_older_table() {
+    let (reg, _) = setup();
+    let mut bytes = reg.bytes("c");
+    bytes[136] ^= 0b11; // version 2 -> 1, the check bits unchanged
+    std::fs::write(reg.file("c"), &bytes).unwrap();
+    let run = reg.run("c", &["list"]);
+    assert_eq!(run.code(), 4, "{}", run.stdout());
+    assert!(
+        run.stderr()
+            .contains("committed version word fails its check"),
+        "{}",
+        run.stderr()
+    );
+    assert!(read(&reg).is_err());
+    assert_eq!(reg.run("c", &["up", "b:2"]).code(), 4);
+    assert_eq!(reg.bytes("c"), bytes, "nothing built on the damage");
 }
 
 #[test]
@@ -244,10 +272,11 @@ fn load_repairs_a_damaged_or_truncated_header() {
 fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
     let (reg, _) = setup();
     let mut bytes = reg.bytes("c");
-    bytes[8..12].copy_from_slice(&0u32.to_le_bytes()); // format_version 0
-    bytes[12..16].copy_from_slice(&0u32.to_le_bytes()); // min_reader_version 0
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes()); // format_version 1
+    bytes[12..16].copy_from_slice(&1u32.to_le_bytes()); // min_reader_version 1
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
+    bytes[136..144].copy_from_slice(&2u64.to_le_bytes()); // format 1: the word is the version
     std::fs::write(reg.file("c"), &bytes).unwrap();
     assert_eq!(
         addresses(&reg.list_json("c")).len(),
@@ -258,9 +287,12 @@ fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
     let now = reg.bytes("c");
     assert_eq!(
         now[8..16],
-        [1, 0, 0, 0, 1, 0, 0, 0],
-        "rewritten as format 1"
+        [2, 0, 0, 0, 2, 0, 0, 0],
+        "rewritten as format 2"
     );
+    let word = u64::from_le_bytes(now[136..144].try_into().unwrap());
+    assert_eq!(word & ((1 << 48) - 1), 3);
+    assert_ne!(word >> 48, 0, "the committed word is sealed");
     let list = reg.list_json("c");
     assert_eq!(
         (list["version"].as_u64(), addresses(&list).len()),

@@ -1,4 +1,4 @@
-//! The registry file format (version 1): what every byte of `<dir>/<domain>.mcshm` means.
+//! The registry file format (version 2): what every byte of `<dir>/<domain>.mcshm` means.
 //!
 //! All integers are little-endian (mcshm does not build on big-endian targets). The file is a
 //! header followed by two slots of equal size; each slot holds one complete version of the table.
@@ -9,8 +9,8 @@
 //! Header (256 bytes)
 //! offset size field
 //!      0    8 magic               89 4D 43 53 48 4D 0D 0A  ("\x89MCSHM\r\n")
-//!      8    4 format_version      format of the writer that wrote the file (1)
-//!     12    4 min_reader_version  oldest reader format that may read it (1); a reader whose
+//!      8    4 format_version      format of the writer that wrote the file (2)
+//!     12    4 min_reader_version  oldest reader format that may read it (2); a reader whose
 //!                                 format is lower refuses the file with "upgrade mcshm"
 //!     16    4 header_len          256
 //!     20    4 capacity            servers per slot (default 256)
@@ -22,8 +22,11 @@
 //!     64   64 domain              domain name, NUL-padded
 //!    128    4 header_crc          CRC32 (IEEE) of bytes 0..128
 //!    132    4 reserved            zero
-//!    136    8 committed           published version; bit 63 (MOVED) = file replaced by a
-//!                                 larger one, re-open the path. Slot = version % 2.
+//!    136    8 committed           bits 0..48 the published version; bits 48..63 CRC-15/CAN
+//!                                 (polynomial 0x4599) of the version's 6 low bytes (a word
+//!                                 that fails it is damage); bit 63 (MOVED) = file replaced
+//!                                 by a larger one, re-open the path. Slot = version % 2.
+//!                                 (Format 1: the whole word is the version, plus MOVED.)
 //!    144    4 wake                futex word, incremented after every publish
 //!    148    4 reserved            zero
 //!    152    8 agent               the fleet agent (`mcadmin sync`) that mirrors this domain:
@@ -100,7 +103,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::address::Address;
-use crate::seqlock::Geometry;
+use crate::seqlock::{Geometry, Seal};
 use std::collections::HashSet;
 
 use crate::table::{
@@ -112,8 +115,9 @@ use crate::table::{
 compile_error!("the mcshm file format is little-endian; big-endian targets are not supported");
 
 pub const MAGIC: [u8; 8] = *b"\x89MCSHM\r\n";
-/// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this build writes (and the newest it reads). 2: the committed word checks itself
+/// (see [`crate::seqlock::Seal`]); files of format 1 are read, and rewritten on their next write.
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 256;
 pub const SLOT_HEADER_LEN: usize = 64;
 pub const ENTRY_LEN: usize = 512;
@@ -256,6 +260,10 @@ impl Layout {
         let slot_words = self.slot_len() / 8;
         Geometry {
             committed: COMMITTED_WORD,
+            seal: match self.format_version {
+                0 | 1 => Seal::Plain,
+                _ => Seal::Checked,
+            },
             slots: [HEADER_LEN / 8, HEADER_LEN / 8 + slot_words],
             slot_words,
             slot_header_words: SLOT_HEADER_WORDS,
@@ -293,7 +301,7 @@ impl Layout {
         bytes[..STATIC_LEN].copy_from_slice(bytemuck::bytes_of(&header));
         let crc = crc32fast::hash(&bytes[..STATIC_LEN]);
         bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
-        words[COMMITTED_WORD] = version;
+        words[COMMITTED_WORD] = self.geometry().seal.encode(version, false);
         let base = self.geometry().slots[(version & 1) as usize];
         words[base..base + slot_image.len()].copy_from_slice(slot_image);
         words[base] = 2; // even: complete

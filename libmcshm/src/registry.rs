@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, CommitInfo, Layout};
-use crate::seqlock::{Geometry, MOVED, ReadError, Words};
+use crate::seqlock::{Geometry, ReadError, Seal, VERSION_MASK, Words};
 use crate::shm::{SharedMap, effective_uid, monotonic_ns};
 use crate::table::{Server, Snapshot, State, Table, first_duplicate};
 
@@ -124,6 +124,9 @@ pub struct Registry {
     geometry: Geometry,
     cache: Option<Arc<Snapshot>>,
     scratch: Vec<u64>,
+    /// The last committed word read and its version, so that `version()` checks a sealed word
+    /// only when it changes (one load and one compare otherwise).
+    seen: Option<(u64, u64)>,
 }
 
 impl Registry {
@@ -189,6 +192,7 @@ impl Registry {
             writable,
             file_id: (meta.dev(), meta.ino()),
             geometry: layout.geometry(),
+            seen: None,
             path,
             file,
             map,
@@ -214,18 +218,61 @@ impl Registry {
     /// The published table version: one atomic load (plus a re-open after the file was
     /// replaced by a larger one).
     pub fn version(&mut self) -> u64 {
-        let committed = self.committed();
-        if committed & MOVED == 0 {
-            return committed;
+        let word = self.committed_word();
+        if let Some((seen, version)) = self.seen
+            && seen == word
+        {
+            return version;
         }
-        self.follow_move();
-        self.committed() & !MOVED
+        match self.geometry.seal.decode(word) {
+            Some((version, false)) => {
+                self.seen = Some((word, version));
+                version
+            }
+            Some((version, true)) => {
+                self.follow_move();
+                let word = self.committed_word();
+                self.geometry.seal.decode(word).map_or(version, |(v, _)| v)
+            }
+            // A damaged word: keep the last version seen; the next read reports the damage.
+            None => self.seen.map_or(0, |(_, version)| version),
+        }
     }
 
-    fn committed(&self) -> u64 {
+    /// The committed word as stored (see [`crate::seqlock::Seal`]).
+    fn committed_word(&self) -> u64 {
         self.map
             .load(format::COMMITTED_WORD, Ordering::Acquire)
             .unwrap_or(0)
+    }
+
+    /// The committed version and MOVED bit; a damaged word is a corrupt file.
+    fn committed(&self) -> Result<(u64, bool)> {
+        self.geometry
+            .seal
+            .decode(self.committed_word())
+            .ok_or_else(|| self.corrupt("the committed version word fails its check".into()))
+    }
+
+    /// The version to continue from when the table cannot be read (a repair): the highest of
+    /// the committed word's version bits and the two slots' generations, so that no version
+    /// number is published twice even when the committed word itself was damaged.
+    fn salvaged_version(&self) -> u64 {
+        let generation = |slot: usize| {
+            self.map
+                .load(self.geometry.slots[slot] + 1, Ordering::Acquire)
+                .unwrap_or(0)
+        };
+        let bits = self.committed_word() & VERSION_MASK;
+        bits.max(generation(0))
+            .max(generation(1))
+            .min(VERSION_MASK - 1)
+    }
+
+    fn store_committed(&self, version: u64, moved: bool) {
+        let word = self.geometry.seal.encode(version, moved);
+        self.map
+            .store(format::COMMITTED_WORD, word, Ordering::Release);
     }
 
     /// If the path names another file than ours, switch to it (keeping our cache: versions
@@ -361,7 +408,7 @@ impl Registry {
                 &current.servers,
             ),
             Err(_) => {
-                let version = reg.committed() & !MOVED;
+                let version = reg.salvaged_version();
                 reg.publish_locked(version, 1, table.clone(), &[])
             }
         })
@@ -384,10 +431,11 @@ impl Registry {
         let old = (len >= format::HEADER_LEN as u64)
             .then(|| SharedMap::map(&file, format::HEADER_LEN, true).ok())
             .flatten();
+        // The header is unusable, so its format is unknown: the version bits of either seal.
         let last = old
             .as_ref()
             .and_then(|m| m.load(format::COMMITTED_WORD, Ordering::Acquire))
-            .map_or(0, |c| (c & !MOVED).min(1 << 62));
+            .map_or(0, |c| (c & VERSION_MASK).min(VERSION_MASK - 1));
         let version = last + 1;
         let capacity = (table.servers.len() as u32).max(format::DEFAULT_CAPACITY);
         let next_id = assign_ids(&mut table.servers, 1, capacity);
@@ -396,7 +444,9 @@ impl Registry {
         let words = layout.file_image(domain.as_str(), version, &image, &table.servers);
         let tmp = write_temp(dir, domain, &words, FileOwnership::of(&file))?;
         if let Some(old) = &old {
-            old.store(format::COMMITTED_WORD, last | MOVED, Ordering::Release);
+            // MOVED with a valid check: readers of either format follow the move.
+            let moved = Seal::Checked.encode(last, true);
+            old.store(format::COMMITTED_WORD, moved, Ordering::Release);
         }
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -433,13 +483,8 @@ impl Registry {
                 .map_err(|e| Error::io("inspect", &self.path, e))?;
             if (current.dev(), current.ino()) == self.file_id {
                 // A grower that died before its rename left MOVED set on the current file.
-                let committed = self.committed();
-                if committed & MOVED != 0 {
-                    self.map.store(
-                        format::COMMITTED_WORD,
-                        committed & !MOVED,
-                        Ordering::Release,
-                    );
+                if let Ok((version, true)) = self.committed() {
+                    self.store_committed(version, false);
                 }
                 let result = work(self);
                 let _ = guard.unlock();
@@ -533,12 +578,10 @@ impl Registry {
         self.carry_shared_records(&layout, &mut words, servers);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = write_temp(dir, &self.domain, &words, FileOwnership::of(&self.file))?;
-        self.map
-            .store(format::COMMITTED_WORD, current | MOVED, Ordering::Release);
+        self.store_committed(current, true);
         if let Err(e) = fs::rename(&tmp, &self.path) {
             let _ = fs::remove_file(&tmp);
-            self.map
-                .store(format::COMMITTED_WORD, current, Ordering::Release);
+            self.store_committed(current, false);
             return Err(Error::io("replace", &self.path, e));
         }
         self.wake();

@@ -27,6 +27,65 @@ use std::sync::atomic::Ordering;
 /// Bit 63 of the committed word: this file was replaced by a larger one (see
 /// [`crate::registry`]); readers re-open the path.
 pub const MOVED: u64 = 1 << 63;
+/// The version part of a sealed committed word (format 2): 48 bits.
+pub const VERSION_MASK: u64 = (1 << 48) - 1;
+
+/// How a file's committed word is written. Format 2 seals it: bits 0..48 the version, bits
+/// 48..63 a CRC-15 of the version, bit 63 [`MOVED`]. The word is outside the header CRC and is
+/// rewritten by every commit, so it checks itself within its one atomic store: a damaged word
+/// (one that would silently send readers to the other, older slot) is an error instead. MOVED
+/// is left out of the check: a flipped MOVED bit only makes readers look at the path again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// Format 1: the word is the version (and MOVED).
+    Plain,
+    /// Format 2: version, check, MOVED.
+    Checked,
+}
+
+impl Seal {
+    /// The committed word for `version` (at most [`VERSION_MASK`] when checked).
+    pub fn encode(self, version: u64, moved: bool) -> u64 {
+        let moved = if moved { MOVED } else { 0 };
+        match self {
+            Seal::Plain => version | moved,
+            Seal::Checked => {
+                debug_assert!(version <= VERSION_MASK);
+                (version & VERSION_MASK) | (u64::from(crc15(version)) << 48) | moved
+            }
+        }
+    }
+
+    /// The version and MOVED bit of a committed word; `None` when its check fails.
+    pub fn decode(self, word: u64) -> Option<(u64, bool)> {
+        let moved = word & MOVED != 0;
+        match self {
+            Seal::Plain => Some((word & !MOVED, moved)),
+            Seal::Checked => {
+                let version = word & VERSION_MASK;
+                let check = ((word >> 48) & 0x7fff) as u16;
+                (check == crc15(version)).then_some((version, moved))
+            }
+        }
+    }
+}
+
+/// CRC-15/CAN (polynomial 0x4599) of the 6 low bytes of `version`: detects every error of up
+/// to 15 bits in a row, and any other with probability 1 − 2⁻¹⁵.
+fn crc15(version: u64) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in version.to_le_bytes()[..6].iter() {
+        crc ^= u16::from(*byte) << 7;
+        for _ in 0..8 {
+            crc = if crc & 0x4000 != 0 {
+                (crc << 1) ^ 0x4599
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x7fff
+}
 
 /// Word-addressed atomic memory. Every access is bounds-checked: `None` means out of range (or a
 /// store to read-only memory), never undefined behaviour.
@@ -57,8 +116,9 @@ pub trait Words {
 /// Where the protocol's words are, in 64-bit words from the start of the memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
-    /// The committed word: the published version (bit 63: [`MOVED`]).
+    /// The committed word: the published version (bit 63: [`MOVED`]), sealed as `seal` says.
     pub committed: usize,
+    pub seal: Seal,
     /// First word of each slot. Word 0 of a slot is its sequence, word 1 its generation (the
     /// version it holds); the rest is the image the format layer defines.
     pub slots: [usize; 2],
@@ -91,7 +151,7 @@ impl Geometry {
         image_words: impl Fn(&[u64]) -> Option<usize>,
     ) -> Result<u64, ReadError> {
         // A MOVED file still holds a valid table (callers follow moves before reading).
-        let committed = self.load(mem, self.committed, Ordering::Acquire)? & !MOVED;
+        let committed = self.committed(mem)?;
         let base = self.slots[(committed & 1) as usize];
         let seq = self.load(mem, base, Ordering::Acquire)?;
         if seq & 1 == 1 {
@@ -143,8 +203,21 @@ impl Geometry {
         mem.fence(Ordering::Release);
         mem.copy_in(base + 1, &image[1..])?;
         mem.store(base, seq + 2, Ordering::Release)?;
-        mem.store(self.committed, next, Ordering::Release)?;
+        mem.store(
+            self.committed,
+            self.seal.encode(next, false),
+            Ordering::Release,
+        )?;
         Some(next)
+    }
+
+    /// The committed version (MOVED or not); a word that fails its check is damage.
+    pub fn committed<W: Words>(&self, mem: &W) -> Result<u64, ReadError> {
+        let word = self.load(mem, self.committed, Ordering::Acquire)?;
+        self.seal
+            .decode(word)
+            .map(|(version, _)| version)
+            .ok_or_else(|| ReadError::Corrupt("the committed version word fails its check".into()))
     }
 
     fn load<W: Words>(&self, mem: &W, index: usize, order: Ordering) -> Result<u64, ReadError> {
@@ -154,8 +227,8 @@ impl Geometry {
     /// The slot looked wrong: if the committed word moved meanwhile we were lapped, else the file
     /// is damaged.
     fn lapped_or_corrupt<W: Words>(&self, mem: &W, committed: u64, what: &str) -> ReadError {
-        match mem.load(self.committed, Ordering::Acquire) {
-            Some(now) if now & !MOVED != committed => ReadError::Lapped,
+        match self.committed(mem) {
+            Ok(now) if now != committed => ReadError::Lapped,
             _ => ReadError::Corrupt(what.to_string()),
         }
     }
@@ -178,4 +251,36 @@ impl Geometry {
 
 fn out_of_bounds() -> ReadError {
     ReadError::Corrupt("slot lies outside the file".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_words_round_trip_and_every_damage_of_up_to_a_byte_is_caught() {
+        for version in [0, 1, 2, 255, 256, 65_535, 1 << 40, VERSION_MASK] {
+            for moved in [false, true] {
+                let word = Seal::Checked.encode(version, moved);
+                assert_eq!(Seal::Checked.decode(word), Some((version, moved)));
+                for byte in 0..8 {
+                    for mask in 1..=255u64 {
+                        let damaged = word ^ (mask << (byte * 8));
+                        if damaged & !MOVED == word & !MOVED {
+                            continue; // only MOVED flipped: harmless by design
+                        }
+                        assert_eq!(
+                            Seal::Checked.decode(damaged),
+                            None,
+                            "version {version}, byte {byte} ^ {mask:#x}"
+                        );
+                    }
+                }
+            }
+        }
+        // The roll-back of the issue: v -> v - 1 with the old check bits kept.
+        let word = Seal::Checked.encode(1000, false);
+        assert_eq!(Seal::Checked.decode((word & !VERSION_MASK) | 999), None);
+        assert_eq!(Seal::Plain.decode(1000 | MOVED), Some((1000, true)));
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use libmcshm::seqlock::{Geometry, ReadError, Words};
+use libmcshm::seqlock::{Geometry, ReadError, Seal, Words};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, fence};
 
@@ -34,6 +34,7 @@ impl Words for Model {
 // Layout: word 0 committed; slot k at 1 + 5k: [seq, generation, payload_len, a, b].
 const GEOMETRY: Geometry = Geometry {
     committed: 0,
+    seal: Seal::Checked,
     slots: [1, 6],
     slot_words: 5,
     slot_header_words: 3,

@@ -25,7 +25,7 @@ use crate::ring::{Ring, point_name};
 use crate::table::{Failover, Policy, Server, Snapshot, State};
 
 pub(super) enum Source {
-    Registry(Registry),
+    Registry(Box<Registry>),
     Servers(Arc<Snapshot>),
 }
 
@@ -88,7 +88,7 @@ impl Router {
             other => other?,
         };
         let client_slot = registry.register_client();
-        let mut router = Router::new(Source::Registry(registry));
+        let mut router = Router::new(Source::Registry(Box::new(registry)));
         router.client_slot = client_slot;
         Ok(router)
     }
