@@ -22,6 +22,17 @@ use crate::reply::{Frame, first_line, is_error, items};
 use crate::stats::ProxyStats;
 use crate::upstream::{Failure, Upstream};
 
+/// The plan of a routing decision, or (from the enclosing function) the error reply the
+/// command gets.
+macro_rules! decided {
+    ($decision:expr) => {
+        match $decision {
+            Ok(plan) => plan,
+            Err(reply) => return Pending::Ready(reply),
+        }
+    };
+}
+
 /// A command's reply: known at once, or a future that waits for the servers. The session's
 /// writer polls the futures in command order (no task per request: a request costs no spawn
 /// and no cross-task hand-over).
@@ -301,18 +312,14 @@ impl Service {
     ) -> Pending {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
-        let plan = self.decide(|router| {
-            let chains: libmcshm::Result<Vec<_>> =
-                keys.iter().map(|key| router.read_targets(key)).collect();
-            chains
-        });
         let Plan {
             snapshot,
             value: chains,
-        } = match plan {
-            Ok(plan) => plan,
-            Err(reply) => return Pending::Ready(reply),
-        };
+        } = decided!(self.decide(|router| {
+            let chains: libmcshm::Result<Vec<_>> =
+                keys.iter().map(|key| router.read_targets(key)).collect();
+            chains
+        }));
         let first = self
             .get_round(
                 &snapshot,
@@ -466,14 +473,10 @@ impl Service {
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`).
     async fn read_one(self: &Arc<Self>, key: &[u8], bytes: Vec<u8>, lane: usize) -> Pending {
-        let plan = self.decide(|router| Ok(router.read_targets(key)?.1));
         let Plan {
             snapshot,
             value: up,
-        } = match plan {
-            Ok(plan) => plan,
-            Err(reply) => return Pending::Ready(reply),
-        };
+        } = decided!(self.decide(|router| Ok(router.read_targets(key)?.1)));
         let Some(&first) = up.first() else {
             return Pending::Ready(b"EN\r\n".to_vec());
         };
@@ -503,17 +506,13 @@ impl Service {
 
     /// A command for the key's owner alone (`me`).
     async fn owner_only(self: &Arc<Self>, key: &[u8], bytes: Vec<u8>, lane: usize) -> Pending {
-        let plan = self.decide(|router| {
+        let Plan { snapshot, value } = decided!(self.decide(|router| {
             let owner = router.owner(key)?;
             match router.is_down(owner) {
                 true => Err(router.down_error(owner)),
                 false => Ok(owner),
             }
-        });
-        let Plan { snapshot, value } = match plan {
-            Ok(plan) => plan,
-            Err(reply) => return Pending::Ready(reply),
-        };
+        }));
         let sent = self.send(&snapshot, value, bytes, Frame::Meta, lane).await;
         let this = self.clone();
         Pending::task(async move {
@@ -533,18 +532,14 @@ impl Service {
         only_first: bool,
         lane: usize,
     ) -> Pending {
-        let plan = self.decide(|router| {
-            let chain = router.chain(key)?;
-            let targets = router.write_targets(&chain, only_first)?;
-            Ok((targets, router.invalidations(key, chain.len())))
-        });
         let Plan {
             snapshot,
             value: (targets, stale),
-        } = match plan {
-            Ok(plan) => plan,
-            Err(reply) => return Pending::Ready(reply),
-        };
+        } = decided!(self.decide(|router| {
+            let chain = router.chain(key)?;
+            let targets = router.write_targets(&chain, only_first)?;
+            Ok((targets, router.invalidations(key, chain.len())))
+        }));
         let mut outstanding = Vec::with_capacity(targets.len());
         let (last, mut payload) = (targets.len() - 1, Some(bytes));
         for (n, &server) in targets.iter().enumerate() {
@@ -586,17 +581,13 @@ impl Service {
 
     /// `flush_all` on every up server: `OK` when all of them did it.
     async fn flush_all(self: &Arc<Self>, bytes: Vec<u8>, lane: usize) -> Pending {
-        let plan = self.decide(|router| {
-            let n = router.snapshot().servers.len();
-            Ok((0..n).filter(|&i| !router.is_down(i)).collect::<Vec<_>>())
-        });
         let Plan {
             snapshot,
             value: up,
-        } = match plan {
-            Ok(plan) => plan,
-            Err(reply) => return Pending::Ready(reply),
-        };
+        } = decided!(self.decide(|router| {
+            let n = router.snapshot().servers.len();
+            Ok((0..n).filter(|&i| !router.is_down(i)).collect::<Vec<_>>())
+        }));
         let mut outstanding = Vec::with_capacity(up.len());
         for &server in &up {
             outstanding.push(
