@@ -345,3 +345,44 @@ fn unix_socket_servers_work() {
     c.set(b"over-unix", b"yes", 0, 0).unwrap();
     assert_eq!(c.get(b"over-unix").unwrap().unwrap().value, b"yes");
 }
+
+/// A table change that leaves the ring's members and weights alone (a reason, a retry interval,
+/// up/down under failover none) keeps the ring: no rebuild on the first operation after it.
+#[test]
+fn changes_that_keep_the_ring_do_not_rebuild_it() {
+    use libmcshm::client::Router;
+    let reg = Reg::new();
+    reg.ok("keep", &["add", "10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    let mut router = Router::for_domain(reg.dir(), &Domain::new("keep").unwrap()).unwrap();
+    router.refresh().unwrap();
+    assert_eq!(router.ring_builds(), 1);
+    let owner = router.owner(b"some:key").unwrap();
+    for edit in [
+        &["set", "10.0.0.2:11211", "--retry-interval", "60"][..],
+        &["down", "10.0.0.2:11211", "--reason", "disk"],
+        &["up", "10.0.0.2:11211", "--no-flush"],
+    ] {
+        let version = router.snapshot().version;
+        reg.ok("keep", edit);
+        router.refresh().unwrap();
+        assert!(
+            router.snapshot().version > version,
+            "{edit:?} made a new version"
+        );
+        assert_eq!(router.ring_builds(), 1, "{edit:?} rebuilt the ring");
+        assert_eq!(router.owner(b"some:key").unwrap(), owner);
+    }
+    // A weight, a new server, or up/down under rehash changes the ring.
+    reg.ok("keep", &["set", "10.0.0.1:11211", "--weight", "2"]);
+    router.refresh().unwrap();
+    assert_eq!(router.ring_builds(), 2);
+    reg.ok("keep", &["policy", "--failover", "rehash"]);
+    router.refresh().unwrap();
+    assert_eq!(router.ring_builds(), 2, "a policy change alone keeps it");
+    reg.ok("keep", &["down", "10.0.0.3:11211"]);
+    router.refresh().unwrap();
+    assert_eq!(router.ring_builds(), 3);
+    reg.ok("keep", &["add", "10.0.0.4"]);
+    router.refresh().unwrap();
+    assert_eq!(router.ring_builds(), 4);
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The first client operation after a table change, at 100 / 1 000 / 10 000 servers: a change
+# that keeps the ring (a reason) and one that changes it (a server down under rehash).
+# Usage: bench/first_op.sh     Figures are printed, never asserted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo run --release -q -p libmcshm --example first_op
