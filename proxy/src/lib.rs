@@ -315,7 +315,9 @@ async fn accept(
             continue;
         };
         let stats = service.stats.clone();
-        if open.load(Ordering::Acquire) >= config.max_connections as i64 {
+        // Admission is one atomic step: worker threads accept at the same time.
+        if open.fetch_add(1, Ordering::AcqRel) >= config.max_connections as i64 {
+            open.fetch_sub(1, Ordering::AcqRel);
             stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let (_reader, mut writer) = stream;
@@ -326,7 +328,6 @@ async fn accept(
             });
             continue;
         }
-        open.fetch_add(1, Ordering::AcqRel);
         stats.curr_connections.fetch_add(1, Ordering::Relaxed);
         stats.total_connections.fetch_add(1, Ordering::Relaxed);
         let (service, open, stopped) = (service.clone(), open.clone(), stopped.clone());

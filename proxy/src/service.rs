@@ -79,6 +79,8 @@ pub struct Service {
     timeouts: Timeouts,
     width: usize,
     lanes: std::sync::atomic::AtomicUsize,
+    /// The table version whose servers the upstreams were last pruned to.
+    pruned: std::sync::atomic::AtomicU64,
     fallback: Arc<Mutex<Client>>,
 }
 
@@ -109,6 +111,7 @@ impl Service {
             timeouts,
             width,
             lanes: std::sync::atomic::AtomicUsize::new(0),
+            pruned: std::sync::atomic::AtomicU64::new(u64::MAX),
             fallback: Arc::new(Mutex::new(Client::for_domain(dir, domain, timeouts)?)),
         })
     }
@@ -126,6 +129,7 @@ impl Service {
         let mut router = self.router();
         let decided = router.refresh().and_then(|()| decide(&mut router));
         self.run_probes(&mut router);
+        self.prune(router.snapshot());
         match decided {
             Ok(value) => Ok(Plan {
                 snapshot: router.snapshot().clone(),
@@ -140,6 +144,17 @@ impl Service {
             let timeouts = self.timeouts;
             tokio::task::spawn_blocking(move || probe.run(timeouts));
         }
+    }
+
+    /// On a new table version: lets go of the connections to servers no longer in it (each
+    /// closes once the requests it carries are answered).
+    fn prune(&self, snapshot: &Snapshot) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.pruned.swap(snapshot.version, Relaxed) == snapshot.version {
+            return;
+        }
+        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        upstreams.retain(|address, _| snapshot.servers.iter().any(|s| s.address == *address));
     }
 
     fn upstream(&self, address: &Address) -> Arc<Upstream> {

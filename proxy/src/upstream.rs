@@ -215,6 +215,7 @@ async fn connection(
     let timer = tokio::time::sleep(timeouts.io);
     tokio::pin!(timer);
     let mut armed = None;
+    let mut closing = false;
     let failure = loop {
         if let Some((_, _, sent)) = in_flight.front() {
             let deadline = *sent + timeouts.io;
@@ -224,8 +225,15 @@ async fn connection(
             }
         }
         tokio::select! {
-            job = jobs.recv(), if in_flight.len() < IN_FLIGHT => {
-                let Some(job) = job else { break None };
+            job = jobs.recv(), if !closing && in_flight.len() < IN_FLIGHT => {
+                let Some(job) = job else {
+                    // The server left the table: answer what is in flight, then close.
+                    closing = true;
+                    if in_flight.is_empty() {
+                        break None;
+                    }
+                    continue;
+                };
                 batch.clear();
                 let now = Instant::now();
                 let mut next = Some(job);
@@ -248,6 +256,9 @@ async fn connection(
                 }
                 if let Err(failure) = deliver(&mut buf, &mut in_flight) {
                     break Some(failure);
+                }
+                if closing && in_flight.is_empty() {
+                    break None;
                 }
             }
             _ = &mut timer, if !in_flight.is_empty() => {
