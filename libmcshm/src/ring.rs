@@ -31,35 +31,67 @@ pub struct Ring {
 
 /// Most buckets of the index (top 16 bits of the hash).
 const MAX_INDEX_BITS: u32 = 16;
+/// Rings of this many servers or more hash their point names on several threads.
+const PARALLEL_FROM: usize = 1000;
 
 impl Ring {
     /// Builds the continuum of `servers` (name as [`point_name`], weight), in list order.
+    ///
+    /// The MD5s of the point names are most of the work (10 000 servers: 400 000 of them), so
+    /// large rings hash on every CPU (each thread a contiguous run of servers, concatenated in
+    /// list order), and the points are sorted by a stable radix sort on their values, which
+    /// orders ties by server as the (value, server) order requires.
     pub fn build<'a>(servers: impl IntoIterator<Item = (&'a str, u16)> + Clone) -> Ring {
-        let count = servers.clone().into_iter().count();
-        let total: u64 = servers
-            .clone()
-            .into_iter()
-            .map(|(_, w)| u64::from(w.max(1)))
-            .sum();
-        let mut points: Vec<(u32, u32)> = Vec::new();
-        for (index, (name, weight)) in servers.into_iter().enumerate() {
+        let list: Vec<(&str, u16)> = servers.into_iter().collect();
+        let count = list.len();
+        let total: u64 = list.iter().map(|&(_, w)| u64::from(w.max(1))).sum();
+        let per_server = |weight: u16| {
             let pct = f32::from(weight.max(1)) / total as f32;
             let scaled = pct * 160.0 / 4.0 * count as f32;
-            let per_server = ((f64::from(scaled) + 0.000_000_000_1) as f32).floor() as u32 * 4;
-            let mut label = String::with_capacity(name.len() + 8);
-            for i in 0..per_server / 4 {
+            ((f64::from(scaled) + 0.000_000_000_1) as f32).floor() as u32 * 4
+        };
+        let hash_run = |first: usize, run: &[(&str, u16)]| {
+            let mut points = Vec::with_capacity(run.len() * 160);
+            let mut label: Vec<u8> = Vec::new();
+            for (offset, &(name, weight)) in run.iter().enumerate() {
+                let index = (first + offset) as u32;
                 label.clear();
-                label.push_str(name);
-                label.push('-');
-                label.push_str(&i.to_string());
-                let digest = Md5::digest(label.as_bytes());
-                for chunk in digest.chunks_exact(4) {
-                    let value = u32::from_le_bytes(chunk.try_into().unwrap());
-                    points.push((value, index as u32));
+                label.extend_from_slice(name.as_bytes());
+                label.push(b'-');
+                let stem = label.len();
+                for i in 0..per_server(weight) / 4 {
+                    label.truncate(stem);
+                    push_decimal(&mut label, i);
+                    let digest = Md5::digest(&label);
+                    for chunk in digest.chunks_exact(4) {
+                        points.push((u32::from_le_bytes(chunk.try_into().unwrap()), index));
+                    }
                 }
             }
-        }
-        points.sort_unstable();
+            points
+        };
+        let threads = match count {
+            0..PARALLEL_FROM => 1,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+        };
+        let points: Vec<(u32, u32)> = if threads == 1 {
+            hash_run(0, &list)
+        } else {
+            let run = count.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let hash_run = &hash_run;
+                let workers: Vec<_> = list
+                    .chunks(run)
+                    .enumerate()
+                    .map(|(n, chunk)| scope.spawn(move || hash_run(n * run, chunk)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("a ring hashing thread panicked"))
+                    .collect()
+            })
+        };
+        let points = radix_sort_by_value(points);
         let (index, shift) = build_index(&points);
         Ring {
             points,
@@ -117,6 +149,44 @@ impl Ring {
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
+}
+
+/// Appends `n` in decimal (the point labels' suffix), without allocating.
+fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Sorts points by value, keeping the order of equal values (LSD radix, four 8-bit passes):
+/// points are generated in server order, so ties come out ordered by server.
+fn radix_sort_by_value(mut points: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    let mut other = vec![(0u32, 0u32); points.len()];
+    for pass in 0..4 {
+        let shift = pass * 8;
+        let mut counts = [0usize; 257];
+        for &(value, _) in &points {
+            counts[((value >> shift) & 0xff) as usize + 1] += 1;
+        }
+        for digit in 0..256 {
+            counts[digit + 1] += counts[digit];
+        }
+        for &point in &points {
+            let digit = ((point.0 >> shift) & 0xff) as usize;
+            other[counts[digit]] = point;
+            counts[digit] += 1;
+        }
+        std::mem::swap(&mut points, &mut other);
+    }
+    points
 }
 
 /// The bucket index of sorted `points` (see [`Ring`]): `2^bits + 1` entries, with `bits` about
@@ -191,6 +261,43 @@ mod tests {
                 let at = ring.points.partition_point(|&(v, _)| v < hash);
                 assert_eq!(ring.position(hash), at, "{count} servers, hash {hash}");
             }
+        }
+    }
+
+    /// The plain construction (one thread, a comparison sort of (value, server) pairs) that the
+    /// parallel hashing and the radix sort must reproduce exactly.
+    fn reference_points(servers: &[(&str, u16)]) -> Vec<(u32, u32)> {
+        let count = servers.len();
+        let total: u64 = servers.iter().map(|&(_, w)| u64::from(w.max(1))).sum();
+        let mut points = Vec::new();
+        for (index, &(name, weight)) in servers.iter().enumerate() {
+            let pct = f32::from(weight.max(1)) / total as f32;
+            let scaled = pct * 160.0 / 4.0 * count as f32;
+            let per_server = ((f64::from(scaled) + 0.000_000_000_1) as f32).floor() as u32 * 4;
+            for i in 0..per_server / 4 {
+                let digest = Md5::digest(format!("{name}-{i}").as_bytes());
+                for chunk in digest.chunks_exact(4) {
+                    points.push((u32::from_le_bytes(chunk.try_into().unwrap()), index as u32));
+                }
+            }
+        }
+        points.sort_unstable();
+        points
+    }
+
+    #[test]
+    fn parallel_hashing_and_radix_sort_build_the_plain_ring() {
+        let names: Vec<String> = (0..1500)
+            .map(|i| format!("cache{i}:{}", 11211 + i % 3))
+            .collect();
+        for count in [1, 3, 999, PARALLEL_FROM, 1500] {
+            let servers: Vec<(&str, u16)> = names[..count]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), 1 + (i % 5) as u16))
+                .collect();
+            let ring = Ring::build(servers.iter().copied());
+            assert!(ring.points == reference_points(&servers), "{count} servers");
         }
     }
 
