@@ -50,47 +50,48 @@ impl Ring {
             let scaled = pct * 160.0 / 4.0 * count as f32;
             ((f64::from(scaled) + 0.000_000_000_1) as f32).floor() as u32 * 4
         };
-        let hash_run = |first: usize, run: &[(&str, u16)]| {
-            let mut points = Vec::with_capacity(run.len() * 160);
-            let mut label: Vec<u8> = Vec::new();
+        // Every server's points have their place in one buffer allocated here: the hashing
+        // threads only fill disjoint parts of it (no allocation of theirs outlives them, so a
+        // process keeps no per-thread heap after a build).
+        let counts: Vec<usize> = list.iter().map(|&(_, w)| per_server(w) as usize).collect();
+        let mut points = vec![(0u32, 0u32); counts.iter().sum()];
+        let fill = |first: usize, run: &[(&str, u16)], out: &mut [(u32, u32)]| {
+            let mut label = [0u8; 512];
+            let mut at = 0;
             for (offset, &(name, weight)) in run.iter().enumerate() {
                 let index = (first + offset) as u32;
-                label.clear();
-                label.extend_from_slice(name.as_bytes());
-                label.push(b'-');
-                let stem = label.len();
+                let stem = name.len().min(label.len() - 12);
+                label[..stem].copy_from_slice(&name.as_bytes()[..stem]);
+                label[stem] = b'-';
                 for i in 0..per_server(weight) / 4 {
-                    label.truncate(stem);
-                    push_decimal(&mut label, i);
-                    let digest = Md5::digest(&label);
+                    let len = stem + 1 + write_decimal(&mut label[stem + 1..], i);
+                    let digest = Md5::digest(&label[..len]);
                     for chunk in digest.chunks_exact(4) {
-                        points.push((u32::from_le_bytes(chunk.try_into().unwrap()), index));
+                        out[at] = (u32::from_le_bytes(chunk.try_into().unwrap()), index);
+                        at += 1;
                     }
                 }
             }
-            points
         };
         let threads = match count {
             0..PARALLEL_FROM => 1,
             _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
         };
-        let points: Vec<(u32, u32)> = if threads == 1 {
-            hash_run(0, &list)
+        if threads == 1 {
+            fill(0, &list, &mut points);
         } else {
             let run = count.div_ceil(threads);
             std::thread::scope(|scope| {
-                let hash_run = &hash_run;
-                let workers: Vec<_> = list
-                    .chunks(run)
-                    .enumerate()
-                    .map(|(n, chunk)| scope.spawn(move || hash_run(n * run, chunk)))
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().expect("a ring hashing thread panicked"))
-                    .collect()
-            })
-        };
+                let fill = &fill;
+                let mut rest: &mut [(u32, u32)] = &mut points;
+                for (n, chunk) in list.chunks(run).enumerate() {
+                    let len: usize = counts[n * run..n * run + chunk.len()].iter().sum();
+                    let (part, tail) = rest.split_at_mut(len);
+                    rest = tail;
+                    scope.spawn(move || fill(n * run, chunk, part));
+                }
+            });
+        }
         let points = radix_sort_by_value(points);
         let (index, shift) = build_index(&points);
         Ring {
@@ -151,8 +152,8 @@ impl Ring {
     }
 }
 
-/// Appends `n` in decimal (the point labels' suffix), without allocating.
-fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
+/// Writes `n` in decimal at the start of `out` (the point labels' suffix); returns its length.
+fn write_decimal(out: &mut [u8], mut n: u32) -> usize {
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     loop {
@@ -163,7 +164,9 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    let len = digits.len() - at;
+    out[..len].copy_from_slice(&digits[at..]);
+    len
 }
 
 /// Sorts points by value, keeping the order of equal values (LSD radix, four 8-bit passes):
