@@ -77,7 +77,8 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub timeout: u64,
 
-    /// Connections to each server, shared by all clients
+    /// Connections to each server, shared by all clients (divided among the worker threads,
+    /// at least one each)
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub server_connections: usize,
 
