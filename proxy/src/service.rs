@@ -150,7 +150,10 @@ impl Service {
     /// closes once the requests it carries are answered).
     fn prune(&self, snapshot: &Snapshot) {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.pruned.swap(snapshot.version, Relaxed) == snapshot.version {
+        // One load per request; the swap only on a new version.
+        if self.pruned.load(Relaxed) == snapshot.version
+            || self.pruned.swap(snapshot.version, Relaxed) == snapshot.version
+        {
             return;
         }
         let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());

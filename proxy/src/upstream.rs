@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -46,11 +46,7 @@ impl Failure {
     }
 
     fn io(context: &str, err: &std::io::Error) -> Failure {
-        let errno = match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
-            _ => err.raw_os_error().unwrap_or(libc::EIO),
-        };
-        Failure::new(format!("{context}: {err}"), errno)
+        Failure::new(format!("{context}: {err}"), libmcshm::client::io_errno(err))
     }
 }
 
@@ -67,7 +63,6 @@ pub struct Upstream {
     address: Address,
     timeouts: Timeouts,
     slots: Vec<Mutex<Option<mpsc::Sender<Job>>>>,
-    next: AtomicUsize,
     pub stats: Arc<ServerStats>,
 }
 
@@ -83,7 +78,6 @@ impl Upstream {
             address,
             timeouts,
             slots: (0..width.max(1)).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -112,13 +106,8 @@ impl Upstream {
         }
     }
 
-    /// Sends one request on the next lane and waits for its reply.
-    pub async fn call(&self, bytes: Vec<u8>, frame: Frame) -> Result<Vec<u8>, Failure> {
-        let lane = self.next.fetch_add(1, Ordering::Relaxed);
-        self.send(bytes, frame, lane).await.reply().await
-    }
-
-    /// A connection's queue, round robin; a new connection where the last one ended.
+    /// The queue of connection `lane` (modulo the width); a new connection where the last one
+    /// ended.
     fn queue(&self, lane: usize) -> mpsc::Sender<Job> {
         let n = lane % self.slots.len();
         let mut slot = self.slots[n].lock().unwrap_or_else(|e| e.into_inner());

@@ -97,13 +97,20 @@ impl Router {
 }
 
 /// A connection failure as an errno value (see [`FailureEvent::errno`]).
-pub fn errno(err: &ConnError) -> i32 {
+pub(super) fn errno(err: &ConnError) -> i32 {
     match err {
-        ConnError::Io(e) => match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
-            std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
-            _ => e.raw_os_error().unwrap_or(libc::EIO),
-        },
+        ConnError::Io(e) => io_errno(e),
         ConnError::Protocol(_) => libc::EPROTO,
+    }
+}
+
+/// An I/O error on a server connection as an errno value: ETIMEDOUT for a timeout,
+/// ECONNRESET for a connection the server closed, else the OS error (EIO without one). Every
+/// front end (the blocking client, mcproxy) reports failures with it.
+pub fn io_errno(err: &std::io::Error) -> i32 {
+    match err.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
+        _ => err.raw_os_error().unwrap_or(libc::EIO),
     }
 }

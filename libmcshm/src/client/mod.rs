@@ -61,7 +61,7 @@ mod handover;
 mod requests;
 mod router;
 
-pub use failures::errno;
+pub use failures::io_errno;
 pub use router::{Probe, Router};
 
 /// Keys per `get` command when a multi-get is pipelined.
@@ -172,11 +172,6 @@ impl Client {
     /// Calls `callback` on every failed operation (to log or alert).
     pub fn on_failure(&mut self, callback: impl FnMut(&FailureEvent<'_>) + Send + 'static) {
         self.router.on_failure(callback);
-    }
-
-    /// The routing decisions this client follows.
-    pub fn router(&mut self) -> &mut Router {
-        &mut self.router
     }
 
     /// Refreshes the routing and runs any retry probe it found due.
