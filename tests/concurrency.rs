@@ -152,7 +152,7 @@ fn writers_killed_at_random_points_never_tear_a_snapshot() {
 fn slot_left_odd(file: &[u8]) -> bool {
     let word = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().unwrap());
     let capacity = u32::from_le_bytes(file[20..24].try_into().unwrap()) as usize;
-    let slot_len = 64 + capacity * 512;
+    let slot_len = 128 + capacity * 512;
     word(256) % 2 == 1 || word(256 + slot_len) % 2 == 1
 }
 

@@ -10,7 +10,7 @@ use common::{Reg, addresses};
 use libmcshm::{Domain, Registry, Snapshot};
 
 const HEADER: usize = 256;
-const SLOT_HEADER: usize = 64;
+const SLOT_HEADER: usize = 128;
 const ENTRY: usize = 512;
 
 fn setup() -> (Reg, Snapshot) {
@@ -45,6 +45,7 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
     let capacity = u32::from_le_bytes(reg.bytes("c")[20..24].try_into().unwrap()) as usize;
     let slot_len = SLOT_HEADER + capacity * ENTRY;
     let live = HEADER + 2 * slot_len;
+    let rings = live + capacity * 32 + 256 * 64;
     let used = SLOT_HEADER + 3 * ENTRY;
     // (region, byte range, what a flip there must give: Some(true) error, Some(false) intact
     // table, None either)
@@ -92,10 +93,13 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
             Some(false),
         ),
         (
-            "live region (failure counters)",
-            (live..len).step_by(7).collect(),
+            "live region (failure counters) and clients",
+            (live..rings).step_by(7).collect(),
             Some(false),
         ),
+        // Routing input, never table input: a damaged ring is refused by the lookups that
+        // read it (tests/shared_ring.rs), and the table is intact.
+        ("ring regions", (rings..len).step_by(4099).collect(), Some(false)),
     ];
     for (region, offsets, expect_error) in regions {
         let (mut errors, mut intact) = (0, 0);
@@ -186,8 +190,8 @@ fn truncated_files_are_refused_without_a_crash() {
 fn a_newer_format_is_refused_with_upgrade_advice() {
     let (reg, _) = setup();
     let mut bytes = reg.bytes("c");
-    bytes[8..12].copy_from_slice(&3u32.to_le_bytes()); // format_version
-    bytes[12..16].copy_from_slice(&3u32.to_le_bytes()); // min_reader_version
+    bytes[8..12].copy_from_slice(&4u32.to_le_bytes()); // format_version
+    bytes[12..16].copy_from_slice(&4u32.to_le_bytes()); // min_reader_version
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(reg.file("c"), &bytes).unwrap();
@@ -195,15 +199,15 @@ fn a_newer_format_is_refused_with_upgrade_advice() {
         let run = reg.run("c", args);
         assert_eq!(run.code(), 4);
         assert!(
-            run.stderr().contains("format version 3") && run.stderr().contains("upgrade mcshm"),
+            run.stderr().contains("format version 4") && run.stderr().contains("upgrade mcshm"),
             "{}",
             run.stderr()
         );
     }
     assert_eq!(reg.bytes("c"), bytes);
 
-    // A newer writer that stays readable by format 2 (min_reader_version 2) is read normally.
-    bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
+    // A newer writer that stays readable by format 3 (min_reader_version 3) is read normally.
+    bytes[12..16].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(reg.file("c"), &bytes).unwrap();
@@ -270,8 +274,11 @@ fn load_repairs_a_damaged_or_truncated_header() {
 
 #[test]
 fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
-    let (reg, _) = setup();
-    let mut bytes = reg.bytes("c");
+    let reg = Reg::new();
+    std::fs::create_dir_all(reg.dir()).unwrap();
+    // Written by format 2 (a:1, b:2 down, c:3; version 2), made format 1 here: the word is the
+    // version, without a check.
+    let mut bytes = std::fs::read("tests/data/format2-c.mcshm").unwrap();
     bytes[8..12].copy_from_slice(&1u32.to_le_bytes()); // format_version 1
     bytes[12..16].copy_from_slice(&1u32.to_le_bytes()); // min_reader_version 1
     let crc = crc32fast::hash(&bytes[..128]);
@@ -287,8 +294,8 @@ fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
     let now = reg.bytes("c");
     assert_eq!(
         now[8..16],
-        [2, 0, 0, 0, 2, 0, 0, 0],
-        "rewritten as format 2"
+        [3, 0, 0, 0, 3, 0, 0, 0],
+        "rewritten as format 3"
     );
     let word = u64::from_le_bytes(now[136..144].try_into().unwrap());
     assert_eq!(word & ((1 << 48) - 1), 3);

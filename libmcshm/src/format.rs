@@ -1,4 +1,4 @@
-//! The registry file format (version 2): what every byte of `<dir>/<domain>.mcshm` means.
+//! The registry file format (version 3): what every byte of `<dir>/<domain>.mcshm` means.
 //!
 //! All integers are little-endian (mcshm does not build on big-endian targets). The file is a
 //! header followed by two slots of equal size; each slot holds one complete version of the table.
@@ -9,12 +9,12 @@
 //! Header (256 bytes)
 //! offset size field
 //!      0    8 magic               89 4D 43 53 48 4D 0D 0A  ("\x89MCSHM\r\n")
-//!      8    4 format_version      format of the writer that wrote the file (2)
-//!     12    4 min_reader_version  oldest reader format that may read it (2); a reader whose
+//!      8    4 format_version      format of the writer that wrote the file (3)
+//!     12    4 min_reader_version  oldest reader format that may read it (3); a reader whose
 //!                                 format is lower refuses the file with "upgrade mcshm"
 //!     16    4 header_len          256
 //!     20    4 capacity            servers per slot (default 256)
-//!     24    4 slot_header_len     64
+//!     24    4 slot_header_len     128 (format 1 and 2: 64, without the fields from 64 on)
 //!     28    4 entry_len           512
 //!     32    8 slot_len            slot_header_len + capacity * entry_len
 //!     40    8 created_ms          creation time, ms since the Unix epoch
@@ -39,8 +39,9 @@
 //! Slot k (at header_len + k * slot_len)
 //!      0    8 seq                 seqlock sequence: odd while a writer fills the slot
 //!      8    8 generation          the version this slot holds
-//!     16    4 crc                 CRC32 of slot bytes 8..(64 + count * entry_len), with this
-//!                                 field taken as zero
+//!     16    4 crc                 CRC32 of slot header bytes 8..128 with this field taken as
+//!                                 zero; each entry has its own (format 1 and 2: one CRC32 of
+//!                                 slot bytes 8..(64 + count * entry_len))
 //!     20    4 count               servers in this version (<= capacity)
 //!     24    8 changed_ms          commit time of this version, ms since the Unix epoch
 //!     32    4 writer_pid          process that committed it
@@ -55,7 +56,12 @@
 //!     52    4 warm_window_s       seconds of warm-up after a rejoin (0 = 600)
 //!     56    8 fleet_revision      etcd revision of the fleet table this version mirrors
 //!                                 (`mcadmin sync`); 0 = a host-local table
-//!     64    * entries             count entries of entry_len bytes, in the order servers
+//!     64    8 ring                generation of the shared ring this version routes with
+//!                                 (the version that wrote it); 0 = none, readers build it
+//!     72    4 ring_slot           ring region (0 or 1) that holds it
+//!     76    4 ring_points         its number of points
+//!     80   48 reserved            zero
+//!    128    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
 //! Entry (512 bytes)
@@ -73,7 +79,8 @@
 //!     32    4 id                  server id, unique in the domain, never reused
 //!     36    4 live                index of this server's record in the live region
 //!     40    8 warm_until_ms       warm-up after a rejoin lasts until then (0: none)
-//!     48   16 reserved            zero
+//!     48    4 crc                 format 3: CRC32 of the entry's 512 bytes, this field as zero
+//!     52   12 reserved            zero
 //!     64  256 address             host text or socket path, zero-padded
 //!    320  192 reason              UTF-8, zero-padded
 //!
@@ -93,6 +100,20 @@
 //!     16    8 last_used_ms        when it last used the domain
 //!     24   16 comm                process name (from /proc/self/comm), NUL-padded
 //!     40   24 reserved            zero
+//!
+//! Ring regions (format 3, after the clients region): two of ring_len bytes, each holding one
+//! ketama continuum (see `shared_ring`), written under the writer lock into the region the
+//! committed version does not use, inside that version's seqlock window
+//!      0    8 generation          the version that wrote this ring
+//!      8    4 points              number of points (<= point capacity, 160 * capacity + 4096)
+//!     12    4 bits                index bits: 2^bits buckets (1..=16, from the point count)
+//!     16   48 reserved            zero
+//!     64    * index               2^bits + 1 u32: index[b] = first point whose value's top
+//!                                 bits are >= b (space for 2^max_bits + 1, padded to 8 bytes)
+//!      *    * points              8 bytes each, sorted by (value, server): bits 0..32 the
+//!                                 value, 32..48 the server (its position in the slot's
+//!                                 entries), 48..64 a check of the other 48 bits and the
+//!                                 generation (a damaged or left-over point fails it)
 //! ```
 //!
 //! The magic's first byte has its high bit set and it ends in CR LF, so a file mangled by 7-bit
@@ -116,10 +137,13 @@ compile_error!("the mcshm file format is little-endian; big-endian targets are n
 
 pub const MAGIC: [u8; 8] = *b"\x89MCSHM\r\n";
 /// The format this build writes (and the newest it reads). 2: the committed word checks itself
-/// (see [`crate::seqlock::Seal`]); files of format 1 are read, and rewritten on their next write.
-pub const FORMAT_VERSION: u32 = 2;
+/// (see [`crate::seqlock::Seal`]). 3: the ring is in the file (see `shared_ring`). Files of
+/// formats 1 and 2 are read, and rewritten in format 3 on their next write.
+pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 256;
-pub const SLOT_HEADER_LEN: usize = 64;
+/// Slot header of format 3; formats 1 and 2 have the first [`SLOT_HEADER_LEN_V2`] bytes.
+pub const SLOT_HEADER_LEN: usize = 128;
+pub const SLOT_HEADER_LEN_V2: usize = 64;
 pub const ENTRY_LEN: usize = 512;
 /// Servers per slot of a new file.
 pub const DEFAULT_CAPACITY: u32 = 256;
@@ -135,7 +159,10 @@ pub const WAKE_OFFSET: usize = 144;
 /// Word indexes of `agent` and `agent_link`.
 pub const AGENT_WORD: usize = 152 / 8;
 pub const AGENT_LINK_WORD: usize = 160 / 8;
-const SLOT_HEADER_WORDS: usize = SLOT_HEADER_LEN / 8;
+/// Bytes of a ring region's header, and the point capacity beyond 160 per server (the f32
+/// arithmetic of the point counts may round a few servers up).
+pub const RING_HEADER_LEN: usize = 64;
+const RING_POINT_SLACK: usize = 4096;
 /// Bytes of one live record.
 pub const LIVE_LEN: usize = 32;
 /// Records of the clients region, and bytes of each.
@@ -182,6 +209,16 @@ struct SlotHeader {
     fleet_revision: u64,
 }
 
+/// Bytes 64..128 of a format-3 slot header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SlotRingFields {
+    ring: u64,
+    ring_slot: u32,
+    ring_points: u32,
+    reserved: [u8; 48],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Entry {
@@ -199,13 +236,16 @@ struct Entry {
     id: u32,
     live: u32,
     warm_until_ms: u64,
-    reserved1: [u8; 16],
+    /// Format 3: CRC32 of the entry with this field taken as zero.
+    crc: u32,
+    reserved1: [u8; 12],
     address: [u8; ADDR_FIELD],
     reason: [u8; MAX_REASON_LEN],
 }
 
 const _: () = assert!(size_of::<StaticHeader>() == STATIC_LEN);
-const _: () = assert!(size_of::<SlotHeader>() == SLOT_HEADER_LEN);
+const _: () = assert!(size_of::<SlotHeader>() == SLOT_HEADER_LEN_V2);
+const _: () = assert!(size_of::<SlotRingFields>() == SLOT_HEADER_LEN - SLOT_HEADER_LEN_V2);
 const _: () = assert!(size_of::<Entry>() == ENTRY_LEN);
 
 /// The sizes of one file, from its validated header.
@@ -226,13 +266,66 @@ impl Layout {
         }
     }
 
+    /// Bytes of a slot header in this file's format.
+    pub fn slot_header_len(&self) -> usize {
+        match self.format_version {
+            0..=2 => SLOT_HEADER_LEN_V2,
+            _ => SLOT_HEADER_LEN,
+        }
+    }
+
     fn slot_len(&self) -> usize {
-        SLOT_HEADER_LEN + self.capacity as usize * ENTRY_LEN
+        self.slot_header_len() + self.capacity as usize * ENTRY_LEN
+    }
+
+    /// Whether the file has ring regions (format 3 on).
+    pub fn has_rings(&self) -> bool {
+        self.format_version >= 3
     }
 
     /// Total file length in bytes.
     pub fn file_len(&self) -> usize {
+        let rings = if self.has_rings() {
+            2 * self.ring_len()
+        } else {
+            0
+        };
+        self.rings_offset() + rings
+    }
+
+    /// Byte offset of the ring regions (the end of the file before format 3).
+    fn rings_offset(&self) -> usize {
         self.clients_offset() + CLIENT_SLOTS * CLIENT_LEN
+    }
+
+    /// Points a ring region holds: 160 per server of the capacity, and some slack.
+    pub fn ring_point_capacity(&self) -> usize {
+        self.capacity as usize * 160 + RING_POINT_SLACK
+    }
+
+    /// Words reserved for a ring's index (the largest index of this capacity).
+    fn ring_index_words(&self) -> usize {
+        let entries = (1usize << crate::ring::index_bits(self.ring_point_capacity())) + 1;
+        entries.div_ceil(2)
+    }
+
+    fn ring_len(&self) -> usize {
+        RING_HEADER_LEN + self.ring_index_words() * 8 + self.ring_point_capacity() * 8
+    }
+
+    /// Where ring region `slot` (0 or 1) lies, in words; `None` before format 3.
+    pub fn ring_words(&self, slot: u32) -> Option<RingWords> {
+        if !self.has_rings() || slot > 1 {
+            return None;
+        }
+        let header = (self.rings_offset() + slot as usize * self.ring_len()) / 8;
+        let index = header + RING_HEADER_LEN / 8;
+        Some(RingWords {
+            header,
+            index,
+            points: index + self.ring_index_words(),
+            point_capacity: self.ring_point_capacity(),
+        })
     }
 
     /// Byte offset of the clients region.
@@ -266,8 +359,17 @@ impl Layout {
             },
             slots: [HEADER_LEN / 8, HEADER_LEN / 8 + slot_words],
             slot_words,
-            slot_header_words: SLOT_HEADER_WORDS,
+            slot_header_words: self.slot_header_len() / 8,
         }
+    }
+
+    /// Total words of a slot image, read from its header words (`None` if the count is absurd;
+    /// the seqlock bounds it by the slot size as well).
+    pub fn slot_image_words(&self, header: &[u64]) -> Option<usize> {
+        let count = (*header.get(2)? >> 32) as usize;
+        count
+            .checked_mul(ENTRY_WORDS)?
+            .checked_add(self.slot_header_len() / 8)
     }
 
     /// The header of a new file for `domain`.
@@ -345,8 +447,12 @@ pub fn parse_header(words: &[u64], file_len: u64, domain: &str) -> Result<Layout
             needs: header.min_reader_version,
         });
     }
+    let slot_header_len = match header.format_version {
+        0..=2 => SLOT_HEADER_LEN_V2,
+        _ => SLOT_HEADER_LEN,
+    };
     if header.header_len as usize != HEADER_LEN
-        || header.slot_header_len as usize != SLOT_HEADER_LEN
+        || header.slot_header_len as usize != slot_header_len
         || header.entry_len as usize != ENTRY_LEN
     {
         return bad("unexpected header, slot or entry size".into());
@@ -384,6 +490,28 @@ pub fn live_owner(id: u32) -> u64 {
     u64::from(id) << 32
 }
 
+/// Where a ring region lies in the file, in 64-bit words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingWords {
+    /// The region's header: generation, then (points, bits).
+    pub header: usize,
+    /// The index, two u32 entries per word.
+    pub index: usize,
+    /// The points, one per word.
+    pub points: usize,
+    pub point_capacity: usize,
+}
+
+/// The shared ring a version routes with (format 3): which region, written by which version,
+/// with how many points. It is in the slot header, covered by the slot's CRC, so a reader can
+/// check the ring region's own header against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingRef {
+    pub generation: u64,
+    pub slot: u32,
+    pub points: u32,
+}
+
 /// Who committed a version, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitInfo {
@@ -392,15 +520,23 @@ pub struct CommitInfo {
     pub uid: u32,
 }
 
-/// The slot image of `servers` as version `version`: sequence word (0, set by the publisher),
-/// slot header with CRC, entries.
-pub fn encode_slot(version: u64, info: CommitInfo, table: &Table, next_id: u32) -> Vec<u64> {
+/// The slot image (format 3) of `table` as version `version`, routing with `ring`: sequence
+/// word (0, set by the publisher), slot header with CRC, entries with theirs.
+pub fn encode_slot(
+    version: u64,
+    info: CommitInfo,
+    table: &Table,
+    next_id: u32,
+    ring: Option<RingRef>,
+) -> Vec<u64> {
     let servers = &table.servers;
-    let mut words = vec![0u64; SLOT_HEADER_WORDS + servers.len() * ENTRY_WORDS];
+    let mut words = vec![0u64; SLOT_HEADER_LEN / 8 + servers.len() * ENTRY_WORDS];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
     let (head, entries) = bytes.split_at_mut(SLOT_HEADER_LEN);
     for (server, chunk) in servers.iter().zip(entries.chunks_exact_mut(ENTRY_LEN)) {
         chunk.copy_from_slice(bytemuck::bytes_of(&encode_entry(server)));
+        let crc = crc32fast::hash(chunk);
+        chunk[ENTRY_CRC_OFFSET..ENTRY_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     }
     let header = SlotHeader {
         seq: 0,
@@ -420,20 +556,21 @@ pub fn encode_slot(version: u64, info: CommitInfo, table: &Table, next_id: u32) 
         warm_window_s: table.policy.warm_window_s,
         fleet_revision: table.fleet_revision,
     };
-    head.copy_from_slice(bytemuck::bytes_of(&header));
-    let crc = slot_crc(bytes);
-    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    let ring_fields = SlotRingFields {
+        ring: ring.map_or(0, |r| r.generation),
+        ring_slot: ring.map_or(0, |r| r.slot),
+        ring_points: ring.map_or(0, |r| r.points),
+        reserved: [0; 48],
+    };
+    head[..SLOT_HEADER_LEN_V2].copy_from_slice(bytemuck::bytes_of(&header));
+    head[SLOT_HEADER_LEN_V2..].copy_from_slice(bytemuck::bytes_of(&ring_fields));
+    let crc = slot_crc(head);
+    head[16..20].copy_from_slice(&crc.to_le_bytes());
     words
 }
 
-/// Total words of a slot image, read from its header words (`None` if the count is absurd;
-/// the seqlock bounds it by the slot size as well).
-pub fn slot_image_words(header: &[u64]) -> Option<usize> {
-    let count = (*header.get(2)? >> 32) as usize;
-    count
-        .checked_mul(ENTRY_WORDS)?
-        .checked_add(SLOT_HEADER_WORDS)
-}
+/// Byte offset of an entry's CRC (format 3).
+const ENTRY_CRC_OFFSET: usize = 48;
 
 /// CRC32 of slot bytes 8.. with the crc field (bytes 16..20) taken as zero.
 fn slot_crc(bytes: &[u8]) -> u32 {
@@ -444,31 +581,67 @@ fn slot_crc(bytes: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Validates a consistent copy of a slot (as [`Geometry::read`] returns it) and decodes it.
-pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
+/// Whether a format-3 entry matches its CRC.
+fn entry_crc_ok(chunk: &[u8]) -> bool {
+    let stored = u32::from_le_bytes(chunk[ENTRY_CRC_OFFSET..][..4].try_into().unwrap());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&chunk[..ENTRY_CRC_OFFSET]);
+    hasher.update(&[0; 4]);
+    hasher.update(&chunk[ENTRY_CRC_OFFSET + 4..]);
+    hasher.finalize() == stored
+}
+
+/// Validates a consistent copy of a slot (as [`Geometry::read`] returns it) of a file laid out
+/// as `layout` and decodes it.
+pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snapshot, String> {
     let bytes: &[u8] = bytemuck::cast_slice(image);
-    if bytes.len() < SLOT_HEADER_LEN {
+    let header_len = layout.slot_header_len();
+    if bytes.len() < header_len {
         return Err("slot shorter than its header".into());
     }
-    let header: SlotHeader = bytemuck::pod_read_unaligned(&bytes[..SLOT_HEADER_LEN]);
-    let expected_len = slot_image_words(image).ok_or("slot count overflows")? * 8;
+    let header: SlotHeader = bytemuck::pod_read_unaligned(&bytes[..SLOT_HEADER_LEN_V2]);
+    let expected_len = layout
+        .slot_image_words(image)
+        .ok_or("slot count overflows")?
+        * 8;
     if expected_len != bytes.len() {
         return Err("slot length does not match its count".into());
     }
-    if slot_crc(bytes) != header.crc {
+    let checked = if layout.has_rings() {
+        &bytes[..header_len]
+    } else {
+        bytes
+    };
+    if slot_crc(checked) != header.crc {
         return Err(format!(
             "slot of version {} fails its checksum",
             header.generation
         ));
     }
-    let servers = bytes[SLOT_HEADER_LEN..]
+    let servers = bytes[header_len..]
         .chunks_exact(ENTRY_LEN)
         .enumerate()
         .map(|(i, chunk)| {
-            decode_entry(&bytemuck::pod_read_unaligned(chunk))
-                .map_err(|why| format!("server #{} of version {}: {why}", i + 1, header.generation))
+            let why = |why: String| {
+                format!("server #{} of version {}: {why}", i + 1, header.generation)
+            };
+            if layout.has_rings() && !entry_crc_ok(chunk) {
+                return Err(why("fails its checksum".into()));
+            }
+            decode_entry(&bytemuck::pod_read_unaligned(chunk)).map_err(why)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let shared_ring = if layout.has_rings() {
+        let fields: SlotRingFields =
+            bytemuck::pod_read_unaligned(&bytes[SLOT_HEADER_LEN_V2..SLOT_HEADER_LEN]);
+        (fields.ring != 0).then_some(RingRef {
+            generation: fields.ring,
+            slot: fields.ring_slot,
+            points: fields.ring_points,
+        })
+    } else {
+        None
+    };
     if let Some(server) = first_duplicate(&servers) {
         return Err(format!("server {} listed twice", server.address));
     }
@@ -509,6 +682,7 @@ pub fn decode_slot(image: &[u64], domain: &str) -> Result<Snapshot, String> {
         },
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,
+        shared_ring,
     })
 }
 
@@ -604,8 +778,8 @@ mod tests {
 
     #[test]
     fn slot_round_trips() {
-        let image = encode_slot(9, INFO, &table(), 5);
-        let snap = decode_slot(&image, "d").unwrap();
+        let image = encode_slot(9, INFO, &table(), 5, None);
+        let snap = decode_slot(&image, "d", &Layout::new(4, 0)).unwrap();
         assert_eq!(snap.version, 9);
         assert_eq!(snap.table(), table());
         assert_eq!(snap.next_id, 5);
@@ -617,7 +791,7 @@ mod tests {
 
     #[test]
     fn every_flipped_bit_of_a_slot_is_caught() {
-        let image = encode_slot(3, INFO, &table(), 5);
+        let image = encode_slot(3, INFO, &table(), 5, None);
         let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
         for i in 8..bytes.len() {
             let mut copy = bytes.clone();
@@ -627,7 +801,7 @@ mod tests {
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
                 .collect();
             assert!(
-                decode_slot(&words, "d").is_err(),
+                decode_slot(&words, "d", &Layout::new(4, 0)).is_err(),
                 "flip at byte {i} went unnoticed"
             );
         }
@@ -636,7 +810,12 @@ mod tests {
     #[test]
     fn header_round_trips_and_refuses_damage() {
         let layout = Layout::new(4, 1);
-        let file = layout.file_image("dom", 0, &encode_slot(0, INFO, &Table::default(), 1), &[]);
+        let file = layout.file_image(
+            "dom",
+            0,
+            &encode_slot(0, INFO, &Table::default(), 1, None),
+            &[],
+        );
         let len = (file.len() * 8) as u64;
         assert_eq!(parse_header(&file, len, "dom"), Ok(layout));
         assert!(parse_header(&file, len, "other").is_err());

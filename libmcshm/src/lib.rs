@@ -49,6 +49,7 @@ pub mod proto;
 pub mod registry;
 pub mod ring;
 pub mod seqlock;
+pub mod shared_ring;
 #[allow(unsafe_code)]
 mod shm;
 pub mod table;

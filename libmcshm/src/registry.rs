@@ -23,9 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::format::{self, CommitInfo, Layout};
+use crate::format::{self, CommitInfo, Layout, RingRef};
 use crate::seqlock::{Geometry, ReadError, Seal, VERSION_MASK, Words};
 use crate::shm::{SharedMap, effective_uid, monotonic_ns};
+use crate::shared_ring::{self, RingView};
 use crate::table::{Server, Snapshot, State, Table, first_duplicate};
 
 /// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
@@ -123,6 +124,8 @@ pub struct Registry {
     layout: Layout,
     geometry: Geometry,
     cache: Option<Arc<Snapshot>>,
+    /// The shared ring of the cached snapshot's version, when the file has an intact one.
+    cache_ring: Option<RingView>,
     scratch: Vec<u64>,
     /// The last committed word read and its version, so that `version()` checks a sealed word
     /// only when it changes (one load and one compare otherwise).
@@ -198,6 +201,7 @@ impl Registry {
             map,
             layout,
             cache: None,
+            cache_ring: None,
             scratch: Vec::new(),
         })
     }
@@ -312,9 +316,42 @@ impl Registry {
         {
             return Ok(cached.clone());
         }
-        let snapshot = Arc::new(self.read_table()?);
+        let (snapshot, ring) = self.read_table_and_ring()?;
+        let snapshot = Arc::new(snapshot);
         self.cache = Some(snapshot.clone());
+        self.cache_ring = ring;
         Ok(snapshot)
+    }
+
+    /// [`Registry::snapshot`], with the shared ring its version routes with when the file has
+    /// an intact one (format 3; look keys up in it with [`Registry::ring_owner`] and
+    /// [`Registry::ring_servers_from`]). `None`: build the ring from the snapshot.
+    pub fn snapshot_and_ring(&mut self) -> Result<(Arc<Snapshot>, Option<RingView>)> {
+        let snapshot = self.snapshot()?;
+        let ring = self
+            .cache_ring
+            .filter(|_| self.cache.as_ref().is_some_and(|c| Arc::ptr_eq(c, &snapshot)));
+        Ok((snapshot, ring))
+    }
+
+    /// The owner of a key hash in a shared ring this handle gave out; `None` when that ring can
+    /// no longer be used (the file was replaced, writers have moved on twice, or it is damaged).
+    pub fn ring_owner(&self, ring: &RingView, hash: u32) -> Option<Option<usize>> {
+        if ring.file_id != self.file_id {
+            return None;
+        }
+        let owner = ring.owner(&self.map, hash)?;
+        ring.still_valid(&self.map).then_some(owner)
+    }
+
+    /// The first `n` distinct servers along a shared ring from a key hash (see
+    /// [`Registry::ring_owner`]).
+    pub fn ring_servers_from(&self, ring: &RingView, hash: u32, n: usize) -> Option<Vec<usize>> {
+        if ring.file_id != self.file_id {
+            return None;
+        }
+        let servers = ring.servers_from(&self.map, hash, n)?;
+        ring.still_valid(&self.map).then_some(servers)
     }
 
     /// Copies and validates the committed table now, whatever is cached (for tools that check a
@@ -327,14 +364,31 @@ impl Registry {
     /// Copies and validates the committed table, retrying a bounded number of times when
     /// writers overwrite it during the copy.
     fn read_table(&mut self) -> Result<Snapshot> {
+        self.read_table_and_ring().map(|(snapshot, _)| snapshot)
+    }
+
+    /// [`Registry::read_table`], with the shared ring of the version read when it is intact.
+    fn read_table_and_ring(&mut self) -> Result<(Snapshot, Option<RingView>)> {
+        let layout = self.layout;
         for attempt in 0..READ_ATTEMPTS {
-            match self
-                .geometry
-                .read(&self.map, &mut self.scratch, format::slot_image_words)
-            {
-                Ok(_) => {
-                    return format::decode_slot(&self.scratch, self.domain.as_str())
-                        .map_err(|why| self.corrupt(why));
+            match self.geometry.read(&self.map, &mut self.scratch, |header| {
+                layout.slot_image_words(header)
+            }) {
+                Ok(version) => {
+                    let snapshot = format::decode_slot(&self.scratch, self.domain.as_str(), &layout)
+                        .map_err(|why| self.corrupt(why))?;
+                    let seq_word = self.geometry.slots[(version & 1) as usize];
+                    let ring = snapshot.shared_ring.and_then(|r| {
+                        RingView::open(
+                            &self.map,
+                            &layout,
+                            r,
+                            snapshot.servers.len(),
+                            (seq_word, self.scratch[0]),
+                            self.file_id,
+                        )
+                    });
+                    return Ok((snapshot, ring));
                 }
                 Err(ReadError::Lapped) if attempt < 8 => std::hint::spin_loop(),
                 Err(ReadError::Lapped) => std::thread::yield_now(),
@@ -386,30 +440,32 @@ impl Registry {
     /// `change` fails, nothing is written.
     pub fn transact(&mut self, change: impl FnOnce(&mut Table) -> Result<()>) -> Result<Commit> {
         self.locked(|reg| {
-            let current = reg.read_table()?;
+            let (current, ring) = reg.read_table_and_ring()?;
             let mut table = current.table();
             change(&mut table)?;
             if table == current.table() {
                 return Ok(Commit::unchanged(current.version));
             }
-            reg.publish_locked(current.version, current.next_id, table, &current.servers)
+            reg.publish_locked(current.version, current.next_id, table, Some((&current, ring)))
         })
     }
 
     /// Replaces the whole table in one version, even if the current one is damaged (the way to
     /// repair a file short of deleting it).
     pub fn replace(&mut self, table: &Table) -> Result<Commit> {
-        self.locked(|reg| match reg.read_table() {
-            Ok(current) if current.table() == *table => Ok(Commit::unchanged(current.version)),
-            Ok(current) => reg.publish_locked(
+        self.locked(|reg| match reg.read_table_and_ring() {
+            Ok((current, _)) if current.table() == *table => {
+                Ok(Commit::unchanged(current.version))
+            }
+            Ok((current, ring)) => reg.publish_locked(
                 current.version,
                 current.next_id,
                 table.clone(),
-                &current.servers,
+                Some((&current, ring)),
             ),
             Err(_) => {
                 let version = reg.salvaged_version();
-                reg.publish_locked(version, 1, table.clone(), &[])
+                reg.publish_locked(version, 1, table.clone(), None)
             }
         })
     }
@@ -440,8 +496,7 @@ impl Registry {
         let capacity = (table.servers.len() as u32).max(format::DEFAULT_CAPACITY);
         let next_id = assign_ids(&mut table.servers, 1, capacity);
         let layout = Layout::new(capacity, now_ms());
-        let image = format::encode_slot(version, commit_info(), &table, next_id);
-        let words = layout.file_image(domain.as_str(), version, &image, &table.servers);
+        let words = new_file(&layout, domain, version, &table, next_id);
         let tmp = write_temp(dir, domain, &words, FileOwnership::of(&file))?;
         if let Some(old) = &old {
             // MOVED with a valid check: readers of either format follow the move.
@@ -502,14 +557,15 @@ impl Registry {
         })
     }
 
-    /// Publishes `table` as version `current + 1`; the caller holds the lock. New servers get
+    /// Publishes `table` as version `current + 1`; the caller holds the lock. `previous` is the
+    /// table it replaces (and that version's shared ring), when it could be read. New servers get
     /// ids and live records; servers that are new or come back up start with no failures.
     fn publish_locked(
         &mut self,
         current: u64,
         next_id: u32,
         mut table: Table,
-        previous: &[Server],
+        previous: Option<(&Snapshot, Option<RingView>)>,
     ) -> Result<Commit> {
         check_table(&table, &self.domain)?;
         let needed = table.servers.len();
@@ -523,14 +579,20 @@ impl Registry {
             self.layout.capacity
         };
         let next_id = assign_ids(&mut table.servers, next_id, capacity);
-        let image = format::encode_slot(current + 1, commit_info(), &table, next_id);
+        let old_servers = previous.map_or(&[][..], |(p, _)| &p.servers[..]);
         let version = if rewrite {
             // A full file grows; a file of an older format is rewritten in ours (same path).
-            self.rewrite_locked(current, capacity, &image, &table.servers)?
+            self.rewrite_locked(current, capacity, &table, next_id)?
         } else {
-            self.reset_live_records(&table.servers, previous);
+            let (ring, region) = self.ring_for(current + 1, &table, previous);
+            let image = format::encode_slot(current + 1, commit_info(), &table, next_id, ring);
+            self.reset_live_records(&table.servers, old_servers);
+            let write_ring = || match &region {
+                Some((at, words)) => self.map.copy_in(at.header, words),
+                None => Some(()),
+            };
             self.geometry
-                .publish(&self.map, current, &image)
+                .publish_with(&self.map, current, &image, write_ring)
                 .ok_or_else(|| self.corrupt("slot outside the file".into()))?
         };
         let published_ns = monotonic_ns();
@@ -540,6 +602,49 @@ impl Registry {
             changed: true,
             published_ns,
         })
+    }
+
+    /// The shared ring version `version` (of `table`) routes with: the previous version's when
+    /// its routed servers are the same and its ring is intact (nothing to write), else a new
+    /// one for the region the previous version does not use (its words returned to be written
+    /// inside the new slot's seqlock window). `None` when it does not fit the region.
+    fn ring_for(
+        &self,
+        version: u64,
+        table: &Table,
+        previous: Option<(&Snapshot, Option<RingView>)>,
+    ) -> (Option<RingRef>, Option<(format::RingWords, Vec<u64>)>) {
+        let members = shared_ring::routed(&table.servers, table.policy.failover);
+        if let Some((old, Some(view))) = previous
+            && let Some(old_ref) = old.shared_ring
+            && shared_ring::same_members(
+                &old.servers,
+                &shared_ring::routed(&old.servers, old.policy.failover),
+                &table.servers,
+                &members,
+            )
+            && view.verify(&self.map)
+        {
+            return (Some(old_ref), None);
+        }
+        let slot = previous
+            .and_then(|(old, _)| old.shared_ring)
+            .map_or(0, |r| 1 - r.slot.min(1));
+        let Some(at) = self.layout.ring_words(slot) else {
+            return (None, None);
+        };
+        let ring = crate::ring::build_for(&table.servers, &members);
+        match shared_ring::encode(&ring, &members, version, &at) {
+            Some(words) => {
+                let reference = RingRef {
+                    generation: version,
+                    slot,
+                    points: ring.len() as u32,
+                };
+                (Some(reference), Some((at, words)))
+            }
+            None => (None, None),
+        }
     }
 
     /// Gives servers that are new (not yet owning their record) or up again a fresh live record.
@@ -570,12 +675,12 @@ impl Registry {
         &mut self,
         current: u64,
         capacity: u32,
-        image: &[u64],
-        servers: &[Server],
+        table: &Table,
+        next_id: u32,
     ) -> Result<u64> {
         let layout = Layout::new(capacity, self.layout.created_ms);
-        let mut words = layout.file_image(self.domain.as_str(), current + 1, image, servers);
-        self.carry_shared_records(&layout, &mut words, servers);
+        let mut words = new_file(&layout, &self.domain, current + 1, table, next_id);
+        self.carry_shared_records(&layout, &mut words, &table.servers);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = write_temp(dir, &self.domain, &words, FileOwnership::of(&self.file))?;
         self.store_committed(current, true);
@@ -943,8 +1048,7 @@ fn create_empty(dir: &Path, domain: &Domain, ownership: FileOwnership) -> Result
             .map_err(|e| Error::io("create directory", dir, e))?;
     }
     let layout = Layout::new(format::DEFAULT_CAPACITY, now_ms());
-    let image = format::encode_slot(0, commit_info(), &Table::default(), 1);
-    let words = layout.file_image(domain.as_str(), 0, &image, &[]);
+    let words = new_file(&layout, domain, 0, &Table::default(), 1);
     let tmp = write_temp(dir, domain, &words, ownership)?;
     let path = domain.path_in(dir);
     let linked = fs::hard_link(&tmp, &path);
@@ -955,6 +1059,27 @@ fn create_empty(dir: &Path, domain: &Domain, ownership: FileOwnership) -> Result
         }
         _ => Ok(()),
     }
+}
+
+/// The words of a new file laid out as `layout` holding `table` as version `version`, with its
+/// shared ring in region 0.
+fn new_file(layout: &Layout, domain: &Domain, version: u64, table: &Table, next_id: u32) -> Vec<u64> {
+    let members = shared_ring::routed(&table.servers, table.policy.failover);
+    let ring = crate::ring::build_for(&table.servers, &members);
+    let region = layout
+        .ring_words(0)
+        .and_then(|at| Some((at, shared_ring::encode(&ring, &members, version, &at)?)));
+    let reference = region.as_ref().map(|_| RingRef {
+        generation: version,
+        slot: 0,
+        points: ring.len() as u32,
+    });
+    let image = format::encode_slot(version, commit_info(), table, next_id, reference);
+    let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);
+    if let Some((at, region)) = region {
+        words[at.header..at.header + region.len()].copy_from_slice(&region);
+    }
+    words
 }
 
 /// Removes the temporary files (see [`write_temp`]) of `domain` left by writers that were killed
@@ -1004,7 +1129,12 @@ fn write_temp(
             Some(gid) => std::os::unix::fs::fchown(&file, None, Some(gid)),
             None => Ok(()),
         })
-        .and_then(|()| file.write_all(bytemuck::cast_slice(words)));
+        .and_then(|()| {
+            // The rings' unused point space is zeros: leave it a hole.
+            let used = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+            file.write_all(bytemuck::cast_slice(&words[..used]))?;
+            file.set_len(words.len() as u64 * 8)
+        });
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io("write", &tmp, e));

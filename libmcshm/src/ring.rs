@@ -126,12 +126,13 @@ impl Ring {
     /// The distinct servers along the ring from `key`'s point on, in ring order (the owner
     /// first): replicas and fallbacks. Lazy: take only as many as needed.
     pub fn servers_from(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+        self.servers_from_hash(hash_key(key))
+    }
+
+    /// [`Ring::servers_from`] of a key hash.
+    pub fn servers_from_hash(&self, hash: u32) -> impl Iterator<Item = usize> + '_ {
         let n = self.points.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.position(hash_key(key))
-        };
+        let start = if n == 0 { 0 } else { self.position(hash) };
         let mut seen = Vec::new();
         (0..n).filter_map(move |i| {
             let s = self.points[(start + i) % n].1 as usize;
@@ -140,6 +141,11 @@ impl Ring {
                 s
             })
         })
+    }
+
+    /// The sorted (value, member) points, the index, and its bits (for the shared ring).
+    pub(crate) fn parts(&self) -> (&[(u32, u32)], &[u32], u32) {
+        (&self.points, &self.index, 32 - self.shift)
     }
 
     /// Number of points.
@@ -196,7 +202,7 @@ fn radix_sort_by_value(mut points: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
 /// log2 of the number of points (at least 1, at most [`MAX_INDEX_BITS`]), and the shift that
 /// takes a hash to its bucket.
 fn build_index(points: &[(u32, u32)]) -> (Vec<u32>, u32) {
-    let bits = (usize::BITS - points.len().leading_zeros()).clamp(1, MAX_INDEX_BITS);
+    let bits = index_bits(points.len());
     let shift = 32 - bits;
     let buckets = 1usize << bits;
     let mut index = Vec::with_capacity(buckets + 1);
@@ -210,6 +216,26 @@ fn build_index(points: &[(u32, u32)]) -> (Vec<u32>, u32) {
     }
     index.push(points.len() as u32);
     (index, shift)
+}
+
+/// Index bits for a ring of `points` points: about log2 of the count, 1 to 16.
+pub fn index_bits(points: usize) -> u32 {
+    (usize::BITS - points.leading_zeros()).clamp(1, MAX_INDEX_BITS)
+}
+
+/// The ring of `members` (positions in `servers`, in list order): ring server `n` is
+/// `members[n]`.
+pub fn build_for(servers: &[crate::table::Server], members: &[usize]) -> Ring {
+    let names: Vec<String> = members
+        .iter()
+        .map(|&i| point_name(&servers[i].address))
+        .collect();
+    Ring::build(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(members.iter().map(|&i| servers[i].weight)),
+    )
 }
 
 /// A key's position on the continuum: the first four bytes of its MD5, little-endian.

@@ -187,6 +187,20 @@ impl Geometry {
     /// as version `current + 1`. The caller holds the writer lock and has checked that `image`
     /// fits a slot. Returns the new version, or `None` if the memory refused a store.
     pub fn publish<W: Words>(&self, mem: &W, current: u64, image: &[u64]) -> Option<u64> {
+        self.publish_with(mem, current, image, || Some(()))
+    }
+
+    /// [`Geometry::publish`], running `inside` once the slot is marked as being written (odd)
+    /// and before its image is stored: memory that only readers of this slot's version may use
+    /// (the shared ring) is written there, so a reader of the slot's previous version sees the
+    /// sequence change and drops what it read.
+    pub fn publish_with<W: Words>(
+        &self,
+        mem: &W,
+        current: u64,
+        image: &[u64],
+        inside: impl FnOnce() -> Option<()>,
+    ) -> Option<u64> {
         let next = current + 1;
         debug_assert_eq!(image.get(1), Some(&next));
         if image.len() > self.slot_words || image.len() < 2 {
@@ -201,6 +215,7 @@ impl Geometry {
         // can tell "lapped" from "damaged" (found by the loom model).
         mem.store(base, seq + 1, Ordering::Release)?;
         mem.fence(Ordering::Release);
+        inside()?;
         mem.copy_in(base + 1, &image[1..])?;
         mem.store(base, seq + 2, Ordering::Release)?;
         mem.store(

@@ -12,7 +12,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::{FailureCallback, FailureEvent, PERIODIC_OPS};
 use crate::address::Address;
@@ -21,7 +22,8 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::registry::Registry;
-use crate::ring::{Ring, point_name};
+use crate::ring::{self, Ring};
+use crate::shared_ring::{self, RingView};
 use crate::table::{Failover, Policy, Server, Snapshot, State};
 
 pub(super) enum Source {
@@ -33,9 +35,12 @@ pub(super) enum Source {
 struct Routing {
     snapshot: Arc<Snapshot>,
     local_epoch: u64,
-    ring: Ring,
-    /// Ring server number → index in `snapshot.servers`.
-    members: Vec<usize>,
+    /// The version's ring in the shared file (format 3), looked up in place.
+    shared: Option<RingView>,
+    /// The ring built in this process, and its ring server number → index in
+    /// `snapshot.servers`: when the file has no shared ring, when this process's own failure
+    /// view takes servers off it, or when the shared one cannot be used (lapped, damaged).
+    local: OnceLock<(Ring, Vec<usize>)>,
     /// With draining servers: the ring that still includes them (to find where a key was).
     with_draining: Option<(Ring, Vec<usize>)>,
     /// Down servers with a retry interval (candidates for the retry probe).
@@ -76,7 +81,7 @@ pub struct Router {
     ops: u64,
     client_slot: Option<usize>,
     probes: Vec<Probe>,
-    ring_builds: u64,
+    ring_builds: AtomicU64,
 }
 
 impl Router {
@@ -121,6 +126,7 @@ impl Router {
             next_id: servers.len() as u32 + 1,
             servers,
             policy: Policy::default(),
+            shared_ring: None,
             fleet_revision: 0,
         };
         Ok(Router::new(Source::Servers(Arc::new(snapshot))))
@@ -138,7 +144,7 @@ impl Router {
             ops: 0,
             client_slot: None,
             probes: Vec::new(),
-            ring_builds: 0,
+            ring_builds: AtomicU64::new(0),
         }
     }
 
@@ -161,7 +167,7 @@ impl Router {
     /// How many times this router built its ring (diagnostics: a change that leaves the ring's
     /// members and weights alone builds none).
     pub fn ring_builds(&self) -> u64 {
-        self.ring_builds
+        self.ring_builds.load(Ordering::Relaxed)
     }
 
     /// Retry probes found due since the last call: run each where blocking is allowed.
@@ -186,9 +192,9 @@ impl Router {
             }
             return Ok(());
         }
-        let snapshot = match &mut self.source {
-            Source::Registry(registry) => registry.snapshot()?,
-            Source::Servers(s) => s.clone(),
+        let (snapshot, shared) = match &mut self.source {
+            Source::Registry(registry) => registry.snapshot_and_ring()?,
+            Source::Servers(s) => (s.clone(), None),
         };
         if self
             .routing
@@ -205,24 +211,21 @@ impl Router {
                 servers[*i].state == State::Up && !self.local_down.contains(&servers[*i].address)
             }
         };
-        let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
-        // A change that leaves the ring's members and weights as they were (a reason, a retry
-        // interval, up/down under failover none) keeps the ring: no rebuild, which at 10 000
-        // servers is most of the cost of the first operation after a change.
-        let ring = match self.routing.take() {
-            Some(old) if same_ring(&old.snapshot.servers, &old.members, servers, &members) => {
-                old.ring
-            }
-            _ => {
-                self.ring_builds += 1;
-                build_ring(servers, &members)
-            }
-        };
+        // The file's ring routes unless this process has taken servers off it on its own.
+        let shared = shared.filter(|_| {
+            snapshot.policy.failover == Failover::None || self.local_down.is_empty()
+        });
+        let local = OnceLock::new();
+        if shared.is_none() {
+            let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
+            self.ring_builds.fetch_add(1, Ordering::Relaxed);
+            let _ = local.set((ring::build_for(servers, &members), members));
+        }
         let with_draining = servers.iter().any(|s| s.state == State::Draining).then(|| {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
                 .collect();
-            (build_ring(servers, &all), all)
+            (ring::build_for(servers, &all), all)
         });
         let probeable = (0..servers.len())
             .filter(|&i| servers[i].state == State::Down && servers[i].retry_interval >= 0)
@@ -230,8 +233,8 @@ impl Router {
         self.routing = Some(Routing {
             snapshot,
             local_epoch: self.local_epoch,
-            ring,
-            members,
+            shared,
+            local,
             with_draining,
             probeable,
         });
@@ -261,12 +264,62 @@ impl Router {
     pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
+        let hash = ring::hash_key(key);
+        let shared = self.shared_lookup(|registry, view| registry.ring_owner(view, hash))?;
+        let owner = match shared {
+            Some(owner) => owner,
+            None => {
+                let (ring, members) = self.local_ring();
+                ring.server_for_hash(hash).map(|n| members[n])
+            }
+        };
+        owner.ok_or_else(|| Error::NoServers { what: self.what() })
+    }
+
+    /// A lookup in the shared ring of the current version. When writers have moved on since the
+    /// routing was read (the ring may be rewritten), the routing is refreshed and the lookup
+    /// tried again; `None` when there is no usable shared ring (build one here).
+    fn shared_lookup<T>(
+        &mut self,
+        lookup: impl Fn(&Registry, &RingView) -> Option<T>,
+    ) -> Result<Option<T>> {
+        for _ in 0..4 {
+            if let Some(found) = self.with_shared(&lookup) {
+                return Ok(Some(found));
+            }
+            let routing = self.routing();
+            if routing.shared.is_none() || routing.local.get().is_some() {
+                return Ok(None);
+            }
+            let version = routing.snapshot.version;
+            self.refresh()?;
+            if self.routing().snapshot.version == version {
+                break; // the same version, and its ring unusable: damaged
+            }
+        }
+        Ok(None)
+    }
+
+    /// A lookup in the version's shared ring, if it has one that can still be used.
+    fn with_shared<T>(&self, lookup: impl FnOnce(&Registry, &RingView) -> Option<T>) -> Option<T> {
+        match (&self.source, &self.routing().shared) {
+            (Source::Registry(registry), Some(view)) if self.routing().local.get().is_none() => {
+                lookup(registry, view)
+            }
+            _ => None,
+        }
+    }
+
+    /// The ring built here for the version routed with (built now if need be: the file has no
+    /// usable ring).
+    fn local_ring(&self) -> &(Ring, Vec<usize>) {
         let routing = self.routing();
-        let member = routing
-            .ring
-            .server_for(key)
-            .ok_or_else(|| Error::NoServers { what: self.what() })?;
-        Ok(routing.members[member])
+        routing.local.get_or_init(|| {
+            self.ring_builds.fetch_add(1, Ordering::Relaxed);
+            let servers = &routing.snapshot.servers;
+            let members = shared_ring::routed(servers, routing.snapshot.policy.failover);
+            (ring::build_for(servers, &members), members)
+        })
     }
 
     /// The key's replicas: the first `replicas` distinct servers along the ring, owner first.
@@ -274,7 +327,13 @@ impl Router {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
-        let chain = self.along_ring(key, replicas);
+        let hash = ring::hash_key(key);
+        let shared =
+            self.shared_lookup(|registry, view| registry.ring_servers_from(view, hash, replicas))?;
+        let chain = match shared {
+            Some(chain) => chain,
+            None => self.along_ring(key, replicas),
+        };
         if chain.is_empty() {
             return Err(Error::NoServers { what: self.what() });
         }
@@ -319,12 +378,16 @@ impl Router {
     /// The first `n` distinct servers along the ring from the key, in ring order (the key was
     /// checked). Stops as soon as it has them: a full walk would visit every point.
     pub fn along_ring(&self, key: &[u8], n: usize) -> Vec<usize> {
-        let routing = self.routing();
-        routing
-            .ring
-            .servers_from(key)
+        let hash = ring::hash_key(key);
+        if let Some(servers) =
+            self.with_shared(|registry, view| registry.ring_servers_from(view, hash, n))
+        {
+            return servers;
+        }
+        let (ring, members) = self.local_ring();
+        ring.servers_from_hash(hash)
             .take(n)
-            .map(|m| routing.members[m])
+            .map(|m| members[m])
             .collect()
     }
 
@@ -421,28 +484,4 @@ impl Drop for Router {
             registry.release_client(slot);
         }
     }
-}
-
-/// Whether two member lists make the same ring: the same servers (by address), in the same
-/// order, with the same weights, at the same positions of their tables.
-fn same_ring(old: &[Server], old_members: &[usize], new: &[Server], new_members: &[usize]) -> bool {
-    old_members == new_members
-        && old_members.iter().all(|&i| {
-            old.get(i)
-                .zip(new.get(i))
-                .is_some_and(|(a, b)| a.address == b.address && a.weight == b.weight)
-        })
-}
-
-fn build_ring(servers: &[Server], members: &[usize]) -> Ring {
-    let names: Vec<String> = members
-        .iter()
-        .map(|&i| point_name(&servers[i].address))
-        .collect();
-    Ring::build(
-        names
-            .iter()
-            .map(String::as_str)
-            .zip(members.iter().map(|&i| servers[i].weight)),
-    )
 }

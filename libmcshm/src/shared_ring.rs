@@ -1,0 +1,283 @@
+//! The ring in the shared file (format 3): computed once per change, by the writer, and read in
+//! place by every process.
+//!
+//! Without it every process rebuilt the whole continuum on its first operation after any change
+//! (10 000 servers: 400 000 MD5s, ~60 ms) and kept its own copy (12.5 MB). Now the writer that
+//! commits a version also writes the ring that version routes with into the ring region the
+//! committed version does not use, inside the new slot's seqlock window (see
+//! [`crate::seqlock::Geometry::publish`]), and names it in the slot header. A change that
+//! leaves the ring as it was (a reason, a retry interval, up/down under failover `none`) names
+//! the same region again and writes nothing.
+//!
+//! A reader looks keys up in the mapping with atomic loads, no copy and no build. It trusts no
+//! word it reads:
+//! - every point carries a 16-bit check of its value, its server and the ring's generation, so
+//!   a damaged point, or one left over from an older ring in the same region, is refused;
+//! - an answer is accepted only with its neighbour: the point found is at or after the key's
+//!   hash and the one before it is below, so a damaged index cannot send a key elsewhere;
+//! - after the lookup, the slot's sequence word must be the one seen when the version was read:
+//!   a region is only rewritten by a writer that has first made that word odd (two commits
+//!   later), so an unchanged sequence means the ring read is the version's own.
+//!
+//! A lookup that fails any of these is "unusable", and the caller builds the ring itself, as
+//! before format 3 (and as for files of older formats).
+
+use std::sync::atomic::Ordering;
+
+use crate::format::{Layout, RingRef, RingWords};
+use crate::ring::Ring;
+use crate::seqlock::Words;
+use crate::table::{Failover, Server, State};
+
+/// Bits 0..48 of a point: value and server.
+const DATA_MASK: u64 = (1 << 48) - 1;
+/// Servers a shared ring can name (16 bits; the capacity of a file is at most this).
+const MAX_SERVERS: usize = 1 << 16;
+
+/// The 16-bit check of a point's data within ring `generation` (a 64-bit finaliser: any change
+/// of the data or the generation changes the check with probability 1 − 2⁻¹⁶).
+fn check(data: u64, generation: u64) -> u64 {
+    let mut x = data ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6d63_7368_6d5f_7267;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x >> 48
+}
+
+fn encode_point(value: u32, server: u32, generation: u64) -> u64 {
+    let data = u64::from(value) | (u64::from(server) << 32);
+    data | (check(data, generation) << 48)
+}
+
+fn decode_point(word: u64, generation: u64) -> Option<(u32, u32)> {
+    let data = word & DATA_MASK;
+    (word >> 48 == check(data, generation)).then_some((data as u32, (data >> 32) as u32))
+}
+
+/// The words of a ring region holding `ring` (built over `members`, positions in the slot's
+/// servers) as generation `generation`: header, index, points. `None` when it does not fit
+/// the region (then the version names no ring, and readers build their own).
+pub fn encode(ring: &Ring, members: &[usize], generation: u64, at: &RingWords) -> Option<Vec<u64>> {
+    let (points, index, bits) = ring.parts();
+    if points.len() > at.point_capacity
+        || members.iter().any(|&m| m >= MAX_SERVERS)
+        || index.len().div_ceil(2) > at.points - at.index
+    {
+        return None;
+    }
+    let mut words = vec![0u64; at.points - at.header + points.len()];
+    words[0] = generation;
+    words[1] = points.len() as u64 | (u64::from(bits) << 32);
+    for (i, pair) in index.chunks(2).enumerate() {
+        let high = pair.get(1).map_or(0, |&v| u64::from(v) << 32);
+        words[at.index - at.header + i] = u64::from(pair[0]) | high;
+    }
+    let first = at.points - at.header;
+    for (word, &(value, member)) in words[first..].iter_mut().zip(points) {
+        *word = encode_point(value, members[member as usize] as u32, generation);
+    }
+    Some(words)
+}
+
+/// A version's ring as one reader found it: where it lies and how to tell it is still that
+/// version's. Lookups return `None` when the ring cannot be used (see the module doc).
+#[derive(Clone, Copy, Debug)]
+pub struct RingView {
+    at: RingWords,
+    generation: u64,
+    points: usize,
+    shift: u32,
+    servers: usize,
+    /// The slot sequence word of the version read, and its value then.
+    seq_word: usize,
+    seq: u64,
+    /// The file (device, inode) it lies in: a view of a replaced file is unusable.
+    pub(crate) file_id: (u64, u64),
+}
+
+impl RingView {
+    /// The ring `ring` names in a file laid out as `layout`, for a table of `servers` servers
+    /// read from the slot whose sequence word (index, value) was `seq` then. `None` when the
+    /// region's header does not match the reference (the caller builds the ring itself).
+    pub fn open<W: Words>(
+        mem: &W,
+        layout: &Layout,
+        ring: RingRef,
+        servers: usize,
+        (seq_word, seq): (usize, u64),
+        file_id: (u64, u64),
+    ) -> Option<RingView> {
+        let at = layout.ring_words(ring.slot)?;
+        let generation = mem.load(at.header, Ordering::Relaxed)?;
+        let meta = mem.load(at.header + 1, Ordering::Relaxed)?;
+        let (points, bits) = (meta as u32 as usize, (meta >> 32) as u32);
+        let fits = generation == ring.generation
+            && points == ring.points as usize
+            && points <= at.point_capacity
+            && bits == crate::ring::index_bits(points)
+            && servers <= MAX_SERVERS;
+        if !fits {
+            return None;
+        }
+        let view = RingView {
+            at,
+            generation,
+            points,
+            shift: 32 - bits,
+            servers,
+            seq_word,
+            seq,
+            file_id,
+        };
+        view.still_valid(mem).then_some(view)
+    }
+
+    /// Whether the ring read is still the version's own: no writer has started on its slot
+    /// since (the seqlock's closing check; call it after the lookups it covers).
+    pub fn still_valid<W: Words>(&self, mem: &W) -> bool {
+        mem.fence(Ordering::Acquire);
+        mem.load(self.seq_word, Ordering::Relaxed) == Some(self.seq)
+    }
+
+    fn index<W: Words>(&self, mem: &W, bucket: usize) -> Option<usize> {
+        let word = mem.load(self.at.index + bucket / 2, Ordering::Relaxed)?;
+        Some((word >> (32 * (bucket % 2))) as u32 as usize)
+    }
+
+    fn point<W: Words>(&self, mem: &W, at: usize) -> Option<(u32, usize)> {
+        if at >= self.points {
+            return None;
+        }
+        let word = mem.load(self.at.points + at, Ordering::Relaxed)?;
+        let (value, server) = decode_point(word, self.generation)?;
+        ((server as usize) < self.servers).then_some((value, server as usize))
+    }
+
+    /// The position of the first point at or after `hash` (`points` when past the last),
+    /// confirmed by its neighbour.
+    fn position<W: Words>(&self, mem: &W, hash: u32) -> Option<usize> {
+        let bucket = (u64::from(hash) >> self.shift) as usize;
+        let (lo, hi) = (self.index(mem, bucket)?, self.index(mem, bucket + 1)?);
+        if lo > hi || hi > self.points {
+            return None;
+        }
+        let (mut low, mut high) = (lo, hi);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if self.point(mem, mid)?.0 < hash {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        let at_or_after = low == self.points || self.point(mem, low)?.0 >= hash;
+        let before = low == 0 || self.point(mem, low - 1)?.0 < hash;
+        (at_or_after && before).then_some(low)
+    }
+
+    /// The server (position in the slot's entries) that owns a key hash; `Some(None)` for an
+    /// empty ring.
+    pub fn owner<W: Words>(&self, mem: &W, hash: u32) -> Option<Option<usize>> {
+        if self.points == 0 {
+            return Some(None);
+        }
+        let at = self.position(mem, hash)?;
+        let at = if at == self.points { 0 } else { at };
+        Some(Some(self.point(mem, at)?.1))
+    }
+
+    /// The first `n` distinct servers along the ring from a key hash, owner first.
+    pub fn servers_from<W: Words>(&self, mem: &W, hash: u32, n: usize) -> Option<Vec<usize>> {
+        let mut found = Vec::with_capacity(n.min(16));
+        if self.points == 0 || n == 0 {
+            return Some(found);
+        }
+        let start = self.position(mem, hash)?;
+        for step in 0..self.points {
+            let server = self.point(mem, (start + step) % self.points)?.1;
+            if !found.contains(&server) {
+                found.push(server);
+                if found.len() == n {
+                    break;
+                }
+            }
+        }
+        Some(found)
+    }
+
+    /// Whether every point passes its check, in order, and the index matches them: what a
+    /// writer confirms before naming this ring again for a new version.
+    pub fn verify<W: Words>(&self, mem: &W) -> bool {
+        let mut previous = None;
+        for at in 0..self.points {
+            match self.point(mem, at) {
+                Some((value, _)) if previous.is_none_or(|p| p <= value) => previous = Some(value),
+                _ => return false,
+            }
+        }
+        let buckets = 1usize << (32 - self.shift);
+        let mut at = 0;
+        for bucket in 0..=buckets {
+            let start = (bucket as u64) << self.shift;
+            while at < self.points
+                && self
+                    .point(mem, at)
+                    .is_some_and(|(v, _)| u64::from(v) < start)
+            {
+                at += 1;
+            }
+            let expected = if bucket == buckets { self.points } else { at };
+            if self.index(mem, bucket) != Some(expected) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The servers (positions) a domain's ring is built over: all but draining ones under failover
+/// `none`, the up ones under `rehash`.
+pub fn routed(servers: &[Server], failover: Failover) -> Vec<usize> {
+    (0..servers.len())
+        .filter(|&i| match failover {
+            Failover::None => servers[i].state != State::Draining,
+            Failover::Rehash => servers[i].state == State::Up,
+        })
+        .collect()
+}
+
+/// Whether a table's routed servers give the same ring: the same positions, addresses and
+/// weights.
+pub fn same_members(
+    old: &[Server],
+    old_members: &[usize],
+    new: &[Server],
+    new_members: &[usize],
+) -> bool {
+    old_members == new_members
+        && old_members.iter().all(|&i| {
+            old.get(i)
+                .zip(new.get(i))
+                .is_some_and(|(a, b)| a.address == b.address && a.weight == b.weight)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_round_trip_and_damage_or_another_generation_is_refused() {
+        for (value, server) in [(0, 0), (1, 2), (u32::MAX, 65_535), (0x1234_5678, 77)] {
+            let word = encode_point(value, server, 9);
+            assert_eq!(decode_point(word, 9), Some((value, server)));
+            assert_eq!(decode_point(word, 10), None, "another ring's point");
+            for bit in 0..64 {
+                assert_eq!(decode_point(word ^ (1 << bit), 9), None, "bit {bit}");
+            }
+        }
+        assert_eq!(decode_point(0, 1), None, "a zero word is no point");
+    }
+}

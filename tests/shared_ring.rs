@@ -1,0 +1,236 @@
+//! The ring in the shared file (format 3): readers route with the ring the writer computed, build
+//! none of their own, get the answers a ring built from the table gives, and never use a
+//! damaged or outdated one. Addresses outside loopback are only looked up, never connected to.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use common::Reg;
+use libmcshm::client::Router;
+use libmcshm::ring::{self, Ring};
+use libmcshm::shared_ring::routed;
+use libmcshm::table::Failover;
+use libmcshm::{Domain, Registry, Snapshot};
+
+fn domain(name: &str) -> Domain {
+    Domain::new(name).unwrap()
+}
+
+fn snapshot(reg: &Reg, name: &str) -> Snapshot {
+    let mut registry = Registry::open(reg.dir(), &domain(name)).unwrap();
+    (*registry.current_snapshot().unwrap()).clone()
+}
+
+/// The ring a process would build from the table: what the shared one must answer.
+fn built_here(snap: &Snapshot) -> (Ring, Vec<usize>) {
+    let members = routed(&snap.servers, snap.policy.failover);
+    (ring::build_for(&snap.servers, &members), members)
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user:{i:08}:profile")).collect()
+}
+
+/// `count` servers 10.a.b.c with weights 1..=3, some on other ports.
+fn servers(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let port = if i % 7 == 3 { ":11311" } else { "" };
+            format!("10.{}.{}.{}{port}", i / 65536, (i / 256) % 256, i % 256)
+        })
+        .collect()
+}
+
+fn add_weighted(reg: &Reg, name: &str, list: &[String]) {
+    let args: Vec<&str> = std::iter::once("add")
+        .chain(list.iter().map(String::as_str))
+        .collect();
+    reg.ok(name, &args);
+    for (i, server) in list.iter().enumerate().filter(|(i, _)| i % 5 == 0) {
+        let weight = (1 + i % 3).to_string();
+        let server = if server.contains(':') {
+            server.clone()
+        } else {
+            format!("{server}:11211")
+        };
+        reg.ok(name, &["set", &server, "--weight", &weight]);
+    }
+}
+
+fn assert_routes_like_a_built_ring(router: &mut Router, snap: &Snapshot, keys: &[String]) {
+    let (ring, members) = built_here(snap);
+    for key in keys {
+        let expected = ring.server_for(key.as_bytes()).map(|n| members[n]);
+        assert_eq!(router.owner(key.as_bytes()).ok(), expected, "key {key}");
+        let along: Vec<usize> = ring
+            .servers_from(key.as_bytes())
+            .take(2)
+            .map(|n| members[n])
+            .collect();
+        assert_eq!(router.along_ring(key.as_bytes(), 2), along, "key {key}");
+    }
+}
+
+#[test]
+fn readers_route_with_the_shared_ring_and_build_none() {
+    let reg = Reg::new();
+    for (name, count) in [("one", 1), ("three", 3), ("many", 300)] {
+        add_weighted(&reg, name, &servers(count));
+        let mut router = Router::for_domain(reg.dir(), &domain(name)).unwrap();
+        router.refresh().unwrap();
+        let snap = snapshot(&reg, name);
+        assert!(snap.shared_ring.is_some(), "{name}: the writer wrote a ring");
+        assert_routes_like_a_built_ring(&mut router, &snap, &keys(5000));
+        // Under rehash, down servers are off the shared ring too.
+        reg.ok(name, &["policy", "--failover", "rehash"]);
+        if count > 1 {
+            reg.ok(name, &["down", "10.0.0.1:11211"]);
+        }
+        router.refresh().unwrap();
+        let snap = snapshot(&reg, name);
+        assert_routes_like_a_built_ring(&mut router, &snap, &keys(5000));
+        assert_eq!(router.ring_builds(), 0, "{name}: a reader built a ring");
+    }
+}
+
+/// A change that leaves the routed servers and weights alone (a reason, a retry interval, up/down
+/// under failover none, a policy) names the same ring again; others write a new one.
+#[test]
+fn changes_that_keep_the_ring_do_not_rewrite_it() {
+    let reg = Reg::new();
+    reg.ok("keep", &["add", "10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    let generation = |reg: &Reg| snapshot(reg, "keep").shared_ring.unwrap().generation;
+    let first = generation(&reg);
+    for edit in [
+        &["set", "10.0.0.2:11211", "--retry-interval", "60"][..],
+        &["down", "10.0.0.2:11211", "--reason", "disk"],
+        &["up", "10.0.0.2:11211", "--no-flush"],
+        &["policy", "--failover", "rehash"],
+    ] {
+        reg.ok("keep", edit);
+        assert_eq!(generation(&reg), first, "{edit:?} rewrote the ring");
+    }
+    let mut last = first;
+    for edit in [
+        &["set", "10.0.0.1:11211", "--weight", "2"][..],
+        &["down", "10.0.0.3:11211"],
+        &["add", "10.0.0.4"],
+        &["delete", "10.0.0.1:11211"],
+    ] {
+        reg.ok("keep", edit);
+        let now = generation(&reg);
+        assert!(now > last, "{edit:?} kept the old ring");
+        last = now;
+        let mut router = Router::for_domain(reg.dir(), &domain("keep")).unwrap();
+        router.refresh().unwrap();
+        assert_routes_like_a_built_ring(&mut router, &snapshot(&reg, "keep"), &keys(2000));
+        assert_eq!(router.ring_builds(), 0);
+    }
+}
+
+/// A router that keeps routing across changes (the same process, versions moving under it).
+#[test]
+fn a_long_lived_router_follows_every_ring() {
+    let reg = Reg::new();
+    let list = servers(40);
+    add_weighted(&reg, "live", &list);
+    reg.ok("live", &["policy", "--failover", "rehash"]);
+    let mut router = Router::for_domain(reg.dir(), &domain("live")).unwrap();
+    let keys = keys(500);
+    for i in 0..20 {
+        let server = match &list[i / 2 * 3] {
+            s if s.contains(':') => s.clone(),
+            s => format!("{s}:11211"),
+        };
+        if i % 2 == 0 {
+            reg.ok("live", &["down", &server]);
+        } else {
+            reg.ok("live", &["up", &server, "--no-flush"]);
+        }
+        router.refresh().unwrap();
+        let snap = snapshot(&reg, "live");
+        assert_eq!(router.snapshot().version, snap.version);
+        assert_routes_like_a_built_ring(&mut router, &snap, &keys);
+    }
+    assert_eq!(router.ring_builds(), 0);
+}
+
+/// Every byte of the committed ring region flipped in turn (sampled): a fresh reader still
+/// routes every key as a ring built from the table does (damaged points and index entries are
+/// refused, and it builds its own), and never panics.
+#[test]
+fn a_damaged_shared_ring_is_never_used() {
+    let reg = Reg::new();
+    add_weighted(&reg, "dmg", &servers(3));
+    let snap = snapshot(&reg, "dmg");
+    let layout = {
+        let bytes = reg.bytes("dmg");
+        let capacity = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
+        libmcshm::format::Layout::new(capacity, 0)
+    };
+    let at = layout.ring_words(snap.shared_ring.unwrap().slot).unwrap();
+    let points = snap.shared_ring.unwrap().points as usize;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(reg.file("dmg"))
+        .unwrap();
+    let keys = keys(300);
+    let (ring, members) = built_here(&snap);
+    let expected: Vec<Option<usize>> = keys
+        .iter()
+        .map(|k| ring.server_for(k.as_bytes()).map(|n| members[n]))
+        .collect();
+    // The header, the index entries the keys use, and points all over the ring.
+    let mut offsets: Vec<usize> = (at.header * 8..at.header * 8 + 16).collect();
+    offsets.extend((at.index * 8..at.index * 8 + 16).step_by(3));
+    offsets.extend((0..keys.len()).map(|i| {
+        let bucket = (ring::hash_key(keys[i].as_bytes()) >> 17) as usize;
+        at.index * 8 + bucket * 4 + i % 4
+    }));
+    offsets.extend((at.points * 8..(at.points + points) * 8).step_by(41));
+    let mut builds = 0;
+    for offset in offsets {
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset as u64).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x24], offset as u64).unwrap();
+        let mut router = Router::for_domain(reg.dir(), &domain("dmg")).unwrap();
+        for (key, expected) in keys.iter().zip(&expected) {
+            assert_eq!(
+                router.owner(key.as_bytes()).ok(),
+                *expected,
+                "byte {offset} flipped: key {key}"
+            );
+        }
+        builds += router.ring_builds();
+        file.write_all_at(&byte, offset as u64).unwrap();
+    }
+    assert!(builds > 0, "no damage was ever noticed");
+}
+
+/// A file of format 2 (no ring) routes with a ring built by the reader, and the next write
+/// rewrites it in format 3 with its ring.
+#[test]
+fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
+    let reg = Reg::new();
+    std::fs::create_dir_all(reg.dir()).unwrap();
+    // Written by mcshm 0.x (format 2): a:1, b:2 (down, "flaky"), c:3 in domain "c".
+    std::fs::copy("tests/data/format2-c.mcshm", reg.file("c")).unwrap();
+    let snap = snapshot(&reg, "c");
+    assert_eq!((snap.version, snap.shared_ring), (2, None));
+    let mut router = Router::for_domain(reg.dir(), &domain("c")).unwrap();
+    assert_routes_like_a_built_ring(&mut router, &snap, &keys(500));
+    assert_eq!(router.ring_builds(), 1, "no shared ring: built here");
+
+    reg.ok("c", &["add", "d:4"]);
+    let bytes = reg.bytes("c");
+    assert_eq!(bytes[8..16], [3, 0, 0, 0, 3, 0, 0, 0], "rewritten as format 3");
+    let snap = snapshot(&reg, "c");
+    assert!(snap.shared_ring.is_some());
+    assert_eq!(snap.policy.failover, Failover::None);
+    let mut fresh = Router::for_domain(reg.dir(), &domain("c")).unwrap();
+    assert_routes_like_a_built_ring(&mut fresh, &snap, &keys(500));
+    assert_eq!(fresh.ring_builds(), 0);
+}
