@@ -1,5 +1,6 @@
 //! Real concurrent processes on one registry: many writers at once, writers SIGKILLed at random
-//! points under a reader that validates every snapshot, and change notification.
+//! points under a reader that validates every snapshot and every answer of its shared ring, and
+//! change notification.
 
 mod common;
 
@@ -56,7 +57,7 @@ impl Rng {
 }
 
 #[test]
-fn writers_killed_at_random_points_never_tear_a_snapshot() {
+fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
     let reg = Reg::new();
     let domain = Domain::new("kill").unwrap();
     reg.ok("kill", &["add", "seed:1"]);
@@ -72,6 +73,10 @@ fn writers_killed_at_random_points_never_tear_a_snapshot() {
             let mut registry = Registry::open(&dir, &domain).unwrap();
             let (mut reads, mut invalid, mut last_version) = (0u64, Vec::new(), 0u64);
             let mut longest = Duration::ZERO;
+            // Every answer of the shared ring is checked against a ring built from the table
+            // read with it (built once per version).
+            let mut built: Option<(u64, libmcshm::ring::Ring, Vec<usize>)> = None;
+            let mut routed = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 match registry.current_snapshot() {
@@ -83,13 +88,39 @@ fn writers_killed_at_random_points_never_tear_a_snapshot() {
                             ));
                         }
                         last_version = snap.version;
+                        let (_, ring) = registry.snapshot_and_ring().unwrap();
+                        if let Some(view) = ring {
+                            if built.as_ref().is_none_or(|(v, _, _)| *v != snap.version) {
+                                let members = libmcshm::shared_ring::routed(
+                                    &snap.servers,
+                                    snap.policy.failover,
+                                );
+                                let ring = libmcshm::ring::build_for(&snap.servers, &members);
+                                built = Some((snap.version, ring, members));
+                            }
+                            let (_, local, members) = built.as_ref().unwrap();
+                            for n in 0..8u32 {
+                                let hash = n.wrapping_mul(0x9e37_79b9) ^ reads as u32;
+                                // None: writers have moved on twice since the read (retry).
+                                if let Some(owner) = registry.ring_owner(&view, hash) {
+                                    routed += 1;
+                                    let expected = local.server_for_hash(hash).map(|m| members[m]);
+                                    if owner != expected {
+                                        invalid.push(format!(
+                                            "version {}: hash {hash} went to {owner:?}, not {expected:?}",
+                                            snap.version
+                                        ));
+                                    }
+                                }
+                            }
+                        }
                     }
                     Err(e) => invalid.push(e.to_string()),
                 }
                 longest = longest.max(t.elapsed());
                 reads += 1;
             }
-            (reads, invalid, longest)
+            (reads, invalid, longest, routed)
         })
     };
 
@@ -126,12 +157,13 @@ fn writers_killed_at_random_points_never_tear_a_snapshot() {
     // The next writer proceeds without any repair.
     reg.ok("kill", &["add", "after:1"]);
     stop.store(true, Ordering::Relaxed);
-    let (reads, invalid, longest) = reader.join().unwrap();
+    let (reads, invalid, longest, routed) = reader.join().unwrap();
     println!(
         "{killed} writers killed (a slot left odd, i.e. killed mid-copy, after {torn_slots} of them), {} finished, \
-         {reads} snapshots, longest read {longest:?}",
+         {reads} snapshots, longest read {longest:?}, {routed} keys routed by the shared ring",
         committed.len()
     );
+    assert!(routed > 0, "the shared ring was never used");
 
     assert!(invalid.is_empty(), "invalid snapshots: {invalid:?}");
     assert!(killed >= 200, "only {killed} writers were killed");

@@ -99,7 +99,11 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
         ),
         // Routing input, never table input: a damaged ring is refused by the lookups that
         // read it (tests/shared_ring.rs), and the table is intact.
-        ("ring regions", (rings..len).step_by(4099).collect(), Some(false)),
+        (
+            "ring regions",
+            (rings..len).step_by(4099).collect(),
+            Some(false),
+        ),
     ];
     for (region, offsets, expect_error) in regions {
         let (mut errors, mut intact) = (0, 0);

@@ -81,7 +81,10 @@ fn readers_route_with_the_shared_ring_and_build_none() {
         let mut router = Router::for_domain(reg.dir(), &domain(name)).unwrap();
         router.refresh().unwrap();
         let snap = snapshot(&reg, name);
-        assert!(snap.shared_ring.is_some(), "{name}: the writer wrote a ring");
+        assert!(
+            snap.shared_ring.is_some(),
+            "{name}: the writer wrote a ring"
+        );
         assert_routes_like_a_built_ring(&mut router, &snap, &keys(5000));
         // Under rehash, down servers are off the shared ring too.
         reg.ok(name, &["policy", "--failover", "rehash"]);
@@ -226,7 +229,11 @@ fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
 
     reg.ok("c", &["add", "d:4"]);
     let bytes = reg.bytes("c");
-    assert_eq!(bytes[8..16], [3, 0, 0, 0, 3, 0, 0, 0], "rewritten as format 3");
+    assert_eq!(
+        bytes[8..16],
+        [3, 0, 0, 0, 3, 0, 0, 0],
+        "rewritten as format 3"
+    );
     let snap = snapshot(&reg, "c");
     assert!(snap.shared_ring.is_some());
     assert_eq!(snap.policy.failover, Failover::None);

@@ -622,9 +622,8 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
         .chunks_exact(ENTRY_LEN)
         .enumerate()
         .map(|(i, chunk)| {
-            let why = |why: String| {
-                format!("server #{} of version {}: {why}", i + 1, header.generation)
-            };
+            let why =
+                |why: String| format!("server #{} of version {}: {why}", i + 1, header.generation);
             if layout.has_rings() && !entry_crc_ok(chunk) {
                 return Err(why("fails its checksum".into()));
             }

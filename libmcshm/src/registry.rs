@@ -25,8 +25,8 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, CommitInfo, Layout, RingRef};
 use crate::seqlock::{Geometry, ReadError, Seal, VERSION_MASK, Words};
-use crate::shm::{SharedMap, effective_uid, monotonic_ns};
 use crate::shared_ring::{self, RingView};
+use crate::shm::{SharedMap, effective_uid, monotonic_ns};
 use crate::table::{Server, Snapshot, State, Table, first_duplicate};
 
 /// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
@@ -328,9 +328,11 @@ impl Registry {
     /// [`Registry::ring_servers_from`]). `None`: build the ring from the snapshot.
     pub fn snapshot_and_ring(&mut self) -> Result<(Arc<Snapshot>, Option<RingView>)> {
         let snapshot = self.snapshot()?;
-        let ring = self
-            .cache_ring
-            .filter(|_| self.cache.as_ref().is_some_and(|c| Arc::ptr_eq(c, &snapshot)));
+        let ring = self.cache_ring.filter(|_| {
+            self.cache
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &snapshot))
+        });
         Ok((snapshot, ring))
     }
 
@@ -375,8 +377,9 @@ impl Registry {
                 layout.slot_image_words(header)
             }) {
                 Ok(version) => {
-                    let snapshot = format::decode_slot(&self.scratch, self.domain.as_str(), &layout)
-                        .map_err(|why| self.corrupt(why))?;
+                    let snapshot =
+                        format::decode_slot(&self.scratch, self.domain.as_str(), &layout)
+                            .map_err(|why| self.corrupt(why))?;
                     let seq_word = self.geometry.slots[(version & 1) as usize];
                     let ring = snapshot.shared_ring.and_then(|r| {
                         RingView::open(
@@ -446,7 +449,12 @@ impl Registry {
             if table == current.table() {
                 return Ok(Commit::unchanged(current.version));
             }
-            reg.publish_locked(current.version, current.next_id, table, Some((&current, ring)))
+            reg.publish_locked(
+                current.version,
+                current.next_id,
+                table,
+                Some((&current, ring)),
+            )
         })
     }
 
@@ -454,9 +462,7 @@ impl Registry {
     /// repair a file short of deleting it).
     pub fn replace(&mut self, table: &Table) -> Result<Commit> {
         self.locked(|reg| match reg.read_table_and_ring() {
-            Ok((current, _)) if current.table() == *table => {
-                Ok(Commit::unchanged(current.version))
-            }
+            Ok((current, _)) if current.table() == *table => Ok(Commit::unchanged(current.version)),
             Ok((current, ring)) => reg.publish_locked(
                 current.version,
                 current.next_id,
@@ -1063,7 +1069,13 @@ fn create_empty(dir: &Path, domain: &Domain, ownership: FileOwnership) -> Result
 
 /// The words of a new file laid out as `layout` holding `table` as version `version`, with its
 /// shared ring in region 0.
-fn new_file(layout: &Layout, domain: &Domain, version: u64, table: &Table, next_id: u32) -> Vec<u64> {
+fn new_file(
+    layout: &Layout,
+    domain: &Domain,
+    version: u64,
+    table: &Table,
+    next_id: u32,
+) -> Vec<u64> {
     let members = shared_ring::routed(&table.servers, table.policy.failover);
     let ring = crate::ring::build_for(&table.servers, &members);
     let region = layout

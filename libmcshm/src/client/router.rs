@@ -212,9 +212,8 @@ impl Router {
             }
         };
         // The file's ring routes unless this process has taken servers off it on its own.
-        let shared = shared.filter(|_| {
-            snapshot.policy.failover == Failover::None || self.local_down.is_empty()
-        });
+        let shared = shared
+            .filter(|_| snapshot.policy.failover == Failover::None || self.local_down.is_empty());
         let local = OnceLock::new();
         if shared.is_none() {
             let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
