@@ -1,7 +1,8 @@
 //! Routing benchmarks: key → server on the ketama ring (MD5 included) for 3, 100 and 10 000
-//! servers with one key, and for 100, 1 000 and 10 000 servers with 1 M distinct keys; ring
-//! builds, and the per-operation routing overhead of a client when the table
-//! version is unchanged.
+//! servers with one key, and for 100, 1 000 and 10 000 servers with 1 M distinct keys, both on
+//! a ring built in the process and through a client on a domain's shared ring (format 3: the
+//! lookup reads the mapping); ring builds, and the per-operation routing overhead of a client
+//! when the table version is unchanged.
 //!
 //! Run: cargo bench -p libmcshm --bench client
 
@@ -70,6 +71,51 @@ fn rings(c: &mut Criterion) {
     group.finish();
 }
 
+/// A domain of `n` servers (weights 1..=3, as [`ring_of`]) in `dir`.
+fn domain_of(dir: &std::path::Path, n: usize) -> Domain {
+    let domain = Domain::new(&format!("bench{n}")).unwrap();
+    let servers: Vec<Server> = names(n)
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Server {
+            weight: 1 + (i % 3) as u16,
+            ..Server::new(Address::parse(name).unwrap())
+        })
+        .collect();
+    Registry::open_writer(dir, &domain, true)
+        .unwrap()
+        .replace(&Table {
+            servers,
+            ..Table::default()
+        })
+        .unwrap();
+    domain
+}
+
+fn client_distinct_keys(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..1_000_000)
+        .map(|n| format!("user:{n:08}:profile"))
+        .collect();
+    let mut group = c.benchmark_group("client");
+    for n in [100, 1_000, 10_000] {
+        let domain = domain_of(dir.path(), n);
+        let mut client = Client::for_domain(dir.path(), &domain, Timeouts::default()).unwrap();
+        let mut next = 0usize;
+        group.bench_with_input(
+            BenchmarkId::new("server_for_distinct_keys_shared_ring", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    next = (next + 1) % keys.len();
+                    black_box(client.server_for(black_box(keys[next].as_bytes())).is_ok())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
 fn client_routing(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let domain = Domain::new("bench").unwrap();
@@ -98,5 +144,5 @@ fn client_routing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rings, client_routing);
+criterion_group!(benches, rings, client_routing, client_distinct_keys);
 criterion_main!(benches);

@@ -356,6 +356,16 @@ impl Registry {
         ring.still_valid(&self.map).then_some(servers)
     }
 
+    /// Every point of a shared ring this handle gave out, as (value, server position), in ring
+    /// order (for checks and tools); `None` when it cannot be used.
+    pub fn ring_points(&self, ring: &RingView) -> Option<Vec<(u32, usize)>> {
+        if ring.file_id != self.file_id {
+            return None;
+        }
+        let points = ring.points(&self.map)?;
+        ring.still_valid(&self.map).then_some(points)
+    }
+
     /// Copies and validates the committed table now, whatever is cached (for tools that check a
     /// file, and to measure the cost of a copy).
     pub fn read_uncached(&mut self) -> Result<Snapshot> {
@@ -590,11 +600,11 @@ impl Registry {
             // A full file grows; a file of an older format is rewritten in ours (same path).
             self.rewrite_locked(current, capacity, &table, next_id)?
         } else {
-            let (ring, region) = self.ring_for(current + 1, &table, previous);
+            let (ring, pending) = self.ring_for(current + 1, &table, previous);
             let image = format::encode_slot(current + 1, commit_info(), &table, next_id, ring);
             self.reset_live_records(&table.servers, old_servers);
-            let write_ring = || match &region {
-                Some((at, words)) => self.map.copy_in(at.header, words),
+            let write_ring = || match &pending {
+                Some(pending) => pending.write(|at, words| self.map.copy_in(at, words)),
                 None => Some(()),
             };
             self.geometry
@@ -612,14 +622,15 @@ impl Registry {
 
     /// The shared ring version `version` (of `table`) routes with: the previous version's when
     /// its routed servers are the same and its ring is intact (nothing to write), else a new
-    /// one for the region the previous version does not use (its words returned to be written
-    /// inside the new slot's seqlock window). `None` when it does not fit the region.
+    /// one for the region the previous version does not use (returned to be written inside the
+    /// new slot's seqlock window), derived from the previous ring when it can be. `None` when
+    /// it does not fit the region.
     fn ring_for(
         &self,
         version: u64,
         table: &Table,
         previous: Option<(&Snapshot, Option<RingView>)>,
-    ) -> (Option<RingRef>, Option<(format::RingWords, Vec<u64>)>) {
+    ) -> (Option<RingRef>, Option<shared_ring::Pending>) {
         let members = shared_ring::routed(&table.servers, table.policy.failover);
         if let Some((old, Some(view))) = previous
             && let Some(old_ref) = old.shared_ring
@@ -639,16 +650,14 @@ impl Registry {
         let Some(at) = self.layout.ring_words(slot) else {
             return (None, None);
         };
-        let ring = crate::ring::build_for(&table.servers, &members);
-        match shared_ring::encode(&ring, &members, version, &at) {
-            Some(words) => {
-                let reference = RingRef {
-                    generation: version,
-                    slot,
-                    points: ring.len() as u32,
-                };
-                (Some(reference), Some((at, words)))
-            }
+        let derived = previous.and_then(|(old, view)| {
+            let old_members = shared_ring::routed(&old.servers, old.policy.failover);
+            let old_ring = (&old.servers[..], &old_members[..]);
+            shared_ring::derive(&self.map, &view?, old_ring, (&table.servers, &members))
+        });
+        let ring = derived.unwrap_or_else(|| crate::ring::build_for(&table.servers, &members));
+        match shared_ring::Pending::new(ring, members, version, at, slot) {
+            Some(pending) => (Some(pending.reference()), Some(pending)),
             None => (None, None),
         }
     }
@@ -1078,18 +1087,18 @@ fn new_file(
 ) -> Vec<u64> {
     let members = shared_ring::routed(&table.servers, table.policy.failover);
     let ring = crate::ring::build_for(&table.servers, &members);
-    let region = layout
+    let pending = layout
         .ring_words(0)
-        .and_then(|at| Some((at, shared_ring::encode(&ring, &members, version, &at)?)));
-    let reference = region.as_ref().map(|_| RingRef {
-        generation: version,
-        slot: 0,
-        points: ring.len() as u32,
-    });
+        .and_then(|at| shared_ring::Pending::new(ring, members, version, at, 0));
+    let reference = pending.as_ref().map(shared_ring::Pending::reference);
     let image = format::encode_slot(version, commit_info(), table, next_id, reference);
     let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);
-    if let Some((at, region)) = region {
-        words[at.header..at.header + region.len()].copy_from_slice(&region);
+    if let Some(pending) = pending {
+        let written = pending.write(|at, chunk| {
+            words.get_mut(at..at + chunk.len())?.copy_from_slice(chunk);
+            Some(())
+        });
+        debug_assert!(written.is_some(), "the layout holds its rings");
     }
     words
 }

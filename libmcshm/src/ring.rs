@@ -44,33 +44,20 @@ impl Ring {
     pub fn build<'a>(servers: impl IntoIterator<Item = (&'a str, u16)> + Clone) -> Ring {
         let list: Vec<(&str, u16)> = servers.into_iter().collect();
         let count = list.len();
-        let total: u64 = list.iter().map(|&(_, w)| u64::from(w.max(1))).sum();
-        let per_server = |weight: u16| {
-            let pct = f32::from(weight.max(1)) / total as f32;
-            let scaled = pct * 160.0 / 4.0 * count as f32;
-            ((f64::from(scaled) + 0.000_000_000_1) as f32).floor() as u32 * 4
-        };
         // Every server's points have their place in one buffer allocated here: the hashing
         // threads only fill disjoint parts of it (no allocation of theirs outlives them, so a
         // process keeps no per-thread heap after a build).
-        let counts: Vec<usize> = list.iter().map(|&(_, w)| per_server(w) as usize).collect();
+        let counts: Vec<usize> = point_counts(list.iter().map(|&(_, w)| w))
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
         let mut points = vec![(0u32, 0u32); counts.iter().sum()];
         let fill = |first: usize, run: &[(&str, u16)], out: &mut [(u32, u32)]| {
-            let mut label = [0u8; 512];
             let mut at = 0;
-            for (offset, &(name, weight)) in run.iter().enumerate() {
-                let index = (first + offset) as u32;
-                let stem = name.len().min(label.len() - 12);
-                label[..stem].copy_from_slice(&name.as_bytes()[..stem]);
-                label[stem] = b'-';
-                for i in 0..per_server(weight) / 4 {
-                    let len = stem + 1 + write_decimal(&mut label[stem + 1..], i);
-                    let digest = Md5::digest(&label[..len]);
-                    for chunk in digest.chunks_exact(4) {
-                        out[at] = (u32::from_le_bytes(chunk.try_into().unwrap()), index);
-                        at += 1;
-                    }
-                }
+            for (offset, &(name, _)) in run.iter().enumerate() {
+                let n = counts[first + offset];
+                hash_points(name, (first + offset) as u32, 0, &mut out[at..at + n]);
+                at += n;
             }
         };
         let threads = match count {
@@ -92,7 +79,11 @@ impl Ring {
                 }
             });
         }
-        let points = radix_sort_by_value(points);
+        Ring::from_sorted(radix_sort_by_value(points))
+    }
+
+    /// The ring of points already sorted by (value, server).
+    pub(crate) fn from_sorted(points: Vec<(u32, u32)>) -> Ring {
         let (index, shift) = build_index(&points);
         Ring {
             points,
@@ -148,6 +139,12 @@ impl Ring {
         (&self.points, &self.index, 32 - self.shift)
     }
 
+    /// The points, index and index bits, for tests that compare rings point for point.
+    #[doc(hidden)]
+    pub fn parts_for_tests(&self) -> (&[(u32, u32)], &[u32], u32) {
+        self.parts()
+    }
+
     /// Number of points.
     pub fn len(&self) -> usize {
         self.points.len()
@@ -155,6 +152,36 @@ impl Ring {
 
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
+    }
+}
+
+/// The points each server gets (a multiple of 4) for `weights`, in list order: libmemcached's
+/// `4 × floor(w / W × 40 × N + 1e-10)`, in f32 as it computes it.
+pub(crate) fn point_counts(weights: impl Iterator<Item = u16> + Clone) -> Vec<u32> {
+    let count = weights.clone().count();
+    let total: u64 = weights.clone().map(|w| u64::from(w.max(1))).sum();
+    weights
+        .map(|weight| {
+            let pct = f32::from(weight.max(1)) / total as f32;
+            let scaled = pct * 160.0 / 4.0 * count as f32;
+            ((f64::from(scaled) + 0.000_000_000_1) as f32).floor() as u32 * 4
+        })
+        .collect()
+}
+
+/// Fills `out` (its length a multiple of 4) with points of the server named `name`, from
+/// label `first` on: the MD5 of `name-i` gives its points 4i..4i+4, each tagged `server`.
+pub(crate) fn hash_points(name: &str, server: u32, first: u32, out: &mut [(u32, u32)]) {
+    let mut label = [0u8; 512];
+    let stem = name.len().min(label.len() - 12);
+    label[..stem].copy_from_slice(&name.as_bytes()[..stem]);
+    label[stem] = b'-';
+    for (i, four) in (first..).zip(out.chunks_exact_mut(4)) {
+        let len = stem + 1 + write_decimal(&mut label[stem + 1..], i);
+        let digest = Md5::digest(&label[..len]);
+        for (point, chunk) in four.iter_mut().zip(digest.chunks_exact(4)) {
+            *point = (u32::from_le_bytes(chunk.try_into().unwrap()), server);
+        }
     }
 }
 

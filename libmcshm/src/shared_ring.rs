@@ -22,10 +22,11 @@
 //! A lookup that fails any of these is "unusable", and the caller builds the ring itself, as
 //! before format 3 (and as for files of older formats).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::format::{Layout, RingRef, RingWords};
-use crate::ring::Ring;
+use crate::ring::{self, Ring};
 use crate::seqlock::Words;
 use crate::table::{Failover, Server, State};
 
@@ -56,29 +57,79 @@ fn decode_point(word: u64, generation: u64) -> Option<(u32, u32)> {
     (word >> 48 == check(data, generation)).then_some((data as u32, (data >> 32) as u32))
 }
 
-/// The words of a ring region holding `ring` (built over `members`, positions in the slot's
-/// servers) as generation `generation`: header, index, points. `None` when it does not fit
-/// the region (then the version names no ring, and readers build their own).
-pub fn encode(ring: &Ring, members: &[usize], generation: u64, at: &RingWords) -> Option<Vec<u64>> {
-    let (points, index, bits) = ring.parts();
-    if points.len() > at.point_capacity
-        || members.iter().any(|&m| m >= MAX_SERVERS)
-        || index.len().div_ceil(2) > at.points - at.index
-    {
-        return None;
+/// A ring to be written into a region as generation `generation`, checked to fit it.
+pub struct Pending {
+    ring: Ring,
+    members: Vec<usize>,
+    generation: u64,
+    at: RingWords,
+    slot: u32,
+}
+
+/// Words written per call of a [`Pending::write`] sink: no copy of a whole ring (12.5 MB at
+/// 10 000 servers) is ever allocated.
+const CHUNK_WORDS: usize = 4096;
+
+impl Pending {
+    /// `ring` (built over `members`, positions in the slot's servers) for region `slot` at
+    /// `at`; `None` when it does not fit (then the version names no ring, and readers build
+    /// their own).
+    pub fn new(
+        ring: Ring,
+        members: Vec<usize>,
+        generation: u64,
+        at: RingWords,
+        slot: u32,
+    ) -> Option<Pending> {
+        let (points, index, _) = ring.parts();
+        let fits = points.len() <= at.point_capacity
+            && members.iter().all(|&m| m < MAX_SERVERS)
+            && index.len().div_ceil(2) <= at.points - at.index;
+        fits.then_some(Pending {
+            ring,
+            members,
+            generation,
+            at,
+            slot,
+        })
     }
-    let mut words = vec![0u64; at.points - at.header + points.len()];
-    words[0] = generation;
-    words[1] = points.len() as u64 | (u64::from(bits) << 32);
-    for (i, pair) in index.chunks(2).enumerate() {
-        let high = pair.get(1).map_or(0, |&v| u64::from(v) << 32);
-        words[at.index - at.header + i] = u64::from(pair[0]) | high;
+
+    /// What the slot header names.
+    pub fn reference(&self) -> RingRef {
+        RingRef {
+            generation: self.generation,
+            slot: self.slot,
+            points: self.ring.len() as u32,
+        }
     }
-    let first = at.points - at.header;
-    for (word, &(value, member)) in words[first..].iter_mut().zip(points) {
-        *word = encode_point(value, members[member as usize] as u32, generation);
+
+    /// Writes the region (header, index, points) through `sink(first word, words)`, a chunk at
+    /// a time.
+    pub fn write(&self, mut sink: impl FnMut(usize, &[u64]) -> Option<()>) -> Option<()> {
+        let (points, index, bits) = self.ring.parts();
+        let mut header = [0u64; crate::format::RING_HEADER_LEN / 8];
+        header[0] = self.generation;
+        header[1] = points.len() as u64 | (u64::from(bits) << 32);
+        sink(self.at.header, &header)?;
+        let mut chunk = Vec::with_capacity(CHUNK_WORDS);
+        for (n, pairs) in index.chunks(2 * CHUNK_WORDS).enumerate() {
+            chunk.clear();
+            chunk.extend(
+                pairs.chunks(2).map(|pair| {
+                    u64::from(pair[0]) | pair.get(1).map_or(0, |&v| u64::from(v) << 32)
+                }),
+            );
+            sink(self.at.index + n * CHUNK_WORDS, &chunk)?;
+        }
+        for (n, run) in points.chunks(CHUNK_WORDS).enumerate() {
+            chunk.clear();
+            chunk.extend(run.iter().map(|&(value, member)| {
+                encode_point(value, self.members[member as usize] as u32, self.generation)
+            }));
+            sink(self.at.points + n * CHUNK_WORDS, &chunk)?;
+        }
+        Some(())
     }
-    Some(words)
 }
 
 /// A version's ring as one reader found it: where it lies and how to tell it is still that
@@ -207,6 +258,11 @@ impl RingView {
         Some(found)
     }
 
+    /// Every point, in ring order, as (value, server); `None` if one fails its check.
+    pub fn points<W: Words>(&self, mem: &W) -> Option<Vec<(u32, usize)>> {
+        (0..self.points).map(|at| self.point(mem, at)).collect()
+    }
+
     /// Whether every point passes its check, in order, and the index matches them: what a
     /// writer confirms before naming this ring again for a new version.
     pub fn verify<W: Words>(&self, mem: &W) -> bool {
@@ -235,6 +291,129 @@ impl RingView {
         }
         true
     }
+}
+
+/// The ring of `new`'s routed `members` derived from `view`, the previous version's ring (of
+/// `old` and its `old_members`). A server's points are the MD5s of `name-0`, `name-1`, …, as
+/// many as its point count, so a server still on the ring keeps its points, copied from the
+/// mapping and renumbered: only the labels it gains are hashed, and those it loses are hashed
+/// to be dropped. One server down among 10 000 of equal weight changes every count by a label
+/// or none (the f32 arithmetic of libmemcached): 10 000 MD5s instead of 400 000. `None` when
+/// more than half the labels would be hashed (build afresh, on every CPU) or the old ring
+/// cannot be read whole.
+pub fn derive<W: Words>(
+    mem: &W,
+    view: &RingView,
+    (old, old_members): (&[Server], &[usize]),
+    (new, members): (&[Server], &[usize]),
+) -> Option<Ring> {
+    let old_counts = ring::point_counts(old_members.iter().map(|&i| old[i].weight));
+    let new_counts = ring::point_counts(members.iter().map(|&i| new[i].weight));
+    let before: HashMap<&crate::address::Address, (usize, u32)> = old_members
+        .iter()
+        .zip(&old_counts)
+        .map(|(&i, &count)| (&old[i].address, (i, count)))
+        .collect();
+    let mut renumber = vec![u32::MAX; old.len()];
+    // (member, old position, labels from, labels to): hashed to be added, or to be dropped.
+    let (mut gained, mut lost) = (Vec::new(), Vec::new());
+    for (member, (&i, &count)) in members.iter().zip(&new_counts).enumerate() {
+        match before.get(&new[i].address) {
+            Some(&(j, was)) => {
+                renumber[j] = member as u32;
+                if count > was {
+                    gained.push((member, was / 4, count / 4));
+                } else if count < was {
+                    lost.push((j, count / 4, was / 4));
+                }
+            }
+            None => gained.push((member, 0, count / 4)),
+        }
+    }
+    let labels = |list: &[(usize, u32, u32)]| -> usize {
+        list.iter().map(|&(_, from, to)| (to - from) as usize).sum()
+    };
+    let total: usize = new_counts.iter().map(|&c| c as usize / 4).sum();
+    if (labels(&gained) + labels(&lost)) * 2 > total.max(1) {
+        return None;
+    }
+    let hash = |list: &[(usize, u32, u32)], name_of: &dyn Fn(usize) -> String| {
+        let mut points = vec![(0u32, 0u32); labels(list) * 4];
+        let mut at = 0;
+        for &(server, from, to) in list {
+            let n = (to - from) as usize * 4;
+            ring::hash_points(
+                &name_of(server),
+                server as u32,
+                from,
+                &mut points[at..at + n],
+            );
+            at += n;
+        }
+        points.sort_unstable();
+        points
+    };
+    let dropped = hash(&lost, &|j| ring::point_name(&old[j].address));
+    let added = hash(&gained, &|m| ring::point_name(&new[members[m]].address));
+    let mut drop = dropped.iter().peekable();
+    let mut kept = Vec::with_capacity(view.points + added.len());
+    let mut words = vec![0u64; CHUNK_WORDS];
+    for first in (0..view.points).step_by(CHUNK_WORDS) {
+        let words = &mut words[..CHUNK_WORDS.min(view.points - first)];
+        mem.copy_out(view.at.points + first, words)?;
+        for &word in words.iter() {
+            let (value, position) = decode_point(word, view.generation)?;
+            let position = position as usize;
+            while drop
+                .next_if(|&&(v, p)| (v, p as usize) < (value, position))
+                .is_some()
+            {}
+            if drop
+                .next_if(|&&(v, p)| (v, p as usize) == (value, position))
+                .is_some()
+            {
+                continue;
+            }
+            let member = *renumber.get(position)?;
+            if member != u32::MAX {
+                kept.push((value, member));
+            }
+        }
+    }
+    let expected = new_counts.iter().map(|&c| c as usize).sum::<usize>() - added.len();
+    if kept.len() != expected {
+        return None;
+    }
+    // Ties (equal values) must stay in server order; renumbering keeps that unless the list
+    // was reordered, so restore it.
+    let kept_order = renumber.iter().filter(|&&m| m != u32::MAX);
+    if kept_order
+        .clone()
+        .zip(kept_order.skip(1))
+        .any(|(a, b)| a > b)
+    {
+        for run in kept.chunk_by_mut(|a, b| a.0 == b.0) {
+            run.sort_unstable();
+        }
+    }
+    if added.is_empty() {
+        return Some(Ring::from_sorted(kept));
+    }
+    let mut merged = Vec::with_capacity(kept.len() + added.len());
+    let (mut a, mut b) = (kept.into_iter().peekable(), added.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x <= y => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(point) => merged.push(point),
+            None => break,
+        }
+    }
+    Some(Ring::from_sorted(merged))
 }
 
 /// The servers (positions) a domain's ring is built over: all but draining ones under failover
