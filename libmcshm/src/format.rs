@@ -60,7 +60,13 @@
 //!                                 (the version that wrote it); 0 = none, readers build it
 //!     72    4 ring_slot           ring region (0 or 1) that holds it
 //!     76    4 ring_points         its number of points
-//!     80   48 reserved            zero
+//!     80    8 delta_base          a version whose entries this one repeats, byte for byte and
+//!                                 at the same positions, outside delta_first..delta_end (the
+//!                                 previous version; 0 = none): a reader holding it copies
+//!                                 only those entries
+//!     88    4 delta_first         first entry that differs from delta_base's
+//!     92    4 delta_end           entries from here to count are delta_base's (<= count)
+//!     96   32 reserved            zero
 //!    128    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
@@ -168,7 +174,8 @@ pub const LIVE_LEN: usize = 32;
 /// Records of the clients region, and bytes of each.
 pub const CLIENT_SLOTS: usize = 256;
 pub const CLIENT_LEN: usize = 64;
-const ENTRY_WORDS: usize = ENTRY_LEN / 8;
+/// Words of one entry.
+pub const ENTRY_WORDS: usize = ENTRY_LEN / 8;
 const ADDR_FIELD: usize = 256;
 
 /// Bytes 0..128 of the header: written once when the file is created, covered by `header_crc`.
@@ -216,7 +223,10 @@ struct SlotRingFields {
     ring: u64,
     ring_slot: u32,
     ring_points: u32,
-    reserved: [u8; 48],
+    delta_base: u64,
+    delta_first: u32,
+    delta_end: u32,
+    reserved: [u8; 32],
 }
 
 #[repr(C)]
@@ -521,18 +531,21 @@ pub struct CommitInfo {
 }
 
 /// The slot image (format 3) of `table` as version `version`, routing with `ring`: sequence
-/// word (0, set by the publisher), slot header with CRC, entries with theirs.
+/// word (0, set by the publisher), slot header with CRC, entries with theirs. `previous` is
+/// the slot image of version `version - 1` (format 3) when the writer has it: the header then
+/// says which entries differ from it.
 pub fn encode_slot(
     version: u64,
     info: CommitInfo,
     table: &Table,
     next_id: u32,
     ring: Option<RingRef>,
+    previous: Option<&[u64]>,
 ) -> Vec<u64> {
     let servers = &table.servers;
     let mut words = vec![0u64; SLOT_HEADER_LEN / 8 + servers.len() * ENTRY_WORDS];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-    let (head, entries) = bytes.split_at_mut(SLOT_HEADER_LEN);
+    let entries = &mut bytes[SLOT_HEADER_LEN..];
     for (server, chunk) in servers.iter().zip(entries.chunks_exact_mut(ENTRY_LEN)) {
         chunk.copy_from_slice(bytemuck::bytes_of(&encode_entry(server)));
         let crc = crc32fast::hash(chunk);
@@ -556,17 +569,46 @@ pub fn encode_slot(
         warm_window_s: table.policy.warm_window_s,
         fleet_revision: table.fleet_revision,
     };
+    let delta = previous.and_then(|old| delta(old, &words[SLOT_HEADER_LEN / 8..]));
     let ring_fields = SlotRingFields {
         ring: ring.map_or(0, |r| r.generation),
         ring_slot: ring.map_or(0, |r| r.slot),
         ring_points: ring.map_or(0, |r| r.points),
-        reserved: [0; 48],
+        delta_base: delta.map_or(0, |_| version - 1),
+        delta_first: delta.map_or(0, |d| d.0),
+        delta_end: delta.map_or(0, |d| d.1),
+        reserved: [0; 32],
     };
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let head = &mut bytes[..SLOT_HEADER_LEN];
     head[..SLOT_HEADER_LEN_V2].copy_from_slice(bytemuck::bytes_of(&header));
     head[SLOT_HEADER_LEN_V2..].copy_from_slice(bytemuck::bytes_of(&ring_fields));
     let crc = slot_crc(head);
     head[16..20].copy_from_slice(&crc.to_le_bytes());
     words
+}
+
+/// The entries `first..end` of a new slot that differ from the `old` slot image (format 3):
+/// every other entry below the new count is the old one at the same position.
+fn delta(old: &[u64], new_entries: &[u64]) -> Option<(u32, u32)> {
+    let old_entries = old.get(SLOT_HEADER_LEN / 8..)?;
+    let old_n = old_entries.len() / ENTRY_WORDS;
+    let new_n = new_entries.len() / ENTRY_WORDS;
+    let same = |i: usize| {
+        old_entries[i * ENTRY_WORDS..][..ENTRY_WORDS]
+            == new_entries[i * ENTRY_WORDS..][..ENTRY_WORDS]
+    };
+    let common = old_n.min(new_n);
+    let first = (0..common).find(|&i| !same(i)).unwrap_or(common);
+    let end = if new_n > old_n {
+        new_n
+    } else {
+        (first..common)
+            .rev()
+            .find(|&i| !same(i))
+            .map_or(first, |i| i + 1)
+    };
+    Some((first as u32, end as u32))
 }
 
 /// Byte offset of an entry's CRC (format 3).
@@ -599,7 +641,6 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
     if bytes.len() < header_len {
         return Err("slot shorter than its header".into());
     }
-    let header: SlotHeader = bytemuck::pod_read_unaligned(&bytes[..SLOT_HEADER_LEN_V2]);
     let expected_len = layout
         .slot_image_words(image)
         .ok_or("slot count overflows")?
@@ -612,38 +653,116 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
     } else {
         bytes
     };
-    if slot_crc(checked) != header.crc {
+    let (mut snapshot, _) = decode_header(checked, domain, layout)?;
+    snapshot.servers = decode_entries(&bytes[header_len..], 0, snapshot.version, layout)?;
+    if let Some(server) = first_duplicate(&snapshot.servers) {
+        return Err(format!("server {} listed twice", server.address));
+    }
+    check_ids(&snapshot.servers, snapshot.next_id)?;
+    let mut lives = HashSet::with_capacity(snapshot.servers.len());
+    if let Some(s) = snapshot.servers.iter().find(|s| !lives.insert(s.live)) {
+        return Err(format!("server {} shares its live record", s.address));
+    }
+    Ok(snapshot)
+}
+
+/// Which entries of a format-3 slot differ from an older version's (read from the first
+/// [`SLOT_HEADER_LEN`] bytes of a slot copy, before its CRC is checked): the version they
+/// repeat and the range that differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotDelta {
+    pub base: u64,
+    pub first: usize,
+    pub end: usize,
+    pub count: usize,
+}
+
+/// The delta a format-3 slot header announces, if any (unchecked: [`apply_delta`] checks it).
+pub fn slot_delta(header: &[u64]) -> Option<SlotDelta> {
+    let base = *header.get(80 / 8)?;
+    let range = *header.get(88 / 8)?;
+    let delta = SlotDelta {
+        base,
+        first: range as u32 as usize,
+        end: (range >> 32) as usize,
+        count: (*header.get(2)? >> 32) as usize,
+    };
+    (base != 0 && delta.first <= delta.end && delta.end <= delta.count).then_some(delta)
+}
+
+/// Makes `snapshot` (version `delta.base`) the version whose slot header is `header` (its
+/// first [`SLOT_HEADER_LEN`] bytes, as words) and whose entries `delta.first..delta.end` are
+/// `entries`: checks the header's CRC and each entry's, and the ids of the new entries. The
+/// other entries are the snapshot's own (byte for byte what the writer kept). On error the
+/// snapshot is unchanged.
+pub fn apply_delta(
+    snapshot: &mut Snapshot,
+    header: &[u64],
+    delta: SlotDelta,
+    entries: &[u64],
+    layout: &Layout,
+) -> Result<(), String> {
+    let bytes: &[u8] = bytemuck::cast_slice(header);
+    let (head, announced) = decode_header(bytes, &snapshot.domain, layout)?;
+    if announced != Some(delta) || delta.base != snapshot.version {
+        return Err("slot delta does not match its header".into());
+    }
+    if entries.len() != (delta.end - delta.first) * ENTRY_WORDS
+        || (delta.end < delta.count && snapshot.servers.len() < delta.count)
+        || snapshot.servers.len() < delta.first
+    {
+        return Err("slot delta does not fit the table it changes".into());
+    }
+    let fresh = decode_entries(
+        bytemuck::cast_slice(entries),
+        delta.first,
+        head.version,
+        layout,
+    )?;
+    check_ids(&fresh, head.next_id)?;
+    let mut servers = std::mem::take(&mut snapshot.servers);
+    // In place: the entries outside first..end keep their positions.
+    servers.truncate(delta.count);
+    for (position, server) in (delta.first..).zip(fresh) {
+        match servers.get_mut(position) {
+            Some(slot) => *slot = server,
+            None => servers.push(server),
+        }
+    }
+    *snapshot = Snapshot { servers, ..head };
+    Ok(())
+}
+
+/// The snapshot fields of a slot header (no servers), and the delta it announces. `bytes` is
+/// the header (format 3: its CRC is checked) or, before format 3, the whole slot.
+fn decode_header(
+    bytes: &[u8],
+    domain: &str,
+    layout: &Layout,
+) -> Result<(Snapshot, Option<SlotDelta>), String> {
+    let header: SlotHeader = bytemuck::pod_read_unaligned(&bytes[..SLOT_HEADER_LEN_V2]);
+    if slot_crc(bytes) != header.crc {
         return Err(format!(
             "slot of version {} fails its checksum",
             header.generation
         ));
     }
-    let servers = bytes[header_len..]
-        .chunks_exact(ENTRY_LEN)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let why =
-                |why: String| format!("server #{} of version {}: {why}", i + 1, header.generation);
-            if layout.has_rings() && !entry_crc_ok(chunk) {
-                return Err(why("fails its checksum".into()));
-            }
-            decode_entry(&bytemuck::pod_read_unaligned(chunk)).map_err(why)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let shared_ring = if layout.has_rings() {
+    let (shared_ring, delta) = if layout.has_rings() {
         let fields: SlotRingFields =
             bytemuck::pod_read_unaligned(&bytes[SLOT_HEADER_LEN_V2..SLOT_HEADER_LEN]);
-        (fields.ring != 0).then_some(RingRef {
+        let ring = (fields.ring != 0).then_some(RingRef {
             generation: fields.ring,
             slot: fields.ring_slot,
             points: fields.ring_points,
-        })
+        });
+        let words: Vec<u64> = bytes[..SLOT_HEADER_LEN]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (ring, slot_delta(&words))
     } else {
-        None
+        (None, None)
     };
-    if let Some(server) = first_duplicate(&servers) {
-        return Err(format!("server {} listed twice", server.address));
-    }
     let failover = Failover::from_code(header.failover)
         .ok_or_else(|| format!("failover code {}", header.failover))?;
     let rejoin =
@@ -651,23 +770,13 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
     if header.failure_limit == 0 {
         return Err("failure limit 0".into());
     }
-    if let Some(s) = servers.iter().find(|s| s.id == 0 || s.id >= header.next_id) {
-        return Err(format!(
-            "server {} has id {} (next id {})",
-            s.address, s.id, header.next_id
-        ));
-    }
-    let mut lives = HashSet::with_capacity(servers.len());
-    if let Some(s) = servers.iter().find(|s| !lives.insert(s.live)) {
-        return Err(format!("server {} shares its live record", s.address));
-    }
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         domain: domain.to_string(),
         version: header.generation,
         changed_ms: header.changed_ms,
         writer_pid: header.writer_pid,
         writer_uid: header.writer_uid,
-        servers,
+        servers: Vec::new(),
         policy: Policy {
             failover,
             failure_limit: header.failure_limit,
@@ -682,7 +791,40 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,
         shared_ring,
-    })
+    };
+    Ok((snapshot, delta))
+}
+
+/// Decodes entries (each checked against its CRC from format 3 on); `first` is the position
+/// of the first, for messages.
+fn decode_entries(
+    bytes: &[u8],
+    first: usize,
+    version: u64,
+    layout: &Layout,
+) -> Result<Vec<Server>, String> {
+    bytes
+        .chunks_exact(ENTRY_LEN)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let why =
+                |why: String| format!("server #{} of version {version}: {why}", first + i + 1);
+            if layout.has_rings() && !entry_crc_ok(chunk) {
+                return Err(why("fails its checksum".into()));
+            }
+            decode_entry(&bytemuck::pod_read_unaligned(chunk)).map_err(why)
+        })
+        .collect()
+}
+
+fn check_ids(servers: &[Server], next_id: u32) -> Result<(), String> {
+    match servers.iter().find(|s| s.id == 0 || s.id >= next_id) {
+        Some(s) => Err(format!(
+            "server {} has id {} (next id {next_id})",
+            s.address, s.id
+        )),
+        None => Ok(()),
+    }
 }
 
 fn encode_entry(server: &Server) -> Entry {
@@ -777,7 +919,7 @@ mod tests {
 
     #[test]
     fn slot_round_trips() {
-        let image = encode_slot(9, INFO, &table(), 5, None);
+        let image = encode_slot(9, INFO, &table(), 5, None, None);
         let snap = decode_slot(&image, "d", &Layout::new(4, 0)).unwrap();
         assert_eq!(snap.version, 9);
         assert_eq!(snap.table(), table());
@@ -788,9 +930,66 @@ mod tests {
         );
     }
 
+    /// A version read as a change of the one before it equals the version read whole, for
+    /// every kind of edit; a damaged changed entry or header is refused and changes nothing.
+    #[test]
+    fn a_delta_applied_to_the_previous_version_gives_the_version_read_whole() {
+        let layout = Layout::new(16, 0);
+        let base = table();
+        let mut edits: Vec<Table> = Vec::new();
+        let mut t = base.clone();
+        t.servers[1].reason = "changed".into();
+        edits.push(t);
+        let mut t = base.clone();
+        t.servers.push(Server {
+            id: 9,
+            live: 9,
+            ..Server::new(Address::parse("e:5").unwrap())
+        });
+        edits.push(t);
+        let mut t = base.clone();
+        t.servers.pop();
+        edits.push(t);
+        let mut t = base.clone();
+        t.servers.remove(1);
+        edits.push(t);
+        let mut t = base.clone();
+        t.policy.replicas = 2;
+        edits.push(t);
+        let old_image = encode_slot(4, INFO, &base, 10, None, None);
+        let old = decode_slot(&old_image, "d", &layout).unwrap();
+        for (n, edit) in edits.iter().enumerate() {
+            let image = encode_slot(5, INFO, edit, 10, None, Some(&old_image));
+            let whole = decode_slot(&image, "d", &layout).unwrap();
+            let header = &image[..SLOT_HEADER_LEN / 8];
+            let delta = slot_delta(header).expect("a delta");
+            assert_eq!(delta.base, 4);
+            let start = SLOT_HEADER_LEN / 8 + delta.first * ENTRY_WORDS;
+            let entries = &image[start..start + (delta.end - delta.first) * ENTRY_WORDS];
+            let mut changed = old.clone();
+            apply_delta(&mut changed, header, delta, entries, &layout).unwrap();
+            assert_eq!(changed, whole, "edit {n}");
+            for flip in (0..entries.len() * 8).step_by(61) {
+                let mut damaged = entries.to_vec();
+                bytemuck::cast_slice_mut::<u64, u8>(&mut damaged)[flip] ^= 4;
+                let mut copy = old.clone();
+                assert!(apply_delta(&mut copy, header, delta, &damaged, &layout).is_err());
+                assert_eq!(copy, old, "edit {n}: a refused delta changed nothing");
+            }
+            let mut damaged = header.to_vec();
+            damaged[7] ^= 1 << 9; // fleet_revision, covered by the header CRC
+            let mut copy = old.clone();
+            assert!(apply_delta(&mut copy, &damaged, delta, entries, &layout).is_err());
+            // A delta against another version is not applied.
+            let mut other = old.clone();
+            other.version = 3;
+            assert!(apply_delta(&mut other, header, delta, entries, &layout).is_err());
+        }
+    }
+
     #[test]
     fn every_flipped_bit_of_a_slot_is_caught() {
-        let image = encode_slot(3, INFO, &table(), 5, None);
+        let image = encode_slot(3, INFO, &table(), 5, None, None);
         let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
         for i in 8..bytes.len() {
             let mut copy = bytes.clone();
@@ -812,7 +1011,7 @@ mod tests {
         let file = layout.file_image(
             "dom",
             0,
-            &encode_slot(0, INFO, &Table::default(), 1, None),
+            &encode_slot(0, INFO, &Table::default(), 1, None, None),
             &[],
         );
         let len = (file.len() * 8) as u64;

@@ -29,6 +29,8 @@ use crate::shared_ring::{self, RingView};
 use crate::shm::{SharedMap, effective_uid, monotonic_ns};
 use crate::table::{Server, Snapshot, State, Table, first_duplicate};
 
+/// A reader's copy buffer larger than this (a slot of ~120 servers) is let go after a full read.
+const SCRATCH_KEPT: usize = 8192;
 /// Attempts at copying a slot before a reader lapped by writers gives up (and keeps serving its
 /// last good snapshot).
 const READ_ATTEMPTS: u32 = 100;
@@ -126,6 +128,8 @@ pub struct Registry {
     cache: Option<Arc<Snapshot>>,
     /// The shared ring of the cached snapshot's version, when the file has an intact one.
     cache_ring: Option<RingView>,
+    /// How the cached snapshot differs from the version before it, when it was read so.
+    cache_delta: Option<format::SlotDelta>,
     scratch: Vec<u64>,
     /// The last committed word read and its version, so that `version()` checks a sealed word
     /// only when it changes (one load and one compare otherwise).
@@ -202,6 +206,7 @@ impl Registry {
             layout,
             cache: None,
             cache_ring: None,
+            cache_delta: None,
             scratch: Vec::new(),
         })
     }
@@ -316,11 +321,66 @@ impl Registry {
         {
             return Ok(cached.clone());
         }
-        let (snapshot, ring) = self.read_table_and_ring()?;
+        if let Some(changed) = self.read_delta() {
+            return Ok(changed);
+        }
+        let read = self.read_table_and_ring();
+        if self.scratch.capacity() > SCRATCH_KEPT {
+            self.scratch = Vec::new(); // a reader keeps no copy of a large table's slot
+        }
+        let (snapshot, ring) = read?;
         let snapshot = Arc::new(snapshot);
         self.cache = Some(snapshot.clone());
         self.cache_ring = ring;
+        self.cache_delta = None;
         Ok(snapshot)
+    }
+
+    /// Which servers (positions) of the current snapshot differ from the version before it,
+    /// when it was read as a change of that version (a front end then updates what it derives
+    /// from the table for those positions only); `None` when it was read whole.
+    pub fn last_delta(&self) -> Option<format::SlotDelta> {
+        self.cache_delta
+    }
+
+    /// The committed version as a change of the cached one, when its slot says which entries
+    /// differ from the cached version's: only those are copied and decoded, and the cached
+    /// snapshot is updated in place (when no one else holds it). `None`: read the whole slot.
+    fn read_delta(&mut self) -> Option<Arc<Snapshot>> {
+        if !self.layout.has_rings() {
+            return None;
+        }
+        let base = self.cache.as_ref()?.version;
+        let layout = self.layout;
+        let mut header = Vec::with_capacity(format::SLOT_HEADER_LEN / 8);
+        let read = self
+            .geometry
+            .read_part(&self.map, &mut header, |header, copy| {
+                let delta = format::slot_delta(header).filter(|d| d.base == base)?;
+                let mut entries = vec![0u64; (delta.end - delta.first) * format::ENTRY_WORDS];
+                let offset = layout.slot_header_len() / 8 + delta.first * format::ENTRY_WORDS;
+                copy(offset, &mut entries)?;
+                Some((delta, entries))
+            });
+        let Ok(Some((version, (delta, entries)))) = read else {
+            return None;
+        };
+        let cache = self.cache.as_mut()?;
+        let snapshot = Arc::make_mut(cache);
+        format::apply_delta(snapshot, &header, delta, &entries, &layout).ok()?;
+        self.cache_delta = Some(delta);
+        let seq = (self.geometry.slots[(version & 1) as usize], header[0]);
+        self.cache_ring = snapshot.shared_ring.and_then(|r| {
+            RingView::open(
+                &self.map,
+                &layout,
+                r,
+                snapshot.servers.len(),
+                seq,
+                self.file_id,
+            )
+        });
+        Some(cache.clone())
     }
 
     /// [`Registry::snapshot`], with the shared ring its version routes with when the file has
@@ -601,7 +661,16 @@ impl Registry {
             self.rewrite_locked(current, capacity, &table, next_id)?
         } else {
             let (ring, pending) = self.ring_for(current + 1, &table, previous);
-            let image = format::encode_slot(current + 1, commit_info(), &table, next_id, ring);
+            // The scratch buffer holds the slot of `previous`, just read under the lock.
+            let previous_image = previous.map(|_| &self.scratch[..]);
+            let image = format::encode_slot(
+                current + 1,
+                commit_info(),
+                &table,
+                next_id,
+                ring,
+                previous_image,
+            );
             self.reset_live_records(&table.servers, old_servers);
             let write_ring = || match &pending {
                 Some(pending) => pending.write(|at, words| self.map.copy_in(at, words)),
@@ -1091,7 +1160,7 @@ fn new_file(
         .ring_words(0)
         .and_then(|at| shared_ring::Pending::new(ring, members, version, at, 0));
     let reference = pending.as_ref().map(shared_ring::Pending::reference);
-    let image = format::encode_slot(version, commit_info(), table, next_id, reference);
+    let image = format::encode_slot(version, commit_info(), table, next_id, reference, None);
     let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);
     if let Some(pending) = pending {
         let written = pending.write(|at, chunk| {

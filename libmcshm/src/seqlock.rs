@@ -183,6 +183,47 @@ impl Geometry {
         Ok(committed)
     }
 
+    /// One attempt to copy part of the committed slot: its header words into `header`, then
+    /// what `rest` copies, given the header and a copier of `words` at a slot offset (bounded by
+    /// the slot). The whole is checked by the slot's sequence as [`Geometry::read`] checks a
+    /// full copy. `rest` returns `None` when the header does not suit it (then so does this,
+    /// as `Ok(None)`: the caller reads the whole slot instead).
+    pub fn read_part<W: Words, T>(
+        &self,
+        mem: &W,
+        header: &mut Vec<u64>,
+        rest: impl FnOnce(&[u64], &dyn Fn(usize, &mut [u64]) -> Option<()>) -> Option<T>,
+    ) -> Result<Option<(u64, T)>, ReadError> {
+        let committed = self.committed(mem)?;
+        let base = self.slots[(committed & 1) as usize];
+        let seq = self.load(mem, base, Ordering::Acquire)?;
+        if seq & 1 == 1 {
+            return Err(self.lapped_or_corrupt(mem, committed, "slot sequence odd"));
+        }
+        header.clear();
+        header.resize(self.slot_header_words, 0);
+        mem.copy_out(base, header).ok_or_else(out_of_bounds)?;
+        let slot_words = self.slot_words;
+        let copy = |offset: usize, words: &mut [u64]| {
+            let end = offset.checked_add(words.len())?;
+            (end <= slot_words).then_some(())?;
+            mem.copy_out(base + offset, words)
+        };
+        let part = rest(header, &copy);
+        mem.fence(Ordering::Acquire);
+        if self.load(mem, base, Ordering::Relaxed)? != seq {
+            return Err(ReadError::Lapped);
+        }
+        if header[1] != committed {
+            return Err(self.lapped_or_corrupt(
+                mem,
+                committed,
+                "slot generation is not the committed version",
+            ));
+        }
+        Ok(part.map(|part| (committed, part)))
+    }
+
     /// Publishes `image` (a whole slot image; word 0 is ignored, word 1 must be the new version)
     /// as version `current + 1`. The caller holds the writer lock and has checked that `image`
     /// fits a slot. Returns the new version, or `None` if the memory refused a store.

@@ -101,7 +101,7 @@ proptest! {
     #[test]
     fn tables_round_trip(servers in proptest::collection::vec(server(), 0..20), version in any::<u64>()) {
         let table = unique(servers);
-        let image = format::encode_slot(version, INFO, &table, 1000, None);
+        let image = format::encode_slot(version, INFO, &table, 1000, None, None);
         let snap = format::decode_slot(&image, "d", &Layout::new(256, 0)).unwrap();
         prop_assert_eq!(snap.version, version);
         prop_assert_eq!(snap.table(), table);
@@ -113,7 +113,7 @@ proptest! {
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 1..4),
     ) {
         let table = unique(servers);
-        let image = format::encode_slot(7, INFO, &table, 1000, None);
+        let image = format::encode_slot(7, INFO, &table, 1000, None, None);
         let mut bytes: Vec<u8> = image.iter().flat_map(|w| w.to_le_bytes()).collect();
         for (at, mask) in &flips {
             let i = 8 + at.index(bytes.len() - 8); // word 0 is the sequence, not covered by the CRC
@@ -127,7 +127,7 @@ proptest! {
     #[test]
     fn mutated_headers_are_refused_or_unchanged(at in 0usize..136, mask in 1..=255u8) {
         let layout = Layout::new(4, 9);
-        let mut file = layout.file_image("dom", 0, &format::encode_slot(0, INFO, &Table::default(), 1, None), &[]);
+        let mut file = layout.file_image("dom", 0, &format::encode_slot(0, INFO, &Table::default(), 1, None, None), &[]);
         let len = (file.len() * 8) as u64;
         let mut bytes: Vec<u8> = file.iter().flat_map(|w| w.to_le_bytes()).collect();
         bytes[at] ^= mask;

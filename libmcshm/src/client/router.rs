@@ -45,6 +45,8 @@ struct Routing {
     with_draining: Option<(Ring, Vec<usize>)>,
     /// Down servers with a retry interval (candidates for the retry probe).
     probeable: Vec<usize>,
+    /// Draining servers.
+    draining: Vec<usize>,
 }
 
 /// A retry probe the router found due (its lease is taken): run it with [`Probe::run`], which
@@ -192,15 +194,20 @@ impl Router {
             }
             return Ok(());
         }
-        let (snapshot, shared) = match &mut self.source {
-            Source::Registry(registry) => registry.snapshot_and_ring()?,
-            Source::Servers(s) => (s.clone(), None),
-        };
-        if self
+        // Let go of the old version first: the registry then updates the snapshot in place
+        // (a change of a few servers of 10 000 costs what those few cost).
+        let old = self
             .routing
-            .as_ref()
-            .is_some_and(|r| r.snapshot.version != snapshot.version)
-        {
+            .take()
+            .map(|r| (r.snapshot.version, r.probeable, r.draining));
+        let (snapshot, shared, delta) = match &mut self.source {
+            Source::Registry(registry) => {
+                let (snapshot, ring) = registry.snapshot_and_ring()?;
+                (snapshot, ring, registry.last_delta())
+            }
+            Source::Servers(s) => (s.clone(), None, None),
+        };
+        if old.as_ref().is_some_and(|o| o.0 != snapshot.version) {
             // The operator changed the table: our private view of it starts again.
             self.local_down.clear();
         }
@@ -220,15 +227,22 @@ impl Router {
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let _ = local.set((ring::build_for(servers, &members), members));
         }
-        let with_draining = servers.iter().any(|s| s.state == State::Draining).then(|| {
+        // Positions of down servers with a retry interval, and of draining servers: updated
+        // for the changed positions only when the registry read a change of our version.
+        let changed = delta.filter(|d| old.as_ref().is_some_and(|o| o.0 == d.base));
+        let (old_probeable, old_draining) = old.map(|o| (o.1, o.2)).unwrap_or_default();
+        let probeable = positions(servers, changed, old_probeable, |s| {
+            s.state == State::Down && s.retry_interval >= 0
+        });
+        let draining = positions(servers, changed, old_draining, |s| {
+            s.state == State::Draining
+        });
+        let with_draining = (!draining.is_empty()).then(|| {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
                 .collect();
             (ring::build_for(servers, &all), all)
         });
-        let probeable = (0..servers.len())
-            .filter(|&i| servers[i].state == State::Down && servers[i].retry_interval >= 0)
-            .collect();
         self.routing = Some(Routing {
             snapshot,
             local_epoch: self.local_epoch,
@@ -236,6 +250,7 @@ impl Router {
             local,
             with_draining,
             probeable,
+            draining,
         });
         self.periodic();
         Ok(())
@@ -483,4 +498,24 @@ impl Drop for Router {
             registry.release_client(slot);
         }
     }
+}
+
+/// The positions of `servers` that satisfy `keep`: `before` (those of the previous version)
+/// updated for the positions `changed` names, or a scan of every server.
+fn positions(
+    servers: &[Server],
+    changed: Option<crate::format::SlotDelta>,
+    before: Vec<usize>,
+    keep: impl Fn(&Server) -> bool,
+) -> Vec<usize> {
+    let Some(d) = changed else {
+        return (0..servers.len()).filter(|&i| keep(&servers[i])).collect();
+    };
+    let mut kept: Vec<usize> = before
+        .into_iter()
+        .filter(|&i| i < d.first || (d.end..d.count).contains(&i))
+        .chain((d.first..d.end).filter(|&i| keep(&servers[i])))
+        .collect();
+    kept.sort_unstable();
+    kept
 }
