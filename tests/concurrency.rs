@@ -76,7 +76,7 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
             // Every answer of the shared ring is checked against a ring built from the table
             // read with it (built once per version).
             let mut built: Option<(u64, libmcshm::ring::Ring, Vec<usize>)> = None;
-            let mut routed = 0u64;
+            let (mut routed, mut deltas) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 match registry.current_snapshot() {
@@ -88,7 +88,18 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
                             ));
                         }
                         last_version = snap.version;
-                        let (_, ring) = registry.snapshot_and_ring().unwrap();
+                        deltas += u64::from(registry.last_delta().is_some());
+                        // A version read as a change of the last one is the table read whole.
+                        if reads % 8 == 0
+                            && let Ok(whole) = registry.read_uncached()
+                            && whole.version == snap.version
+                            && whole != *snap
+                        {
+                            invalid
+                                .push(format!("version {}: the change read differs", snap.version));
+                        }
+                        // The snapshot routed with (writers may have moved on since `snap`).
+                        let (snap, ring) = registry.snapshot_and_ring().unwrap();
                         if let Some(view) = ring {
                             if built.as_ref().is_none_or(|(v, _, _)| *v != snap.version) {
                                 let members = libmcshm::shared_ring::routed(
@@ -120,7 +131,7 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
                 longest = longest.max(t.elapsed());
                 reads += 1;
             }
-            (reads, invalid, longest, routed)
+            (reads, invalid, longest, routed, deltas)
         })
     };
 
@@ -157,10 +168,10 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
     // The next writer proceeds without any repair.
     reg.ok("kill", &["add", "after:1"]);
     stop.store(true, Ordering::Relaxed);
-    let (reads, invalid, longest, routed) = reader.join().unwrap();
+    let (reads, invalid, longest, routed, deltas) = reader.join().unwrap();
     println!(
         "{killed} writers killed (a slot left odd, i.e. killed mid-copy, after {torn_slots} of them), {} finished, \
-         {reads} snapshots, longest read {longest:?}, {routed} keys routed by the shared ring",
+         {reads} snapshots, longest read {longest:?}, {routed} keys routed by the shared ring, {deltas} of the snapshots read as a change",
         committed.len()
     );
     assert!(routed > 0, "the shared ring was never used");

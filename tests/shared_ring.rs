@@ -284,3 +284,31 @@ fn derived_rings_equal_rings_built_from_scratch() {
     reg.ok("drv", &["down", "10.0.2.1:11211"]);
     check("one down after the reversal");
 }
+
+/// A reader holding version v reads v+1 as a change (the entries that differ only) and gets
+/// exactly the table a fresh reader copies whole, through every kind of edit.
+#[test]
+fn a_change_read_as_a_delta_is_the_table_read_whole() {
+    let reg = Reg::new();
+    add_weighted(&reg, "delta", &servers(50));
+    let mut reader = Registry::open(reg.dir(), &domain("delta")).unwrap();
+    reader.current_snapshot().unwrap();
+    let edits: [&[&str]; 8] = [
+        &["down", "10.0.0.5:11211", "--reason", "disk"],
+        &["set", "10.0.0.6:11211", "--retry-interval", "60"],
+        &["add", "10.1.0.1", "10.1.0.2"],
+        &["delete", "10.1.0.2:11211"],
+        &["delete", "10.0.0.2:11211"],
+        &["policy", "--failover", "rehash", "--replicas", "2"],
+        &["set", "10.0.0.8:11211", "--weight", "2"],
+        &["up", "10.0.0.5:11211", "--no-flush"],
+    ];
+    let mut deltas = 0;
+    for edit in edits {
+        reg.ok("delta", edit);
+        let changed = reader.current_snapshot().unwrap();
+        deltas += usize::from(reader.last_delta().is_some());
+        assert_eq!(*changed, snapshot(&reg, "delta"), "after {edit:?}");
+    }
+    assert_eq!(deltas, edits.len(), "every change was read as a delta");
+}
