@@ -207,17 +207,20 @@ impl RingView {
     }
 
     /// The position of the first point at or after `hash` (`points` when past the last),
-    /// confirmed by its neighbour.
+    /// confirmed by its neighbour: the two points around the answer pass their checks and
+    /// bracket the hash. Adjacent points of the written ring that bracket a hash are its
+    /// answer, so whatever else is damaged, an answer confirmed so is the ring's own.
     fn position<W: Words>(&self, mem: &W, hash: u32) -> Option<usize> {
         let bucket = (u64::from(hash) >> self.shift) as usize;
         let (lo, hi) = (self.index(mem, bucket)?, self.index(mem, bucket + 1)?);
         if lo > hi || hi > self.points {
             return None;
         }
+        // The search reads values unchecked; the answer is checked below, with its neighbour.
         let (mut low, mut high) = (lo, hi);
         while low < high {
             let mid = low + (high - low) / 2;
-            if self.point(mem, mid)?.0 < hash {
+            if (mem.load(self.at.points + mid, Ordering::Relaxed)? as u32) < hash {
                 low = mid + 1;
             } else {
                 high = mid;
