@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What one table change costs a host: 200 reader processes on a domain of 100 / 1 000 / 10 000
-# servers, the total CPU they spend per change (ring rebuilt / ring kept) and each reader's
+# servers, the total CPU they spend per change (new ring / ring kept) and each reader's
 # private memory (libmcshm/examples/readers.rs). Usage: bench/readers.sh [READERS]
 # Figures are printed, never asserted.
 set -euo pipefail

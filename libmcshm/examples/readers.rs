@@ -1,6 +1,6 @@
 //! What one table change costs a host with many client processes: 200 reader processes on a
 //! domain of N servers (failover rehash), each answering one key per change; the total CPU
-//! they spend per change (one that rebuilds the ring: a server down/up; one that keeps it: a
+//! they spend per change (one that changes the ring: a server down/up; one that keeps it: a
 //! reason), and each reader's private memory. Run by bench/readers.sh; prints figures only.
 //!
 //! cargo run --release -p libmcshm --example readers -- 10000 200
@@ -117,7 +117,7 @@ fn main() {
         let after: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
         (after - before) as f64 / 1e9 / rounds as f64
     };
-    let rebuilt = measure(&mut writer, &|t, _| {
+    let changed = measure(&mut writer, &|t, _| {
         t.servers[1].state = match t.servers[1].state {
             State::Up => State::Down,
             _ => State::Up,
@@ -133,7 +133,7 @@ fn main() {
         sorted[sorted.len() / 2]
     };
     println!(
-        "{servers} servers, {readers} reader processes: CPU per change, all readers: {rebuilt:.3} s (new ring), {kept:.3} s (ring kept); private memory per reader (median): {:.1} MB",
+        "{servers} servers, {readers} reader processes: CPU per change, all readers: {changed:.3} s (new ring), {kept:.3} s (ring kept); private memory per reader (median): {:.1} MB",
         median_private as f64 / 1024.0
     );
     writer
