@@ -67,8 +67,33 @@ fn compare(servers: &[(&str, u16)], keys: &[String]) {
             .map(String::as_str)
             .zip(servers.iter().map(|s| s.1)),
     );
+    // The same servers as a domain: the ring the writer puts in the file, looked up in place.
+    let domain = libmcshm::Domain::new("ketama").unwrap();
+    let table = libmcshm::table::Table {
+        servers: addresses
+            .iter()
+            .zip(servers)
+            .map(|(a, (_, weight))| libmcshm::Server {
+                weight: *weight,
+                ..libmcshm::Server::new(a.clone())
+            })
+            .collect(),
+        ..Default::default()
+    };
+    libmcshm::Registry::open_writer(tmp.path(), &domain, true)
+        .unwrap()
+        .replace(&table)
+        .unwrap();
+    let mut router = libmcshm::client::Router::for_domain(tmp.path(), &domain).unwrap();
     let mut mismatches = 0;
     for (key, want) in keys.iter().zip(&expected) {
+        let owner = router.owner(key.as_bytes()).unwrap();
+        let shared = router.address(owner).clone();
+        let shared = format!("{}:{}", shared.host(), shared.port().unwrap());
+        assert_eq!(
+            &shared, want,
+            "key {key:?}: the shared ring differs from libmemcached"
+        );
         let got = &addresses[ring.server_for(key.as_bytes()).unwrap()];
         let got = format!("{}:{}", got.host(), got.port().unwrap());
         if &got != want {
@@ -85,6 +110,7 @@ fn compare(servers: &[(&str, u16)], keys: &[String]) {
         "{mismatches} of {} keys differ from libmemcached",
         keys.len()
     );
+    assert_eq!(router.ring_builds(), 0, "the domain's router built no ring");
 }
 
 fn keys(n: usize) -> Vec<String> {
