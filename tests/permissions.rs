@@ -146,3 +146,86 @@ fn mode_and_group_of_new_files_are_chosen_and_kept_through_growth() {
         assert!(run.stderr().contains(needle), "{}", run.stderr());
     }
 }
+
+/// A FIFO planted at a domain's path (any local user can, in a world-writable sticky
+/// directory): every command refuses it at once as "not a regular file" instead of blocking in
+/// open(2), and `domains` skips it.
+#[test]
+fn a_fifo_at_a_domain_path_is_refused_without_blocking() {
+    let reg = Reg::new();
+    reg.ok("real", &["add", "a:1"]);
+    let status = std::process::Command::new("mkfifo")
+        .arg(reg.file("pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let finished = |mut child: std::process::Child, what: &str| {
+        let exited = common::wait_until(std::time::Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} blocked on the FIFO");
+        }
+        child.wait_with_output().unwrap()
+    };
+    for args in [
+        &["list"][..],
+        &["status", "a:1"],
+        &["dump"],
+        &["policy"],
+        &["wait", "--timeout", "5"],
+        &["add", "b:2"],
+    ] {
+        let child = reg
+            .cmd("pipe", args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finished(child, &format!("mcadmin {args:?}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a regular file") && stderr.contains("pipe.mcshm"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A client that may only read (the FIFO is root's, 0644): its read-only open must not block.
+    let mut mclient = std::process::Command::new(env!("CARGO_BIN_EXE_mclient"));
+    mclient
+        .arg("--dir")
+        .arg(reg.dir())
+        .args(["--domain", "pipe", "get", "k"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if is_root() {
+        mclient.uid(NOBODY).gid(NOBODY);
+    }
+    let out = finished(mclient.spawn().unwrap(), "mclient get");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = reg
+        .cmd("real", &["domains", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finished(child, "mcadmin domains");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("\"real\"") && !listed.contains("pipe"),
+        "{listed}"
+    );
+}

@@ -1083,10 +1083,12 @@ pub fn commit_info() -> CommitInfo {
 /// Opens a registry file without following symlinks, refusing anything but a regular file, and
 /// in a world-writable directory anything not owned by us or root.
 fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Result<File> {
+    // O_NONBLOCK: opening a FIFO planted at the path must not wait for a writer (it is then
+    // refused below as not a regular file); on a regular file the flag changes nothing.
     let file = OpenOptions::new()
         .read(true)
         .write(writable)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) => Error::NoDomain {

@@ -155,7 +155,15 @@ pub fn scan_domains(dir: &Path) -> Result<Vec<DomainRow>> {
     };
     let mut rows = Vec::new();
     for entry in entries {
-        let name = entry?.file_name();
+        let entry = entry?;
+        // A FIFO, socket or device named like a table is no domain (a symlink is reported).
+        if entry
+            .file_type()
+            .is_ok_and(|t| !t.is_file() && !t.is_symlink())
+        {
+            continue;
+        }
+        let name = entry.file_name();
         let Some(domain) = name
             .to_str()
             .and_then(|n| n.strip_suffix(FILE_SUFFIX))
