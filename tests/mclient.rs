@@ -281,3 +281,31 @@ fn a_process_that_cannot_write_the_registry_treats_the_server_as_down_itself() {
     );
     assert_eq!(reg.list_json("ro")["servers"][1]["state"], "up");
 }
+
+/// Negative expiration times are memcached's "expired at once", written as scripts write them
+/// (`--ttl -1`, `touch k -5`), not only `--ttl=-1`.
+#[test]
+fn negative_ttls_expire_at_once() {
+    let mc = Memcached::start();
+    let s = mc.address();
+    let s = s.as_str();
+    let out = run(s, &["set", "gone", "v", "--ttl", "-1"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        code(&run(s, &["get", "gone"], b"")),
+        1,
+        "a negative TTL expires at once"
+    );
+    assert_eq!(code(&run(s, &["set", "k", "v"], b"")), 0);
+    assert_eq!(stdout(&run(s, &["get", "k"], b"")), "v");
+    let out = run(s, &["touch", "k", "-5"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        code(&run(s, &["get", "k"], b"")),
+        1,
+        "touched with -5: expired"
+    );
+    let out = run(s, &["bulk-set", "--ttl", "-1"], b"b 0 1\nx\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&run(s, &["get", "b"], b"")), 1);
+}

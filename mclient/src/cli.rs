@@ -125,7 +125,8 @@ pub enum Verb {
     /// Set a key's expiration time.
     Touch {
         key: String,
-        /// Seconds (or a Unix time); 0: never expires
+        /// Seconds (or a Unix time); 0: never expires; negative: expires at once
+        #[arg(allow_negative_numbers = true)]
         ttl: i64,
     },
     /// Invalidate every item on every up server (or one).
@@ -161,8 +162,14 @@ pub enum Verb {
     /// Store many records read from stdin (KEY FLAGS LENGTH\n<bytes>\n, as get writes them),
     /// pipelined per server.
     BulkSet {
-        /// Expiration time of every record (seconds, or a Unix time); 0: never
-        #[arg(long, default_value_t = 0, value_name = "S")]
+        /// Expiration time of every record (seconds, or a Unix time); 0: never; negative:
+        /// expired at once
+        #[arg(
+            long,
+            default_value_t = 0,
+            value_name = "S",
+            allow_negative_numbers = true
+        )]
         ttl: i64,
     },
 }
@@ -178,8 +185,14 @@ pub struct StoreArgs {
 
 #[derive(Args, Debug)]
 pub struct StoreOptions {
-    /// Expiration time: seconds (up to 30 days) or a Unix time; 0: never
-    #[arg(long, default_value_t = 0, value_name = "S")]
+    /// Expiration time: seconds (up to 30 days) or a Unix time; 0: never; negative: expired at
+    /// once (as memcached takes it)
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "S",
+        allow_negative_numbers = true
+    )]
     pub ttl: i64,
     /// Opaque 32-bit flags stored with the value
     #[arg(long, default_value_t = 0, value_name = "N")]
