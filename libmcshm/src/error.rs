@@ -32,6 +32,18 @@ pub enum Error {
     /// The caller may not read or write the file.
     #[error("permission denied: cannot {op} {}", path.display())]
     PermissionDenied { op: &'static str, path: PathBuf },
+    /// Another writer held the writer lock for longer than this one would wait.
+    #[error(
+        "{} is locked by another writer{} (waited {:.1} s); try again when it is done",
+        path.display(),
+        holder.as_ref().map_or(String::new(), |h| format!(" ({h})")),
+        waited.as_secs_f64()
+    )]
+    Locked {
+        path: PathBuf,
+        holder: Option<String>,
+        waited: std::time::Duration,
+    },
     /// The path is not something we will map: a symlink, not a regular file, foreign owner.
     #[error("refusing {}: {why}", path.display())]
     UnsafeFile { path: PathBuf, why: String },

@@ -34,7 +34,11 @@
 //!    160    8 agent_link          bit 63: the agent reaches etcd; bits 0..62: since when
 //!                                 (ms since the Unix epoch). Not versioned, not checksummed:
 //!                                 status for `mcadmin list`, never routing input
-//!    168   88 reserved            zero
+//!    168    8 locker              the writer holding the writer lock (process start time in
+//!                                 clock ticks << 32 | pid), 0 when none: for the message of a
+//!                                 writer that gives up waiting. The lock itself is an open-
+//!                                 file-description fcntl write lock on the whole file
+//!    176   80 reserved            zero
 //!
 //! Slot k (at header_len + k * slot_len)
 //!      0    8 seq                 seqlock sequence: odd while a writer fills the slot
@@ -165,6 +169,8 @@ pub const WAKE_OFFSET: usize = 144;
 /// Word indexes of `agent` and `agent_link`.
 pub const AGENT_WORD: usize = 152 / 8;
 pub const AGENT_LINK_WORD: usize = 160 / 8;
+/// Word index of `locker`.
+pub const LOCKER_WORD: usize = 168 / 8;
 /// Bytes of a ring region's header, and the point capacity beyond 160 per server (the f32
 /// arithmetic of the point counts may round a few servers up).
 pub const RING_HEADER_LEN: usize = 64;

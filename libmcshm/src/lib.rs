@@ -60,6 +60,6 @@ pub use conn::Timeouts;
 pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
 pub use error::{Error, ErrorKind, Result};
 pub use proto::{Item, StoreVerb};
-pub use registry::{AgentLink, Commit, Registry};
+pub use registry::{AgentLink, Commit, LockWait, Registry};
 pub use shm::monotonic_ns;
 pub use table::{Server, Snapshot, State};

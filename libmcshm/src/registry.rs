@@ -2,9 +2,10 @@
 //! growth, and change notification.
 //!
 //! Readers map the file and copy the committed slot out (see [`crate::seqlock`]); they take no
-//! lock and are never blocked by a writer, live or dead. Writers serialize on an exclusive
-//! `flock` of the file, re-read the current table under the lock, apply their change and publish
-//! it as one new version.
+//! lock and are never blocked by a writer, live or dead. Writers serialize on the writer lock
+//! (an open-file-description `fcntl` write lock on the whole file, which a descriptor opened
+//! only for reading cannot take), waiting at most [`Registry::set_lock_wait`]; they re-read the
+//! current table under the lock, apply their change and publish it as one new version.
 //!
 //! Growth never truncates a mapped file (that would SIGBUS every reader): the writer builds a
 //! larger file beside it, sets the MOVED bit in the old file's committed word, renames the new
@@ -134,6 +135,56 @@ pub struct Registry {
     /// The last committed word read and its version, so that `version()` checks a sealed word
     /// only when it changes (one load and one compare otherwise).
     seen: Option<(u64, u64)>,
+    lock_wait: LockWait,
+}
+
+/// How long a writer waits for the writer lock held by another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockWait {
+    /// Not at all: [`Error::Locked`] at once.
+    Never,
+    /// Up to this long, then [`Error::Locked`].
+    For(Duration),
+    /// Until it is free.
+    Forever,
+}
+
+impl Default for LockWait {
+    fn default() -> LockWait {
+        LockWait::For(Duration::from_secs(10))
+    }
+}
+
+/// Takes the writer lock of `file` (see [`crate::shm::try_write_lock`]) within `wait`,
+/// polling with a growing pause (1 to 50 ms): the kernel offers no timed wait for it.
+fn acquire_lock(
+    file: &File,
+    path: &Path,
+    wait: LockWait,
+    holder: impl Fn(&File) -> Option<String>,
+) -> Result<()> {
+    let started = Instant::now();
+    let limit = match wait {
+        LockWait::Never => Duration::ZERO,
+        LockWait::For(limit) => limit,
+        LockWait::Forever => Duration::MAX,
+    };
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if crate::shm::try_write_lock(file).map_err(|e| Error::io("lock", path, e))? {
+            return Ok(());
+        }
+        let waited = started.elapsed();
+        if waited >= limit {
+            return Err(Error::Locked {
+                path: path.to_path_buf(),
+                holder: holder(file),
+                waited,
+            });
+        }
+        std::thread::sleep(pause.min(limit - waited));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 impl Registry {
@@ -200,6 +251,7 @@ impl Registry {
             file_id: (meta.dev(), meta.ino()),
             geometry: layout.geometry(),
             seen: None,
+            lock_wait: LockWait::default(),
             path,
             file,
             map,
@@ -299,7 +351,11 @@ impl Registry {
     fn reopen(&mut self) -> Result<()> {
         let fresh = Registry::open_path(self.path.clone(), self.domain.clone(), self.writable)?;
         let cache = self.cache.take();
-        *self = Registry { cache, ..fresh };
+        *self = Registry {
+            cache,
+            lock_wait: self.lock_wait,
+            ..fresh
+        };
         Ok(())
     }
 
@@ -555,7 +611,7 @@ impl Registry {
         let mut table = table.clone();
         check_table(&table, domain)?;
         let file = open_checked(&path, domain, true)?;
-        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        acquire_lock(&file, &path, LockWait::default(), |_| None)?;
         let len = file
             .metadata()
             .map_err(|e| Error::io("inspect", &path, e))?
@@ -588,11 +644,32 @@ impl Registry {
             old.fetch_add_u32(format::WAKE_OFFSET, 1);
             old.futex_wake(format::WAKE_OFFSET, WAKE_FIRST);
         }
-        let _ = file.unlock();
+        let _ = crate::shm::write_unlock(&file);
         Ok(Commit {
             version,
             changed: true,
             published_ns,
+        })
+    }
+
+    /// How long a transaction waits for another writer to finish (default: 10 s). A client
+    /// marking a server down does not wait at all (it tries again on a later operation).
+    pub fn set_lock_wait(&mut self, wait: LockWait) {
+        self.lock_wait = wait;
+    }
+
+    /// Who holds the writer lock, for messages: the process a classic POSIX lock names, else
+    /// the writer that recorded itself in the header, if it still runs.
+    fn lock_holder(&self, file: &File) -> Option<String> {
+        let pid = crate::shm::lock_holder(file).or_else(|| {
+            let word = self.map.load(format::LOCKER_WORD, Ordering::Acquire)?;
+            let holder = crate::clients::ProcessId::from_word(word);
+            holder.is_alive().then_some(holder.pid)
+        })?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        Some(match comm.trim() {
+            "" => format!("pid {pid}"),
+            name => format!("pid {pid}, {name}"),
         })
     }
 
@@ -609,18 +686,24 @@ impl Registry {
                 .file
                 .try_clone()
                 .map_err(|e| Error::io("lock", &self.path, e))?;
-            guard.lock().map_err(|e| Error::io("lock", &self.path, e))?;
+            acquire_lock(&guard, &self.path, self.lock_wait, |file| {
+                self.lock_holder(file)
+            })?;
             let current = fs::symlink_metadata(&self.path)
                 .map_err(|e| Error::io("inspect", &self.path, e))?;
             if (current.dev(), current.ino()) == self.file_id {
+                let me = crate::clients::ProcessId::current().map_or(0, |p| p.to_word());
+                self.map.store(format::LOCKER_WORD, me, Ordering::Release);
                 // A grower that died before its rename left MOVED set on the current file.
                 if let Ok((version, true)) = self.committed() {
                     self.store_committed(version, false);
                 }
                 let result = work(self);
-                let _ = guard.unlock();
+                self.map.store(format::LOCKER_WORD, 0, Ordering::Release);
+                let _ = crate::shm::write_unlock(&guard);
                 return result;
             }
+            let _ = crate::shm::write_unlock(&guard);
             drop(guard);
             self.reopen()?;
         }

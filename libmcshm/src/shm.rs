@@ -186,6 +186,49 @@ impl Words for SharedMap {
     }
 }
 
+/// Takes the writer lock of a registry file without waiting: an open-file-description write
+/// lock (`F_OFD_SETLK`, `F_WRLCK`) on the whole file. Only a descriptor opened for writing can
+/// take it, so a user who may only read the table cannot stall its writers with `flock`, and
+/// being bound to the open file description (not the process, as classic POSIX locks are) it
+/// survives other descriptors of the same file being closed. `Ok(false)`: another holds it.
+pub fn try_write_lock(file: &File) -> io::Result<bool> {
+    match ofd_lock(file, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Releases the lock [`try_write_lock`] took.
+pub fn write_unlock(file: &File) -> io::Result<()> {
+    ofd_lock(file, libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short).map(|_| ())
+}
+
+/// The process holding a lock that keeps us from writing, when the kernel says (a classic
+/// POSIX lock names its process; an open-file-description lock, ours, does not: `None`).
+pub fn lock_holder(file: &File) -> Option<u32> {
+    let lock = ofd_lock(file, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short).ok()?;
+    (lock.l_type != libc::F_UNLCK as libc::c_short && lock.l_pid > 0).then_some(lock.l_pid as u32)
+}
+
+fn ofd_lock(file: &File, command: libc::c_int, kind: libc::c_short) -> io::Result<libc::flock> {
+    use std::os::fd::AsRawFd;
+    let mut lock = libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0, // the whole file, however it grows
+        l_pid: 0, // must be 0 for open-file-description locks
+    };
+    // SAFETY: fcntl with an F_OFD_* command reads and (GETLK) writes the one `flock` we own and
+    // pass by pointer; the descriptor is valid for the life of `file`.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), command, &mut lock as *mut libc::flock) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock)
+}
+
 /// The effective user id of this process (recorded as "last writer" and used for ownership
 /// checks).
 pub fn effective_uid() -> u32 {

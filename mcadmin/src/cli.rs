@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "GROUP")]
     pub group: Option<String>,
 
+    /// Seconds to wait for another writer of the domain before giving up with "locked by pid
+    /// N" (exit 4); 0: do not wait
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "S")]
+    pub lock_timeout: f64,
+
     #[command(flatten)]
     pub etcd: EtcdArgs,
 

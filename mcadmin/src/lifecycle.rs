@@ -155,7 +155,7 @@ fn report(ctx: &Invocation, exec: Option<&str>, event: &Event) {
 
 pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     let address = Address::parse(server)?;
-    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, false)?;
+    let mut registry = ctx.writer(false)?;
     let snapshot = registry.current_snapshot()?;
     let target = snapshot
         .find(&address)
@@ -254,7 +254,7 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
 }
 
 pub fn clients(ctx: &Invocation) -> Result<Exit> {
-    let registry = match Registry::open_writer(&ctx.dir, &ctx.domain, false) {
+    let registry = match ctx.writer(false) {
         Err(libmcshm::Error::PermissionDenied { .. }) => Registry::open(&ctx.dir, &ctx.domain)?,
         other => other?,
     };

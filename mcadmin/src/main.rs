@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use libmcshm::registry::FileOwnership;
 use libmcshm::registry::commit_info;
+use libmcshm::registry::{FileOwnership, LockWait};
 use libmcshm::table::{
     Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
     check_warm_window, check_weight,
@@ -85,6 +85,33 @@ pub struct Invocation {
     pub ownership: FileOwnership,
     /// With --etcd: the fleet, whose tables the verbs work on instead of this host's.
     pub fleet: Option<mcshm_fleet::Fleet>,
+    /// How long a write waits for another writer (--lock-timeout).
+    pub lock_wait: LockWait,
+}
+
+impl Invocation {
+    /// The domain opened for writing (created if `create`), waiting for other writers as
+    /// --lock-timeout says.
+    pub fn writer(&self, create: bool) -> libmcshm::Result<Registry> {
+        let mut registry =
+            Registry::open_writer_with(&self.dir, &self.domain, create, self.ownership)?;
+        registry.set_lock_wait(self.lock_wait);
+        Ok(registry)
+    }
+}
+
+fn lock_wait(seconds: f64) -> Result<LockWait> {
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(UsageError(format!(
+            "invalid --lock-timeout '{seconds}': expected seconds from 0 to 86400"
+        ))
+        .into());
+    }
+    Ok(if seconds == 0.0 {
+        LockWait::Never
+    } else {
+        LockWait::For(Duration::from_secs_f64(seconds))
+    })
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
@@ -131,6 +158,7 @@ fn run(cli: &Cli) -> Result<Exit> {
         json: cli.json,
         ownership: ownership(&cli.mode, cli.group.as_deref())?,
         fleet,
+        lock_wait: lock_wait(cli.lock_timeout)?,
     };
     if let Some(fleet) = &ctx.fleet {
         match &cli.command {
@@ -310,7 +338,7 @@ pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
 /// policy is trust or `--no-flush`), a draining one by cancelling the drain.
 fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
     let addresses = parse_addresses(servers)?;
-    let mut registry = Registry::open_writer(&ctx.dir, &ctx.domain, false)?;
+    let mut registry = ctx.writer(false)?;
     let snapshot = registry.current_snapshot()?;
     let mut targets = Vec::new();
     for address in &addresses {
@@ -423,7 +451,7 @@ fn write(
         // or repeated argument), no file is created and no empty domain is left behind.
         change(&mut Table::default())?;
     }
-    let mut registry = Registry::open_writer_with(&ctx.dir, &ctx.domain, create, ctx.ownership)?;
+    let mut registry = ctx.writer(create)?;
     let commit = registry.transact(change)?;
     report_commit(ctx, commit)
 }
@@ -543,8 +571,7 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
     if let Some(fleet) = &ctx.fleet {
         return fleet::load(ctx, fleet, &loaded);
     }
-    let mut registry = match Registry::open_writer_with(&ctx.dir, &ctx.domain, true, ctx.ownership)
-    {
+    let mut registry = match ctx.writer(true) {
         Err(libmcshm::Error::Corrupt { .. }) => {
             let table = Table {
                 servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),

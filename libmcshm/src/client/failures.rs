@@ -9,7 +9,7 @@ use super::{FailureEvent, MarkedDown};
 use crate::conn::ConnError;
 use crate::edit;
 use crate::error::{Error, ErrorKind};
-use crate::registry::{Registry, commit_info};
+use crate::registry::{LockWait, Registry, commit_info};
 use crate::table::{Server, State};
 
 impl Router {
@@ -70,27 +70,47 @@ impl Router {
             .chars()
             .take(crate::table::MAX_REASON_LEN / 2)
             .collect();
-        let published = match &self.source {
-            Source::Registry(registry) => {
-                let dir = registry.path().parent().unwrap_or(Path::new("."));
-                Registry::open_writer(dir, registry.domain(), false).and_then(|mut writer| {
-                    writer.transact(|t| {
-                        edit::mark_down(&mut t.servers, server.id, &reason, commit_info());
-                        Ok(())
-                    })
-                })
-            }
-            Source::Servers(_) => Err(Error::NoServers {
-                what: String::new(),
-            }),
-        };
-        match published {
-            Ok(_) => MarkedDown::ForEveryone,
+        match self.publish_down(server.id, &reason) {
+            Ok(()) => MarkedDown::ForEveryone,
             Err(err) => {
                 debug_assert!(err.kind() != ErrorKind::BadInput);
+                if matches!(err, Error::Locked { .. }) {
+                    // Another writer is at work: try again on a later operation.
+                    self.pending_down.push((server.id, reason));
+                }
                 self.local_down.insert(server.address.clone());
                 self.local_epoch += 1;
                 MarkedDown::LocallyOnly
+            }
+        }
+    }
+
+    /// Marks server `id` down in the table, if it is still up there. An operation never waits
+    /// for the writer lock: when another writer holds it, this fails at once with
+    /// [`Error::Locked`].
+    fn publish_down(&self, id: u32, reason: &str) -> Result<(), Error> {
+        let Source::Registry(registry) = &self.source else {
+            return Err(Error::NoServers {
+                what: String::new(),
+            });
+        };
+        let dir = registry.path().parent().unwrap_or(Path::new("."));
+        let mut writer = Registry::open_writer(dir, registry.domain(), false)?;
+        writer.set_lock_wait(LockWait::Never);
+        writer.transact(|t| {
+            edit::mark_down(&mut t.servers, id, reason, commit_info());
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Retries the mark-downs that found the writer lock taken (from the periodic work of
+    /// later operations); one that succeeds, or whose server is no longer up, is done.
+    pub(super) fn retry_pending_down(&mut self) {
+        let pending = std::mem::take(&mut self.pending_down);
+        for (id, reason) in pending {
+            if let Err(Error::Locked { .. }) = self.publish_down(id, &reason) {
+                self.pending_down.push((id, reason));
             }
         }
     }

@@ -64,6 +64,9 @@ impl Probe {
     /// flush, or `version` round trip, is the probe: one connection per lease).
     pub fn run(self, timeouts: Timeouts) {
         if let Ok(mut writer) = Registry::open_writer(&self.dir, &self.domain, false) {
+            // A probe runs in a client's operation: it never waits for another writer (the
+            // next lease tries again).
+            writer.set_lock_wait(crate::registry::LockWait::Never);
             let _ =
                 crate::lifecycle::rejoin(&mut writer, self.server, timeouts, false, "retry probe");
         }
@@ -80,6 +83,8 @@ pub struct Router {
     pub(super) local_down: HashSet<Address>,
     pub(super) local_epoch: u64,
     pub(super) reported: HashSet<Address>,
+    /// Mark-downs that found another writer at work: (server id, reason), retried later.
+    pub(super) pending_down: Vec<(u32, String)>,
     pub(super) on_failure: Option<FailureCallback>,
     ops: u64,
     client_slot: Option<usize>,
@@ -143,6 +148,7 @@ impl Router {
             local_down: HashSet::new(),
             local_epoch: 0,
             reported: HashSet::new(),
+            pending_down: Vec::new(),
             on_failure: None,
             ops: 0,
             client_slot: None,
@@ -260,6 +266,9 @@ impl Router {
     /// Every [`PERIODIC_OPS`] operations (and on every new version): note in the clients record
     /// that we use this version, and give down servers off the ring their retry probe.
     fn periodic(&mut self) {
+        if !self.pending_down.is_empty() {
+            self.retry_pending_down();
+        }
         if let (Source::Registry(registry), Some(slot)) = (&self.source, self.client_slot) {
             registry.touch_client(slot, self.routing().snapshot.version);
         }

@@ -1,0 +1,159 @@
+//! The writer lock: only a descriptor opened for writing takes it (so a user who may only read a
+//! table cannot stall its writers with `flock`), mcadmin gives up after --lock-timeout naming
+//! the holder, and a client never waits for it (its mark-down is retried on a later operation).
+//! Lock holders are real processes: util-linux `flock`, and Python's `fcntl.lockf`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::memcached::Memcached;
+use common::{Reg, is_root, wait_until};
+use libmcshm::{Client, Domain, Timeouts};
+
+const NOBODY: u32 = 65534;
+
+/// A process holding a lock on `path` until killed; returns once it says it holds it.
+struct Holder(Child);
+
+impl Holder {
+    fn start(mut command: Command) -> Holder {
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "the lock holder did not start");
+        Holder(child)
+    }
+
+    /// A classic POSIX write lock (`fcntl.lockf`), as another writer's would conflict.
+    fn fcntl(path: &std::path::Path, shared: bool) -> Holder {
+        let (mode, kind) = if shared {
+            ("rb", "LOCK_SH")
+        } else {
+            ("r+b", "LOCK_EX")
+        };
+        let script = format!(
+            "import fcntl, sys, time\nf = open(sys.argv[1], '{mode}')\nfcntl.lockf(f, fcntl.{kind})\nprint('locked', flush=True)\ntime.sleep(60)\n"
+        );
+        let mut command = Command::new("/usr/bin/python3");
+        command.arg("-c").arg(script).arg(path);
+        Holder::start(command)
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `flock -x` on the table, by a user who may only read it: writers do not wait for it.
+#[test]
+fn a_reader_holding_flock_does_not_stall_writers() {
+    let reg = Reg::new();
+    reg.ok("d", &["add", "10.0.0.1", "10.0.0.2"]);
+    let mut command = Command::new("flock");
+    command
+        .arg("-x")
+        .arg(reg.file("d"))
+        .args(["-c", "echo locked; exec sleep 60"]);
+    if is_root() {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    let mut holder = Holder::start(command);
+    let run = reg.run("d", &["down", "10.0.0.1:11211", "--lock-timeout", "30"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(
+        holder.running(),
+        "the write went through while flock was held"
+    );
+    assert_eq!(reg.list_json("d")["servers"][0]["state"], "down");
+}
+
+/// Another process holding a write lock: mcadmin waits --lock-timeout, then says who holds it
+/// (exit 4) and changes nothing; once it is released the same command works.
+#[test]
+fn mcadmin_gives_up_after_its_lock_timeout_naming_the_holder() {
+    let reg = Reg::new();
+    reg.ok("d", &["add", "10.0.0.1", "10.0.0.2"]);
+    let before = reg.bytes("d");
+    let holder = Holder::fcntl(&reg.file("d"), false);
+    let run = reg.run("d", &["down", "10.0.0.1:11211", "--lock-timeout", "0.3"]);
+    assert_eq!(run.code(), 4, "{}", run.stderr());
+    let expected = format!("locked by another writer (pid {}", holder.pid());
+    assert!(
+        run.stderr().contains(&expected) && run.stderr().contains("d.mcshm"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(run.stderr().lines().count(), 1, "{}", run.stderr());
+    assert_eq!(reg.bytes("d"), before, "nothing written");
+    let run = reg.run("d", &["down", "10.0.0.1:11211", "--lock-timeout", "0"]);
+    assert_eq!(run.code(), 4, "--lock-timeout 0 does not wait");
+    drop(holder);
+    reg.ok("d", &["down", "10.0.0.1:11211", "--lock-timeout", "0"]);
+    assert_eq!(reg.list_json("d")["servers"][0]["state"], "down");
+    let bad = reg.run("d", &["list", "--lock-timeout", "-1"]);
+    assert_eq!(bad.code(), 2, "{}", bad.stderr());
+}
+
+/// A read lock taken through a read-only descriptor (fcntl allows it) still conflicts with the
+/// writer's lock: the wait is bounded and the message names the process.
+#[test]
+fn a_read_lock_by_a_reader_is_a_bounded_wait_with_its_pid() {
+    let reg = Reg::new();
+    reg.ok("d", &["add", "10.0.0.1"]);
+    let holder = Holder::fcntl(&reg.file("d"), true);
+    let run = reg.run("d", &["add", "10.0.0.2", "--lock-timeout", "0.2"]);
+    assert_eq!(run.code(), 4, "{}", run.stderr());
+    assert!(
+        run.stderr().contains(&format!("pid {}", holder.pid())),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// A client whose failures reach the limit while another writer holds the lock does not wait:
+/// the operation returns, the server is down for this process only, and a later operation
+/// publishes the mark-down once the lock is free.
+#[test]
+fn a_client_never_waits_for_the_lock_and_marks_down_later() {
+    let reg = Reg::new();
+    let (live, mut dead) = (Memcached::start(), Memcached::start());
+    reg.ok("app", &["add", &live.address(), &dead.address()]);
+    reg.ok("app", &["policy", "--failure-limit", "1"]);
+    let mut client =
+        Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap();
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| client.server_for(k.as_bytes()).unwrap().to_string() == dead.address())
+        .unwrap();
+    dead.kill();
+    let holder = Holder::fcntl(&reg.file("app"), false);
+    assert!(client.get(key.as_bytes()).is_err());
+    assert_eq!(
+        reg.list_json("app")["servers"][1]["state"],
+        "up",
+        "nothing written while the lock is held"
+    );
+    drop(holder);
+    let published = wait_until(Duration::from_secs(10), || {
+        let _ = client.get(b"other-key");
+        reg.list_json("app")["servers"][1]["state"] == "down"
+    });
+    assert!(published, "the mark-down was never retried");
+}
