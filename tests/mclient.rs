@@ -309,3 +309,33 @@ fn negative_ttls_expire_at_once() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(code(&run(s, &["get", "b"], b"")), 1);
 }
+
+/// `--timeout` bounds the whole request: a server that drips its reply one byte every 0.3 s
+/// (each read well within 1 s; the whole 41-byte reply takes 12 s) fails it as a timeout, for
+/// mclient and for the library alike.
+#[test]
+fn the_timeout_bounds_the_whole_request_not_each_read() {
+    use common::drip::Drip;
+    use std::time::Duration;
+    let drip = Drip::start(20, Duration::from_millis(300));
+    let out = run(drip.address(), &["get", "k", "--timeout", "1"], b"");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    assert!(
+        !drip.finished(),
+        "mclient waited for the whole dripped reply"
+    );
+
+    let address = libmcshm::Address::parse(drip.address()).unwrap();
+    let timeouts = libmcshm::Timeouts {
+        io: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut client = libmcshm::Client::for_servers(&[address], timeouts).unwrap();
+    let err = client.get(b"k").unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(
+        !drip.finished(),
+        "the library waited for the whole dripped reply"
+    );
+}

@@ -1,18 +1,26 @@
 //! One connection to one memcached server: TCP (TCP_NODELAY) or a unix socket, with connect and
 //! I/O timeouts, a read buffer, and the request/reply plumbing around [`crate::proto`].
+//!
+//! The I/O timeout bounds each whole reply and each whole send, not each read: a server that
+//! drips one byte at a time (each read well within the timeout) still fails at the deadline, as
+//! a server that says nothing does.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::proto::{self, Expect, Reply};
 
+/// How far past its deadline a request may run (the socket timeout is only lowered to the
+/// time left when that is this much shorter).
+const SLACK: Duration = Duration::from_millis(10);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Connect and I/O timeouts (default 1 s each).
+/// Connect and I/O timeouts (default 1 s each). `io` bounds each request's send and each
+/// reply, however the bytes arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
@@ -70,6 +78,9 @@ pub struct Conn {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    /// The I/O timeout, and the one set on the socket now (changed only as a deadline nears).
+    io: Duration,
+    socket_timeout: Duration,
 }
 
 impl Conn {
@@ -101,20 +112,34 @@ impl Conn {
             buf: vec![0; READ_CHUNK],
             pos: 0,
             end: 0,
+            io: timeouts.io,
+            socket_timeout: timeouts.io,
         })
     }
 
-    /// Writes all of `bytes`.
+    /// Writes all of `bytes` within the I/O timeout.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
-        match &mut self.stream {
-            Stream::Tcp(s) => s.write_all(bytes)?,
-            Stream::Unix(s) => s.write_all(bytes)?,
+        let deadline = Instant::now() + self.io;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            self.time_left(deadline)?;
+            let written = match &mut self.stream {
+                Stream::Tcp(s) => s.write(rest),
+                Stream::Unix(s) => s.write(rest),
+            };
+            match written {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
 
-    /// Reads one complete reply of kind `expect`.
+    /// Reads one complete reply of kind `expect`, within the I/O timeout.
     pub fn receive(&mut self, expect: Expect) -> Result<Reply, ConnError> {
+        let deadline = Instant::now() + self.io;
         loop {
             match proto::parse_reply(expect, &self.buf[self.pos..self.end]) {
                 Ok(Some((reply, used))) => {
@@ -125,10 +150,43 @@ impl Conn {
                     }
                     return Ok(reply);
                 }
-                Ok(None) => self.fill()?,
+                Ok(None) => {
+                    self.time_left(deadline)?;
+                    self.fill()?
+                }
                 Err(malformed) => return Err(ConnError::Protocol(malformed.0)),
             }
         }
+    }
+
+    /// Sets the socket's timeouts to what is left until `deadline` (only once a request runs
+    /// late: then a system call per read); past it, the request timed out.
+    fn time_left(&mut self, deadline: Instant) -> Result<(), ConnError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out").into());
+        }
+        // Within SLACK of the full timeout (a fresh request), the full timeout: no system call.
+        let wanted = if left + SLACK >= self.io {
+            self.io
+        } else {
+            left
+        };
+        let lower = wanted + SLACK < self.socket_timeout;
+        if lower || (wanted == self.io && self.socket_timeout != self.io) {
+            match &self.stream {
+                Stream::Tcp(s) => {
+                    s.set_read_timeout(Some(wanted))?;
+                    s.set_write_timeout(Some(wanted))?;
+                }
+                Stream::Unix(s) => {
+                    s.set_read_timeout(Some(wanted))?;
+                    s.set_write_timeout(Some(wanted))?;
+                }
+            }
+            self.socket_timeout = wanted;
+        }
+        Ok(())
     }
 
     /// Reads more bytes into the buffer, compacting or growing it when full.

@@ -57,7 +57,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "MEMCACHED_SERVERS", value_name = "LIST")]
     pub servers: Option<String>,
 
-    /// I/O timeout in seconds
+    /// Seconds a server has for each request: sending it and its whole reply, however the
+    /// bytes trickle in (a server that misses it counts as failed)
     #[arg(long, global = true, default_value_t = 1.0, value_name = "S")]
     pub timeout: f64,
 
