@@ -148,7 +148,9 @@ int mcshm_open_dir(const char *dir, const char *domain, struct mcshm_client **re
 
 /*
  A client of a private server list, `"host[:port][,host[:port]...]"` (the libmemcached tools'
- syntax: commas and/or spaces; no registry involved).
+ syntax: commas and/or spaces; no registry involved). A weight follows an address as
+ `host:port:weight` or `host:port weight` (1-65535; default 1), as `memcached_servers_parse`
+ reads it; a bad list is `MCSHM_EINVAL`.
  */
 int mcshm_open_servers(const char *servers, struct mcshm_client **result);
 

@@ -149,3 +149,52 @@ fn equal_weights_and_a_single_server_agree_with_libmemcached() {
     compare(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], &keys(2000));
     compare(&[("only:4000", 3)], &keys(100));
 }
+
+/// `--servers` in libmemcached's own syntax with weights (`host:port weight`,
+/// `host:port:weight`): mclient sends every key where libmemcached sends it on that list.
+#[test]
+fn weighted_server_lists_route_as_libmemcached_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = oracle(tmp.path());
+    let spec = "cache-a.example.com:11211 3, cache-b.example.com:11212:2,cache-c.example.com";
+    let keys = keys(3000);
+    let mut child = Command::new(exe)
+        .args([
+            "cache-a.example.com:11211:3",
+            "cache-b.example.com:11212:2",
+            "cache-c.example.com:11211:1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = keys.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let expected: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let which = Command::new(env!("CARGO_BIN_EXE_mclient"))
+        .args(["--servers", spec, "which"])
+        .args(&keys)
+        .output()
+        .unwrap();
+    assert!(which.status.success());
+    let got: Vec<String> = String::from_utf8(which.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.to_string())
+        .collect();
+    assert_eq!(got.len(), keys.len());
+    let differ = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differ,
+        0,
+        "{differ} of {} keys differ from libmemcached",
+        keys.len()
+    );
+}

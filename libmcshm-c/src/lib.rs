@@ -195,7 +195,9 @@ pub unsafe extern "C" fn mcshm_open_dir(
 }
 
 /// A client of a private server list, `"host[:port][,host[:port]...]"` (the libmemcached tools'
-/// syntax: commas and/or spaces; no registry involved).
+/// syntax: commas and/or spaces; no registry involved). A weight follows an address as
+/// `host:port:weight` or `host:port weight` (1-65535; default 1), as `memcached_servers_parse`
+/// reads it; a bad list is `MCSHM_EINVAL`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mcshm_open_servers(
     servers: *const c_char,
@@ -207,8 +209,9 @@ pub unsafe extern "C" fn mcshm_open_servers(
         if result.is_null() {
             return Err(MCSHM_EINVAL);
         }
-        let addresses = Address::parse_list(list).map_err(|_| MCSHM_EINVAL)?;
-        let client = Client::for_servers(&addresses, Timeouts::default()).map_err(|e| code(&e))?;
+        let addresses = Address::parse_weighted_list(list).map_err(|_| MCSHM_EINVAL)?;
+        let client =
+            Client::for_weighted_servers(&addresses, Timeouts::default()).map_err(|e| code(&e))?;
         open_with(client, None, result)
     })
 }

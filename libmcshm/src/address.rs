@@ -71,18 +71,50 @@ impl Address {
     }
 
     /// Parses a server list in the libmemcached tools' syntax (`MEMCACHED_SERVERS`):
-    /// addresses separated by commas and/or whitespace. An empty list is an error.
+    /// addresses separated by commas and/or whitespace (weights, if any, dropped: see
+    /// [`Address::parse_weighted_list`]). An empty list is an error.
     pub fn parse_list(text: &str) -> Result<Vec<Address>> {
-        let list = text
+        Ok(Address::parse_weighted_list(text)?
+            .into_iter()
+            .map(|(address, _)| address)
+            .collect())
+    }
+
+    /// Parses a server list with weights as libmemcached's `memcached_servers_parse` and the
+    /// memc* tools accept it: entries separated by commas (and whitespace), each `ADDRESS`,
+    /// `HOST:PORT:WEIGHT` or `ADDRESS WEIGHT` (a number after an address is its weight);
+    /// weight 1 when none is given. A bad entry names the token and what is expected.
+    pub fn parse_weighted_list(text: &str) -> Result<Vec<(Address, u16)>> {
+        let mut list: Vec<(Address, u16)> = Vec::new();
+        let mut weighted = false; // the last address already has its weight
+        for token in text
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|s| !s.is_empty())
-            .map(Address::parse)
-            .collect::<Result<Vec<_>>>()?;
+        {
+            if token.bytes().all(|b| b.is_ascii_digit()) {
+                let Some(last) = list.last_mut().filter(|_| !weighted) else {
+                    return Err(Error::invalid(
+                        "server list",
+                        token,
+                        "a weight must follow an address (expected HOST:PORT WEIGHT)",
+                    ));
+                };
+                last.1 = parse_weight(token)?;
+                weighted = true;
+                continue;
+            }
+            let (address, weight) = match split_weight(token) {
+                Some((address, weight)) => (Address::parse(address)?, Some(parse_weight(weight)?)),
+                None => (Address::parse(token)?, None),
+            };
+            weighted = weight.is_some();
+            list.push((address, weight.unwrap_or(1)));
+        }
         if list.is_empty() {
             return Err(Error::invalid(
                 "server list",
                 text,
-                "no servers (expected HOST[:PORT],...)",
+                "no servers (expected HOST[:PORT][:WEIGHT],...)",
             ));
         }
         Ok(list)
@@ -241,6 +273,28 @@ impl std::str::FromStr for Address {
     }
 }
 
+/// `HOST:PORT:WEIGHT` (not bracketed IPv6, not a socket path) split into address and weight.
+fn split_weight(token: &str) -> Option<(&str, &str)> {
+    if token.starts_with('/') || token.starts_with('[') || token.matches(':').count() != 2 {
+        return None;
+    }
+    let (address, weight) = token.rsplit_once(':')?;
+    let port = address.rsplit_once(':')?.1;
+    (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())).then_some((address, weight))
+}
+
+/// A server weight: 1 to 65535.
+fn parse_weight(text: &str) -> Result<u16> {
+    match text.parse::<u16>() {
+        Ok(weight) if weight > 0 => Ok(weight),
+        _ => Err(Error::invalid(
+            "weight",
+            text,
+            "expected a number from 1 to 65535",
+        )),
+    }
+}
+
 fn parse_port(input: &str, port: &str) -> Result<u16> {
     let bad = |why: &str| Error::invalid("address", input, why);
     if port.is_empty() {
@@ -378,6 +432,37 @@ mod tests {
         assert_eq!(shown, ["a:1", "b:11211", "c:3", "d:11211"]);
         assert!(Address::parse_list(" , ").is_err());
         assert!(Address::parse_list("a:1,b:0").is_err());
+    }
+
+    #[test]
+    fn weights_as_libmemcached_writes_them() {
+        let list = Address::parse_weighted_list("a:1 3, b:2:5,c, [::1]:4 2,/s/mc.sock 7").unwrap();
+        let shown: Vec<(String, u16)> = list.iter().map(|(a, w)| (a.to_string(), *w)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("a:1".to_string(), 3),
+                ("b:2".to_string(), 5),
+                ("c:11211".to_string(), 1),
+                ("[::1]:4".to_string(), 2),
+                ("/s/mc.sock".to_string(), 7),
+            ]
+        );
+        for (bad, needle) in [
+            (
+                "a:1 0",
+                "invalid weight '0': expected a number from 1 to 65535",
+            ),
+            ("a:1:70000", "invalid weight '70000'"),
+            ("a:1:x", "invalid weight 'x'"),
+            ("3 a:1", "'3': a weight must follow an address"),
+            ("a:1 2 3", "'3': a weight must follow an address"),
+            ("a:1:2 3", "'3': a weight must follow an address"),
+            ("fe80::1", "IPv6 addresses need brackets"),
+        ] {
+            let err = Address::parse_weighted_list(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "MCSHM_DOMAIN", default_value = "default")]
     pub domain: String,
 
-    /// Use these servers instead of a domain: HOST[:PORT][,HOST[:PORT]...]
+    /// Use these servers instead of a domain: HOST[:PORT][,HOST[:PORT]...], each optionally
+    /// weighted as libmemcached reads it (`HOST:PORT:WEIGHT` or `HOST:PORT WEIGHT`)
     #[arg(long, global = true, env = "MEMCACHED_SERVERS", value_name = "LIST")]
     pub servers: Option<String>,
 

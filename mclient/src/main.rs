@@ -66,7 +66,7 @@ fn connect(cli: &Cli) -> Result<Client> {
         io: seconds(cli.timeout, "timeout")?,
     };
     let mut client = match &cli.servers {
-        Some(list) => Client::for_servers(&Address::parse_list(list)?, timeouts)?,
+        Some(list) => Client::for_weighted_servers(&Address::parse_weighted_list(list)?, timeouts)?,
         None => {
             let domain = Domain::new(&cli.domain)?;
             let dir = match &cli.dir {

@@ -160,6 +160,15 @@ impl Client {
         Ok(Client::new(Router::for_servers(servers)?, timeouts))
     }
 
+    /// A client of a private server list with weights (`host:port weight`, as
+    /// [`Address::parse_weighted_list`] reads `MEMCACHED_SERVERS`).
+    pub fn for_weighted_servers(servers: &[(Address, u16)], timeouts: Timeouts) -> Result<Client> {
+        Ok(Client::new(
+            Router::for_weighted_servers(servers)?,
+            timeouts,
+        ))
+    }
+
     fn new(router: Router, timeouts: Timeouts) -> Client {
         Client {
             router,

@@ -109,12 +109,20 @@ impl Router {
 
     /// The router of a private server list (weights 1, failover none).
     pub fn for_servers(servers: &[Address]) -> Result<Router> {
+        let weighted: Vec<(Address, u16)> = servers.iter().map(|a| (a.clone(), 1)).collect();
+        Router::for_weighted_servers(&weighted)
+    }
+
+    /// The router of a private server list with weights (failover none), as
+    /// [`Address::parse_weighted_list`] reads one.
+    pub fn for_weighted_servers(servers: &[(Address, u16)]) -> Result<Router> {
         let servers: Vec<Server> = servers
             .iter()
             .enumerate()
-            .map(|(i, a)| Server {
+            .map(|(i, (a, weight))| Server {
                 id: i as u32 + 1,
                 live: i as u32,
+                weight: (*weight).max(1),
                 ..Server::new(a.clone())
             })
             .collect();
