@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test suite, in one command: installs what the tests need when it is missing (Debian or
+# Ubuntu, as root; otherwise prints the exact command to run), then runs `cargo test
+# --workspace` with any arguments given. `.ci/run` runs this same script.
+#
+# The tests start their own memcached servers and a 3-member etcd cluster on loopback ports, use
+# the real libmemcached as the ketama oracle, build, install and run a C program under valgrind,
+# and drive mcproxy with PHP's and Python's own memcached clients.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v memcached >/dev/null 2>&1 || need+=(memcached)
+# libmemcached is the ketama oracle of tests/ketama.rs; its tools are the bench/ baseline.
+pkg-config --exists libmemcached 2>/dev/null || need+=(libmemcached-dev)
+command -v memcslap >/dev/null 2>&1 || need+=(libmemcached-tools)
+# The fleet tests start a real etcd cluster (Debian's etcd 3.4 serves the v3 JSON gateway).
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# mcproxy is tested with clients nobody here wrote: PHP's PECL memcache and php-memcached,
+# and Python's pymemcache (Debian's python3 is the one that sees python3-pymemcache).
+command -v php >/dev/null 2>&1 || need+=(php-cli)
+php -m 2>/dev/null | grep -qx memcache || need+=(php-memcache)
+php -m 2>/dev/null | grep -qx memcached || need+=(php-memcached)
+/usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || need+=(python3-pymemcache)
+# The C API test installs with make, builds with cc through pkg-config, and runs valgrind;
+# the locking tests hold locks with util-linux flock.
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v flock >/dev/null 2>&1 || need+=(util-linux)
+
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q "${need[@]}"
+    else
+        echo "test.sh: the tests need these packages: ${need[*]}" >&2
+        echo "test.sh: install them with: sudo apt-get install -y ${need[*]}" >&2
+        echo "test.sh: (or run ./test.sh as root, which installs them)" >&2
+        exit 2
+    fi
+fi
+
+cargo --version
+exec cargo test --workspace "$@"

@@ -1,0 +1,62 @@
+//! The README's test command is the one CI runs, and on a machine where it cannot install what
+//! the tests need it says exactly what to run instead of failing later in a test.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn the_readme_test_command_is_what_ci_runs() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let after = readme
+        .split_once("Run the whole test suite")
+        .expect("the README says how to run the tests")
+        .1;
+    let block = after.split("```sh\n").nth(1).unwrap();
+    let command = block.split_once("\n```").unwrap().0.trim();
+    assert_eq!(command, "./test.sh");
+    let ci = std::fs::read_to_string(Path::new(ROOT).join(".ci/run")).unwrap();
+    assert_eq!(
+        ci.lines().filter(|l| !l.starts_with('#')).last(),
+        Some("exec ./test.sh")
+    );
+}
+
+/// Without the packages, and without root to install them: the exact `apt-get install` line,
+/// exit 2, and no test run.
+#[test]
+fn without_root_it_names_the_packages_to_install() {
+    let bin = tempfile::tempdir().unwrap();
+    // Only what the script itself needs: no compiler, no memcached, no cargo.
+    for tool in ["dirname", "id", "grep"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, bin.path().join(tool)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut script = Command::new("/bin/bash");
+    script
+        .arg(Path::new(ROOT).join("test.sh"))
+        .env_clear()
+        .env("PATH", bin.path());
+    if common::is_root() {
+        script.uid(65534).gid(65534);
+    }
+    let out = script.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("install them with: sudo apt-get install -y gcc libc6-dev")
+            && stderr.contains("memcached"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no test ran");
+}
