@@ -198,3 +198,80 @@ fn weighted_server_lists_route_as_libmemcached_reads_them() {
         keys.len()
     );
 }
+
+/// IPv6 addresses hash as written, as libmemcached hashes them: `[2001:db8:0:0::1]` is hashed
+/// as "2001:db8:0:0::1", not as its canonical form; `mcadmin` shows it as written and still
+/// knows `[2001:db8::1]` for the same server.
+#[test]
+fn ipv6_addresses_hash_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = oracle(tmp.path());
+    let written = [
+        "[2001:db8:0:0::1]:11211",
+        "[2001:DB8::0:2]:11212",
+        "10.0.0.3:11211",
+    ];
+    let keys = keys(3000);
+    let oracle_args: Vec<String> = written
+        .iter()
+        .map(|a| format!("{}:1", a.replace(['[', ']'], "")))
+        .collect();
+    let mut child = Command::new(exe)
+        .args(&oracle_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = keys.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let expected: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mcadmin = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mcadmin"))
+            .arg("--dir")
+            .arg(tmp.path())
+            .args(["--domain", "v6"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut add = vec!["add"];
+    add.extend(written);
+    assert!(mcadmin(&add).status.success());
+    let list = String::from_utf8(mcadmin(&["list"]).stdout).unwrap();
+    assert!(list.contains("[2001:db8:0:0::1]:11211"), "{list}");
+    assert!(list.contains("[2001:DB8::0:2]:11212"), "{list}");
+    let again = mcadmin(&["add", "[2001:db8::1]:11211"]);
+    assert_eq!(
+        again.status.code(),
+        Some(3),
+        "the same server, written otherwise"
+    );
+    let which = Command::new(env!("CARGO_BIN_EXE_mclient"))
+        .arg("--dir")
+        .arg(tmp.path())
+        .args(["--domain", "v6", "which"])
+        .args(&keys)
+        .output()
+        .unwrap();
+    assert!(which.status.success());
+    let got: Vec<String> = String::from_utf8(which.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.replace(['[', ']'], ""))
+        .collect();
+    let differ = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+    assert_eq!(got.len(), keys.len());
+    assert_eq!(
+        differ,
+        0,
+        "{differ} of {} keys differ from libmemcached",
+        keys.len()
+    );
+}

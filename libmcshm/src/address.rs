@@ -1,9 +1,11 @@
 //! Server addresses as operators write them: `host[:port]`, `a.b.c.d[:port]`, `[v6][:port]`, or
 //! an absolute unix socket path. The port defaults to 11211.
 //!
-//! The text is kept as written (hostnames are not resolved or lower-cased), because clients hash
-//! the configured name (ketama point names are `host` or `host:port`), and every process on the
-//! host must hash the same bytes.
+//! The text is kept as written (hostnames are not resolved or lower-cased, IPv6 addresses are
+//! not canonicalised), because clients hash the configured name (ketama point names are `host`
+//! or `host:port`: libmemcached hashes `[2001:db8:0:0::1]` as "2001:db8:0:0::1"), and every
+//! process of a fleet must hash the same bytes. Addresses still compare as what they name:
+//! `[::1]` and `[0:0::1]` are one server.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -18,14 +20,19 @@ pub const MAX_HOST_LEN: usize = 255;
 pub const MAX_UNIX_PATH_LEN: usize = 107;
 
 /// Where a memcached server listens.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub enum Address {
     /// A DNS name and port.
     Host { name: String, port: u16 },
     /// An IPv4 address and port.
     Ipv4 { ip: Ipv4Addr, port: u16 },
-    /// An IPv6 address and port, written `[ip]:port`.
-    Ipv6 { ip: Ipv6Addr, port: u16 },
+    /// An IPv6 address and port, written `[text]:port`; `text` is the address as written (what
+    /// is hashed and shown), `ip` what it means (what is compared).
+    Ipv6 {
+        ip: Ipv6Addr,
+        port: u16,
+        text: String,
+    },
     /// A unix domain socket path.
     Unix { path: String },
 }
@@ -46,6 +53,7 @@ impl Address {
             let (ip, after) = rest
                 .split_once(']')
                 .ok_or_else(|| bad("missing ']' after IPv6 address"))?;
+            let text = ip.to_string();
             let ip: Ipv6Addr = ip
                 .parse()
                 .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
@@ -58,7 +66,7 @@ impl Address {
                         .ok_or_else(|| bad("expected ':PORT' after ']'"))?,
                 )?,
             };
-            return Ok(Address::Ipv6 { ip, port });
+            return Ok(Address::Ipv6 { ip, port, text });
         }
         if input.matches(':').count() > 1 {
             return Err(bad("IPv6 addresses need brackets, e.g. [::1]:11211"));
@@ -154,6 +162,7 @@ impl Address {
         match self {
             Address::Host { name, .. } => std::borrow::Cow::Borrowed(name),
             Address::Unix { path } => std::borrow::Cow::Borrowed(path),
+            Address::Ipv6 { text, .. } => std::borrow::Cow::Borrowed(text),
             other => std::borrow::Cow::Owned(other.host()),
         }
     }
@@ -163,7 +172,7 @@ impl Address {
         match self {
             Address::Host { name, .. } => name.clone(),
             Address::Ipv4 { ip, .. } => ip.to_string(),
-            Address::Ipv6 { ip, .. } => ip.to_string(),
+            Address::Ipv6 { text, .. } => text.clone(),
             Address::Unix { path } => path.clone(),
         }
     }
@@ -197,6 +206,7 @@ impl Address {
             KIND_IPV6 => Address::Ipv6 {
                 ip: text.parse().map_err(|_| "bad IPv6 address".to_string())?,
                 port,
+                text: text.to_string(),
             },
             KIND_HOST | KIND_IPV4 => Address::from_host(text, port)?,
             other => return Err(format!("unknown address kind {other}")),
@@ -216,6 +226,40 @@ impl Address {
             Address::Ipv4 { .. } => KIND_IPV4,
             Address::Ipv6 { .. } => KIND_IPV6,
             Address::Unix { .. } => KIND_UNIX,
+        }
+    }
+}
+
+/// Addresses are equal when they name the same place: an IPv6 address compares by its value,
+/// not by how it was written.
+impl PartialEq for Address {
+    fn eq(&self, other: &Address) -> bool {
+        match (self, other) {
+            (Address::Host { name: a, port: p }, Address::Host { name: b, port: q }) => {
+                a == b && p == q
+            }
+            (Address::Ipv4 { ip: a, port: p }, Address::Ipv4 { ip: b, port: q }) => {
+                a == b && p == q
+            }
+            (Address::Ipv6 { ip: a, port: p, .. }, Address::Ipv6 { ip: b, port: q, .. }) => {
+                a == b && p == q
+            }
+            (Address::Unix { path: a }, Address::Unix { path: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Address {}
+
+impl std::hash::Hash for Address {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Address::Host { name, port } => (name, port).hash(state),
+            Address::Ipv4 { ip, port } => (ip, port).hash(state),
+            Address::Ipv6 { ip, port, .. } => (ip, port).hash(state),
+            Address::Unix { path } => path.hash(state),
         }
     }
 }
@@ -260,7 +304,7 @@ impl fmt::Display for Address {
         match self {
             Address::Host { name, port } => write!(f, "{name}:{port}"),
             Address::Ipv4 { ip, port } => write!(f, "{ip}:{port}"),
-            Address::Ipv6 { ip, port } => write!(f, "[{ip}]:{port}"),
+            Address::Ipv6 { text, port, .. } => write!(f, "[{text}]:{port}"),
             Address::Unix { path } => f.write_str(path),
         }
     }

@@ -35,9 +35,13 @@ fn address() -> impl Strategy<Value = Address> {
             ip: ip.into(),
             port: p
         }),
-        (any::<[u16; 8]>(), 1..=65535u16).prop_map(|(ip, p)| Address::Ipv6 {
-            ip: ip.into(),
-            port: p
+        (any::<[u16; 8]>(), 1..=65535u16).prop_map(|(ip, p)| {
+            let ip: std::net::Ipv6Addr = ip.into();
+            Address::Ipv6 {
+                ip,
+                port: p,
+                text: ip.to_string(),
+            }
         }),
         "(/[a-z0-9._]{1,20}){1,4}".prop_map(|p| Address::Unix { path: p }),
     ]
