@@ -366,15 +366,17 @@ pub unsafe extern "C" fn mcshm_server_for_key(
             return Err(MCSHM_EINVAL);
         }
         let address = h.client.server_for(key).map_err(|e| code(&e))?;
-        let name = address.host_text();
-        if name.len() + 1 > host_len {
+        // No allocation on this path: the name goes through a stack buffer.
+        let mut name = [0u8; libmcshm::address::MAX_HOST_LEN + 1];
+        let len = address.write_host(&mut name).ok_or(MCSHM_ERANGE)?;
+        if len + 1 > host_len {
             return Err(MCSHM_ERANGE);
         }
         // SAFETY: `host` is non-null and, per the API, valid for `host_len` bytes, which hold
-        // the name and its NUL (checked above); the regions cannot overlap (ours is owned).
+        // the name and its NUL (checked above); the regions cannot overlap (ours is a local).
         unsafe {
-            std::ptr::copy_nonoverlapping(name.as_ptr().cast::<c_char>(), host, name.len());
-            *host.add(name.len()) = 0;
+            std::ptr::copy_nonoverlapping(name.as_ptr().cast::<c_char>(), host, len);
+            *host.add(len) = 0;
             out(port, c_int::from(address.port().unwrap_or(0)))?;
         }
         Ok(MCSHM_OK)

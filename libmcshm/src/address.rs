@@ -167,6 +167,19 @@ impl Address {
         }
     }
 
+    /// Writes the host part (as [`Address::host`]) into `out` without allocating; returns its
+    /// length, or `None` if `out` is too small.
+    pub fn write_host(&self, out: &mut [u8]) -> Option<usize> {
+        let text = match self {
+            Address::Host { name, .. } => name.as_str(),
+            Address::Ipv6 { text, .. } => text.as_str(),
+            Address::Unix { path } => path.as_str(),
+            Address::Ipv4 { ip, .. } => return write_ipv4(ip, out),
+        };
+        out.get_mut(..text.len())?.copy_from_slice(text.as_bytes());
+        Some(text.len())
+    }
+
     /// The host part as written (IPv6 without brackets), or the socket path.
     pub fn host(&self) -> String {
         match self {
@@ -315,6 +328,31 @@ impl std::str::FromStr for Address {
     fn from_str(s: &str) -> Result<Address> {
         Address::parse(s)
     }
+}
+
+/// `a.b.c.d` into `out` (as `Ipv4Addr`'s Display writes it, without its formatter: this is on
+/// the C API's per-key path); its length, or `None` if `out` is too small.
+fn write_ipv4(ip: &Ipv4Addr, out: &mut [u8]) -> Option<usize> {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    out.get_mut(..len)?.copy_from_slice(&text[..len]);
+    Some(len)
 }
 
 /// `HOST:PORT:WEIGHT` (not bracketed IPv6, not a socket path) split into address and weight.
@@ -506,6 +544,25 @@ mod tests {
         ] {
             let err = Address::parse_weighted_list(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_written_without_allocating_as_host_gives_them() {
+        for text in [
+            "h.example:1",
+            "10.20.30.40:5",
+            "0.0.0.0:1",
+            "255.255.255.255:1",
+            "1.100.9.250:1",
+            "[2001:db8:0:0::1]:7",
+            "/x/y",
+        ] {
+            let address = Address::parse(text).unwrap();
+            let mut out = [0u8; 64];
+            let len = address.write_host(&mut out).unwrap();
+            assert_eq!(&out[..len], address.host().as_bytes());
+            assert_eq!(address.write_host(&mut out[..len - 1]), None, "too small");
         }
     }
 
