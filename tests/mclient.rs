@@ -339,3 +339,76 @@ fn the_timeout_bounds_the_whole_request_not_each_read() {
         "the library waited for the whole dripped reply"
     );
 }
+
+/// One exit-code contract: 2 only when nothing was sent; once a server has answered (or failed),
+/// 3 with a message that names what happened.
+#[test]
+fn errors_after_sending_exit_3_and_say_what_happened() {
+    let mc = Memcached::start();
+    let s = mc.address();
+    let s = s.as_str();
+    assert_eq!(code(&run(s, &["set", "word", "abc"], b"")), 0);
+    let out = run(s, &["incr", "word", "1"], b"");
+    assert_eq!(
+        code(&out),
+        3,
+        "CLIENT_ERROR after sending: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("CLIENT_ERROR"), "{}", stderr(&out));
+
+    // memcached -C keeps no CAS values: said so, not a silent "exists".
+    let no_cas = Memcached::start_with(&["-C"]);
+    let n = no_cas.address();
+    assert_eq!(code(&run(&n, &["set", "k", "v"], b"")), 0);
+    let out = run(&n, &["cas", "k", "0", "v2"], b"");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keeps no CAS values"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A binary-protocol-only server is named, not a bare timeout.
+    let binary = Memcached::start_with(&["-B", "binary"]);
+    let out = run(&binary.address(), &["get", "k"], b"");
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("speaks only the binary protocol"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A server over its connection limit refuses, and is reported as refusing.
+    let full = Memcached::start_with(&["-c", "30"]);
+    let held: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|_| std::net::TcpStream::connect(full.address()).ok())
+        .collect();
+    assert!(held.len() >= 30);
+    let out = run(&full.address(), &["get", "k"], b"");
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("refused the connection: Too many open connections"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
+}
+
+/// bulk-get reports a bad key on its line and answers the rest of the batch.
+#[test]
+fn bulk_get_reports_a_bad_key_and_goes_on() {
+    let mc = Memcached::start();
+    let s = mc.address();
+    let s = s.as_str();
+    assert_eq!(code(&run(s, &["set", "a", "1"], b"")), 0);
+    assert_eq!(code(&run(s, &["set", "c", "3"], b"")), 0);
+    let out = run(s, &["bulk-get"], b"a\nbad key\nc\n");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 2: invalid key 'bad key'"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "a 0 1\n1\nc 0 1\n3\n");
+}

@@ -81,6 +81,8 @@ pub struct Conn {
     /// The I/O timeout, and the one set on the socket now (changed only as a deadline nears).
     io: Duration,
     socket_timeout: Duration,
+    /// Replies read so far: a connection that fails before its first is worth a diagnosis.
+    replies: u64,
 }
 
 impl Conn {
@@ -114,7 +116,13 @@ impl Conn {
             end: 0,
             io: timeouts.io,
             socket_timeout: timeouts.io,
+            replies: 0,
         })
+    }
+
+    /// Replies read on this connection so far.
+    pub fn replies(&self) -> u64 {
+        self.replies
     }
 
     /// Writes all of `bytes` within the I/O timeout.
@@ -143,6 +151,7 @@ impl Conn {
         loop {
             match proto::parse_reply(expect, &self.buf[self.pos..self.end]) {
                 Ok(Some((reply, used))) => {
+                    self.replies += 1;
                     self.pos += used;
                     if self.pos == self.end {
                         self.pos = 0;
@@ -215,6 +224,39 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+}
+
+/// Why a server that accepted a connection never answered its first text request, when the
+/// reason is that it does not speak the text protocol: a text probe long enough for a binary
+/// server to read as a (bad) header gets no text answer, and a binary `NOOP` does get a binary
+/// one. `None` when the server answers text, or nothing (frozen, slow): the error stands.
+pub fn not_text_protocol(address: &Address, timeouts: Timeouts) -> Option<&'static str> {
+    let mut text = Conn::connect(address, timeouts).ok()?;
+    // 27 bytes: a binary-only server reads 24 of them as a header, finds no magic byte and
+    // closes the connection at once.
+    text.send(b"version\r\nversion\r\nversion\r\n").ok()?;
+    if text.receive(Expect::Version).is_ok() {
+        return None;
+    }
+    let mut binary = Conn::connect(address, timeouts).ok()?;
+    let mut noop = [0u8; 24];
+    noop[0] = 0x80; // request magic
+    noop[1] = 0x0a; // NOOP
+    binary.send(&noop).ok()?;
+    while binary.end - binary.pos < 8 {
+        binary.fill().ok()?;
+    }
+    let header = &binary.buf[binary.pos..binary.end];
+    let status = u16::from_be_bytes([header[6], header[7]]);
+    match (header[0], status) {
+        (0x81, 0x0020) => Some(
+            "the server requires SASL authentication (memcached -S); mcshm speaks the text protocol",
+        ),
+        (0x81, _) => Some(
+            "the server speaks only the binary protocol (memcached -B binary); mcshm speaks the text protocol",
+        ),
+        _ => None,
     }
 }
 

@@ -92,6 +92,9 @@ pub enum Error {
     /// The server answered `CLIENT_ERROR`: it refused the request.
     #[error("{server} answered CLIENT_ERROR {message}")]
     ClientError { server: String, message: String },
+    /// The server refused the connection (`ERROR msg`, e.g. too many open connections).
+    #[error("{server} refused the connection: {message}")]
+    Refused { server: String, message: String },
     /// The server answered `ERROR`: it does not know the command.
     #[error("{server} answered ERROR (unknown command)")]
     UnknownCommand { server: String },
@@ -125,6 +128,7 @@ impl Error {
             | Error::NoServers { .. }
             | Error::Network { .. }
             | Error::ServerError { .. }
+            | Error::Refused { .. }
             | Error::UnknownCommand { .. } => ErrorKind::Server,
             Error::Invalid { .. }
             | Error::BadKey { .. }

@@ -258,6 +258,9 @@ pub enum Reply {
     ClientError(String),
     /// `SERVER_ERROR msg`: the server could not serve it (e.g. object too large, out of memory).
     ServerError(String),
+    /// `ERROR msg`: the server refuses the connection (memcached: "Too many open connections")
+    /// and closes it.
+    Refused(String),
 }
 
 /// The peer sent something that is not memcached's protocol.
@@ -469,6 +472,8 @@ fn error_reply(line: &[u8]) -> Option<Reply> {
     let text = |rest: &[u8]| String::from_utf8_lossy(rest).trim().to_string();
     if line == b"ERROR" {
         Some(Reply::Error)
+    } else if let Some(rest) = line.strip_prefix(b"ERROR ") {
+        Some(Reply::Refused(text(rest)))
     } else if let Some(rest) = line.strip_prefix(b"CLIENT_ERROR") {
         Some(Reply::ClientError(text(rest)))
     } else {
@@ -559,6 +564,11 @@ mod tests {
                 Reply::ClientError("bad data chunk".into()),
             ),
             (Expect::Store, b"ERROR\r\n", Reply::Error),
+            (
+                Expect::Values,
+                b"ERROR Too many open connections\r\n",
+                Reply::Refused("Too many open connections".into()),
+            ),
             (Expect::Delete, b"DELETED\r\n", Reply::Deleted),
             (Expect::Delete, b"NOT_FOUND\r\n", Reply::NotFound),
             (

@@ -11,7 +11,10 @@ Exit status:
   0  hit / stored / deleted / touched (for several keys: every key hit)
   1  miss, not stored, not found, or cas mismatch (for several keys: some missed)
   2  usage error or bad input (bad key, bad number, unknown domain); nothing was sent
-  3  server, network or registry error (down server, timeout, SERVER_ERROR, ...)"
+  3  server, network or registry error once something was sent (down server, timeout,
+     SERVER_ERROR, CLIENT_ERROR, a refused connection, a server that does not speak the
+     text protocol, cas on a server without CAS values)
+bulk-get reports a bad key with its line number on stderr and leaves it out (exit 1)."
     };
 }
 

@@ -48,6 +48,8 @@ fn exit_for(err: &anyhow::Error) -> Exit {
     }
     match err.downcast_ref::<libmcshm::Error>() {
         Some(libmcshm::Error::NoDomain { .. }) => Exit::BadInput,
+        // The server's CLIENT_ERROR: the request was sent, so not "nothing was sent" (2).
+        Some(libmcshm::Error::ClientError { .. }) => Exit::Failure,
         Some(e) if e.kind() == ErrorKind::BadInput => Exit::BadInput,
         _ => Exit::Failure,
     }
@@ -181,13 +183,26 @@ fn run(cli: &Cli) -> Result<Exit> {
         }
         Verb::BulkGet => {
             let mut keys = Vec::new();
-            for line in io::stdin().lock().lines() {
+            let mut bad = 0;
+            for (n, line) in io::stdin().lock().lines().enumerate() {
                 let line = line.context("cannot read keys from stdin")?;
-                if !line.is_empty() {
-                    keys.push(line);
+                if line.is_empty() {
+                    continue;
+                }
+                // A bad key is reported on its line and left out; the batch goes on.
+                match libmcshm::proto::check_key(line.as_bytes()) {
+                    Ok(()) => keys.push(line),
+                    Err(why) => {
+                        eprintln!("mclient: line {}: invalid key '{line}': {why}", n + 1);
+                        bad += 1;
+                    }
                 }
             }
-            get_many(cli, &mut client, &keys, false)
+            let exit = get_many(cli, &mut client, &keys, false)?;
+            Ok(match exit {
+                Exit::Success if bad > 0 => Exit::No,
+                other => other,
+            })
         }
         Verb::BulkSet { ttl } => bulk_set(cli, &mut client, *ttl),
         Verb::Completions { .. } => unreachable!("handled above"),
@@ -304,6 +319,16 @@ fn store(cli: &Cli, client: &mut Client, verb: StoreVerb, args: &StoreArgs) -> R
         Stored::Exists => "EXISTS",
         Stored::NotFound => "NOT_FOUND",
     };
+    if let (StoreVerb::Cas(_), Stored::Exists) = (verb, outcome)
+        && let Ok(Some(item)) = client.gets(args.key.as_bytes())
+        && item.cas == Some(0)
+    {
+        // memcached -C keeps no CAS values: gets says 0 and every cas fails.
+        bail!(
+            "{}: the server keeps no CAS values (memcached -C): gets returns CAS 0 and cas always fails; not stored",
+            client.server_for(args.key.as_bytes())?
+        );
+    }
     if cli.json {
         report(cli, json!({"key": args.key, "result": word}), word)?;
     }

@@ -32,8 +32,14 @@ impl Client {
                 Ok(replies)
             }
             Err(err) => {
-                self.conns.remove(address);
-                let text = err.to_string();
+                let unanswered = self.conns.remove(address).is_some_and(|c| c.replies() == 0);
+                let mut text = err.to_string();
+                if unanswered
+                    && matches!(&err, ConnError::Io(_))
+                    && let Some(why) = crate::conn::not_text_protocol(address, self.timeouts)
+                {
+                    text = format!("{text}: {why}");
+                }
                 self.router.failed(server, &text, errno(&err));
                 Err(Error::Network {
                     server: address.to_string(),
@@ -97,6 +103,7 @@ impl Client {
             Reply::ServerError(message) => Error::ServerError { server, message },
             Reply::ClientError(message) => Error::ClientError { server, message },
             Reply::Error => Error::UnknownCommand { server },
+            Reply::Refused(message) => Error::Refused { server, message },
             other => Error::Network {
                 server,
                 error: format!("unexpected reply {other:?}"),
