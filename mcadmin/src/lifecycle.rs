@@ -229,6 +229,8 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     if tty {
         eprintln!();
     }
+    let seconds = started.elapsed().as_secs_f64();
+    let keys_per_s = (keys.len() as f64 / seconds.max(1e-9)).round();
     if failed > 0 {
         eprintln!(
             "mcadmin: {failed} keys could not be moved; {address} stays draining (run drain again)"
@@ -242,10 +244,10 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     })?;
     crate::print(
         ctx,
-        || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "version": removed.version}),
+        || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "version": removed.version, "seconds": seconds, "keys_per_s": keys_per_s}),
         || {
             format!(
-                "drained {address}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted); removed from domain {} (version {})\n",
+                "drained {address}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted) in {seconds:.1} s ({keys_per_s} keys/s); removed from domain {} (version {})\n",
                 ctx.domain, removed.version
             )
         },

@@ -68,11 +68,16 @@ impl Client {
     /// hit there is moved to the new owner.
     pub(super) fn drain_fill(&mut self, owner: usize, key: &[u8]) -> Option<Item> {
         let draining = self.router.draining_owner(key)?;
-        let (item, added) = self.copy_key(draining, owner, key).ok()??;
-        if added.is_ok() {
-            let _ = self.call(draining, &Request::Delete { key });
+        match self.copy_key(draining, owner, key).ok()? {
+            Some((item, added)) => {
+                if added.is_ok() {
+                    let _ = self.call(draining, &Request::Delete { key });
+                }
+                Some(item)
+            }
+            // Gone from the draining server: the drain may have just moved it to the owner.
+            None => self.get_one(owner, key, false, None).ok().flatten(),
         }
-        Some(item)
     }
 
     /// Moves one key off the draining server `draining` to its new owner (keeping flags and

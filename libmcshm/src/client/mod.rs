@@ -288,7 +288,9 @@ impl Client {
     }
 
     /// Gets many keys: grouped per server, each group pipelined in `get` commands of up to 100
-    /// keys; keys missed (or failed) on their first replica are asked of the next. Keys of down
+    /// keys; keys missed (or failed) on their first replica are asked of the next; keys every
+    /// replica missed get the single get's fallbacks (warm-up, drain) and their owner asked
+    /// again if the table changed during the batch. Keys of down
     /// servers are misses; keys no replica answered for are reported in `errors`. Bad keys fail
     /// the whole call before anything is sent.
     pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
@@ -296,6 +298,11 @@ impl Client {
         for key in keys {
             pending.push((key, self.chain(key)?));
         }
+        // Where each key was asked first, by address: the routing may change during the batch.
+        let asked: Vec<(&[u8], Address)> = pending
+            .iter()
+            .map(|(key, chain)| (*key, self.address(chain[0])))
+            .collect();
         let mut result = MultiGet::default();
         // A failed server, and the keys it was asked for.
         let mut failed: HashMap<usize, (Error, Vec<&[u8]>)> = HashMap::new();
@@ -357,6 +364,33 @@ impl Client {
             if !last_round {
                 pending.retain(|(key, _)| !hits.contains(*key));
             }
+        }
+        // Keys every replica missed get what a single get would do now: their owner asked
+        // again if the table changed during the batch (a drain may have moved them there),
+        // then the warm-up and drain fallbacks.
+        let failed_at: HashSet<Address> = failed.keys().map(|&s| self.address(s)).collect();
+        let hit: HashSet<Vec<u8>> = result.items.iter().map(|i| i.key.clone()).collect();
+        for (key, first) in asked {
+            if hit.contains(key) || failed_at.contains(&first) {
+                continue;
+            }
+            let Ok(owner) = self.router.owner(key) else {
+                continue;
+            };
+            if self.is_down(owner) {
+                continue;
+            }
+            let mut found = None;
+            if *self.router.address(owner) != first {
+                found = self.get_one(owner, key, cas, None).ok().flatten();
+            }
+            if found.is_none() {
+                found = self.warm_fill(owner, key);
+            }
+            if found.is_none() {
+                found = self.drain_fill(owner, key);
+            }
+            result.items.extend(found);
         }
         for (server, (err, asked)) in failed {
             if asked.iter().any(|key| !answered.contains(key)) {
