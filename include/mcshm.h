@@ -97,6 +97,11 @@
 #define MCSHM_STATE_DRAINING 2
 
 /*
+ Most keys one `mcshm_get_multi` takes (a bound on what a bad `count` can make us read).
+ */
+#define MCSHM_MAX_MULTI_KEYS (1 << 20)
+
+/*
  An open domain or server list, with its connections. Opaque.
  */
 typedef struct mcshm_client mcshm_client;
@@ -130,6 +135,17 @@ typedef struct mcshm_server {
  `mcshm_set_failure_callback`. Runs on the calling thread, inside the failing call.
  */
 typedef void (*mcshm_failure_fn)(const char *host, int port, int error, void *user);
+
+/*
+ Called by `mcshm_get_multi` once per key found: its index in the `keys` array, the value
+ (`value_len` bytes, valid only during the call), its flags and cas unique, and `user`.
+ */
+typedef void (*mcshm_item_fn)(size_t index,
+                              const char *value,
+                              size_t value_len,
+                              uint32_t flags,
+                              uint64_t cas,
+                              void *user);
 
 #ifdef __cplusplus
 extern "C" {
@@ -210,6 +226,17 @@ int mcshm_server_for_key(struct mcshm_client *client,
                          int *port);
 
 /*
+ Sets (or with a null `callback`, clears) the failure callback of a handle: called with the
+ failing server's host and port on every failed operation.
+ */
+int mcshm_set_failure_callback(struct mcshm_client *client, mcshm_failure_fn callback, void *user);
+
+/*
+ A static, NUL-terminated description of a code.
+ */
+const char *mcshm_strerror(int code);
+
+/*
  Gets a key. On `MCSHM_OK`, `*value` is a `malloc`ed copy of the value (free it with
  `mcshm_free`), `*value_len` its length, `*flags` (may be null) its flags. `MCSHM_MISS` if the
  key is not there (or its server is down under failover none).
@@ -288,15 +315,87 @@ int mcshm_decr(struct mcshm_client *client,
 int mcshm_touch(struct mcshm_client *client, const char *key, size_t key_len, int64_t ttl);
 
 /*
- Sets (or with a null `callback`, clears) the failure callback of a handle: called with the
- failing server's host and port on every failed operation.
+ Gets a key with its cas unique (`*cas`), for a following `mcshm_cas`; otherwise as
+ `mcshm_get`.
  */
-int mcshm_set_failure_callback(struct mcshm_client *client, mcshm_failure_fn callback, void *user);
+int mcshm_gets(struct mcshm_client *client,
+               const char *key,
+               size_t key_len,
+               char **value,
+               size_t *value_len,
+               uint32_t *flags,
+               uint64_t *cas);
 
 /*
- A static, NUL-terminated description of a code.
+ Stores a value only if the item is unchanged since `mcshm_gets` returned `cas`:
+ `MCSHM_OK`, `MCSHM_EXISTS` (changed since), or `MCSHM_MISS` (gone).
  */
-const char *mcshm_strerror(int code);
+int mcshm_cas(struct mcshm_client *client,
+              const char *key,
+              size_t key_len,
+              const char *value,
+              size_t value_len,
+              uint32_t flags,
+              int64_t ttl,
+              uint64_t cas);
+
+/*
+ Appends to an existing value (`MCSHM_NOT_STORED` if the key is absent).
+ */
+int mcshm_append(struct mcshm_client *client,
+                 const char *key,
+                 size_t key_len,
+                 const char *value,
+                 size_t value_len);
+
+/*
+ Prepends to an existing value (`MCSHM_NOT_STORED` if the key is absent).
+ */
+int mcshm_prepend(struct mcshm_client *client,
+                  const char *key,
+                  size_t key_len,
+                  const char *value,
+                  size_t value_len);
+
+/*
+ Increments a counter, creating it with `initial` (and `ttl`) when it is absent, as
+ libmemcached's `memcached_increment_with_initial`: `*value` (may be null) gets the counter.
+ A counter created by another client meanwhile is incremented instead.
+ */
+int mcshm_incr_initial(struct mcshm_client *client,
+                       const char *key,
+                       size_t key_len,
+                       uint64_t delta,
+                       uint64_t initial,
+                       int64_t ttl,
+                       uint64_t *value);
+
+/*
+ Decrements a counter (stopping at 0), creating it with `initial` when it is absent; as
+ `mcshm_incr_initial`.
+ */
+int mcshm_decr_initial(struct mcshm_client *client,
+                       const char *key,
+                       size_t key_len,
+                       uint64_t delta,
+                       uint64_t initial,
+                       int64_t ttl,
+                       uint64_t *value);
+
+/*
+ Gets `count` keys in one call (pipelined per server): `callback` is called once for each
+ key found, with its index in `keys`; missing keys are not called back. `*hits` (may be null)
+ gets the number found. `MCSHM_OK` when every server answered (hits or misses), else the
+ error of a server that failed (the keys other servers had are still called back).
+ `key_lens[i]` is the length of `keys[i]`.
+ */
+int mcshm_get_multi(struct mcshm_client *client,
+                    const char *const *keys,
+                    const size_t *key_lens,
+                    size_t count,
+                    mcshm_item_fn callback,
+                    void *user,
+                    size_t *hits);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -22,13 +22,16 @@
 #![allow(clippy::missing_safety_doc)] // the safety contract is the C API's, in mcshm.h
 #![allow(non_camel_case_types)] // C names: mcshm_client, mcshm_server, ...
 
+mod items;
 mod raw;
+
+pub use items::*;
 
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use libmcshm::{Address, Client, Domain, Error, Registry, State, StoreVerb, Stored, Timeouts};
+use libmcshm::{Address, Client, Domain, Error, Registry, State, Timeouts};
 
 use raw::{bytes_arg, handle, out, str_arg};
 
@@ -105,7 +108,7 @@ struct FailureCallback {
 }
 
 /// Runs `body`, turning a panic into `MCSHM_EPANIC` and errors into their codes.
-fn guard(body: impl FnOnce() -> Result<c_int, c_int>) -> c_int {
+pub(crate) fn guard(body: impl FnOnce() -> Result<c_int, c_int>) -> c_int {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(code)) | Ok(Err(code)) => code,
         Err(_) => MCSHM_EPANIC,
@@ -383,238 +386,6 @@ pub unsafe extern "C" fn mcshm_server_for_key(
     })
 }
 
-/// Gets a key. On `MCSHM_OK`, `*value` is a `malloc`ed copy of the value (free it with
-/// `mcshm_free`), `*value_len` its length, `*flags` (may be null) its flags. `MCSHM_MISS` if the
-/// key is not there (or its server is down under failover none).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_get(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    value: *mut *mut c_char,
-    value_len: *mut usize,
-    flags: *mut u32,
-) -> c_int {
-    guard(|| {
-        // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
-        let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        if value.is_null() || value_len.is_null() {
-            return Err(MCSHM_EINVAL);
-        }
-        let found = with_callback(h, |c| c.get(key))?;
-        let Some(item) = found else {
-            return Ok(MCSHM_MISS);
-        };
-        // SAFETY: the out-pointers are non-null and valid per the API; `copy_out` allocates
-        // with malloc (at least one byte, so an empty value is a valid pointer too).
-        unsafe {
-            out(value, raw::copy_out(&item.value)?)?;
-            out(value_len, item.value.len())?;
-            if !flags.is_null() {
-                out(flags, item.flags)?;
-            }
-        }
-        Ok(MCSHM_OK)
-    })
-}
-
-/// Frees a value returned by `mcshm_get`. Null is ignored.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_free(value: *mut c_char) {
-    // SAFETY: a non-null value came from malloc in `mcshm_get`, and is freed once.
-    unsafe { libc::free(value.cast()) }
-}
-
-#[allow(clippy::too_many_arguments)] // the C signature, plus the verb
-fn store(
-    client: *mut mcshm_client,
-    verb: StoreVerb,
-    key: *const c_char,
-    key_len: usize,
-    value: *const c_char,
-    value_len: usize,
-    flags: u32,
-    ttl: i64,
-) -> c_int {
-    guard(|| {
-        // SAFETY: per the API: a live handle, `key` and `value` valid for their lengths.
-        let (h, key, value) = unsafe {
-            (
-                handle(client)?,
-                bytes_arg(key, key_len)?,
-                bytes_arg(value, value_len)?,
-            )
-        };
-        match with_callback(h, |c| c.store(verb, key, value, flags, ttl))? {
-            Stored::Stored => Ok(MCSHM_OK),
-            Stored::NotStored => Ok(MCSHM_NOT_STORED),
-            Stored::Exists => Ok(MCSHM_EXISTS),
-            Stored::NotFound => Ok(MCSHM_MISS),
-        }
-    })
-}
-
-/// Stores a value (flags, TTL in seconds or a Unix time; 0: never expires).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_set(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    value: *const c_char,
-    value_len: usize,
-    flags: u32,
-    ttl: i64,
-) -> c_int {
-    store(
-        client,
-        StoreVerb::Set,
-        key,
-        key_len,
-        value,
-        value_len,
-        flags,
-        ttl,
-    )
-}
-
-/// Stores a value only if the key is not there (`MCSHM_NOT_STORED` otherwise).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_add(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    value: *const c_char,
-    value_len: usize,
-    flags: u32,
-    ttl: i64,
-) -> c_int {
-    store(
-        client,
-        StoreVerb::Add,
-        key,
-        key_len,
-        value,
-        value_len,
-        flags,
-        ttl,
-    )
-}
-
-/// Stores a value only if the key is there (`MCSHM_NOT_STORED` otherwise).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_replace(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    value: *const c_char,
-    value_len: usize,
-    flags: u32,
-    ttl: i64,
-) -> c_int {
-    store(
-        client,
-        StoreVerb::Replace,
-        key,
-        key_len,
-        value,
-        value_len,
-        flags,
-        ttl,
-    )
-}
-
-/// Deletes a key (`MCSHM_MISS` if it was not there).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_delete(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-) -> c_int {
-    guard(|| {
-        // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
-        let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        Ok(if with_callback(h, |c| c.delete(key))? {
-            MCSHM_OK
-        } else {
-            MCSHM_MISS
-        })
-    })
-}
-
-fn arith(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    delta: u64,
-    up: bool,
-    result: *mut u64,
-) -> c_int {
-    guard(|| {
-        // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
-        let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        let value = with_callback(h, |c| {
-            if up {
-                c.incr(key, delta)
-            } else {
-                c.decr(key, delta)
-            }
-        })?;
-        match value {
-            Some(v) => {
-                if !result.is_null() {
-                    // SAFETY: non-null and valid per the API.
-                    unsafe { out(result, v)? };
-                }
-                Ok(MCSHM_OK)
-            }
-            None => Ok(MCSHM_MISS),
-        }
-    })
-}
-
-/// Increments a counter; `*value` (may be null) gets the new value. `MCSHM_MISS` if absent.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_incr(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    delta: u64,
-    value: *mut u64,
-) -> c_int {
-    arith(client, key, key_len, delta, true, value)
-}
-
-/// Decrements a counter (stops at 0); `*value` (may be null) gets the new value.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_decr(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    delta: u64,
-    value: *mut u64,
-) -> c_int {
-    arith(client, key, key_len, delta, false, value)
-}
-
-/// Sets a key's expiration time (`MCSHM_MISS` if absent).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn mcshm_touch(
-    client: *mut mcshm_client,
-    key: *const c_char,
-    key_len: usize,
-    ttl: i64,
-) -> c_int {
-    guard(|| {
-        // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
-        let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        Ok(if with_callback(h, |c| c.touch(key, ttl))? {
-            MCSHM_OK
-        } else {
-            MCSHM_MISS
-        })
-    })
-}
-
 /// Sets (or with a null `callback`, clears) the failure callback of a handle: called with the
 /// failing server's host and port on every failed operation.
 #[unsafe(no_mangle)]
@@ -635,7 +406,7 @@ pub unsafe extern "C" fn mcshm_set_failure_callback(
 }
 
 /// Runs an operation with the handle's failure callback installed, mapping errors to codes.
-fn with_callback<T>(
+pub(crate) fn with_callback<T>(
     h: &mut mcshm_client,
     op: impl FnOnce(&mut Client) -> libmcshm::Result<T>,
 ) -> Result<T, c_int> {

@@ -84,3 +84,32 @@ pub unsafe fn free_box<T>(p: *mut T) {
         drop(unsafe { Box::from_raw(p) });
     }
 }
+
+/// Most keys one `mcshm_get_multi` takes (a bound on what a bad `count` can make us read).
+pub const MCSHM_MAX_MULTI_KEYS: usize = 1 << 20;
+
+/// `count` keys from parallel arrays of pointers and lengths.
+///
+/// # Safety
+/// Null or valid for `count` entries each; every `keys[i]` null or valid for `key_lens[i]` bytes.
+pub unsafe fn key_array<'a>(
+    keys: *const *const c_char,
+    key_lens: *const usize,
+    count: usize,
+) -> Result<Vec<&'a [u8]>, c_int> {
+    if keys.is_null() || key_lens.is_null() || count == 0 || count > MCSHM_MAX_MULTI_KEYS {
+        return Err(MCSHM_EINVAL);
+    }
+    // SAFETY: non-null, and per the contract valid for `count` entries each.
+    let (keys, lens) = unsafe {
+        (
+            std::slice::from_raw_parts(keys, count),
+            std::slice::from_raw_parts(key_lens, count),
+        )
+    };
+    keys.iter()
+        .zip(lens)
+        // SAFETY: per the contract, each key is null or valid for its length.
+        .map(|(&key, &len)| unsafe { bytes_arg(key, len) })
+        .collect()
+}

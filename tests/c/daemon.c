@@ -2,7 +2,8 @@
  *   daemon DIR DOMAIN
  * 1. opens the domain, prints "ready VERSION", waits for a change made by mcadmin, prints
  *    "changed VERSION" and the servers of a snapshot;
- * 2. sets and gets a key through the real memcached, prints "roundtrip ok";
+ * 2. sets and gets a key through the real memcached, then gets/cas, append/prepend, counters
+ *    with an initial value and get_multi; prints "roundtrip ok";
  * 3. reads a line from stdin (the test kills memcached first), then fails a get and prints
  *    "callback HOST:PORT" once the failure callback has run;
  * 4. checks that every call refuses null and malformed arguments, prints "args ok".
@@ -24,6 +25,19 @@ static void on_failure(const char *host, int port, int error, void *user) {
     snprintf(failed_server, sizeof failed_server, "%s:%d", host, port);
     failed_errno = error;
     CHECK(user == (void *)&callbacks, "callback user pointer");
+}
+
+static int multi[4];
+static char multi_value[4][16];
+
+static void on_item(size_t index, const char *value, size_t value_len, uint32_t flags, uint64_t cas, void *user) {
+    (void)flags;
+    (void)cas;
+    CHECK(user == (void *)&callbacks, "item user pointer");
+    CHECK(index < 4 && value_len < sizeof multi_value[0], "item index %zu", index);
+    multi[index]++;
+    memcpy(multi_value[index], value, value_len);
+    multi_value[index][value_len] = 0;
 }
 
 static void check_args(mcshm_client *c) {
@@ -78,6 +92,17 @@ static void check_args(mcshm_client *c) {
     CHECK(mcshm_decr(c, NULL, 1, 1, &v) == MCSHM_EINVAL, "decr null key");
     CHECK(mcshm_touch(NULL, "k", 1, 0) == MCSHM_EINVAL, "touch null");
     CHECK(mcshm_set_failure_callback(NULL, NULL, NULL) == MCSHM_EINVAL, "callback null");
+    uint64_t unique;
+    size_t one = 1;
+    const char *key = "k";
+    CHECK(mcshm_gets(c, "k", 1, &value, &len, NULL, NULL) == MCSHM_EINVAL, "gets null cas");
+    CHECK(mcshm_cas(NULL, "k", 1, "v", 1, 0, 0, 1) == MCSHM_EINVAL, "cas null");
+    CHECK(mcshm_append(c, "a b", 3, "v", 1) == MCSHM_EBADKEY, "append bad key");
+    CHECK(mcshm_prepend(c, "k", 1, NULL, 1) == MCSHM_EINVAL, "prepend null value");
+    CHECK(mcshm_incr_initial(NULL, "k", 1, 1, 0, 0, &unique) == MCSHM_EINVAL, "incr_initial null");
+    CHECK(mcshm_get_multi(c, NULL, &one, 1, on_item, NULL, NULL) == MCSHM_EINVAL, "multi null keys");
+    CHECK(mcshm_get_multi(c, &key, &one, 0, on_item, NULL, NULL) == MCSHM_EINVAL, "multi no keys");
+    CHECK(mcshm_get_multi(c, &key, &one, 1, NULL, NULL, NULL) == MCSHM_EINVAL, "multi null callback");
     CHECK(strcmp(mcshm_strerror(MCSHM_MISS), "not found") == 0, "strerror");
     CHECK(strlen(mcshm_strerror(12345)) > 0, "strerror unknown");
     mcshm_close(NULL);
@@ -128,6 +153,33 @@ int main(int argc, char **argv) {
     CHECK(mcshm_replace(c, "c:n", 3, "1", 1, 0, 0) == MCSHM_OK, "replace");
     CHECK(mcshm_delete(c, "c:n", 3) == MCSHM_OK, "delete");
     CHECK(mcshm_delete(c, "c:n", 3) == MCSHM_MISS, "delete again");
+    /* gets / cas: the unique from gets stores once; a second cas with it is EXISTS. */
+    uint64_t unique = 0;
+    CHECK(mcshm_gets(c, "c:key", 5, &got, &got_len, &flags, &unique) == MCSHM_OK && unique != 0, "gets");
+    mcshm_free(got);
+    CHECK(mcshm_cas(c, "c:key", 5, "v2", 2, 7, 0, unique) == MCSHM_OK, "cas with the unique");
+    CHECK(mcshm_cas(c, "c:key", 5, "v3", 2, 7, 0, unique) == MCSHM_EXISTS, "cas with an old unique");
+    CHECK(mcshm_cas(c, "c:gone", 6, "v", 1, 0, 0, 1) == MCSHM_MISS, "cas on a missing key");
+    /* append / prepend */
+    CHECK(mcshm_append(c, "c:key", 5, ">", 1) == MCSHM_OK, "append");
+    CHECK(mcshm_prepend(c, "c:key", 5, "<", 1) == MCSHM_OK, "prepend");
+    CHECK(mcshm_append(c, "c:gone", 6, "x", 1) == MCSHM_NOT_STORED, "append to a missing key");
+    CHECK(mcshm_get(c, "c:key", 5, &got, &got_len, &flags) == MCSHM_OK, "get after append");
+    CHECK(got_len == 4 && memcmp(got, "<v2>", 4) == 0 && flags == 7, "append and prepend");
+    mcshm_free(got);
+    /* counters with an initial value */
+    CHECK(mcshm_incr_initial(c, "c:count", 7, 5, 100, 0, &n) == MCSHM_OK && n == 100, "incr creates");
+    CHECK(mcshm_incr_initial(c, "c:count", 7, 5, 100, 0, &n) == MCSHM_OK && n == 105, "incr adds");
+    CHECK(mcshm_decr_initial(c, "c:count", 7, 200, 9, 0, &n) == MCSHM_OK && n == 0, "decr stops at 0");
+    CHECK(mcshm_decr_initial(c, "c:down", 6, 1, 9, 0, &n) == MCSHM_OK && n == 9, "decr creates");
+    /* get_multi: every key found is called back with its index; misses are not. */
+    const char *keys[] = {"c:key", "c:missing", "c:count", "c:down"};
+    size_t lens[] = {5, 9, 7, 6};
+    size_t hits = 0;
+    memset(multi, 0, sizeof multi);
+    CHECK(mcshm_get_multi(c, keys, lens, 4, on_item, &callbacks, &hits) == MCSHM_OK, "get_multi");
+    CHECK(hits == 3 && multi[0] == 1 && multi[1] == 0 && multi[2] == 1 && multi[3] == 1, "get_multi hits");
+    CHECK(strcmp(multi_value[3], "9") == 0, "get_multi value %s", multi_value[3]);
     char host[256];
     int port = 0;
     CHECK(mcshm_server_for_key(c, "c:key", 5, host, sizeof host, &port) == MCSHM_OK, "server for key");
