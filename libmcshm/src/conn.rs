@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::address::Address;
+use crate::auth::Credentials;
 use crate::proto::{self, Expect, Reply};
 
 /// How far past its deadline a request may run (the socket timeout is only lowered to the
@@ -48,6 +49,8 @@ pub enum ConnError {
     Io(io::Error),
     /// The server's bytes are not memcached's protocol.
     Protocol(String),
+    /// The server refused our credentials, or we have none it would take.
+    Auth(String),
 }
 
 impl std::fmt::Display for ConnError {
@@ -60,6 +63,7 @@ impl std::fmt::Display for ConnError {
             }
             ConnError::Io(e) => write!(f, "{e}"),
             ConnError::Protocol(why) => write!(f, "protocol error: {why}"),
+            ConnError::Auth(why) => f.write_str(why),
         }
     }
 }
@@ -88,6 +92,39 @@ pub struct Conn {
 impl Conn {
     /// Connects to `address` within `timeouts.connect` and sets the I/O timeouts.
     pub fn connect(address: &Address, timeouts: Timeouts) -> Result<Conn, ConnError> {
+        Conn::connect_as(address, timeouts, None)
+    }
+
+    /// [`Conn::connect`], then memcached's ASCII authentication with `credentials` (see
+    /// [`crate::auth`]) before anything else is sent.
+    pub fn connect_as(
+        address: &Address,
+        timeouts: Timeouts,
+        credentials: Option<&Credentials>,
+    ) -> Result<Conn, ConnError> {
+        let mut conn = Conn::open(address, timeouts)?;
+        if let Some(credentials) = credentials {
+            conn.send(&credentials.request())?;
+            match conn.receive(Expect::Store)? {
+                Reply::Stored => {}
+                Reply::ClientError(message) => {
+                    return Err(ConnError::Auth(format!(
+                        "the server refused the credentials of user '{}' ({message}): check them with `mcadmin auth`",
+                        credentials.user
+                    )));
+                }
+                other => {
+                    return Err(ConnError::Protocol(format!(
+                        "unexpected answer to authentication: {other:?}"
+                    )));
+                }
+            }
+            conn.replies = 0;
+        }
+        Ok(conn)
+    }
+
+    fn open(address: &Address, timeouts: Timeouts) -> Result<Conn, ConnError> {
         let stream = match address {
             Address::Unix { path } => {
                 let s = UnixStream::connect(path)?;

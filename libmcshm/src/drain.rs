@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::address::Address;
+use crate::auth::Credentials;
 use crate::conn::Timeouts;
 
 /// Longest metadump we read (a bound on memory for a hostile or enormous server).
@@ -16,8 +17,13 @@ const MAX_DUMP: usize = 1 << 30;
 
 /// The keys a server holds, from `lru_crawler metadump all` (sent on a connection of its own:
 /// memcached answers it only when it is not pipelined behind other commands).
-pub fn list_keys(address: &Address, timeouts: Timeouts) -> Result<Vec<Vec<u8>>, String> {
-    let dump = metadump(address, timeouts).map_err(|e| format!("lru_crawler metadump: {e}"))?;
+pub fn list_keys(
+    address: &Address,
+    timeouts: Timeouts,
+    credentials: Option<&Credentials>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let dump = metadump(address, timeouts, credentials)
+        .map_err(|e| format!("lru_crawler metadump: {e}"))?;
     let text = String::from_utf8_lossy(&dump);
     let mut keys = Vec::new();
     for line in text.lines() {
@@ -36,36 +42,61 @@ pub fn list_keys(address: &Address, timeouts: Timeouts) -> Result<Vec<Vec<u8>>, 
     Err("lru_crawler metadump ended without END".into())
 }
 
-fn metadump(address: &Address, timeouts: Timeouts) -> std::io::Result<Vec<u8>> {
+fn metadump(
+    address: &Address,
+    timeouts: Timeouts,
+    credentials: Option<&Credentials>,
+) -> std::io::Result<Vec<u8>> {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let read_timeout = Some(timeouts.io.max(Duration::from_secs(10)));
+    match address {
+        Address::Unix { path } => {
+            let mut s = UnixStream::connect(path)?;
+            s.set_read_timeout(read_timeout)?;
+            dump_on(&mut s, credentials, deadline)
+        }
+        other => {
+            let port = other.port().unwrap_or(0);
+            let mut s = TcpStream::connect((other.host().as_str(), port))?;
+            s.set_read_timeout(read_timeout)?;
+            dump_on(&mut s, credentials, deadline)
+        }
+    }
+}
+
+/// On a fresh connection: authenticates (memcached answers the dump only when nothing is
+/// pipelined before it, so the authentication's STORED is awaited first), then reads the dump.
+fn dump_on<S: Read + Write>(
+    stream: &mut S,
+    credentials: Option<&Credentials>,
+    deadline: Instant,
+) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    let request = b"lru_crawler metadump all\r\n";
-    let mut read_all = |stream: &mut dyn Read| -> std::io::Result<()> {
-        let mut chunk = vec![0u8; 64 * 1024];
-        while !out.ends_with(b"END\r\n") && !ends_with_error(&out) {
-            if Instant::now() > deadline || out.len() > MAX_DUMP {
-                return Err(std::io::Error::other("metadump too long"));
-            }
+    let mut chunk = vec![0u8; 64 * 1024];
+    if let Some(credentials) = credentials {
+        stream.write_all(&credentials.request())?;
+        while !out.ends_with(b"\r\n") && out.len() < 512 {
             match stream.read(&mut chunk)? {
                 0 => break,
                 n => out.extend_from_slice(&chunk[..n]),
             }
         }
-        Ok(())
-    };
-    match address {
-        Address::Unix { path } => {
-            let mut s = UnixStream::connect(path)?;
-            s.set_read_timeout(Some(timeouts.io.max(Duration::from_secs(10))))?;
-            s.write_all(request)?;
-            read_all(&mut s)?;
+        if out != b"STORED\r\n" {
+            return Err(std::io::Error::other(format!(
+                "the server refused the domain's credentials: {}",
+                String::from_utf8_lossy(&out).trim_end()
+            )));
         }
-        other => {
-            let port = other.port().unwrap_or(0);
-            let mut s = TcpStream::connect((other.host().as_str(), port))?;
-            s.set_read_timeout(Some(timeouts.io.max(Duration::from_secs(10))))?;
-            s.write_all(request)?;
-            read_all(&mut s)?;
+        out.clear();
+    }
+    stream.write_all(b"lru_crawler metadump all\r\n")?;
+    while !out.ends_with(b"END\r\n") && !ends_with_error(&out) {
+        if Instant::now() > deadline || out.len() > MAX_DUMP {
+            return Err(std::io::Error::other("metadump too long"));
+        }
+        match stream.read(&mut chunk)? {
+            0 => break,
+            n => out.extend_from_slice(&chunk[..n]),
         }
     }
     Ok(out)

@@ -133,9 +133,14 @@ impl Watcher {
         let limit = self
             .failures
             .unwrap_or(u32::from(snapshot.policy.failure_limit));
+        let credentials = crate::auth::load(&self.dir, &self.domain)?;
         for server in &snapshot.servers {
-            let probed =
-                lifecycle::probe(&server.address, self.timeouts, self.check_key.as_deref());
+            let probed = lifecycle::probe(
+                &server.address,
+                self.timeouts,
+                self.check_key.as_deref(),
+                credentials.as_ref(),
+            );
             match (server.state, probed) {
                 (State::Up, Ok(())) => {
                     self.counts.remove(&server.id);

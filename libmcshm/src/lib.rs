@@ -34,6 +34,7 @@
 #![deny(unsafe_code)]
 
 pub mod address;
+pub mod auth;
 pub mod client;
 pub mod clients;
 pub mod conn;

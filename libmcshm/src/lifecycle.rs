@@ -8,6 +8,7 @@
 //! fails, it stays down.
 
 use crate::address::Address;
+use crate::auth::Credentials;
 use crate::conn::{Conn, Timeouts};
 use crate::edit;
 use crate::error::{Error, Result};
@@ -21,8 +22,10 @@ pub fn probe(
     address: &Address,
     timeouts: Timeouts,
     check_key: Option<&[u8]>,
+    credentials: Option<&Credentials>,
 ) -> Result<(), String> {
-    let mut conn = Conn::connect(address, timeouts).map_err(|e| format!("connect: {e}"))?;
+    let mut conn =
+        Conn::connect_as(address, timeouts, credentials).map_err(|e| format!("connect: {e}"))?;
     let mut ask = |request: Request<'_>| -> Result<Reply, String> {
         let mut buf = Vec::new();
         request.encode(&mut buf);
@@ -58,9 +61,15 @@ pub fn probe(
     Ok(())
 }
 
-/// `flush_all` on one server; `Err` names what failed.
-pub fn flush(address: &Address, timeouts: Timeouts) -> Result<(), String> {
-    let mut conn = Conn::connect(address, timeouts).map_err(|e| format!("connect: {e}"))?;
+/// `flush_all` on one server (authenticating with `credentials` when given); `Err` names what
+/// failed.
+pub fn flush(
+    address: &Address,
+    timeouts: Timeouts,
+    credentials: Option<&Credentials>,
+) -> Result<(), String> {
+    let mut conn =
+        Conn::connect_as(address, timeouts, credentials).map_err(|e| format!("connect: {e}"))?;
     let mut buf = Vec::new();
     let request = Request::FlushAll { delay: None };
     request.encode(&mut buf);
@@ -102,7 +111,9 @@ pub fn rejoin(
     let policy = snapshot.policy;
     let flushed = policy.rejoin != Rejoin::Trust && !skip_flush;
     if flushed {
-        flush(&server.address, timeouts).map_err(|error| Error::Network {
+        let dir = writer.path().parent().unwrap_or(std::path::Path::new("."));
+        let credentials = crate::auth::load(dir, writer.domain())?;
+        flush(&server.address, timeouts, credentials.as_ref()).map_err(|error| Error::Network {
             server: server.address.to_string(),
             error: format!(
                 "{error}; it stays down (rejoin policy {})",

@@ -312,6 +312,26 @@ pub enum Command {
     /// host use the domain.
     Hosts,
     /// Wait until the domain's version changes, then print the new version.
+    /// The domain's credentials for memcached's ASCII authentication (memcached -Y)
+    ///
+    /// Stores USER and the password (the first line of FILE, or - for stdin) in DIR/DOMAIN.auth,
+    /// mode 0640 with the table's group: readable by the clients in that group, never by every
+    /// user as the table is. Every connection to the domain's servers then authenticates
+    /// (clients, probes, flushes, drains). Without options, shows the user; --clear removes
+    /// them.
+    #[command(group(clap::ArgGroup::new("change").args(["user", "clear"])))]
+    Auth {
+        /// The user memcached's auth file names
+        #[arg(long, value_name = "USER", requires = "password_file")]
+        user: Option<String>,
+        /// A file whose first line is the password (- for stdin); never on the command line,
+        /// where every user could read it with ps
+        #[arg(long, value_name = "FILE", requires = "user")]
+        password_file: Option<PathBuf>,
+        /// Remove the domain's credentials
+        #[arg(long)]
+        clear: bool,
+    },
     Wait {
         /// Wait for a version greater than V [default: the current version]
         #[arg(long, value_name = "V")]

@@ -209,15 +209,16 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
                 domain: ctx.domain.to_string(),
             })?;
         if server.state == State::Down && policy.rejoin != Rejoin::Trust && !no_flush {
-            lifecycle::flush(&server.address, Timeouts::default()).map_err(|error| {
-                libmcshm::Error::Network {
+            let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+            lifecycle::flush(&server.address, Timeouts::default(), credentials.as_ref()).map_err(
+                |error| libmcshm::Error::Network {
                     server: server.address.to_string(),
                     error: format!(
                         "{error}; it stays down (rejoin policy {})",
                         policy.rejoin.as_str()
                     ),
-                }
-            })?;
+                },
+            )?;
         }
     }
     let host = mcshm_fleet::store::hostname();

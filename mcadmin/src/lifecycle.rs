@@ -184,9 +184,12 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
         State::Draining => {} // resuming
     }
     let timeouts = Timeouts::default();
-    let keys = drain::list_keys(&address, timeouts).map_err(|error| libmcshm::Error::Network {
-        server: address.to_string(),
-        error,
+    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let keys = drain::list_keys(&address, timeouts, credentials.as_ref()).map_err(|error| {
+        libmcshm::Error::Network {
+            server: address.to_string(),
+            error,
+        }
     })?;
     let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
     let stop = stop_flag()?;

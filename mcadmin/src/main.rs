@@ -281,6 +281,11 @@ fn run(cli: &Cli) -> Result<Exit> {
         }
         Command::Load { file } => load(&ctx, file),
         Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
+        Command::Auth {
+            user,
+            password_file,
+            clear,
+        } => auth(&ctx, user.as_deref(), password_file.as_deref(), *clear),
         Command::Watch {
             all,
             interval,
@@ -554,6 +559,71 @@ fn domains(ctx: &Invocation) -> Result<Exit> {
     } else {
         Exit::Success
     })
+}
+
+fn auth(
+    ctx: &Invocation,
+    user: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    clear: bool,
+) -> Result<Exit> {
+    use libmcshm::auth;
+    if clear {
+        let removed = auth::clear(&ctx.dir, &ctx.domain)?;
+        return print(
+            ctx,
+            || json!({"domain": ctx.domain.as_str(), "cleared": removed}),
+            || match removed {
+                true => format!("domain {}: credentials removed\n", ctx.domain),
+                false => format!("domain {}: had no credentials\n", ctx.domain),
+            },
+        )
+        .map(|()| Exit::Success);
+    }
+    let (Some(user), Some(file)) = (user, password_file) else {
+        let current = auth::load(&ctx.dir, &ctx.domain)?;
+        let user = current.as_ref().map(|c| c.user.clone());
+        return print(
+            ctx,
+            || json!({"domain": ctx.domain.as_str(), "user": user}),
+            || match &user {
+                Some(u) => format!("domain {}: user {u}\n", ctx.domain),
+                None => format!("domain {}: no credentials\n", ctx.domain),
+            },
+        )
+        .map(|()| {
+            if current.is_some() {
+                Exit::Success
+            } else {
+                Exit::No
+            }
+        });
+    };
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the password from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
+    };
+    let password = text.lines().next().unwrap_or("");
+    let credentials = auth::Credentials::new(user, password)?;
+    let path = auth::save(&ctx.dir, &ctx.domain, &credentials)?;
+    print(
+        ctx,
+        || json!({"domain": ctx.domain.as_str(), "user": user, "file": path}),
+        || {
+            format!(
+                "domain {}: credentials of user {user} in {}\n",
+                ctx.domain,
+                path.display()
+            )
+        },
+    )?;
+    Ok(Exit::Success)
 }
 
 fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {

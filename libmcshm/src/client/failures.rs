@@ -121,6 +121,7 @@ pub(super) fn errno(err: &ConnError) -> i32 {
     match err {
         ConnError::Io(e) => io_errno(e),
         ConnError::Protocol(_) => libc::EPROTO,
+        ConnError::Auth(_) => libc::EACCES,
     }
 }
 

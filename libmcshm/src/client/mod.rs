@@ -45,11 +45,11 @@
 //! deleted from the draining server). Writes also delete the key from the draining server.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::address::Address;
-use crate::conn::{Conn, Timeouts};
+use crate::conn::{Conn, ConnError, Timeouts};
 use crate::domain::Domain;
 
 use crate::error::{Error, Result};
@@ -141,6 +141,9 @@ pub struct Client {
     timeouts: Timeouts,
     conns: HashMap<Address, Conn>,
     scratch: Vec<u8>,
+    /// The domain whose credentials (see [`crate::auth`]) every new connection presents; read
+    /// at each connect, so that changed credentials are used without a restart.
+    auth_domain: Option<(PathBuf, Domain)>,
 }
 
 impl Client {
@@ -151,7 +154,19 @@ impl Client {
         domain: &Domain,
         timeouts: Timeouts,
     ) -> Result<Client> {
-        Ok(Client::new(Router::for_domain(dir, domain)?, timeouts))
+        let mut client = Client::new(Router::for_domain(dir.as_ref(), domain)?, timeouts);
+        client.auth_domain = Some((dir.as_ref().to_path_buf(), domain.clone()));
+        Ok(client)
+    }
+
+    /// The credentials a new connection presents (none for a private server list).
+    fn credentials(&self) -> std::result::Result<Option<crate::auth::Credentials>, ConnError> {
+        match &self.auth_domain {
+            Some((dir, domain)) => {
+                crate::auth::load(dir, domain).map_err(|e| ConnError::Auth(e.to_string()))
+            }
+            None => Ok(None),
+        }
     }
 
     /// A client of a private server list (weights 1, failover none), for use without a
@@ -175,6 +190,7 @@ impl Client {
             timeouts,
             conns: HashMap::new(),
             scratch: Vec::new(),
+            auth_domain: None,
         }
     }
 

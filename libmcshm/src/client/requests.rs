@@ -57,7 +57,8 @@ impl Client {
         let conn = match self.conns.get_mut(address) {
             Some(conn) => conn,
             None => {
-                let conn = Conn::connect(address, self.timeouts)?;
+                let credentials = self.credentials()?;
+                let conn = Conn::connect_as(address, self.timeouts, credentials.as_ref())?;
                 self.conns.entry(address.clone()).or_insert(conn)
             }
         };
@@ -101,6 +102,23 @@ impl Client {
         let server = self.address(server).to_string();
         match reply {
             Reply::ServerError(message) => Error::ServerError { server, message },
+            // What memcached -Y answers a connection that did not authenticate first (a
+            // `set` is taken as an authentication attempt).
+            Reply::ClientError(message)
+                if matches!(
+                    message.as_str(),
+                    "unauthenticated"
+                        | "bad authentication token format"
+                        | "authentication failure"
+                ) =>
+            {
+                Error::ClientError {
+                    server,
+                    message: format!(
+                        "{message}: the server requires authentication (memcached -Y); give the domain its credentials with `mcadmin auth`"
+                    ),
+                }
+            }
             Reply::ClientError(message) => Error::ClientError { server, message },
             Reply::Error => Error::UnknownCommand { server },
             Reply::Refused(message) => Error::Refused { server, message },
