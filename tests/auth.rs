@@ -21,6 +21,22 @@ fn mclient(reg: &Reg, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `mcadmin auth --user app --password-file FILE`, FILE holding `password`.
+fn give_password(reg: &Reg, password: &str) -> common::Run {
+    let file = reg.dir().join("password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    reg.run(
+        "sec",
+        &[
+            "auth",
+            "--user",
+            "app",
+            "--password-file",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -42,18 +58,9 @@ fn credentials_authenticate_every_connection_and_a_wrong_password_is_named() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("mcadmin auth"), "{}", stderr(&out));
 
-    let password = reg.dir().join("password");
-    std::fs::write(&password, "s3cret\n").unwrap();
-    let set = reg.ok(
-        "sec",
-        &[
-            "auth",
-            "--user",
-            "app",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
-    );
+    let set = give_password(&reg, "s3cret");
+    assert_eq!(set.code(), 0, "{}", set.stderr());
+    let set = set.stdout();
     assert!(set.contains("credentials of user app"), "{set}");
     let file = reg.dir().join("sec.auth");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -90,17 +97,7 @@ fn credentials_authenticate_every_connection_and_a_wrong_password_is_named() {
     );
 
     // A wrong password is reported as the server refusing the credentials.
-    std::fs::write(&password, "wrong\n").unwrap();
-    reg.ok(
-        "sec",
-        &[
-            "auth",
-            "--user",
-            "app",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
-    );
+    assert_eq!(give_password(&reg, "wrong").code(), 0);
     let out = mclient(&reg, &["get", "k3"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
@@ -109,17 +106,7 @@ fn credentials_authenticate_every_connection_and_a_wrong_password_is_named() {
         stderr(&out)
     );
     // Credentials memcached could not take are refused before anything is written.
-    std::fs::write(&password, "two words\n").unwrap();
-    let bad = reg.run(
-        "sec",
-        &[
-            "auth",
-            "--user",
-            "app",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
-    );
+    let bad = give_password(&reg, "two words");
     assert_eq!(bad.code(), 2, "{}", bad.stderr());
     assert!(
         !bad.stderr().contains("two words"),

@@ -31,14 +31,11 @@ fn oracle(dir: &std::path::Path) -> std::path::PathBuf {
     exe
 }
 
-fn compare(servers: &[(&str, u16)], keys: &[String]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = oracle(tmp.path());
+/// What libmemcached answers for `keys` on the servers `specs` (`HOST:PORT:WEIGHT` each): one
+/// `host:port` per key.
+fn ask_oracle(exe: &std::path::Path, specs: &[String], keys: &[String]) -> Vec<String> {
     let mut child = Command::new(exe)
-        .args(servers.iter().map(|(a, w)| {
-            let address = Address::parse(a).unwrap();
-            format!("{}:{}:{w}", address.host(), address.port().unwrap())
-        }))
+        .args(specs)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -49,12 +46,55 @@ fn compare(servers: &[(&str, u16)], keys: &[String]) {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     assert!(out.status.success());
-    let expected: Vec<String> = String::from_utf8(out.stdout)
+    let answers: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(String::from)
         .collect();
-    assert_eq!(expected.len(), keys.len());
+    assert_eq!(answers.len(), keys.len());
+    answers
+}
+
+/// `mclient ARGS which KEYS…`: the server of each key, brackets removed (as libmemcached
+/// names IPv6 hosts).
+fn mclient_which(args: &[&std::ffi::OsStr], keys: &[String]) -> Vec<String> {
+    let which = Command::new(env!("CARGO_BIN_EXE_mclient"))
+        .args(args)
+        .arg("which")
+        .args(keys)
+        .output()
+        .unwrap();
+    assert!(which.status.success());
+    let servers: Vec<String> = String::from_utf8(which.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.replace(['[', ']'], ""))
+        .collect();
+    assert_eq!(servers.len(), keys.len());
+    servers
+}
+
+fn assert_same(got: &[String], expected: &[String]) {
+    let differ = got.iter().zip(expected).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differ,
+        0,
+        "{differ} of {} keys differ from libmemcached",
+        got.len()
+    );
+}
+
+fn compare(servers: &[(&str, u16)], keys: &[String]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = oracle(tmp.path());
+    let specs: Vec<String> = servers
+        .iter()
+        .map(|(a, w)| {
+            let address = Address::parse(a).unwrap();
+            format!("{}:{}:{w}", address.host(), address.port().unwrap())
+        })
+        .collect();
+    let expected = ask_oracle(&exe, &specs, keys);
 
     let addresses: Vec<Address> = servers
         .iter()
@@ -158,45 +198,15 @@ fn weighted_server_lists_route_as_libmemcached_reads_them() {
     let exe = oracle(tmp.path());
     let spec = "cache-a.example.com:11211 3, cache-b.example.com:11212:2,cache-c.example.com";
     let keys = keys(3000);
-    let mut child = Command::new(exe)
-        .args([
-            "cache-a.example.com:11211:3",
-            "cache-b.example.com:11212:2",
-            "cache-c.example.com:11211:1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = keys.join("\n") + "\n";
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    let expected: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let which = Command::new(env!("CARGO_BIN_EXE_mclient"))
-        .args(["--servers", spec, "which"])
-        .args(&keys)
-        .output()
-        .unwrap();
-    assert!(which.status.success());
-    let got: Vec<String> = String::from_utf8(which.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplit_once(' ').unwrap().1.to_string())
-        .collect();
-    assert_eq!(got.len(), keys.len());
-    let differ = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
-    assert_eq!(
-        differ,
-        0,
-        "{differ} of {} keys differ from libmemcached",
-        keys.len()
-    );
+    let specs = [
+        "cache-a.example.com:11211:3",
+        "cache-b.example.com:11212:2",
+        "cache-c.example.com:11211:1",
+    ]
+    .map(String::from);
+    let expected = ask_oracle(&exe, &specs, &keys);
+    let got = mclient_which(&["--servers".as_ref(), spec.as_ref()], &keys);
+    assert_same(&got, &expected);
 }
 
 /// IPv6 addresses hash as written, as libmemcached hashes them: `[2001:db8:0:0::1]` is hashed
@@ -212,26 +222,11 @@ fn ipv6_addresses_hash_as_written() {
         "10.0.0.3:11211",
     ];
     let keys = keys(3000);
-    let oracle_args: Vec<String> = written
+    let specs: Vec<String> = written
         .iter()
         .map(|a| format!("{}:1", a.replace(['[', ']'], "")))
         .collect();
-    let mut child = Command::new(exe)
-        .args(&oracle_args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = keys.join("\n") + "\n";
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    let expected: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let expected = ask_oracle(&exe, &specs, &keys);
     let mcadmin = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mcadmin"))
             .arg("--dir")
@@ -253,25 +248,14 @@ fn ipv6_addresses_hash_as_written() {
         Some(3),
         "the same server, written otherwise"
     );
-    let which = Command::new(env!("CARGO_BIN_EXE_mclient"))
-        .arg("--dir")
-        .arg(tmp.path())
-        .args(["--domain", "v6", "which"])
-        .args(&keys)
-        .output()
-        .unwrap();
-    assert!(which.status.success());
-    let got: Vec<String> = String::from_utf8(which.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplit_once(' ').unwrap().1.replace(['[', ']'], ""))
-        .collect();
-    let differ = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
-    assert_eq!(got.len(), keys.len());
-    assert_eq!(
-        differ,
-        0,
-        "{differ} of {} keys differ from libmemcached",
-        keys.len()
+    let got = mclient_which(
+        &[
+            "--dir".as_ref(),
+            tmp.path().as_os_str(),
+            "--domain".as_ref(),
+            "v6".as_ref(),
+        ],
+        &keys,
     );
+    assert_same(&got, &expected);
 }
