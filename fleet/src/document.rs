@@ -6,7 +6,7 @@
 //!               "reason": "2 consecutive failures", "since_ms": 1764000000000,
 //!               "warm_until_ms": 0}],
 //!  "policy": {"failover": "none", "failure_limit": 2, "rejoin": "flush", "replicas": 1,
-//!             "warm_window_s": 600},
+//!             "warm_window_s": 600, "distribution": "ketama", "hash": "md5"},
 //!  "changed": {"by": "mcadmin", "host": "web1", "pid": 4242, "ms": 1764000000000}}
 //! ```
 //!
@@ -19,7 +19,7 @@
 
 use libmcshm::Address;
 use libmcshm::table::{
-    Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
+    Distribution, Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
     check_retry_interval, check_warm_window, check_weight, first_duplicate,
 };
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,15 @@ struct PolicyDoc {
     rejoin: String,
     replicas: u32,
     warm_window_s: u32,
+    /// Absent in documents of mcshm before distributions: ketama.
+    #[serde(default = "ketama")]
+    distribution: String,
+    #[serde(default)]
+    hash: Option<String>,
+}
+
+fn ketama() -> String {
+    "ketama".into()
 }
 
 impl Default for PolicyDoc {
@@ -98,6 +107,8 @@ fn policy_doc(p: &Policy) -> PolicyDoc {
         rejoin: p.rejoin.as_str().into(),
         replicas: u32::from(p.replicas),
         warm_window_s: p.warm_window_s,
+        distribution: p.distribution.as_str().into(),
+        hash: Some(p.distribution.hash().as_str().into()),
     }
 }
 
@@ -157,6 +168,8 @@ pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
         rejoin: p.rejoin.parse().map_err(|e| format!("policy: {e}"))?,
         replicas: check_replicas(&p.replicas.to_string()).map_err(|e| format!("policy: {e}"))?,
         warm_window_s: check_warm_window(&p.warm_window_s.to_string())
+            .map_err(|e| format!("policy: {e}"))?,
+        distribution: Distribution::parse(&p.distribution, p.hash.as_deref())
             .map_err(|e| format!("policy: {e}"))?,
     };
     Ok((

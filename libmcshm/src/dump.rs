@@ -7,7 +7,8 @@
 //! ```
 //!
 //! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
-//! warm-window=S` sets the domain policy (defaults: none, 2, flush, 1, 600). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
+//! warm-window=S [distribution=ketama|modula hash=H]` sets the domain policy (defaults: none,
+//! 2, flush, 1, 600, ketama; modula's hash defaults to one-at-a-time). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
@@ -18,8 +19,8 @@ use std::fmt::Write;
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::table::{
-    Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_replicas,
-    check_retry_interval, check_warm_window, check_weight,
+    Distribution, Policy, Server, Snapshot, Table, check_failure_limit, check_reason,
+    check_replicas, check_retry_interval, check_warm_window, check_weight,
 };
 
 /// The text form of a snapshot.
@@ -84,22 +85,34 @@ pub fn parse(text: &str) -> Result<Table> {
     })
 }
 
-/// The attributes of a `policy:` line.
+/// The attributes of a `policy:` line (the distribution only when it is not ketama).
 pub fn policy_text(p: &Policy) -> String {
-    format!(
+    let mut text = format!(
         "failover={} failure-limit={} rejoin={} replicas={} warm-window={}",
         p.failover.as_str(),
         p.failure_limit,
         p.rejoin.as_str(),
         p.replicas,
         p.warm_window_s
-    )
+    );
+    if p.distribution != Distribution::Ketama {
+        let _ = write!(
+            text,
+            " distribution={} hash={}",
+            p.distribution.as_str(),
+            p.distribution.hash().as_str()
+        );
+    }
+    text
 }
 
 fn parse_policy(text: &str) -> Result<Policy> {
     let mut policy = Policy::default();
+    let (mut distribution, mut hash) = (None, None);
     for pair in text.split_whitespace() {
         match pair.split_once('=') {
+            Some(("distribution", v)) => distribution = Some(v),
+            Some(("hash", v)) => hash = Some(v),
             Some(("failover", v)) => policy.failover = v.parse()?,
             Some(("failure-limit", v)) => policy.failure_limit = check_failure_limit(v)?,
             Some(("rejoin", v)) => policy.rejoin = v.parse()?,
@@ -109,10 +122,13 @@ fn parse_policy(text: &str) -> Result<Policy> {
                 return Err(Error::invalid(
                     "policy attribute",
                     pair,
-                    "expected failover=, failure-limit=, rejoin=, replicas= or warm-window=",
+                    "expected failover=, failure-limit=, rejoin=, replicas=, warm-window=, distribution= or hash=",
                 ));
             }
         }
+    }
+    if distribution.is_some() || hash.is_some() {
+        policy.distribution = Distribution::parse(distribution.unwrap_or("ketama"), hash)?;
     }
     Ok(policy)
 }

@@ -70,7 +70,10 @@
 //!                                 only those entries
 //!     88    4 delta_first         first entry that differs from delta_base's
 //!     92    4 delta_end           entries from here to count are delta_base's (<= count)
-//!     96   32 reserved            zero
+//!     96    1 distribution        how keys map to servers: 0 ketama (weighted, MD5), 1 modula
+//!     97    1 key_hash            modula's hash: 0 one-at-a-time, 1 md5, 2 crc, 3 fnv1a_32,
+//!                                 4 murmur (libhashkit's); 0 with ketama
+//!     98   30 reserved            zero
 //!    128    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
@@ -138,8 +141,8 @@ use crate::seqlock::{Geometry, Seal};
 use std::collections::HashSet;
 
 use crate::table::{
-    DEFAULT_WARM_WINDOW_S, Failover, MAX_REASON_LEN, Policy, Rejoin, Server, Snapshot, State,
-    Table, first_duplicate,
+    DEFAULT_WARM_WINDOW_S, Distribution, Failover, MAX_REASON_LEN, Policy, Rejoin, Server,
+    Snapshot, State, Table, first_duplicate,
 };
 
 #[cfg(not(target_endian = "little"))]
@@ -232,7 +235,9 @@ struct SlotRingFields {
     delta_base: u64,
     delta_first: u32,
     delta_end: u32,
-    reserved: [u8; 32],
+    distribution: u8,
+    key_hash: u8,
+    reserved: [u8; 30],
 }
 
 #[repr(C)]
@@ -583,7 +588,9 @@ pub fn encode_slot(
         delta_base: delta.map_or(0, |_| version - 1),
         delta_first: delta.map_or(0, |d| d.0),
         delta_end: delta.map_or(0, |d| d.1),
-        reserved: [0; 32],
+        distribution: table.policy.distribution.codes().0,
+        key_hash: table.policy.distribution.codes().1,
+        reserved: [0; 30],
     };
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
     let head = &mut bytes[..SLOT_HEADER_LEN];
@@ -753,9 +760,16 @@ fn decode_header(
             header.generation
         ));
     }
-    let (shared_ring, delta) = if layout.has_rings() {
+    let (shared_ring, delta, distribution) = if layout.has_rings() {
         let fields: SlotRingFields =
             bytemuck::pod_read_unaligned(&bytes[SLOT_HEADER_LEN_V2..SLOT_HEADER_LEN]);
+        let distribution = Distribution::from_codes(fields.distribution, fields.key_hash)
+            .ok_or_else(|| {
+                format!(
+                    "distribution code {}/{} (a newer mcshm's? upgrade mcshm)",
+                    fields.distribution, fields.key_hash
+                )
+            })?;
         let ring = (fields.ring != 0).then_some(RingRef {
             generation: fields.ring,
             slot: fields.ring_slot,
@@ -765,9 +779,9 @@ fn decode_header(
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        (ring, slot_delta(&words))
+        (ring, slot_delta(&words), distribution)
     } else {
-        (None, None)
+        (None, None, Distribution::Ketama)
     };
     let failover = Failover::from_code(header.failover)
         .ok_or_else(|| format!("failover code {}", header.failover))?;
@@ -793,6 +807,7 @@ fn decode_header(
             } else {
                 header.warm_window_s
             },
+            distribution,
         },
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,

@@ -45,6 +45,7 @@ pub mod edit;
 pub mod error;
 pub mod format;
 pub mod health;
+pub mod keyhash;
 pub mod lifecycle;
 pub mod proto;
 pub mod registry;

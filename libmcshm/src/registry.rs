@@ -783,6 +783,9 @@ impl Registry {
         table: &Table,
         previous: Option<(&Snapshot, Option<RingView>)>,
     ) -> (Option<RingRef>, Option<shared_ring::Pending>) {
+        if table.policy.distribution != crate::table::Distribution::Ketama {
+            return (None, None); // a modula domain has no ring
+        }
         let members = shared_ring::routed(&table.servers, table.policy.failover);
         if let Some((old, Some(view))) = previous
             && let Some(old_ref) = old.shared_ring
@@ -1239,11 +1242,13 @@ fn new_file(
     table: &Table,
     next_id: u32,
 ) -> Vec<u64> {
-    let members = shared_ring::routed(&table.servers, table.policy.failover);
-    let ring = crate::ring::build_for(&table.servers, &members);
-    let pending = layout
-        .ring_words(0)
-        .and_then(|at| shared_ring::Pending::new(ring, members, version, at, 0));
+    // A modula domain has no ring.
+    let ketama = table.policy.distribution == crate::table::Distribution::Ketama;
+    let pending = layout.ring_words(0).filter(|_| ketama).and_then(|at| {
+        let members = shared_ring::routed(&table.servers, table.policy.failover);
+        let ring = crate::ring::build_for(&table.servers, &members);
+        shared_ring::Pending::new(ring, members, version, at, 0)
+    });
     let reference = pending.as_ref().map(shared_ring::Pending::reference);
     let image = format::encode_slot(version, commit_info(), table, next_id, reference, None);
     let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);

@@ -324,6 +324,8 @@ pub struct Policy {
     pub replicas: u8,
     /// Seconds of warm-up after a rejoin (`warm` policy).
     pub warm_window_s: u32,
+    /// How keys map to servers.
+    pub distribution: Distribution,
 }
 
 impl Default for Policy {
@@ -334,6 +336,85 @@ impl Default for Policy {
             rejoin: Rejoin::Flush,
             replicas: 1,
             warm_window_s: DEFAULT_WARM_WINDOW_S,
+            distribution: Distribution::Ketama,
+        }
+    }
+}
+
+/// How keys map to servers (`mcadmin policy --distribution`), as the other clients of a mixed
+/// fleet map them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Distribution {
+    /// libmemcached's `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` (PHP memcached's
+    /// `OPT_LIBKETAMA_COMPATIBLE`): the ketama continuum, weighted, MD5.
+    #[default]
+    Ketama,
+    /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
+    /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
+    Modula(crate::keyhash::KeyHash),
+}
+
+impl Distribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distribution::Ketama => "ketama",
+            Distribution::Modula(_) => "modula",
+        }
+    }
+
+    /// The key hash (`md5` for ketama).
+    pub fn hash(self) -> crate::keyhash::KeyHash {
+        match self {
+            Distribution::Ketama => crate::keyhash::KeyHash::Md5,
+            Distribution::Modula(hash) => hash,
+        }
+    }
+
+    /// From `--distribution` and `--hash` (modula's default hash: one-at-a-time, as
+    /// libmemcached's); errors say what is accepted.
+    pub fn parse(name: &str, hash: Option<&str>) -> Result<Distribution> {
+        let hash = match hash {
+            None => None,
+            Some(text) => Some(crate::keyhash::KeyHash::parse(text).ok_or_else(|| {
+                Error::invalid(
+                    "hash",
+                    text,
+                    "expected one-at-a-time, md5, crc, fnv1a_32 or murmur",
+                )
+            })?),
+        };
+        match name {
+            "ketama" if hash.is_none_or(|h| h == crate::keyhash::KeyHash::Md5) => {
+                Ok(Distribution::Ketama)
+            }
+            "ketama" => Err(Error::invalid(
+                "hash",
+                hash.map_or("", |h| h.as_str()),
+                "ketama hashes with md5 (as libmemcached); other hashes go with modula",
+            )),
+            "modula" => Ok(Distribution::Modula(hash.unwrap_or_default())),
+            other => Err(Error::invalid(
+                "distribution",
+                other,
+                "expected ketama or modula",
+            )),
+        }
+    }
+
+    pub(crate) fn codes(self) -> (u8, u8) {
+        match self {
+            Distribution::Ketama => (0, 0),
+            Distribution::Modula(hash) => (1, hash.code()),
+        }
+    }
+
+    pub(crate) fn from_codes(distribution: u8, hash: u8) -> Option<Distribution> {
+        match (distribution, hash) {
+            (0, 0) => Some(Distribution::Ketama),
+            (1, hash) => Some(Distribution::Modula(crate::keyhash::KeyHash::from_code(
+                hash,
+            )?)),
+            _ => None,
         }
     }
 }

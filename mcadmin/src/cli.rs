@@ -214,6 +214,15 @@ pub enum Command {
         /// Seconds of warm-up after a rejoin with --rejoin warm
         #[arg(long, value_name = "S")]
         warm_window: Option<String>,
+        /// How keys map to servers, as the domain's other clients map them: ketama
+        /// (libmemcached's KETAMA_WEIGHTED, PHP memcached's LIBKETAMA_COMPATIBLE; the default)
+        /// or modula (libmemcached's default: the key's hash modulo the number of servers)
+        #[arg(long, value_name = "NAME")]
+        distribution: Option<String>,
+        /// modula's key hash, as libmemcached's MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its
+        /// default), md5, crc, fnv1a_32 or murmur
+        #[arg(long, value_name = "H", requires = "distribution")]
+        hash: Option<String>,
     },
     /// Show the servers of the domain with its version.
     #[command(alias = "ls")]

@@ -235,8 +235,14 @@ fn run(cli: &Cli) -> Result<Exit> {
             rejoin,
             replicas,
             warm_window,
+            distribution,
+            hash,
         } => {
             let change = PolicyChange {
+                distribution: distribution
+                    .as_deref()
+                    .map(|d| libmcshm::table::Distribution::parse(d, hash.as_deref()))
+                    .transpose()?,
                 failover: failover.as_deref().map(str::parse).transpose()?,
                 failure_limit: failure_limit
                     .as_deref()
@@ -483,6 +489,7 @@ struct PolicyChange {
     rejoin: Option<libmcshm::table::Rejoin>,
     replicas: Option<u8>,
     warm_window_s: Option<u32>,
+    distribution: Option<libmcshm::table::Distribution>,
 }
 
 /// Shows the policy, or changes it when given values.
@@ -491,7 +498,8 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         && change.failure_limit.is_none()
         && change.rejoin.is_none()
         && change.replicas.is_none()
-        && change.warm_window_s.is_none();
+        && change.warm_window_s.is_none()
+        && change.distribution.is_none();
     if unchanged {
         let p = match &ctx.fleet {
             Some(fleet) => fleet::read(ctx, fleet)?.table.policy,
@@ -511,6 +519,7 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         p.rejoin = change.rejoin.unwrap_or(p.rejoin);
         p.replicas = change.replicas.unwrap_or(p.replicas);
         p.warm_window_s = change.warm_window_s.unwrap_or(p.warm_window_s);
+        p.distribution = change.distribution.unwrap_or(p.distribution);
         Ok(())
     })
 }

@@ -40,6 +40,8 @@ pub fn policy_json(p: &Policy) -> Value {
         "rejoin": p.rejoin.as_str(),
         "replicas": p.replicas,
         "warm_window_s": p.warm_window_s,
+        "distribution": p.distribution.as_str(),
+        "hash": p.distribution.hash().as_str(),
     })
 }
 

@@ -1,6 +1,9 @@
-/* The key->server oracle: libmemcached itself. Usage: ketama_oracle HOST:PORT:WEIGHT...
- * reads keys (one per line) on stdin, prints "host:port" of the server libmemcached picks with
- * MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (libketama-compatible) for each. No network I/O. */
+/* The key->server oracle: libmemcached itself.
+ * Usage: ketama_oracle [--modula HASH] HOST:PORT:WEIGHT...
+ * reads keys (one per line) on stdin, prints "host:port" of the server libmemcached picks for
+ * each: with MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (libketama-compatible), or with --modula,
+ * MEMCACHED_DISTRIBUTION_MODULA and MEMCACHED_BEHAVIOR_HASH = HASH (one-at-a-time, md5, crc,
+ * fnv1a_32, murmur). No network I/O. */
 #include <libmemcached/memcached.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,8 +11,25 @@
 
 int main(int argc, char **argv) {
     memcached_st *memc = memcached_create(NULL);
-    memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);
-    for (int i = 1; i < argc; i++) {
+    int first = 1;
+    if (argc > 2 && strcmp(argv[1], "--modula") == 0) {
+        const char *names[] = {"one-at-a-time", "md5", "crc", "fnv1a_32", "murmur"};
+        const memcached_hash_t hashes[] = {MEMCACHED_HASH_DEFAULT, MEMCACHED_HASH_MD5, MEMCACHED_HASH_CRC,
+                                           MEMCACHED_HASH_FNV1A_32, MEMCACHED_HASH_MURMUR};
+        int found = -1;
+        for (int h = 0; h < 5; h++)
+            if (strcmp(argv[2], names[h]) == 0) found = h;
+        if (found < 0) {
+            fprintf(stderr, "unknown hash %s\n", argv[2]);
+            return 2;
+        }
+        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_MODULA);
+        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_HASH, hashes[found]);
+        first = 3;
+    } else {
+        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);
+    }
+    for (int i = first; i < argc; i++) {
         char *spec = strdup(argv[i]);
         char *weight = strrchr(spec, ':');
         *weight++ = '\0';

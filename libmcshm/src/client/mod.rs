@@ -315,6 +315,7 @@ impl Client {
             pending.push((key, self.chain(key)?));
         }
         // Where each key was asked first, by address: the routing may change during the batch.
+        let version = self.router.snapshot().version;
         let asked: Vec<(&[u8], Address)> = pending
             .iter()
             .map(|(key, chain)| (*key, self.address(chain[0])))
@@ -396,8 +397,10 @@ impl Client {
             if self.is_down(owner) {
                 continue;
             }
+            // A new version since the batch began (a drain moving keys, or ending) may have
+            // brought the key to its owner after we asked.
             let mut found = None;
-            if *self.router.address(owner) != first {
+            if self.router.snapshot().version != version || *self.router.address(owner) != first {
                 found = self.get_one(owner, key, cas, None).ok().flatten();
             }
             if found.is_none() {

@@ -21,11 +21,12 @@ use crate::address::Address;
 use crate::conn::Timeouts;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::keyhash::KeyHash;
 use crate::proto;
 use crate::registry::Registry;
 use crate::ring::{self, Ring};
 use crate::shared_ring::{self, RingView};
-use crate::table::{Failover, Policy, Server, Snapshot, State};
+use crate::table::{Distribution, Failover, Policy, Server, Snapshot, State};
 
 pub(super) enum Source {
     Registry(Box<Registry>),
@@ -43,7 +44,10 @@ struct Routing {
     /// view takes servers off it, or when the shared one cannot be used (lapped, damaged).
     local: OnceLock<(Ring, Vec<usize>)>,
     /// With draining servers: the ring that still includes them (to find where a key was).
+    /// (A modula domain's is not built: `modula` places keys over its list.)
     with_draining: Option<(Ring, Vec<usize>)>,
+    /// A `modula` domain: its key hash and the routed servers, in list order (no ring).
+    modula: Option<(KeyHash, Vec<usize>)>,
     /// Down servers with a retry interval (candidates for the retry probe).
     probeable: Vec<usize>,
     /// Draining servers.
@@ -237,7 +241,14 @@ impl Router {
         let shared = shared
             .filter(|_| snapshot.policy.failover == Failover::None || self.local_down.is_empty());
         let local = OnceLock::new();
-        if shared.is_none() {
+        let modula = match snapshot.policy.distribution {
+            Distribution::Modula(hash) => {
+                Some((hash, (0..servers.len()).filter(on_ring).collect::<Vec<_>>()))
+            }
+            Distribution::Ketama => None,
+        };
+        let shared = shared.filter(|_| modula.is_none());
+        if shared.is_none() && modula.is_none() {
             let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let _ = local.set((ring::build_for(servers, &members), members));
@@ -256,7 +267,10 @@ impl Router {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
                 .collect();
-            (ring::build_for(servers, &all), all)
+            match modula {
+                Some(_) => (Ring::default(), all),
+                None => (ring::build_for(servers, &all), all),
+            }
         });
         self.routing = Some(Routing {
             snapshot,
@@ -264,6 +278,7 @@ impl Router {
             shared,
             local,
             with_draining,
+            modula,
             probeable,
             draining,
         });
@@ -296,6 +311,10 @@ impl Router {
     pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
+        if let Some((hash, members)) = &self.routing().modula {
+            return modula_place(*hash, members, key)
+                .ok_or_else(|| Error::NoServers { what: self.what() });
+        }
         let hash = ring::hash_key(key);
         let shared = self.shared_lookup(|registry, view| registry.ring_owner(view, hash))?;
         let owner = match shared {
@@ -360,8 +379,11 @@ impl Router {
         self.refresh()?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
         let hash = ring::hash_key(key);
-        let shared =
-            self.shared_lookup(|registry, view| registry.ring_servers_from(view, hash, replicas))?;
+        let shared = match self.routing().modula {
+            Some(_) => None,
+            None => self
+                .shared_lookup(|registry, view| registry.ring_servers_from(view, hash, replicas))?,
+        };
         let chain = match shared {
             Some(chain) => chain,
             None => self.along_ring(key, replicas),
@@ -410,6 +432,15 @@ impl Router {
     /// The first `n` distinct servers along the ring from the key, in ring order (the key was
     /// checked). Stops as soon as it has them: a full walk would visit every point.
     pub fn along_ring(&self, key: &[u8], n: usize) -> Vec<usize> {
+        if let Some((hash, members)) = &self.routing().modula {
+            // Along a modula list: the owner, then the next servers of the list.
+            let Some(first) = modula_index(*hash, members, key) else {
+                return Vec::new();
+            };
+            return (0..n.min(members.len()))
+                .map(|step| members[(first + step) % members.len()])
+                .collect();
+        }
         let hash = ring::hash_key(key);
         if let Some(servers) =
             self.with_shared(|registry, view| registry.ring_servers_from(view, hash, n))
@@ -453,7 +484,10 @@ impl Router {
     /// The draining server that owned `key` before the drain, if any.
     pub fn draining_owner(&self, key: &[u8]) -> Option<usize> {
         let (ring, members) = self.routing().with_draining.as_ref()?;
-        let i = members[ring.server_for(key)?];
+        let i = match &self.routing().modula {
+            Some((hash, _)) => modula_place(*hash, members, key)?,
+            None => members[ring.server_for(key)?],
+        };
         (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
     }
 
@@ -516,6 +550,16 @@ impl Drop for Router {
             registry.release_client(slot);
         }
     }
+}
+
+/// The position in `members` of the server a modula list gives `key`: hash modulo the count.
+fn modula_index(hash: KeyHash, members: &[usize], key: &[u8]) -> Option<usize> {
+    (!members.is_empty()).then(|| hash.hash(key) as usize % members.len())
+}
+
+/// The server (position in the table) a modula list gives `key`.
+fn modula_place(hash: KeyHash, members: &[usize], key: &[u8]) -> Option<usize> {
+    modula_index(hash, members, key).map(|i| members[i])
 }
 
 /// The positions of `servers` that satisfy `keep`: `before` (those of the previous version)
