@@ -315,3 +315,57 @@ fn modula_distributions_agree_with_libmemcached() {
         }
     }
 }
+
+/// `--distribution ketama-spy`: every key goes where libmemcached sends it with
+/// `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` (weighted), on weighted lists of 3 and 60
+/// servers (10 000 keys each), read through the ring the writer put in the file.
+#[test]
+fn ketama_spy_agrees_with_libmemcached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = oracle(tmp.path());
+    let keys = keys(10_000);
+    let names: Vec<(String, u16)> = (0..60)
+        .map(|i| {
+            (
+                format!("mc{i}.example.net:{}", 11211 + i % 2),
+                1 + (i % 4) as u16,
+            )
+        })
+        .collect();
+    for (distribution, flag) in [("ketama-spy", "--spy")] {
+        for count in [3, 60] {
+            let domain = format!("{distribution}-{count}");
+            let mcadmin = |args: &[&str]| {
+                let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
+                    .arg("--dir")
+                    .arg(tmp.path())
+                    .args(["--domain", &domain])
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            for (name, weight) in &names[..count] {
+                mcadmin(&["add", name, "--weight", &weight.to_string()]);
+            }
+            mcadmin(&["policy", "--distribution", distribution]);
+            let mut specs = vec![flag.to_string()];
+            specs.extend(names[..count].iter().map(|(n, w)| format!("{n}:{w}")));
+            let expected = ask_oracle(&exe, &specs, &keys);
+            let got = mclient_which(
+                &[
+                    "--dir".as_ref(),
+                    tmp.path().as_os_str(),
+                    "--domain".as_ref(),
+                    domain.as_ref(),
+                ],
+                &keys,
+            );
+            assert_same(&got, &expected);
+        }
+    }
+}

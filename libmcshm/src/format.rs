@@ -70,7 +70,8 @@
 //!                                 only those entries
 //!     88    4 delta_first         first entry that differs from delta_base's
 //!     92    4 delta_end           entries from here to count are delta_base's (<= count)
-//!     96    1 distribution        how keys map to servers: 0 ketama (weighted, MD5), 1 modula
+//!     96    1 distribution        how keys map to servers: 0 ketama (weighted, MD5), 1 modula,
+//!                                 2 ketama-spy (weighted, points of "/host:port-i")
 //!     97    1 key_hash            modula's hash: 0 one-at-a-time, 1 md5, 2 crc, 3 fnv1a_32,
 //!                                 4 murmur (libhashkit's); 0 with ketama
 //!     98   30 reserved            zero

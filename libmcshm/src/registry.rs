@@ -783,11 +783,13 @@ impl Registry {
         table: &Table,
         previous: Option<(&Snapshot, Option<RingView>)>,
     ) -> (Option<RingRef>, Option<shared_ring::Pending>) {
-        if table.policy.distribution != crate::table::Distribution::Ketama {
+        let distribution = table.policy.distribution;
+        if let crate::table::Distribution::Modula(_) = distribution {
             return (None, None); // a modula domain has no ring
         }
         let members = shared_ring::routed(&table.servers, table.policy.failover);
         if let Some((old, Some(view))) = previous
+            && old.policy.distribution == distribution
             && let Some(old_ref) = old.shared_ring
             && shared_ring::same_members(
                 &old.servers,
@@ -805,12 +807,20 @@ impl Registry {
         let Some(at) = self.layout.ring_words(slot) else {
             return (None, None);
         };
-        let derived = previous.and_then(|(old, view)| {
+        // Derived from the previous ring: only a ketama ring of a ketama version (the labels
+        // and counts `derive` knows).
+        let derivable = distribution == crate::table::Distribution::Ketama;
+        let derived = previous.filter(|_| derivable).and_then(|(old, view)| {
             let old_members = shared_ring::routed(&old.servers, old.policy.failover);
             let old_ring = (&old.servers[..], &old_members[..]);
+            if old.policy.distribution != distribution {
+                return None;
+            }
             shared_ring::derive(&self.map, &view?, old_ring, (&table.servers, &members))
         });
-        let ring = derived.unwrap_or_else(|| crate::ring::build_for(&table.servers, &members));
+        let ring = derived.unwrap_or_else(|| {
+            crate::ring::build_for_distribution(&table.servers, &members, distribution)
+        });
         match shared_ring::Pending::new(ring, members, version, at, slot) {
             Some(pending) => (Some(pending.reference()), Some(pending)),
             None => (None, None),
@@ -1243,10 +1253,11 @@ fn new_file(
     next_id: u32,
 ) -> Vec<u64> {
     // A modula domain has no ring.
-    let ketama = table.policy.distribution == crate::table::Distribution::Ketama;
-    let pending = layout.ring_words(0).filter(|_| ketama).and_then(|at| {
+    let distribution = table.policy.distribution;
+    let ringed = !matches!(distribution, crate::table::Distribution::Modula(_));
+    let pending = layout.ring_words(0).filter(|_| ringed).and_then(|at| {
         let members = shared_ring::routed(&table.servers, table.policy.failover);
-        let ring = crate::ring::build_for(&table.servers, &members);
+        let ring = crate::ring::build_for_distribution(&table.servers, &members, distribution);
         shared_ring::Pending::new(ring, members, version, at, 0)
     });
     let reference = pending.as_ref().map(shared_ring::Pending::reference);

@@ -12,6 +12,7 @@
 use md5::{Digest, Md5};
 
 use crate::address::{Address, DEFAULT_PORT};
+use crate::table::Distribution;
 
 /// A built continuum: sorted points, each naming a server by its index in the list it was
 /// built from, and an index over them.
@@ -56,7 +57,8 @@ impl Ring {
             let mut at = 0;
             for (offset, &(name, _)) in run.iter().enumerate() {
                 let n = counts[first + offset];
-                hash_points(name, (first + offset) as u32, 0, &mut out[at..at + n]);
+                let server = (first + offset) as u32;
+                hash_points(name, server, 0, &mut out[at..at + n]);
                 at += n;
             }
         };
@@ -250,12 +252,29 @@ pub fn index_bits(points: usize) -> u32 {
     (usize::BITS - points.leading_zeros()).clamp(1, MAX_INDEX_BITS)
 }
 
-/// The ring of `members` (positions in `servers`, in list order): ring server `n` is
+/// The ketama ring of `members` (positions in `servers`, in list order): ring server `n` is
 /// `members[n]`.
 pub fn build_for(servers: &[crate::table::Server], members: &[usize]) -> Ring {
+    build_for_distribution(servers, members, Distribution::Ketama)
+}
+
+/// [`build_for`] as `distribution` makes its continuum (ketama, ketama-spy; a modula domain has
+/// none: an empty ring).
+pub fn build_for_distribution(
+    servers: &[crate::table::Server],
+    members: &[usize],
+    distribution: Distribution,
+) -> Ring {
+    if let Distribution::Modula(_) = distribution {
+        return Ring::default();
+    }
+    let spy = distribution == Distribution::KetamaSpy;
     let names: Vec<String> = members
         .iter()
-        .map(|&i| point_name(&servers[i].address))
+        .map(|&i| match spy {
+            true => spy_point_name(&servers[i].address),
+            false => point_name(&servers[i].address),
+        })
         .collect();
     Ring::build(
         names
@@ -263,6 +282,13 @@ pub fn build_for(servers: &[crate::table::Server], members: &[usize]) -> Ring {
             .map(String::as_str)
             .zip(members.iter().map(|&i| servers[i].weight)),
     )
+}
+
+/// The name a server's points are hashed from on a ketama-spy ring (libmemcached's
+/// `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY`, spymemcached's `KetamaNodeLocator`): `/`, the
+/// host as configured, `:port` always.
+pub fn spy_point_name(address: &Address) -> String {
+    format!("/{}:{}", address.host(), address.port().unwrap_or(0))
 }
 
 /// A key's position on the continuum: the first four bytes of its MD5, little-endian.

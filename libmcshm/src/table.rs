@@ -349,6 +349,9 @@ pub enum Distribution {
     /// `OPT_LIBKETAMA_COMPATIBLE`): the ketama continuum, weighted, MD5.
     #[default]
     Ketama,
+    /// libmemcached's `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with weights
+    /// (spymemcached's `KetamaNodeLocator`): weighted ketama over the names `/host:port`.
+    KetamaSpy,
     /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
     /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
     Modula(crate::keyhash::KeyHash),
@@ -358,6 +361,7 @@ impl Distribution {
     pub fn as_str(self) -> &'static str {
         match self {
             Distribution::Ketama => "ketama",
+            Distribution::KetamaSpy => "ketama-spy",
             Distribution::Modula(_) => "modula",
         }
     }
@@ -365,8 +369,8 @@ impl Distribution {
     /// The key hash (`md5` for ketama).
     pub fn hash(self) -> crate::keyhash::KeyHash {
         match self {
-            Distribution::Ketama => crate::keyhash::KeyHash::Md5,
             Distribution::Modula(hash) => hash,
+            _ => crate::keyhash::KeyHash::Md5,
         }
     }
 
@@ -383,20 +387,24 @@ impl Distribution {
                 )
             })?),
         };
-        match name {
-            "ketama" if hash.is_none_or(|h| h == crate::keyhash::KeyHash::Md5) => {
-                Ok(Distribution::Ketama)
+        let ketama = match name {
+            "modula" => return Ok(Distribution::Modula(hash.unwrap_or_default())),
+            "ketama" => Distribution::Ketama,
+            "ketama-spy" => Distribution::KetamaSpy,
+            other => {
+                return Err(Error::invalid(
+                    "distribution",
+                    other,
+                    "expected ketama, ketama-spy or modula",
+                ));
             }
-            "ketama" => Err(Error::invalid(
+        };
+        match hash {
+            None | Some(crate::keyhash::KeyHash::Md5) => Ok(ketama),
+            Some(other) => Err(Error::invalid(
                 "hash",
-                hash.map_or("", |h| h.as_str()),
-                "ketama hashes with md5 (as libmemcached); other hashes go with modula",
-            )),
-            "modula" => Ok(Distribution::Modula(hash.unwrap_or_default())),
-            other => Err(Error::invalid(
-                "distribution",
-                other,
-                "expected ketama or modula",
+                other.as_str(),
+                "the ketama distributions hash with md5 (as libmemcached); other hashes go with modula",
             )),
         }
     }
@@ -405,12 +413,14 @@ impl Distribution {
         match self {
             Distribution::Ketama => (0, 0),
             Distribution::Modula(hash) => (1, hash.code()),
+            Distribution::KetamaSpy => (2, 0),
         }
     }
 
     pub(crate) fn from_codes(distribution: u8, hash: u8) -> Option<Distribution> {
         match (distribution, hash) {
             (0, 0) => Some(Distribution::Ketama),
+            (2, 0) => Some(Distribution::KetamaSpy),
             (1, hash) => Some(Distribution::Modula(crate::keyhash::KeyHash::from_code(
                 hash,
             )?)),

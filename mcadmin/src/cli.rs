@@ -215,8 +215,10 @@ pub enum Command {
         #[arg(long, value_name = "S")]
         warm_window: Option<String>,
         /// How keys map to servers, as the domain's other clients map them: ketama
-        /// (libmemcached's KETAMA_WEIGHTED, PHP memcached's LIBKETAMA_COMPATIBLE; the default)
-        /// or modula (libmemcached's default: the key's hash modulo the number of servers)
+        /// (libmemcached's KETAMA_WEIGHTED, PHP memcached's LIBKETAMA_COMPATIBLE; the default),
+        /// ketama-spy (libmemcached's CONSISTENT_KETAMA_SPY with weights, spymemcached's
+        /// KetamaNodeLocator) or modula (libmemcached's default: the key's hash modulo the
+        /// number of servers)
         #[arg(long, value_name = "NAME")]
         distribution: Option<String>,
         /// modula's key hash, as libmemcached's MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its

@@ -1,9 +1,10 @@
 /* The key->server oracle: libmemcached itself.
- * Usage: ketama_oracle [--modula HASH] HOST:PORT:WEIGHT...
+ * Usage: ketama_oracle [--modula HASH | --spy] HOST:PORT:WEIGHT...
  * reads keys (one per line) on stdin, prints "host:port" of the server libmemcached picks for
  * each: with MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (libketama-compatible), or with --modula,
  * MEMCACHED_DISTRIBUTION_MODULA and MEMCACHED_BEHAVIOR_HASH = HASH (one-at-a-time, md5, crc,
- * fnv1a_32, murmur). No network I/O. */
+ * fnv1a_32, murmur); --spy: KETAMA_WEIGHTED then MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY.
+ * No network I/O. */
 #include <libmemcached/memcached.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,10 @@ int main(int argc, char **argv) {
         memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_MODULA);
         memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_HASH, hashes[found]);
         first = 3;
+    } else if (argc > 1 && strcmp(argv[1], "--spy") == 0) {
+        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);
+        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY);
+        first = 2;
     } else {
         memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);
     }

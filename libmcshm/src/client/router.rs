@@ -231,6 +231,7 @@ impl Router {
             self.local_down.clear();
         }
         let servers = &snapshot.servers;
+        let distribution = snapshot.policy.distribution;
         let on_ring = |i: &usize| match snapshot.policy.failover {
             Failover::None => servers[*i].state != State::Draining,
             Failover::Rehash => {
@@ -245,13 +246,14 @@ impl Router {
             Distribution::Modula(hash) => {
                 Some((hash, (0..servers.len()).filter(on_ring).collect::<Vec<_>>()))
             }
-            Distribution::Ketama => None,
+            _ => None,
         };
         let shared = shared.filter(|_| modula.is_none());
         if shared.is_none() && modula.is_none() {
             let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
-            let _ = local.set((ring::build_for(servers, &members), members));
+            let ring = ring::build_for_distribution(servers, &members, distribution);
+            let _ = local.set((ring, members));
         }
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
@@ -269,7 +271,10 @@ impl Router {
                 .collect();
             match modula {
                 Some(_) => (Ring::default(), all),
-                None => (ring::build_for(servers, &all), all),
+                None => (
+                    ring::build_for_distribution(servers, &all, distribution),
+                    all,
+                ),
             }
         });
         self.routing = Some(Routing {
@@ -368,8 +373,10 @@ impl Router {
         routing.local.get_or_init(|| {
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let servers = &routing.snapshot.servers;
-            let members = shared_ring::routed(servers, routing.snapshot.policy.failover);
-            (ring::build_for(servers, &members), members)
+            let policy = routing.snapshot.policy;
+            let members = shared_ring::routed(servers, policy.failover);
+            let ring = ring::build_for_distribution(servers, &members, policy.distribution);
+            (ring, members)
         })
     }
 
