@@ -108,7 +108,7 @@ fn policy_doc(p: &Policy) -> PolicyDoc {
         replicas: u32::from(p.replicas),
         warm_window_s: p.warm_window_s,
         distribution: p.distribution.as_str().into(),
-        hash: Some(p.distribution.hash().as_str().into()),
+        hash: Some(p.distribution.hash_name().into()),
     }
 }
 

@@ -47,6 +47,7 @@ pub mod format;
 pub mod health;
 pub mod keyhash;
 pub mod lifecycle;
+pub mod pecl;
 pub mod proto;
 pub mod registry;
 pub mod ring;

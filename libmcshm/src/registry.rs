@@ -784,8 +784,8 @@ impl Registry {
         previous: Option<(&Snapshot, Option<RingView>)>,
     ) -> (Option<RingRef>, Option<shared_ring::Pending>) {
         let distribution = table.policy.distribution;
-        if let crate::table::Distribution::Modula(_) = distribution {
-            return (None, None); // a modula domain has no ring
+        if !distribution.has_ring() {
+            return (None, None); // modula and PECL memcache domains have no shared ring
         }
         let members = shared_ring::routed(&table.servers, table.policy.failover);
         if let Some((old, Some(view))) = previous
@@ -1254,7 +1254,7 @@ fn new_file(
 ) -> Vec<u64> {
     // A modula domain has no ring.
     let distribution = table.policy.distribution;
-    let ringed = !matches!(distribution, crate::table::Distribution::Modula(_));
+    let ringed = distribution.has_ring();
     let pending = layout.ring_words(0).filter(|_| ringed).and_then(|at| {
         let members = shared_ring::routed(&table.servers, table.policy.failover);
         let ring = crate::ring::build_for_distribution(&table.servers, &members, distribution);

@@ -265,7 +265,7 @@ pub fn build_for_distribution(
     members: &[usize],
     distribution: Distribution,
 ) -> Ring {
-    if let Distribution::Modula(_) = distribution {
+    if !distribution.has_ring() {
         return Ring::default();
     }
     let spy = distribution == Distribution::KetamaSpy;

@@ -352,6 +352,9 @@ pub enum Distribution {
     /// libmemcached's `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with weights
     /// (spymemcached's `KetamaNodeLocator`): weighted ketama over the names `/host:port`.
     KetamaSpy,
+    /// PHP's PECL memcache extension, `memcache.hash_strategy=consistent` with
+    /// `memcache.hash_function` crc32 or fnv (see [`crate::pecl`]).
+    PeclMemcache(crate::pecl::PeclHash),
     /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
     /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
     Modula(crate::keyhash::KeyHash),
@@ -362,21 +365,37 @@ impl Distribution {
         match self {
             Distribution::Ketama => "ketama",
             Distribution::KetamaSpy => "ketama-spy",
+            Distribution::PeclMemcache(_) => "pecl-memcache",
             Distribution::Modula(_) => "modula",
         }
     }
 
-    /// The key hash (`md5` for ketama).
-    pub fn hash(self) -> crate::keyhash::KeyHash {
+    /// Whether keys are placed on a ketama ring (which the writer shares in the file).
+    pub fn has_ring(self) -> bool {
+        matches!(self, Distribution::Ketama | Distribution::KetamaSpy)
+    }
+
+    /// The name of the key hash (`md5` for the ketama distributions).
+    pub fn hash_name(self) -> &'static str {
         match self {
-            Distribution::Modula(hash) => hash,
-            _ => crate::keyhash::KeyHash::Md5,
+            Distribution::Modula(hash) => hash.as_str(),
+            Distribution::PeclMemcache(hash) => hash.as_str(),
+            Distribution::Ketama | Distribution::KetamaSpy => "md5",
         }
     }
 
     /// From `--distribution` and `--hash` (modula's default hash: one-at-a-time, as
     /// libmemcached's); errors say what is accepted.
     pub fn parse(name: &str, hash: Option<&str>) -> Result<Distribution> {
+        if name == "pecl-memcache" {
+            let hash = match hash {
+                None => crate::pecl::PeclHash::default(),
+                Some(text) => crate::pecl::PeclHash::parse(text).ok_or_else(|| {
+                    Error::invalid("hash", text, "pecl-memcache hashes with crc32 or fnv")
+                })?,
+            };
+            return Ok(Distribution::PeclMemcache(hash));
+        }
         let hash = match hash {
             None => None,
             Some(text) => Some(crate::keyhash::KeyHash::parse(text).ok_or_else(|| {
@@ -395,7 +414,7 @@ impl Distribution {
                 return Err(Error::invalid(
                     "distribution",
                     other,
-                    "expected ketama, ketama-spy or modula",
+                    "expected ketama, ketama-spy, modula or pecl-memcache",
                 ));
             }
         };
@@ -414,6 +433,7 @@ impl Distribution {
             Distribution::Ketama => (0, 0),
             Distribution::Modula(hash) => (1, hash.code()),
             Distribution::KetamaSpy => (2, 0),
+            Distribution::PeclMemcache(hash) => (3, hash.code()),
         }
     }
 
@@ -421,6 +441,9 @@ impl Distribution {
         match (distribution, hash) {
             (0, 0) => Some(Distribution::Ketama),
             (2, 0) => Some(Distribution::KetamaSpy),
+            (3, hash) => Some(Distribution::PeclMemcache(
+                crate::pecl::PeclHash::from_code(hash)?,
+            )),
             (1, hash) => Some(Distribution::Modula(crate::keyhash::KeyHash::from_code(
                 hash,
             )?)),

@@ -41,7 +41,7 @@ pub fn policy_json(p: &Policy) -> Value {
         "replicas": p.replicas,
         "warm_window_s": p.warm_window_s,
         "distribution": p.distribution.as_str(),
-        "hash": p.distribution.hash().as_str(),
+        "hash": p.distribution.hash_name(),
     })
 }
 

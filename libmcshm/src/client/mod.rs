@@ -58,6 +58,7 @@ use crate::table::Snapshot;
 
 mod failures;
 mod handover;
+mod placement;
 mod requests;
 mod router;
 

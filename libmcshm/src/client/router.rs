@@ -16,17 +16,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::placement::Placement;
 use super::{FailureCallback, FailureEvent, PERIODIC_OPS};
 use crate::address::Address;
 use crate::conn::Timeouts;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::keyhash::KeyHash;
 use crate::proto;
 use crate::registry::Registry;
 use crate::ring::{self, Ring};
 use crate::shared_ring::{self, RingView};
-use crate::table::{Distribution, Failover, Policy, Server, Snapshot, State};
+use crate::table::{Failover, Policy, Server, Snapshot, State};
 
 pub(super) enum Source {
     Registry(Box<Registry>),
@@ -44,10 +44,11 @@ struct Routing {
     /// view takes servers off it, or when the shared one cannot be used (lapped, damaged).
     local: OnceLock<(Ring, Vec<usize>)>,
     /// With draining servers: the ring that still includes them (to find where a key was).
-    /// (A modula domain's is not built: `modula` places keys over its list.)
+    /// (A domain placed without a ring keeps its placement over them in `draining_placement`.)
     with_draining: Option<(Ring, Vec<usize>)>,
-    /// A `modula` domain: its key hash and the routed servers, in list order (no ring).
-    modula: Option<(KeyHash, Vec<usize>)>,
+    /// A domain placed without a ring (modula, PECL memcache): built here per version.
+    placement: Option<Placement>,
+    draining_placement: Option<Placement>,
     /// Down servers with a retry interval (candidates for the retry probe).
     probeable: Vec<usize>,
     /// Draining servers.
@@ -242,14 +243,14 @@ impl Router {
         let shared = shared
             .filter(|_| snapshot.policy.failover == Failover::None || self.local_down.is_empty());
         let local = OnceLock::new();
-        let modula = match snapshot.policy.distribution {
-            Distribution::Modula(hash) => {
-                Some((hash, (0..servers.len()).filter(on_ring).collect::<Vec<_>>()))
-            }
-            _ => None,
+        let placement = if distribution.has_ring() {
+            None
+        } else {
+            let members = (0..servers.len()).filter(on_ring).collect();
+            Placement::build(distribution, servers, members)
         };
-        let shared = shared.filter(|_| modula.is_none());
-        if shared.is_none() && modula.is_none() {
+        let shared = shared.filter(|_| placement.is_none());
+        if shared.is_none() && placement.is_none() {
             let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let ring = ring::build_for_distribution(servers, &members, distribution);
@@ -265,25 +266,31 @@ impl Router {
         let draining = positions(servers, changed, old_draining, |s| {
             s.state == State::Draining
         });
-        let with_draining = (!draining.is_empty()).then(|| {
-            let all: Vec<usize> = (0..servers.len())
+        let draining_members = || -> Vec<usize> {
+            (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
-                .collect();
-            match modula {
-                Some(_) => (Ring::default(), all),
-                None => (
-                    ring::build_for_distribution(servers, &all, distribution),
-                    all,
-                ),
+                .collect()
+        };
+        let (with_draining, draining_placement) = match (&placement, draining.is_empty()) {
+            (_, true) => (None, None),
+            (Some(_), false) => (
+                None,
+                Placement::build(distribution, servers, draining_members()),
+            ),
+            (None, false) => {
+                let all = draining_members();
+                let ring = ring::build_for_distribution(servers, &all, distribution);
+                (Some((ring, all)), None)
             }
-        });
+        };
         self.routing = Some(Routing {
             snapshot,
             local_epoch: self.local_epoch,
             shared,
             local,
             with_draining,
-            modula,
+            placement,
+            draining_placement,
             probeable,
             draining,
         });
@@ -316,8 +323,9 @@ impl Router {
     pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
-        if let Some((hash, members)) = &self.routing().modula {
-            return modula_place(*hash, members, key)
+        if let Some(placement) = &self.routing().placement {
+            return placement
+                .owner(key)
                 .ok_or_else(|| Error::NoServers { what: self.what() });
         }
         let hash = ring::hash_key(key);
@@ -386,7 +394,7 @@ impl Router {
         self.refresh()?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
         let hash = ring::hash_key(key);
-        let shared = match self.routing().modula {
+        let shared = match self.routing().placement {
             Some(_) => None,
             None => self
                 .shared_lookup(|registry, view| registry.ring_servers_from(view, hash, replicas))?,
@@ -439,14 +447,8 @@ impl Router {
     /// The first `n` distinct servers along the ring from the key, in ring order (the key was
     /// checked). Stops as soon as it has them: a full walk would visit every point.
     pub fn along_ring(&self, key: &[u8], n: usize) -> Vec<usize> {
-        if let Some((hash, members)) = &self.routing().modula {
-            // Along a modula list: the owner, then the next servers of the list.
-            let Some(first) = modula_index(*hash, members, key) else {
-                return Vec::new();
-            };
-            return (0..n.min(members.len()))
-                .map(|step| members[(first + step) % members.len()])
-                .collect();
+        if let Some(placement) = &self.routing().placement {
+            return placement.along(key, n);
         }
         let hash = ring::hash_key(key);
         if let Some(servers) =
@@ -490,10 +492,13 @@ impl Router {
 
     /// The draining server that owned `key` before the drain, if any.
     pub fn draining_owner(&self, key: &[u8]) -> Option<usize> {
-        let (ring, members) = self.routing().with_draining.as_ref()?;
-        let i = match &self.routing().modula {
-            Some((hash, _)) => modula_place(*hash, members, key)?,
-            None => members[ring.server_for(key)?],
+        let i = match (
+            &self.routing().with_draining,
+            &self.routing().draining_placement,
+        ) {
+            (Some((ring, members)), _) => members[ring.server_for(key)?],
+            (None, Some(placement)) => placement.owner(key)?,
+            (None, None) => return None,
         };
         (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
     }
@@ -557,16 +562,6 @@ impl Drop for Router {
             registry.release_client(slot);
         }
     }
-}
-
-/// The position in `members` of the server a modula list gives `key`: hash modulo the count.
-fn modula_index(hash: KeyHash, members: &[usize], key: &[u8]) -> Option<usize> {
-    (!members.is_empty()).then(|| hash.hash(key) as usize % members.len())
-}
-
-/// The server (position in the table) a modula list gives `key`.
-fn modula_place(hash: KeyHash, members: &[usize], key: &[u8]) -> Option<usize> {
-    modula_index(hash, members, key).map(|i| members[i])
 }
 
 /// The positions of `servers` that satisfy `keep`: `before` (those of the previous version)

@@ -1,0 +1,126 @@
+//! The placement of PHP's PECL memcache extension (`memcache.hash_strategy=consistent`), the
+//! seed threads' own client, so that C daemons on mcshm and PHP pages on that extension agree on
+//! every key during a migration (tests/proxy_clients.rs checks it against the real extension).
+//!
+//! Each server gets `160 × weight` points (weights as `addServer` takes them, not normalised),
+//! the hash of `host:port-i` for i = 0, 1, …; the points are sorted, and the circle is cut into
+//! 1 024 buckets: bucket b belongs to the first point at or after `b × (2³² − 1) / 1024`. A key
+//! goes to the bucket of its hash modulo 1 024 (not to the point after its hash: the extension
+//! quantises), with `memcache.hash_function` crc32 (the default) or fnv (FNV-1a, 32 bits, over
+//! signed chars).
+
+/// `memcache.hash_function`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PeclHash {
+    #[default]
+    Crc32,
+    Fnv,
+}
+
+impl PeclHash {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeclHash::Crc32 => "crc32",
+            PeclHash::Fnv => "fnv",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PeclHash> {
+        [PeclHash::Crc32, PeclHash::Fnv]
+            .into_iter()
+            .find(|h| h.as_str() == text)
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            PeclHash::Crc32 => 0,
+            PeclHash::Fnv => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<PeclHash> {
+        [PeclHash::Crc32, PeclHash::Fnv]
+            .into_iter()
+            .find(|h| h.code() == code)
+    }
+
+    pub fn hash(self, bytes: &[u8]) -> u32 {
+        match self {
+            PeclHash::Crc32 => crc32fast::hash(bytes),
+            // Each byte XOR-ed in as a (signed) C `char`, as the extension does.
+            PeclHash::Fnv => bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+                (h ^ b as i8 as u32).wrapping_mul(0x0100_0193)
+            }),
+        }
+    }
+}
+
+/// Points per unit of weight (the extension's `MMC_CONSISTENT_POINTS`).
+const POINTS_PER_WEIGHT: usize = 160;
+/// Buckets of the circle (`MMC_CONSISTENT_BUCKETS`).
+const BUCKETS: usize = 1024;
+
+/// A PECL memcache continuum over a list of servers (positions in the table).
+#[derive(Clone, Debug, Default)]
+pub struct PeclContinuum {
+    hash: PeclHash,
+    /// (value, server position), sorted.
+    points: Vec<(u32, usize)>,
+    /// Per bucket, the index of its point in `points`.
+    buckets: Vec<usize>,
+}
+
+impl PeclContinuum {
+    /// The continuum of `members` (positions in `servers`), hashed with `hash`.
+    pub fn build(servers: &[crate::table::Server], members: &[usize], hash: PeclHash) -> Self {
+        let mut points = Vec::new();
+        for &i in members {
+            let address = &servers[i].address;
+            let stem = format!("{}:{}-", address.host(), address.port().unwrap_or(0));
+            for n in 0..usize::from(servers[i].weight) * POINTS_PER_WEIGHT {
+                points.push((hash.hash(format!("{stem}{n}").as_bytes()), i));
+            }
+        }
+        points.sort_by_key(|&(value, _)| value);
+        let step = u32::MAX / BUCKETS as u32;
+        let buckets = if points.is_empty() {
+            Vec::new()
+        } else {
+            (0..BUCKETS as u32)
+                .map(|b| {
+                    let at = points.partition_point(|&(v, _)| v < step * b);
+                    if at == points.len() { 0 } else { at }
+                })
+                .collect()
+        };
+        PeclContinuum {
+            hash,
+            points,
+            buckets,
+        }
+    }
+
+    /// The server (position in the table) of `key`; `None` without servers.
+    pub fn owner(&self, key: &[u8]) -> Option<usize> {
+        let bucket = *self.buckets.get(self.hash.hash(key) as usize % BUCKETS)?;
+        Some(self.points[bucket].1)
+    }
+
+    /// The first `n` distinct servers along the circle from `key`'s bucket, owner first.
+    pub fn along(&self, key: &[u8], n: usize) -> Vec<usize> {
+        let mut found: Vec<usize> = Vec::with_capacity(n);
+        let Some(&start) = self.buckets.get(self.hash.hash(key) as usize % BUCKETS) else {
+            return found;
+        };
+        for step in 0..self.points.len() {
+            let server = self.points[(start + step) % self.points.len()].1;
+            if !found.contains(&server) {
+                found.push(server);
+                if found.len() == n {
+                    break;
+                }
+            }
+        }
+        found
+    }
+}
