@@ -74,6 +74,36 @@ fn mclient_which(args: &[&std::ffi::OsStr], keys: &[String]) -> Vec<String> {
     servers
 }
 
+/// `mcadmin --dir DIR --domain DOMAIN ARGS…`, which must succeed; its stdout.
+fn mcadmin_in(dir: &std::path::Path, domain: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["--domain", domain])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// [`mclient_which`] on a domain of `dir`.
+fn which_in(dir: &std::path::Path, domain: &str, keys: &[String]) -> Vec<String> {
+    mclient_which(
+        &[
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--domain".as_ref(),
+            domain.as_ref(),
+        ],
+        keys,
+    )
+}
+
 fn assert_same(got: &[String], expected: &[String]) {
     let differ = got.iter().zip(expected).filter(|(a, b)| a != b).count();
     assert_eq!(
@@ -276,21 +306,7 @@ fn modula_distributions_agree_with_libmemcached() {
     for hash in ["one-at-a-time", "md5", "crc", "fnv1a_32", "murmur"] {
         for count in [1, 3, 50] {
             let domain = format!("modula-{count}-{}", hash.replace('_', "-"));
-            let mcadmin = |args: &[&str]| {
-                let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
-                    .arg("--dir")
-                    .arg(tmp.path())
-                    .args(["--domain", &domain])
-                    .args(args)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8(out.stdout).unwrap()
-            };
+            let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), &domain, args);
             let mut add = vec!["add"];
             add.extend(names[..count].iter().map(String::as_str));
             mcadmin(&add);
@@ -302,15 +318,7 @@ fn modula_distributions_agree_with_libmemcached() {
             let mut specs = vec!["--modula".to_string(), hash.to_string()];
             specs.extend(names[..count].iter().map(|n| format!("{n}:1")));
             let expected = ask_oracle(&exe, &specs, &keys);
-            let got = mclient_which(
-                &[
-                    "--dir".as_ref(),
-                    tmp.path().as_os_str(),
-                    "--domain".as_ref(),
-                    domain.as_ref(),
-                ],
-                &keys,
-            );
+            let got = which_in(tmp.path(), &domain, &keys);
             assert_same(&got, &expected);
         }
     }
@@ -335,20 +343,7 @@ fn ketama_spy_agrees_with_libmemcached() {
     for (distribution, flag) in [("ketama-spy", "--spy")] {
         for count in [3, 60] {
             let domain = format!("{distribution}-{count}");
-            let mcadmin = |args: &[&str]| {
-                let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
-                    .arg("--dir")
-                    .arg(tmp.path())
-                    .args(["--domain", &domain])
-                    .args(args)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            };
+            let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), &domain, args);
             for (name, weight) in &names[..count] {
                 mcadmin(&["add", name, "--weight", &weight.to_string()]);
             }
@@ -356,15 +351,7 @@ fn ketama_spy_agrees_with_libmemcached() {
             let mut specs = vec![flag.to_string()];
             specs.extend(names[..count].iter().map(|(n, w)| format!("{n}:{w}")));
             let expected = ask_oracle(&exe, &specs, &keys);
-            let got = mclient_which(
-                &[
-                    "--dir".as_ref(),
-                    tmp.path().as_os_str(),
-                    "--domain".as_ref(),
-                    domain.as_ref(),
-                ],
-                &keys,
-            );
+            let got = which_in(tmp.path(), &domain, &keys);
             assert_same(&got, &expected);
         }
     }
