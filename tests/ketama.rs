@@ -356,3 +356,59 @@ fn ketama_spy_agrees_with_libmemcached() {
         }
     }
 }
+
+/// libmemcached's own published vectors (tests/data/ketama_test_cases.tsv, from its
+/// `tests/ketama_test_cases.h`): for each of 99 keys on its 8-server weighted list, the key's
+/// hash and the continuum point it lands on hold exactly. The server column is not what
+/// libmemcached 1.0.18 itself answers on that list (it agrees with mcshm, not with the column),
+/// so the servers are checked against the real library instead.
+#[test]
+fn libmemcached_s_published_vectors_hold() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ketama_test_cases.tsv"),
+    )
+    .unwrap();
+    let servers = [
+        ("10.0.1.1", 600),
+        ("10.0.1.2", 300),
+        ("10.0.1.3", 200),
+        ("10.0.1.4", 350),
+        ("10.0.1.5", 1000),
+        ("10.0.1.6", 800),
+        ("10.0.1.7", 950),
+        ("10.0.1.8", 100),
+    ];
+    let ring = Ring::build(servers.iter().copied());
+    let (points, _, _) = ring.parts_for_tests();
+    let mut keys = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let (key, hash, point) = (fields[0], fields[1], fields[2]);
+        let h = libmcshm::ring::hash_key(key.as_bytes());
+        assert_eq!(h.to_string(), hash, "key {key:?}: hash");
+        let at = points.partition_point(|&(v, _)| v < h) % points.len();
+        assert_eq!(
+            points[at].0.to_string(),
+            point,
+            "key {key:?}: continuum point"
+        );
+        keys.push(key.to_string());
+    }
+    assert_eq!(keys.len(), 99);
+    let tmp = tempfile::tempdir().unwrap();
+    let specs: Vec<String> = servers
+        .iter()
+        .map(|(host, weight)| format!("{host}:11211:{weight}"))
+        .collect();
+    let expected = ask_oracle(&oracle(tmp.path()), &specs, &keys);
+    let got: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{}:11211",
+                servers[ring.server_for(k.as_bytes()).unwrap()].0
+            )
+        })
+        .collect();
+    assert_same(&got, &expected);
+}
