@@ -184,7 +184,9 @@ impl Conn {
 
     /// Reads one complete reply of kind `expect`, within the I/O timeout.
     pub fn receive(&mut self, expect: Expect) -> Result<Reply, ConnError> {
-        let deadline = Instant::now() + self.io;
+        // Taken at the first read the reply needs: a reply already buffered (pipelined) costs
+        // no clock read.
+        let mut deadline = None;
         loop {
             match proto::parse_reply(expect, &self.buf[self.pos..self.end]) {
                 Ok(Some((reply, used))) => {
@@ -197,6 +199,7 @@ impl Conn {
                     return Ok(reply);
                 }
                 Ok(None) => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.io);
                     self.time_left(deadline)?;
                     self.fill()?
                 }

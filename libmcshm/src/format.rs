@@ -695,15 +695,25 @@ pub struct SlotDelta {
 
 /// The delta a format-3 slot header announces, if any (unchecked: [`apply_delta`] checks it).
 pub fn slot_delta(header: &[u64]) -> Option<SlotDelta> {
-    let base = *header.get(80 / 8)?;
     let range = *header.get(88 / 8)?;
-    let delta = SlotDelta {
-        base,
-        first: range as u32 as usize,
-        end: (range >> 32) as usize,
-        count: (*header.get(2)? >> 32) as usize,
-    };
-    (base != 0 && delta.first <= delta.end && delta.end <= delta.count).then_some(delta)
+    SlotDelta::new(
+        *header.get(80 / 8)?,
+        range as u32,
+        (range >> 32) as u32,
+        (*header.get(2)? >> 32) as u32,
+    )
+}
+
+impl SlotDelta {
+    /// A delta as a slot header states it, if it states one that fits the slot's count.
+    fn new(base: u64, first: u32, end: u32, count: u32) -> Option<SlotDelta> {
+        (base != 0 && first <= end && end <= count).then_some(SlotDelta {
+            base,
+            first: first as usize,
+            end: end as usize,
+            count: count as usize,
+        })
+    }
 }
 
 /// Makes `snapshot` (version `delta.base`) the version whose slot header is `header` (its
@@ -778,11 +788,13 @@ fn decode_header(
             slot: fields.ring_slot,
             points: fields.ring_points,
         });
-        let words: Vec<u64> = bytes[..SLOT_HEADER_LEN]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        (ring, slot_delta(&words), distribution)
+        let delta = SlotDelta::new(
+            fields.delta_base,
+            fields.delta_first,
+            fields.delta_end,
+            header.count,
+        );
+        (ring, delta, distribution)
     } else {
         (None, None, Distribution::Ketama)
     };

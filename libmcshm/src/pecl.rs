@@ -47,10 +47,8 @@ impl PeclHash {
     pub fn hash(self, bytes: &[u8]) -> u32 {
         match self {
             PeclHash::Crc32 => crc32fast::hash(bytes),
-            // Each byte XOR-ed in as a (signed) C `char`, as the extension does.
-            PeclHash::Fnv => bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
-                (h ^ b as i8 as u32).wrapping_mul(0x0100_0193)
-            }),
+            // FNV-1a over signed chars, as the extension computes it: libhashkit's fnv1a_32.
+            PeclHash::Fnv => crate::keyhash::KeyHash::Fnv1a32.hash(bytes),
         }
     }
 }

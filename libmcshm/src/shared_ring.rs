@@ -423,11 +423,16 @@ pub fn derive<W: Words>(
 /// `none`, the up ones under `rehash`.
 pub fn routed(servers: &[Server], failover: Failover) -> Vec<usize> {
     (0..servers.len())
-        .filter(|&i| match failover {
-            Failover::None => servers[i].state != State::Draining,
-            Failover::Rehash => servers[i].state == State::Up,
-        })
+        .filter(|&i| routes(&servers[i], failover))
         .collect()
+}
+
+/// Whether `server` is on the domain's ring (see [`routed`]).
+pub fn routes(server: &Server, failover: Failover) -> bool {
+    match failover {
+        Failover::None => server.state != State::Draining,
+        Failover::Rehash => server.state == State::Up,
+    }
 }
 
 /// Whether a table's routed servers give the same ring: the same positions, addresses and

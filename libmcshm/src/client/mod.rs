@@ -315,12 +315,9 @@ impl Client {
         for key in keys {
             pending.push((key, self.chain(key)?));
         }
-        // Where each key was asked first, by address: the routing may change during the batch.
+        // Where each key was asked first, in the table the batch is routed with.
         let version = self.router.snapshot().version;
-        let asked: Vec<(&[u8], Address)> = pending
-            .iter()
-            .map(|(key, chain)| (*key, self.address(chain[0])))
-            .collect();
+        let owners: Vec<(&[u8], usize)> = pending.iter().map(|(k, chain)| (*k, chain[0])).collect();
         let mut result = MultiGet::default();
         // A failed server, and the keys it was asked for.
         let mut failed: HashMap<usize, (Error, Vec<&[u8]>)> = HashMap::new();
@@ -386,22 +383,26 @@ impl Client {
         // Keys every replica missed get what a single get would do now: their owner asked
         // again if the table changed during the batch (a drain may have moved them there),
         // then the warm-up and drain fallbacks.
-        let failed_at: HashSet<Address> = failed.keys().map(|&s| self.address(s)).collect();
-        let hit: HashSet<Vec<u8>> = result.items.iter().map(|i| i.key.clone()).collect();
-        for (key, first) in asked {
-            if hit.contains(key) || failed_at.contains(&first) {
+        let changed = self.router.refresh().is_ok() && self.router.snapshot().version != version;
+        let hit: HashSet<&[u8]> = result.items.iter().map(|i| i.key.as_slice()).collect();
+        let mut filled = Vec::new();
+        for (key, first) in owners {
+            if hit.contains(key) || failed.contains_key(&first) {
                 continue;
             }
-            let Ok(owner) = self.router.owner(key) else {
-                continue;
+            // Positions of the batch's table stay valid while the version is the same.
+            let owner = match changed {
+                false => first,
+                true => match self.router.owner(key) {
+                    Ok(owner) => owner,
+                    Err(_) => continue,
+                },
             };
             if self.is_down(owner) {
                 continue;
             }
-            // A new version since the batch began (a drain moving keys, or ending) may have
-            // brought the key to its owner after we asked.
             let mut found = None;
-            if self.router.snapshot().version != version || *self.router.address(owner) != first {
+            if changed {
                 found = self.get_one(owner, key, cas, None).ok().flatten();
             }
             if found.is_none() {
@@ -410,8 +411,9 @@ impl Client {
             if found.is_none() {
                 found = self.drain_fill(owner, key);
             }
-            result.items.extend(found);
+            filled.extend(found);
         }
+        result.items.extend(filled);
         for (server, (err, asked)) in failed {
             if asked.iter().any(|key| !answered.contains(key)) {
                 result.errors.push((self.address(server), err));

@@ -233,11 +233,11 @@ impl Router {
         }
         let servers = &snapshot.servers;
         let distribution = snapshot.policy.distribution;
-        let on_ring = |i: &usize| match snapshot.policy.failover {
-            Failover::None => servers[*i].state != State::Draining,
-            Failover::Rehash => {
-                servers[*i].state == State::Up && !self.local_down.contains(&servers[*i].address)
-            }
+        // The domain's rule, and under rehash the servers this process took off on its own.
+        let on_ring = |i: &usize| {
+            shared_ring::routes(&servers[*i], snapshot.policy.failover)
+                && (snapshot.policy.failover == Failover::None
+                    || !self.local_down.contains(&servers[*i].address))
         };
         // The file's ring routes unless this process has taken servers off it on its own.
         let shared = shared
@@ -393,15 +393,18 @@ impl Router {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
-        let hash = ring::hash_key(key);
-        let shared = match self.routing().placement {
-            Some(_) => None,
-            None => self
-                .shared_lookup(|registry, view| registry.ring_servers_from(view, hash, replicas))?,
-        };
-        let chain = match shared {
-            Some(chain) => chain,
-            None => self.along_ring(key, replicas),
+        let chain = match &self.routing().placement {
+            Some(placement) => placement.along(key, replicas),
+            None => {
+                let hash = ring::hash_key(key);
+                let shared = self.shared_lookup(|registry, view| {
+                    registry.ring_servers_from(view, hash, replicas)
+                })?;
+                match shared {
+                    Some(chain) => chain,
+                    None => self.along_local(hash, replicas),
+                }
+            }
         };
         if chain.is_empty() {
             return Err(Error::NoServers { what: self.what() });
@@ -456,6 +459,11 @@ impl Router {
         {
             return servers;
         }
+        self.along_local(hash, n)
+    }
+
+    /// The first `n` distinct servers along the ring built here, from a key hash.
+    fn along_local(&self, hash: u32, n: usize) -> Vec<usize> {
         let (ring, members) = self.local_ring();
         ring.servers_from_hash(hash)
             .take(n)
