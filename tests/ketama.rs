@@ -296,6 +296,22 @@ fn ipv6_addresses_hash_as_written() {
 /// libhashkit adds as signed chars); `dump` keeps the distribution.
 #[test]
 fn modula_distributions_agree_with_libmemcached() {
+    hashed_distribution_agrees("modula", "--modula");
+}
+
+/// `mcadmin policy --distribution ketama-unweighted --hash H`: every key goes where libmemcached
+/// sends it with `MEMCACHED_BEHAVIOR_KETAMA` and that `MEMCACHED_BEHAVIOR_HASH` (100 points per
+/// server, each its label's hash), as for modula above, read through the ring the writer put
+/// in the file (some servers on 11211, whose labels drop the port).
+#[test]
+fn unweighted_ketama_agrees_with_libmemcached() {
+    hashed_distribution_agrees("ketama-unweighted", "--ketama");
+}
+
+/// The distribution `name` with each libhashkit hash against the oracle run with `flag HASH`.
+/// On the 50-server list one server is removed and added back (to the end of the list) first:
+/// the writer derives that ring from the previous one, and it must still agree.
+fn hashed_distribution_agrees(name: &str, flag: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let exe = oracle(tmp.path());
     let mut keys = keys(9000);
@@ -305,18 +321,25 @@ fn modula_distributions_agree_with_libmemcached() {
         .collect();
     for hash in ["one-at-a-time", "md5", "crc", "fnv1a_32", "murmur"] {
         for count in [1, 3, 50] {
-            let domain = format!("modula-{count}-{}", hash.replace('_', "-"));
+            let domain = format!("{name}-{count}-{}", hash.replace('_', "-"));
             let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), &domain, args);
+            let mut order: Vec<&String> = names[..count].iter().collect();
             let mut add = vec!["add"];
-            add.extend(names[..count].iter().map(String::as_str));
+            add.extend(order.iter().map(|n| n.as_str()));
             mcadmin(&add);
-            mcadmin(&["policy", "--distribution", "modula", "--hash", hash]);
+            mcadmin(&["policy", "--distribution", name, "--hash", hash]);
             assert!(
-                mcadmin(&["dump"]).contains(&format!("distribution=modula hash={hash}")),
+                mcadmin(&["dump"]).contains(&format!("distribution={name} hash={hash}")),
                 "dump keeps the distribution"
             );
-            let mut specs = vec!["--modula".to_string(), hash.to_string()];
-            specs.extend(names[..count].iter().map(|n| format!("{n}:1")));
+            if count == 50 {
+                let back = order.remove(7);
+                mcadmin(&["rm", back]);
+                mcadmin(&["add", back]);
+                order.push(back);
+            }
+            let mut specs = vec![flag.to_string(), hash.to_string()];
+            specs.extend(order.iter().map(|n| format!("{n}:1")));
             let expected = ask_oracle(&exe, &specs, &keys);
             let got = which_in(tmp.path(), &domain, &keys);
             assert_same(&got, &expected);

@@ -26,7 +26,8 @@ fn snapshot(reg: &Reg, name: &str) -> Snapshot {
 /// The ring a process would build from the table: what the shared one must answer.
 fn built_here(snap: &Snapshot) -> (Ring, Vec<usize>) {
     let members = routed(&snap.servers, snap.policy.failover);
-    (ring::build_for(&snap.servers, &members), members)
+    let ring = ring::build_for_distribution(&snap.servers, &members, snap.policy.distribution);
+    (ring, members)
 }
 
 fn keys(n: usize) -> Vec<String> {
@@ -241,14 +242,29 @@ fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
 /// The writer derives a new ring from the previous one when few servers change (their points
 /// are copied, only the changed servers hashed): point for point, it must be the ring built
 /// from scratch, through removals, additions, weight changes and a reordered list (1 500
-/// servers: about five pairs of equal point values, whose order is by server).
+/// servers: about five pairs of equal point values, whose order is by server), for each
+/// distribution with a ring.
 #[test]
 fn derived_rings_equal_rings_built_from_scratch() {
+    for distribution in [
+        &["ketama"][..],
+        &["ketama-spy"],
+        &["ketama-unweighted", "--hash", "md5"],
+        &["ketama-unweighted", "--hash", "one-at-a-time"],
+    ] {
+        derived_rings_equal_built_ones(distribution);
+    }
+}
+
+fn derived_rings_equal_built_ones(distribution: &[&str]) {
     let reg = Reg::new();
     let list = servers(1500);
     add_weighted(&reg, "drv", &list);
-    reg.ok("drv", &["policy", "--failover", "rehash"]);
+    let mut policy = vec!["policy", "--failover", "rehash", "--distribution"];
+    policy.extend(distribution);
+    reg.ok("drv", &policy);
     let check = |what: &str| {
+        let what = format!("{distribution:?}, {what}");
         let mut registry = Registry::open(reg.dir(), &domain("drv")).unwrap();
         let (snap, view) = registry.snapshot_and_ring().unwrap();
         let view = view.unwrap_or_else(|| panic!("{what}: no shared ring"));

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
-//! warm-window=S [distribution=ketama|ketama-spy|modula|pecl-memcache hash=H]` sets the domain policy (defaults: none,
+//! warm-window=S [distribution=ketama|ketama-spy|ketama-unweighted|modula|pecl-memcache hash=H]` sets the domain policy (defaults: none,
 //! 2, flush, 1, 600, ketama; modula's hash defaults to one-at-a-time). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the

@@ -72,10 +72,11 @@
 //!     92    4 delta_end           entries from here to count are delta_base's (<= count)
 //!     96    1 distribution        how keys map to servers: 0 ketama (weighted, MD5), 1 modula,
 //!                                 2 ketama-spy (weighted, points of "/host:port-i"),
-//!                                 3 pecl-memcache (PHP's PECL memcache, consistent)
-//!     97    1 key_hash            modula's hash: 0 one-at-a-time, 1 md5, 2 crc, 3 fnv1a_32,
-//!                                 4 murmur (libhashkit's); pecl-memcache's: 0 crc32, 1 fnv;
-//!                                 0 with ketama
+//!                                 3 pecl-memcache (PHP's PECL memcache, consistent),
+//!                                 4 ketama-unweighted (100 points per server, key_hash)
+//!     97    1 key_hash            modula's and ketama-unweighted's hash: 0 one-at-a-time,
+//!                                 1 md5, 2 crc, 3 fnv1a_32, 4 murmur (libhashkit's);
+//!                                 pecl-memcache's: 0 crc32, 1 fnv; 0 with ketama, ketama-spy
 //!     98   30 reserved            zero
 //!    128    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added

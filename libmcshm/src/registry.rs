@@ -807,16 +807,15 @@ impl Registry {
         let Some(at) = self.layout.ring_words(slot) else {
             return (None, None);
         };
-        // Derived from the previous ring: only a ketama ring of a ketama version (the labels
-        // and counts `derive` knows).
-        let derivable = distribution == crate::table::Distribution::Ketama;
-        let derived = previous.filter(|_| derivable).and_then(|(old, view)| {
+        // Derived from the previous ring when that was of the same distribution.
+        let derived = previous.and_then(|(old, view)| {
             let old_members = shared_ring::routed(&old.servers, old.policy.failover);
             let old_ring = (&old.servers[..], &old_members[..]);
             if old.policy.distribution != distribution {
                 return None;
             }
-            shared_ring::derive(&self.map, &view?, old_ring, (&table.servers, &members))
+            let new_ring = (&table.servers[..], &members[..]);
+            shared_ring::derive(&self.map, &view?, distribution, old_ring, new_ring)
         });
         let ring = derived.unwrap_or_else(|| {
             crate::ring::build_for_distribution(&table.servers, &members, distribution)

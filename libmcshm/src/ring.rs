@@ -12,6 +12,7 @@
 use md5::{Digest, Md5};
 
 use crate::address::{Address, DEFAULT_PORT};
+use crate::keyhash::KeyHash;
 use crate::table::Distribution;
 
 /// A built continuum: sorted points, each naming a server by its index in the list it was
@@ -28,6 +29,8 @@ pub struct Ring {
     points: Vec<(u32, u32)>,
     index: Vec<u32>,
     shift: u32,
+    /// How the points were made, and so how keys hash onto them.
+    scheme: Points,
 }
 
 /// Most buckets of the index (top 16 bits of the hash).
@@ -43,12 +46,21 @@ impl Ring {
     /// list order), and the points are sorted by a stable radix sort on their values, which
     /// orders ties by server as the (value, server) order requires.
     pub fn build<'a>(servers: impl IntoIterator<Item = (&'a str, u16)> + Clone) -> Ring {
+        Ring::build_with(Points::Weighted, servers)
+    }
+
+    /// [`Ring::build`] with the points `scheme` makes.
+    pub fn build_with<'a>(
+        scheme: Points,
+        servers: impl IntoIterator<Item = (&'a str, u16)> + Clone,
+    ) -> Ring {
         let list: Vec<(&str, u16)> = servers.into_iter().collect();
         let count = list.len();
         // Every server's points have their place in one buffer allocated here: the hashing
         // threads only fill disjoint parts of it (no allocation of theirs outlives them, so a
         // process keeps no per-thread heap after a build).
-        let counts: Vec<usize> = point_counts(list.iter().map(|&(_, w)| w))
+        let counts: Vec<usize> = scheme
+            .counts(list.iter().map(|&(_, w)| w))
             .into_iter()
             .map(|c| c as usize)
             .collect();
@@ -58,7 +70,7 @@ impl Ring {
             for (offset, &(name, _)) in run.iter().enumerate() {
                 let n = counts[first + offset];
                 let server = (first + offset) as u32;
-                hash_points(name, server, 0, &mut out[at..at + n]);
+                scheme.hash_points(name, server, 0, &mut out[at..at + n]);
                 at += n;
             }
         };
@@ -81,16 +93,17 @@ impl Ring {
                 }
             });
         }
-        Ring::from_sorted(radix_sort_by_value(points))
+        Ring::from_sorted(radix_sort_by_value(points), scheme)
     }
 
-    /// The ring of points already sorted by (value, server).
-    pub(crate) fn from_sorted(points: Vec<(u32, u32)>) -> Ring {
+    /// The ring of points already sorted by (value, server), made by `scheme`.
+    pub(crate) fn from_sorted(points: Vec<(u32, u32)>, scheme: Points) -> Ring {
         let (index, shift) = build_index(&points);
         Ring {
             points,
             index,
             shift,
+            scheme,
         }
     }
 
@@ -103,7 +116,7 @@ impl Ring {
 
     /// The index (in the build list) of the server that owns `key`; `None` for an empty ring.
     pub fn server_for(&self, key: &[u8]) -> Option<usize> {
-        self.server_for_hash(hash_key(key))
+        self.server_for_hash(self.scheme.hash_key(key))
     }
 
     /// The owner of a key hash (see [`hash_key`]).
@@ -119,7 +132,7 @@ impl Ring {
     /// The distinct servers along the ring from `key`'s point on, in ring order (the owner
     /// first): replicas and fallbacks. Lazy: take only as many as needed.
     pub fn servers_from(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-        self.servers_from_hash(hash_key(key))
+        self.servers_from_hash(self.scheme.hash_key(key))
     }
 
     /// [`Ring::servers_from`] of a key hash.
@@ -157,6 +170,82 @@ impl Ring {
     }
 }
 
+/// How a continuum's points are made from its servers' names: libmemcached's two ways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Points {
+    /// `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED`: points in proportion to the weights (see
+    /// [`point_counts`]), four per label, from the label's MD5; keys hash with MD5.
+    #[default]
+    Weighted,
+    /// `MEMCACHED_BEHAVIOR_KETAMA` on servers of weight 1: 100 points per server, one per
+    /// label, the label's hash by the domain's key hash, which keys hash with too.
+    Unweighted(KeyHash),
+}
+
+/// Points per server of an unweighted continuum (libmemcached's `MEMCACHED_POINTS_PER_SERVER`).
+pub const UNWEIGHTED_POINTS: u32 = 100;
+
+impl Points {
+    /// The points each server gets for `weights`, in list order.
+    pub(crate) fn counts(self, weights: impl Iterator<Item = u16> + Clone) -> Vec<u32> {
+        match self {
+            Points::Weighted => point_counts(weights),
+            Points::Unweighted(_) => weights.map(|_| UNWEIGHTED_POINTS).collect(),
+        }
+    }
+
+    /// Points one label gives.
+    pub(crate) fn per_label(self) -> u32 {
+        match self {
+            Points::Weighted => 4,
+            Points::Unweighted(_) => 1,
+        }
+    }
+
+    /// A key's position on the continuum.
+    pub fn hash_key(self, key: &[u8]) -> u32 {
+        match self {
+            Points::Weighted => hash_key(key),
+            Points::Unweighted(hash) => hash.hash(key),
+        }
+    }
+
+    /// Fills `out` (its length a multiple of [`Points::per_label`]) with points of the server
+    /// named `name`, from label `first` on (labels `name-i`), each tagged `server`.
+    pub(crate) fn hash_points(self, name: &str, server: u32, first: u32, out: &mut [(u32, u32)]) {
+        match self {
+            Points::Weighted => hash_points(name, server, first, out),
+            Points::Unweighted(hash) => {
+                let mut label = Label::new(name);
+                for (i, point) in (first..).zip(out.iter_mut()) {
+                    *point = (hash.hash(label.numbered(i)), server);
+                }
+            }
+        }
+    }
+}
+
+/// A point label, `name-i`, rewritten in place for each `i` (no allocation per label).
+struct Label {
+    bytes: [u8; 512],
+    stem: usize,
+}
+
+impl Label {
+    fn new(name: &str) -> Label {
+        let mut bytes = [0u8; 512];
+        let stem = name.len().min(bytes.len() - 12);
+        bytes[..stem].copy_from_slice(&name.as_bytes()[..stem]);
+        bytes[stem] = b'-';
+        Label { bytes, stem }
+    }
+
+    fn numbered(&mut self, i: u32) -> &[u8] {
+        let len = self.stem + 1 + write_decimal(&mut self.bytes[self.stem + 1..], i);
+        &self.bytes[..len]
+    }
+}
+
 /// The points each server gets (a multiple of 4) for `weights`, in list order: libmemcached's
 /// `4 × floor(w / W × 40 × N + 1e-10)`, in f32 as it computes it.
 pub(crate) fn point_counts(weights: impl Iterator<Item = u16> + Clone) -> Vec<u32> {
@@ -173,14 +262,10 @@ pub(crate) fn point_counts(weights: impl Iterator<Item = u16> + Clone) -> Vec<u3
 
 /// Fills `out` (its length a multiple of 4) with points of the server named `name`, from
 /// label `first` on: the MD5 of `name-i` gives its points 4i..4i+4, each tagged `server`.
-pub(crate) fn hash_points(name: &str, server: u32, first: u32, out: &mut [(u32, u32)]) {
-    let mut label = [0u8; 512];
-    let stem = name.len().min(label.len() - 12);
-    label[..stem].copy_from_slice(&name.as_bytes()[..stem]);
-    label[stem] = b'-';
+fn hash_points(name: &str, server: u32, first: u32, out: &mut [(u32, u32)]) {
+    let mut label = Label::new(name);
     for (i, four) in (first..).zip(out.chunks_exact_mut(4)) {
-        let len = stem + 1 + write_decimal(&mut label[stem + 1..], i);
-        let digest = Md5::digest(&label[..len]);
+        let digest = Md5::digest(label.numbered(i));
         for (point, chunk) in four.iter_mut().zip(digest.chunks_exact(4)) {
             *point = (u32::from_le_bytes(chunk.try_into().unwrap()), server);
         }
@@ -265,23 +350,28 @@ pub fn build_for_distribution(
     members: &[usize],
     distribution: Distribution,
 ) -> Ring {
-    if !distribution.has_ring() {
+    let Some(scheme) = distribution.points() else {
         return Ring::default();
-    }
-    let spy = distribution == Distribution::KetamaSpy;
+    };
     let names: Vec<String> = members
         .iter()
-        .map(|&i| match spy {
-            true => spy_point_name(&servers[i].address),
-            false => point_name(&servers[i].address),
-        })
+        .map(|&i| server_name(distribution, &servers[i].address))
         .collect();
-    Ring::build(
+    Ring::build_with(
+        scheme,
         names
             .iter()
             .map(String::as_str)
             .zip(members.iter().map(|&i| servers[i].weight)),
     )
+}
+
+/// The name a server's point labels start with on `distribution`'s ring.
+pub fn server_name(distribution: Distribution, address: &Address) -> String {
+    match distribution {
+        Distribution::KetamaSpy => spy_point_name(address),
+        _ => point_name(address),
+    }
 }
 
 /// The name a server's points are hashed from on a ketama-spy ring (libmemcached's

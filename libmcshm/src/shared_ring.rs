@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use crate::format::{Layout, RingRef, RingWords};
 use crate::ring::{self, Ring};
 use crate::seqlock::Words;
-use crate::table::{Failover, Server, State};
+use crate::table::{Distribution, Failover, Server, State};
 
 /// Bits 0..48 of a point: value and server.
 const DATA_MASK: u64 = (1 << 48) - 1;
@@ -297,21 +297,24 @@ impl RingView {
 }
 
 /// The ring of `new`'s routed `members` derived from `view`, the previous version's ring (of
-/// `old` and its `old_members`). A server's points are the MD5s of `name-0`, `name-1`, …, as
-/// many as its point count, so a server still on the ring keeps its points, copied from the
-/// mapping and renumbered: only the labels it gains are hashed, and those it loses are hashed
-/// to be dropped. One server down among 10 000 of equal weight changes every count by a label
+/// `old` and its `old_members`), both of `distribution`. A server's points are the hashes of
+/// `name-0`, `name-1`, …, as many as its point count, so a server still on the ring keeps its
+/// points, copied from the mapping and renumbered: only the labels it gains are hashed, and
+/// those it loses are hashed to be dropped. One server down among 10 000 of equal weight changes every count by a label
 /// or none (the f32 arithmetic of libmemcached): 10 000 MD5s instead of 400 000. `None` when
 /// more than half the labels would be hashed (build afresh, on every CPU) or the old ring
 /// cannot be read whole.
 pub fn derive<W: Words>(
     mem: &W,
     view: &RingView,
+    distribution: Distribution,
     (old, old_members): (&[Server], &[usize]),
     (new, members): (&[Server], &[usize]),
 ) -> Option<Ring> {
-    let old_counts = ring::point_counts(old_members.iter().map(|&i| old[i].weight));
-    let new_counts = ring::point_counts(members.iter().map(|&i| new[i].weight));
+    let scheme = distribution.points()?;
+    let per_label = scheme.per_label();
+    let old_counts = scheme.counts(old_members.iter().map(|&i| old[i].weight));
+    let new_counts = scheme.counts(members.iter().map(|&i| new[i].weight));
     let before: HashMap<&crate::address::Address, (usize, u32)> = old_members
         .iter()
         .zip(&old_counts)
@@ -325,27 +328,27 @@ pub fn derive<W: Words>(
             Some(&(j, was)) => {
                 renumber[j] = member as u32;
                 if count > was {
-                    gained.push((member, was / 4, count / 4));
+                    gained.push((member, was / per_label, count / per_label));
                 } else if count < was {
-                    lost.push((j, count / 4, was / 4));
+                    lost.push((j, count / per_label, was / per_label));
                 }
             }
-            None => gained.push((member, 0, count / 4)),
+            None => gained.push((member, 0, count / per_label)),
         }
     }
     let labels = |list: &[(usize, u32, u32)]| -> usize {
         list.iter().map(|&(_, from, to)| (to - from) as usize).sum()
     };
-    let total: usize = new_counts.iter().map(|&c| c as usize / 4).sum();
+    let total: usize = new_counts.iter().map(|&c| (c / per_label) as usize).sum();
     if (labels(&gained) + labels(&lost)) * 2 > total.max(1) {
         return None;
     }
     let hash = |list: &[(usize, u32, u32)], name_of: &dyn Fn(usize) -> String| {
-        let mut points = vec![(0u32, 0u32); labels(list) * 4];
+        let mut points = vec![(0u32, 0u32); labels(list) * per_label as usize];
         let mut at = 0;
         for &(server, from, to) in list {
-            let n = (to - from) as usize * 4;
-            ring::hash_points(
+            let n = ((to - from) * per_label) as usize;
+            scheme.hash_points(
                 &name_of(server),
                 server as u32,
                 from,
@@ -356,8 +359,10 @@ pub fn derive<W: Words>(
         points.sort_unstable();
         points
     };
-    let dropped = hash(&lost, &|j| ring::point_name(&old[j].address));
-    let added = hash(&gained, &|m| ring::point_name(&new[members[m]].address));
+    let dropped = hash(&lost, &|j| ring::server_name(distribution, &old[j].address));
+    let added = hash(&gained, &|m| {
+        ring::server_name(distribution, &new[members[m]].address)
+    });
     let mut drop = dropped.iter().peekable();
     let mut kept = Vec::with_capacity(view.points + added.len());
     let mut words = vec![0u64; CHUNK_WORDS];
@@ -400,7 +405,7 @@ pub fn derive<W: Words>(
         }
     }
     if added.is_empty() {
-        return Some(Ring::from_sorted(kept));
+        return Some(Ring::from_sorted(kept, scheme));
     }
     let mut merged = Vec::with_capacity(kept.len() + added.len());
     let (mut a, mut b) = (kept.into_iter().peekable(), added.into_iter().peekable());
@@ -416,7 +421,7 @@ pub fn derive<W: Words>(
             None => break,
         }
     }
-    Some(Ring::from_sorted(merged))
+    Some(Ring::from_sorted(merged, scheme))
 }
 
 /// The servers (positions) a domain's ring is built over: all but draining ones under failover

@@ -352,6 +352,10 @@ pub enum Distribution {
     /// libmemcached's `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with weights
     /// (spymemcached's `KetamaNodeLocator`): weighted ketama over the names `/host:port`.
     KetamaSpy,
+    /// libmemcached's `MEMCACHED_BEHAVIOR_KETAMA` (pylibmc's `ketama`): 100 points per server
+    /// whatever its weight, each the libhashkit hash (one-at-a-time unless `--hash` says) of
+    /// `host-i` or `host:port-i`; keys hash with the same hash.
+    KetamaUnweighted(crate::keyhash::KeyHash),
     /// PHP's PECL memcache extension, `memcache.hash_strategy=consistent` with
     /// `memcache.hash_function` crc32 or fnv (see [`crate::pecl`]).
     PeclMemcache(crate::pecl::PeclHash),
@@ -365,6 +369,7 @@ impl Distribution {
         match self {
             Distribution::Ketama => "ketama",
             Distribution::KetamaSpy => "ketama-spy",
+            Distribution::KetamaUnweighted(_) => "ketama-unweighted",
             Distribution::PeclMemcache(_) => "pecl-memcache",
             Distribution::Modula(_) => "modula",
         }
@@ -372,20 +377,29 @@ impl Distribution {
 
     /// Whether keys are placed on a ketama ring (which the writer shares in the file).
     pub fn has_ring(self) -> bool {
-        matches!(self, Distribution::Ketama | Distribution::KetamaSpy)
+        self.points().is_some()
     }
 
-    /// The name of the key hash (`md5` for the ketama distributions).
+    /// How the ketama distributions make their continuum's points (`None`: no ketama ring).
+    pub fn points(self) -> Option<crate::ring::Points> {
+        match self {
+            Distribution::Ketama | Distribution::KetamaSpy => Some(crate::ring::Points::Weighted),
+            Distribution::KetamaUnweighted(hash) => Some(crate::ring::Points::Unweighted(hash)),
+            Distribution::Modula(_) | Distribution::PeclMemcache(_) => None,
+        }
+    }
+
+    /// The name of the key hash (`md5` for the weighted ketama distributions).
     pub fn hash_name(self) -> &'static str {
         match self {
-            Distribution::Modula(hash) => hash.as_str(),
+            Distribution::Modula(hash) | Distribution::KetamaUnweighted(hash) => hash.as_str(),
             Distribution::PeclMemcache(hash) => hash.as_str(),
             Distribution::Ketama | Distribution::KetamaSpy => "md5",
         }
     }
 
-    /// From `--distribution` and `--hash` (modula's default hash: one-at-a-time, as
-    /// libmemcached's); errors say what is accepted.
+    /// From `--distribution` and `--hash` (modula's and ketama-unweighted's default hash:
+    /// one-at-a-time, as libmemcached's); errors say what is accepted.
     pub fn parse(name: &str, hash: Option<&str>) -> Result<Distribution> {
         if name == "pecl-memcache" {
             let hash = match hash {
@@ -408,13 +422,16 @@ impl Distribution {
         };
         let ketama = match name {
             "modula" => return Ok(Distribution::Modula(hash.unwrap_or_default())),
+            "ketama-unweighted" => {
+                return Ok(Distribution::KetamaUnweighted(hash.unwrap_or_default()));
+            }
             "ketama" => Distribution::Ketama,
             "ketama-spy" => Distribution::KetamaSpy,
             other => {
                 return Err(Error::invalid(
                     "distribution",
                     other,
-                    "expected ketama, ketama-spy, modula or pecl-memcache",
+                    "expected ketama, ketama-spy, ketama-unweighted, modula or pecl-memcache",
                 ));
             }
         };
@@ -423,7 +440,7 @@ impl Distribution {
             Some(other) => Err(Error::invalid(
                 "hash",
                 other.as_str(),
-                "the ketama distributions hash with md5 (as libmemcached); other hashes go with modula",
+                "ketama and ketama-spy hash with md5 (as libmemcached); other hashes go with ketama-unweighted or modula",
             )),
         }
     }
@@ -434,6 +451,7 @@ impl Distribution {
             Distribution::Modula(hash) => (1, hash.code()),
             Distribution::KetamaSpy => (2, 0),
             Distribution::PeclMemcache(hash) => (3, hash.code()),
+            Distribution::KetamaUnweighted(hash) => (4, hash.code()),
         }
     }
 
@@ -447,6 +465,9 @@ impl Distribution {
             (1, hash) => Some(Distribution::Modula(crate::keyhash::KeyHash::from_code(
                 hash,
             )?)),
+            (4, hash) => Some(Distribution::KetamaUnweighted(
+                crate::keyhash::KeyHash::from_code(hash)?,
+            )),
             _ => None,
         }
     }

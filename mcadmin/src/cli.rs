@@ -217,13 +217,15 @@ pub enum Command {
         /// How keys map to servers, as the domain's other clients map them: ketama
         /// (libmemcached's KETAMA_WEIGHTED, PHP memcached's LIBKETAMA_COMPATIBLE; the default),
         /// ketama-spy (libmemcached's CONSISTENT_KETAMA_SPY with weights, spymemcached's
-        /// KetamaNodeLocator), modula (libmemcached's default: the key's hash modulo the number
-        /// of servers) or pecl-memcache (PHP's PECL memcache, memcache.hash_strategy=consistent)
+        /// KetamaNodeLocator), ketama-unweighted (libmemcached's BEHAVIOR_KETAMA, pylibmc's
+        /// "ketama": 100 points per server, weights ignored), modula (libmemcached's default:
+        /// the key's hash modulo the number of servers) or pecl-memcache (PHP's PECL memcache,
+        /// memcache.hash_strategy=consistent)
         #[arg(long, value_name = "NAME")]
         distribution: Option<String>,
-        /// modula's key hash, as libmemcached's MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its
-        /// default), md5, crc, fnv1a_32 or murmur; pecl-memcache's, as memcache.hash_function:
-        /// crc32 (its default) or fnv
+        /// The key hash of modula and ketama-unweighted, as libmemcached's
+        /// MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its default), md5, crc, fnv1a_32 or murmur;
+        /// pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
         #[arg(long, value_name = "H", requires = "distribution")]
         hash: Option<String>,
     },

@@ -1,9 +1,11 @@
 /* The key->server oracle: libmemcached itself.
- * Usage: ketama_oracle [--modula HASH | --spy] HOST:PORT:WEIGHT...
+ * Usage: ketama_oracle [--modula HASH | --ketama HASH | --spy] HOST:PORT:WEIGHT...
  * reads keys (one per line) on stdin, prints "host:port" of the server libmemcached picks for
  * each: with MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (libketama-compatible), or with --modula,
  * MEMCACHED_DISTRIBUTION_MODULA and MEMCACHED_BEHAVIOR_HASH = HASH (one-at-a-time, md5, crc,
- * fnv1a_32, murmur); --spy: KETAMA_WEIGHTED then MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY.
+ * fnv1a_32, murmur); --ketama HASH: MEMCACHED_BEHAVIOR_KETAMA (unweighted) and
+ * MEMCACHED_BEHAVIOR_HASH = HASH; --spy: KETAMA_WEIGHTED then
+ * MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY.
  * No network I/O. */
 #include <libmemcached/memcached.h>
 #include <stdio.h>
@@ -13,7 +15,9 @@
 int main(int argc, char **argv) {
     memcached_st *memc = memcached_create(NULL);
     int first = 1;
-    if (argc > 2 && strcmp(argv[1], "--modula") == 0) {
+    int modula = argc > 2 && strcmp(argv[1], "--modula") == 0;
+    int unweighted = argc > 2 && strcmp(argv[1], "--ketama") == 0;
+    if (modula || unweighted) {
         const char *names[] = {"one-at-a-time", "md5", "crc", "fnv1a_32", "murmur"};
         const memcached_hash_t hashes[] = {MEMCACHED_HASH_DEFAULT, MEMCACHED_HASH_MD5, MEMCACHED_HASH_CRC,
                                            MEMCACHED_HASH_FNV1A_32, MEMCACHED_HASH_MURMUR};
@@ -24,7 +28,10 @@ int main(int argc, char **argv) {
             fprintf(stderr, "unknown hash %s\n", argv[2]);
             return 2;
         }
-        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_MODULA);
+        if (modula)
+            memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_MODULA);
+        else
+            memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA, 1);
         memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_HASH, hashes[found]);
         first = 3;
     } else if (argc > 1 && strcmp(argv[1], "--spy") == 0) {

@@ -25,7 +25,9 @@ impl Placement {
             Distribution::PeclMemcache(hash) => Some(Placement::Pecl(PeclContinuum::build(
                 servers, &members, hash,
             ))),
-            Distribution::Ketama | Distribution::KetamaSpy => None,
+            Distribution::Ketama | Distribution::KetamaSpy | Distribution::KetamaUnweighted(_) => {
+                None
+            }
         }
     }
 

@@ -175,6 +175,14 @@ impl Router {
         self.on_failure = Some(Box::new(callback));
     }
 
+    /// A key's position on the domain's ketama ring (MD5, or ketama-unweighted's hash).
+    fn ring_hash(&self, key: &[u8]) -> u32 {
+        let distribution = self.routing().snapshot.policy.distribution;
+        distribution
+            .points()
+            .map_or_else(|| ring::hash_key(key), |points| points.hash_key(key))
+    }
+
     fn routing(&self) -> &Routing {
         self.routing
             .as_ref()
@@ -328,7 +336,7 @@ impl Router {
                 .owner(key)
                 .ok_or_else(|| Error::NoServers { what: self.what() });
         }
-        let hash = ring::hash_key(key);
+        let hash = self.ring_hash(key);
         let shared = self.shared_lookup(|registry, view| registry.ring_owner(view, hash))?;
         let owner = match shared {
             Some(owner) => owner,
@@ -396,7 +404,7 @@ impl Router {
         let chain = match &self.routing().placement {
             Some(placement) => placement.along(key, replicas),
             None => {
-                let hash = ring::hash_key(key);
+                let hash = self.ring_hash(key);
                 let shared = self.shared_lookup(|registry, view| {
                     registry.ring_servers_from(view, hash, replicas)
                 })?;
@@ -453,7 +461,7 @@ impl Router {
         if let Some(placement) = &self.routing().placement {
             return placement.along(key, n);
         }
-        let hash = ring::hash_key(key);
+        let hash = self.ring_hash(key);
         if let Some(servers) =
             self.with_shared(|registry, view| registry.ring_servers_from(view, hash, n))
         {
