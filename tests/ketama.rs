@@ -55,12 +55,12 @@ fn ask_oracle(exe: &std::path::Path, specs: &[String], keys: &[String]) -> Vec<S
     answers
 }
 
-/// `mclient ARGS which KEYS…`: the server of each key, brackets removed (as libmemcached
+/// `mclient ARGS which -- KEYS…` (keys may start with `-`): the server of each key, brackets removed (as libmemcached
 /// names IPv6 hosts).
 fn mclient_which(args: &[&std::ffi::OsStr], keys: &[String]) -> Vec<String> {
     let which = Command::new(env!("CARGO_BIN_EXE_mclient"))
         .args(args)
-        .arg("which")
+        .args(["which", "--"])
         .args(keys)
         .output()
         .unwrap();
@@ -383,8 +383,9 @@ fn ketama_spy_agrees_with_libmemcached() {
 /// libmemcached's own published vectors (tests/data/ketama_test_cases.tsv, from its
 /// `tests/ketama_test_cases.h`): for each of 99 keys on its 8-server weighted list, the key's
 /// hash and the continuum point it lands on hold exactly. The server column is not what
-/// libmemcached 1.0.18 itself answers on that list (it agrees with mcshm, not with the column),
-/// so the servers are checked against the real library instead.
+/// libmemcached itself answers on that list with ketama (it agrees with mcshm, not with the
+/// column: the column is the ketama-spy answer, see the next test), so the servers are checked
+/// against the real library instead.
 #[test]
 fn libmemcached_s_published_vectors_hold() {
     let text = std::fs::read_to_string(
@@ -434,4 +435,34 @@ fn libmemcached_s_published_vectors_hold() {
         })
         .collect();
     assert_same(&got, &expected);
+}
+
+/// libmemcached's published ketama-spy vectors (tests/data/ketama_test_cases_spy.tsv, from its
+/// `tests/ketama_test_cases_spy.h`): a domain of its 8-server weighted list with
+/// `--distribution ketama-spy` sends each of the 99 keys to the server the file names, as
+/// libmemcached's own test checks (its hash columns repeat the ketama file's).
+#[test]
+fn libmemcached_s_published_spy_vectors_hold() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/ketama_test_cases_spy.tsv"),
+    )
+    .unwrap();
+    let (keys, servers): (Vec<String>, Vec<String>) = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (fields[0].to_string(), format!("{}:11211", fields[3]))
+        })
+        .unzip();
+    assert_eq!(keys.len(), 99);
+    let tmp = tempfile::tempdir().unwrap();
+    let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), "spy", args);
+    for (n, weight) in [600, 300, 200, 350, 1000, 800, 950, 100].iter().enumerate() {
+        let host = format!("10.0.1.{}", n + 1);
+        mcadmin(&["add", &host, "--weight", &weight.to_string()]);
+    }
+    mcadmin(&["policy", "--distribution", "ketama-spy"]);
+    assert_same(&which_in(tmp.path(), "spy", &keys), &servers);
 }
