@@ -6,7 +6,7 @@
 //!               "reason": "2 consecutive failures", "since_ms": 1764000000000,
 //!               "warm_until_ms": 0}],
 //!  "policy": {"failover": "none", "failure_limit": 2, "rejoin": "flush", "replicas": 1,
-//!             "warm_window_s": 600, "distribution": "ketama", "hash": "md5"},
+//!             "warm_window_s": 600, "distribution": "ketama", "hash": "md5", "prefix": "app1:"},
 //!  "changed": {"by": "mcadmin", "host": "web1", "pid": 4242, "ms": 1764000000000}}
 //! ```
 //!
@@ -14,10 +14,12 @@
 //! is hostile input: it is size-limited, and every field goes through the checks `mcadmin`
 //! applies to its own arguments (address, weight, state, retry interval, reason, policy,
 //! duplicates). A bad document is refused as a whole, naming the key and the field. Unknown
-//! fields are ignored (a newer mcshm may add some). Server ids and live records are per host and
+//! fields are ignored (a newer mcshm may add some; `prefix`, absent when there is none, is one
+//! that agents older than prefixes ignore: upgrade every agent before setting a prefix). Server ids and live records are per host and
 //! are not part of the document.
 
 use libmcshm::Address;
+use libmcshm::prefix::KeyPrefix;
 use libmcshm::table::{
     Distribution, Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
     check_retry_interval, check_warm_window, check_weight, first_duplicate,
@@ -78,6 +80,9 @@ struct PolicyDoc {
     distribution: String,
     #[serde(default)]
     hash: Option<String>,
+    /// The key prefix; absent or "" for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    prefix: String,
 }
 
 fn ketama() -> String {
@@ -109,6 +114,7 @@ fn policy_doc(p: &Policy) -> PolicyDoc {
         warm_window_s: p.warm_window_s,
         distribution: p.distribution.as_str().into(),
         hash: Some(p.distribution.hash_name().into()),
+        prefix: p.prefix.to_string(),
     }
 }
 
@@ -171,6 +177,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
             .map_err(|e| format!("policy: {e}"))?,
         distribution: Distribution::parse(&p.distribution, p.hash.as_deref())
             .map_err(|e| format!("policy: {e}"))?,
+        prefix: KeyPrefix::parse(&p.prefix).map_err(|e| format!("policy: {e}"))?,
     };
     Ok((
         Table {

@@ -7,8 +7,10 @@
 //! ```
 //!
 //! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
-//! warm-window=S [distribution=ketama|ketama-spy|ketama-unweighted|modula|pecl-memcache hash=H]` sets the domain policy (defaults: none,
-//! 2, flush, 1, 600, ketama; modula's hash defaults to one-at-a-time). Otherwise the address comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
+//! warm-window=S [distribution=ketama|ketama-spy|ketama-unweighted|modula|pecl-memcache hash=H]
+//! [prefix=P]` sets the domain policy (defaults: none, 2, flush, 1, 600, ketama, no prefix;
+//! modula's and ketama-unweighted's hash defaults to one-at-a-time). Otherwise the address
+//! comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
@@ -18,6 +20,7 @@ use std::fmt::Write;
 
 use crate::address::Address;
 use crate::error::{Error, Result};
+use crate::prefix::KeyPrefix;
 use crate::table::{
     Distribution, Policy, Server, Snapshot, Table, check_failure_limit, check_reason,
     check_replicas, check_retry_interval, check_warm_window, check_weight,
@@ -103,6 +106,9 @@ pub fn policy_text(p: &Policy) -> String {
             p.distribution.hash_name()
         );
     }
+    if !p.prefix.is_empty() {
+        let _ = write!(text, " prefix={}", p.prefix);
+    }
     text
 }
 
@@ -118,11 +124,12 @@ fn parse_policy(text: &str) -> Result<Policy> {
             Some(("rejoin", v)) => policy.rejoin = v.parse()?,
             Some(("replicas", v)) => policy.replicas = check_replicas(v)?,
             Some(("warm-window", v)) => policy.warm_window_s = check_warm_window(v)?,
+            Some(("prefix", v)) => policy.prefix = KeyPrefix::parse(v)?,
             _ => {
                 return Err(Error::invalid(
                     "policy attribute",
                     pair,
-                    "expected failover=, failure-limit=, rejoin=, replicas=, warm-window=, distribution= or hash=",
+                    "expected failover=, failure-limit=, rejoin=, replicas=, warm-window=, distribution=, hash= or prefix=",
                 ));
             }
         }

@@ -73,11 +73,14 @@
 //!     96    1 distribution        how keys map to servers: 0 ketama (weighted, MD5), 1 modula,
 //!                                 2 ketama-spy (weighted, points of "/host:port-i"),
 //!                                 3 pecl-memcache (PHP's PECL memcache, consistent),
-//!                                 4 ketama-unweighted (100 points per server, key_hash)
+//!                                 4 ketama-unweighted (100 points per server, key_hash);
+//!                                 plus 0x80 when prefix is set (so that readers older than
+//!                                 prefixes refuse the version rather than ignore the prefix)
 //!     97    1 key_hash            modula's and ketama-unweighted's hash: 0 one-at-a-time,
 //!                                 1 md5, 2 crc, 3 fnv1a_32, 4 murmur (libhashkit's);
 //!                                 pecl-memcache's: 0 crc32, 1 fnv; 0 with ketama, ketama-spy
-//!     98   30 reserved            zero
+//!     98   30 prefix              key prefix, NUL-padded (none: all zero): sent before every
+//!                                 key, never hashed; bytes 0x21..=0xff except 0x7f
 //!    128    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
 //!
@@ -141,6 +144,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::address::Address;
+use crate::prefix::{KeyPrefix, MAX_PREFIX_LEN};
 use crate::seqlock::{Geometry, Seal};
 use std::collections::HashSet;
 
@@ -239,10 +243,15 @@ struct SlotRingFields {
     delta_base: u64,
     delta_first: u32,
     delta_end: u32,
+    /// The distribution's code, with [`PREFIXED`] set when the domain has a key prefix.
     distribution: u8,
     key_hash: u8,
-    reserved: [u8; 30],
+    prefix: [u8; MAX_PREFIX_LEN],
 }
+
+/// Set in the distribution byte of a version with a key prefix: readers that predate prefixes
+/// refuse the code ("upgrade mcshm") instead of sending keys without it.
+const PREFIXED: u8 = 0x80;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -592,9 +601,14 @@ pub fn encode_slot(
         delta_base: delta.map_or(0, |_| version - 1),
         delta_first: delta.map_or(0, |d| d.0),
         delta_end: delta.map_or(0, |d| d.1),
-        distribution: table.policy.distribution.codes().0,
+        distribution: table.policy.distribution.codes().0
+            | if table.policy.prefix.is_empty() {
+                0
+            } else {
+                PREFIXED
+            },
         key_hash: table.policy.distribution.codes().1,
-        reserved: [0; 30],
+        prefix: table.policy.prefix.field(),
     };
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
     let head = &mut bytes[..SLOT_HEADER_LEN];
@@ -774,16 +788,19 @@ fn decode_header(
             header.generation
         ));
     }
-    let (shared_ring, delta, distribution) = if layout.has_rings() {
+    let (shared_ring, delta, distribution, prefix) = if layout.has_rings() {
         let fields: SlotRingFields =
             bytemuck::pod_read_unaligned(&bytes[SLOT_HEADER_LEN_V2..SLOT_HEADER_LEN]);
-        let distribution = Distribution::from_codes(fields.distribution, fields.key_hash)
-            .ok_or_else(|| {
-                format!(
-                    "distribution code {}/{} (a newer mcshm's? upgrade mcshm)",
-                    fields.distribution, fields.key_hash
-                )
-            })?;
+        let code = fields.distribution & !PREFIXED;
+        let distribution = Distribution::from_codes(code, fields.key_hash).ok_or_else(|| {
+            format!(
+                "distribution code {}/{} (a newer mcshm's? upgrade mcshm)",
+                fields.distribution, fields.key_hash
+            )
+        })?;
+        let prefix = KeyPrefix::from_field(&fields.prefix)
+            .filter(|p| p.is_empty() == (fields.distribution & PREFIXED == 0))
+            .ok_or("a key prefix that is not one")?;
         let ring = (fields.ring != 0).then_some(RingRef {
             generation: fields.ring,
             slot: fields.ring_slot,
@@ -795,9 +812,9 @@ fn decode_header(
             fields.delta_end,
             header.count,
         );
-        (ring, delta, distribution)
+        (ring, delta, distribution, prefix)
     } else {
-        (None, None, Distribution::Ketama)
+        (None, None, Distribution::Ketama, KeyPrefix::NONE)
     };
     let failover = Failover::from_code(header.failover)
         .ok_or_else(|| format!("failover code {}", header.failover))?;
@@ -824,6 +841,7 @@ fn decode_header(
                 header.warm_window_s
             },
             distribution,
+            prefix,
         },
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,
@@ -969,6 +987,33 @@ mod tests {
 
     /// A version read as a change of the one before it equals the version read whole, for
     /// every kind of edit; a damaged changed entry or header is refused and changes nothing.
+    /// A prefix is stored at 98 and flagged in the distribution byte; a reader that knew no
+    /// prefixes sees an unknown distribution (it refuses the version), and a prefix without its
+    /// flag, or the flag without a prefix, is damage.
+    #[test]
+    fn a_prefix_round_trips_and_is_flagged() {
+        let mut t = table();
+        t.policy.prefix = crate::prefix::KeyPrefix::parse("ns:").unwrap();
+        let image = encode_slot(9, INFO, &t, 5, None, None);
+        let layout = Layout::new(4, 0);
+        assert_eq!(decode_slot(&image, "d", &layout).unwrap().policy, t.policy);
+        let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
+        assert_eq!(bytes[96], PREFIXED);
+        assert_eq!(&bytes[98..101], b"ns:");
+        assert_eq!(Distribution::from_codes(bytes[96], bytes[97]), None);
+        for (at, value) in [(96, 0), (98, 0)] {
+            let mut damaged = bytes.clone();
+            damaged[at] = value;
+            let crc = slot_crc(&damaged[..SLOT_HEADER_LEN]);
+            damaged[16..20].copy_from_slice(&crc.to_le_bytes());
+            let words: Vec<u64> = damaged
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+                .collect();
+            assert!(decode_slot(&words, "d", &layout).is_err(), "byte {at}");
+        }
+    }
+
     #[test]
     fn a_delta_applied_to_the_previous_version_gives_the_version_read_whole() {
         let layout = Layout::new(16, 0);

@@ -48,6 +48,7 @@ pub mod health;
 pub mod keyhash;
 pub mod lifecycle;
 pub mod pecl;
+pub mod prefix;
 pub mod proto;
 pub mod registry;
 pub mod ring;

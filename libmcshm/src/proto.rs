@@ -124,6 +124,12 @@ pub enum Request<'a> {
 impl Request<'_> {
     /// Appends the request's bytes to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_prefixed(out, b"");
+    }
+
+    /// Appends the request's bytes to `out`, each key preceded by `prefix` (a domain's key
+    /// prefix, see [`crate::prefix`]).
+    pub fn encode_prefixed(&self, out: &mut Vec<u8>, prefix: &[u8]) {
         match self {
             Request::Get { keys, cas, touch } => {
                 match (touch, cas) {
@@ -135,6 +141,7 @@ impl Request<'_> {
                 for key in *keys {
                     debug_assert!(check_key(key).is_ok());
                     out.push(b' ');
+                    out.extend_from_slice(prefix);
                     out.extend_from_slice(key);
                 }
             }
@@ -148,6 +155,7 @@ impl Request<'_> {
                 debug_assert!(check_key(key).is_ok());
                 out.extend_from_slice(verb.word());
                 out.push(b' ');
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
                 out.extend_from_slice(format!(" {flags} {exptime} {}", value.len()).as_bytes());
                 if let StoreVerb::Cas(unique) = verb {
@@ -156,10 +164,16 @@ impl Request<'_> {
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(value);
             }
-            Request::Delete { key } => line(out, b"delete", key, ""),
-            Request::Incr { key, delta } => line(out, b"incr", key, &delta.to_string()),
-            Request::Decr { key, delta } => line(out, b"decr", key, &delta.to_string()),
-            Request::Touch { key, exptime } => line(out, b"touch", key, &exptime.to_string()),
+            Request::Delete { key } => line(out, b"delete", [prefix, key], ""),
+            Request::Incr { key, delta } => {
+                line(out, b"incr", [prefix, key], &delta.to_string());
+            }
+            Request::Decr { key, delta } => {
+                line(out, b"decr", [prefix, key], &delta.to_string());
+            }
+            Request::Touch { key, exptime } => {
+                line(out, b"touch", [prefix, key], &exptime.to_string());
+            }
             Request::FlushAll { delay } => {
                 out.extend_from_slice(b"flush_all");
                 if let Some(d) = delay {
@@ -168,7 +182,7 @@ impl Request<'_> {
             }
             Request::Version => out.extend_from_slice(b"version"),
             Request::MetaGet { key } => {
-                line(out, b"mg", key, "t f v");
+                line(out, b"mg", [prefix, key], "t f v");
             }
             Request::Stats { group } => {
                 out.extend_from_slice(b"stats");
@@ -197,10 +211,12 @@ impl Request<'_> {
     }
 }
 
-fn line(out: &mut Vec<u8>, verb: &[u8], key: &[u8], arg: &str) {
+/// `verb PREFIXKEY[ arg]`: `key` is the prefix and the key.
+fn line(out: &mut Vec<u8>, verb: &[u8], [prefix, key]: [&[u8]; 2], arg: &str) {
     debug_assert!(check_key(key).is_ok());
     out.extend_from_slice(verb);
     out.push(b' ');
+    out.extend_from_slice(prefix);
     out.extend_from_slice(key);
     if !arg.is_empty() {
         out.push(b' ');

@@ -326,6 +326,8 @@ pub struct Policy {
     pub warm_window_s: u32,
     /// How keys map to servers.
     pub distribution: Distribution,
+    /// Prepended to every key sent, never hashed (none by default).
+    pub prefix: crate::prefix::KeyPrefix,
 }
 
 impl Default for Policy {
@@ -337,6 +339,7 @@ impl Default for Policy {
             replicas: 1,
             warm_window_s: DEFAULT_WARM_WINDOW_S,
             distribution: Distribution::Ketama,
+            prefix: crate::prefix::KeyPrefix::NONE,
         }
     }
 }

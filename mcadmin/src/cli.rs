@@ -228,6 +228,11 @@ pub enum Command {
         /// pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
         #[arg(long, value_name = "H", requires = "distribution")]
         hash: Option<String>,
+        /// Key prefix: sent before every key, never hashed, as PHP memcached's OPT_PREFIX_KEY
+        /// and libmemcached's NAMESPACE (up to 30 bytes, no whitespace or control characters;
+        /// "" removes it). Every process of the domain switches with the same version
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
     },
     /// Show the servers of the domain with its version.
     #[command(alias = "ls")]

@@ -192,6 +192,12 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
         }
     })?;
     let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
+    // With a key prefix, the server's keys carry it: move the domain's (named without it, as
+    // the client sends them) and leave keys outside the prefix, which are not the domain's.
+    let prefix = client.snapshot()?.policy.prefix;
+    let listed = keys.len();
+    let keys: Vec<&[u8]> = keys.iter().filter_map(|k| prefix.strip(k)).collect();
+    let outside = listed - keys.len();
     let stop = stop_flag()?;
     let tty = std::io::stderr().is_terminal();
     let (mut moved, mut kept, mut gone, mut failed) = (0u64, 0u64, 0u64, 0u64);
@@ -247,10 +253,14 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     })?;
     crate::print(
         ctx,
-        || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "version": removed.version, "seconds": seconds, "keys_per_s": keys_per_s}),
+        || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "outside_prefix": outside, "version": removed.version, "seconds": seconds, "keys_per_s": keys_per_s}),
         || {
+            let outside = match outside {
+                0 => String::new(),
+                n => format!(", {n} outside the domain's key prefix '{prefix}' left on it"),
+            };
             format!(
-                "drained {address}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted) in {seconds:.1} s ({keys_per_s} keys/s); removed from domain {} (version {})\n",
+                "drained {address}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted){outside} in {seconds:.1} s ({keys_per_s} keys/s); removed from domain {} (version {})\n",
                 ctx.domain, removed.version
             )
         },

@@ -237,8 +237,13 @@ fn run(cli: &Cli) -> Result<Exit> {
             warm_window,
             distribution,
             hash,
+            prefix,
         } => {
             let change = PolicyChange {
+                prefix: prefix
+                    .as_deref()
+                    .map(libmcshm::prefix::KeyPrefix::parse)
+                    .transpose()?,
                 distribution: distribution
                     .as_deref()
                     .map(|d| libmcshm::table::Distribution::parse(d, hash.as_deref()))
@@ -490,6 +495,7 @@ struct PolicyChange {
     replicas: Option<u8>,
     warm_window_s: Option<u32>,
     distribution: Option<libmcshm::table::Distribution>,
+    prefix: Option<libmcshm::prefix::KeyPrefix>,
 }
 
 /// Shows the policy, or changes it when given values.
@@ -499,7 +505,8 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         && change.rejoin.is_none()
         && change.replicas.is_none()
         && change.warm_window_s.is_none()
-        && change.distribution.is_none();
+        && change.distribution.is_none()
+        && change.prefix.is_none();
     if unchanged {
         let p = match &ctx.fleet {
             Some(fleet) => fleet::read(ctx, fleet)?.table.policy,
@@ -520,6 +527,7 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         p.replicas = change.replicas.unwrap_or(p.replicas);
         p.warm_window_s = change.warm_window_s.unwrap_or(p.warm_window_s);
         p.distribution = change.distribution.unwrap_or(p.distribution);
+        p.prefix = change.prefix.unwrap_or(p.prefix);
         Ok(())
     })
 }

@@ -42,6 +42,7 @@ pub fn policy_json(p: &Policy) -> Value {
         "warm_window_s": p.warm_window_s,
         "distribution": p.distribution.as_str(),
         "hash": p.distribution.hash_name(),
+        "prefix": p.prefix.to_string(),
     })
 }
 

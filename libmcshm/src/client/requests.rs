@@ -6,6 +6,7 @@ use super::{Client, PIPELINE_WINDOW, Stored};
 use crate::address::Address;
 use crate::conn::{Conn, ConnError};
 use crate::error::{Error, Result};
+use crate::prefix::KeyPrefix;
 use crate::proto::{Reply, Request};
 
 impl Client {
@@ -25,7 +26,7 @@ impl Client {
         // The snapshot (an Arc) lends the address: no copy of it per operation.
         let snapshot = self.router.snapshot().clone();
         let address = &snapshot.servers[server].address;
-        let result = self.exchange(address, requests);
+        let result = self.exchange(address, requests, &snapshot.policy.prefix);
         match result {
             Ok(replies) => {
                 self.router.succeeded(server);
@@ -49,10 +50,13 @@ impl Client {
         }
     }
 
+    /// Sends `requests` with their keys under `prefix`, and reads their replies, keys given
+    /// back without it.
     pub(super) fn exchange(
         &mut self,
         address: &Address,
         requests: &[Request<'_>],
+        prefix: &KeyPrefix,
     ) -> Result<Vec<Reply>, ConnError> {
         let conn = match self.conns.get_mut(address) {
             Some(conn) => conn,
@@ -72,7 +76,7 @@ impl Client {
                 && (in_flight.is_empty() || in_flight_bytes + self.scratch.len() < PIPELINE_WINDOW)
             {
                 let before = self.scratch.len();
-                requests[sent].encode(&mut self.scratch);
+                requests[sent].encode_prefixed(&mut self.scratch, prefix.as_bytes());
                 in_flight.push_back((requests[sent].expects(), self.scratch.len() - before));
                 sent += 1;
             }
@@ -81,7 +85,17 @@ impl Client {
                 in_flight_bytes += self.scratch.len();
             }
             let (expect, len) = in_flight.pop_front().expect("a request is in flight");
-            replies.push(conn.receive(expect)?);
+            let mut reply = conn.receive(expect)?;
+            if let Reply::Values(items) = &mut reply
+                && !prefix.is_empty()
+            {
+                for item in items.iter_mut() {
+                    if item.key.starts_with(prefix.as_bytes()) {
+                        item.key.drain(..prefix.as_bytes().len());
+                    }
+                }
+            }
+            replies.push(reply);
             in_flight_bytes -= len;
         }
         Ok(replies)

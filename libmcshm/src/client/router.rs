@@ -331,6 +331,7 @@ impl Router {
     pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
+        self.routing().snapshot.policy.prefix.check_fits(key)?;
         if let Some(placement) = &self.routing().placement {
             return placement
                 .owner(key)
@@ -400,6 +401,7 @@ impl Router {
     pub fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
+        self.routing().snapshot.policy.prefix.check_fits(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
         let chain = match &self.routing().placement {
             Some(placement) => placement.along(key, replicas),
