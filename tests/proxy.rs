@@ -743,3 +743,94 @@ fn connections_to_a_deleted_server_are_closed() {
         format!("VALUE {on_b} 0 1\r\nx\r\nEND\r\n")
     );
 }
+
+/// A domain with a key prefix (`policy --prefix`): the proxy's clients send bare keys, the
+/// servers hold them under the prefix (on the server a libmcshm client picks, hashing the bare
+/// key), and every reply names the key bare: multi-get items, a meta get's `k` flag, `me`.
+/// A base64 meta key cannot take the prefix and is refused; a key too long once prefixed is
+/// the client's error.
+#[test]
+fn a_prefixed_domain_is_served_under_its_prefix() {
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let servers = [&a, &b, &c];
+    let reg = Reg::new();
+    domain(&reg, &servers, &["--prefix", "p1:"]);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut w = proxy.connect();
+    let keys: Vec<String> = (0..30).map(|n| format!("item:{n}")).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let reply = w.ask(&format!("set {key} {n} 0 2\r\nv{}\r\n", n % 10));
+        assert_eq!(reply, "STORED\r\n");
+        let owner = by_port(&servers, owner_port(&reg, key));
+        assert_eq!(
+            owner.raw_get(&format!("p1:{key}")),
+            Some(format!("v{}", n % 10))
+        );
+        assert_eq!(owner.raw_get(key), None, "{key} stored bare");
+    }
+    let reply = w.ask(&format!("get {} missing\r\n", keys.join(" ")));
+    let expected: String = keys
+        .iter()
+        .enumerate()
+        .map(|(n, key)| format!("VALUE {key} {n} 2\r\nv{}\r\n", n % 10))
+        .collect::<String>()
+        + "END\r\n";
+    assert_eq!(reply, expected);
+    assert_eq!(w.ask("set count 0 0 1\r\n5\r\n"), "STORED\r\n");
+    assert_eq!(w.ask("incr count 3\r\n"), "8\r\n");
+    assert_eq!(w.ask("touch count 100\r\n"), "TOUCHED\r\n");
+    assert_eq!(w.ask("mg count k v\r\n"), "VA 1 kcount\r\n8\r\n");
+    assert!(w.ask("me count\r\n").starts_with("ME count "));
+    assert_eq!(w.ask("ms fresh 2 T0\r\nhi\r\n"), "HD\r\n");
+    let owner = by_port(&servers, owner_port(&reg, "fresh"));
+    assert_eq!(owner.raw_get("p1:fresh").as_deref(), Some("hi"));
+    assert_eq!(w.ask("delete count\r\n"), "DELETED\r\n");
+    assert_eq!(w.ask("get count\r\n"), "END\r\n");
+    assert!(
+        w.ask("mg Zm9v b v\r\n")
+            .starts_with("CLIENT_ERROR base64 keys (b) are not supported"),
+    );
+    let long = "k".repeat(248);
+    let reply = w.ask(&format!("set {long} 0 0 1\r\nx\r\n"));
+    assert!(reply.starts_with("CLIENT_ERROR "), "{reply}");
+    assert!(reply.contains("key prefix 'p1:'"), "{reply}");
+    assert_eq!(w.ask("mn\r\n"), "MN\r\n", "the connection goes on");
+}
+
+/// The proxy places keys by the domain's distribution, as a libmcshm client does, for each
+/// distribution (switched while it runs): 60 keys set through it lie on the server the
+/// library names and on no other.
+#[test]
+fn every_distribution_routes_as_a_libmcshm_client_routes_it() {
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let servers = [&a, &b, &c];
+    let reg = Reg::new();
+    domain(&reg, &servers, &[]);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut w = proxy.connect();
+    let distributions: [&[&str]; 6] = [
+        &["ketama"],
+        &["ketama-spy"],
+        &["ketama-unweighted"],
+        &["ketama-unweighted", "--hash", "fnv1a_32"],
+        &["modula", "--hash", "crc"],
+        &["pecl-memcache", "--hash", "fnv"],
+    ];
+    for distribution in distributions {
+        let mut policy = vec!["policy", "--distribution"];
+        policy.extend(distribution);
+        reg.ok("app", &policy);
+        assert_eq!(w.ask("flush_all\r\n"), "OK\r\n");
+        let keys: Vec<String> = (0..60).map(|n| format!("d:{n}")).collect();
+        for key in &keys {
+            assert_eq!(w.ask(&format!("set {key} 0 0 1\r\nx\r\n")), "STORED\r\n");
+        }
+        for key in &keys {
+            let owner = owner_port(&reg, key);
+            for server in servers {
+                let there = server.raw_get(key).is_some();
+                assert_eq!(there, server.port == owner, "{distribution:?}: {key}");
+            }
+        }
+    }
+}

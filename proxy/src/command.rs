@@ -444,15 +444,16 @@ fn meta(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -
 impl Command {
     /// The request a server gets for this command: `noreply` and `q` removed (the proxy
     /// always reads the server's reply and decides itself what its client sees). Not for
-    /// multi-key gets, which are split per server ([`encode_get`]).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// multi-key gets, which are split per server ([`encode_get`]). Every key is sent after
+    /// `prefix`, the domain's key prefix (see `libmcshm::prefix`).
+    pub fn encode(&self, out: &mut Vec<u8>, prefix: &[u8]) {
         use std::io::Write;
         match self {
             Command::Get {
                 verb,
                 exptime,
                 keys,
-            } => encode_get(*verb, *exptime, keys.iter().map(Vec::as_slice), out),
+            } => encode_get(*verb, *exptime, keys.iter().map(Vec::as_slice), out, prefix),
             Command::Store {
                 verb,
                 key,
@@ -464,6 +465,7 @@ impl Command {
             } => {
                 out.extend_from_slice(verb.as_bytes());
                 out.push(b' ');
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
                 let _ = write!(out, " {flags} {exptime} {}", value.len());
                 if let Some(cas) = cas {
@@ -475,6 +477,7 @@ impl Command {
             }
             Command::Delete { key, .. } => {
                 out.extend_from_slice(b"delete ");
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
                 out.extend_from_slice(b"\r\n");
             }
@@ -482,11 +485,13 @@ impl Command {
                 decr, key, delta, ..
             } => {
                 out.extend_from_slice(if *decr { b"decr " } else { b"incr " });
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
                 let _ = write!(out, " {delta}\r\n");
             }
             Command::Touch { key, exptime, .. } => {
                 out.extend_from_slice(b"touch ");
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
                 let _ = write!(out, " {exptime}\r\n");
             }
@@ -499,6 +504,7 @@ impl Command {
             } => {
                 out.extend_from_slice(verb.word().as_bytes());
                 out.push(b' ');
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
                 if let Some(value) = value {
                     let _ = write!(out, " {}", value.len());
@@ -529,12 +535,13 @@ impl Command {
     }
 }
 
-/// A retrieval of `keys` from one server.
+/// A retrieval of `keys` from one server, each after `prefix`.
 pub fn encode_get<'a>(
     verb: GetVerb,
     exptime: Option<i64>,
     keys: impl Iterator<Item = &'a [u8]>,
     out: &mut Vec<u8>,
+    prefix: &[u8],
 ) {
     out.extend_from_slice(verb.word().as_bytes());
     if let Some(exptime) = exptime {
@@ -542,9 +549,18 @@ pub fn encode_get<'a>(
     }
     for key in keys {
         out.push(b' ');
+        out.extend_from_slice(prefix);
         out.extend_from_slice(key);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+impl Command {
+    /// Whether the command names its key in base64 (a meta command's `b` flag), which a
+    /// prefix cannot simply be put before.
+    pub fn base64_key(&self) -> bool {
+        matches!(self, Command::Meta { flags, .. } if flags.iter().any(|f| f.as_slice() == b"b"))
+    }
 }
 
 #[cfg(test)]
@@ -567,7 +583,7 @@ mod tests {
         };
         assert_eq!(used, 26);
         let mut out = Vec::new();
-        command.encode(&mut out);
+        command.encode(&mut out, b"");
         assert_eq!(out, b"set k 5 0 3\r\nabc\r\n");
     }
 
@@ -625,7 +641,7 @@ mod tests {
         assert_eq!(used, 17);
         assert!(matches!(command, Command::Meta { quiet: true, .. }));
         let mut out = Vec::new();
-        command.encode(&mut out);
+        command.encode(&mut out, b"");
         assert_eq!(out, b"ms k 2 T9\r\nhi\r\n");
     }
 }

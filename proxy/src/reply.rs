@@ -79,6 +79,54 @@ pub struct ItemSpan<'a> {
     pub bytes: &'a [u8],
 }
 
+impl ItemSpan<'_> {
+    /// The item's bytes with `prefix` (the domain's key prefix, which its key starts with)
+    /// taken off the key: what the proxy's client, which sent the key without it, gets.
+    pub fn unprefixed(&self, prefix: &[u8]) -> Vec<u8> {
+        match self.key.strip_prefix(prefix) {
+            Some(key) if !prefix.is_empty() => {
+                let rest = &self.bytes[b"VALUE ".len() + self.key.len()..];
+                [&b"VALUE "[..], key, rest].concat()
+            }
+            _ => self.bytes.to_vec(),
+        }
+    }
+}
+
+/// A meta reply with `prefix` taken off the key it names: the `k` flag's value, and the key of
+/// an `ME` (debug) reply. The data block, if any, is left as it is.
+pub fn unprefix_meta(reply: Vec<u8>, prefix: &[u8]) -> Vec<u8> {
+    let head = first_line(&reply).len();
+    if prefix.is_empty() || head == 0 {
+        return reply;
+    }
+    let line = &reply[..head];
+    let debug = line.starts_with(b"ME ");
+    let mut out = Vec::with_capacity(reply.len());
+    for (n, token) in line.split(|&b| b == b' ').enumerate() {
+        if n > 0 {
+            out.push(b' ');
+        }
+        let token = match (debug, n) {
+            (true, 1) => token.strip_prefix(prefix).unwrap_or(token),
+            (false, 1..) => match token
+                .strip_prefix(b"k")
+                .and_then(|k| k.strip_prefix(prefix))
+            {
+                Some(key) => {
+                    out.push(b'k');
+                    key
+                }
+                None => token,
+            },
+            _ => token,
+        };
+        out.extend_from_slice(token);
+    }
+    out.extend_from_slice(&reply[head..]);
+    out
+}
+
 /// The items of a complete retrieval reply (as [`frame_len`] accepted it).
 pub fn items(reply: &[u8]) -> Vec<ItemSpan<'_>> {
     let mut items = Vec::new();

@@ -18,7 +18,7 @@ use libmcshm::table::State;
 use libmcshm::{Address, Client, Domain, Snapshot, Timeouts};
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
-use crate::reply::{Frame, first_line, is_error, items};
+use crate::reply::{Frame, ItemSpan, first_line, is_error, items, unprefix_meta};
 use crate::stats::ProxyStats;
 use crate::upstream::{Failure, Upstream};
 
@@ -135,6 +135,10 @@ impl Service {
                 snapshot: router.snapshot().clone(),
                 value,
             }),
+            // A key too long once the domain's prefix is put before it is the client's.
+            Err(err @ libmcshm::Error::BadKey { .. }) => {
+                Err(format!("CLIENT_ERROR {err}\r\n").into_bytes())
+            }
             Err(err) => Err(server_error(&err.to_string())),
         }
     }
@@ -264,12 +268,10 @@ impl Service {
                 quiet,
                 ..
             } => {
-                let mut bytes = Vec::new();
-                command.encode(&mut bytes);
                 let started = match verb {
-                    MetaVerb::Get => self.read_one(key, bytes, lane).await,
-                    MetaVerb::Debug => self.owner_only(key, bytes, lane).await,
-                    _ => self.write(key, bytes, Frame::Meta, false, lane).await,
+                    MetaVerb::Get => self.read_one(&command, key, lane).await,
+                    MetaVerb::Debug => self.owner_only(&command, key, lane).await,
+                    _ => self.write(&command, key, Frame::Meta, false, lane).await,
                 };
                 started.then(move |reply| {
                     let code = first_line(&reply).get(..2).unwrap_or_default();
@@ -281,7 +283,7 @@ impl Service {
             }
             Command::FlushAll { noreply, .. } => {
                 let mut bytes = Vec::new();
-                command.encode(&mut bytes);
+                command.encode(&mut bytes, b"");
                 self.flush_all(bytes, lane).await.quiet_if(noreply)
             }
             Command::Store {
@@ -289,26 +291,20 @@ impl Service {
                 noreply,
                 cas,
                 ..
-            } => {
-                let mut bytes = Vec::new();
-                command.encode(&mut bytes);
-                self.write(key, bytes, Frame::Line, cas.is_some(), lane)
-                    .await
-                    .quiet_if(noreply)
-            }
+            } => self
+                .write(&command, key, Frame::Line, cas.is_some(), lane)
+                .await
+                .quiet_if(noreply),
             Command::Delete { ref key, noreply }
             | Command::Arith {
                 ref key, noreply, ..
             }
             | Command::Touch {
                 ref key, noreply, ..
-            } => {
-                let mut bytes = Vec::new();
-                command.encode(&mut bytes);
-                self.write(key, bytes, Frame::Line, false, lane)
-                    .await
-                    .quiet_if(noreply)
-            }
+            } => self
+                .write(&command, key, Frame::Line, false, lane)
+                .await
+                .quiet_if(noreply),
             Command::MetaNoop
             | Command::Version
             | Command::Verbosity { .. }
@@ -371,10 +367,14 @@ impl Service {
                         }
                         Ok(reply) => {
                             answered = true;
+                            let prefix = snapshot.policy.prefix.as_bytes();
                             let mut spans = items(&reply);
                             for n in members {
-                                if let Some(at) = spans.iter().position(|s| s.key == keys[n]) {
-                                    found[n] = Some(spans.remove(at).bytes.to_vec());
+                                let asked = |s: &ItemSpan<'_>| {
+                                    s.key.strip_prefix(prefix) == Some(keys[n].as_slice())
+                                };
+                                if let Some(at) = spans.iter().position(asked) {
+                                    found[n] = Some(spans.remove(at).unprefixed(prefix));
                                 }
                             }
                         }
@@ -424,7 +424,8 @@ impl Service {
         for (server, members) in groups {
             let mut bytes = Vec::new();
             let wanted = members.iter().map(|&n| keys[n].as_slice());
-            encode_get(verb, exptime, wanted, &mut bytes);
+            let prefix = snapshot.policy.prefix;
+            encode_get(verb, exptime, wanted, &mut bytes, prefix.as_bytes());
             let sent = self
                 .send(snapshot, server, bytes, Frame::Values, lane)
                 .await;
@@ -490,11 +491,12 @@ impl Service {
     }
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`).
-    async fn read_one(self: &Arc<Self>, key: &[u8], bytes: Vec<u8>, lane: usize) -> Pending {
+    async fn read_one(self: &Arc<Self>, command: &Command, key: &[u8], lane: usize) -> Pending {
         let Plan {
             snapshot,
             value: up,
         } = decided!(self.decide(|router| Ok(router.read_targets(key)?.1)));
+        let bytes = decided!(encode_for(command, &snapshot));
         let Some(&first) = up.first() else {
             return Pending::Ready(b"EN\r\n".to_vec());
         };
@@ -508,7 +510,7 @@ impl Service {
             for next in up.iter().skip(1).map(Some).chain([None]) {
                 match result {
                     Ok(reply) if first_line(&reply).starts_with(b"EN") => miss = Some(reply),
-                    Ok(reply) => return reply,
+                    Ok(reply) => return unprefix_meta(reply, snapshot.policy.prefix.as_bytes()),
                     Err(err) => failure = Some(err.error),
                 }
                 let Some(&next) = next else { break };
@@ -523,7 +525,7 @@ impl Service {
     }
 
     /// A command for the key's owner alone (`me`).
-    async fn owner_only(self: &Arc<Self>, key: &[u8], bytes: Vec<u8>, lane: usize) -> Pending {
+    async fn owner_only(self: &Arc<Self>, command: &Command, key: &[u8], lane: usize) -> Pending {
         let Plan { snapshot, value } = decided!(self.decide(|router| {
             let owner = router.owner(key)?;
             match router.is_down(owner) {
@@ -531,12 +533,14 @@ impl Service {
                 false => Ok(owner),
             }
         }));
+        let bytes = decided!(encode_for(command, &snapshot));
         let sent = self.send(&snapshot, value, bytes, Frame::Meta, lane).await;
         let this = self.clone();
         Pending::task(async move {
-            this.finish(sent)
-                .await
-                .unwrap_or_else(|err| server_error(&err.error))
+            match this.finish(sent).await {
+                Ok(reply) => unprefix_meta(reply, snapshot.policy.prefix.as_bytes()),
+                Err(err) => server_error(&err.error),
+            }
         })
     }
 
@@ -544,8 +548,8 @@ impl Service {
     /// router names; the first replica's reply.
     async fn write(
         self: &Arc<Self>,
+        command: &Command,
         key: &[u8],
-        bytes: Vec<u8>,
         frame: Frame,
         only_first: bool,
         lane: usize,
@@ -558,6 +562,8 @@ impl Service {
             let targets = router.write_targets(&chain, only_first)?;
             Ok((targets, router.invalidations(key, chain.len())))
         }));
+        let bytes = decided!(encode_for(command, &snapshot));
+        let prefix = snapshot.policy.prefix;
         let mut outstanding = Vec::with_capacity(targets.len());
         let (last, mut payload) = (targets.len() - 1, Some(bytes));
         for (n, &server) in targets.iter().enumerate() {
@@ -571,6 +577,7 @@ impl Service {
         let mut delete = Vec::new();
         if !stale.is_empty() {
             delete.extend_from_slice(b"delete ");
+            delete.extend_from_slice(prefix.as_bytes());
             delete.extend_from_slice(key);
             delete.extend_from_slice(b"\r\n");
         }
@@ -590,7 +597,7 @@ impl Service {
                     .await;
             }
             match (reply, failure) {
-                (Some(reply), _) => reply,
+                (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
                 (None, Some(error)) => server_error(&error),
                 (None, None) => server_error("no server answered"),
             }
@@ -677,6 +684,22 @@ fn named(
 }
 
 /// `SERVER_ERROR message`, on one line whatever the message holds.
+/// The request a server gets for `command` under the domain's key prefix, or the reply its
+/// client gets when it cannot have one: a meta command with a base64 key (`b`) on a domain
+/// with a prefix.
+fn encode_for(command: &Command, snapshot: &Snapshot) -> Result<Vec<u8>, Vec<u8>> {
+    let prefix = snapshot.policy.prefix;
+    if !prefix.is_empty() && command.base64_key() {
+        return Err(
+            b"CLIENT_ERROR base64 keys (b) are not supported on a domain with a key prefix\r\n"
+                .to_vec(),
+        );
+    }
+    let mut bytes = Vec::new();
+    command.encode(&mut bytes, prefix.as_bytes());
+    Ok(bytes)
+}
+
 pub fn server_error(message: &str) -> Vec<u8> {
     let clean: String = message
         .chars()
