@@ -25,17 +25,23 @@ fn domain(reg: &Reg, servers: &[&Memcached], policy: &[&str]) {
     }
 }
 
+/// Three servers in a domain `app` (with `policy`), and a proxy for it.
+fn three_servers_behind_a_proxy(policy: &[&str]) -> ([Memcached; 3], Reg, Proxy) {
+    let three = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let reg = Reg::new();
+    domain(&reg, &three.iter().collect::<Vec<_>>(), policy);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    (three, reg, proxy)
+}
+
 fn by_port<'a>(servers: &[&'a Memcached], port: u16) -> &'a Memcached {
     servers.iter().find(|m| m.port == port).unwrap()
 }
 
 #[test]
 fn every_command_routed_as_a_libmcshm_client_routes_it() {
-    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
-    let servers = [&a, &b, &c];
-    let reg = Reg::new();
-    domain(&reg, &servers, &[]);
-    let proxy = Proxy::start(&reg, "app", &[]);
+    let (three, reg, proxy) = three_servers_behind_a_proxy(&[]);
+    let servers: Vec<&Memcached> = three.iter().collect();
     let mut w = proxy.connect();
 
     // 30 keys, each on the server libmcshm picks, set through the proxy (some noreply).
@@ -751,11 +757,8 @@ fn connections_to_a_deleted_server_are_closed() {
 /// the client's error.
 #[test]
 fn a_prefixed_domain_is_served_under_its_prefix() {
-    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
-    let servers = [&a, &b, &c];
-    let reg = Reg::new();
-    domain(&reg, &servers, &["--prefix", "p1:"]);
-    let proxy = Proxy::start(&reg, "app", &[]);
+    let (three, reg, proxy) = three_servers_behind_a_proxy(&["--prefix", "p1:"]);
+    let servers: Vec<&Memcached> = three.iter().collect();
     let mut w = proxy.connect();
     let keys: Vec<String> = (0..30).map(|n| format!("item:{n}")).collect();
     for (n, key) in keys.iter().enumerate() {
@@ -802,11 +805,8 @@ fn a_prefixed_domain_is_served_under_its_prefix() {
 /// library names and on no other.
 #[test]
 fn every_distribution_routes_as_a_libmcshm_client_routes_it() {
-    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
-    let servers = [&a, &b, &c];
-    let reg = Reg::new();
-    domain(&reg, &servers, &[]);
-    let proxy = Proxy::start(&reg, "app", &[]);
+    let (three, reg, proxy) = three_servers_behind_a_proxy(&[]);
+    let servers: Vec<&Memcached> = three.iter().collect();
     let mut w = proxy.connect();
     let distributions: [&[&str]; 6] = [
         &["ketama"],
@@ -827,7 +827,7 @@ fn every_distribution_routes_as_a_libmcshm_client_routes_it() {
         }
         for key in &keys {
             let owner = owner_port(&reg, key);
-            for server in servers {
+            for server in &servers {
                 let there = server.raw_get(key).is_some();
                 assert_eq!(there, server.port == owner, "{distribution:?}: {key}");
             }
