@@ -120,3 +120,31 @@ fn credentials_authenticate_every_connection_and_a_wrong_password_is_named() {
         "no credentials: exit 1"
     );
 }
+
+/// mcproxy's connections to the servers authenticate with the domain's credentials, read when
+/// a connection opens (so `mcadmin auth` applies without a restart); a wrong password is named
+/// in the `SERVER_ERROR` its clients get.
+#[test]
+fn mcproxy_authenticates_its_server_connections() {
+    let reg = Reg::new();
+    std::fs::create_dir_all(reg.dir()).unwrap();
+    let users = reg.dir().join("memcached.users");
+    std::fs::write(&users, "app:s3cret\n").unwrap();
+    let server = Memcached::start_with(&["-Y", users.to_str().unwrap()]);
+    reg.ok("sec", &["add", &server.address()]);
+    assert_eq!(give_password(&reg, "wrong").code(), 0);
+    let proxy = common::proxy::Proxy::start(&reg, "sec", &[]);
+    let mut wire = proxy.connect();
+    let refused = wire.ask("get k\r\n");
+    assert!(refused.starts_with("SERVER_ERROR "), "{refused}");
+    assert!(
+        refused.contains("refused the credentials of user 'app'"),
+        "{refused}"
+    );
+    assert_eq!(give_password(&reg, "s3cret").code(), 0);
+    // Whether or not that failure marked it down, it is up now.
+    reg.ok("sec", &["up", &server.address(), "--no-flush"]);
+    let mut wire = proxy.connect();
+    assert_eq!(wire.ask("set k 0 0 1\r\nv\r\n"), "STORED\r\n");
+    assert_eq!(wire.ask("get k\r\n"), "VALUE k 0 1\r\nv\r\nEND\r\n");
+}

@@ -247,6 +247,12 @@ carried; the failure counts against it in the shared table as for every libmcshm
 Malformed input gets memcached's own replies (\fBERROR\fR, \fBCLIENT_ERROR bad command line
 format\fR, \fBCLIENT_ERROR bad data chunk\fR, \fBSERVER_ERROR object too large for cache\fR);
 a line longer than 64 KiB is refused and the connection closed.
+.PP
+Keys are placed by the domain's distribution (\fBmcadmin policy \-\-distribution\fR). With a
+key prefix (\fBmcadmin policy \-\-prefix\fR) clients send bare keys: the servers get them
+after the prefix and the replies name them bare; a meta command with a base64 key (\fBb\fR) is
+refused on such a domain. With credentials (\fBmcadmin auth\fR) every server connection
+authenticates first (memcached \fB\-Y\fR), reading them when it opens.
 .SH SIGNALS
 .TP
 .B SIGTERM, SIGINT

@@ -82,6 +82,7 @@ pub struct Service {
     /// The table version whose servers the upstreams were last pruned to.
     pruned: std::sync::atomic::AtomicU64,
     fallback: Arc<Mutex<Client>>,
+    credentials: crate::upstream::CredentialSource,
 }
 
 impl Service {
@@ -113,6 +114,10 @@ impl Service {
             lanes: std::sync::atomic::AtomicUsize::new(0),
             pruned: std::sync::atomic::AtomicU64::new(u64::MAX),
             fallback: Arc::new(Mutex::new(Client::for_domain(dir, domain, timeouts)?)),
+            credentials: {
+                let (dir, domain) = (dir.to_path_buf(), domain.clone());
+                Arc::new(move || libmcshm::auth::load(&dir, &domain))
+            },
         })
     }
 
@@ -173,6 +178,7 @@ impl Service {
         let upstream = Arc::new(Upstream::new(
             address.clone(),
             self.timeouts,
+            self.credentials.clone(),
             self.width,
             stats,
         ));

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use libmcshm::auth::Credentials;
 use libmcshm::{Address, Timeouts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +63,7 @@ struct Job {
 pub struct Upstream {
     address: Address,
     timeouts: Timeouts,
+    credentials: CredentialSource,
     slots: Vec<Mutex<Option<mpsc::Sender<Job>>>>,
     pub stats: Arc<ServerStats>,
 }
@@ -70,6 +72,7 @@ impl Upstream {
     pub fn new(
         address: Address,
         timeouts: Timeouts,
+        credentials: CredentialSource,
         width: usize,
         stats: Arc<ServerStats>,
     ) -> Upstream {
@@ -77,6 +80,7 @@ impl Upstream {
             stats,
             address,
             timeouts,
+            credentials,
             slots: (0..width.max(1)).map(|_| Mutex::new(None)).collect(),
         }
     }
@@ -118,6 +122,7 @@ impl Upstream {
                 tokio::spawn(connection(
                     self.address.clone(),
                     self.timeouts,
+                    self.credentials.clone(),
                     jobs,
                     self.stats.clone(),
                 ));
@@ -181,15 +186,74 @@ async fn connect(address: &Address, timeouts: Timeouts) -> Result<(Reader, Write
     }
 }
 
+/// Where a new connection finds the domain's credentials (`mcadmin auth`): read for each new
+/// connection, so a change applies without a restart.
+pub type CredentialSource =
+    Arc<dyn Fn() -> libmcshm::Result<Option<Credentials>> + Send + Sync + 'static>;
+
+/// memcached's ASCII authentication (`set` of "user password") on a new connection, before
+/// anything else is sent, when the domain has credentials.
+async fn authenticate(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    credentials: &CredentialSource,
+    timeouts: Timeouts,
+) -> Result<(), Failure> {
+    let credentials = match credentials() {
+        Ok(Some(credentials)) => credentials,
+        Ok(None) => return Ok(()),
+        Err(err) => return Err(Failure::new(err.to_string(), libc::EACCES)),
+    };
+    let exchange = async {
+        writer.write_all(&credentials.request()).await?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\n") && answer.len() < 512 {
+            if reader.read(&mut byte).await? == 0 {
+                break;
+            }
+            answer.push(byte[0]);
+        }
+        Ok::<Vec<u8>, std::io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(timeouts.io, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(err)) => return Err(Failure::io("authenticate", &err)),
+        Err(_) => {
+            return Err(Failure::new(
+                format!("authenticate: timed out after {:?}", timeouts.io),
+                libc::ETIMEDOUT,
+            ));
+        }
+    };
+    match answer.as_slice() {
+        b"STORED\r\n" => Ok(()),
+        other => Err(Failure::new(
+            format!(
+                "the server refused the credentials of user '{}' ({}): check them with `mcadmin auth`",
+                credentials.user,
+                String::from_utf8_lossy(other).trim_end()
+            ),
+            libc::EACCES,
+        )),
+    }
+}
+
 /// One server connection: batches queued requests into writes, hands replies back in order,
 /// and on any failure fails what it carried and ends (its queue closes with it).
 async fn connection(
     address: Address,
     timeouts: Timeouts,
+    credentials: CredentialSource,
     mut jobs: mpsc::Receiver<Job>,
     stats: Arc<ServerStats>,
 ) {
-    let (mut reader, mut writer) = match connect(&address, timeouts).await {
+    let connected = async {
+        let (mut reader, mut writer) = connect(&address, timeouts).await?;
+        authenticate(&mut reader, &mut writer, &credentials, timeouts).await?;
+        Ok((reader, writer))
+    };
+    let (mut reader, mut writer) = match connected.await {
         Ok(halves) => halves,
         Err(failure) => return fail_all(&mut jobs, VecDeque::new(), failure),
     };
