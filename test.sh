@@ -13,6 +13,10 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
+# memcached -S (a SASL server, which mclient must name) needs the SASL mechanisms.
+if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libsasl2-modules >/dev/null 2>&1; then
+    need+=(libsasl2-modules)
+fi
 # libmemcached is the ketama oracle of tests/ketama.rs; its tools are the bench/ baseline.
 pkg-config --exists libmemcached 2>/dev/null || need+=(libmemcached-dev)
 command -v memcslap >/dev/null 2>&1 || need+=(libmemcached-tools)

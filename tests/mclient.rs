@@ -379,6 +379,28 @@ fn errors_after_sending_exit_3_and_say_what_happened() {
         stderr(&out)
     );
 
+    // A SASL server (memcached -S, binary protocol only) is named as requiring SASL. Its
+    // SASL set-up lives in a directory of the test's: a password file and a config that
+    // allows PLAIN.
+    let sasl = tempfile::tempdir().unwrap();
+    std::fs::write(sasl.path().join("memcached.conf"), "mech_list: plain\n").unwrap();
+    std::fs::write(sasl.path().join("users"), "app:secret\n").unwrap();
+    let users = sasl.path().join("users");
+    let sasl_server = Memcached::start_with_env(
+        &["-S"],
+        &[
+            ("SASL_CONF_PATH", sasl.path()),
+            ("MEMCACHED_SASL_PWDB", users.as_path()),
+        ],
+    );
+    let out = run(&sasl_server.address(), &["get", "k"], b"");
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("requires SASL authentication"),
+        "{}",
+        stderr(&out)
+    );
+
     // A server over its connection limit refuses, and is reported as refusing.
     let full = Memcached::start_with(&["-c", "30"]);
     let held: Vec<std::net::TcpStream> = (0..40)

@@ -442,7 +442,8 @@ impl Service {
 
     /// Warm-up and drain: misses whose owner is in its warm window, or whose key may still be
     /// on a draining server, are looked up by the blocking client (which copies what it finds
-    /// to the owner, as every libmcshm process does).
+    /// to the owner, as every libmcshm process does). So are all misses when the table changed
+    /// while the servers answered: a drain that began meanwhile may have moved them.
     async fn handover_fills(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -454,8 +455,14 @@ impl Service {
         let draining = snapshot.servers.iter().any(|s| s.state == State::Draining);
         let now = libmcshm::registry::now_ms();
         let warm = |i: usize| snapshot.servers[i].warm_until_ms > now;
+        if found.iter().all(Option::is_some) {
+            return;
+        }
+        let changed = self
+            .decide(|router| Ok(router.snapshot().version))
+            .is_ok_and(|now| now.value != snapshot.version);
         let misses: Vec<usize> = (0..keys.len())
-            .filter(|&n| found[n].is_none() && (draining || warm(chains[n].0)))
+            .filter(|&n| found[n].is_none() && (changed || draining || warm(chains[n].0)))
             .collect();
         if misses.is_empty() {
             return;

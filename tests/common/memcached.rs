@@ -53,10 +53,16 @@ impl Memcached {
 
     /// Starts memcached with extra arguments (e.g. `-I 2m`), waiting for its port file.
     pub fn start_with(args: &[&str]) -> Memcached {
+        Memcached::start_with_env(args, &[])
+    }
+
+    /// [`Memcached::start_with`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Memcached {
         let dir = tempfile::tempdir().unwrap();
         let ports = dir.path().join("ports");
         let mut cmd = command("-1", args);
         cmd.env("MEMCACHED_PORT_FILENAME", &ports);
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start memcached ({e}): install it with apt-get install -y memcached")
         });

@@ -129,6 +129,9 @@ pub struct MultiGet {
 /// `stats` lines of one server: (name, value).
 pub type Stats = Vec<(String, String)>;
 
+/// A key of a batch and its replicas (positions in the table the batch was routed on).
+type Routed<'k> = (&'k [u8], Vec<usize>);
+
 pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
 /// Operations between two periodic checks (retry probes of servers off the ring, and the
@@ -311,12 +314,8 @@ impl Client {
     /// servers are misses; keys no replica answered for are reported in `errors`. Bad keys fail
     /// the whole call before anything is sent.
     pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
-        let mut pending: Vec<(&[u8], Vec<usize>)> = Vec::with_capacity(keys.len());
-        for key in keys {
-            pending.push((key, self.chain(key)?));
-        }
+        let (mut pending, version) = self.route_batch(keys)?;
         // Where each key was asked first, in the table the batch is routed with.
-        let version = self.router.snapshot().version;
         let owners: Vec<(&[u8], usize)> = pending.iter().map(|(k, chain)| (*k, chain[0])).collect();
         let mut result = MultiGet::default();
         // A failed server, and the keys it was asked for.
@@ -420,6 +419,27 @@ impl Client {
             }
         }
         Ok(result)
+    }
+
+    /// The replicas of each key, and the table version they were routed on. Routing a key
+    /// reads the table, so a batch could straddle two versions (keys routed before a drain
+    /// began to the server it drains, the rest to their new owner): a batch that did is routed
+    /// again, up to three times. The version returned is the one read before routing, so that
+    /// a change during routing still makes the batch ask the owners of its misses again.
+    fn route_batch<'k>(&mut self, keys: &[&'k [u8]]) -> Result<(Vec<Routed<'k>>, u64)> {
+        let mut attempt = 0;
+        loop {
+            self.refresh()?;
+            let version = self.router.snapshot().version;
+            let mut routed = Vec::with_capacity(keys.len());
+            for &key in keys {
+                routed.push((key, self.chain(key)?));
+            }
+            attempt += 1;
+            if self.router.snapshot().version == version || attempt == 3 {
+                return Ok((routed, version));
+            }
+        }
     }
 
     /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`), on every up replica
