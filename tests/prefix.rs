@@ -14,15 +14,15 @@ use libmcshm::{Client, Timeouts};
 
 const MCLIENT: &str = env!("CARGO_BIN_EXE_mclient");
 
-/// Runs PHP with php-memcached on `servers` (ketama as libmemcached's KETAMA_WEIGHTED, prefix
-/// `prefix`), `program` reading the keys from stdin; returns its stdout.
-fn php(servers: &[Memcached], prefix: &str, program: &str, keys: &[String]) -> String {
+/// Runs PHP with php-memcached on `servers` (port, weight) with `options` (PHP statements on
+/// `$m`), `program` reading the keys from stdin into `$keys`; returns its stdout.
+fn php_with(servers: &[(u16, u16)], options: &str, program: &str, keys: &[String]) -> String {
     let adds: String = servers
         .iter()
-        .map(|mc| format!("$m->addServer('127.0.0.1', {}, 1);", mc.port))
+        .map(|(port, weight)| format!("$m->addServer('127.0.0.1', {port}, {weight});"))
         .collect();
     let setup = format!(
-        "$m = new Memcached(); $m->setOption(Memcached::OPT_LIBKETAMA_COMPATIBLE, true); $m->setOption(Memcached::OPT_PREFIX_KEY, '{prefix}'); {adds} $keys = file('php://stdin', FILE_IGNORE_NEW_LINES);"
+        "$m = new Memcached(); {options} {adds} $keys = file('php://stdin', FILE_IGNORE_NEW_LINES);"
     );
     let mut child = Command::new("php")
         .args(["-r", &format!("{setup} {program}")])
@@ -42,6 +42,19 @@ fn php(servers: &[Memcached], prefix: &str, program: &str, keys: &[String]) -> S
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// PHP options for ketama as libmemcached's KETAMA_WEIGHTED, with key prefix `prefix`.
+fn ketama_with_prefix(prefix: &str) -> String {
+    format!(
+        "$m->setOption(Memcached::OPT_LIBKETAMA_COMPATIBLE, true); $m->setOption(Memcached::OPT_PREFIX_KEY, '{prefix}');"
+    )
+}
+
+/// [`php_with`] on `servers` of weight 1, ketama, prefix `prefix`.
+fn php(servers: &[Memcached], prefix: &str, program: &str, keys: &[String]) -> String {
+    let list: Vec<(u16, u16)> = servers.iter().map(|mc| (mc.port, 1)).collect();
+    php_with(&list, &ketama_with_prefix(prefix), program, keys)
 }
 
 /// PHP stores 500 keys under the prefix; mcshm reads every one (one by one and in one
@@ -193,4 +206,84 @@ fn a_drain_moves_the_prefixed_keys_and_leaves_the_others() {
         );
     }
     assert_eq!(a.raw_get("other:3").as_deref(), Some("x"), "left alone");
+}
+
+/// At size, for several lists and two distributions: PHP stores 10 000 keys under
+/// the prefix and mcshm reads every one from the server it picks; mcshm stores 10 000 and PHP
+/// reads every one; and each server holds exactly the keys mcshm assigns it. Lists: three
+/// servers of equal weight and of weights 1, 2, 3 (ketama, PHP's LIBKETAMA_COMPATIBLE), and
+/// three of weight 1 with ketama-unweighted (PHP's DISTRIBUTION_CONSISTENT, its default hash).
+#[test]
+fn prefixed_keys_agree_with_php_memcached_at_size() {
+    let reg = Reg::new();
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let unweighted = "$m->setOption(Memcached::OPT_DISTRIBUTION, Memcached::DISTRIBUTION_CONSISTENT); $m->setOption(Memcached::OPT_PREFIX_KEY, 'ns-9|');";
+    let cases: [(&str, [u16; 3], String); 3] = [
+        ("ketama", [1, 1, 1], ketama_with_prefix("ns-9|")),
+        ("ketama", [1, 2, 3], ketama_with_prefix("ns-9|")),
+        ("ketama-unweighted", [1, 1, 1], unweighted.to_string()),
+    ];
+    // (php-memcached refuses keys with bytes over 0x7f: ASCII keys only.)
+    let theirs: Vec<String> = (0..10_000)
+        .map(|i| format!("php:{i}/#{}", i % 97))
+        .collect();
+    let ours: Vec<String> = (0..10_000).map(|i| format!("rust:{i}")).collect();
+    for (n, (distribution, weights, options)) in cases.iter().enumerate() {
+        let domain = format!("size{n}");
+        for (mc, weight) in servers.iter().zip(weights) {
+            reg.ok(
+                &domain,
+                &["add", &mc.address(), "--weight", &weight.to_string()],
+            );
+        }
+        reg.ok(
+            &domain,
+            &[
+                "policy",
+                "--distribution",
+                distribution,
+                "--prefix",
+                "ns-9|",
+            ],
+        );
+        let mut client =
+            Client::for_domain(reg.dir(), &domain.parse().unwrap(), Timeouts::default())
+                .expect("open the domain");
+        client.flush_all(None, None).unwrap();
+        let list: Vec<(u16, u16)> = servers.iter().map(|mc| mc.port).zip(*weights).collect();
+        let stored = php_with(
+            &list,
+            options,
+            "foreach ($keys as $k) { if (!$m->set($k, \"v-$k\")) { fwrite(STDERR, \"set $k failed\\n\"); exit(1); } } echo 'ok';",
+            &theirs,
+        );
+        assert_eq!(stored, "ok");
+        let wanted: Vec<&[u8]> = theirs.iter().map(|k| k.as_bytes()).collect();
+        let multi = client.get_many(&wanted, false).unwrap();
+        assert!(multi.errors.is_empty());
+        let right = multi
+            .items
+            .iter()
+            .filter(|i| i.value == [b"v-", i.key.as_slice()].concat())
+            .count();
+        assert_eq!(right, theirs.len(), "case {n}: mcshm reads PHP's keys");
+        for key in &ours {
+            client.set(key.as_bytes(), key.as_bytes(), 0, 0).unwrap();
+        }
+        let read = php_with(
+            &list,
+            options,
+            "$got = $m->getMulti($keys); $n = 0; foreach ($keys as $k) { if (($got[$k] ?? null) === $k) { $n++; } } echo $n;",
+            &ours,
+        );
+        assert_eq!(read, "10000", "case {n}: PHP reads mcshm's keys");
+        for mc in &servers {
+            let assigned = theirs
+                .iter()
+                .chain(&ours)
+                .filter(|k| client.server_for(k.as_bytes()).unwrap().port() == Some(mc.port))
+                .count();
+            assert_eq!(mc.stat("curr_items"), assigned as u64, "case {n}");
+        }
+    }
 }
