@@ -1,6 +1,8 @@
 //! The writer lock: only a descriptor opened for writing takes it (so a user who may only read a
-//! table cannot stall its writers with `flock`), mcadmin gives up after --lock-timeout naming
-//! the holder, and a client never waits for it (its mark-down is retried on a later operation).
+//! table cannot stall its writers with `flock`), a reader's fcntl read lock makes the writer
+//! move the table away from it rather than wait, mcadmin gives up after --lock-timeout naming
+//! another writer that holds it, and a client never waits for it (its mark-down is retried on
+//! a later operation).
 //! Lock holders are real processes: util-linux `flock`, and Python's `fcntl.lockf`.
 
 mod common;
@@ -28,6 +30,18 @@ impl Holder {
             .unwrap();
         assert_eq!(line.trim(), "locked", "the lock holder did not start");
         Holder(child)
+    }
+
+    /// A classic POSIX read lock (`fcntl.lockf` with `LOCK_SH`) through a read-only
+    /// descriptor, by a user who may only read the table (nobody, when the tests run as root).
+    fn read_lock_as_reader(path: &std::path::Path) -> Holder {
+        let script = "import fcntl, sys, time\nf = open(sys.argv[1], 'rb')\nfcntl.lockf(f, fcntl.LOCK_SH)\nprint('locked', flush=True)\ntime.sleep(60)\n";
+        let mut command = Command::new("/usr/bin/python3");
+        command.arg("-c").arg(script).arg(path);
+        if is_root() {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        Holder::start(command)
     }
 
     /// A classic POSIX write lock (`fcntl.lockf`), as another writer's would conflict.
@@ -111,19 +125,63 @@ fn mcadmin_gives_up_after_its_lock_timeout_naming_the_holder() {
     assert_eq!(bad.code(), 2, "{}", bad.stderr());
 }
 
-/// A read lock taken through a read-only descriptor (fcntl allows it) still conflicts with the
-/// writer's lock: the wait is bounded and the message names the process.
+/// A read lock taken through a read-only descriptor (fcntl allows one), by a user who may only
+/// read the table, does not stall writers: the first writer that meets it moves the table to a
+/// new file (which every process follows) and the reader's lock stays on the old one. Four
+/// writers meeting a read lock at once all commit (none lost), a reader that opened the table
+/// before follows every move, and the lock file that lets writers take turns at moving is open
+/// to writers only (made with the table, or by the first move of a table made before it).
 #[test]
-fn a_read_lock_by_a_reader_is_a_bounded_wait_with_its_pid() {
+fn a_read_lock_by_a_reader_does_not_stall_writers() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let reg = Reg::new();
     reg.ok("d", &["add", "10.0.0.1"]);
-    let holder = Holder::fcntl(&reg.file("d"), true);
-    let run = reg.run("d", &["add", "10.0.0.2", "--lock-timeout", "0.2"]);
-    assert_eq!(run.code(), 4, "{}", run.stderr());
-    assert!(
-        run.stderr().contains(&format!("pid {}", holder.pid())),
-        "{}",
-        run.stderr()
+    let lock_mode = || {
+        let lock_file = std::fs::metadata(reg.dir().join("d.lock")).unwrap();
+        lock_file.permissions().mode() & 0o777
+    };
+    assert_eq!(lock_mode(), 0o600, "writers only");
+    std::fs::remove_file(reg.dir().join("d.lock")).unwrap();
+    let domain = Domain::new("d").unwrap();
+    let mut reader = libmcshm::Registry::open(reg.dir(), &domain).unwrap();
+    assert_eq!(reader.snapshot().unwrap().servers.len(), 1);
+    let inode = || std::fs::metadata(reg.file("d")).unwrap().ino();
+    let first = inode();
+    let mut holder = Holder::read_lock_as_reader(&reg.file("d"));
+    // --lock-timeout 0: no waiting at all.
+    let run = reg.run("d", &["add", "10.0.0.2", "--lock-timeout", "0"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(holder.running(), "the reader still holds its lock");
+    assert_ne!(inode(), first, "the table moved away from the lock");
+    assert_eq!(lock_mode(), 0o600, "made again by the move");
+    let _second = Holder::read_lock_as_reader(&reg.file("d"));
+    let moved = inode();
+    let writers: Vec<std::process::Child> = (3..7)
+        .map(|i| {
+            reg.cmd(
+                "d",
+                &["add", &format!("10.0.0.{i}"), "--lock-timeout", "60"],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for writer in writers {
+        let out = writer.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_ne!(inode(), moved, "moved away from the second lock");
+    assert_eq!(reg.list_json("d")["servers"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        reader.snapshot().unwrap().servers.len(),
+        6,
+        "a reader opened before the moves follows them"
     );
 }
 

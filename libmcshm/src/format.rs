@@ -37,7 +37,9 @@
 //!    168    8 locker              the writer holding the writer lock (process start time in
 //!                                 clock ticks << 32 | pid), 0 when none: for the message of a
 //!                                 writer that gives up waiting. The lock itself is an open-
-//!                                 file-description fcntl write lock on the whole file
+//!                                 file-description fcntl write lock on the whole file; a
+//!                                 reader's read lock in its way makes the writer move the
+//!                                 table to a new file, writers taking turns on DOMAIN.lock
 //!    176   80 reserved            zero
 //!
 //! Slot k (at header_len + k * slot_len)

@@ -211,6 +211,13 @@ pub fn lock_holder(file: &File) -> Option<u32> {
     (lock.l_type != libc::F_UNLCK as libc::c_short && lock.l_pid > 0).then_some(lock.l_pid as u32)
 }
 
+/// Whether what keeps us from the write lock is a read lock: a reader's (fcntl lets a
+/// read-only descriptor take one; no mcshm process does), never another writer's.
+pub fn read_locked(file: &File) -> bool {
+    ofd_lock(file, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short)
+        .is_ok_and(|lock| lock.l_type == libc::F_RDLCK as libc::c_short)
+}
+
 fn ofd_lock(file: &File, command: libc::c_int, kind: libc::c_short) -> io::Result<libc::flock> {
     use std::os::fd::AsRawFd;
     let mut lock = libc::flock {

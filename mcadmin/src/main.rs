@@ -107,11 +107,9 @@ fn lock_wait(seconds: f64) -> Result<LockWait> {
         ))
         .into());
     }
-    Ok(if seconds == 0.0 {
-        LockWait::Never
-    } else {
-        LockWait::For(Duration::from_secs_f64(seconds))
-    })
+    // 0 waits for no other writer, but still moves a table away from a reader's lock (what
+    // `LockWait::Never`, the clients' setting, does not).
+    Ok(LockWait::For(Duration::from_secs_f64(seconds)))
 }
 
 fn run(cli: &Cli) -> Result<Exit> {

@@ -3,8 +3,8 @@
 //!
 //! Readers map the file and copy the committed slot out (see [`crate::seqlock`]); they take no
 //! lock and are never blocked by a writer, live or dead. Writers serialize on the writer lock
-//! (an open-file-description `fcntl` write lock on the whole file, which a descriptor opened
-//! only for reading cannot take), waiting at most [`Registry::set_lock_wait`]; they re-read the
+//! (see `lock`: an open-file-description `fcntl` write lock on the whole file, and no reader's
+//! lock can keep them out), waiting at most [`Registry::set_lock_wait`]; they re-read the
 //! current table under the lock, apply their change and publish it as one new version.
 //!
 //! Growth never truncates a mapped file (that would SIGBUS every reader): the writer builds a
@@ -29,6 +29,10 @@ use crate::seqlock::{Geometry, ReadError, Seal, VERSION_MASK, Words};
 use crate::shared_ring::{self, RingView};
 use crate::shm::{SharedMap, effective_uid, monotonic_ns};
 use crate::table::{Server, Snapshot, State, Table, first_duplicate};
+
+mod lock;
+pub use lock::LockWait;
+use lock::acquire_lock;
 
 /// A reader's copy buffer larger than this (a slot of ~120 servers) is let go after a full read.
 const SCRATCH_KEPT: usize = 8192;
@@ -138,55 +142,6 @@ pub struct Registry {
     lock_wait: LockWait,
 }
 
-/// How long a writer waits for the writer lock held by another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LockWait {
-    /// Not at all: [`Error::Locked`] at once.
-    Never,
-    /// Up to this long, then [`Error::Locked`].
-    For(Duration),
-    /// Until it is free.
-    Forever,
-}
-
-impl Default for LockWait {
-    fn default() -> LockWait {
-        LockWait::For(Duration::from_secs(10))
-    }
-}
-
-/// Takes the writer lock of `file` (see [`crate::shm::try_write_lock`]) within `wait`,
-/// polling with a growing pause (1 to 50 ms): the kernel offers no timed wait for it.
-fn acquire_lock(
-    file: &File,
-    path: &Path,
-    wait: LockWait,
-    holder: impl Fn(&File) -> Option<String>,
-) -> Result<()> {
-    let started = Instant::now();
-    let limit = match wait {
-        LockWait::Never => Duration::ZERO,
-        LockWait::For(limit) => limit,
-        LockWait::Forever => Duration::MAX,
-    };
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if crate::shm::try_write_lock(file).map_err(|e| Error::io("lock", path, e))? {
-            return Ok(());
-        }
-        let waited = started.elapsed();
-        if waited >= limit {
-            return Err(Error::Locked {
-                path: path.to_path_buf(),
-                holder: holder(file),
-                waited,
-            });
-        }
-        std::thread::sleep(pause.min(limit - waited));
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
 impl Registry {
     /// Opens a domain for reading (read permission is enough).
     pub fn open(dir: impl AsRef<Path>, domain: &Domain) -> Result<Registry> {
@@ -210,6 +165,8 @@ impl Registry {
         let path = domain.path_in(dir);
         if create && fs::symlink_metadata(&path).is_err() {
             create_empty(dir, domain, ownership)?;
+            // The writers' lock file (see `lock`), made with the table while we may.
+            let _ = lock::open_lock_file(&path, ownership);
         }
         let registry = Registry::open_path(path, domain.clone(), true)?;
         remove_orphan_temps(dir, domain);
@@ -218,6 +175,11 @@ impl Registry {
 
     fn open_path(path: PathBuf, domain: Domain, writable: bool) -> Result<Registry> {
         let file = open_checked(&path, &domain, writable)?;
+        Registry::from_file(path, domain, file, writable)
+    }
+
+    /// A handle on `file`, opened (and checked) from `path`.
+    fn from_file(path: PathBuf, domain: Domain, file: File, writable: bool) -> Result<Registry> {
         let meta = file
             .metadata()
             .map_err(|e| Error::io("inspect", &path, e))?;
@@ -350,13 +312,19 @@ impl Registry {
 
     fn reopen(&mut self) -> Result<()> {
         let fresh = Registry::open_path(self.path.clone(), self.domain.clone(), self.writable)?;
+        self.adopt(fresh);
+        Ok(())
+    }
+
+    /// Becomes `fresh` (a handle on the file the path names now), keeping our cache (versions
+    /// continue across files) and our lock wait.
+    fn adopt(&mut self, fresh: Registry) {
         let cache = self.cache.take();
         *self = Registry {
             cache,
             lock_wait: self.lock_wait,
             ..fresh
         };
-        Ok(())
     }
 
     /// The current table. Returns the cached snapshot without copying when the version has not
@@ -611,7 +579,7 @@ impl Registry {
         let mut table = table.clone();
         check_table(&table, domain)?;
         let file = open_checked(&path, domain, true)?;
-        acquire_lock(&file, &path, LockWait::default(), |_| None)?;
+        acquire_lock(&file, &path, LockWait::default(), false, |_| None)?;
         let len = file
             .metadata()
             .map_err(|e| Error::io("inspect", &path, e))?
@@ -649,70 +617,6 @@ impl Registry {
             version,
             changed: true,
             published_ns,
-        })
-    }
-
-    /// How long a transaction waits for another writer to finish (default: 10 s). A client
-    /// marking a server down does not wait at all (it tries again on a later operation).
-    pub fn set_lock_wait(&mut self, wait: LockWait) {
-        self.lock_wait = wait;
-    }
-
-    /// Who holds the writer lock, for messages: the process a classic POSIX lock names, else
-    /// the writer that recorded itself in the header, if it still runs.
-    fn lock_holder(&self, file: &File) -> Option<String> {
-        let pid = crate::shm::lock_holder(file).or_else(|| {
-            let word = self.map.load(format::LOCKER_WORD, Ordering::Acquire)?;
-            let holder = crate::clients::ProcessId::from_word(word);
-            holder.is_alive().then_some(holder.pid)
-        })?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        Some(match comm.trim() {
-            "" => format!("pid {pid}"),
-            name => format!("pid {pid}, {name}"),
-        })
-    }
-
-    /// Runs `work` holding the exclusive lock on the file that the path names now.
-    fn locked<T>(&mut self, work: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
-        if !self.writable {
-            return Err(Error::PermissionDenied {
-                op: "write (opened read-only)",
-                path: self.path.clone(),
-            });
-        }
-        for _ in 0..16 {
-            let guard = self
-                .file
-                .try_clone()
-                .map_err(|e| Error::io("lock", &self.path, e))?;
-            acquire_lock(&guard, &self.path, self.lock_wait, |file| {
-                self.lock_holder(file)
-            })?;
-            let current = fs::symlink_metadata(&self.path)
-                .map_err(|e| Error::io("inspect", &self.path, e))?;
-            if (current.dev(), current.ino()) == self.file_id {
-                let me = crate::clients::ProcessId::current().map_or(0, |p| p.to_word());
-                self.map.store(format::LOCKER_WORD, me, Ordering::Release);
-                // A grower that died before its rename left MOVED set on the current file.
-                if let Ok((version, true)) = self.committed() {
-                    self.store_committed(version, false);
-                }
-                let result = work(self);
-                self.map.store(format::LOCKER_WORD, 0, Ordering::Release);
-                let _ = crate::shm::write_unlock(&guard);
-                return result;
-            }
-            let _ = crate::shm::write_unlock(&guard);
-            drop(guard);
-            self.reopen()?;
-        }
-        Err(Error::Io {
-            op: "lock",
-            path: self.path.clone(),
-            source: std::io::Error::other(
-                "the file kept being replaced while waiting for its lock",
-            ),
         })
     }
 
@@ -862,15 +766,22 @@ impl Registry {
         self.carry_shared_records(&layout, &mut words, &table.servers);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = write_temp(dir, &self.domain, &words, FileOwnership::of(&self.file))?;
+        self.rename_into_place(&tmp, current)?;
+        self.reopen()?;
+        Ok(current + 1)
+    }
+
+    /// Puts the new file `tmp` in place of ours (whose committed version is `current`): MOVED
+    /// set first, so that readers re-open the path, and waiters woken after.
+    fn rename_into_place(&self, tmp: &Path, current: u64) -> Result<()> {
         self.store_committed(current, true);
-        if let Err(e) = fs::rename(&tmp, &self.path) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = fs::rename(tmp, &self.path) {
+            let _ = fs::remove_file(tmp);
             self.store_committed(current, false);
             return Err(Error::io("replace", &self.path, e));
         }
         self.wake();
-        self.reopen()?;
-        Ok(current + 1)
+        Ok(())
     }
 
     /// Copies into a new file's image what is shared outside the slots: each server's live
