@@ -224,6 +224,12 @@ mod tests {
             servers: vec![Server::new(Address::parse("cache1").unwrap()), b],
             policy: Policy {
                 replicas: 2,
+                distribution: libmcshm::table::Distribution::parse(
+                    "ketama-unweighted",
+                    Some("murmur"),
+                )
+                .unwrap(),
+                prefix: KeyPrefix::parse("app1:").unwrap(),
                 ..Policy::default()
             },
             fleet_revision: 0,
@@ -273,6 +279,10 @@ mod tests {
             (
                 r#"{"servers":[],"policy":{"failover":"none","failure_limit":0,"rejoin":"flush","replicas":1,"warm_window_s":600}}"#,
                 "failure limit",
+            ),
+            (
+                r#"{"servers":[],"policy":{"failover":"none","failure_limit":2,"rejoin":"flush","replicas":1,"warm_window_s":600,"prefix":"a b"}}"#,
+                "key prefix",
             ),
         ];
         for (text, expect) in cases {
