@@ -7,8 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use libmcshm::table::{Failover, State};
-use libmcshm::{Address, Client, Domain, Registry, Server, Timeouts};
+use libmcshm::table::State;
+use libmcshm::{Client, Domain, Timeouts};
+
+#[path = "common/mod.rs"]
+mod common;
 
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
@@ -23,21 +26,7 @@ fn main() {
     println!("|---|---|---|---|");
     for n in [100usize, 1_000, 10_000] {
         let domain = Domain::new(&format!("first{n}")).unwrap();
-        let mut writer = Registry::open_writer(&dir, &domain, true).unwrap();
-        writer
-            .transact(|t| {
-                t.policy.failover = Failover::Rehash;
-                for i in 0..n {
-                    let address = format!("10.{}.{}.{}:11211", i >> 16, (i >> 8) & 255, i & 255);
-                    t.servers.push(Server {
-                        // Never probed: these addresses are looked up, never connected to.
-                        retry_interval: -1,
-                        ..Server::new(Address::parse(&address).unwrap())
-                    });
-                }
-                Ok(())
-            })
-            .unwrap();
+        let mut writer = common::rehash_table(&dir, &domain, n);
         let mut client = Client::for_domain(&dir, &domain, Timeouts::default()).unwrap();
         client.server_for(b"warm:up").unwrap();
         let rounds = if n >= 10_000 { 15 } else { 41 };

@@ -9,8 +9,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use libmcshm::table::{Failover, State};
-use libmcshm::{Address, Client, Domain, Registry, Server, Timeouts};
+use libmcshm::table::State;
+use libmcshm::{Client, Domain, Registry, Timeouts};
+
+#[path = "common/mod.rs"]
+mod common;
 
 fn reader(dir: &str) {
     let domain = Domain::new("readers").unwrap();
@@ -66,21 +69,7 @@ fn main() {
     let readers: usize = args.get(2).map_or(200, |n| n.parse().unwrap());
     let dir = std::env::temp_dir().join(format!("mcshm-readers-{}", std::process::id()));
     let domain = Domain::new("readers").unwrap();
-    let mut writer = Registry::open_writer(&dir, &domain, true).unwrap();
-    writer
-        .transact(|t| {
-            t.policy.failover = Failover::Rehash;
-            for i in 0..servers {
-                let address = format!("10.{}.{}.{}:11211", i >> 16, (i >> 8) & 255, i & 255);
-                t.servers.push(Server {
-                    // Never probed: these addresses are looked up, never connected to.
-                    retry_interval: -1,
-                    ..Server::new(Address::parse(&address).unwrap())
-                });
-            }
-            Ok(())
-        })
-        .unwrap();
+    let mut writer = common::rehash_table(&dir, &domain, servers);
     let exe = std::env::current_exe().unwrap();
     let mut children: Vec<_> = (0..readers)
         .map(|_| {

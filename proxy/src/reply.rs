@@ -94,14 +94,28 @@ impl ItemSpan<'_> {
 }
 
 /// A meta reply with `prefix` taken off the key it names: the `k` flag's value, and the key of
-/// an `ME` (debug) reply. The data block, if any, is left as it is.
+/// an `ME` (debug) reply. The data block, if any, is left as it is; any other reply (a text
+/// command's, an error) is returned as it came, and so is a meta reply that names no key.
 pub fn unprefix_meta(reply: Vec<u8>, prefix: &[u8]) -> Vec<u8> {
-    let head = first_line(&reply).len();
-    if prefix.is_empty() || head == 0 {
+    const META_CODES: [&[u8]; 7] = [b"HD", b"VA", b"EN", b"NF", b"NS", b"EX", b"ME"];
+    let line = first_line(&reply);
+    let meta = line.len() >= 2
+        && META_CODES.contains(&&line[..2])
+        && line.get(2).is_none_or(|&b| b == b' ');
+    if prefix.is_empty() || !meta {
         return reply;
     }
-    let line = &reply[..head];
     let debug = line.starts_with(b"ME ");
+    let prefixed_key = |token: &[u8]| {
+        token
+            .strip_prefix(b"k")
+            .is_some_and(|k| k.starts_with(prefix))
+    };
+    if !debug && !line.split(|&b| b == b' ').skip(1).any(prefixed_key) {
+        return reply;
+    }
+    let head = line.len();
+    let line = &reply[..head];
     let mut out = Vec::with_capacity(reply.len());
     for (n, token) in line.split(|&b| b == b' ').enumerate() {
         if n > 0 {

@@ -458,9 +458,10 @@ impl Service {
         if found.iter().all(Option::is_some) {
             return;
         }
-        let changed = self
-            .decide(|router| Ok(router.snapshot().version))
-            .is_ok_and(|now| now.value != snapshot.version);
+        let changed = {
+            let mut router = self.router();
+            router.refresh().is_ok() && router.snapshot().version != snapshot.version
+        };
         let misses: Vec<usize> = (0..keys.len())
             .filter(|&n| found[n].is_none() && (changed || draining || warm(chains[n].0)))
             .collect();
