@@ -730,7 +730,9 @@ fn spawn_probe(
         let result = match result {
             Ok(lifecycle::Rejoined::Up { flushed: true }) => "up (flushed)".to_string(),
             Ok(lifecycle::Rejoined::Up { flushed: false }) => "up (not flushed)".to_string(),
-            Ok(lifecycle::Rejoined::NotDown) => "not down any more".to_string(),
+            Ok(lifecycle::Rejoined::NotDown | lifecycle::Rejoined::DrainCancelled) => {
+                "not down any more, or held down by an operator".to_string()
+            }
             Err(e) => format!("still down: {e}"),
         };
         let _ = tx.send(Msg::Probed {

@@ -4,7 +4,11 @@
 //! # comment
 //! cache1:11211 weight=1 retry-interval=15 state=up
 //! cache2:11211 weight=2 retry-interval=-1 state=down reason="disk failure"
+//! cache3:11211 state=down down-by=failures reason="2 consecutive failures, last: …"
 //! ```
+//!
+//! A down server is held down by an operator (no automatic retry) unless the line says
+//! `down-by=failures` (a server clients or `watch` marked down, retried automatically).
 //!
 //! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
 //! warm-window=S [distribution=ketama|ketama-spy|ketama-unweighted|modula|pecl-memcache hash=H]
@@ -40,6 +44,9 @@ pub fn to_text(snapshot: &Snapshot) -> String {
             "{} weight={} retry-interval={} state={}",
             server.address, server.weight, server.retry_interval, server.state
         );
+        if server.state == crate::table::State::Down && !server.held {
+            out.push_str(" down-by=failures");
+        }
         if !server.reason.is_empty() {
             let quoted = server.reason.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = write!(out, " reason=\"{quoted}\"");
@@ -143,9 +150,13 @@ fn parse_policy(text: &str) -> Result<Policy> {
 fn parse_line(line: &str) -> Result<Server> {
     let (address, mut rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let mut server = Server::new(Address::parse(address)?);
+    // A list says what an operator wants: its down servers stay down until `up`, unless the
+    // line says they were marked down after failures.
+    server.held = true;
     loop {
         rest = rest.trim_start();
         if rest.is_empty() {
+            server.held &= server.state == crate::table::State::Down;
             return Ok(server);
         }
         let (key, after) = rest
@@ -176,6 +187,19 @@ fn apply(server: &mut Server, key: &str, value: &str) -> Result<()> {
             server.retry_interval = check_retry_interval(number("retry interval")?)?
         }
         "state" => server.state = value.parse()?,
+        "down-by" => {
+            server.held = match value {
+                "operator" => true,
+                "failures" => false,
+                _ => {
+                    return Err(Error::invalid(
+                        "down-by",
+                        value,
+                        "expected 'operator' or 'failures'",
+                    ));
+                }
+            }
+        }
         "reason" => {
             check_reason(value)?;
             server.reason = value.to_string();
@@ -184,7 +208,7 @@ fn apply(server: &mut Server, key: &str, value: &str) -> Result<()> {
             return Err(Error::invalid(
                 "attribute",
                 key,
-                "unknown (expected weight, retry-interval, state or reason)",
+                "unknown (expected weight, retry-interval, state, down-by or reason)",
             ));
         }
     }

@@ -76,7 +76,9 @@ pub fn delete(
     Ok(())
 }
 
-/// Sets the state (and reason) of servers. The since/by fields change only when the state does.
+/// Sets the state (and reason) of servers, as an operator does (`mcadmin down`, fleet verbs):
+/// a server set down is *held* down (no automatic retry until an operator brings it up). The
+/// since/by fields change only when the state does.
 pub fn set_state(
     servers: &mut [Server],
     addresses: &[Address],
@@ -91,43 +93,91 @@ pub fn set_state(
             server.state = state;
             stamp(server, actor);
         }
+        server.held = state == State::Down;
         server.reason = reason.to_string();
     }
     Ok(())
 }
 
-/// Marks the server with `id` down with `reason`, if it is (still) in the table and up; a client
-/// that hit the failure limit calls this, so that several clients doing so at once make one
-/// change.
+/// Marks the server with `id` down with `reason` after failures, if it is (still) in the table
+/// and up; a client that hit the failure limit (or `watch`) calls this, so that several doing
+/// so at once make one change. It is not held: the retry probe may bring it back.
 pub fn mark_down(servers: &mut [Server], id: u32, reason: &str, actor: CommitInfo) {
     if let Some(server) = servers
         .iter_mut()
         .find(|s| s.id == id && s.state == State::Up)
     {
         server.state = State::Down;
+        server.held = false;
         server.reason = reason.to_string();
         stamp(server, actor);
     }
 }
 
 /// Marks the down server with `id` up (a rejoin), with `reason` and the warm-up deadline
-/// (0: none). Nothing if it is not down any more.
+/// (0: none). `flushed`: its items were flushed just before, so it holds no stray copies.
+/// Nothing if it is not down any more. A held server comes up only with `operator`.
 pub fn bring_up(
     servers: &mut [Server],
     id: u32,
-    reason: &str,
-    warm_until_ms: u64,
+    rejoin: Rejoining<'_>,
     actor: CommitInfo,
-) {
-    if let Some(server) = servers
+) -> bool {
+    let Some(server) = servers
         .iter_mut()
-        .find(|s| s.id == id && s.state == State::Down)
-    {
-        server.state = State::Up;
-        server.reason = reason.to_string();
-        server.warm_until_ms = warm_until_ms;
-        stamp(server, actor);
+        .find(|s| s.id == id && s.state == State::Down && (rejoin.operator || !s.held))
+    else {
+        return false;
+    };
+    server.state = State::Up;
+    server.held = false;
+    server.reason = rejoin.reason.to_string();
+    server.warm_until_ms = rejoin.warm_until_ms;
+    if rejoin.flushed {
+        server.strays_since = 0;
     }
+    stamp(server, actor);
+    true
+}
+
+/// Cancels the drain of the server with `id` (an operator's `up`): it is up again, its keys
+/// stay where they are. `false` when it is not draining.
+pub fn cancel_drain(servers: &mut [Server], id: u32, by: &str) -> bool {
+    let Some(server) = servers
+        .iter_mut()
+        .find(|s| s.id == id && s.state == State::Draining)
+    else {
+        return false;
+    };
+    server.state = State::Up;
+    server.reason = format!("drain cancelled ({by})");
+    true
+}
+
+/// Starts draining the up server with `id` (`mcadmin drain`); `false` when it is not up.
+pub fn start_drain(servers: &mut [Server], id: u32, reason: &str, actor: CommitInfo) -> bool {
+    let Some(server) = servers
+        .iter_mut()
+        .find(|s| s.id == id && s.state == State::Up)
+    else {
+        return false;
+    };
+    server.state = State::Draining;
+    server.reason = reason.to_string();
+    stamp(server, actor);
+    true
+}
+
+/// How a down server comes back ([`bring_up`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Rejoining<'a> {
+    pub reason: &'a str,
+    /// Until when misses are filled from the interim owner (0: no warm-up).
+    pub warm_until_ms: u64,
+    /// It was flushed just before (not `trust`, not `--no-flush`).
+    pub flushed: bool,
+    /// An operator brings it back (`mcadmin up`): a held server comes up too.
+    pub operator: bool,
 }
 
 /// Changes the weight and/or retry interval of one server.
@@ -162,6 +212,10 @@ pub fn merge_loaded(current: &[Server], loaded: &[Server], actor: CommitInfo) ->
                 // The same server: keep its id (and so its failure counter).
                 server.id = old.id;
                 server.live = old.live;
+            }
+            if let Some(old) = old {
+                // Whether it may hold strays is a fact about the server, not the list.
+                server.strays_since = server.strays_since.max(old.strays_since);
             }
             match old.filter(|old| old.state == server.state) {
                 Some(old) => {

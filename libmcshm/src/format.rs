@@ -94,7 +94,8 @@
 //!      7    1 kind                1 hostname, 2 IPv4, 3 IPv6 (no brackets), 4 unix socket path
 //!      8    4 retry_interval      seconds, signed; -1 = never retried automatically
 //!     12    2 reason_len          bytes used of reason (0..=192)
-//!     14    2 reserved            zero
+//!     14    2 flags               bit 0: held (down by an operator: no automatic retry);
+//!                                 other bits zero
 //!     16    8 since_ms            when the state last changed, ms since the Unix epoch
 //!     24    4 changed_by_pid      process that last changed the state
 //!     28    4 changed_by_uid      user that last changed the state
@@ -102,7 +103,10 @@
 //!     36    4 live                index of this server's record in the live region
 //!     40    8 warm_until_ms       warm-up after a rejoin lasts until then (0: none)
 //!     48    4 crc                 format 3: CRC32 of the entry's 512 bytes, this field as zero
-//!     52   12 reserved            zero
+//!     52    8 strays_since        version at which the server last lost keys to others
+//!                                 (0: none since it was flushed or swept); writes delete
+//!                                 their key there while it is set
+//!     60    4 reserved            zero
 //!     64  256 address             host text or socket path, zero-padded
 //!    320  192 reason              UTF-8, zero-padded
 //!
@@ -255,6 +259,9 @@ struct SlotRingFields {
 /// refuse the code ("upgrade mcshm") instead of sending keys without it.
 const PREFIXED: u8 = 0x80;
 
+/// Entry flag: the server is down by an operator's decision (no automatic retry).
+const ENTRY_HELD: u16 = 0x1;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Entry {
@@ -265,7 +272,7 @@ struct Entry {
     kind: u8,
     retry_interval: i32,
     reason_len: u16,
-    reserved0: u16,
+    flags: u16,
     since_ms: u64,
     changed_by_pid: u32,
     changed_by_uid: u32,
@@ -274,7 +281,9 @@ struct Entry {
     warm_until_ms: u64,
     /// Format 3: CRC32 of the entry with this field taken as zero.
     crc: u32,
-    reserved1: [u8; 12],
+    /// Little-endian u64 (at offset 52, not 8-aligned).
+    strays_since: [u8; 8],
+    reserved1: [u8; 4],
     address: [u8; ADDR_FIELD],
     reason: [u8; MAX_REASON_LEN],
 }
@@ -900,6 +909,8 @@ fn encode_entry(server: &Server) -> Entry {
     entry.id = server.id;
     entry.live = server.live;
     entry.warm_until_ms = server.warm_until_ms;
+    entry.flags = if server.held { ENTRY_HELD } else { 0 };
+    entry.strays_since = server.strays_since.to_le_bytes();
     entry.reason_len = server.reason.len() as u16;
     entry.reason[..server.reason.len()].copy_from_slice(server.reason.as_bytes());
     entry
@@ -939,6 +950,9 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
         id: entry.id,
         live: entry.live,
         warm_until_ms: entry.warm_until_ms,
+        // Unknown flag bits are a newer writer's: ignored, as the reserved bytes are.
+        held: entry.flags & ENTRY_HELD != 0,
+        strays_since: u64::from_le_bytes(entry.strays_since),
     })
 }
 

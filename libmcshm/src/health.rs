@@ -178,7 +178,7 @@ impl Watcher {
                             };
                             events(self.event(EventKind::Up, &server.address.to_string(), how));
                         }
-                        Ok(Rejoined::NotDown) => {}
+                        Ok(Rejoined::NotDown | Rejoined::DrainCancelled) => {}
                         Err(err @ Error::Network { .. }) => {
                             events(self.event(
                                 EventKind::RejoinFailed,

@@ -37,6 +37,7 @@ pub mod address;
 pub mod auth;
 pub mod client;
 pub mod clients;
+pub mod coherence;
 pub mod conn;
 pub mod domain;
 pub mod drain;

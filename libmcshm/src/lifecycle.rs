@@ -85,14 +85,28 @@ pub fn flush(
 pub enum Rejoined {
     /// Marked up; `flushed` says whether it was flushed first.
     Up { flushed: bool },
-    /// It was not down (up, draining, or gone from the table): nothing done.
+    /// It was draining and an operator brought it up: the drain is cancelled.
+    DrainCancelled,
+    /// It was not down (up, draining, or gone from the table), or it is held down by an
+    /// operator and this is not one: nothing done.
     NotDown,
 }
 
-/// Brings the down server with `id` back through the domain's rejoin policy: flush (`trust`: a
-/// `version` round trip instead; `skip_flush`, the operator's override: no contact), then mark
-/// it up, in one transaction, with `by` in the reason. One connection to the server in all; a
-/// failed flush (or probe) leaves it down and is an error.
+/// Who brings servers back, and how ([`rejoin_all`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Rejoiner<'a> {
+    /// Named in the new reason ("mcadmin up", "retry probe", "mcadmin watch").
+    pub by: &'a str,
+    /// An operator's `up`: brings back servers held down by an operator too. Automatic paths
+    /// (retry probe, watch, fleet agent) leave held servers down.
+    pub operator: bool,
+    /// The operator's override: mark up without contacting the server (`up --no-flush`).
+    pub skip_flush: bool,
+    pub timeouts: Timeouts,
+}
+
+/// Brings the down server with `id` back through the domain's rejoin policy (see
+/// [`rejoin_all`]).
 pub fn rejoin(
     writer: &mut Registry,
     id: u32,
@@ -100,41 +114,151 @@ pub fn rejoin(
     skip_flush: bool,
     by: &str,
 ) -> Result<Rejoined> {
-    let snapshot = writer.current_snapshot()?;
-    let Some(server) = snapshot
-        .servers
-        .iter()
-        .find(|s| s.id == id && s.state == State::Down)
-    else {
-        return Ok(Rejoined::NotDown);
+    let how = Rejoiner {
+        by,
+        operator: false,
+        skip_flush,
+        timeouts,
     };
+    Ok(rejoin_all(writer, &[id], how)?.remove(0))
+}
+
+/// Brings the down servers with `ids` back through the domain's rejoin policy: flush each
+/// (`trust`: no contact; `skip_flush`: no contact), then mark them all up in one transaction
+/// (one version), with `by` in the reason; with `operator`, draining servers among `ids` stop
+/// draining in the same version. A failed flush leaves every one of them as it was and is an
+/// error naming the server. One answer per id.
+pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Result<Vec<Rejoined>> {
+    let snapshot = writer.current_snapshot()?;
     let policy = snapshot.policy;
-    let flushed = policy.rejoin != Rejoin::Trust && !skip_flush;
+    let flushed = policy.rejoin != Rejoin::Trust && !how.skip_flush;
+    let due: Vec<&crate::table::Server> = ids
+        .iter()
+        .filter_map(|id| {
+            snapshot
+                .servers
+                .iter()
+                .find(|s| s.id == *id && s.state == State::Down && (how.operator || !s.held))
+        })
+        .collect();
+    let draining = how.operator
+        && ids.iter().any(|id| {
+            snapshot
+                .servers
+                .iter()
+                .any(|s| s.id == *id && s.state == State::Draining)
+        });
+    if due.is_empty() && !draining {
+        return Ok(vec![Rejoined::NotDown; ids.len()]);
+    }
     if flushed {
         let dir = writer.path().parent().unwrap_or(std::path::Path::new("."));
         let credentials = crate::auth::load(dir, writer.domain())?;
-        flush(&server.address, timeouts, credentials.as_ref()).map_err(|error| Error::Network {
-            server: server.address.to_string(),
-            error: format!(
-                "{error}; it stays down (rejoin policy {})",
-                policy.rejoin.as_str()
-            ),
-        })?;
+        for server in &due {
+            flush(&server.address, how.timeouts, credentials.as_ref()).map_err(|error| {
+                Error::Network {
+                    server: server.address.to_string(),
+                    error: format!(
+                        "{error}; it stays down (rejoin policy {})",
+                        policy.rejoin.as_str()
+                    ),
+                }
+            })?;
+        }
     }
-    let warm_until = match policy.rejoin {
+    let warm_until_ms = match policy.rejoin {
         Rejoin::Warm => now_ms() + u64::from(policy.warm_window_s) * 1000,
         _ => 0,
     };
     let reason = match flushed {
-        true => format!(
-            "rejoined after flush_all ({by}, pid {})",
-            std::process::id()
-        ),
-        false => format!("rejoined without flush ({by}, pid {})", std::process::id()),
+        true => format!("rejoined after flush_all ({}, pid {})", how.by, std::process::id()),
+        false => format!("rejoined without flush ({}, pid {})", how.by, std::process::id()),
     };
+    let rejoining = edit::Rejoining {
+        reason: &reason,
+        warm_until_ms,
+        flushed,
+        operator: how.operator,
+    };
+    let mut answers = vec![Rejoined::NotDown; ids.len()];
     writer.transact(|t| {
-        edit::bring_up(&mut t.servers, id, &reason, warm_until, commit_info());
+        for (answer, id) in answers.iter_mut().zip(ids) {
+            if edit::bring_up(&mut t.servers, *id, rejoining, commit_info()) {
+                *answer = Rejoined::Up { flushed };
+            } else if how.operator && edit::cancel_drain(&mut t.servers, *id, how.by) {
+                *answer = Rejoined::DrainCancelled;
+            }
+        }
         Ok(())
     })?;
-    Ok(Rejoined::Up { flushed })
+    Ok(answers)
+}
+
+/// What [`prepare_load`] found: the servers it flushed, and those it could not.
+#[derive(Debug, Default)]
+pub struct LoadPlan {
+    /// Joined or came back up, flushed first: they hold no strays.
+    pub flushed: Vec<crate::address::Address>,
+    /// Could not be flushed: loaded down (not held: the retry probe flushes them when they
+    /// answer), with the error.
+    pub unflushed: Vec<(crate::address::Address, String)>,
+}
+
+/// `mcadmin load` as transitions: a server the list has up that `current` does not have (it
+/// joins) or has down (it rejoins) is flushed first, as `add` and `up` flush; one that cannot
+/// be flushed is loaded down after failures instead, so that nothing stale is served. With no
+/// `current` (a new domain: the boot-time replay of the list) the servers are taken as the list
+/// says, as their state before this host lost its table.
+pub fn prepare_load(
+    current: Option<&[crate::table::Server]>,
+    loaded: &mut crate::table::Table,
+    timeouts: Timeouts,
+    credentials: Option<&Credentials>,
+) -> LoadPlan {
+    let mut plan = LoadPlan::default();
+    let Some(current) = current else {
+        return plan;
+    };
+    if loaded.policy.rejoin == Rejoin::Trust {
+        return plan;
+    }
+    for server in &mut loaded.servers {
+        let was = current.iter().find(|c| c.address.same_server(&server.address));
+        let joins = server.state == State::Up && was.is_none_or(|c| c.state == State::Down);
+        if !joins {
+            continue;
+        }
+        match flush(&server.address, timeouts, credentials) {
+            Ok(()) => {
+                server.strays_since = 0;
+                plan.flushed.push(server.address.clone());
+            }
+            Err(error) => {
+                server.state = State::Down;
+                server.held = false;
+                let reason = format!("load: cannot flush it ({error}); retried automatically");
+                let mut end = reason.len().min(crate::table::MAX_REASON_LEN);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                server.reason = reason[..end].to_string();
+                plan.unflushed.push((server.address.clone(), error));
+            }
+        }
+    }
+    plan
+}
+
+impl LoadPlan {
+    /// Makes `table` the loaded list (see [`edit::merge_loaded`]): the servers flushed for the
+    /// load start with no strays.
+    pub fn apply(&self, table: &mut crate::table::Table, loaded: &crate::table::Table) {
+        table.servers = edit::merge_loaded(&table.servers, &loaded.servers, commit_info());
+        for server in &mut table.servers {
+            if self.flushed.iter().any(|a| a.same_server(&server.address)) {
+                server.strays_since = 0;
+            }
+        }
+        table.policy = loaded.policy;
+    }
 }

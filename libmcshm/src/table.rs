@@ -94,6 +94,15 @@ pub struct Server {
     /// After a rejoin with the `warm` policy: until when (ms since the epoch) a miss on this
     /// server is looked up on the server that owned the key while it was away. 0: no warm-up.
     pub warm_until_ms: u64,
+    /// Down by an operator (`mcadmin down`): it stays down until an operator brings it up; no
+    /// retry probe, `watch` or fleet agent brings it back. A server marked down after failures
+    /// (by clients, `watch` or the fleet) has this false and keeps its automatic retry.
+    pub held: bool,
+    /// The table version at which this server last lost keys to other servers (0: never since
+    /// it was last flushed or swept). Until `mcadmin settle` sweeps it, it may hold copies of
+    /// keys it no longer owns, so every write and delete of a key it does not own deletes the
+    /// key there too (see [`crate::coherence`]).
+    pub strays_since: u64,
 }
 
 impl Server {
@@ -111,7 +120,14 @@ impl Server {
             id: 0,
             live: 0,
             warm_until_ms: 0,
+            held: false,
+            strays_since: 0,
         }
+    }
+
+    /// Whether it is down by an operator's decision (see [`Server::held`]).
+    pub fn is_held_down(&self) -> bool {
+        self.state == State::Down && self.held
     }
 }
 

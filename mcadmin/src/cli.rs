@@ -131,6 +131,9 @@ pub enum Command {
     ///
     /// ADDR is HOST[:PORT], IPV4[:PORT], [IPV6][:PORT] or an absolute unix socket path; the port
     /// defaults to 11211. Servers keep the order they were added in (clients hash in that order).
+    /// A new server is flushed (flush_all) before it joins, so that nothing it kept from an
+    /// earlier time in the domain is served; if it cannot be flushed nothing changes (exit 5).
+    /// With --down it is flushed when it is brought up instead.
     Add {
         #[arg(required = true, value_name = "ADDR")]
         servers: Vec<String>,
@@ -148,6 +151,10 @@ pub enum Command {
         /// Skip servers already present instead of failing
         #[arg(long)]
         if_missing: bool,
+        /// Do not flush the new servers (they are flushed by default, so that items left from
+        /// an earlier time in the domain are never served): only for servers known to be empty
+        #[arg(long, conflicts_with = "down")]
+        no_flush: bool,
     },
     /// Remove servers.
     #[command(alias = "del", alias = "rm")]
@@ -170,7 +177,12 @@ pub enum Command {
         #[arg(long)]
         no_flush: bool,
     },
-    /// Mark servers down (clients stop using them).
+    /// Mark servers down (clients stop using them) until an operator's `up`.
+    ///
+    /// An operator's down is held: no client retry probe, `watch` or fleet agent brings the
+    /// servers back, only `mcadmin up` (which flushes them first). A server that clients or
+    /// `watch` marked down after failures is shown as `down (failures)` and is retried
+    /// automatically every retry interval.
     Down {
         #[arg(required = true, value_name = "ADDR")]
         servers: Vec<String>,
@@ -246,14 +258,22 @@ pub enum Command {
     Domains,
     /// Write the server list as text, one server per line (the input of `load`).
     Dump,
-    /// Replace the whole server list from FILE (or - for stdin) in one version.
+    /// Make the server list equal to FILE (or - for stdin), in one version.
     ///
-    /// Lines: `ADDR [weight=N] [retry-interval=S] [state=up|down] [reason="TEXT"]`; blank lines
-    /// and lines starting with # are ignored. A bad line changes nothing. Also repairs a
-    /// damaged registry file.
+    /// Lines: `ADDR [weight=N] [retry-interval=S] [state=up|down] [down-by=operator|failures]
+    /// [reason="TEXT"]`; blank lines and lines starting with # are ignored. A bad line changes
+    /// nothing. The changes are the same transitions the other verbs make: a server the file
+    /// has up that joins the domain or was down is flushed first (as `add` and `up` do; one that
+    /// cannot be flushed is loaded down after failures and retried, exit 5); a down line is held
+    /// down by the operator unless it says down-by=failures. Into a new domain (the boot-time
+    /// replay) the list is taken as it stands. Also repairs a damaged registry file.
     Load {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Only when the domain does not exist yet (the boot-time replay: a restart of the unit
+        /// keeps the changes made since)
+        #[arg(long)]
+        initial: bool,
     },
     /// Health daemon: mark failing servers down, bring answering ones back.
     ///

@@ -174,10 +174,12 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
         State::Up => {
             let reason = format!("draining (mcadmin drain, pid {})", std::process::id());
             registry.transact(|t| {
-                if let Some(s) = t.servers.iter_mut().find(|s| s.id == id) {
-                    s.state = State::Draining;
-                    s.reason = reason;
-                }
+                libmcshm::edit::start_drain(
+                    &mut t.servers,
+                    id,
+                    &reason,
+                    libmcshm::registry::commit_info(),
+                );
                 Ok(())
             })?;
         }

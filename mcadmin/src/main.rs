@@ -177,6 +177,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             reason,
             retry,
             if_missing,
+            no_flush,
         } => {
             let weight = check_weight(*weight)?;
             let retry_interval = check_retry_interval(retry.retry_interval)?;
@@ -191,6 +192,9 @@ fn run(cli: &Cli) -> Result<Exit> {
                     ..Server::new(address)
                 })
                 .collect::<Vec<_>>();
+            if !*down && !*no_flush {
+                flush_new(&ctx, &new)?;
+            }
             let name = ctx.domain.to_string();
             write(&ctx, true, |t| {
                 edit::add(&mut t.servers, &new, *if_missing, commit_info(), &name)
@@ -288,7 +292,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
             Ok(Exit::Success)
         }
-        Command::Load { file } => load(&ctx, file),
+        Command::Load { file, initial } => load(&ctx, file, *initial),
         Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
         Command::Auth {
             user,
@@ -341,6 +345,37 @@ fn run(cli: &Cli) -> Result<Exit> {
     }
 }
 
+/// Flushes the servers of `new` that the domain does not have yet: a server that joins may hold
+/// items from an earlier time in this domain, which would be served stale (`add --no-flush`
+/// skips this for a server known to be empty; `add --down` leaves it to the server's `up`).
+fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
+    let present: Vec<Server> = match &ctx.fleet {
+        Some(fleet) => match fleet.read(&ctx.domain)? {
+            Some(table) => table.table.servers,
+            None => Vec::new(),
+        },
+        None => match Registry::open(&ctx.dir, &ctx.domain) {
+            Ok(mut registry) => registry.snapshot()?.servers.clone(),
+            Err(libmcshm::Error::NoDomain { .. }) => Vec::new(),
+            Err(err) => return Err(err.into()),
+        },
+    };
+    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    for server in new {
+        if present.iter().any(|p| p.address.same_server(&server.address)) {
+            continue;
+        }
+        libmcshm::lifecycle::flush(&server.address, Timeouts::default(), credentials.as_ref())
+            .map_err(|error| libmcshm::Error::Network {
+                server: server.address.to_string(),
+                error: format!(
+                    "{error}: a server is flushed before it joins, so that it serves nothing stale; nothing changed (add it with --down to flush it when it comes up, or --no-flush if it holds nothing)"
+                ),
+            })?;
+    }
+    Ok(())
+}
+
 pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
     Ok(servers
         .iter()
@@ -348,13 +383,14 @@ pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
         .collect::<libmcshm::Result<_>>()?)
 }
 
-/// Brings servers back: a down one through the rejoin policy (flush_all first unless the
-/// policy is trust or `--no-flush`), a draining one by cancelling the drain.
+/// Brings servers back, all in one version: a down one through the rejoin policy (flush_all
+/// first unless the policy is trust or `--no-flush`; held servers too: this is an operator), a
+/// draining one by cancelling the drain.
 fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
     let addresses = parse_addresses(servers)?;
     let mut registry = ctx.writer(false)?;
     let snapshot = registry.current_snapshot()?;
-    let mut targets = Vec::new();
+    let mut ids = Vec::new();
     for address in &addresses {
         let server = snapshot
             .find(address)
@@ -362,51 +398,37 @@ fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
                 server: address.to_string(),
                 domain: ctx.domain.to_string(),
             })?;
-        targets.push((server.id, server.state));
+        ids.push(server.id);
     }
-    let mut commit = Commit {
-        version: snapshot.version,
-        changed: false,
+    let how = libmcshm::lifecycle::Rejoiner {
+        by: "mcadmin up",
+        operator: true,
+        skip_flush: no_flush,
+        timeouts: Timeouts::default(),
+    };
+    libmcshm::lifecycle::rejoin_all(&mut registry, &ids, how)?;
+    let version = registry.version();
+    let commit = Commit {
+        version,
+        changed: version != snapshot.version,
         published_ns: 0,
     };
-    for (id, state) in targets {
-        match state {
-            State::Down => {
-                libmcshm::lifecycle::rejoin(
-                    &mut registry,
-                    id,
-                    Timeouts::default(),
-                    no_flush,
-                    "mcadmin up",
-                )?;
-            }
-            State::Draining => {
-                commit = registry.transact(|t| {
-                    if let Some(s) = t.servers.iter_mut().find(|s| s.id == id) {
-                        s.state = State::Up;
-                        s.reason = "drain cancelled (mcadmin up)".into();
-                    }
-                    Ok(())
-                })?;
-            }
-            State::Up => {}
-        }
-    }
-    let version = registry.version();
-    if version != commit.version {
-        commit = Commit {
-            version,
-            changed: true,
-            published_ns: 0,
-        };
-    }
     report_commit(ctx, commit)
 }
 
+/// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
+/// agent brings the servers back).
 fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -> Result<Exit> {
     check_reason(reason)?;
     let addresses = parse_addresses(servers)?;
     let name = ctx.domain.to_string();
+    if !ctx.json && state == State::Down {
+        let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
+            list.join(", ")
+        );
+    }
     write(ctx, false, |t| {
         edit::set_state(
             &mut t.servers,
@@ -641,7 +663,7 @@ fn auth(
     Ok(Exit::Success)
 }
 
-fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
+fn load(ctx: &Invocation, file: &PathBuf, initial: bool) -> Result<Exit> {
     let text = if file.as_os_str() == "-" {
         let mut text = String::new();
         io::stdin()
@@ -652,34 +674,76 @@ fn load(ctx: &Invocation, file: &PathBuf) -> Result<Exit> {
         std::fs::read_to_string(file)
             .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
     };
-    let loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
+    let mut loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
     if let Some(fleet) = &ctx.fleet {
         return fleet::load(ctx, fleet, &loaded);
     }
+    let exists = ctx.domain.path_in(&ctx.dir).exists();
+    if initial && exists {
+        return report_commit(ctx, Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()));
+    }
     let mut registry = match ctx.writer(true) {
         Err(libmcshm::Error::Corrupt { .. }) => {
-            let table = Table {
-                servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
-                policy: loaded.policy,
-                fleet_revision: 0,
-            };
-            return report_commit(ctx, Registry::recreate(&ctx.dir, &ctx.domain, &table)?);
+            // What the servers held is unknown: every server the list has up is flushed.
+            let plan = load_plan(ctx, Some(&[]), &mut loaded)?;
+            let mut table = Table::default();
+            plan.apply(&mut table, &loaded);
+            let commit = Registry::recreate(&ctx.dir, &ctx.domain, &table)?;
+            return load_report(ctx, commit, &plan);
         }
         other => other?,
     };
+    let current = match registry.current_snapshot() {
+        Ok(snapshot) if exists => Some(snapshot.servers.clone()),
+        Ok(_) => None,
+        Err(_) => Some(Vec::new()),
+    };
+    let plan = load_plan(ctx, current.as_deref(), &mut loaded)?;
     let commit = match registry.transact(|t| {
-        t.servers = edit::merge_loaded(&t.servers, &loaded.servers, commit_info());
-        t.policy = loaded.policy;
+        plan.apply(t, &loaded);
         Ok(())
     }) {
-        Err(libmcshm::Error::Corrupt { .. }) => registry.replace(&Table {
-            servers: edit::merge_loaded(&[], &loaded.servers, commit_info()),
-            policy: loaded.policy,
-            fleet_revision: 0,
-        })?,
+        Err(libmcshm::Error::Corrupt { .. }) => {
+            let mut table = Table::default();
+            plan.apply(&mut table, &loaded);
+            registry.replace(&table)?
+        }
         other => other?,
     };
-    report_commit(ctx, commit)
+    load_report(ctx, commit, &plan)
+}
+
+/// Flushes the servers a load brings in or back (see [`libmcshm::lifecycle::prepare_load`]).
+fn load_plan(
+    ctx: &Invocation,
+    current: Option<&[Server]>,
+    loaded: &mut Table,
+) -> Result<libmcshm::lifecycle::LoadPlan> {
+    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    Ok(libmcshm::lifecycle::prepare_load(
+        current,
+        loaded,
+        Timeouts::default(),
+        credentials.as_ref(),
+    ))
+}
+
+/// The load's version; servers that could not be flushed are named (and loaded down), exit 5.
+fn load_report(
+    ctx: &Invocation,
+    commit: Commit,
+    plan: &libmcshm::lifecycle::LoadPlan,
+) -> Result<Exit> {
+    for (address, error) in &plan.unflushed {
+        eprintln!(
+            "mcadmin: {address}: cannot flush it ({error}); loaded down, retried automatically"
+        );
+    }
+    report_commit(ctx, commit)?;
+    Ok(match plan.unflushed.is_empty() {
+        true => Exit::Success,
+        false => Exit::Server,
+    })
 }
 
 fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<f64>) -> Result<Exit> {

@@ -60,7 +60,27 @@ pub fn server_json(server: &Server) -> Value {
         "reason": server.reason,
         "id": server.id,
         "warm_until_ms": server.warm_until_ms,
+        "down_by": down_by(server),
+        "strays_since": server.strays_since,
     })
+}
+
+/// Who holds a down server down: "operator" (until `mcadmin up`) or "failures" (retried
+/// automatically); `None` when it is not down.
+pub fn down_by(server: &Server) -> Option<&'static str> {
+    match (server.state, server.held) {
+        (State::Down, true) => Some("operator"),
+        (State::Down, false) => Some("failures"),
+        _ => None,
+    }
+}
+
+/// The STATE column: `down` says by whom.
+fn state_text(server: &Server) -> String {
+    match down_by(server) {
+        Some(by) => format!("down ({by})"),
+        None => server.state.to_string(),
+    }
 }
 
 pub fn snapshot_table(snapshot: &Snapshot, failures: &[u32]) -> String {
@@ -86,7 +106,7 @@ pub fn servers_table(servers: &[Server], failures: &[u32]) -> String {
             [
                 s.address.to_string(),
                 s.weight.to_string(),
-                s.state.to_string(),
+                state_text(s),
                 s.retry_interval.to_string(),
                 f.to_string(),
                 utc(s.since_ms),
@@ -135,7 +155,7 @@ pub fn server_status(server: &Server) -> String {
     let mut line = format!(
         "{} {} since {}",
         server.address,
-        server.state,
+        state_text(server),
         utc(server.since_ms)
     );
     if !server.reason.is_empty() {

@@ -460,8 +460,9 @@ impl Client {
             value,
         };
         let only_first = matches!(verb, StoreVerb::Cas(_));
-        let (server, reply) = self.write(key, &request, only_first)?;
-        self.stored(server, reply)
+        self.write(key, &request, only_first, |c, server, reply| {
+            c.stored(server, reply)
+        })
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8], flags: u32, ttl: i64) -> Result<Stored> {
@@ -470,13 +471,15 @@ impl Client {
 
     /// Sends a write to the key's up replicas; returns the first one's reply. Then the
     /// invalidations of the module doc (rehash: next server along the ring; a draining owner).
-    fn write(
+    fn write<T>(
         &mut self,
         key: &[u8],
         request: &Request<'_>,
         only_first: bool,
-    ) -> Result<(usize, Reply)> {
+        interpret: impl FnOnce(&Self, usize, Reply) -> Result<T>,
+    ) -> Result<T> {
         let chain = self.chain(key)?;
+        let version = self.router.snapshot().version;
         let up = self.router.write_targets(&chain, only_first);
         self.run_probes();
         let up = up?;
@@ -489,10 +492,76 @@ impl Client {
             }
         }
         self.invalidate_elsewhere(key, chain.len());
-        match (answer, last_error) {
-            (Some(answer), _) => Ok(answer),
+        // The reply is read while the positions are of the table the write was routed on.
+        let outcome = match (answer, last_error) {
+            (Some((server, reply)), _) => interpret(self, server, reply),
             (None, Some(err)) => Err(err),
             (None, None) => Err(self.router.down_error(up[0])),
+        };
+        let written: Vec<Address> = up.iter().map(|&i| self.address(i)).collect();
+        self.follow_table_change(key, request, version, written);
+        outcome
+    }
+
+    /// A write routed on table `version`, which changed while it was in flight, may have
+    /// landed where the key no longer belongs: it is deleted from those servers and the new
+    /// version's invalidations are done; set and delete (which can be repeated) are sent again
+    /// to the new replicas. Up to three changes are followed.
+    fn follow_table_change(
+        &mut self,
+        key: &[u8],
+        request: &Request<'_>,
+        mut version: u64,
+        mut written: Vec<Address>,
+    ) {
+        let repeatable = matches!(
+            request,
+            Request::Delete { .. }
+                | Request::Store {
+                    verb: StoreVerb::Set,
+                    ..
+                }
+        );
+        for _ in 0..3 {
+            if self.router.refresh().is_err() || self.router.snapshot().version == version {
+                return;
+            }
+            version = self.router.snapshot().version;
+            let Ok(chain) = self.router.chain(key) else {
+                return;
+            };
+            let replicas: Vec<Address> = chain.iter().map(|&i| self.address(i)).collect();
+            let servers = self.router.snapshot().servers.clone();
+            for (i, server) in servers.iter().enumerate() {
+                let was_written = written.iter().any(|a| a.same_server(&server.address));
+                let replica = replicas.iter().any(|a| a.same_server(&server.address));
+                if self.is_down(i) {
+                    continue;
+                }
+                if was_written && !replica {
+                    let _ = self.call(i, &Request::Delete { key });
+                } else if replica && !was_written && repeatable {
+                    let _ = self.call(i, request);
+                    written.push(server.address.clone());
+                }
+            }
+            self.invalidate_elsewhere(key, chain.len());
+        }
+    }
+
+    /// After many writes: each key deleted where a stale copy of it could later be served
+    /// from, pipelined per server.
+    fn invalidate_many<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut groups: HashMap<usize, Vec<&'k [u8]>> = HashMap::new();
+        let replicas = usize::from(self.router.snapshot().policy.replicas.max(1));
+        for key in keys {
+            for server in self.router.invalidations(key, replicas) {
+                groups.entry(server).or_default().push(key);
+            }
+        }
+        for (server, keys) in groups {
+            let requests: Vec<Request> = keys.into_iter().map(|key| Request::Delete { key }).collect();
+            let _ = self.pipeline(server, &requests);
         }
     }
 
@@ -561,6 +630,7 @@ impl Client {
                 }
             }
         }
+        self.invalidate_many(items.iter().map(|item| item.key));
         Ok(results
             .into_iter()
             .map(|r| {
@@ -575,11 +645,13 @@ impl Client {
 
     /// Deletes a key (on every replica); `false` if it did not exist.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        match self.write(key, &Request::Delete { key }, false)? {
-            (_, Reply::Deleted) => Ok(true),
-            (_, Reply::NotFound) => Ok(false),
-            (server, other) => Err(self.unexpected(server, other)),
-        }
+        self.write(key, &Request::Delete { key }, false, |c, server, reply| {
+            match reply {
+                Reply::Deleted => Ok(true),
+                Reply::NotFound => Ok(false),
+                other => Err(c.unexpected(server, other)),
+            }
+        })
     }
 
     /// Increments a counter; `None` if the key does not exist.
@@ -593,20 +665,21 @@ impl Client {
     }
 
     fn arith(&mut self, key: &[u8], request: Request<'_>) -> Result<Option<u64>> {
-        match self.write(key, &request, false)? {
-            (_, Reply::Number(n)) => Ok(Some(n)),
-            (_, Reply::NotFound) => Ok(None),
-            (server, other) => Err(self.unexpected(server, other)),
-        }
+        self.write(key, &request, false, |c, server, reply| match reply {
+            Reply::Number(n) => Ok(Some(n)),
+            Reply::NotFound => Ok(None),
+            other => Err(c.unexpected(server, other)),
+        })
     }
 
     /// Sets a new expiration time (on every replica); `false` if the key does not exist.
     pub fn touch(&mut self, key: &[u8], ttl: i64) -> Result<bool> {
-        match self.write(key, &Request::Touch { key, exptime: ttl }, false)? {
-            (_, Reply::Touched) => Ok(true),
-            (_, Reply::NotFound) => Ok(false),
-            (server, other) => Err(self.unexpected(server, other)),
-        }
+        let request = Request::Touch { key, exptime: ttl };
+        self.write(key, &request, false, |c, server, reply| match reply {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(c.unexpected(server, other)),
+        })
     }
 
     /// `flush_all [delay]` on every up server, or on `only`. One result per server.

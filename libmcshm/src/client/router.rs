@@ -53,6 +53,9 @@ struct Routing {
     probeable: Vec<usize>,
     /// Draining servers.
     draining: Vec<usize>,
+    /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
+    /// write deletes its key there (see [`crate::coherence`]).
+    strays: Vec<usize>,
 }
 
 /// A retry probe the router found due (its lease is taken): run it with [`Probe::run`], which
@@ -227,7 +230,7 @@ impl Router {
         let old = self
             .routing
             .take()
-            .map(|r| (r.snapshot.version, r.probeable, r.draining));
+            .map(|r| (r.snapshot.version, r.probeable, r.draining, r.strays));
         let (snapshot, shared, delta) = match &mut self.source {
             Source::Registry(registry) => {
                 let (snapshot, ring) = registry.snapshot_and_ring()?;
@@ -267,13 +270,15 @@ impl Router {
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
         let changed = delta.filter(|d| old.as_ref().is_some_and(|o| o.0 == d.base));
-        let (old_probeable, old_draining) = old.map(|o| (o.1, o.2)).unwrap_or_default();
+        let (old_probeable, old_draining, old_strays) =
+            old.map(|o| (o.1, o.2, o.3)).unwrap_or_default();
         let probeable = positions(servers, changed, old_probeable, |s| {
-            s.state == State::Down && s.retry_interval >= 0
+            s.state == State::Down && s.retry_interval >= 0 && !s.held
         });
         let draining = positions(servers, changed, old_draining, |s| {
             s.state == State::Draining
         });
+        let strays = positions(servers, changed, old_strays, |s| s.strays_since != 0);
         let draining_members = || -> Vec<usize> {
             (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
@@ -301,6 +306,7 @@ impl Router {
             draining_placement,
             probeable,
             draining,
+            strays,
         });
         self.periodic();
         Ok(())
@@ -481,18 +487,36 @@ impl Router {
             .collect()
     }
 
-    /// After a write to a key with `replicas` replicas: the servers to delete it from, where a
-    /// stale copy could later be served (rehash: the next server along the ring, where the key
-    /// goes if a replica fails; a draining server that owned it).
+    /// With a write to a key with `replicas` replicas: the servers to delete it from, where a
+    /// stale copy could later be served: every server that may hold strays and is not one of
+    /// the key's replicas (see [`crate::coherence`]); under rehash the next server along the
+    /// ring, where the key goes if a replica fails; a draining server that owned it.
     pub fn invalidations(&self, key: &[u8], replicas: usize) -> Vec<usize> {
+        let routing = self.routing();
+        let rehash = routing.snapshot.policy.failover == Failover::Rehash;
+        let walk = replicas + usize::from(rehash);
+        let along = match rehash || !routing.strays.is_empty() {
+            true => self.along_ring(key, walk),
+            false => Vec::new(),
+        };
+        let chain = &along[..replicas.min(along.len())];
         let mut stale = Vec::new();
-        if self.routing().snapshot.policy.failover == Failover::Rehash
-            && let Some(next) = self.along_ring(key, replicas + 1).get(replicas).copied()
+        if rehash
+            && let Some(next) = along.get(replicas).copied()
             && !self.is_down(next)
         {
             stale.push(next);
         }
-        stale.extend(self.draining_owner(key));
+        for &i in &routing.strays {
+            if !chain.contains(&i) && !stale.contains(&i) && !self.is_down(i) {
+                stale.push(i);
+            }
+        }
+        if let Some(i) = self.draining_owner(key)
+            && !stale.contains(&i)
+        {
+            stale.push(i);
+        }
         stale
     }
 
@@ -533,6 +557,7 @@ impl Router {
             return;
         };
         if candidate.state != State::Down
+            || candidate.held
             || !registry.is_writable()
             || !registry.try_probe_lease(candidate, interval)
         {

@@ -53,7 +53,7 @@ const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
 
 impl Commit {
-    fn unchanged(version: u64) -> Commit {
+    pub fn unchanged(version: u64) -> Commit {
         Commit {
             version,
             changed: false,
@@ -631,6 +631,9 @@ impl Registry {
         previous: Option<(&Snapshot, Option<RingView>)>,
     ) -> Result<Commit> {
         check_table(&table, &self.domain)?;
+        if let Some((old, _)) = previous {
+            crate::coherence::mark_strays(&old.servers, &old.policy, &mut table, current + 1);
+        }
         let needed = table.servers.len();
         let rewrite = needed > self.layout.capacity as usize
             || self.layout.format_version < format::FORMAT_VERSION;

@@ -1,0 +1,231 @@
+//! No stale read: the rules that keep a read from returning a value a later write superseded,
+//! whatever sequence of changes the table goes through.
+//!
+//! The invariant, for every reader and writer that goes through mcshm (the library, mclient,
+//! the C API, mcproxy and its clients): a read returns the last acknowledged write of its key,
+//! or a miss (a write that failed may or may not have landed; a write concurrent with the read
+//! may or may not be seen).
+//!
+//! A stale value can only come from a copy of a key on a server that does not own it now and
+//! owned it once: a *stray*. `add` moves keys to the new server and their old owners keep their
+//! copies; a write then goes to the new owner; when the owner changes back (the new server is
+//! deleted, goes down under `rehash`, loses weight) the old copy would be served. So:
+//!
+//! 1. **Marking** ([`mark_strays`], run by the writer on every commit, whichever path made it:
+//!    mcadmin's verbs, `load`, the fleet mirror, a client's mark-down or retry probe, `watch`):
+//!    a server that may have lost keys to others in the new version gets `strays_since` set
+//!    to that version.
+//! 2. **Invalidation** (the router's write plan): a write or delete of a key also deletes it
+//!    from every marked server that is not one of the key's replicas, before it is
+//!    acknowledged. A stray is therefore either the key's last write (still correct) or gone.
+//! 3. **Clearing**: a server whose keys were all flushed (a rejoin's flush, a server added
+//!    flushed) starts unmarked, and `mcadmin settle` sweeps a marked server (deletes every key
+//!    it does not own) and clears its mark, so writes stop paying for the invalidation.
+//! 4. **Servers that come back** are flushed before they serve (the rejoin policy); a server
+//!    added with items is flushed unless the operator says it is empty (`add --no-flush`).
+//!
+//! What it does not cover: a writer that bypasses mcshm (its writes are invisible to these
+//! rules), a memcached server shared with other domains or applications (their flushes and
+//! writes are theirs), the rejoin policy `trust` and `up --no-flush` (the operator accepts what
+//! the server holds), and a change of the key prefix back to an earlier one (keys written under
+//! it before are read again: flush the servers when reusing a prefix).
+
+use std::collections::HashMap;
+
+use crate::address::Identity;
+use crate::shared_ring;
+use crate::table::{Policy, Server, State, Table};
+
+/// Marks the servers of `new` (about to be published as `version`) that may have lost keys to
+/// other servers since `old`: they may now hold copies of keys they do not own. A server new
+/// to the table, or coming back up from down (flushed by its rejoin, or trusted by the
+/// operator), is not marked by this change; a mark set earlier stays until it is cleared.
+pub fn mark_strays(old: &[Server], old_policy: &Policy, new: &mut Table, version: u64) {
+    let losing = losers(old, old_policy, &new.servers, &new.policy);
+    let before: HashMap<Identity<'_>, &Server> =
+        old.iter().map(|s| (s.address.identity(), s)).collect();
+    for (server, loses) in new.servers.iter_mut().zip(losing) {
+        let Some(was) = before.get(&server.address.identity()) else {
+            continue; // new to the table: it held nothing of this domain's (flushed when added)
+        };
+        let rejoined = was.state == State::Down && server.state == State::Up;
+        if loses && !rejoined {
+            server.strays_since = version;
+        }
+    }
+}
+
+/// For each server of `new`: whether some key it owned (or replicated) under `old` may be owned
+/// by other servers only under `new`.
+fn losers(old: &[Server], old_policy: &Policy, new: &[Server], new_policy: &Policy) -> Vec<bool> {
+    let everyone = vec![true; new.len()];
+    if old_policy.distribution != new_policy.distribution
+        || new_policy.replicas < old_policy.replicas
+    {
+        return everyone;
+    }
+    let old_members = members(old, old_policy);
+    let new_members = members(new, new_policy);
+    if old_members == new_members {
+        return vec![false; new.len()];
+    }
+    // Modula and PECL's continuum move keys between the remaining servers on any change.
+    let Some(points) = new_policy.distribution.points() else {
+        return everyone;
+    };
+    // Ketama: a server loses keys when its own points shrink or another server's grow (points
+    // of one label are the same in every version; the counts depend on the weights).
+    let (before, after) = (
+        point_counts(points, &old_members),
+        point_counts(points, &new_members),
+    );
+    let grew: Vec<Identity<'_>> = after
+        .iter()
+        .filter(|(id, n)| **n > before.get(*id).copied().unwrap_or(0))
+        .map(|(id, _)| *id)
+        .collect();
+    new.iter()
+        .map(|server| {
+            let id = server.address.identity();
+            let shrank = after.get(&id).copied().unwrap_or(0) < before.get(&id).copied().unwrap_or(0);
+            shrank || grew.iter().any(|g| *g != id)
+        })
+        .collect()
+}
+
+/// The ring points of each member.
+fn point_counts<'a>(
+    points: crate::ring::Points,
+    members: &[(Identity<'a>, u16)],
+) -> HashMap<Identity<'a>, u32> {
+    let weights = members.iter().map(|m| m.1);
+    members
+        .iter()
+        .map(|m| m.0)
+        .zip(points.counts(weights))
+        .collect()
+}
+
+/// The servers a table routes keys to, in list order, with their weights.
+fn members<'a>(servers: &'a [Server], policy: &Policy) -> Vec<(Identity<'a>, u16)> {
+    shared_ring::routed(servers, policy.failover)
+        .into_iter()
+        .map(|i| (servers[i].address.identity(), servers[i].weight))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Address;
+    use crate::table::{Distribution, Failover};
+
+    fn server(name: &str, weight: u16, state: State) -> Server {
+        Server {
+            weight,
+            state,
+            ..Server::new(Address::parse(name).unwrap())
+        }
+    }
+
+    fn table(servers: &[Server], policy: Policy) -> Table {
+        Table {
+            servers: servers.to_vec(),
+            policy,
+            fleet_revision: 0,
+        }
+    }
+
+    /// The `strays_since` of each server after `old` → `new` published as version 7.
+    fn marks(old: &[Server], old_policy: Policy, new: &[Server], new_policy: Policy) -> Vec<u64> {
+        let mut t = table(new, new_policy);
+        mark_strays(old, &old_policy, &mut t, 7);
+        t.servers.iter().map(|s| s.strays_since).collect()
+    }
+
+    fn up(name: &str) -> Server {
+        server(name, 1, State::Up)
+    }
+
+    #[test]
+    fn an_added_server_marks_the_others_and_not_itself() {
+        let p = Policy::default();
+        let old = [up("a:1"), up("b:1")];
+        let new = [up("a:1"), up("b:1"), up("c:1")];
+        assert_eq!(marks(&old, p, &new, p), [7, 7, 0]);
+    }
+
+    #[test]
+    fn removing_a_server_of_equal_weight_moves_no_key_between_the_others() {
+        let p = Policy::default();
+        let old = [up("a:1"), up("b:1"), up("c:1")];
+        assert_eq!(marks(&old, p, &old[..2], p), [0, 0]);
+        // Under failover none a down server stays on the ring: nothing moves.
+        let mut down = old.clone();
+        down[2].state = State::Down;
+        assert_eq!(marks(&old, p, &down, p), [0, 0, 0]);
+    }
+
+    #[test]
+    fn rehash_marks_the_others_when_a_down_server_rejoins_but_not_when_it_fails() {
+        let p = Policy {
+            failover: Failover::Rehash,
+            ..Policy::default()
+        };
+        let all_up = [up("a:1"), up("b:1"), up("c:1")];
+        let mut c_down = all_up.clone();
+        c_down[2].state = State::Down;
+        assert_eq!(
+            marks(&all_up, p, &c_down, p),
+            [0, 0, 7],
+            "c fails: a and b only gain (c's copies go with its flush when it rejoins)"
+        );
+        assert_eq!(
+            marks(&c_down, p, &all_up, p),
+            [7, 7, 0],
+            "c rejoins (flushed): a and b may hold its keys"
+        );
+    }
+
+    #[test]
+    fn weights_mark_whoever_may_lose() {
+        let p = Policy::default();
+        let old = [up("a:1"), up("b:1"), up("c:1")];
+        let mut heavier_c = old.clone();
+        heavier_c[2].weight = 3;
+        assert_eq!(marks(&old, p, &heavier_c, p), [7, 7, 0]);
+        // Removing a light server of an unequal list shrinks another's points.
+        let weighted = [
+            server("a:1", 1, State::Up),
+            server("b:1", 2, State::Up),
+            server("c:1", 3, State::Up),
+        ];
+        assert_eq!(marks(&weighted, p, &weighted[1..], p), [7, 7]);
+    }
+
+    #[test]
+    fn modula_distribution_and_fewer_replicas_mark_everyone() {
+        let modula = Policy {
+            distribution: Distribution::Modula(crate::keyhash::KeyHash::OneAtATime),
+            ..Policy::default()
+        };
+        let old = [up("a:1"), up("b:1"), up("c:1")];
+        assert_eq!(marks(&old, modula, &old[..2], modula), [7, 7]);
+        let p = Policy::default();
+        assert_eq!(marks(&old, p, &old, modula), [7, 7, 7]);
+        let two = Policy {
+            replicas: 2,
+            ..Policy::default()
+        };
+        assert_eq!(marks(&old, two, &old, p), [7, 7, 7]);
+        assert_eq!(marks(&old, p, &old, two), [0, 0, 0], "more replicas: nobody loses");
+    }
+
+    #[test]
+    fn a_mark_stays_until_cleared() {
+        let p = Policy::default();
+        let mut old = [up("a:1"), up("b:1")];
+        old[0].strays_since = 3;
+        assert_eq!(marks(&old, p, &old, p), [3, 0]);
+    }
+}
