@@ -51,7 +51,7 @@ fn credentials_authenticate_every_connection_and_a_wrong_password_is_named() {
         Memcached::start_with(&["-Y", users.to_str().unwrap()]),
         Memcached::start_with(&["-Y", users.to_str().unwrap()]),
     );
-    reg.ok("sec", &["add", &a.address(), &b.address()]);
+    reg.ok("sec", &["add", "--no-flush", &a.address(), &b.address()]);
 
     // Without credentials the servers refuse, and the message says what to do.
     let out = mclient(&reg, &["set", "k", "v"]);
@@ -131,7 +131,7 @@ fn mcproxy_authenticates_its_server_connections() {
     let users = reg.dir().join("memcached.users");
     std::fs::write(&users, "app:s3cret\n").unwrap();
     let server = Memcached::start_with(&["-Y", users.to_str().unwrap()]);
-    reg.ok("sec", &["add", &server.address()]);
+    reg.ok("sec", &["add", "--no-flush", &server.address()]);
     assert_eq!(give_password(&reg, "wrong").code(), 0);
     let proxy = common::proxy::Proxy::start(&reg, "sec", &[]);
     let mut wire = proxy.connect();

@@ -10,11 +10,22 @@ use std::process::Stdio;
 #[test]
 fn add_list_status_and_order() {
     let reg = Reg::new();
-    reg.ok("myapp", &["add", "cache1:11211", "cache2", "--weight", "3"]);
     reg.ok(
         "myapp",
         &[
             "add",
+            "--no-flush",
+            "cache1:11211",
+            "cache2",
+            "--weight",
+            "3",
+        ],
+    );
+    reg.ok(
+        "myapp",
+        &[
+            "add",
+            "--no-flush",
             "10.0.0.7:11212",
             "[::1]:11213",
             "/run/mc.sock",
@@ -66,7 +77,7 @@ fn add_list_status_and_order() {
 #[test]
 fn up_down_set_delete_each_bump_the_version_once() {
     let reg = Reg::new();
-    reg.ok("d", &["add", "a", "b", "c"]);
+    reg.ok("d", &["add", "--no-flush", "a", "b", "c"]);
     assert_eq!(
         reg.list_json("d")["version"],
         1,
@@ -94,7 +105,7 @@ fn up_down_set_delete_each_bump_the_version_once() {
         (Some(5), vec!["c:11211".to_string()])
     );
     // Flags for idempotent scripts: nothing to do, no new version.
-    let out = reg.ok("d", &["--json", "add", "c", "--if-missing"]);
+    let out = reg.ok("d", &["--json", "add", "--no-flush", "c", "--if-missing"]);
     assert!(out.contains("\"changed\":false"), "{out}");
     reg.ok("d", &["delete", "zz", "--if-present"]);
     assert_eq!(reg.list_json("d")["version"], 5);
@@ -103,43 +114,55 @@ fn up_down_set_delete_each_bump_the_version_once() {
 #[test]
 fn bad_input_is_refused_and_leaves_the_file_untouched() {
     let reg = Reg::new();
-    reg.ok("d", &["add", "a:1", "b:2", "--down"]);
+    reg.ok("d", &["add", "--no-flush", "a:1", "b:2", "--down"]);
     let before = reg.bytes("d");
     let list_file = reg.dir().join("bad.list");
     std::fs::write(&list_file, "x:1\ny:0 weight=2\n").unwrap();
     let list_arg = list_file.to_str().unwrap();
     let cases: &[(&[&str], i32, &str)] = &[
         (
-            &["add", "host:0"],
+            &["add", "--no-flush", "host:0"],
             2,
             "port must be a number from 1 to 65535",
         ),
-        (&["add", "host:65536"], 2, "port must be"),
-        (&["add", "bad host"], 2, "not allowed in a hostname"),
-        (&["add", "::1"], 2, "brackets"),
-        (&["add", ""], 2, "empty"),
-        (&["add", "ok:1", "bad:0"], 2, "'bad:0'"),
-        (&["add", "c:3", "--weight", "0"], 2, "weight"),
-        (&["add", "c:3", "--weight", "65536"], 2, "weight"),
+        (&["add", "--no-flush", "host:65536"], 2, "port must be"),
         (
-            &["add", "c:3", "--retry-interval", "-2"],
+            &["add", "--no-flush", "bad host"],
+            2,
+            "not allowed in a hostname",
+        ),
+        (&["add", "--no-flush", "::1"], 2, "brackets"),
+        (&["add", "--no-flush", ""], 2, "empty"),
+        (&["add", "--no-flush", "ok:1", "bad:0"], 2, "'bad:0'"),
+        (&["add", "--no-flush", "c:3", "--weight", "0"], 2, "weight"),
+        (
+            &["add", "--no-flush", "c:3", "--weight", "65536"],
+            2,
+            "weight",
+        ),
+        (
+            &["add", "--no-flush", "c:3", "--retry-interval", "-2"],
             2,
             "retry interval",
         ),
         (
-            &["add", "c:3", "--reason", "two\nlines"],
+            &["add", "--no-flush", "c:3", "--reason", "two\nlines"],
             2,
             "control characters",
         ),
-        (&["add", "a:1"], 3, "already in domain"),
-        (&["add", "c:3", "a:1"], 3, "already in domain"),
+        (&["add", "--no-flush", "a:1"], 3, "already in domain"),
+        (&["add", "--no-flush", "c:3", "a:1"], 3, "already in domain"),
         (&["delete", "zz:1"], 3, "not in domain"),
         (&["up", "a:1", "zz:1"], 3, "not in domain"),
         (&["down", "zz:1"], 3, "not in domain"),
         (&["set", "zz:1", "--weight", "2"], 3, "not in domain"),
         (&["set", "a:1"], 2, "nothing to change"),
-        (&["load", list_arg], 2, "line 2"),
-        (&["load", "/nonexistent/list"], 2, "cannot read"),
+        (&["load", "--no-flush", list_arg], 2, "line 2"),
+        (
+            &["load", "--no-flush", "/nonexistent/list"],
+            2,
+            "cannot read",
+        ),
         (&["frobnicate"], 2, "unrecognized subcommand"),
     ];
     for (args, code, needle) in cases {
@@ -157,7 +180,7 @@ fn bad_input_is_refused_and_leaves_the_file_untouched() {
         assert_eq!(reg.bytes("d"), before, "{args:?} changed the file");
     }
     for domain in ["../x", "a/b", "", ".hidden", &"x".repeat(65), "a b"] {
-        let run = reg.run(domain, &["add", "c:3"]);
+        let run = reg.run(domain, &["add", "--no-flush", "c:3"]);
         assert_eq!(run.code(), 2, "{domain:?}");
         assert!(
             run.stderr().contains("invalid domain name"),
@@ -177,11 +200,12 @@ fn bad_input_is_refused_and_leaves_the_file_untouched() {
 #[test]
 fn dump_load_round_trips_in_one_version() {
     let reg = Reg::new();
-    reg.ok("src", &["add", "a:1", "b:2", "--weight", "7"]);
+    reg.ok("src", &["add", "--no-flush", "a:1", "b:2", "--weight", "7"]);
     reg.ok(
         "src",
         &[
             "add",
+            "--no-flush",
             "[::1]:3",
             "--down",
             "--reason",
@@ -192,7 +216,7 @@ fn dump_load_round_trips_in_one_version() {
     );
     let dump = reg.ok("src", &["dump"]);
     let mut child = reg
-        .cmd("dst", &["load", "-"])
+        .cmd("dst", &["load", "--no-flush", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -217,11 +241,11 @@ fn dump_load_round_trips_in_one_version() {
         "# new list\n\nz:9 weight=2\na:1 weight=7 state=down reason=\"gone\"\n",
     )
     .unwrap();
-    reg.ok("dst", &["load", file.to_str().unwrap()]);
+    reg.ok("dst", &["load", "--no-flush", file.to_str().unwrap()]);
     let list = reg.list_json("dst");
     assert_eq!(list["version"], 2);
     assert_eq!(addresses(&list), ["z:9", "a:1"]);
-    reg.ok("dst", &["load", file.to_str().unwrap()]);
+    reg.ok("dst", &["load", "--no-flush", file.to_str().unwrap()]);
     assert_eq!(reg.list_json("dst")["version"], 2);
 }
 
@@ -229,8 +253,8 @@ fn dump_load_round_trips_in_one_version() {
 fn domains_lists_every_domain() {
     let reg = Reg::new();
     assert_eq!(reg.ok("x", &["--json", "domains"]).trim(), "[]");
-    reg.ok("alpha", &["add", "a", "b"]);
-    reg.ok("beta", &["add", "c", "--down"]);
+    reg.ok("alpha", &["add", "--no-flush", "a", "b"]);
+    reg.ok("beta", &["add", "--no-flush", "c", "--down"]);
     reg.ok("beta", &["up", "c", "--no-flush"]);
     let rows: serde_json::Value =
         serde_json::from_str(&reg.ok("x", &["--json", "domains"])).unwrap();
@@ -268,7 +292,7 @@ fn missing_domain_is_exit_3_with_the_fix() {
 fn domain_and_dir_come_from_the_environment() {
     let reg = Reg::new();
     let out = std::process::Command::new(common::MCADMIN)
-        .args(["add", "envhost:1"])
+        .args(["add", "--no-flush", "envhost:1"])
         .env("MCSHM_DIR", reg.dir())
         .env("MCSHM_DOMAIN", "fromenv")
         .output()
@@ -302,7 +326,7 @@ fn help_documents_exit_codes() {
 #[test]
 fn policy_is_shown_set_dumped_and_loaded() {
     let reg = Reg::new();
-    reg.ok("p", &["add", "a:1"]);
+    reg.ok("p", &["add", "--no-flush", "a:1"]);
     let shown: serde_json::Value =
         serde_json::from_str(&reg.ok("p", &["--json", "policy"])).unwrap();
     assert_eq!(
@@ -339,7 +363,7 @@ fn policy_is_shown_set_dumped_and_loaded() {
     assert_eq!(reg.bytes("p"), before);
     let file = reg.dir().join("p.list");
     std::fs::write(&file, dump).unwrap();
-    reg.ok("q", &["load", file.to_str().unwrap()]);
+    reg.ok("q", &["load", "--no-flush", file.to_str().unwrap()]);
     assert_eq!(reg.list_json("q")["policy"]["failover"], "rehash");
 }
 
@@ -348,7 +372,10 @@ fn policy_is_shown_set_dumped_and_loaded() {
 #[test]
 fn a_failed_first_add_leaves_no_domain_and_names_the_repeated_argument() {
     let reg = Reg::new();
-    let run = reg.run("fresh", &["add", "10.1.1.1", "10.1.1.2", "10.1.1.1"]);
+    let run = reg.run(
+        "fresh",
+        &["add", "--no-flush", "10.1.1.1", "10.1.1.2", "10.1.1.1"],
+    );
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert_eq!(
         run.stderr(),
@@ -360,8 +387,8 @@ fn a_failed_first_add_leaves_no_domain_and_names_the_repeated_argument() {
     );
     assert_eq!(reg.ok("x", &["domains", "--json"]).trim(), "[]");
     // Already present on a second command: still "already in domain", exit 3.
-    reg.ok("fresh", &["add", "10.1.1.1"]);
-    let run = reg.run("fresh", &["add", "10.1.1.1"]);
+    reg.ok("fresh", &["add", "--no-flush", "10.1.1.1"]);
+    let run = reg.run("fresh", &["add", "--no-flush", "10.1.1.1"]);
     assert_eq!(run.code(), 3);
     assert!(
         run.stderr().contains("already in domain"),
@@ -371,7 +398,14 @@ fn a_failed_first_add_leaves_no_domain_and_names_the_repeated_argument() {
     // --if-missing skips both kinds.
     reg.ok(
         "fresh",
-        &["add", "--if-missing", "10.1.1.1", "10.1.1.3", "10.1.1.3"],
+        &[
+            "add",
+            "--no-flush",
+            "--if-missing",
+            "10.1.1.1",
+            "10.1.1.3",
+            "10.1.1.3",
+        ],
     );
     assert_eq!(
         addresses(&reg.list_json("fresh")),
@@ -387,7 +421,7 @@ fn adding_and_deleting_thousands_of_servers_in_one_call() {
     let servers: Vec<String> = (0..20_000)
         .map(|n| format!("10.{}.{}.{}:11211", n >> 16, (n >> 8) & 255, n & 255))
         .collect();
-    let mut add = vec!["add"];
+    let mut add = vec!["add", "--no-flush"];
     add.extend(servers.iter().map(String::as_str));
     reg.ok("big", &add);
     let mut delete = vec!["delete"];

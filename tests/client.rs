@@ -199,7 +199,7 @@ fn pipelined_multi_get_and_bulk_store_across_three_servers() {
 
 /// A domain of three servers in a registry, with the given failover policy.
 fn domain(reg: &Reg, servers: &[&Memcached], failover: &str) -> Client {
-    let mut args = vec!["add".to_string()];
+    let mut args = vec!["add".to_string(), "--no-flush".to_string()];
     args.extend(servers.iter().map(|m| m.address()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     reg.ok("app", &args);

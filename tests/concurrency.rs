@@ -19,7 +19,7 @@ fn thirty_two_concurrent_adds_all_land_as_thirty_two_versions() {
     let reg = Reg::new();
     let children: Vec<Child> = (0..32)
         .map(|i| {
-            reg.cmd("busy", &["add", &format!("host{i}:11211")])
+            reg.cmd("busy", &["add", "--no-flush", &format!("host{i}:11211")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -60,10 +60,10 @@ impl Rng {
 fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
     let reg = Reg::new();
     let domain = Domain::new("kill").unwrap();
-    reg.ok("kill", &["add", "seed:1"]);
+    reg.ok("kill", &["add", "--no-flush", "seed:1"]);
     // Time one writer, so kill delays spread over its whole life (start, lock, copy, publish).
     let started = Instant::now();
-    reg.ok("kill", &["add", "timing:1"]);
+    reg.ok("kill", &["add", "--no-flush", "timing:1"]);
     let life = started.elapsed().as_micros() as u64;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,7 +150,7 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
         }
         let name = format!("w{i}:1");
         let mut child = reg
-            .cmd("kill", &["add", &name])
+            .cmd("kill", &["add", "--no-flush", &name])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -166,7 +166,7 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
         }
     }
     // The next writer proceeds without any repair.
-    reg.ok("kill", &["add", "after:1"]);
+    reg.ok("kill", &["add", "--no-flush", "after:1"]);
     stop.store(true, Ordering::Relaxed);
     let (reads, invalid, longest, routed, deltas) = reader.join().unwrap();
     println!(
@@ -202,7 +202,7 @@ fn slot_left_odd(file: &[u8]) -> bool {
 #[test]
 fn wait_returns_soon_after_another_process_changes_the_table() {
     let reg = Reg::new();
-    reg.ok("w", &["add", "a:1"]);
+    reg.ok("w", &["add", "--no-flush", "a:1"]);
     let version = reg.list_json("w")["version"].as_u64().unwrap();
     let mut waiter = reg
         .cmd(
@@ -235,7 +235,7 @@ fn wait_returns_soon_after_another_process_changes_the_table() {
 #[test]
 fn library_wait_sees_a_commit_from_another_process() {
     let reg = Reg::new();
-    reg.ok("lw", &["add", "a:1"]);
+    reg.ok("lw", &["add", "--no-flush", "a:1"]);
     let mut registry = Registry::open(reg.dir(), &Domain::new("lw").unwrap()).unwrap();
     let before = registry.version();
     let mut writer = reg
@@ -255,7 +255,7 @@ fn library_wait_sees_a_commit_from_another_process() {
 #[test]
 fn one_commit_wakes_fifty_sleeping_waiters() {
     let reg = Reg::new();
-    reg.ok("fifty", &["add", "a:1"]);
+    reg.ok("fifty", &["add", "--no-flush", "a:1"]);
     let version = reg.list_json("fifty")["version"].as_u64().unwrap();
     let since = version.to_string();
     let waiters: Vec<std::process::Child> = (0..50)

@@ -15,7 +15,7 @@ const ENTRY: usize = 512;
 
 fn setup() -> (Reg, Snapshot) {
     let reg = Reg::new();
-    reg.ok("c", &["add", "a:1", "b:2", "c:3"]);
+    reg.ok("c", &["add", "--no-flush", "a:1", "b:2", "c:3"]);
     reg.ok("c", &["down", "b:2", "--reason", "flaky"]); // version 2, in slot 0; slot 1 holds 1
     let snap = Registry::open(reg.dir(), &Domain::new("c").unwrap())
         .unwrap()
@@ -156,7 +156,7 @@ fn mcadmin_reports_damage_refuses_to_build_on_it_and_load_repairs() {
         "{}",
         run.stderr()
     );
-    let run = reg.run("c", &["add", "d:4"]);
+    let run = reg.run("c", &["add", "--no-flush", "d:4"]);
     assert_eq!(run.code(), 4);
     assert_eq!(
         reg.bytes("c"),
@@ -166,7 +166,7 @@ fn mcadmin_reports_damage_refuses_to_build_on_it_and_load_repairs() {
 
     let list = reg.dir().join("c.list");
     std::fs::write(&list, dump).unwrap();
-    reg.ok("c", &["load", list.to_str().unwrap()]);
+    reg.ok("c", &["load", "--no-flush", list.to_str().unwrap()]);
     let repaired = reg.list_json("c");
     assert_eq!(addresses(&repaired), ["a:1", "b:2", "c:3"]);
     assert_eq!(repaired["version"], 3, "the repair is the next version");
@@ -199,7 +199,7 @@ fn a_newer_format_is_refused_with_upgrade_advice() {
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(reg.file("c"), &bytes).unwrap();
-    for args in [&["list"][..], &["add", "z:9"]] {
+    for args in [&["list"][..], &["add", "--no-flush", "z:9"]] {
         let run = reg.run("c", args);
         assert_eq!(run.code(), 4);
         assert!(
@@ -253,11 +253,11 @@ fn load_repairs_a_damaged_or_truncated_header() {
     std::fs::write(reg.file("c"), &bytes).unwrap();
     assert_eq!(reg.run("c", &["list"]).code(), 4);
     assert_eq!(
-        reg.run("c", &["add", "z:1"]).code(),
+        reg.run("c", &["add", "--no-flush", "z:1"]).code(),
         4,
         "no change on top of a damaged header"
     );
-    reg.ok("c", &["load", list.to_str().unwrap()]);
+    reg.ok("c", &["load", "--no-flush", list.to_str().unwrap()]);
     let repaired = reg.list_json("c");
     assert_eq!(
         repaired["version"], 3,
@@ -272,7 +272,7 @@ fn load_repairs_a_damaged_or_truncated_header() {
     );
 
     std::fs::write(reg.file("c"), &reg.bytes("c")[..100]).unwrap();
-    reg.ok("c", &["load", list.to_str().unwrap()]);
+    reg.ok("c", &["load", "--no-flush", list.to_str().unwrap()]);
     assert_eq!(addresses(&reg.list_json("c")), ["a:1", "b:2", "c:3"]);
 }
 
@@ -294,7 +294,7 @@ fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
         3,
         "older formats are read"
     );
-    reg.ok("c", &["add", "d:4"]);
+    reg.ok("c", &["add", "--no-flush", "d:4"]);
     let now = reg.bytes("c");
     assert_eq!(
         now[8..16],

@@ -58,7 +58,11 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
         .iter()
         .map(|n| Host::start(n, &cluster.endpoints()))
         .collect();
-    let commit = fleet_ok(&cluster, "myapp", &["add", "10.0.0.1:11211", "10.0.0.2"]);
+    let commit = fleet_ok(
+        &cluster,
+        "myapp",
+        &["add", "--no-flush", "10.0.0.1:11211", "10.0.0.2"],
+    );
     let revision = commit["revision"].as_i64().unwrap();
     assert!(revision > 0);
     for host in &hosts {
@@ -124,11 +128,11 @@ fn fleet_edits_refuse_bad_input_and_report_what_is_missing() {
     // No such domain yet: reads say so (exit 3), a delete too.
     assert_eq!(fleet(&cluster, "nope", &["list"]).code(), 3);
     assert_eq!(fleet(&cluster, "nope", &["delete", "a"]).code(), 3);
-    fleet_ok(&cluster, "d", &["add", "a:1"]);
-    let run = fleet(&cluster, "d", &["add", "a:1"]);
+    fleet_ok(&cluster, "d", &["add", "--no-flush", "a:1"]);
+    let run = fleet(&cluster, "d", &["add", "--no-flush", "a:1"]);
     assert_eq!(run.code(), 3, "{}", run.stderr());
     assert!(run.stderr().contains("a:1"), "{}", run.stderr());
-    let run = fleet(&cluster, "d", &["add", "bad address"]);
+    let run = fleet(&cluster, "d", &["add", "--no-flush", "bad address"]);
     assert_eq!(run.code(), 2);
     // Unreachable etcd: exit 6 and a message naming it; a bad endpoint: exit 2.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -250,6 +254,7 @@ fn a_failure_seen_on_one_host_is_seen_on_all_and_the_server_returns_flushed() {
         "app",
         &[
             "add",
+            "--no-flush",
             &other.address(),
             &s.address(),
             "--retry-interval",
@@ -355,7 +360,14 @@ fn twenty_clients_on_each_of_three_hosts_probe_a_down_server_once_per_interval_f
     fleet_ok(
         &cluster,
         "h",
-        &["add", &a.address(), &s.address(), "--retry-interval", "1"],
+        &[
+            "add",
+            "--no-flush",
+            &a.address(),
+            &s.address(),
+            "--retry-interval",
+            "1",
+        ],
     );
     let hosts: Vec<Host> = ["p1", "p2", "p3"]
         .iter()
@@ -413,7 +425,7 @@ fn twenty_clients_on_each_of_three_hosts_probe_a_down_server_once_per_interval_f
 #[test]
 fn the_leader_killed_during_200_edits_from_two_hosts_loses_no_acknowledged_edit() {
     let mut cluster = EtcdCluster::start(3);
-    fleet_ok(&cluster, "e", &["add", "10.9.0.1"]);
+    fleet_ok(&cluster, "e", &["add", "--no-flush", "10.9.0.1"]);
     let h1 = Host::start("e1", &cluster.endpoints());
     let h2 = Host::start("e2", &cluster.endpoints());
     let endpoints = cluster.endpoints();
@@ -424,7 +436,7 @@ fn the_leader_killed_during_200_edits_from_two_hosts_loses_no_acknowledged_edit(
                 let mut acknowledged = Vec::new();
                 for i in 0..100 {
                     let address = format!("10.{}.{}.{}:11211", 20 + who, i / 250, i % 250 + 1);
-                    let run = Run(fleet_cmd(&endpoints, "e", &["add", &address])
+                    let run = Run(fleet_cmd(&endpoints, "e", &["add", "--no-flush", &address])
                         .output()
                         .unwrap());
                     if run.code() == 0 {
@@ -472,7 +484,11 @@ fn the_leader_killed_during_200_edits_from_two_hosts_loses_no_acknowledged_edit(
 #[test]
 fn cut_off_hosts_keep_serving_push_their_marks_later_and_agents_catch_up() {
     let mut cluster = EtcdCluster::start(3);
-    fleet_ok(&cluster, "c", &["add", "10.5.0.1", "10.5.0.2", "10.5.0.3"]);
+    fleet_ok(
+        &cluster,
+        "c",
+        &["add", "--no-flush", "10.5.0.1", "10.5.0.2", "10.5.0.3"],
+    );
     let a = Host::start("ca", &cluster.endpoints());
     let mut b = Host::start("cb", &cluster.endpoints());
     let revision = fleet_list(&cluster, "c")["revision"].as_i64().unwrap();
@@ -513,7 +529,7 @@ fn cut_off_hosts_keep_serving_push_their_marks_later_and_agents_catch_up() {
 
     // An agent SIGKILLed and restarted catches up with what it missed.
     b.kill_agent();
-    fleet_ok(&cluster, "c", &["add", "10.5.0.4"]);
+    fleet_ok(&cluster, "c", &["add", "--no-flush", "10.5.0.4"]);
     b.start_agent();
     assert!(wait_until(WAIT, || addresses(&b.local("c").unwrap()).len() == 4));
 
@@ -542,7 +558,11 @@ fn cut_off_hosts_keep_serving_push_their_marks_later_and_agents_catch_up() {
 #[test]
 fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were() {
     let cluster = EtcdCluster::start(3);
-    fleet_ok(&cluster, "d", &["add", "10.7.0.1", "10.7.0.2"]);
+    fleet_ok(
+        &cluster,
+        "d",
+        &["add", "--no-flush", "10.7.0.1", "10.7.0.2"],
+    );
     let host = Host::start("hx", &cluster.endpoints());
     let revision = fleet_list(&cluster, "d")["revision"].as_i64().unwrap();
     assert!(wait_until(WAIT, || host.revision("d") == revision));
@@ -605,7 +625,7 @@ fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were
     // A hostile value for a new domain creates nothing; a key that is no domain name is ignored.
     etcd.put("/mcshm/domains/evil", b"[]", None).unwrap();
     etcd.put("/mcshm/domains/../etc", b"{}", None).unwrap();
-    fleet_ok(&cluster, "ok", &["add", "10.7.0.9"]);
+    fleet_ok(&cluster, "ok", &["add", "--no-flush", "10.7.0.9"]);
     assert!(wait_until(WAIT, || host.local("ok").is_some()));
     assert!(host.local("evil").is_none());
     assert!(!host.reg.dir().join("evil.mcshm").exists());

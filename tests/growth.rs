@@ -11,7 +11,7 @@ use libmcshm::{Domain, Registry};
 #[test]
 fn growing_past_capacity_is_seen_by_readers_of_the_old_file() {
     let reg = Reg::new();
-    reg.ok("g", &["add", "first:1"]);
+    reg.ok("g", &["add", "--no-flush", "first:1"]);
     let domain = Domain::new("g").unwrap();
     let mut reader = Registry::open(reg.dir(), &domain).unwrap();
     let mut waiter = Registry::open(reg.dir(), &domain).unwrap();
@@ -19,7 +19,7 @@ fn growing_past_capacity_is_seen_by_readers_of_the_old_file() {
     let small = reg.bytes("g").len();
 
     let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:11211")).collect();
-    let mut args = vec!["add"];
+    let mut args = vec!["add", "--no-flush"];
     args.extend(hosts.iter().map(String::as_str));
     let waiting = std::thread::spawn(move || waiter.wait_for_change(1, Duration::from_secs(20)));
     reg.ok("g", &args);
@@ -48,7 +48,7 @@ fn growing_past_capacity_is_seen_by_readers_of_the_old_file() {
 #[test]
 fn a_grower_that_died_before_its_rename_leaves_a_readable_file_the_next_writer_fixes() {
     let reg = Reg::new();
-    reg.ok("m", &["add", "a:1"]);
+    reg.ok("m", &["add", "--no-flush", "a:1"]);
     // Set MOVED (bit 63 of the committed word) as a grower killed before its rename would.
     let mut bytes = reg.bytes("m");
     bytes[143] |= 0x80;
@@ -56,7 +56,7 @@ fn a_grower_that_died_before_its_rename_leaves_a_readable_file_the_next_writer_f
     let mut reader = Registry::open(reg.dir(), &Domain::new("m").unwrap()).unwrap();
     assert_eq!(reader.version(), 1);
     assert_eq!(addresses(&reg.list_json("m")), ["a:1"]);
-    reg.ok("m", &["add", "b:1"]);
+    reg.ok("m", &["add", "--no-flush", "b:1"]);
     assert_eq!(
         reg.bytes("m")[143] & 0x80,
         0,
@@ -68,7 +68,7 @@ fn a_grower_that_died_before_its_rename_leaves_a_readable_file_the_next_writer_f
 #[test]
 fn failure_counts_and_clients_records_survive_growth() {
     let reg = Reg::new();
-    reg.ok("c", &["add", "127.0.0.1:1"]);
+    reg.ok("c", &["add", "--no-flush", "127.0.0.1:1"]);
     let domain = Domain::new("c").unwrap();
     let registry = Registry::open_writer(reg.dir(), &domain, false).unwrap();
     let mut reader = Registry::open(reg.dir(), &domain).unwrap();
@@ -77,7 +77,7 @@ fn failure_counts_and_clients_records_survive_growth() {
     let slot = registry.register_client().expect("a clients record");
     registry.touch_client(slot, 1);
     let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:11211")).collect();
-    let mut args = vec!["add"];
+    let mut args = vec!["add", "--no-flush"];
     args.extend(hosts.iter().map(String::as_str));
     reg.ok("c", &args); // grows into a new file
     let list = reg.list_json("c");
@@ -98,7 +98,7 @@ fn failure_counts_and_clients_records_survive_growth() {
 fn temp_files_of_killed_writers_are_removed_by_the_next_writer() {
     use std::process::{Command, Stdio};
     let reg = Reg::new();
-    reg.ok("k", &["add", "seed:1"]);
+    reg.ok("k", &["add", "--no-flush", "seed:1"]);
     let temps = |reg: &Reg| -> Vec<String> {
         std::fs::read_dir(reg.dir())
             .unwrap()
@@ -112,7 +112,7 @@ fn temp_files_of_killed_writers_are_removed_by_the_next_writer() {
     for round in 0..40u64 {
         let hosts: Vec<String> = (0..300).map(|i| format!("r{round}h{i}:11211")).collect();
         let mut child = reg
-            .cmd("k", &["add"])
+            .cmd("k", &["add", "--no-flush"])
             .args(&hosts)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -133,7 +133,7 @@ fn temp_files_of_killed_writers_are_removed_by_the_next_writer() {
     std::fs::write(&live_file, b"being written").unwrap();
     assert!(temps(&reg).len() >= 2);
 
-    reg.ok("k", &["add", "after:1"]);
+    reg.ok("k", &["add", "--no-flush", "after:1"]);
     let left = temps(&reg);
     assert_eq!(
         left,

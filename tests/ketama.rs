@@ -266,13 +266,13 @@ fn ipv6_addresses_hash_as_written() {
             .output()
             .unwrap()
     };
-    let mut add = vec!["add"];
+    let mut add = vec!["add", "--no-flush"];
     add.extend(written);
     assert!(mcadmin(&add).status.success());
     let list = String::from_utf8(mcadmin(&["list"]).stdout).unwrap();
     assert!(list.contains("[2001:db8:0:0::1]:11211"), "{list}");
     assert!(list.contains("[2001:DB8::0:2]:11212"), "{list}");
-    let again = mcadmin(&["add", "[2001:db8::1]:11211"]);
+    let again = mcadmin(&["add", "--no-flush", "[2001:db8::1]:11211"]);
     assert_eq!(
         again.status.code(),
         Some(3),
@@ -324,7 +324,7 @@ fn hashed_distribution_agrees(name: &str, flag: &str) {
             let domain = format!("{name}-{count}-{}", hash.replace('_', "-"));
             let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), &domain, args);
             let mut order: Vec<&String> = names[..count].iter().collect();
-            let mut add = vec!["add"];
+            let mut add = vec!["add", "--no-flush"];
             add.extend(order.iter().map(|n| n.as_str()));
             mcadmin(&add);
             mcadmin(&["policy", "--distribution", name, "--hash", hash]);
@@ -335,7 +335,7 @@ fn hashed_distribution_agrees(name: &str, flag: &str) {
             if count == 50 {
                 let back = order.remove(7);
                 mcadmin(&["rm", back]);
-                mcadmin(&["add", back]);
+                mcadmin(&["add", "--no-flush", back]);
                 order.push(back);
             }
             let mut specs = vec![flag.to_string(), hash.to_string()];
@@ -368,7 +368,7 @@ fn ketama_spy_agrees_with_libmemcached() {
             let domain = format!("{distribution}-{count}");
             let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), &domain, args);
             for (name, weight) in &names[..count] {
-                mcadmin(&["add", name, "--weight", &weight.to_string()]);
+                mcadmin(&["add", "--no-flush", name, "--weight", &weight.to_string()]);
             }
             mcadmin(&["policy", "--distribution", distribution]);
             let mut specs = vec![flag.to_string()];
@@ -461,7 +461,7 @@ fn libmemcached_s_published_spy_vectors_hold() {
     let mcadmin = |args: &[&str]| mcadmin_in(tmp.path(), "spy", args);
     for (n, weight) in [600, 300, 200, 350, 1000, 800, 950, 100].iter().enumerate() {
         let host = format!("10.0.1.{}", n + 1);
-        mcadmin(&["add", &host, "--weight", &weight.to_string()]);
+        mcadmin(&["add", "--no-flush", &host, "--weight", &weight.to_string()]);
     }
     mcadmin(&["policy", "--distribution", "ketama-spy"]);
     assert_same(&which_in(tmp.path(), "spy", &keys), &servers);

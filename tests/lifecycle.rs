@@ -664,7 +664,7 @@ fn holder_child() {
 fn clients_lists_all_of_300_processes() {
     use std::io::BufRead;
     let reg = Reg::new();
-    reg.ok("many", &["add", "127.0.0.1:1"]);
+    reg.ok("many", &["add", "--no-flush", "127.0.0.1:1"]);
     let mut holders: Vec<Child> = (0..300)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())

@@ -79,7 +79,7 @@ impl Drop for Holder {
 #[test]
 fn a_reader_holding_flock_does_not_stall_writers() {
     let reg = Reg::new();
-    reg.ok("d", &["add", "10.0.0.1", "10.0.0.2"]);
+    reg.ok("d", &["add", "--no-flush", "10.0.0.1", "10.0.0.2"]);
     let mut command = Command::new("flock");
     command
         .arg("-x")
@@ -103,7 +103,7 @@ fn a_reader_holding_flock_does_not_stall_writers() {
 #[test]
 fn mcadmin_gives_up_after_its_lock_timeout_naming_the_holder() {
     let reg = Reg::new();
-    reg.ok("d", &["add", "10.0.0.1", "10.0.0.2"]);
+    reg.ok("d", &["add", "--no-flush", "10.0.0.1", "10.0.0.2"]);
     let before = reg.bytes("d");
     let holder = Holder::fcntl(&reg.file("d"), false);
     let run = reg.run("d", &["down", "10.0.0.1:11211", "--lock-timeout", "0.3"]);
@@ -135,7 +135,7 @@ fn mcadmin_gives_up_after_its_lock_timeout_naming_the_holder() {
 fn a_read_lock_by_a_reader_does_not_stall_writers() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let reg = Reg::new();
-    reg.ok("d", &["add", "10.0.0.1"]);
+    reg.ok("d", &["add", "--no-flush", "10.0.0.1"]);
     let lock_mode = || {
         let lock_file = std::fs::metadata(reg.dir().join("d.lock")).unwrap();
         lock_file.permissions().mode() & 0o777
@@ -149,7 +149,10 @@ fn a_read_lock_by_a_reader_does_not_stall_writers() {
     let first = inode();
     let mut holder = Holder::read_lock_as_reader(&reg.file("d"));
     // --lock-timeout 0: no waiting at all.
-    let run = reg.run("d", &["add", "10.0.0.2", "--lock-timeout", "0"]);
+    let run = reg.run(
+        "d",
+        &["add", "--no-flush", "10.0.0.2", "--lock-timeout", "0"],
+    );
     assert_eq!(run.code(), 0, "{}", run.stderr());
     assert!(holder.running(), "the reader still holds its lock");
     assert_ne!(inode(), first, "the table moved away from the lock");
@@ -160,7 +163,13 @@ fn a_read_lock_by_a_reader_does_not_stall_writers() {
         .map(|i| {
             reg.cmd(
                 "d",
-                &["add", &format!("10.0.0.{i}"), "--lock-timeout", "60"],
+                &[
+                    "add",
+                    "--no-flush",
+                    &format!("10.0.0.{i}"),
+                    "--lock-timeout",
+                    "60",
+                ],
             )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -192,7 +201,10 @@ fn a_read_lock_by_a_reader_does_not_stall_writers() {
 fn a_client_never_waits_for_the_lock_and_marks_down_later() {
     let reg = Reg::new();
     let (live, mut dead) = (Memcached::start(), Memcached::start());
-    reg.ok("app", &["add", &live.address(), &dead.address()]);
+    reg.ok(
+        "app",
+        &["add", "--no-flush", &live.address(), &dead.address()],
+    );
     reg.ok("app", &["policy", "--failure-limit", "1"]);
     let mut client =
         Client::for_domain(reg.dir(), &Domain::new("app").unwrap(), Timeouts::default()).unwrap();

@@ -22,7 +22,7 @@ fn new_files_are_0644_in_a_0755_directory() {
     let run = std::process::Command::new(common::MCADMIN)
         .arg("--dir")
         .arg(&dir)
-        .args(["add", "a:1"])
+        .args(["add", "--no-flush", "a:1"])
         .output()
         .unwrap();
     assert!(run.status.success());
@@ -34,10 +34,14 @@ fn new_files_are_0644_in_a_0755_directory() {
 #[test]
 fn symlinks_are_refused() {
     let reg = Reg::new();
-    reg.ok("real", &["add", "a:1"]);
+    reg.ok("real", &["add", "--no-flush", "a:1"]);
     std::os::unix::fs::symlink(reg.file("real"), reg.file("link")).unwrap();
     let before = reg.bytes("real");
-    for args in [&["list"][..], &["add", "b:2"], &["down", "a:1"]] {
+    for args in [
+        &["list"][..],
+        &["add", "--no-flush", "b:2"],
+        &["down", "a:1"],
+    ] {
         let run = reg.run("link", args);
         assert_eq!(run.code(), 4, "{args:?}");
         assert!(
@@ -56,7 +60,7 @@ fn foreign_files_in_a_world_writable_directory_are_refused() {
         return;
     }
     let reg = Reg::new();
-    reg.ok("planted", &["add", "evil:1"]);
+    reg.ok("planted", &["add", "--no-flush", "evil:1"]);
     std::os::unix::fs::chown(reg.file("planted"), Some(NOBODY), Some(NOBODY)).unwrap();
     chmod(reg.dir(), 0o1777);
     let run = reg.run("planted", &["list"]);
@@ -79,7 +83,7 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
     }
     let reg = Reg::new();
     chmod(reg.dir(), 0o755);
-    reg.ok("ro", &["add", "a:1"]);
+    reg.ok("ro", &["add", "--no-flush", "a:1"]);
     let before = reg.bytes("ro");
     let (_bin, mcadmin) = common::runnable_by_anyone(common::MCADMIN);
     let as_nobody_in = |domain: &str, args: &[&str]| {
@@ -95,7 +99,11 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
     let list = as_nobody(&["--json", "list"]);
     assert_eq!(list.code(), 0, "{}", list.stderr());
     assert!(list.stdout().contains("a:1"));
-    for args in [&["add", "b:2"][..], &["down", "a:1"], &["delete", "a:1"]] {
+    for args in [
+        &["add", "--no-flush", "b:2"][..],
+        &["down", "a:1"],
+        &["delete", "a:1"],
+    ] {
         let run = as_nobody(args);
         assert_eq!(run.code(), 4, "{args:?}: {}", run.stderr());
         assert!(
@@ -104,7 +112,7 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
             run.stderr()
         );
     }
-    let create = as_nobody_in("new", &["add", "b:2"]);
+    let create = as_nobody_in("new", &["add", "--no-flush", "b:2"]);
     assert_eq!(create.code(), 4);
     assert!(
         create.stderr().contains("permission denied"),
@@ -117,14 +125,25 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
 #[test]
 fn mode_and_group_of_new_files_are_chosen_and_kept_through_growth() {
     let reg = Reg::new();
-    reg.ok("g", &["--mode", "640", "--group", "65534", "add", "a:1"]);
+    reg.ok(
+        "g",
+        &[
+            "--mode",
+            "640",
+            "--group",
+            "65534",
+            "add",
+            "--no-flush",
+            "a:1",
+        ],
+    );
     let meta = |r: &Reg| std::fs::metadata(r.file("g")).unwrap();
     assert_eq!(meta(&reg).permissions().mode() & 0o7777, 0o640);
     if is_root() {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(meta(&reg).gid(), 65534);
         let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:1")).collect();
-        let mut args = vec!["add"];
+        let mut args = vec!["add", "--no-flush"];
         args.extend(hosts.iter().map(String::as_str));
         reg.ok("g", &args); // grows: a new file replaces the old one
         assert!(reg.bytes("g").len() > 300 * 512);
@@ -134,10 +153,13 @@ fn mode_and_group_of_new_files_are_chosen_and_kept_through_growth() {
         );
     }
     for (args, needle) in [
-        (&["--mode", "400", "add", "b:1"][..], "invalid mode"),
-        (&["--mode", "9", "add", "b:1"], "invalid mode"),
         (
-            &["--group", "no-such-group-here", "add", "b:1"],
+            &["--mode", "400", "add", "--no-flush", "b:1"][..],
+            "invalid mode",
+        ),
+        (&["--mode", "9", "add", "--no-flush", "b:1"], "invalid mode"),
+        (
+            &["--group", "no-such-group-here", "add", "--no-flush", "b:1"],
             "unknown group",
         ),
     ] {
@@ -153,7 +175,7 @@ fn mode_and_group_of_new_files_are_chosen_and_kept_through_growth() {
 #[test]
 fn a_fifo_at_a_domain_path_is_refused_without_blocking() {
     let reg = Reg::new();
-    reg.ok("real", &["add", "a:1"]);
+    reg.ok("real", &["add", "--no-flush", "a:1"]);
     let status = std::process::Command::new("mkfifo")
         .arg(reg.file("pipe"))
         .status()
@@ -176,7 +198,7 @@ fn a_fifo_at_a_domain_path_is_refused_without_blocking() {
         &["dump"],
         &["policy"],
         &["wait", "--timeout", "5"],
-        &["add", "b:2"],
+        &["add", "--no-flush", "b:2"],
     ] {
         let child = reg
             .cmd("pipe", args)

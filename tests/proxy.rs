@@ -216,7 +216,7 @@ fn table_changes_are_used_by_the_next_request_and_published_for_discovery() {
         format!("CONFIG cluster 0 {}\r\n{body}\r\nEND\r\n", body.len())
     );
 
-    reg.ok("app", &["add", &b.address()]);
+    reg.ok("app", &["add", "--no-flush", &b.address()]);
     // Keys libmcshm now sends to b: the proxy sends them there on the very next request.
     let moved: Vec<String> = (0..200)
         .map(|n| format!("key{n}"))
@@ -493,7 +493,12 @@ fn a_server_dying_mid_reply_fails_that_request_only() {
     let reg = Reg::new();
     reg.ok(
         "app",
-        &["add", &format!("127.0.0.1:{half_port}"), &b.address()],
+        &[
+            "add",
+            "--no-flush",
+            &format!("127.0.0.1:{half_port}"),
+            &b.address(),
+        ],
     );
     reg.ok("app", &["policy", "--failure-limit", "255"]);
     let proxy = Proxy::start(&reg, "app", &[]);
@@ -620,6 +625,7 @@ fn warm_up_fills_a_miss_from_the_interim_owner() {
         "app",
         &[
             "add",
+            "--no-flush",
             &a.address(),
             &b.address(),
             &s.address(),
@@ -743,7 +749,7 @@ fn connections_to_a_deleted_server_are_closed() {
             == base),
         "the proxy kept its connections to a deleted server"
     );
-    reg.ok("app", &["add", &b.address()]);
+    reg.ok("app", &["add", "--no-flush", &b.address()]);
     assert_eq!(
         w.ask(&format!("get {on_b}\r\n")),
         format!("VALUE {on_b} 0 1\r\nx\r\nEND\r\n")

@@ -100,7 +100,10 @@ fn readers_route_with_the_shared_ring_and_build_none() {
 #[test]
 fn changes_that_keep_the_ring_do_not_rewrite_it() {
     let reg = Reg::new();
-    reg.ok("keep", &["add", "10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    reg.ok(
+        "keep",
+        &["add", "--no-flush", "10.0.0.1", "10.0.0.2", "10.0.0.3"],
+    );
     let generation = |reg: &Reg| snapshot(reg, "keep").shared_ring.unwrap().generation;
     let first = generation(&reg);
     for edit in [
@@ -116,7 +119,7 @@ fn changes_that_keep_the_ring_do_not_rewrite_it() {
     for edit in [
         &["set", "10.0.0.1:11211", "--weight", "2"][..],
         &["down", "10.0.0.3:11211"],
-        &["add", "10.0.0.4"],
+        &["add", "--no-flush", "10.0.0.4"],
         &["delete", "10.0.0.1:11211"],
     ] {
         reg.ok("keep", edit);
@@ -224,7 +227,7 @@ fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
     assert_routes_like_a_built_ring(&mut router, &snap, &keys(500));
     assert_eq!(router.ring_builds(), 1, "no shared ring: built here");
 
-    reg.ok("c", &["add", "d:4"]);
+    reg.ok("c", &["add", "--no-flush", "d:4"]);
     let bytes = reg.bytes("c");
     assert_eq!(
         bytes[8..16],
@@ -284,7 +287,7 @@ fn derived_rings_equal_built_ones(distribution: &[&str]) {
     check("up again");
     reg.ok("drv", &["delete", "10.0.1.7:11211"]);
     check("one deleted");
-    reg.ok("drv", &["add", "10.9.9.9"]);
+    reg.ok("drv", &["add", "--no-flush", "10.9.9.9"]);
     check("one added");
     reg.ok("drv", &["set", "10.0.0.20:11211", "--weight", "3"]);
     check("a weight");
@@ -312,7 +315,7 @@ fn a_change_read_as_a_delta_is_the_table_read_whole() {
     let edits: [&[&str]; 8] = [
         &["down", "10.0.0.5:11211", "--reason", "disk"],
         &["set", "10.0.0.6:11211", "--retry-interval", "60"],
-        &["add", "10.1.0.1", "10.1.0.2"],
+        &["add", "--no-flush", "10.1.0.1", "10.1.0.2"],
         &["delete", "10.1.0.2:11211"],
         &["delete", "10.0.0.2:11211"],
         &["policy", "--failover", "rehash", "--replicas", "2"],

@@ -87,7 +87,8 @@ fn losers(old: &[Server], old_policy: &Policy, new: &[Server], new_policy: &Poli
     new.iter()
         .map(|server| {
             let id = server.address.identity();
-            let shrank = after.get(&id).copied().unwrap_or(0) < before.get(&id).copied().unwrap_or(0);
+            let shrank =
+                after.get(&id).copied().unwrap_or(0) < before.get(&id).copied().unwrap_or(0);
             shrank || grew.iter().any(|g| *g != id)
         })
         .collect()
@@ -218,7 +219,11 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(marks(&old, two, &old, p), [7, 7, 7]);
-        assert_eq!(marks(&old, p, &old, two), [0, 0, 0], "more replicas: nobody loses");
+        assert_eq!(
+            marks(&old, p, &old, two),
+            [0, 0, 0],
+            "more replicas: nobody loses"
+        );
     }
 
     #[test]

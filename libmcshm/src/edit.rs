@@ -117,12 +117,7 @@ pub fn mark_down(servers: &mut [Server], id: u32, reason: &str, actor: CommitInf
 /// Marks the down server with `id` up (a rejoin), with `reason` and the warm-up deadline
 /// (0: none). `flushed`: its items were flushed just before, so it holds no stray copies.
 /// Nothing if it is not down any more. A held server comes up only with `operator`.
-pub fn bring_up(
-    servers: &mut [Server],
-    id: u32,
-    rejoin: Rejoining<'_>,
-    actor: CommitInfo,
-) -> bool {
+pub fn bring_up(servers: &mut [Server], id: u32, rejoin: Rejoining<'_>, actor: CommitInfo) -> bool {
     let Some(server) = servers
         .iter_mut()
         .find(|s| s.id == id && s.state == State::Down && (rejoin.operator || !s.held))

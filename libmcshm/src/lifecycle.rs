@@ -171,8 +171,16 @@ pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Resu
         _ => 0,
     };
     let reason = match flushed {
-        true => format!("rejoined after flush_all ({}, pid {})", how.by, std::process::id()),
-        false => format!("rejoined without flush ({}, pid {})", how.by, std::process::id()),
+        true => format!(
+            "rejoined after flush_all ({}, pid {})",
+            how.by,
+            std::process::id()
+        ),
+        false => format!(
+            "rejoined without flush ({}, pid {})",
+            how.by,
+            std::process::id()
+        ),
     };
     let rejoining = edit::Rejoining {
         reason: &reason,
@@ -223,7 +231,9 @@ pub fn prepare_load(
         return plan;
     }
     for server in &mut loaded.servers {
-        let was = current.iter().find(|c| c.address.same_server(&server.address));
+        let was = current
+            .iter()
+            .find(|c| c.address.same_server(&server.address));
         let joins = server.state == State::Up && was.is_none_or(|c| c.state == State::Down);
         if !joins {
             continue;

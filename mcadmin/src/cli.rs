@@ -153,7 +153,7 @@ pub enum Command {
         if_missing: bool,
         /// Do not flush the new servers (they are flushed by default, so that items left from
         /// an earlier time in the domain are never served): only for servers known to be empty
-        #[arg(long, conflicts_with = "down")]
+        #[arg(long)]
         no_flush: bool,
     },
     /// Remove servers.
@@ -274,6 +274,10 @@ pub enum Command {
         /// keeps the changes made since)
         #[arg(long)]
         initial: bool,
+        /// Take the list as it stands: flush no server (only for servers known to hold nothing
+        /// stale, e.g. all new and empty)
+        #[arg(long)]
+        no_flush: bool,
     },
     /// Health daemon: mark failing servers down, bring answering ones back.
     ///

@@ -292,7 +292,11 @@ fn run(cli: &Cli) -> Result<Exit> {
             io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
             Ok(Exit::Success)
         }
-        Command::Load { file, initial } => load(&ctx, file, *initial),
+        Command::Load {
+            file,
+            initial,
+            no_flush,
+        } => load(&ctx, file, *initial, *no_flush),
         Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
         Command::Auth {
             user,
@@ -362,7 +366,10 @@ fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
     };
     let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
     for server in new {
-        if present.iter().any(|p| p.address.same_server(&server.address)) {
+        if present
+            .iter()
+            .any(|p| p.address.same_server(&server.address))
+        {
             continue;
         }
         libmcshm::lifecycle::flush(&server.address, Timeouts::default(), credentials.as_ref())
@@ -422,14 +429,8 @@ fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -
     check_reason(reason)?;
     let addresses = parse_addresses(servers)?;
     let name = ctx.domain.to_string();
-    if !ctx.json && state == State::Down {
-        let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-        eprintln!(
-            "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
-            list.join(", ")
-        );
-    }
-    write(ctx, false, |t| {
+    let held = !ctx.json && state == State::Down;
+    let exit = write(ctx, false, |t| {
         edit::set_state(
             &mut t.servers,
             &addresses,
@@ -438,7 +439,15 @@ fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -
             commit_info(),
             &name,
         )
-    })
+    })?;
+    if held {
+        let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
+            list.join(", ")
+        );
+    }
+    Ok(exit)
 }
 
 /// `--mode` and `--group` as a [`FileOwnership`].
@@ -663,7 +672,7 @@ fn auth(
     Ok(Exit::Success)
 }
 
-fn load(ctx: &Invocation, file: &PathBuf, initial: bool) -> Result<Exit> {
+fn load(ctx: &Invocation, file: &PathBuf, initial: bool, no_flush: bool) -> Result<Exit> {
     let text = if file.as_os_str() == "-" {
         let mut text = String::new();
         io::stdin()
@@ -680,12 +689,16 @@ fn load(ctx: &Invocation, file: &PathBuf, initial: bool) -> Result<Exit> {
     }
     let exists = ctx.domain.path_in(&ctx.dir).exists();
     if initial && exists {
-        return report_commit(ctx, Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()));
+        return report_commit(
+            ctx,
+            Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()),
+        );
     }
     let mut registry = match ctx.writer(true) {
         Err(libmcshm::Error::Corrupt { .. }) => {
             // What the servers held is unknown: every server the list has up is flushed.
-            let plan = load_plan(ctx, Some(&[]), &mut loaded)?;
+            let known = if no_flush { None } else { Some(&[][..]) };
+            let plan = load_plan(ctx, known, &mut loaded)?;
             let mut table = Table::default();
             plan.apply(&mut table, &loaded);
             let commit = Registry::recreate(&ctx.dir, &ctx.domain, &table)?;
@@ -694,6 +707,7 @@ fn load(ctx: &Invocation, file: &PathBuf, initial: bool) -> Result<Exit> {
         other => other?,
     };
     let current = match registry.current_snapshot() {
+        _ if no_flush => None,
         Ok(snapshot) if exists => Some(snapshot.servers.clone()),
         Ok(_) => None,
         Err(_) => Some(Vec::new()),

@@ -560,7 +560,10 @@ impl Client {
             }
         }
         for (server, keys) in groups {
-            let requests: Vec<Request> = keys.into_iter().map(|key| Request::Delete { key }).collect();
+            let requests: Vec<Request> = keys
+                .into_iter()
+                .map(|key| Request::Delete { key })
+                .collect();
             let _ = self.pipeline(server, &requests);
         }
     }
@@ -645,13 +648,16 @@ impl Client {
 
     /// Deletes a key (on every replica); `false` if it did not exist.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        self.write(key, &Request::Delete { key }, false, |c, server, reply| {
-            match reply {
+        self.write(
+            key,
+            &Request::Delete { key },
+            false,
+            |c, server, reply| match reply {
                 Reply::Deleted => Ok(true),
                 Reply::NotFound => Ok(false),
                 other => Err(c.unexpected(server, other)),
-            }
-        })
+            },
+        )
     }
 
     /// Increments a counter; `None` if the key does not exist.
