@@ -245,3 +245,444 @@ fn add_flushes_a_new_server_or_changes_nothing() {
     assert_eq!(reg.list_json("d")["servers"].as_array().unwrap().len(), 1);
     reg.ok("d", &["add", "127.0.0.1:1", "--down"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The randomized history checker.
+
+/// Servers the checker runs (at least 5, as the issue asks); 3 start in the table.
+const SERVERS: usize = 5;
+/// Operations per seed in the suite (`MCSHM_COHERENCE_OPS` sets another count).
+const OPS: usize = 3_000;
+/// Keys: few, so that changes move keys that were written before.
+const KEYS: usize = 24;
+
+/// pymemcache through mcproxy, in one Python process fed one command per line.
+struct Python {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+const PYMEMCACHE: &str = r#"
+import sys
+from pymemcache.client.base import Client
+c = Client(('127.0.0.1', int(sys.argv[1])), connect_timeout=3, timeout=3, no_delay=True)
+for line in sys.stdin:
+    words = line.split()
+    try:
+        if words[0] == 'set':
+            print('OK' if c.set(words[1], words[2], noreply=False) else 'ERR not stored')
+        elif words[0] == 'get':
+            v = c.get(words[1])
+            print('MISS' if v is None else 'VAL ' + v.decode())
+        elif words[0] == 'delete':
+            c.delete(words[1], noreply=False)
+            print('OK')
+    except Exception as e:
+        print('ERR ' + str(e).replace('\n', ' '))
+        c.close()
+    sys.stdout.flush()
+"#;
+
+impl Python {
+    fn start(port: u16) -> Python {
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", PYMEMCACHE, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run /usr/bin/python3 (apt-get install -y python3-pymemcache)");
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Python {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        writeln!(self.input, "{line}").unwrap();
+        self.input.flush().unwrap();
+        let mut reply = String::new();
+        self.output.read_line(&mut reply).unwrap();
+        assert!(!reply.is_empty(), "the pymemcache process died");
+        reply.trim_end().to_string()
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// xorshift64*: the same sequence for the same seed everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The front end an operation goes through.
+#[derive(Clone, Copy, Debug)]
+enum Front {
+    Mclient,
+    Library,
+    Proxy,
+}
+
+/// What a read or write came back with: a value (`Some`) or a miss (`None`); `Err` when it
+/// failed.
+type Answer = Result<Option<String>, String>;
+
+struct Checker {
+    seed: u64,
+    rng: Rng,
+    reg: Reg,
+    servers: Vec<Memcached>,
+    /// Per server: in the table, killed, frozen.
+    in_table: Vec<bool>,
+    killed: Vec<bool>,
+    frozen: Vec<bool>,
+    library: libmcshm::Client,
+    python: Python,
+    _proxy: Proxy,
+    /// Per key: the values a read may return (besides a miss): the last acknowledged write,
+    /// and any write that failed since (it may or may not have landed). `None`: deleted.
+    allowed: std::collections::HashMap<String, Vec<Option<String>>>,
+    history: std::collections::VecDeque<String>,
+    counter: u64,
+    reads: u64,
+    changes: u64,
+}
+
+impl Checker {
+    fn new(seed: u64) -> Checker {
+        let servers: Vec<Memcached> = (0..SERVERS).map(|_| Memcached::start()).collect();
+        let reg = Reg::new();
+        let first: Vec<String> = servers[..3].iter().map(Memcached::address).collect();
+        let mut add = vec!["add", "--retry-interval", "1"];
+        add.extend(first.iter().map(String::as_str));
+        reg.ok("c", &add);
+        let library = libmcshm::Client::for_domain(
+            reg.dir(),
+            &libmcshm::Domain::new("c").unwrap(),
+            libmcshm::Timeouts {
+                connect: Duration::from_millis(300),
+                io: Duration::from_millis(300),
+            },
+        )
+        .unwrap();
+        let proxy = Proxy::start(&reg, "c", &["--timeout", "300", "--connect-timeout", "300"]);
+        let port: u16 = proxy.address.rsplit(':').next().unwrap().parse().unwrap();
+        let mut in_table = vec![false; SERVERS];
+        in_table[..3].fill(true);
+        Checker {
+            seed,
+            rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            reg,
+            servers,
+            in_table,
+            killed: vec![false; SERVERS],
+            frozen: vec![false; SERVERS],
+            library,
+            python: Python::start(port),
+            _proxy: proxy,
+            allowed: std::collections::HashMap::new(),
+            history: std::collections::VecDeque::new(),
+            counter: 0,
+            reads: 0,
+            changes: 0,
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        if self.history.len() == 40 {
+            self.history.pop_front();
+        }
+        self.history.push_back(what);
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let history: Vec<&str> = self.history.iter().map(String::as_str).collect();
+        panic!(
+            "{why}\nseed {} (replay: MCSHM_COHERENCE_SEED={} cargo test --test coherence randomized); last operations:\n  {}",
+            self.seed,
+            self.seed,
+            history.join("\n  ")
+        );
+    }
+
+    fn front(&mut self) -> Front {
+        [Front::Mclient, Front::Library, Front::Proxy][self.rng.below(3)]
+    }
+
+    fn write(&mut self, front: Front, key: &str, value: Option<&str>) -> Result<(), String> {
+        match (front, value) {
+            (Front::Mclient, Some(v)) => match mclient(&self.reg, "c", &["set", "--", key, v]) {
+                (0, _) => Ok(()),
+                (code, _) => Err(format!("exit {code}")),
+            },
+            (Front::Mclient, None) => match mclient(&self.reg, "c", &["delete", "--", key]) {
+                (0 | 1, _) => Ok(()),
+                (code, _) => Err(format!("exit {code}")),
+            },
+            (Front::Library, Some(v)) => self
+                .library
+                .set(key.as_bytes(), v.as_bytes(), 0, 0)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (Front::Library, None) => self
+                .library
+                .delete(key.as_bytes())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (Front::Proxy, Some(v)) => match self.python.ask(&format!("set {key} {v}")) {
+                reply if reply == "OK" => Ok(()),
+                reply => Err(reply),
+            },
+            (Front::Proxy, None) => match self.python.ask(&format!("delete {key}")) {
+                reply if reply == "OK" => Ok(()),
+                reply => Err(reply),
+            },
+        }
+    }
+
+    fn read(&mut self, front: Front, key: &str) -> Answer {
+        match front {
+            Front::Mclient => match mclient(&self.reg, "c", &["get", "--", key]) {
+                (0, value) => Ok(Some(value)),
+                (1, _) => Ok(None),
+                (code, _) => Err(format!("exit {code}")),
+            },
+            Front::Library => self
+                .library
+                .get(key.as_bytes())
+                .map(|item| item.map(|i| String::from_utf8(i.value).unwrap()))
+                .map_err(|e| e.to_string()),
+            Front::Proxy => {
+                let reply = self.python.ask(&format!("get {key}"));
+                match reply.strip_prefix("VAL ") {
+                    Some(v) => Ok(Some(v.to_string())),
+                    None if reply == "MISS" => Ok(None),
+                    None => Err(reply),
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let key = format!("key{}", self.rng.below(KEYS));
+        let roll = self.rng.below(100);
+        let front = self.front();
+        if roll < 40 {
+            self.counter += 1;
+            let value = format!("v{}", self.counter);
+            let outcome = self.write(front, &key, Some(&value));
+            self.note(format!("{front:?} set {key} {value}: {outcome:?}"));
+            self.record(&key, Some(value), outcome.is_ok());
+        } else if roll < 48 {
+            let outcome = self.write(front, &key, None);
+            self.note(format!("{front:?} delete {key}: {outcome:?}"));
+            self.record(&key, None, outcome.is_ok());
+        } else if roll < 88 {
+            let answer = self.read(front, &key);
+            self.reads += 1;
+            self.note(format!("{front:?} get {key}: {answer:?}"));
+            if let Ok(Some(value)) = &answer {
+                let allowed = self.allowed.get(&key).cloned().unwrap_or_default();
+                if !allowed.contains(&Some(value.clone())) {
+                    self.fail(&format!(
+                        "STALE READ: {key} = {value}, but the last acknowledged writes allow only {allowed:?} (or a miss)"
+                    ));
+                }
+            }
+        } else {
+            self.change();
+        }
+    }
+
+    /// A write's effect on the model.
+    fn record(&mut self, key: &str, value: Option<String>, acknowledged: bool) {
+        let allowed = self.allowed.entry(key.to_string()).or_default();
+        if acknowledged {
+            *allowed = vec![value];
+        } else {
+            allowed.push(value);
+        }
+    }
+
+    fn admin(&mut self, args: &[&str]) {
+        let run = self.reg.run("c", args);
+        self.note(format!(
+            "mcadmin {} -> {} {}",
+            args.join(" "),
+            run.code(),
+            run.stderr().trim()
+        ));
+        self.changes += 1;
+    }
+
+    fn pick(&mut self, want: impl Fn(&Checker, usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..SERVERS).filter(|&i| want(self, i)).collect();
+        (!candidates.is_empty()).then(|| candidates[self.rng.below(candidates.len())])
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        !self.killed[i] && !self.frozen[i]
+    }
+
+    fn change(&mut self) {
+        // Whatever was broken comes back first, half the time.
+        if let Some(i) = self.pick(|c, i| c.frozen[i]) {
+            if self.rng.below(2) == 0 {
+                self.servers[i].signal(libc::SIGCONT);
+                self.frozen[i] = false;
+                self.note(format!("thaw server {i}"));
+                return;
+            }
+        }
+        if let Some(i) = self.pick(|c, i| c.killed[i]) {
+            if self.rng.below(2) == 0 {
+                self.servers[i].restart();
+                self.killed[i] = false;
+                self.note(format!("restart server {i} empty"));
+                return;
+            }
+        }
+        let table = self.in_table.iter().filter(|t| **t).count();
+        let address = |c: &Checker, i: usize| c.servers[i].address();
+        match self.rng.below(11) {
+            0 | 1 => {
+                if let Some(i) = self.pick(|c, i| !c.in_table[i] && c.healthy(i)) {
+                    let a = address(self, i);
+                    self.admin(&["add", "--retry-interval", "1", &a]);
+                    self.in_table[i] = true;
+                }
+            }
+            2 if table > 2 => {
+                if let Some(i) = self.pick(|c, i| c.in_table[i]) {
+                    let a = address(self, i);
+                    self.admin(&["delete", &a]);
+                    self.in_table[i] = false;
+                }
+            }
+            3 if table > 2 => {
+                if let Some(i) = self.pick(|c, i| c.in_table[i] && c.healthy(i)) {
+                    let a = address(self, i);
+                    self.admin(&["drain", &a, "--rate", "0"]);
+                    let list = self.reg.list_json("c");
+                    self.in_table[i] = common::addresses(&list).contains(&a);
+                }
+            }
+            4 => {
+                if let Some(i) = self.pick(|c, i| c.in_table[i]) {
+                    let a = address(self, i);
+                    let weight = (1 + self.rng.below(3)).to_string();
+                    self.admin(&["set", &a, "--weight", &weight]);
+                }
+            }
+            5 => {
+                let failover = ["none", "rehash"][self.rng.below(2)];
+                self.admin(&["policy", "--failover", failover]);
+            }
+            6 => {
+                if let Some(i) = self.pick(|c, i| c.in_table[i]) {
+                    let a = address(self, i);
+                    self.admin(&["down", &a, "--reason", "checker"]);
+                }
+            }
+            7 => {
+                if let Some(i) = self.pick(|c, i| c.in_table[i]) {
+                    let a = address(self, i);
+                    self.admin(&["up", &a]);
+                }
+            }
+            8 => {
+                // Killed: clients count failures and mark it down; restarted empty later.
+                if let Some(i) = self.pick(|c, i| c.healthy(i)) {
+                    self.servers[i].kill();
+                    self.killed[i] = true;
+                    self.note(format!("kill server {i}"));
+                }
+            }
+            9 => {
+                if let Some(i) = self.pick(|c, i| c.healthy(i))
+                    && !self.frozen.iter().any(|f| *f)
+                {
+                    self.servers[i].freeze();
+                    self.frozen[i] = true;
+                    self.note(format!("freeze server {i}"));
+                }
+            }
+            _ => self.reload(),
+        }
+    }
+
+    /// `load` of the table's own dump with servers' states flipped between up and down.
+    fn reload(&mut self) {
+        let dump = self.reg.ok("c", &["dump"]);
+        let mut lines = Vec::new();
+        for line in dump.lines() {
+            let mut line = line.to_string();
+            if !line.starts_with('#') && !line.starts_with("policy") && self.rng.below(3) == 0 {
+                line = match line.contains("state=up") {
+                    true => line.replace("state=up", "state=down"),
+                    false => line.replace("state=down", "state=up"),
+                };
+            }
+            lines.push(line);
+        }
+        let file = self.reg.dir().join("c.list");
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let path = file.to_str().unwrap().to_string();
+        self.admin(&["load", &path]);
+    }
+}
+
+/// Runs one seed; returns (operations, reads, changes).
+fn check(seed: u64, ops: usize) -> (usize, u64, u64) {
+    let mut checker = Checker::new(seed);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut done = 0;
+    while done < ops && Instant::now() < deadline {
+        checker.step();
+        done += 1;
+    }
+    for i in 0..SERVERS {
+        if checker.frozen[i] {
+            checker.servers[i].signal(libc::SIGCONT);
+        }
+    }
+    (done, checker.reads, checker.changes)
+}
+
+/// At least 3 seeds of 3 000 operations over 5 real memcached servers (more with
+/// MCSHM_COHERENCE_SEEDS=N; one with MCSHM_COHERENCE_SEED=S; MCSHM_COHERENCE_OPS=N per seed).
+#[test]
+fn randomized_histories_serve_no_stale_read() {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let ops = env("MCSHM_COHERENCE_OPS").map_or(OPS, |n| n as usize);
+    let seeds: Vec<u64> = match env("MCSHM_COHERENCE_SEED") {
+        Some(seed) => vec![seed],
+        None => (1..=env("MCSHM_COHERENCE_SEEDS").unwrap_or(3)).collect(),
+    };
+    let mut total = 0;
+    for seed in seeds {
+        let (done, reads, changes) = check(seed, ops);
+        eprintln!("seed {seed}: {done} operations ({reads} reads checked, {changes} changes)");
+        assert_eq!(done, ops, "seed {seed} ran out of time after {done} operations");
+        total += done;
+    }
+    eprintln!("{total} operations checked, no stale read");
+}

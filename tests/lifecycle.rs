@@ -80,7 +80,7 @@ fn no_stale_read_after_a_rejoin_with_failover_none() {
     c.set(key.as_bytes(), b"v1", 0, 0).unwrap();
     reg.ok(
         "n",
-        &["down", &s.address(), "--reason", "network partition"],
+        &["down", &s.address(), "--reason", "network partition", "--retry"],
     );
     // Under none the key is a miss while S is down, and a write is an error (the application
     // writes v2 to its database only).
@@ -192,7 +192,7 @@ fn twenty_processes_probe_a_down_server_at_most_once_per_interval() {
     );
     let mut c = client(&reg, "h");
     let key = key_on(&mut c, &s, "hot:");
-    reg.ok("h", &["down", &s.address()]);
+    reg.ok("h", &["down", &s.address(), "--retry"]);
     // Restarted so that it answers but refuses flush_all: every probe fails to rejoin it and it
     // stays down, so every connection it sees is a probe.
     s.restart_with(&["-F"]);

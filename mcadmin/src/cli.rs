@@ -189,6 +189,10 @@ pub enum Command {
         /// Why (shown by `list` and `status`)
         #[arg(long, value_name = "TEXT", default_value = "")]
         reason: String,
+        /// Down as after failures: the retry probe and `watch` bring the servers back (flushed)
+        /// once they answer, every retry interval
+        #[arg(long)]
+        retry: bool,
     },
     /// Change a server's weight or retry interval.
     Set {

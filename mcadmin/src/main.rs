@@ -211,7 +211,11 @@ fn run(cli: &Cli) -> Result<Exit> {
             })
         }
         Command::Up { servers, no_flush } => up(&ctx, servers, *no_flush),
-        Command::Down { servers, reason } => set_state(&ctx, servers, State::Down, reason),
+        Command::Down {
+            servers,
+            reason,
+            retry,
+        } => down(&ctx, servers, reason, *retry),
         Command::Set {
             server,
             weight,
@@ -424,28 +428,40 @@ fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
 }
 
 /// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
-/// agent brings the servers back).
-fn set_state(ctx: &Invocation, servers: &[String], state: State, reason: &str) -> Result<Exit> {
+/// agent brings the servers back); with `retry`, a down as after failures, retried
+/// automatically.
+fn down(ctx: &Invocation, servers: &[String], reason: &str, retry: bool) -> Result<Exit> {
     check_reason(reason)?;
     let addresses = parse_addresses(servers)?;
     let name = ctx.domain.to_string();
-    let held = !ctx.json && state == State::Down;
     let exit = write(ctx, false, |t| {
         edit::set_state(
             &mut t.servers,
             &addresses,
-            state,
+            State::Down,
             reason,
             commit_info(),
             &name,
-        )
+        )?;
+        for server in t.servers.iter_mut() {
+            if retry && addresses.iter().any(|a| server.address.same_server(a)) {
+                server.held = false;
+            }
+        }
+        Ok(())
     })?;
-    if held {
+    if !ctx.json {
         let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-        eprintln!(
-            "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
-            list.join(", ")
-        );
+        match retry {
+            true => eprintln!(
+                "mcadmin: {} down, retried automatically (flushed when it answers)",
+                list.join(", ")
+            ),
+            false => eprintln!(
+                "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
+                list.join(", ")
+            ),
+        }
     }
     Ok(exit)
 }
