@@ -544,21 +544,21 @@ impl Checker {
 
     fn change(&mut self) {
         // Whatever was broken comes back first, half the time.
-        if let Some(i) = self.pick(|c, i| c.frozen[i]) {
-            if self.rng.below(2) == 0 {
-                self.servers[i].signal(libc::SIGCONT);
-                self.frozen[i] = false;
-                self.note(format!("thaw server {i}"));
-                return;
-            }
+        if let Some(i) = self.pick(|c, i| c.frozen[i])
+            && self.rng.below(2) == 0
+        {
+            self.servers[i].signal(libc::SIGCONT);
+            self.frozen[i] = false;
+            self.note(format!("thaw server {i}"));
+            return;
         }
-        if let Some(i) = self.pick(|c, i| c.killed[i]) {
-            if self.rng.below(2) == 0 {
-                self.servers[i].restart();
-                self.killed[i] = false;
-                self.note(format!("restart server {i} empty"));
-                return;
-            }
+        if let Some(i) = self.pick(|c, i| c.killed[i])
+            && self.rng.below(2) == 0
+        {
+            self.servers[i].restart();
+            self.killed[i] = false;
+            self.note(format!("restart server {i} empty"));
+            return;
         }
         let table = self.in_table.iter().filter(|t| **t).count();
         let address = |c: &Checker, i: usize| c.servers[i].address();
@@ -681,7 +681,10 @@ fn randomized_histories_serve_no_stale_read() {
     for seed in seeds {
         let (done, reads, changes) = check(seed, ops);
         eprintln!("seed {seed}: {done} operations ({reads} reads checked, {changes} changes)");
-        assert_eq!(done, ops, "seed {seed} ran out of time after {done} operations");
+        assert_eq!(
+            done, ops,
+            "seed {seed} ran out of time after {done} operations"
+        );
         total += done;
     }
     eprintln!("{total} operations checked, no stale read");

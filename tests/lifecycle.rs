@@ -80,7 +80,13 @@ fn no_stale_read_after_a_rejoin_with_failover_none() {
     c.set(key.as_bytes(), b"v1", 0, 0).unwrap();
     reg.ok(
         "n",
-        &["down", &s.address(), "--reason", "network partition", "--retry"],
+        &[
+            "down",
+            &s.address(),
+            "--reason",
+            "network partition",
+            "--retry",
+        ],
     );
     // Under none the key is a miss while S is down, and a write is an error (the application
     // writes v2 to its database only).
