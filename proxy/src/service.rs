@@ -4,18 +4,18 @@
 //! over the shared [`Upstream`] connections, and answered in memcached's words.
 //!
 //! The router is behind a mutex held only for routing decisions and failure reports, never
-//! across I/O. A decision and its report may straddle a table change: reports find their
-//! server again by id (a server removed meanwhile is not reported). The warm-up and drain
-//! fallbacks of a miss copy keys between servers; that sequence runs on a blocking libmcshm
-//! client (so it is the client's own code), only for misses on a server in its warm window or
-//! whose keys are moving off a draining server.
+//! across I/O. Its answers are plans ([`ReadPlan`], [`WritePlan`]) that name servers by id, so
+//! a decision and its report may straddle a table change (a server removed meanwhile is not
+//! reported). The proxy executes the plans as the blocking client does, fills (warm-up, drain)
+//! included, with its own connections: no second client, router or failure view.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use libmcshm::client::Router;
+use libmcshm::client::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef};
+use libmcshm::proto::{self, Expect, Reply, Request, StoreVerb};
 use libmcshm::table::State;
-use libmcshm::{Address, Client, Domain, Snapshot, Timeouts};
+use libmcshm::{Address, Domain, Snapshot, Timeouts};
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
 use crate::reply::{Frame, ItemSpan, first_line, is_error, items, unprefix_meta};
@@ -81,7 +81,6 @@ pub struct Service {
     lanes: std::sync::atomic::AtomicUsize,
     /// The table version whose servers the upstreams were last pruned to.
     pruned: std::sync::atomic::AtomicU64,
-    fallback: Arc<Mutex<Client>>,
     credentials: crate::upstream::CredentialSource,
 }
 
@@ -113,7 +112,6 @@ impl Service {
             width,
             lanes: std::sync::atomic::AtomicUsize::new(0),
             pruned: std::sync::atomic::AtomicU64::new(u64::MAX),
-            fallback: Arc::new(Mutex::new(Client::for_domain(dir, domain, timeouts)?)),
             credentials: {
                 let (dir, domain) = (dir.to_path_buf(), domain.clone());
                 Arc::new(move || libmcshm::auth::load(&dir, &domain))
@@ -231,29 +229,24 @@ impl Service {
     }
 
     fn report(&self, snapshot: &Arc<Snapshot>, i: usize, result: &Result<Vec<u8>, Failure>) {
-        let mut router = self.router();
-        if router.refresh().is_err() {
-            return;
-        }
-        let current = router.snapshot();
-        let now = match Arc::ptr_eq(current, snapshot) {
-            true => Some(i),
-            false => current
-                .servers
-                .iter()
-                .position(|s| s.id == snapshot.servers[i].id),
+        let server = ServerRef {
+            id: snapshot.servers[i].id,
+            index: i,
         };
-        if let Some(now) = now {
-            match result {
-                Ok(_) => router.succeeded(now),
-                Err(failure) => {
-                    self.stats
-                        .server_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    router.failed(now, &failure.error, failure.errno)
+        let outcome = match result {
+            Ok(_) => Outcome::Answered,
+            Err(failure) => {
+                self.stats
+                    .server_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Outcome::Failed {
+                    error: &failure.error,
+                    errno: failure.errno,
                 }
             }
-        }
+        };
+        let mut router = self.router();
+        router.report(server, outcome);
         self.run_probes(&mut router);
     }
 
@@ -332,13 +325,14 @@ impl Service {
     ) -> Pending {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
+        let now = libmcshm::registry::now_ms();
         let Plan {
             snapshot,
-            value: chains,
+            value: plans,
         } = decided!(self.decide(|router| {
-            let chains: libmcshm::Result<Vec<_>> =
-                keys.iter().map(|key| router.read_targets(key)).collect();
-            chains
+            let plans: libmcshm::Result<Vec<ReadPlan>> =
+                keys.iter().map(|key| router.plan_read(key, now)).collect();
+            plans
         }));
         let first = self
             .get_round(
@@ -346,7 +340,7 @@ impl Service {
                 verb,
                 exptime,
                 &keys,
-                &chains,
+                &plans,
                 &vec![false; keys.len()],
                 0,
                 lane,
@@ -356,13 +350,13 @@ impl Service {
         Pending::task(async move {
             let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
             let (mut answered, mut failure) = (false, None);
-            let rounds = chains.iter().map(|(_, up)| up.len()).max().unwrap_or(0);
+            let rounds = plans.iter().map(|p| p.replicas.len()).max().unwrap_or(0);
             let mut outstanding = first;
             for round in 0..rounds {
                 if round > 0 {
                     let done: Vec<bool> = found.iter().map(Option::is_some).collect();
                     outstanding = this
-                        .get_round(&snapshot, verb, exptime, &keys, &chains, &done, round, lane)
+                        .get_round(&snapshot, verb, exptime, &keys, &plans, &done, round, lane)
                         .await;
                 }
                 for (members, sent) in outstanding.drain(..) {
@@ -388,10 +382,8 @@ impl Service {
                     }
                 }
             }
-            if exptime.is_none() {
-                this.handover_fills(&snapshot, verb, &keys, &chains, &mut found)
-                    .await;
-            }
+            this.fallbacks(&snapshot, verb, exptime, &keys, &plans, &mut found)
+                .await;
             if !answered && let Some(error) = failure {
                 return server_error(&error);
             }
@@ -413,17 +405,17 @@ impl Service {
         verb: GetVerb,
         exptime: Option<i64>,
         keys: &[Vec<u8>],
-        chains: &[(usize, Vec<usize>)],
+        plans: &[ReadPlan],
         done: &[bool],
         round: usize,
         lane: usize,
     ) -> Vec<(Vec<usize>, Outstanding)> {
         let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (n, (_, up)) in chains.iter().enumerate() {
+        for (n, plan) in plans.iter().enumerate() {
             if !done[n]
-                && let Some(&server) = up.get(round)
+                && let Some(server) = plan.replicas.get(round)
             {
-                groups.entry(server).or_default().push(n);
+                groups.entry(server.index).or_default().push(n);
             }
         }
         let mut outstanding = Vec::with_capacity(groups.len());
@@ -440,95 +432,158 @@ impl Service {
         outstanding
     }
 
-    /// Warm-up and drain: misses whose owner is in its warm window, or whose key may still be
-    /// on a draining server, are looked up by the blocking client (which copies what it finds
-    /// to the owner, as every libmcshm process does). So are all misses when the table changed
-    /// while the servers answered: a drain that began meanwhile may have moved them.
-    async fn handover_fills(
+    /// The misses of a multi-get, as the blocking client takes them: when the table changed
+    /// while the servers answered, each is planned again and its new owner asked (a drain that
+    /// began meanwhile may have moved it); then each plan's fills (warm-up, drain) are executed
+    /// and the owner asked again with the client's own verb (its cas, its touch).
+    async fn fallbacks(
         &self,
         snapshot: &Arc<Snapshot>,
         verb: GetVerb,
+        exptime: Option<i64>,
         keys: &[Vec<u8>],
-        chains: &[(usize, Vec<usize>)],
+        plans: &[ReadPlan],
         found: &mut [Option<Vec<u8>>],
     ) {
-        let draining = snapshot.servers.iter().any(|s| s.state == State::Draining);
-        let now = libmcshm::registry::now_ms();
-        let warm = |i: usize| snapshot.servers[i].warm_until_ms > now;
         if found.iter().all(Option::is_some) {
             return;
         }
-        let changed = {
+        let now = libmcshm::registry::now_ms();
+        let (changed, fills) = {
             let mut router = self.router();
-            router.refresh().is_ok() && router.snapshot().version != snapshot.version
+            let changed = router.refresh().is_ok() && router.snapshot().version != snapshot.version;
+            (changed, router.fills_possible(now))
         };
-        let misses: Vec<usize> = (0..keys.len())
-            .filter(|&n| found[n].is_none() && (changed || draining || warm(chains[n].0)))
-            .collect();
-        if misses.is_empty() {
+        if !changed && !fills && plans.iter().all(|p| p.fills.is_empty()) {
             return;
         }
-        let client = self.fallback.clone();
-        let wanted: Vec<Vec<u8>> = misses.iter().map(|&n| keys[n].clone()).collect();
-        let cas = matches!(verb, GetVerb::Gets);
-        let filled = tokio::task::spawn_blocking(move || {
-            let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-            wanted
-                .iter()
-                .map(|key| {
-                    let item = if cas {
-                        client.gets(key)
-                    } else {
-                        client.get(key)
-                    };
-                    item.ok().flatten()
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (n, item) in misses.into_iter().zip(filled) {
-            if let Some(item) = item {
-                let mut bytes = Vec::new();
-                bytes.extend_from_slice(b"VALUE ");
-                bytes.extend_from_slice(&item.key);
-                bytes.extend_from_slice(format!(" {} {}", item.flags, item.value.len()).as_bytes());
-                if let Some(cas) = item.cas {
-                    bytes.extend_from_slice(format!(" {cas}").as_bytes());
+        for n in 0..keys.len() {
+            if found[n].is_some() {
+                continue;
+            }
+            let (snapshot, plan) = match changed {
+                false => (snapshot.clone(), plans[n].clone()),
+                true => match self.decide(|router| router.plan_read(&keys[n], now)) {
+                    Ok(Plan { snapshot, value }) => (snapshot, value),
+                    Err(_) => continue,
+                },
+            };
+            let owner_up = plan.replicas.first() == Some(&plan.owner);
+            if changed && owner_up {
+                found[n] = self
+                    .ask_again(&snapshot, plan.owner, verb, exptime, &keys[n])
+                    .await;
+            }
+            for fill in &plan.fills {
+                if found[n].is_none() && self.fill(&snapshot, fill, &keys[n]).await {
+                    found[n] = self
+                        .ask_again(&snapshot, fill.to, verb, exptime, &keys[n])
+                        .await;
                 }
-                bytes.extend_from_slice(b"\r\n");
-                bytes.extend_from_slice(&item.value);
-                bytes.extend_from_slice(b"\r\n");
-                found[n] = Some(bytes);
             }
         }
     }
 
-    /// A meta get along the key's replicas: the first reply that is not a miss (`EN`).
+    /// One key asked of one server with the client's verb: its `VALUE` item, bare of the prefix.
+    async fn ask_again(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        server: ServerRef,
+        verb: GetVerb,
+        exptime: Option<i64>,
+        key: &[u8],
+    ) -> Option<Vec<u8>> {
+        let prefix = snapshot.policy.prefix.as_bytes();
+        let mut bytes = Vec::new();
+        encode_get(verb, exptime, std::iter::once(key), &mut bytes, prefix);
+        let reply = self
+            .call(snapshot, server.index, bytes, Frame::Values)
+            .await
+            .ok()?;
+        items(&reply)
+            .into_iter()
+            .find(|s| s.key.strip_prefix(prefix) == Some(key))
+            .map(|s| s.unprefixed(prefix))
+    }
+
+    /// Executes one fill of a read plan as the blocking client does: `mg` on `from`, a hit
+    /// copied to `to` with `add` (never over a newer write; flags and remaining TTL kept), a
+    /// drain then deleting it from `from`. Whether `to` is worth asking again: it got the copy,
+    /// or (a drain) it may have got the key from the drain itself.
+    async fn fill(&self, snapshot: &Arc<Snapshot>, fill: &Fill, key: &[u8]) -> bool {
+        let prefix = snapshot.policy.prefix.as_bytes();
+        let mut ask = Vec::new();
+        Request::MetaGet { key }.encode_prefixed(&mut ask, prefix);
+        let reply = self.call(snapshot, fill.from.index, ask, Frame::Meta).await;
+        let Ok(Some((Reply::Meta { value, flags, ttl }, _))) = reply
+            .as_deref()
+            .map_or(Ok(None), |r| proto::parse_reply(Expect::Meta, r))
+        else {
+            return fill.kind == FillKind::Drain;
+        };
+        let store = Request::Store {
+            verb: StoreVerb::Add,
+            key,
+            flags,
+            exptime: ttl.max(0),
+            value: &value,
+        };
+        let mut add = Vec::new();
+        store.encode_prefixed(&mut add, prefix);
+        let added = self.call(snapshot, fill.to.index, add, Frame::Line).await;
+        if fill.kind == FillKind::Drain && added.is_ok() {
+            let mut delete = Vec::new();
+            Request::Delete { key }.encode_prefixed(&mut delete, prefix);
+            let _ = self
+                .call(snapshot, fill.from.index, delete, Frame::Line)
+                .await;
+        }
+        true
+    }
+
+    /// A meta get along the key's replicas: the first reply that is not a miss (`EN`); on a
+    /// miss everywhere, the plan's fills, then the owner asked again with the same command.
     async fn read_one(self: &Arc<Self>, command: &Command, key: &[u8], lane: usize) -> Pending {
+        let now = libmcshm::registry::now_ms();
         let Plan {
             snapshot,
-            value: up,
-        } = decided!(self.decide(|router| Ok(router.read_targets(key)?.1)));
+            value: plan,
+        } = decided!(self.decide(|router| router.plan_read(key, now)));
         let bytes = decided!(encode_for(command, &snapshot));
-        let Some(&first) = up.first() else {
+        let Some(first) = plan.replicas.first().copied() else {
             return Pending::Ready(b"EN\r\n".to_vec());
         };
         let sent = self
-            .send(&snapshot, first, bytes.clone(), Frame::Meta, lane)
+            .send(&snapshot, first.index, bytes.clone(), Frame::Meta, lane)
             .await;
         let this = self.clone();
+        let key = key.to_vec();
         Pending::task(async move {
+            let prefix = snapshot.policy.prefix.as_bytes();
             let (mut miss, mut failure) = (None, None);
             let mut result = this.finish(sent).await;
-            for next in up.iter().skip(1).map(Some).chain([None]) {
+            for next in plan.replicas.iter().skip(1).map(Some).chain([None]) {
                 match result {
                     Ok(reply) if first_line(&reply).starts_with(b"EN") => miss = Some(reply),
-                    Ok(reply) => return unprefix_meta(reply, snapshot.policy.prefix.as_bytes()),
+                    Ok(reply) => return unprefix_meta(reply, prefix),
                     Err(err) => failure = Some(err.error),
                 }
-                let Some(&next) = next else { break };
-                result = this.call(&snapshot, next, bytes.clone(), Frame::Meta).await;
+                let Some(next) = next else { break };
+                result = this
+                    .call(&snapshot, next.index, bytes.clone(), Frame::Meta)
+                    .await;
+            }
+            for fill in &plan.fills {
+                if miss.is_some() && this.fill(&snapshot, fill, &key).await {
+                    let again = this
+                        .call(&snapshot, fill.to.index, bytes.clone(), Frame::Meta)
+                        .await;
+                    if let Ok(reply) = again
+                        && !first_line(&reply).starts_with(b"EN")
+                    {
+                        return unprefix_meta(reply, prefix);
+                    }
+                }
             }
             match (miss, failure) {
                 (Some(reply), _) => reply,
@@ -570,12 +625,10 @@ impl Service {
     ) -> Pending {
         let Plan {
             snapshot,
-            value: (targets, stale),
-        } = decided!(self.decide(|router| {
-            let chain = router.chain(key)?;
-            let targets = router.write_targets(&chain, only_first)?;
-            Ok((targets, router.invalidations(key, chain.len())))
-        }));
+            value: plan,
+        } = decided!(self.decide(|router| router.plan_write(key, only_first)));
+        let targets: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
+        let stale: Vec<usize> = plan.invalidate.iter().map(|s| s.index).collect();
         let bytes = decided!(encode_for(command, &snapshot));
         let prefix = snapshot.policy.prefix;
         let mut outstanding = Vec::with_capacity(targets.len());

@@ -2,7 +2,7 @@
 //! while the rejoined one was away) and draining (fall back to the draining server, move what
 //! is found there). Both copy with `add`, so they never overwrite a newer write.
 
-use super::{Client, Stored};
+use super::{Client, Fill, FillKind, Stored};
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::proto::{Item, Reply, Request, StoreVerb};
@@ -20,15 +20,6 @@ impl Client {
             Reply::NotFound => Ok(None),
             other => Err(self.unexpected(server, other)),
         }
-    }
-
-    /// Warm-up: a miss on a server in its warm window is looked up on the server that owned the
-    /// key while it was away, and a hit is copied back with `add`.
-    pub(super) fn warm_fill(&mut self, server: usize, key: &[u8]) -> Option<Item> {
-        let interim = self.router.warm_source(server, key)?;
-        self.copy_key(interim, server, key)
-            .ok()?
-            .map(|(item, _)| item)
     }
 
     /// Copies `key` from server `from` to server `to` with `add` (never over a value `to`
@@ -64,19 +55,32 @@ impl Client {
         Ok(Some((item, added)))
     }
 
-    /// Drain: a miss on the key's new owner falls back to the draining server that had it; a
-    /// hit there is moved to the new owner.
-    pub(super) fn drain_fill(&mut self, owner: usize, key: &[u8]) -> Option<Item> {
-        let draining = self.router.draining_owner(key)?;
-        match self.copy_key(draining, owner, key).ok()? {
-            Some((item, added)) => {
-                if added.is_ok() {
-                    let _ = self.call(draining, &Request::Delete { key });
+    /// Executes one fill of a read plan: copies the key from `fill.from` to `fill.to` with
+    /// `add` (a drain then deletes it from `from`), then reads `to` again as the read asked
+    /// (its cas unique, its touch; a newer write that landed there meanwhile wins). A drain
+    /// whose `from` no longer has the key asks `to` again: the drain may have just moved it.
+    pub(super) fn fill(
+        &mut self,
+        fill: &Fill,
+        key: &[u8],
+        cas: bool,
+        touch: Option<i64>,
+    ) -> Option<Item> {
+        let (from, to) = (fill.from.index, fill.to.index);
+        match (self.copy_key(from, to, key).ok()?, fill.kind) {
+            (Some((item, added)), kind) => {
+                if kind == FillKind::Drain && added.is_ok() {
+                    let _ = self.call(from, &Request::Delete { key });
                 }
-                Some(item)
+                Some(
+                    self.get_one(to, key, cas, touch)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(item),
+                )
             }
-            // Gone from the draining server: the drain may have just moved it to the owner.
-            None => self.get_one(owner, key, false, None).ok().flatten(),
+            (None, FillKind::Drain) => self.get_one(to, key, cas, touch).ok().flatten(),
+            (None, FillKind::Warm) => None,
         }
     }
 

@@ -59,10 +59,12 @@ use crate::table::Snapshot;
 mod failures;
 mod handover;
 mod placement;
+mod plan;
 mod requests;
 mod router;
 
 pub use failures::io_errno;
+pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
 pub use router::{Probe, Router};
 
 /// Keys per `get` command when a multi-get is pipelined.
@@ -258,29 +260,25 @@ impl Client {
         self.retrieve(key, cas, Some(ttl))
     }
 
-    /// Reads along the key's replicas: the first hit wins; a miss on all is a miss; an error
-    /// only if no replica answered. Then warm-up and drain fallbacks.
+    /// Executes the router's read plan: the replicas in order, the first hit wins; a miss on
+    /// all is a miss, then the plan's fills (warm-up, drain); an error only if no replica
+    /// answered.
     fn retrieve(&mut self, key: &[u8], cas: bool, touch: Option<i64>) -> Result<Option<Item>> {
-        let targets = self.router.read_targets(key);
+        let plan = self.router.plan_read(key, crate::registry::now_ms());
         self.run_probes();
-        let (owner, up) = targets?;
+        let plan = plan?;
         let (mut answered, mut last_error) = (false, None);
-        for server in up {
-            match self.get_one(server, key, cas, touch) {
+        for server in &plan.replicas {
+            match self.get_one(server.index, key, cas, touch) {
                 Ok(Some(item)) => return Ok(Some(item)),
-                Ok(None) => {
-                    answered = true;
-                    if server == owner
-                        && let Some(item) = self.warm_fill(server, key)
-                    {
-                        return Ok(Some(item));
-                    }
-                }
+                Ok(None) => answered = true,
                 Err(err) => last_error = Some(err),
             }
         }
-        if let Some(item) = self.drain_fill(owner, key) {
-            return Ok(Some(item));
+        for fill in &plan.fills {
+            if let Some(item) = self.fill(fill, key, cas, touch) {
+                return Ok(Some(item));
+            }
         }
         match (answered, last_error) {
             (false, Some(err)) => Err(err),
@@ -379,36 +377,35 @@ impl Client {
                 pending.retain(|(key, _)| !hits.contains(*key));
             }
         }
-        // Keys every replica missed get what a single get would do now: their owner asked
-        // again if the table changed during the batch (a drain may have moved them there),
-        // then the warm-up and drain fallbacks.
+        // Keys every replica missed get what a single get would do now (the router's plan of
+        // a read): their owner asked again if the table changed during the batch (a drain may
+        // have moved them there), then the plan's fills (warm-up, drain).
         let changed = self.router.refresh().is_ok() && self.router.snapshot().version != version;
         let hit: HashSet<&[u8]> = result.items.iter().map(|i| i.key.as_slice()).collect();
         let mut filled = Vec::new();
+        let now = crate::registry::now_ms();
+        let fills = self.router.fills_possible(now);
         for (key, first) in owners {
-            if hit.contains(key) || failed.contains_key(&first) {
+            if hit.contains(key) || failed.contains_key(&first) || !(changed || fills) {
                 continue;
             }
-            // Positions of the batch's table stay valid while the version is the same.
-            let owner = match changed {
-                false => first,
-                true => match self.router.owner(key) {
-                    Ok(owner) => owner,
-                    Err(_) => continue,
-                },
+            let Ok(plan) = self.router.plan_read(key, now) else {
+                continue;
             };
-            if self.is_down(owner) {
+            if plan.fills.is_empty() && !changed {
                 continue;
             }
             let mut found = None;
-            if changed {
-                found = self.get_one(owner, key, cas, None).ok().flatten();
+            if changed && plan.replicas.first() == Some(&plan.owner) {
+                found = self
+                    .get_one(plan.owner.index, key, cas, None)
+                    .ok()
+                    .flatten();
             }
-            if found.is_none() {
-                found = self.warm_fill(owner, key);
-            }
-            if found.is_none() {
-                found = self.drain_fill(owner, key);
+            for fill in &plan.fills {
+                if found.is_none() {
+                    found = self.fill(fill, key, cas, None);
+                }
             }
             filled.extend(found);
         }

@@ -156,6 +156,12 @@ impl Router {
         Ok(Router::new(Source::Servers(Arc::new(snapshot))))
     }
 
+    /// The router of a table given as it is, without a registry: the rules on a hand-built
+    /// table (this process keeps its failure view to itself, and takes no retry lease).
+    pub fn for_snapshot(snapshot: Snapshot) -> Router {
+        Router::new(Source::Servers(Arc::new(snapshot)))
+    }
+
     fn new(source: Source) -> Router {
         Router {
             source,
@@ -518,18 +524,6 @@ impl Router {
             stale.push(i);
         }
         stale
-    }
-
-    /// Warm-up: when `server` is in its warm window, the server that owned `key` while it was
-    /// away (where a miss on `server` is looked up).
-    pub fn warm_source(&self, server: usize, key: &[u8]) -> Option<usize> {
-        let rejoined = &self.routing().snapshot.servers[server];
-        if rejoined.warm_until_ms == 0 || crate::registry::now_ms() >= rejoined.warm_until_ms {
-            return None;
-        }
-        self.along_ring(key, 2)
-            .into_iter()
-            .find(|&i| i != server && !self.is_down(i))
     }
 
     /// The draining server that owned `key` before the drain, if any.

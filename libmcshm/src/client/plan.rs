@@ -1,0 +1,397 @@
+//! Plans: what the router answers for one key, for every front end to execute as it is (the
+//! blocking [`Client`](super::Client) with its connections, mcproxy with its event loop), so
+//! that each rule (replica order, warm-up and drain fallbacks, invalidations) is written once,
+//! here, and the front ends cannot drift apart.
+//!
+//! A plan names servers by [`ServerRef`]: the server's stable id and its position in the table
+//! version the plan was made on. Outcomes are reported by id ([`Router::report`]), so a plan
+//! whose execution straddles a table change reports to the right server, or to none if it left.
+
+use super::router::Router;
+use crate::address::Address;
+use crate::error::Result;
+use crate::table::State;
+
+/// A server of the table version a plan was made on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerRef {
+    /// The server's id: unique in the domain, never reused.
+    pub id: u32,
+    /// Its position in that version's servers (what the plan's snapshot indexes).
+    pub index: usize,
+}
+
+/// How a key is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// The table version the plan was made on.
+    pub version: u64,
+    /// The key's owner (up or down).
+    pub owner: ServerRef,
+    /// The up replicas, owner first: ask them in order; the first hit wins.
+    pub replicas: Vec<ServerRef>,
+    /// When every replica missed: copy the key as these say, in order, until one finds it.
+    pub fills: Vec<Fill>,
+}
+
+/// A miss filled from the server that had the key: warm-up after a rejoin, or a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fill {
+    pub from: ServerRef,
+    pub to: ServerRef,
+    pub kind: FillKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillKind {
+    /// `to` rejoined (warm policy) and `from` owned the key while it was away: copy with `add`
+    /// (never over a newer write), keeping flags and remaining TTL.
+    Warm,
+    /// `from` is draining: copy with `add`, then delete the key from `from`. If `from` no
+    /// longer has it, ask `to` again (the drain may have just moved it).
+    Drain,
+}
+
+/// How a key is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WritePlan {
+    pub version: u64,
+    /// The up replicas to write (cas: the first only); the first one's reply is the answer.
+    pub targets: Vec<ServerRef>,
+    /// Where the key is deleted with the write, so that no stale copy can be served later
+    /// (see [`crate::coherence`]).
+    pub invalidate: Vec<ServerRef>,
+}
+
+/// What became of a request to a server, as a front end reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// The server answered (whatever it answered).
+    Answered,
+    /// Connect, timeout or I/O failure: counted against the server.
+    Failed { error: &'a str, errno: i32 },
+}
+
+impl Router {
+    fn server_ref(&self, index: usize) -> ServerRef {
+        ServerRef {
+            id: self.snapshot().servers[index].id,
+            index,
+        }
+    }
+
+    /// The plan of a read of `key` at `now_ms` (ms since the Unix epoch): its replicas (down
+    /// ones get their retry probe), and the fills that apply to a miss.
+    pub fn plan_read(&mut self, key: &[u8], now_ms: u64) -> Result<ReadPlan> {
+        let (owner, up) = self.read_targets(key)?;
+        let mut fills = Vec::new();
+        if !self.is_down(owner) {
+            if let Some(from) = self.warm_source_at(owner, key, now_ms) {
+                fills.push(Fill {
+                    from: self.server_ref(from),
+                    to: self.server_ref(owner),
+                    kind: FillKind::Warm,
+                });
+            }
+            if let Some(from) = self.draining_owner(key) {
+                fills.push(Fill {
+                    from: self.server_ref(from),
+                    to: self.server_ref(owner),
+                    kind: FillKind::Drain,
+                });
+            }
+        }
+        Ok(ReadPlan {
+            version: self.snapshot().version,
+            owner: self.server_ref(owner),
+            replicas: up.into_iter().map(|i| self.server_ref(i)).collect(),
+            fills,
+        })
+    }
+
+    /// The plan of a write of `key` (`only_first`: cas, the first up replica only). With no
+    /// replica up, the error to answer (the owner gets its retry probe).
+    pub fn plan_write(&mut self, key: &[u8], only_first: bool) -> Result<WritePlan> {
+        let chain = self.chain(key)?;
+        let targets = self.write_targets(&chain, only_first)?;
+        let invalidate = self.invalidations(key, chain.len());
+        Ok(WritePlan {
+            version: self.snapshot().version,
+            targets: targets.into_iter().map(|i| self.server_ref(i)).collect(),
+            invalidate: invalidate.into_iter().map(|i| self.server_ref(i)).collect(),
+        })
+    }
+
+    /// Reports what became of a request to server `server` of the version a plan was made on:
+    /// found again by id in the current version (one that left the table is not reported).
+    pub fn report(&mut self, server: ServerRef, outcome: Outcome<'_>) {
+        if self.refresh().is_err() {
+            return;
+        }
+        let servers = &self.snapshot().servers;
+        let index = match servers.get(server.index) {
+            Some(s) if s.id == server.id => Some(server.index),
+            _ => servers.iter().position(|s| s.id == server.id),
+        };
+        let Some(index) = index else { return };
+        match outcome {
+            Outcome::Answered => self.succeeded(index),
+            Outcome::Failed { error, errno } => self.failed(index, error, errno),
+        }
+    }
+
+    /// Whether a read plan at `now_ms` can have fills: a server drains, or one is in its warm
+    /// window (a multi-get plans its misses again only then).
+    pub fn fills_possible(&self, now_ms: u64) -> bool {
+        self.snapshot().servers.iter().any(|s| {
+            s.state == State::Draining || (s.state == State::Up && s.warm_until_ms > now_ms)
+        })
+    }
+
+    /// The address of a server of the current version.
+    pub fn address_of(&self, server: ServerRef) -> &Address {
+        &self.snapshot().servers[server.index].address
+    }
+
+    /// Whether server `i` is in its warm window at `now_ms`; then the server that owned `key`
+    /// while it was away (where a miss on it is looked up).
+    pub fn warm_source_at(&self, server: usize, key: &[u8], now_ms: u64) -> Option<usize> {
+        let rejoined = &self.snapshot().servers[server];
+        if rejoined.state != State::Up || now_ms >= rejoined.warm_until_ms {
+            return None;
+        }
+        self.along_ring(key, 2)
+            .into_iter()
+            .find(|&i| i != server && !self.is_down(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules of the plans on hand-built tables: no file, no socket, no sleep.
+    use super::*;
+    use crate::table::{Distribution, Failover, Policy, Server, Snapshot};
+
+    const NOW: u64 = 1_000_000;
+
+    fn table(states: &[State], policy: Policy) -> Snapshot {
+        let servers = states
+            .iter()
+            .enumerate()
+            .map(|(i, state)| Server {
+                id: 10 + i as u32,
+                live: i as u32,
+                state: *state,
+                ..Server::new(Address::parse(&format!("10.0.0.{}:11211", i + 1)).unwrap())
+            })
+            .collect::<Vec<_>>();
+        Snapshot {
+            domain: "t".into(),
+            version: 7,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            next_id: 10 + servers.len() as u32,
+            servers,
+            policy,
+            fleet_revision: 0,
+            shared_ring: None,
+        }
+    }
+
+    fn router(states: &[State], policy: Policy) -> Router {
+        Router::for_snapshot(table(states, policy))
+    }
+
+    fn keys() -> impl Iterator<Item = Vec<u8>> {
+        (0..500).map(|n| format!("key:{n}").into_bytes())
+    }
+
+    /// A key whose owner is server `index` in `r`.
+    fn key_of(r: &mut Router, index: usize) -> Vec<u8> {
+        keys()
+            .find(|k| r.plan_read(k, NOW).unwrap().owner.index == index)
+            .expect("a key of the server")
+    }
+
+    #[test]
+    fn every_distribution_routes_every_key_to_a_server_of_the_table_by_id() {
+        use crate::keyhash::KeyHash;
+        use crate::pecl::PeclHash;
+        for distribution in [
+            Distribution::Ketama,
+            Distribution::KetamaSpy,
+            Distribution::KetamaUnweighted(KeyHash::OneAtATime),
+            Distribution::Modula(KeyHash::Crc),
+            Distribution::PeclMemcache(PeclHash::Crc32),
+        ] {
+            let policy = Policy {
+                distribution,
+                ..Policy::default()
+            };
+            let mut r = router(&[State::Up; 3], policy);
+            let mut owners = std::collections::HashSet::new();
+            for key in keys() {
+                let plan = r.plan_read(&key, NOW).unwrap();
+                assert_eq!(plan.replicas, [plan.owner], "{distribution:?}");
+                assert_eq!(plan.owner.id, 10 + plan.owner.index as u32);
+                assert!(plan.fills.is_empty());
+                let write = r.plan_write(&key, false).unwrap();
+                assert_eq!(write.targets, [plan.owner]);
+                assert!(write.invalidate.is_empty(), "nothing to invalidate");
+                owners.insert(plan.owner.index);
+            }
+            assert_eq!(owners.len(), 3, "{distribution:?} uses every server");
+        }
+    }
+
+    #[test]
+    fn failover_none_keeps_a_down_owner_and_rehash_moves_its_keys() {
+        let none = Policy::default();
+        let mut r = router(&[State::Up, State::Down, State::Up], none);
+        let key = key_of(&mut r, 1);
+        let plan = r.plan_read(&key, NOW).unwrap();
+        assert_eq!(
+            plan.owner.index, 1,
+            "none: the down server still owns its keys"
+        );
+        assert!(plan.replicas.is_empty(), "a miss, no other server asked");
+        let refused = r.plan_write(&key, false).unwrap_err();
+        assert!(refused.to_string().contains("10.0.0.2"), "{refused}");
+
+        let rehash = Policy {
+            failover: Failover::Rehash,
+            ..Policy::default()
+        };
+        let mut r = router(&[State::Up, State::Down, State::Up], rehash);
+        for key in keys() {
+            let plan = r.plan_read(&key, NOW).unwrap();
+            assert_ne!(plan.owner.index, 1, "rehash: no key on the down server");
+            let write = r.plan_write(&key, false).unwrap();
+            // The next server along the ring is invalidated (the double fault).
+            assert_eq!(write.invalidate.len(), 1);
+            assert_ne!(write.invalidate[0], write.targets[0]);
+        }
+    }
+
+    #[test]
+    fn replicas_are_distinct_servers_read_in_order_and_all_written() {
+        let two = Policy {
+            replicas: 2,
+            ..Policy::default()
+        };
+        let mut r = router(&[State::Up; 3], two);
+        for key in keys().take(50) {
+            let plan = r.plan_read(&key, NOW).unwrap();
+            assert_eq!(plan.replicas.len(), 2);
+            assert_ne!(plan.replicas[0], plan.replicas[1]);
+            assert_eq!(plan.replicas[0], plan.owner);
+            assert_eq!(r.plan_write(&key, false).unwrap().targets, plan.replicas);
+            assert_eq!(
+                r.plan_write(&key, true).unwrap().targets,
+                [plan.owner],
+                "cas"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_in_its_warm_window_fills_misses_from_the_interim_owner() {
+        let mut t = table(&[State::Up; 3], Policy::default());
+        t.servers[0].warm_until_ms = NOW + 1;
+        let mut r = Router::for_snapshot(t);
+        let key = key_of(&mut r, 0);
+        let plan = r.plan_read(&key, NOW).unwrap();
+        let [fill] = plan.fills[..] else {
+            panic!("one fill: {plan:?}")
+        };
+        assert_eq!((fill.to.index, fill.kind), (0, FillKind::Warm));
+        assert_ne!(fill.from.index, 0);
+        assert!(
+            r.plan_read(&key, NOW + 1).unwrap().fills.is_empty(),
+            "window over"
+        );
+        let other = key_of(&mut r, 1);
+        assert!(
+            r.plan_read(&other, NOW).unwrap().fills.is_empty(),
+            "not warming"
+        );
+    }
+
+    #[test]
+    fn a_draining_server_is_read_after_a_miss_and_invalidated_by_writes() {
+        let mut r = router(&[State::Up, State::Draining, State::Up], Policy::default());
+        let mut drained = 0;
+        for key in keys() {
+            let plan = r.plan_read(&key, NOW).unwrap();
+            assert_ne!(
+                plan.owner.index, 1,
+                "no key is owned by the draining server"
+            );
+            let write = r.plan_write(&key, false).unwrap();
+            if let [fill] = plan.fills[..] {
+                assert_eq!((fill.from.index, fill.kind), (1, FillKind::Drain));
+                assert_eq!(fill.to, plan.owner);
+                assert_eq!(
+                    write.invalidate,
+                    [fill.from],
+                    "a write deletes the old copy"
+                );
+                drained += 1;
+            } else {
+                assert!(write.invalidate.is_empty());
+            }
+        }
+        assert!(
+            drained > 50,
+            "about a third of the keys were the draining server's"
+        );
+    }
+
+    #[test]
+    fn writes_delete_their_key_from_every_server_that_may_hold_a_stray() {
+        let mut t = table(&[State::Up; 4], Policy::default());
+        t.servers[0].strays_since = 5;
+        t.servers[2].strays_since = 6;
+        t.servers[3].state = State::Down;
+        t.servers[3].strays_since = 6;
+        let mut r = Router::for_snapshot(t);
+        for key in keys().take(100) {
+            let Ok(write) = r.plan_write(&key, false) else {
+                continue; // owned by the down server: no write
+            };
+            let mut expected: Vec<usize> = [0, 2]
+                .into_iter()
+                .filter(|&i| i != write.targets[0].index)
+                .collect();
+            expected.sort_unstable();
+            let mut got: Vec<usize> = write.invalidate.iter().map(|s| s.index).collect();
+            got.sort_unstable();
+            assert_eq!(got, expected, "marked, not a replica, not down");
+        }
+    }
+
+    #[test]
+    fn failures_up_to_the_limit_take_a_server_off_for_this_process() {
+        let mut r = router(&[State::Up; 3], Policy::default());
+        let key = key_of(&mut r, 2);
+        let plan = r.plan_read(&key, NOW).unwrap();
+        let failed = Outcome::Failed {
+            error: "connection refused",
+            errno: libc::ECONNREFUSED,
+        };
+        r.report(plan.owner, failed);
+        assert_eq!(
+            r.plan_read(&key, NOW).unwrap().replicas,
+            [plan.owner],
+            "one is not enough"
+        );
+        r.report(plan.owner, failed);
+        assert!(
+            r.plan_read(&key, NOW).unwrap().replicas.is_empty(),
+            "down at the limit"
+        );
+        // A report names the server by id: one unknown to the table is ignored.
+        r.report(ServerRef { id: 99, index: 0 }, failed);
+    }
+}
