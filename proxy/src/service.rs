@@ -66,6 +66,16 @@ struct Outstanding {
     sent: crate::upstream::Sent,
 }
 
+/// What a fill did ([`Service::fill`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Filled {
+    /// The key was copied to the owner: its `VALUE` item.
+    Copied(Vec<u8>),
+    /// The owner may have the key (a newer write, or the drain moved it): ask it.
+    AskAgain,
+    Nothing,
+}
+
 /// A routing decision: the table it was made on, and server positions in it.
 struct Plan<T> {
     snapshot: Arc<Snapshot>,
@@ -475,10 +485,20 @@ impl Service {
                     .await;
             }
             for fill in &plan.fills {
-                if found[n].is_none() && self.fill(&snapshot, fill, &keys[n]).await {
-                    found[n] = self
-                        .ask_again(&snapshot, fill.to, verb, exptime, &keys[n])
-                        .await;
+                if found[n].is_some() {
+                    break;
+                }
+                match self.fill(&snapshot, fill, &keys[n]).await {
+                    // Our copy is what the owner holds: a plain get returns it as it is.
+                    Filled::Copied(item) if verb == GetVerb::Get && exptime.is_none() => {
+                        found[n] = Some(item);
+                    }
+                    Filled::Copied(_) | Filled::AskAgain => {
+                        found[n] = self
+                            .ask_again(&snapshot, fill.to, verb, exptime, &keys[n])
+                            .await;
+                    }
+                    Filled::Nothing => {}
                 }
             }
         }
@@ -508,9 +528,8 @@ impl Service {
 
     /// Executes one fill of a read plan as the blocking client does: `mg` on `from`, a hit
     /// copied to `to` with `add` (never over a newer write; flags and remaining TTL kept), a
-    /// drain then deleting it from `from`. Whether `to` is worth asking again: it got the copy,
-    /// or (a drain) it may have got the key from the drain itself.
-    async fn fill(&self, snapshot: &Arc<Snapshot>, fill: &Fill, key: &[u8]) -> bool {
+    /// drain then deleting it from `from`.
+    async fn fill(&self, snapshot: &Arc<Snapshot>, fill: &Fill, key: &[u8]) -> Filled {
         let prefix = snapshot.policy.prefix.as_bytes();
         let mut ask = Vec::new();
         Request::MetaGet { key }.encode_prefixed(&mut ask, prefix);
@@ -519,7 +538,11 @@ impl Service {
             .as_deref()
             .map_or(Ok(None), |r| proto::parse_reply(Expect::Meta, r))
         else {
-            return fill.kind == FillKind::Drain;
+            // Gone from a draining server: the drain may have just moved it to `to`.
+            return match fill.kind {
+                FillKind::Drain => Filled::AskAgain,
+                FillKind::Warm => Filled::Nothing,
+            };
         };
         let store = Request::Store {
             verb: StoreVerb::Add,
@@ -538,7 +561,17 @@ impl Service {
                 .call(snapshot, fill.from.index, delete, Frame::Line)
                 .await;
         }
-        true
+        match added {
+            Ok(reply) if reply == b"STORED\r\n" => {
+                let mut item = b"VALUE ".to_vec();
+                item.extend_from_slice(key);
+                item.extend_from_slice(format!(" {flags} {}\r\n", value.len()).as_bytes());
+                item.extend_from_slice(&value);
+                item.extend_from_slice(b"\r\n");
+                Filled::Copied(item)
+            }
+            _ => Filled::AskAgain,
+        }
     }
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`); on a
@@ -574,7 +607,7 @@ impl Service {
                     .await;
             }
             for fill in &plan.fills {
-                if miss.is_some() && this.fill(&snapshot, fill, &key).await {
+                if miss.is_some() && this.fill(&snapshot, fill, &key).await != Filled::Nothing {
                     let again = this
                         .call(&snapshot, fill.to.index, bytes.clone(), Frame::Meta)
                         .await;

@@ -72,12 +72,13 @@ impl Client {
                 if kind == FillKind::Drain && added.is_ok() {
                     let _ = self.call(from, &Request::Delete { key });
                 }
-                Some(
-                    self.get_one(to, key, cas, touch)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(item),
-                )
+                // Our copy is what `to` holds: a plain get returns it. Otherwise (a newer
+                // write won, or the read wants a cas unique or a touch) `to` is asked again.
+                if matches!(added, Ok(Stored::Stored)) && !cas && touch.is_none() {
+                    return Some(item);
+                }
+                let again = self.get_one(to, key, cas, touch).ok().flatten();
+                Some(again.unwrap_or(item))
             }
             (None, FillKind::Drain) => self.get_one(to, key, cas, touch).ok().flatten(),
             (None, FillKind::Warm) => None,
