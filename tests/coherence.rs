@@ -231,6 +231,92 @@ fn up_of_several_servers_commits_one_version() {
     assert_eq!(list["servers"][1]["state"], "up");
 }
 
+/// Case 7: with every etcd member hung (SIGSTOP: connections accepted, never answered), the
+/// agent says CUT OFF within --etcd-timeout (and a little for its next look); a down the host
+/// marks and reverses meanwhile is never pushed when etcd returns: the fleet and every host keep
+/// the server up, and it is not flushed again.
+#[test]
+fn a_hung_etcd_is_cut_off_in_time_and_a_reversed_down_is_not_replayed() {
+    use common::etcd::{EtcdCluster, Host, fleet_cmd};
+    let cluster = EtcdCluster::start(3);
+    let s = Memcached::start();
+    let add = fleet_cmd(&cluster.endpoints(), "h", &["add", &s.address()])
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let mut a = Host::start("ha", &cluster.endpoints());
+    a.kill_agent();
+    a.start_agent_with(&["--etcd-timeout", "2"]);
+    let b = Host::start("hb", &cluster.endpoints());
+    let connected = |h: &Host| {
+        h.local("h")
+            .is_some_and(|l| l["fleet"]["connected"] == true)
+    };
+    assert!(wait_until(Duration::from_secs(20), || connected(&a) && connected(&b)));
+
+    for i in 0..3 {
+        cluster.signal(i, libc::SIGSTOP);
+    }
+    let hung = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || !connected(&a)),
+        "still connected 10 s after etcd hung: {}",
+        a.log_text()
+    );
+    let cut_off_after = hung.elapsed();
+    // --etcd-timeout 2, plus the agent's next look (every 2 s) and a slow machine's second.
+    assert!(
+        cut_off_after < Duration::from_secs(6),
+        "cut off after {cut_off_after:?}"
+    );
+    assert!(a.reg.ok("h", &["list"]).contains("CUT OFF"));
+
+    // Meanwhile the host marks the server down (as clients do after failures) and brings it
+    // back (flushed); what it then writes must survive etcd's return.
+    a.reg.ok("h", &["down", &s.address(), "--retry"]);
+    a.reg.ok("h", &["up", &s.address()]);
+    s.raw_set("written-after-the-rejoin", "x");
+
+    for i in 0..3 {
+        cluster.signal(i, libc::SIGCONT);
+    }
+    cluster.wait_ready();
+    assert!(
+        wait_until(Duration::from_secs(20), || connected(&a)),
+        "{}",
+        a.log_text()
+    );
+    // Give a replayed push every chance to show: the fleet's table after both agents looked.
+    let revision = |h: &Host| h.revision("h");
+    let settled = wait_until(Duration::from_secs(10), || {
+        let fleet = common::etcd::fleet_cmd(&cluster.endpoints(), "h", &["--json", "list"])
+            .output()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&fleet.stdout).unwrap_or_default();
+        let rev = list["revision"].as_i64().unwrap_or(-1);
+        rev == revision(&a) && rev == revision(&b)
+    });
+    assert!(settled, "{}\n{}", a.log_text(), b.log_text());
+    for h in [&a, &b] {
+        assert_eq!(
+            h.state("h", &s.address()).as_deref(),
+            Some("up"),
+            "{}",
+            h.log_text()
+        );
+    }
+    assert!(!a.log_text().contains("\"pushed\""), "{}", a.log_text());
+    assert_eq!(
+        s.raw_get("written-after-the-rejoin").as_deref(),
+        Some("x"),
+        "not flushed again"
+    );
+}
+
 /// A server that cannot be flushed is not added; `--no-flush` and `--down` say why.
 #[test]
 fn add_flushes_a_new_server_or_changes_nothing() {

@@ -383,7 +383,7 @@ fn twenty_clients_on_each_of_three_hosts_probe_a_down_server_once_per_interval_f
     )
     .unwrap();
     let key = key_on(&mut c, &s.address(), "hot:");
-    fleet_ok(&cluster, "h", &["down", &s.address()]);
+    fleet_ok(&cluster, "h", &["down", &s.address(), "--retry"]);
     for h in &hosts {
         assert!(wait_until(WAIT, || h.state("h", &s.address()).as_deref()
             == Some("down")));

@@ -4,7 +4,7 @@
 //! ```json
 //! {"servers": [{"address": "cache1:11211", "weight": 1, "state": "down", "retry_interval": 15,
 //!               "reason": "2 consecutive failures", "since_ms": 1764000000000,
-//!               "warm_until_ms": 0}],
+//!               "warm_until_ms": 0, "down_by": "failures"}],
 //!  "policy": {"failover": "none", "failure_limit": 2, "rejoin": "flush", "replicas": 1,
 //!             "warm_window_s": 600, "distribution": "ketama", "hash": "md5", "prefix": "app1:"},
 //!  "changed": {"by": "mcadmin", "host": "web1", "pid": 4242, "ms": 1764000000000}}
@@ -66,6 +66,10 @@ struct ServerDoc {
     since_ms: u64,
     #[serde(default)]
     warm_until_ms: u64,
+    /// A down server's: "operator" (held until an operator's up) or "failures" (retried
+    /// automatically); absent in documents of mcshm before it, which meant "failures".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    down_by: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -132,6 +136,10 @@ pub fn encode(table: &Table, changed: &Changed) -> Vec<u8> {
                 reason: s.reason.clone(),
                 since_ms: s.since_ms,
                 warm_until_ms: s.warm_until_ms,
+                down_by: (s.state == State::Down).then(|| match s.held {
+                    true => "operator".into(),
+                    false => "failures".into(),
+                }),
             })
             .collect(),
         policy: policy_doc(&table.policy),
@@ -198,6 +206,15 @@ fn decode_server(s: &ServerDoc) -> Result<Server, String> {
         .map_err(|e: libmcshm::Error| e.to_string())?;
     let retry_interval = check_retry_interval(s.retry_interval).map_err(|e| e.to_string())?;
     check_reason(&s.reason).map_err(|e| e.to_string())?;
+    let held = match s.down_by.as_deref() {
+        None | Some("failures") => false,
+        Some("operator") => true,
+        Some(other) => {
+            return Err(format!(
+                "invalid down_by '{other}': expected 'operator' or 'failures'"
+            ));
+        }
+    };
     Ok(Server {
         weight,
         state,
@@ -205,6 +222,7 @@ fn decode_server(s: &ServerDoc) -> Result<Server, String> {
         reason: s.reason.clone(),
         since_ms: s.since_ms,
         warm_until_ms: s.warm_until_ms,
+        held: held && state == State::Down,
         ..Server::new(address)
     })
 }

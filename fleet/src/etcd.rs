@@ -144,19 +144,25 @@ pub const WATCH_IDLE: Duration = Duration::from_secs(30);
 impl Etcd {
     pub fn new(config: EtcdConfig) -> Result<Etcd, EtcdError> {
         let tls = tls_config(&config)?;
-        let build = |read: Duration| {
+        let build = |read: Duration, whole: Option<Duration>| {
             let mut b = ureq::AgentBuilder::new()
                 .timeout_connect(config.timeout.min(Duration::from_secs(2)))
                 .timeout_read(read)
                 .timeout_write(config.timeout);
+            // A request's whole time is bounded too: ureq does not apply the read timeout to a
+            // pooled connection, and a hung member (SIGSTOP, a partition that drops packets)
+            // accepts the request and never answers.
+            if let Some(whole) = whole {
+                b = b.timeout(whole);
+            }
             if let Some(tls) = &tls {
                 b = b.tls_config(tls.clone());
             }
             b.build()
         };
         Ok(Etcd {
-            agent: build(config.timeout),
-            watch_agent: build(WATCH_IDLE),
+            agent: build(config.timeout, Some(config.timeout)),
+            watch_agent: build(WATCH_IDLE, None),
             config,
             current: Mutex::new(0),
             token: Mutex::new(None),

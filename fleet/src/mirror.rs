@@ -26,6 +26,8 @@ pub struct Mark {
     pub reason: String,
     pub since_ms: u64,
     pub warm_until_ms: u64,
+    /// Down by an operator (see [`Server::held`]).
+    pub held: bool,
 }
 
 impl Mark {
@@ -51,13 +53,14 @@ pub fn local_marks(base: &Table, local: &Table) -> Vec<Mark> {
     base.servers
         .iter()
         .filter_map(|b| match here.get(&b.address.identity()) {
-            Some(l) if l.state != b.state => Some(Mark {
+            Some(l) if l.state != b.state || l.held != b.held => Some(Mark {
                 address: b.address.clone(),
                 from: b.state,
                 to: Some(l.state),
                 reason: l.reason.clone(),
                 since_ms: l.since_ms,
                 warm_until_ms: l.warm_until_ms,
+                held: l.held,
             }),
             None if b.state == State::Draining => Some(Mark {
                 address: b.address.clone(),
@@ -66,8 +69,35 @@ pub fn local_marks(base: &Table, local: &Table) -> Vec<Mark> {
                 reason: String::new(),
                 since_ms: 0,
                 warm_until_ms: 0,
+                held: false,
             }),
             _ => None,
+        })
+        .collect()
+}
+
+/// Marks that keep `local`'s newer state over a push of ours that lost its answer and landed
+/// later in `fleet`: for each server of `in_doubt` whose fleet state is the one we pushed and
+/// whose local state has changed since, a mark from the fleet's state to the local one.
+pub fn superseding(in_doubt: &[Mark], fleet: &Table, local: &Table) -> Vec<Mark> {
+    let find = |t: &'_ Table, a: &Address| -> Option<Server> {
+        t.servers.iter().find(|s| s.address.same_server(a)).cloned()
+    };
+    in_doubt
+        .iter()
+        .filter_map(|m| {
+            let (f, l) = (find(fleet, &m.address)?, find(local, &m.address)?);
+            let landed = Some(f.state) == m.to && f.since_ms == m.since_ms;
+            let moved_on = (l.state, l.held, l.since_ms) != (f.state, f.held, f.since_ms);
+            (landed && moved_on).then(|| Mark {
+                address: m.address.clone(),
+                from: f.state,
+                to: Some(l.state),
+                reason: l.reason.clone(),
+                since_ms: l.since_ms,
+                warm_until_ms: l.warm_until_ms,
+                held: l.held,
+            })
         })
         .collect()
 }
@@ -94,6 +124,7 @@ pub fn apply_marks(onto: &mut Table, marks: &[Mark]) -> usize {
                 server.reason = mark.reason.clone();
                 server.since_ms = mark.since_ms;
                 server.warm_until_ms = mark.warm_until_ms;
+                server.held = mark.held;
             }
             None => {
                 onto.servers.remove(i);
@@ -149,6 +180,28 @@ mod tests {
         pid: 2,
         uid: 3,
     };
+
+    #[test]
+    fn a_push_that_lands_late_is_superseded_by_the_newer_local_state() {
+        let base = table(&[("a", State::Up)]);
+        let mut down = base.clone();
+        down.servers[0].state = State::Down;
+        down.servers[0].since_ms = 10;
+        let in_doubt = local_marks(&base, &down);
+        // The host brought it back meanwhile; then the lost push lands in the fleet.
+        let mut local = base.clone();
+        local.servers[0].since_ms = 20;
+        let mut landed = down.clone();
+        let marks = superseding(&in_doubt, &landed, &local);
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks[0].describe(), "a:11211 down -> up");
+        assert_eq!(apply_marks(&mut landed, &marks), 1);
+        assert_eq!(landed.servers[0].state, State::Up);
+        // Had it not landed (the fleet kept it up), nothing is to be superseded.
+        assert!(superseding(&in_doubt, &base, &local).is_empty());
+        // Had the host not moved on, its state is the one that landed.
+        assert!(superseding(&in_doubt, &down, &down).is_empty());
+    }
 
     #[test]
     fn a_local_mark_down_is_pushed_unless_superseded() {

@@ -112,6 +112,10 @@ struct Mirror {
     base: Option<FleetTable>,
     /// Local marks etcd did not take yet.
     pending: bool,
+    /// Marks of a push whose answer was lost (etcd hung or cut off while it had the request):
+    /// it may still land. If it does after this host changed those servers again, the newer
+    /// local state is kept and pushed over it.
+    in_doubt: Vec<Mark>,
     applied_ms: u64,
     watching_local: bool,
     /// Just became active: read the fleet's table once.
@@ -236,6 +240,7 @@ impl Agent {
                     standing_by: false,
                     base: None,
                     pending: false,
+                    in_doubt: Vec::new(),
                     applied_ms: 0,
                     watching_local: false,
                     fresh: false,
@@ -298,6 +303,7 @@ impl Agent {
     /// the same) revision already.
     fn apply(&mut self, domain: &Domain, table: FleetTable, events: &mut dyn FnMut(SyncEvent)) {
         let fleet = self.fleet.clone();
+        let by = self.push_by();
         let Some(mirror) = self.active(domain, true, events) else {
             return;
         };
@@ -314,6 +320,10 @@ impl Agent {
         let base = base_for(&fleet, mirror, local_revision, events).cloned();
         let revision = table.revision;
         let mut kept = 0;
+        // Our own push that lost its answer, landed now: where this host has moved on since,
+        // its newer state supersedes it.
+        let ours = table.changed.by == by;
+        let in_doubt = std::mem::take(&mut mirror.in_doubt);
         let writer = mirror.writer.as_mut().expect("active");
         let result = writer.transact(|t| {
             if t.fleet_revision as i64 >= revision {
@@ -321,11 +331,14 @@ impl Agent {
             }
             // The marks are taken from the table under the writer lock: a client's mark-down
             // committed a moment ago is kept, not overwritten by the fleet's older state.
-            let marks = base
+            let mut marks = base
                 .as_ref()
                 .filter(|b| b.revision == t.fleet_revision as i64)
                 .map(|b| mirror::local_marks(&b.table, t))
                 .unwrap_or_default();
+            if ours {
+                marks.extend(mirror::superseding(&in_doubt, &table.table, t));
+            }
             kept = mirror::mirror(t, &table.table, revision as u64, &marks, commit_info());
             Ok(())
         });
@@ -354,10 +367,18 @@ impl Agent {
     /// them), then mirrors the revision written.
     fn push(&mut self, domain: &Domain, events: &mut dyn FnMut(SyncEvent)) {
         let fleet = self.fleet.clone();
-        let by = format!("mcadmin sync ({})", self.options.name);
+        let by = self.push_by();
+        let connected = self.connected == Some(true);
         let Some(mirror) = self.active(domain, false, events) else {
             return;
         };
+        if !connected {
+            // Cut off: nothing is sent to an etcd that may be hung (it would take the request
+            // and apply it whenever it resumes, however stale by then). The marks wait; what
+            // is pushed once etcd answers again is the host's state at that time.
+            mirror.pending = true;
+            return;
+        }
         let Ok(local) = mirror.writer.as_mut().expect("active").current_snapshot() else {
             return;
         };
@@ -381,6 +402,7 @@ impl Agent {
         match result {
             Ok(commit) => {
                 mirror.pending = false;
+                mirror.in_doubt.clear();
                 if applied == 0 {
                     events(SyncEvent::Superseded {
                         domain: domain.to_string(),
@@ -402,6 +424,7 @@ impl Agent {
             }
             Err(FleetError::Etcd(e @ EtcdError::Unreachable(_))) => {
                 mirror.pending = true;
+                mirror.in_doubt = marks;
                 self.set_connected(false, &e.to_string(), events);
             }
             Err(e) => {
@@ -409,6 +432,11 @@ impl Agent {
                 refused(e, events);
             }
         }
+    }
+
+    /// The `changed.by` of this agent's pushes.
+    fn push_by(&self) -> String {
+        format!("mcadmin sync ({})", self.options.name)
     }
 
     fn tick(&mut self, events: &mut dyn FnMut(SyncEvent)) {
@@ -477,8 +505,8 @@ impl Agent {
         let now = now_ms();
         for server in snapshot.servers.iter().filter(|s| s.state == State::Down) {
             writer.hold_probe_lease(server, now + HOLD_MS);
-            if server.retry_interval < 0 {
-                continue;
+            if server.retry_interval < 0 || server.held {
+                continue; // never retried, or held down by an operator
             }
             let interval_ms = u64::from(server.retry_interval.unsigned_abs()) * 1000;
             let key = (domain.clone(), server.address.to_string());

@@ -158,6 +158,17 @@ impl EtcdCluster {
         }
     }
 
+    /// Sends `signal` to member `i` (SIGSTOP hangs it as a partition that drops packets would:
+    /// connections are accepted by the kernel and never answered; SIGCONT resumes it).
+    pub fn signal(&self, i: usize, signal: i32) {
+        let child = self.members[i].child.as_ref().expect("member running");
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+    }
+
     /// Restarts a killed member on its ports and data.
     pub fn restart(&mut self, i: usize) {
         self.spawn(i, "existing");
@@ -235,6 +246,11 @@ impl Host {
     }
 
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    /// Starts the agent with extra global arguments (e.g. `--etcd-timeout 2`).
+    pub fn start_agent_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -243,7 +259,9 @@ impl Host {
         let child = Command::new(MCADMIN)
             .arg("--dir")
             .arg(self.reg.dir())
-            .args(["--etcd", &self.endpoints, "--json", "sync", "--all"])
+            .args(["--etcd", &self.endpoints])
+            .args(extra)
+            .args(["--json", "sync", "--all"])
             .args(["--name", &self.name, "--lease-ttl", "3"])
             .env_remove("MCSHM_ETCD")
             .stdin(Stdio::null())
