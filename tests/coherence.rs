@@ -317,6 +317,47 @@ fn a_hung_etcd_is_cut_off_in_time_and_a_reversed_down_is_not_replayed() {
     );
 }
 
+/// `settle` sweeps a marked server of the keys it lost and clears its mark: writes then stop
+/// deleting their key there.
+#[test]
+fn settle_sweeps_strays_and_writes_stop_paying_for_them() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("d", &["add", &a.address()]);
+    for i in 0..200 {
+        set(&reg, "d", &format!("k{i}"), "v");
+    }
+    reg.ok("d", &["add", &b.address()]);
+    let marked = |reg: &Reg| {
+        reg.list_json("d")["servers"][0]["strays_since"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_ne!(marked(&reg), 0, "A lost keys to B: marked");
+    let deletes = |m: &Memcached| m.stat("delete_hits") + m.stat("delete_misses");
+    let on_b = key_on(&reg, "d", &b);
+    let before = deletes(&a);
+    set(&reg, "d", &on_b, "w");
+    assert_eq!(
+        deletes(&a),
+        before + 1,
+        "a write of B's key deletes it from A"
+    );
+
+    let out = reg.ok("d", &["--json", "settle"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["server"], a.address().as_str(), "{out}");
+    assert_eq!(report[0]["cleared"], true, "{out}");
+    let moved = report[0]["deleted"].as_u64().unwrap();
+    assert!(moved > 50, "about half of A's keys were B's: {out}");
+    // 200 keys, one deleted from A by the write above, the strays by settle.
+    assert_eq!(a.stat("curr_items"), 199 - moved, "only strays deleted");
+    assert_eq!(marked(&reg), 0);
+    let before = deletes(&a);
+    set(&reg, "d", &on_b, "x");
+    assert_eq!(deletes(&a), before, "no more invalidation on A");
+}
+
 /// A server that cannot be flushed is not added; `--no-flush` and `--down` say why.
 #[test]
 fn add_flushes_a_new_server_or_changes_nothing() {

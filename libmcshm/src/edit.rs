@@ -163,6 +163,19 @@ pub fn start_drain(servers: &mut [Server], id: u32, reason: &str, actor: CommitI
     true
 }
 
+/// Clears the strays mark of the server with `id` after a sweep that began at table version
+/// `swept_at` (`mcadmin settle`): kept when a later version marked it again (that change's
+/// strays were not swept). `true` when cleared.
+pub fn clear_strays(servers: &mut [Server], id: u32, swept_at: u64) -> bool {
+    match servers.iter_mut().find(|s| s.id == id) {
+        Some(server) if server.strays_since != 0 && server.strays_since <= swept_at => {
+            server.strays_since = 0;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// How a down server comes back ([`bring_up`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Rejoining<'a> {

@@ -324,6 +324,22 @@ pub enum Command {
         #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
         rate: u32,
     },
+    /// Sweep servers that may hold stale copies of keys they no longer own, so writes stop
+    /// deleting their keys there.
+    ///
+    /// A change that moves keys between servers (add, a weight, a rejoin under rehash, ...)
+    /// marks the servers that lost keys (`strays_since` in `list --json`): until they are swept,
+    /// every write deletes its key from them too, so that no old copy can ever be served. This
+    /// lists each marked server's keys (`lru_crawler metadump all`), deletes those it does not
+    /// own in the current table, at --rate, and clears its mark (kept if a change during the
+    /// sweep marked it again: run settle again). Without ADDR: every marked server that is up.
+    Settle {
+        #[arg(value_name = "ADDR")]
+        servers: Vec<String>,
+        /// Keys looked at per second (0: as fast as possible)
+        #[arg(long, default_value_t = 10_000, value_name = "KEYS_PER_S")]
+        rate: u32,
+    },
     /// The processes on this host that have the domain open.
     ///
     /// Pid, command, the table version they last used and when. Records of dead processes are

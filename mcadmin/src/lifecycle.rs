@@ -270,6 +270,117 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// `settle`: sweeps the marked servers (or `servers`) of their strays and clears their marks.
+pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
+    let addresses = crate::parse_addresses(servers)?;
+    let mut registry = ctx.writer(false)?;
+    let snapshot = registry.current_snapshot()?;
+    let mut targets = Vec::new();
+    for address in &addresses {
+        let server = snapshot
+            .find(address)
+            .ok_or_else(|| libmcshm::Error::NoServer {
+                server: address.to_string(),
+                domain: ctx.domain.to_string(),
+            })?;
+        targets.push(server.clone());
+    }
+    if addresses.is_empty() {
+        targets.extend(
+            snapshot
+                .servers
+                .iter()
+                .filter(|s| s.strays_since != 0 && s.state == State::Up)
+                .cloned(),
+        );
+    }
+    let timeouts = Timeouts::default();
+    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
+    let prefix = client.snapshot()?.policy.prefix;
+    let stop = stop_flag()?;
+    let mut report = Vec::new();
+    let mut failed = false;
+    for server in targets {
+        let address = &server.address;
+        if server.state != State::Up {
+            eprintln!(
+                "mcadmin: {address} is {}: only an up server is swept",
+                server.state
+            );
+            failed = true;
+            continue;
+        }
+        let swept_at = client.snapshot()?.version;
+        let keys = drain::list_keys(address, timeouts, credentials.as_ref()).map_err(|error| {
+            libmcshm::Error::Network {
+                server: address.to_string(),
+                error,
+            }
+        })?;
+        let keys: Vec<&[u8]> = keys.iter().filter_map(|k| prefix.strip(k)).collect();
+        let (mut deleted, mut errors) = (0u64, 0u64);
+        let started = Instant::now();
+        for (n, key) in keys.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                eprintln!("\nmcadmin: interrupted; {address} keeps its mark (run settle again)");
+                return Ok(Exit::No);
+            }
+            if rate > 0 {
+                let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+                pause(due.saturating_duration_since(Instant::now()), &stop);
+            }
+            match client.delete_if_stray(address, key) {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    errors += 1;
+                    eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(key));
+                }
+            }
+        }
+        let id = server.id;
+        let mut cleared = false;
+        if errors == 0 {
+            registry.transact(|t| {
+                cleared = libmcshm::edit::clear_strays(&mut t.servers, id, swept_at);
+                Ok(())
+            })?;
+        }
+        failed |= errors > 0;
+        report.push((address.to_string(), keys.len(), deleted, cleared));
+    }
+    crate::print(
+        ctx,
+        || {
+            serde_json::Value::Array(
+                report
+                    .iter()
+                    .map(|(server, listed, deleted, cleared)| json!({"server": server, "keys": listed, "deleted": deleted, "cleared": cleared}))
+                    .collect(),
+            )
+        },
+        || {
+            let mut out = String::new();
+            for (server, listed, deleted, cleared) in &report {
+                let mark = match cleared {
+                    true => "mark cleared",
+                    false => {
+                        "still marked (a change during the sweep marked it again, or a key failed: run settle again)"
+                    }
+                };
+                out +=
+                    &format!("settled {server}: {listed} keys, {deleted} strays deleted; {mark}\n");
+            }
+            if report.is_empty() {
+                out += &format!("domain {}: no server to settle\n", ctx.domain);
+            }
+            out
+        },
+    )?;
+    Ok(if failed { Exit::Server } else { Exit::Success })
+}
+
 pub fn clients(ctx: &Invocation) -> Result<Exit> {
     let registry = match ctx.writer(false) {
         Err(libmcshm::Error::PermissionDenied { .. }) => Registry::open(&ctx.dir, &ctx.domain)?,

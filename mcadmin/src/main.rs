@@ -327,6 +327,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             },
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),
+        Command::Settle { servers, rate } => lifecycle::settle(&ctx, servers, *rate),
         Command::Clients => lifecycle::clients(&ctx),
         Command::Sync {
             all,

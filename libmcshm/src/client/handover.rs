@@ -114,6 +114,29 @@ impl Client {
         Ok(moved)
     }
 
+    /// Sweeps one key off `server` if it is a stray there: deleted when `server` is not one of
+    /// the key's replicas in the current table (`mcadmin settle`). `true` when deleted.
+    pub fn delete_if_stray(&mut self, server: &Address, key: &[u8]) -> Result<bool> {
+        let chain = self.chain(key)?;
+        let snapshot = self.router.snapshot().clone();
+        if chain
+            .iter()
+            .any(|&i| snapshot.servers[i].address.same_server(server))
+        {
+            return Ok(false);
+        }
+        let at = snapshot
+            .servers
+            .iter()
+            .position(|s| s.address.same_server(server))
+            .ok_or_else(|| Error::NoServer {
+                server: server.to_string(),
+                domain: snapshot.domain.clone(),
+            })?;
+        self.call(at, &Request::Delete { key })?;
+        Ok(true)
+    }
+
     pub(super) fn stored_reply(&mut self, server: usize, request: &Request<'_>) -> Result<Stored> {
         let reply = self.call(server, request)?;
         self.stored(server, reply)
