@@ -674,14 +674,18 @@ impl Service {
             let bytes = bytes.expect("taken only for the last target");
             outstanding.push(self.send(&snapshot, server, bytes, frame, lane).await);
         }
+        // The invalidations go out with the write: their round trips overlap.
         let mut delete = Vec::new();
-        if !stale.is_empty() {
-            delete.extend_from_slice(b"delete ");
-            delete.extend_from_slice(prefix.as_bytes());
-            delete.extend_from_slice(key);
-            delete.extend_from_slice(b"\r\n");
+        Request::Delete { key }.encode_prefixed(&mut delete, prefix.as_bytes());
+        let mut deletes = Vec::with_capacity(stale.len());
+        for &server in &stale {
+            deletes.push(
+                self.send(&snapshot, server, delete.clone(), Frame::Line, lane)
+                    .await,
+            );
         }
         let this = self.clone();
+        let key = key.to_vec();
         Pending::task(async move {
             let (mut reply, mut failure) = (None, None);
             for sent in outstanding {
@@ -691,17 +695,59 @@ impl Service {
                     Err(err) => failure = Some(err.error),
                 }
             }
-            for server in stale {
-                let _ = this
-                    .call(&snapshot, server, delete.clone(), Frame::Line)
-                    .await;
+            for sent in deletes {
+                let _ = this.finish(sent).await;
             }
+            this.follow_table_change(&snapshot, &targets, &key, &delete)
+                .await;
             match (reply, failure) {
                 (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
                 (None, Some(error)) => server_error(&error),
                 (None, None) => server_error("no server answered"),
             }
         })
+    }
+
+    /// A write planned on `snapshot`, whose table changed while it was in flight, may have
+    /// landed where the key no longer belongs: it is deleted there (a miss, never a stale
+    /// read), and the new table's invalidations are done.
+    async fn follow_table_change(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        written: &[usize],
+        key: &[u8],
+        delete: &[u8],
+    ) {
+        let changed = {
+            let mut router = self.router();
+            router.refresh().is_ok() && router.snapshot().version != snapshot.version
+        };
+        if !changed {
+            return;
+        }
+        let Ok(Plan {
+            snapshot: now,
+            value: plan,
+        }) = self.decide(|router| router.plan_write(key, false))
+        else {
+            return;
+        };
+        let targets: Vec<&Address> = plan
+            .targets
+            .iter()
+            .map(|s| &now.servers[s.index].address)
+            .collect();
+        let misplaced = written.iter().filter_map(|&i| {
+            let address = &snapshot.servers[i].address;
+            let at = now.servers.iter().position(|s| s.address == *address)?;
+            (!targets.contains(&address)).then_some(at)
+        });
+        let stale: Vec<usize> = misplaced
+            .chain(plan.invalidate.iter().map(|s| s.index))
+            .collect();
+        for server in stale {
+            let _ = self.call(&now, server, delete.to_vec(), Frame::Line).await;
+        }
     }
 
     /// `flush_all` on every up server: `OK` when all of them did it.

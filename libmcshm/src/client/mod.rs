@@ -480,15 +480,22 @@ impl Client {
         let up = self.router.write_targets(&chain, only_first);
         self.run_probes();
         let up = up?;
+        // The replicas and the invalidations in one fan-out: their round trips overlap.
+        let delete = Request::Delete { key };
+        let stale = self.router.invalidations(key, chain.len());
+        let calls: Vec<(usize, &Request<'_>)> = up
+            .iter()
+            .map(|&i| (i, request))
+            .chain(stale.iter().map(|&i| (i, &delete)))
+            .collect();
         let (mut answer, mut last_error) = (None, None);
-        for &server in &up {
-            match self.call(server, request) {
+        for (&server, result) in up.iter().zip(self.fan_out(&calls)) {
+            match result {
                 Ok(reply) if answer.is_none() => answer = Some((server, reply)),
                 Ok(_) => {}
                 Err(err) => last_error = Some(err),
             }
         }
-        self.invalidate_elsewhere(key, chain.len());
         // The reply is read while the positions are of the table the write was routed on.
         let outcome = match (answer, last_error) {
             (Some((server, reply)), _) => interpret(self, server, reply),

@@ -15,22 +15,63 @@ impl Client {
         Ok(replies.pop().expect("one reply per request"))
     }
 
-    /// Sends `requests` to one server, keeping at most [`PIPELINE_WINDOW`] request bytes in
-    /// flight, and reads their replies in order. A connection failure counts against the
-    /// server and fails the whole pipeline.
-    pub(super) fn pipeline(
+    /// One request to each of several servers, all sent before any reply is read (so their
+    /// round trips overlap): a write with its invalidations. One result per call, in order;
+    /// each outcome counts for or against its server as [`Client::pipeline`]'s do.
+    pub(super) fn fan_out(&mut self, calls: &[(usize, &Request<'_>)]) -> Vec<Result<Reply>> {
+        if calls.len() == 1 {
+            let (server, request) = calls[0];
+            return vec![self.call(server, request)];
+        }
+        let snapshot = self.router.snapshot().clone();
+        let prefix = snapshot.policy.prefix;
+        // Sent: Ok(()) or the send's error; then the reply or the receive's error.
+        let mut sent: Vec<Result<(), ConnError>> = Vec::with_capacity(calls.len());
+        for &(server, request) in calls {
+            let address = &snapshot.servers[server].address;
+            sent.push(self.send_one(address, request, &prefix));
+        }
+        let mut results = Vec::with_capacity(calls.len());
+        for (&(server, request), sent) in calls.iter().zip(sent) {
+            let address = &snapshot.servers[server].address;
+            let received = sent.and_then(|()| {
+                let conn = self.conns.get_mut(address).expect("connected by send_one");
+                conn.receive(request.expects())
+            });
+            results.push(self.outcome(server, address, received));
+        }
+        results
+    }
+
+    /// Encodes and sends one request to `address` (connecting first if need be).
+    fn send_one(
+        &mut self,
+        address: &Address,
+        request: &Request<'_>,
+        prefix: &KeyPrefix,
+    ) -> Result<(), ConnError> {
+        if !self.conns.contains_key(address) {
+            let credentials = self.credentials()?;
+            let conn = Conn::connect_as(address, self.timeouts, credentials.as_ref())?;
+            self.conns.insert(address.clone(), conn);
+        }
+        self.scratch.clear();
+        request.encode_prefixed(&mut self.scratch, prefix.as_bytes());
+        let conn = self.conns.get_mut(address).expect("inserted above");
+        conn.send(&self.scratch)
+    }
+
+    /// What a request's exchange with server `server` came to, counted for or against it.
+    fn outcome<T>(
         &mut self,
         server: usize,
-        requests: &[Request<'_>],
-    ) -> Result<Vec<Reply>> {
-        // The snapshot (an Arc) lends the address: no copy of it per operation.
-        let snapshot = self.router.snapshot().clone();
-        let address = &snapshot.servers[server].address;
-        let result = self.exchange(address, requests, &snapshot.policy.prefix);
+        address: &Address,
+        result: Result<T, ConnError>,
+    ) -> Result<T> {
         match result {
-            Ok(replies) => {
+            Ok(value) => {
                 self.router.succeeded(server);
-                Ok(replies)
+                Ok(value)
             }
             Err(err) => {
                 let unanswered = self.conns.remove(address).is_some_and(|c| c.replies() == 0);
@@ -48,6 +89,21 @@ impl Client {
                 })
             }
         }
+    }
+
+    /// Sends `requests` to one server, keeping at most [`PIPELINE_WINDOW`] request bytes in
+    /// flight, and reads their replies in order. A connection failure counts against the
+    /// server and fails the whole pipeline.
+    pub(super) fn pipeline(
+        &mut self,
+        server: usize,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Reply>> {
+        // The snapshot (an Arc) lends the address: no copy of it per operation.
+        let snapshot = self.router.snapshot().clone();
+        let address = &snapshot.servers[server].address;
+        let result = self.exchange(address, requests, &snapshot.policy.prefix);
+        self.outcome(server, address, result)
     }
 
     /// Sends `requests` with their keys under `prefix`, and reads their replies, keys given
