@@ -70,11 +70,11 @@ fn main() {
         let marked = Instant::now();
         writer
             .transact(|t| {
-                edit::set_state(
+                edit::set_down(
                     &mut t.servers,
                     std::slice::from_ref(&address),
-                    State::Down,
                     "bench: failure limit",
+                    true,
                     commit_info(),
                     "bench",
                 )

@@ -76,113 +76,107 @@ pub fn delete(
     Ok(())
 }
 
-/// Sets the state (and reason) of servers, as an operator does (`mcadmin down`, fleet verbs):
-/// a server set down is *held* down (no automatic retry until an operator brings it up). The
-/// since/by fields change only when the state does.
-pub fn set_state(
+/// A change of one server's state: every path that changes a state (mcadmin's verbs, `load`,
+/// a client's mark-down and retry probe, `watch`, drain, settle, the fleet agent) goes through
+/// [`transition`], so the rules of each (who may bring a held server back, what a flush clears)
+/// are written once.
+#[derive(Clone, Copy, Debug)]
+pub enum Transition<'a> {
+    /// An operator's down (`mcadmin down`): held until an operator's up, unless `retry` (a down
+    /// as after failures, retried automatically). From up or draining.
+    OperatorDown { reason: &'a str, retry: bool },
+    /// Marked down after failures (clients, `watch`): retried automatically. From up only, so
+    /// that several processes doing it at once make one change.
+    FailureDown { reason: &'a str },
+    /// Back up from down (see [`Rejoining`]).
+    Rejoin(Rejoining<'a>),
+    /// Starts draining (`mcadmin drain`). From up.
+    StartDrain { reason: &'a str },
+    /// An operator's up of a draining server: the drain is cancelled, its keys stay.
+    CancelDrain { by: &'a str },
+    /// `mcadmin settle` swept it of strays from a sweep that began at version `at`: its mark is
+    /// cleared, unless a later version marked it again.
+    Swept { at: u64 },
+}
+
+/// Applies `change` to the server with `id`; `false` (nothing changed) when it is not in the
+/// table or not in a state the change starts from.
+pub fn transition(
+    servers: &mut [Server],
+    id: u32,
+    change: Transition<'_>,
+    actor: CommitInfo,
+) -> bool {
+    match servers.iter_mut().find(|s| s.id == id) {
+        Some(server) => apply(server, change, actor),
+        None => false,
+    }
+}
+
+/// Applies `change` to `server` (a fleet table's servers have no ids: they are found by
+/// address); `false` when it is not in a state the change starts from.
+pub fn apply(server: &mut Server, change: Transition<'_>, actor: CommitInfo) -> bool {
+    let (state, reason) = match change {
+        Transition::OperatorDown { reason, retry } => {
+            server.held = !retry;
+            (State::Down, reason)
+        }
+        Transition::FailureDown { reason } if server.state == State::Up => {
+            server.held = false;
+            (State::Down, reason)
+        }
+        Transition::Rejoin(r) if server.state == State::Down && (r.operator || !server.held) => {
+            server.held = false;
+            server.warm_until_ms = r.warm_until_ms;
+            if r.flushed {
+                server.strays_since = 0;
+            }
+            (State::Up, r.reason)
+        }
+        Transition::StartDrain { reason } if server.state == State::Up => (State::Draining, reason),
+        Transition::CancelDrain { by } if server.state == State::Draining => {
+            server.state = State::Up;
+            server.reason = format!("drain cancelled ({by})");
+            return true;
+        }
+        Transition::Swept { at } if server.strays_since != 0 && server.strays_since <= at => {
+            server.strays_since = 0;
+            return true;
+        }
+        _ => return false,
+    };
+    if server.state != state {
+        server.state = state;
+        stamp(server, actor);
+    }
+    server.reason = reason.to_string();
+    true
+}
+
+/// An operator's down of servers by address (`mcadmin down`, fleet verbs): see
+/// [`Transition::OperatorDown`]. A server not in the table is an error naming it.
+pub fn set_down(
     servers: &mut [Server],
     addresses: &[Address],
-    state: State,
     reason: &str,
+    retry: bool,
     actor: CommitInfo,
     domain: &str,
 ) -> Result<()> {
     for address in addresses {
         let server = find_mut(servers, address, domain)?;
-        if server.state != state {
-            server.state = state;
-            stamp(server, actor);
-        }
-        server.held = state == State::Down;
-        server.reason = reason.to_string();
+        apply(server, Transition::OperatorDown { reason, retry }, actor);
     }
     Ok(())
 }
 
-/// Marks the server with `id` down with `reason` after failures, if it is (still) in the table
-/// and up; a client that hit the failure limit (or `watch`) calls this, so that several doing
-/// so at once make one change. It is not held: the retry probe may bring it back.
-pub fn mark_down(servers: &mut [Server], id: u32, reason: &str, actor: CommitInfo) {
-    if let Some(server) = servers
-        .iter_mut()
-        .find(|s| s.id == id && s.state == State::Up)
-    {
-        server.state = State::Down;
-        server.held = false;
-        server.reason = reason.to_string();
-        stamp(server, actor);
-    }
-}
-
-/// Marks the down server with `id` up (a rejoin), with `reason` and the warm-up deadline
-/// (0: none). `flushed`: its items were flushed just before, so it holds no stray copies.
-/// Nothing if it is not down any more. A held server comes up only with `operator`.
-pub fn bring_up(servers: &mut [Server], id: u32, rejoin: Rejoining<'_>, actor: CommitInfo) -> bool {
-    let Some(server) = servers
-        .iter_mut()
-        .find(|s| s.id == id && s.state == State::Down && (rejoin.operator || !s.held))
-    else {
-        return false;
-    };
-    server.state = State::Up;
-    server.held = false;
-    server.reason = rejoin.reason.to_string();
-    server.warm_until_ms = rejoin.warm_until_ms;
-    if rejoin.flushed {
-        server.strays_since = 0;
-    }
-    stamp(server, actor);
-    true
-}
-
-/// Cancels the drain of the server with `id` (an operator's `up`): it is up again, its keys
-/// stay where they are. `false` when it is not draining.
-pub fn cancel_drain(servers: &mut [Server], id: u32, by: &str) -> bool {
-    let Some(server) = servers
-        .iter_mut()
-        .find(|s| s.id == id && s.state == State::Draining)
-    else {
-        return false;
-    };
-    server.state = State::Up;
-    server.reason = format!("drain cancelled ({by})");
-    true
-}
-
-/// Starts draining the up server with `id` (`mcadmin drain`); `false` when it is not up.
-pub fn start_drain(servers: &mut [Server], id: u32, reason: &str, actor: CommitInfo) -> bool {
-    let Some(server) = servers
-        .iter_mut()
-        .find(|s| s.id == id && s.state == State::Up)
-    else {
-        return false;
-    };
-    server.state = State::Draining;
-    server.reason = reason.to_string();
-    stamp(server, actor);
-    true
-}
-
-/// Clears the strays mark of the server with `id` after a sweep that began at table version
-/// `swept_at` (`mcadmin settle`): kept when a later version marked it again (that change's
-/// strays were not swept). `true` when cleared.
-pub fn clear_strays(servers: &mut [Server], id: u32, swept_at: u64) -> bool {
-    match servers.iter_mut().find(|s| s.id == id) {
-        Some(server) if server.strays_since != 0 && server.strays_since <= swept_at => {
-            server.strays_since = 0;
-            true
-        }
-        _ => false,
-    }
-}
-
-/// How a down server comes back ([`bring_up`]).
+/// How a down server comes back ([`Transition::Rejoin`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Rejoining<'a> {
     pub reason: &'a str,
     /// Until when misses are filled from the interim owner (0: no warm-up).
     pub warm_until_ms: u64,
-    /// It was flushed just before (not `trust`, not `--no-flush`).
+    /// It was flushed just before (not `trust`, not `--no-flush`): it holds no strays.
     pub flushed: bool,
     /// An operator brings it back (`mcadmin up`): a held server comes up too.
     pub operator: bool,
@@ -259,5 +253,104 @@ fn missing(address: &Address, domain: &str) -> Error {
     Error::NoServer {
         server: address.to_string(),
         domain: domain.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACTOR: CommitInfo = CommitInfo {
+        changed_ms: 5,
+        pid: 6,
+        uid: 7,
+    };
+
+    fn up() -> Server {
+        Server {
+            id: 1,
+            strays_since: 3,
+            ..Server::new(Address::parse("a:1").unwrap())
+        }
+    }
+
+    fn rejoin(operator: bool, flushed: bool) -> Transition<'static> {
+        Transition::Rejoin(Rejoining {
+            reason: "back",
+            warm_until_ms: 9,
+            flushed,
+            operator,
+        })
+    }
+
+    #[test]
+    fn an_operators_down_is_held_until_an_operators_up() {
+        let mut s = up();
+        let down = Transition::OperatorDown {
+            reason: "maintenance",
+            retry: false,
+        };
+        assert!(apply(&mut s, down, ACTOR));
+        assert!(s.is_held_down());
+        assert_eq!((s.since_ms, s.changed_by_pid), (5, 6));
+        assert!(
+            !apply(&mut s, rejoin(false, true), ACTOR),
+            "a probe leaves it down"
+        );
+        assert!(
+            apply(&mut s, rejoin(true, true), ACTOR),
+            "an operator brings it up"
+        );
+        assert_eq!((s.state, s.held, s.warm_until_ms), (State::Up, false, 9));
+        assert_eq!(s.strays_since, 0, "flushed: no strays");
+    }
+
+    #[test]
+    fn a_failure_down_is_retried_and_only_an_up_server_fails() {
+        let mut s = up();
+        let failed = Transition::FailureDown {
+            reason: "2 failures",
+        };
+        assert!(apply(&mut s, failed, ACTOR));
+        assert!(!s.held);
+        assert!(
+            !apply(&mut s, failed, ACTOR),
+            "a second process's mark-down: no change"
+        );
+        assert!(
+            apply(&mut s, rejoin(false, false), ACTOR),
+            "the retry probe"
+        );
+        assert_eq!(s.strays_since, 3, "not flushed (trust): its mark stays");
+    }
+
+    #[test]
+    fn drains_start_from_up_and_cancel_back_to_up() {
+        let mut s = up();
+        assert!(!apply(&mut s, Transition::CancelDrain { by: "x" }, ACTOR));
+        assert!(apply(&mut s, Transition::StartDrain { reason: "d" }, ACTOR));
+        assert_eq!(s.state, State::Draining);
+        assert!(!apply(
+            &mut s,
+            Transition::StartDrain { reason: "d" },
+            ACTOR
+        ));
+        assert!(apply(&mut s, Transition::CancelDrain { by: "x" }, ACTOR));
+        assert_eq!(s.state, State::Up);
+    }
+
+    #[test]
+    fn a_sweep_clears_only_marks_it_began_after() {
+        let mut s = up();
+        assert!(
+            !apply(&mut s, Transition::Swept { at: 2 }, ACTOR),
+            "marked at 3"
+        );
+        assert!(apply(&mut s, Transition::Swept { at: 3 }, ACTOR));
+        assert_eq!(s.strays_since, 0);
+        assert!(
+            !apply(&mut s, Transition::Swept { at: 9 }, ACTOR),
+            "nothing to clear"
+        );
     }
 }

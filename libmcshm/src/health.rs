@@ -155,7 +155,8 @@ impl Watcher {
                         );
                         let id = server.id;
                         registry.transact(|t| {
-                            edit::mark_down(&mut t.servers, id, &reason, commit_info());
+                            let change = edit::Transition::FailureDown { reason: &reason };
+                            edit::transition(&mut t.servers, id, change, commit_info());
                             Ok(())
                         })?;
                         self.counts.remove(&id);

@@ -191,9 +191,13 @@ pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Resu
     let mut answers = vec![Rejoined::NotDown; ids.len()];
     writer.transact(|t| {
         for (answer, id) in answers.iter_mut().zip(ids) {
-            if edit::bring_up(&mut t.servers, *id, rejoining, commit_info()) {
+            let (rejoin, cancel) = (
+                edit::Transition::Rejoin(rejoining),
+                edit::Transition::CancelDrain { by: how.by },
+            );
+            if edit::transition(&mut t.servers, *id, rejoin, commit_info()) {
                 *answer = Rejoined::Up { flushed };
-            } else if how.operator && edit::cancel_drain(&mut t.servers, *id, how.by) {
+            } else if how.operator && edit::transition(&mut t.servers, *id, cancel, commit_info()) {
                 *answer = Rejoined::DrainCancelled;
             }
         }

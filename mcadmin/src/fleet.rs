@@ -231,21 +231,34 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
         _ => 0,
     };
     let name = ctx.domain.to_string();
+    let rejoining = edit::Rejoining {
+        reason: &reason,
+        warm_until_ms: warm_until,
+        flushed: !no_flush && policy.rejoin != Rejoin::Trust,
+        operator: true,
+    };
     write(ctx, fleet, false, |t| {
         // Down servers rejoin (with the warm-up window); draining ones stop draining.
-        for s in t.servers.iter_mut() {
-            if s.state == State::Down && addresses.iter().any(|a| s.address.same_server(a)) {
-                s.warm_until_ms = warm_until;
+        for address in &addresses {
+            // Found by address: a fleet table's servers have no ids.
+            let server = t
+                .servers
+                .iter_mut()
+                .find(|s| s.address.same_server(address))
+                .ok_or_else(|| libmcshm::Error::NoServer {
+                    server: address.to_string(),
+                    domain: name.clone(),
+                })?;
+            let actor = libmcshm::registry::commit_info();
+            if !edit::apply(server, edit::Transition::Rejoin(rejoining), actor) {
+                edit::apply(
+                    server,
+                    edit::Transition::CancelDrain { by: "mcadmin up" },
+                    actor,
+                );
             }
         }
-        edit::set_state(
-            &mut t.servers,
-            &addresses,
-            State::Up,
-            &reason,
-            libmcshm::registry::commit_info(),
-            &name,
-        )
+        Ok(())
     })
 }
 

@@ -174,10 +174,11 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
         State::Up => {
             let reason = format!("draining (mcadmin drain, pid {})", std::process::id());
             registry.transact(|t| {
-                libmcshm::edit::start_drain(
+                let change = libmcshm::edit::Transition::StartDrain { reason: &reason };
+                libmcshm::edit::transition(
                     &mut t.servers,
                     id,
-                    &reason,
+                    change,
                     libmcshm::registry::commit_info(),
                 );
                 Ok(())
@@ -343,7 +344,9 @@ pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
         let mut cleared = false;
         if errors == 0 {
             registry.transact(|t| {
-                cleared = libmcshm::edit::clear_strays(&mut t.servers, id, swept_at);
+                let change = libmcshm::edit::Transition::Swept { at: swept_at };
+                let actor = libmcshm::registry::commit_info();
+                cleared = libmcshm::edit::transition(&mut t.servers, id, change, actor);
                 Ok(())
             })?;
         }

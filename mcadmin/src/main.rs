@@ -436,20 +436,14 @@ fn down(ctx: &Invocation, servers: &[String], reason: &str, retry: bool) -> Resu
     let addresses = parse_addresses(servers)?;
     let name = ctx.domain.to_string();
     let exit = write(ctx, false, |t| {
-        edit::set_state(
+        edit::set_down(
             &mut t.servers,
             &addresses,
-            State::Down,
             reason,
+            retry,
             commit_info(),
             &name,
-        )?;
-        for server in t.servers.iter_mut() {
-            if retry && addresses.iter().any(|a| server.address.same_server(a)) {
-                server.held = false;
-            }
-        }
-        Ok(())
+        )
     })?;
     if !ctx.json {
         let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();

@@ -98,7 +98,8 @@ impl Router {
         let mut writer = Registry::open_writer(dir, registry.domain(), false)?;
         writer.set_lock_wait(LockWait::Never);
         writer.transact(|t| {
-            edit::mark_down(&mut t.servers, id, reason, commit_info());
+            let change = edit::Transition::FailureDown { reason };
+            edit::transition(&mut t.servers, id, change, commit_info());
             Ok(())
         })?;
         Ok(())
