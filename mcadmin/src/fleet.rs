@@ -59,18 +59,33 @@ pub fn write(
     report(ctx, commit.revision, commit.changed)
 }
 
-/// `load` on the fleet: replaces the table, even a damaged value.
+/// `load` on the fleet: replaces the table, even a damaged value, through the same transitions
+/// as a local load (a server that joins up or comes back up is flushed first; see
+/// [`libmcshm::lifecycle::prepare_load`]).
 pub fn load(ctx: &Invocation, fleet: &Fleet, loaded: &Table) -> Result<Exit> {
+    let mut loaded = loaded.clone();
+    let current = fleet.read(&ctx.domain).ok().flatten();
+    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let plan = libmcshm::lifecycle::prepare_load(
+        current.as_ref().map(|c| &c.table.servers[..]),
+        &mut loaded,
+        Timeouts::default(),
+        credentials.as_ref(),
+    );
     let commit = fleet.transact_with(&ctx.domain, true, true, "mcadmin load", |t| {
-        t.servers = edit::merge_loaded(
-            &t.servers,
-            &loaded.servers,
-            libmcshm::registry::commit_info(),
-        );
-        t.policy = loaded.policy;
+        plan.apply(t, &loaded);
         Ok(())
     })?;
-    report(ctx, commit.revision, commit.changed)
+    for (address, error) in &plan.unflushed {
+        eprintln!(
+            "mcadmin: {address}: cannot flush it ({error}); loaded down, retried automatically"
+        );
+    }
+    report(ctx, commit.revision, commit.changed)?;
+    Ok(match plan.unflushed.is_empty() {
+        true => Exit::Success,
+        false => Exit::Server,
+    })
 }
 
 fn report(ctx: &Invocation, revision: i64, changed: bool) -> Result<Exit> {

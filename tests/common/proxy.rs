@@ -34,9 +34,14 @@ impl Proxy {
     /// `mcproxy --dir DIR --domain DOMAIN --listen 127.0.0.1:0 ARGS…`, waiting for its ready
     /// lines.
     pub fn start(reg: &Reg, domain: &str, args: &[&str]) -> Proxy {
+        Proxy::start_in(reg.dir(), domain, args)
+    }
+
+    /// [`Proxy::start`] on the registry directory `dir`.
+    pub fn start_in(dir: &std::path::Path, domain: &str, args: &[&str]) -> Proxy {
         let mut child = Command::new(MCPROXY)
             .arg("--dir")
-            .arg(reg.dir())
+            .arg(dir)
             .args(["--domain", domain, "--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
