@@ -537,4 +537,20 @@ impl Snapshot {
     pub fn find(&self, address: &Address) -> Option<&Server> {
         self.servers.iter().find(|s| s.address.same_server(address))
     }
+
+    /// The server with this address, or the error that names it and the domain.
+    pub fn server(&self, address: &Address) -> Result<&Server> {
+        Ok(&self.servers[self.position(address)?])
+    }
+
+    /// The position of the server with this address, or the error that names it.
+    pub fn position(&self, address: &Address) -> Result<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.address.same_server(address))
+            .ok_or_else(|| Error::NoServer {
+                server: address.to_string(),
+                domain: self.domain.clone(),
+            })
+    }
 }

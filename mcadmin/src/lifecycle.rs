@@ -157,12 +157,7 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     let address = Address::parse(server)?;
     let mut registry = ctx.writer(false)?;
     let snapshot = registry.current_snapshot()?;
-    let target = snapshot
-        .find(&address)
-        .ok_or_else(|| libmcshm::Error::NoServer {
-            server: address.to_string(),
-            domain: ctx.domain.to_string(),
-        })?;
+    let target = snapshot.server(&address)?;
     let id = target.id;
     match target.state {
         State::Down => {
@@ -278,13 +273,7 @@ pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
     let snapshot = registry.current_snapshot()?;
     let mut targets = Vec::new();
     for address in &addresses {
-        let server = snapshot
-            .find(address)
-            .ok_or_else(|| libmcshm::Error::NoServer {
-                server: address.to_string(),
-                domain: ctx.domain.to_string(),
-            })?;
-        targets.push(server.clone());
+        targets.push(snapshot.server(address)?.clone());
     }
     if addresses.is_empty() {
         targets.extend(

@@ -404,13 +404,7 @@ fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
     let snapshot = registry.current_snapshot()?;
     let mut ids = Vec::new();
     for address in &addresses {
-        let server = snapshot
-            .find(address)
-            .ok_or_else(|| libmcshm::Error::NoServer {
-                server: address.to_string(),
-                domain: ctx.domain.to_string(),
-            })?;
-        ids.push(server.id);
+        ids.push(snapshot.server(address)?.id);
     }
     let how = libmcshm::lifecycle::Rejoiner {
         by: "mcadmin up",

@@ -125,15 +125,7 @@ impl Client {
         {
             return Ok(false);
         }
-        let at = snapshot
-            .servers
-            .iter()
-            .position(|s| s.address.same_server(server))
-            .ok_or_else(|| Error::NoServer {
-                server: server.to_string(),
-                domain: snapshot.domain.clone(),
-            })?;
-        self.call(at, &Request::Delete { key })?;
+        self.call(snapshot.position(server)?, &Request::Delete { key })?;
         Ok(true)
     }
 

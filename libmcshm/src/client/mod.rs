@@ -733,17 +733,7 @@ impl Client {
         self.refresh()?;
         let snapshot = self.router.snapshot().clone();
         let chosen: Vec<usize> = match only {
-            Some(address) => {
-                let i = snapshot
-                    .servers
-                    .iter()
-                    .position(|s| s.address.same_server(address))
-                    .ok_or_else(|| Error::NoServer {
-                        server: address.to_string(),
-                        domain: snapshot.domain.clone(),
-                    })?;
-                vec![i]
-            }
+            Some(address) => vec![snapshot.position(address)?],
             None => (0..snapshot.servers.len()).collect(),
         };
         let mut results = Vec::new();
