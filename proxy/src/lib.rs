@@ -19,6 +19,7 @@ use libmcshm::{Domain, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+pub mod binary;
 pub mod command;
 pub mod reply;
 pub mod service;

@@ -51,7 +51,8 @@ impl Pending {
         self.then(move |reply| if noreply { Vec::new() } else { reply })
     }
 
-    fn then(self, map: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static) -> Pending {
+    /// The reply, mapped when it is known.
+    pub fn then(self, map: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static) -> Pending {
         match self {
             Pending::Ready(reply) => Pending::Ready(map(reply)),
             Pending::Later(work) => Pending::task(async move { map(work.await) }),

@@ -56,6 +56,8 @@ pub async fn serve<R, W>(
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut swallow = 0usize;
+    // The protocol, from the connection's first byte: 0x80 is the binary protocol's magic.
+    let mut binary = None;
     'session: loop {
         let mut start = 0;
         loop {
@@ -66,6 +68,49 @@ pub async fn serve<R, W>(
                 if swallow > 0 {
                     break;
                 }
+            }
+            if binary.is_none() && start < buf.len() {
+                binary = Some(buf[start] == 0x80);
+            }
+            if binary == Some(true) {
+                let reply = match crate::binary::parse(&buf[start..], settings.limits) {
+                    crate::binary::Parsed::Incomplete => break,
+                    crate::binary::Parsed::Request(request, action, used) => {
+                        start += used;
+                        service.stats.commands.fetch_add(1, Ordering::Relaxed);
+                        match binary_dispatch(&service, request, action, lane).await {
+                            Ok(reply) => reply,
+                            Err(last) => {
+                                if let Some(reply) = last {
+                                    let _ = replies.send(reply).await;
+                                }
+                                break 'session;
+                            }
+                        }
+                    }
+                    crate::binary::Parsed::Swallow { reply, used, skip } => {
+                        start += used;
+                        swallow = skip;
+                        service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "mcproxy: binary request of {} bytes refused: value too large",
+                            used + skip
+                        );
+                        Pending::Ready(reply)
+                    }
+                    crate::binary::Parsed::Close(reply) => {
+                        service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "mcproxy: malformed binary request (bad magic or lengths): connection closed"
+                        );
+                        let _ = replies.send(Pending::Ready(reply)).await;
+                        break 'session;
+                    }
+                };
+                if replies.send(reply).await.is_err() {
+                    break 'session;
+                }
+                continue;
             }
             let reply = match parse(&buf[start..], settings.limits) {
                 Parsed::Incomplete => break,
@@ -150,6 +195,83 @@ async fn dispatch(service: &Arc<Service>, command: Command, lane: usize) -> Opti
         )),
         Command::ConfigGetCluster => Some(Pending::Ready(service.cluster_config())),
         other => Some(service.start(other, lane).await),
+    }
+}
+
+/// Starts a binary request (see [`crate::binary`]): its text command routed as any other, the
+/// text reply turned into the binary response. `Err`: the client quits (with the response to
+/// send first, unless quiet).
+async fn binary_dispatch(
+    service: &Arc<Service>,
+    request: crate::binary::Request,
+    action: crate::binary::Action,
+    lane: usize,
+) -> Result<Pending, Option<Pending>> {
+    use crate::binary::{self, Action};
+    match action {
+        Action::Quit => Err((!request.quiet).then(|| {
+            Pending::Ready(binary::response(
+                request.opcode,
+                0,
+                request.opaque,
+                0,
+                &[],
+                &[],
+                &[],
+            ))
+        })),
+        Action::Answer(bytes) => {
+            if bytes.len() >= 8
+                && u16::from_be_bytes([bytes[6], bytes[7]]) == binary::status::UNKNOWN
+            {
+                eprintln!(
+                    "mcproxy: binary opcode 0x{:02x} is not supported: answered 'unknown command'",
+                    request.opcode
+                );
+            }
+            Ok(Pending::Ready(bytes))
+        }
+        Action::Stats => Ok(Pending::Ready(binary::stats(
+            &request,
+            &service.stats.memcached_text(),
+        ))),
+        Action::Route(command) => {
+            let again = request.initial.map(|_| command.clone());
+            let pending = service.start(command, lane).await;
+            let Some((initial, exptime)) = request.initial else {
+                return Ok(pending.then(move |text| binary::answer(&request, &text)));
+            };
+            // Increment with an initial value: a missing counter is created with it (`add`,
+            // so that of two clients creating it one wins and the other increments).
+            let service = service.clone();
+            Ok(Pending::Later(Box::pin(async move {
+                let text = resolve(pending).await;
+                if !text.starts_with(b"NOT_FOUND") {
+                    return binary::answer(&request, &text);
+                }
+                let add = Command::Store {
+                    verb: "add",
+                    key: request.key.clone(),
+                    flags: 0,
+                    exptime,
+                    cas: None,
+                    value: initial.to_string().into_bytes(),
+                    noreply: false,
+                };
+                let added = resolve(service.start(add, lane).await).await;
+                if added.starts_with(b"STORED") {
+                    return binary::answer(&request, format!("{initial}\r\n").as_bytes());
+                }
+                match (added.starts_with(b"NOT_STORED"), again) {
+                    // Created by another client meanwhile: increment it.
+                    (true, Some(again)) => {
+                        let text = resolve(service.start(again, lane).await).await;
+                        binary::answer(&request, &text)
+                    }
+                    _ => binary::answer(&request, &added),
+                }
+            })))
+        }
     }
 }
 

@@ -1,0 +1,168 @@
+//! The binary protocol through mcproxy, with clients nobody here wrote: php-memcached's
+//! session handler with its defaults (binary protocol, session locking), and the `Memcached`
+//! class with `OPT_BINARY_PROTOCOL`; plus frames that lie about their lengths.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::memcached::Memcached;
+use common::proxy::{Proxy, owner_port};
+use common::{Reg, wait_until};
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name)
+}
+
+fn port_of(address: &str) -> u16 {
+    address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Three servers behind a proxy.
+fn setup() -> (Vec<Memcached>, Reg, Proxy) {
+    let servers = vec![Memcached::start(), Memcached::start(), Memcached::start()];
+    let reg = Reg::new();
+    let mut add = vec!["add".to_string()];
+    add.extend(servers.iter().map(Memcached::address));
+    let add: Vec<&str> = add.iter().map(String::as_str).collect();
+    reg.ok("app", &add);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    (servers, reg, proxy)
+}
+
+#[test]
+fn php_sessions_with_their_defaults_work_through_the_proxy() {
+    let (_servers, reg, proxy) = setup();
+    let port = port_of(&proxy.address).to_string();
+    let session = script("php_session.php");
+    // 50 sessions, 200 PHP requests (4 per session), 10 at a time.
+    let mut waits = Vec::new();
+    for batch in 0..20 {
+        let children: Vec<_> = (0..10)
+            .map(|i| {
+                let id = format!("sess{:02}", (batch * 10 + i) % 50);
+                Command::new("php")
+                    .args([session.to_str().unwrap(), &port, &id])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("php (apt-get install -y php-cli php-memcached)")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            waits.push(
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap(),
+            );
+        }
+    }
+    // Every counter counts every request: the session locks held through the proxy.
+    for n in 0..50 {
+        let id = format!("sess{n:02}");
+        let program = format!(
+            "ini_set('session.save_handler','memcached'); ini_set('session.save_path','127.0.0.1:{port}'); session_id('{id}'); session_start(); echo $_SESSION['n'];"
+        );
+        let out = Command::new("php").args(["-r", &program]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "4", "session {id}");
+    }
+    waits.sort_by(f64::total_cmp);
+    let longest = waits.last().copied().unwrap_or(0.0);
+    println!(
+        "session_start waited at most {longest:.3} s (median {:.3} s)",
+        waits[waits.len() / 2]
+    );
+    // A request that found its session locked waits for the holder (php-memcached polls from
+    // 150 ms); none hangs until the 30 s lock timeout that the binary protocol hit before.
+    assert!(longest < 5.0, "a session_start waited {longest} s");
+    let _ = reg;
+}
+
+#[test]
+fn php_memcached_with_the_binary_protocol_serves_every_verb() {
+    let (servers, reg, proxy) = setup();
+    let port = port_of(&proxy.address).to_string();
+    let out = Command::new("php")
+        .args([script("php_memcached_binary.php").to_str().unwrap(), &port])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What it stored lies where libmcshm routes it.
+    for key in ["a", "m1", "m2", "m3", "n2"] {
+        let owner = owner_port(&reg, key);
+        let server = servers.iter().find(|s| s.port == owner).unwrap();
+        assert!(server.raw_get(key).is_some(), "{key} on its owner {owner}");
+    }
+}
+
+/// A binary request header with `key_len`, `extras_len` and `body` as given.
+fn header(opcode: u8, key_len: u16, extras_len: u8, body: u32) -> Vec<u8> {
+    let mut h = vec![0x80, opcode];
+    h.extend(key_len.to_be_bytes());
+    h.extend([extras_len, 0, 0, 0]);
+    h.extend(body.to_be_bytes());
+    h.extend([0u8; 12]);
+    h
+}
+
+#[test]
+fn malformed_or_unknown_binary_requests_are_answered_at_once_and_lies_close() {
+    let (_servers, _reg, proxy) = setup();
+    let read_response = |s: &mut std::net::TcpStream| -> Vec<u8> {
+        let mut head = [0u8; 24];
+        s.read_exact(&mut head).unwrap();
+        let body = u32::from_be_bytes(head[8..12].try_into().unwrap()) as usize;
+        let mut rest = vec![0u8; body];
+        s.read_exact(&mut rest).unwrap();
+        [head.to_vec(), rest].concat()
+    };
+    let connect = || {
+        let s = std::net::TcpStream::connect(&proxy.address).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s
+    };
+    let status = |r: &[u8]| u16::from_be_bytes([r[6], r[7]]);
+    // An unknown opcode: "unknown command", and the connection goes on (a noop answers).
+    let mut s = connect();
+    s.write_all(&header(0x55, 0, 0, 0)).unwrap();
+    assert_eq!(status(&read_response(&mut s)), 0x0081);
+    s.write_all(&header(0x0a, 0, 0, 0)).unwrap();
+    assert_eq!(status(&read_response(&mut s)), 0);
+    // A value too large: answered at once, its bytes skipped, the connection goes on.
+    let mut big = header(0x01, 1, 8, 9 + (2 << 20));
+    big.extend([0u8; 8]);
+    big.push(b'k');
+    s.write_all(&big).unwrap();
+    assert_eq!(status(&read_response(&mut s)), 0x0003);
+    s.write_all(&vec![b'x'; 2 << 20]).unwrap();
+    s.write_all(&header(0x0a, 0, 0, 0)).unwrap();
+    assert_eq!(status(&read_response(&mut s)), 0);
+    // A frame whose key is longer than its body: closed, never a hang.
+    let mut s = connect();
+    s.write_all(&header(0x00, 300, 0, 10)).unwrap();
+    let mut rest = Vec::new();
+    let closed = wait_until(std::time::Duration::from_secs(5), || {
+        s.read_to_end(&mut rest).is_ok()
+    });
+    assert!(closed, "the proxy closes a connection whose frame lies");
+}
