@@ -166,3 +166,64 @@ fn malformed_or_unknown_binary_requests_are_answered_at_once_and_lies_close() {
     });
     assert!(closed, "the proxy closes a connection whose frame lies");
 }
+
+/// --client-timeout bounds a whole command: a client that trickles one byte at a time into a
+/// `get` line, or into a `set`'s value, is let go once it has been at it that long.
+#[test]
+fn a_command_trickled_a_byte_at_a_time_is_cut_off_at_the_client_timeout() {
+    let a = Memcached::start();
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address()]);
+    let proxy = Proxy::start(&reg, "app", &["--client-timeout", "1"]);
+    for (head, trickle) in [(&b"get "[..], b'k'), (&b"set k 0 0 1000\r\n"[..], b'v')] {
+        let mut s = std::net::TcpStream::connect(&proxy.address).unwrap();
+        s.write_all(head).unwrap();
+        let started = std::time::Instant::now();
+        // One byte every 100 ms: each read comes well within the timeout.
+        let mut closed_after = None;
+        while started.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if s.write_all(&[trickle]).is_err() {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            s.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 64];
+            let gone = matches!(s.read(&mut byte), Ok(0));
+            s.set_nonblocking(false).unwrap();
+            if gone {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+        let after = closed_after.expect("a trickling client is let go");
+        assert!(after >= std::time::Duration::from_millis(900), "{after:?}");
+    }
+}
+
+/// A get of 100 000 keys on one line (about 900 KB), as memcached answers it. (Each server's
+/// share of the reply is 770 KB: the test gives the servers 10 s to send it, as a debug build
+/// beside the other tests may need.)
+#[test]
+fn a_get_of_100_000_keys_on_one_line_is_answered() {
+    let (_servers, reg, _) = setup();
+    let proxy = Proxy::start(&reg, "app", &["--timeout", "10000"]);
+    let keys: Vec<String> = (0..100_000).map(|i| format!("key{i:05}")).collect();
+    let mut records = Vec::new();
+    for k in &keys {
+        records.extend_from_slice(format!("{k} 0 1\nv\n").as_bytes());
+    }
+    let mut load = Command::new(env!("CARGO_BIN_EXE_mclient"))
+        .arg("--dir")
+        .arg(reg.dir())
+        .args(["--domain", "app", "bulk-set"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin.take().unwrap().write_all(&records).unwrap();
+    assert!(load.wait().unwrap().success());
+    let mut w = proxy.connect();
+    let reply = w.ask(&format!("get {}\r\n", keys.join(" ")));
+    assert_eq!(reply.matches("VALUE ").count(), 100_000);
+    assert!(reply.ends_with("END\r\n"));
+}

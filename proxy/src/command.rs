@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_line: usize,
     /// Largest value of a storage command (memcached's `-I`, 1 MiB by default).
     pub max_item: usize,
+    /// Longest line of a retrieval command (`get`, `gets`, `gat`, `gats`): memcached reads
+    /// those in pieces and takes any number of keys; the proxy takes 100 000 keys of 20 bytes.
+    pub max_get_line: usize,
 }
 
 impl Default for Limits {
@@ -24,6 +27,7 @@ impl Default for Limits {
         Limits {
             max_line: 64 * 1024,
             max_item: 1024 * 1024,
+            max_get_line: 2 * 1024 * 1024,
         }
     }
 }
@@ -167,8 +171,15 @@ pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
 
 /// Parses the command at the start of `buf`.
 pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
-    let Some(newline) = buf.iter().take(limits.max_line).position(|&b| b == b'\n') else {
-        return match buf.len() >= limits.max_line {
+    let a_retrieval = [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|verb| buf.starts_with(verb));
+    let max_line = match a_retrieval {
+        true => limits.max_get_line.max(limits.max_line),
+        false => limits.max_line,
+    };
+    let Some(newline) = buf.iter().take(max_line).position(|&b| b == b'\n') else {
+        return match buf.len() >= max_line {
             true => Parsed::Close(LINE_TOO_LONG),
             false => Parsed::Incomplete,
         };
@@ -571,6 +582,7 @@ mod tests {
         Limits {
             max_line: 64,
             max_item: 10,
+            max_get_line: 64,
         }
     }
 
@@ -598,6 +610,24 @@ mod tests {
             }
         );
         assert_eq!(parse(&[b'a'; 64], limits()), Parsed::Close(LINE_TOO_LONG));
+        // A retrieval line may be longer (memcached takes any number of keys).
+        let many = Limits {
+            max_get_line: 1 << 20,
+            ..limits()
+        };
+        let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+        let line = format!("get {}\r\n", keys.join(" "));
+        match parse(line.as_bytes(), many) {
+            Parsed::Command(Command::Get { keys, .. }, used) => {
+                assert_eq!((keys.len(), used), (10_000, line.len()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let long_set = format!("set {}", "k".repeat(100));
+        assert_eq!(
+            parse(long_set.as_bytes(), many),
+            Parsed::Close(LINE_TOO_LONG)
+        );
         assert_eq!(parse(&[b'a'; 63], limits()), Parsed::Incomplete);
         assert_eq!(
             parse(b"set k 0 0 3\r\nabcXY", limits()),

@@ -379,15 +379,7 @@ impl Service {
                         Ok(reply) => {
                             answered = true;
                             let prefix = snapshot.policy.prefix.as_bytes();
-                            let mut spans = items(&reply);
-                            for n in members {
-                                let asked = |s: &ItemSpan<'_>| {
-                                    s.key.strip_prefix(prefix) == Some(keys[n].as_slice())
-                                };
-                                if let Some(at) = spans.iter().position(asked) {
-                                    found[n] = Some(spans.remove(at).unprefixed(prefix));
-                                }
-                            }
+                            match_items(&reply, &members, &keys, prefix, &mut found);
                         }
                         Err(err) => failure = Some(err.error),
                     }
@@ -828,6 +820,46 @@ fn named(
         error: format!("{}: {}", snapshot.servers[i].address, failure.error),
         errno: failure.errno,
     })
+}
+
+/// Gives each of `members` (positions in `keys`) its item of `reply`. memcached answers hits in
+/// the order the keys were asked, so one pass pairs them (a 100 000-key get costs linear
+/// time); items out of that order are found by key.
+fn match_items(
+    reply: &[u8],
+    members: &[usize],
+    keys: &[Vec<u8>],
+    prefix: &[u8],
+    found: &mut [Option<Vec<u8>>],
+) {
+    let bare = |s: &ItemSpan<'_>| s.key.strip_prefix(prefix).map(<[u8]>::to_vec);
+    let mut rest: Vec<ItemSpan<'_>> = Vec::new();
+    let mut spans = items(reply).into_iter().peekable();
+    for &n in members {
+        match spans.peek() {
+            Some(s) if s.key.strip_prefix(prefix) == Some(keys[n].as_slice()) => {
+                found[n] = spans.next().map(|s| s.unprefixed(prefix));
+            }
+            _ => {}
+        }
+    }
+    rest.extend(spans);
+    if rest.is_empty() {
+        return;
+    }
+    let mut by_key: HashMap<Vec<u8>, ItemSpan<'_>> = HashMap::new();
+    for span in rest {
+        if let Some(key) = bare(&span) {
+            by_key.entry(key).or_insert(span);
+        }
+    }
+    for &n in members {
+        if found[n].is_none()
+            && let Some(span) = by_key.remove(&keys[n])
+        {
+            found[n] = Some(span.unprefixed(prefix));
+        }
+    }
 }
 
 /// `SERVER_ERROR message`, on one line whatever the message holds.

@@ -58,6 +58,9 @@ pub async fn serve<R, W>(
     let mut swallow = 0usize;
     // The protocol, from the connection's first byte: 0x80 is the binary protocol's magic.
     let mut binary = None;
+    // When the command in `buf` began to arrive: --client-timeout bounds the whole command,
+    // however its bytes trickle in (a client sending a byte a second keeps no connection).
+    let mut partial_since: Option<tokio::time::Instant> = None;
     'session: loop {
         let mut start = 0;
         loop {
@@ -144,12 +147,21 @@ pub async fn serve<R, W>(
             }
         }
         buf.drain(..start);
+        if start > 0 {
+            partial_since = None; // a command (or skipped bytes) went through: a new deadline
+        }
         if *shutdown.borrow() {
             break;
         }
         let wait = match buf.is_empty() && swallow == 0 {
-            true => settings.idle_timeout,
-            false => Some(settings.client_timeout),
+            true => {
+                partial_since = None;
+                settings.idle_timeout
+            }
+            false => {
+                let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
+                Some(settings.client_timeout.saturating_sub(since.elapsed()))
+            }
         };
         let read = async {
             match wait {

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 const LIMITS: Limits = Limits {
     max_line: 512,
     max_item: 1024,
+    max_get_line: 4096,
 };
 
 fn used(parsed: &Parsed) -> Option<usize> {
