@@ -227,3 +227,57 @@ fn a_get_of_100_000_keys_on_one_line_is_answered() {
     assert_eq!(reply.matches("VALUE ").count(), 100_000);
     assert!(reply.ends_with("END\r\n"));
 }
+
+/// `--client-auth FILE` (memcached's -Y format): binary clients authenticate with SASL PLAIN
+/// (php-memcached's setSaslAuthData), text clients with memcached's ASCII authentication;
+/// nothing else is served before.
+#[test]
+fn clients_authenticate_with_sasl_or_ascii_when_the_proxy_asks() {
+    let a = Memcached::start();
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address()]);
+    let users = reg.dir().join("users");
+    std::fs::write(&users, "app:s3cret\n").unwrap();
+    let proxy = Proxy::start(&reg, "app", &["--client-auth", users.to_str().unwrap()]);
+    let port = port_of(&proxy.address).to_string();
+    let php = |user: &str, password: &str| {
+        let out = Command::new("php")
+            .args([
+                script("php_memcached_sasl.php").to_str().unwrap(),
+                &port,
+                user,
+                password,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(php("app", "s3cret"), "ok");
+    assert_ne!(php("app", "wrong"), "ok");
+    assert_eq!(a.raw_get("sasl-key").as_deref(), Some("v"));
+    // Text: refused until a `set` carries `user password`.
+    let mut w = proxy.connect();
+    assert_eq!(
+        w.ask("get sasl-key\r\n"),
+        "CLIENT_ERROR unauthenticated\r\n"
+    );
+    assert_eq!(
+        w.ask("set auth 0 0 9\r\napp wrong\r\n"),
+        "CLIENT_ERROR authentication failure\r\n"
+    );
+    assert_eq!(w.ask("set auth 0 0 10\r\napp s3cret\r\n"), "STORED\r\n");
+    assert_eq!(
+        w.ask("get sasl-key\r\n"),
+        "VALUE sasl-key 0 1\r\nv\r\nEND\r\n"
+    );
+    // Without --client-auth a SASL request is an auth error at once.
+    let open = Proxy::start(&reg, "app", &[]);
+    let mut s = std::net::TcpStream::connect(&open.address).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&header(0x20, 0, 0, 0)).unwrap();
+    let mut head = [0u8; 24];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(u16::from_be_bytes([head[6], head[7]]), 0x0020);
+}

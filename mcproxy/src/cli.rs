@@ -94,6 +94,13 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub client_timeout: u64,
 
+    /// Clients must authenticate with one of these credentials (memcached's -Y format: one
+    /// user:password per line): SASL PLAIN on binary connections, memcached's ASCII
+    /// authentication (a `set` whose value is `user password`) on text ones. Without it,
+    /// anyone who can connect is served, and SASL requests get "auth error"
+    #[arg(long, value_name = "FILE")]
+    pub client_auth: Option<std::path::PathBuf>,
+
     /// Seconds an idle client connection is kept (0: for ever)
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub idle_timeout: u64,

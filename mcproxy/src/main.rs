@@ -81,6 +81,12 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
         server_connections: positive("server-connections", cli.server_connections)?,
         max_connections: positive("max-connections", cli.max_connections)?,
         settings: Settings {
+            client_auth: match &cli.client_auth {
+                Some(path) => Some(std::sync::Arc::new(
+                    mcshm_proxy::client_auth::ClientAuth::load(path)?,
+                )),
+                None => None,
+            },
             limits: Limits {
                 max_item: size(&cli.max_item_size)?,
                 ..Limits::default()

@@ -108,6 +108,12 @@ pub enum Action {
     Stats,
     /// The client quits (QuitQ: without a response).
     Quit,
+    /// SASL: list the mechanisms, or authenticate with `mechanism` and `data`.
+    Sasl {
+        list: bool,
+        mechanism: Vec<u8>,
+        data: Vec<u8>,
+    },
 }
 
 /// The outcome of decoding the start of a buffer.
@@ -325,13 +331,55 @@ fn decode(request: &mut Request, extras: &[u8], key: &[u8], value: &[u8], cas: u
         }
         op::STAT => Action::Stats,
         op::QUIT | op::QUITQ => Action::Quit,
-        op::SASL_LIST | op::SASL_AUTH | op::SASL_STEP => Action::Answer(error(
-            request,
-            status::AUTH_ERROR,
-            "Auth failure: mcproxy takes no SASL credentials from its clients",
-        )),
+        op::SASL_LIST | op::SASL_AUTH => Action::Sasl {
+            list: opcode == op::SASL_LIST,
+            mechanism: key.to_vec(),
+            data: value.to_vec(),
+        },
+        op::SASL_STEP => Action::Answer(error(request, status::AUTH_ERROR, "Auth failure")),
         _ => Action::Answer(error(request, status::UNKNOWN, "Unknown command")),
     }
+}
+
+/// The answer to a SASL request: `list` the mechanisms (PLAIN), or check PLAIN credentials;
+/// without credentials configured every SASL request is an auth error. `true` in the second
+/// place when the client is now authenticated.
+pub fn sasl(
+    request: &Request,
+    auth: Option<&crate::client_auth::ClientAuth>,
+    list: bool,
+    mechanism: &[u8],
+    data: &[u8],
+) -> (Vec<u8>, bool) {
+    let Some(auth) = auth else {
+        let why = "Auth failure: mcproxy was started without --client-auth";
+        return (error(request, status::AUTH_ERROR, why), false);
+    };
+    if list {
+        let ok = response(
+            request.opcode,
+            status::OK,
+            request.opaque,
+            0,
+            &[],
+            &[],
+            b"PLAIN",
+        );
+        return (ok, false);
+    }
+    if mechanism == b"PLAIN" && auth.check_plain(data) {
+        let ok = response(
+            request.opcode,
+            status::OK,
+            request.opaque,
+            0,
+            &[],
+            &[],
+            b"Authenticated",
+        );
+        return (ok, true);
+    }
+    (error(request, status::AUTH_ERROR, "Auth failure"), false)
 }
 
 /// A response frame.

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 pub mod binary;
+pub mod client_auth;
 pub mod command;
 pub mod reply;
 pub mod service;
@@ -332,7 +333,7 @@ async fn accept(
         stats.curr_connections.fetch_add(1, Ordering::Relaxed);
         stats.total_connections.fetch_add(1, Ordering::Relaxed);
         let (service, open, stopped) = (service.clone(), open.clone(), stopped.clone());
-        let settings = config.settings;
+        let settings = config.settings.clone();
         let lane = stats.total_connections.load(Ordering::Relaxed) as usize;
         tokio::spawn(async move {
             let (reader, writer) = stream;

@@ -18,8 +18,11 @@ use std::task::{Context, Poll, Waker};
 use crate::service::{Pending, Service};
 
 /// What every session of the proxy obeys.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
+    /// With `--client-auth`: the credentials a client must present before any command (SASL
+    /// PLAIN in binary, memcached's ASCII authentication in text).
+    pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
     pub limits: Limits,
     /// A client that sent part of a command and nothing more for this long is disconnected.
     pub client_timeout: Duration,
@@ -61,6 +64,9 @@ pub async fn serve<R, W>(
     // When the command in `buf` began to arrive: --client-timeout bounds the whole command,
     // however its bytes trickle in (a client sending a byte a second keeps no connection).
     let mut partial_since: Option<tokio::time::Instant> = None;
+    // With --client-auth, nothing but authentication is served until it succeeds.
+    let auth = settings.client_auth.clone();
+    let mut authenticated = auth.is_none();
     'session: loop {
         let mut start = 0;
         loop {
@@ -81,7 +87,8 @@ pub async fn serve<R, W>(
                     crate::binary::Parsed::Request(request, action, used) => {
                         start += used;
                         service.stats.commands.fetch_add(1, Ordering::Relaxed);
-                        match binary_dispatch(&service, request, action, lane).await {
+                        let who = (auth.as_deref(), &mut authenticated);
+                        match binary_dispatch(&service, request, action, lane, who).await {
                             Ok(reply) => reply,
                             Err(last) => {
                                 if let Some(reply) = last {
@@ -120,9 +127,19 @@ pub async fn serve<R, W>(
                 Parsed::Command(command, used) => {
                     start += used;
                     service.stats.commands.fetch_add(1, Ordering::Relaxed);
-                    match dispatch(&service, command, lane).await {
-                        Some(reply) => reply,
-                        None => break 'session,
+                    if let (false, Some(auth)) = (authenticated, auth.as_deref()) {
+                        match ascii_auth(auth, command) {
+                            Some((reply, ok)) => {
+                                authenticated = ok;
+                                Pending::Ready(reply.to_vec())
+                            }
+                            None => break 'session,
+                        }
+                    } else {
+                        match dispatch(&service, command, lane).await {
+                            Some(reply) => reply,
+                            None => break 'session,
+                        }
                     }
                 }
                 Parsed::Reply(reply, used) => {
@@ -218,6 +235,7 @@ async fn binary_dispatch(
     request: crate::binary::Request,
     action: crate::binary::Action,
     lane: usize,
+    (auth, authenticated): (Option<&crate::client_auth::ClientAuth>, &mut bool),
 ) -> Result<Pending, Option<Pending>> {
     use crate::binary::{self, Action};
     match action {
@@ -232,6 +250,23 @@ async fn binary_dispatch(
                 &[],
             ))
         })),
+        Action::Sasl {
+            list,
+            mechanism,
+            data,
+        } => {
+            let (reply, ok) = binary::sasl(&request, auth, list, &mechanism, &data);
+            if !list && !ok {
+                eprintln!("mcproxy: a client's SASL authentication failed");
+            }
+            *authenticated |= ok;
+            Ok(Pending::Ready(reply))
+        }
+        _ if !*authenticated => Ok(Pending::Ready(binary::error(
+            &request,
+            binary::status::AUTH_ERROR,
+            "Auth failure: authenticate first (SASL PLAIN)",
+        ))),
         Action::Answer(bytes) => {
             if bytes.len() >= 8
                 && u16::from_be_bytes([bytes[6], bytes[7]]) == binary::status::UNKNOWN
@@ -284,6 +319,24 @@ async fn binary_dispatch(
                 }
             })))
         }
+    }
+}
+
+/// A text command before the client authenticated (memcached's ASCII authentication, as
+/// `memcached -Y` takes it): a `set` whose value is `user password` authenticates; anything
+/// else is refused. The reply, and whether the client is now authenticated; `None`: it quit.
+fn ascii_auth(
+    auth: &crate::client_auth::ClientAuth,
+    command: Command,
+) -> Option<(&'static [u8], bool)> {
+    match command {
+        Command::Quit => None,
+        Command::Store { value, .. } if auth.check_ascii(&value) => Some((b"STORED\r\n", true)),
+        Command::Store { .. } => {
+            eprintln!("mcproxy: a client's authentication failed");
+            Some((b"CLIENT_ERROR authentication failure\r\n", false))
+        }
+        _ => Some((b"CLIENT_ERROR unauthenticated\r\n", false)),
     }
 }
 
