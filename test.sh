@@ -28,6 +28,8 @@ command -v php >/dev/null 2>&1 || need+=(php-cli)
 php -m 2>/dev/null | grep -qx memcache || need+=(php-memcache)
 php -m 2>/dev/null | grep -qx memcached || need+=(php-memcached)
 /usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || need+=(python3-pymemcache)
+# pylibmc (binary=True) is the second binary-protocol client of the proxy's tests.
+/usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1 || need+=(python3-pylibmc)
 # The C API test installs with make, builds with cc through pkg-config, and runs valgrind;
 # the locking tests hold locks with util-linux flock.
 command -v make >/dev/null 2>&1 || need+=(make)

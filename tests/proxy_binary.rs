@@ -281,3 +281,23 @@ fn clients_authenticate_with_sasl_or_ascii_when_the_proxy_asks() {
     s.read_exact(&mut head).unwrap();
     assert_eq!(u16::from_be_bytes([head[6], head[7]]), 0x0020);
 }
+
+/// A second client nobody here wrote, speaking binary: pylibmc with `binary=True`.
+#[test]
+fn pylibmc_with_the_binary_protocol_works_through_the_proxy() {
+    let (_servers, _reg, proxy) = setup();
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            script("pylibmc_binary.py").to_str().unwrap(),
+            &port_of(&proxy.address).to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 (apt-get install -y python3-pylibmc)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
