@@ -246,7 +246,21 @@ fails or times out answers \fBSERVER_ERROR\fR \fIserver\fR: \fIwhat\fR for the r
 carried; the failure counts against it in the shared table as for every libmcshm process.
 Malformed input gets memcached's own replies (\fBERROR\fR, \fBCLIENT_ERROR bad command line
 format\fR, \fBCLIENT_ERROR bad data chunk\fR, \fBSERVER_ERROR object too large for cache\fR);
-a line longer than 64 KiB is refused and the connection closed.
+a line longer than 64 KiB (2 MiB for \fBget gets gat gats\fR: 100 000 keys) is refused and
+the connection closed; a client that takes longer than \fB\-\-client\-timeout\fR over one
+command, however its bytes trickle in, is disconnected.
+.PP
+The binary protocol, recognised per connection by its first byte (0x80): \fBget getq getk
+getkq\fR (with the cas), \fBset add replace\fR and their quiet forms (a non\-zero cas makes a
+cas), \fBappend prepend delete\fR (and quiet), \fBincrement decrement\fR with initial value
+and expiration, \fBtouch gat gatq gatk gatkq\fR, \fBnoop version flush stat quit\fR, and SASL
+(\fBlist mechs\fR: PLAIN; \fBauth\fR PLAIN checked against \fB\-\-client\-auth\fR; without it,
+"auth error" at once). Each request goes to the servers as the text command it stands for,
+through the same routing, so the servers need nothing. Quiet requests answer only errors (and a
+get only its hits). An unknown opcode is answered "unknown command" and logged; a body over
+\fB\-\-max\-item\-size\fR is answered "value too large" and skipped; a frame whose lengths lie
+closes the connection. PHP sessions (php\-memcached's defaults: binary protocol, locking) work
+through the proxy as configured: \fBsession.save_path\fR = the proxy's address.
 .PP
 Keys are placed by the domain's distribution (\fBmcadmin policy \-\-distribution\fR). With a
 key prefix (\fBmcadmin policy \-\-prefix\fR) clients send bare keys: the servers get them
