@@ -66,5 +66,5 @@ pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
 pub use error::{Error, ErrorKind, Result};
 pub use proto::{Item, StoreVerb};
 pub use registry::{AgentLink, Commit, LockWait, Registry};
-pub use shm::monotonic_ns;
+pub use shm::{monotonic_ns, release_free_heap};
 pub use table::{Server, Snapshot, State};

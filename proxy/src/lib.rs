@@ -180,6 +180,8 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
             let all = domains.iter().map(|(_, s)| s.clone()).collect();
             tokio::spawn(serve_metrics(listener, all));
         }
+        let all = domains.iter().map(|(_, s)| s.clone()).collect();
+        tokio::spawn(trim_after_bursts(all));
         wait_for_signal().await;
     });
     let _ = stop.send(true);
@@ -190,6 +192,36 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Connections closed since the last trim that make the heap worth trimming.
+const TRIM_AFTER_CLOSED: u64 = 256;
+
+/// Gives memory back after bursts of connections: the allocator keeps what closed connections
+/// freed (glibc's per-thread arenas), so without this RSS grows with every burst and stays.
+/// Once a second, when at least [`TRIM_AFTER_CLOSED`] connections closed since the last look,
+/// the free heap is released (on the blocking pool: it walks every arena).
+async fn trim_after_bursts(domains: Vec<Arc<stats::ProxyStats>>) {
+    let closed = || -> u64 {
+        domains
+            .iter()
+            .map(|s| {
+                let total = s.total_connections.load(Ordering::Relaxed);
+                let open = s.curr_connections.load(Ordering::Relaxed).max(0) as u64;
+                total.saturating_sub(open)
+            })
+            .sum()
+    };
+    let mut last = closed();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = closed();
+        if now.saturating_sub(last) >= TRIM_AFTER_CLOSED {
+            last = now;
+            let _ = tokio::task::spawn_blocking(libmcshm::release_free_heap).await;
+        }
+    }
 }
 
 /// A bound listening socket, before a runtime takes it.
