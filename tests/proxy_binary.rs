@@ -85,9 +85,9 @@ fn php_sessions_with_their_defaults_work_through_the_proxy() {
         "session_start waited at most {longest:.3} s (median {:.3} s)",
         waits[waits.len() / 2]
     );
-    // A request that found its session locked waits for the holder (php-memcached polls from
-    // 150 ms); none hangs until the 30 s lock timeout that the binary protocol hit before.
-    assert!(longest < 5.0, "a session_start waited {longest} s");
+    // Each batch's ten requests are on ten different sessions: no lock is contended, so none
+    // waits for one (before: 30 s, the lock timeout, on every request).
+    assert!(longest < 1.0, "a session_start waited {longest} s");
     let _ = reg;
 }
 

@@ -5,7 +5,10 @@
 //! in-process, so the figures compare like with like.
 //!
 //! cargo run --release -p mcshm-proxy --example loadgen -- \
-//!     --target 127.0.0.1:11211 --op get --conns 16 --seconds 5
+//!     --target 127.0.0.1:11211 --op get --conns 16 --seconds 5 [--protocol binary]
+//!
+//! `--protocol binary` speaks memcached's binary protocol (get, set; a 10-key multi-get is ten
+//! quiet getkq and a noop, as libmemcached sends it).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,6 +34,7 @@ struct Args {
     keys: usize,
     value_size: usize,
     depth: usize,
+    binary: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +47,7 @@ fn args() -> Args {
         keys: 10_000,
         value_size: 100,
         depth: 1,
+        binary: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.chunks(2);
@@ -69,6 +74,13 @@ fn args() -> Args {
             "--keys" => a.keys = value.parse().unwrap(),
             "--value-size" => a.value_size = value.parse().unwrap(),
             "--depth" => a.depth = value.parse().unwrap(),
+            "--protocol" => {
+                a.binary = match value.as_str() {
+                    "text" => false,
+                    "binary" => true,
+                    other => panic!("--protocol text|binary, not {other}"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -102,6 +114,63 @@ fn request(op: Op, n: usize, keys: usize, value: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// A binary request frame.
+fn frame(opcode: u8, extras: &[u8], key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0x80, opcode]);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[extras.len() as u8, 0, 0, 0]);
+    let body = (extras.len() + key.len() + value.len()) as u32;
+    out.extend_from_slice(&body.to_be_bytes());
+    out.extend_from_slice(&[0u8; 12]);
+    out.extend_from_slice(extras);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+}
+
+/// One request of the op in the binary protocol; the opcode of the response that ends it.
+fn binary_request(op: Op, n: usize, keys: usize, value: &[u8], out: &mut Vec<u8>) -> u8 {
+    match op {
+        Op::Get => {
+            frame(0x00, &[], key(n % keys).as_bytes(), &[], out);
+            0x00
+        }
+        Op::Set => {
+            frame(0x01, &[0u8; 8], key(n % keys).as_bytes(), value, out);
+            0x01
+        }
+        Op::Mget10 => {
+            for k in 0..10 {
+                frame(0x0d, &[], key((n * 10 + k) % keys).as_bytes(), &[], out);
+            }
+            frame(0x0a, &[], &[], &[], out);
+            0x0a
+        }
+    }
+}
+
+/// Reads binary responses until `count` of opcode `end` arrived.
+fn read_binary(stream: &mut TcpStream, buf: &mut Vec<u8>, end: u8, count: usize) {
+    let (mut seen, mut at) = (0, 0);
+    let mut chunk = [0u8; 65536];
+    while seen < count {
+        while buf.len() >= at + 24 {
+            let body = u32::from_be_bytes(buf[at + 8..at + 12].try_into().unwrap()) as usize;
+            if buf.len() < at + 24 + body {
+                break;
+            }
+            seen += usize::from(buf[at + 1] == end);
+            at += 24 + body;
+        }
+        if seen == count {
+            break;
+        }
+        let n = stream.read(&mut chunk).expect("read reply");
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.drain(..at);
 }
 
 fn terminator(op: Op) -> &'static [u8] {
@@ -171,13 +240,20 @@ fn worker(args: Arc<Args>, id: usize, stop: Arc<AtomicBool>) -> Vec<u32> {
             let (mut out, mut buf) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 out.clear();
+                let mut end = 0;
                 for _ in 0..args.depth {
-                    request(args.op, n, args.keys, &value, &mut out);
+                    match args.binary {
+                        true => end = binary_request(args.op, n, args.keys, &value, &mut out),
+                        false => request(args.op, n, args.keys, &value, &mut out),
+                    }
                     n += 1;
                 }
                 let started = Instant::now();
                 stream.write_all(&out).unwrap();
-                read_replies(&mut stream, &mut buf, terminator(args.op), args.depth);
+                match args.binary {
+                    true => read_binary(&mut stream, &mut buf, end, args.depth),
+                    false => read_replies(&mut stream, &mut buf, terminator(args.op), args.depth),
+                }
                 latencies.push(started.elapsed().as_micros() as u32);
             }
         }

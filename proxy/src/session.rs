@@ -283,13 +283,19 @@ async fn binary_dispatch(
             "Auth failure: authenticate first (SASL PLAIN)",
         ))),
         Action::Answer(bytes) => {
-            if bytes.len() >= 8
-                && u16::from_be_bytes([bytes[6], bytes[7]]) == binary::status::UNKNOWN
-            {
-                eprintln!(
+            let status = bytes
+                .get(6..8)
+                .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]));
+            match status {
+                binary::status::UNKNOWN => eprintln!(
                     "mcproxy: binary opcode 0x{:02x} is not supported: answered 'unknown command'",
                     request.opcode
-                );
+                ),
+                binary::status::INVALID => eprintln!(
+                    "mcproxy: binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
+                    request.opcode
+                ),
+                _ => {}
             }
             Ok(Pending::Ready(bytes))
         }
