@@ -654,6 +654,29 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_quiet_gets_is_answered_from_one_multi_get() {
+        let requests: Vec<Request> = ["a", "b", "c"]
+            .iter()
+            .map(|k| parsed(&frame(op::GETKQ, &[], k.as_bytes(), &[], 0)).0)
+            .collect();
+        let text = b"VALUE a 1 2 10\r\nxx\r\nVALUE c 3 1 11\r\ny\r\nEND\r\n";
+        let out = answer_quiet_gets(&requests, text);
+        let mut expected = response(op::GETKQ, 0, 7, 10, &1u32.to_be_bytes(), b"a", b"xx");
+        expected.extend(response(
+            op::GETKQ,
+            0,
+            7,
+            11,
+            &3u32.to_be_bytes(),
+            b"c",
+            b"y",
+        ));
+        assert_eq!(out, expected, "b missed: nothing for it");
+        let failed = answer_quiet_gets(&requests, b"SERVER_ERROR a: timed out\r\n");
+        assert_eq!(failed.len(), 3 * (24 + "a: timed out".len() + 13));
+    }
+
+    #[test]
     fn every_prefix_of_a_frame_is_incomplete_and_bad_keys_are_invalid() {
         let bytes = frame(op::SET, &[0; 8], b"key", b"value", 0);
         for n in 0..bytes.len() {
@@ -669,4 +692,53 @@ mod tests {
         };
         assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), status::INVALID);
     }
+}
+
+/// Whether `request` and its `action` are a quiet get (getq, getkq): consecutive ones are
+/// routed as one multi-get (libmemcached's mget sends a run of them and a noop).
+pub fn is_quiet_get(request: &Request, action: &Action) -> bool {
+    request.quiet && matches!(action, Action::Route(Command::Get { exptime: None, .. }))
+}
+
+/// The responses to a run of quiet gets from the text reply of the one multi-get they were
+/// routed as: a response per hit (the proxy answers hits in the order of the keys asked), none
+/// per miss; a reply that is an error is every request's error.
+pub fn answer_quiet_gets(requests: &[Request], text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    let mut items: Vec<(&[u8], &[u8])> = Vec::new(); // (key, the item's bytes)
+    while rest.starts_with(b"VALUE ") {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let fields: Vec<&[u8]> = rest[6..line_end].split(|&b| b == b' ').collect();
+        let len: Option<usize> = fields
+            .get(2)
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .and_then(|f| f.parse().ok());
+        let Some(end) = len
+            .map(|len| line_end + 2 + len + 2)
+            .filter(|&e| e <= rest.len())
+        else {
+            break;
+        };
+        items.push((fields[0], &rest[..end]));
+        rest = &rest[end..];
+    }
+    if items.is_empty() && !rest.starts_with(b"END") {
+        for request in requests {
+            out.extend(answer(request, text));
+        }
+        return out;
+    }
+    let mut next = items.into_iter().peekable();
+    for request in requests {
+        if let Some((key, item)) = next.peek()
+            && *key == request.key.as_slice()
+        {
+            out.extend(answer(request, item));
+            next.next();
+        }
+    }
+    out
 }

@@ -86,6 +86,36 @@ pub async fn serve<R, W>(
             if binary == Some(true) {
                 let reply = match crate::binary::parse(&buf[start..], settings.limits) {
                     crate::binary::Parsed::Incomplete => break,
+                    crate::binary::Parsed::Request(request, action, used)
+                        if authenticated && crate::binary::is_quiet_get(&request, &action) =>
+                    {
+                        start += used;
+                        service.stats.commands.fetch_add(1, Ordering::Relaxed);
+                        // A run of quiet gets (libmemcached's mget) is one multi-get.
+                        let (mut run, mut keys) = (vec![request], quiet_get_keys(action));
+                        while run.len() < QUIET_GET_RUN {
+                            match crate::binary::parse(&buf[start..], settings.limits) {
+                                crate::binary::Parsed::Request(r, a, used)
+                                    if crate::binary::is_quiet_get(&r, &a) =>
+                                {
+                                    start += used;
+                                    service.stats.commands.fetch_add(1, Ordering::Relaxed);
+                                    keys.extend(quiet_get_keys(a));
+                                    run.push(r);
+                                }
+                                _ => break,
+                            }
+                        }
+                        let command = Command::Get {
+                            verb: crate::command::GetVerb::Gets,
+                            exptime: None,
+                            keys,
+                        };
+                        service
+                            .start(command, lane)
+                            .await
+                            .then(move |text| crate::binary::answer_quiet_gets(&run, &text))
+                    }
                     crate::binary::Parsed::Request(request, action, used) => {
                         start += used;
                         service.stats.commands.fetch_add(1, Ordering::Relaxed);
@@ -239,6 +269,17 @@ async fn dispatch(service: &Arc<Service>, command: Command, lane: usize) -> Opti
         )),
         Command::ConfigGetCluster => Some(Pending::Ready(service.cluster_config())),
         other => Some(service.start(other, lane).await),
+    }
+}
+
+/// Quiet gets routed as one multi-get at most (a longer run is several).
+const QUIET_GET_RUN: usize = 1000;
+
+/// The key of a quiet get's action.
+fn quiet_get_keys(action: crate::binary::Action) -> Vec<Vec<u8>> {
+    match action {
+        crate::binary::Action::Route(Command::Get { keys, .. }) => keys,
+        _ => Vec::new(),
     }
 }
 
