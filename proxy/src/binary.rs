@@ -538,6 +538,55 @@ pub fn stats(request: &Request, text: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `request` and its `action` are a quiet get (getq, getkq): consecutive ones are
+/// routed as one multi-get (libmemcached's mget sends a run of them and a noop).
+pub fn is_quiet_get(request: &Request, action: &Action) -> bool {
+    request.quiet && matches!(action, Action::Route(Command::Get { exptime: None, .. }))
+}
+
+/// The responses to a run of quiet gets from the text reply of the one multi-get they were
+/// routed as: a response per hit (the proxy answers hits in the order of the keys asked), none
+/// per miss; a reply that is an error is every request's error.
+pub fn answer_quiet_gets(requests: &[Request], text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    let mut items: Vec<(&[u8], &[u8])> = Vec::new(); // (key, the item's bytes)
+    while rest.starts_with(b"VALUE ") {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let fields: Vec<&[u8]> = rest[6..line_end].split(|&b| b == b' ').collect();
+        let len: Option<usize> = fields
+            .get(2)
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .and_then(|f| f.parse().ok());
+        let Some(end) = len
+            .map(|len| line_end + 2 + len + 2)
+            .filter(|&e| e <= rest.len())
+        else {
+            break;
+        };
+        items.push((fields[0], &rest[..end]));
+        rest = &rest[end..];
+    }
+    if items.is_empty() && !rest.starts_with(b"END") {
+        for request in requests {
+            out.extend(answer(request, text));
+        }
+        return out;
+    }
+    let mut next = items.into_iter().peekable();
+    for request in requests {
+        if let Some((key, item)) = next.peek()
+            && *key == request.key.as_slice()
+        {
+            out.extend(answer(request, item));
+            next.next();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,53 +741,4 @@ mod tests {
         };
         assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), status::INVALID);
     }
-}
-
-/// Whether `request` and its `action` are a quiet get (getq, getkq): consecutive ones are
-/// routed as one multi-get (libmemcached's mget sends a run of them and a noop).
-pub fn is_quiet_get(request: &Request, action: &Action) -> bool {
-    request.quiet && matches!(action, Action::Route(Command::Get { exptime: None, .. }))
-}
-
-/// The responses to a run of quiet gets from the text reply of the one multi-get they were
-/// routed as: a response per hit (the proxy answers hits in the order of the keys asked), none
-/// per miss; a reply that is an error is every request's error.
-pub fn answer_quiet_gets(requests: &[Request], text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    let mut items: Vec<(&[u8], &[u8])> = Vec::new(); // (key, the item's bytes)
-    while rest.starts_with(b"VALUE ") {
-        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let fields: Vec<&[u8]> = rest[6..line_end].split(|&b| b == b' ').collect();
-        let len: Option<usize> = fields
-            .get(2)
-            .and_then(|f| std::str::from_utf8(f).ok())
-            .and_then(|f| f.parse().ok());
-        let Some(end) = len
-            .map(|len| line_end + 2 + len + 2)
-            .filter(|&e| e <= rest.len())
-        else {
-            break;
-        };
-        items.push((fields[0], &rest[..end]));
-        rest = &rest[end..];
-    }
-    if items.is_empty() && !rest.starts_with(b"END") {
-        for request in requests {
-            out.extend(answer(request, text));
-        }
-        return out;
-    }
-    let mut next = items.into_iter().peekable();
-    for request in requests {
-        if let Some((key, item)) = next.peek()
-            && *key == request.key.as_slice()
-        {
-            out.extend(answer(request, item));
-            next.next();
-        }
-    }
-    out
 }
