@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::memcached::Memcached;
 use common::{Reg, addresses};
@@ -344,4 +345,117 @@ fn unix_socket_servers_work() {
     let mut c = Client::for_servers(&[address], Timeouts::default()).unwrap();
     c.set(b"over-unix", b"yes", 0, 0).unwrap();
     assert_eq!(c.get(b"over-unix").unwrap().unwrap().value, b"yes");
+}
+
+/// A relay in front of a memcached that holds every reply until `released` says so: it counts
+/// the connections on which a request arrived (`asked`).
+fn holding_relay(
+    target: u16,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    released: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let server = std::net::TcpStream::connect(("127.0.0.1", target)).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let asked = asked.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut counted = false;
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    if !counted {
+                        counted = true;
+                        asked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            let released = released.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s_in.read(&mut buf) {
+                    // Bounded: a client that reads one server at a time never releases them.
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if n == 0 || c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A multi-get sends every server its share before it reads any reply (as libmemcached's mget
+/// does), so servers that each take a while answer together: here no server answers until all
+/// three were asked, which a client that asks one server after another never gets to.
+#[test]
+fn a_multi_get_asks_every_server_before_reading_any_reply() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let asked = Arc::new(AtomicUsize::new(0));
+    let released = Arc::new(AtomicBool::new(false));
+    let relays: Vec<String> = servers
+        .iter()
+        .map(|s| {
+            format!(
+                "127.0.0.1:{}",
+                holding_relay(s.port, asked.clone(), released.clone())
+            )
+        })
+        .collect();
+    let reg = Reg::new();
+    let mut add = vec!["add", "--no-flush"];
+    add.extend(relays.iter().map(String::as_str));
+    reg.ok("fan", &add);
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        servers[i % 3].raw_set(key, "v"); // wherever: the multi-get asks all three
+    }
+    let mut client = Client::for_domain(
+        reg.dir(),
+        &Domain::new("fan").unwrap(),
+        Timeouts {
+            connect: Duration::from_secs(5),
+            io: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    let owners: std::collections::HashSet<String> = keys
+        .iter()
+        .map(|k| client.server_for(k.as_bytes()).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        owners.len(),
+        3,
+        "the keys are spread over the three servers"
+    );
+    let watcher = {
+        let (asked, released) = (asked.clone(), released.clone());
+        std::thread::spawn(move || {
+            // Shorter than the relays hold replies: a client that waits for one server before
+            // asking the next has asked only one by then.
+            let all =
+                common::wait_until(Duration::from_secs(2), || asked.load(Ordering::SeqCst) >= 3);
+            released.store(true, Ordering::SeqCst);
+            all
+        })
+    };
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let result = client.get_many(&refs, false).unwrap();
+    assert!(
+        watcher.join().unwrap(),
+        "every server was asked before any answered"
+    );
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
 }

@@ -335,17 +335,26 @@ impl Client {
             // one) needs no bookkeeping.
             let last_round = round + 1 == replicas;
             let mut hits: HashSet<Vec<u8>> = HashSet::new();
-            for (server, keys) in groups {
-                let requests: Vec<Request> = keys
-                    .chunks(KEYS_PER_GET)
-                    .map(|chunk| Request::Get {
-                        keys: chunk,
-                        cas,
-                        touch: None,
-                    })
-                    .collect();
+            // Every server gets its share before any reply is read (see `pipelines`).
+            let groups: Vec<(usize, Vec<&[u8]>)> = groups.into_iter().collect();
+            let requests: Vec<(usize, Vec<Request>)> = groups
+                .iter()
+                .map(|(server, keys)| {
+                    let gets = keys
+                        .chunks(KEYS_PER_GET)
+                        .map(|chunk| Request::Get {
+                            keys: chunk,
+                            cas,
+                            touch: None,
+                        })
+                        .collect();
+                    (*server, gets)
+                })
+                .collect();
+            let outcomes = self.pipelines(&requests);
+            for ((server, keys), outcome) in groups.into_iter().zip(outcomes) {
                 let mut error = None;
-                match self.pipeline(server, &requests) {
+                match outcome {
                     Ok(replies) => {
                         for reply in replies {
                             match reply {

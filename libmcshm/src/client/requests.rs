@@ -43,6 +43,72 @@ impl Client {
         results
     }
 
+    /// Several servers' pipelines at once: every group that fits the pipeline window is sent
+    /// before any reply is read, so the servers work (and their round trips pass) together, as
+    /// libmemcached's mget does; a larger group then runs as its own windowed pipeline. One
+    /// result per group, in order; each outcome counts for or against its server.
+    pub(super) fn pipelines(
+        &mut self,
+        groups: &[(usize, Vec<Request<'_>>)],
+    ) -> Vec<Result<Vec<Reply>>> {
+        if groups.len() < 2 {
+            return groups
+                .iter()
+                .map(|(server, requests)| self.pipeline(*server, requests))
+                .collect();
+        }
+        let snapshot = self.router.snapshot().clone();
+        let prefix = snapshot.policy.prefix;
+        let mut bytes = Vec::new();
+        // Phase 1: send every small group whole (Some: sent, or its error).
+        let mut sent: Vec<Option<Result<(), ConnError>>> = Vec::with_capacity(groups.len());
+        for (server, requests) in groups {
+            bytes.clear();
+            for request in requests {
+                request.encode_prefixed(&mut bytes, prefix.as_bytes());
+            }
+            if bytes.len() > PIPELINE_WINDOW {
+                sent.push(None);
+                continue;
+            }
+            let address = &snapshot.servers[*server].address;
+            sent.push(Some(self.send_bytes(address, &bytes)));
+        }
+        // Phase 2: read their replies; then the large groups, one windowed pipeline each.
+        let mut results = Vec::with_capacity(groups.len());
+        for ((server, requests), sent) in groups.iter().zip(sent) {
+            let address = &snapshot.servers[*server].address;
+            let result = match sent {
+                None => self.pipeline(*server, requests),
+                Some(sent) => {
+                    let received = sent.and_then(|()| {
+                        let conn = self.conns.get_mut(address).expect("connected to send");
+                        let mut replies = Vec::with_capacity(requests.len());
+                        for request in requests {
+                            let mut reply = conn.receive(request.expects())?;
+                            unprefix(&mut reply, &prefix);
+                            replies.push(reply);
+                        }
+                        Ok(replies)
+                    });
+                    self.outcome(*server, address, received)
+                }
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Sends `bytes` to `address` (connecting first if need be).
+    fn send_bytes(&mut self, address: &Address, bytes: &[u8]) -> Result<(), ConnError> {
+        if !self.conns.contains_key(address) {
+            let credentials = self.credentials()?;
+            let conn = Conn::connect_as(address, self.timeouts, credentials.as_ref())?;
+            self.conns.insert(address.clone(), conn);
+        }
+        self.conns.get_mut(address).expect("connected").send(bytes)
+    }
+
     /// Encodes and sends one request to `address` (connecting first if need be).
     fn send_one(
         &mut self,
@@ -142,15 +208,7 @@ impl Client {
             }
             let (expect, len) = in_flight.pop_front().expect("a request is in flight");
             let mut reply = conn.receive(expect)?;
-            if let Reply::Values(items) = &mut reply
-                && !prefix.is_empty()
-            {
-                for item in items.iter_mut() {
-                    if item.key.starts_with(prefix.as_bytes()) {
-                        item.key.drain(..prefix.as_bytes().len());
-                    }
-                }
-            }
+            unprefix(&mut reply, prefix);
             replies.push(reply);
             in_flight_bytes -= len;
         }
@@ -196,6 +254,19 @@ impl Client {
                 server,
                 error: format!("unexpected reply {other:?}"),
             },
+        }
+    }
+}
+
+/// Gives the keys of a retrieval reply back without the domain's prefix.
+fn unprefix(reply: &mut Reply, prefix: &KeyPrefix) {
+    if let Reply::Values(items) = reply
+        && !prefix.is_empty()
+    {
+        for item in items.iter_mut() {
+            if item.key.starts_with(prefix.as_bytes()) {
+                item.key.drain(..prefix.as_bytes().len());
+            }
         }
     }
 }
