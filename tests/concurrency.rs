@@ -44,17 +44,7 @@ fn thirty_two_concurrent_adds_all_land_as_thirty_two_versions() {
     );
 }
 
-/// A tiny deterministic PRNG (xorshift64*), seeded from the clock and printed for replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use common::Rng;
 
 #[test]
 fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {

@@ -355,29 +355,22 @@ pub fn sasl(
         let why = "Auth failure: mcproxy was started without --client-auth";
         return (error(request, status::AUTH_ERROR, why), false);
     };
-    if list {
-        let ok = response(
+    let ok = |value: &[u8]| {
+        response(
             request.opcode,
             status::OK,
             request.opaque,
             0,
             &[],
             &[],
-            b"PLAIN",
-        );
-        return (ok, false);
+            value,
+        )
+    };
+    if list {
+        return (ok(b"PLAIN"), false);
     }
     if mechanism == b"PLAIN" && auth.check_plain(data) {
-        let ok = response(
-            request.opcode,
-            status::OK,
-            request.opaque,
-            0,
-            &[],
-            &[],
-            b"Authenticated",
-        );
-        return (ok, true);
+        return (ok(b"Authenticated"), true);
     }
     (error(request, status::AUTH_ERROR, "Auth failure"), false)
 }

@@ -139,3 +139,21 @@ pub fn output_of_fresh_binary(cmd: &mut Command) -> Output {
         }
     }
 }
+
+/// xorshift64*: a small deterministic PRNG (the same sequence for the same seed everywhere),
+/// for tests that print their seed so a failure can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
