@@ -9,15 +9,10 @@ cd "$(dirname "$0")/.."
 N=${N:-20000}
 command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
 cargo build --release -q -p libmcshm --example write_cost
+. bench/lib.sh
 work=$(mktemp -d)
-user=(); [ "$(id -u)" = 0 ] && user=(-u root)
 pids=(); servers=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
-for i in 1 2 3; do
-    MEMCACHED_PORT_FILENAME=$work/ports$i memcached -l 127.0.0.1 -p -1 -U 0 -m 64 -t 1 "${user[@]}" &
-    pids+=($!)
-    for _ in $(seq 100); do [ -s "$work/ports$i" ] && break; sleep 0.05; done
-    servers+=("127.0.0.1:$(sed -n 's/^TCP INET: //p' "$work/ports$i" | head -1)")
-done
+trap bench_cleanup EXIT
+start_memcached 3 -m 64
 mkdir "$work/reg"
 target/release/examples/write_cost "$work/reg" "$N" "${servers[@]}"

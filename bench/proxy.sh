@@ -16,26 +16,15 @@ for tool in memcached nutcracker; do
 done
 cargo build --release -q --bin mcproxy --bin mcadmin && cargo build --release -q -p mcshm-proxy --example loadgen
 LOADGEN=target/release/examples/loadgen
+. bench/lib.sh
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-user=(); [ "$(id -u)" = 0 ] && user=(-u root)
+pids=(); servers=()
+trap bench_cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-servers=()
-for n in 1 2; do
-    MEMCACHED_PORT_FILENAME=$work/ports$n memcached -l 127.0.0.1 -p -1 -U 0 -t 1 -m 256 "${user[@]}" &
-    pids+=($!)
-    for _ in $(seq 100); do [ -s "$work/ports$n" ] && break; sleep 0.05; done
-    servers+=("127.0.0.1:$(sed -n 's/^TCP INET: //p' "$work/ports$n" | head -1)")
-done
+start_memcached 2 -m 256
 target/release/mcadmin --dir "$work" --domain bench add "${servers[@]}" > /dev/null
-
-target/release/mcproxy --dir "$work" --domain bench --listen 127.0.0.1:0 2> "$work/mcproxy.log" &
-mcproxy=$!; pids+=($mcproxy)
-for _ in $(seq 100); do grep -q serving "$work/mcproxy.log" 2>/dev/null && break; sleep 0.05; done
-mcproxy_addr=$(sed -n 's/.* on \(127.*\)$/\1/p' "$work/mcproxy.log" | head -1)
+start_mcproxy bench
 
 nut_port=$(free_port)
 cat > "$work/nutcracker.yml" <<YML

@@ -9,21 +9,14 @@ SECS=${SECS:-3}
 command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
 cargo build --release -q --bin mcadmin --bin mcproxy
 cargo build --release -q -p mcshm-proxy --example loadgen
+. bench/lib.sh
 work=$(mktemp -d)
-user=(); [ "$(id -u)" = 0 ] && user=(-u root)
 pids=(); servers=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
-for i in 1 2; do
-    MEMCACHED_PORT_FILENAME=$work/ports$i memcached -l 127.0.0.1 -p -1 -U 0 -m 64 -t 1 "${user[@]}" &
-    pids+=($!)
-    for _ in $(seq 100); do [ -s "$work/ports$i" ] && break; sleep 0.05; done
-    servers+=("127.0.0.1:$(sed -n 's/^TCP INET: //p' "$work/ports$i" | head -1)")
-done
+trap bench_cleanup EXIT
+start_memcached 2 -m 64
 target/release/mcadmin --dir "$work" --domain bench add "${servers[@]}" > /dev/null
-target/release/mcproxy --dir "$work" --domain bench --listen 127.0.0.1:0 2> "$work/proxy.log" &
-pids+=($!)
-for _ in $(seq 100); do grep -q serving "$work/proxy.log" && break; sleep 0.05; done
-proxy=$(sed -n 's/.* on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$work/proxy.log" | head -1)
+start_mcproxy bench
+proxy=$mcproxy_addr
 echo "mcproxy on $proxy over ${servers[*]}; ${SECS} s per cell"
 printf '%-8s %-6s %14s %14s %8s %18s\n' op conns "text req/s" "binary req/s" ratio "p99 text/binary"
 for op in get set mget10; do

@@ -42,6 +42,9 @@ use crate::table::{Policy, Server, State, Table};
 /// operator), is not marked by this change; a mark set earlier stays until it is cleared.
 pub fn mark_strays(old: &[Server], old_policy: &Policy, new: &mut Table, version: u64) {
     let losing = losers(old, old_policy, &new.servers, &new.policy);
+    if !losing.contains(&true) {
+        return; // most commits: a reason, a retry interval, a server up or down under `none`
+    }
     let before: HashMap<Identity<'_>, &Server> =
         old.iter().map(|s| (s.address.identity(), s)).collect();
     for (server, loses) in new.servers.iter_mut().zip(losing) {

@@ -125,7 +125,7 @@ pub fn apply(server: &mut Server, change: Transition<'_>, actor: CommitInfo) -> 
             server.held = false;
             (State::Down, reason)
         }
-        Transition::Rejoin(r) if server.state == State::Down && (r.operator || !server.held) => {
+        Transition::Rejoin(r) if server.may_rejoin(r.operator) => {
             server.held = false;
             server.warm_until_ms = r.warm_until_ms;
             if r.flushed {
@@ -238,7 +238,9 @@ fn stamp(server: &mut Server, actor: CommitInfo) {
     server.changed_by_uid = actor.uid;
 }
 
-fn find_mut<'a>(
+/// The server of `servers` with this address, or the error that names it in `domain` (found
+/// by address: a fleet table's servers have no ids).
+pub fn find_mut<'a>(
     servers: &'a mut [Server],
     address: &Address,
     domain: &str,

@@ -138,7 +138,7 @@ pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Resu
             snapshot
                 .servers
                 .iter()
-                .find(|s| s.id == *id && s.state == State::Down && (how.operator || !s.held))
+                .find(|s| s.id == *id && s.may_rejoin(how.operator))
         })
         .collect();
     let draining = how.operator

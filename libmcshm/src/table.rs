@@ -129,6 +129,12 @@ impl Server {
     pub fn is_held_down(&self) -> bool {
         self.state == State::Down && self.held
     }
+
+    /// Whether it is down and may be brought back up: by anyone (a retry probe, `watch`, the
+    /// fleet agent) after failures, only by an `operator` when held down.
+    pub fn may_rejoin(&self, operator: bool) -> bool {
+        self.state == State::Down && (operator || !self.held)
+    }
 }
 
 /// Checks a weight given by a user (1..=65535).

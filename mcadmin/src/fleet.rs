@@ -255,15 +255,7 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
     write(ctx, fleet, false, |t| {
         // Down servers rejoin (with the warm-up window); draining ones stop draining.
         for address in &addresses {
-            // Found by address: a fleet table's servers have no ids.
-            let server = t
-                .servers
-                .iter_mut()
-                .find(|s| s.address.same_server(address))
-                .ok_or_else(|| libmcshm::Error::NoServer {
-                    server: address.to_string(),
-                    domain: name.clone(),
-                })?;
+            let server = edit::find_mut(&mut t.servers, address, &name)?;
             let actor = libmcshm::registry::commit_info();
             if !edit::apply(server, edit::Transition::Rejoin(rejoining), actor) {
                 edit::apply(

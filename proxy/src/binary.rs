@@ -437,25 +437,12 @@ pub fn answer(request: &Request, text: &[u8]) -> Vec<u8> {
         )
     };
     let quiet_ok = |bytes: Vec<u8>| if request.quiet { Vec::new() } else { bytes };
-    if let Some(rest) = line.strip_prefix(b"VALUE ") {
-        // VALUE key flags bytes [cas]\r\ndata\r\nEND
-        let fields: Vec<&[u8]> = rest.split(|&b| b == b' ').collect();
-        let number =
-            |i: usize| -> Option<u64> { std::str::from_utf8(fields.get(i)?).ok()?.parse().ok() };
-        let (Some(flags), Some(len)) = (number(1), number(2)) else {
-            return error(request, status::INTERNAL, "malformed reply");
-        };
-        let start = line_end + 2;
-        let Some(data) = text.get(start..start + len as usize) else {
+    if line.starts_with(b"VALUE ") {
+        let Some(item) = crate::reply::items(text).into_iter().next() else {
             return error(request, status::INTERNAL, "malformed reply");
         };
         let key: &[u8] = if request.with_key { &request.key } else { &[] };
-        return ok(
-            number(3).unwrap_or(0),
-            &(flags as u32).to_be_bytes(),
-            key,
-            data,
-        );
+        return ok(item.cas, &item.flags.to_be_bytes(), key, item.data);
     }
     match line {
         b"END" | b"EN" => match request.quiet {
@@ -542,27 +529,8 @@ pub fn is_quiet_get(request: &Request, action: &Action) -> bool {
 /// per miss; a reply that is an error is every request's error.
 pub fn answer_quiet_gets(requests: &[Request], text: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut rest = text;
-    let mut items: Vec<(&[u8], &[u8])> = Vec::new(); // (key, the item's bytes)
-    while rest.starts_with(b"VALUE ") {
-        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let fields: Vec<&[u8]> = rest[6..line_end].split(|&b| b == b' ').collect();
-        let len: Option<usize> = fields
-            .get(2)
-            .and_then(|f| std::str::from_utf8(f).ok())
-            .and_then(|f| f.parse().ok());
-        let Some(end) = len
-            .map(|len| line_end + 2 + len + 2)
-            .filter(|&e| e <= rest.len())
-        else {
-            break;
-        };
-        items.push((fields[0], &rest[..end]));
-        rest = &rest[end..];
-    }
-    if items.is_empty() && !rest.starts_with(b"END") {
+    let items = crate::reply::items(text);
+    if items.is_empty() && !text.starts_with(b"END") {
         for request in requests {
             out.extend(answer(request, text));
         }
@@ -570,10 +538,10 @@ pub fn answer_quiet_gets(requests: &[Request], text: &[u8]) -> Vec<u8> {
     }
     let mut next = items.into_iter().peekable();
     for request in requests {
-        if let Some((key, item)) = next.peek()
-            && *key == request.key.as_slice()
+        if let Some(item) = next.peek()
+            && item.key == request.key.as_slice()
         {
-            out.extend(answer(request, item));
+            out.extend(answer(request, item.bytes));
             next.next();
         }
     }

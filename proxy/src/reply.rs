@@ -76,7 +76,13 @@ pub fn first_line(reply: &[u8]) -> &[u8] {
 /// data's CRLF), to be copied to the client as they are.
 pub struct ItemSpan<'a> {
     pub key: &'a [u8],
+    /// The whole item: its `VALUE` line and data block.
     pub bytes: &'a [u8],
+    pub flags: u32,
+    /// The cas unique (`gets`, `gats`; 0 without one).
+    pub cas: u64,
+    /// The value.
+    pub data: &'a [u8],
 }
 
 impl ItemSpan<'_> {
@@ -153,6 +159,9 @@ pub fn items(reply: &[u8]) -> Vec<ItemSpan<'_>> {
         items.push(ItemSpan {
             key: header.key,
             bytes: &reply[at..end],
+            flags: header.flags,
+            cas: header.cas,
+            data: &reply[after..after + header.len],
         });
         at = end;
     }
@@ -162,19 +171,29 @@ pub fn items(reply: &[u8]) -> Vec<ItemSpan<'_>> {
 struct ValueHeader<'a> {
     key: &'a [u8],
     len: usize,
+    flags: u32,
+    cas: u64,
 }
 
 fn value_header(line: &[u8]) -> Result<ValueHeader<'_>, Malformed> {
     let mut tokens = line.split(|&b| b == b' ');
-    let (Some(b"VALUE"), Some(key), Some(_flags), Some(len)) =
+    let (Some(b"VALUE"), Some(key), Some(flags), Some(len)) =
         (tokens.next(), tokens.next(), tokens.next(), tokens.next())
     else {
         return Err(malformed("expected VALUE or END", line));
     };
+    // Flags and cas are passed through to text clients as they came; parsed (0 when they do
+    // not parse) for the binary protocol's response.
     Ok(ValueHeader {
         key,
         len: value_len(len)?,
+        flags: number(flags).unwrap_or(0),
+        cas: tokens.next().and_then(number).unwrap_or(0),
     })
+}
+
+fn number<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
+    std::str::from_utf8(token).ok()?.parse().ok()
 }
 
 fn value_len(text: &[u8]) -> Result<usize, Malformed> {

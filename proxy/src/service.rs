@@ -90,7 +90,9 @@ pub struct Service {
     timeouts: Timeouts,
     width: usize,
     lanes: std::sync::atomic::AtomicUsize,
-    /// The table version whose servers the upstreams were last pruned to.
+    /// The latest table version a decision or a report routed on (the upstreams are pruned to
+    /// its servers): a write tells from it, without the router's lock, that the table changed
+    /// while it was in flight.
     pruned: std::sync::atomic::AtomicU64,
     credentials: crate::upstream::CredentialSource,
 }
@@ -258,6 +260,7 @@ impl Service {
         };
         let mut router = self.router();
         router.report(server, outcome);
+        self.prune(router.snapshot());
         self.run_probes(&mut router);
     }
 
@@ -669,7 +672,9 @@ impl Service {
         }
         // The invalidations go out with the write: their round trips overlap.
         let mut delete = Vec::new();
-        Request::Delete { key }.encode_prefixed(&mut delete, prefix.as_bytes());
+        if !stale.is_empty() {
+            Request::Delete { key }.encode_prefixed(&mut delete, prefix.as_bytes());
+        }
         let mut deletes = Vec::with_capacity(stale.len());
         for &server in &stale {
             deletes.push(
@@ -691,8 +696,7 @@ impl Service {
             for sent in deletes {
                 let _ = this.finish(sent).await;
             }
-            this.follow_table_change(&snapshot, &targets, &key, &delete)
-                .await;
+            this.follow_table_change(&snapshot, &targets, &key).await;
             match (reply, failure) {
                 (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
                 (None, Some(error)) => server_error(&error),
@@ -704,20 +708,14 @@ impl Service {
     /// A write planned on `snapshot`, whose table changed while it was in flight, may have
     /// landed where the key no longer belongs: it is deleted there (a miss, never a stale
     /// read), and the new table's invalidations are done.
-    async fn follow_table_change(
-        &self,
-        snapshot: &Arc<Snapshot>,
-        written: &[usize],
-        key: &[u8],
-        delete: &[u8],
-    ) {
-        let changed = {
-            let mut router = self.router();
-            router.refresh().is_ok() && router.snapshot().version != snapshot.version
-        };
-        if !changed {
+    async fn follow_table_change(&self, snapshot: &Arc<Snapshot>, written: &[usize], key: &[u8]) {
+        // The replies of the write were reported, which read the table: one load tells.
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.pruned.load(Relaxed) == snapshot.version {
             return;
         }
+        let mut delete = Vec::new();
+        Request::Delete { key }.encode_prefixed(&mut delete, snapshot.policy.prefix.as_bytes());
         let Ok(Plan {
             snapshot: now,
             value: plan,
@@ -739,7 +737,7 @@ impl Service {
             .chain(plan.invalidate.iter().map(|s| s.index))
             .collect();
         for server in stale {
-            let _ = self.call(&now, server, delete.to_vec(), Frame::Line).await;
+            let _ = self.call(&now, server, delete.clone(), Frame::Line).await;
         }
     }
 

@@ -485,24 +485,31 @@ impl Client {
         interpret: impl FnOnce(&Self, usize, Reply) -> Result<T>,
     ) -> Result<T> {
         let chain = self.chain(key)?;
-        let version = self.router.snapshot().version;
+        // The table the write is routed on (an Arc: the addresses of its positions, should the
+        // table change while the write is in flight).
+        let routed = self.router.snapshot().clone();
         let up = self.router.write_targets(&chain, only_first);
         self.run_probes();
         let up = up?;
-        // The replicas and the invalidations in one fan-out: their round trips overlap.
-        let delete = Request::Delete { key };
         let stale = self.router.invalidations(key, chain.len());
-        let calls: Vec<(usize, &Request<'_>)> = up
-            .iter()
-            .map(|&i| (i, request))
-            .chain(stale.iter().map(|&i| (i, &delete)))
-            .collect();
         let (mut answer, mut last_error) = (None, None);
-        for (&server, result) in up.iter().zip(self.fan_out(&calls)) {
-            match result {
-                Ok(reply) if answer.is_none() => answer = Some((server, reply)),
-                Ok(_) => {}
-                Err(err) => last_error = Some(err),
+        let mut take = |server: usize, result: Result<Reply>| match result {
+            Ok(reply) if answer.is_none() => answer = Some((server, reply)),
+            Ok(_) => {}
+            Err(err) => last_error = Some(err),
+        };
+        if stale.is_empty() && up.len() == 1 {
+            take(up[0], self.call(up[0], request));
+        } else {
+            // The replicas and the invalidations in one fan-out: their round trips overlap.
+            let delete = Request::Delete { key };
+            let calls: Vec<(usize, &Request<'_>)> = up
+                .iter()
+                .map(|&i| (i, request))
+                .chain(stale.iter().map(|&i| (i, &delete)))
+                .collect();
+            for (&server, result) in up.iter().zip(self.fan_out(&calls)) {
+                take(server, result);
             }
         }
         // The reply is read while the positions are of the table the write was routed on.
@@ -511,22 +518,30 @@ impl Client {
             (None, Some(err)) => Err(err),
             (None, None) => Err(self.router.down_error(up[0])),
         };
-        let written: Vec<Address> = up.iter().map(|&i| self.address(i)).collect();
-        self.follow_table_change(key, request, version, written);
+        self.follow_table_change(key, request, &routed, &up);
         outcome
     }
 
-    /// A write routed on table `version`, which changed while it was in flight, may have
-    /// landed where the key no longer belongs: it is deleted from those servers and the new
-    /// version's invalidations are done; set and delete (which can be repeated) are sent again
-    /// to the new replicas. Up to three changes are followed.
+    /// A write routed on table `routed` (to its servers `up`), which changed while the write
+    /// was in flight, may have landed where the key no longer belongs: it is deleted from those
+    /// servers and the new version's invalidations are done; set and delete (which can be
+    /// repeated) are sent again to the new replicas. Up to three changes are followed. One
+    /// atomic load when the table did not change.
     fn follow_table_change(
         &mut self,
         key: &[u8],
         request: &Request<'_>,
-        mut version: u64,
-        mut written: Vec<Address>,
+        routed: &Snapshot,
+        up: &[usize],
     ) {
+        let mut version = routed.version;
+        if self.router.version_now() == version {
+            return;
+        }
+        let mut written: Vec<Address> = up
+            .iter()
+            .map(|&i| routed.servers[i].address.clone())
+            .collect();
         let repeatable = matches!(
             request,
             Request::Delete { .. }

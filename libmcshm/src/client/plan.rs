@@ -8,7 +8,6 @@
 //! whose execution straddles a table change reports to the right server, or to none if it left.
 
 use super::router::Router;
-use crate::address::Address;
 use crate::error::Result;
 use crate::table::State;
 
@@ -24,8 +23,6 @@ pub struct ServerRef {
 /// How a key is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadPlan {
-    /// The table version the plan was made on.
-    pub version: u64,
     /// The key's owner (up or down).
     pub owner: ServerRef,
     /// The up replicas, owner first: ask them in order; the first hit wins.
@@ -55,7 +52,6 @@ pub enum FillKind {
 /// How a key is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WritePlan {
-    pub version: u64,
     /// The up replicas to write (cas: the first only); the first one's reply is the answer.
     pub targets: Vec<ServerRef>,
     /// Where the key is deleted with the write, so that no stale copy can be served later
@@ -83,7 +79,15 @@ impl Router {
     /// The plan of a read of `key` at `now_ms` (ms since the Unix epoch): its replicas (down
     /// ones get their retry probe), and the fills that apply to a miss.
     pub fn plan_read(&mut self, key: &[u8], now_ms: u64) -> Result<ReadPlan> {
-        let (owner, up) = self.read_targets(key)?;
+        let chain = self.chain(key)?;
+        let owner = chain[0];
+        let mut replicas = Vec::with_capacity(chain.len());
+        for &i in &chain {
+            match self.is_down(i) {
+                true => self.maybe_probe(i),
+                false => replicas.push(self.server_ref(i)),
+            }
+        }
         let mut fills = Vec::new();
         if !self.is_down(owner) {
             if let Some(from) = self.warm_source_at(owner, key, now_ms) {
@@ -102,9 +106,8 @@ impl Router {
             }
         }
         Ok(ReadPlan {
-            version: self.snapshot().version,
             owner: self.server_ref(owner),
-            replicas: up.into_iter().map(|i| self.server_ref(i)).collect(),
+            replicas,
             fills,
         })
     }
@@ -116,7 +119,6 @@ impl Router {
         let targets = self.write_targets(&chain, only_first)?;
         let invalidate = self.invalidations(key, chain.len());
         Ok(WritePlan {
-            version: self.snapshot().version,
             targets: targets.into_iter().map(|i| self.server_ref(i)).collect(),
             invalidate: invalidate.into_iter().map(|i| self.server_ref(i)).collect(),
         })
@@ -140,19 +142,6 @@ impl Router {
         }
     }
 
-    /// Whether a read plan at `now_ms` can have fills: a server drains, or one is in its warm
-    /// window (a multi-get plans its misses again only then).
-    pub fn fills_possible(&self, now_ms: u64) -> bool {
-        self.snapshot().servers.iter().any(|s| {
-            s.state == State::Draining || (s.state == State::Up && s.warm_until_ms > now_ms)
-        })
-    }
-
-    /// The address of a server of the current version.
-    pub fn address_of(&self, server: ServerRef) -> &Address {
-        &self.snapshot().servers[server.index].address
-    }
-
     /// Whether server `i` is in its warm window at `now_ms`; then the server that owned `key`
     /// while it was away (where a miss on it is looked up).
     pub fn warm_source_at(&self, server: usize, key: &[u8], now_ms: u64) -> Option<usize> {
@@ -170,6 +159,7 @@ impl Router {
 mod tests {
     //! The rules of the plans on hand-built tables: no file, no socket, no sleep.
     use super::*;
+    use crate::address::Address;
     use crate::table::{Distribution, Failover, Policy, Server, Snapshot};
 
     const NOW: u64 = 1_000_000;

@@ -56,6 +56,9 @@ struct Routing {
     /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
     /// write deletes its key there (see [`crate::coherence`]).
     strays: Vec<usize>,
+    /// The latest warm-up deadline of an up server (ms since the epoch; 0: none), found on first
+    /// use: with the draining servers, whether a read can have fills.
+    warm_until: OnceLock<u64>,
 }
 
 /// A retry probe the router found due (its lease is taken): run it with [`Probe::run`], which
@@ -214,13 +217,19 @@ impl Router {
         std::mem::take(&mut self.probes)
     }
 
+    /// The table's committed version now (one atomic load; no routing is rebuilt): whether the
+    /// table changed since a decision, without counting an operation.
+    pub fn version_now(&mut self) -> u64 {
+        match &mut self.source {
+            Source::Registry(registry) => registry.version(),
+            Source::Servers(s) => s.version,
+        }
+    }
+
     /// Rebuilds the routing when the table version (or the local failure view) changed: one
     /// atomic load otherwise. Call it once per operation.
     pub fn refresh(&mut self) -> Result<()> {
-        let version = match &mut self.source {
-            Source::Registry(registry) => registry.version(),
-            Source::Servers(_) => 0,
-        };
+        let version = self.version_now();
         self.ops += 1;
         if let Some(r) = &self.routing
             && r.snapshot.version == version
@@ -279,7 +288,7 @@ impl Router {
         let (old_probeable, old_draining, old_strays) =
             old.map(|o| (o.1, o.2, o.3)).unwrap_or_default();
         let probeable = positions(servers, changed, old_probeable, |s| {
-            s.state == State::Down && s.retry_interval >= 0 && !s.held
+            s.may_rejoin(false) && s.retry_interval >= 0
         });
         let draining = positions(servers, changed, old_draining, |s| {
             s.state == State::Draining
@@ -313,6 +322,7 @@ impl Router {
             probeable,
             draining,
             strays,
+            warm_until: OnceLock::new(),
         });
         self.periodic();
         Ok(())
@@ -434,20 +444,6 @@ impl Router {
         Ok(chain)
     }
 
-    /// Where a read of `key` goes: its owner (up or down), and the up servers of its replicas
-    /// in ring order, to be tried one after the other. Each down replica gets its retry probe.
-    pub fn read_targets(&mut self, key: &[u8]) -> Result<(usize, Vec<usize>)> {
-        let chain = self.chain(key)?;
-        let mut up = Vec::with_capacity(chain.len());
-        for &i in &chain {
-            match self.is_down(i) {
-                true => self.maybe_probe(i),
-                false => up.push(i),
-            }
-        }
-        Ok((chain[0], up))
-    }
-
     /// The servers a write goes to: the up ones of `chain` (cas: the first only). With none up,
     /// the error to report, after giving the owner its retry probe.
     pub fn write_targets(&mut self, chain: &[usize], only_first: bool) -> Result<Vec<usize>> {
@@ -526,6 +522,21 @@ impl Router {
         stale
     }
 
+    /// Whether a read at `now_ms` can have fills: a server drains, or one is in its warm window
+    /// (a multi-get plans its misses again only then). One scan of the table per version.
+    pub fn fills_possible(&self, now_ms: u64) -> bool {
+        let routing = self.routing();
+        let warm_until = routing.warm_until.get_or_init(|| {
+            let servers = routing.snapshot.servers.iter();
+            servers
+                .filter(|s| s.state == State::Up)
+                .map(|s| s.warm_until_ms)
+                .max()
+                .unwrap_or(0)
+        });
+        !routing.draining.is_empty() || now_ms < *warm_until
+    }
+
     /// The draining server that owned `key` before the drain, if any.
     pub fn draining_owner(&self, key: &[u8]) -> Option<usize> {
         let i = match (
@@ -550,8 +561,7 @@ impl Router {
         let Ok(interval) = u32::try_from(candidate.retry_interval) else {
             return;
         };
-        if candidate.state != State::Down
-            || candidate.held
+        if !candidate.may_rejoin(false)
             || !registry.is_writable()
             || !registry.try_probe_lease(candidate, interval)
         {

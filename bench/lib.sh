@@ -1,0 +1,32 @@
+# Shared by the bench scripts (sourced): local memcached servers and an mcproxy, each on a port
+# the kernel chose, killed when the script exits. The caller sets `work` (a temporary
+# directory) and declares `pids=()` and `servers=()`, and traps EXIT with bench_cleanup.
+
+bench_user=(); [ "$(id -u)" = 0 ] && bench_user=(-u root)
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+
+# start_memcached N [ARGS...]: N servers (memcached -t 1 ARGS), their addresses in `servers`.
+start_memcached() {
+    local n=$1; shift
+    local i
+    for i in $(seq "$n"); do
+        local ports="$work/ports.${#servers[@]}"
+        MEMCACHED_PORT_FILENAME=$ports memcached -l 127.0.0.1 -p -1 -U 0 -t 1 "$@" "${bench_user[@]}" &
+        pids+=($!)
+        for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.05; done
+        servers+=("127.0.0.1:$(sed -n 's/^TCP INET: //p' "$ports" | head -1)")
+    done
+}
+
+# start_mcproxy DOMAIN: target/release/mcproxy on the registry in `work`, its address in
+# `mcproxy_addr` and its pid in `mcproxy`.
+start_mcproxy() {
+    target/release/mcproxy --dir "$work" --domain "$1" --listen 127.0.0.1:0 2> "$work/mcproxy.log" &
+    mcproxy=$!; pids+=($mcproxy)
+    for _ in $(seq 100); do grep -q serving "$work/mcproxy.log" 2>/dev/null && break; sleep 0.05; done
+    mcproxy_addr=$(sed -n 's/.* on \(127.*\)$/\1/p' "$work/mcproxy.log" | head -1)
+}
