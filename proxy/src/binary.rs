@@ -25,7 +25,7 @@
 use crate::command::{Command, GetVerb, Limits};
 
 pub const HEADER: usize = 24;
-const REQUEST: u8 = 0x80;
+pub const MAGIC_REQUEST: u8 = 0x80;
 const RESPONSE: u8 = 0x81;
 
 /// Response statuses (memcached's protocol_binary.h).
@@ -136,11 +136,11 @@ pub enum Parsed {
 pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     if buf.len() < HEADER {
         return match buf.first() {
-            Some(&m) if m != REQUEST => Parsed::Close(Vec::new()),
+            Some(&m) if m != MAGIC_REQUEST => Parsed::Close(Vec::new()),
             _ => Parsed::Incomplete,
         };
     }
-    if buf[0] != REQUEST {
+    if buf[0] != MAGIC_REQUEST {
         return Parsed::Close(Vec::new());
     }
     let opcode = buf[1];
@@ -554,7 +554,7 @@ mod tests {
 
     fn frame(opcode: u8, extras: &[u8], key: &[u8], value: &[u8], cas: u64) -> Vec<u8> {
         let mut out = response(opcode, 0, 7, cas, extras, key, value);
-        out[0] = REQUEST;
+        out[0] = MAGIC_REQUEST;
         out
     }
 

@@ -567,6 +567,19 @@ pub fn encode_get<'a>(
 }
 
 impl Command {
+    /// The key of a command about one key.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Store { key, .. }
+            | Command::Delete { key, .. }
+            | Command::Arith { key, .. }
+            | Command::Touch { key, .. }
+            | Command::Meta { key, .. } => Some(key),
+            Command::Get { keys, .. } if keys.len() == 1 => Some(&keys[0]),
+            _ => None,
+        }
+    }
+
     /// Whether the command names its key in base64 (a meta command's `b` flag), which a
     /// prefix cannot simply be put before.
     pub fn base64_key(&self) -> bool {

@@ -12,21 +12,24 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use libmcshm::{Domain, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 pub mod binary;
+mod buffer;
 pub mod client_auth;
 pub mod command;
+pub mod jobs;
 pub mod reply;
 pub mod service;
 pub mod session;
 pub mod stats;
+mod stream;
 pub mod upstream;
+pub mod worker;
 
 pub use session::Settings;
 
@@ -92,28 +95,29 @@ pub enum StartError {
 /// Runs the proxy until SIGTERM or SIGINT; then it stops accepting, answers what it has read,
 /// and returns.
 ///
-/// One worker thread per CPU (`threads`), each with its own single-threaded runtime, its own
-/// sessions, router and server connections (`server_connections` divided among them, at least
+/// One worker thread per CPU (`threads`), each one event loop ([`worker`]) with its own
+/// clients, routers and server connections (`server_connections` divided among them, at least
 /// one each), all accepting on the same sockets: a request is read, routed, sent, answered and
 /// written by one thread, with no hand-over between threads (memcached's own worker model).
 /// The main thread waits for signals and serves the metrics page.
 pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartError> {
     let threads = config.threads.max(1);
     let width = (config.server_connections / threads).max(1);
-    let mut domains: Vec<(String, Arc<stats::ProxyStats>)> = Vec::new();
-    let mut workers: Vec<Vec<(StdListener, Arc<service::Service>)>> =
-        (0..threads).map(|_| Vec::new()).collect();
-    let mut services: Vec<Vec<(String, Arc<service::Service>)>> =
-        (0..threads).map(|_| Vec::new()).collect();
+    let mut domains: Vec<(PathBuf, Domain, Arc<stats::ProxyStats>)> = Vec::new();
+    let mut listeners: Vec<(StdListener, usize)> = Vec::new();
     let mut lines = Vec::new();
     let mut sockets = Vec::new();
     for (domain, listen) in &config.listen {
-        let stats = match domains.iter().find(|(d, _)| d == domain.as_str()) {
-            Some((_, stats)) => stats.clone(),
+        let number = match domains.iter().position(|(_, d, _)| d == domain) {
+            Some(n) => n,
             None => {
+                // The domain must open now: a worker's own router opens it again.
+                let mut router = libmcshm::client::Router::for_domain(&config.dir, domain)
+                    .map_err(StartError::Domain)?;
+                router.refresh().map_err(StartError::Domain)?;
                 let stats = Arc::new(stats::ProxyStats::new(domain.to_string()));
-                domains.push((domain.to_string(), stats.clone()));
-                stats
+                domains.push((config.dir.clone(), domain.clone(), stats));
+                domains.len() - 1
             }
         };
         let listener = bind(listen)?;
@@ -124,25 +128,7 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
         if let Listen::Unix(path) = listen {
             sockets.push(path.clone());
         }
-        for (worker, services) in workers.iter_mut().zip(&mut services) {
-            let service = match services.iter().find(|(d, _)| d == domain.as_str()) {
-                Some((_, service)) => service.clone(),
-                None => {
-                    let service = service::Service::new(
-                        &config.dir,
-                        domain,
-                        config.timeouts,
-                        width,
-                        stats.clone(),
-                    )
-                    .map_err(StartError::Domain)?;
-                    let service = Arc::new(service);
-                    services.push((domain.to_string(), service.clone()));
-                    service
-                }
-            };
-            worker.push((listener.try_clone()?, service));
-        }
+        listeners.push((listener, number));
     }
     let metrics = match config.metrics {
         Some(addr) => {
@@ -156,19 +142,40 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
         }
         None => None,
     };
-    ready(&lines);
-
-    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(AtomicI64::new(0));
     let mut handles = Vec::new();
-    for (n, listeners) in workers.into_iter().enumerate() {
-        let (config, open, stopped) = (config.clone(), open.clone(), stopped.clone());
+    let mut wakers = Vec::new();
+    let fail = |what: &str, e: std::io::Error| {
+        StartError::Listen(format!("cannot start a worker ({what}): {e}"))
+    };
+    for n in 0..threads {
+        let poll = mio::Poll::new().map_err(|e| fail("poll", e))?;
+        wakers.push(mio::Waker::new(poll.registry(), worker::WAKER).map_err(|e| fail("waker", e))?);
+        let mut own = Vec::new();
+        for (listener, domain) in &listeners {
+            own.push((listener.try_clone()?.into_mio(), *domain));
+        }
+        let setup = worker::Setup {
+            poll,
+            listeners: own,
+            domains: domains.clone(),
+            timeouts: config.timeouts,
+            width,
+            settings: config.settings.clone(),
+            max_connections: config.max_connections,
+            shutdown_timeout: config.shutdown_timeout,
+            open: open.clone(),
+            stop: stop.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("mcproxy-{n}"))
-            .spawn(move || worker(listeners, config, open, stopped));
-        handles
-            .push(spawned.map_err(|e| StartError::Listen(format!("cannot start a worker: {e}")))?);
+            .spawn(move || worker::run(setup));
+        handles.push(spawned.map_err(|e| fail("thread", e))?);
     }
+    drop(listeners);
+    ready(&lines);
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,14 +184,17 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
         if let Some(listener) = metrics
             && let Ok(listener) = tokio::net::TcpListener::from_std(listener)
         {
-            let all = domains.iter().map(|(_, s)| s.clone()).collect();
+            let all = domains.iter().map(|(_, _, s)| s.clone()).collect();
             tokio::spawn(serve_metrics(listener, all));
         }
-        let all = domains.iter().map(|(_, s)| s.clone()).collect();
+        let all = domains.iter().map(|(_, _, s)| s.clone()).collect();
         tokio::spawn(trim_after_bursts(all));
         wait_for_signal().await;
     });
-    let _ = stop.send(true);
+    stop.store(true, Ordering::Release);
+    for waker in &wakers {
+        let _ = waker.wake();
+    }
     for handle in handles {
         let _ = handle.join();
     }
@@ -231,6 +241,14 @@ enum StdListener {
 }
 
 impl StdListener {
+    /// The listener for a worker's event loop.
+    fn into_mio(self) -> worker::Listener {
+        match self {
+            StdListener::Tcp(l) => worker::Listener::Tcp(mio::net::TcpListener::from_std(l)),
+            StdListener::Unix(l) => worker::Listener::Unix(mio::net::UnixListener::from_std(l)),
+        }
+    }
+
     fn try_clone(&self) -> Result<StdListener, StartError> {
         let fail = |e: std::io::Error| StartError::Listen(format!("cannot share a listener: {e}"));
         Ok(match self {
@@ -270,53 +288,6 @@ fn bind(listen: &Listen) -> Result<StdListener, StartError> {
     Ok(listener)
 }
 
-/// One worker thread: its own runtime, accepting on every listener until the stop, then
-/// waiting (bounded) for the sessions to answer what they read.
-fn worker(
-    listeners: Vec<(StdListener, Arc<service::Service>)>,
-    config: Config,
-    open: Arc<AtomicI64>,
-    stopped: watch::Receiver<bool>,
-) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        eprintln!("mcproxy: cannot start a worker runtime");
-        return;
-    };
-    runtime.block_on(async {
-        let mut accepting = Vec::new();
-        for (listener, service) in listeners {
-            let listener = match listener {
-                StdListener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(Listener::Tcp),
-                StdListener::Unix(l) => tokio::net::UnixListener::from_std(l).map(Listener::Unix),
-            };
-            let Ok(listener) = listener else { continue };
-            let task = accept(
-                listener,
-                service,
-                config.clone(),
-                open.clone(),
-                stopped.clone(),
-            );
-            accepting.push(tokio::spawn(task));
-        }
-        for task in accepting {
-            let _ = task.await;
-        }
-        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-        while open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-}
-
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -328,72 +299,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-async fn accept(
-    listener: Listener,
-    service: Arc<service::Service>,
-    config: Config,
-    open: Arc<AtomicI64>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = accept_one(&listener) => accepted,
-        };
-        let Some(stream) = accepted else {
-            // EMFILE and friends: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let stats = service.stats.clone();
-        // Admission is one atomic step: worker threads accept at the same time.
-        if open.fetch_add(1, Ordering::AcqRel) >= config.max_connections as i64 {
-            open.fetch_sub(1, Ordering::AcqRel);
-            stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let (_reader, mut writer) = stream;
-                let _ = writer
-                    .write_all(b"ERROR Too many open connections\r\n")
-                    .await;
-                let _ = writer.shutdown().await;
-            });
-            continue;
-        }
-        stats.curr_connections.fetch_add(1, Ordering::Relaxed);
-        stats.total_connections.fetch_add(1, Ordering::Relaxed);
-        let (service, open, stopped) = (service.clone(), open.clone(), stopped.clone());
-        let settings = config.settings.clone();
-        let lane = stats.total_connections.load(Ordering::Relaxed) as usize;
-        tokio::spawn(async move {
-            let (reader, writer) = stream;
-            session::serve(reader, writer, service, settings, lane, stopped).await;
-            stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
-            open.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-}
-
-/// A client connection's two halves (owned halves: no lock between reading and writing).
-type Halves = (
-    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-);
-
-async fn accept_one(listener: &Listener) -> Option<Halves> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (stream, _) = l.accept().await.ok()?;
-            let _ = stream.set_nodelay(true);
-            let (r, w) = stream.into_split();
-            Some((Box::new(r), Box::new(w)))
-        }
-        Listener::Unix(l) => {
-            let (r, w) = l.accept().await.ok()?.0.into_split();
-            Some((Box::new(r), Box::new(w)))
-        }
     }
 }
 

@@ -1,16 +1,24 @@
-//! One domain served by the proxy: every command routed by the shared [`Router`] (the same
+//! One domain served by a worker: every command routed by the worker's [`Router`] (the same
 //! decisions as the blocking libmcshm client: ring, failover policy, shared failure view,
-//! retry probes, replicas, invalidation after writes, warm-up and drain), sent to the servers
-//! over the shared [`Upstream`] connections, and answered in memcached's words.
+//! retry probes, replicas, invalidation after writes, warm-up and drain), sent over the
+//! worker's server connections ([`Net`]), and answered in memcached's words.
 //!
-//! The router is behind a mutex held only for routing decisions and failure reports, never
-//! across I/O. Its answers are plans ([`ReadPlan`], [`WritePlan`]) that name servers by id, so
-//! a decision and its report may straddle a table change (a server removed meanwhile is not
-//! reported). The proxy executes the plans as the blocking client does, fills (warm-up, drain)
-//! included, with its own connections: no second client, router or failure view.
+//! The router belongs to the worker's thread: a decision takes no lock. Its answers are plans
+//! ([`ReadPlan`], [`WritePlan`]) that name servers by id, so a decision and its report may
+//! straddle a table change (a server removed meanwhile is not reported).
+//!
+//! Two ways to execute a plan. The common shapes (one key, one server, nothing to fill or
+//! invalidate: a get on an up owner, a write without replicas) are **direct**: the request is
+//! encoded straight into the server connection's output and its reply framed straight into the
+//! client's, with no task and no copy between ([`Service::start`], [`Service::finish_direct`]).
+//! Everything else (multi-gets, replicas, fills, invalidations, a table change in flight) is a
+//! job: the plan executed as the blocking client executes it, written as async code over the
+//! same connections ([`crate::jobs`]).
 
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use libmcshm::client::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef};
 use libmcshm::proto::{self, Expect, Reply, Request, StoreVerb};
@@ -18,9 +26,10 @@ use libmcshm::table::State;
 use libmcshm::{Address, Domain, Snapshot, Timeouts};
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
+use crate::jobs::{Await, ReplyCell, Work};
 use crate::reply::{Frame, ItemSpan, first_line, is_error, items, unprefix_meta};
 use crate::stats::ProxyStats;
-use crate::upstream::{Failure, Upstream};
+use crate::upstream::{Deliver, Failure, Net};
 
 /// The plan of a routing decision, or (from the enclosing function) the error reply the
 /// command gets.
@@ -28,43 +37,111 @@ macro_rules! decided {
     ($decision:expr) => {
         match $decision {
             Ok(plan) => plan,
-            Err(reply) => return Pending::Ready(reply),
+            Err(reply) => return reply,
         }
     };
 }
 
-/// A command's reply: known at once, or a future that waits for the servers. The session's
-/// writer polls the futures in command order (no task per request: a request costs no spawn
-/// and no cross-task hand-over).
-pub enum Pending {
-    Ready(Vec<u8>),
-    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>),
+/// A client's reply slot: the session, its generation, and the command's place in its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRef {
+    pub client: usize,
+    pub generation: u64,
+    pub seq: u64,
 }
 
-impl Pending {
-    fn task(work: impl std::future::Future<Output = Vec<u8>> + Send + 'static) -> Pending {
-        Pending::Later(Box::pin(work))
+/// A direct request on its way: where its reply goes and what it needs on arrival.
+pub struct Direct {
+    pub slot: SlotRef,
+    pub service: Rc<Service>,
+    snapshot: Arc<Snapshot>,
+    server: usize,
+    lane: usize,
+    command: Command,
+    quiet: Quiet,
+}
+
+/// What a client is not told.
+#[derive(Clone, Copy)]
+enum Quiet {
+    No,
+    /// noreply: nothing.
+    Noreply,
+    /// A meta command's `q`: nothing for the verb's quiet codes.
+    Meta(MetaVerb),
+}
+
+impl Quiet {
+    fn of(command: &Command) -> Quiet {
+        match *command {
+            Command::Meta {
+                verb, quiet: true, ..
+            } => Quiet::Meta(verb),
+            Command::Store { noreply: true, .. }
+            | Command::Delete { noreply: true, .. }
+            | Command::Arith { noreply: true, .. }
+            | Command::Touch { noreply: true, .. } => Quiet::Noreply,
+            _ => Quiet::No,
+        }
     }
 
-    /// noreply: the work is done, the client is told nothing.
-    fn quiet_if(self, noreply: bool) -> Pending {
-        self.then(move |reply| if noreply { Vec::new() } else { reply })
-    }
-
-    /// The reply, mapped when it is known.
-    pub fn then(self, map: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static) -> Pending {
+    fn hides(self, reply: &[u8]) -> bool {
         match self {
-            Pending::Ready(reply) => Pending::Ready(map(reply)),
-            Pending::Later(work) => Pending::task(async move { map(work.await) }),
+            Quiet::No => false,
+            Quiet::Noreply => true,
+            Quiet::Meta(verb) => {
+                let code = first_line(reply).get(..2).unwrap_or_default();
+                verb.quiet_codes().contains(&code)
+            }
+        }
+    }
+
+    fn apply(self, reply: Vec<u8>) -> Vec<u8> {
+        match self.hides(&reply) {
+            true => Vec::new(),
+            false => reply,
         }
     }
 }
+
+/// How a command started ([`Service::start`]).
+pub enum Started {
+    /// Answered at once.
+    Ready(Vec<u8>),
+    /// A direct request: the reply comes with [`Service::finish_direct`].
+    Direct,
+    /// A job: its output is the reply.
+    Job(Work),
+}
+
+/// A direct request's reply ([`Service::finish_direct`]).
+pub enum Finished<'a> {
+    /// The server's reply, as it came.
+    Pass(&'a [u8]),
+    Owned(Vec<u8>),
+    /// More to do (a table change in flight): the job's output is the reply.
+    Job(Work),
+}
+
+/// A request a job queued, sent by the worker after the job's poll.
+pub struct Outgoing {
+    pub domain: usize,
+    pub snapshot: Arc<Snapshot>,
+    pub server: usize,
+    pub lane: usize,
+    pub frame: Frame,
+    pub bytes: Vec<u8>,
+    pub cell: Rc<ReplyCell>,
+}
+
+/// The requests jobs queued since the worker last sent them.
+pub type Outbox = Rc<RefCell<Vec<Outgoing>>>;
 
 /// A request queued for a server, with the table it was routed on.
 struct Outstanding {
     snapshot: Arc<Snapshot>,
     server: usize,
-    sent: crate::upstream::Sent,
+    reply: Await,
 }
 
 /// What a fill did ([`Service::fill`]).
@@ -85,27 +162,28 @@ struct Plan<T> {
 
 pub struct Service {
     pub stats: Arc<ProxyStats>,
-    router: Mutex<Router>,
-    upstreams: Mutex<HashMap<Address, Arc<Upstream>>>,
+    router: RefCell<Router>,
     timeouts: Timeouts,
-    width: usize,
-    lanes: std::sync::atomic::AtomicUsize,
-    /// The latest table version a decision or a report routed on (the upstreams are pruned to
-    /// its servers): a write tells from it, without the router's lock, that the table changed
-    /// while it was in flight.
-    pruned: std::sync::atomic::AtomicU64,
-    credentials: crate::upstream::CredentialSource,
+    /// The domain's number in the worker's [`Net`].
+    domain: usize,
+    /// The latest table version a decision or a report routed on: a write tells from it that
+    /// the table changed while it was in flight.
+    seen: Cell<u64>,
+    /// Lanes for follow-up requests, whose order does not matter.
+    lanes: Cell<usize>,
+    outbox: Outbox,
 }
 
 impl Service {
-    /// Serves `domain` of the registry in `dir`, with `width` connections per server, counting
-    /// into `stats` (shared by the worker threads serving the domain).
+    /// Serves `domain` of the registry in `dir` as number `number` of the worker's net,
+    /// counting into `stats` (shared by the worker threads serving the domain).
     pub fn new(
         dir: &std::path::Path,
         domain: &Domain,
         timeouts: Timeouts,
-        width: usize,
+        number: usize,
         stats: Arc<ProxyStats>,
+        outbox: Outbox,
     ) -> libmcshm::Result<Service> {
         let mut router = Router::for_domain(dir, domain)?;
         router.refresh()?;
@@ -119,25 +197,29 @@ impl Service {
         });
         Ok(Service {
             stats,
-            router: Mutex::new(router),
-            upstreams: Mutex::new(HashMap::new()),
+            router: RefCell::new(router),
             timeouts,
-            width,
-            lanes: std::sync::atomic::AtomicUsize::new(0),
-            pruned: std::sync::atomic::AtomicU64::new(u64::MAX),
-            credentials: {
-                let (dir, domain) = (dir.to_path_buf(), domain.clone());
-                Arc::new(move || libmcshm::auth::load(&dir, &domain))
-            },
+            domain: number,
+            seen: Cell::new(u64::MAX),
+            lanes: Cell::new(0),
+            outbox,
         })
     }
 
-    fn router(&self) -> MutexGuard<'_, Router> {
-        self.router.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where a new server connection of the domain finds its credentials.
+    pub fn credentials(
+        dir: &std::path::Path,
+        domain: &Domain,
+    ) -> crate::upstream::CredentialSource {
+        let (dir, domain) = (dir.to_path_buf(), domain.clone());
+        Arc::new(move || libmcshm::auth::load(&dir, &domain))
     }
 
-    /// A routing decision under the router lock; retry probes it found due run on the
-    /// blocking pool.
+    fn router(&self) -> RefMut<'_, Router> {
+        self.router.borrow_mut()
+    }
+
+    /// A routing decision; retry probes it found due run on their own threads.
     fn decide<T>(
         &self,
         decide: impl FnOnce(&mut Router) -> libmcshm::Result<T>,
@@ -145,7 +227,7 @@ impl Service {
         let mut router = self.router();
         let decided = router.refresh().and_then(|()| decide(&mut router));
         self.run_probes(&mut router);
-        self.prune(router.snapshot());
+        self.seen.set(router.snapshot().version);
         match decided {
             Ok(value) => Ok(Plan {
                 snapshot: router.snapshot().clone(),
@@ -162,43 +244,15 @@ impl Service {
     fn run_probes(&self, router: &mut Router) {
         for probe in router.take_probes() {
             let timeouts = self.timeouts;
-            tokio::task::spawn_blocking(move || probe.run(timeouts));
+            let _ = std::thread::Builder::new()
+                .name("mcproxy-probe".into())
+                .spawn(move || probe.run(timeouts));
         }
     }
 
-    /// On a new table version: lets go of the connections to servers no longer in it (each
-    /// closes once the requests it carries are answered).
-    fn prune(&self, snapshot: &Snapshot) {
-        use std::sync::atomic::Ordering::Relaxed;
-        // One load per request; the swap only on a new version.
-        if self.pruned.load(Relaxed) == snapshot.version
-            || self.pruned.swap(snapshot.version, Relaxed) == snapshot.version
-        {
-            return;
-        }
-        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        upstreams.retain(|address, _| snapshot.servers.iter().any(|s| s.address == *address));
-    }
-
-    fn upstream(&self, address: &Address) -> Arc<Upstream> {
-        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(upstream) = upstreams.get(address) {
-            return upstream.clone();
-        }
-        let stats = self.stats.server(&address.to_string());
-        let upstream = Arc::new(Upstream::new(
-            address.clone(),
-            self.timeouts,
-            self.credentials.clone(),
-            self.width,
-            stats,
-        ));
-        upstreams.insert(address.clone(), upstream.clone());
-        upstream
-    }
-
-    /// Queues `bytes` for server `i` of `snapshot` on `lane` (see [`Upstream::send`]).
-    async fn send(
+    /// Queues `bytes` for server `i` of `snapshot` on `lane` (sent by the worker after the
+    /// job's poll, in the order queued).
+    fn send(
         &self,
         snapshot: &Arc<Snapshot>,
         i: usize,
@@ -206,11 +260,20 @@ impl Service {
         frame: Frame,
         lane: usize,
     ) -> Outstanding {
-        let upstream = self.upstream(&snapshot.servers[i].address);
+        let cell = Rc::new(ReplyCell::default());
+        self.outbox.borrow_mut().push(Outgoing {
+            domain: self.domain,
+            snapshot: snapshot.clone(),
+            server: i,
+            lane,
+            frame,
+            bytes,
+            cell: cell.clone(),
+        });
         Outstanding {
             snapshot: snapshot.clone(),
             server: i,
-            sent: upstream.send(bytes, frame, lane).await,
+            reply: Await(cell),
         }
     }
 
@@ -219,10 +282,10 @@ impl Service {
         let Outstanding {
             snapshot,
             server,
-            sent,
+            reply,
         } = outstanding;
-        let result = sent.reply().await;
-        self.report(&snapshot, server, &result);
+        let result = reply.await;
+        self.report(&snapshot, server, result.as_deref().map_err(Clone::clone));
         named(&snapshot, server, result)
     }
 
@@ -234,19 +297,18 @@ impl Service {
         bytes: Vec<u8>,
         frame: Frame,
     ) -> Result<Vec<u8>, Failure> {
-        let lane = self
-            .lanes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let outstanding = self.send(snapshot, i, bytes, frame, lane).await;
+        let lane = self.lanes.get().wrapping_add(1);
+        self.lanes.set(lane);
+        let outstanding = self.send(snapshot, i, bytes, frame, lane);
         self.finish(outstanding).await
     }
 
-    fn report(&self, snapshot: &Arc<Snapshot>, i: usize, result: &Result<Vec<u8>, Failure>) {
+    fn report(&self, snapshot: &Arc<Snapshot>, i: usize, result: Result<&[u8], Failure>) {
         let server = ServerRef {
             id: snapshot.servers[i].id,
             index: i,
         };
-        let outcome = match result {
+        let outcome = match &result {
             Ok(_) => Outcome::Answered,
             Err(failure) => {
                 self.stats
@@ -260,85 +322,279 @@ impl Service {
         };
         let mut router = self.router();
         router.report(server, outcome);
-        self.prune(router.snapshot());
+        self.seen.set(router.snapshot().version);
         self.run_probes(&mut router);
     }
 
-    /// Starts a command that goes to servers (the session answers the others itself): its
-    /// first requests are queued before this returns, on the client's `lane`, so the
-    /// servers see a client's commands in the order it sent them. The rest (waiting,
-    /// replicas, invalidations) runs in a task whose output is the reply.
-    pub async fn start(self: &Arc<Self>, command: Command, lane: usize) -> Pending {
-        match command {
-            Command::Get {
-                verb,
-                exptime,
-                keys,
-            } => self.get(verb, exptime, keys, lane).await,
-            Command::Meta {
-                verb,
-                ref key,
-                quiet,
-                ..
-            } => {
-                let started = match verb {
-                    MetaVerb::Get => self.read_one(&command, key, lane).await,
-                    MetaVerb::Debug => self.owner_only(&command, key, lane).await,
-                    _ => self.write(&command, key, Frame::Meta, false, lane).await,
-                };
-                started.then(move |reply| {
-                    let code = first_line(&reply).get(..2).unwrap_or_default();
-                    match quiet && verb.quiet_codes().contains(&code) {
-                        true => Vec::new(),
-                        false => reply,
-                    }
-                })
-            }
-            Command::FlushAll { noreply, .. } => {
-                let mut bytes = Vec::new();
-                command.encode(&mut bytes, b"");
-                self.flush_all(bytes, lane).await.quiet_if(noreply)
-            }
-            Command::Store {
-                ref key,
-                noreply,
-                cas,
-                ..
-            } => self
-                .write(&command, key, Frame::Line, cas.is_some(), lane)
-                .await
-                .quiet_if(noreply),
-            Command::Delete { ref key, noreply }
-            | Command::Arith {
-                ref key, noreply, ..
-            }
-            | Command::Touch {
-                ref key, noreply, ..
-            } => self
-                .write(&command, key, Frame::Line, false, lane)
-                .await
-                .quiet_if(noreply),
-            Command::MetaNoop
-            | Command::Version
-            | Command::Verbosity { .. }
-            | Command::Stats { .. }
-            | Command::ConfigGetCluster
-            | Command::Quit => unreachable!("answered by the session"),
+    /// Starts a command that goes to servers (the session answers the others itself), on the
+    /// client's `lane`: directly when its plan has the common shape, else as a job. Either
+    /// way its first requests are queued before this returns (a job is polled once at once),
+    /// so the servers see a client's commands in the order it sent them.
+    pub fn start(
+        self: &Rc<Self>,
+        command: Command,
+        lane: usize,
+        net: &mut Net<Direct>,
+        slot: SlotRef,
+    ) -> Started {
+        match self.start_direct(command, lane, net, slot) {
+            Ok(started) => started,
+            Err(command) => Started::Job(self.clone().job(command, lane)),
         }
     }
 
+    /// The direct path, when the command and its plan have its shape; the command back if not.
+    fn start_direct(
+        self: &Rc<Self>,
+        command: Command,
+        lane: usize,
+        net: &mut Net<Direct>,
+        slot: SlotRef,
+    ) -> Result<Started, Command> {
+        let shape = match &command {
+            Command::Get { keys, .. } if keys.len() == 1 => {
+                self.stats
+                    .get_keys
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.direct_read(&keys[0])
+                    .map(|(s, i)| (s, i, Frame::Values))
+            }
+            Command::Meta {
+                verb: MetaVerb::Get,
+                key,
+                ..
+            } => self.direct_read(key).map(|(s, i)| (s, i, Frame::Meta)),
+            Command::Meta {
+                verb: MetaVerb::Set | MetaVerb::Delete | MetaVerb::Arithmetic,
+                key,
+                ..
+            } => self
+                .direct_write(key, false)
+                .map(|(s, i)| (s, i, Frame::Meta)),
+            Command::Store { key, cas, .. } => self
+                .direct_write(key, cas.is_some())
+                .map(|(s, i)| (s, i, Frame::Line)),
+            Command::Delete { key, .. }
+            | Command::Arith { key, .. }
+            | Command::Touch { key, .. } => self
+                .direct_write(key, false)
+                .map(|(s, i)| (s, i, Frame::Line)),
+            _ => None,
+        };
+        let Some((snapshot, server, frame)) = shape else {
+            return Err(command);
+        };
+        let prefix = snapshot.policy.prefix;
+        if !prefix.is_empty() && command.base64_key() {
+            return Err(command);
+        }
+        let quiet = Quiet::of(&command);
+        let to = Deliver::Direct(Direct {
+            slot,
+            service: self.clone(),
+            snapshot: snapshot.clone(),
+            server,
+            lane,
+            command,
+            quiet,
+        });
+        net.send(
+            self.domain,
+            &snapshot,
+            server,
+            lane,
+            frame,
+            to,
+            |out, to| {
+                if let Deliver::Direct(direct) = to {
+                    direct.command.encode(out, prefix.as_bytes());
+                }
+            },
+        );
+        Ok(Started::Direct)
+    }
+
+    /// The one server a read goes to directly: the key's single up replica, when nothing may
+    /// need filling.
+    fn direct_read(&self, key: &[u8]) -> Option<(Arc<Snapshot>, usize)> {
+        let now = libmcshm::registry::now_ms();
+        let Plan { snapshot, value } = self
+            .decide(|router| {
+                let plan = router.plan_read(key, now)?;
+                Ok((plan, router.fills_possible(now)))
+            })
+            .ok()?;
+        let (plan, fills) = value;
+        let direct = !fills && plan.fills.is_empty() && plan.replicas.len() == 1;
+        direct.then(|| (snapshot, plan.replicas[0].index))
+    }
+
+    /// The one server a write goes to directly: its single target, when nothing needs
+    /// invalidating.
+    fn direct_write(&self, key: &[u8], only_first: bool) -> Option<(Arc<Snapshot>, usize)> {
+        let Plan { snapshot, value } = self
+            .decide(|router| router.plan_write(key, only_first))
+            .ok()?;
+        let direct = value.targets.len() == 1 && value.invalidate.is_empty();
+        direct.then(|| (snapshot, value.targets[0].index))
+    }
+
+    /// The reply of a direct request: reported to the router, and made the client's reply.
+    pub fn finish_direct<'a>(
+        self: &Rc<Self>,
+        direct: Direct,
+        result: Result<&'a [u8], &Failure>,
+    ) -> Finished<'a> {
+        let Direct {
+            snapshot,
+            server,
+            lane,
+            command,
+            quiet,
+            ..
+        } = direct;
+        let version = snapshot.version;
+        self.report(&snapshot, server, result.map_err(Clone::clone));
+        let prefix = snapshot.policy.prefix;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(_) if matches!(quiet, Quiet::Noreply) => return Finished::Owned(Vec::new()),
+            Err(failure) => {
+                let error = format!("{}: {}", snapshot.servers[server].address, failure.error);
+                return Finished::Owned(server_error(&error));
+            }
+        };
+        match command {
+            Command::Get { .. } => {
+                let line = first_line(reply);
+                if is_error(line) {
+                    return Finished::Owned(server_error(&String::from_utf8_lossy(line)));
+                }
+                if reply == b"END\r\n" {
+                    // A miss on a table that changed meanwhile: the key may have moved.
+                    if self.seen.get() != version {
+                        return Finished::Job(self.clone().job(command, lane));
+                    }
+                    return Finished::Pass(reply);
+                }
+                self.stats
+                    .get_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if prefix.is_empty() {
+                    return Finished::Pass(reply);
+                }
+                let mut out = Vec::with_capacity(reply.len());
+                for item in items(reply) {
+                    out.extend_from_slice(&item.unprefixed(prefix.as_bytes()));
+                }
+                out.extend_from_slice(b"END\r\n");
+                Finished::Owned(out)
+            }
+            Command::Meta {
+                verb: MetaVerb::Get,
+                ..
+            } => self.direct_reply(reply, quiet, prefix.as_bytes()),
+            write if self.seen.get() != version => {
+                // The table changed while the write was in flight: it may have landed where
+                // the key no longer belongs.
+                let reply = unprefix_meta(reply.to_vec(), prefix.as_bytes());
+                let this = self.clone();
+                Finished::Job(Box::pin(async move {
+                    let key = write.key().unwrap_or_default();
+                    this.follow_table_change(&snapshot, &[server], key).await;
+                    quiet.apply(reply)
+                }))
+            }
+            _ => self.direct_reply(reply, quiet, prefix.as_bytes()),
+        }
+    }
+
+    /// A single-line or meta reply as the client gets it.
+    fn direct_reply<'a>(&self, reply: &'a [u8], quiet: Quiet, prefix: &[u8]) -> Finished<'a> {
+        match quiet.hides(reply) {
+            true => Finished::Owned(Vec::new()),
+            false if prefix.is_empty() => Finished::Pass(reply),
+            false => Finished::Owned(unprefix_meta(reply.to_vec(), prefix)),
+        }
+    }
+
+    /// The slow path: the command's plan executed as the blocking client executes it.
+    pub fn job(self: Rc<Self>, command: Command, lane: usize) -> Work {
+        Box::pin(async move {
+            match command {
+                Command::Get {
+                    verb,
+                    exptime,
+                    keys,
+                } => self.get(verb, exptime, keys, lane).await,
+                Command::Meta {
+                    verb,
+                    ref key,
+                    quiet,
+                    ..
+                } => {
+                    let reply = match verb {
+                        MetaVerb::Get => self.read_one(&command, key, lane).await,
+                        MetaVerb::Debug => self.owner_only(&command, key, lane).await,
+                        _ => self.write(&command, key, Frame::Meta, false, lane).await,
+                    };
+                    match quiet {
+                        true => Quiet::Meta(verb).apply(reply),
+                        false => reply,
+                    }
+                }
+                Command::FlushAll { noreply, .. } => {
+                    let mut bytes = Vec::new();
+                    command.encode(&mut bytes, b"");
+                    let reply = self.flush_all(bytes, lane).await;
+                    if noreply { Vec::new() } else { reply }
+                }
+                Command::Store {
+                    ref key,
+                    noreply,
+                    cas,
+                    ..
+                } => {
+                    let reply = self
+                        .write(&command, key, Frame::Line, cas.is_some(), lane)
+                        .await;
+                    if noreply { Vec::new() } else { reply }
+                }
+                Command::Delete { ref key, noreply }
+                | Command::Arith {
+                    ref key, noreply, ..
+                }
+                | Command::Touch {
+                    ref key, noreply, ..
+                } => {
+                    let reply = self.write(&command, key, Frame::Line, false, lane).await;
+                    if noreply { Vec::new() } else { reply }
+                }
+                Command::MetaNoop
+                | Command::Version
+                | Command::Verbosity { .. }
+                | Command::Stats { .. }
+                | Command::ConfigGetCluster
+                | Command::Quit => unreachable!("answered by the session"),
+            }
+        })
+    }
+
     /// A retrieval of many keys: split per server (the key's first up replica; keys missed
-    /// there are asked of the next replica), merged in the client's key order. Keys of failed
-    /// servers are misses unless every server failed: then `SERVER_ERROR`.
+    /// there are asked of the next replica), merged in the client's key order. Every server's
+    /// share is sent before any reply is awaited. Keys of failed servers are misses unless
+    /// every server failed: then `SERVER_ERROR`.
     async fn get(
-        self: &Arc<Self>,
+        &self,
         verb: GetVerb,
         exptime: Option<i64>,
         keys: Vec<Vec<u8>>,
         lane: usize,
-    ) -> Pending {
+    ) -> Vec<u8> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
+        if keys.len() > 1 {
+            self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
+        }
         let now = libmcshm::registry::now_ms();
         let Plan {
             snapshot,
@@ -348,64 +604,44 @@ impl Service {
                 keys.iter().map(|key| router.plan_read(key, now)).collect();
             plans
         }));
-        let first = self
-            .get_round(
-                &snapshot,
-                verb,
-                exptime,
-                &keys,
-                &plans,
-                &vec![false; keys.len()],
-                0,
-                lane,
-            )
-            .await;
-        let this = self.clone();
-        Pending::task(async move {
-            let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-            let (mut answered, mut failure) = (false, None);
-            let rounds = plans.iter().map(|p| p.replicas.len()).max().unwrap_or(0);
-            let mut outstanding = first;
-            for round in 0..rounds {
-                if round > 0 {
-                    let done: Vec<bool> = found.iter().map(Option::is_some).collect();
-                    outstanding = this
-                        .get_round(&snapshot, verb, exptime, &keys, &plans, &done, round, lane)
-                        .await;
-                }
-                for (members, sent) in outstanding.drain(..) {
-                    match this.finish(sent).await {
-                        Ok(reply) if is_error(first_line(&reply)) => {
-                            failure =
-                                Some(String::from_utf8_lossy(first_line(&reply)).into_owned());
-                        }
-                        Ok(reply) => {
-                            answered = true;
-                            let prefix = snapshot.policy.prefix.as_bytes();
-                            match_items(&reply, &members, &keys, prefix, &mut found);
-                        }
-                        Err(err) => failure = Some(err.error),
+        let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        let (mut answered, mut failure) = (false, None);
+        let rounds = plans.iter().map(|p| p.replicas.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let done: Vec<bool> = found.iter().map(Option::is_some).collect();
+            let outstanding =
+                self.get_round(&snapshot, verb, exptime, &keys, &plans, &done, round, lane);
+            for (members, sent) in outstanding {
+                match self.finish(sent).await {
+                    Ok(reply) if is_error(first_line(&reply)) => {
+                        failure = Some(String::from_utf8_lossy(first_line(&reply)).into_owned());
                     }
+                    Ok(reply) => {
+                        answered = true;
+                        let prefix = snapshot.policy.prefix.as_bytes();
+                        match_items(&reply, &members, &keys, prefix, &mut found);
+                    }
+                    Err(err) => failure = Some(err.error),
                 }
             }
-            this.fallbacks(&snapshot, verb, exptime, &keys, &plans, &mut found)
-                .await;
-            if !answered && let Some(error) = failure {
-                return server_error(&error);
-            }
-            let mut out = Vec::new();
-            for item in found.into_iter().flatten() {
-                this.stats.get_hits.fetch_add(1, Relaxed);
-                out.extend_from_slice(&item);
-            }
-            out.extend_from_slice(b"END\r\n");
-            out
-        })
+        }
+        self.fallbacks(&snapshot, verb, exptime, &keys, &plans, &mut found)
+            .await;
+        if !answered && let Some(error) = failure {
+            return server_error(&error);
+        }
+        let mut out = Vec::new();
+        for item in found.into_iter().flatten() {
+            self.stats.get_hits.fetch_add(1, Relaxed);
+            out.extend_from_slice(&item);
+        }
+        out.extend_from_slice(b"END\r\n");
+        out
     }
 
     /// Queues round `round` of a multi-get: one request per server, for the keys not `done`.
     #[allow(clippy::too_many_arguments)]
-    async fn get_round(
+    fn get_round(
         &self,
         snapshot: &Arc<Snapshot>,
         verb: GetVerb,
@@ -430,9 +666,7 @@ impl Service {
             let wanted = members.iter().map(|&n| keys[n].as_slice());
             let prefix = snapshot.policy.prefix;
             encode_get(verb, exptime, wanted, &mut bytes, prefix.as_bytes());
-            let sent = self
-                .send(snapshot, server, bytes, Frame::Values, lane)
-                .await;
+            let sent = self.send(snapshot, server, bytes, Frame::Values, lane);
             outstanding.push((members, sent));
         }
         outstanding
@@ -572,7 +806,7 @@ impl Service {
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`); on a
     /// miss everywhere, the plan's fills, then the owner asked again with the same command.
-    async fn read_one(self: &Arc<Self>, command: &Command, key: &[u8], lane: usize) -> Pending {
+    async fn read_one(&self, command: &Command, key: &[u8], lane: usize) -> Vec<u8> {
         let now = libmcshm::registry::now_ms();
         let Plan {
             snapshot,
@@ -580,50 +814,44 @@ impl Service {
         } = decided!(self.decide(|router| router.plan_read(key, now)));
         let bytes = decided!(encode_for(command, &snapshot));
         let Some(first) = plan.replicas.first().copied() else {
-            return Pending::Ready(b"EN\r\n".to_vec());
+            return b"EN\r\n".to_vec();
         };
-        let sent = self
-            .send(&snapshot, first.index, bytes.clone(), Frame::Meta, lane)
-            .await;
-        let this = self.clone();
-        let key = key.to_vec();
-        Pending::task(async move {
-            let prefix = snapshot.policy.prefix.as_bytes();
-            let (mut miss, mut failure) = (None, None);
-            let mut result = this.finish(sent).await;
-            for next in plan.replicas.iter().skip(1).map(Some).chain([None]) {
-                match result {
-                    Ok(reply) if first_line(&reply).starts_with(b"EN") => miss = Some(reply),
-                    Ok(reply) => return unprefix_meta(reply, prefix),
-                    Err(err) => failure = Some(err.error),
-                }
-                let Some(next) = next else { break };
-                result = this
-                    .call(&snapshot, next.index, bytes.clone(), Frame::Meta)
+        let sent = self.send(&snapshot, first.index, bytes.clone(), Frame::Meta, lane);
+        let prefix = snapshot.policy.prefix.as_bytes();
+        let (mut miss, mut failure) = (None, None);
+        let mut result = self.finish(sent).await;
+        for next in plan.replicas.iter().skip(1).map(Some).chain([None]) {
+            match result {
+                Ok(reply) if first_line(&reply).starts_with(b"EN") => miss = Some(reply),
+                Ok(reply) => return unprefix_meta(reply, prefix),
+                Err(err) => failure = Some(err.error),
+            }
+            let Some(next) = next else { break };
+            result = self
+                .call(&snapshot, next.index, bytes.clone(), Frame::Meta)
+                .await;
+        }
+        for fill in &plan.fills {
+            if miss.is_some() && self.fill(&snapshot, fill, key).await != Filled::Nothing {
+                let again = self
+                    .call(&snapshot, fill.to.index, bytes.clone(), Frame::Meta)
                     .await;
-            }
-            for fill in &plan.fills {
-                if miss.is_some() && this.fill(&snapshot, fill, &key).await != Filled::Nothing {
-                    let again = this
-                        .call(&snapshot, fill.to.index, bytes.clone(), Frame::Meta)
-                        .await;
-                    if let Ok(reply) = again
-                        && !first_line(&reply).starts_with(b"EN")
-                    {
-                        return unprefix_meta(reply, prefix);
-                    }
+                if let Ok(reply) = again
+                    && !first_line(&reply).starts_with(b"EN")
+                {
+                    return unprefix_meta(reply, prefix);
                 }
             }
-            match (miss, failure) {
-                (Some(reply), _) => reply,
-                (None, Some(error)) => server_error(&error),
-                (None, None) => b"EN\r\n".to_vec(),
-            }
-        })
+        }
+        match (miss, failure) {
+            (Some(reply), _) => reply,
+            (None, Some(error)) => server_error(&error),
+            (None, None) => b"EN\r\n".to_vec(),
+        }
     }
 
     /// A command for the key's owner alone (`me`).
-    async fn owner_only(self: &Arc<Self>, command: &Command, key: &[u8], lane: usize) -> Pending {
+    async fn owner_only(&self, command: &Command, key: &[u8], lane: usize) -> Vec<u8> {
         let Plan { snapshot, value } = decided!(self.decide(|router| {
             let owner = router.owner(key)?;
             match router.is_down(owner) {
@@ -632,77 +860,61 @@ impl Service {
             }
         }));
         let bytes = decided!(encode_for(command, &snapshot));
-        let sent = self.send(&snapshot, value, bytes, Frame::Meta, lane).await;
-        let this = self.clone();
-        Pending::task(async move {
-            match this.finish(sent).await {
-                Ok(reply) => unprefix_meta(reply, snapshot.policy.prefix.as_bytes()),
-                Err(err) => server_error(&err.error),
-            }
-        })
+        let sent = self.send(&snapshot, value, bytes, Frame::Meta, lane);
+        match self.finish(sent).await {
+            Ok(reply) => unprefix_meta(reply, snapshot.policy.prefix.as_bytes()),
+            Err(err) => server_error(&err.error),
+        }
     }
 
     /// A write to the key's up replicas (cas: the first only), then the invalidations the
     /// router names; the first replica's reply.
     async fn write(
-        self: &Arc<Self>,
+        &self,
         command: &Command,
         key: &[u8],
         frame: Frame,
         only_first: bool,
         lane: usize,
-    ) -> Pending {
+    ) -> Vec<u8> {
         let Plan {
             snapshot,
             value: plan,
         } = decided!(self.decide(|router| router.plan_write(key, only_first)));
         let targets: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
-        let stale: Vec<usize> = plan.invalidate.iter().map(|s| s.index).collect();
         let bytes = decided!(encode_for(command, &snapshot));
         let prefix = snapshot.policy.prefix;
-        let mut outstanding = Vec::with_capacity(targets.len());
-        let (last, mut payload) = (targets.len() - 1, Some(bytes));
-        for (n, &server) in targets.iter().enumerate() {
-            let bytes = match n == last {
-                true => payload.take(),
-                false => payload.clone(),
-            };
-            let bytes = bytes.expect("taken only for the last target");
-            outstanding.push(self.send(&snapshot, server, bytes, frame, lane).await);
-        }
+        let outstanding: Vec<Outstanding> = targets
+            .iter()
+            .map(|&server| self.send(&snapshot, server, bytes.clone(), frame, lane))
+            .collect();
         // The invalidations go out with the write: their round trips overlap.
         let mut delete = Vec::new();
-        if !stale.is_empty() {
+        if !plan.invalidate.is_empty() {
             Request::Delete { key }.encode_prefixed(&mut delete, prefix.as_bytes());
         }
-        let mut deletes = Vec::with_capacity(stale.len());
-        for &server in &stale {
-            deletes.push(
-                self.send(&snapshot, server, delete.clone(), Frame::Line, lane)
-                    .await,
-            );
+        let deletes: Vec<Outstanding> = plan
+            .invalidate
+            .iter()
+            .map(|s| self.send(&snapshot, s.index, delete.clone(), Frame::Line, lane))
+            .collect();
+        let (mut reply, mut failure) = (None, None);
+        for sent in outstanding {
+            match self.finish(sent).await {
+                Ok(bytes) if reply.is_none() => reply = Some(bytes),
+                Ok(_) => {}
+                Err(err) => failure = Some(err.error),
+            }
         }
-        let this = self.clone();
-        let key = key.to_vec();
-        Pending::task(async move {
-            let (mut reply, mut failure) = (None, None);
-            for sent in outstanding {
-                match this.finish(sent).await {
-                    Ok(bytes) if reply.is_none() => reply = Some(bytes),
-                    Ok(_) => {}
-                    Err(err) => failure = Some(err.error),
-                }
-            }
-            for sent in deletes {
-                let _ = this.finish(sent).await;
-            }
-            this.follow_table_change(&snapshot, &targets, &key).await;
-            match (reply, failure) {
-                (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
-                (None, Some(error)) => server_error(&error),
-                (None, None) => server_error("no server answered"),
-            }
-        })
+        for sent in deletes {
+            let _ = self.finish(sent).await;
+        }
+        self.follow_table_change(&snapshot, &targets, key).await;
+        match (reply, failure) {
+            (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
+            (None, Some(error)) => server_error(&error),
+            (None, None) => server_error("no server answered"),
+        }
     }
 
     /// A write planned on `snapshot`, whose table changed while it was in flight, may have
@@ -710,8 +922,7 @@ impl Service {
     /// read), and the new table's invalidations are done.
     async fn follow_table_change(&self, snapshot: &Arc<Snapshot>, written: &[usize], key: &[u8]) {
         // The replies of the write were reported, which read the table: one load tells.
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.pruned.load(Relaxed) == snapshot.version {
+        if self.seen.get() == snapshot.version {
             return;
         }
         let mut delete = Vec::new();
@@ -742,7 +953,7 @@ impl Service {
     }
 
     /// `flush_all` on every up server: `OK` when all of them did it.
-    async fn flush_all(self: &Arc<Self>, bytes: Vec<u8>, lane: usize) -> Pending {
+    async fn flush_all(&self, bytes: Vec<u8>, lane: usize) -> Vec<u8> {
         let Plan {
             snapshot,
             value: up,
@@ -750,32 +961,26 @@ impl Service {
             let n = router.snapshot().servers.len();
             Ok((0..n).filter(|&i| !router.is_down(i)).collect::<Vec<_>>())
         }));
-        let mut outstanding = Vec::with_capacity(up.len());
-        for &server in &up {
-            outstanding.push(
-                self.send(&snapshot, server, bytes.clone(), Frame::Line, lane)
-                    .await,
-            );
+        let outstanding: Vec<Outstanding> = up
+            .iter()
+            .map(|&server| self.send(&snapshot, server, bytes.clone(), Frame::Line, lane))
+            .collect();
+        let mut failed = Vec::new();
+        for (server, sent) in up.into_iter().zip(outstanding) {
+            match self.finish(sent).await {
+                Ok(reply) if reply == b"OK\r\n" => {}
+                Ok(reply) => failed.push(format!(
+                    "{}: {}",
+                    snapshot.servers[server].address,
+                    String::from_utf8_lossy(first_line(&reply))
+                )),
+                Err(err) => failed.push(err.error),
+            }
         }
-        let this = self.clone();
-        Pending::task(async move {
-            let mut failed = Vec::new();
-            for (server, sent) in up.into_iter().zip(outstanding) {
-                match this.finish(sent).await {
-                    Ok(reply) if reply == b"OK\r\n" => {}
-                    Ok(reply) => failed.push(format!(
-                        "{}: {}",
-                        snapshot.servers[server].address,
-                        String::from_utf8_lossy(first_line(&reply))
-                    )),
-                    Err(err) => failed.push(err.error),
-                }
-            }
-            match failed.is_empty() {
-                true => b"OK\r\n".to_vec(),
-                false => server_error(&format!("flush_all failed on {}", failed.join("; "))),
-            }
-        })
+        match failed.is_empty() {
+            true => b"OK\r\n".to_vec(),
+            false => server_error(&format!("flush_all failed on {}", failed.join("; "))),
+        }
     }
 
     /// `config get cluster` in ElastiCache's auto-discovery format: the table version, then

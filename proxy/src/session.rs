@@ -1,21 +1,27 @@
-//! One client connection: commands are read and parsed as they arrive, each is started at
-//! once (so requests pipelined on one connection run concurrently on the servers), and the
-//! replies are written strictly in the order the commands came. Memory per connection is
-//! bounded: one command line and one value of input, and at most [`Settings::pipeline`]
-//! commands between reading and answering (beyond that the session stops reading, and TCP
-//! pushes back on the client).
+//! One client connection, owned by a worker's event loop: commands are parsed as they arrive,
+//! each is started at once (so requests pipelined on one connection run concurrently on the
+//! servers), and the replies are written strictly in the order the commands came, each into
+//! its reply slot. A reply that arrives for the oldest slot is copied straight from the server
+//! connection's buffer into the client's output; one that arrives early waits in its slot.
+//!
+//! Memory per connection is bounded: one command line and one value of input, and at most
+//! [`Settings::pipeline`] commands between reading and answering (beyond that the session
+//! stops reading, and TCP pushes back on the client).
 
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
-
+use crate::binary;
+use crate::buffer::Inbox;
 use crate::command::{Command, Limits, Parsed, parse};
-use std::task::{Context, Poll, Waker};
-
-use crate::service::{Pending, Service};
+use crate::jobs::{Jobs, Work};
+use crate::service::{Direct, Outbox, Service, SlotRef, Started};
+use crate::stream::Stream;
+use crate::upstream::{Deliver, Net};
 
 /// What every session of the proxy obeys.
 #[derive(Clone, Debug)]
@@ -41,347 +47,592 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Room an idle connection keeps for its next command: most commands are a line of a few dozen
 /// bytes, so 2 000 idle clients cost 8 MB, not the 64 MB of full chunks.
 const IDLE_ROOM: usize = 4 * 1024;
-/// Reply bytes gathered into one write.
-const WRITE_BATCH: usize = 64 * 1024;
-
-/// Serves one client until it quits, disconnects, times out, or the proxy shuts down (then
-/// the commands already read are answered first).
-pub async fn serve<R, W>(
-    mut reader: R,
-    writer: W,
-    service: Arc<Service>,
-    settings: Settings,
-    lane: usize,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Send + 'static,
-{
-    let (replies, pending) = mpsc::channel(settings.pipeline.max(1));
-    let writing = tokio::spawn(write_replies(writer, pending));
-    let mut buf: Vec<u8> = Vec::new();
-    let mut swallow = 0usize;
-    // The protocol, from the connection's first byte: 0x80 is the binary protocol's magic.
-    let mut binary = None;
-    // When the command in `buf` began to arrive: --client-timeout bounds the whole command,
-    // however its bytes trickle in (a client sending a byte a second keeps no connection).
-    let mut partial_since: Option<tokio::time::Instant> = None;
-    // With --client-auth, nothing but authentication is served until it succeeds.
-    let auth = settings.client_auth.clone();
-    let mut authenticated = auth.is_none();
-    'session: loop {
-        let mut start = 0;
-        loop {
-            if swallow > 0 {
-                let n = swallow.min(buf.len() - start);
-                start += n;
-                swallow -= n;
-                if swallow > 0 {
-                    break;
-                }
-            }
-            if binary.is_none() && start < buf.len() {
-                binary = Some(buf[start] == 0x80);
-            }
-            if binary == Some(true) {
-                let reply = match crate::binary::parse(&buf[start..], settings.limits) {
-                    crate::binary::Parsed::Incomplete => break,
-                    crate::binary::Parsed::Request(request, action, used)
-                        if authenticated && crate::binary::is_quiet_get(&request, &action) =>
-                    {
-                        start += used;
-                        service.stats.commands.fetch_add(1, Ordering::Relaxed);
-                        // A run of quiet gets (libmemcached's mget) is one multi-get.
-                        let (mut run, mut keys) = (vec![request], quiet_get_keys(action));
-                        while run.len() < QUIET_GET_RUN {
-                            match crate::binary::parse(&buf[start..], settings.limits) {
-                                crate::binary::Parsed::Request(r, a, used)
-                                    if crate::binary::is_quiet_get(&r, &a) =>
-                                {
-                                    start += used;
-                                    service.stats.commands.fetch_add(1, Ordering::Relaxed);
-                                    keys.extend(quiet_get_keys(a));
-                                    run.push(r);
-                                }
-                                _ => break,
-                            }
-                        }
-                        let command = Command::Get {
-                            verb: crate::command::GetVerb::Gets,
-                            exptime: None,
-                            keys,
-                        };
-                        service
-                            .start(command, lane)
-                            .await
-                            .then(move |text| crate::binary::answer_quiet_gets(&run, &text))
-                    }
-                    crate::binary::Parsed::Request(request, action, used) => {
-                        start += used;
-                        service.stats.commands.fetch_add(1, Ordering::Relaxed);
-                        let who = (auth.as_deref(), &mut authenticated);
-                        match binary_dispatch(&service, request, action, lane, who).await {
-                            Ok(reply) => reply,
-                            Err(last) => {
-                                if let Some(reply) = last {
-                                    let _ = replies.send(reply).await;
-                                }
-                                break 'session;
-                            }
-                        }
-                    }
-                    crate::binary::Parsed::Swallow { reply, used, skip } => {
-                        start += used;
-                        swallow = skip;
-                        service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "mcproxy: binary request of {} bytes refused: value too large",
-                            used + skip
-                        );
-                        Pending::Ready(reply)
-                    }
-                    crate::binary::Parsed::Close(reply) => {
-                        service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "mcproxy: malformed binary request (bad magic or lengths): connection closed"
-                        );
-                        let _ = replies.send(Pending::Ready(reply)).await;
-                        break 'session;
-                    }
-                };
-                if replies.send(reply).await.is_err() {
-                    break 'session;
-                }
-                continue;
-            }
-            let reply = match parse(&buf[start..], settings.limits) {
-                Parsed::Incomplete => break,
-                Parsed::Command(command, used) => {
-                    start += used;
-                    service.stats.commands.fetch_add(1, Ordering::Relaxed);
-                    if let (false, Some(auth)) = (authenticated, auth.as_deref()) {
-                        match ascii_auth(auth, command) {
-                            Some((reply, ok)) => {
-                                authenticated = ok;
-                                Pending::Ready(reply.to_vec())
-                            }
-                            None => break 'session,
-                        }
-                    } else {
-                        match dispatch(&service, command, lane).await {
-                            Some(reply) => reply,
-                            None => break 'session,
-                        }
-                    }
-                }
-                Parsed::Reply(reply, used) => {
-                    start += used;
-                    service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                    Pending::Ready(reply.to_vec())
-                }
-                Parsed::Swallow { reply, used, skip } => {
-                    start += used;
-                    swallow = skip;
-                    service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                    Pending::Ready(reply.to_vec())
-                }
-                Parsed::Close(reply) => {
-                    service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                    let _ = replies.send(Pending::Ready(reply.to_vec())).await;
-                    break 'session;
-                }
-            };
-            if replies.send(reply).await.is_err() {
-                break 'session;
-            }
-        }
-        buf.drain(..start);
-        if start > 0 {
-            partial_since = None; // a command (or skipped bytes) went through: a new deadline
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-        let wait = match buf.is_empty() && swallow == 0 {
-            true => {
-                partial_since = None;
-                settings.idle_timeout
-            }
-            false => {
-                let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
-                Some(settings.client_timeout.saturating_sub(since.elapsed()))
-            }
-        };
-        // Read straight into the command buffer: a little room while it is empty, a chunk at a
-        // time while a command is arriving; a large value's room is given back once it is done.
-        if buf.is_empty() && buf.capacity() > READ_CHUNK {
-            buf = Vec::new();
-        }
-        let room = if buf.is_empty() {
-            IDLE_ROOM
-        } else {
-            READ_CHUNK
-        };
-        if buf.capacity() - buf.len() < room / 2 {
-            buf.reserve(room);
-        }
-        let read = async {
-            match wait {
-                Some(limit) => tokio::time::timeout(limit, reader.read_buf(&mut buf)).await,
-                None => Ok(reader.read_buf(&mut buf).await),
-            }
-        };
-        tokio::select! {
-            read = read => match read {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(_)) => {}
-                Err(_) => {
-                    if !buf.is_empty() {
-                        service.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    break;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(replies);
-    let _ = writing.await;
-}
-
-/// Starts a command: answered here, or queued for the servers on the session's `lane`.
-/// `None`: the client quit.
-async fn dispatch(service: &Arc<Service>, command: Command, lane: usize) -> Option<Pending> {
-    let ready = |bytes: &[u8]| Some(Pending::Ready(bytes.to_vec()));
-    match command {
-        Command::Quit => None,
-        Command::Version => ready(VERSION_REPLY.as_bytes()),
-        Command::Verbosity { noreply: true } => ready(b""),
-        Command::Verbosity { noreply: false } => ready(b"OK\r\n"),
-        Command::MetaNoop => ready(b"MN\r\n"),
-        Command::Stats { group: None } => Some(Pending::Ready(service.stats.memcached_text())),
-        Command::Stats { group: Some(group) } => Some(Pending::Ready(
-            format!(
-                "CLIENT_ERROR mcproxy answers 'stats' with its own counters; for 'stats {}' ask a server directly\r\n",
-                group.chars().filter(|c| !c.is_control()).collect::<String>()
-            )
-            .into_bytes(),
-        )),
-        Command::ConfigGetCluster => Some(Pending::Ready(service.cluster_config())),
-        other => Some(service.start(other, lane).await),
-    }
-}
-
+/// Reply bytes a client has not taken before the session stops reading its commands.
+const OUT_HIGH: usize = 4 * 1024 * 1024;
 /// Quiet gets routed as one multi-get at most (a longer run is several).
 const QUIET_GET_RUN: usize = 1000;
 
+/// What becomes of a reply before the client gets it.
+pub enum Then {
+    Plain,
+    /// Turned into something else (a binary response).
+    Map(Box<dyn FnOnce(Vec<u8>) -> Vec<u8>>),
+}
+
+enum Slot {
+    Done(Vec<u8>),
+    Waiting(Then),
+}
+
+/// A reply for a slot: borrowed from a server connection's buffer, or owned.
+pub enum Reply<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+/// What a session needs of its worker to start commands.
+pub struct Ctx<'a> {
+    pub net: &'a mut Net<Direct>,
+    pub jobs: &'a mut Jobs<SlotRef>,
+    pub outbox: &'a Outbox,
+    pub settings: &'a Settings,
+}
+
+/// How a command is answered.
+enum Dispatch {
+    Ready(Vec<u8>),
+    Route(Command, Then),
+    Job(Work),
+}
+
+pub struct Session {
+    pub stream: Stream,
+    pub generation: u64,
+    key: usize,
+    service: Rc<Service>,
+    lane: usize,
+    inbox: Inbox,
+    out: Vec<u8>,
+    written: usize,
+    slots: VecDeque<Slot>,
+    head_seq: u64,
+    /// The protocol, from the connection's first byte: 0x80 is the binary protocol's magic.
+    binary: Option<bool>,
+    authenticated: bool,
+    /// Bytes of a refused value still to discard as they arrive.
+    swallow: usize,
+    /// When the command in the buffer began to arrive: --client-timeout bounds the whole
+    /// command, however its bytes trickle in.
+    partial_since: Option<Instant>,
+    last_active: Instant,
+    /// Still reading commands (not after end of stream, quit, a fatal error, or shutdown).
+    pub reading: bool,
+    /// Stopped reading for the pipeline or output limit: read again when under it.
+    pub stalled: bool,
+    /// Queued for a flush this iteration.
+    pub queued: bool,
+    /// Broken: close without flushing.
+    pub broken: bool,
+}
+
+impl Session {
+    pub fn new(
+        stream: Stream,
+        key: usize,
+        generation: u64,
+        service: Rc<Service>,
+        lane: usize,
+        settings: &Settings,
+    ) -> Session {
+        Session {
+            stream,
+            generation,
+            key,
+            service,
+            lane,
+            inbox: Inbox::default(),
+            out: Vec::new(),
+            written: 0,
+            slots: VecDeque::new(),
+            head_seq: 0,
+            binary: None,
+            authenticated: settings.client_auth.is_none(),
+            swallow: 0,
+            partial_since: None,
+            last_active: Instant::now(),
+            reading: true,
+            stalled: false,
+            queued: false,
+            broken: false,
+        }
+    }
+
+    pub fn service(&self) -> &Rc<Service> {
+        &self.service
+    }
+
+    /// Whether the session is over: nothing more to read, answer or write.
+    pub fn finished(&self) -> bool {
+        self.broken || (!self.reading && self.slots.is_empty() && self.written == self.out.len())
+    }
+
+    /// Whether the pipeline or output limit holds reading back.
+    fn over_limits(&self, settings: &Settings) -> bool {
+        self.slots.len() >= settings.pipeline.max(1) || self.out.len() - self.written > OUT_HIGH
+    }
+
+    /// Reads and starts what the client sent, until the socket has no more or a limit holds.
+    /// (`hup`: the client closed its end, so a short read does not mean there is no more.)
+    pub fn on_readable(&mut self, ctx: &mut Ctx<'_>, hup: bool) {
+        self.stalled = false;
+        self.parse_all(ctx);
+        while self.reading && !self.broken {
+            if self.over_limits(ctx.settings) {
+                self.stalled = true;
+                return;
+            }
+            let room = if self.inbox.is_empty() {
+                IDLE_ROOM
+            } else {
+                READ_CHUNK
+            };
+            match self.inbox.read_from(&mut self.stream, room) {
+                Ok((0, _)) => {
+                    if !self.inbox.is_empty() || self.swallow > 0 {
+                        // A command cut off by the end of the stream.
+                        self.inbox.consume(usize::MAX);
+                    }
+                    self.reading = false;
+                }
+                Ok((_, filled)) => {
+                    self.last_active = Instant::now();
+                    self.parse_all(ctx);
+                    if self.over_limits(ctx.settings) {
+                        self.stalled = true;
+                        return;
+                    }
+                    if !filled && !hup {
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.broken = true;
+                }
+            }
+        }
+    }
+
+    /// Starts every complete command in the buffer (within the pipeline limit).
+    fn parse_all(&mut self, ctx: &mut Ctx<'_>) {
+        let mut consumed = false;
+        while self.reading && !self.inbox.is_empty() && !self.over_limits(ctx.settings) {
+            if self.swallow > 0 {
+                let n = self.swallow.min(self.inbox.data().len());
+                self.inbox.consume(n);
+                self.swallow -= n;
+                consumed = true;
+                continue;
+            }
+            if self.binary.is_none() {
+                self.binary = Some(self.inbox.data()[0] == binary::MAGIC_REQUEST);
+            }
+            let progressed = match self.binary {
+                Some(true) => self.next_binary(ctx),
+                _ => self.next_text(ctx),
+            };
+            if !progressed {
+                break;
+            }
+            consumed = true;
+        }
+        if consumed {
+            self.partial_since = None;
+        }
+        if (!self.inbox.is_empty() || self.swallow > 0) && self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+        self.inbox.shrink_when_empty(READ_CHUNK);
+    }
+
+    /// One text command from the buffer; false when it is incomplete.
+    fn next_text(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let stats = &self.service.stats;
+        let (dispatch, used) = match parse(self.inbox.data(), ctx.settings.limits) {
+            Parsed::Incomplete => return false,
+            Parsed::Command(command, used) => {
+                stats.commands.fetch_add(1, Ordering::Relaxed);
+                let auth = ctx.settings.client_auth.as_deref();
+                let dispatch = match (self.authenticated, auth) {
+                    (false, Some(auth)) => match ascii_auth(auth, command) {
+                        Some((reply, ok)) => {
+                            self.authenticated = ok;
+                            Some(Dispatch::Ready(reply.to_vec()))
+                        }
+                        None => None,
+                    },
+                    _ => self.dispatch(command),
+                };
+                (dispatch, used)
+            }
+            Parsed::Reply(reply, used) => {
+                stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                (Some(Dispatch::Ready(reply.to_vec())), used)
+            }
+            Parsed::Swallow { reply, used, skip } => {
+                stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                self.swallow = skip;
+                (Some(Dispatch::Ready(reply.to_vec())), used)
+            }
+            Parsed::Close(reply) => {
+                stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                self.answer(Dispatch::Ready(reply.to_vec()), ctx);
+                self.stop_reading();
+                return true;
+            }
+        };
+        self.inbox.consume(used);
+        match dispatch {
+            Some(dispatch) => self.answer(dispatch, ctx),
+            None => self.stop_reading(),
+        }
+        true
+    }
+
+    /// One binary request (or a run of quiet gets) from the buffer; false when incomplete.
+    fn next_binary(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let stats = self.service.stats.clone();
+        let limits = ctx.settings.limits;
+        match binary::parse(self.inbox.data(), limits) {
+            binary::Parsed::Incomplete => false,
+            binary::Parsed::Request(request, action, used)
+                if self.authenticated && binary::is_quiet_get(&request, &action) =>
+            {
+                self.inbox.consume(used);
+                stats.commands.fetch_add(1, Ordering::Relaxed);
+                // A run of quiet gets (libmemcached's mget) is one multi-get.
+                let (mut run, mut keys) = (vec![request], quiet_get_keys(action));
+                while run.len() < QUIET_GET_RUN {
+                    match binary::parse(self.inbox.data(), limits) {
+                        binary::Parsed::Request(r, a, used) if binary::is_quiet_get(&r, &a) => {
+                            self.inbox.consume(used);
+                            stats.commands.fetch_add(1, Ordering::Relaxed);
+                            keys.extend(quiet_get_keys(a));
+                            run.push(r);
+                        }
+                        _ => break,
+                    }
+                }
+                let command = Command::Get {
+                    verb: crate::command::GetVerb::Gets,
+                    exptime: None,
+                    keys,
+                };
+                let then = Then::Map(Box::new(move |text| binary::answer_quiet_gets(&run, &text)));
+                self.answer(Dispatch::Route(command, then), ctx);
+                true
+            }
+            binary::Parsed::Request(request, action, used) => {
+                self.inbox.consume(used);
+                stats.commands.fetch_add(1, Ordering::Relaxed);
+                match self.binary_dispatch(request, action, ctx.settings) {
+                    Ok(dispatch) => self.answer(dispatch, ctx),
+                    Err(last) => {
+                        if let Some(reply) = last {
+                            self.answer(Dispatch::Ready(reply), ctx);
+                        }
+                        self.stop_reading();
+                    }
+                }
+                true
+            }
+            binary::Parsed::Swallow { reply, used, skip } => {
+                self.inbox.consume(used);
+                self.swallow = skip;
+                stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "mcproxy: binary request of {} bytes refused: value too large",
+                    used + skip
+                );
+                self.answer(Dispatch::Ready(reply), ctx);
+                true
+            }
+            binary::Parsed::Close(reply) => {
+                stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "mcproxy: malformed binary request (bad magic or lengths): connection closed"
+                );
+                self.answer(Dispatch::Ready(reply), ctx);
+                self.stop_reading();
+                true
+            }
+        }
+    }
+
+    fn stop_reading(&mut self) {
+        self.reading = false;
+        self.inbox.consume(usize::MAX);
+        self.swallow = 0;
+    }
+
+    /// Stops reading for a shutdown: what was read is answered, then the session ends.
+    pub fn shut_down(&mut self) {
+        self.stop_reading();
+    }
+
+    /// A text command, answered here or routed. `None`: the client quit.
+    fn dispatch(&self, command: Command) -> Option<Dispatch> {
+        let ready = |bytes: &[u8]| Some(Dispatch::Ready(bytes.to_vec()));
+        let service = &self.service;
+        match command {
+            Command::Quit => None,
+            Command::Version => ready(VERSION_REPLY.as_bytes()),
+            Command::Verbosity { noreply: true } => ready(b""),
+            Command::Verbosity { noreply: false } => ready(b"OK\r\n"),
+            Command::MetaNoop => ready(b"MN\r\n"),
+            Command::Stats { group: None } => Some(Dispatch::Ready(service.stats.memcached_text())),
+            Command::Stats { group: Some(group) } => Some(Dispatch::Ready(
+                format!(
+                    "CLIENT_ERROR mcproxy answers 'stats' with its own counters; for 'stats {}' ask a server directly\r\n",
+                    group.chars().filter(|c| !c.is_control()).collect::<String>()
+                )
+                .into_bytes(),
+            )),
+            Command::ConfigGetCluster => Some(Dispatch::Ready(service.cluster_config())),
+            other => Some(Dispatch::Route(other, Then::Plain)),
+        }
+    }
+
+    /// A binary request (see [`crate::binary`]): its text command routed as any other, the
+    /// text reply turned into the binary response. `Err`: the client quits (with the response
+    /// to send first, unless quiet).
+    fn binary_dispatch(
+        &mut self,
+        request: binary::Request,
+        action: binary::Action,
+        settings: &Settings,
+    ) -> Result<Dispatch, Option<Vec<u8>>> {
+        use binary::Action;
+        match action {
+            Action::Quit => Err((!request.quiet)
+                .then(|| binary::response(request.opcode, 0, request.opaque, 0, &[], &[], &[]))),
+            Action::Sasl {
+                list,
+                mechanism,
+                data,
+            } => {
+                let auth = settings.client_auth.as_deref();
+                let (reply, ok) = binary::sasl(&request, auth, list, &mechanism, &data);
+                if !list && !ok {
+                    eprintln!("mcproxy: a client's SASL authentication failed");
+                }
+                self.authenticated |= ok;
+                Ok(Dispatch::Ready(reply))
+            }
+            _ if !self.authenticated => Ok(Dispatch::Ready(binary::error(
+                &request,
+                binary::status::AUTH_ERROR,
+                "Auth failure: authenticate first (SASL PLAIN)",
+            ))),
+            Action::Answer(bytes) => {
+                let status = bytes
+                    .get(6..8)
+                    .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]));
+                match status {
+                    binary::status::UNKNOWN => eprintln!(
+                        "mcproxy: binary opcode 0x{:02x} is not supported: answered 'unknown command'",
+                        request.opcode
+                    ),
+                    binary::status::INVALID => eprintln!(
+                        "mcproxy: binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
+                        request.opcode
+                    ),
+                    _ => {}
+                }
+                Ok(Dispatch::Ready(bytes))
+            }
+            Action::Stats => Ok(Dispatch::Ready(binary::stats(
+                &request,
+                &self.service.stats.memcached_text(),
+            ))),
+            Action::Route(command) => match request.initial {
+                None => Ok(Dispatch::Route(
+                    command,
+                    Then::Map(Box::new(move |text| binary::answer(&request, &text))),
+                )),
+                Some((initial, exptime)) => Ok(Dispatch::Job(increment_or_create(
+                    self.service.clone(),
+                    request,
+                    command,
+                    initial,
+                    exptime,
+                    self.lane,
+                ))),
+            },
+        }
+    }
+
+    /// Gives a command its reply slot and starts it.
+    fn answer(&mut self, dispatch: Dispatch, ctx: &mut Ctx<'_>) {
+        let seq = self.head_seq + self.slots.len() as u64;
+        let slot = SlotRef {
+            client: self.key,
+            generation: self.generation,
+            seq,
+        };
+        let (started, then) = match dispatch {
+            Dispatch::Ready(bytes) => (Started::Ready(bytes), Then::Plain),
+            Dispatch::Job(work) => (Started::Job(work), Then::Plain),
+            Dispatch::Route(command, then) => {
+                (self.service.start(command, self.lane, ctx.net, slot), then)
+            }
+        };
+        self.slots.push_back(Slot::Waiting(then));
+        match started {
+            Started::Ready(bytes) => self.complete(seq, Reply::Owned(bytes)),
+            Started::Direct => {}
+            Started::Job(work) => {
+                let done = ctx.jobs.start(work, slot);
+                send_outbox(ctx.net, ctx.outbox);
+                if let Some((_, output)) = done {
+                    self.complete(seq, Reply::Owned(output));
+                }
+            }
+        }
+    }
+
+    /// The reply of the command numbered `seq`: written out at once when it is the oldest
+    /// waiting, else kept until those before it are answered.
+    pub fn complete(&mut self, seq: u64, reply: Reply<'_>) {
+        let Some(at) = seq.checked_sub(self.head_seq).map(|n| n as usize) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(at) else {
+            return;
+        };
+        let Slot::Waiting(then) = std::mem::replace(slot, Slot::Done(Vec::new())) else {
+            return;
+        };
+        match (then, reply) {
+            (Then::Plain, Reply::Borrowed(bytes)) if at == 0 => {
+                self.out.extend_from_slice(bytes);
+                self.slots.pop_front();
+                self.head_seq += 1;
+            }
+            (Then::Plain, Reply::Borrowed(bytes)) => *slot = Slot::Done(bytes.to_vec()),
+            (Then::Plain, Reply::Owned(bytes)) => *slot = Slot::Done(bytes),
+            (Then::Map(map), Reply::Borrowed(bytes)) => *slot = Slot::Done(map(bytes.to_vec())),
+            (Then::Map(map), Reply::Owned(bytes)) => *slot = Slot::Done(map(bytes)),
+        }
+        while let Some(Slot::Done(bytes)) = self.slots.front() {
+            self.out.extend_from_slice(bytes);
+            self.slots.pop_front();
+            self.head_seq += 1;
+        }
+    }
+
+    /// Whether there is output to write.
+    pub fn has_output(&self) -> bool {
+        self.written < self.out.len()
+    }
+
+    /// Writes the output, as far as the socket takes it.
+    pub fn flush(&mut self) {
+        while self.written < self.out.len() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => {
+                    self.broken = true;
+                    return;
+                }
+                Ok(n) => self.written += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        if self.out.capacity() > 4 * READ_CHUNK {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Whether the session may read again after being held back by a limit.
+    pub fn may_resume(&self, settings: &Settings) -> bool {
+        self.stalled && self.reading && !self.over_limits(settings)
+    }
+
+    /// The client timeouts: `Some(partial)` when the session must end now (`partial`: in the
+    /// middle of a command).
+    pub fn timed_out(&self, now: Instant, settings: &Settings) -> Option<bool> {
+        if !self.reading {
+            return None;
+        }
+        if let Some(since) = self.partial_since
+            && now.saturating_duration_since(since) >= settings.client_timeout
+        {
+            return Some(true);
+        }
+        let idle = self.slots.is_empty() && self.inbox.is_empty() && self.swallow == 0;
+        match settings.idle_timeout {
+            Some(limit) if idle && now.saturating_duration_since(self.last_active) >= limit => {
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a command is arriving (its --client-timeout runs).
+    pub fn partial(&self) -> bool {
+        self.reading && self.partial_since.is_some()
+    }
+}
+
+/// Sends the requests the jobs queued, in the order they were queued.
+pub fn send_outbox(net: &mut Net<Direct>, outbox: &Outbox) {
+    let queued = std::mem::take(&mut *outbox.borrow_mut());
+    for o in queued {
+        let bytes = o.bytes;
+        net.send(
+            o.domain,
+            &o.snapshot,
+            o.server,
+            o.lane,
+            o.frame,
+            Deliver::Cell(o.cell),
+            |out, _| out.extend_from_slice(&bytes),
+        );
+    }
+}
+
 /// The key of a quiet get's action.
-fn quiet_get_keys(action: crate::binary::Action) -> Vec<Vec<u8>> {
+fn quiet_get_keys(action: binary::Action) -> Vec<Vec<u8>> {
     match action {
-        crate::binary::Action::Route(Command::Get { keys, .. }) => keys,
+        binary::Action::Route(Command::Get { keys, .. }) => keys,
         _ => Vec::new(),
     }
 }
 
-/// Starts a binary request (see [`crate::binary`]): its text command routed as any other, the
-/// text reply turned into the binary response. `Err`: the client quits (with the response to
-/// send first, unless quiet).
-async fn binary_dispatch(
-    service: &Arc<Service>,
-    request: crate::binary::Request,
-    action: crate::binary::Action,
+/// A binary increment with an initial value: a missing counter is created with it (`add`, so
+/// that of two clients creating it one wins and the other increments).
+fn increment_or_create(
+    service: Rc<Service>,
+    request: binary::Request,
+    command: Command,
+    initial: u64,
+    exptime: i64,
     lane: usize,
-    (auth, authenticated): (Option<&crate::client_auth::ClientAuth>, &mut bool),
-) -> Result<Pending, Option<Pending>> {
-    use crate::binary::{self, Action};
-    match action {
-        Action::Quit => Err((!request.quiet).then(|| {
-            Pending::Ready(binary::response(
-                request.opcode,
-                0,
-                request.opaque,
-                0,
-                &[],
-                &[],
-                &[],
-            ))
-        })),
-        Action::Sasl {
-            list,
-            mechanism,
-            data,
-        } => {
-            let (reply, ok) = binary::sasl(&request, auth, list, &mechanism, &data);
-            if !list && !ok {
-                eprintln!("mcproxy: a client's SASL authentication failed");
-            }
-            *authenticated |= ok;
-            Ok(Pending::Ready(reply))
+) -> Work {
+    Box::pin(async move {
+        let again = command.clone();
+        let text = service.clone().job(command, lane).await;
+        if !text.starts_with(b"NOT_FOUND") {
+            return binary::answer(&request, &text);
         }
-        _ if !*authenticated => Ok(Pending::Ready(binary::error(
-            &request,
-            binary::status::AUTH_ERROR,
-            "Auth failure: authenticate first (SASL PLAIN)",
-        ))),
-        Action::Answer(bytes) => {
-            let status = bytes
-                .get(6..8)
-                .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]));
-            match status {
-                binary::status::UNKNOWN => eprintln!(
-                    "mcproxy: binary opcode 0x{:02x} is not supported: answered 'unknown command'",
-                    request.opcode
-                ),
-                binary::status::INVALID => eprintln!(
-                    "mcproxy: binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
-                    request.opcode
-                ),
-                _ => {}
-            }
-            Ok(Pending::Ready(bytes))
+        let add = Command::Store {
+            verb: "add",
+            key: request.key.clone(),
+            flags: 0,
+            exptime,
+            cas: None,
+            value: initial.to_string().into_bytes(),
+            noreply: false,
+        };
+        let added = service.clone().job(add, lane).await;
+        if added.starts_with(b"STORED") {
+            return binary::answer(&request, format!("{initial}\r\n").as_bytes());
         }
-        Action::Stats => Ok(Pending::Ready(binary::stats(
-            &request,
-            &service.stats.memcached_text(),
-        ))),
-        Action::Route(command) => {
-            let again = request.initial.map(|_| command.clone());
-            let pending = service.start(command, lane).await;
-            let Some((initial, exptime)) = request.initial else {
-                return Ok(pending.then(move |text| binary::answer(&request, &text)));
-            };
-            // Increment with an initial value: a missing counter is created with it (`add`,
-            // so that of two clients creating it one wins and the other increments).
-            let service = service.clone();
-            Ok(Pending::Later(Box::pin(async move {
-                let text = resolve(pending).await;
-                if !text.starts_with(b"NOT_FOUND") {
-                    return binary::answer(&request, &text);
-                }
-                let add = Command::Store {
-                    verb: "add",
-                    key: request.key.clone(),
-                    flags: 0,
-                    exptime,
-                    cas: None,
-                    value: initial.to_string().into_bytes(),
-                    noreply: false,
-                };
-                let added = resolve(service.start(add, lane).await).await;
-                if added.starts_with(b"STORED") {
-                    return binary::answer(&request, format!("{initial}\r\n").as_bytes());
-                }
-                match (added.starts_with(b"NOT_STORED"), again) {
-                    // Created by another client meanwhile: increment it.
-                    (true, Some(again)) => {
-                        let text = resolve(service.start(again, lane).await).await;
-                        binary::answer(&request, &text)
-                    }
-                    _ => binary::answer(&request, &added),
-                }
-            })))
+        if added.starts_with(b"NOT_STORED") {
+            // Created by another client meanwhile: increment it.
+            let text = service.clone().job(again, lane).await;
+            return binary::answer(&request, &text);
         }
-    }
+        binary::answer(&request, &added)
+    })
 }
 
 /// A text command before the client authenticated (memcached's ASCII authentication, as
@@ -399,47 +650,5 @@ fn ascii_auth(
             Some((b"CLIENT_ERROR authentication failure\r\n", false))
         }
         _ => Some((b"CLIENT_ERROR unauthenticated\r\n", false)),
-    }
-}
-
-/// Writes replies in command order, gathering those already done into one write.
-async fn write_replies<W: AsyncWrite>(writer: W, mut pending: mpsc::Receiver<Pending>) {
-    let mut writer = std::pin::pin!(writer);
-    let mut out = Vec::new(); // grows to what the replies need (WRITE_BATCH and one reply)
-    let mut next = pending.recv().await;
-    while let Some(reply) = next.take() {
-        out.extend_from_slice(&resolve(reply).await);
-        while out.len() < WRITE_BATCH {
-            match pending.try_recv() {
-                Ok(Pending::Ready(bytes)) => out.extend_from_slice(&bytes),
-                Ok(Pending::Later(mut work)) => {
-                    // Done already? One poll tells; if not, it is awaited after this write.
-                    let mut peek = Context::from_waker(Waker::noop());
-                    match work.as_mut().poll(&mut peek) {
-                        Poll::Ready(bytes) => out.extend_from_slice(&bytes),
-                        Poll::Pending => {
-                            next = Some(Pending::Later(work));
-                            break;
-                        }
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        if !out.is_empty() && writer.write_all(&out).await.is_err() {
-            return;
-        }
-        out.clear();
-        if next.is_none() {
-            next = pending.recv().await;
-        }
-    }
-    let _ = writer.shutdown().await;
-}
-
-async fn resolve(reply: Pending) -> Vec<u8> {
-    match reply {
-        Pending::Ready(bytes) => bytes,
-        Pending::Later(work) => work.await,
     }
 }

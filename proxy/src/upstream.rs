@@ -1,34 +1,33 @@
-//! Connections to one memcached server, shared by every client connection of the proxy.
+//! Connections to the memcached servers, owned by one worker's event loop.
 //!
-//! Each server gets a few connections ([`Upstream::new`]'s `width`); requests from any number
-//! of clients are queued on one of them, written in batches, and their replies read back in
-//! order (memcached answers a connection's requests in the order it got them). So 500 client
-//! connections cost the server a few connections, and a burst of small requests costs a few
-//! writes. A connection that fails (connect, timeout, reset, a reply that is not the protocol)
-//! fails exactly the requests it carried; the next request opens a new one.
+//! Each server gets a few connections per worker ([`Net::new`]'s `width`); the requests of
+//! every client of the worker are appended to one of them (the client's lane, so a client's
+//! requests reach a server in the order it sent them), and each connection's requests of one
+//! loop iteration go out in one write. memcached answers a connection's requests in order, so
+//! replies are framed off the read buffer and handed, in place, to whoever waits: a client's
+//! reply slot directly, or a job's [`ReplyCell`]. A connection that fails (connect, timeout,
+//! reset, a reply that is not the protocol) fails exactly the requests it carried; the next
+//! request opens a new one.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use libmcshm::auth::Credentials;
-use libmcshm::{Address, Timeouts};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use libmcshm::{Address, Snapshot, Timeouts};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
 
+use crate::buffer::Inbox;
+use crate::jobs::ReplyCell;
 use crate::reply::{Frame, frame_len};
 use crate::stats::ServerStats;
-use std::sync::Arc;
+use crate::stream::Stream;
 
-/// Requests queued on one connection before senders wait.
-const QUEUE: usize = 1024;
-/// Requests written but not yet answered on one connection.
-const IN_FLIGHT: usize = 512;
-/// Bytes written per batch (below the kernel's socket buffers).
-const BATCH: usize = 64 * 1024;
+/// Bytes read from a server at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Why a request got no reply; counts against the server in the router.
@@ -39,347 +38,536 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(error: impl Into<String>, errno: i32) -> Failure {
+    pub fn new(error: impl Into<String>, errno: i32) -> Failure {
         Failure {
             error: error.into(),
             errno,
         }
     }
 
-    fn io(context: &str, err: &std::io::Error) -> Failure {
+    fn io(context: &str, err: &io::Error) -> Failure {
         Failure::new(format!("{context}: {err}"), libmcshm::client::io_errno(err))
     }
 }
 
-type Reply = oneshot::Sender<Result<Vec<u8>, Failure>>;
+/// Where the domain's credentials are found (`mcadmin auth`): read for each new connection, so
+/// a change applies without a restart.
+pub type CredentialSource = Arc<dyn Fn() -> libmcshm::Result<Option<Credentials>>>;
 
-struct Job {
-    bytes: Vec<u8>,
+/// Who waits for a reply.
+pub enum Deliver<D> {
+    /// The connection's own authentication.
+    Auth,
+    /// A job.
+    Cell(Rc<ReplyCell>),
+    /// A client's reply slot, as the worker describes it.
+    Direct(D),
+}
+
+struct Waiter<D> {
     frame: Frame,
-    reply: Reply,
+    sent: Instant,
+    to: Deliver<D>,
 }
 
-/// The connections to one server.
-pub struct Upstream {
-    address: Address,
-    timeouts: Timeouts,
+/// One connection to a server.
+struct Conn<D> {
+    route: (usize, Address),
+    stream: Stream,
+    /// Until connected: when connecting gives up.
+    connecting: Option<Instant>,
+    out: Vec<u8>,
+    written: usize,
+    inbox: Inbox,
+    in_flight: VecDeque<Waiter<D>>,
+    stats: Arc<ServerStats>,
+    /// The server left the table: closed once what it carries is answered.
+    closing: bool,
+    queued: bool,
+    broken: Option<Failure>,
+    /// The user the connection authenticates as (`mcadmin auth`), if any.
+    user: String,
+}
+
+/// A domain's part in the connections.
+struct DomainNet {
     credentials: CredentialSource,
-    slots: Vec<Mutex<Option<mpsc::Sender<Job>>>>,
-    pub stats: Arc<ServerStats>,
+    stats: Arc<crate::stats::ProxyStats>,
+    version: u64,
 }
 
-impl Upstream {
+/// The server connections of one worker.
+pub struct Net<D> {
+    registry: Registry,
+    token: fn(usize) -> Token,
+    conns: Slab<Conn<D>>,
+    routes: HashMap<(usize, Address), Vec<Option<usize>>>,
+    domains: Vec<DomainNet>,
+    timeouts: Timeouts,
+    width: usize,
+    /// Connections with bytes to write this iteration.
+    dirty: Vec<usize>,
+    /// Connections that failed outside a delivery (at connect): failed by [`Net::fail_broken`].
+    broken: Vec<usize>,
+}
+
+impl<D> Net<D> {
     pub fn new(
-        address: Address,
+        registry: Registry,
+        token: fn(usize) -> Token,
         timeouts: Timeouts,
-        credentials: CredentialSource,
         width: usize,
-        stats: Arc<ServerStats>,
-    ) -> Upstream {
-        Upstream {
-            stats,
-            address,
+    ) -> Self {
+        Net {
+            registry,
+            token,
+            conns: Slab::new(),
+            routes: HashMap::new(),
+            domains: Vec::new(),
             timeouts,
+            width: width.max(1),
+            dirty: Vec::new(),
+            broken: Vec::new(),
+        }
+    }
+
+    /// A domain whose requests go through this net: its number.
+    pub fn add_domain(
+        &mut self,
+        credentials: CredentialSource,
+        stats: Arc<crate::stats::ProxyStats>,
+    ) -> usize {
+        self.domains.push(DomainNet {
             credentials,
-            slots: (0..width.max(1)).map(|_| Mutex::new(None)).collect(),
+            stats,
+            version: u64::MAX,
+        });
+        self.domains.len() - 1
+    }
+
+    /// Queues a request for server `index` of `snapshot` on `lane`: `encode` appends it (complete,
+    /// CRLF-terminated) to the connection's output, written at the end of the loop iteration.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &mut self,
+        domain: usize,
+        snapshot: &Snapshot,
+        index: usize,
+        lane: usize,
+        frame: Frame,
+        to: Deliver<D>,
+        encode: impl FnOnce(&mut Vec<u8>, &Deliver<D>),
+    ) {
+        if self.domains[domain].version != snapshot.version {
+            self.prune(domain, snapshot);
+        }
+        let address = &snapshot.servers[index].address;
+        let key = self.conn(domain, address, lane);
+        let conn = &mut self.conns[key];
+        encode(&mut conn.out, &to);
+        conn.in_flight.push_back(Waiter {
+            frame,
+            sent: Instant::now(),
+            to,
+        });
+        if !conn.queued {
+            conn.queued = true;
+            self.dirty.push(key);
         }
     }
 
-    /// Queues one request (complete, CRLF-terminated) on connection `lane` (modulo the
-    /// width): requests queued on one lane reach the server in the order they were queued,
-    /// which is how a client's pipeline keeps its order through the proxy.
-    pub async fn send(&self, bytes: Vec<u8>, frame: Frame, lane: usize) -> Sent {
-        let started = Instant::now();
-        let (reply, answer) = oneshot::channel();
-        let queue = self.queue(lane);
-        let answer = match queue
-            .send(Job {
-                bytes,
-                frame,
-                reply,
+    /// The connection of `lane` to `address`: a new one where there is none.
+    fn conn(&mut self, domain: usize, address: &Address, lane: usize) -> usize {
+        let width = self.width;
+        let route = match self.routes.get_mut(&(domain, address.clone())) {
+            Some(route) => route,
+            None => self
+                .routes
+                .entry((domain, address.clone()))
+                .or_insert_with(|| vec![None; width]),
+        };
+        let slot = lane % width;
+        if let Some(key) = route[slot] {
+            return key;
+        }
+        let key = self.open(domain, address);
+        if let Some(route) = self.routes.get_mut(&(domain, address.clone())) {
+            route[slot] = Some(key);
+        }
+        key
+    }
+
+    fn open(&mut self, domain: usize, address: &Address) -> usize {
+        let stats = self.domains[domain].stats.server(&address.to_string());
+        let (stream, broken) = match connect(address) {
+            Ok(stream) => (stream, None),
+            Err(failure) => {
+                // A placeholder that is failed at once: a unix socket that is not there.
+                let (a, _) = mio::net::UnixStream::pair().expect("a socket pair");
+                (Stream::Unix(a), Some(failure))
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut conn = Conn {
+            route: (domain, address.clone()),
+            stream,
+            connecting: Some(Instant::now() + self.timeouts.connect),
+            out: Vec::new(),
+            written: 0,
+            inbox: Inbox::default(),
+            in_flight: VecDeque::new(),
+            stats,
+            closing: false,
+            queued: false,
+            broken,
+            user: String::new(),
+        };
+        if conn.broken.is_none() {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(err) = self
+                .registry
+                .register(&mut conn.stream, (self.token)(key), interest)
+            {
+                conn.broken = Some(Failure::io("connect", &err));
+            }
+        }
+        if conn.broken.is_none() {
+            match (self.domains[domain].credentials)() {
+                Ok(None) => {}
+                Ok(Some(credentials)) => {
+                    conn.out.extend_from_slice(&credentials.request());
+                    conn.user = credentials.user.clone();
+                    conn.in_flight.push_back(Waiter {
+                        frame: Frame::Line,
+                        sent: Instant::now(),
+                        to: Deliver::Auth,
+                    });
+                }
+                Err(err) => conn.broken = Some(Failure::new(err.to_string(), libc::EACCES)),
+            }
+        }
+        if conn.broken.is_some() {
+            self.broken.push(key);
+        }
+        entry.insert(conn);
+        key
+    }
+
+    /// On a new table version: lets go of the connections to servers no longer in it (each
+    /// closes once the requests it carries are answered).
+    fn prune(&mut self, domain: usize, snapshot: &Snapshot) {
+        self.domains[domain].version = snapshot.version;
+        let gone: Vec<(usize, Address)> = self
+            .routes
+            .keys()
+            .filter(|(d, address)| {
+                *d == domain && !snapshot.servers.iter().any(|s| s.address == *address)
             })
-            .await
-        {
-            Ok(()) => Some(answer),
-            Err(_) => None,
+            .cloned()
+            .collect();
+        for route in gone {
+            for key in self.routes.remove(&route).into_iter().flatten().flatten() {
+                let conn = &mut self.conns[key];
+                conn.closing = true;
+                if conn.in_flight.is_empty() {
+                    self.close(key);
+                }
+            }
+        }
+    }
+
+    /// Writes what this iteration queued: one write per connection.
+    pub fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.queued = false;
+            if let Err(failure) = write_out(conn)
+                && conn.broken.is_none()
+            {
+                conn.broken = Some(failure);
+                self.broken.push(key);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Whether connections failed outside a delivery and wait for [`Net::fail_broken`].
+    pub fn has_broken(&self) -> bool {
+        !self.broken.is_empty()
+    }
+
+    /// Fails the connections that broke (their requests get the failure).
+    pub fn fail_broken(&mut self, deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>)) {
+        while let Some(key) = self.broken.pop() {
+            if let Some(failure) = self.conns.get_mut(key).and_then(|c| c.broken.take()) {
+                self.fail(key, failure, deliver);
+            }
+        }
+    }
+
+    /// An event on connection `key`.
+    pub fn ready(
+        &mut self,
+        key: usize,
+        readable: bool,
+        writable: bool,
+        hup: bool,
+        deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
         };
-        Sent {
-            answer,
-            started,
-            stats: self.stats.clone(),
+        if conn.broken.is_some() {
+            return;
         }
-    }
-
-    /// The queue of connection `lane` (modulo the width); a new connection where the last one
-    /// ended.
-    fn queue(&self, lane: usize) -> mpsc::Sender<Job> {
-        let n = lane % self.slots.len();
-        let mut slot = self.slots[n].lock().unwrap_or_else(|e| e.into_inner());
-        match &*slot {
-            Some(queue) if !queue.is_closed() => queue.clone(),
-            _ => {
-                let (queue, jobs) = mpsc::channel(QUEUE);
-                tokio::spawn(connection(
-                    self.address.clone(),
-                    self.timeouts,
-                    self.credentials.clone(),
-                    jobs,
-                    self.stats.clone(),
-                ));
-                *slot = Some(queue.clone());
-                queue
-            }
-        }
-    }
-}
-
-/// A request on its way: await its reply.
-pub struct Sent {
-    answer: Option<oneshot::Receiver<Result<Vec<u8>, Failure>>>,
-    started: Instant,
-    stats: Arc<ServerStats>,
-}
-
-impl Sent {
-    pub async fn reply(self) -> Result<Vec<u8>, Failure> {
-        let lost = || Failure::new("connection lost", libc::ECONNRESET);
-        let result = match self.answer {
-            Some(answer) => answer.await.unwrap_or_else(|_| Err(lost())),
-            None => Err(lost()),
-        };
-        self.stats.record(self.started.elapsed(), result.is_ok());
-        result
-    }
-}
-
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
-
-async fn connect(address: &Address, timeouts: Timeouts) -> Result<(Reader, Writer), Failure> {
-    let connecting = async {
-        match address {
-            Address::Unix { path } => {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                let (r, w) = stream.into_split();
-                Ok::<(Reader, Writer), std::io::Error>((Box::new(r), Box::new(w)))
-            }
-            other => {
-                let port = other.port().unwrap_or(0);
-                let stream = match other {
-                    Address::Ipv4 { ip, .. } => tokio::net::TcpStream::connect((*ip, port)).await,
-                    Address::Ipv6 { ip, .. } => tokio::net::TcpStream::connect((*ip, port)).await,
-                    _ => tokio::net::TcpStream::connect((other.host().as_str(), port)).await,
-                }?;
-                stream.set_nodelay(true)?;
-                let (r, w) = stream.into_split();
-                Ok::<(Reader, Writer), std::io::Error>((Box::new(r), Box::new(w)))
-            }
-        }
-    };
-    match tokio::time::timeout(timeouts.connect, connecting).await {
-        Ok(Ok(halves)) => Ok(halves),
-        Ok(Err(err)) => Err(Failure::io("connect", &err)),
-        Err(_) => Err(Failure::new(
-            format!("connect: timed out after {:?}", timeouts.connect),
-            libc::ETIMEDOUT,
-        )),
-    }
-}
-
-/// Where a new connection finds the domain's credentials (`mcadmin auth`): read for each new
-/// connection, so a change applies without a restart.
-pub type CredentialSource =
-    Arc<dyn Fn() -> libmcshm::Result<Option<Credentials>> + Send + Sync + 'static>;
-
-/// memcached's ASCII authentication (`set` of "user password") on a new connection, before
-/// anything else is sent, when the domain has credentials.
-async fn authenticate(
-    reader: &mut Reader,
-    writer: &mut Writer,
-    credentials: &CredentialSource,
-    timeouts: Timeouts,
-) -> Result<(), Failure> {
-    let credentials = match credentials() {
-        Ok(Some(credentials)) => credentials,
-        Ok(None) => return Ok(()),
-        Err(err) => return Err(Failure::new(err.to_string(), libc::EACCES)),
-    };
-    let exchange = async {
-        writer.write_all(&credentials.request()).await?;
-        let mut answer = Vec::new();
-        let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\n") && answer.len() < 512 {
-            if reader.read(&mut byte).await? == 0 {
-                break;
-            }
-            answer.push(byte[0]);
-        }
-        Ok::<Vec<u8>, std::io::Error>(answer)
-    };
-    let answer = match tokio::time::timeout(timeouts.io, exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(err)) => return Err(Failure::io("authenticate", &err)),
-        Err(_) => {
-            return Err(Failure::new(
-                format!("authenticate: timed out after {:?}", timeouts.io),
-                libc::ETIMEDOUT,
-            ));
-        }
-    };
-    match answer.as_slice() {
-        b"STORED\r\n" => Ok(()),
-        other => Err(Failure::new(
-            format!(
-                "the server refused the credentials of user '{}' ({}): check them with `mcadmin auth`",
-                credentials.user,
-                String::from_utf8_lossy(other).trim_end()
-            ),
-            libc::EACCES,
-        )),
-    }
-}
-
-/// One server connection: batches queued requests into writes, hands replies back in order,
-/// and on any failure fails what it carried and ends (its queue closes with it).
-async fn connection(
-    address: Address,
-    timeouts: Timeouts,
-    credentials: CredentialSource,
-    mut jobs: mpsc::Receiver<Job>,
-    stats: Arc<ServerStats>,
-) {
-    let connected = async {
-        let (mut reader, mut writer) = connect(&address, timeouts).await?;
-        authenticate(&mut reader, &mut writer, &credentials, timeouts).await?;
-        Ok((reader, writer))
-    };
-    let (mut reader, mut writer) = match connected.await {
-        Ok(halves) => halves,
-        Err(failure) => return fail_all(&mut jobs, VecDeque::new(), failure),
-    };
-    stats.connections.fetch_add(1, Ordering::Relaxed);
-    let mut in_flight: VecDeque<(Frame, Reply, Instant)> = VecDeque::new();
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = Vec::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
-    // One timer for the connection, moved to the oldest request's deadline. (A new timer per
-    // request would be earlier than the runtime's next wake-up each time, and cost a wake-up
-    // write of the runtime's eventfd per request.)
-    let timer = tokio::time::sleep(timeouts.io);
-    tokio::pin!(timer);
-    let mut armed = None;
-    let mut closing = false;
-    let failure = loop {
-        if let Some((_, _, sent)) = in_flight.front() {
-            let deadline = *sent + timeouts.io;
-            if armed != Some(deadline) {
-                timer.as_mut().reset(deadline.into());
-                armed = Some(deadline);
-            }
-        }
-        tokio::select! {
-            job = jobs.recv(), if !closing && in_flight.len() < IN_FLIGHT => {
-                let Some(job) = job else {
-                    // The server left the table: answer what is in flight, then close.
-                    closing = true;
-                    if in_flight.is_empty() {
-                        break None;
+        let result = (|| {
+            if conn.connecting.is_some() {
+                match conn.stream.connected() {
+                    Ok(true) => {
+                        conn.connecting = None;
+                        conn.stats.connections.fetch_add(1, Ordering::Relaxed);
                     }
-                    continue;
-                };
-                batch.clear();
-                let now = Instant::now();
-                let mut next = Some(job);
-                while let Some(job) = next.take() {
-                    batch.extend_from_slice(&job.bytes);
-                    in_flight.push_back((job.frame, job.reply, now));
-                    if batch.len() < BATCH && in_flight.len() < IN_FLIGHT {
-                        next = jobs.try_recv().ok();
+                    Ok(false) => return Ok(()),
+                    Err(err) => return Err(Failure::io("connect", &err)),
+                }
+            }
+            if writable {
+                write_out(conn)?;
+            }
+            if readable {
+                read_in(conn, hup)?;
+                deliver_replies(conn, deliver)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Err(failure) => self.fail(key, failure, deliver),
+            Ok(()) if conn.closing && conn.in_flight.is_empty() => self.close(key),
+            Ok(()) => {}
+        }
+    }
+
+    /// The earliest moment a connection times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns
+            .iter()
+            .filter_map(|(_, conn)| match conn.connecting {
+                Some(deadline) if !conn.in_flight.is_empty() => Some(deadline),
+                Some(_) => None,
+                None => conn.in_flight.front().map(|w| w.sent + self.timeouts.io),
+            })
+            .min()
+    }
+
+    /// Fails the connections whose connect or oldest request timed out.
+    pub fn sweep(
+        &mut self,
+        now: Instant,
+        deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
+    ) {
+        let mut expired = Vec::new();
+        for (key, conn) in &self.conns {
+            match conn.connecting {
+                Some(deadline) if now >= deadline && !conn.in_flight.is_empty() => expired.push((
+                    key,
+                    Failure::new(
+                        format!("connect: timed out after {:?}", self.timeouts.connect),
+                        libc::ETIMEDOUT,
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    if conn
+                        .in_flight
+                        .front()
+                        .is_some_and(|w| now >= w.sent + self.timeouts.io)
+                    {
+                        expired.push((
+                            key,
+                            Failure::new(
+                                format!("no reply within {:?}", self.timeouts.io),
+                                libc::ETIMEDOUT,
+                            ),
+                        ));
                     }
                 }
-                if let Err(failure) = write_batch(&mut writer, &batch, timeouts.io).await {
-                    break Some(failure);
-                }
-            }
-            read = reader.read(&mut chunk) => {
-                match read {
-                    Ok(0) => break Some(Failure::new("the server closed the connection", libc::ECONNRESET)),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(err) => break Some(Failure::io("read", &err)),
-                }
-                if let Err(failure) = deliver(&mut buf, &mut in_flight) {
-                    break Some(failure);
-                }
-                if closing && in_flight.is_empty() {
-                    break None;
-                }
-            }
-            _ = &mut timer, if !in_flight.is_empty() => {
-                break Some(Failure::new(
-                    format!("no reply within {:?}", timeouts.io),
-                    libc::ETIMEDOUT,
-                ));
             }
         }
-    };
-    stats.connections.fetch_sub(1, Ordering::Relaxed);
-    if let Some(failure) = failure {
-        fail_all(&mut jobs, in_flight, failure);
+        for (key, failure) in expired {
+            self.fail(key, failure, deliver);
+        }
+    }
+
+    /// Ends connection `key`, failing every request it carried.
+    fn fail(
+        &mut self,
+        key: usize,
+        failure: Failure,
+        deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
+    ) {
+        let Some(mut conn) = self.remove(key) else {
+            return;
+        };
+        let now = Instant::now();
+        for waiter in conn.in_flight.drain(..) {
+            if let Deliver::Auth = waiter.to {
+                continue;
+            }
+            conn.stats.record(now - waiter.sent, false);
+            deliver(waiter.to, Err(&failure));
+        }
+    }
+
+    /// Ends connection `key`, which carries nothing.
+    fn close(&mut self, key: usize) {
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: usize) -> Option<Conn<D>> {
+        let mut conn = self.conns.try_remove(key)?;
+        let _ = self.registry.deregister(&mut conn.stream);
+        if conn.connecting.is_none() {
+            conn.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(route) = self.routes.get_mut(&conn.route) {
+            for slot in route.iter_mut().filter(|s| **s == Some(key)) {
+                *slot = None;
+            }
+        }
+        Some(conn)
+    }
+
+    /// Whether a request waits for a server.
+    pub fn busy(&self) -> bool {
+        self.conns.iter().any(|(_, c)| !c.in_flight.is_empty())
     }
 }
 
-/// Writes a batch; a timer only when the socket cannot take it at once (the common case
-/// needs none).
-async fn write_batch(writer: &mut Writer, batch: &[u8], limit: Duration) -> Result<(), Failure> {
-    let mut write = std::pin::pin!(writer.write_all(batch));
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    let result = match first {
-        Poll::Ready(result) => result,
-        Poll::Pending => match tokio::time::timeout(limit, write).await {
-            Ok(result) => result,
-            Err(_) => return Err(Failure::new("write: timed out", libc::ETIMEDOUT)),
-        },
+/// A connection to `address`, started (non-blocking).
+fn connect(address: &Address) -> Result<Stream, Failure> {
+    let stream = match address {
+        Address::Unix { path } => mio::net::UnixStream::connect(path).map(Stream::Unix),
+        other => {
+            let port = other.port().unwrap_or(0);
+            let target = match other {
+                Address::Ipv4 { ip, .. } => Ok(std::net::SocketAddr::from((*ip, port))),
+                Address::Ipv6 { ip, .. } => Ok(std::net::SocketAddr::from((*ip, port))),
+                _ => std::net::ToSocketAddrs::to_socket_addrs(&(other.host().as_str(), port))
+                    .and_then(|mut all| {
+                        all.next().ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
+                        })
+                    }),
+            };
+            target.and_then(mio::net::TcpStream::connect).map(|s| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            })
+        }
     };
-    result.map_err(|err| Failure::io("write", &err))
+    stream.map_err(|err| Failure::io("connect", &err))
 }
 
-/// Hands every complete reply in `buf` to its request.
-fn deliver(
-    buf: &mut Vec<u8>,
-    in_flight: &mut VecDeque<(Frame, Reply, Instant)>,
+/// Writes what the connection has queued, as far as the socket takes it.
+fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
+    if conn.connecting.is_some() {
+        return Ok(());
+    }
+    while conn.written < conn.out.len() {
+        match conn.stream.write(&conn.out[conn.written..]) {
+            Ok(0) => {
+                return Err(Failure::new(
+                    "write: the server closed the connection",
+                    libc::ECONNRESET,
+                ));
+            }
+            Ok(n) => conn.written += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Failure::io("write", &err)),
+        }
+    }
+    conn.out.clear();
+    conn.written = 0;
+    if conn.out.capacity() > 4 * READ_CHUNK {
+        conn.out = Vec::new();
+    }
+    Ok(())
+}
+
+/// Reads what the server sent, until the socket has no more (a short read says so, unless
+/// the event said the server closed: then to the end).
+fn read_in<D>(conn: &mut Conn<D>, hup: bool) -> Result<(), Failure> {
+    loop {
+        match conn.inbox.read_from(&mut conn.stream, READ_CHUNK) {
+            Ok((0, _)) => {
+                return Err(Failure::new(
+                    "the server closed the connection",
+                    libc::ECONNRESET,
+                ));
+            }
+            Ok((_, false)) if !hup => return Ok(()),
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Failure::io("read", &err)),
+        }
+    }
+}
+
+/// Hands every complete reply in the buffer to its waiter.
+fn deliver_replies<D>(
+    conn: &mut Conn<D>,
+    deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
 ) -> Result<(), Failure> {
-    let mut at = 0;
-    while at < buf.len() {
-        let Some((frame, _, _)) = in_flight.front() else {
+    let now = Instant::now();
+    loop {
+        let data = conn.inbox.data();
+        if data.is_empty() {
+            conn.inbox.shrink_when_empty(4 * READ_CHUNK);
+            return Ok(());
+        }
+        let Some(front) = conn.in_flight.front() else {
             return Err(Failure::new(
                 "the server sent a reply nobody asked for",
                 libc::EPROTO,
             ));
         };
-        match frame_len(*frame, &buf[at..]) {
-            Ok(Some(len)) => {
-                let (_, reply, _) = in_flight.pop_front().expect("checked above");
-                let _ = reply.send(Ok(buf[at..at + len].to_vec()));
-                at += len;
-            }
-            Ok(None) => break,
+        let len = match frame_len(front.frame, data) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Ok(()),
             Err(malformed) => return Err(Failure::new(malformed.0, libc::EPROTO)),
+        };
+        let waiter = conn.in_flight.pop_front().expect("checked above");
+        let reply = &data[..len];
+        match waiter.to {
+            Deliver::Auth if reply == b"STORED\r\n" => {}
+            Deliver::Auth => {
+                return Err(Failure::new(
+                    format!(
+                        "the server refused the credentials of user '{}' ({}): check them with `mcadmin auth`",
+                        conn.user,
+                        String::from_utf8_lossy(reply).trim_end()
+                    ),
+                    libc::EACCES,
+                ));
+            }
+            to => {
+                conn.stats
+                    .record(now.saturating_duration_since(waiter.sent), true);
+                deliver(to, Ok(reply));
+            }
         }
+        conn.inbox.consume(len);
     }
-    buf.drain(..at);
-    Ok(())
 }
 
-fn fail_all(
-    jobs: &mut mpsc::Receiver<Job>,
-    in_flight: VecDeque<(Frame, Reply, Instant)>,
-    failure: Failure,
-) {
-    jobs.close();
-    for (_, reply, _) in in_flight {
-        let _ = reply.send(Err(failure.clone()));
-    }
-    while let Ok(job) = jobs.try_recv() {
-        let _ = job.reply.send(Err(failure.clone()));
-    }
+/// How long the oldest request of a connection may still wait (for the loop's poll timeout).
+pub fn remaining(deadline: Instant, now: Instant) -> Duration {
+    deadline.saturating_duration_since(now)
 }
