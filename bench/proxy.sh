@@ -6,7 +6,7 @@
 # straight to one memcached (the "direct connection"), and with the libmcshm client in-process
 # (the direct libmcshm path). Then each proxy's CPU per 100 000 requests.
 # Needs memcached and nutcracker (apt-get install -y memcached nutcracker).
-# Usage: bench/proxy.sh   [SECS=5 per cell] [OPS="get set mget10"] [CONNS="1 16 64"]
+# Usage: bench/proxy.sh   [SECS=5 per cell] [ROUNDS=3] [OPS="get set mget10"] [CONNS="1 16 64"]
 # Figures are printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,32 +45,53 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$nut_port) 2>/dev/null && br
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-echo "2 memcached (${servers[*]}), mcproxy on $mcproxy_addr (2 server connections, $(nproc) threads),"
-echo "twemproxy on 127.0.0.1:$nut_port (ketama md5, 2 server connections); ${SECS}s per cell, $(nproc) cores"
+echo "2 memcached (${servers[*]}), mcproxy on $mcproxy_addr (default threads and server connections),"
+echo "twemproxy on 127.0.0.1:$nut_port (ketama md5, 2 server connections); ${SECS}s per cell, $(nproc) cores,"
+echo "${ROUNDS:=3} rounds with the paths interleaved: each figure is the median of its rounds"
 echo
-printf '| op | conns | path | req/s | p50 µs | p99 µs | proxy CPU s / 100k req |\n|---|---|---|---|---|---|---|\n'
+results=$work/results
 for op in ${OPS:-get set mget10}; do
     for conns in ${CONNS:-1 16 64}; do
-        for path in direct libmcshm mcproxy twemproxy; do
-            case $path in
-                direct) args=(--target "${servers[0]}"); pid= ;;
-                libmcshm) args=(--domain "$work:bench"); pid= ;;
-                mcproxy) args=(--target "$mcproxy_addr"); pid=$mcproxy ;;
-                twemproxy) args=(--target "127.0.0.1:$nut_port"); pid=$nutcracker ;;
-            esac
-            before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-            out=$("$LOADGEN" "${args[@]}" --op $op --conns $conns --seconds "$SECS" --depth "${DEPTH:-1}")
-            cpu=-
-            if [ -n "$pid" ]; then
-                # (Includes the populate phase's requests, which are counted too.)
-                used=$(( $(cpu_ticks "$pid") - before ))
-                requests=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$out")
-                cpu=$(awk -v t="$used" -v hz="$hz" -v r="$requests" 'BEGIN {printf "%.3f", t / hz / ((r + 10000) / 100000)}')
-            fi
-            rps=$(sed 's/.*"rps":\([0-9]*\).*/\1/' <<<"$out")
-            p50=$(sed 's/.*"p50_us":\([0-9]*\).*/\1/' <<<"$out")
-            p99=$(sed 's/.*"p99_us":\([0-9]*\).*/\1/' <<<"$out")
-            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$op" "$conns" "$path" "$rps" "$p50" "$p99" "$cpu"
+        for round in $(seq "$ROUNDS"); do
+            for path in direct libmcshm mcproxy twemproxy; do
+                case $path in
+                    direct) args=(--target "${servers[0]}"); pid= ;;
+                    libmcshm) args=(--domain "$work:bench"); pid= ;;
+                    mcproxy) args=(--target "$mcproxy_addr"); pid=$mcproxy ;;
+                    twemproxy) args=(--target "127.0.0.1:$nut_port"); pid=$nutcracker ;;
+                esac
+                before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+                out=$("$LOADGEN" "${args[@]}" --op $op --conns $conns --seconds "$SECS" --depth "${DEPTH:-1}")
+                cpu=-
+                if [ -n "$pid" ]; then
+                    # (Includes the populate phase's requests, which are counted too.)
+                    used=$(( $(cpu_ticks "$pid") - before ))
+                    requests=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$out")
+                    cpu=$(awk -v t="$used" -v hz="$hz" -v r="$requests" 'BEGIN {printf "%.3f", t / hz / ((r + 10000) / 100000)}')
+                fi
+                rps=$(sed 's/.*"rps":\([0-9]*\).*/\1/' <<<"$out")
+                p50=$(sed 's/.*"p50_us":\([0-9]*\).*/\1/' <<<"$out")
+                p99=$(sed 's/.*"p99_us":\([0-9]*\).*/\1/' <<<"$out")
+                echo "$op $conns $path $rps $p50 $p99 $cpu" >> "$results"
+            done
         done
     done
 done
+python3 - "$results" <<'PY'
+import statistics, sys
+cells = {}
+for line in open(sys.argv[1]):
+    op, conns, path, *figures = line.split()
+    cells.setdefault((op, conns, path), []).append(figures)
+print("| op | conns | path | req/s | p50 µs | p99 µs | proxy CPU s / 100k req | CPU vs twemproxy |")
+print("|---|---|---|---|---|---|---|---|")
+def median(rows, i):
+    values = [float(r[i]) for r in rows if r[i] != "-"]
+    return statistics.median(values) if values else None
+for (op, conns, path), rows in cells.items():
+    rps, p50, p99, cpu = (median(rows, i) for i in range(4))
+    twem = median(cells[(op, conns, "twemproxy")], 3)
+    ratio = f"{cpu / twem:.2f}" if cpu is not None and path == "mcproxy" and twem else ""
+    shown = f"{cpu:.3f}" if cpu is not None else "-"
+    print(f"| {op} | {conns} | {path} | {rps:.0f} | {p50:.0f} | {p99:.0f} | {shown} | {ratio} |")
+PY

@@ -459,3 +459,107 @@ fn a_multi_get_asks_every_server_before_reading_any_reply() {
     );
     assert!(result.errors.is_empty(), "{:?}", result.errors);
 }
+
+/// The fanned-out multi-get (every server's share pipelined at once, in windows) answers as
+/// one get per key does: the same value for every key, over many windows per server; and with
+/// one server frozen, the same keys missing, that server named once as the error, and the
+/// others' keys all there, after about one timeout (not one per key or per window).
+#[test]
+fn a_fanned_out_multi_get_answers_as_serial_gets_do_even_with_a_server_frozen() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let reg = Reg::new();
+    let mut add = vec!["add".to_string(), "--no-flush".to_string()];
+    add.extend(servers.iter().map(Memcached::address));
+    let add: Vec<&str> = add.iter().map(String::as_str).collect();
+    reg.ok("fan", &add);
+    // Failures do not mark the frozen server down: both reads see the same table.
+    reg.ok(
+        "fan",
+        &["policy", "--failover", "none", "--failure-limit", "255"],
+    );
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        io: Duration::from_millis(400),
+    };
+    let mut c = Client::for_domain(reg.dir(), &Domain::new("fan").unwrap(), timeouts).unwrap();
+    // 20 000 keys: each server's share of gets is several pipeline windows.
+    let keys: Vec<String> = (0..20_000).map(|i| format!("fan:{i}")).collect();
+    let values: Vec<Vec<u8>> = (0..20_000)
+        .map(|i| format!("v{i}").repeat(5).into_bytes())
+        .collect();
+    // Every third key is never stored: misses are part of the answer too.
+    let items: Vec<StoreItem> = keys
+        .iter()
+        .zip(&values)
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, (k, v))| StoreItem {
+            key: k.as_bytes(),
+            value: v,
+            flags: 7,
+            ttl: 0,
+        })
+        .collect();
+    assert!(
+        c.store_many(StoreVerb::Set, &items)
+            .unwrap()
+            .iter()
+            .all(|r| matches!(r, Ok(Stored::Stored)))
+    );
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let fanned = c.get_many(&refs, false).unwrap();
+    assert!(fanned.errors.is_empty(), "{:?}", fanned.errors);
+    let by_key: std::collections::HashMap<&[u8], &libmcshm::Item> =
+        fanned.items.iter().map(|i| (i.key.as_slice(), i)).collect();
+    assert_eq!(fanned.items.len(), by_key.len(), "no key twice");
+    for key in &refs {
+        let serial = c.get(key).unwrap();
+        assert_eq!(
+            serial.as_ref().map(|i| (&i.value, i.flags)),
+            by_key.get(key).map(|i| (&i.value, i.flags))
+        );
+    }
+
+    let frozen = &servers[1];
+    let frozen_addr = Address::parse(&frozen.address()).unwrap();
+    frozen.freeze();
+    let started = Instant::now();
+    let fanned = c.get_many(&refs, false).unwrap();
+    let took = started.elapsed();
+    frozen.signal(libc::SIGCONT);
+    assert_eq!(fanned.errors.len(), 1, "{:?}", fanned.errors);
+    assert_eq!(fanned.errors[0].0, frozen_addr);
+    assert!(
+        took < Duration::from_secs(3),
+        "one timeout, not one per window: {took:?}"
+    );
+    let by_key: std::collections::HashMap<&[u8], &libmcshm::Item> =
+        fanned.items.iter().map(|i| (i.key.as_slice(), i)).collect();
+    let mut frozen_keys = 0;
+    for (i, key) in refs.iter().enumerate() {
+        let owner = c.server_for(key).unwrap();
+        if *owner == frozen_addr {
+            frozen_keys += 1;
+            assert!(
+                !by_key.contains_key(key),
+                "a frozen server's key is not answered"
+            );
+        } else {
+            let expected = (i % 3 != 0).then(|| values[i].as_slice());
+            assert_eq!(by_key.get(key).map(|i| i.value.as_slice()), expected);
+        }
+    }
+    assert!(frozen_keys > 1000, "the frozen server owned its share");
+    // A get of one of its keys fails as the multi-get said.
+    let key = refs
+        .iter()
+        .find(|k| *c.server_for(k).unwrap() == frozen_addr)
+        .unwrap();
+    frozen.freeze();
+    let serial = c.get(key);
+    frozen.signal(libc::SIGCONT);
+    assert!(
+        matches!(serial, Err(Error::Network { ref server, .. }) if *server == frozen_addr.to_string()),
+        "{serial:?}"
+    );
+}

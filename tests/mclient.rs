@@ -159,25 +159,53 @@ fn bad_input_is_exit_2_and_nothing_is_sent() {
     }
 }
 
+/// 100 000 keys through bulk-set and back through bulk-get over three servers, byte-exact
+/// (values with newlines, CR, NUL and high bytes); with `--json`, one array of every key's row
+/// in input order, misses included.
 #[test]
-fn bulk_mode_pipelines_many_keys_in_one_process() {
-    let (a, b) = (Memcached::start(), Memcached::start());
-    let servers = format!("{},{}", a.address(), b.address());
+fn bulk_mode_round_trips_100_000_keys_over_three_servers() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let list: Vec<String> = servers.iter().map(Memcached::address).collect();
+    let list = list.join(",");
     let mut records = Vec::new();
-    for i in 0..5000 {
-        let value = format!("value\n{i}");
+    let mut keys = String::new();
+    for i in 0..100_000u32 {
+        let mut value = format!("value\n{i}\r\n").into_bytes();
+        value.extend_from_slice(&[0, 0xff, (i % 251) as u8]);
         records.extend_from_slice(format!("key{i} {} {}\n", i % 3, value.len()).as_bytes());
-        records.extend_from_slice(value.as_bytes());
+        records.extend_from_slice(&value);
         records.push(b'\n');
+        keys.push_str(&format!("key{i}\n"));
     }
-    let out = run(&servers, &["bulk-set"], &records);
+    let out = run(&list, &["bulk-set"], &records);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(stdout(&out), "stored 5000, failed 0\n");
-    let keys: String = (0..5000).map(|i| format!("key{i}\n")).collect();
-    let out = run(&servers, &["bulk-get"], keys.as_bytes());
+    assert_eq!(stdout(&out), "stored 100000, failed 0\n");
+    let out = run(&list, &["bulk-get"], keys.as_bytes());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(out.stdout, records, "bulk-get writes what bulk-set reads");
-    assert!(a.stat("curr_items") > 1000 && b.stat("curr_items") > 1000);
+    assert!(out.stdout == records, "bulk-get writes what bulk-set reads");
+    for server in &servers {
+        assert!(
+            server.stat("curr_items") > 20_000,
+            "each server holds its share"
+        );
+    }
+    // JSON: every key in input order, a miss as a miss (exit 1: not every key was found).
+    let out = run(
+        &list,
+        &["--json", "bulk-get"],
+        b"key7\nnot-there\nkey99999\n",
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["key"], "key7");
+    assert_eq!(rows[0]["flags"], 1);
+    assert_eq!(
+        rows[1],
+        serde_json::json!({"key": "not-there", "miss": true})
+    );
+    assert_eq!(rows[2]["key"], "key99999");
 }
 
 #[test]

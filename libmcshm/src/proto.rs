@@ -135,8 +135,8 @@ impl Request<'_> {
                 match (touch, cas) {
                     (None, false) => out.extend_from_slice(b"get"),
                     (None, true) => out.extend_from_slice(b"gets"),
-                    (Some(t), false) => out.extend_from_slice(format!("gat {t}").as_bytes()),
-                    (Some(t), true) => out.extend_from_slice(format!("gats {t}").as_bytes()),
+                    (Some(t), false) => write_fmt(out, format_args!("gat {t}")),
+                    (Some(t), true) => write_fmt(out, format_args!("gats {t}")),
                 }
                 for key in *keys {
                     debug_assert!(check_key(key).is_ok());
@@ -157,9 +157,9 @@ impl Request<'_> {
                 out.push(b' ');
                 out.extend_from_slice(prefix);
                 out.extend_from_slice(key);
-                out.extend_from_slice(format!(" {flags} {exptime} {}", value.len()).as_bytes());
+                write_fmt(out, format_args!(" {flags} {exptime} {}", value.len()));
                 if let StoreVerb::Cas(unique) = verb {
-                    out.extend_from_slice(format!(" {unique}").as_bytes());
+                    write_fmt(out, format_args!(" {unique}"));
                 }
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(value);
@@ -212,6 +212,11 @@ impl Request<'_> {
 }
 
 /// `verb PREFIXKEY[ arg]`: `key` is the prefix and the key.
+/// Formats into a request buffer without an intermediate string.
+fn write_fmt(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    let _ = std::io::Write::write_fmt(out, args);
+}
+
 fn line(out: &mut Vec<u8>, verb: &[u8], [prefix, key]: [&[u8]; 2], arg: &str) {
     debug_assert!(check_key(key).is_ok());
     out.extend_from_slice(verb);

@@ -6,17 +6,16 @@
 
 #[path = "../../src/bin_common.rs"]
 mod bin_common;
+mod bulk;
 mod cli;
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use libmcshm::{
-    Address, Client, Domain, ErrorKind, Item, MarkedDown, StoreItem, StoreVerb, Stored, Timeouts,
-};
+use libmcshm::{Address, Client, Domain, ErrorKind, Item, MarkedDown, StoreVerb, Stored, Timeouts};
 use serde_json::{Value, json};
 
 use bin_common::UsageError;
@@ -24,7 +23,7 @@ use cli::{Cli, StoreArgs, Verb};
 
 /// Exit codes (documented in `--help` and mclient(1)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Exit {
+pub(crate) enum Exit {
     Success = 0,
     No = 1,
     BadInput = 2,
@@ -181,30 +180,8 @@ fn run(cli: &Cli) -> Result<Exit> {
             emit(cli, Value::Array(rows), &out)?;
             Ok(Exit::Success)
         }
-        Verb::BulkGet => {
-            let mut keys = Vec::new();
-            let mut bad = 0;
-            for (n, line) in io::stdin().lock().lines().enumerate() {
-                let line = line.context("cannot read keys from stdin")?;
-                if line.is_empty() {
-                    continue;
-                }
-                // A bad key is reported on its line and left out; the batch goes on.
-                match libmcshm::proto::check_key(line.as_bytes()) {
-                    Ok(()) => keys.push(line),
-                    Err(why) => {
-                        eprintln!("mclient: line {}: invalid key '{line}': {why}", n + 1);
-                        bad += 1;
-                    }
-                }
-            }
-            let exit = get_many(cli, &mut client, &keys, false)?;
-            Ok(match exit {
-                Exit::Success if bad > 0 => Exit::No,
-                other => other,
-            })
-        }
-        Verb::BulkSet { ttl } => bulk_set(cli, &mut client, *ttl),
+        Verb::BulkGet => bulk::get(cli, &mut client),
+        Verb::BulkSet { ttl } => bulk::set(cli, &mut client, *ttl),
         Verb::Completions { .. } => unreachable!("handled above"),
     }
 }
@@ -262,7 +239,7 @@ fn get_many(cli: &Cli, client: &mut Client, keys: &[String], cas: bool) -> Resul
     })
 }
 
-fn item_json(item: &Item) -> Value {
+pub(crate) fn item_json(item: &Item) -> Value {
     let mut value = json!({"key": String::from_utf8_lossy(&item.key), "flags": item.flags});
     match std::str::from_utf8(&item.value) {
         Ok(text) => value["value"] = json!(text),
@@ -352,90 +329,6 @@ fn arith(cli: &Cli, key: &str, result: Option<u64>) -> Result<Exit> {
     }
 }
 
-/// Reads `KEY FLAGS LENGTH\n<bytes>\n` records from stdin and stores them pipelined.
-fn bulk_set(cli: &Cli, client: &mut Client, ttl: i64) -> Result<Exit> {
-    let mut input = Vec::new();
-    io::stdin()
-        .lock()
-        .read_to_end(&mut input)
-        .context("cannot read records from stdin")?;
-    let records = parse_records(&input)?;
-    let items: Vec<StoreItem> = records
-        .iter()
-        .map(|(key, flags, value)| StoreItem {
-            key,
-            value,
-            flags: *flags,
-            ttl,
-        })
-        .collect();
-    let results = client.store_many(StoreVerb::Set, &items)?;
-    let (mut stored, mut failed) = (0, 0);
-    for (item, result) in items.iter().zip(&results) {
-        match result {
-            Ok(Stored::Stored) => stored += 1,
-            Ok(other) => {
-                failed += 1;
-                eprintln!("mclient: {}: {other:?}", String::from_utf8_lossy(item.key));
-            }
-            Err(err) => {
-                failed += 1;
-                eprintln!("mclient: {}: {err}", String::from_utf8_lossy(item.key));
-            }
-        }
-    }
-    report(
-        cli,
-        json!({"stored": stored, "failed": failed}),
-        &format!("stored {stored}, failed {failed}"),
-    )?;
-    let errors = results.iter().any(Result::is_err);
-    Ok(if errors {
-        Exit::Failure
-    } else if failed > 0 {
-        Exit::No
-    } else {
-        Exit::Success
-    })
-}
-
-/// One input record of bulk-set: key, flags, value.
-type Record<'a> = (Vec<u8>, u32, &'a [u8]);
-
-/// Parses records: `KEY FLAGS LENGTH [CAS]\n<LENGTH bytes>\n`; errors name the record.
-fn parse_records(input: &[u8]) -> Result<Vec<Record<'_>>> {
-    let mut records = Vec::new();
-    let mut rest = input;
-    while !rest.is_empty() {
-        let n = records.len() + 1;
-        let bad = |why: &str| {
-            UsageError(format!(
-                "record {n}: {why} (expected KEY FLAGS LENGTH, a newline, LENGTH bytes, a newline)"
-            ))
-        };
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| bad("no newline after the header"))?;
-        let header = std::str::from_utf8(&rest[..end]).map_err(|_| bad("header is not text"))?;
-        let fields: Vec<&str> = header.split(' ').collect();
-        if !(3..=4).contains(&fields.len()) {
-            bail!(bad("header needs 3 or 4 fields"));
-        }
-        let flags: u32 = fields[1].parse().map_err(|_| bad("bad FLAGS"))?;
-        let len: usize = fields[2].parse().map_err(|_| bad("bad LENGTH"))?;
-        let body = &rest[end + 1..];
-        if body.len() < len + 1 || body[len] != b'\n' {
-            bail!(bad(
-                "value shorter than LENGTH or not followed by a newline"
-            ));
-        }
-        records.push((fields[0].as_bytes().to_vec(), flags, &body[..len]));
-        rest = &body[len + 1..];
-    }
-    Ok(records)
-}
-
 /// Prints one result per server: `show` gives its JSON value and its text (errors go to stderr).
 fn per_server<T>(
     cli: &Cli,
@@ -475,7 +368,7 @@ fn stats_text(server: &Address, stats: libmcshm::client::Stats) -> (Value, Strin
 }
 
 /// Prints one line of text (or the JSON document).
-fn report(cli: &Cli, json: Value, text: &str) -> Result<()> {
+pub(crate) fn report(cli: &Cli, json: Value, text: &str) -> Result<()> {
     let mut line = text.as_bytes().to_vec();
     line.push(b'\n');
     emit(cli, json, &line)

@@ -113,7 +113,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub shutdown_timeout: u64,
 
-    /// Worker threads [default: the number of CPUs]
+    /// Worker threads, each one event loop with its own server connections [default: half the
+    /// CPUs, at least one: the other half is the application's and memcached's]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }

@@ -98,7 +98,7 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
         shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
         threads: match cli.threads {
             Some(n) => positive("threads", n)?,
-            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         },
     })
 }

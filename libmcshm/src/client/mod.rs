@@ -390,10 +390,13 @@ impl Client {
         // a read): their owner asked again if the table changed during the batch (a drain may
         // have moved them there), then the plan's fills (warm-up, drain).
         let changed = self.router.refresh().is_ok() && self.router.snapshot().version != version;
-        let hit: HashSet<&[u8]> = result.items.iter().map(|i| i.key.as_slice()).collect();
         let mut filled = Vec::new();
         let now = crate::registry::now_ms();
         let fills = self.router.fills_possible(now);
+        let hit: HashSet<&[u8]> = match changed || fills {
+            true => result.items.iter().map(|i| i.key.as_slice()).collect(),
+            false => HashSet::new(),
+        };
         for (key, first) in owners {
             if hit.contains(key) || failed.contains_key(&first) || !(changed || fills) {
                 continue;
@@ -628,18 +631,27 @@ impl Client {
                 results[n] = Some(Err(self.router.down_error(owner)));
             }
         }
-        for (server, members) in groups {
-            let requests: Vec<Request> = members
-                .iter()
-                .map(|&n| Request::Store {
-                    verb,
-                    key: items[n].key,
-                    flags: items[n].flags,
-                    exptime: items[n].ttl,
-                    value: items[n].value,
-                })
-                .collect();
-            match self.pipeline(server, &requests) {
+        // Every server's share is pipelined at once (see `pipelines`).
+        let groups: Vec<(usize, Vec<usize>)> = groups.into_iter().collect();
+        let requests: Vec<(usize, Vec<Request>)> = groups
+            .iter()
+            .map(|(server, members)| {
+                let requests = members
+                    .iter()
+                    .map(|&n| Request::Store {
+                        verb,
+                        key: items[n].key,
+                        flags: items[n].flags,
+                        exptime: items[n].ttl,
+                        value: items[n].value,
+                    })
+                    .collect();
+                (*server, requests)
+            })
+            .collect();
+        let outcomes = self.pipelines(&requests);
+        for ((server, members), outcome) in groups.into_iter().zip(outcomes) {
+            match outcome {
                 Ok(replies) => {
                     for (n, reply) in members.into_iter().zip(replies) {
                         let outcome = self.stored(server, reply);

@@ -43,10 +43,13 @@ impl Client {
         results
     }
 
-    /// Several servers' pipelines at once: every group that fits the pipeline window is sent
-    /// before any reply is read, so the servers work (and their round trips pass) together, as
-    /// libmemcached's mget does; a larger group then runs as its own windowed pipeline. One
-    /// result per group, in order; each outcome counts for or against its server.
+    /// Several servers' pipelines at once, as libmemcached's mget works: every server is sent
+    /// its first window of requests ([`PIPELINE_WINDOW`] bytes, at least one request) before
+    /// any reply is read; then, server by server in turn, the replies to its window are read
+    /// and its next window sent at once, so each server works on its next window while the
+    /// others' replies are read (never more than one window unread per server, which its
+    /// socket buffers hold). One result per group, in order; each outcome counts for or
+    /// against its server.
     pub(super) fn pipelines(
         &mut self,
         groups: &[(usize, Vec<Request<'_>>)],
@@ -59,44 +62,83 @@ impl Client {
         }
         let snapshot = self.router.snapshot().clone();
         let prefix = snapshot.policy.prefix;
-        let mut bytes = Vec::new();
-        // Phase 1: send every small group whole (Some: sent, or its error).
-        let mut sent: Vec<Option<Result<(), ConnError>>> = Vec::with_capacity(groups.len());
-        for (server, requests) in groups {
-            bytes.clear();
-            for request in requests {
-                request.encode_prefixed(&mut bytes, prefix.as_bytes());
-            }
-            if bytes.len() > PIPELINE_WINDOW {
-                sent.push(None);
-                continue;
-            }
+        let mut replies: Vec<Vec<Reply>> = groups
+            .iter()
+            .map(|(_, requests)| Vec::with_capacity(requests.len()))
+            .collect();
+        let mut errors: Vec<Option<ConnError>> = groups.iter().map(|_| None).collect();
+        // Where each server's window in flight ends (its requests before it are sent).
+        let mut window_end = vec![0; groups.len()];
+        for (n, (server, requests)) in groups.iter().enumerate() {
             let address = &snapshot.servers[*server].address;
-            sent.push(Some(self.send_bytes(address, &bytes)));
+            match self.send_window(address, requests, 0, &prefix) {
+                Ok(end) => window_end[n] = end,
+                Err(err) => errors[n] = Some(err),
+            }
         }
-        // Phase 2: read their replies; then the large groups, one windowed pipeline each.
-        let mut results = Vec::with_capacity(groups.len());
-        for ((server, requests), sent) in groups.iter().zip(sent) {
-            let address = &snapshot.servers[*server].address;
-            let result = match sent {
-                None => self.pipeline(*server, requests),
-                Some(sent) => {
-                    let received = sent.and_then(|()| {
-                        let conn = self.conns.get_mut(address).expect("connected to send");
-                        let mut replies = Vec::with_capacity(requests.len());
-                        for request in requests {
-                            let mut reply = conn.receive(request.expects())?;
-                            unprefix(&mut reply, &prefix);
-                            replies.push(reply);
-                        }
-                        Ok(replies)
-                    });
-                    self.outcome(*server, address, received)
+        loop {
+            let mut waiting = false;
+            for (n, (server, requests)) in groups.iter().enumerate() {
+                if errors[n].is_some() || replies[n].len() == window_end[n] {
+                    continue;
                 }
+                waiting = true;
+                let address = &snapshot.servers[*server].address;
+                let conn = self.conns.get_mut(address).expect("connected to send");
+                for request in &requests[replies[n].len()..window_end[n]] {
+                    match conn.receive(request.expects()) {
+                        Ok(mut reply) => {
+                            unprefix(&mut reply, &prefix);
+                            replies[n].push(reply);
+                        }
+                        Err(err) => {
+                            errors[n] = Some(err);
+                            break;
+                        }
+                    }
+                }
+                if errors[n].is_none() && window_end[n] < requests.len() {
+                    match self.send_window(address, requests, window_end[n], &prefix) {
+                        Ok(end) => window_end[n] = end,
+                        Err(err) => errors[n] = Some(err),
+                    }
+                }
+            }
+            if !waiting {
+                break;
+            }
+        }
+        let mut results = Vec::with_capacity(groups.len());
+        for ((server, _), (replies, error)) in groups.iter().zip(replies.into_iter().zip(errors)) {
+            let address = &snapshot.servers[*server].address;
+            let received = match error {
+                Some(err) => Err(err),
+                None => Ok(replies),
             };
-            results.push(result);
+            results.push(self.outcome(*server, address, received));
         }
         results
+    }
+
+    /// Sends the window of `requests` that starts at `start` (at least one request, at most
+    /// [`PIPELINE_WINDOW`] bytes beyond it); where it ends.
+    fn send_window(
+        &mut self,
+        address: &Address,
+        requests: &[Request<'_>],
+        start: usize,
+        prefix: &KeyPrefix,
+    ) -> Result<usize, ConnError> {
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        let mut end = start;
+        while end < requests.len() && (end == start || bytes.len() < PIPELINE_WINDOW) {
+            requests[end].encode_prefixed(&mut bytes, prefix.as_bytes());
+            end += 1;
+        }
+        let sent = self.send_bytes(address, &bytes);
+        self.scratch = bytes;
+        sent.map(|()| end)
     }
 
     /// Sends `bytes` to `address` (connecting first if need be).
