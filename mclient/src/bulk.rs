@@ -210,3 +210,18 @@ fn parse_records(input: &[u8]) -> Result<Vec<Record<'_>>> {
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn records_parse_and_refuse_garbage() {
+        let records = super::parse_records(b"a 1 3\nx\ny\nbb 0 0\n\n").unwrap();
+        assert_eq!(
+            records,
+            [(&b"a"[..], 1, &b"x\ny"[..]), (&b"bb"[..], 0, &b""[..])]
+        );
+        assert!(super::parse_records(b"a 1 5\nxx\n").is_err());
+        assert!(super::parse_records(b"a x 1\nx\n").is_err());
+        assert!(super::parse_records(b"a 1 1 2 3\nx\n").is_err());
+    }
+}
