@@ -3,11 +3,14 @@
 //! server table, failure view and rejoin rules with no code change. Point the client at the
 //! proxy's address; `mcproxy(8)` is the manual.
 //!
-//! Modules, from the bytes up: [`command`] (what clients send, sans I/O), [`reply`] (framing
-//! what servers answer, sans I/O), [`upstream`] (shared, pipelined server connections),
-//! [`service`] (one domain: routing by libmcshm's [`Router`](libmcshm::client::Router), the
-//! same decisions as the blocking client), [`session`] (one client connection), [`stats`].
-//! This crate is the only one that links tokio; libmcshm's blocking path links none of it.
+//! Modules, from the bytes up: [`command`] and [`binary`] (what clients send, sans I/O),
+//! [`reply`] (framing what servers answer, sans I/O), [`worker`] (one event loop per thread,
+//! owning everything below it), [`session`] (one client connection and its reply slots),
+//! [`upstream`] (the worker's server connections), [`service`] (one domain: routing by
+//! libmcshm's [`Router`](libmcshm::client::Router), the same decisions as the blocking
+//! client, executed directly or as [`jobs`]), [`stats`]. Requests never cross threads; tokio
+//! runs only on the main thread (signals, the metrics page), and libmcshm's blocking path links
+//! none of it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

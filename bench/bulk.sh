@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# mclient bulk-set and bulk-get of N keys (100-byte values) over three local memcached
+# servers, process start included, beside the anchor in the same run: the library's own
+# pipelined multi-get on one connection (libmcshm/examples/throughput.rs). Also the CPU the
+# servers and mclient used: on a 2-core machine the sum is the bound.
+# Needs memcached. Usage: bench/bulk.sh   [N=100000] [ROUNDS=3]. Printed, never asserted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-100000}
+ROUNDS=${ROUNDS:-3}
+command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
+cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p libmcshm --example throughput
+. bench/lib.sh
+work=$(mktemp -d)
+pids=(); servers=()
+trap bench_cleanup EXIT
+start_memcached 3 -m 512
+target/release/mcadmin --dir "$work" --domain bulk add --no-flush "${servers[@]}" > /dev/null
+value=$(head -c 100 /dev/zero | tr '\0' v)
+seq 0 $((N - 1)) | awk -v v="$value" '{printf "key:%s 0 100\n%s\n", $1, v}' > "$work/records"
+seq 0 $((N - 1)) | sed 's/^/key:/' > "$work/keys"
+mclient=(target/release/mclient --dir "$work" --domain bulk)
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+hz=$(getconf CLK_TCK)
+run() { # run NAME INPUT: wall seconds, mclient CPU seconds, servers' CPU seconds
+    local before s e
+    before=$(ticks "${pids[@]}")
+    s=$(date +%s%N)
+    /usr/bin/time -f '%U %S' -o "$work/time" "${mclient[@]}" "$1" < "$2" > "$work/out"
+    e=$(date +%s%N)
+    awk -v w=$((e - s)) -v t="$(cat "$work/time")" -v srv=$(( $(ticks "${pids[@]}") - before )) -v hz="$hz" \
+        'BEGIN {split(t, c, " "); printf "%.3f %.3f %.3f\n", w / 1e9, c[1] + c[2], srv / hz}'
+}
+echo "3 memcached (${servers[*]}), $N keys of 100 bytes, $ROUNDS rounds (medians), $(nproc) cores"
+for round in $(seq "$ROUNDS"); do
+    echo "set $(run bulk-set "$work/records")" >> "$work/results"
+    echo "get $(run bulk-get "$work/keys")" >> "$work/results"
+    cmp -s "$work/out" "$work/records" || echo "bulk-get did not return what bulk-set stored" >&2
+done
+python3 - "$work/results" "$N" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    verb, *figures = line.split()
+    rows.setdefault(verb, []).append([float(f) for f in figures])
+n = int(sys.argv[2])
+print("| mclient | wall s | keys/s | mclient CPU s | servers' CPU s |")
+print("|---|---|---|---|---|")
+for verb, runs in rows.items():
+    wall, mine, servers = (statistics.median(r[i] for r in runs) for i in range(3))
+    print(f"| bulk-{verb} | {wall:.3f} | {n / wall:,.0f} | {mine:.3f} | {servers:.3f} |")
+PY
+printf '\nanchor, the library in-process on one connection: '
+target/release/examples/throughput "${servers[0]}" multiget 10000 20
