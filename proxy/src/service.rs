@@ -4,8 +4,9 @@
 //! worker's server connections ([`Net`]), and answered in memcached's words.
 //!
 //! The router belongs to the worker's thread: a decision takes no lock. Its answers are plans
-//! ([`ReadPlan`], [`WritePlan`](libmcshm::client::WritePlan)) that name servers by id, so a decision and its report may
-//! straddle a table change (a server removed meanwhile is not reported).
+//! ([`ReadPlan`], [`WritePlan`](libmcshm::client::WritePlan)) that name servers by id, so a
+//! decision and its report may straddle a table change (a server removed meanwhile is not
+//! reported).
 //!
 //! Two ways to execute a plan. The common shapes (one key, one server, nothing to fill or
 //! invalidate: a get on an up owner, a write without replicas) are **direct**: the request is
