@@ -206,6 +206,21 @@ fn bulk_mode_round_trips_100_000_keys_over_three_servers() {
         serde_json::json!({"key": "not-there", "miss": true})
     );
     assert_eq!(rows[2]["key"], "key99999");
+    // A malformed record stops the load; the records before it are stored.
+    let out = run(
+        &list,
+        &["bulk-set"],
+        b"new1 0 1\nx\nnew2 0 1\ny\nnew3 0 5\nz\n",
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("record 3: ")
+            && stderr(&out).contains("the 2 records before it are stored"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&list, &["bulk-get"], b"new1\nnew2\nnew3\n");
+    assert_eq!(stdout(&out), "new1 0 1\nx\nnew2 0 1\ny\n");
 }
 
 #[test]

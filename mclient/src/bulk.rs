@@ -4,7 +4,7 @@
 //! so 100 000 keys cost about as much as the network needs, process start included.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Write};
 
 use anyhow::{Context, Result, bail};
 use libmcshm::{Client, Item, StoreItem, StoreVerb, Stored};
@@ -120,42 +120,45 @@ fn fetch(
     Ok(())
 }
 
-/// `bulk-set`: `KEY FLAGS LENGTH\n<bytes>\n` records from stdin, all checked before any is
-/// stored (a malformed record stores nothing), then stored pipelined.
+/// `bulk-set`: `KEY FLAGS LENGTH [CAS]\n<bytes>\n` records from stdin, stored in batches as
+/// they are read (each batch checked whole before any of it is sent, then pipelined to every
+/// server at once). A malformed record stops the load: the records before it are stored, and
+/// the error says how many.
 pub fn set(cli: &Cli, client: &mut Client, ttl: i64) -> Result<Exit> {
-    let mut input = Vec::new();
-    io::stdin()
-        .lock()
-        .read_to_end(&mut input)
-        .context("cannot read records from stdin")?;
-    let records = parse_records(&input)?;
-    let items: Vec<StoreItem> = records
-        .iter()
-        .map(|&(key, flags, value)| StoreItem {
-            key,
-            value,
-            flags,
-            ttl,
-        })
-        .collect();
-    let (mut stored, mut failed, mut errors) = (0, 0, false);
-    for batch in items.chunks(BATCH) {
-        let results = client.store_many(StoreVerb::Set, batch)?;
-        for (item, result) in batch.iter().zip(&results) {
-            match result {
-                Ok(Stored::Stored) => stored += 1,
-                Ok(other) => {
-                    failed += 1;
-                    eprintln!("mclient: {}: {other:?}", String::from_utf8_lossy(item.key));
-                }
-                Err(err) => {
-                    failed += 1;
-                    errors = true;
-                    eprintln!("mclient: {}: {err}", String::from_utf8_lossy(item.key));
-                }
+    let mut input = io::BufReader::with_capacity(1 << 16, io::stdin().lock());
+    let mut batch = Batch::default();
+    let mut tally = Stores::default();
+    let mut number = 0;
+    loop {
+        let more = match batch.read_record(&mut input, number + 1) {
+            Ok(more) => more,
+            Err(err) => {
+                // Every record before the bad one is stored; then the load stops.
+                tally.store(client, &batch.items(ttl))?;
+                return match tally.stored {
+                    0 => Err(err),
+                    n => Err(
+                        UsageError(format!("{err}; the {n} records before it are stored")).into(),
+                    ),
+                };
             }
+        };
+        if more {
+            number += 1;
+        }
+        if batch.len() == BATCH || !more {
+            tally.store(client, &batch.items(ttl))?;
+            batch.clear();
+        }
+        if !more {
+            break;
         }
     }
+    let Stores {
+        stored,
+        failed,
+        errors,
+    } = tally;
     report(
         cli,
         json!({"stored": stored, "failed": failed}),
@@ -170,58 +173,150 @@ pub fn set(cli: &Cli, client: &mut Client, ttl: i64) -> Result<Exit> {
     })
 }
 
-/// One input record of bulk-set: key, flags, value.
-type Record<'a> = (&'a [u8], u32, &'a [u8]);
+/// What bulk-set stored, across its batches.
+#[derive(Default)]
+struct Stores {
+    stored: usize,
+    failed: usize,
+    errors: bool,
+}
 
-/// Parses records: `KEY FLAGS LENGTH [CAS]\n<LENGTH bytes>\n`; errors name the record.
-fn parse_records(input: &[u8]) -> Result<Vec<Record<'_>>> {
-    let mut records = Vec::new();
-    let mut rest = input;
-    while !rest.is_empty() {
-        let n = records.len() + 1;
+impl Stores {
+    /// Stores one batch (every server's share pipelined at once), counting each outcome.
+    fn store(&mut self, client: &mut Client, items: &[StoreItem<'_>]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let results = client.store_many(StoreVerb::Set, items)?;
+        for (item, result) in items.iter().zip(&results) {
+            match result {
+                Ok(Stored::Stored) => self.stored += 1,
+                Ok(other) => {
+                    self.failed += 1;
+                    eprintln!("mclient: {}: {other:?}", String::from_utf8_lossy(item.key));
+                }
+                Err(err) => {
+                    self.failed += 1;
+                    self.errors = true;
+                    eprintln!("mclient: {}: {err}", String::from_utf8_lossy(item.key));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records read and not yet stored: their bytes in one buffer, and where each lies in it.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Key range, flags, value range.
+    records: Vec<(std::ops::Range<usize>, u32, std::ops::Range<usize>)>,
+    header: Vec<u8>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+
+    fn items(&self, ttl: i64) -> Vec<StoreItem<'_>> {
+        self.records
+            .iter()
+            .map(|(key, flags, value)| StoreItem {
+                key: &self.bytes[key.clone()],
+                value: &self.bytes[value.clone()],
+                flags: *flags,
+                ttl,
+            })
+            .collect()
+    }
+
+    /// Reads record `n` (`KEY FLAGS LENGTH [CAS]\n<LENGTH bytes>\n`); false at the end of the
+    /// input. Errors name the record.
+    fn read_record(&mut self, input: &mut impl BufRead, n: usize) -> Result<bool> {
         let bad = |why: &str| {
             UsageError(format!(
                 "record {n}: {why} (expected KEY FLAGS LENGTH, a newline, LENGTH bytes, a newline)"
             ))
         };
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| bad("no newline after the header"))?;
-        let header = std::str::from_utf8(&rest[..end]).map_err(|_| bad("header is not text"))?;
-        let mut fields = header.split(' ');
-        let (Some(key), Some(flags), Some(len)) = (fields.next(), fields.next(), fields.next())
-        else {
-            bail!(bad("header needs 3 or 4 fields"));
-        };
-        if fields.next().is_some() && fields.next().is_some() {
-            bail!(bad("header needs 3 or 4 fields"));
+        self.header.clear();
+        let read = input
+            .read_until(b'\n', &mut self.header)
+            .context("cannot read records from stdin")?;
+        if read == 0 {
+            return Ok(false);
         }
-        let flags: u32 = flags.parse().map_err(|_| bad("bad FLAGS"))?;
-        let len: usize = len.parse().map_err(|_| bad("bad LENGTH"))?;
-        let body = &rest[end + 1..];
-        if body.len() < len + 1 || body[len] != b'\n' {
+        let Some(header) = self.header.strip_suffix(b"\n") else {
+            bail!(bad("no newline after the header"));
+        };
+        let (key, flags, len) = parse_header(header).map_err(bad)?;
+        let key_at = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let value_at = self.bytes.len();
+        self.bytes.resize(value_at + len + 1, 0);
+        input
+            .read_exact(&mut self.bytes[value_at..])
+            .map_err(|_| bad("value shorter than LENGTH or not followed by a newline"))?;
+        if self.bytes.pop() != Some(b'\n') {
             bail!(bad(
                 "value shorter than LENGTH or not followed by a newline"
             ));
         }
-        records.push((key.as_bytes(), flags, &body[..len]));
-        rest = &body[len + 1..];
+        self.records
+            .push((key_at..value_at, flags, value_at..value_at + len));
+        Ok(true)
     }
-    Ok(records)
+}
+
+/// A record's header: key, flags, value length (an optional CAS after them is ignored).
+fn parse_header(header: &[u8]) -> Result<(&[u8], u32, usize), &'static str> {
+    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
+    let mut fields = header.split(' ');
+    let (Some(key), Some(flags), Some(len)) = (fields.next(), fields.next(), fields.next()) else {
+        return Err("header needs 3 or 4 fields");
+    };
+    if fields.next().is_some() && fields.next().is_some() {
+        return Err("header needs 3 or 4 fields");
+    }
+    let flags: u32 = flags.parse().map_err(|_| "bad FLAGS")?;
+    let len: usize = len.parse().map_err(|_| "bad LENGTH")?;
+    Ok((key.as_bytes(), flags, len))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Batch;
+
     #[test]
     fn records_parse_and_refuse_garbage() {
-        let records = super::parse_records(b"a 1 3\nx\ny\nbb 0 0\n\n").unwrap();
+        let mut batch = Batch::default();
+        let mut input: &[u8] = b"a 1 3\nx\ny\nbb 0 0 77\n\n";
+        assert!(batch.read_record(&mut input, 1).unwrap());
+        assert!(batch.read_record(&mut input, 2).unwrap());
+        assert!(!batch.read_record(&mut input, 3).unwrap());
+        let items = batch.items(0);
+        let got: Vec<(&[u8], u32, &[u8])> =
+            items.iter().map(|i| (i.key, i.flags, i.value)).collect();
         assert_eq!(
-            records,
+            got,
             [(&b"a"[..], 1, &b"x\ny"[..]), (&b"bb"[..], 0, &b""[..])]
         );
-        assert!(super::parse_records(b"a 1 5\nxx\n").is_err());
-        assert!(super::parse_records(b"a x 1\nx\n").is_err());
-        assert!(super::parse_records(b"a 1 1 2 3\nx\n").is_err());
+        for garbage in [
+            &b"a 1 5\nxx\n"[..],
+            b"a x 1\nx\n",
+            b"a 1 1 2 3\nx\n",
+            b"a 1 1\nxy",
+            b"a 1 1",
+        ] {
+            let mut input = garbage;
+            let err = Batch::default().read_record(&mut input, 9).unwrap_err();
+            assert!(err.to_string().starts_with("record 9: "), "{err}");
+        }
     }
 }

@@ -11,10 +11,13 @@ Exit status:
   0  hit / stored / deleted / touched (for several keys: every key hit)
   1  miss, not stored, not found, or cas mismatch (for several keys: some missed)
   2  usage error or bad input (bad key, bad number, unknown domain); nothing was sent
+     (bulk-set: nothing from the malformed record on)
   3  server, network or registry error once something was sent (down server, timeout,
      SERVER_ERROR, CLIENT_ERROR, a refused connection, a server that does not speak the
      text protocol, cas on a server without CAS values)
-bulk-get reports a bad key with its line number on stderr and leaves it out (exit 1)."
+bulk-get reports a bad key with its line number on stderr and leaves it out (exit 1).
+bulk-set stores records as it reads them: a malformed record stops it (exit 2) with every
+record before it stored, and the error says how many."
     };
 }
 
@@ -162,10 +165,11 @@ pub enum Verb {
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
     },
-    /// Get many keys read from stdin (one per line), pipelined per server; writes records.
+    /// Get many keys read from stdin (one per line), in batches, every server's share pipelined
+    /// at once; writes records in input order.
     BulkGet,
     /// Store many records read from stdin (KEY FLAGS LENGTH\n<bytes>\n, as get writes them),
-    /// pipelined per server.
+    /// in batches as they are read, every server's share pipelined at once.
     BulkSet {
         /// Expiration time of every record (seconds, or a Unix time); 0: never; negative:
         /// expired at once
