@@ -840,3 +840,62 @@ fn every_distribution_routes_as_a_libmcshm_client_routes_it() {
         }
     }
 }
+
+/// Servers behind unix sockets are served as TCP ones are; one whose socket is not there fails
+/// its requests at once with the reason (no connection is left half made), and the proxy goes
+/// on serving the others.
+#[test]
+fn unix_socket_servers_and_a_missing_socket() {
+    let (_mc, socket) = Memcached::start_unix();
+    let reg = Reg::new();
+    let missing = reg.dir().join("no-such.sock");
+    std::fs::create_dir_all(reg.dir()).unwrap();
+    let (socket, missing) = (socket.to_str().unwrap(), missing.to_str().unwrap());
+    reg.ok("app", &["add", "--no-flush", socket, missing]);
+    reg.ok(
+        "app",
+        &["policy", "--failover", "none", "--failure-limit", "255"],
+    );
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut client = libmcshm::Client::for_domain(
+        reg.dir(),
+        &libmcshm::Domain::new("app").unwrap(),
+        libmcshm::Timeouts::default(),
+    )
+    .unwrap();
+    let mut on = |want: &str| {
+        (0..1000)
+            .map(|n| format!("u{n}"))
+            .find(|k| {
+                client
+                    .server_for(k.as_bytes())
+                    .unwrap()
+                    .to_string()
+                    .contains(want)
+            })
+            .unwrap()
+    };
+    let (there, gone) = (on(socket), on(missing));
+    let mut w = proxy.connect();
+    assert_eq!(w.ask(&format!("set {there} 0 0 1\r\nx\r\n")), "STORED\r\n");
+    assert_eq!(
+        w.ask(&format!("get {there}\r\n")),
+        format!("VALUE {there} 0 1\r\nx\r\nEND\r\n")
+    );
+    let started = Instant::now();
+    let refused = w.ask(&format!("get {gone}\r\n"));
+    assert!(
+        refused.starts_with("SERVER_ERROR ")
+            && refused.contains("no-such.sock")
+            && refused.contains("connect"),
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "at once, not after a timeout"
+    );
+    assert_eq!(
+        w.ask(&format!("get {there}\r\n")),
+        format!("VALUE {there} 0 1\r\nx\r\nEND\r\n")
+    );
+}

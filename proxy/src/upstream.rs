@@ -109,6 +109,9 @@ pub struct Net<D> {
     dirty: Vec<usize>,
     /// Connections that failed outside a delivery (at connect): failed by [`Net::fail_broken`].
     broken: Vec<usize>,
+    /// Requests that found no connection (it could not even be started), failed by
+    /// [`Net::fail_broken`] too.
+    unsent: Vec<(Deliver<D>, Failure)>,
 }
 
 impl<D> Net<D> {
@@ -128,6 +131,7 @@ impl<D> Net<D> {
             width: width.max(1),
             dirty: Vec::new(),
             broken: Vec::new(),
+            unsent: Vec::new(),
         }
     }
 
@@ -162,7 +166,17 @@ impl<D> Net<D> {
             self.prune(domain, snapshot);
         }
         let address = &snapshot.servers[index].address;
-        let key = self.conn(domain, address, lane);
+        let key = match self.conn(domain, address, lane) {
+            Ok(key) => key,
+            Err(failure) => {
+                self.domains[domain]
+                    .stats
+                    .server(&address.to_string())
+                    .record(Duration::ZERO, false);
+                self.unsent.push((to, failure));
+                return;
+            }
+        };
         let conn = &mut self.conns[key];
         encode(&mut conn.out, &to);
         conn.in_flight.push_back(Waiter {
@@ -177,7 +191,7 @@ impl<D> Net<D> {
     }
 
     /// The connection of `lane` to `address`: a new one where there is none.
-    fn conn(&mut self, domain: usize, address: &Address, lane: usize) -> usize {
+    fn conn(&mut self, domain: usize, address: &Address, lane: usize) -> Result<usize, Failure> {
         let width = self.width;
         let route = match self.routes.get_mut(&(domain, address.clone())) {
             Some(route) => route,
@@ -188,25 +202,20 @@ impl<D> Net<D> {
         };
         let slot = lane % width;
         if let Some(key) = route[slot] {
-            return key;
+            return Ok(key);
         }
-        let key = self.open(domain, address);
+        let key = self.open(domain, address)?;
         if let Some(route) = self.routes.get_mut(&(domain, address.clone())) {
             route[slot] = Some(key);
         }
-        key
+        Ok(key)
     }
 
-    fn open(&mut self, domain: usize, address: &Address) -> usize {
+    /// A new connection to `address` (its connect started); the failure if it cannot start.
+    fn open(&mut self, domain: usize, address: &Address) -> Result<usize, Failure> {
         let stats = self.domains[domain].stats.server(&address.to_string());
-        let (stream, broken) = match connect(address) {
-            Ok(stream) => (stream, None),
-            Err(failure) => {
-                // A placeholder that is failed at once: a unix socket that is not there.
-                let (a, _) = mio::net::UnixStream::pair().expect("a socket pair");
-                (Stream::Unix(a), Some(failure))
-            }
-        };
+        let stream = connect(address)?;
+        let broken = None;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let mut conn = Conn {
@@ -251,7 +260,7 @@ impl<D> Net<D> {
             self.broken.push(key);
         }
         entry.insert(conn);
-        key
+        Ok(key)
     }
 
     /// On a new table version: lets go of the connections to servers no longer in it (each
@@ -298,11 +307,14 @@ impl<D> Net<D> {
 
     /// Whether connections failed outside a delivery and wait for [`Net::fail_broken`].
     pub fn has_broken(&self) -> bool {
-        !self.broken.is_empty()
+        !self.broken.is_empty() || !self.unsent.is_empty()
     }
 
     /// Fails the connections that broke (their requests get the failure).
     pub fn fail_broken(&mut self, deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>)) {
+        for (to, failure) in std::mem::take(&mut self.unsent) {
+            deliver(to, Err(&failure));
+        }
         while let Some(key) = self.broken.pop() {
             if let Some(failure) = self.conns.get_mut(key).and_then(|c| c.broken.take()) {
                 self.fail(key, failure, deliver);
@@ -565,9 +577,4 @@ fn deliver_replies<D>(
         }
         conn.inbox.consume(len);
     }
-}
-
-/// How long the oldest request of a connection may still wait (for the loop's poll timeout).
-pub fn remaining(deadline: Instant, now: Instant) -> Duration {
-    deadline.saturating_duration_since(now)
 }
