@@ -12,10 +12,10 @@ use mcshm_fleet::sync::{Agent, SyncEvent, SyncOptions};
 use mcshm_fleet::{Etcd, EtcdConfig, Fleet, FleetError, FleetTable};
 use serde_json::json;
 
-use crate::bin_common::UsageError;
 use crate::cli::EtcdArgs;
 use crate::show::{self, utc};
 use crate::{Exit, Invocation, print};
+use mcshm_cli::UsageError;
 
 /// The fleet named by `--etcd` (and its TLS/auth options), if given.
 pub fn connect(args: &EtcdArgs) -> Result<Option<Fleet>> {

@@ -11,9 +11,9 @@ use libmcshm::health::{Event, Watcher};
 use libmcshm::{Address, Client, Domain, Registry, State, Timeouts};
 use serde_json::json;
 
-use crate::bin_common::UsageError;
 use crate::show::utc;
 use crate::{Exit, Invocation};
+use mcshm_cli::UsageError;
 
 /// A flag set by SIGTERM or SIGINT.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {

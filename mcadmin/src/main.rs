@@ -4,8 +4,6 @@
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
-#[path = "../../src/bin_common.rs"]
-mod bin_common;
 mod cli;
 mod fleet;
 mod lifecycle;
@@ -29,8 +27,8 @@ use libmcshm::{
 };
 use serde_json::json;
 
-use bin_common::UsageError;
 use cli::{Cli, Command};
+use mcshm_cli::UsageError;
 
 /// Exit codes (documented in `--help` and mcadmin(8)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +44,7 @@ pub enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    bin_common::finish("mcadmin", run(&cli), Exit::Success, exit_for)
+    mcshm_cli::finish("mcadmin", run(&cli), Exit::Success, exit_for)
 }
 
 impl From<Exit> for u8 {

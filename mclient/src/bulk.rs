@@ -10,9 +10,9 @@ use anyhow::{Context, Result, bail};
 use libmcshm::{Client, Item, StoreItem, StoreVerb, Stored};
 use serde_json::json;
 
-use crate::bin_common::UsageError;
 use crate::cli::Cli;
 use crate::{Exit, item_json, report};
+use mcshm_cli::UsageError;
 
 /// Keys fetched per batch: large enough that each server gets full pipeline windows, small
 /// enough that the output starts early and memory stays flat.

@@ -4,8 +4,6 @@
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
-#[path = "../../src/bin_common.rs"]
-mod bin_common;
 mod bulk;
 mod cli;
 
@@ -18,8 +16,8 @@ use clap::Parser;
 use libmcshm::{Address, Client, Domain, ErrorKind, Item, MarkedDown, StoreVerb, Stored, Timeouts};
 use serde_json::{Value, json};
 
-use bin_common::UsageError;
 use cli::{Cli, StoreArgs, Verb};
+use mcshm_cli::UsageError;
 
 /// Exit codes (documented in `--help` and mclient(1)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +30,7 @@ pub(crate) enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    bin_common::finish("mclient", run(&cli), Exit::Success, exit_for)
+    mcshm_cli::finish("mclient", run(&cli), Exit::Success, exit_for)
 }
 
 impl From<Exit> for u8 {

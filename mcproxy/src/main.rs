@@ -11,14 +11,28 @@ use libmcshm::{Domain, ErrorKind, Timeouts};
 use mcshm_proxy::command::Limits;
 use mcshm_proxy::{Config, Listen, Settings, StartError};
 
+/// Exit codes (documented in `--help` and mcproxy(8)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// A clean stop (SIGTERM or SIGINT).
+    Stopped = 0,
+    BadArguments = 2,
+    NoDomain = 3,
+    Registry = 4,
+    CannotListen = 5,
+}
+
+impl From<Exit> for u8 {
+    fn from(exit: Exit) -> u8 {
+        exit as u8
+    }
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let config = match config(&cli) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("mcproxy: {message}");
-            return ExitCode::from(2);
-        }
+        Err(message) => return mcshm_cli::fail("mcproxy", &message, Exit::BadArguments),
     };
     let ready = |lines: &[String]| {
         for line in lines {
@@ -26,18 +40,17 @@ fn main() -> ExitCode {
         }
     };
     match mcshm_proxy::run(config, ready) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(u8::from(Exit::Stopped)),
         Err(StartError::Domain(err)) => {
-            eprintln!("mcproxy: {err}");
-            ExitCode::from(match err.kind() {
-                ErrorKind::BadInput => 2,
-                ErrorKind::NotFound => 3,
-                _ => 4,
-            })
+            let code = match err.kind() {
+                ErrorKind::BadInput => Exit::BadArguments,
+                ErrorKind::NotFound => Exit::NoDomain,
+                _ => Exit::Registry,
+            };
+            mcshm_cli::fail("mcproxy", &err, code)
         }
         Err(StartError::Listen(message)) => {
-            eprintln!("mcproxy: {message}");
-            ExitCode::from(5)
+            mcshm_cli::fail("mcproxy", &message, Exit::CannotListen)
         }
     }
 }

@@ -1,5 +1,7 @@
-//! What both command-line tools share: the error for bad input they find themselves, and the
-//! quiet exit on a closed pipe (`mcadmin list | head -1`). Included by path in each binary.
+//! What the three command-line tools (mcadmin, mclient, mcproxy) share: the error for bad input
+//! they find themselves, how an error is printed (once, as `TOOL: error`), and the quiet exit
+//! on a closed pipe (`mcadmin list | head -1`). Each tool names its own exit codes (an enum
+//! turned into the process's code); their meanings are in each tool's `--help` and manual.
 
 /// Bad input found by the tool itself (not by libmcshm); exits with the usage/bad-input code.
 #[derive(Debug)]
@@ -36,4 +38,14 @@ pub fn finish<E: Copy + Into<u8>>(
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Prints `TOOL: message` on stderr and gives the exit code (for tools without anyhow errors).
+pub fn fail<E: Into<u8>>(
+    name: &str,
+    message: &dyn std::fmt::Display,
+    code: E,
+) -> std::process::ExitCode {
+    eprintln!("{name}: {message}");
+    std::process::ExitCode::from(code.into())
 }
