@@ -2,12 +2,10 @@
 //! none of their own, get the answers a ring built from the table gives, and never use a
 //! damaged or outdated one. Addresses outside loopback are only looked up, never connected to.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
-use common::Reg;
+use crate::common::Reg;
 use libmcshm::client::Router;
 use libmcshm::ring::{self, Ring};
 use libmcshm::shared_ring::routed;

@@ -2,14 +2,13 @@
 //! own `mcadmin sync` agent process; clients are real processes on those hosts, servers real
 //! memcached processes.
 
-mod common;
-
+use crate::common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::etcd::{EtcdCluster, Host, fleet_cmd};
-use common::memcached::Memcached;
-use common::{Run, wait_until};
+use crate::common::etcd::{EtcdCluster, Host, fleet_cmd};
+use crate::common::memcached::Memcached;
+use crate::common::{Run, wait_until};
 use libmcshm::{Client, Domain, Timeouts};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -234,7 +233,12 @@ fn fleet_reader_child() {
 
 fn child(var: &str, spec: String, name: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &format!("fleet::{name}"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(var, spec)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -399,7 +403,7 @@ fn twenty_clients_on_each_of_three_hosts_probe_a_down_server_once_per_interval_f
             let spec = format!("{}|{key}|3.5", h.reg.dir().display());
             (0..20).map(move |_| {
                 Command::new(std::env::current_exe().unwrap())
-                    .args(["--exact", "fleet_hammer_child", "--test-threads=1"])
+                    .args(["--exact", "fleet::fleet_hammer_child", "--test-threads=1"])
                     .env("MCSHM_FLEET_HAMMER", &spec)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())

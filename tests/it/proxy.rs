@@ -3,14 +3,13 @@
 //! client picks), pipelining, shared server connections, table changes without reload,
 //! auto-discovery, stats and metrics, bad input, faults, and a clean shutdown.
 
-mod common;
-
+use crate::common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::memcached::Memcached;
-use common::proxy::{Proxy, Wire, owner_port};
-use common::{Reg, wait_until};
+use crate::common::memcached::Memcached;
+use crate::common::proxy::{Proxy, Wire, owner_port};
+use crate::common::{Reg, wait_until};
 
 /// A domain `app` of `servers`, with extra `mcadmin policy` arguments.
 fn domain(reg: &Reg, servers: &[&Memcached], policy: &[&str]) {

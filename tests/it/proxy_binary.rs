@@ -2,15 +2,13 @@
 //! session handler with its defaults (binary protocol, session locking), and the `Memcached`
 //! class with `OPT_BINARY_PROTOCOL`; plus frames that lie about their lengths.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::memcached::Memcached;
-use common::proxy::{Proxy, owner_port};
-use common::{Reg, wait_until};
+use crate::common::memcached::Memcached;
+use crate::common::proxy::{Proxy, owner_port};
+use crate::common::{Reg, wait_until};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

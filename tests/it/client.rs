@@ -1,13 +1,12 @@
 //! The libmcshm client against real memcached processes: every verb, binary values, limits,
 //! bad keys, routing through a registry domain, and the shared failure view.
 
-mod common;
-
+use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::memcached::Memcached;
-use common::{Reg, addresses};
+use crate::common::memcached::Memcached;
+use crate::common::{Reg, addresses};
 use libmcshm::{
     Address, Client, Domain, Error, MarkedDown, StoreItem, StoreVerb, Stored, Timeouts,
 };

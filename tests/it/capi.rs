@@ -3,14 +3,12 @@
 //! real memcached, gets the failure callback when it is killed, and refuses bad arguments. The
 //! daemon also runs under valgrind: no errors, no leaks definitely lost.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::Reg;
-use common::memcached::Memcached;
+use crate::common::Reg;
+use crate::common::memcached::Memcached;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -3,13 +3,12 @@
 //! tools open to its servers authenticates: mclient's operations, `mcadmin up`'s flush, a drain.
 //! A wrong password and missing credentials are each reported as such.
 
-mod common;
-
+use crate::common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use common::Reg;
-use common::memcached::Memcached;
+use crate::common::Reg;
+use crate::common::memcached::Memcached;
 
 fn mclient(reg: &Reg, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mclient"))

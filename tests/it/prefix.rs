@@ -3,13 +3,11 @@
 //! page with the same prefix share their keys, on the same servers, checked with the real
 //! extension (Debian `php-memcached`) on real memcached servers.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::Reg;
-use common::memcached::Memcached;
+use crate::common::Reg;
+use crate::common::memcached::Memcached;
 use libmcshm::{Client, Timeouts};
 
 const MCLIENT: &str = env!("CARGO_BIN_EXE_mclient");

@@ -1,8 +1,7 @@
 //! The README's test command is the one CI runs, and on a machine where it cannot install what
 //! the tests need it says exactly what to run instead of failing later in a test.
 
-mod common;
-
+use crate::common;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;

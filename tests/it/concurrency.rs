@@ -2,8 +2,6 @@
 //! points under a reader that validates every snapshot and every answer of its shared ring, and
 //! change notification.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -11,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Reg, addresses, wait_until};
+use crate::common::{Reg, addresses, wait_until};
 use libmcshm::{Domain, Registry};
 
 #[test]
@@ -44,7 +42,7 @@ fn thirty_two_concurrent_adds_all_land_as_thirty_two_versions() {
     );
 }
 
-use common::Rng;
+use crate::common::Rng;
 
 #[test]
 fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {

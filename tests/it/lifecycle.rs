@@ -2,13 +2,12 @@
 //! stale reads after a server comes back (both failover policies, and the double fault), one
 //! retry probe per host per interval, the watch daemon, replication, warm-up, drain, clients.
 
-mod common;
-
+use crate::common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::memcached::Memcached;
-use common::{MCADMIN, Reg, wait_until};
+use crate::common::memcached::Memcached;
+use crate::common::{MCADMIN, Reg, wait_until};
 use libmcshm::{Client, Domain, Error, Timeouts};
 
 fn client(reg: &Reg, domain: &str) -> Client {
@@ -177,7 +176,12 @@ fn hammer_child() {
 
 fn hammer(reg: &Reg, key: &str, secs: f64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "hammer_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "lifecycle::hammer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(
             "MCSHM_HAMMER",
             format!("{}|{key}|{secs}", reg.dir().display()),
@@ -674,7 +678,12 @@ fn clients_lists_all_of_300_processes() {
     let mut holders: Vec<Child> = (0..300)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "holder_child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "lifecycle::holder_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("MCSHM_HOLD", reg.dir())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

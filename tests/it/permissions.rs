@@ -2,12 +2,11 @@
 //! needs only read permission; a writer without write permission gets "permission denied"
 //! naming the file. Runs the real mcadmin as an unprivileged user where the test is root.
 
-mod common;
-
+use crate::common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 
-use common::{Reg, addresses, is_root};
+use crate::common::{Reg, addresses, is_root};
 
 const NOBODY: u32 = 65534;
 

@@ -3,16 +3,14 @@
 //! `php-memcached`) and Python's pymemcache (`python3-pymemcache`). Each knows one server —
 //! the proxy — and nothing of failover; the proxy gives them the shared table's.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::memcached::Memcached;
-use common::proxy::{Proxy, owner_port};
-use common::{Reg, wait_until};
+use crate::common::memcached::Memcached;
+use crate::common::proxy::{Proxy, owner_port};
+use crate::common::{Reg, wait_until};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

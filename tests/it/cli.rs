@@ -1,9 +1,8 @@
 //! mcadmin as a user runs it: every command, its output, exit codes, and bad input refused with
 //! the table left byte-for-byte as it was.
 
-mod common;
-
-use common::{Reg, addresses};
+use crate::common;
+use crate::common::{Reg, addresses};
 use std::io::Write;
 use std::process::Stdio;
 

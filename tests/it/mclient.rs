@@ -1,12 +1,11 @@
 //! mclient as scripts run it: real processes against real memcached servers.
 
-mod common;
-
+use crate::common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::Reg;
-use common::memcached::Memcached;
+use crate::common::Reg;
+use crate::common::memcached::Memcached;
 
 const MCLIENT: &str = env!("CARGO_BIN_EXE_mclient");
 

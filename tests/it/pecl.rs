@@ -4,12 +4,10 @@
 //! stores 10 000 keys (1 000 of them UTF-8) on real servers, for two weighted lists and both
 //! hashes, and mcshm must name, for every key, the server that has it.
 
-mod common;
-
 use std::process::Command;
 
-use common::Reg;
-use common::memcached::Memcached;
+use crate::common::Reg;
+use crate::common::memcached::Memcached;
 use libmcshm::{Address, Client, Timeouts};
 
 #[test]

@@ -1,12 +1,10 @@
 //! Damaged registry files: a flipped byte anywhere, truncation, a newer format. Each gives a
 //! clear error or the intact table, never a wrong table or a panic, and `mcadmin load` repairs.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
-use common::{Reg, addresses};
+use crate::common::{Reg, addresses};
 use libmcshm::{Domain, Registry, Snapshot};
 
 const HEADER: usize = 256;
@@ -98,7 +96,7 @@ fn a_flipped_byte_anywhere_gives_an_error_or_the_intact_table() {
             Some(false),
         ),
         // Routing input, never table input: a damaged ring is refused by the lookups that
-        // read it (tests/shared_ring.rs), and the table is intact.
+        // read it (tests/it/shared_ring.rs), and the table is intact.
         (
             "ring regions",
             (rings..len).step_by(4099).collect(),

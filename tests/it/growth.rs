@@ -1,11 +1,9 @@
 //! A domain outgrowing its file: the writer replaces the file (never truncating a mapped one)
 //! and readers holding the old mapping follow on their next read.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Reg, addresses};
+use crate::common::{Reg, addresses};
 use libmcshm::{Domain, Registry};
 
 #[test]

@@ -5,15 +5,13 @@
 //! a later operation).
 //! Lock holders are real processes: util-linux `flock`, and Python's `fcntl.lockf`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::memcached::Memcached;
-use common::{Reg, is_root, wait_until};
+use crate::common::memcached::Memcached;
+use crate::common::{Reg, is_root, wait_until};
 use libmcshm::{Client, Domain, Timeouts};
 
 const NOBODY: u32 = 65534;

@@ -1,0 +1,31 @@
+//! The integration tests, in one test binary: real mcadmin, mclient and mcproxy processes
+//! against real memcached (and etcd) processes started by the tests. One binary, so the shared
+//! helpers (`tests/common`) and the libraries are compiled and linked once, not once per file.
+//! Kept apart as their own binaries: `coherence` (the randomized checker, long), `drain` (a
+//! rate measured, so it runs alone), `man` (`MCSHM_UPDATE_MAN=1 cargo test --test man`
+//! regenerates the manuals), `ketama` (against libmemcached, needs no helpers).
+//!
+//! Run one file's tests with `cargo test --test it proxy::`, one test by its name.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod capi;
+mod cli;
+mod client;
+mod concurrency;
+mod corruption;
+mod fleet;
+mod growth;
+mod lifecycle;
+mod locking;
+mod mclient;
+mod pecl;
+mod permissions;
+mod prefix;
+mod proxy;
+mod proxy_binary;
+mod proxy_clients;
+mod readme;
+mod shared_ring;
