@@ -4,6 +4,17 @@
 
 bench_user=(); [ "$(id -u)" = 0 ] && bench_user=(-u root)
 
+# bench_need TOOL...: exits 2, naming the packages, when a tool is missing.
+bench_need() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y $*" >&2; exit 2; }
+    done
+}
+
+# free_port: a TCP port on 127.0.0.1 that nobody listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 bench_cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$work"

@@ -11,16 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-5}
-for tool in memcached nutcracker; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y memcached nutcracker" >&2; exit 2; }
-done
+. bench/lib.sh
+bench_need memcached nutcracker
 cargo build --release -q --bin mcproxy --bin mcadmin && cargo build --release -q -p mcshm-proxy --example loadgen
 LOADGEN=target/release/examples/loadgen
-. bench/lib.sh
 work=$(mktemp -d)
 pids=(); servers=()
 trap bench_cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_memcached 2 -m 256
 target/release/mcadmin --dir "$work" --domain bench add "${servers[@]}" > /dev/null

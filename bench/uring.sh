@@ -11,17 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-3}
 ROUNDS=${ROUNDS:-3}
-for tool in memcached nutcracker; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y memcached nutcracker" >&2; exit 2; }
-done
+. bench/lib.sh
+bench_need memcached nutcracker
 cargo build --release -q --bin mcproxy --bin mcadmin && cargo build --release -q -p mcshm-proxy --example loadgen
 (cd bench/uring && cargo build --release -q)
 LOADGEN=target/release/examples/loadgen
-. bench/lib.sh
 work=$(mktemp -d)
 pids=(); servers=()
 trap bench_cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_memcached 1 -m 256
 target/release/mcadmin --dir "$work" --domain one add --no-flush "${servers[0]}" > /dev/null
 start_mcproxy one
