@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn modula_distribution_and_fewer_replicas_mark_everyone() {
         let modula = Policy {
-            distribution: Distribution::Modula(crate::keyhash::KeyHash::OneAtATime),
+            distribution: Distribution::Modula(crate::hash::KeyHash::OneAtATime),
             ..Policy::default()
         };
         let old = [up("a:1"), up("b:1"), up("c:1")];

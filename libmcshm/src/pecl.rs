@@ -9,49 +9,7 @@
 //! quantises), with `memcache.hash_function` crc32 (the default) or fnv (FNV-1a, 32 bits, over
 //! signed chars).
 
-/// `memcache.hash_function`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum PeclHash {
-    #[default]
-    Crc32,
-    Fnv,
-}
-
-impl PeclHash {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeclHash::Crc32 => "crc32",
-            PeclHash::Fnv => "fnv",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<PeclHash> {
-        [PeclHash::Crc32, PeclHash::Fnv]
-            .into_iter()
-            .find(|h| h.as_str() == text)
-    }
-
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            PeclHash::Crc32 => 0,
-            PeclHash::Fnv => 1,
-        }
-    }
-
-    pub(crate) fn from_code(code: u8) -> Option<PeclHash> {
-        [PeclHash::Crc32, PeclHash::Fnv]
-            .into_iter()
-            .find(|h| h.code() == code)
-    }
-
-    pub fn hash(self, bytes: &[u8]) -> u32 {
-        match self {
-            PeclHash::Crc32 => crc32fast::hash(bytes),
-            // FNV-1a over signed chars, as the extension computes it: libhashkit's fnv1a_32.
-            PeclHash::Fnv => crate::keyhash::KeyHash::Fnv1a32.hash(bytes),
-        }
-    }
-}
+pub use crate::hash::PeclHash;
 
 /// Points per unit of weight (the extension's `MMC_CONSISTENT_POINTS`).
 const POINTS_PER_WEIGHT: usize = 160;

@@ -12,7 +12,7 @@
 use md5::{Digest, Md5};
 
 use crate::address::{Address, DEFAULT_PORT};
-use crate::keyhash::KeyHash;
+use crate::hash::{KeyHash, ketama_md5};
 use crate::table::Distribution;
 
 /// A built continuum: sorted points, each naming a server by its index in the list it was
@@ -119,7 +119,7 @@ impl Ring {
         self.server_for_hash(self.scheme.hash_key(key))
     }
 
-    /// The owner of a key hash (see [`hash_key`]).
+    /// The owner of a key hash (see [`ketama_md5`]).
     pub fn server_for_hash(&self, hash: u32) -> Option<usize> {
         if self.points.is_empty() {
             return None;
@@ -205,7 +205,7 @@ impl Points {
     /// A key's position on the continuum.
     pub fn hash_key(self, key: &[u8]) -> u32 {
         match self {
-            Points::Weighted => hash_key(key),
+            Points::Weighted => ketama_md5(key),
             Points::Unweighted(hash) => hash.hash(key),
         }
     }
@@ -379,12 +379,6 @@ pub fn server_name(distribution: Distribution, address: &Address) -> String {
 /// host as configured, `:port` always.
 pub fn spy_point_name(address: &Address) -> String {
     format!("/{}:{}", address.host(), address.port().unwrap_or(0))
-}
-
-/// A key's position on the continuum: the first four bytes of its MD5, little-endian.
-pub fn hash_key(key: &[u8]) -> u32 {
-    let digest = Md5::digest(key);
-    u32::from_le_bytes(digest[..4].try_into().unwrap())
 }
 
 /// The name a server's points are hashed from: the host as configured, with `:port` when the

@@ -380,13 +380,13 @@ pub enum Distribution {
     /// libmemcached's `MEMCACHED_BEHAVIOR_KETAMA` (pylibmc's `ketama`): 100 points per server
     /// whatever its weight, each the libhashkit hash (one-at-a-time unless `--hash` says) of
     /// `host-i` or `host:port-i`; keys hash with the same hash.
-    KetamaUnweighted(crate::keyhash::KeyHash),
+    KetamaUnweighted(crate::hash::KeyHash),
     /// PHP's PECL memcache extension, `memcache.hash_strategy=consistent` with
     /// `memcache.hash_function` crc32 or fnv (see [`crate::pecl`]).
-    PeclMemcache(crate::pecl::PeclHash),
+    PeclMemcache(crate::hash::PeclHash),
     /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
     /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
-    Modula(crate::keyhash::KeyHash),
+    Modula(crate::hash::KeyHash),
 }
 
 impl Distribution {
@@ -428,8 +428,8 @@ impl Distribution {
     pub fn parse(name: &str, hash: Option<&str>) -> Result<Distribution> {
         if name == "pecl-memcache" {
             let hash = match hash {
-                None => crate::pecl::PeclHash::default(),
-                Some(text) => crate::pecl::PeclHash::parse(text).ok_or_else(|| {
+                None => crate::hash::PeclHash::default(),
+                Some(text) => crate::hash::PeclHash::parse(text).ok_or_else(|| {
                     Error::invalid("hash", text, "pecl-memcache hashes with crc32 or fnv")
                 })?,
             };
@@ -437,7 +437,7 @@ impl Distribution {
         }
         let hash = match hash {
             None => None,
-            Some(text) => Some(crate::keyhash::KeyHash::parse(text).ok_or_else(|| {
+            Some(text) => Some(crate::hash::KeyHash::parse(text).ok_or_else(|| {
                 Error::invalid(
                     "hash",
                     text,
@@ -461,7 +461,7 @@ impl Distribution {
             }
         };
         match hash {
-            None | Some(crate::keyhash::KeyHash::Md5) => Ok(ketama),
+            None | Some(crate::hash::KeyHash::Md5) => Ok(ketama),
             Some(other) => Err(Error::invalid(
                 "hash",
                 other.as_str(),
@@ -485,13 +485,11 @@ impl Distribution {
             (0, 0) => Some(Distribution::Ketama),
             (2, 0) => Some(Distribution::KetamaSpy),
             (3, hash) => Some(Distribution::PeclMemcache(
-                crate::pecl::PeclHash::from_code(hash)?,
+                crate::hash::PeclHash::from_code(hash)?,
             )),
-            (1, hash) => Some(Distribution::Modula(crate::keyhash::KeyHash::from_code(
-                hash,
-            )?)),
+            (1, hash) => Some(Distribution::Modula(crate::hash::KeyHash::from_code(hash)?)),
             (4, hash) => Some(Distribution::KetamaUnweighted(
-                crate::keyhash::KeyHash::from_code(hash)?,
+                crate::hash::KeyHash::from_code(hash)?,
             )),
             _ => None,
         }

@@ -188,7 +188,7 @@ fn a_damaged_shared_ring_is_never_used() {
     let mut offsets: Vec<usize> = (at.header * 8..at.header * 8 + 16).collect();
     offsets.extend((at.index * 8..at.index * 8 + 16).step_by(3));
     offsets.extend((0..keys.len()).map(|i| {
-        let bucket = (ring::hash_key(keys[i].as_bytes()) >> 17) as usize;
+        let bucket = (libmcshm::hash::ketama_md5(keys[i].as_bytes()) >> 17) as usize;
         at.index * 8 + bucket * 4 + i % 4
     }));
     offsets.extend((at.points * 8..(at.points + points) * 8).step_by(41));

@@ -2,7 +2,7 @@
 //! (PHP's PECL memcache extension). Each is built per table version from the routed servers, in
 //! the router, and answers like the ring does: a key's owner, and the next servers after it.
 
-use crate::keyhash::KeyHash;
+use crate::hash::KeyHash;
 use crate::pecl::PeclContinuum;
 use crate::table::{Distribution, Server};
 

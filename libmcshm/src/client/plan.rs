@@ -206,8 +206,8 @@ mod tests {
 
     #[test]
     fn every_distribution_routes_every_key_to_a_server_of_the_table_by_id() {
-        use crate::keyhash::KeyHash;
-        use crate::pecl::PeclHash;
+        use crate::hash::KeyHash;
+        use crate::hash::PeclHash;
         for distribution in [
             Distribution::Ketama,
             Distribution::KetamaSpy,

@@ -190,9 +190,10 @@ impl Router {
     /// A key's position on the domain's ketama ring (MD5, or ketama-unweighted's hash).
     fn ring_hash(&self, key: &[u8]) -> u32 {
         let distribution = self.routing().snapshot.policy.distribution;
-        distribution
-            .points()
-            .map_or_else(|| ring::hash_key(key), |points| points.hash_key(key))
+        distribution.points().map_or_else(
+            || crate::hash::ketama_md5(key),
+            |points| points.hash_key(key),
+        )
     }
 
     fn routing(&self) -> &Routing {

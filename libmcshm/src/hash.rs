@@ -1,7 +1,21 @@
-//! The key hashes of libmemcached's libhashkit that a `modula` domain can use, bit for bit as
-//! libhashkit computes them (the tests compare each with the real library on 10 000 keys), so
-//! that a libmemcached client configured with `MEMCACHED_DISTRIBUTION_MODULA` and the same
-//! `MEMCACHED_BEHAVIOR_HASH` sends every key to the same server.
+//! Every key hash mcshm computes, and nothing else: a leaf of the crate (it uses no other
+//! module), so the placements built on the hashes (`ring`, `pecl`, the table's
+//! `Distribution`) depend on it and never the other way round.
+//!
+//! - [`ketama_md5`]: a key's position on a ketama continuum (the first four bytes of its MD5).
+//! - [`KeyHash`]: the hashes of libmemcached's libhashkit that a `modula` or `ketama-unweighted`
+//!   domain can use, bit for bit as libhashkit computes them (the tests compare each with the
+//!   real library on 10 000 keys), so that a libmemcached client configured with the same
+//!   `MEMCACHED_BEHAVIOR_HASH` sends every key to the same server.
+//! - [`PeclHash`]: PHP's PECL memcache `memcache.hash_function` (crc32 or fnv).
+
+use md5::{Digest, Md5};
+
+/// A key's position on a ketama continuum: the first four bytes of its MD5, little-endian.
+pub fn ketama_md5(key: &[u8]) -> u32 {
+    let digest = Md5::digest(key);
+    u32::from_le_bytes(digest[..4].try_into().expect("an MD5 has 16 bytes"))
+}
 
 /// A key hash (`mcadmin policy --hash`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -60,7 +74,7 @@ impl KeyHash {
     pub fn hash(self, key: &[u8]) -> u32 {
         match self {
             KeyHash::OneAtATime => one_at_a_time(key),
-            KeyHash::Md5 => crate::ring::hash_key(key),
+            KeyHash::Md5 => ketama_md5(key),
             KeyHash::Crc => (crc32fast::hash(key) >> 16) & 0x7fff,
             KeyHash::Fnv1a32 => fnv1a_32(key),
             KeyHash::Murmur => murmur2(key),
@@ -117,6 +131,50 @@ fn murmur2(key: &[u8]) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(M);
     h ^ (h >> 15)
+}
+
+/// `memcache.hash_function`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PeclHash {
+    #[default]
+    Crc32,
+    Fnv,
+}
+
+impl PeclHash {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeclHash::Crc32 => "crc32",
+            PeclHash::Fnv => "fnv",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PeclHash> {
+        [PeclHash::Crc32, PeclHash::Fnv]
+            .into_iter()
+            .find(|h| h.as_str() == text)
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            PeclHash::Crc32 => 0,
+            PeclHash::Fnv => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<PeclHash> {
+        [PeclHash::Crc32, PeclHash::Fnv]
+            .into_iter()
+            .find(|h| h.code() == code)
+    }
+
+    pub fn hash(self, bytes: &[u8]) -> u32 {
+        match self {
+            PeclHash::Crc32 => crc32fast::hash(bytes),
+            // FNV-1a over signed chars, as the extension computes it: libhashkit's fnv1a_32.
+            PeclHash::Fnv => KeyHash::Fnv1a32.hash(bytes),
+        }
+    }
 }
 
 #[cfg(test)]
