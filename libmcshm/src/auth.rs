@@ -74,6 +74,22 @@ impl Credentials {
         let data = format!("{} {}", self.user, self.password);
         format!("set auth 0 0 {}\r\n{data}\r\n", data.len()).into_bytes()
     }
+
+    /// The server's answer to [`Credentials::request`] (its one line, CRLF included): accepted
+    /// on `STORED`; otherwise the message every connection of mcshm gives (the library's, the
+    /// proxy's, drain's), naming the user and the fix.
+    pub fn check_answer(&self, answer: &[u8]) -> std::result::Result<(), String> {
+        if answer == b"STORED\r\n" {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(answer);
+        let said = said.trim_end();
+        let said = said.strip_prefix("CLIENT_ERROR ").unwrap_or(said);
+        Err(format!(
+            "the server refused the credentials of user '{}' ({said}): check them with `mcadmin auth`",
+            self.user
+        ))
+    }
 }
 
 /// Where a domain's credentials are kept: `DIR/DOMAIN.auth`.
@@ -152,6 +168,25 @@ pub fn clear(dir: &Path, domain: &Domain) -> Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io("remove", &path, e)),
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::Credentials;
+
+    #[test]
+    fn the_answer_to_the_authentication_is_read_alike_everywhere() {
+        let credentials = Credentials::new("app", "s3cret").unwrap();
+        assert_eq!(credentials.check_answer(b"STORED\r\n"), Ok(()));
+        let refused = credentials
+            .check_answer(b"CLIENT_ERROR authentication failure\r\n")
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            "the server refused the credentials of user 'app' (authentication failure): check them with `mcadmin auth`"
+        );
+        assert!(credentials.check_answer(b"ERROR\r\n").is_err());
     }
 }
 

@@ -108,10 +108,10 @@ impl Conn {
             match conn.receive(Expect::Store)? {
                 Reply::Stored => {}
                 Reply::ClientError(message) => {
-                    return Err(ConnError::Auth(format!(
-                        "the server refused the credentials of user '{}' ({message}): check them with `mcadmin auth`",
-                        credentials.user
-                    )));
+                    let answer = format!("CLIENT_ERROR {message}\r\n");
+                    credentials
+                        .check_answer(answer.as_bytes())
+                        .map_err(ConnError::Auth)?;
                 }
                 other => {
                     return Err(ConnError::Protocol(format!(

@@ -81,12 +81,9 @@ fn dump_on<S: Read + Write>(
                 n => out.extend_from_slice(&chunk[..n]),
             }
         }
-        if out != b"STORED\r\n" {
-            return Err(std::io::Error::other(format!(
-                "the server refused the domain's credentials: {}",
-                String::from_utf8_lossy(&out).trim_end()
-            )));
-        }
+        credentials
+            .check_answer(&out)
+            .map_err(std::io::Error::other)?;
         out.clear();
     }
     stream.write_all(b"lru_crawler metadump all\r\n")?;

@@ -85,8 +85,8 @@ struct Conn<D> {
     closing: bool,
     queued: bool,
     broken: Option<Failure>,
-    /// The user the connection authenticates as (`mcadmin auth`), if any.
-    user: String,
+    /// The credentials the connection authenticates with (`mcadmin auth`), if any.
+    credentials: Option<Credentials>,
 }
 
 /// A domain's part in the connections.
@@ -230,7 +230,7 @@ impl<D> Net<D> {
             closing: false,
             queued: false,
             broken,
-            user: String::new(),
+            credentials: None,
         };
         if conn.broken.is_none() {
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -246,7 +246,7 @@ impl<D> Net<D> {
                 Ok(None) => {}
                 Ok(Some(credentials)) => {
                     conn.out.extend_from_slice(&credentials.request());
-                    conn.user = credentials.user.clone();
+                    conn.credentials = Some(credentials);
                     conn.in_flight.push_back(Waiter {
                         frame: Frame::Line,
                         sent: Instant::now(),
@@ -558,16 +558,12 @@ fn deliver_replies<D>(
         let waiter = conn.in_flight.pop_front().expect("checked above");
         let reply = &data[..len];
         match waiter.to {
-            Deliver::Auth if reply == b"STORED\r\n" => {}
             Deliver::Auth => {
-                return Err(Failure::new(
-                    format!(
-                        "the server refused the credentials of user '{}' ({}): check them with `mcadmin auth`",
-                        conn.user,
-                        String::from_utf8_lossy(reply).trim_end()
-                    ),
-                    libc::EACCES,
-                ));
+                if let Some(credentials) = &conn.credentials {
+                    credentials
+                        .check_answer(reply)
+                        .map_err(|refused| Failure::new(refused, libc::EACCES))?;
+                }
             }
             to => {
                 conn.stats
