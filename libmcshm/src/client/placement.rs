@@ -58,3 +58,66 @@ impl Placement {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Address;
+    use crate::hash::PeclHash;
+
+    fn servers(n: usize) -> Vec<Server> {
+        (0..n)
+            .map(|i| Server::new(Address::parse(&format!("10.0.0.{i}:11211")).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_ketama_distributions_have_no_placement_of_their_own() {
+        let all = servers(3);
+        for distribution in [Distribution::Ketama, Distribution::KetamaSpy] {
+            assert!(Placement::build(distribution, &all, vec![0, 1, 2]).is_none());
+        }
+    }
+
+    #[test]
+    fn modula_is_the_hash_modulo_the_members_and_walks_the_list() {
+        let all = servers(5);
+        let members = vec![0, 2, 4];
+        let hash = KeyHash::OneAtATime;
+        let placement =
+            Placement::build(Distribution::Modula(hash), &all, members.clone()).unwrap();
+        for key in ["a", "b", "foo", "user:42"] {
+            let first = hash.hash(key.as_bytes()) as usize % members.len();
+            assert_eq!(placement.owner(key.as_bytes()), Some(members[first]));
+            let along = placement.along(key.as_bytes(), 5);
+            // Every member once, starting at the owner, in list order.
+            assert_eq!(along.len(), 3);
+            assert_eq!(along[0], members[first]);
+            assert_eq!(along[1], members[(first + 1) % 3]);
+            assert_eq!(along[2], members[(first + 2) % 3]);
+        }
+        let empty = Placement::build(Distribution::Modula(hash), &all, Vec::new()).unwrap();
+        assert_eq!(empty.owner(b"a"), None);
+        assert!(empty.along(b"a", 2).is_empty());
+    }
+
+    #[test]
+    fn pecl_owner_is_the_first_server_along_its_circle() {
+        let all = servers(4);
+        for hash in [PeclHash::Crc32, PeclHash::Fnv] {
+            let placement =
+                Placement::build(Distribution::PeclMemcache(hash), &all, vec![0, 1, 2, 3]).unwrap();
+            let mut owners = std::collections::HashSet::new();
+            for n in 0..200 {
+                let key = format!("key{n}");
+                let owner = placement.owner(key.as_bytes()).unwrap();
+                let along = placement.along(key.as_bytes(), 4);
+                assert_eq!(along.first(), Some(&owner));
+                let distinct: std::collections::HashSet<_> = along.iter().collect();
+                assert_eq!(distinct.len(), along.len(), "distinct servers");
+                owners.insert(owner);
+            }
+            assert_eq!(owners.len(), 4, "200 keys reach every server");
+        }
+    }
+}
