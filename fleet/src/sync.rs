@@ -565,7 +565,7 @@ impl Agent {
                 HostDomain {
                     revision,
                     applied_ms: mirror.applied_ms,
-                    clients: writer.clients().len(),
+                    clients: writer.process_records().len(),
                 },
             );
         }

@@ -25,18 +25,18 @@
 //!
 //! Modules, from the bytes up: `shm` (the only `unsafe`: atomic access to the mapping),
 //! [`seqlock`] (publish/read protocol), [`format`](mod@crate::format) (the byte layout),
-//! [`registry`] (files, snapshots, transactions, failure counters, clients records), [`edit`]
-//! and [`dump`] (the operations `mcadmin` offers); then the memcached side: [`ring`] (ketama,
-//! libmemcached-compatible), [`proto`] (the text protocol), [`conn`], [`client`] (routing,
-//! failover, replication, warm-up, drain fallback), [`lifecycle`] (probe and rejoin),
-//! [`health`] (the watch daemon), [`drain`] and [`clients`].
+//! [`registry`] (files, snapshots, transactions, failure counters, process records), [`edit`]
+//! and [`dump`] (the operations `mcadmin` offers); [`hash`] (every key hash, a leaf) and
+//! [`ring`] (ketama, libmemcached-compatible); then the memcached side: [`proto`] (the text
+//! protocol), [`conn`], [`client`] (routing, failover, replication, warm-up, drain fallback),
+//! [`lifecycle`] (probe and rejoin), [`health`] (the watch daemon), [`drain`]; and
+//! [`processes`] (which processes have a domain open).
 
 #![deny(unsafe_code)]
 
 pub mod address;
 pub mod auth;
 pub mod client;
-pub mod clients;
 pub mod coherence;
 pub mod conn;
 pub mod domain;
@@ -50,6 +50,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod pecl;
 pub mod prefix;
+pub mod processes;
 pub mod proto;
 pub mod registry;
 pub mod ring;

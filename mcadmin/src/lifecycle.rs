@@ -380,8 +380,8 @@ pub fn clients(ctx: &Invocation) -> Result<Exit> {
     };
     // Every process with a record, then every other process that maps the file (read-only
     // processes, and those beyond the file's records), so a host with 500 clients lists 500.
-    let mut clients = registry.clients();
-    let unrecorded: Vec<_> = libmcshm::clients::processes_mapping(registry.path())
+    let mut clients = registry.process_records();
+    let unrecorded: Vec<_> = libmcshm::processes::processes_mapping(registry.path())
         .into_iter()
         .filter(|p| !clients.iter().any(|c| c.pid == p.pid))
         .collect();

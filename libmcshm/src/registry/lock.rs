@@ -161,7 +161,7 @@ impl Registry {
     fn lock_holder(&self, file: &File) -> Option<String> {
         let pid = crate::shm::lock_holder(file).or_else(|| {
             let word = self.map.load(format::LOCKER_WORD, Ordering::Acquire)?;
-            let holder = crate::clients::ProcessId::from_word(word);
+            let holder = crate::processes::ProcessId::from_word(word);
             holder.is_alive().then_some(holder.pid)
         })?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -213,7 +213,7 @@ impl Registry {
             let current = fs::symlink_metadata(&self.path)
                 .map_err(|e| Error::io("inspect", &self.path, e))?;
             if (current.dev(), current.ino()) == self.file_id {
-                let me = crate::clients::ProcessId::current().map_or(0, |p| p.to_word());
+                let me = crate::processes::ProcessId::current().map_or(0, |p| p.to_word());
                 self.map.store(format::LOCKER_WORD, me, Ordering::Release);
                 // A grower that died before its rename left MOVED set on the current file.
                 if let Ok((version, true)) = self.committed() {

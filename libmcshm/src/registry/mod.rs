@@ -109,8 +109,8 @@ pub struct Commit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentLink {
     /// The agent process, if one ever recorded itself (it may have died since: see
-    /// [`crate::clients::ProcessId::is_alive`]).
-    pub agent: Option<crate::clients::ProcessId>,
+    /// [`crate::processes::ProcessId::is_alive`]).
+    pub agent: Option<crate::processes::ProcessId>,
     /// Whether the agent reached etcd at its last attempt.
     pub connected: bool,
     /// Since when it is connected, or cut off (ms since the Unix epoch).
@@ -930,7 +930,7 @@ impl Registry {
             .map
             .load(format::AGENT_WORD, Ordering::Acquire)
             .filter(|&w| w != 0)
-            .map(crate::clients::ProcessId::from_word);
+            .map(crate::processes::ProcessId::from_word);
         let link = self
             .map
             .load(format::AGENT_LINK_WORD, Ordering::Acquire)
@@ -945,7 +945,7 @@ impl Registry {
     /// Records this process as the domain's fleet agent, reaching etcd or not since `since_ms`
     /// (the agent calls it on every change of its link and after the file was replaced).
     pub fn set_agent_link(&self, connected: bool, since_ms: u64) {
-        if let Some(me) = crate::clients::ProcessId::current() {
+        if let Some(me) = crate::processes::ProcessId::current() {
             self.map
                 .store(format::AGENT_WORD, me.to_word(), Ordering::Release);
         }
@@ -964,18 +964,19 @@ impl Registry {
     /// Claims a record in the clients region for this process (see `mcadmin clients`); `None`
     /// when read-only or all records are taken by live processes.
     pub fn register_client(&self) -> Option<usize> {
-        let me = crate::clients::ProcessId::current()?;
+        let me = crate::processes::ProcessId::current()?;
         for slot in 0..format::CLIENT_SLOTS {
             let word = self.layout.client_word(slot)?;
             let seen = self.map.load(word, Ordering::Acquire)?;
-            let free = seen == 0 || !crate::clients::ProcessId::from_word(seen).is_alive();
+            let free = seen == 0 || !crate::processes::ProcessId::from_word(seen).is_alive();
             if free
                 && matches!(
                     self.map.compare_exchange(word, seen, me.to_word()),
                     Some(Ok(_))
                 )
             {
-                self.map.copy_in(word + 3, &crate::clients::comm_words())?;
+                self.map
+                    .copy_in(word + 3, &crate::processes::comm_words())?;
                 return Some(slot);
             }
         }
@@ -994,7 +995,7 @@ impl Registry {
     pub fn release_client(&self, slot: usize) {
         if let (Some(word), Some(me)) = (
             self.layout.client_word(slot),
-            crate::clients::ProcessId::current(),
+            crate::processes::ProcessId::current(),
         ) {
             let _ = self.map.compare_exchange(word, me.to_word(), 0);
         }
@@ -1002,7 +1003,7 @@ impl Registry {
 
     /// The processes that have the domain open; records of dead processes are freed (when this
     /// handle may write) and left out.
-    pub fn clients(&self) -> Vec<crate::clients::ClientInfo> {
+    pub fn process_records(&self) -> Vec<crate::processes::ProcessRecord> {
         let mut out = Vec::new();
         for slot in 0..format::CLIENT_SLOTS {
             let Some(word) = self.layout.client_word(slot) else {
@@ -1012,12 +1013,12 @@ impl Registry {
             if self.map.copy_out(word, &mut record).is_none() || record[0] == 0 {
                 continue;
             }
-            let id = crate::clients::ProcessId::from_word(record[0]);
+            let id = crate::processes::ProcessId::from_word(record[0]);
             if !id.is_alive() {
                 let _ = self.map.compare_exchange(word, record[0], 0);
                 continue;
             }
-            out.push(crate::clients::ClientInfo::from_record(id, &record));
+            out.push(crate::processes::ProcessRecord::from_record(id, &record));
         }
         out
     }

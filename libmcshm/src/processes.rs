@@ -1,6 +1,8 @@
-//! Which processes have a domain open (`mcadmin clients`): each client claims a 64-byte record
-//! in the file's clients region, identified by pid and process start time (so a recycled pid is
-//! not mistaken for the old process), and notes the table version it last used and when.
+//! Process records: which processes have a domain open (`mcadmin clients`). Each process that
+//! opens a domain claims a 64-byte record in the file's clients region, identified by pid and
+//! process start time (so a recycled pid is not mistaken for the old process), and notes the
+//! table version it last used and when. (Not to be confused with [`crate::client`], the
+//! memcached client: these are the processes, whatever they use the table for.)
 
 /// A process: pid plus its start time (clock ticks since boot, from /proc), packed in one word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +62,7 @@ pub(crate) fn comm_words() -> [u64; 2] {
 
 /// One process using a domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientInfo {
+pub struct ProcessRecord {
     pub pid: u32,
     pub command: String,
     /// The table version it last used, and when (ms since the epoch; 0: not yet or unknown).
@@ -74,7 +76,7 @@ pub struct ClientInfo {
 /// Every process (other than this one) that has `file` mapped, as /proc shows it: the live
 /// file, or an older one it replaced (" (deleted)": the process follows on its next read).
 /// Only the processes whose maps this user may read (all of them for root).
-pub fn processes_mapping(file: &std::path::Path) -> Vec<ClientInfo> {
+pub fn processes_mapping(file: &std::path::Path) -> Vec<ProcessRecord> {
     let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let Some(path) = canonical.to_str() else {
         return Vec::new();
@@ -103,7 +105,7 @@ pub fn processes_mapping(file: &std::path::Path) -> Vec<ClientInfo> {
             .any(|line| line.ends_with(path) || line.ends_with(replaced.as_str()))
         {
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push(ClientInfo {
+            found.push(ProcessRecord {
                 pid,
                 command: comm.trim_end().to_string(),
                 version: 0,
@@ -115,13 +117,13 @@ pub fn processes_mapping(file: &std::path::Path) -> Vec<ClientInfo> {
     found
 }
 
-impl ClientInfo {
-    pub(crate) fn from_record(id: ProcessId, record: &[u64; 8]) -> ClientInfo {
+impl ProcessRecord {
+    pub(crate) fn from_record(id: ProcessId, record: &[u64; 8]) -> ProcessRecord {
         let mut name = [0u8; 16];
         name[..8].copy_from_slice(&record[3].to_le_bytes());
         name[8..].copy_from_slice(&record[4].to_le_bytes());
         let len = name.iter().position(|&b| b == 0).unwrap_or(16);
-        ClientInfo {
+        ProcessRecord {
             pid: id.pid,
             command: String::from_utf8_lossy(&name[..len]).into_owned(),
             version: record[1],
