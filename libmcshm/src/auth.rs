@@ -84,11 +84,16 @@ impl Credentials {
         }
         let said = String::from_utf8_lossy(answer);
         let said = said.trim_end();
-        let said = said.strip_prefix("CLIENT_ERROR ").unwrap_or(said);
-        Err(format!(
+        Err(self.refused(said.strip_prefix("CLIENT_ERROR ").unwrap_or(said)))
+    }
+
+    /// The server refused these credentials, saying `said`: the message naming the user and
+    /// the fix.
+    pub fn refused(&self, said: &str) -> String {
+        format!(
             "the server refused the credentials of user '{}' ({said}): check them with `mcadmin auth`",
             self.user
-        ))
+        )
     }
 }
 

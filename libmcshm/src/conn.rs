@@ -108,10 +108,7 @@ impl Conn {
             match conn.receive(Expect::Store)? {
                 Reply::Stored => {}
                 Reply::ClientError(message) => {
-                    let answer = format!("CLIENT_ERROR {message}\r\n");
-                    credentials
-                        .check_answer(answer.as_bytes())
-                        .map_err(ConnError::Auth)?;
+                    return Err(ConnError::Auth(credentials.refused(&message)));
                 }
                 other => {
                     return Err(ConnError::Protocol(format!(

@@ -211,12 +211,12 @@ impl Request<'_> {
     }
 }
 
-/// `verb PREFIXKEY[ arg]`: `key` is the prefix and the key.
 /// Formats into a request buffer without an intermediate string.
 fn write_fmt(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
     let _ = std::io::Write::write_fmt(out, args);
 }
 
+/// `verb PREFIXKEY[ arg]`: `key` is the prefix and the key.
 fn line(out: &mut Vec<u8>, verb: &[u8], [prefix, key]: [&[u8]; 2], arg: &str) {
     debug_assert!(check_key(key).is_ok());
     out.extend_from_slice(verb);

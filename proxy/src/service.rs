@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use libmcshm::client::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef};
+use libmcshm::client::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 use libmcshm::proto::{self, Expect, Reply, Request, StoreVerb};
 use libmcshm::table::State;
 use libmcshm::{Address, Domain, Snapshot, Timeouts};
@@ -153,6 +153,13 @@ enum Filled {
     /// The owner may have the key (a newer write, or the drain moved it): ask it.
     AskAgain,
     Nothing,
+}
+
+/// A plan the direct path made for a command and could not use (see
+/// [`Service::start`]).
+enum Planned {
+    Read(Plan<ReadPlan>),
+    Write(Plan<WritePlan>),
 }
 
 /// A routing decision: the table it was made on, and server positions in it.
@@ -328,9 +335,10 @@ impl Service {
     }
 
     /// Starts a command that goes to servers (the session answers the others itself), on the
-    /// client's `lane`: directly when its plan has the common shape, else as a job. Either
-    /// way its first requests are queued before this returns (a job is polled once at once),
-    /// so the servers see a client's commands in the order it sent them.
+    /// client's `lane`: directly when its plan has the common shape, else as a job that
+    /// executes the plan already made. Either way its first requests are queued before this
+    /// returns (a job is polled once at once), so the servers see a client's commands in the
+    /// order it sent them.
     pub fn start(
         self: &Rc<Self>,
         command: Command,
@@ -338,20 +346,6 @@ impl Service {
         net: &mut Net<Direct>,
         slot: SlotRef,
     ) -> Started {
-        match self.start_direct(command, lane, net, slot) {
-            Ok(started) => started,
-            Err(command) => Started::Job(self.clone().job(command, lane)),
-        }
-    }
-
-    /// The direct path, when the command and its plan have its shape; the command back if not.
-    fn start_direct(
-        self: &Rc<Self>,
-        command: Command,
-        lane: usize,
-        net: &mut Net<Direct>,
-        slot: SlotRef,
-    ) -> Result<Started, Command> {
         let shape = match &command {
             Command::Get { keys, .. } if keys.len() == 1 => {
                 self.stats
@@ -380,14 +374,15 @@ impl Service {
             | Command::Touch { key, .. } => self
                 .direct_write(key, false)
                 .map(|(s, i)| (s, i, Frame::Line)),
-            _ => None,
+            _ => Err(None),
         };
-        let Some((snapshot, server, frame)) = shape else {
-            return Err(command);
+        let (snapshot, server, frame) = match shape {
+            Ok(shape) => shape,
+            Err(planned) => return Started::Job(self.clone().job_planned(command, lane, planned)),
         };
         let prefix = snapshot.policy.prefix;
         if !prefix.is_empty() && command.base64_key() {
-            return Err(command);
+            return Started::Job(self.clone().job(command, lane));
         }
         let quiet = Quiet::of(&command);
         let to = Deliver::Direct(Direct {
@@ -412,32 +407,43 @@ impl Service {
                 }
             },
         );
-        Ok(Started::Direct)
+        Started::Direct
     }
 
     /// The one server a read goes to directly: the key's single up replica, when nothing may
-    /// need filling.
-    fn direct_read(&self, key: &[u8]) -> Option<(Arc<Snapshot>, usize)> {
+    /// need filling; else the plan, for the job (`None`: no plan could be made).
+    fn direct_read(&self, key: &[u8]) -> Result<(Arc<Snapshot>, usize), Option<Planned>> {
         let now = libmcshm::registry::now_ms();
         let Plan { snapshot, value } = self
             .decide(|router| {
                 let plan = router.plan_read(key, now)?;
                 Ok((plan, router.fills_possible(now)))
             })
-            .ok()?;
+            .map_err(|_| None)?;
         let (plan, fills) = value;
-        let direct = !fills && plan.fills.is_empty() && plan.replicas.len() == 1;
-        direct.then(|| (snapshot, plan.replicas[0].index))
+        match !fills && plan.fills.is_empty() && plan.replicas.len() == 1 {
+            true => Ok((snapshot, plan.replicas[0].index)),
+            false => Err(Some(Planned::Read(Plan {
+                snapshot,
+                value: plan,
+            }))),
+        }
     }
 
     /// The one server a write goes to directly: its single target, when nothing needs
-    /// invalidating.
-    fn direct_write(&self, key: &[u8], only_first: bool) -> Option<(Arc<Snapshot>, usize)> {
+    /// invalidating; else the plan, for the job (`None`: no plan could be made).
+    fn direct_write(
+        &self,
+        key: &[u8],
+        only_first: bool,
+    ) -> Result<(Arc<Snapshot>, usize), Option<Planned>> {
         let Plan { snapshot, value } = self
             .decide(|router| router.plan_write(key, only_first))
-            .ok()?;
-        let direct = value.targets.len() == 1 && value.invalidate.is_empty();
-        direct.then(|| (snapshot, value.targets[0].index))
+            .map_err(|_| None)?;
+        match value.targets.len() == 1 && value.invalidate.is_empty() {
+            true => Ok((snapshot, value.targets[0].index)),
+            false => Err(Some(Planned::Write(Plan { snapshot, value }))),
+        }
     }
 
     /// The reply of a direct request: reported to the router, and made the client's reply.
@@ -521,13 +527,28 @@ impl Service {
 
     /// The slow path: the command's plan executed as the blocking client executes it.
     pub fn job(self: Rc<Self>, command: Command, lane: usize) -> Work {
+        self.job_planned(command, lane, None)
+    }
+
+    /// [`Service::job`], with the plan already made for the command, if any.
+    fn job_planned(
+        self: Rc<Self>,
+        command: Command,
+        lane: usize,
+        planned: Option<Planned>,
+    ) -> Work {
+        let (read, write) = match planned {
+            Some(Planned::Read(plan)) => (Some(plan), None),
+            Some(Planned::Write(plan)) => (None, Some(plan)),
+            None => (None, None),
+        };
         Box::pin(async move {
             match command {
                 Command::Get {
                     verb,
                     exptime,
                     keys,
-                } => self.get(verb, exptime, keys, lane).await,
+                } => self.get(verb, exptime, keys, lane, read).await,
                 Command::Meta {
                     verb,
                     ref key,
@@ -535,9 +556,12 @@ impl Service {
                     ..
                 } => {
                     let reply = match verb {
-                        MetaVerb::Get => self.read_one(&command, key, lane).await,
+                        MetaVerb::Get => self.read_one(&command, key, lane, read).await,
                         MetaVerb::Debug => self.owner_only(&command, key, lane).await,
-                        _ => self.write(&command, key, Frame::Meta, false, lane).await,
+                        _ => {
+                            self.write(&command, key, (Frame::Meta, false), lane, write)
+                                .await
+                        }
                     };
                     match quiet {
                         true => Quiet::Meta(verb).apply(reply),
@@ -556,9 +580,8 @@ impl Service {
                     cas,
                     ..
                 } => {
-                    let reply = self
-                        .write(&command, key, Frame::Line, cas.is_some(), lane)
-                        .await;
+                    let shape = (Frame::Line, cas.is_some());
+                    let reply = self.write(&command, key, shape, lane, write).await;
                     if noreply { Vec::new() } else { reply }
                 }
                 Command::Delete { ref key, noreply }
@@ -568,7 +591,8 @@ impl Service {
                 | Command::Touch {
                     ref key, noreply, ..
                 } => {
-                    let reply = self.write(&command, key, Frame::Line, false, lane).await;
+                    let shape = (Frame::Line, false);
+                    let reply = self.write(&command, key, shape, lane, write).await;
                     if noreply { Vec::new() } else { reply }
                 }
                 Command::MetaNoop
@@ -585,12 +609,14 @@ impl Service {
     /// there are asked of the next replica), merged in the client's key order. Every server's
     /// share is sent before any reply is awaited. Keys of failed servers are misses unless
     /// every server failed: then `SERVER_ERROR`.
+    /// (`planned`: the plan of a single key, made by the direct path.)
     async fn get(
         &self,
         verb: GetVerb,
         exptime: Option<i64>,
         keys: Vec<Vec<u8>>,
         lane: usize,
+        planned: Option<Plan<ReadPlan>>,
     ) -> Vec<u8> {
         use std::sync::atomic::Ordering::Relaxed;
         if keys.len() > 1 {
@@ -600,11 +626,17 @@ impl Service {
         let Plan {
             snapshot,
             value: plans,
-        } = decided!(self.decide(|router| {
-            let plans: libmcshm::Result<Vec<ReadPlan>> =
-                keys.iter().map(|key| router.plan_read(key, now)).collect();
-            plans
-        }));
+        } = match planned {
+            Some(Plan { snapshot, value }) => Plan {
+                snapshot,
+                value: vec![value],
+            },
+            None => decided!(self.decide(|router| {
+                let plans: libmcshm::Result<Vec<ReadPlan>> =
+                    keys.iter().map(|key| router.plan_read(key, now)).collect();
+                plans
+            })),
+        };
         let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         let (mut answered, mut failure) = (false, None);
         let rounds = plans.iter().map(|p| p.replicas.len()).max().unwrap_or(0);
@@ -807,12 +839,21 @@ impl Service {
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`); on a
     /// miss everywhere, the plan's fills, then the owner asked again with the same command.
-    async fn read_one(&self, command: &Command, key: &[u8], lane: usize) -> Vec<u8> {
+    async fn read_one(
+        &self,
+        command: &Command,
+        key: &[u8],
+        lane: usize,
+        planned: Option<Plan<ReadPlan>>,
+    ) -> Vec<u8> {
         let now = libmcshm::registry::now_ms();
         let Plan {
             snapshot,
             value: plan,
-        } = decided!(self.decide(|router| router.plan_read(key, now)));
+        } = match planned {
+            Some(plan) => plan,
+            None => decided!(self.decide(|router| router.plan_read(key, now))),
+        };
         let bytes = decided!(encode_for(command, &snapshot));
         let Some(first) = plan.replicas.first().copied() else {
             return b"EN\r\n".to_vec();
@@ -868,20 +909,23 @@ impl Service {
         }
     }
 
-    /// A write to the key's up replicas (cas: the first only), then the invalidations the
-    /// router names; the first replica's reply.
+    /// A write to the key's up replicas (`only_first`, for cas: the first only), then the
+    /// invalidations the router names; the first replica's reply.
     async fn write(
         &self,
         command: &Command,
         key: &[u8],
-        frame: Frame,
-        only_first: bool,
+        (frame, only_first): (Frame, bool),
         lane: usize,
+        planned: Option<Plan<WritePlan>>,
     ) -> Vec<u8> {
         let Plan {
             snapshot,
             value: plan,
-        } = decided!(self.decide(|router| router.plan_write(key, only_first)));
+        } = match planned {
+            Some(plan) => plan,
+            None => decided!(self.decide(|router| router.plan_write(key, only_first))),
+        };
         let targets: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
         let bytes = decided!(encode_for(command, &snapshot));
         let prefix = snapshot.policy.prefix;

@@ -350,15 +350,12 @@ impl Session {
         }
     }
 
-    fn stop_reading(&mut self) {
+    /// Stops reading (quit, a fatal error, a timeout, shutdown): the commands already started
+    /// are answered, then the session ends.
+    pub fn stop_reading(&mut self) {
         self.reading = false;
         self.inbox.consume(usize::MAX);
         self.swallow = 0;
-    }
-
-    /// Stops reading for a shutdown: what was read is answered, then the session ends.
-    pub fn shut_down(&mut self) {
-        self.stop_reading();
     }
 
     /// A text command, answered here or routed. `None`: the client quit.

@@ -364,15 +364,23 @@ impl<D> Net<D> {
         }
     }
 
+    /// When connection `conn` times out, if it waits for anything: its connect's deadline, or
+    /// its oldest request's reply's; and whether it is the connect.
+    fn deadline(&self, conn: &Conn<D>) -> Option<(Instant, bool)> {
+        match conn.connecting {
+            Some(deadline) => (!conn.in_flight.is_empty()).then_some((deadline, true)),
+            None => conn
+                .in_flight
+                .front()
+                .map(|w| (w.sent + self.timeouts.io, false)),
+        }
+    }
+
     /// The earliest moment a connection times out.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.conns
             .iter()
-            .filter_map(|(_, conn)| match conn.connecting {
-                Some(deadline) if !conn.in_flight.is_empty() => Some(deadline),
-                Some(_) => None,
-                None => conn.in_flight.front().map(|w| w.sent + self.timeouts.io),
-            })
+            .filter_map(|(_, conn)| self.deadline(conn).map(|(at, _)| at))
             .min()
     }
 
@@ -384,31 +392,18 @@ impl<D> Net<D> {
     ) {
         let mut expired = Vec::new();
         for (key, conn) in &self.conns {
-            match conn.connecting {
-                Some(deadline) if now >= deadline && !conn.in_flight.is_empty() => expired.push((
-                    key,
-                    Failure::new(
-                        format!("connect: timed out after {:?}", self.timeouts.connect),
-                        libc::ETIMEDOUT,
-                    ),
-                )),
-                Some(_) => {}
-                None => {
-                    if conn
-                        .in_flight
-                        .front()
-                        .is_some_and(|w| now >= w.sent + self.timeouts.io)
-                    {
-                        expired.push((
-                            key,
-                            Failure::new(
-                                format!("no reply within {:?}", self.timeouts.io),
-                                libc::ETIMEDOUT,
-                            ),
-                        ));
-                    }
-                }
-            }
+            let failure = match self.deadline(conn) {
+                Some((at, true)) if now >= at => Failure::new(
+                    format!("connect: timed out after {:?}", self.timeouts.connect),
+                    libc::ETIMEDOUT,
+                ),
+                Some((at, false)) if now >= at => Failure::new(
+                    format!("no reply within {:?}", self.timeouts.io),
+                    libc::ETIMEDOUT,
+                ),
+                _ => continue,
+            };
+            expired.push((key, failure));
         }
         for (key, failure) in expired {
             self.fail(key, failure, deliver);

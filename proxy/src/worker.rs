@@ -423,7 +423,7 @@ impl Worker {
         self.accept_again = None;
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.clients[key].shut_down();
+            self.clients[key].stop_reading();
             if !self.clients[key].queued {
                 self.clients[key].queued = true;
                 self.dirty.push(key);
@@ -485,7 +485,7 @@ impl Worker {
                     .client_errors
                     .fetch_add(1, Ordering::Relaxed);
             }
-            session.shut_down();
+            session.stop_reading();
             if !session.queued {
                 session.queued = true;
                 self.dirty.push(key);

@@ -390,15 +390,35 @@ impl Client {
         // a read): their owner asked again if the table changed during the batch (a drain may
         // have moved them there), then the plan's fills (warm-up, drain).
         let changed = self.router.refresh().is_ok() && self.router.snapshot().version != version;
-        let mut filled = Vec::new();
         let now = crate::registry::now_ms();
-        let fills = self.router.fills_possible(now);
-        let hit: HashSet<&[u8]> = match changed || fills {
-            true => result.items.iter().map(|i| i.key.as_slice()).collect(),
-            false => HashSet::new(),
-        };
+        if changed || self.router.fills_possible(now) {
+            let filled = self.fill_misses(&result.items, owners, &failed, changed, cas, now);
+            result.items.extend(filled);
+        }
+        for (server, (err, asked)) in failed {
+            if asked.iter().any(|key| !answered.contains(key)) {
+                result.errors.push((self.address(server), err));
+            }
+        }
+        Ok(result)
+    }
+
+    /// The misses of a multi-get (keys not in `items`, whose first server did not fail),
+    /// planned again one by one: the owner asked again if the table `changed`, then the plan's
+    /// fills. The items found.
+    fn fill_misses(
+        &mut self,
+        items: &[Item],
+        owners: Vec<(&[u8], usize)>,
+        failed: &HashMap<usize, (Error, Vec<&[u8]>)>,
+        changed: bool,
+        cas: bool,
+        now: u64,
+    ) -> Vec<Item> {
+        let hit: HashSet<&[u8]> = items.iter().map(|i| i.key.as_slice()).collect();
+        let mut filled = Vec::new();
         for (key, first) in owners {
-            if hit.contains(key) || failed.contains_key(&first) || !(changed || fills) {
+            if hit.contains(key) || failed.contains_key(&first) {
                 continue;
             }
             let Ok(plan) = self.router.plan_read(key, now) else {
@@ -421,13 +441,7 @@ impl Client {
             }
             filled.extend(found);
         }
-        result.items.extend(filled);
-        for (server, (err, asked)) in failed {
-            if asked.iter().any(|key| !answered.contains(key)) {
-                result.errors.push((self.address(server), err));
-            }
-        }
-        Ok(result)
+        filled
     }
 
     /// The replicas of each key, and the table version they were routed on. Routing a key
