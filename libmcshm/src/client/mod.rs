@@ -392,7 +392,7 @@ impl Client {
         let changed = self.router.refresh().is_ok() && self.router.snapshot().version != version;
         let now = crate::registry::now_ms();
         if changed || self.router.fills_possible(now) {
-            let filled = self.fill_misses(&result.items, owners, &failed, changed, cas, now);
+            let filled = self.fill_misses(&result.items, owners, &failed, version, cas, now);
             result.items.extend(filled);
         }
         for (server, (err, asked)) in failed {
@@ -404,14 +404,14 @@ impl Client {
     }
 
     /// The misses of a multi-get (keys not in `items`, whose first server did not fail),
-    /// planned again one by one: the owner asked again if the table `changed`, then the plan's
-    /// fills. The items found.
+    /// planned again one by one: the owner asked again if the table changed since the batch was
+    /// routed on `version`, then the plan's fills. The items found.
     fn fill_misses(
         &mut self,
         items: &[Item],
         owners: Vec<(&[u8], usize)>,
         failed: &HashMap<usize, (Error, Vec<&[u8]>)>,
-        changed: bool,
+        version: u64,
         cas: bool,
         now: u64,
     ) -> Vec<Item> {
@@ -424,6 +424,9 @@ impl Client {
             let Ok(plan) = self.router.plan_read(key, now) else {
                 continue;
             };
+            // Planning reads the table afresh: a drain that ended while the misses were being
+            // filled leaves plans without fills, and the key on its new owner.
+            let changed = self.router.snapshot().version != version;
             if plan.fills.is_empty() && !changed {
                 continue;
             }
