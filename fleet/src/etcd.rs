@@ -141,6 +141,9 @@ pub struct Etcd {
 /// an idle watch; re-watching from the last revision is cheap and finds dead connections).
 pub const WATCH_IDLE: Duration = Duration::from_secs(30);
 
+/// The read of keys: safe to ask again of another member when an answer is cut off.
+const RANGE: &str = "/v3/kv/range";
+
 impl Etcd {
     pub fn new(config: EtcdConfig) -> Result<Etcd, EtcdError> {
         let tls = tls_config(&config)?;
@@ -180,12 +183,16 @@ impl Etcd {
             let index = (*lock(&self.current) + tries) % n;
             let endpoint = &self.config.endpoints[index];
             match self.post(&self.agent, endpoint, path, body) {
-                Ok(response) => {
-                    *lock(&self.current) = index;
-                    return response
-                        .into_json::<Value>()
-                        .map_err(|e| EtcdError::Protocol(format!("{path}: {e}")));
-                }
+                Ok(response) => match response.into_json::<Value>() {
+                    Ok(answer) => {
+                        *lock(&self.current) = index;
+                        return Ok(answer);
+                    }
+                    // A member that died in the middle of its answer: a read is asked of the
+                    // next one; a write's outcome is unknown, so it is not sent again.
+                    Err(e) if path == RANGE => last = format!("{endpoint}: {path}: {e}"),
+                    Err(e) => return Err(EtcdError::Protocol(format!("{path}: {e}"))),
+                },
                 Err(ureq::Error::Status(code, response)) => {
                     let text = error_body(response);
                     let message = serde_json::from_str::<Value>(&text)
@@ -265,7 +272,7 @@ impl Etcd {
         if let Some(rev) = at {
             body["revision"] = json!(rev.to_string());
         }
-        let answer = self.call("/v3/kv/range", &body).map_err(compacted)?;
+        let answer = self.call(RANGE, &body).map_err(compacted)?;
         let kvs = kvs(&answer)?;
         Ok((kvs.into_iter().next(), header_revision(&answer)?))
     }
@@ -276,7 +283,7 @@ impl Etcd {
             "key": b64(prefix.as_bytes()),
             "range_end": b64(&prefix_end(prefix.as_bytes())),
         });
-        let answer = self.call("/v3/kv/range", &body)?;
+        let answer = self.call(RANGE, &body)?;
         Ok((kvs(&answer)?, header_revision(&answer)?))
     }
 
