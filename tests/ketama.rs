@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use libmcshm::Address;
-use libmcshm::ring::{Ring, point_name};
+use libmcshm::placement::{Ring, point_name};
 
 /// Compiles the oracle; panics with the install command when libmemcached is missing.
 fn oracle(dir: &std::path::Path) -> std::path::PathBuf {

@@ -19,9 +19,10 @@
 //! are not part of the document.
 
 use libmcshm::Address;
+use libmcshm::placement::Distribution;
 use libmcshm::prefix::KeyPrefix;
 use libmcshm::table::{
-    Distribution, Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
+    Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
     check_retry_interval, check_warm_window, check_weight, first_duplicate,
 };
 use serde::{Deserialize, Serialize};
@@ -242,7 +243,7 @@ mod tests {
             servers: vec![Server::new(Address::parse("cache1").unwrap()), b],
             policy: Policy {
                 replicas: 2,
-                distribution: libmcshm::table::Distribution::parse(
+                distribution: libmcshm::placement::Distribution::parse(
                     "ketama-unweighted",
                     Some("murmur"),
                 )

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use libmcshm::ring::Ring;
+use libmcshm::placement::Ring;
 use libmcshm::table::Table;
 use libmcshm::{Address, Client, Domain, Registry, Server, Timeouts};
 

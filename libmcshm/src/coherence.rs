@@ -99,7 +99,7 @@ fn losers(old: &[Server], old_policy: &Policy, new: &[Server], new_policy: &Poli
 
 /// The ring points of each member.
 fn point_counts<'a>(
-    points: crate::ring::Points,
+    points: crate::placement::Points,
     members: &[(Identity<'a>, u16)],
 ) -> HashMap<Identity<'a>, u32> {
     let weights = members.iter().map(|m| m.1);
@@ -122,7 +122,8 @@ fn members<'a>(servers: &'a [Server], policy: &Policy) -> Vec<(Identity<'a>, u16
 mod tests {
     use super::*;
     use crate::address::Address;
-    use crate::table::{Distribution, Failover};
+    use crate::placement::Distribution;
+    use crate::table::Failover;
 
     fn server(name: &str, weight: u16, state: State) -> Server {
         Server {

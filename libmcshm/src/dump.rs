@@ -24,10 +24,11 @@ use std::fmt::Write;
 
 use crate::address::Address;
 use crate::error::{Error, Result};
+use crate::placement::Distribution;
 use crate::prefix::KeyPrefix;
 use crate::table::{
-    Distribution, Policy, Server, Snapshot, Table, check_failure_limit, check_reason,
-    check_replicas, check_retry_interval, check_warm_window, check_weight,
+    Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_replicas,
+    check_retry_interval, check_warm_window, check_weight,
 };
 
 /// The text form of a snapshot.

@@ -154,9 +154,10 @@ use crate::prefix::{KeyPrefix, MAX_PREFIX_LEN};
 use crate::seqlock::{Geometry, Seal};
 use std::collections::HashSet;
 
+use crate::placement::Distribution;
 use crate::table::{
-    DEFAULT_WARM_WINDOW_S, Distribution, Failover, MAX_REASON_LEN, Policy, Rejoin, Server,
-    Snapshot, State, Table, first_duplicate,
+    DEFAULT_WARM_WINDOW_S, Failover, MAX_REASON_LEN, Policy, Rejoin, Server, Snapshot, State,
+    Table, first_duplicate,
 };
 
 #[cfg(not(target_endian = "little"))]
@@ -350,7 +351,7 @@ impl Layout {
 
     /// Words reserved for a ring's index (the largest index of this capacity).
     fn ring_index_words(&self) -> usize {
-        let entries = (1usize << crate::ring::index_bits(self.ring_point_capacity())) + 1;
+        let entries = (1usize << crate::placement::index_bits(self.ring_point_capacity())) + 1;
         entries.div_ceil(2)
     }
 

@@ -48,12 +48,11 @@ pub mod format;
 pub mod hash;
 pub mod health;
 pub mod lifecycle;
-pub mod pecl;
+pub mod placement;
 pub mod prefix;
 pub mod processes;
 pub mod proto;
 pub mod registry;
-pub mod ring;
 pub mod seqlock;
 pub mod shared_ring;
 #[allow(unsafe_code)]

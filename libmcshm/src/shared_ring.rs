@@ -26,9 +26,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::format::{Layout, RingRef, RingWords};
-use crate::ring::{self, Ring};
+use crate::placement::{Distribution, Ring};
 use crate::seqlock::Words;
-use crate::table::{Distribution, Failover, Server, State};
+use crate::table::{Failover, Server, State};
 
 /// Bits 0..48 of a point: value and server.
 const DATA_MASK: u64 = (1 << 48) - 1;
@@ -167,7 +167,7 @@ impl RingView {
         let fits = generation == ring.generation
             && points == ring.points as usize
             && points <= at.point_capacity
-            && bits == crate::ring::index_bits(points)
+            && bits == crate::placement::index_bits(points)
             && servers <= MAX_SERVERS;
         if !fits {
             return None;
@@ -359,9 +359,9 @@ pub fn derive<W: Words>(
         points.sort_unstable();
         points
     };
-    let dropped = hash(&lost, &|j| ring::server_name(distribution, &old[j].address));
+    let dropped = hash(&lost, &|j| distribution.point_name(&old[j].address));
     let added = hash(&gained, &|m| {
-        ring::server_name(distribution, &new[members[m]].address)
+        distribution.point_name(&new[members[m]].address)
     });
     let mut drop = dropped.iter().peekable();
     let mut kept = Vec::with_capacity(view.points + added.len());

@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::address::Address;
 use crate::error::{Error, Result};
+use crate::placement::{Distribution, Member};
 
 /// `retry_interval` of a server added without one (seconds; PECL memcache's default).
 pub const DEFAULT_RETRY_INTERVAL: i32 = 15;
@@ -366,134 +367,16 @@ impl Default for Policy {
     }
 }
 
-/// How keys map to servers (`mcadmin policy --distribution`), as the other clients of a mixed
-/// fleet map them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Distribution {
-    /// libmemcached's `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` (PHP memcached's
-    /// `OPT_LIBKETAMA_COMPATIBLE`): the ketama continuum, weighted, MD5.
-    #[default]
-    Ketama,
-    /// libmemcached's `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with weights
-    /// (spymemcached's `KetamaNodeLocator`): weighted ketama over the names `/host:port`.
-    KetamaSpy,
-    /// libmemcached's `MEMCACHED_BEHAVIOR_KETAMA` (pylibmc's `ketama`): 100 points per server
-    /// whatever its weight, each the libhashkit hash (one-at-a-time unless `--hash` says) of
-    /// `host-i` or `host:port-i`; keys hash with the same hash.
-    KetamaUnweighted(crate::hash::KeyHash),
-    /// PHP's PECL memcache extension, `memcache.hash_strategy=consistent` with
-    /// `memcache.hash_function` crc32 or fnv (see [`crate::pecl`]).
-    PeclMemcache(crate::hash::PeclHash),
-    /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
-    /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
-    Modula(crate::hash::KeyHash),
-}
-
-impl Distribution {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Distribution::Ketama => "ketama",
-            Distribution::KetamaSpy => "ketama-spy",
-            Distribution::KetamaUnweighted(_) => "ketama-unweighted",
-            Distribution::PeclMemcache(_) => "pecl-memcache",
-            Distribution::Modula(_) => "modula",
-        }
-    }
-
-    /// Whether keys are placed on a ketama ring (which the writer shares in the file).
-    pub fn has_ring(self) -> bool {
-        self.points().is_some()
-    }
-
-    /// How the ketama distributions make their continuum's points (`None`: no ketama ring).
-    pub fn points(self) -> Option<crate::ring::Points> {
-        match self {
-            Distribution::Ketama | Distribution::KetamaSpy => Some(crate::ring::Points::Weighted),
-            Distribution::KetamaUnweighted(hash) => Some(crate::ring::Points::Unweighted(hash)),
-            Distribution::Modula(_) | Distribution::PeclMemcache(_) => None,
-        }
-    }
-
-    /// The name of the key hash (`md5` for the weighted ketama distributions).
-    pub fn hash_name(self) -> &'static str {
-        match self {
-            Distribution::Modula(hash) | Distribution::KetamaUnweighted(hash) => hash.as_str(),
-            Distribution::PeclMemcache(hash) => hash.as_str(),
-            Distribution::Ketama | Distribution::KetamaSpy => "md5",
-        }
-    }
-
-    /// From `--distribution` and `--hash` (modula's and ketama-unweighted's default hash:
-    /// one-at-a-time, as libmemcached's); errors say what is accepted.
-    pub fn parse(name: &str, hash: Option<&str>) -> Result<Distribution> {
-        if name == "pecl-memcache" {
-            let hash = match hash {
-                None => crate::hash::PeclHash::default(),
-                Some(text) => crate::hash::PeclHash::parse(text).ok_or_else(|| {
-                    Error::invalid("hash", text, "pecl-memcache hashes with crc32 or fnv")
-                })?,
-            };
-            return Ok(Distribution::PeclMemcache(hash));
-        }
-        let hash = match hash {
-            None => None,
-            Some(text) => Some(crate::hash::KeyHash::parse(text).ok_or_else(|| {
-                Error::invalid(
-                    "hash",
-                    text,
-                    "expected one-at-a-time, md5, crc, fnv1a_32 or murmur",
-                )
-            })?),
-        };
-        let ketama = match name {
-            "modula" => return Ok(Distribution::Modula(hash.unwrap_or_default())),
-            "ketama-unweighted" => {
-                return Ok(Distribution::KetamaUnweighted(hash.unwrap_or_default()));
-            }
-            "ketama" => Distribution::Ketama,
-            "ketama-spy" => Distribution::KetamaSpy,
-            other => {
-                return Err(Error::invalid(
-                    "distribution",
-                    other,
-                    "expected ketama, ketama-spy, ketama-unweighted, modula or pecl-memcache",
-                ));
-            }
-        };
-        match hash {
-            None | Some(crate::hash::KeyHash::Md5) => Ok(ketama),
-            Some(other) => Err(Error::invalid(
-                "hash",
-                other.as_str(),
-                "ketama and ketama-spy hash with md5 (as libmemcached); other hashes go with ketama-unweighted or modula",
-            )),
-        }
-    }
-
-    pub(crate) fn codes(self) -> (u8, u8) {
-        match self {
-            Distribution::Ketama => (0, 0),
-            Distribution::Modula(hash) => (1, hash.code()),
-            Distribution::KetamaSpy => (2, 0),
-            Distribution::PeclMemcache(hash) => (3, hash.code()),
-            Distribution::KetamaUnweighted(hash) => (4, hash.code()),
-        }
-    }
-
-    pub(crate) fn from_codes(distribution: u8, hash: u8) -> Option<Distribution> {
-        match (distribution, hash) {
-            (0, 0) => Some(Distribution::Ketama),
-            (2, 0) => Some(Distribution::KetamaSpy),
-            (3, hash) => Some(Distribution::PeclMemcache(
-                crate::hash::PeclHash::from_code(hash)?,
-            )),
-            (1, hash) => Some(Distribution::Modula(crate::hash::KeyHash::from_code(hash)?)),
-            (4, hash) => Some(Distribution::KetamaUnweighted(
-                crate::hash::KeyHash::from_code(hash)?,
-            )),
-            _ => None,
-        }
-    }
+/// The servers at `positions` as a placement takes them (see [`crate::placement`]).
+pub fn members<'a>(servers: &'a [Server], positions: &[usize]) -> Vec<Member<'a>> {
+    positions
+        .iter()
+        .map(|&position| Member {
+            position,
+            address: &servers[position].address,
+            weight: servers[position].weight,
+        })
+        .collect()
 }
 
 /// What a transaction edits: the server list and the policy.

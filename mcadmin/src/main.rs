@@ -250,7 +250,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                     .transpose()?,
                 distribution: distribution
                     .as_deref()
-                    .map(|d| libmcshm::table::Distribution::parse(d, hash.as_deref()))
+                    .map(|d| libmcshm::placement::Distribution::parse(d, hash.as_deref()))
                     .transpose()?,
                 failover: failover.as_deref().map(str::parse).transpose()?,
                 failure_limit: failure_limit
@@ -526,7 +526,7 @@ struct PolicyChange {
     rejoin: Option<libmcshm::table::Rejoin>,
     replicas: Option<u8>,
     warm_window_s: Option<u32>,
-    distribution: Option<libmcshm::table::Distribution>,
+    distribution: Option<libmcshm::placement::Distribution>,
     prefix: Option<libmcshm::prefix::KeyPrefix>,
 }
 

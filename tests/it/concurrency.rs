@@ -63,7 +63,7 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
             let mut longest = Duration::ZERO;
             // Every answer of the shared ring is checked against a ring built from the table
             // read with it (built once per version).
-            let mut built: Option<(u64, libmcshm::ring::Ring, Vec<usize>)> = None;
+            let mut built: Option<(u64, libmcshm::placement::Ring, Vec<usize>)> = None;
             let (mut routed, mut deltas) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
@@ -94,7 +94,8 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
                                     &snap.servers,
                                     snap.policy.failover,
                                 );
-                                let ring = libmcshm::ring::build_for(&snap.servers, &members);
+                                let ring = libmcshm::placement::Distribution::Ketama
+                                    .ring(&libmcshm::table::members(&snap.servers, &members));
                                 built = Some((snap.version, ring, members));
                             }
                             let (_, local, members) = built.as_ref().unwrap();

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::common::Reg;
 use libmcshm::client::Router;
-use libmcshm::ring::{self, Ring};
+use libmcshm::placement::Ring;
 use libmcshm::shared_ring::routed;
 use libmcshm::table::Failover;
 use libmcshm::{Domain, Registry, Snapshot};
@@ -24,7 +24,10 @@ fn snapshot(reg: &Reg, name: &str) -> Snapshot {
 /// The ring a process would build from the table: what the shared one must answer.
 fn built_here(snap: &Snapshot) -> (Ring, Vec<usize>) {
     let members = routed(&snap.servers, snap.policy.failover);
-    let ring = ring::build_for_distribution(&snap.servers, &members, snap.policy.distribution);
+    let ring = snap
+        .policy
+        .distribution
+        .ring(&libmcshm::table::members(&snap.servers, &members));
     (ring, members)
 }
 

@@ -58,7 +58,6 @@ use crate::table::Snapshot;
 
 mod failures;
 mod handover;
-mod placement;
 mod plan;
 mod requests;
 mod router;

@@ -160,7 +160,8 @@ mod tests {
     //! The rules of the plans on hand-built tables: no file, no socket, no sleep.
     use super::*;
     use crate::address::Address;
-    use crate::table::{Distribution, Failover, Policy, Server, Snapshot};
+    use crate::placement::Distribution;
+    use crate::table::{Failover, Policy, Server, Snapshot};
 
     const NOW: u64 = 1_000_000;
 

@@ -16,17 +16,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::placement::Placement;
 use super::{FailureCallback, FailureEvent, PERIODIC_OPS};
 use crate::address::Address;
 use crate::conn::Timeouts;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::placement::Locator;
 use crate::proto;
 use crate::registry::Registry;
-use crate::ring::{self, Ring};
 use crate::shared_ring::{self, RingView};
-use crate::table::{Failover, Policy, Server, Snapshot, State};
+use crate::table::{Failover, Policy, Server, Snapshot, State, members};
 
 pub(super) enum Source {
     Registry(Box<Registry>),
@@ -39,16 +38,13 @@ struct Routing {
     local_epoch: u64,
     /// The version's ring in the shared file (format 3), looked up in place.
     shared: Option<RingView>,
-    /// The ring built in this process, and its ring server number → index in
-    /// `snapshot.servers`: when the file has no shared ring, when this process's own failure
-    /// view takes servers off it, or when the shared one cannot be used (lapped, damaged).
-    local: OnceLock<(Ring, Vec<usize>)>,
-    /// With draining servers: the ring that still includes them (to find where a key was).
-    /// (A domain placed without a ring keeps its placement over them in `draining_placement`.)
-    with_draining: Option<(Ring, Vec<usize>)>,
-    /// A domain placed without a ring (modula, PECL memcache): built here per version.
-    placement: Option<Placement>,
-    draining_placement: Option<Placement>,
+    /// The placement built in this process: always for a domain placed without a ring
+    /// (modula, PECL memcache); for a ketama domain when the file has no shared ring, when this
+    /// process's own failure view takes servers off it, or when the shared one cannot be used
+    /// (lapped, damaged).
+    local: OnceLock<Locator>,
+    /// With draining servers: the placement that still includes them (where a key was).
+    before_drain: Option<Locator>,
     /// Down servers with a retry interval (candidates for the retry probe).
     probeable: Vec<usize>,
     /// Draining servers.
@@ -269,19 +265,14 @@ impl Router {
         // The file's ring routes unless this process has taken servers off it on its own.
         let shared = shared
             .filter(|_| snapshot.policy.failover == Failover::None || self.local_down.is_empty());
+        let shared = shared.filter(|_| distribution.has_ring());
         let local = OnceLock::new();
-        let placement = if distribution.has_ring() {
-            None
-        } else {
-            let members = (0..servers.len()).filter(on_ring).collect();
-            Placement::build(distribution, servers, members)
-        };
-        let shared = shared.filter(|_| placement.is_none());
-        if shared.is_none() && placement.is_none() {
-            let members: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
-            self.ring_builds.fetch_add(1, Ordering::Relaxed);
-            let ring = ring::build_for_distribution(servers, &members, distribution);
-            let _ = local.set((ring, members));
+        if shared.is_none() {
+            let routed: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
+            if distribution.has_ring() {
+                self.ring_builds.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = local.set(Locator::build(distribution, &members(servers, &routed)));
         }
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
@@ -295,31 +286,18 @@ impl Router {
             s.state == State::Draining
         });
         let strays = positions(servers, changed, old_strays, |s| s.strays_since != 0);
-        let draining_members = || -> Vec<usize> {
-            (0..servers.len())
+        let before_drain = (!draining.is_empty()).then(|| {
+            let all: Vec<usize> = (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
-                .collect()
-        };
-        let (with_draining, draining_placement) = match (&placement, draining.is_empty()) {
-            (_, true) => (None, None),
-            (Some(_), false) => (
-                None,
-                Placement::build(distribution, servers, draining_members()),
-            ),
-            (None, false) => {
-                let all = draining_members();
-                let ring = ring::build_for_distribution(servers, &all, distribution);
-                (Some((ring, all)), None)
-            }
-        };
+                .collect();
+            Locator::build(distribution, &members(servers, &all))
+        });
         self.routing = Some(Routing {
             snapshot,
             local_epoch: self.local_epoch,
             shared,
             local,
-            with_draining,
-            placement,
-            draining_placement,
+            before_drain,
             probeable,
             draining,
             strays,
@@ -355,19 +333,16 @@ impl Router {
         proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
         self.routing().snapshot.policy.prefix.check_fits(key)?;
-        if let Some(placement) = &self.routing().placement {
-            return placement
-                .owner(key)
-                .ok_or_else(|| Error::NoServers { what: self.what() });
-        }
-        let hash = self.ring_hash(key);
-        let shared = self.shared_lookup(|registry, view| registry.ring_owner(view, hash))?;
+        let shared = match self.routing().shared {
+            Some(_) => {
+                let hash = self.ring_hash(key);
+                self.shared_lookup(|registry, view| registry.ring_owner(view, hash))?
+            }
+            None => None,
+        };
         let owner = match shared {
             Some(owner) => owner,
-            None => {
-                let (ring, members) = self.local_ring();
-                ring.server_for_hash(hash).map(|n| members[n])
-            }
+            None => self.local().owner(key),
         };
         owner.ok_or_else(|| Error::NoServers { what: self.what() })
     }
@@ -406,17 +381,16 @@ impl Router {
         }
     }
 
-    /// The ring built here for the version routed with (built now if need be: the file has no
-    /// usable ring).
-    fn local_ring(&self) -> &(Ring, Vec<usize>) {
+    /// The placement built here for the version routed with (built now if need be: the file
+    /// has no usable ring).
+    fn local(&self) -> &Locator {
         let routing = self.routing();
         routing.local.get_or_init(|| {
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let servers = &routing.snapshot.servers;
             let policy = routing.snapshot.policy;
-            let members = shared_ring::routed(servers, policy.failover);
-            let ring = ring::build_for_distribution(servers, &members, policy.distribution);
-            (ring, members)
+            let routed = shared_ring::routed(servers, policy.failover);
+            Locator::build(policy.distribution, &members(servers, &routed))
         })
     }
 
@@ -426,19 +400,16 @@ impl Router {
         self.refresh()?;
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
-        let chain = match &self.routing().placement {
-            Some(placement) => placement.along(key, replicas),
-            None => {
+        let shared = match self.routing().shared {
+            Some(_) => {
                 let hash = self.ring_hash(key);
-                let shared = self.shared_lookup(|registry, view| {
+                self.shared_lookup(|registry, view| {
                     registry.ring_servers_from(view, hash, replicas)
-                })?;
-                match shared {
-                    Some(chain) => chain,
-                    None => self.along_local(hash, replicas),
-                }
+                })?
             }
+            None => None,
         };
+        let chain = shared.unwrap_or_else(|| self.local().along(key, replicas));
         if chain.is_empty() {
             return Err(Error::NoServers { what: self.what() });
         }
@@ -469,25 +440,15 @@ impl Router {
     /// The first `n` distinct servers along the ring from the key, in ring order (the key was
     /// checked). Stops as soon as it has them: a full walk would visit every point.
     pub fn along_ring(&self, key: &[u8], n: usize) -> Vec<usize> {
-        if let Some(placement) = &self.routing().placement {
-            return placement.along(key, n);
+        if self.routing().shared.is_some() {
+            let hash = self.ring_hash(key);
+            if let Some(servers) =
+                self.with_shared(|registry, view| registry.ring_servers_from(view, hash, n))
+            {
+                return servers;
+            }
         }
-        let hash = self.ring_hash(key);
-        if let Some(servers) =
-            self.with_shared(|registry, view| registry.ring_servers_from(view, hash, n))
-        {
-            return servers;
-        }
-        self.along_local(hash, n)
-    }
-
-    /// The first `n` distinct servers along the ring built here, from a key hash.
-    fn along_local(&self, hash: u32, n: usize) -> Vec<usize> {
-        let (ring, members) = self.local_ring();
-        ring.servers_from_hash(hash)
-            .take(n)
-            .map(|m| members[m])
-            .collect()
+        self.local().along(key, n)
     }
 
     /// With a write to a key with `replicas` replicas: the servers to delete it from, where a
@@ -540,14 +501,7 @@ impl Router {
 
     /// The draining server that owned `key` before the drain, if any.
     pub fn draining_owner(&self, key: &[u8]) -> Option<usize> {
-        let i = match (
-            &self.routing().with_draining,
-            &self.routing().draining_placement,
-        ) {
-            (Some((ring, members)), _) => members[ring.server_for(key)?],
-            (None, Some(placement)) => placement.owner(key)?,
-            (None, None) => return None,
-        };
+        let i = self.routing().before_drain.as_ref()?.owner(key)?;
         (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
     }
 

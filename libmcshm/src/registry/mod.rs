@@ -724,9 +724,8 @@ impl Registry {
             let new_ring = (&table.servers[..], &members[..]);
             shared_ring::derive(&self.map, &view?, distribution, old_ring, new_ring)
         });
-        let ring = derived.unwrap_or_else(|| {
-            crate::ring::build_for_distribution(&table.servers, &members, distribution)
-        });
+        let ring = derived
+            .unwrap_or_else(|| distribution.ring(&crate::table::members(&table.servers, &members)));
         match shared_ring::Pending::new(ring, members, version, at, slot) {
             Some(pending) => (Some(pending.reference()), Some(pending)),
             None => (None, None),
@@ -1171,7 +1170,7 @@ fn new_file(
     let ringed = distribution.has_ring();
     let pending = layout.ring_words(0).filter(|_| ringed).and_then(|at| {
         let members = shared_ring::routed(&table.servers, table.policy.failover);
-        let ring = crate::ring::build_for_distribution(&table.servers, &members, distribution);
+        let ring = distribution.ring(&crate::table::members(&table.servers, &members));
         shared_ring::Pending::new(ring, members, version, at, 0)
     });
     let reference = pending.as_ref().map(shared_ring::Pending::reference);

@@ -13,7 +13,6 @@ use md5::{Digest, Md5};
 
 use crate::address::{Address, DEFAULT_PORT};
 use crate::hash::{KeyHash, ketama_md5};
-use crate::table::Distribution;
 
 /// A built continuum: sorted points, each naming a server by its index in the list it was
 /// built from, and an index over them.
@@ -335,43 +334,6 @@ fn build_index(points: &[(u32, u32)]) -> (Vec<u32>, u32) {
 /// Index bits for a ring of `points` points: about log2 of the count, 1 to 16.
 pub fn index_bits(points: usize) -> u32 {
     (usize::BITS - points.leading_zeros()).clamp(1, MAX_INDEX_BITS)
-}
-
-/// The ketama ring of `members` (positions in `servers`, in list order): ring server `n` is
-/// `members[n]`.
-pub fn build_for(servers: &[crate::table::Server], members: &[usize]) -> Ring {
-    build_for_distribution(servers, members, Distribution::Ketama)
-}
-
-/// [`build_for`] as `distribution` makes its continuum (ketama, ketama-spy; a modula domain has
-/// none: an empty ring).
-pub fn build_for_distribution(
-    servers: &[crate::table::Server],
-    members: &[usize],
-    distribution: Distribution,
-) -> Ring {
-    let Some(scheme) = distribution.points() else {
-        return Ring::default();
-    };
-    let names: Vec<String> = members
-        .iter()
-        .map(|&i| server_name(distribution, &servers[i].address))
-        .collect();
-    Ring::build_with(
-        scheme,
-        names
-            .iter()
-            .map(String::as_str)
-            .zip(members.iter().map(|&i| servers[i].weight)),
-    )
-}
-
-/// The name a server's point labels start with on `distribution`'s ring.
-pub fn server_name(distribution: Distribution, address: &Address) -> String {
-    match distribution {
-        Distribution::KetamaSpy => spy_point_name(address),
-        _ => point_name(address),
-    }
 }
 
 /// The name a server's points are hashed from on a ketama-spy ring (libmemcached's

@@ -9,7 +9,8 @@
 //! quantises), with `memcache.hash_function` crc32 (the default) or fnv (FNV-1a, 32 bits, over
 //! signed chars).
 
-pub use crate::hash::PeclHash;
+use super::Member;
+use crate::hash::PeclHash;
 
 /// Points per unit of weight (the extension's `MMC_CONSISTENT_POINTS`).
 const POINTS_PER_WEIGHT: usize = 160;
@@ -27,14 +28,14 @@ pub struct PeclContinuum {
 }
 
 impl PeclContinuum {
-    /// The continuum of `members` (positions in `servers`), hashed with `hash`.
-    pub fn build(servers: &[crate::table::Server], members: &[usize], hash: PeclHash) -> Self {
+    /// The continuum of `members`, hashed with `hash`.
+    pub fn build(members: &[Member<'_>], hash: PeclHash) -> Self {
         let mut points = Vec::new();
-        for &i in members {
-            let address = &servers[i].address;
+        for member in members {
+            let address = member.address;
             let stem = format!("{}:{}-", address.host(), address.port().unwrap_or(0));
-            for n in 0..usize::from(servers[i].weight) * POINTS_PER_WEIGHT {
-                points.push((hash.hash(format!("{stem}{n}").as_bytes()), i));
+            for n in 0..usize::from(member.weight) * POINTS_PER_WEIGHT {
+                points.push((hash.hash(format!("{stem}{n}").as_bytes()), member.position));
             }
         }
         points.sort_by_key(|&(value, _)| value);
