@@ -268,7 +268,6 @@ mod tests {
                 ..Policy::default()
             },
             next_id: 3,
-            shared_ring: None,
             fleet_revision: 0,
         };
         assert_eq!(parse(&to_text(&snapshot)).unwrap(), snapshot.table());

@@ -677,8 +677,13 @@ fn entry_crc_ok(chunk: &[u8]) -> bool {
 }
 
 /// Validates a consistent copy of a slot (as [`Geometry::read`] returns it) of a file laid out
-/// as `layout` and decodes it.
-pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snapshot, String> {
+/// as `layout` and decodes it: the version's table, and where its shared ring lies (format 3;
+/// `None`: readers build the ring).
+pub fn decode_slot(
+    image: &[u64],
+    domain: &str,
+    layout: &Layout,
+) -> Result<(Snapshot, Option<RingRef>), String> {
     let bytes: &[u8] = bytemuck::cast_slice(image);
     let header_len = layout.slot_header_len();
     if bytes.len() < header_len {
@@ -696,7 +701,7 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
     } else {
         bytes
     };
-    let (mut snapshot, _) = decode_header(checked, domain, layout)?;
+    let (mut snapshot, ring, _) = decode_header(checked, domain, layout)?;
     snapshot.servers = decode_entries(&bytes[header_len..], 0, snapshot.version, layout)?;
     if let Some(server) = first_duplicate(&snapshot.servers) {
         return Err(format!("server {} listed twice", server.address));
@@ -706,7 +711,7 @@ pub fn decode_slot(image: &[u64], domain: &str, layout: &Layout) -> Result<Snaps
     if let Some(s) = snapshot.servers.iter().find(|s| !lives.insert(s.live)) {
         return Err(format!("server {} shares its live record", s.address));
     }
-    Ok(snapshot)
+    Ok((snapshot, ring))
 }
 
 /// Which entries of a format-3 slot differ from an older version's (read from the first
@@ -747,16 +752,16 @@ impl SlotDelta {
 /// first [`SLOT_HEADER_LEN`] bytes, as words) and whose entries `delta.first..delta.end` are
 /// `entries`: checks the header's CRC and each entry's, and the ids of the new entries. The
 /// other entries are the snapshot's own (byte for byte what the writer kept). On error the
-/// snapshot is unchanged.
+/// snapshot is unchanged. Returns where the new version's shared ring lies.
 pub fn apply_delta(
     snapshot: &mut Snapshot,
     header: &[u64],
     delta: SlotDelta,
     entries: &[u64],
     layout: &Layout,
-) -> Result<(), String> {
+) -> Result<Option<RingRef>, String> {
     let bytes: &[u8] = bytemuck::cast_slice(header);
-    let (head, announced) = decode_header(bytes, &snapshot.domain, layout)?;
+    let (head, ring, announced) = decode_header(bytes, &snapshot.domain, layout)?;
     if announced != Some(delta) || delta.base != snapshot.version {
         return Err("slot delta does not match its header".into());
     }
@@ -783,16 +788,17 @@ pub fn apply_delta(
         }
     }
     *snapshot = Snapshot { servers, ..head };
-    Ok(())
+    Ok(ring)
 }
 
-/// The snapshot fields of a slot header (no servers), and the delta it announces. `bytes` is
-/// the header (format 3: its CRC is checked) or, before format 3, the whole slot.
+/// The snapshot fields of a slot header (no servers), its shared ring and the delta it
+/// announces. `bytes` is the header (format 3: its CRC is checked) or, before format 3, the
+/// whole slot.
 fn decode_header(
     bytes: &[u8],
     domain: &str,
     layout: &Layout,
-) -> Result<(Snapshot, Option<SlotDelta>), String> {
+) -> Result<(Snapshot, Option<RingRef>, Option<SlotDelta>), String> {
     let header: SlotHeader = bytemuck::pod_read_unaligned(&bytes[..SLOT_HEADER_LEN_V2]);
     if slot_crc(bytes) != header.crc {
         return Err(format!(
@@ -857,9 +863,8 @@ fn decode_header(
         },
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,
-        shared_ring,
     };
-    Ok((snapshot, delta))
+    Ok((snapshot, shared_ring, delta))
 }
 
 /// Decodes entries (each checked against its CRC from format 3 on); `first` is the position
@@ -992,7 +997,7 @@ mod tests {
     #[test]
     fn slot_round_trips() {
         let image = encode_slot(9, INFO, &table(), 5, None, None);
-        let snap = decode_slot(&image, "d", &Layout::new(4, 0)).unwrap();
+        let snap = decode_slot(&image, "d", &Layout::new(4, 0)).unwrap().0;
         assert_eq!(snap.version, 9);
         assert_eq!(snap.table(), table());
         assert_eq!(snap.next_id, 5);
@@ -1013,7 +1018,10 @@ mod tests {
         t.policy.prefix = crate::prefix::KeyPrefix::parse("ns:").unwrap();
         let image = encode_slot(9, INFO, &t, 5, None, None);
         let layout = Layout::new(4, 0);
-        assert_eq!(decode_slot(&image, "d", &layout).unwrap().policy, t.policy);
+        assert_eq!(
+            decode_slot(&image, "d", &layout).unwrap().0.policy,
+            t.policy
+        );
         let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
         assert_eq!(bytes[96], PREFIXED);
         assert_eq!(&bytes[98..101], b"ns:");
@@ -1056,10 +1064,10 @@ mod tests {
         t.policy.replicas = 2;
         edits.push(t);
         let old_image = encode_slot(4, INFO, &base, 10, None, None);
-        let old = decode_slot(&old_image, "d", &layout).unwrap();
+        let old = decode_slot(&old_image, "d", &layout).unwrap().0;
         for (n, edit) in edits.iter().enumerate() {
             let image = encode_slot(5, INFO, edit, 10, None, Some(&old_image));
-            let whole = decode_slot(&image, "d", &layout).unwrap();
+            let whole = decode_slot(&image, "d", &layout).unwrap().0;
             let header = &image[..SLOT_HEADER_LEN / 8];
             let delta = slot_delta(header).expect("a delta");
             assert_eq!(delta.base, 4);

@@ -406,8 +406,6 @@ pub struct Snapshot {
     pub next_id: u32,
     /// The etcd revision of the fleet table this version mirrors (0: a host-local table).
     pub fleet_revision: u64,
-    /// Where this version's ring lies in its file (format 3; `None`: readers build it).
-    pub shared_ring: Option<crate::format::RingRef>,
 }
 
 impl Snapshot {

@@ -106,7 +106,7 @@ proptest! {
     fn tables_round_trip(servers in proptest::collection::vec(server(), 0..20), version in any::<u64>()) {
         let table = unique(servers);
         let image = format::encode_slot(version, INFO, &table, 1000, None, None);
-        let snap = format::decode_slot(&image, "d", &Layout::new(256, 0)).unwrap();
+        let snap = format::decode_slot(&image, "d", &Layout::new(256, 0)).unwrap().0;
         prop_assert_eq!(snap.version, version);
         prop_assert_eq!(snap.table(), table);
     }
@@ -123,7 +123,7 @@ proptest! {
             let i = 8 + at.index(bytes.len() - 8); // word 0 is the sequence, not covered by the CRC
             bytes[i] ^= mask;
         }
-        if let Ok(snap) = format::decode_slot(&to_words(&bytes), "d", &Layout::new(256, 0)) {
+        if let Ok((snap, _)) = format::decode_slot(&to_words(&bytes), "d", &Layout::new(256, 0)) {
             prop_assert_eq!(snap.table(), table);
         }
     }

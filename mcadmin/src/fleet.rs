@@ -121,7 +121,6 @@ fn as_snapshot(domain: &Domain, table: &FleetTable) -> Snapshot {
         servers: table.table.servers.clone(),
         policy: table.table.policy,
         next_id: 0,
-        shared_ring: None,
         fleet_revision: table.revision as u64,
     }
 }

@@ -17,8 +17,14 @@ fn domain(name: &str) -> Domain {
 }
 
 fn snapshot(reg: &Reg, name: &str) -> Snapshot {
+    snapshot_and_ring(reg, name).0
+}
+
+/// The current table, and where the writer put its ring in the file.
+fn snapshot_and_ring(reg: &Reg, name: &str) -> (Snapshot, Option<libmcshm::format::RingRef>) {
     let mut registry = Registry::open(reg.dir(), &domain(name)).unwrap();
-    (*registry.current_snapshot().unwrap()).clone()
+    let snapshot = (*registry.current_snapshot().unwrap()).clone();
+    (snapshot, registry.ring_reference())
 }
 
 /// The ring a process would build from the table: what the shared one must answer.
@@ -78,11 +84,8 @@ fn readers_route_with_the_shared_ring_and_build_none() {
         add_weighted(&reg, name, &servers(count));
         let mut router = Router::for_domain(reg.dir(), &domain(name)).unwrap();
         router.refresh().unwrap();
-        let snap = snapshot(&reg, name);
-        assert!(
-            snap.shared_ring.is_some(),
-            "{name}: the writer wrote a ring"
-        );
+        let (snap, ring) = snapshot_and_ring(&reg, name);
+        assert!(ring.is_some(), "{name}: the writer wrote a ring");
         assert_routes_like_a_built_ring(&mut router, &snap, &keys(5000));
         // Under rehash, down servers are off the shared ring too.
         reg.ok(name, &["policy", "--failover", "rehash"]);
@@ -105,7 +108,7 @@ fn changes_that_keep_the_ring_do_not_rewrite_it() {
         "keep",
         &["add", "--no-flush", "10.0.0.1", "10.0.0.2", "10.0.0.3"],
     );
-    let generation = |reg: &Reg| snapshot(reg, "keep").shared_ring.unwrap().generation;
+    let generation = |reg: &Reg| snapshot_and_ring(reg, "keep").1.unwrap().generation;
     let first = generation(&reg);
     for edit in [
         &["set", "10.0.0.2:11211", "--retry-interval", "60"][..],
@@ -168,14 +171,14 @@ fn a_long_lived_router_follows_every_ring() {
 fn a_damaged_shared_ring_is_never_used() {
     let reg = Reg::new();
     add_weighted(&reg, "dmg", &servers(3));
-    let snap = snapshot(&reg, "dmg");
+    let (snap, ring_ref) = snapshot_and_ring(&reg, "dmg");
     let layout = {
         let bytes = reg.bytes("dmg");
         let capacity = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
         libmcshm::format::Layout::new(capacity, 0)
     };
-    let at = layout.ring_words(snap.shared_ring.unwrap().slot).unwrap();
-    let points = snap.shared_ring.unwrap().points as usize;
+    let at = layout.ring_words(ring_ref.unwrap().slot).unwrap();
+    let points = ring_ref.unwrap().points as usize;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -222,8 +225,8 @@ fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
     std::fs::create_dir_all(reg.dir()).unwrap();
     // Written by mcshm 0.x (format 2): a:1, b:2 (down, "flaky"), c:3 in domain "c".
     std::fs::copy("tests/data/format2-c.mcshm", reg.file("c")).unwrap();
-    let snap = snapshot(&reg, "c");
-    assert_eq!((snap.version, snap.shared_ring), (2, None));
+    let (snap, ring_ref) = snapshot_and_ring(&reg, "c");
+    assert_eq!((snap.version, ring_ref), (2, None));
     let mut router = Router::for_domain(reg.dir(), &domain("c")).unwrap();
     assert_routes_like_a_built_ring(&mut router, &snap, &keys(500));
     assert_eq!(router.ring_builds(), 1, "no shared ring: built here");
@@ -235,8 +238,8 @@ fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
         [3, 0, 0, 0, 3, 0, 0, 0],
         "rewritten as format 3"
     );
-    let snap = snapshot(&reg, "c");
-    assert!(snap.shared_ring.is_some());
+    let (snap, ring_ref) = snapshot_and_ring(&reg, "c");
+    assert!(ring_ref.is_some());
     assert_eq!(snap.policy.failover, Failover::None);
     let mut fresh = Router::for_domain(reg.dir(), &domain("c")).unwrap();
     assert_routes_like_a_built_ring(&mut fresh, &snap, &keys(500));

@@ -186,7 +186,6 @@ mod tests {
             servers,
             policy,
             fleet_revision: 0,
-            shared_ring: None,
         }
     }
 

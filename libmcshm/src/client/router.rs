@@ -149,7 +149,6 @@ impl Router {
             next_id: servers.len() as u32 + 1,
             servers,
             policy: Policy::default(),
-            shared_ring: None,
             fleet_revision: 0,
         };
         Ok(Router::new(Source::Servers(Arc::new(snapshot))))

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{FileOwnership, Registry, write_temp};
+use super::Registry;
+use super::files::{FileOwnership, write_temp};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::seqlock::Words;

@@ -1,0 +1,60 @@
+//! The fleet agent link: which `mcadmin sync` process mirrors this domain, and whether it
+//! reaches etcd (status in the file's header; nothing routes by it).
+
+use std::sync::atomic::Ordering;
+
+use super::Registry;
+use crate::format;
+use crate::seqlock::Words;
+
+/// The fleet agent (`mcadmin sync`) that mirrors a domain into this host's table, as recorded
+/// in the file's header (status only: nothing routes by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentLink {
+    /// The agent process, if one ever recorded itself (it may have died since: see
+    /// [`crate::processes::ProcessId::is_alive`]).
+    pub agent: Option<crate::processes::ProcessId>,
+    /// Whether the agent reached etcd at its last attempt.
+    pub connected: bool,
+    /// Since when it is connected, or cut off (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
+impl Registry {
+    /// The fleet agent of this domain and whether it reaches etcd (see [`AgentLink`]).
+    pub fn agent_link(&self) -> AgentLink {
+        let agent = self
+            .map
+            .load(format::AGENT_WORD, Ordering::Acquire)
+            .filter(|&w| w != 0)
+            .map(crate::processes::ProcessId::from_word);
+        let link = self
+            .map
+            .load(format::AGENT_LINK_WORD, Ordering::Acquire)
+            .unwrap_or(0);
+        AgentLink {
+            agent,
+            connected: link >> 63 == 1,
+            since_ms: link & !(1 << 63),
+        }
+    }
+
+    /// Records this process as the domain's fleet agent, reaching etcd or not since `since_ms`
+    /// (the agent calls it on every change of its link and after the file was replaced).
+    pub fn set_agent_link(&self, connected: bool, since_ms: u64) {
+        if let Some(me) = crate::processes::ProcessId::current() {
+            self.map
+                .store(format::AGENT_WORD, me.to_word(), Ordering::Release);
+        }
+        let link = (u64::from(connected) << 63) | (since_ms & !(1 << 63));
+        self.map
+            .store(format::AGENT_LINK_WORD, link, Ordering::Release);
+    }
+
+    /// Forgets the fleet agent (it stopped cleanly).
+    pub fn clear_agent_link(&self) {
+        self.map.store(format::AGENT_WORD, 0, Ordering::Release);
+        self.map
+            .store(format::AGENT_LINK_WORD, 0, Ordering::Release);
+    }
+}

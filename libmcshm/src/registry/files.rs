@@ -1,0 +1,207 @@
+//! The registry's files: opened only when safe (a regular file, not a link, owned as it must
+//! be), created with their mode and group, and written beside the live file as temporaries
+//! that are renamed into place.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::writer::{commit_info, now_ms};
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::format::{self, Layout};
+use crate::shared_ring;
+use crate::shm::effective_uid;
+use crate::table::Table;
+
+/// Mode of new registry files and directories.
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+
+/// Mode and group of a new registry file (default 0644, the creator's group). A file that is
+/// rewritten (growth, format migration, repair) keeps the mode and group it had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOwnership {
+    pub mode: u32,
+    pub gid: Option<u32>,
+}
+
+impl Default for FileOwnership {
+    fn default() -> FileOwnership {
+        FileOwnership {
+            mode: FILE_MODE,
+            gid: None,
+        }
+    }
+}
+
+impl FileOwnership {
+    /// The mode and group of an existing file.
+    pub(super) fn of(file: &File) -> FileOwnership {
+        file.metadata().map_or_else(
+            |_| FileOwnership::default(),
+            |m| FileOwnership {
+                mode: m.mode() & 0o7777,
+                gid: Some(m.gid()),
+            },
+        )
+    }
+}
+
+/// Opens a registry file without following symlinks, refusing anything but a regular file, and
+/// in a world-writable directory anything not owned by us or root.
+pub(super) fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Result<File> {
+    // O_NONBLOCK: opening a FIFO planted at the path must not wait for a writer (it is then
+    // refused below as not a regular file); on a regular file the flag changes nothing.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::NoDomain {
+                domain: domain.to_string(),
+                path: path.to_path_buf(),
+            },
+            Some(libc::ELOOP) => Error::UnsafeFile {
+                path: path.to_path_buf(),
+                why: "it is a symbolic link".into(),
+            },
+            _ if writable => Error::io("open for writing", path, e),
+            _ => Error::io("open for reading", path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    let unsafe_file = |why: String| Error::UnsafeFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    if !meta.file_type().is_file() {
+        return Err(unsafe_file("not a regular file".into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir_meta = fs::metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
+    let me = effective_uid();
+    if dir_meta.mode() & 0o002 != 0 && meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_file(format!(
+            "owned by uid {} in the world-writable directory {} (only files of uid {me} or root are trusted there)",
+            meta.uid(),
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Creates `dir` if needed and an empty table for `domain` in it; losing a creation race to
+/// another process is fine (the file is complete before it gets its name).
+pub(super) fn create_empty(dir: &Path, domain: &Domain, ownership: FileOwnership) -> Result<()> {
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+    }
+    let layout = Layout::new(format::DEFAULT_CAPACITY, now_ms());
+    let words = new_file(&layout, domain, 0, &Table::default(), 1);
+    let tmp = write_temp(dir, domain, &words, ownership)?;
+    let path = domain.path_in(dir);
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(Error::io("create", &path, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The words of a new file laid out as `layout` holding `table` as version `version`, with its
+/// shared ring in region 0.
+pub(super) fn new_file(
+    layout: &Layout,
+    domain: &Domain,
+    version: u64,
+    table: &Table,
+    next_id: u32,
+) -> Vec<u64> {
+    // A modula domain has no ring.
+    let distribution = table.policy.distribution;
+    let ringed = distribution.has_ring();
+    let pending = layout.ring_words(0).filter(|_| ringed).and_then(|at| {
+        let members = shared_ring::routed(&table.servers, table.policy.failover);
+        let ring = distribution.ring(&crate::table::members(&table.servers, &members));
+        shared_ring::Pending::new(ring, members, version, at, 0)
+    });
+    let reference = pending.as_ref().map(shared_ring::Pending::reference);
+    let image = format::encode_slot(version, commit_info(), table, next_id, reference, None);
+    let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);
+    if let Some(pending) = pending {
+        let written = pending.write(|at, chunk| {
+            words.get_mut(at..at + chunk.len())?.copy_from_slice(chunk);
+            Some(())
+        });
+        debug_assert!(written.is_some(), "the layout holds its rings");
+    }
+    words
+}
+
+/// Removes the temporary files (see [`write_temp`]) of `domain` left by writers that were killed
+/// while writing one: those whose process is gone. A live process's file is its own business
+/// (it is writing it now); a reused pid only delays the removal. Best effort: errors are
+/// ignored (the files are garbage, never read).
+pub(super) fn remove_orphan_temps(dir: &Path, domain: &Domain) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{}.", domain.as_str());
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes a complete registry file under a temporary name in `dir` (leading '.', which no domain
+/// name has) and returns that name.
+pub(super) fn write_temp(
+    dir: &Path,
+    domain: &Domain,
+    words: &[u64],
+    ownership: FileOwnership,
+) -> Result<PathBuf> {
+    let tmp = dir.join(format!(".{}.{}.tmp", domain.as_str(), std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(|e| Error::io("create a registry file in", dir, e))?;
+    let written = file
+        .set_permissions(fs::Permissions::from_mode(ownership.mode))
+        .and_then(|()| match ownership.gid {
+            Some(gid) => std::os::unix::fs::fchown(&file, None, Some(gid)),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            // The rings' unused point space is zeros: leave it a hole.
+            let used = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+            file.write_all(bytemuck::cast_slice(&words[..used]))?;
+            file.set_len(words.len() as u64 * 8)
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write", &tmp, e));
+    }
+    Ok(tmp)
+}
