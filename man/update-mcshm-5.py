@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Copies the byte table of libmcshm/src/format.rs into man/mcshm.5 (tests/man.rs checks it)."""
+"""Copies the byte table of table/src/format.rs into man/mcshm.5 (tests/man.rs checks it)."""
 import pathlib
 root = pathlib.Path(__file__).resolve().parent.parent
-src = (root / "libmcshm/src/format.rs").read_text().splitlines()
+src = (root / "table/src/format.rs").read_text().splitlines()
 start = src.index("//! ```text") + 1
 end = next(i for i in range(start, len(src)) if src[i].startswith("//! ```"))
 table = [l[4:] if l.startswith("//! ") else l[3:] for l in src[start:end]]

@@ -1,6 +1,6 @@
 //! The committed man pages match what the code says. `man/mcadmin.8` is generated from the
 //! clap definitions plus the hand-written sections below; `man/mcshm.5` must carry the byte
-//! table of `libmcshm/src/format.rs`. Refresh with: MCSHM_UPDATE_MAN=1 cargo test --test man
+//! table of `table/src/format.rs`. Refresh with: MCSHM_UPDATE_MAN=1 cargo test --test man
 //! (which also runs man/update-mcshm-5.py).
 
 #[allow(dead_code)]
@@ -301,7 +301,7 @@ fn mcproxy_8_is_current() {
 #[test]
 fn mcshm_5_carries_the_byte_table_of_the_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let source = std::fs::read_to_string(root.join("libmcshm/src/format.rs")).unwrap();
+    let source = std::fs::read_to_string(root.join("table/src/format.rs")).unwrap();
     let table: Vec<String> = source
         .lines()
         .skip_while(|l| !l.starts_with("//! ```text"))
@@ -333,6 +333,6 @@ fn mcshm_5_carries_the_byte_table_of_the_code() {
     assert_eq!(
         &page_lines[start..start + table.len()],
         &table[..],
-        "man/mcshm.5's byte table differs from libmcshm/src/format.rs"
+        "man/mcshm.5's byte table differs from table/src/format.rs"
     );
 }

@@ -23,48 +23,33 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules, from the bytes up: `shm` (the only `unsafe`: atomic access to the mapping),
-//! [`seqlock`] (publish/read protocol), [`format`](mod@crate::format) (the byte layout),
-//! [`registry`] (files, snapshots, transactions, failure counters, process records), [`edit`]
-//! and [`dump`] (the operations `mcadmin` offers); [`hash`] (every key hash, a leaf) and
-//! [`ring`] (ketama, libmemcached-compatible); then the memcached side: [`proto`] (the text
-//! protocol), [`conn`], [`client`] (routing, failover, replication, warm-up, drain fallback),
-//! [`lifecycle`] (probe and rejoin), [`health`] (the watch daemon), [`drain`]; and
-//! [`processes`] (which processes have a domain open).
+//! Layers (each a crate that imports only the ones before it): [`mcshm_table`] (the table, its
+//! placement and its file: no sockets), then this crate's memcached side: [`proto`] (the text
+//! protocol), [`auth`], [`conn`], [`client`] (the router, the sans-I/O core every front end
+//! executes, and the blocking client: failover, replication, warm-up, drain fallback),
+//! [`lifecycle`] (probe and rejoin), [`health`] (the watch daemon) and [`drain`]. The table
+//! crate's modules are re-exported here under their names, so `libmcshm::registry` and
+//! `libmcshm::table` are what programs use.
 
 #![deny(unsafe_code)]
 
-pub mod address;
+pub use mcshm_table::{
+    address, coherence, domain, dump, edit, error, format, hash, key, placement, prefix, processes,
+    registry, seqlock, shared_ring, table,
+};
+
 pub mod auth;
 pub mod client;
-pub mod coherence;
 pub mod conn;
-pub mod domain;
 pub mod drain;
-pub mod dump;
-pub mod edit;
-pub mod error;
-pub mod format;
-pub mod hash;
 pub mod health;
 pub mod lifecycle;
-pub mod placement;
-pub mod prefix;
-pub mod processes;
 pub mod proto;
-pub mod registry;
-pub mod seqlock;
-pub mod shared_ring;
-#[allow(unsafe_code)]
-mod shm;
-pub mod table;
 
-pub use address::Address;
 pub use client::{Client, FailureEvent, MarkedDown, MultiGet, StoreItem, Stored};
 pub use conn::Timeouts;
-pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
-pub use error::{Error, ErrorKind, Result};
+pub use mcshm_table::{
+    Address, AgentLink, Commit, DEFAULT_DOMAIN, Domain, Error, ErrorKind, LockWait, Registry,
+    Result, Server, Snapshot, State, default_dir, monotonic_ns, release_free_heap,
+};
 pub use proto::{Item, StoreVerb};
-pub use registry::{AgentLink, Commit, LockWait, Registry};
-pub use shm::{monotonic_ns, release_free_heap};
-pub use table::{Server, Snapshot, State};

@@ -8,50 +8,12 @@
 
 use std::fmt;
 
-/// Longest key memcached accepts.
-pub const MAX_KEY_LEN: usize = 250;
 /// Longest reply line (VALUE/STAT/VERSION/error lines are far shorter).
 pub const MAX_LINE: usize = 8192;
 /// Largest value we accept in a reply (memcached's item size limit is at most 1 GiB).
 pub const MAX_VALUE_LEN: usize = 1 << 30;
 
-/// Why a key is refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyError {
-    Empty,
-    TooLong(usize),
-    /// Whitespace or a control byte at this offset.
-    BadByte(usize, u8),
-}
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyError::Empty => f.write_str("empty key"),
-            KeyError::TooLong(n) => write!(f, "key is {n} bytes, longer than {MAX_KEY_LEN}"),
-            KeyError::BadByte(at, b) => {
-                write!(
-                    f,
-                    "key contains byte 0x{b:02x} at offset {at} (no whitespace or control characters)"
-                )
-            }
-        }
-    }
-}
-
-/// Checks a key: 1–250 bytes, none of them whitespace or control (<= 0x20, 0x7f).
-pub fn check_key(key: &[u8]) -> Result<(), KeyError> {
-    if key.is_empty() {
-        return Err(KeyError::Empty);
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(KeyError::TooLong(key.len()));
-    }
-    match key.iter().position(|&b| b <= b' ' || b == 0x7f) {
-        Some(at) => Err(KeyError::BadByte(at, key[at])),
-        None => Ok(()),
-    }
-}
+pub use crate::key::{KeyError, MAX_KEY_LEN, check_key};
 
 /// The storage commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

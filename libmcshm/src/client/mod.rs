@@ -5,7 +5,7 @@
 //! Routing is rebuilt only when the table version moves (one atomic load per operation
 //! otherwise), so an `mcadmin` change is used by the next operation of every process.
 //!
-//! Failover follows the domain's policy (see [`Failover`]):
+//! Failover follows the domain's policy (see [`Failover`](crate::table::Failover)):
 //! - `none`: the ring keeps every configured server. A key whose server is down is a miss on read
 //!   and an error on write; no other server is tried, so no other server can hold a copy that
 //!   goes stale.

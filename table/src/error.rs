@@ -142,7 +142,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid(what: &'static str, input: &str, why: impl Into<String>) -> Error {
+    pub fn invalid(what: &'static str, input: &str, why: impl Into<String>) -> Error {
         Error::Invalid {
             what,
             input: shown(input),
@@ -150,7 +150,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn bad_key(key: &[u8], why: impl ToString) -> Error {
+    pub fn bad_key(key: &[u8], why: impl ToString) -> Error {
         Error::BadKey {
             key: shown(&String::from_utf8_lossy(key)),
             why: why.to_string(),
@@ -158,7 +158,7 @@ impl Error {
     }
 
     /// An I/O error on `path`, with `EACCES`/`EPERM` turned into [`Error::PermissionDenied`].
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         let path = path.into();
         if source.kind() == io::ErrorKind::PermissionDenied {
             Error::PermissionDenied { op, path }

@@ -1,7 +1,7 @@
 //! Process records: which processes have a domain open (`mcadmin clients`). Each process that
 //! opens a domain claims a 64-byte record in the file's clients region, identified by pid and
 //! process start time (so a recycled pid is not mistaken for the old process), and notes the
-//! table version it last used and when. (Not to be confused with [`crate::client`], the
+//! table version it last used and when. (Not to be confused with `libmcshm::client`, the
 //! memcached client: these are the processes, whatever they use the table for.)
 
 /// A process: pid plus its start time (clock ticks since boot, from /proc), packed in one word.

@@ -173,7 +173,7 @@ impl Ring {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Points {
     /// `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED`: points in proportion to the weights (see
-    /// [`point_counts`]), four per label, from the label's MD5; keys hash with MD5.
+    /// `point_counts`), four per label, from the label's MD5; keys hash with MD5.
     #[default]
     Weighted,
     /// `MEMCACHED_BEHAVIOR_KETAMA` on servers of weight 1: 100 points per server, one per

@@ -12,7 +12,7 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::proto::MAX_KEY_LEN;
+use crate::key::MAX_KEY_LEN;
 
 /// Longest key prefix, in bytes (the slot header's field).
 pub const MAX_PREFIX_LEN: usize = 30;

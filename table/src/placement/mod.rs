@@ -46,7 +46,7 @@ pub enum Distribution {
     /// `host-i` or `host:port-i`; keys hash with the same hash.
     KetamaUnweighted(KeyHash),
     /// PHP's PECL memcache extension, `memcache.hash_strategy=consistent` with
-    /// `memcache.hash_function` crc32 or fnv (see [`pecl`]).
+    /// `memcache.hash_function` crc32 or fnv (see [`PeclContinuum`]).
     PeclMemcache(PeclHash),
     /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
     /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
