@@ -18,10 +18,10 @@
 //! that agents older than prefixes ignore: upgrade every agent before setting a prefix). Server ids and live records are per host and
 //! are not part of the document.
 
-use libmcshm::Address;
-use libmcshm::placement::Distribution;
-use libmcshm::prefix::KeyPrefix;
-use libmcshm::table::{
+use mcshm_table::Address;
+use mcshm_table::placement::Distribution;
+use mcshm_table::prefix::KeyPrefix;
+use mcshm_table::table::{
     Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
     check_retry_interval, check_warm_window, check_weight, first_duplicate,
 };
@@ -107,7 +107,7 @@ fn up() -> String {
     "up".into()
 }
 fn default_retry() -> i64 {
-    i64::from(libmcshm::table::DEFAULT_RETRY_INTERVAL)
+    i64::from(mcshm_table::table::DEFAULT_RETRY_INTERVAL)
 }
 
 fn policy_doc(p: &Policy) -> PolicyDoc {
@@ -159,11 +159,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
     }
     let document: Document =
         serde_json::from_slice(bytes).map_err(|e| format!("not a fleet table: {e}"))?;
-    if document.servers.len() > libmcshm::format::MAX_CAPACITY as usize {
+    if document.servers.len() > mcshm_table::format::MAX_CAPACITY as usize {
         return Err(format!(
             "{} servers, more than the {} a domain may have",
             document.servers.len(),
-            libmcshm::format::MAX_CAPACITY
+            mcshm_table::format::MAX_CAPACITY
         ));
     }
     let servers = document
@@ -204,7 +204,7 @@ fn decode_server(s: &ServerDoc) -> Result<Server, String> {
     let state: State = s
         .state
         .parse()
-        .map_err(|e: libmcshm::Error| e.to_string())?;
+        .map_err(|e: mcshm_table::Error| e.to_string())?;
     let retry_interval = check_retry_interval(s.retry_interval).map_err(|e| e.to_string())?;
     check_reason(&s.reason).map_err(|e| e.to_string())?;
     let held = match s.down_by.as_deref() {
@@ -243,7 +243,7 @@ mod tests {
             servers: vec![Server::new(Address::parse("cache1").unwrap()), b],
             policy: Policy {
                 replicas: 2,
-                distribution: libmcshm::placement::Distribution::parse(
+                distribution: mcshm_table::placement::Distribution::parse(
                     "ketama-unweighted",
                     Some("murmur"),
                 )

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
-use libmcshm::format::CommitInfo;
-use libmcshm::table::{Server, State, Table};
-use libmcshm::{Address, edit};
+use mcshm_table::format::CommitInfo;
+use mcshm_table::table::{Server, State, Table};
+use mcshm_table::{Address, edit};
 
 /// One state change this host made since the base.
 #[derive(Clone, Debug, PartialEq, Eq)]

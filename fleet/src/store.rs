@@ -14,8 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use libmcshm::table::Table;
-use libmcshm::{Address, Domain};
+use mcshm_table::table::Table;
+use mcshm_table::{Address, Domain};
 use serde::{Deserialize, Serialize};
 
 use crate::document::{self, Changed};
@@ -26,7 +26,7 @@ use crate::etcd::{Etcd, EtcdError, Kv, PutIf};
 pub enum FleetError {
     Etcd(EtcdError),
     /// The edit itself was refused (bad input, no such server, …): nothing was written.
-    Edit(libmcshm::Error),
+    Edit(mcshm_table::Error),
     /// A value under the prefix that is not a valid table.
     Hostile {
         key: String,
@@ -203,7 +203,7 @@ impl Fleet {
         domain: &Domain,
         create: bool,
         by: &str,
-        change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+        change: impl FnMut(&mut Table) -> mcshm_table::Result<()>,
     ) -> Result<FleetCommit, FleetError> {
         self.transact_with(domain, create, false, by, change)
     }
@@ -216,7 +216,7 @@ impl Fleet {
         create: bool,
         repair: bool,
         by: &str,
-        mut change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+        mut change: impl FnMut(&mut Table) -> mcshm_table::Result<()>,
     ) -> Result<FleetCommit, FleetError> {
         let key = self.domain_key(domain);
         let deadline = Instant::now() + EDIT_DEADLINE;
@@ -341,7 +341,7 @@ impl Fleet {
         host: &str,
     ) -> Result<bool, FleetError> {
         let key = self.probe_key(domain, address);
-        let now = libmcshm::registry::now_ms();
+        let now = mcshm_table::registry::now_ms();
         let (current, _) = self.etcd.get(&key, None)?;
         let expected = match &current {
             Some(kv) => {
@@ -384,7 +384,7 @@ pub fn changed_by(by: &str) -> Changed {
         by: by.to_string(),
         host: hostname(),
         pid: std::process::id(),
-        ms: libmcshm::registry::now_ms(),
+        ms: mcshm_table::registry::now_ms(),
     }
 }
 

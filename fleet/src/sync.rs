@@ -23,9 +23,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use libmcshm::registry::{FileOwnership, commit_info, now_ms};
-use libmcshm::table::State;
-use libmcshm::{Address, Domain, Registry, Timeouts, lifecycle};
+use libmcshm::{Timeouts, lifecycle};
+use mcshm_table::registry::{FileOwnership, commit_info, now_ms};
+use mcshm_table::table::State;
+use mcshm_table::{Address, Domain, Registry};
 
 use crate::etcd::{EtcdError, WatchBatch};
 use crate::mirror::{self, Mark};

@@ -105,6 +105,21 @@ pub struct Rejoiner<'a> {
     pub timeouts: Timeouts,
 }
 
+/// Runs a retry probe the router handed out: brings its server back through the domain's
+/// rejoin policy if it answers (the rejoin's flush, or `version` round trip, is the probe: one
+/// connection per lease).
+pub fn run_probe(probe: mcshm_route::Probe, timeouts: Timeouts) {
+    if let Ok(mut writer) = probe.open_writer() {
+        let _ = rejoin(
+            &mut writer,
+            probe.server_id(),
+            timeouts,
+            false,
+            "retry probe",
+        );
+    }
+}
+
 /// Brings the down server with `id` back through the domain's rejoin policy (see
 /// [`rejoin_all`]).
 pub fn rejoin(

@@ -7,7 +7,7 @@
 //! [`reply`] (framing what servers answer, sans I/O), [`worker`] (one event loop per thread,
 //! owning everything below it), [`session`] (one client connection and its reply slots),
 //! [`upstream`] (the worker's server connections), [`service`] (one domain: routing by
-//! libmcshm's [`Router`](libmcshm::client::Router), the same decisions as the blocking
+//! libmcshm's [`Router`](mcshm_route::Router), the same decisions as the blocking
 //! client, executed directly or as [`jobs`]), [`stats`]. Requests never cross threads; tokio
 //! runs only on the main thread (signals, the metrics page), and libmcshm's blocking path links
 //! none of it.
@@ -115,7 +115,7 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
             Some(n) => n,
             None => {
                 // The domain must open now: a worker's own router opens it again.
-                let mut router = libmcshm::client::Router::for_domain(&config.dir, domain)
+                let mut router = mcshm_route::Router::for_domain(&config.dir, domain)
                     .map_err(StartError::Domain)?;
                 router.refresh().map_err(StartError::Domain)?;
                 let stats = Arc::new(stats::ProxyStats::new(domain.to_string()));

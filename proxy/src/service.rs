@@ -4,7 +4,7 @@
 //! worker's server connections ([`Net`]), and answered in memcached's words.
 //!
 //! The router belongs to the worker's thread: a decision takes no lock. Its answers are plans
-//! ([`ReadPlan`], [`WritePlan`](libmcshm::client::WritePlan)) that name servers by id, so a
+//! ([`ReadPlan`], [`WritePlan`](mcshm_route::WritePlan)) that name servers by id, so a
 //! decision and its report may straddle a table change (a server removed meanwhile is not
 //! reported).
 //!
@@ -21,10 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use libmcshm::client::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 use libmcshm::proto::{self, Expect, Reply, Request, StoreVerb};
 use libmcshm::table::State;
 use libmcshm::{Address, Domain, Snapshot, Timeouts};
+use mcshm_route::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
 use crate::jobs::{Await, ReplyCell, Work};
@@ -196,7 +196,7 @@ impl Service {
         let mut router = Router::for_domain(dir, domain)?;
         router.refresh()?;
         router.on_failure(|event| {
-            if event.marked_down != libmcshm::MarkedDown::No {
+            if event.marked_down != mcshm_route::MarkedDown::No {
                 eprintln!(
                     "mcproxy: {} marked down ({:?}): {}",
                     event.server, event.marked_down, event.error
@@ -254,7 +254,7 @@ impl Service {
             let timeouts = self.timeouts;
             let _ = std::thread::Builder::new()
                 .name("mcproxy-probe".into())
-                .spawn(move || probe.run(timeouts));
+                .spawn(move || libmcshm::lifecycle::run_probe(probe, timeouts));
         }
     }
 

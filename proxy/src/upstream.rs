@@ -46,7 +46,7 @@ impl Failure {
     }
 
     fn io(context: &str, err: &io::Error) -> Failure {
-        Failure::new(format!("{context}: {err}"), libmcshm::client::io_errno(err))
+        Failure::new(format!("{context}: {err}"), mcshm_route::io_errno(err))
     }
 }
 

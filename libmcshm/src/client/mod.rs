@@ -56,47 +56,19 @@ use crate::error::{Error, Result};
 use crate::proto::{self, Item, Reply, Request, StoreVerb};
 use crate::table::Snapshot;
 
-mod failures;
 mod handover;
-mod plan;
 mod requests;
-mod router;
 
-pub use failures::io_errno;
-pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
-pub use router::{Probe, Router};
+pub use mcshm_route::{
+    FailureEvent, Fill, FillKind, MarkedDown, Outcome, Probe, ReadPlan, Router, ServerRef,
+    WritePlan, io_errno,
+};
 
 /// Keys per `get` command when a multi-get is pipelined.
 const KEYS_PER_GET: usize = 100;
 /// Request bytes a pipeline keeps in flight before it reads replies (below the kernel's socket
 /// buffers, so neither side ever blocks on a full buffer).
 const PIPELINE_WINDOW: usize = 64 * 1024;
-
-/// What a failure did, as the failure callback is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MarkedDown {
-    /// Below the failure limit: nothing changed yet.
-    No,
-    /// Marked down in the registry, for every process on the host.
-    ForEveryone,
-    /// This process cannot write the registry (or uses a private server list): it treats the
-    /// server as down itself. Reported once per server.
-    LocallyOnly,
-}
-
-/// A failed operation, as the failure callback sees it.
-#[derive(Debug)]
-pub struct FailureEvent<'a> {
-    pub server: &'a Address,
-    /// What went wrong (connect refused, timed out, …).
-    pub error: &'a str,
-    /// The same as an errno value: the OS error (ECONNREFUSED, EPIPE, …), ETIMEDOUT for a
-    /// timeout, ECONNRESET for a connection the server closed, EPROTO for a protocol error.
-    pub errno: i32,
-    /// Consecutive failures now counted for the server.
-    pub failures: u32,
-    pub marked_down: MarkedDown,
-}
 
 /// The outcome of a storage command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,12 +104,6 @@ pub type Stats = Vec<(String, String)>;
 
 /// A key of a batch and its replicas (positions in the table the batch was routed on).
 type Routed<'k> = (&'k [u8], Vec<usize>);
-
-pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
-
-/// Operations between two periodic checks (retry probes of servers off the ring, and the
-/// clients record's last-used time).
-const PERIODIC_OPS: u64 = 64;
 
 /// A memcached client over a registry domain or a private server list. Use one per thread.
 /// Its decisions are the [`Router`]'s; it adds blocking connections.
@@ -213,7 +179,7 @@ impl Client {
 
     fn run_probes(&mut self) {
         for probe in self.router.take_probes() {
-            probe.run(self.timeouts);
+            crate::lifecycle::run_probe(probe, self.timeouts);
         }
     }
 

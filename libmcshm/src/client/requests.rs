@@ -1,7 +1,6 @@
 //! Requests: one server's pipeline (a bounded window of requests in flight, replies in order),
 //! and what its replies mean.
 
-use super::failures::errno;
 use super::{Client, PIPELINE_WINDOW, Stored};
 use crate::address::Address;
 use crate::conn::{Conn, ConnError};
@@ -310,5 +309,14 @@ fn unprefix(reply: &mut Reply, prefix: &KeyPrefix) {
                 item.key.drain(..prefix.as_bytes().len());
             }
         }
+    }
+}
+
+/// A connection failure as an errno value (see [`mcshm_route::FailureEvent::errno`]).
+fn errno(err: &ConnError) -> i32 {
+    match err {
+        ConnError::Io(e) => mcshm_route::io_errno(e),
+        ConnError::Protocol(_) => libc::EPROTO,
+        ConnError::Auth(_) => libc::EACCES,
     }
 }

@@ -4,13 +4,42 @@
 
 use std::path::Path;
 
-use super::router::{Router, Source};
-use super::{FailureEvent, MarkedDown};
-use crate::conn::ConnError;
-use crate::edit;
-use crate::error::{Error, ErrorKind};
-use crate::registry::{LockWait, Registry, commit_info};
-use crate::table::{Server, State};
+use mcshm_table::address::Address;
+use mcshm_table::edit;
+use mcshm_table::error::{Error, ErrorKind};
+use mcshm_table::registry::{LockWait, Registry, commit_info};
+use mcshm_table::table::{Server, State};
+
+use crate::router::{Router, Source};
+
+/// What a failure did, as the failure callback is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkedDown {
+    /// Below the failure limit: nothing changed yet.
+    No,
+    /// Marked down in the registry, for every process on the host.
+    ForEveryone,
+    /// This process cannot write the registry (or uses a private server list): it treats the
+    /// server as down itself. Reported once per server.
+    LocallyOnly,
+}
+
+/// A failed operation, as the failure callback sees it.
+#[derive(Debug)]
+pub struct FailureEvent<'a> {
+    pub server: &'a Address,
+    /// What went wrong (connect refused, timed out, …).
+    pub error: &'a str,
+    /// The same as an errno value: the OS error (ECONNREFUSED, EPIPE, …), ETIMEDOUT for a
+    /// timeout, ECONNRESET for a connection the server closed, EPROTO for a protocol error.
+    pub errno: i32,
+    /// Consecutive failures now counted for the server.
+    pub failures: u32,
+    pub marked_down: MarkedDown,
+}
+
+/// The failure callback a front end registers ([`Router::on_failure`]).
+pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
 impl Router {
     /// A request to server `i` succeeded: its failure count starts again.
@@ -68,7 +97,7 @@ impl Router {
         );
         let reason: String = reason
             .chars()
-            .take(crate::table::MAX_REASON_LEN / 2)
+            .take(mcshm_table::table::MAX_REASON_LEN / 2)
             .collect();
         match self.publish_down(server.id, &reason) {
             Ok(()) => MarkedDown::ForEveryone,
@@ -107,22 +136,13 @@ impl Router {
 
     /// Retries the mark-downs that found the writer lock taken (from the periodic work of
     /// later operations); one that succeeds, or whose server is no longer up, is done.
-    pub(super) fn retry_pending_down(&mut self) {
+    pub(crate) fn retry_pending_down(&mut self) {
         let pending = std::mem::take(&mut self.pending_down);
         for (id, reason) in pending {
             if let Err(Error::Locked { .. }) = self.publish_down(id, &reason) {
                 self.pending_down.push((id, reason));
             }
         }
-    }
-}
-
-/// A connection failure as an errno value (see [`FailureEvent::errno`]).
-pub(super) fn errno(err: &ConnError) -> i32 {
-    match err {
-        ConnError::Io(e) => io_errno(e),
-        ConnError::Protocol(_) => libc::EPROTO,
-        ConnError::Auth(_) => libc::EACCES,
     }
 }
 

@@ -7,9 +7,10 @@
 //! version the plan was made on. Outcomes are reported by id ([`Router::report`]), so a plan
 //! whose execution straddles a table change reports to the right server, or to none if it left.
 
-use super::router::Router;
-use crate::error::Result;
-use crate::table::State;
+use mcshm_table::error::Result;
+use mcshm_table::table::State;
+
+use crate::router::Router;
 
 /// A server of the table version a plan was made on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,9 +160,9 @@ impl Router {
 mod tests {
     //! The rules of the plans on hand-built tables: no file, no socket, no sleep.
     use super::*;
-    use crate::address::Address;
-    use crate::placement::Distribution;
-    use crate::table::{Failover, Policy, Server, Snapshot};
+    use mcshm_table::address::Address;
+    use mcshm_table::placement::Distribution;
+    use mcshm_table::table::{Failover, Policy, Server, Snapshot};
 
     const NOW: u64 = 1_000_000;
 
@@ -206,8 +207,8 @@ mod tests {
 
     #[test]
     fn every_distribution_routes_every_key_to_a_server_of_the_table_by_id() {
-        use crate::hash::KeyHash;
-        use crate::hash::PeclHash;
+        use mcshm_table::hash::KeyHash;
+        use mcshm_table::hash::PeclHash;
         for distribution in [
             Distribution::Ketama,
             Distribution::KetamaSpy,

@@ -16,18 +16,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::{FailureCallback, FailureEvent, PERIODIC_OPS};
-use crate::address::Address;
-use crate::conn::Timeouts;
-use crate::domain::Domain;
-use crate::error::{Error, Result};
-use crate::placement::Locator;
-use crate::proto;
-use crate::registry::Registry;
-use crate::shared_ring::{self, RingView};
-use crate::table::{Failover, Policy, Server, Snapshot, State, members};
+use mcshm_table::address::Address;
+use mcshm_table::domain::Domain;
+use mcshm_table::error::{Error, Result};
+use mcshm_table::key;
+use mcshm_table::placement::Locator;
+use mcshm_table::registry::Registry;
+use mcshm_table::shared_ring::{self, RingView};
+use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
 
-pub(super) enum Source {
+use crate::PERIODIC_OPS;
+use crate::failures::{FailureCallback, FailureEvent};
+
+pub(crate) enum Source {
     Registry(Box<Registry>),
     Servers(Arc<Snapshot>),
 }
@@ -57,8 +58,9 @@ struct Routing {
     warm_until: OnceLock<u64>,
 }
 
-/// A retry probe the router found due (its lease is taken): run it with [`Probe::run`], which
-/// connects to the server and may block for the domain's timeouts.
+/// A retry probe the router found due (its lease is taken): run it with
+/// `libmcshm::lifecycle::run_probe`, which connects to the server and may block for the
+/// domain's timeouts.
 #[derive(Debug)]
 pub struct Probe {
     dir: PathBuf,
@@ -67,16 +69,17 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Brings the server back through the domain's rejoin policy if it answers (the rejoin's
-    /// flush, or `version` round trip, is the probe: one connection per lease).
-    pub fn run(self, timeouts: Timeouts) {
-        if let Ok(mut writer) = Registry::open_writer(&self.dir, &self.domain, false) {
-            // A probe runs in a client's operation: it never waits for another writer (the
-            // next lease tries again).
-            writer.set_lock_wait(crate::registry::LockWait::Never);
-            let _ =
-                crate::lifecycle::rejoin(&mut writer, self.server, timeouts, false, "retry probe");
-        }
+    /// The id of the server to probe.
+    pub fn server_id(&self) -> u32 {
+        self.server
+    }
+
+    /// The domain opened for writing, as the probe's rejoin needs it: it never waits for
+    /// another writer (a probe runs in a client's operation; the next lease tries again).
+    pub fn open_writer(&self) -> Result<Registry> {
+        let mut writer = Registry::open_writer(&self.dir, &self.domain, false)?;
+        writer.set_lock_wait(mcshm_table::registry::LockWait::Never);
+        Ok(writer)
     }
 }
 
@@ -84,15 +87,15 @@ impl Probe {
 /// in every method is a position in [`Router::snapshot`]'s servers, valid until the next
 /// [`Router::refresh`].
 pub struct Router {
-    pub(super) source: Source,
+    pub(crate) source: Source,
     routing: Option<Routing>,
-    pub(super) local_failures: HashMap<Address, u32>,
-    pub(super) local_down: HashSet<Address>,
-    pub(super) local_epoch: u64,
-    pub(super) reported: HashSet<Address>,
+    pub(crate) local_failures: HashMap<Address, u32>,
+    pub(crate) local_down: HashSet<Address>,
+    pub(crate) local_epoch: u64,
+    pub(crate) reported: HashSet<Address>,
     /// Mark-downs that found another writer at work: (server id, reason), retried later.
-    pub(super) pending_down: Vec<(u32, String)>,
-    pub(super) on_failure: Option<FailureCallback>,
+    pub(crate) pending_down: Vec<(u32, String)>,
+    pub(crate) on_failure: Option<FailureCallback>,
     ops: u64,
     client_slot: Option<usize>,
     probes: Vec<Probe>,
@@ -133,7 +136,7 @@ impl Router {
                 ..Server::new(a.clone())
             })
             .collect();
-        if let Some(dup) = crate::table::first_duplicate(&servers) {
+        if let Some(dup) = mcshm_table::table::first_duplicate(&servers) {
             return Err(Error::invalid(
                 "server list",
                 &dup.address.to_string(),
@@ -186,7 +189,7 @@ impl Router {
     fn ring_hash(&self, key: &[u8]) -> u32 {
         let distribution = self.routing().snapshot.policy.distribution;
         distribution.points().map_or_else(
-            || crate::hash::ketama_md5(key),
+            || mcshm_table::hash::ketama_md5(key),
             |points| points.hash_key(key),
         )
     }
@@ -329,7 +332,7 @@ impl Router {
 
     /// The server a key maps to (up or down).
     pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
-        proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let shared = match self.routing().shared {
@@ -395,7 +398,7 @@ impl Router {
 
     /// The key's replicas: the first `replicas` distinct servers along the ring, owner first.
     pub fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
-        proto::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
@@ -569,7 +572,7 @@ impl Drop for Router {
 /// updated for the positions `changed` names, or a scan of every server.
 fn positions(
     servers: &[Server],
-    changed: Option<crate::format::SlotDelta>,
+    changed: Option<mcshm_table::format::SlotDelta>,
     before: Vec<usize>,
     keep: impl Fn(&Server) -> bool,
 ) -> Vec<usize> {

@@ -1,0 +1,26 @@
+//! mcshm-route: the routing core, sans I/O. For every request a front end makes (the blocking
+//! client in libmcshm, mcproxy's event loop) the [`Router`] answers where it goes, as a plan to
+//! execute ([`ReadPlan`], [`WritePlan`]: replicas, invalidations, warm-up and drain fills), and
+//! is told how it went ([`Router::succeeded`], [`Router::failed`], [`Router::report`]): the
+//! shared failure counts, mark-downs and retry leases live here, so each rule is written once
+//! and no front end can drift from another.
+//!
+//! It opens no socket: its only blocking work is local (reading the registry, and a short
+//! file-locked transaction to mark a server down). A retry probe talks to a server, so it is
+//! handed out as a [`Probe`] for the front end to run where blocking is allowed
+//! (`libmcshm::lifecycle::run_probe`).
+//!
+//! Layering: [`mcshm_table`] (the table, its placement and file) → this crate → the memcached
+//! side (libmcshm's protocol, connections and client; mcproxy).
+
+mod failures;
+mod plan;
+mod router;
+
+pub use failures::{FailureEvent, MarkedDown, io_errno};
+pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
+pub use router::{Probe, Router};
+
+/// Operations between two periodic checks (retry probes of servers off the ring, and the
+/// clients record's last-used time).
+const PERIODIC_OPS: u64 = 64;
