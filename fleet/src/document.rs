@@ -159,11 +159,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
     }
     let document: Document =
         serde_json::from_slice(bytes).map_err(|e| format!("not a fleet table: {e}"))?;
-    if document.servers.len() > mcshm_table::format::MAX_CAPACITY as usize {
+    if document.servers.len() > mcshm_table::registry::MAX_SERVERS as usize {
         return Err(format!(
             "{} servers, more than the {} a domain may have",
             document.servers.len(),
-            mcshm_table::format::MAX_CAPACITY
+            mcshm_table::registry::MAX_SERVERS
         ));
     }
     let servers = document

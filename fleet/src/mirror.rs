@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use mcshm_table::format::CommitInfo;
+use mcshm_table::table::CommitInfo;
 use mcshm_table::table::{Server, State, Table};
 use mcshm_table::{Address, edit};
 

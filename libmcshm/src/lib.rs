@@ -34,8 +34,8 @@
 #![deny(unsafe_code)]
 
 pub use mcshm_table::{
-    address, coherence, domain, dump, edit, error, format, hash, key, placement, prefix, processes,
-    registry, seqlock, shared_ring, table,
+    address, coherence, domain, dump, edit, error, hash, key, placement, prefix, processes,
+    registry, table,
 };
 
 pub mod auth;

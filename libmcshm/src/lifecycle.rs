@@ -7,14 +7,17 @@
 //! there, so whatever it holds may be stale; after the flush it holds nothing. If the flush
 //! fails, it stays down.
 
+use std::path::Path;
+
 use crate::address::Address;
 use crate::auth::Credentials;
 use crate::conn::{Conn, Timeouts};
+use crate::domain::Domain;
 use crate::edit;
 use crate::error::{Error, Result};
 use crate::proto::{Reply, Request, StoreVerb};
-use crate::registry::{Registry, commit_info, now_ms};
-use crate::table::{Rejoin, State};
+use crate::registry::{Commit, FileOwnership, LockWait, Registry, commit_info, now_ms};
+use crate::table::{Rejoin, Server, State, Table};
 
 /// One round trip (`version`), and with `check_key` a set and get of that key (the seed
 /// thread's checkState). `Err` names what failed.
@@ -290,4 +293,116 @@ impl LoadPlan {
         }
         table.policy = loaded.policy;
     }
+}
+
+/// `mcadmin add`: flushes the servers of `new` that `present` (the domain's servers) does not
+/// have: a server that joins may hold items from an earlier time in this domain, which would be
+/// served stale. The first that cannot be flushed is the error (nothing is added then).
+pub fn flush_joining(
+    present: &[Server],
+    new: &[Server],
+    timeouts: Timeouts,
+    credentials: Option<&Credentials>,
+) -> Result<()> {
+    for server in new {
+        if present
+            .iter()
+            .any(|p| p.address.same_server(&server.address))
+        {
+            continue;
+        }
+        flush(&server.address, timeouts, credentials).map_err(|error| Error::Network {
+            server: server.address.to_string(),
+            error: format!(
+                "{error}: a server is flushed before it joins, so that it serves nothing stale; nothing changed (add it with --down to flush it when it comes up, or --no-flush if it holds nothing)"
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+/// `mcadmin up`: brings `addresses` back, all in one version: a down server through the
+/// domain's rejoin policy (flushed first unless the policy is trust or `skip_flush`; held
+/// servers too: this is an operator), a draining one by cancelling its drain. The commit says
+/// whether anything changed.
+pub fn bring_up(
+    registry: &mut Registry,
+    addresses: &[Address],
+    skip_flush: bool,
+    timeouts: Timeouts,
+) -> Result<Commit> {
+    let snapshot = registry.current_snapshot()?;
+    let ids = addresses
+        .iter()
+        .map(|address| Ok(snapshot.server(address)?.id))
+        .collect::<Result<Vec<u32>>>()?;
+    let how = Rejoiner {
+        by: "mcadmin up",
+        operator: true,
+        skip_flush,
+        timeouts,
+    };
+    rejoin_all(registry, &ids, how)?;
+    let version = registry.version();
+    Ok(Commit {
+        version,
+        changed: version != snapshot.version,
+        published_ns: 0,
+    })
+}
+
+/// Where and how [`load`] writes: the domain, the mode and group of a file it creates, and
+/// how long it waits for another writer.
+pub struct LoadTarget<'a> {
+    pub dir: &'a Path,
+    pub domain: &'a Domain,
+    pub ownership: FileOwnership,
+    pub lock_wait: LockWait,
+}
+
+/// `mcadmin load`: makes `loaded` the domain's table however its file is, flushing first the
+/// servers it brings in or back (see [`prepare_load`]; `no_flush`: none). One transaction when
+/// the file reads; a file whose committed table cannot be read is replaced whole
+/// ([`Registry::replace`]); a file whose header is unusable is made anew
+/// ([`Registry::recreate`]: what its servers held is unknown, so every server the list has up
+/// is flushed). Returns the commit and which servers were and were not flushed.
+pub fn load(
+    target: &LoadTarget<'_>,
+    loaded: &mut Table,
+    no_flush: bool,
+    timeouts: Timeouts,
+    credentials: Option<&Credentials>,
+) -> Result<(Commit, LoadPlan)> {
+    let (dir, domain) = (target.dir, target.domain);
+    let exists = domain.path_in(dir).exists();
+    let mut registry = match Registry::open_writer_with(dir, domain, true, target.ownership) {
+        Err(Error::Corrupt { .. }) => {
+            let known = if no_flush { None } else { Some(&[][..]) };
+            let plan = prepare_load(known, loaded, timeouts, credentials);
+            let mut table = Table::default();
+            plan.apply(&mut table, loaded);
+            return Ok((Registry::recreate(dir, domain, &table)?, plan));
+        }
+        other => other?,
+    };
+    registry.set_lock_wait(target.lock_wait);
+    let current = match registry.current_snapshot() {
+        _ if no_flush => None,
+        Ok(snapshot) if exists => Some(snapshot.servers.clone()),
+        Ok(_) => None,
+        Err(_) => Some(Vec::new()),
+    };
+    let plan = prepare_load(current.as_deref(), loaded, timeouts, credentials);
+    let commit = match registry.transact(|t| {
+        plan.apply(t, loaded);
+        Ok(())
+    }) {
+        Err(Error::Corrupt { .. }) => {
+            let mut table = Table::default();
+            plan.apply(&mut table, loaded);
+            registry.replace(&table)?
+        }
+        other => other?,
+    };
+    Ok((commit, plan))
 }

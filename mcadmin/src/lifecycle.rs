@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libmcshm::drain::{self, Moved};
+use libmcshm::drain::{self, Drain, DrainCounts};
 use libmcshm::health::{Event, Watcher};
 use libmcshm::{Address, Client, Domain, Registry, State, Timeouts};
 use serde_json::json;
@@ -155,56 +155,16 @@ fn report(ctx: &Invocation, exec: Option<&str>, event: &Event) {
 
 pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     let address = Address::parse(server)?;
-    let mut registry = ctx.writer(false)?;
-    let snapshot = registry.current_snapshot()?;
-    let target = snapshot.server(&address)?;
-    let id = target.id;
-    match target.state {
-        State::Down => {
-            return Err(UsageError(format!(
-                "{address} is down: its keys cannot be read to move them (bring it up, or `mcadmin delete` it)"
-            ))
-            .into());
-        }
-        State::Up => {
-            let reason = format!("draining (mcadmin drain, pid {})", std::process::id());
-            registry.transact(|t| {
-                let change = libmcshm::edit::Transition::StartDrain { reason: &reason };
-                libmcshm::edit::transition(
-                    &mut t.servers,
-                    id,
-                    change,
-                    libmcshm::registry::commit_info(),
-                );
-                Ok(())
-            })?;
-        }
-        State::Draining => {} // resuming
-    }
-    let timeouts = Timeouts::default();
-    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
-    let keys = drain::list_keys(&address, timeouts, credentials.as_ref()).map_err(|error| {
-        libmcshm::Error::Network {
-            server: address.to_string(),
-            error,
-        }
-    })?;
-    let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
-    // With a key prefix, the server's keys carry it: move the domain's (named without it, as
-    // the client sends them) and leave keys outside the prefix, which are not the domain's.
-    let prefix = client.snapshot()?.policy.prefix;
-    let listed = keys.len();
-    let keys: Vec<&[u8]> = keys.iter().filter_map(|k| prefix.strip(k)).collect();
-    let outside = listed - keys.len();
+    let writer = ctx.writer(false)?;
+    let mut drain = Drain::start(&ctx.dir, &ctx.domain, writer, &address, Timeouts::default())?;
+    let total = drain.keys().len();
     let stop = stop_flag()?;
     let tty = std::io::stderr().is_terminal();
-    let (mut moved, mut kept, mut gone, mut failed) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
-    for (n, key) in keys.iter().enumerate() {
+    for n in 0..total {
         if stop.load(Ordering::Relaxed) {
             eprintln!(
-                "\nmcadmin: interrupted after {n} of {} keys; {address} is still draining: run `mcadmin drain {address}` again to resume, or `mcadmin up {address}` to cancel",
-                keys.len()
+                "\nmcadmin: interrupted after {n} of {total} keys; {address} is still draining: run `mcadmin drain {address}` again to resume, or `mcadmin up {address}` to cancel"
             );
             return Ok(Exit::No);
         }
@@ -212,24 +172,20 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
             let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
             pause(due.saturating_duration_since(Instant::now()), &stop);
         }
-        match client.move_key(&address, key) {
-            Ok(Moved::Moved) => moved += 1,
-            Ok(Moved::Kept) => kept += 1,
-            Ok(Moved::Gone) => gone += 1,
-            Err(err) => {
-                failed += 1;
-                eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(key));
-            }
+        if let Err(err) = drain.move_key(n) {
+            eprintln!(
+                "mcadmin: {}: {err}",
+                String::from_utf8_lossy(&drain.keys()[n])
+            );
         }
-        if tty && (n % 100 == 0 || n + 1 == keys.len()) {
+        if tty && (n % 100 == 0 || n + 1 == total) {
             let width = 30;
-            let done = (n + 1) * width / keys.len().max(1);
+            let done = (n + 1) * width / total.max(1);
             eprint!(
-                "\r[{}{}] {}/{} keys",
+                "\r[{}{}] {}/{total} keys",
                 "#".repeat(done),
                 " ".repeat(width - done),
                 n + 1,
-                keys.len()
             );
         }
     }
@@ -237,18 +193,21 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
         eprintln!();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let keys_per_s = (keys.len() as f64 / seconds.max(1e-9)).round();
+    let keys_per_s = (total as f64 / seconds.max(1e-9)).round();
+    let DrainCounts {
+        moved,
+        kept,
+        gone,
+        failed,
+    } = drain.counts();
     if failed > 0 {
         eprintln!(
             "mcadmin: {failed} keys could not be moved; {address} stays draining (run drain again)"
         );
         return Ok(Exit::Server);
     }
-    let removed = registry.transact(|t| {
-        t.servers
-            .retain(|s| !(s.id == id && s.state == State::Draining));
-        Ok(())
-    })?;
+    let (outside, prefix) = (drain.outside_prefix(), drain.prefix());
+    let removed = drain.finish()?;
     crate::print(
         ctx,
         || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "outside_prefix": outside, "version": removed.version, "seconds": seconds, "keys_per_s": keys_per_s}),
@@ -409,7 +368,7 @@ pub fn clients(ctx: &Invocation) -> Result<Exit> {
             if extra > 0 {
                 out += &format!(
                     "({extra} without a clients record: opened read-only, or beyond the file's {} records; found by their mapping of the file)\n",
-                    libmcshm::format::CLIENT_SLOTS
+                    libmcshm::registry::PROCESS_SLOTS
                 );
             }
             out

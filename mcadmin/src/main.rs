@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use libmcshm::registry::commit_info;
-use libmcshm::registry::{FileOwnership, LockWait};
+use libmcshm::edit::PolicyChange;
+use libmcshm::registry::{FileOwnership, LockWait, commit_info};
 use libmcshm::table::{
     Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
     check_warm_window, check_weight,
@@ -152,7 +152,7 @@ fn run(cli: &Cli) -> Result<Exit> {
         dir,
         domain,
         json: cli.json,
-        ownership: ownership(&cli.mode, cli.group.as_deref())?,
+        ownership: FileOwnership::parse(&cli.mode, cli.group.as_deref())?,
         fleet,
         lock_wait: lock_wait(cli.lock_timeout)?,
     };
@@ -368,22 +368,13 @@ fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
         },
     };
     let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
-    for server in new {
-        if present
-            .iter()
-            .any(|p| p.address.same_server(&server.address))
-        {
-            continue;
-        }
-        libmcshm::lifecycle::flush(&server.address, Timeouts::default(), credentials.as_ref())
-            .map_err(|error| libmcshm::Error::Network {
-                server: server.address.to_string(),
-                error: format!(
-                    "{error}: a server is flushed before it joins, so that it serves nothing stale; nothing changed (add it with --down to flush it when it comes up, or --no-flush if it holds nothing)"
-                ),
-            })?;
-    }
-    Ok(())
+    let timeouts = Timeouts::default();
+    Ok(libmcshm::lifecycle::flush_joining(
+        &present,
+        new,
+        timeouts,
+        credentials.as_ref(),
+    )?)
 }
 
 pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
@@ -393,30 +384,12 @@ pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
         .collect::<libmcshm::Result<_>>()?)
 }
 
-/// Brings servers back, all in one version: a down one through the rejoin policy (flush_all
-/// first unless the policy is trust or `--no-flush`; held servers too: this is an operator), a
-/// draining one by cancelling the drain.
+/// `up`: see [`libmcshm::lifecycle::bring_up`].
 fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
     let addresses = parse_addresses(servers)?;
     let mut registry = ctx.writer(false)?;
-    let snapshot = registry.current_snapshot()?;
-    let mut ids = Vec::new();
-    for address in &addresses {
-        ids.push(snapshot.server(address)?.id);
-    }
-    let how = libmcshm::lifecycle::Rejoiner {
-        by: "mcadmin up",
-        operator: true,
-        skip_flush: no_flush,
-        timeouts: Timeouts::default(),
-    };
-    libmcshm::lifecycle::rejoin_all(&mut registry, &ids, how)?;
-    let version = registry.version();
-    let commit = Commit {
-        version,
-        changed: version != snapshot.version,
-        published_ns: 0,
-    };
+    let commit =
+        libmcshm::lifecycle::bring_up(&mut registry, &addresses, no_flush, Timeouts::default())?;
     report_commit(ctx, commit)
 }
 
@@ -453,38 +426,6 @@ fn down(ctx: &Invocation, servers: &[String], reason: &str, retry: bool) -> Resu
     Ok(exit)
 }
 
-/// `--mode` and `--group` as a [`FileOwnership`].
-fn ownership(mode: &str, group: Option<&str>) -> Result<FileOwnership> {
-    let mode = u32::from_str_radix(mode, 8)
-        .ok()
-        .filter(|m| *m <= 0o777 && m & 0o600 == 0o600)
-        .ok_or_else(|| {
-            UsageError(format!(
-                "invalid mode '{mode}': octal permission bits with owner read and write, e.g. 644"
-            ))
-        })?;
-    let gid = match group {
-        None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => group_id(g)
-                .ok_or_else(|| UsageError(format!("unknown group '{g}' (not in /etc/group)")))?,
-        }),
-    };
-    Ok(FileOwnership { mode, gid })
-}
-
-/// The id of group `name`, from /etc/group.
-fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next() == Some(name))
-            .then(|| fields.nth(1)?.parse().ok())
-            .flatten()
-    })
-}
-
 /// Runs one transaction and reports the version it published.
 fn write(
     ctx: &Invocation,
@@ -519,27 +460,9 @@ fn report_commit(ctx: &Invocation, commit: Commit) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// The policy fields a `policy` call sets (the others stay).
-struct PolicyChange {
-    failover: Option<libmcshm::table::Failover>,
-    failure_limit: Option<u8>,
-    rejoin: Option<libmcshm::table::Rejoin>,
-    replicas: Option<u8>,
-    warm_window_s: Option<u32>,
-    distribution: Option<libmcshm::placement::Distribution>,
-    prefix: Option<libmcshm::prefix::KeyPrefix>,
-}
-
 /// Shows the policy, or changes it when given values.
 fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
-    let unchanged = change.failover.is_none()
-        && change.failure_limit.is_none()
-        && change.rejoin.is_none()
-        && change.replicas.is_none()
-        && change.warm_window_s.is_none()
-        && change.distribution.is_none()
-        && change.prefix.is_none();
-    if unchanged {
+    if change.is_empty() {
         let p = match &ctx.fleet {
             Some(fleet) => fleet::read(ctx, fleet)?.table.policy,
             None => Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?.policy,
@@ -552,14 +475,7 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
         return Ok(Exit::Success);
     }
     write(ctx, false, |t| {
-        let p = &mut t.policy;
-        p.failover = change.failover.unwrap_or(p.failover);
-        p.failure_limit = change.failure_limit.unwrap_or(p.failure_limit);
-        p.rejoin = change.rejoin.unwrap_or(p.rejoin);
-        p.replicas = change.replicas.unwrap_or(p.replicas);
-        p.warm_window_s = change.warm_window_s.unwrap_or(p.warm_window_s);
-        p.distribution = change.distribution.unwrap_or(p.distribution);
-        p.prefix = change.prefix.unwrap_or(p.prefix);
+        change.apply(&mut t.policy);
         Ok(())
     })
 }
@@ -690,59 +606,28 @@ fn load(ctx: &Invocation, file: &PathBuf, initial: bool, no_flush: bool) -> Resu
     if let Some(fleet) = &ctx.fleet {
         return fleet::load(ctx, fleet, &loaded);
     }
-    let exists = ctx.domain.path_in(&ctx.dir).exists();
-    if initial && exists {
+    if initial && ctx.domain.path_in(&ctx.dir).exists() {
         return report_commit(
             ctx,
             Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()),
         );
     }
-    let mut registry = match ctx.writer(true) {
-        Err(libmcshm::Error::Corrupt { .. }) => {
-            // What the servers held is unknown: every server the list has up is flushed.
-            let known = if no_flush { None } else { Some(&[][..]) };
-            let plan = load_plan(ctx, known, &mut loaded)?;
-            let mut table = Table::default();
-            plan.apply(&mut table, &loaded);
-            let commit = Registry::recreate(&ctx.dir, &ctx.domain, &table)?;
-            return load_report(ctx, commit, &plan);
-        }
-        other => other?,
-    };
-    let current = match registry.current_snapshot() {
-        _ if no_flush => None,
-        Ok(snapshot) if exists => Some(snapshot.servers.clone()),
-        Ok(_) => None,
-        Err(_) => Some(Vec::new()),
-    };
-    let plan = load_plan(ctx, current.as_deref(), &mut loaded)?;
-    let commit = match registry.transact(|t| {
-        plan.apply(t, &loaded);
-        Ok(())
-    }) {
-        Err(libmcshm::Error::Corrupt { .. }) => {
-            let mut table = Table::default();
-            plan.apply(&mut table, &loaded);
-            registry.replace(&table)?
-        }
-        other => other?,
-    };
-    load_report(ctx, commit, &plan)
-}
-
-/// Flushes the servers a load brings in or back (see [`libmcshm::lifecycle::prepare_load`]).
-fn load_plan(
-    ctx: &Invocation,
-    current: Option<&[Server]>,
-    loaded: &mut Table,
-) -> Result<libmcshm::lifecycle::LoadPlan> {
     let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
-    Ok(libmcshm::lifecycle::prepare_load(
-        current,
-        loaded,
-        Timeouts::default(),
+    let target = libmcshm::lifecycle::LoadTarget {
+        dir: &ctx.dir,
+        domain: &ctx.domain,
+        ownership: ctx.ownership,
+        lock_wait: ctx.lock_wait,
+    };
+    let timeouts = Timeouts::default();
+    let (commit, plan) = libmcshm::lifecycle::load(
+        &target,
+        &mut loaded,
+        no_flush,
+        timeouts,
         credentials.as_ref(),
-    ))
+    )?;
+    load_report(ctx, commit, &plan)
 }
 
 /// The load's version; servers that could not be flushed are named (and loaded down), exit 5.

@@ -56,7 +56,7 @@ pub struct WritePlan {
     /// The up replicas to write (cas: the first only); the first one's reply is the answer.
     pub targets: Vec<ServerRef>,
     /// Where the key is deleted with the write, so that no stale copy can be served later
-    /// (see [`crate::coherence`]).
+    /// (see [`mcshm_table::coherence`]).
     pub invalidate: Vec<ServerRef>,
 }
 

@@ -22,7 +22,7 @@ use mcshm_table::error::{Error, Result};
 use mcshm_table::key;
 use mcshm_table::placement::Locator;
 use mcshm_table::registry::Registry;
-use mcshm_table::shared_ring::{self, RingView};
+use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
 
 use crate::PERIODIC_OPS;
@@ -51,7 +51,7 @@ struct Routing {
     /// Draining servers.
     draining: Vec<usize>,
     /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
-    /// write deletes its key there (see [`crate::coherence`]).
+    /// write deletes its key there (see [`mcshm_table::coherence`]).
     strays: Vec<usize>,
     /// The latest warm-up deadline of an up server (ms since the epoch; 0: none), found on first
     /// use: with the draining servers, whether a read can have fills.
@@ -260,7 +260,7 @@ impl Router {
         let distribution = snapshot.policy.distribution;
         // The domain's rule, and under rehash the servers this process took off on its own.
         let on_ring = |i: &usize| {
-            shared_ring::routes(&servers[*i], snapshot.policy.failover)
+            mcshm_table::table::routes(&servers[*i], snapshot.policy.failover)
                 && (snapshot.policy.failover == Failover::None
                     || !self.local_down.contains(&servers[*i].address))
         };
@@ -391,7 +391,7 @@ impl Router {
             self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let servers = &routing.snapshot.servers;
             let policy = routing.snapshot.policy;
-            let routed = shared_ring::routed(servers, policy.failover);
+            let routed = mcshm_table::table::routed(servers, policy.failover);
             Locator::build(policy.distribution, &members(servers, &routed))
         })
     }
@@ -455,7 +455,7 @@ impl Router {
 
     /// With a write to a key with `replicas` replicas: the servers to delete it from, where a
     /// stale copy could later be served: every server that may hold strays and is not one of
-    /// the key's replicas (see [`crate::coherence`]); under rehash the next server along the
+    /// the key's replicas (see [`mcshm_table::coherence`]); under rehash the next server along the
     /// ring, where the key goes if a replica fails; a draining server that owned it.
     pub fn invalidations(&self, key: &[u8], replicas: usize) -> Vec<usize> {
         let routing = self.routing();
@@ -572,7 +572,7 @@ impl Drop for Router {
 /// updated for the positions `changed` names, or a scan of every server.
 fn positions(
     servers: &[Server],
-    changed: Option<mcshm_table::format::SlotDelta>,
+    changed: Option<mcshm_table::registry::SlotDelta>,
     before: Vec<usize>,
     keep: impl Fn(&Server) -> bool,
 ) -> Vec<usize> {

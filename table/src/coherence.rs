@@ -33,7 +33,6 @@
 use std::collections::HashMap;
 
 use crate::address::Identity;
-use crate::shared_ring;
 use crate::table::{Policy, Server, State, Table};
 
 /// Marks the servers of `new` (about to be published as `version`) that may have lost keys to
@@ -112,7 +111,7 @@ fn point_counts<'a>(
 
 /// The servers a table routes keys to, in list order, with their weights.
 fn members<'a>(servers: &'a [Server], policy: &Policy) -> Vec<(Identity<'a>, u16)> {
-    shared_ring::routed(servers, policy.failover)
+    crate::table::routed(servers, policy.failover)
         .into_iter()
         .map(|i| (servers[i].address.identity(), servers[i].weight))
         .collect()

@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::address::{Address, Identity};
 use crate::error::{Error, Result};
-use crate::format::CommitInfo;
-use crate::table::{Server, State};
+use crate::placement::Distribution;
+use crate::prefix::KeyPrefix;
+use crate::table::{CommitInfo, Failover, Policy, Rejoin, Server, State};
 
 /// Appends `new` servers (order kept: it is part of how clients hash). A server already present
 /// is an error, or skipped with `if_missing`; one given twice in `new` is an error naming it
@@ -258,6 +259,37 @@ fn missing(address: &Address, domain: &str) -> Error {
     }
 }
 
+/// The policy fields a `policy` command sets; the others stay as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub failover: Option<Failover>,
+    pub failure_limit: Option<u8>,
+    pub rejoin: Option<Rejoin>,
+    pub replicas: Option<u8>,
+    pub warm_window_s: Option<u32>,
+    pub distribution: Option<Distribution>,
+    pub prefix: Option<KeyPrefix>,
+}
+
+impl PolicyChange {
+    /// Whether it sets nothing (`policy` then shows the policy).
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyChange::default()
+    }
+
+    /// Sets the fields it names in `policy`.
+    pub fn apply(&self, policy: &mut Policy) {
+        let p = policy;
+        p.failover = self.failover.unwrap_or(p.failover);
+        p.failure_limit = self.failure_limit.unwrap_or(p.failure_limit);
+        p.rejoin = self.rejoin.unwrap_or(p.rejoin);
+        p.replicas = self.replicas.unwrap_or(p.replicas);
+        p.warm_window_s = self.warm_window_s.unwrap_or(p.warm_window_s);
+        p.distribution = self.distribution.unwrap_or(p.distribution);
+        p.prefix = self.prefix.unwrap_or(p.prefix);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +386,27 @@ mod tests {
             !apply(&mut s, Transition::Swept { at: 9 }, ACTOR),
             "nothing to clear"
         );
+    }
+
+    #[test]
+    fn a_policy_change_sets_what_it_names_and_keeps_the_rest() {
+        assert!(PolicyChange::default().is_empty());
+        let before = Policy::default();
+        let change = PolicyChange {
+            failover: Some(Failover::Rehash),
+            replicas: Some(2),
+            ..PolicyChange::default()
+        };
+        assert!(!change.is_empty());
+        let mut after = before;
+        change.apply(&mut after);
+        assert_eq!(after.failover, Failover::Rehash);
+        assert_eq!(after.replicas, 2);
+        let kept = Policy {
+            failover: before.failover,
+            replicas: before.replicas,
+            ..after
+        };
+        assert_eq!(kept, before, "nothing else changed");
     }
 }

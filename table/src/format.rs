@@ -156,8 +156,8 @@ use std::collections::HashSet;
 
 use crate::placement::Distribution;
 use crate::table::{
-    DEFAULT_WARM_WINDOW_S, Failover, MAX_REASON_LEN, Policy, Rejoin, Server, Snapshot, State,
-    Table, first_duplicate,
+    CommitInfo, DEFAULT_WARM_WINDOW_S, Failover, MAX_REASON_LEN, Policy, Rejoin, Server, Snapshot,
+    State, Table, first_duplicate,
 };
 
 #[cfg(not(target_endian = "little"))]
@@ -558,14 +558,6 @@ pub struct RingRef {
     pub points: u32,
 }
 
-/// Who committed a version, and when.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CommitInfo {
-    pub changed_ms: u64,
-    pub pid: u32,
-    pub uid: u32,
-}
-
 /// The slot image (format 3) of `table` as version `version`, routing with `ring`: sequence
 /// word (0, set by the publisher), slot header with CRC, entries with theirs. `previous` is
 /// the slot image of version `version - 1` (format 3) when the writer has it: the header then
@@ -715,7 +707,7 @@ pub fn decode_slot(
 }
 
 /// Which entries of a format-3 slot differ from an older version's (read from the first
-/// [`SLOT_HEADER_LEN`] bytes of a slot copy, before its CRC is checked): the version they
+/// `SLOT_HEADER_LEN` bytes of a slot copy, before its CRC is checked): the version they
 /// repeat and the range that differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotDelta {
@@ -961,6 +953,9 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
         strays_since: u64::from_le_bytes(entry.strays_since),
     })
 }
+
+#[cfg(test)]
+mod prop_tests;
 
 #[cfg(test)]
 mod tests {

@@ -10,11 +10,12 @@
 //!   members (position, address, weight), knowing nothing of the table;
 //! - [`table`]: the model (servers, states, policy, snapshots) and [`coherence`], the rule that
 //!   marks servers which may keep stale copies when the placement changes;
-//! - the file, from the bytes up: `shm` (the only `unsafe`: atomic access to the mapping, fcntl
-//!   locks, futexes), [`seqlock`] (the publish/read protocol), [`format`](mod@format) (the byte
-//!   layout), [`shared_ring`] (each version's ring, written once by the writer), [`registry`]
-//!   (files, snapshots, transactions, the shared failure view, process records) and
-//!   [`processes`] (which processes have a domain open);
+//! - the file, from the bytes up, private to this crate: `shm` (the only `unsafe`: atomic access
+//!   to the mapping, fcntl locks, futexes), `seqlock` (the publish/read protocol), `format` (the
+//!   byte layout, drawn in `mcshm(5)`), `shared_ring` (each version's ring, written once by the
+//!   writer); then [`registry`], the public face of the file (open, snapshots, transactions,
+//!   the shared failure view, process records), and [`processes`] (which processes have a
+//!   domain open);
 //! - operations on a table: [`edit`] and [`dump`] (what `mcadmin` offers).
 
 #![deny(unsafe_code)]
@@ -25,15 +26,15 @@ pub mod domain;
 pub mod dump;
 pub mod edit;
 pub mod error;
-pub mod format;
+mod format;
 pub mod hash;
 pub mod key;
 pub mod placement;
 pub mod prefix;
 pub mod processes;
 pub mod registry;
-pub mod seqlock;
-pub mod shared_ring;
+mod seqlock;
+mod shared_ring;
 #[allow(unsafe_code)]
 mod shm;
 pub mod table;

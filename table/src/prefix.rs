@@ -6,7 +6,7 @@
 //!
 //! The prefix is part of the versioned policy, so every process switches to a new prefix with
 //! the same table version. It is stored inline in the slot header (see
-//! [`format`](mod@crate::format)), which bounds it to [`MAX_PREFIX_LEN`] bytes and keeps
+//! `format`, drawn in `mcshm(5)`), which bounds it to [`MAX_PREFIX_LEN`] bytes and keeps
 //! [`KeyPrefix`] a plain `Copy` value.
 
 use std::fmt;

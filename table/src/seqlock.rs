@@ -310,6 +310,9 @@ fn out_of_bounds() -> ReadError {
 }
 
 #[cfg(test)]
+mod loom_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use crate::format::{Layout, RingRef, RingWords};
 use crate::placement::{Distribution, Ring};
 use crate::seqlock::Words;
-use crate::table::{Failover, Server, State};
+use crate::table::Server;
 
 /// Bits 0..48 of a point: value and server.
 const DATA_MASK: u64 = (1 << 48) - 1;
@@ -422,22 +422,6 @@ pub fn derive<W: Words>(
         }
     }
     Some(Ring::from_sorted(merged, scheme))
-}
-
-/// The servers (positions) a domain's ring is built over: all but draining ones under failover
-/// `none`, the up ones under `rehash`.
-pub fn routed(servers: &[Server], failover: Failover) -> Vec<usize> {
-    (0..servers.len())
-        .filter(|&i| routes(&servers[i], failover))
-        .collect()
-}
-
-/// Whether `server` is on the domain's ring (see [`routed`]).
-pub fn routes(server: &Server, failover: Failover) -> bool {
-    match failover {
-        Failover::None => server.state != State::Draining,
-        Failover::Rehash => server.state == State::Up,
-    }
 }
 
 /// Whether a table's routed servers give the same ring: the same positions, addresses and

@@ -367,6 +367,22 @@ impl Default for Policy {
     }
 }
 
+/// The servers (positions) a domain's ring is built over: all but draining ones under failover
+/// `none`, the up ones under `rehash`.
+pub fn routed(servers: &[Server], failover: Failover) -> Vec<usize> {
+    (0..servers.len())
+        .filter(|&i| routes(&servers[i], failover))
+        .collect()
+}
+
+/// Whether `server` is on the domain's ring (see [`routed`]).
+pub fn routes(server: &Server, failover: Failover) -> bool {
+    match failover {
+        Failover::None => server.state != State::Draining,
+        Failover::Rehash => server.state == State::Up,
+    }
+}
+
 /// The servers at `positions` as a placement takes them (see [`crate::placement`]).
 pub fn members<'a>(servers: &'a [Server], positions: &[usize]) -> Vec<Member<'a>> {
     positions
@@ -377,6 +393,15 @@ pub fn members<'a>(servers: &'a [Server], positions: &[usize]) -> Vec<Member<'a>
             weight: servers[position].weight,
         })
         .collect()
+}
+
+/// Who committed a version (or changed a server), and when: ms since the Unix epoch, the
+/// process and its user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub changed_ms: u64,
+    pub pid: u32,
+    pub uid: u32,
 }
 
 /// What a transaction edits: the server list and the policy.

@@ -90,10 +90,8 @@ fn writers_killed_at_random_points_never_tear_a_snapshot_or_its_ring() {
                         let (snap, ring) = registry.snapshot_and_ring().unwrap();
                         if let Some(view) = ring {
                             if built.as_ref().is_none_or(|(v, _, _)| *v != snap.version) {
-                                let members = libmcshm::shared_ring::routed(
-                                    &snap.servers,
-                                    snap.policy.failover,
-                                );
+                                let members =
+                                    libmcshm::table::routed(&snap.servers, snap.policy.failover);
                                 let ring = libmcshm::placement::Distribution::Ketama
                                     .ring(&libmcshm::table::members(&snap.servers, &members));
                                 built = Some((snap.version, ring, members));

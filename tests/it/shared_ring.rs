@@ -8,8 +8,9 @@ use std::os::unix::fs::FileExt;
 use crate::common::Reg;
 use libmcshm::client::Router;
 use libmcshm::placement::Ring;
-use libmcshm::shared_ring::routed;
+use libmcshm::registry::{RingRef, RingWords};
 use libmcshm::table::Failover;
+use libmcshm::table::routed;
 use libmcshm::{Domain, Registry, Snapshot};
 
 fn domain(name: &str) -> Domain {
@@ -21,10 +22,10 @@ fn snapshot(reg: &Reg, name: &str) -> Snapshot {
 }
 
 /// The current table, and where the writer put its ring in the file.
-fn snapshot_and_ring(reg: &Reg, name: &str) -> (Snapshot, Option<libmcshm::format::RingRef>) {
+fn snapshot_and_ring(reg: &Reg, name: &str) -> (Snapshot, Option<(RingRef, RingWords)>) {
     let mut registry = Registry::open(reg.dir(), &domain(name)).unwrap();
     let snapshot = (*registry.current_snapshot().unwrap()).clone();
-    (snapshot, registry.ring_reference())
+    (snapshot, registry.ring_location())
 }
 
 /// The ring a process would build from the table: what the shared one must answer.
@@ -108,7 +109,7 @@ fn changes_that_keep_the_ring_do_not_rewrite_it() {
         "keep",
         &["add", "--no-flush", "10.0.0.1", "10.0.0.2", "10.0.0.3"],
     );
-    let generation = |reg: &Reg| snapshot_and_ring(reg, "keep").1.unwrap().generation;
+    let generation = |reg: &Reg| snapshot_and_ring(reg, "keep").1.unwrap().0.generation;
     let first = generation(&reg);
     for edit in [
         &["set", "10.0.0.2:11211", "--retry-interval", "60"][..],
@@ -171,14 +172,9 @@ fn a_long_lived_router_follows_every_ring() {
 fn a_damaged_shared_ring_is_never_used() {
     let reg = Reg::new();
     add_weighted(&reg, "dmg", &servers(3));
-    let (snap, ring_ref) = snapshot_and_ring(&reg, "dmg");
-    let layout = {
-        let bytes = reg.bytes("dmg");
-        let capacity = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
-        libmcshm::format::Layout::new(capacity, 0)
-    };
-    let at = layout.ring_words(ring_ref.unwrap().slot).unwrap();
-    let points = ring_ref.unwrap().points as usize;
+    let (snap, ring) = snapshot_and_ring(&reg, "dmg");
+    let (ring_ref, at) = ring.unwrap();
+    let points = ring_ref.points as usize;
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -47,6 +47,48 @@ impl FileOwnership {
             },
         )
     }
+
+    /// From `--mode` (octal permission bits with owner read and write) and `--group` (a name
+    /// in /etc/group, or a numeric gid).
+    pub fn parse(mode: &str, group: Option<&str>) -> Result<FileOwnership> {
+        let bits = u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777 && m & 0o600 == 0o600)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "mode",
+                    mode,
+                    "octal permission bits with owner read and write, e.g. 644",
+                )
+            })?;
+        let gid = match group {
+            None => None,
+            Some(name) => Some(
+                name.parse::<u32>()
+                    .ok()
+                    .or_else(|| group_id(name))
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "group",
+                            name,
+                            "unknown group: not in /etc/group (give a group name or a numeric gid)",
+                        )
+                    })?,
+            ),
+        };
+        Ok(FileOwnership { mode: bits, gid })
+    }
+}
+
+/// The id of group `name`, from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Opens a registry file without following symlinks, refusing anything but a regular file, and
@@ -129,7 +171,7 @@ pub(super) fn new_file(
     let distribution = table.policy.distribution;
     let ringed = distribution.has_ring();
     let pending = layout.ring_words(0).filter(|_| ringed).and_then(|at| {
-        let members = shared_ring::routed(&table.servers, table.policy.failover);
+        let members = crate::table::routed(&table.servers, table.policy.failover);
         let ring = distribution.ring(&crate::table::members(&table.servers, &members));
         shared_ring::Pending::new(ring, members, version, at, 0)
     });
@@ -204,4 +246,28 @@ pub(super) fn write_temp(
         return Err(Error::io("write", &tmp, e));
     }
     Ok(tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileOwnership;
+
+    #[test]
+    fn ownership_takes_octal_modes_with_owner_read_write_and_groups_by_name_or_id() {
+        let own = FileOwnership::parse("640", Some("0")).unwrap();
+        assert_eq!((own.mode, own.gid), (0o640, Some(0)));
+        assert_eq!(
+            FileOwnership::parse("644", Some("root")).unwrap().gid,
+            Some(0)
+        );
+        assert_eq!(FileOwnership::parse("600", None).unwrap().gid, None);
+        for bad in ["9", "1777", "444", "64x", ""] {
+            let err = FileOwnership::parse(bad, None).unwrap_err().to_string();
+            assert!(err.starts_with("invalid mode"), "{bad}: {err}");
+        }
+        let err = FileOwnership::parse("644", Some("no-such-group-here"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown group"), "{err}");
+    }
 }

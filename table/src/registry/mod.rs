@@ -1,7 +1,7 @@
 //! A domain's registry file: opening it safely, lock-free snapshots, writer transactions,
 //! growth, and change notification.
 //!
-//! Readers map the file and copy the committed slot out (see [`crate::seqlock`]); they take no
+//! Readers map the file and copy the committed slot out (see `seqlock`); they take no
 //! lock and are never blocked by a writer, live or dead. Writers serialize on the writer lock
 //! (see `lock`: an open-file-description `fcntl` write lock on the whole file, and no reader's
 //! lock can keep them out), waiting at most [`Registry::set_lock_wait`]; they re-read the
@@ -30,9 +30,8 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::format::{self, Layout, RingRef};
+use crate::format::{self, Layout};
 use crate::seqlock::{Geometry, VERSION_MASK, Words};
-use crate::shared_ring::RingView;
 use crate::shm::SharedMap;
 use crate::table::Snapshot;
 
@@ -48,6 +47,16 @@ pub use agent::AgentLink;
 pub use files::FileOwnership;
 pub use lock::LockWait;
 pub use writer::{Commit, commit_info, now_ms};
+
+// What the registry's API hands out of the file's layout, by name (the layout itself is private
+// to this crate).
+pub use crate::format::{RingRef, RingWords, SlotDelta};
+pub use crate::shared_ring::RingView;
+
+/// Most servers a domain can hold.
+pub const MAX_SERVERS: u32 = format::MAX_CAPACITY;
+/// Processes a domain's file keeps a record of at once (`mcadmin clients`).
+pub const PROCESS_SLOTS: usize = format::CLIENT_SLOTS;
 
 use files::{create_empty, open_checked, remove_orphan_temps};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Registry;
 use crate::error::{Error, Result};
-use crate::format::{self, RingRef};
+use crate::format::{self, RingRef, RingWords};
 use crate::seqlock::ReadError;
 use crate::shared_ring::RingView;
 use crate::table::Snapshot;
@@ -166,9 +166,11 @@ impl Registry {
     }
 
     /// Where the current snapshot's shared ring lies in the file (format 3, ketama
-    /// distributions; `None`: readers build the ring): for tools and checks of the format.
-    pub fn ring_reference(&self) -> Option<RingRef> {
-        self.cache_ring_ref
+    /// distributions; `None`: readers build the ring): its reference and its region's words,
+    /// for tools and checks of the format.
+    pub fn ring_location(&self) -> Option<(RingRef, RingWords)> {
+        let reference = self.cache_ring_ref?;
+        Some((reference, self.layout.ring_words(reference.slot)?))
     }
 
     /// [`Registry::read_table`], with where the version's shared ring lies and a view of it

@@ -13,10 +13,11 @@ use super::reader::Read;
 use super::{Registry, WAKE_FIRST};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::format::{self, CommitInfo, Layout, RingRef};
+use crate::format::{self, Layout, RingRef};
 use crate::seqlock::{Seal, VERSION_MASK, Words};
 use crate::shared_ring;
 use crate::shm::{SharedMap, effective_uid, monotonic_ns};
+use crate::table::CommitInfo;
 use crate::table::{Server, State, Table, first_duplicate};
 
 /// The result of a transaction.
@@ -200,7 +201,7 @@ impl Registry {
         if !distribution.has_ring() {
             return (None, None); // modula and PECL memcache domains have no shared ring
         }
-        let members = shared_ring::routed(&table.servers, table.policy.failover);
+        let members = crate::table::routed(&table.servers, table.policy.failover);
         if let Some(Read {
             snapshot: old,
             ring: Some(old_ref),
@@ -209,7 +210,7 @@ impl Registry {
             && old.policy.distribution == distribution
             && shared_ring::same_members(
                 &old.servers,
-                &shared_ring::routed(&old.servers, old.policy.failover),
+                &crate::table::routed(&old.servers, old.policy.failover),
                 &table.servers,
                 &members,
             )
@@ -230,7 +231,7 @@ impl Registry {
                  view,
                  ..
              }| {
-                let old_members = shared_ring::routed(&old.servers, old.policy.failover);
+                let old_members = crate::table::routed(&old.servers, old.policy.failover);
                 let old_ring = (&old.servers[..], &old_members[..]);
                 if old.policy.distribution != distribution {
                     return None;

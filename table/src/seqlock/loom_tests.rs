@@ -1,12 +1,13 @@
-//! Model check of the publish/read protocol (crate::seqlock) with loom: one writer committing
+//! Model check of the publish/read protocol (`crate::seqlock`) with loom: one writer committing
 //! twice while one reader copies, over every interleaving and every value the memory model lets
 //! a relaxed load see. The reader must only ever accept a consistent, committed image.
 
 use std::sync::atomic::Ordering;
 
-use libmcshm::seqlock::{Geometry, ReadError, Seal, Words};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, fence};
+
+use crate::seqlock::{Geometry, ReadError, Seal, Words};
 
 /// Memory of loom atomics, standing in for the shared mapping.
 struct Model(Vec<AtomicU64>);

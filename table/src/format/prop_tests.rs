@@ -2,10 +2,11 @@
 //! can write): arbitrary and mutated images never panic and never decode to something other
 //! than what was encoded; arbitrary valid tables round-trip.
 
-use libmcshm::format::{self, CommitInfo, Layout};
-use libmcshm::table::Table;
-use libmcshm::{Address, Server, State};
 use proptest::prelude::*;
+
+use crate::Address;
+use crate::format::{self, Layout};
+use crate::table::{CommitInfo, Server, State, Table};
 
 const INFO: CommitInfo = CommitInfo {
     changed_ms: 1,
