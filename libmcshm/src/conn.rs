@@ -205,6 +205,35 @@ impl Conn {
         }
     }
 
+    /// Reads an answer that is not one reply of the grammar (`lru_crawler metadump`: lines up
+    /// to `END`) until `complete` says it is whole: at most `max` bytes, until `deadline`, each
+    /// read waiting at most the I/O timeout.
+    pub fn receive_until(
+        &mut self,
+        max: usize,
+        deadline: Instant,
+        complete: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, ConnError> {
+        loop {
+            let received = &self.buf[self.pos..self.end];
+            if complete(received) {
+                let answer = received.to_vec();
+                (self.pos, self.end) = (0, 0);
+                self.replies += 1;
+                return Ok(answer);
+            }
+            if received.len() > max {
+                return Err(ConnError::Protocol(format!(
+                    "answer longer than {max} bytes"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out").into());
+            }
+            self.fill()?;
+        }
+    }
+
     /// Sets the socket's timeouts to what is left until `deadline` (only once a request runs
     /// late: then a system call per read); past it, the request timed out.
     fn time_left(&mut self, deadline: Instant) -> Result<(), ConnError> {

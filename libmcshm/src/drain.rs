@@ -3,17 +3,13 @@
 //! operator's drain enumerates its keys (`lru_crawler metadump all`) and moves them at a chosen
 //! rate, keeping each key's flags and remaining TTL (`mg KEY t f v`), then removes the server.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
-
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::auth::Credentials;
 use crate::client::Client;
-use crate::conn::Timeouts;
+use crate::conn::{Conn, ConnError, Timeouts};
 use crate::domain::Domain;
 use crate::edit::{self, Transition};
 use crate::error::{Error, Result};
@@ -51,61 +47,24 @@ pub fn list_keys(
     Err("lru_crawler metadump ended without END".into())
 }
 
+/// `lru_crawler metadump all`'s answer, on a connection of its own (authenticated first:
+/// memcached answers the dump only when nothing is pipelined before it). The crawler may pause
+/// between chunks, so each read waits at least 10 s; the whole dump at most 10 minutes.
 fn metadump(
     address: &Address,
     timeouts: Timeouts,
     credentials: Option<&Credentials>,
-) -> std::io::Result<Vec<u8>> {
+) -> Result<Vec<u8>, ConnError> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    let read_timeout = Some(timeouts.io.max(Duration::from_secs(10)));
-    match address {
-        Address::Unix { path } => {
-            let mut s = UnixStream::connect(path)?;
-            s.set_read_timeout(read_timeout)?;
-            dump_on(&mut s, credentials, deadline)
-        }
-        other => {
-            let port = other.port().unwrap_or(0);
-            let mut s = TcpStream::connect((other.host().as_str(), port))?;
-            s.set_read_timeout(read_timeout)?;
-            dump_on(&mut s, credentials, deadline)
-        }
-    }
-}
-
-/// On a fresh connection: authenticates (memcached answers the dump only when nothing is
-/// pipelined before it, so the authentication's STORED is awaited first), then reads the dump.
-fn dump_on<S: Read + Write>(
-    stream: &mut S,
-    credentials: Option<&Credentials>,
-    deadline: Instant,
-) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    if let Some(credentials) = credentials {
-        stream.write_all(&credentials.request())?;
-        while !out.ends_with(b"\r\n") && out.len() < 512 {
-            match stream.read(&mut chunk)? {
-                0 => break,
-                n => out.extend_from_slice(&chunk[..n]),
-            }
-        }
-        credentials
-            .check_answer(&out)
-            .map_err(std::io::Error::other)?;
-        out.clear();
-    }
-    stream.write_all(b"lru_crawler metadump all\r\n")?;
-    while !out.ends_with(b"END\r\n") && !ends_with_error(&out) {
-        if Instant::now() > deadline || out.len() > MAX_DUMP {
-            return Err(std::io::Error::other("metadump too long"));
-        }
-        match stream.read(&mut chunk)? {
-            0 => break,
-            n => out.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Ok(out)
+    let timeouts = Timeouts {
+        io: timeouts.io.max(Duration::from_secs(10)),
+        ..timeouts
+    };
+    let mut conn = Conn::connect_as(address, timeouts, credentials)?;
+    conn.send(b"lru_crawler metadump all\r\n")?;
+    conn.receive_until(MAX_DUMP, deadline, |out| {
+        out.ends_with(b"END\r\n") || ends_with_error(out)
+    })
 }
 
 fn ends_with_error(out: &[u8]) -> bool {

@@ -438,7 +438,7 @@ pub fn answer(request: &Request, text: &[u8]) -> Vec<u8> {
     };
     let quiet_ok = |bytes: Vec<u8>| if request.quiet { Vec::new() } else { bytes };
     if line.starts_with(b"VALUE ") {
-        let Some(item) = crate::reply::items(text).into_iter().next() else {
+        let Some(item) = libmcshm::proto::frame::items(text).into_iter().next() else {
             return error(request, status::INTERNAL, "malformed reply");
         };
         let key: &[u8] = if request.with_key { &request.key } else { &[] };
@@ -529,7 +529,7 @@ pub fn is_quiet_get(request: &Request, action: &Action) -> bool {
 /// per miss; a reply that is an error is every request's error.
 pub fn answer_quiet_gets(requests: &[Request], text: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let items = crate::reply::items(text);
+    let items = libmcshm::proto::frame::items(text);
     if items.is_empty() && !text.starts_with(b"END") {
         for request in requests {
             out.extend(answer(request, text));

@@ -26,7 +26,6 @@ mod buffer;
 pub mod client_auth;
 pub mod command;
 pub mod jobs;
-pub mod reply;
 pub mod service;
 pub mod session;
 pub mod stats;

@@ -28,9 +28,10 @@ use mcshm_route::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef, WritePla
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
 use crate::jobs::{Await, ReplyCell, Work};
-use crate::reply::{Frame, ItemSpan, first_line, is_error, items, unprefix_meta};
 use crate::stats::ProxyStats;
 use crate::upstream::{Deliver, Failure, Net};
+use libmcshm::proto::frame::{Frame, ItemSpan, first_line, items, unprefix_meta};
+use libmcshm::proto::is_error;
 
 /// The plan of a routing decision, or (from the enclosing function) the error reply the
 /// command gets.

@@ -23,9 +23,9 @@ use slab::Slab;
 
 use crate::buffer::Inbox;
 use crate::jobs::ReplyCell;
-use crate::reply::{Frame, frame_len};
 use crate::stats::ServerStats;
 use crate::stream::Stream;
+use libmcshm::proto::frame::{Frame, frame_len};
 
 /// Bytes read from a server at a time.
 const READ_CHUNK: usize = 64 * 1024;

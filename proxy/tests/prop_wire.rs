@@ -3,8 +3,8 @@
 //! never make the parser buffer past its limits; a complete command or reply split at any
 //! point parses the same.
 
+use libmcshm::proto::frame::{Frame, frame_len};
 use mcshm_proxy::command::{BAD_CHUNK, Limits, Parsed, parse};
-use mcshm_proxy::reply::{Frame, frame_len};
 use proptest::prelude::*;
 
 const LIMITS: Limits = Limits {
@@ -88,7 +88,7 @@ proptest! {
             if let Ok(Some(len)) = frame_len(frame, &bytes) {
                 prop_assert!(len <= bytes.len());
                 if frame == Frame::Values {
-                    let _ = mcshm_proxy::reply::items(&bytes[..len]);
+                    let _ = libmcshm::proto::frame::items(&bytes[..len]);
                 }
             }
         }

@@ -43,3 +43,22 @@ pub fn check_key(key: &[u8]) -> Result<(), KeyError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        assert_eq!(check_key(b""), Err(KeyError::Empty));
+        assert_eq!(check_key(&[b'k'; 251]), Err(KeyError::TooLong(251)));
+        assert!(check_key(&[b'k'; 250]).is_ok());
+        assert_eq!(
+            check_key(b"a\r\nflush_all"),
+            Err(KeyError::BadByte(1, b'\r'))
+        );
+        assert_eq!(check_key(b"a b"), Err(KeyError::BadByte(1, b' ')));
+        assert_eq!(check_key(b"a\x7f"), Err(KeyError::BadByte(1, 0x7f)));
+        assert!(check_key("ключ".as_bytes()).is_ok());
+    }
+}

@@ -1,10 +1,9 @@
-//! What servers answer, framed as pure code: where one reply ends in a buffer (so replies to
-//! pipelined requests can be handed back one by one without decoding them), and the items of a
-//! retrieval reply (so the parts of a split multi-key get can be merged in the client's key
-//! order). Servers are hostile input too: every line and value length is bounded by
-//! libmcshm's limits, and anything that is not the protocol is an error.
+//! Replies framed for a proxy: where one reply ends in a buffer (so replies to pipelined
+//! requests are handed back one by one without decoding them), and the items of a retrieval
+//! reply (so the parts of a split multi-key get are merged in the client's key order). The same
+//! grammar as [`super::parse_reply`]: what one accepts, the other does.
 
-use libmcshm::proto::{MAX_LINE, MAX_VALUE_LEN};
+use super::grammar::{Malformed, block_end, is_error, line, meta_header, value_header};
 
 /// The shape of the reply a request gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,10 +16,6 @@ pub enum Frame {
     Meta,
 }
 
-/// A server reply that is not the protocol.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Malformed(pub String);
-
 /// The length of the complete reply at the start of `buf`, or `None` to read more.
 pub fn frame_len(frame: Frame, buf: &[u8]) -> Result<Option<usize>, Malformed> {
     let Some((first, mut used)) = line(buf, 0)? else {
@@ -31,9 +26,9 @@ pub fn frame_len(frame: Frame, buf: &[u8]) -> Result<Option<usize>, Malformed> {
     }
     match frame {
         Frame::Line => Ok(Some(used)),
-        Frame::Meta => match first.strip_prefix(b"VA ") {
-            Some(rest) => block_end(buf, used, value_len(rest)?),
-            None => Ok(Some(used)),
+        Frame::Meta => match first.starts_with(b"VA ") {
+            true => block_end(buf, used, meta_header(first)?.len),
+            false => Ok(Some(used)),
         },
         Frame::Values => {
             let mut current = first;
@@ -53,14 +48,6 @@ pub fn frame_len(frame: Frame, buf: &[u8]) -> Result<Option<usize>, Malformed> {
             }
         }
     }
-}
-
-/// Whether a reply (its first line) is one of memcached's error replies.
-pub fn is_error(first_line: &[u8]) -> bool {
-    first_line == b"ERROR"
-        || first_line.starts_with(b"ERROR ")
-        || first_line.starts_with(b"CLIENT_ERROR")
-        || first_line.starts_with(b"SERVER_ERROR")
 }
 
 /// The first line of a reply, without CRLF.
@@ -160,7 +147,7 @@ pub fn items(reply: &[u8]) -> Vec<ItemSpan<'_>> {
             key: header.key,
             bytes: &reply[at..end],
             flags: header.flags,
-            cas: header.cas,
+            cas: header.cas.unwrap_or(0),
             data: &reply[after..after + header.len],
         });
         at = end;
@@ -168,78 +155,10 @@ pub fn items(reply: &[u8]) -> Vec<ItemSpan<'_>> {
     items
 }
 
-struct ValueHeader<'a> {
-    key: &'a [u8],
-    len: usize,
-    flags: u32,
-    cas: u64,
-}
-
-fn value_header(line: &[u8]) -> Result<ValueHeader<'_>, Malformed> {
-    let mut tokens = line.split(|&b| b == b' ');
-    let (Some(b"VALUE"), Some(key), Some(flags), Some(len)) =
-        (tokens.next(), tokens.next(), tokens.next(), tokens.next())
-    else {
-        return Err(malformed("expected VALUE or END", line));
-    };
-    // Flags and cas are passed through to text clients as they came; parsed (0 when they do
-    // not parse) for the binary protocol's response.
-    Ok(ValueHeader {
-        key,
-        len: value_len(len)?,
-        flags: number(flags).unwrap_or(0),
-        cas: tokens.next().and_then(number).unwrap_or(0),
-    })
-}
-
-fn number<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
-    std::str::from_utf8(token).ok()?.parse().ok()
-}
-
-fn value_len(text: &[u8]) -> Result<usize, Malformed> {
-    let token = text.split(|&b| b == b' ').next().unwrap_or_default();
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|t| t.parse::<usize>().ok())
-        .filter(|&n| n <= MAX_VALUE_LEN)
-        .ok_or_else(|| malformed("bad value length", text))
-}
-
-/// The end of a data block of `len` bytes starting at `at` (its CRLF checked).
-fn block_end(buf: &[u8], at: usize, len: usize) -> Result<Option<usize>, Malformed> {
-    let end = at + len + 2;
-    if buf.len() < end {
-        return Ok(None);
-    }
-    match &buf[end - 2..end] {
-        b"\r\n" => Ok(Some(end)),
-        _ => Err(Malformed("data block not followed by CRLF".into())),
-    }
-}
-
-/// The line starting at `at` (without CRLF) and the offset after it.
-fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, Malformed> {
-    let rest = &buf[at..];
-    match rest.iter().take(MAX_LINE).position(|&b| b == b'\n') {
-        Some(n) => {
-            let text = &rest[..n];
-            Ok(Some((text.strip_suffix(b"\r").unwrap_or(text), at + n + 1)))
-        }
-        None if rest.len() >= MAX_LINE => Err(Malformed(format!(
-            "reply line longer than {MAX_LINE} bytes"
-        ))),
-        None => Ok(None),
-    }
-}
-
-fn malformed(what: &str, line: &[u8]) -> Malformed {
-    let shown: String = String::from_utf8_lossy(line).chars().take(80).collect();
-    Malformed(format!("{what}, got {shown:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::MAX_LINE;
 
     #[test]
     fn frames_values_meta_and_lines() {
