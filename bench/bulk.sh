@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mclient bulk-set and bulk-get of N keys (100-byte values) over three local memcached
 # servers, process start included, beside the anchor in the same run: the library's own
-# pipelined multi-get on one connection (libmcshm/examples/throughput.rs). Also the CPU the
+# pipelined multi-get on one connection (bench/drivers/examples/throughput.rs). Also the CPU the
 # servers and mclient used: on a 2-core machine the sum is the bound.
 # Needs memcached. Usage: bench/bulk.sh   [N=100000] [ROUNDS=3]. Printed, never asserted.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 N=${N:-100000}
 ROUNDS=${ROUNDS:-3}
 command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
-cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p libmcshm --example throughput
+cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p mcshm-bench --example throughput
 . bench/lib.sh
 work=$(mktemp -d)
 pids=(); servers=()

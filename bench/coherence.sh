@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
-cargo build --release -q -p libmcshm --example write_cost
+cargo build --release -q -p mcshm-bench --example write_cost
 . bench/lib.sh
 work=$(mktemp -d)
 pids=(); servers=()

@@ -11,7 +11,7 @@ N=${N:-10000}
 for tool in memcached memccp memccat memcslap; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y memcached libmemcached-tools" >&2; exit 2; }
 done
-cargo build --release -q --bin mclient && cargo build --release -q -p libmcshm --example throughput
+cargo build --release -q --bin mclient && cargo build --release -q -p mcshm-bench --example throughput
 MCLIENT=target/release/mclient
 THROUGHPUT=target/release/examples/throughput
 work=$(mktemp -d)

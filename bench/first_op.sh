@@ -4,4 +4,4 @@
 # Usage: bench/first_op.sh     Figures are printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --release -q -p libmcshm --example first_op
+cargo run --release -q -p mcshm-bench --example first_op

@@ -2,7 +2,7 @@
 //! commit takes with 0 and with N waiters (the writer's call must not pay for waking them).
 //! Run by bench/waiters.sh; prints figures, asserts nothing.
 //!
-//! cargo run --release -p libmcshm --example waiters -- 200
+//! cargo run --release -p mcshm-bench --example waiters -- 200
 
 use std::time::{Duration, Instant};
 

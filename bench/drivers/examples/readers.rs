@@ -3,7 +3,7 @@
 //! they spend per change (one that changes the ring: a server down/up; one that keeps it: a
 //! reason), and each reader's private memory. Run by bench/readers.sh; prints figures only.
 //!
-//! cargo run --release -p libmcshm --example readers -- 10000 200
+//! cargo run --release -p mcshm-bench --example readers -- 10000 200
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -11,9 +11,6 @@ use std::time::Duration;
 
 use libmcshm::table::State;
 use libmcshm::{Client, Domain, Registry, Timeouts};
-
-#[path = "common/mod.rs"]
-mod common;
 
 fn reader(dir: &str) {
     let domain = Domain::new("readers").unwrap();
@@ -69,7 +66,7 @@ fn main() {
     let readers: usize = args.get(2).map_or(200, |n| n.parse().unwrap());
     let dir = std::env::temp_dir().join(format!("mcshm-readers-{}", std::process::id()));
     let domain = Domain::new("readers").unwrap();
-    let mut writer = common::rehash_table(&dir, &domain, servers);
+    let mut writer = mcshm_bench::rehash_table(&dir, &domain, servers);
     let exe = std::env::current_exe().unwrap();
     let mut children: Vec<_> = (0..readers)
         .map(|_| {

@@ -1,4 +1,5 @@
-//! Set-up shared by the examples that time table changes.
+//! mcshm-bench: the drivers the `bench/` scripts run (examples/), and their shared set-up:
+//! tables that time table changes.
 
 use libmcshm::table::Failover;
 use libmcshm::{Address, Domain, Registry, Server};

@@ -3,15 +3,12 @@
 //! the writer, whose commit of the change is timed too).
 //! Run by bench/first_op.sh; prints figures, asserts nothing.
 //!
-//! cargo run --release -p libmcshm --example first_op
+//! cargo run --release -p mcshm-bench --example first_op
 
 use std::time::{Duration, Instant};
 
 use libmcshm::table::State;
 use libmcshm::{Client, Domain, Timeouts};
-
-#[path = "common/mod.rs"]
-mod common;
 
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
@@ -26,7 +23,7 @@ fn main() {
     println!("|---|---|---|---|");
     for n in [100usize, 1_000, 10_000] {
         let domain = Domain::new(&format!("first{n}")).unwrap();
-        let mut writer = common::rehash_table(&dir, &domain, n);
+        let mut writer = mcshm_bench::rehash_table(&dir, &domain, n);
         let mut client = Client::for_domain(&dir, &domain, Timeouts::default()).unwrap();
         client.server_for(b"warm:up").unwrap();
         let rounds = if n >= 10_000 { 15 } else { 41 };
