@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::auth::Credentials;
-use crate::client::Client;
+use crate::client::{Client, Moved};
 use crate::conn::{Conn, ConnError, Timeouts};
 use crate::domain::Domain;
 use crate::edit::{self, Transition};
@@ -93,17 +93,6 @@ fn url_decode(text: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-/// What moving one key did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Moved {
-    /// Copied to its new owner and deleted from the draining server.
-    Moved,
-    /// The new owner already had the key (a newer write): only deleted from the draining server.
-    Kept,
-    /// No longer on the draining server (expired, evicted, or moved by a client).
-    Gone,
 }
 
 /// A drain in progress, the workflow of `mcadmin drain` (the caller paces it and shows its

@@ -2,44 +2,13 @@
 //! success, mark a server down for every process at the domain's limit (or for this process
 //! alone when it cannot write the registry), and tell the failure callback.
 
-use std::path::Path;
-
-use mcshm_table::address::Address;
 use mcshm_table::edit;
 use mcshm_table::error::{Error, ErrorKind};
-use mcshm_table::registry::{LockWait, Registry, commit_info};
+use mcshm_table::registry::commit_info;
 use mcshm_table::table::{Server, State};
 
+use crate::report::{FailureEvent, MarkedDown};
 use crate::router::{Router, Source};
-
-/// What a failure did, as the failure callback is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MarkedDown {
-    /// Below the failure limit: nothing changed yet.
-    No,
-    /// Marked down in the registry, for every process on the host.
-    ForEveryone,
-    /// This process cannot write the registry (or uses a private server list): it treats the
-    /// server as down itself. Reported once per server.
-    LocallyOnly,
-}
-
-/// A failed operation, as the failure callback sees it.
-#[derive(Debug)]
-pub struct FailureEvent<'a> {
-    pub server: &'a Address,
-    /// What went wrong (connect refused, timed out, …).
-    pub error: &'a str,
-    /// The same as an errno value: the OS error (ECONNREFUSED, EPIPE, …), ETIMEDOUT for a
-    /// timeout, ECONNRESET for a connection the server closed, EPROTO for a protocol error.
-    pub errno: i32,
-    /// Consecutive failures now counted for the server.
-    pub failures: u32,
-    pub marked_down: MarkedDown,
-}
-
-/// The failure callback a front end registers ([`Router::on_failure`]).
-pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
 impl Router {
     /// A request to server `i` succeeded: its failure count starts again.
@@ -114,19 +83,17 @@ impl Router {
         }
     }
 
-    /// Marks server `id` down in the table, if it is still up there. An operation never waits
-    /// for the writer lock: when another writer holds it, this fails at once with
-    /// [`Error::Locked`].
-    fn publish_down(&self, id: u32, reason: &str) -> Result<(), Error> {
-        let Source::Registry(registry) = &self.source else {
+    /// Marks server `id` down in the table, if it is still up there, through the router's own
+    /// handle (opened for writing when the process may write the registry, and never waiting for
+    /// the writer lock: when another writer holds it, this fails at once with
+    /// [`Error::Locked`]).
+    fn publish_down(&mut self, id: u32, reason: &str) -> Result<(), Error> {
+        let Source::Registry(registry) = &mut self.source else {
             return Err(Error::NoServers {
                 what: String::new(),
             });
         };
-        let dir = registry.path().parent().unwrap_or(Path::new("."));
-        let mut writer = Registry::open_writer(dir, registry.domain(), false)?;
-        writer.set_lock_wait(LockWait::Never);
-        writer.transact(|t| {
+        registry.transact(|t| {
             let change = edit::Transition::FailureDown { reason };
             edit::transition(&mut t.servers, id, change, commit_info());
             Ok(())
@@ -143,16 +110,5 @@ impl Router {
                 self.pending_down.push((id, reason));
             }
         }
-    }
-}
-
-/// An I/O error on a server connection as an errno value: ETIMEDOUT for a timeout,
-/// ECONNRESET for a connection the server closed, else the OS error (EIO without one). Every
-/// front end (the blocking client, mcproxy) reports failures with it.
-pub fn io_errno(err: &std::io::Error) -> i32 {
-    match err.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
-        std::io::ErrorKind::UnexpectedEof => libc::ECONNRESET,
-        _ => err.raw_os_error().unwrap_or(libc::EIO),
     }
 }

@@ -15,10 +15,11 @@
 
 mod failures;
 mod plan;
+mod report;
 mod router;
 
-pub use failures::{FailureEvent, MarkedDown, io_errno};
 pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
+pub use report::{FailureEvent, MarkedDown, io_errno};
 pub use router::{Probe, Router};
 
 /// Operations between two periodic checks (retry probes of servers off the ring, and the

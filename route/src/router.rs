@@ -26,7 +26,7 @@ use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
 
 use crate::PERIODIC_OPS;
-use crate::failures::{FailureCallback, FailureEvent};
+use crate::report::{FailureCallback, FailureEvent};
 
 pub(crate) enum Source {
     Registry(Box<Registry>),
@@ -107,10 +107,12 @@ impl Router {
     /// file; without it the router keeps its failure view to itself.
     pub fn for_domain(dir: impl AsRef<Path>, domain: &Domain) -> Result<Router> {
         let dir = dir.as_ref();
-        let registry = match Registry::open_writer(dir, domain, false) {
+        let mut registry = match Registry::open_writer(dir, domain, false) {
             Err(Error::PermissionDenied { .. }) => Registry::open(dir, domain)?,
             other => other?,
         };
+        // Its mark-downs run inside a client's operation: they never wait for another writer.
+        registry.set_lock_wait(mcshm_table::registry::LockWait::Never);
         let client_slot = registry.register_client();
         let mut router = Router::new(Source::Registry(Box::new(registry)));
         router.client_slot = client_slot;

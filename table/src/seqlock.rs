@@ -87,31 +87,7 @@ fn crc15(version: u64) -> u16 {
     crc & 0x7fff
 }
 
-/// Word-addressed atomic memory. Every access is bounds-checked: `None` means out of range (or a
-/// store to read-only memory), never undefined behaviour.
-pub trait Words {
-    fn load(&self, index: usize, order: Ordering) -> Option<u64>;
-    fn store(&self, index: usize, value: u64, order: Ordering) -> Option<()>;
-    /// Strong compare-and-swap (AcqRel/Acquire); the inner result is `compare_exchange`'s.
-    fn compare_exchange(&self, index: usize, current: u64, new: u64) -> Option<Result<u64, u64>>;
-    fn fence(&self, order: Ordering);
-
-    /// Copies `dst.len()` words starting at `start` with relaxed loads.
-    fn copy_out(&self, start: usize, dst: &mut [u64]) -> Option<()> {
-        for (offset, word) in dst.iter_mut().enumerate() {
-            *word = self.load(start.checked_add(offset)?, Ordering::Relaxed)?;
-        }
-        Some(())
-    }
-
-    /// Writes `src` starting at `start` with relaxed stores.
-    fn copy_in(&self, start: usize, src: &[u64]) -> Option<()> {
-        for (offset, word) in src.iter().enumerate() {
-            self.store(start.checked_add(offset)?, *word, Ordering::Relaxed)?;
-        }
-        Some(())
-    }
-}
+pub use crate::shm::Words;
 
 /// Where the protocol's words are, in 64-bit words from the start of the memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

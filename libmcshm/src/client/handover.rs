@@ -87,8 +87,7 @@ impl Client {
 
     /// Moves one key off the draining server `draining` to its new owner (keeping flags and
     /// remaining TTL; never over a newer value there), then deletes it from `draining`.
-    pub fn move_key(&mut self, draining: &Address, key: &[u8]) -> Result<crate::drain::Moved> {
-        use crate::drain::Moved;
+    pub fn move_key(&mut self, draining: &Address, key: &[u8]) -> Result<Moved> {
         let owner = self.router.owner(key)?;
         self.run_probes();
         if self.is_down(owner) {
@@ -133,4 +132,15 @@ impl Client {
         let reply = self.call(server, request)?;
         self.stored(server, reply)
     }
+}
+
+/// What moving one key did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// Copied to its new owner and deleted from the draining server.
+    Moved,
+    /// The new owner already had the key (a newer write): only deleted from the draining server.
+    Kept,
+    /// No longer on the draining server (expired, evicted, or moved by a client).
+    Gone,
 }

@@ -59,6 +59,8 @@ use crate::table::Snapshot;
 mod handover;
 mod requests;
 
+pub use handover::Moved;
+
 pub use mcshm_route::{
     FailureEvent, Fill, FillKind, MarkedDown, Outcome, Probe, ReadPlan, Router, ServerRef,
     WritePlan, io_errno,
