@@ -8,12 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
 ROUNDS=${ROUNDS:-3}
-command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
 cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p mcshm-bench --example throughput
 . bench/lib.sh
-work=$(mktemp -d)
-pids=(); servers=()
-trap bench_cleanup EXIT
+bench_need memcached
+bench_start
 start_memcached 3 -m 512
 target/release/mcadmin --dir "$work" --domain bulk add --no-flush "${servers[@]}" > /dev/null
 value=$(head -c 100 /dev/zero | tr '\0' v)

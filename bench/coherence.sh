@@ -7,12 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
-command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
 cargo build --release -q -p mcshm-bench --example write_cost
 . bench/lib.sh
-work=$(mktemp -d)
-pids=(); servers=()
-trap bench_cleanup EXIT
+bench_need memcached
+bench_start
 start_memcached 3 -m 64
 mkdir "$work/reg"
 target/release/examples/write_cost "$work/reg" "$N" "${servers[@]}"

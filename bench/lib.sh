@@ -1,6 +1,5 @@
 # Shared by the bench scripts (sourced): local memcached servers and an mcproxy, each on a port
-# the kernel chose, killed when the script exits. The caller sets `work` (a temporary
-# directory) and declares `pids=()` and `servers=()`, and traps EXIT with bench_cleanup.
+# the kernel chose, killed when the script exits. A script calls bench_start first.
 
 bench_user=(); [ "$(id -u)" = 0 ] && bench_user=(-u root)
 
@@ -14,6 +13,14 @@ bench_need() {
 
 # free_port: a TCP port on 127.0.0.1 that nobody listens on now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# bench_start: a scratch directory in `work`, no servers yet, and everything started from here
+# on stopped (and `work` removed) when the script exits.
+bench_start() {
+    work=$(mktemp -d)
+    pids=(); servers=()
+    trap bench_cleanup EXIT
+}
 
 bench_cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

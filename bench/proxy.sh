@@ -15,9 +15,7 @@ SECS=${SECS:-5}
 bench_need memcached nutcracker
 cargo build --release -q --bin mcproxy --bin mcadmin && cargo build --release -q -p mcshm-proxy --example loadgen
 LOADGEN=target/release/examples/loadgen
-work=$(mktemp -d)
-pids=(); servers=()
-trap bench_cleanup EXIT
+bench_start
 
 start_memcached 2 -m 256
 target/release/mcadmin --dir "$work" --domain bench add "${servers[@]}" > /dev/null

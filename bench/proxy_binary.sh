@@ -6,13 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-3}
-command -v memcached >/dev/null || { echo "missing memcached: apt-get install -y memcached" >&2; exit 2; }
 cargo build --release -q --bin mcadmin --bin mcproxy
 cargo build --release -q -p mcshm-proxy --example loadgen
 . bench/lib.sh
-work=$(mktemp -d)
-pids=(); servers=()
-trap bench_cleanup EXIT
+bench_need memcached
+bench_start
 start_memcached 2 -m 64
 target/release/mcadmin --dir "$work" --domain bench add "${servers[@]}" > /dev/null
 start_mcproxy bench

@@ -16,9 +16,7 @@ bench_need memcached nutcracker
 cargo build --release -q --bin mcproxy --bin mcadmin && cargo build --release -q -p mcshm-proxy --example loadgen
 (cd bench/uring && cargo build --release -q)
 LOADGEN=target/release/examples/loadgen
-work=$(mktemp -d)
-pids=(); servers=()
-trap bench_cleanup EXIT
+bench_start
 start_memcached 1 -m 256
 target/release/mcadmin --dir "$work" --domain one add --no-flush "${servers[0]}" > /dev/null
 start_mcproxy one

@@ -3,6 +3,34 @@
 //! on a closed pipe (`mcadmin list | head -1`). Each tool names its own exit codes (an enum
 //! turned into the process's code); their meanings are in each tool's `--help` and manual.
 
+/// Declares a tool's exit codes: the enum (its meanings documented in the tool's `--help` and
+/// manual) and its conversion to the process's exit status.
+///
+/// ```
+/// mcshm_cli::exit_codes! {
+///     /// Exit codes.
+///     pub enum Exit { Success = 0, No = 1 }
+/// }
+/// assert_eq!(u8::from(Exit::No), 1);
+/// ```
+#[macro_export]
+macro_rules! exit_codes {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name { $($(#[$vmeta])* $variant = $code),+ }
+
+        impl From<$name> for u8 {
+            fn from(exit: $name) -> u8 {
+                exit as u8
+            }
+        }
+    };
+}
+
 /// Bad input found by the tool itself (not by libmcshm); exits with the usage/bad-input code.
 #[derive(Debug)]
 pub struct UsageError(pub String);

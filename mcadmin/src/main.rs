@@ -30,27 +30,22 @@ use serde_json::json;
 use cli::{Cli, Command};
 use mcshm_cli::UsageError;
 
-/// Exit codes (documented in `--help` and mcadmin(8)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Success = 0,
-    No = 1,
-    BadInput = 2,
-    NotFound = 3,
-    Registry = 4,
-    Server = 5,
-    Etcd = 6,
+mcshm_cli::exit_codes! {
+    /// Exit codes (documented in `--help` and mcadmin(8)).
+    pub enum Exit {
+        Success = 0,
+        No = 1,
+        BadInput = 2,
+        NotFound = 3,
+        Registry = 4,
+        Server = 5,
+        Etcd = 6,
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mcshm_cli::finish("mcadmin", run(&cli), Exit::Success, exit_for)
-}
-
-impl From<Exit> for u8 {
-    fn from(exit: Exit) -> u8 {
-        exit as u8
-    }
 }
 
 fn exit_for(err: &anyhow::Error) -> Exit {
@@ -564,16 +559,7 @@ fn auth(
             }
         });
     };
-    let text = if file.as_os_str() == "-" {
-        let mut text = String::new();
-        io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the password from stdin")?;
-        text
-    } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
-    };
+    let text = read_input(file, "the password")?;
     let password = text.lines().next().unwrap_or("");
     let credentials = auth::Credentials::new(user, password)?;
     let path = auth::save(&ctx.dir, &ctx.domain, &credentials)?;
@@ -591,17 +577,21 @@ fn auth(
     Ok(Exit::Success)
 }
 
-fn load(ctx: &Invocation, file: &PathBuf, initial: bool, no_flush: bool) -> Result<Exit> {
-    let text = if file.as_os_str() == "-" {
+/// The contents of `file`, or of stdin for `-` (`what` names it in the error).
+fn read_input(file: &std::path::Path, what: &str) -> Result<String> {
+    if file.as_os_str() == "-" {
         let mut text = String::new();
         io::stdin()
             .read_to_string(&mut text)
-            .context("cannot read the server list from stdin")?;
-        text
-    } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?
-    };
+            .with_context(|| format!("cannot read {what} from stdin"))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())).into())
+}
+
+fn load(ctx: &Invocation, file: &std::path::Path, initial: bool, no_flush: bool) -> Result<Exit> {
+    let text = read_input(file, "the server list")?;
     let mut loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
     if let Some(fleet) = &ctx.fleet {
         return fleet::load(ctx, fleet, &loaded);

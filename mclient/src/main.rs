@@ -19,24 +19,19 @@ use serde_json::{Value, json};
 use cli::{Cli, StoreArgs, Verb};
 use mcshm_cli::UsageError;
 
-/// Exit codes (documented in `--help` and mclient(1)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Exit {
-    Success = 0,
-    No = 1,
-    BadInput = 2,
-    Failure = 3,
+mcshm_cli::exit_codes! {
+    /// Exit codes (documented in `--help` and mclient(1)).
+    pub(crate) enum Exit {
+        Success = 0,
+        No = 1,
+        BadInput = 2,
+        Failure = 3,
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mcshm_cli::finish("mclient", run(&cli), Exit::Success, exit_for)
-}
-
-impl From<Exit> for u8 {
-    fn from(exit: Exit) -> u8 {
-        exit as u8
-    }
 }
 
 fn exit_for(err: &anyhow::Error) -> Exit {
@@ -130,23 +125,15 @@ fn run(cli: &Cli) -> Result<Exit> {
         }
         Verb::Delete { key } => {
             let deleted = client.delete(key.as_bytes())?;
-            report(
-                cli,
-                json!({"key": key, "deleted": deleted}),
-                if deleted { "DELETED" } else { "NOT_FOUND" },
-            )?;
-            Ok(if deleted { Exit::Success } else { Exit::No })
+            let json = json!({"key": key, "deleted": deleted});
+            yes_or_no(cli, json, deleted, "DELETED")
         }
         Verb::Incr { key, delta } => arith(cli, key, client.incr(key.as_bytes(), *delta)?),
         Verb::Decr { key, delta } => arith(cli, key, client.decr(key.as_bytes(), *delta)?),
         Verb::Touch { key, ttl } => {
             let touched = client.touch(key.as_bytes(), *ttl)?;
-            report(
-                cli,
-                json!({"key": key, "touched": touched}),
-                if touched { "TOUCHED" } else { "NOT_FOUND" },
-            )?;
-            Ok(if touched { Exit::Success } else { Exit::No })
+            let json = json!({"key": key, "touched": touched});
+            yes_or_no(cli, json, touched, "TOUCHED")
         }
         Verb::Flush { server, delay } => {
             let only = server.as_deref().map(Address::parse).transpose()?;
@@ -366,6 +353,13 @@ fn stats_text(server: &Address, stats: libmcshm::client::Stats) -> (Value, Strin
 }
 
 /// Prints one line of text (or the JSON document).
+/// The answer of a command that did its job or found no key: `yes` (exit 0), or `NOT_FOUND`
+/// (exit 1), as memcached words it.
+fn yes_or_no(cli: &Cli, json: Value, done: bool, yes: &str) -> Result<Exit> {
+    report(cli, json, if done { yes } else { "NOT_FOUND" })?;
+    Ok(if done { Exit::Success } else { Exit::No })
+}
+
 pub(crate) fn report(cli: &Cli, json: Value, text: &str) -> Result<()> {
     let mut line = text.as_bytes().to_vec();
     line.push(b'\n');

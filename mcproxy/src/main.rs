@@ -11,20 +11,15 @@ use libmcshm::{Domain, ErrorKind, Timeouts};
 use mcshm_proxy::command::Limits;
 use mcshm_proxy::{Config, Listen, Settings, StartError};
 
-/// Exit codes (documented in `--help` and mcproxy(8)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Exit {
-    /// A clean stop (SIGTERM or SIGINT).
-    Stopped = 0,
-    BadArguments = 2,
-    NoDomain = 3,
-    Registry = 4,
-    CannotListen = 5,
-}
-
-impl From<Exit> for u8 {
-    fn from(exit: Exit) -> u8 {
-        exit as u8
+mcshm_cli::exit_codes! {
+    /// Exit codes (documented in `--help` and mcproxy(8)).
+    enum Exit {
+        /// A clean stop (SIGTERM or SIGINT).
+        Stopped = 0,
+        BadArguments = 2,
+        NoDomain = 3,
+        Registry = 4,
+        CannotListen = 5,
     }
 }
 

@@ -638,13 +638,19 @@ impl Service {
                 plans
             })),
         };
+        let batch = Batch {
+            snapshot: &snapshot,
+            verb,
+            exptime,
+            keys: &keys,
+            plans: &plans,
+        };
         let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         let (mut answered, mut failure) = (false, None);
         let rounds = plans.iter().map(|p| p.replicas.len()).max().unwrap_or(0);
         for round in 0..rounds {
             let done: Vec<bool> = found.iter().map(Option::is_some).collect();
-            let outstanding =
-                self.get_round(&snapshot, verb, exptime, &keys, &plans, &done, round, lane);
+            let outstanding = self.get_round(&batch, &done, round, lane);
             for (members, sent) in outstanding {
                 match self.finish(sent).await {
                     Ok(reply) if is_error(first_line(&reply)) => {
@@ -659,8 +665,7 @@ impl Service {
                 }
             }
         }
-        self.fallbacks(&snapshot, verb, exptime, &keys, &plans, &mut found)
-            .await;
+        self.fallbacks(&batch, &mut found).await;
         if !answered && let Some(error) = failure {
             return server_error(&error);
         }
@@ -674,20 +679,16 @@ impl Service {
     }
 
     /// Queues round `round` of a multi-get: one request per server, for the keys not `done`.
-    #[allow(clippy::too_many_arguments)]
     fn get_round(
         &self,
-        snapshot: &Arc<Snapshot>,
-        verb: GetVerb,
-        exptime: Option<i64>,
-        keys: &[Vec<u8>],
-        plans: &[ReadPlan],
+        batch: &Batch<'_>,
         done: &[bool],
         round: usize,
         lane: usize,
     ) -> Vec<(Vec<usize>, Outstanding)> {
+        let (snapshot, keys) = (batch.snapshot, batch.keys);
         let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (n, plan) in plans.iter().enumerate() {
+        for (n, plan) in batch.plans.iter().enumerate() {
             if !done[n]
                 && let Some(server) = plan.replicas.get(round)
             {
@@ -699,7 +700,13 @@ impl Service {
             let mut bytes = Vec::new();
             let wanted = members.iter().map(|&n| keys[n].as_slice());
             let prefix = snapshot.policy.prefix;
-            encode_get(verb, exptime, wanted, &mut bytes, prefix.as_bytes());
+            encode_get(
+                batch.verb,
+                batch.exptime,
+                wanted,
+                &mut bytes,
+                prefix.as_bytes(),
+            );
             let sent = self.send(snapshot, server, bytes, Frame::Values, lane);
             outstanding.push((members, sent));
         }
@@ -710,15 +717,14 @@ impl Service {
     /// while the servers answered, each is planned again and its new owner asked (a drain that
     /// began meanwhile may have moved it); then each plan's fills (warm-up, drain) are executed
     /// and the owner asked again with the client's own verb (its cas, its touch).
-    async fn fallbacks(
-        &self,
-        snapshot: &Arc<Snapshot>,
-        verb: GetVerb,
-        exptime: Option<i64>,
-        keys: &[Vec<u8>],
-        plans: &[ReadPlan],
-        found: &mut [Option<Vec<u8>>],
-    ) {
+    async fn fallbacks(&self, batch: &Batch<'_>, found: &mut [Option<Vec<u8>>]) {
+        let Batch {
+            snapshot,
+            verb,
+            exptime,
+            keys,
+            plans,
+        } = *batch;
         if found.iter().all(Option::is_some) {
             return;
         }
@@ -1069,6 +1075,17 @@ fn named(
         error: format!("{}: {}", snapshot.servers[i].address, failure.error),
         errno: failure.errno,
     })
+}
+
+/// A multi-get as planned: the table version its plans were made on, the client's verb (and
+/// its touch), its keys in the client's order, and each key's plan.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    snapshot: &'a Arc<Snapshot>,
+    verb: GetVerb,
+    exptime: Option<i64>,
+    keys: &'a [Vec<u8>],
+    plans: &'a [ReadPlan],
 }
 
 /// Gives each of `members` (positions in `keys`) its item of `reply`. memcached answers hits in

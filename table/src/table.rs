@@ -164,25 +164,18 @@ pub fn check_retry_interval(seconds: i64) -> Result<i32> {
 
 /// Checks a failure limit given by a user (1..=255).
 pub fn check_failure_limit(text: &str) -> Result<u8> {
-    match text.parse::<u8>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(Error::invalid(
-            "failure limit",
-            text,
-            "must be from 1 to 255",
-        )),
-    }
+    count_1_to_255("failure limit", text)
 }
 
 /// Checks a replica count given by a user (1..=255).
 pub fn check_replicas(text: &str) -> Result<u8> {
+    count_1_to_255("replica count", text)
+}
+
+fn count_1_to_255(what: &'static str, text: &str) -> Result<u8> {
     match text.parse::<u8>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(Error::invalid(
-            "replica count",
-            text,
-            "must be from 1 to 255",
-        )),
+        _ => Err(Error::invalid(what, text, "must be from 1 to 255")),
     }
 }
 
