@@ -135,7 +135,7 @@ impl Watcher {
             .unwrap_or(u32::from(snapshot.policy.failure_limit));
         let credentials = crate::auth::load(&self.dir, &self.domain)?;
         for server in &snapshot.servers {
-            let probed = lifecycle::probe(
+            let probed = lifecycle::health_check(
                 &server.address,
                 self.timeouts,
                 self.check_key.as_deref(),

@@ -21,7 +21,7 @@ use crate::table::{Rejoin, Server, State, Table};
 
 /// One round trip (`version`), and with `check_key` a set and get of that key (the seed
 /// thread's checkState). `Err` names what failed.
-pub fn probe(
+pub fn health_check(
     address: &Address,
     timeouts: Timeouts,
     check_key: Option<&[u8]>,
@@ -111,7 +111,7 @@ pub struct Rejoiner<'a> {
 /// Runs a retry probe the router handed out: brings its server back through the domain's
 /// rejoin policy if it answers (the rejoin's flush, or `version` round trip, is the probe: one
 /// connection per lease).
-pub fn run_probe(probe: mcshm_route::Probe, timeouts: Timeouts) {
+pub fn run_probe(probe: mcshm_route::RetryProbe, timeouts: Timeouts) {
     if let Ok(mut writer) = probe.open_writer() {
         let _ = rejoin(
             &mut writer,

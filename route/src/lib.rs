@@ -7,7 +7,7 @@
 //!
 //! It opens no socket: its only blocking work is local (reading the registry, and a short
 //! file-locked transaction to mark a server down). A retry probe talks to a server, so it is
-//! handed out as a [`Probe`] for the front end to run where blocking is allowed
+//! handed out as a [`RetryProbe`] for the front end to run where blocking is allowed
 //! (`libmcshm::lifecycle::run_probe`).
 //!
 //! Layering: [`mcshm_table`] (the table, its placement and file) → this crate → the memcached
@@ -20,7 +20,7 @@ mod router;
 
 pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
 pub use report::{FailureEvent, MarkedDown, io_errno};
-pub use router::{Probe, Router};
+pub use router::{RetryProbe, Router};
 
 /// Operations between two periodic checks (retry probes of servers off the ring, and the
 /// clients record's last-used time).

@@ -9,7 +9,7 @@
 //!
 //! The only blocking work is local: reading the registry, and marking a server down (a short
 //! file-locked transaction). The retry probe talks to a server, so the router hands it out as a
-//! [`Probe`] for the front end to run where blocking is allowed.
+//! [`RetryProbe`] for the front end to run where blocking is allowed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -62,13 +62,13 @@ struct Routing {
 /// `libmcshm::lifecycle::run_probe`, which connects to the server and may block for the
 /// domain's timeouts.
 #[derive(Debug)]
-pub struct Probe {
+pub struct RetryProbe {
     dir: PathBuf,
     domain: Domain,
     server: u32,
 }
 
-impl Probe {
+impl RetryProbe {
     /// The id of the server to probe.
     pub fn server_id(&self) -> u32 {
         self.server
@@ -98,7 +98,7 @@ pub struct Router {
     pub(crate) on_failure: Option<FailureCallback>,
     ops: u64,
     client_slot: Option<usize>,
-    probes: Vec<Probe>,
+    probes: Vec<RetryProbe>,
     ring_builds: AtomicU64,
 }
 
@@ -214,7 +214,7 @@ impl Router {
     }
 
     /// Retry probes found due since the last call: run each where blocking is allowed.
-    pub fn take_probes(&mut self) -> Vec<Probe> {
+    pub fn take_probes(&mut self) -> Vec<RetryProbe> {
         std::mem::take(&mut self.probes)
     }
 
@@ -527,7 +527,7 @@ impl Router {
             return;
         }
         let dir = registry.path().parent().unwrap_or(Path::new("."));
-        self.probes.push(Probe {
+        self.probes.push(RetryProbe {
             dir: dir.to_path_buf(),
             domain: registry.domain().clone(),
             server: candidate.id,

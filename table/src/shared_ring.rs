@@ -58,7 +58,7 @@ fn decode_point(word: u64, generation: u64) -> Option<(u32, u32)> {
 }
 
 /// A ring to be written into a region as generation `generation`, checked to fit it.
-pub struct Pending {
+pub struct RingToWrite {
     ring: Ring,
     members: Vec<usize>,
     generation: u64,
@@ -66,11 +66,11 @@ pub struct Pending {
     slot: u32,
 }
 
-/// Words written per call of a [`Pending::write`] sink: no copy of a whole ring (12.5 MB at
+/// Words written per call of a [`RingToWrite::write`] sink: no copy of a whole ring (12.5 MB at
 /// 10 000 servers) is ever allocated.
 const CHUNK_WORDS: usize = 4096;
 
-impl Pending {
+impl RingToWrite {
     /// `ring` (built over `members`, positions in the slot's servers) for region `slot` at
     /// `at`; `None` when it does not fit (then the version names no ring, and readers build
     /// their own).
@@ -80,12 +80,12 @@ impl Pending {
         generation: u64,
         at: RingWords,
         slot: u32,
-    ) -> Option<Pending> {
+    ) -> Option<RingToWrite> {
         let (points, index, _) = ring.parts();
         let fits = points.len() <= at.point_capacity
             && members.iter().all(|&m| m < MAX_SERVERS)
             && index.len().div_ceil(2) <= at.points - at.index;
-        fits.then_some(Pending {
+        fits.then_some(RingToWrite {
             ring,
             members,
             generation,

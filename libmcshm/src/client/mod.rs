@@ -62,7 +62,7 @@ mod requests;
 pub use handover::Moved;
 
 pub use mcshm_route::{
-    FailureEvent, Fill, FillKind, MarkedDown, Outcome, Probe, ReadPlan, Router, ServerRef,
+    FailureEvent, Fill, FillKind, MarkedDown, Outcome, ReadPlan, RetryProbe, Router, ServerRef,
     WritePlan, io_errno,
 };
 

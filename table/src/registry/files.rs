@@ -173,9 +173,9 @@ pub(super) fn new_file(
     let pending = layout.ring_words(0).filter(|_| ringed).and_then(|at| {
         let members = crate::table::routed(&table.servers, table.policy.failover);
         let ring = distribution.ring(&crate::table::members(&table.servers, &members));
-        shared_ring::Pending::new(ring, members, version, at, 0)
+        shared_ring::RingToWrite::new(ring, members, version, at, 0)
     });
-    let reference = pending.as_ref().map(shared_ring::Pending::reference);
+    let reference = pending.as_ref().map(shared_ring::RingToWrite::reference);
     let image = format::encode_slot(version, commit_info(), table, next_id, reference, None);
     let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);
     if let Some(pending) = pending {

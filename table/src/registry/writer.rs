@@ -196,7 +196,7 @@ impl Registry {
         version: u64,
         table: &Table,
         previous: Option<&Read>,
-    ) -> (Option<RingRef>, Option<shared_ring::Pending>) {
+    ) -> (Option<RingRef>, Option<shared_ring::RingToWrite>) {
         let distribution = table.policy.distribution;
         if !distribution.has_ring() {
             return (None, None); // modula and PECL memcache domains have no shared ring
@@ -242,7 +242,7 @@ impl Registry {
         );
         let ring = derived
             .unwrap_or_else(|| distribution.ring(&crate::table::members(&table.servers, &members)));
-        match shared_ring::Pending::new(ring, members, version, at, slot) {
+        match shared_ring::RingToWrite::new(ring, members, version, at, slot) {
             Some(pending) => (Some(pending.reference()), Some(pending)),
             None => (None, None),
         }
