@@ -505,7 +505,7 @@ impl Agent {
         };
         let now = now_ms();
         for server in snapshot.servers.iter().filter(|s| s.state == State::Down) {
-            writer.hold_probe_lease(server, now + HOLD_MS);
+            writer.live().hold_probe_lease(server, now + HOLD_MS);
             if server.retry_interval < 0 || !server.may_rejoin(false) {
                 continue; // never retried, or held down by an operator
             }

@@ -264,7 +264,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             let failures: Vec<u32> = snapshot
                 .servers
                 .iter()
-                .map(|s| registry.failures(s))
+                .map(|s| registry.live().failures(s))
                 .collect();
             let link = registry.agent_link();
             print(

@@ -15,7 +15,7 @@ impl Router {
     pub fn succeeded(&mut self, i: usize) {
         let server = &self.snapshot().servers[i];
         if let Source::Registry(registry) = &self.source {
-            registry.record_success(server);
+            registry.live().record_success(server);
         }
         if !self.local_failures.is_empty() {
             let address = server.address.clone();
@@ -29,7 +29,7 @@ impl Router {
         let snapshot = self.snapshot().clone();
         let server = &snapshot.servers[index];
         let shared = match &self.source {
-            Source::Registry(registry) => registry.record_failure(server),
+            Source::Registry(registry) => registry.live().record_failure(server),
             Source::Servers(_) => None,
         };
         let failures = shared.unwrap_or_else(|| {

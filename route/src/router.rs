@@ -522,7 +522,7 @@ impl Router {
         };
         if !candidate.may_rejoin(false)
             || !registry.is_writable()
-            || !registry.try_probe_lease(candidate, interval)
+            || !registry.live().try_probe_lease(candidate, interval)
         {
             return;
         }

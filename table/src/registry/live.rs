@@ -6,11 +6,29 @@ use std::sync::atomic::Ordering;
 
 use super::Registry;
 use super::writer::now_ms;
-use crate::format;
+use crate::format::{self, Layout};
 use crate::seqlock::Words;
+use crate::shm::SharedMap;
 use crate::table::Server;
 
+/// A domain's live records, as one handle maps them ([`Registry::live`]): the shared failure
+/// view every process on the host counts into and reads.
+pub struct LiveRecords<'a> {
+    map: &'a SharedMap,
+    layout: &'a Layout,
+}
+
 impl Registry {
+    /// The live records of this handle's file: failure counts and probe leases.
+    pub fn live(&self) -> LiveRecords<'_> {
+        LiveRecords {
+            map: &self.map,
+            layout: &self.layout,
+        }
+    }
+}
+
+impl LiveRecords<'_> {
     /// Counts a failed operation against `server` (of a current snapshot) in the shared live
     /// record, and returns the consecutive failures now counted. `None` when this handle cannot
     /// write the mapping (read-only access) or the record belongs to another server (the table
@@ -109,7 +127,7 @@ impl Registry {
     }
 
     /// The first word of `server`'s live record, if the record is (still) the server's.
-    pub(super) fn owned_live_word(&self, server: &Server) -> Option<usize> {
+    fn owned_live_word(&self, server: &Server) -> Option<usize> {
         let word = self.layout.live_word(server.live)?;
         self.map
             .load(word, Ordering::Acquire)

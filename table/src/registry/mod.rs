@@ -45,6 +45,7 @@ mod writer;
 
 pub use agent::AgentLink;
 pub use files::FileOwnership;
+pub use live::LiveRecords;
 pub use lock::LockWait;
 pub use writer::{Commit, commit_info, now_ms};
 

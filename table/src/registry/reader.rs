@@ -223,3 +223,87 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::super::files::new_file;
+    use crate::address::Address;
+    use crate::domain::Domain;
+    use crate::error::Error;
+    use crate::format::{ENTRY_LEN, Layout, SLOT_HEADER_LEN};
+    use crate::registry::Registry;
+    use crate::table::{Server, Table};
+
+    /// A file image made here, byte for byte: version 7 of a three-server table.
+    fn image(domain: &Domain) -> (Vec<u8>, Table) {
+        let mut table = Table::default();
+        for (i, host) in ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"]
+            .iter()
+            .enumerate()
+        {
+            table.servers.push(Server {
+                id: i as u32 + 1,
+                live: i as u32,
+                ..Server::new(Address::parse(host).unwrap())
+            });
+        }
+        let words = new_file(&Layout::new(4, 1), domain, 7, &table, 4);
+        (bytemuck::cast_slice(&words).to_vec(), table)
+    }
+
+    fn write(dir: &std::path::Path, domain: &Domain, bytes: &[u8]) {
+        let path = domain.path_in(dir);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_reader_reads_the_table_a_file_image_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = Domain::new("r").unwrap();
+        let (bytes, table) = image(&domain);
+        write(dir.path(), &domain, &bytes);
+        let mut reader = Registry::open(dir.path(), &domain).unwrap();
+        let snapshot = reader.snapshot().unwrap();
+        assert_eq!((snapshot.version, snapshot.next_id), (7, 4));
+        assert_eq!(snapshot.table().servers, table.servers);
+        assert!(reader.ring_location().is_some(), "the image holds its ring");
+    }
+
+    /// A flipped byte in the committed slot is never read as another table: the reader says
+    /// the file is damaged (sampled over the slot's header and entries).
+    #[test]
+    fn a_reader_refuses_a_damaged_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = Domain::new("d").unwrap();
+        let (bytes, table) = image(&domain);
+        let geometry = Layout::new(4, 1).geometry();
+        let slot = geometry.slots[(7 & 1) as usize] * 8;
+        // The slot's sequence word (8 bytes) is the seqlock's, not the table's: skip it.
+        let mut refused = 0;
+        let end = slot + 8 + SLOT_HEADER_LEN + 3 * ENTRY_LEN;
+        for offset in (slot + 8..end).step_by(7) {
+            let mut damaged = bytes.clone();
+            damaged[offset] ^= 0x40;
+            write(dir.path(), &domain, &damaged);
+            match Registry::open(dir.path(), &domain).and_then(|mut r| r.snapshot()) {
+                Ok(snapshot) => assert_eq!(
+                    snapshot.table().servers,
+                    table.servers,
+                    "byte {offset} flipped, and a different table was read"
+                ),
+                Err(Error::Corrupt { .. }) => refused += 1,
+                Err(other) => panic!("byte {offset}: {other}"),
+            }
+        }
+        assert!(refused > 100, "only {refused} damaged bytes were noticed");
+    }
+}
