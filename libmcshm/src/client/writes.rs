@@ -1,0 +1,289 @@
+//! Writes: one key to its replicas, with the invalidations that keep stale copies from being
+//! served; many keys pipelined per server; delete, incr/decr, touch.
+
+use std::collections::HashMap;
+
+use super::{Client, StoreItem, Stored};
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::proto::{self, Reply, Request, StoreVerb};
+use crate::table::Snapshot;
+
+impl Client {
+    /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`), on every up replica
+    /// (cas: the first only). Returns the first replica's outcome.
+    pub fn store(
+        &mut self,
+        verb: StoreVerb,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        ttl: i64,
+    ) -> Result<Stored> {
+        let request = Request::Store {
+            verb,
+            key,
+            flags,
+            exptime: ttl,
+            value,
+        };
+        let only_first = matches!(verb, StoreVerb::Cas(_));
+        self.write(key, &request, only_first, |c, server, reply| {
+            c.stored(server, reply)
+        })
+    }
+
+    pub fn set(&mut self, key: &[u8], value: &[u8], flags: u32, ttl: i64) -> Result<Stored> {
+        self.store(StoreVerb::Set, key, value, flags, ttl)
+    }
+
+    /// Sends a write to the key's up replicas; returns the first one's reply. Then the
+    /// invalidations of the module doc (rehash: next server along the ring; a draining owner).
+    pub(super) fn write<T>(
+        &mut self,
+        key: &[u8],
+        request: &Request<'_>,
+        only_first: bool,
+        interpret: impl FnOnce(&Self, usize, Reply) -> Result<T>,
+    ) -> Result<T> {
+        let chain = self.chain(key)?;
+        // The table the write is routed on (an Arc: the addresses of its positions, should the
+        // table change while the write is in flight).
+        let routed = self.router.snapshot().clone();
+        let up = self.router.write_targets(&chain, only_first);
+        self.run_probes();
+        let up = up?;
+        let stale = self.router.invalidations(key, chain.len());
+        let (mut answer, mut last_error) = (None, None);
+        let mut take = |server: usize, result: Result<Reply>| match result {
+            Ok(reply) if answer.is_none() => answer = Some((server, reply)),
+            Ok(_) => {}
+            Err(err) => last_error = Some(err),
+        };
+        if stale.is_empty() && up.len() == 1 {
+            take(up[0], self.call(up[0], request));
+        } else {
+            // The replicas and the invalidations in one fan-out: their round trips overlap.
+            let delete = Request::Delete { key };
+            let calls: Vec<(usize, &Request<'_>)> = up
+                .iter()
+                .map(|&i| (i, request))
+                .chain(stale.iter().map(|&i| (i, &delete)))
+                .collect();
+            for (&server, result) in up.iter().zip(self.fan_out(&calls)) {
+                take(server, result);
+            }
+        }
+        // The reply is read while the positions are of the table the write was routed on.
+        let outcome = match (answer, last_error) {
+            (Some((server, reply)), _) => interpret(self, server, reply),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(self.router.down_error(up[0])),
+        };
+        self.follow_table_change(key, request, &routed, &up);
+        outcome
+    }
+
+    /// A write routed on table `routed` (to its servers `up`), which changed while the write
+    /// was in flight, may have landed where the key no longer belongs: it is deleted from those
+    /// servers and the new version's invalidations are done; set and delete (which can be
+    /// repeated) are sent again to the new replicas. Up to three changes are followed. One
+    /// atomic load when the table did not change.
+    pub(super) fn follow_table_change(
+        &mut self,
+        key: &[u8],
+        request: &Request<'_>,
+        routed: &Snapshot,
+        up: &[usize],
+    ) {
+        let mut version = routed.version;
+        if self.router.version_now() == version {
+            return;
+        }
+        let mut written: Vec<Address> = up
+            .iter()
+            .map(|&i| routed.servers[i].address.clone())
+            .collect();
+        let repeatable = matches!(
+            request,
+            Request::Delete { .. }
+                | Request::Store {
+                    verb: StoreVerb::Set,
+                    ..
+                }
+        );
+        for _ in 0..3 {
+            if self.router.refresh().is_err() || self.router.snapshot().version == version {
+                return;
+            }
+            version = self.router.snapshot().version;
+            let Ok(chain) = self.router.chain(key) else {
+                return;
+            };
+            let replicas: Vec<Address> = chain.iter().map(|&i| self.address(i)).collect();
+            let servers = self.router.snapshot().servers.clone();
+            for (i, server) in servers.iter().enumerate() {
+                let was_written = written.iter().any(|a| a.same_server(&server.address));
+                let replica = replicas.iter().any(|a| a.same_server(&server.address));
+                if self.is_down(i) {
+                    continue;
+                }
+                if was_written && !replica {
+                    let _ = self.call(i, &Request::Delete { key });
+                } else if replica && !was_written && repeatable {
+                    let _ = self.call(i, request);
+                    written.push(server.address.clone());
+                }
+            }
+            self.invalidate_elsewhere(key, chain.len());
+        }
+    }
+
+    /// After many writes: each key deleted where a stale copy of it could later be served
+    /// from, pipelined per server.
+    pub(super) fn invalidate_many<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut groups: HashMap<usize, Vec<&'k [u8]>> = HashMap::new();
+        let replicas = usize::from(self.router.snapshot().policy.replicas.max(1));
+        for key in keys {
+            for server in self.router.invalidations(key, replicas) {
+                groups.entry(server).or_default().push(key);
+            }
+        }
+        for (server, keys) in groups {
+            let requests: Vec<Request> = keys
+                .into_iter()
+                .map(|key| Request::Delete { key })
+                .collect();
+            let _ = self.pipeline(server, &requests);
+        }
+    }
+
+    /// After a write: delete the key where a stale copy could later be served from.
+    pub(super) fn invalidate_elsewhere(&mut self, key: &[u8], replicas: usize) {
+        for server in self.router.invalidations(key, replicas) {
+            let _ = self.call(server, &Request::Delete { key });
+        }
+    }
+
+    /// Stores many items: grouped per server and pipelined (first replica; with replicas > 1
+    /// each item is stored on every replica). One result per item, in order.
+    pub fn store_many(
+        &mut self,
+        verb: StoreVerb,
+        items: &[StoreItem<'_>],
+    ) -> Result<Vec<Result<Stored>>> {
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut results: Vec<Option<Result<Stored>>> = Vec::new();
+        for (n, item) in items.iter().enumerate() {
+            results.push(None);
+            proto::check_key(item.key).map_err(|why| Error::bad_key(item.key, why))?;
+            let chain = self.chain(item.key)?;
+            let mut any = false;
+            for server in chain {
+                if !self.is_down(server) {
+                    groups.entry(server).or_default().push(n);
+                    any = true;
+                }
+            }
+            if !any {
+                let owner = self.router.owner(item.key)?;
+                results[n] = Some(Err(self.router.down_error(owner)));
+            }
+        }
+        // Every server's share is pipelined at once (see `pipelines`).
+        let groups: Vec<(usize, Vec<usize>)> = groups.into_iter().collect();
+        let requests: Vec<(usize, Vec<Request>)> = groups
+            .iter()
+            .map(|(server, members)| {
+                let requests = members
+                    .iter()
+                    .map(|&n| Request::Store {
+                        verb,
+                        key: items[n].key,
+                        flags: items[n].flags,
+                        exptime: items[n].ttl,
+                        value: items[n].value,
+                    })
+                    .collect();
+                (*server, requests)
+            })
+            .collect();
+        let outcomes = self.pipelines(&requests);
+        for ((server, members), outcome) in groups.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(replies) => {
+                    for (n, reply) in members.into_iter().zip(replies) {
+                        let outcome = self.stored(server, reply);
+                        if !matches!(results[n], Some(Ok(_))) {
+                            results[n] = Some(outcome);
+                        }
+                    }
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    for n in members {
+                        if results[n].is_none() {
+                            results[n] = Some(Err(Error::Network {
+                                server: self.address(server).to_string(),
+                                error: text.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        self.invalidate_many(items.iter().map(|item| item.key));
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::NoServers {
+                        what: "the table".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes a key (on every replica); `false` if it did not exist.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.write(
+            key,
+            &Request::Delete { key },
+            false,
+            |c, server, reply| match reply {
+                Reply::Deleted => Ok(true),
+                Reply::NotFound => Ok(false),
+                other => Err(c.unexpected(server, other)),
+            },
+        )
+    }
+
+    /// Increments a counter; `None` if the key does not exist.
+    pub fn incr(&mut self, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        self.arith(key, Request::Incr { key, delta })
+    }
+
+    /// Decrements a counter (memcached stops at 0); `None` if the key does not exist.
+    pub fn decr(&mut self, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        self.arith(key, Request::Decr { key, delta })
+    }
+
+    pub(super) fn arith(&mut self, key: &[u8], request: Request<'_>) -> Result<Option<u64>> {
+        self.write(key, &request, false, |c, server, reply| match reply {
+            Reply::Number(n) => Ok(Some(n)),
+            Reply::NotFound => Ok(None),
+            other => Err(c.unexpected(server, other)),
+        })
+    }
+
+    /// Sets a new expiration time (on every replica); `false` if the key does not exist.
+    pub fn touch(&mut self, key: &[u8], ttl: i64) -> Result<bool> {
+        let request = Request::Touch { key, exptime: ttl };
+        self.write(key, &request, false, |c, server, reply| match reply {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(c.unexpected(server, other)),
+        })
+    }
+}
