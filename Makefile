@@ -57,6 +57,9 @@ install: build
 		$(TARGET)/$$tool completions zsh > $(ZSHDIR)/_$$tool && \
 		$(TARGET)/$$tool completions fish > $(FISHDIR)/$$tool.fish || exit 1; \
 	done
+	$(TARGET)/mcproxy --completions bash > $(BASHDIR)/mcproxy
+	$(TARGET)/mcproxy --completions zsh > $(ZSHDIR)/_mcproxy
+	$(TARGET)/mcproxy --completions fish > $(FISHDIR)/mcproxy.fish
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcadmin-watch@.service > $(UNITDIR)/mcadmin-watch@.service
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcadmin-sync.service > $(UNITDIR)/mcadmin-sync.service
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' contrib/mcproxy@.service > $(UNITDIR)/mcproxy@.service
@@ -66,6 +69,7 @@ uninstall:
 		$(INCLUDEDIR)/mcshm.h $(PCDIR)/mcshm.pc $(MANDIR)/man1/mclient.1 $(MANDIR)/man3/libmcshm.3 \
 		$(MANDIR)/man5/mcshm.5 $(MANDIR)/man8/mcadmin.8 $(MANDIR)/man8/mcproxy.8 $(BASHDIR)/mcadmin $(BASHDIR)/mclient \
 		$(ZSHDIR)/_mcadmin $(ZSHDIR)/_mclient $(FISHDIR)/mcadmin.fish $(FISHDIR)/mclient.fish \
+		$(BASHDIR)/mcproxy $(ZSHDIR)/_mcproxy $(FISHDIR)/mcproxy.fish \
 		$(UNITDIR)/mcadmin-watch@.service $(UNITDIR)/mcadmin-sync.service \
 		$(UNITDIR)/mcproxy@.service
 

@@ -108,9 +108,9 @@ pub struct EtcdArgs {
     /// Key (PEM) of --cert
     #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// etcd user and password, USER:PASSWORD (etcd authentication)
+    /// etcd user and password, USER:PASSWORD (etcd authentication; etcdctl's --user)
     #[arg(
-        long,
+        long = "etcd-user",
         global = true,
         env = "MCSHM_ETCD_USER",
         value_name = "USER:PASSWORD",
@@ -374,7 +374,6 @@ pub enum Command {
     /// Per host and domain: the fleet revision applied, when, and how many processes on the
     /// host use the domain.
     Hosts,
-    /// Wait until the domain's version changes, then print the new version.
     /// The domain's credentials for memcached's ASCII authentication (memcached -Y)
     ///
     /// Stores USER and the password (the first line of FILE, or - for stdin) in DIR/DOMAIN.auth,
@@ -395,6 +394,7 @@ pub enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// Wait until the domain's version changes, then print the new version
     Wait {
         /// Wait for a version greater than V [default: the current version]
         #[arg(long, value_name = "V")]

@@ -47,6 +47,11 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(name = "mcproxy", version, after_long_help = AFTER_LONG_HELP, after_help = EXIT_STATUS)]
 pub struct Cli {
+    /// Print a shell completion script (bash, zsh, fish, ...) and exit (make install puts them
+    /// in place)
+    #[arg(long, value_name = "SHELL", hide = true)]
+    pub completions: Option<clap_complete::Shell>,
+
     /// Registry directory [default: $MCSHM_DIR, /run/mcshm or $XDG_RUNTIME_DIR/mcshm]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

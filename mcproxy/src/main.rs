@@ -25,6 +25,11 @@ mcshm_cli::exit_codes! {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(shell) = cli.completions {
+        let mut command = <cli::Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "mcproxy", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let config = match config(&cli) {
         Ok(config) => config,
         Err(message) => return mcshm_cli::fail("mcproxy", &message, Exit::BadArguments),

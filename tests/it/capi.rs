@@ -127,6 +127,7 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
         "share/bash-completion/completions/mcadmin",
         "share/zsh/site-functions/_mclient",
         "share/fish/vendor_completions.d/mcadmin.fish",
+        "share/bash-completion/completions/mcproxy",
         "lib/systemd/system/mcadmin-watch@.service",
         "lib/systemd/system/mcadmin-sync.service",
         "lib/systemd/system/mcproxy@.service",

@@ -18,6 +18,7 @@ mod concurrency;
 mod corruption;
 mod fleet;
 mod growth;
+mod help;
 mod layers;
 mod lifecycle;
 mod locking;
