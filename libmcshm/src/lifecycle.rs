@@ -17,7 +17,7 @@ use crate::edit;
 use crate::error::{Error, Result};
 use crate::proto::{Reply, Request, StoreVerb};
 use crate::registry::{Commit, FileOwnership, LockWait, Registry, commit_info, now_ms};
-use crate::table::{Rejoin, Server, State, Table};
+use crate::table::{Rejoin, Server, State, Table, fit_reason};
 
 /// One round trip (`version`), and with `check_key` a set and get of that key (the seed
 /// thread's checkState). `Err` names what failed.
@@ -268,12 +268,8 @@ pub fn prepare_load(
             Err(error) => {
                 server.state = State::Down;
                 server.held = false;
-                let reason = format!("load: cannot flush it ({error}); retried automatically");
-                let mut end = reason.len().min(crate::table::MAX_REASON_LEN);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                server.reason = reason[..end].to_string();
+                let tail = "); retried automatically";
+                server.reason = fit_reason("load: cannot flush it (", &error, tail);
                 plan.unflushed.push((server.address.clone(), error));
             }
         }

@@ -4,8 +4,9 @@
 
 use mcshm_table::edit;
 use mcshm_table::error::{Error, ErrorKind};
+use mcshm_table::processes::host_name;
 use mcshm_table::registry::commit_info;
-use mcshm_table::table::{Server, State};
+use mcshm_table::table::{Server, State, fit_reason};
 
 use crate::report::{FailureEvent, MarkedDown};
 use crate::router::{Router, Source};
@@ -60,14 +61,12 @@ impl Router {
     }
 
     fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
-        let reason = format!(
-            "{failures} consecutive failures, last: {error} (pid {})",
-            std::process::id()
+        // Who marked it down stays whole (pid and host): the error's text is what is cut.
+        let reason = fit_reason(
+            &format!("{failures} consecutive failures, last: "),
+            error,
+            &format!(" (pid {} on {})", std::process::id(), host_name()),
         );
-        let reason: String = reason
-            .chars()
-            .take(mcshm_table::table::MAX_REASON_LEN / 2)
-            .collect();
         match self.publish_down(server.id, &reason) {
             Ok(()) => MarkedDown::ForEveryone,
             Err(err) => {

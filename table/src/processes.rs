@@ -132,3 +132,13 @@ impl ProcessRecord {
         }
     }
 }
+
+/// This host's name (the kernel's, as `hostname` prints it; `localhost` when unreadable): what
+/// a reason written into a table shared across hosts names with a pid.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

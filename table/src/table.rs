@@ -192,6 +192,23 @@ pub fn check_warm_window(text: &str) -> Result<u32> {
 }
 
 /// Checks a state reason: at most 192 bytes, no control characters.
+/// A reason the library writes itself (a failure, a load that could not flush): `head`,
+/// `detail` and `tail`, with `detail` (an error's text, of any length) cut at a character
+/// boundary and its control characters made spaces so that the whole fits
+/// [`MAX_REASON_LEN`]; `head` and `tail` (who did it, and how it ends) are kept whole.
+pub fn fit_reason(head: &str, detail: &str, tail: &str) -> String {
+    let room = MAX_REASON_LEN.saturating_sub(head.len() + tail.len());
+    let mut end = detail.len().min(room);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    let detail: String = detail[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("{head}{detail}{tail}")
+}
+
 pub fn check_reason(reason: &str) -> Result<()> {
     if reason.len() > MAX_REASON_LEN {
         return Err(Error::invalid(
@@ -455,5 +472,23 @@ impl Snapshot {
                 server: address.to_string(),
                 domain: self.domain.clone(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fitted_reason_keeps_its_ends_and_cuts_the_detail_on_a_character() {
+        let tail = " (pid 42 on host-a)";
+        let long = "é".repeat(300);
+        let reason = fit_reason("3 consecutive failures, last: ", &long, tail);
+        assert!(reason.len() <= MAX_REASON_LEN, "{}", reason.len());
+        assert!(reason.starts_with("3 consecutive failures, last: é"));
+        assert!(reason.ends_with(tail));
+        assert!(check_reason(&reason).is_ok());
+        let short = fit_reason("a ", "line\nbreak", " b");
+        assert_eq!(short, "a line break b");
     }
 }

@@ -259,7 +259,11 @@ fn a_dead_server_is_counted_marked_down_and_with_failover_none_its_keys_miss() {
     let reason = list["servers"][2]["reason"].as_str().unwrap().to_string();
     assert!(
         reason.contains("2 consecutive failures")
-            && reason.contains(&format!("pid {}", std::process::id())),
+            && reason.ends_with(&format!(
+                "(pid {} on {})",
+                std::process::id(),
+                libmcshm::processes::host_name()
+            )),
         "{reason}"
     );
     let text = reg.ok("app", &["list"]);
