@@ -77,3 +77,97 @@ pub fn fail<E: Into<u8>>(
     eprintln!("{name}: {message}");
     std::process::ExitCode::from(code.into())
 }
+
+/// Parses the command line as clap does, but answers an unknown subcommand with the nearest
+/// ones by edit distance, a swap of two letters counting one (`gte` is `get`, `lsit` is
+/// `list`), among the commands `--help` shows and their visible aliases. Exits 2 then, as
+/// clap does for any usage error.
+pub fn parse<C: clap::Parser>(name: &str) -> C {
+    let err = match C::try_parse() {
+        Ok(cli) => return cli,
+        Err(err) => err,
+    };
+    let unknown = match err.get(clap::error::ContextKind::InvalidSubcommand) {
+        Some(clap::error::ContextValue::String(given))
+            if err.kind() == clap::error::ErrorKind::InvalidSubcommand =>
+        {
+            given.clone()
+        }
+        _ => err.exit(),
+    };
+    let command = C::command();
+    let names: Vec<String> = command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .flat_map(|sub| {
+            std::iter::once(sub.get_name().to_string())
+                .chain(sub.get_visible_aliases().map(str::to_string))
+        })
+        .collect();
+    let near = nearest(&unknown, &names);
+    let tip = match near.as_slice() {
+        [] => String::new(),
+        [one] => format!(" (did you mean '{one}'?)"),
+        many => format!(" (did you mean one of '{}'?)", many.join("', '")),
+    };
+    eprintln!("{name}: unrecognized subcommand '{unknown}'{tip}; see '{name} --help'");
+    std::process::exit(2);
+}
+
+/// The candidates nearest to `given` (at most two edits away), in their order.
+fn nearest<'a>(given: &str, candidates: &'a [String]) -> Vec<&'a str> {
+    let scored: Vec<(usize, &str)> = candidates
+        .iter()
+        .map(|c| (edit_distance(given, c), c.as_str()))
+        .filter(|(d, _)| *d <= 2)
+        .collect();
+    let best = scored.iter().map(|(d, _)| *d).min();
+    scored
+        .into_iter()
+        .filter(|(d, _)| Some(*d) == best)
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// Edits (insert, delete, replace, or swap two neighbours) that make `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nearest_command_counts_a_swap_as_one_edit() {
+        let names: Vec<String> = ["get", "gets", "set", "list", "ls", "clients"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(nearest("gte", &names), ["get"]);
+        assert_eq!(nearest("lsit", &names), ["list"]);
+        assert_eq!(nearest("sett", &names), ["set"]);
+        assert_eq!(nearest("lst", &names), ["list", "ls"]);
+        assert!(nearest("frobnicate", &names).is_empty());
+    }
+}

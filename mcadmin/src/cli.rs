@@ -157,7 +157,7 @@ pub enum Command {
         no_flush: bool,
     },
     /// Remove servers.
-    #[command(alias = "del", alias = "rm")]
+    #[command(visible_alias = "rm")]
     Delete {
         #[arg(required = true, value_name = "ADDR")]
         servers: Vec<String>,
@@ -251,7 +251,7 @@ pub enum Command {
         prefix: Option<String>,
     },
     /// Show the servers of the domain with its version.
-    #[command(alias = "ls")]
+    #[command(visible_alias = "ls")]
     List,
     /// Show one server's state; exit status 0 when up, 1 when down or draining.
     Status {

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use libmcshm::edit::PolicyChange;
 use libmcshm::registry::{FileOwnership, LockWait, commit_info};
 use libmcshm::table::{
@@ -44,7 +43,7 @@ mcshm_cli::exit_codes! {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = mcshm_cli::parse("mcadmin");
     mcshm_cli::finish("mcadmin", run(&cli), Exit::Success, exit_for)
 }
 

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use libmcshm::{Address, Client, Domain, ErrorKind, Item, MarkedDown, StoreVerb, Stored, Timeouts};
 use serde_json::{Value, json};
 
@@ -30,7 +29,7 @@ mcshm_cli::exit_codes! {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = mcshm_cli::parse("mclient");
     mcshm_cli::finish("mclient", run(&cli), Exit::Success, exit_for)
 }
 

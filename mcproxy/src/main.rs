@@ -6,7 +6,6 @@ mod cli;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use libmcshm::{Domain, ErrorKind, Timeouts};
 use mcshm_proxy::command::Limits;
 use mcshm_proxy::{Config, Listen, Settings, StartError};
@@ -24,7 +23,7 @@ mcshm_cli::exit_codes! {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli: cli::Cli = mcshm_cli::parse("mcproxy");
     if let Some(shell) = cli.completions {
         let mut command = <cli::Cli as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "mcproxy", &mut std::io::stdout());

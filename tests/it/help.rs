@@ -26,6 +26,8 @@ fn commands(text: &str) -> Vec<(String, String)> {
         if line.starts_with("  ") && !line.starts_with("   ") {
             let line = line.trim_start();
             let (name, about) = line.split_once(' ').unwrap_or((line, ""));
+            // Visible aliases are listed after the description: `[alias: rm]`.
+            let about = about.split(" [alias").next().unwrap_or_default();
             found.push((name.to_string(), about.trim().to_string()));
         }
     }
@@ -104,4 +106,25 @@ fn auth_user_is_the_memcached_user_and_etcd_user_is_global() {
         !stderr.contains("cannot be used") && !stderr.contains("unexpected argument"),
         "{stderr}"
     );
+}
+
+/// A mistyped command is answered with the nearest real one (a swap of two letters is one
+/// edit), and exit 2, nothing done.
+#[test]
+fn a_typo_is_answered_with_the_nearest_command() {
+    for (tool, typo, meant) in [
+        (env!("CARGO_BIN_EXE_mclient"), "gte", "'get'"),
+        (env!("CARGO_BIN_EXE_mcadmin"), "lsit", "'list'"),
+        (env!("CARGO_BIN_EXE_mcadmin"), "dleete", "'delete'"),
+    ] {
+        let out = Command::new(tool).arg(typo).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "unrecognized subcommand '{typo}' (did you mean {meant}?)"
+            )),
+            "{stderr}"
+        );
+    }
 }
