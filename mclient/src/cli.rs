@@ -160,7 +160,7 @@ pub enum Verb {
         #[arg(long, value_name = "ADDR")]
         server: Option<String>,
     },
-    /// The server each key maps to.
+    /// The servers each key maps to: its owner, then its other replicas (KEY OWNER [REPLICA...])
     Which {
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,

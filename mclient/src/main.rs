@@ -157,9 +157,10 @@ fn run(cli: &Cli) -> Result<Exit> {
             let mut out = Vec::new();
             let mut rows = Vec::new();
             for key in keys {
-                let server = client.server_for(key.as_bytes())?.clone();
-                writeln!(out, "{key} {server}")?;
-                rows.push(json!({"key": key, "server": server.to_string()}));
+                let replicas = client.replicas_for(key.as_bytes())?;
+                let names: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+                writeln!(out, "{key} {}", names.join(" "))?;
+                rows.push(json!({"key": key, "server": names[0], "replicas": names}));
             }
             emit(cli, Value::Array(rows), &out)?;
             Ok(Exit::Success)

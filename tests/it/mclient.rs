@@ -476,3 +476,42 @@ fn bulk_get_reports_a_bad_key_and_goes_on() {
     );
     assert_eq!(stdout(&out), "a 0 1\n1\nc 0 1\n3\n");
 }
+
+/// `which` names every server that holds a key: its owner, then its other replicas, as the
+/// library routes them.
+#[test]
+fn which_names_a_keys_replicas_in_the_order_reads_try_them() {
+    let reg = Reg::new();
+    // Looked up, never connected to.
+    reg.ok(
+        "rep",
+        &["add", "--no-flush", "10.0.0.1", "10.0.0.2", "10.0.0.3"],
+    );
+    reg.ok("rep", &["policy", "--replicas", "2"]);
+    let out = Command::new(MCLIENT)
+        .arg("--dir")
+        .arg(reg.dir())
+        .args(["--domain", "rep", "--json", "which", "a", "b"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut client = libmcshm::Client::for_domain(
+        reg.dir(),
+        &libmcshm::Domain::new("rep").unwrap(),
+        libmcshm::Timeouts::default(),
+    )
+    .unwrap();
+    for (row, key) in rows.as_array().unwrap().iter().zip(["a", "b"]) {
+        let expected: Vec<String> = client
+            .replicas_for(key.as_bytes())
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(expected.len(), 2);
+        assert_eq!(row["replicas"], serde_json::json!(expected), "{key}");
+        assert_eq!(row["server"], expected[0].as_str());
+    }
+}

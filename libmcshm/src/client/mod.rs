@@ -222,4 +222,11 @@ impl Client {
         self.run_probes();
         Ok(self.router.address(i))
     }
+
+    /// The servers that hold `key`: its owner, then its other replicas in the order reads try
+    /// them (the domain's `replicas`; up or down).
+    pub fn replicas_for(&mut self, key: &[u8]) -> Result<Vec<Address>> {
+        let chain = self.chain(key)?;
+        Ok(chain.into_iter().map(|i| self.address(i)).collect())
+    }
 }
