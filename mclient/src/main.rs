@@ -179,7 +179,32 @@ fn get_one(client: &mut Client, key: &str) -> Result<Exit> {
             out.flush()?;
             Ok(Exit::Success)
         }
-        None => Ok(Exit::No),
+        None => {
+            explain_miss(client, key);
+            Ok(Exit::No)
+        }
+    }
+}
+
+/// A miss because no server that holds the key is up is not an ordinary miss: say so on
+/// stderr (a write to that key would fail and say why; a read is a miss by design, so that a
+/// down server never delays the reader).
+fn explain_miss(client: &mut Client, key: &str) {
+    let (Ok(replicas), Ok(snapshot)) = (client.replicas_for(key.as_bytes()), client.snapshot())
+    else {
+        return;
+    };
+    let down: Vec<String> = replicas
+        .iter()
+        .filter_map(|address| snapshot.find(address))
+        .filter(|server| server.state == libmcshm::State::Down)
+        .map(|server| match server.reason.is_empty() {
+            true => format!("{} is {}", server.address, server.state),
+            false => format!("{} is {} ({})", server.address, server.state, server.reason),
+        })
+        .collect();
+    if !down.is_empty() && down.len() == replicas.len() {
+        eprintln!("mclient: {key}: a miss: {}", down.join("; "));
     }
 }
 

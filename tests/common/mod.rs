@@ -157,3 +157,12 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+/// `127.0.0.1:PORT` of a port nobody listens on (bound, then let go): a server that must be
+/// unreachable.
+pub fn closed_port_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("127.0.0.1:{port}")
+}

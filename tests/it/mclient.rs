@@ -515,3 +515,28 @@ fn which_names_a_keys_replicas_in_the_order_reads_try_them() {
         assert_eq!(row["server"], expected[0].as_str());
     }
 }
+
+/// A read of a key whose server is down is a miss (by design: a down server never delays a
+/// reader), and mclient says why on stderr, as a write would.
+#[test]
+fn a_miss_on_a_down_server_says_why() {
+    let reg = Reg::new();
+    let closed = common::closed_port_address();
+    reg.ok("down", &["add", "--no-flush", &closed]);
+    reg.ok("down", &["down", &closed, "--reason", "disk replaced"]);
+    let out = Command::new(MCLIENT)
+        .arg("--dir")
+        .arg(reg.dir())
+        .args(["--domain", "down", "get", "k"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "mclient: k: a miss: {closed} is down (disk replaced)"
+        )),
+        "{stderr}"
+    );
+}
