@@ -30,7 +30,11 @@ pub enum Error {
     #[error("server {server} is already in domain '{domain}' (use `mcadmin set` to change it)")]
     ServerExists { server: String, domain: String },
     /// The caller may not read or write the file.
-    #[error("permission denied: cannot {op} {}", path.display())]
+    #[error(
+        "permission denied: cannot {op} {}: run as its owner or a member of its group (ls -l \
+         shows them), or as root; a domain's group is set when it is created (mcadmin --group)",
+        path.display()
+    )]
     PermissionDenied { op: &'static str, path: PathBuf },
     /// Another writer held the writer lock for longer than this one would wait.
     #[error(

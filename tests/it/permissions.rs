@@ -106,7 +106,11 @@ fn a_reader_needs_only_read_permission_and_a_writer_is_told_permission_denied() 
         let run = as_nobody(args);
         assert_eq!(run.code(), 4, "{args:?}: {}", run.stderr());
         assert!(
-            run.stderr().contains("permission denied") && run.stderr().contains("ro.mcshm"),
+            run.stderr().contains("permission denied")
+                && run.stderr().contains("ro.mcshm")
+                && run
+                    .stderr()
+                    .contains("run as its owner or a member of its group"),
             "{}",
             run.stderr()
         );
