@@ -34,7 +34,7 @@
 #![deny(unsafe_code)]
 
 pub use mcshm_table::{
-    address, coherence, domain, dump, edit, error, hash, key, placement, prefix, processes,
+    address, clock, coherence, domain, dump, edit, error, hash, key, placement, prefix, processes,
     registry, table,
 };
 

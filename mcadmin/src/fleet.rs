@@ -13,8 +13,9 @@ use mcshm_fleet::{Etcd, EtcdConfig, Fleet, FleetError, FleetTable};
 use serde_json::json;
 
 use crate::cli::EtcdArgs;
-use crate::show::{self, utc};
+use crate::show;
 use crate::{Exit, Invocation, print};
+use libmcshm::clock::utc;
 use mcshm_cli::UsageError;
 
 /// The fleet named by `--etcd` (and its TLS/auth options), if given.

@@ -11,8 +11,8 @@ use libmcshm::health::{Event, Watcher};
 use libmcshm::{Address, Client, Domain, Registry, State, Timeouts};
 use serde_json::json;
 
-use crate::show::utc;
 use crate::{Exit, Invocation};
+use libmcshm::clock::utc;
 use mcshm_cli::UsageError;
 
 /// A flag set by SIGTERM or SIGINT.

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     let ready = |lines: &[String]| {
         for line in lines {
-            eprintln!("mcproxy: {line}");
+            mcshm_proxy::log(format_args!("{line}"));
         }
     };
     match mcshm_proxy::run(config, ready) {

@@ -94,6 +94,13 @@ pub enum StartError {
     Listen(String),
 }
 
+/// Prints one line of mcproxy's log on stderr: the time (RFC 3339, UTC, to the millisecond),
+/// `mcproxy: ` and the message, so that a log read outside the journal still says when.
+pub fn log(message: std::fmt::Arguments<'_>) {
+    let now = libmcshm::clock::utc_millis(libmcshm::clock::now_ms());
+    eprintln!("{now} mcproxy: {message}");
+}
+
 /// Runs the proxy until SIGTERM or SIGINT; then it stops accepting, answers what it has read,
 /// and returns.
 ///
@@ -191,7 +198,11 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
         }
         let all = domains.iter().map(|(_, _, s)| s.clone()).collect();
         tokio::spawn(trim_after_bursts(all));
-        wait_for_signal().await;
+        let signal = wait_for_signal().await;
+        log(format_args!(
+            "{signal}: stopping (answering the requests already read, at most {:.1} s)",
+            config.shutdown_timeout.as_secs_f64()
+        ));
     });
     stop.store(true, Ordering::Release);
     for waker in &wakers {
@@ -203,6 +214,7 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
+    log(format_args!("stopped"));
     Ok(())
 }
 
@@ -290,7 +302,8 @@ fn bind(listen: &Listen) -> Result<StdListener, StartError> {
     Ok(listener)
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT, and names the one that came.
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -299,8 +312,8 @@ async fn wait_for_signal() {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 

@@ -197,12 +197,17 @@ impl Service {
         let mut router = Router::for_domain(dir, domain)?;
         router.refresh()?;
         router.on_failure(|event| {
-            if event.marked_down != mcshm_route::MarkedDown::No {
-                eprintln!(
-                    "mcproxy: {} marked down ({:?}): {}",
-                    event.server, event.marked_down, event.error
-                );
-            }
+            let whom = match event.marked_down {
+                mcshm_route::MarkedDown::No => return,
+                mcshm_route::MarkedDown::ForEveryone => "for every process on this host",
+                mcshm_route::MarkedDown::LocallyOnly => {
+                    "for this process only (it cannot write the registry)"
+                }
+            };
+            crate::log(format_args!(
+                "{} marked down {whom} after {} consecutive failures: {}",
+                event.server, event.failures, event.error
+            ));
         });
         Ok(Service {
             stats,

@@ -331,18 +331,18 @@ impl Session {
                 self.inbox.consume(used);
                 self.swallow = skip;
                 stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "mcproxy: binary request of {} bytes refused: value too large",
+                crate::log(format_args!(
+                    "binary request of {} bytes refused: value too large",
                     used + skip
-                );
+                ));
                 self.answer(Dispatch::Ready(reply), ctx);
                 true
             }
             binary::Parsed::Close(reply) => {
                 stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "mcproxy: malformed binary request (bad magic or lengths): connection closed"
-                );
+                crate::log(format_args!(
+                    "malformed binary request (bad magic or lengths): connection closed"
+                ));
                 self.answer(Dispatch::Ready(reply), ctx);
                 self.stop_reading();
                 true
@@ -402,7 +402,7 @@ impl Session {
                 let auth = settings.client_auth.as_deref();
                 let (reply, ok) = binary::sasl(&request, auth, list, &mechanism, &data);
                 if !list && !ok {
-                    eprintln!("mcproxy: a client's SASL authentication failed");
+                    crate::log(format_args!("a client's SASL authentication failed"));
                 }
                 self.authenticated |= ok;
                 Ok(Dispatch::Ready(reply))
@@ -417,14 +417,14 @@ impl Session {
                     .get(6..8)
                     .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]));
                 match status {
-                    binary::status::UNKNOWN => eprintln!(
-                        "mcproxy: binary opcode 0x{:02x} is not supported: answered 'unknown command'",
+                    binary::status::UNKNOWN => crate::log(format_args!(
+                        "binary opcode 0x{:02x} is not supported: answered 'unknown command'",
                         request.opcode
-                    ),
-                    binary::status::INVALID => eprintln!(
-                        "mcproxy: binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
+                    )),
+                    binary::status::INVALID => crate::log(format_args!(
+                        "binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
                         request.opcode
-                    ),
+                    )),
                     _ => {}
                 }
                 Ok(Dispatch::Ready(bytes))
@@ -643,7 +643,7 @@ fn ascii_auth(
         Command::Quit => None,
         Command::Store { value, .. } if auth.check_ascii(&value) => Some((b"STORED\r\n", true)),
         Command::Store { .. } => {
-            eprintln!("mcproxy: a client's authentication failed");
+            crate::log(format_args!("a client's authentication failed"));
             Some((b"CLIENT_ERROR authentication failure\r\n", false))
         }
         _ => Some((b"CLIENT_ERROR unauthenticated\r\n", false)),

@@ -143,29 +143,74 @@ impl ProxyStats {
     }
 }
 
+/// The domain-wide counters and gauges as Prometheus names them (units in the name, counters
+/// ending `_total`), from the `stats` names memcached's clients know: (stats name, metric,
+/// type, help).
+const FAMILIES: [(&str, &str, &str, &str); 9] = [
+    (
+        "uptime",
+        "uptime_seconds",
+        "gauge",
+        "Seconds since mcproxy started",
+    ),
+    (
+        "curr_connections",
+        "connections",
+        "gauge",
+        "Client connections open now",
+    ),
+    (
+        "total_connections",
+        "connections_total",
+        "counter",
+        "Client connections accepted",
+    ),
+    (
+        "rejected_connections",
+        "rejected_connections_total",
+        "counter",
+        "Client connections refused (--max-connections)",
+    ),
+    ("cmd_total", "commands_total", "counter", "Commands served"),
+    (
+        "get_keys",
+        "get_keys_total",
+        "counter",
+        "Keys asked for by retrievals",
+    ),
+    (
+        "get_hits",
+        "get_hits_total",
+        "counter",
+        "Keys found by retrievals",
+    ),
+    (
+        "client_errors",
+        "client_errors_total",
+        "counter",
+        "Requests refused as malformed",
+    ),
+    (
+        "server_errors",
+        "server_errors_total",
+        "counter",
+        "Requests answered SERVER_ERROR",
+    ),
+];
+
 /// Prometheus' text exposition format for every domain served: each family once, with its
-/// TYPE line, its samples labelled by domain (and server).
+/// HELP and TYPE lines, its samples labelled by domain (and server).
 pub fn prometheus(domains: &[Arc<ProxyStats>]) -> String {
     let mut out = String::new();
     let totals: Vec<Vec<(&'static str, String)>> = domains.iter().map(|d| d.totals()).collect();
-    for (n, (name, _)) in totals
-        .first()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        if matches!(*name, "pid" | "version" | "domain") {
-            continue;
-        }
-        let kind = match *name {
-            "uptime" | "curr_connections" => "gauge",
-            _ => "counter",
-        };
-        let _ = writeln!(out, "# TYPE mcproxy_{name} {kind}");
+    for (stat, metric, kind, help) in FAMILIES {
+        let _ = writeln!(out, "# HELP mcproxy_{metric} {help}");
+        let _ = writeln!(out, "# TYPE mcproxy_{metric} {kind}");
         for (domain, values) in domains.iter().zip(&totals) {
             let d = &domain.domain;
-            let _ = writeln!(out, "mcproxy_{name}{{domain=\"{d}\"}} {}", values[n].1);
+            if let Some((_, value)) = values.iter().find(|(name, _)| *name == stat) {
+                let _ = writeln!(out, "mcproxy_{metric}{{domain=\"{d}\"}} {value}");
+            }
         }
     }
     let servers: Vec<(String, Arc<ServerStats>)> = domains
@@ -181,6 +226,12 @@ pub fn prometheus(domains: &[Arc<ProxyStats>]) -> String {
         .collect();
     let family =
         |out: &mut String, name: &str, kind: &str, value: &dyn Fn(&ServerStats) -> String| {
+            let help = match name {
+                "requests_total" => "Requests sent to the server",
+                "errors_total" => "Requests to the server that failed (connect, timeout, I/O)",
+                _ => "Connections open to the server now",
+            };
+            let _ = writeln!(out, "# HELP mcproxy_server_{name} {help}");
             let _ = writeln!(out, "# TYPE mcproxy_server_{name} {kind}");
             for (labels, server) in &servers {
                 let _ = writeln!(out, "mcproxy_server_{name}{{{labels}}} {}", value(server));
@@ -194,6 +245,10 @@ pub fn prometheus(domains: &[Arc<ProxyStats>]) -> String {
     family(&mut out, "connections", "gauge", &|s| {
         s.connections.load(Ordering::Relaxed).to_string()
     });
+    let _ = writeln!(
+        out,
+        "# HELP mcproxy_server_latency_seconds Time from a request's send to its reply"
+    );
     let _ = writeln!(out, "# TYPE mcproxy_server_latency_seconds histogram");
     for (labels, server) in &servers {
         let mut cumulative = 0;

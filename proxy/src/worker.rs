@@ -94,7 +94,7 @@ pub fn run(setup: Setup) {
     let registry = match setup.poll.registry().try_clone() {
         Ok(registry) => registry,
         Err(err) => {
-            eprintln!("mcproxy: cannot start a worker: {err}");
+            crate::log(format_args!("cannot start a worker: {err}"));
             return;
         }
     };
@@ -113,7 +113,7 @@ pub fn run(setup: Setup) {
         ) {
             Ok(service) => services.push(std::rc::Rc::new(service)),
             Err(err) => {
-                eprintln!("mcproxy: domain '{domain}': {err}");
+                crate::log(format_args!("domain '{domain}': {err}"));
                 return;
             }
         }
@@ -152,7 +152,7 @@ pub fn run(setup: Setup) {
             }
         };
         if let Err(err) = registered {
-            eprintln!("mcproxy: cannot listen in a worker: {err}");
+            crate::log(format_args!("cannot listen in a worker: {err}"));
             return;
         }
     }
@@ -175,7 +175,7 @@ impl Worker {
             if let Err(err) = self.poll.poll(&mut events, timeout)
                 && err.kind() != std::io::ErrorKind::Interrupted
             {
-                eprintln!("mcproxy: a worker's event loop failed: {err}");
+                crate::log(format_args!("a worker's event loop failed: {err}"));
                 return;
             }
             for event in events.iter() {

@@ -4,7 +4,8 @@
 //! `libmcshm` facade).
 //!
 //! Layers, each importing only those before it:
-//! - [`error`], [`key`] (what a memcached key may be), [`hash`] (every key hash): leaves;
+//! - [`error`], [`key`] (what a memcached key may be), [`hash`] (every key hash), [`clock`]:
+//!   leaves;
 //! - [`address`], [`domain`], [`prefix`]: names and their validation;
 //! - [`placement`]: where a key goes (ketama, ketama-spy, ketama-unweighted, modula, PECL), from
 //!   members (position, address, weight), knowing nothing of the table;
@@ -21,6 +22,7 @@
 #![deny(unsafe_code)]
 
 pub mod address;
+pub mod clock;
 pub mod coherence;
 pub mod domain;
 pub mod dump;

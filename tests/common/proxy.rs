@@ -73,7 +73,7 @@ impl Proxy {
             {
                 address = Some(at.to_string());
             }
-            if let Some(at) = line.strip_prefix("mcproxy: metrics on http://") {
+            if let Some((_, at)) = line.split_once("mcproxy: metrics on http://") {
                 metrics = Some(at.trim_end_matches("/metrics").to_string());
             }
         }

@@ -281,8 +281,11 @@ fn stats_and_prometheus_metrics() {
     http.read_to_string(&mut page).unwrap();
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     for line in [
-        "# TYPE mcproxy_cmd_total counter\n",
-        "mcproxy_cmd_total{domain=\"app\"} 7\n",
+        "# TYPE mcproxy_commands_total counter\n",
+        "mcproxy_commands_total{domain=\"app\"} 7\n",
+        "# TYPE mcproxy_uptime_seconds gauge\n",
+        "# TYPE mcproxy_connections gauge\n",
+        "# TYPE mcproxy_get_hits_total counter\n",
         &format!(
             "mcproxy_server_requests_total{{domain=\"app\",server=\"{}\"}} 6\n",
             a.address()
@@ -293,6 +296,21 @@ fn stats_and_prometheus_metrics() {
         ),
     ] {
         assert!(page.contains(line), "{line:?} in {page}");
+    }
+    // Prometheus' conventions: every family has HELP and TYPE, counters end in _total, no
+    // unit-less time.
+    for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split(' ').skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        assert!(
+            page.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+        assert!(
+            !name.contains("uptime") || name.ends_with("_seconds"),
+            "{line}"
+        );
     }
 }
 
@@ -547,6 +565,19 @@ fn sigterm_answers_requests_in_flight_then_exits() {
         .wait_exit(Duration::from_secs(10))
         .expect("mcproxy exits");
     assert!(status.success(), "{status:?}");
+    // Every log line says when (RFC 3339 UTC to the millisecond); the stop is logged.
+    let lines: Vec<String> = proxy.log.try_iter().collect();
+    for line in &lines {
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        assert!(rest.starts_with("mcproxy: "), "{line}");
+    }
+    let said = |what: &str| lines.iter().any(|l| l.contains(what));
+    assert!(said("mcproxy: SIGTERM: stopping"), "{lines:?}");
+    assert!(said("mcproxy: stopped"), "{lines:?}");
 }
 
 #[test]

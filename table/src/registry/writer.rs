@@ -5,7 +5,6 @@
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::files::{FileOwnership, new_file, open_checked, write_temp};
 use super::lock::{LockWait, acquire_lock};
@@ -379,12 +378,7 @@ pub(super) fn assign_ids(servers: &mut [Server], mut next_id: u32, capacity: u32
     next_id
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// This process as a writer: now, pid, effective uid.
 pub fn commit_info() -> CommitInfo {
