@@ -209,7 +209,9 @@ impl Etcd {
                     }
                     last = format!("{endpoint}: {message}");
                 }
-                Err(ureq::Error::Transport(t)) => last = format!("{endpoint}: {t}"),
+                Err(ureq::Error::Transport(t)) => {
+                    last = format!("{endpoint}: {}", transport_text(&t));
+                }
             }
             tries += 1;
             if Instant::now() >= deadline {
@@ -383,7 +385,9 @@ impl Etcd {
                     return Ok(watch);
                 }
                 Err(ureq::Error::Status(_, r)) => last = error_body(r),
-                Err(ureq::Error::Transport(t)) => last = format!("{endpoint}: {t}"),
+                Err(ureq::Error::Transport(t)) => {
+                    last = format!("{endpoint}: {}", transport_text(&t));
+                }
             }
         }
         Err(EtcdError::Unreachable(last))
@@ -608,6 +612,31 @@ fn tls_config(config: &EtcdConfig) -> Result<Option<Arc<rustls::ClientConfig>>, 
         }
     };
     Ok(Some(Arc::new(tls)))
+}
+
+/// A transport failure said once: ureq's kind, message and source chain often repeat each
+/// other ("Network Error: Network Error: ...") and the URL, which the caller names already.
+fn transport_text(t: &ureq::Transport) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut say = |text: String| {
+        let text = text.trim().to_string();
+        let known = parts
+            .iter()
+            .any(|p| p.to_lowercase().contains(&text.to_lowercase()));
+        if !text.is_empty() && !known {
+            parts.push(text);
+        }
+    };
+    say(t.kind().to_string());
+    if let Some(message) = t.message() {
+        say(message.to_string());
+    }
+    let mut source = std::error::Error::source(t);
+    while let Some(err) = source {
+        say(err.to_string());
+        source = err.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

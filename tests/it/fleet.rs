@@ -150,6 +150,17 @@ fn fleet_edits_refuse_bad_input_and_report_what_is_missing() {
         "{}",
         run.stderr()
     );
+    // Said once: the endpoint once, no part of the message twice.
+    let message = run.stderr();
+    assert_eq!(
+        message.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "{message}"
+    );
+    let parts: Vec<&str> = message.trim().split(": ").collect();
+    for (n, part) in parts.iter().enumerate() {
+        assert!(!parts[n + 1..].contains(part), "{message}");
+    }
     let run = Run(fleet_cmd("127.0.0.1:2379", "d", &["list"])
         .output()
         .unwrap());
