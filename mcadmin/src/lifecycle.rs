@@ -359,9 +359,10 @@ pub fn clients(ctx: &Invocation) -> Result<Exit> {
         || {
             let mut out = String::from("PID      COMMAND          VERSION  LAST USED\n");
             for c in &clients {
-                let (version, used) = match c.recorded {
-                    true => (c.version.to_string(), utc(c.last_used_ms)),
-                    false => ("-".to_string(), "-".to_string()),
+                let (version, used) = match (c.recorded, c.last_used_ms) {
+                    (true, 0) => (c.version.to_string(), "not yet".to_string()),
+                    (true, ms) => (c.version.to_string(), utc(ms)),
+                    (false, _) => ("-".to_string(), "-".to_string()),
                 };
                 out += &format!("{:<8} {:<16} {:<8} {}\n", c.pid, c.command, version, used);
             }

@@ -536,6 +536,20 @@ fn clients_lists_processes_using_the_domain_and_drops_dead_ones() {
         .expect("this process is listed");
     assert_eq!(me["version"], 1);
     assert!(me["last_used_ms"].as_u64().unwrap() > 0);
+    // A process that routes on several threads (three clients here, mcproxy's workers) is
+    // listed once.
+    let (mut c2, c3) = (client(&reg, "cl"), client(&reg, "cl"));
+    c2.set(b"k2", b"v", 0, 0).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&reg.ok("cl", &["--json", "clients"])).unwrap();
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["pid"] == std::process::id())
+        .count();
+    assert_eq!(mine, 1, "{listed}");
+    drop((c2, c3));
     // A process killed with its domain open is dropped from the list.
     let mut child = hammer_h(&reg);
     let pid = child.id();

@@ -49,10 +49,11 @@ impl Registry {
         }
     }
 
-    /// The processes that have the domain open; records of dead processes are freed (when this
-    /// handle may write) and left out.
+    /// The processes that have the domain open, one each (a process that routes on several
+    /// threads, as mcproxy does, holds a record per thread: its latest use stands for it);
+    /// records of dead processes are freed (when this handle may write) and left out.
     pub fn process_records(&self) -> Vec<crate::processes::ProcessRecord> {
-        let mut out = Vec::new();
+        let mut out: Vec<crate::processes::ProcessRecord> = Vec::new();
         for slot in 0..format::CLIENT_SLOTS {
             let Some(word) = self.layout.client_word(slot) else {
                 break;
@@ -66,7 +67,12 @@ impl Registry {
                 let _ = self.map.compare_exchange(word, record[0], 0);
                 continue;
             }
-            out.push(crate::processes::ProcessRecord::from_record(id, &record));
+            let found = crate::processes::ProcessRecord::from_record(id, &record);
+            match out.iter_mut().find(|r| r.pid == found.pid) {
+                Some(same) if same.last_used_ms < found.last_used_ms => *same = found,
+                Some(_) => {}
+                None => out.push(found),
+            }
         }
         out
     }
