@@ -154,6 +154,69 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// A duration as the tools take it: a number with a unit (`500ms`, `1.5s`, `2m`, `1h`), or a
+/// bare number in `bare` units (seconds everywhere, except mcproxy's millisecond timeouts,
+/// which keep their documented meaning).
+pub fn duration(text: &str, bare: std::time::Duration) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" => bare.as_secs_f64(),
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| s.is_finite())
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| {
+            let bare = match bare.as_millis() {
+                1 => "milliseconds",
+                _ => "seconds",
+            };
+            format!("expected a duration: a number with a unit (500ms, 1s, 2m, 1h), or a bare number of {bare}")
+        })
+}
+
+/// [`duration`] with bare numbers in seconds, as seconds (clap's value parser).
+pub fn seconds(text: &str) -> Result<f64, String> {
+    duration(text, std::time::Duration::from_secs(1)).map(|d| d.as_secs_f64())
+}
+
+/// [`duration`] with bare numbers in milliseconds, as whole milliseconds (mcproxy's timeouts).
+pub fn millis(text: &str) -> Result<u64, String> {
+    duration(text, std::time::Duration::from_millis(1)).map(|d| d.as_millis() as u64)
+}
+
+/// Whole seconds, with a unit or bare; a bare negative number stands as it is (-1: "never"
+/// for retry intervals; an expired TTL for memcached).
+pub fn whole_seconds(text: &str) -> Result<i64, String> {
+    if let Some(negative) = text.trim().strip_prefix('-')
+        && let Ok(n) = negative.parse::<i64>()
+    {
+        return Ok(-n);
+    }
+    let d = duration(text, std::time::Duration::from_secs(1))?;
+    match d.subsec_nanos() {
+        0 => i64::try_from(d.as_secs()).map_err(|e| e.to_string()),
+        _ => Err("expected whole seconds (or -1)".into()),
+    }
+}
+
+/// Whole seconds, not negative, with a unit or bare (mcproxy's client and shutdown timeouts).
+pub fn whole_seconds_unsigned(text: &str) -> Result<u64, String> {
+    whole_seconds(text)
+        .and_then(|s| u64::try_from(s).map_err(|_| "expected 0 or more seconds".to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +232,21 @@ mod tests {
         assert_eq!(nearest("sett", &names), ["set"]);
         assert_eq!(nearest("lst", &names), ["list", "ls"]);
         assert!(nearest("frobnicate", &names).is_empty());
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_numbers_keep_their_meaning() {
+        assert_eq!(seconds("500ms"), Ok(0.5));
+        assert_eq!(seconds("1s"), Ok(1.0));
+        assert_eq!(seconds("2m"), Ok(120.0));
+        assert_eq!(seconds("1.5"), Ok(1.5));
+        assert_eq!(millis("1s"), Ok(1000));
+        assert_eq!(millis("250"), Ok(250));
+        assert_eq!(whole_seconds("-1"), Ok(-1));
+        assert_eq!(whole_seconds("1h"), Ok(3600));
+        assert!(whole_seconds("1.5").is_err());
+        for bad in ["", "s", "1x", "-2s", "1e400", "1 s s"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
     }
 }

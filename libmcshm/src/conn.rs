@@ -293,24 +293,39 @@ impl Conn {
     }
 }
 
+/// How long the diagnosis of a server that never answered may take, over both its probes: a
+/// binary-only server answers them at once, and a command's --timeout is overrun by this at
+/// most.
+const DIAGNOSIS: Duration = Duration::from_millis(150);
+
 /// Why a server that accepted a connection never answered its first text request, when the
 /// reason is that it does not speak the text protocol: a text probe long enough for a binary
 /// server to read as a (bad) header gets no text answer, and a binary `NOOP` does get a binary
 /// one. `None` when the server answers text, or nothing (frozen, slow): the error stands.
 pub fn not_text_protocol(address: &Address, timeouts: Timeouts) -> Option<&'static str> {
-    let mut text = Conn::connect(address, timeouts).ok()?;
+    // Both probes share one short deadline: a command's timeout is overrun by this at most.
+    let deadline = Instant::now() + DIAGNOSIS.min(timeouts.io);
+    let within = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        Timeouts {
+            connect: timeouts.connect.min(left),
+            io: left,
+        }
+    };
+    let mut text = Conn::connect(address, within()).ok()?;
     // 27 bytes: a binary-only server reads 24 of them as a header, finds no magic byte and
     // closes the connection at once.
     text.send(b"version\r\nversion\r\nversion\r\n").ok()?;
     if text.receive(Expect::Version).is_ok() {
         return None;
     }
-    let mut binary = Conn::connect(address, timeouts).ok()?;
+    let mut binary = Conn::connect(address, within()).ok()?;
     let mut noop = [0u8; 24];
     noop[0] = 0x80; // request magic
     noop[1] = 0x0a; // NOOP
     binary.send(&noop).ok()?;
     while binary.end - binary.pos < 8 {
+        binary.time_left(deadline).ok()?;
         binary.fill().ok()?;
     }
     let header = &binary.buf[binary.pos..binary.end];

@@ -32,6 +32,9 @@ Examples:
   mcadmin --etcd http://10.0.0.5:2379 --domain myapp add cache3:11211   (the whole fleet)
   mcadmin sync --etcd http://10.0.0.5:2379,http://10.0.0.6:2379 --all   (on every host)
 
+Durations (--lock-timeout, --etcd-timeout, --interval, --timeout, --retry-interval, ...) take a
+unit: 500ms, 2s, 1m, 1h; a bare number is seconds.
+
 ",
     exit_status!()
 );
@@ -72,7 +75,7 @@ pub struct Cli {
 
     /// Seconds to wait for another writer of the domain before giving up with "locked by pid
     /// N" (exit 4); 0: do not wait
-    #[arg(long, global = true, default_value_t = 10.0, value_name = "S")]
+    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 10.0, value_name = "S")]
     pub lock_timeout: f64,
 
     #[command(flatten)]
@@ -118,7 +121,7 @@ pub struct EtcdArgs {
     )]
     pub user: Option<String>,
     /// Seconds an etcd request may take, over all endpoints
-    #[arg(long, global = true, default_value_t = 5.0, value_name = "S")]
+    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 5.0, value_name = "S")]
     pub etcd_timeout: f64,
 }
 
@@ -202,7 +205,7 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         weight: Option<u32>,
         /// New seconds between automatic retries while down; -1: never
-        #[arg(long, value_name = "S", allow_negative_numbers = true)]
+        #[arg(value_parser = mcshm_cli::whole_seconds, long, value_name = "S", allow_negative_numbers = true)]
         retry_interval: Option<i64>,
     },
     /// Show or set the domain's client policy (failover, failure limit, rejoin, replicas).
@@ -295,7 +298,7 @@ pub enum Command {
         #[arg(long)]
         all: bool,
         /// Seconds between probe rounds
-        #[arg(long, default_value_t = 2.0, value_name = "S")]
+        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 2.0, value_name = "S")]
         interval: f64,
         /// Failed probes in a row that mark a server down [default: the domain's failure limit]
         #[arg(long, value_name = "N")]
@@ -309,7 +312,7 @@ pub enum Command {
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
         /// Probe timeout in seconds
-        #[arg(long, default_value_t = 1.0, value_name = "S")]
+        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 1.0, value_name = "S")]
         timeout: f64,
     },
     /// Retire a server gently, moving its keys to their new owners.
@@ -363,10 +366,10 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Timeout of a probe's flush, seconds
-        #[arg(long, default_value_t = 1.0, value_name = "S")]
+        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 1.0, value_name = "S")]
         probe_timeout: f64,
         /// Seconds the host record outlives a dead agent in `hosts`
-        #[arg(long, default_value_t = 10, value_name = "S")]
+        #[arg(value_parser = mcshm_cli::whole_seconds, long, default_value_t = 10, value_name = "S")]
         lease_ttl: i64,
     },
     /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
@@ -400,7 +403,7 @@ pub enum Command {
         #[arg(long, value_name = "V")]
         since: Option<u64>,
         /// Give up after S seconds (exit status 1) [default: wait forever]
-        #[arg(long, value_name = "S")]
+        #[arg(value_parser = mcshm_cli::seconds, long, value_name = "S")]
         timeout: Option<f64>,
     },
 }
@@ -410,6 +413,7 @@ pub struct RetryArg {
     /// Seconds between automatic retries while down; -1: never retried automatically
     #[arg(
         long,
+        value_parser = mcshm_cli::whole_seconds,
         value_name = "S",
         default_value_t = 15,
         allow_negative_numbers = true

@@ -39,6 +39,9 @@ Examples:
   mclient which user:42
   seq 1 100000 | sed 's/^/k/' | mclient bulk-get > values.records
 
+Durations (--timeout, --connect-timeout, --ttl) take a unit: 500ms, 2s, 1m, 1h; a bare number is
+seconds. --timeout bounds the whole command.
+
 ",
     exit_status!()
 );
@@ -66,11 +69,11 @@ pub struct Cli {
 
     /// Seconds a server has for each request: sending it and its whole reply, however the
     /// bytes trickle in (a server that misses it counts as failed)
-    #[arg(long, global = true, default_value_t = 1.0, value_name = "S")]
+    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 1.0, value_name = "S")]
     pub timeout: f64,
 
     /// Connect timeout in seconds
-    #[arg(long, global = true, default_value_t = 1.0, value_name = "S")]
+    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 1.0, value_name = "S")]
     pub connect_timeout: f64,
 
     /// Print JSON instead of raw values and text
@@ -134,7 +137,7 @@ pub enum Verb {
     Touch {
         key: String,
         /// Seconds (or a Unix time); 0: never expires; negative: expires at once
-        #[arg(allow_negative_numbers = true)]
+        #[arg(value_parser = mcshm_cli::whole_seconds, allow_negative_numbers = true)]
         ttl: i64,
     },
     /// Invalidate every item on every up server (or one).
@@ -175,6 +178,7 @@ pub enum Verb {
         /// expired at once
         #[arg(
             long,
+            value_parser = mcshm_cli::whole_seconds,
             default_value_t = 0,
             value_name = "S",
             allow_negative_numbers = true
@@ -198,6 +202,7 @@ pub struct StoreOptions {
     /// once (as memcached takes it)
     #[arg(
         long,
+        value_parser = mcshm_cli::whole_seconds,
         default_value_t = 0,
         value_name = "S",
         allow_negative_numbers = true

@@ -27,6 +27,9 @@ Examples:
   mcproxy --domain myapp --listen unix:/run/mcshm/myapp.sock
   printf 'config get cluster\\r\\n' | nc -q1 127.0.0.1 11211     (the list, ElastiCache style)
 
+Durations take a unit: 500ms, 2s, 1m, 1h; a bare number is milliseconds for --timeout and
+--connect-timeout (as before), seconds for the others.
+
 ",
     exit_status!()
 );
@@ -73,13 +76,13 @@ pub struct Cli {
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<String>,
 
-    /// Milliseconds to wait for a server connection
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// Time to wait for a server connection: milliseconds, or a duration with a unit (2s)
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = mcshm_cli::millis)]
     pub connect_timeout: u64,
 
-    /// Milliseconds to wait for a server's reply; then the request gets SERVER_ERROR and the
-    /// failure counts against the server
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// Time to wait for a server's reply: milliseconds, or a duration with a unit (2s); then
+    /// the request gets SERVER_ERROR and the failure counts against the server
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = mcshm_cli::millis)]
     pub timeout: u64,
 
     /// Connections to each server, shared by all clients (divided among the worker threads,
@@ -96,7 +99,7 @@ pub struct Cli {
     pub max_item_size: String,
 
     /// Seconds a client may take to finish a command it started; then it is disconnected
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = mcshm_cli::whole_seconds_unsigned)]
     pub client_timeout: u64,
 
     /// Clients must authenticate with one of these credentials (memcached's -Y format: one
@@ -107,7 +110,7 @@ pub struct Cli {
     pub client_auth: Option<std::path::PathBuf>,
 
     /// Seconds an idle client connection is kept (0: for ever)
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = mcshm_cli::whole_seconds_unsigned)]
     pub idle_timeout: u64,
 
     /// Commands one client connection may have in flight before the proxy stops reading it
@@ -115,7 +118,7 @@ pub struct Cli {
     pub pipeline: usize,
 
     /// Seconds to finish the requests in flight after SIGTERM
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = mcshm_cli::whole_seconds_unsigned)]
     pub shutdown_timeout: u64,
 
     /// Worker threads, each one event loop with its own server connections [default: half the

@@ -128,3 +128,66 @@ fn a_typo_is_answered_with_the_nearest_command() {
         );
     }
 }
+
+/// Durations take a unit everywhere (500ms, 2s, 1m); a bare number keeps its documented
+/// meaning; anything else is a usage error (exit 2) that says what is expected.
+#[test]
+fn durations_take_units_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |tool: &str, args: &[&str]| {
+        Command::new(tool)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mcadmin = env!("CARGO_BIN_EXE_mcadmin");
+    let mclient = env!("CARGO_BIN_EXE_mclient");
+    for (tool, args) in [
+        (
+            mcadmin,
+            &["--lock-timeout", "500ms", "add", "--no-flush", "10.0.0.1"][..],
+        ),
+        (
+            mcadmin,
+            &[
+                "--lock-timeout",
+                "1",
+                "set",
+                "10.0.0.1",
+                "--retry-interval",
+                "2m",
+            ],
+        ),
+        (mcadmin, &["wait", "--timeout", "10ms", "--since", "99"]),
+    ] {
+        let out = run(tool, args);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = String::from_utf8(run(mcadmin, &["--json", "list"]).stdout).unwrap();
+    assert!(list.contains("\"retry_interval\":120"), "{list}");
+    for (tool, args) in [
+        (mcadmin, &["--lock-timeout", "5x", "list"][..]),
+        (
+            mclient,
+            &["--timeout", "1 s", "--servers", "127.0.0.1:1", "get", "k"],
+        ),
+        (
+            env!("CARGO_BIN_EXE_mcproxy"),
+            &["--timeout", "2 minutes", "--listen", "127.0.0.1:0"],
+        ),
+    ] {
+        let out = run(tool, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("a number with a unit (500ms, 1s, 2m, 1h)"),
+            "{stderr}"
+        );
+    }
+}
