@@ -35,6 +35,10 @@ php -m 2>/dev/null | grep -qx memcached || need+=(php-memcached)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
+# make deb's test: dpkg-shlibdeps (dpkg-dev), lintian, and systemd-analyze for the units.
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

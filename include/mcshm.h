@@ -17,6 +17,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* The version of libmcshm this header belongs to (mcshm_library_version(): the library's). */
+#define MCSHM_VERSION_MAJOR 0
+#define MCSHM_VERSION_MINOR 1
+#define MCSHM_VERSION_PATCH 0
+#define MCSHM_VERSION "0.1.0"
+
+
 /*
  Success.
  */
@@ -230,6 +237,12 @@ int mcshm_server_for_key(struct mcshm_client *client,
  failing server's host and port on every failed operation.
  */
 int mcshm_set_failure_callback(struct mcshm_client *client, mcshm_failure_fn callback, void *user);
+
+/*
+ The library's version, "MAJOR.MINOR.PATCH" (static, NUL-terminated): a program compares it
+ with the header's MCSHM_VERSION to know it runs with the library it was built for.
+ */
+const char *mcshm_library_version(void);
 
 /*
  A static, NUL-terminated description of a code.

@@ -424,6 +424,13 @@ pub(crate) fn with_callback<T>(
     op(&mut h.client).map_err(|e| code(&e))
 }
 
+/// The library's version, "MAJOR.MINOR.PATCH" (static, NUL-terminated): a program compares it
+/// with the header's MCSHM_VERSION to know it runs with the library it was built for.
+#[unsafe(no_mangle)]
+pub extern "C" fn mcshm_library_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
 /// A static, NUL-terminated description of a code.
 #[unsafe(no_mangle)]
 pub extern "C" fn mcshm_strerror(code: c_int) -> *const c_char {

@@ -6,7 +6,17 @@ use std::path::Path;
 #[test]
 fn mcshm_h_is_current() {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap();
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap();
+    // The version macros, from the crate's version (mcshm_library_version() gives the library's).
+    config.after_includes = Some(format!(
+        "\n/* The version of libmcshm this header belongs to (mcshm_library_version(): the library's). */\n\
+         #define MCSHM_VERSION_MAJOR {}\n#define MCSHM_VERSION_MINOR {}\n\
+         #define MCSHM_VERSION_PATCH {}\n#define MCSHM_VERSION \"{}\"\n",
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION"),
+    ));
     let mut generated = Vec::new();
     cbindgen::Builder::new()
         .with_crate(crate_dir)

@@ -23,6 +23,7 @@ mod layers;
 mod lifecycle;
 mod locking;
 mod mclient;
+mod package;
 mod pecl;
 mod permissions;
 mod prefix;
