@@ -10,7 +10,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
     (
         "table/src",
         &[
-            &["error", "key", "hash", "shm"],
+            &["error", "key", "hash", "clock", "shm"],
             &["address", "domain", "prefix"],
             &["placement"],
             &["table"],
