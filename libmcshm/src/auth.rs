@@ -106,10 +106,12 @@ pub fn path(dir: &Path, domain: &Domain) -> PathBuf {
 /// error that says so (the domain's servers would refuse every connection without them).
 pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Credentials>> {
     let path = path(dir, domain);
-    let text = match fs::read_to_string(&path) {
+    let text = match read_trusted(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read the credentials in", &path, e)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
     };
     let mut lines = text.lines();
     let (Some(user), Some(password)) = (lines.next(), lines.next()) else {
@@ -124,6 +126,36 @@ pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Credentials>> {
             path,
             why: e.to_string(),
         })
+}
+
+/// The text of a file mcshm trusts: not a link, a regular file, and in a world-writable
+/// directory this user's or root's (see `registry::check_trusted`).
+fn read_trusted(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::UnsafeFile {
+                path: path.to_path_buf(),
+                why: "it is a symbolic link".into(),
+            },
+            _ => Error::io("read the credentials in", path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::UnsafeFile {
+            path: path.to_path_buf(),
+            why: "not a regular file".into(),
+        });
+    }
+    crate::registry::check_trusted(path, &meta)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::io("read the credentials in", path, e))?;
+    Ok(text)
 }
 
 /// Stores the domain's credentials (replacing any): written to a temporary file of mode 0640

@@ -225,3 +225,117 @@ fn a_client_never_waits_for_the_lock_and_marks_down_later() {
     });
     assert!(published, "the mark-down was never retried");
 }
+
+/// In a world-writable sticky directory, a lock file made by a user who may not write the
+/// table is refused, with a message naming its owner and the fix, and no writer waits for it:
+/// for a new domain (nothing is created) and for a table made before lock files, whose writer
+/// finds that user's lock file held and a read lock on the table.
+#[test]
+fn a_lock_file_planted_by_another_user_is_refused_and_stalls_no_writer() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: needs root to act as another user (nobody)");
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = top.path().join("w");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mcadmin = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mcadmin"))
+            .arg("--dir")
+            .arg(&shared)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = |out: &std::process::Output, lock: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{stderr}");
+        assert!(
+            stderr.contains(lock)
+                && stderr.contains("owned by uid 65534 (nobody)")
+                && stderr.contains("remove it"),
+            "{stderr}"
+        );
+    };
+
+    // A new domain: nobody made y.lock before the table exists.
+    let plant = "import os, sys\nos.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)\n";
+    let status = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(plant)
+        .arg(shared.join("y.lock"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = mcadmin(&[
+        "--domain",
+        "y",
+        "add",
+        "--no-flush",
+        "127.0.0.1",
+        "127.0.0.2",
+    ]);
+    refused(&out, "y.lock");
+    assert!(!shared.join("y.mcshm").exists(), "nothing was created");
+
+    // A table made before lock files: nobody makes its lock file, holds it, and read-locks
+    // the table.
+    let made = mcadmin(&["--domain", "z", "add", "--no-flush", "127.0.0.1"]);
+    assert!(made.status.success());
+    std::fs::remove_file(shared.join("z.lock")).unwrap();
+    let hold = "import fcntl, os, sys, time\n\
+                fd = os.open(sys.argv[1] + '/z.lock', os.O_CREAT | os.O_RDWR, 0o600)\n\
+                fcntl.lockf(fd, fcntl.LOCK_EX)\n\
+                table = open(sys.argv[1] + '/z.mcshm', 'rb')\n\
+                fcntl.lockf(table, fcntl.LOCK_SH)\n\
+                print('locked', flush=True)\n\
+                time.sleep(60)\n";
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(hold)
+        .arg(&shared)
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let _holder = Holder::start(command);
+    let started = std::time::Instant::now();
+    let out = mcadmin(&[
+        "--domain",
+        "z",
+        "--lock-timeout",
+        "10",
+        "add",
+        "--no-flush",
+        "127.0.0.11",
+    ]);
+    refused(&out, "z.lock");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the writer waited {:?} (its lock timeout: 10 s)",
+        started.elapsed()
+    );
+    let list = mcadmin(&["--domain", "z", "--json", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        !list.contains("127.0.0.11"),
+        "the table is as it was: {list}"
+    );
+
+    // Credentials are trusted the same way: nobody's z.auth is refused, never used.
+    let status = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg("import sys\nopen(sys.argv[1], 'w').write('app\\nsecret\\n')\n")
+        .arg(shared.join("z.auth"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    refused(&mcadmin(&["--domain", "z", "auth"]), "z.auth");
+}

@@ -121,17 +121,49 @@ pub(super) fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Resu
     if !meta.file_type().is_file() {
         return Err(unsafe_file("not a regular file".into()));
     }
+    check_trusted(path, &meta)?;
+    Ok(file)
+}
+
+/// Whether this process may trust the file at `path` (its metadata `meta`): in a
+/// world-writable directory (a sticky one, as /tmp) anyone could have made it, so only files of
+/// this user or root are trusted there. Every file mcshm trusts goes through this: the table,
+/// its lock file, its credentials.
+pub fn check_trusted(path: &Path, meta: &fs::Metadata) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let dir_meta = fs::metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
     let me = effective_uid();
-    if dir_meta.mode() & 0o002 != 0 && meta.uid() != me && meta.uid() != 0 {
-        return Err(unsafe_file(format!(
-            "owned by uid {} in the world-writable directory {} (only files of uid {me} or root are trusted there)",
-            meta.uid(),
-            dir.display()
-        )));
+    if dir_meta.mode() & 0o002 == 0 || meta.uid() == me || meta.uid() == 0 {
+        return Ok(());
     }
-    Ok(file)
+    let trusted = match me {
+        0 => "root's files".to_string(),
+        _ => format!("files of {} or root", user_name(me)),
+    };
+    Err(Error::UnsafeFile {
+        path: path.to_path_buf(),
+        why: format!(
+            "owned by {} in the world-writable directory {}, where only {trusted} are trusted \
+             (anyone could have made it): remove it (root or the directory's owner can), or keep \
+             the registry in a directory only its users may write",
+            user_name(meta.uid()),
+            dir.display(),
+        ),
+    })
+}
+
+/// `uid N (NAME)`, the name from /etc/passwd when it has one.
+fn user_name(uid: u32) -> String {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
+    });
+    match name {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
+    }
 }
 
 /// Creates `dir` if needed and an empty table for `domain` in it; losing a creation race to

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Registry;
-use super::files::{FileOwnership, write_temp};
+use super::files::{FileOwnership, check_trusted, write_temp};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::seqlock::Words;
@@ -103,9 +103,25 @@ fn lock_file_mode(mode: u32) -> u32 {
     writers | writers << 1
 }
 
+/// Refuses a lock file beside `table` that this process may not trust (a link, or another
+/// user's in a world-writable directory: one who may not write the table could hold it and
+/// stall every writer). No lock file is fine: a writer makes it.
+pub(super) fn check_lock_file(table: &Path) -> Result<()> {
+    let path = lock_file_path(table);
+    match fs::symlink_metadata(&path) {
+        Err(_) => Ok(()),
+        Ok(meta) if meta.file_type().is_symlink() => Err(Error::UnsafeFile {
+            path,
+            why: "it is a symbolic link".into(),
+        }),
+        Ok(meta) => check_trusted(&path, &meta),
+    }
+}
+
 /// Opens (creating it when it is missing and this process can) the lock file of the table
-/// at `table`, owned like `ownership`. `None` when it cannot be had.
-pub(super) fn open_lock_file(table: &Path, ownership: FileOwnership) -> Option<File> {
+/// at `table`, owned like `ownership`. `None` when it cannot be had; an error when the one
+/// there may not be trusted (see [`check_lock_file`]).
+pub(super) fn open_lock_file(table: &Path, ownership: FileOwnership) -> Result<Option<File>> {
     let path = lock_file_path(table);
     let open = |create: bool| {
         OpenOptions::new()
@@ -119,7 +135,9 @@ pub(super) fn open_lock_file(table: &Path, ownership: FileOwnership) -> Option<F
     let file = match open(false) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let file = open(true).or_else(|_| open(false)).ok()?;
+            let Ok(file) = open(true).or_else(|_| open(false)) else {
+                return Ok(None);
+            };
             // The creator's umask must not narrow it, and its group is the table's.
             let _ =
                 file.set_permissions(fs::Permissions::from_mode(lock_file_mode(ownership.mode)));
@@ -128,14 +146,23 @@ pub(super) fn open_lock_file(table: &Path, ownership: FileOwnership) -> Option<F
             }
             file
         }
-        Err(_) => return None,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::UnsafeFile {
+                path,
+                why: "it is a symbolic link".into(),
+            });
+        }
+        Err(_) => return Ok(None),
     };
-    let meta = file.metadata().ok()?;
+    let Ok(meta) = file.metadata() else {
+        return Ok(None);
+    };
+    check_trusted(&path, &meta)?;
     // A lock file that those who may not write the table can read would let them hold it:
     // not one to trust.
     let readable_by = meta.mode() & 0o444;
     let writers_read = (ownership.mode & 0o222) << 1;
-    (meta.file_type().is_file() && readable_by & !writers_read == 0).then_some(file)
+    Ok((meta.file_type().is_file() && readable_by & !writers_read == 0).then_some(file))
 }
 
 /// What moving the table away from a reader's lock came to.
@@ -243,7 +270,7 @@ impl Registry {
     /// (MOVED set on the old one first, waiters woken after). This handle moves to the new file.
     fn move_away_from_reader(&mut self) -> Result<Move> {
         let ownership = FileOwnership::of(&self.file);
-        let Some(turn) = open_lock_file(&self.path, ownership) else {
+        let Some(turn) = open_lock_file(&self.path, ownership)? else {
             return Ok(Move::Unable);
         };
         let turn_path = lock_file_path(&self.path);

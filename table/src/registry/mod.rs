@@ -44,7 +44,7 @@ mod reader;
 mod writer;
 
 pub use agent::AgentLink;
-pub use files::FileOwnership;
+pub use files::{FileOwnership, check_trusted};
 pub use live::LiveRecords;
 pub use lock::LockWait;
 pub use writer::{Commit, commit_info, now_ms};
@@ -119,6 +119,9 @@ impl Registry {
     ) -> Result<Registry> {
         let dir = dir.as_ref();
         let path = domain.path_in(dir);
+        // A writer trusts the domain's lock file before anything else (see `lock`): one that
+        // another user planted would let them stall every writer.
+        lock::check_lock_file(&path)?;
         if create && fs::symlink_metadata(&path).is_err() {
             create_empty(dir, domain, ownership)?;
             // The writers' lock file (see `lock`), made with the table while we may.
