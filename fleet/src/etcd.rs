@@ -205,12 +205,18 @@ impl Etcd {
                         continue;
                     }
                     if !is_unavailable(code, &message) {
-                        return Err(EtcdError::Refused(format!("{path}: {message}")));
+                        let why = explain_refusal(&message).unwrap_or_default();
+                        let message = message.trim();
+                        return Err(EtcdError::Refused(format!("{path}: {message}{why}")));
                     }
-                    last = format!("{endpoint}: {message}");
+                    last = format!(
+                        "{endpoint}: {}{}",
+                        message.trim(),
+                        gateway_hint(endpoint, &message)
+                    );
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    last = format!("{endpoint}: {}", transport_text(&t));
+                    last = format!("{endpoint}: {}", transport_text(&t, endpoint));
                 }
             }
             tries += 1;
@@ -386,7 +392,7 @@ impl Etcd {
                 }
                 Err(ureq::Error::Status(_, r)) => last = error_body(r),
                 Err(ureq::Error::Transport(t)) => {
-                    last = format!("{endpoint}: {}", transport_text(&t));
+                    last = format!("{endpoint}: {}", transport_text(&t, endpoint));
                 }
             }
         }
@@ -614,12 +620,67 @@ fn tls_config(config: &EtcdConfig) -> Result<Option<Arc<rustls::ClientConfig>>, 
     Ok(Some(Arc::new(tls)))
 }
 
+/// What to do about an etcd refusal whose text alone does not say (appended to it).
+fn explain_refusal(message: &str) -> Option<&'static str> {
+    if message.contains("CommonName of client sending a request against gateway") {
+        return Some(
+            " (etcd's JSON gateway refuses a client certificate that carries a CommonName while \
+             authentication is enabled: authenticate with --etcd-user and a client certificate \
+             without a CommonName, or run etcd without --client-cert-auth)",
+        );
+    }
+    if message.contains("user name is empty") {
+        return Some(" (etcd has authentication enabled: give --etcd-user USER:PASSWORD)");
+    }
+    None
+}
+
+/// The cause of a TLS failure, in the operator's words, with what to check.
+fn explain_tls(text: &str) -> Option<&'static str> {
+    let causes: [(&str, &str); 6] = [
+        (
+            "UnknownIssuer",
+            "etcd's certificate is not signed by the CA of --cacert",
+        ),
+        (
+            "NotValidForName",
+            "etcd's certificate does not name the endpoint's host (its subjectAltName)",
+        ),
+        ("Expired", "etcd's certificate has expired"),
+        (
+            "NotValidYet",
+            "etcd's certificate is not valid yet (check the clocks)",
+        ),
+        (
+            "BadCertificate",
+            "etcd refused the handshake: it wants a client certificate its CA signed (--cert, --key)",
+        ),
+        (
+            "CertificateRequired",
+            "etcd refused the handshake: it wants a client certificate (--cert, --key)",
+        ),
+    ];
+    causes
+        .iter()
+        .find(|(code, _)| text.contains(code))
+        .map(|(_, cause)| *cause)
+}
+
 /// A transport failure said once: ureq's kind, message and source chain often repeat each
-/// other ("Network Error: Network Error: ...") and the URL, which the caller names already.
-fn transport_text(t: &ureq::Transport) -> String {
+/// other ("Network Error: Network Error: ...") and the URL, which the caller names already; a
+/// TLS failure ends with its cause in words.
+fn transport_text(t: &ureq::Transport, endpoint: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut say = |text: String| {
-        let text = text.trim().to_string();
+        let mut text = text.trim().to_string();
+        // "Network Error: Network Error: ...": a part that repeats an earlier one as its start.
+        while let Some(rest) = parts.iter().find_map(|p| {
+            text.strip_prefix(p.as_str())
+                .and_then(|r| r.strip_prefix(':'))
+                .map(|r| r.trim().to_string())
+        }) {
+            text = rest;
+        }
         let known = parts
             .iter()
             .any(|p| p.to_lowercase().contains(&text.to_lowercase()));
@@ -636,8 +697,37 @@ fn transport_text(t: &ureq::Transport) -> String {
         say(err.to_string());
         source = err.source();
     }
-    parts.join(": ")
+    let text = parts.join(": ");
+    if let Some(cause) = explain_tls(&text) {
+        return format!("{text}: {cause}");
+    }
+    format!("{text}{}", gateway_hint(endpoint, &text))
 }
+
+/// [`GATEWAY_CERTIFICATE`] when an https endpoint failed as a gateway whose own connection to
+/// etcd was refused does (a closed connection, or the gateway's gRPC error); else nothing.
+fn gateway_hint(endpoint: &str, text: &str) -> &'static str {
+    let text = text.to_lowercase();
+    let symptom = [
+        "connection closed",
+        "client preface",
+        "authentication handshake failed",
+    ]
+    .iter()
+    .any(|s| text.contains(s));
+    match endpoint.starts_with("https") && symptom {
+        true => GATEWAY_CERTIFICATE,
+        false => "",
+    }
+}
+
+/// Why an etcd over TLS may close the connection after the handshake: with
+/// --client-cert-auth, its JSON gateway (what mcadmin speaks) connects to etcd itself with
+/// etcd's own certificate, which must then allow client authentication too (etcdctl, which
+/// speaks gRPC directly, works either way).
+const GATEWAY_CERTIFICATE: &str = " (an etcd started with --client-cert-auth serves its JSON \
+    gateway, which mcadmin uses, only when its own certificate, --cert-file, also allows client \
+    authentication: extendedKeyUsage clientAuth)";
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ pub struct EtcdCluster {
 }
 
 /// A loopback port the kernel had free a moment ago.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

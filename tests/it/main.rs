@@ -17,6 +17,7 @@ mod client;
 mod concurrency;
 mod corruption;
 mod fleet;
+mod fleet_tls;
 mod growth;
 mod help;
 mod layers;
