@@ -209,14 +209,14 @@ impl Etcd {
                         let message = message.trim();
                         return Err(EtcdError::Refused(format!("{path}: {message}{why}")));
                     }
-                    last = format!(
-                        "{endpoint}: {}{}",
-                        message.trim(),
-                        gateway_hint(endpoint, &message)
-                    );
+                    let hint = gateway_hint(endpoint, &message, self.config.cert.is_some());
+                    last = format!("{endpoint}: {}{hint}", message.trim());
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    last = format!("{endpoint}: {}", transport_text(&t, endpoint));
+                    last = format!(
+                        "{endpoint}: {}",
+                        transport_text(&t, endpoint, self.config.cert.is_some())
+                    );
                 }
             }
             tries += 1;
@@ -392,7 +392,10 @@ impl Etcd {
                 }
                 Err(ureq::Error::Status(_, r)) => last = error_body(r),
                 Err(ureq::Error::Transport(t)) => {
-                    last = format!("{endpoint}: {}", transport_text(&t, endpoint));
+                    last = format!(
+                        "{endpoint}: {}",
+                        transport_text(&t, endpoint, self.config.cert.is_some())
+                    );
                 }
             }
         }
@@ -669,7 +672,7 @@ fn explain_tls(text: &str) -> Option<&'static str> {
 /// A transport failure said once: ureq's kind, message and source chain often repeat each
 /// other ("Network Error: Network Error: ...") and the URL, which the caller names already; a
 /// TLS failure ends with its cause in words.
-fn transport_text(t: &ureq::Transport, endpoint: &str) -> String {
+fn transport_text(t: &ureq::Transport, endpoint: &str, client_certificate: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut say = |text: String| {
         let mut text = text.trim().to_string();
@@ -701,23 +704,32 @@ fn transport_text(t: &ureq::Transport, endpoint: &str) -> String {
     if let Some(cause) = explain_tls(&text) {
         return format!("{text}: {cause}");
     }
-    format!("{text}{}", gateway_hint(endpoint, &text))
+    format!(
+        "{text}{}",
+        gateway_hint(endpoint, &text, client_certificate)
+    )
 }
 
-/// [`GATEWAY_CERTIFICATE`] when an https endpoint failed as a gateway whose own connection to
-/// etcd was refused does (a closed connection, or the gateway's gRPC error); else nothing.
-fn gateway_hint(endpoint: &str, text: &str) -> &'static str {
+/// Why an https endpoint closed the connection after the handshake (or its gateway could not
+/// reach etcd): without a client certificate, most likely it wants one (TLS 1.3 says so only
+/// after the handshake); with one, [`GATEWAY_CERTIFICATE`]. Nothing for other failures.
+fn gateway_hint(endpoint: &str, text: &str, client_certificate: bool) -> &'static str {
     let text = text.to_lowercase();
     let symptom = [
         "connection closed",
+        "connection reset",
         "client preface",
         "authentication handshake failed",
     ]
     .iter()
     .any(|s| text.contains(s));
-    match endpoint.starts_with("https") && symptom {
-        true => GATEWAY_CERTIFICATE,
-        false => "",
+    match (endpoint.starts_with("https") && symptom, client_certificate) {
+        (false, _) => "",
+        (true, false) => {
+            " (etcd may want a client certificate its CA signed, as with --client-cert-auth: \
+             --cert, --key)"
+        }
+        (true, true) => GATEWAY_CERTIFICATE,
     }
 }
 
