@@ -389,10 +389,4 @@ pub fn changed_by(by: &str) -> Changed {
 }
 
 /// This machine's name (/proc/sys/kernel/hostname), or "localhost".
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
+pub use mcshm_table::processes::host_name as hostname;

@@ -128,30 +128,10 @@ pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Credentials>> {
         })
 }
 
-/// The text of a file mcshm trusts: not a link, a regular file, and in a world-writable
-/// directory this user's or root's (see `registry::check_trusted`).
+/// The text of a file mcshm trusts (see `registry::open_trusted`).
 fn read_trusted(path: &Path) -> Result<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Error::UnsafeFile {
-                path: path.to_path_buf(),
-                why: "it is a symbolic link".into(),
-            },
-            _ => Error::io("read the credentials in", path, e),
-        })?;
-    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
-    if !meta.file_type().is_file() {
-        return Err(Error::UnsafeFile {
-            path: path.to_path_buf(),
-            why: "not a regular file".into(),
-        });
-    }
-    crate::registry::check_trusted(path, &meta)?;
+    let mut file = crate::registry::open_trusted(path, false)?;
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| Error::io("read the credentials in", path, e))?;

@@ -94,6 +94,21 @@ fn group_id(name: &str) -> Option<u32> {
 /// Opens a registry file without following symlinks, refusing anything but a regular file, and
 /// in a world-writable directory anything not owned by us or root.
 pub(super) fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Result<File> {
+    open_trusted(path, writable).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::NoDomain {
+                domain: domain.to_string(),
+                path: path.to_path_buf(),
+            }
+        }
+        other => other,
+    })
+}
+
+/// Opens a file mcshm trusts (a table, credentials): never through a symbolic link, only a
+/// regular file, and in a world-writable directory only the caller's or root's (see
+/// [`check_trusted`]). A missing file is an [`Error::Io`] whose source is `NotFound`.
+pub fn open_trusted(path: &Path, writable: bool) -> Result<File> {
     // O_NONBLOCK: opening a FIFO planted at the path must not wait for a writer (it is then
     // refused below as not a regular file); on a regular file the flag changes nothing.
     let file = OpenOptions::new()
@@ -102,10 +117,6 @@ pub(super) fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Resu
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => Error::NoDomain {
-                domain: domain.to_string(),
-                path: path.to_path_buf(),
-            },
             Some(libc::ELOOP) => Error::UnsafeFile {
                 path: path.to_path_buf(),
                 why: "it is a symbolic link".into(),
@@ -114,12 +125,11 @@ pub(super) fn open_checked(path: &Path, domain: &Domain, writable: bool) -> Resu
             _ => Error::io("open for reading", path, e),
         })?;
     let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
-    let unsafe_file = |why: String| Error::UnsafeFile {
-        path: path.to_path_buf(),
-        why,
-    };
     if !meta.file_type().is_file() {
-        return Err(unsafe_file("not a regular file".into()));
+        return Err(Error::UnsafeFile {
+            path: path.to_path_buf(),
+            why: "not a regular file".into(),
+        });
     }
     check_trusted(path, &meta)?;
     Ok(file)

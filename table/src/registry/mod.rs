@@ -44,7 +44,7 @@ mod reader;
 mod writer;
 
 pub use agent::AgentLink;
-pub use files::{FileOwnership, check_trusted};
+pub use files::{FileOwnership, check_trusted, open_trusted};
 pub use live::LiveRecords;
 pub use lock::LockWait;
 pub use writer::{Commit, commit_info, now_ms};
