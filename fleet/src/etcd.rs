@@ -718,6 +718,7 @@ fn gateway_hint(endpoint: &str, text: &str, client_certificate: bool) -> &'stati
     let symptom = [
         "connection closed",
         "connection reset",
+        "broken pipe",
         "client preface",
         "authentication handshake failed",
     ]
@@ -743,6 +744,29 @@ const GATEWAY_CERTIFICATE: &str = " (an etcd started with --client-cert-auth ser
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_closed_tls_connection_is_explained_by_what_was_given() {
+        let https = "https://127.0.0.1:2379";
+        for symptom in [
+            "Connection closed",
+            "Broken pipe (os error 32)",
+            "client preface",
+        ] {
+            assert!(super::gateway_hint(https, symptom, false).contains("--cert, --key"));
+            assert_eq!(
+                super::gateway_hint(https, symptom, true),
+                super::GATEWAY_CERTIFICATE
+            );
+            assert_eq!(
+                super::gateway_hint("http://127.0.0.1:2379", symptom, true),
+                ""
+            );
+        }
+        assert_eq!(super::gateway_hint(https, "Connection refused", false), "");
+        let unknown = "invalid peer certificate: UnknownIssuer";
+        assert!(super::explain_tls(unknown).unwrap().contains("--cacert"));
+    }
+
     use super::*;
 
     #[test]
