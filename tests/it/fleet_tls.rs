@@ -26,15 +26,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// `NAME.key` and `NAME.crt` signed by `ca` (CN `cn`, or no CommonName when empty).
-fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str) {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let crt = format!("{name}.crt");
-    let subject = match cn {
-        "" => "/O=mcshm-tests".to_string(),
-        cn => format!("/CN={cn}"),
-    };
+/// A P-256 private key in `dir/key`.
+fn ec_key(dir: &Path, key: &str) {
     openssl(
         dir,
         &[
@@ -44,9 +37,21 @@ fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str) {
             "-genkey",
             "-noout",
             "-out",
-            &key,
+            key,
         ],
     );
+}
+
+/// `NAME.key` and `NAME.crt` signed by `ca` (CN `cn`, or no CommonName when empty).
+fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str) {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let crt = format!("{name}.crt");
+    let subject = match cn {
+        "" => "/O=mcshm-tests".to_string(),
+        cn => format!("/CN={cn}"),
+    };
+    ec_key(dir, &key);
     openssl(
         dir,
         &["req", "-new", "-key", &key, "-out", &csr, "-subj", &subject],
@@ -77,18 +82,7 @@ fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str) {
 
 fn authority(dir: &Path, name: &str) {
     let key = format!("{name}.key");
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &key,
-        ],
-    );
+    ec_key(dir, &key);
     openssl(
         dir,
         &[

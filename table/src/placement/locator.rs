@@ -66,20 +66,6 @@ impl Locator {
             Locator::Pecl(continuum) => continuum.along(key, n),
         }
     }
-
-    /// [`Locator::owner`] and [`Locator::along`] from a key's ring hash (what the router
-    /// computed once for the file's ring); `None` for the placements without a ring.
-    pub fn along_hash(&self, hash: u32, n: usize) -> Option<Vec<usize>> {
-        match self {
-            Locator::Ring { ring, positions } => Some(
-                ring.servers_from_hash(hash)
-                    .take(n)
-                    .map(|m| positions[m])
-                    .collect(),
-            ),
-            Locator::Modula { .. } | Locator::Pecl(_) => None,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -117,8 +103,6 @@ mod tests {
                 assert_eq!(owner, positions[ring.server_for(key.as_bytes()).unwrap()]);
                 let along = locator.along(key.as_bytes(), 3);
                 assert_eq!(along[0], owner);
-                let hash = distribution.points().unwrap().hash_key(key.as_bytes());
-                assert_eq!(locator.along_hash(hash, 3), Some(along));
             }
         }
     }
