@@ -2,23 +2,16 @@
 //! connection's first command is a `set` whose data is `USER PASSWORD`; the server answers
 //! `STORED`, or `CLIENT_ERROR authentication failure` and closes the connection.
 //!
-//! A domain's credentials live beside its table, in `DIR/DOMAIN.auth`, never in the table:
-//! the table is world-readable (0644) so that every process can route, while the credentials
-//! file is 0640 with the table's group, so that only the clients the operator put in that
-//! group (and root) can read it. Format: the user on the first line, the password on the
-//! second. Every connection the library opens for the domain (client operations, probes,
-//! flushes, drains) authenticates with them.
+//! A domain's credentials live beside its table, in `DIR/DOMAIN.auth` (see [`crate::access`]
+//! for who may read it and when it is read). Format: the user on the first line, the password
+//! on the second. Every connection the library opens for the domain (client operations,
+//! probes, flushes, drains) authenticates with them.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 
-/// Mode of a credentials file: the owner writes, the table's group reads, nobody else.
-const AUTH_MODE: u32 = 0o640;
 /// Longest user or password (bytes): the whole `set` data stays one short line.
 const MAX_LEN: usize = 250;
 
@@ -106,12 +99,8 @@ pub fn path(dir: &Path, domain: &Domain) -> PathBuf {
 /// error that says so (the domain's servers would refuse every connection without them).
 pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Credentials>> {
     let path = path(dir, domain);
-    let text = match read_trusted(&path) {
-        Ok(text) => text,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    let Some(text) = crate::beside::read(&path, "read the credentials in")? else {
+        return Ok(None);
     };
     let mut lines = text.lines();
     let (Some(user), Some(password)) = (lines.next(), lines.next()) else {
@@ -128,64 +117,15 @@ pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Credentials>> {
         })
 }
 
-/// The text of a file mcshm trusts (see `registry::open_trusted`).
-fn read_trusted(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut file = crate::registry::open_trusted(path, false)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| Error::io("read the credentials in", path, e))?;
-    Ok(text)
-}
-
-/// Stores the domain's credentials (replacing any): written to a temporary file of mode 0640
-/// with the table's group, then renamed into place.
+/// Stores the domain's credentials (replacing any; see [`crate::beside`]).
 pub fn save(dir: &Path, domain: &Domain, credentials: &Credentials) -> Result<PathBuf> {
-    let path = path(dir, domain);
-    let table = fs::metadata(domain.path_in(dir)).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NoDomain {
-                domain: domain.to_string(),
-                path: domain.path_in(dir),
-            }
-        } else {
-            Error::io("inspect", domain.path_in(dir), e)
-        }
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.{}.auth.tmp",
-        domain.as_str(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(AUTH_MODE)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.set_permissions(fs::Permissions::from_mode(AUTH_MODE))?;
-            std::os::unix::fs::fchown(&file, None, Some(table.gid()))?;
-            let text = format!("{}\n{}\n", credentials.user, credentials.password);
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("write the credentials to", &path, e));
-    }
-    Ok(path)
+    let text = format!("{}\n{}\n", credentials.user, credentials.password);
+    crate::beside::save(dir, domain, "auth", &text)
 }
 
 /// Removes the domain's credentials; whether there were any.
 pub fn clear(dir: &Path, domain: &Domain) -> Result<bool> {
-    let path = path(dir, domain);
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("remove", &path, e)),
-    }
+    crate::beside::clear(&path(dir, domain))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! One connection to one memcached server: TCP (TCP_NODELAY) or a unix socket, with connect and
-//! I/O timeouts, a read buffer, and the request/reply plumbing around [`crate::proto`].
+//! One connection to one memcached server: TCP (TCP_NODELAY, TLS when the domain has it: see
+//! [`crate::tls`]) or a unix socket, with connect and I/O timeouts, a read buffer, and the
+//! request/reply plumbing around [`crate::proto`].
 //!
 //! The I/O timeout bounds each whole reply and each whole send, not each read: a server that
 //! drips one byte at a time (each read well within the timeout) still fails at the deadline, as
@@ -10,8 +11,8 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crate::access::Access;
 use crate::address::Address;
-use crate::auth::Credentials;
 use crate::proto::{self, Expect, Reply};
 
 /// How far past its deadline a request may run (the socket timeout is only lowered to the
@@ -40,6 +41,48 @@ impl Default for Timeouts {
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+            // rustls takes the requests whole (no buffer limit), in records as memcached
+            // needs them; the flush writes them all.
+            Stream::Tls(s) => {
+                crate::tls::write_requests(&mut s.conn, buf)?;
+                s.flush()?;
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+            Stream::Tls(s) => {
+                s.sock.set_read_timeout(Some(timeout))?;
+                s.sock.set_write_timeout(Some(timeout))
+            }
+        }
+    }
 }
 
 /// Why a request on a connection failed. Either way the connection is no longer usable.
@@ -51,6 +94,8 @@ pub enum ConnError {
     Protocol(String),
     /// The server refused our credentials, or we have none it would take.
     Auth(String),
+    /// The TLS handshake or a TLS record failed: the cause in words (see [`crate::tls::explain`]).
+    Tls(String),
 }
 
 impl std::fmt::Display for ConnError {
@@ -63,20 +108,30 @@ impl std::fmt::Display for ConnError {
             }
             ConnError::Io(e) => write!(f, "{e}"),
             ConnError::Protocol(why) => write!(f, "protocol error: {why}"),
-            ConnError::Auth(why) => f.write_str(why),
+            ConnError::Auth(why) | ConnError::Tls(why) => f.write_str(why),
         }
     }
 }
 
 impl From<io::Error> for ConnError {
+    /// An I/O error, or the TLS error rustls reports through one.
     fn from(e: io::Error) -> ConnError {
-        ConnError::Io(e)
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => ConnError::Tls(crate::tls::explain(tls)),
+            None => ConnError::Io(e),
+        }
     }
 }
 
 /// A persistent connection with its read buffer.
 pub struct Conn {
     stream: Stream,
+    /// Where it goes, and how long it waits: a failure's diagnosis opens connections of its own.
+    address: Address,
+    timeouts: Timeouts,
     /// Read buffer; bytes `pos..end` are received and not yet parsed. Allocated once (and grown
     /// for large replies), never zeroed again per read.
     buf: Vec<u8>,
@@ -90,20 +145,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `address` within `timeouts.connect` and sets the I/O timeouts.
+    /// Connects to `address` within `timeouts.connect` and sets the I/O timeouts: in clear,
+    /// without authentication.
     pub fn connect(address: &Address, timeouts: Timeouts) -> Result<Conn, ConnError> {
-        Conn::connect_as(address, timeouts, None)
+        Conn::connect_as(address, timeouts, &Access::none())
     }
 
-    /// [`Conn::connect`], then memcached's ASCII authentication with `credentials` (see
-    /// [`crate::auth`]) before anything else is sent.
+    /// [`Conn::connect`] as `access` says: the TLS handshake (TCP servers) within the I/O
+    /// timeout, then memcached's ASCII authentication (see [`crate::auth`]) before anything
+    /// else is sent.
     pub fn connect_as(
         address: &Address,
         timeouts: Timeouts,
-        credentials: Option<&Credentials>,
+        access: &Access,
     ) -> Result<Conn, ConnError> {
-        let mut conn = Conn::open(address, timeouts)?;
-        if let Some(credentials) = credentials {
+        let mut conn = Conn::open(address, timeouts, access.tls.as_deref())?;
+        if let Some(credentials) = &access.credentials {
             conn.send(&credentials.request())?;
             match conn.receive(Expect::Store)? {
                 Reply::Stored => {}
@@ -121,14 +178,13 @@ impl Conn {
         Ok(conn)
     }
 
-    fn open(address: &Address, timeouts: Timeouts) -> Result<Conn, ConnError> {
+    fn open(
+        address: &Address,
+        timeouts: Timeouts,
+        tls: Option<&crate::tls::Tls>,
+    ) -> Result<Conn, ConnError> {
         let stream = match address {
-            Address::Unix { path } => {
-                let s = UnixStream::connect(path)?;
-                s.set_read_timeout(Some(timeouts.io))?;
-                s.set_write_timeout(Some(timeouts.io))?;
-                Stream::Unix(s)
-            }
+            Address::Unix { path } => Stream::Unix(UnixStream::connect(path)?),
             other => {
                 let port = other.port().unwrap_or(0);
                 let addrs: Vec<SocketAddr> = match other {
@@ -138,13 +194,18 @@ impl Conn {
                 };
                 let s = connect_any(&addrs, timeouts.connect)?;
                 s.set_nodelay(true)?;
-                s.set_read_timeout(Some(timeouts.io))?;
-                s.set_write_timeout(Some(timeouts.io))?;
                 Stream::Tcp(s)
             }
         };
+        stream.set_timeouts(timeouts.io)?;
+        let stream = match (stream, tls) {
+            (Stream::Tcp(sock), Some(tls)) => handshake(sock, tls, address, timeouts.io)?,
+            (stream, _) => stream,
+        };
         Ok(Conn {
             stream,
+            address: address.clone(),
+            timeouts,
             buf: vec![0; READ_CHUNK],
             pos: 0,
             end: 0,
@@ -159,17 +220,41 @@ impl Conn {
         self.replies
     }
 
+    /// Sends one request and reads its reply.
+    pub fn ask(&mut self, request: &proto::Request<'_>) -> Result<Reply, ConnError> {
+        let mut bytes = Vec::new();
+        request.encode(&mut bytes);
+        self.send(&bytes)?;
+        self.receive(request.expects())
+    }
+
+    /// `err`, which ended this connection, in words: when the server never answered in clear,
+    /// with the reason it does not speak the text protocol in clear, if that is it (see
+    /// [`not_text_protocol`]).
+    pub fn explain(&self, err: &ConnError) -> String {
+        let text = err.to_string();
+        if self.replies == 0
+            && !self.is_tls()
+            && matches!(err, ConnError::Io(_))
+            && let Some(why) = not_text_protocol(&self.address, self.timeouts)
+        {
+            return format!("{text}: {why}");
+        }
+        text
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
     /// Writes all of `bytes` within the I/O timeout.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let deadline = Instant::now() + self.io;
         let mut rest = bytes;
         while !rest.is_empty() {
             self.time_left(deadline)?;
-            let written = match &mut self.stream {
-                Stream::Tcp(s) => s.write(rest),
-                Stream::Unix(s) => s.write(rest),
-            };
-            match written {
+            match self.stream.write(rest) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -249,16 +334,7 @@ impl Conn {
         };
         let lower = wanted + SLACK < self.socket_timeout;
         if lower || (wanted == self.io && self.socket_timeout != self.io) {
-            match &self.stream {
-                Stream::Tcp(s) => {
-                    s.set_read_timeout(Some(wanted))?;
-                    s.set_write_timeout(Some(wanted))?;
-                }
-                Stream::Unix(s) => {
-                    s.set_read_timeout(Some(wanted))?;
-                    s.set_write_timeout(Some(wanted))?;
-                }
-            }
+            self.stream.set_timeouts(wanted)?;
             self.socket_timeout = wanted;
         }
         Ok(())
@@ -276,11 +352,7 @@ impl Conn {
             }
         }
         let space = &mut self.buf[self.end..];
-        let read = match &mut self.stream {
-            Stream::Tcp(s) => s.read(space),
-            Stream::Unix(s) => s.read(space),
-        };
-        match read? {
+        match self.stream.read(space)? {
             0 => Err(ConnError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed by server",
@@ -298,10 +370,11 @@ impl Conn {
 /// most.
 const DIAGNOSIS: Duration = Duration::from_millis(150);
 
-/// Why a server that accepted a connection never answered its first text request, when the
-/// reason is that it does not speak the text protocol: a text probe long enough for a binary
-/// server to read as a (bad) header gets no text answer, and a binary `NOOP` does get a binary
-/// one. `None` when the server answers text, or nothing (frozen, slow): the error stands.
+/// Why a server that accepted a connection in clear never answered its first text request,
+/// when the reason is that it does not speak the text protocol in clear: a text probe long
+/// enough for a binary server to read as a (bad) header gets no text answer, and then a TLS
+/// `ClientHello` gets a TLS record back (memcached -Z), or a binary `NOOP` a binary answer.
+/// `None` when the server answers text, or nothing (frozen, slow): the error stands.
 pub fn not_text_protocol(address: &Address, timeouts: Timeouts) -> Option<&'static str> {
     // Both probes share one short deadline: a command's timeout is overrun by this at most.
     let deadline = Instant::now() + DIAGNOSIS.min(timeouts.io);
@@ -318,6 +391,13 @@ pub fn not_text_protocol(address: &Address, timeouts: Timeouts) -> Option<&'stat
     text.send(b"version\r\nversion\r\nversion\r\n").ok()?;
     if text.receive(Expect::Version).is_ok() {
         return None;
+    }
+    let mut tls = Conn::connect(address, within()).ok()?;
+    tls.send(&crate::tls::client_hello()).ok()?;
+    if tls.fill().is_ok() && crate::tls::is_record(&tls.buf[tls.pos..tls.end]) {
+        return Some(
+            "the server speaks TLS (memcached -Z): give the domain its TLS settings with `mcadmin tls --ca FILE`",
+        );
     }
     let mut binary = Conn::connect(address, within()).ok()?;
     let mut noop = [0u8; 24];
@@ -339,6 +419,37 @@ pub fn not_text_protocol(address: &Address, timeouts: Timeouts) -> Option<&'stat
         ),
         _ => None,
     }
+}
+
+/// The TLS handshake on a new TCP connection, within `timeout`.
+fn handshake(
+    mut sock: TcpStream,
+    tls: &crate::tls::Tls,
+    address: &Address,
+    timeout: Duration,
+) -> Result<Stream, ConnError> {
+    let mut session = tls.connect(address)?;
+    let deadline = Instant::now() + timeout;
+    while session.is_handshaking() {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out").into());
+        }
+        match session.complete_io(&mut sock) {
+            Ok((0, 0)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by server during the TLS handshake",
+                )
+                .into());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(
+        session, sock,
+    ))))
 }
 
 fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::access::Access;
 use crate::address::Address;
-use crate::auth::Credentials;
 use crate::client::{Client, Moved};
 use crate::conn::{Conn, ConnError, Timeouts};
 use crate::domain::Domain;
@@ -25,10 +25,10 @@ const MAX_DUMP: usize = 1 << 30;
 pub fn list_keys(
     address: &Address,
     timeouts: Timeouts,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> Result<Vec<Vec<u8>>, String> {
-    let dump = metadump(address, timeouts, credentials)
-        .map_err(|e| format!("lru_crawler metadump: {e}"))?;
+    let dump =
+        metadump(address, timeouts, access).map_err(|e| format!("lru_crawler metadump: {e}"))?;
     let text = String::from_utf8_lossy(&dump);
     let mut keys = Vec::new();
     for line in text.lines() {
@@ -50,17 +50,13 @@ pub fn list_keys(
 /// `lru_crawler metadump all`'s answer, on a connection of its own (authenticated first:
 /// memcached answers the dump only when nothing is pipelined before it). The crawler may pause
 /// between chunks, so each read waits at least 10 s; the whole dump at most 10 minutes.
-fn metadump(
-    address: &Address,
-    timeouts: Timeouts,
-    credentials: Option<&Credentials>,
-) -> Result<Vec<u8>, ConnError> {
+fn metadump(address: &Address, timeouts: Timeouts, access: &Access) -> Result<Vec<u8>, ConnError> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let timeouts = Timeouts {
         io: timeouts.io.max(Duration::from_secs(10)),
         ..timeouts
     };
-    let mut conn = Conn::connect_as(address, timeouts, credentials)?;
+    let mut conn = Conn::connect_as(address, timeouts, access)?;
     conn.send(b"lru_crawler metadump all\r\n")?;
     conn.receive_until(MAX_DUMP, deadline, |out| {
         out.ends_with(b"END\r\n") || ends_with_error(out)
@@ -157,12 +153,11 @@ impl Drain {
             }
             State::Draining => {} // resuming
         }
-        let credentials = crate::auth::load(dir, domain)?;
-        let listed =
-            list_keys(address, timeouts, credentials.as_ref()).map_err(|error| Error::Network {
-                server: address.to_string(),
-                error,
-            })?;
+        let access = crate::access::Access::load(dir, domain)?;
+        let listed = list_keys(address, timeouts, &access).map_err(|error| Error::Network {
+            server: address.to_string(),
+            error,
+        })?;
         let mut client = Client::for_domain(dir, domain, timeouts)?;
         // With a key prefix, the server's keys carry it: move the domain's (named without it,
         // as the client sends them) and leave keys outside the prefix, which are not the

@@ -133,13 +133,13 @@ impl Watcher {
         let limit = self
             .failures
             .unwrap_or(u32::from(snapshot.policy.failure_limit));
-        let credentials = crate::auth::load(&self.dir, &self.domain)?;
+        let access = crate::access::Access::load(&self.dir, &self.domain)?;
         for server in &snapshot.servers {
             let probed = lifecycle::health_check(
                 &server.address,
                 self.timeouts,
                 self.check_key.as_deref(),
-                credentials.as_ref(),
+                &access,
             );
             match (server.state, probed) {
                 (State::Up, Ok(())) => {

@@ -25,7 +25,8 @@
 //!
 //! Layers (each a crate that imports only the ones before it): [`mcshm_table`] (the table, its
 //! placement and its file: no sockets), then this crate's memcached side: [`proto`] (the text
-//! protocol), [`auth`], [`conn`], [`client`] (the router, the sans-I/O core every front end
+//! protocol), [`auth`] and [`tls`] (what a domain's connections present, together [`access`]),
+//! [`conn`], [`client`] (the router, the sans-I/O core every front end
 //! executes, and the blocking client: failover, replication, warm-up, drain fallback),
 //! [`lifecycle`] (probe and rejoin), [`health`] (the watch daemon) and [`drain`]. The table
 //! crate's modules are re-exported here under their names, so `libmcshm::registry` and
@@ -38,13 +39,16 @@ pub use mcshm_table::{
     registry, table,
 };
 
+pub mod access;
 pub mod auth;
+mod beside;
 pub mod client;
 pub mod conn;
 pub mod drain;
 pub mod health;
 pub mod lifecycle;
 pub mod proto;
+pub mod tls;
 
 pub use client::{Client, FailureEvent, MarkedDown, MultiGet, StoreItem, Stored};
 pub use conn::Timeouts;

@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
+use crate::access::Access;
 use crate::address::Address;
-use crate::auth::Credentials;
 use crate::conn::{Conn, Timeouts};
 use crate::domain::Domain;
 use crate::edit;
@@ -25,15 +25,12 @@ pub fn health_check(
     address: &Address,
     timeouts: Timeouts,
     check_key: Option<&[u8]>,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> Result<(), String> {
     let mut conn =
-        Conn::connect_as(address, timeouts, credentials).map_err(|e| format!("connect: {e}"))?;
+        Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
     let mut ask = |request: Request<'_>| -> Result<Reply, String> {
-        let mut buf = Vec::new();
-        request.encode(&mut buf);
-        conn.send(&buf).map_err(|e| e.to_string())?;
-        conn.receive(request.expects()).map_err(|e| e.to_string())
+        conn.ask(&request).map_err(|e| conn.explain(&e))
     };
     match ask(Request::Version)? {
         Reply::Version(_) => {}
@@ -64,20 +61,15 @@ pub fn health_check(
     Ok(())
 }
 
-/// `flush_all` on one server (authenticating with `credentials` when given); `Err` names what
+/// `flush_all` on one server (with the domain's TLS and credentials, `access`); `Err` names what
 /// failed.
-pub fn flush(
-    address: &Address,
-    timeouts: Timeouts,
-    credentials: Option<&Credentials>,
-) -> Result<(), String> {
+pub fn flush(address: &Address, timeouts: Timeouts, access: &Access) -> Result<(), String> {
     let mut conn =
-        Conn::connect_as(address, timeouts, credentials).map_err(|e| format!("connect: {e}"))?;
-    let mut buf = Vec::new();
-    let request = Request::FlushAll { delay: None };
-    request.encode(&mut buf);
-    conn.send(&buf).map_err(|e| e.to_string())?;
-    match conn.receive(request.expects()).map_err(|e| e.to_string())? {
+        Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
+    match conn
+        .ask(&Request::FlushAll { delay: None })
+        .map_err(|e| conn.explain(&e))?
+    {
         Reply::Ok => Ok(()),
         other => Err(format!("flush_all refused: {other:?}")),
     }
@@ -171,16 +163,14 @@ pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Resu
     }
     if flushed {
         let dir = writer.path().parent().unwrap_or(std::path::Path::new("."));
-        let credentials = crate::auth::load(dir, writer.domain())?;
+        let access = crate::access::Access::load(dir, writer.domain())?;
         for server in &due {
-            flush(&server.address, how.timeouts, credentials.as_ref()).map_err(|error| {
-                Error::Network {
-                    server: server.address.to_string(),
-                    error: format!(
-                        "{error}; it stays down (rejoin policy {})",
-                        policy.rejoin.as_str()
-                    ),
-                }
+            flush(&server.address, how.timeouts, &access).map_err(|error| Error::Network {
+                server: server.address.to_string(),
+                error: format!(
+                    "{error}; it stays down (rejoin policy {})",
+                    policy.rejoin.as_str()
+                ),
             })?;
         }
     }
@@ -243,7 +233,7 @@ pub fn prepare_load(
     current: Option<&[crate::table::Server]>,
     loaded: &mut crate::table::Table,
     timeouts: Timeouts,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> LoadPlan {
     let mut plan = LoadPlan::default();
     let Some(current) = current else {
@@ -260,7 +250,7 @@ pub fn prepare_load(
         if !joins {
             continue;
         }
-        match flush(&server.address, timeouts, credentials) {
+        match flush(&server.address, timeouts, access) {
             Ok(()) => {
                 server.strays_since = 0;
                 plan.flushed.push(server.address.clone());
@@ -298,7 +288,7 @@ pub fn flush_joining(
     present: &[Server],
     new: &[Server],
     timeouts: Timeouts,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> Result<()> {
     for server in new {
         if present
@@ -307,7 +297,7 @@ pub fn flush_joining(
         {
             continue;
         }
-        flush(&server.address, timeouts, credentials).map_err(|error| Error::Network {
+        flush(&server.address, timeouts, access).map_err(|error| Error::Network {
             server: server.address.to_string(),
             error: format!(
                 "{error}: a server is flushed before it joins, so that it serves nothing stale; nothing changed (add it with --down to flush it when it comes up, or --no-flush if it holds nothing)"
@@ -367,14 +357,14 @@ pub fn load(
     loaded: &mut Table,
     no_flush: bool,
     timeouts: Timeouts,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> Result<(Commit, LoadPlan)> {
     let (dir, domain) = (target.dir, target.domain);
     let exists = domain.path_in(dir).exists();
     let mut registry = match Registry::open_writer_with(dir, domain, true, target.ownership) {
         Err(Error::Corrupt { .. }) => {
             let known = if no_flush { None } else { Some(&[][..]) };
-            let plan = prepare_load(known, loaded, timeouts, credentials);
+            let plan = prepare_load(known, loaded, timeouts, access);
             let mut table = Table::default();
             plan.apply(&mut table, loaded);
             return Ok((Registry::recreate(dir, domain, &table)?, plan));
@@ -388,7 +378,7 @@ pub fn load(
         Ok(_) => None,
         Err(_) => Some(Vec::new()),
     };
-    let plan = prepare_load(current.as_deref(), loaded, timeouts, credentials);
+    let plan = prepare_load(current.as_deref(), loaded, timeouts, access);
     let commit = match registry.transact(|t| {
         plan.apply(t, loaded);
         Ok(())

@@ -397,6 +397,40 @@ pub enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// The domain's TLS settings: speak TLS to its servers (memcached -Z)
+    ///
+    /// Stores the CA certificates that sign the servers' certificates (and, for servers that
+    /// require one, a client certificate and its key) in DIR/DOMAIN.tls, mode 0640 with the
+    /// table's group, like the credentials: the file holds the certificates themselves, so
+    /// rotating one is running this again. Every new connection to the domain's TCP servers then
+    /// speaks TLS (clients, mcproxy, probes, flushes, drains; unix sockets stay in clear). Without
+    /// options, shows the settings (exit 1 when there are none); --clear removes them.
+    ///
+    /// Example: mcadmin --domain app tls --ca /etc/ssl/cache-ca.pem --verify ca
+    #[command(group(clap::ArgGroup::new("change").args(["ca", "clear"])))]
+    Tls {
+        /// PEM file of the CA certificates that sign the servers' certificates
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// PEM file of the client certificate (chain), for servers that require one
+        /// (memcached -o ssl_verify_mode=2)
+        #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+        cert: Option<PathBuf>,
+        /// PEM file of the client certificate's private key
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
+        /// The name the servers' certificates must carry (and the SNI sent) [default: each
+        /// server's host or IP address]
+        #[arg(long, value_name = "NAME", requires = "ca")]
+        server_name: Option<String>,
+        /// full: the CA signed the certificate and it names the server; ca: the CA signed it,
+        /// whatever name it carries [default: full]
+        #[arg(long, value_name = "MODE", value_parser = verify_mode, requires = "ca")]
+        verify: Option<libmcshm::tls::Verify>,
+        /// Remove the domain's TLS settings (speak to its servers in clear)
+        #[arg(long)]
+        clear: bool,
+    },
     /// Wait until the domain's version changes, then print the new version
     Wait {
         /// Wait for a version greater than V [default: the current version]
@@ -419,4 +453,9 @@ pub struct RetryArg {
         allow_negative_numbers = true
     )]
     pub retry_interval: i64,
+}
+
+/// `--verify full|ca`.
+fn verify_mode(text: &str) -> Result<libmcshm::tls::Verify, String> {
+    libmcshm::tls::Verify::parse(text).map_err(|_| "expected full or ca".to_string())
 }

@@ -66,12 +66,12 @@ pub fn write(
 pub fn load(ctx: &Invocation, fleet: &Fleet, loaded: &Table) -> Result<Exit> {
     let mut loaded = loaded.clone();
     let current = fleet.read(&ctx.domain).ok().flatten();
-    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
     let plan = libmcshm::lifecycle::prepare_load(
         current.as_ref().map(|c| &c.table.servers[..]),
         &mut loaded,
         Timeouts::default(),
-        credentials.as_ref(),
+        &access,
     );
     let commit = fleet.transact_with(&ctx.domain, true, true, "mcadmin load", |t| {
         plan.apply(t, &loaded);
@@ -224,16 +224,16 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
                 domain: ctx.domain.to_string(),
             })?;
         if server.state == State::Down && policy.rejoin != Rejoin::Trust && !no_flush {
-            let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
-            lifecycle::flush(&server.address, Timeouts::default(), credentials.as_ref()).map_err(
-                |error| libmcshm::Error::Network {
+            let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
+            lifecycle::flush(&server.address, Timeouts::default(), &access).map_err(|error| {
+                libmcshm::Error::Network {
                     server: server.address.to_string(),
                     error: format!(
                         "{error}; it stays down (rejoin policy {})",
                         policy.rejoin.as_str()
                     ),
-                },
-            )?;
+                }
+            })?;
         }
     }
     let host = mcshm_fleet::store::hostname();

@@ -244,7 +244,7 @@ pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
         );
     }
     let timeouts = Timeouts::default();
-    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
     let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
     let prefix = client.snapshot()?.policy.prefix;
     let stop = stop_flag()?;
@@ -261,7 +261,7 @@ pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
             continue;
         }
         let swept_at = client.snapshot()?.version;
-        let keys = drain::list_keys(address, timeouts, credentials.as_ref()).map_err(|error| {
+        let keys = drain::list_keys(address, timeouts, &access).map_err(|error| {
             libmcshm::Error::Network {
                 server: address.to_string(),
                 error,

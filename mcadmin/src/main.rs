@@ -4,6 +4,7 @@
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
+mod access;
 mod cli;
 mod fleet;
 mod lifecycle;
@@ -298,7 +299,24 @@ fn run(cli: &Cli) -> Result<Exit> {
             user,
             password_file,
             clear,
-        } => auth(&ctx, user.as_deref(), password_file.as_deref(), *clear),
+        } => access::auth(&ctx, user.as_deref(), password_file.as_deref(), *clear),
+        Command::Tls {
+            ca,
+            cert,
+            key,
+            server_name,
+            verify,
+            clear,
+        } => access::tls(
+            &ctx,
+            access::TlsChange {
+                ca: ca.as_deref(),
+                client: cert.as_deref().zip(key.as_deref()),
+                server_name: server_name.as_deref(),
+                verify: *verify,
+            },
+            *clear,
+        ),
         Command::Watch {
             all,
             interval,
@@ -361,13 +379,10 @@ fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
             Err(err) => return Err(err.into()),
         },
     };
-    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
     let timeouts = Timeouts::default();
     Ok(libmcshm::lifecycle::flush_joining(
-        &present,
-        new,
-        timeouts,
-        credentials.as_ref(),
+        &present, new, timeouts, &access,
     )?)
 }
 
@@ -520,64 +535,8 @@ fn domains(ctx: &Invocation) -> Result<Exit> {
     })
 }
 
-fn auth(
-    ctx: &Invocation,
-    user: Option<&str>,
-    password_file: Option<&std::path::Path>,
-    clear: bool,
-) -> Result<Exit> {
-    use libmcshm::auth;
-    if clear {
-        let removed = auth::clear(&ctx.dir, &ctx.domain)?;
-        return print(
-            ctx,
-            || json!({"domain": ctx.domain.as_str(), "cleared": removed}),
-            || match removed {
-                true => format!("domain {}: credentials removed\n", ctx.domain),
-                false => format!("domain {}: had no credentials\n", ctx.domain),
-            },
-        )
-        .map(|()| Exit::Success);
-    }
-    let (Some(user), Some(file)) = (user, password_file) else {
-        let current = auth::load(&ctx.dir, &ctx.domain)?;
-        let user = current.as_ref().map(|c| c.user.clone());
-        return print(
-            ctx,
-            || json!({"domain": ctx.domain.as_str(), "user": user}),
-            || match &user {
-                Some(u) => format!("domain {}: user {u}\n", ctx.domain),
-                None => format!("domain {}: no credentials\n", ctx.domain),
-            },
-        )
-        .map(|()| {
-            if current.is_some() {
-                Exit::Success
-            } else {
-                Exit::No
-            }
-        });
-    };
-    let text = read_input(file, "the password")?;
-    let password = text.lines().next().unwrap_or("");
-    let credentials = auth::Credentials::new(user, password)?;
-    let path = auth::save(&ctx.dir, &ctx.domain, &credentials)?;
-    print(
-        ctx,
-        || json!({"domain": ctx.domain.as_str(), "user": user, "file": path}),
-        || {
-            format!(
-                "domain {}: credentials of user {user} in {}\n",
-                ctx.domain,
-                path.display()
-            )
-        },
-    )?;
-    Ok(Exit::Success)
-}
-
 /// The contents of `file`, or of stdin for `-` (`what` names it in the error).
-fn read_input(file: &std::path::Path, what: &str) -> Result<String> {
+pub fn read_input(file: &std::path::Path, what: &str) -> Result<String> {
     if file.as_os_str() == "-" {
         let mut text = String::new();
         io::stdin()
@@ -601,7 +560,7 @@ fn load(ctx: &Invocation, file: &std::path::Path, initial: bool, no_flush: bool)
             Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()),
         );
     }
-    let credentials = libmcshm::auth::load(&ctx.dir, &ctx.domain)?;
+    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
     let target = libmcshm::lifecycle::LoadTarget {
         dir: &ctx.dir,
         domain: &ctx.domain,
@@ -609,13 +568,8 @@ fn load(ctx: &Invocation, file: &std::path::Path, initial: bool, no_flush: bool)
         lock_wait: ctx.lock_wait,
     };
     let timeouts = Timeouts::default();
-    let (commit, plan) = libmcshm::lifecycle::load(
-        &target,
-        &mut loaded,
-        no_flush,
-        timeouts,
-        credentials.as_ref(),
-    )?;
+    let (commit, plan) =
+        libmcshm::lifecycle::load(&target, &mut loaded, no_flush, timeouts, &access)?;
     load_report(ctx, commit, &plan)
 }
 

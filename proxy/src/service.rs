@@ -220,13 +220,10 @@ impl Service {
         })
     }
 
-    /// Where a new server connection of the domain finds its credentials.
-    pub fn credentials(
-        dir: &std::path::Path,
-        domain: &Domain,
-    ) -> crate::upstream::CredentialSource {
+    /// Where a new server connection of the domain finds its TLS settings and credentials.
+    pub fn access(dir: &std::path::Path, domain: &Domain) -> crate::upstream::AccessSource {
         let (dir, domain) = (dir.to_path_buf(), domain.clone());
-        Arc::new(move || libmcshm::auth::load(&dir, &domain))
+        Arc::new(move || libmcshm::access::Access::load(&dir, &domain))
     }
 
     fn router(&self) -> RefMut<'_, Router> {

@@ -1,4 +1,12 @@
-//! A connection of the event loop, TCP or unix socket, as one type.
+//! A connection of the event loop, TCP, TLS over TCP (to servers) or unix socket, as one type.
+//!
+//! TLS on a non-blocking socket, as the event loop needs it: rustls takes a write's requests
+//! whole (its buffers have no limit: what the loop queued is bounded by the requests it carries) and
+//! writes what the socket takes; the rest, and the handshake, go out as the socket allows
+//! ([`Stream::flush_pending`] on each writable event, and after each read that made TLS
+//! bytes to send). A read decrypts until the caller's buffer is full or the socket has nothing
+//! more (the loop is edge-triggered: a short read must mean the socket is drained, as it does
+//! for TCP).
 
 use std::io::{self, Read, Write};
 
@@ -8,6 +16,57 @@ use mio::{Interest, Registry, Token};
 pub enum Stream {
     Tcp(mio::net::TcpStream),
     Unix(mio::net::UnixStream),
+    Tls(Box<TlsStream>),
+}
+
+/// A TLS client session over a non-blocking TCP socket.
+pub struct TlsStream {
+    sock: mio::net::TcpStream,
+    session: rustls::ClientConnection,
+}
+
+impl TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        loop {
+            match self.session.reader().read(&mut buf[filled..]) {
+                Ok(0) => return Ok(filled), // the server's close_notify: the end
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) if filled > 0 => return Ok(filled), // said again at the next read
+                Err(err) => return Err(err),
+            }
+            if filled == buf.len() {
+                return Ok(filled);
+            }
+            match self.session.read_tls(&mut self.sock) {
+                Ok(0) => return Ok(filled), // the end of the stream
+                Ok(_) => {
+                    self.session
+                        .process_new_packets()
+                        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+                    self.flush_pending()?;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
+                    return Ok(filled);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut self.sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Read for Stream {
@@ -15,6 +74,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -24,6 +84,13 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            // Whole requests (the event loop writes from a request's start), in the records
+            // memcached needs (see libmcshm::tls::write_requests).
+            Stream::Tls(s) => {
+                libmcshm::tls::write_requests(&mut s.session, buf)?;
+                s.flush_pending()?;
+                Ok(buf.len())
+            }
         }
     }
 
@@ -33,11 +100,30 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// The TCP connection `self`, to speak TLS with `session` (its handshake goes out with the
+    /// first writes). A unix socket stays in clear.
+    pub fn with_tls(self, session: rustls::ClientConnection) -> Stream {
+        match self {
+            Stream::Tcp(sock) => Stream::Tls(Box::new(TlsStream { sock, session })),
+            other => other,
+        }
+    }
+
+    /// Writes the TLS bytes the socket did not take before (a no-op in clear).
+    pub fn flush_pending(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tls(s) => s.flush_pending(),
+            _ => Ok(()),
+        }
+    }
+
     /// A non-blocking connect's outcome, once the socket is writable: `Ok(true)` connected,
     /// `Ok(false)` not yet.
     pub fn connected(&self) -> io::Result<bool> {
-        let Stream::Tcp(s) = self else {
-            return Ok(true);
+        let s = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(tls) => &tls.sock,
+            Stream::Unix(_) => return Ok(true),
         };
         if let Some(err) = s.take_error()? {
             return Err(err);
@@ -53,6 +139,7 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tls(s) => s.sock.shutdown(std::net::Shutdown::Write),
         };
     }
 }
@@ -62,6 +149,7 @@ impl Source for Stream {
         match self {
             Stream::Tcp(s) => s.register(r, t, i),
             Stream::Unix(s) => s.register(r, t, i),
+            Stream::Tls(s) => s.sock.register(r, t, i),
         }
     }
 
@@ -69,6 +157,7 @@ impl Source for Stream {
         match self {
             Stream::Tcp(s) => s.reregister(r, t, i),
             Stream::Unix(s) => s.reregister(r, t, i),
+            Stream::Tls(s) => s.sock.reregister(r, t, i),
         }
     }
 
@@ -76,6 +165,7 @@ impl Source for Stream {
         match self {
             Stream::Tcp(s) => s.deregister(r),
             Stream::Unix(s) => s.deregister(r),
+            Stream::Tls(s) => s.sock.deregister(r),
         }
     }
 }

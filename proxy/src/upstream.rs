@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use libmcshm::access::Access;
 use libmcshm::auth::Credentials;
 use libmcshm::{Address, Snapshot, Timeouts};
 use mio::{Interest, Registry, Token};
@@ -45,14 +46,21 @@ impl Failure {
         }
     }
 
+    /// An I/O error, or the TLS error rustls reports through one (explained in words).
     fn io(context: &str, err: &io::Error) -> Failure {
-        Failure::new(format!("{context}: {err}"), mcshm_route::io_errno(err))
+        match err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => Failure::new(libmcshm::tls::explain(tls), libc::EPROTO),
+            None => Failure::new(format!("{context}: {err}"), mcshm_route::io_errno(err)),
+        }
     }
 }
 
-/// Where the domain's credentials are found (`mcadmin auth`): read for each new connection, so
-/// a change applies without a restart.
-pub type CredentialSource = Arc<dyn Fn() -> libmcshm::Result<Option<Credentials>>>;
+/// Where the domain's TLS settings and credentials are found (`mcadmin tls`, `mcadmin auth`):
+/// read for each new connection, so a change applies without a restart.
+pub type AccessSource = Arc<dyn Fn() -> libmcshm::Result<Access>>;
 
 /// Who waits for a reply.
 pub enum Deliver<D> {
@@ -91,7 +99,7 @@ struct Conn<D> {
 
 /// A domain's part in the connections.
 struct DomainNet {
-    credentials: CredentialSource,
+    access: AccessSource,
     stats: Arc<crate::stats::ProxyStats>,
     version: u64,
 }
@@ -138,11 +146,11 @@ impl<D> Net<D> {
     /// A domain whose requests go through this net: its number.
     pub fn add_domain(
         &mut self,
-        credentials: CredentialSource,
+        access: AccessSource,
         stats: Arc<crate::stats::ProxyStats>,
     ) -> usize {
         self.domains.push(DomainNet {
-            credentials,
+            access,
             stats,
             version: u64::MAX,
         });
@@ -214,7 +222,15 @@ impl<D> Net<D> {
     /// A new connection to `address` (its connect started); the failure if it cannot start.
     fn open(&mut self, domain: usize, address: &Address) -> Result<usize, Failure> {
         let stats = self.domains[domain].stats.server(&address.to_string());
-        let stream = connect(address)?;
+        let access = (self.domains[domain].access)()
+            .map_err(|err| Failure::new(err.to_string(), libc::EACCES))?;
+        let mut stream = connect(address)?;
+        if let (Some(tls), Stream::Tcp(_)) = (&access.tls, &stream) {
+            let session = tls
+                .connect(address)
+                .map_err(|err| Failure::io("TLS", &err))?;
+            stream = stream.with_tls(session);
+        }
         let broken = None;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -241,20 +257,16 @@ impl<D> Net<D> {
                 conn.broken = Some(Failure::io("connect", &err));
             }
         }
-        if conn.broken.is_none() {
-            match (self.domains[domain].credentials)() {
-                Ok(None) => {}
-                Ok(Some(credentials)) => {
-                    conn.out.extend_from_slice(&credentials.request());
-                    conn.credentials = Some(credentials);
-                    conn.in_flight.push_back(Waiter {
-                        frame: Frame::Line,
-                        sent: Instant::now(),
-                        to: Deliver::Auth,
-                    });
-                }
-                Err(err) => conn.broken = Some(Failure::new(err.to_string(), libc::EACCES)),
-            }
+        if conn.broken.is_none()
+            && let Some(credentials) = access.credentials
+        {
+            conn.out.extend_from_slice(&credentials.request());
+            conn.credentials = Some(credentials);
+            conn.in_flight.push_back(Waiter {
+                frame: Frame::Line,
+                sent: Instant::now(),
+                to: Deliver::Auth,
+            });
         }
         if conn.broken.is_some() {
             self.broken.push(key);
@@ -485,6 +497,9 @@ fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
     if conn.connecting.is_some() {
         return Ok(());
     }
+    conn.stream
+        .flush_pending()
+        .map_err(|err| Failure::io("write", &err))?;
     while conn.written < conn.out.len() {
         match conn.stream.write(&conn.out[conn.written..]) {
             Ok(0) => {

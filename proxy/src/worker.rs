@@ -102,7 +102,7 @@ pub fn run(setup: Setup) {
     let mut net = Net::new(registry, server_token, setup.timeouts, setup.width);
     let mut services = Vec::new();
     for (dir, domain, stats) in &setup.domains {
-        let number = net.add_domain(Service::credentials(dir, domain), stats.clone());
+        let number = net.add_domain(Service::access(dir, domain), stats.clone());
         match Service::new(
             dir,
             domain,

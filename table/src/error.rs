@@ -57,6 +57,9 @@ pub enum Error {
         path.display()
     )]
     Corrupt { path: PathBuf, why: String },
+    /// A settings file beside the table (TLS settings) cannot be used; `why` names the fix.
+    #[error("{} cannot be used: {why}", path.display())]
+    Unusable { path: PathBuf, why: String },
     /// The file was written by a newer mcshm whose format this build cannot read.
     #[error(
         "{} has format version {found} and needs a reader of version {needs}; this mcshm reads format {supported}: upgrade mcshm",

@@ -30,7 +30,9 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
         "libmcshm/src",
         &[
             &["proto"],
-            &["auth"],
+            &["beside"],
+            &["auth", "tls"],
+            &["access"],
             &["conn"],
             &["lifecycle"],
             &["client"],

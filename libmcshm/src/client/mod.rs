@@ -122,9 +122,9 @@ pub struct Client {
     timeouts: Timeouts,
     conns: HashMap<Address, Conn>,
     scratch: Vec<u8>,
-    /// The domain whose credentials (see [`crate::auth`]) every new connection presents; read
-    /// at each connect, so that changed credentials are used without a restart.
-    auth_domain: Option<(PathBuf, Domain)>,
+    /// The domain whose TLS settings and credentials (see [`crate::access`]) every new
+    /// connection uses; read at each connect, so that a change applies without a restart.
+    access_domain: Option<(PathBuf, Domain)>,
 }
 
 impl Client {
@@ -136,19 +136,17 @@ impl Client {
         timeouts: Timeouts,
     ) -> Result<Client> {
         let mut client = Client::new(Router::for_domain(dir.as_ref(), domain)?, timeouts);
-        client.auth_domain = Some((dir.as_ref().to_path_buf(), domain.clone()));
+        client.access_domain = Some((dir.as_ref().to_path_buf(), domain.clone()));
         Ok(client)
     }
 
-    /// The credentials a new connection presents (none for a private server list).
-    pub(super) fn credentials(
-        &self,
-    ) -> std::result::Result<Option<crate::auth::Credentials>, ConnError> {
-        match &self.auth_domain {
+    /// What a new connection uses (nothing for a private server list).
+    pub(super) fn access(&self) -> std::result::Result<crate::access::Access, ConnError> {
+        match &self.access_domain {
             Some((dir, domain)) => {
-                crate::auth::load(dir, domain).map_err(|e| ConnError::Auth(e.to_string()))
+                crate::access::Access::load(dir, domain).map_err(|e| ConnError::Auth(e.to_string()))
             }
-            None => Ok(None),
+            None => Ok(crate::access::Access::none()),
         }
     }
 
@@ -173,7 +171,7 @@ impl Client {
             timeouts,
             conns: HashMap::new(),
             scratch: Vec::new(),
-            auth_domain: None,
+            access_domain: None,
         }
     }
 

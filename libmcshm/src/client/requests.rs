@@ -140,13 +140,19 @@ impl Client {
         sent.map(|()| end)
     }
 
-    /// Sends `bytes` to `address` (connecting first if need be).
-    fn send_bytes(&mut self, address: &Address, bytes: &[u8]) -> Result<(), ConnError> {
+    /// Opens a connection to `address` unless there is one (TLS and credentials as the
+    /// domain's files say now).
+    fn connect(&mut self, address: &Address) -> Result<(), ConnError> {
         if !self.conns.contains_key(address) {
-            let credentials = self.credentials()?;
-            let conn = Conn::connect_as(address, self.timeouts, credentials.as_ref())?;
+            let conn = Conn::connect_as(address, self.timeouts, &self.access()?)?;
             self.conns.insert(address.clone(), conn);
         }
+        Ok(())
+    }
+
+    /// Sends `bytes` to `address` (connecting first if need be).
+    fn send_bytes(&mut self, address: &Address, bytes: &[u8]) -> Result<(), ConnError> {
+        self.connect(address)?;
         self.conns.get_mut(address).expect("connected").send(bytes)
     }
 
@@ -157,11 +163,7 @@ impl Client {
         request: &Request<'_>,
         prefix: &KeyPrefix,
     ) -> Result<(), ConnError> {
-        if !self.conns.contains_key(address) {
-            let credentials = self.credentials()?;
-            let conn = Conn::connect_as(address, self.timeouts, credentials.as_ref())?;
-            self.conns.insert(address.clone(), conn);
-        }
+        self.connect(address)?;
         self.scratch.clear();
         request.encode_prefixed(&mut self.scratch, prefix.as_bytes());
         let conn = self.conns.get_mut(address).expect("inserted above");
@@ -181,14 +183,10 @@ impl Client {
                 Ok(value)
             }
             Err(err) => {
-                let unanswered = self.conns.remove(address).is_some_and(|c| c.replies() == 0);
-                let mut text = err.to_string();
-                if unanswered
-                    && matches!(&err, ConnError::Io(_))
-                    && let Some(why) = crate::conn::not_text_protocol(address, self.timeouts)
-                {
-                    text = format!("{text}: {why}");
-                }
+                let text = match self.conns.remove(address) {
+                    Some(conn) => conn.explain(&err),
+                    None => err.to_string(),
+                };
                 self.router.failed(server, &text, errno(&err));
                 Err(Error::Network {
                     server: address.to_string(),
@@ -221,14 +219,8 @@ impl Client {
         requests: &[Request<'_>],
         prefix: &KeyPrefix,
     ) -> Result<Vec<Reply>, ConnError> {
-        let conn = match self.conns.get_mut(address) {
-            Some(conn) => conn,
-            None => {
-                let credentials = self.credentials()?;
-                let conn = Conn::connect_as(address, self.timeouts, credentials.as_ref())?;
-                self.conns.entry(address.clone()).or_insert(conn)
-            }
-        };
+        self.connect(address)?;
+        let conn = self.conns.get_mut(address).expect("connected");
         let mut replies = Vec::with_capacity(requests.len());
         let (mut sent, mut in_flight) = (0, std::collections::VecDeque::new());
         let mut in_flight_bytes = 0;
@@ -318,5 +310,6 @@ fn errno(err: &ConnError) -> i32 {
         ConnError::Io(e) => mcshm_route::io_errno(e),
         ConnError::Protocol(_) => libc::EPROTO,
         ConnError::Auth(_) => libc::EACCES,
+        ConnError::Tls(_) => libc::EPROTO,
     }
 }
