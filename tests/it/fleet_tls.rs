@@ -10,96 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::certs::{authority, certificate};
 use crate::common::etcd::free_port;
 use crate::common::wait_until;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A P-256 private key in `dir/key`.
-fn ec_key(dir: &Path, key: &str) {
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            key,
-        ],
-    );
-}
-
-/// `NAME.key` and `NAME.crt` signed by `ca` (CN `cn`, or no CommonName when empty).
-fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str) {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let crt = format!("{name}.crt");
-    let subject = match cn {
-        "" => "/O=mcshm-tests".to_string(),
-        cn => format!("/CN={cn}"),
-    };
-    ec_key(dir, &key);
-    openssl(
-        dir,
-        &["req", "-new", "-key", &key, "-out", &csr, "-subj", &subject],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            extensions,
-        ],
-    );
-}
-
-fn authority(dir: &Path, name: &str) {
-    let key = format!("{name}.key");
-    ec_key(dir, &key);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &key,
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-}
 
 struct Etcd(Child);
 

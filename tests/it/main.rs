@@ -33,3 +33,4 @@ mod proxy_binary;
 mod proxy_clients;
 mod readme;
 mod shared_ring;
+mod tls;
