@@ -1,8 +1,11 @@
 //! Certificates made at run time with openssl, for the TLS tests (etcd's and memcached's): a
 //! CA, certificates it signs with the extensions of the test's `ext.cnf`, an expired one.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+
+use super::memcached::Memcached;
 
 pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -136,4 +139,55 @@ pub fn expired_certificate(dir: &Path, name: &str, ca: &str, extensions: &str) {
             extensions,
         ],
     );
+}
+
+/// The certificates of a memcached TLS test, in a directory of their own: `ca`, `other-ca`,
+/// `server` (for 127.0.0.1), `named` (for cache.example), `client`.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "[server]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
+             [named]\nsubjectAltName=DNS:cache.example\nextendedKeyUsage=serverAuth\n\
+             [client]\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        authority(d, "ca");
+        authority(d, "other-ca");
+        certificate(d, "server", "ca", "server", "server");
+        certificate(d, "named", "ca", "named", "named");
+        certificate(d, "client", "ca", "client", "client");
+        // memcached runs as another user when the tests run as root (-u root keeps root);
+        // either way the key files must be readable by it.
+        for key in ["server.key", "named.key"] {
+            std::fs::set_permissions(d.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// `memcached -Z` with certificate `cert`, plus `extra` options.
+    pub fn memcached(&self, cert: &str, extra: &str) -> Memcached {
+        let options = format!(
+            "ssl_chain_cert={},ssl_key={}{extra}",
+            self.path(&format!("{cert}.crt")),
+            self.path(&format!("{cert}.key"))
+        );
+        Memcached::start_with(&["-Z", "-o", &options])
+    }
+
+    /// A server that requires a client certificate signed by the CA.
+    pub fn memcached_requiring_clients(&self) -> Memcached {
+        let extra = format!(",ssl_ca_cert={},ssl_verify_mode=2", self.path("ca.crt"));
+        self.memcached("server", &extra)
+    }
 }

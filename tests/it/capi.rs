@@ -1,13 +1,15 @@
 //! The C library as a user gets it: `make install` into a temporary prefix, pkg-config, the
 //! system compiler, and a C daemon (tests/c/daemon.c) that sees an mcadmin change, talks to a
 //! real memcached, gets the failure callback when it is killed, and refuses bad arguments. The
-//! daemon also runs under valgrind: no errors, no leaks definitely lost.
+//! daemon also runs under valgrind: no errors, no leaks definitely lost; and once more against a
+//! server that speaks only TLS, the domain given its TLS settings by `mcadmin tls`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::common::Reg;
+use crate::common::certs::Certs;
 use crate::common::memcached::Memcached;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -59,13 +61,21 @@ fn compile_daemon(prefix: &Path, out_dir: &Path) -> PathBuf {
 }
 
 /// Drives the daemon through its scenario (see daemon.c); `wrapper` runs it (e.g. valgrind).
-fn scenario(daemon: &Path, wrapper: &[&str]) {
+/// With `tls`, the server speaks only TLS and the domain has TLS settings: the C API's
+/// connections (and `up`'s flush) go through them unchanged.
+fn scenario(daemon: &Path, wrapper: &[&str], tls: Option<&Certs>) {
     let reg = Reg::new();
-    let mut mc = Memcached::start();
+    let mut mc = match tls {
+        Some(certs) => certs.memcached("server", ""),
+        None => Memcached::start(),
+    };
     reg.ok(
         "capp",
         &["add", &mc.address(), "--down", "--retry-interval", "-1"],
     );
+    if let Some(certs) = tls {
+        reg.ok("capp", &["tls", "--ca", &certs.path("ca.crt")]);
+    }
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -140,7 +150,8 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
         "{flags}"
     );
     let daemon = compile_daemon(&prefix, tmp.path());
-    scenario(&daemon, &[]);
+    scenario(&daemon, &[], None);
+    scenario(&daemon, &[], Some(&Certs::new()));
     let valgrind = [
         "valgrind",
         "-q",
@@ -152,5 +163,5 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
     if Command::new("valgrind").arg("--version").output().is_err() {
         panic!("valgrind not found: apt-get install -y valgrind");
     }
-    scenario(&daemon, &valgrind);
+    scenario(&daemon, &valgrind, None);
 }

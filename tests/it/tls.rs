@@ -11,60 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::certs::{authority, certificate, expired_certificate};
+use crate::common::certs::{Certs, expired_certificate};
 use crate::common::memcached::Memcached;
 use crate::common::proxy::Proxy;
 use crate::common::{Reg, wait_until};
-
-/// The certificates of a test, in a directory of their own.
-struct Certs {
-    dir: tempfile::TempDir,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(
-            d.join("ext.cnf"),
-            "[server]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
-             [named]\nsubjectAltName=DNS:cache.example\nextendedKeyUsage=serverAuth\n\
-             [client]\nextendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        authority(d, "ca");
-        authority(d, "other-ca");
-        certificate(d, "server", "ca", "server", "server");
-        certificate(d, "named", "ca", "named", "named");
-        certificate(d, "client", "ca", "client", "client");
-        // memcached runs as another user when the tests run as root (-u root keeps root);
-        // either way the key files must be readable by it.
-        for key in ["server.key", "named.key"] {
-            std::fs::set_permissions(d.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
-        }
-        Certs { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().unwrap().to_string()
-    }
-
-    /// `memcached -Z` with certificate `cert`, plus `extra` options.
-    fn memcached(&self, cert: &str, extra: &str) -> Memcached {
-        let options = format!(
-            "ssl_chain_cert={},ssl_key={}{extra}",
-            self.path(&format!("{cert}.crt")),
-            self.path(&format!("{cert}.key"))
-        );
-        Memcached::start_with(&["-Z", "-o", &options])
-    }
-
-    /// A server that requires a client certificate signed by the CA.
-    fn memcached_requiring_clients(&self) -> Memcached {
-        let extra = format!(",ssl_ca_cert={},ssl_verify_mode=2", self.path("ca.crt"));
-        self.memcached("server", &extra)
-    }
-}
 
 fn mclient(reg: &Reg, domain: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mclient"))
