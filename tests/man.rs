@@ -266,7 +266,9 @@ Keys are placed by the domain's distribution (\fBmcadmin policy \-\-distribution
 key prefix (\fBmcadmin policy \-\-prefix\fR) clients send bare keys: the servers get them
 after the prefix and the replies name them bare; a meta command with a base64 key (\fBb\fR) is
 refused on such a domain. With credentials (\fBmcadmin auth\fR) every server connection
-authenticates first (memcached \fB\-Y\fR), reading them when it opens.
+authenticates first (memcached \fB\-Y\fR); with TLS settings (\fBmcadmin tls\fR) every
+connection to a TCP server speaks TLS (memcached \fB\-Z\fR) while clients speak to the proxy in
+clear; both are read when a connection opens.
 .SH SIGNALS
 .TP
 .B SIGTERM, SIGINT

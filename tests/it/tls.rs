@@ -433,6 +433,8 @@ fn mcproxy_serves_clients_in_clear_from_tls_servers() {
     );
     let reg = Reg::new();
     reg.ok("px", &["add", "--no-flush", &a.address(), &b.address()]);
+    // Started before the domain has TLS settings: they are read when a connection opens.
+    let proxy = Proxy::start(&reg, "px", &[]);
     let client = [
         "--ca",
         "ca.crt",
@@ -442,7 +444,6 @@ fn mcproxy_serves_clients_in_clear_from_tls_servers() {
         "client.key",
     ];
     assert_eq!(tls(&reg, &certs, "px", &client).code(), 0);
-    let proxy = Proxy::start(&reg, "px", &[]);
     let script = r#"
 import sys
 from pymemcache.client.base import Client

@@ -37,5 +37,8 @@ fn main() {
         }
     }
     let per = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-    println!("{per:.0} µs per connection ({n} connections, TLS: {})", access.tls.is_some());
+    println!(
+        "{per:.0} µs per connection ({n} connections, TLS: {})",
+        access.tls.is_some()
+    );
 }
