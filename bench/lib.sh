@@ -48,3 +48,6 @@ start_mcproxy() {
     for _ in $(seq 100); do grep -q serving "$work/mcproxy.log" 2>/dev/null && break; sleep 0.05; done
     mcproxy_addr=$(sed -n 's/.* on \(127.*\)$/\1/p' "$work/mcproxy.log" | head -1)
 }
+
+# loadgen_field JSON NAME: the number NAME of a loadgen result line (rps, p50_us, p99_us, requests).
+loadgen_field() { sed "s/.*\"$2\":\([0-9]*\).*/\1/" <<<"$1"; }

@@ -61,12 +61,12 @@ for op in ${OPS:-get set mget10}; do
                 if [ -n "$pid" ]; then
                     # (Includes the populate phase's requests, which are counted too.)
                     used=$(( $(cpu_ticks "$pid") - before ))
-                    requests=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$out")
+                    requests=$(loadgen_field "$out" requests)
                     cpu=$(awk -v t="$used" -v hz="$hz" -v r="$requests" 'BEGIN {printf "%.3f", t / hz / ((r + 10000) / 100000)}')
                 fi
-                rps=$(sed 's/.*"rps":\([0-9]*\).*/\1/' <<<"$out")
-                p50=$(sed 's/.*"p50_us":\([0-9]*\).*/\1/' <<<"$out")
-                p99=$(sed 's/.*"p99_us":\([0-9]*\).*/\1/' <<<"$out")
+                rps=$(loadgen_field "$out" rps)
+                p50=$(loadgen_field "$out" p50_us)
+                p99=$(loadgen_field "$out" p99_us)
                 echo "$op $conns $path $rps $p50 $p99 $cpu" >> "$results"
             done
         done

@@ -59,9 +59,9 @@ for op in ${OPS:-get set mget10}; do
                         mcproxy:tls) args=(--target "${proxy_for[1]}") ;;
                     esac
                     out=$("$LOADGEN" "${args[@]}" --op "$op" --conns "$conns" --seconds "$SECS")
-                    rps=$(sed 's/.*"rps":\([0-9]*\).*/\1/' <<<"$out")
-                    p50=$(sed 's/.*"p50_us":\([0-9]*\).*/\1/' <<<"$out")
-                    p99=$(sed 's/.*"p99_us":\([0-9]*\).*/\1/' <<<"$out")
+                    rps=$(loadgen_field "$out" rps)
+                    p50=$(loadgen_field "$out" p50_us)
+                    p99=$(loadgen_field "$out" p99_us)
                     echo "$op $conns $path $wire $rps $p50 $p99" >> "$results"
                 done
             done

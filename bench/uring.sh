@@ -45,8 +45,8 @@ for conns in ${CONNS:-16 64}; do
             out=$("$LOADGEN" --target "${addr[$name]}" --op get --conns "$conns" --seconds "$SECS")
             used=$(( $(ticks "${pid[$name]}") - before ))
             r=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<<"$out")
-            rps=$(sed 's/.*"rps":\([0-9]*\).*/\1/' <<<"$out")
-            p99=$(sed 's/.*"p99_us":\([0-9]*\).*/\1/' <<<"$out")
+            rps=$(loadgen_field "$out" rps)
+            p99=$(loadgen_field "$out" p99_us)
             echo "$conns $name $rps $p99 $(awk -v t="$used" -v hz="$hz" -v r="$r" 'BEGIN {print t / hz / ((r + 10000) / 100000)}')" >> "$work/results"
         done
     done

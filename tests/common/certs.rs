@@ -36,8 +36,13 @@ pub fn ec_key(dir: &Path, key: &str) {
     );
 }
 
-/// `NAME.key` and `NAME.crt` signed by `ca` (CN `cn`, or no CommonName when empty).
+/// `NAME.key` and `NAME.crt` signed by `ca` (CN `cn`, or no CommonName when empty), valid for
+/// two days, with the `extensions` section of the directory's `ext.cnf`.
 pub fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str) {
+    signed(dir, name, ca, cn, extensions, "2");
+}
+
+fn signed(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str, days: &str) {
     let key = format!("{name}.key");
     let csr = format!("{name}.csr");
     let crt = format!("{name}.crt");
@@ -65,7 +70,7 @@ pub fn certificate(dir: &Path, name: &str, ca: &str, cn: &str, extensions: &str)
             "-out",
             &crt,
             "-days",
-            "2",
+            days,
             "-extfile",
             "ext.cnf",
             "-extensions",
@@ -98,47 +103,7 @@ pub fn authority(dir: &Path, name: &str) {
 /// `NAME.key` and `NAME.crt` signed by `ca`, whose validity ends the second it begins: expired
 /// from the next second on.
 pub fn expired_certificate(dir: &Path, name: &str, ca: &str, extensions: &str) {
-    let (key, csr, crt) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-    );
-    ec_key(dir, &key);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "0",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            extensions,
-        ],
-    );
+    signed(dir, name, ca, name, extensions, "0");
 }
 
 /// The certificates of a memcached TLS test, in a directory of their own: `ca`, `other-ca`,

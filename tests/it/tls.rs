@@ -38,6 +38,39 @@ fn failed_get(reg: &Reg, domain: &str) -> (Option<i32>, String, Duration) {
     (out.status.code(), stderr(&out), started.elapsed())
 }
 
+/// `mclient --timeout 10s get` fails as a server failure (exit 3) whose message holds each of
+/// `says`, well before its timeout (a server that is not what the domain says is not waited
+/// for).
+fn refused_at_once(reg: &Reg, domain: &str, says: &[&str]) {
+    let (code, message, took) = failed_get(reg, domain);
+    assert_eq!(code, Some(3), "{message}");
+    assert!(says.iter().all(|s| message.contains(s)), "{message}");
+    assert!(
+        took < Duration::from_secs(5),
+        "waited {took:?} for the timeout"
+    );
+}
+
+/// The arguments of `mcadmin tls` with the CA and the client certificate.
+const CLIENT: [&str; 6] = [
+    "--ca",
+    "ca.crt",
+    "--cert",
+    "client.crt",
+    "--key",
+    "client.key",
+];
+
+/// Domain `domain` of two TLS servers, the second requiring client certificates.
+fn two_servers(certs: &Certs, reg: &Reg, domain: &str) -> (Memcached, Memcached) {
+    let (a, b) = (
+        certs.memcached("server", ""),
+        certs.memcached_requiring_clients(),
+    );
+    reg.ok(domain, &["add", "--no-flush", &a.address(), &b.address()]);
+    (a, b)
+}
+
 /// `mcadmin tls ARGS…` in the certificates' directory.
 fn tls(reg: &Reg, certs: &Certs, domain: &str, args: &[&str]) -> crate::common::Run {
     let mut cmd = reg.cmd(domain, &[&["tls"], args].concat());
@@ -48,11 +81,16 @@ fn tls(reg: &Reg, certs: &Certs, domain: &str, args: &[&str]) -> crate::common::
 fn set_and_get(reg: &Reg, domain: &str) {
     let out = mclient(reg, domain, &["set", "k", "secret"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let out = mclient(reg, domain, &["get", "k"]);
+    assert_get(reg, domain, "k", "secret");
+}
+
+/// `mclient get KEY` prints `value`.
+fn assert_get(reg: &Reg, domain: &str, key: &str, value: &str) {
+    let out = mclient(reg, domain, &["get", key]);
     assert_eq!(
         (out.status.code(), out.stdout.as_slice()),
-        (Some(0), &b"secret"[..]),
-        "{}",
+        (Some(0), value.as_bytes()),
+        "{key}: {}",
         stderr(&out)
     );
 }
@@ -77,15 +115,10 @@ fn mclient_speaks_tls_and_each_mistake_is_named_at_once() {
     }
 
     // Clear text to a TLS server: named at once, with the fix.
-    let (code, message, took) = failed_get(&reg, "a");
-    assert_eq!(code, Some(3), "{message}");
-    assert!(
-        message.contains("the server speaks TLS (memcached -Z)") && message.contains("mcadmin tls"),
-        "{message}"
-    );
-    assert!(
-        took < Duration::from_secs(5),
-        "waited {took:?} for the timeout"
+    refused_at_once(
+        &reg,
+        "a",
+        &["the server speaks TLS (memcached -Z)", "mcadmin tls"],
     );
 
     // The settings: stored 0640, shown, used.
@@ -116,11 +149,10 @@ fn mclient_speaks_tls_and_each_mistake_is_named_at_once() {
 
     // Another CA.
     assert_eq!(tls(&reg, &certs, "a", &["--ca", "other-ca.crt"]).code(), 0);
-    let (code, message, _) = failed_get(&reg, "a");
-    assert_eq!(code, Some(3), "{message}");
-    assert!(
-        message.contains("TLS: the server's certificate is not signed by the domain's CA"),
-        "{message}"
+    refused_at_once(
+        &reg,
+        "a",
+        &["TLS: the server's certificate is not signed by the domain's CA"],
     );
     reg.ok("a", &["up", &plain_tls.address()]);
     assert_eq!(tls(&reg, &certs, "a", &["--ca", "ca.crt"]).code(), 0);
@@ -128,11 +160,10 @@ fn mclient_speaks_tls_and_each_mistake_is_named_at_once() {
 
     // A certificate for another name: refused, then accepted by name or by CA alone.
     assert_eq!(tls(&reg, &certs, "named", &["--ca", "ca.crt"]).code(), 0);
-    let (code, message, _) = failed_get(&reg, "named");
-    assert_eq!(code, Some(3), "{message}");
-    assert!(
-        message.contains("does not name the server") && message.contains("--server-name"),
-        "{message}"
+    refused_at_once(
+        &reg,
+        "named",
+        &["does not name the server", "--server-name"],
     );
     reg.ok("named", &["up", &named.address()]);
     let by_name = ["--ca", "ca.crt", "--server-name", "cache.example"];
@@ -146,23 +177,9 @@ fn mclient_speaks_tls_and_each_mistake_is_named_at_once() {
 
     // A server that requires a client certificate.
     assert_eq!(tls(&reg, &certs, "strict", &["--ca", "ca.crt"]).code(), 0);
-    let (code, message, took) = failed_get(&reg, "strict");
-    assert_eq!(code, Some(3), "{message}");
-    assert!(message.contains("wants a client certificate"), "{message}");
-    assert!(
-        took < Duration::from_secs(5),
-        "waited {took:?} for the timeout"
-    );
+    refused_at_once(&reg, "strict", &["wants a client certificate"]);
     reg.ok("strict", &["up", &strict.address()]);
-    let client = [
-        "--ca",
-        "ca.crt",
-        "--cert",
-        "client.crt",
-        "--key",
-        "client.key",
-    ];
-    let run = tls(&reg, &certs, "strict", &client);
+    let run = tls(&reg, &certs, "strict", &CLIENT);
     assert!(
         run.stdout().contains("a client certificate"),
         "{}",
@@ -172,16 +189,7 @@ fn mclient_speaks_tls_and_each_mistake_is_named_at_once() {
 
     // TLS to a server in clear.
     assert_eq!(tls(&reg, &certs, "clear", &["--ca", "ca.crt"]).code(), 0);
-    let (code, message, took) = failed_get(&reg, "clear");
-    assert_eq!(code, Some(3), "{message}");
-    assert!(
-        message.contains("the server does not speak TLS"),
-        "{message}"
-    );
-    assert!(
-        took < Duration::from_secs(5),
-        "waited {took:?} for the timeout"
-    );
+    refused_at_once(&reg, "clear", &["the server does not speak TLS"]);
 }
 
 #[test]
@@ -285,22 +293,9 @@ fn bad_tls_settings_are_refused_and_leave_the_stored_ones_as_they_were() {
 /// 2 kB: records that ran past a value's end would hang memcached 1.6.18 here).
 #[test]
 fn the_library_pipelines_over_tls() {
-    let certs = Certs::new();
-    let (a, b) = (
-        certs.memcached("server", ""),
-        certs.memcached_requiring_clients(),
-    );
-    let reg = Reg::new();
-    reg.ok("lib", &["add", "--no-flush", &a.address(), &b.address()]);
-    let client = [
-        "--ca",
-        "ca.crt",
-        "--cert",
-        "client.crt",
-        "--key",
-        "client.key",
-    ];
-    assert_eq!(tls(&reg, &certs, "lib", &client).code(), 0);
+    let (certs, reg) = (Certs::new(), Reg::new());
+    let (_a, _b) = two_servers(&certs, &reg, "lib");
+    assert_eq!(tls(&reg, &certs, "lib", &CLIENT).code(), 0);
     let domain = libmcshm::Domain::new("lib").unwrap();
     let mut client =
         libmcshm::Client::for_domain(reg.dir(), &domain, libmcshm::Timeouts::default()).unwrap();
@@ -412,13 +407,7 @@ fn up_watch_and_drain_speak_tls() {
     let run = reg.run("ops", &["--json", "drain", &b.address(), "--rate", "0"]);
     assert_eq!(run.code(), 0, "{}", run.stderr());
     for i in 0..20 {
-        let out = mclient(&reg, "ops", &["get", &format!("d{i}")]);
-        assert_eq!(
-            (out.status.code(), out.stdout.as_slice()),
-            (Some(0), &b"w"[..]),
-            "d{i}: {}",
-            stderr(&out)
-        );
+        assert_get(&reg, "ops", &format!("d{i}"), "w");
     }
 }
 
@@ -426,24 +415,11 @@ fn up_watch_and_drain_speak_tls() {
 /// to the servers over TLS (one of them requiring the client certificate).
 #[test]
 fn mcproxy_serves_clients_in_clear_from_tls_servers() {
-    let certs = Certs::new();
-    let (a, b) = (
-        certs.memcached("server", ""),
-        certs.memcached_requiring_clients(),
-    );
-    let reg = Reg::new();
-    reg.ok("px", &["add", "--no-flush", &a.address(), &b.address()]);
+    let (certs, reg) = (Certs::new(), Reg::new());
+    let (_a, _b) = two_servers(&certs, &reg, "px");
     // Started before the domain has TLS settings: they are read when a connection opens.
     let proxy = Proxy::start(&reg, "px", &[]);
-    let client = [
-        "--ca",
-        "ca.crt",
-        "--cert",
-        "client.crt",
-        "--key",
-        "client.key",
-    ];
-    assert_eq!(tls(&reg, &certs, "px", &client).code(), 0);
+    assert_eq!(tls(&reg, &certs, "px", &CLIENT).code(), 0);
     let script = r#"
 import sys
 from pymemcache.client.base import Client
