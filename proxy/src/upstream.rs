@@ -95,6 +95,8 @@ struct Conn<D> {
     broken: Option<Failure>,
     /// The credentials the connection authenticates with (`mcadmin auth`), if any.
     credentials: Option<Credentials>,
+    /// Whether the server answered anything on it (see [`Net::diagnose`]).
+    answered: bool,
 }
 
 /// A domain's part in the connections.
@@ -117,6 +119,8 @@ pub struct Net<D> {
     dirty: Vec<usize>,
     /// Connections that failed outside a delivery (at connect): failed by [`Net::fail_broken`].
     broken: Vec<usize>,
+    /// When each server was last diagnosed (see [`Net::diagnose`]).
+    diagnosed: HashMap<Address, Instant>,
     /// Requests that found no connection (it could not even be started), failed by
     /// [`Net::fail_broken`] too.
     unsent: Vec<(Deliver<D>, Failure)>,
@@ -139,6 +143,7 @@ impl<D> Net<D> {
             width: width.max(1),
             dirty: Vec::new(),
             broken: Vec::new(),
+            diagnosed: HashMap::new(),
             unsent: Vec::new(),
         }
     }
@@ -247,6 +252,7 @@ impl<D> Net<D> {
             queued: false,
             broken,
             credentials: None,
+            answered: false,
         };
         if conn.broken.is_none() {
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -432,6 +438,10 @@ impl<D> Net<D> {
         let Some(mut conn) = self.remove(key) else {
             return;
         };
+        let in_clear = matches!(conn.stream, Stream::Tcp(_) | Stream::Unix(_));
+        if !conn.answered && in_clear && matches!(failure.errno, libc::ECONNRESET | libc::EPIPE) {
+            self.diagnose(&conn.route.1);
+        }
         let now = Instant::now();
         for waiter in conn.in_flight.drain(..) {
             if let Deliver::Auth = waiter.to {
@@ -440,6 +450,30 @@ impl<D> Net<D> {
             conn.stats.record(now - waiter.sent, false);
             deliver(waiter.to, Err(&failure));
         }
+    }
+
+    /// A server that closed a connection in clear before answering anything may not speak the
+    /// text protocol in clear (memcached -Z, -B binary, -S): asked on a thread of its own (the
+    /// probes take up to 150 ms), at most once a minute per server, and logged. The requests
+    /// have failed already; the log says why.
+    fn diagnose(&mut self, address: &Address) {
+        let now = Instant::now();
+        if self
+            .diagnosed
+            .get(address)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.diagnosed.insert(address.clone(), now);
+        let (address, timeouts) = (address.clone(), self.timeouts);
+        let _ = std::thread::Builder::new()
+            .name("mcproxy-diagnose".into())
+            .spawn(move || {
+                if let Some(why) = libmcshm::conn::not_text_protocol(&address, timeouts) {
+                    crate::log(format_args!("{address}: {why}"));
+                }
+            });
     }
 
     /// Ends connection `key`, which carries nothing.
@@ -566,6 +600,7 @@ fn deliver_replies<D>(
             Err(malformed) => return Err(Failure::new(malformed.0, libc::EPROTO)),
         };
         let waiter = conn.in_flight.pop_front().expect("checked above");
+        conn.answered = true;
         let reply = &data[..len];
         match waiter.to {
             Deliver::Auth => {

@@ -454,6 +454,23 @@ print("ok")
         "{}",
         stderr(&out)
     );
+
+    // A domain without TLS settings in front of a TLS server: the request fails, and the
+    // proxy's log says why (the diagnosis runs on a thread of its own).
+    let lone = certs.memcached("server", "");
+    reg.ok("pxc", &["add", "--no-flush", &lone.address()]);
+    let clear = Proxy::start(&reg, "pxc", &[]);
+    let mut wire = clear.connect();
+    wire.send(b"get k\r\n");
+    let reply = wire.line();
+    assert!(reply.starts_with("SERVER_ERROR"), "{reply}");
+    let mut seen = Vec::new();
+    let said = wait_until(Duration::from_secs(5), || {
+        seen.extend(clear.log.try_iter());
+        seen.iter()
+            .any(|l| l.contains("the server speaks TLS (memcached -Z)"))
+    });
+    assert!(said, "{seen:?}");
 }
 
 /// Debian's python3, where python3-pymemcache is installed.
