@@ -92,7 +92,8 @@ pub enum ConnError {
     Io(io::Error),
     /// The server's bytes are not memcached's protocol.
     Protocol(String),
-    /// The server refused our credentials, or we have none it would take.
+    /// The server refused our credentials, or we have none it would take, or the domain's
+    /// credentials or TLS settings cannot be read (see [`crate::access`]).
     Auth(String),
     /// The TLS handshake or a TLS record failed: the cause in words (see [`crate::tls::explain`]).
     Tls(String),
