@@ -407,6 +407,9 @@ pub enum Command {
     /// options, shows the settings (exit 1 when there are none); --clear removes them.
     ///
     /// Example: mcadmin --domain app tls --ca /etc/ssl/cache-ca.pem --verify ca
+    ///
+    /// A new domain of TLS servers: `add --down ADDR…` (nothing is sent to them), `tls`, then
+    /// `up ADDR…` (their flush before they join goes over TLS).
     #[command(group(clap::ArgGroup::new("change").args(["ca", "clear"])))]
     Tls {
         /// PEM file of the CA certificates that sign the servers' certificates
