@@ -13,7 +13,8 @@ use crate::domain::Domain;
 use crate::error::Result;
 use crate::tls::Tls;
 
-/// A domain's TLS client and credentials, as a new connection uses them.
+/// A domain's TLS client and credentials, as a new connection uses them; the default is
+/// neither (clear text, no authentication: a private server list).
 #[derive(Clone, Debug, Default)]
 pub struct Access {
     pub tls: Option<Arc<Tls>>,
@@ -21,11 +22,6 @@ pub struct Access {
 }
 
 impl Access {
-    /// Nothing: clear text, no authentication (a private server list).
-    pub fn none() -> Access {
-        Access::default()
-    }
-
     /// What the domain's files say now. A file this process may not read is an error that
     /// says so (the domain's servers would refuse every connection without it).
     pub fn load(dir: &Path, domain: &Domain) -> Result<Access> {

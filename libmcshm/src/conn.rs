@@ -117,11 +117,8 @@ impl std::fmt::Display for ConnError {
 impl From<io::Error> for ConnError {
     /// An I/O error, or the TLS error rustls reports through one.
     fn from(e: io::Error) -> ConnError {
-        match e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            Some(tls) => ConnError::Tls(crate::tls::explain(tls)),
+        match crate::tls::explain_io(&e) {
+            Some(why) => ConnError::Tls(why),
             None => ConnError::Io(e),
         }
     }
@@ -149,7 +146,7 @@ impl Conn {
     /// Connects to `address` within `timeouts.connect` and sets the I/O timeouts: in clear,
     /// without authentication.
     pub fn connect(address: &Address, timeouts: Timeouts) -> Result<Conn, ConnError> {
-        Conn::connect_as(address, timeouts, &Access::none())
+        Conn::connect_as(address, timeouts, &Access::default())
     }
 
     /// [`Conn::connect`] as `access` says: the TLS handshake (TCP servers) within the I/O

@@ -99,6 +99,16 @@ impl TlsSettings {
         server_name: Option<String>,
         verify: Verify,
     ) -> std::result::Result<TlsSettings, Unusable> {
+        TlsSettings::built(ca, client, server_name, verify).map(|(settings, _)| settings)
+    }
+
+    /// [`TlsSettings::new`], and the client they make (the check is building it).
+    fn built(
+        ca: String,
+        client: Option<(String, String)>,
+        server_name: Option<String>,
+        verify: Verify,
+    ) -> std::result::Result<(TlsSettings, Tls), Unusable> {
         let (cert, key) = client.unzip();
         let settings = TlsSettings {
             verify,
@@ -107,9 +117,8 @@ impl TlsSettings {
             cert,
             key,
         };
-        settings.client_config()?;
-        settings.name()?;
-        Ok(settings)
+        let tls = Tls::new(&settings)?;
+        Ok((settings, tls))
     }
 
     /// The name every server's certificate must carry, if one is set.
@@ -153,6 +162,11 @@ impl TlsSettings {
 
     /// Settings from the file's text (see the module's table).
     pub fn parse(text: &str) -> std::result::Result<TlsSettings, String> {
+        TlsSettings::read(text).map(|(settings, _)| settings)
+    }
+
+    /// [`TlsSettings::parse`], and the client the settings make.
+    fn read(text: &str) -> std::result::Result<(TlsSettings, Tls), String> {
         let (mut verify, mut server_name) = (None, None);
         let mut sections: HashMap<&str, String> = HashMap::new();
         let mut current: Option<&str> = None;
@@ -190,7 +204,7 @@ impl TlsSettings {
             (None, None) => None,
             _ => return Err("a [cert] section needs a [key] section, and the reverse".into()),
         };
-        TlsSettings::new(ca, client, server_name, verify.unwrap_or(Verify::Full))
+        TlsSettings::built(ca, client, server_name, verify.unwrap_or(Verify::Full))
             .map_err(|e| e.to_string())
     }
 
@@ -459,12 +473,7 @@ pub fn load_settings(dir: &Path, domain: &Domain) -> Result<Option<TlsSettings>>
     let Some(text) = crate::beside::read(&path, "read the TLS settings in")? else {
         return Ok(None);
     };
-    TlsSettings::parse(&text)
-        .map(Some)
-        .map_err(|why| Error::Unusable {
-            path,
-            why: format!("{why} (set them again with `mcadmin tls`)"),
-        })
+    Ok(Some(read_file(path, &text)?.0))
 }
 
 /// The domain's TLS client, `None` when it has none: built once per version of the file
@@ -483,17 +492,21 @@ pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Arc<Tls>>> {
     {
         return Ok(Some(tls.clone()));
     }
-    let unusable = |why: String| Error::Unusable {
-        path: path.clone(),
-        why: format!("{why} (set them again with `mcadmin tls`)"),
-    };
-    let settings = TlsSettings::parse(&text).map_err(unusable)?;
-    let tls = Arc::new(Tls::new(&settings).map_err(|e| unusable(e.to_string()))?);
+    let tls = Arc::new(read_file(path.clone(), &text)?.1);
     built
         .lock()
         .expect("not poisoned")
         .insert(path, (text, tls.clone()));
     Ok(Some(tls))
+}
+
+/// The settings in the file at `path` (its text `text`) and the client they make; an error
+/// naming the file and the fix when they cannot be used.
+fn read_file(path: PathBuf, text: &str) -> Result<(TlsSettings, Tls)> {
+    TlsSettings::read(text).map_err(|why| Error::Unusable {
+        path,
+        why: format!("{why} (set them again with `mcadmin tls`)"),
+    })
 }
 
 /// The first bytes a TLS client sends (a `ClientHello`), to ask a server that does not answer
@@ -516,6 +529,14 @@ pub fn client_hello() -> Vec<u8> {
 /// Whether `bytes` begin a TLS record: a handshake or an alert, TLS 1.x.
 pub fn is_record(bytes: &[u8]) -> bool {
     matches!(bytes, [0x15 | 0x16, 0x03, ..])
+}
+
+/// The TLS failure rustls reported through an I/O error, in words (see [`explain`]); `None`
+/// for an I/O error of the socket.
+pub fn explain_io(err: &std::io::Error) -> Option<String> {
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(explain)
 }
 
 /// Why a TLS connection failed, in words, from rustls's error: what the operator checks next.

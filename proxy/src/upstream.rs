@@ -48,11 +48,8 @@ impl Failure {
 
     /// An I/O error, or the TLS error rustls reports through one (explained in words).
     fn io(context: &str, err: &io::Error) -> Failure {
-        match err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<rustls::Error>())
-        {
-            Some(tls) => Failure::new(libmcshm::tls::explain(tls), libc::EPROTO),
+        match libmcshm::tls::explain_io(err) {
+            Some(why) => Failure::new(why, libc::EPROTO),
             None => Failure::new(format!("{context}: {err}"), mcshm_route::io_errno(err)),
         }
     }

@@ -62,6 +62,21 @@ fn start_etcd(dir: &Path, cert: &str) -> (Etcd, String) {
     (etcd, url)
 }
 
+/// `mcadmin --etcd URL --domain f ARGS…` in `dir`: its exit status and stderr.
+fn mcadmin(dir: &Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
+        .args(["--etcd", url, "--etcd-timeout", "2", "--domain", "f"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MCSHM_ETCD")
+        .env_remove("MCSHM_ETCD_USER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
 #[test]
 fn mcadmin_reaches_etcd_over_tls_and_names_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,42 +94,6 @@ fn mcadmin_reaches_etcd_over_tls_and_names_what_is_wrong() {
     certificate(d, "client", "ca", "root", "client");
     certificate(d, "anonymous", "ca", "", "client");
     certificate(d, "etcd-server-only", "ca", "etcd", "server_only");
-    // etcd's own certificate must allow client authentication too: its JSON gateway connects
-    // to etcd with it. Without, every request is a closed connection, which mcadmin explains.
-    {
-        let (_etcd, url) = start_etcd(d, "etcd-server-only");
-        let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
-            .args(["--etcd", &url, "--etcd-timeout", "2", "--domain", "f"])
-            .args([
-                "--cacert",
-                "ca.crt",
-                "--cert",
-                "client.crt",
-                "--key",
-                "client.key",
-                "list",
-            ])
-            .current_dir(d)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(6), "{stderr}");
-        assert!(stderr.contains("extendedKeyUsage clientAuth"), "{stderr}");
-    }
-    let (_etcd, url) = start_etcd(d, "etcd");
-    let mcadmin = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mcadmin"))
-            .args(["--etcd", &url, "--etcd-timeout", "2", "--domain", "f"])
-            .args(args)
-            .current_dir(d)
-            .env_remove("MCSHM_ETCD")
-            .env_remove("MCSHM_ETCD_USER")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code(), stderr)
-    };
     let tls = [
         "--cacert",
         "ca.crt",
@@ -123,6 +102,16 @@ fn mcadmin_reaches_etcd_over_tls_and_names_what_is_wrong() {
         "--key",
         "client.key",
     ];
+    // etcd's own certificate must allow client authentication too: its JSON gateway connects
+    // to etcd with it. Without, every request is a closed connection, which mcadmin explains.
+    {
+        let (_etcd, url) = start_etcd(d, "etcd-server-only");
+        let (code, stderr) = mcadmin(d, &url, &[&tls[..], &["list"]].concat());
+        assert_eq!(code, Some(6), "{stderr}");
+        assert!(stderr.contains("extendedKeyUsage clientAuth"), "{stderr}");
+    }
+    let (_etcd, url) = start_etcd(d, "etcd");
+    let mcadmin = |args: &[&str]| mcadmin(d, &url, args);
     let list = || mcadmin(&[&tls[..], &["list"]].concat());
     assert!(
         wait_until(Duration::from_secs(20), || list().0 != Some(6)),

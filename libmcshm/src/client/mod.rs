@@ -146,7 +146,7 @@ impl Client {
             Some((dir, domain)) => {
                 crate::access::Access::load(dir, domain).map_err(|e| ConnError::Auth(e.to_string()))
             }
-            None => Ok(crate::access::Access::none()),
+            None => Ok(crate::access::Access::default()),
         }
     }
 

@@ -140,11 +140,15 @@ impl Client {
         sent.map(|()| end)
     }
 
-    /// Opens a connection to `address` unless there is one (TLS and credentials as the
-    /// domain's files say now).
+    /// A new connection to `address` (TLS and credentials as the domain's files say now).
+    fn open(&self, address: &Address) -> Result<Conn, ConnError> {
+        Conn::connect_as(address, self.timeouts, &self.access()?)
+    }
+
+    /// Opens a connection to `address` unless there is one.
     fn connect(&mut self, address: &Address) -> Result<(), ConnError> {
         if !self.conns.contains_key(address) {
-            let conn = Conn::connect_as(address, self.timeouts, &self.access()?)?;
+            let conn = self.open(address)?;
             self.conns.insert(address.clone(), conn);
         }
         Ok(())
@@ -219,8 +223,14 @@ impl Client {
         requests: &[Request<'_>],
         prefix: &KeyPrefix,
     ) -> Result<Vec<Reply>, ConnError> {
-        self.connect(address)?;
-        let conn = self.conns.get_mut(address).expect("connected");
+        // One lookup when connected (every operation of a warm client).
+        let conn = match self.conns.get_mut(address) {
+            Some(conn) => conn,
+            None => {
+                let conn = self.open(address)?;
+                self.conns.entry(address.clone()).or_insert(conn)
+            }
+        };
         let mut replies = Vec::with_capacity(requests.len());
         let (mut sent, mut in_flight) = (0, std::collections::VecDeque::new());
         let mut in_flight_bytes = 0;
