@@ -89,6 +89,20 @@ impl Proxy {
         Wire::connect(&self.address)
     }
 
+    /// The log lines not read yet, to the end of its stderr (once mcproxy has exited: the
+    /// reader thread may still be forwarding the last lines), waiting at most `limit`.
+    pub fn log_to_end(&self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => return lines, // the end of stderr, or the limit
+            }
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }

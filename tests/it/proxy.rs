@@ -566,7 +566,7 @@ fn sigterm_answers_requests_in_flight_then_exits() {
         .expect("mcproxy exits");
     assert!(status.success(), "{status:?}");
     // Every log line says when (RFC 3339 UTC to the millisecond); the stop is logged.
-    let lines: Vec<String> = proxy.log.try_iter().collect();
+    let lines = proxy.log_to_end(Duration::from_secs(5));
     for line in &lines {
         let (time, rest) = line.split_once(' ').unwrap();
         assert!(
