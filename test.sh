@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite, in one command: installs what the tests need when it is missing (Debian or
-# Ubuntu, as root; otherwise prints the exact command to run), then runs `cargo test
-# --workspace` with any arguments given. `.ci/run` runs this same script.
+# Ubuntu, as root; otherwise prints the exact command to run), then, for the whole suite, checks
+# formatting, lints, docs and the benchmarks' build, and runs `cargo test --workspace` (with any
+# arguments given, only the tests they select). `.ci/run` runs this same script.
 #
 # The tests start their own memcached servers and a 3-member etcd cluster on loopback ports, use
 # the real libmemcached as the ketama oracle, build, install and run a C program under valgrind,
@@ -56,4 +57,25 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo --version
+# The checks of every stop, before the tests, when the whole suite runs (arguments select tests
+# and skip them): formatting, lints, docs (their links too) and that the benchmarks build.
+if [ $# -eq 0 ]; then
+    for component in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+            command -v rustup >/dev/null 2>&1 && rustup component add "$component"
+        fi
+    done
+    echo "test.sh: cargo fmt --check" >&2
+    cargo fmt --all --check
+    echo "test.sh: cargo clippy -D warnings" >&2
+    cargo clippy --workspace --all-targets -- -D warnings
+    echo "test.sh: cargo doc -D warnings" >&2
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items
+    echo "test.sh: cargo bench --no-run" >&2
+    cargo bench --workspace --no-run
+fi
+if [ $# -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
+    # The tests that act as other users are #[ignore]d for everyone else (visibly skipped).
+    exec cargo test --workspace -- --include-ignored
+fi
 exec cargo test --workspace "$@"

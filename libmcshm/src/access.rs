@@ -2,7 +2,7 @@
 //! settings ([`crate::tls`], `DIR/DOMAIN.tls`) and credentials ([`crate::auth`],
 //! `DIR/DOMAIN.auth`).
 //!
-//! Both are files beside the table (see [`crate::beside`]), read when a connection opens, so a
+//! Both are files beside the table (written by the crate's `beside` module), read when a connection opens, so a
 //! change applies to every new connection of every process without a restart.
 
 use std::path::Path;

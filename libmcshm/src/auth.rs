@@ -117,7 +117,7 @@ pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Credentials>> {
         })
 }
 
-/// Stores the domain's credentials (replacing any; see [`crate::beside`]).
+/// Stores the domain's credentials (replacing any; see the crate's `beside` module).
 pub fn save(dir: &Path, domain: &Domain, credentials: &Credentials) -> Result<PathBuf> {
     let text = format!("{}\n{}\n", credentials.user, credentials.password);
     crate::beside::save(dir, domain, "auth", &text)

@@ -1,4 +1,4 @@
-//! Retiring a server gently (`mcadmin drain`, seed thread 003): while a server is draining,
+//! Retiring a server gently (`mcadmin drain`): while a server is draining,
 //! clients send its keys to their new owner and move what they still find on it; meanwhile the
 //! operator's drain enumerates its keys (`lru_crawler metadump all`) and moves them at a chosen
 //! rate, keeping each key's flags and remaining TTL (`mg KEY t f v`), then removes the server.

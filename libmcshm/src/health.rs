@@ -148,10 +148,12 @@ impl Watcher {
                 (State::Up, Err(error)) => {
                     let count = self.counts.entry(server.id).or_insert(0);
                     *count += 1;
-                    if *count >= limit {
-                        let reason = format!(
-                            "watch: {count} failed probes, last: {error} (pid {})",
-                            std::process::id()
+                    if edit::down_after(*count, limit, server.state) {
+                        let reason = edit::failure_reason(
+                            *count,
+                            "failed probes (mcadmin watch)",
+                            &error,
+                            commit_info(),
                         );
                         let id = server.id;
                         registry.transact(|t| {

@@ -456,7 +456,7 @@ pub fn path(dir: &Path, domain: &Domain) -> PathBuf {
     dir.join(format!("{}.tls", domain.as_str()))
 }
 
-/// Stores the domain's TLS settings (replacing any; see [`crate::beside`]).
+/// Stores the domain's TLS settings (replacing any; see the crate's `beside` module).
 pub fn save(dir: &Path, domain: &Domain, settings: &TlsSettings) -> Result<PathBuf> {
     crate::beside::save(dir, domain, "tls", &settings.to_text())
 }

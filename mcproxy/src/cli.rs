@@ -28,7 +28,7 @@ Examples:
   printf 'config get cluster\\r\\n' | nc -q1 127.0.0.1 11211     (the list, ElastiCache style)
 
 Durations take a unit: 500ms, 2s, 1m, 1h; a bare number is milliseconds for --timeout and
---connect-timeout (as before), seconds for the others.
+--connect-timeout, seconds for the others.
 
 ",
     exit_status!()
@@ -63,6 +63,8 @@ pub struct Cli {
     #[arg(long, env = "MCSHM_DOMAIN", default_value = "default")]
     pub domain: String,
 
+    // The help text is clap's, not markdown: `[IPv6]` is literal.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Address to serve on: IP:PORT, [IPv6]:PORT or unix:/PATH, optionally DOMAIN=ADDRESS to
     /// serve another domain there; repeat to listen on several
     #[arg(

@@ -4,7 +4,7 @@
 //! proxy's address; `mcproxy(8)` is the manual.
 //!
 //! Modules, from the bytes up: [`command`] and [`binary`] (what clients send, sans I/O),
-//! [`reply`] (framing what servers answer, sans I/O), [`worker`] (one event loop per thread,
+//! [`libmcshm::proto::frame`] (framing what servers answer, sans I/O), [`worker`] (one event loop per thread,
 //! owning everything below it), [`session`] (one client connection and its reply slots),
 //! [`upstream`] (the worker's server connections), [`service`] (one domain: routing by
 //! libmcshm's [`Router`](mcshm_route::Router), the same decisions as the blocking

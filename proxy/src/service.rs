@@ -4,7 +4,7 @@
 //! worker's server connections ([`Net`]), and answered in memcached's words.
 //!
 //! The router belongs to the worker's thread: a decision takes no lock. Its answers are plans
-//! ([`ReadPlan`], [`WritePlan`](mcshm_route::WritePlan)) that name servers by id, so a
+//! ([`ReadPlan`], [`WritePlan`]) that name servers by id, so a
 //! decision and its report may straddle a table change (a server removed meanwhile is not
 //! reported).
 //!

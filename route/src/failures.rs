@@ -4,9 +4,8 @@
 
 use mcshm_table::edit;
 use mcshm_table::error::{Error, ErrorKind};
-use mcshm_table::processes::host_name;
 use mcshm_table::registry::commit_info;
-use mcshm_table::table::{Server, State, fit_reason};
+use mcshm_table::table::Server;
 
 use crate::report::{FailureEvent, MarkedDown};
 use crate::router::{Router, Source};
@@ -42,7 +41,8 @@ impl Router {
             *count
         });
         let mut marked_down = MarkedDown::No;
-        if failures >= u32::from(snapshot.policy.failure_limit) && server.state == State::Up {
+        let limit = u32::from(snapshot.policy.failure_limit);
+        if edit::down_after(failures, limit, server.state) {
             marked_down = self.mark_down(server, error, failures);
         }
         let report = match marked_down {
@@ -61,12 +61,7 @@ impl Router {
     }
 
     fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
-        // Who marked it down stays whole (pid and host): the error's text is what is cut.
-        let reason = fit_reason(
-            &format!("{failures} consecutive failures, last: "),
-            error,
-            &format!(" (pid {} on {})", std::process::id(), host_name()),
-        );
+        let reason = edit::failure_reason(failures, "consecutive failures", error, commit_info());
         match self.publish_down(server.id, &reason) {
             Ok(()) => MarkedDown::ForEveryone,
             Err(err) => {

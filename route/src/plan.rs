@@ -1,5 +1,5 @@
 //! Plans: what the router answers for one key, for every front end to execute as it is (the
-//! blocking [`Client`](super::Client) with its connections, mcproxy with its event loop), so
+//! blocking `libmcshm::Client` with its connections, mcproxy with its event loop), so
 //! that each rule (replica order, warm-up and drain fallbacks, invalidations) is written once,
 //! here, and the front ends cannot drift apart.
 //!
@@ -382,7 +382,13 @@ mod tests {
             r.plan_read(&key, NOW).unwrap().replicas.is_empty(),
             "down at the limit"
         );
-        // A report names the server by id: one unknown to the table is ignored.
+        // A report names the server by id: one unknown to the table is ignored, even when its
+        // index is that of a server that is up (counted against it, two would take it off).
+        let first = key_of(&mut r, 0);
+        let owner = r.plan_read(&first, NOW).unwrap().owner;
+        assert_eq!(owner.index, 0);
         r.report(ServerRef { id: 99, index: 0 }, failed);
+        r.report(ServerRef { id: 99, index: 0 }, failed);
+        assert_eq!(r.plan_read(&first, NOW).unwrap().replicas, [owner]);
     }
 }

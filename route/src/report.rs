@@ -30,7 +30,7 @@ pub struct FailureEvent<'a> {
     pub marked_down: MarkedDown,
 }
 
-/// The failure callback a front end registers ([`Router::on_failure`]).
+/// The failure callback a front end registers ([`crate::Router::on_failure`]).
 pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
 /// An I/O error on a server connection as an errno value: ETIMEDOUT for a timeout,

@@ -1,4 +1,4 @@
-//! The router: the sans-I/O core of every front end (the blocking [`Client`](super::Client) and
+//! The router: the sans-I/O core of every front end (the blocking `libmcshm::Client` and
 //! `mcproxy`). It owns the decisions and none of the sockets: the ring of each table version
 //! (the one the writer put in the file, looked up in place; built here only for files of older
 //! formats, when this process's own failure view takes servers off it, or when the file's ring

@@ -8,7 +8,8 @@ use crate::address::{Address, Identity};
 use crate::error::{Error, Result};
 use crate::placement::Distribution;
 use crate::prefix::KeyPrefix;
-use crate::table::{CommitInfo, Failover, Policy, Rejoin, Server, State};
+use crate::processes::host_name;
+use crate::table::{CommitInfo, Failover, Policy, Rejoin, Server, State, fit_reason};
 
 /// Appends `new` servers (order kept: it is part of how clients hash). A server already present
 /// is an error, or skipped with `if_missing`; one given twice in `new` is an error naming it
@@ -150,8 +151,29 @@ pub fn apply(server: &mut Server, change: Transition<'_>, actor: CommitInfo) -> 
         server.state = state;
         stamp(server, actor);
     }
-    server.reason = reason.to_string();
+    // Fitted here, whoever wrote it: a reason made of an error's text (a TLS failure, a
+    // server's own error line) can be longer than the table's field.
+    server.reason = fit_reason("", reason, "");
     true
+}
+
+/// Whether `failures` consecutive failures take a server in `state` down at a failure limit
+/// of `limit`: the one rule of every process that counts them (each client's router, and
+/// `mcadmin watch` with its failed probes). Only an up server goes down after failures.
+pub fn down_after(failures: u32, limit: u32, state: State) -> bool {
+    state == State::Up && failures >= limit.max(1)
+}
+
+/// The reason of a down after failures, for [`Transition::FailureDown`]: how many `counted`
+/// (`consecutive failures`, `failed probes`), the last error's text (cut to fit the table's
+/// field, its control characters made spaces), and who saw it (`actor`'s pid and this host,
+/// kept whole: a fleet shares the table).
+pub fn failure_reason(failures: u32, counted: &str, last_error: &str, actor: CommitInfo) -> String {
+    fit_reason(
+        &format!("{failures} {counted}, last: "),
+        last_error,
+        &format!(" (pid {} on {})", actor.pid, host_name()),
+    )
 }
 
 /// An operator's down of servers by address (`mcadmin down`, fleet verbs): see
@@ -356,6 +378,57 @@ mod tests {
             "the retry probe"
         );
         assert_eq!(s.strays_since, 3, "not flushed (trust): its mark stays");
+    }
+
+    #[test]
+    fn any_reason_is_fitted_to_the_tables_field() {
+        let mut s = up();
+        let long = format!("{}\r\nend", "é".repeat(200));
+        let down = Transition::OperatorDown {
+            reason: &long,
+            retry: true,
+        };
+        assert!(apply(&mut s, down, ACTOR));
+        assert!(
+            s.reason.len() <= crate::table::MAX_REASON_LEN,
+            "{}",
+            s.reason.len()
+        );
+        assert!(s.reason.starts_with("éé"), "cut on a character boundary");
+        assert!(crate::table::check_reason(&s.reason).is_ok());
+        let short = Transition::StartDrain { reason: "as given" };
+        apply(&mut up(), short, ACTOR);
+        let mut d = up();
+        apply(&mut d, short, ACTOR);
+        assert_eq!(d.reason, "as given", "a reason that fits is kept as it is");
+    }
+
+    #[test]
+    fn a_failure_reason_keeps_who_and_cuts_the_error() {
+        let error = format!("TLS: {}", "x".repeat(300));
+        let reason = failure_reason(3, "failed probes (mcadmin watch)", &error, ACTOR);
+        assert!(crate::table::check_reason(&reason).is_ok(), "{reason}");
+        assert!(reason.starts_with("3 failed probes (mcadmin watch), last: TLS: xxx"));
+        let tail = format!(" (pid 6 on {})", host_name());
+        assert!(reason.ends_with(&tail), "{reason}");
+        let short = failure_reason(2, "consecutive failures", "refused", ACTOR);
+        assert_eq!(
+            short,
+            format!("2 consecutive failures, last: refused{tail}")
+        );
+    }
+
+    #[test]
+    fn only_an_up_server_goes_down_and_only_at_the_limit() {
+        assert!(!down_after(1, 2, State::Up));
+        assert!(down_after(2, 2, State::Up));
+        assert!(down_after(3, 2, State::Up), "past the limit too");
+        assert!(!down_after(5, 2, State::Down), "already down: no change");
+        assert!(
+            !down_after(5, 2, State::Draining),
+            "a drain is the operator's"
+        );
+        assert!(down_after(1, 0, State::Up), "a limit of 0 counts as 1");
     }
 
     #[test]

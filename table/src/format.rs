@@ -891,6 +891,37 @@ fn check_ids(servers: &[Server], next_id: u32) -> Result<(), String> {
     }
 }
 
+/// Whether `server` fits an entry: every variable field within its bytes, every number within
+/// what readers accept (what [`decode_entry`] refuses must never be written). The writer checks
+/// each table with it before encoding, so no value, whoever made it, can make
+/// [`encode_entry`] slice past a field.
+pub(crate) fn check_entry(server: &Server) -> Result<(), String> {
+    let host = server.address.host();
+    if host.is_empty() || host.len() >= ADDR_FIELD {
+        return Err(format!(
+            "address of {} bytes (the table holds 1 to {})",
+            host.len(),
+            ADDR_FIELD - 1
+        ));
+    }
+    if server.reason.len() > MAX_REASON_LEN {
+        return Err(format!(
+            "reason of {} bytes (the table holds {MAX_REASON_LEN})",
+            server.reason.len()
+        ));
+    }
+    if server.weight == 0 {
+        return Err("weight 0 (weights start at 1)".into());
+    }
+    if server.retry_interval < -1 {
+        return Err(format!(
+            "retry interval {} (-1 or more)",
+            server.retry_interval
+        ));
+    }
+    Ok(())
+}
+
 fn encode_entry(server: &Server) -> Entry {
     let mut entry = Entry::zeroed();
     let host = server.address.host();
@@ -988,6 +1019,40 @@ mod tests {
         pid: 6,
         uid: 7,
     };
+
+    #[test]
+    fn an_entry_out_of_the_formats_limits_is_refused_before_encoding() {
+        let server = table().servers[0].clone();
+        assert_eq!(check_entry(&server), Ok(()));
+        let long = Server {
+            reason: "r".repeat(MAX_REASON_LEN + 1),
+            ..server.clone()
+        };
+        assert!(
+            check_entry(&long)
+                .unwrap_err()
+                .contains("reason of 193 bytes")
+        );
+        let fits = Server {
+            reason: "r".repeat(MAX_REASON_LEN),
+            ..server.clone()
+        };
+        assert_eq!(check_entry(&fits), Ok(()), "exactly the field");
+        let weightless = Server {
+            weight: 0,
+            ..server.clone()
+        };
+        assert!(check_entry(&weightless).unwrap_err().contains("weight 0"));
+        let retry = Server {
+            retry_interval: -2,
+            ..server
+        };
+        assert!(
+            check_entry(&retry)
+                .unwrap_err()
+                .contains("retry interval -2")
+        );
+    }
 
     #[test]
     fn slot_round_trips() {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub mod certs;
 pub mod drip;
 pub mod etcd;
+pub mod liar;
 pub mod memcached;
 pub mod proxy;
 

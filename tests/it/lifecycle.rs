@@ -64,7 +64,7 @@ fn up_flushes_a_down_server_before_marking_it_up() {
     assert_eq!(s.raw_get("stale").as_deref(), Some("v1"));
 }
 
-/// The seed thread's scenario: key = v1 on S; S goes down; the key is written v2; S comes back
+/// The stale read PECL users reported: key = v1 on S; S goes down; the key is written v2; S comes back
 /// still holding v1. No read may return v1 afterwards.
 #[test]
 fn no_stale_read_after_a_rejoin_with_failover_none() {

@@ -15,6 +15,7 @@ mod capi;
 mod cli;
 mod client;
 mod concurrency;
+mod conformance;
 mod corruption;
 mod fleet;
 mod fleet_tls;

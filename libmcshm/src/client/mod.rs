@@ -33,8 +33,8 @@
 //!
 //! With `rehash`, a write also deletes the key from the next server along the ring after its
 //! replicas: that is where the key goes if one of them fails, so a copy written there during an
-//! earlier outage can never be served once the key has been written again (the double fault of
-//! the seed threads).
+//! earlier outage can never be served once the key has been written again (a double fault: the
+//! first server fails, then the one that took its keys fails too).
 //!
 //! Warm-up (rejoin `warm`): for the warm window after a rejoin, a miss on the rejoined server is
 //! looked up on the server that owned the key while it was away; a hit is copied back with

@@ -1,5 +1,5 @@
 //! The placement of PHP's PECL memcache extension (`memcache.hash_strategy=consistent`), the
-//! seed threads' own client, so that C daemons on mcshm and PHP pages on that extension agree on
+//! client most PHP sites run, so that C daemons on mcshm and PHP pages on that extension agree on
 //! every key during a migration (tests/it/proxy_clients.rs checks it against the real extension).
 //!
 //! Each server gets `160 × weight` points (weights as `addServer` takes them, not normalised),

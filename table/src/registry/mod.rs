@@ -43,6 +43,9 @@ mod process_slots;
 mod reader;
 mod writer;
 
+#[cfg(test)]
+mod check_tests;
+
 pub use agent::AgentLink;
 pub use files::{FileOwnership, check_trusted, open_trusted};
 pub use live::LiveRecords;

@@ -351,6 +351,11 @@ pub(super) fn check_table(table: &Table, domain: &Domain) -> Result<()> {
         let max = format::MAX_CAPACITY as usize;
         return Err(Error::TooManyServers { count, max });
     }
+    for server in &table.servers {
+        if let Err(why) = format::check_entry(server) {
+            return Err(Error::invalid("server", &server.address.to_string(), why));
+        }
+    }
     match first_duplicate(&table.servers) {
         Some(server) => Err(Error::ServerExists {
             server: server.address.to_string(),
