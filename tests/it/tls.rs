@@ -475,3 +475,62 @@ print("ok")
 
 /// Debian's python3, where python3-pymemcache is installed.
 const PYTHON: &str = "/usr/bin/python3";
+
+/// A certificate for another name fails with an explanation longer than a table's reason
+/// (about 220 bytes): whoever marks the server down (watch's probes, mclient's router,
+/// mcproxy's) writes it cut to the table's 192 bytes, with who did it kept whole, and goes on.
+/// watch used to panic inside its transaction here.
+#[test]
+fn a_name_mismatch_marks_a_server_down_with_a_fitted_reason_from_every_front_end() {
+    let certs = Certs::new();
+    let reg = Reg::new();
+    let named = certs.memcached("named", "");
+    let reason_of = |domain: &str| -> Option<String> {
+        let server = reg.list_json(domain)["servers"][0].clone();
+        (server["state"] == "down").then(|| server["reason"].as_str().unwrap().to_string())
+    };
+    let fitted = |reason: &str, counted: &str| {
+        assert!(reason.len() <= 192, "{} bytes: {reason}", reason.len());
+        assert!(reason.contains(counted), "{reason}");
+        assert!(reason.contains("does not name the server"), "{reason}");
+        assert!(reason.contains("(pid "), "who did it, whole: {reason}");
+    };
+    for domain in ["w", "c", "p"] {
+        reg.ok(domain, &["add", "--no-flush", &named.address()]);
+        reg.ok(domain, &["policy", "--failure-limit", "1"]);
+        assert_eq!(tls(&reg, &certs, domain, &["--ca", "ca.crt"]).code(), 0);
+    }
+
+    let mut watcher = reg
+        .cmd("w", &["watch", "--interval", "200ms", "--failures", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let down = wait_until(Duration::from_secs(10), || reason_of("w").is_some());
+    let alive = watcher.try_wait().unwrap().is_none();
+    let _ = watcher.kill();
+    let log = watcher.wait_with_output().unwrap();
+    assert!(
+        alive,
+        "watch died: {}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    assert!(down, "watch did not mark the server down");
+    fitted(&reason_of("w").unwrap(), "1 failed probes (mcadmin watch)");
+
+    let out = mclient(&reg, "c", &["get", "k"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    fitted(
+        &reason_of("c").expect("mclient marked it down"),
+        "1 consecutive failures",
+    );
+
+    let proxy = Proxy::start(&reg, "p", &[]);
+    let reply = proxy.connect().ask("get k\r\n");
+    assert!(reply.starts_with("SERVER_ERROR"), "{reply}");
+    fitted(
+        &reason_of("p").expect("mcproxy marked it down"),
+        "1 consecutive failures",
+    );
+}
