@@ -585,6 +585,31 @@ impl Command {
     pub fn base64_key(&self) -> bool {
         matches!(self, Command::Meta { flags, .. } if flags.iter().any(|f| f.as_slice() == b"b"))
     }
+
+    /// Whether sending the write again is harmless (it ends in the same state): set and
+    /// delete, as text or meta (`ms` in set mode without a cas, `md`); not add, replace,
+    /// append, prepend, cas, incr/decr or touch. A write whose table changed in flight is sent
+    /// again to new replicas only then ([`mcshm_route::FollowChange`]).
+    pub fn is_repeatable(&self) -> bool {
+        match self {
+            Command::Store { verb, cas, .. } => *verb == "set" && cas.is_none(),
+            Command::Delete { .. } => true,
+            Command::Meta {
+                verb: MetaVerb::Delete,
+                ..
+            } => true,
+            Command::Meta {
+                verb: MetaVerb::Set,
+                flags,
+                ..
+            } => flags.iter().all(|f| match f.first() {
+                Some(b'M') => f[1..].eq_ignore_ascii_case(b"S"),
+                Some(b'C' | b'I') => false,
+                _ => true,
+            }),
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +621,42 @@ mod tests {
             max_line: 64,
             max_item: 10,
             max_get_line: 64,
+        }
+    }
+
+    #[test]
+    fn only_set_and_delete_are_repeatable() {
+        let limits = Limits {
+            max_line: 256,
+            max_item: 64,
+            max_get_line: 256,
+        };
+        let command = |text: &str| match parse(text.as_bytes(), limits) {
+            Parsed::Command(command, _) => command,
+            other => panic!("{text}: {other:?}"),
+        };
+        for text in [
+            "set k 0 0 1\r\nv\r\n",
+            "delete k\r\n",
+            "md k q\r\n",
+            "ms k 1 T0\r\nv\r\n",
+        ] {
+            assert!(command(text).is_repeatable(), "{text}");
+        }
+        assert!(
+            command("ms k 1 MS\r\nv\r\n").is_repeatable(),
+            "set mode named"
+        );
+        for text in [
+            "add k 0 0 1\r\nv\r\n",
+            "append k 0 0 1\r\nv\r\n",
+            "cas k 0 0 1 5\r\nv\r\n",
+            "incr k 1\r\n",
+            "touch k 10\r\n",
+            "ms k 1 ME\r\nv\r\n",
+            "ms k 1 C5\r\nv\r\n",
+        ] {
+            assert!(!command(text).is_repeatable(), "{text}");
         }
     }
 

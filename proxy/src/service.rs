@@ -24,7 +24,7 @@ use std::sync::Arc;
 use libmcshm::proto::{self, Expect, Reply, Request, StoreVerb};
 use libmcshm::table::State;
 use libmcshm::{Address, Domain, Snapshot, Timeouts};
-use mcshm_route::{Fill, FillKind, Outcome, ReadPlan, Router, ServerRef, WritePlan};
+use mcshm_route::{AddAnswer, Fill, FollowChange, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
 use crate::jobs::{Await, ReplyCell, Work};
@@ -146,13 +146,14 @@ struct Outstanding {
     reply: Await,
 }
 
-/// What a fill did ([`Service::fill`]).
+/// What a fill did ([`Service::fill`]), as the routing core's sequence says.
 #[derive(Debug, PartialEq, Eq)]
 enum Filled {
-    /// The key was copied to the owner: its `VALUE` item.
+    /// The key was copied to the owner: its `VALUE` item is the answer.
     Copied(Vec<u8>),
-    /// The owner may have the key (a newer write, or the drain moved it): ask it.
-    AskAgain,
+    /// Ask the owner again (a newer write, a refused copy, the drain moved it); when it
+    /// misses, the copy's `VALUE` item, if any, is the answer.
+    AskAgain(Option<Vec<u8>>),
     Nothing,
 }
 
@@ -511,7 +512,8 @@ impl Service {
                 let this = self.clone();
                 Finished::Job(Box::pin(async move {
                     let key = write.key().unwrap_or_default();
-                    this.follow_table_change(&snapshot, &[server], key).await;
+                    this.follow_table_change(&snapshot, &[server], key, &write)
+                        .await;
                     quiet.apply(reply)
                 }))
             }
@@ -760,15 +762,14 @@ impl Service {
                 if found[n].is_some() {
                     break;
                 }
-                match self.fill(&snapshot, fill, &keys[n]).await {
-                    // Our copy is what the owner holds: a plain get returns it as it is.
-                    Filled::Copied(item) if verb == GetVerb::Get && exptime.is_none() => {
-                        found[n] = Some(item);
-                    }
-                    Filled::Copied(_) | Filled::AskAgain => {
+                let plain = verb == GetVerb::Get && exptime.is_none();
+                match self.fill(&snapshot, fill, &keys[n], plain).await {
+                    Filled::Copied(item) => found[n] = Some(item),
+                    Filled::AskAgain(copy) => {
                         found[n] = self
                             .ask_again(&snapshot, fill.to, verb, exptime, &keys[n])
-                            .await;
+                            .await
+                            .or(copy);
                     }
                     Filled::Nothing => {}
                 }
@@ -798,10 +799,12 @@ impl Service {
             .map(|s| s.unprefixed(prefix))
     }
 
-    /// Executes one fill of a read plan as the blocking client does: `mg` on `from`, a hit
-    /// copied to `to` with `add` (never over a newer write; flags and remaining TTL kept), a
-    /// drain then deleting it from `from`.
-    async fn fill(&self, snapshot: &Arc<Snapshot>, fill: &Fill, key: &[u8]) -> Filled {
+    /// Executes one fill of a read plan as the routing core's sequence says
+    /// ([`Fill::after_add`]; the blocking client runs the same): `mg` on `from`, a hit copied
+    /// to `to` with `add` (never over a newer write; flags and remaining TTL kept), a drain
+    /// then deleting it from `from` when `to` holds a value. `plain`: the read is a plain get,
+    /// which our stored copy answers as it is.
+    async fn fill(&self, snapshot: &Arc<Snapshot>, fill: &Fill, key: &[u8], plain: bool) -> Filled {
         let prefix = snapshot.policy.prefix.as_bytes();
         let mut ask = Vec::new();
         Request::MetaGet { key }.encode_prefixed(&mut ask, prefix);
@@ -810,10 +813,9 @@ impl Service {
             .as_deref()
             .map_or(Ok(None), |r| proto::parse_reply(Expect::Meta, r))
         else {
-            // Gone from a draining server: the drain may have just moved it to `to`.
-            return match fill.kind {
-                FillKind::Drain => Filled::AskAgain,
-                FillKind::Warm => Filled::Nothing,
+            return match fill.ask_after_source_miss() {
+                true => Filled::AskAgain(None),
+                false => Filled::Nothing,
             };
         };
         let store = Request::Store {
@@ -825,24 +827,27 @@ impl Service {
         };
         let mut add = Vec::new();
         store.encode_prefixed(&mut add, prefix);
-        let added = self.call(snapshot, fill.to.index, add, Frame::Line).await;
-        if fill.kind == FillKind::Drain && added.is_ok() {
+        let added = match self.call(snapshot, fill.to.index, add, Frame::Line).await {
+            Ok(reply) if reply == b"STORED\r\n" => AddAnswer::Stored,
+            Ok(reply) if reply == b"NOT_STORED\r\n" => AddAnswer::NotStored,
+            _ => AddAnswer::Refused,
+        };
+        let next = fill.after_add(added, plain);
+        if next.delete_source {
             let mut delete = Vec::new();
             Request::Delete { key }.encode_prefixed(&mut delete, prefix);
             let _ = self
                 .call(snapshot, fill.from.index, delete, Frame::Line)
                 .await;
         }
-        match added {
-            Ok(reply) if reply == b"STORED\r\n" => {
-                let mut item = b"VALUE ".to_vec();
-                item.extend_from_slice(key);
-                item.extend_from_slice(format!(" {flags} {}\r\n", value.len()).as_bytes());
-                item.extend_from_slice(&value);
-                item.extend_from_slice(b"\r\n");
-                Filled::Copied(item)
-            }
-            _ => Filled::AskAgain,
+        let mut item = b"VALUE ".to_vec();
+        item.extend_from_slice(key);
+        item.extend_from_slice(format!(" {flags} {}\r\n", value.len()).as_bytes());
+        item.extend_from_slice(&value);
+        item.extend_from_slice(b"\r\n");
+        match (next.ask_again, next.copy_if_missed) {
+            (false, _) => Filled::Copied(item),
+            (true, copy) => Filled::AskAgain(copy.then_some(item)),
         }
     }
 
@@ -883,7 +888,9 @@ impl Service {
                 .await;
         }
         for fill in &plan.fills {
-            if miss.is_some() && self.fill(&snapshot, fill, key).await != Filled::Nothing {
+            // A meta reply carries what only the server gives (its flags as asked): the owner
+            // is asked again whatever the fill did, and a miss there stays a miss.
+            if miss.is_some() && self.fill(&snapshot, fill, key, false).await != Filled::Nothing {
                 let again = self
                     .call(&snapshot, fill.to.index, bytes.clone(), Frame::Meta)
                     .await;
@@ -963,7 +970,8 @@ impl Service {
         for sent in deletes {
             let _ = self.finish(sent).await;
         }
-        self.follow_table_change(&snapshot, &targets, key).await;
+        self.follow_table_change(&snapshot, &targets, key, command)
+            .await;
         match (reply, failure) {
             (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
             (None, Some(error)) => server_error(&error),
@@ -971,38 +979,63 @@ impl Service {
         }
     }
 
-    /// A write planned on `snapshot`, whose table changed while it was in flight, may have
-    /// landed where the key no longer belongs: it is deleted there (a miss, never a stale
-    /// read), and the new table's invalidations are done.
-    async fn follow_table_change(&self, snapshot: &Arc<Snapshot>, written: &[usize], key: &[u8]) {
+    /// A write planned on `snapshot` and sent to its servers `written`, whose table changed
+    /// while it was in flight, follows the new versions as [`FollowChange`] says (the blocking
+    /// client runs the same): deleted where it no longer belongs and where the new version
+    /// invalidates; a set or delete sent again to new replicas.
+    async fn follow_table_change(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        written: &[usize],
+        key: &[u8],
+        command: &Command,
+    ) {
         // The replies of the write were reported, which read the table: one load tells.
         if self.seen.get() == snapshot.version {
             return;
         }
-        let mut delete = Vec::new();
-        Request::Delete { key }.encode_prefixed(&mut delete, snapshot.policy.prefix.as_bytes());
-        let Ok(Plan {
-            snapshot: now,
-            value: plan,
-        }) = self.decide(|router| router.plan_write(key, false))
-        else {
-            return;
-        };
-        let targets: Vec<&Address> = plan
-            .targets
+        let written: Vec<ServerRef> = written
             .iter()
-            .map(|s| &now.servers[s.index].address)
+            .map(|&index| ServerRef {
+                id: snapshot.servers[index].id,
+                index,
+            })
             .collect();
-        let misplaced = written.iter().filter_map(|&i| {
-            let address = &snapshot.servers[i].address;
-            let at = now.servers.iter().position(|s| s.address == *address)?;
-            (!targets.contains(&address)).then_some(at)
-        });
-        let stale: Vec<usize> = misplaced
-            .chain(plan.invalidate.iter().map(|s| s.index))
-            .collect();
-        for server in stale {
-            let _ = self.call(&now, server, delete.clone(), Frame::Line).await;
+        let mut follow = FollowChange::new(snapshot.version, &written, command.is_repeatable());
+        loop {
+            let Ok(Plan {
+                snapshot: now,
+                value: round,
+            }) = self.decide(|router| {
+                let plan = router.plan_write(key, false)?;
+                let now = router.snapshot().clone();
+                Ok(follow.round(now.version, &now.servers, &plan, |i| router.is_down(i)))
+            })
+            else {
+                return;
+            };
+            let Some(round) = round else { return };
+            let prefix = now.policy.prefix.as_bytes();
+            let mut delete = Vec::new();
+            Request::Delete { key }.encode_prefixed(&mut delete, prefix);
+            for server in round.delete {
+                let _ = self
+                    .call(&now, server.index, delete.clone(), Frame::Line)
+                    .await;
+            }
+            if round.resend.is_empty() {
+                continue;
+            }
+            let Ok(again) = encode_for(command, &now) else {
+                return;
+            };
+            let frame = match command {
+                Command::Meta { .. } => Frame::Meta,
+                _ => Frame::Line,
+            };
+            for server in round.resend {
+                let _ = self.call(&now, server.index, again.clone(), frame).await;
+            }
         }
     }
 

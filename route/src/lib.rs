@@ -1,6 +1,8 @@
 //! mcshm-route: the routing core, sans I/O. For every request a front end makes (the blocking
 //! client in libmcshm, mcproxy's event loop) the [`Router`] answers where it goes, as a plan to
-//! execute ([`ReadPlan`], [`WritePlan`]: replicas, invalidations, warm-up and drain fills), and
+//! execute ([`ReadPlan`], [`WritePlan`]: replicas, invalidations, warm-up and drain fills) with
+//! the sequences around them ([`Fill::after_add`], [`FollowChange`]: what each reply means and
+//! when to ask again), and
 //! is told how it went ([`Router::succeeded`], [`Router::failed`], [`Router::report`]): the
 //! shared failure counts, mark-downs and retry leases live here, so each rule is written once
 //! and no front end can drift from another.
@@ -17,10 +19,12 @@ mod failures;
 mod plan;
 mod report;
 mod router;
+mod sequence;
 
 pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
 pub use report::{FailureEvent, MarkedDown, io_errno};
 pub use router::{RetryProbe, Router};
+pub use sequence::{AddAnswer, AfterAdd, FollowChange, FollowRound, MAX_FOLLOWED};
 
 /// Operations between two periodic checks (retry probes of servers off the ring, and the
 /// clients record's last-used time).

@@ -14,7 +14,12 @@ pub const MCPROXY: &str = env!("CARGO_BIN_EXE_mcproxy");
 
 /// Which server (its port) a libmcshm client of domain `app` sends `key` to.
 pub fn owner_port(reg: &Reg, key: &str) -> u16 {
-    let domain = libmcshm::Domain::new("app").unwrap();
+    owner_port_in(reg, "app", key)
+}
+
+/// Which server (its port) a libmcshm client of `domain` sends `key` to.
+pub fn owner_port_in(reg: &Reg, domain: &str, key: &str) -> u16 {
+    let domain = libmcshm::Domain::new(domain).unwrap();
     let mut client =
         libmcshm::Client::for_domain(reg.dir(), &domain, libmcshm::Timeouts::default()).unwrap();
     client.server_for(key.as_bytes()).unwrap().port().unwrap()

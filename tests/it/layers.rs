@@ -24,7 +24,12 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
     ),
     (
         "route/src",
-        &[&["report"], &["router"], &["failures", "plan"]],
+        &[
+            &["report"],
+            &["router"],
+            &["failures", "plan"],
+            &["sequence"],
+        ],
     ),
     (
         "libmcshm/src",

@@ -2,7 +2,9 @@
 //! while the rejoined one was away) and draining (fall back to the draining server, move what
 //! is found there). Both copy with `add`, so they never overwrite a newer write.
 
-use super::{Client, Fill, FillKind, Stored};
+use mcshm_route::AddAnswer;
+
+use super::{Client, Fill, Stored};
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::proto::{Item, Reply, Request, StoreVerb};
@@ -55,10 +57,11 @@ impl Client {
         Ok(Some((item, added)))
     }
 
-    /// Executes one fill of a read plan: copies the key from `fill.from` to `fill.to` with
-    /// `add` (a drain then deletes it from `from`), then reads `to` again as the read asked
-    /// (its cas unique, its touch; a newer write that landed there meanwhile wins). A drain
-    /// whose `from` no longer has the key asks `to` again: the drain may have just moved it.
+    /// Executes one fill of a read plan as the routing core's sequence says
+    /// ([`Fill::after_add`]): copies the key from `fill.from` to `fill.to` with `add`; a drain
+    /// then deletes it from `from` when `to` holds a value; `to` is asked again unless our
+    /// stored copy answers a plain get, the copy answering when it misses. A source that no
+    /// longer has the key leaves a drain asking `to` again (the drain may have just moved it).
     pub(super) fn fill(
         &mut self,
         fill: &Fill,
@@ -67,22 +70,26 @@ impl Client {
         touch: Option<i64>,
     ) -> Option<Item> {
         let (from, to) = (fill.from.index, fill.to.index);
-        match (self.copy_key(from, to, key).ok()?, fill.kind) {
-            (Some((item, added)), kind) => {
-                if kind == FillKind::Drain && added.is_ok() {
-                    let _ = self.call(from, &Request::Delete { key });
-                }
-                // Our copy is what `to` holds: a plain get returns it. Otherwise (a newer
-                // write won, or the read wants a cas unique or a touch) `to` is asked again.
-                if matches!(added, Ok(Stored::Stored)) && !cas && touch.is_none() {
-                    return Some(item);
-                }
-                let again = self.get_one(to, key, cas, touch).ok().flatten();
-                Some(again.unwrap_or(item))
-            }
-            (None, FillKind::Drain) => self.get_one(to, key, cas, touch).ok().flatten(),
-            (None, FillKind::Warm) => None,
+        let Some((item, added)) = self.copy_key(from, to, key).ok()? else {
+            return match fill.ask_after_source_miss() {
+                true => self.get_one(to, key, cas, touch).ok().flatten(),
+                false => None,
+            };
+        };
+        let added = match added {
+            Ok(Stored::Stored) => AddAnswer::Stored,
+            Ok(Stored::NotStored) => AddAnswer::NotStored,
+            _ => AddAnswer::Refused,
+        };
+        let next = fill.after_add(added, !cas && touch.is_none());
+        if next.delete_source {
+            let _ = self.call(from, &Request::Delete { key });
         }
+        if !next.ask_again {
+            return Some(item);
+        }
+        let again = self.get_one(to, key, cas, touch).ok().flatten();
+        again.or(next.copy_if_missed.then_some(item))
     }
 
     /// Moves one key off the draining server `draining` to its new owner (keeping flags and

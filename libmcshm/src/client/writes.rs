@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 
 use super::{Client, StoreItem, Stored};
-use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::proto::{self, Reply, Request, StoreVerb};
-use crate::table::Snapshot;
+use mcshm_route::{FollowChange, ServerRef};
 
 impl Client {
     /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`), on every up replica
@@ -46,14 +45,14 @@ impl Client {
         only_first: bool,
         interpret: impl FnOnce(&Self, usize, Reply) -> Result<T>,
     ) -> Result<T> {
-        let chain = self.chain(key)?;
-        // The table the write is routed on (an Arc: the addresses of its positions, should the
-        // table change while the write is in flight).
-        let routed = self.router.snapshot().clone();
-        let up = self.router.write_targets(&chain, only_first);
+        let plan = self.router.plan_write(key, only_first);
         self.run_probes();
-        let up = up?;
-        let stale = self.router.invalidations(key, chain.len());
+        let plan = plan?;
+        // The version the write is routed on (a probe run meanwhile does not refresh the
+        // router: the plan's positions are still of this version).
+        let routed = self.router.snapshot().version;
+        let up: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
+        let stale: Vec<usize> = plan.invalidate.iter().map(|s| s.index).collect();
         let (mut answer, mut last_error) = (None, None);
         let mut take = |server: usize, result: Result<Reply>| match result {
             Ok(reply) if answer.is_none() => answer = Some((server, reply)),
@@ -80,30 +79,24 @@ impl Client {
             (None, Some(err)) => Err(err),
             (None, None) => Err(self.router.down_error(up[0])),
         };
-        self.follow_table_change(key, request, &routed, &up);
+        self.follow_table_change(key, request, routed, &plan.targets);
         outcome
     }
 
-    /// A write routed on table `routed` (to its servers `up`), which changed while the write
-    /// was in flight, may have landed where the key no longer belongs: it is deleted from those
-    /// servers and the new version's invalidations are done; set and delete (which can be
-    /// repeated) are sent again to the new replicas. Up to three changes are followed. One
-    /// atomic load when the table did not change.
+    /// A write routed on version `routed` (to its servers `written`), whose table changed
+    /// while it was in flight, follows the new versions as [`FollowChange`] says (deleted where
+    /// it no longer belongs and where the new version invalidates; set and delete sent again
+    /// to new replicas). One atomic load when the table did not change.
     pub(super) fn follow_table_change(
         &mut self,
         key: &[u8],
         request: &Request<'_>,
-        routed: &Snapshot,
-        up: &[usize],
+        routed: u64,
+        written: &[ServerRef],
     ) {
-        let mut version = routed.version;
-        if self.router.version_now() == version {
+        if self.router.version_now() == routed {
             return;
         }
-        let mut written: Vec<Address> = up
-            .iter()
-            .map(|&i| routed.servers[i].address.clone())
-            .collect();
         let repeatable = matches!(
             request,
             Request::Delete { .. }
@@ -112,30 +105,23 @@ impl Client {
                     ..
                 }
         );
-        for _ in 0..3 {
-            if self.router.refresh().is_err() || self.router.snapshot().version == version {
-                return;
-            }
-            version = self.router.snapshot().version;
-            let Ok(chain) = self.router.chain(key) else {
+        let mut follow = FollowChange::new(routed, written, repeatable);
+        while self.router.refresh().is_ok() && follow.wants(self.router.snapshot().version) {
+            let Ok(plan) = self.router.plan_write(key, false) else {
                 return;
             };
-            let replicas: Vec<Address> = chain.iter().map(|&i| self.address(i)).collect();
-            let servers = self.router.snapshot().servers.clone();
-            for (i, server) in servers.iter().enumerate() {
-                let was_written = written.iter().any(|a| a.same_server(&server.address));
-                let replica = replicas.iter().any(|a| a.same_server(&server.address));
-                if self.is_down(i) {
-                    continue;
-                }
-                if was_written && !replica {
-                    let _ = self.call(i, &Request::Delete { key });
-                } else if replica && !was_written && repeatable {
-                    let _ = self.call(i, request);
-                    written.push(server.address.clone());
-                }
+            let now = self.router.snapshot().clone();
+            let router = &self.router;
+            let Some(round) = follow.round(now.version, &now.servers, &plan, |i| router.is_down(i))
+            else {
+                return;
+            };
+            for server in round.delete {
+                let _ = self.call(server.index, &Request::Delete { key });
             }
-            self.invalidate_elsewhere(key, chain.len());
+            for server in round.resend {
+                let _ = self.call(server.index, request);
+            }
         }
     }
 
@@ -155,13 +141,6 @@ impl Client {
                 .map(|key| Request::Delete { key })
                 .collect();
             let _ = self.pipeline(server, &requests);
-        }
-    }
-
-    /// After a write: delete the key where a stale copy could later be served from.
-    pub(super) fn invalidate_elsewhere(&mut self, key: &[u8], replicas: usize) {
-        for server in self.router.invalidations(key, replicas) {
-            let _ = self.call(server, &Request::Delete { key });
         }
     }
 
