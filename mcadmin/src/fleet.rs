@@ -162,10 +162,9 @@ pub fn dump(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn status(ctx: &Invocation, fleet: &Fleet, server: &str) -> Result<Exit> {
-    let address = Address::parse(server)?;
+pub fn status(ctx: &Invocation, fleet: &Fleet, address: &Address) -> Result<Exit> {
     let table = read(ctx, fleet)?;
-    crate::show_status(ctx, &as_snapshot(&ctx.domain, &table), &address)
+    crate::show_status(ctx, &as_snapshot(&ctx.domain, &table), address)
 }
 
 /// Every domain of the fleet, with its revision and servers up (a refused value is listed as
@@ -209,11 +208,10 @@ pub fn domains(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
 
 /// `up` for the fleet: a down server is flushed (rejoin policy) by this mcadmin first, and only
 /// then marked up for the fleet; a draining one stops draining.
-pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -> Result<Exit> {
-    let addresses = crate::parse_addresses(servers)?;
+pub fn up(ctx: &Invocation, fleet: &Fleet, addresses: &[Address], no_flush: bool) -> Result<Exit> {
     let table = read(ctx, fleet)?;
     let policy = table.table.policy;
-    for address in &addresses {
+    for address in addresses {
         let server = table
             .table
             .servers
@@ -254,7 +252,7 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
     };
     write(ctx, fleet, false, |t| {
         // Down servers rejoin (with the warm-up window); draining ones stop draining.
-        for address in &addresses {
+        for address in addresses {
             let server = edit::find_mut(&mut t.servers, address, &name)?;
             let actor = libmcshm::registry::commit_info();
             if !edit::apply(server, edit::Transition::Rejoin(rejoining), actor) {

@@ -153,10 +153,9 @@ fn report(ctx: &Invocation, exec: Option<&str>, event: &Event) {
     }
 }
 
-pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
-    let address = Address::parse(server)?;
+pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
     let writer = ctx.writer(false)?;
-    let mut drain = Drain::start(&ctx.dir, &ctx.domain, writer, &address, Timeouts::default())?;
+    let mut drain = Drain::start(&ctx.dir, &ctx.domain, writer, address, Timeouts::default())?;
     let total = drain.keys().len();
     let stop = stop_flag()?;
     let tty = std::io::stderr().is_terminal();
@@ -226,12 +225,11 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
 }
 
 /// `settle`: sweeps the marked servers (or `servers`) of their strays and clears their marks.
-pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
-    let addresses = crate::parse_addresses(servers)?;
+pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit> {
     let mut registry = ctx.writer(false)?;
     let snapshot = registry.current_snapshot()?;
     let mut targets = Vec::new();
-    for address in &addresses {
+    for address in addresses {
         targets.push(snapshot.server(address)?.clone());
     }
     if addresses.is_empty() {

@@ -18,10 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use libmcshm::edit::PolicyChange;
 use libmcshm::registry::{FileOwnership, LockWait, commit_info};
-use libmcshm::table::{
-    Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
-    check_warm_window, check_weight,
-};
+use libmcshm::table::Table;
 use libmcshm::{
     Address, Commit, Domain, ErrorKind, Registry, Server, Snapshot, State, Timeouts, dump, edit,
 };
@@ -93,18 +90,6 @@ impl Invocation {
     }
 }
 
-fn lock_wait(seconds: f64) -> Result<LockWait> {
-    if !(0.0..=86_400.0).contains(&seconds) {
-        return Err(UsageError(format!(
-            "invalid --lock-timeout '{seconds}': expected seconds from 0 to 86400"
-        ))
-        .into());
-    }
-    // 0 waits for no other writer, but still moves a table away from a reader's lock (what
-    // `LockWait::Never`, the clients' setting, does not).
-    Ok(LockWait::For(Duration::from_secs_f64(seconds)))
-}
-
 fn run(cli: &Cli) -> Result<Exit> {
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(
@@ -149,7 +134,7 @@ fn run(cli: &Cli) -> Result<Exit> {
         json: cli.json,
         ownership: FileOwnership::parse(&cli.mode, cli.group.as_deref())?,
         fleet,
-        lock_wait: lock_wait(cli.lock_timeout)?,
+        lock_wait: cli.lock_timeout,
     };
     if let Some(fleet) = &ctx.fleet {
         match &cli.command {
@@ -172,17 +157,14 @@ fn run(cli: &Cli) -> Result<Exit> {
             if_missing,
             no_flush,
         } => {
-            let weight = check_weight(*weight)?;
-            let retry_interval = check_retry_interval(retry.retry_interval)?;
-            check_reason(reason)?;
-            let new = parse_addresses(servers)?
-                .into_iter()
+            let new = servers
+                .iter()
                 .map(|address| Server {
-                    weight,
-                    retry_interval,
+                    weight: *weight,
+                    retry_interval: retry.retry_interval,
                     state: if *down { State::Down } else { State::Up },
                     reason: reason.clone(),
-                    ..Server::new(address)
+                    ..Server::new(address.clone())
                 })
                 .collect::<Vec<_>>();
             if !*down && !*no_flush {
@@ -197,10 +179,9 @@ fn run(cli: &Cli) -> Result<Exit> {
             servers,
             if_present,
         } => {
-            let addresses = parse_addresses(servers)?;
             let name = ctx.domain.to_string();
             write(&ctx, false, |t| {
-                edit::delete(&mut t.servers, &addresses, *if_present, &name)
+                edit::delete(&mut t.servers, servers, *if_present, &name)
             })
         }
         Command::Up { servers, no_flush } => up(&ctx, servers, *no_flush),
@@ -214,10 +195,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             weight,
             retry_interval,
         } => {
-            let address = Address::parse(server)?;
-            let weight = weight.map(check_weight).transpose()?;
-            let retry = retry_interval.map(check_retry_interval).transpose()?;
-            if weight.is_none() && retry.is_none() {
+            if weight.is_none() && retry_interval.is_none() {
                 return Err(UsageError(
                     "set: nothing to change (give --weight and/or --retry-interval)".into(),
                 )
@@ -225,39 +203,10 @@ fn run(cli: &Cli) -> Result<Exit> {
             }
             let name = ctx.domain.to_string();
             write(&ctx, false, |t| {
-                edit::modify(&mut t.servers, &address, weight, retry, &name)
+                edit::modify(&mut t.servers, server, *weight, *retry_interval, &name)
             })
         }
-        Command::Policy {
-            failover,
-            failure_limit,
-            rejoin,
-            replicas,
-            warm_window,
-            distribution,
-            hash,
-            prefix,
-        } => {
-            let change = PolicyChange {
-                prefix: prefix
-                    .as_deref()
-                    .map(libmcshm::prefix::KeyPrefix::parse)
-                    .transpose()?,
-                distribution: distribution
-                    .as_deref()
-                    .map(|d| libmcshm::placement::Distribution::parse(d, hash.as_deref()))
-                    .transpose()?,
-                failover: failover.as_deref().map(str::parse).transpose()?,
-                failure_limit: failure_limit
-                    .as_deref()
-                    .map(check_failure_limit)
-                    .transpose()?,
-                rejoin: rejoin.as_deref().map(str::parse).transpose()?,
-                replicas: replicas.as_deref().map(check_replicas).transpose()?,
-                warm_window_s: warm_window.as_deref().map(check_warm_window).transpose()?,
-            };
-            policy(&ctx, change)
-        }
+        Command::Policy(args) => policy(&ctx, args.change()?),
         Command::List => {
             let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
             let snapshot = registry.snapshot()?;
@@ -386,33 +335,23 @@ fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
     )?)
 }
 
-pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
-    Ok(servers
-        .iter()
-        .map(|s| Address::parse(s))
-        .collect::<libmcshm::Result<_>>()?)
-}
-
 /// `up`: see [`libmcshm::lifecycle::bring_up`].
-fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
-    let addresses = parse_addresses(servers)?;
+fn up(ctx: &Invocation, addresses: &[Address], no_flush: bool) -> Result<Exit> {
     let mut registry = ctx.writer(false)?;
     let commit =
-        libmcshm::lifecycle::bring_up(&mut registry, &addresses, no_flush, Timeouts::default())?;
+        libmcshm::lifecycle::bring_up(&mut registry, addresses, no_flush, Timeouts::default())?;
     report_commit(ctx, commit)
 }
 
 /// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
 /// agent brings the servers back); with `retry`, a down as after failures, retried
 /// automatically.
-fn down(ctx: &Invocation, servers: &[String], reason: &str, retry: bool) -> Result<Exit> {
-    check_reason(reason)?;
-    let addresses = parse_addresses(servers)?;
+fn down(ctx: &Invocation, addresses: &[Address], reason: &str, retry: bool) -> Result<Exit> {
     let name = ctx.domain.to_string();
     let exit = write(ctx, false, |t| {
         edit::set_down(
             &mut t.servers,
-            &addresses,
+            addresses,
             reason,
             retry,
             commit_info(),
@@ -489,10 +428,9 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
     })
 }
 
-fn status(ctx: &Invocation, server: &str) -> Result<Exit> {
-    let address = Address::parse(server)?;
+fn status(ctx: &Invocation, address: &Address) -> Result<Exit> {
     let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
-    show_status(ctx, &snapshot, &address)
+    show_status(ctx, &snapshot, address)
 }
 
 /// Prints one server of `snapshot` (local or the fleet's); exit 0 when up, 1 otherwise.
@@ -591,12 +529,8 @@ fn load_report(
     })
 }
 
-fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<f64>) -> Result<Exit> {
-    let timeout = match timeout {
-        None => Duration::MAX,
-        Some(s) => Duration::try_from_secs_f64(s)
-            .map_err(|_| UsageError(format!("invalid timeout '{s}': expected seconds >= 0")))?,
-    };
+fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<Duration>) -> Result<Exit> {
+    let timeout = timeout.unwrap_or(Duration::MAX);
     let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
     let since = since.unwrap_or_else(|| registry.version());
     let deadline = std::time::Instant::now().checked_add(timeout);
