@@ -9,6 +9,7 @@ mod cli;
 mod fleet;
 mod lifecycle;
 mod show;
+mod store;
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -19,13 +20,12 @@ use anyhow::{Context, Result};
 use libmcshm::edit::PolicyChange;
 use libmcshm::registry::{FileOwnership, LockWait, commit_info};
 use libmcshm::table::Table;
-use libmcshm::{
-    Address, Commit, Domain, ErrorKind, Registry, Server, Snapshot, State, Timeouts, dump, edit,
-};
+use libmcshm::{Address, Domain, ErrorKind, Registry, Server, State, Timeouts, dump, edit};
 use serde_json::json;
 
 use cli::{Cli, Command};
 use mcshm_cli::UsageError;
+use store::{Local, Origin, Store, Written};
 
 mcshm_cli::exit_codes! {
     /// Exit codes (documented in `--help` and mcadmin(8)).
@@ -73,10 +73,10 @@ pub struct Invocation {
     pub json: bool,
     /// Mode and group of a domain file this command creates.
     pub ownership: FileOwnership,
-    /// With --etcd: the fleet, whose tables the verbs work on instead of this host's.
-    pub fleet: Option<mcshm_fleet::Fleet>,
     /// How long a write waits for another writer (--lock-timeout).
     pub lock_wait: LockWait,
+    /// Where the verbs read and write the domain's table: here, or with --etcd the fleet's.
+    pub store: Store,
 }
 
 impl Invocation {
@@ -128,25 +128,28 @@ fn run(cli: &Cli) -> Result<Exit> {
         Some(dir) => dir.clone(),
         None => libmcshm::default_dir()?,
     };
-    let ctx = Invocation {
+    let local = Local {
         dir,
         domain,
-        json: cli.json,
         ownership: FileOwnership::parse(&cli.mode, cli.group.as_deref())?,
-        fleet,
         lock_wait: cli.lock_timeout,
     };
-    if let Some(fleet) = &ctx.fleet {
-        match &cli.command {
-            Command::Up { servers, no_flush } => return fleet::up(&ctx, fleet, servers, *no_flush),
-            Command::List => return fleet::list(&ctx, fleet),
-            Command::Dump => return fleet::dump(&ctx, fleet),
-            Command::Status { server } => return fleet::status(&ctx, fleet, server),
-            Command::Domains => return fleet::domains(&ctx, fleet),
-            Command::Hosts => return fleet::hosts(&ctx, fleet),
-            _ => {}
-        }
-    }
+    let store = match fleet {
+        None => Store::Local(local.clone()),
+        Some(fleet) => Store::Fleet {
+            fleet: std::sync::Arc::new(fleet),
+            dir: local.dir.clone(),
+            domain: local.domain.clone(),
+        },
+    };
+    let ctx = Invocation {
+        dir: local.dir,
+        domain: local.domain,
+        json: cli.json,
+        ownership: local.ownership,
+        lock_wait: local.lock_wait,
+        store,
+    };
     match &cli.command {
         Command::Add {
             servers,
@@ -207,34 +210,11 @@ fn run(cli: &Cli) -> Result<Exit> {
             })
         }
         Command::Policy(args) => policy(&ctx, args.change()?),
-        Command::List => {
-            let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
-            let snapshot = registry.snapshot()?;
-            let failures: Vec<u32> = snapshot
-                .servers
-                .iter()
-                .map(|s| registry.live().failures(s))
-                .collect();
-            let link = registry.agent_link();
-            print(
-                &ctx,
-                || {
-                    let mut v = show::snapshot_json(&snapshot, &failures);
-                    v["fleet"] = show::agent_json(&snapshot, &link);
-                    v
-                },
-                || {
-                    let table = show::snapshot_table(&snapshot, &failures);
-                    let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
-                    format!("{first}\n{}{rest}", show::agent_text(&snapshot, &link))
-                },
-            )?;
-            Ok(Exit::Success)
-        }
+        Command::List => list(&ctx),
         Command::Status { server } => status(&ctx, server),
         Command::Domains => domains(&ctx),
         Command::Dump => {
-            let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
+            let snapshot = ctx.store.snapshot()?;
             io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
             Ok(Exit::Success)
         }
@@ -294,8 +274,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             probe_timeout,
             lease_ttl,
         } => {
-            let mut ctx = ctx;
-            let fleet = ctx.fleet.take().expect("checked above");
+            let fleet = ctx.store.fleet().expect("checked above").clone();
             fleet::sync(
                 &ctx,
                 fleet,
@@ -308,7 +287,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                 },
             )
         }
-        Command::Hosts => unreachable!("handled above"),
+        Command::Hosts => fleet::hosts(&ctx, ctx.store.fleet().expect("checked above")),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }
@@ -317,17 +296,7 @@ fn run(cli: &Cli) -> Result<Exit> {
 /// items from an earlier time in this domain, which would be served stale (`add --no-flush`
 /// skips this for a server known to be empty; `add --down` leaves it to the server's `up`).
 fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
-    let present: Vec<Server> = match &ctx.fleet {
-        Some(fleet) => match fleet.read(&ctx.domain)? {
-            Some(table) => table.table.servers,
-            None => Vec::new(),
-        },
-        None => match Registry::open(&ctx.dir, &ctx.domain) {
-            Ok(mut registry) => registry.snapshot()?.servers.clone(),
-            Err(libmcshm::Error::NoDomain { .. }) => Vec::new(),
-            Err(err) => return Err(err.into()),
-        },
-    };
+    let present = ctx.store.servers()?;
     let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
     let timeouts = Timeouts::default();
     Ok(libmcshm::lifecycle::flush_joining(
@@ -337,10 +306,7 @@ fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
 
 /// `up`: see [`libmcshm::lifecycle::bring_up`].
 fn up(ctx: &Invocation, addresses: &[Address], no_flush: bool) -> Result<Exit> {
-    let mut registry = ctx.writer(false)?;
-    let commit =
-        libmcshm::lifecycle::bring_up(&mut registry, addresses, no_flush, Timeouts::default())?;
-    report_commit(ctx, commit)
+    report(ctx, ctx.store.bring_up(addresses, no_flush)?)
 }
 
 /// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
@@ -374,47 +340,45 @@ fn down(ctx: &Invocation, addresses: &[Address], reason: &str, retry: bool) -> R
     Ok(exit)
 }
 
-/// Runs one transaction and reports the version it published.
+/// Runs one transaction and reports the version (or fleet revision) it published.
 fn write(
     ctx: &Invocation,
     create: bool,
-    mut change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+    change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
 ) -> Result<Exit> {
-    if let Some(fleet) = &ctx.fleet {
-        return fleet::write(ctx, fleet, create, change);
-    }
-    if create && !ctx.domain.path_in(&ctx.dir).exists() {
-        // The first command of a new domain runs on an empty table first: if it fails (a bad
-        // or repeated argument), no file is created and no empty domain is left behind.
-        change(&mut Table::default())?;
-    }
-    let mut registry = ctx.writer(create)?;
-    let commit = registry.transact(change)?;
-    report_commit(ctx, commit)
+    report(ctx, ctx.store.transact(create, change)?)
 }
 
-fn report_commit(ctx: &Invocation, commit: Commit) -> Result<Exit> {
-    print(
-        ctx,
-        || json!({"domain": ctx.domain.as_str(), "version": commit.version, "changed": commit.changed}),
-        || match commit.changed {
-            true => format!("domain {}: version {}\n", ctx.domain, commit.version),
-            false => format!(
-                "domain {}: unchanged at version {}\n",
-                ctx.domain, commit.version
-            ),
-        },
-    )?;
+fn report(ctx: &Invocation, written: Written) -> Result<Exit> {
+    let domain = ctx.domain.as_str();
+    match written {
+        Written::Version(commit) => print(
+            ctx,
+            || json!({"domain": domain, "version": commit.version, "changed": commit.changed}),
+            || match commit.changed {
+                true => format!("domain {domain}: version {}\n", commit.version),
+                false => format!("domain {domain}: unchanged at version {}\n", commit.version),
+            },
+        )?,
+        Written::Revision(commit) => print(
+            ctx,
+            || json!({"domain": domain, "revision": commit.revision, "changed": commit.changed}),
+            || match commit.changed {
+                true => format!("domain {domain}: fleet revision {}\n", commit.revision),
+                false => format!(
+                    "domain {domain}: unchanged at fleet revision {}\n",
+                    commit.revision
+                ),
+            },
+        )?,
+    }
     Ok(Exit::Success)
 }
 
 /// Shows the policy, or changes it when given values.
 fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
     if change.is_empty() {
-        let p = match &ctx.fleet {
-            Some(fleet) => fleet::read(ctx, fleet)?.table.policy,
-            None => Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?.policy,
-        };
+        let p = ctx.store.snapshot()?.policy;
         print(
             ctx,
             || show::policy_json(&p),
@@ -428,13 +392,54 @@ fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
     })
 }
 
-fn status(ctx: &Invocation, address: &Address) -> Result<Exit> {
-    let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
-    show_status(ctx, &snapshot, address)
+/// Prints one server of the domain; exit 0 when up, 1 otherwise.
+/// `list`: the servers with their version, and who mirrors the table (local) or changed it
+/// last (the fleet's).
+fn list(ctx: &Invocation) -> Result<Exit> {
+    let reading = ctx.store.read()?;
+    let (snapshot, failures) = (&reading.snapshot, &reading.failures);
+    match &reading.origin {
+        Origin::Local(link) => print(
+            ctx,
+            || {
+                let mut v = show::snapshot_json(snapshot, failures);
+                v["fleet"] = show::agent_json(snapshot, link);
+                v
+            },
+            || {
+                let table = show::snapshot_table(snapshot, failures);
+                let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
+                format!("{first}\n{}{rest}", show::agent_text(snapshot, link))
+            },
+        )?,
+        Origin::Fleet { revision, changed } => print(
+            ctx,
+            || {
+                let mut v = show::snapshot_json(snapshot, failures);
+                v["revision"] = json!(revision);
+                v["changed_by"] = json!(changed.by);
+                v["changed_host"] = json!(changed.host);
+                v
+            },
+            || {
+                format!(
+                    "domain {}  fleet revision {revision}  changed {} by {} on {} pid {}\npolicy: {}\n{}",
+                    ctx.domain,
+                    libmcshm::clock::utc(changed.ms),
+                    changed.by,
+                    changed.host,
+                    changed.pid,
+                    dump::policy_text(&snapshot.policy),
+                    show::servers_table(&snapshot.servers, failures)
+                )
+            },
+        )?,
+    }
+    Ok(Exit::Success)
 }
 
-/// Prints one server of `snapshot` (local or the fleet's); exit 0 when up, 1 otherwise.
-pub fn show_status(ctx: &Invocation, snapshot: &Snapshot, address: &Address) -> Result<Exit> {
+fn status(ctx: &Invocation, address: &Address) -> Result<Exit> {
+    let snapshot = ctx.store.snapshot()?;
     let found = snapshot
         .find(address)
         .ok_or_else(|| libmcshm::Error::NoServer {
@@ -453,6 +458,9 @@ pub fn show_status(ctx: &Invocation, snapshot: &Snapshot, address: &Address) -> 
 }
 
 fn domains(ctx: &Invocation) -> Result<Exit> {
+    if let Some(fleet) = ctx.store.fleet() {
+        return fleet::domains(ctx, fleet);
+    }
     let rows = show::scan_domains(&ctx.dir)?;
     let mut failed = false;
     for row in &rows {
@@ -489,40 +497,14 @@ pub fn read_input(file: &std::path::Path, what: &str) -> Result<String> {
 fn load(ctx: &Invocation, file: &std::path::Path, initial: bool, no_flush: bool) -> Result<Exit> {
     let text = read_input(file, "the server list")?;
     let mut loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
-    if let Some(fleet) = &ctx.fleet {
-        return fleet::load(ctx, fleet, &loaded);
-    }
-    if initial && ctx.domain.path_in(&ctx.dir).exists() {
-        return report_commit(
-            ctx,
-            Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()),
-        );
-    }
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
-    let target = libmcshm::lifecycle::LoadTarget {
-        dir: &ctx.dir,
-        domain: &ctx.domain,
-        ownership: ctx.ownership,
-        lock_wait: ctx.lock_wait,
-    };
-    let timeouts = Timeouts::default();
-    let (commit, plan) =
-        libmcshm::lifecycle::load(&target, &mut loaded, no_flush, timeouts, &access)?;
-    load_report(ctx, commit, &plan)
-}
-
-/// The load's version; servers that could not be flushed are named (and loaded down), exit 5.
-fn load_report(
-    ctx: &Invocation,
-    commit: Commit,
-    plan: &libmcshm::lifecycle::LoadPlan,
-) -> Result<Exit> {
+    let (written, plan) = ctx.store.load(&mut loaded, initial, no_flush)?;
+    // Servers that could not be flushed are named (and loaded down), exit 5.
     for (address, error) in &plan.unflushed {
         eprintln!(
             "mcadmin: {address}: cannot flush it ({error}); loaded down, retried automatically"
         );
     }
-    report_commit(ctx, commit)?;
+    report(ctx, written)?;
     Ok(match plan.unflushed.is_empty() {
         true => Exit::Success,
         false => Exit::Server,
