@@ -147,28 +147,7 @@ pub enum Command {
     /// A new server is flushed (flush_all) before it joins, so that nothing it kept from an
     /// earlier time in the domain is served; if it cannot be flushed nothing changes (exit 5).
     /// With --down it is flushed when it is brought up instead.
-    Add {
-        #[arg(required = true, value_name = "ADDR", value_parser = address)]
-        servers: Vec<Address>,
-        /// Share of keys relative to the other servers (1-65535)
-        #[arg(long, default_value_t = 1, value_name = "N", value_parser = weight)]
-        weight: u16,
-        /// Add in the down state (clients will not use the servers until `mcadmin up`)
-        #[arg(long)]
-        down: bool,
-        /// Why (shown by `list`); with --down, why the servers are down
-        #[arg(long, value_name = "TEXT", default_value = "", value_parser = reason)]
-        reason: String,
-        #[command(flatten)]
-        retry: RetryArg,
-        /// Skip servers already present instead of failing
-        #[arg(long)]
-        if_missing: bool,
-        /// Do not flush the new servers (they are flushed by default, so that items left from
-        /// an earlier time in the domain are never served): only for servers known to be empty
-        #[arg(long)]
-        no_flush: bool,
-    },
+    Add(AddArgs),
     /// Remove servers.
     #[command(visible_alias = "rm")]
     Delete {
@@ -434,6 +413,31 @@ pub struct RetryArg {
 /// `--verify full|ca`.
 fn verify_mode(text: &str) -> Result<libmcshm::tls::Verify, String> {
     libmcshm::tls::Verify::parse(text).map_err(|_| "expected full or ca".to_string())
+}
+
+// The values of `add` (a `//` comment, as for `PolicyArgs`).
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    #[arg(required = true, value_name = "ADDR", value_parser = address)]
+    pub servers: Vec<Address>,
+    /// Share of keys relative to the other servers (1-65535)
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = weight)]
+    pub weight: u16,
+    /// Add in the down state (clients will not use the servers until `mcadmin up`)
+    #[arg(long)]
+    pub down: bool,
+    /// Why (shown by `list`); with --down, why the servers are down
+    #[arg(long, value_name = "TEXT", default_value = "", value_parser = reason)]
+    pub reason: String,
+    #[command(flatten)]
+    pub retry: RetryArg,
+    /// Skip servers already present instead of failing
+    #[arg(long)]
+    pub if_missing: bool,
+    /// Do not flush the new servers (they are flushed by default, so that items left from
+    /// an earlier time in the domain are never served): only for servers known to be empty
+    #[arg(long)]
+    pub no_flush: bool,
 }
 
 // The values of `policy` (none: show the policy). A `//` comment: clap would take a doc

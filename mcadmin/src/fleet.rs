@@ -18,7 +18,8 @@ use serde_json::json;
 
 use crate::cli::EtcdArgs;
 use crate::show;
-use crate::{Exit, Invocation, print};
+use crate::show::print;
+use crate::{Exit, Invocation};
 use libmcshm::clock::utc;
 use mcshm_cli::UsageError;
 

@@ -207,7 +207,7 @@ pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
     }
     let (outside, prefix) = (drain.outside_prefix(), drain.prefix());
     let removed = drain.finish()?;
-    crate::print(
+    crate::show::print(
         ctx,
         || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "outside_prefix": outside, "version": removed.version, "seconds": seconds, "keys_per_s": keys_per_s}),
         || {
@@ -299,7 +299,7 @@ pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit
         failed |= errors > 0;
         report.push((address.to_string(), keys.len(), deleted, cleared));
     }
-    crate::print(
+    crate::show::print(
         ctx,
         || {
             serde_json::Value::Array(
@@ -344,7 +344,7 @@ pub fn clients(ctx: &Invocation) -> Result<Exit> {
         .collect();
     let extra = unrecorded.len();
     clients.extend(unrecorded);
-    crate::print(
+    crate::show::print(
         ctx,
         || {
             serde_json::Value::Array(
