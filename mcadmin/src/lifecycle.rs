@@ -1,4 +1,5 @@
-//! mcadmin's long-running commands: `watch` (the health daemon), `drain` and `clients`.
+//! mcadmin's long-running commands: `watch` (the health daemon), `drain`, `settle` (each the
+//! library's workflow, paced here and shown as it goes) and `clients`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -6,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libmcshm::drain::{self, Drain, DrainCounts};
+use libmcshm::drain::{Drain, DrainCounts};
 use libmcshm::health::{Event, Watcher};
-use libmcshm::{Address, Client, Domain, Registry, State, Timeouts};
+use libmcshm::settle::{Settle, SweepCounts};
+use libmcshm::{Address, Domain, Registry, Timeouts};
 use serde_json::json;
 
 use crate::{Exit, Invocation};
@@ -224,80 +226,53 @@ pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// `settle`: sweeps the marked servers (or `servers`) of their strays and clears their marks.
+/// `settle`: sweeps the marked servers (or `addresses`) of their strays and clears their marks
+/// (see [`libmcshm::settle`]), at `rate` keys per second.
 pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit> {
-    let mut registry = ctx.writer(false)?;
-    let snapshot = registry.current_snapshot()?;
-    let mut targets = Vec::new();
-    for address in addresses {
-        targets.push(snapshot.server(address)?.clone());
-    }
-    if addresses.is_empty() {
-        targets.extend(
-            snapshot
-                .servers
-                .iter()
-                .filter(|s| s.strays_since != 0 && s.state == State::Up)
-                .cloned(),
-        );
-    }
-    let timeouts = Timeouts::default();
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
-    let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
-    let prefix = client.snapshot()?.policy.prefix;
+    let writer = ctx.writer(false)?;
+    let mut settle = Settle::start(
+        &ctx.dir,
+        &ctx.domain,
+        writer,
+        addresses,
+        Timeouts::default(),
+    )?;
     let stop = stop_flag()?;
     let mut report = Vec::new();
     let mut failed = false;
-    for server in targets {
-        let address = &server.address;
-        if server.state != State::Up {
-            eprintln!(
-                "mcadmin: {address} is {}: only an up server is swept",
-                server.state
-            );
+    for n in 0..settle.servers().len() {
+        let server = &settle.servers()[n];
+        let (address, state) = (server.address.clone(), server.state);
+        let Some(mut sweep) = settle.sweep(n)? else {
+            eprintln!("mcadmin: {address} is {state}: only an up server is swept");
             failed = true;
             continue;
-        }
-        let swept_at = client.snapshot()?.version;
-        let keys = drain::list_keys(address, timeouts, &access).map_err(|error| {
-            libmcshm::Error::Network {
-                server: address.to_string(),
-                error,
-            }
-        })?;
-        let keys: Vec<&[u8]> = keys.iter().filter_map(|k| prefix.strip(k)).collect();
-        let (mut deleted, mut errors) = (0u64, 0u64);
+        };
+        let total = sweep.keys().len();
         let started = Instant::now();
-        for (n, key) in keys.iter().enumerate() {
+        for k in 0..total {
             if stop.load(Ordering::Relaxed) {
                 eprintln!("\nmcadmin: interrupted; {address} keeps its mark (run settle again)");
                 return Ok(Exit::No);
             }
             if rate > 0 {
-                let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+                let due = started + Duration::from_secs_f64(k as f64 / f64::from(rate));
                 pause(due.saturating_duration_since(Instant::now()), &stop);
             }
-            match client.delete_if_stray(address, key) {
-                Ok(true) => deleted += 1,
-                Ok(false) => {}
-                Err(err) => {
-                    errors += 1;
-                    eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(key));
-                }
+            if let Err(err) = sweep.delete_if_stray(k) {
+                eprintln!(
+                    "mcadmin: {}: {err}",
+                    String::from_utf8_lossy(&sweep.keys()[k])
+                );
             }
         }
-        let id = server.id;
-        let mut cleared = false;
-        if errors == 0 {
-            registry.transact(|t| {
-                let change = libmcshm::edit::Transition::Swept { at: swept_at };
-                let actor = libmcshm::registry::commit_info();
-                cleared = libmcshm::edit::transition(&mut t.servers, id, change, actor);
-                Ok(())
-            })?;
-        }
+        let SweepCounts {
+            deleted,
+            failed: errors,
+        } = sweep.counts();
+        let cleared = sweep.finish()?;
         failed |= errors > 0;
-        report.push((address.to_string(), keys.len(), deleted, cleared));
+        report.push((address.to_string(), total, deleted, cleared));
     }
     crate::show::print(
         ctx,
