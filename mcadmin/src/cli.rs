@@ -131,8 +131,8 @@ pub struct EtcdArgs {
     )]
     pub user: Option<String>,
     /// Seconds an etcd request may take, over all endpoints
-    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 5.0, value_name = "S")]
-    pub etcd_timeout: f64,
+    #[arg(value_parser = positive("--etcd-timeout"), long, global = true, default_value = "5", value_name = "S")]
+    pub etcd_timeout: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,22 +250,22 @@ pub enum Command {
         #[arg(long)]
         all: bool,
         /// Seconds between probe rounds
-        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 2.0, value_name = "S")]
-        interval: f64,
+        #[arg(value_parser = positive("interval"), long, default_value = "2", value_name = "S")]
+        interval: Duration,
         /// Failed probes in a row that mark a server down [default: the domain's failure limit]
         #[arg(long, value_name = "N")]
         failures: Option<u32>,
         /// Also set and get this key on each probe (checks that the server stores data)
-        #[arg(long, value_name = "KEY")]
-        check_key: Option<String>,
+        #[arg(long, value_name = "KEY", value_parser = check_key)]
+        check_key: Option<Vec<u8>>,
         /// Run this shell command on every transition, with MCSHM_EVENT (down, up,
         /// rejoin-failed, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON and
         /// MCSHM_TIME in its environment
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
         /// Probe timeout in seconds
-        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 1.0, value_name = "S")]
-        timeout: f64,
+        #[arg(value_parser = positive("timeout"), long, default_value = "1", value_name = "S")]
+        timeout: Duration,
     },
     /// Retire a server gently, moving its keys to their new owners.
     ///
@@ -318,10 +318,10 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Timeout of a probe's flush, seconds
-        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 1.0, value_name = "S")]
-        probe_timeout: f64,
+        #[arg(value_parser = positive("probe timeout"), long, default_value = "1", value_name = "S")]
+        probe_timeout: Duration,
         /// Seconds the host record outlives a dead agent in `hosts`
-        #[arg(value_parser = mcshm_cli::whole_seconds, long, default_value_t = 10, value_name = "S")]
+        #[arg(value_parser = lease_ttl, long, default_value_t = 10, value_name = "S")]
         lease_ttl: i64,
     },
     /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
@@ -560,4 +560,35 @@ fn lock_wait(text: &str) -> Checked<LockWait> {
         return Err(Box::new(UsageError(why)));
     }
     Ok(LockWait::For(Duration::from_secs_f64(seconds)))
+}
+
+/// Seconds above 0 (`what` names the value in the error).
+fn positive(what: &'static str) -> impl Fn(&str) -> Checked<Duration> + Clone + Send + Sync {
+    move |text| {
+        let duration = mcshm_cli::duration(text, Duration::from_secs(1))?;
+        if duration.is_zero() {
+            let why = format!("invalid {what} '{text}': expected seconds > 0");
+            return Err(Box::new(UsageError(why)));
+        }
+        Ok(duration)
+    }
+}
+
+/// `watch --check-key`: a key memcached takes.
+fn check_key(text: &str) -> Checked<Vec<u8>> {
+    let key = text.as_bytes().to_vec();
+    match libmcshm::proto::check_key(&key) {
+        Ok(()) => Ok(key),
+        Err(why) => Err(Box::new(UsageError(format!("invalid check key: {why}")))),
+    }
+}
+
+/// `sync --lease-ttl`: 2 to 3600 seconds.
+fn lease_ttl(text: &str) -> Checked<i64> {
+    let seconds = mcshm_cli::whole_seconds(text)?;
+    if !(2..=3600).contains(&seconds) {
+        let why = format!("invalid --lease-ttl '{seconds}': expected 2 to 3600 seconds");
+        return Err(Box::new(UsageError(why)));
+    }
+    Ok(seconds)
 }

@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libmcshm::access::Access;
@@ -28,14 +29,13 @@ pub fn connect(args: &EtcdArgs) -> Result<Option<Fleet>> {
     let Some(endpoints) = &args.etcd else {
         return Ok(None);
     };
-    let timeout = crate::lifecycle::seconds(args.etcd_timeout, "--etcd-timeout")?;
     let config = EtcdConfig {
         endpoints: EtcdConfig::parse_endpoints(endpoints).map_err(usage)?,
         cacert: args.cacert.clone(),
         cert: args.cert.clone(),
         key: args.key.clone(),
         user: args.user.clone(),
-        timeout,
+        timeout: args.etcd_timeout,
     };
     let etcd = Etcd::new(config).map_err(usage)?;
     Ok(Some(Fleet::new(etcd, &args.etcd_prefix).map_err(usage)?))
@@ -257,7 +257,7 @@ pub struct SyncArgs<'a> {
     pub domains: &'a [String],
     pub all: bool,
     pub name: Option<&'a str>,
-    pub probe_timeout: f64,
+    pub probe_timeout: Duration,
     pub lease_ttl: i64,
 }
 
@@ -285,14 +285,7 @@ pub fn sync(ctx: &Invocation, fleet: Arc<Fleet>, args: SyncArgs<'_>) -> Result<E
         ))
         .into());
     }
-    let timeout = crate::lifecycle::seconds(args.probe_timeout, "probe timeout")?;
-    if !(2..=3600).contains(&args.lease_ttl) {
-        return Err(UsageError(format!(
-            "invalid --lease-ttl '{}': expected 2 to 3600 seconds",
-            args.lease_ttl
-        ))
-        .into());
-    }
+    let timeout = args.probe_timeout;
     std::fs::create_dir_all(&ctx.dir)
         .with_context(|| format!("cannot create {}", ctx.dir.display()))?;
     let stop = crate::lifecycle::stop_flag()?;

@@ -15,7 +15,6 @@ use serde_json::json;
 
 use crate::{Exit, Invocation};
 use libmcshm::clock::utc;
-use mcshm_cli::UsageError;
 
 /// A flag set by SIGTERM or SIGINT.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
@@ -37,25 +36,20 @@ fn pause(duration: Duration, stop: &AtomicBool) {
 pub struct WatchOptions<'a> {
     pub domains: &'a [String],
     pub all: bool,
-    pub interval: f64,
+    pub interval: Duration,
     pub failures: Option<u32>,
-    pub check_key: Option<&'a str>,
+    pub check_key: Option<&'a [u8]>,
     pub exec: Option<&'a str>,
-    pub timeout: f64,
+    pub timeout: Duration,
 }
 
 pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
-    let interval = seconds(options.interval, "interval")?;
-    let timeout = seconds(options.timeout, "timeout")?;
+    let (interval, timeout) = (options.interval, options.timeout);
     let timeouts = Timeouts {
         connect: timeout,
         io: timeout,
     };
-    let check_key = options.check_key.map(|k| k.as_bytes().to_vec());
-    if let Some(key) = &check_key {
-        libmcshm::proto::check_key(key)
-            .map_err(|why| UsageError(format!("invalid check key: {why}")))?;
-    }
+    let check_key = options.check_key.map(<[u8]>::to_vec);
     let names: Vec<String> = if options.all {
         Vec::new()
     } else {
@@ -96,13 +90,6 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
         pause(interval, &stop);
     }
     Ok(Exit::Success)
-}
-
-pub fn seconds(value: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| UsageError(format!("invalid {what} '{value}': expected seconds > 0")).into())
 }
 
 /// Prints a transition (a line, or a JSON line) and runs the --exec hook for it.
