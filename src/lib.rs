@@ -81,12 +81,19 @@ pub fn fail<E: Into<u8>>(
 /// Parses the command line as clap does, but answers an unknown subcommand with the nearest
 /// ones by edit distance, a swap of two letters counting one (`gte` is `get`, `lsit` is
 /// `list`), among the commands `--help` shows and their visible aliases. Exits 2 then, as
-/// clap does for any usage error.
+/// clap does for any usage error. A value parser's [`UsageError`] (a value the tool checks,
+/// such as a weight out of range) is printed as the tool prints its other errors, on one line:
+/// `NAME: invalid weight '0': must be from 1 to 65535`.
 pub fn parse<C: clap::Parser>(name: &str) -> C {
     let err = match C::try_parse() {
         Ok(cli) => return cli,
         Err(err) => err,
     };
+    let source = std::error::Error::source(&err);
+    if let Some(usage) = source.and_then(|e| e.downcast_ref::<UsageError>()) {
+        eprintln!("{name}: {usage}");
+        std::process::exit(2);
+    }
     let unknown = match err.get(clap::error::ContextKind::InvalidSubcommand) {
         Some(clap::error::ContextValue::String(given))
             if err.kind() == clap::error::ErrorKind::InvalidSubcommand =>

@@ -48,6 +48,7 @@ pub mod drain;
 pub mod health;
 pub mod lifecycle;
 pub mod proto;
+pub mod settle;
 pub mod tls;
 
 pub use client::{Client, FailureEvent, MarkedDown, MultiGet, StoreItem, Stored};

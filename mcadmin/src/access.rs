@@ -8,7 +8,9 @@ use libmcshm::tls::{self, Part, TlsSettings, Verify};
 use mcshm_cli::UsageError;
 use serde_json::json;
 
-use crate::{Exit, Invocation, print, read_input};
+use crate::show::print;
+use crate::verbs::write::read_input;
+use crate::{Exit, Invocation};
 
 pub fn auth(
     ctx: &Invocation,

@@ -1,8 +1,18 @@
-//! Command-line definitions of mcadmin (also used to generate `man/mcadmin.8`).
+//! Command-line definitions of mcadmin (also used to generate `man/mcadmin.8`), with the value
+//! parsers that check what the library checks (a weight, a reason, a policy value), so that a
+//! verb receives values it can use and bad input is refused before anything is read or written.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use libmcshm::Address;
+use libmcshm::edit::PolicyChange;
+use libmcshm::placement::Distribution;
+use libmcshm::prefix::KeyPrefix;
+use libmcshm::registry::LockWait;
+use libmcshm::table::{self, Failover, Rejoin};
+use mcshm_cli::UsageError;
 
 macro_rules! exit_status {
     () => {
@@ -75,8 +85,8 @@ pub struct Cli {
 
     /// Seconds to wait for another writer of the domain before giving up with "locked by pid
     /// N" (exit 4); 0: do not wait
-    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 10.0, value_name = "S")]
-    pub lock_timeout: f64,
+    #[arg(value_parser = lock_wait, long, global = true, default_value = "10", value_name = "S")]
+    pub lock_timeout: LockWait,
 
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -121,8 +131,8 @@ pub struct EtcdArgs {
     )]
     pub user: Option<String>,
     /// Seconds an etcd request may take, over all endpoints
-    #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 5.0, value_name = "S")]
-    pub etcd_timeout: f64,
+    #[arg(value_parser = positive("--etcd-timeout"), long, global = true, default_value = "5", value_name = "S")]
+    pub etcd_timeout: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,33 +147,12 @@ pub enum Command {
     /// A new server is flushed (flush_all) before it joins, so that nothing it kept from an
     /// earlier time in the domain is served; if it cannot be flushed nothing changes (exit 5).
     /// With --down it is flushed when it is brought up instead.
-    Add {
-        #[arg(required = true, value_name = "ADDR")]
-        servers: Vec<String>,
-        /// Share of keys relative to the other servers (1-65535)
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        weight: u32,
-        /// Add in the down state (clients will not use the servers until `mcadmin up`)
-        #[arg(long)]
-        down: bool,
-        /// Why (shown by `list`); with --down, why the servers are down
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        reason: String,
-        #[command(flatten)]
-        retry: RetryArg,
-        /// Skip servers already present instead of failing
-        #[arg(long)]
-        if_missing: bool,
-        /// Do not flush the new servers (they are flushed by default, so that items left from
-        /// an earlier time in the domain are never served): only for servers known to be empty
-        #[arg(long)]
-        no_flush: bool,
-    },
+    Add(AddArgs),
     /// Remove servers.
     #[command(visible_alias = "rm")]
     Delete {
-        #[arg(required = true, value_name = "ADDR")]
-        servers: Vec<String>,
+        #[arg(required = true, value_name = "ADDR", value_parser = address)]
+        servers: Vec<Address>,
         /// Skip servers not present instead of failing
         #[arg(long)]
         if_present: bool,
@@ -174,8 +163,8 @@ pub enum Command {
     /// serve nothing stale (rejoin policy flush/warm; trust skips the flush). A draining server
     /// stops draining.
     Up {
-        #[arg(required = true, value_name = "ADDR")]
-        servers: Vec<String>,
+        #[arg(required = true, value_name = "ADDR", value_parser = address)]
+        servers: Vec<Address>,
         /// Mark up without flushing (unsafe for data that changed while the server was away)
         #[arg(long)]
         no_flush: bool,
@@ -187,10 +176,10 @@ pub enum Command {
     /// `watch` marked down after failures is shown as `down (failures)` and is retried
     /// automatically every retry interval.
     Down {
-        #[arg(required = true, value_name = "ADDR")]
-        servers: Vec<String>,
+        #[arg(required = true, value_name = "ADDR", value_parser = address)]
+        servers: Vec<Address>,
         /// Why (shown by `list` and `status`)
-        #[arg(long, value_name = "TEXT", default_value = "")]
+        #[arg(long, value_name = "TEXT", default_value = "", value_parser = reason)]
         reason: String,
         /// Down as after failures: the retry probe and `watch` bring the servers back (flushed)
         /// once they answer, every retry interval
@@ -199,14 +188,14 @@ pub enum Command {
     },
     /// Change a server's weight or retry interval.
     Set {
-        #[arg(value_name = "ADDR")]
-        server: String,
+        #[arg(value_name = "ADDR", value_parser = address)]
+        server: Address,
         /// New share of keys (1-65535)
-        #[arg(long, value_name = "N")]
-        weight: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = weight)]
+        weight: Option<u16>,
         /// New seconds between automatic retries while down; -1: never
-        #[arg(value_parser = mcshm_cli::whole_seconds, long, value_name = "S", allow_negative_numbers = true)]
-        retry_interval: Option<i64>,
+        #[arg(value_parser = retry_interval, long, value_name = "S", allow_negative_numbers = true)]
+        retry_interval: Option<i32>,
     },
     /// Show or set the domain's client policy (failover, failure limit, rejoin, replicas).
     ///
@@ -215,51 +204,14 @@ pub enum Command {
     /// of down servers move to the up ones (libmemcached's REMOVE_FAILED_SERVERS). Clients mark a
     /// server down for every process on the host after failure-limit consecutive
     /// connect/timeout/I-O failures (default 2).
-    Policy {
-        /// none or rehash
-        #[arg(long, value_name = "POLICY")]
-        failover: Option<String>,
-        /// Consecutive failures that mark a server down (1-255)
-        #[arg(long, value_name = "N")]
-        failure_limit: Option<String>,
-        /// How a down server comes back: flush (flush_all, then up), warm (flush, then fill
-        /// misses from the interim owner for the warm window), trust (no flush: unsafe for data
-        /// that changes while it is away)
-        #[arg(long, value_name = "POLICY")]
-        rejoin: Option<String>,
-        /// Servers each write goes to, along the ring (reads fall back along the same servers)
-        #[arg(long, value_name = "N")]
-        replicas: Option<String>,
-        /// Seconds of warm-up after a rejoin with --rejoin warm
-        #[arg(long, value_name = "S")]
-        warm_window: Option<String>,
-        /// How keys map to servers, as the domain's other clients map them: ketama
-        /// (libmemcached's KETAMA_WEIGHTED, PHP memcached's LIBKETAMA_COMPATIBLE; the default),
-        /// ketama-spy (libmemcached's CONSISTENT_KETAMA_SPY with weights, spymemcached's
-        /// KetamaNodeLocator), ketama-unweighted (libmemcached's BEHAVIOR_KETAMA, pylibmc's
-        /// "ketama": 100 points per server, weights ignored), modula (libmemcached's default:
-        /// the key's hash modulo the number of servers) or pecl-memcache (PHP's PECL memcache,
-        /// memcache.hash_strategy=consistent)
-        #[arg(long, value_name = "NAME")]
-        distribution: Option<String>,
-        /// The key hash of modula and ketama-unweighted, as libmemcached's
-        /// MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its default), md5, crc, fnv1a_32 or murmur;
-        /// pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
-        #[arg(long, value_name = "H", requires = "distribution")]
-        hash: Option<String>,
-        /// Key prefix: sent before every key, never hashed, as PHP memcached's OPT_PREFIX_KEY
-        /// and libmemcached's NAMESPACE (up to 30 bytes, no whitespace or control characters;
-        /// "" removes it). Every process of the domain switches with the same version
-        #[arg(long, value_name = "P")]
-        prefix: Option<String>,
-    },
+    Policy(PolicyArgs),
     /// Show the servers of the domain with its version.
     #[command(visible_alias = "ls")]
     List,
     /// Show one server's state; exit status 0 when up, 1 when down or draining.
     Status {
-        #[arg(value_name = "ADDR")]
-        server: String,
+        #[arg(value_name = "ADDR", value_parser = address)]
+        server: Address,
     },
     /// List every domain in the registry directory.
     Domains,
@@ -298,22 +250,22 @@ pub enum Command {
         #[arg(long)]
         all: bool,
         /// Seconds between probe rounds
-        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 2.0, value_name = "S")]
-        interval: f64,
+        #[arg(value_parser = positive("interval"), long, default_value = "2", value_name = "S")]
+        interval: Duration,
         /// Failed probes in a row that mark a server down [default: the domain's failure limit]
         #[arg(long, value_name = "N")]
         failures: Option<u32>,
         /// Also set and get this key on each probe (checks that the server stores data)
-        #[arg(long, value_name = "KEY")]
-        check_key: Option<String>,
+        #[arg(long, value_name = "KEY", value_parser = check_key)]
+        check_key: Option<Vec<u8>>,
         /// Run this shell command on every transition, with MCSHM_EVENT (down, up,
         /// rejoin-failed, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON and
         /// MCSHM_TIME in its environment
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
         /// Probe timeout in seconds
-        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 1.0, value_name = "S")]
-        timeout: f64,
+        #[arg(value_parser = positive("timeout"), long, default_value = "1", value_name = "S")]
+        timeout: Duration,
     },
     /// Retire a server gently, moving its keys to their new owners.
     ///
@@ -321,8 +273,8 @@ pub enum Command {
     /// it), moves its keys at --rate keeping flags and TTL, then removes it. Ctrl-C leaves it
     /// draining (run drain again to resume); `mcadmin up` cancels.
     Drain {
-        #[arg(value_name = "ADDR")]
-        server: String,
+        #[arg(value_name = "ADDR", value_parser = address)]
+        server: Address,
         /// Keys moved per second (0: as fast as possible)
         #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
         rate: u32,
@@ -337,8 +289,8 @@ pub enum Command {
     /// own in the current table, at --rate, and clears its mark (kept if a change during the
     /// sweep marked it again: run settle again). Without ADDR: every marked server that is up.
     Settle {
-        #[arg(value_name = "ADDR")]
-        servers: Vec<String>,
+        #[arg(value_name = "ADDR", value_parser = address)]
+        servers: Vec<Address>,
         /// Keys looked at per second (0: as fast as possible)
         #[arg(long, default_value_t = 10_000, value_name = "KEYS_PER_S")]
         rate: u32,
@@ -366,10 +318,10 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Timeout of a probe's flush, seconds
-        #[arg(value_parser = mcshm_cli::seconds, long, default_value_t = 1.0, value_name = "S")]
-        probe_timeout: f64,
+        #[arg(value_parser = positive("probe timeout"), long, default_value = "1", value_name = "S")]
+        probe_timeout: Duration,
         /// Seconds the host record outlives a dead agent in `hosts`
-        #[arg(value_parser = mcshm_cli::whole_seconds, long, default_value_t = 10, value_name = "S")]
+        #[arg(value_parser = lease_ttl, long, default_value_t = 10, value_name = "S")]
         lease_ttl: i64,
     },
     /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
@@ -440,8 +392,8 @@ pub enum Command {
         #[arg(long, value_name = "V")]
         since: Option<u64>,
         /// Give up after S seconds (exit status 1) [default: wait forever]
-        #[arg(value_parser = mcshm_cli::seconds, long, value_name = "S")]
-        timeout: Option<f64>,
+        #[arg(value_parser = duration, long, value_name = "S")]
+        timeout: Option<Duration>,
     },
 }
 
@@ -450,15 +402,193 @@ pub struct RetryArg {
     /// Seconds between automatic retries while down; -1: never retried automatically
     #[arg(
         long,
-        value_parser = mcshm_cli::whole_seconds,
+        value_parser = retry_interval,
         value_name = "S",
         default_value_t = 15,
         allow_negative_numbers = true
     )]
-    pub retry_interval: i64,
+    pub retry_interval: i32,
 }
 
 /// `--verify full|ca`.
 fn verify_mode(text: &str) -> Result<libmcshm::tls::Verify, String> {
     libmcshm::tls::Verify::parse(text).map_err(|_| "expected full or ca".to_string())
+}
+
+// The values of `add` (a `//` comment, as for `PolicyArgs`).
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    #[arg(required = true, value_name = "ADDR", value_parser = address)]
+    pub servers: Vec<Address>,
+    /// Share of keys relative to the other servers (1-65535)
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = weight)]
+    pub weight: u16,
+    /// Add in the down state (clients will not use the servers until `mcadmin up`)
+    #[arg(long)]
+    pub down: bool,
+    /// Why (shown by `list`); with --down, why the servers are down
+    #[arg(long, value_name = "TEXT", default_value = "", value_parser = reason)]
+    pub reason: String,
+    #[command(flatten)]
+    pub retry: RetryArg,
+    /// Skip servers already present instead of failing
+    #[arg(long)]
+    pub if_missing: bool,
+    /// Do not flush the new servers (they are flushed by default, so that items left from
+    /// an earlier time in the domain are never served): only for servers known to be empty
+    #[arg(long)]
+    pub no_flush: bool,
+}
+
+// The values of `policy` (none: show the policy). A `//` comment: clap would take a doc
+// comment for the subcommand's help.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// none or rehash
+    #[arg(long, value_name = "POLICY", value_parser = checked::<Failover>)]
+    pub failover: Option<Failover>,
+    /// Consecutive failures that mark a server down (1-255)
+    #[arg(long, value_name = "N", value_parser = failure_limit)]
+    pub failure_limit: Option<u8>,
+    /// How a down server comes back: flush (flush_all, then up), warm (flush, then fill
+    /// misses from the interim owner for the warm window), trust (no flush: unsafe for data
+    /// that changes while it is away)
+    #[arg(long, value_name = "POLICY", value_parser = checked::<Rejoin>)]
+    pub rejoin: Option<Rejoin>,
+    /// Servers each write goes to, along the ring (reads fall back along the same servers)
+    #[arg(long, value_name = "N", value_parser = replicas)]
+    pub replicas: Option<u8>,
+    /// Seconds of warm-up after a rejoin with --rejoin warm
+    #[arg(long, value_name = "S", value_parser = warm_window)]
+    pub warm_window: Option<u32>,
+    /// How keys map to servers, as the domain's other clients map them: ketama
+    /// (libmemcached's KETAMA_WEIGHTED, PHP memcached's LIBKETAMA_COMPATIBLE; the default),
+    /// ketama-spy (libmemcached's CONSISTENT_KETAMA_SPY with weights, spymemcached's
+    /// KetamaNodeLocator), ketama-unweighted (libmemcached's BEHAVIOR_KETAMA, pylibmc's
+    /// "ketama": 100 points per server, weights ignored), modula (libmemcached's default:
+    /// the key's hash modulo the number of servers) or pecl-memcache (PHP's PECL memcache,
+    /// memcache.hash_strategy=consistent)
+    #[arg(long, value_name = "NAME")]
+    pub distribution: Option<String>,
+    /// The key hash of modula and ketama-unweighted, as libmemcached's
+    /// MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its default), md5, crc, fnv1a_32 or murmur;
+    /// pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
+    #[arg(long, value_name = "H", requires = "distribution")]
+    pub hash: Option<String>,
+    /// Key prefix: sent before every key, never hashed, as PHP memcached's OPT_PREFIX_KEY
+    /// and libmemcached's NAMESPACE (up to 30 bytes, no whitespace or control characters;
+    /// "" removes it). Every process of the domain switches with the same version
+    #[arg(long, value_name = "P", value_parser = key_prefix)]
+    pub prefix: Option<KeyPrefix>,
+}
+
+impl PolicyArgs {
+    /// The change these options ask for (the distribution is checked here: it takes --hash).
+    pub fn change(&self) -> libmcshm::Result<PolicyChange> {
+        let distribution = self.distribution.as_deref();
+        Ok(PolicyChange {
+            failover: self.failover,
+            failure_limit: self.failure_limit,
+            rejoin: self.rejoin,
+            replicas: self.replicas,
+            warm_window_s: self.warm_window,
+            distribution: distribution
+                .map(|d| Distribution::parse(d, self.hash.as_deref()))
+                .transpose()?,
+            prefix: self.prefix,
+        })
+    }
+}
+
+/// A value parser's error: a [`UsageError`] is printed on one line, as the library words it
+/// (`mcadmin: invalid weight '0': must be from 1 to 65535`, exit 2; see [`mcshm_cli::parse`]);
+/// any other error (not a number, not a duration) as clap prints it.
+type Checked<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn usage(err: libmcshm::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(UsageError(err.to_string()))
+}
+
+/// A value the library parses (`--failover`, `--rejoin`).
+fn checked<T: std::str::FromStr<Err = libmcshm::Error>>(text: &str) -> Checked<T> {
+    text.parse().map_err(usage)
+}
+
+fn address(text: &str) -> Checked<Address> {
+    Address::parse(text).map_err(usage)
+}
+
+fn weight(text: &str) -> Checked<u16> {
+    table::check_weight(text.parse()?).map_err(usage)
+}
+
+fn retry_interval(text: &str) -> Checked<i32> {
+    table::check_retry_interval(mcshm_cli::whole_seconds(text)?).map_err(usage)
+}
+
+fn reason(text: &str) -> Checked<String> {
+    table::check_reason(text).map_err(usage)?;
+    Ok(text.to_string())
+}
+
+fn failure_limit(text: &str) -> Checked<u8> {
+    table::check_failure_limit(text).map_err(usage)
+}
+
+fn replicas(text: &str) -> Checked<u8> {
+    table::check_replicas(text).map_err(usage)
+}
+
+fn warm_window(text: &str) -> Checked<u32> {
+    table::check_warm_window(text).map_err(usage)
+}
+
+fn key_prefix(text: &str) -> Checked<KeyPrefix> {
+    KeyPrefix::parse(text).map_err(usage)
+}
+
+fn duration(text: &str) -> Checked<Duration> {
+    Ok(mcshm_cli::duration(text, Duration::from_secs(1))?)
+}
+
+/// `--lock-timeout`: 0 waits for no other writer, but still moves a table away from a reader's
+/// lock (what `LockWait::Never`, the clients' setting, does not).
+fn lock_wait(text: &str) -> Checked<LockWait> {
+    let seconds = mcshm_cli::seconds(text)?;
+    if !(0.0..=86_400.0).contains(&seconds) {
+        let why = format!("invalid --lock-timeout '{seconds}': expected seconds from 0 to 86400");
+        return Err(Box::new(UsageError(why)));
+    }
+    Ok(LockWait::For(Duration::from_secs_f64(seconds)))
+}
+
+/// Seconds above 0 (`what` names the value in the error).
+fn positive(what: &'static str) -> impl Fn(&str) -> Checked<Duration> + Clone + Send + Sync {
+    move |text| {
+        let duration = mcshm_cli::duration(text, Duration::from_secs(1))?;
+        if duration.is_zero() {
+            let why = format!("invalid {what} '{text}': expected seconds > 0");
+            return Err(Box::new(UsageError(why)));
+        }
+        Ok(duration)
+    }
+}
+
+/// `watch --check-key`: a key memcached takes.
+fn check_key(text: &str) -> Checked<Vec<u8>> {
+    let key = text.as_bytes().to_vec();
+    match libmcshm::proto::check_key(&key) {
+        Ok(()) => Ok(key),
+        Err(why) => Err(Box::new(UsageError(format!("invalid check key: {why}")))),
+    }
+}
+
+/// `sync --lease-ttl`: 2 to 3600 seconds.
+fn lease_ttl(text: &str) -> Checked<i64> {
+    let seconds = mcshm_cli::whole_seconds(text)?;
+    if !(2..=3600).contains(&seconds) {
+        let why = format!("invalid --lease-ttl '{seconds}': expected 2 to 3600 seconds");
+        return Err(Box::new(UsageError(why)));
+    }
+    Ok(seconds)
 }

@@ -1,20 +1,26 @@
-//! mcadmin with `--etcd`: the same verbs on the fleet's tables, and the fleet's own commands
-//! (`sync`, the host agent; `hosts`). Edits run the very closures the local verbs run, inside
-//! an etcd compare-and-swap instead of a registry transaction.
+//! mcadmin with `--etcd`: what the verbs do differently on the fleet's tables (reached through
+//! [`crate::store::Store`]), and the fleet's own commands (`sync`, the host agent; `hosts`).
+//! Edits run the very closures the local verbs run, inside an etcd compare-and-swap instead of
+//! a registry transaction.
 
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use libmcshm::access::Access;
+use libmcshm::lifecycle::LoadPlan;
 use libmcshm::table::{Rejoin, State, Table};
-use libmcshm::{Address, Domain, Snapshot, Timeouts, dump, edit, lifecycle};
+use libmcshm::{Address, Domain, Snapshot, Timeouts, edit, lifecycle};
 use mcshm_fleet::sync::{Agent, SyncEvent, SyncOptions};
-use mcshm_fleet::{Etcd, EtcdConfig, Fleet, FleetError, FleetTable};
+use mcshm_fleet::{Etcd, EtcdConfig, Fleet, FleetCommit, FleetError, FleetTable};
 use serde_json::json;
 
 use crate::cli::EtcdArgs;
 use crate::show;
-use crate::{Exit, Invocation, print};
+use crate::show::print;
+use crate::{Exit, Invocation};
 use libmcshm::clock::utc;
 use mcshm_cli::UsageError;
 
@@ -23,14 +29,13 @@ pub fn connect(args: &EtcdArgs) -> Result<Option<Fleet>> {
     let Some(endpoints) = &args.etcd else {
         return Ok(None);
     };
-    let timeout = crate::lifecycle::seconds(args.etcd_timeout, "--etcd-timeout")?;
     let config = EtcdConfig {
         endpoints: EtcdConfig::parse_endpoints(endpoints).map_err(usage)?,
         cacert: args.cacert.clone(),
         cert: args.cert.clone(),
         key: args.key.clone(),
         user: args.user.clone(),
-        timeout,
+        timeout: args.etcd_timeout,
     };
     let etcd = Etcd::new(config).map_err(usage)?;
     Ok(Some(Fleet::new(etcd, &args.etcd_prefix).map_err(usage)?))
@@ -49,71 +54,42 @@ pub fn exit_for(err: &FleetError) -> Exit {
     }
 }
 
-/// Runs `change` as one fleet transaction and reports the fleet revision.
-pub fn write(
-    ctx: &Invocation,
-    fleet: &Fleet,
-    create: bool,
-    change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
-) -> Result<Exit> {
-    let commit = fleet.transact(&ctx.domain, create, "mcadmin", change)?;
-    report(ctx, commit.revision, commit.changed)
-}
-
 /// `load` on the fleet: replaces the table, even a damaged value, through the same transitions
 /// as a local load (a server that joins up or comes back up is flushed first; see
 /// [`libmcshm::lifecycle::prepare_load`]).
-pub fn load(ctx: &Invocation, fleet: &Fleet, loaded: &Table) -> Result<Exit> {
-    let mut loaded = loaded.clone();
-    let current = fleet.read(&ctx.domain).ok().flatten();
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
+pub fn load(
+    fleet: &Fleet,
+    domain: &Domain,
+    loaded: &mut Table,
+    timeouts: Timeouts,
+    access: &Access,
+) -> Result<(FleetCommit, LoadPlan)> {
+    let current = fleet.read(domain).ok().flatten();
     let plan = libmcshm::lifecycle::prepare_load(
         current.as_ref().map(|c| &c.table.servers[..]),
-        &mut loaded,
-        Timeouts::default(),
-        &access,
+        loaded,
+        timeouts,
+        access,
     );
-    let commit = fleet.transact_with(&ctx.domain, true, true, "mcadmin load", |t| {
-        plan.apply(t, &loaded);
+    let commit = fleet.transact_with(domain, true, true, "mcadmin load", |t| {
+        plan.apply(t, loaded);
         Ok(())
     })?;
-    for (address, error) in &plan.unflushed {
-        eprintln!(
-            "mcadmin: {address}: cannot flush it ({error}); loaded down, retried automatically"
-        );
-    }
-    report(ctx, commit.revision, commit.changed)?;
-    Ok(match plan.unflushed.is_empty() {
-        true => Exit::Success,
-        false => Exit::Server,
-    })
-}
-
-fn report(ctx: &Invocation, revision: i64, changed: bool) -> Result<Exit> {
-    print(
-        ctx,
-        || json!({"domain": ctx.domain.as_str(), "revision": revision, "changed": changed}),
-        || match changed {
-            true => format!("domain {}: fleet revision {revision}\n", ctx.domain),
-            false => format!(
-                "domain {}: unchanged at fleet revision {revision}\n",
-                ctx.domain
-            ),
-        },
-    )?;
-    Ok(Exit::Success)
+    Ok((commit, plan))
 }
 
 /// The domain's fleet table, or "no such domain".
-pub fn read(ctx: &Invocation, fleet: &Fleet) -> Result<FleetTable> {
+fn read(fleet: &Fleet, domain: &Domain) -> Result<FleetTable> {
     Ok(fleet
-        .read(&ctx.domain)?
-        .ok_or_else(|| FleetError::NoDomain(ctx.domain.to_string()))?)
+        .read(domain)?
+        .ok_or_else(|| FleetError::NoDomain(domain.to_string()))?)
 }
 
-/// A fleet table shown as `list` shows a local one: its version is the fleet revision.
-fn as_snapshot(domain: &Domain, table: &FleetTable) -> Snapshot {
-    Snapshot {
+/// The domain's fleet table, and the same shown as a local table is (its version is the fleet
+/// revision).
+pub fn snapshot(fleet: &Fleet, domain: &Domain) -> Result<(FleetTable, Snapshot)> {
+    let table = read(fleet, domain)?;
+    let snapshot = Snapshot {
         domain: domain.to_string(),
         version: table.revision as u64,
         changed_ms: table.changed.ms,
@@ -123,49 +99,8 @@ fn as_snapshot(domain: &Domain, table: &FleetTable) -> Snapshot {
         policy: table.table.policy,
         next_id: 0,
         fleet_revision: table.revision as u64,
-    }
-}
-
-pub fn list(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
-    let table = read(ctx, fleet)?;
-    let snapshot = as_snapshot(&ctx.domain, &table);
-    let failures = vec![0; snapshot.servers.len()];
-    print(
-        ctx,
-        || {
-            let mut v = show::snapshot_json(&snapshot, &failures);
-            v["revision"] = json!(table.revision);
-            v["changed_by"] = json!(table.changed.by);
-            v["changed_host"] = json!(table.changed.host);
-            v
-        },
-        || {
-            format!(
-                "domain {}  fleet revision {}  changed {} by {} on {} pid {}\npolicy: {}\n{}",
-                ctx.domain,
-                table.revision,
-                utc(table.changed.ms),
-                table.changed.by,
-                table.changed.host,
-                table.changed.pid,
-                dump::policy_text(&snapshot.policy),
-                show::servers_table(&snapshot.servers, &failures)
-            )
-        },
-    )?;
-    Ok(Exit::Success)
-}
-
-pub fn dump(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
-    let table = read(ctx, fleet)?;
-    io::stdout().write_all(dump::to_text(&as_snapshot(&ctx.domain, &table)).as_bytes())?;
-    Ok(Exit::Success)
-}
-
-pub fn status(ctx: &Invocation, fleet: &Fleet, server: &str) -> Result<Exit> {
-    let address = Address::parse(server)?;
-    let table = read(ctx, fleet)?;
-    crate::show_status(ctx, &as_snapshot(&ctx.domain, &table), &address)
+    };
+    Ok((table, snapshot))
 }
 
 /// Every domain of the fleet, with its revision and servers up (a refused value is listed as
@@ -209,11 +144,16 @@ pub fn domains(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
 
 /// `up` for the fleet: a down server is flushed (rejoin policy) by this mcadmin first, and only
 /// then marked up for the fleet; a draining one stops draining.
-pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -> Result<Exit> {
-    let addresses = crate::parse_addresses(servers)?;
-    let table = read(ctx, fleet)?;
+pub fn bring_up(
+    fleet: &Fleet,
+    dir: &Path,
+    domain: &Domain,
+    addresses: &[Address],
+    no_flush: bool,
+) -> Result<FleetCommit> {
+    let table = read(fleet, domain)?;
     let policy = table.table.policy;
-    for address in &addresses {
+    for address in addresses {
         let server = table
             .table
             .servers
@@ -221,10 +161,10 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
             .find(|s| s.address.same_server(address))
             .ok_or_else(|| libmcshm::Error::NoServer {
                 server: address.to_string(),
-                domain: ctx.domain.to_string(),
+                domain: domain.to_string(),
             })?;
         if server.state == State::Down && policy.rejoin != Rejoin::Trust && !no_flush {
-            let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
+            let access = Access::load(dir, domain)?;
             lifecycle::flush(&server.address, Timeouts::default(), &access).map_err(|error| {
                 libmcshm::Error::Network {
                     server: server.address.to_string(),
@@ -245,16 +185,16 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
         Rejoin::Warm => libmcshm::registry::now_ms() + u64::from(policy.warm_window_s) * 1000,
         _ => 0,
     };
-    let name = ctx.domain.to_string();
+    let name = domain.to_string();
     let rejoining = edit::Rejoining {
         reason: &reason,
         warm_until_ms: warm_until,
         flushed: !no_flush && policy.rejoin != Rejoin::Trust,
         operator: true,
     };
-    write(ctx, fleet, false, |t| {
+    let commit = fleet.transact(domain, false, "mcadmin", |t| {
         // Down servers rejoin (with the warm-up window); draining ones stop draining.
-        for address in &addresses {
+        for address in addresses {
             let server = edit::find_mut(&mut t.servers, address, &name)?;
             let actor = libmcshm::registry::commit_info();
             if !edit::apply(server, edit::Transition::Rejoin(rejoining), actor) {
@@ -266,7 +206,8 @@ pub fn up(ctx: &Invocation, fleet: &Fleet, servers: &[String], no_flush: bool) -
             }
         }
         Ok(())
-    })
+    })?;
+    Ok(commit)
 }
 
 pub fn hosts(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
@@ -316,12 +257,12 @@ pub struct SyncArgs<'a> {
     pub domains: &'a [String],
     pub all: bool,
     pub name: Option<&'a str>,
-    pub probe_timeout: f64,
+    pub probe_timeout: Duration,
     pub lease_ttl: i64,
 }
 
 /// The host agent, until SIGTERM/SIGINT.
-pub fn sync(ctx: &Invocation, fleet: Fleet, args: SyncArgs<'_>) -> Result<Exit> {
+pub fn sync(ctx: &Invocation, fleet: Arc<Fleet>, args: SyncArgs<'_>) -> Result<Exit> {
     let domains = match args.all {
         true => Vec::new(),
         false => args
@@ -344,19 +285,12 @@ pub fn sync(ctx: &Invocation, fleet: Fleet, args: SyncArgs<'_>) -> Result<Exit> 
         ))
         .into());
     }
-    let timeout = crate::lifecycle::seconds(args.probe_timeout, "probe timeout")?;
-    if !(2..=3600).contains(&args.lease_ttl) {
-        return Err(UsageError(format!(
-            "invalid --lease-ttl '{}': expected 2 to 3600 seconds",
-            args.lease_ttl
-        ))
-        .into());
-    }
+    let timeout = args.probe_timeout;
     std::fs::create_dir_all(&ctx.dir)
         .with_context(|| format!("cannot create {}", ctx.dir.display()))?;
     let stop = crate::lifecycle::stop_flag()?;
     let mut agent = Agent::new(
-        Arc::new(fleet),
+        fleet,
         SyncOptions {
             name: name.clone(),
             dir: ctx.dir.clone(),

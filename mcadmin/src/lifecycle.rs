@@ -1,4 +1,5 @@
-//! mcadmin's long-running commands: `watch` (the health daemon), `drain` and `clients`.
+//! mcadmin's long-running commands: `watch` (the health daemon), `drain`, `settle` (each the
+//! library's workflow, paced here and shown as it goes) and `clients`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -6,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libmcshm::drain::{self, Drain, DrainCounts};
+use libmcshm::drain::{Drain, DrainCounts};
 use libmcshm::health::{Event, Watcher};
-use libmcshm::{Address, Client, Domain, Registry, State, Timeouts};
+use libmcshm::settle::{Settle, SweepCounts};
+use libmcshm::{Address, Domain, Registry, Timeouts};
 use serde_json::json;
 
 use crate::{Exit, Invocation};
 use libmcshm::clock::utc;
-use mcshm_cli::UsageError;
 
 /// A flag set by SIGTERM or SIGINT.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
@@ -35,25 +36,20 @@ fn pause(duration: Duration, stop: &AtomicBool) {
 pub struct WatchOptions<'a> {
     pub domains: &'a [String],
     pub all: bool,
-    pub interval: f64,
+    pub interval: Duration,
     pub failures: Option<u32>,
-    pub check_key: Option<&'a str>,
+    pub check_key: Option<&'a [u8]>,
     pub exec: Option<&'a str>,
-    pub timeout: f64,
+    pub timeout: Duration,
 }
 
 pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
-    let interval = seconds(options.interval, "interval")?;
-    let timeout = seconds(options.timeout, "timeout")?;
+    let (interval, timeout) = (options.interval, options.timeout);
     let timeouts = Timeouts {
         connect: timeout,
         io: timeout,
     };
-    let check_key = options.check_key.map(|k| k.as_bytes().to_vec());
-    if let Some(key) = &check_key {
-        libmcshm::proto::check_key(key)
-            .map_err(|why| UsageError(format!("invalid check key: {why}")))?;
-    }
+    let check_key = options.check_key.map(<[u8]>::to_vec);
     let names: Vec<String> = if options.all {
         Vec::new()
     } else {
@@ -94,13 +90,6 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
         pause(interval, &stop);
     }
     Ok(Exit::Success)
-}
-
-pub fn seconds(value: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| UsageError(format!("invalid {what} '{value}': expected seconds > 0")).into())
 }
 
 /// Prints a transition (a line, or a JSON line) and runs the --exec hook for it.
@@ -153,10 +142,9 @@ fn report(ctx: &Invocation, exec: Option<&str>, event: &Event) {
     }
 }
 
-pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
-    let address = Address::parse(server)?;
+pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
     let writer = ctx.writer(false)?;
-    let mut drain = Drain::start(&ctx.dir, &ctx.domain, writer, &address, Timeouts::default())?;
+    let mut drain = Drain::start(&ctx.dir, &ctx.domain, writer, address, Timeouts::default())?;
     let total = drain.keys().len();
     let stop = stop_flag()?;
     let tty = std::io::stderr().is_terminal();
@@ -208,7 +196,7 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     }
     let (outside, prefix) = (drain.outside_prefix(), drain.prefix());
     let removed = drain.finish()?;
-    crate::print(
+    crate::show::print(
         ctx,
         || json!({"server": address.to_string(), "moved": moved, "kept": kept, "gone": gone, "outside_prefix": outside, "version": removed.version, "seconds": seconds, "keys_per_s": keys_per_s}),
         || {
@@ -225,83 +213,55 @@ pub fn drain(ctx: &Invocation, server: &str, rate: u32) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// `settle`: sweeps the marked servers (or `servers`) of their strays and clears their marks.
-pub fn settle(ctx: &Invocation, servers: &[String], rate: u32) -> Result<Exit> {
-    let addresses = crate::parse_addresses(servers)?;
-    let mut registry = ctx.writer(false)?;
-    let snapshot = registry.current_snapshot()?;
-    let mut targets = Vec::new();
-    for address in &addresses {
-        targets.push(snapshot.server(address)?.clone());
-    }
-    if addresses.is_empty() {
-        targets.extend(
-            snapshot
-                .servers
-                .iter()
-                .filter(|s| s.strays_since != 0 && s.state == State::Up)
-                .cloned(),
-        );
-    }
-    let timeouts = Timeouts::default();
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
-    let mut client = Client::for_domain(&ctx.dir, &ctx.domain, timeouts)?;
-    let prefix = client.snapshot()?.policy.prefix;
+/// `settle`: sweeps the marked servers (or `addresses`) of their strays and clears their marks
+/// (see [`libmcshm::settle`]), at `rate` keys per second.
+pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit> {
+    let writer = ctx.writer(false)?;
+    let mut settle = Settle::start(
+        &ctx.dir,
+        &ctx.domain,
+        writer,
+        addresses,
+        Timeouts::default(),
+    )?;
     let stop = stop_flag()?;
     let mut report = Vec::new();
     let mut failed = false;
-    for server in targets {
-        let address = &server.address;
-        if server.state != State::Up {
-            eprintln!(
-                "mcadmin: {address} is {}: only an up server is swept",
-                server.state
-            );
+    for n in 0..settle.servers().len() {
+        let server = &settle.servers()[n];
+        let (address, state) = (server.address.clone(), server.state);
+        let Some(mut sweep) = settle.sweep(n)? else {
+            eprintln!("mcadmin: {address} is {state}: only an up server is swept");
             failed = true;
             continue;
-        }
-        let swept_at = client.snapshot()?.version;
-        let keys = drain::list_keys(address, timeouts, &access).map_err(|error| {
-            libmcshm::Error::Network {
-                server: address.to_string(),
-                error,
-            }
-        })?;
-        let keys: Vec<&[u8]> = keys.iter().filter_map(|k| prefix.strip(k)).collect();
-        let (mut deleted, mut errors) = (0u64, 0u64);
+        };
+        let total = sweep.keys().len();
         let started = Instant::now();
-        for (n, key) in keys.iter().enumerate() {
+        for k in 0..total {
             if stop.load(Ordering::Relaxed) {
                 eprintln!("\nmcadmin: interrupted; {address} keeps its mark (run settle again)");
                 return Ok(Exit::No);
             }
             if rate > 0 {
-                let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+                let due = started + Duration::from_secs_f64(k as f64 / f64::from(rate));
                 pause(due.saturating_duration_since(Instant::now()), &stop);
             }
-            match client.delete_if_stray(address, key) {
-                Ok(true) => deleted += 1,
-                Ok(false) => {}
-                Err(err) => {
-                    errors += 1;
-                    eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(key));
-                }
+            if let Err(err) = sweep.delete_if_stray(k) {
+                eprintln!(
+                    "mcadmin: {}: {err}",
+                    String::from_utf8_lossy(&sweep.keys()[k])
+                );
             }
         }
-        let id = server.id;
-        let mut cleared = false;
-        if errors == 0 {
-            registry.transact(|t| {
-                let change = libmcshm::edit::Transition::Swept { at: swept_at };
-                let actor = libmcshm::registry::commit_info();
-                cleared = libmcshm::edit::transition(&mut t.servers, id, change, actor);
-                Ok(())
-            })?;
-        }
+        let SweepCounts {
+            deleted,
+            failed: errors,
+        } = sweep.counts();
+        let cleared = sweep.finish()?;
         failed |= errors > 0;
-        report.push((address.to_string(), keys.len(), deleted, cleared));
+        report.push((address.to_string(), total, deleted, cleared));
     }
-    crate::print(
+    crate::show::print(
         ctx,
         || {
             serde_json::Value::Array(
@@ -346,7 +306,7 @@ pub fn clients(ctx: &Invocation) -> Result<Exit> {
         .collect();
     let extra = unrecorded.len();
     clients.extend(unrecorded);
-    crate::print(
+    crate::show::print(
         ctx,
         || {
             serde_json::Value::Array(

@@ -1,5 +1,6 @@
-//! mcadmin: the command-line face of the registry. Glue only: parse arguments, call libmcshm,
-//! print, map errors to the documented exit codes.
+//! mcadmin: the command-line face of the registry. Glue only: parse the arguments (cli.rs),
+//! choose where the domain's table is (store.rs), hand each command to its verb, and map errors
+//! to the documented exit codes.
 
 // Doc comments in cli.rs are clap help text (with [OPTIONAL] syntax), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
@@ -9,26 +10,21 @@ mod cli;
 mod fleet;
 mod lifecycle;
 mod show;
+mod store;
+mod verbs;
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use libmcshm::edit::PolicyChange;
-use libmcshm::registry::{FileOwnership, LockWait, commit_info};
-use libmcshm::table::{
-    Table, check_failure_limit, check_reason, check_replicas, check_retry_interval,
-    check_warm_window, check_weight,
-};
-use libmcshm::{
-    Address, Commit, Domain, ErrorKind, Registry, Server, Snapshot, State, Timeouts, dump, edit,
-};
-use serde_json::json;
+use anyhow::Result;
+use libmcshm::registry::{FileOwnership, LockWait};
+use libmcshm::{Domain, ErrorKind, Registry};
 
 use cli::{Cli, Command};
 use mcshm_cli::UsageError;
+use store::{Local, Store};
+use verbs::{read, write};
 
 mcshm_cli::exit_codes! {
     /// Exit codes (documented in `--help` and mcadmin(8)).
@@ -76,10 +72,10 @@ pub struct Invocation {
     pub json: bool,
     /// Mode and group of a domain file this command creates.
     pub ownership: FileOwnership,
-    /// With --etcd: the fleet, whose tables the verbs work on instead of this host's.
-    pub fleet: Option<mcshm_fleet::Fleet>,
     /// How long a write waits for another writer (--lock-timeout).
     pub lock_wait: LockWait,
+    /// Where the verbs read and write the domain's table: here, or with --etcd the fleet's.
+    pub store: Store,
 }
 
 impl Invocation {
@@ -91,18 +87,6 @@ impl Invocation {
         registry.set_lock_wait(self.lock_wait);
         Ok(registry)
     }
-}
-
-fn lock_wait(seconds: f64) -> Result<LockWait> {
-    if !(0.0..=86_400.0).contains(&seconds) {
-        return Err(UsageError(format!(
-            "invalid --lock-timeout '{seconds}': expected seconds from 0 to 86400"
-        ))
-        .into());
-    }
-    // 0 waits for no other writer, but still moves a table away from a reader's lock (what
-    // `LockWait::Never`, the clients' setting, does not).
-    Ok(LockWait::For(Duration::from_secs_f64(seconds)))
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
@@ -143,158 +127,59 @@ fn run(cli: &Cli) -> Result<Exit> {
         Some(dir) => dir.clone(),
         None => libmcshm::default_dir()?,
     };
-    let ctx = Invocation {
+    let local = Local {
         dir,
         domain,
-        json: cli.json,
         ownership: FileOwnership::parse(&cli.mode, cli.group.as_deref())?,
-        fleet,
-        lock_wait: lock_wait(cli.lock_timeout)?,
+        lock_wait: cli.lock_timeout,
     };
-    if let Some(fleet) = &ctx.fleet {
-        match &cli.command {
-            Command::Up { servers, no_flush } => return fleet::up(&ctx, fleet, servers, *no_flush),
-            Command::List => return fleet::list(&ctx, fleet),
-            Command::Dump => return fleet::dump(&ctx, fleet),
-            Command::Status { server } => return fleet::status(&ctx, fleet, server),
-            Command::Domains => return fleet::domains(&ctx, fleet),
-            Command::Hosts => return fleet::hosts(&ctx, fleet),
-            _ => {}
-        }
-    }
+    let store = match fleet {
+        None => Store::Local(local.clone()),
+        Some(fleet) => Store::Fleet {
+            fleet: std::sync::Arc::new(fleet),
+            dir: local.dir.clone(),
+            domain: local.domain.clone(),
+        },
+    };
+    let ctx = Invocation {
+        dir: local.dir,
+        domain: local.domain,
+        json: cli.json,
+        ownership: local.ownership,
+        lock_wait: local.lock_wait,
+        store,
+    };
     match &cli.command {
-        Command::Add {
-            servers,
-            weight,
-            down,
-            reason,
-            retry,
-            if_missing,
-            no_flush,
-        } => {
-            let weight = check_weight(*weight)?;
-            let retry_interval = check_retry_interval(retry.retry_interval)?;
-            check_reason(reason)?;
-            let new = parse_addresses(servers)?
-                .into_iter()
-                .map(|address| Server {
-                    weight,
-                    retry_interval,
-                    state: if *down { State::Down } else { State::Up },
-                    reason: reason.clone(),
-                    ..Server::new(address)
-                })
-                .collect::<Vec<_>>();
-            if !*down && !*no_flush {
-                flush_new(&ctx, &new)?;
-            }
-            let name = ctx.domain.to_string();
-            write(&ctx, true, |t| {
-                edit::add(&mut t.servers, &new, *if_missing, commit_info(), &name)
-            })
-        }
+        Command::Add(args) => write::add(&ctx, args),
         Command::Delete {
             servers,
             if_present,
-        } => {
-            let addresses = parse_addresses(servers)?;
-            let name = ctx.domain.to_string();
-            write(&ctx, false, |t| {
-                edit::delete(&mut t.servers, &addresses, *if_present, &name)
-            })
-        }
-        Command::Up { servers, no_flush } => up(&ctx, servers, *no_flush),
+        } => write::delete(&ctx, servers, *if_present),
+        Command::Up { servers, no_flush } => write::up(&ctx, servers, *no_flush),
         Command::Down {
             servers,
             reason,
             retry,
-        } => down(&ctx, servers, reason, *retry),
+        } => write::down(&ctx, servers, reason, *retry),
         Command::Set {
             server,
             weight,
             retry_interval,
-        } => {
-            let address = Address::parse(server)?;
-            let weight = weight.map(check_weight).transpose()?;
-            let retry = retry_interval.map(check_retry_interval).transpose()?;
-            if weight.is_none() && retry.is_none() {
-                return Err(UsageError(
-                    "set: nothing to change (give --weight and/or --retry-interval)".into(),
-                )
-                .into());
-            }
-            let name = ctx.domain.to_string();
-            write(&ctx, false, |t| {
-                edit::modify(&mut t.servers, &address, weight, retry, &name)
-            })
-        }
-        Command::Policy {
-            failover,
-            failure_limit,
-            rejoin,
-            replicas,
-            warm_window,
-            distribution,
-            hash,
-            prefix,
-        } => {
-            let change = PolicyChange {
-                prefix: prefix
-                    .as_deref()
-                    .map(libmcshm::prefix::KeyPrefix::parse)
-                    .transpose()?,
-                distribution: distribution
-                    .as_deref()
-                    .map(|d| libmcshm::placement::Distribution::parse(d, hash.as_deref()))
-                    .transpose()?,
-                failover: failover.as_deref().map(str::parse).transpose()?,
-                failure_limit: failure_limit
-                    .as_deref()
-                    .map(check_failure_limit)
-                    .transpose()?,
-                rejoin: rejoin.as_deref().map(str::parse).transpose()?,
-                replicas: replicas.as_deref().map(check_replicas).transpose()?,
-                warm_window_s: warm_window.as_deref().map(check_warm_window).transpose()?,
-            };
-            policy(&ctx, change)
-        }
-        Command::List => {
-            let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
-            let snapshot = registry.snapshot()?;
-            let failures: Vec<u32> = snapshot
-                .servers
-                .iter()
-                .map(|s| registry.live().failures(s))
-                .collect();
-            let link = registry.agent_link();
-            print(
-                &ctx,
-                || {
-                    let mut v = show::snapshot_json(&snapshot, &failures);
-                    v["fleet"] = show::agent_json(&snapshot, &link);
-                    v
-                },
-                || {
-                    let table = show::snapshot_table(&snapshot, &failures);
-                    let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
-                    format!("{first}\n{}{rest}", show::agent_text(&snapshot, &link))
-                },
-            )?;
-            Ok(Exit::Success)
-        }
-        Command::Status { server } => status(&ctx, server),
-        Command::Domains => domains(&ctx),
-        Command::Dump => {
-            let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
-            io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
-            Ok(Exit::Success)
-        }
+        } => write::set(&ctx, server, *weight, *retry_interval),
+        Command::Policy(args) => match args.change()? {
+            change if change.is_empty() => read::policy(&ctx),
+            change => write::policy(&ctx, change),
+        },
+        Command::List => read::list(&ctx),
+        Command::Status { server } => read::status(&ctx, server),
+        Command::Domains => read::domains(&ctx),
+        Command::Dump => read::dump(&ctx),
         Command::Load {
             file,
             initial,
             no_flush,
-        } => load(&ctx, file, *initial, *no_flush),
-        Command::Wait { since, timeout } => wait(&ctx, *since, *timeout),
+        } => write::load(&ctx, file, *initial, *no_flush),
+        Command::Wait { since, timeout } => read::wait(&ctx, *since, *timeout),
         Command::Auth {
             user,
             password_file,
@@ -345,8 +230,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             probe_timeout,
             lease_ttl,
         } => {
-            let mut ctx = ctx;
-            let fleet = ctx.fleet.take().expect("checked above");
+            let fleet = ctx.store.fleet().expect("checked above").clone();
             fleet::sync(
                 &ctx,
                 fleet,
@@ -359,277 +243,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                 },
             )
         }
-        Command::Hosts => unreachable!("handled above"),
+        Command::Hosts => fleet::hosts(&ctx, ctx.store.fleet().expect("checked above")),
         Command::Completions { .. } => unreachable!("handled above"),
     }
-}
-
-/// Flushes the servers of `new` that the domain does not have yet: a server that joins may hold
-/// items from an earlier time in this domain, which would be served stale (`add --no-flush`
-/// skips this for a server known to be empty; `add --down` leaves it to the server's `up`).
-fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
-    let present: Vec<Server> = match &ctx.fleet {
-        Some(fleet) => match fleet.read(&ctx.domain)? {
-            Some(table) => table.table.servers,
-            None => Vec::new(),
-        },
-        None => match Registry::open(&ctx.dir, &ctx.domain) {
-            Ok(mut registry) => registry.snapshot()?.servers.clone(),
-            Err(libmcshm::Error::NoDomain { .. }) => Vec::new(),
-            Err(err) => return Err(err.into()),
-        },
-    };
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
-    let timeouts = Timeouts::default();
-    Ok(libmcshm::lifecycle::flush_joining(
-        &present, new, timeouts, &access,
-    )?)
-}
-
-pub fn parse_addresses(servers: &[String]) -> Result<Vec<Address>> {
-    Ok(servers
-        .iter()
-        .map(|s| Address::parse(s))
-        .collect::<libmcshm::Result<_>>()?)
-}
-
-/// `up`: see [`libmcshm::lifecycle::bring_up`].
-fn up(ctx: &Invocation, servers: &[String], no_flush: bool) -> Result<Exit> {
-    let addresses = parse_addresses(servers)?;
-    let mut registry = ctx.writer(false)?;
-    let commit =
-        libmcshm::lifecycle::bring_up(&mut registry, &addresses, no_flush, Timeouts::default())?;
-    report_commit(ctx, commit)
-}
-
-/// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
-/// agent brings the servers back); with `retry`, a down as after failures, retried
-/// automatically.
-fn down(ctx: &Invocation, servers: &[String], reason: &str, retry: bool) -> Result<Exit> {
-    check_reason(reason)?;
-    let addresses = parse_addresses(servers)?;
-    let name = ctx.domain.to_string();
-    let exit = write(ctx, false, |t| {
-        edit::set_down(
-            &mut t.servers,
-            &addresses,
-            reason,
-            retry,
-            commit_info(),
-            &name,
-        )
-    })?;
-    if !ctx.json {
-        let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-        match retry {
-            true => eprintln!(
-                "mcadmin: {} down, retried automatically (flushed when it answers)",
-                list.join(", ")
-            ),
-            false => eprintln!(
-                "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
-                list.join(", ")
-            ),
-        }
-    }
-    Ok(exit)
-}
-
-/// Runs one transaction and reports the version it published.
-fn write(
-    ctx: &Invocation,
-    create: bool,
-    mut change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
-) -> Result<Exit> {
-    if let Some(fleet) = &ctx.fleet {
-        return fleet::write(ctx, fleet, create, change);
-    }
-    if create && !ctx.domain.path_in(&ctx.dir).exists() {
-        // The first command of a new domain runs on an empty table first: if it fails (a bad
-        // or repeated argument), no file is created and no empty domain is left behind.
-        change(&mut Table::default())?;
-    }
-    let mut registry = ctx.writer(create)?;
-    let commit = registry.transact(change)?;
-    report_commit(ctx, commit)
-}
-
-fn report_commit(ctx: &Invocation, commit: Commit) -> Result<Exit> {
-    print(
-        ctx,
-        || json!({"domain": ctx.domain.as_str(), "version": commit.version, "changed": commit.changed}),
-        || match commit.changed {
-            true => format!("domain {}: version {}\n", ctx.domain, commit.version),
-            false => format!(
-                "domain {}: unchanged at version {}\n",
-                ctx.domain, commit.version
-            ),
-        },
-    )?;
-    Ok(Exit::Success)
-}
-
-/// Shows the policy, or changes it when given values.
-fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
-    if change.is_empty() {
-        let p = match &ctx.fleet {
-            Some(fleet) => fleet::read(ctx, fleet)?.table.policy,
-            None => Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?.policy,
-        };
-        print(
-            ctx,
-            || show::policy_json(&p),
-            || dump::policy_text(&p) + "\n",
-        )?;
-        return Ok(Exit::Success);
-    }
-    write(ctx, false, |t| {
-        change.apply(&mut t.policy);
-        Ok(())
-    })
-}
-
-fn status(ctx: &Invocation, server: &str) -> Result<Exit> {
-    let address = Address::parse(server)?;
-    let snapshot = Registry::open(&ctx.dir, &ctx.domain)?.snapshot()?;
-    show_status(ctx, &snapshot, &address)
-}
-
-/// Prints one server of `snapshot` (local or the fleet's); exit 0 when up, 1 otherwise.
-pub fn show_status(ctx: &Invocation, snapshot: &Snapshot, address: &Address) -> Result<Exit> {
-    let found = snapshot
-        .find(address)
-        .ok_or_else(|| libmcshm::Error::NoServer {
-            server: address.to_string(),
-            domain: ctx.domain.to_string(),
-        })?;
-    print(
-        ctx,
-        || show::server_json(found),
-        || show::server_status(found),
-    )?;
-    Ok(match found.state {
-        State::Up => Exit::Success,
-        State::Down | State::Draining => Exit::No,
-    })
-}
-
-fn domains(ctx: &Invocation) -> Result<Exit> {
-    let rows = show::scan_domains(&ctx.dir)?;
-    let mut failed = false;
-    for row in &rows {
-        if let Err(err) = &row.table {
-            eprintln!("mcadmin: {err}");
-            failed = true;
-        }
-    }
-    print(
-        ctx,
-        || show::domains_json(&rows),
-        || show::domains_table(&rows),
-    )?;
-    Ok(if failed {
-        Exit::Registry
-    } else {
-        Exit::Success
-    })
-}
-
-/// The contents of `file`, or of stdin for `-` (`what` names it in the error).
-pub fn read_input(file: &std::path::Path, what: &str) -> Result<String> {
-    if file.as_os_str() == "-" {
-        let mut text = String::new();
-        io::stdin()
-            .read_to_string(&mut text)
-            .with_context(|| format!("cannot read {what} from stdin"))?;
-        return Ok(text);
-    }
-    std::fs::read_to_string(file)
-        .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())).into())
-}
-
-fn load(ctx: &Invocation, file: &std::path::Path, initial: bool, no_flush: bool) -> Result<Exit> {
-    let text = read_input(file, "the server list")?;
-    let mut loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
-    if let Some(fleet) = &ctx.fleet {
-        return fleet::load(ctx, fleet, &loaded);
-    }
-    if initial && ctx.domain.path_in(&ctx.dir).exists() {
-        return report_commit(
-            ctx,
-            Commit::unchanged(Registry::open(&ctx.dir, &ctx.domain)?.version()),
-        );
-    }
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
-    let target = libmcshm::lifecycle::LoadTarget {
-        dir: &ctx.dir,
-        domain: &ctx.domain,
-        ownership: ctx.ownership,
-        lock_wait: ctx.lock_wait,
-    };
-    let timeouts = Timeouts::default();
-    let (commit, plan) =
-        libmcshm::lifecycle::load(&target, &mut loaded, no_flush, timeouts, &access)?;
-    load_report(ctx, commit, &plan)
-}
-
-/// The load's version; servers that could not be flushed are named (and loaded down), exit 5.
-fn load_report(
-    ctx: &Invocation,
-    commit: Commit,
-    plan: &libmcshm::lifecycle::LoadPlan,
-) -> Result<Exit> {
-    for (address, error) in &plan.unflushed {
-        eprintln!(
-            "mcadmin: {address}: cannot flush it ({error}); loaded down, retried automatically"
-        );
-    }
-    report_commit(ctx, commit)?;
-    Ok(match plan.unflushed.is_empty() {
-        true => Exit::Success,
-        false => Exit::Server,
-    })
-}
-
-fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<f64>) -> Result<Exit> {
-    let timeout = match timeout {
-        None => Duration::MAX,
-        Some(s) => Duration::try_from_secs_f64(s)
-            .map_err(|_| UsageError(format!("invalid timeout '{s}': expected seconds >= 0")))?,
-    };
-    let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
-    let since = since.unwrap_or_else(|| registry.version());
-    let deadline = std::time::Instant::now().checked_add(timeout);
-    loop {
-        let left = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(std::time::Instant::now())
-        });
-        if let Some(version) = registry.wait_for_change(since, left) {
-            print(
-                ctx,
-                || json!({"domain": ctx.domain.as_str(), "version": version}),
-                || format!("{version}\n"),
-            )?;
-            return Ok(Exit::Success);
-        }
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            return Ok(Exit::No);
-        }
-    }
-}
-
-/// Prints JSON (one document, newline-terminated) or text.
-pub fn print(
-    ctx: &Invocation,
-    json: impl FnOnce() -> serde_json::Value,
-    text: impl FnOnce() -> String,
-) -> Result<()> {
-    let mut out = io::stdout().lock();
-    if ctx.json {
-        writeln!(out, "{}", json())?;
-    } else {
-        out.write_all(text().as_bytes())?;
-    }
-    out.flush()?;
-    Ok(())
 }

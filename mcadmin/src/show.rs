@@ -1,5 +1,6 @@
 //! How mcadmin prints tables: aligned text for people, JSON for scripts.
 
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -287,4 +288,20 @@ fn age(ms: u64) -> String {
         3600..86_400 => format!("{}h ago", s / 3600),
         _ => format!("{}d ago", s / 86_400),
     }
+}
+
+/// Prints JSON (one document, newline-terminated) or text.
+pub fn print(
+    ctx: &crate::Invocation,
+    json: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if ctx.json {
+        writeln!(out, "{}", json())?;
+    } else {
+        out.write_all(text().as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
 }

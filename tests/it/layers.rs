@@ -41,7 +41,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["conn"],
             &["lifecycle"],
             &["client"],
-            &["drain", "health"],
+            &["drain", "health", "settle"],
         ],
     ),
 ];

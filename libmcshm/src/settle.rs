@@ -1,0 +1,179 @@
+//! Sweeping servers of their strays (`mcadmin settle`), the workflow beside [`crate::drain`]: a
+//! change that moves keys between servers marks the servers that lost keys (`strays_since`), and
+//! until such a server is swept every write deletes its key there too, so that no old copy can
+//! ever be served. A settle lists each marked server's keys (`lru_crawler metadump all`),
+//! deletes those it does not own in the current table, and clears its mark with
+//! [`Transition::Swept`] at the version the sweep started from: a change during the sweep marks
+//! the server again, and the mark stays.
+
+use std::path::Path;
+
+use crate::access::Access;
+use crate::address::Address;
+use crate::client::Client;
+use crate::conn::Timeouts;
+use crate::domain::Domain;
+use crate::drain::list_keys;
+use crate::edit::{self, Transition};
+use crate::error::{Error, Result};
+use crate::prefix::KeyPrefix;
+use crate::registry::{Registry, commit_info};
+use crate::table::{Server, State};
+
+/// A settle in progress, the workflow of `mcadmin settle` (the caller paces it and shows its
+/// progress): [`Settle::start`] chooses the servers; [`Settle::sweep`] lists one server's keys;
+/// [`Sweep::delete_if_stray`] deletes them one by one where they are strays;
+/// [`Sweep::finish`] clears the server's mark once every key was looked at. A settle that stops
+/// half-way leaves the marks: settling again sweeps the servers again.
+pub struct Settle {
+    registry: Registry,
+    client: Client,
+    access: Access,
+    timeouts: Timeouts,
+    prefix: KeyPrefix,
+    servers: Vec<Server>,
+}
+
+/// The sweep of one server: its keys, and what was done with them so far.
+pub struct Sweep<'a> {
+    settle: &'a mut Settle,
+    address: Address,
+    id: u32,
+    /// The table version the sweep started from: the mark is cleared only if no change since
+    /// marked the server again.
+    swept_at: u64,
+    /// The domain's keys on the server (named without the key prefix, as clients send them).
+    keys: Vec<Vec<u8>>,
+    counts: SweepCounts,
+}
+
+/// What a sweep did with the keys it looked at so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepCounts {
+    /// Strays: deleted from the server.
+    pub deleted: u64,
+    /// Could not be looked at or deleted (the server keeps its mark).
+    pub failed: u64,
+}
+
+impl Settle {
+    /// Starts settling `addresses` in `domain` through `writer` (opened for writing in `dir`),
+    /// or with none, every marked server of the table that is up. A server named that is not in
+    /// the table is refused.
+    pub fn start(
+        dir: &Path,
+        domain: &Domain,
+        mut writer: Registry,
+        addresses: &[Address],
+        timeouts: Timeouts,
+    ) -> Result<Settle> {
+        let snapshot = writer.current_snapshot()?;
+        let mut servers = Vec::new();
+        for address in addresses {
+            servers.push(snapshot.server(address)?.clone());
+        }
+        if addresses.is_empty() {
+            servers.extend(
+                snapshot
+                    .servers
+                    .iter()
+                    .filter(|s| s.strays_since != 0 && s.state == State::Up)
+                    .cloned(),
+            );
+        }
+        let access = Access::load(dir, domain)?;
+        let mut client = Client::for_domain(dir, domain, timeouts)?;
+        let prefix = client.snapshot()?.policy.prefix;
+        Ok(Settle {
+            registry: writer,
+            client,
+            access,
+            timeouts,
+            prefix,
+            servers,
+        })
+    }
+
+    /// The servers to sweep, in order.
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// Starts sweeping server `n` of [`Settle::servers`]: lists its keys. `None` when the server
+    /// is not up (down or draining): only an up server is swept.
+    pub fn sweep(&mut self, n: usize) -> Result<Option<Sweep<'_>>> {
+        let server = &self.servers[n];
+        if server.state != State::Up {
+            return Ok(None);
+        }
+        let (address, id) = (server.address.clone(), server.id);
+        let swept_at = self.client.snapshot()?.version;
+        let listed =
+            list_keys(&address, self.timeouts, &self.access).map_err(|error| Error::Network {
+                server: address.to_string(),
+                error,
+            })?;
+        // With a key prefix, the server's keys carry it: sweep the domain's (named without it,
+        // as the client sends them) and leave keys outside the prefix, which are not the
+        // domain's.
+        let prefix = self.prefix;
+        let keys = listed
+            .iter()
+            .filter_map(|k| prefix.strip(k).map(<[u8]>::to_vec))
+            .collect();
+        Ok(Some(Sweep {
+            settle: self,
+            address,
+            id,
+            swept_at,
+            keys,
+            counts: SweepCounts::default(),
+        }))
+    }
+}
+
+impl Sweep<'_> {
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The domain's keys on the server, in the order they are looked at.
+    pub fn keys(&self) -> &[Vec<u8>] {
+        &self.keys
+    }
+
+    /// Deletes key `n` of [`Sweep::keys`] from the server if it is a stray there (the server is
+    /// not one of its replicas in the current table); counted either way. `true` when deleted.
+    pub fn delete_if_stray(&mut self, n: usize) -> Result<bool> {
+        let deleted = self
+            .settle
+            .client
+            .delete_if_stray(&self.address, &self.keys[n]);
+        match deleted {
+            Ok(true) => self.counts.deleted += 1,
+            Ok(false) => {}
+            Err(_) => self.counts.failed += 1,
+        }
+        deleted
+    }
+
+    pub fn counts(&self) -> SweepCounts {
+        self.counts
+    }
+
+    /// Clears the server's mark if no key failed and no change since the sweep started marked
+    /// it again; `true` when cleared.
+    pub fn finish(self) -> Result<bool> {
+        if self.counts.failed > 0 {
+            return Ok(false);
+        }
+        let (id, at) = (self.id, self.swept_at);
+        let mut cleared = false;
+        self.settle.registry.transact(|t| {
+            let change = Transition::Swept { at };
+            cleared = edit::transition(&mut t.servers, id, change, commit_info());
+            Ok(())
+        })?;
+        Ok(cleared)
+    }
+}

@@ -1,0 +1,190 @@
+//! The verbs that change the domain's table (`add`, `delete`, `up`, `down`, `set`, `policy`
+//! with values, `load`): each builds its change, makes one call to the
+//! [`Store`](crate::store::Store) (a registry transaction here, an etcd compare-and-swap for
+//! the fleet) and reports the version or fleet revision it published.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use libmcshm::edit::{self, PolicyChange};
+use libmcshm::registry::commit_info;
+use libmcshm::table::Table;
+use libmcshm::{Address, Server, State, Timeouts, dump};
+use mcshm_cli::UsageError;
+use serde_json::json;
+
+use crate::cli::AddArgs;
+use crate::show::print;
+use crate::store::Written;
+use crate::{Exit, Invocation};
+
+/// `add`: the servers join (flushed first, unless added down or with --no-flush).
+pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
+    let new = args
+        .servers
+        .iter()
+        .map(|address| Server {
+            weight: args.weight,
+            retry_interval: args.retry.retry_interval,
+            state: if args.down { State::Down } else { State::Up },
+            reason: args.reason.clone(),
+            ..Server::new(address.clone())
+        })
+        .collect::<Vec<_>>();
+    if !args.down && !args.no_flush {
+        flush_new(ctx, &new)?;
+    }
+    let name = ctx.domain.to_string();
+    write(ctx, true, |t| {
+        edit::add(&mut t.servers, &new, args.if_missing, commit_info(), &name)
+    })
+}
+
+/// `delete`: the servers leave the domain.
+pub fn delete(ctx: &Invocation, addresses: &[Address], if_present: bool) -> Result<Exit> {
+    let name = ctx.domain.to_string();
+    write(ctx, false, |t| {
+        edit::delete(&mut t.servers, addresses, if_present, &name)
+    })
+}
+
+/// `set`: a server's weight and/or retry interval.
+pub fn set(
+    ctx: &Invocation,
+    address: &Address,
+    weight: Option<u16>,
+    retry_interval: Option<i32>,
+) -> Result<Exit> {
+    if weight.is_none() && retry_interval.is_none() {
+        return Err(UsageError(
+            "set: nothing to change (give --weight and/or --retry-interval)".into(),
+        )
+        .into());
+    }
+    let name = ctx.domain.to_string();
+    write(ctx, false, |t| {
+        edit::modify(&mut t.servers, address, weight, retry_interval, &name)
+    })
+}
+
+/// `up`: see [`libmcshm::lifecycle::bring_up`].
+pub fn up(ctx: &Invocation, addresses: &[Address], no_flush: bool) -> Result<Exit> {
+    report(ctx, ctx.store.bring_up(addresses, no_flush)?)
+}
+
+/// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
+/// agent brings the servers back); with `retry`, a down as after failures, retried
+/// automatically.
+pub fn down(ctx: &Invocation, addresses: &[Address], reason: &str, retry: bool) -> Result<Exit> {
+    let name = ctx.domain.to_string();
+    let exit = write(ctx, false, |t| {
+        edit::set_down(
+            &mut t.servers,
+            addresses,
+            reason,
+            retry,
+            commit_info(),
+            &name,
+        )
+    })?;
+    if !ctx.json {
+        let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        match retry {
+            true => eprintln!(
+                "mcadmin: {} down, retried automatically (flushed when it answers)",
+                list.join(", ")
+            ),
+            false => eprintln!(
+                "mcadmin: {} held down until `mcadmin up` (no automatic retry)",
+                list.join(", ")
+            ),
+        }
+    }
+    Ok(exit)
+}
+
+/// `policy` with values: changes them.
+pub fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
+    write(ctx, false, |t| {
+        change.apply(&mut t.policy);
+        Ok(())
+    })
+}
+
+pub fn load(ctx: &Invocation, file: &Path, initial: bool, no_flush: bool) -> Result<Exit> {
+    let text = read_input(file, "the server list")?;
+    let mut loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
+    let (written, plan) = ctx.store.load(&mut loaded, initial, no_flush)?;
+    // Servers that could not be flushed are named (and loaded down), exit 5.
+    for (address, error) in &plan.unflushed {
+        eprintln!(
+            "mcadmin: {address}: cannot flush it ({error}); loaded down, retried automatically"
+        );
+    }
+    report(ctx, written)?;
+    Ok(match plan.unflushed.is_empty() {
+        true => Exit::Success,
+        false => Exit::Server,
+    })
+}
+
+/// The contents of `file`, or of stdin for `-` (`what` names it in the error).
+pub fn read_input(file: &Path, what: &str) -> Result<String> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .with_context(|| format!("cannot read {what} from stdin"))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())).into())
+}
+
+/// Flushes the servers of `new` that the domain does not have yet: a server that joins may hold
+/// items from an earlier time in this domain, which would be served stale (`add --no-flush`
+/// skips this for a server known to be empty; `add --down` leaves it to the server's `up`).
+fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
+    let present = ctx.store.servers()?;
+    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
+    let timeouts = Timeouts::default();
+    Ok(libmcshm::lifecycle::flush_joining(
+        &present, new, timeouts, &access,
+    )?)
+}
+
+/// Runs one transaction and reports the version (or fleet revision) it published.
+fn write(
+    ctx: &Invocation,
+    create: bool,
+    change: impl FnMut(&mut Table) -> libmcshm::Result<()>,
+) -> Result<Exit> {
+    report(ctx, ctx.store.transact(create, change)?)
+}
+
+fn report(ctx: &Invocation, written: Written) -> Result<Exit> {
+    let domain = ctx.domain.as_str();
+    match written {
+        Written::Version(commit) => print(
+            ctx,
+            || json!({"domain": domain, "version": commit.version, "changed": commit.changed}),
+            || match commit.changed {
+                true => format!("domain {domain}: version {}\n", commit.version),
+                false => format!("domain {domain}: unchanged at version {}\n", commit.version),
+            },
+        )?,
+        Written::Revision(commit) => print(
+            ctx,
+            || json!({"domain": domain, "revision": commit.revision, "changed": commit.changed}),
+            || match commit.changed {
+                true => format!("domain {domain}: fleet revision {}\n", commit.revision),
+                false => format!(
+                    "domain {domain}: unchanged at fleet revision {}\n",
+                    commit.revision
+                ),
+            },
+        )?,
+    }
+    Ok(Exit::Success)
+}
