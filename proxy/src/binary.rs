@@ -316,7 +316,7 @@ fn decode(request: &mut Request, extras: &[u8], key: &[u8], value: &[u8], cas: u
             &[],
         )),
         op::VERSION => {
-            let version = crate::session::VERSION_REPLY
+            let version = crate::command::VERSION_REPLY
                 .trim_start_matches("VERSION ")
                 .trim_end();
             Action::Answer(response(

@@ -164,6 +164,9 @@ pub enum Parsed {
 }
 
 pub const ERROR: &[u8] = b"ERROR\r\n";
+/// The version mcproxy answers: memcached's numbering first, for clients that parse it.
+pub const VERSION_REPLY: &str =
+    concat!("VERSION 1.6.0 mcproxy-", env!("CARGO_PKG_VERSION"), "\r\n");
 pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 pub const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";

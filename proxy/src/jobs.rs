@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
-use crate::upstream::Failure;
+use crate::failure::Failure;
 
 /// A job's work: its output is the text reply its command gets.
 pub type Work = Pin<Box<dyn Future<Output = Vec<u8>>>>;

@@ -25,6 +25,7 @@ pub mod binary;
 mod buffer;
 pub mod client_auth;
 pub mod command;
+pub mod failure;
 pub mod jobs;
 pub mod service;
 pub mod session;

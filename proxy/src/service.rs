@@ -29,7 +29,8 @@ use mcshm_route::{AddAnswer, Fill, FollowChange, Outcome, ReadPlan, Router, Serv
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
 use crate::jobs::{Await, ReplyCell, Work};
 use crate::stats::ProxyStats;
-use crate::upstream::{Deliver, Failure, Net};
+use crate::failure::Failure;
+use crate::upstream::{Deliver, Net};
 use libmcshm::proto::frame::{Frame, ItemSpan, first_line, items, unprefix_meta};
 use libmcshm::proto::is_error;
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::binary;
 use crate::buffer::Inbox;
-use crate::command::{Command, Limits, Parsed, parse};
+use crate::command::{Command, Limits, Parsed, VERSION_REPLY, parse};
 use crate::jobs::{Jobs, Work};
 use crate::service::{Direct, Outbox, Service, SlotRef, Started};
 use crate::stream::Stream;
@@ -37,10 +37,6 @@ pub struct Settings {
     /// Commands read but not yet answered, per connection.
     pub pipeline: usize,
 }
-
-/// The version mcproxy answers: memcached's numbering first, for clients that parse it.
-pub const VERSION_REPLY: &str =
-    concat!("VERSION 1.6.0 mcproxy-", env!("CARGO_PKG_VERSION"), "\r\n");
 
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 16 * 1024;

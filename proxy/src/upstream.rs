@@ -22,6 +22,7 @@ use libmcshm::{Address, Snapshot, Timeouts};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::failure::Failure;
 use crate::buffer::Inbox;
 use crate::jobs::ReplyCell;
 use crate::stats::ServerStats;
@@ -30,30 +31,6 @@ use libmcshm::proto::frame::{Frame, frame_len};
 
 /// Bytes read from a server at a time.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Why a request got no reply; counts against the server in the router.
-#[derive(Clone, Debug)]
-pub struct Failure {
-    pub error: String,
-    pub errno: i32,
-}
-
-impl Failure {
-    pub fn new(error: impl Into<String>, errno: i32) -> Failure {
-        Failure {
-            error: error.into(),
-            errno,
-        }
-    }
-
-    /// An I/O error, or the TLS error rustls reports through one (explained in words).
-    fn io(context: &str, err: &io::Error) -> Failure {
-        match libmcshm::tls::explain_io(err) {
-            Some(why) => Failure::new(why, libc::EPROTO),
-            None => Failure::new(format!("{context}: {err}"), mcshm_route::io_errno(err)),
-        }
-    }
-}
 
 /// Where the domain's TLS settings and credentials are found (`mcadmin tls`, `mcadmin auth`):
 /// read for each new connection, so a change applies without a restart.

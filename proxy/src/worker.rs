@@ -20,7 +20,8 @@ use crate::jobs::{Jobs, Work};
 use crate::service::{Direct, Finished, Outbox, Service, SlotRef};
 use crate::session::{Ctx, Reply, Session, Settings, send_outbox};
 use crate::stream::Stream;
-use crate::upstream::{Deliver, Failure, Net};
+use crate::failure::Failure;
+use crate::upstream::{Deliver, Net};
 
 /// Token kinds, in the low two bits.
 const LISTENER: usize = 0;

@@ -414,6 +414,17 @@ pub struct CommitInfo {
     pub uid: u32,
 }
 
+impl CommitInfo {
+    /// This process as a writer: now, its pid, its effective uid.
+    pub fn now() -> CommitInfo {
+        CommitInfo {
+            changed_ms: crate::clock::now_ms(),
+            pid: std::process::id(),
+            uid: crate::shm::effective_uid(),
+        }
+    }
+}
+
 /// What a transaction edits: the server list and the policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {

@@ -7,13 +7,13 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::writer::{commit_info, now_ms};
+use crate::clock::now_ms;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, Layout};
 use crate::shared_ring;
 use crate::shm::effective_uid;
-use crate::table::Table;
+use crate::table::{CommitInfo, Table};
 
 /// Mode of new registry files and directories.
 const FILE_MODE: u32 = 0o644;
@@ -218,7 +218,7 @@ pub(super) fn new_file(
         shared_ring::RingToWrite::new(ring, members, version, at, 0)
     });
     let reference = pending.as_ref().map(shared_ring::RingToWrite::reference);
-    let image = format::encode_slot(version, commit_info(), table, next_id, reference, None);
+    let image = format::encode_slot(version, CommitInfo::now(), table, next_id, reference, None);
     let mut words = layout.file_image(domain.as_str(), version, &image, &table.servers);
     if let Some(pending) = pending {
         let written = pending.write(|at, chunk| {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Layout, RingRef};
 use crate::seqlock::{Seal, VERSION_MASK, Words};
 use crate::shared_ring;
-use crate::shm::{SharedMap, effective_uid, monotonic_ns};
+use crate::shm::{SharedMap, monotonic_ns};
 use crate::table::CommitInfo;
 use crate::table::{Server, State, Table, first_duplicate};
 
@@ -385,11 +385,7 @@ pub(super) fn assign_ids(servers: &mut [Server], mut next_id: u32, capacity: u32
 
 pub use crate::clock::now_ms;
 
-/// This process as a writer: now, pid, effective uid.
+/// This process as a writer: now, pid, effective uid ([`CommitInfo::now`]).
 pub fn commit_info() -> CommitInfo {
-    CommitInfo {
-        changed_ms: now_ms(),
-        pid: std::process::id(),
-        uid: effective_uid(),
-    }
+    CommitInfo::now()
 }
