@@ -14,6 +14,22 @@
 //! winner per retry interval, fleet-wide), and the winner runs the rejoin (flush first) and
 //! pushes the result. Cut off from etcd, the agent lets go and the host's clients probe as on a
 //! host without a fleet; their rejoins are pushed when etcd is back.
+//!
+//! The agent is split along those concepts, each file with the pure rules it decides by (as
+//! functions of data, tested beside them) and the I/O that executes them:
+//! - this module: the events, the options, the agent's state and its loop (`run`, `handle`,
+//!   `tick`), which only dispatches;
+//! - `apply`: fleet → host (`apply`: mirror a fleet revision, keeping local marks not pushed
+//!   yet) and host → fleet (`push`), both measured against the *base*, the fleet table the
+//!   local one mirrors (`base_for`);
+//! - `probe`: the probe duty (which down server is due for a fleet probe, and running it);
+//! - `host`: the host record on its lease and the link status in the local tables;
+//! - `threads`: the watch of the fleet and the watches of the local tables, feeding the loop.
+
+mod apply;
+mod host;
+mod probe;
+mod threads;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -23,14 +39,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use libmcshm::{Timeouts, lifecycle};
-use mcshm_table::registry::{FileOwnership, commit_info, now_ms};
-use mcshm_table::table::State;
+use libmcshm::Timeouts;
+use mcshm_table::registry::{FileOwnership, now_ms};
 use mcshm_table::{Address, Domain, Registry};
 
-use crate::etcd::{EtcdError, WatchBatch};
-use crate::mirror::{self, Mark};
-use crate::store::{Fleet, FleetError, FleetTable, HostDomain, HostRecord};
+use crate::etcd::WatchBatch;
+use crate::mirror::Mark;
+use crate::store::{Fleet, FleetError, FleetTable, Keys};
 
 /// What the agent does, as a stream of events (`mcadmin sync` prints them).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,9 +100,6 @@ pub struct SyncOptions {
 
 /// How often the loop looks at time-driven work (probing, retries, the host record).
 const TICK: Duration = Duration::from_millis(100);
-/// How far ahead the agent holds down servers' local probe leases (if it dies, the host's
-/// clients take probing back after this plus the retry interval).
-const HOLD_MS: u64 = 3_000;
 /// How often the host record and link status are rewritten at the least.
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -165,7 +177,7 @@ impl Agent {
 
     /// Runs until `stop` is set; events go to `events`.
     pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(SyncEvent)) {
-        spawn_watch(self.fleet.clone(), self.tx.clone());
+        threads::spawn_watch(self.fleet.clone(), self.tx.clone());
         while !stop.load(Ordering::Relaxed) {
             match self.rx.recv_timeout(TICK) {
                 Ok(msg) => self.handle(msg, events),
@@ -181,32 +193,12 @@ impl Agent {
         match msg {
             Msg::Full(tables) => {
                 self.set_connected(true, "", events);
-                for (domain, table) in tables {
-                    match table {
-                        Ok(table) => self.apply(&domain, table, events),
-                        Err(e) => refused(e, events),
-                    }
-                }
+                self.apply_all(tables, events);
             }
             Msg::Watch(batch) => {
                 self.set_connected(true, "", events);
-                for event in batch.events {
-                    let Some(domain) = self.fleet.domain_of_key(&event.key) else {
-                        continue;
-                    };
-                    let Some(value) = event.value else {
-                        continue; // a domain deleted from the fleet stays as it was here
-                    };
-                    let kv = crate::etcd::Kv {
-                        key: event.key,
-                        value,
-                        mod_revision: event.mod_revision,
-                    };
-                    match self.fleet.decode(&kv) {
-                        Ok(table) => self.apply(&domain, table, events),
-                        Err(e) => refused(e, events),
-                    }
-                }
+                let tables = watched_tables(self.fleet.keys(), batch);
+                self.apply_all(tables, events);
             }
             Msg::WatchLost(why) => self.set_connected(false, &why, events),
             Msg::Local(domain) => self.push(&domain, events),
@@ -222,6 +214,20 @@ impl Agent {
                     result,
                 });
                 self.push(&domain, events);
+            }
+        }
+    }
+
+    /// Applies each fleet table read, in order; a refused value is reported.
+    fn apply_all(
+        &mut self,
+        tables: Vec<(Domain, Result<FleetTable, FleetError>)>,
+        events: &mut dyn FnMut(SyncEvent),
+    ) {
+        for (domain, table) in tables {
+            match table {
+                Ok(table) => self.apply(&domain, table, events),
+                Err(e) => refused(e, events),
             }
         }
     }
@@ -294,145 +300,10 @@ impl Agent {
             mirror.writer = Registry::open_writer_with(&dir, domain, create, ownership).ok();
         }
         if mirror.writer.is_some() && !mirror.watching_local {
-            mirror.watching_local = spawn_local(dir, domain.clone(), tx);
+            mirror.watching_local = threads::spawn_local(dir, domain.clone(), tx);
         }
         mirror.writer.as_ref()?;
         Some(mirror)
-    }
-
-    /// Mirrors fleet `table` into the local table, unless the local one mirrors a newer (or
-    /// the same) revision already.
-    fn apply(&mut self, domain: &Domain, table: FleetTable, events: &mut dyn FnMut(SyncEvent)) {
-        let fleet = self.fleet.clone();
-        let by = self.push_by();
-        let Some(mirror) = self.active(domain, true, events) else {
-            return;
-        };
-        let Ok(local) = mirror.writer.as_mut().expect("active").current_snapshot() else {
-            return;
-        };
-        let local_revision = local.fleet_revision as i64;
-        if table.revision <= local_revision {
-            if table.revision == local_revision && mirror.base.is_none() {
-                mirror.base = Some(table);
-            }
-            return;
-        }
-        let base = base_for(&fleet, mirror, local_revision, events).cloned();
-        let revision = table.revision;
-        let mut kept = 0;
-        // Our own push that lost its answer, landed now: where this host has moved on since,
-        // its newer state supersedes it.
-        let ours = table.changed.by == by;
-        let in_doubt = std::mem::take(&mut mirror.in_doubt);
-        let writer = mirror.writer.as_mut().expect("active");
-        let result = writer.transact(|t| {
-            if t.fleet_revision as i64 >= revision {
-                return Ok(());
-            }
-            // The marks are taken from the table under the writer lock: a client's mark-down
-            // committed a moment ago is kept, not overwritten by the fleet's older state.
-            let mut marks = base
-                .as_ref()
-                .filter(|b| b.revision == t.fleet_revision as i64)
-                .map(|b| mirror::local_marks(&b.table, t))
-                .unwrap_or_default();
-            if ours {
-                marks.extend(mirror::superseding(&in_doubt, &table.table, t));
-            }
-            kept = mirror::mirror(t, &table.table, revision as u64, &marks, commit_info());
-            Ok(())
-        });
-        match result {
-            Ok(_) => {
-                mirror.applied_ms = now_ms();
-                mirror.base = Some(table);
-                mirror.pending |= kept > 0;
-                events(SyncEvent::Applied {
-                    domain: domain.to_string(),
-                    revision,
-                });
-                self.last_refresh = None; // tell `hosts` at once
-                if kept > 0 {
-                    self.push(domain, events);
-                }
-            }
-            Err(e) => events(SyncEvent::Refused {
-                key: fleet.domain_key(domain),
-                why: e.to_string(),
-            }),
-        }
-    }
-
-    /// Pushes this host's marks on `domain` to the fleet (kept pending if etcd does not take
-    /// them), then mirrors the revision written.
-    fn push(&mut self, domain: &Domain, events: &mut dyn FnMut(SyncEvent)) {
-        let fleet = self.fleet.clone();
-        let by = self.push_by();
-        let connected = self.connected == Some(true);
-        let Some(mirror) = self.active(domain, false, events) else {
-            return;
-        };
-        if !connected {
-            // Cut off: nothing is sent to an etcd that may be hung (it would take the request
-            // and apply it whenever it resumes, however stale by then). The marks wait; what
-            // is pushed once etcd answers again is the host's state at that time.
-            mirror.pending = true;
-            return;
-        }
-        let Ok(local) = mirror.writer.as_mut().expect("active").current_snapshot() else {
-            return;
-        };
-        if local.fleet_revision == 0 {
-            return; // never mirrored: nothing of ours to push yet
-        }
-        let Some(base) = base_for(&fleet, mirror, local.fleet_revision as i64, events) else {
-            return;
-        };
-        let marks = mirror::local_marks(&base.table, &local.table());
-        if marks.is_empty() {
-            mirror.pending = false;
-            return;
-        }
-        let mut applied = 0;
-        let result = fleet.transact(domain, false, &by, |t| {
-            applied = mirror::apply_marks(t, &marks);
-            Ok(())
-        });
-        let described: Vec<String> = marks.iter().map(Mark::describe).collect();
-        match result {
-            Ok(commit) => {
-                mirror.pending = false;
-                mirror.in_doubt.clear();
-                if applied == 0 {
-                    events(SyncEvent::Superseded {
-                        domain: domain.to_string(),
-                        marks: described,
-                    });
-                } else {
-                    events(SyncEvent::Pushed {
-                        domain: domain.to_string(),
-                        revision: commit.revision,
-                        marks: described,
-                    });
-                }
-                self.set_connected(true, "", events);
-                match fleet.read(domain) {
-                    Ok(Some(table)) => self.apply(domain, table, events),
-                    Ok(None) => {}
-                    Err(e) => refused(e, events),
-                }
-            }
-            Err(FleetError::Etcd(e @ EtcdError::Unreachable(_))) => {
-                mirror.pending = true;
-                mirror.in_doubt = marks;
-                self.set_connected(false, &e.to_string(), events);
-            }
-            Err(e) => {
-                mirror.pending = true;
-                refused(e, events);
-            }
-        }
     }
 
     /// The `changed.by` of this agent's pushes.
@@ -483,295 +354,122 @@ impl Agent {
             }
         }
     }
-
-    /// Holds the local probe leases of down servers and competes for their fleet probe keys;
-    /// the winner probes (flush first) in a thread of its own.
-    fn probe_duty(&mut self, domain: &Domain, events: &mut dyn FnMut(SyncEvent)) {
-        let fleet = self.fleet.clone();
-        let name = self.options.name.clone();
-        let dir = self.options.dir.clone();
-        let timeouts = self.options.probe_timeouts;
-        let probing = self.probing.clone();
-        let tx = self.tx.clone();
-        let mut next_probe = std::mem::take(&mut self.next_probe);
-        let Some(mirror) = self.active(domain, false, events) else {
-            self.next_probe = next_probe;
-            return;
-        };
-        let writer = mirror.writer.as_mut().expect("active");
-        let Ok(snapshot) = writer.current_snapshot() else {
-            self.next_probe = next_probe;
-            return;
-        };
-        let now = now_ms();
-        for server in snapshot.servers.iter().filter(|s| s.state == State::Down) {
-            writer.live().hold_probe_lease(server, now + HOLD_MS);
-            if server.retry_interval < 0 || !server.may_rejoin(false) {
-                continue; // never retried, or held down by an operator
-            }
-            let interval_ms = u64::from(server.retry_interval.unsigned_abs()) * 1000;
-            let key = (domain.clone(), server.address.to_string());
-            if now < server.since_ms.saturating_add(interval_ms)
-                || next_probe.get(&key).is_some_and(|&t| now < t)
-                || lock(&probing).contains(&key)
-            {
-                continue;
-            }
-            match fleet.try_probe_lease(domain, &server.address, interval_ms, &name) {
-                Ok(true) => {
-                    lock(&probing).insert(key.clone());
-                    spawn_probe(
-                        dir.clone(),
-                        domain.clone(),
-                        server.id,
-                        server.address.clone(),
-                        timeouts,
-                        name.clone(),
-                        tx.clone(),
-                    );
-                    next_probe.insert(key, now + interval_ms);
-                }
-                Ok(false) => {
-                    // Another host probed within the interval: look again a little later.
-                    next_probe.insert(key, now + (interval_ms / 4).clamp(50, 1000));
-                }
-                Err(_) => {}
-            }
-        }
-        self.next_probe = next_probe;
-    }
-
-    /// Writes the host record (on its lease) and the link status of every local table.
-    fn refresh_host(&mut self, events: &mut dyn FnMut(SyncEvent)) {
-        self.last_refresh = Some(Instant::now());
-        let mut record = HostRecord {
-            name: self.options.name.clone(),
-            pid: std::process::id(),
-            started_ms: self.started_ms,
-            updated_ms: now_ms(),
-            domains: Default::default(),
-        };
-        let connected = self.connected == Some(true);
-        for mirror in self.mirrors.values_mut() {
-            let Some(writer) = mirror.writer.as_mut().filter(|_| mirror.lock.is_some()) else {
-                continue;
-            };
-            let _ = writer.version(); // follow a replaced file
-            writer.set_agent_link(connected, self.link_since_ms);
-            let revision = writer
-                .current_snapshot()
-                .map_or(0, |s| s.fleet_revision as i64);
-            record.domains.insert(
-                mirror.domain.to_string(),
-                HostDomain {
-                    revision,
-                    applied_ms: mirror.applied_ms,
-                    clients: writer.process_records().len(),
-                },
-            );
-        }
-        let value = serde_json::to_vec(&record).expect("serializes");
-        let key = self.fleet.host_key(&self.options.name);
-        let result = (|| -> Result<(), EtcdError> {
-            let lease = match self.lease {
-                Some(id) if self.fleet.etcd.lease_keepalive(id)? => id,
-                _ => self.fleet.etcd.lease_grant(self.options.lease_ttl_s)?,
-            };
-            self.lease = Some(lease);
-            self.fleet.etcd.put(&key, &value, Some(lease))?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => self.set_connected(true, "", events),
-            Err(e) => self.set_connected(false, &e.to_string(), events),
-        }
-    }
-
-    fn set_connected(&mut self, connected: bool, why: &str, events: &mut dyn FnMut(SyncEvent)) {
-        if self.connected == Some(connected) {
-            return;
-        }
-        self.connected = Some(connected);
-        self.link_since_ms = now_ms();
-        events(match connected {
-            true => SyncEvent::Connected,
-            false => SyncEvent::Disconnected {
-                why: why.to_string(),
-            },
-        });
-        for mirror in self.mirrors.values_mut() {
-            if let (Some(writer), Some(_)) = (&mirror.writer, &mirror.lock) {
-                writer.set_agent_link(connected, self.link_since_ms);
-            }
-        }
-    }
-
-    /// A clean stop: the host record goes at once (its lease revoked), the tables say no agent.
-    fn shutdown(&mut self) {
-        for mirror in self.mirrors.values() {
-            if let (Some(writer), Some(_)) = (&mirror.writer, &mirror.lock) {
-                writer.clear_agent_link();
-            }
-        }
-        if let Some(lease) = self.lease.take() {
-            let _ = self.fleet.etcd.lease_revoke(lease);
-        }
-    }
 }
 
-/// The fleet table at `revision` (the local table's base): cached, else read from etcd. When
-/// etcd compacted it away, there is no base: the local marks cannot be told from the fleet's
-/// and are dropped (a full resync).
-fn base_for<'m>(
-    fleet: &Fleet,
-    mirror: &'m mut Mirror,
-    revision: i64,
-    events: &mut dyn FnMut(SyncEvent),
-) -> Option<&'m FleetTable> {
-    if revision == 0 {
-        return None;
-    }
-    if mirror.base.as_ref().is_none_or(|b| b.revision != revision) {
-        mirror.base = match fleet.read_at(&mirror.domain, revision) {
-            Ok(Some(table)) if table.revision == revision => Some(table),
-            Ok(_) | Err(FleetError::Etcd(EtcdError::Compacted(_))) => {
-                events(SyncEvent::Resync {
-                    domain: mirror.domain.to_string(),
-                });
-                None
-            }
-            Err(_) => None,
-        };
-    }
-    mirror.base.as_ref()
+/// The fleet tables a watch batch brings, in revision order: keys of domains that were
+/// written (a domain deleted from the fleet stays as it was here; other keys under the
+/// prefix are not tables), each decoded or refused.
+fn watched_tables(keys: &Keys, batch: WatchBatch) -> Vec<(Domain, Result<FleetTable, FleetError>)> {
+    batch
+        .events
+        .into_iter()
+        .filter_map(|event| {
+            let domain = keys.domain_of_key(&event.key)?;
+            let kv = crate::etcd::Kv {
+                key: event.key,
+                value: event.value?,
+                mod_revision: event.mod_revision,
+            };
+            Some((domain, crate::store::decode(&kv)))
+        })
+        .collect()
 }
 
+/// Reports a fleet read that failed: a refused value names its key; anything else means etcd
+/// could not be used.
 fn refused(e: FleetError, events: &mut dyn FnMut(SyncEvent)) {
+    events(refusal(e));
+}
+
+fn refusal(e: FleetError) -> SyncEvent {
     match e {
-        FleetError::Hostile { key, why } => events(SyncEvent::Refused { key, why }),
-        other => events(SyncEvent::Disconnected {
+        FleetError::Hostile { key, why } => SyncEvent::Refused { key, why },
+        other => SyncEvent::Disconnected {
             why: other.to_string(),
-        }),
+        },
     }
-}
-
-/// The watch thread: a full read, then the watch from the revision after it; a lost watch is
-/// re-established from the last revision seen; a compacted one starts over with a full read.
-fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
-    std::thread::spawn(move || {
-        let mut next: Option<i64> = None;
-        loop {
-            let start = match next {
-                Some(rev) => rev,
-                None => match fleet.read_all() {
-                    Ok((tables, revision)) => {
-                        if tx.send(Msg::Full(tables)).is_err() {
-                            return;
-                        }
-                        revision + 1
-                    }
-                    Err(e) => {
-                        if tx.send(Msg::WatchLost(e.to_string())).is_err() {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(250));
-                        continue;
-                    }
-                },
-            };
-            next = Some(start);
-            let mut watch = match fleet.etcd.watch(&fleet.domains_prefix(), start) {
-                Ok(w) => w,
-                Err(EtcdError::Compacted(_)) => {
-                    next = None;
-                    continue;
-                }
-                Err(e) => {
-                    if tx.send(Msg::WatchLost(e.to_string())).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                    continue;
-                }
-            };
-            loop {
-                match watch.next() {
-                    Ok(batch) => {
-                        let last = batch.events.iter().map(|e| e.mod_revision).max();
-                        if let Some(rev) = last {
-                            next = Some(rev + 1);
-                        }
-                        if tx.send(Msg::Watch(batch)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(EtcdError::Compacted(_)) => {
-                        next = None;
-                        break;
-                    }
-                    Err(_) => break, // re-watch from `next` (an idle stream ends too)
-                }
-            }
-        }
-    });
-}
-
-/// A thread that sleeps on the domain's table and reports every local change.
-fn spawn_local(dir: PathBuf, domain: Domain, tx: Sender<Msg>) -> bool {
-    let Ok(mut registry) = Registry::open(&dir, &domain) else {
-        return false;
-    };
-    std::thread::spawn(move || {
-        let mut since = registry.version();
-        loop {
-            if let Some(version) = registry.wait_for_change(since, Duration::from_secs(1)) {
-                since = version;
-                if tx.send(Msg::Local(domain.clone())).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    true
-}
-
-/// Probes a down server for the fleet: the rejoin (flush first, per the domain's policy) on
-/// this host's table; the agent then pushes the result.
-fn spawn_probe(
-    dir: PathBuf,
-    domain: Domain,
-    id: u32,
-    server: Address,
-    timeouts: Timeouts,
-    name: String,
-    tx: Sender<Msg>,
-) {
-    std::thread::spawn(move || {
-        let result = Registry::open_writer(&dir, &domain, false).and_then(|mut writer| {
-            lifecycle::rejoin(
-                &mut writer,
-                id,
-                timeouts,
-                false,
-                &format!("fleet retry probe, host {name}"),
-            )
-        });
-        let result = match result {
-            Ok(lifecycle::Rejoined::Up { flushed: true }) => "up (flushed)".to_string(),
-            Ok(lifecycle::Rejoined::Up { flushed: false }) => "up (not flushed)".to_string(),
-            Ok(lifecycle::Rejoined::NotDown | lifecycle::Rejoined::DrainCancelled) => {
-                "not down any more, or held down by an operator".to_string()
-            }
-            Err(e) => format!("still down: {e}"),
-        };
-        let _ = tx.send(Msg::Probed {
-            domain,
-            server,
-            result,
-        });
-    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{self, Changed};
+    use crate::etcd::{EtcdError, WatchEvent};
+    use mcshm_table::table::{Server, Table};
+
+    fn value(address: &str) -> Vec<u8> {
+        let table = Table {
+            servers: vec![Server::new(Address::parse(address).unwrap())],
+            ..Table::default()
+        };
+        document::encode(&table, &Changed::default())
+    }
+
+    fn event(key: &str, value: Option<Vec<u8>>, mod_revision: i64) -> WatchEvent {
+        WatchEvent {
+            key: key.as_bytes().to_vec(),
+            value,
+            mod_revision,
+        }
+    }
+
+    #[test]
+    fn a_watch_batch_brings_the_written_domains_in_order_and_refuses_bad_values() {
+        let keys = Keys::new("/mcshm/").unwrap();
+        let batch = WatchBatch {
+            events: vec![
+                event("/mcshm/domains/b", Some(value("10.0.0.2")), 5),
+                event("/mcshm/hosts/web1", Some(b"{}".to_vec()), 6),
+                event("/mcshm/domains/gone", None, 7),
+                event("/mcshm/probes/a/10.0.0.1:11211", Some(b"{}".to_vec()), 8),
+                event("/mcshm/domains/a", Some(b"garbage".to_vec()), 9),
+                event("/mcshm/domains/a", Some(value("10.0.0.1")), 10),
+                event("/mcshm/domains/bad name", Some(value("10.0.0.3")), 11),
+            ],
+            revision: 11,
+        };
+        let tables = watched_tables(&keys, batch);
+        let domains: Vec<&str> = tables.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(
+            domains,
+            ["b", "a", "a"],
+            "only written domain keys, in order"
+        );
+        let b = tables[0].1.as_ref().unwrap();
+        assert_eq!(b.revision, 5);
+        assert_eq!(b.table.servers[0].address.to_string(), "10.0.0.2:11211");
+        match &tables[1].1 {
+            Err(FleetError::Hostile { key, .. }) => assert_eq!(key, "/mcshm/domains/a"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tables[2].1.as_ref().unwrap().revision, 10);
+    }
+
+    #[test]
+    fn a_refused_value_names_its_key_and_other_failures_mean_disconnected() {
+        let hostile = FleetError::Hostile {
+            key: "/mcshm/domains/a".into(),
+            why: "not JSON".into(),
+        };
+        assert_eq!(
+            refusal(hostile),
+            SyncEvent::Refused {
+                key: "/mcshm/domains/a".into(),
+                why: "not JSON".into()
+            }
+        );
+        let unreachable = FleetError::Etcd(EtcdError::Unreachable("no member".into()));
+        let why = unreachable.to_string();
+        assert_eq!(refusal(unreachable), SyncEvent::Disconnected { why });
+        let mut seen = Vec::new();
+        refused(FleetError::NoDomain("a".into()), &mut |e| seen.push(e));
+        assert!(
+            matches!(&seen[..], [SyncEvent::Disconnected { why }] if why.contains("'a'")),
+            "{seen:?}"
+        );
+    }
 }
