@@ -388,3 +388,6 @@ pub fn commit_info() -> CommitInfo {
         uid: effective_uid(),
     }
 }
+
+#[cfg(test)]
+mod tests;
