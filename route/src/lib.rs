@@ -17,6 +17,8 @@ mod failures;
 mod plan;
 mod report;
 mod router;
+#[cfg(test)]
+mod router_tests;
 
 pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
 pub use report::{FailureEvent, MarkedDown, io_errno};
