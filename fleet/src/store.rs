@@ -100,15 +100,17 @@ const EDIT_DEADLINE: Duration = Duration::from_secs(30);
 /// Attempts at an edit that keeps conflicting with other writers.
 const EDIT_ATTEMPTS: u32 = 1000;
 
-/// The fleet: an etcd connection and the key prefix.
-pub struct Fleet {
-    pub etcd: Etcd,
+/// Where each thing lives under one prefix (the table at the top of this module): pure
+/// string work, kept apart from the connection so that it can be checked without etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
     prefix: String,
 }
 
-impl Fleet {
-    /// `prefix` must start and end with `/` (default `/mcshm/`).
-    pub fn new(etcd: Etcd, prefix: &str) -> Result<Fleet, EtcdError> {
+impl Keys {
+    /// `prefix` must start and end with `/` (default `/mcshm/`), with no space or control
+    /// character, at most 256 bytes.
+    pub fn new(prefix: &str) -> Result<Keys, EtcdError> {
         let ok = prefix.starts_with('/')
             && prefix.ends_with('/')
             && prefix.len() <= 256
@@ -118,8 +120,7 @@ impl Fleet {
                 "invalid --etcd-prefix '{prefix}': a key path that starts and ends with /, e.g. /mcshm/"
             )));
         }
-        Ok(Fleet {
-            etcd,
+        Ok(Keys {
             prefix: prefix.to_string(),
         })
     }
@@ -149,18 +150,85 @@ impl Fleet {
         let key = std::str::from_utf8(key).ok()?;
         Domain::new(key.strip_prefix(&self.domains_prefix())?).ok()
     }
+}
 
-    /// Decodes a domain's value, naming the key when it is refused.
-    pub fn decode(&self, kv: &Kv) -> Result<FleetTable, FleetError> {
-        let (table, changed) = document::decode(&kv.value).map_err(|why| FleetError::Hostile {
-            key: String::from_utf8_lossy(&kv.key).into_owned(),
-            why,
-        })?;
-        Ok(FleetTable {
-            table,
-            changed,
-            revision: kv.mod_revision,
+/// Decodes a domain's value, naming the key when it is refused.
+pub fn decode(kv: &Kv) -> Result<FleetTable, FleetError> {
+    let (table, changed) = document::decode(&kv.value).map_err(|why| FleetError::Hostile {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        why,
+    })?;
+    Ok(FleetTable {
+        table,
+        changed,
+        revision: kv.mod_revision,
+    })
+}
+
+/// The value of a probe key: when (ms) and by which host the right to probe was taken.
+pub fn probe_lease_value(now_ms: u64, host: &str) -> String {
+    serde_json::json!({"ms": now_ms, "host": host}).to_string()
+}
+
+/// Whether the right to probe, last taken as the probe key's `value` says, is free at
+/// `now_ms`: no host took it in the last `interval_ms`. A value without a readable `ms`
+/// counts as taken at 0 (free: a damaged key cannot stop probing).
+pub fn probe_lease_free(value: &[u8], now_ms: u64, interval_ms: u64) -> bool {
+    let last = serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| v.get("ms").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    now_ms >= last.saturating_add(interval_ms)
+}
+
+/// The fleet: an etcd connection and the key layout under its prefix.
+pub struct Fleet {
+    pub etcd: Etcd,
+    keys: Keys,
+}
+
+impl Fleet {
+    /// `prefix` must start and end with `/` (default `/mcshm/`): see [`Keys::new`].
+    pub fn new(etcd: Etcd, prefix: &str) -> Result<Fleet, EtcdError> {
+        Ok(Fleet {
+            etcd,
+            keys: Keys::new(prefix)?,
         })
+    }
+
+    /// The key layout under this fleet's prefix.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn domains_prefix(&self) -> String {
+        self.keys.domains_prefix()
+    }
+
+    pub fn domain_key(&self, domain: &Domain) -> String {
+        self.keys.domain_key(domain)
+    }
+
+    pub fn hosts_prefix(&self) -> String {
+        self.keys.hosts_prefix()
+    }
+
+    pub fn host_key(&self, name: &str) -> String {
+        self.keys.host_key(name)
+    }
+
+    pub fn probe_key(&self, domain: &Domain, address: &Address) -> String {
+        self.keys.probe_key(domain, address)
+    }
+
+    /// The domain a key under `PREFIX/domains/` names (`None` for other keys and bad names).
+    pub fn domain_of_key(&self, key: &[u8]) -> Option<Domain> {
+        self.keys.domain_of_key(key)
+    }
+
+    /// Decodes a domain's value, naming the key when it is refused (see [`decode`]).
+    pub fn decode(&self, kv: &Kv) -> Result<FleetTable, FleetError> {
+        decode(kv)
     }
 
     /// The domain's current fleet table (`None`: not in the fleet).
@@ -344,19 +412,11 @@ impl Fleet {
         let now = mcshm_table::registry::now_ms();
         let (current, _) = self.etcd.get(&key, None)?;
         let expected = match &current {
-            Some(kv) => {
-                let last = serde_json::from_slice::<serde_json::Value>(&kv.value)
-                    .ok()
-                    .and_then(|v| v.get("ms").and_then(serde_json::Value::as_u64))
-                    .unwrap_or(0);
-                if now < last.saturating_add(interval_ms) {
-                    return Ok(false);
-                }
-                Some(kv.mod_revision)
-            }
+            Some(kv) if !probe_lease_free(&kv.value, now, interval_ms) => return Ok(false),
+            Some(kv) => Some(kv.mod_revision),
             None => None,
         };
-        let value = serde_json::json!({"ms": now, "host": host}).to_string();
+        let value = probe_lease_value(now, host);
         Ok(matches!(
             self.etcd.put_if(&key, value.as_bytes(), expected, None)?,
             PutIf::Written(_)
@@ -390,3 +450,204 @@ pub fn changed_by(by: &str) -> Changed {
 
 /// This machine's name (/proc/sys/kernel/hostname), or "localhost".
 pub use mcshm_table::processes::host_name as hostname;
+
+#[cfg(test)]
+mod tests {
+    //! The key layout and the values under it, with no etcd: what every agent and `mcadmin`
+    //! of a fleet must agree on.
+    use super::*;
+    use mcshm_table::table::{Server, State};
+
+    fn keys() -> Keys {
+        Keys::new("/mcshm/").unwrap()
+    }
+
+    fn domain(name: &str) -> Domain {
+        Domain::new(name).unwrap()
+    }
+
+    #[test]
+    fn every_key_lives_under_the_prefix_as_the_layout_says() {
+        let keys = keys();
+        let app = domain("app1");
+        let address = Address::parse("10.0.0.1:11211").unwrap();
+        assert_eq!(keys.domains_prefix(), "/mcshm/domains/");
+        assert_eq!(keys.domain_key(&app), "/mcshm/domains/app1");
+        assert_eq!(keys.hosts_prefix(), "/mcshm/hosts/");
+        assert_eq!(keys.host_key("web1"), "/mcshm/hosts/web1");
+        assert_eq!(
+            keys.probe_key(&app, &address),
+            "/mcshm/probes/app1/10.0.0.1:11211"
+        );
+        // A domain's key is under the prefix its watch and list read.
+        assert!(keys.domain_key(&app).starts_with(&keys.domains_prefix()));
+        assert!(keys.host_key("web1").starts_with(&keys.hosts_prefix()));
+        // Another prefix: the same layout below it, nothing shared with the first.
+        let other = Keys::new("/team/b/").unwrap();
+        assert_eq!(other.domain_key(&app), "/team/b/domains/app1");
+        assert!(!other.domain_key(&app).starts_with(&keys.domains_prefix()));
+    }
+
+    #[test]
+    fn a_domain_key_names_its_domain_and_no_other_key_names_one() {
+        let keys = keys();
+        for name in ["app1", "default", "a.b-c_d"] {
+            let key = keys.domain_key(&domain(name));
+            assert_eq!(keys.domain_of_key(key.as_bytes()), Some(domain(name)));
+        }
+        for key in [
+            &b"/mcshm/hosts/web1"[..],
+            b"/mcshm/probes/app1/10.0.0.1:11211",
+            b"/other/domains/app1",
+            b"/mcshm/domains/",
+            b"/mcshm/domains/.hidden",
+            b"/mcshm/domains/a/b",
+            b"mcshm/domains/app1",
+            b"/mcshm/domains/\xff\xfe",
+        ] {
+            assert_eq!(
+                keys.domain_of_key(key),
+                None,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_a_key_path_that_starts_and_ends_with_a_slash() {
+        for good in ["/", "/mcshm/", "/a/b/c/", &format!("/{}/", "x".repeat(254))] {
+            assert!(Keys::new(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "mcshm/",
+            "/mcshm",
+            "/mc shm/",
+            "/mc\nshm/",
+            "/mc\tshm/",
+            &format!("/{}/", "x".repeat(255)),
+        ] {
+            let e = Keys::new(bad).unwrap_err();
+            assert!(matches!(e, EtcdError::Config(_)), "{bad:?}: {e}");
+            assert!(e.to_string().contains("--etcd-prefix"), "{e}");
+        }
+    }
+
+    fn table() -> Table {
+        let mut down = Server::new(Address::parse("10.0.0.2:11211").unwrap());
+        down.state = State::Down;
+        down.reason = "2 consecutive failures".into();
+        down.since_ms = 5;
+        Table {
+            servers: vec![Server::new(Address::parse("10.0.0.1:11211").unwrap()), down],
+            ..Table::default()
+        }
+    }
+
+    #[test]
+    fn a_domain_value_decodes_at_the_revision_that_wrote_it() {
+        let changed = Changed {
+            by: "mcadmin".into(),
+            host: "web1".into(),
+            pid: 7,
+            ms: 9,
+        };
+        let kv = Kv {
+            key: b"/mcshm/domains/app1".to_vec(),
+            value: document::encode(&table(), &changed),
+            mod_revision: 42,
+        };
+        let decoded = decode(&kv).unwrap();
+        assert_eq!(decoded.revision, 42);
+        assert_eq!(decoded.changed, changed);
+        assert_eq!(decoded.table.servers.len(), 2);
+        assert_eq!(decoded.table.servers[1].state, State::Down);
+        assert_eq!(decoded.table.servers[1].reason, "2 consecutive failures");
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_table_is_refused_naming_its_key() {
+        for value in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"servers\": [{\"address\": \"\"}]}",
+        ] {
+            let kv = Kv {
+                key: b"/mcshm/domains/app1".to_vec(),
+                value: value.to_vec(),
+                mod_revision: 3,
+            };
+            match decode(&kv) {
+                Err(FleetError::Hostile { key, why }) => {
+                    assert_eq!(key, "/mcshm/domains/app1");
+                    assert!(!why.is_empty());
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(value)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_probe_lease_is_free_once_its_interval_has_passed_since_it_was_taken() {
+        let taken = probe_lease_value(10_000, "web1");
+        assert!(!probe_lease_free(taken.as_bytes(), 10_000, 5_000));
+        assert!(!probe_lease_free(taken.as_bytes(), 14_999, 5_000));
+        assert!(probe_lease_free(taken.as_bytes(), 15_000, 5_000));
+        assert!(probe_lease_free(taken.as_bytes(), 10_000, 0), "interval 0");
+        // A clock that went back: taken "in the future", so still taken.
+        assert!(!probe_lease_free(taken.as_bytes(), 9_000, 5_000));
+        // No overflow at the end of time.
+        let last = probe_lease_value(u64::MAX - 1, "web1");
+        assert!(!probe_lease_free(last.as_bytes(), u64::MAX - 1, u64::MAX));
+    }
+
+    #[test]
+    fn a_probe_key_value_names_the_time_and_the_host_and_a_damaged_one_frees_the_lease() {
+        let value: serde_json::Value =
+            serde_json::from_str(&probe_lease_value(1234, "web\"1")).unwrap();
+        assert_eq!(value["ms"], 1234);
+        assert_eq!(value["host"], "web\"1");
+        for damaged in [
+            &b""[..],
+            b"garbage",
+            b"{}",
+            b"{\"ms\": \"soon\"}",
+            b"{\"ms\": -5}",
+        ] {
+            // As if taken at 0: free once the interval has passed since the epoch.
+            let what = String::from_utf8_lossy(damaged);
+            assert!(probe_lease_free(damaged, 1_000_000, 1_000_000), "{what:?}");
+            assert!(!probe_lease_free(damaged, 999_999, 1_000_000), "{what:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_record_keeps_the_field_names_mcadmin_hosts_reads() {
+        let mut record = HostRecord {
+            name: "web1".into(),
+            pid: 4242,
+            started_ms: 1,
+            updated_ms: 2,
+            domains: Default::default(),
+        };
+        record.domains.insert(
+            "app1".into(),
+            HostDomain {
+                revision: 17,
+                applied_ms: 3,
+                clients: 4,
+            },
+        );
+        let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "web1", "pid": 4242, "started_ms": 1, "updated_ms": 2,
+                "domains": {"app1": {"revision": 17, "applied_ms": 3, "clients": 4}}
+            })
+        );
+        let back: HostRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+    }
+}

@@ -19,6 +19,8 @@ mod failures;
 mod plan;
 mod report;
 mod router;
+#[cfg(test)]
+mod router_tests;
 mod sequence;
 
 pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};

@@ -572,7 +572,7 @@ impl Drop for Router {
 
 /// The positions of `servers` that satisfy `keep`: `before` (those of the previous version)
 /// updated for the positions `changed` names, or a scan of every server.
-fn positions(
+pub(crate) fn positions(
     servers: &[Server],
     changed: Option<mcshm_table::registry::SlotDelta>,
     before: Vec<usize>,

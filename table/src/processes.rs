@@ -40,9 +40,13 @@ impl ProcessId {
 
 /// Field 22 of /proc/PID/stat (start time in clock ticks), truncated to 32 bits.
 fn start_time(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time in a /proc/PID/stat line (see [`start_time`]).
+fn stat_start_time(stat: &str) -> Option<u32> {
     // The command name (field 2) is in parentheses and may contain spaces: skip past it.
-    let after = &stat[stat.rfind(')')? + 2..];
+    let after = stat.get(stat.rfind(')')? + 2..)?;
     let ticks: u64 = after.split(' ').nth(19)?.parse().ok()?;
     Some(ticks as u32)
 }
@@ -141,4 +145,85 @@ pub fn host_name() -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_id_is_one_word_pid_low_start_time_high() {
+        let id = ProcessId {
+            pid: 4242,
+            start: 0xdead_beef,
+        };
+        assert_eq!(id.to_word(), 0xdead_beef_0000_1092);
+        assert_eq!(ProcessId::from_word(id.to_word()), id);
+        let max = ProcessId {
+            pid: u32::MAX,
+            start: u32::MAX,
+        };
+        assert_eq!(ProcessId::from_word(max.to_word()), max);
+    }
+
+    #[test]
+    fn the_start_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        // Fields 3.. after the name; the start time is field 22 (the 20th after the name).
+        let rest = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
+        for comm in ["memcached", "a b", "x) (y", ") ) "] {
+            let stat = format!("4242 ({comm}) {rest}\n");
+            assert_eq!(stat_start_time(&stat), Some(987654), "{comm:?}");
+        }
+        // 64-bit tick counts are kept to their low 32 bits (compared, never shown).
+        let big = format!("1 (sh) {}", rest.replace("987654", "4294967297"));
+        assert_eq!(stat_start_time(&big), Some(1));
+        for bad in [
+            "",
+            "4242 (x)",
+            "4242 (x) S 1 2",
+            "4242 no parens at all",
+            "1 (x) S ñ",
+        ] {
+            assert_eq!(stat_start_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_process_with_another_start_time_is_not() {
+        let me = ProcessId::current().expect("/proc");
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.is_alive());
+        let recycled = ProcessId {
+            start: me.start.wrapping_add(1),
+            ..me
+        };
+        assert!(!recycled.is_alive(), "a recycled pid is another process");
+        assert!(!ProcessId::from_word(0).is_alive());
+    }
+
+    #[test]
+    fn a_clients_record_gives_the_command_its_version_and_last_use() {
+        let id = ProcessId { pid: 7, start: 1 };
+        let name = *b"mcproxy-worker-1";
+        let record = [
+            id.to_word(),
+            12,
+            34,
+            u64::from_le_bytes(name[..8].try_into().unwrap()),
+            u64::from_le_bytes(name[8..].try_into().unwrap()),
+            0,
+            0,
+            0,
+        ];
+        let read = ProcessRecord::from_record(id, &record);
+        assert_eq!(read.pid, 7);
+        assert_eq!(read.command, "mcproxy-worker-1", "16 bytes, no terminator");
+        assert_eq!((read.version, read.last_used_ms), (12, 34));
+        assert!(read.recorded);
+        // This process's own name, as it writes it, reads back as /proc shows it.
+        let [a, b] = comm_words();
+        let mine = ProcessRecord::from_record(id, &[0, 0, 0, a, b, 0, 0, 0]);
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(mine.command, comm.trim_end());
+    }
 }

@@ -68,7 +68,12 @@ impl SharedMap {
     }
 
     fn word32(&self, byte_offset: usize) -> Option<&AtomicU32> {
-        if !byte_offset.is_multiple_of(4) || byte_offset + 4 > self.words * 8 {
+        // `checked_add`: an offset near `usize::MAX` would wrap past the check (a fault in a
+        // debug build, a pointer outside the mapping in a release one).
+        let inside = byte_offset
+            .checked_add(4)
+            .is_some_and(|end| end <= self.words * 8);
+        if !byte_offset.is_multiple_of(4) || !inside {
             return None;
         }
         // SAFETY: the 4 bytes at `byte_offset` are inside the mapping (checked above) and 4-byte
@@ -290,5 +295,163 @@ pub fn release_free_heap() {
     // its own locks; it is safe to call at any time from any thread.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fence's promises: every access outside the mapping is `None` (or does nothing),
+    //! never a fault, and never touches the bytes of the file beyond the mapped length; a
+    //! read-only mapping refuses every write.
+    use super::*;
+    use std::io::Write;
+
+    /// A file of `file_words` words, each word `i` holding `i + 1`, mapped over its first
+    /// `mapped_words`.
+    fn mapped(file_words: usize, mapped_words: usize, writable: bool) -> (File, SharedMap) {
+        let mut file = tempfile::tempfile().unwrap();
+        let bytes: Vec<u8> = (1..=file_words as u64).flat_map(u64::to_le_bytes).collect();
+        file.write_all(&bytes).unwrap();
+        let map = SharedMap::map(&file, mapped_words * 8, writable).unwrap();
+        (file, map)
+    }
+
+    /// The file's words, as other processes see them.
+    fn file_words(file: &File) -> Vec<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; file.metadata().unwrap().len() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect()
+    }
+
+    fn numbered(n: usize) -> Vec<u64> {
+        (1..=n as u64).collect()
+    }
+
+    #[test]
+    fn a_mapping_is_a_non_zero_multiple_of_a_word() {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(64).unwrap();
+        for len in [0, 1, 7, 12, 63] {
+            let e = SharedMap::map(&file, len, true).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len}");
+        }
+        assert!(SharedMap::map(&file, 8, false).is_ok());
+        assert!(SharedMap::map(&file, 64, true).is_ok());
+    }
+
+    #[test]
+    fn words_inside_the_mapping_are_the_files_and_words_outside_are_none() {
+        let (file, map) = mapped(8, 4, true);
+        assert_eq!(map.load(0, Ordering::Acquire), Some(1));
+        assert_eq!(map.load(3, Ordering::Acquire), Some(4));
+        // Word 4 exists in the file, but not in the mapping.
+        for index in [4, 5, 1 << 40, usize::MAX / 8, usize::MAX] {
+            assert_eq!(map.load(index, Ordering::Acquire), None, "{index}");
+            assert_eq!(map.store(index, 99, Ordering::Release), None, "{index}");
+            assert_eq!(map.compare_exchange(index, 5, 99), None, "{index}");
+        }
+        assert_eq!(map.store(3, 40, Ordering::Release), Some(()));
+        assert_eq!(file_words(&file), [1, 2, 3, 40, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn compare_exchange_swaps_only_the_expected_value() {
+        let (file, map) = mapped(2, 2, true);
+        assert_eq!(map.compare_exchange(1, 7, 70), Some(Err(2)));
+        assert_eq!(map.compare_exchange(1, 2, 20), Some(Ok(2)));
+        assert_eq!(map.load(1, Ordering::Acquire), Some(20));
+        assert_eq!(file_words(&file), [1, 20]);
+    }
+
+    #[test]
+    fn copy_out_copies_a_range_inside_the_mapping_and_refuses_one_that_leaves_it() {
+        let (_file, map) = mapped(8, 4, true);
+        let mut all = [0u64; 4];
+        assert_eq!(map.copy_out(0, &mut all), Some(()));
+        assert_eq!(all, [1, 2, 3, 4]);
+        let mut tail = [0u64; 2];
+        assert_eq!(map.copy_out(2, &mut tail), Some(()));
+        assert_eq!(tail, [3, 4]);
+        assert_eq!(map.copy_out(4, &mut []), Some(()), "nothing, at the end");
+        // One word past the end (the file has it, the mapping does not), a start past the
+        // end, and a range whose end overflows: refused before anything is copied.
+        for (start, len) in [
+            (3, 2),
+            (0, 5),
+            (4, 1),
+            (5, 0),
+            (usize::MAX, 2),
+            (1 << 61, 1),
+        ] {
+            let mut out = vec![0xdead_u64; len];
+            assert_eq!(map.copy_out(start, &mut out), None, "{start}+{len}");
+            assert!(out.iter().all(|&w| w == 0xdead), "{start}+{len}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn copy_in_never_writes_past_the_mapping() {
+        let (file, map) = mapped(8, 4, true);
+        assert_eq!(map.copy_in(1, &[20, 30]), Some(()));
+        assert_eq!(file_words(&file), [1, 20, 30, 4, 5, 6, 7, 8]);
+        assert_eq!(map.copy_in(3, &[40, 50, 60]), None);
+        assert_eq!(map.copy_in(usize::MAX, &[70, 80]), None);
+        // The words after the mapping are the file's own still.
+        assert_eq!(file_words(&file)[4..], [5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_read_only_mapping_loads_and_refuses_every_write() {
+        let (file, map) = mapped(4, 4, false);
+        let mut all = [0u64; 4];
+        assert_eq!(map.copy_out(0, &mut all), Some(()));
+        assert_eq!(all, [1, 2, 3, 4]);
+        assert_eq!(map.load_u32(0), Some(1));
+        assert_eq!(map.store(0, 9, Ordering::Release), None);
+        assert_eq!(map.compare_exchange(0, 1, 9), None);
+        assert_eq!(map.copy_in(0, &[9]), None);
+        assert_eq!(map.fetch_add_u32(0, 1), None);
+        assert_eq!(file_words(&file), numbered(4));
+    }
+
+    #[test]
+    fn a_32_bit_word_is_aligned_and_inside_the_mapping_or_none() {
+        let (file, map) = mapped(4, 2, true);
+        assert_eq!(map.load_u32(0), Some(1));
+        assert_eq!(map.load_u32(8), Some(2));
+        assert_eq!(map.load_u32(12), Some(0), "the high half of word 1");
+        assert_eq!(map.fetch_add_u32(8, 5), Some(2));
+        assert_eq!(map.load_u32(8), Some(7));
+        for offset in [1, 2, 6, 13] {
+            assert_eq!(map.load_u32(offset), None, "unaligned {offset}");
+            assert_eq!(map.fetch_add_u32(offset, 1), None, "unaligned {offset}");
+        }
+        // Past the end, including offsets whose end overflows.
+        for offset in [16, 20, usize::MAX - 3, usize::MAX & !3] {
+            assert_eq!(map.load_u32(offset), None, "{offset}");
+            assert_eq!(map.fetch_add_u32(offset, 1), None, "{offset}");
+        }
+        assert_eq!(file_words(&file), [1, 7, 3, 4]);
+    }
+
+    #[test]
+    fn futex_calls_outside_the_mapping_return_at_once() {
+        let (_file, map) = mapped(2, 2, true);
+        let started = std::time::Instant::now();
+        for offset in [2, 16, usize::MAX - 3] {
+            map.futex_wait(offset, 0, Duration::from_secs(30));
+            map.futex_wake(offset, 1);
+        }
+        // Inside, a value other than the one expected: no sleep either.
+        map.futex_wait(0, 12345, Duration::from_secs(30));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Inside and expected: sleeps until the timeout.
+        let started = std::time::Instant::now();
+        map.futex_wait(0, 1, Duration::from_millis(20));
+        assert!(started.elapsed() >= Duration::from_millis(10));
     }
 }

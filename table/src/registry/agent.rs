@@ -32,10 +32,11 @@ impl Registry {
             .map
             .load(format::AGENT_LINK_WORD, Ordering::Acquire)
             .unwrap_or(0);
+        let (connected, since_ms) = decode_link(link);
         AgentLink {
             agent,
-            connected: link >> 63 == 1,
-            since_ms: link & !(1 << 63),
+            connected,
+            since_ms,
         }
     }
 
@@ -46,7 +47,7 @@ impl Registry {
             self.map
                 .store(format::AGENT_WORD, me.to_word(), Ordering::Release);
         }
-        let link = (u64::from(connected) << 63) | (since_ms & !(1 << 63));
+        let link = encode_link(connected, since_ms);
         self.map
             .store(format::AGENT_LINK_WORD, link, Ordering::Release);
     }
@@ -56,5 +57,41 @@ impl Registry {
         self.map.store(format::AGENT_WORD, 0, Ordering::Release);
         self.map
             .store(format::AGENT_LINK_WORD, 0, Ordering::Release);
+    }
+}
+
+/// The link word: bit 63 says whether the agent reaches etcd, the other 63 bits since when
+/// (ms since the Unix epoch; a time that does not fit loses its top bit, never the status).
+fn encode_link(connected: bool, since_ms: u64) -> u64 {
+    (u64::from(connected) << 63) | (since_ms & !(1 << 63))
+}
+
+/// The status and time of a link word ([`encode_link`]); 0 (no agent ever): cut off since 0.
+fn decode_link(word: u64) -> (bool, u64) {
+    (word >> 63 == 1, word & !(1 << 63))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_link_word_keeps_the_status_and_the_time() {
+        for connected in [false, true] {
+            for since_ms in [0, 1, 1_764_000_000_000, (1 << 63) - 1] {
+                let word = encode_link(connected, since_ms);
+                assert_eq!(decode_link(word), (connected, since_ms));
+            }
+        }
+        assert_eq!(decode_link(0), (false, 0), "a file no agent touched");
+    }
+
+    #[test]
+    fn a_time_with_the_top_bit_set_cannot_pass_for_the_status() {
+        assert_eq!(
+            decode_link(encode_link(false, u64::MAX)),
+            (false, (1 << 63) - 1)
+        );
+        assert_eq!(decode_link(encode_link(true, 1 << 63)), (true, 0));
     }
 }

@@ -389,3 +389,6 @@ pub use crate::clock::now_ms;
 pub fn commit_info() -> CommitInfo {
     CommitInfo::now()
 }
+
+#[cfg(test)]
+mod tests;

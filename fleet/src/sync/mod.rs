@@ -1,0 +1,475 @@
+//! The host agent (`mcadmin sync`): mirrors the fleet's domains into this host's tables and
+//! pushes this host's own state marks to the fleet.
+//!
+//! Three kinds of input meet in one loop:
+//! - the fleet, from one etcd watch on `PREFIX/domains/` (a thread): a full read at start and
+//!   after a compaction, then every change in revision order;
+//! - this host, from one thread per mirrored domain sleeping on the table's futex: a client
+//!   that marked a server down, a rejoin, a drain;
+//! - a tick: the host record on its lease (`mcadmin --etcd … hosts`), the link status in the
+//!   local header (`mcadmin list`), retries of pushes etcd did not take, and probing.
+//!
+//! Probing: while the agent reaches etcd it holds every down server's local probe lease, so no
+//! client on the host probes; instead agents compete for the server's fleet probe key (one
+//! winner per retry interval, fleet-wide), and the winner runs the rejoin (flush first) and
+//! pushes the result. Cut off from etcd, the agent lets go and the host's clients probe as on a
+//! host without a fleet; their rejoins are pushed when etcd is back.
+//!
+//! The agent is split along those concepts, each file with the pure rules it decides by (as
+//! functions of data, tested beside them) and the I/O that executes them:
+//! - this module: the events, the options, the agent's state and its loop (`run`, `handle`,
+//!   `tick`), which only dispatches;
+//! - `apply`: fleet → host (`apply`: mirror a fleet revision, keeping local marks not pushed
+//!   yet) and host → fleet (`push`), both measured against the *base*, the fleet table the
+//!   local one mirrors (`base_for`);
+//! - `probe`: the probe duty (which down server is due for a fleet probe, and running it);
+//! - `host`: the host record on its lease and the link status in the local tables;
+//! - `threads`: the watch of the fleet and the watches of the local tables, feeding the loop.
+
+mod apply;
+mod host;
+mod probe;
+mod threads;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libmcshm::Timeouts;
+use mcshm_table::registry::{FileOwnership, now_ms};
+use mcshm_table::{Address, Domain, Registry};
+
+use crate::etcd::WatchBatch;
+use crate::mirror::Mark;
+use crate::store::{Fleet, FleetError, FleetTable, Keys};
+
+/// What the agent does, as a stream of events (`mcadmin sync` prints them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// This agent now mirrors the domain on this host.
+    Active { domain: String },
+    /// Another agent mirrors it; this one waits.
+    Standby { domain: String },
+    /// The local table now mirrors this fleet revision.
+    Applied { domain: String, revision: i64 },
+    /// Local marks written to the fleet at this revision.
+    Pushed {
+        domain: String,
+        revision: i64,
+        marks: Vec<String>,
+    },
+    /// Local marks the fleet had superseded: dropped.
+    Superseded { domain: String, marks: Vec<String> },
+    /// A value under the prefix was refused; the local table stays as it was.
+    Refused { key: String, why: String },
+    /// etcd answers again.
+    Connected,
+    /// etcd does not answer: the host serves its last tables.
+    Disconnected { why: String },
+    /// The revision needed was compacted away: local marks not pushed are dropped and the
+    /// latest fleet table applied.
+    Resync { domain: String },
+    /// This host probed a down server for the fleet.
+    Probed {
+        domain: String,
+        server: String,
+        result: String,
+    },
+}
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// The host's name in the fleet (`--name`, default the hostname).
+    pub name: String,
+    pub dir: PathBuf,
+    /// The domains to mirror; empty with `all`: every domain of the fleet.
+    pub domains: Vec<Domain>,
+    pub all: bool,
+    /// Mode and group of local tables the agent creates.
+    pub ownership: FileOwnership,
+    /// Timeouts of the flush a probe runs.
+    pub probe_timeouts: Timeouts,
+    /// TTL of the host record's lease, seconds.
+    pub lease_ttl_s: i64,
+}
+
+/// How often the loop looks at time-driven work (probing, retries, the host record).
+const TICK: Duration = Duration::from_millis(100);
+/// How often the host record and link status are rewritten at the least.
+const REFRESH: Duration = Duration::from_secs(2);
+
+enum Msg {
+    /// A full read of the fleet (at start, after a compaction or a lost watch).
+    Full(Vec<(Domain, Result<FleetTable, FleetError>)>),
+    Watch(WatchBatch),
+    WatchLost(String),
+    Local(Domain),
+    Probed {
+        domain: Domain,
+        server: Address,
+        result: String,
+    },
+}
+
+struct Mirror {
+    domain: Domain,
+    writer: Option<Registry>,
+    lock: Option<File>,
+    standing_by: bool,
+    /// The fleet table at the revision the local table mirrors.
+    base: Option<FleetTable>,
+    /// Local marks etcd did not take yet.
+    pending: bool,
+    /// Marks of a push whose answer was lost (etcd hung or cut off while it had the request):
+    /// it may still land. If it does after this host changed those servers again, the newer
+    /// local state is kept and pushed over it.
+    in_doubt: Vec<Mark>,
+    applied_ms: u64,
+    watching_local: bool,
+    /// Just became active: read the fleet's table once.
+    fresh: bool,
+}
+
+/// The agent's state.
+pub struct Agent {
+    fleet: Arc<Fleet>,
+    options: SyncOptions,
+    mirrors: HashMap<Domain, Mirror>,
+    connected: Option<bool>,
+    link_since_ms: u64,
+    lease: Option<i64>,
+    started_ms: u64,
+    last_refresh: Option<Instant>,
+    probing: Arc<Mutex<HashSet<(Domain, String)>>>,
+    /// When each down server's fleet probe key may next be free (ms), to ask etcd only then.
+    next_probe: HashMap<(Domain, String), u64>,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+}
+
+impl Agent {
+    pub fn new(fleet: Arc<Fleet>, options: SyncOptions) -> Agent {
+        let (tx, rx) = mpsc::channel();
+        let mut agent = Agent {
+            fleet,
+            mirrors: HashMap::new(),
+            connected: None,
+            link_since_ms: now_ms(),
+            lease: None,
+            started_ms: now_ms(),
+            last_refresh: None,
+            probing: Arc::default(),
+            next_probe: HashMap::new(),
+            tx,
+            rx,
+            options,
+        };
+        for domain in agent.options.domains.clone() {
+            agent.mirror_of(&domain);
+        }
+        agent
+    }
+
+    /// Runs until `stop` is set; events go to `events`.
+    pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(SyncEvent)) {
+        threads::spawn_watch(self.fleet.clone(), self.tx.clone());
+        while !stop.load(Ordering::Relaxed) {
+            match self.rx.recv_timeout(TICK) {
+                Ok(msg) => self.handle(msg, events),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.tick(events);
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, msg: Msg, events: &mut dyn FnMut(SyncEvent)) {
+        match msg {
+            Msg::Full(tables) => {
+                self.set_connected(true, "", events);
+                self.apply_all(tables, events);
+            }
+            Msg::Watch(batch) => {
+                self.set_connected(true, "", events);
+                let tables = watched_tables(self.fleet.keys(), batch);
+                self.apply_all(tables, events);
+            }
+            Msg::WatchLost(why) => self.set_connected(false, &why, events),
+            Msg::Local(domain) => self.push(&domain, events),
+            Msg::Probed {
+                domain,
+                server,
+                result,
+            } => {
+                lock(&self.probing).remove(&(domain.clone(), server.to_string()));
+                events(SyncEvent::Probed {
+                    domain: domain.to_string(),
+                    server: server.to_string(),
+                    result,
+                });
+                self.push(&domain, events);
+            }
+        }
+    }
+
+    /// Applies each fleet table read, in order; a refused value is reported.
+    fn apply_all(
+        &mut self,
+        tables: Vec<(Domain, Result<FleetTable, FleetError>)>,
+        events: &mut dyn FnMut(SyncEvent),
+    ) {
+        for (domain, table) in tables {
+            match table {
+                Ok(table) => self.apply(&domain, table, events),
+                Err(e) => refused(e, events),
+            }
+        }
+    }
+
+    /// The mirror of `domain`, when this agent mirrors it (`--all`, or named).
+    fn mirror_of(&mut self, domain: &Domain) -> Option<&mut Mirror> {
+        if !self.options.all && !self.options.domains.contains(domain) {
+            return None;
+        }
+        Some(
+            self.mirrors
+                .entry(domain.clone())
+                .or_insert_with(|| Mirror {
+                    domain: domain.clone(),
+                    writer: None,
+                    lock: None,
+                    standing_by: false,
+                    base: None,
+                    pending: false,
+                    in_doubt: Vec::new(),
+                    applied_ms: 0,
+                    watching_local: false,
+                    fresh: false,
+                }),
+        )
+    }
+
+    /// Takes the domain's sync lock and opens its table (creating it); `None` while another
+    /// agent holds the lock or the table cannot be opened.
+    fn active(
+        &mut self,
+        domain: &Domain,
+        create: bool,
+        events: &mut dyn FnMut(SyncEvent),
+    ) -> Option<&mut Mirror> {
+        let dir = self.options.dir.clone();
+        let ownership = self.options.ownership;
+        let tx = self.tx.clone();
+        let mirror = self.mirror_of(domain)?;
+        if mirror.lock.is_none() {
+            // One agent per host and domain; a standby takes over when it dies.
+            match libmcshm::health::try_daemon_lock(&dir, domain, "sync") {
+                Ok(Some(file)) => {
+                    mirror.lock = Some(file);
+                    mirror.standing_by = false;
+                    mirror.fresh = true;
+                    events(SyncEvent::Active {
+                        domain: domain.to_string(),
+                    });
+                }
+                Ok(None) => {
+                    if !mirror.standing_by {
+                        mirror.standing_by = true;
+                        events(SyncEvent::Standby {
+                            domain: domain.to_string(),
+                        });
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    events(SyncEvent::Refused {
+                        key: domain.to_string(),
+                        why: e.to_string(),
+                    });
+                    return None;
+                }
+            }
+        }
+        if mirror.writer.is_none() {
+            mirror.writer = Registry::open_writer_with(&dir, domain, create, ownership).ok();
+        }
+        if mirror.writer.is_some() && !mirror.watching_local {
+            mirror.watching_local = threads::spawn_local(dir, domain.clone(), tx);
+        }
+        mirror.writer.as_ref()?;
+        Some(mirror)
+    }
+
+    /// The `changed.by` of this agent's pushes.
+    fn push_by(&self) -> String {
+        format!("mcadmin sync ({})", self.options.name)
+    }
+
+    fn tick(&mut self, events: &mut dyn FnMut(SyncEvent)) {
+        let refresh = self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH);
+        if refresh {
+            self.refresh_host(events);
+            // Retry what etcd did not take, and standbys retry the lock.
+            let retry: Vec<Domain> = self
+                .mirrors
+                .values()
+                .filter(|m| m.pending || m.lock.is_none())
+                .map(|m| m.domain.clone())
+                .collect();
+            for domain in &retry {
+                self.push(domain, events);
+            }
+        }
+        // A standby that just took over (or a domain named before the fleet had it) reads the
+        // fleet's table itself: the watch delivered it before this agent was active.
+        let fresh: Vec<Domain> = self
+            .mirrors
+            .values()
+            .filter(|m| m.fresh && m.lock.is_some())
+            .map(|m| m.domain.clone())
+            .collect();
+        for domain in fresh {
+            match self.fleet.read(&domain) {
+                Ok(table) => {
+                    if let Some(m) = self.mirrors.get_mut(&domain) {
+                        m.fresh = false;
+                    }
+                    if let Some(table) = table {
+                        self.apply(&domain, table, events);
+                    }
+                }
+                Err(e) => refused(e, events),
+            }
+        }
+        if self.connected == Some(true) {
+            let domains: Vec<Domain> = self.mirrors.keys().cloned().collect();
+            for domain in domains {
+                self.probe_duty(&domain, events);
+            }
+        }
+    }
+}
+
+/// The fleet tables a watch batch brings, in revision order: keys of domains that were
+/// written (a domain deleted from the fleet stays as it was here; other keys under the
+/// prefix are not tables), each decoded or refused.
+fn watched_tables(keys: &Keys, batch: WatchBatch) -> Vec<(Domain, Result<FleetTable, FleetError>)> {
+    batch
+        .events
+        .into_iter()
+        .filter_map(|event| {
+            let domain = keys.domain_of_key(&event.key)?;
+            let kv = crate::etcd::Kv {
+                key: event.key,
+                value: event.value?,
+                mod_revision: event.mod_revision,
+            };
+            Some((domain, crate::store::decode(&kv)))
+        })
+        .collect()
+}
+
+/// Reports a fleet read that failed: a refused value names its key; anything else means etcd
+/// could not be used.
+fn refused(e: FleetError, events: &mut dyn FnMut(SyncEvent)) {
+    events(refusal(e));
+}
+
+fn refusal(e: FleetError) -> SyncEvent {
+    match e {
+        FleetError::Hostile { key, why } => SyncEvent::Refused { key, why },
+        other => SyncEvent::Disconnected {
+            why: other.to_string(),
+        },
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{self, Changed};
+    use crate::etcd::{EtcdError, WatchEvent};
+    use mcshm_table::table::{Server, Table};
+
+    fn value(address: &str) -> Vec<u8> {
+        let table = Table {
+            servers: vec![Server::new(Address::parse(address).unwrap())],
+            ..Table::default()
+        };
+        document::encode(&table, &Changed::default())
+    }
+
+    fn event(key: &str, value: Option<Vec<u8>>, mod_revision: i64) -> WatchEvent {
+        WatchEvent {
+            key: key.as_bytes().to_vec(),
+            value,
+            mod_revision,
+        }
+    }
+
+    #[test]
+    fn a_watch_batch_brings_the_written_domains_in_order_and_refuses_bad_values() {
+        let keys = Keys::new("/mcshm/").unwrap();
+        let batch = WatchBatch {
+            events: vec![
+                event("/mcshm/domains/b", Some(value("10.0.0.2")), 5),
+                event("/mcshm/hosts/web1", Some(b"{}".to_vec()), 6),
+                event("/mcshm/domains/gone", None, 7),
+                event("/mcshm/probes/a/10.0.0.1:11211", Some(b"{}".to_vec()), 8),
+                event("/mcshm/domains/a", Some(b"garbage".to_vec()), 9),
+                event("/mcshm/domains/a", Some(value("10.0.0.1")), 10),
+                event("/mcshm/domains/bad name", Some(value("10.0.0.3")), 11),
+            ],
+            revision: 11,
+        };
+        let tables = watched_tables(&keys, batch);
+        let domains: Vec<&str> = tables.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(
+            domains,
+            ["b", "a", "a"],
+            "only written domain keys, in order"
+        );
+        let b = tables[0].1.as_ref().unwrap();
+        assert_eq!(b.revision, 5);
+        assert_eq!(b.table.servers[0].address.to_string(), "10.0.0.2:11211");
+        match &tables[1].1 {
+            Err(FleetError::Hostile { key, .. }) => assert_eq!(key, "/mcshm/domains/a"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tables[2].1.as_ref().unwrap().revision, 10);
+    }
+
+    #[test]
+    fn a_refused_value_names_its_key_and_other_failures_mean_disconnected() {
+        let hostile = FleetError::Hostile {
+            key: "/mcshm/domains/a".into(),
+            why: "not JSON".into(),
+        };
+        assert_eq!(
+            refusal(hostile),
+            SyncEvent::Refused {
+                key: "/mcshm/domains/a".into(),
+                why: "not JSON".into()
+            }
+        );
+        let unreachable = FleetError::Etcd(EtcdError::Unreachable("no member".into()));
+        let why = unreachable.to_string();
+        assert_eq!(refusal(unreachable), SyncEvent::Disconnected { why });
+        let mut seen = Vec::new();
+        refused(FleetError::NoDomain("a".into()), &mut |e| seen.push(e));
+        assert!(
+            matches!(&seen[..], [SyncEvent::Disconnected { why }] if why.contains("'a'")),
+            "{seen:?}"
+        );
+    }
+}

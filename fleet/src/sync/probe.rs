@@ -1,0 +1,235 @@
+//! The probe duty: while the agent reaches etcd, no process on this host probes a down server
+//! on its own (the agent holds every down server's local probe lease a little ahead), and
+//! agents compete for each server's fleet probe key instead: one probe per retry interval for
+//! the whole fleet. The winner runs the rejoin (flush first, per the domain's policy) on a
+//! thread, and the loop pushes its result.
+//!
+//! Its own module because it is the one part of the agent that talks to memcached servers;
+//! when a server is due is a rule of data ([`fleet_probe_due`], [`look_again_after`]), tested
+//! here, the same rule the table's local probe lease applies on a host without a fleet
+//! (`since_ms` plus the retry interval, servers held down by an operator never).
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+
+use libmcshm::{Timeouts, lifecycle};
+use mcshm_table::registry::now_ms;
+use mcshm_table::table::{Server, State};
+use mcshm_table::{Address, Domain, Registry};
+
+use super::{Agent, Msg, SyncEvent, lock};
+
+/// How far ahead the agent holds down servers' local probe leases (if it dies, the host's
+/// clients take probing back after this plus the retry interval).
+const HOLD_MS: u64 = 3_000;
+
+impl Agent {
+    /// Holds the local probe leases of down servers and competes for their fleet probe keys;
+    /// the winner probes (flush first) in a thread of its own.
+    pub(super) fn probe_duty(&mut self, domain: &Domain, events: &mut dyn FnMut(SyncEvent)) {
+        let fleet = self.fleet.clone();
+        let name = self.options.name.clone();
+        let dir = self.options.dir.clone();
+        let timeouts = self.options.probe_timeouts;
+        let probing = self.probing.clone();
+        let tx = self.tx.clone();
+        let mut next_probe = std::mem::take(&mut self.next_probe);
+        let Some(mirror) = self.active(domain, false, events) else {
+            self.next_probe = next_probe;
+            return;
+        };
+        let writer = mirror.writer.as_mut().expect("active");
+        let Ok(snapshot) = writer.current_snapshot() else {
+            self.next_probe = next_probe;
+            return;
+        };
+        let now = now_ms();
+        for server in snapshot.servers.iter().filter(|s| s.state == State::Down) {
+            writer.live().hold_probe_lease(server, now + HOLD_MS);
+            let key = (domain.clone(), server.address.to_string());
+            let next_try = next_probe.get(&key).copied();
+            let busy = lock(&probing).contains(&key);
+            let Some(interval_ms) = fleet_probe_due(server, now, next_try, busy) else {
+                continue;
+            };
+            match fleet.try_probe_lease(domain, &server.address, interval_ms, &name) {
+                Ok(true) => {
+                    lock(&probing).insert(key.clone());
+                    spawn_probe(
+                        dir.clone(),
+                        domain.clone(),
+                        server.id,
+                        server.address.clone(),
+                        timeouts,
+                        name.clone(),
+                        tx.clone(),
+                    );
+                    next_probe.insert(key, now + interval_ms);
+                }
+                Ok(false) => {
+                    // Another host probed within the interval: look again a little later.
+                    next_probe.insert(key, now + look_again_after(interval_ms));
+                }
+                Err(_) => {}
+            }
+        }
+        self.next_probe = next_probe;
+    }
+}
+
+/// Whether this agent competes now for down `server`'s fleet probe key, and with which
+/// interval (ms): never for a server that is not retried (`retry_interval` < 0) or is held
+/// down by an operator; else once its retry interval has passed since it went down, not before
+/// `next_try` (when the key may be free again, as last seen), and not while a probe of it runs
+/// (`busy`).
+fn fleet_probe_due(server: &Server, now: u64, next_try: Option<u64>, busy: bool) -> Option<u64> {
+    if server.retry_interval < 0 || !server.may_rejoin(false) {
+        return None; // never retried, or held down by an operator
+    }
+    let interval_ms = u64::from(server.retry_interval.unsigned_abs()) * 1000;
+    let waiting = now < server.since_ms.saturating_add(interval_ms)
+        || next_try.is_some_and(|t| now < t)
+        || busy;
+    (!waiting).then_some(interval_ms)
+}
+
+/// How long to wait before asking again for a probe key another host holds: a quarter of the
+/// interval, from 50 ms to 1 s (the key frees at a time this host does not know exactly).
+fn look_again_after(interval_ms: u64) -> u64 {
+    (interval_ms / 4).clamp(50, 1000)
+}
+
+/// Probes a down server for the fleet: the rejoin (flush first, per the domain's policy) on
+/// this host's table; the agent then pushes the result.
+fn spawn_probe(
+    dir: PathBuf,
+    domain: Domain,
+    id: u32,
+    server: Address,
+    timeouts: Timeouts,
+    name: String,
+    tx: Sender<Msg>,
+) {
+    std::thread::spawn(move || {
+        let result = Registry::open_writer(&dir, &domain, false).and_then(|mut writer| {
+            lifecycle::rejoin(
+                &mut writer,
+                id,
+                timeouts,
+                false,
+                &format!("fleet retry probe, host {name}"),
+            )
+        });
+        let _ = tx.send(Msg::Probed {
+            domain,
+            server,
+            result: probe_result(result),
+        });
+    });
+}
+
+/// How a fleet probe went, as `mcadmin sync` reports it.
+fn probe_result(result: mcshm_table::Result<lifecycle::Rejoined>) -> String {
+    match result {
+        Ok(lifecycle::Rejoined::Up { flushed: true }) => "up (flushed)".to_string(),
+        Ok(lifecycle::Rejoined::Up { flushed: false }) => "up (not flushed)".to_string(),
+        Ok(lifecycle::Rejoined::NotDown | lifecycle::Rejoined::DrainCancelled) => {
+            "not down any more, or held down by an operator".to_string()
+        }
+        Err(e) => format!("still down: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn down(retry_interval: i32, since_ms: u64) -> Server {
+        Server {
+            state: State::Down,
+            retry_interval,
+            since_ms,
+            ..Server::new(Address::parse("10.0.0.1").unwrap())
+        }
+    }
+
+    #[test]
+    fn a_down_server_is_due_once_its_retry_interval_has_passed_since_it_went_down() {
+        let server = down(15, NOW - 15_000);
+        assert_eq!(fleet_probe_due(&server, NOW, None, false), Some(15_000));
+        assert_eq!(fleet_probe_due(&server, NOW - 1, None, false), None);
+        assert_eq!(fleet_probe_due(&down(15, NOW), NOW, None, false), None);
+        // Interval 0: at once.
+        assert_eq!(fleet_probe_due(&down(0, NOW), NOW, None, false), Some(0));
+        // A since far in the future (a bad clock elsewhere) does not overflow.
+        assert_eq!(fleet_probe_due(&down(15, u64::MAX), NOW, None, false), None);
+    }
+
+    #[test]
+    fn a_server_never_retried_or_held_down_by_an_operator_is_never_due() {
+        assert_eq!(fleet_probe_due(&down(-1, 0), NOW, None, false), None);
+        let held = Server {
+            held: true,
+            ..down(15, 0)
+        };
+        assert_eq!(fleet_probe_due(&held, NOW, None, false), None);
+        for state in [State::Up, State::Draining] {
+            let not_down = Server {
+                state,
+                ..down(15, 0)
+            };
+            assert_eq!(
+                fleet_probe_due(&not_down, NOW, None, false),
+                None,
+                "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_due_server_waits_for_its_next_try_and_for_a_probe_that_runs() {
+        let server = down(15, 0);
+        assert_eq!(fleet_probe_due(&server, NOW, Some(NOW + 1), false), None);
+        assert_eq!(
+            fleet_probe_due(&server, NOW, Some(NOW), false),
+            Some(15_000)
+        );
+        assert_eq!(fleet_probe_due(&server, NOW, Some(0), false), Some(15_000));
+        assert_eq!(fleet_probe_due(&server, NOW, None, true), None, "probing");
+    }
+
+    #[test]
+    fn a_probe_key_another_host_holds_is_asked_again_after_a_quarter_interval_within_bounds() {
+        assert_eq!(look_again_after(0), 50);
+        assert_eq!(look_again_after(100), 50);
+        assert_eq!(look_again_after(2_000), 500);
+        assert_eq!(look_again_after(4_000), 1_000);
+        assert_eq!(look_again_after(3_600_000), 1_000);
+    }
+
+    #[test]
+    fn a_probe_result_says_whether_the_server_came_back_and_why_not() {
+        use lifecycle::Rejoined;
+        assert_eq!(
+            probe_result(Ok(Rejoined::Up { flushed: true })),
+            "up (flushed)"
+        );
+        assert_eq!(
+            probe_result(Ok(Rejoined::Up { flushed: false })),
+            "up (not flushed)"
+        );
+        for other in [Rejoined::NotDown, Rejoined::DrainCancelled] {
+            assert_eq!(
+                probe_result(Ok(other)),
+                "not down any more, or held down by an operator"
+            );
+        }
+        let e = mcshm_table::Error::NoServers {
+            what: "domain 'a'".into(),
+        };
+        let text = e.to_string();
+        assert_eq!(probe_result(Err(e)), format!("still down: {text}"));
+    }
+}

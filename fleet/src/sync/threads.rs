@@ -1,0 +1,130 @@
+//! The threads that feed the agent's loop, each blocking on one source and sending [`Msg`]s:
+//! the watch of the fleet's domains (one for the agent) and the watch of a local table (one
+//! per mirrored domain, sleeping on the table's futex). The loop owns all state; these only
+//! report. Where a lost watch resumes is a rule of data ([`resume_after`]), tested here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use mcshm_table::{Domain, Registry};
+
+use super::Msg;
+use crate::etcd::{EtcdError, WatchBatch};
+use crate::store::Fleet;
+
+/// The watch thread: a full read, then the watch from the revision after it; a lost watch is
+/// re-established from the last revision seen; a compacted one starts over with a full read.
+pub(super) fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
+    std::thread::spawn(move || {
+        let mut next: Option<i64> = None;
+        loop {
+            let start = match next {
+                Some(rev) => rev,
+                None => match fleet.read_all() {
+                    Ok((tables, revision)) => {
+                        if tx.send(Msg::Full(tables)).is_err() {
+                            return;
+                        }
+                        revision + 1
+                    }
+                    Err(e) => {
+                        if tx.send(Msg::WatchLost(e.to_string())).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(250));
+                        continue;
+                    }
+                },
+            };
+            next = Some(start);
+            let mut watch = match fleet.etcd.watch(&fleet.domains_prefix(), start) {
+                Ok(w) => w,
+                Err(EtcdError::Compacted(_)) => {
+                    next = None;
+                    continue;
+                }
+                Err(e) => {
+                    if tx.send(Msg::WatchLost(e.to_string())).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            };
+            loop {
+                match watch.next() {
+                    Ok(batch) => {
+                        if let Some(rev) = resume_after(&batch) {
+                            next = Some(rev);
+                        }
+                        if tx.send(Msg::Watch(batch)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(EtcdError::Compacted(_)) => {
+                        next = None;
+                        break;
+                    }
+                    Err(_) => break, // re-watch from `next` (an idle stream ends too)
+                }
+            }
+        }
+    });
+}
+
+/// The revision a watch re-established after `batch` starts from: the one after the newest
+/// change it brought (`None`: it brought none, the resume point stays).
+fn resume_after(batch: &WatchBatch) -> Option<i64> {
+    let last = batch.events.iter().map(|e| e.mod_revision).max();
+    last.map(|rev| rev + 1)
+}
+
+/// A thread that sleeps on the domain's table and reports every local change.
+pub(super) fn spawn_local(dir: PathBuf, domain: Domain, tx: Sender<Msg>) -> bool {
+    let Ok(mut registry) = Registry::open(&dir, &domain) else {
+        return false;
+    };
+    std::thread::spawn(move || {
+        let mut since = registry.version();
+        loop {
+            if let Some(version) = registry.wait_for_change(since, Duration::from_secs(1)) {
+                since = version;
+                if tx.send(Msg::Local(domain.clone())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::WatchEvent;
+
+    fn batch(revisions: &[i64]) -> WatchBatch {
+        WatchBatch {
+            events: revisions
+                .iter()
+                .map(|&mod_revision| WatchEvent {
+                    key: b"/mcshm/domains/a".to_vec(),
+                    value: None,
+                    mod_revision,
+                })
+                .collect(),
+            revision: 100,
+        }
+    }
+
+    #[test]
+    fn a_lost_watch_resumes_after_the_newest_change_it_delivered() {
+        assert_eq!(resume_after(&batch(&[5])), Some(6));
+        assert_eq!(resume_after(&batch(&[5, 9, 7])), Some(10));
+        // A batch without changes (progress, or the stream's first answer) moves nothing,
+        // though the cluster's revision is further: other keys' changes are not ours.
+        assert_eq!(resume_after(&batch(&[])), None);
+    }
+}
