@@ -27,9 +27,9 @@ use libmcshm::{Address, Domain, Snapshot, Timeouts};
 use mcshm_route::{AddAnswer, Fill, FollowChange, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 
 use crate::command::{Command, GetVerb, MetaVerb, encode_get};
+use crate::failure::Failure;
 use crate::jobs::{Await, ReplyCell, Work};
 use crate::stats::ProxyStats;
-use crate::failure::Failure;
 use crate::upstream::{Deliver, Net};
 use libmcshm::proto::frame::{Frame, ItemSpan, first_line, items, unprefix_meta};
 use libmcshm::proto::is_error;

@@ -22,8 +22,8 @@ use libmcshm::{Address, Snapshot, Timeouts};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::failure::Failure;
 use crate::buffer::Inbox;
+use crate::failure::Failure;
 use crate::jobs::ReplyCell;
 use crate::stats::ServerStats;
 use crate::stream::Stream;

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::failure::Failure;
 use crate::jobs::{Jobs, Work};
 use crate::service::{Direct, Finished, Outbox, Service, SlotRef};
 use crate::session::{Ctx, Reply, Session, Settings, send_outbox};
 use crate::stream::Stream;
-use crate::failure::Failure;
 use crate::upstream::{Deliver, Net};
 
 /// Token kinds, in the low two bits.
