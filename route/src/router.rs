@@ -228,17 +228,14 @@ impl Router {
     }
 
     /// Rebuilds the routing when the table version (or the local failure view) changed: one
-    /// atomic load otherwise. Call it once per operation.
+    /// atomic load otherwise, so a front end may call it wherever it needs the current table.
+    /// Operations are counted by the key lookups ([`Router::chain`]), not here.
     pub fn refresh(&mut self) -> Result<()> {
         let version = self.version_now();
-        self.ops += 1;
         if let Some(r) = &self.routing
             && r.snapshot.version == version
             && r.local_epoch == self.local_epoch
         {
-            if self.ops.is_multiple_of(PERIODIC_OPS) {
-                self.periodic();
-            }
             return Ok(());
         }
         // Let go of the old version first: the registry then updates the snapshot in place
@@ -311,6 +308,16 @@ impl Router {
         Ok(())
     }
 
+    /// One operation (a key looked up): every [`PERIODIC_OPS`] of them, the periodic work.
+    /// Counted here, not per refresh: a front end may refresh several times per operation
+    /// (mcproxy: deciding, planning, reporting), and the period is in operations.
+    fn count_operation(&mut self) {
+        self.ops += 1;
+        if self.ops.is_multiple_of(PERIODIC_OPS) {
+            self.periodic();
+        }
+    }
+
     /// Every [`PERIODIC_OPS`] operations (and on every new version): note in the clients record
     /// that we use this version, and give down servers off the ring their retry probe.
     fn periodic(&mut self) {
@@ -336,6 +343,7 @@ impl Router {
     pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
+        self.count_operation();
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let shared = match self.routing().shared {
             Some(_) => {
@@ -402,6 +410,7 @@ impl Router {
     pub fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh()?;
+        self.count_operation();
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
         let shared = match self.routing().shared {

@@ -1,0 +1,405 @@
+//! One domain served by a worker: every command routed by the worker's [`Router`] (the same
+//! decisions as the blocking libmcshm client: ring, failover policy, shared failure view,
+//! retry probes, replicas, invalidation after writes, warm-up and drain), sent over the
+//! worker's server connections ([`Net`](crate::upstream::Net)), and answered in memcached's words.
+//!
+//! The router belongs to the worker's thread: a decision takes no lock. Its answers are plans
+//! ([`ReadPlan`], [`WritePlan`]) that name servers by id, so a
+//! decision and its report may straddle a table change (a server removed meanwhile is not
+//! reported).
+//!
+//! Two ways to execute a plan. The common shapes (one key, one server, nothing to fill or
+//! invalidate: a get on an up owner, a write without replicas) are **direct**: the request is
+//! encoded straight into the server connection's output and its reply framed straight into the
+//! client's, with no task and no copy between ([`Service::start`], [`Service::finish_direct`]).
+//! Everything else (multi-gets, replicas, fills, invalidations, a table change in flight) is a
+//! job: the plan executed as the blocking client executes it, written as async code over the
+//! same connections ([`crate::jobs`]).
+//!
+//! The files follow the two ways: `direct` (the common shapes, no task), `read` (the jobs that
+//! read: multi-get rounds, replica fallbacks, fills, meta gets) and `write` (the jobs that
+//! write: replicas, invalidations, following a table change, flush_all). This file holds the
+//! service itself: deciding with the router, sending, awaiting and reporting replies, and
+//! which job runs a command.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use libmcshm::table::State;
+use libmcshm::{Address, Domain, Snapshot, Timeouts};
+use mcshm_route::{Outcome, ReadPlan, Router, ServerRef, WritePlan};
+
+use crate::command::{Command, MetaVerb};
+use crate::failure::Failure;
+use crate::jobs::{Await, ReplyCell, Work};
+use crate::stats::ProxyStats;
+use libmcshm::proto::frame::Frame;
+
+/// The plan of a routing decision, or (from the enclosing function) the error reply the
+/// command gets.
+macro_rules! decided {
+    ($decision:expr) => {
+        match $decision {
+            Ok(plan) => plan,
+            Err(reply) => return reply,
+        }
+    };
+}
+
+// After the macro: modules see the macros defined before them.
+mod direct;
+mod read;
+mod write;
+
+use direct::Quiet;
+pub use direct::{Direct, Finished, SlotRef, Started};
+
+/// A request a job queued, sent by the worker after the job's poll.
+pub struct Outgoing {
+    pub domain: usize,
+    pub snapshot: Arc<Snapshot>,
+    pub server: usize,
+    pub lane: usize,
+    pub frame: Frame,
+    pub bytes: Vec<u8>,
+    pub cell: Rc<ReplyCell>,
+}
+
+/// The requests jobs queued since the worker last sent them.
+pub type Outbox = Rc<RefCell<Vec<Outgoing>>>;
+
+/// A request queued for a server, with the table it was routed on.
+struct Outstanding {
+    snapshot: Arc<Snapshot>,
+    server: usize,
+    reply: Await,
+}
+
+/// A plan the direct path made for a command and could not use (see
+/// [`Service::start`]).
+enum Planned {
+    Read(Plan<ReadPlan>),
+    Write(Plan<WritePlan>),
+}
+
+/// A routing decision: the table it was made on, and server positions in it.
+struct Plan<T> {
+    snapshot: Arc<Snapshot>,
+    value: T,
+}
+
+pub struct Service {
+    pub stats: Arc<ProxyStats>,
+    router: RefCell<Router>,
+    timeouts: Timeouts,
+    /// The domain's number in the worker's [`Net`](crate::upstream::Net).
+    domain: usize,
+    /// The latest table version a decision or a report routed on: a write tells from it that
+    /// the table changed while it was in flight.
+    seen: Cell<u64>,
+    /// Lanes for follow-up requests, whose order does not matter.
+    lanes: Cell<usize>,
+    outbox: Outbox,
+}
+
+impl Service {
+    /// Serves `domain` of the registry in `dir` as number `number` of the worker's net,
+    /// counting into `stats` (shared by the worker threads serving the domain).
+    pub fn new(
+        dir: &std::path::Path,
+        domain: &Domain,
+        timeouts: Timeouts,
+        number: usize,
+        stats: Arc<ProxyStats>,
+        outbox: Outbox,
+    ) -> libmcshm::Result<Service> {
+        let mut router = Router::for_domain(dir, domain)?;
+        router.refresh()?;
+        router.on_failure(|event| {
+            let whom = match event.marked_down {
+                mcshm_route::MarkedDown::No => return,
+                mcshm_route::MarkedDown::ForEveryone => "for every process on this host",
+                mcshm_route::MarkedDown::LocallyOnly => {
+                    "for this process only (it cannot write the registry)"
+                }
+            };
+            crate::log(format_args!(
+                "{} marked down {whom} after {} consecutive failures: {}",
+                event.server, event.failures, event.error
+            ));
+        });
+        Ok(Service {
+            stats,
+            router: RefCell::new(router),
+            timeouts,
+            domain: number,
+            seen: Cell::new(u64::MAX),
+            lanes: Cell::new(0),
+            outbox,
+        })
+    }
+
+    /// Where a new server connection of the domain finds its TLS settings and credentials.
+    pub fn access(dir: &std::path::Path, domain: &Domain) -> crate::upstream::AccessSource {
+        let (dir, domain) = (dir.to_path_buf(), domain.clone());
+        Arc::new(move || libmcshm::access::Access::load(&dir, &domain))
+    }
+
+    fn router(&self) -> RefMut<'_, Router> {
+        self.router.borrow_mut()
+    }
+
+    /// A routing decision; retry probes it found due run on their own threads.
+    fn decide<T>(
+        &self,
+        decide: impl FnOnce(&mut Router) -> libmcshm::Result<T>,
+    ) -> Result<Plan<T>, Vec<u8>> {
+        let mut router = self.router();
+        let decided = router.refresh().and_then(|()| decide(&mut router));
+        self.run_probes(&mut router);
+        self.seen.set(router.snapshot().version);
+        match decided {
+            Ok(value) => Ok(Plan {
+                snapshot: router.snapshot().clone(),
+                value,
+            }),
+            // A key too long once the domain's prefix is put before it is the client's.
+            Err(err @ libmcshm::Error::BadKey { .. }) => {
+                Err(format!("CLIENT_ERROR {err}\r\n").into_bytes())
+            }
+            Err(err) => Err(server_error(&err.to_string())),
+        }
+    }
+
+    fn run_probes(&self, router: &mut Router) {
+        for probe in router.take_probes() {
+            let timeouts = self.timeouts;
+            let _ = std::thread::Builder::new()
+                .name("mcproxy-probe".into())
+                .spawn(move || libmcshm::lifecycle::run_probe(probe, timeouts));
+        }
+    }
+
+    /// Queues `bytes` for server `i` of `snapshot` on `lane` (sent by the worker after the
+    /// job's poll, in the order queued).
+    fn send(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        i: usize,
+        bytes: Vec<u8>,
+        frame: Frame,
+        lane: usize,
+    ) -> Outstanding {
+        let cell = Rc::new(ReplyCell::default());
+        self.outbox.borrow_mut().push(Outgoing {
+            domain: self.domain,
+            snapshot: snapshot.clone(),
+            server: i,
+            lane,
+            frame,
+            bytes,
+            cell: cell.clone(),
+        });
+        Outstanding {
+            snapshot: snapshot.clone(),
+            server: i,
+            reply: Await(cell),
+        }
+    }
+
+    /// Waits for a request's reply and reports the outcome to the router.
+    async fn finish(&self, outstanding: Outstanding) -> Result<Vec<u8>, Failure> {
+        let Outstanding {
+            snapshot,
+            server,
+            reply,
+        } = outstanding;
+        let result = reply.await;
+        self.report(&snapshot, server, result.as_deref().map_err(Clone::clone));
+        named(&snapshot, server, result)
+    }
+
+    /// Sends to server `i` and waits (follow-up requests, whose order does not matter).
+    async fn call(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        i: usize,
+        bytes: Vec<u8>,
+        frame: Frame,
+    ) -> Result<Vec<u8>, Failure> {
+        let lane = self.lanes.get().wrapping_add(1);
+        self.lanes.set(lane);
+        let outstanding = self.send(snapshot, i, bytes, frame, lane);
+        self.finish(outstanding).await
+    }
+
+    fn report(&self, snapshot: &Arc<Snapshot>, i: usize, result: Result<&[u8], Failure>) {
+        let server = ServerRef {
+            id: snapshot.servers[i].id,
+            index: i,
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Answered,
+            Err(failure) => {
+                self.stats
+                    .server_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Outcome::Failed {
+                    error: &failure.error,
+                    errno: failure.errno,
+                }
+            }
+        };
+        let mut router = self.router();
+        router.report(server, outcome);
+        self.seen.set(router.snapshot().version);
+        self.run_probes(&mut router);
+    }
+
+    /// The slow path: the command's plan executed as the blocking client executes it.
+    pub fn job(self: Rc<Self>, command: Command, lane: usize) -> Work {
+        self.job_planned(command, lane, None)
+    }
+
+    /// [`Service::job`], with the plan already made for the command, if any.
+    fn job_planned(
+        self: Rc<Self>,
+        command: Command,
+        lane: usize,
+        planned: Option<Planned>,
+    ) -> Work {
+        let (read, write) = match planned {
+            Some(Planned::Read(plan)) => (Some(plan), None),
+            Some(Planned::Write(plan)) => (None, Some(plan)),
+            None => (None, None),
+        };
+        Box::pin(async move {
+            match command {
+                Command::Get {
+                    verb,
+                    exptime,
+                    keys,
+                } => self.get(verb, exptime, keys, lane, read).await,
+                Command::Meta {
+                    verb,
+                    ref key,
+                    quiet,
+                    ..
+                } => {
+                    let reply = match verb {
+                        MetaVerb::Get => self.read_one(&command, key, lane, read).await,
+                        MetaVerb::Debug => self.owner_only(&command, key, lane).await,
+                        _ => {
+                            self.write(&command, key, (Frame::Meta, false), lane, write)
+                                .await
+                        }
+                    };
+                    match quiet {
+                        true => Quiet::Meta(verb).apply(reply),
+                        false => reply,
+                    }
+                }
+                Command::FlushAll { noreply, .. } => {
+                    let mut bytes = Vec::new();
+                    command.encode(&mut bytes, b"");
+                    let reply = self.flush_all(bytes, lane).await;
+                    if noreply { Vec::new() } else { reply }
+                }
+                Command::Store {
+                    ref key,
+                    noreply,
+                    cas,
+                    ..
+                } => {
+                    let shape = (Frame::Line, cas.is_some());
+                    let reply = self.write(&command, key, shape, lane, write).await;
+                    if noreply { Vec::new() } else { reply }
+                }
+                Command::Delete { ref key, noreply }
+                | Command::Arith {
+                    ref key, noreply, ..
+                }
+                | Command::Touch {
+                    ref key, noreply, ..
+                } => {
+                    let shape = (Frame::Line, false);
+                    let reply = self.write(&command, key, shape, lane, write).await;
+                    if noreply { Vec::new() } else { reply }
+                }
+                Command::MetaNoop
+                | Command::Version
+                | Command::Verbosity { .. }
+                | Command::Stats { .. }
+                | Command::ConfigGetCluster
+                | Command::Quit => unreachable!("answered by the session"),
+            }
+        })
+    }
+
+    /// `config get cluster` in ElastiCache's auto-discovery format: the table version, then
+    /// `host|ip|port` per up server (the ip empty for a host name; unix sockets left out).
+    pub fn cluster_config(&self) -> Vec<u8> {
+        let plan = self.decide(|router| Ok(router.snapshot().version));
+        let Ok(Plan {
+            snapshot,
+            value: version,
+        }) = plan
+        else {
+            return server_error("the domain's table cannot be read");
+        };
+        let nodes: Vec<String> = snapshot
+            .servers
+            .iter()
+            .filter(|s| s.state == State::Up)
+            .filter_map(|s| {
+                let port = s.address.port()?;
+                let host = s.address.host();
+                let ip = match &s.address {
+                    Address::Host { .. } => String::new(),
+                    _ => host.clone(),
+                };
+                Some(format!("{host}|{ip}|{port}"))
+            })
+            .collect();
+        let body = format!("{version}\n{}\n", nodes.join(" "));
+        format!("CONFIG cluster 0 {}\r\n{body}\r\nEND\r\n", body.len()).into_bytes()
+    }
+}
+
+/// A failure's message, with the server's address in front.
+fn named(
+    snapshot: &Snapshot,
+    i: usize,
+    result: Result<Vec<u8>, Failure>,
+) -> Result<Vec<u8>, Failure> {
+    result.map_err(|failure| Failure {
+        error: format!("{}: {}", snapshot.servers[i].address, failure.error),
+        errno: failure.errno,
+    })
+}
+
+/// The request a server gets for `command` under the domain's key prefix, or the reply its
+/// client gets when it cannot have one: a meta command with a base64 key (`b`) on a domain
+/// with a prefix.
+fn encode_for(command: &Command, snapshot: &Snapshot) -> Result<Vec<u8>, Vec<u8>> {
+    let prefix = snapshot.policy.prefix;
+    if !prefix.is_empty() && command.base64_key() {
+        return Err(
+            b"CLIENT_ERROR base64 keys (b) are not supported on a domain with a key prefix\r\n"
+                .to_vec(),
+        );
+    }
+    let mut bytes = Vec::new();
+    command.encode(&mut bytes, prefix.as_bytes());
+    Ok(bytes)
+}
+
+/// `SERVER_ERROR message`, on one line whatever the message holds.
+pub fn server_error(message: &str) -> Vec<u8> {
+    let clean: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("SERVER_ERROR {clean}\r\n").into_bytes()
+}

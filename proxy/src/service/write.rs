@@ -1,0 +1,160 @@
+//! The jobs that write: a write to the key's up replicas with its invalidations, following a
+//! table that changed while it was in flight (as the routing core's [`FollowChange`] says),
+//! and `flush_all` on every up server.
+
+use std::sync::Arc;
+
+use libmcshm::Snapshot;
+use libmcshm::proto::Request;
+use mcshm_route::{FollowChange, ServerRef, WritePlan};
+
+use super::{Outstanding, Plan, Service, encode_for, server_error};
+use crate::command::Command;
+use libmcshm::proto::frame::{Frame, first_line, unprefix_meta};
+
+impl Service {
+    /// A write to the key's up replicas (`only_first`, for cas: the first only), then the
+    /// invalidations the router names; the first replica's reply.
+    pub(super) async fn write(
+        &self,
+        command: &Command,
+        key: &[u8],
+        (frame, only_first): (Frame, bool),
+        lane: usize,
+        planned: Option<Plan<WritePlan>>,
+    ) -> Vec<u8> {
+        let Plan {
+            snapshot,
+            value: plan,
+        } = match planned {
+            Some(plan) => plan,
+            None => decided!(self.decide(|router| router.plan_write(key, only_first))),
+        };
+        let targets: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
+        let bytes = decided!(encode_for(command, &snapshot));
+        let prefix = snapshot.policy.prefix;
+        let outstanding: Vec<Outstanding> = targets
+            .iter()
+            .map(|&server| self.send(&snapshot, server, bytes.clone(), frame, lane))
+            .collect();
+        // The invalidations go out with the write: their round trips overlap.
+        let mut delete = Vec::new();
+        if !plan.invalidate.is_empty() {
+            Request::Delete { key }.encode_prefixed(&mut delete, prefix.as_bytes());
+        }
+        let deletes: Vec<Outstanding> = plan
+            .invalidate
+            .iter()
+            .map(|s| self.send(&snapshot, s.index, delete.clone(), Frame::Line, lane))
+            .collect();
+        let (mut reply, mut failure) = (None, None);
+        for sent in outstanding {
+            match self.finish(sent).await {
+                Ok(bytes) if reply.is_none() => reply = Some(bytes),
+                Ok(_) => {}
+                Err(err) => failure = Some(err.error),
+            }
+        }
+        for sent in deletes {
+            let _ = self.finish(sent).await;
+        }
+        self.follow_table_change(&snapshot, &targets, key, command)
+            .await;
+        match (reply, failure) {
+            (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
+            (None, Some(error)) => server_error(&error),
+            (None, None) => server_error("no server answered"),
+        }
+    }
+
+    /// A write planned on `snapshot` and sent to its servers `written`, whose table changed
+    /// while it was in flight, follows the new versions as [`FollowChange`] says (the blocking
+    /// client runs the same): deleted where it no longer belongs and where the new version
+    /// invalidates; a set or delete sent again to new replicas.
+    pub(super) async fn follow_table_change(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        written: &[usize],
+        key: &[u8],
+        command: &Command,
+    ) {
+        // The replies of the write were reported, which read the table: one load tells.
+        if self.seen.get() == snapshot.version {
+            return;
+        }
+        let written: Vec<ServerRef> = written
+            .iter()
+            .map(|&index| ServerRef {
+                id: snapshot.servers[index].id,
+                index,
+            })
+            .collect();
+        let mut follow = FollowChange::new(snapshot.version, &written, command.is_repeatable());
+        loop {
+            let Ok(Plan {
+                snapshot: now,
+                value: round,
+            }) = self.decide(|router| {
+                let plan = router.plan_write(key, false)?;
+                let now = router.snapshot().clone();
+                Ok(follow.round(now.version, &now.servers, &plan, |i| router.is_down(i)))
+            })
+            else {
+                return;
+            };
+            let Some(round) = round else { return };
+            let prefix = now.policy.prefix.as_bytes();
+            let mut delete = Vec::new();
+            Request::Delete { key }.encode_prefixed(&mut delete, prefix);
+            for server in round.delete {
+                let _ = self
+                    .call(&now, server.index, delete.clone(), Frame::Line)
+                    .await;
+            }
+            if round.resend.is_empty() {
+                continue;
+            }
+            let Ok(again) = encode_for(command, &now) else {
+                return;
+            };
+            let frame = match command {
+                Command::Meta { .. } => Frame::Meta,
+                _ => Frame::Line,
+            };
+            for server in round.resend {
+                let _ = self.call(&now, server.index, again.clone(), frame).await;
+            }
+        }
+    }
+
+    /// `flush_all` on every up server: `OK` when all of them did it.
+    pub(super) async fn flush_all(&self, bytes: Vec<u8>, lane: usize) -> Vec<u8> {
+        let Plan {
+            snapshot,
+            value: up,
+        } = decided!(self.decide(|router| {
+            let n = router.snapshot().servers.len();
+            Ok((0..n).filter(|&i| !router.is_down(i)).collect::<Vec<_>>())
+        }));
+        let outstanding: Vec<Outstanding> = up
+            .iter()
+            .map(|&server| self.send(&snapshot, server, bytes.clone(), Frame::Line, lane))
+            .collect();
+        let mut failed = Vec::new();
+        for (server, sent) in up.into_iter().zip(outstanding) {
+            match self.finish(sent).await {
+                Ok(reply) if reply == b"OK\r\n" => {}
+                Ok(reply) => failed.push(format!(
+                    "{}: {}",
+                    snapshot.servers[server].address,
+                    String::from_utf8_lossy(first_line(&reply))
+                )),
+                Err(err) => failed.push(err.error),
+            }
+        }
+        match failed.is_empty() {
+            true => b"OK\r\n".to_vec(),
+            false => server_error(&format!("flush_all failed on {}", failed.join("; "))),
+        }
+    }
+}
