@@ -390,25 +390,7 @@ fn arith_initial(
     guard(|| {
         // SAFETY: per the API: a live handle, and `key` valid for `key_len` bytes.
         let (h, key) = unsafe { (handle(client)?, bytes_arg(key, key_len)?) };
-        let counted = with_callback(h, |c| {
-            // Two tries: a counter another client created between our miss and our add is
-            // counted on the second.
-            for _ in 0..2 {
-                let value = if up {
-                    c.incr(key, delta)?
-                } else {
-                    c.decr(key, delta)?
-                };
-                if value.is_some() {
-                    return Ok(value);
-                }
-                let text = initial.to_string();
-                if c.store(StoreVerb::Add, key, text.as_bytes(), 0, ttl)? == Stored::Stored {
-                    return Ok(Some(initial));
-                }
-            }
-            Ok(None)
-        })?;
+        let counted = with_callback(h, |c| c.incr_or_create(key, delta, up, initial, ttl))?;
         let Some(value) = counted else {
             return Ok(MCSHM_NOT_STORED);
         };

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use mcshm_route::{CounterAsk, CounterNext, CounterReply, IncrOrCreate};
+
 use crate::binary;
 use crate::buffer::Inbox;
 use crate::command::{Command, Limits, Parsed, VERSION_REPLY, parse};
@@ -590,8 +592,9 @@ fn quiet_get_keys(action: binary::Action) -> Vec<Vec<u8>> {
     }
 }
 
-/// A binary increment with an initial value: a missing counter is created with it (`add`, so
-/// that of two clients creating it one wins and the other increments).
+/// A binary increment with an initial value: a missing counter is created with it, as the
+/// routing core's [`IncrOrCreate`] says (the blocking client runs the same): `add`, so that of
+/// two clients creating it one wins and the other increments.
 fn increment_or_create(
     service: Rc<Service>,
     request: binary::Request,
@@ -601,11 +604,6 @@ fn increment_or_create(
     lane: usize,
 ) -> Work {
     Box::pin(async move {
-        let again = command.clone();
-        let text = service.clone().job(command, lane).await;
-        if !text.starts_with(b"NOT_FOUND") {
-            return binary::answer(&request, &text);
-        }
         let add = Command::Store {
             verb: "add",
             key: request.key.clone(),
@@ -615,16 +613,34 @@ fn increment_or_create(
             value: initial.to_string().into_bytes(),
             noreply: false,
         };
-        let added = service.clone().job(add, lane).await;
-        if added.starts_with(b"STORED") {
-            return binary::answer(&request, format!("{initial}\r\n").as_bytes());
+        let (mut sequence, mut ask) = IncrOrCreate::start();
+        loop {
+            let sent = match ask {
+                CounterAsk::Arith => command.clone(),
+                CounterAsk::Add => add.clone(),
+            };
+            let text = service.clone().job(sent, lane).await;
+            let line = text.strip_suffix(b"\r\n").unwrap_or(&text);
+            let reply = match line {
+                b"NOT_FOUND" => CounterReply::NotFound,
+                b"STORED" => CounterReply::Stored,
+                b"NOT_STORED" => CounterReply::NotStored,
+                _ if !line.is_empty() && line.iter().all(u8::is_ascii_digit) => {
+                    CounterReply::Number
+                }
+                _ => CounterReply::Other,
+            };
+            match sequence.next(reply) {
+                CounterNext::Ask(next) => ask = next,
+                CounterNext::Counted | CounterNext::Failed => {
+                    return binary::answer(&request, &text);
+                }
+                CounterNext::Created => {
+                    return binary::answer(&request, format!("{initial}\r\n").as_bytes());
+                }
+                CounterNext::GaveUp => return binary::answer(&request, b"NOT_STORED\r\n"),
+            }
         }
-        if added.starts_with(b"NOT_STORED") {
-            // Created by another client meanwhile: increment it.
-            let text = service.clone().job(again, lane).await;
-            return binary::answer(&request, &text);
-        }
-        binary::answer(&request, &added)
     })
 }
 

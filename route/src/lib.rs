@@ -26,7 +26,10 @@ mod sequence;
 pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
 pub use report::{FailureEvent, MarkedDown, io_errno};
 pub use router::{RetryProbe, Router};
-pub use sequence::{AddAnswer, AfterAdd, FollowChange, FollowRound, MAX_FOLLOWED};
+pub use sequence::{
+    AddAnswer, AfterAdd, CounterAsk, CounterNext, CounterReply, FollowChange, FollowRound,
+    IncrOrCreate, MAX_ADDS, MAX_FOLLOWED,
+};
 
 /// Operations between two periodic checks (retry probes of servers off the ring, and the
 /// clients record's last-used time).

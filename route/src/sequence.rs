@@ -147,6 +147,90 @@ impl FollowChange {
     }
 }
 
+/// A request of [`IncrOrCreate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterAsk {
+    /// incr (or decr) by the delta.
+    Arith,
+    /// add the initial value (with the ttl).
+    Add,
+}
+
+/// What the key's server answered to a request of [`IncrOrCreate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterReply {
+    /// The counter's new value (to an incr or decr).
+    Number,
+    /// `NOT_FOUND` (to an incr or decr).
+    NotFound,
+    /// `STORED` (to the add).
+    Stored,
+    /// `NOT_STORED` (to the add: the counter exists now).
+    NotStored,
+    /// Anything else: an error, passed on as it is.
+    Other,
+}
+
+/// What a front end does next in an [`IncrOrCreate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterNext {
+    /// Send this request.
+    Ask(CounterAsk),
+    /// The incr's number is the answer.
+    Counted,
+    /// The counter was created: the initial value is the answer.
+    Created,
+    /// Every add found the counter and every incr missed it (it comes and goes faster than
+    /// this can count): not stored.
+    GaveUp,
+    /// The last reply (an error) is the answer.
+    Failed,
+}
+
+/// How many times a missing counter is created before [`CounterNext::GaveUp`].
+pub const MAX_ADDS: u32 = 2;
+
+/// Increment-or-create, as libmemcached's `memcached_increment_with_initial` and the binary
+/// protocol's incr with an initial value: incr; on a miss, add the initial value (never over a
+/// counter another client made meanwhile); when the add finds one, incr again. The blocking
+/// client (`Client::incr_or_create`, the C API's `mcshm_incr_initial`) and mcproxy (the binary
+/// protocol) run this one sequence.
+#[derive(Clone, Debug)]
+pub struct IncrOrCreate {
+    last: CounterAsk,
+    adds: u32,
+}
+
+impl IncrOrCreate {
+    /// The sequence, and its first request (an incr).
+    pub fn start() -> (IncrOrCreate, CounterAsk) {
+        let sequence = IncrOrCreate {
+            last: CounterAsk::Arith,
+            adds: 0,
+        };
+        (sequence, CounterAsk::Arith)
+    }
+
+    /// What to do after the server answered the last request with `reply`.
+    pub fn next(&mut self, reply: CounterReply) -> CounterNext {
+        let next = match (self.last, reply) {
+            (CounterAsk::Arith, CounterReply::Number) => CounterNext::Counted,
+            (CounterAsk::Arith, CounterReply::NotFound) if self.adds < MAX_ADDS => {
+                self.adds += 1;
+                CounterNext::Ask(CounterAsk::Add)
+            }
+            (CounterAsk::Arith, CounterReply::NotFound) => CounterNext::GaveUp,
+            (CounterAsk::Add, CounterReply::Stored) => CounterNext::Created,
+            (CounterAsk::Add, CounterReply::NotStored) => CounterNext::Ask(CounterAsk::Arith),
+            _ => CounterNext::Failed,
+        };
+        if let CounterNext::Ask(ask) = next {
+            self.last = ask;
+        }
+        next
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The sequences on hand-made answers and tables: no server, no file.
@@ -203,6 +287,46 @@ mod tests {
         assert!(refused.copy_if_missed, "the source's value is the key's");
         let gets = drain.after_add(AddAnswer::Refused, false);
         assert!(!gets.copy_if_missed, "a copy has no cas unique");
+    }
+
+    /// Runs an [`IncrOrCreate`] against the replies given, in order: the requests it made and
+    /// how it ended.
+    fn counter(replies: &[CounterReply]) -> (Vec<CounterAsk>, CounterNext) {
+        let (mut sequence, first) = IncrOrCreate::start();
+        let mut asked = vec![first];
+        for &reply in replies {
+            match sequence.next(reply) {
+                CounterNext::Ask(ask) => asked.push(ask),
+                end => return (asked, end),
+            }
+        }
+        panic!("no end after {replies:?}: asked {asked:?}");
+    }
+
+    #[test]
+    fn a_counter_is_counted_created_or_recounted_when_another_client_made_it() {
+        use CounterAsk::{Add, Arith};
+        use CounterReply::*;
+        assert_eq!(counter(&[Number]), (vec![Arith], CounterNext::Counted));
+        assert_eq!(
+            counter(&[NotFound, Stored]),
+            (vec![Arith, Add], CounterNext::Created)
+        );
+        assert_eq!(
+            counter(&[NotFound, NotStored, Number]),
+            (vec![Arith, Add, Arith], CounterNext::Counted),
+            "another client created it between our miss and our add"
+        );
+        assert_eq!(
+            counter(&[NotFound, NotStored, NotFound, NotStored, NotFound]),
+            (vec![Arith, Add, Arith, Add, Arith], CounterNext::GaveUp),
+            "bounded: at most two adds"
+        );
+        assert_eq!(counter(&[Other]), (vec![Arith], CounterNext::Failed));
+        assert_eq!(
+            counter(&[NotFound, Other]),
+            (vec![Arith, Add], CounterNext::Failed)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::{Client, StoreItem, Stored};
 use crate::error::{Error, Result};
 use crate::proto::{self, Reply, Request, StoreVerb};
-use mcshm_route::{FollowChange, ServerRef};
+use mcshm_route::{CounterAsk, CounterNext, CounterReply, FollowChange, IncrOrCreate, ServerRef};
 
 impl Client {
     /// set, add, replace, append, prepend or cas (`StoreVerb::Cas(unique)`), on every up replica
@@ -246,6 +246,50 @@ impl Client {
     /// Decrements a counter (memcached stops at 0); `None` if the key does not exist.
     pub fn decr(&mut self, key: &[u8], delta: u64) -> Result<Option<u64>> {
         self.arith(key, Request::Decr { key, delta })
+    }
+
+    /// Increments (`up`) or decrements a counter by `delta`, creating it with `initial` (and
+    /// `ttl`) when it is absent, as the routing core's [`IncrOrCreate`] says (a counter another
+    /// client creates meanwhile is counted, never overwritten): the counter's value, or `None`
+    /// when it could not be counted (it kept vanishing between the tries).
+    pub fn incr_or_create(
+        &mut self,
+        key: &[u8],
+        delta: u64,
+        up: bool,
+        initial: u64,
+        ttl: i64,
+    ) -> Result<Option<u64>> {
+        let text = initial.to_string();
+        let (mut sequence, mut ask) = IncrOrCreate::start();
+        let mut counted = None;
+        loop {
+            let reply = match ask {
+                CounterAsk::Arith => {
+                    counted = match up {
+                        true => self.incr(key, delta)?,
+                        false => self.decr(key, delta)?,
+                    };
+                    match counted {
+                        Some(_) => CounterReply::Number,
+                        None => CounterReply::NotFound,
+                    }
+                }
+                CounterAsk::Add => {
+                    match self.store(StoreVerb::Add, key, text.as_bytes(), 0, ttl)? {
+                        Stored::Stored => CounterReply::Stored,
+                        Stored::NotStored => CounterReply::NotStored,
+                        _ => CounterReply::Other,
+                    }
+                }
+            };
+            match sequence.next(reply) {
+                CounterNext::Ask(next) => ask = next,
+                CounterNext::Counted => return Ok(counted),
+                CounterNext::Created => return Ok(Some(initial)),
+                CounterNext::GaveUp | CounterNext::Failed => return Ok(None),
+            }
+        }
     }
 
     pub(super) fn arith(&mut self, key: &[u8], request: Request<'_>) -> Result<Option<u64>> {
