@@ -10,14 +10,29 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore,
+    SignatureScheme, WantsVerifier,
 };
 
 use super::settings::{Part, TlsSettings, Unusable, Verify};
 use crate::address::Address;
+
+/// The cryptography of every mcshm TLS client: ring's.
+pub(super) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client configuration's start: `provider`, with rustls's safe protocol versions (TLS 1.2
+/// and 1.3).
+pub(super) fn builder(provider: Arc<CryptoProvider>) -> ConfigBuilder<ClientConfig, WantsVerifier> {
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+}
 
 /// A client configuration from PEM texts: `roots` (the certificates of the CAs trusted to sign
 /// the servers'; at least one), a client certificate chain and its key when the servers want
@@ -34,10 +49,8 @@ pub fn client_config(
             why: format!("not a CA certificate rustls can use ({e})"),
         })?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions");
+    let provider = provider();
+    let builder = builder(provider.clone());
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
         .build()
         .map_err(|e| Unusable {

@@ -263,4 +263,87 @@ mod tests {
                 .starts_with("line 1:")
         );
     }
+
+    /// Test-only certificates (valid for a century, made with openssl): a CA, a client
+    /// certificate it signed with its key, and a key of nothing.
+    const CA: &str = include_str!("testdata/ca.pem");
+    const CLIENT: &str = include_str!("testdata/client.pem");
+    const CLIENT_KEY: &str = include_str!("testdata/client.key");
+    const OTHER_KEY: &str = include_str!("testdata/other.key");
+
+    fn client() -> Option<(String, String)> {
+        Some((CLIENT.to_string(), CLIENT_KEY.to_string()))
+    }
+
+    #[test]
+    fn settings_are_read_back_as_written() {
+        for (client, name, verify) in [
+            (None, None, Verify::Full),
+            (client(), Some("cache.example".to_string()), Verify::Ca),
+            (None, Some("10.0.0.1".to_string()), Verify::Full),
+        ] {
+            let settings = TlsSettings::new(CA.to_string(), client, name, verify).unwrap();
+            let text = settings.to_text();
+            assert_eq!(TlsSettings::parse(&text).unwrap(), settings, "{text}");
+        }
+        let settings = TlsSettings::new(CA.into(), client(), None, Verify::Ca).unwrap();
+        assert_eq!(
+            settings.summary(),
+            Summary {
+                verify: Verify::Ca,
+                server_name: None,
+                ca_certificates: 1,
+                client_certificate: true,
+            }
+        );
+        // The key never shows in a debug print.
+        assert!(!format!("{settings:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_settings_file_is_read_as_the_module_s_table_says() {
+        let text = format!("# written by hand\n\nserver-name cache.example\n[ca]\n{CA}");
+        let settings = TlsSettings::parse(&text).unwrap();
+        assert_eq!(settings.verify, Verify::Full, "full unless said");
+        assert_eq!(settings.server_name.as_deref(), Some("cache.example"));
+        assert!(!settings.summary().client_certificate);
+        let twice = format!("[ca]\n{CA}[ca]\n{CA}");
+        let line = CA.lines().count() + 2;
+        assert_eq!(
+            TlsSettings::parse(&twice).unwrap_err(),
+            format!("line {line}: section [ca] given twice")
+        );
+        assert!(
+            TlsSettings::parse("[crl]\n")
+                .unwrap_err()
+                .contains("unknown section [crl]")
+        );
+    }
+
+    #[test]
+    fn each_unusable_part_is_named() {
+        let part = |client: Option<(String, String)>, name: Option<&str>| {
+            TlsSettings::new(CA.into(), client, name.map(String::from), Verify::Full).unwrap_err()
+        };
+        let wrong_key = part(Some((CLIENT.into(), OTHER_KEY.into())), None);
+        assert_eq!(wrong_key.part, Part::Key);
+        assert_eq!(wrong_key.why, "it is not the key of the client certificate");
+        let no_key = part(Some((CLIENT.into(), CLIENT.into())), None);
+        assert_eq!(no_key.part, Part::Key);
+        assert!(no_key.why.starts_with("no private key in it"), "{no_key}");
+        let no_cert = part(Some((CLIENT_KEY.into(), CLIENT_KEY.into())), None);
+        assert_eq!(no_cert.part, Part::Cert);
+        let name = part(None, Some("not a name!"));
+        assert_eq!(name.part, Part::ServerName);
+        assert_eq!(
+            name.to_string(),
+            "server-name: 'not a name!' is not a DNS name or an IP address"
+        );
+        let ca = TlsSettings::new(CLIENT_KEY.into(), None, None, Verify::Full).unwrap_err();
+        assert_eq!(ca.part, Part::Ca);
+        assert!(
+            ca.to_string().starts_with("[ca]: no certificate in it"),
+            "{ca}"
+        );
+    }
 }

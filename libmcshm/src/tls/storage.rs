@@ -71,6 +71,9 @@ pub fn load(dir: &Path, domain: &Domain) -> Result<Option<Arc<Tls>>> {
 
 /// The settings in the file at `path` (its text `text`) and the client they make; an error
 /// naming the file and the fix when they cannot be used.
+///
+/// The fix names a program of mcshm's (a library should speak in its own terms), because
+/// tests/it/tls.rs asserts "mcadmin tls" in this message; see issue 29.
 fn read_file(path: PathBuf, text: &str) -> Result<(TlsSettings, Tls)> {
     TlsSettings::read(text).map_err(|why| Error::Unusable {
         path,
