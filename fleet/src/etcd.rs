@@ -574,52 +574,47 @@ fn decode_kv(kv: &Value) -> Result<Kv, EtcdError> {
 }
 
 /// The rustls configuration for `https://` endpoints: `--cacert` (else nothing is trusted:
-/// etcd clusters use their own CA), and `--cert`/`--key` for client authentication.
+/// etcd clusters use their own CA), and `--cert`/`--key` for client authentication. Built by
+/// libmcshm's one TLS client ([`libmcshm::tls::client_config`]), which checks each file's PEM
+/// and names the part that cannot be used; here that part is given its option and file.
 fn tls_config(config: &EtcdConfig) -> Result<Option<Arc<rustls::ClientConfig>>, EtcdError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use libmcshm::tls::{Part, Verify};
     let https = config.endpoints.iter().any(|e| e.starts_with("https://"));
     if !https {
         return Ok(None);
     }
-    let bad = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
-        EtcdError::Config(format!("cannot read {what} {}: {e}", path.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = &config.cacert {
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad("--cacert", path, &e))? {
-            let cert = cert.map_err(|e| bad("--cacert", path, &e))?;
-            roots.add(cert).map_err(|e| bad("--cacert", path, &e))?;
-        }
-    } else {
+    let Some(cacert) = &config.cacert else {
         return Err(EtcdError::Config(
             "https:// etcd endpoints need --cacert (the CA that signed the members' certificates)"
                 .into(),
         ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| EtcdError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots);
-    let tls = match (&config.cert, &config.key) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| bad("--cert", cert, &e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad("--cert", cert, &e))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--key", key, &e))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| EtcdError::Config(format!("--cert/--key: {e}")))?
-        }
-        (None, None) => builder.with_no_client_auth(),
+    };
+    let read = |option: &str, path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map_err(|e| EtcdError::Config(format!("cannot read {option} {}: {e}", path.display())))
+    };
+    let roots = read("--cacert", cacert)?;
+    let client = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Some((read("--cert", cert)?, read("--key", key)?)),
+        (None, None) => None,
         _ => {
             return Err(EtcdError::Config(
                 "--cert and --key go together (client certificate and its key)".into(),
             ));
         }
     };
+    let pems = client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+    let tls = libmcshm::tls::client_config(&roots, pems, Verify::Full).map_err(|e| {
+        let (option, path) = match e.part {
+            Part::Ca => ("--cacert", Some(cacert)),
+            Part::Cert => ("--cert", config.cert.as_ref()),
+            Part::Key => ("--key", config.key.as_ref()),
+            // Not a part of etcd's configuration: the name checked is the endpoint's host.
+            Part::ServerName => return EtcdError::Config(format!("TLS: {e}")),
+        };
+        let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+        EtcdError::Config(format!("{option} {path}: {}", e.why))
+    })?;
     Ok(Some(Arc::new(tls)))
 }
 
@@ -638,35 +633,46 @@ fn explain_refusal(message: &str) -> Option<&'static str> {
     None
 }
 
-/// The cause of a TLS failure, in the operator's words, with what to check.
-fn explain_tls(text: &str) -> Option<&'static str> {
-    let causes: [(&str, &str); 6] = [
-        (
-            "UnknownIssuer",
-            "etcd's certificate is not signed by the CA of --cacert",
-        ),
-        (
-            "NotValidForName",
-            "etcd's certificate does not name the endpoint's host (its subjectAltName)",
-        ),
-        ("Expired", "etcd's certificate has expired"),
-        (
-            "NotValidYet",
-            "etcd's certificate is not valid yet (check the clocks)",
-        ),
-        (
-            "BadCertificate",
-            "etcd refused the handshake: it wants a client certificate its CA signed (--cert, --key)",
-        ),
-        (
-            "CertificateRequired",
-            "etcd refused the handshake: it wants a client certificate (--cert, --key)",
-        ),
-    ];
-    causes
-        .iter()
-        .find(|(code, _)| text.contains(code))
-        .map(|(_, cause)| *cause)
+/// etcd, as libmcshm's explanation of a TLS failure names it.
+const ETCD: libmcshm::tls::Peer<'static> = libmcshm::tls::Peer {
+    who: "etcd",
+    host: "the endpoint's host",
+    trusted: "the CA of --cacert",
+};
+
+/// What mcadmin's options can change about a TLS failure's cause (appended to its words).
+fn etcd_advice(cause: libmcshm::tls::Cause) -> &'static str {
+    use libmcshm::tls::Cause;
+    match cause {
+        Cause::ClientCertificateWanted | Cause::ClientCertificateRefused => " (--cert, --key)",
+        Cause::ClientCertificateExpired => " (--cert)",
+        Cause::NotTls => " (is the endpoint http://?)",
+        _ => "",
+    }
+}
+
+/// The rustls error behind a transport failure: ureq passes it on as the source of an I/O
+/// error, sometimes one wrapped in another (a failure while reading the answer).
+fn rustls_error(t: &ureq::Transport) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(t);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(libmcshm::tls::rustls_error)
+        }) {
+            return Some(tls);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// The cause of a TLS failure in the operator's words, with what to check (libmcshm's
+/// explanation, for [`ETCD`]); `None` when rustls's error has no cause we name (its own text,
+/// already in ureq's, says it then).
+fn explain_tls(err: &rustls::Error) -> Option<String> {
+    libmcshm::tls::Cause::of(err)?;
+    Some(libmcshm::tls::explain_to(err, &ETCD, etcd_advice))
 }
 
 /// A transport failure said once: ureq's kind, message and source chain often repeat each
@@ -701,7 +707,7 @@ fn transport_text(t: &ureq::Transport, endpoint: &str, client_certificate: bool)
         source = err.source();
     }
     let text = parts.join(": ");
-    if let Some(cause) = explain_tls(&text) {
+    if let Some(cause) = rustls_error(t).and_then(explain_tls) {
         return format!("{text}: {cause}");
     }
     format!(
@@ -763,8 +769,56 @@ mod tests {
             );
         }
         assert_eq!(super::gateway_hint(https, "Connection refused", false), "");
-        let unknown = "invalid peer certificate: UnknownIssuer";
-        assert!(super::explain_tls(unknown).unwrap().contains("--cacert"));
+    }
+
+    #[test]
+    fn a_tls_failure_is_said_with_the_option_that_changes_it() {
+        use rustls::{AlertDescription as Alert, CertificateError, Error as E};
+        let said = |err: E| explain_tls(&err).unwrap();
+        assert_eq!(
+            said(E::InvalidCertificate(CertificateError::UnknownIssuer)),
+            "etcd's certificate is not signed by the CA of --cacert"
+        );
+        assert_eq!(
+            said(E::InvalidCertificate(CertificateError::NotValidForName)),
+            "etcd's certificate does not name the endpoint's host (its subjectAltName)"
+        );
+        assert_eq!(
+            said(E::AlertReceived(Alert::CertificateRequired)),
+            "etcd wants a client certificate (--cert, --key)"
+        );
+        assert!(said(E::AlertReceived(Alert::BadCertificate)).ends_with("(--cert, --key)"));
+        assert_eq!(explain_tls(&E::DecryptError), None, "rustls's text says it");
+    }
+
+    #[test]
+    fn the_rustls_error_is_found_however_deep_ureq_wraps_it() {
+        let tls = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+            )
+        };
+        // The handshake: the I/O error itself is the source.
+        let ureq::Error::Transport(handshake) = ureq::Error::from(tls()) else {
+            unreachable!()
+        };
+        assert!(rustls_error(&handshake).is_some());
+        // Reading the answer: ureq wraps it in an error of its own, inside another I/O error.
+        let wrapper = ureq::Error::from(tls());
+        let ureq::Error::Transport(read) = ureq::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            wrapper,
+        )) else {
+            unreachable!()
+        };
+        assert!(rustls_error(&read).is_some());
+        let ureq::Error::Transport(socket) =
+            ureq::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+        else {
+            unreachable!()
+        };
+        assert!(rustls_error(&socket).is_none());
     }
 
     use super::*;

@@ -29,6 +29,9 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["router"],
             &["failures", "plan"],
             &["sequence"],
+            // Unit tests in a file of their own (`#[cfg(test)] mod router_tests`): above what
+            // they test.
+            &["router_tests"],
         ],
     ),
     (
