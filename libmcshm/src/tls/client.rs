@@ -196,3 +196,49 @@ impl Tls {
         Ok(conn)
     }
 }
+
+/// Settings are checked by building their client: here, so that the settings module (the
+/// model and its text) needs nothing of this one.
+impl TlsSettings {
+    /// Settings from PEM texts (the CA certificates; a client certificate chain and its key,
+    /// both or neither), checked as a connection would use them: every certificate and the key
+    /// parse, the key is the certificate's, the name is a DNS name or an IP address.
+    pub fn new(
+        ca: String,
+        client: Option<(String, String)>,
+        server_name: Option<String>,
+        verify: Verify,
+    ) -> std::result::Result<TlsSettings, Unusable> {
+        TlsSettings::built(ca, client, server_name, verify).map(|(settings, _)| settings)
+    }
+
+    /// [`TlsSettings::new`], and the client they make (the check is building it).
+    fn built(
+        ca: String,
+        client: Option<(String, String)>,
+        server_name: Option<String>,
+        verify: Verify,
+    ) -> std::result::Result<(TlsSettings, Tls), Unusable> {
+        let settings = TlsSettings::unchecked(ca, client, server_name, verify);
+        let tls = Tls::new(&settings)?;
+        Ok((settings, tls))
+    }
+
+    /// Settings from the file's text (see the module's table).
+    pub fn parse(text: &str) -> std::result::Result<TlsSettings, String> {
+        TlsSettings::read(text).map(|(settings, _)| settings)
+    }
+
+    /// [`TlsSettings::parse`], and the client the settings make.
+    pub(super) fn read(text: &str) -> std::result::Result<(TlsSettings, Tls), String> {
+        let settings = TlsSettings::read_unchecked(text)?;
+        let tls = Tls::new(&settings).map_err(|e| e.to_string())?;
+        Ok((settings, tls))
+    }
+
+    /// The rustls client configuration of these settings.
+    pub(super) fn client_config(&self) -> std::result::Result<ClientConfig, Unusable> {
+        let client = self.cert.as_deref().zip(self.key.as_deref());
+        client_config(&self.ca, client, self.verify)
+    }
+}

@@ -7,11 +7,9 @@
 
 use std::collections::HashMap;
 
-use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::client::Tls;
 use crate::error::{Error, Result};
 
 /// How a server's certificate is checked.
@@ -46,9 +44,10 @@ impl Verify {
 pub struct TlsSettings {
     pub verify: Verify,
     pub server_name: Option<String>,
-    ca: String,
-    cert: Option<String>,
-    key: Option<String>,
+    // PEM texts, read by the client module that builds from them.
+    pub(super) ca: String,
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -71,35 +70,22 @@ pub struct Summary {
 }
 
 impl TlsSettings {
-    /// Settings from PEM texts (the CA certificates; a client certificate chain and its key,
-    /// both or neither), checked as a connection would use them: every certificate and the key
-    /// parse, the key is the certificate's, the name is a DNS name or an IP address.
-    pub fn new(
+    /// Settings as given, not checked yet: [`TlsSettings::new`] and [`TlsSettings::parse`]
+    /// check them by building their client (the client module).
+    pub(super) fn unchecked(
         ca: String,
         client: Option<(String, String)>,
         server_name: Option<String>,
         verify: Verify,
-    ) -> std::result::Result<TlsSettings, Unusable> {
-        TlsSettings::built(ca, client, server_name, verify).map(|(settings, _)| settings)
-    }
-
-    /// [`TlsSettings::new`], and the client they make (the check is building it).
-    fn built(
-        ca: String,
-        client: Option<(String, String)>,
-        server_name: Option<String>,
-        verify: Verify,
-    ) -> std::result::Result<(TlsSettings, Tls), Unusable> {
+    ) -> TlsSettings {
         let (cert, key) = client.unzip();
-        let settings = TlsSettings {
+        TlsSettings {
             verify,
             server_name,
             ca,
             cert,
             key,
-        };
-        let tls = Tls::new(&settings)?;
-        Ok((settings, tls))
+        }
     }
 
     /// The name every server's certificate must carry, if one is set.
@@ -141,13 +127,9 @@ impl TlsSettings {
         text
     }
 
-    /// Settings from the file's text (see the module's table).
-    pub fn parse(text: &str) -> std::result::Result<TlsSettings, String> {
-        TlsSettings::read(text).map(|(settings, _)| settings)
-    }
-
-    /// [`TlsSettings::parse`], and the client the settings make.
-    pub(super) fn read(text: &str) -> std::result::Result<(TlsSettings, Tls), String> {
+    /// Settings from the file's text (see the module's table), not checked yet (see
+    /// [`TlsSettings::parse`]).
+    pub(super) fn read_unchecked(text: &str) -> std::result::Result<TlsSettings, String> {
         let (mut verify, mut server_name) = (None, None);
         let mut sections: HashMap<&str, String> = HashMap::new();
         let mut current: Option<&str> = None;
@@ -185,14 +167,8 @@ impl TlsSettings {
             (None, None) => None,
             _ => return Err("a [cert] section needs a [key] section, and the reverse".into()),
         };
-        TlsSettings::built(ca, client, server_name, verify.unwrap_or(Verify::Full))
-            .map_err(|e| e.to_string())
-    }
-
-    /// The rustls client configuration of these settings.
-    pub(super) fn client_config(&self) -> std::result::Result<ClientConfig, Unusable> {
-        let client = self.cert.as_deref().zip(self.key.as_deref());
-        super::client::client_config(&self.ca, client, self.verify)
+        let verify = verify.unwrap_or(Verify::Full);
+        Ok(TlsSettings::unchecked(ca, client, server_name, verify))
     }
 }
 
