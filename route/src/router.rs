@@ -281,7 +281,7 @@ impl Router {
         let (old_probeable, old_draining, old_strays) =
             old.map(|o| (o.1, o.2, o.3)).unwrap_or_default();
         let probeable = positions(servers, changed, old_probeable, |s| {
-            s.may_rejoin(false) && s.retry_interval >= 0
+            s.retry_interval_ms().is_some()
         });
         let draining = positions(servers, changed, old_draining, |s| {
             s.state == State::Draining
@@ -526,13 +526,7 @@ impl Router {
             return;
         };
         let candidate = &self.routing().snapshot.servers[i];
-        let Ok(interval) = u32::try_from(candidate.retry_interval) else {
-            return;
-        };
-        if !candidate.may_rejoin(false)
-            || !registry.is_writable()
-            || !registry.live().try_probe_lease(candidate, interval)
-        {
+        if !registry.is_writable() || !registry.live().try_probe_lease(candidate) {
             return;
         }
         let dir = registry.path().parent().unwrap_or(Path::new("."));

@@ -136,6 +136,24 @@ impl Server {
     pub fn may_rejoin(&self, operator: bool) -> bool {
         self.state == State::Down && (operator || !self.held)
     }
+
+    /// Its retry interval in ms when a retry probe may ever bring it back: down, not held by an
+    /// operator, and an interval other than -1 (never retried automatically).
+    pub fn retry_interval_ms(&self) -> Option<u64> {
+        let interval = u64::try_from(self.retry_interval).ok()?;
+        self.may_rejoin(false).then_some(interval * 1000)
+    }
+
+    /// The one rule of when a retry probe is due, for every prober (each process's router
+    /// through the host's probe lease, the fleet agent through etcd's): at `now_ms`, the
+    /// retry interval has passed since it went down and since the last probe (`last_ms`, 0 for
+    /// none). The interval in ms when due.
+    pub fn probe_due(&self, now_ms: u64, last_ms: u64) -> Option<u64> {
+        let interval = self.retry_interval_ms()?;
+        let waited = now_ms >= self.since_ms.saturating_add(interval)
+            && now_ms >= last_ms.saturating_add(interval);
+        waited.then_some(interval)
+    }
 }
 
 /// Checks a weight given by a user (1..=65535).
@@ -489,6 +507,41 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn down_since(since_ms: u64, retry_interval: i32) -> Server {
+        Server {
+            state: State::Down,
+            since_ms,
+            retry_interval,
+            ..Server::new(Address::parse("10.0.0.1:11211").unwrap())
+        }
+    }
+
+    #[test]
+    fn a_probe_is_due_an_interval_after_the_down_and_after_the_last_probe() {
+        let s = down_since(10_000, 2);
+        assert_eq!(s.probe_due(11_999, 0), None, "not yet 2 s down");
+        assert_eq!(s.probe_due(12_000, 0), Some(2000));
+        assert_eq!(s.probe_due(13_000, 12_000), None, "probed 1 s ago");
+        assert_eq!(s.probe_due(14_000, 12_000), Some(2000));
+    }
+
+    #[test]
+    fn no_probe_for_a_server_up_held_or_never_retried() {
+        assert_eq!(down_since(0, -1).probe_due(u64::MAX, 0), None, "-1: never");
+        assert_eq!(down_since(0, -1).retry_interval_ms(), None);
+        let held = Server {
+            held: true,
+            ..down_since(0, 1)
+        };
+        assert_eq!(held.probe_due(u64::MAX, 0), None, "an operator's down");
+        let up = Server {
+            state: State::Up,
+            ..down_since(0, 1)
+        };
+        assert_eq!(up.retry_interval_ms(), None);
+        assert_eq!(down_since(0, 0).probe_due(0, 0), Some(0), "0: at once");
+    }
 
     #[test]
     fn a_fitted_reason_keeps_its_ends_and_cuts_the_detail_on_a_character() {

@@ -83,13 +83,9 @@ impl Agent {
 /// `next_try` (when the key may be free again, as last seen), and not while a probe of it runs
 /// (`busy`).
 fn fleet_probe_due(server: &Server, now: u64, next_try: Option<u64>, busy: bool) -> Option<u64> {
-    if server.retry_interval < 0 || !server.may_rejoin(false) {
-        return None; // never retried, or held down by an operator
-    }
-    let interval_ms = u64::from(server.retry_interval.unsigned_abs()) * 1000;
-    let waiting = now < server.since_ms.saturating_add(interval_ms)
-        || next_try.is_some_and(|t| now < t)
-        || busy;
+    // Not retried (-1), held down by an operator, or its interval not over since it went down.
+    let interval_ms = server.probe_due(now, 0)?;
+    let waiting = next_try.is_some_and(|t| now < t) || busy;
     (!waiting).then_some(interval_ms)
 }
 

@@ -80,22 +80,19 @@ impl LiveRecords<'_> {
             .map_or(0, |w| w as u32)
     }
 
-    /// Takes the right to probe down `server` now, for every process on the host: succeeds for
-    /// one caller per `interval_s` (a CAS on the lease word of the server's live record), and
-    /// not before `interval_s` after the server went down. `false` for read-only handles.
-    pub fn try_probe_lease(&self, server: &Server, interval_s: u32) -> bool {
+    /// Takes the right to probe down `server` now, for every process on the host, when a probe
+    /// is due ([`Server::probe_due`], the last probe being the lease word's time): one caller
+    /// per retry interval wins (a CAS on the lease word of the server's live record). `false`
+    /// for read-only handles, and for a server no probe may bring back.
+    pub fn try_probe_lease(&self, server: &Server) -> bool {
         let Some(word) = self.owned_live_word(server) else {
             return false;
         };
         let now = now_ms();
-        let interval_ms = u64::from(interval_s) * 1000;
-        if now < server.since_ms.saturating_add(interval_ms) {
-            return false;
-        }
         let Some(last) = self.map.load(word + 2, Ordering::Acquire) else {
             return false;
         };
-        if now < last.saturating_add(interval_ms) {
+        if server.probe_due(now, last).is_none() {
             return false;
         }
         matches!(self.map.compare_exchange(word + 2, last, now), Some(Ok(_)))
