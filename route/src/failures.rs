@@ -11,8 +11,9 @@ use crate::report::{FailureEvent, MarkedDown};
 use crate::router::{Router, Source};
 
 impl Router {
-    /// A request to server `i` succeeded: its failure count starts again.
-    pub fn succeeded(&mut self, i: usize) {
+    /// A request to server `i` succeeded: its failure count starts again (front ends report
+    /// through [`Router::report`]).
+    pub(crate) fn succeeded(&mut self, i: usize) {
         let server = &self.snapshot().servers[i];
         if let Source::Registry(registry) = &self.source {
             registry.live().record_success(server);
@@ -25,7 +26,7 @@ impl Router {
 
     /// A request to server `index` failed (connect, timeout, I/O): counted in the shared live
     /// record; at the domain's limit the server is marked down for every process.
-    pub fn failed(&mut self, index: usize, error: &str, errno: i32) {
+    pub(crate) fn failed(&mut self, index: usize, error: &str, errno: i32) {
         let snapshot = self.snapshot().clone();
         let server = &snapshot.servers[index];
         let shared = match &self.source {

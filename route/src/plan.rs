@@ -126,11 +126,10 @@ impl Router {
     }
 
     /// Reports what became of a request to server `server` of the version a plan was made on:
-    /// found again by id in the current version (one that left the table is not reported).
+    /// found by id in the version the router routes with (one that left the table is not
+    /// reported). The one way a front end reports; it does not refresh, so the positions of
+    /// a plan in progress stay valid (refresh first to report against the newest version).
     pub fn report(&mut self, server: ServerRef, outcome: Outcome<'_>) {
-        if self.refresh().is_err() {
-            return;
-        }
         let servers = &self.snapshot().servers;
         let index = match servers.get(server.index) {
             Some(s) if s.id == server.id => Some(server.index),

@@ -1,12 +1,15 @@
 //! Requests: one server's pipeline (a bounded window of requests in flight, replies in order),
 //! and what its replies mean.
 
-use super::{Client, PIPELINE_WINDOW, Stored};
+use mcshm_route::{Outcome, ServerRef};
+
 use crate::address::Address;
 use crate::conn::{Conn, ConnError};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
 use crate::proto::{Reply, Request};
+
+use super::{Client, PIPELINE_WINDOW, Stored};
 
 impl Client {
     pub(super) fn call(&mut self, server: usize, request: &Request<'_>) -> Result<Reply> {
@@ -181,9 +184,13 @@ impl Client {
         address: &Address,
         result: Result<T, ConnError>,
     ) -> Result<T> {
+        let at = ServerRef {
+            id: self.router.snapshot().servers[server].id,
+            index: server,
+        };
         match result {
             Ok(value) => {
-                self.router.succeeded(server);
+                self.router.report(at, Outcome::Answered);
                 Ok(value)
             }
             Err(err) => {
@@ -191,7 +198,12 @@ impl Client {
                     Some(conn) => conn.explain(&err),
                     None => err.to_string(),
                 };
-                self.router.failed(server, &text, errno(&err));
+                let errno = errno(&err);
+                let failed = Outcome::Failed {
+                    error: &text,
+                    errno,
+                };
+                self.router.report(at, failed);
                 Err(Error::Network {
                     server: address.to_string(),
                     error: text,

@@ -252,6 +252,9 @@ impl Service {
             }
         };
         let mut router = self.router();
+        // The newest version first: what `seen` then says tells a write whether the table
+        // changed while it was in flight.
+        let _ = router.refresh();
         router.report(server, outcome);
         self.seen.set(router.snapshot().version);
         self.run_probes(&mut router);
