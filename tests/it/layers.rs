@@ -29,6 +29,8 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["router"],
             &["failures", "plan"],
             &["sequence"],
+            // Unit tests of the router, in their own file: they may use any module.
+            &["router_tests"],
         ],
     ),
     (
