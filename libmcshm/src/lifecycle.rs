@@ -17,7 +17,7 @@ use crate::edit;
 use crate::error::{Error, Result};
 use crate::proto::{Reply, Request, StoreVerb};
 use crate::registry::{Commit, FileOwnership, LockWait, Registry, commit_info, now_ms};
-use crate::table::{Rejoin, Server, State, Table, fit_reason};
+use crate::table::{Policy, Rejoin, Server, State, Table, fit_reason};
 
 /// One round trip (`version`), and with `check_key` a set and get of that key (the seed
 /// thread's checkState). `Err` names what failed.
@@ -100,6 +100,160 @@ pub struct Rejoiner<'a> {
     pub timeouts: Timeouts,
 }
 
+/// The rejoin rule of one domain, decided once from its policy and who asks, before any flush:
+/// whether servers are flushed, the reason they get, their warm-up window. Pure: the clock is
+/// passed to [`RejoinRule::decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejoinRule {
+    /// Each server is flushed (`flush_all`) before it is marked up: not under the `trust`
+    /// policy, nor with the operator's `--no-flush`.
+    pub flush: bool,
+    /// The reason of every server brought back.
+    pub reason: String,
+    /// Under the `warm` policy: how long (ms) a rejoined server's misses are filled from the
+    /// interim owner. `None`: no warm-up.
+    pub warm_ms: Option<u64>,
+    /// An operator asks: a held server comes back too, and a draining one stops draining.
+    pub operator: bool,
+    /// Who asks, as a cancelled drain's reason names it.
+    pub by: String,
+}
+
+/// What a rejoin does to one server ([`RejoinRule::decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// Flush it first (and only then apply `transition`; a failed flush leaves it down).
+    pub flush: bool,
+    pub transition: edit::Transition<'a>,
+}
+
+impl RejoinRule {
+    /// The rule under `policy` for `how`; `signature` ends the reason after `how.by`: who
+    /// commits (", pid N" on this host, " on HOST" for a fleet's table, which every host
+    /// shares).
+    pub fn new(policy: &Policy, how: &Rejoiner<'_>, signature: &str) -> RejoinRule {
+        let flush = policy.rejoin != Rejoin::Trust && !how.skip_flush;
+        let reason = match flush {
+            true => format!("rejoined after flush_all ({}{signature})", how.by),
+            false => format!("rejoined without flush ({}{signature})", how.by),
+        };
+        let warm_ms = match policy.rejoin {
+            Rejoin::Warm => Some(u64::from(policy.warm_window_s) * 1000),
+            _ => None,
+        };
+        RejoinRule {
+            flush,
+            reason,
+            warm_ms,
+            operator: how.operator,
+            by: how.by.to_string(),
+        }
+    }
+
+    /// What happens to `server` at `now_ms`: a down server that may come back (not held, or an
+    /// operator asks) rejoins, flushed first if the rule flushes, with the warm-up window from
+    /// `now_ms`; a draining one stops draining if an operator asks; `None`: nothing.
+    pub fn decide(&self, server: &Server, now_ms: u64) -> Option<Decision<'_>> {
+        if server.may_rejoin(self.operator) {
+            let rejoining = edit::Rejoining {
+                reason: &self.reason,
+                warm_until_ms: self.warm_ms.map_or(0, |ms| now_ms + ms),
+                flushed: self.flush,
+                operator: self.operator,
+            };
+            return Some(Decision {
+                flush: self.flush,
+                transition: edit::Transition::Rejoin(rejoining),
+            });
+        }
+        (self.operator && server.state == State::Draining).then_some(Decision {
+            flush: false,
+            transition: edit::Transition::CancelDrain { by: &self.by },
+        })
+    }
+}
+
+/// A server a rejoin names, found again in the table it edits: by id in this host's table (ids
+/// are never reused: a server deleted and added again meanwhile is not the one named), by
+/// address in a fleet's table (whose servers have no ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    Id(u32),
+    Address(Address),
+}
+
+impl Named {
+    /// Where the named server is in `servers`. An id that is gone is `None` (nothing to bring
+    /// back); an address that is gone is the error naming it in `domain`, as when it was looked
+    /// up.
+    fn position(&self, servers: &[Server], domain: &str) -> Result<Option<usize>> {
+        match self {
+            Named::Id(id) => Ok(servers.iter().position(|s| s.id == *id)),
+            Named::Address(address) => servers
+                .iter()
+                .position(|s| s.address.same_server(address))
+                .map(Some)
+                .ok_or_else(|| Error::NoServer {
+                    server: address.to_string(),
+                    domain: domain.to_string(),
+                }),
+        }
+    }
+}
+
+/// Where a rejoin reads and edits a domain's table: this host's [`Registry`], or the fleet's
+/// table in etcd (mcadmin's `--etcd`). The rule ([`rejoin_in`]) is the same for both; a table
+/// only says how it is read, edited and named.
+pub trait RejoinTable {
+    /// What its reads and transactions fail with (a flush's [`Error`] converts into it).
+    type Error: From<Error>;
+    /// The domain's name, for errors.
+    fn domain(&self) -> String;
+    /// The domain's table as it is now.
+    fn read(&mut self) -> std::result::Result<Table, Self::Error>;
+    /// Runs `edit` as one transaction on the table as it is then (another writer may have
+    /// changed it since [`RejoinTable::read`]), publishing the result if it changed.
+    fn commit(
+        &mut self,
+        edit: &mut dyn FnMut(&mut Table) -> Result<()>,
+    ) -> std::result::Result<(), Self::Error>;
+    /// What the domain's servers ask of a client (TLS, credentials): for the flush.
+    fn access(&self) -> Result<Access>;
+    /// Who commits, as a reason ends after the rejoiner's name (see [`RejoinRule::new`]).
+    fn signature(&self) -> String;
+    /// How `server` of this table is named across transactions.
+    fn name(&self, server: &Server) -> Named;
+}
+
+impl RejoinTable for Registry {
+    type Error = Error;
+
+    fn domain(&self) -> String {
+        Registry::domain(self).to_string()
+    }
+
+    fn read(&mut self) -> Result<Table> {
+        Ok(self.current_snapshot()?.table())
+    }
+
+    fn commit(&mut self, edit: &mut dyn FnMut(&mut Table) -> Result<()>) -> Result<()> {
+        self.transact(edit).map(drop)
+    }
+
+    fn access(&self) -> Result<Access> {
+        let dir = self.path().parent().unwrap_or(Path::new("."));
+        Access::load(dir, Registry::domain(self))
+    }
+
+    fn signature(&self) -> String {
+        format!(", pid {}", std::process::id())
+    }
+
+    fn name(&self, server: &Server) -> Named {
+        Named::Id(server.id)
+    }
+}
+
 /// Runs a retry probe the router handed out: brings its server back through the domain's
 /// rejoin policy if it answers (the rejoin's flush, or `version` round trip, is the probe: one
 /// connection per lease).
@@ -133,40 +287,51 @@ pub fn rejoin(
     Ok(rejoin_all(writer, &[id], how)?.remove(0))
 }
 
-/// Brings the down servers with `ids` back through the domain's rejoin policy: flush each
-/// (`trust`: no contact; `skip_flush`: no contact), then mark them all up in one transaction
-/// (one version), with `by` in the reason; with `operator`, draining servers among `ids` stop
-/// draining in the same version. A failed flush leaves every one of them as it was and is an
-/// error naming the server. One answer per id.
+/// Brings the down servers with `ids` of this host's table back through the domain's rejoin
+/// policy: see [`rejoin_in`].
 pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Result<Vec<Rejoined>> {
-    let snapshot = writer.current_snapshot()?;
-    let policy = snapshot.policy;
-    let flushed = policy.rejoin != Rejoin::Trust && !how.skip_flush;
-    let due: Vec<&crate::table::Server> = ids
-        .iter()
-        .filter_map(|id| {
-            snapshot
-                .servers
-                .iter()
-                .find(|s| s.id == *id && s.may_rejoin(how.operator))
-        })
-        .collect();
-    let draining = how.operator
-        && ids.iter().any(|id| {
-            snapshot
-                .servers
-                .iter()
-                .any(|s| s.id == *id && s.state == State::Draining)
-        });
-    if due.is_empty() && !draining {
-        return Ok(vec![Rejoined::NotDown; ids.len()]);
+    let table = RejoinTable::read(writer)?;
+    let named: Vec<Named> = ids.iter().map(|id| Named::Id(*id)).collect();
+    rejoin_in(writer, &table, &named, how)
+}
+
+/// Brings the `named` servers of `store` back through the domain's rejoin policy
+/// ([`RejoinRule`], from `table`, the table as read): flush each down one (`trust`: no
+/// contact; `skip_flush`: no contact), then mark them all up in one transaction (one version),
+/// with `by` in the reason; with `operator`, draining servers among them stop draining in the
+/// same version. A failed flush leaves every one of them as it was and is an error naming the
+/// server. When none is down or (for an operator) draining, nothing is committed. One answer
+/// per name.
+pub fn rejoin_in<S: RejoinTable>(
+    store: &mut S,
+    table: &Table,
+    named: &[Named],
+    how: Rejoiner<'_>,
+) -> std::result::Result<Vec<Rejoined>, S::Error> {
+    let policy = table.policy;
+    let rule = RejoinRule::new(&policy, &how, &store.signature());
+    let domain = store.domain();
+    let mut decided = Vec::new();
+    for name in named {
+        if let Some(at) = name.position(&table.servers, &domain)?
+            && let Some(decision) = rule.decide(&table.servers[at], now_ms())
+        {
+            decided.push((&table.servers[at].address, decision.flush));
+        }
     }
-    if flushed {
-        let dir = writer.path().parent().unwrap_or(std::path::Path::new("."));
-        let access = crate::access::Access::load(dir, writer.domain())?;
-        for server in &due {
-            flush(&server.address, how.timeouts, &access).map_err(|error| Error::Network {
-                server: server.address.to_string(),
+    if decided.is_empty() {
+        return Ok(vec![Rejoined::NotDown; named.len()]);
+    }
+    let flushing: Vec<&Address> = decided
+        .iter()
+        .filter(|(_, flush)| *flush)
+        .map(|(address, _)| *address)
+        .collect();
+    if !flushing.is_empty() {
+        let access = store.access()?;
+        for address in flushing {
+            flush(address, how.timeouts, &access).map_err(|error| Error::Network {
+                server: address.to_string(),
                 error: format!(
                     "{error}; it stays down (rejoin policy {})",
                     policy.rejoin.as_str()
@@ -174,40 +339,24 @@ pub fn rejoin_all(writer: &mut Registry, ids: &[u32], how: Rejoiner<'_>) -> Resu
             })?;
         }
     }
-    let warm_until_ms = match policy.rejoin {
-        Rejoin::Warm => now_ms() + u64::from(policy.warm_window_s) * 1000,
-        _ => 0,
-    };
-    let reason = match flushed {
-        true => format!(
-            "rejoined after flush_all ({}, pid {})",
-            how.by,
-            std::process::id()
-        ),
-        false => format!(
-            "rejoined without flush ({}, pid {})",
-            how.by,
-            std::process::id()
-        ),
-    };
-    let rejoining = edit::Rejoining {
-        reason: &reason,
-        warm_until_ms,
-        flushed,
-        operator: how.operator,
-    };
-    let mut answers = vec![Rejoined::NotDown; ids.len()];
-    writer.transact(|t| {
-        for (answer, id) in answers.iter_mut().zip(ids) {
-            let (rejoin, cancel) = (
-                edit::Transition::Rejoin(rejoining),
-                edit::Transition::CancelDrain { by: how.by },
-            );
-            if edit::transition(&mut t.servers, *id, rejoin, commit_info()) {
-                *answer = Rejoined::Up { flushed };
-            } else if how.operator && edit::transition(&mut t.servers, *id, cancel, commit_info()) {
-                *answer = Rejoined::DrainCancelled;
-            }
+    let now = now_ms();
+    let mut answers = vec![Rejoined::NotDown; named.len()];
+    store.commit(&mut |t: &mut Table| {
+        for (answer, name) in answers.iter_mut().zip(named) {
+            let Some(at) = name.position(&t.servers, &domain)? else {
+                continue;
+            };
+            let server = &mut t.servers[at];
+            let Some(decision) = rule.decide(server, now) else {
+                continue;
+            };
+            edit::apply(server, decision.transition, commit_info());
+            *answer = match decision.transition {
+                edit::Transition::Rejoin(_) => Rejoined::Up {
+                    flushed: rule.flush,
+                },
+                _ => Rejoined::DrainCancelled,
+            };
         }
         Ok(())
     })?;
@@ -307,32 +456,55 @@ pub fn flush_joining(
     Ok(())
 }
 
-/// `mcadmin up`: brings `addresses` back, all in one version: a down server through the
-/// domain's rejoin policy (flushed first unless the policy is trust or `skip_flush`; held
-/// servers too: this is an operator), a draining one by cancelling its drain. The commit says
-/// whether anything changed.
-pub fn bring_up(
-    registry: &mut Registry,
+/// `mcadmin up` on `store` (this host's table or the fleet's): brings `addresses` back, all in
+/// one version: a down server through the domain's rejoin policy (flushed first unless the
+/// policy is trust or `skip_flush`; held servers too: this is an operator), a draining one by
+/// cancelling its drain (see [`rejoin_in`]). An address not in the table is the error naming it.
+pub fn bring_up_in<S: RejoinTable>(
+    store: &mut S,
     addresses: &[Address],
     skip_flush: bool,
     timeouts: Timeouts,
-) -> Result<Commit> {
-    let snapshot = registry.current_snapshot()?;
-    let ids = addresses
+) -> std::result::Result<Vec<Rejoined>, S::Error> {
+    let table = store.read()?;
+    let domain = store.domain();
+    let named = addresses
         .iter()
-        .map(|address| Ok(snapshot.server(address)?.id))
-        .collect::<Result<Vec<u32>>>()?;
+        .map(|address| {
+            let server = table
+                .servers
+                .iter()
+                .find(|s| s.address.same_server(address))
+                .ok_or_else(|| Error::NoServer {
+                    server: address.to_string(),
+                    domain: domain.clone(),
+                })?;
+            Ok(store.name(server))
+        })
+        .collect::<Result<Vec<Named>>>()?;
     let how = Rejoiner {
         by: "mcadmin up",
         operator: true,
         skip_flush,
         timeouts,
     };
-    rejoin_all(registry, &ids, how)?;
+    rejoin_in(store, &table, &named, how)
+}
+
+/// `mcadmin up` on this host's table (see [`bring_up_in`]). The commit says whether anything
+/// changed.
+pub fn bring_up(
+    registry: &mut Registry,
+    addresses: &[Address],
+    skip_flush: bool,
+    timeouts: Timeouts,
+) -> Result<Commit> {
+    let before = registry.version();
+    bring_up_in(registry, addresses, skip_flush, timeouts)?;
     let version = registry.version();
     Ok(Commit {
         version,
-        changed: version != snapshot.version,
+        changed: version != before,
         published_ns: 0,
     })
 }
@@ -391,4 +563,246 @@ pub fn load(
         other => other?,
     };
     Ok((commit, plan))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rejoin rule on hand-built servers, and [`rejoin_in`] on a table in memory. No
+    //! memcached is needed: the policies here do not flush, or the flush goes to a closed
+    //! port.
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn how(operator: bool, skip_flush: bool) -> Rejoiner<'static> {
+        Rejoiner {
+            by: "mcadmin up",
+            operator,
+            skip_flush,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn policy(rejoin: Rejoin) -> Policy {
+        Policy {
+            rejoin,
+            warm_window_s: 30,
+            ..Policy::default()
+        }
+    }
+
+    fn server(id: u32, state: State, held: bool) -> Server {
+        let mut server = Server::new(Address::parse(&format!("10.0.0.{id}:11211")).unwrap());
+        server.id = id;
+        server.state = state;
+        server.held = held;
+        server
+    }
+
+    #[test]
+    fn the_policy_says_whether_to_flush_and_the_reason_says_so() {
+        let flush = RejoinRule::new(&policy(Rejoin::Flush), &how(true, false), ", pid 7");
+        assert!(flush.flush);
+        assert_eq!(flush.reason, "rejoined after flush_all (mcadmin up, pid 7)");
+        assert_eq!(flush.warm_ms, None);
+        let trust = RejoinRule::new(&policy(Rejoin::Trust), &how(true, false), " on web1");
+        assert!(!trust.flush);
+        assert_eq!(trust.reason, "rejoined without flush (mcadmin up on web1)");
+        let no_flush = RejoinRule::new(&policy(Rejoin::Flush), &how(true, true), ", pid 7");
+        assert!(!no_flush.flush);
+        assert_eq!(
+            no_flush.reason,
+            "rejoined without flush (mcadmin up, pid 7)"
+        );
+        let warm = RejoinRule::new(&policy(Rejoin::Warm), &how(false, false), ", pid 7");
+        assert!(warm.flush);
+        assert_eq!(warm.warm_ms, Some(30_000));
+    }
+
+    #[test]
+    fn a_down_server_rejoins_with_the_warm_deadline_from_now() {
+        let rule = RejoinRule::new(&policy(Rejoin::Warm), &how(false, false), ", pid 7");
+        let decision = rule.decide(&server(1, State::Down, false), NOW).unwrap();
+        assert_eq!(
+            decision,
+            Decision {
+                flush: true,
+                transition: edit::Transition::Rejoin(edit::Rejoining {
+                    reason: "rejoined after flush_all (mcadmin up, pid 7)",
+                    warm_until_ms: NOW + 30_000,
+                    flushed: true,
+                    operator: false,
+                }),
+            }
+        );
+        let rule = RejoinRule::new(&policy(Rejoin::Flush), &how(false, false), ", pid 7");
+        let decision = rule.decide(&server(1, State::Down, false), NOW).unwrap();
+        let edit::Transition::Rejoin(rejoining) = decision.transition else {
+            panic!("{decision:?}");
+        };
+        assert_eq!(rejoining.warm_until_ms, 0, "no warm-up but under warm");
+    }
+
+    #[test]
+    fn a_held_server_comes_back_only_for_an_operator() {
+        let held = server(1, State::Down, true);
+        let automatic = RejoinRule::new(&policy(Rejoin::Flush), &how(false, false), "");
+        assert_eq!(automatic.decide(&held, NOW), None);
+        let operator = RejoinRule::new(&policy(Rejoin::Flush), &how(true, false), "");
+        assert!(matches!(
+            operator.decide(&held, NOW),
+            Some(Decision {
+                flush: true,
+                transition: edit::Transition::Rejoin(edit::Rejoining { operator: true, .. }),
+            })
+        ));
+    }
+
+    #[test]
+    fn an_operator_cancels_a_drain_without_a_flush_and_up_servers_are_left_alone() {
+        let draining = server(1, State::Draining, false);
+        let operator = RejoinRule::new(&policy(Rejoin::Flush), &how(true, false), "");
+        assert_eq!(
+            operator.decide(&draining, NOW),
+            Some(Decision {
+                flush: false,
+                transition: edit::Transition::CancelDrain { by: "mcadmin up" },
+            })
+        );
+        let automatic = RejoinRule::new(&policy(Rejoin::Flush), &how(false, false), "");
+        assert_eq!(automatic.decide(&draining, NOW), None);
+        assert_eq!(operator.decide(&server(2, State::Up, false), NOW), None);
+    }
+
+    /// A table in memory, named by id or by address, that counts its transactions.
+    struct Memory {
+        table: Table,
+        by_address: bool,
+        commits: usize,
+    }
+
+    impl RejoinTable for Memory {
+        type Error = Error;
+
+        fn domain(&self) -> String {
+            "app".into()
+        }
+
+        fn read(&mut self) -> Result<Table> {
+            Ok(self.table.clone())
+        }
+
+        fn commit(&mut self, edit: &mut dyn FnMut(&mut Table) -> Result<()>) -> Result<()> {
+            let mut table = self.table.clone();
+            edit(&mut table)?;
+            self.table = table;
+            self.commits += 1;
+            Ok(())
+        }
+
+        fn access(&self) -> Result<Access> {
+            Ok(Access::default())
+        }
+
+        fn signature(&self) -> String {
+            " on test".into()
+        }
+
+        fn name(&self, server: &Server) -> Named {
+            match self.by_address {
+                true => Named::Address(server.address.clone()),
+                false => Named::Id(server.id),
+            }
+        }
+    }
+
+    fn memory(rejoin: Rejoin, by_address: bool) -> Memory {
+        Memory {
+            table: Table {
+                servers: vec![
+                    server(1, State::Down, false),
+                    server(2, State::Draining, false),
+                    server(3, State::Up, false),
+                    server(4, State::Down, true),
+                ],
+                policy: policy(rejoin),
+                fleet_revision: 0,
+            },
+            by_address,
+            commits: 0,
+        }
+    }
+
+    fn addresses(store: &Memory, ids: &[usize]) -> Vec<Address> {
+        ids.iter()
+            .map(|i| store.table.servers[*i].address.clone())
+            .collect()
+    }
+
+    #[test]
+    fn up_brings_down_and_held_servers_back_and_cancels_drains_in_one_commit() {
+        for by_address in [false, true] {
+            let mut store = memory(Rejoin::Trust, by_address);
+            let named = addresses(&store, &[0, 1, 2, 3]);
+            let answers = bring_up_in(&mut store, &named, false, Timeouts::default()).unwrap();
+            assert_eq!(
+                answers,
+                [
+                    Rejoined::Up { flushed: false },
+                    Rejoined::DrainCancelled,
+                    Rejoined::NotDown,
+                    Rejoined::Up { flushed: false },
+                ]
+            );
+            assert_eq!(store.commits, 1);
+            let servers = &store.table.servers;
+            assert!(servers.iter().all(|s| s.state == State::Up && !s.held));
+            assert_eq!(
+                servers[0].reason,
+                "rejoined without flush (mcadmin up on test)"
+            );
+            assert_eq!(servers[1].reason, "drain cancelled (mcadmin up)");
+        }
+    }
+
+    #[test]
+    fn nothing_to_bring_back_commits_nothing() {
+        let mut store = memory(Rejoin::Flush, false);
+        let up = addresses(&store, &[2]);
+        let answers = bring_up_in(&mut store, &up, false, Timeouts::default()).unwrap();
+        assert_eq!(answers, [Rejoined::NotDown]);
+        assert_eq!(store.commits, 0);
+        // An automatic rejoin leaves held and draining servers alone.
+        let table = store.table.clone();
+        let named = [Named::Id(2), Named::Id(4), Named::Id(9)];
+        let answers = rejoin_in(&mut store, &table, &named, how(false, false)).unwrap();
+        assert_eq!(answers, vec![Rejoined::NotDown; 3]);
+        assert_eq!(store.commits, 0);
+    }
+
+    #[test]
+    fn an_address_not_in_the_table_is_an_error_and_changes_nothing() {
+        let mut store = memory(Rejoin::Trust, true);
+        let mut named = addresses(&store, &[0]);
+        named.push(Address::parse("10.9.9.9:11211").unwrap());
+        let err = bring_up_in(&mut store, &named, false, Timeouts::default()).unwrap_err();
+        assert!(matches!(err, Error::NoServer { .. }), "{err}");
+        assert_eq!(store.commits, 0);
+    }
+
+    #[test]
+    fn a_failed_flush_leaves_every_server_down_and_names_the_policy() {
+        let mut store = memory(Rejoin::Flush, false);
+        // Nothing listens on port 1 of this address: the flush fails at once.
+        store.table.servers[0].address = Address::parse("127.0.0.1:1").unwrap();
+        let named = addresses(&store, &[0, 3]);
+        let err = bring_up_in(&mut store, &named, false, Timeouts::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("it stays down (rejoin policy flush)"),
+            "{err}"
+        );
+        assert_eq!(store.commits, 0);
+        assert_eq!(store.table.servers[3].state, State::Down);
+    }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use libmcshm::access::Access;
 use libmcshm::lifecycle::LoadPlan;
-use libmcshm::table::{Rejoin, State, Table};
-use libmcshm::{Address, Domain, Snapshot, Timeouts, edit, lifecycle};
+use libmcshm::table::{Server, State, Table};
+use libmcshm::{Address, Domain, Snapshot, Timeouts, lifecycle};
 use mcshm_fleet::sync::{Agent, SyncEvent, SyncOptions};
 use mcshm_fleet::{Etcd, EtcdConfig, Fleet, FleetCommit, FleetError, FleetTable};
 use serde_json::json;
@@ -142,8 +142,9 @@ pub fn domains(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
     Ok(if failed { Exit::Etcd } else { Exit::Success })
 }
 
-/// `up` for the fleet: a down server is flushed (rejoin policy) by this mcadmin first, and only
-/// then marked up for the fleet; a draining one stops draining.
+/// `up` for the fleet: [`lifecycle::bring_up_in`] on the fleet's table. A down server is
+/// flushed (rejoin policy) by this mcadmin first, and only then marked up for the fleet; a
+/// draining one stops draining.
 pub fn bring_up(
     fleet: &Fleet,
     dir: &Path,
@@ -151,63 +152,63 @@ pub fn bring_up(
     addresses: &[Address],
     no_flush: bool,
 ) -> Result<FleetCommit> {
-    let table = read(fleet, domain)?;
-    let policy = table.table.policy;
-    for address in addresses {
-        let server = table
-            .table
-            .servers
-            .iter()
-            .find(|s| s.address.same_server(address))
-            .ok_or_else(|| libmcshm::Error::NoServer {
-                server: address.to_string(),
-                domain: domain.to_string(),
-            })?;
-        if server.state == State::Down && policy.rejoin != Rejoin::Trust && !no_flush {
-            let access = Access::load(dir, domain)?;
-            lifecycle::flush(&server.address, Timeouts::default(), &access).map_err(|error| {
-                libmcshm::Error::Network {
-                    server: server.address.to_string(),
-                    error: format!(
-                        "{error}; it stays down (rejoin policy {})",
-                        policy.rejoin.as_str()
-                    ),
-                }
-            })?;
-        }
+    let mut table = Rejoining {
+        fleet,
+        dir,
+        domain,
+        revision: 0,
+        commit: None,
+    };
+    lifecycle::bring_up_in(&mut table, addresses, no_flush, Timeouts::default())?;
+    Ok(table.commit.unwrap_or(FleetCommit {
+        revision: table.revision,
+        changed: false,
+    }))
+}
+
+/// The fleet's table of a domain as a rejoin reads and edits it: one read, and an etcd
+/// compare-and-swap transaction for the edit.
+struct Rejoining<'a> {
+    fleet: &'a Fleet,
+    /// Holds the domain's access files, which the flushes present to the servers.
+    dir: &'a Path,
+    domain: &'a Domain,
+    /// The fleet revision read.
+    revision: i64,
+    /// What the edit committed, if it ran.
+    commit: Option<FleetCommit>,
+}
+
+impl lifecycle::RejoinTable for Rejoining<'_> {
+    type Error = anyhow::Error;
+
+    fn domain(&self) -> String {
+        self.domain.to_string()
     }
-    let host = mcshm_fleet::store::hostname();
-    let reason = match no_flush || policy.rejoin == Rejoin::Trust {
-        true => format!("rejoined without flush (mcadmin up on {host})"),
-        false => format!("rejoined after flush_all (mcadmin up on {host})"),
-    };
-    let warm_until = match policy.rejoin {
-        Rejoin::Warm => libmcshm::registry::now_ms() + u64::from(policy.warm_window_s) * 1000,
-        _ => 0,
-    };
-    let name = domain.to_string();
-    let rejoining = edit::Rejoining {
-        reason: &reason,
-        warm_until_ms: warm_until,
-        flushed: !no_flush && policy.rejoin != Rejoin::Trust,
-        operator: true,
-    };
-    let commit = fleet.transact(domain, false, "mcadmin", |t| {
-        // Down servers rejoin (with the warm-up window); draining ones stop draining.
-        for address in addresses {
-            let server = edit::find_mut(&mut t.servers, address, &name)?;
-            let actor = libmcshm::registry::commit_info();
-            if !edit::apply(server, edit::Transition::Rejoin(rejoining), actor) {
-                edit::apply(
-                    server,
-                    edit::Transition::CancelDrain { by: "mcadmin up" },
-                    actor,
-                );
-            }
-        }
+
+    fn read(&mut self) -> Result<Table> {
+        let table = read(self.fleet, self.domain)?;
+        self.revision = table.revision;
+        Ok(table.table)
+    }
+
+    fn commit(&mut self, edit: &mut dyn FnMut(&mut Table) -> libmcshm::Result<()>) -> Result<()> {
+        self.commit = Some(self.fleet.transact(self.domain, false, "mcadmin", edit)?);
         Ok(())
-    })?;
-    Ok(commit)
+    }
+
+    fn access(&self) -> libmcshm::Result<Access> {
+        Access::load(self.dir, self.domain)
+    }
+
+    /// The fleet's table is every host's: the reason names this one.
+    fn signature(&self) -> String {
+        format!(" on {}", mcshm_fleet::store::hostname())
+    }
+
+    fn name(&self, server: &Server) -> lifecycle::Named {
+        lifecycle::Named::Address(server.address.clone())
+    }
 }
 
 pub fn hosts(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {

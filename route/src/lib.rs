@@ -3,7 +3,7 @@
 //! execute ([`ReadPlan`], [`WritePlan`]: replicas, invalidations, warm-up and drain fills) with
 //! the sequences around them ([`Fill::after_add`], [`FollowChange`]: what each reply means and
 //! when to ask again), and
-//! is told how it went ([`Router::succeeded`], [`Router::failed`], [`Router::report`]): the
+//! is told how it went ([`Router::report`], servers named by id): the
 //! shared failure counts, mark-downs and retry leases live here, so each rule is written once
 //! and no front end can drift from another.
 //!

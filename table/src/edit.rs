@@ -82,7 +82,7 @@ pub fn delete(
 /// a client's mark-down and retry probe, `watch`, drain, settle, the fleet agent) goes through
 /// [`transition`], so the rules of each (who may bring a held server back, what a flush clears)
 /// are written once.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition<'a> {
     /// An operator's down (`mcadmin down`): held until an operator's up, unless `retry` (a down
     /// as after failures, retried automatically). From up or draining.
@@ -194,7 +194,7 @@ pub fn set_down(
 }
 
 /// How a down server comes back ([`Transition::Rejoin`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejoining<'a> {
     pub reason: &'a str,
     /// Until when misses are filled from the interim owner (0: no warm-up).

@@ -4,9 +4,10 @@
 //! descriptor opened for writing can take that lock, but `fcntl` lets any reader take a *read*
 //! lock through a read-only descriptor, and a read lock keeps every writer out. No mcshm process
 //! ever takes one, so a read lock on a table is a stray or hostile reader's: a writer that finds
-//! one moves the table to a new file instead of waiting (the way the table grows: a copy beside
-//! it, locked before it is renamed into place, MOVED set on the old file, which every process
-//! follows), and the reader's lock is left on a file nobody uses any more.
+//! one moves the table to a new file instead of waiting (as the table grows, see `relocate`: a
+//! copy beside it, locked before it is renamed into place, MOVED set on the old file, which
+//! every process follows), and the reader's lock is left on a file nobody uses any more. This
+//! module decides when to move and takes the turns; `relocate` moves.
 //!
 //! Writers that find a read lock at the same moment must not both move the table. They take
 //! turns on the domain's lock file, `DIR/DOMAIN.lock`, whose mode gives read and write to just
@@ -22,7 +23,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Registry;
-use super::files::{FileOwnership, check_trusted, write_temp};
+use super::files::{FileOwnership, check_trusted};
+use super::relocate::Copied;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::seqlock::Words;
@@ -266,8 +268,8 @@ impl Registry {
     }
 
     /// A reader's read lock keeps writers out of the table: under the domain's lock file, copy
-    /// the table as it is to a new file, take that file's write lock, and rename it into place
-    /// (MOVED set on the old one first, waiters woken after). This handle moves to the new file.
+    /// the table as it is to a new file, take that file's write lock, and put it in place
+    /// ([`Registry::move_copy`]). This handle moves to the new file.
     fn move_away_from_reader(&mut self) -> Result<Move> {
         let ownership = FileOwnership::of(&self.file);
         let Some(turn) = open_lock_file(&self.path, ownership)? else {
@@ -292,41 +294,11 @@ impl Registry {
         if !crate::shm::read_locked(&self.file) {
             return Ok(Move::Retry);
         }
-        // No writer can hold the table now (the read lock keeps them all out): it is copied
-        // whole, as it stands (clients may still count failures meanwhile: a count lost is
-        // counted again).
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| Error::io("inspect", &self.path, e))?
-            .len();
-        let mut words = vec![0u64; (len / 8) as usize];
-        self.map
-            .copy_out(0, &mut words)
-            .ok_or_else(|| self.corrupt("shorter than its header says".into()))?;
-        let (version, _) = self.committed()?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = match write_temp(dir, &self.domain, &words, ownership) {
-            Ok(tmp) => tmp,
-            Err(Error::PermissionDenied { .. }) => return Ok(Move::Unable),
-            Err(e) => return Err(e),
-        };
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp);
-        let file = match opened {
-            Ok(file) if crate::shm::try_write_lock(&file).unwrap_or(false) => file,
-            _ => {
-                let _ = fs::remove_file(&tmp);
-                return Ok(Move::Unable);
-            }
-        };
-        self.rename_into_place(&tmp, version)?;
-        let fresh = Registry::from_file(self.path.clone(), self.domain.clone(), file, true)?;
-        self.adopt(fresh);
-        Ok(Move::Done)
+        // No writer can hold the table now (the read lock keeps them all out).
+        Ok(match self.move_copy(ownership)? {
+            Copied::Moved => Move::Done,
+            Copied::Unable => Move::Unable,
+        })
     }
 }
 

@@ -17,9 +17,11 @@
 //! One handle, [`Registry`], one file per concept: this module opens the file and follows it
 //! when it moves, reads the committed word and carries change notification; `files` (safe
 //! opening, creation, temporaries), `reader` (snapshots, deltas, the shared ring's lookups),
-//! `writer` (transactions, publication, growth, repair), `lock` (the writer lock), `live`
-//! (the shared failure view: failure counts and retry leases), `agent` (the fleet agent's
-//! status) and `process_slots` (which processes use the domain).
+//! `writer` (transactions, publication, growth, repair), `lock` (the writer lock),
+//! `relocate` (replacing the file by a new one beside it, for growth, upgrade, repair and
+//! escaping a reader's lock), `live` (the shared failure view: failure counts and retry
+//! leases), `agent` (the fleet agent's status) and `process_slots` (which processes use the
+//! domain).
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -41,6 +43,7 @@ mod live;
 mod lock;
 mod process_slots;
 mod reader;
+mod relocate;
 mod writer;
 
 #[cfg(test)]
@@ -320,7 +323,13 @@ impl Registry {
     }
 
     fn wake(&self) {
-        self.map.fetch_add_u32(format::WAKE_OFFSET, 1);
-        self.map.futex_wake(format::WAKE_OFFSET, WAKE_FIRST);
+        wake_waiters(&self.map);
     }
+}
+
+/// Wakes the waiters on the file `map` maps (see [`Registry::wait_for_change`]): a commit, or
+/// the file replaced (see `relocate`).
+fn wake_waiters(map: &SharedMap) {
+    map.fetch_add_u32(format::WAKE_OFFSET, 1);
+    map.futex_wake(format::WAKE_OFFSET, WAKE_FIRST);
 }

@@ -1,15 +1,15 @@
 //! The writer: transactions under the writer lock (re-read the current table, apply a change,
 //! publish it as one new version with its shared ring), whole-table replacement and repair,
-//! and growth (a larger file built beside the old one and renamed into place).
+//! and growth (a larger file built beside the old one and put in place by `relocate`).
 
-use std::fs;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::files::{FileOwnership, new_file, open_checked, write_temp};
+use super::Registry;
+use super::files::{FileOwnership, new_file, open_checked};
 use super::lock::{LockWait, acquire_lock};
 use super::reader::Read;
-use super::{Registry, WAKE_FIRST};
+use super::relocate::{Leaving, Temp};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, Layout, RingRef};
@@ -93,36 +93,29 @@ impl Registry {
         let old = (len >= format::HEADER_LEN as u64)
             .then(|| SharedMap::map(&file, format::HEADER_LEN, true).ok())
             .flatten();
-        // The header is unusable, so its format is unknown: the version bits of either seal.
-        let last = old
+        let committed = old
             .as_ref()
-            .and_then(|m| m.load(format::COMMITTED_WORD, Ordering::Acquire))
-            .map_or(0, |c| (c & VERSION_MASK).min(VERSION_MASK - 1));
+            .and_then(|m| m.load(format::COMMITTED_WORD, Ordering::Acquire));
+        // The header is unusable, so its format is unknown: the version bits of either seal.
+        let last = committed.map_or(0, |c| (c & VERSION_MASK).min(VERSION_MASK - 1));
         let version = last + 1;
         let capacity = (table.servers.len() as u32).max(format::DEFAULT_CAPACITY);
         let next_id = assign_ids(&mut table.servers, 1, capacity);
         let layout = Layout::new(capacity, now_ms());
         let words = new_file(&layout, domain, version, &table, next_id);
-        let tmp = write_temp(dir, domain, &words, FileOwnership::of(&file))?;
-        if let Some(old) = &old {
+        let temp = Temp::write(dir, domain, &words, FileOwnership::of(&file))?;
+        let leaving = Leaving {
+            map: old.as_ref(),
             // MOVED with a valid check: readers of either format follow the move.
-            let moved = Seal::Checked.encode(last, true);
-            old.store(format::COMMITTED_WORD, moved, Ordering::Release);
-        }
-        fs::rename(&tmp, &path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io("replace", &path, e)
-        })?;
-        let published_ns = monotonic_ns();
-        if let Some(old) = &old {
-            old.fetch_add_u32(format::WAKE_OFFSET, 1);
-            old.futex_wake(format::WAKE_OFFSET, WAKE_FIRST);
-        }
+            moved: Seal::Checked.encode(last, true),
+            restored: committed.unwrap_or(0),
+        };
+        let placed = temp.put_in_place(&path, leaving)?;
         let _ = crate::shm::write_unlock(&file);
         Ok(Commit {
             version,
             changed: true,
-            published_ns,
+            published_ns: placed.renamed_ns,
         })
     }
 
@@ -269,8 +262,8 @@ impl Registry {
         }
     }
 
-    /// Writes a new file of `capacity` (in the current format) holding `image` as version
-    /// `current + 1` and renames it into place.
+    /// Writes a new file of `capacity` (in the current format) holding `table` as version
+    /// `current + 1` and puts it in place of ours (see `relocate`).
     pub(super) fn rewrite_locked(
         &mut self,
         current: u64,
@@ -281,24 +274,8 @@ impl Registry {
         let layout = Layout::new(capacity, self.layout.created_ms);
         let mut words = new_file(&layout, &self.domain, current + 1, table, next_id);
         self.carry_shared_records(&layout, &mut words, &table.servers);
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = write_temp(dir, &self.domain, &words, FileOwnership::of(&self.file))?;
-        self.rename_into_place(&tmp, current)?;
-        self.reopen()?;
+        self.replace_file(&words, current)?;
         Ok(current + 1)
-    }
-
-    /// Puts the new file `tmp` in place of ours (whose committed version is `current`): MOVED
-    /// set first, so that readers re-open the path, and waiters woken after.
-    pub(super) fn rename_into_place(&self, tmp: &Path, current: u64) -> Result<()> {
-        self.store_committed(current, true);
-        if let Err(e) = fs::rename(tmp, &self.path) {
-            let _ = fs::remove_file(tmp);
-            self.store_committed(current, false);
-            return Err(Error::io("replace", &self.path, e));
-        }
-        self.wake();
-        Ok(())
     }
 
     /// Copies into a new file's image what is shared outside the slots: each server's live
