@@ -1,11 +1,11 @@
-//! mcshm-route: the routing core, sans I/O. For every request a front end makes (the blocking
-//! client in libmcshm, mcproxy's event loop) the [`Router`] answers where it goes, as a plan to
-//! execute ([`ReadPlan`], [`WritePlan`]: replicas, invalidations, warm-up and drain fills) with
-//! the sequences around them ([`Fill::after_add`], [`FollowChange`]: what each reply means and
-//! when to ask again), and
-//! is told how it went ([`Router::report`], servers named by id): the
-//! shared failure counts, mark-downs and retry leases live here, so each rule is written once
-//! and no front end can drift from another.
+//! mcshm-route: the routing core, sans sockets. For every request a front end makes (the
+//! blocking client in libmcshm, mcproxy's event loop) the [`Router`] answers where it goes, as
+//! a plan to execute ([`ReadPlan`], [`WritePlan`]: replicas, invalidations, warm-up and drain
+//! fills), with the sequences around them ([`Fill::after_add`], [`FollowChange`],
+//! [`IncrOrCreate`]: what each reply means, what wins, when to ask again), and is told how it
+//! went ([`Router::report`], servers named by id): the shared failure counts, mark-downs and
+//! retry leases live here, so each rule is written once and no front end can drift from
+//! another.
 //!
 //! It opens no socket: its only blocking work is local (reading the registry, and a short
 //! file-locked transaction to mark a server down). A retry probe talks to a server, so it is
