@@ -27,7 +27,7 @@ pub use plan::{Fill, FillKind, Outcome, ReadPlan, ServerRef, WritePlan};
 pub use report::{FailureEvent, MarkedDown, io_errno};
 pub use router::{RetryProbe, Router};
 pub use sequence::{
-    AddAnswer, AfterAdd, CounterAsk, CounterNext, CounterReply, FollowChange, FollowRound,
+    AddAnswer, AfterAdd, CounterAsk, CounterNext, CounterReply, FollowChange, FollowRound, GetMany,
     IncrOrCreate, MAX_ADDS, MAX_FOLLOWED,
 };
 

@@ -10,7 +10,9 @@
 
 use mcshm_table::table::{Server, State};
 
-use crate::plan::{Fill, FillKind, ServerRef, WritePlan};
+use std::collections::BTreeMap;
+
+use crate::plan::{Fill, FillKind, ReadPlan, ServerRef, WritePlan};
 
 /// What the new owner answered to a fill's `add` of the copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +146,91 @@ impl FollowChange {
             }
         }
         Some(round)
+    }
+}
+
+/// A multi-get as its keys' read plans say, for every front end: rounds along each key's up
+/// replicas (round n asks each key not found yet of its n-th replica, one request per server,
+/// every server's share sent before any reply is read), then, for the keys every replica
+/// missed, a single get's fallbacks: the key planned again, its owner asked again when the
+/// table changed since the batch was planned (a drain that began meanwhile may have moved
+/// it), then the new plan's fills. Keys whose first replica failed get no fallback: the
+/// failure is their answer (a front end reports it as its protocol says).
+#[derive(Clone, Debug)]
+pub struct GetMany {
+    /// The table version the batch was planned on.
+    version: u64,
+    plans: Vec<ReadPlan>,
+    found: Vec<bool>,
+    /// Ids of the servers that failed during the batch.
+    failed: Vec<u32>,
+    round: usize,
+}
+
+impl GetMany {
+    /// The batch of `plans` (one per key, in the client's order), made on `version`.
+    pub fn new(version: u64, plans: Vec<ReadPlan>) -> GetMany {
+        GetMany {
+            version,
+            found: vec![false; plans.len()],
+            plans,
+            failed: Vec::new(),
+            round: 0,
+        }
+    }
+
+    /// The next round: each server (in table order) and the keys (positions in the batch) it
+    /// is asked for; `None` once every key is found or has no replica left.
+    pub fn next_round(&mut self) -> Option<Vec<(ServerRef, Vec<usize>)>> {
+        let mut groups: BTreeMap<usize, (ServerRef, Vec<usize>)> = BTreeMap::new();
+        for (n, plan) in self.plans.iter().enumerate() {
+            if let Some(&server) = plan.replicas.get(self.round).filter(|_| !self.found[n]) {
+                groups
+                    .entry(server.index)
+                    .or_insert((server, Vec::new()))
+                    .1
+                    .push(n);
+            }
+        }
+        self.round += 1;
+        (!groups.is_empty()).then(|| groups.into_values().collect())
+    }
+
+    /// Key `n` was found.
+    pub fn found(&mut self, n: usize) {
+        self.found[n] = true;
+    }
+
+    /// `server` failed (its keys of this round are asked of their next replica, if any).
+    pub fn failed(&mut self, server: ServerRef) {
+        if !self.failed.contains(&server.id) {
+            self.failed.push(server.id);
+        }
+    }
+
+    /// The keys that get a single get's fallbacks once the rounds are done, the table now at
+    /// `version_now` and `fills_possible` saying whether any server may fill (warm-up, drain):
+    /// none when the table did not change and nothing can fill; else every key not found whose
+    /// first replica did not fail.
+    pub fn misses(&self, version_now: u64, fills_possible: bool) -> Vec<usize> {
+        let changed = version_now != self.version;
+        let may_fill = fills_possible || self.plans.iter().any(|p| !p.fills.is_empty());
+        if !changed && !may_fill {
+            return Vec::new();
+        }
+        (0..self.plans.len())
+            .filter(|&n| !self.found[n])
+            .filter(|&n| {
+                let first = self.plans[n].replicas.first();
+                !first.is_some_and(|s| self.failed.contains(&s.id))
+            })
+            .collect()
+    }
+
+    /// For a missed key planned again as `plan` on version `version_now`: whether its owner is
+    /// asked again before the fills (the table changed, and the owner is up).
+    pub fn ask_owner_again(&self, plan: &ReadPlan, version_now: u64) -> bool {
+        version_now != self.version && plan.replicas.first() == Some(&plan.owner)
     }
 }
 
@@ -287,6 +374,70 @@ mod tests {
         assert!(refused.copy_if_missed, "the source's value is the key's");
         let gets = drain.after_add(AddAnswer::Refused, false);
         assert!(!gets.copy_if_missed, "a copy has no cas unique");
+    }
+
+    fn read_plan(replicas: &[ServerRef], fills: Vec<Fill>) -> ReadPlan {
+        ReadPlan {
+            owner: replicas.first().copied().unwrap_or(at(99, 9)),
+            replicas: replicas.to_vec(),
+            fills,
+        }
+    }
+
+    #[test]
+    fn a_multi_get_asks_each_missing_key_of_its_next_replica_round_by_round() {
+        let (a, b, c) = (at(10, 0), at(11, 1), at(12, 2));
+        let plans = vec![
+            read_plan(&[a, b], vec![]),
+            read_plan(&[b, c], vec![]),
+            read_plan(&[a, c], vec![]),
+            read_plan(&[], vec![]),
+        ];
+        let mut batch = GetMany::new(7, plans);
+        assert_eq!(batch.next_round().unwrap(), [(a, vec![0, 2]), (b, vec![1])]);
+        batch.found(0);
+        batch.found(1);
+        assert_eq!(
+            batch.next_round().unwrap(),
+            [(c, vec![2])],
+            "key 2 on its second replica"
+        );
+        assert_eq!(batch.next_round(), None, "no third replica");
+    }
+
+    #[test]
+    fn misses_fall_back_only_when_something_may_have_them_and_their_first_did_not_fail() {
+        let (a, b) = (at(10, 0), at(11, 1));
+        let plans = vec![
+            read_plan(&[a], vec![]),
+            read_plan(&[b], vec![]),
+            read_plan(&[a], vec![]),
+        ];
+        let mut batch = GetMany::new(7, plans);
+        batch.next_round();
+        batch.found(2);
+        batch.failed(b);
+        assert!(
+            batch.misses(7, false).is_empty(),
+            "same table, nothing fills"
+        );
+        assert_eq!(
+            batch.misses(8, false),
+            [0],
+            "key 1's server failed: its answer"
+        );
+        assert_eq!(batch.misses(7, true), [0], "a fill may apply");
+        let drained = read_plan(&[a], vec![fill(FillKind::Drain)]);
+        let batch = GetMany::new(7, vec![drained.clone()]);
+        assert_eq!(batch.misses(7, false), [0], "the plan itself has a fill");
+        assert!(batch.ask_owner_again(&drained, 8), "changed, owner up");
+        assert!(!batch.ask_owner_again(&drained, 7), "unchanged");
+        let owner_down = ReadPlan {
+            owner: at(12, 2),
+            replicas: vec![a],
+            fills: vec![],
+        };
+        assert!(!batch.ask_owner_again(&owner_down, 8), "the owner is down");
     }
 
     /// Runs an [`IncrOrCreate`] against the replies given, in order: the requests it made and

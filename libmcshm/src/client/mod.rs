@@ -112,9 +112,6 @@ pub struct MultiGet {
 /// `stats` lines of one server: (name, value).
 pub type Stats = Vec<(String, String)>;
 
-/// A key of a batch and its replicas (positions in the table the batch was routed on).
-type Routed<'k> = (&'k [u8], Vec<usize>);
-
 /// A memcached client over a registry domain or a private server list. Use one per thread.
 /// Its decisions are the [`Router`]'s; it adds blocking connections.
 pub struct Client {

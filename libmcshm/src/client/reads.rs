@@ -3,9 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Client, KEYS_PER_GET, MultiGet, Routed};
+use std::sync::Arc;
+
+use mcshm_route::{GetMany, ReadPlan, ServerRef};
+
+use super::{Client, KEYS_PER_GET, MultiGet};
 use crate::error::{Error, Result};
 use crate::proto::{Item, Reply, Request};
+use crate::table::Snapshot;
 
 impl Client {
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Item>> {
@@ -72,42 +77,32 @@ impl Client {
         }
     }
 
-    /// Gets many keys: grouped per server, each group pipelined in `get` commands of up to 100
-    /// keys; keys missed (or failed) on their first replica are asked of the next; keys every
-    /// replica missed get the single get's fallbacks (warm-up, drain) and their owner asked
-    /// again if the table changed during the batch. Keys of down
-    /// servers are misses; keys no replica answered for are reported in `errors`. Bad keys fail
-    /// the whole call before anything is sent.
+    /// Gets many keys as the routing core's [`GetMany`] says: rounds along each key's up
+    /// replicas (each server's share pipelined in `get` commands of up to 100 keys, every
+    /// server's share sent before any reply is read), then the single get's fallbacks for the
+    /// keys every replica missed (their owner asked again if the table changed during the
+    /// batch; warm-up and drain fills). Keys of down servers are misses; keys no replica
+    /// answered for are reported in `errors`. Bad keys fail the whole call before anything is
+    /// sent.
     pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
-        let (mut pending, version) = self.route_batch(keys)?;
-        // Where each key was asked first, in the table the batch is routed with.
-        let owners: Vec<(&[u8], usize)> = pending.iter().map(|(k, chain)| (*k, chain[0])).collect();
+        let (plans, snapshot) = self.plan_batch(keys)?;
+        let mut batch = GetMany::new(snapshot.version, plans);
         let mut result = MultiGet::default();
-        // A failed server, and the keys it was asked for.
-        let mut failed: HashMap<usize, (Error, Vec<&[u8]>)> = HashMap::new();
-        let replicas = pending.iter().map(|p| p.1.len()).max().unwrap_or(0);
-        // With replicas: keys some server answered (hit or miss), so that a failure another
-        // replica made up for is not reported.
-        let mut answered: HashSet<&[u8]> = HashSet::new();
-        for round in 0..replicas {
-            let mut groups: HashMap<usize, Vec<&[u8]>> = HashMap::new();
-            for (key, chain) in &pending {
-                if let Some(&server) = chain.get(round)
-                    && !self.is_down(server)
-                {
-                    groups.entry(server).or_default().push(key);
-                }
-            }
-            // Which keys hit, for the next round; the last round (with one replica, the only
-            // one) needs no bookkeeping.
-            let last_round = round + 1 == replicas;
-            let mut hits: HashSet<Vec<u8>> = HashSet::new();
-            // Every server gets its share before any reply is read (see `pipelines`).
-            let groups: Vec<(usize, Vec<&[u8]>)> = groups.into_iter().collect();
-            let requests: Vec<(usize, Vec<Request>)> = groups
+        // A failed server (its position in `snapshot`), and the keys it was asked for.
+        let mut failed: HashMap<usize, (Error, Vec<usize>)> = HashMap::new();
+        // Keys some server answered (hit or miss): a failure another replica made up for is
+        // not reported.
+        let mut answered: HashSet<usize> = HashSet::new();
+        while let Some(round) = batch.next_round() {
+            let asked: Vec<Vec<&[u8]>> = round
                 .iter()
-                .map(|(server, keys)| {
-                    let gets = keys
+                .map(|(_, members)| members.iter().map(|&n| keys[n]).collect())
+                .collect();
+            let requests: Vec<(usize, Vec<Request>)> = round
+                .iter()
+                .zip(&asked)
+                .map(|((server, _), asked)| {
+                    let gets = asked
                         .chunks(KEYS_PER_GET)
                         .map(|chunk| Request::Get {
                             keys: chunk,
@@ -115,23 +110,24 @@ impl Client {
                             touch: None,
                         })
                         .collect();
-                    (*server, gets)
+                    (server.index, gets)
                 })
                 .collect();
             let outcomes = self.pipelines(&requests);
-            for ((server, keys), outcome) in groups.into_iter().zip(outcomes) {
+            for ((server, members), outcome) in round.into_iter().zip(outcomes) {
                 let mut error = None;
                 match outcome {
                     Ok(replies) => {
                         for reply in replies {
                             match reply {
                                 Reply::Values(items) => {
-                                    if !last_round {
-                                        hits.extend(items.iter().map(|i| i.key.clone()));
+                                    for item in &items {
+                                        let mine = members.iter().filter(|&&n| keys[n] == item.key);
+                                        mine.for_each(|&n| batch.found(n));
                                     }
                                     result.items.extend(items);
                                 }
-                                other => error = Some(self.unexpected(server, other)),
+                                other => error = Some(self.unexpected(server.index, other)),
                             }
                         }
                     }
@@ -139,66 +135,44 @@ impl Client {
                 }
                 match error {
                     Some(err) => {
-                        failed
-                            .entry(server)
-                            .or_insert((err, Vec::new()))
-                            .1
-                            .extend(&keys);
+                        batch.failed(server);
+                        let entry = failed.entry(server.index).or_insert((err, Vec::new()));
+                        entry.1.extend(&members);
                     }
-                    None if replicas > 1 => answered.extend(&keys),
-                    None => {}
+                    None => answered.extend(&members),
                 }
             }
-            if !last_round {
-                pending.retain(|(key, _)| !hits.contains(*key));
-            }
         }
-        // Keys every replica missed get what a single get would do now (the router's plan of
-        // a read): their owner asked again if the table changed during the batch (a drain may
-        // have moved them there), then the plan's fills (warm-up, drain).
-        let changed = self.router.refresh().is_ok() && self.router.snapshot().version != version;
-        let now = crate::registry::now_ms();
-        if changed || self.router.fills_possible(now) {
-            let filled = self.fill_misses(&result.items, owners, &failed, version, cas, now);
-            result.items.extend(filled);
-        }
+        result.items.extend(self.fall_back(&batch, keys, cas));
         for (server, (err, asked)) in failed {
-            if asked.iter().any(|key| !answered.contains(key)) {
-                result.errors.push((self.address(server), err));
+            if asked.iter().any(|n| !answered.contains(n)) {
+                let address = snapshot.servers[server].address.clone();
+                result.errors.push((address, err));
             }
         }
         Ok(result)
     }
 
-    /// The misses of a multi-get (keys not in `items`, whose first server did not fail),
-    /// planned again one by one: the owner asked again if the table changed since the batch was
-    /// routed on `version`, then the plan's fills. The items found.
-    pub(super) fn fill_misses(
-        &mut self,
-        items: &[Item],
-        owners: Vec<(&[u8], usize)>,
-        failed: &HashMap<usize, (Error, Vec<&[u8]>)>,
-        version: u64,
-        cas: bool,
-        now: u64,
-    ) -> Vec<Item> {
-        let hit: HashSet<&[u8]> = items.iter().map(|i| i.key.as_slice()).collect();
+    /// The fallbacks of a multi-get's misses ([`GetMany::misses`]), each key planned again:
+    /// its owner asked again when the table changed since the batch, then the plan's fills.
+    /// The items found.
+    fn fall_back(&mut self, batch: &GetMany, keys: &[&[u8]], cas: bool) -> Vec<Item> {
+        let now = crate::registry::now_ms();
+        if self.router.refresh().is_err() {
+            return Vec::new();
+        }
+        let misses = batch.misses(
+            self.router.snapshot().version,
+            self.router.fills_possible(now),
+        );
         let mut filled = Vec::new();
-        for (key, first) in owners {
-            if hit.contains(key) || failed.contains_key(&first) {
-                continue;
-            }
+        for n in misses {
+            let key = keys[n];
             let Ok(plan) = self.router.plan_read(key, now) else {
                 continue;
             };
-            // Planning reads the table afresh: a drain that ended while the misses were being
-            // filled leaves plans without fills, and the key on its new owner.
-            let changed = self.router.snapshot().version != version;
-            if plan.fills.is_empty() && !changed {
-                continue;
-            }
             let mut found = None;
-            if changed && plan.replicas.first() == Some(&plan.owner) {
+            if batch.ask_owner_again(&plan, self.router.snapshot().version) {
                 found = self
                     .get_one(plan.owner.index, key, cas, None)
                     .ok()
@@ -214,23 +188,40 @@ impl Client {
         filled
     }
 
-    /// The replicas of each key, and the table version they were routed on. Routing a key
-    /// reads the table, so a batch could straddle two versions (keys routed before a drain
-    /// began to the server it drains, the rest to their new owner): a batch that did is routed
-    /// again, up to three times. The version returned is the one read before routing, so that
-    /// a change during routing still makes the batch ask the owners of its misses again.
-    pub(super) fn route_batch<'k>(&mut self, keys: &[&'k [u8]]) -> Result<(Vec<Routed<'k>>, u64)> {
+    /// The read plan of each key, and the table they were made on. Planning a key reads the
+    /// table, so a batch could straddle two versions (keys planned before a drain began sent
+    /// to the server it drains, the rest to their new owner): a batch that did is planned
+    /// again, up to three times; after that, each plan's servers are found again by id in the
+    /// table returned (a server that left it is dropped from the plan). Probes found due run.
+    pub(super) fn plan_batch(&mut self, keys: &[&[u8]]) -> Result<(Vec<ReadPlan>, Arc<Snapshot>)> {
+        let now = crate::registry::now_ms();
         let mut attempt = 0;
         loop {
             self.refresh()?;
             let version = self.router.snapshot().version;
-            let mut routed = Vec::with_capacity(keys.len());
-            for &key in keys {
-                routed.push((key, self.chain(key)?));
-            }
+            let planned: Result<Vec<ReadPlan>> = keys
+                .iter()
+                .map(|key| self.router.plan_read(key, now))
+                .collect();
+            self.run_probes();
+            let mut plans = planned?;
             attempt += 1;
-            if self.router.snapshot().version == version || attempt == 3 {
-                return Ok((routed, version));
+            let snapshot = self.router.snapshot().clone();
+            if snapshot.version == version {
+                return Ok((plans, snapshot));
+            }
+            if attempt == 3 {
+                for plan in &mut plans {
+                    plan.replicas = plan
+                        .replicas
+                        .iter()
+                        .filter_map(|s| {
+                            let index = snapshot.servers.iter().position(|x| x.id == s.id)?;
+                            Some(ServerRef { id: s.id, index })
+                        })
+                        .collect();
+                }
+                return Ok((plans, snapshot));
             }
         }
     }
