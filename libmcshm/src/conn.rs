@@ -7,7 +7,7 @@
 //! a server that says nothing does.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -184,13 +184,7 @@ impl Conn {
         let stream = match address {
             Address::Unix { path } => Stream::Unix(UnixStream::connect(path)?),
             other => {
-                let port = other.port().unwrap_or(0);
-                let addrs: Vec<SocketAddr> = match other {
-                    Address::Ipv4 { ip, .. } => vec![SocketAddr::new((*ip).into(), port)],
-                    Address::Ipv6 { ip, .. } => vec![SocketAddr::new((*ip).into(), port)],
-                    _ => (other.host().as_str(), port).to_socket_addrs()?.collect(),
-                };
-                let s = connect_any(&addrs, timeouts.connect)?;
+                let s = connect_any(&other.socket_addrs()?, timeouts.connect)?;
                 s.set_nodelay(true)?;
                 Stream::Tcp(s)
             }

@@ -479,23 +479,13 @@ impl<D> Net<D> {
 fn connect(address: &Address) -> Result<Stream, Failure> {
     let stream = match address {
         Address::Unix { path } => mio::net::UnixStream::connect(path).map(Stream::Unix),
-        other => {
-            let port = other.port().unwrap_or(0);
-            let target = match other {
-                Address::Ipv4 { ip, .. } => Ok(std::net::SocketAddr::from((*ip, port))),
-                Address::Ipv6 { ip, .. } => Ok(std::net::SocketAddr::from((*ip, port))),
-                _ => std::net::ToSocketAddrs::to_socket_addrs(&(other.host().as_str(), port))
-                    .and_then(|mut all| {
-                        all.next().ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
-                        })
-                    }),
-            };
-            target.and_then(mio::net::TcpStream::connect).map(|s| {
+        // A non-blocking connect tries one address: the resolver's first.
+        other => other.socket_addrs().and_then(|all| {
+            mio::net::TcpStream::connect(all[0]).map(|s| {
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             })
-        }
+        }),
     };
     stream.map_err(|err| Failure::io("connect", &err))
 }
