@@ -85,9 +85,9 @@ impl Write for Stream {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
             // Whole requests (the event loop writes from a request's start), in the records
-            // memcached needs (see libmcshm::tls::write_requests).
+            // memcached needs (see libmcshm::tls::write_request_bytes).
             Stream::Tls(s) => {
-                libmcshm::tls::write_requests(&mut s.session, buf)?;
+                libmcshm::tls::write_request_bytes(&mut s.session, buf)?;
                 s.flush_pending()?;
                 Ok(buf.len())
             }

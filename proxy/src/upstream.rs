@@ -240,7 +240,7 @@ impl<D> Net<D> {
         if conn.broken.is_none()
             && let Some(credentials) = access.credentials
         {
-            conn.out.extend_from_slice(&credentials.request());
+            conn.out.extend_from_slice(credentials.request().bytes());
             conn.credentials = Some(credentials);
             conn.in_flight.push_back(Waiter {
                 frame: Frame::Line,
