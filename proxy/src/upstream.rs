@@ -10,7 +10,7 @@
 //! request opens a new one.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use crate::failure::Failure;
 use crate::jobs::ReplyCell;
 use crate::stats::ServerStats;
 use crate::stream::Stream;
+use libmcshm::proto::Encoded;
 use libmcshm::proto::frame::{Frame, frame_len};
 
 /// Bytes read from a server at a time.
@@ -58,7 +59,8 @@ struct Conn<D> {
     stream: Stream,
     /// Until connected: when connecting gives up.
     connecting: Option<Instant>,
-    out: Vec<u8>,
+    /// Requests to write, and how much of them is written.
+    out: Encoded,
     written: usize,
     inbox: Inbox,
     in_flight: VecDeque<Waiter<D>>,
@@ -147,7 +149,7 @@ impl<D> Net<D> {
         lane: usize,
         frame: Frame,
         to: Deliver<D>,
-        encode: impl FnOnce(&mut Vec<u8>, &Deliver<D>),
+        encode: impl FnOnce(&mut Encoded, &Deliver<D>),
     ) {
         if self.domains[domain].version != snapshot.version {
             self.prune(domain, snapshot);
@@ -217,7 +219,7 @@ impl<D> Net<D> {
             route: (domain, address.clone()),
             stream,
             connecting: Some(Instant::now() + self.timeouts.connect),
-            out: Vec::new(),
+            out: Encoded::new(),
             written: 0,
             inbox: Inbox::default(),
             in_flight: VecDeque::new(),
@@ -240,7 +242,7 @@ impl<D> Net<D> {
         if conn.broken.is_none()
             && let Some(credentials) = access.credentials
         {
-            conn.out.extend_from_slice(credentials.request().bytes());
+            conn.out.append(&credentials.request());
             conn.credentials = Some(credentials);
             conn.in_flight.push_back(Waiter {
                 frame: Frame::Line,
@@ -499,7 +501,7 @@ fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
         .flush_pending()
         .map_err(|err| Failure::io("write", &err))?;
     while conn.written < conn.out.len() {
-        match conn.stream.write(&conn.out[conn.written..]) {
+        match conn.stream.write_requests(&conn.out, conn.written) {
             Ok(0) => {
                 return Err(Failure::new(
                     "write: the server closed the connection",
@@ -515,7 +517,7 @@ fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
     conn.out.clear();
     conn.written = 0;
     if conn.out.capacity() > 4 * READ_CHUNK {
-        conn.out = Vec::new();
+        conn.out = Encoded::new();
     }
     Ok(())
 }
