@@ -423,9 +423,9 @@ fn meta(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -
 }
 
 impl Command {
-    /// The request a server gets for this command, encoded by [`Command::with_request`]'s
-    /// request. Not for multi-key gets, which are split per server ([`encode_get`]). Every key
-    /// is sent after `prefix`, the domain's key prefix (see `libmcshm::prefix`).
+    /// Appends the request a server gets for this command ([`Command::with_request`]) to
+    /// `out`, every key after `prefix`, the domain's key prefix (see `libmcshm::prefix`). A
+    /// multi-key get is split per server first ([`encode_get`]).
     pub fn encode(&self, out: &mut Encoded, prefix: &[u8]) {
         self.with_request(|request| out.push(request, prefix));
     }
