@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::proto::{Encoded, Request, StoreVerb};
 
 /// Longest user or password (bytes): the whole `set` data stays one short line.
 const MAX_LEN: usize = 250;
@@ -62,10 +63,17 @@ impl Credentials {
         })
     }
 
-    /// The bytes that authenticate a new connection (a `set` of `USER PASSWORD`).
-    pub fn request(&self) -> Vec<u8> {
+    /// The request that authenticates a new connection (a `set` of `USER PASSWORD`).
+    pub fn request(&self) -> Encoded {
         let data = format!("{} {}", self.user, self.password);
-        format!("set auth 0 0 {}\r\n{data}\r\n", data.len()).into_bytes()
+        let set = Request::Store {
+            verb: StoreVerb::Set,
+            key: b"auth",
+            flags: 0,
+            exptime: 0,
+            value: data.as_bytes(),
+        };
+        Encoded::of(&set, b"")
     }
 
     /// The server's answer to [`Credentials::request`] (its one line, CRLF included): accepted
@@ -154,7 +162,7 @@ mod tests {
     #[test]
     fn credentials_refuse_what_memcached_cannot_take_and_hide_the_password() {
         let ok = Credentials::new("app", "s3cret!").unwrap();
-        assert_eq!(ok.request(), b"set auth 0 0 11\r\napp s3cret!\r\n");
+        assert_eq!(ok.request().bytes(), b"set auth 0 0 11\r\napp s3cret!\r\n");
         assert!(!format!("{ok:?}").contains("s3cret"));
         for (user, password) in [("", "p"), ("a b", "p"), ("u", "p\r\nflush_all"), ("u", "")] {
             let err = Credentials::new(user, password).unwrap_err().to_string();

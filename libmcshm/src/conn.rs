@@ -7,13 +7,13 @@
 //! a server that says nothing does.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::access::Access;
 use crate::address::Address;
-use crate::proto::{self, Expect, Reply};
+use crate::proto::{self, Encoded, Expect, Reply};
 
 /// How far past its deadline a request may run (the socket timeout is only lowered to the
 /// time left when that is this much shorter).
@@ -53,16 +53,24 @@ impl Stream {
         }
     }
 
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// Writes from `requests` (whole ones): how many bytes the socket took. `encoded`, when
+    /// given, holds them (`requests` is its end) and says where TLS records end.
+    fn write(&mut self, requests: &[u8], encoded: Option<&Encoded>) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(requests),
+            Stream::Unix(s) => s.write(requests),
             // rustls takes the requests whole (no buffer limit), in records as memcached
             // needs them; the flush writes them all.
             Stream::Tls(s) => {
-                crate::tls::write_requests(&mut s.conn, buf)?;
+                match encoded {
+                    Some(encoded) => {
+                        let start = encoded.len() - requests.len();
+                        crate::tls::write_requests(&mut s.conn, encoded, start)?;
+                    }
+                    None => crate::tls::write_request_bytes(&mut s.conn, requests)?,
+                }
                 s.flush()?;
-                Ok(buf.len())
+                Ok(requests.len())
             }
         }
     }
@@ -159,7 +167,7 @@ impl Conn {
     ) -> Result<Conn, ConnError> {
         let mut conn = Conn::open(address, timeouts, access.tls.as_deref())?;
         if let Some(credentials) = &access.credentials {
-            conn.send(&credentials.request())?;
+            conn.send_requests(&credentials.request())?;
             match conn.receive(Expect::Store)? {
                 Reply::Stored => {}
                 Reply::ClientError(message) => {
@@ -184,13 +192,7 @@ impl Conn {
         let stream = match address {
             Address::Unix { path } => Stream::Unix(UnixStream::connect(path)?),
             other => {
-                let port = other.port().unwrap_or(0);
-                let addrs: Vec<SocketAddr> = match other {
-                    Address::Ipv4 { ip, .. } => vec![SocketAddr::new((*ip).into(), port)],
-                    Address::Ipv6 { ip, .. } => vec![SocketAddr::new((*ip).into(), port)],
-                    _ => (other.host().as_str(), port).to_socket_addrs()?.collect(),
-                };
-                let s = connect_any(&addrs, timeouts.connect)?;
+                let s = connect_any(&other.socket_addrs()?, timeouts.connect)?;
                 s.set_nodelay(true)?;
                 Stream::Tcp(s)
             }
@@ -220,9 +222,7 @@ impl Conn {
 
     /// Sends one request and reads its reply.
     pub fn ask(&mut self, request: &proto::Request<'_>) -> Result<Reply, ConnError> {
-        let mut bytes = Vec::new();
-        request.encode(&mut bytes);
-        self.send(&bytes)?;
+        self.send_requests(&Encoded::of(request, b""))?;
         self.receive(request.expects())
     }
 
@@ -246,13 +246,24 @@ impl Conn {
         matches!(self.stream, Stream::Tls(_))
     }
 
-    /// Writes all of `bytes` within the I/O timeout.
+    /// Writes all of `bytes`, whole requests, within the I/O timeout. On TLS, their lines are
+    /// read again to end records where memcached needs ([`crate::tls::write_request_bytes`]):
+    /// [`Conn::send_requests`] need not.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.write_all(bytes, None)
+    }
+
+    /// Writes all of `requests` within the I/O timeout.
+    pub fn send_requests(&mut self, requests: &Encoded) -> Result<(), ConnError> {
+        self.write_all(requests.bytes(), Some(requests))
+    }
+
+    fn write_all(&mut self, bytes: &[u8], encoded: Option<&Encoded>) -> Result<(), ConnError> {
         let deadline = Instant::now() + self.io;
         let mut rest = bytes;
         while !rest.is_empty() {
             self.time_left(deadline)?;
-            match self.stream.write(rest) {
+            match self.stream.write(rest, encoded) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

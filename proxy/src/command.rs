@@ -8,7 +8,7 @@
 //! hold more than one line plus one item. Replies to malformed input use memcached's own
 //! words, so clients that parse them keep working.
 
-use libmcshm::proto::check_key;
+use libmcshm::proto::{Encoded, Request, StoreVerb, check_key};
 
 /// How much one command may make the proxy buffer.
 #[derive(Clone, Copy, Debug)]
@@ -42,47 +42,14 @@ pub enum GetVerb {
 }
 
 impl GetVerb {
-    pub fn word(self) -> &'static str {
-        match self {
-            GetVerb::Get => "get",
-            GetVerb::Gets => "gets",
-            GetVerb::Gat => "gat",
-            GetVerb::Gats => "gats",
-        }
+    /// Whether the items come with their cas unique (`gets`, `gats`).
+    pub fn cas(self) -> bool {
+        matches!(self, GetVerb::Gets | GetVerb::Gats)
     }
 }
 
-/// The meta commands routed by key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetaVerb {
-    Get,
-    Set,
-    Delete,
-    Arithmetic,
-    Debug,
-}
-
-impl MetaVerb {
-    pub fn word(self) -> &'static str {
-        match self {
-            MetaVerb::Get => "mg",
-            MetaVerb::Set => "ms",
-            MetaVerb::Delete => "md",
-            MetaVerb::Arithmetic => "ma",
-            MetaVerb::Debug => "me",
-        }
-    }
-
-    /// The reply codes a quiet (`q`) command does not send (memcached's protocol.txt).
-    pub fn quiet_codes(self) -> &'static [&'static [u8]] {
-        match self {
-            MetaVerb::Get => &[b"EN"],
-            MetaVerb::Set | MetaVerb::Arithmetic => &[b"HD"],
-            MetaVerb::Delete => &[b"HD", b"NF"],
-            MetaVerb::Debug => &[],
-        }
-    }
-}
+/// The meta commands routed by key (the encoder's: they are passed through).
+pub use libmcshm::proto::MetaVerb;
 
 /// A command, decoded. Keys are checked (1–250 bytes, no control bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -456,18 +423,38 @@ fn meta(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -
 }
 
 impl Command {
-    /// The request a server gets for this command: `noreply` and `q` removed (the proxy
-    /// always reads the server's reply and decides itself what its client sees). Not for
-    /// multi-key gets, which are split per server ([`encode_get`]). Every key is sent after
-    /// `prefix`, the domain's key prefix (see `libmcshm::prefix`).
-    pub fn encode(&self, out: &mut Vec<u8>, prefix: &[u8]) {
-        use std::io::Write;
-        match self {
+    /// Appends the request a server gets for this command ([`Command::with_request`]) to
+    /// `out`, every key after `prefix`, the domain's key prefix (see `libmcshm::prefix`). A
+    /// multi-key get is split per server first ([`encode_get`]).
+    pub fn encode(&self, out: &mut Encoded, prefix: &[u8]) {
+        self.with_request(|request| out.push(request, prefix));
+    }
+
+    /// `f` given the request a server gets for this command: the command without `noreply`
+    /// and `q` (the proxy always reads the server's reply and decides itself what its client
+    /// sees). Not for the commands the proxy answers itself.
+    pub fn with_request<T>(&self, f: impl FnOnce(&Request<'_>) -> T) -> T {
+        let (one, many): ([&[u8]; 1], Vec<&[u8]>);
+        let listed: Vec<&[u8]>;
+        let request = match self {
             Command::Get {
                 verb,
                 exptime,
                 keys,
-            } => encode_get(*verb, *exptime, keys.iter().map(Vec::as_slice), out, prefix),
+            } => Request::Get {
+                keys: match keys.as_slice() {
+                    [key] => {
+                        one = [key];
+                        &one
+                    }
+                    _ => {
+                        many = keys.iter().map(Vec::as_slice).collect();
+                        &many
+                    }
+                },
+                cas: verb.cas(),
+                touch: *exptime,
+            },
             Command::Store {
                 verb,
                 key,
@@ -476,39 +463,30 @@ impl Command {
                 cas,
                 value,
                 ..
-            } => {
-                out.extend_from_slice(verb.as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(prefix);
-                out.extend_from_slice(key);
-                let _ = write!(out, " {flags} {exptime} {}", value.len());
-                if let Some(cas) = cas {
-                    let _ = write!(out, " {cas}");
-                }
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
-            }
-            Command::Delete { key, .. } => {
-                out.extend_from_slice(b"delete ");
-                out.extend_from_slice(prefix);
-                out.extend_from_slice(key);
-                out.extend_from_slice(b"\r\n");
-            }
+            } => Request::Store {
+                verb: store_verb(verb, *cas),
+                key,
+                flags: *flags,
+                exptime: *exptime,
+                value,
+            },
+            Command::Delete { key, .. } => Request::Delete { key },
             Command::Arith {
-                decr, key, delta, ..
-            } => {
-                out.extend_from_slice(if *decr { b"decr " } else { b"incr " });
-                out.extend_from_slice(prefix);
-                out.extend_from_slice(key);
-                let _ = write!(out, " {delta}\r\n");
-            }
-            Command::Touch { key, exptime, .. } => {
-                out.extend_from_slice(b"touch ");
-                out.extend_from_slice(prefix);
-                out.extend_from_slice(key);
-                let _ = write!(out, " {exptime}\r\n");
-            }
+                decr: false,
+                key,
+                delta,
+                ..
+            } => Request::Incr { key, delta: *delta },
+            Command::Arith {
+                decr: true,
+                key,
+                delta,
+                ..
+            } => Request::Decr { key, delta: *delta },
+            Command::Touch { key, exptime, .. } => Request::Touch {
+                key,
+                exptime: *exptime,
+            },
             Command::Meta {
                 verb,
                 key,
@@ -516,36 +494,35 @@ impl Command {
                 value,
                 ..
             } => {
-                out.extend_from_slice(verb.word().as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(prefix);
-                out.extend_from_slice(key);
-                if let Some(value) = value {
-                    let _ = write!(out, " {}", value.len());
-                }
-                for flag in flags {
-                    out.push(b' ');
-                    out.extend_from_slice(flag);
-                }
-                out.extend_from_slice(b"\r\n");
-                if let Some(value) = value {
-                    out.extend_from_slice(value);
-                    out.extend_from_slice(b"\r\n");
+                listed = flags.iter().map(Vec::as_slice).collect();
+                Request::Meta {
+                    verb: *verb,
+                    key,
+                    flags: &listed,
+                    value: value.as_deref(),
                 }
             }
-            Command::FlushAll { delay, .. } => match delay {
-                Some(delay) => {
-                    let _ = write!(out, "flush_all {delay}\r\n");
-                }
-                None => out.extend_from_slice(b"flush_all\r\n"),
-            },
+            Command::FlushAll { delay, .. } => Request::FlushAll { delay: *delay },
             Command::MetaNoop
             | Command::Version
             | Command::Verbosity { .. }
             | Command::Stats { .. }
             | Command::ConfigGetCluster
             | Command::Quit => unreachable!("answered by the proxy itself"),
-        }
+        };
+        f(&request)
+    }
+}
+
+/// The storage verb [`parse`] named `word`, with the cas unique of a `cas`.
+fn store_verb(word: &str, cas: Option<u64>) -> StoreVerb {
+    match (word, cas) {
+        (_, Some(unique)) => StoreVerb::Cas(unique),
+        ("add", None) => StoreVerb::Add,
+        ("replace", None) => StoreVerb::Replace,
+        ("append", None) => StoreVerb::Append,
+        ("prepend", None) => StoreVerb::Prepend,
+        _ => StoreVerb::Set,
     }
 }
 
@@ -554,19 +531,16 @@ pub fn encode_get<'a>(
     verb: GetVerb,
     exptime: Option<i64>,
     keys: impl Iterator<Item = &'a [u8]>,
-    out: &mut Vec<u8>,
+    out: &mut Encoded,
     prefix: &[u8],
 ) {
-    out.extend_from_slice(verb.word().as_bytes());
-    if let Some(exptime) = exptime {
-        out.extend_from_slice(format!(" {exptime}").as_bytes());
-    }
-    for key in keys {
-        out.push(b' ');
-        out.extend_from_slice(prefix);
-        out.extend_from_slice(key);
-    }
-    out.extend_from_slice(b"\r\n");
+    let keys: Vec<&[u8]> = keys.collect();
+    let get = Request::Get {
+        keys: &keys,
+        cas: verb.cas(),
+        touch: exptime,
+    };
+    out.push(&get, prefix);
 }
 
 impl Command {
@@ -586,7 +560,7 @@ impl Command {
     /// Whether the command names its key in base64 (a meta command's `b` flag), which a
     /// prefix cannot simply be put before.
     pub fn base64_key(&self) -> bool {
-        matches!(self, Command::Meta { flags, .. } if flags.iter().any(|f| f.as_slice() == b"b"))
+        matches!(self, Command::Meta { .. }) && self.with_request(|request| request.base64_key())
     }
 
     /// Whether sending the write again is harmless (it ends in the same state): set and
@@ -671,9 +645,9 @@ mod tests {
             panic!("a command")
         };
         assert_eq!(used, 26);
-        let mut out = Vec::new();
+        let mut out = Encoded::new();
         command.encode(&mut out, b"");
-        assert_eq!(out, b"set k 5 0 3\r\nabc\r\n");
+        assert_eq!(out.bytes(), b"set k 5 0 3\r\nabc\r\n");
     }
 
     #[test]
@@ -747,8 +721,78 @@ mod tests {
         };
         assert_eq!(used, 17);
         assert!(matches!(command, Command::Meta { quiet: true, .. }));
-        let mut out = Vec::new();
+        let mut out = Encoded::new();
         command.encode(&mut out, b"");
-        assert_eq!(out, b"ms k 2 T9\r\nhi\r\n");
+        assert_eq!(out.bytes(), b"ms k 2 T9\r\nhi\r\n");
+    }
+
+    #[test]
+    fn servers_get_the_command_without_noreply_and_q_under_the_prefix() {
+        let limits = Limits {
+            max_line: 256,
+            max_item: 64,
+            max_get_line: 256,
+        };
+        let cases = [
+            ("get a b\r\n", "get p:a p:b\r\n"),
+            ("gets a\r\n", "gets p:a\r\n"),
+            ("gat 10 a b\r\n", "gat 10 p:a p:b\r\n"),
+            ("gats -1 a\r\n", "gats -1 p:a\r\n"),
+            ("set k 1 2 3\r\nabc\r\n", "set p:k 1 2 3\r\nabc\r\n"),
+            ("add k 0 0 1 noreply\r\nx\r\n", "add p:k 0 0 1\r\nx\r\n"),
+            ("replace k 0 0 1\r\nx\r\n", "replace p:k 0 0 1\r\nx\r\n"),
+            ("append k 0 0 1\r\nx\r\n", "append p:k 0 0 1\r\nx\r\n"),
+            ("prepend k 0 0 1\r\nx\r\n", "prepend p:k 0 0 1\r\nx\r\n"),
+            (
+                "cas k 0 0 1 99 noreply\r\nx\r\n",
+                "cas p:k 0 0 1 99\r\nx\r\n",
+            ),
+            ("delete k noreply\r\n", "delete p:k\r\n"),
+            ("delete k 0\r\n", "delete p:k\r\n"),
+            ("incr k 5\r\n", "incr p:k 5\r\n"),
+            ("decr k 5 noreply\r\n", "decr p:k 5\r\n"),
+            ("touch k 60 noreply\r\n", "touch p:k 60\r\n"),
+            ("mg k q v k\r\n", "mg p:k v k\r\n"),
+            ("md k q\r\n", "md p:k\r\n"),
+            ("ma k MD D2\r\n", "ma p:k MD D2\r\n"),
+            ("me k\r\n", "me p:k\r\n"),
+            ("ms k 2 q T9 F1\r\nhi\r\n", "ms p:k 2 T9 F1\r\nhi\r\n"),
+            ("flush_all 5 noreply\r\n", "flush_all 5\r\n"),
+            ("flush_all\r\n", "flush_all\r\n"),
+        ];
+        for (sent, server_gets) in cases {
+            let Parsed::Command(command, used) = parse(sent.as_bytes(), limits) else {
+                panic!("{sent:?}: not a command")
+            };
+            assert_eq!(used, sent.len(), "{sent:?}");
+            let mut out = Encoded::new();
+            command.encode(&mut out, b"p:");
+            assert_eq!(
+                String::from_utf8_lossy(out.bytes()),
+                server_gets,
+                "{sent:?}"
+            );
+        }
+        let mut out = Encoded::new();
+        encode_get(
+            GetVerb::Gats,
+            Some(3),
+            [&b"a"[..], b"b"].into_iter(),
+            &mut out,
+            b"",
+        );
+        assert_eq!(out.bytes(), b"gats 3 a b\r\n");
+    }
+
+    #[test]
+    fn only_meta_commands_have_base64_keys() {
+        let limits = limits();
+        let command = |text: &str| match parse(text.as_bytes(), limits) {
+            Parsed::Command(command, _) => command,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(command("mg a2V5 b v\r\n").base64_key());
+        assert!(!command("mg b v\r\n").base64_key());
+        assert!(!command("get b\r\n").base64_key());
     }
 }

@@ -579,7 +579,7 @@ pub fn send_outbox(net: &mut Net<Direct>, outbox: &Outbox) {
             o.lane,
             o.frame,
             Deliver::Cell(o.cell),
-            |out, _| out.extend_from_slice(&bytes),
+            |out, _| out.append(&bytes),
         );
     }
 }

@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 
+use libmcshm::proto::Encoded;
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
@@ -84,13 +85,12 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
-            // Whole requests (the event loop writes from a request's start), in the records
-            // memcached needs (see libmcshm::tls::write_requests).
-            Stream::Tls(s) => {
-                libmcshm::tls::write_requests(&mut s.session, buf)?;
-                s.flush_pending()?;
-                Ok(buf.len())
-            }
+            // Requests to a server go through Stream::write_requests, in the records memcached
+            // needs; nothing else is written to one.
+            Stream::Tls(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS stream takes requests (Stream::write_requests)",
+            )),
         }
     }
 
@@ -100,6 +100,20 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// Writes `requests` from `start` (where a request starts, as the event loop writes):
+    /// how many bytes the socket took. TLS takes them all, in the records the encoder said
+    /// memcached needs (see `libmcshm::tls::write_requests`), and writes what the socket takes.
+    pub fn write_requests(&mut self, requests: &Encoded, start: usize) -> io::Result<usize> {
+        match self {
+            Stream::Tls(s) => {
+                libmcshm::tls::write_requests(&mut s.session, requests, start)?;
+                s.flush_pending()?;
+                Ok(requests.len() - start)
+            }
+            clear => clear.write(&requests.bytes()[start..]),
+        }
+    }
+
     /// The TCP connection `self`, to speak TLS with `session` (its handshake goes out with the
     /// first writes). A unix socket stays in clear.
     pub fn with_tls(self, session: rustls::ClientConnection) -> Stream {

@@ -10,7 +10,7 @@
 //! request opens a new one.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use crate::failure::Failure;
 use crate::jobs::ReplyCell;
 use crate::stats::ServerStats;
 use crate::stream::Stream;
+use libmcshm::proto::Encoded;
 use libmcshm::proto::frame::{Frame, frame_len};
 
 /// Bytes read from a server at a time.
@@ -58,7 +59,8 @@ struct Conn<D> {
     stream: Stream,
     /// Until connected: when connecting gives up.
     connecting: Option<Instant>,
-    out: Vec<u8>,
+    /// Requests to write, and how much of them is written.
+    out: Encoded,
     written: usize,
     inbox: Inbox,
     in_flight: VecDeque<Waiter<D>>,
@@ -147,7 +149,7 @@ impl<D> Net<D> {
         lane: usize,
         frame: Frame,
         to: Deliver<D>,
-        encode: impl FnOnce(&mut Vec<u8>, &Deliver<D>),
+        encode: impl FnOnce(&mut Encoded, &Deliver<D>),
     ) {
         if self.domains[domain].version != snapshot.version {
             self.prune(domain, snapshot);
@@ -217,7 +219,7 @@ impl<D> Net<D> {
             route: (domain, address.clone()),
             stream,
             connecting: Some(Instant::now() + self.timeouts.connect),
-            out: Vec::new(),
+            out: Encoded::new(),
             written: 0,
             inbox: Inbox::default(),
             in_flight: VecDeque::new(),
@@ -240,7 +242,7 @@ impl<D> Net<D> {
         if conn.broken.is_none()
             && let Some(credentials) = access.credentials
         {
-            conn.out.extend_from_slice(&credentials.request());
+            conn.out.append(&credentials.request());
             conn.credentials = Some(credentials);
             conn.in_flight.push_back(Waiter {
                 frame: Frame::Line,
@@ -479,23 +481,13 @@ impl<D> Net<D> {
 fn connect(address: &Address) -> Result<Stream, Failure> {
     let stream = match address {
         Address::Unix { path } => mio::net::UnixStream::connect(path).map(Stream::Unix),
-        other => {
-            let port = other.port().unwrap_or(0);
-            let target = match other {
-                Address::Ipv4 { ip, .. } => Ok(std::net::SocketAddr::from((*ip, port))),
-                Address::Ipv6 { ip, .. } => Ok(std::net::SocketAddr::from((*ip, port))),
-                _ => std::net::ToSocketAddrs::to_socket_addrs(&(other.host().as_str(), port))
-                    .and_then(|mut all| {
-                        all.next().ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
-                        })
-                    }),
-            };
-            target.and_then(mio::net::TcpStream::connect).map(|s| {
+        // A non-blocking connect tries one address: the resolver's first.
+        other => other.socket_addrs().and_then(|all| {
+            mio::net::TcpStream::connect(all[0]).map(|s| {
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             })
-        }
+        }),
     };
     stream.map_err(|err| Failure::io("connect", &err))
 }
@@ -509,7 +501,7 @@ fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
         .flush_pending()
         .map_err(|err| Failure::io("write", &err))?;
     while conn.written < conn.out.len() {
-        match conn.stream.write(&conn.out[conn.written..]) {
+        match conn.stream.write_requests(&conn.out, conn.written) {
             Ok(0) => {
                 return Err(Failure::new(
                     "write: the server closed the connection",
@@ -525,7 +517,7 @@ fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
     conn.out.clear();
     conn.written = 0;
     if conn.out.capacity() > 4 * READ_CHUNK {
-        conn.out = Vec::new();
+        conn.out = Encoded::new();
     }
     Ok(())
 }

@@ -2,13 +2,14 @@
 //! an absolute unix socket path. The port defaults to 11211.
 //!
 //! The text is kept as written (hostnames are not resolved or lower-cased, IPv6 addresses are
-//! not canonicalised), because clients hash the configured name (ketama point names are `host`
+//! not canonicalised; [`Address::socket_addrs`] resolves a name when a connection needs it), because clients hash the configured name (ketama point names are `host`
 //! or `host:port`: libmemcached hashes `[2001:db8:0:0::1]` as "2001:db8:0:0::1"), and every
 //! process of a fleet must hash the same bytes. Addresses still compare as what they name:
 //! `[::1]` and `[0:0::1]` are one server.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 
 use crate::error::{Error, Result};
 
@@ -153,6 +154,31 @@ impl Address {
             | Address::Ipv4 { port, .. }
             | Address::Ipv6 { port, .. } => Some(*port),
             Address::Unix { .. } => None,
+        }
+    }
+
+    /// The TCP socket addresses a server's address names, for a connect: an IP address as it
+    /// is; a host name resolved by the system (std's `ToSocketAddrs`, `getaddrinfo`: a lookup,
+    /// nothing is connected), its addresses in the resolver's order. An error for a unix socket,
+    /// and for a name that resolves to no address.
+    pub fn socket_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Address::Ipv4 { ip, port } => Ok(vec![SocketAddr::from((*ip, *port))]),
+            Address::Ipv6 { ip, port, .. } => Ok(vec![SocketAddr::from((*ip, *port))]),
+            Address::Host { name, port } => {
+                let all: Vec<SocketAddr> = (name.as_str(), *port).to_socket_addrs()?.collect();
+                match all.is_empty() {
+                    true => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the host name has no address",
+                    )),
+                    false => Ok(all),
+                }
+            }
+            Address::Unix { path } => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path} is a unix socket, not a TCP address"),
+            )),
         }
     }
 
@@ -455,6 +481,26 @@ fn check_hostname(host: &str) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_addrs_of_each_form() {
+        let addrs = |text: &str| Address::parse(text).unwrap().socket_addrs();
+        assert_eq!(
+            addrs("10.0.0.1:5").unwrap(),
+            vec!["10.0.0.1:5".parse().unwrap()]
+        );
+        assert_eq!(
+            addrs("[0:0::1]").unwrap(),
+            vec!["[::1]:11211".parse().unwrap()]
+        );
+        // localhost resolves from /etc/hosts, without a DNS server.
+        let local = addrs("localhost:7").unwrap();
+        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback() && a.port() == 7));
+        assert_eq!(
+            addrs("/run/mc.sock").unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
 
     #[test]
     fn parses_every_form() {

@@ -22,4 +22,4 @@ mod request;
 
 pub use grammar::{Malformed, is_error};
 pub use reply::{Item, Parsed, Reply, parse_reply};
-pub use request::{Expect, Request, StoreVerb};
+pub use request::{Encoded, Expect, MetaVerb, Request, StoreVerb};

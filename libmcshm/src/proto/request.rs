@@ -1,5 +1,10 @@
 //! Requests encoded as memcached expects them: one buffer, keys (with the domain's prefix)
 //! checked before anything is written, so a key like `a\r\nflush_all` never reaches a server.
+//!
+//! The one encoder of requests: the blocking client's, and mcproxy's (which turns what its
+//! clients send into [`Request`]s, meta commands passed through with their flags). It also
+//! says where a TLS record must end ([`Encoded`]): after each data block, as memcached needs
+//! (see `crate::tls::write_requests`).
 
 use super::check_key;
 
@@ -26,6 +31,43 @@ impl StoreVerb {
         }
     }
 }
+
+/// The meta commands about one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaVerb {
+    Get,
+    Set,
+    Delete,
+    Arithmetic,
+    Debug,
+}
+
+impl MetaVerb {
+    pub fn word(self) -> &'static str {
+        match self {
+            MetaVerb::Get => "mg",
+            MetaVerb::Set => "ms",
+            MetaVerb::Delete => "md",
+            MetaVerb::Arithmetic => "ma",
+            MetaVerb::Debug => "me",
+        }
+    }
+
+    /// The reply codes a quiet (`q`) command does not send (memcached's protocol.txt).
+    pub fn quiet_codes(self) -> &'static [&'static [u8]] {
+        match self {
+            MetaVerb::Get => &[b"EN"],
+            MetaVerb::Set | MetaVerb::Arithmetic => &[b"HD"],
+            MetaVerb::Delete => &[b"HD", b"NF"],
+            MetaVerb::Debug => &[],
+        }
+    }
+}
+
+/// A meta command's flag saying its key is written in base64.
+const BASE64_KEY: &[u8] = b"b";
+/// A meta command's flag asking for no reply on success.
+const QUIET: &[u8] = b"q";
 
 /// A request. Keys must have passed [`check_key`] (the encoders assert it in debug builds).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,17 +111,39 @@ pub enum Request<'a> {
     MetaGet {
         key: &'a [u8],
     },
+    /// A meta command as a client wrote it (mcproxy passes them through):
+    /// `VERB KEY[ DATALEN] FLAG…`, the flags verbatim, in their order. `value` is `ms`'s data
+    /// block (its length goes before the flags). A `q` flag is not sent: whoever sends a request
+    /// reads its reply (mcproxy applies quiet mode itself). A key in base64 (flag `b`) takes
+    /// no key prefix: see [`Request::base64_key`].
+    Meta {
+        verb: MetaVerb,
+        key: &'a [u8],
+        flags: &'a [&'a [u8]],
+        value: Option<&'a [u8]>,
+    },
 }
 
 impl Request<'_> {
-    /// Appends the request's bytes to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_prefixed(out, b"");
+    /// Appends the request's bytes to `out`; where a TLS record must end, as
+    /// [`Request::encode_prefixed`] says.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Option<usize> {
+        self.encode_prefixed(out, b"")
     }
 
     /// Appends the request's bytes to `out`, each key preceded by `prefix` (a domain's key
-    /// prefix, see [`crate::prefix`]).
-    pub fn encode_prefixed(&self, out: &mut Vec<u8>, prefix: &[u8]) {
+    /// prefix, see [`crate::prefix`]). Returns the offset in `out` where a TLS record must end,
+    /// when the request has a data block (storage commands, `ms`): just past it (see
+    /// [`Encoded`], which keeps these).
+    ///
+    /// A key in base64 takes no prefix ([`Request::base64_key`]): the caller refuses such a
+    /// request on a domain with a prefix (asserted in debug builds, as keys are).
+    pub fn encode_prefixed(&self, out: &mut Vec<u8>, prefix: &[u8]) -> Option<usize> {
+        debug_assert!(
+            prefix.is_empty() || !self.base64_key(),
+            "a base64 key cannot take a prefix"
+        );
+        let mut data = false;
         match self {
             Request::Get { keys, cas, touch } => {
                 match (touch, cas) {
@@ -113,6 +177,7 @@ impl Request<'_> {
                 }
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(value);
+                data = true;
             }
             Request::Delete { key } => line(out, b"delete", [prefix, key], ""),
             Request::Incr { key, delta } => {
@@ -141,8 +206,33 @@ impl Request<'_> {
                     out.extend_from_slice(g.as_bytes());
                 }
             }
+            Request::Meta {
+                verb,
+                key,
+                flags,
+                value,
+            } => {
+                let len = value.map(|v| v.len().to_string()).unwrap_or_default();
+                line(out, verb.word().as_bytes(), [prefix, key], &len);
+                for flag in flags.iter().filter(|f| **f != QUIET) {
+                    out.push(b' ');
+                    out.extend_from_slice(flag);
+                }
+                if let Some(value) = value {
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(value);
+                    data = true;
+                }
+            }
         }
         out.extend_from_slice(b"\r\n");
+        data.then_some(out.len())
+    }
+
+    /// Whether the request names its key in base64 (a meta command's `b` flag): a prefix
+    /// cannot simply be put before such a key, so it is sent only where keys have no prefix.
+    pub fn base64_key(&self) -> bool {
+        matches!(self, Request::Meta { flags, .. } if flags.contains(&BASE64_KEY))
     }
 
     /// What kind of reply this request gets.
@@ -156,8 +246,87 @@ impl Request<'_> {
             Request::FlushAll { .. } => Expect::Ok,
             Request::Version => Expect::Version,
             Request::Stats { .. } => Expect::Stats,
-            Request::MetaGet { .. } => Expect::Meta,
+            Request::MetaGet { .. } | Request::Meta { .. } => Expect::Meta,
         }
+    }
+}
+
+/// Requests encoded one after another into one buffer, with where each TLS record of them
+/// must end: just past each data block (see `crate::tls::write_requests` for why), so the
+/// writer need not read the requests again to find them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    /// Offsets in `bytes`, ascending: where a request with a data block ends.
+    record_ends: Vec<usize>,
+}
+
+impl Encoded {
+    pub fn new() -> Encoded {
+        Encoded::default()
+    }
+
+    /// One request, its keys after `prefix`.
+    pub fn of(request: &Request<'_>, prefix: &[u8]) -> Encoded {
+        let mut encoded = Encoded::new();
+        encoded.push(request, prefix);
+        encoded
+    }
+
+    /// Appends `request`, its keys after `prefix` (see [`Request::encode_prefixed`]).
+    pub fn push(&mut self, request: &Request<'_>, prefix: &[u8]) {
+        if let Some(end) = request.encode_prefixed(&mut self.bytes, prefix) {
+            self.record_ends.push(end);
+        }
+    }
+
+    /// Appends requests encoded before, where their records end with them.
+    pub fn append(&mut self, other: &Encoded) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.record_ends
+            .extend(other.record_ends.iter().map(|end| base + end));
+    }
+
+    /// The requests' bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The bytes the buffer holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Empties the buffer (keeping its memory).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.record_ends.clear();
+    }
+
+    /// The bytes from `start` (where a request starts) in the TLS records they go in: each
+    /// record ends just past a data block, or at the end.
+    pub fn records(&self, start: usize) -> impl Iterator<Item = &[u8]> {
+        let ends = self
+            .record_ends
+            .iter()
+            .copied()
+            .filter(move |&end| end > start);
+        let ends = ends.chain((self.bytes.len() > start).then_some(self.bytes.len()));
+        let mut from = start;
+        ends.filter_map(move |end| {
+            let record = &self.bytes[from..end];
+            from = end;
+            (!record.is_empty()).then_some(record)
+        })
     }
 }
 
@@ -197,58 +366,245 @@ pub enum Expect {
 mod tests {
     use super::*;
 
+    /// The request's bytes, without a prefix and with `p:`, and where its record must end.
+    fn enc(request: Request) -> (String, String, Option<usize>) {
+        let text = |out: Vec<u8>| String::from_utf8(out).unwrap();
+        let (mut plain, mut prefixed) = (Vec::new(), Vec::new());
+        let end = request.encode(&mut plain);
+        let prefixed_end = request.encode_prefixed(&mut prefixed, b"p:");
+        assert_eq!(end.map(|_| prefixed.len()), prefixed_end);
+        (text(plain), text(prefixed), end)
+    }
+
     #[test]
-    fn requests_encode_as_memcached_expects() {
-        let enc = |r: Request| {
-            let mut out = Vec::new();
-            r.encode(&mut out);
-            String::from_utf8(out).unwrap()
-        };
+    fn every_request_encodes_as_memcached_expects() {
         let keys: &[&[u8]] = &[b"a", b"b"];
-        assert_eq!(
-            enc(Request::Get {
-                keys,
-                cas: false,
-                touch: None
-            }),
-            "get a b\r\n"
-        );
-        assert_eq!(
-            enc(Request::Get {
-                keys,
-                cas: true,
-                touch: Some(10)
-            }),
-            "gats 10 a b\r\n"
-        );
-        let store = Request::Store {
-            verb: StoreVerb::Cas(9),
+        let get = |cas, touch| Request::Get { keys, cas, touch };
+        let cases = [
+            (get(false, None), "get a b\r\n", "get p:a p:b\r\n"),
+            (get(true, None), "gets a b\r\n", "gets p:a p:b\r\n"),
+            (get(false, Some(-1)), "gat -1 a b\r\n", "gat -1 p:a p:b\r\n"),
+            (
+                get(true, Some(10)),
+                "gats 10 a b\r\n",
+                "gats 10 p:a p:b\r\n",
+            ),
+            (
+                Request::Delete { key: b"k" },
+                "delete k\r\n",
+                "delete p:k\r\n",
+            ),
+            (
+                Request::Incr {
+                    key: b"n",
+                    delta: 5,
+                },
+                "incr n 5\r\n",
+                "incr p:n 5\r\n",
+            ),
+            (
+                Request::Decr {
+                    key: b"n",
+                    delta: u64::MAX,
+                },
+                "decr n 18446744073709551615\r\n",
+                "decr p:n 18446744073709551615\r\n",
+            ),
+            (
+                Request::Touch {
+                    key: b"t",
+                    exptime: 0,
+                },
+                "touch t 0\r\n",
+                "touch p:t 0\r\n",
+            ),
+            (
+                Request::FlushAll { delay: None },
+                "flush_all\r\n",
+                "flush_all\r\n",
+            ),
+            (
+                Request::FlushAll { delay: Some(2) },
+                "flush_all 2\r\n",
+                "flush_all 2\r\n",
+            ),
+            (Request::Version, "version\r\n", "version\r\n"),
+            (Request::Stats { group: None }, "stats\r\n", "stats\r\n"),
+            (
+                Request::Stats {
+                    group: Some("slabs"),
+                },
+                "stats slabs\r\n",
+                "stats slabs\r\n",
+            ),
+            (
+                Request::MetaGet { key: b"m" },
+                "mg m t f v\r\n",
+                "mg p:m t f v\r\n",
+            ),
+            (
+                Request::Meta {
+                    verb: MetaVerb::Get,
+                    key: b"m",
+                    flags: &[b"v", b"q", b"k", b"O123"],
+                    value: None,
+                },
+                "mg m v k O123\r\n",
+                "mg p:m v k O123\r\n",
+            ),
+            (
+                Request::Meta {
+                    verb: MetaVerb::Delete,
+                    key: b"m",
+                    flags: &[],
+                    value: None,
+                },
+                "md m\r\n",
+                "md p:m\r\n",
+            ),
+            (
+                Request::Meta {
+                    verb: MetaVerb::Arithmetic,
+                    key: b"m",
+                    flags: &[b"MD", b"D3"],
+                    value: None,
+                },
+                "ma m MD D3\r\n",
+                "ma p:m MD D3\r\n",
+            ),
+            (
+                Request::Meta {
+                    verb: MetaVerb::Debug,
+                    key: b"m",
+                    flags: &[],
+                    value: None,
+                },
+                "me m\r\n",
+                "me p:m\r\n",
+            ),
+        ];
+        for (request, plain, prefixed) in cases {
+            assert_eq!(enc(request.clone()), (plain.into(), prefixed.into(), None));
+        }
+    }
+
+    #[test]
+    fn storage_requests_end_a_record_after_their_data() {
+        let store = |verb| Request::Store {
+            verb,
             key: b"k",
             flags: 3,
             exptime: -1,
             value: b"v\r\n",
         };
-        assert_eq!(enc(store), "cas k 3 -1 3 9\r\nv\r\n\r\n");
+        let cases = [
+            (StoreVerb::Set, "set k 3 -1 3\r\nv\r\n\r\n"),
+            (StoreVerb::Add, "add k 3 -1 3\r\nv\r\n\r\n"),
+            (StoreVerb::Replace, "replace k 3 -1 3\r\nv\r\n\r\n"),
+            (StoreVerb::Append, "append k 3 -1 3\r\nv\r\n\r\n"),
+            (StoreVerb::Prepend, "prepend k 3 -1 3\r\nv\r\n\r\n"),
+            (StoreVerb::Cas(9), "cas k 3 -1 3 9\r\nv\r\n\r\n"),
+        ];
+        for (verb, plain) in cases {
+            let prefixed = plain.replacen(" k ", " p:k ", 1);
+            assert_eq!(
+                enc(store(verb)),
+                (plain.into(), prefixed, Some(plain.len())),
+                "{verb:?}"
+            );
+        }
+        let ms = Request::Meta {
+            verb: MetaVerb::Set,
+            key: b"m",
+            flags: &[b"T9", b"q", b"F5"],
+            value: Some(b"hi"),
+        };
+        let plain = "ms m 2 T9 F5\r\nhi\r\n";
+        let prefixed = "ms p:m 2 T9 F5\r\nhi\r\n";
+        assert_eq!(enc(ms), (plain.into(), prefixed.into(), Some(plain.len())));
+    }
+
+    #[test]
+    fn a_base64_key_is_known_and_takes_no_prefix() {
+        let meta = |flags| Request::Meta {
+            verb: MetaVerb::Get,
+            key: b"a2V5",
+            flags,
+            value: None,
+        };
+        assert!(meta(&[b"b", b"v"]).base64_key());
+        assert!(!meta(&[b"v"]).base64_key());
+        assert!(!Request::Delete { key: b"b" }.base64_key());
+        let mut out = Vec::new();
+        meta(&[b"b", b"v"]).encode(&mut out);
+        assert_eq!(out, b"mg a2V5 b v\r\n");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a base64 key cannot take a prefix")]
+    fn a_prefix_before_a_base64_key_is_refused() {
+        let request = Request::Meta {
+            verb: MetaVerb::Get,
+            key: b"a2V5",
+            flags: &[b"b"],
+            value: None,
+        };
+        request.encode_prefixed(&mut Vec::new(), b"p:");
+    }
+
+    #[test]
+    fn a_pipeline_s_records_end_after_each_data_block() {
+        let keys: &[&[u8]] = &[b"a", b"b"];
+        let get = Request::Get {
+            keys,
+            cas: false,
+            touch: None,
+        };
+        let set = |key, value| Request::Store {
+            verb: StoreVerb::Set,
+            key,
+            flags: 0,
+            exptime: 0,
+            value,
+        };
+        let ms = Request::Meta {
+            verb: MetaVerb::Set,
+            key: b"m",
+            flags: &[],
+            value: Some(b"xy"),
+        };
+        let mut encoded = Encoded::new();
+        for request in [&get, &set(b"k", b"x\r\ny"), &get, &ms, &get, &get] {
+            encoded.push(request, b"");
+        }
+        let records: Vec<&[u8]> = encoded.records(0).collect();
         assert_eq!(
-            enc(Request::Incr {
-                key: b"n",
-                delta: 5
-            }),
-            "incr n 5\r\n"
+            records,
+            [
+                &b"get a b\r\nset k 0 0 4\r\nx\r\ny\r\n"[..],
+                b"get a b\r\nms m 2\r\nxy\r\n",
+                b"get a b\r\nget a b\r\n",
+            ]
         );
-        assert_eq!(enc(Request::FlushAll { delay: Some(2) }), "flush_all 2\r\n");
+        assert_eq!(records.concat(), encoded.bytes());
+        // From a later request's start; and sets back to back.
+        let second = b"get a b\r\nset k 0 0 4\r\nx\r\ny\r\n".len();
+        assert_eq!(encoded.records(second).count(), 2);
+        assert_eq!(encoded.records(encoded.len()).count(), 0);
+        let mut sets = Encoded::of(&set(b"k", b"1"), b"p:");
+        sets.append(&Encoded::of(&set(b"l", b"2"), b"p:"));
+        sets.append(&Encoded::of(&get, b"p:"));
+        let records: Vec<&[u8]> = sets.records(0).collect();
         assert_eq!(
-            enc(Request::Stats {
-                group: Some("slabs")
-            }),
-            "stats slabs\r\n"
+            records,
+            [
+                &b"set p:k 0 0 1\r\n1\r\n"[..],
+                b"set p:l 0 0 1\r\n2\r\n",
+                b"get p:a p:b\r\n",
+            ]
         );
-        assert_eq!(
-            enc(Request::Touch {
-                key: b"t",
-                exptime: 0
-            }),
-            "touch t 0\r\n"
-        );
+        sets.clear();
+        assert!(sets.is_empty() && sets.records(0).next().is_none());
     }
 }

@@ -34,6 +34,7 @@ use crate::command::{Command, MetaVerb};
 use crate::failure::Failure;
 use crate::jobs::{Await, ReplyCell, Work};
 use crate::stats::ProxyStats;
+use libmcshm::proto::Encoded;
 use libmcshm::proto::frame::Frame;
 
 /// The plan of a routing decision, or (from the enclosing function) the error reply the
@@ -62,7 +63,7 @@ pub struct Outgoing {
     pub server: usize,
     pub lane: usize,
     pub frame: Frame,
-    pub bytes: Vec<u8>,
+    pub bytes: Encoded,
     pub cell: Rc<ReplyCell>,
 }
 
@@ -187,7 +188,7 @@ impl Service {
         &self,
         snapshot: &Arc<Snapshot>,
         i: usize,
-        bytes: Vec<u8>,
+        bytes: Encoded,
         frame: Frame,
         lane: usize,
     ) -> Outstanding {
@@ -225,7 +226,7 @@ impl Service {
         &self,
         snapshot: &Arc<Snapshot>,
         i: usize,
-        bytes: Vec<u8>,
+        bytes: Encoded,
         frame: Frame,
     ) -> Result<Vec<u8>, Failure> {
         let lane = self.lanes.get().wrapping_add(1);
@@ -304,7 +305,7 @@ impl Service {
                     }
                 }
                 Command::FlushAll { noreply, .. } => {
-                    let mut bytes = Vec::new();
+                    let mut bytes = Encoded::new();
                     command.encode(&mut bytes, b"");
                     let reply = self.flush_all(bytes, lane).await;
                     if noreply { Vec::new() } else { reply }
@@ -385,7 +386,7 @@ fn named(
 /// The request a server gets for `command` under the domain's key prefix, or the reply its
 /// client gets when it cannot have one: a meta command with a base64 key (`b`) on a domain
 /// with a prefix.
-fn encode_for(command: &Command, snapshot: &Snapshot) -> Result<Vec<u8>, Vec<u8>> {
+fn encode_for(command: &Command, snapshot: &Snapshot) -> Result<Encoded, Vec<u8>> {
     let prefix = snapshot.policy.prefix;
     if !prefix.is_empty() && command.base64_key() {
         return Err(
@@ -393,7 +394,7 @@ fn encode_for(command: &Command, snapshot: &Snapshot) -> Result<Vec<u8>, Vec<u8>
                 .to_vec(),
         );
     }
-    let mut bytes = Vec::new();
+    let mut bytes = Encoded::new();
     command.encode(&mut bytes, prefix.as_bytes());
     Ok(bytes)
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use libmcshm::Snapshot;
-use libmcshm::proto::{self, Expect, Reply, Request, StoreVerb};
+use libmcshm::proto::{self, Encoded, Expect, Reply, Request, StoreVerb};
 use mcshm_route::{AddAnswer, Fill, ReadPlan, ServerRef};
 
 use super::{Outstanding, Plan, Service, encode_for, server_error};
@@ -117,7 +117,7 @@ impl Service {
         }
         let mut outstanding = Vec::with_capacity(groups.len());
         for (server, members) in groups {
-            let mut bytes = Vec::new();
+            let mut bytes = Encoded::new();
             let wanted = members.iter().map(|&n| keys[n].as_slice());
             let prefix = snapshot.policy.prefix;
             encode_get(
@@ -203,7 +203,7 @@ impl Service {
         key: &[u8],
     ) -> Option<Vec<u8>> {
         let prefix = snapshot.policy.prefix.as_bytes();
-        let mut bytes = Vec::new();
+        let mut bytes = Encoded::new();
         encode_get(verb, exptime, std::iter::once(key), &mut bytes, prefix);
         let reply = self
             .call(snapshot, server.index, bytes, Frame::Values)
@@ -222,8 +222,7 @@ impl Service {
     /// which our stored copy answers as it is.
     async fn fill(&self, snapshot: &Arc<Snapshot>, fill: &Fill, key: &[u8], plain: bool) -> Filled {
         let prefix = snapshot.policy.prefix.as_bytes();
-        let mut ask = Vec::new();
-        Request::MetaGet { key }.encode_prefixed(&mut ask, prefix);
+        let ask = Encoded::of(&Request::MetaGet { key }, prefix);
         let reply = self.call(snapshot, fill.from.index, ask, Frame::Meta).await;
         let Ok(Some((Reply::Meta { value, flags, ttl }, _))) = reply
             .as_deref()
@@ -241,8 +240,7 @@ impl Service {
             exptime: ttl.max(0),
             value: &value,
         };
-        let mut add = Vec::new();
-        store.encode_prefixed(&mut add, prefix);
+        let add = Encoded::of(&store, prefix);
         let added = match self.call(snapshot, fill.to.index, add, Frame::Line).await {
             Ok(reply) if reply == b"STORED\r\n" => AddAnswer::Stored,
             Ok(reply) if reply == b"NOT_STORED\r\n" => AddAnswer::NotStored,
@@ -250,8 +248,7 @@ impl Service {
         };
         let next = fill.after_add(added, plain);
         if next.delete_source {
-            let mut delete = Vec::new();
-            Request::Delete { key }.encode_prefixed(&mut delete, prefix);
+            let delete = Encoded::of(&Request::Delete { key }, prefix);
             let _ = self
                 .call(snapshot, fill.from.index, delete, Frame::Line)
                 .await;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libmcshm::Snapshot;
-use libmcshm::proto::Request;
+use libmcshm::proto::{Encoded, Request};
 use mcshm_route::{FollowChange, ServerRef, WritePlan};
 
 use super::{Outstanding, Plan, Service, encode_for, server_error};
@@ -38,9 +38,9 @@ impl Service {
             .map(|&server| self.send(&snapshot, server, bytes.clone(), frame, lane))
             .collect();
         // The invalidations go out with the write: their round trips overlap.
-        let mut delete = Vec::new();
+        let mut delete = Encoded::new();
         if !plan.invalidate.is_empty() {
-            Request::Delete { key }.encode_prefixed(&mut delete, prefix.as_bytes());
+            delete.push(&Request::Delete { key }, prefix.as_bytes());
         }
         let deletes: Vec<Outstanding> = plan
             .invalidate
@@ -104,8 +104,7 @@ impl Service {
             };
             let Some(round) = round else { return };
             let prefix = now.policy.prefix.as_bytes();
-            let mut delete = Vec::new();
-            Request::Delete { key }.encode_prefixed(&mut delete, prefix);
+            let delete = Encoded::of(&Request::Delete { key }, prefix);
             for server in round.delete {
                 let _ = self
                     .call(&now, server.index, delete.clone(), Frame::Line)
@@ -128,7 +127,7 @@ impl Service {
     }
 
     /// `flush_all` on every up server: `OK` when all of them did it.
-    pub(super) async fn flush_all(&self, bytes: Vec<u8>, lane: usize) -> Vec<u8> {
+    pub(super) async fn flush_all(&self, bytes: Encoded, lane: usize) -> Vec<u8> {
         let Plan {
             snapshot,
             value: up,
