@@ -67,7 +67,8 @@ impl Stream {
                         let start = encoded.len() - requests.len();
                         crate::tls::write_requests(&mut s.conn, encoded, start)?;
                     }
-                    None => crate::tls::write_request_bytes(&mut s.conn, requests)?,
+                    // Command lines without a data block (Conn::send): one record is right.
+                    None => s.conn.writer().write_all(requests)?,
                 }
                 s.flush()?;
                 Ok(requests.len())
@@ -246,9 +247,10 @@ impl Conn {
         matches!(self.stream, Stream::Tls(_))
     }
 
-    /// Writes all of `bytes`, whole requests, within the I/O timeout. On TLS, their lines are
-    /// read again to end records where memcached needs ([`crate::tls::write_request_bytes`]):
-    /// [`Conn::send_requests`] need not.
+    /// Writes all of `bytes` within the I/O timeout, as they are: command lines without a data
+    /// block (`lru_crawler metadump all`, the probes of what a server speaks), which TLS may
+    /// carry in one record. Storage requests go through [`Conn::send_requests`], whose records
+    /// end where each value ends.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         self.write_all(bytes, None)
     }

@@ -58,7 +58,7 @@ use crate::conn::{Conn, ConnError, Timeouts};
 use crate::domain::Domain;
 
 use crate::error::{Error, Result};
-use crate::proto::Item;
+use crate::proto::{Encoded, Item};
 use crate::table::Snapshot;
 
 mod handover;
@@ -118,7 +118,7 @@ pub struct Client {
     router: Router,
     timeouts: Timeouts,
     conns: HashMap<Address, Conn>,
-    scratch: Vec<u8>,
+    scratch: Encoded,
     /// The domain whose TLS settings and credentials (see [`crate::access`]) every new
     /// connection uses; read at each connect, so that a change applies without a restart.
     access_domain: Option<(PathBuf, Domain)>,
@@ -167,7 +167,7 @@ impl Client {
             router,
             timeouts,
             conns: HashMap::new(),
-            scratch: Vec::new(),
+            scratch: Encoded::new(),
             access_domain: None,
         }
     }

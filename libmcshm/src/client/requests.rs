@@ -7,7 +7,7 @@ use crate::address::Address;
 use crate::conn::{Conn, ConnError};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
-use crate::proto::{Reply, Request};
+use crate::proto::{Encoded, Reply, Request};
 
 use super::{Client, PIPELINE_WINDOW, Stored};
 
@@ -131,15 +131,15 @@ impl Client {
         start: usize,
         prefix: &KeyPrefix,
     ) -> Result<usize, ConnError> {
-        let mut bytes = std::mem::take(&mut self.scratch);
-        bytes.clear();
+        let mut encoded = std::mem::take(&mut self.scratch);
+        encoded.clear();
         let mut end = start;
-        while end < requests.len() && (end == start || bytes.len() < PIPELINE_WINDOW) {
-            requests[end].encode_prefixed(&mut bytes, prefix.as_bytes());
+        while end < requests.len() && (end == start || encoded.len() < PIPELINE_WINDOW) {
+            encoded.push(&requests[end], prefix.as_bytes());
             end += 1;
         }
-        let sent = self.send_bytes(address, &bytes);
-        self.scratch = bytes;
+        let sent = self.send_encoded(address, &encoded);
+        self.scratch = encoded;
         sent.map(|()| end)
     }
 
@@ -157,10 +157,13 @@ impl Client {
         Ok(())
     }
 
-    /// Sends `bytes` to `address` (connecting first if need be).
-    fn send_bytes(&mut self, address: &Address, bytes: &[u8]) -> Result<(), ConnError> {
+    /// Sends `requests` to `address` (connecting first if need be).
+    fn send_encoded(&mut self, address: &Address, requests: &Encoded) -> Result<(), ConnError> {
         self.connect(address)?;
-        self.conns.get_mut(address).expect("connected").send(bytes)
+        self.conns
+            .get_mut(address)
+            .expect("connected")
+            .send_requests(requests)
     }
 
     /// Encodes and sends one request to `address` (connecting first if need be).
@@ -172,9 +175,9 @@ impl Client {
     ) -> Result<(), ConnError> {
         self.connect(address)?;
         self.scratch.clear();
-        request.encode_prefixed(&mut self.scratch, prefix.as_bytes());
+        self.scratch.push(request, prefix.as_bytes());
         let conn = self.conns.get_mut(address).expect("inserted above");
-        conn.send(&self.scratch)
+        conn.send_requests(&self.scratch)
     }
 
     /// What a request's exchange with server `server` came to, counted for or against it.
@@ -253,12 +256,12 @@ impl Client {
                 && (in_flight.is_empty() || in_flight_bytes + self.scratch.len() < PIPELINE_WINDOW)
             {
                 let before = self.scratch.len();
-                requests[sent].encode_prefixed(&mut self.scratch, prefix.as_bytes());
+                self.scratch.push(&requests[sent], prefix.as_bytes());
                 in_flight.push_back((requests[sent].expects(), self.scratch.len() - before));
                 sent += 1;
             }
             if !self.scratch.is_empty() {
-                conn.send(&self.scratch)?;
+                conn.send_requests(&self.scratch)?;
                 in_flight_bytes += self.scratch.len();
             }
             let (expect, len) = in_flight.pop_front().expect("a request is in flight");

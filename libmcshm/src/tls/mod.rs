@@ -34,6 +34,6 @@ pub use client::{Tls, client_config};
 pub use diagnose::{
     Cause, Peer, client_hello, explain, explain_io, explain_to, is_record, rustls_error,
 };
-pub use records::{write_request_bytes, write_requests};
+pub use records::write_requests;
 pub use settings::{Part, Summary, TlsSettings, Unusable, Verify};
 pub use storage::{clear, load, load_settings, path, save};
