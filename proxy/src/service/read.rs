@@ -2,12 +2,12 @@
 //! fallbacks of keys every replica missed (a table change, warm-up and drain fills, as the
 //! routing core's sequence says), a meta get along the replicas, and `me` on the owner.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use libmcshm::Snapshot;
 use libmcshm::proto::{self, Encoded, Expect, Reply, Request, StoreVerb};
-use mcshm_route::{AddAnswer, Fill, ReadPlan, ServerRef};
+use mcshm_route::{AddAnswer, Fill, GetMany, ReadPlan, ServerRef};
 
 use super::{Outstanding, Plan, Service, encode_for, server_error};
 use crate::command::{Command, GetVerb, encode_get};
@@ -26,10 +26,11 @@ enum Filled {
 }
 
 impl Service {
-    /// A retrieval of many keys: split per server (the key's first up replica; keys missed
-    /// there are asked of the next replica), merged in the client's key order. Every server's
-    /// share is sent before any reply is awaited. Keys of failed servers are misses unless
-    /// every server failed: then `SERVER_ERROR`.
+    /// A retrieval of many keys, as the routing core's [`GetMany`] says (the blocking client
+    /// runs the same): rounds along each key's up replicas, one request per server per round,
+    /// every server's share sent before any reply is awaited; then the misses' fallbacks.
+    /// Merged in the client's key order. Keys of failed servers are misses unless every server
+    /// failed: then `SERVER_ERROR`.
     /// (`planned`: the plan of a single key, made by the direct path.)
     pub(super) async fn get(
         &self,
@@ -63,29 +64,34 @@ impl Service {
             verb,
             exptime,
             keys: &keys,
-            plans: &plans,
         };
+        let mut many = GetMany::new(snapshot.version, plans);
         let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         let (mut answered, mut failure) = (false, None);
-        let rounds = plans.iter().map(|p| p.replicas.len()).max().unwrap_or(0);
-        for round in 0..rounds {
-            let done: Vec<bool> = found.iter().map(Option::is_some).collect();
-            let outstanding = self.get_round(&batch, &done, round, lane);
-            for (members, sent) in outstanding {
+        while let Some(round) = many.next_round() {
+            for ((server, members), sent) in self.get_round(&batch, round, lane) {
                 match self.finish(sent).await {
                     Ok(reply) if is_error(first_line(&reply)) => {
                         failure = Some(String::from_utf8_lossy(first_line(&reply)).into_owned());
+                        many.failed(server);
                     }
                     Ok(reply) => {
                         answered = true;
                         let prefix = snapshot.policy.prefix.as_bytes();
                         match_items(&reply, &members, &keys, prefix, &mut found);
+                        members
+                            .iter()
+                            .filter(|&&n| found[n].is_some())
+                            .for_each(|&n| many.found(n));
                     }
-                    Err(err) => failure = Some(err.error),
+                    Err(err) => {
+                        failure = Some(err.error);
+                        many.failed(server);
+                    }
                 }
             }
         }
-        self.fallbacks(&batch, &mut found).await;
+        self.fallbacks(&batch, &many, &mut found).await;
         if !answered && let Some(error) = failure {
             return server_error(&error);
         }
@@ -98,25 +104,17 @@ impl Service {
         out
     }
 
-    /// Queues round `round` of a multi-get: one request per server, for the keys not `done`.
+    /// Queues a round of a multi-get ([`GetMany::next_round`]): one request per server, for
+    /// its keys.
     fn get_round(
         &self,
         batch: &Batch<'_>,
-        done: &[bool],
-        round: usize,
+        round: Vec<(ServerRef, Vec<usize>)>,
         lane: usize,
-    ) -> Vec<(Vec<usize>, Outstanding)> {
+    ) -> Vec<((ServerRef, Vec<usize>), Outstanding)> {
         let (snapshot, keys) = (batch.snapshot, batch.keys);
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (n, plan) in batch.plans.iter().enumerate() {
-            if !done[n]
-                && let Some(server) = plan.replicas.get(round)
-            {
-                groups.entry(server.index).or_default().push(n);
-            }
-        }
-        let mut outstanding = Vec::with_capacity(groups.len());
-        for (server, members) in groups {
+        let mut outstanding = Vec::with_capacity(round.len());
+        for (server, members) in round {
             let mut bytes = Encoded::new();
             let wanted = members.iter().map(|&n| keys[n].as_slice());
             let prefix = snapshot.policy.prefix;
@@ -127,49 +125,41 @@ impl Service {
                 &mut bytes,
                 prefix.as_bytes(),
             );
-            let sent = self.send(snapshot, server, bytes, Frame::Values, lane);
-            outstanding.push((members, sent));
+            let sent = self.send(snapshot, server.index, bytes, Frame::Values, lane);
+            outstanding.push(((server, members), sent));
         }
         outstanding
     }
 
-    /// The misses of a multi-get, as the blocking client takes them: when the table changed
-    /// while the servers answered, each is planned again and its new owner asked (a drain that
-    /// began meanwhile may have moved it); then each plan's fills (warm-up, drain) are executed
-    /// and the owner asked again with the client's own verb (its cas, its touch).
-    async fn fallbacks(&self, batch: &Batch<'_>, found: &mut [Option<Vec<u8>>]) {
+    /// The misses of a multi-get that get a single get's fallbacks ([`GetMany::misses`]), each
+    /// planned again: its owner asked again when the table changed since the batch (a drain
+    /// that began meanwhile may have moved it), then the plan's fills (warm-up, drain), the
+    /// owner asked again with the client's own verb (its cas, its touch).
+    async fn fallbacks(&self, batch: &Batch<'_>, many: &GetMany, found: &mut [Option<Vec<u8>>]) {
         let Batch {
-            snapshot,
             verb,
             exptime,
             keys,
-            plans,
+            ..
         } = *batch;
         if found.iter().all(Option::is_some) {
             return;
         }
         let now = libmcshm::registry::now_ms();
-        let (changed, fills) = {
+        let (version_now, fills) = {
             let mut router = self.router();
-            let changed = router.refresh().is_ok() && router.snapshot().version != snapshot.version;
-            (changed, router.fills_possible(now))
+            let _ = router.refresh();
+            (router.snapshot().version, router.fills_possible(now))
         };
-        if !changed && !fills && plans.iter().all(|p| p.fills.is_empty()) {
-            return;
-        }
-        for n in 0..keys.len() {
-            if found[n].is_some() {
+        for n in many.misses(version_now, fills) {
+            let Ok(Plan {
+                snapshot,
+                value: plan,
+            }) = self.decide(|router| router.plan_read(&keys[n], now))
+            else {
                 continue;
-            }
-            let (snapshot, plan) = match changed {
-                false => (snapshot.clone(), plans[n].clone()),
-                true => match self.decide(|router| router.plan_read(&keys[n], now)) {
-                    Ok(Plan { snapshot, value }) => (snapshot, value),
-                    Err(_) => continue,
-                },
             };
-            let owner_up = plan.replicas.first() == Some(&plan.owner);
-            if changed && owner_up {
+            if many.ask_owner_again(&plan, snapshot.version) {
                 found[n] = self
                     .ask_again(&snapshot, plan.owner, verb, exptime, &keys[n])
                     .await;
@@ -339,15 +329,14 @@ impl Service {
     }
 }
 
-/// A multi-get as planned: the table version its plans were made on, the client's verb (and
-/// its touch), its keys in the client's order, and each key's plan.
+/// A multi-get as asked: the table version its plans were made on, the client's verb (and
+/// its touch), and its keys in the client's order.
 #[derive(Clone, Copy)]
 struct Batch<'a> {
     snapshot: &'a Arc<Snapshot>,
     verb: GetVerb,
     exptime: Option<i64>,
     keys: &'a [Vec<u8>],
-    plans: &'a [ReadPlan],
 }
 
 /// Gives each of `members` (positions in `keys`) its item of `reply`. memcached answers hits in
