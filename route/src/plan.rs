@@ -8,7 +8,7 @@
 //! whose execution straddles a table change reports to the right server, or to none if it left.
 
 use mcshm_table::error::Result;
-use mcshm_table::table::State;
+use mcshm_table::table::{Server, State};
 
 use crate::router::Router;
 
@@ -58,6 +58,58 @@ pub struct WritePlan {
     /// Where the key is deleted with the write, so that no stale copy can be served later
     /// (see [`mcshm_table::coherence`]).
     pub invalidate: Vec<ServerRef>,
+}
+
+impl ServerRef {
+    /// The same server in another version of the table (`servers`), found by id: `None` when
+    /// it left.
+    pub fn in_version(self, servers: &[Server]) -> Option<ServerRef> {
+        match servers.get(self.index) {
+            Some(s) if s.id == self.id => Some(self),
+            _ => servers
+                .iter()
+                .position(|s| s.id == self.id)
+                .map(|index| ServerRef { id: self.id, index }),
+        }
+    }
+}
+
+/// A plan made on one version of the table, carried to another: each server found again by
+/// id, those that left dropped (a batch planned across a table change is executed on one
+/// version).
+pub trait Reposition {
+    fn reposition(&mut self, servers: &[Server]);
+}
+
+fn reposition_all(refs: &mut Vec<ServerRef>, servers: &[Server]) {
+    *refs = refs.iter().filter_map(|s| s.in_version(servers)).collect();
+}
+
+impl Reposition for ReadPlan {
+    fn reposition(&mut self, servers: &[Server]) {
+        reposition_all(&mut self.replicas, servers);
+        self.fills.retain_mut(|fill| {
+            match (fill.from.in_version(servers), fill.to.in_version(servers)) {
+                (Some(from), Some(to)) => {
+                    (fill.from, fill.to) = (from, to);
+                    true
+                }
+                _ => false,
+            }
+        });
+        // The owner keeps its id; when it left, the first replica stands for it.
+        match self.owner.in_version(servers) {
+            Some(owner) => self.owner = owner,
+            None => self.owner = self.replicas.first().copied().unwrap_or(self.owner),
+        }
+    }
+}
+
+impl Reposition for WritePlan {
+    fn reposition(&mut self, servers: &[Server]) {
+        reposition_all(&mut self.targets, servers);
+        reposition_all(&mut self.invalidate, servers);
+    }
 }
 
 /// What became of a request to a server, as a front end reports it.
@@ -359,6 +411,50 @@ mod tests {
             got.sort_unstable();
             assert_eq!(got, expected, "marked, not a replica, not down");
         }
+    }
+
+    #[test]
+    fn a_plan_carried_to_another_version_finds_its_servers_by_id() {
+        let before = table(&[State::Up; 3], Policy::default());
+        let at = |i: usize| ServerRef {
+            id: before.servers[i].id,
+            index: i,
+        };
+        let mut plan = ReadPlan {
+            owner: at(0),
+            replicas: vec![at(0), at(2)],
+            fills: vec![Fill {
+                from: at(1),
+                to: at(2),
+                kind: FillKind::Drain,
+            }],
+        };
+        // The next version: the first server left, the others moved up one place.
+        let after: Vec<Server> = before.servers[1..].to_vec();
+        plan.reposition(&after);
+        let moved = |i: usize| ServerRef {
+            id: before.servers[i].id,
+            index: i - 1,
+        };
+        assert_eq!(plan.replicas, [moved(2)], "the one that left is dropped");
+        assert_eq!(
+            plan.owner,
+            moved(2),
+            "its first replica stands for a gone owner"
+        );
+        assert_eq!((plan.fills[0].from, plan.fills[0].to), (moved(1), moved(2)));
+        let mut write = WritePlan {
+            targets: vec![at(0), at(1)],
+            invalidate: vec![at(2)],
+        };
+        write.reposition(&after);
+        assert_eq!(write.targets, [moved(1)]);
+        assert_eq!(write.invalidate, [moved(2)]);
+        assert_eq!(
+            at(1).in_version(&before.servers),
+            Some(at(1)),
+            "same version"
+        );
     }
 
     #[test]

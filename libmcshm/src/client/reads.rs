@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 
-use mcshm_route::{GetMany, ReadPlan, ServerRef};
+use mcshm_route::{GetMany, ReadPlan};
 
 use super::{Client, KEYS_PER_GET, MultiGet};
 use crate::error::{Error, Result};
@@ -188,41 +188,11 @@ impl Client {
         filled
     }
 
-    /// The read plan of each key, and the table they were made on. Planning a key reads the
-    /// table, so a batch could straddle two versions (keys planned before a drain began sent
-    /// to the server it drains, the rest to their new owner): a batch that did is planned
-    /// again, up to three times; after that, each plan's servers are found again by id in the
-    /// table returned (a server that left it is dropped from the plan). Probes found due run.
+    /// The read plan of each key, on one table ([`Client::plan_each`]); a bad key fails the
+    /// whole batch.
     pub(super) fn plan_batch(&mut self, keys: &[&[u8]]) -> Result<(Vec<ReadPlan>, Arc<Snapshot>)> {
         let now = crate::registry::now_ms();
-        let mut attempt = 0;
-        loop {
-            self.refresh()?;
-            let version = self.router.snapshot().version;
-            let planned: Result<Vec<ReadPlan>> = keys
-                .iter()
-                .map(|key| self.router.plan_read(key, now))
-                .collect();
-            self.run_probes();
-            let mut plans = planned?;
-            attempt += 1;
-            let snapshot = self.router.snapshot().clone();
-            if snapshot.version == version {
-                return Ok((plans, snapshot));
-            }
-            if attempt == 3 {
-                for plan in &mut plans {
-                    plan.replicas = plan
-                        .replicas
-                        .iter()
-                        .filter_map(|s| {
-                            let index = snapshot.servers.iter().position(|x| x.id == s.id)?;
-                            Some(ServerRef { id: s.id, index })
-                        })
-                        .collect();
-                }
-                return Ok((plans, snapshot));
-            }
-        }
+        let (plans, snapshot) = self.plan_each(keys, |router, key| router.plan_read(key, now))?;
+        Ok((plans.into_iter().collect::<Result<_>>()?, snapshot))
     }
 }

@@ -125,16 +125,9 @@ impl Client {
         }
     }
 
-    /// After many writes: each key deleted where a stale copy of it could later be served
-    /// from, pipelined per server.
-    pub(super) fn invalidate_many<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
-        let mut groups: HashMap<usize, Vec<&'k [u8]>> = HashMap::new();
-        let replicas = usize::from(self.router.snapshot().policy.replicas.max(1));
-        for key in keys {
-            for server in self.router.invalidations(key, replicas) {
-                groups.entry(server).or_default().push(key);
-            }
-        }
+    /// After many writes: each key deleted where its write plan said a stale copy of it could
+    /// later be served from (`groups`: server, keys), pipelined per server.
+    fn invalidate_many(&mut self, groups: HashMap<usize, Vec<&[u8]>>) {
         for (server, keys) in groups {
             let requests: Vec<Request> = keys
                 .into_iter()
@@ -144,29 +137,38 @@ impl Client {
         }
     }
 
-    /// Stores many items: grouped per server and pipelined (first replica; with replicas > 1
-    /// each item is stored on every replica). One result per item, in order.
+    /// Stores many items as their write plans say: grouped per server and pipelined (with
+    /// replicas > 1 each item is stored on every up replica), then each key's invalidations.
+    /// One result per item, in order.
     pub fn store_many(
         &mut self,
         verb: StoreVerb,
         items: &[StoreItem<'_>],
     ) -> Result<Vec<Result<Stored>>> {
-        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
-        let mut results: Vec<Option<Result<Stored>>> = Vec::new();
-        for (n, item) in items.iter().enumerate() {
-            results.push(None);
+        for item in items {
             proto::check_key(item.key).map_err(|why| Error::bad_key(item.key, why))?;
-            let chain = self.chain(item.key)?;
-            let mut any = false;
-            for server in chain {
-                if !self.is_down(server) {
-                    groups.entry(server).or_default().push(n);
-                    any = true;
+        }
+        let keys: Vec<&[u8]> = items.iter().map(|item| item.key).collect();
+        let (plans, _) = self.plan_each(&keys, |router, key| router.plan_write(key, false))?;
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut invalidations: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        let mut results: Vec<Option<Result<Stored>>> = Vec::new();
+        for (n, plan) in plans.into_iter().enumerate() {
+            results.push(None);
+            match plan {
+                Ok(plan) => {
+                    for server in plan.targets {
+                        groups.entry(server.index).or_default().push(n);
+                    }
+                    for server in plan.invalidate {
+                        invalidations.entry(server.index).or_default().push(keys[n]);
+                    }
                 }
-            }
-            if !any {
-                let owner = self.router.owner(item.key)?;
-                results[n] = Some(Err(self.router.down_error(owner)));
+                // A key too long once the prefix is put before it fails the batch, as a bad key
+                // does; so does a table without servers.
+                Err(err @ (Error::BadKey { .. } | Error::NoServers { .. })) => return Err(err),
+                // No replica up: this item's answer.
+                Err(err) => results[n] = Some(Err(err)),
             }
         }
         // Every server's share is pipelined at once (see `pipelines`).
@@ -211,7 +213,7 @@ impl Client {
                 }
             }
         }
-        self.invalidate_many(items.iter().map(|item| item.key));
+        self.invalidate_many(invalidations);
         Ok(results
             .into_iter()
             .map(|r| {
