@@ -196,7 +196,7 @@ impl Router {
 
     /// Whether server `i` is in its warm window at `now_ms`; then the server that owned `key`
     /// while it was away (where a miss on it is looked up).
-    pub fn warm_source_at(&self, server: usize, key: &[u8], now_ms: u64) -> Option<usize> {
+    pub(crate) fn warm_source_at(&self, server: usize, key: &[u8], now_ms: u64) -> Option<usize> {
         let rejoined = &self.snapshot().servers[server];
         if rejoined.state != State::Up || now_ms >= rejoined.warm_until_ms {
             return None;

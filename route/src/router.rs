@@ -431,7 +431,7 @@ impl Router {
 
     /// The servers a write goes to: the up ones of `chain` (cas: the first only). With none up,
     /// the error to report, after giving the owner its retry probe.
-    pub fn write_targets(&mut self, chain: &[usize], only_first: bool) -> Result<Vec<usize>> {
+    pub(crate) fn write_targets(&mut self, chain: &[usize], only_first: bool) -> Result<Vec<usize>> {
         let mut up: Vec<usize> = chain
             .iter()
             .copied()
@@ -468,7 +468,7 @@ impl Router {
     /// stale copy could later be served: every server that may hold strays and is not one of
     /// the key's replicas (see [`mcshm_table::coherence`]); under rehash the next server along the
     /// ring, where the key goes if a replica fails; a draining server that owned it.
-    pub fn invalidations(&self, key: &[u8], replicas: usize) -> Vec<usize> {
+    pub(crate) fn invalidations(&self, key: &[u8], replicas: usize) -> Vec<usize> {
         let routing = self.routing();
         let rehash = routing.snapshot.policy.failover == Failover::Rehash;
         let walk = replicas + usize::from(rehash);
@@ -513,7 +513,7 @@ impl Router {
     }
 
     /// The draining server that owned `key` before the drain, if any.
-    pub fn draining_owner(&self, key: &[u8]) -> Option<usize> {
+    pub(crate) fn draining_owner(&self, key: &[u8]) -> Option<usize> {
         let i = self.routing().before_drain.as_ref()?.owner(key)?;
         (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
     }
@@ -521,7 +521,7 @@ impl Router {
     /// The retry probe of down server `i`: at most one process per host per retry interval
     /// (the lease), and only processes that can write the registry. A due probe is queued for
     /// [`Router::take_probes`].
-    pub fn maybe_probe(&mut self, i: usize) {
+    pub(crate) fn maybe_probe(&mut self, i: usize) {
         let Source::Registry(registry) = &self.source else {
             return;
         };
@@ -538,7 +538,7 @@ impl Router {
     }
 
     /// "domain 'x'" or "the server list", for messages.
-    pub fn what(&self) -> String {
+    pub(crate) fn what(&self) -> String {
         match &self.source {
             Source::Registry(r) => format!("domain '{}'", r.domain()),
             Source::Servers(_) => "the server list".into(),
