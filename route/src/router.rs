@@ -431,7 +431,11 @@ impl Router {
 
     /// The servers a write goes to: the up ones of `chain` (cas: the first only). With none up,
     /// the error to report, after giving the owner its retry probe.
-    pub(crate) fn write_targets(&mut self, chain: &[usize], only_first: bool) -> Result<Vec<usize>> {
+    pub(crate) fn write_targets(
+        &mut self,
+        chain: &[usize],
+        only_first: bool,
+    ) -> Result<Vec<usize>> {
         let mut up: Vec<usize> = chain
             .iter()
             .copied()

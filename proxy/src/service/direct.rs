@@ -173,18 +173,21 @@ impl Service {
         Started::Direct
     }
 
-    /// The one server a read goes to directly: the key's single up replica, when nothing may
-    /// need filling; else the plan, for the job (`None`: no plan could be made).
+    /// The one server a read goes to directly: the key's single up replica, when its plan has
+    /// no fill; else the plan, for the job (`None`: no plan could be made). The plan alone
+    /// decides, as in the blocking client: it has a fill whenever this key can need one (its
+    /// owner warming, its pre-drain owner draining), and a miss on a table that changed
+    /// meanwhile becomes a job ([`Service::finish_direct`]). (A domain-wide "any server drains
+    /// or warms" made every get a job during a drain.)
     fn direct_read(&self, key: &[u8]) -> Result<(Arc<Snapshot>, usize), Option<Planned>> {
         let now = libmcshm::registry::now_ms();
-        let Plan { snapshot, value } = self
-            .decide(|router| {
-                let plan = router.plan_read(key, now)?;
-                Ok((plan, router.fills_possible(now)))
-            })
+        let Plan {
+            snapshot,
+            value: plan,
+        } = self
+            .decide(|router| router.plan_read(key, now))
             .map_err(|_| None)?;
-        let (plan, fills) = value;
-        match !fills && plan.fills.is_empty() && plan.replicas.len() == 1 {
+        match plan.fills.is_empty() && plan.replicas.len() == 1 {
             true => Ok((snapshot, plan.replicas[0].index)),
             false => Err(Some(Planned::Read(Plan {
                 snapshot,
