@@ -6,6 +6,7 @@
 
 mod common;
 
+use libmcshm::table::CommitInfo;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -383,7 +384,7 @@ fn mcproxy_finds_a_draining_servers_keys_with_every_read_verb() {
         .transact(|t| {
             let id = t.servers[1].id;
             let change = libmcshm::edit::Transition::StartDrain { reason: "test" };
-            let actor = libmcshm::registry::commit_info();
+            let actor = CommitInfo::now();
             libmcshm::edit::transition(&mut t.servers, id, change, actor);
             Ok(())
         })

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use libmcshm::registry::commit_info;
+use libmcshm::table::CommitInfo;
 use libmcshm::table::State;
 use libmcshm::{Address, Domain, Registry, Server, edit};
 use mcshm_fleet::{Etcd, EtcdConfig, Fleet};
@@ -47,7 +47,7 @@ fn main() {
                     &mut t.servers,
                     std::slice::from_ref(&server),
                     true,
-                    commit_info(),
+                    CommitInfo::now(),
                     "bench",
                 )
             })
@@ -75,7 +75,7 @@ fn main() {
                     std::slice::from_ref(&address),
                     "bench: failure limit",
                     true,
-                    commit_info(),
+                    CommitInfo::now(),
                     "bench",
                 )
             })

@@ -409,7 +409,7 @@ impl Fleet {
         host: &str,
     ) -> Result<bool, FleetError> {
         let key = self.probe_key(domain, address);
-        let now = mcshm_table::registry::now_ms();
+        let now = mcshm_table::clock::now_ms();
         let (current, _) = self.etcd.get(&key, None)?;
         let expected = match &current {
             Some(kv) if !probe_lease_free(&kv.value, now, interval_ms) => return Ok(false),
@@ -444,7 +444,7 @@ pub fn changed_by(by: &str) -> Changed {
         by: by.to_string(),
         host: hostname(),
         pid: std::process::id(),
-        ms: mcshm_table::registry::now_ms(),
+        ms: mcshm_table::clock::now_ms(),
     }
 }
 

@@ -14,7 +14,8 @@ use crate::domain::Domain;
 use crate::edit::{self, Transition};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
-use crate::registry::{Commit, Registry, commit_info};
+use crate::registry::{Commit, Registry};
+use crate::table::CommitInfo;
 use crate::table::State;
 
 /// Longest metadump we read (a bound on memory for a hostile or enormous server).
@@ -147,7 +148,7 @@ impl Drain {
                 let reason = format!("draining (mcadmin drain, pid {})", std::process::id());
                 writer.transact(|t| {
                     let change = Transition::StartDrain { reason: &reason };
-                    edit::transition(&mut t.servers, id, change, commit_info());
+                    edit::transition(&mut t.servers, id, change, CommitInfo::now());
                     Ok(())
                 })?;
             }

@@ -11,12 +11,14 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::clock::now_ms;
 use crate::conn::Timeouts;
 use crate::domain::Domain;
 use crate::edit;
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, Rejoined};
-use crate::registry::{Registry, commit_info, now_ms};
+use crate::registry::Registry;
+use crate::table::CommitInfo;
 use crate::table::State;
 
 /// Takes the lock that makes one daemon of kind `role` (`watch`, `sync`) act on `domain` per
@@ -153,12 +155,12 @@ impl Watcher {
                             *count,
                             "failed probes (mcadmin watch)",
                             &error,
-                            commit_info(),
+                            CommitInfo::now(),
                         );
                         let id = server.id;
                         registry.transact(|t| {
                             let change = edit::Transition::FailureDown { reason: &reason };
-                            edit::transition(&mut t.servers, id, change, commit_info());
+                            edit::transition(&mut t.servers, id, change, CommitInfo::now());
                             Ok(())
                         })?;
                         self.counts.remove(&id);

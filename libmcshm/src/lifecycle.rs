@@ -11,12 +11,14 @@ use std::path::Path;
 
 use crate::access::Access;
 use crate::address::Address;
+use crate::clock::now_ms;
 use crate::conn::{Conn, Timeouts};
 use crate::domain::Domain;
 use crate::edit;
 use crate::error::{Error, Result};
 use crate::proto::{Reply, Request, StoreVerb};
-use crate::registry::{Commit, FileOwnership, LockWait, Registry, commit_info, now_ms};
+use crate::registry::{Commit, FileOwnership, LockWait, Registry};
+use crate::table::CommitInfo;
 use crate::table::{Policy, Rejoin, Server, State, Table, fit_reason};
 
 /// One round trip (`version`), and with `check_key` a set and get of that key (the seed
@@ -350,7 +352,7 @@ pub fn rejoin_in<S: RejoinTable>(
             let Some(decision) = rule.decide(server, now) else {
                 continue;
             };
-            edit::apply(server, decision.transition, commit_info());
+            edit::apply(server, decision.transition, CommitInfo::now());
             *answer = match decision.transition {
                 edit::Transition::Rejoin(_) => Rejoined::Up {
                     flushed: rule.flush,
@@ -420,7 +422,7 @@ impl LoadPlan {
     /// Makes `table` the loaded list (see [`edit::merge_loaded`]): the servers flushed for the
     /// load start with no strays.
     pub fn apply(&self, table: &mut crate::table::Table, loaded: &crate::table::Table) {
-        table.servers = edit::merge_loaded(&table.servers, &loaded.servers, commit_info());
+        table.servers = edit::merge_loaded(&table.servers, &loaded.servers, CommitInfo::now());
         for server in &mut table.servers {
             if self.flushed.iter().any(|a| a.same_server(&server.address)) {
                 server.strays_since = 0;

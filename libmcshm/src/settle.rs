@@ -17,7 +17,8 @@ use crate::drain::list_keys;
 use crate::edit::{self, Transition};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
-use crate::registry::{Registry, commit_info};
+use crate::registry::Registry;
+use crate::table::CommitInfo;
 use crate::table::{Server, State};
 
 /// A settle in progress, the workflow of `mcadmin settle` (the caller paces it and shows its
@@ -171,7 +172,7 @@ impl Sweep<'_> {
         let mut cleared = false;
         self.settle.registry.transact(|t| {
             let change = Transition::Swept { at };
-            cleared = edit::transition(&mut t.servers, id, change, commit_info());
+            cleared = edit::transition(&mut t.servers, id, change, CommitInfo::now());
             Ok(())
         })?;
         Ok(cleared)

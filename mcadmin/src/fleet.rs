@@ -311,7 +311,7 @@ pub fn sync(ctx: &Invocation, fleet: Arc<Fleet>, args: SyncArgs<'_>) -> Result<E
 }
 
 fn print_event(json: bool, host: &str, event: &SyncEvent) {
-    let now = libmcshm::registry::now_ms();
+    let now = libmcshm::clock::now_ms();
     let (kind, domain, detail) = match event {
         SyncEvent::Active { domain } => ("active", domain.as_str(), String::new()),
         SyncEvent::Standby { domain } => ("standby", domain.as_str(), String::new()),

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use libmcshm::clock::now_ms;
 use libmcshm::clock::utc;
 use libmcshm::domain::FILE_SUFFIX;
-use libmcshm::registry::now_ms;
 use libmcshm::table::Policy;
 use libmcshm::{Domain, Registry, Server, Snapshot, State};
 use serde_json::{Value, json};

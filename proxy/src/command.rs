@@ -563,29 +563,9 @@ impl Command {
         matches!(self, Command::Meta { .. }) && self.with_request(|request| request.base64_key())
     }
 
-    /// Whether sending the write again is harmless (it ends in the same state): set and
-    /// delete, as text or meta (`ms` in set mode without a cas, `md`); not add, replace,
-    /// append, prepend, cas, incr/decr or touch. A write whose table changed in flight is sent
-    /// again to new replicas only then ([`mcshm_route::FollowChange`]).
+    /// Whether sending the write again is harmless ([`Request::is_repeatable`]).
     pub fn is_repeatable(&self) -> bool {
-        match self {
-            Command::Store { verb, cas, .. } => *verb == "set" && cas.is_none(),
-            Command::Delete { .. } => true,
-            Command::Meta {
-                verb: MetaVerb::Delete,
-                ..
-            } => true,
-            Command::Meta {
-                verb: MetaVerb::Set,
-                flags,
-                ..
-            } => flags.iter().all(|f| match f.first() {
-                Some(b'M') => f[1..].eq_ignore_ascii_case(b"S"),
-                Some(b'C' | b'I') => false,
-                _ => true,
-            }),
-            _ => false,
-        }
+        self.with_request(|request| request.is_repeatable())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use mcshm_table::edit;
 use mcshm_table::error::{Error, ErrorKind};
-use mcshm_table::registry::commit_info;
+use mcshm_table::table::CommitInfo;
 use mcshm_table::table::Server;
 
 use crate::report::{FailureEvent, MarkedDown};
@@ -62,7 +62,8 @@ impl Router {
     }
 
     fn mark_down(&mut self, server: &Server, error: &str, failures: u32) -> MarkedDown {
-        let reason = edit::failure_reason(failures, "consecutive failures", error, commit_info());
+        let reason =
+            edit::failure_reason(failures, "consecutive failures", error, CommitInfo::now());
         match self.publish_down(server.id, &reason) {
             Ok(()) => MarkedDown::ForEveryone,
             Err(err) => {
@@ -90,7 +91,7 @@ impl Router {
         };
         registry.transact(|t| {
             let change = edit::Transition::FailureDown { reason };
-            edit::transition(&mut t.servers, id, change, commit_info());
+            edit::transition(&mut t.servers, id, change, CommitInfo::now());
             Ok(())
         })?;
         Ok(())

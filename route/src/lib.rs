@@ -23,7 +23,7 @@ mod router;
 mod router_tests;
 mod sequence;
 
-pub use plan::{Fill, FillKind, Outcome, ReadPlan, Reposition, ServerRef, WritePlan};
+pub use plan::{Fill, FillKind, Outcome, PlannedBatch, ReadPlan, Reposition, ServerRef, WritePlan};
 pub use report::{FailureEvent, MarkedDown, io_errno};
 pub use router::{RetryProbe, Router};
 pub use sequence::{

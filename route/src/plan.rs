@@ -75,14 +75,28 @@ impl ServerRef {
 }
 
 /// A plan made on one version of the table, carried to another: each server found again by
-/// id, those that left dropped (a batch planned across a table change is executed on one
-/// version).
+/// id, those that left or are down there dropped (a batch planned across table changes is
+/// executed on one version: see [`Router::plan_each`]).
 pub trait Reposition {
     fn reposition(&mut self, servers: &[Server]);
 }
 
 fn reposition_all(refs: &mut Vec<ServerRef>, servers: &[Server]) {
-    *refs = refs.iter().filter_map(|s| s.in_version(servers)).collect();
+    *refs = refs
+        .iter()
+        .filter_map(|s| s.in_version(servers))
+        .filter(|s| servers[s.index].state != State::Down)
+        .collect();
+}
+
+/// A batch of keys planned on one version of the table ([`Router::plan_each`]).
+#[derive(Debug)]
+pub struct PlannedBatch<P> {
+    /// Each key's plan (or why it has none), in the keys' order.
+    pub plans: Vec<Result<P>>,
+    /// The version read before planning: a change during planning counts as one since the
+    /// batch ([`crate::GetMany`] asks the owners of its misses again).
+    pub version: u64,
 }
 
 impl Reposition for ReadPlan {
@@ -122,7 +136,8 @@ pub enum Outcome<'a> {
 }
 
 impl Router {
-    fn server_ref(&self, index: usize) -> ServerRef {
+    /// The server at position `index` of the version the router routes with, by id.
+    pub fn server_ref(&self, index: usize) -> ServerRef {
         ServerRef {
             id: self.snapshot().servers[index].id,
             index,
@@ -165,6 +180,37 @@ impl Router {
         })
     }
 
+    /// Plans every key of a batch with `plan` (say `plan_read`) on one version of the table:
+    /// planning a key reads the table, so a batch could straddle two versions (keys planned
+    /// before a drain began sent to the server it drains, the rest to their new owner); a batch
+    /// that did is planned again, up to three times, and after that each plan is carried to the
+    /// version the router now routes with ([`Reposition`]). The plans' positions are of that
+    /// version, [`Router::snapshot`]. The front end runs the probes found due.
+    pub fn plan_each<K: AsRef<[u8]>, P: Reposition>(
+        &mut self,
+        keys: &[K],
+        mut plan: impl FnMut(&mut Router, &[u8]) -> Result<P>,
+    ) -> Result<PlannedBatch<P>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.refresh()?;
+            let version = self.snapshot().version;
+            let mut plans: Vec<Result<P>> = keys.iter().map(|k| plan(self, k.as_ref())).collect();
+            let now = self.snapshot().version;
+            if now == version || attempt == 3 {
+                if now != version {
+                    let servers = &self.snapshot().servers;
+                    plans
+                        .iter_mut()
+                        .flatten()
+                        .for_each(|p| p.reposition(servers));
+                }
+                return Ok(PlannedBatch { plans, version });
+            }
+        }
+    }
+
     /// The plan of a write of `key` (`only_first`: cas, the first up replica only). With no
     /// replica up, the error to answer (the owner gets its retry probe).
     pub fn plan_write(&mut self, key: &[u8], only_first: bool) -> Result<WritePlan> {
@@ -182,12 +228,9 @@ impl Router {
     /// reported). The one way a front end reports; it does not refresh, so the positions of
     /// a plan in progress stay valid (refresh first to report against the newest version).
     pub fn report(&mut self, server: ServerRef, outcome: Outcome<'_>) {
-        let servers = &self.snapshot().servers;
-        let index = match servers.get(server.index) {
-            Some(s) if s.id == server.id => Some(server.index),
-            _ => servers.iter().position(|s| s.id == server.id),
+        let Some(ServerRef { index, .. }) = server.in_version(&self.snapshot().servers) else {
+            return;
         };
-        let Some(index) = index else { return };
         match outcome {
             Outcome::Answered => self.succeeded(index),
             Outcome::Failed { error, errno } => self.failed(index, error, errno),

@@ -53,9 +53,6 @@ struct Routing {
     /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
     /// write deletes its key there (see [`mcshm_table::coherence`]).
     strays: Vec<usize>,
-    /// The latest warm-up deadline of an up server (ms since the epoch; 0: none), found on first
-    /// use: with the draining servers, whether a read can have fills.
-    warm_until: OnceLock<u64>,
 }
 
 /// A retry probe the router found due (its lease is taken): run it with
@@ -302,7 +299,6 @@ impl Router {
             probeable,
             draining,
             strays,
-            warm_until: OnceLock::new(),
         });
         self.periodic();
         Ok(())
@@ -499,21 +495,6 @@ impl Router {
             stale.push(i);
         }
         stale
-    }
-
-    /// Whether a read at `now_ms` can have fills: a server drains, or one is in its warm window
-    /// (a multi-get plans its misses again only then). One scan of the table per version.
-    pub fn fills_possible(&self, now_ms: u64) -> bool {
-        let routing = self.routing();
-        let warm_until = routing.warm_until.get_or_init(|| {
-            let servers = routing.snapshot.servers.iter();
-            servers
-                .filter(|s| s.state == State::Up)
-                .map(|s| s.warm_until_ms)
-                .max()
-                .unwrap_or(0)
-        });
-        !routing.draining.is_empty() || now_ms < *warm_until
     }
 
     /// The draining server that owned `key` before the drain, if any.

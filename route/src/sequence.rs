@@ -149,42 +149,56 @@ impl FollowChange {
     }
 }
 
-/// A multi-get as its keys' read plans say, for every front end: rounds along each key's up
-/// replicas (round n asks each key not found yet of its n-th replica, one request per server,
-/// every server's share sent before any reply is read), then, for the keys every replica
-/// missed, a single get's fallbacks: the key planned again, its owner asked again when the
-/// table changed since the batch was planned (a drain that began meanwhile may have moved
-/// it), then the new plan's fills. Keys whose first replica failed get no fallback: the
-/// failure is their answer (a front end reports it as its protocol says).
+/// A multi-get (or a single get: a batch of one) as its keys' read plans say, for every front
+/// end: rounds along each key's up replicas (each round asks every key not found yet of its next
+/// replica that has not failed in this batch, one request per server, every server's share sent
+/// before any reply is read); then, for the keys every replica missed, the fallbacks: the key
+/// planned again, its owner asked again when the table changed since the batch was planned (a
+/// drain that began meanwhile may have moved it), then the new plan's fills. A key whose first
+/// replica failed gets no fallback: the failure is its answer (a front end reports it as its
+/// protocol says), and a fill would write to that server.
 #[derive(Clone, Debug)]
 pub struct GetMany {
-    /// The table version the batch was planned on.
+    /// The table version the batch was planned on (read before planning).
     version: u64,
     plans: Vec<ReadPlan>,
     found: Vec<bool>,
+    /// Each key's next replica to ask (a position in its plan's replicas).
+    next: Vec<usize>,
     /// Ids of the servers that failed during the batch.
     failed: Vec<u32>,
-    round: usize,
 }
 
 impl GetMany {
-    /// The batch of `plans` (one per key, in the client's order), made on `version`.
+    /// The batch of `plans` (one per key, in the client's order), planned on `version` (the
+    /// version read before planning: a change during planning counts as a change).
     pub fn new(version: u64, plans: Vec<ReadPlan>) -> GetMany {
         GetMany {
             version,
             found: vec![false; plans.len()],
+            next: vec![0; plans.len()],
             plans,
             failed: Vec::new(),
-            round: 0,
         }
     }
 
     /// The next round: each server (in table order) and the keys (positions in the batch) it
-    /// is asked for; `None` once every key is found or has no replica left.
+    /// is asked for; `None` once every key is found or has no replica left to ask.
     pub fn next_round(&mut self) -> Option<Vec<(ServerRef, Vec<usize>)>> {
         let mut groups: BTreeMap<usize, (ServerRef, Vec<usize>)> = BTreeMap::new();
         for (n, plan) in self.plans.iter().enumerate() {
-            if let Some(&server) = plan.replicas.get(self.round).filter(|_| !self.found[n]) {
+            if self.found[n] {
+                continue;
+            }
+            let replicas = &plan.replicas;
+            while replicas
+                .get(self.next[n])
+                .is_some_and(|s| self.failed.contains(&s.id))
+            {
+                self.next[n] += 1;
+            }
+            if let Some(&server) = replicas.get(self.next[n]) {
+                self.next[n] += 1;
                 groups
                     .entry(server.index)
                     .or_insert((server, Vec::new()))
@@ -192,7 +206,6 @@ impl GetMany {
                     .push(n);
             }
         }
-        self.round += 1;
         (!groups.is_empty()).then(|| groups.into_values().collect())
     }
 
@@ -201,25 +214,23 @@ impl GetMany {
         self.found[n] = true;
     }
 
-    /// `server` failed (its keys of this round are asked of their next replica, if any).
+    /// `server` failed: it is asked nothing more in this batch (its keys of this round are asked
+    /// of their next replica, if any).
     pub fn failed(&mut self, server: ServerRef) {
         if !self.failed.contains(&server.id) {
             self.failed.push(server.id);
         }
     }
 
-    /// The keys that get a single get's fallbacks once the rounds are done, the table now at
-    /// `version_now` and `fills_possible` saying whether any server may fill (warm-up, drain):
-    /// none when the table did not change and nothing can fill; else every key not found whose
-    /// first replica did not fail.
-    pub fn misses(&self, version_now: u64, fills_possible: bool) -> Vec<usize> {
+    /// The keys that get the fallbacks once the rounds are done, the table now at
+    /// `version_now`: every key not found whose first replica did not fail, and that either has
+    /// a fill in its plan or whose table changed (its plan has a fill whenever the key can need
+    /// one, on the version it was made on).
+    pub fn misses(&self, version_now: u64) -> Vec<usize> {
         let changed = version_now != self.version;
-        let may_fill = fills_possible || self.plans.iter().any(|p| !p.fills.is_empty());
-        if !changed && !may_fill {
-            return Vec::new();
-        }
         (0..self.plans.len())
             .filter(|&n| !self.found[n])
+            .filter(|&n| changed || !self.plans[n].fills.is_empty())
             .filter(|&n| {
                 let first = self.plans[n].replicas.first();
                 !first.is_some_and(|s| self.failed.contains(&s.id))
@@ -406,6 +417,19 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_failed_is_asked_nothing_more_in_the_batch() {
+        let (a, b, c) = (at(10, 0), at(11, 1), at(12, 2));
+        let plans = vec![read_plan(&[a, b], vec![]), read_plan(&[c, b, a], vec![])];
+        let mut batch = GetMany::new(7, plans);
+        assert_eq!(batch.next_round().unwrap(), [(a, vec![0]), (c, vec![1])]);
+        batch.failed(b);
+        // Key 0 asks b next, which failed meanwhile: nothing left for it; key 1 skips b for a.
+        assert_eq!(batch.next_round().unwrap(), [(a, vec![1])]);
+        batch.failed(a);
+        assert_eq!(batch.next_round(), None);
+    }
+
+    #[test]
     fn misses_fall_back_only_when_something_may_have_them_and_their_first_did_not_fail() {
         let (a, b) = (at(10, 0), at(11, 1));
         let plans = vec![
@@ -418,18 +442,13 @@ mod tests {
         batch.found(2);
         batch.failed(b);
         assert!(
-            batch.misses(7, false).is_empty(),
-            "same table, nothing fills"
+            batch.misses(7).is_empty(),
+            "same table, no fill in the plans"
         );
-        assert_eq!(
-            batch.misses(8, false),
-            [0],
-            "key 1's server failed: its answer"
-        );
-        assert_eq!(batch.misses(7, true), [0], "a fill may apply");
+        assert_eq!(batch.misses(8), [0], "key 1's server failed: its answer");
         let drained = read_plan(&[a], vec![fill(FillKind::Drain)]);
-        let batch = GetMany::new(7, vec![drained.clone()]);
-        assert_eq!(batch.misses(7, false), [0], "the plan itself has a fill");
+        let batch = GetMany::new(7, vec![drained.clone(), read_plan(&[a], vec![])]);
+        assert_eq!(batch.misses(7), [0], "only the key whose plan has a fill");
         assert!(batch.ask_owner_again(&drained, 8), "changed, owner up");
         assert!(!batch.ask_owner_again(&drained, 7), "unchanged");
         let owner_down = ReadPlan {

@@ -10,7 +10,8 @@
 //! they are tested without etcd or a table file.
 
 use mcshm_table::Domain;
-use mcshm_table::registry::{commit_info, now_ms};
+use mcshm_table::clock::now_ms;
+use mcshm_table::table::CommitInfo;
 use mcshm_table::table::Table;
 
 use super::{Agent, Mirror, SyncEvent, refused};
@@ -60,7 +61,7 @@ impl Agent {
             // committed a moment ago is kept, not overwritten by the fleet's older state.
             let in_doubt = if ours { &in_doubt[..] } else { &[] };
             let marks = marks_to_keep(base.as_ref(), t, in_doubt, &table.table);
-            kept = mirror::mirror(t, &table.table, revision as u64, &marks, commit_info());
+            kept = mirror::mirror(t, &table.table, revision as u64, &marks, CommitInfo::now());
             Ok(())
         });
         match result {

@@ -7,11 +7,10 @@
 
 use std::time::Instant;
 
-use mcshm_table::registry::now_ms;
-
 use super::{Agent, SyncEvent};
 use crate::etcd::EtcdError;
 use crate::store::{HostDomain, HostRecord};
+use mcshm_table::clock::now_ms;
 
 impl Agent {
     /// Writes the host record (on its lease) and the link status of every local table.

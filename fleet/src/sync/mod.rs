@@ -40,7 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libmcshm::Timeouts;
-use mcshm_table::registry::{FileOwnership, now_ms};
+use mcshm_table::clock::now_ms;
+use mcshm_table::registry::FileOwnership;
 use mcshm_table::{Address, Domain, Registry};
 
 use crate::etcd::WatchBatch;

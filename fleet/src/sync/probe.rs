@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 
 use libmcshm::{Timeouts, lifecycle};
-use mcshm_table::registry::now_ms;
+use mcshm_table::clock::now_ms;
 use mcshm_table::table::{Server, State};
 use mcshm_table::{Address, Domain, Registry};
 

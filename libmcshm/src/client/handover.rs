@@ -4,7 +4,7 @@
 
 use mcshm_route::AddAnswer;
 
-use super::{Client, Fill, Stored};
+use super::{Client, Fill, FillKind, Stored};
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::proto::{Item, Reply, Request, StoreVerb};
@@ -93,7 +93,9 @@ impl Client {
     }
 
     /// Moves one key off the draining server `draining` to its new owner (keeping flags and
-    /// remaining TTL; never over a newer value there), then deletes it from `draining`.
+    /// remaining TTL; never over a newer value there), then deletes it from `draining` when
+    /// the owner holds a value, as a read's drain fill does ([`Fill::after_add`]): a value the
+    /// owner refuses stays where it is (the error says why).
     pub fn move_key(&mut self, draining: &Address, key: &[u8]) -> Result<Moved> {
         let owner = self.router.owner(key)?;
         self.run_probes();
@@ -112,11 +114,19 @@ impl Client {
         let Some((_, added)) = self.copy_key(from, owner, key)? else {
             return Ok(Moved::Gone);
         };
-        let moved = match added? {
-            Stored::Stored => Moved::Moved,
-            _ => Moved::Kept,
+        let drain = Fill {
+            from: self.router.server_ref(from),
+            to: self.router.server_ref(owner),
+            kind: FillKind::Drain,
         };
-        self.call(from, &Request::Delete { key })?;
+        let (answer, moved) = match added? {
+            Stored::Stored => (AddAnswer::Stored, Moved::Moved),
+            Stored::NotStored => (AddAnswer::NotStored, Moved::Kept),
+            _ => (AddAnswer::Refused, Moved::Kept),
+        };
+        if drain.after_add(answer, true).delete_source {
+            self.call(from, &Request::Delete { key })?;
+        }
         Ok(moved)
     }
 

@@ -69,7 +69,6 @@ mod writes;
 
 pub use handover::Moved;
 
-use mcshm_route::Reposition;
 pub use mcshm_route::{
     FailureEvent, Fill, FillKind, MarkedDown, Outcome, ReadPlan, RetryProbe, Router, ServerRef,
     WritePlan, io_errno,
@@ -189,35 +188,6 @@ impl Client {
         for probe in self.router.take_probes() {
             crate::lifecycle::run_probe(probe, self.timeouts);
         }
-    }
-
-    /// Plans every key with `plan` on one version of the table, and that version: planning a
-    /// key reads the table, so a batch could straddle two versions (keys planned before a
-    /// drain began sent to the server it drains, the rest to their new owner): a batch that
-    /// did is planned again, up to three times; after that, each plan's servers are found
-    /// again by id in the version returned ([`Reposition`]). Probes found due run.
-    pub(super) fn plan_each<P: Reposition>(
-        &mut self,
-        keys: &[&[u8]],
-        mut plan: impl FnMut(&mut Router, &[u8]) -> Result<P>,
-    ) -> Result<(Vec<Result<P>>, Arc<Snapshot>)> {
-        for attempt in 1..=3 {
-            self.refresh()?;
-            let version = self.router.snapshot().version;
-            let mut plans: Vec<Result<P>> =
-                keys.iter().map(|key| plan(&mut self.router, key)).collect();
-            self.run_probes();
-            let snapshot = self.router.snapshot().clone();
-            if snapshot.version == version || attempt == 3 {
-                if snapshot.version != version {
-                    for p in plans.iter_mut().flatten() {
-                        p.reposition(&snapshot.servers);
-                    }
-                }
-                return Ok((plans, snapshot));
-            }
-        }
-        unreachable!("the third attempt returns")
     }
 
     /// The key's replicas (see [`Router::chain`]), probes run.

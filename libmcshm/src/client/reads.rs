@@ -3,14 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use std::sync::Arc;
-
 use mcshm_route::{GetMany, ReadPlan};
 
 use super::{Client, KEYS_PER_GET, MultiGet};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::proto::{Item, Reply, Request};
-use crate::table::Snapshot;
 
 impl Client {
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Item>> {
@@ -27,30 +25,34 @@ impl Client {
         self.retrieve(key, cas, Some(ttl))
     }
 
-    /// Executes the router's read plan: the replicas in order, the first hit wins; a miss on
-    /// all is a miss, then the plan's fills (warm-up, drain); an error only if no replica
-    /// answered.
+    /// Executes the router's read plan as a batch of one ([`GetMany`], the sequence mcproxy's
+    /// gets run too): the replicas in order, the first hit wins; on a miss everywhere, the
+    /// fallbacks (the owner asked again if the table changed meanwhile; the plan's fills);
+    /// an error only if no replica answered.
     pub(super) fn retrieve(
         &mut self,
         key: &[u8],
         cas: bool,
         touch: Option<i64>,
     ) -> Result<Option<Item>> {
-        let plan = self.router.plan_read(key, crate::registry::now_ms());
+        let plan = self.router.plan_read(key, now_ms());
         self.run_probes();
         let plan = plan?;
+        let mut batch = GetMany::new(self.router.snapshot().version, vec![plan]);
         let (mut answered, mut last_error) = (false, None);
-        for server in &plan.replicas {
+        while let Some(round) = batch.next_round() {
+            let (server, _) = round[0];
             match self.get_one(server.index, key, cas, touch) {
                 Ok(Some(item)) => return Ok(Some(item)),
                 Ok(None) => answered = true,
-                Err(err) => last_error = Some(err),
+                Err(err) => {
+                    batch.failed(server);
+                    last_error = Some(err);
+                }
             }
         }
-        for fill in &plan.fills {
-            if let Some(item) = self.fill(fill, key, cas, touch) {
-                return Ok(Some(item));
-            }
+        if let Some(item) = self.fall_back(&batch, &[key], cas, touch).pop() {
+            return Ok(Some(item));
         }
         match (answered, last_error) {
             (false, Some(err)) => Err(err),
@@ -85,8 +87,18 @@ impl Client {
     /// answered for are reported in `errors`. Bad keys fail the whole call before anything is
     /// sent.
     pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
-        let (plans, snapshot) = self.plan_batch(keys)?;
-        let mut batch = GetMany::new(snapshot.version, plans);
+        let now = now_ms();
+        let planned = self
+            .router
+            .plan_each(keys, |router, key| router.plan_read(key, now));
+        self.run_probes();
+        let planned = planned?;
+        let plans = planned
+            .plans
+            .into_iter()
+            .collect::<Result<Vec<ReadPlan>>>()?;
+        let snapshot = self.router.snapshot().clone();
+        let mut batch = GetMany::new(planned.version, plans);
         let mut result = MultiGet::default();
         // A failed server (its position in `snapshot`), and the keys it was asked for.
         let mut failed: HashMap<usize, (Error, Vec<usize>)> = HashMap::new();
@@ -115,6 +127,12 @@ impl Client {
                 .collect();
             let outcomes = self.pipelines(&requests);
             for ((server, members), outcome) in round.into_iter().zip(outcomes) {
+                // Which of this server's keys each hit answers (a key may be asked twice).
+                let mut asked_by: HashMap<&[u8], Vec<usize>> =
+                    HashMap::with_capacity(members.len());
+                for &n in &members {
+                    asked_by.entry(keys[n]).or_default().push(n);
+                }
                 let mut error = None;
                 match outcome {
                     Ok(replies) => {
@@ -122,8 +140,11 @@ impl Client {
                             match reply {
                                 Reply::Values(items) => {
                                     for item in &items {
-                                        let mine = members.iter().filter(|&&n| keys[n] == item.key);
-                                        mine.for_each(|&n| batch.found(n));
+                                        for &n in
+                                            asked_by.get(item.key.as_slice()).into_iter().flatten()
+                                        {
+                                            batch.found(n);
+                                        }
                                     }
                                     result.items.extend(items);
                                 }
@@ -143,7 +164,7 @@ impl Client {
                 }
             }
         }
-        result.items.extend(self.fall_back(&batch, keys, cas));
+        result.items.extend(self.fall_back(&batch, keys, cas, None));
         for (server, (err, asked)) in failed {
             if asked.iter().any(|n| !answered.contains(n)) {
                 let address = snapshot.servers[server].address.clone();
@@ -153,20 +174,22 @@ impl Client {
         Ok(result)
     }
 
-    /// The fallbacks of a multi-get's misses ([`GetMany::misses`]), each key planned again:
-    /// its owner asked again when the table changed since the batch, then the plan's fills.
-    /// The items found.
-    fn fall_back(&mut self, batch: &GetMany, keys: &[&[u8]], cas: bool) -> Vec<Item> {
-        let now = crate::registry::now_ms();
+    /// The fallbacks of a batch's misses ([`GetMany::misses`]), each key planned again: its
+    /// owner asked again when the table changed since the batch, then the plan's fills. The
+    /// items found.
+    fn fall_back(
+        &mut self,
+        batch: &GetMany,
+        keys: &[&[u8]],
+        cas: bool,
+        touch: Option<i64>,
+    ) -> Vec<Item> {
+        let now = now_ms();
         if self.router.refresh().is_err() {
             return Vec::new();
         }
-        let misses = batch.misses(
-            self.router.snapshot().version,
-            self.router.fills_possible(now),
-        );
         let mut filled = Vec::new();
-        for n in misses {
+        for n in batch.misses(self.router.snapshot().version) {
             let key = keys[n];
             let Ok(plan) = self.router.plan_read(key, now) else {
                 continue;
@@ -174,25 +197,17 @@ impl Client {
             let mut found = None;
             if batch.ask_owner_again(&plan, self.router.snapshot().version) {
                 found = self
-                    .get_one(plan.owner.index, key, cas, None)
+                    .get_one(plan.owner.index, key, cas, touch)
                     .ok()
                     .flatten();
             }
             for fill in &plan.fills {
                 if found.is_none() {
-                    found = self.fill(fill, key, cas, None);
+                    found = self.fill(fill, key, cas, touch);
                 }
             }
             filled.extend(found);
         }
         filled
-    }
-
-    /// The read plan of each key, on one table ([`Client::plan_each`]); a bad key fails the
-    /// whole batch.
-    pub(super) fn plan_batch(&mut self, keys: &[&[u8]]) -> Result<(Vec<ReadPlan>, Arc<Snapshot>)> {
-        let now = crate::registry::now_ms();
-        let (plans, snapshot) = self.plan_each(keys, |router, key| router.plan_read(key, now))?;
-        Ok((plans.into_iter().collect::<Result<_>>()?, snapshot))
     }
 }

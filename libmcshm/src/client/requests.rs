@@ -1,7 +1,7 @@
 //! Requests: one server's pipeline (a bounded window of requests in flight, replies in order),
 //! and what its replies mean.
 
-use mcshm_route::{Outcome, ServerRef};
+use mcshm_route::Outcome;
 
 use crate::address::Address;
 use crate::conn::{Conn, ConnError};
@@ -187,10 +187,7 @@ impl Client {
         address: &Address,
         result: Result<T, ConnError>,
     ) -> Result<T> {
-        let at = ServerRef {
-            id: self.router.snapshot().servers[server].id,
-            index: server,
-        };
+        let at = self.router.server_ref(server);
         match result {
             Ok(value) => {
                 self.router.report(at, Outcome::Answered);

@@ -97,15 +97,7 @@ impl Client {
         if self.router.version_now() == routed {
             return;
         }
-        let repeatable = matches!(
-            request,
-            Request::Delete { .. }
-                | Request::Store {
-                    verb: StoreVerb::Set,
-                    ..
-                }
-        );
-        let mut follow = FollowChange::new(routed, written, repeatable);
+        let mut follow = FollowChange::new(routed, written, request.is_repeatable());
         while self.router.refresh().is_ok() && follow.wants(self.router.snapshot().version) {
             let Ok(plan) = self.router.plan_write(key, false) else {
                 return;
@@ -149,7 +141,11 @@ impl Client {
             proto::check_key(item.key).map_err(|why| Error::bad_key(item.key, why))?;
         }
         let keys: Vec<&[u8]> = items.iter().map(|item| item.key).collect();
-        let (plans, _) = self.plan_each(&keys, |router, key| router.plan_write(key, false))?;
+        let planned = self
+            .router
+            .plan_each(&keys, |router, key| router.plan_write(key, false));
+        self.run_probes();
+        let plans = planned?.plans;
         let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
         let mut invalidations: HashMap<usize, Vec<&[u8]>> = HashMap::new();
         let mut results: Vec<Option<Result<Stored>>> = Vec::new();

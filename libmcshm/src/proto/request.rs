@@ -235,6 +235,32 @@ impl Request<'_> {
         matches!(self, Request::Meta { flags, .. } if flags.contains(&BASE64_KEY))
     }
 
+    /// Whether sending it again is harmless (it ends in the same state): set and delete, as
+    /// text or meta (`ms` in set mode without a cas or an invalidation, `md`); not add,
+    /// replace, append, prepend, cas, incr/decr or touch. A write whose table changed in
+    /// flight is sent again to new replicas only then (`mcshm_route::FollowChange`), by the
+    /// blocking client and by mcproxy.
+    pub fn is_repeatable(&self) -> bool {
+        match self {
+            Request::Store { verb, .. } => *verb == StoreVerb::Set,
+            Request::Delete { .. } => true,
+            Request::Meta {
+                verb: MetaVerb::Delete,
+                ..
+            } => true,
+            Request::Meta {
+                verb: MetaVerb::Set,
+                flags,
+                ..
+            } => flags.iter().all(|f| match f.first() {
+                Some(b'M') => f[1..].eq_ignore_ascii_case(b"S"),
+                Some(b'C' | b'I') => false,
+                _ => true,
+            }),
+            _ => false,
+        }
+    }
+
     /// What kind of reply this request gets.
     pub fn expects(&self) -> Expect {
         match self {

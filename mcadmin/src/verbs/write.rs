@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use libmcshm::edit::{self, PolicyChange};
-use libmcshm::registry::commit_info;
+use libmcshm::table::CommitInfo;
 use libmcshm::table::Table;
 use libmcshm::{Address, Server, State, Timeouts, dump};
 use mcshm_cli::UsageError;
@@ -37,7 +37,13 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
     }
     let name = ctx.domain.to_string();
     write(ctx, true, |t| {
-        edit::add(&mut t.servers, &new, args.if_missing, commit_info(), &name)
+        edit::add(
+            &mut t.servers,
+            &new,
+            args.if_missing,
+            CommitInfo::now(),
+            &name,
+        )
     })
 }
 
@@ -84,7 +90,7 @@ pub fn down(ctx: &Invocation, addresses: &[Address], reason: &str, retry: bool) 
             addresses,
             reason,
             retry,
-            commit_info(),
+            CommitInfo::now(),
             &name,
         )
     })?;

@@ -180,7 +180,7 @@ impl Service {
     /// meanwhile becomes a job ([`Service::finish_direct`]). (A domain-wide "any server drains
     /// or warms" made every get a job during a drain.)
     fn direct_read(&self, key: &[u8]) -> Result<(Arc<Snapshot>, usize), Option<Planned>> {
-        let now = libmcshm::registry::now_ms();
+        let now = libmcshm::clock::now_ms();
         let Plan {
             snapshot,
             value: plan,
@@ -245,7 +245,7 @@ impl Service {
                 }
                 if reply == b"END\r\n" {
                     // A miss on a table that changed meanwhile: the key may have moved.
-                    if self.seen.get() != version {
+                    if self.changed_since(version) {
                         return Finished::Job(self.clone().job(command, lane));
                     }
                     return Finished::Pass(reply);
@@ -267,7 +267,7 @@ impl Service {
                 verb: MetaVerb::Get,
                 ..
             } => self.direct_reply(reply, quiet, prefix.as_bytes()),
-            write if self.seen.get() != version => {
+            write if self.changed_since(version) => {
                 // The table changed while the write was in flight: it may have landed where
                 // the key no longer belongs.
                 let reply = unprefix_meta(reply.to_vec(), prefix.as_bytes());

@@ -96,9 +96,6 @@ pub struct Service {
     timeouts: Timeouts,
     /// The domain's number in the worker's [`Net`](crate::upstream::Net).
     domain: usize,
-    /// The latest table version a decision or a report routed on: a write tells from it that
-    /// the table changed while it was in flight.
-    seen: Cell<u64>,
     /// Lanes for follow-up requests, whose order does not matter.
     lanes: Cell<usize>,
     outbox: Outbox,
@@ -135,7 +132,6 @@ impl Service {
             router: RefCell::new(router),
             timeouts,
             domain: number,
-            seen: Cell::new(u64::MAX),
             lanes: Cell::new(0),
             outbox,
         })
@@ -159,7 +155,6 @@ impl Service {
         let mut router = self.router();
         let decided = router.refresh().and_then(|()| decide(&mut router));
         self.run_probes(&mut router);
-        self.seen.set(router.snapshot().version);
         match decided {
             Ok(value) => Ok(Plan {
                 snapshot: router.snapshot().clone(),
@@ -171,6 +166,12 @@ impl Service {
             }
             Err(err) => Err(server_error(&err.to_string())),
         }
+    }
+
+    /// Whether the table moved on from version `version` (one atomic load): a request routed
+    /// on it may have gone where a key no longer belongs.
+    fn changed_since(&self, version: u64) -> bool {
+        self.router().version_now() != version
     }
 
     fn run_probes(&self, router: &mut Router) {
@@ -253,11 +254,7 @@ impl Service {
             }
         };
         let mut router = self.router();
-        // The newest version first: what `seen` then says tells a write whether the table
-        // changed while it was in flight.
-        let _ = router.refresh();
         router.report(server, outcome);
-        self.seen.set(router.snapshot().version);
         self.run_probes(&mut router);
     }
 

@@ -44,19 +44,26 @@ impl Service {
         if keys.len() > 1 {
             self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
         }
-        let now = libmcshm::registry::now_ms();
+        let now = libmcshm::clock::now_ms();
         let Plan {
             snapshot,
-            value: plans,
+            value: (plans, version),
         } = match planned {
-            Some(Plan { snapshot, value }) => Plan {
-                snapshot,
-                value: vec![value],
-            },
+            Some(Plan { snapshot, value }) => {
+                let version = snapshot.version;
+                Plan {
+                    snapshot,
+                    value: (vec![value], version),
+                }
+            }
+            // On one table version, as the blocking client plans its batches.
             None => decided!(self.decide(|router| {
-                let plans: libmcshm::Result<Vec<ReadPlan>> =
-                    keys.iter().map(|key| router.plan_read(key, now)).collect();
-                plans
+                let batch = router.plan_each(&keys, |router, key| router.plan_read(key, now))?;
+                let plans = batch
+                    .plans
+                    .into_iter()
+                    .collect::<libmcshm::Result<Vec<_>>>()?;
+                Ok((plans, batch.version))
             })),
         };
         let batch = Batch {
@@ -65,7 +72,7 @@ impl Service {
             exptime,
             keys: &keys,
         };
-        let mut many = GetMany::new(snapshot.version, plans);
+        let mut many = GetMany::new(version, plans);
         let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         let (mut answered, mut failure) = (false, None);
         while let Some(round) = many.next_round() {
@@ -145,13 +152,9 @@ impl Service {
         if found.iter().all(Option::is_some) {
             return;
         }
-        let now = libmcshm::registry::now_ms();
-        let (version_now, fills) = {
-            let mut router = self.router();
-            let _ = router.refresh();
-            (router.snapshot().version, router.fills_possible(now))
-        };
-        for n in many.misses(version_now, fills) {
+        let now = libmcshm::clock::now_ms();
+        let version_now = self.router().version_now();
+        for n in many.misses(version_now) {
             let Ok(Plan {
                 snapshot,
                 value: plan,
@@ -263,7 +266,7 @@ impl Service {
         lane: usize,
         planned: Option<Plan<ReadPlan>>,
     ) -> Vec<u8> {
-        let now = libmcshm::registry::now_ms();
+        let now = libmcshm::clock::now_ms();
         let Plan {
             snapshot,
             value: plan,
@@ -272,43 +275,79 @@ impl Service {
             None => decided!(self.decide(|router| router.plan_read(key, now))),
         };
         let bytes = decided!(encode_for(command, &snapshot));
-        let Some(first) = plan.replicas.first().copied() else {
-            return b"EN\r\n".to_vec();
-        };
-        let sent = self.send(&snapshot, first.index, bytes.clone(), Frame::Meta, lane);
         let prefix = snapshot.policy.prefix.as_bytes();
+        // A batch of one, as a text get and the blocking client's get run it.
+        let mut many = GetMany::new(snapshot.version, vec![plan]);
         let (mut miss, mut failure) = (None, None);
-        let mut result = self.finish(sent).await;
-        for next in plan.replicas.iter().skip(1).map(Some).chain([None]) {
+        let mut first = true;
+        while let Some(round) = many.next_round() {
+            let (server, _) = round[0];
+            let result = match std::mem::take(&mut first) {
+                // The first request on the client's lane, in its order.
+                true => {
+                    let sent = self.send(&snapshot, server.index, bytes.clone(), Frame::Meta, lane);
+                    self.finish(sent).await
+                }
+                false => {
+                    self.call(&snapshot, server.index, bytes.clone(), Frame::Meta)
+                        .await
+                }
+            };
             match result {
                 Ok(reply) if first_line(&reply).starts_with(b"EN") => miss = Some(reply),
                 Ok(reply) => return unprefix_meta(reply, prefix),
-                Err(err) => failure = Some(err.error),
-            }
-            let Some(next) = next else { break };
-            result = self
-                .call(&snapshot, next.index, bytes.clone(), Frame::Meta)
-                .await;
-        }
-        for fill in &plan.fills {
-            // A meta reply carries what only the server gives (its flags as asked): the owner
-            // is asked again whatever the fill did, and a miss there stays a miss.
-            if miss.is_some() && self.fill(&snapshot, fill, key, false).await != Filled::Nothing {
-                let again = self
-                    .call(&snapshot, fill.to.index, bytes.clone(), Frame::Meta)
-                    .await;
-                if let Ok(reply) = again
-                    && !first_line(&reply).starts_with(b"EN")
-                {
-                    return unprefix_meta(reply, prefix);
+                Err(err) => {
+                    failure = Some(err.error);
+                    many.failed(server);
                 }
             }
+        }
+        if !many.misses(self.router().version_now()).is_empty()
+            && let Some(reply) = self.meta_fallbacks(command, key, &many, now).await
+        {
+            return reply;
         }
         match (miss, failure) {
             (Some(reply), _) => reply,
             (None, Some(error)) => server_error(&error),
             (None, None) => b"EN\r\n".to_vec(),
         }
+    }
+
+    /// The fallbacks of a meta get's miss ([`GetMany::misses`]), the key planned again: its
+    /// owner asked again when the table changed; then the plan's fills, the owner asked again
+    /// after each (a meta reply carries what only the server gives: the flags as asked, so the
+    /// copy itself is never the answer). The first hit.
+    async fn meta_fallbacks(
+        &self,
+        command: &Command,
+        key: &[u8],
+        many: &GetMany,
+        now: u64,
+    ) -> Option<Vec<u8>> {
+        let Plan {
+            snapshot,
+            value: plan,
+        } = self.decide(|router| router.plan_read(key, now)).ok()?;
+        let bytes = encode_for(command, &snapshot).ok()?;
+        let ask =
+            |server: ServerRef| self.call(&snapshot, server.index, bytes.clone(), Frame::Meta);
+        let hit = |reply: &[u8]| !first_line(reply).starts_with(b"EN");
+        if many.ask_owner_again(&plan, snapshot.version)
+            && let Ok(reply) = ask(plan.owner).await
+            && hit(&reply)
+        {
+            return Some(unprefix_meta(reply, snapshot.policy.prefix.as_bytes()));
+        }
+        for fill in &plan.fills {
+            if self.fill(&snapshot, fill, key, false).await != Filled::Nothing
+                && let Ok(reply) = ask(fill.to).await
+                && hit(&reply)
+            {
+                return Some(unprefix_meta(reply, snapshot.policy.prefix.as_bytes()));
+            }
+        }
+        None
     }
 
     /// A command for the key's owner alone (`me`).

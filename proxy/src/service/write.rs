@@ -78,8 +78,7 @@ impl Service {
         key: &[u8],
         command: &Command,
     ) {
-        // The replies of the write were reported, which read the table: one load tells.
-        if self.seen.get() == snapshot.version {
+        if !self.changed_since(snapshot.version) {
             return;
         }
         let written: Vec<ServerRef> = written

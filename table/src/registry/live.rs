@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Registry;
-use super::writer::now_ms;
+use crate::clock::now_ms;
 use crate::format::{self, Layout};
 use crate::seqlock::Words;
 use crate::shm::SharedMap;

@@ -53,7 +53,7 @@ pub use agent::AgentLink;
 pub use files::{FileOwnership, check_trusted, open_trusted};
 pub use live::LiveRecords;
 pub use lock::LockWait;
-pub use writer::{Commit, commit_info, now_ms};
+pub use writer::Commit;
 
 // What the registry's API hands out of the file's layout, by name (the layout itself is private
 // to this crate).

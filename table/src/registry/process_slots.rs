@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Registry;
-use super::writer::now_ms;
+use crate::clock::now_ms;
 use crate::format;
 use crate::seqlock::Words;
 

@@ -10,6 +10,7 @@ use super::files::{FileOwnership, new_file, open_checked};
 use super::lock::{LockWait, acquire_lock};
 use super::reader::Read;
 use super::relocate::{Leaving, Temp};
+use crate::clock::now_ms;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, Layout, RingRef};
@@ -154,7 +155,7 @@ impl Registry {
             let previous_image = previous.map(|_| &self.scratch[..]);
             let image = format::encode_slot(
                 current + 1,
-                commit_info(),
+                CommitInfo::now(),
                 &table,
                 next_id,
                 ring,
@@ -358,13 +359,6 @@ pub(super) fn assign_ids(servers: &mut [Server], mut next_id: u32, capacity: u32
         server.live = free.next().unwrap_or(0);
     }
     next_id
-}
-
-pub use crate::clock::now_ms;
-
-/// This process as a writer: now, pid, effective uid ([`CommitInfo::now`]).
-pub fn commit_info() -> CommitInfo {
-    CommitInfo::now()
 }
 
 #[cfg(test)]
