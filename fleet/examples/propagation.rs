@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use libmcshm::table::CommitInfo;
-use libmcshm::table::State;
+use libmcshm::table::{CommitInfo, State};
 use libmcshm::{Address, Domain, Registry, Server, edit};
 use mcshm_fleet::{Etcd, EtcdConfig, Fleet};
 

@@ -11,8 +11,7 @@
 
 use std::collections::HashMap;
 
-use mcshm_table::table::CommitInfo;
-use mcshm_table::table::{Server, State, Table};
+use mcshm_table::table::{CommitInfo, Server, State, Table};
 use mcshm_table::{Address, edit};
 
 /// One state change this host made since the base.

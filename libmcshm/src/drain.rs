@@ -15,8 +15,7 @@ use crate::edit::{self, Transition};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
 use crate::registry::{Commit, Registry};
-use crate::table::CommitInfo;
-use crate::table::State;
+use crate::table::{CommitInfo, State};
 
 /// Longest metadump we read (a bound on memory for a hostile or enormous server).
 const MAX_DUMP: usize = 1 << 30;

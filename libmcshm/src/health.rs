@@ -18,8 +18,7 @@ use crate::edit;
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, Rejoined};
 use crate::registry::Registry;
-use crate::table::CommitInfo;
-use crate::table::State;
+use crate::table::{CommitInfo, State};
 
 /// Takes the lock that makes one daemon of kind `role` (`watch`, `sync`) act on `domain` per
 /// host: an exclusive lock on `DIR/.DOMAIN.ROLE`, released by the kernel when the holder dies,

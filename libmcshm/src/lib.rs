@@ -26,9 +26,10 @@
 //! Layers (each a crate that imports only the ones before it): [`mcshm_table`] (the table, its
 //! placement and its file: no sockets), then this crate's memcached side: [`proto`] (the text
 //! protocol), [`auth`] and [`tls`] (what a domain's connections present, together [`access`]),
-//! [`conn`], [`client`] (the router, the sans-I/O core every front end
-//! executes, and the blocking client: failover, replication, warm-up, drain fallback),
-//! [`lifecycle`] (probe and rejoin), [`health`] (the watch daemon) and [`drain`]. The table
+//! [`conn`], [`client`] (the blocking client: it executes the plans and sequences of
+//! mcshm-route's router, as mcproxy does: failover, replication, warm-up, drain fallback),
+//! [`lifecycle`] (probe and the one rejoin rule), [`health`] (the watch daemon), [`drain`] and
+//! [`settle`] (the workflows). The table
 //! crate's modules are re-exported here under their names, so `libmcshm::registry` and
 //! `libmcshm::table` are what programs use.
 

@@ -18,11 +18,10 @@ use crate::edit;
 use crate::error::{Error, Result};
 use crate::proto::{Reply, Request, StoreVerb};
 use crate::registry::{Commit, FileOwnership, LockWait, Registry};
-use crate::table::CommitInfo;
-use crate::table::{Policy, Rejoin, Server, State, Table, fit_reason};
+use crate::table::{CommitInfo, Policy, Rejoin, Server, State, Table, fit_reason};
 
-/// One round trip (`version`), and with `check_key` a set and get of that key (the seed
-/// thread's checkState). `Err` names what failed.
+/// One round trip (`version`), and with `check_key` a set and get of that key (PECL
+/// memcache's checkState). `Err` names what failed.
 pub fn health_check(
     address: &Address,
     timeouts: Timeouts,

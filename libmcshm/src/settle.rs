@@ -18,8 +18,7 @@ use crate::edit::{self, Transition};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
 use crate::registry::Registry;
-use crate::table::CommitInfo;
-use crate::table::{Server, State};
+use crate::table::{CommitInfo, Server, State};
 
 /// A settle in progress, the workflow of `mcadmin settle` (the caller paces it and shows its
 /// progress): [`Settle::start`] chooses the servers; [`Settle::sweep`] lists one server's keys;

@@ -6,9 +6,9 @@
 //! Modules, from the bytes up: [`command`] and [`binary`] (what clients send, sans I/O),
 //! [`libmcshm::proto::frame`] (framing what servers answer, sans I/O), [`worker`] (one event loop per thread,
 //! owning everything below it), [`session`] (one client connection and its reply slots),
-//! [`upstream`] (the worker's server connections), [`service`] (one domain: routing by
-//! libmcshm's [`Router`](mcshm_route::Router), the same decisions as the blocking
-//! client, executed directly or as [`jobs`]), [`stats`]. Requests never cross threads; tokio
+//! [`upstream`] (the worker's server connections), [`failure`] (why a request got no reply),
+//! [`service`] (one domain: routing by mcshm-route's [`Router`](mcshm_route::Router) and its
+//! sequences, the same as the blocking client's, executed directly or as [`jobs`]), [`stats`]. Requests never cross threads; tokio
 //! runs only on the main thread (signals, the metrics page), and libmcshm's blocking path links
 //! none of it.
 

@@ -4,8 +4,7 @@
 
 use mcshm_table::edit;
 use mcshm_table::error::{Error, ErrorKind};
-use mcshm_table::table::CommitInfo;
-use mcshm_table::table::Server;
+use mcshm_table::table::{CommitInfo, Server};
 
 use crate::report::{FailureEvent, MarkedDown};
 use crate::router::{Router, Source};

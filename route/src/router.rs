@@ -1,11 +1,11 @@
-//! The router: the sans-I/O core of every front end (the blocking `libmcshm::Client` and
-//! `mcproxy`). It owns the decisions and none of the sockets: the ring of each table version
+//! The router: the routing core of every front end (the blocking `libmcshm::Client` and
+//! `mcproxy`), no sockets. It owns the decisions and none of the sockets: the ring of each table version
 //! (the one the writer put in the file, looked up in place; built here only for files of older
 //! formats, when this process's own failure view takes servers off it, or when the file's ring
 //! cannot be used), a key's replicas along it, which servers are down, where stale copies must be invalidated after a write, the warm-up
 //! and drain fallbacks, the shared failure counts, and which retry probes are due. A front end
 //! asks the router where to send a request, does the I/O its own way, and tells the router how
-//! it went ([`Router::succeeded`], [`Router::failed`]); so each rule is written once, here.
+//! it went ([`Router::report`], by server id); so each rule is written once, here.
 //!
 //! The only blocking work is local: reading the registry, and marking a server down (a short
 //! file-locked transaction). The retry probe talks to a server, so the router hands it out as a

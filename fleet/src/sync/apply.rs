@@ -11,8 +11,7 @@
 
 use mcshm_table::Domain;
 use mcshm_table::clock::now_ms;
-use mcshm_table::table::CommitInfo;
-use mcshm_table::table::Table;
+use mcshm_table::table::{CommitInfo, Table};
 
 use super::{Agent, Mirror, SyncEvent, refused};
 use crate::etcd::EtcdError;

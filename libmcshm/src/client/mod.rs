@@ -41,8 +41,10 @@
 //! `add` (never over a newer write, keeping flags and remaining TTL) and returned.
 //!
 //! Draining (`mcadmin drain`): a draining server is left out of the ring; a miss on a key's new
-//! owner falls back to the draining server, and a hit there is moved (added to the new owner,
-//! deleted from the draining server). Writes also delete the key from the draining server.
+//! owner falls back to the draining server, and a hit there is moved: added to the new owner,
+//! then deleted from the draining server only when the new owner holds a value (a value it
+//! refuses, say over its item size, stays where it is). Writes also delete the key from the
+//! draining server.
 //!
 //! The client's files: this one (the handle, its constructors, the routing it asks the
 //! [`Router`] for), `reads.rs`, `writes.rs`, `servers.rs` (flush_all, version, stats),

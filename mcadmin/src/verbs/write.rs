@@ -8,8 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use libmcshm::edit::{self, PolicyChange};
-use libmcshm::table::CommitInfo;
-use libmcshm::table::Table;
+use libmcshm::table::{CommitInfo, Table};
 use libmcshm::{Address, Server, State, Timeouts, dump};
 use mcshm_cli::UsageError;
 use serde_json::json;

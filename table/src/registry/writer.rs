@@ -17,8 +17,7 @@ use crate::format::{self, Layout, RingRef};
 use crate::seqlock::{Seal, VERSION_MASK, Words};
 use crate::shared_ring;
 use crate::shm::{SharedMap, monotonic_ns};
-use crate::table::CommitInfo;
-use crate::table::{Server, State, Table, first_duplicate};
+use crate::table::{CommitInfo, Server, State, Table, first_duplicate};
 
 /// The result of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
