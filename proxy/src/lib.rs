@@ -27,6 +27,7 @@ pub mod client_auth;
 pub mod command;
 pub mod failure;
 pub mod jobs;
+mod reply_order;
 pub mod service;
 pub mod session;
 pub mod stats;

@@ -8,7 +8,6 @@
 //! [`Settings::pipeline`] commands between reading and answering (beyond that the session
 //! stops reading, and TCP pushes back on the client).
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use crate::binary;
 use crate::buffer::Inbox;
 use crate::command::{Command, Limits, Parsed, VERSION_REPLY, parse};
 use crate::jobs::{Jobs, Work};
+use crate::reply_order::ReplyOrder;
 use crate::service::{Direct, Outbox, Service, SlotRef, Started};
 use crate::stream::Stream;
 use crate::upstream::{Deliver, Net};
@@ -50,23 +50,7 @@ const OUT_HIGH: usize = 4 * 1024 * 1024;
 /// Quiet gets routed as one multi-get at most (a longer run is several).
 const QUIET_GET_RUN: usize = 1000;
 
-/// What becomes of a reply before the client gets it.
-pub enum Then {
-    Plain,
-    /// Turned into something else (a binary response).
-    Map(Box<dyn FnOnce(Vec<u8>) -> Vec<u8>>),
-}
-
-enum Slot {
-    Done(Vec<u8>),
-    Waiting(Then),
-}
-
-/// A reply for a slot: borrowed from a server connection's buffer, or owned.
-pub enum Reply<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
+pub use crate::reply_order::{Reply, Then};
 
 /// What a session needs of its worker to start commands.
 pub struct Ctx<'a> {
@@ -92,8 +76,8 @@ pub struct Session {
     inbox: Inbox,
     out: Vec<u8>,
     written: usize,
-    slots: VecDeque<Slot>,
-    head_seq: u64,
+    /// The replies of the commands in flight, in the client's order.
+    replies: ReplyOrder,
     /// The protocol, from the connection's first byte: 0x80 is the binary protocol's magic.
     binary: Option<bool>,
     authenticated: bool,
@@ -131,8 +115,7 @@ impl Session {
             inbox: Inbox::default(),
             out: Vec::new(),
             written: 0,
-            slots: VecDeque::new(),
-            head_seq: 0,
+            replies: ReplyOrder::default(),
             binary: None,
             authenticated: settings.client_auth.is_none(),
             swallow: 0,
@@ -151,12 +134,12 @@ impl Session {
 
     /// Whether the session is over: nothing more to read, answer or write.
     pub fn finished(&self) -> bool {
-        self.broken || (!self.reading && self.slots.is_empty() && self.written == self.out.len())
+        self.broken || (!self.reading && self.replies.is_empty() && self.written == self.out.len())
     }
 
     /// Whether the pipeline or output limit holds reading back.
     fn over_limits(&self, settings: &Settings) -> bool {
-        self.slots.len() >= settings.pipeline.max(1) || self.out.len() - self.written > OUT_HIGH
+        self.replies.len() >= settings.pipeline.max(1) || self.out.len() - self.written > OUT_HIGH
     }
 
     /// Reads and starts what the client sent, until the socket has no more or a limit holds.
@@ -450,7 +433,7 @@ impl Session {
 
     /// Gives a command its reply slot and starts it.
     fn answer(&mut self, dispatch: Dispatch, ctx: &mut Ctx<'_>) {
-        let seq = self.head_seq + self.slots.len() as u64;
+        let seq = self.replies.next_seq();
         let slot = SlotRef {
             client: self.key,
             generation: self.generation,
@@ -463,7 +446,7 @@ impl Session {
                 (self.service.start(command, self.lane, ctx.net, slot), then)
             }
         };
-        self.slots.push_back(Slot::Waiting(then));
+        self.replies.open(then);
         match started {
             Started::Ready(bytes) => self.complete(seq, Reply::Owned(bytes)),
             Started::Direct => {}
@@ -480,31 +463,7 @@ impl Session {
     /// The reply of the command numbered `seq`: written out at once when it is the oldest
     /// waiting, else kept until those before it are answered.
     pub fn complete(&mut self, seq: u64, reply: Reply<'_>) {
-        let Some(at) = seq.checked_sub(self.head_seq).map(|n| n as usize) else {
-            return;
-        };
-        let Some(slot) = self.slots.get_mut(at) else {
-            return;
-        };
-        let Slot::Waiting(then) = std::mem::replace(slot, Slot::Done(Vec::new())) else {
-            return;
-        };
-        match (then, reply) {
-            (Then::Plain, Reply::Borrowed(bytes)) if at == 0 => {
-                self.out.extend_from_slice(bytes);
-                self.slots.pop_front();
-                self.head_seq += 1;
-            }
-            (Then::Plain, Reply::Borrowed(bytes)) => *slot = Slot::Done(bytes.to_vec()),
-            (Then::Plain, Reply::Owned(bytes)) => *slot = Slot::Done(bytes),
-            (Then::Map(map), Reply::Borrowed(bytes)) => *slot = Slot::Done(map(bytes.to_vec())),
-            (Then::Map(map), Reply::Owned(bytes)) => *slot = Slot::Done(map(bytes)),
-        }
-        while let Some(Slot::Done(bytes)) = self.slots.front() {
-            self.out.extend_from_slice(bytes);
-            self.slots.pop_front();
-            self.head_seq += 1;
-        }
+        self.replies.complete(seq, reply, &mut self.out);
     }
 
     /// Whether there is output to write.
@@ -552,7 +511,7 @@ impl Session {
         {
             return Some(true);
         }
-        let idle = self.slots.is_empty() && self.inbox.is_empty() && self.swallow == 0;
+        let idle = self.replies.is_empty() && self.inbox.is_empty() && self.swallow == 0;
         match settings.idle_timeout {
             Some(limit) if idle && now.saturating_duration_since(self.last_active) >= limit => {
                 Some(false)
