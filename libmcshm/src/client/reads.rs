@@ -26,9 +26,10 @@ impl Client {
     }
 
     /// Executes the router's read plan as a batch of one ([`GetMany`], the sequence mcproxy's
-    /// gets run too): the replicas in order, the first hit wins; on a miss everywhere, the
-    /// fallbacks (the owner asked again if the table changed meanwhile; the plan's fills);
-    /// an error only if no replica answered.
+    /// gets run too): the replicas in order, the first hit wins (a batch of one's rounds, with
+    /// nothing to group: a hit allocates nothing); on a miss everywhere, the batch's fallbacks
+    /// (the owner asked again if the table changed meanwhile; the plan's fills); an error only
+    /// if no replica answered.
     pub(super) fn retrieve(
         &mut self,
         key: &[u8],
@@ -38,19 +39,20 @@ impl Client {
         let plan = self.router.plan_read(key, now_ms());
         self.run_probes();
         let plan = plan?;
-        let mut batch = GetMany::new(self.router.snapshot().version, vec![plan]);
-        let (mut answered, mut last_error) = (false, None);
-        while let Some(round) = batch.next_round() {
-            let (server, _) = round[0];
+        let version = self.router.snapshot().version;
+        let (mut answered, mut last_error, mut failed) = (false, None, Vec::new());
+        for &server in &plan.replicas {
             match self.get_one(server.index, key, cas, touch) {
                 Ok(Some(item)) => return Ok(Some(item)),
                 Ok(None) => answered = true,
                 Err(err) => {
-                    batch.failed(server);
+                    failed.push(server);
                     last_error = Some(err);
                 }
             }
         }
+        let mut batch = GetMany::new(version, vec![plan]);
+        failed.into_iter().for_each(|server| batch.failed(server));
         if let Some(item) = self.fall_back(&batch, &[key], cas, touch).pop() {
             return Ok(Some(item));
         }
