@@ -358,23 +358,17 @@ impl<D> Net<D> {
         }
     }
 
-    /// When connection `conn` times out, if it waits for anything: its connect's deadline, or
-    /// its oldest request's reply's; and whether it is the connect.
-    fn deadline(&self, conn: &Conn<D>) -> Option<(Instant, bool)> {
-        match conn.connecting {
-            Some(deadline) => (!conn.in_flight.is_empty()).then_some((deadline, true)),
-            None => conn
-                .in_flight
-                .front()
-                .map(|w| (w.sent + self.timeouts.io, false)),
-        }
+    /// When connection `conn` times out ([`Deadline::of`]).
+    fn deadline(&self, conn: &Conn<D>) -> Option<Deadline> {
+        let oldest = conn.in_flight.front().map(|w| w.sent);
+        Deadline::of(conn.connecting, oldest, self.timeouts)
     }
 
     /// The earliest moment a connection times out.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.conns
             .iter()
-            .filter_map(|(_, conn)| self.deadline(conn).map(|(at, _)| at))
+            .filter_map(|(_, conn)| self.deadline(conn).map(|d| d.at()))
             .min()
     }
 
@@ -386,18 +380,12 @@ impl<D> Net<D> {
     ) {
         let mut expired = Vec::new();
         for (key, conn) in &self.conns {
-            let failure = match self.deadline(conn) {
-                Some((at, true)) if now >= at => Failure::new(
-                    format!("connect: timed out after {:?}", self.timeouts.connect),
-                    libc::ETIMEDOUT,
-                ),
-                Some((at, false)) if now >= at => Failure::new(
-                    format!("no reply within {:?}", self.timeouts.io),
-                    libc::ETIMEDOUT,
-                ),
-                _ => continue,
-            };
-            expired.push((key, failure));
+            if let Some(failure) = self
+                .deadline(conn)
+                .and_then(|d| d.expired(now, self.timeouts))
+            {
+                expired.push((key, failure));
+            }
         }
         for (key, failure) in expired {
             self.fail(key, failure, deliver);
@@ -583,5 +571,99 @@ fn deliver_replies<D>(
             }
         }
         conn.inbox.consume(len);
+    }
+}
+
+/// When a server connection times out, if it waits for anything: the connect, while requests
+/// wait for it; else the reply of its oldest request. Pure: the sweep and the worker's poll
+/// timeout both ask it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    Connect(Instant),
+    Reply(Instant),
+}
+
+impl Deadline {
+    /// The deadline of a connection still connecting until `connecting` (if it is), whose
+    /// oldest request in flight was sent at `oldest_sent` (if any).
+    fn of(
+        connecting: Option<Instant>,
+        oldest_sent: Option<Instant>,
+        timeouts: Timeouts,
+    ) -> Option<Deadline> {
+        match connecting {
+            // A connect nothing waits for is not timed: it is used or pruned.
+            Some(deadline) => oldest_sent.map(|_| Deadline::Connect(deadline)),
+            None => oldest_sent.map(|sent| Deadline::Reply(sent + timeouts.io)),
+        }
+    }
+
+    fn at(self) -> Instant {
+        match self {
+            Deadline::Connect(at) | Deadline::Reply(at) => at,
+        }
+    }
+
+    /// The failure of a connection whose deadline passed at `now`; `None` before it.
+    fn expired(self, now: Instant, timeouts: Timeouts) -> Option<Failure> {
+        if now < self.at() {
+            return None;
+        }
+        let why = match self {
+            Deadline::Connect(_) => format!("connect: timed out after {:?}", timeouts.connect),
+            Deadline::Reply(_) => format!("no reply within {:?}", timeouts.io),
+        };
+        Some(Failure::new(why, libc::ETIMEDOUT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        connect: Duration::from_millis(100),
+        io: Duration::from_millis(300),
+    };
+
+    #[test]
+    fn a_connection_waits_for_its_connect_then_for_its_oldest_reply() {
+        let t0 = Instant::now();
+        let connect_by = t0 + TIMEOUTS.connect;
+        assert_eq!(
+            Deadline::of(Some(connect_by), None, TIMEOUTS),
+            None,
+            "nothing waits"
+        );
+        assert_eq!(
+            Deadline::of(Some(connect_by), Some(t0), TIMEOUTS),
+            Some(Deadline::Connect(connect_by))
+        );
+        let sent = t0 + Duration::from_millis(50);
+        assert_eq!(
+            Deadline::of(None, Some(sent), TIMEOUTS),
+            Some(Deadline::Reply(sent + TIMEOUTS.io))
+        );
+        assert_eq!(
+            Deadline::of(None, None, TIMEOUTS),
+            None,
+            "idle: never times out"
+        );
+    }
+
+    #[test]
+    fn a_deadline_fails_the_connection_once_passed_naming_what_timed_out() {
+        let t0 = Instant::now();
+        let connect = Deadline::Connect(t0);
+        assert!(
+            connect
+                .expired(t0 - Duration::from_millis(1), TIMEOUTS)
+                .is_none()
+        );
+        let failure = connect.expired(t0, TIMEOUTS).expect("at the deadline");
+        assert_eq!(failure.errno, libc::ETIMEDOUT);
+        assert_eq!(failure.error, "connect: timed out after 100ms");
+        let reply = Deadline::Reply(t0).expired(t0 + Duration::from_secs(1), TIMEOUTS);
+        assert_eq!(reply.unwrap().error, "no reply within 300ms");
     }
 }
