@@ -274,7 +274,11 @@ impl Service {
                 let this = self.clone();
                 Finished::Job(Box::pin(async move {
                     let key = write.key().unwrap_or_default();
-                    this.follow_table_change(&snapshot, &[server], key, &write)
+                    let written = [mcshm_route::ServerRef {
+                        id: snapshot.servers[server].id,
+                        index: server,
+                    }];
+                    this.follow_table_change(&snapshot, &written, key, &write)
                         .await;
                     quiet.apply(reply)
                 }))

@@ -30,12 +30,12 @@ impl Service {
             Some(plan) => plan,
             None => decided!(self.decide(|router| router.plan_write(key, only_first))),
         };
-        let targets: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
         let bytes = decided!(encode_for(command, &snapshot));
         let prefix = snapshot.policy.prefix;
-        let outstanding: Vec<Outstanding> = targets
+        let outstanding: Vec<Outstanding> = plan
+            .targets
             .iter()
-            .map(|&server| self.send(&snapshot, server, bytes.clone(), frame, lane))
+            .map(|s| self.send(&snapshot, s.index, bytes.clone(), frame, lane))
             .collect();
         // The invalidations go out with the write: their round trips overlap.
         let mut delete = Encoded::new();
@@ -58,7 +58,7 @@ impl Service {
         for sent in deletes {
             let _ = self.finish(sent).await;
         }
-        self.follow_table_change(&snapshot, &targets, key, command)
+        self.follow_table_change(&snapshot, &plan.targets, key, command)
             .await;
         match (reply, failure) {
             (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
@@ -74,22 +74,13 @@ impl Service {
     pub(super) async fn follow_table_change(
         &self,
         snapshot: &Arc<Snapshot>,
-        written: &[usize],
+        written: &[ServerRef],
         key: &[u8],
         command: &Command,
     ) {
-        if !self.changed_since(snapshot.version) {
-            return;
-        }
-        let written: Vec<ServerRef> = written
-            .iter()
-            .map(|&index| ServerRef {
-                id: snapshot.servers[index].id,
-                index,
-            })
-            .collect();
-        let mut follow = FollowChange::new(snapshot.version, &written, command.is_repeatable());
-        loop {
+        let mut follow = FollowChange::new(snapshot.version, written, command.is_repeatable());
+        // One atomic load per round while nothing changed (none at all, mostly).
+        while follow.wants(self.router().version_now()) {
             let Ok(Plan {
                 snapshot: now,
                 value: round,
