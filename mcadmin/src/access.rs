@@ -20,26 +20,26 @@ pub fn auth(
 ) -> Result<Exit> {
     use libmcshm::auth;
     if clear {
-        let removed = auth::clear(&ctx.dir, &ctx.domain)?;
+        let removed = auth::clear(&ctx.local.dir, &ctx.local.domain)?;
         return print(
             ctx,
-            || json!({"domain": ctx.domain.as_str(), "cleared": removed}),
+            || json!({"domain": ctx.local.domain.as_str(), "cleared": removed}),
             || match removed {
-                true => format!("domain {}: credentials removed\n", ctx.domain),
-                false => format!("domain {}: had no credentials\n", ctx.domain),
+                true => format!("domain {}: credentials removed\n", ctx.local.domain),
+                false => format!("domain {}: had no credentials\n", ctx.local.domain),
             },
         )
         .map(|()| Exit::Success);
     }
     let (Some(user), Some(file)) = (user, password_file) else {
-        let current = auth::load(&ctx.dir, &ctx.domain)?;
+        let current = auth::load(&ctx.local.dir, &ctx.local.domain)?;
         let user = current.as_ref().map(|c| c.user.clone());
         return print(
             ctx,
-            || json!({"domain": ctx.domain.as_str(), "user": user}),
+            || json!({"domain": ctx.local.domain.as_str(), "user": user}),
             || match &user {
-                Some(u) => format!("domain {}: user {u}\n", ctx.domain),
-                None => format!("domain {}: no credentials\n", ctx.domain),
+                Some(u) => format!("domain {}: user {u}\n", ctx.local.domain),
+                None => format!("domain {}: no credentials\n", ctx.local.domain),
             },
         )
         .map(|()| {
@@ -53,14 +53,14 @@ pub fn auth(
     let text = read_input(file, "the password")?;
     let password = text.lines().next().unwrap_or("");
     let credentials = auth::Credentials::new(user, password)?;
-    let path = auth::save(&ctx.dir, &ctx.domain, &credentials)?;
+    let path = auth::save(&ctx.local.dir, &ctx.local.domain, &credentials)?;
     print(
         ctx,
-        || json!({"domain": ctx.domain.as_str(), "user": user, "file": path}),
+        || json!({"domain": ctx.local.domain.as_str(), "user": user, "file": path}),
         || {
             format!(
                 "domain {}: credentials of user {user} in {}\n",
-                ctx.domain,
+                ctx.local.domain,
                 path.display()
             )
         },
@@ -77,30 +77,30 @@ pub struct TlsChange<'a> {
 }
 
 pub fn tls(ctx: &Invocation, change: TlsChange<'_>, clear: bool) -> Result<Exit> {
-    let path = tls::path(&ctx.dir, &ctx.domain);
+    let path = tls::path(&ctx.local.dir, &ctx.local.domain);
     if clear {
-        let removed = tls::clear(&ctx.dir, &ctx.domain)?;
+        let removed = tls::clear(&ctx.local.dir, &ctx.local.domain)?;
         return print(
             ctx,
-            || json!({"domain": ctx.domain.as_str(), "cleared": removed}),
+            || json!({"domain": ctx.local.domain.as_str(), "cleared": removed}),
             || match removed {
                 true => format!(
                     "domain {}: TLS settings removed (servers in clear)\n",
-                    ctx.domain
+                    ctx.local.domain
                 ),
-                false => format!("domain {}: had no TLS settings\n", ctx.domain),
+                false => format!("domain {}: had no TLS settings\n", ctx.local.domain),
             },
         )
         .map(|()| Exit::Success);
     }
     let Some(ca) = change.ca else {
-        let current = tls::load_settings(&ctx.dir, &ctx.domain)?;
+        let current = tls::load_settings(&ctx.local.dir, &ctx.local.domain)?;
         let summary = current.as_ref().map(TlsSettings::summary);
         print(
             ctx,
             || match &summary {
                 Some(s) => json!({
-                    "domain": ctx.domain.as_str(),
+                    "domain": ctx.local.domain.as_str(),
                     "tls": true,
                     "verify": s.verify.as_str(),
                     "server_name": s.server_name,
@@ -108,11 +108,11 @@ pub fn tls(ctx: &Invocation, change: TlsChange<'_>, clear: bool) -> Result<Exit>
                     "client_certificate": s.client_certificate,
                     "file": path,
                 }),
-                None => json!({"domain": ctx.domain.as_str(), "tls": false}),
+                None => json!({"domain": ctx.local.domain.as_str(), "tls": false}),
             },
             || match &summary {
-                Some(s) => format!("domain {}: {}\n", ctx.domain, describe(s, &path)),
-                None => format!("domain {}: no TLS (servers in clear)\n", ctx.domain),
+                Some(s) => format!("domain {}: {}\n", ctx.local.domain, describe(s, &path)),
+                None => format!("domain {}: no TLS (servers in clear)\n", ctx.local.domain),
             },
         )?;
         return Ok(if current.is_some() {
@@ -148,12 +148,18 @@ pub fn tls(ctx: &Invocation, change: TlsChange<'_>, clear: bool) -> Result<Exit>
         };
         UsageError(format!("{option} {value}: {}; nothing changed", e.why))
     })?;
-    let path = tls::save(&ctx.dir, &ctx.domain, &settings)?;
+    let path = tls::save(&ctx.local.dir, &ctx.local.domain, &settings)?;
     let summary = settings.summary();
     print(
         ctx,
-        || json!({"domain": ctx.domain.as_str(), "tls": true, "file": path}),
-        || format!("domain {}: {}\n", ctx.domain, describe(&summary, &path)),
+        || json!({"domain": ctx.local.domain.as_str(), "tls": true, "file": path}),
+        || {
+            format!(
+                "domain {}: {}\n",
+                ctx.local.domain,
+                describe(&summary, &path)
+            )
+        },
     )?;
     Ok(Exit::Success)
 }

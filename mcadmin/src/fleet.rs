@@ -287,17 +287,17 @@ pub fn sync(ctx: &Invocation, fleet: Arc<Fleet>, args: SyncArgs<'_>) -> Result<E
         .into());
     }
     let timeout = args.probe_timeout;
-    std::fs::create_dir_all(&ctx.dir)
-        .with_context(|| format!("cannot create {}", ctx.dir.display()))?;
+    std::fs::create_dir_all(&ctx.local.dir)
+        .with_context(|| format!("cannot create {}", ctx.local.dir.display()))?;
     let stop = crate::lifecycle::stop_flag()?;
     let mut agent = Agent::new(
         fleet,
         SyncOptions {
             name: name.clone(),
-            dir: ctx.dir.clone(),
+            dir: ctx.local.dir.clone(),
             domains,
             all: args.all,
-            ownership: ctx.ownership,
+            ownership: ctx.local.ownership,
             probe_timeouts: Timeouts {
                 connect: timeout,
                 io: timeout,

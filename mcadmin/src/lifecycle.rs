@@ -58,7 +58,7 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
     let mut watchers: Vec<Watcher> = Vec::new();
     for name in &names {
         watchers.push(Watcher::new(
-            &ctx.dir,
+            &ctx.local.dir,
             Domain::new(name)?,
             options.failures,
             check_key.clone(),
@@ -68,11 +68,11 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
     let stop = stop_flag()?;
     while !stop.load(Ordering::Relaxed) {
         if options.all {
-            for row in crate::show::scan_domains(&ctx.dir)? {
+            for row in crate::show::scan_domains(&ctx.local.dir)? {
                 if !watchers.iter().any(|w| w.domain().as_str() == row.domain) {
                     let domain = Domain::new(&row.domain)?;
                     watchers.push(Watcher::new(
-                        &ctx.dir,
+                        &ctx.local.dir,
                         domain,
                         options.failures,
                         check_key.clone(),
@@ -143,8 +143,14 @@ fn report(ctx: &Invocation, exec: Option<&str>, event: &Event) {
 }
 
 pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
-    let writer = ctx.writer(false)?;
-    let mut drain = Drain::start(&ctx.dir, &ctx.domain, writer, address, Timeouts::default())?;
+    let writer = ctx.local.writer(false)?;
+    let mut drain = Drain::start(
+        &ctx.local.dir,
+        &ctx.local.domain,
+        writer,
+        address,
+        Timeouts::default(),
+    )?;
     let total = drain.keys().len();
     let stop = stop_flag()?;
     let tty = std::io::stderr().is_terminal();
@@ -206,7 +212,7 @@ pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
             };
             format!(
                 "drained {address}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted){outside} in {seconds:.1} s ({keys_per_s} keys/s); removed from domain {} (version {})\n",
-                ctx.domain, removed.version
+                ctx.local.domain, removed.version
             )
         },
     )?;
@@ -216,10 +222,10 @@ pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
 /// `settle`: sweeps the marked servers (or `addresses`) of their strays and clears their marks
 /// (see [`libmcshm::settle`]), at `rate` keys per second.
 pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit> {
-    let writer = ctx.writer(false)?;
+    let writer = ctx.local.writer(false)?;
     let mut settle = Settle::start(
-        &ctx.dir,
-        &ctx.domain,
+        &ctx.local.dir,
+        &ctx.local.domain,
         writer,
         addresses,
         Timeouts::default(),
@@ -284,7 +290,7 @@ pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit
                     &format!("settled {server}: {listed} keys, {deleted} strays deleted; {mark}\n");
             }
             if report.is_empty() {
-                out += &format!("domain {}: no server to settle\n", ctx.domain);
+                out += &format!("domain {}: no server to settle\n", ctx.local.domain);
             }
             out
         },
@@ -293,8 +299,10 @@ pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit
 }
 
 pub fn clients(ctx: &Invocation) -> Result<Exit> {
-    let registry = match ctx.writer(false) {
-        Err(libmcshm::Error::PermissionDenied { .. }) => Registry::open(&ctx.dir, &ctx.domain)?,
+    let registry = match ctx.local.writer(false) {
+        Err(libmcshm::Error::PermissionDenied { .. }) => {
+            Registry::open(&ctx.local.dir, &ctx.local.domain)?
+        }
         other => other?,
     };
     // Every process with a record, then every other process that maps the file (read-only

@@ -14,12 +14,11 @@ mod store;
 mod verbs;
 
 use std::io;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use libmcshm::registry::{FileOwnership, LockWait};
-use libmcshm::{Domain, ErrorKind, Registry};
+use libmcshm::registry::FileOwnership;
+use libmcshm::{Domain, ErrorKind};
 
 use cli::{Cli, Command};
 use mcshm_cli::UsageError;
@@ -67,26 +66,12 @@ pub fn exit_for_kind(kind: ErrorKind) -> Exit {
 }
 
 pub struct Invocation {
-    pub dir: PathBuf,
-    pub domain: Domain,
+    /// The domain in this host's registry directory, and how a write opens its file (drain,
+    /// settle, clients, access files and the agent work here, whatever the store).
+    pub local: Local,
     pub json: bool,
-    /// Mode and group of a domain file this command creates.
-    pub ownership: FileOwnership,
-    /// How long a write waits for another writer (--lock-timeout).
-    pub lock_wait: LockWait,
     /// Where the verbs read and write the domain's table: here, or with --etcd the fleet's.
     pub store: Store,
-}
-
-impl Invocation {
-    /// The domain opened for writing (created if `create`), waiting for other writers as
-    /// --lock-timeout says.
-    pub fn writer(&self, create: bool) -> libmcshm::Result<Registry> {
-        let mut registry =
-            Registry::open_writer_with(&self.dir, &self.domain, create, self.ownership)?;
-        registry.set_lock_wait(self.lock_wait);
-        Ok(registry)
-    }
 }
 
 fn run(cli: &Cli) -> Result<Exit> {
@@ -142,11 +127,8 @@ fn run(cli: &Cli) -> Result<Exit> {
         },
     };
     let ctx = Invocation {
-        dir: local.dir,
-        domain: local.domain,
+        local,
         json: cli.json,
-        ownership: local.ownership,
-        lock_wait: local.lock_wait,
         store,
     };
     match &cli.command {

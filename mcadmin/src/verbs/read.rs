@@ -45,7 +45,7 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
             || {
                 format!(
                     "domain {}  fleet revision {revision}  changed {} by {} on {} pid {}\npolicy: {}\n{}",
-                    ctx.domain,
+                    ctx.local.domain,
                     libmcshm::clock::utc(changed.ms),
                     changed.by,
                     changed.host,
@@ -66,7 +66,7 @@ pub fn status(ctx: &Invocation, address: &Address) -> Result<Exit> {
         .find(address)
         .ok_or_else(|| libmcshm::Error::NoServer {
             server: address.to_string(),
-            domain: ctx.domain.to_string(),
+            domain: ctx.local.domain.to_string(),
         })?;
     print(
         ctx,
@@ -102,7 +102,7 @@ pub fn domains(ctx: &Invocation) -> Result<Exit> {
     if let Some(fleet) = ctx.store.fleet() {
         return fleet::domains(ctx, fleet);
     }
-    let rows = show::scan_domains(&ctx.dir)?;
+    let rows = show::scan_domains(&ctx.local.dir)?;
     let mut failed = false;
     for row in &rows {
         if let Err(err) = &row.table {
@@ -124,7 +124,7 @@ pub fn domains(ctx: &Invocation) -> Result<Exit> {
 
 pub fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<Duration>) -> Result<Exit> {
     let timeout = timeout.unwrap_or(Duration::MAX);
-    let mut registry = Registry::open(&ctx.dir, &ctx.domain)?;
+    let mut registry = Registry::open(&ctx.local.dir, &ctx.local.domain)?;
     let since = since.unwrap_or_else(|| registry.version());
     let deadline = Instant::now().checked_add(timeout);
     loop {
@@ -134,7 +134,7 @@ pub fn wait(ctx: &Invocation, since: Option<u64>, timeout: Option<Duration>) -> 
         if let Some(version) = registry.wait_for_change(since, left) {
             print(
                 ctx,
-                || json!({"domain": ctx.domain.as_str(), "version": version}),
+                || json!({"domain": ctx.local.domain.as_str(), "version": version}),
                 || format!("{version}\n"),
             )?;
             return Ok(Exit::Success);

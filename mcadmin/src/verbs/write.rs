@@ -34,7 +34,7 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
     if !args.down && !args.no_flush {
         flush_new(ctx, &new)?;
     }
-    let name = ctx.domain.to_string();
+    let name = ctx.local.domain.to_string();
     write(ctx, true, |t| {
         edit::add(
             &mut t.servers,
@@ -48,7 +48,7 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
 
 /// `delete`: the servers leave the domain.
 pub fn delete(ctx: &Invocation, addresses: &[Address], if_present: bool) -> Result<Exit> {
-    let name = ctx.domain.to_string();
+    let name = ctx.local.domain.to_string();
     write(ctx, false, |t| {
         edit::delete(&mut t.servers, addresses, if_present, &name)
     })
@@ -67,7 +67,7 @@ pub fn set(
         )
         .into());
     }
-    let name = ctx.domain.to_string();
+    let name = ctx.local.domain.to_string();
     write(ctx, false, |t| {
         edit::modify(&mut t.servers, address, weight, retry_interval, &name)
     })
@@ -82,7 +82,7 @@ pub fn up(ctx: &Invocation, addresses: &[Address], no_flush: bool) -> Result<Exi
 /// agent brings the servers back); with `retry`, a down as after failures, retried
 /// automatically.
 pub fn down(ctx: &Invocation, addresses: &[Address], reason: &str, retry: bool) -> Result<Exit> {
-    let name = ctx.domain.to_string();
+    let name = ctx.local.domain.to_string();
     let exit = write(ctx, false, |t| {
         edit::set_down(
             &mut t.servers,
@@ -152,7 +152,7 @@ pub fn read_input(file: &Path, what: &str) -> Result<String> {
 /// skips this for a server known to be empty; `add --down` leaves it to the server's `up`).
 fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
     let present = ctx.store.servers()?;
-    let access = libmcshm::access::Access::load(&ctx.dir, &ctx.domain)?;
+    let access = libmcshm::access::Access::load(&ctx.local.dir, &ctx.local.domain)?;
     let timeouts = Timeouts::default();
     Ok(libmcshm::lifecycle::flush_joining(
         &present, new, timeouts, &access,
@@ -169,7 +169,7 @@ fn write(
 }
 
 fn report(ctx: &Invocation, written: Written) -> Result<Exit> {
-    let domain = ctx.domain.as_str();
+    let domain = ctx.local.domain.as_str();
     match written {
         Written::Version(commit) => print(
             ctx,
