@@ -22,16 +22,9 @@ pub fn write_requests(
     requests: &Encoded,
     start: usize,
 ) -> std::io::Result<()> {
-    write_records(session, requests.records(start))
-}
-
-/// Writes each of `records` as a TLS record of its own (rustls seals what one write gives it).
-fn write_records<'a>(
-    session: &mut rustls::ClientConnection,
-    records: impl Iterator<Item = &'a [u8]>,
-) -> std::io::Result<()> {
     use std::io::Write;
-    for record in records {
+    // rustls seals what one write gives it as a record of its own.
+    for record in requests.records(start) {
         session.writer().write_all(record)?;
     }
     Ok(())
