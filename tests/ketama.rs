@@ -157,7 +157,9 @@ fn compare(servers: &[(&str, u16)], keys: &[String]) {
     let mut router = libmcshm::client::Router::for_domain(tmp.path(), &domain).unwrap();
     let mut mismatches = 0;
     for (key, want) in keys.iter().zip(&expected) {
-        let owner = router.owner(key.as_bytes()).unwrap();
+        let owner = router
+            .owner(key.as_bytes(), libmcshm::clock::now_ms())
+            .unwrap();
         let shared = router.address(owner).clone();
         let shared = format!("{}:{}", shared.host(), shared.port().unwrap());
         assert_eq!(

@@ -1,10 +1,16 @@
 //! The retry probe's lease, the one routing rule that lives in the shared file (the live
 //! records): at most one process per host probes a down server per retry interval, a server an
 //! operator holds down is never probed, and none is probed before its interval has passed since
-//! it went down. Routers on a table in a temporary directory; no socket, no sleep.
+//! it went down. Routers on a table in a temporary directory, given the time (they read no
+//! clock); no socket, no sleep.
 
 use libmcshm::client::Router;
 use libmcshm::{Address, Domain, Registry, Server, State};
+
+/// The time the routers are given (ms since the Unix epoch).
+const NOW: u64 = 1_780_000_000_000;
+/// The down servers' retry interval, in ms.
+const INTERVAL_MS: u64 = 3_600_000;
 
 /// A domain of one up and one down server (down since `since_ms`), `held` when an operator
 /// holds it down; a key the down server owns; and how many probes the first router that read
@@ -29,7 +35,7 @@ fn table(dir: &std::path::Path, held: bool, since_ms: u64) -> (Domain, Vec<u8>, 
     let mut router = Router::for_domain(dir, &domain).unwrap();
     let key = (0..1000)
         .map(|n| format!("k{n}").into_bytes())
-        .find(|k| router.plan_read(k, 0).unwrap().owner.index == 1)
+        .find(|k| router.plan_read(k, NOW).unwrap().owner.index == 1)
         .unwrap();
     let probes = router.take_probes().len();
     (domain, key, probes)
@@ -45,10 +51,20 @@ fn one_process_per_host_probes_a_down_server_per_interval() {
         .map(|_| Router::for_domain(dir.path(), &domain).unwrap())
         .collect();
     for router in &mut others {
-        let plan = router.plan_read(&key, 0).unwrap();
+        let plan = router.plan_read(&key, NOW + INTERVAL_MS - 1).unwrap();
         assert!(plan.replicas.is_empty(), "a down owner is not asked");
         assert!(router.take_probes().is_empty(), "the lease is taken");
     }
+    // Once the interval has passed, exactly one of them takes the lease again.
+    let later = NOW + INTERVAL_MS;
+    let probes: usize = others
+        .iter_mut()
+        .map(|router| {
+            router.plan_read(&key, later).unwrap();
+            router.take_probes().len()
+        })
+        .sum();
+    assert_eq!(probes, 1, "one probe per interval");
 }
 
 #[test]
@@ -68,8 +84,8 @@ fn the_first_reader_after_the_interval_takes_the_lease() {
         .unwrap();
     let mut first = Router::for_domain(dir.path(), &domain).unwrap();
     let mut second = Router::for_domain(dir.path(), &domain).unwrap();
-    first.plan_read(b"k", 0).unwrap();
-    second.plan_read(b"k", 0).unwrap();
+    first.plan_read(b"k", NOW).unwrap();
+    second.plan_read(b"k", NOW).unwrap();
     let leases = first.take_probes().len() + second.take_probes().len();
     assert_eq!(leases, 1, "exactly one of two processes probes");
 }
@@ -81,10 +97,6 @@ fn a_server_held_down_or_down_too_recently_is_not_probed() {
     assert_eq!(probes, 0, "held by an operator");
 
     let dir = tempfile::tempdir().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let (_, _, probes) = table(dir.path(), false, now);
+    let (_, _, probes) = table(dir.path(), false, NOW - INTERVAL_MS + 1);
     assert_eq!(probes, 0, "down for less than its interval");
 }

@@ -125,7 +125,9 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
                 // The domain must open now: a worker's own router opens it again.
                 let mut router = mcshm_route::Router::for_domain(&config.dir, domain)
                     .map_err(StartError::Domain)?;
-                router.refresh().map_err(StartError::Domain)?;
+                router
+                    .refresh(libmcshm::clock::now_ms())
+                    .map_err(StartError::Domain)?;
                 let stats = Arc::new(stats::ProxyStats::new(domain.to_string()));
                 domains.push((config.dir.clone(), domain.clone(), stats));
                 domains.len() - 1

@@ -10,6 +10,7 @@
 use mcshm_table::error::Result;
 use mcshm_table::table::{Server, State};
 
+use crate::report::Failure;
 use crate::router::Router;
 
 /// A server of the table version a plan was made on.
@@ -147,7 +148,7 @@ impl Router {
     /// The plan of a read of `key` at `now_ms` (ms since the Unix epoch): its replicas (down
     /// ones get their retry probe), and the fills that apply to a miss.
     pub fn plan_read(&mut self, key: &[u8], now_ms: u64) -> Result<ReadPlan> {
-        let chain = self.chain(key)?;
+        let chain = self.chain(key, now_ms)?;
         let owner = chain[0];
         let mut replicas = Vec::with_capacity(chain.len());
         for &i in &chain {
@@ -180,7 +181,7 @@ impl Router {
         })
     }
 
-    /// Plans every key of a batch with `plan` (say `plan_read`) on one version of the table:
+    /// Plans every key of a batch with `plan` (say `plan_read`), at `now_ms`, on one version of the table:
     /// planning a key reads the table, so a batch could straddle two versions (keys planned
     /// before a drain began sent to the server it drains, the rest to their new owner); a batch
     /// that did is planned again, up to three times, and after that each plan is carried to the
@@ -189,12 +190,13 @@ impl Router {
     pub fn plan_each<K: AsRef<[u8]>, P: Reposition>(
         &mut self,
         keys: &[K],
+        now_ms: u64,
         mut plan: impl FnMut(&mut Router, &[u8]) -> Result<P>,
     ) -> Result<PlannedBatch<P>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.refresh()?;
+            self.refresh(now_ms)?;
             let version = self.snapshot().version;
             let mut plans: Vec<Result<P>> = keys.iter().map(|k| plan(self, k.as_ref())).collect();
             let now = self.snapshot().version;
@@ -211,10 +213,10 @@ impl Router {
         }
     }
 
-    /// The plan of a write of `key` (`only_first`: cas, the first up replica only). With no
-    /// replica up, the error to answer (the owner gets its retry probe).
-    pub fn plan_write(&mut self, key: &[u8], only_first: bool) -> Result<WritePlan> {
-        let chain = self.chain(key)?;
+    /// The plan of a write of `key` at `now_ms` (`only_first`: cas, the first up replica
+    /// only). With no replica up, the error to answer (the owner gets its retry probe).
+    pub fn plan_write(&mut self, key: &[u8], only_first: bool, now_ms: u64) -> Result<WritePlan> {
+        let chain = self.chain(key, now_ms)?;
         let targets = self.write_targets(&chain, only_first)?;
         let invalidate = self.invalidations(key, chain.len());
         Ok(WritePlan {
@@ -227,13 +229,22 @@ impl Router {
     /// found by id in the version the router routes with (one that left the table is not
     /// reported). The one way a front end reports; it does not refresh, so the positions of
     /// a plan in progress stay valid (refresh first to report against the newest version).
-    pub fn report(&mut self, server: ServerRef, outcome: Outcome<'_>) {
-        let Some(ServerRef { index, .. }) = server.in_version(&self.snapshot().servers) else {
-            return;
-        };
+    ///
+    /// A failure, counted at `now_ms`, comes back as data: the front end carries out its
+    /// mark-down ([`Router::carry_out`]) and tells its user.
+    pub fn report(
+        &mut self,
+        server: ServerRef,
+        outcome: Outcome<'_>,
+        now_ms: u64,
+    ) -> Option<Failure> {
+        let ServerRef { index, .. } = server.in_version(&self.snapshot().servers)?;
         match outcome {
-            Outcome::Answered => self.succeeded(index),
-            Outcome::Failed { error, errno } => self.failed(index, error, errno),
+            Outcome::Answered => {
+                self.succeeded(index);
+                None
+            }
+            Outcome::Failed { error, errno } => Some(self.failed(index, error, errno, now_ms)),
         }
     }
 
@@ -254,6 +265,7 @@ impl Router {
 mod tests {
     //! The rules of the plans on hand-built tables: no file, no socket, no sleep.
     use super::*;
+    use crate::MarkedDown;
     use mcshm_table::address::Address;
     use mcshm_table::placement::Distribution;
     use mcshm_table::table::{Failover, Policy, Server, Snapshot};
@@ -321,7 +333,7 @@ mod tests {
                 assert_eq!(plan.replicas, [plan.owner], "{distribution:?}");
                 assert_eq!(plan.owner.id, 10 + plan.owner.index as u32);
                 assert!(plan.fills.is_empty());
-                let write = r.plan_write(&key, false).unwrap();
+                let write = r.plan_write(&key, false, 0).unwrap();
                 assert_eq!(write.targets, [plan.owner]);
                 assert!(write.invalidate.is_empty(), "nothing to invalidate");
                 owners.insert(plan.owner.index);
@@ -341,7 +353,7 @@ mod tests {
             "none: the down server still owns its keys"
         );
         assert!(plan.replicas.is_empty(), "a miss, no other server asked");
-        let refused = r.plan_write(&key, false).unwrap_err();
+        let refused = r.plan_write(&key, false, 0).unwrap_err();
         assert!(refused.to_string().contains("10.0.0.2"), "{refused}");
 
         let rehash = Policy {
@@ -352,7 +364,7 @@ mod tests {
         for key in keys() {
             let plan = r.plan_read(&key, NOW).unwrap();
             assert_ne!(plan.owner.index, 1, "rehash: no key on the down server");
-            let write = r.plan_write(&key, false).unwrap();
+            let write = r.plan_write(&key, false, 0).unwrap();
             // The next server along the ring is invalidated (the double fault).
             assert_eq!(write.invalidate.len(), 1);
             assert_ne!(write.invalidate[0], write.targets[0]);
@@ -371,9 +383,9 @@ mod tests {
             assert_eq!(plan.replicas.len(), 2);
             assert_ne!(plan.replicas[0], plan.replicas[1]);
             assert_eq!(plan.replicas[0], plan.owner);
-            assert_eq!(r.plan_write(&key, false).unwrap().targets, plan.replicas);
+            assert_eq!(r.plan_write(&key, false, 0).unwrap().targets, plan.replicas);
             assert_eq!(
-                r.plan_write(&key, true).unwrap().targets,
+                r.plan_write(&key, true, 0).unwrap().targets,
                 [plan.owner],
                 "cas"
             );
@@ -413,7 +425,7 @@ mod tests {
                 plan.owner.index, 1,
                 "no key is owned by the draining server"
             );
-            let write = r.plan_write(&key, false).unwrap();
+            let write = r.plan_write(&key, false, 0).unwrap();
             if let [fill] = plan.fills[..] {
                 assert_eq!((fill.from.index, fill.kind), (1, FillKind::Drain));
                 assert_eq!(fill.to, plan.owner);
@@ -442,7 +454,7 @@ mod tests {
         t.servers[3].strays_since = 6;
         let mut r = Router::for_snapshot(t);
         for key in keys().take(100) {
-            let Ok(write) = r.plan_write(&key, false) else {
+            let Ok(write) = r.plan_write(&key, false, 0) else {
                 continue; // owned by the down server: no write
             };
             let mut expected: Vec<usize> = [0, 2]
@@ -501,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_up_to_the_limit_take_a_server_off_for_this_process() {
+    fn a_failure_at_the_limit_asks_for_a_mark_down_that_the_front_end_carries_out() {
         let mut r = router(&[State::Up; 3], Policy::default());
         let key = key_of(&mut r, 2);
         let plan = r.plan_read(&key, NOW).unwrap();
@@ -509,24 +521,55 @@ mod tests {
             error: "connection refused",
             errno: libc::ECONNREFUSED,
         };
-        r.report(plan.owner, failed);
+        let first = r.report(plan.owner, failed, NOW).expect("a failure");
+        assert_eq!((first.failures, first.mark_down.as_ref()), (1, None));
+        assert_eq!(r.carry_out(&first, NOW), Some(MarkedDown::No));
         assert_eq!(
             r.plan_read(&key, NOW).unwrap().replicas,
             [plan.owner],
             "one is not enough"
         );
-        r.report(plan.owner, failed);
+        let second = r.report(plan.owner, failed, NOW).expect("a failure");
+        let down = second
+            .mark_down
+            .clone()
+            .expect("the limit asks for a mark-down");
+        assert_eq!(down.id, plan.owner.id);
+        assert!(
+            down.reason.contains("connection refused"),
+            "{}",
+            down.reason
+        );
+        assert_eq!(
+            r.plan_read(&key, NOW).unwrap().replicas,
+            [plan.owner],
+            "asked, not done: the router commits nothing itself"
+        );
+        // A private list cannot be written: the server is down for this process, told once.
+        assert_eq!(r.carry_out(&second, NOW), Some(MarkedDown::LocallyOnly));
         assert!(
             r.plan_read(&key, NOW).unwrap().replicas.is_empty(),
-            "down at the limit"
+            "down once carried out"
         );
+        assert_eq!(r.carry_out(&second, NOW), None, "told once");
+        assert_eq!(
+            second.event(MarkedDown::LocallyOnly).error,
+            "connection refused"
+        );
+        assert!(r.report(plan.owner, Outcome::Answered, NOW).is_none());
         // A report names the server by id: one unknown to the table is ignored, even when its
         // index is that of a server that is up (counted against it, two would take it off).
         let first = key_of(&mut r, 0);
         let owner = r.plan_read(&first, NOW).unwrap().owner;
         assert_eq!(owner.index, 0);
-        r.report(ServerRef { id: 99, index: 0 }, failed);
-        r.report(ServerRef { id: 99, index: 0 }, failed);
+        assert!(
+            r.report(ServerRef { id: 99, index: 0 }, failed, NOW)
+                .is_none()
+        );
+        assert!(
+            r.report(ServerRef { id: 99, index: 0 }, failed, NOW)
+                .is_none()
+        );
         assert_eq!(r.plan_read(&first, NOW).unwrap().replicas, [owner]);
     }
 }

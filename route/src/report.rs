@@ -1,6 +1,7 @@
-//! What a front end is told about failures: the [`FailureEvent`] its callback gets (with
-//! what the failure did, [`MarkedDown`]), and the errno every front end reports an I/O error
-//! with ([`io_errno`]).
+//! What a front end is told about failures: the [`Failure`] the router counted (with the
+//! [`MarkDown`] it asks for at the domain's limit), the [`FailureEvent`] a callback gets once
+//! it was carried out (with what that did, [`MarkedDown`]), and the errno every front end
+//! reports an I/O error with ([`io_errno`]).
 
 use mcshm_table::address::Address;
 
@@ -30,8 +31,40 @@ pub struct FailureEvent<'a> {
     pub marked_down: MarkedDown,
 }
 
-/// The failure callback a front end registers ([`crate::Router::on_failure`]).
-pub(crate) type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
+/// A server to mark down for every process: the action a failure at the domain's limit asks
+/// of the front end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkDown {
+    /// The server's stable id.
+    pub id: u32,
+    /// The reason to record, already fitted to the table's field.
+    pub reason: String,
+}
+
+/// A failed request as the router counted it: what to tell, and what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub server: Address,
+    pub error: String,
+    pub errno: i32,
+    /// Consecutive failures now counted for the server.
+    pub failures: u32,
+    /// At the domain's failure limit: the mark-down to carry out.
+    pub mark_down: Option<MarkDown>,
+}
+
+impl Failure {
+    /// The event a failure callback is given once the failure was carried out.
+    pub fn event(&self, marked_down: MarkedDown) -> FailureEvent<'_> {
+        FailureEvent {
+            server: &self.server,
+            error: &self.error,
+            errno: self.errno,
+            failures: self.failures,
+            marked_down,
+        }
+    }
+}
 
 /// An I/O error on a server connection as an errno value: ETIMEDOUT for a timeout,
 /// ECONNRESET for a connection the server closed, else the OS error (EIO without one). Every

@@ -7,9 +7,11 @@
 //! asks the router where to send a request, does the I/O its own way, and tells the router how
 //! it went ([`Router::report`], by server id); so each rule is written once, here.
 //!
-//! The only blocking work is local: reading the registry, and marking a server down (a short
-//! file-locked transaction). The retry probe talks to a server, so the router hands it out as a
-//! [`RetryProbe`] for the front end to run where blocking is allowed.
+//! Every routing call is given the time (`now_ms`); the router reads no clock. Its only
+//! blocking work is local: reading the registry, and marking a server down (a short
+//! file-locked transaction) when the front end carries out a [`crate::Failure`]'s mark-down.
+//! The retry probe talks to a server, so the router hands it out as a [`RetryProbe`] for the
+//! front end to run where blocking is allowed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
 
 use crate::PERIODIC_OPS;
-use crate::report::{FailureCallback, FailureEvent};
+use crate::report::MarkDown;
 
 pub(crate) enum Source {
     Registry(Box<Registry>),
@@ -90,9 +92,11 @@ pub struct Router {
     pub(crate) local_down: HashSet<Address>,
     pub(crate) local_epoch: u64,
     pub(crate) reported: HashSet<Address>,
-    /// Mark-downs that found another writer at work: (server id, reason), retried later.
-    pub(crate) pending_down: Vec<(u32, String)>,
-    pub(crate) on_failure: Option<FailureCallback>,
+    /// Mark-downs that found another writer at work, retried later.
+    pub(crate) pending_down: Vec<MarkDown>,
+    /// The time of the operation being routed (ms since the Unix epoch), as given to
+    /// [`Router::refresh`]: the router reads no clock.
+    pub(crate) now_ms: u64,
     ops: u64,
     client_slot: Option<usize>,
     probes: Vec<RetryProbe>,
@@ -171,17 +175,12 @@ impl Router {
             local_epoch: 0,
             reported: HashSet::new(),
             pending_down: Vec::new(),
-            on_failure: None,
+            now_ms: 0,
             ops: 0,
             client_slot: None,
             probes: Vec::new(),
             ring_builds: AtomicU64::new(0),
         }
-    }
-
-    /// Calls `callback` on every failed operation (to log or alert).
-    pub fn on_failure(&mut self, callback: impl FnMut(&FailureEvent<'_>) + Send + 'static) {
-        self.on_failure = Some(Box::new(callback));
     }
 
     /// A key's position on the domain's ketama ring (MD5, or ketama-unweighted's hash).
@@ -224,10 +223,13 @@ impl Router {
         }
     }
 
-    /// Rebuilds the routing when the table version (or the local failure view) changed: one
-    /// atomic load otherwise, so a front end may call it wherever it needs the current table.
-    /// Operations are counted by the key lookups ([`Router::chain`]), not here.
-    pub fn refresh(&mut self) -> Result<()> {
+    /// Starts routing an operation at `now_ms` (ms since the Unix epoch; the time every
+    /// decision until the next refresh is made at, the retry leases' included): rebuilds the
+    /// routing when the table version (or the local failure view) changed, one atomic load
+    /// otherwise, so a front end may call it wherever it needs the current table. Operations
+    /// are counted by the key lookups ([`Router::chain`]), not here.
+    pub fn refresh(&mut self, now_ms: u64) -> Result<()> {
+        self.now_ms = now_ms;
         let version = self.version_now();
         if let Some(r) = &self.routing
             && r.snapshot.version == version
@@ -335,10 +337,10 @@ impl Router {
             || (!self.local_down.is_empty() && self.local_down.contains(&server.address))
     }
 
-    /// The server a key maps to (up or down).
-    pub fn owner(&mut self, key: &[u8]) -> Result<usize> {
+    /// The server a key maps to (up or down), routed at `now_ms`.
+    pub fn owner(&mut self, key: &[u8], now_ms: u64) -> Result<usize> {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
-        self.refresh()?;
+        self.refresh(now_ms)?;
         self.count_operation();
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let shared = match self.routing().shared {
@@ -371,7 +373,7 @@ impl Router {
                 return Ok(None);
             }
             let version = routing.snapshot.version;
-            self.refresh()?;
+            self.refresh(self.now_ms)?;
             if self.routing().snapshot.version == version {
                 break; // the same version, and its ring unusable: damaged
             }
@@ -402,10 +404,11 @@ impl Router {
         })
     }
 
-    /// The key's replicas: the first `replicas` distinct servers along the ring, owner first.
-    pub fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
+    /// The key's replicas, routed at `now_ms`: the first `replicas` distinct servers along the
+    /// ring, owner first.
+    pub fn chain(&mut self, key: &[u8], now_ms: u64) -> Result<Vec<usize>> {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
-        self.refresh()?;
+        self.refresh(now_ms)?;
         self.count_operation();
         self.routing().snapshot.policy.prefix.check_fits(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
@@ -511,7 +514,7 @@ impl Router {
             return;
         };
         let candidate = &self.routing().snapshot.servers[i];
-        if !registry.is_writable() || !registry.live().try_probe_lease(candidate) {
+        if !registry.is_writable() || !registry.live().try_probe_lease(candidate, self.now_ms) {
             return;
         }
         let dir = registry.path().parent().unwrap_or(Path::new("."));

@@ -253,30 +253,30 @@ fn a_router_follows_table_changes_read_as_deltas_for_its_probes_and_drains() {
         reader.last_delta().map(|d| (d.first, d.end))
     };
     read(&mut reader);
-    router.refresh().unwrap();
+    router.refresh(mcshm_table::clock::now_ms()).unwrap();
     assert_eq!(probed(&mut router), [ids[1]]);
 
     // Server 3 down for good (never retried): a change of 3 only; 1 stays a probe.
     change(&mut writer, &[(3, Down, -1)]);
     assert_eq!(read(&mut reader), Some((3, 4)), "a delta that leaves 1 out");
-    router.refresh().unwrap();
+    router.refresh(mcshm_table::clock::now_ms()).unwrap();
     assert_eq!(probed(&mut router), [ids[1]]);
 
     // Server 3 retried now: both are probed.
     change(&mut writer, &[(3, Down, 0)]);
     assert_eq!(read(&mut reader), Some((3, 4)));
-    router.refresh().unwrap();
+    router.refresh(mcshm_table::clock::now_ms()).unwrap();
     assert_eq!(probed(&mut router), [ids[1], ids[3]]);
 
     // Server 1 back up: only 3 is.
     change(&mut writer, &[(1, Up, 0)]);
     assert_eq!(read(&mut reader), Some((1, 2)));
-    router.refresh().unwrap();
+    router.refresh(mcshm_table::clock::now_ms()).unwrap();
     assert_eq!(probed(&mut router), [ids[3]]);
 
     // Server 4 drains: its keys' draining owner is 4.
     change(&mut writer, &[(4, Draining, 0)]);
-    router.refresh().unwrap();
+    router.refresh(mcshm_table::clock::now_ms()).unwrap();
     let keys: Vec<Vec<u8>> = (0..300).map(|n| format!("k{n}").into_bytes()).collect();
     let owners: Vec<Option<usize>> = keys.iter().map(|k| router.draining_owner(k)).collect();
     assert!(owners.contains(&Some(4)), "some keys were on 4");
@@ -294,7 +294,7 @@ fn a_router_follows_table_changes_read_as_deltas_for_its_probes_and_drains() {
             Ok(())
         })
         .unwrap();
-    router.refresh().unwrap();
+    router.refresh(mcshm_table::clock::now_ms()).unwrap();
     assert!(keys.iter().all(|k| router.draining_owner(k).is_none()));
     assert_eq!(probed(&mut router), [ids[3]]);
 }

@@ -435,8 +435,14 @@ pub struct CommitInfo {
 impl CommitInfo {
     /// This process as a writer: now, its pid, its effective uid.
     pub fn now() -> CommitInfo {
+        CommitInfo::at(crate::clock::now_ms())
+    }
+
+    /// This process as a writer at `changed_ms` (ms since the Unix epoch): for callers that
+    /// are given the time rather than reading the clock (the router).
+    pub fn at(changed_ms: u64) -> CommitInfo {
         CommitInfo {
-            changed_ms: crate::clock::now_ms(),
+            changed_ms,
             pid: std::process::id(),
             uid: crate::shm::effective_uid(),
         }

@@ -71,7 +71,12 @@ fn failure_counts_and_clients_records_survive_growth() {
     let registry = Registry::open_writer(reg.dir(), &domain, false).unwrap();
     let mut reader = Registry::open(reg.dir(), &domain).unwrap();
     let server = reader.snapshot().unwrap().servers[0].clone();
-    assert_eq!(registry.live().record_failure(&server), Some(1));
+    assert_eq!(
+        registry
+            .live()
+            .record_failure(&server, libmcshm::clock::now_ms()),
+        Some(1)
+    );
     let slot = registry.register_client().expect("a clients record");
     registry.touch_client(slot, 1);
     let hosts: Vec<String> = (0..300).map(|i| format!("h{i}:11211")).collect();

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::common::Reg;
 use libmcshm::client::Router;
+use libmcshm::clock::now_ms;
 use libmcshm::placement::Ring;
 use libmcshm::registry::{RingRef, RingWords};
 use libmcshm::table::Failover;
@@ -68,7 +69,11 @@ fn assert_routes_like_a_built_ring(router: &mut Router, snap: &Snapshot, keys: &
     let (ring, members) = built_here(snap);
     for key in keys {
         let expected = ring.server_for(key.as_bytes()).map(|n| members[n]);
-        assert_eq!(router.owner(key.as_bytes()).ok(), expected, "key {key}");
+        assert_eq!(
+            router.owner(key.as_bytes(), now_ms()).ok(),
+            expected,
+            "key {key}"
+        );
         let along: Vec<usize> = ring
             .servers_from(key.as_bytes())
             .take(2)
@@ -84,7 +89,7 @@ fn readers_route_with_the_shared_ring_and_build_none() {
     for (name, count) in [("one", 1), ("three", 3), ("many", 300)] {
         add_weighted(&reg, name, &servers(count));
         let mut router = Router::for_domain(reg.dir(), &domain(name)).unwrap();
-        router.refresh().unwrap();
+        router.refresh(now_ms()).unwrap();
         let (snap, ring) = snapshot_and_ring(&reg, name);
         assert!(ring.is_some(), "{name}: the writer wrote a ring");
         assert_routes_like_a_built_ring(&mut router, &snap, &keys(5000));
@@ -93,7 +98,7 @@ fn readers_route_with_the_shared_ring_and_build_none() {
         if count > 1 {
             reg.ok(name, &["down", "10.0.0.1:11211"]);
         }
-        router.refresh().unwrap();
+        router.refresh(now_ms()).unwrap();
         let snap = snapshot(&reg, name);
         assert_routes_like_a_built_ring(&mut router, &snap, &keys(5000));
         assert_eq!(router.ring_builds(), 0, "{name}: a reader built a ring");
@@ -132,7 +137,7 @@ fn changes_that_keep_the_ring_do_not_rewrite_it() {
         assert!(now > last, "{edit:?} kept the old ring");
         last = now;
         let mut router = Router::for_domain(reg.dir(), &domain("keep")).unwrap();
-        router.refresh().unwrap();
+        router.refresh(now_ms()).unwrap();
         assert_routes_like_a_built_ring(&mut router, &snapshot(&reg, "keep"), &keys(2000));
         assert_eq!(router.ring_builds(), 0);
     }
@@ -157,7 +162,7 @@ fn a_long_lived_router_follows_every_ring() {
         } else {
             reg.ok("live", &["up", &server, "--no-flush"]);
         }
-        router.refresh().unwrap();
+        router.refresh(now_ms()).unwrap();
         let snap = snapshot(&reg, "live");
         assert_eq!(router.snapshot().version, snap.version);
         assert_routes_like_a_built_ring(&mut router, &snap, &keys);
@@ -202,7 +207,7 @@ fn a_damaged_shared_ring_is_never_used() {
         let mut router = Router::for_domain(reg.dir(), &domain("dmg")).unwrap();
         for (key, expected) in keys.iter().zip(&expected) {
             assert_eq!(
-                router.owner(key.as_bytes()).ok(),
+                router.owner(key.as_bytes(), now_ms()).ok(),
                 *expected,
                 "byte {offset} flipped: key {key}"
             );

@@ -6,6 +6,7 @@ use mcshm_route::AddAnswer;
 
 use super::{Client, Fill, FillKind, Stored};
 use crate::address::Address;
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::proto::{Item, Reply, Request, StoreVerb};
 use crate::table::State;
@@ -97,7 +98,7 @@ impl Client {
     /// the owner holds a value, as a read's drain fill does ([`Fill::after_add`]): a value the
     /// owner refuses stays where it is (the error says why).
     pub fn move_key(&mut self, draining: &Address, key: &[u8]) -> Result<Moved> {
-        let owner = self.router.owner(key)?;
+        let owner = self.router.owner(key, now_ms())?;
         self.run_probes();
         if self.is_down(owner) {
             return Err(self.router.down_error(owner));

@@ -56,6 +56,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::address::Address;
+use crate::clock::now_ms;
 use crate::conn::{Conn, ConnError, Timeouts};
 use crate::domain::Domain;
 
@@ -72,8 +73,8 @@ mod writes;
 pub use handover::Moved;
 
 pub use mcshm_route::{
-    FailureEvent, Fill, FillKind, MarkedDown, Outcome, ReadPlan, RetryProbe, Router, ServerRef,
-    WritePlan, io_errno,
+    Failure, FailureEvent, Fill, FillKind, MarkedDown, Outcome, ReadPlan, RetryProbe, Router,
+    ServerRef, WritePlan, io_errno,
 };
 
 /// Keys per `get` command when a multi-get is pipelined.
@@ -124,7 +125,12 @@ pub struct Client {
     /// The domain whose TLS settings and credentials (see [`crate::access`]) every new
     /// connection uses; read at each connect, so that a change applies without a restart.
     access_domain: Option<(PathBuf, Domain)>,
+    /// Told of every failure the router counted, once carried out (to log or alert).
+    on_failure: Option<FailureCallback>,
 }
+
+/// What [`Client::on_failure`] registers.
+type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
 impl Client {
     /// A client of a registry domain. Counting failures needs write access to the registry
@@ -171,17 +177,28 @@ impl Client {
             conns: HashMap::new(),
             scratch: Encoded::new(),
             access_domain: None,
+            on_failure: None,
         }
     }
 
     /// Calls `callback` on every failed operation (to log or alert).
     pub fn on_failure(&mut self, callback: impl FnMut(&FailureEvent<'_>) + Send + 'static) {
-        self.router.on_failure(callback);
+        self.on_failure = Some(Box::new(callback));
+    }
+
+    /// Carries out what the router asked of a failure it counted (its mark-down), then tells
+    /// the failure callback.
+    pub(super) fn carry_out(&mut self, failure: &Failure) {
+        if let Some(marked_down) = self.router.carry_out(failure, now_ms())
+            && let Some(callback) = &mut self.on_failure
+        {
+            callback(&failure.event(marked_down));
+        }
     }
 
     /// Refreshes the routing and runs any retry probe it found due.
     pub(super) fn refresh(&mut self) -> Result<()> {
-        let refreshed = self.router.refresh();
+        let refreshed = self.router.refresh(now_ms());
         self.run_probes();
         refreshed
     }
@@ -194,7 +211,7 @@ impl Client {
 
     /// The key's replicas (see [`Router::chain`]), probes run.
     pub(super) fn chain(&mut self, key: &[u8]) -> Result<Vec<usize>> {
-        let chain = self.router.chain(key);
+        let chain = self.router.chain(key, now_ms());
         self.run_probes();
         chain
     }
@@ -215,7 +232,7 @@ impl Client {
 
     /// The server `key` maps to (up or down).
     pub fn server_for(&mut self, key: &[u8]) -> Result<&Address> {
-        let i = self.router.owner(key)?;
+        let i = self.router.owner(key, now_ms())?;
         self.run_probes();
         Ok(self.router.address(i))
     }

@@ -92,7 +92,7 @@ impl Client {
         let now = now_ms();
         let planned = self
             .router
-            .plan_each(keys, |router, key| router.plan_read(key, now));
+            .plan_each(keys, now, |router, key| router.plan_read(key, now));
         self.run_probes();
         let planned = planned?;
         let plans = planned
@@ -187,7 +187,7 @@ impl Client {
         touch: Option<i64>,
     ) -> Vec<Item> {
         let now = now_ms();
-        if self.router.refresh().is_err() {
+        if self.router.refresh(now).is_err() {
             return Vec::new();
         }
         let mut filled = Vec::new();

@@ -4,6 +4,7 @@
 use mcshm_route::Outcome;
 
 use crate::address::Address;
+use crate::clock::now_ms;
 use crate::conn::{Conn, ConnError};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
@@ -190,7 +191,7 @@ impl Client {
         let at = self.router.server_ref(server);
         match result {
             Ok(value) => {
-                self.router.report(at, Outcome::Answered);
+                self.router.report(at, Outcome::Answered, now_ms());
                 Ok(value)
             }
             Err(err) => {
@@ -203,7 +204,9 @@ impl Client {
                     error: &text,
                     errno,
                 };
-                self.router.report(at, failed);
+                if let Some(failure) = self.router.report(at, failed, now_ms()) {
+                    self.carry_out(&failure);
+                }
                 Err(Error::Network {
                     server: address.to_string(),
                     error: text,

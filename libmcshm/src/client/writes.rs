@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::{Client, StoreItem, Stored};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::proto::{self, Reply, Request, StoreVerb};
 use mcshm_route::{CounterAsk, CounterNext, CounterReply, FollowChange, IncrOrCreate, ServerRef};
@@ -45,7 +46,7 @@ impl Client {
         only_first: bool,
         interpret: impl FnOnce(&Self, usize, Reply) -> Result<T>,
     ) -> Result<T> {
-        let plan = self.router.plan_write(key, only_first);
+        let plan = self.router.plan_write(key, only_first, now_ms());
         self.run_probes();
         let plan = plan?;
         // The version the write is routed on (a probe run meanwhile does not refresh the
@@ -98,8 +99,9 @@ impl Client {
             return;
         }
         let mut follow = FollowChange::new(routed, written, request.is_repeatable());
-        while self.router.refresh().is_ok() && follow.wants(self.router.snapshot().version) {
-            let Ok(plan) = self.router.plan_write(key, false) else {
+        while self.router.refresh(now_ms()).is_ok() && follow.wants(self.router.snapshot().version)
+        {
+            let Ok(plan) = self.router.plan_write(key, false, now_ms()) else {
                 return;
             };
             let now = self.router.snapshot().clone();
@@ -141,9 +143,9 @@ impl Client {
             proto::check_key(item.key).map_err(|why| Error::bad_key(item.key, why))?;
         }
         let keys: Vec<&[u8]> = items.iter().map(|item| item.key).collect();
-        let planned = self
-            .router
-            .plan_each(&keys, |router, key| router.plan_write(key, false));
+        let planned = self.router.plan_each(&keys, now_ms(), |router, key| {
+            router.plan_write(key, false, now_ms())
+        });
         self.run_probes();
         let plans = planned?.plans;
         let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();

@@ -180,12 +180,11 @@ impl Service {
     /// meanwhile becomes a job ([`Service::finish_direct`]). (A domain-wide "any server drains
     /// or warms" made every get a job during a drain.)
     fn direct_read(&self, key: &[u8]) -> Result<(Arc<Snapshot>, usize), Option<Planned>> {
-        let now = libmcshm::clock::now_ms();
         let Plan {
             snapshot,
             value: plan,
         } = self
-            .decide(|router| router.plan_read(key, now))
+            .decide(|router, now| router.plan_read(key, now))
             .map_err(|_| None)?;
         match plan.fills.is_empty() && plan.replicas.len() == 1 {
             true => Ok((snapshot, plan.replicas[0].index)),
@@ -204,7 +203,7 @@ impl Service {
         only_first: bool,
     ) -> Result<(Arc<Snapshot>, usize), Option<Planned>> {
         let Plan { snapshot, value } = self
-            .decide(|router| router.plan_write(key, only_first))
+            .decide(|router, now| router.plan_write(key, only_first, now))
             .map_err(|_| None)?;
         match value.targets.len() == 1 && value.invalidate.is_empty() {
             true => Ok((snapshot, value.targets[0].index)),

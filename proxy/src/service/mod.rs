@@ -26,9 +26,10 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use libmcshm::clock::now_ms;
 use libmcshm::table::State;
 use libmcshm::{Address, Domain, Snapshot, Timeouts};
-use mcshm_route::{Outcome, ReadPlan, Router, ServerRef, WritePlan};
+use mcshm_route::{FailureEvent, MarkedDown, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 
 use crate::command::{Command, MetaVerb};
 use crate::failure::Failure;
@@ -101,6 +102,20 @@ pub struct Service {
     outbox: Outbox,
 }
 
+/// Logs a failure that took a server down (a failure below the limit is not logged: the
+/// server may answer the next request).
+fn log_failure(event: &FailureEvent<'_>) {
+    let whom = match event.marked_down {
+        MarkedDown::No => return,
+        MarkedDown::ForEveryone => "for every process on this host",
+        MarkedDown::LocallyOnly => "for this process only (it cannot write the registry)",
+    };
+    crate::log(format_args!(
+        "{} marked down {whom} after {} consecutive failures: {}",
+        event.server, event.failures, event.error
+    ));
+}
+
 impl Service {
     /// Serves `domain` of the registry in `dir` as number `number` of the worker's net,
     /// counting into `stats` (shared by the worker threads serving the domain).
@@ -113,20 +128,7 @@ impl Service {
         outbox: Outbox,
     ) -> libmcshm::Result<Service> {
         let mut router = Router::for_domain(dir, domain)?;
-        router.refresh()?;
-        router.on_failure(|event| {
-            let whom = match event.marked_down {
-                mcshm_route::MarkedDown::No => return,
-                mcshm_route::MarkedDown::ForEveryone => "for every process on this host",
-                mcshm_route::MarkedDown::LocallyOnly => {
-                    "for this process only (it cannot write the registry)"
-                }
-            };
-            crate::log(format_args!(
-                "{} marked down {whom} after {} consecutive failures: {}",
-                event.server, event.failures, event.error
-            ));
-        });
+        router.refresh(now_ms())?;
         Ok(Service {
             stats,
             router: RefCell::new(router),
@@ -150,10 +152,11 @@ impl Service {
     /// A routing decision; retry probes it found due run on their own threads.
     fn decide<T>(
         &self,
-        decide: impl FnOnce(&mut Router) -> libmcshm::Result<T>,
+        decide: impl FnOnce(&mut Router, u64) -> libmcshm::Result<T>,
     ) -> Result<Plan<T>, Vec<u8>> {
         let mut router = self.router();
-        let decided = router.refresh().and_then(|()| decide(&mut router));
+        let now = now_ms();
+        let decided = router.refresh(now).and_then(|()| decide(&mut router, now));
         self.run_probes(&mut router);
         match decided {
             Ok(value) => Ok(Plan {
@@ -254,7 +257,12 @@ impl Service {
             }
         };
         let mut router = self.router();
-        router.report(server, outcome);
+        let now = now_ms();
+        if let Some(failure) = router.report(server, outcome, now)
+            && let Some(marked_down) = router.carry_out(&failure, now)
+        {
+            log_failure(&failure.event(marked_down));
+        }
         self.run_probes(&mut router);
     }
 
@@ -341,7 +349,7 @@ impl Service {
     /// `config get cluster` in ElastiCache's auto-discovery format: the table version, then
     /// `host|ip|port` per up server (the ip empty for a host name; unix sockets left out).
     pub fn cluster_config(&self) -> Vec<u8> {
-        let plan = self.decide(|router| Ok(router.snapshot().version));
+        let plan = self.decide(|router, _| Ok(router.snapshot().version));
         let Ok(Plan {
             snapshot,
             value: version,

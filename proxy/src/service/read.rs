@@ -44,7 +44,6 @@ impl Service {
         if keys.len() > 1 {
             self.stats.get_keys.fetch_add(keys.len() as u64, Relaxed);
         }
-        let now = libmcshm::clock::now_ms();
         let Plan {
             snapshot,
             value: (plans, version),
@@ -57,8 +56,9 @@ impl Service {
                 }
             }
             // On one table version, as the blocking client plans its batches.
-            None => decided!(self.decide(|router| {
-                let batch = router.plan_each(&keys, |router, key| router.plan_read(key, now))?;
+            None => decided!(self.decide(|router, now| {
+                let batch =
+                    router.plan_each(&keys, now, |router, key| router.plan_read(key, now))?;
                 let plans = batch
                     .plans
                     .into_iter()
@@ -152,13 +152,12 @@ impl Service {
         if found.iter().all(Option::is_some) {
             return;
         }
-        let now = libmcshm::clock::now_ms();
         let version_now = self.router().version_now();
         for n in many.misses(version_now) {
             let Ok(Plan {
                 snapshot,
                 value: plan,
-            }) = self.decide(|router| router.plan_read(&keys[n], now))
+            }) = self.decide(|router, now| router.plan_read(&keys[n], now))
             else {
                 continue;
             };
@@ -266,13 +265,12 @@ impl Service {
         lane: usize,
         planned: Option<Plan<ReadPlan>>,
     ) -> Vec<u8> {
-        let now = libmcshm::clock::now_ms();
         let Plan {
             snapshot,
             value: plan,
         } = match planned {
             Some(plan) => plan,
-            None => decided!(self.decide(|router| router.plan_read(key, now))),
+            None => decided!(self.decide(|router, now| router.plan_read(key, now))),
         };
         let bytes = decided!(encode_for(command, &snapshot));
         let prefix = snapshot.policy.prefix.as_bytes();
@@ -303,7 +301,7 @@ impl Service {
             }
         }
         if !many.misses(self.router().version_now()).is_empty()
-            && let Some(reply) = self.meta_fallbacks(command, key, &many, now).await
+            && let Some(reply) = self.meta_fallbacks(command, key, &many).await
         {
             return reply;
         }
@@ -323,12 +321,11 @@ impl Service {
         command: &Command,
         key: &[u8],
         many: &GetMany,
-        now: u64,
     ) -> Option<Vec<u8>> {
         let Plan {
             snapshot,
             value: plan,
-        } = self.decide(|router| router.plan_read(key, now)).ok()?;
+        } = self.decide(|router, now| router.plan_read(key, now)).ok()?;
         let bytes = encode_for(command, &snapshot).ok()?;
         let ask =
             |server: ServerRef| self.call(&snapshot, server.index, bytes.clone(), Frame::Meta);
@@ -352,8 +349,8 @@ impl Service {
 
     /// A command for the key's owner alone (`me`).
     pub(super) async fn owner_only(&self, command: &Command, key: &[u8], lane: usize) -> Vec<u8> {
-        let Plan { snapshot, value } = decided!(self.decide(|router| {
-            let owner = router.owner(key)?;
+        let Plan { snapshot, value } = decided!(self.decide(|router, now| {
+            let owner = router.owner(key, now)?;
             match router.is_down(owner) {
                 true => Err(router.down_error(owner)),
                 false => Ok(owner),

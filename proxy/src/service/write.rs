@@ -28,7 +28,7 @@ impl Service {
             value: plan,
         } = match planned {
             Some(plan) => plan,
-            None => decided!(self.decide(|router| router.plan_write(key, only_first))),
+            None => decided!(self.decide(|router, now| router.plan_write(key, only_first, now))),
         };
         let bytes = decided!(encode_for(command, &snapshot));
         let prefix = snapshot.policy.prefix;
@@ -84,8 +84,8 @@ impl Service {
             let Ok(Plan {
                 snapshot: now,
                 value: round,
-            }) = self.decide(|router| {
-                let plan = router.plan_write(key, false)?;
+            }) = self.decide(|router, now| {
+                let plan = router.plan_write(key, false, now)?;
                 let now = router.snapshot().clone();
                 Ok(follow.round(now.version, &now.servers, &plan, |i| router.is_down(i)))
             })
@@ -121,7 +121,7 @@ impl Service {
         let Plan {
             snapshot,
             value: up,
-        } = decided!(self.decide(|router| {
+        } = decided!(self.decide(|router, _| {
             let n = router.snapshot().servers.len();
             Ok((0..n).filter(|&i| !router.is_down(i)).collect::<Vec<_>>())
         }));

@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 
 use super::Registry;
-use crate::clock::now_ms;
 use crate::format::{self, Layout};
 use crate::seqlock::Words;
 use crate::shm::SharedMap;
@@ -32,8 +31,8 @@ impl LiveRecords<'_> {
     /// Counts a failed operation against `server` (of a current snapshot) in the shared live
     /// record, and returns the consecutive failures now counted. `None` when this handle cannot
     /// write the mapping (read-only access) or the record belongs to another server (the table
-    /// changed since `server` was read).
-    pub fn record_failure(&self, server: &Server) -> Option<u32> {
+    /// changed since `server` was read). `now_ms` is kept as the time of the last failure.
+    pub fn record_failure(&self, server: &Server, now_ms: u64) -> Option<u32> {
         let word = self.layout.live_word(server.live)?;
         let owner = format::live_owner(server.id);
         let mut seen = self.map.load(word, Ordering::Acquire)?;
@@ -47,7 +46,7 @@ impl LiveRecords<'_> {
                 .compare_exchange(word, seen, owner | u64::from(failures))?
             {
                 Ok(_) => {
-                    self.map.store(word + 1, now_ms(), Ordering::Relaxed);
+                    self.map.store(word + 1, now_ms, Ordering::Relaxed);
                     return Some(failures);
                 }
                 Err(now) => seen = now,
@@ -83,12 +82,12 @@ impl LiveRecords<'_> {
     /// Takes the right to probe down `server` now, for every process on the host, when a probe
     /// is due ([`Server::probe_due`], the last probe being the lease word's time): one caller
     /// per retry interval wins (a CAS on the lease word of the server's live record). `false`
-    /// for read-only handles, and for a server no probe may bring back.
-    pub fn try_probe_lease(&self, server: &Server) -> bool {
+    /// for read-only handles, and for a server no probe may bring back. `now` is the time in
+    /// ms since the Unix epoch.
+    pub fn try_probe_lease(&self, server: &Server, now: u64) -> bool {
         let Some(word) = self.owned_live_word(server) else {
             return false;
         };
-        let now = now_ms();
         let Some(last) = self.map.load(word + 2, Ordering::Acquire) else {
             return false;
         };
