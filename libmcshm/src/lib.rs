@@ -56,6 +56,7 @@ pub use client::{Client, FailureEvent, MarkedDown, MultiGet, StoreItem, Stored};
 pub use conn::Timeouts;
 pub use mcshm_table::{
     Address, AgentLink, Commit, DEFAULT_DOMAIN, Domain, Error, ErrorKind, LockWait, Registry,
-    Result, Server, Snapshot, State, default_dir, monotonic_ns, release_free_heap,
+    Result, Server, Snapshot, State, default_dir, map_large_allocations_apart, monotonic_ns,
+    release_free_heap,
 };
 pub use proto::{Item, StoreVerb};

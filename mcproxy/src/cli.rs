@@ -100,7 +100,8 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "1m")]
     pub max_item_size: String,
 
-    /// Seconds a client may take to finish a command it started; then it is disconnected
+    /// Seconds a client may take to finish a command it started, or to take any of the
+    /// replies the proxy has for it; then it is disconnected (and those replies dropped)
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = mcshm_cli::whole_seconds_unsigned)]
     pub client_timeout: u64,
 
@@ -118,6 +119,13 @@ pub struct Cli {
     /// Commands one client connection may have in flight before the proxy stops reading it
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub pipeline: usize,
+
+    /// Reply bytes one client connection may be owed (unread, or estimated for the commands in
+    /// flight) before the proxy stops reading its commands (k and m suffixes). A client owed
+    /// nothing may always send one command, whatever the size of its reply; the connections
+    /// to the servers are read at full speed whatever a client does
+    #[arg(long, value_name = "BYTES", default_value = "64m")]
+    pub client_reply_limit: String,
 
     /// Seconds to finish the requests in flight after SIGTERM
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = mcshm_cli::whole_seconds_unsigned)]

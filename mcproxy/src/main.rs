@@ -100,12 +100,13 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
                 None => None,
             },
             limits: Limits {
-                max_item: size(&cli.max_item_size)?,
+                max_item: size("max-item-size", &cli.max_item_size)?,
                 ..Limits::default()
             },
             client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
             idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
             pipeline: positive("pipeline", cli.pipeline)?,
+            reply_limit: size("client-reply-limit", &cli.client_reply_limit)?,
         },
         shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
         threads: match cli.threads {
@@ -115,8 +116,9 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
     })
 }
 
-/// `1048576`, `512k`, `1m`: at least 1 byte, at most 1 GiB (memcached's own ceiling).
-fn size(text: &str) -> Result<usize, String> {
+/// `1048576`, `512k`, `1m` (option `--name`): at least 1 byte, at most 1 GiB (memcached's own
+/// ceiling).
+fn size(name: &str, text: &str) -> Result<usize, String> {
     let lower = text.to_ascii_lowercase();
     let (digits, unit) = match lower.strip_suffix('k') {
         Some(d) => (d, 1 << 10),
@@ -130,7 +132,5 @@ fn size(text: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| n.checked_mul(unit))
         .filter(|n| (1..=1 << 30).contains(n))
-        .ok_or_else(|| {
-            format!("--max-item-size '{text}' is not a size from 1 to 1g (e.g. 1m, 512k)")
-        })
+        .ok_or_else(|| format!("--{name} '{text}' is not a size from 1 to 1g (e.g. 1m, 512k)"))
 }

@@ -23,7 +23,7 @@ impl Inbox {
 
     /// Drops the first `n` bytes of [`Inbox::data`].
     pub fn consume(&mut self, n: usize) {
-        self.head = (self.head + n).min(self.tail);
+        self.head = self.head.saturating_add(n).min(self.tail);
         if self.head == self.tail {
             self.head = 0;
             self.tail = 0;
@@ -76,5 +76,15 @@ mod tests {
         assert!(inbox.is_empty());
         inbox.shrink_when_empty(4);
         assert!(inbox.buf.is_empty());
+    }
+
+    #[test]
+    fn consuming_everything_with_a_partly_consumed_buffer_empties_it() {
+        let mut inbox = Inbox::default();
+        let mut source: &[u8] = b"get a\r\nget b";
+        inbox.read_from(&mut source, 16).unwrap();
+        inbox.consume(7);
+        inbox.consume(usize::MAX);
+        assert!(inbox.is_empty());
     }
 }

@@ -5,11 +5,15 @@
 
 use std::io;
 
-/// Why a request got no reply; counts against the server in the router.
+/// Why a request got no reply; counts against the server in the router (once per failed
+/// connection: see [`Failure::behind`]).
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub error: String,
     pub errno: i32,
+    /// Whether it counts against the server: a connection that fails is one failure of its
+    /// server, however many requests it carried.
+    pub counted: bool,
 }
 
 impl Failure {
@@ -17,6 +21,17 @@ impl Failure {
         Failure {
             error: error.into(),
             errno,
+            counted: true,
+        }
+    }
+
+    /// The same failure for a request the failed connection carried behind the one it is
+    /// counted for: answered as failed, not counted again (a pipeline of 50 requests on a
+    /// connection that timed out is one timeout, not 50 consecutive failures).
+    pub fn behind(&self) -> Failure {
+        Failure {
+            counted: false,
+            ..self.clone()
         }
     }
 

@@ -112,6 +112,9 @@ pub fn log(message: std::fmt::Arguments<'_>) {
 /// written by one thread, with no hand-over between threads (memcached's own worker model).
 /// The main thread waits for signals and serves the metrics page.
 pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartError> {
+    // Replies of a client that reads slowly are held in large buffers: they go back to the
+    // kernel when freed, whatever came before (see `trim_after_bursts` for the rest).
+    libmcshm::map_large_allocations_apart(LARGE_BUFFER);
     let threads = config.threads.max(1);
     let width = (config.server_connections / threads).max(1);
     let mut domains: Vec<(PathBuf, Domain, Arc<stats::ProxyStats>)> = Vec::new();
@@ -222,13 +225,16 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
     Ok(())
 }
 
-/// Connections closed since the last trim that make the heap worth trimming.
-const TRIM_AFTER_CLOSED: u64 = 256;
+/// Gives memory back once clients go: the allocator keeps what closed connections freed
+/// (glibc's per-thread arenas, and the large reply buffers it no longer maps apart once its
+/// mmap threshold has grown), so without this RSS grows with every burst of connections, or
+/// every client that left replies unread, and stays. Once a second, when connections closed
+/// since the last look, the free heap is released (on the blocking pool: it walks every
+/// arena, a few milliseconds).
+/// Buffers of this size or more are mapped apart, and unmapped when freed (glibc's default
+/// before it starts raising the threshold).
+const LARGE_BUFFER: usize = 128 * 1024;
 
-/// Gives memory back after bursts of connections: the allocator keeps what closed connections
-/// freed (glibc's per-thread arenas), so without this RSS grows with every burst and stays.
-/// Once a second, when at least [`TRIM_AFTER_CLOSED`] connections closed since the last look,
-/// the free heap is released (on the blocking pool: it walks every arena).
 async fn trim_after_bursts(domains: Vec<Arc<stats::ProxyStats>>) {
     let closed = || -> u64 {
         domains
@@ -245,7 +251,7 @@ async fn trim_after_bursts(domains: Vec<Arc<stats::ProxyStats>>) {
     loop {
         tick.tick().await;
         let now = closed();
-        if now.saturating_sub(last) >= TRIM_AFTER_CLOSED {
+        if now > last {
             last = now;
             let _ = tokio::task::spawn_blocking(libmcshm::release_free_heap).await;
         }

@@ -3,6 +3,14 @@
 //! any order; each has a slot, numbered in the order the client sent it, and a reply is written
 //! out only once every reply before it is. Pure: the session hands it the bytes and takes the
 //! output; no socket, no clock.
+//!
+//! It also says how many reply bytes the client is owed ([`ReplyOrder::owed`]): those held
+//! here, and an estimate for each reply still to come (the size of a reply is known only when
+//! it arrives, and the upstream connections are read whatever a client does). The session stops
+//! reading a client's commands past its bound, so one client that does not read its replies
+//! cannot grow the proxy without limit. The estimate starts high (a slow start: a new client's
+//! first burst is cut to a few commands) and follows the sizes seen: each reply sets it to the
+//! larger of its own size and 7/8 of the estimate before.
 
 use std::collections::VecDeque;
 
@@ -25,14 +33,42 @@ pub enum Reply<'a> {
 }
 
 /// The slots of the commands a client has sent and not yet been answered, oldest first.
-#[derive(Default)]
 pub struct ReplyOrder {
     slots: VecDeque<Slot>,
     /// The number of the oldest slot.
     head_seq: u64,
+    /// Bytes of the replies held until an older one is answered.
+    held: usize,
+    /// Slots answered and held.
+    done: usize,
+    /// The bytes a reply still to come is counted as.
+    estimate: usize,
 }
 
 impl ReplyOrder {
+    /// No slot yet; a reply still to come counts as `first_estimate` bytes until replies are
+    /// seen.
+    pub fn new(first_estimate: usize) -> ReplyOrder {
+        ReplyOrder {
+            slots: VecDeque::new(),
+            head_seq: 0,
+            held: 0,
+            done: 0,
+            estimate: first_estimate,
+        }
+    }
+
+    /// The reply bytes the client is owed, `unwritten` being those already in its output:
+    /// plus those held here, plus the estimate for each reply still to come.
+    pub fn owed(&self, unwritten: usize) -> usize {
+        let waiting = self.slots.len() - self.done;
+        unwritten + self.held + waiting.saturating_mul(self.estimate)
+    }
+
+    fn saw_reply(&mut self, len: usize) {
+        self.estimate = len.max(self.estimate - self.estimate / 8);
+    }
+
     /// The number the next slot will have.
     pub fn next_seq(&self) -> u64 {
         self.head_seq + self.slots.len() as u64
@@ -68,19 +104,32 @@ impl ReplyOrder {
         let Slot::Waiting(then) = std::mem::replace(slot, Slot::Done(Vec::new())) else {
             return;
         };
-        match (then, reply) {
+        let len = match &reply {
+            Reply::Borrowed(bytes) => bytes.len(),
+            Reply::Owned(bytes) => bytes.len(),
+        };
+        let held = match (then, reply) {
             (Then::Plain, Reply::Borrowed(bytes)) if at == 0 => {
                 out.extend_from_slice(bytes);
                 self.slots.pop_front();
                 self.head_seq += 1;
+                None
             }
-            (Then::Plain, Reply::Borrowed(bytes)) => *slot = Slot::Done(bytes.to_vec()),
-            (Then::Plain, Reply::Owned(bytes)) => *slot = Slot::Done(bytes),
-            (Then::Map(map), Reply::Borrowed(bytes)) => *slot = Slot::Done(map(bytes.to_vec())),
-            (Then::Map(map), Reply::Owned(bytes)) => *slot = Slot::Done(map(bytes)),
+            (Then::Plain, Reply::Borrowed(bytes)) => Some(bytes.to_vec()),
+            (Then::Plain, Reply::Owned(bytes)) => Some(bytes),
+            (Then::Map(map), Reply::Borrowed(bytes)) => Some(map(bytes.to_vec())),
+            (Then::Map(map), Reply::Owned(bytes)) => Some(map(bytes)),
+        };
+        self.saw_reply(len);
+        if let Some(bytes) = held {
+            self.held += bytes.len();
+            self.done += 1;
+            self.slots[at] = Slot::Done(bytes);
         }
         while let Some(Slot::Done(bytes)) = self.slots.front() {
             out.extend_from_slice(bytes);
+            self.held -= bytes.len();
+            self.done -= 1;
             self.slots.pop_front();
             self.head_seq += 1;
         }
@@ -93,7 +142,7 @@ mod tests {
 
     #[test]
     fn replies_go_out_in_the_order_their_commands_came() {
-        let (mut order, mut out) = (ReplyOrder::default(), Vec::new());
+        let (mut order, mut out) = (ReplyOrder::new(10), Vec::new());
         let (a, b, c) = (
             order.open(Then::Plain),
             order.open(Then::Plain),
@@ -111,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_mapped_reply_is_mapped_and_stray_completions_are_ignored() {
-        let (mut order, mut out) = (ReplyOrder::default(), Vec::new());
+        let (mut order, mut out) = (ReplyOrder::new(10), Vec::new());
         let first = order.open(Then::Map(Box::new(|mut r| {
             r.insert(0, b'>');
             r
@@ -125,5 +174,29 @@ mod tests {
         assert_eq!(order.len(), 1);
         order.complete(second, Reply::Owned(b"y".to_vec()), &mut out);
         assert_eq!(out, b">xy");
+    }
+
+    #[test]
+    fn a_client_is_owed_what_is_held_and_an_estimate_per_reply_to_come() {
+        let (mut order, mut out) = (ReplyOrder::new(1000), Vec::new());
+        assert_eq!(order.owed(5), 5, "nothing in flight: what is unwritten");
+        let slots: Vec<u64> = (0..3).map(|_| order.open(Then::Plain)).collect();
+        assert_eq!(order.owed(0), 3000, "a slow start: the first estimate each");
+        order.complete(slots[2], Reply::Owned(vec![b'c'; 4000]), &mut out);
+        assert_eq!(
+            order.owed(0),
+            4000 + 2 * 4000,
+            "held, and the estimate follows the size"
+        );
+        order.complete(slots[1], Reply::Borrowed(&[b'b'; 10]), &mut out);
+        assert_eq!(
+            order.owed(0),
+            4000 + 10 + 3500,
+            "7/8 of the estimate before"
+        );
+        order.complete(slots[0], Reply::Borrowed(b"a"), &mut out);
+        assert_eq!(out.len(), 4011);
+        assert_eq!(order.owed(out.len()), 4011, "written out: owed as output");
+        assert!(order.is_empty());
     }
 }

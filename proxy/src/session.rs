@@ -38,6 +38,9 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// Commands read but not yet answered, per connection.
     pub pipeline: usize,
+    /// Reply bytes a client may be owed (held, unwritten, and estimated for the replies to
+    /// come: [`ReplyOrder::owed`]) before the proxy stops reading its commands.
+    pub reply_limit: usize,
 }
 
 /// Bytes read from a client at a time.
@@ -45,8 +48,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Room an idle connection keeps for its next command: most commands are a line of a few dozen
 /// bytes, so 2 000 idle clients cost 8 MB, not the 64 MB of full chunks.
 const IDLE_ROOM: usize = 4 * 1024;
-/// Reply bytes a client has not taken before the session stops reading its commands.
-const OUT_HIGH: usize = 4 * 1024 * 1024;
+/// A new client's replies are each counted as this share of `--client-reply-limit` until
+/// replies are seen: its first burst of commands is cut to this many (then the estimate
+/// follows the sizes seen).
+const FIRST_BURST: usize = 2;
 /// Quiet gets routed as one multi-get at most (a longer run is several).
 const QUIET_GET_RUN: usize = 1000;
 
@@ -87,6 +92,10 @@ pub struct Session {
     /// command, however its bytes trickle in.
     partial_since: Option<Instant>,
     last_active: Instant,
+    /// Since when the client has taken none of the output the proxy could not write at once
+    /// (`None`: it takes what it is sent). A client that takes nothing for --client-timeout is
+    /// closed and its replies dropped.
+    stuck_since: Option<Instant>,
     /// Still reading commands (not after end of stream, quit, a fatal error, or shutdown).
     pub reading: bool,
     /// Stopped reading for the pipeline or output limit: read again when under it.
@@ -115,12 +124,13 @@ impl Session {
             inbox: Inbox::default(),
             out: Vec::new(),
             written: 0,
-            replies: ReplyOrder::default(),
+            replies: ReplyOrder::new(settings.reply_limit / FIRST_BURST),
             binary: None,
             authenticated: settings.client_auth.is_none(),
             swallow: 0,
             partial_since: None,
             last_active: Instant::now(),
+            stuck_since: None,
             reading: true,
             stalled: false,
             queued: false,
@@ -137,9 +147,11 @@ impl Session {
         self.broken || (!self.reading && self.replies.is_empty() && self.written == self.out.len())
     }
 
-    /// Whether the pipeline or output limit holds reading back.
+    /// Whether the pipeline or the reply limit holds reading back. A client owed nothing may
+    /// always send one command, however large its reply.
     fn over_limits(&self, settings: &Settings) -> bool {
-        self.replies.len() >= settings.pipeline.max(1) || self.out.len() - self.written > OUT_HIGH
+        self.replies.len() >= settings.pipeline.max(1)
+            || self.replies.owed(self.out.len() - self.written) >= settings.reply_limit
     }
 
     /// Reads and starts what the client sent, until the socket has no more or a limit holds.
@@ -471,8 +483,10 @@ impl Session {
         self.written < self.out.len()
     }
 
-    /// Writes the output, as far as the socket takes it.
+    /// Writes the output, as far as the socket takes it; what it does not take starts (or,
+    /// when some was taken, restarts) the clock of a client that does not read.
     pub fn flush(&mut self) {
+        let before = self.written;
         while self.written < self.out.len() {
             match self.stream.write(&self.out[self.written..]) {
                 Ok(0) => {
@@ -480,7 +494,12 @@ impl Session {
                     return;
                 }
                 Ok(n) => self.written += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if self.written > before || self.stuck_since.is_none() {
+                        self.stuck_since = Some(Instant::now());
+                    }
+                    return;
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.broken = true;
@@ -490,9 +509,15 @@ impl Session {
         }
         self.out.clear();
         self.written = 0;
+        self.stuck_since = None;
         if self.out.capacity() > 4 * READ_CHUNK {
             self.out = Vec::new();
         }
+    }
+
+    /// Whether output waits for a client that has not taken it (its timeout runs).
+    pub fn stuck(&self) -> bool {
+        self.stuck_since.is_some() && !self.broken
     }
 
     /// Whether the session may read again after being held back by a limit.
@@ -500,21 +525,25 @@ impl Session {
         self.stalled && self.reading && !self.over_limits(settings)
     }
 
-    /// The client timeouts: `Some(partial)` when the session must end now (`partial`: in the
-    /// middle of a command).
-    pub fn timed_out(&self, now: Instant, settings: &Settings) -> Option<bool> {
+    /// The client timeouts: which one ends the session now, if any.
+    pub fn timed_out(&self, now: Instant, settings: &Settings) -> Option<TimedOut> {
+        if let Some(since) = self.stuck_since
+            && now.saturating_duration_since(since) >= settings.client_timeout
+        {
+            return Some(TimedOut::NotReading);
+        }
         if !self.reading {
             return None;
         }
         if let Some(since) = self.partial_since
             && now.saturating_duration_since(since) >= settings.client_timeout
         {
-            return Some(true);
+            return Some(TimedOut::MidCommand);
         }
         let idle = self.replies.is_empty() && self.inbox.is_empty() && self.swallow == 0;
         match settings.idle_timeout {
             Some(limit) if idle && now.saturating_duration_since(self.last_active) >= limit => {
-                Some(false)
+                Some(TimedOut::Idle)
             }
             _ => None,
         }
@@ -524,6 +553,17 @@ impl Session {
     pub fn partial(&self) -> bool {
         self.reading && self.partial_since.is_some()
     }
+}
+
+/// Why a client's session ends on a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimedOut {
+    /// It sent part of a command and nothing more for --client-timeout.
+    MidCommand,
+    /// Silent with nothing pending for --idle-timeout.
+    Idle,
+    /// It took none of its replies for --client-timeout: closed, its replies dropped.
+    NotReading,
 }
 
 /// Sends the requests the jobs queued, in the order they were queued.

@@ -61,6 +61,8 @@ pub struct ProxyStats {
     pub get_hits: AtomicU64,
     pub client_errors: AtomicU64,
     pub server_errors: AtomicU64,
+    /// Clients closed for taking none of their replies for --client-timeout.
+    pub clients_not_reading: AtomicU64,
     pub servers: Mutex<Vec<Arc<ServerStats>>>,
 }
 
@@ -77,6 +79,7 @@ impl ProxyStats {
             get_hits: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
+            clients_not_reading: AtomicU64::new(0),
             servers: Mutex::new(Vec::new()),
         }
     }
@@ -110,6 +113,7 @@ impl ProxyStats {
             ("get_hits", n(&self.get_hits)),
             ("client_errors", n(&self.client_errors)),
             ("server_errors", n(&self.server_errors)),
+            ("clients_not_reading", n(&self.clients_not_reading)),
         ]
     }
 
@@ -146,7 +150,7 @@ impl ProxyStats {
 /// The domain-wide counters and gauges as Prometheus names them (units in the name, counters
 /// ending `_total`), from the `stats` names memcached's clients know: (stats name, metric,
 /// type, help).
-const FAMILIES: [(&str, &str, &str, &str); 9] = [
+const FAMILIES: [(&str, &str, &str, &str); 10] = [
     (
         "uptime",
         "uptime_seconds",
@@ -195,6 +199,12 @@ const FAMILIES: [(&str, &str, &str, &str); 9] = [
         "server_errors_total",
         "counter",
         "Requests answered SERVER_ERROR",
+    ),
+    (
+        "clients_not_reading",
+        "clients_not_reading_total",
+        "counter",
+        "Clients closed for taking none of their replies for --client-timeout",
     ),
 ];
 

@@ -73,6 +73,9 @@ struct Conn<D> {
     credentials: Option<Credentials>,
     /// Whether the server answered anything on it (see [`Net::diagnose`]).
     answered: bool,
+    /// When the server last finished a reply on it: the oldest request in flight has been the
+    /// server's to answer since then (or since it was sent, if later).
+    replied: Instant,
 }
 
 /// A domain's part in the connections.
@@ -229,6 +232,7 @@ impl<D> Net<D> {
             broken,
             credentials: None,
             answered: false,
+            replied: Instant::now(),
         };
         if conn.broken.is_none() {
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -358,9 +362,12 @@ impl<D> Net<D> {
         }
     }
 
-    /// When connection `conn` times out ([`Deadline::of`]).
+    /// When connection `conn` times out ([`Deadline::of`]): the oldest request's time with the
+    /// server counts from when it was sent or from the reply before it, whichever is later,
+    /// so a request queued behind others' long replies (another client's 10 MB multi-gets) is
+    /// not blamed on the server for the time those took to stream.
     fn deadline(&self, conn: &Conn<D>) -> Option<Deadline> {
-        let oldest = conn.in_flight.front().map(|w| w.sent);
+        let oldest = conn.in_flight.front().map(|w| w.sent.max(conn.replied));
         Deadline::of(conn.connecting, oldest, self.timeouts)
     }
 
@@ -407,12 +414,17 @@ impl<D> Net<D> {
             self.diagnose(&conn.route.1);
         }
         let now = Instant::now();
+        let behind = failure.behind();
+        let mut counted = Some(failure);
         for waiter in conn.in_flight.drain(..) {
             if let Deliver::Auth = waiter.to {
                 continue;
             }
             conn.stats.record(now - waiter.sent, false);
-            deliver(waiter.to, Err(&failure));
+            match counted.take() {
+                Some(first) => deliver(waiter.to, Err(&first)),
+                None => deliver(waiter.to, Err(&behind)),
+            }
         }
     }
 
@@ -555,6 +567,7 @@ fn deliver_replies<D>(
         };
         let waiter = conn.in_flight.pop_front().expect("checked above");
         conn.answered = true;
+        conn.replied = now;
         let reply = &data[..len];
         match waiter.to {
             Deliver::Auth => {
@@ -585,7 +598,7 @@ enum Deadline {
 
 impl Deadline {
     /// The deadline of a connection still connecting until `connecting` (if it is), whose
-    /// oldest request in flight was sent at `oldest_sent` (if any).
+    /// oldest request in flight has waited for the server since `oldest_sent` (if any).
     fn of(
         connecting: Option<Instant>,
         oldest_sent: Option<Instant>,

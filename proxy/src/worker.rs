@@ -19,7 +19,7 @@ use slab::Slab;
 use crate::failure::Failure;
 use crate::jobs::{Jobs, Work};
 use crate::service::{Direct, Finished, Outbox, Service, SlotRef};
-use crate::session::{Ctx, Reply, Session, Settings, send_outbox};
+use crate::session::{Ctx, Reply, Session, Settings, TimedOut, send_outbox};
 use crate::stream::Stream;
 use crate::upstream::{Deliver, Net};
 
@@ -316,6 +316,11 @@ impl Worker {
             session.flush();
             if session.finished() {
                 self.close(key);
+            } else if session.stuck() {
+                let soon = Instant::now() + SWEEP_IDLE;
+                if self.next_sweep.is_none_or(|at| at > soon) {
+                    self.next_sweep = Some(soon);
+                }
             }
         }
         self.dirty = dirty;
@@ -470,21 +475,29 @@ impl Worker {
             return;
         }
         let mut expired = Vec::new();
-        let mut partial = false;
+        let (mut partial, mut stuck) = (false, false);
         for (key, session) in &self.clients {
             match session.timed_out(now, &self.settings) {
-                Some(mid_command) => expired.push((key, mid_command)),
-                None => partial |= session.partial(),
+                Some(why) => expired.push((key, why)),
+                None => {
+                    partial |= session.partial();
+                    stuck |= session.stuck();
+                }
             }
         }
-        for (key, mid_command) in expired {
+        for (key, why) in expired {
             let session = &mut self.clients[key];
-            if mid_command {
-                session
-                    .service()
-                    .stats
-                    .client_errors
-                    .fetch_add(1, Ordering::Relaxed);
+            let stats = &session.service().stats;
+            match why {
+                TimedOut::MidCommand => {
+                    stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                TimedOut::NotReading => {
+                    stats.clients_not_reading.fetch_add(1, Ordering::Relaxed);
+                    // Its replies are dropped: nothing more is written to it.
+                    session.broken = true;
+                }
+                TimedOut::Idle => {}
             }
             session.stop_reading();
             if !session.queued {
@@ -495,6 +508,7 @@ impl Worker {
         self.next_sweep = match (partial, self.settings.idle_timeout) {
             (true, _) => Some(now + SWEEP_PARTIAL),
             (false, Some(_)) if !self.clients.is_empty() => Some(now + SWEEP_IDLE),
+            _ if stuck => Some(now + SWEEP_IDLE),
             _ => None,
         };
     }

@@ -298,6 +298,21 @@ pub fn release_free_heap() {
     }
 }
 
+/// Has the C allocator map every allocation of `bytes` or more apart and unmap it when freed
+/// (glibc's `M_MMAP_THRESHOLD`, which also stops the threshold from growing on its own). A
+/// daemon that holds large buffers for a while (mcproxy's replies for a client that reads
+/// slowly) calls it once at start: by default glibc raises the threshold after the first large
+/// buffer is freed, and later ones then come from the arenas, which keep the memory after the
+/// buffers are gone. Elsewhere than glibc it does nothing.
+pub fn map_large_allocations_apart(bytes: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt changes a tunable of the allocator under its own lock; any value is
+    // accepted or refused (returning 0), never undefined.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, bytes.min(i32::MAX as usize) as i32);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The fence's promises: every access outside the mapping is `None` (or does nothing),

@@ -250,6 +250,9 @@ impl Service {
                 self.stats
                     .server_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !failure.counted {
+                    return; // its connection's failure is counted once, for another request
+                }
                 Outcome::Failed {
                     error: &failure.error,
                     errno: failure.errno,
@@ -384,7 +387,7 @@ fn named(
 ) -> Result<Vec<u8>, Failure> {
     result.map_err(|failure| Failure {
         error: format!("{}: {}", snapshot.servers[i].address, failure.error),
-        errno: failure.errno,
+        ..failure
     })
 }
 
