@@ -210,7 +210,7 @@ fn an_operators_down_is_not_undone_by_the_retry_probe() {
         ),
     )
     .unwrap();
-    reg.ok("d", &["load", file.to_str().unwrap()]);
+    reg.ok("d", &["load", "--partial", file.to_str().unwrap()]);
     assert!(
         wait_until(Duration::from_secs(10), || {
             let _ = get(&reg, "d", "kept");
@@ -933,7 +933,7 @@ impl Checker {
         let file = self.dirs[0].join("c.list");
         std::fs::write(&file, lines.join("\n") + "\n").unwrap();
         let path = file.to_str().unwrap().to_string();
-        self.admin(&["load", &path]);
+        self.admin(&["load", "--partial", &path]);
     }
 }
 

@@ -31,7 +31,9 @@ The answer is no: for \fBstatus\fR the server is down or draining; for \fBwait\f
 passed; \fBdrain\fR was interrupted (the server stays draining; run it again to resume).
 .TP
 .B 2
-Usage error or bad input (address, domain name, weight, reason, list line). Nothing was changed.
+Usage error or bad input (address, domain name, weight, reason, list line; for \fBload\fR a list
+cut short or edited without \fB\-\-partial\fR, over 64 MiB or with a line over 4096 bytes, or of
+no servers without \fB\-\-allow\-empty\fR). Nothing was changed.
 .TP
 .B 3
 Not found: no such domain or server, or \fBadd\fR of a server already present. Nothing was changed.
@@ -58,6 +60,22 @@ For users other than root, when \fI/run/mcshm\fR does not exist, the registry di
 .I /run/mcshm/DOMAIN.mcshm
 The server table of a domain (format in \fBmcshm\fR(5)); files 0644, directory 0755. It lives on
 tmpfs: keep the durable list in a config file and replay it at boot with \fBmcadmin load\fR.
+.TP
+.I /etc/mcshm/DOMAIN.list
+The durable server list, written by \fBdump\fR and loaded at boot by \fBmcshm\-restore@DOMAIN\fR
+(\fBload \-\-initial\fR). One server per line, then the end line
+.RS
+.PP
+.nf
+# end: 3 servers, crc32 0x1c291ca3
+.fi
+.PP
+which counts the server lines and holds the CRC\-32 (zlib's \fBcrc32\fR) of every byte before it.
+\fBload\fR refuses a list without it, with a count or checksum that does not match, or with more
+than blank lines after it: a list cut short changes no table, and at boot leaves the domain
+absent. A list written or edited by hand loads with \fB\-\-partial\fR; \fBdump\fR writes it
+back with a new end line.
+.RE
 .SH EXAMPLES
 .nf
 mcadmin \-\-domain myapp add cache1:11211 cache2:11211 \-\-weight 2
@@ -67,6 +85,7 @@ mcadmin \-\-domain myapp status cache1:11211 || echo "cache1 is down"
 mcadmin \-\-domain myapp list \-\-json | jq '.servers[].address'
 mcadmin \-\-domain myapp dump > /etc/mcshm/myapp.list
 mcadmin \-\-domain myapp load /etc/mcshm/myapp.list   # at boot
+mcadmin \-\-domain myapp load \-\-partial hand\-written.list
 v=$(mcadmin \-\-domain myapp \-\-json list | jq .version); mcadmin \-\-domain myapp wait \-\-since "$v"
 .fi
 .SH "SEE ALSO"

@@ -20,7 +20,8 @@ macro_rules! exit_status {
 Exit status:
   0  success; `status`: the server is up; `wait`: the version changed
   1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted
-  2  usage error or bad input (address, domain name, weight, list line); nothing changed
+  2  usage error or bad input (address, domain name, weight, list line; a list cut short, too
+     large or empty); nothing changed
   3  not found: no such domain or server, or `add` of a server already present; nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
   5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it
@@ -39,6 +40,7 @@ Examples:
   mcadmin --domain myapp down cache1:11211 --reason 'disk failure'
   mcadmin --domain myapp list --json
   mcadmin --domain myapp dump > myapp.list; mcadmin --domain myapp load myapp.list
+  mcadmin --domain myapp load --partial hand-written.list
   mcadmin --etcd http://10.0.0.5:2379 --domain myapp add cache3:11211   (the whole fleet)
   mcadmin sync --etcd http://10.0.0.5:2379,http://10.0.0.6:2379 --all   (on every host)
 
@@ -216,27 +218,43 @@ pub enum Command {
     /// List every domain in the registry directory.
     Domains,
     /// Write the server list as text, one server per line (the input of `load`).
+    ///
+    /// The last line, `# end: N servers, crc32 0xXXXXXXXX`, counts the servers and sums every
+    /// byte before it (CRC-32, as zlib's): `load` refuses a list without it, so a list cut short
+    /// changes nothing.
     Dump,
     /// Make the server list equal to FILE (or - for stdin), in one version.
     ///
     /// Lines: `ADDR [weight=N] [retry-interval=S] [state=up|down] [down-by=operator|failures]
     /// [reason="TEXT"]`; blank lines and lines starting with # are ignored. A bad line changes
-    /// nothing. The changes are the same transitions the other verbs make: a server the file
-    /// has up that joins the domain or was down is flushed first (as `add` and `up` do; one that
-    /// cannot be flushed is loaded down after failures and retried, exit 5); a down line is held
-    /// down by the operator unless it says down-by=failures. Into a new domain (the boot-time
-    /// replay) the list is taken as it stands. Also repairs a damaged registry file.
+    /// nothing. The list must be whole: it ends with the end line `dump` writes (`# end: N
+    /// servers, crc32 0xXXXXXXXX`, with the right count and checksum, and only blank lines
+    /// after it), else it was cut short or edited and is refused (exit 2); a list written or
+    /// edited by hand needs --partial. A list of no servers is refused unless --allow-empty.
+    /// At most 64 MiB, lines of at most 4096 bytes. The changes are the same transitions the
+    /// other verbs make: a server the file has up that joins the domain or was down is flushed
+    /// first (as `add` and `up` do; one that cannot be flushed is loaded down after failures
+    /// and retried, exit 5); a down line is held down by the operator unless it says
+    /// down-by=failures. Into a new domain (the boot-time replay) the list is taken as it
+    /// stands. Also repairs a damaged registry file.
     Load {
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Only when the domain does not exist yet (the boot-time replay: a restart of the unit
-        /// keeps the changes made since)
+        /// keeps the changes made since); the file is checked either way
         #[arg(long)]
         initial: bool,
         /// Take the list as it stands: flush no server (only for servers known to hold nothing
         /// stale, e.g. all new and empty)
         #[arg(long)]
         no_flush: bool,
+        /// A list written or edited by hand: no end line needed, and one that is there is not
+        /// checked (a list cut short is then taken as far as it goes)
+        #[arg(long)]
+        partial: bool,
+        /// Take a list of no servers: it removes every server of the domain
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Health daemon: mark failing servers down, bring answering ones back.
     ///

@@ -160,7 +160,20 @@ fn run(cli: &Cli) -> Result<Exit> {
             file,
             initial,
             no_flush,
-        } => write::load(&ctx, file, *initial, *no_flush),
+            partial,
+            allow_empty,
+        } => write::load(
+            &ctx,
+            file,
+            write::LoadOptions {
+                initial: *initial,
+                no_flush: *no_flush,
+                accept: libmcshm::dump::Accept {
+                    partial: *partial,
+                    allow_empty: *allow_empty,
+                },
+            },
+        ),
         Command::Wait { since, timeout } => read::wait(&ctx, *since, *timeout),
         Command::Auth {
             user,

@@ -18,14 +18,44 @@
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
+//!
+//! # The end line
+//!
+//! `dump` starts the list with a comment naming the domain and its version, and ends it with
+//! a line such as
+//!
+//! ```text
+//! # end: 3 servers, crc32 0x1c291ca3
+//! ```
+//!
+//! (`1 server` for one; `load` takes either word for any count): the number of server lines before it and the CRC-32 (IEEE, zlib's
+//! `crc32`) of every byte before it, comments, blank lines and newlines included, as 8
+//! lowercase hex digits. A list cut short has no end line, or one that does not add up: `load`
+//! ([`parse_list`]) refuses it, as it refuses a count or checksum that does not match and
+//! anything but blank lines after it, so a list cut at any byte changes no table. A list written
+//! or edited by hand is taken with [`Accept::partial`] (`mcadmin load --partial`): no end line
+//! is needed, and one that is there is not checked (it is a comment like any other). A list of
+//! no servers, which would empty the domain, needs [`Accept::allow_empty`] either way.
+//!
+//! Without `partial`, the first line starting with `# end:` is read as the end line: a comment
+//! of your own must not start so.
+//!
+//! # Bounds
+//!
+//! A list holds at most [`MAX_LIST_LEN`] bytes (64 MiB: the most servers a table holds at
+//! 1 KiB a line, longer than any line [`dump`](to_text) writes) and lines of at most
+//! [`MAX_LINE_LEN`] bytes; [`read`] refuses more without reading on.
 
 use std::collections::HashSet;
 use std::fmt::Write;
+use std::io::{BufRead, Read};
+use std::path::Path;
 
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::placement::Distribution;
 use crate::prefix::KeyPrefix;
+use crate::registry::MAX_SERVERS;
 use crate::table::{
     Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_replicas,
     check_retry_interval, check_warm_window, check_weight,
@@ -54,10 +84,193 @@ pub fn to_text(snapshot: &Snapshot) -> String {
         }
         out.push('\n');
     }
+    out += &end_line(snapshot.servers.len(), &out);
     out
 }
 
-/// Parses a server list; errors name the line. Duplicate addresses are refused.
+/// Most bytes of a list [`read`] takes: [`MAX_SERVERS`] lines of 1 KiB (a line of `dump` is
+/// at most about 740 bytes: a 255-byte host name and a reason of 192 escaped quotes).
+pub const MAX_LIST_LEN: usize = MAX_SERVERS as usize * 1024;
+
+/// Most bytes of one line (its `\n` or `\r\n` not counted), comments included.
+pub const MAX_LINE_LEN: usize = 4096;
+
+/// How [`parse_list`] takes a list (`mcadmin load --partial`, `--allow-empty`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accept {
+    /// A list written or edited by hand: no end line is needed, and one that is there is not
+    /// checked.
+    pub partial: bool,
+    /// A list of no servers, which empties the domain.
+    pub allow_empty: bool,
+}
+
+/// What to do about a list refused for its end line.
+const BY_HAND: &str = "a list written or edited by hand: pass --partial";
+
+/// The end line of a list of `servers` servers whose text before it is `before`.
+pub fn end_line(servers: usize, before: &str) -> String {
+    let plural = if servers == 1 { "" } else { "s" };
+    format!(
+        "# end: {servers} server{plural}, crc32 0x{:08x}\n",
+        crc32fast::hash(before.as_bytes())
+    )
+}
+
+/// Reads a list from `input` (named `source` in an I/O error), refusing one over
+/// [`MAX_LIST_LEN`] bytes, a line over [`MAX_LINE_LEN`] bytes or a line that is not UTF-8 as
+/// soon as it sees it: whatever the input, at most the bounds are held in memory.
+pub fn read(mut input: impl BufRead, source: &Path) -> Result<String> {
+    let mut bytes = Vec::new();
+    let mut line = 0;
+    loop {
+        let start = bytes.len();
+        let n = (&mut input)
+            .take(MAX_LINE_LEN as u64 + 2)
+            .read_until(b'\n', &mut bytes)
+            .map_err(|e| Error::io("read", source, e))?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let text = &bytes[start..];
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.len() > MAX_LINE_LEN {
+            return Err(Error::BadLine {
+                line,
+                why: format!(
+                    "longer than {MAX_LINE_LEN} bytes: not a server list (a server line of \
+                     `mcadmin dump` is under 1 KiB)"
+                ),
+            });
+        }
+        if std::str::from_utf8(text).is_err() {
+            return Err(Error::BadLine {
+                line,
+                why: "not UTF-8 text: not a server list".into(),
+            });
+        }
+        if bytes.len() > MAX_LIST_LEN {
+            return Err(Error::BadList {
+                why: format!(
+                    "larger than {} MiB ({MAX_SERVERS} servers, the most a table holds, at \
+                     1 KiB a line): not a server list",
+                    MAX_LIST_LEN >> 20
+                ),
+            });
+        }
+    }
+    // Every line was checked, and a line ends at a newline, never inside a character.
+    Ok(String::from_utf8(bytes).expect("checked line by line"))
+}
+
+/// Parses a list as `load` takes it: whole, its end line checked (unless `accept.partial`), and
+/// with servers (unless `accept.allow_empty`). Errors are one line that names the problem and
+/// the flag that takes such a list on purpose.
+pub fn parse_list(text: &str, accept: Accept) -> Result<Table> {
+    if !accept.partial {
+        check_end(text, accept)?;
+    }
+    let table = parse(text)?;
+    if table.servers.is_empty() && !accept.allow_empty {
+        return Err(Error::BadList {
+            why: "the list has no servers: loading it would remove every server of the \
+                  domain; to empty the domain pass --allow-empty"
+                .into(),
+        });
+    }
+    Ok(table)
+}
+
+/// Checks the end line of `text` (see the module doc).
+fn check_end(text: &str, accept: Accept) -> Result<()> {
+    let mut servers = 0;
+    let mut offset = 0;
+    for (index, raw) in text.split_inclusive('\n').enumerate() {
+        let line = raw.trim();
+        if line.starts_with("# end:") {
+            let refused = |why: String| Error::BadLine {
+                line: index + 1,
+                why,
+            };
+            let (count, crc) = parse_end(line).ok_or_else(|| {
+                refused(format!(
+                    "malformed end line '{}' (dump writes `# end: N servers, crc32 \
+                     0xXXXXXXXX`): the list was cut short or edited; {BY_HAND}",
+                    line.escape_debug()
+                ))
+            })?;
+            if count != servers {
+                return Err(refused(format!(
+                    "the end line counts {count} but {servers} server lines come before it: \
+                     the list was cut short or edited; {BY_HAND}"
+                )));
+            }
+            let actual = crc32fast::hash(&text.as_bytes()[..offset]);
+            if crc != actual {
+                return Err(refused(format!(
+                    "the end line's checksum 0x{crc:08x} does not match the lines before it \
+                     (0x{actual:08x}): the list was damaged or edited; {BY_HAND}"
+                )));
+            }
+            let after = &text[offset + raw.len()..];
+            if let Some(extra) = after.lines().position(|l| !l.trim().is_empty()) {
+                return Err(Error::BadLine {
+                    line: index + 2 + extra,
+                    why: format!(
+                        "text after the end line (line {}): the list was edited or two lists \
+                         were joined; {BY_HAND}",
+                        index + 1
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        if is_server_line(line) {
+            servers += 1;
+        }
+        offset += raw.len();
+    }
+    Err(Error::BadList {
+        why: match servers == 0 && !accept.allow_empty {
+            true => "the list is empty: no servers and no end line (it was cut short, or is \
+                     not a list); loading it would remove every server of the domain; to empty \
+                     the domain pass --allow-empty --partial"
+                .into(),
+            false => format!(
+                "no end line (dump ends a list with `# end: N servers, crc32 0xXXXXXXXX`): \
+                 the list was cut short or edited; {BY_HAND}"
+            ),
+        },
+    })
+}
+
+/// The server count and checksum of an end line, if it is well formed.
+fn parse_end(line: &str) -> Option<(usize, u32)> {
+    let (count, rest) = line.strip_prefix("# end: ")?.split_once(' ')?;
+    let hex = rest
+        .strip_prefix("servers, crc32 0x")
+        .or_else(|| rest.strip_prefix("server, crc32 0x"))?;
+    let digits = |text: &str, hex: bool| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || hex && matches!(b, b'a'..=b'f'))
+    };
+    match digits(count, false) && hex.len() == 8 && digits(hex, true) {
+        true => Some((count.parse().ok()?, u32::from_str_radix(hex, 16).ok()?)),
+        false => None,
+    }
+}
+
+/// A line that names a server (not blank, no comment, no policy).
+fn is_server_line(line: &str) -> bool {
+    !line.is_empty() && !line.starts_with('#') && !line.starts_with("policy:")
+}
+
+/// Parses a server list; errors name the line. Duplicate addresses are refused. The end line
+/// is not checked (a comment): [`parse_list`] checks it.
 pub fn parse(text: &str) -> Result<Table> {
     let mut policy = Policy::default();
     let mut servers: Vec<Server> = Vec::new();
@@ -271,6 +484,258 @@ mod tests {
             fleet_revision: 0,
         };
         assert_eq!(parse(&to_text(&snapshot)).unwrap(), snapshot.table());
+        let whole = parse_list(&to_text(&snapshot), Accept::default()).unwrap();
+        assert_eq!(whole, snapshot.table());
+    }
+
+    fn snapshot_of(addresses: &[&str]) -> Snapshot {
+        Snapshot {
+            domain: "d".into(),
+            version: 9,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            servers: addresses
+                .iter()
+                .map(|a| Server::new(Address::parse(a).unwrap()))
+                .collect(),
+            policy: Policy::default(),
+            next_id: 0,
+            fleet_revision: 0,
+        }
+    }
+
+    fn refused(text: &str, accept: Accept) -> String {
+        match parse_list(text, accept) {
+            Ok(table) => panic!("{text:?} was taken: {table:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_end_line_counts_the_servers_and_sums_the_bytes_before_it() {
+        for (addresses, count) in [
+            (
+                &["127.0.0.1:25001", "127.0.0.1:25002", "127.0.0.1:25003"][..],
+                "3 servers",
+            ),
+            (&["a:1"], "1 server"),
+            (&[], "0 servers"),
+        ] {
+            let text = to_text(&snapshot_of(addresses));
+            let body = text.trim_end_matches('\n');
+            let (before, last) = body.rsplit_once('\n').unwrap();
+            let before = &text[..before.len() + 1];
+            assert_eq!(
+                last,
+                format!(
+                    "# end: {count}, crc32 0x{:08x}",
+                    crc32fast::hash(before.as_bytes())
+                )
+            );
+            assert!(text.starts_with("# mcshm server list of domain 'd', version 9\n"));
+        }
+        // A fixed value (Python's zlib.crc32 of the same bytes), so the form cannot drift unseen.
+        assert_eq!(
+            end_line(1, "policy: failover=none\na:1\n"),
+            "# end: 1 server, crc32 0x5781f244\n"
+        );
+        assert_eq!(crc32fast::hash(b"123456789"), 0xcbf43926, "CRC-32/IEEE");
+    }
+
+    /// A dump cut at any byte (but its last newline) is refused, whatever it kept.
+    #[test]
+    fn a_list_cut_anywhere_is_refused() {
+        let text = to_text(&snapshot_of(&[
+            "127.0.0.1:25001",
+            "127.0.0.1:25002",
+            "127.0.0.1:25003",
+        ]));
+        for cut in 0..text.len() - 1 {
+            let err = refused(&text[..cut], Accept::default());
+            assert!(
+                err.contains("--partial") || err.contains("--allow-empty"),
+                "{cut}: {err}"
+            );
+            // Even a list allowed to be empty must be whole.
+            let allow_empty = Accept {
+                allow_empty: true,
+                ..Accept::default()
+            };
+            assert!(parse_list(&text[..cut], allow_empty).is_err(), "{cut}");
+        }
+        // Only the last newline can go.
+        parse_list(&text[..text.len() - 1], Accept::default()).unwrap();
+        assert!(refused("", Accept::default()).contains("the list is empty"));
+        assert!(refused("a:1\n", Accept::default()).contains("no end line"));
+    }
+
+    #[test]
+    fn an_end_line_that_does_not_add_up_is_refused() {
+        let text = to_text(&snapshot_of(&["a:1", "b:2"]));
+        let (before, end) = text.split_at(text.rfind("# end:").unwrap());
+        let crc = end.trim().rsplit_once("0x").unwrap().1;
+        let cases = [
+            (
+                format!("{before}# end: 3 servers, crc32 0x{crc}\n"),
+                "line 5: the end line counts 3 but 2 server lines come before it",
+            ),
+            (
+                format!("{}{end}", before.replace("b:2", "b:3")),
+                "does not match the lines before it",
+            ),
+            (
+                format!("{before}# end: 2 servers\n"),
+                "line 5: malformed end line",
+            ),
+            (
+                format!("{before}# end: 2 servers, crc32 0x{}\n", &crc[..7]),
+                "malformed end line",
+            ),
+            (
+                format!("{before}# end: 2 servers, crc32 0x{}\n", crc.to_uppercase()),
+                "malformed end line",
+            ),
+            (
+                format!("{text}c:3\n"),
+                "line 6: text after the end line (line 5)",
+            ),
+            (
+                format!("{text}\n# more\n"),
+                "line 7: text after the end line",
+            ),
+            (format!("{text}{text}"), "text after the end line"),
+        ];
+        for (list, needle) in cases {
+            let err = refused(&list, Accept::default());
+            assert!(err.contains(needle), "{list:?}: {err}");
+            assert!(err.ends_with("pass --partial"), "{err}");
+        }
+        // Blank lines after it, and an end line of one server written as "servers", are fine.
+        parse_list(&format!("{text}\n  \n\r\n"), Accept::default()).unwrap();
+        let one = to_text(&snapshot_of(&["a:1"]));
+        parse_list(&one.replace("1 server,", "1 servers,"), Accept::default()).unwrap();
+    }
+
+    #[test]
+    fn partial_takes_a_list_as_written_and_empty_needs_allow_empty() {
+        let partial = Accept {
+            partial: true,
+            ..Accept::default()
+        };
+        let table = parse_list("# by hand\na:1\nb:2 weight=3\n", partial).unwrap();
+        assert_eq!(table.servers.len(), 2);
+        // An edited dump: its end line is a comment like any other.
+        let edited = to_text(&snapshot_of(&["a:1", "b:2"])) + "c:3\n";
+        assert_eq!(parse_list(&edited, partial).unwrap().servers.len(), 3);
+        // Bad lines are still refused, by line.
+        assert!(refused("a:1\nb:0\n", partial).starts_with("line 2:"));
+
+        let empty = to_text(&snapshot_of(&[]));
+        for (text, accept) in [
+            (&empty[..], Accept::default()),
+            (&empty, partial),
+            ("", partial),
+            ("# nothing\npolicy: failover=rehash\n", partial),
+        ] {
+            assert!(
+                refused(text, accept).contains("pass --allow-empty"),
+                "{text:?} {accept:?}"
+            );
+        }
+        let allow_empty = Accept {
+            allow_empty: true,
+            ..Accept::default()
+        };
+        assert!(parse_list(&empty, allow_empty).unwrap().servers.is_empty());
+        let both = Accept {
+            partial: true,
+            allow_empty: true,
+        };
+        assert!(parse_list("", both).unwrap().servers.is_empty());
+        assert!(refused("", allow_empty).contains("no end line"));
+    }
+
+    /// An endless input: `line` over and over; counts the bytes read of it.
+    struct Endless {
+        line: &'static [u8],
+        at: usize,
+        read: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            for b in buf.iter_mut() {
+                *b = self.line[self.at % self.line.len()];
+                self.at += 1;
+            }
+            self.read.set(self.read.get() + buf.len());
+            Ok(buf.len())
+        }
+    }
+
+    fn read_endless(line: &'static [u8]) -> (Error, usize) {
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let input = Endless {
+            line,
+            at: 0,
+            read: read.clone(),
+        };
+        let err = super::read(std::io::BufReader::new(input), Path::new("x")).unwrap_err();
+        (err, read.get())
+    }
+
+    #[test]
+    fn read_stops_at_the_bounds() {
+        let (err, read) = read_endless(b"x");
+        assert_eq!(
+            err.to_string(),
+            "line 1: longer than 4096 bytes: not a server list (a server line of `mcadmin \
+             dump` is under 1 KiB)"
+        );
+        assert!(
+            read <= MAX_LINE_LEN + 8192,
+            "read {read} bytes of one long line"
+        );
+        let (err, read) = read_endless(b"# a comment of some length, again and again\n");
+        assert!(err.to_string().starts_with("larger than 64 MiB"), "{err}");
+        assert!(read <= MAX_LIST_LEN + 8192, "read {read} bytes");
+
+        let err = super::read(&b"a:1\n\xff\n"[..], Path::new("x")).unwrap_err();
+        assert_eq!(err.to_string(), "line 2: not UTF-8 text: not a server list");
+        let longest = "#".repeat(MAX_LINE_LEN);
+        for text in [
+            format!("{longest}\n{longest}\r\n{longest}"),
+            "a:1\r\nb:2\r\n".into(),
+            String::new(),
+        ] {
+            assert_eq!(super::read(text.as_bytes(), Path::new("x")).unwrap(), text);
+        }
+        let over = "#".repeat(MAX_LINE_LEN + 1);
+        let err = super::read(format!("a:1\n{over}\n").as_bytes(), Path::new("x"));
+        assert!(err.unwrap_err().to_string().starts_with("line 2: longer"));
+    }
+
+    /// The bounds hold every list `dump` writes: its longest line is under 1 KiB.
+    #[test]
+    fn dumps_longest_line_fits_the_bounds() {
+        let host = vec!["h".repeat(63); 4].join(".");
+        let mut server = Server::new(Address::parse(&format!("{host}:65535")).unwrap());
+        server.weight = u16::MAX;
+        server.retry_interval = i32::MAX;
+        server.state = State::Down;
+        server.held = false;
+        server.reason = "\"".repeat(crate::table::MAX_REASON_LEN);
+        let mut snapshot = snapshot_of(&[]);
+        snapshot.servers = vec![server];
+        let text = to_text(&snapshot);
+        let longest = text.lines().map(str::len).max().unwrap();
+        assert!(longest < 1024, "{longest}: {text}");
+        assert!(longest <= MAX_LINE_LEN);
+        assert_eq!(
+            parse_list(&text, Accept::default()).unwrap(),
+            snapshot.table()
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum Error {
     /// A line of a server list (`mcadmin load`) is malformed.
     #[error("line {line}: {why}")]
     BadLine { line: usize, why: String },
+    /// A server list (`mcadmin load`) is refused as a whole: cut short, too large, empty; `why`
+    /// names the next step.
+    #[error("{why}")]
+    BadList { why: String },
     /// The domain has no registry file yet.
     #[error(
         "domain '{domain}' has no registry file {path} (create it with: mcadmin --domain {domain} add HOST:PORT)"
@@ -141,6 +145,7 @@ impl Error {
             | Error::BadKey { .. }
             | Error::ClientError { .. }
             | Error::BadLine { .. }
+            | Error::BadList { .. }
             | Error::TooManyServers { .. } => ErrorKind::BadInput,
             Error::NoDomain { .. } | Error::NoServer { .. } | Error::ServerExists { .. } => {
                 ErrorKind::NotFound

@@ -165,6 +165,34 @@ fn fleet_edits_refuse_bad_input_and_report_what_is_missing() {
         .output()
         .unwrap());
     assert_eq!(run.code(), 2, "{}", run.stderr());
+    // A list cut short, empty or edited is refused before etcd is asked; the whole dump loads.
+    let revision = fleet_list(&cluster, "d")["revision"].clone();
+    let dump = fleet(&cluster, "d", &["dump"]).stdout();
+    assert!(dump.contains("\n# end: 1 server, crc32 0x"), "{dump}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.list");
+    let edited = dump.replace("a:1", "a:2");
+    for (text, needle) in [
+        (&dump[..dump.rfind("# end").unwrap() + 5], "no end line"),
+        ("", "pass --allow-empty --partial"),
+        (&edited, "does not match"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let run = fleet(
+            &cluster,
+            "d",
+            &["load", "--no-flush", file.to_str().unwrap()],
+        );
+        assert_eq!(run.code(), 2, "{text:?}: {}", run.stderr());
+        assert!(run.stderr().contains(needle), "{}", run.stderr());
+        assert_eq!(fleet_list(&cluster, "d")["revision"], revision, "{text:?}");
+    }
+    std::fs::write(&file, &dump).unwrap();
+    fleet_ok(
+        &cluster,
+        "d",
+        &["load", "--no-flush", file.to_str().unwrap()],
+    );
     // The table is as the one good edit left it.
     assert_eq!(addresses(&fleet_list(&cluster, "d")), ["a:1"]);
 }
@@ -645,7 +673,11 @@ fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were
     assert!(host.local("evil").is_none());
     assert!(!host.reg.dir().join("evil.mcshm").exists());
     // `load` repairs it (as it repairs a damaged local file), and the agent mirrors it again.
-    fleet_ok(&cluster, "d", &["load", "/dev/null"]);
+    fleet_ok(
+        &cluster,
+        "d",
+        &["load", "--partial", "--allow-empty", "/dev/null"],
+    );
     let after = fleet_list(&cluster, "d")["revision"].as_i64().unwrap();
     assert!(wait_until(WAIT, || host.revision("d") == after));
 }

@@ -23,6 +23,7 @@ mod growth;
 mod help;
 mod layers;
 mod lifecycle;
+mod lists;
 mod locking;
 mod mclient;
 mod package;

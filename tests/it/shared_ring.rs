@@ -62,7 +62,7 @@ fn add_weighted(reg: &Reg, name: &str, list: &[String]) {
     let file = reg.dir().join(format!("{name}.list"));
     std::fs::create_dir_all(reg.dir()).unwrap();
     std::fs::write(&file, lines.join("\n")).unwrap();
-    reg.ok(name, &["load", file.to_str().unwrap()]);
+    reg.ok(name, &["load", "--partial", file.to_str().unwrap()]);
 }
 
 fn assert_routes_like_a_built_ring(router: &mut Router, snap: &Snapshot, keys: &[String]) {
@@ -303,7 +303,7 @@ fn derived_rings_equal_built_ones(distribution: &[&str]) {
     let reordered: Vec<&str> = head.into_iter().chain(body.into_iter().rev()).collect();
     let file = reg.dir().join("reordered.list");
     std::fs::write(&file, reordered.join("\n")).unwrap();
-    reg.ok("drv", &["load", file.to_str().unwrap()]);
+    reg.ok("drv", &["load", "--partial", file.to_str().unwrap()]);
     check("the list reversed");
     reg.ok("drv", &["down", "10.0.2.1:11211"]);
     check("one down after the reversal");

@@ -117,10 +117,38 @@ pub fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
     })
 }
 
-pub fn load(ctx: &Invocation, file: &Path, initial: bool, no_flush: bool) -> Result<Exit> {
-    let text = read_input(file, "the server list")?;
-    let mut loaded = dump::parse(&text).with_context(|| format!("in {}", file.display()))?;
-    let (written, plan) = ctx.store.load(&mut loaded, initial, no_flush)?;
+/// `load`'s flags.
+pub struct LoadOptions {
+    /// Only into a domain that does not exist yet.
+    pub initial: bool,
+    /// Flush no server.
+    pub no_flush: bool,
+    /// Whether a list without its end line (--partial) or of no servers (--allow-empty) is taken.
+    pub accept: dump::Accept,
+}
+
+/// `load`: the list is read within its bounds and checked whole before anything is touched,
+/// so a list cut short, too large or empty (unless so allowed) leaves the table as it was, and
+/// a new domain absent.
+pub fn load(ctx: &Invocation, file: &Path, options: LoadOptions) -> Result<Exit> {
+    let in_file = || format!("in {}", file.display());
+    let text = match file.as_os_str() == "-" {
+        true => dump::read(io::stdin().lock(), Path::new("stdin")),
+        false => {
+            let opened = std::fs::File::open(file)
+                .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?;
+            dump::read(io::BufReader::new(opened), file)
+        }
+    };
+    let text = match text {
+        // A list that cannot be read is bad input, as one that cannot be opened.
+        Err(err @ libmcshm::Error::Io { .. }) => return Err(UsageError(err.to_string()).into()),
+        other => other.with_context(in_file)?,
+    };
+    let mut loaded = dump::parse_list(&text, options.accept).with_context(in_file)?;
+    let (written, plan) = ctx
+        .store
+        .load(&mut loaded, options.initial, options.no_flush)?;
     // Servers that could not be flushed are named (and loaded down), exit 5.
     for (address, error) in &plan.unflushed {
         eprintln!(
