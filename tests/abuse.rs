@@ -267,3 +267,104 @@ fn a_client_that_takes_no_reply_for_the_client_timeout_is_closed() {
         "VALUE small 0 5\r\nhello\r\nEND\r\n"
     );
 }
+
+/// The kernel's count of connections dropped because a listen queue was full.
+fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Twelve bursts of 2 000 connections, each pipelining 50 sets of 10 kB: the listen queue
+/// (--backlog, 4 096 by default) takes them; no connection is reset and every set is answered.
+#[test]
+fn bursts_of_two_thousand_connections_are_all_accepted_and_answered() {
+    let _one = one_at_a_time();
+    const BURSTS: usize = 12;
+    const CONNECTIONS: usize = 2_000;
+    const SETS: usize = 50;
+    const THREADS: usize = 8;
+    let open_files = common::raise_open_files();
+    assert!(
+        open_files >= 2 * CONNECTIONS as u64 + 200,
+        "the open-file limit ({open_files}) is too low for {CONNECTIONS} connections"
+    );
+    let server = Memcached::start_with(&["-c", "8192", "-m", "256"]);
+    let reg = Reg::new();
+    reg.ok("app", &["add", &server.address()]);
+    let proxy = Proxy::start(&reg, "app", &["--threads", "1"]);
+    let value = "x".repeat(10_000);
+    let before = listen_overflows();
+    let mut failures = Vec::new();
+    for burst in 0..BURSTS {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (address, value) = (proxy.address.clone(), value.clone());
+                std::thread::spawn(move || -> Result<usize, String> {
+                    let mut conns = Vec::new();
+                    for _ in 0..CONNECTIONS / THREADS {
+                        let c =
+                            TcpStream::connect(&address).map_err(|e| format!("connect: {e}"))?;
+                        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        conns.push(c);
+                    }
+                    let mut sets = String::new();
+                    for n in 0..SETS {
+                        sets += &format!(
+                            "set burst:{burst}:{t}:{n} 0 0 {}\r\n{value}\r\n",
+                            value.len()
+                        );
+                    }
+                    for c in &mut conns {
+                        c.write_all(sets.as_bytes())
+                            .map_err(|e| format!("send: {e}"))?;
+                    }
+                    let mut stored = 0;
+                    for c in &mut conns {
+                        let mut got = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        while got.len() < SETS * 8 {
+                            let n = c.read(&mut chunk).map_err(|e| format!("reply: {e}"))?;
+                            if n == 0 {
+                                return Err("closed before every set was answered".into());
+                            }
+                            got.extend_from_slice(&chunk[..n]);
+                        }
+                        if got != b"STORED\r\n".repeat(SETS) {
+                            return Err(format!(
+                                "unexpected reply: {:?}",
+                                String::from_utf8_lossy(&got[..64.min(got.len())])
+                            ));
+                        }
+                        stored += SETS;
+                    }
+                    Ok(stored)
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for t in threads {
+            match t.join().unwrap() {
+                Ok(n) => stored += n,
+                Err(e) => failures.push(format!("burst {burst}: {e}")),
+            }
+        }
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(
+            stored,
+            CONNECTIONS * SETS,
+            "burst {burst}: every set answered"
+        );
+    }
+    let overflows = listen_overflows() - before;
+    eprintln!("{BURSTS} bursts of {CONNECTIONS} connections: {overflows} listen overflows");
+    assert_eq!(overflows, 0, "connections dropped by a full listen queue");
+}

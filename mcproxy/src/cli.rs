@@ -96,6 +96,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Connections the kernel queues on each listening socket until mcproxy accepts them
+    /// (memcached's -b); the kernel caps it at net.core.somaxconn (4096 on current kernels).
+    /// Connections of a burst larger than the queue are dropped or reset by the kernel
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub backlog: u32,
+
     /// Largest value a client may store (k and m suffixes; memcached's -I)
     #[arg(long, value_name = "BYTES", default_value = "1m")]
     pub max_item_size: String,

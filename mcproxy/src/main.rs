@@ -92,6 +92,7 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
         },
         server_connections: positive("server-connections", cli.server_connections)?,
         max_connections: positive("max-connections", cli.max_connections)?,
+        backlog: positive("backlog", cli.backlog as usize)? as u32,
         settings: Settings {
             client_auth: match &cli.client_auth {
                 Some(path) => Some(std::sync::Arc::new(

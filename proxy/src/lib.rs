@@ -81,6 +81,9 @@ pub struct Config {
     /// Connections per server.
     pub server_connections: usize,
     pub max_connections: usize,
+    /// Connections the kernel queues on each listener before they are accepted (memcached's
+    /// `-b`; the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
     pub settings: Settings,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
@@ -136,7 +139,7 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
                 domains.len() - 1
             }
         };
-        let listener = bind(listen)?;
+        let listener = bind(listen, config.backlog)?;
         lines.push(format!(
             "serving domain '{domain}' on {}",
             listener.shown(listen)
@@ -290,7 +293,9 @@ impl StdListener {
     }
 }
 
-fn bind(listen: &Listen) -> Result<StdListener, StartError> {
+/// A listener on `listen`, non-blocking, with a queue of `backlog` connections (std's is 128:
+/// a burst of 2 000 connects overflowed it, and the kernel reset what did not fit).
+fn bind(listen: &Listen, backlog: u32) -> Result<StdListener, StartError> {
     let fail = |e: std::io::Error| StartError::Listen(format!("cannot listen on {listen}: {e}"));
     let listener = match listen {
         Listen::Tcp(addr) => StdListener::Tcp(std::net::TcpListener::bind(addr).map_err(fail)?),
@@ -305,9 +310,17 @@ fn bind(listen: &Listen) -> Result<StdListener, StartError> {
             StdListener::Unix(std::os::unix::net::UnixListener::bind(path).map_err(fail)?)
         }
     };
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    // listen(2) again on a listening socket sets its queue's length (Linux).
     match &listener {
-        StdListener::Tcp(l) => l.set_nonblocking(true).map_err(fail)?,
-        StdListener::Unix(l) => l.set_nonblocking(true).map_err(fail)?,
+        StdListener::Tcp(l) => {
+            l.set_nonblocking(true).map_err(fail)?;
+            socket2::SockRef::from(l).listen(backlog).map_err(fail)?;
+        }
+        StdListener::Unix(l) => {
+            l.set_nonblocking(true).map_err(fail)?;
+            socket2::SockRef::from(l).listen(backlog).map_err(fail)?;
+        }
     }
     Ok(listener)
 }

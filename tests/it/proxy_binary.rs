@@ -300,24 +300,6 @@ fn pylibmc_with_the_binary_protocol_works_through_the_proxy() {
     );
 }
 
-/// This process's open-file limit raised to its hard limit (the proxy it starts inherits it);
-/// the soft limit now.
-fn raise_open_files() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-    }
-    limit.rlim_cur
-}
-
 /// The proxy's resident memory, kB.
 fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -333,7 +315,7 @@ fn rss_kb(pid: i32) -> u64 {
 /// within 1.5x of its RSS after the 2nd (before: 5 MB to 229 MB, still growing).
 #[test]
 fn bursts_of_connections_give_their_memory_back() {
-    let limit = raise_open_files();
+    let limit = crate::common::raise_open_files();
     // The test and the proxy each hold one descriptor per connection, plus their own.
     let connections = 2_000.min(limit.saturating_sub(100) as usize);
     assert!(
