@@ -27,6 +27,7 @@ pub mod client_auth;
 pub mod command;
 pub mod failure;
 pub mod jobs;
+pub mod log;
 mod reply_order;
 pub mod service;
 pub mod session;
@@ -99,12 +100,7 @@ pub enum StartError {
     Listen(String),
 }
 
-/// Prints one line of mcproxy's log on stderr: the time (RFC 3339, UTC, to the millisecond),
-/// `mcproxy: ` and the message, so that a log read outside the journal still says when.
-pub fn log(message: std::fmt::Arguments<'_>) {
-    let now = libmcshm::clock::utc_millis(libmcshm::clock::now_ms());
-    eprintln!("{now} mcproxy: {message}");
-}
+pub use log::log;
 
 /// Runs the proxy until SIGTERM or SIGINT; then it stops accepting, answers what it has read,
 /// and returns.
@@ -233,7 +229,8 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
 /// mmap threshold has grown), so without this RSS grows with every burst of connections, or
 /// every client that left replies unread, and stays. Once a second, when connections closed
 /// since the last look, the free heap is released (on the blocking pool: it walks every
-/// arena, a few milliseconds).
+/// arena, a few milliseconds). The same tick sums up the log messages it held back
+/// ([`log::summarize`]).
 /// Buffers of this size or more are mapped apart, and unmapped when freed (glibc's default
 /// before it starts raising the threshold).
 const LARGE_BUFFER: usize = 128 * 1024;
@@ -253,6 +250,7 @@ async fn trim_after_bursts(domains: Vec<Arc<stats::ProxyStats>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        log::summarize();
         let now = closed();
         if now > last {
             last = now;

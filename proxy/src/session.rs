@@ -55,6 +55,7 @@ const FIRST_BURST: usize = 2;
 /// Quiet gets routed as one multi-get at most (a longer run is several).
 const QUIET_GET_RUN: usize = 1000;
 
+use crate::log::{Kind, Said};
 pub use crate::reply_order::{Reply, Then};
 
 /// What a session needs of its worker to start commands.
@@ -104,6 +105,8 @@ pub struct Session {
     pub queued: bool,
     /// Broken: close without flushing.
     pub broken: bool,
+    /// What the connection has had logged (one line per kind).
+    said: Said,
 }
 
 impl Session {
@@ -135,6 +138,7 @@ impl Session {
             stalled: false,
             queued: false,
             broken: false,
+            said: Said::default(),
         }
     }
 
@@ -241,6 +245,12 @@ impl Session {
                     (false, Some(auth)) => match ascii_auth(auth, command) {
                         Some((reply, ok)) => {
                             self.authenticated = ok;
+                            if reply == AUTH_FAILURE {
+                                self.said.log(
+                                    Kind::FailedLogin,
+                                    format_args!("a client's authentication failed"),
+                                );
+                            }
                             Some(Dispatch::Ready(reply.to_vec()))
                         }
                         None => None,
@@ -324,18 +334,24 @@ impl Session {
                 self.inbox.consume(used);
                 self.swallow = skip;
                 stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                crate::log(format_args!(
-                    "binary request of {} bytes refused: value too large",
-                    used + skip
-                ));
+                self.said.log(
+                    Kind::ValueTooLarge,
+                    format_args!(
+                        "binary request of {} bytes refused: value too large",
+                        used + skip
+                    ),
+                );
                 self.answer(Dispatch::Ready(reply), ctx);
                 true
             }
             binary::Parsed::Close(reply) => {
                 stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                crate::log(format_args!(
-                    "malformed binary request (bad magic or lengths): connection closed"
-                ));
+                self.said.log(
+                    Kind::MalformedBinary,
+                    format_args!(
+                        "malformed binary request (bad magic or lengths): connection closed"
+                    ),
+                );
                 self.answer(Dispatch::Ready(reply), ctx);
                 self.stop_reading();
                 true
@@ -395,7 +411,10 @@ impl Session {
                 let auth = settings.client_auth.as_deref();
                 let (reply, ok) = binary::sasl(&request, auth, list, &mechanism, &data);
                 if !list && !ok {
-                    crate::log(format_args!("a client's SASL authentication failed"));
+                    self.said.log(
+                        Kind::FailedLogin,
+                        format_args!("a client's SASL authentication failed"),
+                    );
                 }
                 self.authenticated |= ok;
                 Ok(Dispatch::Ready(reply))
@@ -410,14 +429,20 @@ impl Session {
                     .get(6..8)
                     .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]));
                 match status {
-                    binary::status::UNKNOWN => crate::log(format_args!(
-                        "binary opcode 0x{:02x} is not supported: answered 'unknown command'",
-                        request.opcode
-                    )),
-                    binary::status::INVALID => crate::log(format_args!(
-                        "binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
-                        request.opcode
-                    )),
+                    binary::status::UNKNOWN => self.said.log(
+                        Kind::UnknownOpcode,
+                        format_args!(
+                            "binary opcode 0x{:02x} is not supported: answered 'unknown command'",
+                            request.opcode
+                        ),
+                    ),
+                    binary::status::INVALID => self.said.log(
+                        Kind::InvalidArguments,
+                        format_args!(
+                            "binary opcode 0x{:02x} with invalid arguments (key, extras or value): answered 'invalid arguments'",
+                            request.opcode
+                        ),
+                    ),
                     _ => {}
                 }
                 Ok(Dispatch::Ready(bytes))
@@ -646,6 +671,8 @@ fn increment_or_create(
 /// A text command before the client authenticated (memcached's ASCII authentication, as
 /// `memcached -Y` takes it): a `set` whose value is `user password` authenticates; anything
 /// else is refused. The reply, and whether the client is now authenticated; `None`: it quit.
+const AUTH_FAILURE: &[u8] = b"CLIENT_ERROR authentication failure\r\n";
+
 fn ascii_auth(
     auth: &crate::client_auth::ClientAuth,
     command: Command,
@@ -653,10 +680,7 @@ fn ascii_auth(
     match command {
         Command::Quit => None,
         Command::Store { value, .. } if auth.check_ascii(&value) => Some((b"STORED\r\n", true)),
-        Command::Store { .. } => {
-            crate::log(format_args!("a client's authentication failed"));
-            Some((b"CLIENT_ERROR authentication failure\r\n", false))
-        }
+        Command::Store { .. } => Some((AUTH_FAILURE, false)),
         _ => Some((b"CLIENT_ERROR unauthenticated\r\n", false)),
     }
 }

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::common::memcached::Memcached;
 use crate::common::proxy::{Proxy, owner_port};
@@ -372,5 +373,69 @@ fn bursts_of_connections_give_their_memory_back() {
     assert!(
         after_twenty <= at_start * 3,
         "{after_twenty} kB after 20 bursts, {at_start} kB before"
+    );
+}
+
+/// 20 000 bad frames on one connection (unknown opcodes and requests with invalid arguments),
+/// and a few on three more: the log names each kind at its first occurrence, then holds a
+/// few lines per second and sums up the rest, instead of a line per frame.
+#[test]
+fn a_flood_of_bad_frames_leaves_a_few_log_lines_per_kind_and_a_count() {
+    let a = Memcached::start();
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address()]);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let unknown = header(0x55, 0, 0, 0);
+    let invalid = header(0x00, 0, 0, 0); // a get without a key
+    let flood: Vec<u8> = (0..10_000)
+        .flat_map(|_| [unknown.clone(), invalid.clone()].concat())
+        .collect();
+    let send = |bytes: &[u8], frames: usize| {
+        let mut s = std::net::TcpStream::connect(&proxy.address).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let writer = {
+            let mut s = s.try_clone().unwrap();
+            let bytes = bytes.to_vec();
+            std::thread::spawn(move || s.write_all(&bytes).unwrap())
+        };
+        for _ in 0..frames {
+            let mut head = [0u8; 24];
+            s.read_exact(&mut head).expect("every frame answered");
+            let body = u32::from_be_bytes(head[8..12].try_into().unwrap()) as usize;
+            s.read_exact(&mut vec![0u8; body]).expect("a whole answer");
+        }
+        writer.join().unwrap();
+    };
+    send(&flood, 20_000);
+    for _ in 0..3 {
+        send(&unknown, 1);
+    }
+    // The summary comes with the next second's tick.
+    let mut log = Vec::new();
+    let summed_up = wait_until(Duration::from_secs(5), || {
+        log.extend(proxy.log.try_iter());
+        log.iter()
+            .any(|l| l.contains("more unsupported binary opcodes"))
+            && log
+                .iter()
+                .any(|l| l.contains("more binary requests with invalid arguments"))
+    });
+    assert!(summed_up, "no summary of what was held back: {log:?}");
+    assert!(log.len() <= 12, "{} lines: {log:#?}", log.len());
+    let count = |text: &str| log.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(
+        count("binary opcode 0x55 is not supported"),
+        4,
+        "the first of each connection: {log:#?}"
+    );
+    assert_eq!(
+        count("binary opcode 0x00 with invalid arguments"),
+        1,
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("9999 more unsupported binary opcodes")),
+        "the count of what was held back: {log:#?}"
     );
 }
