@@ -39,7 +39,7 @@ pub struct Settings {
     /// Commands read but not yet answered, per connection.
     pub pipeline: usize,
     /// Reply bytes a client may be owed (held, unwritten, and estimated for the replies to
-    /// come: [`ReplyOrder::owed`]) before the proxy stops reading its commands.
+    /// come: see `reply_order`) before the proxy stops reading its commands.
     pub reply_limit: usize,
 }
 
