@@ -368,3 +368,37 @@ fn bursts_of_two_thousand_connections_are_all_accepted_and_answered() {
     eprintln!("{BURSTS} bursts of {CONNECTIONS} connections: {overflows} listen overflows");
     assert_eq!(overflows, 0, "connections dropped by a full listen queue");
 }
+
+/// 4 200 idle connections from one process (more than --max-connections' 4 096): a new
+/// client is still served, each new one taking the place of the connection idle longest.
+#[test]
+fn idle_connections_from_one_process_do_not_lock_other_clients_out() {
+    let _one = one_at_a_time();
+    let open_files = common::raise_open_files();
+    assert!(
+        open_files >= 9_000,
+        "the open-file limit ({open_files}) is too low for 4 200 connections"
+    );
+    let server = Memcached::start();
+    let reg = Reg::new();
+    reg.ok("app", &["add", &server.address()]);
+    let proxy = Proxy::start(&reg, "app", &["--threads", "1"]);
+    let idle: Vec<TcpStream> = (0..4_200)
+        .map(|_| TcpStream::connect(&proxy.address).expect("connect"))
+        .collect();
+    let mut client = proxy.connect();
+    assert_eq!(client.ask("set k 0 0 2\r\nok\r\n"), "STORED\r\n");
+    assert_eq!(client.ask("get k\r\n"), "VALUE k 0 2\r\nok\r\nEND\r\n");
+    let stats = client.ask("stats\r\n");
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(stat("curr_connections") <= 4_096, "{stats}");
+    assert_eq!(stat("rejected_connections"), 0, "{stats}");
+    assert!(stat("evicted_connections") >= 105, "{stats}");
+    drop(idle);
+}

@@ -92,7 +92,9 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub server_connections: usize,
 
-    /// Client connections at most; more are answered `ERROR Too many open connections`
+    /// Client connections at most. At the limit the connection idle longest is closed to admit
+    /// a new one (so idle connections cannot lock clients out); when none is idle, a new one
+    /// is answered `ERROR Too many open connections`
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
 

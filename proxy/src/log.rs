@@ -29,9 +29,11 @@ pub enum Kind {
     UnknownOpcode,
     InvalidArguments,
     FailedLogin,
+    ConnectionRefused,
+    ConnectionEvicted,
 }
 
-const KINDS: usize = 5;
+const KINDS: usize = 7;
 
 impl Kind {
     fn index(self) -> usize {
@@ -46,6 +48,8 @@ impl Kind {
             Kind::UnknownOpcode => "unsupported binary opcodes",
             Kind::InvalidArguments => "binary requests with invalid arguments",
             Kind::FailedLogin => "failed client authentications",
+            Kind::ConnectionRefused => "connections refused (all busy)",
+            Kind::ConnectionEvicted => "idle connections closed to admit new ones",
         }
     }
 }
@@ -179,6 +183,8 @@ impl Limits {
             Kind::UnknownOpcode,
             Kind::InvalidArguments,
             Kind::FailedLogin,
+            Kind::ConnectionRefused,
+            Kind::ConnectionEvicted,
         ]
         .into_iter()
         .filter_map(|kind| self.close_window(kind, now))
@@ -241,6 +247,10 @@ mod tests {
         assert!(said.first(Kind::FailedLogin));
         assert!(!said.first(Kind::FailedLogin));
         assert!(said.first(Kind::ValueTooLarge), "kinds apart");
-        assert_eq!(Kind::FailedLogin.index(), KINDS - 1, "every kind has a bit");
+        assert_eq!(
+            Kind::ConnectionEvicted.index(),
+            KINDS - 1,
+            "every kind has a bit"
+        );
     }
 }

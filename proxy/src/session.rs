@@ -574,6 +574,18 @@ impl Session {
         }
     }
 
+    /// Since when the client has been idle (nothing pending, read or written), if it is: a
+    /// connection the proxy may close to make room for a new client when it is full.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let idle = self.reading
+            && !self.broken
+            && self.replies.is_empty()
+            && self.inbox.is_empty()
+            && self.swallow == 0
+            && !self.has_output();
+        idle.then_some(self.last_active)
+    }
+
     /// Whether a command is arriving (its --client-timeout runs).
     pub fn partial(&self) -> bool {
         self.reading && self.partial_since.is_some()

@@ -56,6 +56,8 @@ pub struct ProxyStats {
     pub curr_connections: AtomicI64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// Idle connections closed at --max-connections to admit new ones.
+    pub evicted_connections: AtomicU64,
     pub commands: AtomicU64,
     pub get_keys: AtomicU64,
     pub get_hits: AtomicU64,
@@ -74,6 +76,7 @@ impl ProxyStats {
             curr_connections: AtomicI64::new(0),
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            evicted_connections: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             get_keys: AtomicU64::new(0),
             get_hits: AtomicU64::new(0),
@@ -108,6 +111,7 @@ impl ProxyStats {
             ),
             ("total_connections", n(&self.total_connections)),
             ("rejected_connections", n(&self.rejected_connections)),
+            ("evicted_connections", n(&self.evicted_connections)),
             ("cmd_total", n(&self.commands)),
             ("get_keys", n(&self.get_keys)),
             ("get_hits", n(&self.get_hits)),
@@ -150,7 +154,7 @@ impl ProxyStats {
 /// The domain-wide counters and gauges as Prometheus names them (units in the name, counters
 /// ending `_total`), from the `stats` names memcached's clients know: (stats name, metric,
 /// type, help).
-const FAMILIES: [(&str, &str, &str, &str); 10] = [
+const FAMILIES: [(&str, &str, &str, &str); 11] = [
     (
         "uptime",
         "uptime_seconds",
@@ -174,6 +178,12 @@ const FAMILIES: [(&str, &str, &str, &str); 10] = [
         "rejected_connections_total",
         "counter",
         "Client connections refused (--max-connections)",
+    ),
+    (
+        "evicted_connections",
+        "evicted_connections_total",
+        "counter",
+        "Idle client connections closed at --max-connections to admit new ones",
     ),
     ("cmd_total", "commands_total", "counter", "Commands served"),
     (

@@ -18,6 +18,7 @@ use slab::Slab;
 
 use crate::failure::Failure;
 use crate::jobs::{Jobs, Work};
+use crate::log::{Kind, Said};
 use crate::service::{Direct, Finished, Outbox, Service, SlotRef};
 use crate::session::{Ctx, Reply, Session, Settings, TimedOut, send_outbox};
 use crate::stream::Stream;
@@ -381,10 +382,21 @@ impl Worker {
             };
             let service = self.services[domain].clone();
             let stats = service.stats.clone();
-            // Admission is one atomic step: worker threads accept at the same time.
-            if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections as i64 {
+            // Admission is one atomic step: worker threads accept at the same time. When full,
+            // the connection idle longest makes room: idle connections (4 200 opened by one
+            // process) cannot lock every other client out.
+            if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections as i64
+                && !self.close_idlest()
+            {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                Said::default().log(
+                    Kind::ConnectionRefused,
+                    format_args!(
+                        "a connection refused: all {} connections (--max-connections) are busy",
+                        self.max_connections
+                    ),
+                );
                 let _ = std::io::Write::write(&mut stream, b"ERROR Too many open connections\r\n");
                 stream.shutdown_write();
                 continue;
@@ -417,6 +429,32 @@ impl Worker {
                 self.next_sweep = Some(Instant::now() + SWEEP_IDLE);
             }
         }
+    }
+
+    /// At --max-connections: closes this worker's connection idle longest, to admit a new
+    /// one; `false` when none is idle.
+    fn close_idlest(&mut self) -> bool {
+        let idlest = self
+            .clients
+            .iter()
+            .filter_map(|(key, session)| session.idle_since().map(|since| (since, key)))
+            .min();
+        let Some((since, key)) = idlest else {
+            return false;
+        };
+        let stats = self.clients[key].service().stats.clone();
+        self.close(key);
+        stats.evicted_connections.fetch_add(1, Ordering::Relaxed);
+        Said::default().log(
+            Kind::ConnectionEvicted,
+            format_args!(
+                "--max-connections ({}) reached: the connection idle longest ({:.0?}) closed to \
+                 admit a new one",
+                self.max_connections,
+                since.elapsed()
+            ),
+        );
+        true
     }
 
     fn stop_accepting(&mut self) {
