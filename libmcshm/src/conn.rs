@@ -5,7 +5,16 @@
 //! The I/O timeout bounds each whole reply and each whole send, not each read: a server that
 //! drips one byte at a time (each read well within the timeout) still fails at the deadline, as
 //! a server that says nothing does.
+//!
+//! A connection whose reply timed out is kept, not dropped ([`Conn::abandon`]): the requests it
+//! carried were sent whole and a frozen server runs them when it thaws, so a later write sent on
+//! a new connection could be run first and then overwritten by the older one (memcached runs
+//! its connections in any order). On the same connection memcached runs them in order: the
+//! replies owed to requests given up on are read and dropped before the next reply anyone
+//! waits for. Only a connection out of step (a request written in part, bytes that are not the
+//! protocol) is dropped.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -149,6 +158,13 @@ pub struct Conn {
     socket_timeout: Duration,
     /// Replies read so far: a connection that fails before its first is worth a diagnosis.
     replies: u64,
+    /// The replies owed to requests sent whole, oldest first.
+    owed: VecDeque<Expect>,
+    /// How many of the oldest owed replies nobody waits for any more (their requests timed
+    /// out): read and dropped before the next one.
+    orphans: usize,
+    /// A request was written in part: the server reads the next request as the rest of it.
+    out_of_step: bool,
 }
 
 impl Conn {
@@ -213,6 +229,9 @@ impl Conn {
             io: timeouts.io,
             socket_timeout: timeouts.io,
             replies: 0,
+            owed: VecDeque::new(),
+            orphans: 0,
+            out_of_step: false,
         })
     }
 
@@ -255,31 +274,93 @@ impl Conn {
         self.write_all(bytes, None)
     }
 
-    /// Writes all of `requests` within the I/O timeout.
+    /// Writes all of `requests` within the I/O timeout; their replies are then owed.
     pub fn send_requests(&mut self, requests: &Encoded) -> Result<(), ConnError> {
-        self.write_all(requests.bytes(), Some(requests))
+        self.write_all(requests.bytes(), Some(requests))?;
+        self.owed.extend(requests.expects());
+        Ok(())
     }
 
     fn write_all(&mut self, bytes: &[u8], encoded: Option<&Encoded>) -> Result<(), ConnError> {
         let deadline = Instant::now() + self.io;
         let mut rest = bytes;
         while !rest.is_empty() {
-            self.time_left(deadline)?;
-            match self.stream.write(rest, encoded) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            let written = rest.len() < bytes.len();
+            let step = self
+                .time_left(deadline)
+                .and_then(|()| self.stream.write(rest, encoded).map_err(ConnError::from));
+            match step {
+                Ok(0) => {
+                    self.out_of_step |= written;
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
                 Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.out_of_step |= written;
+                    return Err(e);
+                }
             }
         }
         Ok(())
     }
 
-    /// Reads one complete reply of kind `expect`, within the I/O timeout.
+    /// Gives up on the replies owed now, after `err` (a reply that timed out): `true` when the
+    /// connection may be kept, its order holding (the owed replies are read and dropped before
+    /// the next one); `false` when it must be dropped (out of step, or another error).
+    pub fn abandon(&mut self, err: &ConnError) -> bool {
+        let timed_out = matches!(err, ConnError::Io(e)
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
+        if !timed_out || self.out_of_step {
+            return false;
+        }
+        self.orphans = self.owed.len();
+        true
+    }
+
+    /// Whether a request given up on (see [`Conn::abandon`]) may still change the server's
+    /// data when it runs: a write, not a read.
+    pub fn owes_orphan_writes(&self) -> bool {
+        self.owed
+            .iter()
+            .take(self.orphans)
+            .any(|e| !matches!(e, Expect::Values | Expect::Version | Expect::Stats))
+    }
+
+    /// Reads and drops the replies owed to requests given up on, within the I/O timeout.
+    pub fn settle(&mut self) -> Result<(), ConnError> {
+        let mut deadline = None;
+        self.drop_orphans(&mut deadline)
+    }
+
+    fn drop_orphans(&mut self, deadline: &mut Option<Instant>) -> Result<(), ConnError> {
+        while self.orphans > 0 {
+            let expect = *self.owed.front().expect("orphans are owed");
+            self.read_reply(expect, deadline)?;
+            self.owed.pop_front();
+            self.orphans -= 1;
+        }
+        Ok(())
+    }
+
+    /// Reads one complete reply of kind `expect`, within the I/O timeout (the replies owed to
+    /// requests given up on are read and dropped first, within the same timeout).
     pub fn receive(&mut self, expect: Expect) -> Result<Reply, ConnError> {
         // Taken at the first read the reply needs: a reply already buffered (pipelined) costs
         // no clock read.
         let mut deadline = None;
+        self.drop_orphans(&mut deadline)?;
+        let reply = self.read_reply(expect, &mut deadline)?;
+        // (Nothing is owed for a request written raw, as the protocol probes do.)
+        self.owed.pop_front();
+        Ok(reply)
+    }
+
+    fn read_reply(
+        &mut self,
+        expect: Expect,
+        deadline: &mut Option<Instant>,
+    ) -> Result<Reply, ConnError> {
         loop {
             match proto::parse_reply(expect, &self.buf[self.pos..self.end]) {
                 Ok(Some((reply, used))) => {

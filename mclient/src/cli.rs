@@ -68,7 +68,9 @@ pub struct Cli {
     pub servers: Option<String>,
 
     /// Seconds a server has for each request: sending it and its whole reply, however the
-    /// bytes trickle in (a server that misses it counts as failed)
+    /// bytes trickle in (a server that misses it counts as failed). A write that timed out is
+    /// waited for once more before mclient exits, so that a later mclient's write cannot be
+    /// run before it when a frozen server thaws
     #[arg(value_parser = mcshm_cli::seconds, long, global = true, default_value_t = 1.0, value_name = "S")]
     pub timeout: f64,
 

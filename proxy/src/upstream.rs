@@ -5,9 +5,12 @@
 //! requests reach a server in the order it sent them), and each connection's requests of one
 //! loop iteration go out in one write. memcached answers a connection's requests in order, so
 //! replies are framed off the read buffer and handed, in place, to whoever waits: a client's
-//! reply slot directly, or a job's [`ReplyCell`]. A connection that fails (connect, timeout,
-//! reset, a reply that is not the protocol) fails exactly the requests it carried; the next
-//! request opens a new one.
+//! reply slot directly, or a job's [`ReplyCell`]. A connection that fails (connect, reset, a
+//! reply that is not the protocol) fails exactly the requests it carried; the next request
+//! opens a new one. A connection whose reply timed out fails its requests too but is kept
+//! ([`Net::abandon`]): they were sent whole and a frozen server runs them when it thaws, so a
+//! later write on a new connection could run first and be overwritten by an older one; on the
+//! same connection memcached runs them in order, and their replies are read and dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -45,6 +48,15 @@ pub enum Deliver<D> {
     Cell(Rc<ReplyCell>),
     /// A client's reply slot, as the worker describes it.
     Direct(D),
+    /// Nobody any more: the request timed out and was answered as failed; its reply is read
+    /// and dropped when it comes.
+    Dropped,
+}
+
+impl<D> Deliver<D> {
+    fn waits(&self) -> bool {
+        !matches!(self, Deliver::Dropped | Deliver::Auth)
+    }
 }
 
 struct Waiter<D> {
@@ -76,6 +88,9 @@ struct Conn<D> {
     /// When the server last finished a reply on it: the oldest request in flight has been the
     /// server's to answer since then (or since it was sent, if later).
     replied: Instant,
+    /// The newest requests in flight whose bytes are not all written yet: their time with the
+    /// server starts when they are ([`write_out`]).
+    unsent: usize,
 }
 
 /// A domain's part in the connections.
@@ -176,6 +191,7 @@ impl<D> Net<D> {
             sent: Instant::now(),
             to,
         });
+        conn.unsent += 1;
         if !conn.queued {
             conn.queued = true;
             self.dirty.push(key);
@@ -233,6 +249,7 @@ impl<D> Net<D> {
             credentials: None,
             answered: false,
             replied: Instant::now(),
+            unsent: 0,
         };
         if conn.broken.is_none() {
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -253,6 +270,7 @@ impl<D> Net<D> {
                 sent: Instant::now(),
                 to: Deliver::Auth,
             });
+            conn.unsent += 1;
         }
         if conn.broken.is_some() {
             self.broken.push(key);
@@ -367,7 +385,11 @@ impl<D> Net<D> {
     /// so a request queued behind others' long replies (another client's 10 MB multi-gets) is
     /// not blamed on the server for the time those took to stream.
     fn deadline(&self, conn: &Conn<D>) -> Option<Deadline> {
-        let oldest = conn.in_flight.front().map(|w| w.sent.max(conn.replied));
+        let oldest = conn
+            .in_flight
+            .iter()
+            .find(|w| w.to.waits())
+            .map(|w| w.sent.max(conn.replied));
         Deadline::of(conn.connecting, oldest, self.timeouts)
     }
 
@@ -385,17 +407,62 @@ impl<D> Net<D> {
         now: Instant,
         deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
     ) {
-        let mut expired = Vec::new();
-        for (key, conn) in &self.conns {
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| {
+                self.deadline(conn)
+                    .and_then(|d| d.expired(now, self.timeouts))
+                    .is_some()
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in late {
+            // What the server sent while the proxy's loop was busy elsewhere is not late:
+            // read it first, and time the connection out only if it is still late.
+            let conn = &mut self.conns[key];
+            if conn.connecting.is_none()
+                && let Err(failure) =
+                    read_in(conn, false).and_then(|()| deliver_replies(conn, deliver))
+            {
+                self.fail(key, failure, deliver);
+                continue;
+            }
+            let conn = &self.conns[key];
             if let Some(failure) = self
                 .deadline(conn)
-                .and_then(|d| d.expired(now, self.timeouts))
+                .and_then(|d| d.expired(Instant::now(), self.timeouts))
             {
-                expired.push((key, failure));
+                self.abandon(key, failure, deliver);
             }
         }
-        for (key, failure) in expired {
-            self.fail(key, failure, deliver);
+    }
+
+    /// Fails the requests connection `key` carries after a timeout, keeping the connection
+    /// (see the module's doc) unless it is out of step (a request written in part) or still
+    /// connecting: their replies are dropped as they come, and later requests queue behind.
+    fn abandon(
+        &mut self,
+        key: usize,
+        failure: Failure,
+        deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
+    ) {
+        let conn = &mut self.conns[key];
+        let out_of_step = conn.written > 0 && conn.written < conn.out.len();
+        if conn.connecting.is_some() || out_of_step {
+            return self.fail(key, failure, deliver);
+        }
+        let now = Instant::now();
+        conn.replied = now;
+        let behind = failure.behind();
+        let mut counted = Some(failure);
+        for waiter in conn.in_flight.iter_mut().filter(|w| w.to.waits()) {
+            conn.stats.record(now - waiter.sent, false);
+            let to = std::mem::replace(&mut waiter.to, Deliver::Dropped);
+            match counted.take() {
+                Some(first) => deliver(to, Err(&first)),
+                None => deliver(to, Err(&behind)),
+            }
         }
     }
 
@@ -417,7 +484,7 @@ impl<D> Net<D> {
         let behind = failure.behind();
         let mut counted = Some(failure);
         for waiter in conn.in_flight.drain(..) {
-            if let Deliver::Auth = waiter.to {
+            if !waiter.to.waits() {
                 continue;
             }
             conn.stats.record(now - waiter.sent, false);
@@ -473,7 +540,9 @@ impl<D> Net<D> {
 
     /// Whether a request waits for a server.
     pub fn busy(&self) -> bool {
-        self.conns.iter().any(|(_, c)| !c.in_flight.is_empty())
+        self.conns
+            .iter()
+            .any(|(_, c)| c.in_flight.iter().any(|w| w.to.waits()))
     }
 }
 
@@ -519,6 +588,14 @@ fn write_out<D>(conn: &mut Conn<D>) -> Result<(), Failure> {
     if conn.out.capacity() > 4 * READ_CHUNK {
         conn.out = Encoded::new();
     }
+    // Written whole: the server has them now (not since they were queued, however long the
+    // proxy's own loop took to get here).
+    let now = Instant::now();
+    let n = conn.in_flight.len();
+    for waiter in conn.in_flight.range_mut(n - conn.unsent.min(n)..) {
+        waiter.sent = now;
+    }
+    conn.unsent = 0;
     Ok(())
 }
 
@@ -570,6 +647,7 @@ fn deliver_replies<D>(
         conn.replied = now;
         let reply = &data[..len];
         match waiter.to {
+            Deliver::Dropped => {}
             Deliver::Auth => {
                 if let Some(credentials) = &conn.credentials {
                     credentials

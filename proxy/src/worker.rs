@@ -566,7 +566,7 @@ fn deliverer<'a>(
     dirty: &'a mut Vec<usize>,
 ) -> impl FnMut(Deliver<Direct>, Result<&[u8], &Failure>) + 'a {
     move |to, result| match to {
-        Deliver::Auth => {}
+        Deliver::Auth | Deliver::Dropped => {}
         Deliver::Cell(cell) => {
             if let Some(job) = cell.fill(result.map(<[u8]>::to_vec).map_err(Clone::clone)) {
                 jobs.wake(job);

@@ -132,6 +132,19 @@ pub struct Client {
 /// What [`Client::on_failure`] registers.
 type FailureCallback = Box<dyn FnMut(&FailureEvent<'_>) + Send>;
 
+/// A client going away waits (up to the I/O timeout per connection) for the replies owed to
+/// writes that timed out: until they are answered the server may still run them, and a
+/// process started after this one (mclient run again) must find them run, not overtaking
+/// its own writes. A server still silent then is given up on. (Reads given up on are not
+/// waited for: they change nothing.)
+impl Drop for Client {
+    fn drop(&mut self) {
+        for conn in self.conns.values_mut().filter(|c| c.owes_orphan_writes()) {
+            let _ = conn.settle();
+        }
+    }
+}
+
 impl Client {
     /// A client of a registry domain. Counting failures needs write access to the registry
     /// file; without it the client still works and keeps its failure view to itself.

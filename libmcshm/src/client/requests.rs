@@ -195,8 +195,15 @@ impl Client {
                 Ok(value)
             }
             Err(err) => {
-                let text = match self.conns.remove(address) {
-                    Some(conn) => conn.explain(&err),
+                // A reply that timed out keeps its connection (see `Conn::abandon`): a later
+                // write on a new one could land before the one given up on.
+                let kept = self.conns.get_mut(address).map(|conn| conn.abandon(&err));
+                let text = match kept {
+                    Some(true) => self.conns[address].explain(&err),
+                    Some(false) => {
+                        let conn = self.conns.remove(address).expect("found above");
+                        conn.explain(&err)
+                    }
                     None => err.to_string(),
                 };
                 let errno = errno(&err);

@@ -285,6 +285,8 @@ pub struct Encoded {
     bytes: Vec<u8>,
     /// Offsets in `bytes`, ascending: where a request with a data block ends.
     record_ends: Vec<usize>,
+    /// The reply each request expects, in order: what a connection owes once they are sent.
+    expects: Vec<Expect>,
 }
 
 impl Encoded {
@@ -304,6 +306,7 @@ impl Encoded {
         if let Some(end) = request.encode_prefixed(&mut self.bytes, prefix) {
             self.record_ends.push(end);
         }
+        self.expects.push(request.expects());
     }
 
     /// Appends requests encoded before, where their records end with them.
@@ -312,6 +315,12 @@ impl Encoded {
         self.bytes.extend_from_slice(&other.bytes);
         self.record_ends
             .extend(other.record_ends.iter().map(|end| base + end));
+        self.expects.extend_from_slice(&other.expects);
+    }
+
+    /// The reply each request expects, in order.
+    pub fn expects(&self) -> &[Expect] {
+        &self.expects
     }
 
     /// The requests' bytes.
@@ -336,6 +345,7 @@ impl Encoded {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.record_ends.clear();
+        self.expects.clear();
     }
 
     /// The bytes from `start` (where a request starts) in the TLS records they go in: each
