@@ -379,7 +379,10 @@ impl Registry {
         };
         match Registry::from_file(self.path.clone(), self.domain.clone(), file, self.writable) {
             Ok(fresh) if !fresh.map.is_poisoned() => {
+                // The same file: its version cannot have gone back since we saw it.
+                let seen = self.seen;
                 self.adopt(fresh);
+                self.seen = seen;
                 true
             }
             _ => false,
