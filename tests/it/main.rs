@@ -36,3 +36,4 @@ mod proxy_clients;
 mod readme;
 mod shared_ring;
 mod tls;
+mod truncation;

@@ -243,6 +243,12 @@ impl Registry {
             let current = fs::symlink_metadata(&self.path)
                 .map_err(|e| Error::io("inspect", &self.path, e))?;
             if (current.dev(), current.ino()) == self.file_id {
+                if self.map.is_poisoned() {
+                    // Truncated under us, maybe whole again: map it anew (on a duplicate of our
+                    // descriptor: `guard` keeps holding the lock). If it is still short, the
+                    // work says so or repairs it.
+                    self.recover();
+                }
                 let me = crate::processes::ProcessId::current().map_or(0, |p| p.to_word());
                 self.map.store(format::LOCKER_WORD, me, Ordering::Release);
                 // A grower that died before its rename left MOVED set on the current file.

@@ -14,6 +14,13 @@
 //! current one (the next writer clears the bit). Writers waiting on the old file's lock notice
 //! the path now names another file and re-open it.
 //!
+//! A file that someone else truncates under us is damage, not death (see `shm`: the fault is
+//! served with zero pages and the mapping marked poisoned). A handle whose mapping is poisoned
+//! keeps its last good snapshot and version, answers [`Registry::current_snapshot`] with an
+//! error saying the file was truncated, and maps the file anew (on the descriptor it has, so a
+//! writer keeps its lock) as soon as `fstat` says it is whole again; a writer refuses to change a
+//! truncated table, and [`Registry::replace`] repairs it with a new file.
+//!
 //! One handle, [`Registry`], one file per concept: this module opens the file and follows it
 //! when it moves, reads the committed word and carries change notification; `files` (safe
 //! opening, creation, temporaries), `reader` (snapshots, deltas, the shared ring's lookups),
@@ -48,12 +55,18 @@ mod writer;
 
 #[cfg(test)]
 mod check_tests;
+#[cfg(test)]
+mod truncation_tests;
 
 pub use agent::AgentLink;
 pub use files::{FileOwnership, check_trusted, open_trusted};
 pub use live::LiveRecords;
 pub use lock::LockWait;
 pub use writer::Commit;
+
+/// How many faults on truncated registry files this process survived: each one a mapping read
+/// as damaged until its file was whole again (for tests and diagnostics).
+pub use crate::shm::truncation_faults;
 
 // What the registry's API hands out of the file's layout, by name (the layout itself is private
 // to this crate).
@@ -71,6 +84,10 @@ use files::{create_empty, open_checked, remove_orphan_temps};
 /// wakes them; this only bounds the delay when a wake-up is lost (a writer killed between
 /// publishing and waking, or a waiter killed while passing the wake-up on).
 const MAX_WAIT_SLICE: Duration = Duration::from_secs(5);
+/// How long [`Registry::wait_for_change`] sleeps at a time while its file is truncated (a futex
+/// in the zero pages a truncation left would never be woken): how soon it notices the file
+/// whole again.
+const DAMAGED_POLL: Duration = Duration::from_millis(10);
 /// Waiters a commit wakes itself: one. Each woken waiter wakes [`WAKE_FANOUT`] more before it
 /// looks at the table, so a commit costs the writer one wake-up however many processes wait,
 /// and 200 waiters all know after about eight hops.
@@ -101,6 +118,9 @@ pub struct Registry {
     /// The last committed word read and its version, so that `version()` checks a sealed word
     /// only when it changes (one load and one compare otherwise).
     seen: Option<(u64, u64)>,
+    /// [`Registry::version`] found the file damaged: it answered the last version seen, and
+    /// [`Registry::current_snapshot`] answers what is wrong.
+    damage: bool,
     lock_wait: LockWait,
 }
 
@@ -178,6 +198,7 @@ impl Registry {
             file_id: (meta.dev(), meta.ino()),
             geometry: layout.geometry(),
             seen: None,
+            damage: false,
             lock_wait: LockWait::default(),
             path,
             file,
@@ -205,41 +226,81 @@ impl Registry {
     }
 
     /// The published table version: one atomic load (plus a re-open after the file was
-    /// replaced by a larger one).
+    /// replaced by a larger one). When the file is damaged (a committed word that fails its
+    /// check, a file truncated under us) it is the last version seen, and
+    /// [`Registry::current_snapshot`] says what is wrong.
     pub fn version(&mut self) -> u64 {
-        let word = self.committed_word();
+        let word = match self.committed_word() {
+            Some(word) => word,
+            // A truncation faulted on our mapping, now or before: map the file anew if it is
+            // whole again.
+            None => match self.recovered_word() {
+                Some(word) => word,
+                None => return self.damaged(),
+            },
+        };
         if let Some((seen, version)) = self.seen
             && seen == word
         {
+            self.damage = false;
             return version;
         }
         match self.geometry.seal.decode(word) {
+            // A file's version never goes back; one that does in a file shorter than its table
+            // needs is the zeros a truncation left in a page it cut (which does not fault).
+            Some((version, false))
+                if self.seen.is_some_and(|(_, v)| version < v) && self.short() =>
+            {
+                self.damaged()
+            }
             Some((version, false)) => {
                 self.seen = Some((word, version));
+                self.damage = false;
                 version
             }
             Some((version, true)) => {
+                self.damage = false;
                 self.follow_move();
-                let word = self.committed_word();
-                self.geometry.seal.decode(word).map_or(version, |(v, _)| v)
+                self.committed_word()
+                    .and_then(|word| self.geometry.seal.decode(word))
+                    .map_or(version, |(v, _)| v)
             }
-            // A damaged word: keep the last version seen; the next read reports the damage.
-            None => self.seen.map_or(0, |(_, version)| version),
+            // A damaged word: keep the last version seen.
+            None => self.damaged(),
         }
     }
 
-    /// The committed word as stored (see [`crate::seqlock::Seal`]).
-    fn committed_word(&self) -> u64 {
-        self.map
-            .load(format::COMMITTED_WORD, Ordering::Acquire)
-            .unwrap_or(0)
+    /// Notes that the file is damaged and answers the last version seen.
+    fn damaged(&mut self) -> u64 {
+        self.damage = true;
+        self.seen.map_or(0, |(_, version)| version)
+    }
+
+    /// What is wrong with a file [`Registry::version`] found damaged.
+    fn damage_error(&self) -> Error {
+        // A word that reads and checks is one that went back in a truncated file.
+        self.committed().err().unwrap_or_else(|| self.truncated())
+    }
+
+    /// The committed word of our file mapped anew, when a truncation poisoned our mapping and
+    /// the file is whole again (see [`Registry::recover`]).
+    fn recovered_word(&mut self) -> Option<u64> {
+        if !self.map.is_poisoned() || !self.recover() {
+            return None;
+        }
+        self.committed_word()
+    }
+
+    /// The committed word as stored (see [`crate::seqlock::Seal`]); `None` when the mapping
+    /// cannot be read (a truncation).
+    fn committed_word(&self) -> Option<u64> {
+        self.map.load(format::COMMITTED_WORD, Ordering::Acquire)
     }
 
     /// The committed version and MOVED bit; a damaged word is a corrupt file.
     fn committed(&self) -> Result<(u64, bool)> {
-        self.geometry
-            .seal
-            .decode(self.committed_word())
+        self.committed_word()
+            .and_then(|word| self.geometry.seal.decode(word))
             .ok_or_else(|| self.corrupt("the committed version word fails its check".into()))
     }
 
@@ -247,14 +308,16 @@ impl Registry {
     /// the committed word's version bits and the two slots' generations, so that no version
     /// number is published twice even when the committed word itself was damaged.
     fn salvaged_version(&self) -> u64 {
-        let generation = |slot: usize| {
-            self.map
-                .load(self.geometry.slots[slot] + 1, Ordering::Acquire)
-                .unwrap_or(0)
-        };
-        let bits = self.committed_word() & VERSION_MASK;
-        bits.max(generation(0))
-            .max(generation(1))
+        self.salvaged_version_in(&self.map)
+    }
+
+    /// [`Registry::salvaged_version`] as `map` (a mapping of our file) has it: words it does
+    /// not hold count as 0.
+    fn salvaged_version_in(&self, map: &SharedMap) -> u64 {
+        let word = |index: usize| map.load(index, Ordering::Acquire).unwrap_or(0);
+        let bits = word(format::COMMITTED_WORD) & VERSION_MASK;
+        bits.max(word(self.geometry.slots[0] + 1))
+            .max(word(self.geometry.slots[1] + 1))
             .min(VERSION_MASK - 1)
     }
 
@@ -293,12 +356,65 @@ impl Registry {
         };
     }
 
+    /// After a truncation faulted on our mapping (see `shm`): if the path names another file now
+    /// (replaced meanwhile, MOVED unreadable in ours), opens it; else, once `fstat` says our file
+    /// is as long as its table needs again, maps it anew through a duplicate of our descriptor
+    /// (the same open file description, so a writer's lock stays held), keeping our cache.
+    /// False while it cannot (the file is still short, or its header does not read yet).
+    fn recover(&mut self) -> bool {
+        let replaced =
+            fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) != self.file_id);
+        if replaced {
+            return self.reopen().is_ok() && !self.map.is_poisoned();
+        }
+        let whole = self
+            .file
+            .metadata()
+            .is_ok_and(|m| m.len() >= self.layout.file_len() as u64);
+        if !whole {
+            return false;
+        }
+        let Ok(file) = self.file.try_clone() else {
+            return false;
+        };
+        match Registry::from_file(self.path.clone(), self.domain.clone(), file, self.writable) {
+            Ok(fresh) if !fresh.map.is_poisoned() => {
+                // The same file: its version cannot have gone back since we saw it.
+                let seen = self.seen;
+                self.adopt(fresh);
+                self.seen = seen;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The error a handle whose mapping a truncation poisoned answers with: what the file's
+    /// length is now against what its table needs.
+    pub(super) fn truncated(&self) -> Error {
+        let needs = self.layout.file_len();
+        let why = match self.file.metadata().map(|m| m.len()) {
+            Ok(len) if len < needs as u64 => format!(
+                "another process truncated it under this one (to {len} bytes; its table needs \
+                 {needs}): the last good table is used until the file is whole again"
+            ),
+            _ => "another process truncated it under this one (it is whole again, but not yet \
+                  readable): the last good table is used until it is"
+                .to_string(),
+        };
+        Error::Corrupt {
+            path: self.path.clone(),
+            why,
+        }
+    }
+
     /// Blocks until the version is greater than `since` or `timeout` passes; returns the new
     /// version, or `None` on timeout. Sleeps on a futex in the file, so a commit in any process
     /// wakes it at once.
     pub fn wait_for_change(&mut self, since: u64, timeout: Duration) -> Option<u64> {
         let deadline = Instant::now() + timeout;
         loop {
+            // The wake count before the version: a commit after the look still wakes us.
             let wake = self.map.load_u32(format::WAKE_OFFSET).unwrap_or(0);
             let version = self.version();
             if version > since {
@@ -308,6 +424,11 @@ impl Registry {
             if left.is_zero() {
                 return None;
             }
+            if self.map.is_poisoned() {
+                // Truncated: no commit can wake us through these pages; look again soon.
+                std::thread::sleep(left.min(DAMAGED_POLL));
+                continue;
+            }
             self.map
                 .futex_wait(format::WAKE_OFFSET, wake, left.min(MAX_WAIT_SLICE));
             if self.map.load_u32(format::WAKE_OFFSET) != Some(wake) {
@@ -315,6 +436,16 @@ impl Registry {
                 self.map.futex_wake(format::WAKE_OFFSET, WAKE_FANOUT);
             }
         }
+    }
+
+    /// Whether the file is shorter than its table needs (another process truncated it), or was
+    /// truncated under our mapping since it was mapped (see `shm`); `fstat` says which.
+    pub(super) fn short(&self) -> bool {
+        self.map.is_poisoned()
+            || self
+                .file
+                .metadata()
+                .is_ok_and(|m| m.len() < self.layout.file_len() as u64)
     }
 
     /// Whether this handle maps the file writable (can count failures and publish).

@@ -29,17 +29,21 @@ pub(super) struct Read {
 impl Registry {
     /// The current table. Returns the cached snapshot without copying when the version has not
     /// moved; otherwise copies and validates the committed slot. If that fails (writers lapping
-    /// us, or a damaged slot) a handle that has a good snapshot keeps serving it; a fresh handle
-    /// gets the error.
+    /// us, a damaged slot, a file truncated under us) a handle that has a good snapshot keeps
+    /// serving it; a fresh handle gets the error.
     pub fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
         self.current_snapshot()
             .or_else(|err| self.cache.clone().ok_or(err))
     }
 
     /// Like [`Registry::snapshot`], but a failed copy is an error even when an older snapshot
-    /// is cached: the snapshot returned is always the one of [`Registry::version`].
+    /// is cached: the snapshot returned is always the one of [`Registry::version`]. While the
+    /// file is truncated under this handle (see `shm`), the error says so.
     pub fn current_snapshot(&mut self) -> Result<Arc<Snapshot>> {
         let version = self.version();
+        if self.damage {
+            return Err(self.damage_error());
+        }
         if let Some(cached) = &self.cache
             && cached.version == version
         {
@@ -216,7 +220,13 @@ impl Registry {
         })
     }
 
+    /// The file fails a check for `why`; when it is shorter than its table needs, or a
+    /// truncation faulted on our mapping, that is the cause to name (what was read were the
+    /// zeros it left).
     pub(super) fn corrupt(&self, why: String) -> Error {
+        if self.short() {
+            return self.truncated();
+        }
         Error::Corrupt {
             path: self.path.clone(),
             why,

@@ -45,8 +45,13 @@ impl Registry {
     /// Runs `change` on the current table (servers and policy) under the writer lock and
     /// publishes the result as one new version (none if `change` left the table as it was). If
     /// `change` fails, nothing is written.
+    /// A file another process truncated is not changed in place: an error says so (repair it
+    /// with [`Registry::replace`], as `mcadmin load` does).
     pub fn transact(&mut self, change: impl FnOnce(&mut Table) -> Result<()>) -> Result<Commit> {
         self.locked(|reg| {
+            if reg.short() {
+                return Err(reg.truncated());
+            }
             let current = reg.read_table_and_ring()?;
             let mut table = current.snapshot.table();
             change(&mut table)?;
@@ -59,19 +64,26 @@ impl Registry {
     }
 
     /// Replaces the whole table in one version, even if the current one is damaged (the way to
-    /// repair a file short of deleting it).
+    /// repair a file short of deleting it). A file another process truncated is replaced by a
+    /// new one (see `relocate`), its version continuing from the last this handle knew.
     pub fn replace(&mut self, table: &Table) -> Result<Commit> {
-        self.locked(|reg| match reg.read_table_and_ring() {
-            Ok(current) if current.snapshot.table() == *table => {
-                Ok(Commit::unchanged(current.snapshot.version))
+        self.locked(|reg| {
+            if reg.short() {
+                let (version, next_id) = reg.salvaged_from_short(table);
+                return reg.publish_locked(version, next_id, table.clone(), None);
             }
-            Ok(current) => {
-                let (version, next_id) = (current.snapshot.version, current.snapshot.next_id);
-                reg.publish_locked(version, next_id, table.clone(), Some(&current))
-            }
-            Err(_) => {
-                let version = reg.salvaged_version();
-                reg.publish_locked(version, 1, table.clone(), None)
+            match reg.read_table_and_ring() {
+                Ok(current) if current.snapshot.table() == *table => {
+                    Ok(Commit::unchanged(current.snapshot.version))
+                }
+                Ok(current) => {
+                    let (version, next_id) = (current.snapshot.version, current.snapshot.next_id);
+                    reg.publish_locked(version, next_id, table.clone(), Some(&current))
+                }
+                Err(_) => {
+                    let version = reg.salvaged_version();
+                    reg.publish_locked(version, 1, table.clone(), None)
+                }
             }
         })
     }
@@ -134,8 +146,11 @@ impl Registry {
             crate::coherence::mark_strays(&old.servers, &old.policy, &mut table, current + 1);
         }
         let needed = table.servers.len();
+        // A truncated file (see `replace`) is written anew too: its pages may not be ours to
+        // write any more.
         let rewrite = needed > self.layout.capacity as usize
-            || self.layout.format_version < format::FORMAT_VERSION;
+            || self.layout.format_version < format::FORMAT_VERSION
+            || self.short();
         let capacity = if needed > self.layout.capacity as usize {
             needed
                 .max(self.layout.capacity as usize * 2)
@@ -238,6 +253,30 @@ impl Registry {
             Some(pending) => (Some(pending.reference()), Some(pending)),
             None => (None, None),
         }
+    }
+
+    /// Where a repair of a truncated file continues (version, next server id): past what this
+    /// handle knew, what the words the file still has say, and the ids `table` holds. (A later
+    /// version than both, lost with the truncated words, may be published again, as with
+    /// [`Registry::recreate`].)
+    fn salvaged_from_short(&self, table: &Table) -> (u64, u32) {
+        let (known, next_id) = self
+            .cache
+            .as_ref()
+            .map_or((0, 1), |c| (c.version, c.next_id));
+        let known = known.max(self.seen.map_or(0, |(_, version)| version));
+        // Our mapping may be poisoned: map what is left of the file, read-only, to look.
+        let left = self.file.metadata().map_or(0, |m| m.len()) as usize & !7;
+        let remaining = (left > 0)
+            .then(|| SharedMap::map(&self.file, left, false).ok())
+            .flatten();
+        let salvaged = remaining.map_or(0, |map| self.salvaged_version_in(&map));
+        let next_id = table
+            .servers
+            .iter()
+            .map(|s| s.id + 1)
+            .fold(next_id, u32::max);
+        (salvaged.max(known), next_id)
     }
 
     /// Gives servers that are new (not yet owning their record) or up again a fresh live record.
