@@ -15,8 +15,8 @@
 //!   to the mapping, fcntl locks, futexes), `seqlock` (the publish/read protocol), `format` (the
 //!   byte layout, drawn in `mcshm(5)`), `shared_ring` (each version's ring, written once by the
 //!   writer); then [`registry`], the public face of the file (open, snapshots, transactions,
-//!   the shared failure view, process records), and [`processes`] (which processes have a
-//!   domain open);
+//!   the shared failure view, process records, and beside the table each server's invalidation
+//!   log), and [`processes`] (which processes have a domain open);
 //! - operations on a table: [`edit`] and [`dump`] (what `mcadmin` offers).
 
 #![deny(unsafe_code)]

@@ -230,10 +230,10 @@ pub(super) fn new_file(
     words
 }
 
-/// Removes the temporary files (see [`write_temp`]) of `domain` left by writers that were killed
-/// while writing one: those whose process is gone. A live process's file is its own business
-/// (it is writing it now); a reused pid only delays the removal. Best effort: errors are
-/// ignored (the files are garbage, never read).
+/// Removes the temporary files (see [`write_temp`], and [`create_beside`]'s of the invalidation
+/// log) of `domain` left by writers that were killed while writing one: those whose process is
+/// gone. A live process's file is its own business (it is writing it now); a reused pid only
+/// delays the removal. Best effort: errors are ignored (the files are garbage, never read).
 pub(super) fn remove_orphan_temps(dir: &Path, domain: &Domain) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -241,10 +241,13 @@ pub(super) fn remove_orphan_temps(dir: &Path, domain: &Domain) {
     let prefix = format!(".{}.", domain.as_str());
     for entry in entries.flatten() {
         let name = entry.file_name();
+        // `.DOMAIN.PID.tmp` (the table's) or `.DOMAIN.PID.ilog.tmp` (its invalidation log's);
+        // never `.DOMAIN.N.PID.tmp`, which is domain `DOMAIN.N`'s.
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix))
             .and_then(|n| n.strip_suffix(".tmp"))
+            .map(|n| n.strip_suffix(".ilog").unwrap_or(n))
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
@@ -264,12 +267,62 @@ pub(super) fn write_temp(
     ownership: FileOwnership,
 ) -> Result<PathBuf> {
     let tmp = dir.join(format!(".{}.{}.tmp", domain.as_str(), std::process::id()));
+    // The rings' unused point space is zeros: leave it a hole.
+    let used = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+    write_new(
+        dir,
+        &tmp,
+        bytemuck::cast_slice(&words[..used]),
+        words.len() as u64 * 8,
+        ownership,
+    )?;
+    Ok(tmp)
+}
+
+/// Creates the file `DIR/DOMAIN.extension` beside the domain's table whole or not at all:
+/// `image`, then zeros up to `len` bytes (a hole, which costs no memory until written), with
+/// `ownership`, under a temporary name (`.DOMAIN.PID.extension.tmp`) that is then linked into
+/// place. `Ok(false)`: another process made it first, and theirs is kept.
+pub(super) fn create_beside(
+    dir: &Path,
+    domain: &Domain,
+    extension: &str,
+    image: &[u8],
+    len: u64,
+    ownership: FileOwnership,
+) -> Result<bool> {
+    let path = dir.join(format!("{}.{extension}", domain.as_str()));
+    let tmp = dir.join(format!(
+        ".{}.{}.{extension}.tmp",
+        domain.as_str(),
+        std::process::id()
+    ));
+    write_new(dir, &tmp, image, len, ownership)?;
+    let linked = fs::hard_link(&tmp, &path);
     let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io("create", &path, e)),
+    }
+}
+
+/// Writes a new file at `tmp` in `dir` (replacing a leftover of this process): `bytes`, then
+/// zeros up to `len` as a hole, with `ownership`'s mode (whatever the umask) and group. Removed
+/// again on failure.
+fn write_new(
+    dir: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    len: u64,
+    ownership: FileOwnership,
+) -> Result<()> {
+    let _ = fs::remove_file(tmp);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
-        .open(&tmp)
+        .open(tmp)
         .map_err(|e| Error::io("create a registry file in", dir, e))?;
     let written = file
         .set_permissions(fs::Permissions::from_mode(ownership.mode))
@@ -277,22 +330,43 @@ pub(super) fn write_temp(
             Some(gid) => std::os::unix::fs::fchown(&file, None, Some(gid)),
             None => Ok(()),
         })
-        .and_then(|()| {
-            // The rings' unused point space is zeros: leave it a hole.
-            let used = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
-            file.write_all(bytemuck::cast_slice(&words[..used]))?;
-            file.set_len(words.len() as u64 * 8)
-        });
+        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| file.set_len(len));
     if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("write", &tmp, e));
+        let _ = fs::remove_file(tmp);
+        return Err(Error::io("write", tmp, e));
     }
-    Ok(tmp)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::FileOwnership;
+    use super::{FileOwnership, remove_orphan_temps};
+    use crate::domain::Domain;
+
+    #[test]
+    fn orphan_temporaries_of_the_table_and_its_log_go_and_no_other_domains() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has pid 999999999 (pid_max is at most 2^22).
+        let dead = ".app.999999999";
+        let live = format!(".app.{}", std::process::id());
+        let names = [
+            format!("{dead}.tmp"),
+            format!("{dead}.ilog.tmp"),
+            format!("{live}.tmp"),
+            format!("{live}.ilog.tmp"),
+            // Domain app.12's, and a file mcshm does not make.
+            ".app.12.999999999.tmp".to_string(),
+            ".app.12.999999999.ilog.tmp".to_string(),
+            format!("{dead}.other.tmp"),
+        ];
+        for name in &names {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        remove_orphan_temps(dir.path(), &Domain::new("app").unwrap());
+        let kept: Vec<bool> = names.iter().map(|n| dir.path().join(n).exists()).collect();
+        assert_eq!(kept, [false, false, true, true, true, true, true]);
+    }
 
     #[test]
     fn ownership_takes_octal_modes_with_owner_read_write_and_groups_by_name_or_id() {

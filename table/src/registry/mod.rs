@@ -28,7 +28,8 @@
 //! `relocate` (replacing the file by a new one beside it, for growth, upgrade, repair and
 //! escaping a reader's lock), `live` (the shared failure view: failure counts and retry
 //! leases), `agent` (the fleet agent's status) and `process_slots` (which processes use the
-//! domain).
+//! domain). Beside the table, in a file of its own: `invalidations`, each server's log of the
+//! keys it missed while down ([`Invalidations`]).
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -46,6 +47,7 @@ use crate::table::Snapshot;
 
 mod agent;
 mod files;
+mod invalidations;
 mod live;
 mod lock;
 mod process_slots;
@@ -60,6 +62,9 @@ mod truncation_tests;
 
 pub use agent::AgentLink;
 pub use files::{FileOwnership, check_trusted, open_trusted};
+pub use invalidations::{
+    Appended, Cleared, Invalidations, LogCapacity, LogStats, Logged, log_path,
+};
 pub use live::LiveRecords;
 pub use lock::LockWait;
 pub use writer::Commit;
