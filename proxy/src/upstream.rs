@@ -8,7 +8,7 @@
 //! reply slot directly, or a job's [`ReplyCell`]. A connection that fails (connect, reset, a
 //! reply that is not the protocol) fails exactly the requests it carried; the next request
 //! opens a new one. A connection whose reply timed out fails its requests too but is kept
-//! ([`Net::abandon`]): they were sent whole and a frozen server runs them when it thaws, so a
+//! (`Net::abandon`): they were sent whole and a frozen server runs them when it thaws, so a
 //! later write on a new connection could run first and be overwritten by an older one; on the
 //! same connection memcached runs them in order, and their replies are read and dropped.
 
