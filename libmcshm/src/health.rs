@@ -182,6 +182,10 @@ impl Watcher {
                             };
                             events(self.event(EventKind::Up, &server.address.to_string(), how));
                         }
+                        Ok(Rejoined::Replayed { keys }) => {
+                            let how = format!("deleted the {keys} keys it missed, then marked up");
+                            events(self.event(EventKind::Up, &server.address.to_string(), &how));
+                        }
                         Ok(Rejoined::NotDown | Rejoined::DrainCancelled) => {}
                         Err(err @ Error::Network { .. }) => {
                             events(self.event(

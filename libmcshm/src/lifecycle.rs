@@ -6,6 +6,13 @@
 //! (unless the domain's rejoin policy is `trust`). While it was down its keys were not written
 //! there, so whatever it holds may be stale; after the flush it holds nothing. If the flush
 //! fails, it stays down.
+//!
+//! Under the `replay` policy the server keeps its cache: the keys it missed while away (every
+//! write that should have reached it, recorded by the router in the domain's invalidation log)
+//! are deleted on it instead, then it is marked up; keys appended meanwhile are deleted after,
+//! and the log is cleared. It is flushed as before when the log cannot vouch for what it
+//! missed: no log, a log that began after the server went down, a log that overflowed or found
+//! a torn record, or a write that found no section.
 
 use std::path::Path;
 
@@ -17,7 +24,9 @@ use crate::domain::Domain;
 use crate::edit;
 use crate::error::{Error, Result};
 use crate::proto::{Reply, Request, StoreVerb};
-use crate::registry::{Commit, FileOwnership, LockWait, Registry};
+use crate::registry::{
+    Cleared, Commit, FileOwnership, Invalidations, LockWait, LogCapacity, Logged, Registry,
+};
 use crate::table::{CommitInfo, Policy, Rejoin, Server, State, Table, fit_reason};
 
 /// One round trip (`version`), and with `check_key` a set and get of that key (PECL
@@ -81,6 +90,8 @@ pub fn flush(address: &Address, timeouts: Timeouts, access: &Access) -> Result<(
 pub enum Rejoined {
     /// Marked up; `flushed` says whether it was flushed first.
     Up { flushed: bool },
+    /// Marked up after the `keys` it missed while away were deleted on it (rejoin `replay`).
+    Replayed { keys: usize },
     /// It was draining and an operator brought it up: the drain is cancelled.
     DrainCancelled,
     /// It was not down (up, draining, or gone from the table), or it is held down by an
@@ -224,6 +235,12 @@ pub trait RejoinTable {
     fn signature(&self) -> String;
     /// How `server` of this table is named across transactions.
     fn name(&self, server: &Server) -> Named;
+    /// The domain's invalidation log (what its down servers missed), if this table has one
+    /// this process can vouch for: the fleet's table has none (its hosts each keep their own),
+    /// so a rejoin through it flushes.
+    fn missed(&self) -> Option<Invalidations> {
+        None
+    }
 }
 
 impl RejoinTable for Registry {
@@ -252,6 +269,11 @@ impl RejoinTable for Registry {
 
     fn name(&self, server: &Server) -> Named {
         Named::Id(server.id)
+    }
+
+    fn missed(&self) -> Option<Invalidations> {
+        let dir = self.path().parent().unwrap_or(Path::new("."));
+        Invalidations::open_or_create(dir, Registry::domain(self), LogCapacity::default()).ok()
     }
 }
 
@@ -317,30 +339,47 @@ pub fn rejoin_in<S: RejoinTable>(
         if let Some(at) = name.position(&table.servers, &domain)?
             && let Some(decision) = rule.decide(&table.servers[at], now_ms())
         {
-            decided.push((&table.servers[at].address, decision.flush));
+            decided.push((&table.servers[at], decision.flush));
         }
     }
     if decided.is_empty() {
         return Ok(vec![Rejoined::NotDown; named.len()]);
     }
-    let flushing: Vec<&Address> = decided
+    let log = match policy.rejoin {
+        Rejoin::Replay => store.missed(),
+        _ => None,
+    };
+    // Each server to contact: replayed when the log vouches for what it missed, else flushed.
+    let mut replayed: Vec<(u32, &Address, Logged)> = Vec::new();
+    let contacting: Vec<&Server> = decided
         .iter()
         .filter(|(_, flush)| *flush)
-        .map(|(address, _)| *address)
+        .map(|(server, _)| *server)
         .collect();
-    if !flushing.is_empty() {
+    if !contacting.is_empty() {
         let access = store.access()?;
-        for address in flushing {
-            flush(address, how.timeouts, &access).map_err(|error| Error::Network {
+        for server in contacting {
+            let address = &server.address;
+            let stays_down = |error: String| Error::Network {
                 server: address.to_string(),
                 error: format!(
                     "{error}; it stays down (rejoin policy {})",
                     policy.rejoin.as_str()
                 ),
-            })?;
+            };
+            match log.as_ref().and_then(|log| vouched(log, server)) {
+                Some(logged) => {
+                    let keys = logged.keys.as_deref().unwrap_or_default();
+                    replay(address, keys, how.timeouts, &access).map_err(stays_down)?;
+                    replayed.push((server.id, address, logged));
+                }
+                None => flush(address, how.timeouts, &access).map_err(stays_down)?,
+            }
         }
     }
     let now = now_ms();
+    let store_signature = store.signature();
+    let mut replay_reason = String::new();
     let mut answers = vec![Rejoined::NotDown; named.len()];
     store.commit(&mut |t: &mut Table| {
         for (answer, name) in answers.iter_mut().zip(named) {
@@ -351,9 +390,25 @@ pub fn rejoin_in<S: RejoinTable>(
             let Some(decision) = rule.decide(server, now) else {
                 continue;
             };
-            edit::apply(server, decision.transition, CommitInfo::now());
-            *answer = match decision.transition {
-                edit::Transition::Rejoin(_) => Rejoined::Up {
+            let replay = replayed.iter().find(|(id, _, _)| *id == server.id);
+            let transition = match (decision.transition, replay) {
+                (edit::Transition::Rejoin(rejoining), Some((_, _, logged))) => {
+                    replay_reason = replayed_reason(logged, &how, &store_signature);
+                    edit::Transition::Rejoin(edit::Rejoining {
+                        reason: &replay_reason,
+                        // It keeps its cache: the strays it held before stay marked.
+                        flushed: false,
+                        ..rejoining
+                    })
+                }
+                (transition, _) => transition,
+            };
+            edit::apply(server, transition, CommitInfo::now());
+            *answer = match (decision.transition, replay) {
+                (edit::Transition::Rejoin(_), Some((_, _, logged))) => Rejoined::Replayed {
+                    keys: logged.keys.as_ref().map_or(0, Vec::len),
+                },
+                (edit::Transition::Rejoin(_), None) => Rejoined::Up {
                     flushed: rule.flush,
                 },
                 _ => Rejoined::DrainCancelled,
@@ -361,7 +416,87 @@ pub fn rejoin_in<S: RejoinTable>(
         }
         Ok(())
     })?;
+    if let Some(log) = &log {
+        let access = store.access()?;
+        for (_, address, logged) in replayed {
+            settle_log(log, logged, address, how.timeouts, &access);
+        }
+    }
     Ok(answers)
+}
+
+/// The server's log, when it vouches for what `server` missed while down: the log began
+/// before the server went down, every write found a section, and it neither overflowed nor
+/// holds a torn record.
+fn vouched(log: &Invalidations, server: &Server) -> Option<Logged> {
+    if log.unlogged() || log.created_ms() > server.since_ms {
+        return None;
+    }
+    let logged = log.read(server.id);
+    (!logged.overflowed()).then_some(logged)
+}
+
+fn replayed_reason(logged: &Logged, how: &Rejoiner<'_>, signature: &str) -> String {
+    let keys = logged.keys.as_ref().map_or(0, Vec::len);
+    fit_reason(
+        &format!("rejoined after deleting the {keys} keys it missed ("),
+        how.by,
+        &format!("{signature})"),
+    )
+}
+
+/// After a replayed server is marked up: deletes what was logged for it meanwhile (a write
+/// routed on the version before), then clears its log; a log that overflowed meanwhile gets
+/// the server flushed (it is up already: a flush costs its cache, never a stale read).
+fn settle_log(
+    log: &Invalidations,
+    mut logged: Logged,
+    address: &Address,
+    timeouts: Timeouts,
+    access: &Access,
+) {
+    for _ in 0..4 {
+        match log.clear(&logged) {
+            Ok(Cleared::Done) | Err(_) => return,
+            Ok(Cleared::Grew) => {}
+        }
+        logged = log.read(logged.server());
+        let done = match &logged.keys {
+            Some(keys) => replay(address, keys, timeouts, access),
+            None => flush(address, timeouts, access),
+        };
+        if done.is_err() {
+            return;
+        }
+    }
+}
+
+/// Deletes `keys` (as the server stores them) on the server at `address`, pipelined a
+/// thousand at a time: each answered DELETED or NOT_FOUND. `Err` names what failed.
+pub fn replay(
+    address: &Address,
+    keys: &[Vec<u8>],
+    timeouts: Timeouts,
+    access: &Access,
+) -> Result<(), String> {
+    let mut conn =
+        Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
+    for batch in keys.chunks(1000) {
+        let mut encoded = crate::proto::Encoded::new();
+        for key in batch {
+            encoded.push(&Request::Delete { key }, b"");
+        }
+        conn.send_requests(&encoded)
+            .map_err(|e| format!("replaying deletes: {}", conn.explain(&e)))?;
+        for _ in batch {
+            match conn.receive(crate::proto::Expect::Delete) {
+                Ok(Reply::Deleted | Reply::NotFound) => {}
+                Ok(other) => return Err(format!("a replayed delete was answered {other:?}")),
+                Err(e) => return Err(format!("replaying deletes: {}", conn.explain(&e))),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`prepare_load`] found: the servers it flushed, and those it could not.

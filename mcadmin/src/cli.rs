@@ -162,8 +162,8 @@ pub enum Command {
     /// Bring servers back (a down one is flushed first).
     ///
     /// A down server is flushed (flush_all) first and marked up only if that succeeds, so it can
-    /// serve nothing stale (rejoin policy flush/warm; trust skips the flush). A draining server
-    /// stops draining.
+    /// serve nothing stale (rejoin policy flush/warm; trust skips the flush; replay deletes only
+    /// the keys it missed). A draining server stops draining.
     Up {
         #[arg(required = true, value_name = "ADDR", value_parser = address)]
         servers: Vec<Address>,
@@ -470,7 +470,9 @@ pub struct PolicyArgs {
     pub failure_limit: Option<u8>,
     /// How a down server comes back: flush (flush_all, then up), warm (flush, then fill
     /// misses from the interim owner for the warm window), trust (no flush: unsafe for data
-    /// that changes while it is away)
+    /// that changes while it is away), replay (delete only the keys written while it was away,
+    /// from the host's invalidation log, then up: it keeps its cache; flushed when the log
+    /// cannot say)
     #[arg(long, value_name = "POLICY", value_parser = checked::<Rejoin>)]
     pub rejoin: Option<Rejoin>,
     /// Servers each write goes to, along the ring (reads fall back along the same servers)

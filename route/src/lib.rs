@@ -18,6 +18,7 @@
 //! side (libmcshm's protocol, connections and client; mcproxy).
 
 mod failures;
+mod missed;
 mod plan;
 mod report;
 mod router;

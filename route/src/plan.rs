@@ -217,6 +217,15 @@ impl Router {
     /// only). With no replica up, the error to answer (the owner gets its retry probe).
     pub fn plan_write(&mut self, key: &[u8], only_first: bool, now_ms: u64) -> Result<WritePlan> {
         let chain = self.chain(key, now_ms)?;
+        if self.missed.is_open() {
+            let missed = self.missed_by(key, &chain);
+            if !missed.is_empty() {
+                let snapshot = self.snapshot().clone();
+                let ids: Vec<u32> = missed.iter().map(|&i| snapshot.servers[i].id).collect();
+                self.missed
+                    .record(snapshot.policy.prefix.as_bytes(), key, &ids);
+            }
+        }
         let targets = self.write_targets(&chain, only_first)?;
         let invalidate = self.invalidations(key, chain.len());
         Ok(WritePlan {

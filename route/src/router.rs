@@ -55,6 +55,9 @@ struct Routing {
     /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
     /// write deletes its key there (see [`mcshm_table::coherence`]).
     strays: Vec<usize>,
+    /// Under the `replay` rejoin policy and `rehash`, with servers down: the placement that
+    /// still includes them (whose replicas a write misses).
+    with_down: Option<Locator>,
 }
 
 /// A retry probe the router found due (its lease is taken): run it with
@@ -101,6 +104,9 @@ pub struct Router {
     client_slot: Option<usize>,
     probes: Vec<RetryProbe>,
     ring_builds: AtomicU64,
+    /// Under the `replay` rejoin policy: the domain's invalidation log, where a write records
+    /// its key for each down server that should have had it (see [`crate::missed`]).
+    pub(crate) missed: crate::missed::MissedLog,
 }
 
 impl Router {
@@ -180,6 +186,7 @@ impl Router {
             client_slot: None,
             probes: Vec::new(),
             ring_builds: AtomicU64::new(0),
+            missed: crate::missed::MissedLog::default(),
         }
     }
 
@@ -292,6 +299,19 @@ impl Router {
                 .collect();
             Locator::build(distribution, &members(servers, &all))
         });
+        let replaying = snapshot.policy.rejoin == mcshm_table::table::Rejoin::Replay;
+        let with_down = (replaying
+            && snapshot.policy.failover == Failover::Rehash
+            && servers.iter().any(|s| s.state == State::Down))
+        .then(|| {
+            let all: Vec<usize> = (0..servers.len())
+                .filter(|i| servers[*i].state != State::Draining)
+                .collect();
+            Locator::build(distribution, &members(servers, &all))
+        });
+        if replaying && let Source::Registry(registry) = &self.source {
+            self.missed.open(registry);
+        }
         self.routing = Some(Routing {
             snapshot,
             local_epoch: self.local_epoch,
@@ -301,6 +321,7 @@ impl Router {
             probeable,
             draining,
             strays,
+            with_down,
         });
         self.periodic();
         Ok(())
@@ -498,6 +519,21 @@ impl Router {
             stale.push(i);
         }
         stale
+    }
+
+    /// The servers that should have had a write of `key` routed on `chain` and will not
+    /// because they are down (under `none` its down replicas, under `rehash` the down ones
+    /// of the placement that still includes them): what the `replay` policy logs.
+    pub(crate) fn missed_by(&self, key: &[u8], chain: &[usize]) -> Vec<usize> {
+        let servers = &self.routing().snapshot.servers;
+        let natural = match &self.routing().with_down {
+            Some(locator) => locator.along(key, chain.len().max(1)),
+            None => chain.to_vec(),
+        };
+        natural
+            .into_iter()
+            .filter(|&i| servers[i].state == State::Down)
+            .collect()
     }
 
     /// The draining server that owned `key` before the drain, if any.

@@ -298,3 +298,54 @@ fn a_router_follows_table_changes_read_as_deltas_for_its_probes_and_drains() {
     assert!(keys.iter().all(|k| router.draining_owner(k).is_none()));
     assert_eq!(probed(&mut router), [ids[3]]);
 }
+
+/// Under the `replay` policy a write records its key for each down server that should have
+/// had it: its down replica under `none`, the down server of the placement that still has it
+/// under `rehash` (the write itself goes to the interim owner); nothing for a key whose
+/// servers are up, and nothing under another policy.
+#[test]
+fn a_write_records_its_key_for_the_down_servers_that_miss_it() {
+    use mcshm_table::registry::Invalidations;
+    use mcshm_table::table::{Failover, Rejoin};
+    for failover in [Failover::None, Failover::Rehash] {
+        let dir = Dir::new("missed");
+        let domain = Domain::new("missed").unwrap();
+        let mut writer = Registry::open_writer(&dir.0, &domain, true).unwrap();
+        writer
+            .transact(|t| {
+                for n in 0..3 {
+                    t.servers.push(Server::new(
+                        Address::parse(&format!("10.0.0.{}:11211", n + 1)).unwrap(),
+                    ));
+                }
+                t.policy.rejoin = Rejoin::Replay;
+                t.policy.failover = failover;
+                Ok(())
+            })
+            .unwrap();
+        let mut router = Router::for_domain(&dir.0, &domain).unwrap();
+        let now = mcshm_table::clock::now_ms();
+        // A key of server 1, and a key of server 0, before server 1 goes down.
+        let keys: Vec<Vec<u8>> = (0..200).map(|n| format!("k{n}").into_bytes()).collect();
+        let of = |router: &mut Router, i: usize| {
+            keys.iter()
+                .find(|k| router.owner(k, now).unwrap() == i)
+                .unwrap()
+                .clone()
+        };
+        let (on_1, on_0) = (of(&mut router, 1), of(&mut router, 0));
+        change(&mut writer, &[(1, Down, 0)]);
+        let id_1 = writer.current_snapshot().unwrap().servers[1].id;
+        let _ = router.plan_write(&on_1, false, now);
+        let _ = router.plan_write(&on_0, false, now);
+        let log = Invalidations::open(&dir.0, &domain)
+            .unwrap()
+            .expect("created");
+        let logged = log.read(id_1);
+        assert_eq!(
+            logged.keys,
+            Some(vec![on_1.clone()]),
+            "{failover:?}: the key server 1 missed, and only it"
+        );
+    }
+}

@@ -313,6 +313,10 @@ pub enum Rejoin {
     Warm,
     /// Mark it up as it is. Unsafe for data that changes while a server is away.
     Trust,
+    /// Delete the keys it missed while away (the host's invalidation log: every write that
+    /// should have reached it and did not), then mark it up; flush instead when the log
+    /// cannot say (it overflowed, or it began after the server went down).
+    Replay,
 }
 
 impl Rejoin {
@@ -321,6 +325,7 @@ impl Rejoin {
             Rejoin::Flush => "flush",
             Rejoin::Warm => "warm",
             Rejoin::Trust => "trust",
+            Rejoin::Replay => "replay",
         }
     }
 
@@ -329,6 +334,7 @@ impl Rejoin {
             Rejoin::Flush => 0,
             Rejoin::Warm => 1,
             Rejoin::Trust => 2,
+            Rejoin::Replay => 3,
         }
     }
 
@@ -337,6 +343,7 @@ impl Rejoin {
             0 => Some(Rejoin::Flush),
             1 => Some(Rejoin::Warm),
             2 => Some(Rejoin::Trust),
+            3 => Some(Rejoin::Replay),
             _ => None,
         }
     }
@@ -349,10 +356,11 @@ impl std::str::FromStr for Rejoin {
             "flush" => Ok(Rejoin::Flush),
             "warm" => Ok(Rejoin::Warm),
             "trust" => Ok(Rejoin::Trust),
+            "replay" => Ok(Rejoin::Replay),
             _ => Err(Error::invalid(
                 "rejoin policy",
                 s,
-                "expected 'flush', 'warm' or 'trust'",
+                "expected 'flush', 'warm', 'trust' or 'replay'",
             )),
         }
     }

@@ -34,6 +34,7 @@ mod proxy;
 mod proxy_binary;
 mod proxy_clients;
 mod readme;
+mod replay;
 mod shared_ring;
 mod tls;
 mod truncation;

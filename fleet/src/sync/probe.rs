@@ -129,6 +129,7 @@ fn probe_result(result: mcshm_table::Result<lifecycle::Rejoined>) -> String {
     match result {
         Ok(lifecycle::Rejoined::Up { flushed: true }) => "up (flushed)".to_string(),
         Ok(lifecycle::Rejoined::Up { flushed: false }) => "up (not flushed)".to_string(),
+        Ok(lifecycle::Rejoined::Replayed { keys }) => format!("up ({keys} missed keys deleted)"),
         Ok(lifecycle::Rejoined::NotDown | lifecycle::Rejoined::DrainCancelled) => {
             "not down any more, or held down by an operator".to_string()
         }

@@ -133,6 +133,7 @@ const PAGE: u64 = 4096;
 const HEADER_LEN: usize = 256;
 const HEADER_CRC_OFFSET: usize = 112;
 const SECTION_RECORD_LEN: usize = 32;
+const CREATED_WORD: usize = 40 / 8;
 const CLAIM_LOCK_WORD: usize = 120 / 8;
 const UNLOGGED_WORD: usize = 128 / 8;
 /// Words of the longest record: the commit word and 250 bytes of key.
@@ -421,6 +422,14 @@ impl Invalidations {
             path,
             source: std::io::Error::other("the file was removed as soon as it was created"),
         })
+    }
+
+    /// When the log was created (ms since the Unix epoch, from its header): it says what a
+    /// server missed only if the server went down after that.
+    pub fn created_ms(&self) -> u64 {
+        self.map
+            .load(CREATED_WORD, Ordering::Acquire)
+            .unwrap_or(u64::MAX)
     }
 
     /// Opens the domain's log read-only (for `read` and `stats`); `None` when it has none.

@@ -1,0 +1,214 @@
+//! The `replay` rejoin policy (issue 31): a server that blipped keeps its cache. Real
+//! memcached servers, a real freeze (SIGSTOP) long enough to mark the server down, writes and
+//! deletes during the pause, and the retry probe bringing it back: the keys nobody touched are
+//! still served, every key written or deleted during the pause reads its newest value or a
+//! miss.
+
+use std::time::{Duration, Instant};
+
+use crate::common::memcached::Memcached;
+use crate::common::proxy::Proxy;
+use crate::common::{Reg, wait_until};
+
+/// Who writes during the pause.
+#[derive(Clone, Copy, Debug)]
+enum Writer {
+    Library,
+    Mclient,
+    Mcproxy,
+}
+use libmcshm::{Client, Domain, State, Timeouts};
+
+const KEYS: usize = 20_000;
+
+fn state_of(reg: &Reg, address: &str) -> String {
+    let list = reg.list_json("app");
+    list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == address)
+        .map(|s| s["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// The blip under `failover`: 20 000 keys, the server of half of them frozen for 3 s while a
+/// client reads (two timeouts mark it down), 300 of its keys written and 100 deleted during
+/// the pause, then the retry probe brings it back.
+fn blip(failover: &str, writer: Writer) {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok(
+        "app",
+        &["add", &a.address(), &b.address(), "--retry-interval", "1"],
+    );
+    reg.ok(
+        "app",
+        &["policy", "--rejoin", "replay", "--failover", failover],
+    );
+    let domain = Domain::new("app").unwrap();
+    let timeouts = Timeouts {
+        connect: Duration::from_millis(300),
+        io: Duration::from_millis(300),
+    };
+    let mut client = Client::for_domain(reg.dir(), &domain, timeouts).unwrap();
+    let keys: Vec<String> = (0..KEYS).map(|n| format!("blip:{n}")).collect();
+    for key in &keys {
+        client.set(key.as_bytes(), b"original", 0, 0).unwrap();
+    }
+    let on_b: Vec<&String> = keys
+        .iter()
+        .filter(|k| client.server_for(k.as_bytes()).unwrap().to_string() == b.address())
+        .collect();
+    assert!(on_b.len() > KEYS / 4, "b holds a share");
+
+    // The pause: reads until b is marked down, then the writes and deletes of the pause.
+    b.freeze();
+    let down = wait_until(Duration::from_secs(10), || {
+        let _ = client.get(on_b[0].as_bytes());
+        state_of(&reg, &b.address()) == "down"
+    });
+    assert!(down, "two timeouts mark b down");
+    let (written, deleted) = (&on_b[..300], &on_b[300..400]);
+    match writer {
+        Writer::Library => {
+            for key in written {
+                let _ = client.set(key.as_bytes(), b"newer", 0, 0);
+            }
+            for key in deleted {
+                let _ = client.delete(key.as_bytes());
+            }
+        }
+        Writer::Mclient => {
+            let mclient = |args: &[&str]| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_mclient"))
+                    .arg("--dir")
+                    .arg(reg.dir())
+                    .args(["--domain", "app", "--timeout", "0.3"])
+                    .args(args)
+                    .output()
+                    .expect("run mclient")
+            };
+            for key in written {
+                mclient(&["set", key, "newer"]);
+            }
+            for key in deleted {
+                mclient(&["delete", key]);
+            }
+        }
+        Writer::Mcproxy => {
+            let proxy = Proxy::start(&reg, "app", &["--timeout", "300"]);
+            let mut w = proxy.connect();
+            for key in written {
+                w.ask(&format!("set {key} 0 0 5\r\nnewer\r\n"));
+            }
+            for key in deleted {
+                w.ask(&format!("delete {key}\r\n"));
+            }
+        }
+    }
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_secs(3) {
+        let _ = client.get(on_b[1].as_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.signal(libc::SIGCONT);
+
+    // The retry probe (interval 1 s) brings it back, through the replay.
+    let back = wait_until(Duration::from_secs(15), || {
+        let _ = client.get(on_b[0].as_bytes());
+        state_of(&reg, &b.address()) == "up"
+    });
+    assert!(back, "the retry probe brings b back");
+    let list = reg.list_json("app");
+    let reason = list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == b.address())
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("keys it missed"),
+        "replayed, not flushed: {reason}"
+    );
+
+    // Untouched keys of b: still there.
+    let untouched = &on_b[400..];
+    let hits = untouched
+        .iter()
+        .filter(|k| b.raw_get(k).as_deref() == Some("original"))
+        .count();
+    assert!(
+        hits * 100 >= untouched.len() * 99,
+        "{hits} of {} untouched keys kept on b",
+        untouched.len()
+    );
+    // Touched keys: the newest value or a miss, through the client (which routes to b again).
+    for key in written {
+        let value = client.get(key.as_bytes()).unwrap().map(|i| i.value);
+        assert!(
+            value.is_none() || value.as_deref() == Some(b"newer".as_slice()),
+            "{key}: {value:?} after it was written during the pause"
+        );
+    }
+    for key in deleted {
+        let value = client.get(key.as_bytes()).unwrap();
+        assert!(value.is_none(), "{key} was deleted during the pause");
+    }
+    assert_eq!(
+        client
+            .snapshot()
+            .unwrap()
+            .servers
+            .iter()
+            .filter(|s| s.state == State::Up)
+            .count(),
+        2
+    );
+    eprintln!(
+        "{failover}, writes through {writer:?}: {hits} of {} untouched keys of the paused \
+         server kept; {reason}",
+        untouched.len()
+    );
+}
+
+#[test]
+fn a_blip_under_rehash_costs_no_cache_and_serves_nothing_stale() {
+    blip("rehash", Writer::Library);
+}
+
+#[test]
+fn a_blip_under_none_costs_no_cache_and_serves_nothing_stale() {
+    blip("none", Writer::Library);
+}
+
+#[test]
+fn writes_through_mclient_during_a_blip_are_replayed() {
+    blip("rehash", Writer::Mclient);
+}
+
+#[test]
+fn writes_through_mcproxy_during_a_blip_are_replayed() {
+    blip("none", Writer::Mcproxy);
+}
+
+/// A log that began after the server went down cannot say what it missed: the server is
+/// flushed, as under `flush`.
+#[test]
+fn a_server_down_before_the_log_began_is_flushed() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address(), &b.address()]);
+    b.raw_set("kept", "old");
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    reg.ok("app", &["policy", "--rejoin", "replay"]);
+    reg.ok("app", &["up", &b.address()]);
+    assert_eq!(state_of(&reg, &b.address()), "up");
+    assert_eq!(b.raw_get("kept"), None, "flushed");
+    let list = reg.list_json("app");
+    let reason = list["servers"][1]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("flush_all"), "{reason}");
+}
