@@ -349,6 +349,14 @@ pub fn rejoin_in<S: RejoinTable>(
         Rejoin::Replay => store.missed(),
         _ => None,
     };
+    if let Some(log) = &log {
+        // The logs of servers deleted since go with them.
+        for id in log.servers() {
+            if !table.servers.iter().any(|s| s.id == id) {
+                let _ = log.forget(id);
+            }
+        }
+    }
     // Each server to contact: replayed when the log vouches for what it missed, else flushed.
     let mut replayed: Vec<(u32, &Address, Logged)> = Vec::new();
     let contacting: Vec<&Server> = decided

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use libmcshm::clock::now_ms;
 use libmcshm::clock::utc;
 use libmcshm::domain::FILE_SUFFIX;
+use libmcshm::registry::LogStats;
 use libmcshm::table::Policy;
 use libmcshm::{Domain, Registry, Server, Snapshot, State};
 use serde_json::{Value, json};
@@ -65,6 +66,50 @@ pub fn server_json(server: &Server) -> Value {
         "down_by": down_by(server),
         "strays_since": server.strays_since,
     })
+}
+
+/// What each down server missed, from the domain's invalidation log (rejoin `replay`): per
+/// server position, `None` when the server is up or the domain has no log.
+pub fn missed(dir: &Path, domain: &Domain, snapshot: &Snapshot) -> Vec<Option<LogStats>> {
+    let log = libmcshm::registry::Invalidations::open(dir, domain)
+        .ok()
+        .flatten();
+    snapshot
+        .servers
+        .iter()
+        .map(|s| {
+            let log = log.as_ref().filter(|_| s.state == State::Down)?;
+            Some(log.stats(s.id))
+        })
+        .collect()
+}
+
+/// `"missed_keys"` and `"missed_overflowed"` on each down server of a `list --json`, when the
+/// domain keeps a log.
+pub fn add_missed_json(list: &mut Value, missed: &[Option<LogStats>]) {
+    let Some(servers) = list["servers"].as_array_mut() else {
+        return;
+    };
+    for (server, stats) in servers.iter_mut().zip(missed) {
+        if let Some(stats) = stats {
+            server["missed_keys"] = json!(stats.keys);
+            server["missed_overflowed"] = json!(stats.overflowed);
+        }
+    }
+}
+
+/// The lines under `list` that say what each down server missed and what its rejoin will do.
+pub fn missed_text(snapshot: &Snapshot, missed: &[Option<LogStats>]) -> String {
+    let mut out = String::new();
+    for (server, stats) in snapshot.servers.iter().zip(missed) {
+        let Some(stats) = stats else { continue };
+        let then = match stats.overflowed {
+            true => "its log overflowed: it will be flushed when it comes back",
+            false => "deleted on it when it comes back",
+        };
+        out += &format!("{} missed {} writes: {then}\n", server.address, stats.keys);
+    }
+    out
 }
 
 /// Who holds a down server down: "operator" (until `mcadmin up`) or "failures" (retried

@@ -212,3 +212,87 @@ fn a_server_down_before_the_log_began_is_flushed() {
     let reason = list["servers"][1]["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("flush_all"), "{reason}");
 }
+
+/// A log that overflowed no longer says what the server missed: `list` says so, and the
+/// server is flushed when it comes back.
+#[test]
+fn a_server_whose_log_overflowed_is_flushed() {
+    use libmcshm::registry::{Invalidations, LogCapacity};
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address(), &b.address()]);
+    reg.ok(
+        "app",
+        &["policy", "--rejoin", "replay", "--failover", "rehash"],
+    );
+    let domain = Domain::new("app").unwrap();
+    // A small log (one page per server: about 200 keys), made before anything else opens it.
+    let small = LogCapacity {
+        sections: 4,
+        section_bytes: 4096,
+    };
+    Invalidations::open_or_create(reg.dir(), &domain, small).unwrap();
+    b.raw_set("kept", "old");
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
+    for n in 0..2000 {
+        client.set(format!("k{n}").as_bytes(), b"v", 0, 0).unwrap();
+    }
+    let list = reg.list_json("app");
+    assert_eq!(list["servers"][1]["missed_overflowed"], true, "{list}");
+    let text = reg.ok("app", &["list"]);
+    assert!(text.contains("its log overflowed"), "{text}");
+    reg.ok("app", &["up", &b.address()]);
+    assert_eq!(b.raw_get("kept"), None, "flushed");
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("flush_all"), "{reason}");
+}
+
+/// `list` shows what a down server missed under `replay`, and `up` deletes exactly that.
+#[test]
+fn list_shows_what_a_down_server_missed_and_up_replays_it() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address(), &b.address()]);
+    reg.ok(
+        "app",
+        &["policy", "--rejoin", "replay", "--failover", "rehash"],
+    );
+    let domain = Domain::new("app").unwrap();
+    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
+    let keys: Vec<String> = (0..200).map(|n| format!("k{n}")).collect();
+    for key in &keys {
+        client.set(key.as_bytes(), b"old", 0, 0).unwrap();
+    }
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    for key in &on_b[..10] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    let list = reg.list_json("app");
+    assert_eq!(list["servers"][1]["missed_keys"], 10, "{list}");
+    let text = reg.ok("app", &["list"]);
+    assert!(text.contains("missed 10 writes"), "{text}");
+    reg.ok("app", &["up", &b.address()]);
+    for key in &on_b[..10] {
+        assert_eq!(b.raw_get(key), None, "{key} missed: deleted");
+    }
+    for key in &on_b[10..] {
+        assert_eq!(b.raw_get(key).as_deref(), Some("old"), "{key} kept");
+    }
+    let after = reg.list_json("app");
+    assert!(
+        after["servers"][1]["missed_keys"].is_null(),
+        "up: no log shown"
+    );
+    assert!(
+        after["servers"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleting the 10 keys it missed"),
+        "{after}"
+    );
+}

@@ -20,19 +20,27 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
     let reading = ctx.store.read()?;
     let (snapshot, failures) = (&reading.snapshot, &reading.failures);
     match &reading.origin {
-        Origin::Local(link) => print(
-            ctx,
-            || {
-                let mut v = show::snapshot_json(snapshot, failures);
-                v["fleet"] = show::agent_json(snapshot, link);
-                v
-            },
-            || {
-                let table = show::snapshot_table(snapshot, failures);
-                let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
-                format!("{first}\n{}{rest}", show::agent_text(snapshot, link))
-            },
-        )?,
+        Origin::Local(link) => {
+            let missed = show::missed(&ctx.local.dir, &ctx.local.domain, snapshot);
+            print(
+                ctx,
+                || {
+                    let mut v = show::snapshot_json(snapshot, failures);
+                    v["fleet"] = show::agent_json(snapshot, link);
+                    show::add_missed_json(&mut v, &missed);
+                    v
+                },
+                || {
+                    let table = show::snapshot_table(snapshot, failures);
+                    let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
+                    format!(
+                        "{first}\n{}{rest}{}",
+                        show::agent_text(snapshot, link),
+                        show::missed_text(snapshot, &missed)
+                    )
+                },
+            )?
+        }
         Origin::Fleet { revision, changed } => print(
             ctx,
             || {
