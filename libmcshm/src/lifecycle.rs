@@ -236,9 +236,10 @@ pub trait RejoinTable {
     /// How `server` of this table is named across transactions.
     fn name(&self, server: &Server) -> Named;
     /// The domain's invalidation log (what its down servers missed), if this table has one
-    /// this process can vouch for: the fleet's table has none (its hosts each keep their own),
-    /// so a rejoin through it flushes.
-    fn missed(&self) -> Option<Invalidations> {
+    /// this process can vouch for: the fleet's table has none, nor a host's table the fleet
+    /// mirrors (every host keeps its own log of what its clients wrote), so a rejoin there
+    /// flushes.
+    fn missed(&mut self) -> Option<Invalidations> {
         None
     }
 }
@@ -271,7 +272,11 @@ impl RejoinTable for Registry {
         Named::Id(server.id)
     }
 
-    fn missed(&self) -> Option<Invalidations> {
+    fn missed(&mut self) -> Option<Invalidations> {
+        // A table the fleet agent mirrors: other hosts wrote too, and their logs are theirs.
+        if self.current_snapshot().ok()?.fleet_revision != 0 {
+            return None;
+        }
         let dir = self.path().parent().unwrap_or(Path::new("."));
         Invalidations::open_or_create(dir, Registry::domain(self), LogCapacity::default()).ok()
     }

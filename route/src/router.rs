@@ -493,6 +493,15 @@ impl Router {
     /// the key's replicas (see [`mcshm_table::coherence`]); under rehash the next server along the
     /// ring, where the key goes if a replica fails; a draining server that owned it.
     pub(crate) fn invalidations(&self, key: &[u8], replicas: usize) -> Vec<usize> {
+        self.invalidation_targets(key, replicas)
+            .into_iter()
+            .filter(|&i| !self.is_down(i))
+            .collect()
+    }
+
+    /// Where a write of `key` deletes stale copies, down servers included (a down one misses
+    /// the delete: the `replay` policy logs it for its return, see [`Router::missed_by`]).
+    fn invalidation_targets(&self, key: &[u8], replicas: usize) -> Vec<usize> {
         let routing = self.routing();
         let rehash = routing.snapshot.policy.failover == Failover::Rehash;
         let walk = replicas + usize::from(rehash);
@@ -502,14 +511,11 @@ impl Router {
         };
         let chain = &along[..replicas.min(along.len())];
         let mut stale = Vec::new();
-        if rehash
-            && let Some(next) = along.get(replicas).copied()
-            && !self.is_down(next)
-        {
+        if rehash && let Some(next) = along.get(replicas).copied() {
             stale.push(next);
         }
         for &i in &routing.strays {
-            if !chain.contains(&i) && !stale.contains(&i) && !self.is_down(i) {
+            if !chain.contains(&i) && !stale.contains(&i) {
                 stale.push(i);
             }
         }
@@ -521,15 +527,21 @@ impl Router {
         stale
     }
 
-    /// The servers that should have had a write of `key` routed on `chain` and will not
-    /// because they are down (under `none` its down replicas, under `rehash` the down ones
-    /// of the placement that still includes them): what the `replay` policy logs.
+    /// The servers that should have had a write of `key` routed on `chain` (or the delete of
+    /// a stale copy it makes) and will not because they are down: under `none` its down
+    /// replicas, under `rehash` the down ones of the placement that still includes them, and
+    /// the down servers among its invalidations. What the `replay` policy logs.
     pub(crate) fn missed_by(&self, key: &[u8], chain: &[usize]) -> Vec<usize> {
         let servers = &self.routing().snapshot.servers;
-        let natural = match &self.routing().with_down {
+        let mut natural = match &self.routing().with_down {
             Some(locator) => locator.along(key, chain.len().max(1)),
             None => chain.to_vec(),
         };
+        for i in self.invalidation_targets(key, chain.len().max(1)) {
+            if !natural.contains(&i) {
+                natural.push(i);
+            }
+        }
         natural
             .into_iter()
             .filter(|&i| servers[i].state == State::Down)

@@ -171,6 +171,11 @@ impl Memcached {
         }
     }
 
+    /// The process id (to signal it from another thread).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     /// SIGSTOP, and waits (bounded) until the kernel shows every thread stopped, so that no
     /// request sent after this returns is answered before a SIGCONT.
     pub fn freeze(&self) {
