@@ -58,6 +58,8 @@ struct Routing {
     /// Under the `replay` rejoin policy and `rehash`, with servers down: the placement that
     /// still includes them (whose replicas a write misses).
     with_down: Option<Locator>,
+    /// Down servers (a write's key is logged for them under `replay`; none: nothing to log).
+    down: Vec<usize>,
 }
 
 /// A retry probe the router found due (its lease is taken): run it with
@@ -246,10 +248,15 @@ impl Router {
         }
         // Let go of the old version first: the registry then updates the snapshot in place
         // (a change of a few servers of 10 000 costs what those few cost).
-        let old = self
-            .routing
-            .take()
-            .map(|r| (r.snapshot.version, r.probeable, r.draining, r.strays));
+        let old = self.routing.take().map(|r| {
+            (
+                r.snapshot.version,
+                r.probeable,
+                r.draining,
+                r.strays,
+                r.down,
+            )
+        });
         let (snapshot, shared, delta) = match &mut self.source {
             Source::Registry(registry) => {
                 let (snapshot, ring) = registry.snapshot_and_ring()?;
@@ -284,8 +291,8 @@ impl Router {
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
         let changed = delta.filter(|d| old.as_ref().is_some_and(|o| o.0 == d.base));
-        let (old_probeable, old_draining, old_strays) =
-            old.map(|o| (o.1, o.2, o.3)).unwrap_or_default();
+        let (old_probeable, old_draining, old_strays, old_down) =
+            old.map(|o| (o.1, o.2, o.3, o.4)).unwrap_or_default();
         let probeable = positions(servers, changed, old_probeable, |s| {
             s.retry_interval_ms().is_some()
         });
@@ -293,6 +300,7 @@ impl Router {
             s.state == State::Draining
         });
         let strays = positions(servers, changed, old_strays, |s| s.strays_since != 0);
+        let down = positions(servers, changed, old_down, |s| s.state == State::Down);
         let before_drain = (!draining.is_empty()).then(|| {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
@@ -302,7 +310,7 @@ impl Router {
         let replaying = snapshot.policy.rejoin == mcshm_table::table::Rejoin::Replay;
         let with_down = (replaying
             && snapshot.policy.failover == Failover::Rehash
-            && servers.iter().any(|s| s.state == State::Down))
+            && !down.is_empty())
         .then(|| {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|i| servers[*i].state != State::Draining)
@@ -322,6 +330,7 @@ impl Router {
             draining,
             strays,
             with_down,
+            down,
         });
         self.periodic();
         Ok(())
@@ -532,6 +541,9 @@ impl Router {
     /// replicas, under `rehash` the down ones of the placement that still includes them, and
     /// the down servers among its invalidations. What the `replay` policy logs.
     pub(crate) fn missed_by(&self, key: &[u8], chain: &[usize]) -> Vec<usize> {
+        if self.routing().down.is_empty() {
+            return Vec::new(); // the common case: one load, no ring walk
+        }
         let servers = &self.routing().snapshot.servers;
         let mut natural = match &self.routing().with_down {
             Some(locator) => locator.along(key, chain.len().max(1)),
