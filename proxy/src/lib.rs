@@ -28,6 +28,7 @@ pub mod command;
 pub mod failure;
 pub mod jobs;
 pub mod log;
+mod peers;
 mod reply_order;
 pub mod service;
 pub mod session;

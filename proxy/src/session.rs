@@ -107,6 +107,9 @@ pub struct Session {
     pub broken: bool,
     /// What the connection has had logged (one line per kind).
     said: Said,
+    /// The client's address (TCP; `None` on a unix socket): who holds the connections, when
+    /// one is refused.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Session {
@@ -139,6 +142,7 @@ impl Session {
             queued: false,
             broken: false,
             said: Said::default(),
+            peer: None,
         }
     }
 

@@ -88,6 +88,8 @@ struct Worker {
     accept_again: Option<Instant>,
     /// Clients held back by a limit, to read again once under it.
     stalled: Vec<usize>,
+    /// When a refused connection's log line last said who holds the connections.
+    holders_told: Option<Instant>,
 }
 
 /// Runs a worker until the stop flag is raised and its clients are answered (or the
@@ -137,6 +139,7 @@ pub fn run(setup: Setup) {
         next_sweep: None,
         accept_again: None,
         stalled: Vec::new(),
+        holders_told: None,
     };
     for (n, (listener, _)) in worker.listeners.iter_mut().enumerate() {
         let registered = match listener {
@@ -363,15 +366,15 @@ impl Worker {
         loop {
             let (listener, domain) = &self.listeners[n];
             let accepted = match listener {
-                Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                Listener::Tcp(l) => l.accept().map(|(s, peer)| {
                     let _ = s.set_nodelay(true);
-                    Stream::Tcp(s)
+                    (Stream::Tcp(s), Some(peer))
                 }),
-                Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
             };
             let domain = *domain;
-            let mut stream = match accepted {
-                Ok(stream) => stream,
+            let (mut stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -390,10 +393,12 @@ impl Worker {
             {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                let held = self.who_holds();
                 Said::default().log(
                     Kind::ConnectionRefused,
                     format_args!(
-                        "a connection refused: all {} connections (--max-connections) are busy",
+                        "a connection refused: all {} connections (--max-connections) are \
+                         busy{held}",
                         self.max_connections
                     ),
                 );
@@ -417,18 +422,29 @@ impl Worker {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
-            entry.insert(Session::new(
-                stream,
-                key,
-                self.generation,
-                service,
-                lane,
-                &self.settings,
-            ));
+            let mut session =
+                Session::new(stream, key, self.generation, service, lane, &self.settings);
+            session.peer = peer;
+            entry.insert(session);
             if self.settings.idle_timeout.is_some() && self.next_sweep.is_none() {
                 self.next_sweep = Some(Instant::now() + SWEEP_IDLE);
             }
         }
+    }
+
+    /// Who holds this worker's connections (" (held by uid 1000: 4096)"), at most once a
+    /// second (it reads the kernel's socket tables); empty in between.
+    fn who_holds(&mut self) -> String {
+        let now = Instant::now();
+        if self
+            .holders_told
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return String::new();
+        }
+        self.holders_told = Some(now);
+        let peers: Vec<_> = self.clients.iter().map(|(_, s)| s.peer).collect();
+        format!(" (held by {})", crate::peers::holders(&peers))
     }
 
     /// At --max-connections: closes this worker's connection idle longest, to admit a new

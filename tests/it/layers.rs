@@ -25,7 +25,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
     (
         "route/src",
         &[
-            &["report"],
+            &["report", "missed"],
             &["router"],
             &["failures", "plan"],
             &["sequence"],

@@ -430,6 +430,22 @@ fn bad_input_gets_memcached_answers_and_bounded_memory() {
     let stats = more[0].ask("stats\r\n");
     assert!(stats.contains("STAT rejected_connections 1\r\n"), "{stats}");
     assert!(stats.contains("STAT evicted_connections 1\r\n"), "{stats}");
+    // The log says who holds them: the user of each local peer (this test's).
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let mut log = Vec::new();
+    let told = wait_until(Duration::from_secs(5), || {
+        log.extend(proxy.log.try_iter());
+        log.iter().any(|l| l.contains("a connection refused"))
+    });
+    assert!(told, "{log:?}");
+    let refused = log
+        .iter()
+        .find(|l| l.contains("a connection refused"))
+        .unwrap();
+    assert!(
+        refused.contains(&format!("held by uid {}: 3", uid.unwrap())),
+        "{refused}"
+    );
 }
 
 #[test]
