@@ -276,7 +276,14 @@ fn list_shows_what_a_down_server_missed_and_up_replays_it() {
     assert_eq!(list["servers"][1]["missed_keys"], 10, "{list}");
     let text = reg.ok("app", &["list"]);
     assert!(text.contains("missed 10 writes"), "{text}");
-    reg.ok("app", &["up", &b.address()]);
+    let up = reg.run("app", &["up", &b.address()]);
+    assert_eq!(up.code(), 0, "{}", up.stderr());
+    assert!(
+        up.stderr()
+            .contains("rejoined after deleting the 10 keys it missed"),
+        "up says how it came back: {}",
+        up.stderr()
+    );
     for key in &on_b[..10] {
         assert_eq!(b.raw_get(key), None, "{key} missed: deleted");
     }

@@ -75,7 +75,18 @@ pub fn set(
 
 /// `up`: see [`libmcshm::lifecycle::bring_up`].
 pub fn up(ctx: &Invocation, addresses: &[Address], no_flush: bool) -> Result<Exit> {
-    report(ctx, ctx.store.bring_up(addresses, no_flush)?)
+    let exit = report(ctx, ctx.store.bring_up(addresses, no_flush)?)?;
+    if !ctx.json {
+        // How each came back: flushed, or (rejoin replay) the keys it missed deleted.
+        let reading = ctx.store.read()?;
+        for server in &reading.snapshot.servers {
+            if addresses.iter().any(|a| server.address.same_server(a)) && !server.reason.is_empty()
+            {
+                eprintln!("mcadmin: {} {}", server.address, server.reason);
+            }
+        }
+    }
+    Ok(exit)
 }
 
 /// `down`: an operator's down, held until an operator's `up` (no retry probe, `watch` or fleet
