@@ -1051,15 +1051,16 @@ fn randomized_fleet_histories_serve_no_stale_read() {
 
 /// The checker under the `replay` rejoin policy on one host: servers marked down by failures,
 /// frozen (long and short), killed and restarted empty, an operator's down and up, come back
-/// with the keys they missed deleted instead of a flush. 2 seeds of 3 000 operations in the
-/// suite (MCSHM_COHERENCE_SEEDS=N for more, MCSHM_COHERENCE_SEED=S for one).
+/// with the keys they missed deleted instead of a flush. One seed of 3 000 operations in the
+/// suite, to keep it short (MCSHM_COHERENCE_SEEDS=N for more: 6 passed when it landed;
+/// MCSHM_COHERENCE_SEED=S for one).
 #[test]
 fn randomized_histories_under_replay_serve_no_stale_read() {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let ops = env("MCSHM_COHERENCE_OPS").map_or(OPS, |n| n as usize);
     let seeds: Vec<u64> = match env("MCSHM_COHERENCE_SEED") {
         Some(seed) => vec![seed],
-        None => (101..=100 + env("MCSHM_COHERENCE_SEEDS").unwrap_or(2)).collect(),
+        None => (101..=100 + env("MCSHM_COHERENCE_SEEDS").unwrap_or(1)).collect(),
     };
     for seed in seeds {
         let (done, reads, changes) = check(seed, ops, false, "replay");

@@ -7,12 +7,14 @@
 //! it (`read 1540 after set 1541 was acknowledged`). No read may return a number older than
 //! the last acknowledged set.
 //!
-//! Front ends: the library (the C API and mclient are built on it), mclient (a process per
-//! command: a process started after one whose set timed out must not overtake it), and
-//! mcproxy. `MCSHM_FREEZES=N` changes the number of freezes (30).
+//! Front ends: the library, the C API (a C program built against the installed library, as a
+//! user builds one: tests/c/freeze_writer.c), mclient (a process per command: a process
+//! started after one whose set timed out must not overtake it), and mcproxy.
+//! `MCSHM_FREEZES=N` changes the number of freezes (30).
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +84,41 @@ fn writer(
     (stale, acknowledged)
 }
 
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// tests/c/freeze_writer.c built against the library installed into `prefix` (`make install
+/// PROFILE=debug`) through pkg-config, as a user builds a C program.
+fn c_writer(prefix: &Path) -> PathBuf {
+    let out = Command::new("make")
+        .args(["install", "PROFILE=debug"])
+        .arg(format!("PREFIX={}", prefix.display()))
+        .current_dir(ROOT)
+        .output()
+        .expect("run make (apt-get install -y make)");
+    assert!(
+        out.status.success(),
+        "make install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "mcshm"])
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("run pkg-config (apt-get install -y pkg-config)");
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    let exe = prefix.join("freeze_writer");
+    let status = Command::new("cc")
+        .args(["-Wall", "-Werror", "-O1", "-o"])
+        .arg(&exe)
+        .arg(Path::new(ROOT).join("tests/c/freeze_writer.c"))
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling tests/c/freeze_writer.c failed");
+    exe
+}
+
 /// A domain of `server` alone, in a registry of its own.
 fn domain_of(server: &Memcached) -> Reg {
     let reg = Reg::new();
@@ -94,12 +131,14 @@ fn a_write_that_timed_out_never_lands_after_a_later_acknowledged_one() {
     let count = freezes();
     // memcached's own default of 4 threads: connections run on threads of their own, in any
     // order (with one thread they run in the order their bytes came).
-    let servers: Vec<Arc<Memcached>> = (0..3)
+    let prefix = tempfile::tempdir().unwrap();
+    let c_writer = c_writer(prefix.path());
+    let servers: Vec<Arc<Memcached>> = (0..4)
         .map(|_| Arc::new(Memcached::start_with(&["-t", "4"])))
         .collect();
     let regs: Vec<Reg> = servers.iter().map(|s| domain_of(s)).collect();
-    let done: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
-    let freezers: Vec<_> = (0..3)
+    let done: Vec<Arc<AtomicBool>> = (0..4).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let freezers: Vec<_> = (0..4)
         .map(|i| freezer(servers[i].clone(), count, 7 + i as u64, done[i].clone()))
         .collect();
 
@@ -170,10 +209,40 @@ fn a_write_that_timed_out_never_lands_after_a_later_acknowledged_one() {
             )
         })
     };
+    // The C API: its writer runs until the stop file appears (its freezes' end).
+    let stop = regs[3].dir().join("stop");
+    let c_api = Command::new(&c_writer)
+        .arg(regs[3].dir())
+        .arg("app")
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the C writer");
     for f in freezers {
         f.join().unwrap();
     }
+    std::fs::write(&stop, b"").unwrap();
+    let out = c_api.wait_with_output().unwrap();
+    assert!(out.status.success(), "the C writer failed");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = report.lines();
+    let counts: Vec<u64> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "the C writer's report: {report}");
+    let c_stale: Vec<String> = lines.map(str::to_string).collect();
+    eprintln!(
+        "C API: {} sets acknowledged over {count} freezes, {} stale reads",
+        counts[0], counts[1]
+    );
+    assert!(counts[0] > 10, "C API: the writer hardly ran");
     let mut failures = Vec::new();
+    if counts[1] > 0 {
+        failures.push(format!("C API: {c_stale:?}"));
+    }
     for (name, handle) in [
         ("library", library),
         ("mclient", mclient),
