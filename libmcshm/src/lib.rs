@@ -57,6 +57,6 @@ pub use conn::Timeouts;
 pub use mcshm_table::{
     Address, AgentLink, Commit, DEFAULT_DOMAIN, Domain, Error, ErrorKind, LockWait, Registry,
     Result, Server, Snapshot, State, default_dir, map_large_allocations_apart, monotonic_ns,
-    release_free_heap,
+    peer_uid, release_free_heap,
 };
 pub use proto::{Item, StoreVerb};

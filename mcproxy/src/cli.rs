@@ -98,6 +98,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Client connections one user may hold (0: no share). The user is the kernel's: the peer
+    /// of a unix socket, the owner of a local TCP peer's socket. At the share that user's idle
+    /// connection is closed to admit its new one, else the new one is refused. Off by default:
+    /// the application's workers usually share one user (www-data)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_uid: usize,
+
     /// Connections the kernel queues on each listening socket until mcproxy accepts them
     /// (memcached's -b); the kernel caps it at net.core.somaxconn (4096 on current kernels).
     /// Connections of a burst larger than the queue are dropped or reset by the kernel

@@ -93,6 +93,7 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
         server_connections: positive("server-connections", cli.server_connections)?,
         max_connections: positive("max-connections", cli.max_connections)?,
         backlog: positive("backlog", cli.backlog as usize)? as u32,
+        max_per_uid: cli.max_connections_per_uid,
         settings: Settings {
             client_auth: match &cli.client_auth {
                 Some(path) => Some(std::sync::Arc::new(

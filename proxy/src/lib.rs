@@ -83,6 +83,9 @@ pub struct Config {
     /// Connections per server.
     pub server_connections: usize,
     pub max_connections: usize,
+    /// Client connections one user may hold (0: no share; see mcproxy's
+    /// --max-connections-per-uid).
+    pub max_per_uid: usize,
     /// Connections the kernel queues on each listener before they are accepted (memcached's
     /// `-b`; the kernel caps it at net.core.somaxconn).
     pub backlog: u32,
@@ -180,6 +183,7 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
             width,
             settings: config.settings.clone(),
             max_connections: config.max_connections,
+            max_per_uid: config.max_per_uid,
             shutdown_timeout: config.shutdown_timeout,
             open: open.clone(),
             stop: stop.clone(),

@@ -1,8 +1,8 @@
 //! Who holds the proxy's client connections, for the log line of a refused connection: the
 //! user of each local TCP peer, from the kernel's socket tables (`/proc/net/tcp` and `tcp6`,
 //! whose `uid` column is the owner of each socket, the peer's included when it is on this
-//! host). Read only when a connection is refused (at most a few times a second, the log's
-//! limit), never on the path of a request.
+//! host). Read when a connection is refused (at most once a second, for the log) and, with
+//! `--max-connections-per-uid`, when one is accepted; never on the path of a request.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,6 +16,17 @@ pub fn holders(peers: &[Option<SocketAddr>]) -> String {
         table += &std::fs::read_to_string(path).unwrap_or_default();
     }
     count(&owners(&table), peers)
+}
+
+/// The user of the local process at the other end of the TCP connection from `peer` (its
+/// socket's owner in the kernel's tables); `None` when it is not on this host or is gone.
+pub fn tcp_peer_uid(peer: SocketAddr) -> Option<u32> {
+    let path = match peer {
+        SocketAddr::V4(_) => "/proc/net/tcp",
+        SocketAddr::V6(_) => "/proc/net/tcp6",
+    };
+    let table = std::fs::read_to_string(path).ok()?;
+    owners(&table).get(&peer).copied()
 }
 
 fn count(owners: &HashMap<SocketAddr, u32>, peers: &[Option<SocketAddr>]) -> String {

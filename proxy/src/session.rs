@@ -110,6 +110,8 @@ pub struct Session {
     /// The client's address (TCP; `None` on a unix socket): who holds the connections, when
     /// one is refused.
     pub peer: Option<std::net::SocketAddr>,
+    /// The user at the other end, with --max-connections-per-uid.
+    pub uid: Option<u32>,
 }
 
 impl Session {
@@ -143,6 +145,7 @@ impl Session {
             broken: false,
             said: Said::default(),
             peer: None,
+            uid: None,
         }
     }
 

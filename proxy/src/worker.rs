@@ -60,6 +60,8 @@ pub struct Setup {
     pub width: usize,
     pub settings: Settings,
     pub max_connections: usize,
+    /// Client connections one user may hold (0: no share).
+    pub max_per_uid: usize,
     pub shutdown_timeout: Duration,
     /// Clients open across every worker (for --max-connections).
     pub open: Arc<AtomicI64>,
@@ -76,6 +78,7 @@ struct Worker {
     outbox: Outbox,
     settings: Settings,
     max_connections: usize,
+    max_per_uid: usize,
     open: Arc<AtomicI64>,
     generation: u64,
     /// Clients with replies to write this iteration.
@@ -132,6 +135,7 @@ pub fn run(setup: Setup) {
         outbox,
         settings: setup.settings,
         max_connections: setup.max_connections,
+        max_per_uid: setup.max_per_uid,
         open: setup.open,
         generation: 0,
         dirty: Vec::new(),
@@ -385,6 +389,23 @@ impl Worker {
             };
             let service = self.services[domain].clone();
             let stats = service.stats.clone();
+            let uid = self.peer_uid(&stream, peer);
+            if let Some(uid) = uid
+                && !self.admit_user(uid)
+            {
+                stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                Said::default().log(
+                    Kind::ConnectionRefused,
+                    format_args!(
+                        "a connection refused: uid {uid} holds {} busy connections \
+                         (--max-connections-per-uid)",
+                        self.max_per_uid
+                    ),
+                );
+                let _ = std::io::Write::write(&mut stream, b"ERROR Too many open connections\r\n");
+                stream.shutdown_write();
+                continue;
+            }
             // Admission is one atomic step: worker threads accept at the same time. When full,
             // the connection idle longest makes room: idle connections (4 200 opened by one
             // process) cannot lock every other client out.
@@ -425,11 +446,51 @@ impl Worker {
             let mut session =
                 Session::new(stream, key, self.generation, service, lane, &self.settings);
             session.peer = peer;
+            session.uid = uid;
             entry.insert(session);
             if self.settings.idle_timeout.is_some() && self.next_sweep.is_none() {
                 self.next_sweep = Some(Instant::now() + SWEEP_IDLE);
             }
         }
+    }
+
+    /// With --max-connections-per-uid: the user at the other end of a new connection (the
+    /// kernel's record of a unix socket's peer, or of a local TCP peer's socket).
+    fn peer_uid(&self, stream: &Stream, peer: Option<std::net::SocketAddr>) -> Option<u32> {
+        if self.max_per_uid == 0 {
+            return None;
+        }
+        match (stream, peer) {
+            (Stream::Unix(s), _) => libmcshm::peer_uid(std::os::fd::AsFd::as_fd(s)),
+            (_, Some(peer)) => crate::peers::tcp_peer_uid(peer),
+            _ => None,
+        }
+    }
+
+    /// Whether user `uid` may open one more connection: under its share, or at it with one
+    /// of its own idle (closed to make room, the one idle longest).
+    fn admit_user(&mut self, uid: u32) -> bool {
+        let held = self
+            .clients
+            .iter()
+            .filter(|(_, s)| s.uid == Some(uid))
+            .count();
+        if held < self.max_per_uid {
+            return true;
+        }
+        let idlest = self
+            .clients
+            .iter()
+            .filter(|(_, s)| s.uid == Some(uid))
+            .filter_map(|(key, s)| s.idle_since().map(|since| (since, key)))
+            .min();
+        let Some((_, key)) = idlest else {
+            return false;
+        };
+        let stats = self.clients[key].service().stats.clone();
+        self.close(key);
+        stats.evicted_connections.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Who holds this worker's connections (" (held by uid 1000: 4096)"), at most once a

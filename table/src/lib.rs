@@ -45,5 +45,5 @@ pub use address::Address;
 pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
 pub use error::{Error, ErrorKind, Result};
 pub use registry::{AgentLink, Commit, LockWait, Registry};
-pub use shm::{map_large_allocations_apart, monotonic_ns, release_free_heap};
+pub use shm::{map_large_allocations_apart, monotonic_ns, peer_uid, release_free_heap};
 pub use table::{Server, Snapshot, State};

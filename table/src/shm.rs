@@ -666,6 +666,30 @@ fn ofd_lock(file: &File, command: libc::c_int, kind: libc::c_short) -> io::Resul
     Ok(lock)
 }
 
+/// The user id of the process at the other end of a unix socket (`SO_PEERCRED`), as the kernel
+/// recorded it when the connection was made; `None` for another kind of socket or an error.
+pub fn peer_uid(socket: std::os::fd::BorrowedFd<'_>) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred we own, and `len`,
+    // which we own; the descriptor is borrowed, so it stays open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred.uid)
+}
+
 /// The effective user id of this process (recorded as "last writer" and used for ownership
 /// checks).
 pub fn effective_uid() -> u32 {

@@ -957,3 +957,68 @@ fn unix_socket_servers_and_a_missing_socket() {
         format!("VALUE {there} 0 1\r\nx\r\nEND\r\n")
     );
 }
+
+/// --max-connections-per-uid: a user at its share gets a new connection only in place of one of
+/// its own idle ones; when all of its connections are busy the new one is refused, named in the
+/// log. Over TCP (the local peer's socket owner) and over a unix socket (the kernel's record
+/// of the peer).
+#[test]
+fn a_user_at_its_share_of_connections_is_refused_unless_one_of_its_own_is_idle() {
+    let a = Memcached::start();
+    let reg = Reg::new();
+    domain(&reg, &[&a], &[]);
+    let socket = reg.dir().join("mcproxy.sock");
+    let unix = format!("unix:{}", socket.display());
+    let proxy = Proxy::start(
+        &reg,
+        "app",
+        &[
+            "--max-connections-per-uid",
+            "2",
+            "--threads",
+            "1",
+            "--listen",
+            &unix,
+        ],
+    );
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    // Two busy connections (each in the middle of a command): the third is refused.
+    let mut first = proxy.connect();
+    let mut second = proxy.connect();
+    assert!(first.ask("version\r\n").starts_with("VERSION "));
+    assert!(second.ask("version\r\n").starts_with("VERSION "));
+    first.send(b"get k");
+    second.send(b"get k");
+    let mut third = proxy.connect();
+    let _ = std::io::Write::write_all(&mut third.stream, b"version\r\n");
+    assert_eq!(third.line(), "ERROR Too many open connections\r\n");
+    let mut log = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        log.extend(proxy.log.try_iter());
+        log.iter()
+            .any(|l| l.contains(&format!("uid {uid} holds 2 busy connections")))
+    }));
+    // One of them idle again: a new one takes its place (over the unix socket this time).
+    first.send(b"\r\n");
+    assert_eq!(first.reply(), "END\r\n");
+    let mut over_unix = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    over_unix
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::io::Write::write_all(&mut over_unix, b"version\r\n").unwrap();
+    let mut answer = [0u8; 64];
+    let n = std::io::Read::read(&mut over_unix, &mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"VERSION "),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert!(
+        first.closed_within(Duration::from_secs(5)),
+        "the idle one made room"
+    );
+    second.send(b"\r\n");
+    assert_eq!(second.reply(), "END\r\n", "the busy one is untouched");
+}
