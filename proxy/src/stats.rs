@@ -206,7 +206,9 @@ const FAMILIES: [(&str, &str, &str, &str); 11] = [
     ),
     (
         "server_errors",
-        "server_errors_total",
+        // Not mcproxy_server_errors_total: that is the per-server family's name (a second
+        // HELP line for one name fails `promtool check metrics`).
+        "server_error_replies_total",
         "counter",
         "Requests answered SERVER_ERROR",
     ),

@@ -297,8 +297,17 @@ fn stats_and_prometheus_metrics() {
     ] {
         assert!(page.contains(line), "{line:?} in {page}");
     }
-    // Prometheus' conventions: every family has HELP and TYPE, counters end in _total, no
-    // unit-less time.
+    // Prometheus' conventions: every family has HELP and TYPE, once (`promtool check metrics`
+    // refuses a second HELP line for a name), counters end in _total, no unit-less time.
+    let helps: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let mut unique = helps.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), helps.len(), "a family named twice: {helps:?}");
     for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut words = line.split(' ').skip(2);
         let (name, kind) = (words.next().unwrap(), words.next().unwrap());

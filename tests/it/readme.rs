@@ -59,3 +59,44 @@ fn without_root_it_names_the_packages_to_install() {
     );
     assert!(out.stdout.is_empty(), "no test ran");
 }
+
+/// The packaged mcproxy example listens where nothing of the README's first session does (its
+/// memcached servers), and those servers listen on loopback only, as the README tells.
+#[test]
+fn the_example_proxy_port_cannot_collide_with_the_first_session() {
+    let root = Path::new(ROOT);
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("packaging/mcproxy-example.conf")).unwrap();
+    let listen = example
+        .split("--listen ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the example's --listen");
+    let port = listen.rsplit(':').next().unwrap();
+    let session = readme
+        .split("## A first session")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let servers: Vec<&str> = session
+        .lines()
+        .filter(|l| l.starts_with("memcached "))
+        .collect();
+    assert!(!servers.is_empty(), "the first session starts memcached");
+    for line in servers {
+        assert!(
+            !line.contains(&format!("-p {port} ")),
+            "the example proxy's port {port} is the first session's: {line}"
+        );
+        assert!(
+            line.contains("-l 127.0.0.1"),
+            "memcached on loopback only: {line}"
+        );
+    }
+    assert!(
+        readme.contains(listen),
+        "the README shows the example's address {listen}"
+    );
+}
