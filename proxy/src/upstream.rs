@@ -418,13 +418,23 @@ impl<D> Net<D> {
             .map(|(key, _)| key)
             .collect();
         for key in late {
-            // What the server sent while the proxy's loop was busy elsewhere is not late:
-            // read it first, and time the connection out only if it is still late.
+            // What happened while the proxy's loop was busy elsewhere is not the server's
+            // lateness: a connect that completed (its requests are written now), replies that
+            // came. Look first, and time the connection out only if it is still late.
             let conn = &mut self.conns[key];
-            if conn.connecting.is_none()
-                && let Err(failure) =
-                    read_in(conn, false).and_then(|()| deliver_replies(conn, deliver))
-            {
+            let looked = match conn.connecting {
+                Some(_) => match conn.stream.connected() {
+                    Ok(true) => {
+                        conn.connecting = None;
+                        conn.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        write_out(conn)
+                    }
+                    Ok(false) => Ok(()),
+                    Err(err) => Err(Failure::io("connect", &err)),
+                },
+                None => read_in(conn, false).and_then(|()| deliver_replies(conn, deliver)),
+            };
+            if let Err(failure) = looked {
                 self.fail(key, failure, deliver);
                 continue;
             }
