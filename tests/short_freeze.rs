@@ -84,39 +84,11 @@ fn writer(
     (stale, acknowledged)
 }
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 /// tests/c/freeze_writer.c built against the library installed into `prefix` (`make install
 /// PROFILE=debug`) through pkg-config, as a user builds a C program.
 fn c_writer(prefix: &Path) -> PathBuf {
-    let out = Command::new("make")
-        .args(["install", "PROFILE=debug"])
-        .arg(format!("PREFIX={}", prefix.display()))
-        .current_dir(ROOT)
-        .output()
-        .expect("run make (apt-get install -y make)");
-    assert!(
-        out.status.success(),
-        "make install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "mcshm"])
-        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
-        .output()
-        .expect("run pkg-config (apt-get install -y pkg-config)");
-    let flags = String::from_utf8(flags.stdout).unwrap();
-    let exe = prefix.join("freeze_writer");
-    let status = Command::new("cc")
-        .args(["-Wall", "-Werror", "-O1", "-o"])
-        .arg(&exe)
-        .arg(Path::new(ROOT).join("tests/c/freeze_writer.c"))
-        .args(flags.split_whitespace())
-        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "compiling tests/c/freeze_writer.c failed");
-    exe
+    common::cbuild::install(prefix);
+    common::cbuild::compile(prefix, "freeze_writer.c", &["-O1"], prefix)
 }
 
 /// A domain of `server` alone, in a registry of its own.

@@ -462,18 +462,8 @@ impl<D> Net<D> {
         if conn.connecting.is_some() || out_of_step {
             return self.fail(key, failure, deliver);
         }
-        let now = Instant::now();
-        conn.replied = now;
-        let behind = failure.behind();
-        let mut counted = Some(failure);
-        for waiter in conn.in_flight.iter_mut().filter(|w| w.to.waits()) {
-            conn.stats.record(now - waiter.sent, false);
-            let to = std::mem::replace(&mut waiter.to, Deliver::Dropped);
-            match counted.take() {
-                Some(first) => deliver(to, Err(&first)),
-                None => deliver(to, Err(&behind)),
-            }
-        }
+        conn.replied = Instant::now();
+        answer_failed(conn, failure, deliver);
     }
 
     /// Ends connection `key`, failing every request it carried.
@@ -490,19 +480,7 @@ impl<D> Net<D> {
         if !conn.answered && in_clear && matches!(failure.errno, libc::ECONNRESET | libc::EPIPE) {
             self.diagnose(&conn.route.1);
         }
-        let now = Instant::now();
-        let behind = failure.behind();
-        let mut counted = Some(failure);
-        for waiter in conn.in_flight.drain(..) {
-            if !waiter.to.waits() {
-                continue;
-            }
-            conn.stats.record(now - waiter.sent, false);
-            match counted.take() {
-                Some(first) => deliver(waiter.to, Err(&first)),
-                None => deliver(waiter.to, Err(&behind)),
-            }
-        }
+        answer_failed(&mut conn, failure, deliver);
     }
 
     /// A server that closed a connection in clear before answering anything may not speak the
@@ -553,6 +531,27 @@ impl<D> Net<D> {
         self.conns
             .iter()
             .any(|(_, c)| c.in_flight.iter().any(|w| w.to.waits()))
+    }
+}
+
+/// Answers every request `conn` carries with `failure`, counted against the server for the
+/// first only (a connection that fails is one failure of its server); their replies, if any
+/// come, are dropped.
+fn answer_failed<D>(
+    conn: &mut Conn<D>,
+    failure: Failure,
+    deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
+) {
+    let now = Instant::now();
+    let behind = failure.behind();
+    let mut counted = Some(failure);
+    for waiter in conn.in_flight.iter_mut().filter(|w| w.to.waits()) {
+        conn.stats.record(now - waiter.sent, false);
+        let to = std::mem::replace(&mut waiter.to, Deliver::Dropped);
+        match counted.take() {
+            Some(first) => deliver(to, Err(&first)),
+            None => deliver(to, Err(&behind)),
+        }
     }
 }
 

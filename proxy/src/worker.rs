@@ -478,19 +478,7 @@ impl Worker {
         if held < self.max_per_uid {
             return true;
         }
-        let idlest = self
-            .clients
-            .iter()
-            .filter(|(_, s)| s.uid == Some(uid))
-            .filter_map(|(key, s)| s.idle_since().map(|since| (since, key)))
-            .min();
-        let Some((_, key)) = idlest else {
-            return false;
-        };
-        let stats = self.clients[key].service().stats.clone();
-        self.close(key);
-        stats.evicted_connections.fetch_add(1, Ordering::Relaxed);
-        true
+        self.evict_idlest(|s| s.uid == Some(uid)).is_some()
     }
 
     /// Who holds this worker's connections (" (held by uid 1000: 4096)"), at most once a
@@ -511,27 +499,33 @@ impl Worker {
     /// At --max-connections: closes this worker's connection idle longest, to admit a new
     /// one; `false` when none is idle.
     fn close_idlest(&mut self) -> bool {
-        let idlest = self
-            .clients
-            .iter()
-            .filter_map(|(key, session)| session.idle_since().map(|since| (since, key)))
-            .min();
-        let Some((since, key)) = idlest else {
+        let Some(idle) = self.evict_idlest(|_| true) else {
             return false;
         };
-        let stats = self.clients[key].service().stats.clone();
-        self.close(key);
-        stats.evicted_connections.fetch_add(1, Ordering::Relaxed);
         Said::default().log(
             Kind::ConnectionEvicted,
             format_args!(
-                "--max-connections ({}) reached: the connection idle longest ({:.0?}) closed to \
-                 admit a new one",
+                "--max-connections ({}) reached: the connection idle longest ({idle:.0?}) closed \
+                 to admit a new one",
                 self.max_connections,
-                since.elapsed()
             ),
         );
         true
+    }
+
+    /// Closes the connection idle longest among those `which` picks (counted in
+    /// `evicted_connections`): how long it was idle; `None` when none of them is idle.
+    fn evict_idlest(&mut self, which: impl Fn(&Session) -> bool) -> Option<Duration> {
+        let (since, key) = self
+            .clients
+            .iter()
+            .filter(|(_, session)| which(session))
+            .filter_map(|(key, session)| session.idle_since().map(|since| (since, key)))
+            .min()?;
+        let stats = self.clients[key].service().stats.clone();
+        self.close(key);
+        stats.evicted_connections.fetch_add(1, Ordering::Relaxed);
+        Some(since.elapsed())
     }
 
     fn stop_accepting(&mut self) {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cbuild;
 pub mod certs;
 pub mod drip;
 pub mod etcd;

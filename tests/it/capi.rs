@@ -12,52 +12,9 @@ use crate::common::Reg;
 use crate::common::certs::Certs;
 use crate::common::memcached::Memcached;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// `make install PREFIX=<prefix> PROFILE=debug` (builds the C library first).
-fn install(prefix: &Path) {
-    let out = Command::new("make")
-        .args(["install", "PROFILE=debug"])
-        .arg(format!("PREFIX={}", prefix.display()))
-        .current_dir(ROOT)
-        .output()
-        .expect("run make (apt-get install -y make)");
-    assert!(
-        out.status.success(),
-        "make install failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pkg_config(prefix: &Path, args: &[&str]) -> String {
-    let out = Command::new("pkg-config")
-        .args(args)
-        .arg("mcshm")
-        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
-        .output()
-        .expect("run pkg-config (apt-get install -y pkg-config)");
-    assert!(
-        out.status.success(),
-        "pkg-config {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Compiles tests/c/daemon.c against the installed library, as a user would.
 fn compile_daemon(prefix: &Path, out_dir: &Path) -> PathBuf {
-    let exe = out_dir.join("daemon");
-    let flags = pkg_config(prefix, &["--cflags", "--libs"]);
-    let status = Command::new("cc")
-        .args(["-Wall", "-Werror", "-g", "-o"])
-        .arg(&exe)
-        .arg(Path::new(ROOT).join("tests/c/daemon.c"))
-        .args(flags.split_whitespace())
-        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "compiling tests/c/daemon.c failed");
-    exe
+    crate::common::cbuild::compile(prefix, "daemon.c", &["-g"], out_dir)
 }
 
 /// Drives the daemon through its scenario (see daemon.c); `wrapper` runs it (e.g. valgrind).
@@ -120,7 +77,7 @@ fn scenario(daemon: &Path, wrapper: &[&str], tls: Option<&Certs>) {
 fn install_pkg_config_and_a_c_daemon_under_valgrind() {
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("prefix");
-    install(&prefix);
+    crate::common::cbuild::install(&prefix);
     for file in [
         "bin/mcadmin",
         "bin/mclient",
@@ -144,7 +101,7 @@ fn install_pkg_config_and_a_c_daemon_under_valgrind() {
     ] {
         assert!(prefix.join(file).is_file(), "{file} not installed");
     }
-    let flags = pkg_config(&prefix, &["--cflags", "--libs"]);
+    let flags = crate::common::cbuild::pkg_config(&prefix, &["--cflags", "--libs"]);
     assert!(
         flags.contains(&format!("-I{}/include", prefix.display())) && flags.contains("-lmcshm"),
         "{flags}"

@@ -1,0 +1,56 @@
+//! Building a C program against the C library as a user does: `make install` into a prefix,
+//! pkg-config, the system compiler.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `make install PREFIX=<prefix> PROFILE=debug` (builds the C library first).
+pub fn install(prefix: &Path) {
+    let out = Command::new("make")
+        .args(["install", "PROFILE=debug"])
+        .arg(format!("PREFIX={}", prefix.display()))
+        .current_dir(ROOT)
+        .output()
+        .expect("run make (apt-get install -y make)");
+    assert!(
+        out.status.success(),
+        "make install failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn pkg_config(prefix: &Path, args: &[&str]) -> String {
+    let out = Command::new("pkg-config")
+        .args(args)
+        .arg("mcshm")
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("run pkg-config (apt-get install -y pkg-config)");
+    assert!(
+        out.status.success(),
+        "pkg-config {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `tests/c/<source>` compiled with `flags` against the library installed into `prefix`,
+/// into `out_dir`: the executable.
+pub fn compile(prefix: &Path, source: &str, flags: &[&str], out_dir: &Path) -> PathBuf {
+    let exe = out_dir.join(source.trim_end_matches(".c"));
+    let link = pkg_config(prefix, &["--cflags", "--libs"]);
+    let status = Command::new("cc")
+        .args(["-Wall", "-Werror"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(Path::new(ROOT).join("tests/c").join(source))
+        .args(link.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling tests/c/{source} failed");
+    exe
+}
