@@ -994,6 +994,18 @@ fn check(seed: u64, ops: usize, fleet: bool, rejoin: &str) -> (usize, u64, u64) 
             checker.servers[i].signal(libc::SIGCONT);
         }
     }
+    if let World::Fleet { hosts, .. } = &checker.world {
+        // How the fleet's rejoins went (replayed by every host, or flushed and why).
+        let logs: String = hosts.iter().map(|h| h.log_text()).collect();
+        let count = |what: &str| logs.matches(what).count();
+        eprintln!(
+            "fleet replays: {} host answers ({} could not vouch); probes: {} replayed, {} flushed",
+            count("\"event\":\"replayed\""),
+            count("cannot vouch"),
+            count("missed keys deleted"),
+            count("up (flushed)")
+        );
+    }
     assert!(
         checker.refused * 4 < checker.changes,
         "most changes must take effect: {} of {} refused",

@@ -8,11 +8,14 @@
 //! Modules, from the wire up: [`etcd`] (a blocking client of etcd's v3 JSON gateway),
 //! [`document`] (a domain's table as JSON, validated as hostile input), [`store`] (the key
 //! layout, fleet transactions, the fleet-wide probe lease, host records), [`mirror`] (the
-//! three-way merge of a host's marks and the fleet's table) and [`sync`] (the host agent).
+//! three-way merge of a host's marks and the fleet's table), [`replay`] (a down server's
+//! rejoin without a flush: every host replays its own invalidation log) and [`sync`] (the host
+//! agent).
 
 pub mod document;
 pub mod etcd;
 pub mod mirror;
+pub mod replay;
 pub mod store;
 pub mod sync;
 

@@ -10,6 +10,9 @@
 //! PREFIX/probes/DOMAIN/ADDRESS   when a host last took the right to probe a down server (ms);
 //!                                taken by compare-and-swap: one probe per retry interval for the
 //!                                whole fleet
+//! PREFIX/replays/DOMAIN/ADDRESS  a request that every host replay its invalidation log on a
+//!                                down server (see `replay`), on the requester's lease
+//! PREFIX/replay-acks/ID/HOST     each host's answer to request ID, on the same lease
 //! ```
 
 use std::time::{Duration, Instant};
@@ -143,6 +146,23 @@ impl Keys {
 
     pub fn probe_key(&self, domain: &Domain, address: &Address) -> String {
         format!("{}probes/{}/{}", self.prefix, domain.as_str(), address)
+    }
+
+    pub fn replays_prefix(&self) -> String {
+        format!("{}replays/", self.prefix)
+    }
+
+    pub fn replay_key(&self, domain: &Domain, address: &Address) -> String {
+        format!("{}replays/{}/{}", self.prefix, domain.as_str(), address)
+    }
+
+    /// Where the hosts answer request `id` (an id is hex digits: see `replay`).
+    pub fn replay_acks_prefix(&self, id: &str) -> String {
+        format!("{}replay-acks/{id}/", self.prefix)
+    }
+
+    pub fn replay_ack_key(&self, id: &str, host: &str) -> String {
+        format!("{}replay-acks/{id}/{host}", self.prefix)
     }
 
     /// The domain a key under `PREFIX/domains/` names (`None` for other keys and bad names).
@@ -479,8 +499,30 @@ mod tests {
             keys.probe_key(&app, &address),
             "/mcshm/probes/app1/10.0.0.1:11211"
         );
+        assert_eq!(
+            keys.replay_key(&app, &address),
+            "/mcshm/replays/app1/10.0.0.1:11211"
+        );
+        assert_eq!(
+            keys.replay_ack_key("17f0a", "web1"),
+            "/mcshm/replay-acks/17f0a/web1"
+        );
         // A domain's key is under the prefix its watch and list read.
         assert!(keys.domain_key(&app).starts_with(&keys.domains_prefix()));
+        assert!(
+            keys.replay_key(&app, &address)
+                .starts_with(&keys.replays_prefix())
+        );
+        assert!(
+            keys.replay_ack_key("1", "w")
+                .starts_with(&keys.replay_acks_prefix("1"))
+        );
+        // Answers are not under the requests' prefix (the agents watch only requests).
+        assert!(
+            !keys
+                .replay_acks_prefix("1")
+                .starts_with(&keys.replays_prefix())
+        );
         assert!(keys.host_key("web1").starts_with(&keys.hosts_prefix()));
         // Another prefix: the same layout below it, nothing shared with the first.
         let other = Keys::new("/team/b/").unwrap();

@@ -235,13 +235,34 @@ pub trait RejoinTable {
     fn signature(&self) -> String;
     /// How `server` of this table is named across transactions.
     fn name(&self, server: &Server) -> Named;
-    /// The domain's invalidation log (what its down servers missed), if this table has one
-    /// this process can vouch for: the fleet's table has none, nor a host's table the fleet
-    /// mirrors (every host keeps its own log of what its clients wrote), so a rejoin there
-    /// flushes.
-    fn missed(&mut self) -> Option<Invalidations> {
+    /// Who can vouch for what the domain's down servers missed (rejoin `replay`): this host's
+    /// invalidation log, or for a fleet's table the hosts that mirror it, each replaying its
+    /// own log. `None`: no one can, and a rejoin flushes.
+    fn missed(&mut self) -> Option<Missed> {
         None
     }
+}
+
+/// Who vouches for what a down server missed under the `replay` policy ([`RejoinTable::missed`]).
+pub enum Missed {
+    /// This host's invalidation log: the rejoin deletes the logged keys itself.
+    Log(Invalidations),
+    /// A fleet: every host that mirrors the domain deletes on the server the keys its own
+    /// clients logged (`mcshm_fleet`'s replay). Asked once per server; `Err` says why the
+    /// server must be flushed instead (a host that cannot vouch or did not answer in time).
+    Fleet(AskFleet),
+}
+
+/// How a rejoin asks a fleet to replay one server ([`Missed::Fleet`]).
+pub type AskFleet = Box<dyn FnMut(&Server) -> std::result::Result<FleetReplayed, String> + Send>;
+
+/// What the hosts of a fleet replayed on one server ([`Missed::Fleet`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FleetReplayed {
+    /// The hosts that answered, every one that mirrors the domain.
+    pub hosts: usize,
+    /// The keys they deleted, in all.
+    pub keys: usize,
 }
 
 impl RejoinTable for Registry {
@@ -272,13 +293,16 @@ impl RejoinTable for Registry {
         Named::Id(server.id)
     }
 
-    fn missed(&mut self) -> Option<Invalidations> {
-        // A table the fleet agent mirrors: other hosts wrote too, and their logs are theirs.
+    fn missed(&mut self) -> Option<Missed> {
+        // A table the fleet agent mirrors: other hosts wrote too, and their logs are theirs
+        // (the agent's probe asks the fleet: `mcshm_fleet`).
         if self.current_snapshot().ok()?.fleet_revision != 0 {
             return None;
         }
         let dir = self.path().parent().unwrap_or(Path::new("."));
-        Invalidations::open_or_create(dir, Registry::domain(self), LogCapacity::default()).ok()
+        Invalidations::open_or_create(dir, Registry::domain(self), LogCapacity::default())
+            .ok()
+            .map(Missed::Log)
     }
 }
 
@@ -350,11 +374,11 @@ pub fn rejoin_in<S: RejoinTable>(
     if decided.is_empty() {
         return Ok(vec![Rejoined::NotDown; named.len()]);
     }
-    let log = match policy.rejoin {
+    let mut missed = match policy.rejoin {
         Rejoin::Replay => store.missed(),
         _ => None,
     };
-    if let Some(log) = &log {
+    if let Some(Missed::Log(log)) = &missed {
         // The logs of servers deleted since go with them.
         for id in log.servers() {
             if !table.servers.iter().any(|s| s.id == id) {
@@ -362,8 +386,10 @@ pub fn rejoin_in<S: RejoinTable>(
             }
         }
     }
-    // Each server to contact: replayed when the log vouches for what it missed, else flushed.
-    let mut replayed: Vec<(u32, &Address, Logged)> = Vec::new();
+    // Each server to contact: replayed when someone vouches for what it missed, else flushed.
+    let mut replayed: Vec<Replayed<'_>> = Vec::new();
+    // Flushed where a replay was asked for, and why (a fleet's host could not vouch).
+    let mut flushed_why: Vec<(u32, &Address, String)> = Vec::new();
     let contacting: Vec<&Server> = decided
         .iter()
         .filter(|(_, flush)| *flush)
@@ -380,13 +406,15 @@ pub fn rejoin_in<S: RejoinTable>(
                     policy.rejoin.as_str()
                 ),
             };
-            match log.as_ref().and_then(|log| vouched(log, server)) {
-                Some(logged) => {
-                    let keys = logged.keys.as_deref().unwrap_or_default();
-                    replay(address, keys, how.timeouts, &access).map_err(stays_down)?;
-                    replayed.push((server.id, address, logged));
+            match replay_missed(missed.as_mut(), server, how.timeouts, &access) {
+                Vouch::Replayed(done) => replayed.push(done),
+                Vouch::Failed(error) => return Err(stays_down(error).into()),
+                Vouch::Flush(why) => {
+                    flush(address, how.timeouts, &access).map_err(stays_down)?;
+                    if let Some(why) = why {
+                        flushed_why.push((server.id, address, why));
+                    }
                 }
-                None => flush(address, how.timeouts, &access).map_err(stays_down)?,
             }
         }
     }
@@ -403,10 +431,15 @@ pub fn rejoin_in<S: RejoinTable>(
             let Some(decision) = rule.decide(server, now) else {
                 continue;
             };
-            let replay = replayed.iter().find(|(id, _, _)| *id == server.id);
-            let transition = match (decision.transition, replay) {
-                (edit::Transition::Rejoin(rejoining), Some((_, _, logged))) => {
-                    replay_reason = replayed_reason(logged, &how, &store_signature);
+            let replay = replayed
+                .iter()
+                .find(|r| r.id == server.id && r.address.same_server(&server.address));
+            let why = flushed_why
+                .iter()
+                .find(|(id, address, _)| *id == server.id && address.same_server(&server.address));
+            let transition = match (decision.transition, replay, why) {
+                (edit::Transition::Rejoin(rejoining), Some(replay), _) => {
+                    replay_reason = replay.reason(&how, &store_signature);
                     edit::Transition::Rejoin(edit::Rejoining {
                         reason: &replay_reason,
                         // It keeps its cache: the strays it held before stay marked.
@@ -414,13 +447,24 @@ pub fn rejoin_in<S: RejoinTable>(
                         ..rejoining
                     })
                 }
-                (transition, _) => transition,
+                (edit::Transition::Rejoin(rejoining), None, Some((_, _, why))) => {
+                    replay_reason = fit_reason(
+                        &format!("rejoined after flush_all ({}{store_signature}: ", how.by),
+                        why,
+                        ")",
+                    );
+                    edit::Transition::Rejoin(edit::Rejoining {
+                        reason: &replay_reason,
+                        ..rejoining
+                    })
+                }
+                (transition, _, _) => transition,
             };
             edit::apply(server, transition, CommitInfo::now());
             *answer = match (decision.transition, replay) {
-                (edit::Transition::Rejoin(_), Some((_, _, logged))) => Rejoined::Replayed {
-                    keys: logged.keys.as_ref().map_or(0, Vec::len),
-                },
+                (edit::Transition::Rejoin(_), Some(replay)) => {
+                    Rejoined::Replayed { keys: replay.keys }
+                }
                 (edit::Transition::Rejoin(_), None) => Rejoined::Up {
                     flushed: rule.flush,
                 },
@@ -429,48 +473,180 @@ pub fn rejoin_in<S: RejoinTable>(
         }
         Ok(())
     })?;
-    if let Some(log) = &log {
+    if let Some(Missed::Log(log)) = &missed {
         let access = store.access()?;
-        for (_, address, logged) in replayed {
-            settle_log(log, logged, address, how.timeouts, &access);
+        for replay in replayed {
+            if let Some(logged) = replay.logged {
+                let _ = settle_log(log, logged, replay.address, how.timeouts, &access);
+            }
         }
     }
     Ok(answers)
+}
+
+/// A server whose missed keys were deleted on it before it is marked up.
+struct Replayed<'a> {
+    /// Its id in the table read (a fleet's table: none, and the address finds it).
+    id: u32,
+    address: &'a Address,
+    keys: usize,
+    /// This host's log as replayed (settled after the mark-up); `None` for a fleet's replay,
+    /// which each host settles when its table has the server up.
+    logged: Option<Logged>,
+    /// The hosts that replayed, for a fleet's replay.
+    hosts: Option<usize>,
+}
+
+impl Replayed<'_> {
+    fn reason(&self, how: &Rejoiner<'_>, signature: &str) -> String {
+        let done = match self.hosts {
+            None => format!("rejoined after deleting the {} keys it missed (", self.keys),
+            Some(hosts) => format!(
+                "rejoined after {hosts} hosts deleted the {} keys it missed (",
+                self.keys
+            ),
+        };
+        fit_reason(&done, how.by, &format!("{signature})"))
+    }
+}
+
+/// What became of a server's replay ([`replay_missed`]).
+enum Vouch<'a> {
+    /// Its missed keys were deleted on it.
+    Replayed(Replayed<'a>),
+    /// Nobody vouches for what it missed: flush it (with why, when a fleet was asked).
+    Flush(Option<String>),
+    /// The deletes failed: it stays down.
+    Failed(String),
+}
+
+/// Deletes on `server` what it missed, when `missed` vouches for it.
+fn replay_missed<'a>(
+    missed: Option<&mut Missed>,
+    server: &'a Server,
+    timeouts: Timeouts,
+    access: &Access,
+) -> Vouch<'a> {
+    let done = |keys, logged, hosts| Replayed {
+        id: server.id,
+        address: &server.address,
+        keys,
+        logged,
+        hosts,
+    };
+    match missed {
+        None => Vouch::Flush(None),
+        Some(Missed::Log(log)) => {
+            let Some(logged) = vouched(log, server) else {
+                return Vouch::Flush(None);
+            };
+            let keys = logged.keys.as_deref().unwrap_or_default();
+            let n = keys.len();
+            match replay(&server.address, keys, timeouts, access) {
+                Ok(()) => Vouch::Replayed(done(n, Some(logged), None)),
+                Err(e) => Vouch::Failed(e),
+            }
+        }
+        Some(Missed::Fleet(ask)) => match ask(server) {
+            Ok(fleet) => Vouch::Replayed(done(fleet.keys, None, Some(fleet.hosts))),
+            Err(why) => Vouch::Flush(Some(why)),
+        },
+    }
 }
 
 /// The server's log, when it vouches for what `server` missed while down: the log began
 /// before the server went down, every write found a section, and it neither overflowed nor
 /// holds a torn record.
 fn vouched(log: &Invalidations, server: &Server) -> Option<Logged> {
-    if log.unlogged() || log.created_ms() > server.since_ms {
+    vouched_since(log, server.id, server.since_ms)
+}
+
+fn vouched_since(log: &Invalidations, id: u32, since_ms: u64) -> Option<Logged> {
+    if log.unlogged() || log.created_ms() > since_ms {
         return None;
     }
-    let logged = log.read(server.id);
+    let logged = log.read(id);
     (!logged.overflowed()).then_some(logged)
 }
 
-fn replayed_reason(logged: &Logged, how: &Rejoiner<'_>, signature: &str) -> String {
-    let keys = logged.keys.as_ref().map_or(0, Vec::len);
-    fit_reason(
-        &format!("rejoined after deleting the {keys} keys it missed ("),
-        how.by,
-        &format!("{signature})"),
-    )
+/// One host's part of a fleet's replay: deletes on `server` (of this host's table in `dir`)
+/// the keys this host's clients logged for it, when the log vouches for every write since
+/// `since_ms` (the earliest time a host saw it down). Returns the log as replayed, to settle
+/// once the server is up here ([`settle_host_log`]); `Err` says why this host cannot vouch
+/// (the server must then be flushed).
+pub fn replay_host_log(
+    dir: &Path,
+    domain: &Domain,
+    server: &Server,
+    since_ms: u64,
+    timeouts: Timeouts,
+) -> std::result::Result<Logged, String> {
+    let log = Invalidations::open(dir, domain)
+        .map_err(|e| format!("its invalidation log cannot be read: {e}"))?
+        .ok_or("it has no invalidation log")?;
+    let logged = vouched_since(&log, server.id, since_ms.min(server.since_ms)).ok_or(
+        "its invalidation log cannot vouch (it began after the server went down, overflowed or is torn)",
+    )?;
+    let access = Access::load(dir, domain).map_err(|e| e.to_string())?;
+    let keys = logged.keys.as_deref().unwrap_or_default();
+    replay(&server.address, keys, timeouts, &access)?;
+    Ok(logged)
+}
+
+/// Once server `id` (at `address`) is up again in this host's table, which the fleet mirrors:
+/// deletes on it what this host's clients logged while it was down, and clears its log (a log
+/// that overflowed gets the server flushed: a flush costs its cache, never a stale read).
+/// `replayed`: the log as this host replayed it for the fleet ([`replay_host_log`]), whose
+/// keys are not sent again. Whether this host answered the fleet's request or not (its agent
+/// was away), its own clients read nothing it logged once this is done.
+/// Returns whether the log was cleared.
+pub fn settle_host_log(
+    dir: &Path,
+    domain: &Domain,
+    id: u32,
+    address: &Address,
+    replayed: Option<Logged>,
+    timeouts: Timeouts,
+) -> bool {
+    let capacity = LogCapacity::default(); // of a log that exists: its own
+    let (Ok(log), Ok(access)) = (
+        Invalidations::open_or_create(dir, domain, capacity),
+        Access::load(dir, domain),
+    ) else {
+        return false;
+    };
+    let logged = match replayed {
+        Some(logged) => logged,
+        None => {
+            let logged = log.read(id);
+            let done = match &logged.keys {
+                Some(keys) => replay(address, keys, timeouts, &access),
+                None => flush(address, timeouts, &access),
+            };
+            if done.is_err() {
+                return false;
+            }
+            logged
+        }
+    };
+    settle_log(&log, logged, address, timeouts, &access)
 }
 
 /// After a replayed server is marked up: deletes what was logged for it meanwhile (a write
 /// routed on the version before), then clears its log; a log that overflowed meanwhile gets
 /// the server flushed (it is up already: a flush costs its cache, never a stale read).
+/// Returns whether the log was cleared.
 fn settle_log(
     log: &Invalidations,
     mut logged: Logged,
     address: &Address,
     timeouts: Timeouts,
     access: &Access,
-) {
+) -> bool {
     for _ in 0..4 {
         match log.clear(&logged) {
-            Ok(Cleared::Done) | Err(_) => return,
+            Ok(Cleared::Done) => return true,
+            Err(_) => return false,
             Ok(Cleared::Grew) => {}
         }
         logged = log.read(logged.server());
@@ -479,9 +655,10 @@ fn settle_log(
             None => flush(address, timeouts, access),
         };
         if done.is_err() {
-            return;
+            return false;
         }
     }
+    false
 }
 
 /// Deletes `keys` (as the server stores them) on the server at `address`, pipelined a

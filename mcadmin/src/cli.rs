@@ -163,7 +163,9 @@ pub enum Command {
     ///
     /// A down server is flushed (flush_all) first and marked up only if that succeeds, so it can
     /// serve nothing stale (rejoin policy flush/warm; trust skips the flush; replay deletes only
-    /// the keys it missed). A draining server stops draining.
+    /// the keys it missed: with --etcd, every host's agent deletes what its own clients wrote,
+    /// and the server is flushed if one cannot or does not answer within 10 s). A draining
+    /// server stops draining.
     Up {
         #[arg(required = true, value_name = "ADDR", value_parser = address)]
         servers: Vec<Address>,
@@ -326,7 +328,9 @@ pub enum Command {
     /// after its flush, a drain) to the fleet unless the fleet decided otherwise since. Probes
     /// down servers for the whole fleet: one probe per retry interval across every host. While
     /// etcd is away the host serves its last tables and pushes its marks when etcd is back.
-    /// One agent acts on a domain per host; others stand by. Every event is a line on stdout
+    /// Under rejoin replay, a down server comes back keeping its cache once every host's agent
+    /// has deleted on it the keys that host's clients logged (else it is flushed), and this
+    /// agent does that part for its host. One agent acts on a domain per host; others stand by. Every event is a line on stdout
     /// (JSON lines with --json). Stops cleanly on SIGTERM and SIGINT.
     Sync {
         /// Mirror every domain of the fleet (new ones are picked up)
@@ -341,6 +345,10 @@ pub enum Command {
         /// Seconds the host record outlives a dead agent in `hosts`
         #[arg(value_parser = lease_ttl, long, default_value_t = 10, value_name = "S")]
         lease_ttl: i64,
+        /// Under rejoin replay: seconds a fleet probe waits for every host that mirrors the
+        /// domain to replay its log on the server, before it flushes the server instead
+        #[arg(value_parser = positive("replay deadline"), long, default_value = "10", value_name = "S")]
+        replay_deadline: Duration,
     },
     /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
     ///

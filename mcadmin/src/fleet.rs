@@ -143,10 +143,11 @@ pub fn domains(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
 }
 
 /// `up` for the fleet: [`lifecycle::bring_up_in`] on the fleet's table. A down server is
-/// flushed (rejoin policy) by this mcadmin first, and only then marked up for the fleet; a
-/// draining one stops draining.
+/// flushed (rejoin policy) by this mcadmin first, and only then marked up for the fleet; under
+/// `replay`, every host that mirrors the domain deletes on it what its clients logged instead
+/// (`mcshm_fleet::replay`), and it is flushed if one cannot; a draining one stops draining.
 pub fn bring_up(
-    fleet: &Fleet,
+    fleet: &Arc<Fleet>,
     dir: &Path,
     domain: &Domain,
     addresses: &[Address],
@@ -169,7 +170,7 @@ pub fn bring_up(
 /// The fleet's table of a domain as a rejoin reads and edits it: one read, and an etcd
 /// compare-and-swap transaction for the edit.
 struct Rejoining<'a> {
-    fleet: &'a Fleet,
+    fleet: &'a Arc<Fleet>,
     /// Holds the domain's access files, which the flushes present to the servers.
     dir: &'a Path,
     domain: &'a Domain,
@@ -208,6 +209,18 @@ impl lifecycle::RejoinTable for Rejoining<'_> {
 
     fn name(&self, server: &Server) -> lifecycle::Named {
         lifecycle::Named::Address(server.address.clone())
+    }
+
+    /// Every host that mirrors the domain vouches for what its own clients wrote.
+    fn missed(&mut self) -> Option<lifecycle::Missed> {
+        let ask = mcshm_fleet::replay::ReplayAsk {
+            by: mcshm_fleet::store::hostname(),
+            deadline: mcshm_fleet::replay::DEFAULT_DEADLINE,
+            timeouts: Timeouts::default(),
+            access: Access::load(self.dir, self.domain).ok()?,
+        };
+        let (fleet, domain) = (self.fleet.clone(), self.domain.clone());
+        Some(mcshm_fleet::replay::missed(fleet, domain, ask))
     }
 }
 
@@ -260,6 +273,7 @@ pub struct SyncArgs<'a> {
     pub name: Option<&'a str>,
     pub probe_timeout: Duration,
     pub lease_ttl: i64,
+    pub replay_deadline: Duration,
 }
 
 /// The host agent, until SIGTERM/SIGINT.
@@ -303,6 +317,7 @@ pub fn sync(ctx: &Invocation, fleet: Arc<Fleet>, args: SyncArgs<'_>) -> Result<E
                 io: timeout,
             },
             lease_ttl_s: args.lease_ttl,
+            replay_deadline: args.replay_deadline,
         },
     );
     let json = ctx.json;
@@ -343,6 +358,11 @@ fn print_event(json: bool, host: &str, event: &SyncEvent) {
             server,
             result,
         } => ("probed", domain.as_str(), format!("{server}: {result}")),
+        SyncEvent::Replayed {
+            domain,
+            server,
+            result,
+        } => ("replayed", domain.as_str(), format!("{server}: {result}")),
     };
     let mut out = io::stdout().lock();
     let _ = if json {

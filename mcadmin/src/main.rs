@@ -224,6 +224,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             name,
             probe_timeout,
             lease_ttl,
+            replay_deadline,
         } => {
             let fleet = ctx.store.fleet().expect("checked above").clone();
             fleet::sync(
@@ -235,6 +236,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                     name: name.as_deref(),
                     probe_timeout: *probe_timeout,
                     lease_ttl: *lease_ttl,
+                    replay_deadline: *replay_deadline,
                 },
             )
         }

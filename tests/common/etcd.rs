@@ -232,6 +232,11 @@ pub struct Host {
 impl Host {
     /// A host named `name` whose agent mirrors every domain of the fleet at `endpoints`.
     pub fn start(name: &str, endpoints: &str) -> Host {
+        Host::start_with(name, endpoints, &[])
+    }
+
+    /// A host whose agent runs `sync` with extra arguments.
+    pub fn start_with(name: &str, endpoints: &str, sync: &[&str]) -> Host {
         let reg = Reg::new();
         let log = reg.dir().join(format!("{name}.sync.log"));
         let mut host = Host {
@@ -241,7 +246,7 @@ impl Host {
             agent: None,
             log,
         };
-        host.start_agent();
+        host.start_agent_args(&[], sync);
         host
     }
 
@@ -251,6 +256,11 @@ impl Host {
 
     /// Starts the agent with extra global arguments (e.g. `--etcd-timeout 2`).
     pub fn start_agent_with(&mut self, extra: &[&str]) {
+        self.start_agent_args(extra, &[]);
+    }
+
+    /// Starts the agent with extra global arguments and extra arguments of `sync`.
+    pub fn start_agent_args(&mut self, extra: &[&str], sync: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -263,6 +273,7 @@ impl Host {
             .args(extra)
             .args(["--json", "sync", "--all"])
             .args(["--name", &self.name, "--lease-ttl", "3"])
+            .args(sync)
             .env_remove("MCSHM_ETCD")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -270,6 +281,16 @@ impl Host {
             .spawn()
             .unwrap();
         self.agent = Some(child);
+    }
+
+    /// Sends `signal` to the agent (SIGSTOP: an agent that hangs).
+    pub fn signal_agent(&self, signal: i32) {
+        let child = self.agent.as_ref().expect("agent running");
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
     }
 
     /// SIGKILLs the agent (no clean stop).

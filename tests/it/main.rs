@@ -18,6 +18,7 @@ mod concurrency;
 mod conformance;
 mod corruption;
 mod fleet;
+mod fleet_replay;
 mod fleet_tls;
 mod growth;
 mod help;

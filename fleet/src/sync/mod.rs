@@ -3,7 +3,8 @@
 //!
 //! Three kinds of input meet in one loop:
 //! - the fleet, from one etcd watch on `PREFIX/domains/` (a thread): a full read at start and
-//!   after a compaction, then every change in revision order;
+//!   after a compaction, then every change in revision order; and a second on
+//!   `PREFIX/replays/`, the requests to replay this host's invalidation log;
 //! - this host, from one thread per mirrored domain sleeping on the table's futex: a client
 //!   that marked a server down, a rejoin, a drain;
 //! - a tick: the host record on its lease (`mcadmin --etcd … hosts`), the link status in the
@@ -23,12 +24,15 @@
 //!   yet) and host → fleet (`push`), both measured against the *base*, the fleet table the
 //!   local one mirrors (`base_for`);
 //! - `probe`: the probe duty (which down server is due for a fleet probe, and running it);
+//! - `replay`: the replay duty (this host's part of a server's rejoin under `replay`: delete
+//!   what its clients logged, answer, and settle once the server is up);
 //! - `host`: the host record on its lease and the link status in the local tables;
 //! - `threads`: the watch of the fleet and the watches of the local tables, feeding the loop.
 
 mod apply;
 mod host;
 mod probe;
+mod replay;
 mod threads;
 
 use std::collections::{HashMap, HashSet};
@@ -41,10 +45,10 @@ use std::time::{Duration, Instant};
 
 use libmcshm::Timeouts;
 use mcshm_table::clock::now_ms;
-use mcshm_table::registry::FileOwnership;
+use mcshm_table::registry::{FileOwnership, Invalidations, Logged};
 use mcshm_table::{Address, Domain, Registry};
 
-use crate::etcd::WatchBatch;
+use crate::etcd::{Kv, WatchBatch};
 use crate::mirror::Mark;
 use crate::store::{Fleet, FleetError, FleetTable, Keys};
 
@@ -80,6 +84,12 @@ pub enum SyncEvent {
         server: String,
         result: String,
     },
+    /// This host answered a request to replay its invalidation log on a down server.
+    Replayed {
+        domain: String,
+        server: String,
+        result: String,
+    },
 }
 
 /// How the agent runs.
@@ -97,6 +107,9 @@ pub struct SyncOptions {
     pub probe_timeouts: Timeouts,
     /// TTL of the host record's lease, seconds.
     pub lease_ttl_s: i64,
+    /// How long a probe that asks every host to replay its log waits for their answers
+    /// before it flushes the server instead.
+    pub replay_deadline: Duration,
 }
 
 /// How often the loop looks at time-driven work (probing, retries, the host record).
@@ -115,7 +128,19 @@ enum Msg {
         server: Address,
         result: String,
     },
+    /// Replay requests: a full read, then what the watch brings.
+    Replays(Vec<Kv>),
+    ReplayWatch(WatchBatch),
+    /// This host answered a replay request.
+    Replayed {
+        domain: Domain,
+        server: Address,
+        result: String,
+    },
 }
+
+/// Servers this host replayed, to settle once its table has them up: the log as replayed.
+type Settling = HashMap<(Domain, Address), Logged>;
 
 struct Mirror {
     domain: Domain,
@@ -134,6 +159,8 @@ struct Mirror {
     watching_local: bool,
     /// Just became active: read the fleet's table once.
     fresh: bool,
+    /// The domain's invalidation log here, once it exists (the settle duty reads it).
+    log: Option<Invalidations>,
 }
 
 /// The agent's state.
@@ -149,6 +176,11 @@ pub struct Agent {
     probing: Arc<Mutex<HashSet<(Domain, String)>>>,
     /// When each down server's fleet probe key may next be free (ms), to ask etcd only then.
     next_probe: HashMap<(Domain, String), u64>,
+    /// Replay requests answered (id → when, ms): each is answered once.
+    answered: HashMap<String, u64>,
+    settling: Arc<Mutex<Settling>>,
+    /// Servers whose settle runs now.
+    settling_now: Arc<Mutex<HashSet<(Domain, Address)>>>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
 }
@@ -166,6 +198,9 @@ impl Agent {
             last_refresh: None,
             probing: Arc::default(),
             next_probe: HashMap::new(),
+            answered: HashMap::new(),
+            settling: Arc::default(),
+            settling_now: Arc::default(),
             tx,
             rx,
             options,
@@ -179,6 +214,7 @@ impl Agent {
     /// Runs until `stop` is set; events go to `events`.
     pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(SyncEvent)) {
         threads::spawn_watch(self.fleet.clone(), self.tx.clone());
+        threads::spawn_replay_watch(self.fleet.clone(), self.tx.clone());
         while !stop.load(Ordering::Relaxed) {
             match self.rx.recv_timeout(TICK) {
                 Ok(msg) => self.handle(msg, events),
@@ -216,6 +252,30 @@ impl Agent {
                 });
                 self.push(&domain, events);
             }
+            Msg::Replays(requests) => self.replay_duty(requests, events),
+            Msg::ReplayWatch(batch) => {
+                let requests = batch
+                    .events
+                    .into_iter()
+                    .filter_map(|event| {
+                        Some(Kv {
+                            key: event.key,
+                            value: event.value?,
+                            mod_revision: event.mod_revision,
+                        })
+                    })
+                    .collect();
+                self.replay_duty(requests, events);
+            }
+            Msg::Replayed {
+                domain,
+                server,
+                result,
+            } => events(SyncEvent::Replayed {
+                domain: domain.to_string(),
+                server: server.to_string(),
+                result,
+            }),
         }
     }
 
@@ -252,6 +312,7 @@ impl Agent {
                     applied_ms: 0,
                     watching_local: false,
                     fresh: false,
+                    log: None,
                 }),
         )
     }
@@ -348,6 +409,7 @@ impl Agent {
                 Err(e) => refused(e, events),
             }
         }
+        self.settle_duty();
         if self.connected == Some(true) {
             let domains: Vec<Domain> = self.mirrors.keys().cloned().collect();
             for domain in domains {

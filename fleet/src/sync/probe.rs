@@ -1,8 +1,9 @@
 //! The probe duty: while the agent reaches etcd, no process on this host probes a down server
 //! on its own (the agent holds every down server's local probe lease a little ahead), and
 //! agents compete for each server's fleet probe key instead: one probe per retry interval for
-//! the whole fleet. The winner runs the rejoin (flush first, per the domain's policy) on a
-//! thread, and the loop pushes its result.
+//! the whole fleet. The winner runs the rejoin (flush first, per the domain's policy; under
+//! `replay`, every host's replay first: `crate::replay`) on a thread, and the loop pushes its
+//! result.
 //!
 //! Its own module because it is the one part of the agent that talks to memcached servers;
 //! when a server is due is a rule of data ([`fleet_probe_due`], [`look_again_after`]), tested
@@ -10,14 +11,20 @@
 //! (`since_ms` plus the retry interval, servers held down by an operator never).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::time::Duration;
 
-use libmcshm::{Timeouts, lifecycle};
+use libmcshm::Timeouts;
+use libmcshm::access::Access;
+use libmcshm::lifecycle::{self, Missed, RejoinTable};
 use mcshm_table::clock::now_ms;
-use mcshm_table::table::{Server, State};
+use mcshm_table::table::{Server, State, Table};
 use mcshm_table::{Address, Domain, Registry};
 
 use super::{Agent, Msg, SyncEvent, lock};
+use crate::replay::{self, ReplayAsk};
+use crate::store::Fleet;
 
 /// How far ahead the agent holds down servers' local probe leases (if it dies, the host's
 /// clients take probing back after this plus the retry interval).
@@ -31,6 +38,7 @@ impl Agent {
         let name = self.options.name.clone();
         let dir = self.options.dir.clone();
         let timeouts = self.options.probe_timeouts;
+        let replay_deadline = self.options.replay_deadline;
         let probing = self.probing.clone();
         let tx = self.tx.clone();
         let mut next_probe = std::mem::take(&mut self.next_probe);
@@ -55,15 +63,17 @@ impl Agent {
             match fleet.try_probe_lease(domain, &server.address, interval_ms, &name) {
                 Ok(true) => {
                     lock(&probing).insert(key.clone());
-                    spawn_probe(
-                        dir.clone(),
-                        domain.clone(),
-                        server.id,
-                        server.address.clone(),
+                    let probe = Probe {
+                        fleet: fleet.clone(),
+                        dir: dir.clone(),
+                        domain: domain.clone(),
+                        id: server.id,
+                        server: server.address.clone(),
                         timeouts,
-                        name.clone(),
-                        tx.clone(),
-                    );
+                        replay_deadline,
+                        name: name.clone(),
+                    };
+                    probe.spawn(tx.clone());
                     next_probe.insert(key, now + interval_ms);
                 }
                 Ok(false) => {
@@ -95,33 +105,97 @@ fn look_again_after(interval_ms: u64) -> u64 {
     (interval_ms / 4).clamp(50, 1000)
 }
 
-/// Probes a down server for the fleet: the rejoin (flush first, per the domain's policy) on
-/// this host's table; the agent then pushes the result.
-fn spawn_probe(
+/// A probe of a down server for the fleet: the rejoin on this host's table, which the agent
+/// then pushes. Under the `replay` policy every host that mirrors the domain is asked to
+/// replay its log first (`crate::replay`); the server is flushed if one cannot.
+struct Probe {
+    fleet: Arc<Fleet>,
     dir: PathBuf,
     domain: Domain,
     id: u32,
     server: Address,
     timeouts: Timeouts,
+    replay_deadline: Duration,
     name: String,
-    tx: Sender<Msg>,
-) {
-    std::thread::spawn(move || {
-        let result = Registry::open_writer(&dir, &domain, false).and_then(|mut writer| {
-            lifecycle::rejoin(
-                &mut writer,
-                id,
-                timeouts,
-                false,
-                &format!("fleet retry probe, host {name}"),
-            )
+}
+
+impl Probe {
+    fn spawn(self, tx: Sender<Msg>) {
+        std::thread::spawn(move || {
+            let result = self.rejoin();
+            let _ = tx.send(Msg::Probed {
+                domain: self.domain,
+                server: self.server,
+                result: probe_result(result),
+            });
         });
-        let _ = tx.send(Msg::Probed {
-            domain,
-            server,
-            result: probe_result(result),
-        });
-    });
+    }
+
+    fn rejoin(&self) -> mcshm_table::Result<lifecycle::Rejoined> {
+        let mut writer = Registry::open_writer(&self.dir, &self.domain, false)?;
+        let table = RejoinTable::read(&mut writer)?;
+        let by = format!("fleet retry probe, host {}", self.name);
+        let how = lifecycle::Rejoiner {
+            by: &by,
+            operator: false,
+            skip_flush: false,
+            timeouts: self.timeouts,
+        };
+        let ask = ReplayAsk {
+            by: self.name.clone(),
+            deadline: self.replay_deadline,
+            timeouts: self.timeouts,
+            access: RejoinTable::access(&writer)?,
+        };
+        let mut mirrored = Mirrored {
+            registry: &mut writer,
+            missed: Some(replay::missed(self.fleet.clone(), self.domain.clone(), ask)),
+        };
+        let named = [lifecycle::Named::Id(self.id)];
+        Ok(lifecycle::rejoin_in(&mut mirrored, &table, &named, how)?.remove(0))
+    }
+}
+
+/// This host's table as a fleet probe rejoins it: what its down servers missed is vouched
+/// for by every host's log (the fleet's replay), not by this host's alone.
+struct Mirrored<'a> {
+    registry: &'a mut Registry,
+    missed: Option<Missed>,
+}
+
+impl RejoinTable for Mirrored<'_> {
+    type Error = mcshm_table::Error;
+
+    fn domain(&self) -> String {
+        RejoinTable::domain(&*self.registry)
+    }
+
+    fn read(&mut self) -> mcshm_table::Result<Table> {
+        RejoinTable::read(self.registry)
+    }
+
+    fn commit(
+        &mut self,
+        edit: &mut dyn FnMut(&mut Table) -> mcshm_table::Result<()>,
+    ) -> mcshm_table::Result<()> {
+        RejoinTable::commit(self.registry, edit)
+    }
+
+    fn access(&self) -> mcshm_table::Result<Access> {
+        RejoinTable::access(&*self.registry)
+    }
+
+    fn signature(&self) -> String {
+        RejoinTable::signature(&*self.registry)
+    }
+
+    fn name(&self, server: &Server) -> lifecycle::Named {
+        RejoinTable::name(&*self.registry, server)
+    }
+
+    fn missed(&mut self) -> Option<Missed> {
+        self.missed.take()
+    }
 }
 
 /// How a fleet probe went, as `mcadmin sync` reports it.

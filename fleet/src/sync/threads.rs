@@ -1,6 +1,6 @@
 //! The threads that feed the agent's loop, each blocking on one source and sending [`Msg`]s:
-//! the watch of the fleet's domains (one for the agent) and the watch of a local table (one
-//! per mirrored domain, sleeping on the table's futex). The loop owns all state; these only
+//! the watch of the fleet's domains and the watch of replay requests (one each for the agent),
+//! and the watch of a local table (one per mirrored domain, sleeping on the table's futex). The loop owns all state; these only
 //! report. Where a lost watch resumes is a rule of data ([`resume_after`]), tested here.
 
 use std::path::PathBuf;
@@ -14,23 +14,68 @@ use super::Msg;
 use crate::etcd::{EtcdError, WatchBatch};
 use crate::store::Fleet;
 
-/// The watch thread: a full read, then the watch from the revision after it; a lost watch is
-/// re-established from the last revision seen; a compacted one starts over with a full read.
+/// What one watch thread follows: the keys under `prefix`, read in full first (`full`: the
+/// message and the revision read at), then watched; `lost` reports a lost watch (the
+/// domains' watch says whether etcd answers; the others leave that to it).
+struct Feed {
+    prefix: String,
+    full: fn(&Fleet) -> Result<(Msg, i64), String>,
+    batch: fn(WatchBatch) -> Msg,
+    lost: Option<fn(String) -> Msg>,
+}
+
+/// The watch of the fleet's domains.
 pub(super) fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
+    let feed = Feed {
+        prefix: fleet.domains_prefix(),
+        full: |fleet| {
+            let (tables, revision) = fleet.read_all().map_err(|e| e.to_string())?;
+            Ok((Msg::Full(tables), revision))
+        },
+        batch: Msg::Watch,
+        lost: Some(Msg::WatchLost),
+    };
+    spawn_feed(fleet, feed, tx);
+}
+
+/// The watch of replay requests (`crate::replay`).
+pub(super) fn spawn_replay_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
+    let feed = Feed {
+        prefix: fleet.keys().replays_prefix(),
+        full: |fleet| {
+            let (kvs, revision) = fleet
+                .etcd
+                .list(&fleet.keys().replays_prefix())
+                .map_err(|e| e.to_string())?;
+            Ok((Msg::Replays(kvs), revision))
+        },
+        batch: Msg::ReplayWatch,
+        lost: None,
+    };
+    spawn_feed(fleet, feed, tx);
+}
+
+/// A watch thread: a full read, then the watch from the revision after it; a lost watch is
+/// re-established from the last revision seen; a compacted one starts over with a full read.
+fn spawn_feed(fleet: Arc<Fleet>, feed: Feed, tx: Sender<Msg>) {
     std::thread::spawn(move || {
+        let lost = |why: String| match feed.lost {
+            Some(lost) => tx.send(lost(why)).is_ok(),
+            None => true,
+        };
         let mut next: Option<i64> = None;
         loop {
             let start = match next {
                 Some(rev) => rev,
-                None => match fleet.read_all() {
-                    Ok((tables, revision)) => {
-                        if tx.send(Msg::Full(tables)).is_err() {
+                None => match (feed.full)(&fleet) {
+                    Ok((msg, revision)) => {
+                        if tx.send(msg).is_err() {
                             return;
                         }
                         revision + 1
                     }
                     Err(e) => {
-                        if tx.send(Msg::WatchLost(e.to_string())).is_err() {
+                        if !lost(e) {
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(250));
@@ -39,14 +84,14 @@ pub(super) fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
                 },
             };
             next = Some(start);
-            let mut watch = match fleet.etcd.watch(&fleet.domains_prefix(), start) {
+            let mut watch = match fleet.etcd.watch(&feed.prefix, start) {
                 Ok(w) => w,
                 Err(EtcdError::Compacted(_)) => {
                     next = None;
                     continue;
                 }
                 Err(e) => {
-                    if tx.send(Msg::WatchLost(e.to_string())).is_err() {
+                    if !lost(e.to_string()) {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(250));
@@ -59,7 +104,7 @@ pub(super) fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
                         if let Some(rev) = resume_after(&batch) {
                             next = Some(rev);
                         }
-                        if tx.send(Msg::Watch(batch)).is_err() {
+                        if tx.send((feed.batch)(batch)).is_err() {
                             return;
                         }
                     }
