@@ -495,11 +495,14 @@ struct Replayed<'a> {
     logged: Option<Logged>,
     /// The hosts that replayed, for a fleet's replay.
     hosts: Option<usize>,
+    /// It restarted while away (empty): nothing was deleted.
+    restarted: bool,
 }
 
 impl Replayed<'_> {
     fn reason(&self, how: &Rejoiner<'_>, signature: &str) -> String {
         let done = match self.hosts {
+            None if self.restarted => "rejoined empty: it restarted while away (".to_string(),
             None => format!("rejoined after deleting the {} keys it missed (", self.keys),
             Some(hosts) => format!(
                 "rejoined after {hosts} hosts deleted the {} keys it missed (",
@@ -533,6 +536,7 @@ fn replay_missed<'a>(
         keys,
         logged,
         hosts,
+        restarted: false,
     };
     match missed {
         None => Vouch::Flush(None),
@@ -542,8 +546,13 @@ fn replay_missed<'a>(
             };
             let keys = logged.keys.as_deref().unwrap_or_default();
             let n = keys.len();
-            match replay(&server.address, keys, timeouts, access) {
-                Ok(()) => Vouch::Replayed(done(n, Some(logged), None)),
+            let since = Some(server.since_ms);
+            match replay_unless_restarted(&server.address, keys, since, timeouts, access) {
+                Ok(false) => Vouch::Replayed(done(n, Some(logged), None)),
+                Ok(true) => Vouch::Replayed(Replayed {
+                    restarted: true,
+                    ..done(0, Some(logged), None)
+                }),
                 Err(e) => Vouch::Failed(e),
             }
         }
@@ -589,7 +598,8 @@ pub fn replay_host_log(
     )?;
     let access = Access::load(dir, domain).map_err(|e| e.to_string())?;
     let keys = logged.keys.as_deref().unwrap_or_default();
-    replay(&server.address, keys, timeouts, &access)?;
+    let down_since = since_ms.min(server.since_ms);
+    replay_unless_restarted(&server.address, keys, Some(down_since), timeouts, &access)?;
     Ok(logged)
 }
 
@@ -669,8 +679,35 @@ pub fn replay(
     timeouts: Timeouts,
     access: &Access,
 ) -> Result<(), String> {
+    replay_unless_restarted(address, keys, None, timeouts, access).map(drop)
+}
+
+/// How far apart (ms) a server's start and the time it went down must be for the start to
+/// count as after it (memcached's clock has seconds, and it may run on another host).
+const RESTART_SLACK_MS: u64 = 2_000;
+
+/// [`replay`], but when `down_since_ms` is given and the server started after it (`stats`:
+/// `time` − `uptime`), it restarted while away and holds nothing it missed: nothing is deleted
+/// and the answer is `true`.
+fn replay_unless_restarted(
+    address: &Address,
+    keys: &[Vec<u8>],
+    down_since_ms: Option<u64>,
+    timeouts: Timeouts,
+    access: &Access,
+) -> Result<bool, String> {
     let mut conn =
         Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
+    if let Some(since) = down_since_ms
+        && !keys.is_empty()
+    {
+        let stats = conn
+            .ask(&Request::Stats { group: None })
+            .map_err(|e| format!("stats: {}", conn.explain(&e)))?;
+        if started_ms(&stats).is_some_and(|started| started > since + RESTART_SLACK_MS) {
+            return Ok(true);
+        }
+    }
     for batch in keys.chunks(1000) {
         let mut encoded = crate::proto::Encoded::new();
         for key in batch {
@@ -686,7 +723,21 @@ pub fn replay(
             }
         }
     }
-    Ok(())
+    Ok(false)
+}
+
+/// When (ms since the epoch) a server started, from its `stats`: `time` − `uptime`, plus the 2 s
+/// memcached adds to its uptime (its clock starts 2 s before the process, so that no relative
+/// time is ever 0: `process_started` in memcached.c).
+fn started_ms(stats: &Reply) -> Option<u64> {
+    let Reply::Stats(stats) = stats else {
+        return None;
+    };
+    let stat = |name: &str| -> Option<u64> {
+        let (_, value) = stats.iter().find(|(n, _)| n == name)?;
+        value.parse().ok()
+    };
+    Some((stat("time")?.checked_sub(stat("uptime")?)? + 2) * 1000)
 }
 
 /// What [`prepare_load`] found: the servers it flushed, and those it could not.
@@ -697,16 +748,22 @@ pub struct LoadPlan {
     /// Could not be flushed: loaded down (not held: the retry probe flushes them when they
     /// answer), with the error.
     pub unflushed: Vec<(crate::address::Address, String)>,
+    /// Came back up under `replay` with the keys they missed deleted instead of a flush (this
+    /// host's log vouched for them): the log as replayed, settled after the commit.
+    pub replayed: Vec<(crate::address::Address, Logged)>,
 }
 
 /// `mcadmin load` as transitions: a server the list has up that `current` does not have (it
 /// joins) or has down (it rejoins) is flushed first, as `add` and `up` flush; one that cannot
-/// be flushed is loaded down after failures instead, so that nothing stale is served. With no
-/// `current` (a new domain: the boot-time replay of the list) the servers are taken as the list
-/// says, as their state before this host lost its table.
+/// be flushed is loaded down after failures instead, so that nothing stale is served. Under
+/// `replay`, a server that rejoins has the keys it missed deleted instead when `missed` (this
+/// host's log) vouches for them, as `up` does. With no `current` (a new domain: the boot-time
+/// replay of the list) the servers are taken as the list says, as their state before this host
+/// lost its table.
 pub fn prepare_load(
     current: Option<&[crate::table::Server]>,
     loaded: &mut crate::table::Table,
+    missed: Option<&Invalidations>,
     timeouts: Timeouts,
     access: &Access,
 ) -> LoadPlan {
@@ -725,11 +782,33 @@ pub fn prepare_load(
         if !joins {
             continue;
         }
-        match flush(&server.address, timeouts, access) {
-            Ok(()) => {
+        let vouched = match (was, missed) {
+            (Some(was), Some(log)) if loaded.policy.rejoin == Rejoin::Replay => {
+                vouched(log, was).map(|logged| (was.since_ms, logged))
+            }
+            _ => None,
+        };
+        let done = match vouched {
+            Some((since, logged)) => {
+                let keys = logged.keys.as_deref().unwrap_or_default();
+                let n = keys.len();
+                let replayed =
+                    replay_unless_restarted(&server.address, keys, Some(since), timeouts, access);
+                replayed.map(|restarted| {
+                    server.reason = match restarted {
+                        true => "load: rejoined empty: it restarted while away".into(),
+                        false => format!("load: rejoined after deleting the {n} keys it missed"),
+                    };
+                    plan.replayed.push((server.address.clone(), logged));
+                })
+            }
+            None => flush(&server.address, timeouts, access).map(|()| {
                 server.strays_since = 0;
                 plan.flushed.push(server.address.clone());
-            }
+            }),
+        };
+        match done {
+            Ok(()) => {}
             Err(error) => {
                 server.state = State::Down;
                 server.held = false;
@@ -862,7 +941,7 @@ pub fn load(
     let mut registry = match Registry::open_writer_with(dir, domain, true, target.ownership) {
         Err(Error::Corrupt { .. }) => {
             let known = if no_flush { None } else { Some(&[][..]) };
-            let plan = prepare_load(known, loaded, timeouts, access);
+            let plan = prepare_load(known, loaded, None, timeouts, access);
             let mut table = Table::default();
             plan.apply(&mut table, loaded);
             return Ok((Registry::recreate(dir, domain, &table)?, plan));
@@ -876,7 +955,21 @@ pub fn load(
         Ok(_) => None,
         Err(_) => Some(Vec::new()),
     };
-    let plan = prepare_load(current.as_deref(), loaded, timeouts, access);
+    // This host's log, when it is the one that can vouch (see `Registry`'s `missed`).
+    let missed = match loaded.policy.rejoin {
+        Rejoin::Replay => match RejoinTable::missed(&mut registry) {
+            Some(Missed::Log(log)) => Some(log),
+            _ => None,
+        },
+        _ => None,
+    };
+    let plan = prepare_load(
+        current.as_deref(),
+        loaded,
+        missed.as_ref(),
+        timeouts,
+        access,
+    );
     let commit = match registry.transact(|t| {
         plan.apply(t, loaded);
         Ok(())
@@ -888,6 +981,11 @@ pub fn load(
         }
         other => other?,
     };
+    if let Some(log) = &missed {
+        for (address, logged) in &plan.replayed {
+            let _ = settle_log(log, logged.clone(), address, timeouts, access);
+        }
+    }
     Ok((commit, plan))
 }
 

@@ -241,7 +241,11 @@ fn a_host_that_does_not_answer_in_time_gets_the_server_flushed() {
     let log = Invalidations::open(blip.b.reg.dir(), &Domain::new("app").unwrap())
         .unwrap()
         .unwrap();
-    assert!(wait_until(WAIT, || log.servers().is_empty()), "{:?}", log.servers());
+    assert!(
+        wait_until(WAIT, || log.servers().is_empty()),
+        "{:?}",
+        log.servers()
+    );
 }
 
 /// An operator's `mcadmin --etcd up` of a server held down: every host replays its log first,

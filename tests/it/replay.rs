@@ -303,3 +303,96 @@ fn list_shows_what_a_down_server_missed_and_up_replays_it() {
         "{after}"
     );
 }
+
+/// A server that restarted while it was down holds nothing it missed: its rejoin sends no
+/// deletes, and the reason says why (memcached's `stats`: it started after it went down).
+#[test]
+fn a_server_restarted_while_away_rejoins_without_its_deletes() {
+    let (a, mut b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address(), &b.address()]);
+    reg.ok(
+        "app",
+        &["policy", "--rejoin", "replay", "--failover", "rehash"],
+    );
+    let domain = Domain::new("app").unwrap();
+    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
+    let keys: Vec<String> = (0..200).map(|n| format!("k{n}")).collect();
+    for key in &keys {
+        client.set(key.as_bytes(), b"old", 0, 0).unwrap();
+    }
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    for key in &on_b[..10] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    assert_eq!(reg.list_json("app")["servers"][1]["missed_keys"], 10);
+    // Restarted well after it went down (memcached's clock has whole seconds).
+    std::thread::sleep(Duration::from_millis(3_500));
+    b.restart();
+    let deletes_before = b.stat("delete_misses") + b.stat("delete_hits");
+    reg.ok("app", &["up", &b.address()]);
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("restarted while away"), "{reason}");
+    assert_eq!(
+        b.stat("delete_misses") + b.stat("delete_hits"),
+        deletes_before,
+        "no delete sent to an empty server"
+    );
+    // A server that did not restart still gets its deletes (the blip tests): here, a second
+    // down and up without a restart deletes what it missed.
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    client.set(on_b[0].as_bytes(), b"newer", 0, 0).unwrap();
+    reg.ok("app", &["up", &b.address()]);
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("deleting the 1 keys"), "{reason}");
+}
+
+/// `load` of a list that has a down server up again replays what it missed, as `up` does: the
+/// keys written meanwhile are deleted on it, the others kept.
+#[test]
+fn load_brings_a_server_back_with_the_keys_it_missed_deleted() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address(), &b.address()]);
+    reg.ok(
+        "app",
+        &["policy", "--rejoin", "replay", "--failover", "rehash"],
+    );
+    let domain = Domain::new("app").unwrap();
+    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
+    let keys: Vec<String> = (0..200).map(|n| format!("k{n}")).collect();
+    for key in &keys {
+        client.set(key.as_bytes(), b"old", 0, 0).unwrap();
+    }
+    let list = reg.ok("app", &["dump"]);
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    for key in &on_b[..10] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    let file = reg.dir().join("app.list");
+    std::fs::write(&file, list).unwrap();
+    reg.ok("app", &["load", file.to_str().unwrap()]);
+    assert_eq!(state_of(&reg, &b.address()), "up");
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("deleting the 10 keys"), "{reason}");
+    for key in &on_b[..10] {
+        assert_eq!(b.raw_get(key), None, "{key} deleted on b");
+    }
+    let kept = on_b[10..].iter().filter(|k| b.raw_get(k).is_some()).count();
+    assert_eq!(kept, on_b.len() - 10, "the untouched keys of b kept");
+    let log = libmcshm::registry::Invalidations::open(reg.dir(), &domain)
+        .unwrap()
+        .unwrap();
+    assert!(log.servers().is_empty(), "the log is cleared");
+}
