@@ -251,10 +251,9 @@ fn a_server_whose_log_overflowed_is_flushed() {
     assert!(reason.contains("flush_all"), "{reason}");
 }
 
-/// `list` shows what a down server missed under `replay`, and `up` deletes exactly that.
-#[test]
-fn list_shows_what_a_down_server_missed_and_up_replays_it() {
-    let (a, b) = (Memcached::start(), Memcached::start());
+/// Servers `a` and `b` in domain `app` under `replay` and `rehash`, and 200 keys `k0`…
+/// set through a client of it.
+fn two_servers_under_replay(a: &Memcached, b: &Memcached) -> (Reg, Domain, Client, Vec<String>) {
     let reg = Reg::new();
     reg.ok("app", &["add", &a.address(), &b.address()]);
     reg.ok(
@@ -267,6 +266,14 @@ fn list_shows_what_a_down_server_missed_and_up_replays_it() {
     for key in &keys {
         client.set(key.as_bytes(), b"old", 0, 0).unwrap();
     }
+    (reg, domain, client, keys)
+}
+
+/// `list` shows what a down server missed under `replay`, and `up` deletes exactly that.
+#[test]
+fn list_shows_what_a_down_server_missed_and_up_replays_it() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, _, mut client, keys) = two_servers_under_replay(&a, &b);
     reg.ok("app", &["down", &b.address(), "--retry"]);
     let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
     for key in &on_b[..10] {
@@ -309,18 +316,7 @@ fn list_shows_what_a_down_server_missed_and_up_replays_it() {
 #[test]
 fn a_server_restarted_while_away_rejoins_without_its_deletes() {
     let (a, mut b) = (Memcached::start(), Memcached::start());
-    let reg = Reg::new();
-    reg.ok("app", &["add", &a.address(), &b.address()]);
-    reg.ok(
-        "app",
-        &["policy", "--rejoin", "replay", "--failover", "rehash"],
-    );
-    let domain = Domain::new("app").unwrap();
-    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
-    let keys: Vec<String> = (0..200).map(|n| format!("k{n}")).collect();
-    for key in &keys {
-        client.set(key.as_bytes(), b"old", 0, 0).unwrap();
-    }
+    let (reg, _, mut client, keys) = two_servers_under_replay(&a, &b);
     reg.ok("app", &["down", &b.address(), "--retry"]);
     let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
     for key in &on_b[..10] {
@@ -359,18 +355,7 @@ fn a_server_restarted_while_away_rejoins_without_its_deletes() {
 #[test]
 fn load_brings_a_server_back_with_the_keys_it_missed_deleted() {
     let (a, b) = (Memcached::start(), Memcached::start());
-    let reg = Reg::new();
-    reg.ok("app", &["add", &a.address(), &b.address()]);
-    reg.ok(
-        "app",
-        &["policy", "--rejoin", "replay", "--failover", "rehash"],
-    );
-    let domain = Domain::new("app").unwrap();
-    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
-    let keys: Vec<String> = (0..200).map(|n| format!("k{n}")).collect();
-    for key in &keys {
-        client.set(key.as_bytes(), b"old", 0, 0).unwrap();
-    }
+    let (reg, domain, mut client, keys) = two_servers_under_replay(&a, &b);
     let list = reg.ok("app", &["dump"]);
     reg.ok("app", &["down", &b.address(), "--retry"]);
     let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
