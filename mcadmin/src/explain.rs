@@ -215,11 +215,18 @@ impl Explained {
                     self.placement_kind(),
                     self.placement_text(natural)
                 );
-                out += &format!(
-                    "  its owner {} is {}: failover rehash moves its keys to the up servers while it is away\n",
+                let (was, state) = (
                     self.address(natural.owner),
-                    self.server(natural.owner).state
+                    self.server(natural.owner).state,
                 );
+                out += &match state {
+                    State::Up => format!(
+                        "  its owner {was} is up, but failover rehash places keys on the up servers only, and there the key moves (modula: the count of servers changed)\n"
+                    ),
+                    _ => format!(
+                        "  its owner {was} is {state}: failover rehash moves its keys to the up servers while it is away\n"
+                    ),
+                };
                 if chain.len() > 1 {
                     out += &format!(
                         "  replicas there: {}\n",

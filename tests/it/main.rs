@@ -17,6 +17,7 @@ mod client;
 mod concurrency;
 mod conformance;
 mod corruption;
+mod explain;
 mod fleet;
 mod fleet_tls;
 mod growth;
