@@ -145,9 +145,7 @@ pub fn parse(text: &str) -> Result<Page, String> {
             continue;
         }
         // name{label="value",...} value [timestamp]
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
-            .ok_or_else(|| at("no value".into()))?;
+        let name_end = line.find(['{', ' ']).ok_or_else(|| at("no value".into()))?;
         let name = &line[..name_end];
         if !valid_name(name) {
             return Err(at(format!("invalid metric name {name:?}")));
