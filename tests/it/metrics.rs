@@ -154,6 +154,19 @@ fn the_page_parses_and_names_every_servers_state() {
             })
             .unwrap();
     }
+    // old: b being drained (as `mcadmin drain` marks it, without moving keys here).
+    reg.ok("old", &["add", &a.address(), &b.address()]);
+    {
+        use libmcshm::{Domain, Registry, State};
+        let mut writer =
+            Registry::open_writer(reg.dir(), &Domain::new("old").unwrap(), false).unwrap();
+        writer
+            .transact(|t| {
+                t.servers[1].state = State::Draining;
+                Ok(())
+            })
+            .unwrap();
+    }
     std::fs::write(reg.dir().join("broken.mcshm"), b"not a table").unwrap();
     // A process that has app open.
     let mut waiter = reg
@@ -185,6 +198,14 @@ fn the_page_parses_and_names_every_servers_state() {
     let page = read_page(&text);
     agrees_with_list(&page, &reg, "app");
     agrees_with_list(&page, &reg, "web");
+    agrees_with_list(&page, &reg, "old");
+    let b_address = b.address();
+    let old_b = [
+        ("domain", "old"),
+        ("server", b_address.as_str()),
+        ("state", "draining"),
+    ];
+    assert_eq!(page.value("mcshm_server_state", &old_b), 1.0);
     assert_eq!(
         page.value("mcshm_table_readable", &[("domain", "broken")]),
         0.0

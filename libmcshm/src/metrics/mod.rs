@@ -101,7 +101,7 @@ pub const FAMILIES: &[Family] = &[
     ),
     gauge(
         "mcshm_server_missed_overflowed",
-        "Whether the server's invalidation log overflowed (1: it will be flushed when it comes back)",
+        "Whether the down server's invalidation log overflowed (1: it will be flushed when it comes back; 0 for a server that is not down)",
     ),
     gauge(
         "mcshm_fleet_revision",
@@ -273,7 +273,11 @@ pub fn render(domains: &[(Domain, Result<DomainMetrics>)]) -> String {
             if let Some(stats) = m.log.as_ref().and_then(|log| log.get(n)) {
                 page.add("mcshm_server_missed_keys", &labels, stats.keys);
                 page.add("mcshm_server_missed_bytes", &labels, stats.bytes);
-                page.add("mcshm_server_missed_overflowed", &labels, stats.overflowed);
+                // What overflowing means (a flush at the rejoin) is a down server's: an up
+                // one's log is empty, or being replayed (and a log every server shares the
+                // state of, `unlogged`, says nothing of it).
+                let flushed = stats.overflowed && server.state == State::Down;
+                page.add("mcshm_server_missed_overflowed", &labels, flushed);
             }
         }
         if s.fleet_revision != 0 || m.agent.agent.is_some() {
