@@ -285,17 +285,14 @@ impl Explained {
             many => format!("asks {} in turn; the first hit wins", many.join(", ")),
         };
         for fill in &self.read.fills {
+            let (from, to) = (self.address(fill.from.index), self.address(fill.to.index));
             let why = match fill.kind {
                 FillKind::Warm => {
-                    "warm-up: it rejoined, and the other owned the key while it was away"
+                    format!("warm-up: {to} rejoined, and {from} owned the key while it was away")
                 }
-                FillKind::Drain => "the other is draining",
+                FillKind::Drain => format!("{from} is draining"),
             };
-            text += &format!(
-                "; on a miss, copies the key from {} to {} ({why})",
-                self.address(fill.from.index),
-                self.address(fill.to.index)
-            );
+            text += &format!("; on a miss, copies the key from {from} to {to} ({why})");
         }
         text
     }

@@ -249,3 +249,61 @@ fn explain_refuses_the_keys_every_tool_refuses() {
     let ok = explain(&reg, "d", &"k".repeat(246));
     assert_eq!(ok["prefix"], "app:");
 }
+
+/// A key of a server being drained: its new owner is asked, a miss is filled from the
+/// draining server, and a set deletes the key there (as the drain's clients do).
+#[test]
+fn explain_shows_the_drain_fallback() {
+    let reg = Reg::new();
+    let servers: Vec<String> = (1..=3).map(|n| format!("10.99.1.{n}:11211")).collect();
+    let mut add = vec!["add", "--no-flush"];
+    add.extend(servers.iter().map(String::as_str));
+    reg.ok("d", &add);
+    let keys: Vec<String> = (0..60).map(|n| format!("k{n}")).collect();
+    let before = which(&reg, "d", &keys);
+    {
+        use libmcshm::{Domain, Registry, State};
+        let mut writer =
+            Registry::open_writer(reg.dir(), &Domain::new("d").unwrap(), false).unwrap();
+        writer
+            .transact(|t| {
+                t.servers[1].state = State::Draining;
+                Ok(())
+            })
+            .unwrap();
+    }
+    let draining = servers[1].as_str();
+    let after = which(&reg, "d", &keys);
+    let mut moved = 0;
+    for ((key, (was, _)), (owner, chain)) in keys.iter().zip(before).zip(after) {
+        let e = explain(&reg, "d", key);
+        assert_eq!(e["owner"], owner.as_str(), "{key}: {e}");
+        assert_eq!(e["replicas"], json!(chain), "{key}: {e}");
+        if was != draining {
+            continue;
+        }
+        moved += 1;
+        assert_eq!(e["get"]["asks"], json!([owner]), "{e}");
+        assert_eq!(
+            e["get"]["fills"],
+            json!([{"from": draining, "to": owner, "kind": "drain"}]),
+            "{e}"
+        );
+        let deletes = e["set"]["deletes"].as_array().unwrap();
+        assert!(
+            deletes
+                .iter()
+                .any(|d| d["server"] == draining
+                    && d["why"].as_str().unwrap().starts_with("draining")),
+            "{e}"
+        );
+        let text = reg.ok("d", &["explain", key]);
+        assert!(
+            text.contains(&format!(
+                "on a miss, copies the key from {draining} to {owner} ({draining} is draining)"
+            )),
+            "{text}"
+        );
+    }
+    assert!(moved > 0, "some of 60 keys were the draining server's");
+}
