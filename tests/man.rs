@@ -83,6 +83,9 @@ mcadmin \-\-domain myapp add cache3 \-\-down \-\-retry\-interval \-1
 mcadmin \-\-domain myapp down cache1:11211 \-\-reason 'disk failure'
 mcadmin \-\-domain myapp status cache1:11211 || echo "cache1 is down"
 mcadmin \-\-domain myapp list \-\-json | jq '.servers[].address'
+mcadmin \-\-domain myapp explain user:42           # which server owns the key, and why
+mcadmin metrics > /var/lib/prometheus/node\-exporter/mcshm.prom.tmp   # then mv it in place
+mcadmin \-\-domain myapp watch \-\-metrics 127.0.0.1:9152   # the same page over HTTP
 mcadmin \-\-domain myapp dump > /etc/mcshm/myapp.list
 mcadmin \-\-domain myapp load /etc/mcshm/myapp.list   # at boot
 mcadmin \-\-domain myapp load \-\-partial hand\-written.list

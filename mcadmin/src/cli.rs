@@ -43,6 +43,9 @@ Examples:
   mcadmin --domain myapp load --partial hand-written.list
   mcadmin --etcd http://10.0.0.5:2379 --domain myapp add cache3:11211   (the whole fleet)
   mcadmin sync --etcd http://10.0.0.5:2379,http://10.0.0.6:2379 --all   (on every host)
+  mcadmin --domain myapp explain user:42         (which server owns the key, and why)
+  mcadmin metrics > mcshm.prom                   (every domain, for node_exporter's textfile)
+  mcadmin --domain myapp watch --metrics 127.0.0.1:9152   (the same page over HTTP)
 
 Durations (--lock-timeout, --etcd-timeout, --interval, --timeout, --retry-interval, ...) take a
 unit: 500ms, 2s, 1m, 1h; a bare number is seconds.
@@ -286,6 +289,10 @@ pub enum Command {
         /// Probe timeout in seconds
         #[arg(value_parser = positive("timeout"), long, default_value = "1", value_name = "S")]
         timeout: Duration,
+        /// Serve the watched domains' metrics page (what `mcadmin metrics` prints; with --all
+        /// every domain's) over HTTP at http://IP:PORT/metrics, e.g. 127.0.0.1:9152
+        #[arg(long, value_name = "IP:PORT", value_parser = listen_address)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Retire a server gently, moving its keys to their new owners.
     ///
@@ -411,6 +418,42 @@ pub enum Command {
         /// Remove the domain's TLS settings (speak to its servers in clear)
         #[arg(long)]
         clear: bool,
+    },
+    /// Print this host's domains as Prometheus metrics, for node_exporter's textfile collector.
+    ///
+    /// Every domain in the registry directory, or the one --domain (or $MCSHM_DOMAIN) names.
+    /// Per server (labels domain, server): mcshm_server_up, mcshm_server_state{state=up|down|
+    /// draining}, mcshm_server_held_down, mcshm_server_state_change_timestamp_seconds,
+    /// mcshm_server_weight, mcshm_server_consecutive_failures, mcshm_server_marked (may hold
+    /// stale copies until `settle`), and in a domain that keeps an invalidation log
+    /// mcshm_server_missed_keys, _bytes and _overflowed. Per domain: mcshm_table_readable,
+    /// mcshm_table_version, mcshm_table_change_timestamp_seconds, mcshm_table_servers,
+    /// mcshm_domain_processes (what `clients` lists), mcshm_domain_policy_info; in a domain the
+    /// fleet mirrors, mcshm_fleet_revision (the revision applied here) and the agent's
+    /// mcshm_fleet_agent_running, _connected and _link_change_timestamp_seconds. A host's lag
+    /// behind the fleet is not known on the host: compare mcshm_fleet_revision across hosts.
+    /// An unreadable table is mcshm_table_readable 0 (and a line on stderr), not a failure.
+    /// `watch --metrics IP:PORT` serves the same page over HTTP.
+    ///
+    /// Example: mcadmin metrics > /var/lib/prometheus/node-exporter/mcshm.prom.tmp &&
+    /// mv /var/lib/prometheus/node-exporter/mcshm.prom.tmp
+    /// /var/lib/prometheus/node-exporter/mcshm.prom
+    Metrics,
+    /// Show which server owns KEY in the domain and why, and what a get and a set of it do.
+    ///
+    /// The domain's distribution and hash, the key's hash value, the ring point it lands on
+    /// and whose point it is (modula: the hash modulo the number of servers; pecl-memcache:
+    /// its bucket), its replicas in order, each server's state (down and by whom, draining,
+    /// marked as holding stale copies), and under the domain's failover policy what a get
+    /// asks and what a set stores and deletes (under rehash, the interim owner of a down
+    /// server's key). Read from the table's current version (shown), as every client routes
+    /// it; the same key checks as elsewhere (no spaces or control characters, at most 250
+    /// bytes with the domain's prefix). --json for scripts.
+    Explain {
+        /// The key (without the domain's prefix, as the application gives it)
+        // Its own id: `key` is --key's (the etcd client key), global.
+        #[arg(id = "explained_key", value_name = "KEY")]
+        key: String,
     },
     /// Wait until the domain's version changes, then print the new version
     Wait {
@@ -609,6 +652,14 @@ fn check_key(text: &str) -> Checked<Vec<u8>> {
         Ok(()) => Ok(key),
         Err(why) => Err(Box::new(UsageError(format!("invalid check key: {why}")))),
     }
+}
+
+/// `watch --metrics`: an IP address and port to listen on.
+fn listen_address(text: &str) -> Checked<std::net::SocketAddr> {
+    text.parse().map_err(|_| {
+        let why = format!("invalid --metrics '{text}': expected IP:PORT (127.0.0.1:9152)");
+        Box::new(UsageError(why)) as Box<dyn std::error::Error + Send + Sync>
+    })
 }
 
 /// `sync --lease-ttl`: 2 to 3600 seconds.

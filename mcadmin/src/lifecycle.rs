@@ -41,6 +41,8 @@ pub struct WatchOptions<'a> {
     pub check_key: Option<&'a [u8]>,
     pub exec: Option<&'a str>,
     pub timeout: Duration,
+    /// Serve the watched domains' metrics page here (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
@@ -64,6 +66,10 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
             check_key.clone(),
             timeouts,
         ));
+    }
+    if let Some(address) = options.metrics {
+        let only = (!options.all).then_some(names.as_slice());
+        crate::metrics::serve(ctx, address, only)?;
     }
     let stop = stop_flag()?;
     while !stop.load(Ordering::Relaxed) {

@@ -7,8 +7,10 @@
 
 mod access;
 mod cli;
+mod explain;
 mod fleet;
 mod lifecycle;
+mod metrics;
 mod show;
 mod store;
 mod verbs;
@@ -101,6 +103,14 @@ fn run(cli: &Cli) -> Result<Exit> {
         )
         .into());
     }
+    if fleet.is_some() && matches!(cli.command, Command::Metrics) {
+        return Err(UsageError(
+            "metrics shows this host's tables: drop --etcd (every host's page, together, is \
+             the fleet's)"
+                .into(),
+        )
+        .into());
+    }
     if fleet.is_none() && matches!(cli.command, Command::Sync { .. } | Command::Hosts) {
         return Err(UsageError(
             "sync and hosts need the fleet's etcd: give --etcd ENDPOINTS or set MCSHM_ETCD".into(),
@@ -175,6 +185,8 @@ fn run(cli: &Cli) -> Result<Exit> {
             },
         ),
         Command::Wait { since, timeout } => read::wait(&ctx, *since, *timeout),
+        Command::Metrics => metrics::print(&ctx, metrics::domain_given()),
+        Command::Explain { key } => explain::explain(&ctx, key),
         Command::Auth {
             user,
             password_file,
@@ -204,6 +216,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             check_key,
             exec,
             timeout,
+            metrics,
         } => lifecycle::watch(
             &ctx,
             lifecycle::WatchOptions {
@@ -214,6 +227,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                 check_key: check_key.as_deref(),
                 exec: exec.as_deref(),
                 timeout: *timeout,
+                metrics: *metrics,
             },
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),

@@ -81,15 +81,29 @@ pub struct ProcessRecord {
 /// file, or an older one it replaced (" (deleted)": the process follows on its next read).
 /// Only the processes whose maps this user may read (all of them for root).
 pub fn processes_mapping(file: &std::path::Path) -> Vec<ProcessRecord> {
-    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let Some(path) = canonical.to_str() else {
-        return Vec::new();
-    };
-    let replaced = format!("{path} (deleted)");
+    processes_mapping_each(&[file]).pop().unwrap_or_default()
+}
+
+/// [`processes_mapping`] of several files in one walk of /proc (each process's maps read once,
+/// not once per file): per file, in the order given.
+pub fn processes_mapping_each(files: &[&std::path::Path]) -> Vec<Vec<ProcessRecord>> {
+    let mut found: Vec<Vec<ProcessRecord>> = vec![Vec::new(); files.len()];
+    // Per file: its path, and the name of an older file it replaced, as maps lines end.
+    let names: Vec<Option<(String, String)>> = files
+        .iter()
+        .map(|file| {
+            let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+            let path = canonical.to_str()?.to_string();
+            let replaced = format!("{path} (deleted)");
+            Some((path, replaced))
+        })
+        .collect();
+    if names.iter().all(Option::is_none) {
+        return found;
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return found;
     };
-    let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -104,18 +118,28 @@ pub fn processes_mapping(file: &std::path::Path) -> Vec<ProcessRecord> {
         let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
             continue;
         };
-        if maps
-            .lines()
-            .any(|line| line.ends_with(path) || line.ends_with(replaced.as_str()))
-        {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push(ProcessRecord {
-                pid,
-                command: comm.trim_end().to_string(),
-                version: 0,
-                last_used_ms: 0,
-                recorded: false,
-            });
+        let mut command = None;
+        for (n, name) in names.iter().enumerate() {
+            let Some((path, replaced)) = name else {
+                continue;
+            };
+            if maps
+                .lines()
+                .any(|line| line.ends_with(path.as_str()) || line.ends_with(replaced.as_str()))
+            {
+                let command = command.get_or_insert_with(|| {
+                    let comm =
+                        std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                    comm.trim_end().to_string()
+                });
+                found[n].push(ProcessRecord {
+                    pid,
+                    command: command.clone(),
+                    version: 0,
+                    last_used_ms: 0,
+                    recorded: false,
+                });
+            }
         }
     }
     found

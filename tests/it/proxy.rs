@@ -321,6 +321,11 @@ fn stats_and_prometheus_metrics() {
             "{line}"
         );
     }
+    // And the whole page, line by line, as Prometheus reads it (tests/common/prometheus.rs).
+    let body = page.split_once("\r\n\r\n").unwrap().1;
+    if let Err(why) = crate::common::prometheus::parse(body) {
+        panic!("{why}\n{body}");
+    }
 }
 
 #[test]
