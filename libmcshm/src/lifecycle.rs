@@ -251,6 +251,9 @@ pub enum Missed {
     /// clients logged (`mcshm_fleet`'s replay). Asked once per server; `Err` says why the
     /// server must be flushed instead (a host that cannot vouch or did not answer in time).
     Fleet(AskFleet),
+    /// No one can vouch, and why (a process that maps the table read-only: it routes writes
+    /// it cannot log). Servers are flushed, and their reason says why.
+    Cannot(String),
 }
 
 /// How a rejoin asks a fleet to replay one server ([`Missed::Fleet`]).
@@ -299,11 +302,28 @@ impl RejoinTable for Registry {
         if self.current_snapshot().ok()?.fleet_revision != 0 {
             return None;
         }
+        if let Some(why) = unlogged_reader(self.path()) {
+            return Some(Missed::Cannot(why));
+        }
         let dir = self.path().parent().unwrap_or(Path::new("."));
         Invalidations::open_or_create(dir, Registry::domain(self), LogCapacity::default())
             .ok()
             .map(Missed::Log)
     }
+}
+
+/// A process that has the table at `path` mapped read-only, as why the log cannot vouch: it
+/// may route writes (a client that cannot write the registry, or a C program that only looks
+/// servers up and writes through its own client) and logs none of them. Only the processes
+/// this user may see are found (all of them for root).
+fn unlogged_reader(path: &Path) -> Option<String> {
+    let reader = crate::processes::processes_mapping(path)
+        .into_iter()
+        .find(|p| !p.writable)?;
+    Some(format!(
+        "process {} ({}) has the table open read-only and logs none of its writes",
+        reader.pid, reader.command
+    ))
 }
 
 /// Runs a retry probe the router handed out: brings its server back through the domain's
@@ -560,6 +580,7 @@ fn replay_missed<'a>(
             Ok(fleet) => Vouch::Replayed(done(fleet.keys, None, Some(fleet.hosts))),
             Err(why) => Vouch::Flush(Some(why)),
         },
+        Some(Missed::Cannot(why)) => Vouch::Flush(Some(why.clone())),
     }
 }
 
@@ -590,6 +611,9 @@ pub fn replay_host_log(
     since_ms: u64,
     timeouts: Timeouts,
 ) -> std::result::Result<Logged, String> {
+    if let Some(why) = unlogged_reader(&domain.path_in(dir)) {
+        return Err(why);
+    }
     let log = Invalidations::open(dir, domain)
         .map_err(|e| format!("its invalidation log cannot be read: {e}"))?
         .ok_or("it has no invalidation log")?;

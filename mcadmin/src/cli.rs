@@ -523,7 +523,8 @@ pub struct PolicyArgs {
     /// misses from the interim owner for the warm window), trust (no flush: unsafe for data
     /// that changes while it is away), replay (delete only the keys written while it was away,
     /// from the host's invalidation log, then up: it keeps its cache; flushed when the log
-    /// cannot say)
+    /// cannot say, e.g. while a process has the table open read-only: use replay when every
+    /// writer goes through libmcshm's client, mclient or mcproxy)
     #[arg(long, value_name = "POLICY", value_parser = checked::<Rejoin>)]
     pub rejoin: Option<Rejoin>,
     /// Servers each write goes to, along the ring (reads fall back along the same servers)

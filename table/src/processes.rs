@@ -75,6 +75,10 @@ pub struct ProcessRecord {
     /// Whether it holds a clients record (false: found only by its mapping of the file; it
     /// opened it read-only, or every record was taken).
     pub recorded: bool,
+    /// Whether it may write the file: a record (only a writer makes one), or a writable
+    /// mapping of it. A process that maps it read-only cannot log the writes it routes (see
+    /// `registry::invalidations`).
+    pub writable: bool,
 }
 
 /// Every process (other than this one) that has `file` mapped, as /proc shows it: the live
@@ -123,10 +127,17 @@ pub fn processes_mapping_each(files: &[&std::path::Path]) -> Vec<Vec<ProcessReco
             let Some((path, replaced)) = name else {
                 continue;
             };
-            if maps
+            let mut mappings = maps
                 .lines()
-                .any(|line| line.ends_with(path.as_str()) || line.ends_with(replaced.as_str()))
-            {
+                .filter(|line| line.ends_with(path.as_str()) || line.ends_with(replaced.as_str()))
+                .peekable();
+            if mappings.peek().is_some() {
+                // The second field of a maps line is the mapping's permissions ("rw-s").
+                let writable = mappings.any(|line| {
+                    line.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|p| p.contains('w'))
+                });
                 let command = command.get_or_insert_with(|| {
                     let comm =
                         std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
@@ -138,6 +149,7 @@ pub fn processes_mapping_each(files: &[&std::path::Path]) -> Vec<Vec<ProcessReco
                     version: 0,
                     last_used_ms: 0,
                     recorded: false,
+                    writable,
                 });
             }
         }
@@ -157,6 +169,7 @@ impl ProcessRecord {
             version: record[1],
             last_used_ms: record[2],
             recorded: true,
+            writable: true,
         }
     }
 }

@@ -381,3 +381,57 @@ fn load_brings_a_server_back_with_the_keys_it_missed_deleted() {
         .unwrap();
     assert!(log.servers().is_empty(), "the log is cleared");
 }
+
+/// Not a test on its own: a process that has the domain's table open read-only (as a C
+/// program that only looks servers up and writes through its own client) until `MCSHM_READER`
+/// (`dir|file`) `file` is removed (at most 60 s).
+#[test]
+fn read_only_reader_child() {
+    let Ok(spec) = std::env::var("MCSHM_READER") else {
+        return;
+    };
+    let (dir, file) = spec.split_once('|').unwrap();
+    let _reader = libmcshm::registry::Registry::open(dir, &Domain::new("app").unwrap()).unwrap();
+    std::fs::write(file, "").unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(file).exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process that maps the table read-only routes writes it cannot log: while one runs, the
+/// log cannot vouch, and `up` flushes, naming it.
+#[test]
+fn a_process_that_cannot_log_makes_the_rejoin_flush() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, _, mut client, keys) = two_servers_under_replay(&a, &b);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    client.set(on_b[0].as_bytes(), b"new", 0, 0).unwrap();
+    let holding = reg.dir().join("reader.holding");
+    let spec = format!("{}|{}", reg.dir().display(), holding.display());
+    let mut reader = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "replay::read_only_reader_child",
+            "--test-threads=1",
+        ])
+        .env("MCSHM_READER", spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || holding.exists()));
+    reg.ok("app", &["up", &b.address()]);
+    std::fs::remove_file(&holding).unwrap();
+    reader.wait().unwrap();
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("flush_all") && reason.contains("has the table open read-only"),
+        "{reason}"
+    );
+    let kept = on_b.iter().filter(|k| b.raw_get(k).is_some()).count();
+    assert_eq!(kept, 0, "flushed");
+}
