@@ -312,6 +312,31 @@ impl RejoinTable for Registry {
     }
 }
 
+/// The logs of servers no longer in `servers` go with them (a process still routing with an
+/// older table may have logged for one after it was deleted).
+fn forget_deleted_in(log: &Invalidations, servers: &[Server]) {
+    for id in log.servers() {
+        if !servers.iter().any(|s| s.id == id) {
+            let _ = log.forget(id);
+        }
+    }
+}
+
+/// After servers were deleted from this host's table in `dir`: their invalidation logs go
+/// with them (a server that never came back). Nothing to do without a log.
+pub fn forget_deleted(dir: &Path, domain: &Domain) -> Result<()> {
+    if !crate::registry::log_path(dir, domain).exists() {
+        return Ok(());
+    }
+    let servers = Registry::open(dir, domain)?
+        .current_snapshot()?
+        .servers
+        .clone();
+    let log = Invalidations::open_or_create(dir, domain, LogCapacity::default())?;
+    forget_deleted_in(&log, &servers);
+    Ok(())
+}
+
 /// A process that has the table at `path` mapped read-only, as why the log cannot vouch: it
 /// may route writes (a client that cannot write the registry, or a C program that only looks
 /// servers up and writes through its own client) and logs none of them. Only the processes
@@ -399,12 +424,7 @@ pub fn rejoin_in<S: RejoinTable>(
         _ => None,
     };
     if let Some(Missed::Log(log)) = &missed {
-        // The logs of servers deleted since go with them.
-        for id in log.servers() {
-            if !table.servers.iter().any(|s| s.id == id) {
-                let _ = log.forget(id);
-            }
-        }
+        forget_deleted_in(log, &table.servers);
     }
     // Each server to contact: replayed when someone vouches for what it missed, else flushed.
     let mut replayed: Vec<Replayed<'_>> = Vec::new();

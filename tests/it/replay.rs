@@ -435,3 +435,20 @@ fn a_process_that_cannot_log_makes_the_rejoin_flush() {
     let kept = on_b.iter().filter(|k| b.raw_get(k).is_some()).count();
     assert_eq!(kept, 0, "flushed");
 }
+
+/// A server that never comes back and is deleted: what it missed goes with it.
+#[test]
+fn a_deleted_servers_log_goes_with_it() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, domain, mut client, keys) = two_servers_under_replay(&a, &b);
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    for key in &keys[..50] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    let log = libmcshm::registry::Invalidations::open(reg.dir(), &domain)
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.servers().len(), 1, "b's log holds what it missed");
+    reg.ok("app", &["delete", &b.address()]);
+    assert!(log.servers().is_empty(), "{:?}", log.servers());
+}

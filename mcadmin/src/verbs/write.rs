@@ -49,9 +49,14 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
 /// `delete`: the servers leave the domain.
 pub fn delete(ctx: &Invocation, addresses: &[Address], if_present: bool) -> Result<Exit> {
     let name = ctx.local.domain.to_string();
-    write(ctx, false, |t| {
+    let exit = write(ctx, false, |t| {
         edit::delete(&mut t.servers, addresses, if_present, &name)
-    })
+    })?;
+    if ctx.store.fleet().is_none() {
+        // What the deleted servers missed goes with them (in a fleet, each agent forgets).
+        let _ = libmcshm::lifecycle::forget_deleted(&ctx.local.dir, &ctx.local.domain);
+    }
+    Ok(exit)
 }
 
 /// `set`: a server's weight and/or retry interval.
