@@ -32,10 +32,25 @@ impl ProcessId {
         }
     }
 
-    /// Whether the process still runs (same pid, same start time).
+    /// Whether the process still runs (same pid, same start time). A pid that /proc does not
+    /// show may belong to a process hidden from this user (a unit's `ProtectProc=invisible`, a
+    /// /proc mounted with `hidepid`): it counts as alive while it exists, so that a hardened
+    /// daemon never takes a live process's record or lock for a dead one's (a record kept for
+    /// a recycled pid until /proc shows it costs a slot, never a live process's state).
     pub fn is_alive(self) -> bool {
-        self.pid != 0 && start_time(self.pid) == Some(self.start)
+        if self.pid == 0 {
+            return false;
+        }
+        match start_time(self.pid) {
+            Some(start) => start == self.start,
+            None => !proc_shows(self.pid) && crate::shm::process_exists(self.pid),
+        }
     }
+}
+
+/// Whether /proc shows `pid` (it exists and is not hidden from this user).
+fn proc_shows(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Field 22 of /proc/PID/stat (start time in clock ticks), truncated to 32 bits.
