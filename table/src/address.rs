@@ -349,6 +349,91 @@ impl fmt::Display for Address {
     }
 }
 
+/// A place a server's address reaches: a TCP socket address (a host name resolved), or a unix
+/// socket's path (canonical when it exists). Two addresses that reach one place are one
+/// memcached under two names (see [`find_alias`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Place {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Tcp(address) => write!(f, "{address}"),
+            Place::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Address {
+    /// The places this address reaches: a host name resolved by the system (a lookup, nothing
+    /// is connected); none when it does not resolve (it is refused when connected to).
+    pub fn places(&self) -> Vec<Place> {
+        match self {
+            Address::Unix { path } => {
+                let path = std::path::Path::new(path);
+                vec![Place::Unix(
+                    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+                )]
+            }
+            tcp => tcp
+                .socket_addrs()
+                .map(|all| all.into_iter().map(Place::Tcp).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One memcached under two names, as [`find_alias`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    /// The server of the new ones.
+    pub server: Address,
+    /// The one it is the same memcached as: a present server, or an earlier new one.
+    pub other: Address,
+    /// Where both reach.
+    pub place: Place,
+}
+
+/// The first server of `new` that reaches a place (see [`Address::places`]) that a server of
+/// `present`, or an earlier one of `new`, reaches under another name: listed twice, one
+/// memcached gets two shares of the ring and a key is written under one name and read under the
+/// other. Addresses that are the same server ([`Address::same_server`]) are left to the
+/// duplicate checks; names that do not resolve are not compared. `present` is resolved only
+/// when a new server resolves.
+pub fn find_alias(present: &[Address], new: &[Address]) -> Option<Alias> {
+    let new_places: Vec<Vec<Place>> = new.iter().map(Address::places).collect();
+    if new_places.iter().all(Vec::is_empty) {
+        return None;
+    }
+    let mut seen: std::collections::HashMap<Place, &Address> = std::collections::HashMap::new();
+    for address in present {
+        for place in address.places() {
+            seen.entry(place).or_insert(address);
+        }
+    }
+    for (address, places) in new.iter().zip(new_places) {
+        for place in places {
+            match seen.get(&place) {
+                Some(other) if !other.same_server(address) => {
+                    return Some(Alias {
+                        server: address.clone(),
+                        other: (*other).clone(),
+                        place,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(place, address);
+                }
+            }
+        }
+    }
+    None
+}
+
 impl std::str::FromStr for Address {
     type Err = Error;
     fn from_str(s: &str) -> Result<Address> {
@@ -480,6 +565,44 @@ fn check_hostname(host: &str) -> std::result::Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_server_under_two_names_is_found() {
+        let parse = |list: &[&str]| -> Vec<super::Address> {
+            list.iter()
+                .map(|a| super::Address::parse(a).unwrap())
+                .collect()
+        };
+        let present = parse(&["127.0.0.1:11312", "127.0.0.1:11313"]);
+        let alias = super::find_alias(&present, &parse(&["localhost:11312"])).unwrap();
+        assert_eq!(alias.other.to_string(), "127.0.0.1:11312");
+        assert_eq!(alias.place.to_string(), "127.0.0.1:11312");
+        // Another port, the same name twice (left to the duplicate check), an unresolvable name.
+        assert_eq!(
+            super::find_alias(&present, &parse(&["localhost:11314"])),
+            None
+        );
+        assert_eq!(
+            super::find_alias(&present, &parse(&["127.0.0.1:11313"])),
+            None
+        );
+        assert_eq!(
+            super::find_alias(&present, &parse(&["no-such-host.invalid:11312"])),
+            None
+        );
+        // Two new names of one server.
+        let both = parse(&[
+            "[::ffff:127.0.0.1]:1",
+            "127.0.0.1:2",
+            "127.0.0.1:2",
+            "localhost:2",
+        ]);
+        let alias = super::find_alias(&[], &both).unwrap();
+        assert_eq!(
+            (alias.server.to_string(), alias.other.to_string()),
+            ("localhost:2".into(), "127.0.0.1:2".into())
+        );
+    }
+
     use super::*;
 
     #[test]

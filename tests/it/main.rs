@@ -26,6 +26,7 @@ mod lifecycle;
 mod lists;
 mod locking;
 mod mclient;
+mod operators;
 mod package;
 mod pecl;
 mod permissions;
