@@ -401,16 +401,17 @@ pub struct Alias {
 /// `present`, or an earlier one of `new`, reaches under another name: listed twice, one
 /// memcached gets two shares of the ring and a key is written under one name and read under the
 /// other. Addresses that are the same server ([`Address::same_server`]) are left to the
-/// duplicate checks; names that do not resolve are not compared. `present` is resolved only
-/// when a new server resolves.
+/// duplicate checks; names that do not resolve are not compared, nor those whose lookup takes
+/// longer than [`RESOLVE_LIMIT`] (a resolver that does not answer delays the check, never
+/// blocks it). `present` is resolved only when a new server resolves.
 pub fn find_alias(present: &[Address], new: &[Address]) -> Option<Alias> {
-    let new_places: Vec<Vec<Place>> = new.iter().map(Address::places).collect();
+    let new_places = places_of(new, RESOLVE_LIMIT);
     if new_places.iter().all(Vec::is_empty) {
         return None;
     }
     let mut seen: std::collections::HashMap<Place, &Address> = std::collections::HashMap::new();
-    for address in present {
-        for place in address.places() {
+    for (address, places) in present.iter().zip(places_of(present, RESOLVE_LIMIT)) {
+        for place in places {
             seen.entry(place).or_insert(address);
         }
     }
@@ -432,6 +433,64 @@ pub fn find_alias(present: &[Address], new: &[Address]) -> Option<Alias> {
         }
     }
     None
+}
+
+/// How long [`find_alias`] waits for the host names of one list to resolve.
+pub const RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Threads that look host names up at once (see [`places_of`]).
+const RESOLVERS: usize = 16;
+
+/// The places of each address (as [`Address::places`]); host names are looked up by
+/// [`RESOLVERS`] threads at once, and a name not resolved within `limit` counts as not
+/// resolving (its thread is left to finish on its own).
+fn places_of(addresses: &[Address], limit: std::time::Duration) -> Vec<Vec<Place>> {
+    use std::sync::{Arc, Mutex, mpsc};
+    let mut places: Vec<Vec<Place>> = vec![Vec::new(); addresses.len()];
+    let mut names = std::collections::VecDeque::new();
+    for (n, address) in addresses.iter().enumerate() {
+        match address {
+            Address::Host { .. } => names.push_back((n, address.clone())),
+            literal => places[n] = literal.places(),
+        }
+    }
+    let pending = names.len();
+    if pending == 0 {
+        return places;
+    }
+    let queue = Arc::new(Mutex::new(names));
+    let (done, results) = mpsc::channel();
+    for _ in 0..RESOLVERS.min(pending) {
+        let (queue, done) = (queue.clone(), done.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mcshm-resolve".into())
+            .spawn(move || {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                    let Some((n, address)) = next else { return };
+                    if done.send((n, address.places())).is_err() {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            break;
+        }
+    }
+    drop(done);
+    let deadline = std::time::Instant::now() + limit;
+    for _ in 0..pending {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match results.recv_timeout(left) {
+            Ok((n, found)) => places[n] = found,
+            Err(_) => break,
+        }
+    }
+    // Names not looked up yet are not: the threads stop after the lookups they are in.
+    if let Ok(mut rest) = queue.lock() {
+        rest.clear();
+    }
+    places
 }
 
 impl std::str::FromStr for Address {
