@@ -363,3 +363,47 @@ fn units_stop_on_configuration_errors_and_make_tables_group_writable() {
         "the hooks' sandbox is documented"
     );
 }
+
+/// `load --dry-run` with --etcd compares a list with the fleet's table: the changes printed,
+/// the fleet's revision unchanged, and a domain the fleet does not have is one the load would
+/// create.
+#[test]
+fn load_dry_run_compares_a_list_with_the_fleets_table() {
+    use crate::common::etcd::{EtcdCluster, fleet_cmd};
+    let cluster = EtcdCluster::start(3);
+    let fleet = |domain: &str, args: &[&str]| -> Run {
+        Run(fleet_cmd(&cluster.endpoints(), domain, args)
+            .output()
+            .unwrap())
+    };
+    let json = |run: Run| -> serde_json::Value {
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        serde_json::from_str(&run.stdout()).unwrap()
+    };
+    let servers = ["10.9.0.1:11211", "10.9.0.2:11211"];
+    json(fleet(
+        "dry",
+        &[&["--json", "add", "--no-flush"][..], &servers].concat(),
+    ));
+    let revision = json(fleet("dry", &["--json", "list"]))["revision"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("dry.list");
+    std::fs::write(&list, "10.9.0.1:11211 weight=4\n").unwrap();
+    let list = list.to_str().unwrap();
+    let run = fleet("dry", &["load", "--partial", "--dry-run", list]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let out = run.stdout();
+    assert!(
+        out.contains("~ 10.9.0.1:11211: weight 1 -> 4") && out.contains("- 10.9.0.2:11211"),
+        "{out}"
+    );
+    let now = json(fleet("dry", &["--json", "list"]))["revision"].clone();
+    assert_eq!(now, revision, "nothing changed");
+    let new = json(fleet(
+        "none",
+        &["--json", "load", "--partial", "--dry-run", list],
+    ));
+    assert_eq!(new["exists"], false, "{new}");
+    assert_eq!(new["added"][0]["server"], "10.9.0.1:11211", "{new}");
+    assert_eq!(fleet("none", &["list"]).code(), 3, "no domain made");
+}
