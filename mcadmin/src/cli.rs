@@ -155,7 +155,8 @@ pub enum Command {
     ///
     /// A new server that holds items (memcached's curr_items) is a cache in use: add refuses it
     /// (exit 2, nothing changed) until you choose --flush (empty it) or --no-flush (adopt its
-    /// contents as they are: the caches an application already uses, with its keys). A server
+    /// contents as they are: the caches an application already uses, with its keys); with --down
+    /// it is not asked, and is flushed when brought up. A server
     /// that is the same memcached as one of the domain's under another name (localhost:11211
     /// and 127.0.0.1:11211: names are resolved) is refused (exit 3).
     Add(AddArgs),

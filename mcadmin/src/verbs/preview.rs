@@ -20,6 +20,7 @@ struct Change {
 }
 
 /// What a load would do to the table.
+#[derive(Default)]
 struct Preview {
     added: Vec<(Server, bool)>,
     removed: Vec<Server>,
@@ -53,13 +54,7 @@ fn preview(current: Option<&Snapshot>, loaded: &Table, no_flush: bool) -> Previe
     // Flushed first, as `prepare_load` decides: into an existing domain, unless --no-flush or
     // rejoin trust, a server the list has up that joins or was down.
     let flushes = current.is_some() && !no_flush && loaded.policy.rejoin != Rejoin::Trust;
-    let mut preview = Preview {
-        added: Vec::new(),
-        removed: Vec::new(),
-        changed: Vec::new(),
-        reordered: false,
-        policy: None,
-    };
+    let mut preview = Preview::default();
     for server in &loaded.servers {
         let Some(old) = servers
             .iter()
@@ -143,7 +138,7 @@ pub fn dry_run(
     if initial && current.is_some() {
         print(
             ctx,
-            || json!({"domain": domain, "exists": true, "version": version, "changes": false, "added": [], "removed": [], "changed": [], "reordered": false, "policy": null}),
+            || preview_json(domain, version, &Preview::default()),
             || {
                 format!(
                     "domain {domain}: load --initial {} would change nothing: the domain exists \
@@ -189,7 +184,10 @@ fn preview_json(domain: &str, version: Option<u64>, p: &Preview) -> Value {
         "removed": p.removed.iter().map(|s| s.address.to_string()).collect::<Vec<_>>(),
         "changed": p.changed.iter().map(|(s, changes)| json!({
             "server": s.address.to_string(),
-            "changes": changes.iter().map(|c| json!({"what": c.what, "was": c.was, "becomes": c.becomes})).collect::<Vec<_>>(),
+            "changes": changes
+                .iter()
+                .map(|c| json!({"what": c.what, "was": c.was, "becomes": c.becomes}))
+                .collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "reordered": p.reordered,
         "policy": p.policy.as_ref().map(|(was, becomes)| json!({"was": was, "becomes": becomes})),

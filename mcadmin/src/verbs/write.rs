@@ -165,7 +165,7 @@ pub fn load(ctx: &Invocation, file: &Path, options: LoadOptions) -> Result<Exit>
     if let Some(alias) = libmcshm::address::find_alias(&[], &addresses) {
         return Err(UsageError(format!(
             "in {}: {} and {} are one memcached under two names (both reach {}): list it once; \
-             nothing changed",
+                 nothing changed",
             file.display(),
             alias.other,
             alias.server,
@@ -247,7 +247,8 @@ fn flush_new(ctx: &Invocation, present: &[Server], new: &[Server], force: bool) 
                         server: address.to_string(),
                         error: format!(
                             "{error}: cannot ask it whether it holds items before it joins; \
-             nothing changed (add it with --down to flush it when it comes up)"
+                             nothing changed (add it with --down to flush it when it comes up, \
+                             or --no-flush to add it as it is)"
                         ),
                     }
                     .into());
@@ -257,7 +258,7 @@ fn flush_new(ctx: &Invocation, present: &[Server], new: &[Server], force: bool) 
         if !holding.is_empty() {
             return Err(UsageError(format!(
                 "{}: add --flush to empty it before it joins, or --no-flush to adopt its \
-             contents as they are (a cache the application already uses); nothing changed",
+                 contents as they are (a cache the application already uses); nothing changed",
                 holding.join(", ")
             ))
             .into());
