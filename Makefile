@@ -25,7 +25,8 @@ TMPFILESDIR = $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR = $(DESTDIR)$(PREFIX)/lib/sysusers.d
 UNITS      = mcshm-restore@.service mcadmin-watch@.service mcadmin-sync.service mcproxy@.service
 
-TARGET  = target/$(PROFILE)
+# Cargo's build directory: $CARGO_TARGET_DIR when set (cargo builds there), else target.
+TARGET  = $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 SOMAJOR = $(firstword $(subst ., ,$(VERSION)))
 ifeq ($(PROFILE),release)

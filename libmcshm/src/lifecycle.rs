@@ -85,6 +85,25 @@ pub fn flush(address: &Address, timeouts: Timeouts, access: &Access) -> Result<(
     }
 }
 
+/// How many items `address` holds (`stats`' `curr_items`, with the domain's TLS and
+/// credentials, `access`): `mcadmin add` asks before it flushes a server, so that a cache in
+/// use is emptied only when the operator says so. `Err` names what failed.
+pub fn items_held(address: &Address, timeouts: Timeouts, access: &Access) -> Result<u64, String> {
+    let mut conn =
+        Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
+    match conn
+        .ask(&Request::Stats { group: None })
+        .map_err(|e| conn.explain(&e))?
+    {
+        Reply::Stats(stats) => stats
+            .iter()
+            .find(|(name, _)| name == "curr_items")
+            .and_then(|(_, value)| value.parse().ok())
+            .ok_or_else(|| "stats has no curr_items".to_string()),
+        other => Err(format!("stats refused: {other:?}")),
+    }
+}
+
 /// What [`rejoin`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejoined {
@@ -867,10 +886,21 @@ pub fn prepare_load(
 
 impl LoadPlan {
     /// Makes `table` the loaded list (see [`edit::merge_loaded`]): the servers flushed for the
-    /// load start with no strays.
+    /// load start with no strays. A server whose line gives no reason and whose state the load
+    /// keeps keeps its reason: `dump` leaves out the reasons the run time wrote, and loading a
+    /// dump back says nothing about why a server is in the state it was already in.
     pub fn apply(&self, table: &mut crate::table::Table, loaded: &crate::table::Table) {
-        table.servers = edit::merge_loaded(&table.servers, &loaded.servers, CommitInfo::now());
+        let before = std::mem::take(&mut table.servers);
+        table.servers = edit::merge_loaded(&before, &loaded.servers, CommitInfo::now());
         for server in &mut table.servers {
+            if server.reason.is_empty()
+                && let Some(old) = before.iter().find(|o| {
+                    o.address.same_server(&server.address)
+                        && (o.state, o.held) == (server.state, server.held)
+                })
+            {
+                server.reason = old.reason.clone();
+            }
             if self.flushed.iter().any(|a| a.same_server(&server.address)) {
                 server.strays_since = 0;
             }

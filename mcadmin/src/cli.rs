@@ -19,10 +19,13 @@ macro_rules! exit_status {
         "\
 Exit status:
   0  success; `status`: the server is up; `wait`: the version changed
-  1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted
+  1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted;
+     `domains remove`: processes use the domain (nothing removed)
   2  usage error or bad input (address, domain name, weight, list line; a list cut short, too
-     large or empty); nothing changed
-  3  not found: no such domain or server, or `add` of a server already present; nothing changed
+     large or empty; `add` of a server that holds items without --flush or --no-flush);
+     nothing changed
+  3  not found: no such domain or server, or `add` of a server already present (under its name
+     or another that resolves to it); nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
   5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it
   6  etcd failure (with --etcd): unreachable, refused the request, or holds an invalid value;
@@ -152,6 +155,13 @@ pub enum Command {
     /// A new server is flushed (flush_all) before it joins, so that nothing it kept from an
     /// earlier time in the domain is served; if it cannot be flushed nothing changes (exit 5).
     /// With --down it is flushed when it is brought up instead.
+    ///
+    /// A new server that holds items (memcached's curr_items) is a cache in use: add refuses it
+    /// (exit 2, nothing changed) until you choose --flush (empty it) or --no-flush (adopt its
+    /// contents as they are: the caches an application already uses, with its keys); with --down
+    /// it is not asked, and is flushed when brought up. A server
+    /// that is the same memcached as one of the domain's under another name (localhost:11211
+    /// and 127.0.0.1:11211: names are resolved) is refused (exit 3).
     Add(AddArgs),
     /// Remove servers.
     #[command(visible_alias = "rm")]
@@ -220,14 +230,33 @@ pub enum Command {
         #[arg(value_name = "ADDR", value_parser = address)]
         server: Address,
     },
-    /// List every domain in the registry directory.
-    Domains,
+    /// List every domain in the registry directory; `domains remove D` removes one.
+    ///
+    /// `domains remove DOMAIN [--force]` removes a domain's table and the files beside it
+    /// (lock, invalidation log, credentials, TLS settings) from this host's registry. It is
+    /// refused (exit 1, nothing removed) while processes use the domain (those `mcadmin clients`
+    /// lists, a running `watch` or `sync`) unless --force; they keep the removed table until
+    /// they open the domain again.
+    Domains {
+        #[command(subcommand)]
+        action: Option<DomainsAction>,
+    },
     /// Write the server list as text, one server per line (the input of `load`).
     ///
     /// The last line, `# end: N servers, crc32 0xXXXXXXXX`, counts the servers and sums every
     /// byte before it (CRC-32, as zlib's): `load` refuses a list without it, so a list cut short
     /// changes nothing.
-    Dump,
+    ///
+    /// Only an operator's reasons are written: the reason of a server held down (`down
+    /// --reason`), which says why the list keeps it down. The reasons the run time writes
+    /// (`rejoined after flush_all (mcadmin up, pid 330)`, failures, a drain) describe a moment,
+    /// not the list; --reasons writes them too. Loading a dump back keeps the reasons of the
+    /// servers whose state it does not change.
+    Dump {
+        /// Also write the reasons the run time wrote (rejoins, failures, drains, failed flushes)
+        #[arg(long)]
+        reasons: bool,
+    },
     /// Make the server list equal to FILE (or - for stdin), in one version.
     ///
     /// Lines: `ADDR [weight=N] [retry-interval=S] [state=up|down] [down-by=operator|failures]
@@ -260,6 +289,10 @@ pub enum Command {
         /// Take a list of no servers: it removes every server of the domain
         #[arg(long)]
         allow_empty: bool,
+        /// Change nothing: check the list and print what loading it would change (servers
+        /// added, removed and changed, the policy; exit 0), with --json as JSON
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Health daemon: mark failing servers down, bring answering ones back.
     ///
@@ -267,7 +300,9 @@ pub enum Command {
     /// that answers again back through the rejoin policy (flush first). One watcher acts on a
     /// domain per host; others stand by and take over when it dies. Every transition is a line
     /// on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM and SIGINT.
-    /// `mcadmin --domain a --domain b watch` watches both.
+    /// `mcadmin --domain a --domain b watch` watches both. A domain that does not exist, or is
+    /// removed while watched, ends the watch with exit 3 (a configuration error: the systemd
+    /// unit does not restart it); with --all a removed domain is no longer watched.
     Watch {
         /// Watch every domain in the registry directory (new ones are picked up)
         #[arg(long)]
@@ -466,6 +501,26 @@ pub enum Command {
     },
 }
 
+/// `domains remove`.
+#[derive(Subcommand, Debug)]
+pub enum DomainsAction {
+    /// Remove a domain from this host's registry: its table and the files beside it (lock,
+    /// invalidation log, credentials, TLS settings).
+    ///
+    /// Refused (exit 1, nothing removed) while processes use the domain (as `mcadmin clients`
+    /// lists them: mcproxy, a watcher, applications) unless --force; those processes keep the
+    /// removed table until they open the domain again. Works on this host's registry only: a
+    /// domain the fleet agent (`mcadmin sync`) mirrors is made again from the fleet's table.
+    Remove {
+        /// The domain to remove
+        #[arg(value_name = "DOMAIN")]
+        domain: String,
+        /// Remove it even while processes use it
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct RetryArg {
     /// Seconds between automatic retries while down; -1: never retried automatically
@@ -503,10 +558,14 @@ pub struct AddArgs {
     /// Skip servers already present instead of failing
     #[arg(long)]
     pub if_missing: bool,
-    /// Do not flush the new servers (they are flushed by default, so that items left from
-    /// an earlier time in the domain are never served): only for servers known to be empty
-    #[arg(long)]
+    /// Do not flush the new servers: adopt what they hold as it is (caches the application
+    /// already uses, or servers known to be empty); without it an empty server is flushed and
+    /// one that holds items is refused
+    #[arg(long, conflicts_with = "flush")]
     pub no_flush: bool,
+    /// Flush the new servers even if they hold items (empty a cache in use before it joins)
+    #[arg(long)]
+    pub flush: bool,
 }
 
 // The values of `policy` (none: show the policy). A `//` comment: clap would take a doc

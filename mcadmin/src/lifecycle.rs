@@ -59,9 +59,13 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
     };
     let mut watchers: Vec<Watcher> = Vec::new();
     for name in &names {
+        let domain = Domain::new(name)?;
+        // A domain that does not exist (mistyped, its list not loaded) is a configuration
+        // error: exit 3 at once, rather than a watcher that watches nothing for ever.
+        Registry::open(&ctx.local.dir, &domain)?;
         watchers.push(Watcher::new(
             &ctx.local.dir,
-            Domain::new(name)?,
+            domain,
             options.failures,
             check_key.clone(),
             timeouts,
@@ -87,11 +91,28 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
                 }
             }
         }
-        for watcher in &mut watchers {
+        let mut removed = Vec::new();
+        for (n, watcher) in watchers.iter_mut().enumerate() {
             let mut emit = |event: Event| report(ctx, options.exec, &event);
-            if let Err(err) = watcher.round(&mut emit) {
-                eprintln!("mcadmin: watch {}: {err}", watcher.domain());
+            match watcher.round(&mut emit) {
+                Ok(()) => {}
+                // Removed (`mcadmin domains remove`): a named domain ends the watch (exit 3);
+                // with --all the others are still watched.
+                Err(err @ libmcshm::Error::NoDomain { .. }) if !options.all => {
+                    return Err(err.into());
+                }
+                Err(libmcshm::Error::NoDomain { .. }) => {
+                    eprintln!(
+                        "mcadmin: watch {}: the domain was removed",
+                        watcher.domain()
+                    );
+                    removed.push(n);
+                }
+                Err(err) => eprintln!("mcadmin: watch {}: {err}", watcher.domain()),
             }
+        }
+        for n in removed.into_iter().rev() {
+            watchers.remove(n);
         }
         pause(interval, &stop);
     }

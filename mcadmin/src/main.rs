@@ -7,6 +7,7 @@
 
 mod access;
 mod cli;
+mod domains;
 mod explain;
 mod fleet;
 mod lifecycle;
@@ -164,20 +165,25 @@ fn run(cli: &Cli) -> Result<Exit> {
         },
         Command::List => read::list(&ctx),
         Command::Status { server } => read::status(&ctx, server),
-        Command::Domains => read::domains(&ctx),
-        Command::Dump => read::dump(&ctx),
+        Command::Domains { action: None } => read::domains(&ctx),
+        Command::Domains {
+            action: Some(cli::DomainsAction::Remove { domain, force }),
+        } => domains::remove(&ctx, domain, *force),
+        Command::Dump { reasons } => read::dump(&ctx, *reasons),
         Command::Load {
             file,
             initial,
             no_flush,
             partial,
             allow_empty,
+            dry_run,
         } => write::load(
             &ctx,
             file,
             write::LoadOptions {
                 initial: *initial,
                 no_flush: *no_flush,
+                dry_run: *dry_run,
                 accept: libmcshm::dump::Accept {
                     partial: *partial,
                     allow_empty: *allow_empty,

@@ -29,6 +29,7 @@ mod lists;
 mod locking;
 mod mclient;
 mod metrics;
+mod operators;
 mod package;
 mod pecl;
 mod permissions;

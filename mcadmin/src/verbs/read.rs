@@ -87,10 +87,14 @@ pub fn status(ctx: &Invocation, address: &Address) -> Result<Exit> {
     })
 }
 
-/// `dump`: the table as the text `load` reads.
-pub fn dump(ctx: &Invocation) -> Result<Exit> {
+/// `dump`: the table as the text `load` reads; with `reasons`, the run time's reasons too.
+pub fn dump(ctx: &Invocation, reasons: bool) -> Result<Exit> {
     let snapshot = ctx.store.snapshot()?;
-    io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
+    let reasons = match reasons {
+        true => dump::Reasons::All,
+        false => dump::Reasons::Operator,
+    };
+    io::stdout().write_all(dump::to_text(&snapshot, reasons).as_bytes())?;
     Ok(Exit::Success)
 }
 
