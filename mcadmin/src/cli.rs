@@ -297,8 +297,10 @@ pub enum Command {
     /// Health daemon: mark failing servers down, bring answering ones back.
     ///
     /// Probes each server every interval, marks one down after N failed probes, and brings one
-    /// that answers again back through the rejoin policy (flush first). One watcher acts on a
-    /// domain per host; others stand by and take over when it dies. Every transition is a line
+    /// that answers again back through the rejoin policy (flush first). Sweeps marked servers
+    /// (what `mcadmin settle` does) at --settle-rate, so that writes stop paying a delete on
+    /// them soon after a change. One watcher acts on a domain per host; others stand by and
+    /// take over when it dies. Every transition is a line
     /// on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM and SIGINT.
     /// `mcadmin --domain a --domain b watch` watches both. A domain that does not exist, or is
     /// removed while watched, ends the watch with exit 3 (a configuration error: the systemd
@@ -317,8 +319,8 @@ pub enum Command {
         #[arg(long, value_name = "KEY", value_parser = check_key)]
         check_key: Option<Vec<u8>>,
         /// Run this shell command on every transition, with MCSHM_EVENT (down, up,
-        /// rejoin-failed, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON and
-        /// MCSHM_TIME in its environment
+        /// rejoin-failed, settled, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON
+        /// and MCSHM_TIME in its environment
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
         /// Probe timeout in seconds
@@ -328,6 +330,12 @@ pub enum Command {
         /// every domain's) over HTTP at http://IP:PORT/metrics, e.g. 127.0.0.1:9152
         #[arg(long, value_name = "IP:PORT", value_parser = listen_address)]
         metrics: Option<std::net::SocketAddr>,
+        /// Keys per second the sweep of marked servers looks at (0: as fast as possible)
+        #[arg(long, default_value_t = 10_000, value_name = "KEYS_PER_S")]
+        settle_rate: u32,
+        /// Leave marked servers to `mcadmin settle`
+        #[arg(long)]
+        no_settle: bool,
     },
     /// Retire a server gently, moving its keys to their new owners.
     ///

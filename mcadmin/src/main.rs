@@ -223,6 +223,8 @@ fn run(cli: &Cli) -> Result<Exit> {
             exec,
             timeout,
             metrics,
+            settle_rate,
+            no_settle,
         } => lifecycle::watch(
             &ctx,
             lifecycle::WatchOptions {
@@ -234,6 +236,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                 exec: exec.as_deref(),
                 timeout: *timeout,
                 metrics: *metrics,
+                settle_rate: (!no_settle).then_some(*settle_rate),
             },
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),

@@ -407,3 +407,62 @@ fn load_dry_run_compares_a_list_with_the_fleets_table() {
     assert_eq!(new["added"][0]["server"], "10.9.0.1:11211", "{new}");
     assert_eq!(fleet("none", &["list"]).code(), 3, "no domain made");
 }
+
+/// After a change that moves keys, `list` names the marked servers, and the watcher sweeps
+/// them unasked: the strays go, the keys the server still owns stay, the mark is cleared, and
+/// a `settled` event says what was done.
+#[test]
+fn the_watcher_sweeps_marked_servers_and_list_shows_the_marks() {
+    use libmcshm::{Client, Domain, Timeouts};
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("sw", &["add", &a.address()]);
+    let domain = Domain::new("sw").unwrap();
+    let mut client = Client::for_domain(reg.dir(), &domain, Timeouts::default()).unwrap();
+    let keys: Vec<String> = (0..300).map(|n| format!("sweep:{n}")).collect();
+    for key in &keys {
+        client.set(key.as_bytes(), b"v", 0, 0).unwrap();
+    }
+    reg.ok("sw", &["add", &b.address()]);
+    let marked = |reg: &Reg| reg.list_json("sw")["servers"][0]["strays_since"] != 0;
+    assert!(marked(&reg), "a lost keys to b: marked");
+    let text = reg.ok("sw", &["list"]);
+    assert!(
+        text.contains(&format!("{} marked since", a.address())),
+        "{text}"
+    );
+    let moved: Vec<&String> = keys
+        .iter()
+        .filter(|k| client.server_for(k.as_bytes()).unwrap().to_string() == b.address())
+        .collect();
+    assert!(!moved.is_empty() && moved.len() < keys.len());
+
+    let log = reg.dir().join("watch.log");
+    let mut watch = reg
+        .cmd("sw", &["--json", "watch", "--interval", "0.1"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let settled = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("\"event\":\"settled\"")
+    };
+    let swept = crate::common::wait_until(Duration::from_secs(20), || settled() && !marked(&reg));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let events = std::fs::read_to_string(&log).unwrap();
+    assert!(swept, "the watcher never swept a: {events}");
+    assert!(
+        events.contains("\"event\":\"settled\"")
+            && events.contains(&format!("deleted {} strays", moved.len()))
+            && events.contains("mark cleared"),
+        "{events}"
+    );
+    for key in &keys {
+        let on_a = a.raw_get(key).is_some();
+        assert_eq!(on_a, !moved.contains(&key), "{key} on a after the sweep");
+    }
+    assert!(!reg.ok("sw", &["list"]).contains("marked since"));
+}

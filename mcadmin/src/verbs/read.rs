@@ -34,9 +34,10 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
                     let table = show::snapshot_table(snapshot, failures);
                     let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
                     format!(
-                        "{first}\n{}{rest}{}",
+                        "{first}\n{}{rest}{}{}",
                         show::agent_text(snapshot, link),
-                        show::missed_text(snapshot, &missed)
+                        show::missed_text(snapshot, &missed),
+                        show::marks_text(snapshot)
                     )
                 },
             )?
