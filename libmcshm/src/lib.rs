@@ -49,6 +49,7 @@ pub mod conn;
 pub mod drain;
 pub mod health;
 pub mod lifecycle;
+pub mod metadump;
 pub mod metrics;
 pub mod proto;
 pub mod settle;

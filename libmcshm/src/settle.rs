@@ -15,9 +15,9 @@ use crate::address::Address;
 use crate::client::Client;
 use crate::conn::Timeouts;
 use crate::domain::Domain;
-use crate::drain::list_keys;
 use crate::edit::{self, Transition};
 use crate::error::{Error, Result};
+use crate::metadump::list_keys;
 use crate::prefix::KeyPrefix;
 use crate::registry::Registry;
 use crate::table::{CommitInfo, Server, State};
@@ -231,8 +231,10 @@ pub struct Swept {
 
 /// Sweeps every marked server of `domain` that is up, at `rate` keys per second, until done
 /// or `stop` (then the rest keep their marks): `mcadmin settle` without servers, as the watch
-/// daemon runs it unasked, so that the marks' cost (a delete on every write to a marked
-/// server's keys) does not last until an operator thinks of it.
+/// daemon (or mcproxy, where no watcher runs) does unasked, so that the marks' cost (a delete
+/// on every write to a marked server's keys) does not last until an operator thinks of it.
+/// One such sweep per domain and host at a time (the `settle` daemon lock): while another
+/// runs, nothing is done.
 pub fn sweep_marked(
     dir: &Path,
     domain: &Domain,
@@ -240,6 +242,9 @@ pub fn sweep_marked(
     timeouts: Timeouts,
     stop: &AtomicBool,
 ) -> Result<Vec<Swept>> {
+    let Some(_sweeping) = crate::health::try_daemon_lock(dir, domain, "settle")? else {
+        return Ok(Vec::new());
+    };
     let writer = Registry::open_writer(dir, domain, false)?;
     let mut settle = Settle::start(dir, domain, writer, &[], timeouts)?;
     let mut swept = Vec::new();
@@ -273,4 +278,15 @@ pub fn sweep_marked(
         });
     }
     Ok(swept)
+}
+
+/// Whether `domain` has a marked server that is up (what [`sweep_marked`] would sweep).
+pub fn has_marked(dir: &Path, domain: &Domain) -> bool {
+    Registry::open(dir, domain)
+        .and_then(|mut r| r.current_snapshot())
+        .is_ok_and(|s| {
+            s.servers
+                .iter()
+                .any(|s| s.strays_since != 0 && s.state == State::Up)
+        })
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use libmcshm::health::{Event, EventKind, Watcher};
 use libmcshm::settle::{Settle, SweepCounts, Swept};
-use libmcshm::{Address, Domain, Registry, State, Timeouts};
+use libmcshm::{Address, Domain, Registry, Timeouts};
 use serde_json::json;
 
 use crate::{Exit, Invocation};
@@ -164,14 +164,7 @@ impl Sweeps {
         if busy || waiting {
             return;
         }
-        let marked = Registry::open(dir, domain)
-            .and_then(|mut r| r.current_snapshot())
-            .is_ok_and(|s| {
-                s.servers
-                    .iter()
-                    .any(|s| s.strays_since != 0 && s.state == State::Up)
-            });
-        if !marked {
+        if !libmcshm::settle::has_marked(dir, domain) {
             return;
         }
         let (dir, swept_domain, stop) = (dir.to_path_buf(), domain.clone(), stop.clone());

@@ -151,4 +151,14 @@ pub struct Cli {
     /// CPUs, at least one: the other half is the application's and memcached's]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Keys per second the sweep of marked servers looks at, when no `mcadmin watch` acts on
+    /// the domain (a change marks servers that lost keys; until swept, every write to their
+    /// keys pays a delete there); 0: as fast as possible
+    #[arg(long, value_name = "KEYS_PER_S", default_value_t = 10_000)]
+    pub settle_rate: u32,
+
+    /// Leave marked servers to `mcadmin watch` or `mcadmin settle`
+    #[arg(long)]
+    pub no_settle: bool,
 }

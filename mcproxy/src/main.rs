@@ -146,6 +146,7 @@ fn config(cli: &cli::Cli) -> Result<Config, String> {
             Some(n) => positive("threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         },
+        settle_rate: (!cli.no_settle).then_some(cli.settle_rate),
     })
 }
 

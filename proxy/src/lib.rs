@@ -34,6 +34,7 @@ pub mod service;
 pub mod session;
 pub mod stats;
 mod stream;
+mod sweeper;
 pub mod upstream;
 pub mod worker;
 
@@ -93,6 +94,9 @@ pub struct Config {
     /// How long a shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
     pub threads: usize,
+    /// Sweep the domains' marked servers at this many keys per second when no watcher does
+    /// (the `sweeper` module); `None`: never.
+    pub settle_rate: Option<u32>,
 }
 
 /// Why the proxy could not start (the exit code is the caller's).
@@ -194,6 +198,17 @@ pub fn run(config: Config, ready: impl FnOnce(&[String])) -> Result<(), StartErr
         handles.push(spawned.map_err(|e| fail("thread", e))?);
     }
     drop(listeners);
+    if let Some(rate) = config.settle_rate {
+        let names = domains.iter().map(|(_, d, _)| d.clone()).collect();
+        let sweeper = sweeper::spawn(
+            config.dir.clone(),
+            names,
+            rate,
+            config.timeouts,
+            stop.clone(),
+        );
+        handles.push(sweeper.map_err(|e| fail("sweeper thread", e))?);
+    }
     ready(&lines);
 
     let runtime = tokio::runtime::Builder::new_current_thread()

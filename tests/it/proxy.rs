@@ -1061,3 +1061,41 @@ fn a_bare_millisecond_timeout_is_warned_about() {
         "{stderr}"
     );
 }
+
+/// Where no watcher runs, mcproxy sweeps the servers a change marked (until swept, every set
+/// through it pays a delete there): the strays go, the mark is cleared, and its log says so.
+#[test]
+fn mcproxy_sweeps_marked_servers_when_no_watcher_does() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("app", &["add", &a.address()]);
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut wire = proxy.connect();
+    let keys: Vec<String> = (0..200).map(|n| format!("swept:{n}")).collect();
+    for key in &keys {
+        assert_eq!(wire.ask(&format!("set {key} 0 0 1\r\nv\r\n")), "STORED\r\n");
+    }
+    reg.ok("app", &["add", &b.address()]);
+    let marked = || reg.list_json("app")["servers"][0]["strays_since"] != 0;
+    let mut lines = Vec::new();
+    let swept = wait_until(Duration::from_secs(20), || {
+        lines.extend(proxy.log.try_iter());
+        !marked() && lines.iter().any(|l| l.contains("mark cleared"))
+    });
+    assert!(swept, "mcproxy never swept a: {lines:?}");
+    let moved = keys
+        .iter()
+        .filter(|k| owner_port(&reg, k) == b.port)
+        .count();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("{moved} strays deleted"))),
+        "{lines:?}"
+    );
+    // The keys a still owns are still there; those it lost are not.
+    for key in &keys {
+        let on_a = a.raw_get(key).is_some();
+        assert_eq!(on_a, owner_port(&reg, key) == a.port, "{key}");
+    }
+}

@@ -2,8 +2,8 @@
 
 use super::{Client, Stats};
 use crate::address::Address;
-use crate::drain::list_keys;
 use crate::error::{Error, Result};
+use crate::metadump::list_keys;
 use crate::proto::{Reply, Request};
 
 /// The keys a server holds ([`Client::keys`]).
