@@ -1,7 +1,8 @@
 # mcshm: build and install everything under a prefix.
 #   make                      build (release)
 #   make install PREFIX=/usr/local [DESTDIR=/tmp/stage] [LIBDIR=/usr/local/lib]
-#   make deb                  mcshm_VERSION_ARCH.deb in target/deb (packaging/deb.sh)
+#   make deb                  libmcshm0, libmcshm-dev and mcshm .deb files in target/deb
+#                             (packaging/deb.sh; prints their paths)
 #   make test                 the whole test suite (same as: cargo test --workspace)
 # PROFILE=debug installs the debug build (the install test uses it).
 
@@ -25,7 +26,8 @@ TMPFILESDIR = $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR = $(DESTDIR)$(PREFIX)/lib/sysusers.d
 UNITS      = mcshm-restore@.service mcadmin-watch@.service mcadmin-sync.service mcproxy@.service
 
-TARGET  = target/$(PROFILE)
+# cargo's target directory: CARGO_TARGET_DIR when set, as cargo itself does.
+TARGET  = $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 SOMAJOR = $(firstword $(subst ., ,$(VERSION)))
 ifeq ($(PROFILE),release)
