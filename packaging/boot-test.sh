@@ -18,12 +18,13 @@
 #    fails once instead of restarting; a table root made is the watcher's to write; root's own
 #    client keeps its record beside mcproxy@; a reinstall restarts the daemons on the new
 #    binaries; remove stops them; installed again, the enabled ones are back; purge removes
-#    /run/mcshm and the enable links.
+#    /run/mcshm and the enable links; and, with systemd not running (a container being built),
+#    install, upgrade, remove and purge still work.
 #
 # Exit 0 when every check passed (XFAIL lines, known defects named by their cause, fail
 # nothing), 1 when one failed, 2 when it cannot run here (not root, no debootstrap or
 # systemd-nspawn, no apt source, debootstrap failed, the bare container does not boot).
-# Every step is bounded, the whole run by MCSHM_BOOT_TIMEOUT (900 s; it takes about 30 s with
+# Every step is bounded, the whole run by MCSHM_BOOT_TIMEOUT (900 s; it takes about 50 s with
 # the rootfs cached, 2 minutes without, on 2 cores). MCSHM_BOOT_VERBOSE=1 shows more.
 #
 # The scripts run inside the container are single-quoted: they expand there, not here.
@@ -401,6 +402,19 @@ check purge-cleans sh_ct "
     links=\$(find /etc/systemd/system -name 'mcproxy@*' -o -name 'mcadmin-watch@*' -o -name 'mcshm-restore@*')
     [ -z \"\$links\" ] || { echo \"links left: \$links\"; exit 1; }
     getent passwd mcshm >/dev/null || { echo 'the mcshm user was removed'; exit 1; }"
+
+# Without systemd running (a container or chroot being built): the maintainer scripts still
+# install, upgrade, remove and purge (sysusers and tmpfiles run, nothing is started).
+stop_container
+check no-systemd timeout 300 systemd-nspawn -q -D "$root" --register=no --keep-unit \
+    --private-network env DEBIAN_FRONTEND=noninteractive bash -euo pipefail -c '
+    [ ! -d /run/systemd/system ] || { echo "systemd runs"; exit 1; }
+    apt-get install -y -q /opt/debs/mcshm_*.deb
+    getent passwd mcshm >/dev/null && [ -d /run/mcshm ]
+    apt-get install -y -q --reinstall /opt/debs/mcshm_*.deb
+    apt-get remove -y -q mcshm
+    apt-get purge -y -q mcshm
+    [ ! -e /run/mcshm ]'
 
 say "done in $((SECONDS - started)) s"
 exit "$failed"
