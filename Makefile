@@ -26,7 +26,7 @@ TMPFILESDIR = $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR = $(DESTDIR)$(PREFIX)/lib/sysusers.d
 UNITS      = mcshm-restore@.service mcadmin-watch@.service mcadmin-sync.service mcproxy@.service
 
-# cargo's target directory: CARGO_TARGET_DIR when set, as cargo itself does.
+# Cargo's build directory: $CARGO_TARGET_DIR when set (cargo builds there), else target.
 TARGET  = $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 SOMAJOR = $(firstword $(subst ., ,$(VERSION)))

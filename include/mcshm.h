@@ -245,7 +245,9 @@ int mcshm_set_failure_callback(struct mcshm_client *client, mcshm_failure_fn cal
 const char *mcshm_library_version(void);
 
 /*
- A static, NUL-terminated description of a code.
+ A static, NUL-terminated description of a code (never freed). For `MCSHM_ENODOMAIN` it
+ names the domain and the directory looked in by this thread's last call that failed so
+ (`no such domain "x" in /run/mcshm (...)`), or why the domain name was refused.
  */
 const char *mcshm_strerror(int code);
 

@@ -94,7 +94,7 @@ fn an_orphan_left_by_add_is_not_served_after_the_new_server_is_deleted() {
     let k = key_on(&reg, "d", &b);
     reg.ok("d", &["delete", &b.address()]);
     set(&reg, "d", &k, "v1"); // on A
-    reg.ok("d", &["add", &b.address()]);
+    reg.ok("d", &["add", "--flush", &b.address()]);
     assert_eq!(owner(&reg, "d", &k), b.address());
     set(&reg, "d", &k, "v2"); // on B
     reg.ok("d", &["delete", &b.address()]);
@@ -112,7 +112,7 @@ fn a_drain_after_a_re_add_keeps_the_newest_write() {
     set(&reg, "d", &k, "v1");
     reg.ok("d", &["drain", &b.address(), "--rate", "0"]);
     assert_eq!(a.raw_get(&k).as_deref(), Some("v1"), "moved to A");
-    reg.ok("d", &["add", &b.address()]);
+    reg.ok("d", &["add", "--flush", &b.address()]);
     set(&reg, "d", &k, "v2");
     let out = reg.ok("d", &["--json", "drain", &b.address(), "--rate", "0"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -132,7 +132,7 @@ fn a_key_deleted_through_mcproxy_does_not_come_back() {
     let proxy = Proxy::start(&reg, "d", &[]);
     let mut w = proxy.connect();
     assert_eq!(w.ask(&format!("set {k} 0 0 2\r\nv1\r\n")), "STORED\r\n");
-    reg.ok("d", &["add", &b.address()]);
+    reg.ok("d", &["add", "--flush", &b.address()]);
     assert_eq!(
         w.ask(&format!("delete {k}\r\n")),
         "NOT_FOUND\r\n",
@@ -410,7 +410,17 @@ fn add_flushes_a_new_server_or_changes_nothing() {
     let s = Memcached::start();
     let reg = Reg::new();
     s.raw_set("old", "x");
-    reg.ok("d", &["add", &s.address()]);
+    // A server that holds items is a cache in use: emptied only when the operator says so.
+    let run = reg.run("d", &["add", &s.address()]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("holds 1 item: add --flush"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(s.raw_get("old").as_deref(), Some("x"), "not flushed");
+    assert!(!reg.file("d").exists(), "nothing changed");
+    reg.ok("d", &["add", "--flush", &s.address()]);
     assert_eq!(s.raw_get("old"), None, "flushed before it joined");
     let run = reg.run("d", &["add", "127.0.0.1:1"]);
     assert_eq!(run.code(), 5, "{}", run.stderr());
@@ -869,7 +879,7 @@ impl Checker {
             0 | 1 => {
                 if let Some(i) = self.pick(|c, i| !c.in_table[i] && c.healthy(i)) {
                     let a = address(self, i);
-                    self.admin(&["add", "--retry-interval", "1", &a]);
+                    self.admin(&["add", "--flush", "--retry-interval", "1", &a]);
                     self.in_table[i] = true;
                 }
             }

@@ -28,15 +28,19 @@ Success; for \fBstatus\fR the server is up; for \fBwait\fR the version changed.
 .TP
 .B 1
 The answer is no: for \fBstatus\fR the server is down or draining; for \fBwait\fR the timeout
-passed; \fBdrain\fR was interrupted (the server stays draining; run it again to resume).
+passed; \fBdrain\fR was interrupted (the server stays draining; run it again to resume);
+\fBdomains remove\fR: processes use the domain (nothing removed).
 .TP
 .B 2
 Usage error or bad input (address, domain name, weight, reason, list line; for \fBload\fR a list
 cut short or edited without \fB\-\-partial\fR, over 64 MiB or with a line over 4096 bytes, or of
-no servers without \fB\-\-allow\-empty\fR). Nothing was changed.
+no servers without \fB\-\-allow\-empty\fR; \fBadd\fR of a server that holds items without
+\fB\-\-flush\fR or \fB\-\-no\-flush\fR). Nothing was changed.
 .TP
 .B 3
-Not found: no such domain or server, or \fBadd\fR of a server already present. Nothing was changed.
+Not found: no such domain (the message names the directory looked in) or server, or \fBadd\fR
+of a server already present, under its name or another that resolves to it. Nothing was
+changed. \fBwatch\fR of a domain that does not exist or was removed.
 .TP
 .B 4
 Registry failure: permission denied, a corrupt, truncated or unsafe file (symlink, foreign owner
@@ -83,9 +87,15 @@ mcadmin \-\-domain myapp add cache3 \-\-down \-\-retry\-interval \-1
 mcadmin \-\-domain myapp down cache1:11211 \-\-reason 'disk failure'
 mcadmin \-\-domain myapp status cache1:11211 || echo "cache1 is down"
 mcadmin \-\-domain myapp list \-\-json | jq '.servers[].address'
+mcadmin \-\-domain myapp explain user:42           # which server owns the key, and why
+mcadmin metrics > /var/lib/prometheus/node\-exporter/mcshm.prom.tmp   # then mv it in place
+mcadmin \-\-domain myapp watch \-\-metrics 127.0.0.1:9152   # the same page over HTTP
 mcadmin \-\-domain myapp dump > /etc/mcshm/myapp.list
 mcadmin \-\-domain myapp load /etc/mcshm/myapp.list   # at boot
 mcadmin \-\-domain myapp load \-\-partial hand\-written.list
+mcadmin \-\-domain myapp load \-\-dry\-run new.list    # what would change
+mcadmin \-\-domain myapp add \-\-no\-flush cache1:11211   # adopt a cache in use
+mcadmin domains remove oldapp
 v=$(mcadmin \-\-domain myapp \-\-json list | jq .version); mcadmin \-\-domain myapp wait \-\-since "$v"
 .fi
 .SH "SEE ALSO"

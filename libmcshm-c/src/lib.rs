@@ -115,14 +115,52 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<c_int, c_int>) -> c_int {
     }
 }
 
+thread_local! {
+    /// What `mcshm_strerror(MCSHM_ENODOMAIN)` says on this thread: the domain and directory of
+    /// its last call that failed with that code (`None`: the general text).
+    static NO_DOMAIN: std::cell::Cell<Option<&'static std::ffi::CStr>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The texts of [`NO_DOMAIN`], each kept for the life of the process so that
+/// `mcshm_strerror` still returns a static string: one per domain and directory, at most
+/// [`MAX_NO_DOMAIN_TEXTS`] (beyond them the general text is given).
+static NO_DOMAIN_TEXTS: std::sync::Mutex<Vec<&'static std::ffi::CStr>> =
+    std::sync::Mutex::new(Vec::new());
+const MAX_NO_DOMAIN_TEXTS: usize = 256;
+
+/// Makes `text` what `mcshm_strerror(MCSHM_ENODOMAIN)` says on this thread.
+fn no_domain(text: String) -> c_int {
+    let interned = std::ffi::CString::new(text).ok().and_then(|text| {
+        let mut texts = NO_DOMAIN_TEXTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match texts.iter().find(|t| ***t == *text) {
+            Some(known) => Some(*known),
+            None if texts.len() < MAX_NO_DOMAIN_TEXTS => {
+                let kept: &'static std::ffi::CStr = Box::leak(text.into_boxed_c_str());
+                texts.push(kept);
+                Some(kept)
+            }
+            None => None,
+        }
+    });
+    NO_DOMAIN.with(|cell| cell.set(interned));
+    MCSHM_ENODOMAIN
+}
+
 fn code(err: &Error) -> c_int {
     match err {
         Error::BadKey { .. } => MCSHM_EBADKEY,
-        Error::NoDomain { .. } => MCSHM_ENODOMAIN,
+        Error::NoDomain { domain, path } => no_domain(format!(
+            "no such domain \"{domain}\" in {} (set MCSHM_DIR, or pass the directory to \
+             mcshm_open_dir)",
+            path.parent().unwrap_or(path).display()
+        )),
         Error::Invalid {
             what: "domain name",
             ..
-        } => MCSHM_ENODOMAIN,
+        } => no_domain(err.to_string()),
         Error::Invalid { .. } | Error::TooManyServers { .. } => MCSHM_EINVAL,
         Error::ServerDown { .. } | Error::NoServers { .. } => MCSHM_EDOWN,
         Error::Network { .. }
@@ -156,7 +194,7 @@ fn open_domain(
     domain: &str,
     result: *mut *mut mcshm_client,
 ) -> Result<c_int, c_int> {
-    let domain = Domain::new(domain).map_err(|_| MCSHM_ENODOMAIN)?;
+    let domain = Domain::new(domain).map_err(|e| code(&e))?;
     let client = Client::for_domain(&dir, &domain, Timeouts::default()).map_err(|e| code(&e))?;
     let registry = Registry::open(&dir, &domain).map_err(|e| code(&e))?;
     open_with(client, Some(registry), result)
@@ -431,9 +469,16 @@ pub extern "C" fn mcshm_library_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// A static, NUL-terminated description of a code.
+/// A static, NUL-terminated description of a code (never freed). For `MCSHM_ENODOMAIN` it
+/// names the domain and the directory looked in by this thread's last call that failed so
+/// (`no such domain "x" in /run/mcshm (...)`), or why the domain name was refused.
 #[unsafe(no_mangle)]
 pub extern "C" fn mcshm_strerror(code: c_int) -> *const c_char {
+    if code == MCSHM_ENODOMAIN
+        && let Some(text) = NO_DOMAIN.with(std::cell::Cell::get)
+    {
+        return text.as_ptr();
+    }
     let text: &'static [u8] = match code {
         MCSHM_OK => b"success\0",
         MCSHM_MISS => b"not found\0",
@@ -442,7 +487,10 @@ pub extern "C" fn mcshm_strerror(code: c_int) -> *const c_char {
         MCSHM_TIMEOUT => b"timed out\0",
         MCSHM_EINVAL => b"invalid argument (null pointer, bad length or out of range)\0",
         MCSHM_EBADKEY => b"invalid key (empty, over 250 bytes, whitespace or control bytes)\0",
-        MCSHM_ENODOMAIN => b"no such domain\0",
+        MCSHM_ENODOMAIN => {
+            b"no such domain (no DOMAIN.mcshm in the registry directory: $MCSHM_DIR, /run/mcshm \
+              or $XDG_RUNTIME_DIR/mcshm), or a bad domain name\0"
+        }
         MCSHM_EREGISTRY => b"registry error (permissions, corrupt file, newer format or I/O)\0",
         MCSHM_ESERVER => b"memcached server error (connect, timeout, I/O or SERVER_ERROR)\0",
         MCSHM_EDOWN => b"server down\0",

@@ -53,6 +53,8 @@ pub enum EventKind {
     Up,
     /// A server answered but could not be brought back (its flush failed): it stays down.
     RejoinFailed,
+    /// A marked server was swept of its strays (`mcadmin settle`'s work, done by the watcher).
+    Settled,
 }
 
 impl EventKind {
@@ -63,6 +65,7 @@ impl EventKind {
             EventKind::Down => "down",
             EventKind::Up => "up",
             EventKind::RejoinFailed => "rejoin-failed",
+            EventKind::Settled => "settled",
         }
     }
 }

@@ -29,7 +29,8 @@
 //! [`conn`], [`client`] (the blocking client: it executes the plans and sequences of
 //! mcshm-route's router, as mcproxy does: failover, replication, warm-up, drain fallback),
 //! [`lifecycle`] (probe and the one rejoin rule), [`health`] (the watch daemon), [`drain`] and
-//! [`settle`] (the workflows). The table
+//! [`settle`] (the workflows); [`metrics`] (the host's domains as a Prometheus page, read from
+//! the registry, and its HTTP server). The table
 //! crate's modules are re-exported here under their names, so `libmcshm::registry` and
 //! `libmcshm::table` are what programs use.
 
@@ -48,6 +49,7 @@ pub mod conn;
 pub mod drain;
 pub mod health;
 pub mod lifecycle;
+pub mod metrics;
 pub mod proto;
 pub mod settle;
 pub mod tls;

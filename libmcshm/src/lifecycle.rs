@@ -85,6 +85,25 @@ pub fn flush(address: &Address, timeouts: Timeouts, access: &Access) -> Result<(
     }
 }
 
+/// How many items `address` holds (`stats`' `curr_items`, with the domain's TLS and
+/// credentials, `access`): `mcadmin add` asks before it flushes a server, so that a cache in
+/// use is emptied only when the operator says so. `Err` names what failed.
+pub fn items_held(address: &Address, timeouts: Timeouts, access: &Access) -> Result<u64, String> {
+    let mut conn =
+        Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
+    match conn
+        .ask(&Request::Stats { group: None })
+        .map_err(|e| conn.explain(&e))?
+    {
+        Reply::Stats(stats) => stats
+            .iter()
+            .find(|(name, _)| name == "curr_items")
+            .and_then(|(_, value)| value.parse().ok())
+            .ok_or_else(|| "stats has no curr_items".to_string()),
+        other => Err(format!("stats refused: {other:?}")),
+    }
+}
+
 /// What [`rejoin`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejoined {
@@ -251,6 +270,9 @@ pub enum Missed {
     /// clients logged (`mcshm_fleet`'s replay). Asked once per server; `Err` says why the
     /// server must be flushed instead (a host that cannot vouch or did not answer in time).
     Fleet(AskFleet),
+    /// No one can vouch, and why (a process that maps the table read-only: it routes writes
+    /// it cannot log). Servers are flushed, and their reason says why.
+    Cannot(String),
 }
 
 /// How a rejoin asks a fleet to replay one server ([`Missed::Fleet`]).
@@ -299,11 +321,53 @@ impl RejoinTable for Registry {
         if self.current_snapshot().ok()?.fleet_revision != 0 {
             return None;
         }
+        if let Some(why) = unlogged_reader(self.path()) {
+            return Some(Missed::Cannot(why));
+        }
         let dir = self.path().parent().unwrap_or(Path::new("."));
         Invalidations::open_or_create(dir, Registry::domain(self), LogCapacity::default())
             .ok()
             .map(Missed::Log)
     }
+}
+
+/// The logs of servers no longer in `servers` go with them (a process still routing with an
+/// older table may have logged for one after it was deleted).
+fn forget_deleted_in(log: &Invalidations, servers: &[Server]) {
+    for id in log.servers() {
+        if !servers.iter().any(|s| s.id == id) {
+            let _ = log.forget(id);
+        }
+    }
+}
+
+/// After servers were deleted from this host's table in `dir`: their invalidation logs go
+/// with them (a server that never came back). Nothing to do without a log.
+pub fn forget_deleted(dir: &Path, domain: &Domain) -> Result<()> {
+    if !crate::registry::log_path(dir, domain).exists() {
+        return Ok(());
+    }
+    let servers = Registry::open(dir, domain)?
+        .current_snapshot()?
+        .servers
+        .clone();
+    let log = Invalidations::open_or_create(dir, domain, LogCapacity::default())?;
+    forget_deleted_in(&log, &servers);
+    Ok(())
+}
+
+/// A process that has the table at `path` mapped read-only, as why the log cannot vouch: it
+/// may route writes (a client that cannot write the registry, or a C program that only looks
+/// servers up and writes through its own client) and logs none of them. Only the processes
+/// this user may see are found (all of them for root).
+fn unlogged_reader(path: &Path) -> Option<String> {
+    let reader = crate::processes::processes_mapping(path)
+        .into_iter()
+        .find(|p| !p.writable)?;
+    Some(format!(
+        "process {} ({}) has the table open read-only and logs none of its writes",
+        reader.pid, reader.command
+    ))
 }
 
 /// Runs a retry probe the router handed out: brings its server back through the domain's
@@ -379,12 +443,7 @@ pub fn rejoin_in<S: RejoinTable>(
         _ => None,
     };
     if let Some(Missed::Log(log)) = &missed {
-        // The logs of servers deleted since go with them.
-        for id in log.servers() {
-            if !table.servers.iter().any(|s| s.id == id) {
-                let _ = log.forget(id);
-            }
-        }
+        forget_deleted_in(log, &table.servers);
     }
     // Each server to contact: replayed when someone vouches for what it missed, else flushed.
     let mut replayed: Vec<Replayed<'_>> = Vec::new();
@@ -495,11 +554,14 @@ struct Replayed<'a> {
     logged: Option<Logged>,
     /// The hosts that replayed, for a fleet's replay.
     hosts: Option<usize>,
+    /// It restarted while away (empty): nothing was deleted.
+    restarted: bool,
 }
 
 impl Replayed<'_> {
     fn reason(&self, how: &Rejoiner<'_>, signature: &str) -> String {
         let done = match self.hosts {
+            None if self.restarted => "rejoined empty: it restarted while away (".to_string(),
             None => format!("rejoined after deleting the {} keys it missed (", self.keys),
             Some(hosts) => format!(
                 "rejoined after {hosts} hosts deleted the {} keys it missed (",
@@ -533,6 +595,7 @@ fn replay_missed<'a>(
         keys,
         logged,
         hosts,
+        restarted: false,
     };
     match missed {
         None => Vouch::Flush(None),
@@ -542,8 +605,13 @@ fn replay_missed<'a>(
             };
             let keys = logged.keys.as_deref().unwrap_or_default();
             let n = keys.len();
-            match replay(&server.address, keys, timeouts, access) {
-                Ok(()) => Vouch::Replayed(done(n, Some(logged), None)),
+            let since = Some(server.since_ms);
+            match replay_unless_restarted(&server.address, keys, since, timeouts, access) {
+                Ok(false) => Vouch::Replayed(done(n, Some(logged), None)),
+                Ok(true) => Vouch::Replayed(Replayed {
+                    restarted: true,
+                    ..done(0, Some(logged), None)
+                }),
                 Err(e) => Vouch::Failed(e),
             }
         }
@@ -551,6 +619,7 @@ fn replay_missed<'a>(
             Ok(fleet) => Vouch::Replayed(done(fleet.keys, None, Some(fleet.hosts))),
             Err(why) => Vouch::Flush(Some(why)),
         },
+        Some(Missed::Cannot(why)) => Vouch::Flush(Some(why.clone())),
     }
 }
 
@@ -581,6 +650,9 @@ pub fn replay_host_log(
     since_ms: u64,
     timeouts: Timeouts,
 ) -> std::result::Result<Logged, String> {
+    if let Some(why) = unlogged_reader(&domain.path_in(dir)) {
+        return Err(why);
+    }
     let log = Invalidations::open(dir, domain)
         .map_err(|e| format!("its invalidation log cannot be read: {e}"))?
         .ok_or("it has no invalidation log")?;
@@ -589,7 +661,8 @@ pub fn replay_host_log(
     )?;
     let access = Access::load(dir, domain).map_err(|e| e.to_string())?;
     let keys = logged.keys.as_deref().unwrap_or_default();
-    replay(&server.address, keys, timeouts, &access)?;
+    let down_since = since_ms.min(server.since_ms);
+    replay_unless_restarted(&server.address, keys, Some(down_since), timeouts, &access)?;
     Ok(logged)
 }
 
@@ -669,8 +742,35 @@ pub fn replay(
     timeouts: Timeouts,
     access: &Access,
 ) -> Result<(), String> {
+    replay_unless_restarted(address, keys, None, timeouts, access).map(drop)
+}
+
+/// How far apart (ms) a server's start and the time it went down must be for the start to
+/// count as after it (memcached's clock has seconds, and it may run on another host).
+const RESTART_SLACK_MS: u64 = 2_000;
+
+/// [`replay`], but when `down_since_ms` is given and the server started after it (`stats`:
+/// `time` − `uptime`), it restarted while away and holds nothing it missed: nothing is deleted
+/// and the answer is `true`.
+fn replay_unless_restarted(
+    address: &Address,
+    keys: &[Vec<u8>],
+    down_since_ms: Option<u64>,
+    timeouts: Timeouts,
+    access: &Access,
+) -> Result<bool, String> {
     let mut conn =
         Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
+    if let Some(since) = down_since_ms
+        && !keys.is_empty()
+    {
+        let stats = conn
+            .ask(&Request::Stats { group: None })
+            .map_err(|e| format!("stats: {}", conn.explain(&e)))?;
+        if started_ms(&stats).is_some_and(|started| started > since + RESTART_SLACK_MS) {
+            return Ok(true);
+        }
+    }
     for batch in keys.chunks(1000) {
         let mut encoded = crate::proto::Encoded::new();
         for key in batch {
@@ -686,7 +786,21 @@ pub fn replay(
             }
         }
     }
-    Ok(())
+    Ok(false)
+}
+
+/// When (ms since the epoch) a server started, from its `stats`: `time` − `uptime`, plus the 2 s
+/// memcached adds to its uptime (its clock starts 2 s before the process, so that no relative
+/// time is ever 0: `process_started` in memcached.c).
+fn started_ms(stats: &Reply) -> Option<u64> {
+    let Reply::Stats(stats) = stats else {
+        return None;
+    };
+    let stat = |name: &str| -> Option<u64> {
+        let (_, value) = stats.iter().find(|(n, _)| n == name)?;
+        value.parse().ok()
+    };
+    Some((stat("time")?.checked_sub(stat("uptime")?)? + 2) * 1000)
 }
 
 /// What [`prepare_load`] found: the servers it flushed, and those it could not.
@@ -697,16 +811,22 @@ pub struct LoadPlan {
     /// Could not be flushed: loaded down (not held: the retry probe flushes them when they
     /// answer), with the error.
     pub unflushed: Vec<(crate::address::Address, String)>,
+    /// Came back up under `replay` with the keys they missed deleted instead of a flush (this
+    /// host's log vouched for them): the log as replayed, settled after the commit.
+    pub replayed: Vec<(crate::address::Address, Logged)>,
 }
 
 /// `mcadmin load` as transitions: a server the list has up that `current` does not have (it
 /// joins) or has down (it rejoins) is flushed first, as `add` and `up` flush; one that cannot
-/// be flushed is loaded down after failures instead, so that nothing stale is served. With no
-/// `current` (a new domain: the boot-time replay of the list) the servers are taken as the list
-/// says, as their state before this host lost its table.
+/// be flushed is loaded down after failures instead, so that nothing stale is served. Under
+/// `replay`, a server that rejoins has the keys it missed deleted instead when `missed` (this
+/// host's log) vouches for them, as `up` does. With no `current` (a new domain: the boot-time
+/// replay of the list) the servers are taken as the list says, as their state before this host
+/// lost its table.
 pub fn prepare_load(
     current: Option<&[crate::table::Server]>,
     loaded: &mut crate::table::Table,
+    missed: Option<&Invalidations>,
     timeouts: Timeouts,
     access: &Access,
 ) -> LoadPlan {
@@ -725,11 +845,33 @@ pub fn prepare_load(
         if !joins {
             continue;
         }
-        match flush(&server.address, timeouts, access) {
-            Ok(()) => {
+        let vouched = match (was, missed) {
+            (Some(was), Some(log)) if loaded.policy.rejoin == Rejoin::Replay => {
+                vouched(log, was).map(|logged| (was.since_ms, logged))
+            }
+            _ => None,
+        };
+        let done = match vouched {
+            Some((since, logged)) => {
+                let keys = logged.keys.as_deref().unwrap_or_default();
+                let n = keys.len();
+                let replayed =
+                    replay_unless_restarted(&server.address, keys, Some(since), timeouts, access);
+                replayed.map(|restarted| {
+                    server.reason = match restarted {
+                        true => "load: rejoined empty: it restarted while away".into(),
+                        false => format!("load: rejoined after deleting the {n} keys it missed"),
+                    };
+                    plan.replayed.push((server.address.clone(), logged));
+                })
+            }
+            None => flush(&server.address, timeouts, access).map(|()| {
                 server.strays_since = 0;
                 plan.flushed.push(server.address.clone());
-            }
+            }),
+        };
+        match done {
+            Ok(()) => {}
             Err(error) => {
                 server.state = State::Down;
                 server.held = false;
@@ -744,10 +886,21 @@ pub fn prepare_load(
 
 impl LoadPlan {
     /// Makes `table` the loaded list (see [`edit::merge_loaded`]): the servers flushed for the
-    /// load start with no strays.
+    /// load start with no strays. A server whose line gives no reason and whose state the load
+    /// keeps keeps its reason: `dump` leaves out the reasons the run time wrote, and loading a
+    /// dump back says nothing about why a server is in the state it was already in.
     pub fn apply(&self, table: &mut crate::table::Table, loaded: &crate::table::Table) {
-        table.servers = edit::merge_loaded(&table.servers, &loaded.servers, CommitInfo::now());
+        let before = std::mem::take(&mut table.servers);
+        table.servers = edit::merge_loaded(&before, &loaded.servers, CommitInfo::now());
         for server in &mut table.servers {
+            if server.reason.is_empty()
+                && let Some(old) = before.iter().find(|o| {
+                    o.address.same_server(&server.address)
+                        && (o.state, o.held) == (server.state, server.held)
+                })
+            {
+                server.reason = old.reason.clone();
+            }
             if self.flushed.iter().any(|a| a.same_server(&server.address)) {
                 server.strays_since = 0;
             }
@@ -862,7 +1015,7 @@ pub fn load(
     let mut registry = match Registry::open_writer_with(dir, domain, true, target.ownership) {
         Err(Error::Corrupt { .. }) => {
             let known = if no_flush { None } else { Some(&[][..]) };
-            let plan = prepare_load(known, loaded, timeouts, access);
+            let plan = prepare_load(known, loaded, None, timeouts, access);
             let mut table = Table::default();
             plan.apply(&mut table, loaded);
             return Ok((Registry::recreate(dir, domain, &table)?, plan));
@@ -876,7 +1029,21 @@ pub fn load(
         Ok(_) => None,
         Err(_) => Some(Vec::new()),
     };
-    let plan = prepare_load(current.as_deref(), loaded, timeouts, access);
+    // This host's log, when it is the one that can vouch (see `Registry`'s `missed`).
+    let missed = match loaded.policy.rejoin {
+        Rejoin::Replay => match RejoinTable::missed(&mut registry) {
+            Some(Missed::Log(log)) => Some(log),
+            _ => None,
+        },
+        _ => None,
+    };
+    let plan = prepare_load(
+        current.as_deref(),
+        loaded,
+        missed.as_ref(),
+        timeouts,
+        access,
+    );
     let commit = match registry.transact(|t| {
         plan.apply(t, loaded);
         Ok(())
@@ -888,6 +1055,11 @@ pub fn load(
         }
         other => other?,
     };
+    if let Some(log) = &missed {
+        for (address, logged) in &plan.replayed {
+            let _ = settle_log(log, logged.clone(), address, timeouts, access);
+        }
+    }
     Ok((commit, plan))
 }
 

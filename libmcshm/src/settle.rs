@@ -7,6 +7,8 @@
 //! the server again, and the mark stays.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::access::Access;
 use crate::address::Address;
@@ -161,6 +163,31 @@ impl Sweep<'_> {
         self.counts
     }
 
+    /// Looks at every key at `rate` keys per second (0: as fast as possible), deleting the
+    /// strays; `on_error` hears of each key that could not be looked at. `false` when `stop`
+    /// was set first (the sweep is not finished: the server keeps its mark).
+    pub fn run(
+        &mut self,
+        rate: u32,
+        stop: &AtomicBool,
+        on_error: &mut dyn FnMut(&[u8], &Error),
+    ) -> bool {
+        let started = Instant::now();
+        for k in 0..self.keys.len() {
+            if rate > 0 {
+                let due = started + Duration::from_secs_f64(k as f64 / f64::from(rate));
+                pause_until(due, stop);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if let Err(err) = self.delete_if_stray(k) {
+                on_error(&self.keys[k], &err);
+            }
+        }
+        true
+    }
+
     /// Clears the server's mark if no key failed and no change since the sweep started marked
     /// it again; `true` when cleared.
     pub fn finish(self) -> Result<bool> {
@@ -176,4 +203,74 @@ impl Sweep<'_> {
         })?;
         Ok(cleared)
     }
+}
+
+/// Sleeps until `due`, waking early when `stop` is set.
+fn pause_until(due: Instant, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let left = due.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+/// What the sweep of one server did ([`sweep_marked`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swept {
+    pub address: Address,
+    /// The domain's keys it held.
+    pub keys: usize,
+    pub counts: SweepCounts,
+    /// Its mark was cleared (no key failed, no change marked it again meanwhile).
+    pub cleared: bool,
+    /// Why it could not be swept at all (its keys could not be listed).
+    pub error: Option<String>,
+}
+
+/// Sweeps every marked server of `domain` that is up, at `rate` keys per second, until done
+/// or `stop` (then the rest keep their marks): `mcadmin settle` without servers, as the watch
+/// daemon runs it unasked, so that the marks' cost (a delete on every write to a marked
+/// server's keys) does not last until an operator thinks of it.
+pub fn sweep_marked(
+    dir: &Path,
+    domain: &Domain,
+    rate: u32,
+    timeouts: Timeouts,
+    stop: &AtomicBool,
+) -> Result<Vec<Swept>> {
+    let writer = Registry::open_writer(dir, domain, false)?;
+    let mut settle = Settle::start(dir, domain, writer, &[], timeouts)?;
+    let mut swept = Vec::new();
+    for n in 0..settle.servers().len() {
+        let address = settle.servers()[n].address.clone();
+        let mut sweep = match settle.sweep(n) {
+            Ok(Some(sweep)) => sweep,
+            Ok(None) => continue, // no longer up
+            Err(e) => {
+                swept.push(Swept {
+                    address,
+                    keys: 0,
+                    counts: SweepCounts::default(),
+                    cleared: false,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
+        if !sweep.run(rate, stop, &mut |_, _| {}) {
+            break;
+        }
+        let (keys, counts) = (sweep.keys().len(), sweep.counts());
+        let cleared = sweep.finish()?;
+        swept.push(Swept {
+            address,
+            keys,
+            counts,
+            cleared,
+            error: None,
+        });
+    }
+    Ok(swept)
 }

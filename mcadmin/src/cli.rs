@@ -19,10 +19,13 @@ macro_rules! exit_status {
         "\
 Exit status:
   0  success; `status`: the server is up; `wait`: the version changed
-  1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted
+  1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted;
+     `domains remove`: processes use the domain (nothing removed)
   2  usage error or bad input (address, domain name, weight, list line; a list cut short, too
-     large or empty); nothing changed
-  3  not found: no such domain or server, or `add` of a server already present; nothing changed
+     large or empty; `add` of a server that holds items without --flush or --no-flush);
+     nothing changed
+  3  not found: no such domain or server, or `add` of a server already present (under its name
+     or another that resolves to it); nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
   5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it
   6  etcd failure (with --etcd): unreachable, refused the request, or holds an invalid value;
@@ -43,6 +46,9 @@ Examples:
   mcadmin --domain myapp load --partial hand-written.list
   mcadmin --etcd http://10.0.0.5:2379 --domain myapp add cache3:11211   (the whole fleet)
   mcadmin sync --etcd http://10.0.0.5:2379,http://10.0.0.6:2379 --all   (on every host)
+  mcadmin --domain myapp explain user:42         (which server owns the key, and why)
+  mcadmin metrics > mcshm.prom                   (every domain, for node_exporter's textfile)
+  mcadmin --domain myapp watch --metrics 127.0.0.1:9152   (the same page over HTTP)
 
 Durations (--lock-timeout, --etcd-timeout, --interval, --timeout, --retry-interval, ...) take a
 unit: 500ms, 2s, 1m, 1h; a bare number is seconds.
@@ -149,6 +155,13 @@ pub enum Command {
     /// A new server is flushed (flush_all) before it joins, so that nothing it kept from an
     /// earlier time in the domain is served; if it cannot be flushed nothing changes (exit 5).
     /// With --down it is flushed when it is brought up instead.
+    ///
+    /// A new server that holds items (memcached's curr_items) is a cache in use: add refuses it
+    /// (exit 2, nothing changed) until you choose --flush (empty it) or --no-flush (adopt its
+    /// contents as they are: the caches an application already uses, with its keys); with --down
+    /// it is not asked, and is flushed when brought up. A server
+    /// that is the same memcached as one of the domain's under another name (localhost:11211
+    /// and 127.0.0.1:11211: names are resolved) is refused (exit 3).
     Add(AddArgs),
     /// Remove servers.
     #[command(visible_alias = "rm")]
@@ -217,14 +230,33 @@ pub enum Command {
         #[arg(value_name = "ADDR", value_parser = address)]
         server: Address,
     },
-    /// List every domain in the registry directory.
-    Domains,
+    /// List every domain in the registry directory; `domains remove D` removes one.
+    ///
+    /// `domains remove DOMAIN [--force]` removes a domain's table and the files beside it
+    /// (lock, invalidation log, credentials, TLS settings) from this host's registry. It is
+    /// refused (exit 1, nothing removed) while processes use the domain (those `mcadmin clients`
+    /// lists, a running `watch` or `sync`) unless --force; they keep the removed table until
+    /// they open the domain again.
+    Domains {
+        #[command(subcommand)]
+        action: Option<DomainsAction>,
+    },
     /// Write the server list as text, one server per line (the input of `load`).
     ///
     /// The last line, `# end: N servers, crc32 0xXXXXXXXX`, counts the servers and sums every
     /// byte before it (CRC-32, as zlib's): `load` refuses a list without it, so a list cut short
     /// changes nothing.
-    Dump,
+    ///
+    /// Only an operator's reasons are written: the reason of a server held down (`down
+    /// --reason`), which says why the list keeps it down. The reasons the run time writes
+    /// (`rejoined after flush_all (mcadmin up, pid 330)`, failures, a drain) describe a moment,
+    /// not the list; --reasons writes them too. Loading a dump back keeps the reasons of the
+    /// servers whose state it does not change.
+    Dump {
+        /// Also write the reasons the run time wrote (rejoins, failures, drains, failed flushes)
+        #[arg(long)]
+        reasons: bool,
+    },
     /// Make the server list equal to FILE (or - for stdin), in one version.
     ///
     /// Lines: `ADDR [weight=N] [retry-interval=S] [state=up|down] [down-by=operator|failures]
@@ -257,14 +289,22 @@ pub enum Command {
         /// Take a list of no servers: it removes every server of the domain
         #[arg(long)]
         allow_empty: bool,
+        /// Change nothing: check the list and print what loading it would change (servers
+        /// added, removed and changed, the policy; exit 0), with --json as JSON
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Health daemon: mark failing servers down, bring answering ones back.
     ///
     /// Probes each server every interval, marks one down after N failed probes, and brings one
-    /// that answers again back through the rejoin policy (flush first). One watcher acts on a
-    /// domain per host; others stand by and take over when it dies. Every transition is a line
+    /// that answers again back through the rejoin policy (flush first). Sweeps marked servers
+    /// (what `mcadmin settle` does) at --settle-rate, so that writes stop paying a delete on
+    /// them soon after a change. One watcher acts on a domain per host; others stand by and
+    /// take over when it dies. Every transition is a line
     /// on stdout (JSON lines with --json) and runs --exec. Stops cleanly on SIGTERM and SIGINT.
-    /// `mcadmin --domain a --domain b watch` watches both.
+    /// `mcadmin --domain a --domain b watch` watches both. A domain that does not exist, or is
+    /// removed while watched, ends the watch with exit 3 (a configuration error: the systemd
+    /// unit does not restart it); with --all a removed domain is no longer watched.
     Watch {
         /// Watch every domain in the registry directory (new ones are picked up)
         #[arg(long)]
@@ -279,13 +319,23 @@ pub enum Command {
         #[arg(long, value_name = "KEY", value_parser = check_key)]
         check_key: Option<Vec<u8>>,
         /// Run this shell command on every transition, with MCSHM_EVENT (down, up,
-        /// rejoin-failed, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON and
-        /// MCSHM_TIME in its environment
+        /// rejoin-failed, settled, active, standby), MCSHM_DOMAIN, MCSHM_SERVER, MCSHM_REASON
+        /// and MCSHM_TIME in its environment
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
         /// Probe timeout in seconds
         #[arg(value_parser = positive("timeout"), long, default_value = "1", value_name = "S")]
         timeout: Duration,
+        /// Serve the watched domains' metrics page (what `mcadmin metrics` prints; with --all
+        /// every domain's) over HTTP at http://IP:PORT/metrics, e.g. 127.0.0.1:9152
+        #[arg(long, value_name = "IP:PORT", value_parser = listen_address)]
+        metrics: Option<std::net::SocketAddr>,
+        /// Keys per second the sweep of marked servers looks at (0: as fast as possible)
+        #[arg(long, default_value_t = 10_000, value_name = "KEYS_PER_S")]
+        settle_rate: u32,
+        /// Leave marked servers to `mcadmin settle`
+        #[arg(long)]
+        no_settle: bool,
     },
     /// Retire a server gently, moving its keys to their new owners.
     ///
@@ -412,6 +462,42 @@ pub enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// Print this host's domains as Prometheus metrics, for node_exporter's textfile collector.
+    ///
+    /// Every domain in the registry directory, or the one --domain (or $MCSHM_DOMAIN) names.
+    /// Per server (labels domain, server): mcshm_server_up, mcshm_server_state{state=up|down|
+    /// draining}, mcshm_server_held_down, mcshm_server_state_change_timestamp_seconds,
+    /// mcshm_server_weight, mcshm_server_consecutive_failures, mcshm_server_marked (may hold
+    /// stale copies until `settle`), and in a domain that keeps an invalidation log
+    /// mcshm_server_missed_keys, _bytes and _overflowed. Per domain: mcshm_table_readable,
+    /// mcshm_table_version, mcshm_table_change_timestamp_seconds, mcshm_table_servers,
+    /// mcshm_domain_processes (what `clients` lists), mcshm_domain_policy_info; in a domain the
+    /// fleet mirrors, mcshm_fleet_revision (the revision applied here) and the agent's
+    /// mcshm_fleet_agent_running, _connected and _link_change_timestamp_seconds. A host's lag
+    /// behind the fleet is not known on the host: compare mcshm_fleet_revision across hosts.
+    /// An unreadable table is mcshm_table_readable 0 (and a line on stderr), not a failure.
+    /// `watch --metrics IP:PORT` serves the same page over HTTP.
+    ///
+    /// Example: mcadmin metrics > /var/lib/prometheus/node-exporter/mcshm.prom.tmp &&
+    /// mv /var/lib/prometheus/node-exporter/mcshm.prom.tmp
+    /// /var/lib/prometheus/node-exporter/mcshm.prom
+    Metrics,
+    /// Show which server owns KEY in the domain and why, and what a get and a set of it do.
+    ///
+    /// The domain's distribution and hash, the key's hash value, the ring point it lands on
+    /// and whose point it is (modula: the hash modulo the number of servers; pecl-memcache:
+    /// its bucket), its replicas in order, each server's state (down and by whom, draining,
+    /// marked as holding stale copies), and under the domain's failover policy what a get
+    /// asks and what a set stores and deletes (under rehash, the interim owner of a down
+    /// server's key). Read from the table's current version (shown), as every client routes
+    /// it; the same key checks as elsewhere (no spaces or control characters, at most 250
+    /// bytes with the domain's prefix). --json for scripts.
+    Explain {
+        /// The key (without the domain's prefix, as the application gives it)
+        // Its own id: `key` is --key's (the etcd client key), global.
+        #[arg(id = "explained_key", value_name = "KEY")]
+        key: String,
+    },
     /// Wait until the domain's version changes, then print the new version
     Wait {
         /// Wait for a version greater than V [default: the current version]
@@ -420,6 +506,26 @@ pub enum Command {
         /// Give up after S seconds (exit status 1) [default: wait forever]
         #[arg(value_parser = duration, long, value_name = "S")]
         timeout: Option<Duration>,
+    },
+}
+
+/// `domains remove`.
+#[derive(Subcommand, Debug)]
+pub enum DomainsAction {
+    /// Remove a domain from this host's registry: its table and the files beside it (lock,
+    /// invalidation log, credentials, TLS settings).
+    ///
+    /// Refused (exit 1, nothing removed) while processes use the domain (as `mcadmin clients`
+    /// lists them: mcproxy, a watcher, applications) unless --force; those processes keep the
+    /// removed table until they open the domain again. Works on this host's registry only: a
+    /// domain the fleet agent (`mcadmin sync`) mirrors is made again from the fleet's table.
+    Remove {
+        /// The domain to remove
+        #[arg(value_name = "DOMAIN")]
+        domain: String,
+        /// Remove it even while processes use it
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -460,10 +566,14 @@ pub struct AddArgs {
     /// Skip servers already present instead of failing
     #[arg(long)]
     pub if_missing: bool,
-    /// Do not flush the new servers (they are flushed by default, so that items left from
-    /// an earlier time in the domain are never served): only for servers known to be empty
-    #[arg(long)]
+    /// Do not flush the new servers: adopt what they hold as it is (caches the application
+    /// already uses, or servers known to be empty); without it an empty server is flushed and
+    /// one that holds items is refused
+    #[arg(long, conflicts_with = "flush")]
     pub no_flush: bool,
+    /// Flush the new servers even if they hold items (empty a cache in use before it joins)
+    #[arg(long)]
+    pub flush: bool,
 }
 
 // The values of `policy` (none: show the policy). A `//` comment: clap would take a doc
@@ -480,7 +590,8 @@ pub struct PolicyArgs {
     /// misses from the interim owner for the warm window), trust (no flush: unsafe for data
     /// that changes while it is away), replay (delete only the keys written while it was away,
     /// from the host's invalidation log, then up: it keeps its cache; flushed when the log
-    /// cannot say)
+    /// cannot say, e.g. while a process has the table open read-only: use replay when every
+    /// writer goes through libmcshm's client, mclient or mcproxy)
     #[arg(long, value_name = "POLICY", value_parser = checked::<Rejoin>)]
     pub rejoin: Option<Rejoin>,
     /// Servers each write goes to, along the ring (reads fall back along the same servers)
@@ -609,6 +720,14 @@ fn check_key(text: &str) -> Checked<Vec<u8>> {
         Ok(()) => Ok(key),
         Err(why) => Err(Box::new(UsageError(format!("invalid check key: {why}")))),
     }
+}
+
+/// `watch --metrics`: an IP address and port to listen on.
+fn listen_address(text: &str) -> Checked<std::net::SocketAddr> {
+    text.parse().map_err(|_| {
+        let why = format!("invalid --metrics '{text}': expected IP:PORT (127.0.0.1:9152)");
+        Box::new(UsageError(why)) as Box<dyn std::error::Error + Send + Sync>
+    })
 }
 
 /// `sync --lease-ttl`: 2 to 3600 seconds.

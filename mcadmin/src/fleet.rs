@@ -68,6 +68,7 @@ pub fn load(
     let plan = libmcshm::lifecycle::prepare_load(
         current.as_ref().map(|c| &c.table.servers[..]),
         loaded,
+        None, // no host's log vouches for the fleet: joining servers are flushed
         timeouts,
         access,
     );

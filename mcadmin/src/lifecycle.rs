@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libmcshm::drain::{Drain, DrainCounts};
-use libmcshm::health::{Event, Watcher};
-use libmcshm::settle::{Settle, SweepCounts};
-use libmcshm::{Address, Domain, Registry, Timeouts};
+use std::path::Path;
+
+use libmcshm::health::{Event, EventKind, Watcher};
+use libmcshm::settle::{Settle, SweepCounts, Swept};
+use libmcshm::{Address, Domain, Registry, State, Timeouts};
 use serde_json::json;
 
 use crate::{Exit, Invocation};
@@ -41,6 +43,10 @@ pub struct WatchOptions<'a> {
     pub check_key: Option<&'a [u8]>,
     pub exec: Option<&'a str>,
     pub timeout: Duration,
+    /// Serve the watched domains' metrics page here (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Sweep marked servers at this many keys per second (`None`: `--no-settle`).
+    pub settle_rate: Option<u32>,
 }
 
 pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
@@ -57,15 +63,24 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
     };
     let mut watchers: Vec<Watcher> = Vec::new();
     for name in &names {
+        let domain = Domain::new(name)?;
+        // A domain that does not exist (mistyped, its list not loaded) is a configuration
+        // error: exit 3 at once, rather than a watcher that watches nothing for ever.
+        Registry::open(&ctx.local.dir, &domain)?;
         watchers.push(Watcher::new(
             &ctx.local.dir,
-            Domain::new(name)?,
+            domain,
             options.failures,
             check_key.clone(),
             timeouts,
         ));
     }
+    if let Some(address) = options.metrics {
+        let only = (!options.all).then_some(names.as_slice());
+        crate::metrics::serve(ctx, address, only)?;
+    }
     let stop = stop_flag()?;
+    let mut sweeps = Sweeps::default();
     while !stop.load(Ordering::Relaxed) {
         if options.all {
             for row in crate::show::scan_domains(&ctx.local.dir)? {
@@ -81,15 +96,146 @@ pub fn watch(ctx: &Invocation, options: WatchOptions<'_>) -> Result<Exit> {
                 }
             }
         }
-        for watcher in &mut watchers {
+        let mut removed = Vec::new();
+        for (n, watcher) in watchers.iter_mut().enumerate() {
             let mut emit = |event: Event| report(ctx, options.exec, &event);
-            if let Err(err) = watcher.round(&mut emit) {
-                eprintln!("mcadmin: watch {}: {err}", watcher.domain());
+            match watcher.round(&mut emit) {
+                Ok(()) => {}
+                // Removed (`mcadmin domains remove`): a named domain ends the watch (exit 3);
+                // with --all the others are still watched.
+                Err(err @ libmcshm::Error::NoDomain { .. }) if !options.all => {
+                    return Err(err.into());
+                }
+                Err(libmcshm::Error::NoDomain { .. }) => {
+                    eprintln!(
+                        "mcadmin: watch {}: the domain was removed",
+                        watcher.domain()
+                    );
+                    removed.push(n);
+                }
+                Err(err) => eprintln!("mcadmin: watch {}: {err}", watcher.domain()),
+            }
+        }
+        for n in removed.into_iter().rev() {
+            watchers.remove(n);
+        }
+        if let Some(rate) = options.settle_rate {
+            let mut emit = |event: Event| report(ctx, options.exec, &event);
+            sweeps.report(&mut emit);
+            for watcher in watchers.iter().filter(|w| w.is_active()) {
+                sweeps.start(&ctx.local.dir, watcher.domain(), rate, timeouts, &stop);
             }
         }
         pause(interval, &stop);
     }
     Ok(Exit::Success)
+}
+
+/// The watcher's sweeps of marked servers, one thread per domain at a time.
+#[derive(Default)]
+struct Sweeps {
+    running: Vec<(
+        Domain,
+        std::thread::JoinHandle<libmcshm::Result<Vec<Swept>>>,
+    )>,
+    /// When each domain may be swept again after a sweep that left a mark (a key that could
+    /// not be looked at, a server that did not list its keys): not on every round.
+    not_before: std::collections::HashMap<Domain, Instant>,
+}
+
+/// How long after a sweep that left a mark the next one starts.
+const SWEEP_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+impl Sweeps {
+    /// Starts a sweep of `domain` if it has a marked server that is up and none runs.
+    fn start(
+        &mut self,
+        dir: &Path,
+        domain: &Domain,
+        rate: u32,
+        timeouts: Timeouts,
+        stop: &Arc<AtomicBool>,
+    ) {
+        let busy = self.running.iter().any(|(d, _)| d == domain);
+        let waiting = self
+            .not_before
+            .get(domain)
+            .is_some_and(|t| Instant::now() < *t);
+        if busy || waiting {
+            return;
+        }
+        let marked = Registry::open(dir, domain)
+            .and_then(|mut r| r.current_snapshot())
+            .is_ok_and(|s| {
+                s.servers
+                    .iter()
+                    .any(|s| s.strays_since != 0 && s.state == State::Up)
+            });
+        if !marked {
+            return;
+        }
+        let (dir, swept_domain, stop) = (dir.to_path_buf(), domain.clone(), stop.clone());
+        let sweep = std::thread::spawn(move || {
+            libmcshm::settle::sweep_marked(&dir, &swept_domain, rate, timeouts, &stop)
+        });
+        self.running.push((domain.clone(), sweep));
+    }
+
+    /// Reports each sweep that ended: a `settled` event per server.
+    fn report(&mut self, emit: &mut dyn FnMut(Event)) {
+        let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|(_, sweep)| sweep.is_finished());
+        self.running = running;
+        for (domain, sweep) in ended {
+            let swept = sweep
+                .join()
+                .unwrap_or_else(|_| Err(libmcshm::Error::invalid("sweep", "", "panicked")));
+            let (events, all_cleared) = swept_events(&domain, swept);
+            if !all_cleared {
+                self.not_before
+                    .insert(domain, Instant::now() + SWEEP_AGAIN_AFTER);
+            }
+            events.into_iter().for_each(&mut *emit);
+        }
+    }
+}
+
+/// The `settled` events of a sweep of `domain`, and whether every mark was cleared.
+fn swept_events(domain: &Domain, swept: libmcshm::Result<Vec<Swept>>) -> (Vec<Event>, bool) {
+    let event = |server: String, reason: String| Event {
+        kind: EventKind::Settled,
+        domain: domain.to_string(),
+        server,
+        reason,
+        time_ms: libmcshm::clock::now_ms(),
+    };
+    match swept {
+        Err(e) => (
+            vec![event(String::new(), format!("sweep failed: {e}"))],
+            false,
+        ),
+        Ok(swept) => {
+            let all = swept.iter().all(|s| s.cleared);
+            let events = swept
+                .into_iter()
+                .map(|s| {
+                    let reason = match (&s.error, s.cleared) {
+                        (Some(e), _) => format!("not swept: {e}"),
+                        (None, cleared) => format!(
+                            "swept {} keys, deleted {} strays, {} failed; {}",
+                            s.keys,
+                            s.counts.deleted,
+                            s.counts.failed,
+                            if cleared { "mark cleared" } else { "mark kept" }
+                        ),
+                    };
+                    event(s.address.to_string(), reason)
+                })
+                .collect();
+            (events, all)
+        }
+    }
 }
 
 /// Prints a transition (a line, or a JSON line) and runs the --exec hook for it.
@@ -242,22 +388,12 @@ pub fn settle(ctx: &Invocation, addresses: &[Address], rate: u32) -> Result<Exit
             continue;
         };
         let total = sweep.keys().len();
-        let started = Instant::now();
-        for k in 0..total {
-            if stop.load(Ordering::Relaxed) {
-                eprintln!("\nmcadmin: interrupted; {address} keeps its mark (run settle again)");
-                return Ok(Exit::No);
-            }
-            if rate > 0 {
-                let due = started + Duration::from_secs_f64(k as f64 / f64::from(rate));
-                pause(due.saturating_duration_since(Instant::now()), &stop);
-            }
-            if let Err(err) = sweep.delete_if_stray(k) {
-                eprintln!(
-                    "mcadmin: {}: {err}",
-                    String::from_utf8_lossy(&sweep.keys()[k])
-                );
-            }
+        let done = sweep.run(rate, &stop, &mut |key, err| {
+            eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(key));
+        });
+        if !done {
+            eprintln!("\nmcadmin: interrupted; {address} keeps its mark (run settle again)");
+            return Ok(Exit::No);
         }
         let SweepCounts {
             deleted,

@@ -7,8 +7,11 @@
 
 mod access;
 mod cli;
+mod domains;
+mod explain;
 mod fleet;
 mod lifecycle;
+mod metrics;
 mod show;
 mod store;
 mod verbs;
@@ -101,6 +104,14 @@ fn run(cli: &Cli) -> Result<Exit> {
         )
         .into());
     }
+    if fleet.is_some() && matches!(cli.command, Command::Metrics) {
+        return Err(UsageError(
+            "metrics shows this host's tables: drop --etcd (every host's page, together, is \
+             the fleet's)"
+                .into(),
+        )
+        .into());
+    }
     if fleet.is_none() && matches!(cli.command, Command::Sync { .. } | Command::Hosts) {
         return Err(UsageError(
             "sync and hosts need the fleet's etcd: give --etcd ENDPOINTS or set MCSHM_ETCD".into(),
@@ -154,20 +165,25 @@ fn run(cli: &Cli) -> Result<Exit> {
         },
         Command::List => read::list(&ctx),
         Command::Status { server } => read::status(&ctx, server),
-        Command::Domains => read::domains(&ctx),
-        Command::Dump => read::dump(&ctx),
+        Command::Domains { action: None } => read::domains(&ctx),
+        Command::Domains {
+            action: Some(cli::DomainsAction::Remove { domain, force }),
+        } => domains::remove(&ctx, domain, *force),
+        Command::Dump { reasons } => read::dump(&ctx, *reasons),
         Command::Load {
             file,
             initial,
             no_flush,
             partial,
             allow_empty,
+            dry_run,
         } => write::load(
             &ctx,
             file,
             write::LoadOptions {
                 initial: *initial,
                 no_flush: *no_flush,
+                dry_run: *dry_run,
                 accept: libmcshm::dump::Accept {
                     partial: *partial,
                     allow_empty: *allow_empty,
@@ -175,6 +191,8 @@ fn run(cli: &Cli) -> Result<Exit> {
             },
         ),
         Command::Wait { since, timeout } => read::wait(&ctx, *since, *timeout),
+        Command::Metrics => metrics::print(&ctx, metrics::domain_given()),
+        Command::Explain { key } => explain::explain(&ctx, key),
         Command::Auth {
             user,
             password_file,
@@ -204,6 +222,9 @@ fn run(cli: &Cli) -> Result<Exit> {
             check_key,
             exec,
             timeout,
+            metrics,
+            settle_rate,
+            no_settle,
         } => lifecycle::watch(
             &ctx,
             lifecycle::WatchOptions {
@@ -214,6 +235,8 @@ fn run(cli: &Cli) -> Result<Exit> {
                 check_key: check_key.as_deref(),
                 exec: exec.as_deref(),
                 timeout: *timeout,
+                metrics: *metrics,
+                settle_rate: (!no_settle).then_some(*settle_rate),
             },
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),

@@ -112,6 +112,21 @@ pub fn missed_text(snapshot: &Snapshot, missed: &[Option<LogStats>]) -> String {
     out
 }
 
+/// The lines under `list` that name each marked server: it may hold stray copies of keys a
+/// change moved away, so every write also deletes its key there until it is swept.
+pub fn marks_text(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    for server in snapshot.servers.iter().filter(|s| s.strays_since != 0) {
+        out += &format!(
+            "{} marked since {}: it may hold copies of keys it lost, so every write also \
+             deletes its key there until it is swept (mcadmin settle, or mcadmin watch)\n",
+            server.address,
+            utc(server.strays_since),
+        );
+    }
+    out
+}
+
 /// Who holds a down server down: "operator" (until `mcadmin up`) or "failures" (retried
 /// automatically); `None` when it is not down.
 pub fn down_by(server: &Server) -> Option<&'static str> {

@@ -91,6 +91,27 @@ impl Store {
         }
     }
 
+    /// The domain's table, or `None` when the domain does not exist (what `load --dry-run`
+    /// compares a list with).
+    pub fn current(&self) -> Result<Option<Arc<Snapshot>>> {
+        match self {
+            Store::Local(local) if !local.domain.path_in(&local.dir).exists() => Ok(None),
+            Store::Local(_) => self.snapshot().map(Some),
+            Store::Fleet { fleet, domain, .. } => match fleet::snapshot(fleet, domain) {
+                Ok((_, snapshot)) => Ok(Some(Arc::new(snapshot))),
+                Err(err)
+                    if matches!(
+                        err.downcast_ref::<mcshm_fleet::FleetError>(),
+                        Some(mcshm_fleet::FleetError::NoDomain(_))
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(err) => Err(err),
+            },
+        }
+    }
+
     /// The domain's table with its failure counts and origin, for `list`.
     pub fn read(&self) -> Result<Reading> {
         match self {

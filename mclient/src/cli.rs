@@ -165,6 +165,14 @@ pub enum Verb {
         #[arg(long, value_name = "ADDR")]
         server: Option<String>,
     },
+    /// The domain's keys each up server (or one) holds, one per line (what memcdump lists:
+    /// memcached's `lru_crawler metadump all`; without the domain's key prefix). With --json:
+    /// per server, its keys
+    Keys {
+        /// Only this server
+        #[arg(long, value_name = "ADDR")]
+        server: Option<String>,
+    },
     /// The servers each key maps to: its owner, then its other replicas (KEY OWNER [REPLICA...])
     Which {
         #[arg(required = true, value_name = "KEY")]

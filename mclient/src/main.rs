@@ -153,6 +153,18 @@ fn run(cli: &Cli) -> Result<Exit> {
             let results = client.stats(group.as_deref(), only.as_ref())?;
             per_server(cli, results, stats_text)
         }
+        Verb::Keys { server } => {
+            let only = server.as_deref().map(Address::parse).transpose()?;
+            let results = client.keys(only.as_ref())?;
+            per_server(cli, results, |_, keys| {
+                let names: Vec<String> = keys
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                let text: String = names.iter().map(|k| format!("{k}\n")).collect();
+                (json!(names), text)
+            })
+        }
         Verb::Which { keys } => {
             let mut out = Vec::new();
             let mut rows = Vec::new();

@@ -28,7 +28,8 @@ Examples:
   printf 'config get cluster\\r\\n' | nc -q1 127.0.0.1 11211     (the list, ElastiCache style)
 
 Durations take a unit: 500ms, 2s, 1m, 1h; a bare number is milliseconds for --timeout and
---connect-timeout, seconds for the others.
+--connect-timeout (a warning says so below 100: mclient's --timeout 1 is a second), seconds
+for the others.
 
 ",
     exit_status!()

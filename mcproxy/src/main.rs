@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         clap_complete::generate(shell, &mut command, "mcproxy", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    for warning in bare_millis_warnings(std::env::args().skip(1)) {
+        eprintln!("mcproxy: warning: {warning}");
+    }
     let config = match config(&cli) {
         Ok(config) => config,
         Err(message) => return mcshm_cli::fail("mcproxy", &message, Exit::BadArguments),
@@ -52,6 +55,34 @@ fn main() -> ExitCode {
             mcshm_cli::fail("mcproxy", &message, Exit::CannotListen)
         }
     }
+}
+
+/// The options whose bare numbers are milliseconds (mclient's and mcadmin's are seconds).
+const MILLISECOND_OPTIONS: [&str; 2] = ["--timeout", "--connect-timeout"];
+
+/// A warning for each millisecond option given a bare number under 100: `--timeout 1` is a
+/// millisecond here, a second in mclient, and almost certainly meant as a second.
+fn bare_millis_warnings(args: impl Iterator<Item = String>) -> Vec<String> {
+    let args: Vec<String> = args.collect();
+    let mut warnings = Vec::new();
+    for (n, arg) in args.iter().enumerate() {
+        let (option, value) = match arg.split_once('=') {
+            Some((option, value)) => (option, Some(value)),
+            None => (arg.as_str(), args.get(n + 1).map(String::as_str)),
+        };
+        let Some(value) = value.filter(|_| MILLISECOND_OPTIONS.contains(&option)) else {
+            continue;
+        };
+        if let Ok(ms) = value.trim().parse::<u64>()
+            && ms < 100
+        {
+            warnings.push(format!(
+                "{option} {value} is {ms} ms (a bare number is milliseconds here); write \
+                 {value}s for {value} seconds"
+            ));
+        }
+    }
+    warnings
 }
 
 fn config(cli: &cli::Cli) -> Result<Config, String> {
@@ -135,4 +166,33 @@ fn size(name: &str, text: &str) -> Result<usize, String> {
         .and_then(|n| n.checked_mul(unit))
         .filter(|n| (1..=1 << 30).contains(n))
         .ok_or_else(|| format!("--{name} '{text}' is not a size from 1 to 1g (e.g. 1m, 512k)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(args: &[&str]) -> Vec<String> {
+        bare_millis_warnings(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn a_small_bare_millisecond_value_is_warned_about() {
+        let one = warnings(&["--domain", "app", "--timeout", "1"]);
+        assert_eq!(
+            one,
+            ["--timeout 1 is 1 ms (a bare number is milliseconds here); write 1s for 1 seconds"]
+        );
+        assert_eq!(warnings(&["--connect-timeout=5"]).len(), 1);
+        // A unit, or a number that reads as milliseconds, is what it says.
+        for quiet in [
+            &["--timeout", "1s"][..],
+            &["--timeout", "500ms"],
+            &["--timeout", "250"],
+            &["--client-timeout", "1"],
+            &["--listen", "1"],
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet:?}");
+        }
+    }
 }

@@ -22,7 +22,7 @@ use mcshm_table::address::Address;
 use mcshm_table::domain::Domain;
 use mcshm_table::error::{Error, Result};
 use mcshm_table::key;
-use mcshm_table::placement::Locator;
+use mcshm_table::placement::{Locator, Placed};
 use mcshm_table::registry::Registry;
 use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
@@ -385,6 +385,20 @@ impl Router {
             None => self.local().owner(key),
         };
         owner.ok_or_else(|| Error::NoServers { what: self.what() })
+    }
+
+    /// Where `key` lands, routed at `now_ms`, and why: the owner [`Router::owner`] answers,
+    /// with the key's hash and the ring point (or modula's slot, PECL's bucket) that decide
+    /// it, on the placement of the routed servers (under `rehash` the up ones: a down
+    /// owner's key shows its interim owner). For explaining a key (`mcadmin explain`): it
+    /// looks the key up in a placement built in this process, the same as the file's ring.
+    pub fn placement(&mut self, key: &[u8], now_ms: u64) -> Result<Placed> {
+        key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh(now_ms)?;
+        self.routing().snapshot.policy.prefix.check_fits(key)?;
+        self.local()
+            .place(key)
+            .ok_or_else(|| Error::NoServers { what: self.what() })
     }
 
     /// A lookup in the shared ring of the current version. When writers have moved on since the

@@ -355,3 +355,80 @@ fn a_write_records_its_key_for_the_down_servers_that_miss_it() {
         }
     }
 }
+
+/// `placement` answers what `owner` answers, on the ring the router routes with: every
+/// server's under `none` (a down owner stays the owner), the up ones under `rehash` (the
+/// interim owner).
+#[test]
+fn placement_names_the_owner_the_router_routes_to() {
+    use mcshm_table::hash::KeyHash;
+    use mcshm_table::placement::{Distribution, Via};
+    use mcshm_table::table::{Failover, Policy, Snapshot};
+    for distribution in [
+        Distribution::Ketama,
+        Distribution::Modula(KeyHash::OneAtATime),
+    ] {
+        for failover in [Failover::None, Failover::Rehash] {
+            let snapshot = Snapshot {
+                domain: "d".into(),
+                version: 3,
+                changed_ms: 0,
+                writer_pid: 0,
+                writer_uid: 0,
+                next_id: 5,
+                servers: servers(&[Up, Down, Up, Up]),
+                policy: Policy {
+                    failover,
+                    distribution,
+                    ..Policy::default()
+                },
+                fleet_revision: 0,
+            };
+            let mut router = Router::for_snapshot(snapshot);
+            let mut owned_by_down = 0;
+            for n in 0..400 {
+                let key = format!("user:{n}");
+                let placed = router.placement(key.as_bytes(), 1).unwrap();
+                assert_eq!(
+                    placed.owner,
+                    router.owner(key.as_bytes(), 1).unwrap(),
+                    "{key}"
+                );
+                owned_by_down += usize::from(placed.owner == 1);
+                match (placed.via, distribution) {
+                    (Via::Point { point, .. }, Distribution::Ketama) => {
+                        assert_eq!(point.server, placed.owner);
+                        assert_eq!(placed.hash, mcshm_table::hash::ketama_md5(key.as_bytes()));
+                    }
+                    (Via::Modula { members, slot }, Distribution::Modula(hash)) => {
+                        let routed = if failover == Failover::None { 4 } else { 3 };
+                        assert_eq!(members, routed);
+                        assert_eq!(placed.hash, hash.hash(key.as_bytes()));
+                        assert_eq!(slot, placed.hash as usize % members);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            match failover {
+                Failover::None => assert!(owned_by_down > 50, "the down server keeps its keys"),
+                Failover::Rehash => assert_eq!(owned_by_down, 0, "its keys have interim owners"),
+            }
+        }
+    }
+    let mut router = Router::for_snapshot(Snapshot {
+        domain: "d".into(),
+        version: 1,
+        changed_ms: 0,
+        writer_pid: 0,
+        writer_uid: 0,
+        next_id: 2,
+        servers: servers(&[Up]),
+        policy: Policy::default(),
+        fleet_revision: 0,
+    });
+    assert!(
+        router.placement(b"a b", 1).is_err(),
+        "a key memcached refuses"
+    );
+    assert!(router.placement(&[b'k'; 251], 1).is_err());
+}

@@ -349,6 +349,150 @@ impl fmt::Display for Address {
     }
 }
 
+/// A place a server's address reaches: a TCP socket address (a host name resolved), or a unix
+/// socket's path (canonical when it exists). Two addresses that reach one place are one
+/// memcached under two names (see [`find_alias`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Place {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Tcp(address) => write!(f, "{address}"),
+            Place::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Address {
+    /// The places this address reaches: a host name resolved by the system (a lookup, nothing
+    /// is connected); none when it does not resolve (it is refused when connected to).
+    pub fn places(&self) -> Vec<Place> {
+        match self {
+            Address::Unix { path } => {
+                let path = std::path::Path::new(path);
+                vec![Place::Unix(
+                    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+                )]
+            }
+            tcp => tcp
+                .socket_addrs()
+                .map(|all| all.into_iter().map(Place::Tcp).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One memcached under two names, as [`find_alias`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    /// The server of the new ones.
+    pub server: Address,
+    /// The one it is the same memcached as: a present server, or an earlier new one.
+    pub other: Address,
+    /// Where both reach.
+    pub place: Place,
+}
+
+/// The first server of `new` that reaches a place (see [`Address::places`]) that a server of
+/// `present`, or an earlier one of `new`, reaches under another name: listed twice, one
+/// memcached gets two shares of the ring and a key is written under one name and read under the
+/// other. Addresses that are the same server ([`Address::same_server`]) are left to the
+/// duplicate checks; names that do not resolve are not compared, nor those whose lookup takes
+/// longer than [`RESOLVE_LIMIT`] (a resolver that does not answer delays the check, never
+/// blocks it). `present` is resolved only when a new server resolves.
+pub fn find_alias(present: &[Address], new: &[Address]) -> Option<Alias> {
+    let new_places = places_of(new, RESOLVE_LIMIT);
+    if new_places.iter().all(Vec::is_empty) {
+        return None;
+    }
+    let mut seen: std::collections::HashMap<Place, &Address> = std::collections::HashMap::new();
+    for (address, places) in present.iter().zip(places_of(present, RESOLVE_LIMIT)) {
+        for place in places {
+            seen.entry(place).or_insert(address);
+        }
+    }
+    for (address, places) in new.iter().zip(new_places) {
+        for place in places {
+            match seen.get(&place) {
+                Some(other) if !other.same_server(address) => {
+                    return Some(Alias {
+                        server: address.clone(),
+                        other: (*other).clone(),
+                        place,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(place, address);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// How long [`find_alias`] waits for the host names of one list to resolve.
+pub const RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Threads that look host names up at once (see [`places_of`]).
+const RESOLVERS: usize = 16;
+
+/// The places of each address (as [`Address::places`]); host names are looked up by
+/// [`RESOLVERS`] threads at once, and a name not resolved within `limit` counts as not
+/// resolving (its thread is left to finish on its own).
+fn places_of(addresses: &[Address], limit: std::time::Duration) -> Vec<Vec<Place>> {
+    use std::sync::{Arc, Mutex, mpsc};
+    let mut places: Vec<Vec<Place>> = vec![Vec::new(); addresses.len()];
+    let mut names = std::collections::VecDeque::new();
+    for (n, address) in addresses.iter().enumerate() {
+        match address {
+            Address::Host { .. } => names.push_back((n, address.clone())),
+            literal => places[n] = literal.places(),
+        }
+    }
+    let pending = names.len();
+    if pending == 0 {
+        return places;
+    }
+    let queue = Arc::new(Mutex::new(names));
+    let (done, results) = mpsc::channel();
+    for _ in 0..RESOLVERS.min(pending) {
+        let (queue, done) = (queue.clone(), done.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mcshm-resolve".into())
+            .spawn(move || {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                    let Some((n, address)) = next else { return };
+                    if done.send((n, address.places())).is_err() {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            break;
+        }
+    }
+    drop(done);
+    let deadline = std::time::Instant::now() + limit;
+    for _ in 0..pending {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match results.recv_timeout(left) {
+            Ok((n, found)) => places[n] = found,
+            Err(_) => break,
+        }
+    }
+    // Names not looked up yet are not: the threads stop after the lookups they are in.
+    if let Ok(mut rest) = queue.lock() {
+        rest.clear();
+    }
+    places
+}
+
 impl std::str::FromStr for Address {
     type Err = Error;
     fn from_str(s: &str) -> Result<Address> {
@@ -480,6 +624,44 @@ fn check_hostname(host: &str) -> std::result::Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_server_under_two_names_is_found() {
+        let parse = |list: &[&str]| -> Vec<super::Address> {
+            list.iter()
+                .map(|a| super::Address::parse(a).unwrap())
+                .collect()
+        };
+        let present = parse(&["127.0.0.1:11312", "127.0.0.1:11313"]);
+        let alias = super::find_alias(&present, &parse(&["localhost:11312"])).unwrap();
+        assert_eq!(alias.other.to_string(), "127.0.0.1:11312");
+        assert_eq!(alias.place.to_string(), "127.0.0.1:11312");
+        // Another port, the same name twice (left to the duplicate check), an unresolvable name.
+        assert_eq!(
+            super::find_alias(&present, &parse(&["localhost:11314"])),
+            None
+        );
+        assert_eq!(
+            super::find_alias(&present, &parse(&["127.0.0.1:11313"])),
+            None
+        );
+        assert_eq!(
+            super::find_alias(&present, &parse(&["no-such-host.invalid:11312"])),
+            None
+        );
+        // Two new names of one server.
+        let both = parse(&[
+            "[::ffff:127.0.0.1]:1",
+            "127.0.0.1:2",
+            "127.0.0.1:2",
+            "localhost:2",
+        ]);
+        let alias = super::find_alias(&[], &both).unwrap();
+        assert_eq!(
+            (alias.server.to_string(), alias.other.to_string()),
+            ("localhost:2".into(), "127.0.0.1:2".into())
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -4,11 +4,18 @@
 //! # comment
 //! cache1:11211 weight=1 retry-interval=15 state=up
 //! cache2:11211 weight=2 retry-interval=-1 state=down reason="disk failure"
-//! cache3:11211 state=down down-by=failures reason="2 consecutive failures, last: …"
+//! cache3:11211 state=down down-by=failures
 //! ```
 //!
 //! A down server is held down by an operator (no automatic retry) unless the line says
 //! `down-by=failures` (a server clients or `watch` marked down, retried automatically).
+//!
+//! `dump` writes only an operator's reasons by default ([`Reasons::Operator`]): the reason of a
+//! server held down (`mcadmin down --reason`), which says why the list keeps it down. The
+//! reasons written at run time (`rejoined after flush_all (mcadmin up, pid 330)`, a count of
+//! failures, a drain, a flush that failed) describe a moment, not the list, and would otherwise
+//! land in the durable list and come back at every boot; `mcadmin dump --reasons`
+//! ([`Reasons::All`]) writes them too.
 //!
 //! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
 //! warm-window=S [distribution=ketama|ketama-spy|ketama-unweighted|modula|pecl-memcache hash=H]
@@ -61,8 +68,17 @@ use crate::table::{
     check_retry_interval, check_warm_window, check_weight,
 };
 
-/// The text form of a snapshot.
-pub fn to_text(snapshot: &Snapshot) -> String {
+/// Which reasons [`to_text`] writes (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reasons {
+    /// Only the reasons of servers held down by an operator (`mcadmin dump`).
+    Operator,
+    /// Every server's reason, the run time's too (`mcadmin dump --reasons`).
+    All,
+}
+
+/// The text form of a snapshot, with the reasons `reasons` selects.
+pub fn to_text(snapshot: &Snapshot, reasons: Reasons) -> String {
     let mut out = format!(
         "# mcshm server list of domain '{}', version {}\npolicy: {}\n",
         snapshot.domain,
@@ -78,7 +94,8 @@ pub fn to_text(snapshot: &Snapshot) -> String {
         if server.state == crate::table::State::Down && !server.held {
             out.push_str(" down-by=failures");
         }
-        if !server.reason.is_empty() {
+        let written = reasons == Reasons::All || server.is_held_down();
+        if written && !server.reason.is_empty() {
             let quoted = server.reason.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = write!(out, " reason=\"{quoted}\"");
         }
@@ -460,6 +477,51 @@ mod tests {
     use super::*;
     use crate::table::State;
 
+    fn to_text_all(snapshot: &Snapshot) -> String {
+        to_text(snapshot, Reasons::All)
+    }
+
+    #[test]
+    fn only_an_operators_reasons_are_dumped_by_default() {
+        let mut held = Server::new(Address::parse("a:1").unwrap());
+        held.state = State::Down;
+        held.held = true;
+        held.reason = "disk failure".into();
+        let mut failed = Server::new(Address::parse("b:2").unwrap());
+        failed.state = State::Down;
+        failed.reason = "2 consecutive failures, last: refused".into();
+        let mut rejoined = Server::new(Address::parse("c:3").unwrap());
+        rejoined.reason = "rejoined after flush_all (mcadmin up, pid 330)".into();
+        let mut snapshot = snapshot_of(&[]);
+        snapshot.servers = vec![held, failed, rejoined];
+        let text = to_text(&snapshot, Reasons::Operator);
+        assert!(
+            text.contains("a:1 weight=1 retry-interval=15 state=down reason=\"disk failure\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b:2 weight=1 retry-interval=15 state=down down-by=failures\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("c:3 weight=1 retry-interval=15 state=up\n"),
+            "{text}"
+        );
+        let all = to_text(&snapshot, Reasons::All);
+        assert!(
+            all.contains("(mcadmin up, pid 330)") && all.contains("last: refused"),
+            "{all}"
+        );
+        // Either loads back whole.
+        let loaded = parse_list(&text, Accept::default()).unwrap();
+        assert_eq!(loaded.servers[0].reason, "disk failure");
+        assert_eq!(loaded.servers[1].reason, "");
+        assert_eq!(
+            parse_list(&all, Accept::default()).unwrap(),
+            snapshot.table()
+        );
+    }
+
     #[test]
     fn round_trips() {
         let mut a = Server::new(Address::parse("cache1:11211").unwrap());
@@ -483,8 +545,8 @@ mod tests {
             next_id: 3,
             fleet_revision: 0,
         };
-        assert_eq!(parse(&to_text(&snapshot)).unwrap(), snapshot.table());
-        let whole = parse_list(&to_text(&snapshot), Accept::default()).unwrap();
+        assert_eq!(parse(&to_text_all(&snapshot)).unwrap(), snapshot.table());
+        let whole = parse_list(&to_text_all(&snapshot), Accept::default()).unwrap();
         assert_eq!(whole, snapshot.table());
     }
 
@@ -522,7 +584,7 @@ mod tests {
             (&["a:1"], "1 server"),
             (&[], "0 servers"),
         ] {
-            let text = to_text(&snapshot_of(addresses));
+            let text = to_text_all(&snapshot_of(addresses));
             let body = text.trim_end_matches('\n');
             let (before, last) = body.rsplit_once('\n').unwrap();
             let before = &text[..before.len() + 1];
@@ -546,7 +608,7 @@ mod tests {
     /// A dump cut at any byte (but its last newline) is refused, whatever it kept.
     #[test]
     fn a_list_cut_anywhere_is_refused() {
-        let text = to_text(&snapshot_of(&[
+        let text = to_text_all(&snapshot_of(&[
             "127.0.0.1:25001",
             "127.0.0.1:25002",
             "127.0.0.1:25003",
@@ -572,7 +634,7 @@ mod tests {
 
     #[test]
     fn an_end_line_that_does_not_add_up_is_refused() {
-        let text = to_text(&snapshot_of(&["a:1", "b:2"]));
+        let text = to_text_all(&snapshot_of(&["a:1", "b:2"]));
         let (before, end) = text.split_at(text.rfind("# end:").unwrap());
         let crc = end.trim().rsplit_once("0x").unwrap().1;
         let cases = [
@@ -613,7 +675,7 @@ mod tests {
         }
         // Blank lines after it, and an end line of one server written as "servers", are fine.
         parse_list(&format!("{text}\n  \n\r\n"), Accept::default()).unwrap();
-        let one = to_text(&snapshot_of(&["a:1"]));
+        let one = to_text_all(&snapshot_of(&["a:1"]));
         parse_list(&one.replace("1 server,", "1 servers,"), Accept::default()).unwrap();
     }
 
@@ -626,12 +688,12 @@ mod tests {
         let table = parse_list("# by hand\na:1\nb:2 weight=3\n", partial).unwrap();
         assert_eq!(table.servers.len(), 2);
         // An edited dump: its end line is a comment like any other.
-        let edited = to_text(&snapshot_of(&["a:1", "b:2"])) + "c:3\n";
+        let edited = to_text_all(&snapshot_of(&["a:1", "b:2"])) + "c:3\n";
         assert_eq!(parse_list(&edited, partial).unwrap().servers.len(), 3);
         // Bad lines are still refused, by line.
         assert!(refused("a:1\nb:0\n", partial).starts_with("line 2:"));
 
-        let empty = to_text(&snapshot_of(&[]));
+        let empty = to_text_all(&snapshot_of(&[]));
         for (text, accept) in [
             (&empty[..], Accept::default()),
             (&empty, partial),
@@ -728,7 +790,7 @@ mod tests {
         server.reason = "\"".repeat(crate::table::MAX_REASON_LEN);
         let mut snapshot = snapshot_of(&[]);
         snapshot.servers = vec![server];
-        let text = to_text(&snapshot);
+        let text = to_text_all(&snapshot);
         let longest = text.lines().map(str::len).max().unwrap();
         assert!(longest < 1024, "{longest}: {text}");
         assert!(longest <= MAX_LINE_LEN);

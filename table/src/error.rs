@@ -22,9 +22,11 @@ pub enum Error {
     /// names the next step.
     #[error("{why}")]
     BadList { why: String },
-    /// The domain has no registry file yet.
+    /// The domain has no registry file yet (`path`), in the directory looked in.
     #[error(
-        "domain '{domain}' has no registry file {path} (create it with: mcadmin --domain {domain} add HOST:PORT)"
+        "no such domain '{domain}' in {} (no file {}): create it with `mcadmin --domain {domain} add HOST:PORT`, or name the directory that holds it (--dir, MCSHM_DIR)",
+        path.parent().unwrap_or(path).display(),
+        path.file_name().map_or(std::borrow::Cow::Borrowed(""), |n| n.to_string_lossy())
     )]
     NoDomain { domain: String, path: PathBuf },
     /// A server named by the caller is not in the table.
@@ -33,6 +35,16 @@ pub enum Error {
     /// A server to add is already in the table.
     #[error("server {server} is already in domain '{domain}' (use `mcadmin set` to change it)")]
     ServerExists { server: String, domain: String },
+    /// A server to add is one already in the table under another name (both reach `place`).
+    #[error(
+        "server {server} is {other} of domain '{domain}' under another name (both reach {place}): one memcached listed twice gets two shares of the keys, and a key written under one name is missed under the other; nothing changed"
+    )]
+    Alias {
+        server: String,
+        other: String,
+        place: String,
+        domain: String,
+    },
     /// The caller may not read or write the file.
     #[error(
         "permission denied: cannot {op} {}: run as its owner or a member of its group (ls -l \
@@ -147,9 +159,10 @@ impl Error {
             | Error::BadLine { .. }
             | Error::BadList { .. }
             | Error::TooManyServers { .. } => ErrorKind::BadInput,
-            Error::NoDomain { .. } | Error::NoServer { .. } | Error::ServerExists { .. } => {
-                ErrorKind::NotFound
-            }
+            Error::NoDomain { .. }
+            | Error::NoServer { .. }
+            | Error::ServerExists { .. }
+            | Error::Alias { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Registry,
         }
     }

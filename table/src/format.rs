@@ -56,7 +56,7 @@
 //!     41    1 failure_limit       consecutive failures that mark a server down (0 = 2)
 //!     42    2 reserved            zero
 //!     44    4 next_id             id the next added server gets (ids start at 1)
-//!     48    1 rejoin              how a down server comes back: 0 flush, 1 warm, 2 trust
+//!     48    1 rejoin              how a down server comes back: 0 flush, 1 warm, 2 trust, 3 replay
 //!     49    1 replicas            servers each write goes to (0 = 1)
 //!     50    2 reserved            zero
 //!     52    4 warm_window_s       seconds of warm-up after a rejoin (0 = 600)

@@ -32,10 +32,25 @@ impl ProcessId {
         }
     }
 
-    /// Whether the process still runs (same pid, same start time).
+    /// Whether the process still runs (same pid, same start time). A pid that /proc does not
+    /// show may belong to a process hidden from this user (a unit's `ProtectProc=invisible`, a
+    /// /proc mounted with `hidepid`): it counts as alive while it exists, so that a hardened
+    /// daemon never takes a live process's record or lock for a dead one's (a record kept for
+    /// a recycled pid until /proc shows it costs a slot, never a live process's state).
     pub fn is_alive(self) -> bool {
-        self.pid != 0 && start_time(self.pid) == Some(self.start)
+        if self.pid == 0 {
+            return false;
+        }
+        match start_time(self.pid) {
+            Some(start) => start == self.start,
+            None => !proc_shows(self.pid) && crate::shm::process_exists(self.pid),
+        }
     }
+}
+
+/// Whether /proc shows `pid` (it exists and is not hidden from this user).
+fn proc_shows(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Field 22 of /proc/PID/stat (start time in clock ticks), truncated to 32 bits.
@@ -75,21 +90,39 @@ pub struct ProcessRecord {
     /// Whether it holds a clients record (false: found only by its mapping of the file; it
     /// opened it read-only, or every record was taken).
     pub recorded: bool,
+    /// Whether it may write the file: a record (only a writer makes one), or a writable
+    /// mapping of it. A process that maps it read-only cannot log the writes it routes (see
+    /// `registry::invalidations`).
+    pub writable: bool,
 }
 
 /// Every process (other than this one) that has `file` mapped, as /proc shows it: the live
 /// file, or an older one it replaced (" (deleted)": the process follows on its next read).
 /// Only the processes whose maps this user may read (all of them for root).
 pub fn processes_mapping(file: &std::path::Path) -> Vec<ProcessRecord> {
-    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let Some(path) = canonical.to_str() else {
-        return Vec::new();
-    };
-    let replaced = format!("{path} (deleted)");
+    processes_mapping_each(&[file]).pop().unwrap_or_default()
+}
+
+/// [`processes_mapping`] of several files in one walk of /proc (each process's maps read once,
+/// not once per file): per file, in the order given.
+pub fn processes_mapping_each(files: &[&std::path::Path]) -> Vec<Vec<ProcessRecord>> {
+    let mut found: Vec<Vec<ProcessRecord>> = vec![Vec::new(); files.len()];
+    // Per file: its path, and the name of an older file it replaced, as maps lines end.
+    let names: Vec<Option<(String, String)>> = files
+        .iter()
+        .map(|file| {
+            let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+            let path = canonical.to_str()?.to_string();
+            let replaced = format!("{path} (deleted)");
+            Some((path, replaced))
+        })
+        .collect();
+    if names.iter().all(Option::is_none) {
+        return found;
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return found;
     };
-    let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -104,18 +137,36 @@ pub fn processes_mapping(file: &std::path::Path) -> Vec<ProcessRecord> {
         let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
             continue;
         };
-        if maps
-            .lines()
-            .any(|line| line.ends_with(path) || line.ends_with(replaced.as_str()))
-        {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push(ProcessRecord {
-                pid,
-                command: comm.trim_end().to_string(),
-                version: 0,
-                last_used_ms: 0,
-                recorded: false,
-            });
+        let mut command = None;
+        for (n, name) in names.iter().enumerate() {
+            let Some((path, replaced)) = name else {
+                continue;
+            };
+            let mut mappings = maps
+                .lines()
+                .filter(|line| line.ends_with(path.as_str()) || line.ends_with(replaced.as_str()))
+                .peekable();
+            if mappings.peek().is_some() {
+                // The second field of a maps line is the mapping's permissions ("rw-s").
+                let writable = mappings.any(|line| {
+                    line.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|p| p.contains('w'))
+                });
+                let command = command.get_or_insert_with(|| {
+                    let comm =
+                        std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                    comm.trim_end().to_string()
+                });
+                found[n].push(ProcessRecord {
+                    pid,
+                    command: command.clone(),
+                    version: 0,
+                    last_used_ms: 0,
+                    recorded: false,
+                    writable,
+                });
+            }
         }
     }
     found
@@ -133,6 +184,7 @@ impl ProcessRecord {
             version: record[1],
             last_used_ms: record[2],
             recorded: true,
+            writable: true,
         }
     }
 }

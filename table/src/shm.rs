@@ -764,6 +764,22 @@ pub(crate) fn in_own_process(name: &str, body: impl FnOnce()) {
     );
 }
 
+/// Whether a process with `pid` exists, whoever it belongs to: `kill(pid, 0)` sends nothing and
+/// answers ESRCH for no such process, EPERM for another user's. Unlike /proc, it is not hidden
+/// by a unit's `ProtectProc=invisible` or a /proc mounted with `hidepid`.
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false; // 0 and negative pids name process groups
+    }
+    // SAFETY: kill(2) with signal 0 performs only the existence and permission checks; it
+    // reads and writes no memory of ours.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     //! The fence's promises: every access outside the mapping is `None` (or does nothing),

@@ -51,7 +51,13 @@ static void check_args(mcshm_client *c) {
     CHECK(mcshm_open(NULL, &none) == MCSHM_EINVAL, "open null domain");
     CHECK(mcshm_open("x", NULL) == MCSHM_EINVAL, "open null result");
     CHECK(mcshm_open_dir("/nonexistent", "../bad", &none) == MCSHM_ENODOMAIN, "bad domain name");
+    CHECK(strstr(mcshm_strerror(MCSHM_ENODOMAIN), "invalid domain name '../bad'") != NULL,
+          "strerror names the bad domain name: %s", mcshm_strerror(MCSHM_ENODOMAIN));
     CHECK(mcshm_open_dir("/nonexistent", "nodomain", &none) == MCSHM_ENODOMAIN, "missing domain");
+    CHECK(strcmp(mcshm_strerror(MCSHM_ENODOMAIN),
+                 "no such domain \"nodomain\" in /nonexistent (set MCSHM_DIR, or pass the directory "
+                 "to mcshm_open_dir)") == 0,
+          "strerror names the directory looked in: %s", mcshm_strerror(MCSHM_ENODOMAIN));
     CHECK(mcshm_open_servers(NULL, &none) == MCSHM_EINVAL, "servers null");
     CHECK(mcshm_open_servers("host:0", &none) == MCSHM_EINVAL, "servers bad port");
     CHECK(none == NULL, "no handle on failure");

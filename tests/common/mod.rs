@@ -12,6 +12,7 @@ pub mod drip;
 pub mod etcd;
 pub mod liar;
 pub mod memcached;
+pub mod prometheus;
 pub mod proxy;
 
 pub const MCADMIN: &str = env!("CARGO_BIN_EXE_mcadmin");

@@ -1,5 +1,6 @@
 //! The `replay` rejoin policy across a fleet (issue 31): two hosts on a 3-member etcd, each
-//! with its own agent, registry and invalidation log. A server down for the fleet comes back
+//! with its own agent, registry and invalidation log; writes through the library, mclient and
+//! mcproxy. A server down for the fleet comes back
 //! keeping its cache only once both hosts deleted on it what their clients wrote while it was
 //! away; when one host does not answer in time the server is flushed instead.
 
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use crate::common::etcd::{EtcdCluster, Host, fleet_cmd};
 use crate::common::memcached::Memcached;
+use crate::common::proxy::Proxy;
 use crate::common::{Run, wait_until};
 use libmcshm::registry::Invalidations;
 use libmcshm::{Client, Domain, Timeouts};
@@ -151,23 +153,52 @@ fn a_blip_in_the_fleet_is_replayed_by_every_host_and_costs_no_cache() {
     for key in by_a {
         blip.ca.set(key.as_bytes(), b"newer-a", 0, 0).unwrap();
     }
+    // The other front ends log too: mcproxy on host b, mclient on host a.
+    let (by_proxy, by_mclient) = (&blip.on_s[200..220], &blip.on_s[220..240]);
+    let proxy = Proxy::start(&blip.b.reg, "app", &["--timeout", "300"]);
+    let mut wire = proxy.connect();
+    for key in by_proxy {
+        let stored = wire.ask(&format!("set {key} 0 0 7\r\nnewer-p\r\n"));
+        assert_eq!(stored, "STORED\r\n", "{key} through mcproxy on host b");
+    }
+    for key in by_mclient {
+        let set = std::process::Command::new(env!("CARGO_BIN_EXE_mclient"))
+            .arg("--dir")
+            .arg(blip.a.reg.dir())
+            .args(["--domain", "app", "set", key, "newer-m"])
+            .output()
+            .unwrap();
+        assert!(
+            set.status.success(),
+            "{}",
+            String::from_utf8_lossy(&set.stderr)
+        );
+    }
+    drop(wire);
+    drop(proxy);
     blip.bring_back();
     let s = blip.s.address();
     let reason = fleet_reason(&blip.cluster, &s);
     assert!(
-        reason.contains("2 hosts deleted the 200 keys it missed"),
+        reason.contains("2 hosts deleted the 240 keys it missed"),
         "replayed by both hosts: {reason}"
     );
 
     // Nothing touched during the pause was lost; nothing touched is served stale, on either host.
-    let untouched = &blip.on_s[200..];
+    let untouched = &blip.on_s[240..];
     let kept = untouched
         .iter()
         .filter(|k| blip.s.raw_get(k).as_deref() == Some("original"))
         .count();
     assert_eq!(kept, untouched.len(), "every untouched key of s kept");
     for c in [&mut blip.ca, &mut blip.cb] {
-        for (keys, newer) in [(by_b, "newer-b"), (by_a, "newer-a")] {
+        let written = [
+            (by_b, "newer-b"),
+            (by_a, "newer-a"),
+            (by_proxy, "newer-p"),
+            (by_mclient, "newer-m"),
+        ];
+        for (keys, newer) in written {
             for key in keys {
                 let value = c.get(key.as_bytes()).unwrap().map(|i| i.value);
                 assert!(
@@ -180,8 +211,9 @@ fn a_blip_in_the_fleet_is_replayed_by_every_host_and_costs_no_cache() {
             assert_eq!(c.get(key.as_bytes()).unwrap(), None, "{key} was deleted");
         }
     }
-    // Each host deleted what its own clients logged: b its 100 sets and 50 deletes, a its 50.
-    for (h, logged) in [(&blip.a, 50), (&blip.b, 150)] {
+    // Each host deleted what its own clients logged: b its 100 sets, 50 deletes and 20 sets
+    // through mcproxy, a its 50 and 20 through mclient.
+    for (h, logged) in [(&blip.a, 70), (&blip.b, 170)] {
         let log = h.log_text();
         assert!(
             log.contains(&format!("deleted the {logged} keys this host logged")),
@@ -241,7 +273,11 @@ fn a_host_that_does_not_answer_in_time_gets_the_server_flushed() {
     let log = Invalidations::open(blip.b.reg.dir(), &Domain::new("app").unwrap())
         .unwrap()
         .unwrap();
-    assert!(wait_until(WAIT, || log.servers().is_empty()), "{:?}", log.servers());
+    assert!(
+        wait_until(WAIT, || log.servers().is_empty()),
+        "{:?}",
+        log.servers()
+    );
 }
 
 /// An operator's `mcadmin --etcd up` of a server held down: every host replays its log first,

@@ -45,6 +45,8 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["lifecycle"],
             &["client"],
             &["drain", "health", "settle"],
+            // Reads the registry only (the table crate's): the page and its HTTP server.
+            &["metrics"],
         ],
     ),
 ];

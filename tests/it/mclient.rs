@@ -552,3 +552,41 @@ fn a_miss_on_a_down_server_says_why() {
         "{stderr}"
     );
 }
+
+/// `mclient keys` lists the domain's keys each server holds (memcdump's job), without the
+/// domain's key prefix and without keys outside it; `--server` one server; `--json` per server.
+#[test]
+fn keys_lists_what_each_server_holds() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let reg = Reg::new();
+    reg.ok("k", &["add", &a.address(), &b.address()]);
+    reg.ok("k", &["policy", "--prefix", "app:"]);
+    let mclient = |args: &[&str]| {
+        Command::new(MCLIENT)
+            .arg("--dir")
+            .arg(reg.dir())
+            .args(["--domain", "k"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut keys: Vec<String> = (0..50).map(|n| format!("user:{n}")).collect();
+    for key in &keys {
+        assert_eq!(code(&mclient(&["set", key, "v"])), 0);
+    }
+    a.raw_set("other-app:1", "not ours");
+    let listed = mclient(&["keys"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let mut got: Vec<String> = stdout(&listed).lines().map(str::to_string).collect();
+    got.sort();
+    keys.sort();
+    assert_eq!(got, keys);
+    let on_a = mclient(&["--json", "keys", "--server", &a.address()]);
+    let json: serde_json::Value = serde_json::from_slice(&on_a.stdout).unwrap();
+    let names = json[a.address()].as_array().unwrap();
+    assert!(!names.is_empty() && names.len() < 50, "{json}");
+    for name in names {
+        let key = format!("app:{}", name.as_str().unwrap());
+        assert!(a.raw_get(&key).is_some(), "{key} is on a");
+    }
+}

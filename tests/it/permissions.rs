@@ -253,3 +253,50 @@ fn a_fifo_at_a_domain_path_is_refused_without_blocking() {
         "{listed}"
     );
 }
+
+/// Under a unit's `ProtectProc=invisible` (here: /proc mounted with `hidepid=invisible` in a
+/// mount namespace of its own), a process of another user does not see a live root client in
+/// /proc; it must still not take that client's process record for a dead one's.
+#[test]
+#[ignore = "needs root to mount /proc with hidepid and run as another user: ./test.sh runs it when root"]
+fn a_client_hidden_from_another_user_keeps_its_process_record() {
+    assert!(is_root(), "needs root");
+    let reg = Reg::new();
+    chmod(reg.dir(), 0o755);
+    reg.ok(
+        "hid",
+        &["--mode", "666", "add", "--no-flush", "127.0.0.1:1"],
+    );
+    let domain = libmcshm::Domain::new("hid").unwrap();
+    let _root_client =
+        libmcshm::Client::for_domain(reg.dir(), &domain, libmcshm::Timeouts::default()).unwrap();
+    let me = std::process::id();
+    let recorded = |reg: &Reg| -> bool {
+        let clients: serde_json::Value =
+            serde_json::from_str(&reg.ok("hid", &["--json", "clients"])).unwrap();
+        clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["pid"] == me && c["recorded"] == true)
+    };
+    assert!(recorded(&reg), "the root client holds a record");
+    // mclient as nobody, in a mount namespace whose /proc hides other users' processes: it
+    // opens the domain for writing and claims a record of its own.
+    let (_bin, mclient) = common::runnable_by_anyone(env!("CARGO_BIN_EXE_mclient"));
+    let script = format!(
+        "mount -t proc -o hidepid=invisible proc /proc && \
+         exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups sh -c \
+         'test ! -e /proc/{me} && exec {} --dir {} --domain hid --timeout 0.2 which some-key'",
+        mclient.display(),
+        reg.dir().display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let run = common::Run(common::output_of_fresh_binary(&mut cmd));
+    assert_eq!(run.code(), 0, "{}{}", run.stdout(), run.stderr());
+    assert!(
+        recorded(&reg),
+        "a process that could not see the root client took its record"
+    );
+}

@@ -229,9 +229,16 @@ fn prefixed_keys_agree_with_php_memcached_at_size() {
     for (n, (distribution, weights, options)) in cases.iter().enumerate() {
         let domain = format!("size{n}");
         for (mc, weight) in servers.iter().zip(weights) {
+            // Each case re-adds servers full of the last one's keys: emptied, as before.
             reg.ok(
                 &domain,
-                &["add", &mc.address(), "--weight", &weight.to_string()],
+                &[
+                    "add",
+                    "--flush",
+                    &mc.address(),
+                    "--weight",
+                    &weight.to_string(),
+                ],
             );
         }
         reg.ok(

@@ -321,6 +321,11 @@ fn stats_and_prometheus_metrics() {
             "{line}"
         );
     }
+    // And the whole page, line by line, as Prometheus reads it (tests/common/prometheus.rs).
+    let body = page.split_once("\r\n\r\n").unwrap().1;
+    if let Err(why) = crate::common::prometheus::parse(body) {
+        panic!("{why}\n{body}");
+    }
 }
 
 #[test]
@@ -1030,4 +1035,29 @@ fn a_user_at_its_share_of_connections_is_refused_unless_one_of_its_own_is_idle()
     );
     second.send(b"\r\n");
     assert_eq!(second.reply(), "END\r\n", "the busy one is untouched");
+}
+
+/// A bare number under 100 for a millisecond option is warned about (mclient's `--timeout 1`
+/// is a second; mcproxy's, a millisecond).
+#[test]
+fn a_bare_millisecond_timeout_is_warned_about() {
+    let reg = Reg::new();
+    let run = std::process::Command::new(common::proxy::MCPROXY)
+        .arg("--dir")
+        .arg(reg.dir())
+        .args([
+            "--domain",
+            "missing",
+            "--timeout",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("warning: --timeout 1 is 1 ms") && stderr.contains("write 1s"),
+        "{stderr}"
+    );
 }

@@ -100,3 +100,39 @@ fn the_example_proxy_port_cannot_collide_with_the_first_session() {
         "the README shows the example's address {listen}"
     );
 }
+
+/// The README names every package `./test.sh` installs (each `need+=(…)` of the script), and
+/// what a build needs beyond Rust.
+#[test]
+fn the_readme_lists_what_test_sh_installs_and_what_a_build_needs() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let script = std::fs::read_to_string(Path::new(ROOT).join("test.sh")).unwrap();
+    let development = readme
+        .split_once("## Development")
+        .expect("a Development section")
+        .1
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut packages = Vec::new();
+    for rest in script.split("need+=(").skip(1) {
+        let list = rest.split_once(')').unwrap().0;
+        packages.extend(list.split_whitespace().map(String::from));
+    }
+    assert!(packages.len() > 15, "{packages:?}");
+    for package in &packages {
+        assert!(
+            development.contains(&format!("`{package}`")),
+            "the README's Development section does not name `{package}`, which test.sh installs"
+        );
+    }
+    let install = readme.split_once("## Install").unwrap().1;
+    let install = install.split("\n## ").next().unwrap();
+    for needed in ["C compiler", "`make`", "`dpkg-dev`", "`binutils`"] {
+        assert!(install.contains(needed), "Install names {needed}");
+    }
+    assert!(
+        readme.contains("unset MCSHM_DIR"),
+        "Deploy says to leave the first session's dir"
+    );
+}

@@ -251,10 +251,9 @@ fn a_server_whose_log_overflowed_is_flushed() {
     assert!(reason.contains("flush_all"), "{reason}");
 }
 
-/// `list` shows what a down server missed under `replay`, and `up` deletes exactly that.
-#[test]
-fn list_shows_what_a_down_server_missed_and_up_replays_it() {
-    let (a, b) = (Memcached::start(), Memcached::start());
+/// Servers `a` and `b` in domain `app` under `replay` and `rehash`, and 200 keys `k0`…
+/// set through a client of it.
+fn two_servers_under_replay(a: &Memcached, b: &Memcached) -> (Reg, Domain, Client, Vec<String>) {
     let reg = Reg::new();
     reg.ok("app", &["add", &a.address(), &b.address()]);
     reg.ok(
@@ -267,6 +266,14 @@ fn list_shows_what_a_down_server_missed_and_up_replays_it() {
     for key in &keys {
         client.set(key.as_bytes(), b"old", 0, 0).unwrap();
     }
+    (reg, domain, client, keys)
+}
+
+/// `list` shows what a down server missed under `replay`, and `up` deletes exactly that.
+#[test]
+fn list_shows_what_a_down_server_missed_and_up_replays_it() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, _, mut client, keys) = two_servers_under_replay(&a, &b);
     reg.ok("app", &["down", &b.address(), "--retry"]);
     let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
     for key in &on_b[..10] {
@@ -302,4 +309,146 @@ fn list_shows_what_a_down_server_missed_and_up_replays_it() {
             .contains("deleting the 10 keys it missed"),
         "{after}"
     );
+}
+
+/// A server that restarted while it was down holds nothing it missed: its rejoin sends no
+/// deletes, and the reason says why (memcached's `stats`: it started after it went down).
+#[test]
+fn a_server_restarted_while_away_rejoins_without_its_deletes() {
+    let (a, mut b) = (Memcached::start(), Memcached::start());
+    let (reg, _, mut client, keys) = two_servers_under_replay(&a, &b);
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    for key in &on_b[..10] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    assert_eq!(reg.list_json("app")["servers"][1]["missed_keys"], 10);
+    // Restarted well after it went down (memcached's clock has whole seconds).
+    std::thread::sleep(Duration::from_millis(3_500));
+    b.restart();
+    let deletes_before = b.stat("delete_misses") + b.stat("delete_hits");
+    reg.ok("app", &["up", &b.address()]);
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("restarted while away"), "{reason}");
+    assert_eq!(
+        b.stat("delete_misses") + b.stat("delete_hits"),
+        deletes_before,
+        "no delete sent to an empty server"
+    );
+    // A server that did not restart still gets its deletes (the blip tests): here, a second
+    // down and up without a restart deletes what it missed.
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    client.set(on_b[0].as_bytes(), b"newer", 0, 0).unwrap();
+    reg.ok("app", &["up", &b.address()]);
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("deleting the 1 keys"), "{reason}");
+}
+
+/// `load` of a list that has a down server up again replays what it missed, as `up` does: the
+/// keys written meanwhile are deleted on it, the others kept.
+#[test]
+fn load_brings_a_server_back_with_the_keys_it_missed_deleted() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, domain, mut client, keys) = two_servers_under_replay(&a, &b);
+    let list = reg.ok("app", &["dump"]);
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    for key in &on_b[..10] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    let file = reg.dir().join("app.list");
+    std::fs::write(&file, list).unwrap();
+    reg.ok("app", &["load", file.to_str().unwrap()]);
+    assert_eq!(state_of(&reg, &b.address()), "up");
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("deleting the 10 keys"), "{reason}");
+    for key in &on_b[..10] {
+        assert_eq!(b.raw_get(key), None, "{key} deleted on b");
+    }
+    let kept = on_b[10..].iter().filter(|k| b.raw_get(k).is_some()).count();
+    assert_eq!(kept, on_b.len() - 10, "the untouched keys of b kept");
+    let log = libmcshm::registry::Invalidations::open(reg.dir(), &domain)
+        .unwrap()
+        .unwrap();
+    assert!(log.servers().is_empty(), "the log is cleared");
+}
+
+/// Not a test on its own: a process that has the domain's table open read-only (as a C
+/// program that only looks servers up and writes through its own client) until `MCSHM_READER`
+/// (`dir|file`) `file` is removed (at most 60 s).
+#[test]
+fn read_only_reader_child() {
+    let Ok(spec) = std::env::var("MCSHM_READER") else {
+        return;
+    };
+    let (dir, file) = spec.split_once('|').unwrap();
+    let _reader = libmcshm::registry::Registry::open(dir, &Domain::new("app").unwrap()).unwrap();
+    std::fs::write(file, "").unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(file).exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process that maps the table read-only routes writes it cannot log: while one runs, the
+/// log cannot vouch, and `up` flushes, naming it.
+#[test]
+fn a_process_that_cannot_log_makes_the_rejoin_flush() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, _, mut client, keys) = two_servers_under_replay(&a, &b);
+    let on_b: Vec<&String> = keys.iter().filter(|k| b.raw_get(k).is_some()).collect();
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    client.set(on_b[0].as_bytes(), b"new", 0, 0).unwrap();
+    let holding = reg.dir().join("reader.holding");
+    let spec = format!("{}|{}", reg.dir().display(), holding.display());
+    let mut reader = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "replay::read_only_reader_child",
+            "--test-threads=1",
+        ])
+        .env("MCSHM_READER", spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || holding.exists()));
+    reg.ok("app", &["up", &b.address()]);
+    std::fs::remove_file(&holding).unwrap();
+    reader.wait().unwrap();
+    let reason = reg.list_json("app")["servers"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("flush_all") && reason.contains("has the table open read-only"),
+        "{reason}"
+    );
+    let kept = on_b.iter().filter(|k| b.raw_get(k).is_some()).count();
+    assert_eq!(kept, 0, "flushed");
+}
+
+/// A server that never comes back and is deleted: what it missed goes with it.
+#[test]
+fn a_deleted_servers_log_goes_with_it() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (reg, domain, mut client, keys) = two_servers_under_replay(&a, &b);
+    reg.ok("app", &["down", &b.address(), "--retry"]);
+    for key in &keys[..50] {
+        client.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    }
+    let log = libmcshm::registry::Invalidations::open(reg.dir(), &domain)
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.servers().len(), 1, "b's log holds what it missed");
+    reg.ok("app", &["delete", &b.address()]);
+    assert!(log.servers().is_empty(), "{:?}", log.servers());
 }

@@ -2,5 +2,6 @@
 //! each is written once for this host's registry and the fleet: those that change it and
 //! those that show it.
 
+pub mod preview;
 pub mod read;
 pub mod write;

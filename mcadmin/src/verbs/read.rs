@@ -34,9 +34,10 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
                     let table = show::snapshot_table(snapshot, failures);
                     let (first, rest) = table.split_once('\n').unwrap_or((&table, ""));
                     format!(
-                        "{first}\n{}{rest}{}",
+                        "{first}\n{}{rest}{}{}",
                         show::agent_text(snapshot, link),
-                        show::missed_text(snapshot, &missed)
+                        show::missed_text(snapshot, &missed),
+                        show::marks_text(snapshot)
                     )
                 },
             )?
@@ -87,10 +88,14 @@ pub fn status(ctx: &Invocation, address: &Address) -> Result<Exit> {
     })
 }
 
-/// `dump`: the table as the text `load` reads.
-pub fn dump(ctx: &Invocation) -> Result<Exit> {
+/// `dump`: the table as the text `load` reads; with `reasons`, the run time's reasons too.
+pub fn dump(ctx: &Invocation, reasons: bool) -> Result<Exit> {
     let snapshot = ctx.store.snapshot()?;
-    io::stdout().write_all(dump::to_text(&snapshot).as_bytes())?;
+    let reasons = match reasons {
+        true => dump::Reasons::All,
+        false => dump::Reasons::Operator,
+    };
+    io::stdout().write_all(dump::to_text(&snapshot, reasons).as_bytes())?;
     Ok(Exit::Success)
 }
 

@@ -31,8 +31,10 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
             ..Server::new(address.clone())
         })
         .collect::<Vec<_>>();
+    let present = ctx.store.servers()?;
+    refuse_alias(ctx, &present, &args.servers)?;
     if !args.down && !args.no_flush {
-        flush_new(ctx, &new)?;
+        flush_new(ctx, &present, &new, args.flush)?;
     }
     let name = ctx.local.domain.to_string();
     write(ctx, true, |t| {
@@ -49,9 +51,14 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
 /// `delete`: the servers leave the domain.
 pub fn delete(ctx: &Invocation, addresses: &[Address], if_present: bool) -> Result<Exit> {
     let name = ctx.local.domain.to_string();
-    write(ctx, false, |t| {
+    let exit = write(ctx, false, |t| {
         edit::delete(&mut t.servers, addresses, if_present, &name)
-    })
+    })?;
+    if ctx.store.fleet().is_none() {
+        // What the deleted servers missed goes with them (in a fleet, each agent forgets).
+        let _ = libmcshm::lifecycle::forget_deleted(&ctx.local.dir, &ctx.local.domain);
+    }
+    Ok(exit)
 }
 
 /// `set`: a server's weight and/or retry interval.
@@ -136,6 +143,8 @@ pub struct LoadOptions {
     pub no_flush: bool,
     /// Whether a list without its end line (--partial) or of no servers (--allow-empty) is taken.
     pub accept: dump::Accept,
+    /// Change nothing: print what the load would change.
+    pub dry_run: bool,
 }
 
 /// `load`: the list is read within its bounds and checked whole before anything is touched,
@@ -157,6 +166,21 @@ pub fn load(ctx: &Invocation, file: &Path, options: LoadOptions) -> Result<Exit>
         other => other.with_context(in_file)?,
     };
     let mut loaded = dump::parse_list(&text, options.accept).with_context(in_file)?;
+    let addresses: Vec<Address> = loaded.servers.iter().map(|s| s.address.clone()).collect();
+    if let Some(alias) = libmcshm::address::find_alias(&[], &addresses) {
+        return Err(UsageError(format!(
+            "in {}: {} and {} are one memcached under two names (both reach {}): list it once; \
+                 nothing changed",
+            file.display(),
+            alias.other,
+            alias.server,
+            alias.place
+        ))
+        .into());
+    }
+    if options.dry_run {
+        return super::preview::dry_run(ctx, file, &loaded, options.initial, options.no_flush);
+    }
     let (written, plan) = ctx
         .store
         .load(&mut loaded, options.initial, options.no_flush)?;
@@ -186,15 +210,67 @@ pub fn read_input(file: &Path, what: &str) -> Result<String> {
         .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())).into())
 }
 
-/// Flushes the servers of `new` that the domain does not have yet: a server that joins may hold
-/// items from an earlier time in this domain, which would be served stale (`add --no-flush`
-/// skips this for a server known to be empty; `add --down` leaves it to the server's `up`).
-fn flush_new(ctx: &Invocation, new: &[Server]) -> Result<()> {
-    let present = ctx.store.servers()?;
+/// Refuses a server of `new` that is one of `present` (or of `new`) under another name (see
+/// [`libmcshm::address::find_alias`]): the error names both.
+fn refuse_alias(ctx: &Invocation, present: &[Server], new: &[Address]) -> Result<()> {
+    let present: Vec<Address> = present.iter().map(|s| s.address.clone()).collect();
+    match libmcshm::address::find_alias(&present, new) {
+        None => Ok(()),
+        Some(alias) => Err(libmcshm::Error::Alias {
+            server: alias.server.to_string(),
+            other: alias.other.to_string(),
+            place: alias.place.to_string(),
+            domain: ctx.local.domain.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// Flushes the servers of `new` that the domain (`present`) does not have yet: a server that
+/// joins may hold items from an earlier time in this domain, which would be served stale
+/// (`add --no-flush` adopts what they hold; `add --down` leaves the flush to the server's
+/// `up`). Unless `force` (`--flush`), a server that holds items is a cache in use, emptied only
+/// when the operator says so: it is refused, naming how many it holds, and nothing changes.
+fn flush_new(ctx: &Invocation, present: &[Server], new: &[Server], force: bool) -> Result<()> {
     let access = libmcshm::access::Access::load(&ctx.local.dir, &ctx.local.domain)?;
     let timeouts = Timeouts::default();
+    let joining = new
+        .iter()
+        .filter(|n| !present.iter().any(|p| p.address.same_server(&n.address)));
+    if !force {
+        let mut holding = Vec::new();
+        for server in joining {
+            let address = &server.address;
+            match libmcshm::lifecycle::items_held(address, timeouts, &access) {
+                Ok(0) => {}
+                Ok(items) => holding.push(format!(
+                    "{address} holds {items} item{}",
+                    if items == 1 { "" } else { "s" }
+                )),
+                Err(error) => {
+                    return Err(libmcshm::Error::Network {
+                        server: address.to_string(),
+                        error: format!(
+                            "{error}: cannot ask it whether it holds items before it joins; \
+                             nothing changed (add it with --down to flush it when it comes up, \
+                             or --no-flush to add it as it is)"
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        if !holding.is_empty() {
+            return Err(UsageError(format!(
+                "{}: add --flush to empty it before it joins, or --no-flush to adopt its \
+                 contents as they are (a cache the application already uses); nothing changed",
+                holding.join(", ")
+            ))
+            .into());
+        }
+    }
     Ok(libmcshm::lifecycle::flush_joining(
-        &present, new, timeouts, &access,
+        present, new, timeouts, &access,
     )?)
 }
 

@@ -2,8 +2,32 @@
 //! (the router in each process, for servers off the file's shared ring or without one), and
 //! asked the two questions every front end asks: a key's owner, and the servers after it.
 
-use super::{Distribution, Member, PeclContinuum, Ring};
+use super::{Distribution, Member, PeclContinuum, Ring, RingPoint};
 use crate::hash::KeyHash;
+
+/// Where a key lands in a [`Locator`], and why ([`Locator::place`]; `mcadmin explain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// The key's owner (position in the table): what [`Locator::owner`] answers.
+    pub owner: usize,
+    /// The key's hash, as the placement hashes it (ketama: the first word of its MD5, or the
+    /// unweighted ring's key hash; modula: libhashkit's; PECL: crc32 or fnv).
+    pub hash: u32,
+    pub via: Via,
+}
+
+/// How a [`Placed`] key reached its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A ketama ring: the first point at or after the hash, wrapping to the first (its
+    /// `server` is the owner's position in the table), of `points` points.
+    Point { point: RingPoint, points: usize },
+    /// Modula: `hash % members == slot`; the owner is the `slot`-th member (from 0, in list
+    /// order; members are the servers the placement was built over).
+    Modula { members: usize, slot: usize },
+    /// PECL memcache: the bucket `hash % 1024` and the value of its point.
+    Bucket { bucket: usize, point: u32 },
+}
 
 /// A placement built for a list of members; answers with their positions in the table.
 #[derive(Clone, Debug)]
@@ -42,6 +66,47 @@ impl Locator {
             Locator::Modula { hash, positions } => (!positions.is_empty())
                 .then(|| positions[hash.hash(key) as usize % positions.len()]),
             Locator::Pecl(continuum) => continuum.owner(key),
+        }
+    }
+
+    /// Where `key` lands and why: what [`Locator::owner`] answers, with the hash and the point
+    /// (or modula's slot) that decide it; `None` without members.
+    pub fn place(&self, key: &[u8]) -> Option<Placed> {
+        match self {
+            Locator::Ring { ring, positions } => {
+                let hash = ring.scheme().hash_key(key);
+                let mut point = ring.point_for_hash(hash)?;
+                point.server = positions[point.server];
+                Some(Placed {
+                    owner: point.server,
+                    hash,
+                    via: Via::Point {
+                        point,
+                        points: ring.len(),
+                    },
+                })
+            }
+            Locator::Modula { hash, positions } => {
+                let members = positions.len();
+                let value = hash.hash(key);
+                let slot = (members > 0).then(|| value as usize % members)?;
+                Some(Placed {
+                    owner: positions[slot],
+                    hash: value,
+                    via: Via::Modula { members, slot },
+                })
+            }
+            Locator::Pecl(continuum) => {
+                let b = continuum.bucket_of(key)?;
+                Some(Placed {
+                    owner: b.owner,
+                    hash: b.hash,
+                    via: Via::Bucket {
+                        bucket: b.bucket,
+                        point: b.point,
+                    },
+                })
+            }
         }
     }
 
@@ -105,6 +170,57 @@ mod tests {
                 assert_eq!(along[0], owner);
             }
         }
+    }
+
+    #[test]
+    fn place_names_the_owner_owner_answers_with_the_hash_and_point_that_decide_it() {
+        let all = addresses(5);
+        let positions = [0, 2, 3, 4];
+        let distributions = [
+            Distribution::Ketama,
+            Distribution::KetamaSpy,
+            Distribution::KetamaUnweighted(KeyHash::Fnv1a32),
+            Distribution::Modula(KeyHash::OneAtATime),
+            Distribution::PeclMemcache(PeclHash::Crc32),
+        ];
+        for distribution in distributions {
+            let locator = Locator::build(distribution, &members(&all, &positions));
+            for n in 0..300 {
+                let key = format!("key:{n}");
+                let placed = locator.place(key.as_bytes()).unwrap();
+                assert_eq!(Some(placed.owner), locator.owner(key.as_bytes()), "{key}");
+                match placed.via {
+                    Via::Point { point, points } => {
+                        let ring = distribution.ring(&members(&all, &positions));
+                        assert_eq!(points, ring.len());
+                        assert_eq!(
+                            placed.hash,
+                            distribution.points().unwrap().hash_key(key.as_bytes())
+                        );
+                        assert_eq!(point.server, placed.owner);
+                        let (sorted, _, _) = ring.parts_for_tests();
+                        assert_eq!(sorted[point.index].0, point.value);
+                        // The first point at or after the hash, or the first of all (wrapped).
+                        assert!(point.value >= placed.hash || point.index == 0, "{key}");
+                        assert!(point.index == 0 || sorted[point.index - 1].0 < placed.hash);
+                    }
+                    Via::Modula { members, slot } => {
+                        assert_eq!(members, positions.len());
+                        assert_eq!(slot, placed.hash as usize % members);
+                        assert_eq!(positions[slot], placed.owner);
+                    }
+                    Via::Bucket { bucket, .. } => {
+                        assert_eq!(bucket, placed.hash as usize % 1024);
+                    }
+                }
+            }
+        }
+        let empty = Locator::build(Distribution::Ketama, &[]);
+        assert_eq!(empty.place(b"a"), None);
+        assert_eq!(
+            Locator::build(Distribution::Modula(KeyHash::Md5), &[]).place(b"a"),
+            None
+        );
     }
 
     #[test]

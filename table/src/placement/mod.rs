@@ -13,9 +13,11 @@ mod locator;
 mod pecl;
 mod ring;
 
-pub use locator::Locator;
-pub use pecl::PeclContinuum;
-pub use ring::{Points, Ring, UNWEIGHTED_POINTS, index_bits, point_name, spy_point_name};
+pub use locator::{Locator, Placed, Via};
+pub use pecl::{PeclBucket, PeclContinuum};
+pub use ring::{
+    Points, Ring, RingPoint, UNWEIGHTED_POINTS, index_bits, point_name, spy_point_name,
+};
 
 use crate::address::Address;
 use crate::error::{Error, Result};

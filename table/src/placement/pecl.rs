@@ -17,6 +17,19 @@ const POINTS_PER_WEIGHT: usize = 160;
 /// Buckets of the circle (`MMC_CONSISTENT_BUCKETS`).
 const BUCKETS: usize = 1024;
 
+/// Where a key lands on a [`PeclContinuum`] ([`PeclContinuum::bucket_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeclBucket {
+    /// The key's hash (crc32 or fnv).
+    pub hash: u32,
+    /// `hash % 1024`.
+    pub bucket: usize,
+    /// The value of the bucket's point: the first at or after `bucket × (2³² − 1) / 1024`.
+    pub point: u32,
+    /// The point's server (position in the table).
+    pub owner: usize,
+}
+
 /// A PECL memcache continuum over a list of servers (positions in the table).
 #[derive(Clone, Debug, Default)]
 pub struct PeclContinuum {
@@ -59,8 +72,22 @@ impl PeclContinuum {
 
     /// The server (position in the table) of `key`; `None` without servers.
     pub fn owner(&self, key: &[u8]) -> Option<usize> {
-        let bucket = *self.buckets.get(self.hash.hash(key) as usize % BUCKETS)?;
-        Some(self.points[bucket].1)
+        self.bucket_of(key).map(|b| b.owner)
+    }
+
+    /// Where `key` lands: its hash, its bucket (the hash modulo 1 024), the bucket's point
+    /// and its server; `None` without servers.
+    pub fn bucket_of(&self, key: &[u8]) -> Option<PeclBucket> {
+        let hash = self.hash.hash(key);
+        let bucket = hash as usize % BUCKETS;
+        let &at = self.buckets.get(bucket)?;
+        let (point, owner) = self.points[at];
+        Some(PeclBucket {
+            hash,
+            bucket,
+            point,
+            owner,
+        })
     }
 
     /// The first `n` distinct servers along the circle from `key`'s bucket, owner first.

@@ -120,12 +120,29 @@ impl Ring {
 
     /// The owner of a key hash (see [`ketama_md5`]).
     pub fn server_for_hash(&self, hash: u32) -> Option<usize> {
+        self.point_for_hash(hash).map(|p| p.server)
+    }
+
+    /// The point a key hash lands on: the first at or after `hash`, wrapping to the first
+    /// (`None` for an empty ring). What [`Ring::server_for_hash`] answers with, shown
+    /// (`mcadmin explain`).
+    pub fn point_for_hash(&self, hash: u32) -> Option<RingPoint> {
         if self.points.is_empty() {
             return None;
         }
         let at = self.position(hash);
-        let at = if at == self.points.len() { 0 } else { at };
-        Some(self.points[at].1 as usize)
+        let index = if at == self.points.len() { 0 } else { at };
+        let (value, server) = self.points[index];
+        Some(RingPoint {
+            index,
+            value,
+            server: server as usize,
+        })
+    }
+
+    /// How keys hash onto this ring.
+    pub fn scheme(&self) -> Points {
+        self.scheme
     }
 
     /// The distinct servers along the ring from `key`'s point on, in ring order (the owner
@@ -167,6 +184,17 @@ impl Ring {
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
+}
+
+/// One point of a [`Ring`]: where a key hash lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingPoint {
+    /// Its place among the ring's points, sorted by value (0-based).
+    pub index: usize,
+    /// Its value on the circle.
+    pub value: u32,
+    /// The server it belongs to (index in the list the ring was built from).
+    pub server: usize,
 }
 
 /// How a continuum's points are made from its servers' names: libmemcached's two ways.
