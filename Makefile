@@ -1,7 +1,8 @@
 # mcshm: build and install everything under a prefix.
 #   make                      build (release)
 #   make install PREFIX=/usr/local [DESTDIR=/tmp/stage] [LIBDIR=/usr/local/lib]
-#   make deb                  mcshm_VERSION_ARCH.deb in target/deb (packaging/deb.sh)
+#   make deb                  libmcshm0, libmcshm-dev and mcshm .deb files in target/deb
+#                             (packaging/deb.sh; prints their paths)
 #   make test                 the whole test suite (same as: cargo test --workspace)
 # PROFILE=debug installs the debug build (the install test uses it).
 

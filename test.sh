@@ -40,6 +40,11 @@ command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The boot test (packaging/boot-test.sh, as root) debootstraps a Debian and boots the packages
+# in it with systemd-nspawn; the packaging scripts are checked with shellcheck.
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 # The TLS tests make their certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
