@@ -21,8 +21,7 @@
 #    /run/mcshm and the enable links; and, with systemd not running (a container being built),
 #    install, upgrade, remove and purge still work.
 #
-# Exit 0 when every check passed (XFAIL lines, known defects named by their cause, fail
-# nothing), 1 when one failed, 2 when it cannot run here (not root, no debootstrap or
+# Exit 0 when every check passed, 1 when one failed, 2 when it cannot run here (not root, no debootstrap or
 # systemd-nspawn, no apt source, debootstrap failed, the bare container does not boot).
 # Every step is bounded, the whole run by MCSHM_BOOT_TIMEOUT (900 s; it takes about 50 s with
 # the rootfs cached, 2 minutes without, on 2 cores). MCSHM_BOOT_VERBOSE=1 shows more.
@@ -311,8 +310,7 @@ check journal sh_ct "
     [ \$(journalctl --list-boots --no-pager | wc -l) -ge 2 ] || { echo 'one boot in the journal'; exit 1; }"
 
 # A bad configuration (a port that does not exist) fails the unit once, with a clear status,
-# instead of restarting it for ever. Until the units stop on configuration errors
-# (RestartPreventExitStatus=), this is a known failure: XFAIL, which fails nothing.
+# instead of restarting it for ever (the units' RestartPreventExitStatus=).
 bad_config=$(sh_ct "
     mcadmin --domain bad add --no-flush 127.0.0.1:11211 >/dev/null
     echo 'MCPROXY_OPTS=--listen 127.0.0.1:99999 --metrics 127.0.0.1:9152' > /etc/mcshm/mcproxy-bad.conf
@@ -323,18 +321,12 @@ bad_config=$(sh_ct "
     systemctl reset-failed mcproxy@bad 2>/dev/null || true" 2>&1 || true)
 case "$bad_config" in
 *ActiveState=failed*NRestarts=0*) ok bad-config ;;
-*)
-    if grep -q '^RestartPreventExitStatus=' "$root/usr/lib/systemd/system/mcproxy@.service"; then
-        fail bad-config "mcproxy@bad, 10 s after its start: $bad_config"
-    else
-        echo "XFAIL bad-config: mcproxy@bad, 10 s after its start: $bad_config(the units have no RestartPreventExitStatus yet)"
-    fi
-    ;;
+*) fail bad-config "mcproxy@bad, 10 s after its start: $bad_config" ;;
 esac
 
 # A table root made in /run/mcshm before the units ran (`mcadmin add` as root, no MCSHM_DIR):
-# the watcher, which runs as mcshm, must still be able to write it. Known to fail while such a
-# table is root's and not group-writable (issue 32): XFAIL then, FAIL for any other cause.
+# the watcher, which runs as mcshm, must still be able to write it (a new table in the
+# group-writable /run/mcshm is 0664 with its group, whoever creates it).
 root_made=$(sh_ct "
     mcadmin --domain rootmade add --no-flush 127.0.0.1:11211 >/dev/null
     stat -c 'table=%U:%G:%a' /run/mcshm/rootmade.mcshm | tr '\n' ' '
@@ -345,14 +337,13 @@ root_made=$(sh_ct "
     systemctl stop mcadmin-watch@rootmade 2>/dev/null || true" 2>&1 || true)
 case "$root_made" in
 *ActiveState=active*NRestarts=0*denied=0*) ok root-made-table ;;
-*table=root:root:644*) echo "XFAIL root-made-table: $root_made(a root-made table is not the units' to write yet)" ;;
 *) fail root-made-table "$root_made" ;;
 esac
 
 # A live client of another user (root's own mcproxy, started while mcproxy@ is stopped) stays
 # listed by `mcadmin clients` beside mcproxy@ once mcproxy@ starts again (which must not take
-# the live client's record for a dead one's). Known to fail while the units hide other users' processes (ProtectProc=invisible,
-# issue 32): XFAIL then, FAIL otherwise.
+# the live client's record for a dead one's: the units' ProtectProc=invisible hides the root
+# client from /proc, and liveness asks kill(pid, 0) then).
 other_client=$(sh_ct "$talk"'
     systemctl stop mcproxy@'$domain'
     systemd-run --quiet --unit=boot-test-client mcproxy --domain '$domain' --listen 127.0.0.1:11402
@@ -375,8 +366,6 @@ other_client=$(sh_ct "$talk"'
 if [ -n "$other_client_ok" ]; then
     ok other-user-client
     [ -z "${MCSHM_BOOT_VERBOSE:-}" ] || say "mcadmin clients: $other_client"
-elif grep -q '^ProtectProc=invisible' "$root/usr/lib/systemd/system/mcproxy@.service"; then
-    echo "XFAIL other-user-client: $(echo "$other_client" | tr -s ' \n' ' ')(the units still hide other users' processes)"
 else
     fail other-user-client "$other_client"
 fi

@@ -83,8 +83,10 @@ pub struct Cli {
     pub json: bool,
 
     /// Mode of a domain file this command creates (octal; the owner must keep read and write)
-    #[arg(long, global = true, default_value = "644", value_name = "OCTAL")]
-    pub mode: String,
+    /// [default: 664 with the directory's group in a group-writable directory, such as the
+    /// packaged /run/mcshm, so that the units and that group may write it; else 644]
+    #[arg(long, global = true, value_name = "OCTAL")]
+    pub mode: Option<String>,
 
     /// Group of a domain file this command creates (name or number), e.g. to let a group of
     /// clients count failures with --mode 664

@@ -126,7 +126,12 @@ fn run(cli: &Cli) -> Result<Exit> {
     let local = Local {
         dir,
         domain,
-        ownership: FileOwnership::parse(&cli.mode, cli.group.as_deref())?,
+        ownership: match (&cli.mode, &cli.group) {
+            (None, None) => FileOwnership::default(), // follows the directory
+            (mode, group) => {
+                FileOwnership::parse(mode.as_deref().unwrap_or("644"), group.as_deref())?
+            }
+        },
         lock_wait: cli.lock_timeout,
     };
     let store = match fleet {

@@ -300,3 +300,61 @@ fn a_client_hidden_from_another_user_keeps_its_process_record() {
         "a process that could not see the root client took its record"
     );
 }
+
+/// In a group-writable directory (the packaged /run/mcshm: 0775, the units' user and group) a
+/// table root creates is 0664 with the directory's group, so that the units can write it.
+#[test]
+#[ignore = "needs root to create a table another user must write: ./test.sh runs it when root"]
+fn a_table_root_creates_in_a_group_writable_directory_is_the_groups_to_write() {
+    assert!(is_root(), "needs root");
+    let reg = Reg::new();
+    let dir = reg.dir().join("run-mcshm");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    chmod(reg.dir(), 0o755);
+    chmod(&dir, 0o775);
+    let run = std::process::Command::new(common::MCADMIN)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--domain", "rootmade", "add", "--no-flush", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let meta = std::fs::metadata(dir.join("rootmade.mcshm")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o664, 0, NOBODY)
+    );
+    // The units' user (here nobody, in the directory's group) writes it.
+    let (_bin, mcadmin) = common::runnable_by_anyone(common::MCADMIN);
+    let mut cmd = std::process::Command::new(&mcadmin);
+    cmd.arg("--dir")
+        .arg(&dir)
+        .args(["--domain", "rootmade", "down", "127.0.0.1:1"]);
+    cmd.uid(NOBODY).gid(NOBODY);
+    let down = common::Run(common::output_of_fresh_binary(&mut cmd));
+    assert_eq!(down.code(), 0, "{}", down.stderr());
+    // An explicit --mode is what it says.
+    let explicit = std::process::Command::new(common::MCADMIN)
+        .arg("--dir")
+        .arg(&dir)
+        .args([
+            "--domain",
+            "mine",
+            "--mode",
+            "644",
+            "add",
+            "--no-flush",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(explicit.status.success());
+    let meta = std::fs::metadata(dir.join("mine.mcshm")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o644);
+}

@@ -19,12 +19,19 @@ use crate::table::{CommitInfo, Table};
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
 
-/// Mode and group of a new registry file (default 0644, the creator's group). A file that is
-/// rewritten (growth, format migration, repair) keeps the mode and group it had.
+/// Mode and group of a new registry file. A file that is rewritten (growth, format migration,
+/// repair) keeps the mode and group it had.
+///
+/// The default follows the directory: in a group-writable one (the packaged /run/mcshm, 0775
+/// mcshm:mcshm) a new file is 0664 with the directory's group, so that the units (user mcshm)
+/// and the applications in that group can write a table whoever created it first (root
+/// adding a domain before the units ran); elsewhere 0644 with the creator's group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileOwnership {
     pub mode: u32,
     pub gid: Option<u32>,
+    /// Chosen by the directory a file is created in (see above), not by `mode` and `gid`.
+    pub from_dir: bool,
 }
 
 impl Default for FileOwnership {
@@ -32,6 +39,7 @@ impl Default for FileOwnership {
         FileOwnership {
             mode: FILE_MODE,
             gid: None,
+            from_dir: true,
         }
     }
 }
@@ -44,8 +52,27 @@ impl FileOwnership {
             |m| FileOwnership {
                 mode: m.mode() & 0o7777,
                 gid: Some(m.gid()),
+                from_dir: false,
             },
         )
+    }
+
+    /// The mode and group a file created in `dir` gets (see [`FileOwnership`]).
+    pub(super) fn in_dir(self, dir: &Path) -> FileOwnership {
+        if !self.from_dir {
+            return self;
+        }
+        match fs::metadata(dir) {
+            Ok(m) if m.mode() & 0o020 != 0 => FileOwnership {
+                mode: 0o664,
+                gid: Some(m.gid()),
+                from_dir: false,
+            },
+            _ => FileOwnership {
+                from_dir: false,
+                ..self
+            },
+        }
     }
 
     /// From `--mode` (octal permission bits with owner read and write) and `--group` (a name
@@ -76,7 +103,11 @@ impl FileOwnership {
                     })?,
             ),
         };
-        Ok(FileOwnership { mode: bits, gid })
+        Ok(FileOwnership {
+            mode: bits,
+            gid,
+            from_dir: false,
+        })
     }
 }
 
@@ -317,6 +348,7 @@ fn write_new(
     len: u64,
     ownership: FileOwnership,
 ) -> Result<()> {
+    let ownership = ownership.in_dir(dir);
     let _ = fs::remove_file(tmp);
     let mut file = OpenOptions::new()
         .write(true)

@@ -125,6 +125,7 @@ pub(super) fn check_lock_file(table: &Path) -> Result<()> {
 /// there may not be trusted (see [`check_lock_file`]).
 pub(super) fn open_lock_file(table: &Path, ownership: FileOwnership) -> Result<Option<File>> {
     let path = lock_file_path(table);
+    let ownership = ownership.in_dir(table.parent().unwrap_or(Path::new(".")));
     let open = |create: bool| {
         OpenOptions::new()
             .read(true)

@@ -404,6 +404,7 @@ fn the_log_takes_its_tables_mode_and_group_and_needs_the_table() {
     let f = Fixture::with(FileOwnership {
         mode: 0o640,
         gid: Some(gid),
+        from_dir: false,
     });
     let log = f.log(SMALL);
     let meta = std::fs::metadata(log.path()).unwrap();
