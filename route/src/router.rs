@@ -706,11 +706,14 @@ pub(crate) fn positions(
     let Some(d) = changed else {
         return (0..servers.len()).filter(|&i| keep(&servers[i])).collect();
     };
-    let mut kept: Vec<usize> = before
-        .into_iter()
-        .filter(|&i| i < d.first || (d.end..d.count).contains(&i))
-        .chain((d.first..d.end).filter(|&i| keep(&servers[i])))
-        .collect();
-    kept.sort_unstable();
+    // `before` is in order: the positions of the changed range are replaced in place (a list of
+    // every server, all marked, costs what the change costs, not a sort of the list).
+    let mut kept = before;
+    kept.truncate(kept.partition_point(|&i| i < d.count));
+    let (from, to) = (
+        kept.partition_point(|&i| i < d.first),
+        kept.partition_point(|&i| i < d.end),
+    );
+    kept.splice(from..to, (d.first..d.end).filter(|&i| keep(&servers[i])));
     kept
 }
