@@ -105,8 +105,9 @@
 //!     36    4 live                index of this server's record in the live region
 //!     40    8 warm_until_ms       warm-up after a rejoin lasts until then (0: none)
 //!     48    4 crc                 format 3: CRC32 of the entry's 512 bytes, this field as zero
-//!     52    8 strays_since        version at which the server last lost keys to others
-//!                                 (0: none since it was flushed or swept); writes delete
+//!     52    8 strays_since        version at which the server was marked: it lost keys to
+//!                                 others (0: none since it was flushed or swept; kept when
+//!                                 it loses keys again, unless sweeping); writes delete
 //!                                 their key there while it is set
 //!     60    4 reserved            zero
 //!     64  256 address             host text or socket path, zero-padded

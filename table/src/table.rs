@@ -99,8 +99,8 @@ pub struct Server {
     /// retry probe, `watch` or fleet agent brings it back. A server marked down after failures
     /// (by clients, `watch` or the fleet) has this false and keeps its automatic retry.
     pub held: bool,
-    /// The table version at which this server last lost keys to other servers (0: never since
-    /// it was last flushed or swept). Until `mcadmin settle` sweeps it, it may hold copies of
+    /// The table version at which this server was marked: it lost keys to other servers (0:
+    /// never since it was last flushed or swept). Until `mcadmin settle` sweeps it, it may hold copies of
     /// keys it no longer owns, so every write and delete of a key it does not own deletes the
     /// key there too (see [`crate::coherence`]). A mark stays as it was set when the server
     /// loses keys again (the entry, and so what every reader copies, is unchanged), unless a
