@@ -135,7 +135,10 @@ pub fn apply(server: &mut Server, change: Transition<'_>, actor: CommitInfo) -> 
             server.held = false;
             server.warm_until_ms = r.warm_until_ms;
             if r.flushed {
+                // Emptied: no stray is left, and a sweep under way has nothing to clear (a
+                // mark set after this one is newer than the sweep, which then keeps it).
                 server.strays_since = 0;
+                server.sweeping = false;
             }
             (State::Up, r.reason)
         }
@@ -358,6 +361,7 @@ mod tests {
             reason: "maintenance",
             retry: false,
         };
+        s.sweeping = true;
         assert!(apply(&mut s, down, ACTOR));
         assert!(s.is_held_down());
         assert_eq!((s.since_ms, s.changed_by_pid), (5, 6));
@@ -371,6 +375,7 @@ mod tests {
         );
         assert_eq!((s.state, s.held, s.warm_until_ms), (State::Up, false, 9));
         assert_eq!(s.strays_since, 0, "flushed: no strays");
+        assert!(!s.sweeping, "flushed: nothing left to sweep");
     }
 
     #[test]
