@@ -176,3 +176,58 @@ fn one_change_of_10_000_servers_costs_a_lookup_what_it_changes_and_no_ring() {
         assert_eq!(marked_at(&router, router.snapshot().version), 1);
     }
 }
+
+/// While a server drains, a write's plan asks where its key was before the drain: a placement
+/// with the draining server, built here (the file's ring has it off). It is built once for the
+/// drain, not once per version: a change that keeps the ring and the draining servers (a
+/// reason, a retry interval) keeps it; one that changes the ring builds it again.
+#[test]
+fn a_drain_builds_its_placement_once_not_once_per_change() {
+    let dir = Dir::new("drain");
+    let (mut writer, mut router) = domain(&dir, Failover::None);
+    let key = b"user:00000001:profile";
+    let mut plan_after = |router: &mut Router, change: &dyn Fn(&mut Table)| {
+        writer
+            .transact(|t| {
+                change(t);
+                Ok(())
+            })
+            .unwrap();
+        let before = router.work();
+        router.plan_write(key, false, NOW).unwrap();
+        router.work().since(&before)
+    };
+    let started = plan_after(&mut router, &|t| t.servers[8000].state = State::Draining);
+    assert_eq!(started.rings_built, 1, "{started:?}");
+    let reason = plan_after(&mut router, &|t| t.servers[8000].reason = "moving".into());
+    assert_eq!(reason.rings_built, 0, "a reason: {reason:?}");
+    let retry = plan_after(&mut router, &|t| t.servers[10].retry_interval = 5);
+    assert_eq!(retry.rings_built, 0, "a retry interval: {retry:?}");
+    // The placement kept plans every key as one built for this version does.
+    let mut fresh = Router::for_domain(&dir.0, &Domain::new("big").unwrap()).unwrap();
+    for n in 0..200 {
+        let key = format!("key:{n}");
+        let kept = router.plan_write(key.as_bytes(), false, NOW).unwrap();
+        assert_eq!(kept, fresh.plan_write(key.as_bytes(), false, NOW).unwrap());
+    }
+    let drained = (0..2000).filter(|n| {
+        let key = format!("key:{n}");
+        router.draining_owner(key.as_bytes()) == Some(8000)
+    });
+    assert!(
+        drained.count() > 0,
+        "no key of the draining server was planned"
+    );
+    let weight = plan_after(&mut router, &|t| t.servers[8000].weight = 4);
+    assert_eq!(
+        weight.rings_built, 1,
+        "the draining server's weight: {weight:?}"
+    );
+    let down = plan_after(&mut router, &|t| t.servers[10].state = State::Down);
+    assert_eq!(
+        down.rings_built, 0,
+        "a down under none keeps the ring: {down:?}"
+    );
+    let weight = plan_after(&mut router, &|t| t.servers[11].weight = 2);
+    assert_eq!(weight.rings_built, 1, "a new ring: {weight:?}");
+}

@@ -54,6 +54,8 @@ struct Routing {
     probeable: Vec<usize>,
     /// Draining servers.
     draining: Vec<usize>,
+    /// Their addresses and weights (what `before_drain` was built from, besides the ring).
+    drained: Vec<(Address, u16)>,
     /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
     /// write deletes its key there (see [`mcshm_table::coherence`]).
     strays: Vec<usize>,
@@ -284,12 +286,21 @@ impl Router {
         // Let go of the old version first: the registry then updates the snapshot in place
         // (a change of a few servers of 10 000 costs what those few cost).
         let old = self.routing.take().map(|r| {
+            // What a placement that includes the draining servers was built from: kept for the
+            // new version when it routes on the same ring with the same draining servers.
+            let before_drain = (
+                r.shared.map(|v| v.identity()),
+                r.local_epoch,
+                r.drained,
+                r.before_drain,
+            );
             (
                 r.snapshot.version,
                 r.probeable,
                 r.draining,
                 r.strays,
                 r.down,
+                before_drain,
             )
         });
         let (snapshot, shared, delta) = match &mut self.source {
@@ -319,14 +330,37 @@ impl Router {
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
         let changed = delta.filter(|d| old.as_ref().is_some_and(|o| o.0 == d.base));
-        let (old_probeable, old_draining, old_strays, old_down) =
-            old.map(|o| (o.1, o.2, o.3, o.4)).unwrap_or_default();
+        let (old_probeable, old_draining, old_strays, old_down, old_before_drain) = match old {
+            Some(o) => (o.1, o.2, o.3, o.4, Some(o.5)),
+            None => Default::default(),
+        };
         let probeable = positions(servers, changed, old_probeable, |s| {
             s.retry_interval_ms().is_some()
         });
+        let kept_draining = old_draining.clone();
         let draining = positions(servers, changed, old_draining, |s| {
             s.state == State::Draining
         });
+        let drained: Vec<(Address, u16)> = draining
+            .iter()
+            .map(|&i| (servers[i].address.clone(), servers[i].weight))
+            .collect();
+        // The placement with the draining servers, when the old version had built it and the
+        // new one routes on the same shared ring with the same draining servers (a reason, a
+        // retry interval, a failure count: most changes during a drain): the same members at
+        // the same positions, so the same placement, not built again.
+        let before_drain = OnceLock::new();
+        if let Some((ring, epoch, old_drained, built)) = old_before_drain
+            && ring.is_some()
+            && ring == shared.map(|v| v.identity())
+            && epoch == self.local_epoch
+            && self.local_down.is_empty()
+            && kept_draining == draining
+            && old_drained == drained
+            && let Some(locator) = built.into_inner()
+        {
+            let _ = before_drain.set(locator);
+        }
         let strays = positions(servers, changed, old_strays, |s| s.strays_since != 0);
         let down = positions(servers, changed, old_down, |s| s.state == State::Down);
         if changed.is_none() {
@@ -344,9 +378,10 @@ impl Router {
             local_epoch: self.local_epoch,
             shared,
             local,
-            before_drain: OnceLock::new(),
+            before_drain,
             probeable,
             draining,
+            drained,
             strays,
             with_down,
             down,
@@ -594,14 +629,17 @@ impl Router {
         };
         let chain = &along[..replicas.min(along.len())];
         let mut stale = Vec::new();
-        if rehash && let Some(next) = along.get(replicas).copied() {
-            stale.push(next);
-        }
-        for &i in &routing.strays {
-            if !chain.contains(&i) && !stale.contains(&i) {
-                stale.push(i);
-            }
-        }
+        let next = along.get(replicas).copied().filter(|_| rehash);
+        stale.extend(next);
+        // Linear in the marked servers (every one of them, after a change that moved keys off
+        // all): each is checked against the chain and the next server only.
+        stale.extend(
+            routing
+                .strays
+                .iter()
+                .copied()
+                .filter(|i| !chain.contains(i) && Some(*i) != next),
+        );
         if let Some(i) = self.draining_owner(key)
             && !stale.contains(&i)
         {
