@@ -38,7 +38,7 @@
 
 pub use mcshm_table::{
     address, clock, coherence, domain, dump, edit, error, hash, key, placement, prefix, processes,
-    registry, table,
+    registry, table, work,
 };
 
 pub mod access;
@@ -59,7 +59,7 @@ pub use client::{Client, FailureEvent, MarkedDown, MultiGet, StoreItem, Stored};
 pub use conn::Timeouts;
 pub use mcshm_table::{
     Address, AgentLink, Commit, DEFAULT_DOMAIN, Domain, Error, ErrorKind, LockWait, Registry,
-    Result, Server, Snapshot, State, default_dir, map_large_allocations_apart, monotonic_ns,
-    peer_uid, release_free_heap,
+    Result, Server, Snapshot, State, WorkCounters, default_dir, map_large_allocations_apart,
+    monotonic_ns, peer_uid, release_free_heap,
 };
 pub use proto::{Item, StoreVerb};

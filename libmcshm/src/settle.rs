@@ -109,7 +109,19 @@ impl Settle {
             return Ok(None);
         }
         let (address, id) = (server.address.clone(), server.id);
-        let swept_at = self.client.snapshot()?.version;
+        // Said in the table before the keys are listed: from this version on, a change that
+        // makes the server lose keys stamps its mark anew (marks are otherwise kept as they
+        // were set), so a sweep that judged keys by an older table does not clear it.
+        let started = self.registry.transact(|t| {
+            edit::transition(
+                &mut t.servers,
+                id,
+                Transition::StartSweep,
+                CommitInfo::now(),
+            );
+            Ok(())
+        })?;
+        let swept_at = started.version;
         let listed =
             list_keys(&address, self.timeouts, &self.access).map_err(|error| Error::Network {
                 server: address.to_string(),

@@ -17,6 +17,8 @@
 //! Layering: [`mcshm_table`] (the table, its placement and file) → this crate → the memcached
 //! side (libmcshm's protocol, connections and client; mcproxy).
 
+#[cfg(test)]
+mod change_cost_tests;
 mod failures;
 mod missed;
 mod plan;

@@ -22,10 +22,11 @@ use mcshm_table::address::Address;
 use mcshm_table::domain::Domain;
 use mcshm_table::error::{Error, Result};
 use mcshm_table::key;
-use mcshm_table::placement::{Locator, Placed};
+use mcshm_table::placement::{Distribution, Locator, Member, Placed};
 use mcshm_table::registry::Registry;
 use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
+use mcshm_table::work::WorkCounters;
 
 use crate::PERIODIC_OPS;
 use crate::report::MarkDown;
@@ -46,18 +47,21 @@ struct Routing {
     /// process's own failure view takes servers off it, or when the shared one cannot be used
     /// (lapped, damaged).
     local: OnceLock<Locator>,
-    /// With draining servers: the placement that still includes them (where a key was).
-    before_drain: Option<Locator>,
+    /// With draining servers: the placement that still includes them (where a key was),
+    /// built when a plan first asks where a key was (a lookup never needs it).
+    before_drain: OnceLock<Locator>,
     /// Down servers with a retry interval (candidates for the retry probe).
     probeable: Vec<usize>,
     /// Draining servers.
     draining: Vec<usize>,
+    /// Their addresses and weights (what `before_drain` was built from, besides the ring).
+    drained: Vec<(Address, u16)>,
     /// Servers that may hold copies of keys they no longer own (`Server::strays_since`): a
     /// write deletes its key there (see [`mcshm_table::coherence`]).
     strays: Vec<usize>,
     /// Under the `replay` rejoin policy and `rehash`, with servers down: the placement that
-    /// still includes them (whose replicas a write misses).
-    with_down: Option<Locator>,
+    /// still includes them (whose replicas a write misses), built when a write first asks.
+    with_down: Option<OnceLock<Locator>>,
     /// Down servers (a write's key is logged for them under `replay`; none: nothing to log).
     down: Vec<usize>,
 }
@@ -105,7 +109,11 @@ pub struct Router {
     ops: u64,
     client_slot: Option<usize>,
     probes: Vec<RetryProbe>,
-    ring_builds: AtomicU64,
+    /// Rings built in this process, and their points (see [`Router::work`]).
+    rings_built: AtomicU64,
+    ring_points_built: AtomicU64,
+    /// The rest of this router's own work (its registry counts its reads).
+    work: WorkCounters,
     /// Under the `replay` rejoin policy: the domain's invalidation log, where a write records
     /// its key for each down server that should have had it (see [`crate::missed`]).
     pub(crate) missed: crate::missed::MissedLog,
@@ -187,7 +195,9 @@ impl Router {
             ops: 0,
             client_slot: None,
             probes: Vec::new(),
-            ring_builds: AtomicU64::new(0),
+            rings_built: AtomicU64::new(0),
+            ring_points_built: AtomicU64::new(0),
+            work: WorkCounters::default(),
             missed: crate::missed::MissedLog::default(),
         }
     }
@@ -215,7 +225,34 @@ impl Router {
     /// How many times this router built its ring (diagnostics: a change that leaves the ring's
     /// members and weights alone builds none).
     pub fn ring_builds(&self) -> u64 {
-        self.ring_builds.load(Ordering::Relaxed)
+        self.rings_built.load(Ordering::Relaxed)
+    }
+
+    /// What routing cost this router since it was made: its registry's reads (entries decoded,
+    /// bytes copied, shared rings opened) and its own work (rings built here, server lists
+    /// scanned). Plain counters, for tests and diagnostics: a change of one server of 10 000
+    /// should cost a reader what one server costs, and no ring.
+    pub fn work(&self) -> WorkCounters {
+        let own = WorkCounters {
+            rings_built: self.rings_built.load(Ordering::Relaxed),
+            ring_points_built: self.ring_points_built.load(Ordering::Relaxed),
+            ..self.work
+        };
+        match &self.source {
+            Source::Registry(registry) => own.plus(&registry.work()),
+            Source::Servers(_) => own,
+        }
+    }
+
+    /// The placement of `members` for `distribution`, built here (and counted).
+    fn build(&self, distribution: Distribution, members: &[Member<'_>]) -> Locator {
+        let locator = Locator::build(distribution, members);
+        if distribution.has_ring() {
+            self.rings_built.fetch_add(1, Ordering::Relaxed);
+            self.ring_points_built
+                .fetch_add(locator.points() as u64, Ordering::Relaxed);
+        }
+        locator
     }
 
     /// Retry probes found due since the last call: run each where blocking is allowed.
@@ -249,12 +286,21 @@ impl Router {
         // Let go of the old version first: the registry then updates the snapshot in place
         // (a change of a few servers of 10 000 costs what those few cost).
         let old = self.routing.take().map(|r| {
+            // What a placement that includes the draining servers was built from: kept for the
+            // new version when it routes on the same ring with the same draining servers.
+            let before_drain = (
+                r.shared.map(|v| v.identity()),
+                r.local_epoch,
+                r.drained,
+                r.before_drain,
+            );
             (
                 r.snapshot.version,
                 r.probeable,
                 r.draining,
                 r.strays,
                 r.down,
+                before_drain,
             )
         });
         let (snapshot, shared, delta) = match &mut self.source {
@@ -270,53 +316,60 @@ impl Router {
         }
         let servers = &snapshot.servers;
         let distribution = snapshot.policy.distribution;
-        // The domain's rule, and under rehash the servers this process took off on its own.
-        let on_ring = |i: &usize| {
-            mcshm_table::table::routes(&servers[*i], snapshot.policy.failover)
-                && (snapshot.policy.failover == Failover::None
-                    || !self.local_down.contains(&servers[*i].address))
-        };
         // The file's ring routes unless this process has taken servers off it on its own.
         let shared = shared
             .filter(|_| snapshot.policy.failover == Failover::None || self.local_down.is_empty());
         let shared = shared.filter(|_| distribution.has_ring());
         let local = OnceLock::new();
         if shared.is_none() {
-            let routed: Vec<usize> = (0..servers.len()).filter(on_ring).collect();
-            if distribution.has_ring() {
-                self.ring_builds.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = local.set(Locator::build(distribution, &members(servers, &routed)));
+            let routed: Vec<usize> = (0..servers.len())
+                .filter(|&i| self.on_ring(&snapshot, i))
+                .collect();
+            let _ = local.set(self.build(distribution, &members(servers, &routed)));
         }
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
         let changed = delta.filter(|d| old.as_ref().is_some_and(|o| o.0 == d.base));
-        let (old_probeable, old_draining, old_strays, old_down) =
-            old.map(|o| (o.1, o.2, o.3, o.4)).unwrap_or_default();
+        let (old_probeable, old_draining, old_strays, old_down, old_before_drain) = match old {
+            Some(o) => (o.1, o.2, o.3, o.4, Some(o.5)),
+            None => Default::default(),
+        };
         let probeable = positions(servers, changed, old_probeable, |s| {
             s.retry_interval_ms().is_some()
         });
+        let kept_draining = old_draining.clone();
         let draining = positions(servers, changed, old_draining, |s| {
             s.state == State::Draining
         });
+        let drained: Vec<(Address, u16)> = draining
+            .iter()
+            .map(|&i| (servers[i].address.clone(), servers[i].weight))
+            .collect();
+        // The placement with the draining servers, when the old version had built it and the
+        // new one routes on the same shared ring with the same draining servers (a reason, a
+        // retry interval, a failure count: most changes during a drain): the same members at
+        // the same positions, so the same placement, not built again.
+        let before_drain = OnceLock::new();
+        if let Some((ring, epoch, old_drained, built)) = old_before_drain
+            && ring.is_some()
+            && ring == shared.map(|v| v.identity())
+            && epoch == self.local_epoch
+            && self.local_down.is_empty()
+            && kept_draining == draining
+            && old_drained == drained
+            && let Some(locator) = built.into_inner()
+        {
+            let _ = before_drain.set(locator);
+        }
         let strays = positions(servers, changed, old_strays, |s| s.strays_since != 0);
         let down = positions(servers, changed, old_down, |s| s.state == State::Down);
-        let before_drain = (!draining.is_empty()).then(|| {
-            let all: Vec<usize> = (0..servers.len())
-                .filter(|i| on_ring(i) || servers[*i].state == State::Draining)
-                .collect();
-            Locator::build(distribution, &members(servers, &all))
-        });
+        if changed.is_none() {
+            self.work.servers_scanned += servers.len() as u64;
+        }
         let replaying = snapshot.policy.rejoin == mcshm_table::table::Rejoin::Replay;
-        let with_down = (replaying
-            && snapshot.policy.failover == Failover::Rehash
-            && !down.is_empty())
-        .then(|| {
-            let all: Vec<usize> = (0..servers.len())
-                .filter(|i| servers[*i].state != State::Draining)
-                .collect();
-            Locator::build(distribution, &members(servers, &all))
-        });
+        let with_down =
+            (replaying && snapshot.policy.failover == Failover::Rehash && !down.is_empty())
+                .then(OnceLock::new);
         if replaying && let Source::Registry(registry) = &self.source {
             self.missed.open(registry);
         }
@@ -328,6 +381,7 @@ impl Router {
             before_drain,
             probeable,
             draining,
+            drained,
             strays,
             with_down,
             down,
@@ -440,12 +494,53 @@ impl Router {
     fn local(&self) -> &Locator {
         let routing = self.routing();
         routing.local.get_or_init(|| {
-            self.ring_builds.fetch_add(1, Ordering::Relaxed);
             let servers = &routing.snapshot.servers;
             let policy = routing.snapshot.policy;
             let routed = mcshm_table::table::routed(servers, policy.failover);
-            Locator::build(policy.distribution, &members(servers, &routed))
+            self.build(policy.distribution, &members(servers, &routed))
         })
+    }
+
+    /// With draining servers: the placement that still includes them (where a key was before
+    /// the drain), built on first use for the version routed with.
+    fn before_drain(&self) -> Option<&Locator> {
+        let routing = self.routing();
+        if routing.draining.is_empty() {
+            return None;
+        }
+        Some(routing.before_drain.get_or_init(|| {
+            let snapshot = &routing.snapshot;
+            let servers = &snapshot.servers;
+            let all: Vec<usize> = (0..servers.len())
+                .filter(|&i| self.on_ring(snapshot, i) || servers[i].state == State::Draining)
+                .collect();
+            self.build(snapshot.policy.distribution, &members(servers, &all))
+        }))
+    }
+
+    /// Under `replay` and `rehash` with servers down: the placement that still includes them,
+    /// built on first use for the version routed with.
+    fn with_down(&self) -> Option<&Locator> {
+        let routing = self.routing();
+        Some(routing.with_down.as_ref()?.get_or_init(|| {
+            let servers = &routing.snapshot.servers;
+            let all: Vec<usize> = (0..servers.len())
+                .filter(|&i| servers[i].state != State::Draining)
+                .collect();
+            self.build(
+                routing.snapshot.policy.distribution,
+                &members(servers, &all),
+            )
+        }))
+    }
+
+    /// Whether server `i` of `snapshot` is on the ring this process routes with: the domain's
+    /// rule, and under rehash not taken off by this process on its own.
+    fn on_ring(&self, snapshot: &Snapshot, i: usize) -> bool {
+        let server = &snapshot.servers[i];
+        mcshm_table::table::routes(server, snapshot.policy.failover)
+            && (snapshot.policy.failover == Failover::None
+                || !self.local_down.contains(&server.address))
     }
 
     /// The key's replicas, routed at `now_ms`: the first `replicas` distinct servers along the
@@ -534,14 +629,17 @@ impl Router {
         };
         let chain = &along[..replicas.min(along.len())];
         let mut stale = Vec::new();
-        if rehash && let Some(next) = along.get(replicas).copied() {
-            stale.push(next);
-        }
-        for &i in &routing.strays {
-            if !chain.contains(&i) && !stale.contains(&i) {
-                stale.push(i);
-            }
-        }
+        let next = along.get(replicas).copied().filter(|_| rehash);
+        stale.extend(next);
+        // Linear in the marked servers (every one of them, after a change that moved keys off
+        // all): each is checked against the chain and the next server only.
+        stale.extend(
+            routing
+                .strays
+                .iter()
+                .copied()
+                .filter(|i| !chain.contains(i) && Some(*i) != next),
+        );
         if let Some(i) = self.draining_owner(key)
             && !stale.contains(&i)
         {
@@ -559,7 +657,7 @@ impl Router {
             return Vec::new(); // the common case: one load, no ring walk
         }
         let servers = &self.routing().snapshot.servers;
-        let mut natural = match &self.routing().with_down {
+        let mut natural = match self.with_down() {
             Some(locator) => locator.along(key, chain.len().max(1)),
             None => chain.to_vec(),
         };
@@ -576,7 +674,7 @@ impl Router {
 
     /// The draining server that owned `key` before the drain, if any.
     pub(crate) fn draining_owner(&self, key: &[u8]) -> Option<usize> {
-        let i = self.routing().before_drain.as_ref()?.owner(key)?;
+        let i = self.before_drain()?.owner(key)?;
         (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
     }
 
@@ -646,11 +744,14 @@ pub(crate) fn positions(
     let Some(d) = changed else {
         return (0..servers.len()).filter(|&i| keep(&servers[i])).collect();
     };
-    let mut kept: Vec<usize> = before
-        .into_iter()
-        .filter(|&i| i < d.first || (d.end..d.count).contains(&i))
-        .chain((d.first..d.end).filter(|&i| keep(&servers[i])))
-        .collect();
-    kept.sort_unstable();
+    // `before` is in order: the positions of the changed range are replaced in place (a list of
+    // every server, all marked, costs what the change costs, not a sort of the list).
+    let mut kept = before;
+    kept.truncate(kept.partition_point(|&i| i < d.count));
+    let (from, to) = (
+        kept.partition_point(|&i| i < d.first),
+        kept.partition_point(|&i| i < d.end),
+    );
+    kept.splice(from..to, (d.first..d.end).filter(|&i| keep(&servers[i])));
     kept
 }

@@ -182,10 +182,10 @@ fn a_delta_update_gives_what_a_full_scan_gives_for_every_change_a_slot_delta_can
 }
 
 /// A registry directory of this test, removed at the end.
-struct Dir(PathBuf);
+pub(crate) struct Dir(pub(crate) PathBuf);
 
 impl Dir {
-    fn new(name: &str) -> Dir {
+    pub(crate) fn new(name: &str) -> Dir {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let path =

@@ -38,7 +38,13 @@ use crate::table::{Policy, Server, State, Table};
 /// Marks the servers of `new` (about to be published as `version`) that may have lost keys to
 /// other servers since `old`: they may now hold copies of keys they do not own. A server new
 /// to the table, or coming back up from down (flushed by its rejoin, or trusted by the
-/// operator), is not marked by this change; a mark set earlier stays until it is cleared.
+/// operator), is not marked by this change; a mark set earlier stays until it is cleared, as it
+/// was set: a server already marked is stamped anew only while a sweep of it is under way
+/// ([`Server::sweeping`], which must learn that the server lost keys after the sweep began).
+/// So a change that moves keys off servers already marked leaves their entries as they were,
+/// and costs each reader what it changes, not every entry (ketama moves keys off every server
+/// when one weight changes: at 10 000 servers, re-stamping every mark made every reader copy
+/// and decode the whole table on its next operation).
 pub fn mark_strays(old: &[Server], old_policy: &Policy, new: &mut Table, version: u64) {
     let losing = losers(old, old_policy, &new.servers, &new.policy);
     if !losing.contains(&true) {
@@ -51,7 +57,7 @@ pub fn mark_strays(old: &[Server], old_policy: &Policy, new: &mut Table, version
             continue; // new to the table: it held nothing of this domain's (flushed when added)
         };
         let rejoined = was.state == State::Down && server.state == State::Up;
-        if loses && !rejoined {
+        if loses && !rejoined && (server.strays_since == 0 || server.sweeping) {
             server.strays_since = version;
         }
     }
@@ -235,5 +241,20 @@ mod tests {
         let mut old = [up("a:1"), up("b:1")];
         old[0].strays_since = 3;
         assert_eq!(marks(&old, p, &old, p), [3, 0]);
+    }
+
+    /// A server already marked that loses keys again keeps its mark as it was (its entry, and
+    /// what every reader copies, unchanged), unless a sweep of it is under way: the sweep must
+    /// learn that it lost keys after it began.
+    #[test]
+    fn a_marked_server_is_stamped_anew_only_while_swept() {
+        let p = Policy::default();
+        let mut old = [up("a:1"), up("b:1"), up("c:1")];
+        old[0].strays_since = 3;
+        old[1].strays_since = 3;
+        old[1].sweeping = true;
+        let mut heavier_c = old.clone();
+        heavier_c[2].weight = 3;
+        assert_eq!(marks(&old, p, &heavier_c, p), [3, 7, 0]);
     }
 }

@@ -96,6 +96,10 @@ pub enum Transition<'a> {
     StartDrain { reason: &'a str },
     /// An operator's up of a draining server: the drain is cancelled, its keys stay.
     CancelDrain { by: &'a str },
+    /// `mcadmin settle` begins a sweep of a marked server: from this version on, a change that
+    /// makes it lose keys stamps its mark anew (see [`Server::sweeping`]). From marked, not
+    /// already sweeping.
+    StartSweep,
     /// `mcadmin settle` swept it of strays from a sweep that began at version `at`: its mark is
     /// cleared, unless a later version marked it again.
     Swept { at: u64 },
@@ -131,7 +135,10 @@ pub fn apply(server: &mut Server, change: Transition<'_>, actor: CommitInfo) -> 
             server.held = false;
             server.warm_until_ms = r.warm_until_ms;
             if r.flushed {
+                // Emptied: no stray is left, and a sweep under way has nothing to clear (a
+                // mark set after this one is newer than the sweep, which then keeps it).
                 server.strays_since = 0;
+                server.sweeping = false;
             }
             (State::Up, r.reason)
         }
@@ -141,8 +148,15 @@ pub fn apply(server: &mut Server, change: Transition<'_>, actor: CommitInfo) -> 
             server.reason = format!("drain cancelled ({by})");
             return true;
         }
+        Transition::StartSweep if server.strays_since != 0 && !server.sweeping => {
+            server.sweeping = true;
+            return true;
+        }
         Transition::Swept { at } if server.strays_since != 0 && server.strays_since <= at => {
+            // The flag goes with the mark only: another sweep of the server may still be
+            // under way while the mark stays.
             server.strays_since = 0;
+            server.sweeping = false;
             return true;
         }
         _ => return false,
@@ -241,6 +255,7 @@ pub fn merge_loaded(current: &[Server], loaded: &[Server], actor: CommitInfo) ->
             if let Some(old) = old {
                 // Whether it may hold strays is a fact about the server, not the list.
                 server.strays_since = server.strays_since.max(old.strays_since);
+                server.sweeping |= old.sweeping;
             }
             match old.filter(|old| old.state == server.state) {
                 Some(old) => {
@@ -346,6 +361,7 @@ mod tests {
             reason: "maintenance",
             retry: false,
         };
+        s.sweeping = true;
         assert!(apply(&mut s, down, ACTOR));
         assert!(s.is_held_down());
         assert_eq!((s.since_ms, s.changed_by_pid), (5, 6));
@@ -359,6 +375,7 @@ mod tests {
         );
         assert_eq!((s.state, s.held, s.warm_until_ms), (State::Up, false, 9));
         assert_eq!(s.strays_since, 0, "flushed: no strays");
+        assert!(!s.sweeping, "flushed: nothing left to sweep");
     }
 
     #[test]
@@ -458,6 +475,22 @@ mod tests {
         assert!(
             !apply(&mut s, Transition::Swept { at: 9 }, ACTOR),
             "nothing to clear"
+        );
+    }
+
+    #[test]
+    fn a_sweep_is_said_in_the_table_of_a_marked_server_and_ends_with_its_mark() {
+        let mut s = up();
+        assert!(apply(&mut s, Transition::StartSweep, ACTOR));
+        assert!(s.sweeping);
+        assert!(!apply(&mut s, Transition::StartSweep, ACTOR), "already");
+        assert!(!apply(&mut s, Transition::Swept { at: 2 }, ACTOR));
+        assert!(s.sweeping, "the mark stays, and so does the sweep's flag");
+        assert!(apply(&mut s, Transition::Swept { at: 3 }, ACTOR));
+        assert_eq!((s.strays_since, s.sweeping), (0, false));
+        assert!(
+            !apply(&mut s, Transition::StartSweep, ACTOR),
+            "unmarked: a new mark is stamped anyway"
         );
     }
 

@@ -95,6 +95,8 @@
 //!      8    4 retry_interval      seconds, signed; -1 = never retried automatically
 //!     12    2 reason_len          bytes used of reason (0..=192)
 //!     14    2 flags               bit 0: held (down by an operator: no automatic retry);
+//!                                 bit 1: sweeping (a sweep of its strays is under way:
+//!                                 writers set strays_since anew when it loses keys again);
 //!                                 other bits zero
 //!     16    8 since_ms            when the state last changed, ms since the Unix epoch
 //!     24    4 changed_by_pid      process that last changed the state
@@ -103,8 +105,9 @@
 //!     36    4 live                index of this server's record in the live region
 //!     40    8 warm_until_ms       warm-up after a rejoin lasts until then (0: none)
 //!     48    4 crc                 format 3: CRC32 of the entry's 512 bytes, this field as zero
-//!     52    8 strays_since        version at which the server last lost keys to others
-//!                                 (0: none since it was flushed or swept); writes delete
+//!     52    8 strays_since        version at which the server was marked: it lost keys to
+//!                                 others (0: none since it was flushed or swept; kept when
+//!                                 it loses keys again, unless sweeping); writes delete
 //!                                 their key there while it is set
 //!     60    4 reserved            zero
 //!     64  256 address             host text or socket path, zero-padded
@@ -262,6 +265,8 @@ const PREFIXED: u8 = 0x80;
 
 /// Entry flag: the server is down by an operator's decision (no automatic retry).
 const ENTRY_HELD: u16 = 0x1;
+/// Entry flag: a sweep of the server's strays is under way (see `Server::sweeping`).
+const ENTRY_SWEEPING: u16 = 0x2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -938,7 +943,8 @@ fn encode_entry(server: &Server) -> Entry {
     entry.id = server.id;
     entry.live = server.live;
     entry.warm_until_ms = server.warm_until_ms;
-    entry.flags = if server.held { ENTRY_HELD } else { 0 };
+    entry.flags =
+        if server.held { ENTRY_HELD } else { 0 } | if server.sweeping { ENTRY_SWEEPING } else { 0 };
     entry.strays_since = server.strays_since.to_le_bytes();
     entry.reason_len = server.reason.len() as u16;
     entry.reason[..server.reason.len()].copy_from_slice(server.reason.as_bytes());
@@ -981,6 +987,7 @@ fn decode_entry(entry: &Entry) -> Result<Server, String> {
         warm_until_ms: entry.warm_until_ms,
         // Unknown flag bits are a newer writer's: ignored, as the reserved bytes are.
         held: entry.flags & ENTRY_HELD != 0,
+        sweeping: entry.flags & ENTRY_SWEEPING != 0,
         strays_since: u64::from_le_bytes(entry.strays_since),
     })
 }

@@ -4,8 +4,8 @@
 //! `libmcshm` facade).
 //!
 //! Layers, each importing only those before it:
-//! - [`error`], [`key`] (what a memcached key may be), [`hash`] (every key hash), [`clock`]:
-//!   leaves;
+//! - [`error`], [`key`] (what a memcached key may be), [`hash`] (every key hash), [`clock`],
+//!   [`work`] (what a change costs a reader, counted): leaves;
 //! - [`address`], [`domain`], [`prefix`]: names and their validation;
 //! - [`placement`]: where a key goes (ketama, ketama-spy, ketama-unweighted, modula, PECL), from
 //!   members (position, address, weight), knowing nothing of the table;
@@ -40,6 +40,7 @@ mod shared_ring;
 #[allow(unsafe_code)]
 mod shm;
 pub mod table;
+pub mod work;
 
 pub use address::Address;
 pub use domain::{DEFAULT_DOMAIN, Domain, default_dir};
@@ -47,3 +48,4 @@ pub use error::{Error, ErrorKind, Result};
 pub use registry::{AgentLink, Commit, LockWait, Registry};
 pub use shm::{map_large_allocations_apart, monotonic_ns, peer_uid, release_free_heap};
 pub use table::{Server, Snapshot, State};
+pub use work::WorkCounters;

@@ -149,6 +149,13 @@ pub struct RingView {
 }
 
 impl RingView {
+    /// Which ring this is: the file it lies in (device, inode) and the version that wrote it.
+    /// Two versions that name the same ring route their members alike (the writer names a ring
+    /// again only for the same members at the same positions, with the same weights).
+    pub fn identity(&self) -> ((u64, u64), u64) {
+        (self.file_id, self.generation)
+    }
+
     /// The ring `ring` names in a file laid out as `layout`, for a table of `servers` servers
     /// read from the slot whose sequence word (index, value) was `seq` then. `None` when the
     /// region's header does not match the reference (the caller builds the ring itself).

@@ -99,11 +99,17 @@ pub struct Server {
     /// retry probe, `watch` or fleet agent brings it back. A server marked down after failures
     /// (by clients, `watch` or the fleet) has this false and keeps its automatic retry.
     pub held: bool,
-    /// The table version at which this server last lost keys to other servers (0: never since
-    /// it was last flushed or swept). Until `mcadmin settle` sweeps it, it may hold copies of
+    /// The table version at which this server was marked: it lost keys to other servers (0:
+    /// never since it was last flushed or swept). Until `mcadmin settle` sweeps it, it may hold copies of
     /// keys it no longer owns, so every write and delete of a key it does not own deletes the
-    /// key there too (see [`crate::coherence`]).
+    /// key there too (see [`crate::coherence`]). A mark stays as it was set when the server
+    /// loses keys again (the entry, and so what every reader copies, is unchanged), unless a
+    /// sweep of the server is under way ([`Server::sweeping`]).
     pub strays_since: u64,
+    /// A sweep of the server's strays is under way (`mcadmin settle`, the watch daemon): a change
+    /// that makes it lose keys again sets [`Server::strays_since`] anew, so that the sweep, which
+    /// judged keys by an older table, does not clear the mark.
+    pub sweeping: bool,
 }
 
 impl Server {
@@ -123,6 +129,7 @@ impl Server {
             warm_until_ms: 0,
             held: false,
             strays_since: 0,
+            sweeping: false,
         }
     }
 

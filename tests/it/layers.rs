@@ -10,7 +10,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
     (
         "table/src",
         &[
-            &["error", "key", "hash", "clock", "shm"],
+            &["error", "key", "hash", "clock", "shm", "work"],
             &["address", "domain", "prefix"],
             &["placement"],
             &["table"],
@@ -31,7 +31,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["sequence"],
             // Unit tests in a file of their own (`#[cfg(test)] mod router_tests`): above what
             // they test.
-            &["router_tests"],
+            &["router_tests", "change_cost_tests"],
         ],
     ),
     (

@@ -53,14 +53,8 @@ impl Agent {
         let in_doubt = std::mem::take(&mut mirror.in_doubt);
         let writer = mirror.writer.as_mut().expect("active");
         let result = writer.transact(|t| {
-            if t.fleet_revision as i64 >= revision {
-                return Ok(());
-            }
-            // The marks are taken from the table under the writer lock: a client's mark-down
-            // committed a moment ago is kept, not overwritten by the fleet's older state.
             let in_doubt = if ours { &in_doubt[..] } else { &[] };
-            let marks = marks_to_keep(base.as_ref(), t, in_doubt, &table.table);
-            kept = mirror::mirror(t, &table.table, revision as u64, &marks, CommitInfo::now());
+            kept = mirror_into(t, base.as_ref(), in_doubt, &table);
             Ok(())
         });
         match result {
@@ -221,6 +215,26 @@ fn marks_to_keep(
     marks
 }
 
+/// Mirrors fleet `table` into `local` (the local table under the writer lock), unless it
+/// mirrors that revision or a newer one already; returns how many of this host's marks were
+/// kept. Only what differs changes: a server the fleet left as it was keeps its entry byte for
+/// byte, so the version costs each reader what changed (see `mcshm_table::work`).
+fn mirror_into(
+    local: &mut Table,
+    base: Option<&FleetTable>,
+    in_doubt: &[Mark],
+    table: &FleetTable,
+) -> usize {
+    if local.fleet_revision as i64 >= table.revision {
+        return 0;
+    }
+    // The marks are taken from the table under the writer lock: a client's mark-down
+    // committed a moment ago is kept, not overwritten by the fleet's older state.
+    let marks = marks_to_keep(base, local, in_doubt, &table.table);
+    let revision = table.revision as u64;
+    mirror::mirror(local, &table.table, revision, &marks, CommitInfo::now())
+}
+
 /// The event of a push etcd took: `applied` of `marks` were still news to the fleet.
 fn pushed(domain: &Domain, marks: &[Mark], applied: usize, revision: i64) -> SyncEvent {
     let described: Vec<String> = marks.iter().map(Mark::describe).collect();
@@ -373,5 +387,97 @@ mod tests {
                 marks: vec!["a:11211 up -> down".into()],
             }
         );
+    }
+}
+
+/// What the fleet mirror's changes cost the readers of a 10 000-server host table, counted:
+/// a fleet change of one server is one changed entry in the local table, read as such, and
+/// looked up in the ring the mirror wrote into the file.
+#[cfg(test)]
+mod cost_tests {
+    use libmcshm::table::{Server, State, Table};
+    use libmcshm::{Address, Client, Domain, Registry, Timeouts, WorkCounters};
+
+    use super::mirror_into;
+    use crate::document::{self, Changed};
+    use crate::store::FleetTable;
+
+    const SERVERS: usize = 10_000;
+
+    /// The fleet's document of `table` at `revision`, as an agent reads it from etcd.
+    fn fleet(table: &Table, revision: i64) -> FleetTable {
+        let (table, changed) = document::decode(&document::encode(table, &Changed::default()))
+            .expect("a document of ours");
+        FleetTable {
+            table,
+            changed,
+            revision,
+        }
+    }
+
+    /// Mirrors `table` into the host's table as the agent does; what it cost `client`'s next
+    /// lookup.
+    fn apply(writer: &mut Registry, client: &mut Client, table: &FleetTable) -> WorkCounters {
+        let commit = writer
+            .transact(|t| {
+                mirror_into(t, None, &[], table);
+                Ok(())
+            })
+            .unwrap();
+        assert!(commit.changed);
+        let before = client.work();
+        client.server_for(b"user:00000001:profile").unwrap();
+        client.work().since(&before)
+    }
+
+    fn assert_cheap(what: &str, work: WorkCounters) {
+        assert!(
+            work.whole_reads == 0
+                && work.delta_reads == 1
+                && work.entries_decoded <= 8
+                && work.rings_built == 0
+                && work.shared_rings == 1
+                && work.servers_cloned == 0,
+            "{what}: {work:?}"
+        );
+    }
+
+    #[test]
+    fn a_mirrored_change_of_one_server_costs_a_reader_one_entry_and_no_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = Domain::new("fleet").unwrap();
+        let mut writer = Registry::open_writer(dir.path(), &domain, true).unwrap();
+        writer
+            .transact(|t| {
+                t.servers.extend((0..SERVERS).map(|i| {
+                    let a = format!("10.{}.{}.{}:11211", i >> 16, (i >> 8) & 255, i & 255);
+                    Server::new(Address::parse(&a).unwrap())
+                }));
+                Ok(())
+            })
+            .unwrap();
+        let mut client = Client::for_domain(dir.path(), &domain, Timeouts::default()).unwrap();
+        client.server_for(b"warm:up").unwrap();
+        let mut table = writer.current_snapshot().unwrap().table();
+        let work = apply(&mut writer, &mut client, &fleet(&table, 10));
+        assert_cheap("the first mirror of the same list", work);
+        // The first weight change marks every server once (ketama moves keys off all of
+        // them; see mcshm_table::coherence): read once, with the file's ring.
+        table.servers[5000].weight = 3;
+        let work = apply(&mut writer, &mut client, &fleet(&table, 11));
+        assert_eq!((work.rings_built, work.shared_rings), (0, 1), "{work:?}");
+        let mut revision = 11;
+        let mut change = |what: &str, edit: &mut dyn FnMut(&mut Server)| {
+            edit(&mut table.servers[5000]);
+            revision += 1;
+            let work = apply(&mut writer, &mut client, &fleet(&table, revision));
+            assert_cheap(what, work);
+        };
+        change("weight", &mut |s| s.weight = 5);
+        change("retry interval", &mut |s| s.retry_interval = 7);
+        change("reason", &mut |s| s.reason = "rack 4".into());
+        change("down", &mut |s| s.state = State::Down);
+        change("up", &mut |s| s.state = State::Up);
+        change("drain", &mut |s| s.state = State::Draining);
     }
 }

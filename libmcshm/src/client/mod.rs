@@ -243,6 +243,12 @@ impl Client {
         Ok(self.router.snapshot().clone())
     }
 
+    /// What routing cost this client since it was made: entries decoded, bytes copied, rings
+    /// built here or read in the file (see [`crate::work`]; [`mcshm_route::Router::work`]).
+    pub fn work(&self) -> crate::WorkCounters {
+        self.router.work()
+    }
+
     /// The server `key` maps to (up or down).
     pub fn server_for(&mut self, key: &[u8]) -> Result<&Address> {
         let i = self.router.owner(key, now_ms())?;

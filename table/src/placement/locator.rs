@@ -44,6 +44,15 @@ pub enum Locator {
 }
 
 impl Locator {
+    /// How many points it has (a modula placement: its members), what building it cost.
+    pub fn points(&self) -> usize {
+        match self {
+            Locator::Ring { ring, .. } => ring.len(),
+            Locator::Modula { positions, .. } => positions.len(),
+            Locator::Pecl(continuum) => continuum.len(),
+        }
+    }
+
     /// The placement of `members` (in list order) for `distribution`.
     pub fn build(distribution: Distribution, members: &[Member<'_>]) -> Locator {
         let positions = members.iter().map(|m| m.position).collect();

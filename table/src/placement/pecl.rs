@@ -41,6 +41,16 @@ pub struct PeclContinuum {
 }
 
 impl PeclContinuum {
+    /// How many points the continuum has.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether it has no point (no members).
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
     /// The continuum of `members`, hashed with `hash`.
     pub fn build(members: &[Member<'_>], hash: PeclHash) -> Self {
         let mut points = Vec::new();

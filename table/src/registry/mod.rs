@@ -44,6 +44,7 @@ use crate::format::{self, Layout};
 use crate::seqlock::{Geometry, VERSION_MASK, Words};
 use crate::shm::SharedMap;
 use crate::table::Snapshot;
+use crate::work::WorkCounters;
 
 mod agent;
 mod files;
@@ -127,6 +128,8 @@ pub struct Registry {
     /// [`Registry::current_snapshot`] answers what is wrong.
     damage: bool,
     lock_wait: LockWait,
+    /// What reading versions cost this handle (see [`Registry::work`]).
+    work: WorkCounters,
 }
 
 impl Registry {
@@ -214,6 +217,7 @@ impl Registry {
             cache_ring_ref: None,
             cache_delta: None,
             scratch: Vec::new(),
+            work: WorkCounters::default(),
         })
     }
 
@@ -357,6 +361,7 @@ impl Registry {
         *self = Registry {
             cache,
             lock_wait: self.lock_wait,
+            work: self.work,
             ..fresh
         };
     }
@@ -451,6 +456,13 @@ impl Registry {
                 .file
                 .metadata()
                 .is_ok_and(|m| m.len() < self.layout.file_len() as u64)
+    }
+
+    /// What reading and writing versions cost this handle since it was opened: entries decoded,
+    /// bytes copied, versions read whole or as a change, shared rings opened, rings derived
+    /// (plain counters, for tests and diagnostics).
+    pub fn work(&self) -> WorkCounters {
+        self.work
     }
 
     /// Whether this handle maps the file writable (can count failures and publish).

@@ -59,6 +59,7 @@ impl Registry {
         let read = read?;
         let snapshot = Arc::new(read.snapshot);
         self.cache = Some(snapshot.clone());
+        self.work.shared_rings += u64::from(read.view.is_some());
         self.cache_ring = read.view;
         self.cache_ring_ref = read.ring;
         self.cache_delta = None;
@@ -94,9 +95,16 @@ impl Registry {
         let Ok(Some((version, (delta, entries)))) = read else {
             return None;
         };
+        self.work.bytes_copied += ((header.len() + entries.len()) * 8) as u64;
         let cache = self.cache.as_mut()?;
+        if Arc::strong_count(cache) > 1 {
+            // Someone still holds the cached version: it is copied whole before the change.
+            self.work.servers_cloned += cache.servers.len() as u64;
+        }
         let snapshot = Arc::make_mut(cache);
         let ring = format::apply_delta(snapshot, &header, delta, &entries, &layout).ok()?;
+        self.work.delta_reads += 1;
+        self.work.entries_decoded += (delta.end - delta.first) as u64;
         self.cache_delta = Some(delta);
         self.cache_ring_ref = ring;
         let seq = (self.geometry.slots[(version & 1) as usize], header[0]);
@@ -110,6 +118,7 @@ impl Registry {
                 self.file_id,
             )
         });
+        self.work.shared_rings += u64::from(self.cache_ring.is_some());
         Some(cache.clone())
     }
 
@@ -189,6 +198,9 @@ impl Registry {
                     let (snapshot, ring) =
                         format::decode_slot(&self.scratch, self.domain.as_str(), &layout)
                             .map_err(|why| self.corrupt(why))?;
+                    self.work.whole_reads += 1;
+                    self.work.entries_decoded += snapshot.servers.len() as u64;
+                    self.work.bytes_copied += (self.scratch.len() * 8) as u64;
                     let seq_word = self.geometry.slots[(version & 1) as usize];
                     let view = ring.and_then(|r| {
                         RingView::open(

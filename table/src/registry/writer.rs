@@ -199,7 +199,7 @@ impl Registry {
     /// new slot's seqlock window), derived from the previous ring when it can be. `None` when
     /// it does not fit the region.
     pub(super) fn ring_for(
-        &self,
+        &mut self,
         version: u64,
         table: &Table,
         previous: Option<&Read>,
@@ -247,8 +247,18 @@ impl Registry {
                 shared_ring::derive(&self.map, view.as_ref()?, distribution, old_ring, new_ring)
             },
         );
-        let ring = derived
-            .unwrap_or_else(|| distribution.ring(&crate::table::members(&table.servers, &members)));
+        let ring = match derived {
+            Some(ring) => {
+                self.work.rings_derived += 1;
+                ring
+            }
+            None => {
+                let ring = distribution.ring(&crate::table::members(&table.servers, &members));
+                self.work.rings_built += 1;
+                self.work.ring_points_built += ring.len() as u64;
+                ring
+            }
+        };
         match shared_ring::RingToWrite::new(ring, members, version, at, slot) {
             Some(pending) => (Some(pending.reference()), Some(pending)),
             None => (None, None),
