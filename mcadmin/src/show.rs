@@ -118,10 +118,10 @@ pub fn marks_text(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     for server in snapshot.servers.iter().filter(|s| s.strays_since != 0) {
         out += &format!(
-            "{} marked since {}: it may hold copies of keys it lost, so every write also \
-             deletes its key there until it is swept (mcadmin settle, or mcadmin watch)\n",
-            server.address,
-            utc(server.strays_since),
+            "{} marked since version {}: it may hold copies of keys it lost, so every write \
+             also deletes its key there until it is swept (mcadmin settle, mcadmin watch or \
+             mcproxy)\n",
+            server.address, server.strays_since,
         );
     }
     out
