@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use libmcshm::clock::now_ms;
 use libmcshm::clock::utc;
-use libmcshm::domain::FILE_SUFFIX;
 use libmcshm::registry::LogStats;
 use libmcshm::table::Policy;
 use libmcshm::{Domain, Registry, Server, Snapshot, State};
@@ -232,38 +231,18 @@ pub struct DomainRow {
     pub table: Result<Arc<Snapshot>, libmcshm::Error>,
 }
 
-/// Every `*.mcshm` file in `dir` (none if `dir` does not exist), sorted by domain.
+/// Every `*.mcshm` file in `dir` (none if `dir` does not exist), sorted by domain, each with
+/// its table or why it cannot be read.
 pub fn scan_domains(dir: &Path) -> Result<Vec<DomainRow>> {
-    let entries = match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        other => other.with_context(|| format!("cannot list {}", dir.display()))?,
-    };
-    let mut rows = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        // A FIFO, socket or device named like a table is no domain (a symlink is reported).
-        if entry
-            .file_type()
-            .is_ok_and(|t| !t.is_file() && !t.is_symlink())
-        {
-            continue;
-        }
-        let name = entry.file_name();
-        let Some(domain) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(FILE_SUFFIX))
-            .and_then(|n| Domain::new(n).ok())
-        else {
-            continue;
-        };
-        let table = Registry::open(dir, &domain).and_then(|mut r| r.snapshot());
-        rows.push(DomainRow {
+    let domains = libmcshm::metrics::domains_in(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(domains
+        .into_iter()
+        .map(|domain| DomainRow {
+            table: Registry::open(dir, &domain).and_then(|mut r| r.snapshot()),
             domain: domain.to_string(),
-            table,
-        });
-    }
-    rows.sort_by(|a, b| a.domain.cmp(&b.domain));
-    Ok(rows)
+        })
+        .collect())
 }
 
 pub fn domains_json(rows: &[DomainRow]) -> Value {
