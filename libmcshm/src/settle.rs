@@ -228,6 +228,11 @@ fn pause_until(due: Instant, stop: &AtomicBool) {
     }
 }
 
+/// How long a daemon that sweeps unasked (the watcher, mcproxy) waits after a sweep that left
+/// a mark (a key that could not be looked at, a server that did not list its keys) before the
+/// next sweep of that domain: not on every round.
+pub const SWEEP_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
 /// What the sweep of one server did ([`sweep_marked`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Swept {

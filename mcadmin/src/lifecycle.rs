@@ -143,9 +143,6 @@ struct Sweeps {
     not_before: std::collections::HashMap<Domain, Instant>,
 }
 
-/// How long after a sweep that left a mark the next one starts.
-const SWEEP_AGAIN_AFTER: Duration = Duration::from_secs(60);
-
 impl Sweeps {
     /// Starts a sweep of `domain` if it has a marked server that is up and none runs.
     fn start(
@@ -187,7 +184,7 @@ impl Sweeps {
             let (events, all_cleared) = swept_events(&domain, swept);
             if !all_cleared {
                 self.not_before
-                    .insert(domain, Instant::now() + SWEEP_AGAIN_AFTER);
+                    .insert(domain, Instant::now() + libmcshm::settle::SWEEP_AGAIN_AFTER);
             }
             events.into_iter().for_each(&mut *emit);
         }

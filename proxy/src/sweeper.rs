@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use libmcshm::settle::{Swept, has_marked, sweep_marked};
+use libmcshm::settle::{SWEEP_AGAIN_AFTER, Swept, has_marked, sweep_marked};
 use libmcshm::{Domain, Timeouts};
 
 /// How often the sweeper looks for marks.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
-/// How long after a sweep that left a mark the next one starts.
-const AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// Starts the sweeper of `domains` (`rate` keys per second) until `stop`.
 pub fn spawn(
@@ -38,7 +36,7 @@ pub fn spawn(
                     }
                     let swept = sweep_marked(&dir, domain, rate, timeouts, &stop);
                     if !log_sweep(domain, swept) {
-                        *next = std::time::Instant::now() + AGAIN_AFTER;
+                        *next = std::time::Instant::now() + SWEEP_AGAIN_AFTER;
                     }
                 }
                 pause(LOOK_EVERY, &stop);

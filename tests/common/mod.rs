@@ -62,6 +62,34 @@ impl Reg {
         run.stdout()
     }
 
+    /// `mclient --dir DIR --domain DOMAIN ARGS…` (no stdin; the environment's domain ignored).
+    pub fn mclient(&self, domain: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mclient"))
+            .arg("--dir")
+            .arg(self.dir())
+            .args(["--domain", domain])
+            .args(args)
+            .env_remove("MCSHM_DIR")
+            .env_remove("MCSHM_DOMAIN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Marks server `index` of `domain` draining, as `mcadmin drain` does before it moves keys
+    /// (without moving any).
+    pub fn mark_draining(&self, domain: &str, index: usize) {
+        use libmcshm::{Domain, Registry, State};
+        let mut writer =
+            Registry::open_writer(self.dir(), &Domain::new(domain).unwrap(), false).unwrap();
+        writer
+            .transact(|t| {
+                t.servers[index].state = State::Draining;
+                Ok(())
+            })
+            .unwrap();
+    }
+
     pub fn list_json(&self, domain: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(domain, &["--json", "list"])).expect("list --json is JSON")
     }

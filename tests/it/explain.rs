@@ -4,33 +4,16 @@
 //! shared ring), its placement is the hash and point that decide them, and a value stored
 //! through mclient is found on the server it names. Bad keys get the error every tool gives.
 
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 
 use crate::common::Reg;
 use crate::common::memcached::Memcached;
 
-const MCLIENT: &str = env!("CARGO_BIN_EXE_mclient");
-
-fn mclient(reg: &Reg, domain: &str, args: &[&str]) -> std::process::Output {
-    Command::new(MCLIENT)
-        .arg("--dir")
-        .arg(reg.dir())
-        .args(["--domain", domain])
-        .args(args)
-        .env_remove("MCSHM_DIR")
-        .env_remove("MCSHM_DOMAIN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 /// `mclient --json which KEYS…`: per key, its owner and replicas.
 fn which(reg: &Reg, domain: &str, keys: &[String]) -> Vec<(String, Vec<String>)> {
     let mut args = vec!["--json", "which"];
     args.extend(keys.iter().map(String::as_str));
-    let out = mclient(reg, domain, &args);
+    let out = reg.mclient(domain, &args);
     assert!(
         out.status.success(),
         "{}",
@@ -181,7 +164,7 @@ fn explain_names_the_server_that_holds_the_value() {
     reg.ok("app", &["add", &a.address(), &b.address()]);
     for n in 0..20 {
         let key = format!("item:{n}");
-        assert!(mclient(&reg, "app", &["set", &key, "v"]).status.success());
+        assert!(reg.mclient("app", &["set", &key, "v"]).status.success());
         let owner = explain(&reg, "app", &key)["owner"]
             .as_str()
             .unwrap()
@@ -238,7 +221,7 @@ fn explain_refuses_the_keys_every_tool_refuses() {
     ] {
         let run = reg.run("d", &["explain", key]);
         assert_eq!(run.code(), 2, "{key:?}: {}", run.stderr());
-        let theirs = mclient(&reg, "d", &["get", key]);
+        let theirs = reg.mclient("d", &["get", key]);
         let theirs = String::from_utf8_lossy(&theirs.stderr).into_owned();
         assert_eq!(
             run.stderr().strip_prefix("mcadmin: "),
@@ -261,17 +244,7 @@ fn explain_shows_the_drain_fallback() {
     reg.ok("d", &add);
     let keys: Vec<String> = (0..60).map(|n| format!("k{n}")).collect();
     let before = which(&reg, "d", &keys);
-    {
-        use libmcshm::{Domain, Registry, State};
-        let mut writer =
-            Registry::open_writer(reg.dir(), &Domain::new("d").unwrap(), false).unwrap();
-        writer
-            .transact(|t| {
-                t.servers[1].state = State::Draining;
-                Ok(())
-            })
-            .unwrap();
-    }
+    reg.mark_draining("d", 1);
     let draining = servers[1].as_str();
     let after = which(&reg, "d", &keys);
     let mut moved = 0;

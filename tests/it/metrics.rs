@@ -13,8 +13,6 @@ use crate::common::memcached::Memcached;
 use crate::common::prometheus::{self, Page};
 use crate::common::{MCADMIN, Reg, closed_port_address, wait_until};
 
-const MCLIENT: &str = env!("CARGO_BIN_EXE_mclient");
-
 /// `mcadmin --dir DIR ARGS…` with no domain named (metrics then shows every domain).
 fn mcadmin(reg: &Reg, args: &[&str]) -> std::process::Output {
     Command::new(MCADMIN)
@@ -30,17 +28,6 @@ fn mcadmin(reg: &Reg, args: &[&str]) -> std::process::Output {
 
 fn read_page(text: &str) -> Page {
     prometheus::parse(text).unwrap_or_else(|why| panic!("{why}\n{text}"))
-}
-
-fn mclient(reg: &Reg, domain: &str, args: &[&str]) -> std::process::Output {
-    Command::new(MCLIENT)
-        .arg("--dir")
-        .arg(reg.dir())
-        .args(["--domain", domain])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 /// The page says what `list --json` says of `domain`: its version and change time, and per
@@ -128,7 +115,7 @@ fn the_page_parses_and_names_every_servers_state() {
     let mut which_args = vec!["--json", "which"];
     which_args.extend(keys.iter().map(String::as_str));
     let which: serde_json::Value =
-        serde_json::from_slice(&mclient(&reg, "web", &which_args).stdout).unwrap();
+        serde_json::from_slice(&reg.mclient("web", &which_args).stdout).unwrap();
     let on_b: Vec<&str> = which
         .as_array()
         .unwrap()
@@ -139,7 +126,7 @@ fn the_page_parses_and_names_every_servers_state() {
         .collect();
     assert_eq!(on_b.len(), 3, "b owns keys of 60");
     for key in &on_b {
-        let out = mclient(&reg, "web", &["set", key, "v"]);
+        let out = reg.mclient("web", &["set", key, "v"]);
         assert_ne!(out.status.code(), Some(0), "b is down, failover none");
     }
     // A domain mirrored from the fleet (the revision the agent records), and a damaged one.
@@ -156,17 +143,7 @@ fn the_page_parses_and_names_every_servers_state() {
     }
     // old: b being drained (as `mcadmin drain` marks it, without moving keys here).
     reg.ok("old", &["add", &a.address(), &b.address()]);
-    {
-        use libmcshm::{Domain, Registry, State};
-        let mut writer =
-            Registry::open_writer(reg.dir(), &Domain::new("old").unwrap(), false).unwrap();
-        writer
-            .transact(|t| {
-                t.servers[1].state = State::Draining;
-                Ok(())
-            })
-            .unwrap();
-    }
+    reg.mark_draining("old", 1);
     std::fs::write(reg.dir().join("broken.mcshm"), b"not a table").unwrap();
     // A process that has app open.
     let mut waiter = reg

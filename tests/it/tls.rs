@@ -16,17 +16,6 @@ use crate::common::memcached::Memcached;
 use crate::common::proxy::Proxy;
 use crate::common::{Reg, wait_until};
 
-fn mclient(reg: &Reg, domain: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mclient"))
-        .arg("--dir")
-        .arg(reg.dir())
-        .args(["--domain", domain])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -34,7 +23,7 @@ fn stderr(out: &Output) -> String {
 /// `mclient get KEY`'s failure: its exit status, its message, and how long it took.
 fn failed_get(reg: &Reg, domain: &str) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
-    let out = mclient(reg, domain, &["--timeout", "10s", "get", "k"]);
+    let out = reg.mclient(domain, &["--timeout", "10s", "get", "k"]);
     (out.status.code(), stderr(&out), started.elapsed())
 }
 
@@ -79,14 +68,14 @@ fn tls(reg: &Reg, certs: &Certs, domain: &str, args: &[&str]) -> crate::common::
 }
 
 fn set_and_get(reg: &Reg, domain: &str) {
-    let out = mclient(reg, domain, &["set", "k", "secret"]);
+    let out = reg.mclient(domain, &["set", "k", "secret"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_get(reg, domain, "k", "secret");
 }
 
 /// `mclient get KEY` prints `value`.
 fn assert_get(reg: &Reg, domain: &str, key: &str, value: &str) {
-    let out = mclient(reg, domain, &["get", key]);
+    let out = reg.mclient(domain, &["get", key]);
     assert_eq!(
         (out.status.code(), out.stdout.as_slice()),
         (Some(0), value.as_bytes()),
@@ -274,7 +263,7 @@ fn bad_tls_settings_are_refused_and_leave_the_stored_ones_as_they_were() {
     }
     // A file damaged by hand is named, with the fix, when a connection needs it.
     std::fs::write(&file, "verify full\n[ca]\ngarbage\n").unwrap();
-    let out = mclient(&reg, "b", &["get", "k"]);
+    let out = reg.mclient("b", &["get", "k"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         stderr(&out).contains("b.tls cannot be used") && stderr(&out).contains("mcadmin tls"),
@@ -338,21 +327,21 @@ fn up_watch_and_drain_speak_tls() {
     reg.ok("ops", &["add", "--no-flush", &a.address(), &b.address()]);
     assert_eq!(tls(&reg, &certs, "ops", &["--ca", "ca.crt"]).code(), 0);
     for i in 0..20 {
-        let out = mclient(&reg, "ops", &["set", &format!("k{i}"), "v"]);
+        let out = reg.mclient("ops", &["set", &format!("k{i}"), "v"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     // up flushes a (through TLS) before it serves again: what it held is gone.
     let on_a: Vec<String> = (0..20)
         .map(|i| format!("k{i}"))
         .filter(|k| {
-            let out = mclient(&reg, "ops", &["which", k]);
+            let out = reg.mclient("ops", &["which", k]);
             String::from_utf8_lossy(&out.stdout).contains(&a.address())
         })
         .collect();
     assert!(!on_a.is_empty(), "some key lives on a");
     reg.ok("ops", &["down", &a.address()]);
     reg.ok("ops", &["up", &a.address()]);
-    let out = mclient(&reg, "ops", &["get", &on_a[0]]);
+    let out = reg.mclient("ops", &["get", &on_a[0]]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -401,7 +390,7 @@ fn up_watch_and_drain_speak_tls() {
 
     // drain lists b's keys (lru_crawler metadump) and moves them, all over TLS.
     for i in 0..20 {
-        let out = mclient(&reg, "ops", &["set", &format!("d{i}"), "w"]);
+        let out = reg.mclient("ops", &["set", &format!("d{i}"), "w"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     let run = reg.run("ops", &["--json", "drain", &b.address(), "--rate", "0"]);
@@ -447,7 +436,7 @@ print("ok")
         stderr(&out)
     );
     // The values are on the servers, which speak only TLS: read back by mclient.
-    let out = mclient(&reg, "px", &["get", "k7"]);
+    let out = reg.mclient("px", &["get", "k7"]);
     assert_eq!(
         out.stdout,
         "v7".repeat(300 * 3).as_bytes(),
@@ -519,7 +508,7 @@ fn a_name_mismatch_marks_a_server_down_with_a_fitted_reason_from_every_front_end
     assert!(down, "watch did not mark the server down");
     fitted(&reason_of("w").unwrap(), "1 failed probes (mcadmin watch)");
 
-    let out = mclient(&reg, "c", &["get", "k"]);
+    let out = reg.mclient("c", &["get", "k"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     fitted(
         &reason_of("c").expect("mclient marked it down"),
