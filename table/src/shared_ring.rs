@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::format::{Layout, RingRef, RingWords};
-use crate::placement::{Distribution, Ring};
+use crate::placement::{Distribution, Ring, first_at_or_after};
 use crate::seqlock::Words;
 use crate::table::Server;
 
@@ -224,15 +224,10 @@ impl RingView {
             return None;
         }
         // The search reads values unchecked; the answer is checked below, with its neighbour.
-        let (mut low, mut high) = (lo, hi);
-        while low < high {
-            let mid = low + (high - low) / 2;
-            if (mem.load(self.at.points + mid, Ordering::Relaxed)? as u32) < hash {
-                low = mid + 1;
-            } else {
-                high = mid;
-            }
-        }
+        let low = lo
+            + first_at_or_after(hi - lo, hash, self.shift, |i| {
+                Some(mem.load(self.at.points + lo + i, Ordering::Relaxed)? as u32)
+            })?;
         let at_or_after = low == self.points || self.point(mem, low)?.0 >= hash;
         let before = low == 0 || self.point(mem, low - 1)?.0 < hash;
         (at_or_after && before).then_some(low)

@@ -13,6 +13,8 @@ mod locator;
 mod pecl;
 mod ring;
 
+pub(crate) use ring::first_at_or_after;
+
 pub use locator::{Locator, Placed, Via};
 pub use pecl::{PeclBucket, PeclContinuum};
 pub use ring::{
