@@ -10,6 +10,9 @@
 //!
 //! Endpoints are tried in turn: a transport failure or an "unavailable" answer (no leader, a
 //! member stopping) moves on to the next, until every endpoint failed within the call's time.
+//! Each endpoint gets its share of that time ([`Etcd::attempt_timeout`]): a frozen member (a
+//! SIGSTOP, a partition that drops packets) accepts the connection and never answers, and must
+//! cost one short wait, not the whole call, while the others have elected a new leader.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -132,10 +135,14 @@ pub struct Etcd {
     agent: ureq::Agent,
     /// For watches: no read timeout shorter than the watch's own idle limit.
     watch_agent: ureq::Agent,
-    /// The endpoint that answered last; calls start there.
-    current: Mutex<usize>,
-    token: Mutex<Option<String>>,
+    /// The endpoint that answered last; calls start there (shared with [`Etcd::within`]'s
+    /// copies).
+    current: Arc<Mutex<usize>>,
+    token: Arc<Mutex<Option<String>>>,
 }
+
+/// The least time one endpoint is given to answer, however many endpoints share a call's.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 
 /// How long a watch stream may stay silent before it is re-established (etcd sends nothing on
 /// an idle watch; re-watching from the last revision is cheap and finds dead connections).
@@ -167,22 +174,58 @@ impl Etcd {
             agent: build(config.timeout, Some(config.timeout)),
             watch_agent: build(WATCH_IDLE, None),
             config,
-            current: Mutex::new(0),
-            token: Mutex::new(None),
+            current: Arc::default(),
+            token: Arc::default(),
         })
+    }
+
+    /// The same connection with calls bounded by `timeout` instead of the configured one
+    /// (the agent's periodic calls, which must fail in time to show a cut link within
+    /// `--etcd-timeout`); which endpoint answered last and the auth token are shared.
+    pub fn within(&self, timeout: Duration) -> Etcd {
+        Etcd {
+            config: EtcdConfig {
+                timeout,
+                ..self.config.clone()
+            },
+            agent: self.agent.clone(),
+            watch_agent: self.watch_agent.clone(),
+            current: self.current.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// The longest one call may take over every endpoint (`--etcd-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// The longest one endpoint may take to answer one request of a call with `left` of its
+    /// time: the call's time shared among the endpoints (at least 250 ms), so a
+    /// frozen member costs one such wait, then the next is tried. With 3 endpoints and the
+    /// default 5 s: 1.7 s, longer than an election (1 s by default).
+    pub fn attempt_timeout(&self, left: Duration) -> Duration {
+        let n = u32::try_from(self.config.endpoints.len().max(1)).unwrap_or(u32::MAX);
+        (self.config.timeout / n).max(MIN_ATTEMPT).min(left)
     }
 
     /// POSTs `body` to `path`, trying every endpoint until one answers within the timeout.
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let deadline = Instant::now() + self.config.timeout;
         let n = self.config.endpoints.len();
-        let mut last;
+        let mut last = String::new();
         let mut tries = 0usize;
         let mut reauthenticated = false;
         loop {
             let index = (*lock(&self.current) + tries) % n;
             let endpoint = &self.config.endpoints[index];
-            match self.post(&self.agent, endpoint, path, body) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tries > 0 && left < MIN_ATTEMPT {
+                // Too little time for an answer: the last failure says more than a time-out.
+                return Err(EtcdError::Unreachable(last));
+            }
+            let attempt = self.attempt_timeout(left);
+            match self.post(&self.agent, endpoint, path, body, Some(attempt)) {
                 Ok(response) => match response.into_json::<Value>() {
                     Ok(answer) => {
                         *lock(&self.current) = index;
@@ -238,9 +281,13 @@ impl Etcd {
         endpoint: &str,
         path: &str,
         body: &Value,
+        attempt: Option<Duration>,
     ) -> Result<ureq::Response, ureq::Error> {
         let mut request = agent.post(&format!("{endpoint}{path}"));
-        if let Some(token) = self.token_for(agent, endpoint)? {
+        if let Some(attempt) = attempt {
+            request = request.timeout(attempt);
+        }
+        if let Some(token) = self.token_for(agent, endpoint, attempt)? {
             request = request.set("Authorization", &token);
         }
         request.send_json(body)
@@ -252,6 +299,7 @@ impl Etcd {
         &self,
         agent: &ureq::Agent,
         endpoint: &str,
+        attempt: Option<Duration>,
     ) -> Result<Option<String>, ureq::Error> {
         let Some(user) = &self.config.user else {
             return Ok(None);
@@ -260,8 +308,11 @@ impl Etcd {
             return Ok(Some(token));
         }
         let (name, password) = user.split_once(':').unwrap_or((user, ""));
-        let answer: Value = agent
-            .post(&format!("{endpoint}/v3/auth/authenticate"))
+        let mut request = agent.post(&format!("{endpoint}/v3/auth/authenticate"));
+        if let Some(attempt) = attempt {
+            request = request.timeout(attempt);
+        }
+        let answer: Value = request
             .send_json(json!({"name": name, "password": password}))?
             .into_json()
             .map_err(|e| ureq::Error::from(std::io::Error::other(e)))?;
@@ -293,6 +344,23 @@ impl Etcd {
         });
         let answer = self.call(RANGE, &body)?;
         Ok((kvs(&answer)?, header_revision(&answer)?))
+    }
+
+    /// The newest modification revision of any key under `prefix` (0: none), read through the
+    /// leader (linearizable): what a watch of `prefix` must have delivered by now. The
+    /// agent compares it with what its watch delivered, to notice a watch on a frozen or
+    /// lagging member, which stays silent as an idle one does.
+    pub fn newest_under(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let body = json!({
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix.as_bytes())),
+            "limit": "1",
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+            "keys_only": true,
+        });
+        let answer = self.call(RANGE, &body)?;
+        Ok(kvs(&answer)?.first().map_or(0, |kv| kv.mod_revision))
     }
 
     /// Writes `value` at `key` if its modification revision is still `expected` (`None`: if the
@@ -377,7 +445,7 @@ impl Etcd {
         for tries in 0..n {
             let index = (*lock(&self.current) + tries) % n;
             let endpoint = &self.config.endpoints[index];
-            match self.post(&self.watch_agent, endpoint, "/v3/watch", &body) {
+            match self.post(&self.watch_agent, endpoint, "/v3/watch", &body, None) {
                 Ok(response) => {
                     let mut watch = Watch {
                         lines: BufReader::new(Box::new(response.into_reader())),

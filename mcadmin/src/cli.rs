@@ -140,7 +140,8 @@ pub struct EtcdArgs {
         hide_env_values = true
     )]
     pub user: Option<String>,
-    /// Seconds an etcd request may take, over all endpoints
+    /// Seconds an etcd request may take, over all endpoints (each endpoint gets its share, so
+    /// a frozen member costs one share before the next is asked); `sync` shows CUT OFF within it
     #[arg(value_parser = positive("--etcd-timeout"), long, global = true, default_value = "5", value_name = "S")]
     pub etcd_timeout: Duration,
 }

@@ -364,6 +364,7 @@ fn print_event(json: bool, host: &str, event: &SyncEvent) {
             server,
             result,
         } => ("replayed", domain.as_str(), format!("{server}: {result}")),
+        SyncEvent::Rewatched { why } => ("rewatched", "", why.clone()),
     };
     let mut out = io::stdout().lock();
     let _ = if json {
@@ -378,7 +379,7 @@ fn print_event(json: bool, host: &str, event: &SyncEvent) {
     let _ = out.flush();
     if matches!(
         event,
-        SyncEvent::Refused { .. } | SyncEvent::Disconnected { .. }
+        SyncEvent::Refused { .. } | SyncEvent::Disconnected { .. } | SyncEvent::Rewatched { .. }
     ) {
         eprintln!("mcadmin sync: {kind} {detail}");
     }

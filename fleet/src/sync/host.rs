@@ -46,11 +46,11 @@ impl Agent {
         let key = self.fleet.host_key(&self.options.name);
         let result = (|| -> Result<(), EtcdError> {
             let lease = match self.lease {
-                Some(id) if self.fleet.etcd.lease_keepalive(id)? => id,
-                _ => self.fleet.etcd.lease_grant(self.options.lease_ttl_s)?,
+                Some(id) if self.health.lease_keepalive(id)? => id,
+                _ => self.health.lease_grant(self.options.lease_ttl_s)?,
             };
             self.lease = Some(lease);
-            self.fleet.etcd.put(&key, &value, Some(lease))?;
+            self.health.put(&key, &value, Some(lease))?;
             Ok(())
         })();
         match result {

@@ -27,10 +27,13 @@
 //! - `replay`: the replay duty (this host's part of a server's rejoin under `replay`: delete
 //!   what its clients logged, answer, and settle once the server is up);
 //! - `host`: the host record on its lease and the link status in the local tables;
+//! - `lag`: whether the fleet's watch keeps up with etcd (a watch on a frozen or lagging
+//!   member is silent, as an idle one is), and the time the agent's periodic calls may take;
 //! - `threads`: the watch of the fleet and the watches of the local tables, feeding the loop.
 
 mod apply;
 mod host;
+mod lag;
 mod probe;
 mod replay;
 mod threads;
@@ -38,7 +41,7 @@ mod threads;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,7 +51,7 @@ use mcshm_table::clock::now_ms;
 use mcshm_table::registry::{FileOwnership, Invalidations, Logged};
 use mcshm_table::{Address, Domain, Registry};
 
-use crate::etcd::{Kv, WatchBatch};
+use crate::etcd::{Etcd, Kv, WatchBatch};
 use crate::mirror::Mark;
 use crate::store::{Fleet, FleetError, FleetTable, Keys};
 
@@ -90,6 +93,9 @@ pub enum SyncEvent {
         server: String,
         result: String,
     },
+    /// The fleet's watch fell behind etcd (its member frozen or cut off from the others): a
+    /// new one reads the fleet again through a member that answers.
+    Rewatched { why: String },
 }
 
 /// How the agent runs.
@@ -114,12 +120,13 @@ pub struct SyncOptions {
 
 /// How often the loop looks at time-driven work (probing, retries, the host record).
 const TICK: Duration = Duration::from_millis(100);
-/// How often the host record and link status are rewritten at the least.
+/// How often the host record and link status are rewritten, and the fleet's watch checked,
+/// at the least (more often with an `--etcd-timeout` under twice this: see `lag`).
 const REFRESH: Duration = Duration::from_secs(2);
 
 enum Msg {
-    /// A full read of the fleet (at start, after a compaction or a lost watch).
-    Full(Vec<(Domain, Result<FleetTable, FleetError>)>),
+    /// A full read of the fleet (at start, after a compaction or a lost watch), at a revision.
+    Full(Vec<(Domain, Result<FleetTable, FleetError>)>, i64),
     Watch(WatchBatch),
     WatchLost(String),
     Local(Domain),
@@ -173,6 +180,15 @@ pub struct Agent {
     lease: Option<i64>,
     started_ms: u64,
     last_refresh: Option<Instant>,
+    /// The agent's own periodic calls (host record, watch check), bounded so that a cut link
+    /// shows within `--etcd-timeout` (see `lag`), and how often they run.
+    health: Etcd,
+    refresh_every: Duration,
+    /// The fleet's watch: counted up to replace it, the newest revision it delivered, and the
+    /// newest revision etcd had when a check last found it behind.
+    watch_generation: Arc<AtomicU64>,
+    watched: i64,
+    behind: Option<i64>,
     probing: Arc<Mutex<HashSet<(Domain, String)>>>,
     /// When each down server's fleet probe key may next be free (ms), to ask etcd only then.
     next_probe: HashMap<(Domain, String), u64>,
@@ -188,6 +204,7 @@ pub struct Agent {
 impl Agent {
     pub fn new(fleet: Arc<Fleet>, options: SyncOptions) -> Agent {
         let (tx, rx) = mpsc::channel();
+        let (health, refresh_every) = lag::periodic_calls(&fleet.etcd);
         let mut agent = Agent {
             fleet,
             mirrors: HashMap::new(),
@@ -196,6 +213,11 @@ impl Agent {
             lease: None,
             started_ms: now_ms(),
             last_refresh: None,
+            health,
+            refresh_every,
+            watch_generation: Arc::default(),
+            watched: 0,
+            behind: None,
             probing: Arc::default(),
             next_probe: HashMap::new(),
             answered: HashMap::new(),
@@ -213,7 +235,11 @@ impl Agent {
 
     /// Runs until `stop` is set; events go to `events`.
     pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(SyncEvent)) {
-        threads::spawn_watch(self.fleet.clone(), self.tx.clone());
+        threads::spawn_watch(
+            self.fleet.clone(),
+            self.tx.clone(),
+            self.watch_generation.clone(),
+        );
         threads::spawn_replay_watch(self.fleet.clone(), self.tx.clone());
         while !stop.load(Ordering::Relaxed) {
             match self.rx.recv_timeout(TICK) {
@@ -228,12 +254,14 @@ impl Agent {
 
     fn handle(&mut self, msg: Msg, events: &mut dyn FnMut(SyncEvent)) {
         match msg {
-            Msg::Full(tables) => {
+            Msg::Full(tables, revision) => {
                 self.set_connected(true, "", events);
+                self.watched = self.watched.max(revision);
                 self.apply_all(tables, events);
             }
             Msg::Watch(batch) => {
                 self.set_connected(true, "", events);
+                self.watched = self.watched.max(lag::delivered(&batch));
                 let tables = watched_tables(self.fleet.keys(), batch);
                 self.apply_all(tables, events);
             }
@@ -374,9 +402,12 @@ impl Agent {
     }
 
     fn tick(&mut self, events: &mut dyn FnMut(SyncEvent)) {
-        let refresh = self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH);
+        let refresh = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= self.refresh_every);
         if refresh {
             self.refresh_host(events);
+            self.check_watch(events);
             // Retry what etcd did not take, and standbys retry the lock.
             let retry: Vec<Domain> = self
                 .mirrors

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -24,18 +25,20 @@ struct Feed {
     lost: Option<fn(String) -> Msg>,
 }
 
-/// The watch of the fleet's domains.
-pub(super) fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
+/// The watch of the fleet's domains, while `generation` stays what it is now: the agent moves
+/// to a new watch (on whichever member answers) by counting it up, and this one's thread ends
+/// without another word (see `super::lag`).
+pub(super) fn spawn_watch(fleet: Arc<Fleet>, tx: Sender<Msg>, generation: Arc<AtomicU64>) {
     let feed = Feed {
         prefix: fleet.domains_prefix(),
         full: |fleet| {
             let (tables, revision) = fleet.read_all().map_err(|e| e.to_string())?;
-            Ok((Msg::Full(tables), revision))
+            Ok((Msg::Full(tables, revision), revision))
         },
         batch: Msg::Watch,
         lost: Some(Msg::WatchLost),
     };
-    spawn_feed(fleet, feed, tx);
+    spawn_feed(fleet, feed, tx, generation);
 }
 
 /// The watch of replay requests (`crate::replay`).
@@ -52,16 +55,21 @@ pub(super) fn spawn_replay_watch(fleet: Arc<Fleet>, tx: Sender<Msg>) {
         batch: Msg::ReplayWatch,
         lost: None,
     };
-    spawn_feed(fleet, feed, tx);
+    spawn_feed(fleet, feed, tx, Arc::default());
 }
 
 /// A watch thread: a full read, then the watch from the revision after it; a lost watch is
 /// re-established from the last revision seen; a compacted one starts over with a full read.
-fn spawn_feed(fleet: Arc<Fleet>, feed: Feed, tx: Sender<Msg>) {
+/// It ends when `generation` moves on from the value it started with (nothing it had read is
+/// sent after that, so a superseded watch's answers do not reach the loop).
+fn spawn_feed(fleet: Arc<Fleet>, feed: Feed, tx: Sender<Msg>, generation: Arc<AtomicU64>) {
+    let mine = generation.load(Ordering::Acquire);
     std::thread::spawn(move || {
+        let current = || generation.load(Ordering::Acquire) == mine;
+        let send = |msg: Msg| current() && tx.send(msg).is_ok();
         let lost = |why: String| match feed.lost {
-            Some(lost) => tx.send(lost(why)).is_ok(),
-            None => true,
+            Some(lost) => send(lost(why)),
+            None => current(),
         };
         let mut next: Option<i64> = None;
         loop {
@@ -69,7 +77,7 @@ fn spawn_feed(fleet: Arc<Fleet>, feed: Feed, tx: Sender<Msg>) {
                 Some(rev) => rev,
                 None => match (feed.full)(&fleet) {
                     Ok((msg, revision)) => {
-                        if tx.send(msg).is_err() {
+                        if !send(msg) {
                             return;
                         }
                         revision + 1
@@ -104,7 +112,7 @@ fn spawn_feed(fleet: Arc<Fleet>, feed: Feed, tx: Sender<Msg>) {
                         if let Some(rev) = resume_after(&batch) {
                             next = Some(rev);
                         }
-                        if tx.send((feed.batch)(batch)).is_err() {
+                        if !send((feed.batch)(batch)) {
                             return;
                         }
                     }
@@ -112,7 +120,8 @@ fn spawn_feed(fleet: Arc<Fleet>, feed: Feed, tx: Sender<Msg>) {
                         next = None;
                         break;
                     }
-                    Err(_) => break, // re-watch from `next` (an idle stream ends too)
+                    Err(_) if current() => break, // re-watch from `next` (an idle stream ends too)
+                    Err(_) => return,
                 }
             }
         }
