@@ -340,6 +340,15 @@ impl Fleet {
                         changed: true,
                     });
                 }
+                // Our own document (it names this process and the time to the millisecond):
+                // the request reached a member whose answer was lost (a slow member's share
+                // of the timeout ran out) and was sent again to the next one.
+                Ok(PutIf::Conflict(Some(now))) if now.value == value => {
+                    return Ok(FleetCommit {
+                        revision: now.mod_revision,
+                        changed: true,
+                    });
+                }
                 Ok(PutIf::Conflict(now)) => current = now,
                 Err(EtcdError::Unreachable(why)) => {
                     // The answer was lost: the write may have happened. Our document names this
