@@ -21,6 +21,9 @@ pub struct Member {
 pub struct EtcdCluster {
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// An address each member also serves clients on (a network namespace's link, see
+    /// [`EtcdCluster::start_also_on`]).
+    also: Option<String>,
 }
 
 /// A loopback port the kernel had free a moment ago.
@@ -35,6 +38,16 @@ pub fn free_port() -> u16 {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// Starts `n` members that also serve clients on `ip` (the root side of a
+    /// [`super::netns::NetNs`] link), on the same ports: [`EtcdCluster::endpoints_on`].
+    pub fn start_also_on(n: usize, ip: &str) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(ip.to_string()))
+    }
+
+    fn start_with(n: usize, also: Option<String>) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -44,7 +57,7 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { members, dir };
+        let mut cluster = EtcdCluster { members, dir, also };
         for i in 0..n {
             cluster.spawn(i, "new");
         }
@@ -65,13 +78,17 @@ impl EtcdCluster {
         let data = self.dir.path().join(&self.members[i].name);
         let m = &mut self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client_port);
+        let listen = match &self.also {
+            Some(ip) => format!("{client},http://{ip}:{}", m.client_port),
+            None => client.clone(),
+        };
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let child = Command::new("etcd")
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
             .args([
                 "--listen-client-urls",
-                &client,
+                &listen,
                 "--advertise-client-urls",
                 &client,
             ])
@@ -107,6 +124,11 @@ impl EtcdCluster {
             .map(|m| format!("http://127.0.0.1:{}", m.client_port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The endpoints on `ip` (see [`EtcdCluster::start_also_on`]).
+    pub fn endpoints_on(&self, ip: &str) -> String {
+        self.endpoints().replace("127.0.0.1", ip)
     }
 
     /// A client of the whole cluster.
@@ -225,6 +247,8 @@ pub struct Host {
     pub name: String,
     pub reg: Reg,
     endpoints: String,
+    /// The network namespace the agent runs in (`None`: this one).
+    netns: Option<String>,
     agent: Option<Child>,
     pub log: PathBuf,
 }
@@ -237,17 +261,30 @@ impl Host {
 
     /// A host whose agent runs `sync` with extra arguments.
     pub fn start_with(name: &str, endpoints: &str, sync: &[&str]) -> Host {
+        let mut host = Host::new(name, endpoints, None);
+        host.start_agent_args(&[], sync);
+        host
+    }
+
+    /// A host whose agent runs inside network namespace `netns` (its registry directory is
+    /// the same file system's) with extra global arguments.
+    pub fn start_in(netns: &str, name: &str, endpoints: &str, extra: &[&str]) -> Host {
+        let mut host = Host::new(name, endpoints, Some(netns.to_string()));
+        host.start_agent_args(extra, &[]);
+        host
+    }
+
+    fn new(name: &str, endpoints: &str, netns: Option<String>) -> Host {
         let reg = Reg::new();
         let log = reg.dir().join(format!("{name}.sync.log"));
-        let mut host = Host {
+        Host {
             name: name.to_string(),
             reg,
             endpoints: endpoints.to_string(),
+            netns,
             agent: None,
             log,
-        };
-        host.start_agent_args(&[], sync);
-        host
+        }
     }
 
     pub fn start_agent(&mut self) {
@@ -266,7 +303,16 @@ impl Host {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(MCADMIN)
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the program: the child's pid is the agent's.
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, MCADMIN]);
+                c
+            }
+            None => Command::new(MCADMIN),
+        };
+        let child = command
             .arg("--dir")
             .arg(self.reg.dir())
             .args(["--etcd", &self.endpoints])

@@ -12,6 +12,7 @@ pub mod drip;
 pub mod etcd;
 pub mod liar;
 pub mod memcached;
+pub mod netns;
 pub mod prometheus;
 pub mod proxy;
 
