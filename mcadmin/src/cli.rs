@@ -405,8 +405,9 @@ pub enum Command {
     },
     /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
     ///
-    /// Per host and domain: the fleet revision applied, when, and how many processes on the
-    /// host use the domain.
+    /// Per host and domain: the fleet revision applied, whether it is the fleet's table now
+    /// (LAG: current, or behind with the fleet's revision), when it was applied, and how many
+    /// processes on the host use the domain.
     Hosts,
     /// The domain's credentials for memcached's ASCII authentication (memcached -Y)
     ///

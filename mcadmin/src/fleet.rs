@@ -225,25 +225,58 @@ impl lifecycle::RejoinTable for Rejoining<'_> {
     }
 }
 
+/// Whether a host's table of a domain follows the fleet's: the revision it applied against
+/// the fleet's table now ("current", or "behind" with the fleet's revision; a domain the
+/// fleet no longer has is "gone").
+fn host_lag(applied: i64, fleet: Option<i64>) -> (String, serde_json::Value) {
+    match fleet {
+        Some(now) if applied >= now => (
+            "current".into(),
+            json!({"fleet_revision": now, "current": true}),
+        ),
+        Some(now) => (
+            format!("behind (fleet at {now})"),
+            json!({"fleet_revision": now, "current": false}),
+        ),
+        None => (
+            "gone from the fleet".into(),
+            json!({"fleet_revision": null, "current": false}),
+        ),
+    }
+}
+
 pub fn hosts(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
     let records = fleet.hosts()?;
+    // What each domain's fleet table is at now, to show which hosts lag behind it.
+    let (tables, _) = fleet.read_all()?;
+    let fleet_revisions: std::collections::HashMap<String, i64> = tables
+        .into_iter()
+        .filter_map(|(domain, table)| Some((domain.to_string(), table.ok()?.revision)))
+        .collect();
     let mut failed = false;
     let mut rows = Vec::new();
     let mut docs = Vec::new();
     for record in records {
         match record {
             Ok(h) => {
+                let mut lags = serde_json::Map::new();
                 for (domain, d) in &h.domains {
+                    let (lag, lag_json) =
+                        host_lag(d.revision, fleet_revisions.get(domain).copied());
+                    lags.insert(domain.clone(), lag_json);
                     rows.push([
                         h.name.clone(),
                         domain.clone(),
                         d.revision.to_string(),
+                        lag,
                         utc(d.applied_ms),
                         d.clients.to_string(),
                         h.pid.to_string(),
                     ]);
                 }
-                docs.push(serde_json::to_value(&h)?);
+                let mut doc = serde_json::to_value(&h)?;
+                doc["lag"] = serde_json::Value::Object(lags);
+                docs.push(doc);
             }
             Err(e) => {
                 eprintln!("mcadmin: {e}");
@@ -255,6 +288,7 @@ pub fn hosts(ctx: &Invocation, fleet: &Fleet) -> Result<Exit> {
         "HOST",
         "DOMAIN",
         "REVISION",
+        "LAG",
         "APPLIED",
         "CLIENTS",
         "AGENT PID",
@@ -382,5 +416,26 @@ fn print_event(json: bool, host: &str, event: &SyncEvent) {
         SyncEvent::Refused { .. } | SyncEvent::Disconnected { .. } | SyncEvent::Rewatched { .. }
     ) {
         eprintln!("mcadmin sync: {kind} {detail}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_current_behind_or_holds_a_domain_the_fleet_no_longer_has() {
+        assert_eq!(host_lag(9, Some(9)).0, "current");
+        assert_eq!(
+            host_lag(12, Some(9)).0,
+            "current",
+            "a newer local view is not lag"
+        );
+        assert_eq!(host_lag(7, Some(9)).0, "behind (fleet at 9)");
+        assert_eq!(
+            host_lag(7, Some(9)).1,
+            json!({"fleet_revision": 9, "current": false})
+        );
+        assert_eq!(host_lag(7, None).0, "gone from the fleet");
     }
 }

@@ -10,6 +10,7 @@ use crate::common::etcd::{EtcdCluster, Host, fleet_cmd};
 use crate::common::memcached::Memcached;
 use crate::common::{Run, wait_until};
 use libmcshm::{Client, Domain, Timeouts};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -96,9 +97,10 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
         let hosts = fleet_ok(&cluster, "myapp", &["hosts"]);
         let rows = hosts["hosts"].as_array().unwrap().clone();
         rows.len() == 3
-            && rows
-                .iter()
-                .all(|h| h["domains"]["myapp"]["revision"].as_i64() == Some(revision))
+            && rows.iter().all(|h| {
+                h["domains"]["myapp"]["revision"].as_i64() == Some(revision)
+                    && h["lag"]["myapp"] == json!({"fleet_revision": revision, "current": true})
+            })
     }));
     for host in &hosts {
         assert_eq!(
@@ -110,6 +112,7 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
     for name in ["web1", "web2", "web3"] {
         assert!(text.contains(name), "{text}");
     }
+    assert_eq!(text.matches(" current ").count(), 3, "{text}");
     // A clean stop takes the host out of `hosts` at once and says so in its tables.
     let mut hosts = hosts;
     assert!(hosts[2].stop_agent().success());
