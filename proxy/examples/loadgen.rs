@@ -7,11 +7,14 @@
 //! cargo run --release -p mcshm-proxy --example loadgen -- \
 //!     --target 127.0.0.1:11211 --op get --conns 16 --seconds 5 [--protocol binary]
 //!
+//! `--target unix:/path` connects to a unix socket (mcproxy's `--listen unix:/path`).
+//!
 //! `--protocol binary` speaks memcached's binary protocol (get, set; a 10-key multi-get is ten
 //! quiet getkq and a noop, as libmemcached sends it).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -91,6 +94,47 @@ fn args() -> Args {
     a
 }
 
+/// A connection to the target: TCP (`host:port`) or a unix socket (`unix:/path`).
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn open(target: &str) -> Conn {
+        match target.strip_prefix("unix:") {
+            Some(path) => Conn::Unix(UnixStream::connect(path).expect("connect")),
+            None => {
+                let stream = TcpStream::connect(target).expect("connect");
+                stream.set_nodelay(true).unwrap();
+                Conn::Tcp(stream)
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn key(n: usize) -> String {
     format!("bench:{n:08}")
 }
@@ -151,7 +195,7 @@ fn binary_request(op: Op, n: usize, keys: usize, value: &[u8], out: &mut Vec<u8>
 }
 
 /// Reads binary responses until `count` of opcode `end` arrived.
-fn read_binary(stream: &mut TcpStream, buf: &mut Vec<u8>, end: u8, count: usize) {
+fn read_binary(stream: &mut Conn, buf: &mut Vec<u8>, end: u8, count: usize) {
     let (mut seen, mut at) = (0, 0);
     let mut chunk = [0u8; 65536];
     while seen < count {
@@ -181,7 +225,7 @@ fn terminator(op: Op) -> &'static [u8] {
 }
 
 /// Reads until `count` replies ending in `end` arrived (values never contain it here).
-fn read_replies(stream: &mut TcpStream, buf: &mut Vec<u8>, end: &[u8], count: usize) {
+fn read_replies(stream: &mut Conn, buf: &mut Vec<u8>, end: &[u8], count: usize) {
     let mut seen = 0;
     let mut chunk = [0u8; 65536];
     let mut scan = 0;
@@ -207,7 +251,7 @@ fn read_replies(stream: &mut TcpStream, buf: &mut Vec<u8>, end: &[u8], count: us
 fn populate(args: &Args, value: &[u8]) {
     match (&args.target, &args.domain) {
         (Some(target), _) => {
-            let mut stream = TcpStream::connect(target).expect("connect");
+            let mut stream = Conn::open(target);
             for chunk in (0..args.keys).collect::<Vec<_>>().chunks(100) {
                 let mut out = Vec::new();
                 for &n in chunk {
@@ -235,8 +279,7 @@ fn worker(args: Arc<Args>, id: usize, stop: Arc<AtomicBool>) -> Vec<u32> {
     let mut n = id * 7919;
     match (&args.target, &args.domain) {
         (Some(target), _) => {
-            let mut stream = TcpStream::connect(target).expect("connect");
-            stream.set_nodelay(true).unwrap();
+            let mut stream = Conn::open(target);
             let (mut out, mut buf) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 out.clear();
