@@ -75,16 +75,19 @@ proxy() {
         row "mcproxy CPU / twemproxy CPU" "skipped" "≤ 0.8 at 16, ≤ 1.0 at 1" "?"
         return
     fi
-    SECS=2 ROUNDS=3 OPS="get set" CONNS="1 16" bench/proxy.sh | tee "$out/proxy"
-    local op conns ratio limit
+    SECS=2 ROUNDS=3 OPS="get set" CONNS="1 16" PATHS="mcproxy twemproxy" bench/proxy.sh | tee "$out/proxy"
+    # proxy.sh's table: | op | conns | path | req/s | p50 | p99 | CPU | CPU vs twemproxy | p99 vs twemproxy |
+    local op conns cpu p99 limit
     for op in get set; do
         for conns in 1 16; do
-            ratio=$(awk -F'|' -v op="$op" -v c="$conns" \
-                '$2 ~ "^ " op " $" && $3 ~ "^ " c " $" && $4 ~ "^ mcproxy $" { gsub(/ /, "", $9); print $9; exit }' \
-                "$out/proxy")
+            read -r cpu p99 < <(awk -F'|' -v op="$op" -v c="$conns" '
+                $2 == " " op " " && $3 == " " c " " && $4 == " mcproxy " {
+                    gsub(/ /, "", $9); gsub(/ /, "", $10); print $9, $10; exit }' "$out/proxy") || true
             limit=$([ "$conns" = 1 ] && echo 1.0 || echo 0.8)
-            [ -n "$ratio" ] && row "mcproxy CPU / twemproxy CPU, $op, $conns connections" "$ratio" \
-                "≤ $limit" "$(within "$ratio" "$limit")"
+            [ -n "${cpu:-}" ] && row "mcproxy CPU / twemproxy CPU, $op, $conns connections" "$cpu" \
+                "≤ $limit" "$(within "$cpu" "$limit")"
+            [ -n "${p99:-}" ] && row "mcproxy p99 / twemproxy p99, $op, $conns connections" "$p99" \
+                "≤ 1.0" "$(within "$p99" 1.0)"
         done
     done
 }
