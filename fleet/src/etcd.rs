@@ -204,9 +204,14 @@ impl Etcd {
     /// time: the call's time shared among the endpoints (at least 250 ms), so a
     /// frozen member costs one such wait, then the next is tried. With 3 endpoints and the
     /// default 5 s: 1.7 s, longer than an election (1 s by default).
+    /// The last attempt that fits takes all that is left.
     pub fn attempt_timeout(&self, left: Duration) -> Duration {
         let n = u32::try_from(self.config.endpoints.len().max(1)).unwrap_or(u32::MAX);
-        (self.config.timeout / n).max(MIN_ATTEMPT).min(left)
+        let share = (self.config.timeout / n).max(MIN_ATTEMPT);
+        match left.saturating_sub(share) < MIN_ATTEMPT {
+            true => left,
+            false => share,
+        }
     }
 
     /// POSTs `body` to `path`, trying every endpoint until one answers within the timeout.
@@ -896,6 +901,30 @@ mod tests {
         assert_eq!(prefix_end(b"/mcshm/"), b"/mcshm0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn each_endpoint_gets_a_share_of_the_call_and_the_last_one_the_rest() {
+        let etcd = |n: usize, timeout_ms: u64| {
+            Etcd::new(EtcdConfig {
+                endpoints: vec!["http://127.0.0.1:1".into(); n],
+                timeout: Duration::from_millis(timeout_ms),
+                ..EtcdConfig::default()
+            })
+            .unwrap()
+        };
+        let ms = Duration::from_millis;
+        let three = etcd(3, 6000);
+        assert_eq!(three.attempt_timeout(ms(6000)), ms(2000));
+        assert_eq!(three.attempt_timeout(ms(4000)), ms(2000));
+        assert_eq!(
+            three.attempt_timeout(ms(2100)),
+            ms(2100),
+            "no room for another: all"
+        );
+        assert_eq!(etcd(1, 5000).attempt_timeout(ms(5000)), ms(5000));
+        // Many endpoints or a short timeout: never less than 250 ms a try.
+        assert_eq!(etcd(100, 1000).attempt_timeout(ms(1000)), ms(250));
     }
 
     #[test]

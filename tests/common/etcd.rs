@@ -131,11 +131,13 @@ impl EtcdCluster {
         self.endpoints().replace("127.0.0.1", ip)
     }
 
-    /// A client of the whole cluster.
+    /// A client of the whole cluster (patient: each endpoint gets a third of 15 s, so a
+    /// test's own multi-megabyte put on a loaded machine is not cut short; the tests of the
+    /// per-endpoint share run mcadmin with its own timeout).
     pub fn client(&self) -> Etcd {
         Etcd::new(EtcdConfig {
             endpoints: EtcdConfig::parse_endpoints(&self.endpoints()).unwrap(),
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
             ..EtcdConfig::default()
         })
         .unwrap()

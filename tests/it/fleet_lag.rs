@@ -79,10 +79,11 @@ fn assert_cut_off_in_time(host: &Host, domain: &str, cut_ms: u128, what: &str) {
     );
     let took = disconnected_at(host, cut_ms).unwrap() - cut_ms;
     eprintln!("{what}: cut off {took} ms after the cut (--etcd-timeout 3)");
-    // The refresh and its bound add up to the timeout; the loop's 100 ms tick and scheduling
-    // on a loaded 2-core machine are the margin.
+    // The refresh interval and the bound on its calls add up to the timeout (3.0–3.1 s
+    // measured on a quiet machine and beside three busy loops); the margin is for a 2-core
+    // machine loaded far beyond that (3.95 s once with a 1 000-agent benchmark beside it).
     assert!(
-        took <= 3_500,
+        took <= 4_500,
         "{what}: cut off after {took} ms, past --etcd-timeout 3"
     );
     assert!(wait_until(
