@@ -269,6 +269,12 @@ impl Conn {
         self.speaks_meta
     }
 
+    /// Whether no reply is owed or buffered: an exchange outside the requests' order (the
+    /// meta probe) cannot take another request's reply for its own.
+    pub fn is_idle(&self) -> bool {
+        self.owed.is_empty() && self.pos == self.end
+    }
+
     /// What asking the server whether it speaks the meta protocol found.
     pub fn set_speaks_meta(&mut self, speaks: bool) {
         self.speaks_meta = Some(speaks);

@@ -594,3 +594,45 @@ fn a_fanned_out_multi_get_answers_as_serial_gets_do_even_with_a_server_frozen() 
         "{serial:?}"
     );
 }
+
+/// A bulk store deletes every key where its write plan says a stale copy could later be
+/// served (under `rehash`, the next server along the ring), as a single set does: the deletes
+/// go quiet and pipelined to every server at once after the stores.
+#[test]
+fn a_bulk_store_deletes_each_key_where_a_stale_copy_could_be_served() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let reg = Reg::new();
+    let mut c = domain(&reg, &[&servers[0], &servers[1], &servers[2]], "rehash");
+    let keys: Vec<String> = (0..600).map(|i| format!("k{i}")).collect();
+    for s in &servers {
+        let mut one = client_for(&[s]);
+        for key in &keys {
+            one.set(key.as_bytes(), b"stale", 0, 0).unwrap();
+        }
+    }
+    let items: Vec<StoreItem> = keys
+        .iter()
+        .map(|k| StoreItem {
+            key: k.as_bytes(),
+            value: b"new",
+            flags: 0,
+            ttl: 0,
+        })
+        .collect();
+    let results = c.store_many(StoreVerb::Set, &items).unwrap();
+    assert!(results.iter().all(|r| matches!(r, Ok(Stored::Stored))));
+    let mut singles: Vec<Client> = servers.iter().map(|s| client_for(&[s])).collect();
+    for key in &keys {
+        let held: Vec<Option<Vec<u8>>> = singles
+            .iter_mut()
+            .map(|one| one.get(key.as_bytes()).unwrap().map(|i| i.value))
+            .collect();
+        // The owner has the new value, the next server none, the third its stale copy.
+        let count = |v: Option<&[u8]>| held.iter().filter(|h| h.as_deref() == v).count();
+        assert_eq!(
+            (count(Some(b"new")), count(None), count(Some(b"stale"))),
+            (1, 1, 1),
+            "{key}: {held:?}"
+        );
+    }
+}

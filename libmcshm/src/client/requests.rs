@@ -74,8 +74,8 @@ impl Client {
 
     /// Whether server `server` speaks the meta protocol (memcached 1.6+), which quiet
     /// commands need: it answers `mn` with `MN` (an older one with `ERROR`). Asked once per
-    /// connection; a server that cannot be asked is taken not to (the caller's usual requests
-    /// then meet the failure and report it).
+    /// connection; a server that cannot be asked is taken not to, its connection dropped and
+    /// the failure not counted here: the caller's usual requests meet it and count it once.
     pub(super) fn speaks_meta(&mut self, server: usize) -> bool {
         let snapshot = self.router.snapshot().clone();
         let address = &snapshot.servers[server].address;
@@ -85,6 +85,10 @@ impl Client {
         let conn = self.conns.get_mut(address).expect("connected above");
         if let Some(known) = conn.speaks_meta() {
             return known;
+        }
+        if !conn.is_idle() {
+            // Replies owed to requests given up on come first: ask another time.
+            return false;
         }
         let deadline = std::time::Instant::now() + self.timeouts.io;
         let answer = conn
@@ -96,8 +100,8 @@ impl Client {
                 conn.set_speaks_meta(speaks);
                 speaks
             }
-            Err(err) => {
-                let _ = self.outcome(server, address, Err::<(), _>(err));
+            Err(_) => {
+                self.conns.remove(address);
                 false
             }
         }
