@@ -3,12 +3,15 @@
 # servers, process start included, beside the anchor in the same run: the library's own
 # pipelined multi-get on one connection (bench/drivers/examples/throughput.rs). Also the CPU the
 # servers and mclient used: on a 2-core machine the sum is the bound.
+# Each round also times a bulk-set with two of the three servers marked as holding strays (as
+# after an `add`, until `mcadmin settle`: each record is also deleted where it may be stale),
+# and mclient's start alone (an empty bulk-get: process start and the table opened).
 # Needs memcached. Usage: bench/bulk.sh   [N=100000] [ROUNDS=3]. Printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
 ROUNDS=${ROUNDS:-3}
-cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p mcshm-bench --example throughput
+cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p mcshm-bench --example throughput --example write_cost
 . bench/lib.sh
 bench_need memcached
 bench_start
@@ -30,10 +33,15 @@ run() { # run NAME INPUT: wall seconds, mclient CPU seconds, servers' CPU second
         'BEGIN {split(t, c, " "); printf "%.3f %.3f %.3f\n", w / 1e9, c[1] + c[2], srv / hz}'
 }
 echo "3 memcached (${servers[*]}), $N keys of 100 bytes, $ROUNDS rounds (medians), $(nproc) cores"
+mark() { target/release/examples/write_cost mark "$work" bulk "$1"; }
 for round in $(seq "$ROUNDS"); do
     echo "set $(run bulk-set "$work/records")" >> "$work/results"
     echo "get $(run bulk-get "$work/keys")" >> "$work/results"
     cmp -s "$work/out" "$work/records" || echo "bulk-get did not return what bulk-set stored" >&2
+    mark 2
+    echo "set,_2_of_3_marked $(run bulk-set "$work/records")" >> "$work/results"
+    mark 0
+    echo "start_(empty_bulk-get) $(run bulk-get /dev/null)" >> "$work/results"
 done
 python3 - "$work/results" "$N" <<'PY'
 import statistics, sys
@@ -42,11 +50,14 @@ for line in open(sys.argv[1]):
     verb, *figures = line.split()
     rows.setdefault(verb, []).append([float(f) for f in figures])
 n = int(sys.argv[2])
-print("| mclient | wall s | keys/s | mclient CPU s | servers' CPU s |")
+print("| mclient | wall s, median (range) | keys/s | mclient CPU s | servers' CPU s |")
 print("|---|---|---|---|---|")
 for verb, runs in rows.items():
     wall, mine, servers = (statistics.median(r[i] for r in runs) for i in range(3))
-    print(f"| bulk-{verb} | {wall:.3f} | {n / wall:,.0f} | {mine:.3f} | {servers:.3f} |")
+    lo, hi = min(r[0] for r in runs), max(r[0] for r in runs)
+    rate = "" if verb.startswith("start") else f"{n / wall:,.0f}"
+    name = (verb if verb.startswith("start") else "bulk-" + verb).replace("_", " ")
+    print(f"| {name} | {wall:.3f} ({lo:.3f}-{hi:.3f}) | {rate} | {mine:.3f} | {servers:.3f} |")
 PY
 printf '\nanchor, the library in-process on one connection: '
 target/release/examples/throughput "${servers[0]}" multiget 10000 20

@@ -165,6 +165,8 @@ pub struct Conn {
     orphans: usize,
     /// A request was written in part: the server reads the next request as the rest of it.
     out_of_step: bool,
+    /// Whether the server speaks the meta protocol, once asked (`Client::speaks_meta`).
+    speaks_meta: Option<bool>,
 }
 
 impl Conn {
@@ -232,6 +234,7 @@ impl Conn {
             owed: VecDeque::new(),
             orphans: 0,
             out_of_step: false,
+            speaks_meta: None,
         })
     }
 
@@ -259,6 +262,22 @@ impl Conn {
             return format!("{text}: {why}");
         }
         text
+    }
+
+    /// Whether the server speaks the meta protocol, if asked on this connection.
+    pub fn speaks_meta(&self) -> Option<bool> {
+        self.speaks_meta
+    }
+
+    /// Whether no reply is owed or buffered: an exchange outside the requests' order (the
+    /// meta probe) cannot take another request's reply for its own.
+    pub fn is_idle(&self) -> bool {
+        self.owed.is_empty() && self.pos == self.end
+    }
+
+    /// What asking the server whether it speaks the meta protocol found.
+    pub fn set_speaks_meta(&mut self, speaks: bool) {
+        self.speaks_meta = Some(speaks);
     }
 
     /// Whether the connection speaks TLS.

@@ -176,8 +176,36 @@ fn pipelined_multi_get_and_bulk_store_across_three_servers() {
             ttl: 0,
         })
         .collect();
+    let written =
+        |servers: &[Memcached]| -> u64 { servers.iter().map(|s| s.stat("bytes_written")).sum() };
+    let before = written(&servers);
     let results = c.store_many(StoreVerb::Set, &items).unwrap();
     assert!(results.iter().all(|r| matches!(r, Ok(Stored::Stored))));
+    // Sent as quiet meta sets: the servers wrote no reply per record (3000 STORED would be
+    // 24 000 bytes), only an MN per window, the answers to the meta probes and the stats
+    // replies that `written` itself reads (a few KB).
+    let replies = written(&servers) - before;
+    assert!(replies < 12_000, "{replies} bytes of replies");
+    // A failure still comes back, on its record: one value too large among good ones (an
+    // error reply names no record, so its server's share is sent again, a reply each).
+    // memcached drops the record's old value then; it is stored again after.
+    let huge = vec![b'h'; 2 * 1024 * 1024];
+    let mut mixed = items[..30].to_vec();
+    mixed[7].value = &huge;
+    let results = c.store_many(StoreVerb::Set, &mixed).unwrap();
+    for (n, result) in results.iter().enumerate() {
+        match n {
+            7 => assert!(
+                matches!(result, Err(e) if e.to_string().contains("too large")),
+                "{result:?}"
+            ),
+            _ => assert!(matches!(result, Ok(Stored::Stored)), "{n}: {result:?}"),
+        }
+    }
+    c.set(items[7].key, items[7].value, 3, 0).unwrap();
+    // Not stored is a record's own outcome too (add: the keys exist).
+    let results = c.store_many(StoreVerb::Add, &items[..10]).unwrap();
+    assert!(results.iter().all(|r| matches!(r, Ok(Stored::NotStored))));
     let gets_before: u64 = servers.iter().map(|s| s.stat("cmd_get")).sum();
     let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
     let got = c.get_many(&key_refs, false).unwrap();
@@ -565,4 +593,46 @@ fn a_fanned_out_multi_get_answers_as_serial_gets_do_even_with_a_server_frozen() 
         matches!(serial, Err(Error::Network { ref server, .. }) if *server == frozen_addr.to_string()),
         "{serial:?}"
     );
+}
+
+/// A bulk store deletes every key where its write plan says a stale copy could later be
+/// served (under `rehash`, the next server along the ring), as a single set does: the deletes
+/// go quiet and pipelined to every server at once after the stores.
+#[test]
+fn a_bulk_store_deletes_each_key_where_a_stale_copy_could_be_served() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let reg = Reg::new();
+    let mut c = domain(&reg, &[&servers[0], &servers[1], &servers[2]], "rehash");
+    let keys: Vec<String> = (0..600).map(|i| format!("k{i}")).collect();
+    for s in &servers {
+        let mut one = client_for(&[s]);
+        for key in &keys {
+            one.set(key.as_bytes(), b"stale", 0, 0).unwrap();
+        }
+    }
+    let items: Vec<StoreItem> = keys
+        .iter()
+        .map(|k| StoreItem {
+            key: k.as_bytes(),
+            value: b"new",
+            flags: 0,
+            ttl: 0,
+        })
+        .collect();
+    let results = c.store_many(StoreVerb::Set, &items).unwrap();
+    assert!(results.iter().all(|r| matches!(r, Ok(Stored::Stored))));
+    let mut singles: Vec<Client> = servers.iter().map(|s| client_for(&[s])).collect();
+    for key in &keys {
+        let held: Vec<Option<Vec<u8>>> = singles
+            .iter_mut()
+            .map(|one| one.get(key.as_bytes()).unwrap().map(|i| i.value))
+            .collect();
+        // The owner has the new value, the next server none, the third its stale copy.
+        let count = |v: Option<&[u8]>| held.iter().filter(|h| h.as_deref() == v).count();
+        assert_eq!(
+            (count(Some(b"new")), count(None), count(Some(b"stale"))),
+            (1, 1, 1),
+            "{key}: {held:?}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Reads: one key (its replicas in order, then the plan's fills), and many keys (every
 //! server's share pipelined at once, then the misses' fallbacks).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use mcshm_route::{GetMany, ReadPlan};
 
@@ -106,7 +106,7 @@ impl Client {
         let mut failed: HashMap<usize, (Error, Vec<usize>)> = HashMap::new();
         // Keys some server answered (hit or miss): a failure another replica made up for is
         // not reported.
-        let mut answered: HashSet<usize> = HashSet::new();
+        let mut answered = vec![false; keys.len()];
         while let Some(round) = batch.next_round() {
             let asked: Vec<Vec<&[u8]>> = round
                 .iter()
@@ -129,24 +129,15 @@ impl Client {
                 .collect();
             let outcomes = self.pipelines(&requests);
             for ((server, members), outcome) in round.into_iter().zip(outcomes) {
-                // Which of this server's keys each hit answers (a key may be asked twice).
-                let mut asked_by: HashMap<&[u8], Vec<usize>> =
-                    HashMap::with_capacity(members.len());
-                for &n in &members {
-                    asked_by.entry(keys[n]).or_default().push(n);
-                }
                 let mut error = None;
                 match outcome {
                     Ok(replies) => {
-                        for reply in replies {
+                        for (reply, asked) in replies.into_iter().zip(members.chunks(KEYS_PER_GET))
+                        {
                             match reply {
                                 Reply::Values(items) => {
-                                    for item in &items {
-                                        for &n in
-                                            asked_by.get(item.key.as_slice()).into_iter().flatten()
-                                        {
-                                            batch.found(n);
-                                        }
+                                    for n in answering(&items, asked, keys) {
+                                        batch.found(n);
                                     }
                                     result.items.extend(items);
                                 }
@@ -162,13 +153,13 @@ impl Client {
                         let entry = failed.entry(server.index).or_insert((err, Vec::new()));
                         entry.1.extend(&members);
                     }
-                    None => answered.extend(&members),
+                    None => members.iter().for_each(|&n| answered[n] = true),
                 }
             }
         }
         result.items.extend(self.fall_back(&batch, keys, cas, None));
         for (server, (err, asked)) in failed {
-            if asked.iter().any(|n| !answered.contains(n)) {
+            if asked.iter().any(|&n| !answered[n]) {
                 let address = snapshot.servers[server].address.clone();
                 result.errors.push((address, err));
             }
@@ -212,4 +203,25 @@ impl Client {
         }
         filled
     }
+}
+
+/// The keys (positions in `keys`) that the hits `items` of one `get` of the keys `asked`
+/// answer. memcached answers a `get` in the order its keys were asked, so each hit is looked
+/// for from the last one on (no hashing per key); a hit out of that order (another server,
+/// a proxy) is looked for among all the asked keys. A key asked twice is answered twice.
+fn answering<'a>(
+    items: &'a [Item],
+    asked: &'a [usize],
+    keys: &'a [&[u8]],
+) -> impl Iterator<Item = usize> + 'a {
+    let mut next = 0;
+    items.iter().filter_map(move |item| {
+        let key = item.key.as_slice();
+        let at = match asked[next..].iter().position(|&n| keys[n] == key) {
+            Some(at) => next + at,
+            None => asked.iter().position(|&n| keys[n] == key)?,
+        };
+        next = at + 1;
+        Some(asked[at])
+    })
 }

@@ -8,7 +8,7 @@ use crate::clock::now_ms;
 use crate::conn::{Conn, ConnError};
 use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
-use crate::proto::{Encoded, Reply, Request};
+use crate::proto::{Encoded, Expect, MAX_LINE, Reply, Request};
 
 use super::{Client, PIPELINE_WINDOW, Stored};
 
@@ -57,7 +57,63 @@ impl Client {
         &mut self,
         groups: &[(usize, Vec<Request<'_>>)],
     ) -> Vec<Result<Vec<Reply>>> {
-        if groups.len() < 2 {
+        self.windows(groups, false)
+    }
+
+    /// [`Client::pipelines`] of sets and deletes as quiet meta commands (see
+    /// [`Encoded::push_quiet`]), every window ended by `mn`: the server writes a reply only
+    /// for a failure, so it and this client spend nothing on the successes' replies. Every
+    /// server of `groups` must speak the meta protocol ([`Client::speaks_meta`]). One result
+    /// per group: a [`Reply::Quiet`] per window, whose opaques are positions in the group.
+    pub(super) fn quiet_pipelines(
+        &mut self,
+        groups: &[(usize, Vec<Request<'_>>)],
+    ) -> Vec<Result<Vec<Reply>>> {
+        self.windows(groups, true)
+    }
+
+    /// Whether server `server` speaks the meta protocol (memcached 1.6+), which quiet
+    /// commands need: it answers `mn` with `MN` (an older one with `ERROR`). Asked once per
+    /// connection; a server that cannot be asked is taken not to, its connection dropped and
+    /// the failure not counted here: the caller's usual requests meet it and count it once.
+    pub(super) fn speaks_meta(&mut self, server: usize) -> bool {
+        let snapshot = self.router.snapshot().clone();
+        let address = &snapshot.servers[server].address;
+        if self.connect(address).is_err() {
+            return false;
+        }
+        let conn = self.conns.get_mut(address).expect("connected above");
+        if let Some(known) = conn.speaks_meta() {
+            return known;
+        }
+        if !conn.is_idle() {
+            // Replies owed to requests given up on come first: ask another time.
+            return false;
+        }
+        let deadline = std::time::Instant::now() + self.timeouts.io;
+        let answer = conn
+            .send(b"mn\r\n")
+            .and_then(|()| conn.receive_until(MAX_LINE, deadline, |got| got.ends_with(b"\r\n")));
+        match answer {
+            Ok(answer) => {
+                let speaks = answer == b"MN\r\n";
+                conn.set_speaks_meta(speaks);
+                speaks
+            }
+            Err(_) => {
+                self.conns.remove(address);
+                false
+            }
+        }
+    }
+
+    /// [`Client::pipelines`]; `quiet`: as [`Client::quiet_pipelines`].
+    fn windows(
+        &mut self,
+        groups: &[(usize, Vec<Request<'_>>)],
+        quiet: bool,
+    ) -> Vec<Result<Vec<Reply>>> {
+        if groups.len() < 2 && !quiet {
             return groups
                 .iter()
                 .map(|(server, requests)| self.pipeline(*server, requests))
@@ -70,11 +126,13 @@ impl Client {
             .map(|(_, requests)| Vec::with_capacity(requests.len()))
             .collect();
         let mut errors: Vec<Option<ConnError>> = groups.iter().map(|_| None).collect();
-        // Where each server's window in flight ends (its requests before it are sent).
+        // Where each server's window in flight ends (its requests before it are sent), and
+        // how many of its requests are answered.
         let mut window_end = vec![0; groups.len()];
+        let mut answered = vec![0; groups.len()];
         for (n, (server, requests)) in groups.iter().enumerate() {
             let address = &snapshot.servers[*server].address;
-            match self.send_window(address, requests, 0, &prefix) {
+            match self.send_window(address, requests, 0, &prefix, quiet) {
                 Ok(end) => window_end[n] = end,
                 Err(err) => errors[n] = Some(err),
             }
@@ -82,17 +140,28 @@ impl Client {
         loop {
             let mut waiting = false;
             for (n, (server, requests)) in groups.iter().enumerate() {
-                if errors[n].is_some() || replies[n].len() == window_end[n] {
+                if errors[n].is_some() || answered[n] == window_end[n] {
                     continue;
                 }
                 waiting = true;
                 let address = &snapshot.servers[*server].address;
                 let conn = self.conns.get_mut(address).expect("connected to send");
-                for request in &requests[replies[n].len()..window_end[n]] {
+                if quiet {
+                    // The window's one reply: its failures, up to MN.
+                    match conn.receive(Expect::Quiet) {
+                        Ok(reply) => {
+                            replies[n].push(reply);
+                            answered[n] = window_end[n];
+                        }
+                        Err(err) => errors[n] = Some(err),
+                    }
+                }
+                for request in &requests[answered[n]..window_end[n]] {
                     match conn.receive(request.expects()) {
                         Ok(mut reply) => {
                             unprefix(&mut reply, &prefix);
                             replies[n].push(reply);
+                            answered[n] += 1;
                         }
                         Err(err) => {
                             errors[n] = Some(err);
@@ -101,7 +170,7 @@ impl Client {
                     }
                 }
                 if errors[n].is_none() && window_end[n] < requests.len() {
-                    match self.send_window(address, requests, window_end[n], &prefix) {
+                    match self.send_window(address, requests, window_end[n], &prefix, quiet) {
                         Ok(end) => window_end[n] = end,
                         Err(err) => errors[n] = Some(err),
                     }
@@ -124,20 +193,29 @@ impl Client {
     }
 
     /// Sends the window of `requests` that starts at `start` (at least one request, at most
-    /// [`PIPELINE_WINDOW`] bytes beyond it); where it ends.
+    /// [`PIPELINE_WINDOW`] bytes beyond it); where it ends. `quiet`: as quiet meta commands
+    /// (opaque: a request's position in `requests`) ended by `mn`.
     fn send_window(
         &mut self,
         address: &Address,
         requests: &[Request<'_>],
         start: usize,
         prefix: &KeyPrefix,
+        quiet: bool,
     ) -> Result<usize, ConnError> {
         let mut encoded = std::mem::take(&mut self.scratch);
         encoded.clear();
         let mut end = start;
         while end < requests.len() && (end == start || encoded.len() < PIPELINE_WINDOW) {
-            encoded.push(&requests[end], prefix.as_bytes());
+            if !quiet {
+                encoded.push(&requests[end], prefix.as_bytes());
+            } else if !encoded.push_quiet(&requests[end], end, prefix.as_bytes()) {
+                unreachable!("only sets and deletes are sent quiet");
+            }
             end += 1;
+        }
+        if quiet {
+            encoded.push_quiet_end();
         }
         let sent = self.send_encoded(address, &encoded);
         self.scratch = encoded;

@@ -44,6 +44,11 @@ pub enum Reply {
     /// `ERROR msg`: the server refuses the connection (memcached: "Too many open connections")
     /// and closes it.
     Refused(String),
+    /// What a run of quiet meta commands reported up to its `MN` ([`Expect::Quiet`]): each
+    /// failure with the opaque of the command it answers (`NS`: [`Reply::NotStored`], `EX`:
+    /// [`Reply::Exists`], `NF`: [`Reply::NotFound`]), or `None` for an error reply, which
+    /// names no command (`SERVER_ERROR object too large for cache`).
+    Quiet(Vec<(Option<usize>, Reply)>),
 }
 
 /// `Ok(Some((reply, used)))`: a complete reply in the first `used` bytes; `Ok(None)`: read more.
@@ -51,6 +56,10 @@ pub type Parsed = Result<Option<(Reply, usize)>, Malformed>;
 
 /// Parses the reply to a request of kind `expect` at the start of `buf`.
 pub fn parse_reply(expect: Expect, buf: &[u8]) -> Parsed {
+    if expect == Expect::Quiet {
+        // Its error replies are among its lines, not the whole reply.
+        return quiet(buf);
+    }
     let Some((first, used)) = line(buf, 0)? else {
         return Ok(None);
     };
@@ -106,6 +115,39 @@ pub fn parse_reply(expect: Expect, buf: &[u8]) -> Parsed {
         },
         Expect::Stats => stats(buf, first, used),
         Expect::Values => values(buf, first, used),
+        Expect::Quiet => unreachable!("parsed above"),
+    }
+}
+
+/// The failures a run of quiet meta commands reported, up to `MN` (see [`Reply::Quiet`]).
+/// A success that was not left out (`HD`) is skipped.
+fn quiet(buf: &[u8]) -> Parsed {
+    let (mut failures, mut at) = (Vec::new(), 0);
+    loop {
+        let Some((current, next)) = line(buf, at)? else {
+            return Ok(None);
+        };
+        at = next;
+        if current == b"MN" {
+            return Ok(Some((Reply::Quiet(failures), at)));
+        }
+        if let Some(error) = error_reply(current) {
+            failures.push((None, error));
+            continue;
+        }
+        let mut fields = current.split(|&b| b == b' ');
+        let reply = match fields.next() {
+            Some(b"HD") => continue,
+            Some(b"NS") => Reply::NotStored,
+            Some(b"EX") => Reply::Exists,
+            Some(b"NF") => Reply::NotFound,
+            _ => return Err(Malformed::at("expected a meta reply or MN", current)),
+        };
+        let opaque = fields
+            .find_map(|field| field.strip_prefix(b"O"))
+            .and_then(number)
+            .map(|n| n as usize);
+        failures.push((opaque, reply));
     }
 }
 
@@ -293,5 +335,24 @@ mod tests {
             parse_reply(Expect::Ok, &vec![b'x'; MAX_LINE + 10]).is_err(),
             "unbounded line"
         );
+    }
+
+    #[test]
+    fn a_quiet_run_reports_its_failures_by_opaque_up_to_mn() {
+        // As memcached 1.6.18 answered quiet sets (one too large, one NS), a quiet delete of a
+        // missing key and an `HD` it should have left out.
+        let bytes =
+            b"SERVER_ERROR object too large for cache\r\nNS O4\r\nNF O5 k\r\nHD O6\r\nMN\r\n";
+        let want = Reply::Quiet(vec![
+            (
+                None,
+                Reply::ServerError("object too large for cache".into()),
+            ),
+            (Some(4), Reply::NotStored),
+            (Some(5), Reply::NotFound),
+        ]);
+        check_every_prefix(Expect::Quiet, bytes, want);
+        check_every_prefix(Expect::Quiet, b"MN\r\n", Reply::Quiet(vec![]));
+        assert!(parse_reply(Expect::Quiet, b"VALUE a 0 1\r\n").is_err());
     }
 }

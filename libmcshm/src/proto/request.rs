@@ -309,6 +309,52 @@ impl Encoded {
         self.expects.push(request.expects());
     }
 
+    /// Appends `request` as a quiet meta command, whose reply memcached leaves out when it
+    /// succeeds: a set as `ms PREFIXKEY LEN [F<flags>] [T<exptime>] O<opaque> q` and its data
+    /// block, a delete as `md PREFIXKEY O<opaque> q`; a failure's reply carries `opaque`.
+    /// Nothing is owed for it until [`Encoded::push_quiet_end`]. `false` (nothing appended):
+    /// the request has no quiet form here (only set and delete have). Only for a server known
+    /// to speak the meta protocol (memcached 1.6+): an older one would take a value's bytes
+    /// for commands.
+    pub fn push_quiet(&mut self, request: &Request<'_>, opaque: usize, prefix: &[u8]) -> bool {
+        let out = &mut self.bytes;
+        match request {
+            Request::Store {
+                verb: StoreVerb::Set,
+                key,
+                flags,
+                exptime,
+                value,
+            } => {
+                line(out, b"ms", [prefix, key], "");
+                write_fmt(out, format_args!(" {}", value.len()));
+                if *flags != 0 {
+                    write_fmt(out, format_args!(" F{flags}"));
+                }
+                if *exptime != 0 {
+                    write_fmt(out, format_args!(" T{exptime}"));
+                }
+                write_fmt(out, format_args!(" O{opaque} q\r\n"));
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+                self.record_ends.push(out.len());
+            }
+            Request::Delete { key } => {
+                line(out, b"md", [prefix, key], "");
+                write_fmt(out, format_args!(" O{opaque} q\r\n"));
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Ends a run of quiet commands with `mn`, which memcached answers `MN` once it has run
+    /// them all: their reply ([`Expect::Quiet`]) is every failure they reported, up to it.
+    pub fn push_quiet_end(&mut self) {
+        self.bytes.extend_from_slice(b"mn\r\n");
+        self.expects.push(Expect::Quiet);
+    }
+
     /// Appends requests encoded before, where their records end with them.
     pub fn append(&mut self, other: &Encoded) {
         let base = self.bytes.len();
@@ -396,6 +442,9 @@ pub enum Expect {
     Version,
     Stats,
     Meta,
+    /// A run of quiet meta commands and the `mn` that ends it (see [`Encoded::push_quiet`]):
+    /// the failures they reported, up to `MN`.
+    Quiet,
 }
 
 #[cfg(test)]
@@ -642,5 +691,42 @@ mod tests {
         );
         sets.clear();
         assert!(sets.is_empty() && sets.records(0).next().is_none());
+    }
+
+    #[test]
+    fn sets_and_deletes_have_a_quiet_form_ended_by_mn() {
+        let set = |flags, exptime| Request::Store {
+            verb: StoreVerb::Set,
+            key: b"k",
+            flags,
+            exptime,
+            value: b"v\r\n",
+        };
+        let mut quiet = Encoded::new();
+        assert!(quiet.push_quiet(&set(0, 0), 0, b""));
+        assert!(quiet.push_quiet(&set(7, -1), 1, b"p:"));
+        assert!(quiet.push_quiet(&Request::Delete { key: b"k" }, 2, b"p:"));
+        quiet.push_quiet_end();
+        let text = "ms k 3 O0 q\r\nv\r\n\r\nms p:k 3 F7 T-1 O1 q\r\nv\r\n\r\nmd p:k O2 q\r\nmn\r\n";
+        assert_eq!(String::from_utf8_lossy(quiet.bytes()), text);
+        assert_eq!(quiet.expects(), [Expect::Quiet]);
+        let records: Vec<usize> = quiet.records(0).map(<[u8]>::len).collect();
+        assert_eq!(records, [18, 27, 17]);
+        for other in [
+            Request::Store {
+                verb: StoreVerb::Add,
+                key: b"k",
+                flags: 0,
+                exptime: 0,
+                value: b"",
+            },
+            Request::Touch {
+                key: b"k",
+                exptime: 1,
+            },
+        ] {
+            assert!(!quiet.push_quiet(&other, 3, b""));
+        }
+        assert_eq!(String::from_utf8_lossy(quiet.bytes()), text);
     }
 }
