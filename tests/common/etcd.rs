@@ -174,6 +174,40 @@ impl EtcdCluster {
         None
     }
 
+    /// Member `i`'s id, as etcd names it (a decimal string).
+    pub fn member_id(&self, i: usize) -> String {
+        let url = format!(
+            "http://127.0.0.1:{}/v3/maintenance/status",
+            self.members[i].client_port
+        );
+        let answer = ureq_post(&url, "{}").expect("member status");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        v["header"]["member_id"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Makes member `to` the leader (asked of the current one) and waits until it is.
+    pub fn make_leader(&self, to: usize) {
+        for _ in 0..5 {
+            if self.leader() == Some(to) {
+                return;
+            }
+            if let Some(now) = self.leader() {
+                let url = format!(
+                    "http://127.0.0.1:{}/v3/maintenance/transfer-leadership",
+                    self.members[now].client_port
+                );
+                let body = format!(r#"{{"targetID":"{}"}}"#, self.member_id(to));
+                let _ = ureq_post(&url, &body);
+            }
+            wait_until(Duration::from_secs(5), || self.leader() == Some(to));
+        }
+        assert_eq!(
+            self.leader(),
+            Some(to),
+            "member {to} did not become the leader"
+        );
+    }
+
     /// SIGKILLs member `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
