@@ -47,6 +47,8 @@ command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 # The TLS tests make their certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The partition tests cut a host off in a network namespace of their own (ip netns, veth).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
