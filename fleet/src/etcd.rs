@@ -214,6 +214,15 @@ impl Etcd {
         }
     }
 
+    /// Starts with endpoint `seed` modulo their number (instead of the first) and stays with it
+    /// while it answers. A fleet's agents each pass their own seed (the host's name hashed),
+    /// so that their watches and requests are spread over the members instead of all on the
+    /// first one: every member then carries its share of the watchers' fan-out.
+    pub fn start_at(&self, seed: u64) {
+        let n = self.config.endpoints.len().max(1) as u64;
+        *lock(&self.current) = (seed % n) as usize;
+    }
+
     /// POSTs `body` to `path`, trying every endpoint until one answers within the timeout.
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let deadline = Instant::now() + self.config.timeout;
@@ -895,6 +904,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_seed_picks_the_endpoint_a_client_starts_with() {
+        let etcd = Etcd::new(EtcdConfig {
+            endpoints: EtcdConfig::parse_endpoints("http://a:1,http://b:2,http://c:3").unwrap(),
+            timeout: Duration::from_secs(1),
+            ..EtcdConfig::default()
+        })
+        .unwrap();
+        assert_eq!(*lock(&etcd.current), 0, "the first endpoint by default");
+        for (seed, index) in [(0, 0), (4, 1), (5, 2), (u64::MAX, 0)] {
+            etcd.start_at(seed);
+            assert_eq!(*lock(&etcd.current), index, "seed {seed}");
+        }
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_every_key_with_the_prefix() {

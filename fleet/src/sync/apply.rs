@@ -59,14 +59,15 @@ impl Agent {
         });
         match result {
             Ok(_) => {
-                mirror.applied_ms = now_ms();
+                let applied_ms = now_ms();
+                mirror.applied_ms = applied_ms;
                 mirror.base = Some(table);
                 mirror.pending |= kept > 0;
                 events(SyncEvent::Applied {
                     domain: domain.to_string(),
                     revision,
                 });
-                self.last_refresh = None; // tell `hosts` at once
+                self.record.touch(applied_ms); // `hosts` says it once the fan-out is over
                 if kept > 0 {
                     self.push(domain, events);
                 }

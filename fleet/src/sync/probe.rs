@@ -52,7 +52,11 @@ impl Agent {
             return;
         };
         let now = now_ms();
+        let mut retried = false;
         for server in snapshot.servers.iter().filter(|s| s.state == State::Down) {
+            // One a retry probe may bring back makes the loop tick fast, so that its probe is
+            // not late; the local probe leases, held HOLD_MS ahead, need only the idle tick.
+            retried |= server.retry_interval_ms().is_some();
             writer.live().hold_probe_lease(server, now + HOLD_MS);
             let key = (domain.clone(), server.address.to_string());
             let next_try = next_probe.get(&key).copied();
@@ -84,6 +88,7 @@ impl Agent {
             }
         }
         self.next_probe = next_probe;
+        self.probing_down |= retried;
     }
 }
 
