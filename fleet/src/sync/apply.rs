@@ -67,7 +67,8 @@ impl Agent {
                     domain: domain.to_string(),
                     revision,
                 });
-                self.record.touch(applied_ms); // `hosts` says it once the fan-out is over
+                // `hosts` says it once the fan-out is over (a domain new here, at once).
+                self.record.touch(domain.as_str(), applied_ms);
                 if kept > 0 {
                     self.push(domain, events);
                 }

@@ -4,11 +4,12 @@
 //! stop that takes both back.
 //!
 //! The lease is kept alive every `REFRESH` (which is also how the agent notices that etcd no
-//! longer answers); the record is written only when what it says changes, and then not at
-//! once ([`RecordState`]): every write is a raft proposal, and with a record rewritten on a
-//! timer and after every change, a fleet of 1 000 hosts made 500 writes a second at rest and
-//! 1 000 more at each change, in the middle of its fan-out (`bench/fleet.sh`,
-//! docs/BENCHMARKS.md).
+//! longer answers); the record is written only when what it says changes ([`RecordState`]):
+//! at once when it lists a domain it did not (a replay asks the hosts whose records list the
+//! domain, `crate::replay`), a second or two later for a newer revision or client count. Every
+//! write is a raft proposal, and with a record rewritten on a timer and after every change, a
+//! fleet of 1 000 hosts made 500 writes a second at rest and 1 000 more at each change, in the
+//! middle of its fan-out (`bench/fleet.sh`, docs/BENCHMARKS.md).
 //!
 //! Its own module because it is the agent's only periodic write that is not about servers.
 
@@ -32,24 +33,34 @@ const RECORD_SPREAD_MS: u64 = 1_000;
 pub(super) struct RecordState {
     written: Option<HostRecord>,
     changed_ms: Option<u64>,
+    /// A domain mirrored that the record written does not list: write at once.
+    unlisted: bool,
 }
 
 impl RecordState {
-    /// Something the record says changed at `now_ms` (a fleet revision mirrored): the write
-    /// follows once the delay is over, without waiting for the next refresh.
-    pub(super) fn touch(&mut self, now_ms: u64) {
+    /// A fleet revision of `domain` mirrored at `now_ms`: written once the delay is over,
+    /// without waiting for the next refresh; at once if the record written does not list the
+    /// domain yet.
+    pub(super) fn touch(&mut self, domain: &str, now_ms: u64) {
         self.changed_ms.get_or_insert(now_ms);
+        self.unlisted |= self
+            .written
+            .as_ref()
+            .is_some_and(|w| !w.domains.contains_key(domain));
     }
 
     /// Whether a change touched is due to be written by time alone.
     pub(super) fn ripe(&self, now_ms: u64, delay_ms: u64) -> bool {
-        self.changed_ms
-            .is_some_and(|since| now_ms >= since.saturating_add(delay_ms))
+        self.unlisted
+            || self
+                .changed_ms
+                .is_some_and(|since| now_ms >= since.saturating_add(delay_ms))
     }
 
     /// Whether `current` is to be written now: at once when the lease holds no record of this
-    /// agent yet (`new_lease`, or none written); else when it says something else than the
-    /// record written (its `updated_ms` aside), `delay_ms` after the difference was first seen.
+    /// agent yet (`new_lease`, or none written) or `current` lists other domains than the
+    /// record written; else when it says something else (its `updated_ms` aside), `delay_ms`
+    /// after the difference was first seen.
     fn due(&mut self, current: &HostRecord, now_ms: u64, delay_ms: u64, new_lease: bool) -> bool {
         if new_lease {
             *self = RecordState::default();
@@ -57,17 +68,23 @@ impl RecordState {
         let Some(written) = &self.written else {
             return true;
         };
+        if !written.domains.keys().eq(current.domains.keys()) {
+            return true;
+        }
         if same_record(written, current) {
             self.changed_ms = None;
+            self.unlisted = false;
             return false;
         }
-        self.touch(now_ms);
+        self.changed_ms.get_or_insert(now_ms);
         self.ripe(now_ms, delay_ms)
     }
 
     fn written(&mut self, record: HostRecord) {
-        self.written = Some(record);
-        self.changed_ms = None;
+        *self = RecordState {
+            written: Some(record),
+            ..RecordState::default()
+        };
     }
 }
 
@@ -242,11 +259,11 @@ mod tests {
         let mut state = RecordState::default();
         state.written(record(7, 100));
         // A fleet revision mirrored at 1 000: touched, not yet due.
-        state.touch(1_000);
+        state.touch("app", 1_000);
         assert!(!state.ripe(2_499, 1_500));
         assert!(!state.due(&record(8, 1_200), 1_200, 1_500, false));
         // More revisions in the burst do not move the first change's time.
-        state.touch(1_800);
+        state.touch("app", 1_800);
         assert!(!state.due(&record(9, 2_000), 2_000, 1_500, false));
         assert!(state.ripe(2_500, 1_500));
         assert!(state.due(&record(9, 2_500), 2_500, 1_500, false));
@@ -270,10 +287,33 @@ mod tests {
     fn a_touch_that_changed_nothing_is_forgotten_at_the_next_look() {
         let mut state = RecordState::default();
         state.written(record(7, 100));
-        state.touch(1_000);
+        state.touch("app", 1_000);
         assert!(state.ripe(3_000, 1_500));
         assert!(!state.due(&record(7, 3_000), 3_000, 1_500, false));
         assert!(!state.ripe(9_000, 1_500));
+    }
+
+    #[test]
+    fn a_domain_the_record_does_not_list_yet_is_written_at_once() {
+        // A replay asks the hosts whose records list the domain: one that mirrors it now
+        // must be listed at once.
+        let mut state = RecordState::default();
+        let mut none = record(7, 100);
+        none.domains.clear();
+        state.written(none);
+        state.touch("app", 1_000);
+        assert!(state.ripe(1_000, 1_500));
+        assert!(state.due(&record(7, 1_000), 1_000, 1_500, false));
+        state.written(record(7, 1_000));
+        // A second domain, seen at a refresh: at once too.
+        let mut two = record(7, 3_000);
+        two.domains
+            .insert("other".into(), two.domains["app"].clone());
+        assert!(state.due(&two, 3_000, 1_500, false));
+        // A listed domain's newer revision waits.
+        state.written(record(7, 4_000));
+        state.touch("app", 5_000);
+        assert!(!state.ripe(5_000, 1_500));
     }
 
     #[test]
