@@ -32,8 +32,8 @@
 
 use std::collections::HashMap;
 
-use crate::address::Identity;
-use crate::table::{Policy, Server, State, Table};
+use crate::address::{Address, Identity};
+use crate::table::{Policy, Server, State, Table, routed};
 
 /// Marks the servers of `new` (about to be published as `version`) that may have lost keys to
 /// other servers since `old`: they may now hold copies of keys they do not own. A server new
@@ -61,6 +61,80 @@ pub fn mark_strays(old: &[Server], old_policy: &Policy, new: &mut Table, version
             server.strays_since = version;
         }
     }
+}
+
+/// The servers a fleet commit from `old` to `new` fences before it is published (see
+/// [`crate::fence`]): every server that a host still routing on `old` could read a superseded
+/// copy from, or write where hosts on `new` do not read, and every server whose fence the change
+/// itself emptied.
+/// - servers of `new` that may lose keys ([`mark_strays`]'s rule: ketama points shrunk or grown
+///   elsewhere, any change under modula or PECL's continuum, a new distribution, fewer
+///   replicas);
+/// - servers routed under `old` that `new` removes, no longer routes (a drain, a mark-down under
+///   `rehash`) or marks down (under `none` a down server keeps its keys, and hosts on `new`
+///   neither read nor write them: a lagging host's write there would be acknowledged unseen);
+/// - every server routed under `old` when the prefix changes (keys get new names) or replicas
+///   grow (a lagging host writes fewer copies than hosts on `new` read);
+/// - servers new to the table or back up from down: their add or rejoin flush emptied their
+///   fence, which hosts on `new` would otherwise find missing.
+///
+/// Empty when no key moves and no server was flushed or taken out of service: a reason, a
+/// retry interval, a drain's progress.
+pub fn fence_targets(old: &Table, new: &Table) -> Vec<Address> {
+    let routed_in = |table: &Table| -> Vec<usize> { routed(&table.servers, table.policy.failover) };
+    let old_routed = routed_in(old);
+    let new_routed = routed_in(new);
+    let old_by_id: HashMap<Identity<'_>, &Server> = old
+        .servers
+        .iter()
+        .map(|s| (s.address.identity(), s))
+        .collect();
+    let mut targets: Vec<Address> = Vec::new();
+    let add = |targets: &mut Vec<Address>, address: &Address| {
+        if !targets.iter().any(|t| t.same_server(address)) {
+            targets.push(address.clone());
+        }
+    };
+    let renamed =
+        old.policy.prefix != new.policy.prefix || new.policy.replicas > old.policy.replicas;
+    if renamed {
+        for &i in &old_routed {
+            add(&mut targets, &old.servers[i].address);
+        }
+    } else {
+        let losing = losers(&old.servers, &old.policy, &new.servers, &new.policy);
+        let was_routed = |address: &Address| {
+            old_routed
+                .iter()
+                .any(|&i| old.servers[i].address.same_server(address))
+        };
+        for (server, loses) in new.servers.iter().zip(losing) {
+            // A server no host on `old` routes to held none of the keys that move.
+            if loses && was_routed(&server.address) {
+                add(&mut targets, &server.address);
+            }
+        }
+        for &i in &old_routed {
+            let address = &old.servers[i].address;
+            let now = new_routed
+                .iter()
+                .map(|&j| &new.servers[j])
+                .find(|s| s.address.same_server(address));
+            if now.is_none_or(|s| s.state == State::Down && old.servers[i].state != State::Down) {
+                add(&mut targets, address);
+            }
+        }
+    }
+    for &j in &new_routed {
+        let server = &new.servers[j];
+        let flushed = old_by_id
+            .get(&server.address.identity())
+            .is_none_or(|was| was.state == State::Down && server.state == State::Up);
+        if flushed {
+            add(&mut targets, &server.address);
+        }
+    }
+    targets
 }
 
 /// For each server of `new`: whether some key it owned (or replicated) under `old` may be owned
@@ -256,5 +330,99 @@ mod tests {
         let mut heavier_c = old.clone();
         heavier_c[2].weight = 3;
         assert_eq!(marks(&old, p, &heavier_c, p), [3, 7, 0]);
+    }
+
+    /// The addresses `fence_targets` names for `old` → `new`, as text.
+    fn fenced(
+        old: &[Server],
+        old_policy: Policy,
+        new: &[Server],
+        new_policy: Policy,
+    ) -> Vec<String> {
+        fence_targets(&table(old, old_policy), &table(new, new_policy))
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_add_fences_every_server_that_loses_keys_and_the_new_one_whose_fence_is_empty() {
+        let p = Policy::default();
+        let old = [up("a:1"), up("b:1")];
+        let new = [up("a:1"), up("b:1"), up("c:1")];
+        assert_eq!(fenced(&old, p, &new, p), ["a:1", "b:1", "c:1"]);
+    }
+
+    #[test]
+    fn a_delete_or_a_mark_down_fences_the_server_taken_out() {
+        let p = Policy::default();
+        let old = [up("a:1"), up("b:1"), up("c:1")];
+        assert_eq!(fenced(&old, p, &old[..2], p), ["c:1"]);
+        let mut c_down = old.clone();
+        c_down[2].state = State::Down;
+        assert_eq!(fenced(&old, p, &c_down, p), ["c:1"], "under none");
+        let rehash = Policy {
+            failover: Failover::Rehash,
+            ..Policy::default()
+        };
+        assert_eq!(fenced(&old, rehash, &c_down, rehash), ["c:1"]);
+        let mut c_draining = old.clone();
+        c_draining[2].state = State::Draining;
+        assert_eq!(fenced(&old, p, &c_draining, p), ["c:1"]);
+    }
+
+    #[test]
+    fn a_rejoin_fences_the_flushed_server_and_under_rehash_those_that_lose_its_keys() {
+        let p = Policy::default();
+        let mut c_down = [up("a:1"), up("b:1"), up("c:1")];
+        c_down[2].state = State::Down;
+        let all_up = [up("a:1"), up("b:1"), up("c:1")];
+        assert_eq!(fenced(&c_down, p, &all_up, p), ["c:1"]);
+        let rehash = Policy {
+            failover: Failover::Rehash,
+            ..Policy::default()
+        };
+        assert_eq!(
+            fenced(&c_down, rehash, &all_up, rehash),
+            ["a:1", "b:1", "c:1"]
+        );
+    }
+
+    #[test]
+    fn a_weight_fences_the_losers_and_a_reason_nothing() {
+        let p = Policy::default();
+        let old = [up("a:1"), up("b:1"), up("c:1")];
+        let mut heavier_c = old.clone();
+        heavier_c[2].weight = 3;
+        assert_eq!(fenced(&old, p, &heavier_c, p), ["a:1", "b:1"]);
+        let mut reason = old.clone();
+        reason[1].reason = "maintenance on friday".into();
+        reason[1].retry_interval = 5;
+        assert!(fenced(&old, p, &reason, p).is_empty());
+    }
+
+    #[test]
+    fn a_new_prefix_or_more_replicas_fence_every_routed_server() {
+        let mut old = [up("a:1"), up("b:1"), up("c:1")];
+        old[1].state = State::Down;
+        let rehash = Policy {
+            failover: Failover::Rehash,
+            ..Policy::default()
+        };
+        let prefixed = Policy {
+            prefix: crate::prefix::KeyPrefix::parse("v2:").unwrap(),
+            ..rehash
+        };
+        assert_eq!(fenced(&old, rehash, &old, prefixed), ["a:1", "c:1"]);
+        let two = Policy {
+            replicas: 2,
+            ..rehash
+        };
+        assert_eq!(fenced(&old, rehash, &old, two), ["a:1", "c:1"]);
+        assert_eq!(
+            fenced(&old, two, &old, rehash),
+            ["a:1", "c:1"],
+            "fewer replicas"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! - [`placement`]: where a key goes (ketama, ketama-spy, ketama-unweighted, modula, PECL), from
 //!   members (position, address, weight), knowing nothing of the table;
 //! - [`table`]: the model (servers, states, policy, snapshots) and [`coherence`], the rule that
-//!   marks servers which may keep stale copies when the placement changes;
+//!   marks servers which may keep stale copies when the placement changes, and the servers a
+//!   fleet commit fences ([`fence`]: the fencing epoch's key, value and verdict);
 //! - the file, from the bytes up, private to this crate: `shm` (the only `unsafe`: atomic access
 //!   to the mapping, fcntl locks, futexes), `seqlock` (the publish/read protocol), `format` (the
 //!   byte layout, drawn in `mcshm(5)`), `shared_ring` (each version's ring, written once by the
@@ -28,6 +29,7 @@ pub mod domain;
 pub mod dump;
 pub mod edit;
 pub mod error;
+pub mod fence;
 mod format;
 pub mod hash;
 pub mod key;

@@ -12,6 +12,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
         &[
             &["error", "key", "hash", "clock", "shm", "work"],
             &["address", "domain", "prefix"],
+            &["fence"],
             &["placement"],
             &["table"],
             &["coherence"],
