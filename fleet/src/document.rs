@@ -88,6 +88,18 @@ struct PolicyDoc {
     /// The key prefix; absent or "" for none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     prefix: String,
+    /// Fencing: "on" or "off"; absent for "auto" (documents before fencing, and those that
+    /// leave it to the release).
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    fence: String,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+fn is_auto(fence: &str) -> bool {
+    fence == "auto"
 }
 
 fn ketama() -> String {
@@ -120,6 +132,7 @@ fn policy_doc(p: &Policy) -> PolicyDoc {
         distribution: p.distribution.as_str().into(),
         hash: Some(p.distribution.hash_name().into()),
         prefix: p.prefix.to_string(),
+        fence: p.fence.as_str().into(),
     }
 }
 
@@ -187,6 +200,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
         distribution: Distribution::parse(&p.distribution, p.hash.as_deref())
             .map_err(|e| format!("policy: {e}"))?,
         prefix: KeyPrefix::parse(&p.prefix).map_err(|e| format!("policy: {e}"))?,
+        fence: p.fence.parse().map_err(|e| format!("policy: {e}"))?,
     };
     Ok((
         Table {
@@ -231,6 +245,7 @@ fn decode_server(s: &ServerDoc) -> Result<Server, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcshm_table::table::Fence;
 
     fn table() -> Table {
         let mut b = Server::new(Address::parse("[::1]:11212").unwrap());
@@ -266,6 +281,16 @@ mod tests {
         let (back, who) = decode(&encode(&table(), &changed)).unwrap();
         assert_eq!(back, table());
         assert_eq!(who, changed);
+        // Fencing: absent (and not written) for auto, as in documents before it.
+        let auto = String::from_utf8(encode(&table(), &changed)).unwrap();
+        assert!(!auto.contains("fence"), "{auto}");
+        for fence in [Fence::On, Fence::Off] {
+            let mut t = table();
+            t.policy.fence = fence;
+            let text = encode(&t, &changed);
+            assert!(String::from_utf8_lossy(&text).contains(&format!(r#""fence":"{fence}""#)));
+            assert_eq!(decode(&text).unwrap().0, t);
+        }
     }
 
     #[test]
@@ -302,6 +327,10 @@ mod tests {
             (
                 r#"{"servers":[],"policy":{"failover":"none","failure_limit":2,"rejoin":"flush","replicas":1,"warm_window_s":600,"prefix":"a b"}}"#,
                 "key prefix",
+            ),
+            (
+                r#"{"servers":[],"policy":{"failover":"none","failure_limit":2,"rejoin":"flush","replicas":1,"warm_window_s":600,"fence":"maybe"}}"#,
+                "fence",
             ),
         ];
         for (text, expect) in cases {

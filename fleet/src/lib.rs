@@ -20,5 +20,5 @@ pub mod store;
 pub mod sync;
 
 pub use etcd::{Etcd, EtcdConfig, EtcdError};
-pub use store::{Fleet, FleetCommit, FleetError, FleetTable, HostRecord};
+pub use store::{Fencing, Fleet, FleetCommit, FleetError, FleetTable, HostRecord};
 pub use sync::{Agent, SyncEvent, SyncOptions};

@@ -37,6 +37,11 @@ pub enum FleetError {
     },
     /// No such domain in the fleet.
     NoDomain(String),
+    /// A server whose keys the change moves could not be fenced: nothing was written.
+    Fence {
+        server: String,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for FleetError {
@@ -50,6 +55,12 @@ impl std::fmt::Display for FleetError {
             FleetError::NoDomain(d) => write!(
                 f,
                 "no domain '{d}' in the fleet (create it with `mcadmin --etcd … --domain {d} add ADDR`)"
+            ),
+            FleetError::Fence { server, why } => write!(
+                f,
+                "could not raise the fence on {server} ({why}); nothing was changed: the change \
+                 moves keys off it, and a host that lags the fleet would keep using it. Bring \
+                 the server back, or mark it down first (`mcadmin --etcd … down {server}`)"
             ),
         }
     }
@@ -73,11 +84,24 @@ pub struct FleetTable {
 }
 
 /// What a fleet transaction did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FleetCommit {
     /// The fleet version now (the new revision, or the unchanged one).
     pub revision: i64,
     pub changed: bool,
+    /// Servers whose fence the commit raised (or found) at its epoch before it was written.
+    pub fenced: usize,
+    /// Servers the change takes out of service that could not be reached to be fenced.
+    pub unfenced: usize,
+}
+
+/// How a fleet commit reaches the servers whose fences it raises (see [`libmcshm::fence`]):
+/// the domain's access files (TLS, credentials) are read from `dir`, as a rejoin's flush reads
+/// them.
+#[derive(Clone, Debug)]
+pub struct Fencing {
+    pub dir: std::path::PathBuf,
+    pub timeouts: libmcshm::Timeouts,
 }
 
 /// What a `mcadmin sync` agent publishes about its host (`mcadmin --etcd … hosts`).
@@ -205,15 +229,25 @@ pub fn probe_lease_free(value: &[u8], now_ms: u64, interval_ms: u64) -> bool {
 pub struct Fleet {
     pub etcd: Etcd,
     keys: Keys,
+    /// Set: every commit that moves keys fences the servers first (see [`Fleet::transact`]).
+    fencing: Option<Fencing>,
 }
 
 impl Fleet {
-    /// `prefix` must start and end with `/` (default `/mcshm/`): see [`Keys::new`].
+    /// `prefix` must start and end with `/` (default `/mcshm/`): see [`Keys::new`]. Commits
+    /// raise no fences until [`Fleet::with_fencing`].
     pub fn new(etcd: Etcd, prefix: &str) -> Result<Fleet, EtcdError> {
         Ok(Fleet {
             etcd,
             keys: Keys::new(prefix)?,
+            fencing: None,
         })
+    }
+
+    /// Every commit that moves keys raises the fences of the servers it moves them off first.
+    pub fn with_fencing(mut self, fencing: Fencing) -> Fleet {
+        self.fencing = Some(fencing);
+        self
     }
 
     /// The key layout under this fleet's prefix.
@@ -286,6 +320,15 @@ impl Fleet {
     /// version, if nobody wrote in between (else re-reads and runs `change` again). `create`
     /// starts a domain that is not in the fleet yet from an empty table. A `change` error
     /// writes nothing.
+    ///
+    /// With [`Fleet::with_fencing`], in a domain whose policy has fencing on (or turns it on:
+    /// then every server it routes is fenced), a change that moves keys first raises the fence
+    /// of every server it moves them off ([`mcshm_table::coherence::fence_targets`]) to the revision
+    /// read plus one: the commit's own revision is at least that, so every host still on the
+    /// table read (or older) is fenced there before any host can use the new one. A server
+    /// that cannot be fenced refuses the commit ([`FleetError::Fence`], nothing written),
+    /// unless the change takes it out of service (down or deleted): then it is counted in
+    /// [`FleetCommit::unfenced`].
     pub fn transact(
         &self,
         domain: &Domain,
@@ -329,25 +372,18 @@ impl Fleet {
                 let revision = expected.unwrap_or(0);
                 return Ok(FleetCommit {
                     revision,
-                    changed: false,
+                    ..FleetCommit::default()
                 });
             }
+            let fenced = self.fence(domain, &before, &table, expected.unwrap_or(0))?;
             let value = document::encode(&table, &changed_by(by));
             match self.etcd.put_if(&key, &value, expected, None) {
-                Ok(PutIf::Written(revision)) => {
-                    return Ok(FleetCommit {
-                        revision,
-                        changed: true,
-                    });
-                }
+                Ok(PutIf::Written(revision)) => return Ok(fenced.at(revision)),
                 // Our own document (it names this process and the time to the millisecond):
                 // the request reached a member whose answer was lost (a slow member's share
                 // of the timeout ran out) and was sent again to the next one.
                 Ok(PutIf::Conflict(Some(now))) if now.value == value => {
-                    return Ok(FleetCommit {
-                        revision: now.mod_revision,
-                        changed: true,
-                    });
+                    return Ok(fenced.at(now.mod_revision));
                 }
                 Ok(PutIf::Conflict(now)) => current = now,
                 Err(EtcdError::Unreachable(why)) => {
@@ -360,12 +396,7 @@ impl Fleet {
                     }
                     let after = expected.unwrap_or(read_at);
                     match self.landed(&key, &value, after, deadline) {
-                        Ok(Some(revision)) => {
-                            return Ok(FleetCommit {
-                                revision,
-                                changed: true,
-                            });
-                        }
+                        Ok(Some(revision)) => return Ok(fenced.at(revision)),
                         Ok(None) => {}
                         Err(EtcdError::Unreachable(_)) if Instant::now() < deadline => {}
                         Err(e) => return Err(e.into()),
@@ -389,6 +420,61 @@ impl Fleet {
             EDIT_DEADLINE.as_secs()
         ))
         .into())
+    }
+
+    /// Raises the fences of the servers `before` → `after` moves keys off to `read + 1` (see
+    /// [`Fleet::transact_with`]), when fencing is on.
+    fn fence(
+        &self,
+        domain: &Domain,
+        before: &Table,
+        after: &Table,
+        read: i64,
+    ) -> Result<FleetCommit, FleetError> {
+        let mut fenced = FleetCommit::default();
+        let Some(fencing) = &self.fencing else {
+            return Ok(fenced);
+        };
+        let (was, is) = (before.policy.fence.is_on(), after.policy.fence.is_on());
+        if !was && !is {
+            return Ok(fenced);
+        }
+        let mut targets = mcshm_table::coherence::fence_targets(before, after);
+        if is && !was {
+            // Turned on: every server it routes gets its first fence.
+            let routed = mcshm_table::table::routed(&after.servers, after.policy.failover);
+            for server in routed.into_iter().map(|i| &after.servers[i]) {
+                if !targets.iter().any(|t| t.same_server(&server.address)) {
+                    targets.push(server.address.clone());
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Ok(fenced);
+        }
+        let access = libmcshm::access::Access::load(&fencing.dir, domain).map_err(|e| {
+            FleetError::Fence {
+                server: targets[0].to_string(),
+                why: e.to_string(),
+            }
+        })?;
+        let key = libmcshm::fence::fence_key(domain);
+        let epoch = u64::try_from(read).unwrap_or(0) + 1;
+        for (server, raised) in
+            libmcshm::fence::raise_all(&targets, &key, epoch, fencing.timeouts, &access)
+        {
+            match raised {
+                Ok(_) => fenced.fenced += 1,
+                Err(_) if out_of_service(after, &server) => fenced.unfenced += 1,
+                Err(why) => {
+                    return Err(FleetError::Fence {
+                        server: server.to_string(),
+                        why,
+                    });
+                }
+            }
+        }
+        Ok(fenced)
     }
 
     /// Whether `value` was the first write of `key` after revision `after` (its revision if
@@ -465,6 +551,26 @@ impl Fleet {
             })
             .collect())
     }
+}
+
+impl FleetCommit {
+    /// This commit's fences, written at `revision`.
+    fn at(self, revision: i64) -> FleetCommit {
+        FleetCommit {
+            revision,
+            changed: true,
+            ..self
+        }
+    }
+}
+
+/// Whether `table` takes `server` out of service: deleted, or down.
+fn out_of_service(table: &Table, server: &Address) -> bool {
+    table
+        .servers
+        .iter()
+        .find(|s| s.address.same_server(server))
+        .is_none_or(|s| s.state == mcshm_table::State::Down)
 }
 
 /// The `changed` stamp of a document this process writes now.

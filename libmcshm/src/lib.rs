@@ -28,7 +28,8 @@
 //! protocol), [`auth`] and [`tls`] (what a domain's connections present, together [`access`]),
 //! [`conn`], [`client`] (the blocking client: it executes the plans and sequences of
 //! mcshm-route's router, as mcproxy does: failover, replication, warm-up, drain fallback),
-//! [`lifecycle`] (probe and the one rejoin rule), [`health`] (the watch daemon), [`drain`] and
+//! [`lifecycle`] (probe and the one rejoin rule), [`fence`] (raising a domain's fencing epoch
+//! on its servers before a fleet commit), [`health`] (the watch daemon), [`drain`] and
 //! [`settle`] (the workflows); [`metrics`] (the host's domains as a Prometheus page, read from
 //! the registry, and its HTTP server). The table
 //! crate's modules are re-exported here under their names, so `libmcshm::registry` and
@@ -47,6 +48,7 @@ mod beside;
 pub mod client;
 pub mod conn;
 pub mod drain;
+pub mod fence;
 pub mod health;
 pub mod lifecycle;
 pub mod metadump;

@@ -11,7 +11,7 @@ use libmcshm::edit::PolicyChange;
 use libmcshm::placement::Distribution;
 use libmcshm::prefix::KeyPrefix;
 use libmcshm::registry::LockWait;
-use libmcshm::table::{self, Failover, Rejoin};
+use libmcshm::table::{self, Failover, Fence, Rejoin};
 use mcshm_cli::UsageError;
 
 macro_rules! exit_status {
@@ -623,6 +623,12 @@ pub struct PolicyArgs {
     /// "" removes it). Every process of the domain switches with the same version
     #[arg(long, value_name = "P", value_parser = key_prefix)]
     pub prefix: Option<KeyPrefix>,
+    /// Fencing, for a domain mirrored from etcd: on (a fleet commit that moves keys off a
+    /// server first raises the domain's fence there, item mcshm.fence.DOMAIN, so that a host
+    /// still on the older table cannot use that server's answers), off, or auto (the
+    /// release's default: off in this release, where hosts do not read fences yet)
+    #[arg(long, value_name = "auto|on|off", value_parser = checked::<Fence>)]
+    pub fence: Option<Fence>,
 }
 
 impl PolicyArgs {
@@ -639,6 +645,7 @@ impl PolicyArgs {
                 .map(|d| Distribution::parse(d, self.hash.as_deref()))
                 .transpose()?,
             prefix: self.prefix,
+            fence: self.fence,
         })
     }
 }

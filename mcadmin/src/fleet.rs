@@ -51,6 +51,7 @@ pub fn exit_for(err: &FleetError) -> Exit {
         FleetError::Edit(e) => crate::exit_for_kind(e.kind()),
         FleetError::NoDomain(_) => Exit::NotFound,
         FleetError::Etcd(_) | FleetError::Hostile { .. } => Exit::Etcd,
+        FleetError::Fence { .. } => Exit::Server,
     }
 }
 
@@ -164,7 +165,7 @@ pub fn bring_up(
     lifecycle::bring_up_in(&mut table, addresses, no_flush, Timeouts::default())?;
     Ok(table.commit.unwrap_or(FleetCommit {
         revision: table.revision,
-        changed: false,
+        ..FleetCommit::default()
     }))
 }
 

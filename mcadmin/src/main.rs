@@ -137,7 +137,10 @@ fn run(cli: &Cli) -> Result<Exit> {
     let store = match fleet {
         None => Store::Local(local.clone()),
         Some(fleet) => Store::Fleet {
-            fleet: std::sync::Arc::new(fleet),
+            fleet: std::sync::Arc::new(fleet.with_fencing(mcshm_fleet::Fencing {
+                dir: local.dir.clone(),
+                timeouts: libmcshm::Timeouts::default(),
+            })),
             dir: local.dir.clone(),
             domain: local.domain.clone(),
         },

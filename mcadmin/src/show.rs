@@ -45,6 +45,7 @@ pub fn policy_json(p: &Policy) -> Value {
         "distribution": p.distribution.as_str(),
         "hash": p.distribution.hash_name(),
         "prefix": p.prefix.to_string(),
+        "fence": p.fence.as_str(),
     })
 }
 

@@ -108,9 +108,17 @@ pub fn fence_targets(old: &Table, new: &Table) -> Vec<Address> {
                 .iter()
                 .any(|&i| old.servers[i].address.same_server(address))
         };
+        let down_throughout = |server: &Server| {
+            server.state == State::Down
+                && old_by_id
+                    .get(&server.address.identity())
+                    .is_some_and(|was| was.state == State::Down)
+        };
         for (server, loses) in new.servers.iter().zip(losing) {
-            // A server no host on `old` routes to held none of the keys that move.
-            if loses && was_routed(&server.address) {
+            // A server no host on `old` routes to held none of the keys that move; one down in
+            // both tables gets nothing from hosts on either (one older was fenced when it
+            // went down, or could not be reached then either).
+            if loses && was_routed(&server.address) && !down_throughout(server) {
                 add(&mut targets, &server.address);
             }
         }
@@ -366,6 +374,13 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(fenced(&old, rehash, &c_down, rehash), ["c:1"]);
+        let mut heavier_a = c_down.clone();
+        heavier_a[0].weight = 3;
+        assert_eq!(
+            fenced(&c_down, p, &heavier_a, p),
+            ["b:1"],
+            "c down throughout"
+        );
         let mut c_draining = old.clone();
         c_draining[2].state = State::Draining;
         assert_eq!(fenced(&old, p, &c_draining, p), ["c:1"]);

@@ -19,7 +19,8 @@
 //!
 //! A line `policy: failover=none|rehash failure-limit=N rejoin=flush|warm|trust replicas=N
 //! warm-window=S [distribution=ketama|ketama-spy|ketama-unweighted|modula|pecl-memcache hash=H]
-//! [prefix=P]` sets the domain policy (defaults: none, 2, flush, 1, 600, ketama, no prefix;
+//! [prefix=P] [fence=auto|on|off]` sets the domain policy (defaults: none, 2, flush, 1, 600,
+//! ketama, no prefix, auto;
 //! modula's and ketama-unweighted's hash defaults to one-at-a-time). Otherwise the address
 //! comes first; attributes may be omitted (defaults: weight 1, retry-interval 15,
 //! state up, no reason) and come in any order. `reason` is double-quoted with `\"` and `\\`
@@ -64,7 +65,7 @@ use crate::placement::Distribution;
 use crate::prefix::KeyPrefix;
 use crate::registry::MAX_SERVERS;
 use crate::table::{
-    Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_replicas,
+    Fence, Policy, Server, Snapshot, Table, check_failure_limit, check_reason, check_replicas,
     check_retry_interval, check_warm_window, check_weight,
 };
 
@@ -347,6 +348,9 @@ pub fn policy_text(p: &Policy) -> String {
     if !p.prefix.is_empty() {
         let _ = write!(text, " prefix={}", p.prefix);
     }
+    if p.fence != Fence::Auto {
+        let _ = write!(text, " fence={}", p.fence);
+    }
     text
 }
 
@@ -363,11 +367,12 @@ fn parse_policy(text: &str) -> Result<Policy> {
             Some(("replicas", v)) => policy.replicas = check_replicas(v)?,
             Some(("warm-window", v)) => policy.warm_window_s = check_warm_window(v)?,
             Some(("prefix", v)) => policy.prefix = KeyPrefix::parse(v)?,
+            Some(("fence", v)) => policy.fence = v.parse()?,
             _ => {
                 return Err(Error::invalid(
                     "policy attribute",
                     pair,
-                    "expected failover=, failure-limit=, rejoin=, replicas=, warm-window=, distribution=, hash= or prefix=",
+                    "expected failover=, failure-limit=, rejoin=, replicas=, warm-window=, distribution=, hash=, prefix= or fence=",
                 ));
             }
         }

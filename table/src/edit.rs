@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::placement::Distribution;
 use crate::prefix::KeyPrefix;
 use crate::processes::host_name;
-use crate::table::{CommitInfo, Failover, Policy, Rejoin, Server, State, fit_reason};
+use crate::table::{CommitInfo, Failover, Fence, Policy, Rejoin, Server, State, fit_reason};
 
 /// Appends `new` servers (order kept: it is part of how clients hash). A server already present
 /// is an error, or skipped with `if_missing`; one given twice in `new` is an error naming it
@@ -306,6 +306,7 @@ pub struct PolicyChange {
     pub warm_window_s: Option<u32>,
     pub distribution: Option<Distribution>,
     pub prefix: Option<KeyPrefix>,
+    pub fence: Option<Fence>,
 }
 
 impl PolicyChange {
@@ -324,6 +325,7 @@ impl PolicyChange {
         p.warm_window_s = self.warm_window_s.unwrap_or(p.warm_window_s);
         p.distribution = self.distribution.unwrap_or(p.distribution);
         p.prefix = self.prefix.unwrap_or(p.prefix);
+        p.fence = self.fence.unwrap_or(p.fence);
     }
 }
 

@@ -54,7 +54,8 @@
 //!     36    4 writer_uid          user that committed it
 //!     40    1 failover            domain policy: 0 none, 1 rehash
 //!     41    1 failure_limit       consecutive failures that mark a server down (0 = 2)
-//!     42    2 reserved            zero
+//!     42    2 policy_flags        bits 0-1 fence: 0 auto, 1 on, 2 off (format 3 readers before
+//!                                 fencing ignore it: they neither raise nor read fences)
 //!     44    4 next_id             id the next added server gets (ids start at 1)
 //!     48    1 rejoin              how a down server comes back: 0 flush, 1 warm, 2 trust, 3 replay
 //!     49    1 replicas            servers each write goes to (0 = 1)
@@ -159,8 +160,8 @@ use std::collections::HashSet;
 
 use crate::placement::Distribution;
 use crate::table::{
-    CommitInfo, DEFAULT_WARM_WINDOW_S, Failover, MAX_REASON_LEN, Policy, Rejoin, Server, Snapshot,
-    State, Table, first_duplicate,
+    CommitInfo, DEFAULT_WARM_WINDOW_S, Failover, Fence, MAX_REASON_LEN, Policy, Rejoin, Server,
+    Snapshot, State, Table, first_duplicate,
 };
 
 #[cfg(not(target_endian = "little"))]
@@ -234,7 +235,7 @@ struct SlotHeader {
     writer_uid: u32,
     failover: u8,
     failure_limit: u8,
-    reserved0: u16,
+    policy_flags: u16,
     next_id: u32,
     rejoin: u8,
     replicas: u8,
@@ -594,7 +595,7 @@ pub fn encode_slot(
         writer_uid: info.uid,
         failover: table.policy.failover.code(),
         failure_limit: table.policy.failure_limit,
-        reserved0: 0,
+        policy_flags: table.policy.fence.code(),
         next_id,
         rejoin: table.policy.rejoin.code(),
         replicas: table.policy.replicas,
@@ -835,6 +836,9 @@ fn decode_header(
         .ok_or_else(|| format!("failover code {}", header.failover))?;
     let rejoin =
         Rejoin::from_code(header.rejoin).ok_or_else(|| format!("rejoin code {}", header.rejoin))?;
+    // Bits above the fence's are for later policies: ignored, as reserved bytes are.
+    let fence = Fence::from_code(header.policy_flags & 0b11)
+        .ok_or_else(|| format!("fence code {}", header.policy_flags & 0b11))?;
     if header.failure_limit == 0 {
         return Err("failure limit 0".into());
     }
@@ -857,6 +861,7 @@ fn decode_header(
             },
             distribution,
             prefix,
+            fence,
         },
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,
@@ -1103,6 +1108,44 @@ mod tests {
                 .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
                 .collect();
             assert!(decode_slot(&words, "d", &layout).is_err(), "byte {at}");
+        }
+    }
+
+    /// The fence policy sits in byte 42 (0 auto, as every older file reads); a code no mcshm
+    /// writes is refused, and the bits above it are ignored (for later policies).
+    #[test]
+    fn the_fence_policy_round_trips_in_the_policy_flags() {
+        let layout = Layout::new(4, 0);
+        for fence in [Fence::Auto, Fence::On, Fence::Off] {
+            let mut t = table();
+            t.policy.fence = fence;
+            let image = encode_slot(9, INFO, &t, 5, None, None);
+            assert_eq!(
+                decode_slot(&image, "d", &layout).unwrap().0.policy,
+                t.policy
+            );
+            let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
+            assert_eq!(u16::from_le_bytes([bytes[42], bytes[43]]), fence.code());
+        }
+        let image = encode_slot(9, INFO, &table(), 5, None, None);
+        let bytes: Vec<u8> = bytemuck::cast_slice(&image).to_vec();
+        for (flags, expect) in [
+            (3u16, None),
+            (1 | 0x100, Some(Fence::On)),
+            (0x8000, Some(Fence::Auto)),
+        ] {
+            let mut changed = bytes.clone();
+            changed[42..44].copy_from_slice(&flags.to_le_bytes());
+            let crc = slot_crc(&changed[..SLOT_HEADER_LEN]);
+            changed[16..20].copy_from_slice(&crc.to_le_bytes());
+            let words: Vec<u64> = changed
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+                .collect();
+            let decoded = decode_slot(&words, "d", &layout)
+                .ok()
+                .map(|d| d.0.policy.fence);
+            assert_eq!(decoded, expect, "flags {flags:#x}");
         }
     }
 

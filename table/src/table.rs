@@ -373,6 +373,72 @@ impl std::str::FromStr for Rejoin {
     }
 }
 
+/// Whether a domain's fleet commits fence the servers they move keys off, and its hosts read
+/// the fences (see [`crate::fence`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fence {
+    /// The release's default: off while the readers of fences are being built (fleet commits
+    /// raise no fences), on in fleet mode once they are.
+    #[default]
+    Auto,
+    On,
+    /// Off: no fence raised or read (a host that lags the fleet may read superseded copies
+    /// until it mirrors the change).
+    Off,
+}
+
+impl Fence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fence::Auto => "auto",
+            Fence::On => "on",
+            Fence::Off => "off",
+        }
+    }
+
+    /// Whether fences are raised and read: `auto` resolved.
+    pub fn is_on(self) -> bool {
+        self == Fence::On
+    }
+
+    /// The file's policy-flag bits (0 for `auto`, so that every older file reads as it).
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            Fence::Auto => 0,
+            Fence::On => 1,
+            Fence::Off => 2,
+        }
+    }
+
+    /// From the file's bits; `None` for a value no mcshm writes.
+    pub(crate) fn from_code(code: u16) -> Option<Fence> {
+        match code {
+            0 => Some(Fence::Auto),
+            1 => Some(Fence::On),
+            2 => Some(Fence::Off),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Fence {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Fence> {
+        match s {
+            "auto" => Ok(Fence::Auto),
+            "on" => Ok(Fence::On),
+            "off" => Ok(Fence::Off),
+            _ => Err(Error::invalid("fence", s, "expected 'auto', 'on' or 'off'")),
+        }
+    }
+}
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Seconds of warm-up after a rejoin, when the domain does not say.
 pub const DEFAULT_WARM_WINDOW_S: u32 = 600;
 
@@ -394,6 +460,8 @@ pub struct Policy {
     pub distribution: Distribution,
     /// Prepended to every key sent, never hashed (none by default).
     pub prefix: crate::prefix::KeyPrefix,
+    /// Fencing of fleet commits (see [`crate::fence`]).
+    pub fence: Fence,
 }
 
 impl Default for Policy {
@@ -406,6 +474,7 @@ impl Default for Policy {
             warm_window_s: DEFAULT_WARM_WINDOW_S,
             distribution: Distribution::Ketama,
             prefix: crate::prefix::KeyPrefix::NONE,
+            fence: Fence::Auto,
         }
     }
 }

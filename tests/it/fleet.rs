@@ -58,11 +58,10 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
         .iter()
         .map(|n| Host::start(n, &cluster.endpoints()))
         .collect();
-    let commit = fleet_ok(
-        &cluster,
-        "myapp",
-        &["add", "--no-flush", "10.0.0.1:11211", "10.0.0.2"],
-    );
+    // Real servers: a fleet commit fences the servers it adds, takes down or moves keys off.
+    let servers = [Memcached::start(), Memcached::start()];
+    let (one, two) = (servers[0].address(), servers[1].address());
+    let commit = fleet_ok(&cluster, "myapp", &["add", "--no-flush", &one, &two]);
     let revision = commit["revision"].as_i64().unwrap();
     assert!(revision > 0);
     for host in &hosts {
@@ -75,7 +74,7 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
         let local = host.local("myapp").unwrap();
         assert_eq!(
             addresses(&local),
-            ["10.0.0.1:11211", "10.0.0.2:11211"],
+            [one.as_str(), two.as_str()],
             "{}",
             host.name
         );
@@ -91,7 +90,7 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
         "{text}"
     );
     // A second edit, then every agent shows up in `hosts` with it.
-    let commit = fleet_ok(&cluster, "myapp", &["down", "10.0.0.2", "--reason", "disk"]);
+    let commit = fleet_ok(&cluster, "myapp", &["down", &two, "--reason", "disk"]);
     let revision = commit["revision"].as_i64().unwrap();
     assert!(wait_until(WAIT, || {
         let hosts = fleet_ok(&cluster, "myapp", &["hosts"]);
@@ -103,10 +102,7 @@ fn an_add_through_one_host_reaches_every_host_and_hosts_lists_every_agent() {
             })
     }));
     for host in &hosts {
-        assert_eq!(
-            host.state("myapp", "10.0.0.2:11211").as_deref(),
-            Some("down")
-        );
+        assert_eq!(host.state("myapp", &two).as_deref(), Some("down"));
     }
     let text = fleet(&cluster, "myapp", &["hosts"]).stdout();
     for name in ["web1", "web2", "web3"] {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::common::certs::{authority, certificate};
 use crate::common::etcd::free_port;
+use crate::common::memcached::Memcached;
 use crate::common::wait_until;
 
 struct Etcd(Child);
@@ -118,8 +119,11 @@ fn mcadmin_reaches_etcd_over_tls_and_names_what_is_wrong() {
         "etcd did not start: {:?}",
         list()
     );
-    // Client certificates, no authentication: it works.
-    let (code, stderr) = mcadmin(&[&tls[..], &["add", "--no-flush", "10.0.0.1:11211"]].concat());
+    // Client certificates, no authentication: it works (the add fences the servers it adds,
+    // so they are real ones).
+    let servers = [Memcached::start(), Memcached::start()];
+    let (one, two) = (servers[0].address(), servers[1].address());
+    let (code, stderr) = mcadmin(&[&tls[..], &["add", "--no-flush", &one]].concat());
     assert_eq!(code, Some(0), "{stderr}");
     // Each mistake named.
     let (code, stderr) = mcadmin(&["--cacert", "ca.crt", "list"]);
@@ -189,13 +193,7 @@ fn mcadmin_reaches_etcd_over_tls_and_names_what_is_wrong() {
     let (code, stderr) = mcadmin(
         &[
             &anonymous[..],
-            &[
-                "--etcd-user",
-                "root:pw",
-                "add",
-                "--no-flush",
-                "10.0.0.2:11211",
-            ],
+            &["--etcd-user", "root:pw", "add", "--no-flush", &two],
         ]
         .concat(),
     );

@@ -43,7 +43,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["auth", "tls"],
             &["access"],
             &["conn"],
-            &["lifecycle", "metadump"],
+            &["lifecycle", "metadump", "fence"],
             &["client"],
             &["drain", "health", "settle"],
             // Reads the registry only (the table crate's): the page and its HTTP server.

@@ -19,6 +19,7 @@ mod conformance;
 mod corruption;
 mod explain;
 mod fleet;
+mod fleet_fence;
 mod fleet_lag;
 mod fleet_replay;
 mod fleet_tls;

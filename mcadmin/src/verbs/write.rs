@@ -274,6 +274,19 @@ fn flush_new(ctx: &Invocation, present: &[Server], new: &[Server], force: bool) 
     )?)
 }
 
+/// What a fleet commit did to the servers' fences, for its line: nothing when it moved no key.
+fn fences(commit: &mcshm_fleet::FleetCommit) -> String {
+    let plural = |n: usize| if n == 1 { "server" } else { "servers" };
+    match (commit.fenced, commit.unfenced) {
+        (0, 0) => String::new(),
+        (f, 0) => format!(" (fenced {f} {})", plural(f)),
+        (f, u) => format!(
+            " (fenced {f} {}; {u} taken out of service could not be reached)",
+            plural(f)
+        ),
+    }
+}
+
 /// Runs one transaction and reports the version (or fleet revision) it published.
 fn write(
     ctx: &Invocation,
@@ -296,9 +309,16 @@ fn report(ctx: &Invocation, written: Written) -> Result<Exit> {
         )?,
         Written::Revision(commit) => print(
             ctx,
-            || json!({"domain": domain, "revision": commit.revision, "changed": commit.changed}),
+            || {
+                json!({"domain": domain, "revision": commit.revision, "changed": commit.changed,
+                       "fenced": commit.fenced, "unfenced": commit.unfenced})
+            },
             || match commit.changed {
-                true => format!("domain {domain}: fleet revision {}\n", commit.revision),
+                true => format!(
+                    "domain {domain}: fleet revision {}{}\n",
+                    commit.revision,
+                    fences(&commit)
+                ),
                 false => format!(
                     "domain {domain}: unchanged at fleet revision {}\n",
                     commit.revision

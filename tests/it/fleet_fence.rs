@@ -1,0 +1,218 @@
+//! Fencing, the commit side (issue 34): in a domain with fencing on, a fleet commit that moves
+//! keys raises the domain's fence on the servers it moves them off, to the revision it read
+//! plus one, before it puts the document; one that cannot fence such a server changes
+//! nothing. Real etcd, real
+//! memcached, mcadmin as a process; the fences are read back over raw connections.
+
+use std::time::Duration;
+
+use crate::common::Run;
+use crate::common::closed_port_address;
+use crate::common::etcd::{EtcdCluster, fleet_cmd};
+use crate::common::memcached::Memcached;
+use libmcshm::access::Access;
+use libmcshm::fence;
+use libmcshm::{Address, Timeouts};
+
+const KEY: &str = "mcshm.fence.app";
+
+fn mcadmin(cluster: &EtcdCluster, args: &[&str]) -> Run {
+    Run(fleet_cmd(&cluster.endpoints(), "app", args)
+        .output()
+        .unwrap())
+}
+
+/// `mcadmin --etcd … --json ARGS`, which must succeed: its JSON.
+fn commit(cluster: &EtcdCluster, args: &[&str]) -> serde_json::Value {
+    let run = mcadmin(cluster, &[&["--json"], args].concat());
+    assert_eq!(run.code(), 0, "mcadmin {args:?}: {}", run.stderr());
+    serde_json::from_str(&run.stdout()).unwrap()
+}
+
+fn revision(value: &serde_json::Value) -> u64 {
+    value["revision"].as_u64().unwrap()
+}
+
+/// Each server's fence, as a number (`None`: no fence item).
+fn fences(servers: &[&Memcached]) -> Vec<Option<u64>> {
+    servers
+        .iter()
+        .map(|m| m.raw_get(KEY).map(|v| v.parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_commit_that_moves_keys_fences_the_servers_it_moves_them_off_before_it_is_written() {
+    let cluster = EtcdCluster::start(1);
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let (aa, ba, ca) = (a.address(), b.address(), c.address());
+
+    // Fencing is `auto`, off in this release: a new domain's commits raise no fence.
+    let first = commit(&cluster, &["add", &aa, &ba]);
+    assert_eq!(first["fenced"], 0, "{first}");
+    assert_eq!(fences(&[&a, &b, &c]), [None, None, None]);
+    // Turned on: every server it routes gets its first fence, at the revision read plus one.
+    let on = commit(&cluster, &["policy", "--fence", "on"]);
+    assert_eq!(on["fenced"], 2, "{on}");
+    let at = revision(&first) + 1;
+    assert_eq!(fences(&[&a, &b, &c]), [Some(at), Some(at), None]);
+    let policy = commit(&cluster, &["policy"]);
+    assert_eq!(policy["fence"], "on", "{policy}");
+    let text = mcadmin(&cluster, &["set", &aa, "--retry-interval", "45s"]);
+    assert_eq!(text.code(), 0, "{}", text.stderr());
+    assert!(
+        !text.stdout().contains("fenced"),
+        "a retry interval moves no key: {}",
+        text.stdout()
+    );
+    assert_eq!(fences(&[&a, &b]), [Some(at), Some(at)], "no fence for it");
+
+    // An add under ketama moves keys off every server: all three fenced at the revision read
+    // plus one, which the commit's own revision is at least (here exactly: one writer).
+    let before = revision(&commit(&cluster, &["list"]));
+    let run = mcadmin(&cluster, &["add", &ca]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(
+        run.stdout().contains("(fenced 3 servers)"),
+        "{}",
+        run.stdout()
+    );
+    let added = revision(&commit(&cluster, &["list"]));
+    assert_eq!(fences(&[&a, &b, &c]), [Some(before + 1); 3]);
+    assert!(before < added);
+
+    // A heavier c: a and b lose keys, c only gains: its fence stays as it was.
+    let weighted = commit(&cluster, &["set", &ca, "--weight", "3"]);
+    assert_eq!(weighted["fenced"], 2, "{weighted}");
+    assert_eq!(
+        fences(&[&a, &b, &c]),
+        [Some(added + 1), Some(added + 1), Some(before + 1)]
+    );
+}
+
+#[test]
+fn a_server_that_cannot_be_fenced_refuses_the_commit_unless_the_commit_takes_it_out() {
+    let cluster = EtcdCluster::start(1);
+    let a = Memcached::start();
+    let (aa, dead) = (a.address(), closed_port_address());
+    commit(&cluster, &["add", &aa]);
+    commit(&cluster, &["policy", "--fence", "on"]);
+    // Added without a flush while it answers nobody: the fence cannot be written.
+    let run = mcadmin(&cluster, &["add", "--no-flush", &dead]);
+    assert_eq!(run.code(), 5, "{}", run.stderr());
+    assert_eq!(run.stderr().trim().lines().count(), 1, "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains(&format!("could not raise the fence on {dead}")),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("nothing was changed"),
+        "{}",
+        run.stderr()
+    );
+    let listed = commit(&cluster, &["list"]);
+    assert_eq!(crate::common::addresses(&listed), [aa.as_str()]);
+
+    // The same server in the table (put there with fencing off in effect: a direct etcd
+    // write is what an older mcadmin would do), then a weight change that moves keys off it:
+    // refused, the fleet's table as it was.
+    let mut table = fleet_table(&cluster);
+    table
+        .servers
+        .push(libmcshm::Server::new(Address::parse(&dead).unwrap()));
+    put_table(&cluster, &table);
+    let at = revision(&commit(&cluster, &["list"]));
+    let run = mcadmin(&cluster, &["set", &aa, "--weight", "5"]);
+    assert_eq!(run.code(), 5, "{}", run.stderr());
+    assert!(run.stderr().contains(&dead), "{}", run.stderr());
+    assert_eq!(revision(&commit(&cluster, &["list"])), at, "etcd unchanged");
+
+    // Marking it down takes it out of service: it goes through, counted as not fenced.
+    let run = mcadmin(&cluster, &["down", &dead, "--reason", "dead"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(
+        run.stdout()
+            .contains("taken out of service could not be reached"),
+        "{}",
+        run.stdout()
+    );
+    let down = commit(&cluster, &["list"]);
+    assert!(revision(&down) > at);
+    // Down in the table read and in the change (under failover none it stays on the ring,
+    // but no host sends it anything): not a target. A heavier a only gains keys: nothing to
+    // fence, and the commit goes through.
+    let weighted = commit(&cluster, &["set", &aa, "--weight", "5"]);
+    assert_eq!(
+        (&weighted["fenced"], &weighted["unfenced"]),
+        (&0.into(), &0.into())
+    );
+    assert!(revision(&weighted) > revision(&down));
+}
+
+#[test]
+fn a_raise_only_ever_raises_and_overwrites_what_no_mcshm_wrote() {
+    let m = Memcached::start();
+    let address = Address::parse(&m.address()).unwrap();
+    let key = KEY.as_bytes();
+    let t = Timeouts {
+        connect: Duration::from_secs(2),
+        io: Duration::from_secs(2),
+    };
+    let access = Access::default();
+    assert_eq!(fence::read(&address, key, t, &access), Ok(None));
+    let raised = fence::raise(&address, key, 10, t, &access).unwrap();
+    assert_eq!((raised.before, raised.wrote), (None, true));
+    let lower = fence::raise(&address, key, 5, t, &access).unwrap();
+    assert_eq!((lower.before, lower.wrote), (Some(10), false));
+    assert_eq!(m.raw_get(KEY).as_deref(), Some("10"));
+    let higher = fence::raise(&address, key, 12, t, &access).unwrap();
+    assert_eq!((higher.before, higher.wrote), (Some(10), true));
+    m.raw_set(KEY, "not a number");
+    let over = fence::raise(&address, key, 3, t, &access).unwrap();
+    assert_eq!((over.before, over.wrote), (None, true));
+    assert_eq!(fence::read(&address, key, t, &access), Ok(Some(3)));
+
+    // Many raises at once, from threads of several processes' worth: the highest stays.
+    let addresses = vec![address.clone(); 16];
+    std::thread::scope(|s| {
+        for epoch in 100..108 {
+            let addresses = &addresses;
+            let access = &access;
+            s.spawn(move || {
+                for (_, raised) in fence::raise_all(addresses, key, epoch, t, access) {
+                    raised.unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(fence::read(&address, key, t, &access), Ok(Some(107)));
+
+    // An unreachable server is an error of its own; the others are raised.
+    let dead = Address::parse(&closed_port_address()).unwrap();
+    let results = fence::raise_all(&[dead.clone(), address.clone()], key, 200, t, &access);
+    assert!(results[0].1.is_err(), "{results:?}");
+    assert!(results[1].1.is_ok(), "{results:?}");
+    assert_eq!(m.raw_get(KEY).as_deref(), Some("200"));
+}
+
+/// The fleet's table of `app`, decoded.
+fn fleet_table(cluster: &EtcdCluster) -> libmcshm::table::Table {
+    let fleet = mcshm_fleet::Fleet::new(cluster.client(), "/mcshm/").unwrap();
+    let domain = libmcshm::Domain::new("app").unwrap();
+    fleet.read(&domain).unwrap().unwrap().table
+}
+
+/// Writes `table` as the fleet's table of `app` with no fencing (an older mcadmin's write).
+fn put_table(cluster: &EtcdCluster, table: &libmcshm::table::Table) {
+    let fleet = mcshm_fleet::Fleet::new(cluster.client(), "/mcshm/").unwrap();
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let wanted = table.clone();
+    fleet
+        .transact(&domain, false, "test", move |t| {
+            *t = wanted.clone();
+            Ok(())
+        })
+        .unwrap();
+}
