@@ -269,6 +269,16 @@ impl Router {
         }
     }
 
+    /// Blocks until the table's version is past `since` or `timeout` passes (the registry's
+    /// futex: a commit in any process wakes it); the new version, or `None`. A table without a
+    /// registry never changes: `None` at once.
+    pub fn wait_for_change(&mut self, since: u64, timeout: std::time::Duration) -> Option<u64> {
+        match &mut self.source {
+            Source::Registry(registry) => registry.wait_for_change(since, timeout),
+            Source::Servers(_) => None,
+        }
+    }
+
     /// Starts routing an operation at `now_ms` (ms since the Unix epoch; the time every
     /// decision until the next refresh is made at, the retry leases' included): rebuilds the
     /// routing when the table version (or the local failure view) changed, one atomic load

@@ -121,6 +121,15 @@ pub enum Error {
     /// The server answered `ERROR`: it does not know the command.
     #[error("{server} answered ERROR (unknown command)")]
     UnknownCommand { server: String },
+    /// The server's fence (see [`crate::fence`]) is above the fleet revision this host routed
+    /// on, or missing (`fence` = `u64::MAX`): its answer was not used (a write there was
+    /// undone), and the host's table did not catch up in time.
+    #[error("{server}: {}", behind_text(*fence, *table))]
+    TableBehind {
+        server: String,
+        fence: u64,
+        table: u64,
+    },
     /// Any other I/O failure.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
@@ -129,6 +138,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// What [`Error::TableBehind`] says.
+fn behind_text(fence: u64, table: u64) -> String {
+    let what = match fence {
+        u64::MAX => "has no fence for the domain (restarted or flushed since a fleet commit wrote \
+                     one)"
+            .to_string(),
+        fence => format!("is fenced at fleet revision {fence}"),
+    };
+    format!(
+        "the server {what} and this host's table is at fleet revision {table}: the answer was \
+         not used (the table is behind; is `mcadmin sync` running and connected to etcd?)"
+    )
 }
 
 /// The classes of [`Error`], for exit codes and for callers that branch on the cause.
@@ -152,7 +175,8 @@ impl Error {
             | Error::Network { .. }
             | Error::ServerError { .. }
             | Error::Refused { .. }
-            | Error::UnknownCommand { .. } => ErrorKind::Server,
+            | Error::UnknownCommand { .. }
+            | Error::TableBehind { .. } => ErrorKind::Server,
             Error::Invalid { .. }
             | Error::BadKey { .. }
             | Error::ClientError { .. }

@@ -216,3 +216,123 @@ fn put_table(cluster: &EtcdCluster, table: &libmcshm::table::Table) {
         })
         .unwrap();
 }
+
+/// A key that `before` routes to one of its servers and `after` (the same servers plus one)
+/// routes to the added one: a key the add moves.
+fn key_moved(before: &[String], added: &str) -> (String, String) {
+    let t = Timeouts::default();
+    let parse = |list: &[String]| -> Vec<Address> {
+        list.iter().map(|a| Address::parse(a).unwrap()).collect()
+    };
+    let mut all = before.to_vec();
+    all.push(added.to_string());
+    let mut old = libmcshm::Client::for_servers(&parse(before), t).unwrap();
+    let mut new = libmcshm::Client::for_servers(&parse(&all), t).unwrap();
+    (0..100_000)
+        .map(|i| format!("moved{i}"))
+        .find_map(|k| {
+            let was = old.server_for(k.as_bytes()).unwrap().to_string();
+            let now = new.server_for(k.as_bytes()).unwrap().to_string();
+            (now == added).then_some((k, was))
+        })
+        .expect("a key the add moves")
+}
+
+/// The plain case: host C's agent is paused, so C's table lags; an add through etcd
+/// moves key k; the new value is written through host A. On C, through the library and
+/// mclient, a read of k is the new value or a miss, never the old one; a write of k on C fails
+/// (undone where it landed) or lands where A reads it. Once the agent runs again, C converges.
+#[test]
+fn a_host_whose_table_lags_reads_no_superseded_value_and_writes_nowhere_unread() {
+    let cluster = EtcdCluster::start(1);
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let addresses: Vec<String> = servers.iter().map(|m| m.address()).collect();
+    let mut a_host = crate::common::etcd::Host::start("host-a", &cluster.endpoints());
+    let c_host = crate::common::etcd::Host::start("host-c", &cluster.endpoints());
+    let _ = &mut a_host;
+    commit(&cluster, &["add", &addresses[0], &addresses[1]]);
+    let on = revision(&commit(&cluster, &["policy", "--fence", "on"]));
+    let mirrored = |host: &crate::common::etcd::Host, at: u64| {
+        crate::common::wait_until(Duration::from_secs(20), || {
+            host.revision("app") >= at as i64
+        })
+    };
+    assert!(mirrored(&a_host, on) && mirrored(&c_host, on));
+    let (key, old_owner) = key_moved(&addresses[..2], &addresses[2]);
+    let t = Timeouts::default();
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let client = |host: &crate::common::etcd::Host| {
+        libmcshm::Client::for_domain(host.reg.dir(), &domain, t).unwrap()
+    };
+    let (mut on_a, mut on_c) = (client(&a_host), client(&c_host));
+    on_c.set(key.as_bytes(), b"old", 0, 0).unwrap();
+    assert_eq!(
+        on_a.get(key.as_bytes()).unwrap().map(|i| i.value),
+        Some(b"old".to_vec())
+    );
+
+    // C's agent hangs; the add moves the key (to the new server) and A writes it there.
+    c_host.signal_agent(libc::SIGSTOP);
+    let added = commit(&cluster, &["add", &addresses[2]]);
+    assert!(added["fenced"].as_u64().unwrap() >= 2, "{added}");
+    assert!(mirrored(&a_host, revision(&added)));
+    on_a.set(key.as_bytes(), b"new", 0, 0).unwrap();
+    let old_server = servers.iter().find(|m| m.address() == old_owner).unwrap();
+    // The old owner's copy is gone (A's write deletes it there: the add marked it), so what a
+    // lagging host could break is a write: acknowledged on the old owner, where no host on
+    // the new table reads, or read back there after A wrote the key anew.
+
+    // C still routes the key to its old owner, which holds "old": never served.
+    assert!(c_host.revision("app") < revision(&added) as i64, "C lags");
+    let read = on_c.get(key.as_bytes()).unwrap().map(|i| i.value);
+    assert!(read.is_none() || read == Some(b"new".to_vec()), "{read:?}");
+    let many = on_c.get_many(&[key.as_bytes()], false).unwrap();
+    assert!(
+        many.items.iter().all(|i| i.value == b"new"),
+        "{:?}",
+        many.items
+    );
+    let out = c_host.reg.mclient("app", &["get", &key]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("old"),
+        "{out:?}"
+    );
+    // A write on C fails (and is undone on the old owner), or lands where A reads it.
+    match on_c.set(key.as_bytes(), b"from-c", 0, 0) {
+        Err(err @ libmcshm::Error::TableBehind { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("is fenced at fleet revision"), "{text}");
+            assert_ne!(
+                old_server.raw_get(&key).as_deref(),
+                Some("from-c"),
+                "undone"
+            );
+        }
+        other => panic!("a write on a table that lags: {other:?}"),
+    }
+    let out = c_host.reg.mclient("app", &["set", &key, "from-mclient"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fenced") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert_eq!(
+        on_a.get(key.as_bytes()).unwrap().map(|i| i.value),
+        Some(b"new".to_vec()),
+        "A reads the last acknowledged write"
+    );
+
+    // The agent runs again: C mirrors the add and reads and writes where A does.
+    c_host.signal_agent(libc::SIGCONT);
+    assert!(mirrored(&c_host, revision(&added)), "{}", c_host.log_text());
+    assert_eq!(
+        on_c.get(key.as_bytes()).unwrap().map(|i| i.value),
+        Some(b"new".to_vec())
+    );
+    on_c.set(key.as_bytes(), b"from-c", 0, 0).unwrap();
+    assert_eq!(
+        on_a.get(key.as_bytes()).unwrap().map(|i| i.value),
+        Some(b"from-c".to_vec())
+    );
+}

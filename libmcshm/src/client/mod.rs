@@ -48,8 +48,9 @@
 //!
 //! The client's files: this one (the handle, its constructors, the routing it asks the
 //! [`Router`] for), `reads.rs`, `writes.rs`, `servers.rs` (flush_all, version, stats),
-//! `requests.rs` (one connection per server, pipelines) and `handover.rs` (warm-up and drain
-//! fills, moving a key).
+//! `requests.rs` (one connection per server, pipelines), `fenced.rs` (answers judged by the
+//! servers' fences, in a fleet domain that fences) and `handover.rs` (warm-up and drain fills,
+//! moving a key).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,7 @@ use crate::error::{Error, Result};
 use crate::proto::{Encoded, Item};
 use crate::table::Snapshot;
 
+mod fenced;
 mod handover;
 mod reads;
 mod requests;
@@ -127,6 +129,12 @@ pub struct Client {
     access_domain: Option<(PathBuf, Domain)>,
     /// Told of every failure the router counted, once carried out (to log or alert).
     on_failure: Option<FailureCallback>,
+    /// The domain's fence key (`None`: a private server list, never fenced).
+    fence_key: Option<Vec<u8>>,
+    /// How long a fenced operation waits for the table to catch up.
+    fence_wait: std::time::Duration,
+    /// Set while requests go without fence reads (see `fenced.rs`).
+    plain: bool,
 }
 
 /// What [`Client::on_failure`] registers.
@@ -155,6 +163,7 @@ impl Client {
     ) -> Result<Client> {
         let mut client = Client::new(Router::for_domain(dir.as_ref(), domain)?, timeouts);
         client.access_domain = Some((dir.as_ref().to_path_buf(), domain.clone()));
+        client.fence_key = Some(crate::fence::fence_key(domain));
         Ok(client)
     }
 
@@ -191,6 +200,9 @@ impl Client {
             scratch: Encoded::new(),
             access_domain: None,
             on_failure: None,
+            fence_key: None,
+            fence_wait: fenced::DEFAULT_FENCE_WAIT,
+            plain: false,
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use mcshm_route::{GetMany, ReadPlan};
 
+use super::fenced::fenced_at;
 use super::{Client, KEYS_PER_GET, MultiGet};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
@@ -30,12 +31,30 @@ impl Client {
     /// nothing to group: a hit allocates nothing); on a miss everywhere, the batch's fallbacks
     /// (the owner asked again if the table changed meanwhile; the plan's fills); an error only
     /// if no replica answered.
+    /// A read no replica answered but one whose fence judged it behind runs once more when
+    /// this host's table catches up; else it is a miss (see `fenced.rs`).
     pub(super) fn retrieve(
         &mut self,
         key: &[u8],
         cas: bool,
         touch: Option<i64>,
     ) -> Result<Option<Item>> {
+        let mut result = self.retrieve_once(key, cas, touch);
+        if let Err(err) = &result
+            && let Some(wanted) = fenced_at(err)
+        {
+            result = match self.catch_up(wanted) {
+                true => self.retrieve_once(key, cas, touch),
+                false => Ok(None),
+            };
+        }
+        match result {
+            Err(err) if fenced_at(&err).is_some() => Ok(None),
+            other => other,
+        }
+    }
+
+    fn retrieve_once(&mut self, key: &[u8], cas: bool, touch: Option<i64>) -> Result<Option<Item>> {
         let plan = self.router.plan_read(key, now_ms());
         self.run_probes();
         let plan = plan?;
@@ -88,7 +107,22 @@ impl Client {
     /// batch; warm-up and drain fills). Keys of down servers are misses; keys no replica
     /// answered for are reported in `errors`. Bad keys fail the whole call before anything is
     /// sent.
+    ///
+    /// A server whose fence judged its answers behind: the batch runs once more when this
+    /// host's table catches up; else that server's keys are misses (see `fenced.rs`).
     pub fn get_many(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
+        let mut result = self.get_many_once(keys, cas)?;
+        let wanted = result.errors.iter().filter_map(|(_, e)| fenced_at(e)).max();
+        if let Some(wanted) = wanted {
+            if self.catch_up(wanted) {
+                result = self.get_many_once(keys, cas)?;
+            }
+            result.errors.retain(|(_, e)| fenced_at(e).is_none());
+        }
+        Ok(result)
+    }
+
+    fn get_many_once(&mut self, keys: &[&[u8]], cas: bool) -> Result<MultiGet> {
         let now = now_ms();
         let planned = self
             .router

@@ -10,12 +10,22 @@ use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
 use crate::proto::{Encoded, Expect, MAX_LINE, Reply, Request};
 
+use super::fenced::{push_fence_read, read_fence};
 use super::{Client, PIPELINE_WINDOW, Stored};
+use crate::fence::Verdict;
 
 impl Client {
+    /// One request to one server, its answer judged by the server's fence when the domain
+    /// fences ([`Error::TableBehind`] when it is not usable).
     pub(super) fn call(&mut self, server: usize, request: &Request<'_>) -> Result<Reply> {
         let mut replies = self.pipeline(server, std::slice::from_ref(request))?;
         Ok(replies.pop().expect("one reply per request"))
+    }
+
+    /// [`Client::call`] without the fence read: what no table decides (a flush, `stats`) and
+    /// what cannot leave a stale copy (the undo of a fenced write).
+    pub(super) fn call_plain(&mut self, server: usize, request: &Request<'_>) -> Result<Reply> {
+        self.plain(|client| client.call(server, request))
     }
 
     /// One request to each of several servers, all sent before any reply is read (so their
@@ -28,20 +38,22 @@ impl Client {
         }
         let snapshot = self.router.snapshot().clone();
         let prefix = snapshot.policy.prefix;
+        let fence = self.fence_of(&snapshot);
         // Sent: Ok(()) or the send's error; then the reply or the receive's error.
         let mut sent: Vec<Result<(), ConnError>> = Vec::with_capacity(calls.len());
         for &(server, request) in calls {
             let address = &snapshot.servers[server].address;
-            sent.push(self.send_one(address, request, &prefix));
+            sent.push(self.send_one(address, request, &prefix, fence));
         }
         let mut results = Vec::with_capacity(calls.len());
         for (&(server, request), sent) in calls.iter().zip(sent) {
             let address = &snapshot.servers[server].address;
             let received = sent.and_then(|()| {
                 let conn = self.conns.get_mut(address).expect("connected by send_one");
-                conn.receive(request.expects())
+                let reply = conn.receive(request.expects())?;
+                Ok((reply, read_fence(conn, fence)?))
             });
-            results.push(self.outcome(server, address, received));
+            results.push(self.judged(server, address, received, fence));
         }
         results
     }
@@ -121,6 +133,8 @@ impl Client {
         }
         let snapshot = self.router.snapshot().clone();
         let prefix = snapshot.policy.prefix;
+        let fence = self.fence_of(&snapshot);
+        let mut verdicts = vec![Verdict::Current; groups.len()];
         let mut replies: Vec<Vec<Reply>> = groups
             .iter()
             .map(|(_, requests)| Vec::with_capacity(requests.len()))
@@ -132,7 +146,7 @@ impl Client {
         let mut answered = vec![0; groups.len()];
         for (n, (server, requests)) in groups.iter().enumerate() {
             let address = &snapshot.servers[*server].address;
-            match self.send_window(address, requests, 0, &prefix, quiet) {
+            match self.send_window(address, requests, 0, &prefix, quiet, fence) {
                 Ok(end) => window_end[n] = end,
                 Err(err) => errors[n] = Some(err),
             }
@@ -169,8 +183,16 @@ impl Client {
                         }
                     }
                 }
+                if errors[n].is_none() && answered[n] == requests.len() {
+                    // The last window's fence read, sent after it.
+                    match read_fence(conn, fence) {
+                        Ok(verdict) => verdicts[n] = verdict,
+                        Err(err) => errors[n] = Some(err),
+                    }
+                }
                 if errors[n].is_none() && window_end[n] < requests.len() {
-                    match self.send_window(address, requests, window_end[n], &prefix, quiet) {
+                    match self.send_window(address, requests, window_end[n], &prefix, quiet, fence)
+                    {
                         Ok(end) => window_end[n] = end,
                         Err(err) => errors[n] = Some(err),
                     }
@@ -181,20 +203,22 @@ impl Client {
             }
         }
         let mut results = Vec::with_capacity(groups.len());
-        for ((server, _), (replies, error)) in groups.iter().zip(replies.into_iter().zip(errors)) {
+        let answers = replies.into_iter().zip(errors).zip(verdicts);
+        for ((server, _), ((replies, error), verdict)) in groups.iter().zip(answers) {
             let address = &snapshot.servers[*server].address;
             let received = match error {
                 Some(err) => Err(err),
-                None => Ok(replies),
+                None => Ok((replies, verdict)),
             };
-            results.push(self.outcome(*server, address, received));
+            results.push(self.judged(*server, address, received, fence));
         }
         results
     }
 
     /// Sends the window of `requests` that starts at `start` (at least one request, at most
     /// [`PIPELINE_WINDOW`] bytes beyond it); where it ends. `quiet`: as quiet meta commands
-    /// (opaque: a request's position in `requests`) ended by `mn`.
+    /// (opaque: a request's position in `requests`) ended by `mn`. The last window ends with
+    /// the fence read when the domain fences.
     fn send_window(
         &mut self,
         address: &Address,
@@ -202,6 +226,7 @@ impl Client {
         start: usize,
         prefix: &KeyPrefix,
         quiet: bool,
+        fence: Option<u64>,
     ) -> Result<usize, ConnError> {
         let mut encoded = std::mem::take(&mut self.scratch);
         encoded.clear();
@@ -216,6 +241,9 @@ impl Client {
         }
         if quiet {
             encoded.push_quiet_end();
+        }
+        if end == requests.len() {
+            self.push_fence(&mut encoded, fence);
         }
         let sent = self.send_encoded(address, &encoded);
         self.scratch = encoded;
@@ -245,22 +273,28 @@ impl Client {
             .send_requests(requests)
     }
 
-    /// Encodes and sends one request to `address` (connecting first if need be).
+    /// Encodes and sends one request to `address` (connecting first if need be), and the
+    /// fence read after it when the domain fences.
     fn send_one(
         &mut self,
         address: &Address,
         request: &Request<'_>,
         prefix: &KeyPrefix,
+        fence: Option<u64>,
     ) -> Result<(), ConnError> {
         self.connect(address)?;
-        self.scratch.clear();
-        self.scratch.push(request, prefix.as_bytes());
+        let mut encoded = std::mem::take(&mut self.scratch);
+        encoded.clear();
+        encoded.push(request, prefix.as_bytes());
+        self.push_fence(&mut encoded, fence);
         let conn = self.conns.get_mut(address).expect("inserted above");
-        conn.send_requests(&self.scratch)
+        let sent = conn.send_requests(&encoded);
+        self.scratch = encoded;
+        sent
     }
 
     /// What a request's exchange with server `server` came to, counted for or against it.
-    fn outcome<T>(
+    pub(super) fn outcome<T>(
         &mut self,
         server: usize,
         address: &Address,
@@ -311,18 +345,21 @@ impl Client {
         // The snapshot (an Arc) lends the address: no copy of it per operation.
         let snapshot = self.router.snapshot().clone();
         let address = &snapshot.servers[server].address;
-        let result = self.exchange(address, requests, &snapshot.policy.prefix);
-        self.outcome(server, address, result)
+        let fence = self.fence_of(&snapshot);
+        let result = self.exchange(address, requests, &snapshot.policy.prefix, fence);
+        self.judged(server, address, result, fence)
     }
 
     /// Sends `requests` with their keys under `prefix`, and reads their replies, keys given
-    /// back without it.
+    /// back without it; with `fence` (the fleet revision routed on), the fence read after
+    /// the last request, in its write, and its verdict.
     pub(super) fn exchange(
         &mut self,
         address: &Address,
         requests: &[Request<'_>],
         prefix: &KeyPrefix,
-    ) -> Result<Vec<Reply>, ConnError> {
+        fence: Option<u64>,
+    ) -> Result<(Vec<Reply>, Verdict), ConnError> {
         // One lookup when connected (every operation of a warm client).
         let conn = match self.conns.get_mut(address) {
             Some(conn) => conn,
@@ -344,6 +381,11 @@ impl Client {
                 self.scratch.push(&requests[sent], prefix.as_bytes());
                 in_flight.push_back((requests[sent].expects(), self.scratch.len() - before));
                 sent += 1;
+                if sent == requests.len()
+                    && let (Some(_), Some(key)) = (fence, &self.fence_key)
+                {
+                    push_fence_read(&mut self.scratch, key);
+                }
             }
             if !self.scratch.is_empty() {
                 conn.send_requests(&self.scratch)?;
@@ -355,7 +397,8 @@ impl Client {
             replies.push(reply);
             in_flight_bytes -= len;
         }
-        Ok(replies)
+        let verdict = read_fence(conn, fence)?;
+        Ok((replies, verdict))
     }
 
     pub(super) fn stored(&self, server: usize, reply: Reply) -> Result<Stored> {

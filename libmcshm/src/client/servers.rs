@@ -72,7 +72,7 @@ impl Client {
     ) -> Result<Vec<(Address, Result<T>)>> {
         self.each_chosen(only, |client, i, _| {
             client
-                .call(i, request)
+                .call_plain(i, request)
                 .and_then(|reply| accept(reply).map_err(|other| client.unexpected(i, other)))
         })
     }

@@ -1,6 +1,7 @@
 //! Writes: one key to its replicas, with the invalidations that keep stale copies from being
 //! served; many keys pipelined per server; delete, incr/decr, touch.
 
+use super::fenced::fenced_at;
 use super::{Client, StoreItem, Stored};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
@@ -37,12 +38,29 @@ impl Client {
 
     /// Sends a write to the key's up replicas; returns the first one's reply. Then the
     /// invalidations of the module doc (rehash: next server along the ring; a draining owner).
+    /// A write a server's fence judged behind is undone there, and runs once more when this
+    /// host's table catches up (see `fenced.rs`); else it fails with [`Error::TableBehind`].
     pub(super) fn write<T>(
         &mut self,
         key: &[u8],
         request: &Request<'_>,
         only_first: bool,
-        interpret: impl FnOnce(&Self, usize, Reply) -> Result<T>,
+        interpret: impl Fn(&Self, usize, Reply) -> Result<T>,
+    ) -> Result<T> {
+        match self.write_once(key, request, only_first, &interpret) {
+            Err(err) if fenced_at(&err).is_some_and(|wanted| self.catch_up(wanted)) => {
+                self.write_once(key, request, only_first, &interpret)
+            }
+            other => other,
+        }
+    }
+
+    fn write_once<T>(
+        &mut self,
+        key: &[u8],
+        request: &Request<'_>,
+        only_first: bool,
+        interpret: &impl Fn(&Self, usize, Reply) -> Result<T>,
     ) -> Result<T> {
         let plan = self.router.plan_write(key, only_first, now_ms());
         self.run_probes();
@@ -52,10 +70,11 @@ impl Client {
         let routed = self.router.snapshot().version;
         let up: Vec<usize> = plan.targets.iter().map(|s| s.index).collect();
         let stale: Vec<usize> = plan.invalidate.iter().map(|s| s.index).collect();
-        let (mut answer, mut last_error) = (None, None);
+        let (mut answer, mut last_error, mut fenced) = (None, None, Vec::new());
         let mut take = |server: usize, result: Result<Reply>| match result {
             Ok(reply) if answer.is_none() => answer = Some((server, reply)),
             Ok(_) => {}
+            Err(err) if fenced_at(&err).is_some() => fenced.push((server, err)),
             Err(err) => last_error = Some(err),
         };
         if stale.is_empty() && up.len() == 1 {
@@ -71,6 +90,16 @@ impl Client {
             for (&server, result) in up.iter().zip(self.fan_out(&calls)) {
                 take(server, result);
             }
+        }
+        // Landed where this host's table is behind: undone there, and the write fails (a
+        // replica on a newer table may be one this write did not reach).
+        let undo: Vec<usize> = fenced.iter().map(|(server, _)| *server).collect();
+        if let Some((_, err)) = fenced.into_iter().next() {
+            for server in undo {
+                let _ = self.call_plain(server, &Request::Delete { key });
+            }
+            self.follow_table_change(key, request, routed, &plan.targets);
+            return Err(err);
         }
         // The reply is read while the positions are of the table the write was routed on.
         let outcome = match (answer, last_error) {
@@ -172,7 +201,34 @@ impl Client {
     /// Stores many items as their write plans say: grouped per server and pipelined (with
     /// replicas > 1 each item is stored on every up replica), then each key's invalidations.
     /// One result per item, in order.
+    ///
+    /// Items a server's fence judged behind are undone there and stored once more when this
+    /// host's table catches up; else they fail with [`Error::TableBehind`] (see `fenced.rs`).
     pub fn store_many(
+        &mut self,
+        verb: StoreVerb,
+        items: &[StoreItem<'_>],
+    ) -> Result<Vec<Result<Stored>>> {
+        let mut results = self.store_many_once(verb, items)?;
+        let fenced: Vec<usize> = (0..items.len())
+            .filter(|&n| matches!(&results[n], Err(e) if fenced_at(e).is_some()))
+            .collect();
+        let wanted = fenced
+            .iter()
+            .filter_map(|&n| results[n].as_ref().err().and_then(fenced_at))
+            .max();
+        if let Some(wanted) = wanted
+            && self.catch_up(wanted)
+        {
+            let again: Vec<StoreItem<'_>> = fenced.iter().map(|&n| items[n].clone()).collect();
+            for (n, result) in fenced.into_iter().zip(self.store_many_once(verb, &again)?) {
+                results[n] = result;
+            }
+        }
+        Ok(results)
+    }
+
+    fn store_many_once(
         &mut self,
         verb: StoreVerb,
         items: &[StoreItem<'_>],
@@ -235,15 +291,32 @@ impl Client {
             })
             .collect();
         let outcomes = self.pipelines_quiet_if_able(&requests);
+        let mut undo: Vec<Vec<&[u8]>> = vec![Vec::new(); servers];
         for ((server, members), outcome) in groups.into_iter().zip(outcomes) {
             match outcome {
                 Ok(replies) => {
                     for (n, reply) in members.into_iter().zip(replies) {
                         let outcome = self.stored(server, reply);
-                        if !matches!(results[n], Some(Ok(_))) {
+                        // A replica's success does not hide another's fenced answer.
+                        if !matches!(results[n], Some(Ok(_) | Err(Error::TableBehind { .. }))) {
                             results[n] = Some(outcome);
                         }
                     }
+                }
+                Err(Error::TableBehind {
+                    server: at,
+                    fence,
+                    table,
+                }) => {
+                    // Landed where this host's table is behind: undone there (below).
+                    for &n in &members {
+                        results[n] = Some(Err(Error::TableBehind {
+                            server: at.clone(),
+                            fence,
+                            table,
+                        }));
+                    }
+                    undo[server].extend(members.iter().map(|&n| keys[n]));
                 }
                 Err(err) => {
                     let text = err.to_string();
@@ -257,6 +330,9 @@ impl Client {
                     }
                 }
             }
+        }
+        if undo.iter().any(|keys| !keys.is_empty()) {
+            self.plain(|client| client.invalidate_many(undo));
         }
         self.invalidate_many(invalidations);
         Ok(results
