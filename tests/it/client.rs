@@ -132,6 +132,8 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         &long,
         b"tab\tkey",
         b"nul\0",
+        // mcshm's own namespace (the fences): a valid memcached key, no application's.
+        b"mcshm.fence.app",
     ] {
         assert!(matches!(c.get(key), Err(Error::BadKey { .. })), "{key:?}");
         assert!(
@@ -141,6 +143,24 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         assert!(matches!(c.delete(key), Err(Error::BadKey { .. })));
         assert!(matches!(
             c.get_many(&[b"ok", key], false),
+            Err(Error::BadKey { .. })
+        ));
+        let items = [
+            libmcshm::StoreItem {
+                key: b"ok",
+                value: b"v",
+                flags: 0,
+                ttl: 0,
+            },
+            libmcshm::StoreItem {
+                key,
+                value: b"v",
+                flags: 0,
+                ttl: 0,
+            },
+        ];
+        assert!(matches!(
+            c.store_many(libmcshm::StoreVerb::Set, &items),
             Err(Error::BadKey { .. })
         ));
     }
