@@ -422,6 +422,16 @@ impl Router {
             || (!self.local_down.is_empty() && self.local_down.contains(&server.address))
     }
 
+    /// Whether an application may use `key` in this domain, checked as every routing call
+    /// checks it (at `now_ms`, with the domain's key prefix then): memcached's rule, the
+    /// prefixed length, and outside mcshm's reserved namespace. Nothing is routed or counted;
+    /// for a front end that reports a bad key and goes on (a bulk get's line).
+    pub fn check_key(&mut self, key: &[u8], now_ms: u64) -> Result<()> {
+        key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh(now_ms)?;
+        self.check_prefixed(key)
+    }
+
     /// What the key (it passed [`key::check_key`]) must also be once the domain's key prefix
     /// is put before it: short enough, and outside mcshm's reserved namespace (the fences,
     /// [`mcshm_table::fence`]), which no application may read or write.

@@ -465,7 +465,8 @@ fn keys_in_the_reserved_namespace_are_refused_on_their_wire_form() {
             router.plan_read(key, 1).map(drop),
             router.plan_write(key, false, 1).map(drop),
         ];
-        for call in calls {
+        let checked = router.check_key(key, 1);
+        for call in calls.into_iter().chain([checked]) {
             match call {
                 Err(Error::BadKey { why, .. }) => {
                     assert!(why.contains("mcshm.fence. are reserved by mcshm"), "{why}")
@@ -475,6 +476,7 @@ fn keys_in_the_reserved_namespace_are_refused_on_their_wire_form() {
         }
     };
     let routed = |router: &mut Router, key: &[u8]| {
+        assert!(router.check_key(key, 1).is_ok());
         assert!(router.owner(key, 1).is_ok());
         assert!(router.placement(key, 1).is_ok());
         assert!(router.plan_read(key, 1).is_ok());

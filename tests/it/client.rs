@@ -135,6 +135,10 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         // mcshm's own namespace (the fences): a valid memcached key, no application's.
         b"mcshm.fence.app",
     ] {
+        assert!(
+            matches!(c.check_key(key), Err(Error::BadKey { .. })),
+            "{key:?}"
+        );
         assert!(matches!(c.get(key), Err(Error::BadKey { .. })), "{key:?}");
         assert!(
             matches!(c.set(key, b"v", 0, 0), Err(Error::BadKey { .. })),
@@ -178,6 +182,7 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         );
     }
     assert_eq!(c.get(b"victim").unwrap().unwrap().value, b"still here");
+    assert!(c.check_key(b"victim").is_ok() && c.check_key(b"mcshm.fenc").is_ok());
 }
 
 #[test]

@@ -43,6 +43,24 @@ fn raw_mg(server: &Memcached, key: &str) -> Option<String> {
     Some(value.trim_end_matches("\r\n").to_string())
 }
 
+/// A binary protocol get of `key` on `stream`: the whole response, header first.
+fn binary_get(stream: &mut TcpStream, key: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut frame = vec![0x80, 0x00];
+    frame.extend((key.len() as u16).to_be_bytes());
+    frame.extend([0, 0, 0, 0]);
+    frame.extend((key.len() as u32).to_be_bytes());
+    frame.extend([0u8; 12]);
+    frame.extend(key.as_bytes());
+    stream.write_all(&frame).unwrap();
+    let mut head = [0u8; 24];
+    stream.read_exact(&mut head).unwrap();
+    let body = u32::from_be_bytes(head[8..12].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; body];
+    stream.read_exact(&mut rest).unwrap();
+    [head.to_vec(), rest].concat()
+}
+
 /// `mclient get` and `set` of a fence, or of a key the domain's prefix puts in the namespace,
 /// fail before anything is sent: one line naming the reservation, exit 2 (bad input). A key
 /// that only comes near the namespace is stored as any other.
@@ -172,6 +190,19 @@ fn mcproxy_refuses_fences_and_serves_the_connection_on() {
     assert_eq!(w.ask("set k 0 0 1\r\nv\r\n"), "STORED\r\n");
     assert_eq!(w.ask("get k\r\n"), "VALUE k 0 1\r\nv\r\nEND\r\n");
     assert_eq!(w.ask("mg k v\r\n"), "VA 1\r\nv\r\n");
+
+    // The binary protocol: "invalid arguments" with the reason, and the connection goes on.
+    let mut s = TcpStream::connect(&proxy.address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let refused = binary_get(&mut s, "mcshm.fence.app");
+    assert_eq!(u16::from_be_bytes([refused[6], refused[7]]), 0x0004);
+    assert!(
+        String::from_utf8_lossy(&refused[24..]).contains(RESERVED),
+        "{refused:?}"
+    );
+    let hit = binary_get(&mut s, "k");
+    assert_eq!(u16::from_be_bytes([hit[6], hit[7]]), 0, "{hit:?}");
+    assert!(hit.ends_with(b"v"), "{hit:?}");
 
     reg.ok("pre", &["add", "--no-flush", &a.address()]);
     reg.ok("pre", &["policy", "--prefix", "mcshm."]);
