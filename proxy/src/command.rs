@@ -52,7 +52,8 @@ impl GetVerb {
 /// The meta commands routed by key (the encoder's: they are passed through).
 pub use libmcshm::proto::MetaVerb;
 
-/// A command, decoded. Keys are checked (1–250 bytes, no control bytes).
+/// A command, decoded. Keys are checked (1–250 bytes, no control bytes, none in mcshm's reserved
+/// namespace: [`RESERVED`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Get {
