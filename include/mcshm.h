@@ -55,7 +55,8 @@
 #define MCSHM_EINVAL -1
 
 /*
- A key memcached would refuse (empty, over 250 bytes, whitespace or control bytes).
+ A key memcached would refuse (empty, over 250 bytes, whitespace or control bytes), or one in
+ mcshm's reserved namespace (`mcshm.fence.`, with the domain's key prefix before it).
  */
 #define MCSHM_EBADKEY -2
 

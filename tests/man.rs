@@ -111,8 +111,9 @@ Hit, stored, deleted or touched; for several keys, every key hit.
 Miss, not stored, not found, or cas mismatch; for several keys, some missed.
 .TP
 .B 2
-Usage error or bad input: a bad key (empty, over 250 bytes, whitespace or control bytes), a bad
-number or address, an unknown domain. Nothing was sent.
+Usage error or bad input: a bad key (empty, over 250 bytes, whitespace or control bytes, or in
+mcshm's reserved namespace: with the domain's key prefix before it, starting with
+\fBmcshm.fence.\fR), a bad number or address, an unknown domain. Nothing was sent.
 .TP
 .B 3
 Server, network or registry error: the key's server is down (failover none), a timeout, a refused
@@ -275,6 +276,10 @@ fails or times out answers \fBSERVER_ERROR\fR \fIserver\fR: \fIwhat\fR for the r
 carried; the failure counts against it in the shared table as for every libmcshm process.
 Malformed input gets memcached's own replies (\fBERROR\fR, \fBCLIENT_ERROR bad command line
 format\fR, \fBCLIENT_ERROR bad data chunk\fR, \fBSERVER_ERROR object too large for cache\fR);
+a key in mcshm's reserved namespace (\fBmcshm.fence.\fR, each domain's fencing epoch on the
+servers; the key as sent, a base64 key decoded, or with the domain's key prefix before it) is
+answered \fBCLIENT_ERROR keys starting with mcshm.fence. are reserved by mcshm (fencing)\fR
+(binary: "invalid arguments") and never reaches a server;
 a line longer than 64 KiB (2 MiB for \fBget gets gat gats\fR: 100 000 keys) is refused and
 the connection closed; a client that takes longer than \fB\-\-client\-timeout\fR over one
 command, however its bytes trickle in, is disconnected.

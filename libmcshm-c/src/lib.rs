@@ -47,7 +47,8 @@ pub const MCSHM_EXISTS: c_int = 3;
 pub const MCSHM_TIMEOUT: c_int = 4;
 /// A null pointer, a bad length, or an argument out of range.
 pub const MCSHM_EINVAL: c_int = -1;
-/// A key memcached would refuse (empty, over 250 bytes, whitespace or control bytes).
+/// A key memcached would refuse (empty, over 250 bytes, whitespace or control bytes), or one in
+/// mcshm's reserved namespace (`mcshm.fence.`, with the domain's key prefix before it).
 pub const MCSHM_EBADKEY: c_int = -2;
 /// No such domain (no registry file), or a bad domain name.
 pub const MCSHM_ENODOMAIN: c_int = -3;
@@ -486,7 +487,7 @@ pub extern "C" fn mcshm_strerror(code: c_int) -> *const c_char {
         MCSHM_EXISTS => b"item changed since it was read\0",
         MCSHM_TIMEOUT => b"timed out\0",
         MCSHM_EINVAL => b"invalid argument (null pointer, bad length or out of range)\0",
-        MCSHM_EBADKEY => b"invalid key (empty, over 250 bytes, whitespace or control bytes)\0",
+        MCSHM_EBADKEY => b"invalid key (empty, over 250 bytes, whitespace or control bytes, or reserved: mcshm.fence.)\0",
         MCSHM_ENODOMAIN => {
             b"no such domain (no DOMAIN.mcshm in the registry directory: $MCSHM_DIR, /run/mcshm \
               or $XDG_RUNTIME_DIR/mcshm), or a bad domain name\0"

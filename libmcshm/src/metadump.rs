@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use crate::access::Access;
 use crate::address::Address;
 use crate::conn::{Conn, ConnError, Timeouts};
+use crate::fence;
 
 /// Longest metadump we read (a bound on memory for a hostile or enormous server).
 const MAX_DUMP: usize = 1 << 30;
 
 /// The keys a server holds, from `lru_crawler metadump all` (sent on a connection of its own:
-/// memcached answers it only when it is not pipelined behind other commands).
+/// memcached answers it only when it is not pipelined behind other commands), as sent (the
+/// domain's key prefix included), mcshm's reserved keys left out ([`keys_of`]).
 pub fn list_keys(
     address: &Address,
     timeouts: Timeouts,
@@ -20,7 +22,15 @@ pub fn list_keys(
 ) -> Result<Vec<Vec<u8>>, String> {
     let dump =
         metadump(address, timeouts, access).map_err(|e| format!("lru_crawler metadump: {e}"))?;
-    let text = String::from_utf8_lossy(&dump);
+    keys_of(&dump)
+}
+
+/// The keys of a metadump, decoded, up to its `END` (`Err` when the server refused the dump
+/// or it ended early). Keys in mcshm's reserved namespace (the fences, [`crate::fence`]) are
+/// left out: they are not the application's, and every workflow that lists keys would
+/// otherwise show one (`mclient keys`), move it (a drain) or delete it as a stray (settle).
+pub fn keys_of(dump: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let text = String::from_utf8_lossy(dump);
     let mut keys = Vec::new();
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
@@ -32,7 +42,10 @@ pub fn list_keys(
             return Err(format!("lru_crawler metadump refused: {line}"));
         }
         if let Some(key) = line.split(' ').find_map(|f| f.strip_prefix("key=")) {
-            keys.push(url_decode(key));
+            let key = url_decode(key);
+            if !fence::is_reserved(&key) {
+                keys.push(key);
+            }
         }
     }
     Err("lru_crawler metadump ended without END".into())
@@ -89,5 +102,23 @@ mod tests {
         assert_eq!(super::url_decode("a%20b%2Fc"), b"a b/c");
         assert_eq!(super::url_decode("plain"), b"plain");
         assert_eq!(super::url_decode("bad%zz%4"), b"bad%zz%4");
+    }
+
+    #[test]
+    fn reserved_keys_are_not_listed() {
+        let dump = b"key=user%3A1 exp=-1 la=1 cas=2 fetch=no cls=1 size=70\r\n\
+            key=mcshm.fence.app exp=-1 la=1 cas=3 fetch=no cls=1 size=70\r\n\
+            key=mcshm%2Efence%2Eother exp=-1 la=1 cas=4 fetch=no cls=1 size=70\r\n\
+            key=mcshm.fenc exp=-1 la=1 cas=5 fetch=no cls=1 size=70\r\n\
+            key=app.mcshm.fence.x exp=-1 la=1 cas=6 fetch=no cls=1 size=70\r\n\
+            END\r\n";
+        let keys = super::keys_of(dump).unwrap();
+        assert_eq!(
+            keys,
+            [&b"user:1"[..], b"mcshm.fenc", b"app.mcshm.fence.x"],
+            "the fences left out, keys near them kept"
+        );
+        assert!(super::keys_of(b"key=a exp=-1\r\n").is_err(), "no END");
+        assert!(super::keys_of(b"BUSY currently processing crawler request\r\n").is_err());
     }
 }

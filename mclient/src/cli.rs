@@ -10,7 +10,8 @@ macro_rules! exit_status {
 Exit status:
   0  hit / stored / deleted / touched (for several keys: every key hit)
   1  miss, not stored, not found, or cas mismatch (for several keys: some missed)
-  2  usage error or bad input (bad key, bad number, unknown domain); nothing was sent
+  2  usage error or bad input (bad key, a key in mcshm's reserved namespace mcshm.fence.,
+     bad number, unknown domain); nothing was sent
      (bulk-set: nothing from the malformed record on)
   3  server, network or registry error once something was sent (down server, timeout,
      SERVER_ERROR, CLIENT_ERROR, a refused connection, a server that does not speak the

@@ -25,6 +25,11 @@
 use crate::command::{Command, GetVerb, Limits};
 
 pub const HEADER: usize = 24;
+/// The message of the "invalid arguments" answer to a request for a key in mcshm's reserved
+/// namespace (the fences, [`libmcshm::fence`]), as [`crate::command::RESERVED`] is the text
+/// protocol's.
+const RESERVED: &str =
+    "Invalid arguments: keys starting with mcshm.fence. are reserved by mcshm (fencing)";
 pub const MAGIC_REQUEST: u8 = 0x80;
 const RESPONSE: u8 = 0x81;
 
@@ -205,6 +210,9 @@ fn decode(request: &mut Request, extras: &[u8], key: &[u8], value: &[u8], cas: u
             | op::GATKQ
     );
     request.with_key = matches!(opcode, op::GETK | op::GETKQ | op::GATK | op::GATKQ);
+    if keyed && libmcshm::fence::is_reserved(key) {
+        return Action::Answer(error(request, status::INVALID, RESERVED));
+    }
     match opcode {
         op::GET | op::GETQ | op::GETK | op::GETKQ => {
             if !keyed || !extras.is_empty() || !value.is_empty() {
@@ -701,5 +709,35 @@ mod tests {
             panic!("answered")
         };
         assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), status::INVALID);
+    }
+
+    /// A fence (`mcshm.fence.<domain>`) is no client's: every keyed request for one is
+    /// answered "invalid arguments" with the reason, quiet ones too, and nothing is routed.
+    #[test]
+    fn keys_in_the_reserved_namespace_are_invalid() {
+        let key = b"mcshm.fence.app";
+        let mut set_extras = 3u32.to_be_bytes().to_vec();
+        set_extras.extend(60u32.to_be_bytes());
+        let requests = [
+            frame(op::GET, &[], key, &[], 0),
+            frame(op::GETKQ, &[], key, &[], 0),
+            frame(op::SET, &set_extras, key, b"v", 0),
+            frame(op::SETQ, &set_extras, key, b"v", 0),
+            frame(op::DELETE, &[], key, &[], 0),
+            frame(op::INCREMENT, &[0; 20], key, &[], 0),
+            frame(op::TOUCH, &[0; 4], key, &[], 0),
+        ];
+        for bytes in requests {
+            let (request, action, used) = parsed(&bytes);
+            assert_eq!(used, bytes.len());
+            let Action::Answer(reply) = action else {
+                panic!("opcode {:#x}: routed", bytes[1])
+            };
+            assert_eq!(reply, error(&request, status::INVALID, RESERVED));
+            assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), status::INVALID);
+            assert!(reply.ends_with(b"mcshm.fence. are reserved by mcshm (fencing)"));
+        }
+        let (_, near, _) = parsed(&frame(op::GET, &[], b"mcshm.fenc", &[], 0));
+        assert!(matches!(near, Action::Route(_)));
     }
 }

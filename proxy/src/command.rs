@@ -8,6 +8,7 @@
 //! hold more than one line plus one item. Replies to malformed input use memcached's own
 //! words, so clients that parse them keep working.
 
+use libmcshm::fence;
 use libmcshm::proto::{Encoded, Request, StoreVerb, check_key};
 
 /// How much one command may make the proxy buffer.
@@ -51,7 +52,8 @@ impl GetVerb {
 /// The meta commands routed by key (the encoder's: they are passed through).
 pub use libmcshm::proto::MetaVerb;
 
-/// A command, decoded. Keys are checked (1–250 bytes, no control bytes).
+/// A command, decoded. Keys are checked (1–250 bytes, no control bytes, none in mcshm's reserved
+/// namespace: [`RESERVED`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Get {
@@ -138,6 +140,11 @@ pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 pub const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+/// A key in mcshm's reserved namespace ([`libmcshm::fence`]): the fences no client may read
+/// or write. Refused on the key as the client sent it (a base64 key decoded); the router
+/// refuses it again with the domain's key prefix before it.
+pub const RESERVED: &[u8] =
+    b"CLIENT_ERROR keys starting with mcshm.fence. are reserved by mcshm (fencing)\r\n";
 
 /// Parses the command at the start of `buf`.
 pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
@@ -257,6 +264,7 @@ fn number<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
 
 fn keyed(key: &[u8], used: usize, make: impl FnOnce(Vec<u8>) -> Command) -> Parsed {
     match check_key(key) {
+        Ok(()) if fence::is_reserved(key) => Parsed::Reply(RESERVED, used),
         Ok(()) => Parsed::Command(make(key.to_vec()), used),
         Err(_) => Parsed::Reply(BAD_FORMAT, used),
     }
@@ -276,6 +284,9 @@ fn retrieval(args: &[&[u8]], used: usize, cas: bool, touch: bool) -> Parsed {
     }
     if keys.iter().any(|key| check_key(key).is_err()) {
         return Parsed::Reply(BAD_FORMAT, used);
+    }
+    if keys.iter().any(|key| fence::is_reserved(key)) {
+        return Parsed::Reply(RESERVED, used);
     }
     let verb = match (touch, cas) {
         (false, false) => GetVerb::Get,
@@ -341,6 +352,13 @@ fn storage(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits
             skip: len.saturating_add(2),
         };
     };
+    if fence::is_reserved(args[0]) {
+        return Parsed::Swallow {
+            reply: RESERVED,
+            used,
+            skip: len.saturating_add(2),
+        };
+    }
     let value = match data_block(rest, len, used, limits) {
         Ok(value) => value,
         Err(other) => return other,
@@ -389,14 +407,22 @@ fn meta(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -
         len = Some(n);
         flags = others;
     }
-    if check_key(key).is_err() {
+    let refused = match check_key(key) {
+        Err(_) => Some(BAD_FORMAT),
+        // A key in base64 (flag `b`) is what the server stores decoded.
+        Ok(()) if flags.contains(&&b"b"[..]) => base64_decode(key)
+            .is_some_and(|key| fence::is_reserved(&key))
+            .then_some(RESERVED),
+        Ok(()) => fence::is_reserved(key).then_some(RESERVED),
+    };
+    if let Some(reply) = refused {
         return match len {
             Some(n) => Parsed::Swallow {
-                reply: BAD_FORMAT,
+                reply,
                 used,
                 skip: n.saturating_add(2),
             },
-            None => Parsed::Reply(BAD_FORMAT, used),
+            None => Parsed::Reply(reply, used),
         };
     }
     let value = match len.map(|n| data_block(rest, n, used, limits)) {
@@ -420,6 +446,35 @@ fn meta(verb: &[u8], args: &[&[u8]], rest: &[u8], used: usize, limits: Limits) -
         },
         consumed,
     )
+}
+
+/// A meta command's base64 key decoded (standard alphabet, padding optional), `None` when it
+/// is not base64 (the server answers that).
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let text = text
+        .strip_suffix(b"==")
+        .or(text.strip_suffix(b"="))
+        .unwrap_or(text);
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut bits, mut held) = (0u32, 0u32);
+    for &c in text {
+        let sextet = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(sextet);
+        held += 6;
+        if held >= 8 {
+            held -= 8;
+            out.push((bits >> held) as u8);
+            bits &= (1 << held) - 1;
+        }
+    }
+    Some(out)
 }
 
 impl Command {
@@ -774,5 +829,84 @@ mod tests {
         assert!(command("mg a2V5 b v\r\n").base64_key());
         assert!(!command("mg b v\r\n").base64_key());
         assert!(!command("get b\r\n").base64_key());
+    }
+
+    #[test]
+    fn base64_keys_are_decoded() {
+        assert_eq!(
+            base64_decode(b"bWNzaG0uZmVuY2UuYXBw").unwrap(),
+            b"mcshm.fence.app"
+        );
+        assert_eq!(base64_decode(b"a2V5").unwrap(), b"key");
+        assert_eq!(base64_decode(b"a2U=").unwrap(), b"ke");
+        assert_eq!(base64_decode(b"aw==").unwrap(), b"k");
+        assert_eq!(base64_decode(b"aw").unwrap(), b"k");
+        assert_eq!(base64_decode(b"a-b"), None);
+    }
+
+    /// No client reads or writes a fence: every command that names a key refuses one in the
+    /// reserved namespace (`mcshm.fence.`) with [`RESERVED`], a storage command's data
+    /// skipped, and the stream goes on.
+    #[test]
+    fn keys_in_the_reserved_namespace_are_refused() {
+        let limits = Limits {
+            max_line: 256,
+            max_item: 64,
+            max_get_line: 256,
+        };
+        assert!(String::from_utf8_lossy(RESERVED).contains("mcshm.fence."));
+        let replied = [
+            "get mcshm.fence.app\r\n",
+            "gets k mcshm.fence.app\r\n",
+            "gat 10 mcshm.fence.x k\r\n",
+            "delete mcshm.fence.app\r\n",
+            "incr mcshm.fence.app 1\r\n",
+            "touch mcshm.fence.app 10\r\n",
+            "mg mcshm.fence.app v\r\n",
+            "md mcshm.fence.app q\r\n",
+            "ma mcshm.fence.app\r\n",
+            "me mcshm.fence.app\r\n",
+            "mg bWNzaG0uZmVuY2UuYXBw b v\r\n",
+            "mg bWNzaG0uZmVuY2Uu b v\r\n",
+        ];
+        for sent in replied {
+            assert_eq!(
+                parse(sent.as_bytes(), limits),
+                Parsed::Reply(RESERVED, sent.len()),
+                "{sent:?}"
+            );
+        }
+        let swallowed = [
+            ("set mcshm.fence.app 0 0 2\r\n", "10\r\n"),
+            ("add mcshm.fence.app 0 0 2 noreply\r\n", "10\r\n"),
+            ("cas mcshm.fence.app 0 0 2 5\r\n", "10\r\n"),
+            ("ms mcshm.fence.app 2 T0\r\n", "10\r\n"),
+            ("ms bWNzaG0uZmVuY2UuYXBw 2 b\r\n", "10\r\n"),
+        ];
+        for (line, data) in swallowed {
+            let sent = format!("{line}{data}get k\r\n");
+            assert_eq!(
+                parse(sent.as_bytes(), limits),
+                Parsed::Swallow {
+                    reply: RESERVED,
+                    used: line.len(),
+                    skip: data.len()
+                },
+                "{line:?}"
+            );
+        }
+        // Keys near the namespace, or in it only once decoded without `b`, are commands.
+        for sent in [
+            "get mcshm.fenc\r\n",
+            "get mcshm.fencex fence.app\r\n",
+            "set app.mcshm.fence.x 0 0 1\r\nv\r\n",
+            "mg bWNzaG0uZmVuY2UuYXBw v\r\n",
+            "mg bWNzaG0uZmVu b v\r\n",
+        ] {
+            assert!(
+                matches!(parse(sent.as_bytes(), limits), Parsed::Command(..)),
+                "{sent:?}"
+            );
+        }
     }
 }

@@ -21,7 +21,8 @@ use std::sync::{Arc, OnceLock};
 use mcshm_table::address::Address;
 use mcshm_table::domain::Domain;
 use mcshm_table::error::{Error, Result};
-use mcshm_table::key;
+use mcshm_table::fence;
+use mcshm_table::key::{self, KeyError};
 use mcshm_table::placement::{Distribution, Locator, Member, Placed};
 use mcshm_table::registry::Registry;
 use mcshm_table::registry::RingView;
@@ -431,12 +432,44 @@ impl Router {
             || (!self.local_down.is_empty() && self.local_down.contains(&server.address))
     }
 
+    /// Whether an application may use `key` in this domain, checked as every routing call
+    /// checks it (at `now_ms`, with the domain's key prefix then): memcached's rule, the
+    /// prefixed length, and outside mcshm's reserved namespace. Nothing is routed or counted;
+    /// for a front end that reports a bad key and goes on (a bulk get's line).
+    pub fn check_key(&mut self, key: &[u8], now_ms: u64) -> Result<()> {
+        key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
+        self.refresh(now_ms)?;
+        self.check_prefixed(key)
+    }
+
+    /// What the key (it passed [`key::check_key`]) must also be once the domain's key prefix
+    /// is put before it: short enough, and outside mcshm's reserved namespace (the fences,
+    /// [`mcshm_table::fence`]), which no application may read or write.
+    fn check_prefixed(&self, key: &[u8]) -> Result<()> {
+        let prefix = self.routing().snapshot.policy.prefix;
+        prefix.check_fits(key)?;
+        if fence::is_reserved_with(prefix.as_bytes(), key) {
+            return Err(match prefix.is_empty() {
+                true => Error::bad_key(key, KeyError::Reserved),
+                false => Error::bad_key(
+                    key,
+                    format!(
+                        "{} (the domain's key prefix '{}' is put before it)",
+                        KeyError::Reserved,
+                        prefix.as_text()
+                    ),
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The server a key maps to (up or down), routed at `now_ms`.
     pub fn owner(&mut self, key: &[u8], now_ms: u64) -> Result<usize> {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh(now_ms)?;
         self.count_operation();
-        self.routing().snapshot.policy.prefix.check_fits(key)?;
+        self.check_prefixed(key)?;
         let shared = match self.routing().shared {
             Some(_) => {
                 let hash = self.ring_hash(key);
@@ -459,7 +492,7 @@ impl Router {
     pub fn placement(&mut self, key: &[u8], now_ms: u64) -> Result<Placed> {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh(now_ms)?;
-        self.routing().snapshot.policy.prefix.check_fits(key)?;
+        self.check_prefixed(key)?;
         self.local()
             .place(key)
             .ok_or_else(|| Error::NoServers { what: self.what() })
@@ -559,7 +592,7 @@ impl Router {
         key::check_key(key).map_err(|why| Error::bad_key(key, why))?;
         self.refresh(now_ms)?;
         self.count_operation();
-        self.routing().snapshot.policy.prefix.check_fits(key)?;
+        self.check_prefixed(key)?;
         let replicas = usize::from(self.routing().snapshot.policy.replicas.max(1));
         let shared = match self.routing().shared {
             Some(_) => {

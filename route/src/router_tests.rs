@@ -432,3 +432,72 @@ fn placement_names_the_owner_the_router_routes_to() {
     );
     assert!(router.placement(&[b'k'; 251], 1).is_err());
 }
+
+/// mcshm's reserved namespace (the fences, `mcshm.fence.`) is refused on every routing call,
+/// on the key's wire form: the key itself without a prefix, the prefix and the key together
+/// with one. A key that only comes near it is routed.
+#[test]
+fn keys_in_the_reserved_namespace_are_refused_on_their_wire_form() {
+    use mcshm_table::Error;
+    use mcshm_table::prefix::KeyPrefix;
+    use mcshm_table::table::{Policy, Snapshot};
+    let router = |prefix: &str| {
+        Router::for_snapshot(Snapshot {
+            domain: "d".into(),
+            version: 1,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            next_id: 3,
+            servers: servers(&[Up, Up]),
+            policy: Policy {
+                prefix: KeyPrefix::parse(prefix).unwrap(),
+                ..Policy::default()
+            },
+            fleet_revision: 0,
+        })
+    };
+    let refused = |router: &mut Router, key: &[u8]| {
+        let calls = [
+            router.owner(key, 1).map(drop),
+            router.placement(key, 1).map(drop),
+            router.chain(key, 1).map(drop),
+            router.plan_read(key, 1).map(drop),
+            router.plan_write(key, false, 1).map(drop),
+        ];
+        let checked = router.check_key(key, 1);
+        for call in calls.into_iter().chain([checked]) {
+            match call {
+                Err(Error::BadKey { why, .. }) => {
+                    assert!(why.contains("mcshm.fence. are reserved by mcshm"), "{why}")
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(key)),
+            }
+        }
+    };
+    let routed = |router: &mut Router, key: &[u8]| {
+        assert!(router.check_key(key, 1).is_ok());
+        assert!(router.owner(key, 1).is_ok());
+        assert!(router.placement(key, 1).is_ok());
+        assert!(router.plan_read(key, 1).is_ok());
+        assert!(router.plan_write(key, false, 1).is_ok());
+    };
+    let mut plain = router("");
+    refused(&mut plain, b"mcshm.fence.x");
+    refused(&mut plain, b"mcshm.fence.");
+    routed(&mut plain, b"mcshm.fenc");
+    routed(&mut plain, b"mcshm.fencex");
+    routed(&mut plain, b"fence.x");
+    routed(&mut plain, b"x.mcshm.fence.x");
+    let mut prefixed = router("mcshm.");
+    refused(&mut prefixed, b"fence.x");
+    routed(&mut prefixed, b"mcshm.fence.x");
+    routed(&mut prefixed, b"fenc");
+    match prefixed.owner(b"fence.x", 1) {
+        Err(err) => assert!(err.to_string().contains("prefix 'mcshm.'"), "{err}"),
+        Ok(_) => unreachable!(),
+    }
+    // A prefix that is itself in the namespace reserves every key.
+    let mut inside = router("mcshm.fence.app.");
+    refused(&mut inside, b"k");
+}

@@ -13,6 +13,11 @@ pub enum KeyError {
     TooLong(usize),
     /// Whitespace or a control byte at this offset.
     BadByte(usize, u8),
+    /// A valid memcached key in mcshm's own namespace (its wire form, the domain's key prefix
+    /// included, starts with [`crate::fence::FENCE_PREFIX`]): refused to applications by the
+    /// router, mcproxy's parsers and the listings (`check_key` itself never answers it: mcshm
+    /// sends these keys).
+    Reserved,
 }
 
 impl fmt::Display for KeyError {
@@ -25,6 +30,9 @@ impl fmt::Display for KeyError {
                     f,
                     "key contains byte 0x{b:02x} at offset {at} (no whitespace or control characters)"
                 )
+            }
+            KeyError::Reserved => {
+                f.write_str("keys starting with mcshm.fence. are reserved by mcshm (fencing)")
             }
         }
     }
@@ -60,5 +68,14 @@ mod tests {
         assert_eq!(check_key(b"a b"), Err(KeyError::BadByte(1, b' ')));
         assert_eq!(check_key(b"a\x7f"), Err(KeyError::BadByte(1, 0x7f)));
         assert!(check_key("ключ".as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn the_reserved_namespace_is_named_as_it_is() {
+        let prefix = std::str::from_utf8(crate::fence::FENCE_PREFIX).unwrap();
+        let shown = KeyError::Reserved.to_string();
+        assert!(shown.contains(&format!(" {prefix} ")), "{shown}");
+        // mcshm's own keys pass the memcached rule: the reservation is checked apart.
+        assert!(check_key(b"mcshm.fence.app").is_ok());
     }
 }

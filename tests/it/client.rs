@@ -132,7 +132,13 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         &long,
         b"tab\tkey",
         b"nul\0",
+        // mcshm's own namespace (the fences): a valid memcached key, no application's.
+        b"mcshm.fence.app",
     ] {
+        assert!(
+            matches!(c.check_key(key), Err(Error::BadKey { .. })),
+            "{key:?}"
+        );
         assert!(matches!(c.get(key), Err(Error::BadKey { .. })), "{key:?}");
         assert!(
             matches!(c.set(key, b"v", 0, 0), Err(Error::BadKey { .. })),
@@ -141,6 +147,24 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         assert!(matches!(c.delete(key), Err(Error::BadKey { .. })));
         assert!(matches!(
             c.get_many(&[b"ok", key], false),
+            Err(Error::BadKey { .. })
+        ));
+        let items = [
+            libmcshm::StoreItem {
+                key: b"ok",
+                value: b"v",
+                flags: 0,
+                ttl: 0,
+            },
+            libmcshm::StoreItem {
+                key,
+                value: b"v",
+                flags: 0,
+                ttl: 0,
+            },
+        ];
+        assert!(matches!(
+            c.store_many(libmcshm::StoreVerb::Set, &items),
             Err(Error::BadKey { .. })
         ));
     }
@@ -158,6 +182,7 @@ fn bad_keys_are_refused_before_anything_is_sent() {
         );
     }
     assert_eq!(c.get(b"victim").unwrap().unwrap().value, b"still here");
+    assert!(c.check_key(b"victim").is_ok() && c.check_key(b"mcshm.fenc").is_ok());
 }
 
 #[test]

@@ -41,6 +41,7 @@ mod proxy_binary;
 mod proxy_clients;
 mod readme;
 mod replay;
+mod reserved;
 mod shared_ring;
 mod tls;
 mod truncation;

@@ -261,6 +261,15 @@ impl Client {
         self.router.work()
     }
 
+    /// Whether `key` may be used in this domain, as every request checks it: memcached's rule
+    /// (1 to 250 bytes, no whitespace or control bytes), the length with the domain's key
+    /// prefix, and outside mcshm's reserved namespace (`mcshm.fence.`, the fences). A bulk
+    /// front end reports a key this refuses and goes on with the rest, where the request itself
+    /// would fail the whole batch ([`Error::BadKey`]).
+    pub fn check_key(&mut self, key: &[u8]) -> Result<()> {
+        self.router.check_key(key, now_ms())
+    }
+
     /// The server `key` maps to (up or down).
     pub fn server_for(&mut self, key: &[u8]) -> Result<&Address> {
         let i = self.router.owner(key, now_ms())?;
