@@ -38,8 +38,8 @@
 #![deny(unsafe_code)]
 
 pub use mcshm_table::{
-    address, clock, coherence, domain, dump, edit, error, fence, hash, key, placement, prefix,
-    processes, registry, table, work,
+    address, clock, coherence, domain, dump, edit, error, hash, key, placement, prefix, processes,
+    registry, table, work,
 };
 
 pub mod access;
