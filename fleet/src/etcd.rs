@@ -127,6 +127,10 @@ pub enum PutIf {
     Written(i64),
     /// The condition failed; this is the key now (`None`: absent).
     Conflict(Option<Kv>),
+    /// The condition failed when the request was sent again after a member failed to answer
+    /// it: that member may have written it, and another writer on top since (the key's
+    /// history says; see `store::Fleet::transact_with`).
+    Resent(Option<Kv>),
 }
 
 /// A connection to an etcd cluster (cheap to share between threads).
@@ -225,7 +229,14 @@ impl Etcd {
 
     /// POSTs `body` to `path`, trying every endpoint until one answers within the timeout.
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        self.call_resent(path, body).map(|(answer, _)| answer)
+    }
+
+    /// [`Etcd::call`], and whether the answer came after the request was sent to a member
+    /// that did not answer it (which may have carried it out).
+    fn call_resent(&self, path: &str, body: &Value) -> Result<(Value, bool), EtcdError> {
         let deadline = Instant::now() + self.config.timeout;
+        let mut resent = false;
         let n = self.config.endpoints.len();
         let mut last = String::new();
         let mut tries = 0usize;
@@ -243,7 +254,7 @@ impl Etcd {
                 Ok(response) => match response.into_json::<Value>() {
                     Ok(answer) => {
                         *lock(&self.current) = index;
-                        return Ok(answer);
+                        return Ok((answer, resent));
                     }
                     // A member that died in the middle of its answer: a read is asked of the
                     // next one; a write's outcome is unknown, so it is not sent again.
@@ -266,10 +277,14 @@ impl Etcd {
                         let message = message.trim();
                         return Err(EtcdError::Refused(format!("{path}: {message}{why}")));
                     }
+                    // "leader changed", "request timed out": a proposal may still commit.
+                    resent = true;
                     let hint = gateway_hint(endpoint, &message, self.config.cert.is_some());
                     last = format!("{endpoint}: {}{hint}", message.trim());
                 }
                 Err(ureq::Error::Transport(t)) => {
+                    // Sent, unanswered (a time-out, a reset): the member may have written it.
+                    resent = true;
                     last = format!(
                         "{endpoint}: {}",
                         transport_text(&t, endpoint, self.config.cert.is_some())
@@ -404,7 +419,7 @@ impl Etcd {
             "success": [{"request_put": put}],
             "failure": [{"request_range": {"key": k}}],
         });
-        let answer = self.call("/v3/kv/txn", &body)?;
+        let (answer, resent) = self.call_resent("/v3/kv/txn", &body)?;
         let revision = header_revision(&answer)?;
         if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
             return Ok(PutIf::Written(revision));
@@ -416,7 +431,10 @@ impl Etcd {
             .map(kvs)
             .transpose()?
             .and_then(|kvs| kvs.into_iter().next());
-        Ok(PutIf::Conflict(current))
+        Ok(match resent {
+            true => PutIf::Resent(current),
+            false => PutIf::Conflict(current),
+        })
     }
 
     /// Writes `value` at `key` unconditionally (attached to `lease` if given).

@@ -382,10 +382,20 @@ impl Fleet {
                 // Our own document (it names this process and the time to the millisecond):
                 // the request reached a member whose answer was lost (a slow member's share
                 // of the timeout ran out) and was sent again to the next one.
-                Ok(PutIf::Conflict(Some(now))) if now.value == value => {
+                Ok(PutIf::Conflict(Some(now)) | PutIf::Resent(Some(now))) if now.value == value => {
                     return Ok(fenced.at(now.mod_revision));
                 }
                 Ok(PutIf::Conflict(now)) => current = now,
+                // Sent again after a member did not answer: that member may have written it
+                // and another editor on top since; the key's history says.
+                Ok(PutIf::Resent(now)) => {
+                    let after = expected.unwrap_or(read_at);
+                    match self.landed(&key, &value, after, deadline) {
+                        Ok(Some(revision)) => return Ok(fenced.at(revision)),
+                        Ok(None) | Err(EtcdError::Unreachable(_)) => current = now,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 Err(EtcdError::Unreachable(why)) => {
                     // The answer was lost: the write may have happened. Our document names this
                     // process and the time to the millisecond, so finding it as the first write
@@ -431,13 +441,12 @@ impl Fleet {
         after: &Table,
         read: i64,
     ) -> Result<FleetCommit, FleetError> {
-        let mut fenced = FleetCommit::default();
         let Some(fencing) = &self.fencing else {
-            return Ok(fenced);
+            return Ok(FleetCommit::default());
         };
         let (was, is) = (before.policy.fence.is_on(), after.policy.fence.is_on());
         if !was && !is {
-            return Ok(fenced);
+            return Ok(FleetCommit::default());
         }
         let mut targets = mcshm_table::coherence::fence_targets(before, after);
         if is && !was {
@@ -449,6 +458,20 @@ impl Fleet {
                 }
             }
         }
+        self.raise_fences(fencing, domain, after, &targets, read)
+    }
+
+    /// Raises the fences of `targets` to `read + 1` (see [`Fleet::fence`]), the commit's
+    /// `after` table telling which of them it takes out of service.
+    fn raise_fences(
+        &self,
+        fencing: &Fencing,
+        domain: &Domain,
+        after: &Table,
+        targets: &[Address],
+        read: i64,
+    ) -> Result<FleetCommit, FleetError> {
+        let mut fenced = FleetCommit::default();
         if targets.is_empty() {
             return Ok(fenced);
         }
@@ -461,7 +484,7 @@ impl Fleet {
         let key = libmcshm::fence::fence_key(domain);
         let epoch = u64::try_from(read).unwrap_or(0) + 1;
         for (server, raised) in
-            libmcshm::fence::raise_all(&targets, &key, epoch, fencing.timeouts, &access)
+            libmcshm::fence::raise_all(targets, &key, epoch, fencing.timeouts, &access)
         {
             match raised {
                 Ok(_) => fenced.fenced += 1,
@@ -475,6 +498,44 @@ impl Fleet {
             }
         }
         Ok(fenced)
+    }
+
+    /// A commit that changes nothing but fences: raises the fences of `servers` to the
+    /// revision read plus one, then writes the same table anew, so that every host mirrors a
+    /// revision at or past every fence raised so far. How an agent repairs fences that went
+    /// missing (a server restarted or flushed) and heals fences a commit raised before it
+    /// failed (`servers` empty: the new revision alone lifts them). `None` when another
+    /// writer committed first (the caller looks again) or fencing is not on.
+    pub fn refence(
+        &self,
+        domain: &Domain,
+        servers: &[Address],
+        by: &str,
+    ) -> Result<Option<FleetCommit>, FleetError> {
+        let Some(fencing) = &self.fencing else {
+            return Ok(None);
+        };
+        let key = self.domain_key(domain);
+        let (current, _) = self.etcd.get(&key, None)?;
+        let Some(kv) = current else {
+            return Err(FleetError::NoDomain(domain.to_string()));
+        };
+        let table = self.decode(&kv)?.table;
+        if !table.policy.fence.is_on() {
+            return Ok(None);
+        }
+        let fenced = self.raise_fences(fencing, domain, &table, servers, kv.mod_revision)?;
+        let value = document::encode(&table, &changed_by(by));
+        match self
+            .etcd
+            .put_if(&key, &value, Some(kv.mod_revision), None)?
+        {
+            PutIf::Written(revision) => Ok(Some(fenced.at(revision))),
+            PutIf::Conflict(Some(now)) | PutIf::Resent(Some(now)) if now.value == value => {
+                Ok(Some(fenced.at(now.mod_revision)))
+            }
+            PutIf::Conflict(_) | PutIf::Resent(_) => Ok(None),
+        }
     }
 
     /// Whether `value` was the first write of `key` after revision `after` (its revision if

@@ -400,6 +400,7 @@ fn print_event(json: bool, host: &str, event: &SyncEvent) {
             result,
         } => ("replayed", domain.as_str(), format!("{server}: {result}")),
         SyncEvent::Rewatched { why } => ("rewatched", "", why.clone()),
+        SyncEvent::Fenced { domain, action } => ("fenced", domain.as_str(), action.clone()),
     };
     let mut out = io::stdout().lock();
     let _ = if json {

@@ -336,3 +336,97 @@ fn a_host_whose_table_lags_reads_no_superseded_value_and_writes_nowhere_unread()
         Some(b"from-c".to_vec())
     );
 }
+
+/// A domain of `servers` with fencing on, mirrored by one host's agent: the host, and the
+/// fleet revision it mirrors.
+fn fenced_domain(
+    cluster: &EtcdCluster,
+    servers: &[&Memcached],
+) -> (crate::common::etcd::Host, u64) {
+    let host = crate::common::etcd::Host::start("host-a", &cluster.endpoints());
+    let addresses: Vec<String> = servers.iter().map(|m| m.address()).collect();
+    let args: Vec<&str> = ["add"]
+        .into_iter()
+        .chain(addresses.iter().map(String::as_str))
+        .collect();
+    commit(cluster, &args);
+    let on = revision(&commit(cluster, &["policy", "--fence", "on"]));
+    assert!(crate::common::wait_until(Duration::from_secs(20), || {
+        host.revision("app") >= on as i64
+    }));
+    (host, on)
+}
+
+/// A key the host's table routes to `server`.
+fn key_on(client: &mut libmcshm::Client, server: &str) -> String {
+    (0..100_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| client.server_for(k.as_bytes()).unwrap().to_string() == server)
+        .unwrap()
+}
+
+#[test]
+fn a_fence_lost_with_a_restart_is_repaired_by_an_agent_and_the_server_serves_again() {
+    let cluster = EtcdCluster::start(1);
+    let (a, mut b) = (Memcached::start(), Memcached::start());
+    let (host, on) = fenced_domain(&cluster, &[&a, &b]);
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let mut client =
+        libmcshm::Client::for_domain(host.reg.dir(), &domain, Timeouts::default()).unwrap();
+    let key = key_on(&mut client, &b.address());
+    client.set(key.as_bytes(), b"v1", 0, 0).unwrap();
+    // Restarted: the fence is gone with every item; until a commit writes it anew, b's
+    // answers are not used (a miss; a write fails) and b is not marked down for it.
+    b.restart();
+    assert_eq!(b.raw_get(KEY), None);
+    let started = std::time::Instant::now();
+    let repaired = crate::common::wait_until(Duration::from_secs(20), || {
+        b.raw_get(KEY).is_some() && host.revision("app") > on as i64
+    });
+    assert!(repaired, "no repair: {}", host.log_text());
+    let took = started.elapsed();
+    assert!(
+        host.log_text().contains("repaired the missing fence of"),
+        "{}",
+        host.log_text()
+    );
+    let fence: u64 = b.raw_get(KEY).unwrap().parse().unwrap();
+    assert!(fence > on, "raised above the revision read ({on}): {fence}");
+    // The restart closed the client's connection: one failure, as after any restart.
+    let _ = client.get(key.as_bytes());
+    client.set(key.as_bytes(), b"v2", 0, 0).unwrap();
+    assert_eq!(
+        client.get(key.as_bytes()).unwrap().map(|i| i.value),
+        Some(b"v2".to_vec())
+    );
+    assert_eq!(host.state("app", &b.address()).as_deref(), Some("up"));
+    eprintln!("repaired in {took:?}");
+}
+
+#[test]
+fn a_fence_a_failed_commit_left_above_the_fleet_is_healed_by_an_agent() {
+    let cluster = EtcdCluster::start(1);
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let (host, on) = fenced_domain(&cluster, &[&a, &b]);
+    // What a commit that fenced and then failed before its put leaves: a fence at the
+    // revision read plus one, and no such revision.
+    let address = Address::parse(&b.address()).unwrap();
+    let t = Timeouts::default();
+    fence::raise(&address, KEY.as_bytes(), on + 1, t, &Access::default()).unwrap();
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let mut client = libmcshm::Client::for_domain(host.reg.dir(), &domain, t).unwrap();
+    let key = key_on(&mut client, &b.address());
+    let healed =
+        crate::common::wait_until(Duration::from_secs(20), || host.revision("app") > on as i64);
+    assert!(healed, "no heal: {}", host.log_text());
+    assert!(
+        host.log_text().contains("healed a fence at"),
+        "{}",
+        host.log_text()
+    );
+    client.set(key.as_bytes(), b"after", 0, 0).unwrap();
+    assert_eq!(
+        client.get(key.as_bytes()).unwrap().map(|i| i.value),
+        Some(b"after".to_vec())
+    );
+}

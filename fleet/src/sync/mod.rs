@@ -27,11 +27,14 @@
 //! - `replay`: the replay duty (this host's part of a server's rejoin under `replay`: delete
 //!   what its clients logged, answer, and settle once the server is up);
 //! - `host`: the host record on its lease and the link status in the local tables;
+//! - `fence`: the fence duty (repairing missing fences, healing fences a failed commit left
+//!   above the fleet's revision);
 //! - `lag`: whether the fleet's watch keeps up with etcd (a watch on a frozen or lagging
 //!   member is silent, as an idle one is), and the time the agent's periodic calls may take;
 //! - `threads`: the watch of the fleet and the watches of the local tables, feeding the loop.
 
 mod apply;
+mod fence;
 mod host;
 mod lag;
 mod probe;
@@ -96,6 +99,8 @@ pub enum SyncEvent {
     /// The fleet's watch fell behind etcd (its member frozen or cut off from the others): a
     /// new one reads the fleet again through a member that answers.
     Rewatched { why: String },
+    /// The fence duty repaired or healed the domain's fences (or tried to).
+    Fenced { domain: String, action: String },
 }
 
 /// How the agent runs.
@@ -150,6 +155,12 @@ enum Msg {
         domain: Domain,
         server: Address,
         result: String,
+    },
+    /// A look at a domain's fences ended (see `fence`).
+    FenceLooked {
+        domain: Domain,
+        ahead: fence::Ahead,
+        did: Option<String>,
     },
 }
 
@@ -210,6 +221,9 @@ pub struct Agent {
     settling: Arc<Mutex<Settling>>,
     /// Servers whose settle runs now.
     settling_now: Arc<Mutex<HashSet<(Domain, Address)>>>,
+    /// Domains whose fences are being looked at, and what each last look left (see `fence`).
+    fencing_now: Arc<Mutex<HashSet<Domain>>>,
+    fence_ahead: HashMap<Domain, fence::Ahead>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
 }
@@ -241,6 +255,8 @@ impl Agent {
             answered: HashMap::new(),
             settling: Arc::default(),
             settling_now: Arc::default(),
+            fencing_now: Arc::default(),
+            fence_ahead: HashMap::new(),
             tx,
             rx,
             options,
@@ -328,6 +344,9 @@ impl Agent {
                 server: server.to_string(),
                 result,
             }),
+            Msg::FenceLooked { domain, ahead, did } => {
+                self.fence_looked(domain, ahead, did, events)
+            }
         }
     }
 
@@ -443,6 +462,9 @@ impl Agent {
         }
         if refresh {
             self.check_watch(events);
+            if self.connected == Some(true) {
+                self.fence_duty();
+            }
             // Retry what etcd did not take, and standbys retry the lock.
             let retry: Vec<Domain> = self
                 .mirrors
