@@ -200,10 +200,15 @@ impl Sweep<'_> {
         true
     }
 
-    /// Clears the server's mark if no key failed and no change since the sweep started marked
-    /// it again; `true` when cleared.
+    /// Clears the server's mark if no key failed, no change since the sweep started marked
+    /// it again, and (in a domain that fences) this host's table is not behind the server's
+    /// fence: a sweep on a table that lags the fleet judged keys by an older placement, and a
+    /// stray it kept would be left unmarked. `true` when cleared.
     pub fn finish(self) -> Result<bool> {
         if self.counts.failed > 0 {
+            return Ok(false);
+        }
+        if let Err(Error::TableBehind { .. }) = self.settle.client.check_fence(&self.address) {
             return Ok(false);
         }
         let (id, at) = (self.id, self.swept_at);

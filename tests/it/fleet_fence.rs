@@ -430,3 +430,85 @@ fn a_fence_a_failed_commit_left_above_the_fleet_is_healed_by_an_agent() {
         Some(b"after".to_vec())
     );
 }
+
+/// A sweep on a host whose table lags judges keys by an older placement: it must not clear
+/// the mark of a server a newer commit moved keys off (and fenced), or a stray it kept would
+/// be left unmarked once the agent pushes the clear.
+#[test]
+fn a_sweep_on_a_table_that_lags_keeps_the_mark() {
+    let cluster = EtcdCluster::start(1);
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let (host, _) = fenced_domain(&cluster, &[&a, &b]);
+    // A heavier b: a loses keys and is marked, on the host too.
+    let heavier = revision(&commit(&cluster, &["set", &b.address(), "--weight", "3"]));
+    assert!(crate::common::wait_until(Duration::from_secs(20), || {
+        host.revision("app") >= heavier as i64
+    }));
+    let marked = |host: &crate::common::etcd::Host| {
+        let list = host.local("app").unwrap();
+        list["servers"][0]["strays_since"].as_u64().unwrap()
+    };
+    assert_ne!(marked(&host), 0, "a is marked");
+    // The agent hangs; an add moves keys off a again (and fences it above the host's table).
+    host.signal_agent(libc::SIGSTOP);
+    commit(&cluster, &["add", &c.address()]);
+    let run = host.reg.run("app", &["--json", "settle", &a.address()]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let swept: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(
+        swept[0]["cleared"], false,
+        "swept on a lagging table: {swept}"
+    );
+    assert_ne!(marked(&host), 0, "the mark stays: {swept}");
+    host.signal_agent(libc::SIGCONT);
+}
+
+/// A drain on a host whose table lags moves keys by an older placement: every copy to a
+/// server a newer commit fenced is refused and undone, and the drained server stays in the
+/// table (its keys are still there for the next pass).
+#[test]
+fn a_drain_on_a_table_that_lags_moves_nothing_where_no_host_reads() {
+    let cluster = EtcdCluster::start(1);
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let (host, _) = fenced_domain(&cluster, &[&a, &b]);
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let mut client =
+        libmcshm::Client::for_domain(host.reg.dir(), &domain, Timeouts::default()).unwrap();
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("d{i}"))
+        .filter(|k| client.server_for(k.as_bytes()).unwrap().to_string() == b.address())
+        .take(20)
+        .collect();
+    for k in &keys {
+        client.set(k.as_bytes(), b"v", 0, 0).unwrap();
+    }
+    host.signal_agent(libc::SIGSTOP);
+    commit(&cluster, &["add", &c.address()]);
+    let run = host
+        .reg
+        .run("app", &["--json", "drain", &b.address(), "--rate", "0"]);
+    host.signal_agent(libc::SIGCONT);
+    assert_ne!(
+        run.code(),
+        0,
+        "a drain on a lagging table: {}",
+        run.stdout()
+    );
+    for k in &keys {
+        assert_eq!(
+            a.raw_get(k),
+            None,
+            "{k} copied where no host on the fleet's table reads"
+        );
+        assert_eq!(
+            b.raw_get(k).as_deref(),
+            Some("v"),
+            "{k} left on the drained server"
+        );
+    }
+    let list = host.local("app").unwrap();
+    assert!(
+        crate::common::addresses(&list).contains(&b.address()),
+        "{list}"
+    );
+}
