@@ -167,7 +167,8 @@ fn code(err: &Error) -> c_int {
         Error::Network { .. }
         | Error::ServerError { .. }
         | Error::ClientError { .. }
-        | Error::UnknownCommand { .. } => MCSHM_ESERVER,
+        | Error::UnknownCommand { .. }
+        | Error::TableBehind { .. } => MCSHM_ESERVER,
         _ => MCSHM_EREGISTRY,
     }
 }

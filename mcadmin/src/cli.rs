@@ -402,6 +402,12 @@ pub enum Command {
         /// domain to replay its log on the server, before it flushes the server instead
         #[arg(value_parser = positive("replay deadline"), long, default_value = "10", value_name = "S")]
         replay_deadline: Duration,
+        /// In domains that fence: seconds between looks at the servers' fences (a missing one,
+        /// after a restart or a flush, is repaired; one a failed commit left above the fleet is
+        /// healed). Each host looks at a phase of its own, so a fleet of N hosts looks every
+        /// S/N seconds
+        #[arg(value_parser = positive("fence interval"), long, default_value = "10", value_name = "S")]
+        fence_interval: Duration,
     },
     /// The fleet's hosts: every live `mcadmin sync` agent (needs --etcd).
     ///
@@ -728,6 +734,11 @@ fn positive(what: &'static str) -> impl Fn(&str) -> Checked<Duration> + Clone + 
 fn check_key(text: &str) -> Checked<Vec<u8>> {
     let key = text.as_bytes().to_vec();
     match libmcshm::proto::check_key(&key) {
+        // Written raw (no prefix): it must not overwrite a fence.
+        Ok(()) if libmcshm::fence::is_reserved(&key) => Err(Box::new(UsageError(
+            "invalid check key: keys starting with mcshm.fence. are reserved by mcshm (fencing)"
+                .into(),
+        ))),
         Ok(()) => Ok(key),
         Err(why) => Err(Box::new(UsageError(format!("invalid check key: {why}")))),
     }

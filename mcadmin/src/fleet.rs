@@ -310,6 +310,7 @@ pub struct SyncArgs<'a> {
     pub probe_timeout: Duration,
     pub lease_ttl: i64,
     pub replay_deadline: Duration,
+    pub fence_interval: Duration,
 }
 
 /// The host agent, until SIGTERM/SIGINT.
@@ -354,6 +355,7 @@ pub fn sync(ctx: &Invocation, fleet: Arc<Fleet>, args: SyncArgs<'_>) -> Result<E
             },
             lease_ttl_s: args.lease_ttl,
             replay_deadline: args.replay_deadline,
+            fence_interval: args.fence_interval,
         },
     );
     let json = ctx.json;

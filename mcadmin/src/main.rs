@@ -256,6 +256,7 @@ fn run(cli: &Cli) -> Result<Exit> {
             probe_timeout,
             lease_ttl,
             replay_deadline,
+            fence_interval,
         } => {
             let fleet = ctx.store.fleet().expect("checked above").clone();
             fleet::sync(
@@ -268,6 +269,7 @@ fn run(cli: &Cli) -> Result<Exit> {
                     probe_timeout: *probe_timeout,
                     lease_ttl: *lease_ttl,
                     replay_deadline: *replay_deadline,
+                    fence_interval: *fence_interval,
                 },
             )
         }

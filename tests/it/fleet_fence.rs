@@ -343,7 +343,12 @@ fn fenced_domain(
     cluster: &EtcdCluster,
     servers: &[&Memcached],
 ) -> (crate::common::etcd::Host, u64) {
-    let host = crate::common::etcd::Host::start("host-a", &cluster.endpoints());
+    // Looks at the fences every second (every refresh, 2 s), not every 10 s.
+    let host = crate::common::etcd::Host::start_with(
+        "host-a",
+        &cluster.endpoints(),
+        &["--fence-interval", "1"],
+    );
     let addresses: Vec<String> = servers.iter().map(|m| m.address()).collect();
     let args: Vec<&str> = ["add"]
         .into_iter()

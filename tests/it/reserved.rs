@@ -103,6 +103,16 @@ fn mclient_refuses_a_reserved_key_as_bad_input() {
     assert_eq!(raw_mg(&a, "mcshm.fence.x"), None);
     let ours = reg.mclient("pre", &["set", "mcshm.fence.x", "v"]);
     assert_eq!(code(&ours), 0, "mcshm.mcshm.fence.x: {}", stderr(&ours));
+
+    // `mcadmin watch --check-key` writes its key raw: a fence is refused before it starts.
+    let run = reg.run("app", &["watch", "--check-key", "mcshm.fence.app"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("reserved by mcshm"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(raw_mg(&a, "mcshm.fence.app").as_deref(), Some("7"));
 }
 
 /// The listings skip fences: `mclient keys` does not show one, `mcadmin settle` does not sweep

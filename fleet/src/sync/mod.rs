@@ -121,6 +121,8 @@ pub struct SyncOptions {
     /// How long a probe that asks every host to replay its log waits for their answers
     /// before it flushes the server instead.
     pub replay_deadline: Duration,
+    /// How often the agent looks at its domains' fences (see `fence`).
+    pub fence_interval: Duration,
 }
 
 /// How often the loop looks at time-driven work while a down server waits for its retry probe
@@ -224,6 +226,7 @@ pub struct Agent {
     /// Domains whose fences are being looked at, and what each last look left (see `fence`).
     fencing_now: Arc<Mutex<HashSet<Domain>>>,
     fence_ahead: HashMap<Domain, fence::Ahead>,
+    next_fence_look: Instant,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
 }
@@ -257,6 +260,7 @@ impl Agent {
             settling_now: Arc::default(),
             fencing_now: Arc::default(),
             fence_ahead: HashMap::new(),
+            next_fence_look: fence::first_look(Instant::now(), &options),
             tx,
             rx,
             options,
