@@ -329,9 +329,9 @@ impl Service {
         }
         let this = self.clone();
         Finished::Job(Box::pin(async move {
-            if !read && let Some(key) = command.key() {
+            if !read {
                 // Queued at the job's first poll, sent right after it.
-                this.undo(&snapshot, server, key, lane);
+                this.undo(&snapshot, server, &command, lane);
             }
             if this.catch_up(fenced.fence).await {
                 return this.clone().job_planned(command, lane, None, false).await;

@@ -329,14 +329,31 @@ impl Service {
         self.run_probes(&mut router);
     }
 
-    /// Undoes a write a fence judged behind on server `i` of `snapshot`: a `delete` of `key`
-    /// there, without a fence read (a delete cannot leave a superseded copy); its reply is not
-    /// waited for.
-    fn undo(&self, snapshot: &Arc<Snapshot>, i: usize, key: &[u8], lane: usize) {
+    /// Undoes `command`, a write a fence judged behind on server `i` of `snapshot`: a delete
+    /// of its key there, without a fence read (a delete cannot leave a superseded copy); its
+    /// reply is not waited for. A key in base64 (a meta command's `b`) is deleted as named.
+    fn undo(&self, snapshot: &Arc<Snapshot>, i: usize, command: &Command, lane: usize) {
+        use libmcshm::proto::{MetaVerb as Verb, Request};
+        let Some(key) = command.key() else { return };
         let prefix = snapshot.policy.prefix.as_bytes();
-        let delete = Encoded::of(&libmcshm::proto::Request::Delete { key }, prefix);
+        let delete = match command.base64_key() {
+            false => Encoded::of(&Request::Delete { key }, prefix),
+            true => Encoded::of(
+                &Request::Meta {
+                    verb: Verb::Delete,
+                    key,
+                    flags: &[b"b"],
+                    value: None,
+                },
+                prefix,
+            ),
+        };
+        let frame = match command.base64_key() {
+            false => Frame::Line,
+            true => Frame::Meta,
+        };
         // The reply cell is filled and dropped: nobody awaits it.
-        let _ = self.queue(snapshot, i, delete, Frame::Line, lane, true);
+        let _ = self.queue(snapshot, i, delete, frame, lane, true);
     }
 
     /// After a fenced answer: waits, at most [`FENCE_WAIT`], until this host's table has

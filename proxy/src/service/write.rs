@@ -63,7 +63,7 @@ impl Service {
                     ..
                 }) => {
                     fences.note(&fenced);
-                    self.undo(&snapshot, target.index, key, lane);
+                    self.undo(&snapshot, target.index, command, lane);
                     let address = snapshot.servers[target.index].address.to_string();
                     behind = Some(fenced.describe(Some(&address)));
                 }
