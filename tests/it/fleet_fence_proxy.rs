@@ -5,6 +5,11 @@
 //! write of k answers `SERVER_ERROR table behind` and is undone on the old owner (or lands where
 //! A reads it); the fenced answers are counted and logged, and the servers are not marked down.
 //! Once the agent runs again, C's proxy reads and writes where A does.
+//!
+//! And on the wire, against a stand-in server that records what it is sent: a domain that does
+//! not fence sends exactly what it did before; one that fences ends each connection's batch of
+//! a loop turn with one `get mcshm.fence.<domain>`, and undoes a fenced write with a delete sent
+//! without one.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -216,4 +221,202 @@ fn a_proxy_whose_table_lags_serves_no_superseded_value_and_acknowledges_no_write
         "STORED\r\n"
     );
     assert_eq!(read_on_a(&mut on_a).as_deref(), Some("after-c"));
+}
+
+/// A stand-in memcached that records every byte it is sent and answers `get` (every key holds
+/// "old"; the fence key holds what `fence` says, or nothing), `set`, `delete` and `mg`.
+struct Recorder {
+    address: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    fence: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        use std::io::BufRead;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let fence = Arc::new(Mutex::new(None::<String>));
+        let (seen, said) = (received.clone(), fence.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let (seen, said) = (seen.clone(), said.clone());
+                std::thread::spawn(move || {
+                    let mut out = stream.try_clone().unwrap();
+                    let mut input = std::io::BufReader::new(stream);
+                    loop {
+                        let mut line = Vec::new();
+                        if input.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        seen.lock().unwrap().extend_from_slice(&line);
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        let words: Vec<&str> = text.split(' ').collect();
+                        let reply = match words[0] {
+                            "get" => {
+                                let mut reply = String::new();
+                                for key in &words[1..] {
+                                    let value = match key.starts_with("mcshm.fence.") {
+                                        true => said.lock().unwrap().clone(),
+                                        false => Some("old".to_string()),
+                                    };
+                                    if let Some(v) = value {
+                                        reply += &format!("VALUE {key} 0 {}\r\n{v}\r\n", v.len());
+                                    }
+                                }
+                                reply + "END\r\n"
+                            }
+                            "set" => {
+                                let len: usize = words[4].parse().unwrap();
+                                let mut data = vec![0u8; len + 2];
+                                input.read_exact(&mut data).unwrap();
+                                seen.lock().unwrap().extend_from_slice(&data);
+                                "STORED\r\n".to_string()
+                            }
+                            "delete" => "DELETED\r\n".to_string(),
+                            "mg" => "VA 3\r\nold\r\n".to_string(),
+                            _ => "ERROR\r\n".to_string(),
+                        };
+                        if out.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Recorder {
+            address,
+            received,
+            fence,
+        }
+    }
+
+    /// What it was sent since the last call.
+    fn take(&self) -> String {
+        String::from_utf8(std::mem::take(&mut *self.received.lock().unwrap())).unwrap()
+    }
+
+    /// What it was sent since the last call, once it ends with `end` (waiting at most 5 s).
+    fn take_when(&self, end: &str) -> String {
+        crate::common::wait_until(Duration::from_secs(5), || {
+            String::from_utf8_lossy(&self.received.lock().unwrap()).ends_with(end)
+        });
+        self.take()
+    }
+
+    fn set_fence(&self, fence: Option<&str>) {
+        *self.fence.lock().unwrap() = fence.map(str::to_string);
+    }
+}
+
+/// Domain `app` of `reg` on `server` alone, its table a mirror of fleet revision `revision`
+/// with fencing `fence`.
+fn mirrored_domain(reg: &crate::common::Reg, server: &str, revision: u64, fence: &str) {
+    reg.ok("app", &["add", "--no-flush", server]);
+    let domain = libmcshm::Domain::new("app").unwrap();
+    let mut writer = libmcshm::Registry::open_writer(reg.dir(), &domain, false).unwrap();
+    let fence: libmcshm::table::Fence = fence.parse().unwrap();
+    writer
+        .transact(|t| {
+            t.fleet_revision = revision;
+            t.policy.fence = fence;
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_domain_that_does_not_fence_is_unchanged_on_the_wire() {
+    for (revision, fence) in [(7, "off"), (7, "auto"), (0, "on")] {
+        let server = Recorder::start();
+        let reg = crate::common::Reg::new();
+        mirrored_domain(&reg, &server.address, revision, fence);
+        server.set_fence(Some("9"));
+        let proxy = Proxy::start(&reg, "app", &[]);
+        let mut w = proxy.connect();
+        w.send(b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n");
+        assert_eq!(w.reply(), "VALUE a 0 3\r\nold\r\nEND\r\n");
+        assert_eq!(w.reply(), "VALUE b 0 3\r\nold\r\nEND\r\n");
+        assert_eq!(w.reply(), "STORED\r\n");
+        assert_eq!(
+            server.take(),
+            "get a\r\nget b\r\nset c 0 0 1\r\nx\r\n",
+            "fleet revision {revision}, fence {fence}: no fence read"
+        );
+    }
+}
+
+#[test]
+fn a_fenced_batch_ends_with_one_fence_read_and_each_answer_is_judged_by_it() {
+    let server = Recorder::start();
+    let reg = crate::common::Reg::new();
+    mirrored_domain(&reg, &server.address, 7, "on");
+    let proxy = Proxy::start(&reg, "app", &[]);
+    let mut w = proxy.connect();
+    const FENCE: &str = "get mcshm.fence.app\r\n";
+
+    // At the table's revision: each request is followed by a fence read, the answers used.
+    server.set_fence(Some("7"));
+    for _ in 0..10 {
+        // (A new client's first pipeline is short: these make room for the one below.)
+        assert_eq!(w.ask("get a\r\n"), "VALUE a 0 3\r\nold\r\nEND\r\n");
+    }
+    assert_eq!(server.take(), format!("get a\r\n{FENCE}").repeat(10));
+    // Three pipelined requests: one fence read after them, in the same write.
+    w.send(b"get a\r\nmg b v\r\nset c 0 0 1\r\nx\r\n");
+    assert_eq!(w.reply(), "VALUE a 0 3\r\nold\r\nEND\r\n");
+    assert_eq!(w.reply(), "VA 3\r\nold\r\n");
+    assert_eq!(w.reply(), "STORED\r\n");
+    assert_eq!(
+        server.take(),
+        format!("get a\r\nmg b v\r\nset c 0 0 1\r\nx\r\n{FENCE}")
+    );
+
+    // Fenced above it (and the table never catches up): reads are misses, a write is undone
+    // where it landed (a delete with no fence read) and fails; nothing under noreply.
+    server.set_fence(Some("8"));
+    assert_eq!(w.ask("get a\r\n"), "END\r\n");
+    assert_eq!(server.take(), format!("get a\r\n{FENCE}"));
+    assert_eq!(w.ask("mg a v\r\n"), "EN\r\n");
+    server.take();
+    let set = w.ask("set c 0 0 1\r\nx\r\n");
+    assert!(
+        set.starts_with(&format!(
+            "SERVER_ERROR table behind (server {} is fenced at fleet revision 8, this host's \
+             table is at 7",
+            server.address
+        )),
+        "{set}"
+    );
+    assert_eq!(
+        server.take_when("delete c\r\n"),
+        format!("set c 0 0 1\r\nx\r\n{FENCE}delete c\r\n")
+    );
+    w.send(b"set c 0 0 1 noreply\r\nx\r\n");
+    assert_eq!(w.ask("mn\r\n"), "MN\r\n", "nothing for the noreply set");
+    assert_eq!(
+        server.take_when("delete c\r\n"),
+        // (sent with its reply asked for, as every noreply the proxy forwards)
+        format!("set c 0 0 1\r\nx\r\n{FENCE}delete c\r\n")
+    );
+    // No fence at all (the server restarted since the commit): the same.
+    server.set_fence(None);
+    assert_eq!(w.ask("get a b\r\n"), "END\r\n");
+    assert!(
+        w.ask("set c 0 0 1\r\nx\r\n")
+            .starts_with("SERVER_ERROR table behind (server ")
+    );
+
+    // Counted, and the server is not marked down however many there were.
+    for _ in 0..10 {
+        assert_eq!(w.ask("get a\r\n"), "END\r\n");
+    }
+    let stats = w.ask("stats\r\n");
+    assert!(stats.contains("STAT fenced_answers 16\r\n"), "{stats}");
+    assert!(stats.contains("STAT server_errors 0\r\n"), "{stats}");
+    assert_eq!(reg.list_json("app")["servers"][0]["state"], "up");
+    server.set_fence(Some("7"));
+    assert_eq!(w.ask("get a\r\n"), "VALUE a 0 3\r\nold\r\nEND\r\n");
 }
