@@ -37,8 +37,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::buffer::Inbox;
-use crate::failure::Failure;
-use crate::failure::Fenced;
+use crate::failure::{Failure, Fenced};
 use crate::jobs::ReplyCell;
 use crate::stats::ServerStats;
 use crate::stream::Stream;
