@@ -2,6 +2,11 @@
 //! ([`crate::upstream`]) hand to what waits for a reply (the direct path, and the jobs'
 //! reply cells in [`crate::jobs`]), reported to the router as a failure of that server. A leaf,
 //! so that the executor and the connections need not know each other.
+//!
+//! One kind is no failure of the server: a reply its fence judged behind ([`Fenced`], see
+//! [`libmcshm::fence`]). The server answered; this host's table is what lags. Such a reply is
+//! not used, and the router hears of it as answered (a healthy server is never marked down for
+//! it).
 
 use std::io;
 
@@ -14,6 +19,42 @@ pub struct Failure {
     /// Whether it counts against the server: a connection that fails is one failure of its
     /// server, however many requests it carried.
     pub counted: bool,
+    /// The server answered, but its fence says this host's table is behind: the reply was not
+    /// used (not a failure of the server; never counted against it).
+    pub fenced: Option<Fenced>,
+}
+
+/// A reply a server's fence judged behind: the fence, and the fleet revision the request was
+/// routed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fenced {
+    /// The fleet revision this host's table must reach before the server's answers count
+    /// ([`libmcshm::fence::Verdict::wants`]: `u64::MAX` for a missing fence).
+    pub fence: u64,
+    /// The fleet revision the request was routed on.
+    pub routed: u64,
+}
+
+impl Fenced {
+    /// What a client is told when a fenced answer is final (`server`: the server's address).
+    pub fn describe(&self, server: Option<&str>) -> String {
+        let server = match server {
+            Some(address) => format!("server {address}"),
+            None => "the server".to_string(),
+        };
+        match self.fence {
+            u64::MAX => format!(
+                "table behind ({server} has no fence for the domain, this host's table is at \
+                 fleet revision {}: the answer was not used)",
+                self.routed
+            ),
+            fence => format!(
+                "table behind ({server} is fenced at fleet revision {fence}, this host's table \
+                 is at {}: the answer was not used; is `mcadmin sync` running?)",
+                self.routed
+            ),
+        }
+    }
 }
 
 impl Failure {
@@ -22,6 +63,18 @@ impl Failure {
             error: error.into(),
             errno,
             counted: true,
+            fenced: None,
+        }
+    }
+
+    /// A reply judged behind by the server's fence (see [`Fenced`]): not counted against the
+    /// server.
+    pub fn fenced(fenced: Fenced) -> Failure {
+        Failure {
+            error: fenced.describe(None),
+            errno: libc::ESTALE,
+            counted: false,
+            fenced: Some(fenced),
         }
     }
 

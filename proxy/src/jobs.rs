@@ -25,6 +25,8 @@ pub type Work = Pin<Box<dyn Future<Output = Vec<u8>>>>;
 thread_local! {
     /// The job being polled, so that an [`Await`] that is not ready knows whom to wake.
     static CURRENT: Cell<Option<JobId>> = const { Cell::new(None) };
+    /// The jobs waiting for the worker's next tick ([`Tick`]).
+    static SLEEPING: RefCell<Vec<JobId>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A job, as the slot it runs in and the generation that tells it from the slot's later jobs.
@@ -62,6 +64,35 @@ impl Future for Await {
         self.0.waiter.set(CURRENT.get());
         Poll::Pending
     }
+}
+
+/// A wait for the worker's next tick: the job is polled again on the next turn of its loop
+/// that [`Jobs::wake_sleepers`] runs in (at most [`TICK`] later). What a job waits for that is
+/// no server's reply (this host's table catching up with a fence) is looked at again each tick.
+#[derive(Default)]
+pub struct Tick(bool);
+
+/// How long the worker's loop waits at most while a job sleeps on a [`Tick`].
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl Future for Tick {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        if let Some(id) = CURRENT.get() {
+            SLEEPING.with_borrow_mut(|sleeping| sleeping.push(id));
+        }
+        Poll::Pending
+    }
+}
+
+/// Whether a job of this thread sleeps on a [`Tick`].
+pub fn sleeping() -> bool {
+    SLEEPING.with_borrow(|sleeping| !sleeping.is_empty())
 }
 
 /// The jobs of one worker, each with `T` telling where its output goes.
@@ -103,6 +134,12 @@ impl<T> Jobs<T> {
     /// A reply that `id` waited on has arrived.
     pub fn wake(&mut self, id: JobId) {
         self.ready.push(id);
+    }
+
+    /// Wakes the jobs that sleep on a [`Tick`], to be polled in the order they went to sleep
+    /// (a client's commands that wait for the table resume in the order it sent them).
+    pub fn wake_sleepers(&mut self) {
+        SLEEPING.with_borrow_mut(|sleeping| self.ready.extend(sleeping.drain(..).rev()));
     }
 
     pub fn has_ready(&self) -> bool {
@@ -165,6 +202,22 @@ mod tests {
         jobs.run_ready(|owner, out| outputs.push((owner, out)), || {});
         assert_eq!(outputs, vec![("client", b"got x".to_vec())]);
         assert!(jobs.is_empty());
+    }
+
+    #[test]
+    fn a_job_that_sleeps_on_a_tick_runs_again_when_the_sleepers_are_woken() {
+        let mut jobs: Jobs<u8> = Jobs::default();
+        let work: Work = Box::pin(async {
+            Tick::default().await;
+            b"later".to_vec()
+        });
+        assert!(jobs.start(work, 1).is_none());
+        assert!(sleeping() && !jobs.has_ready());
+        jobs.wake_sleepers();
+        assert!(!sleeping() && jobs.has_ready());
+        let mut outputs = Vec::new();
+        jobs.run_ready(|owner, out| outputs.push((owner, out)), || {});
+        assert_eq!(outputs, vec![(1, b"later".to_vec())]);
     }
 
     #[test]

@@ -93,6 +93,52 @@ impl Said {
     }
 }
 
+/// The fence last logged per (domain, server): a fenced answer is logged once per fence.
+static FENCES_LOGGED: Mutex<Vec<(String, String, u64)>> = Mutex::new(Vec::new());
+
+/// Logs that server `server` of `domain` answered behind fence `fence` (`u64::MAX`: no fence)
+/// while this host routed on fleet revision `routed`: once per (domain, server, fence), across
+/// the workers.
+pub fn fenced(domain: &str, server: &str, fence: u64, routed: u64) {
+    let mut logged = FENCES_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    if !first_fence(&mut logged, domain, server, fence) {
+        return;
+    }
+    drop(logged);
+    let what = match fence {
+        u64::MAX => "has no fence (restarted or flushed since a fleet commit wrote one)".into(),
+        fence => format!("is fenced at fleet revision {fence}"),
+    };
+    log(format_args!(
+        "domain '{domain}': server {server} {what} and this host's table is at fleet revision \
+         {routed}: its answers are not used until the table catches up (is `mcadmin sync` \
+         running and connected to etcd?)"
+    ));
+}
+
+/// Whether `fence` is news for (`domain`, `server`) in `logged` (then it is no longer).
+fn first_fence(
+    logged: &mut Vec<(String, String, u64)>,
+    domain: &str,
+    server: &str,
+    fence: u64,
+) -> bool {
+    match logged
+        .iter_mut()
+        .find(|(d, s, _)| d == domain && s == server)
+    {
+        Some((_, _, last)) if *last == fence => false,
+        Some((_, _, last)) => {
+            *last = fence;
+            true
+        }
+        None => {
+            logged.push((domain.to_string(), server.to_string(), fence));
+            true
+        }
+    }
+}
+
 /// Logs the summaries of the windows that are over (the proxy calls it once a second).
 pub fn summarize() {
     let summaries = LIMITS
@@ -239,6 +285,18 @@ mod tests {
         let summaries = limits.close_windows(at(4000));
         assert_eq!(summaries.len(), 1);
         assert!(summaries[0].starts_with("1 more values refused as too large"));
+    }
+
+    #[test]
+    fn a_fence_is_logged_once_per_domain_and_server() {
+        let mut logged = Vec::new();
+        assert!(first_fence(&mut logged, "app", "a:1", 7));
+        assert!(!first_fence(&mut logged, "app", "a:1", 7));
+        assert!(first_fence(&mut logged, "app", "b:1", 7), "another server");
+        assert!(first_fence(&mut logged, "web", "a:1", 7), "another domain");
+        assert!(first_fence(&mut logged, "app", "a:1", 9), "a new fence");
+        assert!(!first_fence(&mut logged, "app", "a:1", 9));
+        assert_eq!(logged.len(), 3);
     }
 
     #[test]

@@ -615,15 +615,12 @@ pub fn send_outbox(net: &mut Net<Direct>, outbox: &Outbox) {
     let queued = std::mem::take(&mut *outbox.borrow_mut());
     for o in queued {
         let bytes = o.bytes;
-        net.send(
-            o.domain,
-            &o.snapshot,
-            o.server,
-            o.lane,
-            o.frame,
-            Deliver::Cell(o.cell),
-            |out, _| out.append(&bytes),
-        );
+        let (snapshot, to) = (&o.snapshot, Deliver::Cell(o.cell));
+        let encode = |out: &mut libmcshm::proto::Encoded, _: &Deliver<Direct>| out.append(&bytes);
+        match o.plain {
+            false => net.send(o.domain, snapshot, o.server, o.lane, o.frame, to, encode),
+            true => net.send_plain(o.domain, snapshot, o.server, o.lane, o.frame, to, encode),
+        }
     }
 }
 

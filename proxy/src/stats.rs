@@ -65,6 +65,9 @@ pub struct ProxyStats {
     pub server_errors: AtomicU64,
     /// Clients closed for taking none of their replies for --client-timeout.
     pub clients_not_reading: AtomicU64,
+    /// Server replies not used because the server's fence said this host's table is behind
+    /// (see [`libmcshm::fence`]).
+    pub fenced_answers: AtomicU64,
     pub servers: Mutex<Vec<Arc<ServerStats>>>,
 }
 
@@ -83,6 +86,7 @@ impl ProxyStats {
             client_errors: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             clients_not_reading: AtomicU64::new(0),
+            fenced_answers: AtomicU64::new(0),
             servers: Mutex::new(Vec::new()),
         }
     }
@@ -118,6 +122,7 @@ impl ProxyStats {
             ("client_errors", n(&self.client_errors)),
             ("server_errors", n(&self.server_errors)),
             ("clients_not_reading", n(&self.clients_not_reading)),
+            ("fenced_answers", n(&self.fenced_answers)),
         ]
     }
 
@@ -154,7 +159,7 @@ impl ProxyStats {
 /// The domain-wide counters and gauges as Prometheus names them (units in the name, counters
 /// ending `_total`), from the `stats` names memcached's clients know: (stats name, metric,
 /// type, help).
-const FAMILIES: [(&str, &str, &str, &str); 11] = [
+const FAMILIES: [(&str, &str, &str, &str); 12] = [
     (
         "uptime",
         "uptime_seconds",
@@ -217,6 +222,12 @@ const FAMILIES: [(&str, &str, &str, &str); 11] = [
         "clients_not_reading_total",
         "counter",
         "Clients closed for taking none of their replies for --client-timeout",
+    ),
+    (
+        "fenced_answers",
+        "fenced_answers_total",
+        "counter",
+        "Server replies not used: the server's fence is above this host's table",
     ),
 ];
 

@@ -11,6 +11,17 @@
 //! (`Net::abandon`): they were sent whole and a frozen server runs them when it thaws, so a
 //! later write on a new connection could run first and be overwritten by an older one; on the
 //! same connection memcached runs them in order, and their replies are read and dropped.
+//!
+//! **Fences** (see [`libmcshm::fence`]): in a domain that fences, every connection that
+//! carries requests routed with a fence in a loop iteration ends that iteration's write with one
+//! read of the domain's fence (a plain `get`, never prefixed): one item per connection per
+//! iteration, however many requests it carries, and no extra round trip. The replies to the
+//! requests before it are held until the fence's reply is in (it follows them in the same
+//! stream), then each is judged by the fleet revision *its* request was routed on: current, it
+//! is delivered as it came; behind (or no fence at all), its waiter gets a [`Failure`] marked
+//! [`Fenced`], which is no failure of the server. Requests routed without a fence (a domain
+//! that does not fence: the default) are framed and delivered exactly as before, and their
+//! connections never carry a fence read.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -26,12 +37,13 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::buffer::Inbox;
-use crate::failure::Failure;
+use crate::failure::{Failure, Fenced};
 use crate::jobs::ReplyCell;
 use crate::stats::ServerStats;
 use crate::stream::Stream;
-use libmcshm::proto::Encoded;
-use libmcshm::proto::frame::{Frame, frame_len};
+use libmcshm::fence::{parse_value, verdict};
+use libmcshm::proto::frame::{Frame, frame_len, items};
+use libmcshm::proto::{Encoded, Request};
 
 /// Bytes read from a server at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -51,19 +63,30 @@ pub enum Deliver<D> {
     /// Nobody any more: the request timed out and was answered as failed; its reply is read
     /// and dropped when it comes.
     Dropped,
+    /// The connection's read of the domain's fence, which judges the replies before it (never
+    /// handed to a deliverer).
+    Fence,
 }
 
 impl<D> Deliver<D> {
     fn waits(&self) -> bool {
-        !matches!(self, Deliver::Dropped | Deliver::Auth)
+        !matches!(self, Deliver::Dropped | Deliver::Auth | Deliver::Fence)
     }
 }
 
 struct Waiter<D> {
     frame: Frame,
     sent: Instant,
+    /// The fleet revision the request was routed on, when its domain fences: its reply is
+    /// held until the fence read after it is answered, and judged by it.
+    routed: Option<u64>,
+    /// The length of its reply, once framed ahead of a fence read (see [`take_replies`]).
+    framed: usize,
     to: Deliver<D>,
 }
+
+/// What a waiter gets: the server's reply, or the verdict of the fence read after it.
+type Judged<'a> = Result<&'a [u8], Fenced>;
 
 /// One connection to a server.
 struct Conn<D> {
@@ -91,11 +114,27 @@ struct Conn<D> {
     /// The newest requests in flight whose bytes are not all written yet: their time with the
     /// server starts when they are ([`write_out`]).
     unsent: usize,
+    /// Requests routed with a fence were queued since the last fence read: one goes out at
+    /// the end of the iteration ([`Net::flush`]).
+    unfenced: bool,
+    /// Held replies already framed (see [`take_replies`]).
+    ahead: Ahead,
+}
+
+/// How far the replies held for a fence read are framed already: so many waiters, so many
+/// bytes from the front of the read buffer (a large held reply arriving in many reads is not
+/// framed again from its start each time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ahead {
+    waiters: usize,
+    bytes: usize,
 }
 
 /// A domain's part in the connections.
 struct DomainNet {
     access: AccessSource,
+    /// The domain's fence key (`mcshm.fence.<domain>`, never prefixed).
+    fence_key: Vec<u8>,
     stats: Arc<crate::stats::ProxyStats>,
     version: u64,
 }
@@ -142,14 +181,17 @@ impl<D> Net<D> {
         }
     }
 
-    /// A domain whose requests go through this net: its number.
+    /// A domain whose requests go through this net (`fence_key`: its fence, read after the
+    /// requests routed with one): its number.
     pub fn add_domain(
         &mut self,
         access: AccessSource,
+        fence_key: Vec<u8>,
         stats: Arc<crate::stats::ProxyStats>,
     ) -> usize {
         self.domains.push(DomainNet {
             access,
+            fence_key,
             stats,
             version: u64::MAX,
         });
@@ -158,6 +200,7 @@ impl<D> Net<D> {
 
     /// Queues a request for server `index` of `snapshot` on `lane`: `encode` appends it (complete,
     /// CRLF-terminated) to the connection's output, written at the end of the loop iteration.
+    /// When the domain fences, its reply is judged by the fence read after it.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
@@ -168,6 +211,38 @@ impl<D> Net<D> {
         frame: Frame,
         to: Deliver<D>,
         encode: impl FnOnce(&mut Encoded, &Deliver<D>),
+    ) {
+        let routed = fence_of(snapshot);
+        self.queue(domain, snapshot, index, lane, frame, to, encode, routed);
+    }
+
+    /// [`Net::send`] without the fence's judgement: what cannot leave a superseded copy (the
+    /// undo of a fenced write, `flush_all`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_plain(
+        &mut self,
+        domain: usize,
+        snapshot: &Snapshot,
+        index: usize,
+        lane: usize,
+        frame: Frame,
+        to: Deliver<D>,
+        encode: impl FnOnce(&mut Encoded, &Deliver<D>),
+    ) {
+        self.queue(domain, snapshot, index, lane, frame, to, encode, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &mut self,
+        domain: usize,
+        snapshot: &Snapshot,
+        index: usize,
+        lane: usize,
+        frame: Frame,
+        to: Deliver<D>,
+        encode: impl FnOnce(&mut Encoded, &Deliver<D>),
+        routed: Option<u64>,
     ) {
         if self.domains[domain].version != snapshot.version {
             self.prune(domain, snapshot);
@@ -189,9 +264,12 @@ impl<D> Net<D> {
         conn.in_flight.push_back(Waiter {
             frame,
             sent: Instant::now(),
+            routed,
+            framed: 0,
             to,
         });
         conn.unsent += 1;
+        conn.unfenced |= routed.is_some();
         if !conn.queued {
             conn.queued = true;
             self.dirty.push(key);
@@ -250,6 +328,8 @@ impl<D> Net<D> {
             answered: false,
             replied: Instant::now(),
             unsent: 0,
+            unfenced: false,
+            ahead: Ahead::default(),
         };
         if conn.broken.is_none() {
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -268,6 +348,8 @@ impl<D> Net<D> {
             conn.in_flight.push_back(Waiter {
                 frame: Frame::Line,
                 sent: Instant::now(),
+                routed: None,
+                framed: 0,
                 to: Deliver::Auth,
             });
             conn.unsent += 1;
@@ -302,7 +384,8 @@ impl<D> Net<D> {
         }
     }
 
-    /// Writes what this iteration queued: one write per connection.
+    /// Writes what this iteration queued: one write per connection, ended by a read of the
+    /// domain's fence when it carries requests routed with one.
     pub fn flush(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
@@ -310,6 +393,9 @@ impl<D> Net<D> {
                 continue;
             };
             conn.queued = false;
+            if std::mem::take(&mut conn.unfenced) {
+                push_fence_read(conn, &self.domains[conn.route.0].fence_key);
+            }
             if let Err(failure) = write_out(conn)
                 && conn.broken.is_none()
             {
@@ -628,49 +714,167 @@ fn read_in<D>(conn: &mut Conn<D>, hup: bool) -> Result<(), Failure> {
     }
 }
 
-/// Hands every complete reply in the buffer to its waiter.
+/// The fleet revision a request routed on `snapshot` is judged against, when its domain
+/// fences (`None`: it does not, and nothing about the request changes).
+pub fn fence_of(snapshot: &Snapshot) -> Option<u64> {
+    fenced_revision(snapshot.policy.fence, snapshot.fleet_revision)
+}
+
+/// [`fence_of`] a table with fencing `fence` mirroring fleet revision `fleet_revision` (0: a
+/// host-local table, which no fence concerns).
+fn fenced_revision(fence: libmcshm::table::Fence, fleet_revision: u64) -> Option<u64> {
+    (fence.is_on() && fleet_revision != 0).then_some(fleet_revision)
+}
+
+/// Appends the read of the domain's fence (`key`, never prefixed) to what `conn` writes next.
+fn push_fence_read<D>(conn: &mut Conn<D>, key: &[u8]) {
+    let keys = [key];
+    let request = Request::Get {
+        keys: &keys,
+        cas: false,
+        touch: None,
+    };
+    conn.out.push(&request, b"");
+    conn.in_flight.push_back(Waiter {
+        frame: Frame::Values,
+        sent: Instant::now(),
+        routed: None,
+        framed: 0,
+        to: Deliver::Fence,
+    });
+    conn.unsent += 1;
+}
+
+/// Hands every complete reply in the buffer to its waiter (a reply held for a fence read,
+/// once the fence's reply is in: see [`take_replies`]).
 fn deliver_replies<D>(
     conn: &mut Conn<D>,
     deliver: &mut impl FnMut(Deliver<D>, Result<&[u8], &Failure>),
 ) -> Result<(), Failure> {
     let now = Instant::now();
-    loop {
-        let data = conn.inbox.data();
-        if data.is_empty() {
-            conn.inbox.shrink_when_empty(4 * READ_CHUNK);
-            return Ok(());
-        }
-        let Some(front) = conn.in_flight.front() else {
-            return Err(Failure::new(
-                "the server sent a reply nobody asked for",
-                libc::EPROTO,
-            ));
-        };
-        let len = match frame_len(front.frame, data) {
-            Ok(Some(len)) => len,
-            Ok(None) => return Ok(()),
-            Err(malformed) => return Err(Failure::new(malformed.0, libc::EPROTO)),
-        };
-        let waiter = conn.in_flight.pop_front().expect("checked above");
-        conn.answered = true;
-        conn.replied = now;
-        let reply = &data[..len];
-        match waiter.to {
-            Deliver::Dropped => {}
-            Deliver::Auth => {
-                if let Some(credentials) = &conn.credentials {
+    let Conn {
+        inbox,
+        in_flight,
+        ahead,
+        stats,
+        credentials,
+        answered,
+        replied,
+        ..
+    } = conn;
+    let data = inbox.data();
+    if data.is_empty() {
+        inbox.shrink_when_empty(4 * READ_CHUNK);
+        return Ok(());
+    }
+    let taken = take_replies(in_flight, ahead, data, |waiter, judged| {
+        *answered = true;
+        *replied = now;
+        match (waiter.to, judged) {
+            (Deliver::Dropped | Deliver::Fence, _) => {}
+            (Deliver::Auth, reply) => {
+                if let (Some(credentials), Ok(reply)) = (&*credentials, reply) {
                     credentials
                         .check_answer(reply)
                         .map_err(|refused| Failure::new(refused, libc::EACCES))?;
                 }
             }
-            to => {
-                conn.stats
-                    .record(now.saturating_duration_since(waiter.sent), true);
+            (to, Ok(reply)) => {
+                stats.record(now.saturating_duration_since(waiter.sent), true);
                 deliver(to, Ok(reply));
             }
+            (to, Err(fenced)) => {
+                // The server answered: its time counts, as an answer.
+                stats.record(now.saturating_duration_since(waiter.sent), true);
+                deliver(to, Err(&Failure::fenced(fenced)));
+            }
         }
-        conn.inbox.consume(len);
+        Ok(())
+    });
+    inbox.consume(taken?);
+    if inbox.data().is_empty() {
+        inbox.shrink_when_empty(4 * READ_CHUNK);
+    }
+    Ok(())
+}
+
+/// Frames the complete replies at the front of `data`, pops their waiters off `in_flight` in
+/// order and gives each to `each` with its reply, or with the fence's verdict; the bytes used.
+///
+/// A waiter routed with a fence is held until the fence read after it (a [`Deliver::Fence`]
+/// waiter) has its reply too: then it and every waiter before that fence read are handed over,
+/// each judged by the revision its own request was routed on, and the fence read's reply is
+/// used up. A waiter routed without one (and whatever nobody waits for any more) is handed
+/// over as soon as its reply is complete, exactly as without fences. Pure: no I/O.
+fn take_replies<D>(
+    in_flight: &mut VecDeque<Waiter<D>>,
+    ahead: &mut Ahead,
+    data: &[u8],
+    mut each: impl FnMut(Waiter<D>, Judged<'_>) -> Result<(), Failure>,
+) -> Result<usize, Failure> {
+    let framed = |frame: Frame, buf: &[u8]| {
+        frame_len(frame, buf).map_err(|malformed| Failure::new(malformed.0, libc::EPROTO))
+    };
+    let mut used = 0;
+    loop {
+        let rest = &data[used..];
+        if rest.is_empty() {
+            return Ok(used);
+        }
+        let Some(front) = in_flight.front() else {
+            return Err(Failure::new(
+                "the server sent a reply nobody asked for",
+                libc::EPROTO,
+            ));
+        };
+        if front.routed.is_none() || !front.to.waits() {
+            let len = match framed(front.frame, rest)? {
+                Some(len) => len,
+                None => return Ok(used),
+            };
+            *ahead = Ahead::default();
+            let waiter = in_flight.pop_front().expect("checked above");
+            each(waiter, Ok(&rest[..len]))?;
+            used += len;
+            continue;
+        }
+        // Held: frame ahead to the fence read that judges it.
+        let fence_at = loop {
+            let Some(waiter) = in_flight.get_mut(ahead.waiters) else {
+                // No fence read queued after it yet: it goes out with this iteration's write.
+                return Ok(used);
+            };
+            let Some(len) = framed(waiter.frame, &rest[ahead.bytes..])? else {
+                return Ok(used);
+            };
+            if matches!(waiter.to, Deliver::Fence) {
+                break (ahead.waiters, ahead.bytes, len);
+            }
+            waiter.framed = len;
+            ahead.waiters += 1;
+            ahead.bytes += len;
+        };
+        *ahead = Ahead::default();
+        let (count, at, len) = fence_at;
+        let fence = items(&rest[at..at + len])
+            .first()
+            .and_then(|item| parse_value(item.data));
+        let mut offset = 0;
+        for _ in 0..count {
+            let waiter = in_flight.pop_front().expect("framed above");
+            let reply = &rest[offset..offset + waiter.framed];
+            offset += waiter.framed;
+            let judged = match waiter.routed.map(|routed| (routed, verdict(fence, routed))) {
+                Some((routed, v)) if !v.is_current() => Err(Fenced {
+                    fence: v.wants(),
+                    routed,
+                }),
+                _ => Ok(reply),
+            };
+            each(waiter, judged)?;
+        }
+        in_flight.pop_front(); // the fence read
+        used += at + len;
     }
 }
 
@@ -725,6 +929,165 @@ mod tests {
         connect: Duration::from_millis(100),
         io: Duration::from_millis(300),
     };
+
+    fn waiter(frame: Frame, routed: Option<u64>, to: Deliver<u32>) -> Waiter<u32> {
+        Waiter {
+            frame,
+            sent: Instant::now(),
+            routed,
+            framed: 0,
+            to,
+        }
+    }
+
+    /// What each waiter got: its number and its reply as text, or the fence's verdict.
+    type Got = Vec<(u32, Result<String, Fenced>)>;
+
+    fn take(
+        in_flight: &mut VecDeque<Waiter<u32>>,
+        ahead: &mut Ahead,
+        data: &[u8],
+        got: &mut Got,
+    ) -> usize {
+        take_replies(in_flight, ahead, data, |waiter, judged| {
+            if let Deliver::Direct(n) = waiter.to {
+                let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
+                got.push((n, judged.map(text)));
+            }
+            Ok(())
+        })
+        .expect("well-formed")
+    }
+
+    const FENCE_6: &[u8] = b"VALUE mcshm.fence.app 0 1\r\n6\r\nEND\r\n";
+
+    #[test]
+    fn a_domain_that_does_not_fence_gets_each_reply_as_soon_as_it_is_complete() {
+        let mut in_flight: VecDeque<_> = [
+            waiter(Frame::Values, None, Deliver::Direct(1)),
+            waiter(Frame::Line, None, Deliver::Direct(2)),
+        ]
+        .into();
+        let (mut ahead, mut got) = (Ahead::default(), Got::new());
+        let data = b"VALUE k 0 1\r\nv\r\nEND\r\nSTO";
+        assert_eq!(take(&mut in_flight, &mut ahead, data, &mut got), 21);
+        assert_eq!(got, [(1, Ok("VALUE k 0 1\r\nv\r\nEND\r\n".into()))]);
+        assert_eq!(in_flight.len(), 1);
+        got.clear();
+        assert_eq!(take(&mut in_flight, &mut ahead, b"STORED\r\n", &mut got), 8);
+        assert_eq!(got, [(2, Ok("STORED\r\n".into()))]);
+        assert!(in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_held_until_its_fence_and_each_waiter_judged_by_its_own_revision() {
+        // Routed on revisions 5 and 7 in one iteration; the server is fenced at 6.
+        let mut in_flight: VecDeque<_> = [
+            waiter(Frame::Values, Some(5), Deliver::Direct(1)),
+            waiter(Frame::Line, Some(7), Deliver::Direct(2)),
+            waiter(Frame::Values, None, Deliver::Fence),
+            waiter(Frame::Line, Some(7), Deliver::Direct(3)),
+        ]
+        .into();
+        let (mut ahead, mut got) = (Ahead::default(), Got::new());
+        let replies = b"VALUE k 0 3\r\nold\r\nEND\r\nSTORED\r\n";
+        // Both replies are in, the fence's is not: nothing is handed over.
+        assert_eq!(take(&mut in_flight, &mut ahead, replies, &mut got), 0);
+        assert!(got.is_empty());
+        assert_eq!(in_flight.len(), 4);
+        assert_eq!(
+            ahead,
+            Ahead {
+                waiters: 2,
+                bytes: replies.len()
+            },
+            "framed once, not again"
+        );
+        // The fence's reply, and the start of the next batch's.
+        let data = [&replies[..], FENCE_6, b"STO"].concat();
+        let used = take(&mut in_flight, &mut ahead, &data, &mut got);
+        assert_eq!(used, replies.len() + FENCE_6.len());
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    Err(Fenced {
+                        fence: 6,
+                        routed: 5
+                    })
+                ),
+                (2, Ok("STORED\r\n".into())),
+            ]
+        );
+        // The next batch's waiter has no fence read after it yet: held, however complete.
+        assert_eq!(in_flight.len(), 1);
+        got.clear();
+        assert_eq!(take(&mut in_flight, &mut ahead, b"STORED\r\n", &mut got), 0);
+        assert!(got.is_empty());
+        // Its fence read goes out: then it is judged.
+        in_flight.push_back(waiter(Frame::Values, None, Deliver::Fence));
+        let data = [&b"STORED\r\n"[..], FENCE_6].concat();
+        assert_eq!(
+            take(&mut in_flight, &mut ahead, &data, &mut got),
+            data.len()
+        );
+        assert_eq!(got, [(3, Ok("STORED\r\n".into()))]);
+        assert!(in_flight.is_empty() && ahead == Ahead::default());
+    }
+
+    #[test]
+    fn a_missing_fence_or_an_error_in_its_place_judges_every_waiter_behind() {
+        for fence_reply in [&b"END\r\n"[..], b"SERVER_ERROR out of memory\r\n"] {
+            let mut in_flight: VecDeque<_> = [
+                waiter(Frame::Meta, Some(9), Deliver::Direct(1)),
+                waiter(Frame::Values, None, Deliver::Fence),
+            ]
+            .into();
+            let (mut ahead, mut got) = (Ahead::default(), Got::new());
+            let data = [&b"EN\r\n"[..], fence_reply].concat();
+            assert_eq!(
+                take(&mut in_flight, &mut ahead, &data, &mut got),
+                data.len()
+            );
+            let missing = Fenced {
+                fence: u64::MAX,
+                routed: 9,
+            };
+            assert_eq!(got, [(1, Err(missing))]);
+        }
+    }
+
+    #[test]
+    fn what_nobody_waits_for_is_not_held_and_a_fence_read_alone_is_used_up() {
+        let mut in_flight: VecDeque<_> = [
+            waiter(Frame::Line, Some(5), Deliver::Dropped),
+            waiter(Frame::Values, None, Deliver::Fence),
+            waiter(Frame::Line, None, Deliver::Direct(2)),
+        ]
+        .into();
+        let (mut ahead, mut got) = (Ahead::default(), Got::new());
+        let data = [&b"STORED\r\n"[..], b"END\r\n", b"DELETED\r\n"].concat();
+        assert_eq!(
+            take(&mut in_flight, &mut ahead, &data, &mut got),
+            data.len()
+        );
+        assert_eq!(got, [(2, Ok("DELETED\r\n".into()))]);
+        assert!(in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_domain_fences_only_when_its_policy_says_so_and_its_table_mirrors_the_fleet() {
+        use libmcshm::table::Fence;
+        assert_eq!(fenced_revision(Fence::On, 12), Some(12));
+        assert_eq!(fenced_revision(Fence::Off, 12), None);
+        assert_eq!(
+            fenced_revision(Fence::Auto, 12),
+            None,
+            "auto is off in this release"
+        );
+        assert_eq!(fenced_revision(Fence::On, 0), None, "a table of one host");
+    }
 
     #[test]
     fn a_connection_waits_for_its_connect_then_for_its_oldest_reply() {

@@ -109,7 +109,8 @@ pub fn run(setup: Setup) {
     let mut net = Net::new(registry, server_token, setup.timeouts, setup.width);
     let mut services = Vec::new();
     for (dir, domain, stats) in &setup.domains {
-        let number = net.add_domain(Service::access(dir, domain), stats.clone());
+        let fence_key = libmcshm::fence::fence_key(domain);
+        let number = net.add_domain(Service::access(dir, domain), fence_key, stats.clone());
         match Service::new(
             dir,
             domain,
@@ -236,7 +237,9 @@ impl Worker {
         if self.stalled.iter().any(resumable) {
             return Some(Duration::ZERO);
         }
+        let tick = crate::jobs::sleeping().then(|| now + crate::jobs::TICK);
         let deadlines = [
+            tick,
             self.net.next_deadline(),
             self.next_sweep,
             self.accept_again,
@@ -565,6 +568,8 @@ impl Worker {
     /// The timeouts: server connections' (connect, reply), clients' (a command trickling in,
     /// idleness), and accepting again after running out of descriptors.
     fn timers(&mut self, now: Instant) {
+        // Jobs waiting for this host's table to catch up with a fence look again.
+        self.jobs.wake_sleepers();
         {
             let mut deliver = deliverer(
                 &mut self.clients,
@@ -637,7 +642,7 @@ fn deliverer<'a>(
     dirty: &'a mut Vec<usize>,
 ) -> impl FnMut(Deliver<Direct>, Result<&[u8], &Failure>) + 'a {
     move |to, result| match to {
-        Deliver::Auth | Deliver::Dropped => {}
+        Deliver::Auth | Deliver::Dropped | Deliver::Fence => {}
         Deliver::Cell(cell) => {
             if let Some(job) = cell.fill(result.map(<[u8]>::to_vec).map_err(Clone::clone)) {
                 jobs.wake(job);

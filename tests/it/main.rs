@@ -20,6 +20,7 @@ mod corruption;
 mod explain;
 mod fleet;
 mod fleet_fence;
+mod fleet_fence_proxy;
 mod fleet_lag;
 mod fleet_replay;
 mod fleet_tls;

@@ -9,7 +9,7 @@ use libmcshm::Snapshot;
 
 use super::{Plan, Planned, Service, server_error};
 use crate::command::{Command, MetaVerb};
-use crate::failure::Failure;
+use crate::failure::{Failure, Fenced};
 use crate::jobs::Work;
 use crate::upstream::{Deliver, Net};
 use libmcshm::proto::frame::{Frame, first_line, items, unprefix_meta};
@@ -141,7 +141,9 @@ impl Service {
         };
         let (snapshot, server, frame) = match shape {
             Ok(shape) => shape,
-            Err(planned) => return Started::Job(self.clone().job_planned(command, lane, planned)),
+            Err(planned) => {
+                return Started::Job(self.clone().job_planned(command, lane, planned, true));
+            }
         };
         let prefix = snapshot.policy.prefix;
         if !prefix.is_empty() && command.base64_key() {
@@ -230,6 +232,10 @@ impl Service {
         let prefix = snapshot.policy.prefix;
         let reply = match result {
             Ok(reply) => reply,
+            Err(Failure {
+                fenced: Some(fenced),
+                ..
+            }) => return self.fenced_direct(snapshot, server, lane, command, quiet, *fenced),
             Err(_) if matches!(quiet, Quiet::Noreply) => return Finished::Owned(Vec::new()),
             Err(failure) => {
                 let error = format!("{}: {}", snapshot.servers[server].address, failure.error);
@@ -284,6 +290,54 @@ impl Service {
             }
             _ => self.direct_reply(reply, quiet, prefix.as_bytes()),
         }
+    }
+
+    /// A direct request whose reply server `server`'s fence judged behind (see
+    /// [`libmcshm::fence`]): a write is undone there (a delete without a fence read); then the
+    /// command waits for this host's table to reach the fence and runs once more on it, as a
+    /// job; if the table does not catch up in time, a read is a miss and a write answers
+    /// `SERVER_ERROR table behind (…)` (nothing under `noreply`).
+    fn fenced_direct<'a>(
+        self: &Rc<Self>,
+        snapshot: Arc<Snapshot>,
+        server: usize,
+        lane: usize,
+        command: Command,
+        quiet: Quiet,
+        fenced: Fenced,
+    ) -> Finished<'a> {
+        let address = snapshot.servers[server].address.to_string();
+        let given_up = move |command: &Command| match command {
+            Command::Get { .. } => b"END\r\n".to_vec(),
+            Command::Meta {
+                verb: MetaVerb::Get,
+                ..
+            } => quiet.apply(b"EN\r\n".to_vec()),
+            _ => quiet.apply(server_error(&fenced.describe(Some(&address)))),
+        };
+        let read = matches!(
+            command,
+            Command::Get { .. }
+                | Command::Meta {
+                    verb: MetaVerb::Get,
+                    ..
+                }
+        );
+        if read && fenced.fence == u64::MAX {
+            // A missing fence: no table will do until a fleet commit writes one.
+            return Finished::Owned(given_up(&command));
+        }
+        let this = self.clone();
+        Finished::Job(Box::pin(async move {
+            if !read {
+                // Queued at the job's first poll, sent right after it.
+                this.undo(&snapshot, server, &command, lane);
+            }
+            if this.catch_up(fenced.fence).await {
+                return this.clone().job_planned(command, lane, None, false).await;
+            }
+            given_up(&command)
+        }))
     }
 
     /// A single-line or meta reply as the client gets it.

@@ -21,10 +21,21 @@
 //! write: replicas, invalidations, following a table change, flush_all). This file holds the
 //! service itself: deciding with the router, sending, awaiting and reporting replies, and
 //! which job runs a command.
+//!
+//! **Fenced answers** (see [`libmcshm::fence`] and [`crate::upstream`]): in a domain that
+//! fences, a reply the server's fence judges behind arrives as a [`Failure`] marked
+//! [`Fenced`]. It is reported to the router as answered (the server is healthy: this host's
+//! table lags), counted (`fenced_answers`) and logged once per fence. A write that landed there
+//! is undone (a `delete` on the same server, without a fence read). Then the command waits, at
+//! most [`FENCE_WAIT`], for this host's table to reach the fence, and runs once more on it;
+//! if the table does not catch up, a read is a miss and a write answers
+//! `SERVER_ERROR table behind (…)` (nothing under `noreply`): never the superseded value, never a
+//! write acknowledged where no other host reads.
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libmcshm::clock::now_ms;
 use libmcshm::table::State;
@@ -32,8 +43,8 @@ use libmcshm::{Address, Domain, Snapshot, Timeouts};
 use mcshm_route::{FailureEvent, MarkedDown, Outcome, ReadPlan, Router, ServerRef, WritePlan};
 
 use crate::command::{Command, MetaVerb};
-use crate::failure::Failure;
-use crate::jobs::{Await, ReplyCell, Work};
+use crate::failure::{Failure, Fenced};
+use crate::jobs::{Await, ReplyCell, Tick, Work};
 use crate::stats::ProxyStats;
 use libmcshm::proto::Encoded;
 use libmcshm::proto::frame::Frame;
@@ -66,6 +77,29 @@ pub struct Outgoing {
     pub frame: Frame,
     pub bytes: Encoded,
     pub cell: Rc<ReplyCell>,
+    /// Sent without the fence's judgement ([`crate::upstream::Net::send_plain`]).
+    pub plain: bool,
+}
+
+/// How long a command whose answer was fenced waits for this host's table to reach the fence
+/// before it gives a miss (a read) or `SERVER_ERROR table behind` (a write): the library's
+/// default fence wait.
+pub const FENCE_WAIT: Duration = Duration::from_millis(200);
+
+/// The fences a job's answers met: the highest revision one of them asks for (`u64::MAX`: a
+/// missing fence), so that the command can run once more when the table reaches it.
+#[derive(Default)]
+struct Fences(Cell<Option<u64>>);
+
+impl Fences {
+    fn note(&self, fenced: &Fenced) {
+        let highest = self.0.get().map_or(fenced.fence, |f| f.max(fenced.fence));
+        self.0.set(Some(highest));
+    }
+
+    fn wanted(&self) -> Option<u64> {
+        self.0.get()
+    }
 }
 
 /// The requests jobs queued since the worker last sent them.
@@ -196,6 +230,19 @@ impl Service {
         frame: Frame,
         lane: usize,
     ) -> Outstanding {
+        self.queue(snapshot, i, bytes, frame, lane, false)
+    }
+
+    /// [`Service::send`], `plain`: without the fence's judgement.
+    fn queue(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        i: usize,
+        bytes: Encoded,
+        frame: Frame,
+        lane: usize,
+        plain: bool,
+    ) -> Outstanding {
         let cell = Rc::new(ReplyCell::default());
         self.outbox.borrow_mut().push(Outgoing {
             domain: self.domain,
@@ -205,6 +252,7 @@ impl Service {
             frame,
             bytes,
             cell: cell.clone(),
+            plain,
         });
         Outstanding {
             snapshot: snapshot.clone(),
@@ -246,6 +294,18 @@ impl Service {
         };
         let outcome = match &result {
             Ok(_) => Outcome::Answered,
+            // The server answered; this host's table is what lags.
+            Err(Failure {
+                fenced: Some(fenced),
+                ..
+            }) => {
+                self.stats
+                    .fenced_answers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let address = snapshot.servers[i].address.to_string();
+                crate::log::fenced(&snapshot.domain, &address, fenced.fence, fenced.routed);
+                Outcome::Answered
+            }
             Err(failure) => {
                 self.stats
                     .server_errors
@@ -269,84 +329,160 @@ impl Service {
         self.run_probes(&mut router);
     }
 
-    /// The slow path: the command's plan executed as the blocking client executes it.
+    /// Undoes `command`, a write a fence judged behind on server `i` of `snapshot`: a delete
+    /// of its key there, without a fence read (a delete cannot leave a superseded copy); its
+    /// reply is not waited for. A key in base64 (a meta command's `b`) is deleted as named.
+    fn undo(&self, snapshot: &Arc<Snapshot>, i: usize, command: &Command, lane: usize) {
+        use libmcshm::proto::{MetaVerb as Verb, Request};
+        let Some(key) = command.key() else { return };
+        let prefix = snapshot.policy.prefix.as_bytes();
+        let delete = match command.base64_key() {
+            false => Encoded::of(&Request::Delete { key }, prefix),
+            true => Encoded::of(
+                &Request::Meta {
+                    verb: Verb::Delete,
+                    key,
+                    flags: &[b"b"],
+                    value: None,
+                },
+                prefix,
+            ),
+        };
+        let frame = match command.base64_key() {
+            false => Frame::Line,
+            true => Frame::Meta,
+        };
+        // The reply cell is filled and dropped: nobody awaits it.
+        let _ = self.queue(snapshot, i, delete, frame, lane, true);
+    }
+
+    /// After a fenced answer: waits, at most [`FENCE_WAIT`], until this host's table has
+    /// reached `wanted` (the fence's revision); whether it did. A missing fence (`u64::MAX`)
+    /// waits for nothing: no revision will do until a fleet commit writes one.
+    async fn catch_up(&self, wanted: u64) -> bool {
+        if wanted == u64::MAX {
+            return false;
+        }
+        let deadline = Instant::now() + FENCE_WAIT;
+        loop {
+            {
+                let mut router = self.router();
+                if router.refresh(now_ms()).is_err() {
+                    return false;
+                }
+                if router.snapshot().fleet_revision >= wanted {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            Tick::default().await;
+        }
+    }
+
+    /// The slow path: the command's plan executed as the blocking client executes it (once
+    /// more, on the table that caught up, when an answer was fenced).
     pub fn job(self: Rc<Self>, command: Command, lane: usize) -> Work {
-        self.job_planned(command, lane, None)
+        self.job_planned(command, lane, None, true)
     }
 
     /// [`Service::job`], with the plan already made for the command, if any.
+    /// (`repeat`: whether a fenced answer makes it run once more when the table catches up.)
     fn job_planned(
         self: Rc<Self>,
         command: Command,
         lane: usize,
         planned: Option<Planned>,
+        repeat: bool,
     ) -> Work {
+        Box::pin(async move {
+            let fences = Fences::default();
+            let reply = self.run(&command, lane, planned, &fences).await;
+            match fences.wanted() {
+                Some(wanted) if repeat && self.catch_up(wanted).await => {
+                    self.run(&command, lane, None, &Fences::default()).await
+                }
+                _ => reply,
+            }
+        })
+    }
+
+    /// A command's plan executed once; the fences its answers met go to `fences`.
+    async fn run(
+        &self,
+        command: &Command,
+        lane: usize,
+        planned: Option<Planned>,
+        fences: &Fences,
+    ) -> Vec<u8> {
         let (read, write) = match planned {
             Some(Planned::Read(plan)) => (Some(plan), None),
             Some(Planned::Write(plan)) => (None, Some(plan)),
             None => (None, None),
         };
-        Box::pin(async move {
-            match command {
-                Command::Get {
-                    verb,
-                    exptime,
-                    keys,
-                } => self.get(verb, exptime, keys, lane, read).await,
-                Command::Meta {
-                    verb,
-                    ref key,
-                    quiet,
-                    ..
-                } => {
-                    let reply = match verb {
-                        MetaVerb::Get => self.read_one(&command, key, lane, read).await,
-                        MetaVerb::Debug => self.owner_only(&command, key, lane).await,
-                        _ => {
-                            self.write(&command, key, (Frame::Meta, false), lane, write)
-                                .await
-                        }
-                    };
-                    match quiet {
-                        true => Quiet::Meta(verb).apply(reply),
-                        false => reply,
-                    }
-                }
-                Command::FlushAll { noreply, .. } => {
-                    let mut bytes = Encoded::new();
-                    command.encode(&mut bytes, b"");
-                    let reply = self.flush_all(bytes, lane).await;
-                    if noreply { Vec::new() } else { reply }
-                }
-                Command::Store {
-                    ref key,
-                    noreply,
-                    cas,
-                    ..
-                } => {
-                    let shape = (Frame::Line, cas.is_some());
-                    let reply = self.write(&command, key, shape, lane, write).await;
-                    if noreply { Vec::new() } else { reply }
-                }
-                Command::Delete { ref key, noreply }
-                | Command::Arith {
-                    ref key, noreply, ..
-                }
-                | Command::Touch {
-                    ref key, noreply, ..
-                } => {
-                    let shape = (Frame::Line, false);
-                    let reply = self.write(&command, key, shape, lane, write).await;
-                    if noreply { Vec::new() } else { reply }
-                }
-                Command::MetaNoop
-                | Command::Version
-                | Command::Verbosity { .. }
-                | Command::Stats { .. }
-                | Command::ConfigGetCluster
-                | Command::Quit => unreachable!("answered by the session"),
+        match *command {
+            Command::Get {
+                verb,
+                exptime,
+                ref keys,
+            } => {
+                self.get(verb, exptime, keys.clone(), lane, read, fences)
+                    .await
             }
-        })
+            Command::Meta {
+                verb,
+                ref key,
+                quiet,
+                ..
+            } => {
+                let reply = match verb {
+                    MetaVerb::Get => self.read_one(command, key, lane, read, fences).await,
+                    MetaVerb::Debug => self.owner_only(command, key, lane, fences).await,
+                    _ => {
+                        let shape = (Frame::Meta, false);
+                        self.write(command, key, shape, lane, write, fences).await
+                    }
+                };
+                match quiet {
+                    true => Quiet::Meta(verb).apply(reply),
+                    false => reply,
+                }
+            }
+            Command::FlushAll { noreply, .. } => {
+                let mut bytes = Encoded::new();
+                command.encode(&mut bytes, b"");
+                let reply = self.flush_all(bytes, lane).await;
+                if noreply { Vec::new() } else { reply }
+            }
+            Command::Store {
+                ref key,
+                noreply,
+                cas,
+                ..
+            } => {
+                let shape = (Frame::Line, cas.is_some());
+                let reply = self.write(command, key, shape, lane, write, fences).await;
+                if noreply { Vec::new() } else { reply }
+            }
+            Command::Delete { ref key, noreply }
+            | Command::Arith {
+                ref key, noreply, ..
+            }
+            | Command::Touch {
+                ref key, noreply, ..
+            } => {
+                let shape = (Frame::Line, false);
+                let reply = self.write(command, key, shape, lane, write, fences).await;
+                if noreply { Vec::new() } else { reply }
+            }
+            Command::MetaNoop
+            | Command::Version
+            | Command::Verbosity { .. }
+            | Command::Stats { .. }
+            | Command::ConfigGetCluster
+            | Command::Quit => unreachable!("answered by the session"),
+        }
     }
 
     /// `config get cluster` in ElastiCache's auto-discovery format: the table version, then

@@ -9,8 +9,9 @@ use libmcshm::Snapshot;
 use libmcshm::proto::{self, Encoded, Expect, Reply, Request, StoreVerb};
 use mcshm_route::{AddAnswer, Fill, GetMany, ReadPlan, ServerRef};
 
-use super::{Outstanding, Plan, Service, encode_for, server_error};
+use super::{Fences, Outstanding, Plan, Service, encode_for, server_error};
 use crate::command::{Command, GetVerb, encode_get};
+use crate::failure::Failure;
 use libmcshm::proto::frame::{Frame, ItemSpan, first_line, items, unprefix_meta};
 use libmcshm::proto::is_error;
 
@@ -30,7 +31,8 @@ impl Service {
     /// runs the same): rounds along each key's up replicas, one request per server per round,
     /// every server's share sent before any reply is awaited; then the misses' fallbacks.
     /// Merged in the client's key order. Keys of failed servers are misses unless every server
-    /// failed: then `SERVER_ERROR`.
+    /// failed: then `SERVER_ERROR`. Keys of a server whose fence judged its answer behind are
+    /// misses (the fence noted in `fences`).
     /// (`planned`: the plan of a single key, made by the direct path.)
     pub(super) async fn get(
         &self,
@@ -39,6 +41,7 @@ impl Service {
         keys: Vec<Vec<u8>>,
         lane: usize,
         planned: Option<Plan<ReadPlan>>,
+        fences: &Fences,
     ) -> Vec<u8> {
         use std::sync::atomic::Ordering::Relaxed;
         if keys.len() > 1 {
@@ -90,6 +93,14 @@ impl Service {
                             .iter()
                             .filter(|&&n| found[n].is_some())
                             .for_each(|&n| many.found(n));
+                    }
+                    // The server answered, for a table newer than this host's: misses.
+                    Err(Failure {
+                        fenced: Some(fenced),
+                        ..
+                    }) => {
+                        answered = true;
+                        fences.note(&fenced);
                     }
                     Err(err) => {
                         failure = Some(err.error);
@@ -257,13 +268,15 @@ impl Service {
     }
 
     /// A meta get along the key's replicas: the first reply that is not a miss (`EN`); on a
-    /// miss everywhere, the plan's fills, then the owner asked again with the same command.
+    /// miss everywhere, the plan's fills, then the owner asked again with the same command. A
+    /// reply a fence judged behind is a miss (the fence noted in `fences`).
     pub(super) async fn read_one(
         &self,
         command: &Command,
         key: &[u8],
         lane: usize,
         planned: Option<Plan<ReadPlan>>,
+        fences: &Fences,
     ) -> Vec<u8> {
         let Plan {
             snapshot,
@@ -294,6 +307,13 @@ impl Service {
             match result {
                 Ok(reply) if first_line(&reply).starts_with(b"EN") => miss = Some(reply),
                 Ok(reply) => return unprefix_meta(reply, prefix),
+                Err(Failure {
+                    fenced: Some(fenced),
+                    ..
+                }) => {
+                    fences.note(&fenced);
+                    miss = Some(b"EN\r\n".to_vec());
+                }
                 Err(err) => {
                     failure = Some(err.error);
                     many.failed(server);
@@ -348,7 +368,13 @@ impl Service {
     }
 
     /// A command for the key's owner alone (`me`).
-    pub(super) async fn owner_only(&self, command: &Command, key: &[u8], lane: usize) -> Vec<u8> {
+    pub(super) async fn owner_only(
+        &self,
+        command: &Command,
+        key: &[u8],
+        lane: usize,
+        fences: &Fences,
+    ) -> Vec<u8> {
         let Plan { snapshot, value } = decided!(self.decide(|router, now| {
             let owner = router.owner(key, now)?;
             match router.is_down(owner) {
@@ -360,7 +386,12 @@ impl Service {
         let sent = self.send(&snapshot, value, bytes, Frame::Meta, lane);
         match self.finish(sent).await {
             Ok(reply) => unprefix_meta(reply, snapshot.policy.prefix.as_bytes()),
-            Err(err) => server_error(&err.error),
+            Err(err) => {
+                if let Some(fenced) = &err.fenced {
+                    fences.note(fenced);
+                }
+                server_error(&err.error)
+            }
         }
     }
 }

@@ -8,13 +8,17 @@ use libmcshm::Snapshot;
 use libmcshm::proto::{Encoded, Request};
 use mcshm_route::{FollowChange, ServerRef, WritePlan};
 
-use super::{Outstanding, Plan, Service, encode_for, server_error};
+use super::{Fences, Outstanding, Plan, Service, encode_for, server_error};
 use crate::command::Command;
+use crate::failure::Failure;
 use libmcshm::proto::frame::{Frame, first_line, unprefix_meta};
 
 impl Service {
     /// A write to the key's up replicas (`only_first`, for cas: the first only), then the
-    /// invalidations the router names; the first replica's reply.
+    /// invalidations the router names; the first replica's reply. A replica whose fence judged
+    /// the write behind has it undone (a delete without a fence read) and the write answers
+    /// `SERVER_ERROR table behind (…)`, whatever the other replicas said (the fence noted in
+    /// `fences`, for the command to run once more).
     pub(super) async fn write(
         &self,
         command: &Command,
@@ -22,6 +26,7 @@ impl Service {
         (frame, only_first): (Frame, bool),
         lane: usize,
         planned: Option<Plan<WritePlan>>,
+        fences: &Fences,
     ) -> Vec<u8> {
         let Plan {
             snapshot,
@@ -47,11 +52,21 @@ impl Service {
             .iter()
             .map(|s| self.send(&snapshot, s.index, delete.clone(), Frame::Line, lane))
             .collect();
-        let (mut reply, mut failure) = (None, None);
-        for sent in outstanding {
+        let (mut reply, mut failure, mut behind) = (None, None, None);
+        for (sent, target) in outstanding.into_iter().zip(&plan.targets) {
             match self.finish(sent).await {
                 Ok(bytes) if reply.is_none() => reply = Some(bytes),
                 Ok(_) => {}
+                // Landed where this host's table is behind: undone there.
+                Err(Failure {
+                    fenced: Some(fenced),
+                    ..
+                }) => {
+                    fences.note(&fenced);
+                    self.undo(&snapshot, target.index, command, lane);
+                    let address = snapshot.servers[target.index].address.to_string();
+                    behind = Some(fenced.describe(Some(&address)));
+                }
                 Err(err) => failure = Some(err.error),
             }
         }
@@ -60,6 +75,9 @@ impl Service {
         }
         self.follow_table_change(&snapshot, &plan.targets, key, command)
             .await;
+        if let Some(why) = behind {
+            return server_error(&why);
+        }
         match (reply, failure) {
             (Some(reply), _) => unprefix_meta(reply, prefix.as_bytes()),
             (None, Some(error)) => server_error(&error),
@@ -125,9 +143,10 @@ impl Service {
             let n = router.snapshot().servers.len();
             Ok((0..n).filter(|&i| !router.is_down(i)).collect::<Vec<_>>())
         }));
+        // No table decides a flush: it goes without a fence read.
         let outstanding: Vec<Outstanding> = up
             .iter()
-            .map(|&server| self.send(&snapshot, server, bytes.clone(), Frame::Line, lane))
+            .map(|&server| self.queue(&snapshot, server, bytes.clone(), Frame::Line, lane, true))
             .collect();
         let mut failed = Vec::new();
         for (server, sent) in up.into_iter().zip(outstanding) {
