@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use mcshm_table::table::Table;
+use mcshm_table::table::{Fence, Table};
 use mcshm_table::{Address, Domain};
 use serde::{Deserialize, Serialize};
 
@@ -368,6 +368,11 @@ impl Fleet {
             };
             let before = table.clone();
             change(&mut table).map_err(FleetError::Edit)?;
+            if expected.is_none() && self.fencing.is_some() && table.policy.fence == Fence::Auto {
+                // A new domain fences unless its creator said otherwise (an existing one is
+                // turned on by an operator's commit, which fences every server first).
+                table.policy.fence = Fence::On;
+            }
             if table == before && !repairing {
                 let revision = expected.unwrap_or(0);
                 return Ok(FleetCommit {
@@ -458,15 +463,18 @@ impl Fleet {
                 }
             }
         }
-        self.raise_fences(fencing, domain, after, &targets, read)
+        self.raise_fences(fencing, domain, Some(before), after, &targets, read)
     }
 
-    /// Raises the fences of `targets` to `read + 1` (see [`Fleet::fence`]), the commit's
-    /// `after` table telling which of them it takes out of service.
+    /// Raises the fences of `targets` to `read + 1` (see [`Fleet::fence`]). A server that
+    /// cannot be reached refuses the commit, unless `after` takes it out of service or it is
+    /// new to the table (not in `before`): no host has used it, and until a commit writes its
+    /// fence (the agents' repair, once it answers) every host takes its answers as behind.
     fn raise_fences(
         &self,
         fencing: &Fencing,
         domain: &Domain,
+        before: Option<&Table>,
         after: &Table,
         targets: &[Address],
         read: i64,
@@ -488,7 +496,9 @@ impl Fleet {
         {
             match raised {
                 Ok(_) => fenced.fenced += 1,
-                Err(_) if out_of_service(after, &server) => fenced.unfenced += 1,
+                Err(_) if out_of_service(after, &server) || new_in(before, &server) => {
+                    fenced.unfenced += 1
+                }
                 Err(why) => {
                     return Err(FleetError::Fence {
                         server: server.to_string(),
@@ -524,7 +534,7 @@ impl Fleet {
         if !table.policy.fence.is_on() {
             return Ok(None);
         }
-        let fenced = self.raise_fences(fencing, domain, &table, servers, kv.mod_revision)?;
+        let fenced = self.raise_fences(fencing, domain, None, &table, servers, kv.mod_revision)?;
         let value = document::encode(&table, &changed_by(by));
         match self
             .etcd
@@ -632,6 +642,11 @@ fn out_of_service(table: &Table, server: &Address) -> bool {
         .iter()
         .find(|s| s.address.same_server(server))
         .is_none_or(|s| s.state == mcshm_table::State::Down)
+}
+
+/// Whether `server` is new to the table since `before` (none: not a change of servers).
+fn new_in(before: Option<&Table>, server: &Address) -> bool {
+    before.is_some_and(|b| !b.servers.iter().any(|s| s.address.same_server(server)))
 }
 
 /// The `changed` stamp of a document this process writes now.

@@ -631,8 +631,9 @@ pub struct PolicyArgs {
     pub prefix: Option<KeyPrefix>,
     /// Fencing, for a domain mirrored from etcd: on (a fleet commit that moves keys off a
     /// server first raises the domain's fence there, item mcshm.fence.DOMAIN, so that a host
-    /// still on the older table cannot use that server's answers), off, or auto (the
-    /// release's default: off in this release, where hosts do not read fences yet)
+    /// still on the older table cannot use that server's answers: a read is a miss, a write
+    /// fails; the default of a domain created with --etcd), off, or auto (what domains from
+    /// before fencing have: off; turning it on fences every server first)
     #[arg(long, value_name = "auto|on|off", value_parser = checked::<Fence>)]
     pub fence: Option<Fence>,
 }

@@ -377,8 +377,10 @@ impl std::str::FromStr for Rejoin {
 /// the fences (see [`crate::fence`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fence {
-    /// The release's default: off while the readers of fences are being built (fleet commits
-    /// raise no fences), on in fleet mode once they are.
+    /// What a table that does not say has: files and fleet documents from before fencing, and
+    /// host-local tables. Off: an existing fleet domain is turned on by an operator's commit
+    /// (`policy --fence on`), which writes every server's fence before any host reads one; a
+    /// domain created through the fleet is created `On`.
     #[default]
     Auto,
     On,

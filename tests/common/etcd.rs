@@ -437,3 +437,25 @@ pub fn fleet_cmd(endpoints: &str, domain: &str, args: &[&str]) -> Command {
         .stdin(Stdio::null());
     cmd
 }
+
+/// Creates `domain` in the fleet with fencing off, for tests whose tables hold addresses
+/// nothing may connect to (a fenced commit raises fences on the servers it adds or moves keys
+/// off; a domain created with `--etcd` fences by default).
+pub fn create_unfenced(endpoints: &str, domain: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("policy.list");
+    std::fs::write(&list, "policy: fence=off\n").unwrap();
+    let path = list.to_str().unwrap();
+    let out = fleet_cmd(
+        endpoints,
+        domain,
+        &["load", "--partial", "--allow-empty", path],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "creating {domain} unfenced: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

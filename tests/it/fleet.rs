@@ -6,7 +6,7 @@ use crate::common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::etcd::{EtcdCluster, Host, fleet_cmd};
+use crate::common::etcd::{EtcdCluster, Host, create_unfenced, fleet_cmd};
 use crate::common::memcached::Memcached;
 use crate::common::{Run, wait_until};
 use libmcshm::{Client, Domain, Timeouts};
@@ -126,6 +126,7 @@ fn fleet_edits_refuse_bad_input_and_report_what_is_missing() {
     // No such domain yet: reads say so (exit 3), a delete too.
     assert_eq!(fleet(&cluster, "nope", &["list"]).code(), 3);
     assert_eq!(fleet(&cluster, "nope", &["delete", "a"]).code(), 3);
+    create_unfenced(&cluster.endpoints(), "d");
     fleet_ok(&cluster, "d", &["add", "--no-flush", "a:1"]);
     let run = fleet(&cluster, "d", &["add", "--no-flush", "a:1"]);
     assert_eq!(run.code(), 3, "{}", run.stderr());
@@ -467,6 +468,7 @@ fn twenty_clients_on_each_of_three_hosts_probe_a_down_server_once_per_interval_f
 #[test]
 fn the_leader_killed_during_200_edits_from_two_hosts_loses_no_acknowledged_edit() {
     let mut cluster = EtcdCluster::start(3);
+    create_unfenced(&cluster.endpoints(), "e");
     fleet_ok(&cluster, "e", &["add", "--no-flush", "10.9.0.1"]);
     let h1 = Host::start("e1", &cluster.endpoints());
     let h2 = Host::start("e2", &cluster.endpoints());
@@ -526,6 +528,7 @@ fn the_leader_killed_during_200_edits_from_two_hosts_loses_no_acknowledged_edit(
 #[test]
 fn cut_off_hosts_keep_serving_push_their_marks_later_and_agents_catch_up() {
     let mut cluster = EtcdCluster::start(3);
+    create_unfenced(&cluster.endpoints(), "c");
     fleet_ok(
         &cluster,
         "c",
@@ -600,6 +603,7 @@ fn cut_off_hosts_keep_serving_push_their_marks_later_and_agents_catch_up() {
 #[test]
 fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were() {
     let cluster = EtcdCluster::start(3);
+    create_unfenced(&cluster.endpoints(), "d");
     fleet_ok(
         &cluster,
         "d",
@@ -667,6 +671,7 @@ fn hostile_values_under_the_prefix_are_refused_and_leave_the_tables_as_they_were
     // A hostile value for a new domain creates nothing; a key that is no domain name is ignored.
     etcd.put("/mcshm/domains/evil", b"[]", None).unwrap();
     etcd.put("/mcshm/domains/../etc", b"{}", None).unwrap();
+    create_unfenced(&cluster.endpoints(), "ok");
     fleet_ok(&cluster, "ok", &["add", "--no-flush", "10.7.0.9"]);
     assert!(wait_until(WAIT, || host.local("ok").is_some()));
     assert!(host.local("evil").is_none());

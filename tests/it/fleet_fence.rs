@@ -47,15 +47,12 @@ fn a_commit_that_moves_keys_fences_the_servers_it_moves_them_off_before_it_is_wr
     let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
     let (aa, ba, ca) = (a.address(), b.address(), c.address());
 
-    // Fencing is `auto`, off in this release: a new domain's commits raise no fence.
+    // A domain created with --etcd fences: its servers' fences are written (their add
+    // emptied them), at 1: no host routes on anything older.
     let first = commit(&cluster, &["add", &aa, &ba]);
-    assert_eq!(first["fenced"], 0, "{first}");
-    assert_eq!(fences(&[&a, &b, &c]), [None, None, None]);
-    // Turned on: every server it routes gets its first fence, at the revision read plus one.
-    let on = commit(&cluster, &["policy", "--fence", "on"]);
-    assert_eq!(on["fenced"], 2, "{on}");
-    let at = revision(&first) + 1;
-    assert_eq!(fences(&[&a, &b, &c]), [Some(at), Some(at), None]);
+    assert_eq!(first["fenced"], 2, "{first}");
+    assert_eq!(fences(&[&a, &b, &c]), [Some(1), Some(1), None]);
+    let at = 1;
     let policy = commit(&cluster, &["policy"]);
     assert_eq!(policy["fence"], "on", "{policy}");
     let text = mcadmin(&cluster, &["set", &aa, "--retry-interval", "45s"]);
@@ -90,15 +87,59 @@ fn a_commit_that_moves_keys_fences_the_servers_it_moves_them_off_before_it_is_wr
     );
 }
 
+/// A domain from before fencing (fence auto, which is off) raises no fence; turned on, every
+/// server it routes gets its first fence in the same commit, before any host reads one.
+#[test]
+fn a_domain_from_before_fencing_is_fenced_when_turned_on() {
+    let cluster = EtcdCluster::start(1);
+    let (a, b) = (Memcached::start(), Memcached::start());
+    crate::common::etcd::create_unfenced(&cluster.endpoints(), "app");
+    let policy = |value: &str| {
+        let list = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(list.path(), format!("policy: fence={value}\n")).unwrap();
+        commit(
+            &cluster,
+            &[
+                "load",
+                "--partial",
+                "--allow-empty",
+                list.path().to_str().unwrap(),
+            ],
+        )
+    };
+    policy("auto");
+    let added = commit(&cluster, &["add", &a.address(), &b.address()]);
+    assert_eq!(added["fenced"], 0, "{added}");
+    assert_eq!(commit(&cluster, &["policy"])["fence"], "auto");
+    assert_eq!(fences(&[&a, &b]), [None, None]);
+    let on = commit(&cluster, &["policy", "--fence", "on"]);
+    assert_eq!(on["fenced"], 2, "{on}");
+    let at = revision(&added) + 1;
+    assert_eq!(fences(&[&a, &b]), [Some(at), Some(at)]);
+}
+
 #[test]
 fn a_server_that_cannot_be_fenced_refuses_the_commit_unless_the_commit_takes_it_out() {
     let cluster = EtcdCluster::start(1);
     let a = Memcached::start();
     let (aa, dead) = (a.address(), closed_port_address());
     commit(&cluster, &["add", &aa]);
-    commit(&cluster, &["policy", "--fence", "on"]);
-    // Added without a flush while it answers nobody: the fence cannot be written.
+    // Added without a flush while it answers nobody: new, so no host has used it; counted
+    // not fenced (every host takes a server without a fence as behind until a commit writes
+    // one: the agents' repair, once it answers).
     let run = mcadmin(&cluster, &["add", "--no-flush", &dead]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(run.stdout().contains("1 not reached"), "{}", run.stdout());
+    let listed = commit(&cluster, &["list"]);
+    assert_eq!(
+        crate::common::addresses(&listed),
+        [aa.as_str(), dead.as_str()]
+    );
+
+    // In the table and up, a weight change moves keys off it: refused with one line that
+    // names it, the fleet's table as it was.
+    let at = revision(&listed);
+    let run = mcadmin(&cluster, &["set", &aa, "--weight", "5"]);
     assert_eq!(run.code(), 5, "{}", run.stderr());
     assert_eq!(run.stderr().trim().lines().count(), 1, "{}", run.stderr());
     assert!(
@@ -112,32 +153,12 @@ fn a_server_that_cannot_be_fenced_refuses_the_commit_unless_the_commit_takes_it_
         "{}",
         run.stderr()
     );
-    let listed = commit(&cluster, &["list"]);
-    assert_eq!(crate::common::addresses(&listed), [aa.as_str()]);
-
-    // The same server in the table (put there with fencing off in effect: a direct etcd
-    // write is what an older mcadmin would do), then a weight change that moves keys off it:
-    // refused, the fleet's table as it was.
-    let mut table = fleet_table(&cluster);
-    table
-        .servers
-        .push(libmcshm::Server::new(Address::parse(&dead).unwrap()));
-    put_table(&cluster, &table);
-    let at = revision(&commit(&cluster, &["list"]));
-    let run = mcadmin(&cluster, &["set", &aa, "--weight", "5"]);
-    assert_eq!(run.code(), 5, "{}", run.stderr());
-    assert!(run.stderr().contains(&dead), "{}", run.stderr());
     assert_eq!(revision(&commit(&cluster, &["list"])), at, "etcd unchanged");
 
     // Marking it down takes it out of service: it goes through, counted as not fenced.
     let run = mcadmin(&cluster, &["down", &dead, "--reason", "dead"]);
     assert_eq!(run.code(), 0, "{}", run.stderr());
-    assert!(
-        run.stdout()
-            .contains("taken out of service could not be reached"),
-        "{}",
-        run.stdout()
-    );
+    assert!(run.stdout().contains("1 not reached"), "{}", run.stdout());
     let down = commit(&cluster, &["list"]);
     assert!(revision(&down) > at);
     // Down in the table read and in the change (under failover none it stays on the ring,
@@ -195,26 +216,6 @@ fn a_raise_only_ever_raises_and_overwrites_what_no_mcshm_wrote() {
     assert!(results[0].1.is_err(), "{results:?}");
     assert!(results[1].1.is_ok(), "{results:?}");
     assert_eq!(m.raw_get(KEY).as_deref(), Some("200"));
-}
-
-/// The fleet's table of `app`, decoded.
-fn fleet_table(cluster: &EtcdCluster) -> libmcshm::table::Table {
-    let fleet = mcshm_fleet::Fleet::new(cluster.client(), "/mcshm/").unwrap();
-    let domain = libmcshm::Domain::new("app").unwrap();
-    fleet.read(&domain).unwrap().unwrap().table
-}
-
-/// Writes `table` as the fleet's table of `app` with no fencing (an older mcadmin's write).
-fn put_table(cluster: &EtcdCluster, table: &libmcshm::table::Table) {
-    let fleet = mcshm_fleet::Fleet::new(cluster.client(), "/mcshm/").unwrap();
-    let domain = libmcshm::Domain::new("app").unwrap();
-    let wanted = table.clone();
-    fleet
-        .transact(&domain, false, "test", move |t| {
-            *t = wanted.clone();
-            Ok(())
-        })
-        .unwrap();
 }
 
 /// A key that `before` routes to one of its servers and `after` (the same servers plus one)

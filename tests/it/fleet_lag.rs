@@ -21,7 +21,17 @@ fn endpoints_from(cluster: &EtcdCluster, first: usize) -> String {
     all.join(",")
 }
 
+/// `mcadmin --etcd … add --no-flush ADDRESS` of an address nothing may connect to: the domain
+/// is created with fencing off first if need be (a fenced commit raises fences on the servers
+/// it adds). How long the add took.
 fn add(endpoints: &str, domain: &str, address: &str) -> (Run, Duration) {
+    let exists = fleet_cmd(endpoints, domain, &["list"])
+        .args(["--etcd-timeout", "5"])
+        .output()
+        .unwrap();
+    if exists.status.code() == Some(3) {
+        crate::common::etcd::create_unfenced(endpoints, domain);
+    }
     let started = Instant::now();
     let run = Run(
         fleet_cmd(endpoints, domain, &["--json", "add", "--no-flush", address])

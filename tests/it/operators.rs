@@ -381,6 +381,7 @@ fn load_dry_run_compares_a_list_with_the_fleets_table() {
         serde_json::from_str(&run.stdout()).unwrap()
     };
     let servers = ["10.9.0.1:11211", "10.9.0.2:11211"];
+    crate::common::etcd::create_unfenced(&cluster.endpoints(), "dry");
     json(fleet(
         "dry",
         &[&["--json", "add", "--no-flush"][..], &servers].concat(),

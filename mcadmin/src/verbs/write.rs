@@ -281,7 +281,7 @@ fn fences(commit: &mcshm_fleet::FleetCommit) -> String {
         (0, 0) => String::new(),
         (f, 0) => format!(" (fenced {f} {})", plural(f)),
         (f, u) => format!(
-            " (fenced {f} {}; {u} taken out of service could not be reached)",
+            " (fenced {f} {}; {u} not reached, out of service or new: fenced once they answer)",
             plural(f)
         ),
     }
