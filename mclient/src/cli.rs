@@ -15,7 +15,8 @@ Exit status:
      (bulk-set: nothing from the malformed record on)
   3  server, network or registry error once something was sent (down server, timeout,
      SERVER_ERROR, CLIENT_ERROR, a refused connection, a server that does not speak the
-     text protocol, cas on a server without CAS values)
+     text protocol, cas on a server without CAS values, a write to a server fenced above
+     this host's table: the host lags the fleet)
 bulk-get reports a bad key with its line number on stderr and leaves it out (exit 1).
 bulk-set stores records as it reads them: a malformed record stops it (exit 2) with every
 record before it stored, and the error says how many."
