@@ -7,8 +7,9 @@
 # interleaved repetitions of each state (the order alternates: off on, on off, …) of:
 #   library   single get (hit), single set, 10-key get_many: one warm client in one process
 #             (bench/drivers/examples/fence_cost.rs), N operations per repetition; ops/s and
-#             per-operation p50/p99, and the servers' gets per operation (cmd_get: the fence
-#             reads on the wire)
+#             per-operation p50/p99, the servers' gets per operation (cmd_get: the fence
+#             reads on the wire), and CPU µs per operation of the client and of the servers
+#             (schedstat: what the fence read costs whatever the wake-ups do to the latency)
 #   mclient   bulk-set and bulk-get of BULK keys (100-byte values), process start included
 #   commit    `mcadmin --etcd … set ADDR --weight W` (W rising: the two other servers lose
 #             keys, and with fencing on their fences are raised before the etcd put), COMMITS
@@ -81,6 +82,21 @@ for _ in $(seq 150); do
 done
 [ -n "$ready" ] || { echo "etcd did not come up within 30 s: $(tail -3 "$work/etcd.log")" >&2; exit 1; }
 start_memcached 3 -m 256
+# PIN: where the servers and the load run. same (default): the 3 servers, the library's driver
+# and mclient on the first core (a request hands the core over: no wake-up of an idle core,
+# and the fence read's CPU shows in full); split: the servers on the last core, the load on
+# the first; 0: left to the scheduler. Split or unpinned, single-request rates on this 2-core
+# VM are bimodal (p50 ~15 or ~55 µs for whole repetitions, fencing on or off alike).
+last=$(( $(nproc) - 1 )); pin=()
+case "${PIN:-same}" in
+    split) core=$last ;;
+    same) core=0 ;;
+    *) core="" ;;
+esac
+if [ -n "$core" ] && [ "$last" -ge 1 ] && command -v taskset >/dev/null; then
+    for p in "${pids[@]:1:3}"; do taskset -pc "$core" "$p" >/dev/null; done
+    pin=(taskset -c 0)
+fi
 mkdir "$FENCE_HOST"
 "$mcadmin" --etcd "$FENCE_ETCD" --dir "$FENCE_HOST" sync --all --name host1 >"$work/sync.log" 2>&1 &
 pids+=($!)
@@ -91,10 +107,10 @@ chmod +x "$work/switch"
 rows=$work/rows
 
 echo "1-member etcd, 3 memcached -t 1 (${servers[*]}), one host directory with mcadmin sync;"
-echo "library: $N operations per repetition, mclient: $BULK keys, commits: $COMMITS each; $REPS repetitions per state, interleaved; $(nproc) cores, $(uname -r)"
+echo "pinned: ${PIN:-same}; library: $N operations per repetition, mclient: $BULK keys, commits: $COMMITS each; $REPS repetitions per state, interleaved; $(nproc) cores, $(uname -r), $(memcached -V), etcd $(etcd --version | sed -n "s/^etcd Version: //p"), $(date -u +%F)"
 
 # The library, in one process.
-timeout 540 "$target/release/examples/fence_cost" "$FENCE_HOST" "$domain" "$N" "$REPS" "$work/switch" | tee "$rows"
+FENCE_SERVER_PIDS="${pids[*]:1:3}" timeout 540 "${pin[@]}" "$target/release/examples/fence_cost" "$FENCE_HOST" "$domain" "$N" "$REPS" "$work/switch" | tee "$rows"
 
 # mclient: bulk-set then bulk-get of BULK keys, both states interleaved.
 value=$(head -c 100 /dev/zero | tr '\0' v)
@@ -105,7 +121,7 @@ mclient=("$target/release/mclient" --dir "$FENCE_HOST" --domain "$domain")
 timed() {
     local s e
     s=$(date +%s%N)
-    timeout 120 "${mclient[@]}" "$1" <"$2" >"$work/out"
+    timeout 120 "${pin[@]}" "${mclient[@]}" "$1" <"$2" >"$work/out"
     e=$(date +%s%N)
     awk -v w=$((e - s)) 'BEGIN { printf "%.4f", w / 1e9 }'
 }
@@ -122,12 +138,14 @@ for rep in $(seq "$REPS"); do
 done
 
 # The commit side: a weight change that moves keys off the two other servers.
+# The weight of the first server goes 1 -> 3 -> 1 ...: up, the two others lose keys (2 fenced
+# when on); down, the first loses keys (1 fenced).
 weight=1
 for rep in $(seq "$COMMITS"); do
     if [ $((rep % 2)) = 1 ]; then order="off on"; else order="on off"; fi
     for state in $order; do
         switch "$state"
-        weight=$((weight + 1))
+        weight=$((4 - weight))
         s=$(date +%s%N)
         fenced=$(timeout 30 "$mcadmin" --etcd "$FENCE_ETCD" --domain "$domain" --json set "${servers[0]}" --weight "$weight" | jq -e .fenced)
         e=$(date +%s%N)
@@ -178,6 +196,9 @@ for op, states in rows.items():
         for i, what in ((1, "p50 µs"), (2, "p99 µs")):
             a, b = col(off, i), col(on, i)
             print(f"| {name}, {what} | {cell(a, us)} | {cell(b, us)} | {ratio(a, b)} |")
+        for i, what in ((4, "client CPU µs/op"), (5, "servers' CPU µs/op")):
+            a, b = col(off, i), col(on, i)
+            print(f"| {name}, {what} | {cell(a, lambda v: f'{v:.2f}')} | {cell(b, lambda v: f'{v:.2f}')} | {ratio(a, b)} |")
         a, b = col(off, 3), col(on, 3)
         print(f"| {name}, server gets per op | {cell(a, lambda v: f'{v:.2f}')} | {cell(b, lambda v: f'{v:.2f}')} | |")
 print("| mcproxy get / set / 10-key get (1 connection) | not measured | not measured: its fencing lands separately | |")

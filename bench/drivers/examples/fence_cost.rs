@@ -5,12 +5,15 @@
 //! both). Between the cases it runs SWITCH off|on, which must return once this host's table
 //! mirrors the change; the client picks the policy up from the shared table, as any client on
 //! the host does. Each case's server-side gets per operation (memcached's cmd_get, read with
-//! `stats`, which sends no fence read) show that the fence reads were on the wire.
+//! `stats`, which sends no fence read) show that the fence reads were on the wire, and the CPU
+//! time per operation of this process and of the servers (`/proc/PID/task/*/schedstat`, the
+//! servers' pids in FENCE_SERVER_PIDS) is what the fence read costs whatever the loopback's
+//! wake-up latency does to the rates.
 //!
 //!   fence_cost DIR DOMAIN N REPS SWITCH
 //!
 //! Prints one line per repetition, case and operation:
-//!   row OP STATE OPS_PER_S P50_US P99_US SERVER_GETS_PER_OP
+//!   row OP STATE OPS_PER_S P50_US P99_US SERVER_GETS_PER_OP CLIENT_CPU_US SERVERS_CPU_US
 
 use std::process::Command;
 use std::time::Instant;
@@ -29,6 +32,11 @@ fn main() {
     let n: usize = args[3].parse().expect("a count");
     let reps: usize = args[4].parse().expect("a count");
     let switch = &args[5];
+    let server_pids: Vec<u32> = std::env::var("FENCE_SERVER_PIDS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
     let mut client = Client::for_domain(&args[1], &domain, Timeouts::default()).unwrap();
     let keys: Vec<String> = (0..KEYS).map(|i| format!("fence:{i:06}")).collect();
     let value = [b'v'; 100];
@@ -61,17 +69,22 @@ fn main() {
             );
             for op in OPS {
                 let before = server_gets(&mut client);
+                let (mine, theirs) = (cpu_ns(&["self"]), cpu_ns(&server_pids));
                 let mut lat = run(&mut client, op, &keys, n);
+                let mine = cpu_ns(&["self"]) - mine;
+                let theirs = cpu_ns(&server_pids) - theirs;
                 let gets = server_gets(&mut client) - before;
                 let total: f64 = lat.iter().sum();
                 lat.sort_by(f64::total_cmp);
                 println!(
-                    "row {} {state} {:.0} {:.1} {:.1} {:.2}",
+                    "row {} {state} {:.0} {:.1} {:.1} {:.2} {:.2} {:.2}",
                     op.name(),
                     n as f64 / total,
                     lat[n / 2] * 1e6,
                     lat[n * 99 / 100] * 1e6,
-                    gets as f64 / n as f64
+                    gets as f64 / n as f64,
+                    mine as f64 / n as f64 / 1e3,
+                    theirs as f64 / n as f64 / 1e3
                 );
             }
         }
@@ -144,6 +157,25 @@ fn server_gets(client: &mut Client) -> u64 {
                 .map_or(0, |(_, v)| v.parse::<u64>().unwrap())
         })
         .sum()
+}
+
+/// The CPU time the processes `pids` ("self": this one) have run, every thread, in ns.
+fn cpu_ns<S: std::fmt::Display>(pids: &[S]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
 }
 
 fn run_switch(switch: &str, state: &str) {
