@@ -11,16 +11,17 @@
 #             reads on the wire), and CPU µs per operation of the client and of the servers
 #             (schedstat: what the fence read costs whatever the wake-ups do to the latency)
 #   mclient   bulk-set and bulk-get of BULK keys (100-byte values), process start included
-#   commit    `mcadmin --etcd … set ADDR --weight W` (W rising: the two other servers lose
-#             keys, and with fencing on their fences are raised before the etcd put), COMMITS
-#             of each state
-# then one table: op | off | on | on/off, medians and ranges over the repetitions.
+#   commit    `mcadmin --etcd … set ADDR --weight W`, W going 1 -> 3 -> 1 (every commit moves
+#             keys, and with fencing on the fences of the servers that lose some are raised
+#             before the etcd put; the table says how many), COMMITS of each state
+# then one table: op | off | on | on/off, medians and ranges over the repetitions (on/off:
+# each "on" repetition beside the "off" next to it in time).
 # mcproxy: its fencing lands separately; its rows are marked "not measured" (a place for them).
 # Needs memcached, etcd (etcd-server), jq. Loopback only; every wait has a deadline; all that
 # it starts is stopped and its scratch directory removed on exit.
 # Usage: bench/fence.sh   [N=20000] [REPS=5] [BULK=100000] [COMMITS=10]. Printed, never
 # asserted. Holds no lock itself: wrap it in `flock -x /tmp/mcshm-cpu.lock` beside other
-# benchmarks. About 3 minutes on 2 cores.
+# benchmarks. About 1.5 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -85,8 +86,9 @@ start_memcached 3 -m 256
 # PIN: where the servers and the load run. same (default): the 3 servers, the library's driver
 # and mclient on the first core (a request hands the core over: no wake-up of an idle core,
 # and the fence read's CPU shows in full); split: the servers on the last core, the load on
-# the first; 0: left to the scheduler. Split or unpinned, single-request rates on this 2-core
-# VM are bimodal (p50 ~15 or ~55 µs for whole repetitions, fencing on or off alike).
+# the first; 0: left to the scheduler. Whatever the placement, single-request figures on the
+# shared 2-core VM jump between modes for whole repetitions (a get's p50 ~7, ~15 or ~55 µs,
+# fencing on or off alike): compare within a run, pair by pair (docs/BENCHMARKS.md).
 last=$(( $(nproc) - 1 )); pin=()
 case "${PIN:-same}" in
     split) core=$last ;;
