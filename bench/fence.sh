@@ -59,6 +59,7 @@ bench_need memcached etcd jq
 work=$(mktemp -d); pids=(); servers=()
 fence_cleanup() {
     local deadline
+    trap '' INT TERM
     [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null || true
     deadline=$((SECONDS + 10))
     while [ $SECONDS -lt $deadline ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 0.1; done
