@@ -9,7 +9,9 @@
 #             (bench/drivers/examples/fence_cost.rs), N operations per repetition; ops/s and
 #             per-operation p50/p99, the servers' gets per operation (cmd_get: the fence
 #             reads on the wire), and CPU µs per operation of the client and of the servers
-#             (schedstat: what the fence read costs whatever the wake-ups do to the latency)
+#             (schedstat: what the fence read costs whatever the wake-ups do to the latency),
+#             and the times per operation the client blocked waiting for an answer
+#             (voluntary context switches: one more would be a wait more, not only CPU)
 #   mclient   bulk-set and bulk-get of BULK keys (100-byte values), process start included
 #   commit    `mcadmin --etcd … set ADDR --weight W`, W going 1 -> 3 -> 1 (every commit moves
 #             keys, and with fencing on the fences of the servers that lose some are raised
@@ -199,7 +201,7 @@ for op, states in rows.items():
         for i, what in ((1, "p50 µs"), (2, "p99 µs")):
             a, b = col(off, i), col(on, i)
             print(f"| {name}, {what} | {cell(a, us)} | {cell(b, us)} | {ratio(a, b)} |")
-        for i, what in ((4, "client CPU µs/op"), (5, "servers' CPU µs/op")):
+        for i, what in ((4, "client CPU µs/op"), (5, "servers' CPU µs/op"), (6, "client blocks (waits for an answer)/op")):
             a, b = col(off, i), col(on, i)
             print(f"| {name}, {what} | {cell(a, lambda v: f'{v:.2f}')} | {cell(b, lambda v: f'{v:.2f}')} | {ratio(a, b)} |")
         a, b = col(off, 3), col(on, 3)

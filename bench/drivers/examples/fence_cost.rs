@@ -14,6 +14,8 @@
 //!
 //! Prints one line per repetition, case and operation:
 //!   row OP STATE OPS_PER_S P50_US P99_US SERVER_GETS_PER_OP CLIENT_CPU_US SERVERS_CPU_US
+//!       CLIENT_BLOCKS (the times this process blocked per operation, waiting for an answer:
+//!       voluntary_ctxt_switches of /proc/self/task/*/status)
 
 use std::process::Command;
 use std::time::Instant;
@@ -70,21 +72,24 @@ fn main() {
             for op in OPS {
                 let before = server_gets(&mut client);
                 let (mine, theirs) = (cpu_ns(&["self"]), cpu_ns(&server_pids));
+                let calls = blocks();
                 let mut lat = run(&mut client, op, &keys, n);
+                let calls = blocks() - calls;
                 let mine = cpu_ns(&["self"]) - mine;
                 let theirs = cpu_ns(&server_pids) - theirs;
                 let gets = server_gets(&mut client) - before;
                 let total: f64 = lat.iter().sum();
                 lat.sort_by(f64::total_cmp);
                 println!(
-                    "row {} {state} {:.0} {:.1} {:.1} {:.2} {:.2} {:.2}",
+                    "row {} {state} {:.0} {:.1} {:.1} {:.2} {:.2} {:.2} {:.2}",
                     op.name(),
                     n as f64 / total,
                     lat[n / 2] * 1e6,
                     lat[n * 99 / 100] * 1e6,
                     gets as f64 / n as f64,
                     mine as f64 / n as f64 / 1e3,
-                    theirs as f64 / n as f64 / 1e3
+                    theirs as f64 / n as f64 / 1e3,
+                    calls as f64 / n as f64
                 );
             }
         }
@@ -176,6 +181,24 @@ fn cpu_ns<S: std::fmt::Display>(pids: &[S]) -> u64 {
         }
     }
     total
+}
+
+/// The times this process's threads gave up the CPU (voluntary_ctxt_switches): a blocking
+/// client's waits for an answer.
+fn blocks() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 fn run_switch(switch: &str, state: &str) {
