@@ -427,6 +427,15 @@ fn add_flushes_a_new_server_or_changes_nothing() {
     assert!(run.stderr().contains("nothing changed"), "{}", run.stderr());
     assert_eq!(reg.list_json("d")["servers"].as_array().unwrap().len(), 1);
     reg.ok("d", &["add", "127.0.0.1:1", "--down"]);
+
+    // A server whose only item is a fence (it was in a fenced fleet domain) is empty: a
+    // fence is not a cache's item, and it is added without a word.
+    let t = Memcached::start();
+    t.raw_set("mcshm.fence.other", "12");
+    reg.ok("d", &["add", &t.address()]);
+    t.raw_set("cached", "y");
+    let run = reg.run("e", &["add", &t.address()]);
+    assert!(run.stderr().contains("holds 1 item"), "{}", run.stderr());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -87,11 +87,14 @@ pub fn flush(address: &Address, timeouts: Timeouts, access: &Access) -> Result<(
 
 /// How many items `address` holds (`stats`' `curr_items`, with the domain's TLS and
 /// credentials, `access`): `mcadmin add` asks before it flushes a server, so that a cache in
-/// use is emptied only when the operator says so. `Err` names what failed.
+/// use is emptied only when the operator says so. Fences (see [`crate::fence`]) are not a
+/// cache's items: a server that was in a fenced domain before holds its fence, so a server
+/// with a few items is listed and its fences left out (when it can be listed). `Err` names
+/// what failed.
 pub fn items_held(address: &Address, timeouts: Timeouts, access: &Access) -> Result<u64, String> {
     let mut conn =
         Conn::connect_as(address, timeouts, access).map_err(|e| format!("connect: {e}"))?;
-    match conn
+    let held = match conn
         .ask(&Request::Stats { group: None })
         .map_err(|e| conn.explain(&e))?
     {
@@ -99,10 +102,21 @@ pub fn items_held(address: &Address, timeouts: Timeouts, access: &Access) -> Res
             .iter()
             .find(|(name, _)| name == "curr_items")
             .and_then(|(_, value)| value.parse().ok())
-            .ok_or_else(|| "stats has no curr_items".to_string()),
-        other => Err(format!("stats refused: {other:?}")),
+            .ok_or_else(|| "stats has no curr_items".to_string())?,
+        other => return Err(format!("stats refused: {other:?}")),
+    };
+    if held == 0 || held > FEW_ITEMS {
+        return Ok(held);
     }
+    // The listing leaves fences out.
+    Ok(
+        crate::metadump::list_keys(address, timeouts, access)
+            .map_or(held, |keys| keys.len() as u64),
+    )
 }
+
+/// How many items a server may hold for [`items_held`] to list them (to leave its fences out).
+const FEW_ITEMS: u64 = 64;
 
 /// What [`rejoin`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
