@@ -25,7 +25,7 @@ start_memcached 3 -m 512
 value=$(head -c 100 /dev/zero | tr '\0' v)
 seq 0 $((N - 1)) | awk -v v="$value" '{printf "key:%s 0 100\n%s\n", $1, v}' > "$work/records"
 seq 0 $((N - 1)) | sed 's/^/key:/' > "$work/keys"
-builds=("$target/release/mclient")
+builds=("${THIS:-$target/release}/mclient")
 [ -n "${OTHER:-}" ] && builds+=("$OTHER/mclient")
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 hz=$(getconf CLK_TCK)
