@@ -181,10 +181,13 @@ pub enum Verb {
         keys: Vec<String>,
     },
     /// Get many keys read from stdin (one per line), in batches, every server's share pipelined
-    /// at once; writes records in input order.
+    /// at once, two batches in flight (two connections per server); writes records in input
+    /// order.
     BulkGet,
     /// Store many records read from stdin (KEY FLAGS LENGTH\n<bytes>\n, as get writes them),
-    /// in batches as they are read, every server's share pipelined at once.
+    /// in batches as they are read, every server's share pipelined at once, two batches in
+    /// flight (two connections per server; a batch that shares a key with the one before it
+    /// waits for it).
     BulkSet {
         /// Expiration time of every record (seconds, or a Unix time); 0: never; negative:
         /// expired at once

@@ -177,8 +177,8 @@ fn run(cli: &Cli) -> Result<Exit> {
             emit(cli, Value::Array(rows), &out)?;
             Ok(Exit::Success)
         }
-        Verb::BulkGet => bulk::get(cli, &mut client),
-        Verb::BulkSet { ttl } => bulk::set(cli, &mut client, *ttl),
+        Verb::BulkGet => bulk::get(cli, &mut client, &|| connect(cli)),
+        Verb::BulkSet { ttl } => bulk::set(cli, &mut client, &|| connect(cli), *ttl),
         Verb::Completions { .. } => unreachable!("handled above"),
     }
 }

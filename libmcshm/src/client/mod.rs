@@ -84,6 +84,12 @@ const KEYS_PER_GET: usize = 100;
 /// Request bytes a pipeline keeps in flight before it reads replies (below the kernel's socket
 /// buffers, so neither side ever blocks on a full buffer).
 const PIPELINE_WINDOW: usize = 64 * 1024;
+/// Windows of quiet commands a server has in flight at once ([`Client::quiet_pipelines`]): the
+/// next one is already sent while the server runs one, so it does not sit idle until this
+/// client has read that one's `MN` (with one window, a bulk set's servers waited so while the
+/// client read the others'). Only for quiet windows: their reply is their failures alone, not a
+/// reply per request, so two of them unread fit the socket buffers as one window's replies do.
+const QUIET_WINDOWS: usize = 2;
 
 /// The outcome of a storage command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

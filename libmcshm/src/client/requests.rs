@@ -10,8 +10,10 @@ use crate::error::{Error, Result};
 use crate::prefix::KeyPrefix;
 use crate::proto::{Encoded, Expect, MAX_LINE, Reply, Request};
 
+use std::collections::VecDeque;
+
 use super::fenced::{push_fence_read, read_fence};
-use super::{Client, PIPELINE_WINDOW, Stored};
+use super::{Client, PIPELINE_WINDOW, QUIET_WINDOWS, Stored};
 use crate::fence::Verdict;
 
 impl Client {
@@ -73,8 +75,9 @@ impl Client {
     }
 
     /// [`Client::pipelines`] of sets and deletes as quiet meta commands (see
-    /// [`Encoded::push_quiet`]), every window ended by `mn`: the server writes a reply only
-    /// for a failure, so it and this client spend nothing on the successes' replies. Every
+    /// [`Encoded::push_quiet`]), every window ended by `mn`, [`QUIET_WINDOWS`] windows in
+    /// flight per server: the server writes a reply only for a failure, so it and this client
+    /// spend nothing on the successes' replies. Every
     /// server of `groups` must speak the meta protocol ([`Client::speaks_meta`]). One result
     /// per group: a [`Reply::Quiet`] per window, whose opaques are positions in the group.
     pub(super) fn quiet_pipelines(
@@ -140,15 +143,26 @@ impl Client {
             .map(|(_, requests)| Vec::with_capacity(requests.len()))
             .collect();
         let mut errors: Vec<Option<ConnError>> = groups.iter().map(|_| None).collect();
-        // Where each server's window in flight ends (its requests before it are sent), and
-        // how many of its requests are answered.
+        // Where each server's last window sent ends (its requests before it are sent), how
+        // many of its requests are answered, and where its windows in flight end (quiet: up
+        // to QUIET_WINDOWS of them).
         let mut window_end = vec![0; groups.len()];
         let mut answered = vec![0; groups.len()];
+        let mut in_flight: Vec<VecDeque<usize>> = groups.iter().map(|_| VecDeque::new()).collect();
+        let windows = if quiet { QUIET_WINDOWS } else { 1 };
         for (n, (server, requests)) in groups.iter().enumerate() {
             let address = &snapshot.servers[*server].address;
-            match self.send_window(address, requests, 0, &prefix, quiet, fence) {
-                Ok(end) => window_end[n] = end,
-                Err(err) => errors[n] = Some(err),
+            for first in (0..windows).map(|w| w == 0) {
+                if errors[n].is_some() || (!first && window_end[n] == requests.len()) {
+                    break;
+                }
+                match self.send_window(address, requests, window_end[n], &prefix, quiet, fence) {
+                    Ok(end) => {
+                        window_end[n] = end;
+                        in_flight[n].push_back(end);
+                    }
+                    Err(err) => errors[n] = Some(err),
+                }
             }
         }
         loop {
@@ -161,27 +175,29 @@ impl Client {
                 let address = &snapshot.servers[*server].address;
                 let conn = self.conns.get_mut(address).expect("connected to send");
                 if quiet {
-                    // The window's one reply: its failures, up to MN.
+                    // The oldest window's one reply: its failures, up to MN.
                     match conn.receive(Expect::Quiet) {
                         Ok(reply) => {
                             replies[n].push(reply);
-                            answered[n] = window_end[n];
+                            answered[n] = in_flight[n].pop_front().expect("a window in flight");
                         }
                         Err(err) => errors[n] = Some(err),
                     }
-                }
-                for request in &requests[answered[n]..window_end[n]] {
-                    match conn.receive(request.expects()) {
-                        Ok(mut reply) => {
-                            unprefix(&mut reply, &prefix);
-                            replies[n].push(reply);
-                            answered[n] += 1;
-                        }
-                        Err(err) => {
-                            errors[n] = Some(err);
-                            break;
+                } else {
+                    for request in &requests[answered[n]..window_end[n]] {
+                        match conn.receive(request.expects()) {
+                            Ok(mut reply) => {
+                                unprefix(&mut reply, &prefix);
+                                replies[n].push(reply);
+                                answered[n] += 1;
+                            }
+                            Err(err) => {
+                                errors[n] = Some(err);
+                                break;
+                            }
                         }
                     }
+                    in_flight[n].clear();
                 }
                 if errors[n].is_none() && answered[n] == requests.len() {
                     // The last window's fence read, sent after it.
@@ -193,7 +209,10 @@ impl Client {
                 if errors[n].is_none() && window_end[n] < requests.len() {
                     match self.send_window(address, requests, window_end[n], &prefix, quiet, fence)
                     {
-                        Ok(end) => window_end[n] = end,
+                        Ok(end) => {
+                            window_end[n] = end;
+                            in_flight[n].push_back(end);
+                        }
                         Err(err) => errors[n] = Some(err),
                     }
                 }

@@ -327,21 +327,27 @@ impl Encoded {
                 value,
             } => {
                 line(out, b"ms", [prefix, key], "");
-                write_fmt(out, format_args!(" {}", value.len()));
+                out.push(b' ');
+                push_decimal(out, value.len() as u64);
                 if *flags != 0 {
-                    write_fmt(out, format_args!(" F{flags}"));
+                    out.extend_from_slice(b" F");
+                    push_decimal(out, u64::from(*flags));
                 }
                 if *exptime != 0 {
                     write_fmt(out, format_args!(" T{exptime}"));
                 }
-                write_fmt(out, format_args!(" O{opaque} q\r\n"));
+                out.extend_from_slice(b" O");
+                push_decimal(out, opaque as u64);
+                out.extend_from_slice(b" q\r\n");
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");
                 self.record_ends.push(out.len());
             }
             Request::Delete { key } => {
                 line(out, b"md", [prefix, key], "");
-                write_fmt(out, format_args!(" O{opaque} q\r\n"));
+                out.extend_from_slice(b" O");
+                push_decimal(out, opaque as u64);
+                out.extend_from_slice(b" q\r\n");
             }
             _ => return false,
         }
@@ -415,6 +421,22 @@ impl Encoded {
 /// Formats into a request buffer without an intermediate string.
 fn write_fmt(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
     let _ = std::io::Write::write_fmt(out, args);
+}
+
+/// Appends `n` in decimal, as `write!` would without the formatting machinery (a bulk set
+/// writes two or three numbers per record: that was 5 % of its client's CPU).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `verb PREFIXKEY[ arg]`: `key` is the prefix and the key.
@@ -691,6 +713,15 @@ mod tests {
         );
         sets.clear();
         assert!(sets.is_empty() && sets.records(0).next().is_none());
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_295, 1 << 40, u64::MAX] {
+            let mut out = b"x".to_vec();
+            super::push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]
