@@ -95,6 +95,7 @@ etcd --name m0 --data-dir "$work/etcd" \
 pids+=($!)
 ready=""
 for _ in $(seq 150); do
+    kill -0 "${pids[0]}" 2>/dev/null || break # e.g. its port was taken since free_port chose it
     if timeout 5 "$mcadmin" --etcd "$FENCE_ETCD" --etcd-timeout 1 domains >/dev/null 2>&1; then ready=1; break; fi
     sleep 0.2
 done
