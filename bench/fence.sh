@@ -18,12 +18,23 @@
 #             before the etcd put; the table says how many), COMMITS of each state
 # then one table: op | off | on | on/off, medians and ranges over the repetitions (on/off:
 # each "on" repetition beside the "off" next to it in time).
-# mcproxy: its fencing lands separately; its rows are marked "not measured" (a place for them).
+#   mcproxy   one mcproxy on the host directory (as bench/proxy.sh starts it, default threads),
+#             driven by proxy/examples/loadgen.rs: get, set and 10-key multi-get (mget10) at
+#             1 connection depth 1, 16 connections depth 1 and 1 connection pipeline depth 32,
+#             PSECS seconds per cell; requests/s, p50/p99 of loadgen's round trips (at depth 32
+#             one round trip carries 32 requests), the servers' gets per request (cmd_get: the
+#             fence reads on the wire; mcproxy sends one per server connection per loop turn),
+#             and CPU µs per request of mcproxy and of the servers (schedstat, every thread).
+#             Each loadgen run first stores its 10 000 keys (100 pipelined sets per write);
+#             those are counted in the CPU per request (requests + 10 000, as bench/proxy.sh
+#             does) and their fence reads in the gets (a few hundred per run: < 0.01 per
+#             request). mcproxy and loadgen are not pinned.
 # Needs memcached, etcd (etcd-server), jq. Loopback only; every wait has a deadline; all that
 # it starts is stopped and its scratch directory removed on exit.
-# Usage: bench/fence.sh   [N=20000] [REPS=5] [BULK=100000] [COMMITS=10]. Printed, never
-# asserted. Holds no lock itself: wrap it in `flock -x /tmp/mcshm-cpu.lock` beside other
-# benchmarks. About 1.5 minutes on 2 cores.
+# Usage: bench/fence.sh   [N=20000] [REPS=5] [BULK=100000] [COMMITS=10] [PSECS=2]
+#                         [PCELLS="get:1:1 set:1:1 mget10:1:1 get:16:1 …" (OP:CONNS:DEPTH)]
+# Printed, never asserted. Holds no lock itself: wrap it in `flock -x /tmp/mcshm-cpu.lock`
+# beside other benchmarks. About 5 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -53,7 +64,10 @@ N=${N:-20000}
 REPS=${REPS:-5}
 BULK=${BULK:-100000}
 COMMITS=${COMMITS:-10}
-cargo build --release -q --bin mcadmin --bin mclient && cargo build --release -q -p mcshm-bench --example fence_cost
+PSECS=${PSECS:-2}
+PCELLS=${PCELLS:-get:1:1 set:1:1 mget10:1:1 get:16:1 set:16:1 mget10:16:1 get:1:32 set:1:32 mget10:1:32}
+cargo build --release -q --bin mcadmin --bin mclient --bin mcproxy && cargo build --release -q -p mcshm-bench --example fence_cost
+cargo build --release -q -p mcshm-proxy --example loadgen
 . bench/lib.sh
 bench_need memcached etcd jq
 
@@ -81,6 +95,7 @@ etcd --name m0 --data-dir "$work/etcd" \
 pids+=($!)
 ready=""
 for _ in $(seq 150); do
+    kill -0 "${pids[0]}" 2>/dev/null || break # e.g. its port was taken since free_port chose it
     if timeout 5 "$mcadmin" --etcd "$FENCE_ETCD" --etcd-timeout 1 domains >/dev/null 2>&1; then ready=1; break; fi
     sleep 0.2
 done
@@ -142,6 +157,63 @@ for rep in $(seq "$REPS"); do
     done
 done
 
+# mcproxy: one process on the host directory, loadgen through it, both states interleaved.
+"$target/release/mcproxy" --dir "$FENCE_HOST" --domain "$domain" --listen 127.0.0.1:0 2>"$work/mcproxy.log" &
+mcproxy=$!; pids+=($mcproxy)
+for _ in $(seq 200); do grep -q serving "$work/mcproxy.log" 2>/dev/null && break; sleep 0.05; done
+mcproxy_addr=$(sed -n 's/.* on \(127.*\)$/\1/p' "$work/mcproxy.log" | head -1)
+[ -n "$mcproxy_addr" ] || { echo "mcproxy did not start: $(tail -3 "$work/mcproxy.log")" >&2; exit 1; }
+# cpu_ns PID...: the CPU time the processes have run, every thread, in ns (schedstat).
+cpu_ns() {
+    local p total=0 t
+    for p in "$@"; do
+        for t in /proc/"$p"/task/*/schedstat; do
+            total=$((total + $(awk '{print $1}' "$t" 2>/dev/null || echo 0)))
+        done
+    done
+    echo "$total"
+}
+# server_gets: the sum of the servers' cmd_get (`stats` sends no fence read).
+server_gets() {
+    python3 - "${servers[@]}" <<'PY'
+import socket, sys
+total = 0
+for address in sys.argv[1:]:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith("STAT cmd_get "):
+            total += int(line.split()[2])
+print(total)
+PY
+}
+server_pids=("${pids[@]:1:3}")
+echo "mcproxy on $mcproxy_addr; loadgen ${PSECS}s per cell: $PCELLS" >&2
+for rep in $(seq "$REPS"); do
+    if [ $((rep % 2)) = 1 ]; then order="off on"; else order="on off"; fi
+    for state in $order; do
+        switch "$state"
+        for cell in $PCELLS; do
+            IFS=: read -r op conns depth <<<"$cell"
+            g0=$(server_gets); p0=$(cpu_ns "$mcproxy"); s0=$(cpu_ns "${server_pids[@]}")
+            out=$(timeout 60 "$target/release/examples/loadgen" --target "$mcproxy_addr" --op "$op" \
+                --conns "$conns" --depth "$depth" --seconds "$PSECS")
+            p1=$(cpu_ns "$mcproxy"); s1=$(cpu_ns "${server_pids[@]}"); g1=$(server_gets)
+            requests=$(loadgen_field "$out" requests)
+            echo "row mcproxy_${op}_c${conns}d${depth} $state $(loadgen_field "$out" rps) $(loadgen_field "$out" p50_us) $(loadgen_field "$out" p99_us) $(awk \
+                -v r="$requests" -v g=$((g1 - g0)) -v p=$((p1 - p0)) -v s=$((s1 - s0)) \
+                'BEGIN { printf "%.3f %.2f %.2f", g / r, p / 1e3 / (r + 10000), s / 1e3 / (r + 10000) }')" | tee -a "$rows"
+        done
+    done
+done
+
 # The commit side: a weight change that moves keys off the two other servers.
 # The weight of the first server goes 1 -> 3 -> 1 ...: up, the two others lose keys (2 fenced
 # when on); down, the first loses keys (1 fenced).
@@ -194,6 +266,21 @@ for op, states in rows.items():
         fenced = ", ".join(sorted(set(r[3] for r in on)))
         print(f"| mcadmin --etcd set --weight (ms; fenced {fenced} servers when on) | {cell(a, ms)} | {cell(b, ms)} | {ratio(a, b)} |")
         continue
+    if op.startswith("mcproxy_"):
+        _, what, shape = op.split("_")
+        conns, depth = shape[1:].split("d")
+        name = f"mcproxy {what}, {conns} conn{'s' if conns != '1' else ''} depth {depth}"
+        a, b = col(off, 0), col(on, 0)
+        print(f"| {name}, req/s | {cell(a, rate)} | {cell(b, rate)} | {ratio(a, b)} |")
+        for i, what in ((1, "p50 µs"), (2, "p99 µs")):
+            a, b = col(off, i), col(on, i)
+            print(f"| {name}, {what} | {cell(a, us)} | {cell(b, us)} | {ratio(a, b)} |")
+        for i, what in ((4, "mcproxy CPU µs/req"), (5, "servers' CPU µs/req")):
+            a, b = col(off, i), col(on, i)
+            print(f"| {name}, {what} | {cell(a, lambda v: f'{v:.2f}')} | {cell(b, lambda v: f'{v:.2f}')} | {ratio(a, b)} |")
+        a, b = col(off, 3), col(on, 3)
+        print(f"| {name}, server gets per req | {cell(a, lambda v: f'{v:.3f}')} | {cell(b, lambda v: f'{v:.3f}')} | |")
+        continue
     a, b = col(off, 0), col(on, 0)
     name = op.replace("_", " ")
     print(f"| {name}, ops/s{' (keys/s)' if op.startswith('mclient') else ''} | {cell(a, rate)} | {cell(b, rate)} | {ratio(a, b)} |")
@@ -206,5 +293,4 @@ for op, states in rows.items():
             print(f"| {name}, {what} | {cell(a, lambda v: f'{v:.2f}')} | {cell(b, lambda v: f'{v:.2f}')} | {ratio(a, b)} |")
         a, b = col(off, 3), col(on, 3)
         print(f"| {name}, server gets per op | {cell(a, lambda v: f'{v:.2f}')} | {cell(b, lambda v: f'{v:.2f}')} | |")
-print("| mcproxy get / set / 10-key get (1 connection) | not measured | not measured: its fencing lands separately | |")
 PY
