@@ -391,8 +391,11 @@ fn a_fence_lost_with_a_restart_is_repaired_by_an_agent_and_the_server_serves_aga
     });
     assert!(repaired, "no repair: {}", host.log_text());
     let took = started.elapsed();
+    // The agent logs it once its look returns (the new revision may arrive first).
     assert!(
-        host.log_text().contains("repaired the missing fence of"),
+        crate::common::wait_until(Duration::from_secs(10), || host
+            .log_text()
+            .contains("repaired the missing fence of")),
         "{}",
         host.log_text()
     );
@@ -426,7 +429,9 @@ fn a_fence_a_failed_commit_left_above_the_fleet_is_healed_by_an_agent() {
         crate::common::wait_until(Duration::from_secs(20), || host.revision("app") > on as i64);
     assert!(healed, "no heal: {}", host.log_text());
     assert!(
-        host.log_text().contains("healed a fence at"),
+        crate::common::wait_until(Duration::from_secs(10), || host
+            .log_text()
+            .contains("healed a fence at")),
         "{}",
         host.log_text()
     );
