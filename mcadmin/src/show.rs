@@ -200,7 +200,14 @@ pub fn agent_text(snapshot: &Snapshot, link: &libmcshm::AgentLink) -> String {
             utc(link.since_ms)
         ),
     };
-    format!("fleet revision {}  {agent}\n", snapshot.fleet_revision)
+    let fenced = match link.fenced_answers {
+        0 => String::new(),
+        n => format!("  {n} answers not used: fenced above this table (it lagged the fleet)"),
+    };
+    format!(
+        "fleet revision {}  {agent}{fenced}\n",
+        snapshot.fleet_revision
+    )
 }
 
 pub fn agent_json(snapshot: &Snapshot, link: &libmcshm::AgentLink) -> Value {
@@ -210,6 +217,7 @@ pub fn agent_json(snapshot: &Snapshot, link: &libmcshm::AgentLink) -> Value {
         "agent_running": link.agent.is_some_and(|p| p.is_alive()),
         "connected": link.connected,
         "since_ms": link.since_ms,
+        "fenced_answers": link.fenced_answers,
     })
 }
 

@@ -270,6 +270,14 @@ impl Router {
         }
     }
 
+    /// Counts an answer a server's fence judged behind this host's table, in the table's
+    /// header for every process on the host to see (`mcadmin list`, the metrics page).
+    pub fn count_fenced(&mut self) {
+        if let Source::Registry(registry) = &mut self.source {
+            registry.count_fenced();
+        }
+    }
+
     /// Blocks until the table's version is past `since` or `timeout` passes (the registry's
     /// futex: a commit in any process wakes it); the new version, or `None`. A table without a
     /// registry never changes: `None` at once.

@@ -40,7 +40,10 @@
 //!                                 file-description fcntl write lock on the whole file; a
 //!                                 reader's read lock in its way makes the writer move the
 //!                                 table to a new file, writers taking turns on DOMAIN.lock
-//!    176   80 reserved            zero
+//!    176    4 fenced_answers      answers of this domain's servers that a fence judged behind
+//!                                 this host's table, counted by every client on the host
+//!                                 (wraps at 2^32). Not versioned, not checksummed: status
+//!    180   76 reserved            zero
 //!
 //! Slot k (at header_len + k * slot_len)
 //!      0    8 seq                 seqlock sequence: odd while a writer fills the slot
@@ -188,6 +191,8 @@ const HEADER_CRC_OFFSET: usize = 128;
 pub const COMMITTED_WORD: usize = 136 / 8;
 /// Byte offset of the futex word `wake`.
 pub const WAKE_OFFSET: usize = 144;
+/// Byte offset of `fenced_answers` (a 32-bit counter).
+pub const FENCED_OFFSET: usize = 176;
 /// Word indexes of `agent` and `agent_link`.
 pub const AGENT_WORD: usize = 152 / 8;
 pub const AGENT_LINK_WORD: usize = 160 / 8;

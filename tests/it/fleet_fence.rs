@@ -318,6 +318,9 @@ fn a_host_whose_table_lags_reads_no_superseded_value_and_writes_nowhere_unread()
         stderr.contains("fenced") && stderr.lines().count() == 1,
         "{stderr}"
     );
+    // Counted for the host (`mcadmin list`, the metrics page).
+    let fenced = c_host.local("app").unwrap()["fleet"]["fenced_answers"].as_u64();
+    assert!(fenced.is_some_and(|n| n >= 2), "{fenced:?}");
     assert_eq!(
         on_a.get(key.as_bytes()).unwrap().map(|i| i.value),
         Some(b"new".to_vec()),

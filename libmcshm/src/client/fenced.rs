@@ -101,6 +101,9 @@ impl Client {
         fence: Option<u64>,
     ) -> Result<T> {
         let (answer, verdict) = self.outcome(server, address, received)?;
+        if verdict != Verdict::Current {
+            self.router.count_fenced();
+        }
         match verdict {
             Verdict::Current => Ok(answer),
             behind => Err(Error::TableBehind {

@@ -119,6 +119,11 @@ pub const FAMILIES: &[Family] = &[
         "mcshm_fleet_agent_link_change_timestamp_seconds",
         "Since when the fleet agent is connected to, or cut off from, etcd, in seconds since the Unix epoch",
     ),
+    Family {
+        name: "mcshm_fenced_answers_total",
+        kind: Kind::Counter,
+        help: "Answers of the domain's servers that the library's clients on this host did not use because the server's fence was above their table (the host lagged the fleet; wraps at 2^32)",
+    },
 ];
 
 /// What the page says of one domain, read from its files.
@@ -289,6 +294,11 @@ pub fn render(domains: &[(Domain, Result<DomainMetrics>)]) -> String {
                 m.agent.agent.is_some_and(|p| p.is_alive()),
             );
             page.add("mcshm_fleet_agent_connected", &labels, m.agent.connected);
+            page.add(
+                "mcshm_fenced_answers_total",
+                &labels,
+                m.agent.fenced_answers,
+            );
             if m.agent.since_ms != 0 {
                 page.add(
                     "mcshm_fleet_agent_link_change_timestamp_seconds",

@@ -1,5 +1,6 @@
-//! The fleet agent link: which `mcadmin sync` process mirrors this domain, and whether it
-//! reaches etcd (status in the file's header; nothing routes by it).
+//! The fleet agent link: which `mcadmin sync` process mirrors this domain, whether it reaches
+//! etcd, and how many answers the servers' fences judged behind this host's table (status in
+//! the file's header; nothing routes by it).
 
 use std::sync::atomic::Ordering;
 
@@ -18,6 +19,9 @@ pub struct AgentLink {
     pub connected: bool,
     /// Since when it is connected, or cut off (ms since the Unix epoch).
     pub since_ms: u64,
+    /// Answers the domain's clients on this host did not use because the server's fence was
+    /// above their table (see [`crate::fence`]): the host lagged the fleet. Wraps at 2^32.
+    pub fenced_answers: u32,
 }
 
 impl Registry {
@@ -37,7 +41,14 @@ impl Registry {
             agent,
             connected,
             since_ms,
+            fenced_answers: self.map.load_u32(format::FENCED_OFFSET).unwrap_or(0),
         }
+    }
+
+    /// Counts one answer a fence judged behind this host's table (a client that may not write
+    /// the file does not count).
+    pub fn count_fenced(&self) {
+        let _ = self.map.fetch_add_u32(format::FENCED_OFFSET, 1);
     }
 
     /// Records this process as the domain's fleet agent, reaching etcd or not since `since_ms`
