@@ -736,10 +736,10 @@ fn check_key(text: &str) -> Checked<Vec<u8>> {
     let key = text.as_bytes().to_vec();
     match libmcshm::proto::check_key(&key) {
         // Written raw (no prefix): it must not overwrite a fence.
-        Ok(()) if libmcshm::fence::is_reserved(&key) => Err(Box::new(UsageError(
-            "invalid check key: keys starting with mcshm.fence. are reserved by mcshm (fencing)"
-                .into(),
-        ))),
+        Ok(()) if libmcshm::fence::is_reserved(&key) => Err(Box::new(UsageError(format!(
+            "invalid check key: {}",
+            libmcshm::proto::KeyError::Reserved
+        )))),
         Ok(()) => Ok(key),
         Err(why) => Err(Box::new(UsageError(format!("invalid check key: {why}")))),
     }

@@ -172,7 +172,7 @@ pub fn get(cli: &Cli, client: &mut Client, connect: Connect<'_>) -> Result<Exit>
         libmcshm::proto::check_key(key).map_err(|why| why.to_string())?;
         prefix.check_fits(key).map_err(|e| e.to_string())?;
         match libmcshm::fence::is_reserved_with(prefix.as_bytes(), key) {
-            true => Err("keys starting with mcshm.fence. are reserved by mcshm (fencing)".into()),
+            true => Err(libmcshm::proto::KeyError::Reserved.to_string()),
             false => Ok(()),
         }
     };

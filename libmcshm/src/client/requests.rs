@@ -148,6 +148,8 @@ impl Client {
         // to QUIET_WINDOWS of them).
         let mut window_end = vec![0; groups.len()];
         let mut answered = vec![0; groups.len()];
+        // Only quiet windows are tracked (a text window's replies are read request by request):
+        // a multi-get allocates nothing here.
         let mut in_flight: Vec<VecDeque<usize>> = groups.iter().map(|_| VecDeque::new()).collect();
         let windows = if quiet { QUIET_WINDOWS } else { 1 };
         for (n, (server, requests)) in groups.iter().enumerate() {
@@ -159,7 +161,9 @@ impl Client {
                 match self.send_window(address, requests, window_end[n], &prefix, quiet, fence) {
                     Ok(end) => {
                         window_end[n] = end;
-                        in_flight[n].push_back(end);
+                        if quiet {
+                            in_flight[n].push_back(end);
+                        }
                     }
                     Err(err) => errors[n] = Some(err),
                 }
@@ -197,7 +201,6 @@ impl Client {
                             }
                         }
                     }
-                    in_flight[n].clear();
                 }
                 if errors[n].is_none() && answered[n] == requests.len() {
                     // The last window's fence read, sent after it.
@@ -211,7 +214,9 @@ impl Client {
                     {
                         Ok(end) => {
                             window_end[n] = end;
-                            in_flight[n].push_back(end);
+                            if quiet {
+                                in_flight[n].push_back(end);
+                            }
                         }
                         Err(err) => errors[n] = Some(err),
                     }
