@@ -10,6 +10,10 @@
 //!  "changed": {"by": "mcadmin", "host": "web1", "pid": 4242, "ms": 1764000000000}}
 //! ```
 //!
+//! A `vbucket` domain's document has its bucket map too, as libvbucket writes one (server
+//! indexes into `servers`, -1 for none; `vBucketMapForward` while a move is under way):
+//! `"buckets": {"numReplicas": 1, "vBucketMap": [[0, 1], [1, 0]], "vBucketMapForward": …}`.
+//!
 //! Anything under the prefix may have been written by anyone with access to etcd, so a document
 //! is hostile input: it is size-limited, and every field goes through the checks `mcadmin`
 //! applies to its own arguments (address, weight, state, retry interval, reason, policy,
@@ -20,6 +24,7 @@
 
 use mcshm_table::Address;
 use mcshm_table::placement::Distribution;
+use mcshm_table::placement::buckets::{BucketMap, Shape, UNASSIGNED, cell};
 use mcshm_table::prefix::KeyPrefix;
 use mcshm_table::table::{
     Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
@@ -50,6 +55,73 @@ struct Document {
     policy: PolicyDoc,
     #[serde(default)]
     changed: Changed,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    buckets: Option<BucketsDoc>,
+}
+
+/// A bucket map, as libvbucket names its fields.
+#[derive(Serialize, Deserialize)]
+struct BucketsDoc {
+    #[serde(rename = "numReplicas")]
+    replicas: usize,
+    #[serde(rename = "vBucketMap")]
+    map: Vec<Vec<i64>>,
+    #[serde(
+        rename = "vBucketMapForward",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    forward: Option<Vec<Vec<i64>>>,
+}
+
+fn buckets_doc(map: &BucketMap) -> BucketsDoc {
+    let rows = |cells: &[u16]| -> Vec<Vec<i64>> {
+        cells
+            .chunks_exact(map.width())
+            .map(|row| {
+                row.iter()
+                    .map(|&c| cell(c).map_or(-1, |p| p as i64))
+                    .collect()
+            })
+            .collect()
+    };
+    BucketsDoc {
+        replicas: map.shape().replicas,
+        map: rows(map.cells()),
+        forward: map.forward_cells().map(rows),
+    }
+}
+
+fn decode_buckets(doc: &BucketsDoc, servers: usize) -> Result<BucketMap, String> {
+    let shape = Shape::new(doc.map.len(), doc.replicas)?;
+    let cells = |rows: &[Vec<i64>]| -> Result<Vec<u16>, String> {
+        let mut cells = Vec::with_capacity(shape.cells());
+        for (b, row) in rows.iter().enumerate() {
+            if row.len() != shape.width() {
+                return Err(format!(
+                    "bucket {b}: a row of {} cells, not {}",
+                    row.len(),
+                    shape.width()
+                ));
+            }
+            for &c in row {
+                cells.push(match c {
+                    -1 => UNASSIGNED,
+                    c if (0..servers as i64).contains(&c) => c as u16,
+                    c => return Err(format!("bucket {b}: server index {c} out of range")),
+                });
+            }
+        }
+        Ok(cells)
+    };
+    let forward = match &doc.forward {
+        Some(rows) if rows.len() != doc.map.len() => {
+            return Err("vBucketMapForward and vBucketMap differ in length".into());
+        }
+        Some(rows) => Some(cells(rows)?),
+        None => None,
+    };
+    BucketMap::new(shape, cells(&doc.map)?, forward, servers)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -158,6 +230,7 @@ pub fn encode(table: &Table, changed: &Changed) -> Vec<u8> {
             .collect(),
         policy: policy_doc(&table.policy),
         changed: changed.clone(),
+        buckets: table.buckets.as_deref().map(buckets_doc),
     };
     serde_json::to_vec(&document).expect("a table always serializes")
 }
@@ -202,11 +275,23 @@ pub fn decode(bytes: &[u8]) -> Result<(Table, Changed), String> {
         prefix: KeyPrefix::parse(&p.prefix).map_err(|e| format!("policy: {e}"))?,
         fence: p.fence.parse().map_err(|e| format!("policy: {e}"))?,
     };
+    let buckets = document
+        .buckets
+        .as_ref()
+        .map(|doc| decode_buckets(doc, servers.len()).map_err(|e| format!("buckets: {e}")))
+        .transpose()?
+        .map(std::sync::Arc::new);
+    if buckets.is_some() != policy.distribution.has_buckets() {
+        return Err(
+            "buckets: a bucket map goes with the vbucket distribution, and only with it".into(),
+        );
+    }
     Ok((
         Table {
             servers,
             policy,
             fleet_revision: 0,
+            buckets,
         },
         document.changed,
     ))
@@ -267,6 +352,7 @@ mod tests {
                 ..Policy::default()
             },
             fleet_revision: 0,
+            buckets: None,
         }
     }
 

@@ -126,7 +126,12 @@ pub fn apply_marks(onto: &mut Table, marks: &[Mark]) -> usize {
                 server.held = mark.held;
             }
             None => {
-                onto.servers.remove(i);
+                // A drain's end; a bucket map naming the server keeps it (its buckets move
+                // first).
+                let id = &mark.address;
+                if onto.remove_servers(|s| s.address.same_server(id)).is_err() {
+                    continue;
+                }
             }
         }
         applied += 1;
@@ -152,6 +157,7 @@ pub fn mirror(
     }
     local.servers = servers;
     local.policy = fleet.policy;
+    local.buckets = fleet.buckets.clone();
     local.fleet_revision = revision;
     apply_marks(local, marks)
 }

@@ -140,10 +140,7 @@ impl Drain {
     /// have cancelled the drain meanwhile). Call it only when no key failed.
     pub fn finish(mut self) -> Result<Commit> {
         let id = self.id;
-        self.registry.transact(|t| {
-            t.servers
-                .retain(|s| !(s.id == id && s.state == State::Draining));
-            Ok(())
-        })
+        self.registry
+            .transact(|t| t.remove_servers(|s| s.id == id && s.state == State::Draining))
     }
 }

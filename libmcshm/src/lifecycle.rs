@@ -1239,6 +1239,7 @@ mod tests {
                 ],
                 policy: policy(rejoin),
                 fleet_revision: 0,
+                buckets: None,
             },
             by_address,
             commits: 0,

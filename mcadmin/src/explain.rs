@@ -175,6 +175,25 @@ impl Explained {
                 "bucket {:#010x} % 1024 = {bucket}, whose point {point:#010x} is one of {owner}'s",
                 placed.hash
             ),
+            Via::VBucket {
+                bucket,
+                buckets,
+                column,
+            } => {
+                let masked = match self.snapshot.servers.len() {
+                    1 => "one server on the list: bucket 0 whatever the key".to_string(),
+                    _ => format!("{:#010x} & {} = bucket {bucket}", placed.hash, buckets - 1),
+                };
+                match column {
+                    Some(0) => format!("{masked}, owned by {owner}"),
+                    Some(c) => {
+                        format!("{masked}, whose owner is not routed: its replica #{c}, {owner}")
+                    }
+                    None => format!(
+                        "{masked}, none of whose row is routed: the owner of a bucket after it, {owner}"
+                    ),
+                }
+            }
         }
     }
 
@@ -184,6 +203,7 @@ impl Explained {
             Via::Point { .. } => "ring",
             Via::Modula { .. } => "modula",
             Via::Bucket { .. } => "continuum",
+            Via::VBucket { .. } => "bucket map",
         }
     }
 
@@ -332,6 +352,16 @@ impl Explained {
                 "kind": "bucket",
                 "bucket": bucket,
                 "point": point,
+            }),
+            Via::VBucket {
+                bucket,
+                buckets,
+                column,
+            } => json!({
+                "kind": "vbucket",
+                "bucket": bucket,
+                "buckets": buckets,
+                "column": column,
             }),
         };
         v["hash"] = json!(placed.hash);

@@ -101,6 +101,7 @@ pub fn snapshot(fleet: &Fleet, domain: &Domain) -> Result<(FleetTable, Snapshot)
         policy: table.table.policy,
         next_id: 0,
         fleet_revision: table.revision as u64,
+        buckets: table.table.buckets.clone(),
     };
     Ok((table, snapshot))
 }

@@ -302,6 +302,7 @@ mod tests {
             servers,
             policy,
             fleet_revision: 0,
+            buckets: None,
         }
     }
 

@@ -23,7 +23,7 @@ use mcshm_table::domain::Domain;
 use mcshm_table::error::{Error, Result};
 use mcshm_table::fence;
 use mcshm_table::key::{self, KeyError};
-use mcshm_table::placement::{Distribution, Locator, Member, Placed};
+use mcshm_table::placement::{Locator, Member, Placed};
 use mcshm_table::registry::Registry;
 use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
@@ -173,6 +173,7 @@ impl Router {
             servers,
             policy: Policy::default(),
             fleet_revision: 0,
+            buckets: None,
         };
         Ok(Router::new(Source::Servers(Arc::new(snapshot))))
     }
@@ -246,8 +247,10 @@ impl Router {
     }
 
     /// The placement of `members` for `distribution`, built here (and counted).
-    fn build(&self, distribution: Distribution, members: &[Member<'_>]) -> Locator {
-        let locator = Locator::build(distribution, members);
+    fn build(&self, snapshot: &Snapshot, members: &[Member<'_>]) -> Locator {
+        let distribution = snapshot.policy.distribution;
+        let buckets = snapshot.buckets.as_ref();
+        let locator = Locator::build_with(distribution, members, buckets, snapshot.servers.len());
         if distribution.has_ring() {
             self.rings_built.fetch_add(1, Ordering::Relaxed);
             self.ring_points_built
@@ -344,7 +347,7 @@ impl Router {
             let routed: Vec<usize> = (0..servers.len())
                 .filter(|&i| self.on_ring(&snapshot, i))
                 .collect();
-            let _ = local.set(self.build(distribution, &members(servers, &routed)));
+            let _ = local.set(self.build(&snapshot, &members(servers, &routed)));
         }
         // Positions of down servers with a retry interval, and of draining servers: updated
         // for the changed positions only when the registry read a change of our version.
@@ -548,7 +551,7 @@ impl Router {
             let servers = &routing.snapshot.servers;
             let policy = routing.snapshot.policy;
             let routed = mcshm_table::table::routed(servers, policy.failover);
-            self.build(policy.distribution, &members(servers, &routed))
+            self.build(&routing.snapshot, &members(servers, &routed))
         })
     }
 
@@ -565,7 +568,7 @@ impl Router {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|&i| self.on_ring(snapshot, i) || servers[i].state == State::Draining)
                 .collect();
-            self.build(snapshot.policy.distribution, &members(servers, &all))
+            self.build(snapshot, &members(servers, &all))
         }))
     }
 
@@ -578,10 +581,7 @@ impl Router {
             let all: Vec<usize> = (0..servers.len())
                 .filter(|&i| servers[i].state != State::Draining)
                 .collect();
-            self.build(
-                routing.snapshot.policy.distribution,
-                &members(servers, &all),
-            )
+            self.build(&routing.snapshot, &members(servers, &all))
         }))
     }
 
@@ -725,8 +725,25 @@ impl Router {
 
     /// The draining server that owned `key` before the drain, if any.
     pub(crate) fn draining_owner(&self, key: &[u8]) -> Option<usize> {
+        if let Some(i) = self.moving_owner(key) {
+            return Some(i);
+        }
         let i = self.before_drain()?.owner(key)?;
         (self.routing().snapshot.servers[i].state == State::Draining).then_some(i)
+    }
+
+    /// The server `key`'s bucket is moving off (`mcadmin buckets move`), while a move is under
+    /// way and that server is not the key's owner now and not down: drained as a draining
+    /// server is (a miss fills from it, a write deletes the key there).
+    pub(crate) fn moving_owner(&self, key: &[u8]) -> Option<usize> {
+        let routing = self.routing();
+        routing.snapshot.buckets.as_ref()?.forward_cells()?;
+        let Locator::Buckets(buckets) = self.local() else {
+            return None;
+        };
+        let from = buckets.moving_from(key)?;
+        let server = routing.snapshot.servers.get(from)?;
+        (server.state != State::Down && buckets.owner(key) != Some(from)).then_some(from)
     }
 
     /// The retry probe of down server `i`: at most one process per host per retry interval

@@ -383,6 +383,7 @@ fn placement_names_the_owner_the_router_routes_to() {
                     ..Policy::default()
                 },
                 fleet_revision: 0,
+                buckets: None,
             };
             let mut router = Router::for_snapshot(snapshot);
             let mut owned_by_down = 0;
@@ -425,6 +426,7 @@ fn placement_names_the_owner_the_router_routes_to() {
         servers: servers(&[Up]),
         policy: Policy::default(),
         fleet_revision: 0,
+        buckets: None,
     });
     assert!(
         router.placement(b"a b", 1).is_err(),
@@ -455,6 +457,7 @@ fn keys_in_the_reserved_namespace_are_refused_on_their_wire_form() {
                 ..Policy::default()
             },
             fleet_revision: 0,
+            buckets: None,
         })
     };
     let refused = |router: &mut Router, key: &[u8]| {

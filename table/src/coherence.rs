@@ -33,6 +33,9 @@
 use std::collections::HashMap;
 
 use crate::address::{Address, Identity};
+use std::sync::Arc;
+
+use crate::placement::{BucketLocator, BucketMap, Distribution};
 use crate::table::{Policy, Server, State, Table, routed};
 
 /// Marks the servers of `new` (about to be published as `version`) that may have lost keys to
@@ -45,8 +48,19 @@ use crate::table::{Policy, Server, State, Table, routed};
 /// and costs each reader what it changes, not every entry (ketama moves keys off every server
 /// when one weight changes: at 10 000 servers, re-stamping every mark made every reader copy
 /// and decode the whole table on its next operation).
-pub fn mark_strays(old: &[Server], old_policy: &Policy, new: &mut Table, version: u64) {
-    let losing = losers(old, old_policy, &new.servers, &new.policy);
+pub fn mark_strays(
+    old: &[Server],
+    old_policy: &Policy,
+    old_buckets: Option<&Arc<BucketMap>>,
+    new: &mut Table,
+    version: u64,
+) {
+    let before = Placing {
+        servers: old,
+        policy: old_policy,
+        buckets: old_buckets,
+    };
+    let losing = losers(before, Placing::of(new));
     if !losing.contains(&true) {
         return; // most commits: a reason, a retry interval, a server up or down under `none`
     }
@@ -102,7 +116,7 @@ pub fn fence_targets(old: &Table, new: &Table) -> Vec<Address> {
             add(&mut targets, &old.servers[i].address);
         }
     } else {
-        let losing = losers(&old.servers, &old.policy, &new.servers, &new.policy);
+        let losing = losers(Placing::of(old), Placing::of(new));
         let was_routed = |address: &Address| {
             old_routed
                 .iter()
@@ -145,14 +159,58 @@ pub fn fence_targets(old: &Table, new: &Table) -> Vec<Address> {
     targets
 }
 
+/// What decides where keys go in one version: its servers, policy and bucket map.
+#[derive(Clone, Copy)]
+struct Placing<'a> {
+    servers: &'a [Server],
+    policy: &'a Policy,
+    buckets: Option<&'a Arc<BucketMap>>,
+}
+
+impl<'a> Placing<'a> {
+    fn of(table: &'a Table) -> Placing<'a> {
+        Placing {
+            servers: &table.servers,
+            policy: &table.policy,
+            buckets: table.buckets.as_ref(),
+        }
+    }
+
+    /// The bucket locator of a `vbucket` version.
+    fn buckets(&self) -> Option<BucketLocator> {
+        let Distribution::VBucket(hash) = self.policy.distribution else {
+            return None;
+        };
+        let routed = routed(self.servers, self.policy.failover);
+        let members = crate::table::members(self.servers, &routed);
+        Some(BucketLocator::new(
+            hash,
+            self.buckets?.clone(),
+            self.servers.len(),
+            &members,
+        ))
+    }
+}
+
 /// For each server of `new`: whether some key it owned (or replicated) under `old` may be owned
 /// by other servers only under `new`.
-fn losers(old: &[Server], old_policy: &Policy, new: &[Server], new_policy: &Policy) -> Vec<bool> {
+fn losers(before: Placing<'_>, after: Placing<'_>) -> Vec<bool> {
+    let (old, old_policy) = (before.servers, before.policy);
+    let (new, new_policy) = (after.servers, after.policy);
     let everyone = vec![true; new.len()];
     if old_policy.distribution != new_policy.distribution
         || new_policy.replicas < old_policy.replicas
     {
         return everyone;
+    }
+    if let (Some(was), Some(now)) = (before.buckets(), after.buckets()) {
+        return bucket_losers(
+            &was,
+            old,
+            &now,
+            new,
+            usize::from(new_policy.replicas.max(1)),
+        );
     }
     let old_members = members(old, old_policy);
     let new_members = members(new, new_policy);
@@ -182,6 +240,41 @@ fn losers(old: &[Server], old_policy: &Policy, new: &[Server], new_policy: &Poli
             shrank || grew.iter().any(|g| *g != id)
         })
         .collect()
+}
+
+/// Bucket maps: a server loses keys when some bucket's first `replicas` routed servers under
+/// `old` include it and those under `new` do not (a moved bucket, a changed row, a server no
+/// longer routed whose bucket went to another). The same map and members: nobody. A change of
+/// the bucket count: everyone (every key has a new bucket).
+fn bucket_losers(
+    was: &BucketLocator,
+    old: &[Server],
+    now: &BucketLocator,
+    new: &[Server],
+    replicas: usize,
+) -> Vec<bool> {
+    if was.map().buckets() != now.map().buckets() || (old.len() == 1) != (new.len() == 1) {
+        return vec![true; new.len()];
+    }
+    let position: HashMap<Identity<'_>, usize> = new
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.address.identity(), i))
+        .collect();
+    let mut losing = vec![false; new.len()];
+    for b in 0..now.map().buckets() {
+        let before = was.bucket_along(b, replicas);
+        let after = now.bucket_along(b, replicas);
+        for i in before {
+            let Some(&j) = position.get(&old[i].address.identity()) else {
+                continue; // removed: it holds nothing any version routes to
+            };
+            if !after.contains(&j) {
+                losing[j] = true;
+            }
+        }
+    }
+    losing
 }
 
 /// The ring points of each member.
@@ -225,13 +318,14 @@ mod tests {
             servers: servers.to_vec(),
             policy,
             fleet_revision: 0,
+            buckets: None,
         }
     }
 
     /// The `strays_since` of each server after `old` → `new` published as version 7.
     fn marks(old: &[Server], old_policy: Policy, new: &[Server], new_policy: Policy) -> Vec<u64> {
         let mut t = table(new, new_policy);
-        mark_strays(old, &old_policy, &mut t, 7);
+        mark_strays(old, &old_policy, None, &mut t, 7);
         t.servers.iter().map(|s| s.strays_since).collect()
     }
 
@@ -315,6 +409,40 @@ mod tests {
             [0, 0, 0],
             "more replicas: nobody loses"
         );
+    }
+
+    #[test]
+    fn a_bucket_move_marks_the_server_it_leaves_and_its_completion_nobody() {
+        use crate::placement::{BucketMap, Shape};
+        let p = Policy {
+            distribution: Distribution::VBucket(crate::hash::KeyHash::Crc),
+            ..Policy::default()
+        };
+        let servers = [up("a:1"), up("b:1"), up("c:1")];
+        let map = Arc::new(BucketMap::balanced(Shape::new(16, 0).unwrap(), &[0, 1, 2]));
+        let mut staged = (*map).clone();
+        staged.stage(0, 2); // bucket 0: a → c
+        let staged = Arc::new(staged);
+        let mark = |old: &Arc<BucketMap>, new: &Arc<BucketMap>, new_servers: &[Server]| {
+            let mut t = Table {
+                buckets: Some(new.clone()),
+                ..table(new_servers, p)
+            };
+            mark_strays(&servers, &p, Some(old), &mut t, 7);
+            t.servers.iter().map(|s| s.strays_since).collect::<Vec<_>>()
+        };
+        assert_eq!(mark(&map, &map, &servers), [0, 0, 0], "the same map");
+        assert_eq!(
+            mark(&map, &staged, &servers),
+            [7, 0, 0],
+            "a moves bucket 0 off"
+        );
+        let mut done = (*staged).clone();
+        done.complete();
+        assert_eq!(mark(&staged, &Arc::new(done), &servers), [0, 0, 0]);
+        // An added server that owns nothing yet moves no key.
+        let four = [up("a:1"), up("b:1"), up("c:1"), up("d:1")];
+        assert_eq!(mark(&map, &map, &four), [0, 0, 0, 0]);
     }
 
     #[test]

@@ -27,6 +27,12 @@
 //! escapes. Blank lines and lines starting with `#` are ignored. `dump` output loads back to the
 //! same list (state change times are not part of it: they record when, not what).
 //!
+//! A `vbucket` domain's bucket map follows its servers: a line `buckets: count=N replicas=R`,
+//! then lines `buckets-rows: FIRST ROW ROW …` (at most 256 rows a line, from bucket FIRST on)
+//! and, while a move is under way, `buckets-forward: FIRST ROW …` lines of the same shape.
+//! A row is the owner and replicas, comma-separated, as indexes of the server lines (from 0)
+//! or -1 for none: `0,1`.
+//!
 //! # The end line
 //!
 //! `dump` starts the list with a comment naming the domain and its version, and ends it with
@@ -62,6 +68,7 @@ use std::path::Path;
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::placement::Distribution;
+use crate::placement::buckets::{self, BucketMap, Shape};
 use crate::prefix::KeyPrefix;
 use crate::registry::MAX_SERVERS;
 use crate::table::{
@@ -102,8 +109,142 @@ pub fn to_text(snapshot: &Snapshot, reasons: Reasons) -> String {
         }
         out.push('\n');
     }
+    if let Some(map) = &snapshot.buckets {
+        out += &bucket_lines(map);
+    }
     out += &end_line(snapshot.servers.len(), &out);
     out
+}
+
+/// Rows per `buckets-rows:` line.
+const ROWS_PER_LINE: usize = 256;
+
+/// The lines of a bucket map (see the module's documentation).
+fn bucket_lines(map: &BucketMap) -> String {
+    let shape = map.shape();
+    let mut out = format!(
+        "buckets: count={} replicas={}\n",
+        shape.buckets, shape.replicas
+    );
+    let tables = std::iter::once(("buckets-rows", map.cells()))
+        .chain(map.forward_cells().map(|f| ("buckets-forward", f)));
+    for (name, cells) in tables {
+        let rows: Vec<&[u16]> = cells.chunks_exact(map.width()).collect();
+        for (line, chunk) in rows.chunks(ROWS_PER_LINE).enumerate() {
+            let _ = write!(out, "{name}: {}", line * ROWS_PER_LINE);
+            for row in chunk {
+                out.push(' ');
+                for (i, &c) in row.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    match buckets::cell(c) {
+                        Some(p) => {
+                            let _ = write!(out, "{p}");
+                        }
+                        None => out.push_str("-1"),
+                    }
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A bucket map being read from `buckets:` lines.
+#[derive(Default)]
+struct MapLines {
+    shape: Option<Shape>,
+    rows: Vec<u16>,
+    forward: Vec<u16>,
+}
+
+impl MapLines {
+    fn shape_line(&mut self, text: &str) -> Result<()> {
+        let (mut count, mut replicas) = (None, 0);
+        for word in text.split_whitespace() {
+            match word.split_once('=') {
+                Some(("count", n)) => count = n.parse::<usize>().ok(),
+                Some(("replicas", n)) => {
+                    replicas = n.parse::<usize>().map_err(|_| {
+                        Error::invalid("replicas", n, "expected a count from 0 to 4")
+                    })?
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "buckets line",
+                        word,
+                        "expected count=N replicas=R",
+                    ));
+                }
+            }
+        }
+        let count = count.ok_or_else(|| Error::invalid("buckets line", text, "no count=N"))?;
+        self.shape = Some(
+            Shape::new(count, replicas)
+                .map_err(|why| Error::invalid("buckets line", text.trim(), why))?,
+        );
+        Ok(())
+    }
+
+    fn rows_line(&mut self, text: &str, forward: bool) -> Result<()> {
+        let shape = self.shape.ok_or_else(|| {
+            Error::invalid("bucket rows", text.trim(), "before the buckets: line")
+        })?;
+        let mut words = text.split_whitespace();
+        let first: usize = words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| Error::invalid("bucket rows", text.trim(), "no first bucket"))?;
+        let cells = if forward {
+            &mut self.forward
+        } else {
+            &mut self.rows
+        };
+        if first * shape.width() != cells.len() {
+            return Err(Error::invalid(
+                "bucket rows",
+                &first.to_string(),
+                format!("expected rows from bucket {}", cells.len() / shape.width()),
+            ));
+        }
+        for row in words {
+            let before = cells.len();
+            for c in row.split(',') {
+                cells.push(match c {
+                    "-1" => buckets::UNASSIGNED,
+                    c => c
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|&n| n != buckets::UNASSIGNED)
+                        .ok_or_else(|| {
+                            Error::invalid("bucket row", row, "expected server indexes or -1")
+                        })?,
+                });
+            }
+            if cells.len() - before != shape.width() {
+                return Err(Error::invalid(
+                    "bucket row",
+                    row,
+                    format!("expected {} cells (owner and replicas)", shape.width()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, servers: usize) -> Result<Option<BucketMap>> {
+        let Some(shape) = self.shape else {
+            return Ok(None);
+        };
+        let forward = (!self.forward.is_empty()).then_some(self.forward);
+        BucketMap::new(shape, self.rows, forward, servers)
+            .map(Some)
+            .map_err(|why| Error::BadList {
+                why: format!("bucket map: {why}"),
+            })
+    }
 }
 
 /// Most bytes of a list [`read`] takes: [`MAX_SERVERS`] lines of 1 KiB (a line of `dump` is
@@ -284,13 +425,20 @@ fn parse_end(line: &str) -> Option<(usize, u32)> {
 
 /// A line that names a server (not blank, no comment, no policy).
 fn is_server_line(line: &str) -> bool {
-    !line.is_empty() && !line.starts_with('#') && !line.starts_with("policy:")
+    !line.is_empty()
+        && !line.starts_with('#')
+        && !line.starts_with("policy:")
+        && !BUCKET_LINES.iter().any(|p| line.starts_with(p))
 }
+
+/// How the lines of a bucket map start.
+const BUCKET_LINES: [&str; 3] = ["buckets: ", "buckets-rows: ", "buckets-forward: "];
 
 /// Parses a server list; errors name the line. Duplicate addresses are refused. The end line
 /// is not checked (a comment): [`parse_list`] checks it.
 pub fn parse(text: &str) -> Result<Table> {
     let mut policy = Policy::default();
+    let mut map = MapLines::default();
     let mut servers: Vec<Server> = Vec::new();
     let mut line_numbers = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -304,6 +452,18 @@ pub fn parse(text: &str) -> Result<Table> {
         };
         if let Some(rest) = line.strip_prefix("policy:") {
             policy = parse_policy(rest).map_err(bad)?;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix(BUCKET_LINES[0]) {
+            map.shape_line(rest).map_err(bad)?;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix(BUCKET_LINES[1]) {
+            map.rows_line(rest, false).map_err(bad)?;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix(BUCKET_LINES[2]) {
+            map.rows_line(rest, true).map_err(bad)?;
             continue;
         }
         let server = parse_line(line).map_err(bad)?;
@@ -320,10 +480,12 @@ pub fn parse(text: &str) -> Result<Table> {
             why: format!("server {} listed twice", servers[i].address),
         });
     }
+    let buckets = map.finish(servers.len())?.map(std::sync::Arc::new);
     Ok(Table {
         servers,
         policy,
         fleet_revision: 0,
+        buckets,
     })
 }
 
@@ -549,6 +711,7 @@ mod tests {
             },
             next_id: 3,
             fleet_revision: 0,
+            buckets: None,
         };
         assert_eq!(parse(&to_text_all(&snapshot)).unwrap(), snapshot.table());
         let whole = parse_list(&to_text_all(&snapshot), Accept::default()).unwrap();
@@ -569,6 +732,7 @@ mod tests {
             policy: Policy::default(),
             next_id: 0,
             fleet_revision: 0,
+            buckets: None,
         }
     }
 

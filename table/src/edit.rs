@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::placement::Distribution;
 use crate::prefix::KeyPrefix;
 use crate::processes::host_name;
-use crate::table::{CommitInfo, Failover, Fence, Policy, Rejoin, Server, State, fit_reason};
+use crate::table::{CommitInfo, Failover, Fence, Policy, Rejoin, Server, State, Table, fit_reason};
 
 /// Appends `new` servers (order kept: it is part of how clients hash). A server already present
 /// is an error, or skipped with `if_missing`; one given twice in `new` is an error naming it
@@ -59,23 +59,25 @@ pub fn add(
 
 /// Removes servers; an absent one is an error, or skipped with `if_present`. Linear in the
 /// number of servers.
+/// A `vbucket` domain's map is renumbered; a server it names is refused (move its buckets
+/// first).
 pub fn delete(
-    servers: &mut Vec<Server>,
+    table: &mut Table,
     addresses: &[Address],
     if_present: bool,
     domain: &str,
 ) -> Result<()> {
     let gone: HashSet<Identity<'_>> = addresses.iter().map(Address::identity).collect();
     {
-        let present: HashSet<Identity<'_>> = servers.iter().map(|s| s.address.identity()).collect();
+        let present: HashSet<Identity<'_>> =
+            table.servers.iter().map(|s| s.address.identity()).collect();
         if !if_present
             && let Some(absent) = addresses.iter().find(|a| !present.contains(&a.identity()))
         {
             return Err(missing(absent, domain));
         }
     }
-    servers.retain(|s| !gone.contains(&s.address.identity()));
-    Ok(())
+    table.remove_servers(|s| gone.contains(&s.address.identity()))
 }
 
 /// A change of one server's state: every path that changes a state (mcadmin's verbs, `load`,

@@ -22,6 +22,9 @@ pub enum Error {
     /// names the next step.
     #[error("{why}")]
     BadList { why: String },
+    /// A bucket map that does not fit its domain (see [`crate::placement::buckets`]).
+    #[error("bucket map: {why}")]
+    BadBuckets { why: String },
     /// The domain has no registry file yet (`path`), in the directory looked in.
     #[error(
         "no such domain '{domain}' in {} (no file {}): create it with `mcadmin --domain {domain} add HOST:PORT`, or name the directory that holds it (--dir, MCSHM_DIR)",
@@ -182,6 +185,7 @@ impl Error {
             | Error::ClientError { .. }
             | Error::BadLine { .. }
             | Error::BadList { .. }
+            | Error::BadBuckets { .. }
             | Error::TooManyServers { .. } => ErrorKind::BadInput,
             Error::NoDomain { .. }
             | Error::NoServer { .. }

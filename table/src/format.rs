@@ -62,7 +62,10 @@
 //!     44    4 next_id             id the next added server gets (ids start at 1)
 //!     48    1 rejoin              how a down server comes back: 0 flush, 1 warm, 2 trust, 3 replay
 //!     49    1 replicas            servers each write goes to (0 = 1)
-//!     50    2 reserved            zero
+//!     50    2 map_shape           format 4: the bucket map after the entries (0: none; a
+//!                                 `vbucket` version has one): bits 0..5 log2 of the bucket
+//!                                 count (0..=16), bits 5..8 the row width (1 + replicas,
+//!                                 1..=5), bit 8 forward rows follow the rows, bit 15 set
 //!     52    4 warm_window_s       seconds of warm-up after a rejoin (0 = 600)
 //!     56    8 fleet_revision      etcd revision of the fleet table this version mirrors
 //!                                 (`mcadmin sync`); 0 = a host-local table
@@ -89,6 +92,17 @@
 //!                                 key, never hashed; bytes 0x21..=0xff except 0x7f
 //!    128    * entries             count entries of entry_len bytes, in the order servers
 //!                                 were added
+//!      *    * bucket map          format 4, when map_shape says: right after the entries
+//!                                 (and inside the slot: a writer grows the file so that the
+//!                                 entries and the map fit), padded to 8 bytes
+//!
+//! Bucket map (format 4)
+//!      0    4 crc                 CRC32 of the map's bytes 4.. (padding included)
+//!      4    4 reserved            zero
+//!      8    * rows                buckets × width u16: each bucket's owner then its replicas,
+//!                                 as positions in the slot's entries; 0xffff = none
+//!      *    * forward rows        (bit 8 of map_shape) the same shape: where a move under
+//!                                 way sends each bucket (libvbucket's vBucketMapForward)
 //!
 //! Entry (512 bytes)
 //!      0    2 addr_len            bytes used of address (1..=255)
@@ -161,7 +175,7 @@ use crate::prefix::{KeyPrefix, MAX_PREFIX_LEN};
 use crate::seqlock::{Geometry, Seal};
 use std::collections::HashSet;
 
-use crate::placement::Distribution;
+use crate::placement::{BucketMap, Distribution, Shape};
 use crate::table::{
     CommitInfo, DEFAULT_WARM_WINDOW_S, Failover, Fence, MAX_REASON_LEN, Policy, Rejoin, Server,
     Snapshot, State, Table, first_duplicate,
@@ -172,9 +186,13 @@ compile_error!("the mcshm file format is little-endian; big-endian targets are n
 
 pub const MAGIC: [u8; 8] = *b"\x89MCSHM\r\n";
 /// The format this build writes (and the newest it reads). 2: the committed word checks itself
-/// (see [`crate::seqlock::Seal`]). 3: the ring is in the file (see `shared_ring`). Files of
-/// formats 1 and 2 are read, and rewritten in format 3 on their next write.
-pub const FORMAT_VERSION: u32 = 3;
+/// (see [`crate::seqlock::Seal`]). 3: the ring is in the file (see `shared_ring`). 4: a slot may
+/// hold a bucket map after its entries (`vbucket` domains). Files of older formats are read,
+/// and rewritten in format 4 on their next write.
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest reader format that reads a format-4 file: format 3 reads every version but a
+/// `vbucket` one, which it refuses by its distribution code ("upgrade mcshm").
+pub const MIN_READER_VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 256;
 /// Slot header of format 3; formats 1 and 2 have the first [`SLOT_HEADER_LEN_V2`] bytes.
 pub const SLOT_HEADER_LEN: usize = 128;
@@ -244,7 +262,7 @@ struct SlotHeader {
     next_id: u32,
     rejoin: u8,
     replicas: u8,
-    reserved2: u16,
+    map_shape: u16,
     warm_window_s: u32,
     fleet_revision: u64,
 }
@@ -424,9 +442,14 @@ impl Layout {
     /// the seqlock bounds it by the slot size as well).
     pub fn slot_image_words(&self, header: &[u64]) -> Option<usize> {
         let count = (*header.get(2)? >> 32) as usize;
+        let map = match self.has_rings() {
+            true => map_words((*header.get(6)? >> 16) as u16)?,
+            false => 0,
+        };
         count
             .checked_mul(ENTRY_WORDS)?
-            .checked_add(self.slot_header_len() / 8)
+            .checked_add(self.slot_header_len() / 8)?
+            .checked_add(map)
     }
 
     /// The header of a new file for `domain`.
@@ -434,7 +457,7 @@ impl Layout {
         let mut header = StaticHeader::zeroed();
         header.magic = MAGIC;
         header.format_version = FORMAT_VERSION;
-        header.min_reader_version = FORMAT_VERSION;
+        header.min_reader_version = MIN_READER_VERSION;
         header.header_len = HEADER_LEN as u32;
         header.capacity = self.capacity;
         header.slot_header_len = SLOT_HEADER_LEN as u32;
@@ -582,7 +605,8 @@ pub fn encode_slot(
     previous: Option<&[u64]>,
 ) -> Vec<u64> {
     let servers = &table.servers;
-    let mut words = vec![0u64; SLOT_HEADER_LEN / 8 + servers.len() * ENTRY_WORDS];
+    let map = table.buckets.as_deref().map(encode_map).unwrap_or_default();
+    let mut words = vec![0u64; SLOT_HEADER_LEN / 8 + servers.len() * ENTRY_WORDS + map.len()];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
     let entries = &mut bytes[SLOT_HEADER_LEN..];
     for (server, chunk) in servers.iter().zip(entries.chunks_exact_mut(ENTRY_LEN)) {
@@ -604,11 +628,19 @@ pub fn encode_slot(
         next_id,
         rejoin: table.policy.rejoin.code(),
         replicas: table.policy.replicas,
-        reserved2: 0,
+        map_shape: table.buckets.as_deref().map_or(0, map_shape),
         warm_window_s: table.policy.warm_window_s,
         fleet_revision: table.fleet_revision,
     };
-    let delta = previous.and_then(|old| delta(old, &words[SLOT_HEADER_LEN / 8..]));
+    let entries_end = words.len() - map.len();
+    words[entries_end..].copy_from_slice(&map);
+    let delta = previous.and_then(|old| {
+        // A reader of a delta keeps its map: only when the map is the previous version's.
+        let old_count = (*old.get(2)? >> 32) as usize;
+        let old_end = SLOT_HEADER_LEN / 8 + old_count * ENTRY_WORDS;
+        (old.get(old_end..)? == &map[..])
+            .then(|| delta(&old[..old_end], &words[SLOT_HEADER_LEN / 8..entries_end]))?
+    });
     let ring_fields = SlotRingFields {
         ring: ring.map_or(0, |r| r.generation),
         ring_slot: ring.map_or(0, |r| r.slot),
@@ -655,6 +687,86 @@ fn delta(old: &[u64], new_entries: &[u64]) -> Option<(u32, u32)> {
             .map_or(first, |i| i + 1)
     };
     Some((first as u32, end as u32))
+}
+
+/// `map_shape` bits (format 4): the map is there; forward rows follow the rows.
+const MAP_PRESENT: u16 = 0x8000;
+const MAP_FORWARD: u16 = 0x0100;
+/// Bytes of a bucket map's header (its CRC, and 4 reserved).
+const MAP_HEADER_LEN: usize = 8;
+
+/// The `map_shape` of a slot holding `map`.
+fn map_shape(map: &BucketMap) -> u16 {
+    let shape = map.shape();
+    MAP_PRESENT
+        | shape.buckets.trailing_zeros() as u16
+        | (shape.width() as u16) << 5
+        | if map.forward_cells().is_some() {
+            MAP_FORWARD
+        } else {
+            0
+        }
+}
+
+/// The map's shape and whether forward rows follow, from a `map_shape` (`None`: no map);
+/// `Err` for a shape no writer makes.
+fn decode_shape(code: u16) -> Result<Option<(Shape, bool)>, String> {
+    if code == 0 {
+        return Ok(None);
+    }
+    let (log2, width) = (code & 0x1f, (code >> 5) & 0x7);
+    if code & MAP_PRESENT == 0 || code & 0x7e00 != 0 || log2 > 16 || width == 0 {
+        return Err(format!("bucket map shape {code:#06x}"));
+    }
+    let shape = Shape::new(1 << log2, width as usize - 1)?;
+    Ok(Some((shape, code & MAP_FORWARD != 0)))
+}
+
+/// Words of the bucket map a `map_shape` announces (0 for none; `None` for a shape no writer
+/// makes).
+fn map_words(code: u16) -> Option<usize> {
+    let Some((shape, forward)) = decode_shape(code).ok()? else {
+        return Some(0);
+    };
+    let tables = 1 + usize::from(forward);
+    Some((MAP_HEADER_LEN + shape.cells() * 2 * tables).div_ceil(8))
+}
+
+/// Entries' worth of slot space the bucket map of `table` takes (a writer grows a file whose
+/// slot cannot hold the servers and the map).
+pub fn map_entries(table: &Table) -> usize {
+    let words = map_words(table.buckets.as_deref().map_or(0, map_shape)).unwrap_or(0);
+    (words * 8).div_ceil(ENTRY_LEN)
+}
+
+/// The bucket map section: CRC, reserved, rows, forward rows, padding.
+fn encode_map(map: &BucketMap) -> Vec<u64> {
+    let mut words = vec![0u64; map_words(map_shape(map)).unwrap_or(0)];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let cells = map.cells().iter().chain(map.forward_cells().unwrap_or(&[]));
+    for (chunk, cell) in bytes[MAP_HEADER_LEN..].chunks_exact_mut(2).zip(cells) {
+        chunk.copy_from_slice(&cell.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&bytes[4..]);
+    bytes[..4].copy_from_slice(&crc.to_le_bytes());
+    words
+}
+
+/// A bucket map section (as [`encode_map`] wrote it for `shape`), checked: its CRC, and every
+/// cell against the slot's `servers`.
+fn decode_map(shape: u16, bytes: &[u8], servers: usize) -> Result<BucketMap, String> {
+    let (sizes, forward) = decode_shape(shape)?.ok_or("no bucket map")?;
+    if bytes.len() < MAP_HEADER_LEN
+        || u32::from_le_bytes(bytes[..4].try_into().unwrap()) != crc32fast::hash(&bytes[4..])
+    {
+        return Err("fails its checksum".into());
+    }
+    let mut cells = bytes[MAP_HEADER_LEN..]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let rows: Vec<u16> = cells.by_ref().take(sizes.cells()).collect();
+    let forward = forward.then(|| cells.by_ref().take(sizes.cells()).collect());
+    BucketMap::new(sizes, rows, forward, servers)
 }
 
 /// Byte offset of an entry's CRC (format 3).
@@ -705,7 +817,24 @@ pub fn decode_slot(
         bytes
     };
     let (mut snapshot, ring, _) = decode_header(checked, domain, layout)?;
-    snapshot.servers = decode_entries(&bytes[header_len..], 0, snapshot.version, layout)?;
+    let shape = match layout.has_rings() {
+        true => u16::from_le_bytes([bytes[50], bytes[51]]),
+        false => 0,
+    };
+    let entries_end = bytes.len() - map_words(shape).ok_or("a bucket map of no shape")? * 8;
+    snapshot.servers =
+        decode_entries(&bytes[header_len..entries_end], 0, snapshot.version, layout)?;
+    if shape != 0 {
+        let map = decode_map(shape, &bytes[entries_end..], snapshot.servers.len())
+            .map_err(|why| format!("bucket map of version {}: {why}", snapshot.version))?;
+        snapshot.buckets = Some(std::sync::Arc::new(map));
+    }
+    if snapshot.policy.distribution.has_buckets() != snapshot.buckets.is_some() {
+        return Err(format!(
+            "version {}: a bucket map goes with the vbucket distribution, and only with it",
+            snapshot.version
+        ));
+    }
     if let Some(server) = first_duplicate(&snapshot.servers) {
         return Err(format!("server {} listed twice", server.address));
     }
@@ -790,7 +919,16 @@ pub fn apply_delta(
             None => servers.push(server),
         }
     }
-    *snapshot = Snapshot { servers, ..head };
+    let shape = u16::from_le_bytes([bytes[50], bytes[51]]);
+    if snapshot.buckets.as_deref().map_or(0, map_shape) != shape {
+        return Err("slot delta changes the bucket map".into());
+    }
+    let buckets = snapshot.buckets.take();
+    *snapshot = Snapshot {
+        servers,
+        buckets,
+        ..head
+    };
     Ok(ring)
 }
 
@@ -870,6 +1008,7 @@ fn decode_header(
         },
         next_id: header.next_id,
         fleet_revision: header.fleet_revision,
+        buckets: None,
     };
     Ok((snapshot, shared_ring, delta))
 }
@@ -1028,6 +1167,7 @@ mod tests {
                 ..Policy::default()
             },
             fleet_revision: 77,
+            buckets: None,
         }
     }
 

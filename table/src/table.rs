@@ -2,10 +2,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::address::Address;
 use crate::error::{Error, Result};
-use crate::placement::{Distribution, Member};
+use crate::placement::{BucketMap, Distribution, Member};
 
 /// `retry_interval` of a server added without one (seconds; PECL memcache's default).
 pub const DEFAULT_RETRY_INTERVAL: i32 = 15;
@@ -543,6 +544,38 @@ pub struct Table {
     /// The etcd revision of the fleet table this one mirrors (`mcadmin sync` sets it); 0 for a
     /// host-local table. Local edits keep it, so the agent can tell them from the fleet's.
     pub fleet_revision: u64,
+    /// The bucket map of a `vbucket` domain (positions in `servers`); `None` otherwise.
+    pub buckets: Option<Arc<BucketMap>>,
+}
+
+impl Table {
+    /// Removes the servers `gone` says, and renumbers the bucket map's positions; refused
+    /// (nothing removed) when the map names one of them: its buckets must move first.
+    pub fn remove_servers(&mut self, mut gone: impl FnMut(&Server) -> bool) -> Result<()> {
+        let leaving: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| gone(&self.servers[i]))
+            .collect();
+        if let Some(map) = &self.buckets {
+            let mut renumbered = (**map).clone();
+            for &i in leaving.iter().rev() {
+                renumbered = renumbered.without_position(i).map_err(|bucket| Error::BadBuckets {
+                    why: format!(
+                        "server {} owns or replicates bucket {bucket}: move its buckets to other servers first (`mcadmin buckets move`)",
+                        self.servers[i].address
+                    ),
+                })?;
+            }
+            if !leaving.is_empty() {
+                self.buckets = Some(Arc::new(renumbered));
+            }
+        }
+        let mut position = 0;
+        self.servers.retain(|_| {
+            position += 1;
+            !leaving.contains(&(position - 1))
+        });
+        Ok(())
+    }
 }
 
 /// A validated copy of one published version of a domain's table.
@@ -562,6 +595,9 @@ pub struct Snapshot {
     pub next_id: u32,
     /// The etcd revision of the fleet table this version mirrors (0: a host-local table).
     pub fleet_revision: u64,
+    /// The bucket map of a `vbucket` domain (positions in `servers`), shared by the versions
+    /// that did not change it.
+    pub buckets: Option<Arc<BucketMap>>,
 }
 
 impl Snapshot {
@@ -571,6 +607,7 @@ impl Snapshot {
             servers: self.servers.clone(),
             policy: self.policy,
             fleet_revision: self.fleet_revision,
+            buckets: self.buckets.clone(),
         }
     }
 

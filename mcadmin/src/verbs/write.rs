@@ -52,7 +52,7 @@ pub fn add(ctx: &Invocation, args: &AddArgs) -> Result<Exit> {
 pub fn delete(ctx: &Invocation, addresses: &[Address], if_present: bool) -> Result<Exit> {
     let name = ctx.local.domain.to_string();
     let exit = write(ctx, false, |t| {
-        edit::delete(&mut t.servers, addresses, if_present, &name)
+        edit::delete(t, addresses, if_present, &name)
     })?;
     if ctx.store.fleet().is_none() {
         // What the deleted servers missed goes with them (in a fleet, each agent forgets).

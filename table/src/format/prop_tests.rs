@@ -86,6 +86,7 @@ fn unique(servers: Vec<Server>) -> Table {
         servers: out,
         policy: Default::default(),
         fleet_revision: 0,
+        buckets: None,
     }
 }
 

@@ -2,6 +2,9 @@
 //! (the router in each process, for servers off the file's shared ring or without one), and
 //! asked the two questions every front end asks: a key's owner, and the servers after it.
 
+use std::sync::Arc;
+
+use super::buckets::{self, BucketMap, cell};
 use super::{Distribution, Member, PeclContinuum, Ring, RingPoint};
 use crate::hash::KeyHash;
 
@@ -27,6 +30,14 @@ pub enum Via {
     Modula { members: usize, slot: usize },
     /// PECL memcache: the bucket `hash % 1024` and the value of its point.
     Bucket { bucket: usize, point: u32 },
+    /// Virtual buckets: the bucket `hash & (buckets - 1)` (0 on a one-server list) and the
+    /// column of its row that answered (0: its owner; more: a replica, its owner not routed;
+    /// `None`: a later bucket's owner, no server of its row routed).
+    VBucket {
+        bucket: usize,
+        buckets: usize,
+        column: Option<usize>,
+    },
 }
 
 /// A placement built for a list of members; answers with their positions in the table.
@@ -41,6 +52,135 @@ pub enum Locator {
     },
     /// PHP's PECL memcache continuum.
     Pecl(PeclContinuum),
+    /// Virtual buckets: the map's rows, of which the members are routed.
+    Buckets(BucketLocator),
+}
+
+/// A [`BucketMap`] as one version routes it: the key hash, how many servers the list has (one:
+/// every key is bucket 0's), and which of them are routed (a row's first routed server owns
+/// its bucket's keys).
+#[derive(Clone, Debug)]
+pub struct BucketLocator {
+    hash: KeyHash,
+    map: Arc<BucketMap>,
+    listed: usize,
+    routed: Vec<bool>,
+    /// Route by the rows, not the forward rows: where keys were before the moves under way.
+    before_moves: bool,
+}
+
+impl BucketLocator {
+    /// `map` over a list of `listed` servers, of which `members` are routed.
+    pub fn new(hash: KeyHash, map: Arc<BucketMap>, listed: usize, members: &[Member<'_>]) -> Self {
+        let mut routed = vec![false; listed];
+        for m in members {
+            if let Some(r) = routed.get_mut(m.position) {
+                *r = true;
+            }
+        }
+        BucketLocator {
+            hash,
+            map,
+            listed,
+            routed,
+            before_moves: false,
+        }
+    }
+
+    /// The same, routing by the rows of the map (where keys were before the moves under way).
+    pub fn before_moves(mut self) -> Self {
+        self.before_moves = true;
+        self
+    }
+
+    pub fn map(&self) -> &Arc<BucketMap> {
+        &self.map
+    }
+
+    /// The key's hash and bucket.
+    pub fn bucket(&self, key: &[u8]) -> (u32, usize) {
+        buckets::key_bucket(&self.map, self.hash, self.listed, key)
+    }
+
+    fn row(&self, b: usize) -> &[u16] {
+        match self.before_moves {
+            true => self.map.row(b),
+            false => self.map.routed_row(b),
+        }
+    }
+
+    fn is_routed(&self, c: u16) -> Option<usize> {
+        cell(c).filter(|&p| self.routed.get(p).copied().unwrap_or(false))
+    }
+
+    /// Bucket `b`'s servers as routed: the routed servers of its row, then (a failover's
+    /// reach, its row exhausted) the routed owners of the buckets after it, `n` at most,
+    /// distinct, with the column of the first.
+    fn along_bucket(&self, b: usize, n: usize) -> (Vec<usize>, Option<usize>) {
+        let mut out: Vec<usize> = Vec::with_capacity(n.min(8));
+        let mut first = None;
+        for (column, &c) in self.row(b).iter().enumerate() {
+            if out.len() == n {
+                break;
+            }
+            if let Some(p) = self.is_routed(c)
+                && !out.contains(&p)
+            {
+                first.get_or_insert(column);
+                out.push(p);
+            }
+        }
+        let buckets = self.map.buckets();
+        let mut step = 1;
+        while out.len() < n && step < buckets {
+            if let Some(p) = self.is_routed(self.row((b + step) & (buckets - 1))[0])
+                && !out.contains(&p)
+            {
+                out.push(p);
+            }
+            step += 1;
+        }
+        (out, first)
+    }
+
+    /// Bucket `b`'s first `n` servers as routed (see [`Locator::along`]).
+    pub fn bucket_along(&self, b: usize, n: usize) -> Vec<usize> {
+        self.along_bucket(b, n).0
+    }
+
+    /// The key's owner (position).
+    pub fn owner(&self, key: &[u8]) -> Option<usize> {
+        let (_, b) = self.bucket(key);
+        if let Some(p) = self.is_routed(self.row(b)[0]) {
+            return Some(p); // the common case: the owner is routed
+        }
+        self.along_bucket(b, 1).0.first().copied()
+    }
+
+    pub fn along(&self, key: &[u8], n: usize) -> Vec<usize> {
+        let (_, b) = self.bucket(key);
+        self.along_bucket(b, n).0
+    }
+
+    pub fn place(&self, key: &[u8]) -> Option<Placed> {
+        let (hash, bucket) = self.bucket(key);
+        let (along, column) = self.along_bucket(bucket, 1);
+        Some(Placed {
+            owner: *along.first()?,
+            hash,
+            via: Via::VBucket {
+                bucket,
+                buckets: self.map.buckets(),
+                column,
+            },
+        })
+    }
+
+    /// The server the key's bucket is moving off (its owner before the move), if it moves.
+    pub fn moving_from(&self, key: &[u8]) -> Option<usize> {
+        let (_, b) = self.bucket(key);
+        self.map.moving_from(b)
+    }
 }
 
 impl Locator {
@@ -50,13 +190,39 @@ impl Locator {
             Locator::Ring { ring, .. } => ring.len(),
             Locator::Modula { positions, .. } => positions.len(),
             Locator::Pecl(continuum) => continuum.len(),
+            Locator::Buckets(b) => b.map.buckets(),
         }
     }
 
-    /// The placement of `members` (in list order) for `distribution`.
+    /// The placement of `members` (in list order) for `distribution`; a bucket map's
+    /// distribution routes by `buckets` (of a list of `listed` servers), or no key without one.
+    pub fn build_with(
+        distribution: Distribution,
+        members: &[Member<'_>],
+        buckets: Option<&Arc<BucketMap>>,
+        listed: usize,
+    ) -> Locator {
+        if let Distribution::VBucket(hash) = distribution {
+            let map = buckets.cloned().unwrap_or_else(|| {
+                Arc::new(BucketMap::balanced(
+                    super::Shape {
+                        buckets: 1,
+                        replicas: 0,
+                    },
+                    &[],
+                ))
+            });
+            return Locator::Buckets(BucketLocator::new(hash, map, listed, members));
+        }
+        Locator::build(distribution, members)
+    }
+
+    /// The placement of `members` (in list order) for `distribution` (a bucket map's: every
+    /// bucket unassigned, see [`Locator::build_with`]).
     pub fn build(distribution: Distribution, members: &[Member<'_>]) -> Locator {
         let positions = members.iter().map(|m| m.position).collect();
         match distribution {
+            Distribution::VBucket(_) => Locator::build_with(distribution, members, None, 0),
             Distribution::Modula(hash) => Locator::Modula { hash, positions },
             Distribution::PeclMemcache(hash) => Locator::Pecl(PeclContinuum::build(members, hash)),
             Distribution::Ketama | Distribution::KetamaSpy | Distribution::KetamaUnweighted(_) => {
@@ -75,6 +241,7 @@ impl Locator {
             Locator::Modula { hash, positions } => (!positions.is_empty())
                 .then(|| positions[hash.hash(key) as usize % positions.len()]),
             Locator::Pecl(continuum) => continuum.owner(key),
+            Locator::Buckets(b) => b.owner(key),
         }
     }
 
@@ -116,6 +283,7 @@ impl Locator {
                     },
                 })
             }
+            Locator::Buckets(b) => b.place(key),
         }
     }
 
@@ -138,6 +306,7 @@ impl Locator {
                     .collect()
             }
             Locator::Pecl(continuum) => continuum.along(key, n),
+            Locator::Buckets(b) => b.along(key, n),
         }
     }
 }
@@ -221,6 +390,7 @@ mod tests {
                     Via::Bucket { bucket, .. } => {
                         assert_eq!(bucket, placed.hash as usize % 1024);
                     }
+                    Via::VBucket { .. } => unreachable!("no bucket map here"),
                 }
             }
         }
@@ -251,6 +421,56 @@ mod tests {
         let empty = Locator::build(Distribution::Modula(hash), &[]);
         assert_eq!(empty.owner(b"a"), None);
         assert!(empty.along(b"a", 2).is_empty());
+    }
+
+    #[test]
+    fn a_bucket_locator_routes_to_the_first_routed_server_of_the_row_then_later_owners() {
+        let all = addresses(4);
+        let map = Arc::new(BucketMap::balanced(
+            super::super::Shape::new(16, 1).unwrap(),
+            &[0, 1, 2, 3],
+        ));
+        let hash = KeyHash::OneAtATime;
+        let every = Locator::build_with(
+            Distribution::VBucket(hash),
+            &members(&all, &[0, 1, 2, 3]),
+            Some(&map),
+            4,
+        );
+        // Server 1 not routed (down under rehash): its buckets go to their replica.
+        let without_1 = Locator::build_with(
+            Distribution::VBucket(hash),
+            &members(&all, &[0, 2, 3]),
+            Some(&map),
+            4,
+        );
+        for n in 0..200 {
+            let key = format!("key{n}");
+            let b = hash.hash(key.as_bytes()) as usize & 15;
+            let row = map.row(b);
+            assert_eq!(every.owner(key.as_bytes()), Some(row[0] as usize));
+            assert_eq!(
+                every.along(key.as_bytes(), 2),
+                vec![row[0] as usize, row[1] as usize]
+            );
+            let placed = without_1.place(key.as_bytes()).unwrap();
+            match row[0] {
+                1 => {
+                    assert_eq!(placed.owner, row[1] as usize);
+                    assert!(matches!(
+                        placed.via,
+                        Via::VBucket {
+                            column: Some(1),
+                            ..
+                        }
+                    ));
+                }
+                owner => assert_eq!(placed.owner, owner as usize),
+            }
+            let along = without_1.along(key.as_bytes(), 3);
+            assert_eq!(along.len(), 3, "the row, then the owners of later buckets");
+            assert!(!along.contains(&1));
+        }
     }
 
     #[test]

@@ -9,13 +9,15 @@
 //! (`crate::shared_ring`). Nothing here knows the table or the file: a placement is built from
 //! members (position, address, weight) and answers with positions.
 
+pub mod buckets;
 mod locator;
 mod pecl;
 mod ring;
 
 pub(crate) use ring::first_at_or_after;
 
-pub use locator::{Locator, Placed, Via};
+pub use buckets::{BucketMap, Shape};
+pub use locator::{BucketLocator, Locator, Placed, Via};
 pub use pecl::{PeclBucket, PeclContinuum};
 pub use ring::{
     Points, Ring, RingPoint, UNWEIGHTED_POINTS, index_bits, point_name, spy_point_name,
@@ -55,6 +57,10 @@ pub enum Distribution {
     /// libmemcached's default, `MEMCACHED_DISTRIBUTION_MODULA`: the key's hash modulo the
     /// number of servers on the list (the routed ones, in list order), with libhashkit's hash.
     Modula(KeyHash),
+    /// libmemcached's `MEMCACHED_DISTRIBUTION_VIRTUAL_BUCKET` and libvbucket's maps: the key's
+    /// hash masked to a power-of-two number of buckets, each owned by the server the domain's
+    /// [`BucketMap`] names (see [`buckets`]).
+    VBucket(KeyHash),
 }
 
 impl Distribution {
@@ -65,7 +71,13 @@ impl Distribution {
             Distribution::KetamaUnweighted(_) => "ketama-unweighted",
             Distribution::PeclMemcache(_) => "pecl-memcache",
             Distribution::Modula(_) => "modula",
+            Distribution::VBucket(_) => "vbucket",
         }
+    }
+
+    /// Whether keys are placed by a bucket map (the table holds one).
+    pub fn has_buckets(self) -> bool {
+        matches!(self, Distribution::VBucket(_))
     }
 
     /// Whether keys are placed on a ketama ring (which the writer shares in the file).
@@ -78,14 +90,18 @@ impl Distribution {
         match self {
             Distribution::Ketama | Distribution::KetamaSpy => Some(Points::Weighted),
             Distribution::KetamaUnweighted(hash) => Some(Points::Unweighted(hash)),
-            Distribution::Modula(_) | Distribution::PeclMemcache(_) => None,
+            Distribution::Modula(_) | Distribution::PeclMemcache(_) | Distribution::VBucket(_) => {
+                None
+            }
         }
     }
 
     /// The name of the key hash (`md5` for the weighted ketama distributions).
     pub fn hash_name(self) -> &'static str {
         match self {
-            Distribution::Modula(hash) | Distribution::KetamaUnweighted(hash) => hash.as_str(),
+            Distribution::Modula(hash)
+            | Distribution::KetamaUnweighted(hash)
+            | Distribution::VBucket(hash) => hash.as_str(),
             Distribution::PeclMemcache(hash) => hash.as_str(),
             Distribution::Ketama | Distribution::KetamaSpy => "md5",
         }
@@ -115,6 +131,7 @@ impl Distribution {
         };
         let ketama = match name {
             "modula" => return Ok(Distribution::Modula(hash.unwrap_or_default())),
+            "vbucket" => return Ok(Distribution::VBucket(hash.unwrap_or_default())),
             "ketama-unweighted" => {
                 return Ok(Distribution::KetamaUnweighted(hash.unwrap_or_default()));
             }
@@ -124,7 +141,7 @@ impl Distribution {
                 return Err(Error::invalid(
                     "distribution",
                     other,
-                    "expected ketama, ketama-spy, ketama-unweighted, modula or pecl-memcache",
+                    "expected ketama, ketama-spy, ketama-unweighted, modula, pecl-memcache or vbucket",
                 ));
             }
         };
@@ -133,7 +150,7 @@ impl Distribution {
             Some(other) => Err(Error::invalid(
                 "hash",
                 other.as_str(),
-                "ketama and ketama-spy hash with md5 (as libmemcached); other hashes go with ketama-unweighted or modula",
+                "ketama and ketama-spy hash with md5 (as libmemcached); other hashes go with ketama-unweighted, modula or vbucket",
             )),
         }
     }
@@ -145,6 +162,7 @@ impl Distribution {
             Distribution::KetamaSpy => (2, 0),
             Distribution::PeclMemcache(hash) => (3, hash.code()),
             Distribution::KetamaUnweighted(hash) => (4, hash.code()),
+            Distribution::VBucket(hash) => (5, hash.code()),
         }
     }
 
@@ -155,6 +173,7 @@ impl Distribution {
             (3, hash) => Some(Distribution::PeclMemcache(PeclHash::from_code(hash)?)),
             (1, hash) => Some(Distribution::Modula(KeyHash::from_code(hash)?)),
             (4, hash) => Some(Distribution::KetamaUnweighted(KeyHash::from_code(hash)?)),
+            (5, hash) => Some(Distribution::VBucket(KeyHash::from_code(hash)?)),
             _ => None,
         }
     }

@@ -57,6 +57,8 @@ mod relocate;
 mod writer;
 
 #[cfg(test)]
+mod bucket_tests;
+#[cfg(test)]
 mod check_tests;
 #[cfg(test)]
 mod truncation_tests;

@@ -111,7 +111,7 @@ impl Registry {
         // The header is unusable, so its format is unknown: the version bits of either seal.
         let last = committed.map_or(0, |c| (c & VERSION_MASK).min(VERSION_MASK - 1));
         let version = last + 1;
-        let capacity = (table.servers.len() as u32).max(format::DEFAULT_CAPACITY);
+        let capacity = (slot_entries(&table) as u32).max(format::DEFAULT_CAPACITY);
         let next_id = assign_ids(&mut table.servers, 1, capacity);
         let layout = Layout::new(capacity, now_ms());
         let words = new_file(&layout, domain, version, &table, next_id);
@@ -143,9 +143,16 @@ impl Registry {
     ) -> Result<Commit> {
         check_table(&table, &self.domain)?;
         if let Some(old) = previous.map(|p| &p.snapshot) {
-            crate::coherence::mark_strays(&old.servers, &old.policy, &mut table, current + 1);
+            let buckets = old.buckets.as_ref();
+            crate::coherence::mark_strays(
+                &old.servers,
+                &old.policy,
+                buckets,
+                &mut table,
+                current + 1,
+            );
         }
-        let needed = table.servers.len();
+        let needed = slot_entries(&table);
         // A truncated file (see `replace`) is written anew too: its pages may not be ours to
         // write any more.
         let rewrite = needed > self.layout.capacity as usize
@@ -364,7 +371,13 @@ impl Registry {
     }
 }
 
+/// Entries' worth of slot space `table` needs: its servers, and its bucket map after them.
+pub(super) fn slot_entries(table: &Table) -> usize {
+    table.servers.len() + format::map_entries(table)
+}
+
 pub(super) fn check_table(table: &Table, domain: &Domain) -> Result<()> {
+    check_buckets(table)?;
     if table.policy.failure_limit == 0 {
         return Err(Error::invalid(
             "failure limit",
@@ -388,6 +401,26 @@ pub(super) fn check_table(table: &Table, domain: &Domain) -> Result<()> {
             domain: domain.to_string(),
         }),
         None => Ok(()),
+    }
+}
+
+/// A `vbucket` domain has a bucket map that names its servers; no other has one.
+fn check_buckets(table: &Table) -> Result<()> {
+    let distribution = table.policy.distribution;
+    match (&table.buckets, distribution.has_buckets()) {
+        (None, false) => Ok(()),
+        (Some(map), true) => map
+            .check(table.servers.len())
+            .map_err(|why| Error::BadBuckets { why }),
+        (None, true) => Err(Error::BadBuckets {
+            why: "a vbucket domain needs one: `mcadmin buckets balance` or `buckets load`".into(),
+        }),
+        (Some(_), false) => Err(Error::BadBuckets {
+            why: format!(
+                "a {} domain has none (a map goes with the vbucket distribution)",
+                distribution.as_str()
+            ),
+        }),
     }
 }
 

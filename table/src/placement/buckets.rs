@@ -1,0 +1,385 @@
+//! Virtual buckets: the placement of libmemcached's `MEMCACHED_DISTRIBUTION_VIRTUAL_BUCKET`
+//! (`memcached_bucket_set`, php-memcached's `setBucket`) and of libvbucket's maps (moxi,
+//! Couchbase), key for key.
+//!
+//! A key hashes (with any libhashkit hash; libvbucket's `CRC` is libhashkit's `crc`) to one of
+//! a power-of-two number of buckets, `hash & (buckets − 1)`, and the [`BucketMap`] names each
+//! bucket's owner and its replicas by their position in the server list. A client with a
+//! single server uses bucket 0's owner whatever the key (libmemcached hashes nothing then).
+//!
+//! The map is data an operator owns, not something derived from the list: a change of the list
+//! moves no key until buckets are moved (`mcadmin buckets move`, `balance`). A move is staged
+//! in the forward map (libvbucket's `vBucketMapForward`): while a bucket's forward row differs
+//! from its row, keys route to the forward owner and the row's owner is where they come from
+//! (drained as a draining server is). A move completes by making the forward rows the rows.
+
+use crate::hash::KeyHash;
+
+/// Most buckets of a map (libvbucket's limit).
+pub const MAX_BUCKETS: usize = 65_536;
+/// Most replica columns of a map (libvbucket's limit).
+pub const MAX_REPLICAS: usize = 4;
+/// A cell of no server (libvbucket's `-1`).
+pub const UNASSIGNED: u16 = u16::MAX;
+/// Most servers a map can name (positions 0..65535; 65535 is [`UNASSIGNED`]).
+pub const MAX_SERVERS: usize = UNASSIGNED as usize;
+
+/// Which buckets own which servers: for each bucket a row of `1 + replicas` server positions
+/// (owner first), and optionally the forward rows of a move under way.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BucketMap {
+    width: usize,
+    rows: Vec<u16>,
+    forward: Option<Vec<u16>>,
+}
+
+/// How many buckets and replica columns a map has ([`BucketMap::shape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub buckets: usize,
+    pub replicas: usize,
+}
+
+impl Shape {
+    /// Checks a shape: a power of two from 1 to 65 536 buckets, 0 to 4 replicas.
+    pub fn new(buckets: usize, replicas: usize) -> Result<Shape, String> {
+        if !buckets.is_power_of_two() || buckets > MAX_BUCKETS {
+            return Err(format!(
+                "{buckets} buckets: the count must be a power of two from 1 to {MAX_BUCKETS}"
+            ));
+        }
+        if replicas > MAX_REPLICAS {
+            return Err(format!(
+                "{replicas} replicas: a map has at most {MAX_REPLICAS}"
+            ));
+        }
+        Ok(Shape { buckets, replicas })
+    }
+
+    pub fn width(self) -> usize {
+        1 + self.replicas
+    }
+
+    pub fn cells(self) -> usize {
+        self.buckets * self.width()
+    }
+}
+
+impl BucketMap {
+    /// A map of `shape` from its cells (row after row, owner first; [`UNASSIGNED`] for none),
+    /// checked against a list of `servers`: every cell names one of them or none, no row names
+    /// a server twice, a row with no owner has no replicas.
+    pub fn new(
+        shape: Shape,
+        rows: Vec<u16>,
+        forward: Option<Vec<u16>>,
+        servers: usize,
+    ) -> Result<BucketMap, String> {
+        let map = BucketMap {
+            width: shape.width(),
+            rows,
+            forward,
+        };
+        map.check(servers)?;
+        Ok(map)
+    }
+
+    /// A map of `shape` over `positions` (servers of the list, in order) that gives each the
+    /// same number of buckets to one, owner and replicas alike: bucket `b`'s owner is
+    /// `positions[b % n]` and its replicas the next ones around. Unassigned without positions.
+    pub fn balanced(shape: Shape, positions: &[usize]) -> BucketMap {
+        let n = positions.len();
+        let mut rows = vec![UNASSIGNED; shape.cells()];
+        if n > 0 {
+            for (b, row) in rows.chunks_exact_mut(shape.width()).enumerate() {
+                for (column, cell) in row.iter_mut().enumerate().take(n) {
+                    *cell = positions[(b + column) % n] as u16;
+                }
+            }
+        }
+        BucketMap {
+            width: shape.width(),
+            rows,
+            forward: None,
+        }
+    }
+
+    /// Checks the map against a list of `servers` (see [`BucketMap::new`]).
+    pub fn check(&self, servers: usize) -> Result<(), String> {
+        let shape = self.shape();
+        Shape::new(shape.buckets, shape.replicas)?;
+        if self.width == 0 || self.rows.len() != shape.cells() || self.rows.is_empty() {
+            return Err(format!(
+                "{} cells do not make rows of {}",
+                self.rows.len(),
+                self.width
+            ));
+        }
+        let tables = std::iter::once(("map", &self.rows))
+            .chain(self.forward.iter().map(|f| ("forward map", f)));
+        for (what, rows) in tables {
+            if rows.len() != self.rows.len() {
+                return Err(format!(
+                    "the {what} has {} cells, not {}",
+                    rows.len(),
+                    self.rows.len()
+                ));
+            }
+            for (b, row) in rows.chunks_exact(self.width).enumerate() {
+                check_row(row, servers).map_err(|why| format!("{what}, bucket {b}: {why}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shape(&self) -> Shape {
+        Shape {
+            buckets: self.rows.len() / self.width.max(1),
+            replicas: self.width.saturating_sub(1),
+        }
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.shape().buckets
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Every cell, row after row.
+    pub fn cells(&self) -> &[u16] {
+        &self.rows
+    }
+
+    /// The forward map's cells, when a move is under way.
+    pub fn forward_cells(&self) -> Option<&[u16]> {
+        self.forward.as_deref()
+    }
+
+    /// The bucket of a key hash (`hash & (buckets − 1)`).
+    pub fn bucket_of(&self, hash: u32) -> usize {
+        hash as usize & (self.buckets() - 1)
+    }
+
+    /// Bucket `b`'s row: owner, then replicas ([`UNASSIGNED`] for none).
+    pub fn row(&self, b: usize) -> &[u16] {
+        &self.rows[b * self.width..][..self.width]
+    }
+
+    /// Bucket `b`'s forward row, when a move is under way.
+    pub fn forward_row(&self, b: usize) -> Option<&[u16]> {
+        Some(&self.forward.as_ref()?[b * self.width..][..self.width])
+    }
+
+    /// Where bucket `b`'s keys are routed: its forward row while it moves, else its row.
+    pub fn routed_row(&self, b: usize) -> &[u16] {
+        match self.forward_row(b) {
+            Some(row) if row[0] != UNASSIGNED => row,
+            _ => self.row(b),
+        }
+    }
+
+    /// Whether bucket `b` is moving: its forward owner differs from its owner.
+    pub fn is_moving(&self, b: usize) -> bool {
+        self.moving_from(b).is_some()
+    }
+
+    /// The owner bucket `b` is moving off (its row's), while its forward owner is another.
+    pub fn moving_from(&self, b: usize) -> Option<usize> {
+        let to = *self.forward_row(b)?.first()?;
+        let from = self.row(b)[0];
+        (to != UNASSIGNED && from != UNASSIGNED && to != from).then_some(from as usize)
+    }
+
+    /// Bucket `b`'s owner (position), if assigned.
+    pub fn owner(&self, b: usize) -> Option<usize> {
+        cell(self.routed_row(b)[0])
+    }
+
+    /// Per server of a list of `servers`: buckets it owns, and buckets it holds a replica of
+    /// (routed rows).
+    pub fn counts(&self, servers: usize) -> Vec<(usize, usize)> {
+        let mut counts = vec![(0, 0); servers];
+        for b in 0..self.buckets() {
+            for (column, &c) in self.routed_row(b).iter().enumerate() {
+                if let Some(entry) = cell(c).and_then(|p| counts.get_mut(p)) {
+                    match column {
+                        0 => entry.0 += 1,
+                        _ => entry.1 += 1,
+                    }
+                }
+            }
+        }
+        counts
+    }
+
+    /// Buckets whose forward row differs from their row.
+    pub fn moving(&self) -> usize {
+        (0..self.buckets()).filter(|&b| self.is_moving(b)).count()
+    }
+
+    /// Whether any cell (rows or forward rows) names `position`.
+    pub fn names(&self, position: usize) -> bool {
+        let p = position as u16;
+        self.rows.contains(&p) || self.forward.as_ref().is_some_and(|f| f.contains(&p))
+    }
+
+    /// The map after server `position` left the list: positions above it move down by one.
+    /// Refused (with the first bucket naming it) when a cell names it.
+    pub fn without_position(&self, position: usize) -> Result<BucketMap, usize> {
+        let p = position as u16;
+        let shift = |cells: &[u16]| -> Result<Vec<u16>, usize> {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| match c {
+                    c if c == p => Err(i / self.width),
+                    UNASSIGNED => Ok(UNASSIGNED),
+                    c if c > p => Ok(c - 1),
+                    c => Ok(c),
+                })
+                .collect()
+        };
+        Ok(BucketMap {
+            width: self.width,
+            rows: shift(&self.rows)?,
+            forward: self.forward.as_deref().map(shift).transpose()?,
+        })
+    }
+
+    /// Stages the move of bucket `b` to owner `to`: its forward row is its row with `to` first
+    /// (and not among the replicas). Buckets not staged keep their row as their forward row.
+    pub fn stage(&mut self, b: usize, to: usize) {
+        let width = self.width;
+        let rows = &self.rows;
+        let forward = self.forward.get_or_insert_with(|| rows.clone());
+        let old: Vec<u16> = rows[b * width..][..width].to_vec();
+        let mut row = vec![to as u16];
+        row.extend(old.iter().copied().filter(|&c| c != to as u16));
+        row.truncate(width);
+        forward[b * width..][..width].copy_from_slice(&row);
+    }
+
+    /// Completes the moves staged: the forward rows become the rows.
+    pub fn complete(&mut self) {
+        if let Some(forward) = self.forward.take() {
+            self.rows = forward;
+        }
+    }
+
+    /// Drops the forward rows (a move abandoned: keys route by the rows again).
+    pub fn abandon(&mut self) {
+        self.forward = None;
+    }
+}
+
+/// The position a cell names, if any.
+pub fn cell(c: u16) -> Option<usize> {
+    (c != UNASSIGNED).then_some(c as usize)
+}
+
+fn check_row(row: &[u16], servers: usize) -> Result<(), String> {
+    for (column, &c) in row.iter().enumerate() {
+        if c == UNASSIGNED {
+            continue;
+        }
+        if c as usize >= servers {
+            return Err(format!(
+                "server index {c} out of range (the list has {servers})"
+            ));
+        }
+        if row[..column].contains(&c) {
+            return Err(format!("server index {c} twice in a row"));
+        }
+    }
+    if row[0] == UNASSIGNED && row.iter().any(|&c| c != UNASSIGNED) {
+        return Err("replicas without an owner".into());
+    }
+    Ok(())
+}
+
+/// Where a key lands on a bucket map: libmemcached's rule. With one server on the list, bucket
+/// 0 whatever the key (libmemcached does not hash then); else `hash(key) & (buckets − 1)`.
+pub fn key_bucket(map: &BucketMap, hash: KeyHash, servers: usize, key: &[u8]) -> (u32, usize) {
+    if servers == 1 {
+        return (0, 0);
+    }
+    let value = hash.hash(key);
+    (value, map.bucket_of(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libmemcached's own vectors (tests/libmemcached-1.0/virtual_buckets.cc): crc, 4 buckets,
+    /// map {0, 1, 2, 1}, three servers.
+    #[test]
+    fn libmemcached_virtual_bucket_vectors() {
+        let map = BucketMap::new(Shape::new(4, 0).unwrap(), vec![0, 1, 2, 1], None, 3).unwrap();
+        let expected = [
+            ("hello", 0),
+            ("doctor", 0),
+            ("name", 1),
+            ("continue", 1),
+            ("yesterday", 0),
+            ("tomorrow", 1),
+            ("another key", 2),
+        ];
+        for (key, server) in expected {
+            let (_, b) = key_bucket(&map, KeyHash::Crc, 3, key.as_bytes());
+            assert_eq!(map.owner(b), Some(server), "{key}");
+        }
+        // One server: bucket 0 whatever the key.
+        assert_eq!(key_bucket(&map, KeyHash::Crc, 1, b"another key"), (0, 0));
+    }
+
+    #[test]
+    fn malformed_maps_are_refused_with_the_reason() {
+        assert!(Shape::new(1000, 0).unwrap_err().contains("power of two"));
+        assert!(Shape::new(131_072, 0).unwrap_err().contains("power of two"));
+        assert!(Shape::new(4, 5).unwrap_err().contains("at most 4"));
+        let shape = Shape::new(2, 1).unwrap();
+        let bad = |rows: Vec<u16>| BucketMap::new(shape, rows, None, 2).unwrap_err();
+        assert!(bad(vec![0, 1, 1]).contains("rows"));
+        assert!(bad(vec![0, 2, 1, 0]).contains("out of range"));
+        assert!(bad(vec![0, 0, 1, 0]).contains("twice"));
+        assert!(bad(vec![UNASSIGNED, 1, 1, 0]).contains("without an owner"));
+        assert!(BucketMap::new(shape, vec![0, 1, UNASSIGNED, UNASSIGNED], None, 2).is_ok());
+    }
+
+    #[test]
+    fn a_balanced_map_gives_each_server_the_same_buckets_to_one() {
+        let map = BucketMap::balanced(Shape::new(1024, 1).unwrap(), &[0, 2, 3]);
+        let counts = map.counts(4);
+        assert_eq!(counts[1], (0, 0));
+        for &(owned, replica) in [counts[0], counts[2], counts[3]].iter() {
+            assert!((341..=342).contains(&owned), "{counts:?}");
+            assert!((341..=342).contains(&replica), "{counts:?}");
+        }
+        map.check(4).unwrap();
+    }
+
+    #[test]
+    fn a_staged_move_routes_to_the_new_owner_until_completed() {
+        let mut map = BucketMap::balanced(Shape::new(4, 1).unwrap(), &[0, 1]);
+        assert_eq!(map.row(0), &[0, 1]);
+        map.stage(0, 1);
+        assert_eq!(map.owner(0), Some(1));
+        assert_eq!(map.moving_from(0), Some(0));
+        assert_eq!(map.forward_row(0), Some(&[1, 0][..]));
+        assert_eq!(map.moving(), 1);
+        map.complete();
+        assert_eq!(map.row(0), &[1, 0]);
+        assert_eq!(map.moving(), 0);
+    }
+
+    #[test]
+    fn a_removed_position_shifts_the_others_unless_named() {
+        let map = BucketMap::balanced(Shape::new(4, 0).unwrap(), &[0, 2]);
+        assert_eq!(map.without_position(0), Err(0));
+        let shifted = map.without_position(1).unwrap();
+        assert_eq!(shifted.cells(), &[0, 1, 0, 1]);
+    }
+}
