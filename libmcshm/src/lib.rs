@@ -29,8 +29,8 @@
 //! [`conn`], [`client`] (the blocking client: it executes the plans and sequences of
 //! mcshm-route's router, as mcproxy does: failover, replication, warm-up, drain fallback),
 //! [`lifecycle`] (probe and the one rejoin rule), [`fence`] (raising a domain's fencing epoch
-//! on its servers before a fleet commit), [`health`] (the watch daemon), [`drain`] and
-//! [`settle`] (the workflows); [`metrics`] (the host's domains as a Prometheus page, read from
+//! on its servers before a fleet commit), [`health`] (the watch daemon), [`drain`],
+//! [`rebucket`] and [`settle`] (the workflows); [`metrics`] (the host's domains as a Prometheus page, read from
 //! the registry, and its HTTP server). The table
 //! crate's modules are re-exported here under their names, so `libmcshm::registry` and
 //! `libmcshm::table` are what programs use.
@@ -54,6 +54,7 @@ pub mod lifecycle;
 pub mod metadump;
 pub mod metrics;
 pub mod proto;
+pub mod rebucket;
 pub mod settle;
 pub mod tls;
 

@@ -368,6 +368,21 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000, value_name = "KEYS_PER_S")]
         rate: u32,
     },
+    /// A vbucket domain's bucket map: show it, load or dump it as libvbucket JSON, balance
+    /// it, move buckets.
+    ///
+    /// A vbucket domain (`policy --distribution vbucket [--hash H]`, libmemcached's
+    /// MEMCACHED_DISTRIBUTION_VIRTUAL_BUCKET) hashes each key to one of a power-of-two number of
+    /// buckets; the map names each bucket's owner and replicas. Adding or removing servers moves
+    /// no key: buckets move when you say (`move`, `balance`), as a drain moves a server's keys:
+    /// clients send a moving bucket's keys to its new owner at once and fill what they miss from
+    /// the old one, while the move copies the bucket's keys over at --rate (flags and TTL kept,
+    /// never over a newer value) and deletes them from the old owner. Ctrl-C leaves the moves
+    /// staged (still served correctly): `buckets finish` completes them.
+    Buckets {
+        #[command(subcommand)]
+        action: BucketsAction,
+    },
     /// The processes on this host that have the domain open.
     ///
     /// Pid, command, the table version they last used and when. Records of dead processes are
@@ -519,6 +534,67 @@ pub enum Command {
     },
 }
 
+/// `buckets`.
+#[derive(Subcommand, Debug)]
+pub enum BucketsAction {
+    /// Buckets per server: owned, replicas held, moving off and onto it.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Write the map as libvbucket JSON (moxi's, Couchbase's: hashAlgorithm, numReplicas,
+    /// serverList, vBucketMap, vBucketMapForward while moves are under way).
+    Dump,
+    /// Make the map the one of a libvbucket JSON FILE (or - for stdin).
+    ///
+    /// Every server of its serverList must be in the domain (add them first). The file is
+    /// checked whole first: a map that is not a power of two of rows, has a row of the wrong
+    /// width, a server index out of range or too many replicas is refused (exit 2) and the
+    /// table stays as it was. On a vbucket domain of the same bucket count, the buckets whose
+    /// owner changes move as `buckets move` moves them, at --rate; otherwise the map is taken
+    /// at once (every key is placed anew).
+    Load {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Keys moved per second (0: as fast as possible)
+        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
+        rate: u32,
+    },
+    /// Make the map even over the servers that are up: each owns as many buckets as the
+    /// others, to one; only the buckets that must move do (a new server's share, a down or
+    /// draining server's buckets). Makes the domain a vbucket domain when it is not, with
+    /// --buckets buckets (default 1024) and --replicas replica columns (default 0).
+    Balance {
+        /// Buckets of a new map: a power of two up to 65536
+        #[arg(long, value_name = "N")]
+        buckets: Option<usize>,
+        /// Replica columns of a new map (0-4)
+        #[arg(long, value_name = "N")]
+        replicas: Option<usize>,
+        /// Keys moved per second (0: as fast as possible)
+        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
+        rate: u32,
+    },
+    /// Move --count buckets from FROM to TO, with their keys.
+    Move {
+        /// How many of FROM's buckets move
+        #[arg(long, value_name = "N")]
+        count: usize,
+        #[arg(value_name = "FROM", value_parser = address)]
+        from: Address,
+        #[arg(value_name = "TO", value_parser = address)]
+        to: Address,
+        /// Keys moved per second (0: as fast as possible)
+        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
+        rate: u32,
+    },
+    /// Complete the moves under way (a move interrupted, a loaded forward map): move their
+    /// keys, then make the forward rows the rows.
+    Finish {
+        /// Keys moved per second (0: as fast as possible)
+        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
+        rate: u32,
+    },
+}
+
 /// `domains remove`.
 #[derive(Subcommand, Debug)]
 pub enum DomainsAction {
@@ -615,11 +691,13 @@ pub struct PolicyArgs {
     /// ketama-spy (libmemcached's CONSISTENT_KETAMA_SPY with weights, spymemcached's
     /// KetamaNodeLocator), ketama-unweighted (libmemcached's BEHAVIOR_KETAMA, pylibmc's
     /// "ketama": 100 points per server, weights ignored), modula (libmemcached's default:
-    /// the key's hash modulo the number of servers) or pecl-memcache (PHP's PECL memcache,
-    /// memcache.hash_strategy=consistent)
+    /// the key's hash modulo the number of servers), pecl-memcache (PHP's PECL memcache,
+    /// memcache.hash_strategy=consistent) or vbucket (libmemcached's VIRTUAL_BUCKET and
+    /// libvbucket's maps: the key's hash masked to a bucket, a map naming each bucket's owner;
+    /// made with an even map of 1024 buckets over the up servers, see `mcadmin buckets`)
     #[arg(long, value_name = "NAME")]
     pub distribution: Option<String>,
-    /// The key hash of modula and ketama-unweighted, as libmemcached's
+    /// The key hash of modula, ketama-unweighted and vbucket, as libmemcached's
     /// MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its default), md5, crc, fnv1a_32 or murmur;
     /// pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
     #[arg(long, value_name = "H", requires = "distribution")]

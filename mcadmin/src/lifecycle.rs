@@ -28,7 +28,7 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 /// Sleeps `duration`, waking early when `stop` is set.
-fn pause(duration: Duration, stop: &AtomicBool) {
+pub fn pause(duration: Duration, stop: &AtomicBool) {
     let end = Instant::now() + duration;
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));

@@ -6,6 +6,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod access;
+mod buckets;
 mod cli;
 mod domains;
 mod explain;
@@ -248,6 +249,24 @@ fn run(cli: &Cli) -> Result<Exit> {
             },
         ),
         Command::Drain { server, rate } => lifecycle::drain(&ctx, server, *rate),
+        Command::Buckets { action } => match action {
+            cli::BucketsAction::List => buckets::list(&ctx),
+            cli::BucketsAction::Balance {
+                buckets,
+                replicas,
+                rate,
+            } => buckets::balance(&ctx, *buckets, *replicas, *rate),
+            cli::BucketsAction::Move {
+                count,
+                from,
+                to,
+                rate,
+            } => buckets::move_buckets(&ctx, *count, from, to, *rate),
+            cli::BucketsAction::Finish { rate } => buckets::finish(&ctx, *rate),
+            cli::BucketsAction::Load { .. } | cli::BucketsAction::Dump => {
+                Err(UsageError("not yet".into()).into())
+            }
+        },
         Command::Settle { servers, rate } => lifecycle::settle(&ctx, servers, *rate),
         Command::Clients => lifecycle::clients(&ctx),
         Command::Sync {

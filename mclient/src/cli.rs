@@ -175,7 +175,8 @@ pub enum Verb {
         #[arg(long, value_name = "ADDR")]
         server: Option<String>,
     },
-    /// The servers each key maps to: its owner, then its other replicas (KEY OWNER [REPLICA...])
+    /// The servers each key maps to: its owner, then its other replicas (KEY OWNER [REPLICA...]),
+    /// and in a vbucket domain its bucket (bucket=N)
     Which {
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,

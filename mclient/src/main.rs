@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use libmcshm::placement::Distribution;
+use libmcshm::placement::buckets::key_bucket;
 use libmcshm::{Address, Client, Domain, ErrorKind, Item, MarkedDown, StoreVerb, Stored, Timeouts};
 use serde_json::{Value, json};
 
@@ -171,8 +173,19 @@ fn run(cli: &Cli) -> Result<Exit> {
             for key in keys {
                 let replicas = client.replicas_for(key.as_bytes())?;
                 let names: Vec<String> = replicas.iter().map(ToString::to_string).collect();
-                writeln!(out, "{key} {}", names.join(" "))?;
-                rows.push(json!({"key": key, "server": names[0], "replicas": names}));
+                let mut row = json!({"key": key, "server": names[0], "replicas": names});
+                write!(out, "{key} {}", names.join(" "))?;
+                // A vbucket domain: the key's bucket too.
+                let snapshot = client.snapshot()?;
+                if let (Some(map), Distribution::VBucket(hash)) =
+                    (&snapshot.buckets, snapshot.policy.distribution)
+                {
+                    let (_, bucket) = key_bucket(map, hash, snapshot.servers.len(), key.as_bytes());
+                    write!(out, " bucket={bucket}")?;
+                    row["bucket"] = json!(bucket);
+                }
+                writeln!(out)?;
+                rows.push(row);
             }
             emit(cli, Value::Array(rows), &out)?;
             Ok(Exit::Success)

@@ -735,7 +735,7 @@ impl Router {
     /// The server `key`'s bucket is moving off (`mcadmin buckets move`), while a move is under
     /// way and that server is not the key's owner now and not down: drained as a draining
     /// server is (a miss fills from it, a write deletes the key there).
-    pub(crate) fn moving_owner(&self, key: &[u8]) -> Option<usize> {
+    pub fn moving_owner(&self, key: &[u8]) -> Option<usize> {
         let routing = self.routing();
         routing.snapshot.buckets.as_ref()?.forward_cells()?;
         let Locator::Buckets(buckets) = self.local() else {

@@ -298,6 +298,24 @@ fn missing(address: &Address, domain: &str) -> Error {
     }
 }
 
+/// After a change of the distribution: a table that became `vbucket` gets an even map of
+/// [`DEFAULT_BUCKETS`](crate::placement::buckets::DEFAULT_BUCKETS) buckets over its up servers
+/// (replica columns: the policy's replicas less one, at most 4); one that is no longer `vbucket`
+/// loses its map.
+pub fn fit_buckets(table: &mut Table) {
+    use crate::placement::buckets::{BucketMap, DEFAULT_BUCKETS, MAX_REPLICAS, Shape};
+    match (table.policy.distribution.has_buckets(), &table.buckets) {
+        (false, Some(_)) => table.buckets = None,
+        (true, None) => {
+            let replicas = usize::from(table.policy.replicas.max(1) - 1).min(MAX_REPLICAS);
+            let shape = Shape::new(DEFAULT_BUCKETS, replicas).expect("a valid shape");
+            let up = crate::table::routed(&table.servers, Failover::Rehash);
+            table.buckets = Some(std::sync::Arc::new(BucketMap::balanced(shape, &up)));
+        }
+        _ => {}
+    }
+}
+
 /// The policy fields a `policy` command sets; the others stay as they are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyChange {

@@ -99,7 +99,8 @@ impl Client {
         again.or(next.copy_if_missed.then_some(item))
     }
 
-    /// Moves one key off the draining server `draining` to its new owner (keeping flags and
+    /// Moves one key off the draining server `draining` (or the server its bucket is moving
+    /// off, see [`crate::rebucket`]) to its new owner (keeping flags and
     /// remaining TTL; never over a newer value there), then deletes it from `draining` when
     /// the owner holds a value, as a read's drain fill does ([`Fill::after_add`]): a value the
     /// owner refuses stays where it is (the error says why).
@@ -110,10 +111,13 @@ impl Client {
             return Err(self.router.down_error(owner));
         }
         let snapshot = self.router.snapshot().clone();
-        let from = snapshot
-            .servers
-            .iter()
-            .position(|s| s.address.same_server(draining) && s.state == State::Draining)
+        // The draining server, or the server the key's bucket is moving off.
+        let moving = self.router.moving_owner(key);
+        let from = (0..snapshot.servers.len())
+            .find(|&i| {
+                let s = &snapshot.servers[i];
+                s.address.same_server(draining) && (s.state == State::Draining || moving == Some(i))
+            })
             .ok_or_else(|| Error::NoServer {
                 server: draining.to_string(),
                 domain: snapshot.domain.clone(),

@@ -131,6 +131,7 @@ pub fn down(ctx: &Invocation, addresses: &[Address], reason: &str, retry: bool) 
 pub fn policy(ctx: &Invocation, change: PolicyChange) -> Result<Exit> {
     write(ctx, false, |t| {
         change.apply(&mut t.policy);
+        edit::fit_buckets(t);
         Ok(())
     })
 }

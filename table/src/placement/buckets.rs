@@ -15,6 +15,8 @@
 
 use crate::hash::KeyHash;
 
+/// Buckets of a map made without a count (`policy --distribution vbucket`, `buckets balance`).
+pub const DEFAULT_BUCKETS: usize = 1024;
 /// Most buckets of a map (libvbucket's limit).
 pub const MAX_BUCKETS: usize = 65_536;
 /// Most replica columns of a map (libvbucket's limit).
@@ -261,6 +263,92 @@ impl BucketMap {
         forward[b * width..][..width].copy_from_slice(&row);
     }
 
+    /// The map with `count` more buckets staged to move from owner `from` to `to` (positions):
+    /// the first buckets `from` owns that are not already moving. Refused when it owns fewer.
+    pub fn plan_move(&self, count: usize, from: usize, to: usize) -> Result<BucketMap, String> {
+        if from == to {
+            return Err("a bucket cannot move to the server it is on".into());
+        }
+        let free: Vec<usize> = (0..self.buckets())
+            .filter(|&b| self.owner(b) == Some(from) && !self.is_moving(b))
+            .take(count)
+            .collect();
+        if free.len() < count {
+            return Err(format!(
+                "the server owns {} buckets that are not already moving, fewer than {count}",
+                free.len()
+            ));
+        }
+        let mut next = self.clone();
+        for b in free {
+            next.stage(b, to);
+        }
+        Ok(next)
+    }
+
+    /// The map with moves staged that make it even over `positions` (servers of the list, in
+    /// order): each owns `buckets / n` buckets or one more, and as few buckets move as can be
+    /// (those of servers not among `positions`, and each server's excess). Replica columns
+    /// are the next servers of `positions` after the owner. Moves already staged count as
+    /// done (their forward owner is the owner).
+    pub fn plan_balance(&self, positions: &[usize]) -> BucketMap {
+        let n = positions.len();
+        let buckets = self.buckets();
+        if n == 0 {
+            return self.clone();
+        }
+        let index_of = |p: usize| positions.iter().position(|&q| q == p);
+        let mut owned: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut homeless = Vec::new();
+        for b in 0..buckets {
+            match self.owner(b).and_then(index_of) {
+                Some(i) => owned[i].push(b),
+                None => homeless.push(b),
+            }
+        }
+        // The servers holding most keep the extra bucket of the remainder.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(owned[i].len()));
+        let mut quota = vec![buckets / n; n];
+        for &i in order.iter().take(buckets % n) {
+            quota[i] += 1;
+        }
+        for i in 0..n {
+            while owned[i].len() > quota[i] {
+                homeless.push(owned[i].pop().expect("over quota"));
+            }
+        }
+        homeless.sort_unstable();
+        let mut next_owner = vec![UNASSIGNED; buckets];
+        for (i, list) in owned.iter().enumerate() {
+            for &b in list {
+                next_owner[b] = positions[i] as u16;
+            }
+        }
+        let mut homeless = homeless.into_iter();
+        for i in 0..n {
+            while owned[i].len() < quota[i] {
+                let b = homeless.next().expect("quotas add up to the buckets");
+                owned[i].push(b);
+                next_owner[b] = positions[i] as u16;
+            }
+        }
+        let width = self.width;
+        let mut forward = vec![UNASSIGNED; self.rows.len()];
+        for (b, row) in forward.chunks_exact_mut(width).enumerate() {
+            let owner = next_owner[b];
+            let i = index_of(owner as usize).expect("assigned to a position");
+            for (column, cell) in row.iter_mut().enumerate().take(n) {
+                *cell = positions[(i + column) % n] as u16;
+            }
+        }
+        BucketMap {
+            width,
+            rows: self.rows.clone(),
+            forward: Some(forward),
+        }
+    }
+
     /// Completes the moves staged: the forward rows become the rows.
     pub fn complete(&mut self) {
         if let Some(forward) = self.forward.take() {
@@ -373,6 +461,39 @@ mod tests {
         map.complete();
         assert_eq!(map.row(0), &[1, 0]);
         assert_eq!(map.moving(), 0);
+    }
+
+    #[test]
+    fn a_planned_move_stages_the_first_free_buckets_of_the_server() {
+        let map = BucketMap::balanced(Shape::new(16, 0).unwrap(), &[0, 1]);
+        let planned = map.plan_move(3, 0, 2).unwrap();
+        assert_eq!(planned.moving(), 3);
+        assert_eq!(planned.counts(3), vec![(5, 0), (8, 0), (3, 0)]);
+        let more = planned.plan_move(5, 0, 2).unwrap();
+        assert_eq!(more.moving(), 8);
+        assert!(
+            more.plan_move(1, 0, 2)
+                .unwrap_err()
+                .contains("owns 0 buckets")
+        );
+        assert!(map.plan_move(1, 1, 1).is_err());
+    }
+
+    #[test]
+    fn a_balance_moves_only_what_it_must_and_evens_the_owners() {
+        let map = BucketMap::balanced(Shape::new(1024, 1).unwrap(), &[0, 1, 2]);
+        // A fourth server: each of the three gives up a quarter of its buckets, no more.
+        let four = map.plan_balance(&[0, 1, 2, 3]);
+        let counts = four.counts(4);
+        assert!(counts.iter().all(|c| c.0 == 256), "{counts:?}");
+        assert_eq!(four.moving(), 256);
+        four.check(4).unwrap();
+        // Server 1 leaves: only its buckets move.
+        let without_1 = map.plan_balance(&[0, 2]);
+        assert_eq!(without_1.moving(), map.counts(3)[1].0);
+        assert!(without_1.counts(3).iter().all(|c| c.0 != 0 || c.1 == 0));
+        // Balanced already: nothing moves.
+        assert_eq!(map.plan_balance(&[0, 1, 2]).moving(), 0);
     }
 
     #[test]

@@ -1,0 +1,342 @@
+//! `mcadmin buckets`: a vbucket domain's map (see [`libmcshm::placement::buckets`]). Showing
+//! it, and changing owners the one way that serves no stale read and loses no key: every change
+//! of an owner is staged in the map's forward rows, its keys are moved as a drain moves them
+//! ([`libmcshm::rebucket`]), and the forward rows then become the rows.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use libmcshm::drain::DrainCounts;
+use libmcshm::placement::buckets::DEFAULT_BUCKETS;
+use libmcshm::placement::{BucketMap, Distribution, Shape};
+use libmcshm::rebucket::{self, Rebucket};
+use libmcshm::table::{Table, routed};
+use libmcshm::{Address, Registry, Snapshot, Timeouts};
+use mcshm_cli::UsageError;
+use serde_json::json;
+
+use crate::lifecycle::{pause, stop_flag};
+use crate::show::print;
+use crate::store::Written;
+use crate::{Exit, Invocation};
+
+/// `buckets list`.
+pub fn list(ctx: &Invocation) -> Result<Exit> {
+    let snapshot = ctx.store.snapshot()?;
+    let map = rebucket::map_of(&snapshot)?;
+    let counts = map.counts(snapshot.servers.len());
+    let (leaving, arriving) = moving_counts(map, snapshot.servers.len());
+    let shape = map.shape();
+    print(
+        ctx,
+        || {
+            let servers: Vec<_> = snapshot
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    json!({"server": s.address.to_string(), "state": s.state.as_str(),
+                           "buckets": counts[i].0, "replicas": counts[i].1,
+                           "moving_off": leaving[i], "moving_on": arriving[i]})
+                })
+                .collect();
+            json!({"domain": snapshot.domain, "version": snapshot.version,
+                   "hash": snapshot.policy.distribution.hash_name(),
+                   "buckets": shape.buckets, "replicas": shape.replicas,
+                   "moving": map.moving(), "unassigned": unassigned(map),
+                   "servers": servers})
+        },
+        || {
+            let mut out = format!(
+                "domain {}, version {}: {} buckets, {} replica column{}, hash {}; {} moving, {} unassigned\n",
+                snapshot.domain,
+                snapshot.version,
+                shape.buckets,
+                shape.replicas,
+                if shape.replicas == 1 { "" } else { "s" },
+                snapshot.policy.distribution.hash_name(),
+                map.moving(),
+                unassigned(map),
+            );
+            out += &format!(
+                "{:<28} {:<9} {:>8} {:>9} {:>10} {:>9}\n",
+                "SERVER", "STATE", "BUCKETS", "REPLICAS", "MOVING-OFF", "MOVING-ON"
+            );
+            for (i, s) in snapshot.servers.iter().enumerate() {
+                out += &format!(
+                    "{:<28} {:<9} {:>8} {:>9} {:>10} {:>9}\n",
+                    s.address.to_string(),
+                    s.state.as_str(),
+                    counts[i].0,
+                    counts[i].1,
+                    leaving[i],
+                    arriving[i]
+                );
+            }
+            out
+        },
+    )?;
+    Ok(Exit::Success)
+}
+
+fn unassigned(map: &BucketMap) -> usize {
+    (0..map.buckets())
+        .filter(|&b| map.owner(b).is_none())
+        .count()
+}
+
+/// Per server: buckets moving off it, and onto it.
+fn moving_counts(map: &BucketMap, servers: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut off, mut on) = (vec![0; servers], vec![0; servers]);
+    for b in 0..map.buckets() {
+        if let (Some(from), Some(to)) = (map.moving_from(b), map.owner(b)) {
+            off[from] += 1;
+            on[to] += 1;
+        }
+    }
+    (off, on)
+}
+
+/// `buckets balance`.
+pub fn balance(
+    ctx: &Invocation,
+    buckets: Option<usize>,
+    replicas: Option<usize>,
+    rate: u32,
+) -> Result<Exit> {
+    let current = ctx.store.snapshot()?;
+    let fresh = match &current.buckets {
+        None => true,
+        Some(map) => buckets.is_some_and(|n| n != map.buckets()),
+    } || replicas
+        .is_some_and(|r| Some(r) != current.buckets.as_ref().map(|m| m.shape().replicas));
+    if fresh {
+        // A new map (or a new shape): taken at once, every key placed anew.
+        let shape = Shape::new(buckets.unwrap_or(DEFAULT_BUCKETS), replicas.unwrap_or(0))
+            .map_err(|why| UsageError(format!("invalid bucket map: {why}")))?;
+        let written = ctx.store.transact(false, |t| {
+            let positions = routed(&t.servers, libmcshm::table::Failover::Rehash);
+            if let Distribution::VBucket(_) = t.policy.distribution {
+            } else {
+                t.policy.distribution = Distribution::VBucket(Default::default());
+            }
+            t.buckets = Some(Arc::new(BucketMap::balanced(shape, &positions)));
+            Ok(())
+        })?;
+        return report_commit(ctx, "new bucket map", written);
+    }
+    stage_and_move(ctx, rate, |t| {
+        let map = t.buckets.as_ref().expect("a vbucket domain");
+        let positions = routed(&t.servers, libmcshm::table::Failover::Rehash);
+        if positions.is_empty() {
+            return Err(libmcshm::Error::BadBuckets {
+                why: "no server is up to own buckets".into(),
+            });
+        }
+        Ok(map.plan_balance(&positions))
+    })
+}
+
+/// `buckets move --count N FROM TO`.
+pub fn move_buckets(
+    ctx: &Invocation,
+    count: usize,
+    from: &Address,
+    to: &Address,
+    rate: u32,
+) -> Result<Exit> {
+    if count == 0 {
+        return Err(UsageError("--count must be 1 or more".into()).into());
+    }
+    stage_and_move(ctx, rate, |t| {
+        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?;
+        let position = |a: &Address| {
+            t.servers
+                .iter()
+                .position(|s| s.address.same_server(a))
+                .ok_or_else(|| libmcshm::Error::NoServer {
+                    server: a.to_string(),
+                    domain: ctx.local.domain.to_string(),
+                })
+        };
+        let (f, to_at) = (position(from)?, position(to)?);
+        if t.servers[to_at].state != libmcshm::State::Up {
+            return Err(libmcshm::Error::invalid(
+                "server",
+                &to.to_string(),
+                format!(
+                    "it is {}: buckets move to servers that are up",
+                    t.servers[to_at].state
+                ),
+            ));
+        }
+        map.plan_move(count, f, to_at)
+            .map_err(|why| libmcshm::Error::BadBuckets {
+                why: format!("cannot move {count} buckets off {from}: {why}"),
+            })
+    })
+}
+
+/// `buckets finish`.
+pub fn finish(ctx: &Invocation, rate: u32) -> Result<Exit> {
+    stage_and_move(ctx, rate, |t| {
+        Ok((**t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?).clone())
+    })
+}
+
+fn not_vbucket(t: &Table) -> libmcshm::Error {
+    libmcshm::Error::BadBuckets {
+        why: format!(
+            "the domain is not a vbucket domain (distribution {}): `mcadmin buckets balance` makes it one",
+            t.policy.distribution.as_str()
+        ),
+    }
+}
+
+/// Stages the map `plan` makes of the current table (its forward rows), moves the keys of every
+/// moving bucket, and completes the moves.
+pub fn stage_and_move(
+    ctx: &Invocation,
+    rate: u32,
+    plan: impl Fn(&Table) -> libmcshm::Result<BucketMap>,
+) -> Result<Exit> {
+    let mut staged_map = None;
+    let written = ctx.store.transact(false, |t| {
+        let map = Arc::new(plan(t)?);
+        staged_map = Some(map.clone());
+        t.buckets = Some(map);
+        Ok(())
+    })?;
+    let staged_map = staged_map.expect("staged");
+    let staged_at = commit_number(&written);
+    let moving = staged_map.moving();
+    if moving > 0 {
+        eprintln!(
+            "mcadmin: {moving} buckets staged to move ({}); moving their keys",
+            describe(&written)
+        );
+    }
+    local_table_with(ctx, &staged_map)?;
+    let timeouts = Timeouts::default();
+    let mut mover = Rebucket::start(&ctx.local.dir, &ctx.local.domain, timeouts)?;
+    let total = mover.len();
+    let stop = stop_flag()?;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    for n in 0..total {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!(
+                "\nmcadmin: interrupted after {n} of {total} keys; the buckets stay staged (served correctly): run `mcadmin buckets finish` to complete them"
+            );
+            return Ok(Exit::No);
+        }
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+            pause(due.saturating_duration_since(Instant::now()), &stop);
+        }
+        if let Err(err) = mover.move_key(n) {
+            eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(mover.key(n)));
+        }
+        if tty && (n % 100 == 0 || n + 1 == total) {
+            let width = 30;
+            let done = (n + 1) * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{total} keys",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                n + 1
+            );
+        }
+    }
+    if tty && total > 0 {
+        eprintln!();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let DrainCounts {
+        moved,
+        kept,
+        gone,
+        failed,
+    } = mover.counts();
+    if failed > 0 {
+        eprintln!(
+            "mcadmin: {failed} keys could not be moved; the buckets stay staged (run `mcadmin buckets finish`)"
+        );
+        return Ok(Exit::Server);
+    }
+    let staged = mover.staged().clone();
+    let done = ctx.store.transact(false, |t| {
+        t.buckets = Some(rebucket::completed(t, &staged)?);
+        Ok(())
+    })?;
+    let sources: Vec<String> = mover.sources().iter().map(|a| a.to_string()).collect();
+    let domain = ctx.local.domain.to_string();
+    print(
+        ctx,
+        || {
+            json!({"domain": domain, "buckets_moved": moving, "staged_at": staged_at,
+                   "completed_at": commit_number(&done), "from": sources, "moved": moved,
+                   "kept": kept, "gone": gone, "seconds": seconds})
+        },
+        || {
+            format!(
+                "domain {domain}: {moving} buckets moved off {}: {moved} keys moved, {kept} already newer on their new owner, {gone} gone (expired or evicted) in {seconds:.1} s; {}\n",
+                match sources.is_empty() {
+                    true => "no server".to_string(),
+                    false => sources.join(", "),
+                },
+                describe(&done)
+            )
+        },
+    )?;
+    Ok(Exit::Success)
+}
+
+/// The version or fleet revision a write published.
+fn commit_number(written: &Written) -> u64 {
+    match written {
+        Written::Version(c) => c.version,
+        Written::Revision(c) => c.revision as u64,
+    }
+}
+
+fn describe(written: &Written) -> String {
+    match written {
+        Written::Version(c) => format!("version {}", c.version),
+        Written::Revision(c) => format!("fleet revision {}", c.revision),
+    }
+}
+
+fn report_commit(ctx: &Invocation, what: &str, written: Written) -> Result<Exit> {
+    let domain = ctx.local.domain.to_string();
+    print(
+        ctx,
+        || json!({"domain": domain, "changed": what, "version": commit_number(&written)}),
+        || format!("domain {domain}: {what}, {}\n", describe(&written)),
+    )?;
+    Ok(Exit::Success)
+}
+
+/// Waits until this host's table holds `map` (at once here; with --etcd, once the host's agent
+/// has mirrored the commit): the keys move by the table this host's clients route with.
+fn local_table_with(ctx: &Invocation, map: &Arc<BucketMap>) -> Result<Arc<Snapshot>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut registry = Registry::open(&ctx.local.dir, &ctx.local.domain)?;
+    loop {
+        let version = registry.version();
+        let snapshot = registry.snapshot()?;
+        if snapshot.buckets.as_deref() == Some(&**map) {
+            return Ok(snapshot);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow::anyhow!(
+                "this host's table of domain {} does not hold the staged map after 30 s: is `mcadmin sync` running for it? The moves stay staged: run `mcadmin buckets finish` here once it mirrors them",
+                ctx.local.domain
+            ));
+        }
+        registry.wait_for_change(version, Duration::from_millis(200));
+    }
+}
