@@ -64,6 +64,18 @@ impl Reg {
     }
 
     /// `mclient --dir DIR --domain DOMAIN ARGS…` (no stdin; the environment's domain ignored).
+    /// An mclient command on `domain` of this registry, to be given its stdin and run.
+    pub fn mclient_cmd(&self, domain: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mclient"));
+        cmd.arg("--dir")
+            .arg(self.dir())
+            .args(["--domain", domain])
+            .args(args)
+            .env_remove("MCSHM_DIR")
+            .env_remove("MCSHM_DOMAIN");
+        cmd
+    }
+
     pub fn mclient(&self, domain: &str, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_mclient"))
             .arg("--dir")

@@ -11,6 +11,7 @@
 mod common;
 
 mod auth;
+mod buckets;
 mod capi;
 mod cli;
 mod client;

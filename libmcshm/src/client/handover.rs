@@ -143,13 +143,14 @@ impl Client {
 
     /// Sweeps one key off `server` if it is a stray there: deleted when `server` is not one of
     /// the key's replicas in the current table (`mcadmin settle`). `true` when deleted.
+    /// A key whose bucket is moving off `server` is not a stray there: it is what the move
+    /// (and a read's fill) takes to the new owner.
     pub fn delete_if_stray(&mut self, server: &Address, key: &[u8]) -> Result<bool> {
         let chain = self.chain(key)?;
         let snapshot = self.router.snapshot().clone();
-        if chain
-            .iter()
-            .any(|&i| snapshot.servers[i].address.same_server(server))
-        {
+        let source = self.router.moving_owner(key);
+        let keeps = |i: usize| snapshot.servers[i].address.same_server(server);
+        if chain.iter().any(|&i| keeps(i)) || source.is_some_and(keeps) {
             return Ok(false);
         }
         self.call(snapshot.position(server)?, &Request::Delete { key })?;

@@ -1,0 +1,225 @@
+//! Virtual buckets through the tools: a vbucket domain made, its map listed and balanced, and
+//! buckets moved under a read/write load through mclient and mcproxy with no miss of a key
+//! that was present and no stale read.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::common::Reg;
+use crate::common::memcached::Memcached;
+use crate::common::proxy::Proxy;
+
+/// Keys loaded before the move, and how many of them the writers keep rewriting.
+const KEYS: usize = 4000;
+const WRITTEN: usize = 200;
+
+fn bulk_set(reg: &Reg, domain: &str, records: &[u8]) {
+    let mut load = reg.mclient_cmd(domain, &["bulk-set"]);
+    let mut child = load.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(records).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The version number a value carries: `v{round}-{i}`.
+fn round_of(value: &str) -> u64 {
+    value[1..value.find('-').unwrap()].parse().unwrap()
+}
+
+/// 64 of 1 024 buckets move from A to C while: a writer rewrites 200 keys through mcproxy
+/// with rising rounds, recording each acknowledged round; readers read them through mcproxy
+/// and through mclient, each read checked against the round acknowledged before it began
+/// (never older, never a miss); mclient's bulk get reads every key over and over (never a
+/// miss). Afterwards C owns the 64 buckets, their keys are on C and not on A, and every key
+/// reads its last value.
+#[test]
+fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_stale() {
+    let reg = Reg::new();
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    reg.ok("vb", &["add", &a.address(), &b.address()]);
+    reg.ok(
+        "vb",
+        &["policy", "--distribution", "vbucket", "--hash", "crc"],
+    );
+    reg.ok("vb", &["add", &c.address()]);
+    let mut records = Vec::new();
+    let mut names = String::new();
+    for i in 0..KEYS {
+        let value = format!("v0-{i}");
+        records.extend_from_slice(format!("key{i} 0 {}\n{value}\n", value.len()).as_bytes());
+        names += &format!("key{i}\n");
+    }
+    bulk_set(&reg, "vb", &records);
+    let keys_file = reg.dir().join("keys");
+    std::fs::write(&keys_file, &names).unwrap();
+
+    let proxy = Proxy::start(&reg, "vb", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITTEN).map(|_| AtomicU64::new(0)).collect());
+    let writer = {
+        let (stop, acked, mut wire) = (stop.clone(), acked.clone(), proxy.connect());
+        std::thread::spawn(move || {
+            let mut round = 0;
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) || round < 3 {
+                round += 1;
+                for (i, ack) in acked.iter().enumerate() {
+                    let value = format!("v{round}-{i}");
+                    let reply = wire.ask(&format!("set key{i} 0 0 {}\r\n{value}\r\n", value.len()));
+                    match reply.as_str() {
+                        "STORED\r\n" => ack.store(round, Ordering::SeqCst),
+                        other => failures.push(format!("set key{i}: {other:?}")),
+                    }
+                }
+            }
+            (round, failures)
+        })
+    };
+    // A read of written key i must show the round acknowledged before it began, or a later one.
+    let check = |i: usize, floor: u64, got: Option<&str>, via: &str, failures: &mut Vec<String>| {
+        match got {
+            None => failures.push(format!("{via}: key{i} missed (round {floor} acknowledged)")),
+            Some(value) if round_of(value) < floor => failures.push(format!(
+                "{via}: key{i} read {value}, round {floor} was acknowledged"
+            )),
+            Some(_) => {}
+        }
+    };
+    let proxied_reader = {
+        let (stop, acked, mut wire) = (stop.clone(), acked.clone(), proxy.connect());
+        std::thread::spawn(move || {
+            let (mut reads, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) || reads < WRITTEN as u64 {
+                let i = (reads as usize * 7) % WRITTEN;
+                let floor = acked[i].load(Ordering::SeqCst);
+                let reply = wire.ask(&format!("get key{i}\r\n"));
+                let value = reply.lines().nth(1).filter(|_| reply.starts_with("VALUE "));
+                check(i, floor, value, "mcproxy", &mut failures);
+                reads += 1;
+            }
+            (reads, failures)
+        })
+    };
+    let mclient_reader = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        let dir = reg.dir().to_path_buf();
+        std::thread::spawn(move || {
+            let (mut reads, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) || reads < 20 {
+                let i = (reads as usize * 13) % WRITTEN;
+                let floor = acked[i].load(Ordering::SeqCst);
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_mclient"))
+                    .arg("--dir")
+                    .arg(&dir)
+                    .args(["--domain", "vb", "get", &format!("key{i}")])
+                    .output()
+                    .unwrap();
+                let value = String::from_utf8_lossy(&out.stdout).into_owned();
+                let value = out.status.success().then_some(value.as_str());
+                check(i, floor, value, "mclient", &mut failures);
+                reads += 1;
+            }
+            (reads, failures)
+        })
+    };
+    let bulk_reader = {
+        let stop = stop.clone();
+        let mut pass = reg.mclient_cmd("vb", &["bulk-get"]);
+        let keys_file = keys_file.clone();
+        std::thread::spawn(move || {
+            let (mut passes, mut failures) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) || passes == 0 {
+                let out = pass
+                    .stdin(std::fs::File::open(&keys_file).unwrap())
+                    .output()
+                    .unwrap();
+                passes += 1;
+                let hits = out.stdout.split(|&b| b == b'\n').count() / 2;
+                if !out.status.success() || hits != KEYS {
+                    failures.push(format!("bulk-get pass {passes}: {hits} of {KEYS} keys"));
+                }
+            }
+            (passes, failures)
+        })
+    };
+    let moved = reg.run(
+        "vb",
+        &[
+            "--json",
+            "buckets",
+            "move",
+            "--count",
+            "64",
+            &a.address(),
+            &c.address(),
+            "--rate",
+            "400",
+        ],
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (rounds, mut failures) = writer.join().unwrap();
+    let (proxied_reads, f) = proxied_reader.join().unwrap();
+    failures.extend(f);
+    let (mclient_reads, f) = mclient_reader.join().unwrap();
+    failures.extend(f);
+    let (passes, f) = bulk_reader.join().unwrap();
+    failures.extend(f);
+    assert_eq!(moved.code(), 0, "{}", moved.stderr());
+    let summary: serde_json::Value = serde_json::from_str(&moved.stdout()).unwrap();
+    println!(
+        "{summary}; meanwhile {rounds} write rounds of {WRITTEN} keys, {proxied_reads} reads through mcproxy, {mclient_reads} through mclient, {passes} bulk passes of {KEYS} keys"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert_eq!(summary["buckets_moved"], 64);
+    assert!(summary["moved"].as_u64().unwrap() > 0, "{summary}");
+    assert!(passes >= 2 && rounds >= 2, "the load ran during the move");
+
+    let listing: serde_json::Value =
+        serde_json::from_str(&reg.ok("vb", &["--json", "buckets", "list"])).unwrap();
+    let owned: HashMap<String, u64> = listing["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["server"].as_str().unwrap().to_string(),
+                s["buckets"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(owned[&c.address()], 64);
+    assert_eq!(owned[&a.address()], 512 - 64);
+    assert_eq!(listing["moving"], 0);
+    // Each key reads its last value, and the keys of C's buckets are on C only.
+    let sampled: Vec<String> = (0..KEYS).step_by(37).map(|i| format!("key{i}")).collect();
+    let mut args = vec!["--json", "which"];
+    args.extend(sampled.iter().map(String::as_str));
+    let which = reg.mclient("vb", &args);
+    let rows: serde_json::Value = serde_json::from_slice(&which.stdout).unwrap();
+    let mut on_c = 0;
+    for row in rows.as_array().unwrap() {
+        let key = row["key"].as_str().unwrap();
+        if row["server"] == c.address().as_str() {
+            on_c += 1;
+            assert!(c.raw_get(key).is_some(), "{key} moved to C");
+            assert!(a.raw_get(key).is_none(), "{key} left on A");
+        }
+    }
+    assert!(on_c > 0, "some sampled key is in a moved bucket");
+    let after = reg
+        .mclient_cmd("vb", &["bulk-get"])
+        .stdin(std::fs::File::open(&keys_file).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        after.stdout.split(|&b| b == b'\n').count() / 2,
+        KEYS,
+        "no key lost"
+    );
+}
