@@ -426,4 +426,30 @@ mod tests {
         let big = vec![b' '; MAX_DOCUMENT + 1];
         assert!(decode(&big).unwrap_err().contains("more than"));
     }
+
+    #[test]
+    fn a_bucket_map_round_trips_and_a_hostile_one_is_refused() {
+        let mut t = table();
+        t.policy.distribution = Distribution::parse("vbucket", Some("crc")).unwrap();
+        let mut map = BucketMap::balanced(Shape::new(8, 1).unwrap(), &[0, 1]);
+        map.stage(3, 0);
+        t.buckets = Some(std::sync::Arc::new(map));
+        let (back, _) = decode(&encode(&t, &Changed::default())).unwrap();
+        assert_eq!(back, t);
+        let policy = r#""policy":{"failover":"none","failure_limit":2,"rejoin":"flush","replicas":1,"warm_window_s":600,"distribution":"vbucket","hash":"crc"}"#;
+        let servers = r#""servers":[{"address":"a"},{"address":"b"}]"#;
+        let cases: &[(&str, &str)] = &[
+            (r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[1],[0]]}"#, "power of two"),
+            (r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[2]]}"#, "out of range"),
+            (r#""buckets":{"numReplicas":1,"vBucketMap":[[0],[1]]}"#, "a row of 1 cells"),
+            (r#""buckets":{"numReplicas":5,"vBucketMap":[[0,1,-1,-1,-1,-1]]}"#, "at most 4"),
+            (r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[1]],"vBucketMapForward":[[0]]}"#, "differ in length"),
+            (r#""buckets":null"#, "goes with the vbucket distribution"),
+        ];
+        for (buckets, expect) in cases {
+            let text = format!("{{{servers},{policy},{buckets}}}");
+            let err = decode(text.as_bytes()).unwrap_err();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
 }
