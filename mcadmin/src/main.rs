@@ -6,6 +6,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod access;
+mod buckets_json;
 mod cli;
 mod domains;
 mod explain;
