@@ -7,6 +7,7 @@
 
 mod access;
 mod buckets;
+mod buckets_json;
 mod cli;
 mod domains;
 mod explain;
