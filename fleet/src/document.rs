@@ -439,11 +439,26 @@ mod tests {
         let policy = r#""policy":{"failover":"none","failure_limit":2,"rejoin":"flush","replicas":1,"warm_window_s":600,"distribution":"vbucket","hash":"crc"}"#;
         let servers = r#""servers":[{"address":"a"},{"address":"b"}]"#;
         let cases: &[(&str, &str)] = &[
-            (r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[1],[0]]}"#, "power of two"),
-            (r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[2]]}"#, "out of range"),
-            (r#""buckets":{"numReplicas":1,"vBucketMap":[[0],[1]]}"#, "a row of 1 cells"),
-            (r#""buckets":{"numReplicas":5,"vBucketMap":[[0,1,-1,-1,-1,-1]]}"#, "at most 4"),
-            (r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[1]],"vBucketMapForward":[[0]]}"#, "differ in length"),
+            (
+                r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[1],[0]]}"#,
+                "power of two",
+            ),
+            (
+                r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[2]]}"#,
+                "out of range",
+            ),
+            (
+                r#""buckets":{"numReplicas":1,"vBucketMap":[[0],[1]]}"#,
+                "a row of 1 cells",
+            ),
+            (
+                r#""buckets":{"numReplicas":5,"vBucketMap":[[0,1,-1,-1,-1,-1]]}"#,
+                "at most 4",
+            ),
+            (
+                r#""buckets":{"numReplicas":0,"vBucketMap":[[0],[1]],"vBucketMapForward":[[0]]}"#,
+                "differ in length",
+            ),
             (r#""buckets":null"#, "goes with the vbucket distribution"),
         ];
         for (buckets, expect) in cases {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use libmcshm::drain::DrainCounts;
-use libmcshm::placement::buckets::DEFAULT_BUCKETS;
+use libmcshm::placement::buckets::{DEFAULT_BUCKETS, UNASSIGNED, cell};
 use libmcshm::placement::{BucketMap, Distribution, Shape};
 use libmcshm::rebucket::{self, Rebucket};
 use libmcshm::table::{Table, routed};
@@ -18,6 +18,7 @@ use libmcshm::{Address, Registry, Snapshot, Timeouts};
 use mcshm_cli::UsageError;
 use serde_json::json;
 
+use crate::buckets_json;
 use crate::lifecycle::{pause, stop_flag};
 use crate::show::print;
 use crate::store::Written;
@@ -98,6 +99,119 @@ fn moving_counts(map: &BucketMap, servers: usize) -> (Vec<usize>, Vec<usize>) {
         }
     }
     (off, on)
+}
+
+/// `buckets dump`: the map as libvbucket JSON.
+pub fn dump(ctx: &Invocation) -> Result<Exit> {
+    let snapshot = ctx.store.snapshot()?;
+    let map = rebucket::map_of(&snapshot)?;
+    let Distribution::VBucket(hash) = snapshot.policy.distribution else {
+        unreachable!("a bucket map goes with the vbucket distribution");
+    };
+    let servers: Vec<String> = snapshot
+        .servers
+        .iter()
+        .map(|s| s.address.to_string())
+        .collect();
+    let text = buckets_json::to_json(hash, &servers, map).map_err(UsageError)?;
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, text.as_bytes())?;
+    if !text.ends_with('\n') {
+        std::io::Write::write_all(&mut out, b"\n")?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `buckets load FILE`: the map of a libvbucket config, its servers found in the domain. On a
+/// vbucket domain of the same shape and hash, the owners that change move (staged, then their
+/// keys moved); otherwise the map is taken at once.
+pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit> {
+    let bytes = read_bounded(file)?;
+    let config = buckets_json::parse(&bytes)
+        .map_err(|why| UsageError(format!("in {}: {why}; nothing changed", file.display())))?;
+    let current = ctx.store.snapshot()?;
+    let positions = config
+        .servers
+        .iter()
+        .map(|text| {
+            let address = Address::parse(text).map_err(|e| UsageError(e.to_string()))?;
+            current
+                .servers
+                .iter()
+                .position(|s| s.address.same_server(&address))
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "server {text} of {}'s serverList is not in domain {}: add it first (`mcadmin add {text}`); nothing changed",
+                        file.display(),
+                        ctx.local.domain
+                    ))
+                })
+        })
+        .collect::<Result<Vec<usize>, UsageError>>()?;
+    let remap = |cells: &[u16]| -> Vec<u16> {
+        cells
+            .iter()
+            .map(|&c| cell(c).map_or(UNASSIGNED, |p| positions[p] as u16))
+            .collect()
+    };
+    let loaded = &config.map;
+    let listed = current.servers.len();
+    let shape = loaded.shape();
+    let rows = remap(loaded.cells());
+    let forward = loaded.forward_cells().map(remap);
+    let same_shape = current.policy.distribution == Distribution::VBucket(config.hash)
+        && current.buckets.as_ref().is_some_and(|m| m.shape() == shape);
+    if !same_shape {
+        let map = BucketMap::new(shape, rows, forward, listed)
+            .map_err(|why| UsageError(format!("in {}: {why}; nothing changed", file.display())))?;
+        let map = Arc::new(map);
+        let written = ctx.store.transact(false, |t| {
+            if t.servers.len() != listed {
+                return Err(changed_meanwhile());
+            }
+            t.policy.distribution = Distribution::VBucket(config.hash);
+            t.buckets = Some(map.clone());
+            Ok(())
+        })?;
+        return report_commit(ctx, "bucket map loaded", written);
+    }
+    // The loaded owners become the forward rows of the current map: what changes moves.
+    let target = match &forward {
+        Some(forward) => forward.clone(),
+        None => rows,
+    };
+    stage_and_move(ctx, rate, |t| {
+        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?;
+        if map.moving() > 0 {
+            return Err(libmcshm::Error::BadBuckets {
+                why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
+            });
+        }
+        if t.servers.len() != listed {
+            return Err(changed_meanwhile());
+        }
+        BucketMap::new(shape, map.cells().to_vec(), Some(target.clone()), listed)
+            .map_err(|why| libmcshm::Error::BadBuckets { why })
+    })
+}
+
+fn changed_meanwhile() -> libmcshm::Error {
+    libmcshm::Error::BadBuckets {
+        why: "the server list changed while the map was read: load it again".into(),
+    }
+}
+
+/// A file (or `-`, stdin) of at most the codec's limit.
+fn read_bounded(file: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = buckets_json::MAX_INPUT as u64 + 1;
+    let mut bytes = Vec::new();
+    let read = match file.as_os_str() == "-" {
+        true => std::io::stdin().lock().take(limit).read_to_end(&mut bytes),
+        false => std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut bytes)),
+    };
+    read.map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?;
+    Ok(bytes)
 }
 
 /// `buckets balance`.

@@ -28,8 +28,6 @@
 //! an owner. Its `$HOST` placeholder (replaced by the peer's name) is not substituted here:
 //! a map loaded into mcshm names its servers.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 
 use libmcshm::Address;

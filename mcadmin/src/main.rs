@@ -264,9 +264,8 @@ fn run(cli: &Cli) -> Result<Exit> {
                 rate,
             } => buckets::move_buckets(&ctx, *count, from, to, *rate),
             cli::BucketsAction::Finish { rate } => buckets::finish(&ctx, *rate),
-            cli::BucketsAction::Load { .. } | cli::BucketsAction::Dump => {
-                Err(UsageError("not yet".into()).into())
-            }
+            cli::BucketsAction::Load { file, rate } => buckets::load(&ctx, file, *rate),
+            cli::BucketsAction::Dump => buckets::dump(&ctx),
         },
         Command::Settle { servers, rate } => lifecycle::settle(&ctx, servers, *rate),
         Command::Clients => lifecycle::clients(&ctx),

@@ -223,3 +223,123 @@ fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_sta
         "no key lost"
     );
 }
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/libvbucket");
+
+/// A libvbucket config's map fields, wherever they are (at the top or in vBucketServerMap).
+fn map_fields(config: &serde_json::Value) -> serde_json::Value {
+    let inner = config.get("vBucketServerMap").unwrap_or(config);
+    serde_json::json!({
+        "serverList": inner["serverList"],
+        "numReplicas": inner["numReplicas"],
+        "vBucketMap": inner["vBucketMap"],
+        "vBucketMapForward": inner.get("vBucketMapForward").cloned().unwrap_or_default(),
+    })
+}
+
+/// Every sample map of libvbucket's own tests that mcshm takes is loaded into a domain of its
+/// servers and dumped back with the same servers, replicas, rows and forward rows; the three
+/// it refuses (5 buckets, a server twice in a forward row, a ketama config) are refused with
+/// exit 2 and the table byte for byte as it was. The servers are added down: nothing here is
+/// ever connected to.
+#[test]
+fn libvbucket_sample_maps_round_trip_and_the_malformed_ones_are_refused() {
+    let refused = [
+        "testapp-config-wrong-num-vbuckets",
+        "testapp-config-in-envelope-fft",
+        "ketama-eight-nodes",
+    ];
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(SAMPLES).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.ends_with(".md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let reg = Reg::new();
+        let inner = config.get("vBucketServerMap").unwrap_or(&config);
+        let servers: Vec<String> = inner["serverList"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["127.0.0.1:1".to_string()]);
+        let mut add = vec!["add", "--down"];
+        add.extend(servers.iter().map(String::as_str));
+        reg.ok("lv", &add);
+        let before = reg.bytes("lv");
+        let run = reg.run("lv", &["buckets", "load", path.to_str().unwrap()]);
+        if refused.contains(&name.as_str()) {
+            assert_eq!(run.code(), 2, "{name}: {}", run.stderr());
+            assert!(
+                run.stderr().contains("nothing changed"),
+                "{name}: {}",
+                run.stderr()
+            );
+            assert_eq!(reg.bytes("lv"), before, "{name}: the table is as it was");
+            continue;
+        }
+        assert_eq!(run.code(), 0, "{name}: {}", run.stderr());
+        let dumped: serde_json::Value =
+            serde_json::from_str(&reg.ok("lv", &["buckets", "dump"])).unwrap();
+        assert_eq!(map_fields(&dumped), map_fields(&config), "{name}");
+        assert_eq!(dumped["hashAlgorithm"], "CRC", "{name}");
+        loaded += 1;
+    }
+    assert!(loaded >= 6, "{loaded} samples loaded");
+}
+
+/// Malformed maps and maps that do not fit the domain are refused with exit 2 and a message
+/// naming the problem; the table stays byte for byte as it was.
+#[test]
+fn a_malformed_map_is_refused_naming_the_problem_and_the_table_kept() {
+    let reg = Reg::new();
+    reg.ok("m", &["add", "--down", "127.0.0.1:1", "127.0.0.1:2"]);
+    reg.ok(
+        "m",
+        &["policy", "--distribution", "vbucket", "--hash", "crc"],
+    );
+    let before = reg.bytes("m");
+    let map = |rows: &str, replicas: u32, servers: &str| {
+        format!(
+            r#"{{"hashAlgorithm":"CRC","numReplicas":{replicas},"serverList":[{servers}],"vBucketMap":{rows}}}"#
+        )
+    };
+    let two = r#""127.0.0.1:1","127.0.0.1:2""#;
+    let cases = [
+        (map("[[0],[1],[0]]", 0, two), "power of two"),
+        (map("[[0,1],[1]]", 1, two), "bucket 1"),
+        (map("[[0],[2]]", 0, two), "out of range"),
+        (map("[[0,1,-1,-1,-1,-1]]", 5, two), "numReplicas 5"),
+        (map("[[0],[1]]", 0, r#""127.0.0.1:1","127.0.0.1:9""#), "add it first"),
+        (map("[[0],[1]]", 0, r#""127.0.0.1:1","not an address""#), "not an address"),
+        ("{\"vBucketMap\": [".to_string(), "not JSON"),
+        (
+            r#"{"hashAlgorithm":"MD5","numReplicas":0,"serverList":["127.0.0.1:1"],"vBucketMap":[[0]]}"#
+                .to_string(),
+            "CRC",
+        ),
+    ];
+    for (text, expect) in cases {
+        let file = reg.dir().join("map.json");
+        std::fs::write(&file, &text).unwrap();
+        let run = reg.run("m", &["buckets", "load", file.to_str().unwrap()]);
+        assert_eq!(run.code(), 2, "{text}: {}", run.stderr());
+        assert!(run.stderr().contains(expect), "{text}: {}", run.stderr());
+        assert_eq!(run.stderr().trim().lines().count(), 1, "{}", run.stderr());
+        assert_eq!(reg.bytes("m"), before, "{text}: the table is as it was");
+    }
+    // Removing a server that owns buckets is refused the same way.
+    let file = reg.dir().join("map.json");
+    std::fs::write(&file, map("[[0],[1]]", 0, two)).unwrap();
+    reg.ok("m", &["buckets", "load", file.to_str().unwrap()]);
+    let before = reg.bytes("m");
+    let run = reg.run("m", &["delete", "127.0.0.1:1"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("buckets move"), "{}", run.stderr());
+    assert_eq!(reg.bytes("m"), before);
+}

@@ -45,7 +45,7 @@ const LAYERS: [(&str, &[&[&str]]); 3] = [
             &["conn"],
             &["lifecycle", "metadump", "fence"],
             &["client"],
-            &["drain", "health", "settle"],
+            &["drain", "health", "rebucket", "settle"],
             // Reads the registry only (the table crate's): the page and its HTTP server.
             &["metrics"],
         ],
