@@ -1,12 +1,17 @@
 //! key → server from C allocates nothing: 10 000 lookups of distinct keys on hostname, IPv4
-//! and IPv6 lists of 3, 100 and 1 000 servers (a private list, and a domain's shared ring), with
+//! and IPv6 lists of 3, 100 and 1 000 servers (a private list, a domain's shared ring, and a
+//! vbucket domain's map of 8 192 buckets), with
 //! a global allocator that counts the allocations this thread makes while they run.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ffi::{CString, c_char, c_int};
 
-use libmcshm::table::Table;
+use std::sync::Arc;
+
+use libmcshm::hash::KeyHash;
+use libmcshm::placement::{BucketMap, Distribution, Shape};
+use libmcshm::table::{Policy, Table};
 use libmcshm::{Address, Domain, Registry, Server};
 use mcshm::{MCSHM_OK, mcshm_client, mcshm_close, mcshm_open_dir, mcshm_open_servers};
 
@@ -121,6 +126,34 @@ fn key_to_server_from_c_allocates_nothing() {
             let rc = unsafe { mcshm_open_dir(c_dir.as_ptr(), c_domain.as_ptr(), &mut client) };
             assert_eq!(rc, MCSHM_OK);
             assert_eq!(allocations(client), 0, "{kind} domain of {n}");
+            // SAFETY: the handle just opened, closed once.
+            unsafe { mcshm_close(client) };
+
+            // The same servers as a vbucket domain (libmemcached's virtual buckets).
+            let vbucket = format!("vb{kind}{n}");
+            Registry::open_writer(&dir, &Domain::new(&vbucket).unwrap(), true)
+                .unwrap()
+                .replace(&Table {
+                    servers: list
+                        .iter()
+                        .map(|a| Server::new(Address::parse(a).unwrap()))
+                        .collect(),
+                    policy: Policy {
+                        distribution: Distribution::VBucket(KeyHash::Crc),
+                        ..Policy::default()
+                    },
+                    buckets: Some(Arc::new(BucketMap::balanced(
+                        Shape::new(8192, 1).unwrap(),
+                        &(0..n).collect::<Vec<_>>(),
+                    ))),
+                    ..Table::default()
+                })
+                .unwrap();
+            let c_domain = CString::new(vbucket).unwrap();
+            // SAFETY: NUL-terminated strings and a place for the handle.
+            let rc = unsafe { mcshm_open_dir(c_dir.as_ptr(), c_domain.as_ptr(), &mut client) };
+            assert_eq!(rc, MCSHM_OK);
+            assert_eq!(allocations(client), 0, "{kind} vbucket domain of {n}");
             // SAFETY: the handle just opened, closed once.
             unsafe { mcshm_close(client) };
         }
