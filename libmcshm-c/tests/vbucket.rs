@@ -40,10 +40,8 @@ fn server_for_key_gives_libmemcacheds_virtual_bucket_vectors() {
     );
     let mut client: *mut mcshm_client = std::ptr::null_mut();
     // SAFETY: NUL-terminated strings and a place for the handle.
-    assert_eq!(
-        unsafe { mcshm_open_dir(c_dir.as_ptr(), c_domain.as_ptr(), &mut client) },
-        MCSHM_OK
-    );
+    let rc = unsafe { mcshm_open_dir(c_dir.as_ptr(), c_domain.as_ptr(), &mut client) };
+    assert_eq!(rc, MCSHM_OK);
     let expected = [
         ("hello", 0),
         ("doctor", 0),
