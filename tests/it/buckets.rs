@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::common::Reg;
 use crate::common::memcached::Memcached;
@@ -342,4 +343,97 @@ fn a_malformed_map_is_refused_naming_the_problem_and_the_table_kept() {
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("buckets move"), "{}", run.stderr());
     assert_eq!(reg.bytes("m"), before);
+}
+
+/// A vbucket domain in the fleet: made with `--etcd`, mirrored by two hosts' agents, and 16
+/// buckets moved with `--etcd` from host 1 (the map staged and completed in etcd, the keys
+/// moved by host 1's clients once its agent mirrors the staged map). Both hosts end on the
+/// completed map, and host 2's clients read every key written before the move.
+#[test]
+fn a_fleet_vbucket_domain_moves_buckets_for_every_host() {
+    use crate::common::etcd::{EtcdCluster, Host, fleet_cmd};
+    use crate::common::wait_until;
+    let cluster = EtcdCluster::start(1);
+    let endpoints = cluster.endpoints();
+    let hosts = [
+        Host::start("web1", &endpoints),
+        Host::start("web2", &endpoints),
+    ];
+    let (a, b, c) = (Memcached::start(), Memcached::start(), Memcached::start());
+    let fleet = |dir: &std::path::Path, args: &[&str]| {
+        let out = fleet_cmd(&endpoints, "fv", args)
+            .arg("--dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        let run = crate::common::Run(out);
+        assert_eq!(run.code(), 0, "{args:?}: {}", run.stderr());
+        run.stdout()
+    };
+    let dir1 = hosts[0].reg.dir();
+    fleet(dir1, &["add", "--no-flush", &a.address(), &b.address()]);
+    fleet(
+        dir1,
+        &["policy", "--distribution", "vbucket", "--hash", "crc"],
+    );
+    fleet(dir1, &["add", "--flush", &c.address()]);
+    let mirrored = |host: &Host, servers: usize, on_c: u64| {
+        wait_until(Duration::from_secs(20), || {
+            let out = host.reg.run("fv", &["--json", "buckets", "list"]);
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&out.stdout()) else {
+                return false;
+            };
+            let list = v["servers"].as_array().cloned().unwrap_or_default();
+            list.len() == servers && list[servers - 1]["buckets"] == on_c && v["moving"] == 0
+        })
+    };
+    for host in &hosts {
+        assert!(
+            mirrored(host, 3, 0),
+            "{} mirrors the domain: {}",
+            host.name,
+            host.log_text()
+        );
+    }
+    let keys: Vec<String> = (0..300).map(|i| format!("fk{i}")).collect();
+    for key in &keys {
+        assert!(
+            hosts[0]
+                .reg
+                .mclient("fv", &["set", key, key])
+                .status
+                .success()
+        );
+    }
+    let out = fleet(
+        dir1,
+        &[
+            "--json",
+            "buckets",
+            "move",
+            "--count",
+            "16",
+            &a.address(),
+            &c.address(),
+            "--rate",
+            "0",
+        ],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["buckets_moved"], 16, "{summary}");
+    for host in &hosts {
+        assert!(
+            mirrored(host, 3, 16),
+            "{} ends on the completed map",
+            host.name
+        );
+    }
+    for key in &keys {
+        let out = hosts[1].reg.mclient("fv", &["get", key]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            *key,
+            "{key} through web2"
+        );
+    }
 }
