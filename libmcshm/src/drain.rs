@@ -60,6 +60,17 @@ impl Drain {
         let snapshot = writer.current_snapshot()?;
         let server = snapshot.server(address)?;
         let id = server.id;
+        // A vbucket domain's keys follow its map: a server the map names keeps its buckets'
+        // keys until they move (and cannot leave the list before).
+        if let Some(map) = &snapshot.buckets
+            && map.names(snapshot.position(address)?)
+        {
+            return Err(Error::BadBuckets {
+                why: format!(
+                    "{address} owns or replicates buckets of domain '{domain}': move them off first (`mcadmin buckets move --count N {address} TO`, or `mcadmin down {address}` then `mcadmin buckets balance`), then drain or delete it"
+                ),
+            });
+        }
         match server.state {
             State::Down => {
                 return Err(Error::invalid(

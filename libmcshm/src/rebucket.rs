@@ -56,7 +56,8 @@ pub fn map_of(snapshot: &Snapshot) -> Result<&Arc<BucketMap>> {
 
 impl Rebucket {
     /// Lists the keys of the buckets the domain's current table moves (its forward rows), on
-    /// each server they leave. A source that is down is refused: its keys cannot be read.
+    /// each server they leave that is not down (a down server's keys cannot be read: its
+    /// buckets move empty).
     pub fn start(dir: &Path, domain: &Domain, timeouts: Timeouts) -> Result<Rebucket> {
         let mut client = Client::for_domain(dir, domain, timeouts)?;
         let staged = client.snapshot()?;
@@ -73,15 +74,11 @@ impl Rebucket {
         let prefix = staged.policy.prefix;
         let listed = staged.servers.len();
         let mut keys = Vec::new();
+        // A down source's keys cannot be read: its buckets move empty (it is flushed, or its
+        // missed writes replayed, before it serves again).
+        sources.retain(|&from| staged.servers[from].state != crate::State::Down);
         for &from in &sources {
             let server = &staged.servers[from];
-            if server.state == crate::State::Down {
-                return Err(Error::invalid(
-                    "server",
-                    &server.address.to_string(),
-                    "it is down: the keys of its moving buckets cannot be read (bring it up first)",
-                ));
-            }
             let found =
                 list_keys(&server.address, timeouts, &access).map_err(|error| Error::Network {
                     server: server.address.to_string(),

@@ -334,15 +334,21 @@ fn a_malformed_map_is_refused_naming_the_problem_and_the_table_kept() {
         assert_eq!(run.stderr().trim().lines().count(), 1, "{}", run.stderr());
         assert_eq!(reg.bytes("m"), before, "{text}: the table is as it was");
     }
-    // Removing a server that owns buckets is refused the same way.
+    // Removing or draining a server that owns buckets is refused the same way.
     let file = reg.dir().join("map.json");
     std::fs::write(&file, map("[[0],[1]]", 0, two)).unwrap();
     reg.ok("m", &["buckets", "load", file.to_str().unwrap()]);
     let before = reg.bytes("m");
-    let run = reg.run("m", &["delete", "127.0.0.1:1"]);
-    assert_eq!(run.code(), 2, "{}", run.stderr());
-    assert!(run.stderr().contains("buckets move"), "{}", run.stderr());
-    assert_eq!(reg.bytes("m"), before);
+    for verb in ["delete", "drain"] {
+        let run = reg.run("m", &[verb, "127.0.0.1:1"]);
+        assert_eq!(run.code(), 2, "{verb}: {}", run.stderr());
+        assert!(
+            run.stderr().contains("buckets move"),
+            "{verb}: {}",
+            run.stderr()
+        );
+        assert_eq!(reg.bytes("m"), before, "{verb}");
+    }
 }
 
 /// A vbucket domain in the fleet: made with `--etcd`, mirrored by two hosts' agents, and 16
