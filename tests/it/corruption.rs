@@ -192,8 +192,8 @@ fn truncated_files_are_refused_without_a_crash() {
 fn a_newer_format_is_refused_with_upgrade_advice() {
     let (reg, _) = setup();
     let mut bytes = reg.bytes("c");
-    bytes[8..12].copy_from_slice(&4u32.to_le_bytes()); // format_version
-    bytes[12..16].copy_from_slice(&4u32.to_le_bytes()); // min_reader_version
+    bytes[8..12].copy_from_slice(&5u32.to_le_bytes()); // format_version
+    bytes[12..16].copy_from_slice(&5u32.to_le_bytes()); // min_reader_version
     let crc = crc32fast::hash(&bytes[..128]);
     bytes[128..132].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(reg.file("c"), &bytes).unwrap();
@@ -201,7 +201,7 @@ fn a_newer_format_is_refused_with_upgrade_advice() {
         let run = reg.run("c", args);
         assert_eq!(run.code(), 4);
         assert!(
-            run.stderr().contains("format version 4") && run.stderr().contains("upgrade mcshm"),
+            run.stderr().contains("format version 5") && run.stderr().contains("upgrade mcshm"),
             "{}",
             run.stderr()
         );
@@ -296,8 +296,8 @@ fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
     let now = reg.bytes("c");
     assert_eq!(
         now[8..16],
-        [3, 0, 0, 0, 3, 0, 0, 0],
-        "rewritten as format 3"
+        [4, 0, 0, 0, 3, 0, 0, 0],
+        "rewritten as format 4, readable by format 3"
     );
     let word = u64::from_le_bytes(now[136..144].try_into().unwrap());
     assert_eq!(word & ((1 << 48) - 1), 3);
@@ -307,4 +307,18 @@ fn a_file_of_an_older_format_is_rewritten_on_the_first_write() {
         (list["version"].as_u64(), addresses(&list).len()),
         (Some(3), 4)
     );
+
+    // A file of format 3 (the release before bucket maps: the same bytes but the header's
+    // format) is read, and rewritten as format 4 by the next write; a vbucket domain then
+    // keeps min_reader_version 3 (format-3 readers refuse only its vbucket versions).
+    let mut bytes = reg.bytes("c");
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..128]);
+    bytes[128..132].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(reg.file("c"), &bytes).unwrap();
+    assert_eq!(addresses(&reg.list_json("c")).len(), 4, "format 3 is read");
+    reg.ok("c", &["policy", "--distribution", "vbucket"]);
+    assert_eq!(reg.bytes("c")[8..16], [4, 0, 0, 0, 3, 0, 0, 0]);
+    let listed = reg.ok("c", &["--json", "buckets", "list"]);
+    assert!(listed.contains("\"buckets\":1024"), "{listed}");
 }

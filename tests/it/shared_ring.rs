@@ -237,8 +237,8 @@ fn a_format_2_file_routes_and_is_upgraded_by_the_next_write() {
     let bytes = reg.bytes("c");
     assert_eq!(
         bytes[8..16],
-        [3, 0, 0, 0, 3, 0, 0, 0],
-        "rewritten as format 3"
+        [4, 0, 0, 0, 3, 0, 0, 0],
+        "rewritten as format 4, readable by format 3"
     );
     let (snap, ring_ref) = snapshot_and_ring(&reg, "c");
     assert!(ring_ref.is_some());
