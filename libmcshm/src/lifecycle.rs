@@ -920,6 +920,7 @@ impl LoadPlan {
             }
         }
         table.policy = loaded.policy;
+        table.buckets = loaded.buckets.clone();
     }
 }
 

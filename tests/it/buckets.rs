@@ -443,3 +443,46 @@ fn a_fleet_vbucket_domain_moves_buckets_for_every_host() {
         );
     }
 }
+
+/// `mcadmin dump` writes a vbucket domain's map after its servers (`buckets:` lines) and
+/// `mcadmin load` takes it back: a second domain loaded from the dump has the same map. A
+/// dump whose map names a server it does not list is refused with the table unchanged.
+#[test]
+fn a_dump_of_a_vbucket_domain_loads_back_with_its_map() {
+    let reg = Reg::new();
+    reg.ok(
+        "one",
+        &[
+            "add",
+            "--down",
+            "server1:11211",
+            "server2:11210",
+            "server3:11211",
+        ],
+    );
+    let sample = format!("{SAMPLES}/testapp-config");
+    reg.ok("one", &["buckets", "load", &sample]);
+    let text = reg.ok("one", &["dump"]);
+    assert!(text.contains("buckets: count=4 replicas=2\n"), "{text}");
+    assert!(
+        text.contains("buckets-rows: 0 0,1,2 1,2,0 2,1,-1 1,2,0\n"),
+        "{text}"
+    );
+    let file = reg.dir().join("one.list");
+    std::fs::write(&file, &text).unwrap();
+    reg.ok("two", &["load", file.to_str().unwrap()]);
+    assert_eq!(
+        reg.ok("two", &["buckets", "dump"]),
+        reg.ok("one", &["buckets", "dump"])
+    );
+    // A map naming a fourth server of a three-server list.
+    let bad = text
+        .replace("2,1,-1", "3,1,-1")
+        .replace("# end:", "# was end:");
+    std::fs::write(&file, &bad).unwrap();
+    let before = reg.bytes("two");
+    let run = reg.run("two", &["load", "--partial", file.to_str().unwrap()]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("out of range"), "{}", run.stderr());
+    assert_eq!(reg.bytes("two"), before);
+}
