@@ -34,7 +34,7 @@ pub struct Drain {
     counts: DrainCounts,
 }
 
-/// What a drain did with the keys it moved so far.
+/// What a drain (or a bucket move) did with the keys it moved so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DrainCounts {
     pub moved: u64,
@@ -44,6 +44,18 @@ pub struct DrainCounts {
     pub gone: u64,
     /// Could not be moved (the server stays draining).
     pub failed: u64,
+}
+
+impl DrainCounts {
+    /// Counts the outcome of one key's move.
+    pub fn count(&mut self, moved: &Result<Moved>) {
+        match moved {
+            Ok(Moved::Moved) => self.moved += 1,
+            Ok(Moved::Kept) => self.kept += 1,
+            Ok(Moved::Gone) => self.gone += 1,
+            Err(_) => self.failed += 1,
+        }
+    }
 }
 
 impl Drain {
@@ -133,13 +145,7 @@ impl Drain {
     /// over a newer value) and deletes it from the draining server; counted either way.
     pub fn move_key(&mut self, n: usize) -> Result<Moved> {
         let moved = self.client.move_key(&self.address, &self.keys[n]);
-        let counts = &mut self.counts;
-        match moved {
-            Ok(Moved::Moved) => counts.moved += 1,
-            Ok(Moved::Kept) => counts.kept += 1,
-            Ok(Moved::Gone) => counts.gone += 1,
-            Err(_) => counts.failed += 1,
-        }
+        self.counts.count(&moved);
         moved
     }
 

@@ -141,13 +141,7 @@ impl Rebucket {
         let pending = &self.keys[n];
         let from = self.staged.servers[pending.from].address.clone();
         let moved = self.client.move_key(&from, &pending.key);
-        let counts = &mut self.counts;
-        match moved {
-            Ok(Moved::Moved) => counts.moved += 1,
-            Ok(Moved::Kept) => counts.kept += 1,
-            Ok(Moved::Gone) => counts.gone += 1,
-            Err(_) => counts.failed += 1,
-        }
+        self.counts.count(&moved);
         moved
     }
 

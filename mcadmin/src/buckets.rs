@@ -3,9 +3,7 @@
 //! of an owner is staged in the map's forward rows, its keys are moved as a drain moves them
 //! ([`libmcshm::rebucket`]), and the forward rows then become the rows.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -19,7 +17,7 @@ use mcshm_cli::UsageError;
 use serde_json::json;
 
 use crate::buckets_json;
-use crate::lifecycle::{pause, stop_flag};
+use crate::lifecycle::move_keys;
 use crate::show::print;
 use crate::store::Written;
 use crate::{Exit, Invocation};
@@ -337,36 +335,17 @@ pub fn stage_and_move(
     let timeouts = Timeouts::default();
     let mut mover = Rebucket::start(&ctx.local.dir, &ctx.local.domain, timeouts)?;
     let total = mover.len();
-    let stop = stop_flag()?;
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    for n in 0..total {
-        if stop.load(Ordering::Relaxed) {
-            eprintln!(
-                "\nmcadmin: interrupted after {n} of {total} keys; the buckets stay staged (served correctly): run `mcadmin buckets finish` to complete them"
-            );
-            return Ok(Exit::No);
-        }
-        if rate > 0 {
-            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
-            pause(due.saturating_duration_since(Instant::now()), &stop);
-        }
+    let moved_all = move_keys(total, rate, |n| {
         if let Err(err) = mover.move_key(n) {
             eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(mover.key(n)));
         }
-        if tty && (n % 100 == 0 || n + 1 == total) {
-            let width = 30;
-            let done = (n + 1) * width / total.max(1);
-            eprint!(
-                "\r[{}{}] {}/{total} keys",
-                "#".repeat(done),
-                " ".repeat(width - done),
-                n + 1
-            );
-        }
-    }
-    if tty && total > 0 {
-        eprintln!();
+    })?;
+    if let Err(n) = moved_all {
+        eprintln!(
+            "\nmcadmin: interrupted after {n} of {total} keys; the buckets stay staged (served correctly): run `mcadmin buckets finish` to complete them"
+        );
+        return Ok(Exit::No);
     }
     let seconds = started.elapsed().as_secs_f64();
     let DrainCounts {

@@ -27,8 +27,44 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Runs `step` for keys `0..total` at `rate` keys per second (0: as fast as possible), with a
+/// progress bar on a terminal; `Err(n)` when SIGINT or SIGTERM stopped it before key `n`.
+pub fn move_keys(
+    total: usize,
+    rate: u32,
+    mut step: impl FnMut(usize),
+) -> Result<std::result::Result<(), usize>> {
+    let stop = stop_flag()?;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    for n in 0..total {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Err(n));
+        }
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+            pause(due.saturating_duration_since(Instant::now()), &stop);
+        }
+        step(n);
+        if tty && (n % 100 == 0 || n + 1 == total) {
+            let width = 30;
+            let done = (n + 1) * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{total} keys",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                n + 1,
+            );
+        }
+    }
+    if tty && total > 0 {
+        eprintln!();
+    }
+    Ok(Ok(()))
+}
+
 /// Sleeps `duration`, waking early when `stop` is set.
-pub fn pause(duration: Duration, stop: &AtomicBool) {
+fn pause(duration: Duration, stop: &AtomicBool) {
     let end = Instant::now() + duration;
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
@@ -288,39 +324,18 @@ pub fn drain(ctx: &Invocation, address: &Address, rate: u32) -> Result<Exit> {
         Timeouts::default(),
     )?;
     let total = drain.keys().len();
-    let stop = stop_flag()?;
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    for n in 0..total {
-        if stop.load(Ordering::Relaxed) {
-            eprintln!(
-                "\nmcadmin: interrupted after {n} of {total} keys; {address} is still draining: run `mcadmin drain {address}` again to resume, or `mcadmin up {address}` to cancel"
-            );
-            return Ok(Exit::No);
-        }
-        if rate > 0 {
-            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
-            pause(due.saturating_duration_since(Instant::now()), &stop);
-        }
+    let moved_all = move_keys(total, rate, |n| {
         if let Err(err) = drain.move_key(n) {
-            eprintln!(
-                "mcadmin: {}: {err}",
-                String::from_utf8_lossy(&drain.keys()[n])
-            );
+            let key = String::from_utf8_lossy(&drain.keys()[n]);
+            eprintln!("mcadmin: {key}: {err}");
         }
-        if tty && (n % 100 == 0 || n + 1 == total) {
-            let width = 30;
-            let done = (n + 1) * width / total.max(1);
-            eprint!(
-                "\r[{}{}] {}/{total} keys",
-                "#".repeat(done),
-                " ".repeat(width - done),
-                n + 1,
-            );
-        }
-    }
-    if tty {
-        eprintln!();
+    })?;
+    if let Err(n) = moved_all {
+        eprintln!(
+            "\nmcadmin: interrupted after {n} of {total} keys; {address} is still draining: run `mcadmin drain {address}` again to resume, or `mcadmin up {address}` to cancel"
+        );
+        return Ok(Exit::No);
     }
     let seconds = started.elapsed().as_secs_f64();
     let keys_per_s = (total as f64 / seconds.max(1e-9)).round();
