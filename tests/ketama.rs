@@ -2,33 +2,17 @@
 //! mcshm and libmemcached clients of one fleet agree. The oracle is the real library: a small C
 //! program (tests/c/ketama_oracle.c) compiled here against the system's libmemcached.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use libmcshm::Address;
 use libmcshm::placement::{Ring, point_name};
 
-/// Compiles the oracle; panics with the install command when libmemcached is missing.
+/// Compiles the oracle (see `common::cbuild`).
 fn oracle(dir: &std::path::Path) -> std::path::PathBuf {
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "libmemcached"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .unwrap_or_else(|| {
-            panic!("libmemcached not found: apt-get install -y libmemcached-dev pkg-config")
-        });
-    let exe = dir.join("ketama_oracle");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/ketama_oracle.c");
-    let status = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&exe)
-        .arg(source)
-        .args(String::from_utf8(flags.stdout).unwrap().split_whitespace())
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "compiling the ketama oracle failed");
-    exe
+    common::cbuild::libmemcached_oracle(dir, "ketama_oracle")
 }
 
 /// What libmemcached answers for `keys` on the servers `specs` (`HOST:PORT:WEIGHT` each): one

@@ -11,8 +11,10 @@
 //! (which libhashkit's one-at-a-time and FNV-1a add as signed chars). Nothing is connected to:
 //! the addresses are only named.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -23,27 +25,9 @@ use libmcshm::placement::{Distribution, Locator, Member};
 use libmcshm::table::{Policy, Snapshot};
 use libmcshm::{Address, Server};
 
-/// Compiles the oracle; panics with the install command when libmemcached is missing.
-fn oracle(dir: &Path) -> PathBuf {
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "libmemcached"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .unwrap_or_else(|| {
-            panic!("libmemcached not found: apt-get install -y libmemcached-dev pkg-config")
-        });
-    let exe = dir.join("vbucket_oracle");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/vbucket_oracle.c");
-    let status = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&exe)
-        .arg(source)
-        .args(String::from_utf8(flags.stdout).unwrap().split_whitespace())
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "compiling the vbucket oracle failed");
-    exe
+/// Compiles the oracle (see `common::cbuild`).
+fn oracle(dir: &std::path::Path) -> std::path::PathBuf {
+    common::cbuild::libmemcached_oracle(dir, "vbucket_oracle")
 }
 
 /// What libmemcached answers for `keys` with `hash`, the host map `owners` (one position per

@@ -54,3 +54,26 @@ pub fn compile(prefix: &Path, source: &str, flags: &[&str], out_dir: &Path) -> P
     assert!(status.success(), "compiling tests/c/{source} failed");
     exe
 }
+
+/// Compiles `tests/c/NAME.c` against the system's libmemcached into `dir` (the oracles of
+/// tests/ketama.rs and tests/vbucket.rs); panics with the install command when it is missing.
+pub fn libmemcached_oracle(dir: &Path, name: &str) -> PathBuf {
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "libmemcached"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .unwrap_or_else(|| {
+            panic!("libmemcached not found: apt-get install -y libmemcached-dev pkg-config")
+        });
+    let exe = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(Path::new(ROOT).join("tests/c").join(format!("{name}.c")))
+        .args(String::from_utf8(flags.stdout).unwrap().split_whitespace())
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling {name} failed");
+    exe
+}
