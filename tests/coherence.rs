@@ -827,7 +827,13 @@ impl Checker {
     fn step(&mut self) {
         match self.rng.below(100) < 88 {
             true => self.step_io(),
-            false => self.change(),
+            false => {
+                self.change();
+                let staged = self.buckets.is_some() && self.listing().moving > 0;
+                if let Some(b) = self.buckets.as_mut() {
+                    b.staged = staged;
+                }
+            }
         }
     }
 
@@ -855,6 +861,9 @@ impl Checker {
         } else if roll < 88 {
             let answer = self.read(front, &key);
             self.reads += 1;
+            if let Some(b) = self.buckets.as_mut().filter(|b| b.staged) {
+                b.staged_reads += 1;
+            }
             self.note(format!("{front:?} get {key}: {answer:?}"));
             if let Ok(Some(value)) = &answer {
                 let allowed = self.allowed.get(&key).cloned().unwrap_or_default();
@@ -1178,6 +1187,9 @@ struct Buckets {
     emptied: u64,
     /// Bucket changes refused or failed (a move to a down server, off a dead one).
     refused: u64,
+    /// Whether moves are staged (as of the last change), and the reads checked meanwhile.
+    staged: bool,
+    staged_reads: u64,
 }
 
 /// `mcadmin --json buckets list`, the part the checker uses.
@@ -1534,7 +1546,7 @@ fn check_in(mut checker: Checker, ops: usize) -> (usize, u64, u64) {
     }
     if let Some(b) = &checker.buckets {
         eprintln!(
-            "vbucket (hash {}): {} moves, {} balances, {} moves interrupted while staged ({} done before the SIGINT), {} finishes, {} servers emptied of buckets for a delete or drain; {} bucket changes refused",
+            "vbucket (hash {}): {} moves, {} balances, {} moves interrupted while staged ({} done before the SIGINT), {} finishes, {} servers emptied of buckets for a delete or drain; {} bucket changes refused; {} reads checked while moves were staged",
             b.hash,
             b.moves,
             b.balances,
@@ -1542,7 +1554,8 @@ fn check_in(mut checker: Checker, ops: usize) -> (usize, u64, u64) {
             b.done_first,
             b.finishes,
             b.emptied,
-            b.refused
+            b.refused,
+            b.staged_reads
         );
     }
     if let World::Fleet { hosts, .. } = &checker.world {
