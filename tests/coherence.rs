@@ -580,6 +580,8 @@ struct Checker {
     heals: Vec<Duration>,
     /// Writes that failed as fenced (or, from mclient, exit 3: any server error).
     fenced_writes: u64,
+    /// The vbucket mode ([`Checker::into_vbucket`]): bucket moves among the changes.
+    buckets: Option<Buckets>,
 }
 
 impl Checker {
@@ -702,6 +704,7 @@ impl Checker {
             member_down: None,
             heals: Vec::new(),
             fenced_writes: 0,
+            buckets: None,
         };
         checker.nemesis = matches!(&checker.world, World::Fleet { netns: Some(_), .. });
         checker.converge();
@@ -824,7 +827,13 @@ impl Checker {
     fn step(&mut self) {
         match self.rng.below(100) < 88 {
             true => self.step_io(),
-            false => self.change(),
+            false => {
+                self.change();
+                let staged = self.buckets.is_some() && self.listing().moving > 0;
+                if let Some(b) = self.buckets.as_mut() {
+                    b.staged = staged;
+                }
+            }
         }
     }
 
@@ -852,6 +861,9 @@ impl Checker {
         } else if roll < 88 {
             let answer = self.read(front, &key);
             self.reads += 1;
+            if let Some(b) = self.buckets.as_mut().filter(|b| b.staged) {
+                b.staged_reads += 1;
+            }
             self.note(format!("{front:?} get {key}: {answer:?}"));
             if let Ok(Some(value)) = &answer {
                 let allowed = self.allowed.get(&key).cloned().unwrap_or_default();
@@ -944,6 +956,9 @@ impl Checker {
             self.note(format!("restart server {i} empty"));
             return;
         }
+        if self.buckets.is_some() && self.rng.below(5) < 2 {
+            return self.bucket_change();
+        }
         let table = self.in_table.iter().filter(|t| **t).count();
         let address = |c: &Checker, i: usize| c.servers[i].address();
         let mut op = self.rng.below(12);
@@ -963,13 +978,27 @@ impl Checker {
             2 if table > 2 => {
                 if let Some(i) = self.pick(|c, i| c.in_table[i]) {
                     let a = address(self, i);
-                    self.admin(&["delete", &a]);
-                    self.in_table[i] = false;
+                    if self.buckets.is_some() {
+                        // A server the map names is not deleted (refused): its buckets move
+                        // off first; when they could not, a delete now and then anyway.
+                        if self.empty_server(i) || self.rng.below(4) == 0 {
+                            self.admin(&["delete", &a]);
+                            self.in_table[i] = self.listing().get(&a).is_some();
+                        }
+                    } else {
+                        self.admin(&["delete", &a]);
+                        self.in_table[i] = false;
+                    }
                 }
             }
             3 if table > 2 => {
                 if let Some(i) = self.pick(|c, i| c.in_table[i] && c.healthy(i)) {
                     let a = address(self, i);
+                    // Drained where the map allows (once it owns no bucket); when its buckets
+                    // could not move off, a drain now and then anyway (refused at its end).
+                    if self.buckets.is_some() && !self.empty_server(i) && self.rng.below(4) != 0 {
+                        return;
+                    }
                     self.admin(&["drain", &a, "--rate", "0"]);
                     let list: serde_json::Value =
                         serde_json::from_str(&self.admin(&["--json", "list"])).unwrap();
@@ -1142,6 +1171,349 @@ impl Checker {
     }
 }
 
+/// What the vbucket mode did, for its summary.
+#[derive(Default)]
+struct Buckets {
+    hash: &'static str,
+    /// `buckets move --rate 0` (those that emptied a server for a delete or drain included).
+    moves: u64,
+    balances: u64,
+    /// Moves sent SIGINT once staged, that stopped with their buckets staged; and those that
+    /// had moved their keys and completed before the SIGINT could be sent.
+    interrupted: u64,
+    done_first: u64,
+    finishes: u64,
+    /// Servers whose buckets all moved off before a delete or drain.
+    emptied: u64,
+    /// Bucket changes refused or failed (a move to a down server, off a dead one).
+    refused: u64,
+    /// Whether moves are staged (as of the last change), and the reads checked meanwhile.
+    staged: bool,
+    staged_reads: u64,
+}
+
+/// `mcadmin --json buckets list`, the part the checker uses.
+struct Listing {
+    /// Buckets staged to move (forward rows that differ from their rows).
+    moving: u64,
+    servers: Vec<Listed>,
+}
+
+/// A server of the list as `buckets list` shows it.
+struct Listed {
+    address: String,
+    state: String,
+    /// Buckets it owns (routed rows: those staged to move onto it included).
+    buckets: u64,
+    moving_off: u64,
+    moving_on: u64,
+}
+
+impl Listing {
+    fn get(&self, address: &str) -> Option<&Listed> {
+        self.servers.iter().find(|s| s.address == address)
+    }
+
+    /// Buckets a move can take off the server: those it owns that are not moving.
+    fn movable(&self, address: &str) -> u64 {
+        self.get(address).map_or(0, |s| s.buckets - s.moving_on)
+    }
+
+    fn up(&self, address: &str) -> bool {
+        self.get(address).is_some_and(|s| s.state == "up")
+    }
+}
+
+/// Whether process `pid` catches SIGINT now (its handler is installed: `SigCgt` in
+/// /proc/PID/status).
+fn catches_sigint(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// The vbucket mode (one host): the domain is a vbucket domain, and bucket moves, balances,
+/// moves interrupted half-way and finishes are among the changes.
+impl Checker {
+    /// Makes the checker's domain a vbucket domain of `hash` (an even map of 1 024 buckets over
+    /// the 3 servers), and bucket changes part of its history.
+    fn into_vbucket(mut self, hash: &'static str) -> Checker {
+        assert!(!self.fleet(), "the vbucket mode runs on one host");
+        let refused = self.refused;
+        self.admin(&["policy", "--distribution", "vbucket", "--hash", hash]);
+        assert_eq!(self.refused, refused, "{:?}", self.history);
+        let listing = self.listing();
+        let owned: u64 = listing.servers.iter().map(|s| s.buckets).sum();
+        assert_eq!(owned, 1024, "an even map of 1 024 buckets");
+        self.buckets = Some(Buckets {
+            hash,
+            ..Buckets::default()
+        });
+        self
+    }
+
+    /// The domain's bucket map as `buckets list` shows it (not a change: not in the history).
+    fn listing(&self) -> Listing {
+        let out = Command::new(common::MCADMIN)
+            .arg("--dir")
+            .arg(&self.dirs[0])
+            .args(["--domain", "c", "--json", "buckets", "list"])
+            .env_remove("MCSHM_ETCD")
+            .env_remove("MCSHM_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            self.fail(&format!(
+                "mcadmin buckets list: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let servers = list["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| Listed {
+                address: s["server"].as_str().unwrap().to_string(),
+                state: s["state"].as_str().unwrap().to_string(),
+                buckets: s["buckets"].as_u64().unwrap(),
+                moving_off: s["moving_off"].as_u64().unwrap(),
+                moving_on: s["moving_on"].as_u64().unwrap(),
+            })
+            .collect();
+        Listing {
+            moving: list["moving"].as_u64().unwrap(),
+            servers,
+        }
+    }
+
+    /// A bucket change through `admin`, counted in `count` when it took effect.
+    fn bucket_admin(&mut self, args: &[&str], count: fn(&mut Buckets) -> &mut u64) -> bool {
+        let refused = self.refused;
+        self.admin(args);
+        let done = self.refused == refused;
+        let buckets = self.buckets.as_mut().unwrap();
+        match done {
+            true => *count(buckets) += 1,
+            false => buckets.refused += 1,
+        }
+        done
+    }
+
+    /// Whether the moves staged can complete: every server they move off or onto is up. A
+    /// server of theirs that is down is brought up (as the refusal says to; flushed by its
+    /// rejoin) when it runs; `false` while one is killed or frozen (brought back by `change`).
+    fn unblock(&mut self, listing: &mut Listing) -> bool {
+        let stuck: Vec<usize> = (0..SERVERS)
+            .filter(|&i| {
+                let listed = listing.get(&self.servers[i].address());
+                listed.is_some_and(|s| {
+                    s.moving_off + s.moving_on > 0 && (s.state != "up" || !self.healthy(i))
+                })
+            })
+            .collect();
+        if stuck.is_empty() {
+            return true;
+        }
+        if stuck.iter().any(|&i| !self.healthy(i)) {
+            return false;
+        }
+        let addresses: Vec<String> = stuck.iter().map(|&i| self.servers[i].address()).collect();
+        let mut args = vec!["up"];
+        args.extend(addresses.iter().map(String::as_str));
+        self.admin(&args);
+        *listing = self.listing();
+        addresses.iter().all(|a| listing.up(a))
+    }
+
+    /// A move of a random number of a server's buckets to another (now, or interrupted once
+    /// staged), a balance, or a finish of the moves staged.
+    fn bucket_change(&mut self) {
+        let mut listing = self.listing();
+        if listing.moving > 0 && !self.unblock(&mut listing) {
+            return;
+        }
+        if listing.moving > 0 && self.rng.below(3) == 0 {
+            self.bucket_admin(&["buckets", "finish", "--rate", "0"], |b| &mut b.finishes);
+            return;
+        }
+        let roll = self.rng.below(8);
+        let movable: Vec<u64> = (0..SERVERS)
+            .map(|i| listing.movable(&self.servers[i].address()))
+            .collect();
+        let up = |c: &Checker, i: usize| c.healthy(i) && listing.up(&c.servers[i].address());
+        // Off a server that is up, mostly; now and then off any (refused when it is down).
+        let from = match self.rng.below(8) {
+            0 => self.pick(|c, i| c.in_table[i] && movable[i] > 0),
+            _ => self.pick(|c, i| c.in_table[i] && movable[i] > 0 && up(c, i)),
+        };
+        let (Some(from), 0..=5) = (from, roll) else {
+            // A balance moves the buckets of servers that are down off them: refused (their
+            // keys cannot be read) but staged. Mostly when every server is up.
+            let all_up = (0..SERVERS).all(|i| !self.in_table[i] || up(self, i));
+            if all_up || self.rng.below(4) == 0 {
+                self.bucket_admin(&["buckets", "balance", "--rate", "0"], |b| &mut b.balances);
+            }
+            return;
+        };
+        // To a server that is up, mostly; now and then to any (refused when it is down).
+        let to = match self.rng.below(8) {
+            0 => self.pick(|c, i| c.in_table[i] && i != from),
+            _ => self.pick(|c, i| c.in_table[i] && i != from && up(c, i)),
+        };
+        let Some(to) = to else {
+            return;
+        };
+        // Any number of its buckets; most of them for a move to interrupt, so that it has
+        // keys to move (24 keys over 1 024 buckets) and is still moving them at the SIGINT.
+        let movable = movable[from] as usize;
+        let count = match roll {
+            0..=3 => 1 + self.rng.below(movable),
+            _ => movable - self.rng.below(movable / 4 + 1),
+        }
+        .to_string();
+        let (a, b) = (self.servers[from].address(), self.servers[to].address());
+        match roll {
+            0..=3 => {
+                let args = ["buckets", "move", "--count", &count, &a, &b, "--rate", "0"];
+                self.bucket_admin(&args, |b| &mut b.moves);
+            }
+            _ => self.interrupted_move(&count, &a, &b),
+        }
+    }
+
+    /// `buckets move --count COUNT A B` at a low rate, sent SIGINT once it said its buckets
+    /// are staged and its handler is in place: the buckets stay staged, served by their forward
+    /// rows, until a later finish, move or balance completes them.
+    fn interrupted_move(&mut self, count: &str, a: &str, b: &str) {
+        let rate = (1 + self.rng.below(3)).to_string();
+        let args = ["buckets", "move", "--count", count, a, b, "--rate", &rate];
+        let mut child = Command::new(common::MCADMIN)
+            .arg("--dir")
+            .arg(&self.dirs[0])
+            .args(["--domain", "c"])
+            .args(args)
+            .env_remove("MCSHM_ETCD")
+            .env_remove("MCSHM_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut said = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let staged = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let staged = line.contains("staged to move");
+                    said.push(line);
+                    if staged {
+                        break true;
+                    }
+                }
+                // It ended without staging anything (refused), or said nothing for 30 s.
+                Err(_) => break false,
+            }
+        };
+        let mut sent = false;
+        if staged {
+            // A SIGINT before its handler is installed would kill it (that leaves the buckets
+            // staged too, but not the way an operator's Ctrl-C does).
+            let pid = child.id();
+            let ready = wait_until(Duration::from_secs(30), || {
+                !matches!(child.try_wait(), Ok(None)) || catches_sigint(pid)
+            });
+            if ready && matches!(child.try_wait(), Ok(None)) {
+                // Our own child, not yet reaped: its pid is still its own.
+                let pid = pid.to_string();
+                sent = Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            }
+        }
+        let ended = wait_until(Duration::from_secs(30), || {
+            !matches!(child.try_wait(), Ok(None))
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        said.extend(rx.try_iter());
+        let said = said.join(" / ");
+        self.note(format!(
+            "mcadmin {}{} -> {} {said}",
+            args.join(" "),
+            if sent { ", SIGINT once staged" } else { "" },
+            status.code().unwrap_or(-1)
+        ));
+        if !ended {
+            self.fail("mcadmin buckets move did not end 30 s after its SIGINT");
+        }
+        self.changes += 1;
+        let buckets = self.buckets.as_mut().unwrap();
+        if said.contains("interrupted after") {
+            buckets.interrupted += 1;
+        } else if status.success() {
+            buckets.done_first += 1;
+        } else {
+            buckets.refused += 1;
+            self.refused += 1;
+        }
+    }
+
+    /// Moves every bucket server `i` owns to another server that is up (the moves staged
+    /// before finished first), as an operator does before deleting or draining it. Whether the
+    /// map names it no more.
+    fn empty_server(&mut self, i: usize) -> bool {
+        let mut listing = self.listing();
+        if listing.moving > 0 {
+            if !self.unblock(&mut listing) {
+                return false;
+            }
+            self.bucket_admin(&["buckets", "finish", "--rate", "0"], |b| &mut b.finishes);
+            listing = self.listing();
+            if listing.moving > 0 {
+                return false;
+            }
+        }
+        let a = self.servers[i].address();
+        let owned = listing.movable(&a);
+        if owned == 0 {
+            return true;
+        }
+        let to = self.pick(|c, j| {
+            j != i && c.in_table[j] && c.healthy(j) && listing.up(&c.servers[j].address())
+        });
+        let Some(to) = to else {
+            return false;
+        };
+        let (count, b) = (owned.to_string(), self.servers[to].address());
+        let args = ["buckets", "move", "--count", &count, &a, &b, "--rate", "0"];
+        let emptied = self.bucket_admin(&args, |b| &mut b.moves);
+        if emptied {
+            self.buckets.as_mut().unwrap().emptied += 1;
+        }
+        emptied
+    }
+}
+
 /// Runs one seed; returns (operations, reads, changes that took effect).
 fn check(seed: u64, ops: usize, fleet: bool, rejoin: &str) -> (usize, u64, u64) {
     check_in(Checker::new(seed, fleet, rejoin, None), ops)
@@ -1170,6 +1542,20 @@ fn check_in(mut checker: Checker, ops: usize) -> (usize, u64, u64) {
             heals.get(heals.len() / 2),
             heals.last(),
             checker.fenced_writes
+        );
+    }
+    if let Some(b) = &checker.buckets {
+        eprintln!(
+            "vbucket (hash {}): {} moves, {} balances, {} moves interrupted while staged ({} done before the SIGINT), {} finishes, {} servers emptied of buckets for a delete or drain; {} bucket changes refused; {} reads checked while moves were staged",
+            b.hash,
+            b.moves,
+            b.balances,
+            b.interrupted,
+            b.done_first,
+            b.finishes,
+            b.emptied,
+            b.refused,
+            b.staged_reads
         );
     }
     if let World::Fleet { hosts, .. } = &checker.world {
@@ -1294,4 +1680,28 @@ fn randomized_histories_under_replay_serve_no_stale_read() {
             "seed {seed} ran out of time after {done} operations"
         );
     }
+}
+
+/// The checker on a vbucket domain (issue 35), on one host: the domain made a vbucket domain
+/// at setup (an even map of 1 024 buckets, the key hash chosen by the seed: crc for the
+/// default seed), and besides the changes of the other modes (add, delete once its buckets
+/// moved off, drain once its buckets moved off, up/down, kill/restart, freeze, failover
+/// policy, weight, load), `buckets move --count K FROM TO --rate 0` of a random K of FROM's
+/// buckets, `buckets balance --rate 0`, a move interrupted by SIGINT once staged (its forward
+/// rows then stay staged through reads and writes) and `buckets finish --rate 0`. One seed (21)
+/// of 2 000 operations in the suite (about 20 s in debug on this 2-core machine, alone);
+/// MCSHM_COHERENCE_SEED=S for another seed, MCSHM_COHERENCE_VBUCKET_OPS=N for more operations.
+#[test]
+fn randomized_vbucket_histories_serve_no_stale_read() {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let ops = env("MCSHM_COHERENCE_VBUCKET_OPS").map_or(2_000, |n| n as usize);
+    let seed = env("MCSHM_COHERENCE_SEED").unwrap_or(21);
+    let hash = ["md5", "crc", "fnv1a_32", "murmur", "one-at-a-time"][(seed % 5) as usize];
+    let checker = Checker::new(seed, false, "flush", None).into_vbucket(hash);
+    let (done, reads, changes) = check_in(checker, ops);
+    eprintln!("vbucket seed {seed}: {done} operations ({reads} reads checked, {changes} changes)");
+    assert_eq!(
+        done, ops,
+        "seed {seed} ran out of time after {done} operations"
+    );
 }
