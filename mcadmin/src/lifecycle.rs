@@ -44,6 +44,9 @@ pub fn move_keys(
         if rate > 0 {
             let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
             pause(due.saturating_duration_since(Instant::now()), &stop);
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Err(n)); // stopped during the pause: this key is not moved
+            }
         }
         step(n);
         if tty && (n % 100 == 0 || n + 1 == total) {
