@@ -8,7 +8,7 @@
 //! as holding strays (`mcshm_table::coherence`), so no read is stale. Meanwhile [`Rebucket`]
 //! lists each old owner's keys (`lru_crawler metadump all`) and moves those of the moving
 //! buckets at a chosen rate, keeping flags and TTL, never over a newer value; then
-//! [`Rebucket::finish`] makes the forward rows the rows. A move that stops half-way leaves the
+//! [`completed`] makes the forward rows the rows. A move that stops half-way leaves the
 //! rows staged, and correct: run it again to finish.
 
 use std::path::Path;
