@@ -355,11 +355,6 @@ impl BucketMap {
             self.rows = forward;
         }
     }
-
-    /// Drops the forward rows (a move abandoned: keys route by the rows again).
-    pub fn abandon(&mut self) {
-        self.forward = None;
-    }
 }
 
 /// The position a cell names, if any.

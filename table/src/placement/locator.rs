@@ -65,8 +65,6 @@ pub struct BucketLocator {
     map: Arc<BucketMap>,
     listed: usize,
     routed: Vec<bool>,
-    /// Route by the rows, not the forward rows: where keys were before the moves under way.
-    before_moves: bool,
 }
 
 impl BucketLocator {
@@ -83,14 +81,7 @@ impl BucketLocator {
             map,
             listed,
             routed,
-            before_moves: false,
         }
-    }
-
-    /// The same, routing by the rows of the map (where keys were before the moves under way).
-    pub fn before_moves(mut self) -> Self {
-        self.before_moves = true;
-        self
     }
 
     pub fn map(&self) -> &Arc<BucketMap> {
@@ -102,11 +93,9 @@ impl BucketLocator {
         buckets::key_bucket(&self.map, self.hash, self.listed, key)
     }
 
+    /// Where bucket `b`'s keys are routed: its forward row while it moves.
     fn row(&self, b: usize) -> &[u16] {
-        match self.before_moves {
-            true => self.map.row(b),
-            false => self.map.routed_row(b),
-        }
+        self.map.routed_row(b)
     }
 
     fn is_routed(&self, c: u16) -> Option<usize> {
