@@ -15,15 +15,30 @@ const MAX_DUMP: usize = 1 << 30;
 /// The keys a server holds, from `lru_crawler metadump all` (sent on a connection of its own:
 /// memcached answers it only when it is not pipelined behind other commands), as sent (the
 /// domain's key prefix included), mcshm's reserved keys left out ([`keys_of`]).
+///
+/// memcached runs one crawl at a time: while another process's dump of the same server runs
+/// (mcproxy's or the watcher's sweep, a settle, a drain) it answers `BUSY`, and the dump is
+/// asked again until the crawler is free, for [`BUSY_WAIT`] at most.
 pub fn list_keys(
     address: &Address,
     timeouts: Timeouts,
     access: &Access,
 ) -> Result<Vec<Vec<u8>>, String> {
-    let dump =
-        metadump(address, timeouts, access).map_err(|e| format!("lru_crawler metadump: {e}"))?;
-    keys_of(&dump)
+    let deadline = Instant::now() + BUSY_WAIT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let dump = metadump(address, timeouts, access)
+            .map_err(|e| format!("lru_crawler metadump: {e}"))?;
+        if !dump.starts_with(b"BUSY") || Instant::now() >= deadline {
+            return keys_of(&dump);
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
 }
+
+/// How long a dump waits for a server's crawler that another dump holds.
+pub const BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// The keys of a metadump, decoded, up to its `END` (`Err` when the server refused the dump
 /// or it ended early). Keys in mcshm's reserved namespace (the fences, [`crate::fence`]) are

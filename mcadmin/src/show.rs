@@ -24,7 +24,7 @@ pub fn snapshot_json(snapshot: &Snapshot, failures: &[u32]) -> Value {
             v
         })
         .collect();
-    json!({
+    let mut v = json!({
         "domain": snapshot.domain,
         "version": snapshot.version,
         "changed_ms": snapshot.changed_ms,
@@ -32,7 +32,39 @@ pub fn snapshot_json(snapshot: &Snapshot, failures: &[u32]) -> Value {
         "writer_uid": snapshot.writer_uid,
         "policy": policy_json(&snapshot.policy),
         "servers": servers,
-    })
+    });
+    // A vbucket domain: the map's shape, and each server's buckets (owned, replicas held).
+    if let Some(map) = &snapshot.buckets {
+        let shape = map.shape();
+        v["bucket_map"] = json!({"buckets": shape.buckets, "replicas": shape.replicas,
+                                 "moving": map.moving()});
+        let counts = map.counts(snapshot.servers.len());
+        for (server, (owned, held)) in v["servers"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .zip(counts)
+        {
+            server["buckets"] = json!(owned);
+            server["bucket_replicas"] = json!(held);
+        }
+    }
+    v
+}
+
+/// The bucket map line of a vbucket domain's `list` (empty for other domains).
+pub fn buckets_text(snapshot: &Snapshot) -> String {
+    let Some(map) = &snapshot.buckets else {
+        return String::new();
+    };
+    let shape = map.shape();
+    format!(
+        "buckets: {} ({} replica column{}), {} moving; per server: mcadmin buckets list\n",
+        shape.buckets,
+        shape.replicas,
+        if shape.replicas == 1 { "" } else { "s" },
+        map.moving()
+    )
 }
 
 pub fn policy_json(p: &Policy) -> Value {
@@ -155,6 +187,7 @@ pub fn snapshot_table(snapshot: &Snapshot, failures: &[u32]) -> String {
         snapshot.writer_uid,
         libmcshm::dump::policy_text(&snapshot.policy),
     );
+    out += &buckets_text(snapshot);
     out += &servers_table(&snapshot.servers, failures);
     out
 }

@@ -53,13 +53,14 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
             },
             || {
                 format!(
-                    "domain {}  fleet revision {revision}  changed {} by {} on {} pid {}\npolicy: {}\n{}",
+                    "domain {}  fleet revision {revision}  changed {} by {} on {} pid {}\npolicy: {}\n{}{}",
                     ctx.local.domain,
                     libmcshm::clock::utc(changed.ms),
                     changed.by,
                     changed.host,
                     changed.pid,
                     dump::policy_text(&snapshot.policy),
+                    show::buckets_text(snapshot),
                     show::servers_table(&snapshot.servers, failures)
                 )
             },
