@@ -698,8 +698,8 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "NAME")]
     pub distribution: Option<String>,
     /// The key hash of modula, ketama-unweighted and vbucket, as libmemcached's
-    /// MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its default), md5, crc, fnv1a_32 or murmur;
-    /// pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
+    /// MEMCACHED_BEHAVIOR_HASH: one-at-a-time (its default), md5, crc, fnv1_64, fnv1a_64,
+    /// fnv1_32, fnv1a_32, murmur, jenkins or murmur3; pecl-memcache's, as memcache.hash_function: crc32 (its default) or fnv
     #[arg(long, value_name = "H", requires = "distribution")]
     pub hash: Option<String>,
     /// Key prefix: sent before every key, never hashed, as PHP memcached's OPT_PREFIX_KEY

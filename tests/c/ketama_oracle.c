@@ -3,7 +3,8 @@
  * reads keys (one per line) on stdin, prints "host:port" of the server libmemcached picks for
  * each: with MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED (libketama-compatible), or with --modula,
  * MEMCACHED_DISTRIBUTION_MODULA and MEMCACHED_BEHAVIOR_HASH = HASH (one-at-a-time, md5, crc,
- * fnv1a_32, murmur); --ketama HASH: MEMCACHED_BEHAVIOR_KETAMA (unweighted) and
+ * fnv1a_32, murmur, fnv1_64, fnv1a_64, fnv1_32, jenkins, murmur3; a hash the library refuses,
+ * compiled out of it, fails the oracle); --ketama HASH: MEMCACHED_BEHAVIOR_KETAMA (unweighted) and
  * MEMCACHED_BEHAVIOR_HASH = HASH; --spy: KETAMA_WEIGHTED then
  * MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY.
  * No network I/O. */
@@ -18,11 +19,14 @@ int main(int argc, char **argv) {
     int modula = argc > 2 && strcmp(argv[1], "--modula") == 0;
     int unweighted = argc > 2 && strcmp(argv[1], "--ketama") == 0;
     if (modula || unweighted) {
-        const char *names[] = {"one-at-a-time", "md5", "crc", "fnv1a_32", "murmur"};
+        const char *names[] = {"one-at-a-time", "md5", "crc", "fnv1a_32", "murmur",
+                               "fnv1_64", "fnv1a_64", "fnv1_32", "jenkins", "murmur3"};
         const memcached_hash_t hashes[] = {MEMCACHED_HASH_DEFAULT, MEMCACHED_HASH_MD5, MEMCACHED_HASH_CRC,
-                                           MEMCACHED_HASH_FNV1A_32, MEMCACHED_HASH_MURMUR};
+                                           MEMCACHED_HASH_FNV1A_32, MEMCACHED_HASH_MURMUR, MEMCACHED_HASH_FNV1_64,
+                                           MEMCACHED_HASH_FNV1A_64, MEMCACHED_HASH_FNV1_32, MEMCACHED_HASH_JENKINS,
+                                           MEMCACHED_HASH_MURMUR3};
         int found = -1;
-        for (int h = 0; h < 5; h++)
+        for (int h = 0; h < (int)(sizeof names / sizeof *names); h++)
             if (strcmp(argv[2], names[h]) == 0) found = h;
         if (found < 0) {
             fprintf(stderr, "unknown hash %s\n", argv[2]);
@@ -32,7 +36,10 @@ int main(int argc, char **argv) {
             memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_MODULA);
         else
             memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA, 1);
-        memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_HASH, hashes[found]);
+        if (memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_HASH, hashes[found]) != MEMCACHED_SUCCESS) {
+            fprintf(stderr, "libmemcached refused the hash %s (compiled out?)\n", argv[2]);
+            return 2;
+        }
         first = 3;
     } else if (argc > 1 && strcmp(argv[1], "--spy") == 0) {
         memcached_behavior_set(memc, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);

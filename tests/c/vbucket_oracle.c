@@ -1,6 +1,7 @@
 /* The key->server oracle for virtual buckets: libmemcached itself.
  * Usage: vbucket_oracle HASH BUCKETS OWNERS HOST:PORT...
- *   HASH     one-at-a-time, md5, crc, fnv1a_32 or murmur (MEMCACHED_BEHAVIOR_HASH)
+ *   HASH     one-at-a-time, md5, crc, fnv1a_32, murmur, fnv1_64, fnv1a_64, fnv1_32, jenkins
+ *            or murmur3 (MEMCACHED_BEHAVIOR_HASH)
  *   BUCKETS  the bucket count (a power of two)
  *   OWNERS   the host map: BUCKETS server positions, comma-separated (bucket 0's first)
  *   HOST:PORT the servers, added in this order with memcached_server_add
@@ -19,11 +20,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: vbucket_oracle HASH BUCKETS OWNERS HOST:PORT...\n");
         return 2;
     }
-    const char *names[] = {"one-at-a-time", "md5", "crc", "fnv1a_32", "murmur"};
+    const char *names[] = {"one-at-a-time", "md5", "crc", "fnv1a_32", "murmur",
+                           "fnv1_64", "fnv1a_64", "fnv1_32", "jenkins", "murmur3"};
     const memcached_hash_t hashes[] = {MEMCACHED_HASH_DEFAULT, MEMCACHED_HASH_MD5, MEMCACHED_HASH_CRC,
-                                       MEMCACHED_HASH_FNV1A_32, MEMCACHED_HASH_MURMUR};
+                                       MEMCACHED_HASH_FNV1A_32, MEMCACHED_HASH_MURMUR, MEMCACHED_HASH_FNV1_64,
+                                       MEMCACHED_HASH_FNV1A_64, MEMCACHED_HASH_FNV1_32, MEMCACHED_HASH_JENKINS,
+                                       MEMCACHED_HASH_MURMUR3};
     int found = -1;
-    for (int h = 0; h < 5; h++)
+    for (int h = 0; h < (int)(sizeof names / sizeof *names); h++)
         if (strcmp(argv[1], names[h]) == 0) found = h;
     if (found < 0) {
         fprintf(stderr, "unknown hash %s\n", argv[1]);

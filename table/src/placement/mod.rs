@@ -125,7 +125,7 @@ impl Distribution {
                 Error::invalid(
                     "hash",
                     text,
-                    "expected one-at-a-time, md5, crc, fnv1a_32 or murmur",
+                    "expected one-at-a-time, md5, crc, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, murmur, jenkins or murmur3",
                 )
             })?),
         };
