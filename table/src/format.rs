@@ -82,12 +82,16 @@
 //!     96    1 distribution        how keys map to servers: 0 ketama (weighted, MD5), 1 modula,
 //!                                 2 ketama-spy (weighted, points of "/host:port-i"),
 //!                                 3 pecl-memcache (PHP's PECL memcache, consistent),
-//!                                 4 ketama-unweighted (100 points per server, key_hash);
+//!                                 4 ketama-unweighted (100 points per server, key_hash),
+//!                                 5 vbucket (format 4: key_hash masked to the map's
+//!                                 buckets; readers of format 3 refuse the code);
 //!                                 plus 0x80 when prefix is set (so that readers older than
 //!                                 prefixes refuse the version rather than ignore the prefix)
-//!     97    1 key_hash            modula's and ketama-unweighted's hash: 0 one-at-a-time,
-//!                                 1 md5, 2 crc, 3 fnv1a_32, 4 murmur (libhashkit's);
-//!                                 pecl-memcache's: 0 crc32, 1 fnv; 0 with ketama, ketama-spy
+//!     97    1 key_hash            modula's, ketama-unweighted's and vbucket's hash:
+//!                                 0 one-at-a-time, 1 md5, 2 crc, 3 fnv1a_32, 4 murmur,
+//!                                 5 fnv1_64, 6 fnv1a_64, 7 fnv1_32, 8 jenkins, 9 murmur3
+//!                                 (libhashkit's); pecl-memcache's: 0 crc32, 1 fnv; 0 with
+//!                                 ketama, ketama-spy
 //!     98   30 prefix              key prefix, NUL-padded (none: all zero): sent before every
 //!                                 key, never hashed; bytes 0x21..=0xff except 0x7f
 //!    128    * entries             count entries of entry_len bytes, in the order servers
