@@ -1,7 +1,9 @@
 //! `mcadmin buckets`: a vbucket domain's map (see [`libmcshm::placement::buckets`]). Showing
-//! it, and changing owners the one way that serves no stale read and loses no key: every change
-//! of an owner is staged in the map's forward rows, its keys are moved as a drain moves them
-//! ([`libmcshm::rebucket`]), and the forward rows then become the rows.
+//! it, and changing owners the one way that serves no stale read and loses no key: a change of
+//! owners on a map (`move`, `balance`, a `load` of the same shape) is staged in the map's
+//! forward rows, its keys are moved as a drain moves them ([`libmcshm::rebucket`]), and the
+//! forward rows then become the rows. A new map or a new shape (a first `balance`, a `load` or
+//! `balance` of another bucket count) places every key anew, at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -220,19 +222,21 @@ pub fn balance(
     rate: u32,
 ) -> Result<Exit> {
     let current = ctx.store.snapshot()?;
-    let fresh = match &current.buckets {
-        None => true,
-        Some(map) => buckets.is_some_and(|n| n != map.buckets()),
-    } || replicas
-        .is_some_and(|r| Some(r) != current.buckets.as_ref().map(|m| m.shape().replicas));
-    if fresh {
+    // A shape not given is the current map's (a new map: 1024 buckets, no replicas).
+    let now = current.buckets.as_ref().map(|m| m.shape());
+    let wanted = (
+        buckets
+            .or(now.map(|s| s.buckets))
+            .unwrap_or(DEFAULT_BUCKETS),
+        replicas.or(now.map(|s| s.replicas)).unwrap_or(0),
+    );
+    if now.is_none_or(|s| (s.buckets, s.replicas) != wanted) {
         // A new map (or a new shape): taken at once, every key placed anew.
-        let shape = Shape::new(buckets.unwrap_or(DEFAULT_BUCKETS), replicas.unwrap_or(0))
+        let shape = Shape::new(wanted.0, wanted.1)
             .map_err(|why| UsageError(format!("invalid bucket map: {why}")))?;
         let written = ctx.store.transact(false, |t| {
             let positions = routed(&t.servers, libmcshm::table::Failover::Rehash);
-            if let Distribution::VBucket(_) = t.policy.distribution {
-            } else {
+            if !t.policy.distribution.has_buckets() {
                 t.policy.distribution = Distribution::VBucket(Default::default());
             }
             t.buckets = Some(Arc::new(BucketMap::balanced(shape, &positions)));
@@ -241,7 +245,12 @@ pub fn balance(
         return report_commit(ctx, "new bucket map", written);
     }
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().expect("a vbucket domain");
+        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?;
+        if map.moving() > 0 {
+            return Err(libmcshm::Error::BadBuckets {
+                why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
+            });
+        }
         let positions = routed(&t.servers, libmcshm::table::Failover::Rehash);
         if positions.is_empty() {
             return Err(libmcshm::Error::BadBuckets {

@@ -190,7 +190,7 @@ impl Explained {
                         format!("{masked}, whose owner is not routed: its replica #{c}, {owner}")
                     }
                     None => format!(
-                        "{masked}, none of whose row is routed: the owner of a bucket after it, {owner}"
+                        "{masked}, none of whose row is routed: the next routed server of the list after its owner, {owner}"
                     ),
                 }
             }

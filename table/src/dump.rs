@@ -202,7 +202,7 @@ impl MapLines {
         } else {
             &mut self.rows
         };
-        if first * shape.width() != cells.len() {
+        if first.checked_mul(shape.width()) != Some(cells.len()) {
             return Err(Error::invalid(
                 "bucket rows",
                 &first.to_string(),

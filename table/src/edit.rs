@@ -58,7 +58,7 @@ pub fn add(
 }
 
 /// Removes servers; an absent one is an error, or skipped with `if_present`. Linear in the
-/// number of servers.
+/// number of servers (and of a bucket map's cells).
 /// A `vbucket` domain's map is renumbered; a server it names is refused (move its buckets
 /// first).
 pub fn delete(

@@ -1,4 +1,4 @@
-//! The registry file format (version 3): what every byte of `<dir>/<domain>.mcshm` means.
+//! The registry file format (version 4): what every byte of `<dir>/<domain>.mcshm` means.
 //!
 //! All integers are little-endian (mcshm does not build on big-endian targets). The file is a
 //! header followed by two slots of equal size; each slot holds one complete version of the table.
@@ -9,7 +9,7 @@
 //! Header (256 bytes)
 //! offset size field
 //!      0    8 magic               89 4D 43 53 48 4D 0D 0A  ("\x89MCSHM\r\n")
-//!      8    4 format_version      format of the writer that wrote the file (3)
+//!      8    4 format_version      format of the writer that wrote the file (4)
 //!     12    4 min_reader_version  oldest reader format that may read it (3); a reader whose
 //!                                 format is lower refuses the file with "upgrade mcshm"
 //!     16    4 header_len          256
@@ -642,7 +642,9 @@ pub fn encode_slot(
         // A reader of a delta keeps its map: only when the map is the previous version's.
         let old_count = (*old.get(2)? >> 32) as usize;
         let old_end = SLOT_HEADER_LEN / 8 + old_count * ENTRY_WORDS;
-        (old.get(old_end..)? == &map[..])
+        let old_shape = (*old.get(6)? >> 16) as u16;
+        let shape = table.buckets.as_deref().map_or(0, map_shape);
+        (old_shape == shape && old.get(old_end..)? == &map[..])
             .then(|| delta(&old[..old_end], &words[SLOT_HEADER_LEN / 8..entries_end]))?
     });
     let ring_fields = SlotRingFields {
@@ -914,6 +916,19 @@ pub fn apply_delta(
         layout,
     )?;
     check_ids(&fresh, head.next_id)?;
+    // The map is the cached version's (the writer announces a delta only then): its shape,
+    // and that it still fits the new list and distribution, are checked before anything is
+    // changed.
+    let shape = u16::from_le_bytes([bytes[50], bytes[51]]);
+    if snapshot.buckets.as_deref().map_or(0, map_shape) != shape
+        || head.policy.distribution.has_buckets() != snapshot.buckets.is_some()
+        || snapshot
+            .buckets
+            .as_ref()
+            .is_some_and(|map| map.check(delta.count).is_err())
+    {
+        return Err("slot delta does not keep the bucket map".into());
+    }
     let mut servers = std::mem::take(&mut snapshot.servers);
     // In place: the entries outside first..end keep their positions.
     servers.truncate(delta.count);
@@ -922,10 +937,6 @@ pub fn apply_delta(
             Some(slot) => *slot = server,
             None => servers.push(server),
         }
-    }
-    let shape = u16::from_le_bytes([bytes[50], bytes[51]]);
-    if snapshot.buckets.as_deref().map_or(0, map_shape) != shape {
-        return Err("slot delta changes the bucket map".into());
     }
     let buckets = snapshot.buckets.take();
     *snapshot = Snapshot {

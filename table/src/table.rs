@@ -552,28 +552,23 @@ impl Table {
     /// Removes the servers `gone` says, and renumbers the bucket map's positions; refused
     /// (nothing removed) when the map names one of them: its buckets must move first.
     pub fn remove_servers(&mut self, mut gone: impl FnMut(&Server) -> bool) -> Result<()> {
-        let leaving: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| gone(&self.servers[i]))
-            .collect();
+        let leaving: Vec<bool> = self.servers.iter().map(&mut gone).collect();
+        if !leaving.contains(&true) {
+            return Ok(());
+        }
         if let Some(map) = &self.buckets {
-            let mut renumbered = (**map).clone();
-            for &i in leaving.iter().rev() {
-                renumbered = renumbered.without_position(i).map_err(|bucket| Error::BadBuckets {
+            let renumbered = map.without_positions(&leaving).map_err(|(i, bucket)| {
+                Error::BadBuckets {
                     why: format!(
                         "server {} owns or replicates bucket {bucket}: move its buckets to other servers first (`mcadmin buckets move`)",
                         self.servers[i].address
                     ),
-                })?;
-            }
-            if !leaving.is_empty() {
-                self.buckets = Some(Arc::new(renumbered));
-            }
+                }
+            })?;
+            self.buckets = Some(Arc::new(renumbered));
         }
-        let mut position = 0;
-        self.servers.retain(|_| {
-            position += 1;
-            !leaving.contains(&(position - 1))
-        });
+        let mut leaves = leaving.into_iter();
+        self.servers.retain(|_| !leaves.next().unwrap_or(false));
         Ok(())
     }
 }

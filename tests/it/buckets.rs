@@ -501,3 +501,27 @@ fn a_dump_of_a_vbucket_domain_loads_back_with_its_map() {
     assert!(run.stderr().contains("out of range"), "{}", run.stderr());
     assert_eq!(reg.bytes("two"), before);
 }
+
+/// With moves staged (here a loaded map's forward rows), `balance` is refused until they are
+/// finished: re-planning a staged bucket could send it where its moved keys are not. The
+/// table stays as it was.
+#[test]
+fn balance_waits_for_the_moves_under_way() {
+    let reg = Reg::new();
+    reg.ok("s", &["add", "--down", "127.0.0.1:1", "127.0.0.1:2"]);
+    let file = reg.dir().join("staged.json");
+    std::fs::write(
+        &file,
+        r#"{"hashAlgorithm":"CRC","numReplicas":0,"serverList":["127.0.0.1:1","127.0.0.1:2"],
+            "vBucketMap":[[0],[1]],"vBucketMapForward":[[1],[1]]}"#,
+    )
+    .unwrap();
+    reg.ok("s", &["buckets", "load", file.to_str().unwrap()]);
+    let listed = reg.ok("s", &["--json", "buckets", "list"]);
+    assert!(listed.contains("\"moving\":1"), "{listed}");
+    let before = reg.bytes("s");
+    let run = reg.run("s", &["buckets", "balance"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("buckets finish"), "{}", run.stderr());
+    assert_eq!(reg.bytes("s"), before);
+}

@@ -26,7 +26,7 @@ pub const UNASSIGNED: u16 = u16::MAX;
 /// Most servers a map can name (positions 0..65535; 65535 is [`UNASSIGNED`]).
 pub const MAX_SERVERS: usize = UNASSIGNED as usize;
 
-/// Which buckets own which servers: for each bucket a row of `1 + replicas` server positions
+/// Which servers own which buckets: for each bucket a row of `1 + replicas` server positions
 /// (owner first), and optionally the forward rows of a move under way.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BucketMap {
@@ -131,6 +131,13 @@ impl BucketMap {
                 check_row(row, servers).map_err(|why| format!("{what}, bucket {b}: {why}"))?;
             }
         }
+        if let Some(b) = (0..self.buckets()).find(|&b| {
+            self.row(b)[0] != UNASSIGNED && self.forward_row(b).is_some_and(|f| f[0] == UNASSIGNED)
+        }) {
+            return Err(format!(
+                "forward map, bucket {b}: no owner for a bucket that has one (a bucket moves to a server, never to none)"
+            ));
+        }
         Ok(())
     }
 
@@ -188,10 +195,13 @@ impl BucketMap {
     }
 
     /// The owner bucket `b` is moving off (its row's), while its forward owner is another.
+    /// A server that stays in the bucket's forward row (a loaded map may keep the old owner as
+    /// a replica) keeps its copies: the bucket is not moving off it.
     pub fn moving_from(&self, b: usize) -> Option<usize> {
-        let to = *self.forward_row(b)?.first()?;
+        let forward = self.forward_row(b)?;
         let from = self.row(b)[0];
-        (to != UNASSIGNED && from != UNASSIGNED && to != from).then_some(from as usize)
+        (forward[0] != UNASSIGNED && from != UNASSIGNED && !forward.contains(&from))
+            .then_some(from as usize)
     }
 
     /// Bucket `b`'s owner (position), if assigned.
@@ -227,19 +237,27 @@ impl BucketMap {
         self.rows.contains(&p) || self.forward.as_ref().is_some_and(|f| f.contains(&p))
     }
 
-    /// The map after server `position` left the list: positions above it move down by one.
-    /// Refused (with the first bucket naming it) when a cell names it.
-    pub fn without_position(&self, position: usize) -> Result<BucketMap, usize> {
-        let p = position as u16;
-        let shift = |cells: &[u16]| -> Result<Vec<u16>, usize> {
+    /// The map after the servers `leaving` says (by position) left the list: the others move
+    /// down over them, in one pass. Refused, with the first position named and its bucket,
+    /// when a cell names one of them.
+    pub fn without_positions(&self, leaving: &[bool]) -> Result<BucketMap, (usize, usize)> {
+        let mut new_position = Vec::with_capacity(leaving.len());
+        let mut next = 0u16;
+        for &gone in leaving {
+            new_position.push((!gone).then_some(next));
+            next += u16::from(!gone);
+        }
+        let shift = |cells: &[u16]| -> Result<Vec<u16>, (usize, usize)> {
             cells
                 .iter()
                 .enumerate()
-                .map(|(i, &c)| match c {
-                    c if c == p => Err(i / self.width),
-                    UNASSIGNED => Ok(UNASSIGNED),
-                    c if c > p => Ok(c - 1),
-                    c => Ok(c),
+                .map(|(i, &c)| match cell(c) {
+                    None => Ok(UNASSIGNED),
+                    Some(p) => new_position
+                        .get(p)
+                        .copied()
+                        .flatten()
+                        .ok_or((p, i / self.width)),
                 })
                 .collect()
         };
@@ -250,16 +268,18 @@ impl BucketMap {
         })
     }
 
-    /// Stages the move of bucket `b` to owner `to`: its forward row is its row with `to` first
-    /// (and not among the replicas). Buckets not staged keep their row as their forward row.
+    /// Stages the move of bucket `b` to owner `to`: its forward row is `to`, then its row's
+    /// replicas but `to` (the old owner leaves the row; a column left over is none). Buckets not
+    /// staged keep their row as their forward row.
     pub fn stage(&mut self, b: usize, to: usize) {
         let width = self.width;
         let rows = &self.rows;
         let forward = self.forward.get_or_insert_with(|| rows.clone());
         let old: Vec<u16> = rows[b * width..][..width].to_vec();
+        // The old owner leaves the row: its copies are drained, not kept as a replica's.
         let mut row = vec![to as u16];
-        row.extend(old.iter().copied().filter(|&c| c != to as u16));
-        row.truncate(width);
+        row.extend(old[1..].iter().copied().filter(|&c| c != to as u16));
+        row.resize(width, UNASSIGNED);
         forward[b * width..][..width].copy_from_slice(&row);
     }
 
@@ -289,8 +309,8 @@ impl BucketMap {
     /// The map with moves staged that make it even over `positions` (servers of the list, in
     /// order): each owns `buckets / n` buckets or one more, and as few buckets move as can be
     /// (those of servers not among `positions`, and each server's excess). Replica columns
-    /// are the next servers of `positions` after the owner. Moves already staged count as
-    /// done (their forward owner is the owner).
+    /// are the next servers of `positions` after the owner, never the owner a bucket moves off.
+    /// For a map with no move under way (finish those first); the map itself when it is even.
     pub fn plan_balance(&self, positions: &[usize]) -> BucketMap {
         let n = positions.len();
         let buckets = self.buckets();
@@ -338,9 +358,18 @@ impl BucketMap {
         for (b, row) in forward.chunks_exact_mut(width).enumerate() {
             let owner = next_owner[b];
             let i = index_of(owner as usize).expect("assigned to a position");
-            for (column, cell) in row.iter_mut().enumerate().take(n) {
-                *cell = positions[(i + column) % n] as u16;
+            // Replicas: the next positions after the owner, but never the owner it moves off
+            // (whose copies the move drains).
+            let leaving = Some(self.row(b)[0]).filter(|&old| old != owner);
+            let next = (0..n)
+                .map(|step| positions[(i + step) % n] as u16)
+                .filter(|&p| Some(p) != leaving);
+            for (cell, p) in row.iter_mut().zip(next) {
+                *cell = p;
             }
+        }
+        if forward == self.rows {
+            return self.clone(); // even already: nothing to stage
         }
         BucketMap {
             width,
@@ -451,10 +480,14 @@ mod tests {
         map.stage(0, 1);
         assert_eq!(map.owner(0), Some(1));
         assert_eq!(map.moving_from(0), Some(0));
-        assert_eq!(map.forward_row(0), Some(&[1, 0][..]));
+        assert_eq!(
+            map.forward_row(0),
+            Some(&[1, UNASSIGNED][..]),
+            "0 leaves the row"
+        );
         assert_eq!(map.moving(), 1);
         map.complete();
-        assert_eq!(map.row(0), &[1, 0]);
+        assert_eq!(map.row(0), &[1, UNASSIGNED]);
         assert_eq!(map.moving(), 0);
     }
 
@@ -494,8 +527,13 @@ mod tests {
     #[test]
     fn a_removed_position_shifts_the_others_unless_named() {
         let map = BucketMap::balanced(Shape::new(4, 0).unwrap(), &[0, 2]);
-        assert_eq!(map.without_position(0), Err(0));
-        let shifted = map.without_position(1).unwrap();
+        assert_eq!(map.without_positions(&[true, false, false]), Err((0, 0)));
+        let shifted = map.without_positions(&[false, true, false]).unwrap();
+        assert_eq!(shifted.cells(), &[0, 1, 0, 1]);
+        let map = BucketMap::balanced(Shape::new(4, 0).unwrap(), &[1, 4]);
+        let shifted = map
+            .without_positions(&[true, false, true, true, false])
+            .unwrap();
         assert_eq!(shifted.cells(), &[0, 1, 0, 1]);
     }
 }

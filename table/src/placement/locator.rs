@@ -32,7 +32,8 @@ pub enum Via {
     Bucket { bucket: usize, point: u32 },
     /// Virtual buckets: the bucket `hash & (buckets - 1)` (0 on a one-server list) and the
     /// column of its row that answered (0: its owner; more: a replica, its owner not routed;
-    /// `None`: a later bucket's owner, no server of its row routed).
+    /// `None`: no server of its row routed, the next routed server of the list after its
+    /// owner).
     VBucket {
         bucket: usize,
         buckets: usize,
@@ -65,6 +66,8 @@ pub struct BucketLocator {
     map: Arc<BucketMap>,
     listed: usize,
     routed: Vec<bool>,
+    /// The routed positions, ascending: a failover's reach beyond a bucket's row.
+    in_order: Vec<usize>,
 }
 
 impl BucketLocator {
@@ -76,16 +79,23 @@ impl BucketLocator {
                 *r = true;
             }
         }
+        let in_order = (0..listed).filter(|&p| routed[p]).collect();
         BucketLocator {
             hash,
             map,
             listed,
             routed,
+            in_order,
         }
     }
 
     pub fn map(&self) -> &Arc<BucketMap> {
         &self.map
+    }
+
+    /// Whether `other` routes the same positions (of a list as long).
+    pub fn routes_as(&self, other: &BucketLocator) -> bool {
+        self.routed == other.routed
     }
 
     /// The key's hash and bucket.
@@ -103,8 +113,9 @@ impl BucketLocator {
     }
 
     /// Bucket `b`'s servers as routed: the routed servers of its row, then (a failover's
-    /// reach, its row exhausted) the routed owners of the buckets after it, `n` at most,
-    /// distinct, with the column of the first.
+    /// reach, its row exhausted) the routed servers of the list after its owner, wrapping, `n`
+    /// at most, distinct, with the column of the first. Costs what its row and `n` cost,
+    /// whatever the map's size.
     fn along_bucket(&self, b: usize, n: usize) -> (Vec<usize>, Option<usize>) {
         let mut out: Vec<usize> = Vec::with_capacity(n.min(8));
         let mut first = None;
@@ -119,15 +130,19 @@ impl BucketLocator {
                 out.push(p);
             }
         }
-        let buckets = self.map.buckets();
-        let mut step = 1;
-        while out.len() < n && step < buckets {
-            if let Some(p) = self.is_routed(self.row((b + step) & (buckets - 1))[0])
-                && !out.contains(&p)
-            {
-                out.push(p);
+        if out.len() < n && !self.in_order.is_empty() {
+            let owner = self.row(b)[0];
+            let start = self.in_order.partition_point(|&p| p <= usize::from(owner));
+            let len = self.in_order.len();
+            for step in 0..len {
+                let p = self.in_order[(start + step) % len];
+                if !out.contains(&p) {
+                    out.push(p);
+                    if out.len() == n {
+                        break;
+                    }
+                }
             }
-            step += 1;
         }
         (out, first)
     }
@@ -457,7 +472,11 @@ mod tests {
                 owner => assert_eq!(placed.owner, owner as usize),
             }
             let along = without_1.along(key.as_bytes(), 3);
-            assert_eq!(along.len(), 3, "the row, then the owners of later buckets");
+            assert_eq!(
+                along.len(),
+                3,
+                "the row, then the routed servers of the list"
+            );
             assert!(!along.contains(&1));
         }
     }

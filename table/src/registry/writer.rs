@@ -14,6 +14,7 @@ use crate::clock::now_ms;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::format::{self, Layout, RingRef};
+use crate::placement::buckets;
 use crate::seqlock::{Seal, VERSION_MASK, Words};
 use crate::shared_ring;
 use crate::shm::{SharedMap, monotonic_ns};
@@ -390,6 +391,14 @@ pub(super) fn check_table(table: &Table, domain: &Domain) -> Result<()> {
         let max = format::MAX_CAPACITY as usize;
         return Err(Error::TooManyServers { count, max });
     }
+    if slot_entries(table) > format::MAX_CAPACITY as usize {
+        return Err(Error::BadBuckets {
+            why: format!(
+                "{count} servers and this map do not fit a slot of {} entries: use fewer buckets or replicas",
+                format::MAX_CAPACITY
+            ),
+        });
+    }
     for server in &table.servers {
         if let Err(why) = format::check_entry(server) {
             return Err(Error::invalid("server", &server.address.to_string(), why));
@@ -409,6 +418,12 @@ fn check_buckets(table: &Table) -> Result<()> {
     let distribution = table.policy.distribution;
     match (&table.buckets, distribution.has_buckets()) {
         (None, false) => Ok(()),
+        (Some(_), true) if table.servers.len() > buckets::MAX_SERVERS => Err(Error::BadBuckets {
+            why: format!(
+                "a vbucket domain has at most {} servers (a map names them in 16 bits)",
+                buckets::MAX_SERVERS
+            ),
+        }),
         (Some(map), true) => map
             .check(table.servers.len())
             .map_err(|why| Error::BadBuckets { why }),
