@@ -733,17 +733,26 @@ impl Router {
     }
 
     /// The server `key`'s bucket is moving off (`mcadmin buckets move`), while a move is under
-    /// way and that server is not the key's owner now and not down: drained as a draining
-    /// server is (a miss fills from it, a write deletes the key there).
+    /// way and that server is not down, not the key's owner now and not one of its replicas
+    /// (a loaded map may keep the old owner as one): drained as a draining server is (a miss
+    /// fills from it, a write deletes the key there).
     pub fn moving_owner(&self, key: &[u8]) -> Option<usize> {
+        let from = self.bucket_source(key)?;
         let routing = self.routing();
-        routing.snapshot.buckets.as_ref()?.forward_cells()?;
+        let server = routing.snapshot.servers.get(from)?;
+        let replicas = usize::from(routing.snapshot.policy.replicas.max(1));
+        (server.state != State::Down && !self.local().along(key, replicas).contains(&from))
+            .then_some(from)
+    }
+
+    /// The owner `key`'s bucket is moving off, by the map alone, while a move is under way
+    /// (what the mover copies from; see [`Router::moving_owner`] for what clients drain).
+    pub fn bucket_source(&self, key: &[u8]) -> Option<usize> {
+        self.routing().snapshot.buckets.as_ref()?.forward_cells()?;
         let Locator::Buckets(buckets) = self.local() else {
             return None;
         };
-        let from = buckets.moving_from(key)?;
-        let server = routing.snapshot.servers.get(from)?;
-        (server.state != State::Down && buckets.owner(key) != Some(from)).then_some(from)
+        buckets.moving_from(key)
     }
 
     /// The retry probe of down server `i`: at most one process per host per retry interval

@@ -504,3 +504,47 @@ fn keys_in_the_reserved_namespace_are_refused_on_their_wire_form() {
     let mut inside = router("mcshm.fence.app.");
     refused(&mut inside, b"k");
 }
+
+/// A bucket moving off a server is drained from it (its draining owner) unless that server
+/// stays one of the key's replicas, as when a loaded map's forward row keeps the old owner as
+/// one (Couchbase's rebalances): then no client deletes its copy.
+#[test]
+fn a_moving_bucket_drains_its_old_owner_unless_it_stays_a_replica() {
+    use mcshm_table::hash::KeyHash;
+    use mcshm_table::placement::{BucketMap, Distribution, Shape};
+    use mcshm_table::table::{Policy, Snapshot};
+    let shape = Shape::new(1, 1).unwrap();
+    let map = BucketMap::new(shape, vec![0, 1], Some(vec![1, 0]), 2).unwrap();
+    let router_with = |replicas: u8| {
+        let snapshot = Snapshot {
+            domain: "vb".into(),
+            version: 1,
+            changed_ms: 0,
+            writer_pid: 0,
+            writer_uid: 0,
+            servers: servers(&[State::Up, State::Up]),
+            policy: Policy {
+                distribution: Distribution::VBucket(KeyHash::Crc),
+                replicas,
+                ..Policy::default()
+            },
+            next_id: 3,
+            fleet_revision: 0,
+            buckets: Some(std::sync::Arc::new(map.clone())),
+        };
+        let mut router = Router::for_snapshot(snapshot);
+        router.refresh(0).unwrap();
+        router
+    };
+    let one = router_with(1);
+    assert_eq!(one.bucket_source(b"k"), Some(0));
+    assert_eq!(one.moving_owner(b"k"), Some(0), "drained: not a replica");
+    assert_eq!(one.draining_owner(b"k"), Some(0));
+    let two = router_with(2);
+    assert_eq!(
+        two.bucket_source(b"k"),
+        Some(0),
+        "the mover still copies from it"
+    );
+    assert_eq!(two.moving_owner(b"k"), None, "a replica of the key: kept");
+}

@@ -112,7 +112,7 @@ impl Client {
         }
         let snapshot = self.router.snapshot().clone();
         // The draining server, or the server the key's bucket is moving off.
-        let moving = self.router.moving_owner(key);
+        let moving = self.router.bucket_source(key);
         let from = (0..snapshot.servers.len())
             .find(|&i| {
                 let s = &snapshot.servers[i];
@@ -135,7 +135,10 @@ impl Client {
             Stored::NotStored => (AddAnswer::NotStored, Moved::Kept),
             _ => (AddAnswer::Refused, Moved::Kept),
         };
-        if drain.after_add(answer, true).delete_source {
+        // A source that stays one of the key's replicas (a loaded map's forward row may keep
+        // the old owner as one) keeps its copy.
+        let keeps = self.router.chain(key, now_ms())?.contains(&from);
+        if drain.after_add(answer, true).delete_source && !keeps {
             self.call(from, &Request::Delete { key })?;
         }
         Ok(moved)

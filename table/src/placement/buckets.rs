@@ -195,13 +195,10 @@ impl BucketMap {
     }
 
     /// The owner bucket `b` is moving off (its row's), while its forward owner is another.
-    /// A server that stays in the bucket's forward row (a loaded map may keep the old owner as
-    /// a replica) keeps its copies: the bucket is not moving off it.
     pub fn moving_from(&self, b: usize) -> Option<usize> {
-        let forward = self.forward_row(b)?;
+        let to = self.forward_row(b)?[0];
         let from = self.row(b)[0];
-        (forward[0] != UNASSIGNED && from != UNASSIGNED && !forward.contains(&from))
-            .then_some(from as usize)
+        (to != UNASSIGNED && from != UNASSIGNED && to != from).then_some(from as usize)
     }
 
     /// Bucket `b`'s owner (position), if assigned.
