@@ -51,30 +51,26 @@ fn server_for_key_gives_libmemcacheds_virtual_bucket_vectors() {
         ("tomorrow", 1),
     ];
     for (key, server) in expected {
-        let mut host = [0 as c_char; 256];
-        let mut port: c_int = 0;
-        // SAFETY: a live handle; the key, buffer and port are valid for the lengths given.
-        let rc = unsafe {
-            mcshm_server_for_key(
-                client,
-                key.as_ptr().cast(),
-                key.len(),
-                host.as_mut_ptr(),
-                host.len(),
-                &mut port,
-            )
-        };
-        assert_eq!(rc, MCSHM_OK, "{key}");
-        // SAFETY: the call wrote a NUL-terminated name into `host`.
-        let host = unsafe { CStr::from_ptr(host.as_ptr()) }.to_str().unwrap();
-        assert_eq!(format!("{host}:{port}"), names[server], "{key}");
+        assert_eq!(
+            server_for_key(client, key),
+            Ok(names[server].to_string()),
+            "{key}"
+        );
     }
     // libmemcached's seventh vector, "another key" → 2 (checked where keys are placed, in
     // mcshm_table::placement::buckets), holds a space: no memcached text-protocol key, so the C
     // API refuses it as it refuses every such key.
-    let (mut host, mut port) = ([0 as c_char; 256], 0);
-    let key = "another key";
-    // SAFETY: as above.
+    assert_eq!(server_for_key(client, "another key"), Err(MCSHM_EBADKEY));
+    // SAFETY: the handle opened above, closed once.
+    unsafe { mcshm_close(client) };
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mcshm_server_for_key` on `key`: the server as `host:port`, or the return code.
+fn server_for_key(client: *mut mcshm_client, key: &str) -> Result<String, c_int> {
+    let mut host = [0 as c_char; 256];
+    let mut port: c_int = 0;
+    // SAFETY: a live handle; the key, buffer and port are valid for the lengths given.
     let rc = unsafe {
         mcshm_server_for_key(
             client,
@@ -85,8 +81,10 @@ fn server_for_key_gives_libmemcacheds_virtual_bucket_vectors() {
             &mut port,
         )
     };
-    assert_eq!(rc, MCSHM_EBADKEY);
-    // SAFETY: the handle opened above, closed once.
-    unsafe { mcshm_close(client) };
-    let _ = std::fs::remove_dir_all(&dir);
+    if rc != MCSHM_OK {
+        return Err(rc);
+    }
+    // SAFETY: the call wrote a NUL-terminated name into `host`.
+    let host = unsafe { CStr::from_ptr(host.as_ptr()) }.to_str().unwrap();
+    Ok(format!("{host}:{port}"))
 }
