@@ -26,8 +26,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # mcproxy is tested with clients nobody here wrote: PHP's PECL memcache and php-memcached,
 # and Python's pymemcache (Debian's python3 is the one that sees python3-pymemcache).
 command -v php >/dev/null 2>&1 || need+=(php-cli)
-php -m 2>/dev/null | grep -qx memcache || need+=(php-memcache)
-php -m 2>/dev/null | grep -qx memcached || need+=(php-memcached)
+php -m 2>/dev/null | grep -x memcache >/dev/null || need+=(php-memcache)
+php -m 2>/dev/null | grep -x memcached >/dev/null || need+=(php-memcached)
 /usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || need+=(python3-pymemcache)
 # pylibmc (binary=True) is the second binary-protocol client of the proxy's tests.
 /usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1 || need+=(python3-pylibmc)
@@ -68,7 +68,7 @@ cargo --version
 # and skip them): formatting, lints, docs (their links too) and that the benchmarks build.
 if [ $# -eq 0 ]; then
     for component in rustfmt clippy; do
-        if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        if ! rustup component list --installed 2>/dev/null | grep "^$component" >/dev/null; then
             command -v rustup >/dev/null 2>&1 && rustup component add "$component"
         fi
     done

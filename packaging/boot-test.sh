@@ -227,7 +227,7 @@ check packages sh_ct '
     for p in libmcshm0 libmcshm-dev mcshm; do
         dpkg-query -W -f "\${Status}\n" "$p" | grep -qx "install ok installed" || { echo "$p not installed"; exit 1; }
     done
-    ldconfig -p | grep -q "libmcshm.so.0 " || { echo "libmcshm.so.0 not in the loader cache"; exit 1; }
+    ldconfig -p | grep "libmcshm.so.0 " >/dev/null || { echo "libmcshm.so.0 not in the loader cache"; exit 1; }
     getent passwd mcshm >/dev/null || { echo "no mcshm user"; exit 1; }
     [ "$(stat -c %U /run/mcshm)" = mcshm ] || { echo "/run/mcshm: $(stat -c %U:%G /run/mcshm)"; exit 1; }'
 
@@ -299,7 +299,7 @@ say "rebooting the container"
 stop_container
 boot "$work/console-2.log" || exit 1
 check reboot-restored sh_ct "$units_active; units_active
-    mcadmin --domain $domain list | grep -q '127.0.0.1:11211' || { mcadmin --domain $domain list; exit 1; }"
+    mcadmin --domain $domain list | grep '127.0.0.1:11211' >/dev/null || { mcadmin --domain $domain list; exit 1; }"
 check reboot-proxy-get-set in_ct bash -euo pipefail -c "$proxy_roundtrip" - second-boot
 
 # No system call refused, no permission denied, in either boot. (dbus-daemon may not raise its
