@@ -24,7 +24,7 @@
 
 use mcshm_table::Address;
 use mcshm_table::placement::Distribution;
-use mcshm_table::placement::buckets::{BucketMap, Shape, UNASSIGNED, cell};
+use mcshm_table::placement::buckets::{BucketMap, Shape, from_signed_cell, signed_cell};
 use mcshm_table::prefix::KeyPrefix;
 use mcshm_table::table::{
     Policy, Server, State, Table, check_failure_limit, check_reason, check_replicas,
@@ -78,11 +78,7 @@ fn buckets_doc(map: &BucketMap) -> BucketsDoc {
     let rows = |cells: &[u16]| -> Vec<Vec<i64>> {
         cells
             .chunks_exact(map.width())
-            .map(|row| {
-                row.iter()
-                    .map(|&c| cell(c).map_or(-1, |p| p as i64))
-                    .collect()
-            })
+            .map(|row| row.iter().map(|&c| signed_cell(c)).collect())
             .collect()
     };
     BucketsDoc {
@@ -105,11 +101,10 @@ fn decode_buckets(doc: &BucketsDoc, servers: usize) -> Result<BucketMap, String>
                 ));
             }
             for &c in row {
-                cells.push(match c {
-                    -1 => UNASSIGNED,
-                    c if (0..servers as i64).contains(&c) => c as u16,
-                    c => return Err(format!("bucket {b}: server index {c} out of range")),
-                });
+                cells.push(
+                    from_signed_cell(c, servers)
+                        .ok_or_else(|| format!("bucket {b}: server index {c} out of range"))?,
+                );
             }
         }
         Ok(cells)

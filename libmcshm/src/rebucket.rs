@@ -45,13 +45,20 @@ pub struct Rebucket {
 
 /// A staged table's bucket map, or the error saying the domain has none.
 pub fn map_of(snapshot: &Snapshot) -> Result<&Arc<BucketMap>> {
-    snapshot.buckets.as_ref().ok_or_else(|| Error::BadBuckets {
+    snapshot
+        .buckets
+        .as_ref()
+        .ok_or_else(|| not_vbucket(&snapshot.domain, &snapshot.policy.distribution))
+}
+
+/// The error of a bucket command on a domain without a bucket map, saying how to make one.
+pub fn not_vbucket(domain: &str, distribution: &Distribution) -> Error {
+    Error::BadBuckets {
         why: format!(
-            "domain '{}' is not a vbucket domain (distribution {}): `mcadmin policy --distribution vbucket` first",
-            snapshot.domain,
-            snapshot.policy.distribution.as_str()
+            "domain '{domain}' is not a vbucket domain (distribution {}): `mcadmin buckets balance` makes it one",
+            distribution.as_str()
         ),
-    })
+    }
 }
 
 impl Rebucket {

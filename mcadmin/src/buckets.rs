@@ -127,8 +127,12 @@ pub fn dump(ctx: &Invocation) -> Result<Exit> {
 /// keys moved); otherwise the map is taken at once.
 pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit> {
     let bytes = read_bounded(file)?;
-    let config = buckets_json::parse(&bytes)
+    let mut notes = Vec::new();
+    let config = buckets_json::parse(&bytes, &mut notes)
         .map_err(|why| UsageError(format!("in {}: {why}; nothing changed", file.display())))?;
+    for note in notes {
+        eprintln!("mcadmin: note: in {}: {note}", file.display());
+    }
     let current = ctx.store.snapshot()?;
     let positions = config
         .servers
@@ -181,7 +185,7 @@ pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit>
         None => rows,
     };
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?;
+        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?;
         if map.moving() > 0 {
             return Err(libmcshm::Error::BadBuckets {
                 why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
@@ -245,7 +249,7 @@ pub fn balance(
         return report_commit(ctx, "new bucket map", written);
     }
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?;
+        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?;
         if map.moving() > 0 {
             return Err(libmcshm::Error::BadBuckets {
                 why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
@@ -273,7 +277,7 @@ pub fn move_buckets(
         return Err(UsageError("--count must be 1 or more".into()).into());
     }
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?;
+        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?;
         let position = |a: &Address| {
             t.servers
                 .iter()
@@ -304,17 +308,12 @@ pub fn move_buckets(
 /// `buckets finish`.
 pub fn finish(ctx: &Invocation, rate: u32) -> Result<Exit> {
     stage_and_move(ctx, rate, |t| {
-        Ok((**t.buckets.as_ref().ok_or_else(|| not_vbucket(t))?).clone())
+        Ok((**t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?).clone())
     })
 }
 
-fn not_vbucket(t: &Table) -> libmcshm::Error {
-    libmcshm::Error::BadBuckets {
-        why: format!(
-            "the domain is not a vbucket domain (distribution {}): `mcadmin buckets balance` makes it one",
-            t.policy.distribution.as_str()
-        ),
-    }
+fn not_vbucket(ctx: &Invocation, t: &Table) -> libmcshm::Error {
+    rebucket::not_vbucket(ctx.local.domain.as_str(), &t.policy.distribution)
 }
 
 /// Stages the map `plan` makes of the current table (its forward rows), moves the keys of every

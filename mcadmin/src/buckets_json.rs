@@ -24,15 +24,23 @@
 //! says), so any name but `CRC` (in any case, as libvbucket's README allows) is refused rather
 //! than silently hashed otherwise; it does not check the 65 536-bucket limit its own message
 //! names, nor negative or fractional numbers (it truncates), nor duplicate servers, nor a
-//! longer forward map (extra rows ignored), nor a server twice in a row or replicas without
-//! an owner. Its `$HOST` placeholder (replaced by the peer's name) is not substituted here:
-//! a map loaded into mcshm names its servers.
+//! longer forward map (extra rows ignored), nor replicas without an owner. Its `$HOST`
+//! placeholder (replaced by the peer's name) is not substituted here: a map loaded into mcshm
+//! names its servers.
+//!
+//! One thing libvbucket takes is read differently, and said: a row that names a server twice
+//! (its own `testapp-config-in-envelope-fft` sample has the forward row `[3, 0, 0]`). A row of
+//! mcshm's map names a server once, and a replica on a server the row already names adds no
+//! copy, so the repeat is read as -1 (`[3, 0, -1]`): every key has the same owner and the same
+//! distinct replicas as in libvbucket, and [`parse`] returns a note saying what was read so.
 
 use std::collections::HashMap;
 
 use libmcshm::Address;
 use libmcshm::hash::KeyHash;
-use libmcshm::placement::buckets::{BucketMap, MAX_BUCKETS, MAX_REPLICAS, Shape, UNASSIGNED};
+use libmcshm::placement::buckets::{
+    BucketMap, MAX_BUCKETS, MAX_REPLICAS, Shape, UNASSIGNED, from_signed_cell, signed_cell,
+};
 use serde_json::{Map, Value};
 
 /// Largest input read (libvbucket's own limit is 100 MiB; a full 65 536-bucket map with four
@@ -60,8 +68,9 @@ fn libvbucket_name(hash: KeyHash) -> Option<&'static str> {
 }
 
 /// Reads a libvbucket configuration; an error is one line naming the problem and what is
-/// accepted.
-pub fn parse(bytes: &[u8]) -> Result<VbucketConfig, String> {
+/// accepted. What was read otherwise than written (a server named twice in a row) is added
+/// to `notes`, a line each.
+pub fn parse(bytes: &[u8], notes: &mut Vec<String>) -> Result<VbucketConfig, String> {
     if bytes.len() > MAX_INPUT {
         return Err(format!(
             "{} bytes: a libvbucket config is read up to {} MiB",
@@ -130,7 +139,7 @@ pub fn parse(bytes: &[u8]) -> Result<VbucketConfig, String> {
             rows.len()
         )
     })?;
-    let cells = read_rows("vBucketMap", rows, shape, servers.len())?;
+    let cells = read_rows("vBucketMap", rows, shape, servers.len(), notes)?;
     let forward = match config.get("vBucketMapForward") {
         None => None,
         Some(Value::Array(forward)) if forward.len() != rows.len() => {
@@ -145,6 +154,7 @@ pub fn parse(bytes: &[u8]) -> Result<VbucketConfig, String> {
             forward,
             shape,
             servers.len(),
+            notes,
         )?),
         Some(_) => return Err("vBucketMapForward: expected an array of rows".into()),
     };
@@ -223,10 +233,19 @@ fn check_server(
     Ok(())
 }
 
-/// The cells of a map's rows: each exactly `shape.width()` server indexes, -1 or in range.
-fn read_rows(what: &str, rows: &[Value], shape: Shape, servers: usize) -> Result<Vec<u16>, String> {
+/// The cells of a map's rows: each exactly `shape.width()` server indexes, -1 or in range; a
+/// server named again in its row is read as -1, and a note says how often and where first.
+fn read_rows(
+    what: &str,
+    rows: &[Value],
+    shape: Shape,
+    servers: usize,
+    notes: &mut Vec<String>,
+) -> Result<Vec<u16>, String> {
     let width = shape.width();
     let mut cells = Vec::with_capacity(shape.cells());
+    let mut repeated: Option<(usize, String)> = None;
+    let mut repeats = 0;
     for (b, row) in rows.iter().enumerate() {
         let row = match row {
             Value::Array(row) if row.len() == width => row,
@@ -242,18 +261,28 @@ fn read_rows(what: &str, rows: &[Value], shape: Shape, servers: usize) -> Result
                 ));
             }
         };
+        let start = cells.len();
         for entry in row {
-            cells.push(match entry.as_i64() {
-                Some(-1) => UNASSIGNED,
-                Some(c) if (0..servers as i64).contains(&c) => c as u16,
-                _ => {
-                    return Err(format!(
-                        "{what}, bucket {b}: server index {entry} out of range: expected -1 (none) or 0 to {} (serverList has {servers})",
-                        servers - 1
-                    ));
-                }
-            });
+            let Some(c) = entry.as_i64().and_then(|n| from_signed_cell(n, servers)) else {
+                return Err(format!(
+                    "{what}, bucket {b}: server index {entry} out of range: expected -1 (none) or 0 to {} (serverList has {servers})",
+                    servers - 1
+                ));
+            };
+            if c != UNASSIGNED && cells[start..].contains(&c) {
+                repeats += 1;
+                repeated.get_or_insert_with(|| (b, Value::Array(row.clone()).to_string()));
+                cells.push(UNASSIGNED);
+            } else {
+                cells.push(c);
+            }
         }
+    }
+    if let Some((b, row)) = repeated {
+        notes.push(format!(
+            "{what}: a server named twice in a row, {repeats} time{} (first in bucket {b}, {row}): each repeat read as -1, as a row of mcshm's map names a server once",
+            if repeats == 1 { "" } else { "s" }
+        ));
     }
     Ok(cells)
 }
@@ -303,10 +332,7 @@ fn write_rows(out: &mut String, field: &str, cells: &[u16], width: usize) {
             if column > 0 {
                 out.push_str(", ");
             }
-            match c {
-                UNASSIGNED => out.push_str("-1"),
-                c => out.push_str(&c.to_string()),
-            }
+            out.push_str(&signed_cell(c).to_string());
         }
         out.push(']');
     }
@@ -326,15 +352,19 @@ mod tests {
         std::fs::read(samples_dir().join(name)).unwrap()
     }
 
+    /// [`super::parse`] where what it notes does not matter.
+    fn parse(bytes: &[u8]) -> Result<VbucketConfig, String> {
+        super::parse(bytes, &mut Vec::new())
+    }
+
     /// The samples libvbucket's tests use that mcshm refuses, and why.
-    const REFUSED: [(&str, &str); 3] = [
+    const REFUSED: [(&str, &str); 2] = [
         ("testapp-config-wrong-num-vbuckets", "power of two"),
-        (
-            "testapp-config-in-envelope-fft",
-            "vBucketMapForward, bucket 0: server index 0 twice in a row",
-        ),
         ("ketama-eight-nodes", "ketama"),
     ];
+
+    /// The one sample read otherwise than written: its forward rows name servers twice.
+    const REPEATS: &str = "testapp-config-in-envelope-fft";
 
     fn round_trip(config: &VbucketConfig) -> String {
         let text = to_json(config.hash, &config.servers, &config.map).unwrap();
@@ -360,12 +390,14 @@ mod tests {
                 assert!(err.contains(why), "{name}: {err}");
                 continue;
             }
-            let config = parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let mut notes = Vec::new();
+            let config = super::parse(&bytes, &mut notes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(notes.is_empty(), name != REPEATS, "{name}: {notes:?}");
             assert_eq!(config.hash, KeyHash::Crc);
             round_trip(&config);
             parsed += 1;
         }
-        assert!(parsed >= 7, "{parsed} samples parsed");
+        assert!(parsed >= 8, "{parsed} samples parsed");
     }
 
     #[test]
@@ -392,14 +424,21 @@ mod tests {
 
     #[test]
     fn forward_rows_round_trip() {
-        // libvbucket's fft sample with the servers it names twice in a row made -1.
-        let text = r#"{"vBucketServerMap": {"hashAlgorithm": "crc", "numReplicas": 2,
-            "serverList": ["server1:11211", "server2:11210", "server3:11211", "server4:11211"],
-            "vBucketMap": [[0, 1, 2], [1, 2, 0], [2, 1, -1], [1, 2, 0]],
-            "vBucketMapForward": [[3, 0, -1], [2, 1, 3], [1, 2, -1], [0, 3, 1]]}}"#;
-        let config = parse(text.as_bytes()).unwrap();
+        // libvbucket's fft sample: forward rows [3, 0, 0] and [1, 2, 2] read as [3, 0, -1]
+        // and [1, 2, -1], and said so.
+        let mut notes = Vec::new();
+        let config = super::parse(&sample(REPEATS), &mut notes).unwrap();
         assert_eq!(config.map.forward_row(0), Some(&[3, 0, UNASSIGNED][..]));
+        assert_eq!(config.map.forward_row(1), Some(&[2, 1, 3][..]));
+        assert_eq!(config.map.forward_row(2), Some(&[1, 2, UNASSIGNED][..]));
         assert_eq!(config.map.moving(), 4);
+        assert_eq!(
+            notes,
+            [
+                "vBucketMapForward: a server named twice in a row, 2 times (first in bucket 0, \
+              [3,0,0]): each repeat read as -1, as a row of mcshm's map names a server once"
+            ]
+        );
         let out = round_trip(&config);
         assert!(out.contains("\"hashAlgorithm\": \"CRC\""), "{out}");
         assert!(out.contains("\n    [3, 0, -1],\n"), "{out}");
@@ -527,10 +566,6 @@ mod tests {
                 with("vBucketMap", Some(json!([[0, 1, 2], [-1, 1, 0]]))),
                 "vBucketMap, bucket 1: replicas without an owner",
             ),
-            (
-                with("vBucketMap", Some(json!([[0, 1, 2], [1, 1, 0]]))),
-                "vBucketMap, bucket 1: server index 1 twice in a row",
-            ),
             (" ".repeat(MAX_INPUT + 1), "read up to 16 MiB"),
         ];
         for (text, expected) in cases {
@@ -555,6 +590,23 @@ mod tests {
             KeyHash::Crc
         );
         assert!(parse(with("nodeLocator", Some(json!("vbucket"))).as_bytes()).is_ok());
+        // A server twice in a row (the owner again as a replica): the repeat read as -1.
+        let mut notes = Vec::new();
+        let twice = with(
+            "vBucketMap",
+            Some(json!([[0, 1, 1], [1, 1, 0], [2, 2, 2], [0, 1, 2]])),
+        );
+        let config = super::parse(twice.as_bytes(), &mut notes).unwrap();
+        assert_eq!(config.map.row(0), &[0, 1, UNASSIGNED]);
+        assert_eq!(config.map.row(1), &[1, UNASSIGNED, 0]);
+        assert_eq!(config.map.row(2), &[2, UNASSIGNED, UNASSIGNED]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "vBucketMap: a server named twice in a row, 4 times (first in bucket 0, [0,1,1])"
+            ),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -548,7 +548,8 @@ pub enum BucketsAction {
     /// Every server of its serverList must be in the domain (add them first). The file is
     /// checked whole first: a map that is not a power of two of rows, has a row of the wrong
     /// width, a server index out of range or too many replicas is refused (exit 2) and the
-    /// table stays as it was. On a vbucket domain of the same bucket count, the buckets whose
+    /// table stays as it was. A server named twice in a row is read as -1 the second time,
+    /// with a note on stderr. On a vbucket domain of the same bucket count, the buckets whose
     /// owner changes move as `buckets move` moves them, at --rate; otherwise the map is taken
     /// at once (every key is placed anew).
     Load {

@@ -138,12 +138,7 @@ fn bucket_lines(map: &BucketMap) -> String {
                     if i > 0 {
                         out.push(',');
                     }
-                    match buckets::cell(c) {
-                        Some(p) => {
-                            let _ = write!(out, "{p}");
-                        }
-                        None => out.push_str("-1"),
-                    }
+                    let _ = write!(out, "{}", buckets::signed_cell(c));
                 }
             }
             out.push('\n');
@@ -212,16 +207,14 @@ impl MapLines {
         for row in words {
             let before = cells.len();
             for c in row.split(',') {
-                cells.push(match c {
-                    "-1" => buckets::UNASSIGNED,
-                    c => c
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|&n| n != buckets::UNASSIGNED)
-                        .ok_or_else(|| {
-                            Error::invalid("bucket row", row, "expected server indexes or -1")
-                        })?,
-                });
+                // The range against the list is checked with the whole map (`finish`).
+                let cell = c
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|n| buckets::from_signed_cell(n, buckets::UNASSIGNED as usize));
+                cells.push(cell.ok_or_else(|| {
+                    Error::invalid("bucket row", row, "expected server indexes or -1")
+                })?);
             }
             if cells.len() - before != shape.width() {
                 return Err(Error::invalid(

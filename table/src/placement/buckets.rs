@@ -388,6 +388,22 @@ pub fn cell(c: u16) -> Option<usize> {
     (c != UNASSIGNED).then_some(c as usize)
 }
 
+/// A cell as every written form of a map has it (libvbucket's JSON, the fleet document, the
+/// dump text): the server index, or -1 for none.
+pub fn signed_cell(c: u16) -> i64 {
+    cell(c).map_or(-1, |p| p as i64)
+}
+
+/// A cell read from its written form: -1 is none, 0 up to `servers` (exclusive) a server;
+/// anything else is no cell. `servers` is at most [`UNASSIGNED`], so no index reads as none.
+pub fn from_signed_cell(n: i64, servers: usize) -> Option<u16> {
+    match n {
+        -1 => Some(UNASSIGNED),
+        n if (0..servers.min(UNASSIGNED as usize) as i64).contains(&n) => Some(n as u16),
+        _ => None,
+    }
+}
+
 fn check_row(row: &[u16], servers: usize) -> Result<(), String> {
     for (column, &c) in row.iter().enumerate() {
         if c == UNASSIGNED {
@@ -456,6 +472,22 @@ mod tests {
         assert!(bad(vec![0, 0, 1, 0]).contains("twice"));
         assert!(bad(vec![UNASSIGNED, 1, 1, 0]).contains("without an owner"));
         assert!(BucketMap::new(shape, vec![0, 1, UNASSIGNED, UNASSIGNED], None, 2).is_ok());
+    }
+
+    #[test]
+    fn signed_cells_read_back_what_they_write_and_nothing_out_of_range() {
+        for (c, n) in [(UNASSIGNED, -1), (0, 0), (2, 2), (UNASSIGNED - 1, 65_534)] {
+            assert_eq!(signed_cell(c), n);
+            assert_eq!(from_signed_cell(n, UNASSIGNED as usize), Some(c));
+        }
+        assert_eq!(from_signed_cell(3, 3), None);
+        assert_eq!(from_signed_cell(-2, 3), None);
+        assert_eq!(
+            from_signed_cell(65_535, usize::MAX),
+            None,
+            "none is only -1"
+        );
+        assert_eq!(from_signed_cell(i64::MAX, usize::MAX), None);
     }
 
     #[test]
