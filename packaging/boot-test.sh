@@ -225,7 +225,7 @@ say "booted in $((SECONDS - started)) s"
 check install in_ct sh -c 'apt-get install -y -q /opt/debs/*.deb 2>&1'
 check packages sh_ct '
     for p in libmcshm0 libmcshm-dev mcshm; do
-        dpkg-query -W -f "\${Status}\n" "$p" | grep -qx "install ok installed" || { echo "$p not installed"; exit 1; }
+        dpkg-query -W -f "\${Status}\n" "$p" | grep -x "install ok installed" >/dev/null || { echo "$p not installed"; exit 1; }
     done
     ldconfig -p | grep "libmcshm.so.0 " >/dev/null || { echo "libmcshm.so.0 not in the loader cache"; exit 1; }
     getent passwd mcshm >/dev/null || { echo "no mcshm user"; exit 1; }

@@ -29,7 +29,7 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
     let snapshot = ctx.store.snapshot()?;
     let map = rebucket::map_of(&snapshot)?;
     let counts = map.counts(snapshot.servers.len());
-    let (leaving, arriving) = moving_counts(map, snapshot.servers.len());
+    let (leaving, arriving) = map.moving_counts(snapshot.servers.len());
     let shape = map.shape();
     print(
         ctx,
@@ -47,7 +47,7 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
             json!({"domain": snapshot.domain, "version": snapshot.version,
                    "hash": snapshot.policy.distribution.hash_name(),
                    "buckets": shape.buckets, "replicas": shape.replicas,
-                   "moving": map.moving(), "unassigned": unassigned(map),
+                   "moving": map.moving(), "unassigned": map.unassigned(),
                    "servers": servers})
         },
         || {
@@ -60,7 +60,7 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
                 if shape.replicas == 1 { "" } else { "s" },
                 snapshot.policy.distribution.hash_name(),
                 map.moving(),
-                unassigned(map),
+                map.unassigned(),
             );
             out += &format!(
                 "{:<28} {:<9} {:>8} {:>9} {:>10} {:>9}\n",
@@ -81,24 +81,6 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
         },
     )?;
     Ok(Exit::Success)
-}
-
-fn unassigned(map: &BucketMap) -> usize {
-    (0..map.buckets())
-        .filter(|&b| map.owner(b).is_none())
-        .count()
-}
-
-/// Per server: buckets moving off it, and onto it.
-fn moving_counts(map: &BucketMap, servers: usize) -> (Vec<usize>, Vec<usize>) {
-    let (mut off, mut on) = (vec![0; servers], vec![0; servers]);
-    for b in 0..map.buckets() {
-        if let (Some(from), Some(to)) = (map.moving_from(b), map.owner(b)) {
-            off[from] += 1;
-            on[to] += 1;
-        }
-    }
-    (off, on)
 }
 
 /// `buckets dump`: the map as libvbucket JSON.
@@ -130,9 +112,6 @@ pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit>
     let mut notes = Vec::new();
     let config = buckets_json::parse(&bytes, &mut notes)
         .map_err(|why| UsageError(format!("in {}: {why}; nothing changed", file.display())))?;
-    for note in notes {
-        eprintln!("mcadmin: note: in {}: {note}", file.display());
-    }
     let current = ctx.store.snapshot()?;
     let positions = config
         .servers
@@ -152,6 +131,9 @@ pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit>
                 })
         })
         .collect::<Result<Vec<usize>, UsageError>>()?;
+    for note in notes {
+        eprintln!("mcadmin: note: in {}: {note}", file.display());
+    }
     let remap = |cells: &[u16]| -> Vec<u16> {
         cells
             .iter()

@@ -68,7 +68,7 @@ fn libvbucket_name(hash: KeyHash) -> Option<&'static str> {
 }
 
 /// Reads a libvbucket configuration; an error is one line naming the problem and what is
-/// accepted. What was read otherwise than written (a server named twice in a row) is added
+/// accepted. What was read otherwise than written (a server named again in its row) is added
 /// to `notes`, a line each.
 pub fn parse(bytes: &[u8], notes: &mut Vec<String>) -> Result<VbucketConfig, String> {
     if bytes.len() > MAX_INPUT {
@@ -186,51 +186,56 @@ fn servers(config: &Map<String, Value>) -> Result<Vec<String>, String> {
         Some(_) => return Err("serverList: expected an array of \"host:port\"".into()),
     };
     let mut servers = Vec::with_capacity(list.len());
-    let mut seen = HashMap::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
         let Value::String(text) = entry else {
             return Err(format!(
                 "serverList entry {i} ({entry}): expected a \"host:port\" string"
             ));
         };
-        check_server(i, text, &mut seen)?;
         servers.push(text.clone());
     }
-    check_count(servers.len())?;
+    check_servers(&servers)?;
     Ok(servers)
 }
 
-fn check_count(servers: usize) -> Result<(), String> {
-    if servers == 0 {
+/// A server list a map can name: one to 65 535 addresses, no two the same server (as the
+/// domain compares them: a host name in any case, an IPv6 address in any form).
+fn check_servers(servers: &[String]) -> Result<(), String> {
+    if servers.is_empty() {
         return Err("serverList is empty: expected at least one \"host:port\"".into());
     }
-    if servers > UNASSIGNED as usize {
+    if servers.len() > UNASSIGNED as usize {
         return Err(format!(
-            "serverList has {servers} servers: a bucket map names at most {}",
+            "serverList has {} servers: a bucket map names at most {}",
+            servers.len(),
             UNASSIGNED
         ));
+    }
+    let addresses = servers
+        .iter()
+        .enumerate()
+        .map(|(i, text)| server_address(i, text))
+        .collect::<Result<Vec<Address>, String>>()?;
+    let mut seen = HashMap::with_capacity(addresses.len());
+    for (i, address) in addresses.iter().enumerate() {
+        if let Some(j) = seen.insert(address.identity(), i) {
+            return Err(format!(
+                "serverList entries {j} (\"{}\") and {i} (\"{}\") name the same server: expected each server once",
+                servers[j], servers[i]
+            ));
+        }
     }
     Ok(())
 }
 
-/// Server `i` of a list: an address, not one of those `seen` (by position) before it.
-fn check_server(
-    i: usize,
-    text: &str,
-    seen: &mut HashMap<Address, (usize, String)>,
-) -> Result<(), String> {
+/// Server `i` of a list, as an address.
+fn server_address(i: usize, text: &str) -> Result<Address, String> {
     if text.contains("$HOST") {
         return Err(format!(
             "serverList entry {i} \"{text}\": libvbucket's $HOST placeholder is not substituted; write the host's name"
         ));
     }
-    let address = Address::parse(text).map_err(|e| format!("serverList entry {i}: {e}"))?;
-    if let Some((j, first)) = seen.insert(address, (i, text.to_string())) {
-        return Err(format!(
-            "serverList entries {j} (\"{first}\") and {i} (\"{text}\") name the same server: expected each server once"
-        ));
-    }
-    Ok(())
+    Address::parse(text).map_err(|e| format!("serverList entry {i}: {e}"))
 }
 
 /// The cells of a map's rows: each exactly `shape.width()` server indexes, -1 or in range; a
@@ -280,7 +285,7 @@ fn read_rows(
     }
     if let Some((b, row)) = repeated {
         notes.push(format!(
-            "{what}: a server named twice in a row, {repeats} time{} (first in bucket {b}, {row}): each repeat read as -1, as a row of mcshm's map names a server once",
+            "{what}: {repeats} cell{} naming a server its row already names (first in bucket {b}, {row}) read as -1, as a row of mcshm's map names a server once",
             if repeats == 1 { "" } else { "s" }
         ));
     }
@@ -297,11 +302,7 @@ pub fn to_json(hash: KeyHash, servers: &[String], map: &BucketMap) -> Result<Str
             hash.as_str()
         )
     })?;
-    check_count(servers.len())?;
-    let mut seen = HashMap::with_capacity(servers.len());
-    for (i, text) in servers.iter().enumerate() {
-        check_server(i, text, &mut seen)?;
-    }
+    check_servers(servers)?;
     map.check(servers.len())?;
 
     let mut out = String::with_capacity(64 + 32 * map.cells().len());
@@ -435,8 +436,8 @@ mod tests {
         assert_eq!(
             notes,
             [
-                "vBucketMapForward: a server named twice in a row, 2 times (first in bucket 0, \
-              [3,0,0]): each repeat read as -1, as a row of mcshm's map names a server once"
+                "vBucketMapForward: 2 cells naming a server its row already names (first in \
+                 bucket 0, [3,0,0]) read as -1, as a row of mcshm's map names a server once"
             ]
         );
         let out = round_trip(&config);
@@ -542,6 +543,10 @@ mod tests {
             ),
             (with("serverList", Some(json!([]))), "serverList is empty"),
             (
+                with("serverList", Some(json!(["cache:1", "b:2", "CACHE:1"]))),
+                "entries 0 (\"cache:1\") and 2 (\"CACHE:1\") name the same server",
+            ),
+            (
                 with("serverList", Some(json!(["a:1", "b:99999", "c:3"]))),
                 "serverList entry 1: invalid address 'b:99999'",
             ),
@@ -603,7 +608,8 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(
             notes[0].starts_with(
-                "vBucketMap: a server named twice in a row, 4 times (first in bucket 0, [0,1,1])"
+                "vBucketMap: 4 cells naming a server its row already names (first in bucket 0, \
+                 [0,1,1])"
             ),
             "{notes:?}"
         );

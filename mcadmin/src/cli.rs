@@ -494,10 +494,12 @@ pub enum Command {
     /// draining}, mcshm_server_held_down, mcshm_server_state_change_timestamp_seconds,
     /// mcshm_server_weight, mcshm_server_consecutive_failures, mcshm_server_marked (may hold
     /// stale copies until `settle`), and in a domain that keeps an invalidation log
-    /// mcshm_server_missed_keys, _bytes and _overflowed. Per domain: mcshm_table_readable,
-    /// mcshm_table_version, mcshm_table_change_timestamp_seconds, mcshm_table_servers,
-    /// mcshm_domain_processes (what `clients` lists), mcshm_domain_policy_info; in a domain the
-    /// fleet mirrors, mcshm_fleet_revision (the revision applied here) and the agent's
+    /// mcshm_server_missed_keys, _bytes and _overflowed, and in a vbucket domain
+    /// mcshm_server_buckets, _replica_buckets, _buckets_moving_off and _buckets_moving_on. Per
+    /// domain: mcshm_table_readable, mcshm_table_version, mcshm_table_change_timestamp_seconds,
+    /// mcshm_table_servers, mcshm_domain_processes (what `clients` lists),
+    /// mcshm_domain_policy_info; in a vbucket domain mcshm_bucket_map_buckets, _moving (staged,
+    /// not completed) and _unassigned (no server); in a domain the fleet mirrors, mcshm_fleet_revision (the revision applied here) and the agent's
     /// mcshm_fleet_agent_running, _connected and _link_change_timestamp_seconds. A host's lag
     /// behind the fleet is not known on the host: compare mcshm_fleet_revision across hosts.
     /// An unreadable table is mcshm_table_readable 0 (and a line on stderr), not a failure.

@@ -208,10 +208,12 @@ impl MapLines {
             let before = cells.len();
             for c in row.split(',') {
                 // The range against the list is checked with the whole map (`finish`).
-                let cell = c
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|n| buckets::from_signed_cell(n, buckets::UNASSIGNED as usize));
+                let n = match c {
+                    "-1" => Some(-1),
+                    c => c.parse::<u16>().ok().map(i64::from),
+                };
+                let cell =
+                    n.and_then(|n| buckets::from_signed_cell(n, buckets::UNASSIGNED as usize));
                 cells.push(cell.ok_or_else(|| {
                     Error::invalid("bucket row", row, "expected server indexes or -1")
                 })?);

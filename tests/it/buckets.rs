@@ -305,8 +305,8 @@ fn libvbucket_sample_maps_round_trip_and_the_malformed_ones_are_refused() {
             assert!(
                 run.stderr().starts_with("mcadmin: note: in ")
                     && run.stderr().contains(
-                        "vBucketMapForward: a server named twice in a row, 2 times (first in \
-                         bucket 0, [3,0,0]): each repeat read as -1"
+                        "vBucketMapForward: 2 cells naming a server its row already names \
+                         (first in bucket 0, [3,0,0]) read as -1"
                     ),
                 "{}",
                 run.stderr()
@@ -514,6 +514,21 @@ fn a_dump_of_a_vbucket_domain_loads_back_with_its_map() {
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("out of range"), "{}", run.stderr());
     assert_eq!(reg.bytes("two"), before);
+    // A cell is -1 or a server index written plainly: nothing else reads as one.
+    for cell in ["-0", "-01", "65535", "x", ""] {
+        let bad = text
+            .replace("2,1,-1", &format!("2,1,{cell}"))
+            .replace("# end:", "# was end:");
+        std::fs::write(&file, &bad).unwrap();
+        let run = reg.run("two", &["load", "--partial", file.to_str().unwrap()]);
+        assert_eq!(run.code(), 2, "{cell:?}: {}", run.stderr());
+        assert!(
+            run.stderr().contains("expected server indexes or -1"),
+            "{cell:?}: {}",
+            run.stderr()
+        );
+        assert_eq!(reg.bytes("two"), before, "{cell:?}");
+    }
 }
 
 /// With moves staged (here a loaded map's forward rows), `balance` is refused until they are

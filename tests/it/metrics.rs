@@ -217,6 +217,12 @@ fn the_page_parses_and_names_every_servers_state() {
         page.find("mcshm_fleet_revision", &[("domain", "web")])
             .is_empty()
     );
+    for family in ["mcshm_bucket_map_buckets", "mcshm_server_buckets"] {
+        assert!(
+            page.find(family, &[("domain", "app")]).is_empty(),
+            "no {family} for a ketama domain"
+        );
+    }
     let policy = page.find("mcshm_domain_policy_info", &[("domain", "web")]);
     assert_eq!(policy[0].labels["rejoin"], "replay");
     assert_eq!(policy[0].labels["distribution"], "ketama");
@@ -233,6 +239,74 @@ fn the_page_parses_and_names_every_servers_state() {
     assert_eq!(missing.code(), 3, "{}", missing.stderr());
     let fleet = reg.run("web", &["--etcd", "http://127.0.0.1:1", "metrics"]);
     assert_eq!(fleet.code(), 2, "{}", fleet.stderr());
+}
+
+/// A vbucket domain's page counts its map as `buckets list --json` does: the map's buckets,
+/// the moves staged and the buckets no server owns, and per server the buckets it owns, holds
+/// a replica of, and has moving off and on. The map is loaded with moves staged (a libvbucket
+/// config with forward rows, of a new shape: taken at once, nothing moved).
+#[test]
+fn a_vbucket_domains_page_counts_its_buckets_as_buckets_list_does() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let addresses: Vec<String> = servers.iter().map(Memcached::address).collect();
+    let reg = Reg::new();
+    let mut add = vec!["add"];
+    add.extend(addresses.iter().map(String::as_str));
+    reg.ok("vb", &add);
+    let config = serde_json::json!({
+        "hashAlgorithm": "CRC", "numReplicas": 1, "serverList": addresses,
+        "vBucketMap": [[0, 1], [1, 2], [2, 0], [-1, -1]],
+        "vBucketMapForward": [[1, 0], [2, 1], [2, 0], [-1, -1]],
+    });
+    let file = reg.dir().join("staged.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    reg.ok("vb", &["buckets", "load", file.to_str().unwrap()]);
+
+    let page = read_page(&reg.ok("vb", &["metrics"]));
+    agrees_with_list(&page, &reg, "vb");
+    let out = reg
+        .cmd("vb", &["--json", "buckets", "list"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = [("domain", "vb")];
+    for (family, field, expected) in [
+        ("mcshm_bucket_map_buckets", "buckets", 4.0),
+        ("mcshm_bucket_map_moving", "moving", 2.0),
+        ("mcshm_bucket_map_unassigned", "unassigned", 1.0),
+    ] {
+        assert_eq!(page.value(family, &d), expected, "{family}");
+        assert_eq!(list[field].as_f64(), Some(expected), "{field}");
+    }
+    // Owned (a staged bucket counts for its new owner), replicas, moving off, moving on.
+    let expected = [
+        (0.0, 2.0, 1.0, 0.0),
+        (1.0, 1.0, 1.0, 1.0),
+        (2.0, 0.0, 0.0, 1.0),
+    ];
+    let listed = list["servers"].as_array().unwrap();
+    for ((address, want), server) in addresses.iter().zip(expected).zip(listed) {
+        let labels = [("domain", "vb"), ("server", address.as_str())];
+        let got = (
+            page.value("mcshm_server_buckets", &labels),
+            page.value("mcshm_server_replica_buckets", &labels),
+            page.value("mcshm_server_buckets_moving_off", &labels),
+            page.value("mcshm_server_buckets_moving_on", &labels),
+        );
+        assert_eq!(got, want, "{address}");
+        let field = |name: &str| server[name].as_f64().unwrap();
+        assert_eq!(server["server"], address.as_str());
+        assert_eq!(
+            (
+                field("buckets"),
+                field("replicas"),
+                field("moving_off"),
+                field("moving_on")
+            ),
+            want,
+            "{address}: buckets list"
+        );
+    }
 }
 
 /// A request to the watcher's metrics server, and the whole answer.
@@ -361,6 +435,8 @@ fn contrib_alerts_and_dashboard_use_the_pages_metrics() {
         "McshmServerDown",
         "McshmInvalidationLogOverflowed",
         "McshmHostLagsFleet",
+        "McshmBucketMoveStalled",
+        "McshmBucketsUnassigned",
     ] {
         assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
     }

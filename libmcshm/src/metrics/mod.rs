@@ -104,6 +104,34 @@ pub const FAMILIES: &[Family] = &[
         "Whether the down server's invalidation log overflowed (1: it will be flushed when it comes back; 0 for a server that is not down)",
     ),
     gauge(
+        "mcshm_server_buckets",
+        "Buckets the server owns in a vbucket domain's map (a staged move counts for its new owner)",
+    ),
+    gauge(
+        "mcshm_server_replica_buckets",
+        "Buckets the server holds a replica column of in a vbucket domain's map",
+    ),
+    gauge(
+        "mcshm_server_buckets_moving_off",
+        "Buckets staged to move off the server (mcadmin buckets move, balance or load) whose moves have not completed",
+    ),
+    gauge(
+        "mcshm_server_buckets_moving_on",
+        "Buckets staged to move onto the server whose moves have not completed",
+    ),
+    gauge(
+        "mcshm_bucket_map_buckets",
+        "Buckets in a vbucket domain's map",
+    ),
+    gauge(
+        "mcshm_bucket_map_moving",
+        "Buckets of the map staged to move and not completed (left so by an interrupted move until mcadmin buckets finish)",
+    ),
+    gauge(
+        "mcshm_bucket_map_unassigned",
+        "Buckets of the map no server owns: their keys have no server until mcadmin buckets balance or load assigns them",
+    ),
+    gauge(
         "mcshm_fleet_revision",
         "The fleet revision of the domain this host's table mirrors (only for domains mirrored from the fleet)",
     ),
@@ -243,6 +271,16 @@ pub fn render(domains: &[(Domain, Result<DomainMetrics>)]) -> String {
             ],
             1u8,
         );
+        let buckets = s.buckets.as_ref().map(|map| {
+            let labels = [("domain", d)];
+            page.add("mcshm_bucket_map_buckets", &labels, map.buckets());
+            page.add("mcshm_bucket_map_moving", &labels, map.moving());
+            page.add("mcshm_bucket_map_unassigned", &labels, map.unassigned());
+            (
+                map.counts(s.servers.len()),
+                map.moving_counts(s.servers.len()),
+            )
+        });
         for (n, server) in s.servers.iter().enumerate() {
             let address = server.address.to_string();
             let labels = [("domain", d), ("server", address.as_str())];
@@ -275,6 +313,12 @@ pub fn render(domains: &[(Domain, Result<DomainMetrics>)]) -> String {
                 m.failures.get(n).copied().unwrap_or(0),
             );
             page.add("mcshm_server_marked", &labels, server.strays_since != 0);
+            if let Some((counts, (off, on))) = &buckets {
+                page.add("mcshm_server_buckets", &labels, counts[n].0);
+                page.add("mcshm_server_replica_buckets", &labels, counts[n].1);
+                page.add("mcshm_server_buckets_moving_off", &labels, off[n]);
+                page.add("mcshm_server_buckets_moving_on", &labels, on[n]);
+            }
             if let Some(stats) = m.log.as_ref().and_then(|log| log.get(n)) {
                 page.add("mcshm_server_missed_keys", &labels, stats.keys);
                 page.add("mcshm_server_missed_bytes", &labels, stats.bytes);

@@ -223,6 +223,28 @@ impl BucketMap {
         counts
     }
 
+    /// Per server of a list of `servers`: buckets moving off it, and buckets moving onto it.
+    pub fn moving_counts(&self, servers: usize) -> (Vec<usize>, Vec<usize>) {
+        let (mut off, mut on) = (vec![0; servers], vec![0; servers]);
+        for b in 0..self.buckets() {
+            if let (Some(from), Some(to)) = (self.moving_from(b), self.owner(b))
+                && let (Some(off), Some(on)) = (off.get_mut(from), on.get_mut(to))
+            {
+                *off += 1;
+                *on += 1;
+            }
+        }
+        (off, on)
+    }
+
+    /// Buckets no server owns: their keys have no server until a balance or a load assigns
+    /// them.
+    pub fn unassigned(&self) -> usize {
+        (0..self.buckets())
+            .filter(|&b| self.owner(b).is_none())
+            .count()
+    }
+
     /// Buckets whose forward row differs from their row.
     pub fn moving(&self) -> usize {
         (0..self.buckets()).filter(|&b| self.is_moving(b)).count()
