@@ -890,19 +890,7 @@ impl Checker {
     /// waits until both hosts mirror it. Returns stdout.
     fn admin(&mut self, args: &[&str]) -> String {
         let h = self.host();
-        let mut cmd = Command::new(common::MCADMIN);
-        cmd.arg("--dir").arg(&self.dirs[h]);
-        if let World::Fleet { cluster, .. } = &self.world {
-            cmd.args(["--etcd", &cluster.endpoints(), "--etcd-timeout", "4"]);
-        }
-        let out = cmd
-            .args(["--domain", "c"])
-            .args(args)
-            .env_remove("MCSHM_ETCD")
-            .env_remove("MCSHM_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = self.mcadmin(h, true).args(args).output().unwrap();
         let where_ = if self.dirs.len() > 1 {
             format!(" (host {h})")
         } else {
@@ -920,6 +908,21 @@ impl Checker {
         }
         self.converge();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// mcadmin on domain `c` of host `h`'s table (no stdin), with --etcd in a fleet when
+    /// `etcd` says so; its arguments to be given.
+    fn mcadmin(&self, h: usize, etcd: bool) -> Command {
+        let mut cmd = Command::new(common::MCADMIN);
+        cmd.arg("--dir").arg(&self.dirs[h]);
+        if let (World::Fleet { cluster, .. }, true) = (&self.world, etcd) {
+            cmd.args(["--etcd", &cluster.endpoints(), "--etcd-timeout", "4"]);
+        }
+        cmd.args(["--domain", "c"])
+            .env_remove("MCSHM_ETCD")
+            .env_remove("MCSHM_DIR")
+            .stdin(Stdio::null());
+        cmd
     }
 
     fn fleet(&self) -> bool {
@@ -1258,13 +1261,9 @@ impl Checker {
 
     /// The domain's bucket map as `buckets list` shows it (not a change: not in the history).
     fn listing(&self) -> Listing {
-        let out = Command::new(common::MCADMIN)
-            .arg("--dir")
-            .arg(&self.dirs[0])
-            .args(["--domain", "c", "--json", "buckets", "list"])
-            .env_remove("MCSHM_ETCD")
-            .env_remove("MCSHM_DIR")
-            .stdin(Stdio::null())
+        let out = self
+            .mcadmin(0, false)
+            .args(["--json", "buckets", "list"])
             .output()
             .unwrap();
         if !out.status.success() {
@@ -1394,17 +1393,9 @@ impl Checker {
         let rate = (1 + self.rng.below(3)).to_string();
         let args = ["buckets", "move", "--count", count, a, b, "--rate", &rate];
         let h = self.host();
-        let mut cmd = Command::new(common::MCADMIN);
-        cmd.arg("--dir").arg(&self.dirs[h]);
-        if let World::Fleet { cluster, .. } = &self.world {
-            cmd.args(["--etcd", &cluster.endpoints(), "--etcd-timeout", "4"]);
-        }
-        let mut child = cmd
-            .args(["--domain", "c"])
+        let mut child = self
+            .mcadmin(h, true)
             .args(args)
-            .env_remove("MCSHM_ETCD")
-            .env_remove("MCSHM_DIR")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

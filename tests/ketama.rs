@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use libmcshm::Address;
 use libmcshm::hash::KeyHash;
@@ -19,25 +18,12 @@ fn oracle(dir: &std::path::Path) -> std::path::PathBuf {
 /// What libmemcached answers for `keys` on the servers `specs` (`HOST:PORT:WEIGHT` each): one
 /// `host:port` per key.
 fn ask_oracle(exe: &std::path::Path, specs: &[String], keys: &[String]) -> Vec<String> {
-    let mut child = Command::new(exe)
-        .args(specs)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
     let input = keys.join("\n") + "\n";
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success());
-    let answers: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    assert_eq!(answers.len(), keys.len());
-    answers
+    common::cbuild::ask_oracle(
+        Command::new(exe).args(specs),
+        input.into_bytes(),
+        keys.len(),
+    )
 }
 
 /// `mclient ARGS which -- KEYS…` (keys may start with `-`): the server of each key, brackets removed (as libmemcached

@@ -13,9 +13,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use libmcshm::client::Router;
@@ -40,37 +39,18 @@ fn ask_oracle(
     keys: &[Vec<u8>],
 ) -> Vec<String> {
     let map: Vec<String> = owners.iter().map(u16::to_string).collect();
-    let mut child = Command::new(exe)
-        .arg(hash.as_str())
-        .arg(owners.len().to_string())
-        .arg(map.join(","))
-        .args(servers.iter().map(host_port))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
     let mut input = Vec::with_capacity(keys.iter().map(|k| k.len() + 1).sum());
     for key in keys {
         input.extend_from_slice(key);
         input.push(b'\n');
     }
-    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(
-        out.status.success(),
-        "the oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    assert_eq!(answers.len(), keys.len());
-    answers
+    let mut oracle = Command::new(exe);
+    oracle
+        .arg(hash.as_str())
+        .arg(owners.len().to_string())
+        .arg(map.join(","))
+        .args(servers.iter().map(host_port));
+    common::cbuild::ask_oracle(&mut oracle, input, keys.len())
 }
 
 /// `host:port` as libmemcached names a server (no brackets, the port always).

@@ -22,6 +22,7 @@ use crate::conn::Timeouts;
 use crate::domain::Domain;
 use crate::drain::DrainCounts;
 use crate::error::{Error, Result};
+use crate::hash::KeyHash;
 use crate::metadump::list_keys;
 use crate::placement::BucketMap;
 use crate::placement::Distribution;
@@ -45,10 +46,15 @@ pub struct Rebucket {
 
 /// A staged table's bucket map, or the error saying the domain has none.
 pub fn map_of(snapshot: &Snapshot) -> Result<&Arc<BucketMap>> {
-    snapshot
-        .buckets
-        .as_ref()
-        .ok_or_else(|| not_vbucket(&snapshot.domain, &snapshot.policy.distribution))
+    vbucket_of(snapshot).map(|(map, _)| map)
+}
+
+/// A vbucket domain's bucket map and key hash, or the error saying the domain is not one.
+pub fn vbucket_of(snapshot: &Snapshot) -> Result<(&Arc<BucketMap>, KeyHash)> {
+    match (&snapshot.buckets, snapshot.policy.distribution) {
+        (Some(map), Distribution::VBucket(hash)) => Ok((map, hash)),
+        _ => Err(not_vbucket(&snapshot.domain, &snapshot.policy.distribution)),
+    }
 }
 
 /// The error of a bucket command on a domain without a bucket map, saying how to make one.
@@ -68,10 +74,8 @@ impl Rebucket {
     pub fn start(dir: &Path, domain: &Domain, timeouts: Timeouts) -> Result<Rebucket> {
         let mut client = Client::for_domain(dir, domain, timeouts)?;
         let staged = client.snapshot()?;
-        let map = map_of(&staged)?.clone();
-        let Distribution::VBucket(hash) = staged.policy.distribution else {
-            unreachable!("a bucket map goes with the vbucket distribution");
-        };
+        let (map, hash) = vbucket_of(&staged)?;
+        let map = map.clone();
         let mut sources: Vec<usize> = (0..map.buckets())
             .filter_map(|b| map.moving_from(b))
             .collect();

@@ -14,7 +14,7 @@ use libmcshm::placement::buckets::{DEFAULT_BUCKETS, UNASSIGNED, cell};
 use libmcshm::placement::{BucketMap, Distribution, Shape};
 use libmcshm::rebucket::{self, Rebucket};
 use libmcshm::table::{Table, routed};
-use libmcshm::{Address, Registry, Snapshot, Timeouts};
+use libmcshm::{Address, Registry, Timeouts};
 use mcshm_cli::UsageError;
 use serde_json::json;
 
@@ -86,10 +86,7 @@ pub fn list(ctx: &Invocation) -> Result<Exit> {
 /// `buckets dump`: the map as libvbucket JSON.
 pub fn dump(ctx: &Invocation) -> Result<Exit> {
     let snapshot = ctx.store.snapshot()?;
-    let map = rebucket::map_of(&snapshot)?;
-    let Distribution::VBucket(hash) = snapshot.policy.distribution else {
-        unreachable!("a bucket map goes with the vbucket distribution");
-    };
+    let (map, hash) = rebucket::vbucket_of(&snapshot)?;
     let servers: Vec<String> = snapshot
         .servers
         .iter()
@@ -98,9 +95,6 @@ pub fn dump(ctx: &Invocation) -> Result<Exit> {
     let text = buckets_json::to_json(hash, &servers, map).map_err(UsageError)?;
     let mut out = std::io::stdout().lock();
     std::io::Write::write_all(&mut out, text.as_bytes())?;
-    if !text.ends_with('\n') {
-        std::io::Write::write_all(&mut out, b"\n")?;
-    }
     Ok(Exit::Success)
 }
 
@@ -167,12 +161,8 @@ pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit>
         None => rows,
     };
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?;
-        if map.moving() > 0 {
-            return Err(libmcshm::Error::BadBuckets {
-                why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
-            });
-        }
+        let map = map_in(ctx, t)?;
+        no_moves_under_way(map)?;
         if t.servers.len() != listed {
             return Err(changed_meanwhile());
         }
@@ -231,12 +221,8 @@ pub fn balance(
         return report_commit(ctx, "new bucket map", written);
     }
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?;
-        if map.moving() > 0 {
-            return Err(libmcshm::Error::BadBuckets {
-                why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
-            });
-        }
+        let map = map_in(ctx, t)?;
+        no_moves_under_way(map)?;
         let positions = routed(&t.servers, libmcshm::table::Failover::Rehash);
         if positions.is_empty() {
             return Err(libmcshm::Error::BadBuckets {
@@ -259,7 +245,7 @@ pub fn move_buckets(
         return Err(UsageError("--count must be 1 or more".into()).into());
     }
     stage_and_move(ctx, rate, |t| {
-        let map = t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?;
+        let map = map_in(ctx, t)?;
         let position = |a: &Address| {
             t.servers
                 .iter()
@@ -289,13 +275,25 @@ pub fn move_buckets(
 
 /// `buckets finish`.
 pub fn finish(ctx: &Invocation, rate: u32) -> Result<Exit> {
-    stage_and_move(ctx, rate, |t| {
-        Ok((**t.buckets.as_ref().ok_or_else(|| not_vbucket(ctx, t))?).clone())
-    })
+    stage_and_move(ctx, rate, |t| Ok((**map_in(ctx, t)?).clone()))
 }
 
-fn not_vbucket(ctx: &Invocation, t: &Table) -> libmcshm::Error {
-    rebucket::not_vbucket(ctx.local.domain.as_str(), &t.policy.distribution)
+/// The bucket map of table `t` of the domain, or the error saying it has none.
+fn map_in<'t>(ctx: &Invocation, t: &'t Table) -> libmcshm::Result<&'t Arc<BucketMap>> {
+    t.buckets
+        .as_ref()
+        .ok_or_else(|| rebucket::not_vbucket(ctx.local.domain.as_str(), &t.policy.distribution))
+}
+
+/// Refused while moves are staged: a new plan over them could send a staged bucket where its
+/// moved keys are not.
+fn no_moves_under_way(map: &BucketMap) -> libmcshm::Result<()> {
+    match map.moving() {
+        0 => Ok(()),
+        _ => Err(libmcshm::Error::BadBuckets {
+            why: "moves are under way: complete them first (`mcadmin buckets finish`)".into(),
+        }),
+    }
 }
 
 /// Stages the map `plan` makes of the current table (its forward rows), moves the keys of every
@@ -405,14 +403,14 @@ fn report_commit(ctx: &Invocation, what: &str, written: Written) -> Result<Exit>
 
 /// Waits until this host's table holds `map` (at once here; with --etcd, once the host's agent
 /// has mirrored the commit): the keys move by the table this host's clients route with.
-fn local_table_with(ctx: &Invocation, map: &Arc<BucketMap>) -> Result<Arc<Snapshot>> {
+fn local_table_with(ctx: &Invocation, map: &Arc<BucketMap>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut registry = Registry::open(&ctx.local.dir, &ctx.local.domain)?;
     loop {
         let version = registry.version();
         let snapshot = registry.snapshot()?;
         if snapshot.buckets.as_deref() == Some(&**map) {
-            return Ok(snapshot);
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(anyhow::anyhow!(

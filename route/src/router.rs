@@ -23,7 +23,7 @@ use mcshm_table::domain::Domain;
 use mcshm_table::error::{Error, Result};
 use mcshm_table::fence;
 use mcshm_table::key::{self, KeyError};
-use mcshm_table::placement::{Locator, Member, Placed};
+use mcshm_table::placement::{BucketLocator, Locator, Member, Placed};
 use mcshm_table::registry::Registry;
 use mcshm_table::registry::RingView;
 use mcshm_table::table::{Failover, Policy, Server, Snapshot, State, members};
@@ -737,22 +737,30 @@ impl Router {
     /// (a loaded map may keep the old owner as one): drained as a draining server is (a miss
     /// fills from it, a write deletes the key there).
     pub fn moving_owner(&self, key: &[u8]) -> Option<usize> {
-        let from = self.bucket_source(key)?;
+        let (buckets, b) = self.moving_bucket(key)?;
+        let from = buckets.map().moving_from(b)?;
         let routing = self.routing();
         let server = routing.snapshot.servers.get(from)?;
         let replicas = usize::from(routing.snapshot.policy.replicas.max(1));
-        (server.state != State::Down && !self.local().along(key, replicas).contains(&from))
+        (server.state != State::Down && !buckets.bucket_along(b, replicas).contains(&from))
             .then_some(from)
     }
 
     /// The owner `key`'s bucket is moving off, by the map alone, while a move is under way
     /// (what the mover copies from; see [`Router::moving_owner`] for what clients drain).
     pub fn bucket_source(&self, key: &[u8]) -> Option<usize> {
+        let (buckets, b) = self.moving_bucket(key)?;
+        buckets.map().moving_from(b)
+    }
+
+    /// The bucket placement and `key`'s bucket (hashed once), while a move is under way: a
+    /// domain without a bucket map, or with no move staged, pays one check.
+    fn moving_bucket(&self, key: &[u8]) -> Option<(&BucketLocator, usize)> {
         self.routing().snapshot.buckets.as_ref()?.forward_cells()?;
         let Locator::Buckets(buckets) = self.local() else {
             return None;
         };
-        buckets.moving_from(key)
+        Some((buckets, buckets.bucket(key).1))
     }
 
     /// The retry probe of down server `i`: at most one process per host per retry interval

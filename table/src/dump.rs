@@ -129,10 +129,9 @@ fn bucket_lines(map: &BucketMap) -> String {
     let tables = std::iter::once(("buckets-rows", map.cells()))
         .chain(map.forward_cells().map(|f| ("buckets-forward", f)));
     for (name, cells) in tables {
-        let rows: Vec<&[u16]> = cells.chunks_exact(map.width()).collect();
-        for (line, chunk) in rows.chunks(ROWS_PER_LINE).enumerate() {
+        for (line, chunk) in cells.chunks(ROWS_PER_LINE * map.width()).enumerate() {
             let _ = write!(out, "{name}: {}", line * ROWS_PER_LINE);
-            for row in chunk {
+            for row in chunk.chunks_exact(map.width()) {
                 out.push(' ');
                 for (i, &c) in row.iter().enumerate() {
                     if i > 0 {

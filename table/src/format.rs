@@ -447,7 +447,7 @@ impl Layout {
     pub fn slot_image_words(&self, header: &[u64]) -> Option<usize> {
         let count = (*header.get(2)? >> 32) as usize;
         let map = match self.has_rings() {
-            true => map_words((*header.get(6)? >> 16) as u16)?,
+            true => map_words(header_map_shape(header)?)?,
             false => 0,
         };
         count
@@ -609,6 +609,7 @@ pub fn encode_slot(
     previous: Option<&[u64]>,
 ) -> Vec<u64> {
     let servers = &table.servers;
+    let shape = table.buckets.as_deref().map_or(0, map_shape);
     let map = table.buckets.as_deref().map(encode_map).unwrap_or_default();
     let mut words = vec![0u64; SLOT_HEADER_LEN / 8 + servers.len() * ENTRY_WORDS + map.len()];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
@@ -632,7 +633,7 @@ pub fn encode_slot(
         next_id,
         rejoin: table.policy.rejoin.code(),
         replicas: table.policy.replicas,
-        map_shape: table.buckets.as_deref().map_or(0, map_shape),
+        map_shape: shape,
         warm_window_s: table.policy.warm_window_s,
         fleet_revision: table.fleet_revision,
     };
@@ -642,9 +643,7 @@ pub fn encode_slot(
         // A reader of a delta keeps its map: only when the map is the previous version's.
         let old_count = (*old.get(2)? >> 32) as usize;
         let old_end = SLOT_HEADER_LEN / 8 + old_count * ENTRY_WORDS;
-        let old_shape = (*old.get(6)? >> 16) as u16;
-        let shape = table.buckets.as_deref().map_or(0, map_shape);
-        (old_shape == shape && old.get(old_end..)? == &map[..])
+        (header_map_shape(old)? == shape && old.get(old_end..)? == &map[..])
             .then(|| delta(&old[..old_end], &words[SLOT_HEADER_LEN / 8..entries_end]))?
     });
     let ring_fields = SlotRingFields {
@@ -700,6 +699,16 @@ const MAP_PRESENT: u16 = 0x8000;
 const MAP_FORWARD: u16 = 0x0100;
 /// Bytes of a bucket map's header (its CRC, and 4 reserved).
 const MAP_HEADER_LEN: usize = 8;
+
+/// The `map_shape` field (slot-header bytes 50..52) of a slot's header words.
+fn header_map_shape(header: &[u64]) -> Option<u16> {
+    Some((*header.get(6)? >> 16) as u16)
+}
+
+/// The `map_shape` field (bytes 50..52) of a slot's bytes, at least a slot header long.
+fn slot_map_shape(bytes: &[u8]) -> u16 {
+    u16::from_le_bytes([bytes[50], bytes[51]])
+}
 
 /// The `map_shape` of a slot holding `map`.
 fn map_shape(map: &BucketMap) -> u16 {
@@ -824,7 +833,7 @@ pub fn decode_slot(
     };
     let (mut snapshot, ring, _) = decode_header(checked, domain, layout)?;
     let shape = match layout.has_rings() {
-        true => u16::from_le_bytes([bytes[50], bytes[51]]),
+        true => slot_map_shape(bytes),
         false => 0,
     };
     let entries_end = bytes.len() - map_words(shape).ok_or("a bucket map of no shape")? * 8;
@@ -919,13 +928,16 @@ pub fn apply_delta(
     // The map is the cached version's (the writer announces a delta only then): its shape,
     // and that it still fits the new list and distribution, are checked before anything is
     // changed.
-    let shape = u16::from_le_bytes([bytes[50], bytes[51]]);
-    if snapshot.buckets.as_deref().map_or(0, map_shape) != shape
+    if snapshot.buckets.as_deref().map_or(0, map_shape) != slot_map_shape(bytes)
         || head.policy.distribution.has_buckets() != snapshot.buckets.is_some()
+        // Checked against the cached list already: only a shorter list can leave a cell
+        // naming no server.
         || snapshot
             .buckets
             .as_ref()
-            .is_some_and(|map| map.check(delta.count).is_err())
+            .is_some_and(|map| {
+                delta.count < snapshot.servers.len() && map.check(delta.count).is_err()
+            })
     {
         return Err("slot delta does not keep the bucket map".into());
     }

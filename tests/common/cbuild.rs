@@ -1,8 +1,9 @@
 //! Building a C program against the C library as a user does: `make install` into a prefix,
 //! pkg-config, the system compiler.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -76,4 +77,31 @@ pub fn libmemcached_oracle(dir: &Path, name: &str) -> PathBuf {
         .expect("run cc");
     assert!(status.success(), "compiling {name} failed");
     exe
+}
+
+/// Runs an oracle (`cmd`, its arguments given) on `input` (one key a line): its answers, a
+/// line a key, `keys` of them; panics with what it said on stderr when it fails.
+pub fn ask_oracle(cmd: &mut Command, input: Vec<u8>, keys: usize) -> Vec<String> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(answers.len(), keys);
+    answers
 }

@@ -63,8 +63,8 @@ impl Reg {
         run.stdout()
     }
 
-    /// `mclient --dir DIR --domain DOMAIN ARGS…` (no stdin; the environment's domain ignored).
-    /// An mclient command on `domain` of this registry, to be given its stdin and run.
+    /// `mclient --dir DIR --domain DOMAIN ARGS…` (the environment's domain ignored), to be
+    /// given its stdin and run.
     pub fn mclient_cmd(&self, domain: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mclient"));
         cmd.arg("--dir")
@@ -76,14 +76,9 @@ impl Reg {
         cmd
     }
 
+    /// [`Reg::mclient_cmd`] run with no stdin.
     pub fn mclient(&self, domain: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mclient"))
-            .arg("--dir")
-            .arg(self.dir())
-            .args(["--domain", domain])
-            .args(args)
-            .env_remove("MCSHM_DIR")
-            .env_remove("MCSHM_DOMAIN")
+        self.mclient_cmd(domain, args)
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()

@@ -23,6 +23,19 @@ fn bulk_set(reg: &Reg, domain: &str, records: &[u8]) {
     assert!(child.wait().unwrap().success());
 }
 
+/// A bulk get (`cmd`: `mclient bulk-get`) of the keys in file `keys`: whether it succeeded,
+/// and how many keys it found (each a key line and a value line).
+fn bulk_get(cmd: &mut std::process::Command, keys: &std::path::Path) -> (bool, usize) {
+    let out = cmd
+        .stdin(std::fs::File::open(keys).unwrap())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        out.stdout.split(|&b| b == b'\n').count() / 2,
+    )
+}
+
 /// The version number a value carries: `v{round}-{i}`.
 fn round_of(value: &str) -> u64 {
     value[1..value.find('-').unwrap()].parse().unwrap()
@@ -131,13 +144,9 @@ fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_sta
         std::thread::spawn(move || {
             let (mut passes, mut failures) = (0u32, Vec::new());
             while !stop.load(Ordering::Relaxed) || passes == 0 {
-                let out = pass
-                    .stdin(std::fs::File::open(&keys_file).unwrap())
-                    .output()
-                    .unwrap();
+                let (ok, hits) = bulk_get(&mut pass, &keys_file);
                 passes += 1;
-                let hits = out.stdout.split(|&b| b == b'\n').count() / 2;
-                if !out.status.success() || hits != KEYS {
+                if !ok || hits != KEYS {
                     failures.push(format!("bulk-get pass {passes}: {hits} of {KEYS} keys"));
                 }
             }
@@ -228,16 +237,8 @@ fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_sta
         }
     }
     assert!(on_c > 0, "some sampled key is in a moved bucket");
-    let after = reg
-        .mclient_cmd("vb", &["bulk-get"])
-        .stdin(std::fs::File::open(&keys_file).unwrap())
-        .output()
-        .unwrap();
-    assert_eq!(
-        after.stdout.split(|&b| b == b'\n').count() / 2,
-        KEYS,
-        "no key lost"
-    );
+    let (_, after) = bulk_get(&mut reg.mclient_cmd("vb", &["bulk-get"]), &keys_file);
+    assert_eq!(after, KEYS, "no key lost");
 }
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/libvbucket");

@@ -110,14 +110,14 @@ impl Client {
         if self.is_down(owner) {
             return Err(self.router.down_error(owner));
         }
+        let chain = self.router.chain(key, now_ms())?;
         let snapshot = self.router.snapshot().clone();
         // The draining server, or the server the key's bucket is moving off.
         let moving = self.router.bucket_source(key);
-        let from = (0..snapshot.servers.len())
-            .find(|&i| {
-                let s = &snapshot.servers[i];
-                s.address.same_server(draining) && (s.state == State::Draining || moving == Some(i))
-            })
+        let from = snapshot
+            .position(draining)
+            .ok()
+            .filter(|&i| snapshot.servers[i].state == State::Draining || moving == Some(i))
             .ok_or_else(|| Error::NoServer {
                 server: draining.to_string(),
                 domain: snapshot.domain.clone(),
@@ -137,8 +137,7 @@ impl Client {
         };
         // A source that stays one of the key's replicas (a loaded map's forward row may keep
         // the old owner as one) keeps its copy.
-        let keeps = self.router.chain(key, now_ms())?.contains(&from);
-        if drain.after_add(answer, true).delete_source && !keeps {
+        if drain.after_add(answer, true).delete_source && !chain.contains(&from) {
             self.call(from, &Request::Delete { key })?;
         }
         Ok(moved)

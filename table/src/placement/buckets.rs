@@ -110,7 +110,7 @@ impl BucketMap {
     pub fn check(&self, servers: usize) -> Result<(), String> {
         let shape = self.shape();
         Shape::new(shape.buckets, shape.replicas)?;
-        if self.width == 0 || self.rows.len() != shape.cells() || self.rows.is_empty() {
+        if self.rows.len() != shape.cells() {
             return Err(format!(
                 "{} cells do not make rows of {}",
                 self.rows.len(),
@@ -143,8 +143,8 @@ impl BucketMap {
 
     pub fn shape(&self) -> Shape {
         Shape {
-            buckets: self.rows.len() / self.width.max(1),
-            replicas: self.width.saturating_sub(1),
+            buckets: self.rows.len() / self.width,
+            replicas: self.width - 1,
         }
     }
 
@@ -336,7 +336,13 @@ impl BucketMap {
         if n == 0 {
             return self.clone();
         }
-        let index_of = |p: usize| positions.iter().position(|&q| q == p);
+        // A position's index in `positions` (the first, as `position` finds it), looked up
+        // once a bucket rather than by a scan of the list.
+        let mut indexes = vec![None; positions.iter().max().map_or(0, |&p| p + 1)];
+        for (i, &p) in positions.iter().enumerate().rev() {
+            indexes[p] = Some(i);
+        }
+        let index_of = |p: usize| indexes.get(p).copied().flatten();
         let mut owned: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut homeless = Vec::new();
         for b in 0..buckets {

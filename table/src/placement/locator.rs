@@ -117,9 +117,10 @@ impl BucketLocator {
     /// at most, distinct, with the column of the first. Costs what its row and `n` cost,
     /// whatever the map's size.
     fn along_bucket(&self, b: usize, n: usize) -> (Vec<usize>, Option<usize>) {
+        let row = self.row(b);
         let mut out: Vec<usize> = Vec::with_capacity(n.min(8));
         let mut first = None;
-        for (column, &c) in self.row(b).iter().enumerate() {
+        for (column, &c) in row.iter().enumerate() {
             if out.len() == n {
                 break;
             }
@@ -131,7 +132,7 @@ impl BucketLocator {
             }
         }
         if out.len() < n && !self.in_order.is_empty() {
-            let owner = self.row(b)[0];
+            let owner = row[0];
             let start = self.in_order.partition_point(|&p| p <= usize::from(owner));
             let len = self.in_order.len();
             for step in 0..len {
@@ -178,12 +179,6 @@ impl BucketLocator {
                 column,
             },
         })
-    }
-
-    /// The server the key's bucket is moving off (its owner before the move), if it moves.
-    pub fn moving_from(&self, key: &[u8]) -> Option<usize> {
-        let (_, b) = self.bucket(key);
-        self.map.moving_from(b)
     }
 }
 
