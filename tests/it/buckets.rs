@@ -515,6 +515,20 @@ fn a_dump_of_a_vbucket_domain_loads_back_with_its_map() {
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("out of range"), "{}", run.stderr());
     assert_eq!(reg.bytes("two"), before);
+    // Fewer rows than the buckets: line says (a dump cut short or edited).
+    let short = text
+        .replace("buckets: count=4", "buckets: count=8")
+        .replace("# end:", "# was end:");
+    std::fs::write(&file, &short).unwrap();
+    let run = reg.run("two", &["load", "--partial", file.to_str().unwrap()]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("12 cells do not make the 8 rows of 3"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(reg.bytes("two"), before);
     // A cell is -1 or a server index written plainly: nothing else reads as one.
     for cell in ["-0", "-01", "65535", "x", ""] {
         let bad = text

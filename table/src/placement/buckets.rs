@@ -77,6 +77,14 @@ impl BucketMap {
         forward: Option<Vec<u16>>,
         servers: usize,
     ) -> Result<BucketMap, String> {
+        if rows.len() != shape.cells() {
+            return Err(format!(
+                "{} cells do not make the {} rows of {} (owner and replicas) of its shape",
+                rows.len(),
+                shape.buckets,
+                shape.width()
+            ));
+        }
         let map = BucketMap {
             width: shape.width(),
             rows,
@@ -496,6 +504,10 @@ mod tests {
         let shape = Shape::new(2, 1).unwrap();
         let bad = |rows: Vec<u16>| BucketMap::new(shape, rows, None, 2).unwrap_err();
         assert!(bad(vec![0, 1, 1]).contains("rows"));
+        assert!(
+            bad(vec![0, 1]).contains("2 cells do not make the 2 rows of 2"),
+            "too short"
+        );
         assert!(bad(vec![0, 2, 1, 0]).contains("out of range"));
         assert!(bad(vec![0, 0, 1, 0]).contains("twice"));
         assert!(bad(vec![UNASSIGNED, 1, 1, 0]).contains("without an owner"));
