@@ -160,15 +160,9 @@ impl Memcached {
         Some(value.trim_end_matches("\r\n").to_string())
     }
 
-    /// SIGKILLs the server and reaps it.
     /// Sends `signal` (e.g. SIGSTOP to freeze it, SIGCONT to thaw it).
     pub fn signal(&self, signal: i32) {
-        let child = self.child.as_ref().expect("running");
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(child.id() as i32, signal);
-        }
+        super::signal(self.child.as_ref().expect("running").id(), signal);
     }
 
     /// The process id (to signal it from another thread).
@@ -179,21 +173,10 @@ impl Memcached {
     /// SIGSTOP, and waits (bounded) until the kernel shows every thread stopped, so that no
     /// request sent after this returns is answered before a SIGCONT.
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
-        let pid = self.child.as_ref().expect("running").id();
-        let stopped = super::wait_until(Duration::from_secs(5), || {
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-            tasks.flatten().all(|task| {
-                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-                // The state follows the parenthesised command name.
-                stat.rsplit(") ")
-                    .next()
-                    .is_some_and(|rest| rest.starts_with('T'))
-            })
-        });
-        assert!(stopped, "memcached {pid} did not stop");
+        super::stop(self.child.as_ref().expect("running").id());
     }
 
+    /// SIGKILLs the server and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -146,6 +146,32 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Sends `signal` to process `pid`, a child of this test not yet reaped.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped: its pid is still its own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// SIGSTOPs child `pid`, and waits (bounded) until the kernel shows every thread of it
+/// stopped, so that it does nothing after this returns until a SIGCONT.
+pub fn stop(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let stopped = wait_until(Duration::from_secs(5), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks.flatten().all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('T'))
+        })
+    });
+    assert!(stopped, "process {pid} did not stop");
+}
+
 /// This process's open-file limit raised to its hard limit (the proxy it starts inherits it);
 /// the soft limit now.
 pub fn raise_open_files() -> u64 {

@@ -137,8 +137,9 @@ fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_sta
             (reads, failures)
         })
     };
+    let passed = Arc::new(AtomicU64::new(0));
     let bulk_reader = {
-        let stop = stop.clone();
+        let (stop, passed) = (stop.clone(), passed.clone());
         let mut pass = reg.mclient_cmd("vb", &["bulk-get"]);
         let keys_file = keys_file.clone();
         std::thread::spawn(move || {
@@ -146,6 +147,7 @@ fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_sta
             while !stop.load(Ordering::Relaxed) || passes == 0 {
                 let (ok, hits) = bulk_get(&mut pass, &keys_file);
                 passes += 1;
+                passed.store(passes.into(), Ordering::SeqCst);
                 if !ok || hits != KEYS {
                     failures.push(format!("bulk-get pass {passes}: {hits} of {KEYS} keys"));
                 }
@@ -153,6 +155,12 @@ fn a_move_of_64_of_1024_buckets_under_load_misses_nothing_and_serves_nothing_sta
             (passes, failures)
         })
     };
+    // The move begins once a bulk pass has ended (so that another runs during it) and the
+    // writer has acknowledged a round.
+    let loaded = crate::common::wait_until(Duration::from_secs(60), || {
+        passed.load(Ordering::SeqCst) >= 1 && acked[WRITTEN - 1].load(Ordering::SeqCst) >= 1
+    });
+    assert!(loaded, "no bulk pass or write round ended in 60 s");
     let moved = reg.run(
         "vb",
         &[
