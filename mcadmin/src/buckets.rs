@@ -19,6 +19,7 @@ use mcshm_cli::UsageError;
 use serde_json::json;
 
 use crate::buckets_json;
+use crate::cli::Pace;
 use crate::lifecycle::move_keys;
 use crate::show::print;
 use crate::store::Written;
@@ -101,7 +102,7 @@ pub fn dump(ctx: &Invocation) -> Result<Exit> {
 /// `buckets load FILE`: the map of a libvbucket config, its servers found in the domain. On a
 /// vbucket domain of the same shape and hash, the owners that change move (staged, then their
 /// keys moved); otherwise the map is taken at once.
-pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit> {
+pub fn load(ctx: &Invocation, file: &std::path::Path, pace: Pace) -> Result<Exit> {
     let bytes = read_bounded(file)?;
     let mut notes = Vec::new();
     let config = buckets_json::parse(&bytes, &mut notes)
@@ -160,7 +161,7 @@ pub fn load(ctx: &Invocation, file: &std::path::Path, rate: u32) -> Result<Exit>
         Some(forward) => forward.clone(),
         None => rows,
     };
-    stage_and_move(ctx, rate, |t| {
+    stage_and_move(ctx, pace, |t| {
         let map = map_in(ctx, t)?;
         no_moves_under_way(map)?;
         if t.servers.len() != listed {
@@ -195,7 +196,7 @@ pub fn balance(
     ctx: &Invocation,
     buckets: Option<usize>,
     replicas: Option<usize>,
-    rate: u32,
+    pace: Pace,
 ) -> Result<Exit> {
     let current = ctx.store.snapshot()?;
     // A shape not given is the current map's (a new map: 1024 buckets, no replicas).
@@ -220,7 +221,7 @@ pub fn balance(
         })?;
         return report_commit(ctx, "new bucket map", written);
     }
-    stage_and_move(ctx, rate, |t| {
+    stage_and_move(ctx, pace, |t| {
         let map = map_in(ctx, t)?;
         no_moves_under_way(map)?;
         let positions = routed(&t.servers, libmcshm::table::Failover::Rehash);
@@ -239,12 +240,12 @@ pub fn move_buckets(
     count: usize,
     from: &Address,
     to: &Address,
-    rate: u32,
+    pace: Pace,
 ) -> Result<Exit> {
     if count == 0 {
         return Err(UsageError("--count must be 1 or more".into()).into());
     }
-    stage_and_move(ctx, rate, |t| {
+    stage_and_move(ctx, pace, |t| {
         let map = map_in(ctx, t)?;
         let position = |a: &Address| {
             t.servers
@@ -274,8 +275,8 @@ pub fn move_buckets(
 }
 
 /// `buckets finish`.
-pub fn finish(ctx: &Invocation, rate: u32) -> Result<Exit> {
-    stage_and_move(ctx, rate, |t| Ok((**map_in(ctx, t)?).clone()))
+pub fn finish(ctx: &Invocation, pace: Pace) -> Result<Exit> {
+    stage_and_move(ctx, pace, |t| Ok((**map_in(ctx, t)?).clone()))
 }
 
 /// The bucket map of table `t` of the domain, or the error saying it has none.
@@ -300,7 +301,7 @@ fn no_moves_under_way(map: &BucketMap) -> libmcshm::Result<()> {
 /// moving bucket, and completes the moves.
 pub fn stage_and_move(
     ctx: &Invocation,
-    rate: u32,
+    pace: Pace,
     plan: impl Fn(&Table) -> libmcshm::Result<BucketMap>,
 ) -> Result<Exit> {
     let mut staged_map = None;
@@ -319,12 +320,12 @@ pub fn stage_and_move(
             describe(&written)
         );
     }
-    local_table_with(ctx, &staged_map)?;
+    local_table_with(ctx, &staged_map, pace.mirror_timeout)?;
     let timeouts = Timeouts::default();
     let mut mover = Rebucket::start(&ctx.local.dir, &ctx.local.domain, timeouts)?;
     let total = mover.len();
     let started = Instant::now();
-    let moved_all = move_keys(total, rate, |n| {
+    let moved_all = move_keys(total, pace.rate, |n| {
         if let Err(err) = mover.move_key(n) {
             eprintln!("mcadmin: {}: {err}", String::from_utf8_lossy(mover.key(n)));
         }
@@ -402,9 +403,10 @@ fn report_commit(ctx: &Invocation, what: &str, written: Written) -> Result<Exit>
 }
 
 /// Waits until this host's table holds `map` (at once here; with --etcd, once the host's agent
-/// has mirrored the commit): the keys move by the table this host's clients route with.
-fn local_table_with(ctx: &Invocation, map: &Arc<BucketMap>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// has mirrored the commit, for at most `limit`): the keys move by the table this host's clients
+/// route with.
+fn local_table_with(ctx: &Invocation, map: &Arc<BucketMap>, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
     let mut registry = Registry::open(&ctx.local.dir, &ctx.local.domain)?;
     loop {
         let version = registry.version();
@@ -414,8 +416,9 @@ fn local_table_with(ctx: &Invocation, map: &Arc<BucketMap>) -> Result<()> {
         }
         if Instant::now() >= deadline {
             return Err(anyhow::anyhow!(
-                "this host's table of domain {} does not hold the staged map after 30 s: is `mcadmin sync` running for it? The moves stay staged: run `mcadmin buckets finish` here once it mirrors them",
-                ctx.local.domain
+                "this host's table of domain {} does not hold the staged map after {} s (--mirror-timeout): is `mcadmin sync` running for it? The moves stay staged: run `mcadmin buckets finish` here once it mirrors them",
+                ctx.local.domain,
+                limit.as_secs_f64()
             ));
         }
         registry.wait_for_change(version, Duration::from_millis(200));

@@ -557,9 +557,8 @@ pub enum BucketsAction {
     Load {
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// Keys moved per second (0: as fast as possible)
-        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
-        rate: u32,
+        #[command(flatten)]
+        pace: Pace,
     },
     /// Make the map even over the servers that are up: each owns as many buckets as the
     /// others, to one; only the buckets that must move do (a new server's share, a down or
@@ -572,9 +571,8 @@ pub enum BucketsAction {
         /// Replica columns of a new map (0-4)
         #[arg(long, value_name = "N")]
         replicas: Option<usize>,
-        /// Keys moved per second (0: as fast as possible)
-        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
-        rate: u32,
+        #[command(flatten)]
+        pace: Pace,
     },
     /// Move --count buckets from FROM to TO, with their keys.
     Move {
@@ -585,17 +583,29 @@ pub enum BucketsAction {
         from: Address,
         #[arg(value_name = "TO", value_parser = address)]
         to: Address,
-        /// Keys moved per second (0: as fast as possible)
-        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
-        rate: u32,
+        #[command(flatten)]
+        pace: Pace,
     },
     /// Complete the moves under way (a move interrupted, a loaded forward map): move their
     /// keys, then make the forward rows the rows.
     Finish {
-        /// Keys moved per second (0: as fast as possible)
-        #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
-        rate: u32,
+        #[command(flatten)]
+        pace: Pace,
     },
+}
+
+/// How a bucket change moves keys: its rate, and (with --etcd) how long it waits for this
+/// host's agent to mirror the staged map before it moves any.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Pace {
+    /// Keys moved per second (0: as fast as possible)
+    #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
+    pub rate: u32,
+    /// With --etcd: seconds to wait for this host's `mcadmin sync` to mirror the staged map
+    /// (the keys move by the table this host's clients route with); after them exit 4, the
+    /// moves staged, to be completed by `mcadmin buckets finish`
+    #[arg(value_parser = positive("--mirror-timeout"), long, default_value = "30", value_name = "S")]
+    pub mirror_timeout: Duration,
 }
 
 /// `domains remove`.

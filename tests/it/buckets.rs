@@ -392,7 +392,9 @@ fn a_malformed_map_is_refused_naming_the_problem_and_the_table_kept() {
 /// A vbucket domain in the fleet: made with `--etcd`, mirrored by two hosts' agents, and 16
 /// buckets moved with `--etcd` from host 1 (the map staged and completed in etcd, the keys
 /// moved by host 1's clients once its agent mirrors the staged map). Both hosts end on the
-/// completed map, and host 2's clients read every key written before the move.
+/// completed map, and host 2's clients read every key written before the move. A move begun
+/// on host 2 while its agent hangs stops after `--mirror-timeout` (exit 4) with its buckets
+/// staged, and a finish from host 2 once the agent is back completes them.
 #[test]
 fn a_fleet_vbucket_domain_moves_buckets_for_every_host() {
     use crate::common::etcd::{EtcdCluster, Host, fleet_cmd};
@@ -479,6 +481,52 @@ fn a_fleet_vbucket_domain_moves_buckets_for_every_host() {
             *key,
             "{key} through web2"
         );
+    }
+
+    // A move begun on web2 while its agent hangs: staged in etcd, but web2's table never
+    // gets the staged map; after --mirror-timeout it stops (exit 4, no key moved) saying so,
+    // and the moves stay staged for a finish once the agent is back.
+    hosts[1].signal_agent(libc::SIGSTOP);
+    let out = fleet_cmd(&endpoints, "fv", &["buckets", "move", "--count", "8"])
+        .args([
+            &a.address(),
+            &c.address(),
+            "--rate",
+            "0",
+            "--mirror-timeout",
+            "1",
+        ])
+        .arg("--dir")
+        .arg(hosts[1].reg.dir())
+        .output()
+        .unwrap();
+    let run = crate::common::Run(out);
+    assert_eq!(run.code(), 4, "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("does not hold the staged map after 1 s (--mirror-timeout)")
+            && run.stderr().contains("mcadmin buckets finish"),
+        "{}",
+        run.stderr()
+    );
+    let staged: serde_json::Value =
+        serde_json::from_str(&fleet(dir1, &["--json", "buckets", "list"])).unwrap();
+    assert_eq!(staged["moving"], 8, "the moves stay staged: {staged}");
+    hosts[1].signal_agent(libc::SIGCONT);
+    fleet(
+        hosts[1].reg.dir(),
+        &["buckets", "finish", "--rate", "0", "--mirror-timeout", "20"],
+    );
+    for host in &hosts {
+        assert!(
+            mirrored(host, 3, 24),
+            "{} ends on the finished map",
+            host.name
+        );
+    }
+    for key in &keys {
+        let out = hosts[1].reg.mclient("fv", &["get", key]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), *key, "{key}");
     }
 }
 
