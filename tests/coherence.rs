@@ -584,6 +584,8 @@ struct Checker {
     buckets: Option<Buckets>,
     /// The slowest step, and what it did (the last line of the history it left).
     slowest: (Duration, String),
+    /// Lines ever noted in the history (to tell whether a step noted one).
+    noted: u64,
 }
 
 impl Checker {
@@ -708,6 +710,7 @@ impl Checker {
             fenced_writes: 0,
             buckets: None,
             slowest: (Duration::ZERO, String::new()),
+            noted: 0,
         };
         checker.nemesis = matches!(&checker.world, World::Fleet { netns: Some(_), .. });
         checker.converge();
@@ -752,6 +755,7 @@ impl Checker {
     }
 
     fn note(&mut self, what: String) {
+        self.noted += 1;
         if self.history.len() == 40 {
             self.history.pop_front();
         }
@@ -830,11 +834,14 @@ impl Checker {
     /// One step, timed: the slowest is kept to say where the time went when a seed runs out
     /// of it.
     fn step(&mut self) {
-        let started = Instant::now();
+        let (started, noted) = (Instant::now(), self.noted);
         self.take_step();
         let took = started.elapsed();
         if took > self.slowest.0 {
-            let what = self.history.back().cloned().unwrap_or_default();
+            let what = match self.noted > noted {
+                true => self.history.back().cloned().unwrap_or_default(),
+                false => "nothing noted".to_string(),
+            };
             self.slowest = (took, what);
         }
     }
@@ -1569,6 +1576,8 @@ fn check_in(mut checker: Checker, ops: usize) -> (usize, u64, u64) {
         );
     }
     if let Some(b) = &checker.buckets {
+        let took_effect = b.moves + b.balances + b.finishes + b.interrupted + b.done_first;
+        assert!(took_effect > 0, "no bucket change took effect");
         eprintln!(
             "vbucket (hash {}): {} moves, {} balances, {} moves interrupted while staged ({} done before the SIGINT), {} finishes, {} servers emptied of buckets for a delete or drain; {} bucket changes refused; {} reads checked while moves were staged",
             b.hash,

@@ -29,6 +29,8 @@ Success; for \fBstatus\fR the server is up; for \fBwait\fR the version changed.
 .B 1
 The answer is no: for \fBstatus\fR the server is down or draining; for \fBwait\fR the timeout
 passed; \fBdrain\fR was interrupted (the server stays draining; run it again to resume);
+\fBbuckets\fR: a move was interrupted, or this host's table did not mirror the staged map within
+\fB\-\-mirror\-timeout\fR (the moves stay staged: \fBbuckets finish\fR completes them);
 \fBdomains remove\fR: processes use the domain (nothing removed).
 .TP
 .B 2
@@ -47,7 +49,12 @@ Registry failure: permission denied, a corrupt, truncated or unsafe file (symlin
 in a world-writable directory), a file of a newer format, or another I/O error.
 .TP
 .B 5
-A server failed: \fBup\fR could not flush it (it stays down), \fBdrain\fR could not reach it.
+A server failed: \fBup\fR could not flush it (it stays down), \fBdrain\fR could not reach it,
+\fBbuckets\fR could not move some keys (the moves stay staged).
+.TP
+.B 6
+etcd failure (with \fB\-\-etcd\fR): unreachable, refused the request, or holds an invalid
+value. Nothing was changed.
 .SH ENVIRONMENT
 .TP
 .B MCSHM_DIR

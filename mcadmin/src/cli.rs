@@ -20,14 +20,17 @@ macro_rules! exit_status {
 Exit status:
   0  success; `status`: the server is up; `wait`: the version changed
   1  the answer is no: `status`: down or draining; `wait`: timed out; `drain`: interrupted;
-     `domains remove`: processes use the domain (nothing removed)
+     `buckets`: a move interrupted, or this host's table did not mirror the staged map
+     within --mirror-timeout (the moves stay staged); `domains remove`: processes use the
+     domain (nothing removed)
   2  usage error or bad input (address, domain name, weight, list line; a list cut short, too
      large or empty; `add` of a server that holds items without --flush or --no-flush);
      nothing changed
   3  not found: no such domain or server, or `add` of a server already present (under its name
      or another that resolves to it); nothing changed
   4  registry failure: permission denied, corrupt or unsafe file, newer format, I/O error
-  5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it
+  5  a server failed: `up` could not flush it (it stays down), `drain` could not reach it,
+     `buckets` could not move some keys (the moves stay staged)
   6  etcd failure (with --etcd): unreachable, refused the request, or holds an invalid value;
      nothing changed"
     };
@@ -602,7 +605,7 @@ pub struct Pace {
     #[arg(long, default_value_t = 1000, value_name = "KEYS_PER_S")]
     pub rate: u32,
     /// With --etcd: seconds to wait for this host's `mcadmin sync` to mirror the staged map
-    /// (the keys move by the table this host's clients route with); after them exit 4, the
+    /// (the keys move by the table this host's clients route with); after them exit 1, the
     /// moves staged, to be completed by `mcadmin buckets finish`
     #[arg(value_parser = positive("--mirror-timeout"), long, default_value = "30", value_name = "S")]
     pub mirror_timeout: Duration,

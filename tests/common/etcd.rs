@@ -365,14 +365,14 @@ impl Host {
         self.agent = Some(child);
     }
 
+    /// The agent's process id.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("agent running").id()
+    }
+
     /// Sends `signal` to the agent (SIGSTOP: an agent that hangs).
     pub fn signal_agent(&self, signal: i32) {
-        let child = self.agent.as_ref().expect("agent running");
-        // SAFETY: kill(2) with a pid we spawned and have not reaped.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(child.id() as i32, signal);
-        }
+        super::signal(self.agent_pid(), signal);
     }
 
     /// SIGKILLs the agent (no clean stop).
