@@ -220,11 +220,7 @@ impl EtcdCluster {
     /// connections are accepted by the kernel and never answered; SIGCONT resumes it).
     pub fn signal(&self, i: usize, signal: i32) {
         let child = self.members[i].child.as_ref().expect("member running");
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(child.id() as i32, signal);
-        }
+        super::signal(child.id(), signal);
     }
 
     /// Restarts a killed member on its ports and data.
@@ -386,11 +382,7 @@ impl Host {
     /// SIGTERMs the agent and waits for its clean exit status.
     pub fn stop_agent(&mut self) -> std::process::ExitStatus {
         let mut child = self.agent.take().expect("agent running");
-        // SAFETY: kill(2) with a pid we spawned and have not reaped.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        super::signal(child.id(), libc::SIGTERM);
         child.wait().unwrap()
     }
 

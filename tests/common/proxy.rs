@@ -113,11 +113,7 @@ impl Proxy {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(self.pid(), signal);
-        }
+        super::signal(self.pid() as u32, signal);
     }
 
     /// Waits (bounded) for the proxy to exit.

@@ -372,11 +372,7 @@ fn watch_serves_the_page_over_http() {
         &address,
         &format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(20_000)),
     );
-    // SAFETY: a signal to the watcher this test started.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(watcher.id() as i32, libc::SIGTERM);
-    }
+    crate::common::signal(watcher.id(), libc::SIGTERM);
     let status = watcher.wait().unwrap();
     assert!(seen, "the watcher's page shows {c} down:\n{text}");
     assert!(
